@@ -1,0 +1,162 @@
+"""Settings of one pod: the TOML file named by ``--config`` plus ``POD_AGENT_*`` env vars.
+
+Owns the schema of pod.toml (every section and key), its defaults and validation.
+Loading and error translation live in ``loader.py``; nothing else reads pod.toml.
+Environment variables win over the file; nested keys use ``__``
+(``POD_AGENT_HUB__URL``). Unknown keys are an error.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PodSection(_Section):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+    state_dir: Path = Path("/var/lib/pod-agent")
+    identity_key: Path | None = None  # default: <state_dir>/identity.pem
+    identity_key_passphrase_env: str | None = None  # name of an env var holding the passphrase
+
+    @property
+    def identity_key_path(self) -> Path:
+        return self.identity_key or self.state_dir / "identity.pem"
+
+
+class HubSection(_Section):
+    url: str = "http://127.0.0.1:8700"
+    ca_bundle: Path | None = None
+    pinned_cert_sha256: str | None = None  # hex sha256 of the hub's DER certificate
+    allow_insecure_http: bool = False
+    heartbeat_s: float = Field(default=15.0, gt=0)
+    backoff_initial_s: float = Field(default=0.5, gt=0)
+    backoff_cap_s: float = Field(default=60.0, gt=0)
+    request_timeout_s: float = Field(default=30.0, gt=0)
+
+
+class DatasourceSection(_Section):
+    path: Path
+    format: Literal["csv", "parquet", "auto"] = "auto"
+    table_name: str = "data"
+    description: str = ""
+    ignore_cols: list[str] = []
+    force_stypes: dict[Literal["categorical", "continuous", "text", "image"], list[str]] = {}
+    # CSV reading, so raw exports (no header, padded fields, '?' for missing) load by config alone.
+    csv_has_header: bool = True
+    csv_column_names: list[str] = []
+    csv_delimiter: str = ","
+    csv_null_values: list[str] = ["", "NA", "N/A", "null", "NULL", "?"]
+    csv_trim_whitespace: bool = True
+    categorical_max_unique: int = Field(default=50, ge=1)
+
+
+class ModellerPolicy(_Section):
+    """What one modeller (identified by its Ed25519 public key) may do on this pod."""
+
+    name: str
+    public_key: str  # base64 of the raw 32-byte Ed25519 public key
+    role: Literal["super", "general"]
+    kinds: list[Literal["train", "evaluate", "predict"]] = ["train", "evaluate"]
+    max_epochs: int = Field(default=20, ge=0)
+    max_steps: int = Field(default=10_000, ge=0)
+    allow_predict: bool = False
+
+
+class AllowedModel(_Section):
+    """A model a general modeller may run: name plus sha256 of its source."""
+
+    name: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class SecuritySection(_Section):
+    sandbox: Literal["strict", "standard", "none"] = "strict"
+    sandbox_user: str = "pod-sandbox"  # used when the agent runs as root
+    clock_skew_s: int = Field(default=60, ge=0)
+    max_task_lifetime_s: int = Field(default=24 * 3600, gt=0)
+    max_task_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+    modellers: list[ModellerPolicy] = []
+    allowed_models: list[AllowedModel] = []
+    allow_declarative_models: bool = True
+
+
+class SandboxLimitsSection(_Section):
+    wall_timeout_s: float = Field(default=900.0, gt=0)
+    cpu_time_s: int = Field(default=1800, gt=0)
+    memory_mb: int = Field(default=4096, ge=256)
+    max_processes: int = Field(default=64, ge=1)
+    max_open_files: int = Field(default=1024, ge=16)
+    max_file_mb: int = Field(default=1024, ge=1)
+    max_output_mb: int = Field(default=512, ge=1)
+    warm_worker: bool = True
+
+
+class PrivacySection(_Section):
+    share_categories: bool = False
+    min_rows: int = Field(default=20, ge=1)
+    min_pods: int = Field(default=3, ge=2)
+
+
+class TrainingSection(_Section):
+    accelerator: Literal["auto", "cpu", "gpu"] = "auto"
+    devices: int | Literal["auto"] = 1
+    max_concurrent_tasks: int = Field(default=1, ge=1)
+    default_batch_size: int = Field(default=64, ge=1)
+    seed: int = 42
+    shutdown_grace_s: float = Field(default=30.0, ge=0)
+
+
+class OpsSection(_Section):
+    health_host: str = "127.0.0.1"
+    health_port: int = Field(default=8701, ge=0, le=65535)  # 0 disables the endpoint
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class PodSettings(BaseSettings):
+    """Everything pod.toml may say. Built by ``loader.load_settings``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="POD_AGENT_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    pod: PodSection
+    hub: HubSection = HubSection()
+    datasource: DatasourceSection
+    security: SecuritySection = SecuritySection()
+    sandbox_limits: SandboxLimitsSection = SandboxLimitsSection()
+    privacy: PrivacySection = PrivacySection()
+    training: TrainingSection = TrainingSection()
+    ops: OpsSection = OpsSection()
+
+    @model_validator(mode="after")
+    def _general_modellers_need_models(self) -> "PodSettings":
+        names = [m.name for m in self.security.modellers]
+        if len(names) != len(set(names)):
+            raise ValueError("security.modellers: names must be unique")
+        return self
+
+
+__all__ = [
+    "AllowedModel",
+    "DatasourceSection",
+    "HubSection",
+    "ModellerPolicy",
+    "OpsSection",
+    "PodSection",
+    "PodSettings",
+    "PrivacySection",
+    "SandboxLimitsSection",
+    "SecuritySection",
+    "TrainingSection",
+]

@@ -1,0 +1,128 @@
+"""Exception tree of pod-agent: one root, one branch per concern.
+
+    PodAgentError
+    ├── ConfigError            config file or env var invalid (names key and file)
+    ├── DataError              datasource unreadable, malformed or drifted
+    │   └── SchemaDrift        stored schema differs from the data now present
+    ├── ProtocolError          a message that cannot be parsed, encoded or verified
+    │   └── KeyFileError       a key file missing, unreadable or too permissive
+    ├── TaskRefused            the pod's policy refuses a task (carries a RefusalCode)
+    ├── StateError             the pod's SQLite state cannot be opened or is inconsistent
+    ├── SandboxError           the confined worker could not run or misbehaved
+    │   └── SandboxUnavailable the configured level needs a layer this host lacks
+    ├── TrainingError          the model source or its training failed (no data in text)
+    ├── ContractViolation      what the sandbox returned breaks the task's contract
+    ├── SecAggError            clipping, encoding or masking parameters unusable
+    ├── HubError               the hub refused a request or is unreachable
+    └── ModellerError          the modeller SDK cannot complete a request
+
+Each package raises the branch of its own concern (and its own subclasses);
+foreign errors are translated at entry with ``raise ... from exc``. The CLI turns
+any PodAgentError into one line and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+
+class PodAgentError(Exception):
+    """Root of every error pod-agent raises on purpose."""
+
+    exit_code: int = 1
+
+
+class ConfigError(PodAgentError):
+    """The configuration is invalid; the message names the key, the file and the fix."""
+
+    exit_code = 2
+
+
+class DataError(PodAgentError):
+    """The datasource cannot be read or does not have the expected shape."""
+
+    exit_code = 3
+
+
+class SchemaDrift(DataError):
+    """The data now present differs from a stored schema."""
+
+    def __init__(self, *, added: list[str], dropped: list[str], changed: list[str]) -> None:
+        self.added, self.dropped, self.changed = added, dropped, changed
+        parts = []
+        if added:
+            parts.append(f"added {added}")
+        if dropped:
+            parts.append(f"dropped {dropped}")
+        if changed:
+            parts.append(f"changed type {changed}")
+        super().__init__(
+            "datasource schema drifted: " + "; ".join(parts)
+            + " - re-register the pod (pod-agent run does so) or restore the data"
+        )
+
+
+class ProtocolError(PodAgentError):
+    """A message cannot be parsed, canonically encoded or verified."""
+
+
+class KeyFileError(ProtocolError):
+    """A key file is missing, unreadable, malformed or readable by others."""
+
+
+class TaskRefused(PodAgentError):
+    """The pod refuses a task; ``code`` is the reason sent to the hub, ``detail`` stays local."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        self.code, self.detail = code, detail
+        super().__init__(f"task refused ({code}): {detail}")
+
+
+class StateError(PodAgentError):
+    """The pod's durable state cannot be opened or is inconsistent."""
+
+
+class SandboxError(PodAgentError):
+    """The confined worker could not be started, was killed, or broke the frame protocol."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason, self.detail = reason, detail
+        super().__init__(f"sandbox: {reason}" + (f": {detail}" if detail else ""))
+
+
+class SandboxUnavailable(SandboxError):
+    """The configured sandbox level needs a layer this host lacks."""
+
+    def __init__(self, level: str, layer: str, remedy: str) -> None:
+        self.level, self.layer, self.remedy = level, layer, remedy
+        super().__init__("unavailable", f"level {level!r} needs {layer}: {remedy}")
+
+
+class TrainingError(PodAgentError):
+    """The model could not be built or trained; ``reason`` is a fixed code safe to share."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason, self.detail = reason, detail
+        super().__init__(f"training failed ({reason})" + (f": {detail}" if detail else ""))
+
+
+class ContractViolation(PodAgentError):
+    """What the sandbox handed back is not what the task's contract allows."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason, self.detail = reason, detail
+        super().__init__(f"sandbox output rejected ({reason})" + (f": {detail}" if detail else ""))
+
+
+class SecAggError(PodAgentError):
+    """Secure-aggregation parameters or inputs are unusable."""
+
+
+class HubError(PodAgentError):
+    """The hub refused a request, answered nonsense, or cannot be reached."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+class ModellerError(PodAgentError):
+    """The modeller SDK cannot complete a request."""

@@ -1,0 +1,192 @@
+"""Wire models (``"v": 1``) exchanged between modeller, hub and pod.
+
+Owns the shape of a task, a result, a progress event and a pod's secure-aggregation
+key announcement. Signing and canonical encoding are in ``canonical.py`` and
+``signing.py``; what a pod accepts is decided by ``pod_agent.policy``.
+Times are integer Unix seconds; hashes are lowercase hex sha256.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+KeyId = Sha256Hex
+TaskKind = Literal["train", "evaluate", "predict", "schema-stats"]
+ModelStyle = Literal["lightning", "module", "declarative"]
+HyperValue = int | float | str | bool
+
+
+class WireModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelRef(WireModel):
+    """Which model to run: inline source, a declarative spec, or a hub reference, pinned by sha256.
+
+    ``sha256`` is over the UTF-8 source text, or over the canonical JSON of ``spec``.
+    """
+
+    style: ModelStyle
+    name: str = Field(min_length=1, max_length=200)
+    class_name: str | None = None
+    source: str | None = None
+    spec: dict[str, object] | None = None
+    hub_ref: str | None = None  # "name@version" fetched from the hub; sha256 still binds it
+    sha256: Sha256Hex
+
+    @model_validator(mode="after")
+    def _one_body(self) -> "ModelRef":
+        bodies = [b is not None for b in (self.source, self.spec, self.hub_ref)]
+        if sum(bodies) != 1:
+            raise ValueError("model needs exactly one of source, spec, hub_ref")
+        if self.style == "declarative" and self.source is not None:
+            raise ValueError("a declarative model carries a spec, not source")
+        if self.style != "declarative" and self.spec is not None:
+            raise ValueError(f"style {self.style!r} carries source, not a spec")
+        if self.style != "declarative" and not self.class_name:
+            raise ValueError(f"style {self.style!r} needs class_name")
+        return self
+
+
+class Hyperparameters(WireModel):
+    epochs: int | None = Field(default=None, ge=1)
+    steps: int | None = Field(default=None, ge=1)
+    batch_size: int = Field(default=64, ge=1, le=1_000_000)
+    learning_rate: float = Field(default=1e-3, gt=0)
+    seed: int = 42
+    extra: dict[str, HyperValue] = {}
+
+    @model_validator(mode="after")
+    def _epochs_or_steps(self) -> "Hyperparameters":
+        if self.epochs is not None and self.steps is not None:
+            raise ValueError("give epochs or steps, not both")
+        return self
+
+
+class Split(WireModel):
+    """Percentages of rows for train/validation/test; they sum to 100."""
+
+    train: int = Field(default=80, ge=0, le=100)
+    validation: int = Field(default=10, ge=0, le=100)
+    test: int = Field(default=10, ge=0, le=100)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _sums_to_100(self) -> "Split":
+        if self.train + self.validation + self.test != 100:
+            raise ValueError("split percentages must sum to 100")
+        return self
+
+
+class DataSelection(WireModel):
+    target: str
+    columns: list[str] | None = None  # None: every column but target and ignore
+    ignore: list[str] = []
+    split: Split = Split()
+
+
+class WeightsRef(WireModel):
+    """Pretrained or global weights (safetensors) fetched from the hub, pinned by sha256."""
+
+    blob_id: str
+    sha256: Sha256Hex
+    size_bytes: int = Field(ge=0)
+
+
+class Participant(WireModel):
+    pod: str
+    key_id: KeyId  # the pod's identity key id
+    round_public_key: str  # base64 raw X25519 public key, as announced (signed) by the pod
+
+
+class SecAggParams(WireModel):
+    """Parameter clipping in the seeds' form plus the round's cohort."""
+
+    prime_q: int = Field(gt=0)
+    precision: int = Field(gt=0)
+    num_workers: int = Field(ge=1)
+    modulus_bits: Literal[32, 64] = 64
+    round: int = Field(default=0, ge=0)
+    participants: list[Participant]
+    clip_norm: float | None = Field(default=None, gt=0)
+    weighted: bool = True  # scale by training rows and send the row count in the masked vector
+
+
+class TaskLimits(WireModel):
+    """A task may ask for less than the pod's limits, never more."""
+
+    wall_timeout_s: float | None = Field(default=None, gt=0)
+    memory_mb: int | None = Field(default=None, gt=0)
+
+
+class TaskPayload(WireModel):
+    v: Literal[1] = 1
+    task_id: str = Field(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+    modeller_id: KeyId
+    pods: list[str] = Field(min_length=1)
+    issued_at: int
+    expires_at: int
+    nonce: str = Field(pattern=r"^[0-9a-f]{32,128}$")
+    kind: TaskKind
+    model: ModelRef | None = None  # None only for schema-stats
+    hyperparameters: Hyperparameters = Hyperparameters()
+    weights: WeightsRef | None = None
+    data: DataSelection | None = None
+    schema_hash: Sha256Hex
+    returns: Literal["update", "weights"] = "update"
+    secagg: SecAggParams | None = None
+    limits: TaskLimits = TaskLimits()
+
+
+class Envelope(WireModel):
+    """A signed payload: ``signature`` is Ed25519 over ``canonical_json(payload)``."""
+
+    v: Literal[1] = 1
+    payload: dict[str, object]
+    signer: KeyId
+    signature: str  # base64
+
+
+class BlobRef(WireModel):
+    """A tensor blob (safetensors bytes) that travels beside a signed message."""
+
+    sha256: Sha256Hex
+    size_bytes: int = Field(ge=0)
+    encoding: Literal["safetensors", "secagg-u32", "secagg-u64"]
+
+
+class ResultPayload(WireModel):
+    v: Literal[1] = 1
+    task_id: str
+    pod: str
+    kind: TaskKind
+    status: Literal["done", "failed", "refused"]
+    reason: str | None = None  # a fixed refusal/failure code; never sandbox text
+    metrics: dict[str, float] = {}
+    n_rows: int = Field(default=0, ge=0)
+    blob: BlobRef | None = None
+    clipped_values: int = Field(default=0, ge=0)
+    produced_at: int
+
+
+class ProgressEvent(WireModel):
+    v: Literal[1] = 1
+    task_id: str
+    stage: Literal["queued", "preparing", "training", "validating", "uploading", "done", "failed"]
+    epoch: int | None = None
+    step: int | None = None
+    loss: float | None = None
+    metrics: dict[str, float] = {}
+
+
+class RoundKeyAnnouncement(WireModel):
+    """A pod's X25519 public key for secure aggregation, signed by its identity key."""
+
+    v: Literal[1] = 1
+    pod: str
+    key_id: KeyId
+    round_public_key: str  # base64 raw X25519
+    issued_at: int
