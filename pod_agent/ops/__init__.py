@@ -1,0 +1,30 @@
+"""Operations: logs, sd_notify, health/readiness/metrics endpoint.
+
+The daemon (pod_agent.agent) owns when things happen; this package owns how
+they are reported on this host. Nothing here sends anything off the host.
+"""
+
+from pod_agent.ops.health import HealthServer, Readiness
+from pod_agent.ops.logs import (
+    JsonFormatter,
+    HumanFormatter,
+    TaskLogAdapter,
+    configure_logging,
+    task_context,
+    task_logger,
+)
+from pod_agent.ops.metrics import AgentMetrics
+from pod_agent.ops.notify import Notifier
+
+__all__ = [
+    "AgentMetrics",
+    "HealthServer",
+    "HumanFormatter",
+    "JsonFormatter",
+    "Notifier",
+    "Readiness",
+    "TaskLogAdapter",
+    "configure_logging",
+    "task_context",
+    "task_logger",
+]
