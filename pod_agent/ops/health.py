@@ -2,8 +2,9 @@
 
 Owns three read-only routes and nothing else (no control endpoints, so no
 authentication to get wrong):
-  /healthz  200 while the process runs and its event loop keeps up (lag under
-            ``LOOP_LAG_LIMIT_S``), else 503
+  /healthz  200 while the process runs and its event loop keeps up; 503 for
+            ``STALL_MEMORY_S`` after the loop lagged more than ``LOOP_LAG_LIMIT_S``
+            (while it is stalled, the request itself times out)
   /readyz   200 once registered with the hub, connected to it, and the sandbox
             level in force satisfies the configured one; else 503 listing what is missing
   /metrics  Prometheus text of the agent's own registry (metrics.py)
@@ -27,6 +28,8 @@ SANDBOX_LEVEL_ORDER: tuple[str, ...] = ("none", "standard", "strict")
 # How often the loop-lag probe wakes, and the lag past which /healthz reports the loop stuck.
 LOOP_PROBE_INTERVAL_S = 1.0
 LOOP_LAG_LIMIT_S = 5.0
+# A stall is reported this long after it ended, so a prober polling every 30 s sees it.
+STALL_MEMORY_S = 60.0
 
 
 @dataclass
@@ -75,6 +78,7 @@ class HealthServer:
         self._runner: web.AppRunner | None = None
         self._probe: asyncio.Task[None] | None = None
         self._lag_s = 0.0
+        self._stalled_until = 0.0
 
     def create_app(self) -> web.Application:
         app = web.Application()
@@ -115,11 +119,14 @@ class HealthServer:
         while True:
             before = time.monotonic()
             await asyncio.sleep(LOOP_PROBE_INTERVAL_S)
-            self._lag_s = max(0.0, time.monotonic() - before - LOOP_PROBE_INTERVAL_S)
+            now = time.monotonic()
+            self._lag_s = max(0.0, now - before - LOOP_PROBE_INTERVAL_S)
             self.metrics.set_loop_lag(self._lag_s)
+            if self._lag_s > LOOP_LAG_LIMIT_S:
+                self._stalled_until = now + STALL_MEMORY_S
 
     async def _healthz(self, request: web.Request) -> web.Response:
-        ok = self._lag_s < LOOP_LAG_LIMIT_S
+        ok = time.monotonic() >= self._stalled_until
         return web.json_response(
             {"status": "ok" if ok else "loop stalled", "loop_lag_s": round(self._lag_s, 4)},
             status=200 if ok else 503,
@@ -141,4 +148,4 @@ class HealthServer:
         return response
 
 
-__all__ = ["LOOP_LAG_LIMIT_S", "SANDBOX_LEVEL_ORDER", "HealthServer", "Readiness"]
+__all__ = ["LOOP_LAG_LIMIT_S", "SANDBOX_LEVEL_ORDER", "STALL_MEMORY_S", "HealthServer", "Readiness"]
