@@ -69,10 +69,13 @@ class KeyFileError(ProtocolError):
 
 
 class TaskRefused(PodAgentError):
-    """The pod refuses a task; ``code`` is the reason sent to the hub, ``detail`` stays local."""
+    """The pod refuses a task; ``code`` is the reason sent to the hub, ``detail`` stays local.
 
-    def __init__(self, code: str, detail: str) -> None:
-        self.code, self.detail = code, detail
+    ``task_id`` is the task's id when it could be read (unverified before the signature check).
+    """
+
+    def __init__(self, code: str, detail: str, *, task_id: str | None = None) -> None:
+        self.code, self.detail, self.task_id = code, detail, task_id
         super().__init__(f"task refused ({code}): {detail}")
 
 

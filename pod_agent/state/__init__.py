@@ -1,0 +1,25 @@
+"""Durable state of the pod: tasks and their life cycle, seen nonces, the result outbox (SQLite)."""
+
+from pod_agent.state.db import PodState
+from pod_agent.state.records import (
+    LEGAL_TRANSITIONS,
+    AlreadySeen,
+    IllegalTransition,
+    NonceStore,
+    OutboxEntry,
+    TaskRecord,
+    TaskStatus,
+    Verdict,
+)
+
+__all__ = [
+    "LEGAL_TRANSITIONS",
+    "AlreadySeen",
+    "IllegalTransition",
+    "NonceStore",
+    "OutboxEntry",
+    "PodState",
+    "TaskRecord",
+    "TaskStatus",
+    "Verdict",
+]

@@ -1,0 +1,434 @@
+"""The pod's durable state: one SQLite file (WAL) with tasks, seen nonces and the result outbox.
+
+Owns the schema and every write to it. The life cycle it enforces is in
+``records.py``; what is admitted is decided by ``pod_agent.policy``; the daemon
+(``pod_agent.agent``) drives it.
+
+API (synchronous; the daemon calls it through ``asyncio.to_thread``; all times are
+integer Unix seconds):
+
+    state = PodState.open(state_dir / "state.sqlite")    # creates it (0600) if missing
+    # replay protection and admission, used by TaskVerifier
+    state.ensure_unseen(task_id=..., nonce=...)           # raises AlreadySeen
+    state.record_verdict(Verdict(...))                    # seen row + task row, one transaction; AlreadySeen
+    state.purge_seen(now=...) -> int                      # forget nonces whose keep_until has passed
+    # tasks
+    state.get_task(task_id) -> TaskRecord | None
+    state.list_tasks(status=None, limit=1000) -> list[TaskRecord]   # oldest first
+    state.counts() -> dict[TaskStatus, int]
+    state.claim_next(now=...) -> TaskRecord | None        # oldest accepted task, now running
+    state.transition(task_id, TaskStatus.X, now=..., reason=None) -> TaskRecord   # IllegalTransition
+    state.requeue_running(now=...) -> list[str]           # after a restart: running -> accepted
+    state.history(task_id) -> list[(from, to, reason, at)] # every status change, oldest first
+    # outbox
+    state.finish(task_id, status=..., result_json=..., blob_path=None, reason=None, now=...)
+        # done/failed: transition + outbox row in one transaction; refused: outbox row only
+    state.pending_results() -> list[OutboxEntry]          # oldest first
+    state.note_attempt(task_id, now=...)                  # count an upload attempt
+    state.mark_delivered(task_id, now=...) -> OutboxEntry | None   # idempotent; removes the outbox row
+    state.outbox_depth() -> int
+    state.close()   (or use ``with PodState.open(...) as state``)
+
+Durability: ``journal_mode=WAL`` with ``synchronous=FULL``. In WAL mode NORMAL is
+already safe against a process crash (kill -9), but may lose the last commits on a
+power cut; a lost "seen" row would let a replayed task run twice and a lost verdict
+would lose a task, so every commit is made durable. Tasks arrive at human pace, so
+the fsync per commit costs nothing that matters.
+
+Concurrency: one connection (``check_same_thread=False``) guarded by a lock, so
+calls from ``asyncio.to_thread`` workers are serialised; every write is one
+``BEGIN IMMEDIATE`` transaction, which also keeps a second process on the same file
+(a CLI reading status) consistent.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import TracebackType
+from typing import Literal
+
+from pod_agent.errors import StateError
+from pod_agent.state.records import (
+    LEGAL_TRANSITIONS,
+    AlreadySeen,
+    IllegalTransition,
+    OutboxEntry,
+    TaskRecord,
+    TaskStatus,
+    Verdict,
+)
+
+SCHEMA_VERSION = 1
+# A writer holding the lock (another process) is waited for this long before giving up.
+BUSY_TIMEOUT_MS = 10_000
+
+_SCHEMA = """
+CREATE TABLE tasks (
+    task_id       TEXT PRIMARY KEY,
+    modeller_id   TEXT NOT NULL,
+    kind          TEXT NOT NULL,
+    status        TEXT NOT NULL CHECK (status IN ('accepted','refused','running','done','failed','delivered')),
+    reason        TEXT,
+    envelope_json TEXT NOT NULL,
+    created_at    INTEGER NOT NULL,
+    updated_at    INTEGER NOT NULL
+);
+CREATE INDEX tasks_by_status ON tasks (status, created_at);
+CREATE TABLE task_events (
+    id          INTEGER PRIMARY KEY,
+    task_id     TEXT NOT NULL REFERENCES tasks (task_id),
+    from_status TEXT,
+    to_status   TEXT NOT NULL,
+    reason      TEXT,
+    at          INTEGER NOT NULL
+);
+CREATE TABLE seen (
+    task_id    TEXT PRIMARY KEY,
+    nonce      TEXT NOT NULL UNIQUE,
+    keep_until INTEGER NOT NULL
+);
+CREATE INDEX seen_by_expiry ON seen (keep_until);
+CREATE TABLE outbox (
+    task_id         TEXT PRIMARY KEY REFERENCES tasks (task_id),
+    result_json     TEXT NOT NULL,
+    blob_path       TEXT,
+    created_at      INTEGER NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    last_attempt_at INTEGER
+);
+"""
+
+_TASK_COLUMNS = "task_id, modeller_id, kind, status, reason, envelope_json, created_at, updated_at"
+_OUTBOX_COLUMNS = "task_id, result_json, blob_path, created_at, attempts, last_attempt_at"
+
+
+def _task(row: tuple[object, ...]) -> TaskRecord:
+    task_id, modeller_id, kind, status, reason, envelope_json, created_at, updated_at = row
+    return TaskRecord(
+        task_id=str(task_id),
+        modeller_id=str(modeller_id),
+        kind=str(kind),
+        status=TaskStatus(status),
+        reason=None if reason is None else str(reason),
+        envelope_json=str(envelope_json),
+        created_at=int(str(created_at)),
+        updated_at=int(str(updated_at)),
+    )
+
+
+def _outbox(row: tuple[object, ...]) -> OutboxEntry:
+    task_id, result_json, blob_path, created_at, attempts, last_attempt_at = row
+    return OutboxEntry(
+        task_id=str(task_id),
+        result_json=str(result_json),
+        blob_path=None if blob_path is None else Path(str(blob_path)),
+        created_at=int(str(created_at)),
+        attempts=int(str(attempts)),
+        last_attempt_at=None if last_attempt_at is None else int(str(last_attempt_at)),
+    )
+
+
+class PodState:
+    """The pod's SQLite state. Open with ``PodState.open(path)``."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self._conn = conn
+        self._path = path
+        self._lock = threading.RLock()
+
+    @classmethod
+    def open(cls, path: Path) -> PodState:
+        """Open (creating with mode 0600 if missing) and check the state database at ``path``."""
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if not path.exists():
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            pass  # another process created it between the check and the open
+        except OSError as exc:
+            raise StateError(f"cannot create state database {path} ({exc.strerror}): check that the state_dir is writable") from exc
+        try:
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000)
+        except sqlite3.Error as exc:
+            raise StateError(f"cannot open state database {path}: {exc}: check the path and its permissions") from exc
+        state = cls(conn, path)
+        try:
+            state._prepare()
+        except BaseException:
+            conn.close()
+            raise
+        return state
+
+    def _prepare(self) -> None:
+        try:
+            self._conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StateError(
+                    f"state database {self._path} cannot use WAL (journal mode {mode}): put the state_dir on a local filesystem"
+                )
+            self._conn.execute("PRAGMA synchronous = FULL")
+            self._conn.execute("PRAGMA foreign_keys = ON")
+            check = self._conn.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise StateError(
+                    f"state database {self._path} is damaged ({check}): stop the agent, move the file aside and restart"
+                )
+            with self._tx() as conn:
+                version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+                if version == 0:
+                    for statement in _SCHEMA.split(";"):
+                        if statement.strip():
+                            conn.execute(statement)
+                    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                elif version != SCHEMA_VERSION:
+                    raise StateError(
+                        f"state database {self._path} has schema version {version}, this pod-agent knows "
+                        f"{SCHEMA_VERSION}: run the pod-agent version that wrote it"
+                    )
+        except sqlite3.DatabaseError as exc:
+            raise StateError(f"state database {self._path} is not a usable SQLite file ({exc}): move it aside and restart") from exc
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise StateError(f"state database {self._path} is busy or unwritable ({exc}): is another agent using it?") from exc
+            try:
+                yield self._conn
+            except sqlite3.Error as exc:
+                self._conn.execute("ROLLBACK")
+                raise StateError(f"state database {self._path} write failed ({exc}): check disk space and permissions") from exc
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            else:
+                try:
+                    self._conn.execute("COMMIT")
+                except sqlite3.Error as exc:
+                    self._conn.execute("ROLLBACK")
+                    raise StateError(f"cannot commit to state database {self._path}: {exc}") from exc
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> PodState:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    def _read(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+        with self._lock:
+            try:
+                return list(self._conn.execute(sql, params).fetchall())
+            except sqlite3.Error as exc:
+                raise StateError(f"cannot read state database {self._path}: {exc}") from exc
+
+    # -- replay protection and admission -------------------------------------------------
+
+    def ensure_unseen(self, *, task_id: str, nonce: str) -> None:
+        """Raise AlreadySeen if this task id or nonce was seen (or the task is known)."""
+        rows = self._read(
+            "SELECT 1 FROM seen WHERE task_id = ? OR nonce = ? UNION ALL SELECT 1 FROM tasks WHERE task_id = ? LIMIT 1",
+            (task_id, nonce, task_id),
+        )
+        if rows:
+            raise AlreadySeen(task_id, nonce)
+
+    def record_verdict(self, verdict: Verdict) -> None:
+        """Store the seen nonce and the task (accepted, or refused with its code) in one transaction."""
+        status = TaskStatus.ACCEPTED if verdict.accepted else TaskStatus.REFUSED
+        with self._tx() as conn:
+            try:
+                conn.execute(
+                    "INSERT INTO seen (task_id, nonce, keep_until) VALUES (?, ?, ?)",
+                    (verdict.task_id, verdict.nonce, verdict.keep_until),
+                )
+                conn.execute(
+                    f"INSERT INTO tasks ({_TASK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        verdict.task_id,
+                        verdict.modeller_id,
+                        verdict.kind,
+                        status.value,
+                        verdict.reason,
+                        verdict.envelope_json,
+                        verdict.now,
+                        verdict.now,
+                    ),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise AlreadySeen(verdict.task_id, verdict.nonce) from exc
+            self._event(conn, verdict.task_id, None, status, verdict.reason, verdict.now)
+
+    def purge_seen(self, *, now: int) -> int:
+        """Forget nonces whose keep_until is past; return how many. A replay of one is refused as expired."""
+        with self._tx() as conn:
+            return conn.execute("DELETE FROM seen WHERE keep_until < ?", (now,)).rowcount
+
+    # -- tasks ----------------------------------------------------------------------------
+
+    def get_task(self, task_id: str) -> TaskRecord | None:
+        rows = self._read(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE task_id = ?", (task_id,))
+        return _task(rows[0]) if rows else None
+
+    def list_tasks(self, status: TaskStatus | None = None, *, limit: int = 1000) -> list[TaskRecord]:
+        """Tasks oldest first, optionally only those in ``status``."""
+        if status is None:
+            rows = self._read(f"SELECT {_TASK_COLUMNS} FROM tasks ORDER BY created_at, rowid LIMIT ?", (limit,))
+        else:
+            rows = self._read(
+                f"SELECT {_TASK_COLUMNS} FROM tasks WHERE status = ? ORDER BY created_at, rowid LIMIT ?",
+                (status.value, limit),
+            )
+        return [_task(r) for r in rows]
+
+    def counts(self) -> dict[TaskStatus, int]:
+        found = dict(self._read("SELECT status, count(*) FROM tasks GROUP BY status"))
+        return {s: int(str(found.get(s.value, 0))) for s in TaskStatus}
+
+    def claim_next(self, *, now: int) -> TaskRecord | None:
+        """Take the oldest accepted task and mark it running; None when the queue is empty."""
+        with self._tx() as conn:
+            row = conn.execute(
+                f"SELECT {_TASK_COLUMNS} FROM tasks WHERE status = 'accepted' ORDER BY created_at, rowid LIMIT 1"
+            ).fetchone()
+            if row is None:
+                return None
+            return self._move(conn, _task(row), TaskStatus.RUNNING, now=now, reason=None)
+
+    def transition(self, task_id: str, to: TaskStatus, *, now: int, reason: str | None = None) -> TaskRecord:
+        """Move a task to ``to`` if the life cycle allows it; raise IllegalTransition otherwise."""
+        with self._tx() as conn:
+            return self._move(conn, self._locked_task(conn, task_id), to, now=now, reason=reason)
+
+    def requeue_running(self, *, now: int) -> list[str]:
+        """After a restart: put tasks left running by a dead process back in the queue; return their ids."""
+        with self._tx() as conn:
+            rows = conn.execute(
+                f"SELECT {_TASK_COLUMNS} FROM tasks WHERE status = 'running' ORDER BY created_at, rowid"
+            ).fetchall()
+            return [self._move(conn, _task(r), TaskStatus.ACCEPTED, now=now, reason="interrupted").task_id for r in rows]
+
+    def _locked_task(self, conn: sqlite3.Connection, task_id: str) -> TaskRecord:
+        row = conn.execute(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+        if row is None:
+            raise StateError(f"task {task_id} is not in the state database {self._path}")
+        return _task(row)
+
+    def _move(
+        self, conn: sqlite3.Connection, task: TaskRecord, to: TaskStatus, *, now: int, reason: str | None
+    ) -> TaskRecord:
+        if to not in LEGAL_TRANSITIONS[task.status]:
+            raise IllegalTransition(task.task_id, task.status, to)
+        new_reason = reason if reason is not None else task.reason
+        conn.execute(
+            "UPDATE tasks SET status = ?, reason = ?, updated_at = ? WHERE task_id = ?",
+            (to.value, new_reason, now, task.task_id),
+        )
+        self._event(conn, task.task_id, task.status, to, reason, now)
+        return TaskRecord(
+            task_id=task.task_id,
+            modeller_id=task.modeller_id,
+            kind=task.kind,
+            status=to,
+            reason=new_reason,
+            envelope_json=task.envelope_json,
+            created_at=task.created_at,
+            updated_at=now,
+        )
+
+    @staticmethod
+    def _event(
+        conn: sqlite3.Connection, task_id: str, old: TaskStatus | None, new: TaskStatus, reason: str | None, now: int
+    ) -> None:
+        conn.execute(
+            "INSERT INTO task_events (task_id, from_status, to_status, reason, at) VALUES (?, ?, ?, ?, ?)",
+            (task_id, None if old is None else old.value, new.value, reason, now),
+        )
+
+    def history(self, task_id: str) -> list[tuple[str | None, str, str | None, int]]:
+        """(from, to, reason, at) for every status change of a task, oldest first."""
+        rows = self._read(
+            "SELECT from_status, to_status, reason, at FROM task_events WHERE task_id = ? ORDER BY id", (task_id,)
+        )
+        return [(None if f is None else str(f), str(t), None if r is None else str(r), int(str(a))) for f, t, r, a in rows]
+
+    # -- outbox ---------------------------------------------------------------------------
+
+    def finish(
+        self,
+        task_id: str,
+        *,
+        status: Literal["done", "failed", "refused"],
+        result_json: str,
+        blob_path: Path | None = None,
+        reason: str | None = None,
+        now: int,
+    ) -> None:
+        """Put a signed result in the outbox; done/failed also move the task there, in the same transaction.
+
+        ``refused`` is for a task already refused by the verifier: its signed refusal is queued for
+        delivery and its status stays refused until ``mark_delivered``.
+        """
+        wanted = TaskStatus(status)
+        with self._tx() as conn:
+            task = self._locked_task(conn, task_id)
+            if wanted is TaskStatus.REFUSED:
+                if task.status is not TaskStatus.REFUSED:
+                    raise StateError(f"task {task_id} is {task.status.value}, not refused: finish it as done or failed")
+            else:
+                self._move(conn, task, wanted, now=now, reason=reason)
+            try:
+                conn.execute(
+                    f"INSERT INTO outbox ({_OUTBOX_COLUMNS}) VALUES (?, ?, ?, ?, 0, NULL)",
+                    (task_id, result_json, None if blob_path is None else str(blob_path), now),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise StateError(f"task {task_id} already has a result in the outbox: a task has one result") from exc
+
+    def pending_results(self, *, limit: int = 1000) -> list[OutboxEntry]:
+        """Results not yet acknowledged by the hub, oldest first."""
+        rows = self._read(f"SELECT {_OUTBOX_COLUMNS} FROM outbox ORDER BY created_at, rowid LIMIT ?", (limit,))
+        return [_outbox(r) for r in rows]
+
+    def note_attempt(self, task_id: str, *, now: int) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                "UPDATE outbox SET attempts = attempts + 1, last_attempt_at = ? WHERE task_id = ?", (now, task_id)
+            )
+
+    def mark_delivered(self, task_id: str, *, now: int) -> OutboxEntry | None:
+        """The hub acknowledged the result: drop it from the outbox, mark the task delivered.
+
+        Idempotent: a repeated acknowledgement of a delivered task returns None. Returns the
+        removed entry so the caller can delete its blob file.
+        """
+        with self._tx() as conn:
+            task = self._locked_task(conn, task_id)
+            if task.status is TaskStatus.DELIVERED:
+                return None
+            row = conn.execute(f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE task_id = ?", (task_id,)).fetchone()
+            if row is None:
+                raise StateError(f"task {task_id} has no result in the outbox: finish it before marking it delivered")
+            self._move(conn, task, TaskStatus.DELIVERED, now=now, reason=None)
+            conn.execute("DELETE FROM outbox WHERE task_id = ?", (task_id,))
+            return _outbox(row)
+
+    def outbox_depth(self) -> int:
+        return int(str(self._read("SELECT count(*) FROM outbox")[0][0]))

@@ -1,0 +1,119 @@
+"""Records of the pod's durable state: task statuses and their legal transitions, rows, verdicts.
+
+Owns the task life cycle. The SQLite store that keeps these is ``db.py``.
+
+    accepted --> running --> done ----> delivered
+       |           |  ^                    ^
+       |           |  +-- (requeue after a restart)
+       |           +----> failed ----------+
+       +-----------------> failed          |
+    refused ----------------------------(refusal result delivered)
+
+There is no stored "received" status: the verifier writes its verdict (accepted or
+refused) in the same transaction that records the task id and nonce as seen, so a
+crash can never leave a task half-admitted, and nothing is stored for a message
+whose signature did not verify (a forged message cannot occupy a task id).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from pod_agent.errors import StateError
+from pod_agent.protocol.canonical import canonical_json
+from pod_agent.protocol.messages import Envelope, TaskPayload
+
+
+class TaskStatus(str, enum.Enum):
+    ACCEPTED = "accepted"  # passed policy, waiting in the queue
+    REFUSED = "refused"  # failed policy after its signature verified
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    DELIVERED = "delivered"  # the hub acknowledged the result (or refusal)
+
+
+LEGAL_TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
+    TaskStatus.ACCEPTED: frozenset({TaskStatus.RUNNING, TaskStatus.FAILED}),
+    TaskStatus.RUNNING: frozenset({TaskStatus.DONE, TaskStatus.FAILED, TaskStatus.ACCEPTED}),
+    TaskStatus.REFUSED: frozenset({TaskStatus.DELIVERED}),
+    TaskStatus.DONE: frozenset({TaskStatus.DELIVERED}),
+    TaskStatus.FAILED: frozenset({TaskStatus.DELIVERED}),
+    TaskStatus.DELIVERED: frozenset(),
+}
+
+
+class AlreadySeen(StateError):
+    """A task id or nonce was seen before: the message is a replay."""
+
+    def __init__(self, task_id: str, nonce: str) -> None:
+        self.task_id, self.nonce = task_id, nonce
+        super().__init__(f"task {task_id} (nonce {nonce[:16]}) was seen before: a replay is never run twice")
+
+
+class IllegalTransition(StateError):
+    """A task status change the life cycle does not allow."""
+
+    def __init__(self, task_id: str, current: TaskStatus, wanted: TaskStatus) -> None:
+        self.task_id, self.current, self.wanted = task_id, current, wanted
+        allowed = ", ".join(sorted(s.value for s in LEGAL_TRANSITIONS[current])) or "nothing"
+        super().__init__(
+            f"task {task_id} cannot go from {current.value} to {wanted.value}; from {current.value} it may go to {allowed}"
+        )
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the verifier decided about a task whose signature verified; stored atomically with its nonce."""
+
+    task_id: str
+    nonce: str
+    modeller_id: str
+    kind: str
+    envelope_json: str  # the canonical envelope JSON as received
+    accepted: bool
+    reason: str | None  # the refusal code when not accepted
+    keep_until: int  # Unix s after which the nonce may be forgotten (expires_at + allowed clock skew)
+    now: int
+
+
+class NonceStore(Protocol):
+    """What ``pod_agent.policy.TaskVerifier`` needs from the state: replay checks and verdicts."""
+
+    def ensure_unseen(self, *, task_id: str, nonce: str) -> None: ...
+
+    def record_verdict(self, verdict: Verdict) -> None: ...
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    task_id: str
+    modeller_id: str
+    kind: str
+    status: TaskStatus
+    reason: str | None
+    envelope_json: str
+    created_at: int
+    updated_at: int
+
+    def envelope(self) -> Envelope:
+        return Envelope.model_validate_json(self.envelope_json)
+
+    def payload(self) -> TaskPayload:
+        """The task as admitted. Its signature was verified before it was stored; this does not re-verify."""
+        return TaskPayload.model_validate_json(canonical_json(self.envelope().payload))
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    """A signed result (or refusal) waiting for the hub's acknowledgement."""
+
+    task_id: str
+    result_json: str  # the signed result envelope, canonical JSON
+    blob_path: Path | None  # tensor blob beside it, if any
+    created_at: int
+    attempts: int
+    last_attempt_at: int | None
