@@ -1,0 +1,107 @@
+"""Fixed-point encoding mod M = 2**modulus_bits, and decoding of the sum.
+
+Owns the check that the sum cannot wrap. A value v (already clipped to [-B, B]) is sent
+as round(v * P * w) mod M, where w is the pod's weight (its training rows in weighted
+mode, else 1). The check is per pod, so a pod decides alone and still guarantees the
+cohort's sum:
+
+    each pod's |encoded| <= limit(w) = floor(w * Q / (2 N) + 1/2)   (= round(w * B * P))
+    and N * limit(w) < M / 2,     with at most N participants,
+
+hence |sum| < M / 2 and the centered lift of the sum mod M is the true sum. With w = 1
+this is the seeds' N * B * P < M / 2. In weighted mode the modulus headroom above Q
+pays for the weights: a pod with n_rows training rows needs
+n_rows * Q / 2 < M / 2, roughly n_rows < M / Q (64-bit M with Q = 2**40 leaves room
+for 2**24 rows a pod); otherwise the pod refuses with the numbers and the fix.
+
+Encoding is exact while |v * P * w| < 2**53 (float64); beyond that its relative error
+is 2**-53. Masks are ``masks.py``; the layout of the vector is ``update.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from pod_agent.errors import SecAggError
+from pod_agent.secagg.clip import ClipBound
+
+
+_DTYPES = {32: np.dtype("<u4"), 64: np.dtype("<u8")}
+_SIGNED = {32: np.dtype("<i4"), 64: np.dtype("<i8")}
+
+
+def modulus_dtype(modulus_bits: int) -> np.dtype[np.unsignedinteger]:
+    if modulus_bits not in _DTYPES:
+        raise SecAggError(f"modulus_bits = {modulus_bits!r} is not supported; use 32 or 64")
+    return _DTYPES[modulus_bits]
+
+
+def signed_view(total: npt.NDArray[np.unsignedinteger], modulus_bits: int) -> npt.NDArray[np.signedinteger]:
+    """Centered lift of values mod M: [M/2, M) maps to [-M/2, 0), by reinterpreting the bits."""
+    return total.view(_SIGNED[modulus_bits])
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """How one pod encodes: multiply by ``scale``, round, stay within ``limit``, reduce mod M."""
+
+    modulus_bits: int
+    scale: float
+    limit: int
+
+    def encode_into(
+        self,
+        work: npt.NDArray[np.float64],
+        out: npt.NDArray[np.unsignedinteger],
+        ints: npt.NDArray[np.int64],
+    ) -> None:
+        """Encode clipped ``work`` (modified in place) into ``out``; ``ints`` is scratch of the same length."""
+        np.multiply(work, self.scale, out=work)
+        np.rint(work, out=work)
+        # Float rounding of B and of the product may land one unit past the exact
+        # limit; clamping here keeps the no-wrap proof exact.
+        limit = _float_at_most(self.limit)
+        np.clip(work, -limit, limit, out=work)
+        np.copyto(ints, work, casting="unsafe")
+        if self.modulus_bits == 64:
+            np.copyto(out, ints.view(np.uint64))
+        else:
+            np.bitwise_and(ints, 0xFFFF_FFFF, out=ints)
+            np.copyto(out, ints, casting="unsafe")
+
+
+def _float_at_most(value: int) -> float:
+    as_float = float(value)
+    return as_float if int(as_float) <= value else float(np.nextafter(as_float, 0.0))
+
+
+def plan_encoding(bound: ClipBound, *, modulus_bits: int, weight: int) -> Encoding:
+    """The encoding for a pod of this weight, or SecAggError when the sum could wrap."""
+    modulus_dtype(modulus_bits)
+    if weight < 1:
+        raise SecAggError(f"weight (training rows) = {weight} must be >= 1 to take part in the sum")
+    q, p, n = bound.prime_q, bound.precision, bound.num_workers
+    modulus = 1 << modulus_bits
+    limit = (weight * q + n) // (2 * n)
+    if 2 * n * limit >= modulus:
+        weighted_hint = (
+            f", or set weighted=false (weighting by n_rows={weight} multiplies the sum)" if weight > 1 else ""
+        )
+        raise SecAggError(
+            f"secure aggregation sum could wrap: num_workers * bound * precision * weight = "
+            f"{n} * {bound.bound:.6g} * {p} * {weight} ~ {n * limit} must be < M/2 = 2**{modulus_bits}/2 = "
+            f"{modulus // 2}; lower prime_q or precision"
+            + ("" if modulus_bits == 64 else ", use modulus_bits=64")
+            + weighted_hint
+        )
+    return Encoding(modulus_bits=modulus_bits, scale=float(p) * weight, limit=limit)
+
+
+def decode_sum(
+    total: npt.NDArray[np.unsignedinteger], *, divisor: float, modulus_bits: int, out: npt.NDArray[np.floating]
+) -> None:
+    """Write centered-lift(total) / divisor into ``out`` (any float dtype), without a float64 copy."""
+    np.divide(signed_view(total, modulus_bits), divisor, out=out, casting="unsafe")
