@@ -1,0 +1,301 @@
+"""The pod's own decision on a task: verify the envelope, then apply the policy in pod.toml.
+
+Owns the acceptance checks and their order. Checks run cheapest first and each
+refusal carries one ``RefusalCode``:
+
+ 1. size        raw bytes over security.max_task_bytes            payload_too_large
+ 2. parse       strict JSON envelope                                malformed
+ 3. signer      envelope signer among security.modellers           unknown_signer
+ 4. signature   Ed25519 over canonical_json(payload)               bad_signature
+    (then the signed payload must be a valid task whose modeller_id is the signer,
+    with a model and data selection for train/evaluate/predict)   malformed
+ 5. expiry      lifetime over max_task_lifetime_s                  lifetime_exceeded
+                issued_at > now + clock_skew_s                     not_yet_valid
+                now > expires_at + clock_skew_s                    expired
+ 6. nonce       task_id or nonce seen before                       replay
+ 7. role        this pod among payload.pods (and secagg cohort)    not_targeted
+                predict needs allow_predict                        predict_not_permitted
+                kind among the modeller's kinds                    kind_not_permitted
+                general: model allow-listed by name+sha256          role_not_permitted
+                epochs/steps within the modeller's maximum          limits_exceeded
+                secagg cohort >= privacy.min_pods                  too_few_pods
+ 8. source hash inline source / spec hashes to model.sha256        source_hash_mismatch
+ 9. schema hash payload.schema_hash equals this pod's               schema_mismatch
+
+Recording: every task whose signature verified and which is within its validity
+window is recorded with its verdict (accepted, or refused with its code) in the
+same transaction that marks its task_id and nonce seen (``NonceStore.record_verdict``).
+So a replay of an authentic task is always caught, whether it was accepted or
+refused, and a task refused by policy cannot run later because the pod's config
+changed. Nothing is recorded before the signature verifies (a forger cannot burn a
+modeller's task ids), nor for a not-yet-valid task (it may be delivered again once
+valid), nor for an expired or malformed one (refused the same way forever). Nonces
+are kept until expires_at + clock_skew_s; after that a replay is refused as expired.
+
+``schema-stats`` tasks (aggregate facts only, like evaluate) are permitted to a
+modeller whose kinds include ``evaluate``. A ``train`` task must bound its run with
+epochs or steps. An empty policy (no modellers) refuses everything as unknown_signer.
+Models given by ``hub_ref`` are fetched later; the daemon checks the fetched text
+with ``check_fetched_source`` before using it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+
+from pod_agent.config.settings import ModellerPolicy, PrivacySection, SecuritySection
+from pod_agent.errors import ConfigError, ProtocolError, TaskRefused
+from pod_agent.policy.codes import RefusalCode
+from pod_agent.protocol.canonical import source_sha256, spec_sha256
+from pod_agent.protocol.keys import PublicKey
+from pod_agent.protocol.messages import Envelope, ModelRef, TaskPayload
+from pod_agent.protocol.signing import envelope_bytes, parse_envelope, verify_envelope
+from pod_agent.state.records import AlreadySeen, NonceStore, Verdict
+
+_TASK_ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+@dataclass(frozen=True)
+class VerifiedTask:
+    """A task the pod accepted: the signed payload, the policy entry of its signer, the envelope."""
+
+    payload: TaskPayload
+    modeller: ModellerPolicy
+    envelope: Envelope
+
+
+def _refuse(code: RefusalCode, detail: str, task_id: str | None) -> TaskRefused:
+    return TaskRefused(code.value, detail, task_id=task_id)
+
+
+def check_fetched_source(model: ModelRef, source: str) -> None:
+    """Refuse (source_hash_mismatch) model source fetched by hub_ref unless it hashes to model.sha256."""
+    if source_sha256(source) != model.sha256:
+        raise TaskRefused(
+            RefusalCode.SOURCE_HASH_MISMATCH.value,
+            f"source fetched for model {model.name!r} does not hash to the signed sha256 {model.sha256[:16]}",
+        )
+
+
+class TaskVerifier:
+    """Decides whether this pod runs a raw task message; see the module docstring for the checks."""
+
+    def __init__(
+        self,
+        *,
+        security: SecuritySection,
+        privacy: PrivacySection,
+        pod_name: str,
+        schema_hash: str,
+        nonces: NonceStore,
+    ) -> None:
+        self._security = security
+        self._privacy = privacy
+        self._pod_name = pod_name
+        self._schema_hash = schema_hash
+        self._nonces = nonces
+        self._modellers: dict[str, tuple[ModellerPolicy, PublicKey]] = {}
+        for index, entry in enumerate(security.modellers):
+            try:
+                key = PublicKey.from_b64(entry.public_key)
+            except ProtocolError as exc:
+                raise ConfigError(
+                    f"security.modellers[{index}].public_key ({entry.name!r}) is not a base64 Ed25519 public key: "
+                    "paste the key that `pod-agent keys generate` printed"
+                ) from exc
+            if key.key_id in self._modellers:
+                other = self._modellers[key.key_id][0].name
+                raise ConfigError(
+                    f"security.modellers[{index}] ({entry.name!r}) has the same public key as {other!r}: list each key once"
+                )
+            self._modellers[key.key_id] = (entry, key)
+        self._allowed_models = frozenset((m.name, m.sha256) for m in security.allowed_models)
+
+    def verify(self, raw: bytes, *, now: int) -> VerifiedTask:
+        """Return the accepted task, or raise TaskRefused with the first failing check's code."""
+        if len(raw) > self._security.max_task_bytes:
+            raise _refuse(
+                RefusalCode.PAYLOAD_TOO_LARGE,
+                f"task message is {len(raw)} bytes, over security.max_task_bytes = {self._security.max_task_bytes}",
+                None,
+            )
+        try:
+            env = parse_envelope(raw)
+        except ProtocolError as exc:
+            raise _refuse(RefusalCode.MALFORMED, str(exc), None) from exc
+        claimed = env.payload.get("task_id")
+        claimed_id = claimed if isinstance(claimed, str) and _TASK_ID_RE.match(claimed) else None
+
+        found = self._modellers.get(env.signer)
+        if found is None:
+            raise _refuse(RefusalCode.UNKNOWN_SIGNER, f"signer {env.signer[:16]} is not in security.modellers", claimed_id)
+        modeller, key = found
+        try:
+            body = verify_envelope(env, key)
+        except ProtocolError as exc:
+            raise _refuse(RefusalCode.BAD_SIGNATURE, f"{exc} (signer {modeller.name!r})", claimed_id) from exc
+        try:
+            payload = TaskPayload.model_validate_json(body)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "payload"
+            raise _refuse(
+                RefusalCode.MALFORMED, f"signed task is invalid at {where}: {first['msg']}", claimed_id
+            ) from exc
+        self._check_shape(payload, modeller, key.key_id)
+        self._check_times(payload, now)
+
+        try:
+            self._nonces.ensure_unseen(task_id=payload.task_id, nonce=payload.nonce)
+        except AlreadySeen as exc:
+            raise _refuse(RefusalCode.REPLAY, str(exc), payload.task_id) from exc
+
+        verdict_json = envelope_bytes(env).decode("utf-8")
+        try:
+            self._check_role(payload, modeller)
+            self._check_source(payload)
+            self._check_schema(payload)
+        except TaskRefused as refusal:
+            self._record(payload, verdict_json, refusal.code, now)
+            raise
+        self._record(payload, verdict_json, None, now)
+        return VerifiedTask(payload=payload, modeller=modeller, envelope=env)
+
+    def _record(self, payload: TaskPayload, envelope_json: str, code: str | None, now: int) -> None:
+        verdict = Verdict(
+            task_id=payload.task_id,
+            nonce=payload.nonce,
+            modeller_id=payload.modeller_id,
+            kind=payload.kind,
+            envelope_json=envelope_json,
+            accepted=code is None,
+            reason=code,
+            keep_until=payload.expires_at + self._security.clock_skew_s,
+            now=now,
+        )
+        try:
+            self._nonces.record_verdict(verdict)
+        except AlreadySeen as exc:  # the same task verified concurrently
+            raise _refuse(RefusalCode.REPLAY, str(exc), payload.task_id) from exc
+
+    @staticmethod
+    def _check_shape(payload: TaskPayload, modeller: ModellerPolicy, signer: str) -> None:
+        if payload.modeller_id != signer:
+            raise _refuse(
+                RefusalCode.MALFORMED,
+                f"payload.modeller_id {payload.modeller_id[:16]} is not its signer {modeller.name!r}",
+                payload.task_id,
+            )
+        if payload.kind != "schema-stats" and (payload.model is None or payload.data is None):
+            raise _refuse(
+                RefusalCode.MALFORMED, f"a {payload.kind} task needs a model and a data selection", payload.task_id
+            )
+
+    def _check_times(self, payload: TaskPayload, now: int) -> None:
+        skew = self._security.clock_skew_s
+        lifetime = payload.expires_at - payload.issued_at
+        if lifetime <= 0:
+            raise _refuse(RefusalCode.MALFORMED, f"expires_at is {-lifetime} s before issued_at", payload.task_id)
+        if lifetime > self._security.max_task_lifetime_s:
+            raise _refuse(
+                RefusalCode.LIFETIME_EXCEEDED,
+                f"task lives {lifetime} s, over security.max_task_lifetime_s = {self._security.max_task_lifetime_s}",
+                payload.task_id,
+            )
+        if payload.issued_at > now + skew:
+            raise _refuse(
+                RefusalCode.NOT_YET_VALID,
+                f"issued_at is {payload.issued_at - now} s in the future (allowed skew {skew} s)",
+                payload.task_id,
+            )
+        if now > payload.expires_at + skew:
+            raise _refuse(
+                RefusalCode.EXPIRED,
+                f"expired {now - payload.expires_at} s ago (allowed skew {skew} s)",
+                payload.task_id,
+            )
+
+    def _check_role(self, payload: TaskPayload, modeller: ModellerPolicy) -> None:
+        task_id = payload.task_id
+        if self._pod_name not in payload.pods:
+            raise _refuse(RefusalCode.NOT_TARGETED, f"pod {self._pod_name!r} is not among the task's pods", task_id)
+        if payload.kind == "predict" and not modeller.allow_predict:
+            raise _refuse(
+                RefusalCode.PREDICT_NOT_PERMITTED, f"modeller {modeller.name!r} has allow_predict = false", task_id
+            )
+        needed = "evaluate" if payload.kind == "schema-stats" else payload.kind
+        if needed not in modeller.kinds:
+            raise _refuse(
+                RefusalCode.KIND_NOT_PERMITTED,
+                f"modeller {modeller.name!r} may run {list(modeller.kinds)}, not {payload.kind}",
+                task_id,
+            )
+        if payload.model is not None and modeller.role != "super":
+            self._check_general_model(payload.model, modeller, task_id)
+        self._check_limits(payload, modeller)
+        if payload.secagg is not None:
+            cohort = [p.pod for p in payload.secagg.participants]
+            if self._pod_name not in cohort:
+                raise _refuse(RefusalCode.NOT_TARGETED, f"pod {self._pod_name!r} is not in the secagg cohort", task_id)
+            if len(set(cohort)) < self._privacy.min_pods:
+                raise _refuse(
+                    RefusalCode.TOO_FEW_PODS,
+                    f"secure aggregation over {len(set(cohort))} pods, under privacy.min_pods = {self._privacy.min_pods}",
+                    task_id,
+                )
+
+    def _check_general_model(self, model: ModelRef, modeller: ModellerPolicy, task_id: str) -> None:
+        if model.style == "declarative" and self._security.allow_declarative_models:
+            return
+        if (model.name, model.sha256) not in self._allowed_models:
+            raise _refuse(
+                RefusalCode.ROLE_NOT_PERMITTED,
+                f"general modeller {modeller.name!r} may run only security.allowed_models; "
+                f"model {model.name!r} sha256 {model.sha256[:16]} is not listed",
+                task_id,
+            )
+
+    @staticmethod
+    def _check_limits(payload: TaskPayload, modeller: ModellerPolicy) -> None:
+        hp = payload.hyperparameters
+        if payload.kind == "train" and hp.epochs is None and hp.steps is None:
+            raise _refuse(
+                RefusalCode.LIMITS_EXCEEDED, "a train task must give epochs or steps so its run is bounded", payload.task_id
+            )
+        if hp.epochs is not None and hp.epochs > modeller.max_epochs:
+            raise _refuse(
+                RefusalCode.LIMITS_EXCEEDED,
+                f"{hp.epochs} epochs, over {modeller.name!r}'s max_epochs = {modeller.max_epochs}",
+                payload.task_id,
+            )
+        if hp.steps is not None and hp.steps > modeller.max_steps:
+            raise _refuse(
+                RefusalCode.LIMITS_EXCEEDED,
+                f"{hp.steps} steps, over {modeller.name!r}'s max_steps = {modeller.max_steps}",
+                payload.task_id,
+            )
+
+    @staticmethod
+    def _check_source(payload: TaskPayload) -> None:
+        model = payload.model
+        if model is None or model.hub_ref is not None:
+            return
+        actual = source_sha256(model.source) if model.source is not None else spec_sha256(model.spec)
+        if actual != model.sha256:
+            raise _refuse(
+                RefusalCode.SOURCE_HASH_MISMATCH,
+                f"model {model.name!r} hashes to {actual[:16]}, not the signed {model.sha256[:16]}",
+                payload.task_id,
+            )
+
+    def _check_schema(self, payload: TaskPayload) -> None:
+        if payload.schema_hash != self._schema_hash:
+            raise _refuse(
+                RefusalCode.SCHEMA_MISMATCH,
+                f"task was built for schema {payload.schema_hash[:16]}, this pod's is {self._schema_hash[:16]}",
+                payload.task_id,
+            )
+
