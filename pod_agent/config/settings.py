@@ -8,11 +8,21 @@ Environment variables win over the file; nested keys use ``__``
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+# The TOML file the next PodSettings() reads; set only by loader.load_settings, so that
+# env vars (POD_AGENT_*) can be layered over one explicit file and never a guessed one.
+TOML_FILE: ContextVar[Path | None] = ContextVar("pod_agent_toml_file", default=None)
 
 
 class _Section(BaseModel):
@@ -51,10 +61,27 @@ class DatasourceSection(_Section):
     # CSV reading, so raw exports (no header, padded fields, '?' for missing) load by config alone.
     csv_has_header: bool = True
     csv_column_names: list[str] = []
-    csv_delimiter: str = ","
+    csv_skip_rows: int = Field(default=0, ge=0)  # lines before the header (or first row)
+    csv_delimiter: str = Field(default=",", min_length=1, max_length=1)
+    csv_encoding: str = "utf-8"
     csv_null_values: list[str] = ["", "NA", "N/A", "null", "NULL", "?"]
     csv_trim_whitespace: bool = True
     categorical_max_unique: int = Field(default=50, ge=1)
+
+    @model_validator(mode="after")
+    def _each_column_has_one_fate(self) -> "DatasourceSection":
+        seen: dict[str, str] = {name: "ignore_cols" for name in self.ignore_cols}
+        for stype, names in self.force_stypes.items():
+            for name in names:
+                if name in seen:
+                    raise ValueError(
+                        f"column {name!r} is listed in both {seen[name]} and force_stypes.{stype};"
+                        " keep it in one place"
+                    )
+                seen[name] = f"force_stypes.{stype}"
+        if len(set(self.csv_column_names)) != len(self.csv_column_names):
+            raise ValueError("csv_column_names has duplicates; give every column its own name")
+        return self
 
 
 class ModellerPolicy(_Section):
@@ -139,8 +166,23 @@ class PodSettings(BaseSettings):
     training: TrainingSection = TrainingSection()
     ops: OpsSection = OpsSection()
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = TOML_FILE.get()
+        if toml_file is None:
+            return (init_settings, env_settings)
+        # Order is precedence: explicit arguments, then POD_AGENT_* env, then the file.
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+
     @model_validator(mode="after")
-    def _general_modellers_need_models(self) -> "PodSettings":
+    def _modeller_names_unique(self) -> "PodSettings":
         names = [m.name for m in self.security.modellers]
         if len(names) != len(set(names)):
             raise ValueError("security.modellers: names must be unique")

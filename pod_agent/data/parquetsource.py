@@ -1,0 +1,152 @@
+"""Parquet files, or a directory of them, as streams of record batches.
+
+Owns finding the files, insisting that they all share one schema (checked from their footers
+before any data is read), the row count from the footers, the per-column arrow type the
+batches carry (dictionary columns decoded; forced text cast to string, forced continuous
+strings cast to float64), and the streaming pass that collects distinct values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from pod_agent.data.infer import MAX_FORCED_CATEGORIES, DistinctValues, decide, tracks_distinct
+from pod_agent.data.schema import ColumnSchema, Stype
+from pod_agent.errors import DataError
+
+_PASS_BATCH_ROWS = 65_536
+
+
+@dataclass(frozen=True)
+class ParquetLayout:
+    """The files of a Parquet table and the schema they share (ignored columns included)."""
+
+    path: Path
+    files: list[Path]
+    arrow_schema: pa.Schema
+
+    def dataset(self) -> pads.Dataset:
+        return pads.dataset([str(f) for f in self.files], format="parquet", schema=self.arrow_schema)
+
+
+def open_parquet_layout(path: Path) -> ParquetLayout:
+    """Read every file's footer; all must agree on the schema."""
+    if path.is_dir():
+        files = sorted(
+            p for p in path.rglob("*") if p.is_file() and not p.name.startswith(("_", "."))
+        )
+        if not files:
+            raise DataError(f"{path}: directory holds no Parquet files - point datasource.path at the data")
+    else:
+        files = [path]
+    first = _footer_schema(files[0])
+    for other in files[1:]:
+        schema = _footer_schema(other)
+        if not schema.equals(first, check_metadata=False):
+            raise DataError(
+                f"{path}: Parquet files disagree on schema: {_difference(files[0], first, other, schema)}"
+                " - rewrite them with one schema or point datasource.path at one of them"
+            )
+    return ParquetLayout(path=path, files=files, arrow_schema=first.remove_metadata())
+
+
+def _footer_schema(file: Path) -> pa.Schema:
+    try:
+        if file.stat().st_size == 0:
+            raise DataError(f"{file}: the file is empty - point datasource.path at a table with rows")
+        return pq.read_schema(file)
+    except (pa.ArrowInvalid, OSError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
+        raise DataError(f"{file}: cannot read as Parquet ({reason}) - check the file or datasource.format") from exc
+
+
+def _difference(file_a: Path, a: pa.Schema, file_b: Path, b: pa.Schema) -> str:
+    for name in a.names:
+        if name not in b.names:
+            return f"{file_a.name} has column {name!r}, {file_b.name} does not"
+    for name in b.names:
+        if name not in a.names:
+            return f"{file_b.name} has column {name!r}, {file_a.name} does not"
+    for name in a.names:
+        type_a, type_b = a.field(name).type, b.field(name).type
+        if type_a != type_b:
+            return f"column {name!r} is {type_a} in {file_a.name} but {type_b} in {file_b.name}"
+    return f"{file_a.name} and {file_b.name} order their columns differently"
+
+
+def target_type(name: str, stored: pa.DataType, forced: Stype | None) -> pa.DataType:
+    """The arrow type the batches carry for a column, or DataError for a column we cannot use."""
+    arrow_type = _decoded(stored)
+    is_string = pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type)
+    if forced == "text":
+        return arrow_type if is_string else pa.string()
+    if forced == "image" and not is_string:
+        raise DataError(
+            f"column {name!r} is forced image but holds {arrow_type}, not file paths"
+            " - remove it from force_stypes.image"
+        )
+    if forced == "continuous" and is_string:
+        return pa.float64()
+    usable = (
+        is_string
+        or pa.types.is_boolean(arrow_type)
+        or pa.types.is_integer(arrow_type)
+        or pa.types.is_floating(arrow_type)
+        or pa.types.is_decimal(arrow_type)
+        or pa.types.is_temporal(arrow_type)
+    )
+    if not usable:
+        raise DataError(
+            f"column {name!r} has type {arrow_type}, which pod-agent cannot use"
+            " - add it to datasource.ignore_cols"
+        )
+    return arrow_type
+
+
+def typed_batches(
+    layout: ParquetLayout, columns: list[str], types: dict[str, pa.DataType], *, batch_rows: int
+) -> Iterator[pa.RecordBatch]:
+    """Batches of ``columns`` cast to ``types``."""
+    target = pa.schema([(name, types[name]) for name in columns])
+    try:
+        for batch in layout.dataset().to_batches(columns=columns, batch_size=batch_rows):
+            yield batch if batch.schema.equals(target) else batch.cast(target)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(
+            f"{layout.path}: cannot read as Parquet ({str(exc).splitlines()[0]}) - check the files"
+        ) from exc
+
+
+def infer_parquet(
+    layout: ParquetLayout, *, visible: list[str], forced: dict[str, Stype], max_unique: int
+) -> tuple[list[ColumnSchema], int]:
+    """Schema of the visible columns: types from the footer, distinct values from one pass."""
+    types = {name: target_type(name, layout.arrow_schema.field(name).type, forced.get(name)) for name in visible}
+    trackers: dict[str, DistinctValues] = {}
+    for name in visible:
+        kind = forced.get(name)
+        if kind == "categorical":
+            trackers[name] = DistinctValues(limit=MAX_FORCED_CATEGORIES)
+        elif kind is None and tracks_distinct(types[name]):
+            trackers[name] = DistinctValues(limit=max_unique)
+    # Strings forced continuous are read too: casting every value to float64 checks it.
+    cast_checked = [n for n in visible if types[n] != _decoded(layout.arrow_schema.field(n).type)]
+    needed = [n for n in visible if n in trackers or n in cast_checked]
+    rows = layout.dataset().count_rows()
+    if needed:
+        for batch in typed_batches(layout, needed, types, batch_rows=_PASS_BATCH_ROWS):
+            for name, column in zip(needed, batch.columns):
+                if name in trackers:
+                    trackers[name].add(column)
+    columns = [decide(name, types[name], forced=forced.get(name), distinct=trackers.get(name)) for name in visible]
+    return columns, rows
+
+
+def _decoded(arrow_type: pa.DataType) -> pa.DataType:
+    return arrow_type.value_type if pa.types.is_dictionary(arrow_type) else arrow_type
