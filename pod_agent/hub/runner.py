@@ -1,0 +1,78 @@
+"""Running the reference hub: open storage, bind (127.0.0.1 by default), TLS, stop on a signal.
+
+Owns ``serve`` (used by ``pod-agent hub serve``) and the server TLS context.
+Routes live in ``server.py``, storage in ``sqlite.py``. Blobs of a file database
+``hub.sqlite`` are kept in ``hub.sqlite.blobs/`` beside it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import ssl
+from collections.abc import Callable
+from pathlib import Path
+
+from aiohttp import web
+
+from pod_agent.errors import HubError
+from pod_agent.hub.server import create_app
+from pod_agent.hub.sqlite import SqliteStorage
+
+_log = logging.getLogger(__name__)
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8700
+
+
+def server_tls_context(cert: Path, key: Path) -> ssl.SSLContext:
+    """TLS 1.2+ server context from a PEM certificate chain and its key."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise HubError(f"TLS certificate {cert} / key {key} cannot be loaded: {exc}; give PEM files that match") from exc
+    return context
+
+
+def blob_dir_for(db: str) -> Path | None:
+    return None if db == ":memory:" else Path(db + ".blobs")
+
+
+async def serve(
+    *,
+    db: str,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    cert: Path | None = None,
+    key: Path | None = None,
+    on_listening: Callable[[str], None] | None = None,
+) -> None:
+    """Serve until SIGTERM or SIGINT; ``on_listening`` gets the base URL once bound (port 0 resolved)."""
+    if (cert is None) != (key is None):
+        raise HubError("TLS needs both --cert and --key (or neither for plain http on loopback)")
+    tls = server_tls_context(cert, key) if cert is not None and key is not None else None
+    storage = SqliteStorage(db)
+    runner = web.AppRunner(create_app(storage, blob_dir=blob_dir_for(db)), access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port, ssl_context=tls)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise HubError(f"cannot listen on {host}:{port}: {exc.strerror}; pick another --port") from exc
+        bound = site._server.sockets[0].getsockname()[1] if site._server and site._server.sockets else port  # type: ignore[union-attr]
+        url = f"{'https' if tls else 'http'}://{host}:{bound}"
+        _log.info("hub listening on %s", url)
+        if on_listening is not None:
+            on_listening(url)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+        storage.close()

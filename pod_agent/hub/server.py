@@ -1,0 +1,642 @@
+"""HTTP API of the reference hub: routes, request authentication, task push.
+
+Owns the aiohttp application built by ``create_app(storage)``: every ``/v1``
+request carries an Ed25519 request signature (``pod_agent.protocol.sign_request``)
+checked against the registered key of a pod or modeller, within the clock window
+and not replayed; registration requests are signed by the key they register.
+Tasks reach pods over a WebSocket per pod (push) or a long poll, at least once:
+a task stays pending until the pod acknowledges it, and every new connection
+gets all pending tasks again. Results are idempotent by (task, pod). Blobs
+stream to disk through ``blobs.BlobStore``. The hub is not trusted by pods: it
+checks signatures to keep its own records clean, but the pod's policy decides.
+
+Routes (JSON bodies; errors are ``{"error": text}`` with a 4xx/5xx status):
+
+    GET  /healthz                           liveness, no auth
+    POST /v1/pods/register                  pod registers or updates itself
+    POST /v1/pod/heartbeat                  pod is alive (long-poll mode)
+    POST /v1/pod/round-key                  pod announces a signed round key
+    GET  /v1/pod/ws                         WebSocket: tasks pushed, acks and heartbeats back
+    GET  /v1/pod/tasks?wait=S               long poll: pending tasks
+    POST /v1/pod/tasks/{task_id}/ack        pod has recorded the task
+    POST /v1/pod/tasks/{task_id}/refusal    pod refused: {"code": ...}
+    POST /v1/pod/tasks/{task_id}/progress   a ProgressEvent
+    POST /v1/pod/results                    a pod-signed ResultPayload envelope (idempotent)
+    POST /v1/modellers/register             modeller registers its key
+    GET  /v1/pods                           pods with public schema and status
+    POST /v1/models                         publish a model version
+    GET  /v1/models/{name}/{version}        fetch a model version
+    POST /v1/tasks                          submit a modeller-signed TaskPayload envelope
+    GET  /v1/tasks/{task_id}                per-pod delivery, refusal, progress and result status
+    GET  /v1/tasks/{task_id}/results        the pods' signed result envelopes
+    PUT  /v1/blobs/{sha256}                 stream a blob (signature over an empty body; sha256 binds it)
+    GET  /v1/blobs/{sha256}                 stream a blob back
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import shutil
+import tempfile
+import time
+import weakref
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from aiohttp import WSMsgType, web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pod_agent.errors import HubError, ProtocolError
+from pod_agent.hub.blobs import BlobStore
+from pod_agent.hub.storage import (
+    BlobRecord,
+    ModellerRecord,
+    ModelRecord,
+    PodRecord,
+    Storage,
+    TaskRecord,
+)
+from pod_agent.protocol import (
+    PublicKey,
+    RequestReplayCache,
+    envelope_bytes,
+    open_envelope,
+    parse_envelope,
+    parse_json,
+    source_sha256,
+    verify_request,
+)
+from pod_agent.protocol.messages import (
+    Envelope,
+    ProgressEvent,
+    ResultPayload,
+    RoundKeyAnnouncement,
+    TaskPayload,
+)
+
+_log = logging.getLogger(__name__)
+_T = TypeVar("_T", bound=BaseModel)
+
+# JSON bodies are small (a task with inline source is capped by pods at a few MB); blobs stream.
+MAX_JSON_BODY_BYTES = 16 * 1024 * 1024
+# A long poll returns at least this often so proxies and the pod notice a dead peer.
+MAX_LONG_POLL_S = 30.0
+# A pod not heard from within this many heartbeat intervals is shown offline.
+OFFLINE_AFTER_HEARTBEATS = 3
+_REGISTER_ROUTES = frozenset({"pods_register", "modellers_register"})
+_UNSIGNED_ROUTES = frozenset({"healthz"})
+_STREAMED_BODY_ROUTES = frozenset({"blob_put"})
+
+_HUB: web.AppKey["_Hub"] = web.AppKey("hub", object)  # type: ignore[arg-type]
+_SIGNER: web.RequestKey[str] = web.RequestKey("signer", str)
+
+
+class _Edge(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PodRegistration(_Edge):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+    public_key: str
+    schema_public: dict[str, Any]
+    schema_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
+    row_count: int = Field(ge=0)
+    sandbox_level: str
+    heartbeat_s: float = Field(gt=0)
+    round_key: dict[str, Any] | None = None  # signed RoundKeyAnnouncement envelope
+
+
+class ModellerRegistration(_Edge):
+    name: str = Field(min_length=1, max_length=200)
+    public_key: str
+
+
+class ModelPublication(_Edge):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,100}$")
+    version: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,50}$")
+    style: str
+    class_name: str | None = None
+    source: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    weights_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+
+
+class Refusal(_Edge):
+    code: str = Field(pattern=r"^[a-z0-9_]{1,64}$")
+
+
+def _parse_json(raw: bytes) -> Any:
+    try:
+        return parse_json(raw)
+    except ProtocolError as exc:
+        raise HubError(f"bad request body: {exc}", status=400) from exc
+
+
+def _parse(model: type[_Edge] | type[BaseModel], raw: bytes) -> Any:
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise HubError(f"bad request body: {where}: {first['msg']}", status=400) from exc
+
+
+class _Hub:
+    """Per-app state: storage, blobs, replay cache, and who is waiting for which pod's tasks."""
+
+    def __init__(self, storage: Storage, blobs: BlobStore, clock: Callable[[], float]) -> None:
+        self.storage = storage
+        self.blobs = blobs
+        self.clock = clock
+        self.replay = RequestReplayCache()
+        self._wakeups: dict[str, asyncio.Event] = {}
+        self.sockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
+        self.connected: dict[str, int] = {}
+
+    def now(self) -> int:
+        return int(self.clock())
+
+    def wakeup(self, pod: str) -> asyncio.Event:
+        return self._wakeups.setdefault(pod, asyncio.Event())
+
+    def notify(self, pod: str) -> None:
+        event = self._wakeups.pop(pod, None)
+        if event is not None:
+            event.set()
+
+    def lookup(self, key_id: str) -> PublicKey | None:
+        pod = self.storage.pod_by_key(key_id)
+        if pod is not None:
+            return PublicKey.from_b64(pod.public_key)
+        modeller = self.storage.get_modeller(key_id)
+        return None if modeller is None else PublicKey.from_b64(modeller.public_key)
+
+    async def db(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+
+def _hub(request: web.Request) -> _Hub:
+    return request.app[_HUB]
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+@web.middleware
+async def _errors_and_auth(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    route = request.match_info.route.name
+    try:
+        if route not in _UNSIGNED_ROUTES and request.match_info.http_exception is None:
+            await _authenticate(request, route)
+        return await handler(request)
+    except HubError as exc:
+        return _error(exc.status or 400, str(exc))
+    except ProtocolError as exc:
+        return _error(401, f"request signature rejected: {exc}")
+
+
+async def _authenticate(request: web.Request, route: str | None) -> None:
+    hub = _hub(request)
+    body = b"" if route in _STREAMED_BODY_ROUTES else await request.read()
+    lookup = hub.lookup
+    if route in _REGISTER_ROUTES:
+        # Registration is signed by the key being registered: proof of possession, not of identity.
+        offered = _offered_key(body)
+
+        def lookup(key_id: str) -> PublicKey | None:
+            return offered if offered is not None and offered.key_id == key_id else hub.lookup(key_id)
+
+    signer = await asyncio.to_thread(
+        verify_request,
+        dict(request.headers),
+        request.method,
+        request.raw_path,
+        body,
+        lookup=lookup,
+        replay=hub.replay,
+        now=hub.now(),
+    )
+    request[_SIGNER] = signer
+
+
+def _offered_key(body: bytes) -> PublicKey | None:
+    try:
+        raw = json.loads(body)
+        return PublicKey.from_b64(str(raw["public_key"]))
+    except (ValueError, KeyError, TypeError, ProtocolError):
+        return None
+
+
+async def _signer_pod(request: web.Request) -> PodRecord:
+    pod = await _hub(request).db(_hub(request).storage.pod_by_key, request[_SIGNER])
+    if pod is None:
+        raise HubError("this key is not a registered pod; register first (POST /v1/pods/register)", status=403)
+    return pod  # type: ignore[no-any-return]
+
+
+async def _signer_modeller(request: web.Request) -> ModellerRecord:
+    modeller = await _hub(request).db(_hub(request).storage.get_modeller, request[_SIGNER])
+    if modeller is None:
+        raise HubError("this key is not a registered modeller; run `pod-agent modeller register`", status=403)
+    return modeller  # type: ignore[no-any-return]
+
+
+async def _signer_any(request: web.Request) -> None:
+    hub = _hub(request)
+    if await hub.db(hub.lookup, request[_SIGNER]) is None:
+        raise HubError("this key is not registered with the hub", status=403)
+
+
+# -- pods -------------------------------------------------------------------------------------
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.json_response({"ok": True})
+
+
+async def _pods_register(request: web.Request) -> web.Response:
+    hub = _hub(request)
+    reg: PodRegistration = _parse(PodRegistration, await request.read())
+    key = PublicKey.from_b64(reg.public_key)
+    if key.key_id != request[_SIGNER]:
+        raise HubError("registration must be signed by the key it registers", status=403)
+    if reg.round_key is not None:
+        _check_round_key(reg.round_key, key, reg.name)
+    now = hub.now()
+    existing = await hub.db(hub.storage.get_pod, reg.name)
+    record = PodRecord(
+        name=reg.name, key_id=key.key_id, public_key=reg.public_key, schema=reg.schema_public,
+        schema_hash=reg.schema_hash, row_count=reg.row_count, sandbox_level=reg.sandbox_level,
+        heartbeat_s=reg.heartbeat_s, registered_at=existing.registered_at if existing else now,
+        last_seen=now, round_key=reg.round_key,
+    )
+    await hub.db(hub.storage.upsert_pod, record)
+    _log.info("pod registered", extra={"pod": reg.name})
+    return web.json_response({"pod": reg.name, "key_id": key.key_id, "new": existing is None})
+
+
+def _envelope(raw: bytes | dict[str, Any], *, what: str) -> Envelope:
+    try:
+        return parse_envelope(raw) if isinstance(raw, bytes) else Envelope.model_validate(raw)
+    except (ValidationError, ProtocolError) as exc:
+        raise HubError(f"{what} envelope malformed: {exc}", status=400) from exc
+
+
+def _verified(envelope: Envelope, model: type[_T], key: PublicKey, *, what: str) -> _T:
+    """Verify and parse a payload; a bad signature or payload is a 400 naming ``what``."""
+    try:
+        return open_envelope(envelope, model, key)
+    except ProtocolError as exc:
+        raise HubError(f"{what} envelope rejected: {exc}", status=400) from exc
+
+
+def _check_round_key(raw: dict[str, Any], key: PublicKey, name: str) -> None:
+    announcement = _verified(_envelope(raw, what="round key"), RoundKeyAnnouncement, key, what="round key")
+    if announcement.pod != name or announcement.key_id != key.key_id:
+        raise HubError("round key announcement names another pod or key", status=400)
+
+
+async def _pod_round_key(request: web.Request) -> web.Response:
+    hub = _hub(request)
+    pod = await _signer_pod(request)
+    envelope = _parse_json(await request.read())
+    _check_round_key(envelope, PublicKey.from_b64(pod.public_key), pod.name)
+    await hub.db(hub.storage.set_round_key, pod.name, envelope)
+    return web.json_response({"ok": True})
+
+
+async def _pod_heartbeat(request: web.Request) -> web.Response:
+    hub = _hub(request)
+    pod = await _signer_pod(request)
+    await hub.db(hub.storage.touch_pod, pod.name, now=hub.now())
+    return web.json_response({"ok": True, "now": hub.now()})
+
+
+def _delivery(task: TaskRecord) -> dict[str, str]:
+    return {"type": "task", "task_id": task.task_id, "envelope": task.envelope.decode()}
+
+
+async def _pod_tasks(request: web.Request) -> web.Response:
+    """Long poll: answer at once when tasks are pending, else when one arrives or the wait ends."""
+    hub = _hub(request)
+    pod = await _signer_pod(request)
+    try:
+        wait_s = min(float(request.query.get("wait", "0")), MAX_LONG_POLL_S)
+    except ValueError as exc:
+        raise HubError("query 'wait' must be a number of seconds", status=400) from exc
+    await hub.db(hub.storage.touch_pod, pod.name, now=hub.now())
+    event = hub.wakeup(pod.name)
+    tasks = await hub.db(hub.storage.pending_tasks, pod.name)
+    if not tasks and wait_s > 0:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), wait_s)
+        tasks = await hub.db(hub.storage.pending_tasks, pod.name)
+    return web.json_response({"tasks": [_delivery(t) for t in tasks]})
+
+
+async def _pod_ws(request: web.Request) -> web.WebSocketResponse:
+    """Push pending tasks; read acks and heartbeats. Every connection starts by resending all pending."""
+    hub = _hub(request)
+    pod = await _signer_pod(request)
+    ws = web.WebSocketResponse(max_msg_size=MAX_JSON_BODY_BYTES)
+    await ws.prepare(request)
+    hub.sockets.add(ws)
+    hub.connected[pod.name] = hub.connected.get(pod.name, 0) + 1
+    await hub.db(hub.storage.touch_pod, pod.name, now=hub.now())
+    pusher = asyncio.create_task(_push_loop(hub, ws, pod.name), name=f"push:{pod.name}")
+    try:
+        async for msg in ws:
+            if msg.type != WSMsgType.TEXT:
+                break
+            await _on_pod_message(hub, ws, pod.name, msg.data)
+    finally:
+        pusher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pusher
+        hub.connected[pod.name] -= 1
+    return ws
+
+
+async def _push_loop(hub: _Hub, ws: web.WebSocketResponse, pod: str) -> None:
+    sent: set[str] = set()
+    while not ws.closed:
+        event = hub.wakeup(pod)
+        for task in await hub.db(hub.storage.pending_tasks, pod):
+            if task.task_id not in sent:
+                await ws.send_str(json.dumps(_delivery(task)))
+                sent.add(task.task_id)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), MAX_LONG_POLL_S)
+
+
+async def _on_pod_message(hub: _Hub, ws: web.WebSocketResponse, pod: str, data: str) -> None:
+    try:
+        msg = json.loads(data)
+        kind = msg["type"]
+    except (ValueError, KeyError, TypeError):
+        await ws.close(message=b"malformed message")
+        return
+    now = hub.now()
+    if kind == "heartbeat":
+        await hub.db(hub.storage.touch_pod, pod, now=now)
+        await ws.send_str(json.dumps({"type": "heartbeat_ack", "now": now}))
+    elif kind == "ack":
+        await hub.db(hub.storage.ack_delivery, str(msg.get("task_id")), pod, now=now)
+
+
+async def _pod_task_ack(request: web.Request) -> web.Response:
+    hub = _hub(request)
+    pod = await _signer_pod(request)
+    found = await hub.db(hub.storage.ack_delivery, request.match_info["task_id"], pod.name, now=hub.now())
+    if not found:
+        raise HubError(f"no task {request.match_info['task_id']} for pod {pod.name!r}", status=404)
+    return web.json_response({"ok": True})
+
+
+async def _pod_task_refusal(request: web.Request) -> web.Response:
+    hub = _hub(request)
+    pod = await _signer_pod(request)
+    refusal: Refusal = _parse(Refusal, await request.read())
+    task_id = request.match_info["task_id"]
+    if not await hub.db(hub.storage.record_refusal, task_id, pod.name, refusal.code, now=hub.now()):
+        raise HubError(f"no task {task_id} for pod {pod.name!r}", status=404)
+    _log.info("task refused by pod", extra={"pod": pod.name, "code": refusal.code})
+    return web.json_response({"ok": True})
+
+
+async def _pod_task_progress(request: web.Request) -> web.Response:
+    hub = _hub(request)
+    pod = await _signer_pod(request)
+    event: ProgressEvent = _parse(ProgressEvent, await request.read())
+    task_id = request.match_info["task_id"]
+    if event.task_id != task_id:
+        raise HubError("progress event names another task than the URL", status=400)
+    if not await hub.db(hub.storage.record_progress, task_id, pod.name, event.model_dump(mode="json")):
+        raise HubError(f"no task {task_id} for pod {pod.name!r}", status=404)
+    return web.json_response({"ok": True})
+
+
+async def _pod_results(request: web.Request) -> web.Response:
+    """Store a signed result once; the same bytes again are acknowledged, different ones are 409."""
+    hub = _hub(request)
+    pod = await _signer_pod(request)
+    envelope = _envelope(await request.read(), what="result")
+    if envelope.signer != pod.key_id:
+        raise HubError("result must be signed by the uploading pod's key", status=403)
+    result = _verified(envelope, ResultPayload, PublicKey.from_b64(pod.public_key), what="result")
+    if result.pod != pod.name:
+        raise HubError(f"result names pod {result.pod!r} but was uploaded by {pod.name!r}", status=403)
+    task = await hub.db(hub.storage.get_task, result.task_id)
+    if task is None or pod.name not in task.pods:
+        raise HubError(f"no task {result.task_id} for pod {pod.name!r}", status=404)
+    if result.blob is not None:
+        blob = await hub.db(hub.storage.get_blob, result.blob.sha256)
+        if blob is None or blob.size_bytes != result.blob.size_bytes:
+            raise HubError(f"result blob {result.blob.sha256[:12]}... not uploaded yet; PUT it first", status=409)
+    outcome = await hub.db(
+        hub.storage.put_result, result.task_id, pod.name, envelope_bytes(envelope),
+        status=result.status, now=hub.now(),
+    )
+    _log.info("result %s", outcome, extra={"pod": pod.name, "status": result.status})
+    return web.json_response({"ok": True, "outcome": outcome}, status=201 if outcome == "stored" else 200)
+
+
+# -- modellers ------------------------------------------------------------------------------
+
+
+async def _modellers_register(request: web.Request) -> web.Response:
+    hub = _hub(request)
+    reg: ModellerRegistration = _parse(ModellerRegistration, await request.read())
+    key = PublicKey.from_b64(reg.public_key)
+    if key.key_id != request[_SIGNER]:
+        raise HubError("registration must be signed by the key it registers", status=403)
+    await hub.db(hub.storage.upsert_modeller, ModellerRecord(key.key_id, reg.public_key, reg.name, hub.now()))
+    return web.json_response({"key_id": key.key_id})
+
+
+async def _pods_list(request: web.Request) -> web.Response:
+    hub = _hub(request)
+    await _signer_any(request)
+    now = hub.now()
+    pods = await hub.db(hub.storage.list_pods)
+    return web.json_response(
+        {
+            "pods": [
+                {
+                    "name": p.name, "key_id": p.key_id, "public_key": p.public_key, "schema": p.schema,
+                    "schema_hash": p.schema_hash, "row_count": p.row_count, "sandbox_level": p.sandbox_level,
+                    "last_seen": p.last_seen, "round_key": p.round_key,
+                    "online": hub.connected.get(p.name, 0) > 0
+                    or now - p.last_seen <= OFFLINE_AFTER_HEARTBEATS * p.heartbeat_s,
+                }
+                for p in pods
+            ]
+        }
+    )
+
+
+async def _models_publish(request: web.Request) -> web.Response:
+    hub = _hub(request)
+    modeller = await _signer_modeller(request)
+    pub: ModelPublication = _parse(ModelPublication, await request.read())
+    if source_sha256(pub.source) != pub.sha256:
+        raise HubError("model source does not hash to the given sha256", status=400)
+    outcome = await hub.db(
+        hub.storage.put_model,
+        ModelRecord(
+            name=pub.name, version=pub.version, style=pub.style, class_name=pub.class_name, source=pub.source,
+            sha256=pub.sha256, weights_sha256=pub.weights_sha256, owner=modeller.key_id, created_at=hub.now(),
+        ),
+    )
+    return web.json_response({"outcome": outcome}, status=201 if outcome == "stored" else 200)
+
+
+async def _models_get(request: web.Request) -> web.Response:
+    hub = _hub(request)
+    await _signer_any(request)
+    model = await hub.db(hub.storage.get_model, request.match_info["name"], request.match_info["version"])
+    if model is None:
+        raise HubError(f"no model {request.match_info['name']}@{request.match_info['version']}", status=404)
+    return web.json_response(
+        {
+            "name": model.name, "version": model.version, "style": model.style, "class_name": model.class_name,
+            "source": model.source, "sha256": model.sha256, "weights_sha256": model.weights_sha256,
+        }
+    )
+
+
+async def _tasks_submit(request: web.Request) -> web.Response:
+    hub = _hub(request)
+    modeller = await _signer_modeller(request)
+    envelope = _envelope(await request.read(), what="task")
+    if envelope.signer != modeller.key_id:
+        raise HubError("task must be signed by the submitting modeller's key", status=403)
+    task = _verified(envelope, TaskPayload, PublicKey.from_b64(modeller.public_key), what="task")
+    if task.modeller_id != modeller.key_id:
+        raise HubError("task modeller_id differs from the signer's key id", status=400)
+    known = {p.name for p in await hub.db(hub.storage.list_pods)}
+    unknown = sorted(set(task.pods) - known)
+    if unknown:
+        raise HubError(f"unknown pods {unknown}; list them with `pod-agent modeller pods`", status=404)
+    record = TaskRecord(
+        task_id=task.task_id, modeller_id=modeller.key_id,
+        envelope=envelope_bytes(envelope), pods=tuple(task.pods), created_at=hub.now(),
+    )
+    outcome = await hub.db(hub.storage.add_task, record)
+    for pod in task.pods:
+        hub.notify(pod)
+    return web.json_response(
+        {"task_id": task.task_id, "outcome": outcome}, status=201 if outcome == "stored" else 200
+    )
+
+
+async def _owned_task(request: web.Request) -> TaskRecord:
+    hub = _hub(request)
+    modeller = await _signer_modeller(request)
+    task = await hub.db(hub.storage.get_task, request.match_info["task_id"])
+    if task is None or task.modeller_id != modeller.key_id:
+        raise HubError(f"no task {request.match_info['task_id']} submitted by this modeller", status=404)
+    return task  # type: ignore[no-any-return]
+
+
+async def _tasks_status(request: web.Request) -> web.Response:
+    hub = _hub(request)
+    task = await _owned_task(request)
+    deliveries = await hub.db(hub.storage.deliveries, task.task_id)
+    return web.json_response(
+        {
+            "task_id": task.task_id,
+            "created_at": task.created_at,
+            "pods": {
+                d.pod: {
+                    "acked": d.acked_at is not None, "refusal": d.refusal, "result": d.result_status,
+                    "progress": d.progress,
+                }
+                for d in deliveries
+            },
+        }
+    )
+
+
+async def _tasks_results(request: web.Request) -> web.Response:
+    hub = _hub(request)
+    task = await _owned_task(request)
+    results = await hub.db(hub.storage.results, task.task_id)
+    return web.json_response({"results": [json.loads(r.envelope) for r in results]})
+
+
+# -- blobs --------------------------------------------------------------------------------------
+
+
+async def _blob_put(request: web.Request) -> web.Response:
+    hub = _hub(request)
+    await _signer_any(request)
+    sha256 = request.match_info["sha256"]
+    path = hub.blobs.path(sha256)
+    if hub.blobs.exists(sha256):
+        # Drain nothing: the client may stop sending; the same sha256 is the same content.
+        return web.json_response({"sha256": sha256, "outcome": "duplicate"})
+    size = await hub.blobs.write_stream(
+        sha256, request.content.iter_chunked(1024 * 1024), declared_size=request.content_length
+    )
+    await hub.db(hub.storage.put_blob, BlobRecord(sha256, size, hub.now()))
+    _log.info("blob stored (%d bytes) at %s", size, path.name)
+    return web.json_response({"sha256": sha256, "size_bytes": size, "outcome": "stored"}, status=201)
+
+
+async def _blob_get(request: web.Request) -> web.StreamResponse:
+    hub = _hub(request)
+    await _signer_any(request)
+    sha256 = request.match_info["sha256"]
+    if not hub.blobs.exists(sha256):
+        raise HubError(f"no blob {sha256[:12]}...", status=404)
+    return web.FileResponse(hub.blobs.path(sha256), headers={"Content-Type": "application/octet-stream"})
+
+
+def create_app(
+    storage: Storage, *, blob_dir: Path | None = None, clock: Callable[[], float] = time.time
+) -> web.Application:
+    """The hub as an aiohttp application; blobs go to ``blob_dir`` (a temporary dir if None)."""
+    app = web.Application(middlewares=[_errors_and_auth], client_max_size=MAX_JSON_BODY_BYTES)
+    owned_tmp = blob_dir is None
+    root = blob_dir if blob_dir is not None else Path(tempfile.mkdtemp(prefix="pod-hub-blobs-"))
+    app[_HUB] = _Hub(storage, BlobStore(root), clock)
+
+    async def _close_sockets(app: web.Application) -> None:
+        for ws in list(app[_HUB].sockets):
+            await ws.close(code=1001, message=b"hub shutting down")
+
+    async def _cleanup(app: web.Application) -> None:
+        if owned_tmp:
+            shutil.rmtree(root, ignore_errors=True)
+
+    app.on_shutdown.append(_close_sockets)
+    app.on_cleanup.append(_cleanup)
+    r = app.router
+    r.add_get("/healthz", _healthz, name="healthz")
+    r.add_post("/v1/pods/register", _pods_register, name="pods_register")
+    r.add_post("/v1/pod/heartbeat", _pod_heartbeat, name="pod_heartbeat")
+    r.add_post("/v1/pod/round-key", _pod_round_key, name="pod_round_key")
+    r.add_get("/v1/pod/ws", _pod_ws, name="pod_ws")
+    r.add_get("/v1/pod/tasks", _pod_tasks, name="pod_tasks")
+    r.add_post("/v1/pod/tasks/{task_id}/ack", _pod_task_ack, name="pod_task_ack")
+    r.add_post("/v1/pod/tasks/{task_id}/refusal", _pod_task_refusal, name="pod_task_refusal")
+    r.add_post("/v1/pod/tasks/{task_id}/progress", _pod_task_progress, name="pod_task_progress")
+    r.add_post("/v1/pod/results", _pod_results, name="pod_results")
+    r.add_post("/v1/modellers/register", _modellers_register, name="modellers_register")
+    r.add_get("/v1/pods", _pods_list, name="pods_list")
+    r.add_post("/v1/models", _models_publish, name="models_publish")
+    r.add_get("/v1/models/{name}/{version}", _models_get, name="models_get")
+    r.add_post("/v1/tasks", _tasks_submit, name="tasks_submit")
+    r.add_get("/v1/tasks/{task_id}", _tasks_status, name="tasks_status")
+    r.add_get("/v1/tasks/{task_id}/results", _tasks_results, name="tasks_results")
+    r.add_put("/v1/blobs/{sha256}", _blob_put, name="blob_put")
+    r.add_get("/v1/blobs/{sha256}", _blob_get, name="blob_get")
+    return app

@@ -1,0 +1,149 @@
+"""What the reference hub stores, behind one small interface.
+
+Owns the ``Storage`` protocol (pods, modellers, models, tasks and their per-pod
+deliveries, results, progress, round keys, blob metadata) and the frozen records
+it returns. ``sqlite.py`` implements it on stdlib sqlite3; a PostgreSQL backend
+would implement the same protocol. Blob bytes live on disk (``blobs.py``), not
+here. Every method is synchronous and short; the server calls them through
+``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from pod_agent.errors import HubError
+
+PutOutcome = Literal["stored", "duplicate"]
+
+
+class StorageConflict(HubError):
+    """A write would replace a different record under the same id (HTTP 409)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, status=409)
+
+
+@dataclass(frozen=True)
+class PodRecord:
+    name: str
+    key_id: str
+    public_key: str  # base64 raw Ed25519
+    schema: dict[str, object]
+    schema_hash: str
+    row_count: int
+    sandbox_level: str
+    heartbeat_s: float
+    registered_at: int
+    last_seen: int
+    round_key: dict[str, object] | None  # the signed RoundKeyAnnouncement envelope, as sent
+
+
+@dataclass(frozen=True)
+class ModellerRecord:
+    key_id: str
+    public_key: str
+    name: str
+    registered_at: int
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    name: str
+    version: str
+    style: str
+    class_name: str | None
+    source: str
+    sha256: str
+    weights_sha256: str | None
+    owner: str  # modeller key id
+    created_at: int
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    task_id: str
+    modeller_id: str
+    envelope: bytes  # the signed task envelope exactly as submitted
+    pods: tuple[str, ...]
+    created_at: int
+
+
+@dataclass(frozen=True)
+class DeliveryRecord:
+    task_id: str
+    pod: str
+    acked_at: int | None
+    refusal: str | None  # a refusal code reported by the pod
+    result_status: str | None
+    progress: dict[str, object] | None
+
+
+@dataclass(frozen=True)
+class ResultRecord:
+    task_id: str
+    pod: str
+    envelope: bytes  # the pod-signed result envelope exactly as uploaded
+    received_at: int
+
+
+@dataclass(frozen=True)
+class BlobRecord:
+    sha256: str
+    size_bytes: int
+    created_at: int
+
+
+class Storage(Protocol):
+    """Everything the hub persists except blob bytes."""
+
+    def upsert_pod(self, pod: PodRecord) -> None:
+        """Insert or replace a pod; raises StorageConflict if the name belongs to another key."""
+
+    def get_pod(self, name: str) -> PodRecord | None: ...
+
+    def pod_by_key(self, key_id: str) -> PodRecord | None: ...
+
+    def list_pods(self) -> list[PodRecord]: ...
+
+    def touch_pod(self, name: str, *, now: int) -> None: ...
+
+    def set_round_key(self, name: str, envelope: dict[str, object]) -> None: ...
+
+    def upsert_modeller(self, modeller: ModellerRecord) -> None: ...
+
+    def get_modeller(self, key_id: str) -> ModellerRecord | None: ...
+
+    def put_model(self, model: ModelRecord) -> PutOutcome:
+        """Store a model version; the same content again is a duplicate, other content a conflict."""
+
+    def get_model(self, name: str, version: str) -> ModelRecord | None: ...
+
+    def add_task(self, task: TaskRecord) -> PutOutcome:
+        """Store a task and one delivery per target pod; same envelope again is a duplicate."""
+
+    def get_task(self, task_id: str) -> TaskRecord | None: ...
+
+    def pending_tasks(self, pod: str) -> list[TaskRecord]:
+        """Tasks for this pod that it has not acknowledged yet, oldest first."""
+
+    def ack_delivery(self, task_id: str, pod: str, *, now: int) -> bool:
+        """Mark a delivery acknowledged; False when there is no such delivery."""
+
+    def record_refusal(self, task_id: str, pod: str, code: str, *, now: int) -> bool: ...
+
+    def record_progress(self, task_id: str, pod: str, event: dict[str, object]) -> bool: ...
+
+    def deliveries(self, task_id: str) -> list[DeliveryRecord]: ...
+
+    def put_result(self, task_id: str, pod: str, envelope: bytes, *, status: str, now: int) -> PutOutcome:
+        """Store a pod's result; identical bytes again are a duplicate, different bytes a conflict."""
+
+    def results(self, task_id: str) -> list[ResultRecord]: ...
+
+    def put_blob(self, blob: BlobRecord) -> None: ...
+
+    def get_blob(self, sha256: str) -> BlobRecord | None: ...
+
+    def close(self) -> None: ...

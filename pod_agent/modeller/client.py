@@ -1,0 +1,329 @@
+"""Async client of the hub for a modeller: register, list pods, submit signed tasks, fetch verified results.
+
+Owns the modeller's side of the hub API (signed requests, TLS verification
+against a CA bundle or a pinned certificate fingerprint, streaming blob upload
+and download with sha256 checks) and the check that every result was signed by
+the pod it names. The hub is not trusted: a result whose signature does not
+verify against the pod's key is dropped with an error, never returned. Pod keys
+come from ``pod_keys`` when given (pinned out of band), else from the hub's
+registry (trust on first use; say so to users who need more).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import ipaddress
+import logging
+import ssl
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from pod_agent.errors import ModellerError, ProtocolError
+from pod_agent.protocol import (
+    IdentityKey,
+    PublicKey,
+    canonical_json,
+    envelope_bytes,
+    open_envelope,
+    parse_envelope,
+    parse_json,
+    sign_envelope,
+    sign_request,
+)
+from pod_agent.protocol.messages import BlobRef, Envelope, ResultPayload, TaskPayload
+
+_log = logging.getLogger(__name__)
+
+# Streaming chunk for blobs: large enough for throughput, small enough to keep memory flat.
+BLOB_CHUNK_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class PodInfo:
+    """A pod as the hub lists it (the hub's word, not verified)."""
+
+    name: str
+    key_id: str
+    public_key: str
+    schema: dict[str, Any]
+    schema_hash: str
+    row_count: int
+    sandbox_level: str
+    online: bool
+    round_key: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class VerifiedResult:
+    """A result whose signature verified against its pod's key."""
+
+    pod: str
+    payload: ResultPayload
+    envelope: Envelope
+
+
+@dataclass(frozen=True)
+class TaskStatus:
+    task_id: str
+    pods: dict[str, dict[str, Any]]
+
+    def finished(self, pod: str) -> bool:
+        entry = self.pods.get(pod, {})
+        return entry.get("result") is not None or entry.get("refusal") is not None
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def client_ssl(
+    url: str, *, ca_bundle: Path | None, pinned_cert_sha256: str | None, allow_insecure_http: bool
+) -> ssl.SSLContext | aiohttp.Fingerprint | bool:
+    """The ``ssl=`` argument for aiohttp: a pin, a CA context, system trust, or plain http to loopback."""
+    parts = urlsplit(url)
+    if parts.scheme == "http":
+        if not _is_loopback(parts.hostname or "") and not allow_insecure_http:
+            raise ModellerError(
+                f"hub URL {url} is plain http to a non-loopback host; use https or pass --allow-insecure-http"
+            )
+        return False
+    if parts.scheme != "https":
+        raise ModellerError(f"hub URL {url!r} must start with https:// (or http:// for loopback)")
+    if pinned_cert_sha256:
+        try:
+            return aiohttp.Fingerprint(bytes.fromhex(pinned_cert_sha256.replace(":", "")))
+        except ValueError as exc:
+            raise ModellerError(f"pinned certificate sha256 {pinned_cert_sha256!r} is not 64 hex digits") from exc
+    if ca_bundle is not None:
+        try:
+            return ssl.create_default_context(cafile=str(ca_bundle))
+        except (OSError, ssl.SSLError) as exc:
+            raise ModellerError(f"CA bundle {ca_bundle} cannot be loaded: {exc}") from exc
+    return ssl.create_default_context()
+
+
+class ModellerClient:
+    """The modeller's hub connection. Use as ``async with ModellerClient(url, key) as hub: ...``."""
+
+    def __init__(
+        self,
+        hub_url: str,
+        key: IdentityKey,
+        *,
+        ca_bundle: Path | None = None,
+        pinned_cert_sha256: str | None = None,
+        allow_insecure_http: bool = False,
+        timeout_s: float = 30.0,
+        pod_keys: Mapping[str, PublicKey] | None = None,
+    ) -> None:
+        self.hub_url = hub_url.rstrip("/")
+        self.key = key
+        self._ssl = client_ssl(
+            self.hub_url, ca_bundle=ca_bundle, pinned_cert_sha256=pinned_cert_sha256,
+            allow_insecure_http=allow_insecure_http,
+        )
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout_s, sock_read=timeout_s)
+        self._pod_keys = dict(pod_keys) if pod_keys is not None else None
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> ModellerClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        return self._session
+
+    async def _request(
+        self, method: str, path: str, *, body: bytes = b"", sign_body: bool = True, data: Any = None
+    ) -> Any:
+        headers = sign_request(self.key, method, path, body if sign_body else b"", now=int(time.time()))
+        if body:
+            headers["Content-Type"] = "application/json"
+        try:
+            async with self._http().request(
+                method, self.hub_url + path, data=data if data is not None else (body or None),
+                headers=headers, ssl=self._ssl,
+            ) as resp:
+                text = await resp.text()
+                if resp.status >= 400:
+                    raise ModellerError(f"hub answered {resp.status} to {method} {path}: {_error_text(text)}")
+                return parse_json(text) if text else {}
+        except aiohttp.ClientError as exc:
+            raise ModellerError(f"hub {self.hub_url} unreachable for {method} {path}: {exc}") from exc
+        except ProtocolError as exc:
+            raise ModellerError(f"hub answered {method} {path} with malformed JSON: {exc}") from exc
+
+    async def _post_json(self, path: str, obj: Any) -> Any:
+        return await self._request("POST", path, body=canonical_json(obj))
+
+    # -- registry ---------------------------------------------------------------------------
+
+    async def register(self, name: str) -> str:
+        """Register this modeller's public key with the hub; returns the key id."""
+        reply = await self._post_json("/v1/modellers/register", {"name": name, "public_key": self.key.public.to_b64()})
+        return str(reply["key_id"])
+
+    async def pods(self) -> list[PodInfo]:
+        reply = await self._request("GET", "/v1/pods")
+        return [
+            PodInfo(
+                name=p["name"], key_id=p["key_id"], public_key=p["public_key"], schema=p["schema"],
+                schema_hash=p["schema_hash"], row_count=p["row_count"], sandbox_level=p["sandbox_level"],
+                online=p["online"], round_key=p.get("round_key"),
+            )
+            for p in reply["pods"]
+        ]
+
+    async def publish_model(
+        self, *, name: str, version: str, style: str, source: str, sha256: str, class_name: str | None = None,
+        weights_sha256: str | None = None,
+    ) -> str:
+        reply = await self._post_json(
+            "/v1/models",
+            {
+                "name": name, "version": version, "style": style, "class_name": class_name, "source": source,
+                "sha256": sha256, "weights_sha256": weights_sha256,
+            },
+        )
+        return str(reply["outcome"])
+
+    # -- tasks ------------------------------------------------------------------------------
+
+    async def submit_task(self, payload: TaskPayload) -> str:
+        """Sign ``payload`` with the modeller key and submit it; returns the task id (idempotent)."""
+        if payload.modeller_id != self.key.key_id:
+            raise ModellerError("task modeller_id is not this client's key id; build it with build_task")
+        envelope = sign_envelope(payload, self.key)
+        await self._request("POST", "/v1/tasks", body=envelope_bytes(envelope))
+        return payload.task_id
+
+    async def status(self, task_id: str) -> TaskStatus:
+        reply = await self._request("GET", f"/v1/tasks/{task_id}")
+        return TaskStatus(task_id=reply["task_id"], pods=reply["pods"])
+
+    async def results(self, task_id: str) -> list[VerifiedResult]:
+        """The results stored so far, each verified against its pod's key (forgeries raise)."""
+        reply = await self._request("GET", f"/v1/tasks/{task_id}/results")
+        keys = await self._keys()
+        verified = []
+        for raw in reply["results"]:
+            envelope = parse_envelope(canonical_json(raw))
+            verified.append(self._verify_result(envelope, task_id, keys))
+        return verified
+
+    def _verify_result(self, envelope: Envelope, task_id: str, keys: Mapping[str, PublicKey]) -> VerifiedResult:
+        claimed = envelope.payload.get("pod")
+        key = keys.get(str(claimed))
+        if key is None:
+            raise ModellerError(f"result for task {task_id} names pod {claimed!r} whose key is unknown")
+        try:
+            payload = open_envelope(envelope, ResultPayload, key)
+        except ProtocolError as exc:
+            raise ModellerError(f"result of pod {claimed!r} for task {task_id} fails verification: {exc}") from exc
+        if payload.task_id != task_id:
+            raise ModellerError(f"result of pod {claimed!r} is for task {payload.task_id}, not {task_id}")
+        return VerifiedResult(pod=payload.pod, payload=payload, envelope=envelope)
+
+    async def _keys(self) -> dict[str, PublicKey]:
+        if self._pod_keys is not None:
+            return self._pod_keys
+        return {p.name: PublicKey.from_b64(p.public_key) for p in await self.pods()}
+
+    async def wait_results(
+        self, task_id: str, pods: list[str], *, timeout_s: float = 600.0, poll_s: float = 0.5
+    ) -> dict[str, VerifiedResult | str]:
+        """Wait until every pod returned a result or refused; maps pod -> result or refusal code."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            status = await self.status(task_id)
+            if all(status.finished(p) for p in pods):
+                break
+            if time.monotonic() > deadline:
+                missing = [p for p in pods if not status.finished(p)]
+                raise ModellerError(f"task {task_id}: no answer from {missing} within {timeout_s:g} s")
+            await asyncio.sleep(poll_s)
+        by_pod: dict[str, VerifiedResult | str] = {r.pod: r for r in await self.results(task_id)}
+        for pod in pods:
+            refusal = status.pods[pod].get("refusal")
+            if pod not in by_pod and refusal is not None:
+                by_pod[pod] = str(refusal)
+        return by_pod
+
+    # -- blobs ------------------------------------------------------------------------------
+
+    async def upload_blob(self, path: Path) -> BlobRef:
+        """Stream a safetensors file to the hub; the hub checks its sha256. Returns its reference."""
+        sha256 = await asyncio.to_thread(_file_sha256, path)
+        size = path.stat().st_size
+        await self._request(
+            "PUT", f"/v1/blobs/{sha256}", sign_body=False, data=_file_chunks(path),
+        )
+        return BlobRef(sha256=sha256, size_bytes=size, encoding="safetensors")
+
+    async def download_blob(self, sha256: str, dest: Path) -> Path:
+        """Stream a blob to ``dest``, checking its sha256 before it is renamed into place."""
+        path = f"/v1/blobs/{sha256}"
+        headers = sign_request(self.key, "GET", path, b"", now=int(time.time()))
+        tmp = dest.with_name(dest.name + ".part")
+        digest = hashlib.sha256()
+        try:
+            async with self._http().get(self.hub_url + path, headers=headers, ssl=self._ssl) as resp:
+                if resp.status >= 400:
+                    raise ModellerError(f"hub answered {resp.status} for blob {sha256[:12]}...: {_error_text(await resp.text())}")
+                with tmp.open("wb") as out:
+                    async for chunk in resp.content.iter_chunked(BLOB_CHUNK_BYTES):
+                        digest.update(chunk)
+                        await asyncio.to_thread(out.write, chunk)
+        except aiohttp.ClientError as exc:
+            tmp.unlink(missing_ok=True)
+            raise ModellerError(f"hub {self.hub_url} unreachable while downloading blob {sha256[:12]}...: {exc}") from exc
+        if digest.hexdigest() != sha256:
+            tmp.unlink(missing_ok=True)
+            raise ModellerError(f"blob {sha256[:12]}... from the hub hashes to {digest.hexdigest()[:12]}...; discarded")
+        tmp.replace(dest)
+        return dest
+
+
+def _error_text(text: str) -> str:
+    try:
+        return str(parse_json(text)["error"])
+    except (ProtocolError, KeyError, TypeError):
+        return text[:200]
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(BLOB_CHUNK_BYTES), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
+    with path.open("rb") as handle:
+        while chunk := await asyncio.to_thread(handle.read, BLOB_CHUNK_BYTES):
+            yield chunk

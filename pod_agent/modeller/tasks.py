@@ -1,0 +1,85 @@
+"""Building task payloads on the modeller's side: ids, nonces, validity window, pinned hashes.
+
+Owns ``build_task`` (a TaskPayload ready to sign) and ``model_from_file``
+(a ModelRef whose sha256 pins the source exactly as the pod will hash it).
+Signing and sending are ``client.ModellerClient``'s.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+import uuid
+from pathlib import Path
+
+from pod_agent.errors import ModellerError
+from pod_agent.protocol import source_sha256, spec_sha256
+from pod_agent.protocol.messages import (
+    DataSelection,
+    Hyperparameters,
+    ModelRef,
+    ModelStyle,
+    SecAggParams,
+    TaskKind,
+    TaskPayload,
+    WeightsRef,
+)
+
+# Long enough for a queued pod to pick the task up, short enough that a leaked envelope soon expires.
+DEFAULT_TASK_LIFETIME_S = 3600
+
+
+def model_from_file(path: Path, *, style: ModelStyle, class_name: str | None, name: str | None = None) -> ModelRef:
+    """A ModelRef carrying the file's source (or declarative spec JSON) and its sha256."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModellerError(f"model file {path} cannot be read as UTF-8 text: {exc}") from exc
+    label = name or path.stem
+    if style == "declarative":
+        try:
+            spec = json.loads(text)
+        except ValueError as exc:
+            raise ModellerError(f"declarative model {path} is not JSON: {exc}") from exc
+        return ModelRef(style=style, name=label, spec=spec, sha256=spec_sha256(spec))
+    if not class_name:
+        raise ModellerError(f"model style {style!r} needs --class naming the model class in {path}")
+    return ModelRef(style=style, name=label, class_name=class_name, source=text, sha256=source_sha256(text))
+
+
+def build_task(
+    *,
+    modeller_id: str,
+    pods: list[str],
+    kind: TaskKind,
+    schema_hash: str,
+    model: ModelRef | None = None,
+    data: DataSelection | None = None,
+    hyperparameters: Hyperparameters | None = None,
+    weights: WeightsRef | None = None,
+    secagg: SecAggParams | None = None,
+    returns: str = "update",
+    lifetime_s: int = DEFAULT_TASK_LIFETIME_S,
+    now: int | None = None,
+) -> TaskPayload:
+    """A fresh task (new UUID and 128-bit nonce) valid from now for ``lifetime_s`` seconds."""
+    if kind != "schema-stats" and (model is None or data is None):
+        raise ModellerError(f"a {kind} task needs a model and a data selection (--model, --class, --target)")
+    issued = int(time.time()) if now is None else now
+    return TaskPayload(
+        task_id=str(uuid.uuid4()),
+        modeller_id=modeller_id,
+        pods=pods,
+        issued_at=issued,
+        expires_at=issued + lifetime_s,
+        nonce=secrets.token_hex(16),
+        kind=kind,
+        model=model,
+        hyperparameters=hyperparameters or Hyperparameters(),
+        weights=weights,
+        data=data,
+        schema_hash=schema_hash,
+        returns=returns,  # type: ignore[arg-type]
+        secagg=secagg,
+    )

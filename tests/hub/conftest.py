@@ -1,0 +1,69 @@
+"""A real hub on a loopback port (in-process aiohttp runner) and signed raw callers."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from pod_agent.hub import SqliteStorage, create_app
+from pod_agent.protocol import IdentityKey, canonical_json, sign_request
+
+
+@dataclass
+class Caller:
+    """Signs each request with ``key``; returns (status, parsed JSON or text)."""
+
+    base: str
+    key: IdentityKey
+    session: aiohttp.ClientSession
+
+    async def call(self, method: str, path: str, body: Any = None, *, raw: bytes | None = None) -> tuple[int, Any]:
+        data = raw if raw is not None else (b"" if body is None else canonical_json(body))
+        headers = sign_request(self.key, method, path, data, now=int(time.time()))
+        async with self.session.request(method, self.base + path, data=data or None, headers=headers) as resp:
+            text = await resp.text()
+            try:
+                return resp.status, await resp.json(content_type=None)
+            except ValueError:
+                return resp.status, text
+
+
+@dataclass
+class HubFixture:
+    base: str
+    storage: SqliteStorage
+    blob_dir: Path
+    session: aiohttp.ClientSession
+
+    def caller(self, key: IdentityKey) -> Caller:
+        return Caller(self.base, key, self.session)
+
+    @staticmethod
+    def pod_registration(key: IdentityKey, name: str, *, schema_hash: str = "a" * 64) -> dict[str, Any]:
+        return {
+            "name": name, "public_key": key.public.to_b64(), "schema_public": {"columns": []},
+            "schema_hash": schema_hash, "row_count": 10, "sandbox_level": "none", "heartbeat_s": 1.0,
+        }
+
+
+@pytest.fixture
+async def hub(tmp_path: Path) -> AsyncIterator[HubFixture]:
+    storage = SqliteStorage(":memory:")
+    blob_dir = tmp_path / "blobs"
+    runner = web.AppRunner(create_app(storage, blob_dir=blob_dir))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    async with aiohttp.ClientSession() as session:
+        yield HubFixture(f"http://127.0.0.1:{port}", storage, blob_dir, session)
+    await runner.cleanup()
+    storage.close()
+

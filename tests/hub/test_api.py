@@ -1,0 +1,220 @@
+"""Hub API over real loopback HTTP: authentication, replay, registration, tasks, results."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import aiohttp
+
+from pod_agent.protocol import IdentityKey, canonical_json, envelope_bytes, sign_envelope, sign_request
+from pod_agent.protocol.messages import ResultPayload
+from pod_agent.modeller.tasks import build_task
+
+
+async def _setup(hub: Any) -> tuple[IdentityKey, IdentityKey]:
+    modeller, pod = IdentityKey.generate(), IdentityKey.generate()
+    assert (await hub.caller(modeller).call("POST", "/v1/modellers/register", {"name": "m", "public_key": modeller.public.to_b64()}))[0] == 200
+    assert (await hub.caller(pod).call("POST", "/v1/pods/register", hub.pod_registration(pod, "pod-a")))[0] == 200
+    return modeller, pod
+
+
+def _task(modeller: IdentityKey, pods: list[str]) -> bytes:
+    payload = build_task(modeller_id=modeller.key_id, pods=pods, kind="schema-stats", schema_hash="a" * 64)
+    return envelope_bytes(sign_envelope(payload, modeller))
+
+
+def _result(pod: IdentityKey, task_id: str, *, rows: int = 10) -> bytes:
+    payload = ResultPayload(task_id=task_id, pod="pod-a", kind="schema-stats", status="done", n_rows=rows, produced_at=1)
+    return envelope_bytes(sign_envelope(payload, pod))
+
+
+async def test_unsigned_request_is_rejected_with_401(hub: Any) -> None:
+    async with hub.session.get(hub.base + "/v1/pods") as resp:
+        assert resp.status == 401
+        assert "X-Pod-Key-Id" in (await resp.json())["error"]
+
+
+async def test_unknown_key_is_rejected(hub: Any) -> None:
+    status, body = await hub.caller(IdentityKey.generate()).call("GET", "/v1/pods")
+    assert status == 401
+    assert "not registered" in body["error"]
+
+
+async def test_replayed_request_is_rejected(hub: Any) -> None:
+    modeller, _ = await _setup(hub)
+    headers = sign_request(modeller, "GET", "/v1/pods", b"", now=int(time.time()))
+    async with hub.session.get(hub.base + "/v1/pods", headers=headers) as first:
+        assert first.status == 200
+    async with hub.session.get(hub.base + "/v1/pods", headers=headers) as again:
+        assert again.status == 401
+        assert "already used" in (await again.json())["error"]
+
+
+async def test_stale_timestamp_is_rejected(hub: Any) -> None:
+    modeller, _ = await _setup(hub)
+    headers = sign_request(modeller, "GET", "/v1/pods", b"", now=int(time.time()) - 600)
+    async with hub.session.get(hub.base + "/v1/pods", headers=headers) as resp:
+        assert resp.status == 401
+        assert "synchronise the clock" in (await resp.json())["error"]
+
+
+async def test_tampered_body_is_rejected(hub: Any) -> None:
+    modeller = IdentityKey.generate()
+    body = canonical_json({"name": "m", "public_key": modeller.public.to_b64()})
+    headers = sign_request(modeller, "POST", "/v1/modellers/register", body, now=int(time.time()))
+    async with hub.session.post(hub.base + "/v1/modellers/register", data=body.replace(b'"m"', b'"x"'), headers=headers) as resp:
+        assert resp.status == 401
+        assert "body does not match" in (await resp.json())["error"]
+
+
+async def test_registration_signed_by_another_key_is_refused(hub: Any) -> None:
+    pod, other = IdentityKey.generate(), IdentityKey.generate()
+    await hub.caller(other).call("POST", "/v1/pods/register", hub.pod_registration(other, "pod-b"))
+    status, body = await hub.caller(other).call("POST", "/v1/pods/register", hub.pod_registration(pod, "pod-a"))
+    assert status == 403
+    assert "signed by the key it registers" in body["error"]
+
+
+async def test_pod_name_taken_by_another_key_is_a_conflict(hub: Any) -> None:
+    await _setup(hub)
+    intruder = IdentityKey.generate()
+    status, body = await hub.caller(intruder).call("POST", "/v1/pods/register", hub.pod_registration(intruder, "pod-a"))
+    assert status == 409
+    assert "registered to another key" in body["error"]
+
+
+async def test_pods_list_shows_schema_and_online_state(hub: Any) -> None:
+    modeller, _ = await _setup(hub)
+    status, body = await hub.caller(modeller).call("GET", "/v1/pods")
+    assert status == 200
+    (pod,) = body["pods"]
+    assert pod["name"] == "pod-a" and pod["online"] is True and pod["schema_hash"] == "a" * 64
+
+
+async def test_task_for_unknown_pod_is_404(hub: Any) -> None:
+    modeller, _ = await _setup(hub)
+    status, body = await hub.caller(modeller).call("POST", "/v1/tasks", raw=_task(modeller, ["pod-zz"]))
+    assert status == 404
+    assert "pod-zz" in body["error"]
+
+
+async def test_task_signed_by_a_pod_is_refused(hub: Any) -> None:
+    modeller, pod = await _setup(hub)
+    status, _ = await hub.caller(pod).call("POST", "/v1/tasks", raw=_task(modeller, ["pod-a"]))
+    assert status == 403
+
+
+async def test_task_submission_is_idempotent_and_conflicts_on_other_content(hub: Any) -> None:
+    modeller, _ = await _setup(hub)
+    raw = _task(modeller, ["pod-a"])
+    assert (await hub.caller(modeller).call("POST", "/v1/tasks", raw=raw))[0] == 201
+    status, body = await hub.caller(modeller).call("POST", "/v1/tasks", raw=raw)
+    assert (status, body["outcome"]) == (200, "duplicate")
+    other = json.loads(_task(modeller, ["pod-a"]))
+    other_payload = json.loads(raw)["payload"]
+    forged = sign_envelope_dict(modeller, {**json.loads(json.dumps(other["payload"])), "task_id": other_payload["task_id"]})
+    assert (await hub.caller(modeller).call("POST", "/v1/tasks", raw=forged))[0] == 409
+
+
+def sign_envelope_dict(key: IdentityKey, payload: dict[str, Any]) -> bytes:
+    from pod_agent.protocol.messages import TaskPayload
+
+    return envelope_bytes(sign_envelope(TaskPayload.model_validate(payload), key))
+
+
+async def test_long_poll_returns_pending_task_until_acked(hub: Any) -> None:
+    modeller, pod = await _setup(hub)
+    raw = _task(modeller, ["pod-a"])
+    task_id = json.loads(raw)["payload"]["task_id"]
+    poller = asyncio.create_task(hub.caller(pod).call("GET", "/v1/pod/tasks?wait=5"))
+    await asyncio.sleep(0.2)
+    await hub.caller(modeller).call("POST", "/v1/tasks", raw=raw)
+    status, body = await asyncio.wait_for(poller, 5)
+    assert status == 200 and [t["task_id"] for t in body["tasks"]] == [task_id]
+    assert json.loads(body["tasks"][0]["envelope"]) == json.loads(raw)
+    assert (await hub.caller(pod).call("GET", "/v1/pod/tasks?wait=0"))[1]["tasks"] != []
+    assert (await hub.caller(pod).call("POST", f"/v1/pod/tasks/{task_id}/ack", {}))[0] == 200
+    assert (await hub.caller(pod).call("GET", "/v1/pod/tasks?wait=0"))[1]["tasks"] == []
+
+
+async def _ws(hub: Any, pod: IdentityKey) -> aiohttp.ClientWebSocketResponse:
+    headers = sign_request(pod, "GET", "/v1/pod/ws", b"", now=int(time.time()))
+    return await hub.session.ws_connect(hub.base + "/v1/pod/ws", headers=headers)
+
+
+async def test_websocket_pushes_tasks_and_redelivers_unacked_after_reconnect(hub: Any) -> None:
+    modeller, pod = await _setup(hub)
+    ws = await _ws(hub, pod)
+    raw1, raw2 = _task(modeller, ["pod-a"]), _task(modeller, ["pod-a"])
+    await hub.caller(modeller).call("POST", "/v1/tasks", raw=raw1)
+    first = json.loads((await ws.receive(timeout=5)).data)
+    assert first["type"] == "task" and first["envelope"] == raw1.decode()
+    await ws.send_str(json.dumps({"type": "ack", "task_id": first["task_id"]}))
+    await hub.caller(modeller).call("POST", "/v1/tasks", raw=raw2)
+    second = json.loads((await ws.receive(timeout=5)).data)
+    await ws.close()
+    ws = await _ws(hub, pod)
+    again = json.loads((await ws.receive(timeout=5)).data)
+    assert again["task_id"] == second["task_id"] != first["task_id"]
+    await ws.send_str(json.dumps({"type": "heartbeat"}))
+    assert json.loads((await ws.receive(timeout=5)).data)["type"] == "heartbeat_ack"
+    await ws.close()
+
+
+async def test_websocket_upgrade_needs_a_signature(hub: Any) -> None:
+    try:
+        await hub.session.ws_connect(hub.base + "/v1/pod/ws")
+    except aiohttp.WSServerHandshakeError as exc:
+        assert exc.status == 401
+    else:
+        raise AssertionError("unsigned upgrade accepted")
+
+
+async def test_result_upload_is_idempotent_by_task_and_rejects_a_different_result(hub: Any) -> None:
+    modeller, pod = await _setup(hub)
+    raw = _task(modeller, ["pod-a"])
+    task_id = json.loads(raw)["payload"]["task_id"]
+    await hub.caller(modeller).call("POST", "/v1/tasks", raw=raw)
+    result = _result(pod, task_id)
+    assert (await hub.caller(pod).call("POST", "/v1/pod/results", raw=result))[0] == 201
+    status, body = await hub.caller(pod).call("POST", "/v1/pod/results", raw=result)
+    assert (status, body["outcome"]) == (200, "duplicate")
+    status, body = await hub.caller(pod).call("POST", "/v1/pod/results", raw=_result(pod, task_id, rows=11))
+    assert status == 409 and "different result" in body["error"]
+    status, body = await hub.caller(modeller).call("GET", f"/v1/tasks/{task_id}/results")
+    assert len(body["results"]) == 1 and body["results"][0]["payload"]["n_rows"] == 10
+    status, body = await hub.caller(modeller).call("GET", f"/v1/tasks/{task_id}")
+    assert body["pods"]["pod-a"]["result"] == "done" and body["pods"]["pod-a"]["acked"] is True
+
+
+async def test_result_signed_by_another_key_is_refused(hub: Any) -> None:
+    modeller, pod = await _setup(hub)
+    raw = _task(modeller, ["pod-a"])
+    await hub.caller(modeller).call("POST", "/v1/tasks", raw=raw)
+    forged = _result(IdentityKey.generate(), json.loads(raw)["payload"]["task_id"])
+    status, body = await hub.caller(pod).call("POST", "/v1/pod/results", raw=forged)
+    assert status == 403 and "signed by the uploading pod" in body["error"]
+
+
+async def test_refusal_code_is_recorded_for_the_modeller(hub: Any) -> None:
+    modeller, pod = await _setup(hub)
+    raw = _task(modeller, ["pod-a"])
+    task_id = json.loads(raw)["payload"]["task_id"]
+    await hub.caller(modeller).call("POST", "/v1/tasks", raw=raw)
+    assert (await hub.caller(pod).call("POST", f"/v1/pod/tasks/{task_id}/refusal", {"code": "expired"}))[0] == 200
+    status, body = await hub.caller(modeller).call("GET", f"/v1/tasks/{task_id}")
+    assert body["pods"]["pod-a"]["refusal"] == "expired"
+    assert (await hub.caller(pod).call("GET", "/v1/pod/tasks?wait=0"))[1]["tasks"] == []
+
+
+async def test_another_modeller_cannot_read_a_task(hub: Any) -> None:
+    modeller, _ = await _setup(hub)
+    raw = _task(modeller, ["pod-a"])
+    await hub.caller(modeller).call("POST", "/v1/tasks", raw=raw)
+    other = IdentityKey.generate()
+    await hub.caller(other).call("POST", "/v1/modellers/register", {"name": "o", "public_key": other.public.to_b64()})
+    status, _ = await hub.caller(other).call("GET", f"/v1/tasks/{json.loads(raw)['payload']['task_id']}")
+    assert status == 404
