@@ -12,7 +12,7 @@ from pod_agent.protocol.canonical import (
     source_sha256,
     spec_sha256,
 )
-from pod_agent.protocol.keys import IdentityKey, PublicKey, key_id_of
+from pod_agent.protocol.keys import IdentityKey, PublicKey, key_id_of, passphrase_from_env
 from pod_agent.protocol.request_auth import (
     MAX_REQUEST_SKEW_S,
     RequestReplayCache,
@@ -38,6 +38,7 @@ __all__ = [
     "key_id_of",
     "open_envelope",
     "parse_envelope",
+    "passphrase_from_env",
     "parse_json",
     "sha256_hex",
     "sign_envelope",

@@ -39,6 +39,16 @@ def key_id_of(public_key: PublicKey | bytes) -> str:
     return hashlib.sha256(raw).hexdigest()
 
 
+def passphrase_from_env(var: str | None) -> bytes | None:
+    """The passphrase held by env var ``var`` (None when no var is named); a named but unset var is an error."""
+    if var is None:
+        return None
+    value = os.environ.get(var)
+    if not value:
+        raise KeyFileError(f"environment variable {var} (the key passphrase) is not set or empty: export it first")
+    return value.encode("utf-8")
+
+
 def b64decode_strict(text: str, *, what: str) -> bytes:
     """Standard base64 with padding; anything else is a ProtocolError naming ``what``."""
     try:
