@@ -17,6 +17,10 @@ from pod_agent.errors import PodAgentError
 
 # Command modules, in the order `pod-agent --help` lists them.
 _COMMAND_MODULES: tuple[str, ...] = (
+    "pod_agent.cli.init",
+    "pod_agent.cli.check",
+    "pod_agent.cli.schema",
+    "pod_agent.cli.datasets",
     "pod_agent.cli.keys",
 )
 

@@ -1,0 +1,115 @@
+"""``pod-agent check``: is this pod ready to run? One line per named check.
+
+Owns the list of checks and their order (cheapest and most basic first; a check whose
+prerequisite failed is skipped, not run). A check is a function of the CheckContext that
+returns a short success detail or raises a PodAgentError whose message says what to fix;
+other concerns add theirs by appending to ``CHECKS``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import typer
+
+from pod_agent.config import PodSettings, load_settings
+from pod_agent.data import Datasource, Schema, open_datasource
+from pod_agent.errors import ConfigError, PodAgentError
+from pod_agent.protocol import IdentityKey, passphrase_from_env
+
+
+@dataclass
+class CheckContext:
+    """What earlier checks found, for later ones to use."""
+
+    config_path: Path
+    loaded: PodSettings | None = None
+    datasource: Datasource | None = None
+    schema: Schema | None = None
+
+    @property
+    def settings(self) -> PodSettings:
+        if self.loaded is None:
+            raise ConfigError(f"{self.config_path}: not loaded - the config check must pass first")
+        return self.loaded
+
+
+@dataclass(frozen=True)
+class NamedCheck:
+    name: str
+    run: Callable[[CheckContext], str]
+    needs: tuple[str, ...] = ()  # names of checks that must have passed first
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    status: str  # "ok", "FAIL" or "skip"
+    detail: str
+
+
+def _config(ctx: CheckContext) -> str:
+    settings = load_settings(ctx.config_path)
+    ctx.loaded = settings
+    return f"{ctx.config_path} (pod {settings.pod.name!r})"
+
+
+def _identity_key(ctx: CheckContext) -> str:
+    pod = ctx.settings.pod
+    key = IdentityKey.load(pod.identity_key_path, passphrase_from_env(pod.identity_key_passphrase_env))
+    return f"{pod.identity_key_path} (key id {key.key_id[:16]}...)"
+
+
+def _datasource(ctx: CheckContext) -> str:
+    source = open_datasource(ctx.settings.datasource)
+    schema = source.schema()
+    ctx.datasource, ctx.schema = source, schema
+    return (
+        f"{source.path} ({source.kind}): {schema.row_count} rows, {len(schema.columns)} columns,"
+        f" schema hash {schema.hash()[:16]}..."
+    )
+
+
+CHECKS: list[NamedCheck] = [
+    NamedCheck("config", _config),
+    NamedCheck("identity key", _identity_key, needs=("config",)),
+    NamedCheck("datasource", _datasource, needs=("config",)),
+]
+
+
+def run_checks(config_path: Path, checks: list[NamedCheck] | None = None) -> list[CheckResult]:
+    """Run ``checks`` (default: CHECKS) in order; never raises for a failing check."""
+    ctx = CheckContext(config_path=config_path)
+    passed: set[str] = set()
+    results: list[CheckResult] = []
+    for check in CHECKS if checks is None else checks:
+        missing = [name for name in check.needs if name not in passed]
+        if missing:
+            results.append(CheckResult(check.name, "skip", f"needs {', '.join(missing)}"))
+            continue
+        try:
+            detail = check.run(ctx)
+        except PodAgentError as exc:
+            results.append(CheckResult(check.name, "FAIL", str(exc)))
+            continue
+        passed.add(check.name)
+        results.append(CheckResult(check.name, "ok", detail))
+    return results
+
+
+def check(
+    config: Path = typer.Option(..., "--config", help="The pod's pod.toml."),
+) -> None:
+    """Validate the config, the identity key and the datasource; exit non-zero if any check fails."""
+    results = run_checks(config)
+    width = max(len(result.name) for result in results)
+    for result in results:
+        typer.echo(f"{result.status:<4}  {result.name:<{width}}  {result.detail}")
+    if any(result.status != "ok" for result in results):
+        raise typer.Exit(code=1)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("check")(check)
