@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pod_agent.errors import SecAggError
+from pod_agent.secagg import ClipBound, plan_encoding
+from pod_agent.secagg.fixed_point import decode_sum
+
+from secagg_cohort import make_cohort
+
+
+def _largest_accepted_q(num_workers: int, modulus_bits: int) -> int:
+    # limit = floor(Q / 2N + 1/2) must satisfy 2 N limit < M.
+    limit = ((1 << modulus_bits) - 1) // (2 * num_workers)
+    return 2 * num_workers * limit + num_workers - 1
+
+
+def test_refusal_when_n_times_b_times_p_reaches_half_the_modulus() -> None:
+    bound = ClipBound(prime_q=2**32, precision=2**10, num_workers=3)
+    with pytest.raises(SecAggError, match=r"sum could wrap: num_workers \* bound \* precision \* weight = 3 \* .* "
+                       r"must be < M/2 = 2\*\*32/2 = 2147483648; lower prime_q or precision, use modulus_bits=64"):
+        plan_encoding(bound, modulus_bits=32, weight=1)
+
+
+def test_largest_prime_q_that_fits_is_accepted_and_one_more_is_refused() -> None:
+    q = _largest_accepted_q(3, 32)
+    plan_encoding(ClipBound(prime_q=q, precision=2**10, num_workers=3), modulus_bits=32, weight=1)
+    with pytest.raises(SecAggError, match="could wrap"):
+        plan_encoding(ClipBound(prime_q=q + 1, precision=2**10, num_workers=3), modulus_bits=32, weight=1)
+
+
+def test_weighting_that_overflows_names_weighted_false_as_a_fix() -> None:
+    bound = ClipBound(prime_q=2**61 - 1, precision=10**10, num_workers=3)
+    plan_encoding(bound, modulus_bits=64, weight=1)
+    with pytest.raises(SecAggError, match="set weighted=false \\(weighting by n_rows=100 multiplies the sum\\)"):
+        plan_encoding(bound, modulus_bits=64, weight=100)
+
+
+def test_unsupported_modulus_is_refused() -> None:
+    with pytest.raises(SecAggError, match="modulus_bits = 16 is not supported"):
+        plan_encoding(ClipBound(prime_q=7, precision=1, num_workers=1), modulus_bits=16, weight=1)
+
+
+@pytest.mark.parametrize("modulus_bits", [32, 64])
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_sum_of_values_beyond_the_bound_never_wraps(modulus_bits: int, sign: float) -> None:
+    cohort = make_cohort(3)
+    q = _largest_accepted_q(3, modulus_bits) if modulus_bits == 32 else 2**62
+    params = cohort.params(prime_q=q, precision=2**10, modulus_bits=modulus_bits, weighted=False)
+    b = ClipBound.from_params(params).bound
+    updates = {name: {"w": np.full(1000, sign * 1e30), "at": np.full(10, sign * b)} for name in cohort.names}
+    protected = cohort.protect_all(updates, params)
+    assert all(p.n_clipped == 1000 for p in protected.values())
+    mean = cohort.aggregate(protected, params)
+    np.testing.assert_allclose(mean["w"], sign * b, atol=1 / 2**10)
+    np.testing.assert_allclose(mean["at"], sign * b, atol=1 / 2**10)
+
+
+def test_weighted_sum_at_the_largest_allowed_weight_never_wraps() -> None:
+    cohort = make_cohort(3)
+    q, n = 2**40, 3
+    rows = ((1 << 63) - 1) // q  # weight * Q / 2 < M / 2 with room for rounding
+    params = cohort.params(prime_q=q, precision=2**8, num_workers=n, weighted=True)
+    b = ClipBound.from_params(params).bound
+    updates = {name: {"w": np.full(64, b * 2)} for name in cohort.names}
+    protected = cohort.protect_all(updates, params, rows={name: rows for name in cohort.names})
+    mean = cohort.aggregate(protected, params)
+    np.testing.assert_allclose(mean["w"], b, rtol=1e-12)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.floats(-1000, 1000), st.sampled_from([32, 64]), st.integers(1, 1000))
+def test_one_value_round_trips_within_half_a_unit(value: float, modulus_bits: int, weight: int) -> None:
+    bound = ClipBound(prime_q=2**24, precision=2**6, num_workers=1) if modulus_bits == 32 else \
+        ClipBound(prime_q=2**40, precision=2**16, num_workers=1)
+    encoding = plan_encoding(bound, modulus_bits=modulus_bits, weight=1 if modulus_bits == 32 else weight)
+    scale = 1 if modulus_bits == 32 else weight
+    work = np.array([np.clip(value, -bound.bound, bound.bound)])
+    expected = float(work[0])
+    out = np.empty(1, dtype=np.uint32 if modulus_bits == 32 else np.uint64)
+    encoding.encode_into(work, out, np.empty(1, dtype=np.int64))
+    decoded = np.empty(1, dtype=np.float64)
+    decode_sum(out, divisor=bound.precision * scale, modulus_bits=modulus_bits, out=decoded)
+    assert abs(decoded[0] - expected) <= 0.5 / (bound.precision * scale)
