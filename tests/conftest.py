@@ -1,0 +1,69 @@
+"""Shared fixtures: the real Adult table (written once per session) and small-file helpers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pod_agent.config import DatasourceSection
+from pod_agent.data.adult import AdultFiles, write_adult
+
+
+@pytest.fixture(scope="session")
+def adult_files(tmp_path_factory: pytest.TempPathFactory) -> AdultFiles:
+    """The clean Adult table (48,842 rows, TARGET column) as CSV and Parquet, written once."""
+    return write_adult(tmp_path_factory.mktemp("adult"))
+
+
+@pytest.fixture(scope="session")
+def adult_csv(adult_files: AdultFiles) -> Path:
+    return adult_files.csv
+
+
+@pytest.fixture(scope="session")
+def adult_parquet(adult_files: AdultFiles) -> Path:
+    return adult_files.parquet
+
+
+@pytest.fixture
+def write_file(tmp_path: Path) -> Callable[[str, str | bytes], Path]:
+    """Write text (UTF-8) or bytes to tmp_path/name and return the path."""
+
+    def write(name: str, content: str | bytes) -> Path:
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content, encoding="utf-8")
+        return path
+
+    return write
+
+
+@pytest.fixture
+def write_parquet(tmp_path: Path) -> Callable[[str, dict[str, list[Any]]], Path]:
+    """Write a dict of columns as a Parquet file tmp_path/name and return the path."""
+
+    def write(name: str, columns: dict[str, list[Any]]) -> Path:
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table(columns), path)
+        return path
+
+    return write
+
+
+@pytest.fixture
+def section() -> Callable[..., DatasourceSection]:
+    """DatasourceSection(path=..., **overrides)."""
+
+    def make(path: Path, **overrides: Any) -> DatasourceSection:
+        return DatasourceSection(path=path, **overrides)
+
+    return make
