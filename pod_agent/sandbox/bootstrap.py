@@ -1,0 +1,119 @@
+"""The trusted first code inside a worker: ``python -I -m pod_agent.sandbox.bootstrap``.
+
+Owns the child-side start-up order, which is the security argument:
+1. take the frame pipes off stdin/stdout and point stdout at stderr (model
+   prints must not corrupt frames), say ``hello``;
+2. wait for ``go`` (sent once the parent has placed this tree in its cgroup),
+   then confine itself (Landlock, rlimits, seccomp: confine.py);
+3. import the entry module and run ``entry.prepare()`` (heavy imports), say
+   ``ready`` - a warm worker parks here;
+4. only now read the ``request`` frame (the task), lower limits to the
+   task's, and call ``entry.serve(channel)``.
+Uncaught errors become a fixed failure code; their text goes to stderr only.
+"""
+
+from __future__ import annotations
+
+import errno
+import importlib
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from pod_agent.errors import SandboxError
+from pod_agent.sandbox.channel import Channel
+from pod_agent.sandbox.confine import ConfinePlan, apply_rlimits, confine, lower_cpu_limit
+from pod_agent.sandbox.frames import encode_frame, read_frame
+
+# Parent -> child frames are small JSON (plan, request); nothing large ever flows in.
+_MAX_INBOUND_PAYLOAD_BYTES = 0
+_EXIT_PROTOCOL = 3
+
+
+def _take_pipes() -> tuple[BinaryIO, BinaryIO]:
+    inbound = os.fdopen(os.dup(0), "rb", buffering=0)
+    outbound = os.fdopen(os.dup(1), "wb")
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    os.dup2(2, 1)
+    return inbound, outbound
+
+
+def _send(out: BinaryIO, header: dict[str, Any]) -> None:
+    out.write(encode_frame(header))
+    out.flush()
+
+
+def _expect(inbound: BinaryIO, kind: str) -> dict[str, Any]:
+    frame = read_frame(inbound, max_payload_bytes=_MAX_INBOUND_PAYLOAD_BYTES)
+    if frame is None or frame.type != kind:
+        raise SandboxError("protocol", f"expected a {kind!r} frame from the agent")
+    return frame.header
+
+
+def failure_code(exc: BaseException) -> str:
+    """A fixed code for an exception that escaped the entry (its text stays on stderr)."""
+    if isinstance(exc, MemoryError):
+        return "memory_exceeded"
+    if isinstance(exc, ModuleNotFoundError | ImportError):
+        return "import_error"
+    if isinstance(exc, SyntaxError):
+        return "syntax_error"
+    if isinstance(exc, OSError) and exc.errno == errno.EFBIG:
+        return "file_size_exceeded"
+    if isinstance(exc, SandboxError):
+        return exc.reason
+    return "uncaught_exception"
+
+
+def _run(inbound: BinaryIO, out: BinaryIO) -> None:
+    _send(out, {"type": "hello"})
+    go = _expect(inbound, "go")
+    confine(ConfinePlan.from_json(go["plan"]))
+    input_dir, work_dir = Path(go["input_dir"]), Path(go["work_dir"])
+    os.chdir(work_dir)
+    if go.get("entry_path"):
+        sys.path.insert(0, go["entry_path"])
+    entry = importlib.import_module(go["entry"])
+    prepare = getattr(entry, "prepare", None)
+    if prepare is not None:
+        prepare()
+    _send(out, {"type": "ready"})
+    request = _expect(inbound, "request")
+    apply_rlimits({k: int(v) for k, v in request.get("rlimits", {}).items()})
+    lower_cpu_limit(int(request["cpu_time_s"]))
+    channel = Channel(input_dir=input_dir, work_dir=work_dir, request=request["request"], out=out)
+    try:
+        entry.serve(channel)
+    except BaseException as exc:  # noqa: BLE001 - every escape must become a fixed code, never a crash text
+        traceback.print_exc(file=sys.stderr)
+        if not channel.finished:
+            channel.fail(failure_code(exc))
+        return
+    if not channel.finished:
+        channel.fail("no_result")
+
+
+def main() -> None:
+    inbound, out = _take_pipes()
+    try:
+        _run(inbound, out)
+    except BaseException as exc:  # noqa: BLE001 - before serve(): report a code, exit non-zero
+        traceback.print_exc(file=sys.stderr)
+        try:
+            _send(out, {"type": "fail", "reason": failure_code(exc)})
+        except (OSError, SandboxError):
+            pass
+        sys.stderr.flush()
+        os._exit(_EXIT_PROTOCOL)
+    sys.stderr.flush()
+    out.flush()
+    # Skip interpreter teardown: model code may have left threads or atexit hooks behind.
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

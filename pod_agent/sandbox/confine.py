@@ -1,0 +1,121 @@
+"""Child-side confinement: rlimits, the seccomp filter and Landlock, applied by
+the bootstrap to itself before any entry or model code is imported.
+
+Owns what each layer denies. What the parent decides (which layers, which
+limits, which paths) arrives in the ``go`` frame as a :class:`ConfinePlan`
+dict; the bwrap namespaces and the cgroup are set up by the parent (runner.py).
+"""
+
+from __future__ import annotations
+
+import errno
+import resource
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pod_agent.errors import SandboxError
+from pod_agent.sandbox.landlock import enforce_landlock
+
+# Denied outright: tracing, reading other processes, new kernel attack surface,
+# namespace and mount games, and the kernel keyring. Any non-AF_UNIX socket is
+# denied separately (the network deny that `standard` requires).
+DENIED_SYSCALLS: tuple[str, ...] = (
+    "ptrace", "process_vm_readv", "process_vm_writev", "bpf", "perf_event_open",
+    "io_uring_setup", "io_uring_enter", "io_uring_register",
+    "unshare", "setns", "mount", "umount2", "pivot_root", "chroot", "move_mount", "open_tree",
+    "fsopen", "fsmount", "fsconfig", "fspick", "mount_setattr",
+    "keyctl", "add_key", "request_key", "kexec_load", "kexec_file_load",
+    "init_module", "finit_module", "delete_module", "userfaultfd", "open_by_handle_at",
+    "name_to_handle_at", "swapon", "swapoff", "reboot", "acct", "quotactl", "lookup_dcookie",
+)
+_CLONE_NEWUSER = 0x10000000
+_RLIMITS: dict[str, int] = {
+    "cpu": resource.RLIMIT_CPU,
+    "data": resource.RLIMIT_DATA,
+    "nofile": resource.RLIMIT_NOFILE,
+    "fsize": resource.RLIMIT_FSIZE,
+    "core": resource.RLIMIT_CORE,
+    "nproc": resource.RLIMIT_NPROC,
+}
+
+
+@dataclass(frozen=True)
+class ConfinePlan:
+    """What the bootstrap applies to itself: rlimits by name, seccomp on/off, Landlock paths."""
+
+    rlimits: dict[str, int]
+    seccomp: bool
+    landlock_read_only: tuple[str, ...] | None = None
+    landlock_read_write: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"rlimits": self.rlimits, "seccomp": self.seccomp,
+                "landlock_read_only": list(self.landlock_read_only) if self.landlock_read_only is not None else None,
+                "landlock_read_write": list(self.landlock_read_write)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "ConfinePlan":
+        ro = data.get("landlock_read_only")
+        return cls(rlimits={str(k): int(v) for k, v in data["rlimits"].items()}, seccomp=bool(data["seccomp"]),
+                   landlock_read_only=tuple(ro) if ro is not None else None,
+                   landlock_read_write=tuple(data.get("landlock_read_write", ())))
+
+
+def apply_rlimits(limits: dict[str, int]) -> None:
+    """Lower each named rlimit (soft and hard) to the value given; never raises one."""
+    for name, value in limits.items():
+        which = _RLIMITS[name]
+        _soft, hard = resource.getrlimit(which)
+        new = value if hard == resource.RLIM_INFINITY else min(value, hard)
+        resource.setrlimit(which, (new, new))
+
+
+def lower_cpu_limit(task_cpu_s: int) -> None:
+    """Allow ``task_cpu_s`` more CPU seconds from now (a warm worker already spent some in prepare)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    spent = int(usage.ru_utime + usage.ru_stime) + 1
+    _soft, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    new = spent + task_cpu_s
+    if hard != resource.RLIM_INFINITY:
+        new = min(new, hard)
+    resource.setrlimit(resource.RLIMIT_CPU, (new, new))
+
+
+def build_seccomp_filter() -> Any:
+    """The filter object (pyseccomp over libseccomp2); raises SandboxError if it cannot be built."""
+    try:
+        import pyseccomp as seccomp
+    except (ImportError, OSError, RuntimeError) as exc:
+        raise SandboxError("seccomp_unavailable", f"pyseccomp/libseccomp2 not importable: {exc}") from exc
+    flt = seccomp.SyscallFilter(defaction=seccomp.ALLOW)
+    deny = seccomp.ERRNO(errno.EPERM)
+    flt.add_rule(deny, "socket", seccomp.Arg(0, seccomp.NE, socket.AF_UNIX))
+    flt.add_rule(deny, "clone", seccomp.Arg(0, seccomp.MASKED_EQ, _CLONE_NEWUSER, _CLONE_NEWUSER))
+    # clone3 passes flags in memory a filter cannot inspect; ENOSYS makes libc fall back to clone.
+    flt.add_rule(seccomp.ERRNO(errno.ENOSYS), "clone3")
+    for name in DENIED_SYSCALLS:
+        try:
+            flt.add_rule(deny, name)
+        except (OSError, ValueError):
+            # A syscall this architecture or libseccomp version does not know cannot be called either.
+            continue
+    return flt
+
+
+def apply_seccomp() -> None:
+    try:
+        build_seccomp_filter().load()
+    except OSError as exc:
+        raise SandboxError("seccomp_failed", f"loading the seccomp filter failed: {exc}") from exc
+
+
+def confine(plan: ConfinePlan) -> None:
+    """Apply the plan: Landlock first (it needs the paths), then rlimits, then seccomp last."""
+    if plan.landlock_read_only is not None:
+        enforce_landlock(read_only=[Path(p) for p in plan.landlock_read_only],
+                         read_write=[Path(p) for p in plan.landlock_read_write])
+    apply_rlimits(plan.rlimits)
+    if plan.seccomp:
+        apply_seccomp()

@@ -1,0 +1,216 @@
+"""Which sandbox layers this host offers, and what each configured level needs.
+
+Owns the start-up probe (each layer: active or unavailable, why, and how to
+enable it), the rules of ``strict`` / ``standard`` / ``none`` (fail-closed:
+:func:`plan_layers` raises SandboxUnavailable), and the lines ``pod-agent
+check`` prints. It tries each layer for real where that is cheap (a bwrap
+run as the sandbox uid, a cgroup created and removed).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pod_agent.errors import SandboxError, SandboxUnavailable
+from pod_agent.sandbox.cgroup import TaskCgroup, detect_cgroups
+from pod_agent.sandbox.confine import build_seccomp_filter
+from pod_agent.sandbox.landlock import landlock_abi
+from pod_agent.sandbox.launch import Identity, bootstrap_argv, python_ro_paths, resolve_identity, worker_env
+
+if TYPE_CHECKING:
+    from pod_agent.config.settings import PodSettings, SecuritySection
+
+LAYERS: tuple[str, ...] = ("uid", "rlimits", "namespaces", "seccomp", "landlock", "cgroup")
+LEVELS: tuple[str, ...] = ("strict", "standard", "none")
+# A trial start must be quick; a hung bwrap means the layer is unusable.
+_TRIAL_TIMEOUT_S = 20.0
+_TRIAL_CODE = "import pod_agent.sandbox.bootstrap"
+
+
+@dataclass(frozen=True)
+class LayerReport:
+    """One layer's state on this host: ``why`` explains it, ``remedy`` says how to enable it."""
+
+    name: str
+    active: bool
+    why: str
+    remedy: str = ""
+
+
+def _trial(argv: list[str], identity: Identity | None) -> str | None:
+    """Run argv as the sandbox identity; None on success, else the reason."""
+    kwargs: dict[str, object] = {}
+    if identity is not None and identity.dedicated:
+        kwargs = {"user": identity.uid, "group": identity.gid, "extra_groups": []}
+    try:
+        done = subprocess.run(argv, capture_output=True, timeout=_TRIAL_TIMEOUT_S, cwd="/", check=False,
+                              env={"PATH": "/usr/bin:/bin"}, **kwargs)  # type: ignore[call-overload]
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"{argv[0]} could not start: {exc}"
+    if done.returncode != 0:
+        lines = done.stderr.decode("utf-8", "replace").strip().splitlines()
+        return lines[-1] if lines else f"exit status {done.returncode}"
+    return None
+
+
+def _probe_uid(sandbox_user: str) -> tuple[LayerReport, Identity | None]:
+    try:
+        identity = resolve_identity(sandbox_user)
+    except SandboxError as exc:
+        return LayerReport("uid", False, exc.detail, f"useradd --system --no-create-home {sandbox_user}"), None
+    if not identity.dedicated and identity.uid == 0:
+        return LayerReport("uid", False, "agent runs as root without a sandbox user", "run as root with "
+                           "security.sandbox_user set, or as an unprivileged user"), None
+    failure = _trial(bootstrap_argv()[:2] + ["-c", _TRIAL_CODE], identity)
+    if failure is not None:
+        return LayerReport("uid", False, f"uid {identity.uid} cannot run this Python environment: {failure}",
+                           "put the virtualenv outside any 0700 home (e.g. /opt/pod-agent/venv) and make it "
+                           f"readable by {identity.user}"), identity
+    if identity.dedicated:
+        why = f"workers run as {identity.user} (uid {identity.uid}, gid {identity.gid}, no supplementary groups)"
+    else:
+        why = f"agent is unprivileged (uid {identity.uid}); workers share its uid, so namespaces/Landlock hide its files"
+    return LayerReport("uid", True, why), identity
+
+
+def _probe_namespaces(identity: Identity | None) -> LayerReport:
+    bwrap = shutil.which("bwrap")
+    remedy = "apt-get install bubblewrap; allow unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1)"
+    if bwrap is None:
+        return LayerReport("namespaces", False, "bwrap not found on PATH", remedy)
+    if identity is None:
+        return LayerReport("namespaces", False, "no usable sandbox uid to start bwrap as", "fix the uid layer first")
+    argv = [bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--cap-drop", "ALL", "--die-with-parent",
+            "--new-session", "--clearenv"]
+    for link in ("bin", "lib", "lib64"):
+        host = Path("/") / link
+        if host.is_symlink():
+            argv += ["--symlink", str(host.readlink()), str(host)]
+    for path in python_ro_paths():
+        argv += ["--ro-bind", str(path), str(path)]
+    for name, value in worker_env(identity, home=Path("/tmp"), gpu=False).items():
+        argv += ["--setenv", name, value]
+    argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--"] + bootstrap_argv()[:2] + ["-c", _TRIAL_CODE]
+    failure = _trial(argv, identity)
+    if failure is not None:
+        return LayerReport("namespaces", False, f"bwrap failed: {failure}",
+                           remedy + "; under Docker's default seccomp profile use seccomp + Landlock instead")
+    return LayerReport("namespaces", True, f"{bwrap}: net, mount, pid, ipc, uts, user; no capabilities")
+
+
+def _probe_seccomp() -> LayerReport:
+    try:
+        build_seccomp_filter()
+    except (SandboxError, OSError) as exc:
+        return LayerReport("seccomp", False, str(exc), "apt-get install libseccomp2; pip install pyseccomp")
+    return LayerReport("seccomp", True, "pyseccomp over libseccomp2: non-AF_UNIX sockets, ptrace, bpf, io_uring, "
+                       "mount, unshare, setns, keyctl denied")
+
+
+def _probe_landlock() -> LayerReport:
+    abi = landlock_abi()
+    if abi < 1:
+        return LayerReport("landlock", False, "kernel offers no Landlock ABI",
+                           "boot a kernel >= 5.13 with landlock in the lsm= list")
+    tcp = "files + TCP" if abi >= 4 else "files only"
+    scope = ", signals and abstract sockets scoped" if abi >= 6 else ""
+    return LayerReport("landlock", True, f"ABI {abi}: {tcp}{scope} (used when namespaces are unavailable)")
+
+
+def _probe_cgroup() -> LayerReport:
+    remedy = ("run the agent as root, or under systemd with Delegate=yes (cgroup v2 with memory and pids "
+              "delegated)")
+    try:
+        support = detect_cgroups()
+        TaskCgroup.create(support, memory_bytes=256 << 20, max_pids=8).remove()
+    except (SandboxError, OSError) as exc:
+        return LayerReport("cgroup", False, str(exc), remedy)
+    where = ", ".join(f"{k}={v}" for k, v in sorted(support.parents.items()))
+    return LayerReport("cgroup", True, f"cgroup v{support.version} memory + pids caps, whole-tree kill ({where})")
+
+
+_CACHE: dict[str, tuple[LayerReport, ...]] = {}
+
+
+def probe_layers(security: "SecuritySection", *, refresh: bool = False) -> list[LayerReport]:
+    """Probe every layer once per sandbox user (cached; ``refresh`` probes again)."""
+    key = security.sandbox_user
+    if refresh or key not in _CACHE:
+        uid_report, identity = _probe_uid(security.sandbox_user)
+        reports = (uid_report,
+                   LayerReport("rlimits", True, "CPU, DATA, NOFILE, FSIZE, CORE=0"
+                               + (", NPROC" if identity is not None and identity.dedicated else
+                                  " (NPROC needs a dedicated uid)")),
+                   _probe_namespaces(identity if uid_report.active else None),
+                   _probe_seccomp(), _probe_landlock(), _probe_cgroup())
+        _CACHE[key] = reports
+    return list(_CACHE[key])
+
+
+def plan_layers(level: str, reports: list[LayerReport]) -> frozenset[str]:
+    """The layers a worker gets at ``level``; raises SandboxUnavailable when a required one is missing.
+
+    strict: non-root uid, rlimits, and network+filesystem isolation (namespaces, or seccomp + Landlock).
+    standard: non-root uid, rlimits and the seccomp network deny; plus whatever else is active.
+    none: rlimits and the cgroup only (development; the runner warns on every task).
+    """
+    active = {r.name for r in reports if r.active}
+    by_name = {r.name: r for r in reports}
+
+    def need(layer: str) -> None:
+        if layer not in active:
+            report = by_name[layer]
+            raise SandboxUnavailable(level, f"{layer} ({report.why})", report.remedy or "see pod-agent check")
+
+    if level == "none":
+        return frozenset(active & {"rlimits", "cgroup"})
+    if level not in ("strict", "standard"):
+        raise SandboxUnavailable(level, "a known level", "set security.sandbox to strict, standard or none")
+    need("uid")
+    need("rlimits")
+    if level == "standard":
+        need("seccomp")
+    elif "namespaces" not in active:
+        if not {"seccomp", "landlock"} <= active:
+            missing = "seccomp" if "seccomp" not in active else "landlock"
+            report = by_name["namespaces"]
+            raise SandboxUnavailable(level, f"namespaces ({report.why}) or seccomp + Landlock ({missing} missing)",
+                                     report.remedy)
+    chosen = active & {"uid", "rlimits", "namespaces", "seccomp", "cgroup"}
+    if "namespaces" not in active and "landlock" in active:
+        chosen.add("landlock")
+    return frozenset(chosen)
+
+
+def best_level(reports: list[LayerReport]) -> str:
+    """The strongest level this host can enforce (for the demo's start-up line)."""
+    for level in ("strict", "standard"):
+        try:
+            plan_layers(level, reports)
+        except SandboxUnavailable:
+            continue
+        return level
+    return "none"
+
+
+def sandbox_check_lines(settings: "PodSettings") -> list[str]:
+    """What ``pod-agent check`` prints for the sandbox: the level, then each layer."""
+    reports = probe_layers(settings.security)
+    level = settings.security.sandbox
+    try:
+        layers = plan_layers(level, reports)
+        head = f"sandbox: level {level!r} satisfied (layers in force: {', '.join(sorted(layers))})"
+    except SandboxUnavailable as exc:
+        head = f"sandbox: level {level!r} NOT satisfied, tasks will be refused: {exc.detail}"
+    lines = [head]
+    for report in reports:
+        state = "active" if report.active else "unavailable"
+        line = f"  {report.name:<10} {state:<11} {report.why}"
+        if not report.active and report.remedy:
+            line += f" (enable: {report.remedy})"
+        lines.append(line)
+    return lines

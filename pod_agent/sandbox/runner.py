@@ -1,0 +1,518 @@
+"""Parent side of the sandbox: launch a confined worker, trade frames, end it.
+
+Owns the worker's life: file access for the sandbox uid, the bwrap or direct
+command (launch.py), the cgroup, the hand-off of rlimits/seccomp/Landlock to
+the bootstrap in the ``go`` frame, the frame sequence and its caps, the
+stderr drain (capped, logged locally, never forwarded), timeouts, killing the
+whole tree, and the warm worker (one pre-started worker per entry, past
+``prepare()`` and confined before it sees any task input; one task each).
+probe.py finds the layers; what runs inside is the entry module's business.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pod_agent.errors import SandboxError
+from pod_agent.sandbox.cgroup import TaskCgroup, descendants, detect_cgroups
+from pod_agent.sandbox.confine import ConfinePlan
+from pod_agent.sandbox.frames import Frame, check_safetensors, encode_frame, read_frame_async
+from pod_agent.sandbox.launch import (
+    SANDBOX_INPUT,
+    SANDBOX_WORK,
+    Identity,
+    bootstrap_argv,
+    bwrap_argv,
+    landlock_paths,
+    python_ro_paths,
+    resolve_identity,
+    worker_env,
+)
+from pod_agent.sandbox.probe import LayerReport, plan_layers, probe_layers
+
+if TYPE_CHECKING:
+    from pod_agent.config.settings import SandboxLimitsSection, SecuritySection
+
+log = logging.getLogger("pod_agent.sandbox")
+
+# stderr kept for the local log; the rest is counted and dropped.
+STDERR_KEEP_BYTES = 64 * 1024
+# More stderr/stdout than this is a flood: the task is killed ("output_exceeded").
+MAX_LOG_BYTES = 8 * 1024 * 1024
+# Start-up (bwrap + interpreter) and a warm worker's prepare() (torch + Lightning imports).
+START_TIMEOUT_S = 30.0
+WARM_PREPARE_TIMEOUT_S = 300.0
+WARM_PREPARE_CPU_S = 600
+# After a kill, how long the pipes may stay open before we call the tree a survivor.
+REAP_TIMEOUT_S = 5.0
+# bwrap's monitor, its pid-1 init and a parked warm worker also count against RLIMIT_NPROC (per uid).
+_NPROC_SLACK = 8
+_EXIT_SIGNAL_BASE = 128
+
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    """What one task asks for; None means the pod's limit. A task can ask for less, never more."""
+
+    wall_timeout_s: float | None = None
+    cpu_time_s: int | None = None
+    memory_mb: int | None = None
+    max_processes: int | None = None
+    max_open_files: int | None = None
+    max_file_mb: int | None = None
+    max_output_mb: int | None = None
+
+
+@dataclass(frozen=True)
+class EffectiveLimits:
+    wall_timeout_s: float
+    cpu_time_s: int
+    memory_mb: int
+    max_processes: int
+    max_open_files: int
+    max_file_mb: int
+    max_output_mb: int
+
+    @classmethod
+    def resolve(cls, pod: "SandboxLimitsSection", task: SandboxLimits) -> "EffectiveLimits":
+        def low(name: str) -> Any:
+            mine, theirs = getattr(pod, name), getattr(task, name)
+            return mine if theirs is None else min(mine, theirs)
+
+        return cls(**{name: low(name) for name in cls.__dataclass_fields__})
+
+    def rlimits(self, *, nproc: bool) -> dict[str, int]:
+        limits = {"data": self.memory_mb << 20, "nofile": self.max_open_files, "fsize": self.max_file_mb << 20,
+                  "core": 0}
+        if nproc:
+            limits["nproc"] = self.max_processes + _NPROC_SLACK
+        return limits
+
+
+@dataclass(frozen=True)
+class SandboxJob:
+    """One task for a worker. ``entry`` is a module with ``prepare()`` and ``serve(channel)``;
+    ``entry_path`` is a directory to import it from (bound read-only), when it is not in the package."""
+
+    entry: str
+    input_dir: Path
+    work_dir: Path
+    request: dict[str, Any]
+    limits: SandboxLimits = field(default_factory=SandboxLimits)
+    entry_path: Path | None = None
+
+
+@dataclass(frozen=True)
+class SandboxOutcome:
+    """A successful task: the child's result header, its safetensors payload (may be empty), wall time."""
+
+    header: dict[str, Any]
+    payload: bytes
+    wall_s: float
+
+
+def _exit_reason(returncode: int | None, *, namespaced: bool, oom: bool) -> str:
+    if oom:
+        return "memory_exceeded"
+    if returncode is None:
+        return "no_result"
+    signo = -returncode if returncode < 0 else (returncode - _EXIT_SIGNAL_BASE if namespaced else 0)
+    if signo == signal.SIGXCPU:
+        return "cpu_time_exceeded"
+    if signo == signal.SIGXFSZ:
+        return "file_size_exceeded"
+    if signo == signal.SIGKILL:
+        return "killed"
+    return "no_result"
+
+
+def _grant_input(input_dir: Path, identity: Identity | None) -> None:
+    """Let the sandbox uid's group read the input tree; nobody gains write access."""
+    if identity is None or not identity.dedicated:
+        return
+    for root, dirs, files in os.walk(input_dir):
+        for name in [root, *(os.path.join(root, d) for d in dirs), *(os.path.join(root, f) for f in files)]:
+            if os.path.islink(name):
+                continue
+            st = os.lstat(name)
+            os.chown(name, -1, identity.gid)
+            extra = 0o050 if os.path.isdir(name) else 0o040
+            os.chmod(name, (st.st_mode | extra) & ~0o022 & 0o7777)
+
+
+def _prepare_scratch(root: Path, identity: Identity | None) -> Path:
+    """The directory holding worker slots: root-owned, 0711, reachable by the sandbox uid."""
+    root.mkdir(parents=True, exist_ok=True)
+    os.chmod(root, 0o711)
+    if identity is not None and identity.dedicated:
+        for parent in root.resolve().parents:
+            if not os.stat(parent).st_mode & 0o001:
+                raise SandboxError("scratch_unreachable",
+                                   f"sandbox scratch {root} lies under {parent}, which uid {identity.uid} cannot "
+                                   "traverse: choose a scratch root outside any 0700 directory")
+    return root
+
+
+def _new_slot(scratch: Path, identity: Identity | None) -> Path:
+    """A fresh worker slot: ``input`` (read-only to the worker) and ``work`` (its scratch)."""
+    slot = Path(tempfile.mkdtemp(prefix="slot-", dir=scratch))
+    os.chmod(slot, 0o711)
+    (slot / "input").mkdir(mode=0o750)
+    (slot / "work").mkdir(mode=0o700)
+    if identity is not None and identity.dedicated:
+        os.chown(slot / "input", 0, identity.gid)
+        os.chown(slot / "work", identity.uid, identity.gid)
+    return slot
+
+
+def _move_back(work: Path, dest: Path) -> None:
+    """Hand the worker's scratch files to the job's work_dir (renames only; never a cross-fs copy)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for entry in os.scandir(work):
+        try:
+            os.rename(entry.path, dest / entry.name)
+        except OSError as exc:
+            log.info("sandbox scratch %s not moved to %s: %s", entry.name, dest, exc)
+
+
+class _Worker:
+    """One launched worker process and everything that must die with it."""
+
+    def __init__(self, runner: "SandboxRunner", *, entry: str, entry_path: Path | None, slot: Path,
+                 limits: EffectiveLimits, warm: bool) -> None:
+        self._runner = runner
+        self.entry, self.entry_path, self.warm = entry, entry_path, warm
+        self.slot, self.input_dir, self.work_dir, self.limits = slot, slot / "input", slot / "work", limits
+        self.proc: asyncio.subprocess.Process | None = None
+        self.cgroup: TaskCgroup | None = None
+        self._stderr_task: asyncio.Task[None] | None = None
+        self.stderr_kept = bytearray()
+        self.stderr_total = 0
+        self.flooded = asyncio.Event()
+        self.killed_by_us = False
+
+    @property
+    def namespaced(self) -> bool:
+        return "namespaces" in self._runner.layers
+
+    async def start(self) -> None:
+        """Launch, place in the cgroup, confine (``go``) and wait for ``ready`` (prepare done)."""
+        runner, lim = self._runner, self.limits
+        identity = runner.identity if "uid" in runner.layers else None
+        plan_ro: tuple[str, ...] | None = None
+        plan_rw: tuple[str, ...] = ()
+        if self.namespaced:
+            child_in, child_work = SANDBOX_INPUT, SANDBOX_WORK
+            argv = bwrap_argv(bwrap=runner.bwrap, ro_paths=runner.ro_paths(self.entry_path), input_dir=self.input_dir,
+                              work_dir=self.work_dir, env=worker_env(runner.identity, home=child_work, gpu=runner.gpu),
+                              gpu=runner.gpu, tmpfs_bytes=lim.memory_mb << 20)
+            env: dict[str, str] = {}
+        else:
+            child_in, child_work = self.input_dir, self.work_dir
+            argv = bootstrap_argv()
+            env = worker_env(runner.identity, home=child_work, gpu=runner.gpu)
+            if "landlock" in runner.layers:
+                ro, rw = landlock_paths(ro_paths=runner.ro_paths(self.entry_path), gpu=runner.gpu)
+                plan_ro, plan_rw = tuple(ro + [str(child_in)]), tuple(rw + [str(child_work)])
+        if "cgroup" in runner.layers:
+            support = runner.cgroup_support
+            self.cgroup = await asyncio.to_thread(TaskCgroup.create, support, memory_bytes=lim.memory_mb << 20,
+                                                  max_pids=lim.max_processes + _NPROC_SLACK)
+        kwargs: dict[str, Any] = {}
+        if identity is not None:
+            kwargs = {"user": identity.uid, "group": identity.gid, "extra_groups": []}
+        self.proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env=env, cwd="/", start_new_session=True, **kwargs)
+        self._stderr_task = asyncio.create_task(self._drain_stderr(), name="sandbox-stderr")
+        await self._expect("hello", timeout=START_TIMEOUT_S)
+        if self.cgroup is not None:
+            # Nothing below the bootstrap forks until it gets `go`, so this tree is complete.
+            await asyncio.to_thread(self.cgroup.add, descendants(self.proc.pid))
+        cpu = lim.cpu_time_s + (WARM_PREPARE_CPU_S if self.warm else 0)
+        plan = ConfinePlan(rlimits={"cpu": cpu, **lim.rlimits(nproc=identity is not None)},
+                           seccomp="seccomp" in runner.layers, landlock_read_only=plan_ro, landlock_read_write=plan_rw)
+        await self._send({"type": "go", "plan": plan.to_json(), "entry": self.entry,
+                          "entry_path": str(self.entry_path.resolve()) if self.entry_path else None,
+                          "input_dir": str(child_in), "work_dir": str(child_work)})
+        await self._expect("ready", timeout=WARM_PREPARE_TIMEOUT_S if self.warm else lim.wall_timeout_s)
+
+    async def _send(self, header: dict[str, Any]) -> None:
+        if self.proc is None or self.proc.stdin is None:
+            raise SandboxError("protocol", "worker is not running")
+        try:
+            self.proc.stdin.write(encode_frame(header))
+            await self.proc.stdin.drain()
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            raise SandboxError("no_result", "worker closed its input before the task was sent") from exc
+
+    async def _read(self, timeout: float) -> Frame | None:
+        if self.proc is None or self.proc.stdout is None:
+            raise SandboxError("protocol", "worker is not running")
+        read = asyncio.ensure_future(read_frame_async(self.proc.stdout,
+                                                      max_payload_bytes=self.limits.max_output_mb << 20))
+        flood = asyncio.ensure_future(self.flooded.wait())
+        try:
+            done, _pending = await asyncio.wait({read, flood}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            flood.cancel()
+        if flood in done and read not in done:
+            read.cancel()
+            raise SandboxError("output_exceeded", f"worker wrote more than {MAX_LOG_BYTES} bytes to stdout/stderr")
+        if read not in done:
+            read.cancel()
+            raise SandboxError("wall_timeout", f"no answer within {timeout:.1f} s")
+        return read.result()
+
+    async def _expect(self, kind: str, *, timeout: float) -> None:
+        frame = await self._read(timeout)
+        if frame is None:
+            raise SandboxError(await self._ended_reason(), f"worker ended before {kind!r}")
+        if frame.type == "fail":
+            raise SandboxError("task_failed", _fixed_code(frame.header.get("reason")))
+        if frame.type != kind:
+            raise SandboxError("protocol", f"expected {kind!r}, worker sent {frame.type[:32]!r}")
+
+    async def _ended_reason(self) -> str:
+        if self.proc is None:
+            return "no_result"
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.proc.wait(), REAP_TIMEOUT_S)
+        oom = self.cgroup is not None and await asyncio.to_thread(self.cgroup.oom_killed)
+        return _exit_reason(self.proc.returncode, namespaced=self.namespaced, oom=oom)
+
+    async def _drain_stderr(self) -> None:
+        if self.proc is None or self.proc.stderr is None:
+            return
+        while chunk := await self.proc.stderr.read(65536):
+            self.stderr_total += len(chunk)
+            room = STDERR_KEEP_BYTES - len(self.stderr_kept)
+            if room > 0:
+                self.stderr_kept += chunk[:room]
+            if self.stderr_total > MAX_LOG_BYTES:
+                self.flooded.set()
+
+    async def run_task(self, request: dict[str, Any], limits: EffectiveLimits,
+                       on_progress: Callable[[dict[str, Any]], None] | None) -> tuple[dict[str, Any], bytes]:
+        """Send the request and read frames until the result; raises SandboxError on any other end."""
+        if self.cgroup is not None:
+            await asyncio.to_thread(self.cgroup.set_limits, memory_bytes=limits.memory_mb << 20,
+                                    max_pids=limits.max_processes + _NPROC_SLACK)
+        identity_nproc = "uid" in self._runner.layers
+        await self._send({"type": "request", "request": request, "cpu_time_s": limits.cpu_time_s,
+                          "rlimits": limits.rlimits(nproc=identity_nproc)})
+        deadline = time.monotonic() + limits.wall_timeout_s
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise SandboxError("wall_timeout", f"task ran past {limits.wall_timeout_s:.1f} s")
+            frame = await self._read(remaining)
+            if frame is None:
+                raise SandboxError(await self._ended_reason(), "worker exited without a result")
+            if frame.type == "progress":
+                event = frame.header.get("event")
+                if isinstance(event, dict) and on_progress is not None:
+                    on_progress(event)
+            elif frame.type == "result":
+                header = frame.header.get("header")
+                if not isinstance(header, dict):
+                    raise SandboxError("bad_frame", "result frame without a JSON object header")
+                if frame.payload:
+                    check_safetensors(frame.payload)
+                return header, frame.payload
+            elif frame.type == "fail":
+                raise SandboxError("task_failed", _fixed_code(frame.header.get("reason")))
+            else:
+                raise SandboxError("protocol", f"unexpected frame type {frame.type[:32]!r}")
+
+    async def destroy(self) -> None:
+        """Kill the whole tree, wait for every pipe to close, remove the cgroup. Safe to call twice."""
+        proc = self.proc
+        if proc is not None and proc.returncode is None:
+            self.killed_by_us = True
+            with contextlib.suppress(ProcessLookupError):
+                # bwrap's init dies with it (--die-with-parent) and takes the pid namespace down.
+                os.killpg(proc.pid, signal.SIGKILL)
+        if self.cgroup is not None:
+            await asyncio.to_thread(self.cgroup.kill_all)
+        if proc is not None:
+            if proc.stdin is not None:
+                proc.stdin.close()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(proc.wait(), REAP_TIMEOUT_S)
+        survived = False
+        if self._stderr_task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._stderr_task), REAP_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                # Someone still holds the stderr pipe: a process escaped the kill.
+                survived = True
+                self._stderr_task.cancel()
+        if self.cgroup is not None:
+            await asyncio.to_thread(self.cgroup.remove)
+            self.cgroup = None
+        if self.stderr_total:
+            log.info("sandbox worker stderr (%d bytes, first %d kept):\n%s", self.stderr_total,
+                     len(self.stderr_kept), self.stderr_kept.decode("utf-8", "replace"))
+        if survived:
+            raise SandboxError("tree_survived", "a worker process kept its pipes open after the kill")
+
+
+def _fixed_code(reason: object) -> str:
+    if isinstance(reason, str) and reason.replace("_", "").isalnum() and reason.islower() and len(reason) <= 64:
+        return reason
+    return "invalid_reason"
+
+
+class SandboxRunner:
+    """Runs jobs in confined workers at the pod's configured level (fail-closed at construction)."""
+
+    def __init__(self, security: "SecuritySection", limits: "SandboxLimitsSection", gpu: bool = False, *,
+                 scratch_root: Path | None = None, unsafe_disable_layers: frozenset[str] = frozenset()) -> None:
+        reports = probe_layers(security)
+        if unsafe_disable_layers:
+            log.warning("sandbox layers disabled by unsafe_disable_layers: %s", sorted(unsafe_disable_layers))
+            reports = [LayerReport(r.name, False, "disabled by unsafe_disable_layers") if r.name in unsafe_disable_layers
+                       else r for r in reports]
+        self.reports: list[LayerReport] = reports
+        self.level = security.sandbox
+        self.layers = plan_layers(self.level, reports)
+        self.gpu = gpu
+        self._pod_limits = limits
+        self.identity = resolve_identity(security.sandbox_user) if "uid" in self.layers else Identity(
+            "root" if os.geteuid() == 0 else str(os.geteuid()), os.geteuid(), os.getegid(), False)
+        self.bwrap = shutil.which("bwrap") or "bwrap"
+        self.cgroup_support = detect_cgroups() if "cgroup" in self.layers else None
+        self._scratch = _prepare_scratch(scratch_root or Path(tempfile.gettempdir()) / "pod-agent-sandbox",
+                                         self.identity if "uid" in self.layers else None)
+        self._warm: dict[tuple[str, str], _Worker] = {}
+        self._warming: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._closed = False
+
+    def _slot(self) -> Path:
+        return _new_slot(self._scratch, self.identity if "uid" in self.layers else None)
+
+    def ro_paths(self, entry_path: Path | None) -> list[Path]:
+        return python_ro_paths(entry_path)
+
+    async def __aenter__(self) -> "SandboxRunner":
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.aclose()
+
+    def _limits(self, task: SandboxLimits) -> EffectiveLimits:
+        return EffectiveLimits.resolve(self._pod_limits, task)
+
+    async def prewarm(self, entry: str, *, entry_path: Path | None = None) -> None:
+        """Start the warm worker for ``entry`` (confined, past prepare(), waiting for a request)."""
+        key = (entry, str(entry_path))
+        if key in self._warm or self._closed:
+            return
+        worker = _Worker(self, entry=entry, entry_path=entry_path, slot=self._slot(),
+                         limits=self._limits(SandboxLimits()), warm=True)
+        try:
+            await worker.start()
+        except BaseException:
+            await _destroy_quietly(worker)
+            shutil.rmtree(worker.slot, ignore_errors=True)
+            raise
+        self._warm[key] = worker
+
+    def _schedule_prewarm(self, entry: str, entry_path: Path | None) -> None:
+        key = (entry, str(entry_path))
+        if self._closed or key in self._warming or not self._pod_limits.warm_worker:
+            return
+
+        async def _warm() -> None:
+            try:
+                await self.prewarm(entry, entry_path=entry_path)
+            except SandboxError as exc:
+                log.warning("warm worker for %s could not start (%s); next task starts cold", entry, exc.reason)
+            finally:
+                self._warming.pop(key, None)
+
+        self._warming[key] = asyncio.create_task(_warm(), name=f"sandbox-prewarm-{entry}")
+
+    async def wait_warm(self, entry: str, *, entry_path: Path | None = None) -> bool:
+        """Wait for a scheduled warm worker; True when one is parked for ``entry``."""
+        task = self._warming.get((entry, str(entry_path)))
+        if task is not None:
+            await asyncio.shield(task)
+        return (entry, str(entry_path)) in self._warm
+
+    async def run(self, job: SandboxJob,
+                  on_progress: Callable[[dict[str, Any]], None] | None = None) -> SandboxOutcome:
+        """Run one job; raises SandboxError(reason=...) on timeout, kill, protocol violation or task failure."""
+        if self._closed:
+            raise SandboxError("closed", "the sandbox runner is shut down")
+        if self.level == "none":
+            log.warning("sandbox level 'none': this task runs UNCONFINED (development only; set "
+                        "security.sandbox = 'strict' in pod.toml)")
+        limits = self._limits(job.limits)
+        started = time.monotonic()
+        worker = self._warm.pop((job.entry, str(job.entry_path)), None)
+        if worker is None:
+            worker = _Worker(self, entry=job.entry, entry_path=job.entry_path, slot=self._slot(), limits=limits,
+                             warm=False)
+        identity = self.identity if "uid" in self.layers else None
+        try:
+            await asyncio.to_thread(_link_tree, job.input_dir, worker.input_dir)
+            await asyncio.to_thread(_grant_input, worker.input_dir, identity)
+            if worker.proc is None:
+                await worker.start()
+            header, payload = await worker.run_task(job.request, limits, on_progress)
+        finally:
+            try:
+                await worker.destroy()
+            finally:
+                await asyncio.to_thread(_move_back, worker.work_dir, job.work_dir)
+                shutil.rmtree(worker.slot, ignore_errors=True)
+                if self._pod_limits.warm_worker:
+                    self._schedule_prewarm(job.entry, job.entry_path)
+        return SandboxOutcome(header=header, payload=payload, wall_s=time.monotonic() - started)
+
+    async def aclose(self) -> None:
+        """Kill warm workers and pending pre-warms (agent shutdown)."""
+        self._closed = True
+        for task in list(self._warming.values()):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, SandboxError):
+                await task
+        for worker in list(self._warm.values()):
+            await _destroy_quietly(worker)
+            shutil.rmtree(worker.slot, ignore_errors=True)
+        self._warm.clear()
+
+
+async def _destroy_quietly(worker: _Worker) -> None:
+    try:
+        await worker.destroy()
+    except SandboxError as exc:
+        log.error("sandbox worker cleanup: %s", exc)
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    """Put the job's input into a warm worker's bound input dir: hard links, copies across filesystems."""
+    def _link_or_copy(s: str, d: str) -> None:
+        try:
+            os.link(s, d)
+        except OSError:
+            shutil.copy2(s, d)
+
+    shutil.copytree(src, dst, copy_function=_link_or_copy, dirs_exist_ok=True)
+
+
+__all__ = ["EffectiveLimits", "SandboxJob", "SandboxLimits", "SandboxOutcome", "SandboxRunner"]
