@@ -1,0 +1,351 @@
+"""A task's prepared input: selected columns encoded into one Arrow IPC file in scratch.
+
+Owns turning the pod's datasource into what the sandbox may read (``data.arrow``):
+the selected feature columns encoded as one float32 vector per row, the encoded
+target, and a deterministic train/validation/test split column. The sandbox never
+sees the original file; what it trains on is only this. Reading the datasource is
+``source.py``'s job; what trains on the file is ``pod_agent.training``.
+
+Two streaming passes over ``ds.batches``, so a table larger than RAM still works:
+pass 1 assigns splits and gathers class counts and the training rows' mean and
+standard deviation of each continuous column; pass 2 encodes and writes batch by
+batch. Memory is one record batch plus O(columns) statistics.
+
+Encoding (recorded in the datastructure, documented here once):
+- continuous -> float32, standardised with the *training* rows' mean and standard
+  deviation (a constant column keeps std 1); missing values become 0 (the mean).
+- categorical, ``categorical_encoding="one-hot"`` (default) -> one slot per category
+  of the pod's schema (sorted, as strings) plus one reserved last slot for a value
+  the schema does not list and for missing values. Its width depends on the schema's
+  categories, so pods whose category sets differ produce different ``input_size``.
+- categorical, ``categorical_encoding="hashed"`` -> a fixed ``HASHED_BUCKETS`` slots
+  per column, the slot chosen by sha256 of the value; missing values set no slot.
+  The width and the meaning of a slot are the same on every pod whatever categories
+  it holds, which is what federated averaging across differing pods needs, and it
+  needs no category values from anyone (``privacy.share_categories = false`` works).
+- target: categorical -> int64 index into the schema's sorted categories;
+  continuous -> float32 (regression). Rows with a missing or unlisted target are
+  dropped and counted in ``n_dropped``.
+- split: per target class, rows are taken in blocks of 100 and each block's slots
+  are a seeded permutation of ``train`` x 0, ``validation`` x 1, ``test`` x 2. The
+  percentages are therefore exact per class for every full block (stratified), the
+  assignment is reproducible from ``split.seed`` and the row order, and it needs
+  only one counter per class.
+
+File layout (Arrow IPC file, memory-mappable): ``x: fixed_size_list<float32>[input_size]``,
+``y: int64`` (or ``float32`` for regression), ``split: int8`` (0 train, 1 validation,
+2 test). The datastructure JSON is also stored in the schema metadata under
+``pod_agent.datastructure``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pod_agent.errors import DataError
+from pod_agent.protocol.messages import DataSelection
+
+if TYPE_CHECKING:
+    from pod_agent.data import Datasource, Schema
+
+DATA_FILE_NAME = "data.arrow"
+DATASTRUCTURE_METADATA_KEY = b"pod_agent.datastructure"
+SPLIT_CODES = {"train": 0, "validation": 1, "test": 2}
+# Fixed width per column for hashed categories: above the schema's default
+# categorical_max_unique (50), so collisions stay rare for columns that are categorical at all.
+HASHED_BUCKETS = 64
+_SPLIT_BLOCK_ROWS = 100  # split percentages are integers summing to 100
+_READ_BATCH_ROWS = 65536
+_FEATURE_STYPES = ("categorical", "continuous")
+
+CategoricalEncoding = Literal["one-hot", "hashed"]
+
+
+@dataclass(frozen=True)
+class TaskInput:
+    """Where the prepared file lies and the datastructure the model is built from."""
+
+    path: Path
+    datastructure: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass
+class _ColumnPlan:
+    name: str
+    stype: str
+    categories: list[str]
+    width: int
+    hashed: bool = False
+    mean: float = 0.0
+    std: float = 1.0
+
+
+class _Splitter:
+    """Per-class block permutation assignment (see the module docstring)."""
+
+    def __init__(self, *, train: int, validation: int, test: int, seed: int) -> None:
+        self._slots = np.array([0] * train + [1] * validation + [2] * test, dtype=np.int8)
+        self._seed = seed
+        self._seen: dict[int, int] = {}
+
+    def assign(self, classes: np.ndarray) -> np.ndarray:
+        out = np.empty(len(classes), dtype=np.int8)
+        for cls in np.unique(classes):
+            rows = np.flatnonzero(classes == cls)
+            start = self._seen.get(int(cls), 0)
+            counters = np.arange(start, start + len(rows))
+            self._seen[int(cls)] = start + len(rows)
+            blocks = counters // _SPLIT_BLOCK_ROWS
+            for block in np.unique(blocks):
+                in_block = blocks == block
+                perm = np.random.default_rng([self._seed, int(cls), int(block)]).permutation(_SPLIT_BLOCK_ROWS)
+                out[rows[in_block]] = self._slots[perm[counters[in_block] % _SPLIT_BLOCK_ROWS]]
+        return out
+
+
+def prepare_task_input(
+    ds: Datasource,
+    schema: Schema,
+    selection: DataSelection,
+    out_dir: Path,
+    *,
+    categorical_encoding: CategoricalEncoding = "one-hot",
+) -> TaskInput:
+    """Write ``out_dir/data.arrow`` for ``selection`` and return it with its datastructure.
+
+    Raises DataError naming the column when a selected column is missing, is the
+    target, or has a semantic type that cannot be a tabular feature (text, image),
+    and when no row has a usable target.
+    """
+    plans, target = _plan(schema, selection, categorical_encoding)
+    read_cols = [p.name for p in plans] + [target.name]
+    split = selection.split
+    task = "classification" if target.stype == "categorical" else "regression"
+
+    # Pass 1: split assignment, class counts, training-row moments of continuous columns.
+    splitter = _Splitter(train=split.train, validation=split.validation, test=split.test, seed=split.seed)
+    sums = {p.name: np.zeros(3, dtype=np.float64) for p in plans if p.stype == "continuous"}
+    n_rows = dict.fromkeys(SPLIT_CODES, 0)
+    n_dropped = 0
+    for batch in _batches(ds, read_cols):
+        y, keep = _encode_target(batch.column(target.name), target)
+        n_dropped += int((~keep).sum())
+        assigned = splitter.assign(_strata(y[keep], task))
+        for name, code in SPLIT_CODES.items():
+            n_rows[name] += int((assigned == code).sum())
+        train_rows = np.flatnonzero(keep)[assigned == 0]
+        for name, acc in sums.items():
+            values = _as_float(batch.column(name))[train_rows]
+            values = values[~np.isnan(values)]
+            acc += (len(values), values.sum(), np.square(values).sum())
+    if sum(n_rows.values()) == 0:
+        raise DataError(
+            f"task input: no row has a usable value in target column {target.name!r}; "
+            "check the target column and its categories"
+        )
+    for plan in plans:
+        if plan.stype == "continuous":
+            count, total, total_sq = sums[plan.name]
+            if count > 0:
+                plan.mean = float(total / count)
+                var = max(float(total_sq / count) - plan.mean**2, 0.0)
+                plan.std = float(np.sqrt(var)) if var > 1e-12 else 1.0
+
+    datastructure = _datastructure(
+        plans, target, task=task, encoding=categorical_encoding, n_rows=n_rows, n_dropped=n_dropped, selection=selection
+    )
+    input_size = int(datastructure["input_size"])  # type: ignore[call-overload]
+    y_type = pa.int64() if task == "classification" else pa.float32()
+    arrow_schema = pa.schema(
+        [("x", pa.list_(pa.float32(), input_size)), ("y", y_type), ("split", pa.int8())],
+        metadata={DATASTRUCTURE_METADATA_KEY: json.dumps(datastructure, sort_keys=True).encode()},
+    )
+
+    # Pass 2: encode and write, one record batch at a time.
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / DATA_FILE_NAME
+    splitter = _Splitter(train=split.train, validation=split.validation, test=split.test, seed=split.seed)
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, arrow_schema) as writer:
+        for batch in _batches(ds, read_cols):
+            y, keep = _encode_target(batch.column(target.name), target)
+            if not keep.any():
+                continue
+            assigned = splitter.assign(_strata(y[keep], task))
+            x = _encode_features(batch, plans, input_size)[keep]
+            writer.write_batch(
+                pa.record_batch(
+                    [
+                        pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), input_size),
+                        pa.array(y[keep].astype(np.int64 if task == "classification" else np.float32)),
+                        pa.array(assigned),
+                    ],
+                    schema=arrow_schema,
+                )
+            )
+    return TaskInput(path=path, datastructure=datastructure)
+
+
+def read_datastructure(path: Path) -> dict[str, object]:
+    """The datastructure stored in a prepared file's metadata."""
+    with pa.memory_map(str(path), "r") as source:
+        metadata = pa.ipc.open_file(source).schema.metadata or {}
+    raw = metadata.get(DATASTRUCTURE_METADATA_KEY)
+    if raw is None:
+        raise DataError(f"task input {path} has no datastructure metadata; prepare it with prepare_task_input")
+    loaded: dict[str, object] = json.loads(raw)
+    return loaded
+
+
+def _plan(
+    schema: Schema, selection: DataSelection, encoding: CategoricalEncoding
+) -> tuple[list[_ColumnPlan], _ColumnPlan]:
+    known = {c.name: c for c in schema.columns}
+    if selection.target not in known:
+        raise DataError(
+            f"task input: target column {selection.target!r} is not in the datasource; "
+            f"choose one of {sorted(known)}"
+        )
+    target_col = known[selection.target]
+    if target_col.stype not in _FEATURE_STYPES:
+        raise DataError(
+            f"task input: target column {selection.target!r} has stype {target_col.stype!r}; "
+            "a target must be categorical or continuous (force_stypes can set it)"
+        )
+    target = _ColumnPlan(target_col.name, target_col.stype, list(target_col.categories or []), 0)
+    if selection.columns is None:
+        names = [c.name for c in schema.columns if c.name != selection.target and c.name not in selection.ignore]
+        names = [n for n in names if known[n].stype in _FEATURE_STYPES]
+    else:
+        names = [n for n in selection.columns if n not in selection.ignore]
+    plans: list[_ColumnPlan] = []
+    for name in names:
+        if name not in known:
+            raise DataError(f"task input: column {name!r} is not in the datasource; choose from {sorted(known)}")
+        if name == selection.target:
+            raise DataError(f"task input: column {name!r} is the target; remove it from the feature columns")
+        col = known[name]
+        if col.stype not in _FEATURE_STYPES:
+            raise DataError(
+                f"task input: column {name!r} has stype {col.stype!r}; only categorical and continuous "
+                "columns can be tabular features - drop it from the selection"
+            )
+        categories = list(col.categories or [])
+        if col.stype == "continuous":
+            width = 1
+        elif encoding == "hashed":
+            width = HASHED_BUCKETS
+        else:
+            width = len(categories) + 1
+        plans.append(_ColumnPlan(name, col.stype, categories, width, hashed=encoding == "hashed"))
+    if not plans:
+        raise DataError("task input: the selection leaves no feature column; list columns or ignore fewer")
+    return plans, target
+
+
+def _datastructure(
+    plans: list[_ColumnPlan],
+    target: _ColumnPlan,
+    *,
+    task: str,
+    encoding: CategoricalEncoding,
+    n_rows: dict[str, int],
+    n_dropped: int,
+    selection: DataSelection,
+) -> dict[str, object]:
+    feature_names: list[str] = []
+    for plan in plans:
+        if plan.stype == "continuous":
+            feature_names.append(plan.name)
+        elif plan.hashed:
+            feature_names += [f"{plan.name}#{i}" for i in range(HASHED_BUCKETS)]
+        else:
+            feature_names += [f"{plan.name}={c}" for c in plan.categories] + [f"{plan.name}=<other>"]
+    return {
+        "version": 1,
+        "target": target.name,
+        "task": task,
+        "input_size": len(feature_names),
+        "n_classes": len(target.categories) if task == "classification" else 1,
+        "target_categories": target.categories,
+        "feature_names": feature_names,
+        "columns": [p.name for p in plans],
+        "stypes": {p.name: p.stype for p in plans} | {target.name: target.stype},
+        "categorical_encoding": encoding,
+        "support_columns": [],
+        "n_rows": n_rows,
+        "n_dropped": n_dropped,
+        "split": selection.split.model_dump(),
+    }
+
+
+def _batches(ds: Datasource, columns: list[str]) -> Iterator[pa.RecordBatch]:
+    for batch in ds.batches(columns=columns, batch_rows=_READ_BATCH_ROWS):
+        if batch.num_rows:
+            yield batch
+
+
+def _strata(y: np.ndarray, task: str) -> np.ndarray:
+    # Regression has no classes to stratify by: one stratum.
+    return y.astype(np.int64) if task == "classification" else np.zeros(len(y), dtype=np.int64)
+
+
+def _as_float(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    try:
+        floats = pc.cast(column, pa.float64())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise DataError(f"task input: a continuous column holds non-numeric values ({column.type}); force it to categorical") from exc
+    return np.asarray(floats.to_numpy(zero_copy_only=False), dtype=np.float64)
+
+
+def _slot_indices(column: pa.Array | pa.ChunkedArray, slot_of: dict[str, int], missing: int) -> np.ndarray:
+    """Slot per row: map each distinct value once, then gather (fast for low cardinality)."""
+    as_text = pc.cast(column, pa.string())
+    if isinstance(as_text, pa.ChunkedArray):
+        as_text = as_text.combine_chunks()
+    encoded = pc.dictionary_encode(as_text)
+    lookup = np.array([slot_of.get(v, missing) for v in encoded.dictionary.to_pylist()] + [missing], dtype=np.int64)
+    codes = encoded.indices.fill_null(len(lookup) - 1).to_numpy(zero_copy_only=False)
+    return lookup[codes]
+
+
+def _encode_target(column: pa.Array | pa.ChunkedArray, target: _ColumnPlan) -> tuple[np.ndarray, np.ndarray]:
+    if target.stype == "categorical":
+        y = _slot_indices(column, {c: i for i, c in enumerate(target.categories)}, -1)
+        return y, y >= 0
+    values = _as_float(column)
+    return values, ~np.isnan(values)
+
+
+def _hashed_slot(value: str) -> int:
+    return int.from_bytes(hashlib.sha256(value.encode("utf-8")).digest()[:8], "big") % HASHED_BUCKETS
+
+
+def _encode_features(batch: pa.RecordBatch, plans: list[_ColumnPlan], input_size: int) -> np.ndarray:
+    x = np.zeros((batch.num_rows, input_size), dtype=np.float32)
+    rows = np.arange(batch.num_rows)
+    offset = 0
+    for plan in plans:
+        column = batch.column(plan.name)
+        if plan.stype == "continuous":
+            values = (_as_float(column) - plan.mean) / plan.std
+            x[:, offset] = np.nan_to_num(values, nan=0.0)
+        elif plan.hashed:
+            as_text = pc.cast(column, pa.string())
+            distinct = pc.unique(pc.drop_null(as_text)).to_pylist()
+            slots = _slot_indices(column, {v: _hashed_slot(v) for v in distinct}, -1)
+            present = slots >= 0
+            x[rows[present], offset + slots[present]] = 1.0
+        else:
+            slots = _slot_indices(column, {c: i for i, c in enumerate(plan.categories)}, plan.width - 1)
+            x[rows, offset + slots] = 1.0
+        offset += plan.width
+    return x

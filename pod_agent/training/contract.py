@@ -1,0 +1,239 @@
+"""The agent's check of what the sandbox returned, before anything leaves the host.
+
+Owns the result contract between ``worker.py`` (inside) and the agent (outside).
+Torch-free: numpy and ``safetensors.numpy`` only, so the daemon stays light.
+``check_result`` runs its checks cheapest first and raises ``ContractViolation``
+with a fixed ``reason`` at the first failure:
+
+1. ``too_large``: payload over ``max_bytes``.
+2. ``bad_header``: header not exactly ``{"metrics", "n_rows", "tensors"}``, or
+   ``n_rows`` not a non-negative integer, or a tensor description malformed.
+3. ``bad_metric``: more than ``MAX_METRICS`` metrics, a name that is neither in
+   ``DEFAULT_METRIC_NAMES`` nor a literal ``self.log`` / ``self.log_dict`` key of
+   the model source, or a value that is not a finite number.
+4. ``unexpected_tensors``: evaluate returned tensors; ``tensor_names``: train
+   returned names other than exactly the expected ones, predict anything but
+   ``predictions``; ``tensor_shape``: a shape differs from the expected one, or
+   predictions are not ``[n_rows, k]``; ``too_few_rows``: predictions for fewer
+   than ``min_rows`` rows.
+5. ``bad_payload``: the payload is not safetensors or disagrees with the header.
+6. ``bad_dtype``: a tensor is not float32 (the wire dtype, see ``tensors.py``).
+7. ``non_finite``: a NaN or infinity anywhere.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+import re
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load as load_numpy
+
+from pod_agent.errors import ContractViolation
+from pod_agent.protocol.messages import TaskPayload
+
+WIRE_DTYPE = "F32"
+FLOAT_DTYPES = frozenset({"F16", "BF16", "F32", "F64"})
+MAX_METRICS = 64
+HEADER_KEYS = frozenset({"metrics", "n_rows", "tensors"})
+DEFAULT_METRIC_NAMES = frozenset(
+    {
+        "loss", "train_loss", "val_loss", "test_loss",
+        "accuracy", "val_accuracy", "test_accuracy", "val_acc", "test_acc",
+        "f1", "val_f1", "test_f1", "auroc", "val_auroc", "test_auroc",
+        "precision", "recall", "val_precision", "val_recall", "test_precision", "test_recall",
+        "mse", "val_mse", "test_mse", "mae", "val_mae", "test_mae",
+    }
+)
+_METRIC_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_./-]{0,63}$")
+
+
+class SandboxResult(Protocol):
+    """What the sandbox runner hands back (``SandboxOutcome`` has these)."""
+
+    header: dict[str, Any]
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    shape: tuple[int, ...]
+    dtype: str = WIRE_DTYPE
+
+
+@dataclass(frozen=True)
+class CheckedResult:
+    arrays: dict[str, np.ndarray]
+    metrics: dict[str, float]
+    n_rows: int
+
+
+def check_result(
+    outcome: SandboxResult,
+    *,
+    task: TaskPayload,
+    expected: Mapping[str, TensorSpec] | None,
+    max_bytes: int,
+    min_rows: int = 1,
+    source_text: str | None = None,
+) -> CheckedResult:
+    """Validate ``outcome`` for ``task``; raises ContractViolation(reason) as listed above.
+
+    ``expected`` is the model's exchanged tensors (``expected_from_safetensors`` of the
+    global or pretrained weights); ``None`` accepts the names the worker reports,
+    checking everything else. ``source_text`` is the model source when it came by
+    hub reference (inline source is read from the task).
+    """
+    payload = outcome.payload
+    if len(payload) > max_bytes:
+        raise ContractViolation("too_large", f"payload of {len(payload)} bytes over the cap of {max_bytes}")
+    header = outcome.header
+    if not isinstance(header, dict) or set(header) != HEADER_KEYS:
+        keys = sorted(header) if isinstance(header, dict) else type(header).__name__
+        raise ContractViolation("bad_header", f"header keys {keys}, expected {sorted(HEADER_KEYS)}")
+    n_rows = header["n_rows"]
+    if not isinstance(n_rows, int) or isinstance(n_rows, bool) or n_rows < 0:
+        raise ContractViolation("bad_header", f"n_rows {n_rows!r} is not a non-negative integer")
+    described = _described_tensors(header["tensors"])
+    source = source_text if source_text is not None else (task.model.source if task.model else None)
+    metrics = _check_metrics(header["metrics"], logged_metric_names(source) if source else frozenset())
+    _check_names_and_shapes(described, task=task, expected=expected, n_rows=n_rows, min_rows=min_rows)
+    arrays = _decode(payload, described)
+    return CheckedResult(arrays=arrays, metrics=metrics, n_rows=n_rows)
+
+
+def expected_from_safetensors(data: bytes) -> dict[str, TensorSpec]:
+    """Floating tensors named in a safetensors file's header (integer buffers are not exchanged)."""
+    if len(data) < 8:
+        raise ContractViolation("bad_payload", "safetensors data shorter than its length prefix")
+    (size,) = struct.unpack("<Q", data[:8])
+    if size > len(data) - 8:
+        raise ContractViolation("bad_payload", f"safetensors header of {size} bytes exceeds the data")
+    try:
+        header = json.loads(data[8 : 8 + size])
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ContractViolation("bad_payload", f"safetensors header is not JSON: {exc}") from exc
+    return {
+        name: TensorSpec(tuple(int(d) for d in info["shape"]), WIRE_DTYPE)
+        for name, info in header.items()
+        if name != "__metadata__" and info.get("dtype") in FLOAT_DTYPES
+    }
+
+
+def logged_metric_names(source: str) -> frozenset[str]:
+    """String literals used as names in ``self.log(...)`` and keys of ``self.log_dict({...})``."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return frozenset()
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+            continue
+        if node.func.attr == "log":
+            first = node.args[0] if node.args else next((k.value for k in node.keywords if k.arg == "name"), None)
+            if isinstance(first, ast.Constant) and isinstance(first.value, str):
+                names.add(first.value)
+        elif node.func.attr == "log_dict" and node.args and isinstance(node.args[0], ast.Dict):
+            names |= {k.value for k in node.args[0].keys if isinstance(k, ast.Constant) and isinstance(k.value, str)}
+    return frozenset(names)
+
+
+def _described_tensors(raw: object) -> dict[str, TensorSpec]:
+    if not isinstance(raw, dict):
+        raise ContractViolation("bad_header", "tensors must be an object")
+    out: dict[str, TensorSpec] = {}
+    for name, info in raw.items():
+        shape = info.get("shape") if isinstance(info, dict) else None
+        dtype = info.get("dtype") if isinstance(info, dict) else None
+        if (
+            not isinstance(name, str)
+            or not isinstance(shape, list)
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+            or not isinstance(dtype, str)
+        ):
+            raise ContractViolation("bad_header", f"tensor {name!r} is described as {info!r}")
+        if dtype != WIRE_DTYPE:
+            raise ContractViolation("bad_dtype", f"tensor {name!r} has dtype {dtype}, only {WIRE_DTYPE} is accepted")
+        out[name] = TensorSpec(tuple(shape), dtype)
+    return out
+
+
+def _check_metrics(raw: object, logged: frozenset[str]) -> dict[str, float]:
+    if not isinstance(raw, dict):
+        raise ContractViolation("bad_header", "metrics must be an object")
+    if len(raw) > MAX_METRICS:
+        raise ContractViolation("bad_metric", f"{len(raw)} metrics, more than {MAX_METRICS}")
+    out: dict[str, float] = {}
+    for name, value in raw.items():
+        if not isinstance(name, str) or not _METRIC_NAME.match(name):
+            raise ContractViolation("bad_metric", f"metric name {str(name)[:80]!r} is not a plain identifier")
+        if name not in DEFAULT_METRIC_NAMES and name not in logged:
+            raise ContractViolation("bad_metric", f"metric {name!r} is neither a standard name nor logged by the model")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ContractViolation("bad_metric", f"metric {name!r} is {value!r}, not a finite number")
+        out[name] = float(value)
+    return out
+
+
+def _check_names_and_shapes(
+    described: dict[str, TensorSpec],
+    *,
+    task: TaskPayload,
+    expected: Mapping[str, TensorSpec] | None,
+    n_rows: int,
+    min_rows: int,
+) -> None:
+    if task.kind in ("evaluate", "schema-stats"):
+        if described:
+            raise ContractViolation("unexpected_tensors", f"{task.kind} returned tensors {sorted(described)[:5]}")
+        return
+    if task.kind == "predict":
+        if set(described) != {"predictions"}:
+            raise ContractViolation("tensor_names", f"predict returned {sorted(described)[:5]}, only 'predictions' allowed")
+        shape = described["predictions"].shape
+        if len(shape) != 2 or shape[0] != n_rows:
+            raise ContractViolation("tensor_shape", f"predictions have shape {list(shape)}, expected [{n_rows}, k]")
+        if n_rows < min_rows:
+            raise ContractViolation("too_few_rows", f"predictions for {n_rows} rows, under min_rows={min_rows}")
+        return
+    if expected is None:
+        if not described:
+            raise ContractViolation("tensor_names", "train returned no tensors")
+        return
+    if set(described) != set(expected):
+        extra, missing = sorted(set(described) - set(expected)), sorted(set(expected) - set(described))
+        raise ContractViolation("tensor_names", f"unexpected {extra[:5]}, missing {missing[:5]}")
+    for name, spec in described.items():
+        if spec.shape != expected[name].shape:
+            raise ContractViolation(
+                "tensor_shape", f"{name} has shape {list(spec.shape)}, expected {list(expected[name].shape)}"
+            )
+
+
+def _decode(payload: bytes, described: dict[str, TensorSpec]) -> dict[str, np.ndarray]:
+    if not described:
+        if payload:
+            raise ContractViolation("bad_payload", f"{len(payload)} payload bytes but no tensors described")
+        return {}
+    try:
+        arrays = load_numpy(payload)
+    except (SafetensorError, ValueError, struct.error) as exc:
+        raise ContractViolation("bad_payload", f"payload is not safetensors: {exc}") from exc
+    if set(arrays) != set(described):
+        raise ContractViolation("bad_payload", "payload tensor names differ from the header's")
+    for name, array in arrays.items():
+        if tuple(array.shape) != described[name].shape:
+            raise ContractViolation("bad_payload", f"{name} payload shape {list(array.shape)} differs from the header's")
+        if array.dtype != np.float32:
+            raise ContractViolation("bad_dtype", f"{name} has dtype {array.dtype}, only float32 is accepted")
+        if not np.isfinite(array).all():
+            raise ContractViolation("non_finite", f"{name} holds NaN or infinite values")
+    return arrays

@@ -1,0 +1,77 @@
+"""Mini-batches of one split of a prepared ``data.arrow``, read from a memory map.
+
+Owns turning the Arrow IPC file written by ``pod_agent.data.task_input`` into the
+``((tabular, support), y)`` batches models see. Batches never cross a record batch,
+so memory holds one record batch (the file stays memory-mapped): tables larger than
+RAM still train. Shuffling is a seeded permutation of record batches and of rows
+within each, new for every epoch: a full shuffle for tables of one record batch and a
+block shuffle beyond.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+from torch.utils.data import IterableDataset
+
+from pod_agent.data.task_input import SPLIT_CODES
+from pod_agent.errors import TrainingError
+
+Batch = tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class SplitBatches(IterableDataset[Batch]):
+    """Iterates the rows of ``split`` of the file at ``path`` in batches of ``batch_size``."""
+
+    def __init__(self, path: Path, *, split: str, batch_size: int, shuffle: bool, seed: int) -> None:
+        if split not in SPLIT_CODES:
+            raise TrainingError("bad_request", f"split {split!r} is not one of {list(SPLIT_CODES)}")
+        self._path, self._code = path, SPLIT_CODES[split]
+        self._batch_size, self._shuffle, self._seed = batch_size, shuffle, seed
+        self._epoch = 0
+        try:
+            source = pa.memory_map(str(path), "r")
+            self._reader = pa.ipc.open_file(source)
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise TrainingError("data_invalid", f"{path.name} is not a readable Arrow IPC file: {exc}") from exc
+        names = self._reader.schema.names
+        if names[:3] != ["x", "y", "split"]:
+            raise TrainingError("data_invalid", f"{path.name} has columns {names}, expected x, y, split")
+        self._rows_per_batch = [
+            int(np.count_nonzero(self._split_column(i) == self._code)) for i in range(self._reader.num_record_batches)
+        ]
+        self.n_rows = sum(self._rows_per_batch)
+
+    def _split_column(self, index: int) -> np.ndarray:
+        return np.asarray(self._reader.get_batch(index).column(2).to_numpy(zero_copy_only=False))
+
+    def __len__(self) -> int:
+        return sum(math.ceil(n / self._batch_size) for n in self._rows_per_batch)
+
+    def __iter__(self) -> Iterator[Batch]:
+        rng = np.random.default_rng([self._seed, self._epoch])
+        self._epoch += 1
+        order = np.arange(self._reader.num_record_batches)
+        if self._shuffle:
+            order = rng.permutation(order)
+        for index in order:
+            if self._rows_per_batch[index] == 0:
+                continue
+            batch = self._reader.get_batch(int(index))
+            xs = batch.column(0)
+            width = xs.type.list_size
+            x = np.asarray(xs.flatten().to_numpy(zero_copy_only=False)).reshape(-1, width)
+            y = np.asarray(batch.column(1).to_numpy(zero_copy_only=False))
+            rows = np.flatnonzero(np.asarray(batch.column(2).to_numpy(zero_copy_only=False)) == self._code)
+            if self._shuffle:
+                rows = rng.permutation(rows)
+            for start in range(0, len(rows), self._batch_size):
+                take = rows[start : start + self._batch_size]
+                tabular = torch.from_numpy(x[take])
+                yield (tabular, torch.empty((len(take), 0), dtype=torch.float32)), torch.from_numpy(y[take])
+

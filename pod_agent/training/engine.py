@@ -1,0 +1,349 @@
+"""Run one train / evaluate / predict task on prepared input with a Lightning Trainer.
+
+Owns the Trainer settings (accelerator and devices from the request, deterministic
+seed, epochs xor steps, no checkpoints, no logger, no progress bar, scratch as root
+dir), the pre-flight checks (a probe forward pass, finite losses), progress events
+and what each kind returns. It runs inside the sandbox (``worker.py``) and, for a
+modeller's local debugging, in-process (``local.py``): the same code either way.
+
+Request (a dict, from the agent)::
+
+    {"task": TaskPayload as JSON, "datastructure": {...} (optional: read from data.arrow),
+     "trainer": {"accelerator": "auto"|"cpu"|"gpu", "devices": 1|"auto", "seed": int (optional)},
+     "privacy": {"min_rows": int}, "schema": {...} (optional, the public schema)}
+
+Returned header: ``{"metrics": {name: float}, "n_rows": int, "tensors": {name:
+{"shape": [...], "dtype": "F32"}}}`` and a safetensors payload. ``train`` returns the
+floating state (``tensors.py``) as new - old (``returns = "update"``) or new values,
+``n_rows`` = training rows; ``evaluate`` returns metrics only, ``n_rows`` = test rows;
+``predict`` returns ``predictions`` (float32 ``[rows, k]``) for the split named by
+hyperparameter ``predict_split`` (default ``test``), only when that split has at
+least ``privacy.min_rows`` rows.
+
+Failure codes besides ``loading.py``'s: ``bad_request``, ``data_invalid``,
+``weights_hash_mismatch``, ``weights_invalid``, ``weights_mismatch``,
+``forward_shape_mismatch``, ``forward_error``, ``forward_bad_output``,
+``non_finite_loss``, ``training_error``, ``evaluation_error``, ``no_predictions``,
+``bad_predictions``, ``too_few_rows``, ``empty_split``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pydantic import ValidationError
+
+from pod_agent.data.task_input import DATA_FILE_NAME, read_datastructure
+from pod_agent.errors import DataError, TrainingError
+from pod_agent.protocol.messages import TaskPayload
+from pod_agent.sdk import Datastructure, PodModel
+from pod_agent.training.dataset import SplitBatches
+from pod_agent.training.loading import build_model
+from pod_agent.training.tensors import encode, exchanged_state, load_pretrained
+
+WEIGHTS_FILE_NAME = "weights.safetensors"
+PROGRESS_INTERVAL_S = 1.0  # at most one training progress event per second
+_PROBE_ROWS = 4
+_SHAPE_WORDS = ("shape", "size", "mat1", "mat2", "dimension")
+
+Progress = Callable[[dict[str, object]], None]
+
+
+@dataclass(frozen=True)
+class TaskOutput:
+    header: dict[str, object]
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class _Settings:
+    task: TaskPayload
+    datastructure: Datastructure
+    accelerator: str
+    devices: int | str
+    seed: int
+    min_rows: int
+    schema: Mapping[str, object]
+
+
+def run_task(request: Mapping[str, Any], *, input_dir: Path, work_dir: Path, progress: Progress) -> TaskOutput:
+    """Run the task described by ``request`` on ``input_dir``; raises TrainingError(reason)."""
+    settings = _parse_request(request, input_dir)
+    task = settings.task
+    if task.model is None or task.kind not in ("train", "evaluate", "predict"):
+        raise TrainingError("bad_request", f"kind {task.kind!r} with model={task.model is not None} is not a model task")
+    data_path = input_dir / DATA_FILE_NAME
+    # cuBLAS needs this to be deterministic; harmless on CPU and before any CUDA use.
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    pl.seed_everything(settings.seed, workers=True, verbose=False)
+    model = build_model(task.model, input_dir=input_dir, init_kwargs=_init_kwargs(settings))
+    weights = input_dir / WEIGHTS_FILE_NAME
+    if weights.exists():
+        _check_weights_hash(task, weights)
+        load_pretrained(model, weights)
+    elif task.weights is not None:
+        raise TrainingError("weights_invalid", "the task names weights but the input has no weights file")
+    batch_size = task.hyperparameters.batch_size
+    loaders = {
+        split: SplitBatches(data_path, split=split, batch_size=batch_size, shuffle=split == "train", seed=settings.seed)
+        for split in ("train", "validation", "test")
+    }
+    _probe_forward(model, loaders, settings.datastructure)
+    if task.kind == "train":
+        return _train(model, loaders, settings, work_dir=work_dir, progress=progress)
+    if task.kind == "evaluate":
+        return _evaluate(model, loaders, settings, work_dir=work_dir)
+    return _predict(model, data_path, settings, work_dir=work_dir)
+
+
+def _parse_request(request: Mapping[str, Any], input_dir: Path) -> _Settings:
+    try:
+        task = TaskPayload.model_validate(request["task"])
+        raw_ds = request.get("datastructure") or read_datastructure(input_dir / DATA_FILE_NAME)
+        trainer = dict(request.get("trainer") or {})
+        privacy = dict(request.get("privacy") or {})
+        return _Settings(
+            task=task,
+            datastructure=Datastructure.coerce(raw_ds),
+            accelerator=str(trainer.get("accelerator", "auto")),
+            devices=trainer.get("devices", 1),
+            seed=int(trainer.get("seed", task.hyperparameters.seed)),
+            min_rows=int(privacy.get("min_rows", 1)),
+            schema=dict(request.get("schema") or {}),
+        )
+    except (KeyError, TypeError, ValueError, ValidationError, DataError) as exc:
+        raise TrainingError("bad_request", f"request unusable: {exc}") from exc
+
+
+def _init_kwargs(settings: _Settings) -> dict[str, Any]:
+    hp = settings.task.hyperparameters
+    return {
+        **hp.extra,
+        "datastructure": settings.datastructure,
+        "schema": settings.schema,
+        "epochs": hp.epochs,
+        "steps": hp.steps,
+        "batch_size": hp.batch_size,
+        "learning_rate": hp.learning_rate,
+    }
+
+
+def _check_weights_hash(task: TaskPayload, path: Path) -> None:
+    if task.weights is None:
+        raise TrainingError("weights_invalid", "the input has a weights file the task does not name")
+    if hashlib.sha256(path.read_bytes()).hexdigest() != task.weights.sha256:
+        raise TrainingError("weights_hash_mismatch", "pretrained weights sha256 differs from the signed task")
+
+
+def _probe_forward(model: PodModel, loaders: Mapping[str, SplitBatches], ds: Datastructure) -> None:
+    """One forward pass on a few rows, so a shape mistake is named before training starts."""
+    source = next((loader for loader in loaders.values() if loader.n_rows), None)
+    if source is None:
+        raise TrainingError("empty_split", "the prepared input has no rows")
+    (tabular, support), _y = next(iter(source))
+    tabular, support = tabular[:_PROBE_ROWS], support[:_PROBE_ROWS]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model((tabular, support))
+    except TrainingError:
+        raise
+    except Exception as exc:
+        text = str(exc).lower()
+        code = "forward_shape_mismatch" if any(w in text for w in _SHAPE_WORDS) else "forward_error"
+        raise TrainingError(code, f"forward on a [{len(tabular)}, {ds.input_size}] batch raised {exc!r}") from exc
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor) or out.ndim == 0 or out.shape[0] != len(tabular):
+        shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise TrainingError(
+            "forward_shape_mismatch", f"forward must return [batch, ...] for a batch of {len(tabular)}; got {shape}"
+        )
+
+
+class _Progress(pl.Callback):
+    """Streams training and validation progress; fails the task on a non-finite loss."""
+
+    def __init__(self, progress: Progress) -> None:
+        self._progress = progress
+        self._last = 0.0
+        self.last_validated_step = -1
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        if trainer.global_step == 0 and batch_idx == 0:
+            self._progress({"stage": "training", "epoch": trainer.current_epoch, "step": 0})
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+        if not isinstance(loss, torch.Tensor):
+            raise TrainingError("training_error", "training_step must return a loss tensor (or a dict with 'loss')")
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise TrainingError("non_finite_loss", f"loss became {value} at step {trainer.global_step}")
+        now = time.monotonic()
+        if now - self._last >= PROGRESS_INTERVAL_S:
+            self._last = now
+            self._progress(
+                {"stage": "training", "epoch": trainer.current_epoch, "step": trainer.global_step, "loss": value}
+            )
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        self.last_validated_step = trainer.global_step
+        metrics = _scalars(trainer.callback_metrics, prefix="val")
+        self._progress({"stage": "validating", "epoch": trainer.current_epoch, "step": trainer.global_step, "metrics": metrics})
+
+
+class _CollectTestOutputs(pl.Callback):
+    def __init__(self) -> None:
+        self.predictions: list[torch.Tensor] = []
+        self.targets: list[torch.Tensor] = []
+
+    def on_test_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if isinstance(outputs, Mapping) and isinstance(outputs.get("predictions"), torch.Tensor):
+            self.predictions.append(outputs["predictions"].detach().to("cpu", torch.float32))
+            if isinstance(outputs.get("targets"), torch.Tensor):
+                self.targets.append(outputs["targets"].detach().cpu())
+
+
+def _trainer(settings: _Settings, *, work_dir: Path, callbacks: list[pl.Callback]) -> pl.Trainer:
+    hp = settings.task.hyperparameters
+    if hp.epochs is not None and hp.steps is not None:
+        raise TrainingError("bad_request", "give epochs or steps, not both")
+    # Steps-based: no epoch limit (Lightning reads max_epochs=None with max_steps as unbounded).
+    max_epochs = None if hp.steps is not None else (hp.epochs or 1)
+    return pl.Trainer(
+        accelerator=settings.accelerator,
+        devices=settings.devices,
+        max_epochs=max_epochs,
+        max_steps=hp.steps if hp.steps is not None else -1,
+        deterministic=True,
+        enable_checkpointing=False,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=work_dir,
+        callbacks=callbacks,
+    )
+
+
+def _scalars(metrics: Mapping[str, Any], *, prefix: str = "") -> dict[str, float]:
+    out: dict[str, float] = {}
+    for name, value in metrics.items():
+        if prefix and not name.startswith(prefix):
+            continue
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            out[name] = float(value.detach().cpu())
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[name] = float(value)
+    return out
+
+
+def _run_stage(stage: Callable[[], Any], code: str) -> None:
+    try:
+        stage()
+    except TrainingError:
+        raise
+    except Exception as exc:
+        raise TrainingError(code, f"{code.replace('_', ' ')}: {exc!r}") from exc
+
+
+def _train(
+    model: PodModel, loaders: Mapping[str, SplitBatches], settings: _Settings, *, work_dir: Path, progress: Progress
+) -> TaskOutput:
+    train, val = loaders["train"], loaders["validation"]
+    if train.n_rows == 0:
+        raise TrainingError("empty_split", "the training split has no rows")
+    before = exchanged_state(model)
+    tracker = _Progress(progress)
+    trainer = _trainer(settings, work_dir=work_dir, callbacks=[tracker])
+    val_loader = _loader(val) if val.n_rows else None
+    _run_stage(lambda: trainer.fit(model, train_dataloaders=_loader(train), val_dataloaders=val_loader), "training_error")
+    metrics = _scalars(trainer.callback_metrics)
+    if val_loader is not None and tracker.last_validated_step != trainer.global_step:
+        # Training ended between validations (steps-based): validate the final weights.
+        _run_stage(lambda: trainer.validate(model, dataloaders=_loader(val), verbose=False), "evaluation_error")
+        metrics |= _scalars(trainer.callback_metrics)
+    after = exchanged_state(model)
+    tensors = after if settings.task.returns == "weights" else {n: after[n] - before[n] for n in after}
+    described, payload = encode(tensors)
+    return TaskOutput({"metrics": metrics, "n_rows": train.n_rows, "tensors": described}, payload)
+
+
+def _loader(batches: SplitBatches) -> torch.utils.data.DataLoader[Any]:
+    return torch.utils.data.DataLoader(batches, batch_size=None)
+
+
+def _evaluate(model: PodModel, loaders: Mapping[str, SplitBatches], settings: _Settings, *, work_dir: Path) -> TaskOutput:
+    val, test = loaders["validation"], loaders["test"]
+    if val.n_rows == 0 and test.n_rows == 0:
+        raise TrainingError("empty_split", "neither the validation nor the test split has rows")
+    metrics: dict[str, float] = {}
+    if val.n_rows:
+        trainer = _trainer(settings, work_dir=work_dir, callbacks=[])
+        _run_stage(lambda: trainer.validate(model, dataloaders=_loader(val), verbose=False), "evaluation_error")
+        metrics |= _scalars(trainer.callback_metrics)
+    if test.n_rows:
+        collect = _CollectTestOutputs()
+        trainer = _trainer(settings, work_dir=work_dir, callbacks=[collect])
+        _run_stage(lambda: trainer.test(model, dataloaders=_loader(test), verbose=False), "evaluation_error")
+        metrics |= _scalars(trainer.callback_metrics)
+        if "test_accuracy" not in metrics and settings.datastructure.task == "classification":
+            accuracy = _accuracy(collect)
+            if accuracy is not None:
+                metrics["test_accuracy"] = accuracy
+    return TaskOutput({"metrics": metrics, "n_rows": test.n_rows, "tensors": {}}, b"")
+
+
+def _accuracy(collect: _CollectTestOutputs) -> float | None:
+    if not collect.predictions or len(collect.targets) != len(collect.predictions):
+        return None
+    preds, targets = torch.cat(collect.predictions), torch.cat(collect.targets)
+    if preds.ndim != 2 or preds.shape[1] < 2:
+        return None
+    return float((preds.argmax(dim=1) == targets).float().mean())
+
+
+def _predict(model: PodModel, data_path: Path, settings: _Settings, *, work_dir: Path) -> TaskOutput:
+    split = str(settings.task.hyperparameters.extra.get("predict_split", "test"))
+    batches = SplitBatches(data_path, split=split, batch_size=settings.task.hyperparameters.batch_size, shuffle=False, seed=0)
+    if batches.n_rows < settings.min_rows:
+        raise TrainingError(
+            "too_few_rows", f"split {split!r} has {batches.n_rows} rows, under privacy.min_rows={settings.min_rows}"
+        )
+    collect = _CollectTestOutputs()
+    trainer = _trainer(settings, work_dir=work_dir, callbacks=[collect])
+    _run_stage(lambda: trainer.test(model, dataloaders=_loader(batches), verbose=False), "evaluation_error")
+    if collect.predictions:
+        predictions = torch.cat(collect.predictions)
+    elif getattr(model, "preds", None):
+        # A ported test_step that extends self.preds instead of returning predictions.
+        predictions = torch.tensor(model.preds, dtype=torch.float32)  # type: ignore[attr-defined]
+    else:
+        raise TrainingError("no_predictions", "test_step returned no {'predictions': tensor} and filled no self.preds")
+    if predictions.shape[0] != batches.n_rows:
+        raise TrainingError("bad_predictions", f"{predictions.shape[0]} predictions for {batches.n_rows} rows")
+    if predictions.ndim == 1:
+        predictions = predictions.unsqueeze(1)
+    if predictions.ndim != 2:
+        raise TrainingError("bad_predictions", f"predictions must be [rows, k]; got {list(predictions.shape)}")
+    described, payload = encode({"predictions": predictions})
+    return TaskOutput({"metrics": {}, "n_rows": batches.n_rows, "tensors": described}, payload)
+

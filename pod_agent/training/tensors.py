@@ -1,0 +1,78 @@
+"""Which of a model's tensors travel, and their safetensors encoding.
+
+Owns the exchanged set: every *floating* entry of ``model.state_dict()``
+(parameters and floating buffers such as BatchNorm's running mean and variance),
+sent as float32. Integer buffers (BatchNorm's ``num_batches_tracked``) are never
+sent: they are bookkeeping, not learnt values, cannot be averaged meaningfully and
+cannot go through secure aggregation. Inside the sandbox each task starts them from
+the pretrained file when it has them, else from the freshly built model (0); they
+only matter for BatchNorm with ``momentum=None``. Pretrained files are loaded with
+``safetensors`` only (never ``torch.load``), and their names and shapes must match.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+from torch import nn
+
+from pod_agent.errors import TrainingError
+
+WIRE_DTYPE = torch.float32
+WIRE_DTYPE_NAME = "F32"
+
+
+def exchanged_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Floating state entries, detached, on CPU, as float32 copies."""
+    return {
+        name: t.detach().to("cpu", WIRE_DTYPE).clone()
+        for name, t in model.state_dict().items()
+        if torch.is_floating_point(t)
+    }
+
+
+def integer_buffer_names(model: nn.Module) -> set[str]:
+    return {name for name, t in model.state_dict().items() if not torch.is_floating_point(t)}
+
+
+def encode(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, object], bytes]:
+    """The header's ``tensors`` description and the safetensors payload."""
+    contiguous = {name: t.contiguous() for name, t in sorted(tensors.items())}
+    described: dict[str, object] = {
+        name: {"shape": list(t.shape), "dtype": WIRE_DTYPE_NAME} for name, t in contiguous.items()
+    }
+    return described, save_safetensors(contiguous) if contiguous else b""
+
+
+def load_pretrained(model: nn.Module, path: Path) -> None:
+    """Load ``path`` (safetensors) into ``model``: every floating entry must be present with
+    its shape; integer buffers may be present; nothing else may be."""
+    try:
+        loaded = load_safetensors(path.read_bytes())
+    except (SafetensorError, ValueError, OSError) as exc:
+        raise TrainingError("weights_invalid", f"pretrained file is not readable safetensors: {exc}") from exc
+    state = model.state_dict()
+    floating = {n for n, t in state.items() if torch.is_floating_point(t)}
+    missing, unexpected = floating - loaded.keys(), loaded.keys() - state.keys()
+    if missing or unexpected:
+        raise TrainingError(
+            "weights_mismatch",
+            f"pretrained names differ from the model: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}",
+        )
+    for name, tensor in loaded.items():
+        if tuple(tensor.shape) != tuple(state[name].shape):
+            raise TrainingError(
+                "weights_mismatch",
+                f"pretrained {name} has shape {list(tensor.shape)}, the model needs {list(state[name].shape)}",
+            )
+        if torch.is_floating_point(tensor) != torch.is_floating_point(state[name]):
+            raise TrainingError("weights_mismatch", f"pretrained {name} has dtype {tensor.dtype}, the model {state[name].dtype}")
+        if torch.is_floating_point(tensor) and not bool(torch.isfinite(tensor).all()):
+            raise TrainingError("weights_invalid", f"pretrained {name} holds non-finite values")
+    with torch.no_grad():
+        for name, tensor in loaded.items():
+            state[name].copy_(tensor.to(state[name].dtype))
