@@ -11,6 +11,7 @@ that trimming and null markers apply before any type is chosen.
 from __future__ import annotations
 
 import csv
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from pod_agent.errors import DataError
 # pyarrow's parse unit; rows are re-sliced to the caller's batch size afterwards.
 _BLOCK_BYTES = 4 << 20
 _NUMBER = r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$|^[+-]?(inf|infinity|nan)$"
+_NUMBER_RE = re.compile(_NUMBER, flags=re.IGNORECASE)
 _BOOL_WORDS = pa.array(["true", "false"])
 
 
@@ -80,16 +82,17 @@ def open_csv_layout(section: DatasourceSection) -> CsvLayout:
 
 
 def _read_header(path: Path, section: DatasourceSection, parse_options: pacsv.ParseOptions) -> list[str]:
-    read_options = pacsv.ReadOptions(
-        skip_rows=section.csv_skip_rows, block_size=_BLOCK_BYTES, encoding=section.csv_encoding
-    )
+    """The header row, parsed with the stdlib csv module (pyarrow would parse a whole block)."""
     try:
-        reader = pacsv.open_csv(path, read_options=read_options, parse_options=parse_options)
-    except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
+        with open(path, encoding=section.csv_encoding, newline="") as handle:
+            for _ in range(section.csv_skip_rows):
+                handle.readline()
+            header = next(csv.reader(handle, delimiter=parse_options.delimiter), None)
+    except UnicodeDecodeError as exc:
         raise csv_error(exc, path=path, section=section, n_columns=None) from exc
-    names = [name.strip() if section.csv_trim_whitespace else name for name in reader.schema.names]
-    reader.close()
-    return names
+    if not header:
+        raise DataError(f"{path}: the file is empty - point datasource.path at a table with rows")
+    return [name.strip() if section.csv_trim_whitespace else name for name in header]
 
 
 def clean_batches(layout: CsvLayout, section: DatasourceSection, columns: list[str]) -> Iterator[pa.RecordBatch]:
@@ -142,10 +145,13 @@ class _ColumnKind:
         if self.forced in ("text", "image") or array.null_count == len(array):
             return
         values = array.drop_null()
-        self.all_int = self.all_int and _casts(values, pa.int64())
-        if self.all_int or _casts(values, pa.float64()):
-            self._saw_number(row_offset + _first_index(array.is_valid()))
-            return
+        # A failed cast costs as much as a full one, so text columns skip them: a first value
+        # that is not a number already means this batch is not all numbers.
+        if _NUMBER_RE.match(str(values[0])):
+            self.all_int = self.all_int and _casts(values, pa.int64())
+            if self.all_int or _casts(values, pa.float64()):
+                self._saw_number(row_offset + _first_index(array.is_valid()))
+                return
         is_number = pc.match_substring_regex(array, _NUMBER, ignore_case=True)
         if pc.any(is_number).as_py():
             self._saw_number(row_offset + _first_index(is_number))
@@ -206,18 +212,27 @@ def infer_csv(
     return columns, rows, types
 
 
+# Distinct raw strings can outnumber typed values ("1", "01", "1.0"; "true", "True"), so
+# raw values are tracked with this much slack and the limit is applied after conversion.
+_RAW_SLACK = 4
+
+
 def _tracker(forced: Stype | None, section: DatasourceSection) -> DistinctValues | None:
     if forced in ("text", "image", "continuous"):
         return None
-    return DistinctValues(limit=MAX_FORCED_CATEGORIES if forced == "categorical" else section.categorical_max_unique)
+    limit = MAX_FORCED_CATEGORIES if forced == "categorical" else section.categorical_max_unique
+    return DistinctValues(limit=limit * _RAW_SLACK)
 
 
 def _typed(distinct: DistinctValues | None, arrow_type: pa.DataType) -> DistinctValues | None:
     """The distinct strings seen, converted to the column's final type ("1" and "1.0" merge)."""
-    if distinct is None or distinct.values is None:
-        return distinct
-    typed = to_type(pa.array(list(distinct.values), type=pa.string()), arrow_type)
-    return DistinctValues(limit=distinct.limit, values=set(pc.unique(typed).to_pylist()))
+    if distinct is None:
+        return None
+    limit = distinct.limit // _RAW_SLACK
+    if distinct.values is None:
+        return DistinctValues(limit=limit, values=None)
+    typed = set(pc.unique(to_type(pa.array(list(distinct.values), type=pa.string()), arrow_type)).to_pylist())
+    return DistinctValues(limit=limit, values=typed if len(typed) <= limit else None)
 
 
 def to_type(array: pa.Array, arrow_type: pa.DataType) -> pa.Array:

@@ -140,8 +140,11 @@ def infer_parquet(
     needed = [n for n in visible if n in trackers or n in cast_checked]
     rows = layout.dataset().count_rows()
     if needed:
-        for batch in typed_batches(layout, needed, types, batch_rows=_PASS_BATCH_ROWS):
+        stored = {n: _decoded(layout.arrow_schema.field(n).type) for n in needed}
+        for batch in typed_batches(layout, needed, stored, batch_rows=_PASS_BATCH_ROWS):
             for name, column in zip(needed, batch.columns):
+                if name in cast_checked:
+                    column = _cast_checked(name, column, types[name], forced.get(name))
                 if name in trackers:
                     trackers[name].add(column)
     columns = [decide(name, types[name], forced=forced.get(name), distinct=trackers.get(name)) for name in visible]
@@ -150,3 +153,13 @@ def infer_parquet(
 
 def _decoded(arrow_type: pa.DataType) -> pa.DataType:
     return arrow_type.value_type if pa.types.is_dictionary(arrow_type) else arrow_type
+
+
+def _cast_checked(name: str, column: pa.Array, arrow_type: pa.DataType, forced: Stype | None) -> pa.Array:
+    try:
+        return column.cast(arrow_type)
+    except pa.ArrowInvalid as exc:
+        raise DataError(
+            f"column {name!r} is forced {forced} but does not convert to {arrow_type}"
+            f" ({str(exc).splitlines()[0]}) - remove it from force_stypes.{forced} or clean the column"
+        ) from exc
