@@ -1,0 +1,160 @@
+"""pod-agent --version, init, check, schema, datasets: real files, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pod_agent import __version__
+from pod_agent.config import load_settings
+from pod_agent.data.adult import AdultFiles
+
+
+@pytest.fixture(autouse=True)
+def _no_pod_agent_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.upper().startswith("POD_AGENT_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def initialised(cli, tmp_path: Path, adult_parquet: Path) -> Path:
+    config = tmp_path / "pod.toml"
+    result = cli("init", "--config", str(config), "--name", "clinic", "--data", str(adult_parquet), "--state-dir", str(tmp_path / "state"))
+    assert result.code == 0, result.err
+    return config
+
+
+def test_version(cli) -> None:
+    result = cli("--version")
+    assert (result.code, result.out.strip()) == (0, f"pod-agent {__version__}")
+
+
+def test_init_writes_a_loadable_commented_config_and_a_private_key(initialised: Path, tmp_path: Path) -> None:
+    settings = load_settings(initialised)
+    assert settings.pod.name == "clinic"
+    assert initialised.read_text().count("\n# ") > 50
+    key = tmp_path / "state" / "identity.pem"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "state").stat().st_mode) == 0o700
+    assert b"PRIVATE KEY" in key.read_bytes()
+
+
+def test_init_refuses_to_overwrite_without_force(cli, initialised: Path, tmp_path: Path) -> None:
+    key = tmp_path / "state" / "identity.pem"
+    before = key.read_bytes(), initialised.read_text()
+    result = cli("init", "--config", str(initialised), "--state-dir", str(tmp_path / "state"))
+    assert result.code == 2
+    assert result.err.strip() == f"pod-agent: error: {initialised} already exists - edit it, or pass --force to replace it"
+    assert (key.read_bytes(), initialised.read_text()) == before
+
+
+def test_init_refuses_to_replace_an_existing_key(cli, initialised: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other.toml"
+    result = cli("init", "--config", str(other), "--state-dir", str(tmp_path / "state"))
+    assert result.code == 2
+    assert "identity key" in result.err and "already exists" in result.err and "--force" in result.err
+    assert not other.exists()
+
+
+def test_init_force_replaces_config_and_key(cli, initialised: Path, tmp_path: Path) -> None:
+    key = tmp_path / "state" / "identity.pem"
+    before = key.read_bytes()
+    result = cli("init", "--config", str(initialised), "--state-dir", str(tmp_path / "state"), "--name", "renamed", "--force")
+    assert result.code == 0, result.err
+    assert key.read_bytes() != before
+    assert load_settings(initialised).pod.name == "renamed"
+
+
+def test_check_passes_on_a_good_pod(cli, initialised: Path) -> None:
+    result = cli("check", "--config", str(initialised))
+    assert result.code == 0, result.out
+    lines = result.out.splitlines()
+    assert [line.split()[0] for line in lines] == ["ok", "ok", "ok"]
+    assert "48842 rows, 15 columns" in lines[2]
+
+
+def test_check_reports_each_failing_check_on_its_line(cli, initialised: Path, tmp_path: Path) -> None:
+    (tmp_path / "state" / "identity.pem").chmod(0o644)
+    text = initialised.read_text().replace("csv_delimiter", "csv_delimitter", 1)
+    initialised.write_text(text)
+    result = cli("check", "--config", str(initialised))
+    assert result.code == 1
+    assert result.out.splitlines()[0].startswith("FAIL  config")
+    assert "unknown key 'datasource.csv_delimitter'" in result.out
+    assert [line.split()[0] for line in result.out.splitlines()] == ["FAIL", "skip", "skip"]
+
+
+def test_check_names_a_bad_datasource_and_a_loose_key(cli, initialised: Path, tmp_path: Path, write_file) -> None:
+    (tmp_path / "state" / "identity.pem").chmod(0o644)
+    bad = write_file("bad.csv", "a,b\n1,2\n3\n")
+    initialised.write_text(initialised.read_text().replace(f'path = "{_adult_path(initialised)}"', f'path = "{bad}"'))
+    result = cli("check", "--config", str(initialised))
+    lines = result.out.splitlines()
+    assert result.code == 1
+    assert lines[1].startswith("FAIL  identity key") and "chmod 600" in lines[1]
+    assert lines[2].startswith("FAIL  datasource") and "line 3 has 1 fields, expected 2" in lines[2]
+
+
+def _adult_path(config: Path) -> str:
+    return str(load_settings(config).datasource.path)
+
+
+def test_schema_prints_a_table(cli, initialised: Path) -> None:
+    result = cli("schema", "--config", str(initialised))
+    assert result.code == 0, result.err
+    lines = result.out.splitlines()
+    assert lines[0].split() == ["column", "stype", "arrow", "type", "categories"]
+    assert any(line.startswith("TARGET") and "<=50K, >50K" in line for line in lines)
+    assert lines[-1].startswith("48842 rows, 15 columns, schema hash ")
+
+
+def test_schema_json_has_every_category_and_the_hash(cli, initialised: Path) -> None:
+    result = cli("schema", "--config", str(initialised), "--json")
+    doc = json.loads(result.out)
+    assert doc["row_count"] == 48842
+    assert len(doc["hash"]) == 64
+    country = next(c for c in doc["columns"] if c["name"] == "native-country")
+    assert len(country["categories"]) == 41
+
+
+def test_schema_of_a_bad_table_is_one_line_and_nonzero(cli, initialised: Path, write_file) -> None:
+    empty = write_file("empty.csv", "")
+    initialised.write_text(initialised.read_text().replace(f'path = "{_adult_path(initialised)}"', f'path = "{empty}"'))
+    result = cli("schema", "--config", str(initialised))
+    assert result.code == 3
+    assert result.err == f"pod-agent: error: {empty}: the file is empty - point datasource.path at a table with rows\n"
+
+
+def test_missing_config_is_one_line(cli, tmp_path: Path) -> None:
+    result = cli("schema", "--config", str(tmp_path / "nope.toml"))
+    assert result.code == 2
+    assert result.err.count("\n") == 1 and "config file not found" in result.err
+
+
+def test_datasets_adult_writes_both_files(cli, tmp_path: Path, adult_files: AdultFiles) -> None:
+    result = cli("datasets", "adult", "--out", str(tmp_path / "out"))
+    assert result.code == 0, result.err
+    for name in ("adult.csv", "adult.parquet"):
+        written = tmp_path / "out" / name
+        assert written.read_bytes() == (adult_files.csv if name.endswith("csv") else adult_files.parquet).read_bytes()
+
+
+def test_console_script_error_has_no_traceback(tmp_path: Path, write_file) -> None:
+    bad = write_file("ragged.csv", "a,b\n1,2\n3\n")
+    config = write_file("pod.toml", f'[pod]\nname = "p"\n[datasource]\npath = "{bad}"\n')
+    proc = subprocess.run(
+        [str(Path(sys.executable).with_name("pod-agent")), "schema", "--config", str(config)],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 3
+    assert proc.stderr == f"pod-agent: error: {bad}: line 3 has 1 fields, expected 2 - fix that row (or set datasource.csv_delimiter if the file uses another separator)\n"
+    assert "Traceback" not in proc.stdout + proc.stderr
