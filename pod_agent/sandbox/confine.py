@@ -63,24 +63,27 @@ class ConfinePlan:
                    landlock_read_write=tuple(data.get("landlock_read_write", ())))
 
 
+# The CPU soft limit sends SIGXCPU (a nameable death); the hard limit one second later is SIGKILL.
+_CPU_GRACE_S = 1
+
+
+def _set(which: int, value: int) -> None:
+    _soft, hard = resource.getrlimit(which)
+    grace = _CPU_GRACE_S if which == resource.RLIMIT_CPU else 0
+    new_hard = value + grace if hard == resource.RLIM_INFINITY else min(value + grace, hard)
+    resource.setrlimit(which, (max(min(value, new_hard - grace), 0), new_hard))
+
+
 def apply_rlimits(limits: dict[str, int]) -> None:
-    """Lower each named rlimit (soft and hard) to the value given; never raises one."""
+    """Lower each named rlimit to the value given; never raises one."""
     for name, value in limits.items():
-        which = _RLIMITS[name]
-        _soft, hard = resource.getrlimit(which)
-        new = value if hard == resource.RLIM_INFINITY else min(value, hard)
-        resource.setrlimit(which, (new, new))
+        _set(_RLIMITS[name], value)
 
 
 def lower_cpu_limit(task_cpu_s: int) -> None:
     """Allow ``task_cpu_s`` more CPU seconds from now (a warm worker already spent some in prepare)."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    spent = int(usage.ru_utime + usage.ru_stime) + 1
-    _soft, hard = resource.getrlimit(resource.RLIMIT_CPU)
-    new = spent + task_cpu_s
-    if hard != resource.RLIM_INFINITY:
-        new = min(new, hard)
-    resource.setrlimit(resource.RLIMIT_CPU, (new, new))
+    _set(resource.RLIMIT_CPU, int(usage.ru_utime + usage.ru_stime) + 1 + task_cpu_s)
 
 
 def build_seccomp_filter() -> Any:

@@ -229,7 +229,7 @@ class _Worker:
         if "cgroup" in runner.layers:
             support = runner.cgroup_support
             self.cgroup = await asyncio.to_thread(TaskCgroup.create, support, memory_bytes=lim.memory_mb << 20,
-                                                  max_pids=lim.max_processes + _NPROC_SLACK)
+                                                  max_pids=lim.max_processes)
         kwargs: dict[str, Any] = {}
         if identity is not None:
             kwargs = {"user": identity.uid, "group": identity.gid, "extra_groups": []}
@@ -309,7 +309,7 @@ class _Worker:
         """Send the request and read frames until the result; raises SandboxError on any other end."""
         if self.cgroup is not None:
             await asyncio.to_thread(self.cgroup.set_limits, memory_bytes=limits.memory_mb << 20,
-                                    max_pids=limits.max_processes + _NPROC_SLACK)
+                                    max_pids=limits.max_processes)
         identity_nproc = "uid" in self._runner.layers
         await self._send({"type": "request", "request": request, "cpu_time_s": limits.cpu_time_s,
                           "rlimits": limits.rlimits(nproc=identity_nproc)})

@@ -1,0 +1,6 @@
+"""Attack: exit the process without sending a result."""
+import os
+
+
+def run(channel):
+    os._exit(0)

@@ -1,0 +1,6 @@
+"""Attack: sleep past the wall-clock limit."""
+import time
+
+
+def run(channel):
+    time.sleep(3600)

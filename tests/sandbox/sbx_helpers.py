@@ -1,0 +1,82 @@
+"""Constants and helpers shared by the sandbox tests (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pod_agent.sandbox import SandboxOutcome
+
+HERE = Path(__file__).parent
+CORPUS = HERE / "corpus"
+ENTRY_PATH = HERE / "entrypoint"
+ENTRY = "sbx_test_entry"
+SANDBOX_USER = "pod-sandbox"
+SECRET = "canary-" + uuid.uuid4().hex
+# Small limits keep the attack corpus fast; each test may lower or raise them.
+ATTACK_LIMITS = {"wall_timeout_s": 20.0, "cpu_time_s": 10, "memory_mb": 256, "max_processes": 32,
+                 "max_open_files": 256, "max_file_mb": 8, "max_output_mb": 4, "warm_worker": False}
+
+
+def sandbox_uid_processes() -> list[int]:
+    """Pids of live processes owned by the sandbox uid (there must be none after a task)."""
+    import pwd
+
+    uid = pwd.getpwnam(SANDBOX_USER).pw_uid
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                status = Path(entry.path, "status").read_text()
+            except OSError:
+                continue
+            for line in status.splitlines():
+                if line.startswith("Uid:") and int(line.split()[1]) == uid:
+                    state = next((s for s in status.splitlines() if s.startswith("State:")), "")
+                    if "Z" not in state.split()[1:2]:
+                        found.append(int(entry.name))
+    return found
+
+
+@dataclass(frozen=True)
+class Outside:
+    """Things on the agent's side of the fence, all in a world-readable tree outside scratch."""
+
+    root: Path
+    canary_644: Path
+    canary_600: Path
+    key_file: Path
+    original_data: Path
+    tcp: socket.socket
+    udp: socket.socket
+    unix_path: Path
+    unix: socket.socket
+    abstract_name: str
+    abstract: socket.socket
+
+    def request(self) -> dict[str, Any]:
+        return {"canary_644": str(self.canary_644), "canary_600": str(self.canary_600),
+                "key_file": str(self.key_file), "original_data": str(self.original_data),
+                "tcp_port": self.tcp.getsockname()[1], "udp_port": self.udp.getsockname()[1],
+                "unix_path": str(self.unix_path), "abstract_name": self.abstract_name, "agent_pid": os.getpid()}
+
+
+def nothing_arrived(outside: Outside) -> None:
+    """Assert no connection or datagram reached any of the agent's sockets."""
+    for listener in (outside.tcp, outside.unix, outside.abstract):
+        with pytest.raises(BlockingIOError):
+            listener.accept()
+    with pytest.raises(BlockingIOError):
+        outside.udp.recvfrom(4096)
+
+
+RunModel = Callable[..., Awaitable[SandboxOutcome]]
+
+

@@ -1,0 +1,160 @@
+"""The hostile-model corpus, each file through the real runner at level strict as root.
+
+Every test asserts the attack failed, that the agent's side saw nothing, and
+the reason the task ended with.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from pod_agent.errors import SandboxError
+from pod_agent.sandbox.frames import check_safetensors
+from sbx_helpers import CORPUS, SECRET, Outside, RunModel, nothing_arrived, sandbox_uid_processes
+
+
+async def test_tcp_connect_to_agent_listener_is_blocked(run_model: RunModel, outside: Outside) -> None:
+    outcome = await run_model("tcp_connect")
+    assert outcome.header["blocked"] == "PermissionError"
+    nothing_arrived(outside)
+
+
+async def test_udp_to_agent_socket_is_blocked(run_model: RunModel, outside: Outside) -> None:
+    outcome = await run_model("udp_send")
+    assert outcome.header["blocked"] == "PermissionError"
+    nothing_arrived(outside)
+
+
+async def test_path_and_abstract_unix_sockets_are_unreachable(run_model: RunModel, outside: Outside) -> None:
+    outcome = await run_model("unix_socket")
+    assert outcome.header["blocked"] == {"path": "FileNotFoundError", "abstract": "ConnectionRefusedError"}
+    nothing_arrived(outside)
+
+
+async def test_dns_lookup_fails(run_model: RunModel) -> None:
+    outcome = await run_model("dns_lookup")
+    assert outcome.header["blocked"] is not None
+
+
+async def test_canaries_key_environ_and_data_are_unreadable(run_model: RunModel) -> None:
+    outcome = await run_model("read_files")
+    read = outcome.header["read"]
+    assert set(read) == {"canary_644", "canary_600", "key", "environ", "etc_shadow", "data"}
+    for name, value in read.items():
+        assert value.startswith("blocked:"), name
+    assert SECRET not in repr(outcome.header)
+
+
+async def test_environment_is_scrubbed(run_model: RunModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POD_AGENT_HUB_TOKEN", SECRET)
+    outcome = await run_model("env_dump")
+    environ = outcome.header["environ"]
+    assert SECRET not in repr(environ)
+    assert not any(name.startswith("POD_AGENT") for name in environ)
+
+
+async def test_input_is_read_only(run_model: RunModel, tmp_path: Path) -> None:
+    outcome = await run_model("write_input")
+    assert outcome.header["blocked"]["inside"] in {"OSError", "PermissionError"}
+    assert outcome.header["blocked"]["host"] == "FileNotFoundError"
+    original = (CORPUS / "write_input.py").read_text()
+    assert [p.read_text() for p in tmp_path.glob("*/input/model.py")] == [original]
+
+
+async def test_agent_cannot_be_signalled_or_traced(run_model: RunModel) -> None:
+    received: list[int] = []
+    previous = signal.signal(signal.SIGUSR1, lambda signo, _frame: received.append(signo))
+    try:
+        outcome = await run_model("signal_agent")
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert outcome.header["blocked"]["kill"] in {"ProcessLookupError", "PermissionError"}
+    assert outcome.header["blocked"]["ptrace"] is not None
+    assert received == []
+
+
+async def test_fork_bomb_stops_at_the_process_limit(run_model: RunModel) -> None:
+    outcome = await run_model("fork_bomb", max_processes=16)
+    assert 0 < outcome.header["forked"] <= 16
+    assert sandbox_uid_processes() == []
+
+
+async def test_allocating_twice_the_memory_cap_is_stopped(run_model: RunModel) -> None:
+    with pytest.raises(SandboxError) as caught:
+        await run_model("memory_hog", memory_mb=256)
+    assert (caught.value.reason, caught.value.detail) in {("memory_exceeded", "worker exited without a result"),
+                                                          ("task_failed", "memory_exceeded")}
+
+
+async def test_busy_loop_is_killed_at_the_cpu_limit(run_model: RunModel) -> None:
+    started = time.monotonic()
+    with pytest.raises(SandboxError, match="cpu_time_exceeded"):
+        await run_model("cpu_burn", cpu_time_s=1, wall_timeout_s=15)
+    assert time.monotonic() - started < 8
+
+
+async def test_sleep_past_wall_time_is_killed(run_model: RunModel) -> None:
+    started = time.monotonic()
+    with pytest.raises(SandboxError, match="wall_timeout"):
+        await run_model("sleep_forever", wall_timeout_s=1.5)
+    assert time.monotonic() - started < 6
+    assert sandbox_uid_processes() == []
+
+
+async def test_setsid_daemon_dies_and_its_inherited_pipe_reaches_eof(run_model: RunModel) -> None:
+    # The runner waits for EOF on the stderr pipe the daemon inherited; a survivor would
+    # surface as reason "tree_survived" instead of "wall_timeout".
+    started = time.monotonic()
+    with pytest.raises(SandboxError, match="wall_timeout"):
+        await run_model("setsid_daemon", wall_timeout_s=1.5)
+    assert time.monotonic() - started < 6
+    assert sandbox_uid_processes() == []
+
+
+async def test_file_bigger_than_the_cap_is_refused(run_model: RunModel, tmp_path: Path) -> None:
+    with pytest.raises(SandboxError, match="task_failed: file_size_exceeded"):
+        await run_model("big_file", max_file_mb=4)
+    (big,) = tmp_path.glob("*/work/big.bin")
+    assert big.stat().st_size <= 4 << 20
+
+
+async def test_stdout_and_stderr_flood_is_cut_off(run_model: RunModel) -> None:
+    with pytest.raises(SandboxError, match="output_exceeded"):
+        await run_model("flood_output")
+
+
+async def test_pickled_result_is_refused_and_never_unpickled(run_model: RunModel, tmp_path: Path) -> None:
+    marker = tmp_path / "unpickled"
+    with pytest.raises(SandboxError, match="bad_payload"):
+        await run_model("pickle_result", request={"marker": str(marker)})
+    assert not marker.exists()
+
+
+async def test_garbage_on_the_frame_pipe_fails_the_task(run_model: RunModel) -> None:
+    with pytest.raises(SandboxError) as caught:
+        await run_model("garbage_frames")
+    assert caught.value.reason in {"frame_too_large", "bad_frame"}
+
+
+async def test_exit_without_result_is_a_failed_task(run_model: RunModel) -> None:
+    with pytest.raises(SandboxError, match="no_result"):
+        await run_model("exit_without_result")
+
+
+async def test_missing_module_is_reported_as_import_error(run_model: RunModel) -> None:
+    with pytest.raises(SandboxError, match="task_failed: import_error"):
+        await run_model("missing_module")
+
+
+async def test_benign_lightning_model_trains_under_strict(run_model: RunModel, tmp_path: Path) -> None:
+    outcome = await run_model("benign_torch", memory_mb=4096, max_processes=64, cpu_time_s=300,
+                              wall_timeout_s=180, max_open_files=1024, max_file_mb=64)
+    assert outcome.header["steps"] == 6
+    tensors = check_safetensors(outcome.payload)
+    assert tensors["net.0.weight"] == {"dtype": "F32", "shape": [16, 8]}
+    (notes,) = tmp_path.glob("*/work/notes.txt")
+    assert notes.read_text() == "trained\n"
