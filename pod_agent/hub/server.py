@@ -439,7 +439,7 @@ async def _pod_results(request: web.Request) -> web.Response:
     if result.blob is not None:
         blob = await hub.db(hub.storage.get_blob, result.blob.sha256)
         if blob is None or blob.size_bytes != result.blob.size_bytes:
-            raise HubError(f"result blob {result.blob.sha256[:12]}... not uploaded yet; PUT it first", status=409)
+            raise HubError(f"result blob {result.blob.sha256[:12]}... not uploaded yet; PUT it first", status=424)
     outcome = await hub.db(
         hub.storage.put_result, result.task_id, pod.name, envelope_bytes(envelope),
         status=result.status, now=hub.now(),

@@ -1,0 +1,11 @@
+"""The daemon: hub link, task intake, runner, outbox (``pod-agent run``).
+
+``run_agent(settings)`` runs it; ``TaskPipeline`` is the one place a task is
+executed; ``Backoff`` is the one retry policy.
+"""
+
+from pod_agent.agent.backoff import Backoff
+from pod_agent.agent.daemon import Agent, run_agent
+from pod_agent.agent.pipeline import PipelineOutput, TaskFailed, TaskPipeline
+
+__all__ = ["Agent", "Backoff", "PipelineOutput", "TaskFailed", "TaskPipeline", "run_agent"]

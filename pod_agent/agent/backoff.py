@@ -1,0 +1,45 @@
+"""The one retry policy of the daemon: exponential backoff with full jitter, capped, forever.
+
+Every loop that talks to the hub (link, outbox) retries through ``Backoff``: the
+n-th consecutive failure waits a uniform random time in [0, min(cap, initial * 2**n)]
+("full jitter", so a fleet of pods does not reconnect in step after a hub restart).
+A success resets it. Which exceptions count as retryable is the caller's list of
+types (``RETRYABLE``), never a match on message text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from pod_agent.errors import HubError
+
+# Failures that a later attempt may not meet: the hub or the network was down or broken.
+RETRYABLE: tuple[type[BaseException], ...] = (HubError, aiohttp.ClientError, OSError, TimeoutError)
+
+
+@dataclass
+class Backoff:
+    initial_s: float
+    cap_s: float
+    rng: random.Random = field(default_factory=random.Random)
+    failures: int = 0
+
+    def next_delay(self) -> float:
+        """Count a failure and return how long to wait before the next attempt."""
+        ceiling = min(self.cap_s, self.initial_s * 2.0 ** min(self.failures, 60))
+        self.failures += 1
+        return self.rng.uniform(0.0, ceiling)
+
+    def reset(self) -> None:
+        self.failures = 0
+
+    async def wait(self, stop: asyncio.Event) -> None:
+        """Sleep the next delay, or less if ``stop`` is set meanwhile."""
+        try:
+            await asyncio.wait_for(stop.wait(), self.next_delay())
+        except TimeoutError:
+            pass

@@ -1,0 +1,547 @@
+"""The long-running agent: one asyncio TaskGroup of named loops around the pod's state.
+
+Owns start-up (config already validated: identity key, state DB, datasource and
+schema, sandbox level, round key), the loops and the shutdown sequence:
+
+    hub-link   register (or update) the pod, then hold a WebSocket (or long poll):
+               heartbeats, tasks in; reconnect forever through ``Backoff``;
+               every reconnect registers again, so a restarted hub learns the pod anew
+    intake     verify each delivered task (policy.TaskVerifier, which records it in
+               state), acknowledge it; a refusal goes back as its code only
+    runner     take the oldest accepted task from the state DB (the queue lives
+               there, not in memory) and run it through ``TaskPipeline``; the signed
+               result goes to the outbox in the same transaction that ends the task
+               (``training.max_concurrent_tasks`` runners, default one)
+    outbox     upload signed results (and blobs) until the hub acknowledges them;
+               idempotent by task id, so a restart after kill -9 delivers each once
+    progress   rate-limited progress events to the hub, best effort
+    upkeep     purge expired nonces, systemd watchdog pings
+
+SIGTERM/SIGINT: stop taking tasks, give the running task ``training.shutdown_grace_s``
+to finish (then cancel it: it stays ``running`` in the state DB and is queued again
+at the next start), close the connection, exit 0. A second signal exits at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from pod_agent.agent.backoff import RETRYABLE, Backoff
+from pod_agent.agent.hubclient import HubClient, HubRejected, HubUnavailable
+from pod_agent.agent.pipeline import PipelineOutput, TaskFailed, TaskPipeline
+from pod_agent.agent.progress import ProgressLimiter
+from pod_agent.config.settings import ModellerPolicy, PodSettings
+from pod_agent.data import Datasource, Schema, open_datasource
+from pod_agent.errors import (
+    ContractViolation,
+    DataError,
+    PodAgentError,
+    SandboxError,
+    SecAggError,
+    StateError,
+    TaskRefused,
+    TrainingError,
+)
+from pod_agent.ops import AgentMetrics, HealthServer, Notifier, Readiness, task_context
+from pod_agent.policy import RefusalCode, TaskVerifier
+from pod_agent.protocol import (
+    IdentityKey,
+    PublicKey,
+    canonical_json,
+    envelope_bytes,
+    passphrase_from_env,
+    sign_envelope,
+)
+from pod_agent.protocol.messages import ProgressEvent, ResultPayload, TaskPayload
+from pod_agent.secagg import RoundKeyPair, round_key_announcement
+from pod_agent.state import OutboxEntry, PodState, TaskRecord, TaskStatus
+
+_log = logging.getLogger(__name__)
+
+# Delivered tasks waiting for intake; the hub re-delivers anything not acknowledged, so a full queue only delays.
+INBOX_SIZE = 256
+# Progress events waiting to be sent; when full, new ones are dropped (progress is best effort).
+PROGRESS_QUEUE_SIZE = 64
+# A silent WebSocket is declared dead after this many heartbeat intervals without any message.
+DEAD_AFTER_HEARTBEATS = 3.0
+# Idle loops re-check the state DB this often even without a wake-up (a missed wake-up only delays).
+IDLE_RECHECK_S = 30.0
+# Expired nonces are purged this often.
+PURGE_INTERVAL_S = 600.0
+# Failure codes of errors whose own reason is a fixed code safe to send.
+_REASONED = (TaskFailed, TrainingError, SandboxError, ContractViolation)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A task as the hub delivered it: the hub's task id label and the raw envelope bytes."""
+
+    task_id: str
+    raw: bytes
+
+
+def _now() -> int:
+    return int(time.time())
+
+
+def load_round_key(path: Path) -> RoundKeyPair:
+    """The pod's X25519 round key for secure aggregation, created (0600) on first start."""
+    if path.exists():
+        return RoundKeyPair.from_private_bytes(path.read_bytes())
+    pair = RoundKeyPair.generate()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(pair.private_bytes())
+    return pair
+
+
+def sandbox_level_in_force(settings: PodSettings) -> str:
+    """The level tasks will run under, or ``unavailable`` when the configured one cannot be had."""
+    level = settings.security.sandbox
+    if level == "none":
+        return "none"
+    from pod_agent.sandbox.probe import plan_layers, probe_layers
+
+    try:
+        plan_layers(level, probe_layers(settings.security))
+    except SandboxError as exc:
+        _log.warning("sandbox level %s unavailable: %s (train/evaluate/predict tasks will fail)", level, exc)
+        return "unavailable"
+    return level
+
+
+class Agent:
+    """The daemon's parts, opened once; ``run`` drives the loops until ``stop`` is set."""
+
+    def __init__(
+        self,
+        settings: PodSettings,
+        *,
+        key: IdentityKey,
+        state: PodState,
+        datasource: Datasource,
+        schema: Schema,
+        round_key: RoundKeyPair,
+        sandbox_level: str,
+    ) -> None:
+        self.settings = settings
+        self.key = key
+        self.state = state
+        self.schema = schema
+        self.round_key = round_key
+        self.sandbox_level = sandbox_level
+        self.verifier = TaskVerifier(
+            security=settings.security, privacy=settings.privacy, pod_name=settings.pod.name,
+            schema_hash=schema.hash(), nonces=state,
+        )
+        self.pipeline = TaskPipeline(
+            settings=settings, datasource=datasource, schema=schema, work_root=settings.pod.state_dir / "work"
+        )
+        self.metrics = AgentMetrics()
+        self.metrics.set_sandbox_level(sandbox_level)
+        self.readiness = Readiness(sandbox_required=settings.security.sandbox, sandbox_level=sandbox_level)
+        self.notifier = Notifier.from_env()
+        self.progress = ProgressLimiter()
+        self._policies = {PublicKey.from_b64(m.public_key).key_id: m for m in settings.security.modellers}
+        self._inbox: asyncio.Queue[Delivery] = asyncio.Queue(INBOX_SIZE)
+        self._progress_queue: asyncio.Queue[ProgressEvent] = asyncio.Queue(PROGRESS_QUEUE_SIZE)
+        self._runner_wake = asyncio.Event()
+        self._outbox_wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._blob_dir = settings.pod.state_dir / "outbox"
+
+    @classmethod
+    async def open(cls, settings: PodSettings) -> Agent:
+        """Open key, state, datasource and schema (blocking work off the loop)."""
+        state_dir = settings.pod.state_dir
+        await asyncio.to_thread(state_dir.mkdir, parents=True, exist_ok=True)
+        passphrase = passphrase_from_env(settings.pod.identity_key_passphrase_env)
+        key = await asyncio.to_thread(IdentityKey.load, settings.pod.identity_key_path, passphrase)
+        state = await asyncio.to_thread(PodState.open, state_dir / "state.sqlite")
+        try:
+            datasource = await asyncio.to_thread(open_datasource, settings.datasource)
+            schema = await asyncio.to_thread(datasource.schema)
+            round_key = await asyncio.to_thread(load_round_key, state_dir / "round_key.bin")
+            level = await asyncio.to_thread(sandbox_level_in_force, settings)
+        except BaseException:
+            state.close()
+            raise
+        return cls(
+            settings, key=key, state=state, datasource=datasource, schema=schema, round_key=round_key,
+            sandbox_level=level,
+        )
+
+    def close(self) -> None:
+        self.state.close()
+        self.notifier.close()
+
+    # -- the loops ------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run every loop until ``stop`` is set, then shut down in order (see module docstring)."""
+        self._stop = stop
+        await asyncio.to_thread(self._blob_dir.mkdir, parents=True, exist_ok=True)
+        requeued = await asyncio.to_thread(self.state.requeue_running, now=_now())
+        if requeued:
+            _log.info("requeued %d task(s) interrupted by the last shutdown", len(requeued))
+        health = self._health_server()
+        async with contextlib.AsyncExitStack() as stack:
+            if health is not None:
+                await stack.enter_async_context(health)
+            hub = await stack.enter_async_context(HubClient(self.settings.hub, self.key))
+            async with asyncio.TaskGroup() as group:
+                runners = [
+                    group.create_task(self._runner(i), name=f"runner-{i}")
+                    for i in range(self.settings.training.max_concurrent_tasks)
+                ]
+                others = [
+                    group.create_task(self._hub_link(hub), name="hub-link"),
+                    group.create_task(self._intake(hub), name="intake"),
+                    group.create_task(self._outbox(hub), name="outbox"),
+                    group.create_task(self._progress(hub), name="progress"),
+                    group.create_task(self._upkeep(), name="upkeep"),
+                ]
+                group.create_task(self._shutdown(runners, others), name="shutdown")
+        self.notifier.stopping("stopped")
+
+    async def _shutdown(self, runners: list[asyncio.Task[None]], others: list[asyncio.Task[None]]) -> None:
+        await self._stop.wait()
+        _log.info("stopping: no new tasks; waiting up to %.0f s for a running task", self.settings.training.shutdown_grace_s)
+        self.notifier.stopping("stopping")
+        self._runner_wake.set()
+        done, pending = await asyncio.wait(runners, timeout=self.settings.training.shutdown_grace_s)
+        for task in pending:
+            task.cancel()
+        if pending:
+            _log.warning("grace period over: cancelled the running task; it runs again at the next start")
+            await asyncio.wait(pending)
+        for task in others:
+            task.cancel()
+
+    def _health_server(self) -> HealthServer | None:
+        ops = self.settings.ops
+        if ops.health_port == 0:
+            return None
+        return HealthServer(metrics=self.metrics, readiness=self.readiness, host=ops.health_host, port=ops.health_port)
+
+    async def _upkeep(self) -> None:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self.notifier.watchdog_loop(), name="watchdog")
+            while True:
+                purged = await asyncio.to_thread(self.state.purge_seen, now=_now())
+                if purged:
+                    _log.info("purged %d expired nonce(s)", purged)
+                await asyncio.sleep(PURGE_INTERVAL_S)
+
+    # -- hub link ---------------------------------------------------------------------------
+
+    def _registration(self) -> bytes:
+        announcement = round_key_announcement(
+            pod=self.settings.pod.name, key_id=self.key.key_id, round_key=self.round_key, issued_at=_now()
+        )
+        return canonical_json(
+            {
+                "name": self.settings.pod.name,
+                "public_key": self.key.public.to_b64(),
+                "schema_public": self.schema.public(self.settings.privacy.share_categories),
+                "schema_hash": self.schema.hash(),
+                "row_count": self.schema.row_count,
+                "sandbox_level": self.sandbox_level,
+                "heartbeat_s": self.settings.hub.heartbeat_s,
+                "round_key": sign_envelope(announcement, self.key).model_dump(mode="json"),
+            }
+        )
+
+    async def _hub_link(self, hub: HubClient) -> None:
+        backoff = Backoff(self.settings.hub.backoff_initial_s, self.settings.hub.backoff_cap_s)
+        use_websocket = True
+        first = True
+        while True:
+            try:
+                await hub.call("POST", "/v1/pods/register", self._registration())
+                self.readiness.registered = True
+                if first:
+                    _log.info("registered with the hub at %s as %s", hub.base, self.settings.pod.name)
+                    self.notifier.ready(f"registered as {self.settings.pod.name}")
+                    first = False
+                if use_websocket:
+                    try:
+                        await self._websocket_session(hub, backoff)
+                    except HubRejected as exc:
+                        if exc.status in (401, 403):
+                            raise
+                        _log.warning("hub offers no WebSocket (%s); falling back to long polling", exc.status)
+                        use_websocket = False
+                        continue
+                else:
+                    await self._poll_session(hub, backoff)
+            except RETRYABLE as exc:
+                self.readiness.hub_connected = False
+                self.metrics.reconnected()
+                _log.warning("hub link down: %s; retrying", exc)
+            await backoff.wait(self._stop)
+
+    async def _websocket_session(self, hub: HubClient, backoff: Backoff) -> None:
+        heartbeat_s = self.settings.hub.heartbeat_s
+        ws = await hub.websocket(heartbeat_s=heartbeat_s)
+        async with ws:
+            backoff.reset()
+            self.readiness.hub_connected = True
+            self.metrics.heartbeat()
+            beats = asyncio.create_task(_heartbeats(ws, heartbeat_s), name="heartbeat")
+            try:
+                while True:
+                    msg = await ws.receive(timeout=DEAD_AFTER_HEARTBEATS * heartbeat_s)
+                    if msg.type != aiohttp.WSMsgType.TEXT:
+                        raise HubUnavailable(f"hub closed the task connection ({msg.type.name})")
+                    await self._on_hub_message(msg.data)
+            finally:
+                beats.cancel()
+                with contextlib.suppress(asyncio.CancelledError, *RETRYABLE):
+                    await beats
+
+    async def _on_hub_message(self, data: str) -> None:
+        try:
+            msg: dict[str, Any] = json.loads(data)
+            kind = msg["type"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise HubUnavailable("hub sent a malformed message on the task connection") from exc
+        if kind == "heartbeat_ack":
+            self.metrics.heartbeat()
+        elif kind == "task":
+            await self._inbox.put(Delivery(str(msg.get("task_id")), str(msg.get("envelope", "")).encode()))
+
+    async def _poll_session(self, hub: HubClient, backoff: Backoff) -> None:
+        wait_s = self.settings.hub.heartbeat_s
+        while True:
+            reply = await hub.call("GET", f"/v1/pod/tasks?wait={wait_s:g}", read_timeout_s=wait_s + 30)
+            backoff.reset()
+            self.readiness.hub_connected = True
+            self.metrics.heartbeat()
+            for item in reply.get("tasks", []):
+                await self._inbox.put(Delivery(str(item.get("task_id")), str(item.get("envelope", "")).encode()))
+
+    # -- intake ---------------------------------------------------------------------------
+
+    async def _intake(self, hub: HubClient) -> None:
+        while True:
+            delivery = await self._inbox.get()
+            try:
+                await self._admit(hub, delivery)
+            except StateError:
+                _log.exception("state database error while admitting a task; the hub will deliver it again")
+
+    async def _admit(self, hub: HubClient, delivery: Delivery) -> None:
+        known = await asyncio.to_thread(self.state.get_task, delivery.task_id)
+        if known is not None and known.status is not TaskStatus.DELIVERED:
+            # At-least-once delivery: the hub resent a task whose acknowledgement it missed.
+            await self._ack(hub, delivery.task_id)
+            return
+        try:
+            verified = await asyncio.to_thread(self.verifier.verify, delivery.raw, now=_now())
+        except TaskRefused as refusal:
+            await self._refused(hub, delivery, refusal)
+            return
+        with task_context(task_id=verified.payload.task_id, modeller_key_id=verified.payload.modeller_id):
+            _log.info("task accepted", extra={"kind": verified.payload.kind})
+        await self._ack(hub, delivery.task_id)
+        self._send_progress(ProgressEvent(task_id=verified.payload.task_id, stage="queued"))
+        self._runner_wake.set()
+
+    async def _refused(self, hub: HubClient, delivery: Delivery, refusal: TaskRefused) -> None:
+        self.metrics.refused(refusal.code)
+        _log.warning("task refused: %s", refusal.code, extra={"code": refusal.code})
+        _log.debug("refusal detail: %s", refusal.detail)
+        recorded = None
+        if refusal.task_id is not None and refusal.code != RefusalCode.REPLAY.value:
+            recorded = await asyncio.to_thread(self.state.get_task, refusal.task_id)
+        if recorded is not None and recorded.status is TaskStatus.REFUSED:
+            # Signed refusal: the modeller can tell the pod (not the hub) refused.
+            result = ResultPayload(
+                task_id=recorded.task_id, pod=self.settings.pod.name, kind=recorded.payload().kind,
+                status="refused", reason=refusal.code, produced_at=_now(),
+            )
+            await asyncio.to_thread(
+                self.state.finish, recorded.task_id, status="refused",
+                result_json=envelope_bytes(sign_envelope(result, self.key)).decode(), now=_now(),
+            )
+            self._outbox_wake.set()
+        else:
+            with contextlib.suppress(*RETRYABLE):
+                await hub.call(
+                    "POST", f"/v1/pod/tasks/{delivery.task_id}/refusal", canonical_json({"code": refusal.code})
+                )
+        await self._ack(hub, delivery.task_id)
+
+    async def _ack(self, hub: HubClient, task_id: str) -> None:
+        try:
+            await hub.call("POST", f"/v1/pod/tasks/{task_id}/ack", b"{}")
+        except RETRYABLE as exc:
+            _log.info("acknowledgement of task %s not sent (%s); the hub will deliver it again", task_id, exc)
+
+    # -- runner ---------------------------------------------------------------------------
+
+    async def _runner(self, index: int) -> None:
+        while not self._stop.is_set():
+            record = await asyncio.to_thread(self.state.claim_next, now=_now())
+            if record is None:
+                self._runner_wake.clear()
+                await _wait_any(self._runner_wake, self._stop, timeout_s=IDLE_RECHECK_S)
+                continue
+            await self._run_one(record)
+
+    async def _run_one(self, record: TaskRecord) -> None:
+        payload = record.payload()
+        started = time.monotonic()
+        with task_context(task_id=payload.task_id, modeller_key_id=payload.modeller_id):
+            status, reason, output = await self._execute(payload)
+            result = ResultPayload(
+                task_id=payload.task_id, pod=self.settings.pod.name, kind=payload.kind, status=status, reason=reason,
+                metrics=output.metrics if output else {}, n_rows=output.n_rows if output else 0,
+                blob=output.blob if output else None, clipped_values=output.clipped_values if output else 0,
+                produced_at=_now(),
+            )
+            envelope = envelope_bytes(sign_envelope(result, self.key)).decode()
+            await asyncio.to_thread(
+                self.state.finish, payload.task_id, status=status, result_json=envelope,
+                blob_path=output.blob_path if output else None, reason=reason, now=_now(),
+            )
+            elapsed = time.monotonic() - started
+            self.metrics.task_finished(payload.kind, status, elapsed)
+            _log.info("task %s in %.2f s", status, elapsed, extra={"outcome": status, "reason": reason})
+        self._send_progress(ProgressEvent(task_id=payload.task_id, stage="done" if status == "done" else "failed"))
+        self._outbox_wake.set()
+
+    async def _execute(self, payload: TaskPayload) -> tuple[Any, str | None, PipelineOutput | None]:
+        policy = self._policies.get(payload.modeller_id)
+        if policy is None:
+            return "failed", RefusalCode.UNKNOWN_SIGNER.value, None
+        try:
+            output = await self.pipeline.run(payload, modeller=policy, on_progress=self._send_progress)
+        except _REASONED as exc:
+            _log.warning("task failed: %s", exc.reason)
+            return "failed", exc.reason, None
+        except TaskRefused as exc:
+            return "failed", exc.code, None
+        except (DataError, SecAggError) as exc:
+            _log.warning("task failed: %s", type(exc).__name__)
+            return "failed", "data_error" if isinstance(exc, DataError) else "secagg_error", None
+        except PodAgentError:
+            _log.exception("task failed")
+            return "failed", "internal_error", None
+        return "done", None, output
+
+    # -- progress -------------------------------------------------------------------------
+
+    def _send_progress(self, event: ProgressEvent) -> None:
+        if self.progress.admit(event, now=time.monotonic()):
+            with contextlib.suppress(asyncio.QueueFull):
+                self._progress_queue.put_nowait(event)
+
+    async def _progress(self, hub: HubClient) -> None:
+        while True:
+            event = await self._progress_queue.get()
+            try:
+                await hub.call("POST", f"/v1/pod/tasks/{event.task_id}/progress", canonical_json(event))
+            except RETRYABLE as exc:
+                _log.debug("progress event dropped: %s", exc)
+
+    # -- outbox ---------------------------------------------------------------------------
+
+    async def _outbox(self, hub: HubClient) -> None:
+        backoff = Backoff(self.settings.hub.backoff_initial_s, self.settings.hub.backoff_cap_s)
+        while True:
+            self._outbox_wake.clear()
+            entries = await asyncio.to_thread(self.state.pending_results)
+            self.metrics.set_outbox_depth(len(entries))
+            if not entries:
+                await _wait_any(self._outbox_wake, self._stop, timeout_s=IDLE_RECHECK_S)
+                continue
+            try:
+                for entry in entries:
+                    await self._deliver(hub, entry)
+                backoff.reset()
+            except RETRYABLE as exc:
+                _log.info("result upload failed (%s); retrying", exc)
+                await backoff.wait(self._stop)
+
+    async def _deliver(self, hub: HubClient, entry: OutboxEntry) -> None:
+        await asyncio.to_thread(self.state.note_attempt, entry.task_id, now=_now())
+        result = ResultPayload.model_validate(json.loads(entry.result_json)["payload"])
+        if entry.blob_path is not None and result.blob is not None:
+            await hub.put_blob(entry.blob_path, result.blob.sha256)
+        try:
+            await hub.call("POST", "/v1/pod/results", entry.result_json.encode())
+        except HubRejected as exc:
+            if exc.status != 409:
+                raise
+            # The hub holds a different result for this task; ours can never replace it.
+            _log.error("hub holds a different result for task %s; dropping ours", entry.task_id)
+        removed = await asyncio.to_thread(self.state.mark_delivered, entry.task_id, now=_now())
+        if removed is not None and removed.blob_path is not None:
+            removed.blob_path.unlink(missing_ok=True)
+        _log.info("result delivered", extra={"status": result.status})
+
+
+async def _heartbeats(ws: aiohttp.ClientWebSocketResponse, interval_s: float) -> None:
+    while True:
+        await ws.send_str('{"type":"heartbeat"}')
+        await asyncio.sleep(interval_s)
+
+
+async def _wait_any(*events: asyncio.Event, timeout_s: float) -> None:
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
+def _install_signals(stop: asyncio.Event) -> Callable[[], None]:
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            # Second signal: the operator wants out now; the state DB is consistent at every commit.
+            os._exit(128 + signum)
+        _log.info("signal %s: stopping gracefully (send again to exit at once)", signal.Signals(signum).name)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+
+    def remove() -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+    return remove
+
+
+async def run_agent(settings: PodSettings, *, stop: asyncio.Event | None = None) -> None:
+    """Run the daemon until SIGTERM/SIGINT (or ``stop``); returns normally after a graceful stop."""
+    stop = stop if stop is not None else asyncio.Event()
+    remove_signals = _install_signals(stop)
+    try:
+        agent = await Agent.open(settings)
+        try:
+            await agent.run(stop)
+        finally:
+            agent.close()
+    finally:
+        remove_signals()
+
+
+__all__ = ["Agent", "Delivery", "load_round_key", "run_agent", "sandbox_level_in_force"]

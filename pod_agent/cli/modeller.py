@@ -1,0 +1,206 @@
+"""``pod-agent modeller ...``: the modeller's CLI over ``pod_agent.modeller.ModellerClient``.
+
+keys (show or make the modeller key), register (the key at the hub), pods (list
+them), submit (sign and send a task; model source read and hashed locally),
+status TASK, results TASK --out DIR (each pod's signature verified). Hub and key
+come from options or POD_AGENT_MODELLER_* environment variables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import typer
+
+from pod_agent.errors import ModellerError
+from pod_agent.modeller import ModellerClient, VerifiedResult, build_task, model_from_file
+from pod_agent.protocol import IdentityKey, passphrase_from_env
+from pod_agent.protocol.messages import DataSelection, Hyperparameters, ModelStyle, TaskKind
+
+T = TypeVar("T")
+
+_modeller = typer.Typer(name="modeller", help="Modeller side: register, list pods, submit tasks, fetch results.",
+                        no_args_is_help=True)
+
+DEFAULT_KEY = Path("~/.config/pod-agent/modeller.pem")
+
+
+@dataclass(frozen=True)
+class _Options:
+    hub: str
+    key_path: Path
+    passphrase_env: str | None
+    ca_bundle: Path | None
+    pin: str | None
+    allow_insecure_http: bool
+
+    def key(self) -> IdentityKey:
+        return IdentityKey.load(self.key_path.expanduser(), passphrase_from_env(self.passphrase_env))
+
+    def client(self) -> ModellerClient:
+        return ModellerClient(
+            self.hub, self.key(), ca_bundle=self.ca_bundle, pinned_cert_sha256=self.pin,
+            allow_insecure_http=self.allow_insecure_http,
+        )
+
+
+def _with_client(ctx: typer.Context, work: Callable[[ModellerClient], Awaitable[T]]) -> T:
+    options: _Options = ctx.obj
+
+    async def go() -> T:
+        async with options.client() as client:
+            return await work(client)
+
+    return asyncio.run(go())
+
+
+@_modeller.callback()
+def _options(
+    ctx: typer.Context,
+    hub: str = typer.Option("http://127.0.0.1:8700", "--hub", envvar="POD_AGENT_MODELLER_HUB", help="Hub URL."),
+    key: Path = typer.Option(DEFAULT_KEY, "--key", envvar="POD_AGENT_MODELLER_KEY", help="Modeller key file."),
+    passphrase_env: str | None = typer.Option(None, "--passphrase-env", help="Env var holding the key passphrase."),
+    ca_bundle: Path | None = typer.Option(None, "--ca-bundle", envvar="POD_AGENT_MODELLER_CA_BUNDLE",
+                                          help="CA bundle to verify the hub's certificate."),
+    pin: str | None = typer.Option(None, "--pin-sha256", envvar="POD_AGENT_MODELLER_PIN_SHA256",
+                                   help="sha256 (hex) of the hub's DER certificate, instead of a CA."),
+    allow_insecure_http: bool = typer.Option(False, "--allow-insecure-http",
+                                             help="Allow plain http to a non-loopback hub (unsafe)."),
+) -> None:
+    ctx.obj = _Options(hub, key, passphrase_env, ca_bundle, pin, allow_insecure_http)
+
+
+@_modeller.command("keys")
+def keys(
+    ctx: typer.Context,
+    generate: bool = typer.Option(False, "--generate", help="Create the key file if it does not exist."),
+) -> None:
+    """Print the modeller's public key and id (what pod owners put in their policy)."""
+    options: _Options = ctx.obj
+    path = options.key_path.expanduser()
+    if generate and not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        IdentityKey.generate().save(path, passphrase_from_env(options.passphrase_env))
+        typer.echo(f"key file:   {path} (new, mode 0600)")
+    key = options.key()
+    typer.echo(f"public key: {key.public.to_b64()}")
+    typer.echo(f"key id:     {key.key_id}")
+
+
+@_modeller.command("register")
+def register_cmd(ctx: typer.Context, name: str = typer.Option(..., "--name", help="Your name at the hub.")) -> None:
+    """Register the modeller's public key with the hub."""
+    key_id = _with_client(ctx, lambda c: c.register(name))
+    typer.echo(f"registered {name} ({key_id})")
+
+
+@_modeller.command("pods")
+def pods(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """List the pods registered with the hub (the hub's word: schema, rows, sandbox level, online)."""
+    listed = _with_client(ctx, lambda c: c.pods())
+    if as_json:
+        typer.echo(json.dumps([p.__dict__ for p in listed], indent=2, sort_keys=True))
+        return
+    for p in listed:
+        columns = len(p.schema.get("columns", []))
+        typer.echo(
+            f"{p.name:<20} {'online' if p.online else 'offline':<8} rows={p.row_count:<9} columns={columns:<4}"
+            f" sandbox={p.sandbox_level:<11} schema={p.schema_hash[:12]}"
+        )
+
+
+@_modeller.command("submit")
+def submit(
+    ctx: typer.Context,
+    pods_csv: str = typer.Option(..., "--pods", help="Comma-separated pod names."),
+    kind: str = typer.Option("train", "--kind", help="train, evaluate, predict or schema-stats."),
+    model: Path | None = typer.Option(None, "--model", help="Model source file (or JSON spec for declarative)."),
+    class_name: str | None = typer.Option(None, "--class", help="Model class in the source file."),
+    style: str = typer.Option("lightning", "--style", help="lightning, module or declarative."),
+    target: str | None = typer.Option(None, "--target", help="Target column."),
+    epochs: int | None = typer.Option(None, "--epochs", help="Training epochs."),
+    steps: int | None = typer.Option(None, "--steps", help="Training steps (instead of epochs)."),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    learning_rate: float = typer.Option(1e-3, "--lr"),
+    lifetime_s: int = typer.Option(3600, "--expires-in", help="Seconds the signed task stays valid."),
+) -> None:
+    """Sign a task and send it to the pods; prints the task id."""
+    names = [p.strip() for p in pods_csv.split(",") if p.strip()]
+    if kind not in ("train", "evaluate", "predict", "schema-stats"):
+        raise ModellerError(f"--kind {kind!r} is not one of train, evaluate, predict, schema-stats")
+    if style not in ("lightning", "module", "declarative"):
+        raise ModellerError(f"--style {style!r} is not one of lightning, module, declarative")
+    model_ref = None if model is None else model_from_file(model, style=style, class_name=class_name)  # type: ignore[arg-type]
+    data = None if target is None else DataSelection(target=target)
+
+    async def go(client: ModellerClient) -> str:
+        listed = {p.name: p for p in await client.pods()}
+        missing = [n for n in names if n not in listed]
+        if missing:
+            raise ModellerError(f"pods {missing} are not registered with the hub; see `pod-agent modeller pods`")
+        hashes = {listed[n].schema_hash for n in names}
+        if len(hashes) != 1:
+            raise ModellerError(f"pods {names} have different schemas; submit one task per schema")
+        task = build_task(
+            modeller_id=client.key.key_id, pods=names, kind=kind, schema_hash=hashes.pop(),  # type: ignore[arg-type]
+            model=model_ref, data=data, lifetime_s=lifetime_s,
+            hyperparameters=Hyperparameters(epochs=epochs, steps=steps, batch_size=batch_size,
+                                            learning_rate=learning_rate),
+        )
+        return await client.submit_task(task)
+
+    typer.echo(_with_client(ctx, go))
+
+
+@_modeller.command("status")
+def status(ctx: typer.Context, task_id: str = typer.Argument(..., help="Task id from submit.")) -> None:
+    """Per pod: acknowledged, refused (code), result status, last progress."""
+    st = _with_client(ctx, lambda c: c.status(task_id))
+    for pod, entry in sorted(st.pods.items()):
+        progress = entry.get("progress") or {}
+        typer.echo(
+            f"{pod:<20} acked={'yes' if entry.get('acked') else 'no':<4} refusal={entry.get('refusal') or '-':<22}"
+            f" result={entry.get('result') or '-':<8} stage={progress.get('stage', '-')}"
+        )
+
+
+@_modeller.command("results")
+def results(
+    ctx: typer.Context,
+    task_id: str = typer.Argument(..., help="Task id from submit."),
+    out: Path = typer.Option(..., "--out", help="Directory for <pod>.json and blobs."),
+    wait_s: float = typer.Option(0.0, "--wait", help="Wait up to this many seconds for every pod to answer."),
+) -> None:
+    """Fetch results, verify each pod's signature, write them to --out."""
+
+    async def go(client: ModellerClient) -> list[tuple[str, dict[str, Any]]]:
+        if wait_s > 0:
+            pods_of_task = sorted((await client.status(task_id)).pods)
+            answers = await client.wait_results(task_id, pods_of_task, timeout_s=wait_s)
+            verified = [a for a in answers.values() if isinstance(a, VerifiedResult)]
+            refused = {p: a for p, a in answers.items() if isinstance(a, str)}
+        else:
+            verified, refused = await client.results(task_id), {}
+        out.mkdir(parents=True, exist_ok=True)
+        rows = []
+        for result in verified:
+            record = {"payload": result.payload.model_dump(mode="json"), "envelope": result.envelope.model_dump(mode="json")}
+            (out / f"{result.pod}.json").write_text(json.dumps(record, indent=2, sort_keys=True))
+            if result.payload.blob is not None:
+                await client.download_blob(result.payload.blob.sha256, out / f"{result.pod}.safetensors")
+            rows.append((result.pod, {"status": result.payload.status, "reason": result.payload.reason}))
+        rows.extend((pod, {"status": "refused", "reason": code}) for pod, code in refused.items())
+        return rows
+
+    for pod, summary in sorted(_with_client(ctx, go)):
+        typer.echo(f"{pod:<20} {summary['status']:<8} {summary['reason'] or ''} (signature verified)"
+                   if summary["status"] != "refused" or summary["reason"] else f"{pod} refused")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(_modeller)

@@ -1,0 +1,28 @@
+"""``pod-agent run --config pod.toml``: the long-running agent (see pod_agent.agent.daemon)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import typer
+
+from pod_agent.config import load_settings
+from pod_agent.ops import configure_logging
+
+
+def run(
+    config: Path = typer.Option(..., "--config", help="The pod's pod.toml."),
+    log_format: str | None = typer.Option(None, "--log-format", help="text or json (default: ops.log_format)."),
+) -> None:
+    """Run the agent: register with the hub, take signed tasks, return results. SIGTERM stops it."""
+    settings = load_settings(config)
+    configure_logging(fmt=log_format or settings.ops.log_format, level=settings.ops.log_level)  # type: ignore[arg-type]
+    # Imported here so `pod-agent --help` stays quick; the daemon itself never imports torch.
+    from pod_agent.agent.daemon import run_agent
+
+    asyncio.run(run_agent(settings))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run")(run)
