@@ -9,7 +9,8 @@ modeller's local debugging, in-process (``local.py``): the same code either way.
 Request (a dict, from the agent)::
 
     {"task": TaskPayload as JSON, "datastructure": {...} (optional: read from data.arrow),
-     "trainer": {"accelerator": "auto"|"cpu"|"gpu", "devices": 1|"auto", "seed": int (optional)},
+     "trainer": {"accelerator": "auto"|"cpu"|"gpu", "devices": 1|"auto", "seed": int (optional),
+                "threads": int (optional: torch intra-op threads; default torch's own choice)},
      "privacy": {"min_rows": int}, "schema": {...} (optional, the public schema)}
 
 Returned header: ``{"metrics": {name: float}, "n_rows": int, "tensors": {name:
@@ -73,6 +74,7 @@ class _Settings:
     seed: int
     min_rows: int
     schema: Mapping[str, object]
+    threads: int | None
 
 
 def run_task(request: Mapping[str, Any], *, input_dir: Path, work_dir: Path, progress: Progress) -> TaskOutput:
@@ -84,6 +86,9 @@ def run_task(request: Mapping[str, Any], *, input_dir: Path, work_dir: Path, pro
     data_path = input_dir / DATA_FILE_NAME
     # cuBLAS needs this to be deterministic; harmless on CPU and before any CUDA use.
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    if settings.threads is not None:
+        # On a busy host, spinning intra-op threads cost more than they give for small models.
+        torch.set_num_threads(max(1, settings.threads))
     pl.seed_everything(settings.seed, workers=True, verbose=False)
     model = build_model(task.model, input_dir=input_dir, init_kwargs=_init_kwargs(settings))
     weights = input_dir / WEIGHTS_FILE_NAME
@@ -119,6 +124,7 @@ def _parse_request(request: Mapping[str, Any], input_dir: Path) -> _Settings:
             seed=int(trainer.get("seed", task.hyperparameters.seed)),
             min_rows=int(privacy.get("min_rows", 1)),
             schema=dict(request.get("schema") or {}),
+            threads=None if trainer.get("threads") is None else int(trainer["threads"]),
         )
     except (KeyError, TypeError, ValueError, ValidationError, DataError) as exc:
         raise TrainingError("bad_request", f"request unusable: {exc}") from exc

@@ -191,6 +191,6 @@ def request_for(task: TaskPayload, datastructure: dict[str, Any], *, min_rows: i
     return {
         "task": task.model_dump(mode="json"),
         "datastructure": datastructure,
-        "trainer": {"accelerator": "cpu", "devices": 1},
+        "trainer": {"accelerator": "cpu", "devices": 1, "threads": 1},
         "privacy": {"min_rows": min_rows},
     }

@@ -1,0 +1,66 @@
+"""The training worker run for real through the SandboxRunner, as the agent runs it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from safetensors.numpy import load as load_numpy
+from training_support import TUTORIAL_MODEL, make_task, request_for, source_ref, stage_input
+
+from pod_agent.config.settings import SandboxLimitsSection, SecuritySection
+from pod_agent.data.task_input import TaskInput
+from pod_agent.errors import SandboxError, SandboxUnavailable
+from pod_agent.sandbox import SandboxJob, SandboxRunner, best_level, probe_layers
+from pod_agent.training import check_result
+
+SANDBOX_USER = "pod-sandbox"
+ENSURE_USER = Path(__file__).parents[1] / "sandbox" / "ensure_sandbox_user.py"
+ENTRY = "pod_agent.training.worker"
+
+
+def _levels() -> list[str]:
+    subprocess.run([sys.executable, str(ENSURE_USER), SANDBOX_USER], check=True)
+    best = best_level(probe_layers(SecuritySection(sandbox="none", sandbox_user=SANDBOX_USER)))
+    return ["none"] if best == "none" else ["none", best]
+
+
+async def _run(level: str, task_input: TaskInput, tmp_path: Path, task: Any, events: list[dict[str, Any]]) -> Any:
+    input_dir = stage_input(task, data_file=task_input.path, into=tmp_path)
+    runner = SandboxRunner(
+        SecuritySection(sandbox=level, sandbox_user=SANDBOX_USER),
+        SandboxLimitsSection(wall_timeout_s=240, memory_mb=4096, warm_worker=False),
+    )
+    async with runner:
+        job = SandboxJob(entry=ENTRY, input_dir=input_dir, work_dir=tmp_path / "work",
+                         request=request_for(task, task_input.datastructure))
+        return await runner.run(job, on_progress=events.append)
+
+
+@pytest.mark.parametrize("level", _levels())
+async def test_tutorial_model_trains_through_the_sandbox_and_passes_the_contract(
+    adult_input: TaskInput, tmp_path: Path, level: str
+) -> None:
+    task = make_task("train", source_ref(TUTORIAL_MODEL, "MyCustomModel"), steps=30)
+    events: list[dict[str, Any]] = []
+    outcome = await _run(level, adult_input, tmp_path, task, events)
+    checked = check_result(outcome, task=task, expected=None, max_bytes=64 << 20)
+    assert set(checked.arrays) == {"_model.0.weight", "_model.0.bias", "_model.3.weight", "_model.3.bias"}
+    assert checked.arrays["_model.0.weight"].shape == (500, adult_input.datastructure["input_size"])
+    assert "val_acc" in checked.metrics
+    assert events[0] == {"stage": "training", "epoch": 0, "step": 0}
+    assert any(e["stage"] == "validating" for e in events)
+    assert load_numpy(outcome.payload).keys() == checked.arrays.keys()
+
+
+async def test_a_broken_model_fails_through_the_sandbox_with_its_code(adult_input: TaskInput, tmp_path: Path) -> None:
+    source = "from pod_agent.sdk import PodModel\nclass Broken(PodModel)\n    pass\n"
+    task = make_task("train", source_ref(source, "Broken"), steps=1)
+    with pytest.raises(SandboxError) as failed:
+        await _run("none", adult_input, tmp_path, task, [])
+    assert failed.value.reason == "task_failed"
+    assert failed.value.detail == "syntax_error"
+    assert not isinstance(failed.value, SandboxUnavailable)
