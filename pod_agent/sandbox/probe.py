@@ -199,8 +199,11 @@ def best_level(reports: list[LayerReport]) -> str:
 
 def sandbox_check_lines(settings: "PodSettings") -> list[str]:
     """What ``pod-agent check`` prints for the sandbox: the level, then each layer."""
-    reports = probe_layers(settings.security)
-    level = settings.security.sandbox
+    return sandbox_report_lines(settings.security.sandbox, probe_layers(settings.security))
+
+
+def sandbox_report_lines(level: str, reports: list[LayerReport]) -> list[str]:
+    """The level verdict, then one line per layer: active/unavailable, why, how to enable."""
     try:
         layers = plan_layers(level, reports)
         head = f"sandbox: level {level!r} satisfied (layers in force: {', '.join(sorted(layers))})"

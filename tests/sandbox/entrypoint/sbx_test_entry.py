@@ -7,11 +7,19 @@ arrays, sends them as safetensors with ``{"returned": ...}`` extras.
 
 from __future__ import annotations
 
+import time
+import uuid
 from typing import Any
+
+# Set by prepare(): lets tests see when, and in which process, the worker got ready.
+TOKEN = ""
+PREPARED_AT = 0.0
 
 
 def prepare() -> None:
     """Nothing heavy: the corpus must stay fast (only the benign model imports torch)."""
+    global TOKEN, PREPARED_AT
+    TOKEN, PREPARED_AT = uuid.uuid4().hex, time.time()
 
 
 def serve(channel: Any) -> None:

@@ -1,0 +1,69 @@
+"""Level rules (fail-closed) on synthetic layer reports, and the lines `pod-agent check` prints."""
+
+from __future__ import annotations
+
+import pytest
+
+from pod_agent.errors import SandboxUnavailable
+from pod_agent.sandbox import LayerReport, best_level, plan_layers, probe_layers
+from pod_agent.sandbox.probe import LAYERS, sandbox_report_lines
+
+
+def _reports(*active: str) -> list[LayerReport]:
+    return [LayerReport(name, name in active, "here" if name in active else "missing here", f"install {name}")
+            for name in LAYERS]
+
+
+def test_strict_with_namespaces_uses_every_active_layer_but_landlock() -> None:
+    layers = plan_layers("strict", _reports(*LAYERS))
+    assert layers == {"uid", "rlimits", "namespaces", "seccomp", "cgroup"}
+
+
+def test_strict_falls_back_to_seccomp_plus_landlock() -> None:
+    layers = plan_layers("strict", _reports("uid", "rlimits", "seccomp", "landlock"))
+    assert layers == {"uid", "rlimits", "seccomp", "landlock"}
+
+
+@pytest.mark.parametrize(
+    ("active", "message"),
+    [
+        (("rlimits", "namespaces", "seccomp"), "level 'strict' needs uid"),
+        (("uid", "rlimits", "seccomp"), "needs namespaces .* or seccomp \\+ Landlock \\(landlock missing\\)"),
+        (("uid", "rlimits", "landlock"), "seccomp \\+ Landlock \\(seccomp missing\\)"),
+    ],
+)
+def test_strict_refuses_without_isolation_or_uid(active: tuple[str, ...], message: str) -> None:
+    with pytest.raises(SandboxUnavailable, match=message):
+        plan_layers("strict", _reports(*active))
+
+
+def test_standard_needs_uid_rlimits_and_seccomp_only() -> None:
+    assert plan_layers("standard", _reports("uid", "rlimits", "seccomp")) == {"uid", "rlimits", "seccomp"}
+    with pytest.raises(SandboxUnavailable, match="level 'standard' needs seccomp \\(missing here\\): install seccomp"):
+        plan_layers("standard", _reports("uid", "rlimits", "namespaces"))
+
+
+def test_none_never_refuses() -> None:
+    assert plan_layers("none", _reports()) == frozenset()
+
+
+def test_best_level_is_the_strongest_satisfiable() -> None:
+    assert best_level(_reports(*LAYERS)) == "strict"
+    assert best_level(_reports("uid", "rlimits", "seccomp")) == "standard"
+    assert best_level(_reports("rlimits")) == "none"
+
+
+def test_report_lines_name_each_layer_state_and_remedy() -> None:
+    lines = sandbox_report_lines("strict", _reports("uid", "rlimits", "seccomp"))
+    assert lines[0].startswith("sandbox: level 'strict' NOT satisfied, tasks will be refused")
+    assert any(line.split()[:2] == ["namespaces", "unavailable"] and "(enable: install namespaces)" in line
+               for line in lines[1:])
+    assert len(lines) == 1 + len(LAYERS)
+
+
+def test_this_host_probes_all_layers_active() -> None:
+    # This machine and CI (Debian, root, bubblewrap + libseccomp2) offer every layer; strict needs them.
+    from pod_agent.config.settings import SecuritySection
+
+    reports = probe_layers(SecuritySection(sandbox_user="pod-sandbox"))
+    assert {r.name: r.active for r in reports} == dict.fromkeys(LAYERS, True)
