@@ -44,7 +44,9 @@ async def test_strict_without_namespaces_falls_back_to_seccomp_and_landlock(run_
     assert tcp.header["blocked"] == "PermissionError"
     written = await run_model("write_input", unsafe_disable_layers=no_ns)
     assert written.header["blocked"] == {"inside": "PermissionError", "host": "PermissionError"}
-    nothing_arrived(outside)
+    nothing_arrived(outside, path_socket=False)
+    connected, _address = outside.unix.accept()
+    connected.close()
 
 
 def test_strict_refuses_when_isolation_layers_are_missing() -> None:
