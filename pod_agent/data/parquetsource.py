@@ -136,19 +136,44 @@ def infer_parquet(
         elif kind is None and tracks_distinct(types[name]):
             trackers[name] = DistinctValues(limit=max_unique)
     # Strings forced continuous are read too: casting every value to float64 checks it.
-    cast_checked = [n for n in visible if types[n] != _decoded(layout.arrow_schema.field(n).type)]
-    needed = [n for n in visible if n in trackers or n in cast_checked]
-    rows = layout.dataset().count_rows()
-    if needed:
-        stored = {n: _decoded(layout.arrow_schema.field(n).type) for n in needed}
-        for batch in typed_batches(layout, needed, stored, batch_rows=_PASS_BATCH_ROWS):
-            for name, column in zip(needed, batch.columns):
-                if name in cast_checked:
-                    column = _cast_checked(name, column, types[name], forced.get(name))
-                if name in trackers:
-                    trackers[name].add(column)
+    cast_checked = {n for n in visible if types[n] != _decoded(layout.arrow_schema.field(n).type)}
+    rows = 0
+    for file in layout.files:
+        rows += _pass_over_file(file, trackers=trackers, cast_checked=cast_checked, types=types, forced=forced)
     columns = [decide(name, types[name], forced=forced.get(name), distinct=trackers.get(name)) for name in visible]
     return columns, rows
+
+
+def _pass_over_file(
+    file: Path,
+    *,
+    trackers: dict[str, DistinctValues],
+    cast_checked: set[str],
+    types: dict[str, pa.DataType],
+    forced: dict[str, Stype],
+) -> int:
+    """Feed one file's values to the trackers; return its row count (from the footer).
+
+    Reads row group by row group so that a column stops being read once it is settled
+    (more distinct values than a category list may hold), e.g. ids after the first group.
+    """
+    try:
+        parquet = pq.ParquetFile(file)
+        for group in range(parquet.num_row_groups):
+            needed = [n for n in types if n in cast_checked or (n in trackers and not trackers[n].overflowed)]
+            if not needed:
+                break
+            for batch in parquet.iter_batches(batch_size=_PASS_BATCH_ROWS, row_groups=[group], columns=needed):
+                for name, column in zip(needed, batch.columns):
+                    if name in cast_checked:
+                        column = _cast_checked(name, column, types[name], forced.get(name))
+                    elif pa.types.is_dictionary(column.type):
+                        column = column.dictionary_decode()
+                    if name in trackers:
+                        trackers[name].add(column)
+        return int(parquet.metadata.num_rows)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"{file}: cannot read as Parquet ({str(exc).splitlines()[0]}) - check the file") from exc
 
 
 def _decoded(arrow_type: pa.DataType) -> pa.DataType:
