@@ -43,10 +43,12 @@ def run_in_process(adult_input: TaskInput, tmp_path: Path) -> RunTask:
     """Run the worker's ``serve`` on a task in this process; returns the channel it answered on."""
     counter = iter(range(1000))
 
-    def run(task: TaskPayload, *, weights: bytes | None = None, min_rows: int = 20, **extra: Any) -> InProcessChannel:
+    def run(
+        task: TaskPayload, *, weights: bytes | None = None, min_rows: int = 20, overrides: dict[str, Any] | None = None
+    ) -> InProcessChannel:
         into = tmp_path / f"task{next(counter)}"
         input_dir = stage_input(task, data_file=adult_input.path, into=into, weights=weights)
-        request = request_for(task, adult_input.datastructure, min_rows=min_rows) | extra
+        request = request_for(task, adult_input.datastructure, min_rows=min_rows) | (overrides or {})
         channel = InProcessChannel(input_dir=input_dir, work_dir=into / "work", sent_request=request)
         worker.serve(channel)
         return channel
