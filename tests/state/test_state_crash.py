@@ -13,20 +13,21 @@ from pathlib import Path
 
 from pod_agent.state import PodState, TaskStatus, Verdict
 
-# Runs the real PodState API in a loop: admit, claim, finish, deliver; prints each finished task number.
+# Runs the real PodState API in a loop: admit, claim, finish, deliver; prints each finished iteration.
 _WRITER = """
 import sys
 from pathlib import Path
 from pod_agent.state import PodState, Verdict
 state = PodState.open(Path(sys.argv[1]))
 n = int(sys.argv[2])
+state.requeue_running(now=n)  # as the daemon does on start
 print("ready", flush=True)
 while True:
     state.record_verdict(Verdict(task_id=f"t{n}", nonce=f"n{n}", modeller_id="m", kind="train",
                                  envelope_json="{}", accepted=True, reason=None, keep_until=10**9, now=n))
-    state.claim_next(now=n)
-    state.finish(f"t{n}", status="done", result_json="{}", blob_path=None, now=n)
-    state.mark_delivered(f"t{n}", now=n)
+    task = state.claim_next(now=n)  # the oldest accepted: may be one a killed writer left behind
+    state.finish(task.task_id, status="done", result_json="{}", blob_path=None, now=n)
+    state.mark_delivered(task.task_id, now=n)
     print(n, flush=True)
     n += 1
 """
