@@ -18,7 +18,8 @@ import numpy.typing as npt
 
 from pod_agent.errors import SecAggError
 from pod_agent.protocol.messages import SecAggParams
-from pod_agent.secagg.fixed_point import decode_sum, modulus_dtype, signed_view
+from pod_agent.secagg.clip import CHUNK_VALUES
+from pod_agent.secagg.fixed_point import decode_sum, modulus_dtype
 from pod_agent.secagg.update import Layout
 
 
@@ -54,23 +55,30 @@ def aggregate_masked(
                 f"masked vector {index} is {vector.dtype} of shape {vector.shape}; the round needs "
                 f"{dtype} of shape ({layout.size},): it is from another task or layout"
             )
-    total = vectors[0].copy()
-    for vector in vectors[1:]:
-        # Unsigned numpy arithmetic wraps, which is exactly addition mod 2**bits.
-        np.add(total, vector, out=total)
-
-    total_rows = int(signed_view(total, params.modulus_bits)[layout.row_slot])
+    modulus = 1 << params.modulus_bits
+    row_sum = sum(int(vector[layout.row_slot]) for vector in vectors) % modulus
+    total_rows = row_sum - modulus if row_sum >= modulus // 2 else row_sum
     if total_rows < len(vectors):
         raise SecAggError(
             f"the row-count slot decodes to {total_rows} for {len(vectors)} pods: the vectors do not "
             "belong to one round (a masked vector was altered or mixed in from another task)"
         )
     divisor = float(params.precision) * (total_rows if params.weighted else len(vectors))
+    # Sum and decode chunk by chunk: the running sum stays in cache and no full-size
+    # sum array is ever allocated.
+    chunk_values = max(1, min(CHUNK_VALUES, layout.n_values))
+    running = np.empty(chunk_values, dtype=dtype)
     mean: dict[str, npt.NDArray[np.floating]] = {}
     for slot in layout.tensors:
         out = np.empty(slot.size, dtype=np.dtype(slot.dtype))
-        decode_sum(
-            total[slot.offset : slot.offset + slot.size], divisor=divisor, modulus_bits=params.modulus_bits, out=out
-        )
+        for start in range(0, slot.size, chunk_values):
+            first = slot.offset + start
+            stop = first + min(chunk_values, slot.size - start)
+            segment = running[: stop - first]
+            np.copyto(segment, vectors[0][first:stop])
+            for vector in vectors[1:]:
+                # Unsigned numpy arithmetic wraps, which is exactly addition mod 2**bits.
+                np.add(segment, vector[first:stop], out=segment)
+            decode_sum(segment, divisor=divisor, modulus_bits=params.modulus_bits, out=out[start : start + segment.size])
         mean[slot.name] = out.reshape(slot.shape)
     return AggregateResult(mean=mean, total_rows=total_rows, n_pods=len(vectors))

@@ -35,7 +35,7 @@ FloatArray = npt.NDArray[np.floating]
 
 # Values handled per step: big enough to amortise numpy call overhead, small enough
 # that temporaries stay in L2 cache and peak memory stays near the update's own size.
-CHUNK_VALUES = 1 << 18
+CHUNK_VALUES = 1 << 16
 
 _VARIANCE_SUFFIX = "running_var"
 
@@ -108,17 +108,24 @@ def require_floating(arrays: Mapping[str, np.ndarray]) -> None:
             )
 
 
-def clip_chunk(work: npt.NDArray[np.float64], *, bound: float, variance: bool, returns: Returns) -> int:
-    """Clip ``work`` in place to the bound; return how many values changed.
+def clip_range(bound: float, *, variance: bool, returns: Returns) -> tuple[float, float]:
+    """The allowed [low, high] for one tensor: [-B, B], or [0, B] for a variance sent as weights."""
+    return (0.0 if variance and returns == "weights" else -bound), bound
 
+
+def clip_chunk(work: npt.NDArray[np.float64], *, low: float, high: float, clip_high: float | None = None) -> int:
+    """Clip ``work`` in place; return how many values lay outside [low, high].
+
+    ``clip_high`` (<= high) lets the encoder clip a hair below ``high`` without
+    counting values between the two, which round to the same integer anyway.
     Raises for a non-finite value: NaN passes through np.clip and would turn into an
     arbitrary integer when encoded.
     """
     if not np.isfinite(work).all():
         raise SecAggError("update holds a NaN or infinite value; refusing to encode it")
-    low = 0.0 if variance and returns == "weights" else -bound
-    n_clipped = int(np.count_nonzero(work > bound)) + int(np.count_nonzero(work < low))
-    np.clip(work, low, bound, out=work)
+    n_clipped = int(np.count_nonzero(work > high)) + int(np.count_nonzero(work < low))
+    top = high if clip_high is None else clip_high
+    np.clip(work, max(low, -top), top, out=work)
     return n_clipped
 
 
@@ -131,7 +138,8 @@ def clip_update(
     n_clipped = 0
     for name, array in arrays.items():
         work = np.array(array, dtype=np.float64)
-        n_clipped += clip_chunk(work, bound=bound.bound, variance=is_variance(name), returns=returns)
+        low, high = clip_range(bound.bound, variance=is_variance(name), returns=returns)
+        n_clipped += clip_chunk(work, low=low, high=high)
         out[name] = work.astype(array.dtype)
     return ClippedUpdate(arrays=out, n_clipped=n_clipped)
 

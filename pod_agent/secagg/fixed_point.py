@@ -29,8 +29,8 @@ from pod_agent.errors import SecAggError
 from pod_agent.secagg.clip import ClipBound
 
 
-_DTYPES = {32: np.dtype("<u4"), 64: np.dtype("<u8")}
-_SIGNED = {32: np.dtype("<i4"), 64: np.dtype("<i8")}
+_DTYPES: dict[int, np.dtype[np.unsignedinteger]] = {32: np.dtype("<u4"), 64: np.dtype("<u8")}
+_SIGNED: dict[int, np.dtype[np.signedinteger]] = {32: np.dtype("<i4"), 64: np.dtype("<i8")}
 
 
 def modulus_dtype(modulus_bits: int) -> np.dtype[np.unsignedinteger]:
@@ -46,31 +46,25 @@ def signed_view(total: npt.NDArray[np.unsignedinteger], modulus_bits: int) -> np
 
 @dataclass(frozen=True)
 class Encoding:
-    """How one pod encodes: multiply by ``scale``, round, stay within ``limit``, reduce mod M."""
+    """How one pod encodes: multiply by ``scale``, clip within ``limit``, round, reduce mod M."""
 
     modulus_bits: int
     scale: float
     limit: int
 
-    def encode_into(
-        self,
-        work: npt.NDArray[np.float64],
-        out: npt.NDArray[np.unsignedinteger],
-        ints: npt.NDArray[np.int64],
-    ) -> None:
-        """Encode clipped ``work`` (modified in place) into ``out``; ``ints`` is scratch of the same length."""
-        np.multiply(work, self.scale, out=work)
-        np.rint(work, out=work)
-        # Float rounding of B and of the product may land one unit past the exact
-        # limit; clamping here keeps the no-wrap proof exact.
-        limit = _float_at_most(self.limit)
-        np.clip(work, -limit, limit, out=work)
-        np.copyto(ints, work, casting="unsafe")
-        if self.modulus_bits == 64:
-            np.copyto(out, ints.view(np.uint64))
-        else:
-            np.bitwise_and(ints, 0xFFFF_FFFF, out=ints)
-            np.copyto(out, ints, casting="unsafe")
+    @property
+    def limit_float(self) -> float:
+        """The largest float <= limit: clipping to it keeps the no-wrap proof exact despite float rounding."""
+        return _float_at_most(self.limit)
+
+    def round_into(self, work: npt.NDArray[np.float64], out: npt.NDArray[np.unsignedinteger]) -> None:
+        """Round scaled values that already lie within +-limit_float into ``out`` (mod M).
+
+        Within the limit a value fits the signed integer of the modulus' width (2 N limit
+        < M), whose two's-complement bits are the value mod M, so rounding writes straight
+        into a signed view of ``out``.
+        """
+        np.rint(work, out=out.view(_SIGNED[self.modulus_bits]), casting="unsafe")
 
 
 def _float_at_most(value: int) -> float:
@@ -104,4 +98,4 @@ def decode_sum(
     total: npt.NDArray[np.unsignedinteger], *, divisor: float, modulus_bits: int, out: npt.NDArray[np.floating]
 ) -> None:
     """Write centered-lift(total) / divisor into ``out`` (any float dtype), without a float64 copy."""
-    np.divide(signed_view(total, modulus_bits), divisor, out=out, casting="unsafe")
+    np.multiply(signed_view(total, modulus_bits), 1.0 / divisor, out=out, casting="unsafe")

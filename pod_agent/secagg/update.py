@@ -18,7 +18,16 @@ import numpy.typing as npt
 
 from pod_agent.errors import SecAggError
 from pod_agent.protocol.messages import SecAggParams
-from pod_agent.secagg.clip import CHUNK_VALUES, ClipBound, Returns, clip_chunk, is_variance, norm_scale, require_floating
+from pod_agent.secagg.clip import (
+    CHUNK_VALUES,
+    ClipBound,
+    Returns,
+    clip_chunk,
+    clip_range,
+    is_variance,
+    norm_scale,
+    require_floating,
+)
 from pod_agent.secagg.fixed_point import modulus_dtype, plan_encoding
 from pod_agent.secagg.masks import Cohort, RoundKeyPair, add_pairwise_masks
 
@@ -113,20 +122,21 @@ def protect_update(
         _, scale = norm_scale(arrays, params.clip_norm)
 
     vector = np.empty(layout.size, dtype=modulus_dtype(params.modulus_bits))
-    work = np.empty(CHUNK_VALUES, dtype=np.float64)
-    ints = np.empty(CHUNK_VALUES, dtype=np.int64)
+    chunk_values = min(CHUNK_VALUES, layout.n_values)
+    work = np.empty(chunk_values, dtype=np.float64)
+    # One multiply applies the L2 scale and the fixed-point scale; the clip range scales with it.
+    factor = scale * encoding.scale
     n_clipped = 0
     for slot in layout.tensors:
+        low, high = clip_range(bound.bound, variance=is_variance(slot.name), returns=returns)
+        low, high = low * encoding.scale, high * encoding.scale
         flat = np.asarray(arrays[slot.name]).reshape(-1)
-        for start in range(0, slot.size, CHUNK_VALUES):
-            chunk = flat[start : start + CHUNK_VALUES]
+        for start in range(0, slot.size, chunk_values):
+            chunk = flat[start : start + chunk_values]
             w = work[: chunk.size]
-            np.copyto(w, chunk)
-            if scale != 1.0:
-                np.multiply(w, scale, out=w)
-            n_clipped += clip_chunk(w, bound=bound.bound, variance=is_variance(slot.name), returns=returns)
-            out = vector[slot.offset + start : slot.offset + start + chunk.size]
-            encoding.encode_into(w, out, ints[: chunk.size])
+            np.multiply(chunk, factor, out=w, dtype=np.float64)
+            n_clipped += clip_chunk(w, low=low, high=high, clip_high=min(high, encoding.limit_float))
+            encoding.round_into(w, vector[slot.offset + start : slot.offset + start + chunk.size])
     vector[layout.row_slot] = n_rows
     add_pairwise_masks(
         vector, me=me, my_round_key=my_round_key, participants=params.participants, task_id=task_id,

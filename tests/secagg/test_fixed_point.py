@@ -78,10 +78,10 @@ def test_one_value_round_trips_within_half_a_unit(value: float, modulus_bits: in
         ClipBound(prime_q=2**40, precision=2**16, num_workers=1)
     encoding = plan_encoding(bound, modulus_bits=modulus_bits, weight=1 if modulus_bits == 32 else weight)
     scale = 1 if modulus_bits == 32 else weight
-    work = np.array([np.clip(value, -bound.bound, bound.bound)])
-    expected = float(work[0])
+    expected = float(np.clip(value, -bound.bound, bound.bound))
+    work = np.clip(np.array([expected * encoding.scale]), -encoding.limit_float, encoding.limit_float)
     out = np.empty(1, dtype=np.uint32 if modulus_bits == 32 else np.uint64)
-    encoding.encode_into(work, out, np.empty(1, dtype=np.int64))
+    encoding.round_into(work, out)
     decoded = np.empty(1, dtype=np.float64)
     decode_sum(out, divisor=bound.precision * scale, modulus_bits=modulus_bits, out=decoded)
     assert abs(decoded[0] - expected) <= 0.5 / (bound.precision * scale)
