@@ -1,0 +1,147 @@
+"""Preparing a task's input: encoding, deterministic stratified split, streaming, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pod_agent.config.settings import DatasourceSection
+from pod_agent.data import Datasource, open_datasource
+from pod_agent.data import task_input as task_input_module
+from pod_agent.data.task_input import HASHED_BUCKETS, prepare_task_input, read_datastructure
+from pod_agent.errors import DataError
+from pod_agent.protocol.messages import DataSelection, Split
+
+
+def _table(n: int, seed: int = 0) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    colour = rng.choice(["red", "green", "blue"], size=n)
+    size = rng.normal(50.0, 10.0, size=n)
+    label = np.where(size + rng.normal(0, 5, size=n) > 55, "yes", "no")
+    sizes = pa.array(size, mask=rng.random(n) < 0.05)
+    return pa.table({"colour": colour, "size": sizes, "note": [f"free text {i}" for i in range(n)], "label": label})
+
+
+def _source(tmp_path: Path, table: pa.Table, name: str = "t.parquet") -> Datasource:
+    path = tmp_path / name
+    pq.write_table(table, path)
+    return open_datasource(DatasourceSection(path=path, force_stypes={"text": ["note"]}))
+
+
+def _read(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    with pa.memory_map(str(path)) as source:
+        table = pa.ipc.open_file(source).read_all()
+    width = table.schema.field("x").type.list_size
+    x = np.asarray(table.column("x").combine_chunks().flatten()).reshape(-1, width)
+    return x, table.column("y").to_numpy(), table.column("split").to_numpy()
+
+
+SELECTION = DataSelection(target="label", columns=["colour", "size"])
+
+
+def test_categoricals_are_one_hot_with_a_reserved_slot_and_continuous_standardised(tmp_path: Path) -> None:
+    ds = _source(tmp_path, _table(3000))
+    prepared = prepare_task_input(ds, ds.schema(), SELECTION, tmp_path / "out")
+    structure = prepared.datastructure
+    assert structure["feature_names"] == ["colour=blue", "colour=green", "colour=red", "colour=<other>", "size"]
+    assert structure["input_size"] == 5 and structure["n_classes"] == 2
+    assert structure["target_categories"] == ["no", "yes"]
+    x, y, split = _read(prepared.path)
+    assert x.dtype == np.float32 and set(np.unique(y)) == {0, 1}
+    np.testing.assert_array_equal(x[:, :4].sum(axis=1), 1.0)
+    assert not x[:, 3].any()
+    train_size = x[split == 0, 4]
+    assert abs(train_size.mean()) < 0.05 and abs(train_size.std() - 1) < 0.05
+    assert read_datastructure(prepared.path) == structure
+
+
+def test_a_value_the_schema_does_not_list_takes_the_reserved_slot(tmp_path: Path) -> None:
+    ds = _source(tmp_path, _table(500))
+    schema = ds.schema()
+    narrowed = schema.model_copy(update={"columns": [
+        c.model_copy(update={"categories": ["blue", "green"]}) if c.name == "colour" else c for c in schema.columns
+    ]})
+    x, _, _ = _read(prepare_task_input(ds, narrowed, SELECTION, tmp_path / "out").path)
+    reds = _table(500).column("colour").to_numpy(zero_copy_only=False) == "red"
+    assert (x[reds, 2] == 1).all() and not x[~reds, 2].any()
+
+
+def test_split_is_stratified_exact_per_block_and_reproducible(tmp_path: Path) -> None:
+    ds = _source(tmp_path, _table(5000))
+    selection = SELECTION.model_copy(update={"split": Split(train=70, validation=20, test=10, seed=3)})
+    first = prepare_task_input(ds, ds.schema(), selection, tmp_path / "a")
+    second = prepare_task_input(ds, ds.schema(), selection, tmp_path / "b")
+    assert first.path.read_bytes() == second.path.read_bytes()
+    _, y, split = _read(first.path)
+    for label in (0, 1):
+        shares = np.bincount(split[y == label], minlength=3) / (y == label).sum()
+        np.testing.assert_allclose(shares, [0.7, 0.2, 0.1], atol=0.02)
+    assert first.datastructure["n_rows"] == {
+        "train": int((split == 0).sum()), "validation": int((split == 1).sum()), "test": int((split == 2).sum())
+    }
+    other_seed = selection.model_copy(update={"split": Split(train=70, validation=20, test=10, seed=4)})
+    _, _, other = _read(prepare_task_input(ds, ds.schema(), other_seed, tmp_path / "c").path)
+    assert (other != split).any()
+
+
+def test_streaming_in_small_batches_gives_the_same_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ds = _source(tmp_path, _table(2000))
+    whole = prepare_task_input(ds, ds.schema(), SELECTION, tmp_path / "whole")
+    monkeypatch.setattr(task_input_module, "_READ_BATCH_ROWS", 128)
+    pieces = prepare_task_input(ds, ds.schema(), SELECTION, tmp_path / "pieces")
+    for a, b in zip(_read(whole.path), _read(pieces.path), strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pa.memory_map(str(pieces.path)) as source:
+        assert pa.ipc.open_file(source).num_record_batches == 16
+
+
+def test_hashed_categories_mean_the_same_slot_on_pods_with_different_categories(tmp_path: Path) -> None:
+    table = _table(1000)
+    colour = table.column("colour").to_numpy(zero_copy_only=False)
+    pods = [table.filter(pa.array(colour != "red")), table.filter(pa.array(colour != "blue"))]
+    slots = []
+    for i, part in enumerate(pods):
+        ds = _source(tmp_path, part, name=f"pod{i}.parquet")
+        prepared = prepare_task_input(ds, ds.schema(), SELECTION, tmp_path / f"p{i}", categorical_encoding="hashed")
+        assert prepared.datastructure["input_size"] == HASHED_BUCKETS + 1
+        x, _, _ = _read(prepared.path)
+        part_colour = part.column("colour").to_numpy(zero_copy_only=False)
+        slots.append(int(np.argmax(x[part_colour == "green"][0, :HASHED_BUCKETS])))
+    assert slots[0] == slots[1]
+
+
+def test_rows_with_a_missing_target_are_dropped_and_counted(tmp_path: Path) -> None:
+    table = _table(400)
+    labels = table.column("label").to_pylist()
+    labels[:7] = [None] * 7
+    table = table.set_column(3, "label", pa.array(labels))
+    ds = _source(tmp_path, table)
+    prepared = prepare_task_input(ds, ds.schema(), SELECTION, tmp_path / "out")
+    assert prepared.datastructure["n_dropped"] == 7
+    assert sum(prepared.datastructure["n_rows"].values()) == 393  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("selection", "message"),
+    [
+        (DataSelection(target="nope"), "target column 'nope' is not in the datasource"),
+        (DataSelection(target="label", columns=["colour", "nope"]), "column 'nope' is not in the datasource"),
+        (DataSelection(target="label", columns=["note"]), "column 'note' has stype 'text'"),
+        (DataSelection(target="label", columns=["label", "size"]), "column 'label' is the target"),
+        (DataSelection(target="label", columns=[]), "leaves no feature column"),
+    ],
+)
+def test_unusable_selections_name_the_column(tmp_path: Path, selection: DataSelection, message: str) -> None:
+    ds = _source(tmp_path, _table(50))
+    with pytest.raises(DataError, match=message):
+        prepare_task_input(ds, ds.schema(), selection, tmp_path / "out")
+
+
+def test_columns_default_to_every_tabular_column_but_the_target(tmp_path: Path) -> None:
+    ds = _source(tmp_path, _table(100))
+    prepared = prepare_task_input(ds, ds.schema(), DataSelection(target="label"), tmp_path / "out")
+    assert prepared.datastructure["columns"] == ["colour", "size"]

@@ -1,0 +1,164 @@
+"""The agent's check of sandbox output: only the task's tensors and plain metrics pass."""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pytest
+from safetensors.numpy import save as save_numpy
+from training_support import TUTORIAL_MODEL, make_task, source_ref
+
+from pod_agent.errors import ContractViolation
+from pod_agent.training import TensorSpec, check_result, expected_from_safetensors, logged_metric_names
+
+TASK = make_task("train", source_ref(TUTORIAL_MODEL, "MyCustomModel"))
+EXPECTED = {"w": TensorSpec((2, 3)), "b": TensorSpec((2,))}
+GOOD = {"w": np.ones((2, 3), dtype=np.float32), "b": np.zeros(2, dtype=np.float32)}
+
+
+@dataclass
+class Outcome:
+    header: dict[str, Any]
+    payload: bytes = b""
+    wall_s: float = 0.0
+
+
+def outcome_of(arrays: dict[str, np.ndarray], *, metrics: dict[str, Any] | None = None, n_rows: Any = 10,
+               described: dict[str, Any] | None = None) -> Outcome:
+    tensors = described if described is not None else {
+        n: {"shape": list(a.shape), "dtype": "F32"} for n, a in arrays.items()
+    }
+    header = {"metrics": metrics if metrics is not None else {"val_loss": 0.5}, "n_rows": n_rows, "tensors": tensors}
+    return Outcome(header, save_numpy(arrays) if arrays else b"")
+
+
+def check(outcome: Outcome, **kwargs: Any) -> Any:
+    options: dict[str, Any] = {"task": TASK, "expected": EXPECTED, "max_bytes": 1 << 20} | kwargs
+    return check_result(outcome, **options)
+
+
+def test_a_well_formed_update_passes_with_its_arrays_and_metrics() -> None:
+    checked = check(outcome_of(GOOD, metrics={"val_loss": 0.5, "val_acc": 0.8}))
+    assert set(checked.arrays) == {"w", "b"}
+    assert checked.metrics == {"val_loss": 0.5, "val_acc": 0.8}
+    assert checked.n_rows == 10
+
+
+@pytest.mark.parametrize(
+    ("arrays", "reason"),
+    [
+        (GOOD | {"extra": np.ones(1, dtype=np.float32)}, "tensor_names"),
+        ({"W": GOOD["w"], "b": GOOD["b"]}, "tensor_names"),
+        ({"w": GOOD["w"]}, "tensor_names"),
+        (GOOD | {"w": np.ones((3, 2), dtype=np.float32)}, "tensor_shape"),
+        (GOOD | {"b": np.array([np.nan, 0], dtype=np.float32)}, "non_finite"),
+        (GOOD | {"b": np.array([np.inf, 0], dtype=np.float32)}, "non_finite"),
+    ],
+    ids=["extra", "renamed", "missing", "shape", "nan", "inf"],
+)
+def test_tensors_breaking_the_contract_are_rejected(arrays: dict[str, np.ndarray], reason: str) -> None:
+    with pytest.raises(ContractViolation, match=reason) as rejected:
+        check(outcome_of(arrays))
+    assert rejected.value.reason == reason
+
+
+def test_non_float32_tensors_are_rejected() -> None:
+    arrays = GOOD | {"b": np.zeros(2, dtype=np.int64)}
+    with pytest.raises(ContractViolation) as rejected:
+        check(outcome_of(arrays, described={"w": {"shape": [2, 3], "dtype": "F32"}, "b": {"shape": [2], "dtype": "I64"}}))
+    assert rejected.value.reason == "bad_dtype"
+    with pytest.raises(ContractViolation) as rejected:
+        check(outcome_of(arrays, described={"w": {"shape": [2, 3], "dtype": "F32"}, "b": {"shape": [2], "dtype": "F32"}}))
+    assert rejected.value.reason == "bad_dtype"
+
+
+def test_payload_over_the_cap_is_rejected_before_parsing() -> None:
+    with pytest.raises(ContractViolation, match="over the cap") as rejected:
+        check(outcome_of(GOOD), max_bytes=10)
+    assert rejected.value.reason == "too_large"
+
+
+@pytest.mark.parametrize(
+    "header",
+    [{"metrics": {}, "n_rows": 1}, {"metrics": {}, "n_rows": -1, "tensors": {}}, {"metrics": {}, "n_rows": True, "tensors": {}},
+     {"metrics": {}, "n_rows": 1, "tensors": {}, "note": "hi"}, {"metrics": {}, "n_rows": 1, "tensors": {"w": [2, 3]}}],
+    ids=["missing-key", "negative-rows", "bool-rows", "extra-key", "bad-description"],
+)
+def test_malformed_headers_are_rejected(header: dict[str, Any]) -> None:
+    with pytest.raises(ContractViolation) as rejected:
+        check(Outcome(header))
+    assert rejected.value.reason == "bad_header"
+
+
+@pytest.mark.parametrize(
+    "metrics",
+    [{"val_loss": float("nan")}, {"val_loss": "0.5"}, {"secret_is_42": 1.0}, {"val loss; rm": 1.0},
+     {f"m{i}": 1.0 for i in range(100)}],
+    ids=["nan", "string", "unlogged-name", "odd-name", "too-many"],
+)
+def test_metrics_must_be_finite_numbers_with_known_names(metrics: dict[str, Any]) -> None:
+    with pytest.raises(ContractViolation) as rejected:
+        check(outcome_of(GOOD, metrics=metrics))
+    assert rejected.value.reason == "bad_metric"
+
+
+def test_metric_names_logged_by_the_source_are_allowed() -> None:
+    source = 'class M:\n    def s(self):\n        self.log("my_auc", 1)\n        self.log(name="other", value=2)\n        self.log_dict({"a_b": 1})\n'
+    assert logged_metric_names(source) == {"my_auc", "other", "a_b"}
+    task = make_task("train", source_ref(source, "M"))
+    assert check(outcome_of(GOOD, metrics={"my_auc": 0.7}), task=task).metrics == {"my_auc": 0.7}
+
+
+def test_payload_that_disagrees_with_its_header_is_rejected() -> None:
+    outcome = outcome_of(GOOD)
+    outcome.payload = save_numpy({"w": GOOD["w"], "c": GOOD["b"]})
+    with pytest.raises(ContractViolation) as rejected:
+        check(outcome, expected=None)
+    assert rejected.value.reason == "bad_payload"
+    outcome.payload = b"\x00" * 16
+    with pytest.raises(ContractViolation) as rejected:
+        check(outcome, expected=None)
+    assert rejected.value.reason == "bad_payload"
+
+
+def test_evaluate_may_return_no_tensors() -> None:
+    task = make_task("evaluate", source_ref(TUTORIAL_MODEL, "MyCustomModel"))
+    assert check(outcome_of({}), task=task).arrays == {}
+    with pytest.raises(ContractViolation) as rejected:
+        check(outcome_of(GOOD), task=task)
+    assert rejected.value.reason == "unexpected_tensors"
+
+
+def test_predictions_need_enough_rows_and_nothing_else() -> None:
+    task = make_task("predict", source_ref(TUTORIAL_MODEL, "MyCustomModel"))
+    preds = {"predictions": np.full((30, 2), 0.5, dtype=np.float32)}
+    assert check(outcome_of(preds, n_rows=30, metrics={}), task=task, min_rows=20).arrays["predictions"].shape == (30, 2)
+    for arrays, n_rows, reason in (
+        (preds, 30, "too_few_rows"),
+        (preds | {"inputs": np.zeros((30, 5), dtype=np.float32)}, 30, "tensor_names"),
+        (preds, 29, "tensor_shape"),
+    ):
+        with pytest.raises(ContractViolation) as rejected:
+            check(outcome_of(arrays, n_rows=n_rows, metrics={}), task=task, min_rows=31 if reason == "too_few_rows" else 20)
+        assert rejected.value.reason == reason
+
+
+def test_expected_specs_come_from_the_floating_tensors_of_a_weights_file() -> None:
+    blob = save_numpy(GOOD | {"n": np.zeros((), dtype=np.int64)})
+    assert expected_from_safetensors(blob) == EXPECTED
+    broken = struct.pack("<Q", 1000) + json.dumps({}).encode()
+    with pytest.raises(ContractViolation):
+        expected_from_safetensors(broken)
+
+
+def test_the_contract_module_does_not_need_torch() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, pod_agent.training.contract; print(any(m.split('.')[0] == 'torch' for m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
