@@ -127,6 +127,11 @@ class HubClient:
                 text = await resp.text()
                 _raise_for(resp.status, method, path, text)
                 return parse_json(text) if text else {}
+        except aiohttp.ServerFingerprintMismatch as exc:
+            raise HubUnavailable(
+                f"hub {self.base} certificate sha256 is {exc.got.hex()}, not hub.pinned_cert_sha256 "
+                f"{exc.expected.hex()}: fix the pin or the hub's certificate"
+            ) from exc
         except aiohttp.ClientError as exc:
             raise HubUnavailable(f"hub {self.base} unreachable for {method} {path}: {exc}") from exc
         except TimeoutError as exc:

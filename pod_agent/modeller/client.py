@@ -172,6 +172,11 @@ class ModellerClient:
                 if resp.status >= 400:
                     raise ModellerError(f"hub answered {resp.status} to {method} {path}: {_error_text(text)}")
                 return parse_json(text) if text else {}
+        except aiohttp.ServerFingerprintMismatch as exc:
+            raise ModellerError(
+                f"hub {self.hub_url} unreachable: its certificate sha256 is {exc.got.hex()}, not the pinned "
+                f"{exc.expected.hex()}; check --pin-sha256"
+            ) from exc
         except aiohttp.ClientError as exc:
             raise ModellerError(f"hub {self.hub_url} unreachable for {method} {path}: {exc}") from exc
         except ProtocolError as exc:

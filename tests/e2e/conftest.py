@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from pod_agent.modeller import ModellerClient, run_sync
 from pod_agent.protocol import IdentityKey
 
 POD_AGENT = str(Path(sys.executable).parent / "pod-agent")
@@ -88,7 +89,9 @@ class HubProcess:
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with contextlib.closing(sqlite3.connect(self.db, timeout=5)) as db:
-            return db.execute(sql, params).fetchall()
+            rows = db.execute(sql, params).fetchall()
+            db.commit()
+            return rows
 
     def results(self, task_id: str) -> list[tuple[Any, ...]]:
         return self.query("SELECT pod, envelope FROM results WHERE task_id = ?", (task_id,))
@@ -215,6 +218,11 @@ def small_csv(tmp_path: Path) -> Path:
     return path
 
 
+async def _register(modeller: Modeller) -> None:
+    async with ModellerClient(modeller.hub_url, modeller.key) as client:
+        await client.register("tester")
+
+
 def _start_cluster(tmp_path: Path, **hub_kwargs: Any) -> Cluster:
     hub = HubProcess(db=tmp_path / "hub.sqlite", log=tmp_path / "hub.log", **hub_kwargs).start()
     key = IdentityKey.generate()
@@ -226,7 +234,7 @@ def _start_cluster(tmp_path: Path, **hub_kwargs: Any) -> Cluster:
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
     c = _start_cluster(tmp_path)
-    c.modeller.cli("register", "--name", "tester")
+    run_sync(_register(c.modeller))
     try:
         yield c
     finally:

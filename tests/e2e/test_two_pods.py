@@ -13,6 +13,10 @@ import pyarrow.csv as pacsv
 from pod_agent.protocol import PublicKey, open_envelope
 from pod_agent.protocol.messages import Envelope, ResultPayload
 
+import pytest
+
+pytestmark = pytest.mark.slow
+
 from conftest import Cluster, wait_for  # type: ignore[import-not-found]
 
 
