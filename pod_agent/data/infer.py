@@ -67,6 +67,9 @@ def decide(
     type_text = str(arrow_type)
     if forced in ("text", "image", "continuous"):
         return ColumnSchema(name=name, arrow_type=type_text, stype=forced)
+    if pa.types.is_boolean(arrow_type) and (distinct is None or distinct.overflowed):
+        # A bool is categorical whatever categorical_max_unique says (even 1).
+        return ColumnSchema(name=name, arrow_type=type_text, stype="categorical", categories=["false", "true"])
     if forced == "categorical" or tracks_distinct(arrow_type):
         if distinct is not None and not distinct.overflowed and (distinct.values or forced):
             values = pa.array(list(distinct.values or ()), type=arrow_type)

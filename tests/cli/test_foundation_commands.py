@@ -158,3 +158,24 @@ def test_console_script_error_has_no_traceback(tmp_path: Path, write_file) -> No
     assert proc.returncode == 3
     assert proc.stderr == f"pod-agent: error: {bad}: line 3 has 1 fields, expected 2 - fix that row (or set datasource.csv_delimiter if the file uses another separator)\n"
     assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_raw_adult_export_reads_through_pod_toml_alone(cli, write_file) -> None:
+    from pod_agent.data.adult import ADULT_COLUMNS, adult_raw_paths
+
+    _, raw_test = adult_raw_paths()
+    names = ", ".join(f'"{name}"' for name in ADULT_COLUMNS)
+    config = write_file(
+        "pod.toml",
+        f'[pod]\nname = "raw"\n[datasource]\npath = "{raw_test}"\ncsv_has_header = false\n'
+        f'csv_column_names = [{names}]\ncsv_skip_rows = 1\ncsv_null_values = ["?"]\n'
+        'force_stypes = { categorical = ["TARGET"] }\n',
+    )
+    result = cli("schema", "--config", str(config), "--json")
+    assert result.code == 0, result.err
+    doc = json.loads(result.out)
+    assert doc["row_count"] == 16281
+    columns = {c["name"]: c for c in doc["columns"]}
+    assert columns["TARGET"]["categories"] == ["<=50K.", ">50K."]
+    assert columns["age"]["arrow_type"] == "int64"
+    assert "?" not in columns["workclass"]["categories"]

@@ -144,3 +144,8 @@ def test_large_file_streams_in_many_batches(write_file, section) -> None:
     assert ds.schema().row_count == 200_000
     assert ds.schema().column("c").stype == "categorical"
     assert len(list(ds.batches(batch_rows=65_536))) >= 4
+
+
+def test_bool_stays_categorical_under_a_tiny_category_limit(write_file, section) -> None:
+    schema = open_datasource(section(write_file("t.csv", "b\ntrue\nFalse\n"), categorical_max_unique=1)).schema()
+    assert (schema.column("b").stype, schema.column("b").categories) == ("categorical", ["false", "true"])
