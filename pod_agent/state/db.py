@@ -299,8 +299,8 @@ class PodState:
         return [_task(r) for r in rows]
 
     def counts(self) -> dict[TaskStatus, int]:
-        found = dict(self._read("SELECT status, count(*) FROM tasks GROUP BY status"))
-        return {s: int(str(found.get(s.value, 0))) for s in TaskStatus}
+        found = {str(status): int(str(n)) for status, n in self._read("SELECT status, count(*) FROM tasks GROUP BY status")}
+        return {s: found.get(s.value, 0) for s in TaskStatus}
 
     def claim_next(self, *, now: int) -> TaskRecord | None:
         """Take the oldest accepted task and mark it running; None when the queue is empty."""

@@ -371,8 +371,9 @@ def test_policy_with_an_unreadable_public_key_is_a_config_error(alice: IdentityK
 
 
 def test_policy_listing_one_key_twice_is_a_config_error(alice: IdentityKey) -> None:
-    entry = {"public_key": alice.public.to_b64(), "role": "super"}
-    security = SecuritySection(modellers=[ModellerPolicy(name="a", **entry), ModellerPolicy(name="b", **entry)])
+    key = alice.public.to_b64()
+    security = SecuritySection(modellers=[ModellerPolicy(name="a", public_key=key, role="super"),
+                                          ModellerPolicy(name="b", public_key=key, role="general")])
     with pytest.raises(ConfigError, match="same public key"):
         TaskVerifier(security=security, privacy=PrivacySection(), pod_name=POD, schema_hash="0" * 64, nonces=None)  # type: ignore[arg-type]
 
