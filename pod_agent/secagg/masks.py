@@ -48,7 +48,7 @@ _KEY_BYTES = 32  # X25519 keys
 _MASK_KEY_BYTES = 16
 # Each pair key is used for one keystream only, so a fixed initial counter is safe.
 _CTR_START = bytes(16)
-# Keystream bytes produced per cipher call; the numpy add that follows stays in cache.
+# Mask values produced per cipher call: the numpy add that follows stays in cache.
 _STREAM_VALUES = 1 << 16
 
 

@@ -97,8 +97,13 @@ def protect_update(
     key, no duplicates, at least 2, at most num_workers), encoding fits the modulus,
     values finite. ``returns`` says whether the tensors are an update (new - old) or
     weights; only weights clip a variance at 0.
+
+    Call it once per task and round: two different updates masked with the same round
+    keys, task id, round and cohort would reveal their difference to the aggregator.
     """
     layout = Layout.from_arrays(arrays)
+    if layout.n_values == 0:
+        raise SecAggError("the update holds no values; nothing to aggregate")
     cohort = Cohort.of(params.participants)
     cohort.member(me)
     if len(cohort.participants) < 2:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -47,10 +48,11 @@ class Cohort:
         *,
         rows: Mapping[str, int] | None = None,
         task_id: str = TASK_A,
+        returns: Literal["update", "weights"] = "update",
     ) -> dict[str, ProtectedUpdate]:
         return {
             name: protect_update(updates[name], params=params, task_id=task_id, me=name,
-                                 my_round_key=self.keys[name], n_rows=(rows or {}).get(name, 1))
+                                 my_round_key=self.keys[name], n_rows=(rows or {}).get(name, 1), returns=returns)
             for name in self.names
         }
 

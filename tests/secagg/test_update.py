@@ -105,3 +105,17 @@ def test_vector_bytes_of_the_wrong_length_are_refused(cohort3: Cohort) -> None:
     layout = Layout.from_arrays(_update())
     with pytest.raises(SecAggError, match="masked vector is 8 bytes; the layout needs 12 x 8 = 96"):
         vector_from_bytes(bytes(8), layout=layout, params=cohort3.params())
+
+
+def test_empty_update_is_refused(cohort3: Cohort) -> None:
+    with pytest.raises(SecAggError, match="holds no values"):
+        protect_update({"w": np.zeros(0, np.float32)}, params=cohort3.params(), task_id=TASK_A, me="pod-00",
+                       my_round_key=cohort3.keys["pod-00"], n_rows=1)
+
+
+def test_sent_weights_clip_a_negative_variance_to_zero(cohort3: Cohort) -> None:
+    params = cohort3.params(weighted=False)
+    weights = {"bn.running_var": np.array([-1.0, 2.0], np.float32)}
+    protected = cohort3.protect_all({name: weights for name in cohort3.names}, params, returns="weights")
+    assert all(p.n_clipped == 1 for p in protected.values())
+    np.testing.assert_allclose(cohort3.aggregate(protected, params)["bn.running_var"], [0.0, 2.0])
