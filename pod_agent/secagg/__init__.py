@@ -5,7 +5,7 @@ Pod side: :func:`protect_update` (clip, weight, encode, mask). Aggregator side:
 """
 
 from pod_agent.secagg.aggregate import AggregateResult, IncompleteRound, aggregate_masked
-from pod_agent.secagg.clip import ClipBound, ClippedUpdate, NormClip, clip_l2, clip_update
+from pod_agent.secagg.clip import ClipBound, ClippedUpdate, NormClip, clip_l2, clip_update, floating_tensors
 from pod_agent.secagg.fixed_point import Encoding, plan_encoding
 from pod_agent.secagg.masks import (
     RoundKeyPair,
@@ -39,6 +39,7 @@ __all__ = [
     "clip_l2",
     "clip_update",
     "dropout_correction",
+    "floating_tensors",
     "participant_from",
     "plan_encoding",
     "protect_update",

@@ -98,6 +98,15 @@ def is_variance(name: str) -> bool:
     return name.endswith(_VARIANCE_SUFFIX)
 
 
+def floating_tensors(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The tensors that go through secure aggregation: the floating ones.
+
+    Pod and modeller both call this (on the update and on the global weights) so that
+    their layouts agree; integer buffers such as num_batches_tracked stay out.
+    """
+    return {name: array for name, array in arrays.items() if np.issubdtype(array.dtype, np.floating)}
+
+
 def require_floating(arrays: Mapping[str, np.ndarray]) -> None:
     """Raise for any non-floating array: integer buffers are not securely aggregated."""
     for name, array in arrays.items():

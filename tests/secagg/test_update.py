@@ -5,7 +5,15 @@ import pytest
 from secagg_cohort import TASK_A, Cohort
 
 from pod_agent.errors import SecAggError
-from pod_agent.secagg import ClipBound, Layout, RoundKeyPair, protect_update, vector_from_bytes, vector_to_bytes
+from pod_agent.secagg import (
+    ClipBound,
+    Layout,
+    RoundKeyPair,
+    floating_tensors,
+    protect_update,
+    vector_from_bytes,
+    vector_to_bytes,
+)
 
 
 def _update() -> dict[str, np.ndarray]:
@@ -119,3 +127,8 @@ def test_sent_weights_clip_a_negative_variance_to_zero(cohort3: Cohort) -> None:
     protected = cohort3.protect_all({name: weights for name in cohort3.names}, params, returns="weights")
     assert all(p.n_clipped == 1 for p in protected.values())
     np.testing.assert_allclose(cohort3.aggregate(protected, params)["bn.running_var"], [0.0, 2.0])
+
+
+def test_floating_tensors_leave_integer_buffers_out() -> None:
+    weights = {**_update(), "bn.num_batches_tracked": np.array(4, dtype=np.int64)}
+    assert Layout.from_arrays(floating_tensors(weights)) == Layout.from_arrays(_update())
