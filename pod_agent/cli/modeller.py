@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import typer
 
+from pod_agent.cli import fit_local
 from pod_agent.errors import ModellerError
 from pod_agent.modeller import ModellerClient, VerifiedResult, build_task, model_from_file
 from pod_agent.protocol import IdentityKey, passphrase_from_env
@@ -203,4 +204,5 @@ def results(
 
 
 def register(app: typer.Typer) -> None:
+    fit_local.register(_modeller)  # `pod-agent modeller fit-local` (training engineer's module)
     app.add_typer(_modeller)

@@ -1,0 +1,155 @@
+"""Local fit: a modeller trains a model on a CSV/Parquet file exactly as a pod would.
+
+Owns the in-process path for debugging before sending: the same data preparation
+(``pod_agent.data.task_input``), the same request and the same ``engine.run_task``
+(Trainer settings, checks, failure codes) as the sandboxed worker, without the
+sandbox. With the same file, selection and hyperparameters the weights equal what a
+pod computes on that data. ``pod-agent modeller fit-local`` is its CLI.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save_file
+
+from pod_agent.config.settings import DatasourceSection
+from pod_agent.data import open_datasource
+from pod_agent.data.task_input import CategoricalEncoding, prepare_task_input
+from pod_agent.errors import TrainingError
+from pod_agent.protocol.messages import DataSelection, Hyperparameters, ModelRef, TaskPayload, WeightsRef
+from pod_agent.training.engine import WEIGHTS_FILE_NAME, run_task
+from pod_agent.training.loading import SOURCE_FILE_NAME, SPEC_FILE_NAME
+
+LOCAL_POD = "local"
+_LOCAL_ID = "0" * 64  # no signer and no registered schema: a local fit is never sent anywhere
+
+
+@dataclass(frozen=True)
+class LocalFit:
+    """The trained weights (floating state, float32), the metrics and what the model was built from."""
+
+    weights: dict[str, torch.Tensor]
+    metrics: dict[str, float]
+    n_rows: int
+    datastructure: dict[str, object]
+    events: list[dict[str, object]]
+
+
+def model_ref_from_file(
+    path: Path, *, style: Literal["lightning", "module", "declarative"], class_name: str | None
+) -> ModelRef:
+    """A ModelRef for a local model file (source, or a JSON spec for the declarative style)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TrainingError("source_missing", f"model file {path} cannot be read as UTF-8 text: {exc}") from exc
+    if style == "declarative":
+        try:
+            spec = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise TrainingError("bad_spec", f"{path} is not JSON: {exc}") from exc
+        return ModelRef(style=style, name=path.stem, spec=spec, sha256=hashlib.sha256(text.encode()).hexdigest())
+    if not class_name:
+        raise TrainingError("model_class_not_found", f"style {style!r} needs the model's class name (--class)")
+    return ModelRef(
+        style=style, name=path.stem, class_name=class_name, source=text, sha256=hashlib.sha256(text.encode()).hexdigest()
+    )
+
+
+def fit_local(
+    model: ModelRef,
+    *,
+    data: Path | DatasourceSection,
+    selection: DataSelection,
+    hyperparameters: Hyperparameters,
+    weights: Path | None = None,
+    accelerator: str = "auto",
+    devices: int | str = 1,
+    categorical_encoding: CategoricalEncoding = "one-hot",
+    on_progress: Callable[[dict[str, object]], None] | None = None,
+    scratch: Path | None = None,
+) -> LocalFit:
+    """Prepare ``data`` as a pod would, train ``model`` in this process and return the new weights.
+
+    Raises DataError for unusable data or selection and TrainingError(reason) with the
+    same codes the sandboxed worker reports.
+    """
+    section = data if isinstance(data, DatasourceSection) else DatasourceSection(path=data)
+    ds = open_datasource(section)
+    schema = ds.schema()
+    events: list[dict[str, object]] = []
+
+    def record(event: dict[str, object]) -> None:
+        events.append(event)
+        if on_progress is not None:
+            on_progress(event)
+
+    with tempfile.TemporaryDirectory(prefix="pod-agent-fit-", dir=scratch) as tmp:
+        root = Path(tmp)
+        input_dir, work_dir = root / "input", root / "work"
+        work_dir.mkdir()
+        prepared = prepare_task_input(ds, schema, selection, input_dir, categorical_encoding=categorical_encoding)
+        weights_ref = None
+        if weights is not None:
+            blob = weights.read_bytes()
+            (input_dir / WEIGHTS_FILE_NAME).write_bytes(blob)
+            weights_ref = WeightsRef(blob_id="local", sha256=hashlib.sha256(blob).hexdigest(), size_bytes=len(blob))
+        if model.source is not None:
+            (input_dir / SOURCE_FILE_NAME).write_text(model.source, encoding="utf-8")
+        elif model.spec is not None:
+            (input_dir / SPEC_FILE_NAME).write_text(json.dumps(model.spec), encoding="utf-8")
+        now = int(time.time())
+        task = TaskPayload(
+            task_id=str(uuid.uuid4()),
+            modeller_id=_LOCAL_ID,
+            pods=[LOCAL_POD],
+            issued_at=now,
+            expires_at=now + 3600,
+            nonce=secrets.token_hex(16),
+            kind="train",
+            model=model,
+            hyperparameters=hyperparameters,
+            weights=weights_ref,
+            data=selection,
+            schema_hash=schema.hash(),
+            returns="weights",
+        )
+        request: Mapping[str, object] = {
+            "task": task.model_dump(mode="json"),
+            "datastructure": prepared.datastructure,
+            "trainer": {"accelerator": accelerator, "devices": devices},
+            "schema": schema.public(share_categories=True),
+        }
+        output = run_task(request, input_dir=input_dir, work_dir=work_dir, progress=record)
+    trained = load_safetensors(output.payload) if output.payload else {}
+    n_rows = output.header["n_rows"]
+    metrics = output.header["metrics"]
+    return LocalFit(
+        weights=trained,
+        metrics=dict(metrics) if isinstance(metrics, dict) else {},
+        n_rows=n_rows if isinstance(n_rows, int) else 0,
+        datastructure=prepared.datastructure,
+        events=events,
+    )
+
+
+def save_fit(fit: LocalFit, out_dir: Path) -> Path:
+    """Write ``model.safetensors`` (the weights, loadable as pretrained weights) and ``metrics.json``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "model.safetensors"
+    save_file({name: t.contiguous() for name, t in fit.weights.items()}, str(path))
+    summary = {"metrics": fit.metrics, "n_rows": fit.n_rows, "datastructure": fit.datastructure}
+    (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return path
