@@ -71,7 +71,7 @@ class KeyFileError(ProtocolError):
 class TaskRefused(PodAgentError):
     """The pod refuses a task; ``code`` is the reason sent to the hub, ``detail`` stays local.
 
-    ``task_id`` is the task's id when it could be read (unverified before the signature check).
+    ``task_id`` is the task's id once its signature verified and it parsed; None before that.
     """
 
     def __init__(self, code: str, detail: str, *, task_id: str | None = None) -> None:

@@ -41,7 +41,6 @@ with ``check_fetched_source`` before using it.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from pydantic import ValidationError
@@ -55,9 +54,6 @@ from pod_agent.protocol.messages import Envelope, ModelRef, TaskPayload
 from pod_agent.protocol.signing import envelope_bytes, parse_envelope, verify_envelope
 from pod_agent.state.records import AlreadySeen, NonceStore, Verdict
 
-_TASK_ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-
-
 @dataclass(frozen=True)
 class VerifiedTask:
     """A task the pod accepted: the signed payload, the policy entry of its signer, the envelope."""
@@ -68,6 +64,7 @@ class VerifiedTask:
 
 
 def _refuse(code: RefusalCode, detail: str, task_id: str | None) -> TaskRefused:
+    """``task_id`` only once the signature verified: an unauthenticated id must not steer the caller."""
     return TaskRefused(code.value, detail, task_id=task_id)
 
 
@@ -126,24 +123,21 @@ class TaskVerifier:
             env = parse_envelope(raw)
         except ProtocolError as exc:
             raise _refuse(RefusalCode.MALFORMED, str(exc), None) from exc
-        claimed = env.payload.get("task_id")
-        claimed_id = claimed if isinstance(claimed, str) and _TASK_ID_RE.match(claimed) else None
-
         found = self._modellers.get(env.signer)
         if found is None:
-            raise _refuse(RefusalCode.UNKNOWN_SIGNER, f"signer {env.signer[:16]} is not in security.modellers", claimed_id)
+            raise _refuse(RefusalCode.UNKNOWN_SIGNER, f"signer {env.signer[:16]} is not in security.modellers", None)
         modeller, key = found
         try:
             body = verify_envelope(env, key)
         except ProtocolError as exc:
-            raise _refuse(RefusalCode.BAD_SIGNATURE, f"{exc} (signer {modeller.name!r})", claimed_id) from exc
+            raise _refuse(RefusalCode.BAD_SIGNATURE, f"{exc} (signer {modeller.name!r})", None) from exc
         try:
             payload = TaskPayload.model_validate_json(body)
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "payload"
             raise _refuse(
-                RefusalCode.MALFORMED, f"signed task is invalid at {where}: {first['msg']}", claimed_id
+                RefusalCode.MALFORMED, f"signed task is invalid at {where}: {first['msg']}", None
             ) from exc
         self._check_shape(payload, modeller, key.key_id)
         self._check_times(payload, now)

@@ -79,7 +79,7 @@ def test_signed_payload_that_is_not_a_task_is_refused_as_malformed(pod: Pod, ali
                           "signature": base64.b64encode(alice.sign(canonical_json(body))).decode()})
     refusal = pod.refusal(raw)
     assert refusal.code == RefusalCode.MALFORMED.value
-    assert refusal.task_id == task.task_id
+    assert refusal.task_id is None
     assert pod.state.list_tasks() == []
 
 
@@ -99,6 +99,7 @@ def test_train_task_without_model_is_refused_as_malformed(pod: Pod, alice: Ident
 def test_task_signed_by_an_unlisted_key_is_refused_as_unknown_signer(pod: Pod, mallory: IdentityKey) -> None:
     refusal = pod.refusal(signed(make_task(mallory), mallory))
     assert refusal.code == RefusalCode.UNKNOWN_SIGNER.value
+    assert refusal.task_id is None  # an unauthenticated id is never handed to the caller
     assert pod.state.list_tasks() == []
 
 
