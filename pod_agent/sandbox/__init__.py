@@ -1,8 +1,31 @@
-"""Sandbox: run modeller code confined, fail-closed (probe, bootstrap, runner, frames)."""
+"""Sandbox: run modeller code confined, fail-closed (probe, bootstrap, runner, frames).
 
-from pod_agent.sandbox.channel import Channel
-from pod_agent.sandbox.probe import LayerReport, best_level, plan_layers, probe_layers, sandbox_check_lines
-from pod_agent.sandbox.runner import SandboxJob, SandboxLimits, SandboxOutcome, SandboxRunner
+Names resolve lazily so that the bootstrap, which imports this package first thing
+inside every worker, does not pay for the runner's asyncio/subprocess imports.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pod_agent.sandbox.channel import Channel
+    from pod_agent.sandbox.probe import LayerReport, best_level, plan_layers, probe_layers, sandbox_check_lines
+    from pod_agent.sandbox.runner import SandboxJob, SandboxLimits, SandboxOutcome, SandboxRunner
+
+_HOME = {
+    "Channel": "pod_agent.sandbox.channel",
+    "LayerReport": "pod_agent.sandbox.probe",
+    "best_level": "pod_agent.sandbox.probe",
+    "plan_layers": "pod_agent.sandbox.probe",
+    "probe_layers": "pod_agent.sandbox.probe",
+    "sandbox_check_lines": "pod_agent.sandbox.probe",
+    "SandboxJob": "pod_agent.sandbox.runner",
+    "SandboxLimits": "pod_agent.sandbox.runner",
+    "SandboxOutcome": "pod_agent.sandbox.runner",
+    "SandboxRunner": "pod_agent.sandbox.runner",
+}
 
 __all__ = [
     "Channel",
@@ -16,3 +39,9 @@ __all__ = [
     "probe_layers",
     "sandbox_check_lines",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOME:
+        raise AttributeError(f"module 'pod_agent.sandbox' has no attribute {name!r}")
+    return getattr(import_module(_HOME[name]), name)

@@ -14,9 +14,11 @@ Uncaught errors become a fixed failure code; their text goes to stderr only.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import importlib
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -30,6 +32,7 @@ from pod_agent.sandbox.frames import encode_frame, read_frame
 # Parent -> child frames are small JSON (plan, request); nothing large ever flows in.
 _MAX_INBOUND_PAYLOAD_BYTES = 0
 _EXIT_PROTOCOL = 3
+_PR_SET_PDEATHSIG = 1
 
 
 def _take_pipes() -> tuple[BinaryIO, BinaryIO]:
@@ -97,7 +100,17 @@ def _run(inbound: BinaryIO, out: BinaryIO) -> None:
         channel.fail("no_result")
 
 
+def _die_with_agent() -> None:
+    """Without bwrap's --die-with-parent, ask the kernel to SIGKILL this worker when the agent dies."""
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(_EXIT_PROTOCOL)
+
+
 def main() -> None:
+    _die_with_agent()
     inbound, out = _take_pipes()
     try:
         _run(inbound, out)

@@ -11,13 +11,16 @@ types are legal when; this module only reads and writes them.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import struct
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from pod_agent.errors import SandboxError
+
+if TYPE_CHECKING:
+    # Only the agent side reads asynchronously; workers never pay for importing asyncio.
+    import asyncio
 
 _PREFIX = struct.Struct(">II")
 # A header carries a type, a reason code, metrics or a progress event: never bulk data.
@@ -78,8 +81,10 @@ def _decode_header(raw: bytes) -> dict[str, Any]:
     return header
 
 
-async def read_frame_async(reader: asyncio.StreamReader, *, max_payload_bytes: int) -> Frame | None:
+async def read_frame_async(reader: "asyncio.StreamReader", *, max_payload_bytes: int) -> Frame | None:
     """Read one frame; None on clean EOF before a frame starts. Raises SandboxError otherwise."""
+    import asyncio
+
     try:
         prefix = await reader.readexactly(_PREFIX.size)
     except asyncio.IncompleteReadError as exc:

@@ -143,7 +143,7 @@ def probe_layers(security: "SecuritySection", *, refresh: bool = False) -> list[
         uid_report, identity = _probe_uid(security.sandbox_user)
         reports = (uid_report,
                    LayerReport("rlimits", True, "CPU, DATA, NOFILE, FSIZE, CORE=0"
-                               + (", NPROC" if identity is not None and identity.dedicated else
+                               + (", NPROC (fallback when no pids cgroup)" if identity is not None and identity.dedicated else
                                   " (NPROC needs a dedicated uid)")),
                    _probe_namespaces(identity if uid_report.active else None),
                    _probe_seccomp(), _probe_landlock(), _probe_cgroup())

@@ -207,8 +207,17 @@ class _Worker:
     def namespaced(self) -> bool:
         return "namespaces" in self._runner.layers
 
-    async def start(self) -> None:
-        """Launch, place in the cgroup, confine (``go``) and wait for ``ready`` (prepare done)."""
+    @property
+    def _nproc(self) -> bool:
+        # RLIMIT_NPROC counts every thread of the uid host-wide (all pods' tasks together), so it
+        # is the fallback only: with a cgroup, pids.max caps this worker's tree exactly.
+        return "uid" in self._runner.layers and "cgroup" not in self._runner.layers
+
+    async def start(self, *, deadline: float | None = None) -> None:
+        """Launch, place in the cgroup, confine (``go``) and wait for ``ready`` (prepare done).
+
+        ``deadline`` (monotonic) bounds a cold start; a warm worker gets WARM_PREPARE_TIMEOUT_S.
+        """
         runner, lim = self._runner, self.limits
         identity = runner.identity if "uid" in runner.layers else None
         plan_ro: tuple[str, ...] | None = None
@@ -233,21 +242,25 @@ class _Worker:
         kwargs: dict[str, Any] = {}
         if identity is not None:
             kwargs = {"user": identity.uid, "group": identity.gid, "extra_groups": []}
-        self.proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            env=env, cwd="/", start_new_session=True, **kwargs)
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                env=env, cwd="/", start_new_session=True, **kwargs)
+        except OSError as exc:
+            raise SandboxError("launch_failed", f"{argv[0]}: {exc}") from exc
         self._stderr_task = asyncio.create_task(self._drain_stderr(), name="sandbox-stderr")
         await self._expect("hello", timeout=START_TIMEOUT_S)
         if self.cgroup is not None:
             # Nothing below the bootstrap forks until it gets `go`, so this tree is complete.
             await asyncio.to_thread(self.cgroup.add, descendants(self.proc.pid))
         cpu = lim.cpu_time_s + (WARM_PREPARE_CPU_S if self.warm else 0)
-        plan = ConfinePlan(rlimits={"cpu": cpu, **lim.rlimits(nproc=identity is not None)},
+        plan = ConfinePlan(rlimits={"cpu": cpu, **lim.rlimits(nproc=self._nproc)},
                            seccomp="seccomp" in runner.layers, landlock_read_only=plan_ro, landlock_read_write=plan_rw)
         await self._send({"type": "go", "plan": plan.to_json(), "entry": self.entry,
                           "entry_path": str(self.entry_path.resolve()) if self.entry_path else None,
                           "input_dir": str(child_in), "work_dir": str(child_work)})
-        await self._expect("ready", timeout=WARM_PREPARE_TIMEOUT_S if self.warm else lim.wall_timeout_s)
+        ready_timeout = WARM_PREPARE_TIMEOUT_S if deadline is None else deadline - time.monotonic()
+        await self._expect("ready", timeout=max(ready_timeout, 0.0))
 
     async def _send(self, header: dict[str, Any]) -> None:
         if self.proc is None or self.proc.stdin is None:
@@ -304,16 +317,14 @@ class _Worker:
             if self.stderr_total > MAX_LOG_BYTES:
                 self.flooded.set()
 
-    async def run_task(self, request: dict[str, Any], limits: EffectiveLimits,
+    async def run_task(self, request: dict[str, Any], limits: EffectiveLimits, *, deadline: float,
                        on_progress: Callable[[dict[str, Any]], None] | None) -> tuple[dict[str, Any], bytes]:
         """Send the request and read frames until the result; raises SandboxError on any other end."""
         if self.cgroup is not None:
             await asyncio.to_thread(self.cgroup.set_limits, memory_bytes=limits.memory_mb << 20,
                                     max_pids=limits.max_processes)
-        identity_nproc = "uid" in self._runner.layers
         await self._send({"type": "request", "request": request, "cpu_time_s": limits.cpu_time_s,
-                          "rlimits": limits.rlimits(nproc=identity_nproc)})
-        deadline = time.monotonic() + limits.wall_timeout_s
+                          "rlimits": limits.rlimits(nproc=self._nproc)})
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -395,8 +406,11 @@ class SandboxRunner:
             "root" if os.geteuid() == 0 else str(os.geteuid()), os.geteuid(), os.getegid(), False)
         self.bwrap = shutil.which("bwrap") or "bwrap"
         self.cgroup_support = detect_cgroups() if "cgroup" in self.layers else None
-        self._scratch = _prepare_scratch(scratch_root or Path(tempfile.gettempdir()) / "pod-agent-sandbox",
-                                         self.identity if "uid" in self.layers else None)
+        shared = _prepare_scratch(scratch_root or Path(tempfile.gettempdir()) / "pod-agent-sandbox",
+                                  self.identity if "uid" in self.layers else None)
+        # One subdirectory per runner: several pods on one host share the scratch root.
+        self._scratch = Path(tempfile.mkdtemp(prefix="runner-", dir=shared))
+        os.chmod(self._scratch, 0o711)
         self._warm: dict[tuple[str, str], _Worker] = {}
         self._warming: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._closed = False
@@ -471,9 +485,10 @@ class SandboxRunner:
         try:
             await asyncio.to_thread(_link_tree, job.input_dir, worker.input_dir)
             await asyncio.to_thread(_grant_input, worker.input_dir, identity)
+            deadline = time.monotonic() + limits.wall_timeout_s
             if worker.proc is None:
-                await worker.start()
-            header, payload = await worker.run_task(job.request, limits, on_progress)
+                await worker.start(deadline=deadline)
+            header, payload = await worker.run_task(job.request, limits, deadline=deadline, on_progress=on_progress)
         finally:
             try:
                 await worker.destroy()
@@ -495,6 +510,7 @@ class SandboxRunner:
             await _destroy_quietly(worker)
             shutil.rmtree(worker.slot, ignore_errors=True)
         self._warm.clear()
+        shutil.rmtree(self._scratch, ignore_errors=True)
 
 
 async def _destroy_quietly(worker: _Worker) -> None:
@@ -512,7 +528,8 @@ def _link_tree(src: Path, dst: Path) -> None:
         except OSError:
             shutil.copy2(s, d)
 
-    shutil.copytree(src, dst, copy_function=_link_or_copy, dirs_exist_ok=True)
+    # symlinks=True: a link in the input is copied as a link (dangling inside), never followed on the host.
+    shutil.copytree(src, dst, symlinks=True, copy_function=_link_or_copy, dirs_exist_ok=True)
 
 
 __all__ = ["EffectiveLimits", "SandboxJob", "SandboxLimits", "SandboxOutcome", "SandboxRunner"]
