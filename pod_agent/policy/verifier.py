@@ -112,7 +112,11 @@ class TaskVerifier:
         self._allowed_models = frozenset((m.name, m.sha256) for m in security.allowed_models)
 
     def verify(self, raw: bytes, *, now: int) -> VerifiedTask:
-        """Return the accepted task, or raise TaskRefused with the first failing check's code."""
+        """Return the accepted task, or raise TaskRefused with the first failing check's code.
+
+        A StateError from the nonce store propagates: nothing was admitted, and the same
+        message may be verified again once the state is writable.
+        """
         if len(raw) > self._security.max_task_bytes:
             raise _refuse(
                 RefusalCode.PAYLOAD_TOO_LARGE,

@@ -71,7 +71,10 @@ class PublicKey:
     def from_raw(cls, raw: bytes) -> PublicKey:
         if len(raw) != PUBLIC_KEY_BYTES:
             raise ProtocolError(f"Ed25519 public key must be {PUBLIC_KEY_BYTES} bytes, got {len(raw)}")
-        return cls(Ed25519PublicKey.from_public_bytes(raw))
+        try:
+            return cls(Ed25519PublicKey.from_public_bytes(raw))
+        except ValueError as exc:
+            raise ProtocolError(f"bytes are not an Ed25519 public key: {exc}") from exc
 
     @classmethod
     def from_b64(cls, text: str) -> PublicKey:
