@@ -27,7 +27,7 @@ import tracemalloc
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -88,7 +88,7 @@ def _peak_mb(fn: Callable[[], object]) -> float:
     return peak / 2**20
 
 
-def _ours(arrays: dict[str, np.ndarray], *, modulus_bits: int, repeats: int) -> dict[str, Any]:
+def _ours(arrays: dict[str, np.ndarray], *, modulus_bits: Literal[32, 64], repeats: int) -> dict[str, Any]:
     names = [f"pod-{i:02d}" for i in range(PEERS + 1)]
     keys = {name: RoundKeyPair.generate() for name in names}
     participants = [Participant(pod=n, key_id="0" * 64, round_public_key=keys[n].public_b64) for n in names]
@@ -138,7 +138,9 @@ from flwr.common.secure_aggregation.ndarrays_arithmetic import (
 from flwr.common.secure_aggregation.quantization import dequantize, quantize
 from flwr.common.secure_aggregation.secaggplus_utils import pseudo_rand_gen
 
-path, peers, repeats, clip, levels, modulus = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+path = sys.argv[1]
+peers, repeats = int(sys.argv[2]), int(sys.argv[3])
+clip, levels, modulus = float(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
 data = np.load(path)
 arrays = [data[k] for k in sorted(data.files)]
 me_sk, _ = generate_key_pairs()
@@ -198,7 +200,7 @@ def _flower(arrays: dict[str, np.ndarray], *, repeats: int) -> dict[str, Any]:
         return {"skipped": f"no flwr venv at {FLWR_PYTHON} (python3 -m venv it; pip install flwr numpy)"}
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "update.npz"
-        np.savez(path, **arrays)
+        np.savez(path, **arrays)  # type: ignore[arg-type]  # mypy matches **dict against allow_pickle
         done = subprocess.run(
             [str(FLWR_PYTHON), "-c", _FLOWER_SCRIPT, str(path), str(PEERS), str(repeats), str(FLOWER_CLIP),
              str(FLOWER_LEVELS), str(FLOWER_MODULUS)],

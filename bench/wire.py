@@ -33,7 +33,7 @@ def update_of(n_values: int, seed: int = 0) -> dict[str, np.ndarray]:
     """A float32 update of exactly n_values: three square-ish weight matrices and a bias."""
     rng = np.random.default_rng(seed)
     side = max(1, int((n_values // 4) ** 0.5))
-    shapes = {f"layer{i}.weight": (side, side) for i in range(3)}
+    shapes: dict[str, tuple[int, ...]] = {f"layer{i}.weight": (side, side) for i in range(3)}
     shapes["head.bias"] = (n_values - 3 * side * side,)
     return {name: rng.standard_normal(shape, dtype=np.float32) * 0.01 for name, shape in shapes.items()}
 

@@ -79,6 +79,8 @@ def aggregate_masked(
             for vector in vectors[1:]:
                 # Unsigned numpy arithmetic wraps, which is exactly addition mod 2**bits.
                 np.add(segment, vector[first:stop], out=segment)
-            decode_sum(segment, divisor=divisor, modulus_bits=params.modulus_bits, out=out[start : start + segment.size])
+            decode_sum(
+                segment, divisor=divisor, modulus_bits=params.modulus_bits, out=out[start : start + segment.size]
+            )
         mean[slot.name] = out.reshape(slot.shape)
     return AggregateResult(mean=mean, total_rows=total_rows, n_pods=len(vectors))

@@ -29,7 +29,6 @@ import numpy.typing as npt
 from pod_agent.errors import SecAggError
 from pod_agent.protocol.messages import SecAggParams
 
-
 Returns = Literal["update", "weights"]
 FloatArray = npt.NDArray[np.floating]
 

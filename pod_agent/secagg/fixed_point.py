@@ -28,7 +28,6 @@ import numpy.typing as npt
 from pod_agent.errors import SecAggError
 from pod_agent.secagg.clip import ClipBound
 
-
 _DTYPES: dict[int, np.dtype[np.unsignedinteger]] = {32: np.dtype("<u4"), 64: np.dtype("<u8")}
 _SIGNED: dict[int, np.dtype[np.signedinteger]] = {32: np.dtype("<i4"), 64: np.dtype("<i8")}
 

@@ -107,7 +107,9 @@ def protect_update(
     cohort = Cohort.of(params.participants)
     cohort.member(me)
     if len(cohort.participants) < 2:
-        raise SecAggError("a secure-aggregation round needs at least 2 participants; one would send its update in clear")
+        raise SecAggError(
+            "a secure-aggregation round needs at least 2 participants; one would send its update in clear"
+        )
     if len(cohort.participants) > params.num_workers:
         raise SecAggError(
             f"{len(cohort.participants)} participants exceed param_clipping num_workers = {params.num_workers}: "

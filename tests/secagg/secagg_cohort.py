@@ -56,7 +56,9 @@ class Cohort:
             for name in self.names
         }
 
-    def aggregate(self, protected: Mapping[str, ProtectedUpdate], params: SecAggParams) -> dict[str, npt.NDArray[np.floating]]:
+    def aggregate(
+        self, protected: Mapping[str, ProtectedUpdate], params: SecAggParams
+    ) -> dict[str, npt.NDArray[np.floating]]:
         layout = next(iter(protected.values())).layout
         return aggregate_masked([p.vector for p in protected.values()], layout=layout, params=params).mean
 

@@ -101,7 +101,8 @@ def test_vector_of_another_layout_is_refused() -> None:
     cohort = COHORTS[2]
     params = cohort.params()
     layout = Layout.from_arrays({"w": np.ones(5, np.float32)})
-    with pytest.raises(SecAggError, match=r"masked vector 1 is uint64 of shape \(7,\); the round needs uint64 of shape \(6,\)"):
+    expected = r"masked vector 1 is uint64 of shape \(7,\); the round needs uint64 of shape \(6,\)"
+    with pytest.raises(SecAggError, match=expected):
         aggregate_masked([np.zeros(6, np.uint64), np.zeros(7, np.uint64)], layout=layout, params=params)
 
 

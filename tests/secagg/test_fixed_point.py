@@ -4,12 +4,11 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from secagg_cohort import make_cohort
 
 from pod_agent.errors import SecAggError
 from pod_agent.secagg import ClipBound, plan_encoding
 from pod_agent.secagg.fixed_point import decode_sum
-
-from secagg_cohort import make_cohort
 
 
 def _largest_accepted_q(num_workers: int, modulus_bits: int) -> int:

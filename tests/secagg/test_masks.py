@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from secagg_cohort import TASK_A, TASK_B, Cohort, make_cohort
 
 from pod_agent.errors import SecAggError
 from pod_agent.protocol import IdentityKey, open_envelope, sign_envelope
@@ -16,8 +17,6 @@ from pod_agent.secagg import (
 )
 from pod_agent.secagg.masks import Cohort as MaskCohort
 from pod_agent.secagg.masks import pair_key
-
-from secagg_cohort import TASK_A, TASK_B, Cohort, make_cohort
 
 # chi-square critical value for 255 degrees of freedom at p = 0.001
 CHI2_255_P001 = 330.5
