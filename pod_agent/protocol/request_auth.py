@@ -79,7 +79,9 @@ class RequestReplayCache:
         self._floor = -1
         self._lock = threading.Lock()
 
-    def __len__(self) -> int:
+    @property
+    def size(self) -> int:
+        """Pairs held now. (Not ``__len__``: an empty cache must not be falsy in ``cache or default``.)"""
         return len(self._seen)
 
     @property

@@ -18,7 +18,7 @@ def _lookup(key_id: str) -> PublicKey | None:
 
 def _verify(headers: dict[str, str], *, method: str = "POST", path: str = "/v1/tasks?pod=a", body: bytes = BODY,
             now: int = NOW, replay: RequestReplayCache | None = None) -> str:
-    return verify_request(headers, method, path, body, lookup=_lookup, replay=replay if replay is not None else RequestReplayCache(), now=now)
+    return verify_request(headers, method, path, body, lookup=_lookup, replay=replay or RequestReplayCache(), now=now)
 
 
 def _signed(**kw: object) -> dict[str, str]:
@@ -93,14 +93,14 @@ def test_unverified_requests_do_not_fill_the_replay_cache() -> None:
     headers = _signed()
     with pytest.raises(ProtocolError):
         _verify(headers, replay=cache, method="GET")
-    assert len(cache) == 0
+    assert cache.size == 0
 
 
 def test_replay_cache_forgets_entries_older_than_the_window() -> None:
     cache = RequestReplayCache(window_s=300)
     cache.check_and_add("k", "n1", timestamp=NOW, now=NOW)
     cache.check_and_add("k", "n2", timestamp=NOW + 700, now=NOW + 700)
-    assert len(cache) == 1
+    assert cache.size == 1
 
 
 def test_full_replay_cache_refuses_requests_it_can_no_longer_check() -> None:
@@ -108,7 +108,7 @@ def test_full_replay_cache_refuses_requests_it_can_no_longer_check() -> None:
     for i in range(3):
         cache.check_and_add("k", f"n{i}", timestamp=NOW + i, now=NOW + 3)
     cache.check_and_add("k", "n3", timestamp=NOW + 3, now=NOW + 3)  # evicts n0 (t=NOW)
-    assert len(cache) == 3 and cache.floor == NOW
+    assert cache.size == 3 and cache.floor == NOW
     with pytest.raises(ProtocolError, match="too old for the replay cache"):
         cache.check_and_add("k", "n0", timestamp=NOW, now=NOW + 3)  # n0 again: refused, not forgotten
     with pytest.raises(ProtocolError, match="already used"):

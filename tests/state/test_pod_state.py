@@ -41,9 +41,10 @@ def _status(state: PodState, n: int) -> TaskStatus:
 
 def test_open_creates_a_private_wal_database(tmp_path: Path) -> None:
     path = tmp_path / "deep" / "state.sqlite"
-    with PodState.open(path):
-        pass
-    assert path.stat().st_mode & 0o777 == 0o600
+    with PodState.open(path) as state:
+        state.record_verdict(_verdict(1))
+        for suffix in ("", "-wal", "-shm"):
+            assert Path(f"{path}{suffix}").stat().st_mode & 0o777 == 0o600
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
