@@ -342,6 +342,9 @@ class _Worker:
                     raise SandboxError("bad_frame", "result frame without a JSON object header")
                 if frame.payload:
                     check_safetensors(frame.payload)
+                if self.cgroup is not None and await asyncio.to_thread(self.cgroup.oom_killed):
+                    # Part of the tree was OOM-killed: whatever it reports was computed without it.
+                    raise SandboxError("memory_exceeded", "a worker process was killed at the memory cap")
                 return header, frame.payload
             elif frame.type == "fail":
                 raise SandboxError("task_failed", _fixed_code(frame.header.get("reason")))

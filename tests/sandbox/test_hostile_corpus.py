@@ -90,6 +90,12 @@ async def test_allocating_twice_the_memory_cap_is_stopped(run_model: RunModel) -
                                                           ("task_failed", "memory_exceeded")}
 
 
+async def test_memory_spread_over_processes_is_capped_by_the_cgroup(run_model: RunModel) -> None:
+    with pytest.raises(SandboxError, match="memory_exceeded"):
+        await run_model("memory_hog_forked", memory_mb=256)
+    assert sandbox_uid_processes() == []
+
+
 async def test_busy_loop_is_killed_at_the_cpu_limit(run_model: RunModel) -> None:
     started = time.monotonic()
     with pytest.raises(SandboxError, match="cpu_time_exceeded"):
