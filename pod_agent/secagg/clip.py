@@ -130,7 +130,10 @@ def clip_chunk(work: npt.NDArray[np.float64], *, low: float, high: float, clip_h
     arbitrary integer when encoded.
     """
     if not np.isfinite(work).all():
-        raise SecAggError("update holds a NaN or infinite value; refusing to encode it")
+        raise SecAggError(
+            "update holds a NaN or infinite value (or one beyond float64 range once scaled by the "
+            "precision); refusing to encode it"
+        )
     n_clipped = int(np.count_nonzero(work > high)) + int(np.count_nonzero(work < low))
     top = high if clip_high is None else clip_high
     np.clip(work, max(low, -top), top, out=work)
