@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from pod_agent.data.infer import MAX_FORCED_CATEGORIES, DistinctValues, decide, tracks_distinct
@@ -21,6 +20,7 @@ from pod_agent.data.schema import ColumnSchema, Stype
 from pod_agent.errors import DataError
 
 _PASS_BATCH_ROWS = 65_536
+_READ_BUFFER_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -30,9 +30,6 @@ class ParquetLayout:
     path: Path
     files: list[Path]
     arrow_schema: pa.Schema
-
-    def dataset(self) -> pads.Dataset:
-        return pads.dataset([str(f) for f in self.files], format="parquet", schema=self.arrow_schema)
 
 
 def open_parquet_layout(path: Path) -> ParquetLayout:
@@ -112,15 +109,21 @@ def target_type(name: str, stored: pa.DataType, forced: Stype | None) -> pa.Data
 def typed_batches(
     layout: ParquetLayout, columns: list[str], types: dict[str, pa.DataType], *, batch_rows: int
 ) -> Iterator[pa.RecordBatch]:
-    """Batches of ``columns`` cast to ``types``."""
+    """Batches of ``columns`` cast to ``types``, file after file."""
     target = pa.schema([(name, types[name]) for name in columns])
-    try:
-        for batch in layout.dataset().to_batches(columns=columns, batch_size=batch_rows):
-            yield batch if batch.schema.equals(target) else batch.cast(target)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise DataError(
-            f"{layout.path}: cannot read as Parquet ({str(exc).splitlines()[0]}) - check the files"
-        ) from exc
+    for file in layout.files:
+        try:
+            for batch in _open(file).iter_batches(batch_size=batch_rows, columns=columns):
+                yield batch if batch.schema.equals(target) else batch.cast(target)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise DataError(f"{file}: cannot read as Parquet ({str(exc).splitlines()[0]}) - check the file") from exc
+
+
+def _open(file: Path) -> pq.ParquetFile:
+    # Unbuffered whole-column-chunk reads (pyarrow's default, and its dataset scanner's
+    # read-ahead) hold several decoded row groups at once: ~1.7 GB for a 10M x 20 table
+    # against ~0.3 GB read through a small buffer, at the same speed.
+    return pq.ParquetFile(file, buffer_size=_READ_BUFFER_BYTES, pre_buffer=False)
 
 
 def infer_parquet(
@@ -158,7 +161,7 @@ def _pass_over_file(
     (more distinct values than a category list may hold), e.g. ids after the first group.
     """
     try:
-        parquet = pq.ParquetFile(file)
+        parquet = _open(file)
         for group in range(parquet.num_row_groups):
             needed = [n for n in types if n in cast_checked or (n in trackers and not trackers[n].overflowed)]
             if not needed:
