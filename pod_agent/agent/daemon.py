@@ -213,15 +213,19 @@ class Agent:
                     group.create_task(self._progress(hub), name="progress"),
                     group.create_task(self._upkeep(), name="upkeep"),
                 ]
-                group.create_task(self._shutdown(runners, others), name="shutdown")
+                group.create_task(self._shutdown(hub, runners, others), name="shutdown")
         self.notifier.stopping("stopped")
 
-    async def _shutdown(self, runners: list[asyncio.Task[None]], others: list[asyncio.Task[None]]) -> None:
+    async def _shutdown(
+        self, hub: HubClient, runners: list[asyncio.Task[None]], others: list[asyncio.Task[None]]
+    ) -> None:
         await self._stop.wait()
-        _log.info("stopping: no new tasks; waiting up to %.0f s for a running task", self.settings.training.shutdown_grace_s)
+        grace_s = self.settings.training.shutdown_grace_s
+        deadline = asyncio.get_running_loop().time() + grace_s
+        _log.info("stopping: no new tasks; waiting up to %.0f s for a running task", grace_s)
         self.notifier.stopping("stopping")
         self._runner_wake.set()
-        done, pending = await asyncio.wait(runners, timeout=self.settings.training.shutdown_grace_s)
+        _, pending = await asyncio.wait(runners, timeout=grace_s)
         for task in pending:
             task.cancel()
         if pending:
@@ -229,6 +233,18 @@ class Agent:
             await asyncio.wait(pending)
         for task in others:
             task.cancel()
+        await asyncio.wait(others)
+        # Results produced just before the stop: try to hand them over within what is left of the grace.
+        remaining_s = deadline - asyncio.get_running_loop().time()
+        if remaining_s > 0 and await asyncio.to_thread(self.state.outbox_depth):
+            try:
+                await asyncio.wait_for(self._flush_outbox(hub), remaining_s)
+            except (TimeoutError, *RETRYABLE) as exc:
+                _log.info("results left in the outbox for the next start (%s)", type(exc).__name__)
+
+    async def _flush_outbox(self, hub: HubClient) -> None:
+        for entry in await asyncio.to_thread(self.state.pending_results):
+            await self._deliver(hub, entry)
 
     def _health_server(self) -> HealthServer | None:
         ops = self.settings.ops

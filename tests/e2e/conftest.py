@@ -160,7 +160,7 @@ class Cluster:
 
     def add_pod(
         self, name: str, data: Path, *, hub_url: str | None = None, hub_extra: str = "", start: bool = True,
-        grace_s: float = 5.0,
+        grace_s: float = 5.0, request_timeout_s: float = 3.0,
     ) -> AgentProcess:
         state_dir = self.tmp / name
         state_dir.mkdir(parents=True, exist_ok=True)
@@ -177,7 +177,7 @@ url = "{hub_url or self.hub.url}"
 heartbeat_s = 0.5
 backoff_initial_s = 0.05
 backoff_cap_s = 0.5
-request_timeout_s = 3.0
+request_timeout_s = {request_timeout_s}
 {hub_extra}
 
 [datasource]

@@ -1,0 +1,53 @@
+"""The agent's hub transport: TLS choices and the plain-http rule."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from pod_agent.agent.hubclient import hub_ssl
+from pod_agent.config.settings import HubSection
+from pod_agent.errors import ConfigError
+
+
+def test_plain_http_to_loopback_is_allowed() -> None:
+    assert hub_ssl(HubSection(url="http://127.0.0.1:8700")) is False
+    assert hub_ssl(HubSection(url="http://localhost:8700")) is False
+    assert hub_ssl(HubSection(url="http://[::1]:8700")) is False
+
+
+def test_plain_http_to_a_remote_hub_is_refused_without_the_unsafe_setting() -> None:
+    with pytest.raises(ConfigError, match="allow_insecure_http = true"):
+        hub_ssl(HubSection(url="http://192.0.2.1:8700"))
+
+
+def test_allowed_insecure_http_warns(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        assert hub_ssl(HubSection(url="http://192.0.2.1:8700", allow_insecure_http=True)) is False
+    assert "unsafe" in caplog.text
+
+
+def test_pinned_certificate_wins_over_ca_bundle() -> None:
+    chosen = hub_ssl(HubSection(url="https://hub.example:8700", pinned_cert_sha256="ab" * 32))
+    assert isinstance(chosen, aiohttp.Fingerprint)
+
+
+def test_bad_pin_and_missing_ca_bundle_are_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="pinned_cert_sha256"):
+        hub_ssl(HubSection(url="https://hub.example", pinned_cert_sha256="xyz"))
+    with pytest.raises(ConfigError, match="ca_bundle"):
+        hub_ssl(HubSection(url="https://hub.example", ca_bundle=tmp_path / "missing.pem"))
+
+
+def test_https_without_options_uses_system_trust() -> None:
+    chosen = hub_ssl(HubSection(url="https://hub.example"))
+    assert isinstance(chosen, ssl.SSLContext) and chosen.verify_mode == ssl.CERT_REQUIRED
+
+
+def test_other_schemes_are_refused() -> None:
+    with pytest.raises(ConfigError, match="https://"):
+        hub_ssl(HubSection(url="ftp://hub.example"))
