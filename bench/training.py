@@ -1,0 +1,243 @@
+"""Benchmark: what a pod task costs over plain Lightning, and how soon training starts.
+
+Same model (the seeds' tutorial shape: Linear(input, 500) -> ReLU -> Dropout -> Linear
+to n_classes, AdamW 1e-3, cross-entropy), same prepared Adult data (train and
+validation splits), same epochs, same seed, same torch thread count:
+
+- ``plain_s``:  (a) in this process, a plain LightningModule on TensorDatasets
+                (model built, Trainer made, fit run; torch already imported).
+- ``pod_s``:    (b) ``runner.run()`` of a train task through the SandboxRunner with a
+                warm worker (the agent's normal set-up), plus the agent's contract check.
+- ``ratio``:    pod_s / plain_s (goal <= 1.05 for a ~60 s CPU job; ``--small`` is a
+                smoke size where fixed costs dominate and the ratio means little).
+- ``first_step_warm_s`` / ``first_step_cold_s``: task accepted (``runner.run()``
+                called) -> the worker's first training step begins (its step-0 progress
+                event reaches the agent), with a parked warm worker and with a cold start.
+
+    python bench/training.py [--small] [--json] [--threads N] [--level LEVEL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+FULL_EPOCHS = 8
+SMALL_EPOCHS = 1
+SMALL_ROWS = 4000
+BATCH_SIZE = 64
+SEED = 7
+ENTRY = "pod_agent.training.worker"
+SANDBOX_USER = "pod-sandbox"
+
+TUTORIAL_SOURCE = '''
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torchmetrics.functional import accuracy
+
+from pod_agent.sdk import PodModel
+
+
+class BenchModel(PodModel):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.learning_rate = 0.001
+
+    def create_model(self):
+        return nn.Sequential(nn.Linear(self.input_size, 500), nn.ReLU(), nn.Dropout(0.1),
+                             nn.Linear(500, self.n_classes))
+
+    def forward(self, x):
+        x, sup = x
+        return self._model(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.cross_entropy(self(x), y)
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        preds = self(x)
+        self.log("val_loss", F.cross_entropy(preds, y))
+        self.log("val_acc", accuracy(preds.softmax(dim=1), y, task="multiclass", num_classes=self.n_classes))
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.parameters(), lr=self.learning_rate)
+'''
+
+
+def _prepare(root: Path, *, small: bool) -> tuple[Path, dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    from pod_agent.config.settings import DatasourceSection
+    from pod_agent.data import open_datasource
+    from pod_agent.data.adult import write_adult
+    from pod_agent.data.task_input import prepare_task_input
+    from pod_agent.protocol.messages import DataSelection
+
+    files = write_adult(root / "adult")
+    path = files.parquet
+    if small:
+        path = root / "adult_small.parquet"
+        pq.write_table(pq.read_table(files.parquet).slice(0, SMALL_ROWS), path)
+    ds = open_datasource(DatasourceSection(path=path))
+    prepared = prepare_task_input(ds, ds.schema(), DataSelection(target="TARGET"), root / "prepared")
+    return prepared.path, prepared.datastructure
+
+
+def _plain_lightning(data_path: Path, datastructure: dict[str, Any], *, epochs: int, threads: int) -> float:
+    """(a): what a data scientist would write by hand, with the same model and data."""
+    import numpy as np
+    import pyarrow as pa
+    import pytorch_lightning as pl
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+    from torch.utils.data import DataLoader, TensorDataset
+
+    torch.set_num_threads(threads)
+    with pa.memory_map(str(data_path)) as source:
+        table = pa.ipc.open_file(source).read_all()
+    width = int(datastructure["input_size"])
+    x = np.asarray(table.column("x").combine_chunks().flatten()).reshape(-1, width)
+    y, split = table.column("y").to_numpy(), table.column("split").to_numpy()
+
+    def dataset(code: int) -> TensorDataset:
+        return TensorDataset(torch.from_numpy(x[split == code].copy()), torch.from_numpy(y[split == code].copy()))
+
+    class Plain(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(width, 500), nn.ReLU(), nn.Dropout(0.1),
+                                     nn.Linear(500, int(datastructure["n_classes"])))
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            xb, yb = batch
+            return F.cross_entropy(self.net(xb), yb)
+
+        def validation_step(self, batch: Any, batch_idx: int) -> None:
+            xb, yb = batch
+            self.log("val_loss", F.cross_entropy(self.net(xb), yb))
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.AdamW(self.parameters(), lr=1e-3)
+
+    started = time.perf_counter()
+    pl.seed_everything(SEED, verbose=False)
+    model = Plain()
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=epochs, deterministic=True, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         num_sanity_val_steps=0)
+    trainer.fit(model, DataLoader(dataset(0), batch_size=BATCH_SIZE, shuffle=True),
+                DataLoader(dataset(1), batch_size=BATCH_SIZE))
+    return time.perf_counter() - started
+
+
+def _task(epochs: int) -> Any:
+    from pod_agent.protocol.messages import DataSelection, Hyperparameters, ModelRef, TaskPayload
+
+    now = int(time.time())
+    return TaskPayload(
+        task_id=str(uuid.uuid4()), modeller_id="ab" * 32, pods=["bench"], issued_at=now, expires_at=now + 3600,
+        nonce=uuid.uuid4().hex, kind="train",
+        model=ModelRef(style="lightning", name="bench", class_name="BenchModel", source=TUTORIAL_SOURCE,
+                       sha256=hashlib.sha256(TUTORIAL_SOURCE.encode()).hexdigest()),
+        hyperparameters=Hyperparameters(epochs=epochs, batch_size=BATCH_SIZE, seed=SEED),
+        data=DataSelection(target="TARGET"), schema_hash="cd" * 32,
+    )
+
+
+async def _pod_task(data_path: Path, datastructure: dict[str, Any], root: Path, *, epochs: int, threads: int,
+                    level: str, warm: bool) -> tuple[float, float]:
+    """(b): one task through the real runner; returns (total seconds, seconds to the first step)."""
+    import shutil
+
+    from pod_agent.config.settings import SandboxLimitsSection, SecuritySection
+    from pod_agent.sandbox import SandboxJob, SandboxRunner
+    from pod_agent.training import check_result
+
+    task = _task(epochs)
+    case = root / uuid.uuid4().hex[:8]
+    (case / "input").mkdir(parents=True)
+    shutil.copyfile(data_path, case / "input" / "data.arrow")
+    (case / "input" / "model.py").write_text(TUTORIAL_SOURCE)
+    request = {"task": task.model_dump(mode="json"), "datastructure": datastructure,
+               "trainer": {"accelerator": "cpu", "devices": 1, "threads": threads}, "privacy": {"min_rows": 20}}
+    limits = SandboxLimitsSection(wall_timeout_s=900, cpu_time_s=3600, memory_mb=4096, warm_worker=warm)
+    first_step: list[float] = []
+    async with SandboxRunner(SecuritySection(sandbox=level, sandbox_user=SANDBOX_USER), limits) as runner:  # type: ignore[arg-type]
+        if warm:
+            await runner.prewarm(ENTRY)
+            await runner.wait_warm(ENTRY)
+        started = time.perf_counter()
+
+        def on_progress(event: dict[str, Any]) -> None:
+            if not first_step and event.get("stage") == "training":
+                first_step.append(time.perf_counter() - started)
+
+        outcome = await runner.run(SandboxJob(entry=ENTRY, input_dir=case / "input", work_dir=case / "work",
+                                              request=request), on_progress=on_progress)
+        check_result(outcome, task=task, expected=None, max_bytes=512 << 20)
+        total = time.perf_counter() - started
+    return total, first_step[0] if first_step else float("nan")
+
+
+def _best_level() -> str:
+    from pod_agent.config.settings import SecuritySection
+    from pod_agent.sandbox import best_level, probe_layers
+
+    return best_level(probe_layers(SecuritySection(sandbox="none", sandbox_user=SANDBOX_USER)))  # type: ignore[arg-type]
+
+
+def run(small: bool, *, threads: int = 1, level: str | None = None) -> dict[str, Any]:
+    """Plain Lightning vs a pod task on the same job, and first-step latency warm and cold."""
+    epochs = SMALL_EPOCHS if small else FULL_EPOCHS
+    chosen = level or _best_level()
+    with tempfile.TemporaryDirectory(prefix="pod-bench-training-") as tmp:
+        root = Path(tmp)
+        data_path, datastructure = _prepare(root, small=small)
+        plain = _plain_lightning(data_path, datastructure, epochs=epochs, threads=threads)
+        pod, first_warm = asyncio.run(_pod_task(data_path, datastructure, root, epochs=epochs, threads=threads,
+                                                level=chosen, warm=True))
+        short = 1 if not small else epochs
+        _, first_cold = asyncio.run(_pod_task(data_path, datastructure, root, epochs=short, threads=threads,
+                                              level=chosen, warm=False))
+    n_rows = datastructure["n_rows"]
+    return {
+        "level": chosen, "epochs": epochs, "threads": threads, "train_rows": n_rows["train"],
+        "plain_s": round(plain, 3), "pod_s": round(pod, 3), "ratio": round(pod / plain, 3),
+        "first_step_warm_s": round(first_warm, 3), "first_step_cold_s": round(first_cold, 3),
+    }
+
+
+def _print(result: dict[str, Any]) -> None:
+    print(f"training overhead, tutorial MLP on Adult ({result['train_rows']} train rows, {result['epochs']} epochs, "
+          f"{result['threads']} thread(s), sandbox level {result['level']})")
+    print(f"(a) plain Lightning in-process: {result['plain_s']:>8.3f} s")
+    print(f"(b) pod task, warm worker:      {result['pod_s']:>8.3f} s   ratio {result['ratio']:.3f}")
+    print(f"task accepted -> first training step: warm {result['first_step_warm_s']:.3f} s, "
+          f"cold {result['first_step_cold_s']:.3f} s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--small", action="store_true", help=f"{SMALL_ROWS} rows, {SMALL_EPOCHS} epoch")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for both sides (default 1)")
+    parser.add_argument("--level", choices=("strict", "standard", "none"), help="sandbox level (default: best here)")
+    args = parser.parse_args()
+    result = run(args.small, threads=args.threads, level=args.level)
+    print(json.dumps(result, indent=2)) if args.json else _print(result)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
