@@ -8,11 +8,12 @@ Environment variables win over the file; nested keys use ``__``
 
 from __future__ import annotations
 
+import codecs
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -67,6 +68,15 @@ class DatasourceSection(_Section):
     csv_null_values: list[str] = ["", "NA", "N/A", "null", "NULL", "?"]
     csv_trim_whitespace: bool = True
     categorical_max_unique: int = Field(default=50, ge=1)
+
+    @field_validator("csv_encoding")
+    @classmethod
+    def _known_encoding(cls, value: str) -> str:
+        try:
+            codecs.lookup(value)
+        except LookupError as exc:
+            raise ValueError(f"unknown text encoding {value!r}; use a Python codec name such as 'latin-1'") from exc
+        return value
 
     @model_validator(mode="after")
     def _each_column_has_one_fate(self) -> "DatasourceSection":

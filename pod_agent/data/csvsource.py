@@ -115,7 +115,7 @@ def clean_batches(layout: CsvLayout, section: DatasourceSection, columns: list[s
             yield pa.RecordBatch.from_arrays(
                 [_clean(layout, batch.column(i)) for i in range(batch.num_columns)], names=columns
             )
-    except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
+    except (pa.ArrowInvalid, UnicodeDecodeError, OSError) as exc:
         raise csv_error(exc, path=layout.path, section=section, n_columns=len(layout.names)) from exc
 
 

@@ -187,3 +187,8 @@ def test_several_problems_are_counted_in_one_line(pod_toml) -> None:
     with pytest.raises(ConfigError, match=r"\(and 1 more problem\(s\)\)$") as info:
         load_settings(pod_toml(text))
     assert "\n" not in str(info.value)
+
+
+def test_unknown_csv_encoding_is_refused(pod_toml) -> None:
+    with pytest.raises(ConfigError, match=r"pod\.toml: datasource\.csv_encoding: unknown text encoding 'klingon'; use a Python codec name"):
+        load_settings(pod_toml(MINIMAL + 'csv_encoding = "klingon"\n'))
