@@ -32,6 +32,37 @@ _NUMBER_RE = re.compile(_NUMBER, flags=re.IGNORECASE)
 _BOOL_WORDS = pa.array(["true", "false"])
 
 
+class CsvTable:
+    """A CSV file: its column names at once, its schema from one pass, then typed batches."""
+
+    def __init__(self, section: DatasourceSection) -> None:
+        self.section = section
+        self.layout = open_csv_layout(section)
+        self.names = self.layout.names
+        self._types: dict[str, pa.DataType] = {}
+
+    def infer(self, *, visible: list[str], forced: dict[str, Stype]) -> tuple[list[ColumnSchema], int]:
+        columns, rows, self._types = infer_csv(self.layout, self.section, visible=visible, forced=forced)
+        return columns, rows
+
+    def batches(self, columns: list[str], *, batch_rows: int) -> Iterator[pa.RecordBatch]:
+        """Batches typed as ``infer`` decided (call it first), sliced to ``batch_rows``."""
+        for batch in clean_batches(self.layout, self.section, columns):
+            arrays = []
+            for name, column in zip(columns, batch.columns):
+                try:
+                    arrays.append(to_type(column, self._types[name]))
+                except pa.ArrowInvalid as exc:
+                    raise DataError(
+                        f"{self.layout.path}: column {name!r} no longer fits its schema type"
+                        f" ({str(exc).splitlines()[0]}) - the file changed after the schema was read;"
+                        " restart the agent"
+                    ) from exc
+            typed = pa.RecordBatch.from_arrays(arrays, names=columns)
+            for start in range(0, typed.num_rows, batch_rows):
+                yield typed.slice(start, batch_rows)
+
+
 @dataclass(frozen=True)
 class CsvLayout:
     """Where a CSV file is and how to parse it; ``names`` are all columns, ignored ones included."""

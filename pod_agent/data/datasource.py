@@ -15,7 +15,8 @@ from typing import Literal
 import pyarrow as pa
 
 from pod_agent.config.settings import DatasourceSection
-from pod_agent.data import csvsource, parquetsource
+from pod_agent.data.csvsource import CsvTable
+from pod_agent.data.parquetsource import ParquetTable
 from pod_agent.data.schema import Schema, Stype
 from pod_agent.errors import DataError
 
@@ -33,11 +34,8 @@ def open_datasource(section: DatasourceSection) -> Datasource:
         raise DataError(f"{path}: is a directory, not a CSV file - point datasource.path at the file")
     if path.is_file():
         _check_readable(path)
-    if kind == "csv":
-        csv_layout = csvsource.open_csv_layout(section)
-        return Datasource(section, kind=kind, names=csv_layout.names, csv_layout=csv_layout)
-    parquet_layout = parquetsource.open_parquet_layout(path)
-    return Datasource(section, kind=kind, names=parquet_layout.arrow_schema.names, parquet_layout=parquet_layout)
+    table = CsvTable(section) if kind == "csv" else ParquetTable(section)
+    return Datasource(section, kind=kind, table=table)
 
 
 def _format(section: DatasourceSection) -> Literal["csv", "parquet"]:
@@ -65,16 +63,10 @@ class Datasource:
     """One table. ``schema()`` and ``batches()`` never show the section's ``ignore_cols``."""
 
     def __init__(
-        self,
-        section: DatasourceSection,
-        *,
-        kind: Literal["csv", "parquet"],
-        names: list[str],
-        csv_layout: csvsource.CsvLayout | None = None,
-        parquet_layout: parquetsource.ParquetLayout | None = None,
+        self, section: DatasourceSection, *, kind: Literal["csv", "parquet"], table: CsvTable | ParquetTable
     ) -> None:
-        self.section, self.kind = section, kind
-        self._csv, self._parquet = csv_layout, parquet_layout
+        self.section, self.kind, self._table = section, kind, table
+        names = table.names
         self._forced = _forced_stypes(section, names)
         ignored = set(section.ignore_cols)
         missing = sorted(ignored - set(names))
@@ -87,7 +79,6 @@ class Datasource:
         if not self.columns:
             raise DataError(f"{section.path}: ignore_cols drops every column - leave at least one")
         self._schema: Schema | None = None
-        self._csv_types: dict[str, pa.DataType] = {}
 
     @property
     def path(self) -> Path:
@@ -96,19 +87,9 @@ class Datasource:
     def schema(self) -> Schema:
         """The visible columns' schema and the row count, from one streaming pass (then cached)."""
         if self._schema is None:
-            if self._csv is not None:
-                columns, rows, self._csv_types = csvsource.infer_csv(
-                    self._csv, self.section, visible=self.columns, forced=self._forced
-                )
-            else:
-                columns, rows = parquetsource.infer_parquet(
-                    self._parquet_layout(),
-                    visible=self.columns,
-                    forced=self._forced,
-                    max_unique=self.section.categorical_max_unique,
-                )
+            columns, rows = self._table.infer(visible=self.columns, forced=self._forced)
             if rows == 0:
-                what = "has a header but no rows" if self._csv is not None else "has no rows"
+                what = "has a header but no rows" if self.kind == "csv" else "has no rows"
                 raise DataError(f"{self.path}: the table {what} - point datasource.path at a table with data")
             self._schema = Schema(columns=columns, row_count=rows)
         return self._schema
@@ -122,40 +103,7 @@ class Datasource:
         unknown = [name for name in wanted if name not in self.columns]
         if unknown:
             raise DataError(f"{self.path}: no such column(s) {unknown} - the columns are {self.columns}")
-        if self._csv is not None:
-            return self._csv_batches(wanted, batch_rows=batch_rows)
-        return parquetsource.typed_batches(
-            self._parquet_layout(), wanted, self._parquet_types(), batch_rows=batch_rows
-        )
-
-    def _parquet_layout(self) -> parquetsource.ParquetLayout:
-        if self._parquet is None:
-            raise DataError(f"{self.path}: not opened as Parquet")
-        return self._parquet
-
-    def _parquet_types(self) -> dict[str, pa.DataType]:
-        layout = self._parquet_layout()
-        return {
-            name: parquetsource.target_type(name, layout.arrow_schema.field(name).type, self._forced.get(name))
-            for name in self.columns
-        }
-
-    def _csv_batches(self, columns: list[str], *, batch_rows: int) -> Iterator[pa.RecordBatch]:
-        if self._csv is None:
-            raise DataError(f"{self.path}: not opened as CSV")
-        for batch in csvsource.clean_batches(self._csv, self.section, columns):
-            arrays = []
-            for name, column in zip(columns, batch.columns):
-                try:
-                    arrays.append(csvsource.to_type(column, self._csv_types[name]))
-                except pa.ArrowInvalid as exc:
-                    raise DataError(
-                        f"{self.path}: column {name!r} no longer fits its schema type ({exc})"
-                        " - the file changed after the schema was read; restart the agent"
-                    ) from exc
-            typed = pa.RecordBatch.from_arrays(arrays, names=columns)
-            for start in range(0, typed.num_rows, batch_rows):
-                yield typed.slice(start, batch_rows)
+        return self._table.batches(wanted, batch_rows=batch_rows)
 
 
 def _forced_stypes(section: DatasourceSection, names: list[str]) -> dict[str, Stype]:

@@ -15,12 +15,35 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pod_agent.config.settings import DatasourceSection
 from pod_agent.data.infer import MAX_FORCED_CATEGORIES, DistinctValues, decide, tracks_distinct
 from pod_agent.data.schema import ColumnSchema, Stype
 from pod_agent.errors import DataError
 
 _PASS_BATCH_ROWS = 65_536
 _READ_BUFFER_BYTES = 1 << 20
+
+
+class ParquetTable:
+    """A Parquet file or directory: names from the footers, schema from one pass, typed batches."""
+
+    def __init__(self, section: DatasourceSection) -> None:
+        self.section = section
+        self.layout = open_parquet_layout(section.path)
+        self.names: list[str] = self.layout.arrow_schema.names
+        self._types: dict[str, pa.DataType] = {}
+
+    def infer(self, *, visible: list[str], forced: dict[str, Stype]) -> tuple[list[ColumnSchema], int]:
+        self._types = {
+            name: target_type(name, self.layout.arrow_schema.field(name).type, forced.get(name)) for name in visible
+        }
+        return infer_parquet(
+            self.layout, types=self._types, forced=forced, max_unique=self.section.categorical_max_unique
+        )
+
+    def batches(self, columns: list[str], *, batch_rows: int) -> Iterator[pa.RecordBatch]:
+        """Batches typed as ``infer`` decided (call it first)."""
+        return typed_batches(self.layout, columns, self._types, batch_rows=batch_rows)
 
 
 @dataclass(frozen=True)
@@ -127,10 +150,10 @@ def _open(file: Path) -> pq.ParquetFile:
 
 
 def infer_parquet(
-    layout: ParquetLayout, *, visible: list[str], forced: dict[str, Stype], max_unique: int
+    layout: ParquetLayout, *, types: dict[str, pa.DataType], forced: dict[str, Stype], max_unique: int
 ) -> tuple[list[ColumnSchema], int]:
-    """Schema of the visible columns: types from the footer, distinct values from one pass."""
-    types = {name: target_type(name, layout.arrow_schema.field(name).type, forced.get(name)) for name in visible}
+    """Schema of the columns in ``types`` (their batch types): distinct values from one pass."""
+    visible = list(types)
     trackers: dict[str, DistinctValues] = {}
     for name in visible:
         kind = forced.get(name)
