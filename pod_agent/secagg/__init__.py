@@ -6,7 +6,7 @@ Pod side: :func:`protect_update` (clip, weight, encode, mask). Aggregator side:
 
 from pod_agent.secagg.aggregate import AggregateResult, IncompleteRound, aggregate_masked
 from pod_agent.secagg.clip import ClipBound, ClippedUpdate, NormClip, clip_l2, clip_update, floating_tensors
-from pod_agent.secagg.fixed_point import Encoding, plan_encoding
+from pod_agent.secagg.fixed_point import Encoding, max_weight, plan_encoding
 from pod_agent.secagg.masks import (
     RoundKeyPair,
     add_pairwise_masks,
@@ -40,6 +40,7 @@ __all__ = [
     "clip_update",
     "dropout_correction",
     "floating_tensors",
+    "max_weight",
     "participant_from",
     "plan_encoding",
     "protect_update",

@@ -71,6 +71,14 @@ class ClipBound:
         values = {key: param_clipping[key] for key in expected}
         return cls(**values)  # type: ignore[arg-type]  # __post_init__ checks the types
 
+    @classmethod
+    def for_bound(cls, bound: float, *, precision: int, num_workers: int) -> ClipBound:
+        """The triple whose bound is at least ``bound``: prime_q = ceil(2 * P * N * bound)."""
+        if not bound > 0:
+            raise SecAggError(f"clip bound {bound!r} must be > 0")
+        return cls(prime_q=math.ceil(2 * precision * num_workers * bound), precision=precision,
+                   num_workers=num_workers)
+
     @property
     def bound(self) -> float:
         return self.prime_q / (self.precision * 2 * self.num_workers)

@@ -71,6 +71,14 @@ def _float_at_most(value: int) -> float:
     return as_float if int(as_float) <= value else float(np.nextafter(as_float, 0.0))
 
 
+def max_weight(bound: ClipBound, *, modulus_bits: int) -> int:
+    """The most training rows a pod may weight by before the sum could wrap (0: not even 1)."""
+    n, modulus = bound.num_workers, 1 << modulus_bits
+    # limit(w) = (w Q + N) // 2N must stay <= (M - 1) // 2N
+    largest_limit = (modulus - 1) // (2 * n)
+    return (2 * n * (largest_limit + 1) - n - 1) // bound.prime_q
+
+
 def plan_encoding(bound: ClipBound, *, modulus_bits: int, weight: int) -> Encoding:
     """The encoding for a pod of this weight, or SecAggError when the sum could wrap."""
     modulus_dtype(modulus_bits)
@@ -81,7 +89,10 @@ def plan_encoding(bound: ClipBound, *, modulus_bits: int, weight: int) -> Encodi
     limit = (weight * q + n) // (2 * n)
     if 2 * n * limit >= modulus:
         weighted_hint = (
-            f", or set weighted=false (weighting by n_rows={weight} multiplies the sum)" if weight > 1 else ""
+            f", or set weighted=false (weighting by n_rows={weight} multiplies the sum; at most "
+            f"{max_weight(bound, modulus_bits=modulus_bits)} rows fit)"
+            if weight > 1
+            else ""
         )
         raise SecAggError(
             f"secure aggregation sum could wrap: num_workers * bound * precision * weight = "

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from secagg_cohort import make_cohort
 
 from pod_agent.errors import SecAggError
-from pod_agent.secagg import ClipBound, plan_encoding
+from pod_agent.secagg import ClipBound, max_weight, plan_encoding
 from pod_agent.secagg.fixed_point import decode_sum
 
 
@@ -34,7 +34,8 @@ def test_largest_prime_q_that_fits_is_accepted_and_one_more_is_refused() -> None
 def test_weighting_that_overflows_names_weighted_false_as_a_fix() -> None:
     bound = ClipBound(prime_q=2**61 - 1, precision=10**10, num_workers=3)
     plan_encoding(bound, modulus_bits=64, weight=1)
-    with pytest.raises(SecAggError, match="set weighted=false \\(weighting by n_rows=100 multiplies the sum\\)"):
+    expected = r"set weighted=false \(weighting by n_rows=100 multiplies the sum; at most 8 rows fit\)"
+    with pytest.raises(SecAggError, match=expected):
         plan_encoding(bound, modulus_bits=64, weight=100)
 
 
@@ -84,3 +85,20 @@ def test_one_value_round_trips_within_half_a_unit(value: float, modulus_bits: in
     decoded = np.empty(1, dtype=np.float64)
     decode_sum(out, divisor=bound.precision * scale, modulus_bits=modulus_bits, out=decoded)
     assert abs(decoded[0] - expected) <= 0.5 / (bound.precision * scale)
+
+
+@pytest.mark.parametrize(("q", "n", "bits"), [(2**40, 3, 64), (10**9 + 7, 5, 64), (2**20, 11, 32), (99991, 2, 32)])
+def test_max_weight_is_exactly_the_largest_weight_that_fits(q: int, n: int, bits: int) -> None:
+    bound = ClipBound(prime_q=q, precision=2**8, num_workers=n)
+    largest = max_weight(bound, modulus_bits=bits)
+    plan_encoding(bound, modulus_bits=bits, weight=largest)
+    with pytest.raises(SecAggError, match=f"at most {largest} rows fit"):
+        plan_encoding(bound, modulus_bits=bits, weight=largest + 1)
+
+
+def test_for_bound_gives_at_least_the_asked_bound() -> None:
+    bound = ClipBound.for_bound(8.0, precision=2**16, num_workers=11)
+    assert bound.bound >= 8.0
+    assert bound.prime_q == 2 * 2**16 * 11 * 8
+    with pytest.raises(SecAggError, match="clip bound -1.0 must be > 0"):
+        ClipBound.for_bound(-1.0, precision=1, num_workers=1)
