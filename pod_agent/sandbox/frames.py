@@ -23,8 +23,10 @@ if TYPE_CHECKING:
     import asyncio
 
 _PREFIX = struct.Struct(">II")
-# A header carries a type, a reason code, metrics or a progress event: never bulk data.
+# A worker's header carries a type, a reason code, metrics or a progress event: never bulk data.
 MAX_HEADER_BYTES = 1 << 20
+# The agent's request carries the whole signed task (model source included), so it may be larger.
+MAX_REQUEST_HEADER_BYTES = 64 << 20
 # u32 payload length: safetensors results above 4 GiB are refused by construction.
 MAX_PAYLOAD_BYTES_LIMIT = (1 << 32) - 1
 _SAFETENSORS_DTYPES = frozenset(
@@ -52,17 +54,17 @@ def encode_frame(header: dict[str, Any], payload: bytes = b"") -> bytes:
     if not isinstance(header.get("type"), str):
         raise SandboxError("bad_frame", f"frame header needs a string 'type', got {header.get('type')!r}")
     raw = json.dumps(header, separators=(",", ":"), allow_nan=False).encode("utf-8")
-    if len(raw) > MAX_HEADER_BYTES:
-        raise SandboxError("frame_too_large", f"header of {len(raw)} bytes exceeds {MAX_HEADER_BYTES}")
+    if len(raw) > MAX_REQUEST_HEADER_BYTES:
+        raise SandboxError("frame_too_large", f"header of {len(raw)} bytes exceeds {MAX_REQUEST_HEADER_BYTES}")
     if len(payload) > MAX_PAYLOAD_BYTES_LIMIT:
         raise SandboxError("frame_too_large", f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES_LIMIT}")
     return _PREFIX.pack(len(raw), len(payload)) + raw + payload
 
 
-def _check_prefix(prefix: bytes, *, max_payload_bytes: int) -> tuple[int, int]:
+def _check_prefix(prefix: bytes, *, max_payload_bytes: int, max_header_bytes: int) -> tuple[int, int]:
     header_len, payload_len = _PREFIX.unpack(prefix)
-    if header_len == 0 or header_len > MAX_HEADER_BYTES:
-        raise SandboxError("frame_too_large", f"frame header of {header_len} bytes (cap {MAX_HEADER_BYTES})")
+    if header_len == 0 or header_len > max_header_bytes:
+        raise SandboxError("frame_too_large", f"frame header of {header_len} bytes (cap {max_header_bytes})")
     if payload_len > max_payload_bytes:
         raise SandboxError("frame_too_large", f"frame payload of {payload_len} bytes (cap {max_payload_bytes})")
     return header_len, payload_len
@@ -91,7 +93,8 @@ async def read_frame_async(reader: "asyncio.StreamReader", *, max_payload_bytes:
         if not exc.partial:
             return None
         raise SandboxError("bad_frame", "stream ended inside a frame prefix") from exc
-    header_len, payload_len = _check_prefix(prefix, max_payload_bytes=max_payload_bytes)
+    header_len, payload_len = _check_prefix(prefix, max_payload_bytes=max_payload_bytes,
+                                            max_header_bytes=MAX_HEADER_BYTES)
     try:
         raw = await reader.readexactly(header_len)
         payload = await reader.readexactly(payload_len) if payload_len else b""
@@ -112,14 +115,16 @@ def _read_exactly(stream: BinaryIO, n: int) -> bytes:
     return b"".join(chunks)
 
 
-def read_frame(stream: BinaryIO, *, max_payload_bytes: int) -> Frame | None:
-    """Blocking twin of :func:`read_frame_async`, used inside the worker."""
+def read_frame(stream: BinaryIO, *, max_payload_bytes: int,
+               max_header_bytes: int = MAX_REQUEST_HEADER_BYTES) -> Frame | None:
+    """Blocking twin of :func:`read_frame_async`, used inside the worker (for the agent's frames)."""
     prefix = _read_exactly(stream, _PREFIX.size)
     if not prefix:
         return None
     if len(prefix) != _PREFIX.size:
         raise SandboxError("bad_frame", "stream ended inside a frame prefix")
-    header_len, payload_len = _check_prefix(prefix, max_payload_bytes=max_payload_bytes)
+    header_len, payload_len = _check_prefix(prefix, max_payload_bytes=max_payload_bytes,
+                                            max_header_bytes=max_header_bytes)
     raw = _read_exactly(stream, header_len)
     payload = _read_exactly(stream, payload_len)
     if len(raw) != header_len or len(payload) != payload_len:
@@ -177,6 +182,7 @@ def check_safetensors(payload: bytes) -> dict[str, dict[str, Any]]:
 
 __all__ = [
     "MAX_HEADER_BYTES",
+    "MAX_REQUEST_HEADER_BYTES",
     "Frame",
     "check_safetensors",
     "encode_frame",

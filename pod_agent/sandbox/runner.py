@@ -480,7 +480,13 @@ class SandboxRunner:
                         "security.sandbox = 'strict' in pod.toml)")
         limits = self._limits(job.limits)
         started = time.monotonic()
-        worker = self._warm.pop((job.entry, str(job.entry_path)), None)
+        key = (job.entry, str(job.entry_path))
+        warming = self._warming.get(key)
+        if warming is not None and key not in self._warm:
+            # A warm-up already under way is never slower than a cold start begun now.
+            with contextlib.suppress(SandboxError):
+                await asyncio.shield(warming)
+        worker = self._warm.pop(key, None)
         if worker is None:
             worker = _Worker(self, entry=job.entry, entry_path=job.entry_path, slot=self._slot(), limits=limits,
                              warm=False)

@@ -54,7 +54,8 @@ def outside(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outside]:
     abstract.bind("\0" + abstract_name)
     abstract.listen()
     abstract.setblocking(False)
-    yield Outside(root, c644, c600, key, data, tcp, udp, unix_path, unix, abstract_name, abstract)
+    comm = "sbx" + uuid.uuid4().hex[:12]
+    yield Outside(root, c644, c600, key, data, tcp, udp, unix_path, unix, abstract_name, abstract, comm)
     for sock in (tcp, udp, unix, abstract):
         sock.close()
     subprocess.run(["rm", "-rf", str(root)], check=True)

@@ -25,23 +25,19 @@ ATTACK_LIMITS = {"wall_timeout_s": 20.0, "cpu_time_s": 10, "memory_mb": 256, "ma
                  "max_open_files": 256, "max_file_mb": 8, "max_output_mb": 4, "warm_worker": False}
 
 
-def sandbox_uid_processes() -> list[int]:
-    """Pids of live processes owned by the sandbox uid (there must be none after a task)."""
-    import pwd
-
-    uid = pwd.getpwnam(SANDBOX_USER).pw_uid
+def leftover_processes(comm: str) -> list[int]:
+    """Live processes named ``comm``: the test entry names every worker process it starts after
+    the task's token (children inherit it), so other tests' workers never match."""
     found = []
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             try:
-                status = Path(entry.path, "status").read_text()
+                name = Path(entry.path, "comm").read_text().strip()
+                state = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()[0]
             except OSError:
                 continue
-            for line in status.splitlines():
-                if line.startswith("Uid:") and int(line.split()[1]) == uid:
-                    state = next((s for s in status.splitlines() if s.startswith("State:")), "")
-                    if "Z" not in state.split()[1:2]:
-                        found.append(int(entry.name))
+            if name == comm and state != "Z":
+                found.append(int(entry.name))
     return found
 
 
@@ -60,12 +56,14 @@ class Outside:
     unix: socket.socket
     abstract_name: str
     abstract: socket.socket
+    comm: str
 
     def request(self) -> dict[str, Any]:
         return {"canary_644": str(self.canary_644), "canary_600": str(self.canary_600),
                 "key_file": str(self.key_file), "original_data": str(self.original_data),
                 "tcp_port": self.tcp.getsockname()[1], "udp_port": self.udp.getsockname()[1],
-                "unix_path": str(self.unix_path), "abstract_name": self.abstract_name, "agent_pid": os.getpid()}
+                "unix_path": str(self.unix_path), "abstract_name": self.abstract_name, "agent_pid": os.getpid(),
+                "comm": self.comm}
 
 
 def nothing_arrived(outside: Outside, *, path_socket: bool = True) -> None:

@@ -85,3 +85,10 @@ def _blob(table: dict[str, object], data: bytes) -> bytes:
 def test_safetensors_check_refuses_malformed_payloads(blob: bytes, message: str) -> None:
     with pytest.raises(SandboxError, match=message):
         check_safetensors(blob)
+
+
+def test_the_agent_request_may_exceed_the_worker_header_cap() -> None:
+    source = "x" * (MAX_HEADER_BYTES + 10)
+    raw = encode_frame({"type": "request", "request": {"source": source}})
+    frame = read_frame(io.BytesIO(raw), max_payload_bytes=0)
+    assert frame is not None and frame.header["request"]["source"] == source

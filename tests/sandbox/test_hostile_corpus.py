@@ -14,7 +14,7 @@ import pytest
 
 from pod_agent.errors import SandboxError
 from pod_agent.sandbox.frames import check_safetensors
-from sbx_helpers import CORPUS, SECRET, Outside, RunModel, nothing_arrived, sandbox_uid_processes
+from sbx_helpers import CORPUS, SECRET, Outside, RunModel, leftover_processes, nothing_arrived
 
 
 async def test_tcp_connect_to_agent_listener_is_blocked(run_model: RunModel, outside: Outside) -> None:
@@ -77,10 +77,10 @@ async def test_agent_cannot_be_signalled_or_traced(run_model: RunModel) -> None:
     assert received == []
 
 
-async def test_fork_bomb_stops_at_the_process_limit(run_model: RunModel) -> None:
+async def test_fork_bomb_stops_at_the_process_limit(run_model: RunModel, outside: Outside) -> None:
     outcome = await run_model("fork_bomb", max_processes=16)
     assert 0 < outcome.header["forked"] <= 16
-    assert sandbox_uid_processes() == []
+    assert leftover_processes(outside.comm) == []
 
 
 async def test_allocating_twice_the_memory_cap_is_stopped(run_model: RunModel) -> None:
@@ -90,10 +90,10 @@ async def test_allocating_twice_the_memory_cap_is_stopped(run_model: RunModel) -
                                                           ("task_failed", "memory_exceeded")}
 
 
-async def test_memory_spread_over_processes_is_capped_by_the_cgroup(run_model: RunModel) -> None:
+async def test_memory_spread_over_processes_is_capped_by_the_cgroup(run_model: RunModel, outside: Outside) -> None:
     with pytest.raises(SandboxError, match="memory_exceeded"):
         await run_model("memory_hog_forked", memory_mb=256)
-    assert sandbox_uid_processes() == []
+    assert leftover_processes(outside.comm) == []
 
 
 async def test_busy_loop_is_killed_at_the_cpu_limit(run_model: RunModel) -> None:
@@ -103,22 +103,22 @@ async def test_busy_loop_is_killed_at_the_cpu_limit(run_model: RunModel) -> None
     assert time.monotonic() - started < 8
 
 
-async def test_sleep_past_wall_time_is_killed(run_model: RunModel) -> None:
+async def test_sleep_past_wall_time_is_killed(run_model: RunModel, outside: Outside) -> None:
     started = time.monotonic()
     with pytest.raises(SandboxError, match="wall_timeout"):
         await run_model("sleep_forever", wall_timeout_s=1.5)
     assert time.monotonic() - started < 6
-    assert sandbox_uid_processes() == []
+    assert leftover_processes(outside.comm) == []
 
 
-async def test_setsid_daemon_dies_and_its_inherited_pipe_reaches_eof(run_model: RunModel) -> None:
+async def test_setsid_daemon_dies_and_its_inherited_pipe_reaches_eof(run_model: RunModel, outside: Outside) -> None:
     # The runner waits for EOF on the stderr pipe the daemon inherited; a survivor would
     # surface as reason "tree_survived" instead of "wall_timeout".
     started = time.monotonic()
     with pytest.raises(SandboxError, match="wall_timeout"):
         await run_model("setsid_daemon", wall_timeout_s=1.5)
     assert time.monotonic() - started < 6
-    assert sandbox_uid_processes() == []
+    assert leftover_processes(outside.comm) == []
 
 
 async def test_file_bigger_than_the_cap_is_refused(run_model: RunModel, tmp_path: Path) -> None:

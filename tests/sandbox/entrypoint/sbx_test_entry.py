@@ -7,10 +7,12 @@ arrays, sends them as safetensors with ``{"returned": ...}`` extras.
 
 from __future__ import annotations
 
+import ctypes
 import time
 import uuid
 from typing import Any
 
+_PR_SET_NAME = 15
 # Set by prepare(): lets tests see when, and in which process, the worker got ready.
 TOKEN = ""
 PREPARED_AT = 0.0
@@ -22,7 +24,15 @@ def prepare() -> None:
     TOKEN, PREPARED_AT = uuid.uuid4().hex, time.time()
 
 
+def _name_process(comm: str) -> None:
+    """Name this process (and so every child it forks) so a test can find survivors by name."""
+    libc = ctypes.CDLL(None)
+    libc.prctl(_PR_SET_NAME, comm.encode()[:15], 0, 0, 0)
+
+
 def serve(channel: Any) -> None:
+    if "comm" in channel.request():
+        _name_process(channel.request()["comm"])
     source = (channel.input_dir / "model.py").read_text()
     namespace: dict[str, Any] = {"__name__": "model"}
     exec(compile(source, "model.py", "exec"), namespace)
