@@ -29,6 +29,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import time
 from collections.abc import Callable
@@ -48,6 +49,7 @@ from pod_agent.errors import (
     ContractViolation,
     DataError,
     PodAgentError,
+    ProtocolError,
     SandboxError,
     SecAggError,
     StateError,
@@ -80,6 +82,8 @@ DEAD_AFTER_HEARTBEATS = 3.0
 IDLE_RECHECK_S = 30.0
 # Expired nonces are purged this often.
 PURGE_INTERVAL_S = 600.0
+# A fixed failure code as the worker reports it; anything else is not forwarded.
+_CODE = re.compile(r"^[a-z0-9_]{1,64}$")
 # Failure codes of errors whose own reason is a fixed code safe to send.
 _REASONED = (TaskFailed, TrainingError, SandboxError, ContractViolation)
 
@@ -146,8 +150,10 @@ class Agent:
             security=settings.security, privacy=settings.privacy, pod_name=settings.pod.name,
             schema_hash=schema.hash(), nonces=state,
         )
+        self._blob_dir = settings.pod.state_dir / "outbox"
         self.pipeline = TaskPipeline(
-            settings=settings, datasource=datasource, schema=schema, work_root=settings.pod.state_dir / "work"
+            settings=settings, datasource=datasource, schema=schema, work_root=settings.pod.state_dir / "work",
+            outbox_dir=self._blob_dir, round_key=round_key,
         )
         self.metrics = AgentMetrics()
         self.metrics.set_sandbox_level(sandbox_level)
@@ -160,7 +166,6 @@ class Agent:
         self._runner_wake = asyncio.Event()
         self._outbox_wake = asyncio.Event()
         self._stop = asyncio.Event()
-        self._blob_dir = settings.pod.state_dir / "outbox"
 
     @classmethod
     async def open(cls, settings: PodSettings) -> Agent:
@@ -201,6 +206,9 @@ class Agent:
             if health is not None:
                 await stack.enter_async_context(health)
             hub = await stack.enter_async_context(HubClient(self.settings.hub, self.key))
+            self.pipeline.fetcher = _HubFetcher(hub)
+            await self.pipeline.start()
+            stack.push_async_callback(self.pipeline.aclose)
             async with asyncio.TaskGroup() as group:
                 runners = [
                     group.create_task(self._runner(i), name=f"runner-{i}")
@@ -447,8 +455,11 @@ class Agent:
         try:
             output = await self.pipeline.run(payload, modeller=policy, on_progress=self._send_progress)
         except _REASONED as exc:
-            _log.warning("task failed: %s", exc.reason)
-            return "failed", exc.reason, None
+            reason = exc.reason
+            if isinstance(exc, SandboxError) and exc.reason == "task_failed" and _CODE.match(exc.detail):
+                reason = exc.detail  # the worker's own fixed failure code (syntax_error, non_finite_loss ...)
+            _log.warning("task failed: %s", reason)
+            return "failed", reason, None
         except TaskRefused as exc:
             return "failed", exc.code, None
         except (DataError, SecAggError) as exc:
@@ -471,7 +482,7 @@ class Agent:
             event = await self._progress_queue.get()
             try:
                 await hub.call("POST", f"/v1/pod/tasks/{event.task_id}/progress", canonical_json(event))
-            except RETRYABLE as exc:
+            except (*RETRYABLE, ProtocolError) as exc:
                 _log.debug("progress event dropped: %s", exc)
 
     # -- outbox ---------------------------------------------------------------------------
@@ -509,6 +520,20 @@ class Agent:
         if removed is not None and removed.blob_path is not None:
             removed.blob_path.unlink(missing_ok=True)
         _log.info("result delivered", extra={"status": result.status})
+
+
+class _HubFetcher:
+    """The pipeline's view of the hub: model source by reference, blobs by sha256."""
+
+    def __init__(self, hub: HubClient) -> None:
+        self._hub = hub
+
+    async def model_source(self, name: str, version: str) -> str:
+        reply = await self._hub.call("GET", f"/v1/models/{name}/{version}")
+        return str(reply["source"])
+
+    async def blob(self, sha256: str, dest: Path) -> None:
+        await self._hub.download_blob(sha256, dest)
 
 
 async def _heartbeats(ws: aiohttp.ClientWebSocketResponse, interval_s: float) -> None:

@@ -12,6 +12,7 @@ send when is the daemon's (``daemon.py``).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import ipaddress
 import logging
 import ssl
@@ -151,6 +152,29 @@ class HubClient:
                 _raise_for(resp.status, "PUT", url_path, await resp.text())
         except aiohttp.ClientError as exc:
             raise HubUnavailable(f"hub {self.base} unreachable while uploading blob {sha256[:12]}...: {exc}") from exc
+
+    async def download_blob(self, sha256: str, dest: Path) -> None:
+        """Stream a blob to ``dest``; it is renamed into place only when its sha256 matches."""
+        url_path = f"/v1/blobs/{sha256}"
+        tmp = dest.with_name(dest.name + ".part")
+        digest = hashlib.sha256()
+        try:
+            async with self.session.get(
+                self.base + url_path, headers=self._headers("GET", url_path, b""), ssl=self._ssl
+            ) as resp:
+                if resp.status >= 400:
+                    _raise_for(resp.status, "GET", url_path, await resp.text())
+                with tmp.open("wb") as out:
+                    async for chunk in resp.content.iter_chunked(BLOB_CHUNK_BYTES):
+                        digest.update(chunk)
+                        await asyncio.to_thread(out.write, chunk)
+        except aiohttp.ClientError as exc:
+            tmp.unlink(missing_ok=True)
+            raise HubUnavailable(f"hub {self.base} unreachable while fetching blob {sha256[:12]}...: {exc}") from exc
+        if digest.hexdigest() != sha256:
+            tmp.unlink(missing_ok=True)
+            raise HubRejected(f"blob {sha256[:12]}... from the hub hashes to {digest.hexdigest()[:12]}...", status=422)
+        tmp.replace(dest)
 
     async def websocket(self, *, heartbeat_s: float) -> aiohttp.ClientWebSocketResponse:
         """Open the pod's task WebSocket; HubRejected when the hub does not offer it (fall back to polling)."""

@@ -13,20 +13,32 @@ that may leave the host; details stay in the local log.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import logging
+import math
+import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
+from pydantic import ValidationError
+
+from pod_agent.agent.stats import schema_stats
 from pod_agent.config.settings import ModellerPolicy, PodSettings
 from pod_agent.data import Datasource, Schema
-from pod_agent.errors import PodAgentError
+from pod_agent.errors import PodAgentError, SandboxError
+from pod_agent.policy import check_fetched_source
 from pod_agent.protocol.messages import BlobRef, ProgressEvent, TaskPayload
-from pod_agent.agent.stats import schema_stats
 
 _log = logging.getLogger(__name__)
 
 ProgressSink = Callable[[ProgressEvent], None]
+
+# The module the sandbox runs for train/evaluate/predict (training issue's worker).
+TRAINING_ENTRY = "pod_agent.training.worker"
+_STAGES = frozenset({"queued", "preparing", "training", "validating", "uploading", "done", "failed"})
 
 
 class TaskFailed(PodAgentError):
@@ -35,6 +47,14 @@ class TaskFailed(PodAgentError):
     def __init__(self, reason: str, detail: str = "") -> None:
         self.reason, self.detail = reason, detail
         super().__init__(f"task failed ({reason})" + (f": {detail}" if detail else ""))
+
+
+class HubFetcher(Protocol):
+    """What the pipeline needs from the hub: model source by reference and blobs by sha256."""
+
+    async def model_source(self, name: str, version: str) -> str: ...
+
+    async def blob(self, sha256: str, dest: Path) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -46,27 +66,84 @@ class PipelineOutput:
     blob_path: Path | None = None
     blob: BlobRef | None = None
     clipped_values: int = 0
-    extra: dict[str, str] = field(default_factory=dict)
 
 
 class TaskPipeline:
-    """Runs accepted tasks; one instance per daemon, safe to call for one task at a time per runner."""
+    """Runs accepted tasks; one instance per daemon.
 
-    def __init__(self, *, settings: PodSettings, datasource: Datasource, schema: Schema, work_root: Path) -> None:
+    The sandbox runner is built on first need, or by ``start()`` when a warm worker
+    is configured (fail-closed: when the configured level is unavailable, sandboxed
+    kinds fail with ``sandbox_unavailable``); ``aclose()`` ends it. ``schema-stats``
+    needs neither.
+    """
+
+    def __init__(
+        self,
+        *,
+        settings: PodSettings,
+        datasource: Datasource,
+        schema: Schema,
+        work_root: Path,
+        outbox_dir: Path,
+        round_key: Any,
+        fetcher: HubFetcher | None = None,
+    ) -> None:
         self._settings = settings
         self._datasource = datasource
         self._schema = schema
         self._work_root = work_root
+        self._outbox_dir = outbox_dir
+        self._round_key = round_key
+        self.fetcher = fetcher
+        self._runner: Any = None
+        self._runner_error: SandboxError | None = None
+        self._warming: asyncio.Task[None] | None = None
+        self._runner_lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        """With ``sandbox_limits.warm_worker``, build the runner and park a warm worker, in the background."""
+        if self._settings.sandbox_limits.warm_worker:
+            self._warming = asyncio.create_task(self._warm_up(), name="sandbox-warm-up")
+
+    async def _warm_up(self) -> None:
+        runner = await self._ensure_runner()
+        if runner is None:
+            return
+        try:
+            await runner.prewarm(TRAINING_ENTRY)
+        except SandboxError as exc:
+            _log.warning("warm worker could not start (%s); the first task starts cold", exc.reason)
+
+    async def _ensure_runner(self) -> Any:
+        """The sandbox runner, built once (it probes the layers); None when the level cannot be had."""
+        async with self._runner_lock:
+            if self._runner is None and self._runner_error is None:
+                from pod_agent.sandbox import SandboxRunner
+
+                gpu = self._settings.training.accelerator != "cpu" and Path("/dev/nvidiactl").exists()
+                try:
+                    self._runner = await asyncio.to_thread(
+                        SandboxRunner, self._settings.security, self._settings.sandbox_limits, gpu
+                    )
+                except SandboxError as exc:
+                    self._runner_error = exc
+                    _log.warning("sandbox unavailable (%s): train/evaluate/predict tasks will fail", exc.reason)
+            return self._runner
+
+    async def aclose(self) -> None:
+        if self._warming is not None:
+            self._warming.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._warming
+        if self._runner is not None:
+            await self._runner.aclose()
 
     async def run(self, task: TaskPayload, *, modeller: ModellerPolicy, on_progress: ProgressSink) -> PipelineOutput:
         """Run ``task`` (already verified and authorised); raise TaskFailed or a typed error on failure."""
         on_progress(ProgressEvent(task_id=task.task_id, stage="preparing"))
         if task.kind == "schema-stats":
             return await self._schema_stats(task)
-        raise TaskFailed(
-            "kind_not_supported",
-            f"{task.kind} tasks need the sandbox+training integration, which is not wired on this build",
-        )
+        return await self._sandboxed(task, on_progress)
 
     async def _schema_stats(self, task: TaskPayload) -> PipelineOutput:
         metrics, rows = await asyncio.to_thread(schema_stats, self._datasource, self._schema)
@@ -75,3 +152,131 @@ class TaskPipeline:
                 "too_few_rows", f"table has {rows} rows, under privacy.min_rows = {self._settings.privacy.min_rows}"
             )
         return PipelineOutput(metrics=metrics, n_rows=rows)
+
+    # -- train / evaluate / predict: data -> sandbox(training.worker) -> contract -> secagg --
+
+    async def _sandboxed(self, task: TaskPayload, on_progress: ProgressSink) -> PipelineOutput:
+        if await self._ensure_runner() is None:
+            raise TaskFailed("sandbox_unavailable", str(self._runner_error))
+        work = self._work_root / task.task_id
+        await asyncio.to_thread(shutil.rmtree, work, ignore_errors=True)
+        input_dir = work / "input"
+        await asyncio.to_thread(input_dir.mkdir, parents=True)
+        try:
+            return await self._sandboxed_in(task, work, input_dir, on_progress)
+        finally:
+            await asyncio.to_thread(shutil.rmtree, work, ignore_errors=True)
+
+    async def _sandboxed_in(
+        self, task: TaskPayload, work: Path, input_dir: Path, on_progress: ProgressSink
+    ) -> PipelineOutput:
+        from pod_agent.data.task_input import prepare_task_input
+        from pod_agent.sandbox import SandboxJob, SandboxLimits
+        from pod_agent.training import check_result, expected_from_safetensors
+
+        if task.model is None or task.data is None:
+            raise TaskFailed("malformed", f"a {task.kind} task needs a model and a data selection")
+        fetched_source = await self._write_model(task, input_dir)
+        expected = None
+        if task.weights is not None:
+            weights = input_dir / "weights.safetensors"
+            await self._fetch_blob(task.weights.sha256, weights)
+            expected = await asyncio.to_thread(lambda: expected_from_safetensors(weights.read_bytes()))
+        prepared = await asyncio.to_thread(
+            prepare_task_input, self._datasource, self._schema, task.data, input_dir
+        )
+        settings = self._settings
+        request = {
+            "task": task.model_dump(mode="json"),
+            "datastructure": prepared.datastructure,
+            "trainer": {
+                "accelerator": settings.training.accelerator, "devices": settings.training.devices,
+                "seed": task.hyperparameters.seed,
+            },
+            "privacy": {"min_rows": settings.privacy.min_rows},
+            "schema": self._schema.public(settings.privacy.share_categories),
+        }
+        job = SandboxJob(
+            entry=TRAINING_ENTRY, input_dir=input_dir, work_dir=work / "work", request=request,
+            limits=SandboxLimits(wall_timeout_s=task.limits.wall_timeout_s, memory_mb=task.limits.memory_mb),
+        )
+        on_progress(ProgressEvent(task_id=task.task_id, stage="training"))
+        outcome = await self._runner.run(job, on_progress=lambda event: _forward(task.task_id, event, on_progress))
+        on_progress(ProgressEvent(task_id=task.task_id, stage="validating"))
+        checked = await asyncio.to_thread(
+            check_result, outcome, task=task, expected=expected,
+            max_bytes=settings.sandbox_limits.max_output_mb << 20, min_rows=settings.privacy.min_rows,
+            source_text=fetched_source,
+        )
+        if not checked.arrays:
+            return PipelineOutput(metrics=checked.metrics, n_rows=checked.n_rows)
+        data, encoding, clipped = await asyncio.to_thread(self._encode, task, checked.arrays, checked.n_rows)
+        blob_path = self._outbox_dir / f"{task.task_id}.blob"
+        await asyncio.to_thread(blob_path.write_bytes, data)
+        ref = BlobRef(sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data), encoding=encoding)
+        return PipelineOutput(
+            metrics=checked.metrics, n_rows=checked.n_rows, blob_path=blob_path, blob=ref, clipped_values=clipped
+        )
+
+    def _encode(self, task: TaskPayload, arrays: dict[str, Any], n_rows: int) -> tuple[bytes, Any, int]:
+        """Masked fixed-point vector under secure aggregation, else plain safetensors."""
+        if task.secagg is not None:
+            from pod_agent.secagg import protect_update, vector_to_bytes
+
+            protected = protect_update(
+                arrays, params=task.secagg, task_id=task.task_id, me=self._settings.pod.name,
+                my_round_key=self._round_key, n_rows=n_rows, returns=task.returns,
+            )
+            encoding = "secagg-u32" if task.secagg.modulus_bits == 32 else "secagg-u64"
+            return vector_to_bytes(protected.vector), encoding, protected.n_clipped
+        from safetensors.numpy import save
+
+        return save(dict(sorted(arrays.items()))), "safetensors", 0
+
+    async def _write_model(self, task: TaskPayload, input_dir: Path) -> str | None:
+        """Put the model source or spec into the input; returns source fetched by hub reference."""
+        model = task.model
+        if model is None:
+            return None
+        if model.spec is not None:
+            from pod_agent.protocol import canonical_json
+
+            await asyncio.to_thread((input_dir / "spec.json").write_bytes, canonical_json(model.spec))
+            return None
+        if model.source is not None:
+            await asyncio.to_thread((input_dir / "model.py").write_text, model.source, encoding="utf-8")
+            return None
+        if self.fetcher is None or model.hub_ref is None or "@" not in model.hub_ref:
+            raise TaskFailed("source_missing", f"model reference {model.hub_ref!r} cannot be fetched")
+        name, version = model.hub_ref.split("@", 1)
+        source = await self.fetcher.model_source(name, version)
+        check_fetched_source(model, source)
+        await asyncio.to_thread((input_dir / "model.py").write_text, source, encoding="utf-8")
+        return source
+
+    async def _fetch_blob(self, sha256: str, dest: Path) -> None:
+        if self.fetcher is None:
+            raise TaskFailed("weights_unavailable", "no hub connection to fetch the task's weights")
+        await self.fetcher.blob(sha256, dest)
+
+
+def _forward(task_id: str, event: dict[str, Any], sink: ProgressSink) -> None:
+    """Sandbox progress (untrusted dict) -> a checked ProgressEvent; anything malformed is dropped."""
+    stage = event.get("stage", "training")
+    loss = event.get("loss")
+    if isinstance(loss, float) and not math.isfinite(loss):
+        loss = None
+    try:
+        sink(
+            ProgressEvent(
+                task_id=task_id, stage=stage if stage in _STAGES else "training",
+                epoch=event.get("epoch"), step=event.get("step"), loss=loss,
+                metrics={k: v for k, v in (event.get("metrics") or {}).items() if _finite(v)},
+            )
+        )
+    except (ValidationError, TypeError):
+        return
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

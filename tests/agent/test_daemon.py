@@ -20,12 +20,12 @@ from pod_agent.config.settings import (
     OpsSection,
     PodSection,
     PodSettings,
+    SandboxLimitsSection,
     SecuritySection,
 )
 from pod_agent.hub import SqliteStorage, create_app
 from pod_agent.modeller import ModellerClient, VerifiedResult, build_task
-from pod_agent.protocol import IdentityKey, source_sha256
-from pod_agent.protocol.messages import DataSelection, Hyperparameters, ModelRef
+from pod_agent.protocol import IdentityKey
 
 
 @dataclass
@@ -48,6 +48,7 @@ def _settings(tmp_path: Path, hub_url: str, modeller: IdentityKey, data: Path) -
             sandbox="none",
             modellers=[ModellerPolicy(name="m", public_key=modeller.public.to_b64(), role="super")],
         ),
+        sandbox_limits=SandboxLimitsSection(warm_worker=False),
         ops=OpsSection(health_port=0),
     )
 
@@ -120,20 +121,6 @@ async def test_policy_refusal_comes_back_signed_by_the_pod(rig: Rig) -> None:
     result = answers["pod-a"]
     assert isinstance(result, VerifiedResult)
     assert (result.payload.status, result.payload.reason) == ("refused", "schema_mismatch")
-
-
-async def test_train_task_on_a_build_without_training_fails_with_a_fixed_reason(rig: Rig) -> None:
-    source = "class M: pass\n"
-    task = build_task(
-        modeller_id=rig.modeller.key.key_id, pods=["pod-a"], kind="train", schema_hash=await _schema_hash(rig),
-        model=ModelRef(style="module", name="m", class_name="M", source=source, sha256=source_sha256(source)),
-        data=DataSelection(target="TARGET"), hyperparameters=Hyperparameters(epochs=1),
-    )
-    await rig.modeller.submit_task(task)
-    answers = await rig.modeller.wait_results(task.task_id, ["pod-a"], timeout_s=20)
-    result = answers["pod-a"]
-    assert isinstance(result, VerifiedResult) and result.payload.status == "failed"
-    assert result.payload.reason == "kind_not_supported"
 
 
 def test_the_daemon_does_not_import_torch_at_start() -> None:

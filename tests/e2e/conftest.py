@@ -192,6 +192,9 @@ public_key = "{self.modeller.key.public.to_b64()}"
 role = "super"
 kinds = ["train", "evaluate"]
 
+[sandbox_limits]
+warm_worker = false
+
 [privacy]
 min_rows = 20
 
