@@ -122,3 +122,27 @@ def confine(plan: ConfinePlan) -> None:
     apply_rlimits(plan.rlimits)
     if plan.seccomp:
         apply_seccomp()
+
+
+def self_test(layer: str) -> None:
+    """Apply one layer to this (throw-away) process and prove it holds; exit non-zero otherwise.
+
+    Used by probe.py, run as the sandbox uid, so "active" means "denied something for real".
+    """
+    import sys
+
+    if layer == "seccomp":
+        apply_seccomp()
+        try:
+            socket.socket(socket.AF_INET, socket.SOCK_STREAM).close()
+        except PermissionError:
+            return
+        sys.exit("seccomp filter loaded but an AF_INET socket was still created")
+    if layer == "landlock":
+        enforce_landlock(read_only=[Path(sys.prefix), Path(sys.base_prefix)], read_write=[])
+        try:
+            Path("/proc/self/status").read_bytes()
+        except PermissionError:
+            return
+        sys.exit("Landlock enforced but a file outside the allowed trees was still readable")
+    sys.exit(f"no self-test for layer {layer!r}")

@@ -102,20 +102,32 @@ def _probe_namespaces(identity: Identity | None) -> LayerReport:
     return LayerReport("namespaces", True, f"{bwrap}: net, mount, pid, ipc, uts, user; no capabilities")
 
 
-def _probe_seccomp() -> LayerReport:
+def _self_test(layer: str, identity: Identity | None) -> str | None:
+    code = f"from pod_agent.sandbox.confine import self_test; self_test({layer!r})"
+    return _trial(bootstrap_argv()[:2] + ["-c", code], identity)
+
+
+def _probe_seccomp(identity: Identity | None) -> LayerReport:
+    remedy = "apt-get install libseccomp2; pip install pyseccomp"
     try:
         build_seccomp_filter()
     except (SandboxError, OSError) as exc:
-        return LayerReport("seccomp", False, str(exc), "apt-get install libseccomp2; pip install pyseccomp")
+        return LayerReport("seccomp", False, str(exc), remedy)
+    failure = _self_test("seccomp", identity)
+    if failure is not None:
+        return LayerReport("seccomp", False, f"self-test failed: {failure}", remedy)
     return LayerReport("seccomp", True, "pyseccomp over libseccomp2: non-AF_UNIX sockets, ptrace, bpf, io_uring, "
                        "mount, unshare, setns, keyctl denied")
 
 
-def _probe_landlock() -> LayerReport:
+def _probe_landlock(identity: Identity | None) -> LayerReport:
     abi = landlock_abi()
+    remedy = "boot a kernel >= 5.13 with landlock in the lsm= list"
     if abi < 1:
-        return LayerReport("landlock", False, "kernel offers no Landlock ABI",
-                           "boot a kernel >= 5.13 with landlock in the lsm= list")
+        return LayerReport("landlock", False, "kernel offers no Landlock ABI", remedy)
+    failure = _self_test("landlock", identity)
+    if failure is not None:
+        return LayerReport("landlock", False, f"self-test failed: {failure}", remedy)
     tcp = "files + TCP" if abi >= 4 else "files only"
     scope = ", signals and abstract sockets scoped" if abi >= 6 else ""
     return LayerReport("landlock", True, f"ABI {abi}: {tcp}{scope} (used when namespaces are unavailable)")
@@ -146,7 +158,7 @@ def probe_layers(security: "SecuritySection", *, refresh: bool = False) -> list[
                                + (", NPROC (fallback when no pids cgroup)" if identity is not None and identity.dedicated else
                                   " (NPROC needs a dedicated uid)")),
                    _probe_namespaces(identity if uid_report.active else None),
-                   _probe_seccomp(), _probe_landlock(), _probe_cgroup())
+                   _probe_seccomp(identity), _probe_landlock(identity), _probe_cgroup())
         _CACHE[key] = reports
     return list(_CACHE[key])
 
