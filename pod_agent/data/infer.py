@@ -33,6 +33,9 @@ class DistinctValues:
     def add(self, array: pa.Array) -> None:
         if self.values is None:
             return
+        if pa.types.is_dictionary(array.type):
+            # Only the dictionary entries that rows use: a dictionary page may hold more.
+            array = array.dictionary.take(pc.unique(array.indices.drop_null()))
         self.values.update(pc.unique(array.drop_null()).to_pylist())
         if len(self.values) > self.limit:
             self.values = None
