@@ -84,6 +84,8 @@ IDLE_RECHECK_S = 30.0
 PURGE_INTERVAL_S = 600.0
 # A fixed failure code as the worker reports it; anything else is not forwarded.
 _CODE = re.compile(r"^[a-z0-9_]{1,64}$")
+# A progress event that cannot be sent (or encoded) is dropped, never fatal.
+_PROGRESS_ERRORS: tuple[type[BaseException], ...] = (*RETRYABLE, ProtocolError)
 # Failure codes of errors whose own reason is a fixed code safe to send.
 _REASONED = (TaskFailed, TrainingError, SandboxError, ContractViolation)
 
@@ -244,10 +246,11 @@ class Agent:
         await asyncio.wait(others)
         # Results produced just before the stop: try to hand them over within what is left of the grace.
         remaining_s = deadline - asyncio.get_running_loop().time()
-        if remaining_s > 0 and await asyncio.to_thread(self.state.outbox_depth):
+        depth = await asyncio.to_thread(self.state.outbox_depth)
+        if remaining_s > 0 and depth:
             try:
                 await asyncio.wait_for(self._flush_outbox(hub), remaining_s)
-            except (TimeoutError, *RETRYABLE) as exc:
+            except RETRYABLE as exc:
                 _log.info("results left in the outbox for the next start (%s)", type(exc).__name__)
 
     async def _flush_outbox(self, hub: HubClient) -> None:
@@ -482,7 +485,7 @@ class Agent:
             event = await self._progress_queue.get()
             try:
                 await hub.call("POST", f"/v1/pod/tasks/{event.task_id}/progress", canonical_json(event))
-            except (*RETRYABLE, ProtocolError) as exc:
+            except _PROGRESS_ERRORS as exc:
                 _log.debug("progress event dropped: %s", exc)
 
     # -- outbox ---------------------------------------------------------------------------

@@ -63,7 +63,7 @@ async def serve(
             await site.start()
         except OSError as exc:
             raise HubError(f"cannot listen on {host}:{port}: {exc.strerror}; pick another --port") from exc
-        bound = site._server.sockets[0].getsockname()[1] if site._server and site._server.sockets else port  # type: ignore[union-attr]
+        bound = int(runner.addresses[0][1]) if runner.addresses else port
         url = f"{'https' if tls else 'http'}://{host}:{bound}"
         _log.info("hub listening on %s", url)
         if on_listening is not None:

@@ -13,6 +13,7 @@ import json
 import sqlite3
 import threading
 from pathlib import Path
+from typing import Any
 
 from pod_agent.errors import HubError
 from pod_agent.hub.storage import (
@@ -306,19 +307,19 @@ class _Transaction:
         self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
 
 
-def _pod(row: tuple[object, ...]) -> PodRecord:
+def _pod(row: tuple[Any, ...]) -> PodRecord:
     (name, key_id, public_key, schema, schema_hash, row_count, level, heartbeat_s, registered, seen, round_key) = row
     return PodRecord(
-        name=str(name), key_id=str(key_id), public_key=str(public_key), schema=json.loads(str(schema)),
-        schema_hash=str(schema_hash), row_count=int(row_count), sandbox_level=str(level),  # type: ignore[call-overload]
-        heartbeat_s=float(heartbeat_s), registered_at=int(registered), last_seen=int(seen),  # type: ignore[arg-type,call-overload]
-        round_key=None if round_key is None else json.loads(str(round_key)),
+        name=str(name), key_id=str(key_id), public_key=str(public_key), schema=json.loads(schema),
+        schema_hash=str(schema_hash), row_count=int(row_count), sandbox_level=str(level),
+        heartbeat_s=float(heartbeat_s), registered_at=int(registered), last_seen=int(seen),
+        round_key=None if round_key is None else json.loads(round_key),
     )
 
 
-def _task(row: tuple[object, ...]) -> TaskRecord:
+def _task(row: tuple[Any, ...]) -> TaskRecord:
     task_id, modeller_id, envelope, pods, created = row
     return TaskRecord(
-        task_id=str(task_id), modeller_id=str(modeller_id), envelope=bytes(envelope),  # type: ignore[arg-type]
-        pods=tuple(json.loads(str(pods))), created_at=int(created),  # type: ignore[call-overload]
+        task_id=str(task_id), modeller_id=str(modeller_id), envelope=bytes(envelope),
+        pods=tuple(json.loads(pods)), created_at=int(created),
     )

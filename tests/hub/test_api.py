@@ -218,3 +218,32 @@ async def test_another_modeller_cannot_read_a_task(hub: Any) -> None:
     await hub.caller(other).call("POST", "/v1/modellers/register", {"name": "o", "public_key": other.public.to_b64()})
     status, _ = await hub.caller(other).call("GET", f"/v1/tasks/{json.loads(raw)['payload']['task_id']}")
     assert status == 404
+
+
+async def test_model_versions_are_immutable_and_pinned_by_sha256(hub: Any) -> None:
+    from pod_agent.protocol import source_sha256
+
+    modeller, pod = await _setup(hub)
+    source = "class Net: pass\n"
+    body = {"name": "net", "version": "1", "style": "module", "class_name": "Net", "source": source, "sha256": source_sha256(source)}
+    assert (await hub.caller(modeller).call("POST", "/v1/models", body))[0] == 201
+    assert (await hub.caller(modeller).call("POST", "/v1/models", body))[1]["outcome"] == "duplicate"
+    changed = {**body, "source": source + "# x\n", "sha256": source_sha256(source + "# x\n")}
+    assert (await hub.caller(modeller).call("POST", "/v1/models", changed))[0] == 409
+    wrong = {**body, "version": "2", "sha256": "0" * 64}
+    assert (await hub.caller(modeller).call("POST", "/v1/models", wrong))[0] == 400
+    status, got = await hub.caller(pod).call("GET", "/v1/models/net/1")
+    assert status == 200 and got["source"] == source
+
+
+async def test_round_key_must_be_signed_by_the_pod_it_names(hub: Any) -> None:
+    from pod_agent.protocol.messages import RoundKeyAnnouncement
+
+    modeller, pod = await _setup(hub)
+    good = RoundKeyAnnouncement(pod="pod-a", key_id=pod.key_id, round_public_key="QUJD", issued_at=1)
+    assert (await hub.caller(pod).call("POST", "/v1/pod/round-key", raw=envelope_bytes(sign_envelope(good, pod))))[0] == 200
+    forged = envelope_bytes(sign_envelope(good, IdentityKey.generate()))
+    status, body = await hub.caller(pod).call("POST", "/v1/pod/round-key", raw=forged)
+    assert status == 400 and "round key" in body["error"]
+    listed = (await hub.caller(modeller).call("GET", "/v1/pods"))[1]["pods"][0]
+    assert listed["round_key"]["payload"]["round_public_key"] == "QUJD"

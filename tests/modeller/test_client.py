@@ -1,0 +1,132 @@
+"""The modeller's client trusts pods' signatures, not the hub: forged or swapped results are rejected."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pod_agent.errors import ModellerError
+from pod_agent.hub.storage import PodRecord
+from pod_agent.modeller import ModellerClient, build_task, model_from_file
+from pod_agent.protocol import IdentityKey, envelope_bytes, sign_envelope, source_sha256, spec_sha256
+from pod_agent.protocol.messages import ResultPayload
+
+
+def _pod(storage: Any, key: IdentityKey, name: str = "pod-a") -> None:
+    now = int(time.time())
+    storage.upsert_pod(PodRecord(
+        name=name, key_id=key.key_id, public_key=key.public.to_b64(), schema={"columns": []},
+        schema_hash="a" * 64, row_count=10, sandbox_level="strict", heartbeat_s=1.0, registered_at=now,
+        last_seen=now, round_key=None,
+    ))
+
+
+def _result(key: IdentityKey, task_id: str, pod: str = "pod-a") -> bytes:
+    payload = ResultPayload(task_id=task_id, pod=pod, kind="schema-stats", status="done", n_rows=10, produced_at=1)
+    return envelope_bytes(sign_envelope(payload, key))
+
+
+async def _submitted(local_hub: Any, client: ModellerClient) -> str:
+    await client.register("m")
+    task = build_task(modeller_id=client.key.key_id, pods=["pod-a"], kind="schema-stats", schema_hash="a" * 64)
+    return await client.submit_task(task)
+
+
+async def test_genuine_result_verifies(local_hub: Any) -> None:
+    pod_key = IdentityKey.generate()
+    _pod(local_hub.storage, pod_key)
+    async with ModellerClient(local_hub.url, IdentityKey.generate()) as client:
+        task_id = await _submitted(local_hub, client)
+        local_hub.storage.put_result(task_id, "pod-a", _result(pod_key, task_id), status="done", now=1)
+        (result,) = await client.results(task_id)
+    assert result.pod == "pod-a" and result.payload.n_rows == 10
+
+
+async def test_result_forged_by_the_hub_is_rejected(local_hub: Any) -> None:
+    _pod(local_hub.storage, IdentityKey.generate())
+    async with ModellerClient(local_hub.url, IdentityKey.generate()) as client:
+        task_id = await _submitted(local_hub, client)
+        local_hub.storage.put_result(task_id, "pod-a", _result(IdentityKey.generate(), task_id), status="done", now=1)
+        with pytest.raises(ModellerError, match="fails verification"):
+            await client.results(task_id)
+
+
+async def test_result_of_another_task_replayed_by_the_hub_is_rejected(local_hub: Any) -> None:
+    pod_key = IdentityKey.generate()
+    _pod(local_hub.storage, pod_key)
+    async with ModellerClient(local_hub.url, IdentityKey.generate()) as client:
+        task_id = await _submitted(local_hub, client)
+        other = "11111111-1111-4111-8111-111111111111"
+        local_hub.storage.put_result(task_id, "pod-a", _result(pod_key, other), status="done", now=1)
+        with pytest.raises(ModellerError, match=f"is for task {other}"):
+            await client.results(task_id)
+
+
+async def test_pinned_pod_keys_override_what_the_hub_lists(local_hub: Any) -> None:
+    pod_key, pinned = IdentityKey.generate(), IdentityKey.generate()
+    _pod(local_hub.storage, pod_key)
+    async with ModellerClient(local_hub.url, IdentityKey.generate(), pod_keys={"pod-a": pinned.public}) as client:
+        task_id = await _submitted(local_hub, client)
+        local_hub.storage.put_result(task_id, "pod-a", _result(pod_key, task_id), status="done", now=1)
+        with pytest.raises(ModellerError, match="fails verification"):
+            await client.results(task_id)
+
+
+async def test_waiting_for_a_silent_pod_times_out_naming_it(local_hub: Any) -> None:
+    _pod(local_hub.storage, IdentityKey.generate())
+    async with ModellerClient(local_hub.url, IdentityKey.generate()) as client:
+        task_id = await _submitted(local_hub, client)
+        with pytest.raises(ModellerError, match=r"no answer from \['pod-a'\]"):
+            await client.wait_results(task_id, ["pod-a"], timeout_s=0.3, poll_s=0.1)
+
+
+async def test_submitting_to_an_unknown_pod_names_it(local_hub: Any) -> None:
+    async with ModellerClient(local_hub.url, IdentityKey.generate()) as client:
+        await client.register("m")
+        task = build_task(modeller_id=client.key.key_id, pods=["nope"], kind="schema-stats", schema_hash="a" * 64)
+        with pytest.raises(ModellerError, match=r"404.*unknown pods \['nope'\]"):
+            await client.submit_task(task)
+
+
+def test_tasks_get_fresh_ids_nonces_and_a_bounded_lifetime() -> None:
+    key = IdentityKey.generate()
+    one = build_task(modeller_id=key.key_id, pods=["a"], kind="schema-stats", schema_hash="a" * 64, now=1000)
+    two = build_task(modeller_id=key.key_id, pods=["a"], kind="schema-stats", schema_hash="a" * 64, now=1000)
+    assert one.task_id != two.task_id and one.nonce != two.nonce
+    assert (one.issued_at, one.expires_at) == (1000, 4600)
+
+
+def test_training_task_needs_a_model_and_data() -> None:
+    with pytest.raises(ModellerError, match="needs a model and a data selection"):
+        build_task(modeller_id="a" * 64, pods=["a"], kind="train", schema_hash="a" * 64)
+
+
+def test_model_from_file_pins_source_and_spec(tmp_path: Path) -> None:
+    source = tmp_path / "net.py"
+    source.write_text("class Net: pass\n")
+    ref = model_from_file(source, style="module", class_name="Net")
+    assert ref.sha256 == source_sha256("class Net: pass\n") and ref.name == "net"
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"layers": [{"type": "ReLU"}]}))
+    declared = model_from_file(spec, style="declarative", class_name=None)
+    assert declared.sha256 == spec_sha256({"layers": [{"type": "ReLU"}]})
+    with pytest.raises(ModellerError, match="needs --class"):
+        model_from_file(source, style="lightning", class_name=None)
+
+
+def test_cli_reports_an_unsafe_hub_url_in_one_line(tmp_path: Path) -> None:
+    key = tmp_path / "m.pem"
+    IdentityKey.generate().save(key)
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "pod-agent"), "modeller", "--hub", "http://192.0.2.1:8700", "--key", str(key), "pods"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip().count("\n") == 0
+    assert "plain http to a non-loopback host" in done.stderr and "Traceback" not in done.stderr
