@@ -201,7 +201,6 @@ class _Worker:
         self.stderr_kept = bytearray()
         self.stderr_total = 0
         self.flooded = asyncio.Event()
-        self.killed_by_us = False
 
     @property
     def namespaced(self) -> bool:
@@ -321,8 +320,12 @@ class _Worker:
                        on_progress: Callable[[dict[str, Any]], None] | None) -> tuple[dict[str, Any], bytes]:
         """Send the request and read frames until the result; raises SandboxError on any other end."""
         if self.cgroup is not None:
-            await asyncio.to_thread(self.cgroup.set_limits, memory_bytes=limits.memory_mb << 20,
-                                    max_pids=limits.max_processes)
+            try:
+                await asyncio.to_thread(self.cgroup.set_limits, memory_bytes=limits.memory_mb << 20,
+                                        max_pids=limits.max_processes)
+            except OSError as exc:
+                # v1 refuses a memory cap below current usage (a warm worker already holds torch).
+                raise SandboxError("cgroup_failed", f"lowering the worker's caps to the task's: {exc}") from exc
         await self._send({"type": "request", "request": request, "cpu_time_s": limits.cpu_time_s,
                           "rlimits": limits.rlimits(nproc=self._nproc)})
         while True:
@@ -355,7 +358,6 @@ class _Worker:
         """Kill the whole tree, wait for every pipe to close, remove the cgroup. Safe to call twice."""
         proc = self.proc
         if proc is not None and proc.returncode is None:
-            self.killed_by_us = True
             with contextlib.suppress(ProcessLookupError):
                 # bwrap's init dies with it (--die-with-parent) and takes the pid namespace down.
                 os.killpg(proc.pid, signal.SIGKILL)
