@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
-from training_support import InProcessChannel, request_for, stage_input
+from training_support import InProcessChannel, RunTask, request_for, stage_input
 
 from pod_agent.config.settings import DatasourceSection
 from pod_agent.data import open_datasource
@@ -34,8 +33,6 @@ def adult_input(small_adult: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     ds = open_datasource(DatasourceSection(path=small_adult))
     return prepare_task_input(ds, ds.schema(), DataSelection(target="TARGET"), tmp_path_factory.mktemp("prepared"))
 
-
-RunTask = Callable[..., InProcessChannel]
 
 
 @pytest.fixture

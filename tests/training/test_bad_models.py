@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import RunTask
-from training_support import TUTORIAL_MODEL, make_task, source_ref, spec_ref
+from training_support import TUTORIAL_MODEL, RunTask, make_task, source_ref, spec_ref
 
 HEADER = "import torch\nfrom torch import nn\nfrom torch.nn import functional as F\nfrom pod_agent.sdk import PodClassifierMixin, PodModel\n"
 

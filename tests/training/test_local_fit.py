@@ -7,10 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import RunTask
 from safetensors.numpy import load_file
 from safetensors.numpy import load as load_numpy
-from training_support import DECLARATIVE_SPEC, TUTORIAL_MODEL, make_task, source_ref
+from training_support import DECLARATIVE_SPEC, TUTORIAL_MODEL, RunTask, make_task, source_ref
 
 from pod_agent.cli.app import main
 from pod_agent.errors import TrainingError

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import RunTask
 from safetensors.numpy import load as load_numpy
 from safetensors.numpy import save as save_numpy
 from training_support import (
     DECLARATIVE_SPEC,
     MODULE_STYLE_MODEL,
     TUTORIAL_MODEL,
+    RunTask,
     make_task,
     source_ref,
     spec_ref,

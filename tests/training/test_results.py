@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import RunTask
 from safetensors.numpy import load as load_numpy
 from safetensors.numpy import save as save_numpy
-from training_support import MODULE_STYLE_MODEL, TUTORIAL_MODEL, make_task, source_ref
+from training_support import MODULE_STYLE_MODEL, TUTORIAL_MODEL, RunTask, make_task, source_ref
 
 from pod_agent.data.task_input import TaskInput
 from pod_agent.training import check_result, expected_from_safetensors

@@ -64,3 +64,20 @@ async def test_a_broken_model_fails_through_the_sandbox_with_its_code(adult_inpu
     assert failed.value.reason == "task_failed"
     assert failed.value.detail == "syntax_error"
     assert not isinstance(failed.value, SandboxUnavailable)
+
+
+async def test_a_warm_worker_takes_the_task_and_is_replaced_after_it(adult_input: TaskInput, tmp_path: Path) -> None:
+    task = make_task("evaluate", source_ref(TUTORIAL_MODEL, "MyCustomModel"))
+    runner = SandboxRunner(
+        SecuritySection(sandbox="none", sandbox_user=SANDBOX_USER),
+        SandboxLimitsSection(wall_timeout_s=240, memory_mb=4096, warm_worker=True),
+    )
+    async with runner:
+        await runner.prewarm(ENTRY)
+        assert await runner.wait_warm(ENTRY)
+        input_dir = stage_input(task, data_file=adult_input.path, into=tmp_path)
+        job = SandboxJob(entry=ENTRY, input_dir=input_dir, work_dir=tmp_path / "work",
+                         request=request_for(task, adult_input.datastructure))
+        outcome = await runner.run(job)
+        assert "val_loss" in check_result(outcome, task=task, expected=None, max_bytes=1 << 20).metrics
+        assert await runner.wait_warm(ENTRY)

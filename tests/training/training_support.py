@@ -11,6 +11,7 @@ import hashlib
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -194,3 +195,7 @@ def request_for(task: TaskPayload, datastructure: dict[str, Any], *, min_rows: i
         "trainer": {"accelerator": "cpu", "devices": 1, "threads": 1},
         "privacy": {"min_rows": min_rows},
     }
+
+
+# The run_in_process fixture: (task, *, weights=None, min_rows=20, overrides=None) -> channel.
+RunTask = Callable[..., InProcessChannel]
