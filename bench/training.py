@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import hashlib
 import json
-import sys
 import tempfile
 import time
 import uuid
@@ -195,7 +194,7 @@ def _best_level() -> str:
     from pod_agent.config.settings import SecuritySection
     from pod_agent.sandbox import best_level, probe_layers
 
-    return best_level(probe_layers(SecuritySection(sandbox="none", sandbox_user=SANDBOX_USER)))  # type: ignore[arg-type]
+    return best_level(probe_layers(SecuritySection(sandbox="none", sandbox_user=SANDBOX_USER)))
 
 
 def run(small: bool, *, threads: int = 1, level: str | None = None) -> dict[str, Any]:
@@ -236,8 +235,11 @@ def main() -> None:
     parser.add_argument("--level", choices=("strict", "standard", "none"), help="sandbox level (default: best here)")
     args = parser.parse_args()
     result = run(args.small, threads=args.threads, level=args.level)
-    print(json.dumps(result, indent=2)) if args.json else _print(result)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        _print(result)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

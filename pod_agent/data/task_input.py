@@ -313,8 +313,9 @@ def _slot_indices(column: pa.Array | pa.ChunkedArray, slot_of: dict[str, int], m
         as_text = as_text.combine_chunks()
     encoded = pc.dictionary_encode(as_text)
     lookup = np.array([slot_of.get(v, missing) for v in encoded.dictionary.to_pylist()] + [missing], dtype=np.int64)
-    codes = encoded.indices.fill_null(len(lookup) - 1).to_numpy(zero_copy_only=False)
-    return lookup[codes]
+    codes = np.asarray(encoded.indices.fill_null(len(lookup) - 1).to_numpy(zero_copy_only=False))
+    slots: np.ndarray = lookup[codes]
+    return slots
 
 
 def _encode_target(column: pa.Array | pa.ChunkedArray, target: _ColumnPlan) -> tuple[np.ndarray, np.ndarray]:

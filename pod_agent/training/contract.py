@@ -58,8 +58,11 @@ _METRIC_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_./-]{0,63}$")
 class SandboxResult(Protocol):
     """What the sandbox runner hands back (``SandboxOutcome`` has these)."""
 
-    header: dict[str, Any]
-    payload: bytes
+    @property
+    def header(self) -> dict[str, Any]: ...
+
+    @property
+    def payload(self) -> bytes: ...
 
 
 @dataclass(frozen=True)

@@ -341,7 +341,7 @@ def _predict(model: PodModel, data_path: Path, settings: _Settings, *, work_dir:
         predictions = torch.cat(collect.predictions)
     elif getattr(model, "preds", None):
         # A ported test_step that extends self.preds instead of returning predictions.
-        predictions = torch.tensor(model.preds, dtype=torch.float32)  # type: ignore[attr-defined]
+        predictions = torch.tensor(model.preds, dtype=torch.float32)
     else:
         raise TrainingError("no_predictions", "test_step returned no {'predictions': tensor} and filled no self.preds")
     if predictions.shape[0] != batches.n_rows:
