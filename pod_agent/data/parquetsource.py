@@ -22,6 +22,8 @@ from pod_agent.errors import DataError
 
 _PASS_BATCH_ROWS = 65_536
 _READ_BUFFER_BYTES = 1 << 20
+# A dictionary page this small holds at most a few thousand short strings.
+_SMALL_DICTIONARY_BYTES = 64 << 10
 
 
 class ParquetTable:
@@ -186,10 +188,8 @@ def _pass_over_file(
     (more distinct values than a category list may hold), e.g. ids after the first group.
     """
     try:
-        # Strings read as dictionaries: distinct values come from the (small) dictionary pages
-        # instead of hashing every row's string.
         strings = [n for n in trackers if n not in cast_checked and pa.types.is_string(types[n])]
-        parquet = _open(file, as_dictionary=strings)
+        parquet = _open(file, as_dictionary=_small_dictionaries(pq.read_metadata(file), strings))
         for group in range(parquet.num_row_groups):
             needed = [n for n in types if n in cast_checked or (n in trackers and not trackers[n].overflowed)]
             if not needed:
@@ -203,6 +203,24 @@ def _pass_over_file(
         return int(parquet.metadata.num_rows)
     except (pa.ArrowInvalid, OSError) as exc:
         raise DataError(f"{file}: cannot read as Parquet ({str(exc).splitlines()[0]}) - check the file") from exc
+
+
+def _small_dictionaries(metadata: pq.FileMetaData, names: list[str]) -> list[str]:
+    """Columns whose first row group has a small dictionary page: few distinct values.
+
+    Those are read as dictionaries, so distinct values come from the dictionary instead of
+    hashing every row's string; a large dictionary (an id column) would only cost memory.
+    """
+    if metadata.num_row_groups == 0:
+        return []
+    group = metadata.row_group(0)
+    small: list[str] = []
+    for i in range(group.num_columns):
+        chunk = group.column(i)
+        if chunk.path_in_schema in names and chunk.has_dictionary_page and chunk.dictionary_page_offset is not None:
+            if chunk.data_page_offset - chunk.dictionary_page_offset <= _SMALL_DICTIONARY_BYTES:
+                small.append(chunk.path_in_schema)
+    return small
 
 
 def _decoded(arrow_type: pa.DataType) -> pa.DataType:
