@@ -49,9 +49,12 @@ class ConfinePlan:
     seccomp: bool
     landlock_read_only: tuple[str, ...] | None = None
     landlock_read_write: tuple[str, ...] = ()
+    # Without a pid namespace or cgroup, killing the process group is the only whole-tree kill,
+    # so the worker must not leave its group (setsid/setpgid denied by the seccomp filter).
+    keep_process_group: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return {"rlimits": self.rlimits, "seccomp": self.seccomp,
+        return {"rlimits": self.rlimits, "seccomp": self.seccomp, "keep_process_group": self.keep_process_group,
                 "landlock_read_only": list(self.landlock_read_only) if self.landlock_read_only is not None else None,
                 "landlock_read_write": list(self.landlock_read_write)}
 
@@ -60,7 +63,8 @@ class ConfinePlan:
         ro = data.get("landlock_read_only")
         return cls(rlimits={str(k): int(v) for k, v in data["rlimits"].items()}, seccomp=bool(data["seccomp"]),
                    landlock_read_only=tuple(ro) if ro is not None else None,
-                   landlock_read_write=tuple(data.get("landlock_read_write", ())))
+                   landlock_read_write=tuple(data.get("landlock_read_write", ())),
+                   keep_process_group=bool(data.get("keep_process_group", False)))
 
 
 # The CPU soft limit sends SIGXCPU (a nameable death); the hard limit one second later is SIGKILL.
@@ -86,7 +90,7 @@ def lower_cpu_limit(task_cpu_s: int) -> None:
     _set(resource.RLIMIT_CPU, int(usage.ru_utime + usage.ru_stime) + 1 + task_cpu_s)
 
 
-def build_seccomp_filter() -> Any:
+def build_seccomp_filter(*, keep_process_group: bool = False) -> Any:
     """The filter object (pyseccomp over libseccomp2); raises SandboxError if it cannot be built."""
     try:
         import pyseccomp as seccomp
@@ -98,7 +102,7 @@ def build_seccomp_filter() -> Any:
     flt.add_rule(deny, "clone", seccomp.Arg(0, seccomp.MASKED_EQ, _CLONE_NEWUSER, _CLONE_NEWUSER))
     # clone3 passes flags in memory a filter cannot inspect; ENOSYS makes libc fall back to clone.
     flt.add_rule(seccomp.ERRNO(errno.ENOSYS), "clone3")
-    for name in DENIED_SYSCALLS:
+    for name in DENIED_SYSCALLS + (("setsid", "setpgid") if keep_process_group else ()):
         try:
             flt.add_rule(deny, name)
         except (OSError, ValueError):
@@ -107,9 +111,9 @@ def build_seccomp_filter() -> Any:
     return flt
 
 
-def apply_seccomp() -> None:
+def apply_seccomp(*, keep_process_group: bool = False) -> None:
     try:
-        build_seccomp_filter().load()
+        build_seccomp_filter(keep_process_group=keep_process_group).load()
     except OSError as exc:
         raise SandboxError("seccomp_failed", f"loading the seccomp filter failed: {exc}") from exc
 
@@ -121,7 +125,7 @@ def confine(plan: ConfinePlan) -> None:
                          read_write=[Path(p) for p in plan.landlock_read_write])
     apply_rlimits(plan.rlimits)
     if plan.seccomp:
-        apply_seccomp()
+        apply_seccomp(keep_process_group=plan.keep_process_group)
 
 
 def self_test(layer: str) -> None:

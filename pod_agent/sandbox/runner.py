@@ -254,7 +254,8 @@ class _Worker:
             await asyncio.to_thread(self.cgroup.add, descendants(self.proc.pid))
         cpu = lim.cpu_time_s + (WARM_PREPARE_CPU_S if self.warm else 0)
         plan = ConfinePlan(rlimits={"cpu": cpu, **lim.rlimits(nproc=self._nproc)},
-                           seccomp="seccomp" in runner.layers, landlock_read_only=plan_ro, landlock_read_write=plan_rw)
+                           seccomp="seccomp" in runner.layers, landlock_read_only=plan_ro, landlock_read_write=plan_rw,
+                           keep_process_group=not self.namespaced and self.cgroup is None)
         await self._send({"type": "go", "plan": plan.to_json(), "entry": self.entry,
                           "entry_path": str(self.entry_path.resolve()) if self.entry_path else None,
                           "input_dir": str(child_in), "work_dir": str(child_work)})

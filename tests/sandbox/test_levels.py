@@ -7,7 +7,17 @@ import time
 from pathlib import Path
 
 import pytest
-from sbx_helpers import ATTACK_LIMITS, ENTRY, ENTRY_PATH, SANDBOX_USER, SECRET, Outside, RunModel, nothing_arrived
+from sbx_helpers import (
+    ATTACK_LIMITS,
+    ENTRY,
+    ENTRY_PATH,
+    SANDBOX_USER,
+    SECRET,
+    Outside,
+    RunModel,
+    leftover_processes,
+    nothing_arrived,
+)
 
 from pod_agent.config.settings import SandboxLimitsSection, SecuritySection
 from pod_agent.errors import SandboxError, SandboxUnavailable
@@ -47,6 +57,14 @@ async def test_strict_without_namespaces_falls_back_to_seccomp_and_landlock(run_
     nothing_arrived(outside, path_socket=False)
     connected, _address = outside.unix.accept()
     connected.close()
+
+
+async def test_without_namespaces_or_cgroup_a_setsid_daemon_still_dies(run_model: RunModel, outside: Outside) -> None:
+    # Only the process group is left to kill, so seccomp denies leaving it.
+    with pytest.raises(SandboxError) as caught:
+        await run_model("setsid_daemon", wall_timeout_s=1.5, unsafe_disable_layers=frozenset({"namespaces", "cgroup"}))
+    assert caught.value.reason in {"wall_timeout", "task_failed"}
+    assert leftover_processes(outside.comm) == []
 
 
 def test_strict_refuses_when_isolation_layers_are_missing() -> None:
