@@ -270,8 +270,9 @@ class FaultProxy:
 
     Modes: ``pass``; ``http500`` (answer every new request with a 500 and close);
     ``reset`` (abort every new connection); ``swallow_results`` (forward a result
-    upload to the hub but never return the hub's answer). Switching to a failing
-    mode drops the connections already open, so the WebSocket breaks too.
+    upload to the hub but never return the hub's answer); ``stall_results`` (hold a
+    result upload without forwarding it). Every mode change drops the connections
+    already open, so the WebSocket and any held upload break too.
     """
 
     def __init__(self, upstream_port: int) -> None:
@@ -279,6 +280,7 @@ class FaultProxy:
         self.mode = "pass"
         self.port = 0
         self.swallowed = 0
+        self.stalled = 0
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
 
@@ -293,9 +295,8 @@ class FaultProxy:
 
     def set_mode(self, mode: str) -> None:
         self.mode = mode
-        if mode != "pass":
-            for writer in list(self._writers):
-                writer.transport.abort()
+        for writer in list(self._writers):
+            writer.transport.abort()
 
     async def close(self) -> None:
         if self._server is not None:
@@ -320,15 +321,19 @@ class FaultProxy:
             writer.transport.abort()
             return
         self._writers.update({writer, up_writer})
-        swallow = asyncio.Event()
+        swallow, stall = asyncio.Event(), asyncio.Event()
 
         async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, *, upward: bool) -> None:
             with contextlib.suppress(OSError, asyncio.CancelledError):
                 while chunk := await src.read(65536):
-                    if upward and self.mode == "swallow_results" and b"POST /v1/pod/results" in chunk:
-                        swallow.set()
-                        self.swallowed += 1
-                    if not upward and swallow.is_set():
+                    if upward and b"POST /v1/pod/results" in chunk:
+                        if self.mode == "swallow_results":
+                            swallow.set()
+                            self.swallowed += 1
+                        elif self.mode == "stall_results":
+                            stall.set()
+                            self.stalled += 1
+                    if (not upward and swallow.is_set()) or (upward and stall.is_set()):
                         continue
                     dst.write(chunk)
                     await dst.drain()

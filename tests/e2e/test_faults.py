@@ -34,26 +34,29 @@ async def _one_result_each(cluster: Cluster, client: ModellerClient, task_id: st
     assert sorted(pod for pod, _ in rows) == sorted(pods)
 
 
-async def test_hub_killed_and_restarted_mid_task_loses_and_duplicates_nothing(cluster: Cluster, small_csv: Path) -> None:
-    agents = [cluster.add_pod(name, small_csv) for name in ("pod-a", "pod-b")]
+async def test_hub_killed_and_restarted_mid_task_loses_and_duplicates_nothing(
+    cluster: Cluster, fault_proxy: FaultProxy, small_csv: Path
+) -> None:
+    agents = [cluster.add_pod(name, small_csv, hub_url=fault_proxy.url) for name in ("pod-a", "pod-b")]
     await async_wait_for(lambda: cluster.online("pod-a", "pod-b"), what="pods registered")
+    # Results are produced but their uploads are held, so the hub dies with the task unfinished.
+    fault_proxy.set_mode("stall_results")
     async with ModellerClient(cluster.hub.url, cluster.modeller.key) as client:
         task_id = await _submit(client, ["pod-a", "pod-b"])
-    # Kill as soon as the hub has handed the task out: the pods are working on it.
-    await async_wait_for(
-        lambda: cluster.hub.query("SELECT count(*) FROM deliveries WHERE task_id = ? AND acked_at IS NOT NULL", (task_id,))[0][0] >= 1,
-        what="task delivered",
-    )
+    await async_wait_for(lambda: all(a.task_status(task_id) == "done" for a in agents), what="results produced")
+    assert cluster.hub.results(task_id) == []
     cluster.hub.kill()
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(0.3)
     cluster.hub.start()
+    fault_proxy.set_mode("pass")
     async with ModellerClient(cluster.hub.url, cluster.modeller.key) as client:
         await _one_result_each(cluster, client, task_id, ["pod-a", "pod-b"])
         # The restarted hub has the pods back (re-registered on reconnect) and they take new tasks.
         second = await _submit(client, ["pod-a", "pod-b"])
         await _one_result_each(cluster, client, second, ["pod-a", "pod-b"])
+    assert fault_proxy.stalled >= 2
     for agent in agents:
-        assert agent.task_status(task_id) == "delivered"
+        await async_wait_for(lambda: agent.task_status(task_id) == "delivered", what="delivered")
         assert agent.terminate() == 0
 
 
