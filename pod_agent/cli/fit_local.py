@@ -43,10 +43,12 @@ def fit_local_cmd(
     if epochs is not None and steps is not None:
         raise ConfigError("give --epochs or --steps, not both")
     model = model_ref_from_file(model_file, style=style, class_name=class_name)  # type: ignore[arg-type]
+    encoding_choice: Literal["one-hot", "hashed"] = "hashed" if encoding == "hashed" else "one-hot"
     selection = DataSelection(
         target=target,
         columns=[c.strip() for c in columns.split(",") if c.strip()] if columns else None,
         split=Split(seed=split_seed),
+        categorical_encoding=encoding_choice,
     )
     hyper = Hyperparameters(
         epochs=epochs if epochs is not None or steps is not None else 1,
@@ -63,9 +65,8 @@ def fit_local_cmd(
             parts += [f"{k}={v:.4f}" for k, v in metrics.items()]
         typer.echo("  " + " ".join(parts))
 
-    encoding_choice: Literal["one-hot", "hashed"] = "hashed" if encoding == "hashed" else "one-hot"
     fit = fit_local(model, data=data, selection=selection, hyperparameters=hyper, weights=weights,
-                    accelerator=accelerator, categorical_encoding=encoding_choice, on_progress=show)
+                    accelerator=accelerator, on_progress=show)
     typer.echo(f"trained on {fit.n_rows} rows; input_size={fit.datastructure['input_size']}")
     for name, value in sorted(fit.metrics.items()):
         typer.echo(f"{name:>20}  {value:.4f}")

@@ -118,15 +118,19 @@ def prepare_task_input(
     selection: DataSelection,
     out_dir: Path,
     *,
-    categorical_encoding: CategoricalEncoding = "one-hot",
+    categorical_encoding: CategoricalEncoding | None = None,
 ) -> TaskInput:
     """Write ``out_dir/data.arrow`` for ``selection`` and return it with its datastructure.
+
+    The categorical encoding is ``selection.categorical_encoding`` (signed in the task)
+    unless ``categorical_encoding`` overrides it.
 
     Raises DataError naming the column when a selected column is missing, is the
     target, or has a semantic type that cannot be a tabular feature (text, image),
     and when no row has a usable target.
     """
-    plans, target = _plan(schema, selection, categorical_encoding)
+    encoding: CategoricalEncoding = categorical_encoding or selection.categorical_encoding
+    plans, target = _plan(schema, selection, encoding)
     read_cols = [p.name for p in plans] + [target.name]
     split = selection.split
     task = "classification" if target.stype == "categorical" else "regression"
@@ -161,7 +165,7 @@ def prepare_task_input(
                 plan.std = float(np.sqrt(var)) if var > 1e-12 else 1.0
 
     datastructure = _datastructure(
-        plans, target, task=task, encoding=categorical_encoding, n_rows=n_rows, n_dropped=n_dropped, selection=selection
+        plans, target, task=task, encoding=encoding, n_rows=n_rows, n_dropped=n_dropped, selection=selection
     )
     input_size = int(datastructure["input_size"])  # type: ignore[call-overload]
     y_type = pa.int64() if task == "classification" else pa.float32()

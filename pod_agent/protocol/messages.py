@@ -86,6 +86,9 @@ class DataSelection(WireModel):
     columns: list[str] | None = None  # None: every column but target and ignore
     ignore: list[str] = []
     split: Split = Split()
+    # How categorical columns become features (pod_agent.data.task_input): "hashed" keeps the
+    # width and meaning of every feature equal across pods whose category sets differ.
+    categorical_encoding: Literal["one-hot", "hashed"] = "one-hot"
 
 
 class WeightsRef(WireModel):

@@ -26,7 +26,7 @@ from safetensors.torch import save_file
 
 from pod_agent.config.settings import DatasourceSection
 from pod_agent.data import open_datasource
-from pod_agent.data.task_input import CategoricalEncoding, prepare_task_input
+from pod_agent.data.task_input import prepare_task_input
 from pod_agent.errors import TrainingError
 from pod_agent.protocol.messages import DataSelection, Hyperparameters, ModelRef, TaskPayload, WeightsRef
 from pod_agent.training.engine import WEIGHTS_FILE_NAME, run_task
@@ -77,7 +77,6 @@ def fit_local(
     weights: Path | None = None,
     accelerator: str = "auto",
     devices: int | str = 1,
-    categorical_encoding: CategoricalEncoding = "one-hot",
     on_progress: Callable[[dict[str, object]], None] | None = None,
     scratch: Path | None = None,
 ) -> LocalFit:
@@ -100,7 +99,7 @@ def fit_local(
         root = Path(tmp)
         input_dir, work_dir = root / "input", root / "work"
         work_dir.mkdir()
-        prepared = prepare_task_input(ds, schema, selection, input_dir, categorical_encoding=categorical_encoding)
+        prepared = prepare_task_input(ds, schema, selection, input_dir)
         weights_ref = None
         if weights is not None:
             blob = weights.read_bytes()

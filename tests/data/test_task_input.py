@@ -106,7 +106,8 @@ def test_hashed_categories_mean_the_same_slot_on_pods_with_different_categories(
     slots = []
     for i, part in enumerate(pods):
         ds = _source(tmp_path, part, name=f"pod{i}.parquet")
-        prepared = prepare_task_input(ds, ds.schema(), SELECTION, tmp_path / f"p{i}", categorical_encoding="hashed")
+        hashed = SELECTION.model_copy(update={"categorical_encoding": "hashed"})
+        prepared = prepare_task_input(ds, ds.schema(), hashed, tmp_path / f"p{i}")
         assert prepared.datastructure["input_size"] == HASHED_BUCKETS + 1
         x, _, _ = _read(prepared.path)
         part_colour = part.column("colour").to_numpy(zero_copy_only=False)

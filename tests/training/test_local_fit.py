@@ -67,3 +67,15 @@ def test_model_file_needs_a_class_name_unless_declarative(tmp_path: Path) -> Non
     source.write_text(TUTORIAL_MODEL)
     with pytest.raises(TrainingError, match="needs the model's class name"):
         model_ref_from_file(source, style="lightning", class_name=None)
+
+
+def test_hashed_encoding_gives_a_width_independent_of_the_categories(small_adult: Path) -> None:
+    selection = DataSelection(target="TARGET", categorical_encoding="hashed")
+    model = source_ref(TUTORIAL_MODEL, "MyCustomModel")
+    fit = fit_local(model, data=small_adult, selection=selection, hyperparameters=Hyperparameters(steps=2), accelerator="cpu")
+    stypes = fit.datastructure["stypes"]
+    assert isinstance(stypes, dict)
+    n_categorical = sum(1 for name, stype in stypes.items() if stype == "categorical" and name != "TARGET")
+    n_continuous = sum(1 for stype in stypes.values() if stype == "continuous")
+    assert fit.datastructure["input_size"] == 64 * n_categorical + n_continuous
+    assert fit.weights["_model.0.weight"].shape[1] == fit.datastructure["input_size"]
