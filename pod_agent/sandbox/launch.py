@@ -130,8 +130,8 @@ def bwrap_argv(*, bwrap: str, ro_paths: list[Path], input_dir: Path, work_dir: P
     if gpu:
         for device in gpu_device_paths(dev_root):
             argv += ["--dev-bind", str(device), str(Path("/dev") / device.relative_to(dev_root))]
-        for path in _GPU_SYSFS:
-            argv += ["--ro-bind-try", path, path]
+        for sysfs in _GPU_SYSFS:
+            argv += ["--ro-bind-try", sysfs, sysfs]
     return argv + ["--"] + bootstrap_argv()
 
 

@@ -19,7 +19,6 @@ import shutil
 import signal
 import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -234,10 +233,9 @@ class _Worker:
             if "landlock" in runner.layers:
                 ro, rw = landlock_paths(ro_paths=runner.ro_paths(self.entry_path), gpu=runner.gpu)
                 plan_ro, plan_rw = tuple(ro + [str(child_in)]), tuple(rw + [str(child_work)])
-        if "cgroup" in runner.layers:
-            support = runner.cgroup_support
-            self.cgroup = await asyncio.to_thread(TaskCgroup.create, support, memory_bytes=lim.memory_mb << 20,
-                                                  max_pids=lim.max_processes)
+        if runner.cgroup_support is not None:
+            self.cgroup = await asyncio.to_thread(TaskCgroup.create, runner.cgroup_support,
+                                                  memory_bytes=lim.memory_mb << 20, max_pids=lim.max_processes)
         kwargs: dict[str, Any] = {}
         if identity is not None:
             kwargs = {"user": identity.uid, "group": identity.gid, "extra_groups": []}

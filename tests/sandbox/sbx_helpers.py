@@ -21,7 +21,7 @@ ENTRY = "sbx_test_entry"
 SANDBOX_USER = "pod-sandbox"
 SECRET = "canary-" + uuid.uuid4().hex
 # Small limits keep the attack corpus fast; each test may lower or raise them.
-ATTACK_LIMITS = {"wall_timeout_s": 20.0, "cpu_time_s": 10, "memory_mb": 256, "max_processes": 32,
+ATTACK_LIMITS: dict[str, Any] = {"wall_timeout_s": 20.0, "cpu_time_s": 10, "memory_mb": 256, "max_processes": 32,
                  "max_open_files": 256, "max_file_mb": 8, "max_output_mb": 4, "warm_worker": False}
 
 
