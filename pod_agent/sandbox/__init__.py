@@ -11,7 +11,14 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pod_agent.sandbox.channel import Channel
-    from pod_agent.sandbox.probe import LayerReport, best_level, plan_layers, probe_layers, sandbox_check_lines
+    from pod_agent.sandbox.probe import (
+        LayerReport,
+        best_level,
+        plan_layers,
+        probe_layers,
+        sandbox_check_detail,
+        sandbox_check_lines,
+    )
     from pod_agent.sandbox.runner import SandboxJob, SandboxLimits, SandboxOutcome, SandboxRunner
 
 _HOME = {
@@ -20,6 +27,7 @@ _HOME = {
     "best_level": "pod_agent.sandbox.probe",
     "plan_layers": "pod_agent.sandbox.probe",
     "probe_layers": "pod_agent.sandbox.probe",
+    "sandbox_check_detail": "pod_agent.sandbox.probe",
     "sandbox_check_lines": "pod_agent.sandbox.probe",
     "SandboxJob": "pod_agent.sandbox.runner",
     "SandboxLimits": "pod_agent.sandbox.runner",
@@ -37,6 +45,7 @@ __all__ = [
     "best_level",
     "plan_layers",
     "probe_layers",
+    "sandbox_check_detail",
     "sandbox_check_lines",
 ]
 

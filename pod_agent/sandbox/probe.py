@@ -214,6 +214,16 @@ def sandbox_check_lines(settings: "PodSettings") -> list[str]:
     return sandbox_report_lines(settings.security.sandbox, probe_layers(settings.security))
 
 
+def sandbox_check_detail(settings: "PodSettings") -> str:
+    """``pod-agent check``'s sandbox entry: the verdict and one line per layer; raises
+    SandboxError("level_not_satisfied") carrying the same lines when tasks would be refused."""
+    head, *layers = sandbox_check_lines(settings)
+    detail = "\n".join([head.removeprefix("sandbox: "), *layers])
+    if "NOT satisfied" in head:
+        raise SandboxError("level_not_satisfied", detail)
+    return detail
+
+
 def sandbox_report_lines(level: str, reports: list[LayerReport]) -> list[str]:
     """The level verdict, then one line per layer: active/unavailable, why, how to enable."""
     try:

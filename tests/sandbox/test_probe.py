@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from pod_agent.errors import SandboxUnavailable
-from pod_agent.sandbox import LayerReport, best_level, plan_layers, probe_layers
+from pod_agent.config.settings import DatasourceSection, PodSection, PodSettings, SecuritySection
+from pod_agent.errors import SandboxError, SandboxUnavailable
+from pod_agent.sandbox import LayerReport, best_level, plan_layers, probe_layers, sandbox_check_detail
 from pod_agent.sandbox.probe import LAYERS, sandbox_report_lines
 
 
@@ -63,7 +66,22 @@ def test_report_lines_name_each_layer_state_and_remedy() -> None:
 
 def test_this_host_probes_all_layers_active() -> None:
     # This machine and CI (Debian, root, bubblewrap + libseccomp2) offer every layer; strict needs them.
-    from pod_agent.config.settings import SecuritySection
-
     reports = probe_layers(SecuritySection(sandbox_user="pod-sandbox"))
     assert {r.name: r.active for r in reports} == dict.fromkeys(LAYERS, True)
+
+
+def _settings(level: str, user: str) -> PodSettings:
+    return PodSettings(pod=PodSection(name="p"), datasource=DatasourceSection(path=Path("/nonexistent.csv")),
+                       security=SecuritySection(sandbox=level, sandbox_user=user))
+
+
+def test_check_detail_lists_layers_when_the_level_holds() -> None:
+    detail = sandbox_check_detail(_settings("strict", "pod-sandbox"))
+    assert detail.startswith("level 'strict' satisfied")
+    assert len(detail.splitlines()) == 1 + len(LAYERS)
+
+
+def test_check_detail_fails_with_every_layer_when_the_level_cannot_hold() -> None:
+    with pytest.raises(SandboxError, match="level_not_satisfied: level 'strict' NOT satisfied") as caught:
+        sandbox_check_detail(_settings("strict", "pod-no-such-user"))
+    assert "useradd --system --no-create-home pod-no-such-user" in caught.value.detail
