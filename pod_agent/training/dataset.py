@@ -50,6 +50,16 @@ class SplitBatches(IterableDataset[Batch]):
     def _split_column(self, index: int) -> np.ndarray:
         return np.asarray(self._reader.get_batch(index).column(2).to_numpy(zero_copy_only=False))
 
+    def peek(self, n_rows: int) -> Batch:
+        """The first ``n_rows`` rows of the split, without shuffling or advancing the epoch."""
+        index = next(i for i, n in enumerate(self._rows_per_batch) if n)
+        batch = self._reader.get_batch(index)
+        xs = batch.column(0)
+        x = np.asarray(xs.flatten().to_numpy(zero_copy_only=False)).reshape(-1, xs.type.list_size)
+        rows = np.flatnonzero(self._split_column(index) == self._code)[:n_rows]
+        y = np.asarray(batch.column(1).to_numpy(zero_copy_only=False))[rows]
+        return (torch.from_numpy(x[rows]), torch.empty((len(rows), 0), dtype=torch.float32)), torch.from_numpy(y)
+
     def __len__(self) -> int:
         return sum(math.ceil(n / self._batch_size) for n in self._rows_per_batch)
 

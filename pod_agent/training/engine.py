@@ -155,8 +155,7 @@ def _probe_forward(model: PodModel, loaders: Mapping[str, SplitBatches], ds: Dat
     source = next((loader for loader in loaders.values() if loader.n_rows), None)
     if source is None:
         raise TrainingError("empty_split", "the prepared input has no rows")
-    (tabular, support), _y = next(iter(source))
-    tabular, support = tabular[:_PROBE_ROWS], support[:_PROBE_ROWS]
+    (tabular, support), _y = source.peek(_PROBE_ROWS)
     was_training = model.training
     model.eval()
     try:
