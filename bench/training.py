@@ -29,7 +29,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-FULL_EPOCHS = 8
+FULL_EPOCHS = 16
 SMALL_EPOCHS = 1
 SMALL_ROWS = 4000
 BATCH_SIZE = 64
