@@ -444,7 +444,7 @@ class SandboxRunner:
         try:
             await worker.start()
         except BaseException:
-            await _destroy_quietly(worker)
+            await asyncio.shield(_destroy_quietly(worker))
             shutil.rmtree(worker.slot, ignore_errors=True)
             raise
         self._warm[key] = worker
@@ -500,14 +500,18 @@ class SandboxRunner:
                 await worker.start(deadline=deadline)
             header, payload = await worker.run_task(job.request, limits, deadline=deadline, on_progress=on_progress)
         finally:
-            try:
-                await worker.destroy()
-            finally:
-                await asyncio.to_thread(_move_back, worker.work_dir, job.work_dir)
-                shutil.rmtree(worker.slot, ignore_errors=True)
-                if self._pod_limits.warm_worker:
-                    self._schedule_prewarm(job.entry, job.entry_path)
+            # Shielded: a cancelled task (timeout upstream, agent shutdown) still has its tree killed.
+            await asyncio.shield(self._finish(worker, job))
         return SandboxOutcome(header=header, payload=payload, wall_s=time.monotonic() - started)
+
+    async def _finish(self, worker: _Worker, job: SandboxJob) -> None:
+        try:
+            await worker.destroy()
+        finally:
+            await asyncio.to_thread(_move_back, worker.work_dir, job.work_dir)
+            shutil.rmtree(worker.slot, ignore_errors=True)
+            if self._pod_limits.warm_worker:
+                self._schedule_prewarm(job.entry, job.entry_path)
 
     async def aclose(self) -> None:
         """Kill warm workers and pending pre-warms (agent shutdown)."""

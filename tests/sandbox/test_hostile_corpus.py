@@ -6,6 +6,7 @@ the reason the task ended with.
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import time
 from pathlib import Path
@@ -108,6 +109,19 @@ async def test_sleep_past_wall_time_is_killed(run_model: RunModel, outside: Outs
     with pytest.raises(SandboxError, match="wall_timeout"):
         await run_model("sleep_forever", wall_timeout_s=1.5)
     assert time.monotonic() - started < 6
+    assert leftover_processes(outside.comm) == []
+
+
+async def test_cancelling_a_running_task_kills_its_tree(run_model: RunModel, outside: Outside) -> None:
+    task = asyncio.ensure_future(run_model("setsid_daemon", wall_timeout_s=60))
+    await asyncio.sleep(1.5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for _ in range(100):
+        if not leftover_processes(outside.comm):
+            break
+        await asyncio.sleep(0.05)
     assert leftover_processes(outside.comm) == []
 
 
