@@ -102,10 +102,14 @@ def gpu_device_paths(dev_root: Path = Path("/dev")) -> list[Path]:
     return sorted(dev_root.glob("nvidia*"))
 
 
-def bwrap_argv(*, bwrap: str, ro_paths: list[Path], input_dir: Path, work_dir: Path, env: dict[str, str],
-               gpu: bool, tmpfs_bytes: int, dev_root: Path = Path("/dev")) -> list[str]:
+def bwrap_argv(*, bwrap: str, ro_paths: list[Path], input_dir: Path, env: dict[str, str], gpu: bool,
+               tmpfs_bytes: int, dev_root: Path = Path("/dev")) -> list[str]:
     """The bubblewrap command: every namespace, no capabilities, no user namespaces inside,
-    dies with the agent, own session, empty environment, and only the binds listed."""
+    dies with the agent, own session, empty environment, and only the binds listed.
+
+    Scratch (/sandbox/work), /tmp and /dev/shm are size-capped tmpfs: nothing the worker
+    writes reaches the host's disks, and the pages count against the task's memory cgroup.
+    """
     argv = [bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--cap-drop", "ALL",
             "--die-with-parent", "--new-session", "--clearenv", "--hostname", "sandbox"]
     for name, value in sorted(env.items()):
@@ -125,7 +129,7 @@ def bwrap_argv(*, bwrap: str, ro_paths: list[Path], input_dir: Path, work_dir: P
              # ctypes.util.find_library (pyseccomp finds libseccomp with it) reads the loader cache.
              "--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache",
              "--ro-bind", str(input_dir), str(SANDBOX_INPUT),
-             "--bind", str(work_dir), str(SANDBOX_WORK),
+             "--perms", "0700", "--size", str(tmpfs_bytes), "--tmpfs", str(SANDBOX_WORK),
              "--chdir", str(SANDBOX_WORK)]
     if gpu:
         for device in gpu_device_paths(dev_root):

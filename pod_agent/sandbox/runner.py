@@ -103,7 +103,12 @@ class EffectiveLimits:
 @dataclass(frozen=True)
 class SandboxJob:
     """One task for a worker. ``entry`` is a module with ``prepare()`` and ``serve(channel)``;
-    ``entry_path`` is a directory to import it from (bound read-only), when it is not in the package."""
+    ``entry_path`` is a directory to import it from (bound read-only), when it is not in the package.
+
+    The runner hard-links (or, across filesystems, copies) ``input_dir`` into the worker's slot and
+    makes it readable by the sandbox group. ``work_dir`` receives what the worker left in scratch
+    only where scratch is a host directory (no namespaces); results travel in frames, never files.
+    """
 
     entry: str
     input_dir: Path
@@ -177,7 +182,11 @@ def _new_slot(scratch: Path, identity: Identity | None) -> Path:
 
 
 def _move_back(work: Path, dest: Path) -> None:
-    """Hand the worker's scratch files to the job's work_dir (renames only; never a cross-fs copy)."""
+    """Hand the worker's scratch files to the job's work_dir (renames only; never a cross-fs copy).
+
+    Only without namespaces is scratch a host directory; with them it is a tmpfs that dies
+    with the worker and nothing comes back.
+    """
     dest.mkdir(parents=True, exist_ok=True)
     for entry in os.scandir(work):
         try:
@@ -223,8 +232,8 @@ class _Worker:
         if self.namespaced:
             child_in, child_work = SANDBOX_INPUT, SANDBOX_WORK
             argv = bwrap_argv(bwrap=runner.bwrap, ro_paths=runner.ro_paths(self.entry_path), input_dir=self.input_dir,
-                              work_dir=self.work_dir, env=worker_env(runner.identity, home=child_work, gpu=runner.gpu),
-                              gpu=runner.gpu, tmpfs_bytes=lim.memory_mb << 20)
+                              env=worker_env(runner.identity, home=child_work, gpu=runner.gpu), gpu=runner.gpu,
+                              tmpfs_bytes=lim.memory_mb << 20)
             env: dict[str, str] = {}
         else:
             child_in, child_work = self.input_dir, self.work_dir

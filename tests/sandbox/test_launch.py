@@ -24,8 +24,8 @@ _IDENTITY = Identity("pod-sandbox", 999, 995, True)
 
 def _argv(tmp_path: Path, *, gpu: bool, dev_root: Path) -> list[str]:
     return bwrap_argv(bwrap="/usr/bin/bwrap", ro_paths=python_ro_paths(), input_dir=tmp_path / "in",
-                      work_dir=tmp_path / "work", env=worker_env(_IDENTITY, home=SANDBOX_WORK, gpu=gpu), gpu=gpu,
-                      tmpfs_bytes=1 << 20, dev_root=dev_root)
+                      env=worker_env(_IDENTITY, home=SANDBOX_WORK, gpu=gpu), gpu=gpu, tmpfs_bytes=1 << 20,
+                      dev_root=dev_root)
 
 
 def _pairs(argv: list[str], flag: str) -> list[tuple[str, str]]:
@@ -39,7 +39,10 @@ def test_bwrap_isolates_everything_and_binds_input_read_only(tmp_path: Path) -> 
         assert flag in argv
     assert argv[argv.index("--cap-drop") + 1] == "ALL"
     assert (str(tmp_path / "in"), str(SANDBOX_INPUT)) in _pairs(argv, "--ro-bind")
-    assert (str(tmp_path / "work"), str(SANDBOX_WORK)) in _pairs(argv, "--bind")
+    assert not _pairs(argv, "--bind")
+    # Scratch is a size-capped tmpfs, so a worker cannot fill the host's disk.
+    work = argv.index(str(SANDBOX_WORK), argv.index("--chdir") - 3)
+    assert argv[work - 5:work] == ["--perms", "0700", "--size", str(1 << 20), "--tmpfs"]
     assert argv[argv.index("--") + 1:] == [sys.executable, "-I", "-m", "pod_agent.sandbox.bootstrap"]
     assert not any("nvidia" in a for a in argv)
 

@@ -33,4 +33,5 @@ def run(channel):
     channel.progress({"step": int(trainer.global_step)})
     (channel.work_dir / "notes.txt").write_text("trained\n")
     arrays = {name: p.detach().numpy().astype(np.float32) for name, p in model.state_dict().items()}
-    return {"steps": int(trainer.global_step), "loss": float(trainer.callback_metrics["train_loss"])}, arrays
+    return {"steps": int(trainer.global_step), "loss": float(trainer.callback_metrics["train_loss"]),
+            "notes": (channel.work_dir / "notes.txt").read_text()}, arrays
