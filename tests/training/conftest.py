@@ -11,7 +11,6 @@ from training_support import InProcessChannel, RunTask, request_for, stage_input
 
 from pod_agent.config.settings import DatasourceSection
 from pod_agent.data import open_datasource
-from pod_agent.data.adult import write_adult
 from pod_agent.data.task_input import TaskInput, prepare_task_input
 from pod_agent.protocol.messages import DataSelection, TaskPayload
 from pod_agent.training import worker
@@ -21,10 +20,10 @@ SMALL_ADULT_ROWS = 4000
 
 
 @pytest.fixture(scope="session")
-def small_adult(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    files = write_adult(tmp_path_factory.mktemp("adult"))
-    path = files.parquet.with_name("adult_small.parquet")
-    pq.write_table(pq.read_table(files.parquet).slice(0, SMALL_ADULT_ROWS), path)
+def small_adult(adult_parquet: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first rows of the shared Adult table (tests/conftest.py) as a Parquet file of their own."""
+    path = tmp_path_factory.mktemp("adult_small") / "adult_small.parquet"
+    pq.write_table(pq.read_table(adult_parquet).slice(0, SMALL_ADULT_ROWS), path)
     return path
 
 
