@@ -54,7 +54,7 @@ def categories_of(values: pa.Array) -> list[str]:
 
 def tracks_distinct(arrow_type: pa.DataType) -> bool:
     """Whether an unforced column of this type may turn out categorical."""
-    return (
+    return bool(
         pa.types.is_boolean(arrow_type) or pa.types.is_integer(arrow_type) or _is_string(arrow_type)
     )
 
@@ -91,4 +91,4 @@ def decide(
 
 
 def _is_string(arrow_type: pa.DataType) -> bool:
-    return pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type)
+    return bool(pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type))
