@@ -194,13 +194,14 @@ def results(
             (out / f"{result.pod}.json").write_text(json.dumps(record, indent=2, sort_keys=True))
             if result.payload.blob is not None:
                 await client.download_blob(result.payload.blob.sha256, out / f"{result.pod}.safetensors")
-            rows.append((result.pod, {"status": result.payload.status, "reason": result.payload.reason}))
-        rows.extend((pod, {"status": "refused", "reason": code}) for pod, code in refused.items())
+            rows.append((result.pod, {"status": result.payload.status, "reason": result.payload.reason, "signed": True}))
+        # A refusal the pod could only report as a code (it could not verify the task) carries no signature.
+        rows.extend((pod, {"status": "refused", "reason": code, "signed": False}) for pod, code in refused.items())
         return rows
 
     for pod, summary in sorted(_with_client(ctx, go)):
-        typer.echo(f"{pod:<20} {summary['status']:<8} {summary['reason'] or ''} (signature verified)"
-                   if summary["status"] != "refused" or summary["reason"] else f"{pod} refused")
+        checked = " (signature verified)" if summary["signed"] else " (unsigned refusal code, reported via the hub)"
+        typer.echo(f"{pod:<20} {summary['status']:<8} {summary['reason'] or '-'}{checked}")
 
 
 def register(app: typer.Typer) -> None:

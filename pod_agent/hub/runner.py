@@ -65,6 +65,8 @@ async def serve(
             raise HubError(f"cannot listen on {host}:{port}: {exc.strerror}; pick another --port") from exc
         bound = int(runner.addresses[0][1]) if runner.addresses else port
         url = f"{'https' if tls else 'http'}://{host}:{bound}"
+        if tls is None and host not in ("127.0.0.1", "::1", "localhost"):
+            _log.warning("serving plain http on %s: tasks and results cross the network in clear; use --cert/--key", host)
         _log.info("hub listening on %s", url)
         if on_listening is not None:
             on_listening(url)

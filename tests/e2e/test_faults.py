@@ -16,7 +16,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-from conftest import AgentProcess, Cluster, FaultProxy, async_wait_for  # type: ignore[import-not-found]
+from e2e_support import AgentProcess, Cluster, FaultProxy, async_wait_for  # type: ignore[import-not-found]
 
 
 async def _submit(client: ModellerClient, pods: list[str]) -> str:

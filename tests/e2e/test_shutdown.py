@@ -12,7 +12,7 @@ from pod_agent.modeller import ModellerClient, build_task
 
 pytestmark = pytest.mark.slow
 
-from conftest import Cluster, FaultProxy, async_wait_for  # type: ignore[import-not-found]  # noqa: E402
+from e2e_support import Cluster, FaultProxy, async_wait_for  # type: ignore[import-not-found]  # noqa: E402
 
 
 async def test_second_signal_exits_at_once_while_the_first_waits_for_a_stuck_upload(

@@ -15,7 +15,7 @@ from pod_agent.modeller import ModellerClient
 
 pytestmark = pytest.mark.slow
 
-from conftest import Cluster, wait_for  # type: ignore[import-not-found]
+from e2e_support import Cluster, wait_for  # type: ignore[import-not-found]
 
 
 def test_schema_stats_over_tls_with_ca_bundle_and_pinned_certificate(

@@ -17,7 +17,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-from conftest import Cluster, wait_for  # type: ignore[import-not-found]
+from e2e_support import Cluster, wait_for  # type: ignore[import-not-found]
 
 
 def test_two_pods_return_signed_schema_stats_to_the_modeller_cli(cluster: Cluster, adult_csv: Path, small_csv: Path, tmp_path: Path) -> None:
