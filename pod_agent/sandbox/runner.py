@@ -7,6 +7,11 @@ stderr drain (capped, logged locally, never forwarded), timeouts, killing the
 whole tree, and the warm worker (one pre-started worker per entry, past
 ``prepare()`` and confined before it sees any task input; one task each).
 probe.py finds the layers; what runs inside is the entry module's business.
+
+Each worker gets a slot (``<scratch>/runner-*/slot-*``, root-owned, 0711) with
+``input`` (root:sandbox-group, 0750; the job's input hard-linked in) and
+``work``: bwrap resolves bind sources by path as the sandbox uid, so the job's
+own directories, typically under a 0700 state dir, cannot be bound directly.
 """
 
 from __future__ import annotations
