@@ -379,6 +379,10 @@ class Agent:
         try:
             verified = await asyncio.to_thread(self.verifier.verify, delivery.raw, now=_now())
         except TaskRefused as refusal:
+            if refusal.code == RefusalCode.NOT_YET_VALID.value:
+                # Not recorded and not acknowledged: the hub offers it again, and once valid it runs.
+                _log.info("task not yet valid; leaving it with the hub for now", extra={"code": refusal.code})
+                return
             await self._refused(hub, delivery, refusal)
             return
         with task_context(task_id=verified.payload.task_id, modeller_key_id=verified.payload.modeller_id):
@@ -447,7 +451,7 @@ class Agent:
             )
             elapsed = time.monotonic() - started
             self.metrics.task_finished(payload.kind, status, elapsed)
-            _log.info("task %s in %.2f s", status, elapsed, extra={"outcome": status, "reason": reason})
+            _log.info("task %s in %.2f s", status, elapsed, extra={"outcome": status, "reason": reason or "-"})
         self._send_progress(ProgressEvent(task_id=payload.task_id, stage="done" if status == "done" else "failed"))
         self._outbox_wake.set()
 

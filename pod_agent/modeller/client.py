@@ -38,7 +38,15 @@ from pod_agent.protocol import (
     sign_envelope,
     sign_request,
 )
-from pod_agent.protocol.messages import BlobRef, Envelope, ResultPayload, TaskPayload
+from pod_agent.protocol.messages import (
+    BlobRef,
+    Envelope,
+    Participant,
+    ResultPayload,
+    RoundKeyAnnouncement,
+    TaskPayload,
+    WeightsRef,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -288,6 +296,32 @@ class ModellerClient:
             "PUT", f"/v1/blobs/{sha256}", sign_body=False, data=_file_chunks(path),
         )
         return BlobRef(sha256=sha256, size_bytes=size, encoding="safetensors")
+
+    async def upload_weights(self, path: Path) -> WeightsRef:
+        """Upload global or pretrained weights (safetensors) and return the reference a task pins."""
+        ref = await self.upload_blob(path)
+        return WeightsRef(blob_id=ref.sha256, sha256=ref.sha256, size_bytes=ref.size_bytes)
+
+    async def participants(self, pods: list[str]) -> list[Participant]:
+        """Secure-aggregation participants from the pods' round keys, each verified against its pod's key."""
+        listed = {p.name: p for p in await self.pods()}
+        keys = await self._keys()
+        out = []
+        for name in pods:
+            pod = listed.get(name)
+            if pod is None or pod.round_key is None or name not in keys:
+                raise ModellerError(f"pod {name!r} has no round key at the hub; it announces one when it registers")
+            try:
+                envelope = parse_envelope(canonical_json(pod.round_key))
+                announcement = open_envelope(envelope, RoundKeyAnnouncement, keys[name])
+            except ProtocolError as exc:
+                raise ModellerError(f"round key of pod {name!r} fails verification: {exc}") from exc
+            if announcement.pod != name or announcement.key_id != keys[name].key_id:
+                raise ModellerError(f"round key listed for pod {name!r} was announced for {announcement.pod!r}")
+            out.append(
+                Participant(pod=name, key_id=announcement.key_id, round_public_key=announcement.round_public_key)
+            )
+        return out
 
     async def download_blob(self, sha256: str, dest: Path) -> Path:
         """Stream a blob to ``dest``, checking its sha256 before it is renamed into place."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import time
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -127,3 +128,14 @@ def test_the_daemon_does_not_import_torch_at_start() -> None:
     code = "import sys, pod_agent.agent.daemon, pod_agent.cli.run; print(sorted(m for m in ('torch', 'lightning', 'pytorch_lightning') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+async def test_task_not_yet_valid_is_left_with_the_hub_unacknowledged(rig: Rig) -> None:
+    task = build_task(
+        modeller_id=rig.modeller.key.key_id, pods=["pod-a"], kind="schema-stats", schema_hash=await _schema_hash(rig),
+        now=int(time.time()) + 600,
+    )
+    await rig.modeller.submit_task(task)
+    await asyncio.sleep(1.5)
+    status = await rig.modeller.status(task.task_id)
+    assert status.pods["pod-a"] == {"acked": False, "refusal": None, "result": None, "progress": None}

@@ -130,3 +130,33 @@ def test_cli_reports_an_unsafe_hub_url_in_one_line(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert done.stderr.strip().count("\n") == 0
     assert "plain http to a non-loopback host" in done.stderr and "Traceback" not in done.stderr
+
+
+async def test_participants_come_from_round_keys_signed_by_each_pod(local_hub: Any) -> None:
+    from pod_agent.protocol.messages import RoundKeyAnnouncement
+
+    good, liar = IdentityKey.generate(), IdentityKey.generate()
+    _pod(local_hub.storage, good, "pod-a")
+    _pod(local_hub.storage, liar, "pod-b")
+    announce = RoundKeyAnnouncement(pod="pod-a", key_id=good.key_id, round_public_key="QUJD", issued_at=1)
+    local_hub.storage.set_round_key("pod-a", sign_envelope(announce, good).model_dump(mode="json"))
+    # The hub swaps in pod-a's (validly signed) announcement for pod-b.
+    local_hub.storage.set_round_key("pod-b", sign_envelope(announce, good).model_dump(mode="json"))
+    async with ModellerClient(local_hub.url, IdentityKey.generate()) as client:
+        await client.register("m")
+        (participant,) = await client.participants(["pod-a"])
+        assert (participant.pod, participant.key_id, participant.round_public_key) == ("pod-a", good.key_id, "QUJD")
+        with pytest.raises(ModellerError, match="round key of pod 'pod-b' fails verification"):
+            await client.participants(["pod-b"])
+
+
+async def test_weights_upload_gives_the_reference_a_task_pins(local_hub: Any, tmp_path: Path) -> None:
+    import hashlib
+
+    path = tmp_path / "w.safetensors"
+    path.write_bytes(b"\x08" + b"\x00" * 7 + b"{}      ")
+    async with ModellerClient(local_hub.url, IdentityKey.generate()) as client:
+        await client.register("m")
+        ref = await client.upload_weights(path)
+    assert ref.sha256 == ref.blob_id == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert ref.size_bytes == 16
