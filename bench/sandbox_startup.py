@@ -6,7 +6,7 @@ For a trivial task (the entry returns at once) it measures, over N starts each:
 - ``strict``:      level strict (dedicated uid, bwrap namespaces, seccomp, rlimits, cgroup)
 - ``strict_warm``: level strict with a warm worker already parked (confined, past prepare())
 
-per start: ``first_request_s`` (runner.run() called -> the child holds the request) and
+per start (after one uncounted warm-up start): ``first_request_s`` (runner.run() called -> the child holds the request) and
 ``total_s`` (runner.run() called -> outcome returned, including tearing the tree down).
 Medians are reported; ``overhead_s`` is strict minus none.
 
@@ -51,7 +51,8 @@ async def _measure(level: str, *, warm: bool, starts: int) -> dict[str, Any]:
         async with SandboxRunner(SecuritySection(sandbox=level), limits) as runner:  # type: ignore[arg-type]
             if warm:
                 await runner.prewarm(ENTRY, entry_path=here)
-            for index in range(starts):
+            # Start 0 warms the page cache and the probe; it is not counted.
+            for index in range(starts + 1):
                 input_dir = Path(tmp) / f"in{index}"
                 input_dir.mkdir()
                 if warm:
@@ -59,8 +60,9 @@ async def _measure(level: str, *, warm: bool, starts: int) -> dict[str, Any]:
                 started_wall, started = time.time(), time.perf_counter()
                 outcome = await runner.run(SandboxJob(entry=ENTRY, input_dir=input_dir, work_dir=Path(tmp) / f"w{index}",
                                                       request={}, entry_path=here))
-                totals.append(time.perf_counter() - started)
-                firsts.append(float(outcome.header["t_request"]) - started_wall)
+                if index:
+                    totals.append(time.perf_counter() - started)
+                    firsts.append(float(outcome.header["t_request"]) - started_wall)
             layers = sorted(runner.layers)
     return {"level": level, "warm": warm, "starts": starts, "layers": layers,
             "first_request_s": round(statistics.median(firsts), 4), "total_s": round(statistics.median(totals), 4)}
