@@ -13,9 +13,6 @@ from typing import Literal
 
 from pod_agent.errors import TrainingError
 
-SPLITS = ("train", "validation", "test")
-
-
 @dataclass(frozen=True)
 class Datastructure:
     """Shapes and names a model is built from (``input_size``, ``n_classes`` ...)."""

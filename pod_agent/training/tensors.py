@@ -35,10 +35,6 @@ def exchanged_state(model: nn.Module) -> dict[str, torch.Tensor]:
     }
 
 
-def integer_buffer_names(model: nn.Module) -> set[str]:
-    return {name for name, t in model.state_dict().items() if not torch.is_floating_point(t)}
-
-
 def encode(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, object], bytes]:
     """The header's ``tensors`` description and the safetensors payload."""
     contiguous = {name: t.contiguous() for name, t in sorted(tensors.items())}
