@@ -471,8 +471,9 @@ class SandboxRunner:
         async def _warm() -> None:
             try:
                 await self.prewarm(entry, entry_path=entry_path)
-            except SandboxError as exc:
-                log.warning("warm worker for %s could not start (%s); next task starts cold", entry, exc.reason)
+            except (SandboxError, OSError) as exc:
+                log.warning("warm worker for %s could not start (%s); next task starts cold", entry,
+                            exc.reason if isinstance(exc, SandboxError) else exc)
             finally:
                 self._warming.pop(key, None)
 
@@ -482,7 +483,7 @@ class SandboxRunner:
         """Wait for a scheduled warm worker; True when one is parked for ``entry``."""
         task = self._warming.get((entry, str(entry_path)))
         if task is not None:
-            await asyncio.shield(task)
+            await asyncio.wait({task})
         return (entry, str(entry_path)) in self._warm
 
     async def run(self, job: SandboxJob,
@@ -499,16 +500,18 @@ class SandboxRunner:
         warming = self._warming.get(key)
         if warming is not None and key not in self._warm:
             # A warm-up already under way is never slower than a cold start begun now.
-            with contextlib.suppress(SandboxError):
-                await asyncio.shield(warming)
+            await asyncio.wait({warming})
         worker = self._warm.pop(key, None)
         if worker is None:
             worker = _Worker(self, entry=job.entry, entry_path=job.entry_path, slot=self._slot(), limits=limits,
                              warm=False)
         identity = self.identity if "uid" in self.layers else None
         try:
-            await asyncio.to_thread(_link_tree, job.input_dir, worker.input_dir)
-            await asyncio.to_thread(_grant_input, worker.input_dir, identity)
+            try:
+                await asyncio.to_thread(_link_tree, job.input_dir, worker.input_dir)
+                await asyncio.to_thread(_grant_input, worker.input_dir, identity)
+            except OSError as exc:
+                raise SandboxError("input_unreadable", f"staging {job.input_dir} for the worker: {exc}") from exc
             deadline = time.monotonic() + limits.wall_timeout_s
             if worker.proc is None:
                 await worker.start(deadline=deadline)
