@@ -20,7 +20,7 @@ refusal carries one ``RefusalCode``:
                 epochs/steps within the modeller's maximum          limits_exceeded
                 secagg cohort >= privacy.min_pods                  too_few_pods
  8. source hash inline source / spec hashes to model.sha256        source_hash_mismatch
- 9. schema hash payload.schema_hash equals this pod's               schema_mismatch
+ 9. schema hash payload.schema_hash_for(pod) equals this pod's     schema_mismatch
 
 Recording: every task whose signature verified and which is within its validity
 window is recorded with its verdict (accepted, or refused with its code) in the
@@ -290,10 +290,11 @@ class TaskVerifier:
             )
 
     def _check_schema(self, payload: TaskPayload) -> None:
-        if payload.schema_hash != self._schema_hash:
+        pinned = payload.schema_hash_for(self._pod_name)
+        if pinned != self._schema_hash:
             raise _refuse(
                 RefusalCode.SCHEMA_MISMATCH,
-                f"task was built for schema {payload.schema_hash[:16]}, this pod's is {self._schema_hash[:16]}",
+                f"task was built for schema {pinned[:16]}, this pod's is {self._schema_hash[:16]}",
                 payload.task_id,
             )
 

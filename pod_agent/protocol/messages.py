@@ -139,9 +139,23 @@ class TaskPayload(WireModel):
     weights: WeightsRef | None = None
     data: DataSelection | None = None
     schema_hash: Sha256Hex
+    # A cohort's pods may hold different category sets (non-IID data), so their schema
+    # hashes differ; then the modeller pins each pod's hash here and ``schema_hash`` is
+    # the hash the model was built against (the first pod's).
+    pod_schema_hashes: dict[str, Sha256Hex] = {}
     returns: Literal["update", "weights"] = "update"
     secagg: SecAggParams | None = None
     limits: TaskLimits = TaskLimits()
+
+    @model_validator(mode="after")
+    def _schema_hash_per_target(self) -> "TaskPayload":
+        if self.pod_schema_hashes and set(self.pod_schema_hashes) != set(self.pods):
+            raise ValueError("pod_schema_hashes must name exactly the target pods")
+        return self
+
+    def schema_hash_for(self, pod: str) -> str:
+        """The schema hash the signed task pins for ``pod``."""
+        return self.pod_schema_hashes.get(pod, self.schema_hash)
 
 
 class Envelope(WireModel):

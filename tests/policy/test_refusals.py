@@ -362,6 +362,19 @@ def test_task_built_for_another_schema_is_refused(pod: Pod, alice: IdentityKey) 
     assert pod.refusal(signed(make_task(alice, schema_hash="ab" * 32), alice)).code == RefusalCode.SCHEMA_MISMATCH.value
 
 
+def test_per_pod_schema_hash_is_what_the_pod_checks(pod: Pod, alice: IdentityKey) -> None:
+    cohort = [POD, "other-pod"]
+    own = make_task(alice, pods=cohort, schema_hash="ab" * 32, pod_schema_hashes={POD: SCHEMA, "other-pod": "ab" * 32})
+    assert pod.accept(signed(own, alice)).payload.task_id == own.task_id
+    wrong = make_task(alice, pods=cohort, schema_hash=SCHEMA, pod_schema_hashes={POD: "cd" * 32, "other-pod": SCHEMA})
+    assert pod.refusal(signed(wrong, alice)).code == RefusalCode.SCHEMA_MISMATCH.value
+
+
+def test_per_pod_schema_hashes_must_name_every_target() -> None:
+    with pytest.raises(ValueError, match="pod_schema_hashes must name exactly the target pods"):
+        make_task(IdentityKey.generate(), pods=[POD, "b"], pod_schema_hashes={POD: SCHEMA})
+
+
 # -- configuration ------------------------------------------------------------------------------
 
 
