@@ -67,6 +67,15 @@ async def test_without_namespaces_or_cgroup_a_setsid_daemon_still_dies(run_model
     assert leftover_processes(outside.comm) == []
 
 
+async def test_benign_lightning_model_trains_under_the_landlock_fallback(run_model: RunModel) -> None:
+    # The fallback Docker's default seccomp profile leaves (no namespaces): torch, Lightning and
+    # DataLoader worker processes must still work inside Landlock's read-only view.
+    outcome = await run_model("benign_torch", unsafe_disable_layers=frozenset({"namespaces"}), memory_mb=4096,
+                              max_processes=64, cpu_time_s=300, wall_timeout_s=180, max_open_files=1024, max_file_mb=64)
+    assert outcome.header["steps"] == 6
+    assert outcome.header["notes"] == "trained\n"
+
+
 def test_strict_refuses_when_isolation_layers_are_missing() -> None:
     with pytest.raises(SandboxUnavailable, match="level 'strict' needs namespaces"):
         SandboxRunner(SecuritySection(sandbox="strict", sandbox_user=SANDBOX_USER), SandboxLimitsSection(),
