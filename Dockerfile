@@ -1,10 +1,10 @@
 # pod-agent image: the agent next to read-only data, with the sandbox's tools installed.
 #
-#   docker build -t pod-agent .                                  # CPU torch from PyPI
+#   docker build -t pod-agent .                                  # CPU torch
 #   docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126 \
 #                --build-arg BASE_IMAGE=nvidia/cuda:12.6.3-runtime-ubuntu24.04 -t pod-agent:cuda .
-#   (a CUDA base needs python3 + python3-venv; the RUN below installs them when missing)
-# Offline: put wheels (all dependencies incl. torch, setuptools, wheel) in ./wheelhouse and
+#   (a CUDA base needs python3 + python3-venv; the first RUN installs them when missing)
+# Offline: put wheels (every dependency incl. torch, setuptools and wheel) in ./wheelhouse and
 # the build installs with --no-index --find-links; .ci/docker builds exactly that way.
 # Run flags for each sandbox level: systemd/README.md ("Docker").
 
@@ -22,38 +22,42 @@ RUN if ! command -v bwrap >/dev/null || ! command -v python3 >/dev/null \
         && rm -rf /var/lib/apt/lists/*; \
     fi
 
-FROM base AS build
+# The wheelhouse (if any) lives only in this stage and is bind-mounted below, so the image
+# neither carries it nor copies the installed venv between stages. pyproject.toml is always
+# there, so the wildcard may match nothing without failing.
+FROM base AS wheels
+COPY pyproject.toml wheelhouse* /wheelhouse/
+# Bind mounts do not enter every engine's cache key; this file does, via the COPY below.
+RUN (cat /wheelhouse/pyproject.toml; ls -l /wheelhouse) | sha256sum >/wheelhouse.key
+
+FROM base
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
-# pyproject.toml is always there, so the wildcard may match nothing without failing.
-COPY pyproject.toml wheelhouse* /tmp/wheelhouse/
-RUN python3 -m venv /opt/pod-agent/venv \
+# The agent's uid, and the state and config locations it expects.
+RUN groupadd --system --gid 10001 pod-agent \
+    && useradd --system --no-log-init --uid 10001 --gid pod-agent --home-dir /var/lib/pod-agent \
+        --shell /usr/sbin/nologin pod-agent \
+    && mkdir -p /var/lib/pod-agent /etc/pod-agent /data \
+    && chown pod-agent:pod-agent /var/lib/pod-agent && chmod 0700 /var/lib/pod-agent
+# Dependencies first, the agent's own code last: editing it leaves this big layer cached.
+# The venv is root-owned and world-readable (umask 022): the sandboxed worker imports from
+# it, and neither it nor the agent can change it.
+COPY --from=wheels /wheelhouse.key /tmp/wheelhouse.key
+RUN --mount=type=bind,from=wheels,source=/wheelhouse,target=/tmp/wheelhouse \
+    umask 022 && python3 -m venv /opt/pod-agent/venv \
     && if ls /tmp/wheelhouse/*.whl >/dev/null 2>&1; then \
         /opt/pod-agent/venv/bin/pip install --no-cache-dir --no-index --find-links /tmp/wheelhouse /tmp/wheelhouse/*.whl; \
     else \
-        /opt/pod-agent/venv/bin/pip install --no-cache-dir --index-url "$TORCH_INDEX_URL" torch \
-        && /opt/pod-agent/venv/bin/pip install --no-cache-dir setuptools wheel; \
+        python3 -c 'import tomllib; print("\n".join(tomllib.load(open("/tmp/wheelhouse/pyproject.toml", "rb"))["project"]["dependencies"]))' >/tmp/requirements.txt \
+        && /opt/pod-agent/venv/bin/pip install --no-cache-dir --index-url "$TORCH_INDEX_URL" torch \
+        && /opt/pod-agent/venv/bin/pip install --no-cache-dir setuptools wheel -r /tmp/requirements.txt \
+        && rm /tmp/requirements.txt; \
     fi
-# The agent's own code last: editing it does not invalidate the dependency layer above.
-COPY pyproject.toml README.md /src/
-COPY pod_agent /src/pod_agent
-RUN if ls /tmp/wheelhouse/*.whl >/dev/null 2>&1; then \
-        /opt/pod-agent/venv/bin/pip install --no-cache-dir --no-index --find-links /tmp/wheelhouse --no-build-isolation /src; \
-    else \
-        /opt/pod-agent/venv/bin/pip install --no-cache-dir --no-build-isolation /src; \
-    fi \
-    && /opt/pod-agent/venv/bin/pod-agent --version \
-    && chmod -R a+rX,go-w /opt/pod-agent/venv
-
-FROM base
-# The agent's uid, and the state and config locations it expects. The venv is root-owned and
-# world-readable: the sandboxed worker (same uid as the agent, in its own namespaces) imports
-# from it but neither of them can change it.
-RUN groupadd --system --gid 10001 pod-agent \
-    && useradd --system --no-log-init --uid 10001 --gid pod-agent --home-dir /var/lib/pod-agent --shell /usr/sbin/nologin pod-agent \
-    && mkdir -p /var/lib/pod-agent /etc/pod-agent /data \
-    && chown pod-agent:pod-agent /var/lib/pod-agent && chmod 0700 /var/lib/pod-agent
-# Permissions were set in the build stage: a chmod here would copy the whole venv into a new layer.
-COPY --from=build /opt/pod-agent/venv /opt/pod-agent/venv
+COPY pyproject.toml README.md /tmp/src/
+COPY pod_agent /tmp/src/pod_agent
+RUN umask 022 \
+    && /opt/pod-agent/venv/bin/pip install --no-cache-dir --no-deps --no-index --no-build-isolation /tmp/src \
+    && rm -rf /tmp/src \
+    && /opt/pod-agent/venv/bin/pod-agent --version
 
 ENV PATH=/opt/pod-agent/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
