@@ -49,11 +49,11 @@ def detect_cgroups() -> CgroupSupport:
     own = _own_cgroup_paths()
     if (CGROUP_ROOT / "cgroup.controllers").exists():
         parent = CGROUP_ROOT / own.get("", "/").lstrip("/")
-        enabled = (parent / "cgroup.subtree_control").read_text().split()
-        if not {"memory", "pids"} <= set(enabled):
-            raise SandboxError("cgroup_unavailable",
-                               f"cgroup v2 group {parent} does not delegate memory and pids to children "
-                               "(run the agent in its own group with Delegate=yes)")
+        if parent.name == _AGENT_LEAF:
+            # Already moved by an earlier call: worker groups are the leaf's siblings.
+            parent = parent.parent
+        if not {"memory", "pids"} <= set((parent / "cgroup.subtree_control").read_text().split()):
+            _delegate_v2(parent)
         return CgroupSupport(2, {"memory": parent, "pids": parent})
     parents: dict[str, Path] = {}
     for controller in ("memory", "pids"):
@@ -62,6 +62,29 @@ def detect_cgroups() -> CgroupSupport:
             raise SandboxError("cgroup_unavailable", f"cgroup v1 controller {controller!r} is not mounted at {mount}")
         parents[controller] = mount / own.get(controller, "/").lstrip("/")
     return CgroupSupport(1, parents)
+
+
+# Where the agent moves itself on cgroup v2 so that its own group may hand controllers to children.
+_AGENT_LEAF = "pod-agent"
+
+
+def _delegate_v2(parent: Path) -> None:
+    """Enable memory and pids for children of the agent's v2 group (systemd Delegate=yes, or a
+    container's cgroup namespace): v2 allows that only once the group holds no processes, so the
+    agent first moves itself into a leaf child."""
+    if not {"memory", "pids"} <= set((parent / "cgroup.controllers").read_text().split()):
+        raise SandboxError("cgroup_unavailable",
+                           f"cgroup v2 group {parent} has no memory/pids controllers (run the agent under "
+                           "systemd with Delegate=yes, or give its container a delegated cgroup)")
+    try:
+        leaf = parent / _AGENT_LEAF
+        leaf.mkdir(exist_ok=True)
+        (leaf / "cgroup.procs").write_text(str(os.getpid()))
+        (parent / "cgroup.subtree_control").write_text("+memory +pids")
+    except OSError as exc:
+        raise SandboxError("cgroup_unavailable",
+                           f"cannot delegate memory and pids below {parent}: {exc} (other processes share the "
+                           "agent's cgroup; give the agent its own, e.g. systemd Delegate=yes)") from exc
 
 
 class TaskCgroup:

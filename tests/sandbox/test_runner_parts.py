@@ -6,12 +6,14 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
 from pod_agent.config.settings import SandboxLimitsSection
 from pod_agent.sandbox.bootstrap import failure_code
-from pod_agent.sandbox.cgroup import descendants
+from pod_agent.errors import SandboxError
+from pod_agent.sandbox.cgroup import _delegate_v2, descendants
 from pod_agent.sandbox.runner import EffectiveLimits, SandboxLimits, _exit_reason
 
 
@@ -58,3 +60,18 @@ def test_descendants_finds_grandchildren() -> None:
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def test_cgroup_v2_delegation_moves_the_agent_to_a_leaf_first(tmp_path: Path) -> None:
+    # A plain directory stands in for the agent's v2 group (this host is v1/hybrid).
+    (tmp_path / "cgroup.controllers").write_text("cpu memory pids\n")
+    (tmp_path / "cgroup.subtree_control").write_text("")
+    _delegate_v2(tmp_path)
+    assert (tmp_path / "pod-agent" / "cgroup.procs").read_text() == str(os.getpid())
+    assert (tmp_path / "cgroup.subtree_control").read_text() == "+memory +pids"
+
+
+def test_cgroup_v2_without_memory_controller_is_unavailable(tmp_path: Path) -> None:
+    (tmp_path / "cgroup.controllers").write_text("cpu io\n")
+    with pytest.raises(SandboxError, match="cgroup_unavailable: .* has no memory/pids controllers"):
+        _delegate_v2(tmp_path)
