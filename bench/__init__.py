@@ -1,0 +1,11 @@
+"""pod-agent benchmarks: one module per measurement, one runner (``python -m bench``).
+
+Each module named in ``BENCHMARKS`` exposes ``run(small: bool) -> dict`` (JSON-able);
+``small`` is the smoke size CI runs, otherwise the size its issue asks for. The runner
+(__main__.py) runs each in its own process, records the machine, and writes the results
+as JSON and as a markdown table.
+"""
+
+BENCHMARKS: tuple[str, ...] = ("datasource", "training", "sandbox_startup", "secagg", "wire", "idle_agent")
+
+__all__ = ["BENCHMARKS"]
