@@ -27,6 +27,8 @@ _PREFIX = struct.Struct(">II")
 MAX_HEADER_BYTES = 1 << 20
 # The agent's request carries the whole signed task (model source included), so it may be larger.
 MAX_REQUEST_HEADER_BYTES = 64 << 20
+# Only a result carries bulk bytes (safetensors); every other frame is header-only.
+PAYLOAD_TYPES = frozenset({"result"})
 # u32 payload length: safetensors results above 4 GiB are refused by construction.
 MAX_PAYLOAD_BYTES_LIMIT = (1 << 32) - 1
 _SAFETENSORS_DTYPES = frozenset(
@@ -83,8 +85,13 @@ def _decode_header(raw: bytes) -> dict[str, Any]:
     return header
 
 
-async def read_frame_async(reader: "asyncio.StreamReader", *, max_payload_bytes: int) -> Frame | None:
-    """Read one frame; None on clean EOF before a frame starts. Raises SandboxError otherwise."""
+async def read_frame_async(reader: "asyncio.StreamReader", *, max_payload_bytes: int,
+                           payload_types: frozenset[str] = PAYLOAD_TYPES) -> Frame | None:
+    """Read one frame; None on clean EOF before a frame starts. Raises SandboxError otherwise.
+
+    Only frames whose type is in ``payload_types`` may carry a payload; the header is read
+    (and checked) before a byte of payload is buffered.
+    """
     import asyncio
 
     try:
@@ -96,11 +103,13 @@ async def read_frame_async(reader: "asyncio.StreamReader", *, max_payload_bytes:
     header_len, payload_len = _check_prefix(prefix, max_payload_bytes=max_payload_bytes,
                                             max_header_bytes=MAX_HEADER_BYTES)
     try:
-        raw = await reader.readexactly(header_len)
+        header = _decode_header(await reader.readexactly(header_len))
+        if payload_len and header["type"] not in payload_types:
+            raise SandboxError("bad_frame", f"a {str(header['type'])[:32]!r} frame may not carry a payload")
         payload = await reader.readexactly(payload_len) if payload_len else b""
     except asyncio.IncompleteReadError as exc:
         raise SandboxError("bad_frame", "stream ended inside a frame") from exc
-    return Frame(_decode_header(raw), payload)
+    return Frame(header, payload)
 
 
 def _read_exactly(stream: BinaryIO, n: int) -> bytes:

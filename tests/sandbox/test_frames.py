@@ -92,3 +92,9 @@ def test_the_agent_request_may_exceed_the_worker_header_cap() -> None:
     raw = encode_frame({"type": "request", "request": {"source": source}})
     frame = read_frame(io.BytesIO(raw), max_payload_bytes=0)
     assert frame is not None and frame.header["request"]["source"] == source
+
+
+async def test_only_a_result_frame_may_carry_a_payload() -> None:
+    raw = encode_frame({"type": "progress", "event": {}}, b"\x00" * 1024)
+    with pytest.raises(SandboxError, match="bad_frame: a 'progress' frame may not carry a payload"):
+        await read_frame_async(_reader(raw), max_payload_bytes=1 << 20)
