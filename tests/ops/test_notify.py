@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -116,3 +118,87 @@ def test_status_is_one_short_line(path_socket: tuple[str, socket.socket]) -> Non
     (message,) = _receive_all(sock)
     assert message.startswith("STATUS=training task 1 x")
     assert "\n" not in message and len(message) == len("STATUS=") + 200
+
+
+# -- the real daemon ----------------------------------------------------------------------
+
+_POD_AGENT = str(Path(sys.executable).parent / "pod-agent")
+
+
+def _receive_until(sock: socket.socket, wanted: str, *, timeout_s: float, seen: list[str]) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            seen.append(sock.recv(4096).decode())
+        except TimeoutError:
+            break
+        if any(line == wanted for message in seen for line in message.split("\n")):
+            return
+    raise AssertionError(f"no {wanted} within {timeout_s} s; received {seen}")
+
+
+@pytest.fixture
+def hub(tmp_path: Path) -> Iterator[str]:
+    proc = subprocess.Popen([_POD_AGENT, "hub", "serve", "--db", str(tmp_path / "hub.sqlite"), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().decode()
+        assert "hub listening on" in line, line
+        yield line.split("hub listening on", 1)[1].strip()
+    finally:
+        proc.kill()
+        proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def _pod_config(tmp_path: Path, hub_url: str) -> Path:
+    from pod_agent.protocol import IdentityKey
+
+    state = tmp_path / "pod"
+    state.mkdir()
+    IdentityKey.generate().save(state / "identity.pem")
+    data = tmp_path / "data.csv"
+    data.write_text("age,label\n" + "".join(f"{20 + i % 50},{i % 2}\n" for i in range(100)))
+    config = tmp_path / "pod.toml"
+    config.write_text(
+        f'[pod]\nname = "notified"\nstate_dir = "{state}"\n'
+        f'[hub]\nurl = "{hub_url}"\nheartbeat_s = 0.5\n'
+        f'[datasource]\npath = "{data}"\n[security]\nsandbox = "none"\n'
+        "[sandbox_limits]\nwarm_worker = false\n[ops]\nhealth_port = 0\n"
+    )
+    return config
+
+
+def test_pod_agent_run_notifies_ready_watchdog_and_stopping(
+    tmp_path: Path, hub: str, path_socket: tuple[str, socket.socket]
+) -> None:
+    address, sock = path_socket
+    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
+    # A 1 s watchdog: the daemon must ping every 0.5 s from its event loop.
+    env.update(NOTIFY_SOCKET=address, WATCHDOG_USEC="1000000")
+    log = tmp_path / "agent.log"
+    with log.open("wb") as out:
+        agent = subprocess.Popen([_POD_AGENT, "run", "--config", str(_pod_config(tmp_path, hub))],
+                                 env=env, stdout=out, stderr=out)
+    seen: list[str] = []
+    try:
+        _receive_until(sock, "READY=1", timeout_s=30, seen=seen)
+        ready = next(m for m in seen if "READY=1" in m.split("\n"))
+        assert "STATUS=registered as notified" in ready.split("\n")
+        # Two pings in a row: the loop keeps pinging, not just once at start.
+        for _ in range(2):
+            pings: list[str] = []
+            _receive_until(sock, "WATCHDOG=1", timeout_s=5, seen=pings)
+            seen += pings
+        agent.send_signal(signal.SIGTERM)
+        _receive_until(sock, "STOPPING=1", timeout_s=30, seen=seen)
+        assert agent.wait(30) == 0, log.read_text()
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait(10)
+    messages = [line for m in seen for line in m.split("\n")]
+    assert messages.index("READY=1") < messages.index("STOPPING=1")
