@@ -32,7 +32,7 @@ async def test_frame_round_trips_header_and_payload() -> None:
 async def test_clean_eof_reads_as_none_and_a_cut_frame_is_an_error() -> None:
     assert await read_frame_async(_reader(b""), max_payload_bytes=16) is None
     with pytest.raises(SandboxError, match="bad_frame: stream ended inside a frame"):
-        await read_frame_async(_reader(encode_frame({"type": "x"}, b"abcd")[:-1]), max_payload_bytes=16)
+        await read_frame_async(_reader(encode_frame({"type": "result"}, b"abcd")[:-1]), max_payload_bytes=16)
 
 
 async def test_payload_over_the_cap_is_refused_before_it_is_read() -> None:
