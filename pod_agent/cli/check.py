@@ -18,6 +18,7 @@ from pod_agent.config import PodSettings, load_settings
 from pod_agent.data import Datasource, Schema, open_datasource
 from pod_agent.errors import ConfigError, PodAgentError
 from pod_agent.protocol import IdentityKey, passphrase_from_env
+from pod_agent.sandbox import sandbox_check_detail
 
 
 @dataclass
@@ -72,10 +73,15 @@ def _datasource(ctx: CheckContext) -> str:
     )
 
 
+def _sandbox(ctx: CheckContext) -> str:
+    return sandbox_check_detail(ctx.settings)
+
+
 CHECKS: list[NamedCheck] = [
     NamedCheck("config", _config),
     NamedCheck("identity key", _identity_key, needs=("config",)),
     NamedCheck("datasource", _datasource, needs=("config",)),
+    NamedCheck("sandbox", _sandbox, needs=("config",)),
 ]
 
 
@@ -102,7 +108,7 @@ def run_checks(config_path: Path, checks: list[NamedCheck] | None = None) -> lis
 def check(
     config: Path = typer.Option(..., "--config", help="The pod's pod.toml."),
 ) -> None:
-    """Validate the config, the identity key and the datasource; exit non-zero if any check fails."""
+    """Validate the config, the identity key, the datasource and the sandbox layers; exit non-zero if any fails."""
     results = run_checks(config)
     width = max(len(result.name) for result in results)
     for result in results:

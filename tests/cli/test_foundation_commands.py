@@ -76,9 +76,10 @@ def test_init_force_replaces_config_and_key(cli, initialised: Path, tmp_path: Pa
 def test_check_passes_on_a_good_pod(cli, initialised: Path) -> None:
     result = cli("check", "--config", str(initialised))
     assert result.code == 0, result.out
-    lines = result.out.splitlines()
-    assert [line.split()[0] for line in lines] == ["ok", "ok", "ok"]
+    lines = [line for line in result.out.splitlines() if not line.startswith(" ")]
+    assert [line.split()[0] for line in lines] == ["ok", "ok", "ok", "ok"]
     assert "48842 rows, 15 columns" in lines[2]
+    assert "sandbox" in lines[3]
 
 
 def test_check_reports_each_failing_check_on_its_line(cli, initialised: Path, tmp_path: Path) -> None:
@@ -89,7 +90,7 @@ def test_check_reports_each_failing_check_on_its_line(cli, initialised: Path, tm
     assert result.code == 1
     assert result.out.splitlines()[0].startswith("FAIL  config")
     assert "unknown key 'datasource.csv_delimitter'" in result.out
-    assert [line.split()[0] for line in result.out.splitlines()] == ["FAIL", "skip", "skip"]
+    assert [line.split()[0] for line in result.out.splitlines()] == ["FAIL", "skip", "skip", "skip"]
 
 
 def test_check_names_a_bad_datasource_and_a_loose_key(cli, initialised: Path, tmp_path: Path, write_file) -> None:
