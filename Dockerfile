@@ -6,7 +6,7 @@
 #   (a CUDA base needs python3 + python3-venv; the first RUN installs them when missing)
 # Offline: put wheels (every dependency incl. torch, setuptools and wheel) in ./wheelhouse and
 # the build installs with --no-index --find-links; .ci/docker builds exactly that way.
-# Run flags for each sandbox level: systemd/README.md ("Docker").
+# Run flags for each sandbox level: deploy/README.md.
 
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 
