@@ -198,6 +198,23 @@ def prepare_task_input(
     return TaskInput(path=path, datastructure=datastructure)
 
 
+def plan_datastructure(schema: Schema, selection: DataSelection) -> dict[str, object]:
+    """The datastructure ``prepare_task_input`` would return, from the schema alone.
+
+    Sizes, names and encoding are exact; ``n_rows`` and ``n_dropped`` are 0 because no
+    data is read. A modeller uses it to build a model (and its initial weights) before
+    any pod prepares data; with one-hot encoding it holds only for pods with this
+    schema's categories.
+    """
+    encoding: CategoricalEncoding = selection.categorical_encoding
+    plans, target = _plan(schema, selection, encoding)
+    task = "classification" if target.stype == "categorical" else "regression"
+    return _datastructure(
+        plans, target, task=task, encoding=encoding, n_rows=dict.fromkeys(SPLIT_CODES, 0), n_dropped=0,
+        selection=selection,
+    )
+
+
 def read_datastructure(path: Path) -> dict[str, object]:
     """The datastructure stored in a prepared file's metadata."""
     with pa.memory_map(str(path), "r") as source:

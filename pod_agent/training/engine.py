@@ -45,7 +45,7 @@ from pydantic import ValidationError
 
 from pod_agent.data.task_input import DATA_FILE_NAME, read_datastructure
 from pod_agent.errors import DataError, TrainingError
-from pod_agent.protocol.messages import TaskPayload
+from pod_agent.protocol.messages import Hyperparameters, ModelRef, TaskPayload
 from pod_agent.sdk import Datastructure, PodModel
 from pod_agent.training.dataset import SplitBatches
 from pod_agent.training.loading import build_model
@@ -89,8 +89,8 @@ def run_task(request: Mapping[str, Any], *, input_dir: Path, work_dir: Path, pro
     if settings.threads is not None:
         # On a busy host, spinning intra-op threads cost more than they give for small models.
         torch.set_num_threads(max(1, settings.threads))
-    pl.seed_everything(settings.seed, workers=True, verbose=False)
-    model = build_model(task.model, input_dir=input_dir, init_kwargs=_init_kwargs(settings))
+    kwargs = model_kwargs(task.hyperparameters, datastructure=settings.datastructure, schema=settings.schema)
+    model = seeded_model(task.model, seed=settings.seed, input_dir=input_dir, init_kwargs=kwargs)
     weights = input_dir / WEIGHTS_FILE_NAME
     if weights.exists():
         _check_weights_hash(task, weights)
@@ -130,17 +130,25 @@ def _parse_request(request: Mapping[str, Any], input_dir: Path) -> _Settings:
         raise TrainingError("bad_request", f"request unusable: {exc}") from exc
 
 
-def _init_kwargs(settings: _Settings) -> dict[str, Any]:
-    hp = settings.task.hyperparameters
+def model_kwargs(
+    hp: Hyperparameters, *, datastructure: Datastructure, schema: Mapping[str, object]
+) -> dict[str, Any]:
+    """The keyword arguments a model class is instantiated with (hyperparameter extras first)."""
     return {
         **hp.extra,
-        "datastructure": settings.datastructure,
-        "schema": settings.schema,
+        "datastructure": datastructure,
+        "schema": schema,
         "epochs": hp.epochs,
         "steps": hp.steps,
         "batch_size": hp.batch_size,
         "learning_rate": hp.learning_rate,
     }
+
+
+def seeded_model(ref: ModelRef, *, seed: int, input_dir: Path, init_kwargs: Mapping[str, Any]) -> PodModel:
+    """Seed every RNG, then build the model: the same seed gives the same initial weights everywhere."""
+    pl.seed_everything(seed, workers=True, verbose=False)
+    return build_model(ref, input_dir=input_dir, init_kwargs=init_kwargs)
 
 
 def _check_weights_hash(task: TaskPayload, path: Path) -> None:

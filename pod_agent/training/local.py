@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
@@ -29,8 +30,10 @@ from pod_agent.data import open_datasource
 from pod_agent.data.task_input import prepare_task_input
 from pod_agent.errors import TrainingError
 from pod_agent.protocol.messages import DataSelection, Hyperparameters, ModelRef, TaskPayload, WeightsRef
-from pod_agent.training.engine import WEIGHTS_FILE_NAME, run_task
+from pod_agent.sdk import Datastructure
+from pod_agent.training.engine import WEIGHTS_FILE_NAME, model_kwargs, run_task, seeded_model
 from pod_agent.training.loading import SOURCE_FILE_NAME, SPEC_FILE_NAME
+from pod_agent.training.tensors import exchanged_state
 
 LOCAL_POD = "local"
 _LOCAL_ID = "0" * 64  # no signer and no registered schema: a local fit is never sent anywhere
@@ -142,6 +145,26 @@ def fit_local(
         datastructure=prepared.datastructure,
         events=events,
     )
+
+
+def initial_weights(
+    model: ModelRef,
+    *,
+    datastructure: Mapping[str, object],
+    hyperparameters: Hyperparameters,
+    schema: Mapping[str, object] | None = None,
+) -> dict[str, np.ndarray]:
+    """The floating state (float32) a pod's worker starts from for this model and seed.
+
+    A train task without weights builds exactly this on every pod whose datastructure
+    has the same shapes, so a modeller can start federated averaging from it.
+    ``datastructure`` comes from ``pod_agent.data.task_input.plan_datastructure``.
+    """
+    kwargs = model_kwargs(hyperparameters, datastructure=Datastructure.coerce(datastructure), schema=schema or {})
+    # An empty input dir: the source or spec comes from the ModelRef itself, as on a pod.
+    with tempfile.TemporaryDirectory(prefix="pod-agent-init-") as tmp:
+        built = seeded_model(model, seed=hyperparameters.seed, input_dir=Path(tmp), init_kwargs=kwargs)
+    return {name: t.numpy() for name, t in exchanged_state(built).items()}
 
 
 def save_fit(fit: LocalFit, out_dir: Path) -> Path:

@@ -12,7 +12,7 @@ import pytest
 from pod_agent.config.settings import DatasourceSection
 from pod_agent.data import Datasource, open_datasource
 from pod_agent.data import task_input as task_input_module
-from pod_agent.data.task_input import HASHED_BUCKETS, prepare_task_input, read_datastructure
+from pod_agent.data.task_input import HASHED_BUCKETS, plan_datastructure, prepare_task_input, read_datastructure
 from pod_agent.errors import DataError
 from pod_agent.protocol.messages import DataSelection, Split
 
@@ -146,3 +146,14 @@ def test_columns_default_to_every_tabular_column_but_the_target(tmp_path: Path) 
     ds = _source(tmp_path, _table(100))
     prepared = prepare_task_input(ds, ds.schema(), DataSelection(target="label"), tmp_path / "out")
     assert prepared.datastructure["columns"] == ["colour", "size"]
+
+
+@pytest.mark.parametrize("encoding", ["one-hot", "hashed"])
+def test_the_planned_datastructure_matches_the_prepared_one_but_for_row_counts(tmp_path: Path, encoding: str) -> None:
+    ds = _source(tmp_path, _table(300))
+    selection = SELECTION.model_copy(update={"categorical_encoding": encoding})
+    planned = plan_datastructure(ds.schema(), selection)
+    prepared = prepare_task_input(ds, ds.schema(), selection, tmp_path / "out").datastructure
+    assert planned["n_rows"] == {"train": 0, "validation": 0, "test": 0}
+    unchanging = set(prepared) - {"n_rows", "n_dropped"}
+    assert {k: planned[k] for k in unchanging} == {k: prepared[k] for k in unchanging}

@@ -9,12 +9,16 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 from safetensors.numpy import load as load_numpy
-from training_support import DECLARATIVE_SPEC, TUTORIAL_MODEL, RunTask, make_task, source_ref
+from safetensors.numpy import save as save_numpy
+from training_support import DECLARATIVE_SPEC, TUTORIAL_MODEL, RunTask, make_task, source_ref, spec_ref
 
 from pod_agent.cli.app import main
+from pod_agent.config.settings import DatasourceSection
+from pod_agent.data import open_datasource
+from pod_agent.data.task_input import plan_datastructure
 from pod_agent.errors import TrainingError
 from pod_agent.protocol.messages import DataSelection, Hyperparameters
-from pod_agent.training.local import fit_local, model_ref_from_file
+from pod_agent.training.local import fit_local, initial_weights, model_ref_from_file
 
 
 def test_local_fit_gives_the_weights_a_pod_computes_on_the_same_data(run_in_process: RunTask, small_adult: Path) -> None:
@@ -79,3 +83,18 @@ def test_hashed_encoding_gives_a_width_independent_of_the_categories(small_adult
     n_continuous = sum(1 for stype in stypes.values() if stype == "continuous")
     assert fit.datastructure["input_size"] == 64 * n_categorical + n_continuous
     assert fit.weights["_model.0.weight"].shape[1] == fit.datastructure["input_size"]
+
+
+@pytest.mark.parametrize("style", ["lightning", "declarative"])
+def test_initial_weights_are_what_a_pod_starts_from(run_in_process: RunTask, small_adult: Path, style: str) -> None:
+    model = source_ref(TUTORIAL_MODEL, "MyCustomModel") if style == "lightning" else spec_ref(DECLARATIVE_SPEC)
+    schema = open_datasource(DatasourceSection(path=small_adult)).schema()
+    planned = plan_datastructure(schema, DataSelection(target="TARGET"))
+    initial = initial_weights(model, datastructure=planned, hyperparameters=Hyperparameters(seed=7))
+    blob = save_numpy(initial)
+    fresh = run_in_process(make_task("evaluate", model))
+    loaded = run_in_process(make_task("evaluate", model, weights=blob), weights=blob)
+    assert fresh.header is not None and loaded.header is not None
+    assert fresh.header["metrics"] == loaded.header["metrics"]
+    trained = run_in_process(make_task("train", model, steps=3, returns="weights"))
+    assert load_numpy(trained.payload).keys() == initial.keys()
