@@ -110,9 +110,10 @@ class HumanFormatter(logging.Formatter):
     """``2026-01-01T12:00:00.000Z INFO pod_agent.agent: message [task=... modeller=... kind=train]``."""
 
     def format(self, record: logging.LogRecord) -> str:
-        tags = [f"task={record.task_id}"] if getattr(record, "task_id", None) else []
-        if getattr(record, "modeller", None):
-            tags.append(f"modeller={record.modeller}")
+        task_id, modeller = getattr(record, "task_id", None), getattr(record, "modeller", None)
+        tags = [f"task={task_id}"] if task_id else []
+        if modeller:
+            tags.append(f"modeller={modeller}")
         tags += [f"{k}={v}" for k, v in _extras(record).items()]
         line = f"{_utc(record)} {record.levelname} {record.name}: {_safe_message(record)}"
         if tags:
