@@ -10,7 +10,7 @@ Request (a dict, from the agent)::
 
     {"task": TaskPayload as JSON, "datastructure": {...} (optional: read from data.arrow),
      "trainer": {"accelerator": "auto"|"cpu"|"gpu", "devices": 1|"auto", "seed": int (optional),
-                "threads": int (optional: torch intra-op threads; default torch's own choice)},
+                "threads": int (optional: torch intra-op threads; default DEFAULT_THREADS)},
      "privacy": {"min_rows": int}, "schema": {...} (optional, the public schema)}
 
 Returned header: ``{"metrics": {name: float}, "n_rows": int, "tensors": {name:
@@ -53,6 +53,11 @@ from pod_agent.training.tensors import encode, exchanged_state, load_pretrained
 
 WEIGHTS_FILE_NAME = "weights.safetensors"
 PROGRESS_INTERVAL_S = 1.0  # at most one training progress event per second
+# A pod shares its host (other pods, the agent, the owner's work). Measured on a 2-core
+# CI-like host under load, the tutorial MLP took 43 ms per step with torch's 2 spinning
+# intra-op threads and 2 ms with one; more threads pay off only for large models on an
+# idle host, which a request may ask for with trainer.threads.
+DEFAULT_THREADS = 1
 _PROBE_ROWS = 4
 _SHAPE_WORDS = ("shape", "size", "mat1", "mat2", "dimension")
 
@@ -74,7 +79,7 @@ class _Settings:
     seed: int
     min_rows: int
     schema: Mapping[str, object]
-    threads: int | None
+    threads: int
 
 
 def run_task(request: Mapping[str, Any], *, input_dir: Path, work_dir: Path, progress: Progress) -> TaskOutput:
@@ -86,9 +91,7 @@ def run_task(request: Mapping[str, Any], *, input_dir: Path, work_dir: Path, pro
     data_path = input_dir / DATA_FILE_NAME
     # cuBLAS needs this to be deterministic; harmless on CPU and before any CUDA use.
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    if settings.threads is not None:
-        # On a busy host, spinning intra-op threads cost more than they give for small models.
-        torch.set_num_threads(max(1, settings.threads))
+    torch.set_num_threads(settings.threads)
     kwargs = model_kwargs(task.hyperparameters, datastructure=settings.datastructure, schema=settings.schema)
     model = seeded_model(task.model, seed=settings.seed, input_dir=input_dir, init_kwargs=kwargs)
     weights = input_dir / WEIGHTS_FILE_NAME
@@ -124,7 +127,7 @@ def _parse_request(request: Mapping[str, Any], input_dir: Path) -> _Settings:
             seed=int(trainer.get("seed", task.hyperparameters.seed)),
             min_rows=int(privacy.get("min_rows", 1)),
             schema=dict(request.get("schema") or {}),
-            threads=None if trainer.get("threads") is None else int(trainer["threads"]),
+            threads=max(1, int(trainer.get("threads", DEFAULT_THREADS))),
         )
     except (KeyError, TypeError, ValueError, ValidationError, DataError) as exc:
         raise TrainingError("bad_request", f"request unusable: {exc}") from exc

@@ -134,7 +134,12 @@ def fit_local(
             "trainer": {"accelerator": accelerator, "devices": devices},
             "schema": schema.public(share_categories=True),
         }
-        output = run_task(request, input_dir=input_dir, work_dir=work_dir, progress=record)
+        # The engine pins torch's thread count as a pod does; give the caller's back afterwards.
+        threads = torch.get_num_threads()
+        try:
+            output = run_task(request, input_dir=input_dir, work_dir=work_dir, progress=record)
+        finally:
+            torch.set_num_threads(threads)
     trained = load_safetensors(output.payload) if output.payload else {}
     n_rows = output.header["n_rows"]
     metrics = output.header["metrics"]
