@@ -34,6 +34,7 @@ import hashlib
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -272,9 +273,16 @@ def _scalars(metrics: Mapping[str, Any], *, prefix: str = "") -> dict[str, float
     return out
 
 
+# Lightning 2.6's own pytree helper trips a deprecation in typing_extensions on torch 2.13,
+# once per step; it is not ours to fix, and under ``-W error`` it would fail every task.
+_LIGHTNING_PYTREE_WARNING = r".*isinstance\(treespec, LeafSpec\)"
+
+
 def _run_stage(stage: Callable[[], Any], code: str) -> None:
     try:
-        stage()
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_LIGHTNING_PYTREE_WARNING, category=FutureWarning)
+            stage()
     except TrainingError:
         raise
     except Exception as exc:

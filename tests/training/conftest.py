@@ -51,14 +51,3 @@ def run_in_process(adult_input: TaskInput, tmp_path: Path) -> RunTask:
 
     return run
 
-
-# Lightning 2.6 on torch 2.13 trips typing_extensions' deprecation of LeafSpec inside its
-# own pytree helper; the warning is theirs, not ours (pytest turns warnings into errors).
-LIGHTNING_PYTREE_WARNING = "ignore:.*isinstance\\(treespec, LeafSpec\\).*:FutureWarning"
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    here = Path(__file__).parent
-    for item in items:
-        if here in item.path.parents:
-            item.add_marker(pytest.mark.filterwarnings(LIGHTNING_PYTREE_WARNING))
