@@ -358,7 +358,8 @@ async def _pod_ws(request: web.Request) -> web.WebSocketResponse:
             await _on_pod_message(hub, ws, pod.name, msg.data)
     finally:
         pusher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
+        # The pod may vanish mid-send; its tasks stay pending and go out again on its next connection.
+        with contextlib.suppress(asyncio.CancelledError, ConnectionError):
             await pusher
         hub.connected[pod.name] -= 1
     return ws

@@ -242,6 +242,7 @@ class FaultProxy:
         self.stalled = 0
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._handlers: set[asyncio.Task[None]] = set()
 
     async def start(self) -> FaultProxy:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
@@ -258,12 +259,30 @@ class FaultProxy:
             writer.transport.abort()
 
     async def close(self) -> None:
+        """Stop listening, abort every connection and wait for the handlers, so no socket outlives the test."""
         if self._server is not None:
             self._server.close()
             for writer in list(self._writers):
                 writer.transport.abort()
+            for task in list(self._handlers):
+                task.cancel()
+            await asyncio.gather(*self._handlers, return_exceptions=True)
+            await self._server.wait_closed()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handler = asyncio.current_task()
+        if handler is not None:
+            self._handlers.add(handler)
+        self._writers.add(writer)
+        try:
+            await self._serve(reader, writer)
+        finally:
+            writer.transport.abort()
+            self._writers.discard(writer)
+            if handler is not None:
+                self._handlers.discard(handler)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.mode == "reset":
             writer.transport.abort()
             return
@@ -279,7 +298,7 @@ class FaultProxy:
         except OSError:
             writer.transport.abort()
             return
-        self._writers.update({writer, up_writer})
+        self._writers.add(up_writer)
         swallow, stall = asyncio.Event(), asyncio.Event()
 
         async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, *, upward: bool) -> None:
@@ -299,7 +318,8 @@ class FaultProxy:
             if not swallow.is_set():
                 dst.transport.abort()
 
-        await asyncio.gather(pump(reader, up_writer, upward=True), pump(up_reader, writer, upward=False))
-        self._writers.difference_update({writer, up_writer})
-        writer.transport.abort()
-        up_writer.transport.abort()
+        try:
+            await asyncio.gather(pump(reader, up_writer, upward=True), pump(up_reader, writer, upward=False))
+        finally:
+            self._writers.discard(up_writer)
+            up_writer.transport.abort()
