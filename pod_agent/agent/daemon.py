@@ -503,13 +503,22 @@ class Agent:
             if not entries:
                 await _wait_any(self._outbox_wake, self._stop, timeout_s=IDLE_RECHECK_S)
                 continue
-            try:
-                for entry in entries:
+            failed = False
+            for entry in entries:
+                try:
                     await self._deliver(hub, entry)
-                backoff.reset()
-            except RETRYABLE as exc:
-                _log.info("result upload failed (%s); retrying", exc)
+                except HubRejected as exc:
+                    # This one result is refused for now (e.g. a hub that lost the task); the others still go.
+                    failed = True
+                    _log.warning("result upload refused (%s); it stays in the outbox", exc)
+                except RETRYABLE as exc:
+                    failed = True
+                    _log.info("result upload failed (%s); retrying", exc)
+                    break
+            if failed:
                 await backoff.wait(self._stop)
+            else:
+                backoff.reset()
 
     async def _deliver(self, hub: HubClient, entry: OutboxEntry) -> None:
         await asyncio.to_thread(self.state.note_attempt, entry.task_id, now=_now())
