@@ -17,6 +17,7 @@ from pod_agent.errors import PodAgentError
 
 # Command modules, in the order `pod-agent --help` lists them.
 _COMMAND_MODULES: tuple[str, ...] = (
+    "pod_agent.cli.demo",
     "pod_agent.cli.init",
     "pod_agent.cli.check",
     "pod_agent.cli.schema",

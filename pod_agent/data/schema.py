@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -84,6 +85,27 @@ class Schema(BaseModel):
                     entry["categories"] = list(column.categories)
             columns.append(entry)
         return {"columns": columns, "row_count": self.row_count, "hash": self.hash()}
+
+    @classmethod
+    def from_public(cls, public: Mapping[str, Any]) -> Schema:
+        """The schema a modeller sees at the hub, for planning a model's shapes.
+
+        Where a pod did not share its category values, ``n_categories`` placeholders
+        (``"#0"``, ``"#1"`` ...) stand in: sizes are right, values unknown, and so its
+        hash is not the pod's (the registered ``hash`` is what tasks pin).
+        """
+        try:
+            columns = [
+                ColumnSchema(
+                    name=entry["name"], arrow_type=entry["arrow_type"], stype=entry["stype"],
+                    categories=entry.get("categories")
+                    or ([f"#{i}" for i in range(int(entry["n_categories"]))] if "n_categories" in entry else None),
+                )
+                for entry in public["columns"]
+            ]
+            return cls(columns=columns, row_count=int(public["row_count"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"public schema unusable ({exc}); re-fetch it from the hub (pod-agent modeller pods)") from exc
 
 
 def check_drift(stored: Schema, current: Schema) -> None:

@@ -13,7 +13,8 @@ batch. Memory is one record batch plus O(columns) statistics.
 
 Encoding (recorded in the datastructure, documented here once):
 - continuous -> float32, standardised with the *training* rows' mean and standard
-  deviation (a constant column keeps std 1); missing values become 0 (the mean).
+  deviation (a constant column keeps std 1), or with the (mean, std) the task's
+  ``selection.scaling`` fixes for the whole cohort; missing values become 0 (the mean).
 - categorical, ``categorical_encoding="one-hot"`` (default) -> one slot per category
   of the pod's schema (sorted, as strings) plus one reserved last slot for a value
   the schema does not list and for missing values. Its width depends on the schema's
@@ -131,6 +132,9 @@ def prepare_task_input(
     """
     encoding: CategoricalEncoding = categorical_encoding or selection.categorical_encoding
     plans, target = _plan(schema, selection, encoding)
+    unscalable = sorted(set(selection.scaling) - {p.name for p in plans if p.stype == "continuous"})
+    if unscalable:
+        raise DataError(f"task input: scaling names {unscalable}, which are not selected continuous columns")
     read_cols = [p.name for p in plans] + [target.name]
     split = selection.split
     task = "classification" if target.stype == "categorical" else "regression"
@@ -157,7 +161,9 @@ def prepare_task_input(
             "check the target column and its categories"
         )
     for plan in plans:
-        if plan.stype == "continuous":
+        if plan.stype == "continuous" and plan.name in selection.scaling:
+            plan.mean, plan.std = selection.scaling[plan.name]
+        elif plan.stype == "continuous":
             count, total, total_sq = sums[plan.name]
             if count > 0:
                 plan.mean = float(total / count)

@@ -43,7 +43,7 @@ class RunReport:
     """What a federated run produced, and the central baseline it is compared with."""
 
     rounds: list[RoundRecord] = field(default_factory=list)
-    central: list[PodMetrics] = field(default_factory=list)  # one entry per round-equivalent
+    central: RoundRecord | None = None  # the baseline evaluated on the same pods' test rows
     notes: list[str] = field(default_factory=list)
 
     def table(self) -> str:
@@ -53,8 +53,8 @@ class RunReport:
         pods = sorted(self.rounds[0].pods)
         head = ["round"] + [f"{p} loss/acc" for p in pods] + ["overall loss/acc", "secs"]
         rows = [head]
-        for rec in self.rounds:
-            cells = [str(rec.round)]
+        for rec in self.rounds + ([self.central] if self.central else []):
+            cells = [str(rec.round) if rec is not self.central else "central"]
             cells += [f"{rec.pods[p].loss:.4f} / {rec.pods[p].accuracy:.3f}" if p in rec.pods else "-" for p in pods]
             cells += [f"{rec.overall.loss:.4f} / {rec.overall.accuracy:.3f}", f"{rec.seconds:.1f}"]
             rows.append(cells)
@@ -68,11 +68,11 @@ class RunReport:
         self._plot(plot)
         lines = ["# Federated training report", "", "## Per-round evaluation (global model, pods' test splits)", ""]
         lines += ["```", self.table(), "```", ""]
-        if self.central:
-            final = self.central[-1]
+        if self.central and self.rounds:
+            final = self.central.overall
             fed = self.rounds[-1].overall
             lines += [
-                "## Central baseline (same model, pooled data)",
+                "## Central baseline (same model and epochs, pooled data, same test rows)",
                 "",
                 f"- central: loss {final.loss:.4f}, accuracy {final.accuracy:.4f} on {final.n_rows} test rows",
                 f"- federated: loss {fed.loss:.4f}, accuracy {fed.accuracy:.4f} on {fed.n_rows} test rows",
@@ -99,11 +99,10 @@ class RunReport:
         ax_loss.plot(xs, [r.overall.loss for r in self.rounds], marker="o", color="black", label="federated (all pods)")
         ax_acc.plot(xs, [r.overall.accuracy for r in self.rounds], marker="o", color="black", label="federated (all pods)")
         if self.central:
-            cx = list(range(1, len(self.central) + 1))
-            ax_loss.plot(cx, [m.loss for m in self.central], linestyle="--", color="red", label="central")
-            ax_acc.plot(cx, [m.accuracy for m in self.central], linestyle="--", color="red", label="central")
-        ax_loss.set(title="test loss", xlabel="round")
-        ax_acc.set(title="test accuracy", xlabel="round")
+            ax_loss.axhline(self.central.overall.loss, linestyle="--", color="red", label="central (pooled data)")
+            ax_acc.axhline(self.central.overall.accuracy, linestyle="--", color="red", label="central (pooled data)")
+        ax_loss.set(title="test loss", xlabel="round", xticks=xs)
+        ax_acc.set(title="test accuracy", xlabel="round", xticks=xs)
         ax_acc.legend(fontsize="small")
         fig.tight_layout()
         fig.savefig(path, dpi=100)

@@ -54,6 +54,7 @@ def build_task(
     pods: list[str],
     kind: TaskKind,
     schema_hash: str,
+    pod_schema_hashes: dict[str, str] | None = None,
     model: ModelRef | None = None,
     data: DataSelection | None = None,
     hyperparameters: Hyperparameters | None = None,
@@ -80,6 +81,7 @@ def build_task(
         weights=weights,
         data=data,
         schema_hash=schema_hash,
+        pod_schema_hashes=pod_schema_hashes or {},
         returns=returns,  # type: ignore[arg-type]
         secagg=secagg,
     )

@@ -89,6 +89,17 @@ class DataSelection(WireModel):
     # How categorical columns become features (pod_agent.data.task_input): "hashed" keeps the
     # width and meaning of every feature equal across pods whose category sets differ.
     categorical_encoding: Literal["one-hot", "hashed"] = "one-hot"
+    # (mean, std) per continuous column, agreed for the whole cohort (e.g. pooled from
+    # schema-stats results). A pod standardises these columns with them instead of its own
+    # training rows' moments, so that a feature value means the same on every pod.
+    scaling: dict[str, tuple[float, float]] = {}
+
+    @model_validator(mode="after")
+    def _positive_scales(self) -> "DataSelection":
+        bad = sorted(name for name, (_, std) in self.scaling.items() if not std > 0)
+        if bad:
+            raise ValueError(f"scaling: std must be > 0 for {bad}")
+        return self
 
 
 class WeightsRef(WireModel):

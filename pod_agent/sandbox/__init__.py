@@ -18,6 +18,7 @@ if TYPE_CHECKING:
         probe_layers,
         sandbox_check_detail,
         sandbox_check_lines,
+        sandbox_report_lines,
     )
     from pod_agent.sandbox.runner import SandboxJob, SandboxLimits, SandboxOutcome, SandboxRunner
 
@@ -29,6 +30,7 @@ _HOME = {
     "probe_layers": "pod_agent.sandbox.probe",
     "sandbox_check_detail": "pod_agent.sandbox.probe",
     "sandbox_check_lines": "pod_agent.sandbox.probe",
+    "sandbox_report_lines": "pod_agent.sandbox.probe",
     "SandboxJob": "pod_agent.sandbox.runner",
     "SandboxLimits": "pod_agent.sandbox.runner",
     "SandboxOutcome": "pod_agent.sandbox.runner",
@@ -47,6 +49,7 @@ __all__ = [
     "probe_layers",
     "sandbox_check_detail",
     "sandbox_check_lines",
+    "sandbox_report_lines",
 ]
 
 

@@ -157,3 +157,25 @@ def test_the_planned_datastructure_matches_the_prepared_one_but_for_row_counts(t
     assert planned["n_rows"] == {"train": 0, "validation": 0, "test": 0}
     unchanging = set(prepared) - {"n_rows", "n_dropped"}
     assert {k: planned[k] for k in unchanging} == {k: prepared[k] for k in unchanging}
+
+
+def test_cohort_scaling_replaces_the_pods_own_moments(tmp_path: Path) -> None:
+    table = pa.table({"x": [1.0, 2.0, 3.0, 4.0] * 25, "y": ["a", "b"] * 50})
+    path = tmp_path / "t.parquet"
+    pq.write_table(table, path)
+    ds = open_datasource(DatasourceSection(path=path, force_stypes={"continuous": ["x"]}))
+    selection = DataSelection(target="y", split=Split(train=100, validation=0, test=0), scaling={"x": (10.0, 2.0)})
+    prepared = prepare_task_input(ds, ds.schema(), selection, tmp_path / "in")
+    with pa.memory_map(str(prepared.path)) as source:
+        x = pa.ipc.open_file(source).read_all().column("x").combine_chunks().flatten().to_numpy()
+    assert sorted(set(x.tolist())) == [-4.5, -4.0, -3.5, -3.0]
+
+
+def test_scaling_a_column_that_is_not_a_continuous_feature_is_refused(tmp_path: Path) -> None:
+    table = pa.table({"x": [1.0, 2.0] * 50, "y": ["a", "b"] * 50})
+    path = tmp_path / "t.parquet"
+    pq.write_table(table, path)
+    ds = open_datasource(DatasourceSection(path=path))
+    selection = DataSelection(target="y", scaling={"z": (0.0, 1.0)})
+    with pytest.raises(DataError, match=r"scaling names \['z'\]"):
+        prepare_task_input(ds, ds.schema(), selection, tmp_path / "in")

@@ -1,0 +1,176 @@
+"""A federation on one machine: an embedded hub and one ``pod-agent run`` process per pod.
+
+Owns writing each pod's state dir, identity key and pod.toml, starting the hub in
+this event loop and the pods as child processes (their logs under ``root/logs``),
+waiting until every pod is registered and online, and stopping it all again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+from pod_agent.errors import PodAgentError
+from pod_agent.hub import serve as serve_hub
+from pod_agent.modeller.client import ModellerClient
+from pod_agent.protocol import IdentityKey
+
+# Registration includes a full schema pass over the pod's data; generous for a slow disk.
+POD_START_TIMEOUT_S = 120.0
+POD_STOP_TIMEOUT_S = 30.0
+
+
+class FederationError(PodAgentError):
+    """The local federation could not be started; the message names the pod and its log."""
+
+
+@dataclass(frozen=True)
+class PodSite:
+    """One pod: its name, its data file and the pod.toml lines beyond the defaults."""
+
+    name: str
+    data: Path
+    force_stypes: dict[str, list[str]] = field(default_factory=dict)
+
+
+def pod_toml(site: PodSite, *, state_dir: Path, hub_url: str, modeller: IdentityKey, sandbox: str) -> str:
+    """The pod.toml of a demo pod: one super modeller, the given sandbox level, no health port."""
+    q = json.dumps  # a JSON string is a valid TOML basic string
+    stypes = "\n".join(f"{kind} = {json.dumps(cols)}" for kind, cols in sorted(site.force_stypes.items()))
+    return f"""# Written by `pod-agent demo`.
+[pod]
+name = {q(site.name)}
+state_dir = {q(str(state_dir))}
+
+[hub]
+url = {q(hub_url)}
+heartbeat_s = 2.0
+backoff_initial_s = 0.2
+backoff_cap_s = 5.0
+
+[datasource]
+path = {q(str(site.data))}
+description = "UCI Adult census income, one non-IID share"
+
+[datasource.force_stypes]
+{stypes}
+
+[security]
+sandbox = {q(sandbox)}
+
+[[security.modellers]]
+name = "demo-modeller"
+public_key = {q(modeller.public.to_b64())}
+role = "super"
+kinds = ["train", "evaluate"]
+
+[ops]
+health_port = 0
+"""
+
+
+class LocalFederation:
+    """``async with LocalFederation(...) as fed:`` gives a running hub URL and online pods."""
+
+    def __init__(self, root: Path, sites: list[PodSite], *, modeller: IdentityKey, sandbox: str) -> None:
+        self.root, self.sites, self.modeller, self.sandbox = root, sites, modeller, sandbox
+        self.hub_url = ""
+        self._hub: asyncio.Task[None] | None = None
+        self._pods: dict[str, asyncio.subprocess.Process] = {}
+
+    async def __aenter__(self) -> LocalFederation:
+        try:
+            await self._start_hub()
+            for site in self.sites:
+                await self._start_pod(site)
+            await self._wait_online()
+        except BaseException:
+            await self.aclose()
+            raise
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    def log_path(self, name: str) -> Path:
+        return self.root / "logs" / f"{name}.log"
+
+    async def _start_hub(self) -> None:
+        bound: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._hub = asyncio.create_task(
+            serve_hub(db=str(self.root / "hub.sqlite"), port=0, on_listening=bound.set_result), name="embedded-hub"
+        )
+        done, _ = await asyncio.wait({self._hub, bound}, return_when=asyncio.FIRST_COMPLETED)
+        if bound not in done:
+            self._hub.result()  # re-raises why the hub stopped
+        self.hub_url = bound.result()
+        async with ModellerClient(self.hub_url, self.modeller) as client:
+            await client.register("demo-modeller")
+
+    async def _start_pod(self, site: PodSite) -> None:
+        state_dir = self.root / "pods" / site.name
+        state_dir.mkdir(parents=True, exist_ok=True)
+        state_dir.chmod(0o700)
+        key_path = state_dir / "identity.pem"
+        if not key_path.exists():
+            IdentityKey.generate().save(key_path)
+        config = state_dir / "pod.toml"
+        config.write_text(
+            pod_toml(site, state_dir=state_dir, hub_url=self.hub_url, modeller=self.modeller, sandbox=self.sandbox),
+            encoding="utf-8",
+        )
+        log = self.log_path(site.name)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("POD_AGENT_")}
+        with log.open("ab") as sink:
+            self._pods[site.name] = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "pod_agent", "run", "--config", str(config),
+                stdout=sink, stderr=sink, stdin=asyncio.subprocess.DEVNULL, env=env,
+            )
+
+    async def _wait_online(self) -> None:
+        deadline = asyncio.get_running_loop().time() + POD_START_TIMEOUT_S
+        async with ModellerClient(self.hub_url, self.modeller) as client:
+            while True:
+                for name, proc in self._pods.items():
+                    if proc.returncode is not None:
+                        raise FederationError(
+                            f"pod {name} exited with code {proc.returncode} while starting; see {self.log_path(name)}"
+                        )
+                online = {p.name for p in await client.pods() if p.online}
+                if online >= set(self._pods):
+                    return
+                if asyncio.get_running_loop().time() > deadline:
+                    waiting = sorted(set(self._pods) - online)
+                    raise FederationError(
+                        f"pods {waiting} did not come online within {POD_START_TIMEOUT_S:g} s; "
+                        f"see their logs in {self.root / 'logs'}"
+                    )
+                await asyncio.sleep(0.5)
+
+    async def aclose(self) -> None:
+        """SIGTERM every pod (graceful stop), kill what outlives the timeout, then stop the hub."""
+        for proc in self._pods.values():
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self._pods.values():
+            try:
+                await asyncio.wait_for(proc.wait(), POD_STOP_TIMEOUT_S)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        self._pods.clear()
+        if self._hub is not None:
+            self._hub.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._hub
+            self._hub = None

@@ -1,0 +1,310 @@
+"""Federated averaging over R rounds, optionally under secure aggregation.
+
+Owns the round loop on the modeller's side: publish the global weights, sign and
+send a train task to the cohort, collect the pods' signed results, unmask or
+average them, apply the mean update, then evaluate the new global model on every
+pod (metrics only) and stop early on a patience rule. A round whose cohort lost a
+pod cannot be unmasked (the survivors' masks do not cancel); it is retried with the
+remaining pods and fresh seeds while at least ``min_pods`` remain. Dropout-tolerant
+unmasking (secret-shared mask seeds) would slot in at ``_aggregate``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from pod_agent.data import Schema
+from pod_agent.data.task_input import plan_datastructure
+from pod_agent.errors import ModellerError, SecAggError
+from pod_agent.modeller.client import ModellerClient, PodInfo, VerifiedResult
+from pod_agent.modeller.report import PodMetrics, RoundRecord, RunReport
+from pod_agent.modeller.tasks import build_task
+from pod_agent.protocol.messages import DataSelection, Hyperparameters, ModelRef, SecAggParams, TaskKind, WeightsRef
+from pod_agent.secagg import Layout, aggregate_masked, floating_tensors, vector_from_bytes
+
+_log = logging.getLogger(__name__)
+
+Weights = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class SecureSettings:
+    """Parameter clipping in the seeds' form; ``num_workers`` is the cohort size of each round.
+
+    The defaults bound every update value to |v| <= prime_q / (2 * precision * N), about
+    10.9 for N = 3, and leave room in 64 bits for weighting by up to ~2^22 rows per pod.
+    """
+
+    prime_q: int = 2**41
+    precision: int = 2**16
+    modulus_bits: Literal[32, 64] = 64
+    clip_norm: float | None = None
+
+
+@dataclass(frozen=True)
+class FedAvgPlan:
+    model: ModelRef
+    pods: list[str]
+    selection: DataSelection
+    rounds: int
+    epochs_per_round: int = 1
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    seed: int = 42
+    secure: SecureSettings | None = field(default_factory=SecureSettings)
+    min_pods: int = 3
+    patience: int | None = None  # stop after this many rounds without a better overall loss
+    # Standardise continuous features with the cohort's pooled moments (from one
+    # schema-stats task) rather than each pod's own, so a value means the same everywhere.
+    cohort_scaling: bool = True
+    task_timeout_s: float = 600.0
+
+
+@dataclass
+class FedAvgResult:
+    weights: Weights
+    report: RunReport
+
+
+class FedAvg:
+    """Runs a plan against a hub through ``client``; the caller owns the client's lifetime."""
+
+    def __init__(
+        self,
+        client: ModellerClient,
+        plan: FedAvgPlan,
+        *,
+        work_dir: Path,
+        on_round: Callable[[RoundRecord], None] | None = None,
+    ) -> None:
+        self.client, self.plan, self.work_dir = client, plan, work_dir
+        self.on_round = on_round
+        self._schema_hashes: dict[str, str] = {}
+        self.selection = plan.selection
+
+    async def run(self, initial: Weights | None = None) -> FedAvgResult:
+        """Train from ``initial`` for the planned rounds; by default from the model as a pod
+        would build it (same seed) for the cohort's common datastructure."""
+        plan = self.plan
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        listed = {p.name: p for p in await self.client.pods()}
+        missing = [p for p in plan.pods if p not in listed]
+        if missing:
+            raise ModellerError(f"pods {missing} are not registered with the hub; see `pod-agent modeller pods`")
+        self._schema_hashes = {p: listed[p].schema_hash for p in plan.pods}
+        if plan.cohort_scaling:
+            self.selection = self.selection.model_copy(update={"scaling": await self._cohort_scaling()})
+        if initial is None:
+            initial = await asyncio.to_thread(self._initial_weights, [listed[p] for p in plan.pods])
+        weights = {name: np.ascontiguousarray(a, dtype=np.float32) for name, a in sorted(initial.items())}
+        report = RunReport()
+        cohort = list(plan.pods)
+        best_loss, stale = float("inf"), 0
+        for round_index in range(1, plan.rounds + 1):
+            started = time.monotonic()
+            cohort, mean_update, clipped = await self._train_round(weights, cohort, round_index)
+            weights = {name: weights[name] + mean_update[name] for name in weights}
+            record = RoundRecord(
+                round=round_index, pods=await self.evaluate(weights, cohort, label=f"round{round_index}-result"),
+                seconds=time.monotonic() - started, clipped_values=clipped,
+            )
+            report.rounds.append(record)
+            if self.on_round is not None:
+                self.on_round(record)
+            overall = record.overall.loss
+            if overall < best_loss - 1e-6:
+                best_loss, stale = overall, 0
+            else:
+                stale += 1
+            if plan.patience is not None and stale >= plan.patience:
+                report.notes.append(f"stopped after round {round_index}: no better loss for {stale} rounds")
+                break
+        return FedAvgResult(weights=weights, report=report)
+
+    def _initial_weights(self, cohort: list[PodInfo]) -> Weights:
+        from pod_agent.training.local import initial_weights
+
+        datastructure = cohort_datastructure(cohort, self.selection)
+        hyper = Hyperparameters(
+            epochs=self.plan.epochs_per_round, batch_size=self.plan.batch_size,
+            learning_rate=self.plan.learning_rate, seed=self.plan.seed,
+        )
+        return initial_weights(self.plan.model, datastructure=datastructure, hyperparameters=hyper)
+
+    # -- one round --------------------------------------------------------------------------------
+
+    async def _cohort_scaling(self) -> dict[str, tuple[float, float]]:
+        """Pooled (mean, std) of every continuous column, from the pods' schema-stats results."""
+        cohort = self.plan.pods
+        task = build_task(
+            modeller_id=self.client.key.key_id, pods=cohort, kind="schema-stats",
+            schema_hash=self._schema_hashes[cohort[0]], pod_schema_hashes={p: self._schema_hashes[p] for p in cohort},
+        )
+        answers = await self.client.wait_results(
+            await self.client.submit_task(task), cohort, timeout_s=self.plan.task_timeout_s
+        )
+        stats = []
+        for pod in cohort:
+            answer = answers.get(pod)
+            if not isinstance(answer, VerifiedResult) or answer.payload.status != "done":
+                raise ModellerError(f"pod {pod} gave no schema statistics ({_reason(answer)}); cannot scale features")
+            stats.append(answer.payload.metrics)
+        return pooled_moments(stats)
+
+    async def _train_round(self, weights: Weights, cohort: list[str], round_index: int) -> tuple[list[str], Weights, int]:
+        """Train on ``cohort`` and return (cohort that answered, mean update, values clipped)."""
+        weights_ref = await self._publish(weights, f"round{round_index}")
+        while True:
+            secure = self.plan.secure
+            secagg = None if secure is None else await self._secagg(secure, cohort, round_index)
+            task_id = await self._submit("train", cohort, weights_ref, secagg=secagg)
+            answers = await self.client.wait_results(task_id, cohort, timeout_s=self.plan.task_timeout_s)
+            ok = {pod: r for pod, r in answers.items() if isinstance(r, VerifiedResult) and r.payload.status == "done"}
+            failed = sorted(set(cohort) - set(ok))
+            if not failed:
+                mean = await self._aggregate(task_id, ok, weights, secagg)
+                return cohort, mean, sum(r.payload.clipped_values for r in ok.values())
+            reasons = {pod: _reason(answers.get(pod)) for pod in failed}
+            survivors = [p for p in cohort if p in ok]
+            if secagg is None:
+                _log.warning("round %d: pods %s failed (%s); averaging the others", round_index, failed, reasons)
+                if not ok:
+                    raise ModellerError(f"round {round_index}: every pod failed: {reasons}")
+                return survivors, await self._aggregate(task_id, ok, weights, None), 0
+            if len(survivors) < self.plan.min_pods:
+                raise ModellerError(
+                    f"round {round_index}: pods {failed} dropped out ({reasons}), so the masked sum cannot be "
+                    f"unmasked, and only {len(survivors)} pods remain (min_pods={self.plan.min_pods}); "
+                    "fix or wait for those pods and run again"
+                )
+            _log.warning(
+                "round %d: pods %s dropped out (%s); the masked sum cannot be unmasked - retrying with %s and fresh seeds",
+                round_index, failed, reasons, survivors,
+            )
+            cohort = survivors
+
+    async def evaluate(self, weights: Weights, cohort: list[str], *, label: str) -> dict[str, PodMetrics]:
+        """Metrics of ``weights`` on each pod's test split (an evaluate task; no tensors come back)."""
+        weights_ref = await self._publish(weights, label)
+        task_id = await self._submit("evaluate", cohort, weights_ref, secagg=None)
+        answers = await self.client.wait_results(task_id, cohort, timeout_s=self.plan.task_timeout_s)
+        metrics: dict[str, PodMetrics] = {}
+        for pod, answer in sorted(answers.items()):
+            if not isinstance(answer, VerifiedResult) or answer.payload.status != "done":
+                _log.warning("%s: pod %s did not evaluate (%s)", label, pod, _reason(answer))
+                continue
+            m = answer.payload.metrics
+            metrics[pod] = PodMetrics(
+                loss=float(m.get("test_loss", m.get("val_loss", float("nan")))),
+                accuracy=float(m.get("test_accuracy", m.get("test_acc", float("nan")))),
+                n_rows=answer.payload.n_rows,
+            )
+        return metrics
+
+    async def _aggregate(
+        self, task_id: str, results: Mapping[str, VerifiedResult], weights: Weights, secagg: SecAggParams | None
+    ) -> Weights:
+        blobs: dict[str, Path] = {}
+        for pod, result in sorted(results.items()):
+            blob = result.payload.blob
+            if blob is None:
+                raise ModellerError(f"pod {pod} returned no update for task {task_id}")
+            blobs[pod] = await self.client.download_blob(blob.sha256, self.work_dir / f"{task_id}.{pod}.blob")
+        if secagg is not None:
+            layout = Layout.from_arrays(floating_tensors(weights))
+            vectors = [
+                vector_from_bytes(path.read_bytes(), layout=layout, params=secagg) for path in blobs.values()
+            ]
+            try:
+                summed = aggregate_masked(vectors, layout=layout, params=secagg)
+            except SecAggError as exc:
+                raise ModellerError(f"task {task_id}: the masked updates do not aggregate: {exc}") from exc
+            return {name: summed.mean[name].astype(np.float32) for name in weights}
+        total = sum(results[pod].payload.n_rows for pod in blobs)
+        mean = {name: np.zeros_like(a) for name, a in weights.items()}
+        for pod, path in blobs.items():
+            update = load_file(str(path))
+            share = results[pod].payload.n_rows / total
+            for name in mean:
+                mean[name] += share * update[name]
+        return mean
+
+    # -- plumbing ----------------------------------------------------------------------------------
+
+    async def _publish(self, weights: Weights, label: str) -> WeightsRef:
+        path = self.work_dir / f"global-{label}.safetensors"
+        await asyncio.to_thread(save_file, weights, str(path))
+        return await self.client.upload_weights(path)
+
+    async def _secagg(self, secure: SecureSettings, cohort: list[str], round_index: int) -> SecAggParams:
+        return SecAggParams(
+            prime_q=secure.prime_q, precision=secure.precision, num_workers=len(cohort),
+            modulus_bits=secure.modulus_bits,
+            round=round_index, participants=await self.client.participants(cohort), clip_norm=secure.clip_norm,
+        )
+
+    async def _submit(
+        self, kind: TaskKind, cohort: list[str], weights_ref: WeightsRef, *, secagg: SecAggParams | None
+    ) -> str:
+        plan = self.plan
+        task = build_task(
+            modeller_id=self.client.key.key_id, pods=cohort, kind=kind,
+            schema_hash=self._schema_hashes[cohort[0]],
+            pod_schema_hashes={p: self._schema_hashes[p] for p in cohort},
+            model=plan.model, data=self.selection, weights=weights_ref, secagg=secagg,
+            hyperparameters=Hyperparameters(
+                epochs=plan.epochs_per_round, batch_size=plan.batch_size,
+                learning_rate=plan.learning_rate, seed=plan.seed,
+            ),
+        )
+        return await self.client.submit_task(task)
+
+
+def pooled_moments(stats: list[Mapping[str, float]]) -> dict[str, tuple[float, float]]:
+    """Combine per-pod ``rows``/``nulls.c``/``mean.c``/``std.c`` (sample std) into the cohort's
+    (mean, population std) per column; columns some pod lacks are left out."""
+    columns = set.intersection(*({k.removeprefix("mean.") for k in m if k.startswith("mean.")} for m in stats))
+    pooled: dict[str, tuple[float, float]] = {}
+    for column in sorted(columns):
+        count = total = total_sq = 0.0
+        for m in stats:
+            n = m["rows"] - m.get(f"nulls.{column}", 0.0)
+            mean, std = m[f"mean.{column}"], m[f"std.{column}"]
+            count += n
+            total += n * mean
+            total_sq += (n - 1) * std**2 + n * mean**2 if n > 1 else n * mean**2
+        if count > 0:
+            mean = total / count
+            std = float(np.sqrt(max(total_sq / count - mean**2, 0.0)))
+            pooled[column] = (mean, std if std > 1e-12 else 1.0)
+    return pooled
+
+
+def cohort_datastructure(cohort: list[PodInfo], selection: DataSelection) -> dict[str, object]:
+    """The datastructure every pod of ``cohort`` will prepare, from their public schemas;
+    raises ModellerError when the pods would build models of different shapes."""
+    planned = {p.name: plan_datastructure(Schema.from_public(p.schema), selection) for p in cohort}
+    shapes = {name: (d["input_size"], d["n_classes"]) for name, d in planned.items()}
+    if len(set(shapes.values())) != 1:
+        raise ModellerError(
+            f"the pods would build models of different shapes (input_size, n_classes): {shapes}; "
+            "use categorical_encoding='hashed' (--encoding hashed) or pods with the same categories"
+        )
+    return planned[cohort[0].name]
+
+
+def _reason(answer: VerifiedResult | str | None) -> str:
+    if answer is None:
+        return "no answer"
+    if isinstance(answer, str):
+        return f"refused: {answer}"
+    return f"{answer.payload.status}: {answer.payload.reason}"
