@@ -251,7 +251,9 @@ class _Worker:
             self.cgroup = await asyncio.to_thread(TaskCgroup.create, runner.cgroup_support,
                                                   memory_bytes=lim.memory_mb << 20, max_pids=lim.max_processes)
         kwargs: dict[str, Any] = {}
-        if identity is not None:
+        # Only a root agent may switch uid and drop groups; a non-root agent's workers keep its
+        # own uid (setgroups() would fail with EPERM and no worker could start).
+        if identity is not None and identity.dedicated:
             kwargs = {"user": identity.uid, "group": identity.gid, "extra_groups": []}
         try:
             self.proc = await asyncio.create_subprocess_exec(
