@@ -129,6 +129,7 @@ def submit(
     batch_size: int = typer.Option(64, "--batch-size"),
     learning_rate: float = typer.Option(1e-3, "--lr"),
     lifetime_s: int = typer.Option(3600, "--expires-in", help="Seconds the signed task stays valid."),
+    encoding: str = typer.Option("one-hot", "--encoding", help="Categorical features: one-hot or hashed."),
 ) -> None:
     """Sign a task and send it to the pods; prints the task id."""
     names = [p.strip() for p in pods_csv.split(",") if p.strip()]
@@ -137,18 +138,17 @@ def submit(
     if style not in ("lightning", "module", "declarative"):
         raise ModellerError(f"--style {style!r} is not one of lightning, module, declarative")
     model_ref = None if model is None else model_from_file(model, style=style, class_name=class_name)  # type: ignore[arg-type]
-    data = None if target is None else DataSelection(target=target)
+    data = None if target is None else DataSelection(target=target, categorical_encoding=encoding)  # type: ignore[arg-type]
 
     async def go(client: ModellerClient) -> str:
         listed = {p.name: p for p in await client.pods()}
         missing = [n for n in names if n not in listed]
         if missing:
             raise ModellerError(f"pods {missing} are not registered with the hub; see `pod-agent modeller pods`")
-        hashes = {listed[n].schema_hash for n in names}
-        if len(hashes) != 1:
-            raise ModellerError(f"pods {names} have different schemas; submit one task per schema")
         task = build_task(
-            modeller_id=client.key.key_id, pods=names, kind=kind, schema_hash=hashes.pop(),  # type: ignore[arg-type]
+            modeller_id=client.key.key_id, pods=names, kind=kind,  # type: ignore[arg-type]
+            schema_hash=listed[names[0]].schema_hash,
+            pod_schema_hashes={n: listed[n].schema_hash for n in names},
             model=model_ref, data=data, lifetime_s=lifetime_s,
             hyperparameters=Hyperparameters(epochs=epochs, steps=steps, batch_size=batch_size,
                                             learning_rate=learning_rate),
@@ -202,6 +202,52 @@ def results(
     for pod, summary in sorted(_with_client(ctx, go)):
         checked = " (signature verified)" if summary["signed"] else " (unsigned refusal code, reported via the hub)"
         typer.echo(f"{pod:<20} {summary['status']:<8} {summary['reason'] or '-'}{checked}")
+
+
+@_modeller.command("train")
+def train(
+    ctx: typer.Context,
+    model: Path = typer.Option(..., "--model", help="Model source file (or JSON spec for declarative)."),
+    class_name: str | None = typer.Option(None, "--class", help="Model class in the source file."),
+    style: str = typer.Option("lightning", "--style", help="lightning, module or declarative."),
+    pods_csv: str = typer.Option(..., "--pods", help="Comma-separated pod names (the cohort)."),
+    target: str = typer.Option(..., "--target", help="Target column."),
+    rounds: int = typer.Option(5, "--rounds", min=1),
+    epochs_per_round: int = typer.Option(1, "--epochs-per-round", min=1),
+    batch_size: int = typer.Option(64, "--batch-size", min=1),
+    learning_rate: float = typer.Option(1e-3, "--lr"),
+    secure: bool = typer.Option(True, "--secure/--plain", help="Secure aggregation (default) or plain FedAvg."),
+    encoding: str = typer.Option("hashed", "--encoding", help="Categorical features: hashed (any cohort) or one-hot."),
+    min_pods: int = typer.Option(3, "--min-pods", min=2, help="Smallest cohort a secure round may continue with."),
+    patience: int | None = typer.Option(None, "--patience", help="Stop after N rounds without a better loss."),
+    out: Path = typer.Option(Path("fedavg-output"), "--out", help="Folder for the final model and the report."),
+) -> None:
+    """Federated averaging over R rounds; prints a per-round table, saves the model and a report."""
+    from safetensors.numpy import save_file
+
+    from pod_agent.modeller.fedavg import FedAvg, FedAvgPlan, SecureSettings
+
+    if style not in ("lightning", "module", "declarative"):
+        raise ModellerError(f"--style {style!r} is not one of lightning, module, declarative")
+    if encoding not in ("hashed", "one-hot"):
+        raise ModellerError(f"--encoding {encoding!r} is not one of hashed, one-hot")
+    plan = FedAvgPlan(
+        model=model_from_file(model, style=style, class_name=class_name),  # type: ignore[arg-type]
+        pods=[p.strip() for p in pods_csv.split(",") if p.strip()],
+        selection=DataSelection(target=target, categorical_encoding=encoding),  # type: ignore[arg-type]
+        rounds=rounds, epochs_per_round=epochs_per_round, batch_size=batch_size, learning_rate=learning_rate,
+        secure=SecureSettings() if secure else None, min_pods=min_pods, patience=patience,
+    )
+
+    async def go(client: ModellerClient) -> Path:
+        fedavg = FedAvg(client, plan, work_dir=out / "rounds", on_round=lambda r: typer.echo(r.summary()))
+        result = await fedavg.run()
+        await asyncio.to_thread(save_file, result.weights, str(out / "final_model.safetensors"))
+        typer.echo(result.report.table())
+        return result.report.write(out)
+
+    report = _with_client(ctx, go)
+    typer.echo(f"final model: {out / 'final_model.safetensors'}\nreport: {report}")
 
 
 def register(app: typer.Typer) -> None:

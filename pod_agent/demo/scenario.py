@@ -27,7 +27,7 @@ from pod_agent.data.partition import partition_by_category
 from pod_agent.demo.federation import LocalFederation, PodSite
 from pod_agent.modeller.client import ModellerClient
 from pod_agent.modeller.fedavg import FedAvg, FedAvgPlan, SecureSettings
-from pod_agent.modeller.report import PodMetrics, RoundRecord
+from pod_agent.modeller.report import PodMetrics, RoundRecord, RunReport
 from pod_agent.protocol import IdentityKey, source_sha256
 from pod_agent.protocol.messages import DataSelection, Hyperparameters, ModelRef
 from pod_agent.sandbox import best_level, probe_layers, sandbox_report_lines
@@ -52,19 +52,29 @@ class DemoOptions:
     batch_size: int = 128
     learning_rate: float = 5e-3
     secure: bool = True
+    split_column: str = SPLIT_COLUMN
+    max_rows: int | None = None  # the first N rows of the table only (quick runs)
 
 
-def run_demo(options: DemoOptions, *, echo: Callable[[str], None] = print) -> Path:
-    """Run the whole demo; returns the report's path."""
+@dataclass(frozen=True)
+class DemoResult:
+    report: RunReport
+    report_path: Path
+
+
+def run_demo(options: DemoOptions, *, echo: Callable[[str], None] = print) -> DemoResult:
+    """Run the whole demo: the report (rounds and central baseline) and where it was written."""
     return asyncio.run(_run(options, echo))
 
 
-async def _run(options: DemoOptions, echo: Callable[[str], None]) -> Path:
+async def _run(options: DemoOptions, echo: Callable[[str], None]) -> DemoResult:
     out = options.out_dir.resolve()
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     level = _announce_sandbox(echo)
-    sites = await asyncio.to_thread(_prepare_data, out / "data", echo)
+    sites = await asyncio.to_thread(
+        _prepare_data, out / "data", echo, split_column=options.split_column, max_rows=options.max_rows
+    )
     modeller = IdentityKey.generate()
     source = MODEL_SOURCE.read_text(encoding="utf-8")
     model = ModelRef(style="lightning", name="adult-mlp", class_name=MODEL_CLASS, source=source,
@@ -83,7 +93,7 @@ async def _run(options: DemoOptions, echo: Callable[[str], None]) -> Path:
         async with ModellerClient(federation.hub_url, modeller) as client:
             echo(f"{'secure ' if options.secure else ''}FedAvg: {options.rounds} rounds x "
                  f"{options.epochs_per_round} epoch(s) on each pod")
-            fedavg = FedAvg(client, plan, work_dir=out / "rounds", on_round=lambda r: echo(_round_line(r)))
+            fedavg = FedAvg(client, plan, work_dir=out / "rounds", on_round=lambda r: echo(f"  {r.summary()}"))
             result = await fedavg.run()
             echo("central baseline: the same model and epochs on the pooled data, evaluated on the pods' test rows")
             central_weights = await asyncio.to_thread(
@@ -98,7 +108,7 @@ async def _run(options: DemoOptions, echo: Callable[[str], None]) -> Path:
     report = result.report
     report.central = central
     report.notes += [
-        f"pods split by {SPLIT_COLUMN!r}: " + ", ".join(f"{s.name}" for s in sites),
+        f"pods split by {options.split_column!r}: " + ", ".join(f"{s.name}" for s in sites),
         f"sandbox level in force on the pods: {level}",
         "secure aggregation: pairwise-masked fixed-point updates; the hub and the modeller saw only masked vectors"
         if options.secure else "plain FedAvg (no secure aggregation)",
@@ -115,7 +125,7 @@ async def _run(options: DemoOptions, echo: Callable[[str], None]) -> Path:
     echo(f"\nfederated accuracy {fed.accuracy:.4f} vs central {pooled.accuracy:.4f} "
          f"({100 * (pooled.accuracy - fed.accuracy):+.2f} points), on the same {pooled.n_rows} test rows")
     echo(f"final model: {out / 'final_model.safetensors'}\nreport: {path}")
-    return path
+    return DemoResult(report=report, report_path=path)
 
 
 def _announce_sandbox(echo: Callable[[str], None]) -> str:
@@ -130,11 +140,19 @@ def _announce_sandbox(echo: Callable[[str], None]) -> str:
     return level
 
 
-def _prepare_data(data_dir: Path, echo: Callable[[str], None]) -> list[PodSite]:
+def _prepare_data(
+    data_dir: Path, echo: Callable[[str], None], *, split_column: str, max_rows: int | None
+) -> list[PodSite]:
+    """Write the Adult table (pooled, for the baseline) and one share per pod; name the pods."""
     files = write_adult(data_dir)
     table = pq.read_table(files.parquet)
+    if max_rows is not None:
+        table = table.slice(0, max_rows)
+        pq.write_table(table, files.parquet)
+    parts = partition_by_category(table, column=split_column, n_parts=len(POD_NAMES))
+    names = POD_NAMES if split_column == SPLIT_COLUMN else tuple(f"pod-{i + 1}" for i in range(len(parts)))
     sites = []
-    for name, part in zip(POD_NAMES, partition_by_category(table, column=SPLIT_COLUMN, n_parts=len(POD_NAMES))):
+    for name, part in zip(names, parts):
         path = data_dir / f"{name}.parquet"
         pq.write_table(part.table, path)
         rich = pc.sum(pc.equal(part.table[TARGET], ">50K")).as_py() or 0
@@ -170,9 +188,3 @@ def _quiet_lightning() -> Iterator[None]:
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
-
-
-def _round_line(record: RoundRecord) -> str:
-    o = record.overall
-    pods = "  ".join(f"{p}: acc {m.accuracy:.3f}" for p, m in sorted(record.pods.items()))
-    return f"  round {record.round}: loss {o.loss:.4f} accuracy {o.accuracy:.4f}  [{pods}]  {record.seconds:.1f} s"

@@ -26,6 +26,7 @@ from pod_agent.data import Schema
 from pod_agent.data.task_input import plan_datastructure
 from pod_agent.errors import ModellerError, SecAggError
 from pod_agent.modeller.client import ModellerClient, PodInfo, VerifiedResult
+from pod_agent.modeller.notebook import schema_stats
 from pod_agent.modeller.report import PodMetrics, RoundRecord, RunReport
 from pod_agent.modeller.tasks import build_task
 from pod_agent.protocol.messages import DataSelection, Hyperparameters, ModelRef, SecAggParams, TaskKind, WeightsRef
@@ -144,21 +145,8 @@ class FedAvg:
 
     async def _cohort_scaling(self) -> dict[str, tuple[float, float]]:
         """Pooled (mean, std) of every continuous column, from the pods' schema-stats results."""
-        cohort = self.plan.pods
-        task = build_task(
-            modeller_id=self.client.key.key_id, pods=cohort, kind="schema-stats",
-            schema_hash=self._schema_hashes[cohort[0]], pod_schema_hashes={p: self._schema_hashes[p] for p in cohort},
-        )
-        answers = await self.client.wait_results(
-            await self.client.submit_task(task), cohort, timeout_s=self.plan.task_timeout_s
-        )
-        stats = []
-        for pod in cohort:
-            answer = answers.get(pod)
-            if not isinstance(answer, VerifiedResult) or answer.payload.status != "done":
-                raise ModellerError(f"pod {pod} gave no schema statistics ({_reason(answer)}); cannot scale features")
-            stats.append(answer.payload.metrics)
-        return pooled_moments(stats)
+        stats = await schema_stats(self.client, self.plan.pods, timeout_s=self.plan.task_timeout_s)
+        return pooled_moments(list(stats.values()))
 
     async def _train_round(self, weights: Weights, cohort: list[str], round_index: int) -> tuple[list[str], Weights, int]:
         """Train on ``cohort`` and return (cohort that answered, mean update, values clipped)."""

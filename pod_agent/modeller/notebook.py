@@ -35,11 +35,9 @@ async def schema_stats(client: ModellerClient, pods: list[str], *, timeout_s: fl
     missing = [p for p in pods if p not in listed]
     if missing:
         raise ModellerError(f"pods {missing} are not registered with the hub")
-    hashes = {listed[p].schema_hash for p in pods}
-    if len(hashes) != 1:
-        raise ModellerError("the pods' schemas differ; ask for schema-stats one pod at a time")
     task = build_task(
-        modeller_id=client.key.key_id, pods=pods, kind="schema-stats", schema_hash=hashes.pop()
+        modeller_id=client.key.key_id, pods=pods, kind="schema-stats", schema_hash=listed[pods[0]].schema_hash,
+        pod_schema_hashes={p: listed[p].schema_hash for p in pods},
     )
     await client.submit_task(task)
     answers = await client.wait_results(task.task_id, pods, timeout_s=timeout_s)

@@ -38,6 +38,13 @@ class RoundRecord:
         )
 
 
+    def summary(self) -> str:
+        """One line: the round's pooled loss and accuracy, then each pod's accuracy."""
+        o = self.overall
+        pods = "  ".join(f"{p}: acc {m.accuracy:.3f}" for p, m in sorted(self.pods.items()))
+        return f"round {self.round}: loss {o.loss:.4f} accuracy {o.accuracy:.4f}  [{pods}]  {self.seconds:.1f} s"
+
+
 @dataclass
 class RunReport:
     """What a federated run produced, and the central baseline it is compared with."""
