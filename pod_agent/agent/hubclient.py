@@ -110,6 +110,12 @@ class HubClient:
             raise HubError("HubClient used outside `async with`")
         return self._session
 
+    async def health_seconds(self) -> float:
+        """Round-trip time of the hub's ``/healthz``; raises HubUnavailable / HubRejected."""
+        started = time.monotonic()
+        await self.call("GET", "/healthz")
+        return time.monotonic() - started
+
     def _headers(self, method: str, path: str, body: bytes) -> dict[str, str]:
         return sign_request(self.key, method, path, body, now=int(time.time()))
 

@@ -8,12 +8,14 @@ other concerns add theirs by appending to ``CHECKS``.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import typer
 
+from pod_agent.agent.hubclient import HubClient
 from pod_agent.config import PodSettings, load_settings
 from pod_agent.data import Datasource, Schema, open_datasource
 from pod_agent.errors import ConfigError, PodAgentError
@@ -77,11 +79,23 @@ def _sandbox(ctx: CheckContext) -> str:
     return sandbox_check_detail(ctx.settings)
 
 
+def _hub(ctx: CheckContext) -> str:
+    settings = ctx.settings
+    key = IdentityKey.load(settings.pod.identity_key_path, passphrase_from_env(settings.pod.identity_key_passphrase_env))
+
+    async def probe() -> float:
+        async with HubClient(settings.hub, key) as hub:
+            return await hub.health_seconds()
+
+    return f"{settings.hub.url} answered /healthz in {1000 * asyncio.run(probe()):.0f} ms"
+
+
 CHECKS: list[NamedCheck] = [
     NamedCheck("config", _config),
     NamedCheck("identity key", _identity_key, needs=("config",)),
     NamedCheck("datasource", _datasource, needs=("config",)),
     NamedCheck("sandbox", _sandbox, needs=("config",)),
+    NamedCheck("hub", _hub, needs=("config", "identity key")),
 ]
 
 
@@ -108,7 +122,7 @@ def run_checks(config_path: Path, checks: list[NamedCheck] | None = None) -> lis
 def check(
     config: Path = typer.Option(..., "--config", help="The pod's pod.toml."),
 ) -> None:
-    """Validate the config, the identity key, the datasource and the sandbox layers; exit non-zero if any fails."""
+    """Validate the config, identity key, datasource, sandbox layers and hub reachability; exit 1 if any fails."""
     results = run_checks(config)
     width = max(len(result.name) for result in results)
     for result in results:

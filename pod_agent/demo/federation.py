@@ -38,6 +38,7 @@ class PodSite:
     name: str
     data: Path
     force_stypes: dict[str, list[str]] = field(default_factory=dict)
+    extra_toml: str = ""  # further pod.toml sections, appended verbatim
 
 
 def pod_toml(site: PodSite, *, state_dir: Path, hub_url: str, modeller: IdentityKey, sandbox: str) -> str:
@@ -73,7 +74,7 @@ kinds = ["train", "evaluate"]
 
 [ops]
 health_port = 0
-"""
+{site.extra_toml}"""
 
 
 class LocalFederation:

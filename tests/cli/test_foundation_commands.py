@@ -6,6 +6,7 @@ import json
 import stat
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -73,13 +74,41 @@ def test_init_force_replaces_config_and_key(cli, initialised: Path, tmp_path: Pa
     assert load_settings(initialised).pod.name == "renamed"
 
 
-def test_check_passes_on_a_good_pod(cli, initialised: Path) -> None:
+@pytest.fixture
+def hub_url(tmp_path: Path) -> Iterator[str]:
+    """A real reference hub on a free loopback port."""
+    hub = subprocess.Popen(
+        [sys.executable, "-m", "pod_agent", "hub", "serve", "--db", str(tmp_path / "hub.sqlite"), "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    try:
+        line = hub.stdout.readline() if hub.stdout else ""
+        assert "hub listening on" in line, line
+        yield line.split("hub listening on", 1)[1].strip()
+    finally:
+        hub.terminate()
+        hub.wait(10)
+        if hub.stdout is not None:
+            hub.stdout.close()
+
+
+def test_check_passes_on_a_good_pod(cli, initialised: Path, hub_url: str) -> None:
+    initialised.write_text(initialised.read_text().replace('url = "http://127.0.0.1:8700"', f'url = "{hub_url}"', 1))
     result = cli("check", "--config", str(initialised))
     assert result.code == 0, result.out
     lines = [line for line in result.out.splitlines() if not line.startswith(" ")]
-    assert [line.split()[0] for line in lines] == ["ok", "ok", "ok", "ok"]
+    assert [line.split()[0] for line in lines] == ["ok", "ok", "ok", "ok", "ok"]
     assert "48842 rows, 15 columns" in lines[2]
     assert "sandbox" in lines[3]
+    assert f"{hub_url} answered /healthz in" in lines[4]
+
+
+def test_check_fails_when_the_hub_cannot_be_reached(cli, initialised: Path) -> None:
+    initialised.write_text(initialised.read_text().replace('url = "http://127.0.0.1:8700"', 'url = "http://127.0.0.1:9"', 1))
+    result = cli("check", "--config", str(initialised))
+    assert result.code == 1
+    (hub_line,) = [line for line in result.out.splitlines() if line.split()[1:2] == ["hub"]]
+    assert hub_line.startswith("FAIL") and "unreachable" in hub_line
 
 
 def test_check_reports_each_failing_check_on_its_line(cli, initialised: Path, tmp_path: Path) -> None:
@@ -90,7 +119,7 @@ def test_check_reports_each_failing_check_on_its_line(cli, initialised: Path, tm
     assert result.code == 1
     assert result.out.splitlines()[0].startswith("FAIL  config")
     assert "unknown key 'datasource.csv_delimitter'" in result.out
-    assert [line.split()[0] for line in result.out.splitlines()] == ["FAIL", "skip", "skip", "skip"]
+    assert [line.split()[0] for line in result.out.splitlines()] == ["FAIL", "skip", "skip", "skip", "skip"]
 
 
 def test_check_names_a_bad_datasource_and_a_loose_key(cli, initialised: Path, tmp_path: Path, write_file) -> None:
