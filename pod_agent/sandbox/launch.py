@@ -120,12 +120,14 @@ def bwrap_argv(*, bwrap: str, ro_paths: list[Path], input_dir: Path, env: dict[s
             argv += ["--symlink", os.readlink(host), str(host)]
         elif host.is_dir():
             argv += ["--ro-bind", str(host), str(host)]
-    for path in ro_paths:
-        argv += ["--ro-bind", str(path), str(path)]
+    # The tmpfs mounts come before the Python tree's binds: a venv or checkout that lives
+    # under /tmp must be bound on top of the sandbox's own /tmp, not hidden by it.
     argv += ["--proc", "/proc", "--dev", "/dev",
              "--size", str(tmpfs_bytes), "--tmpfs", "/dev/shm",
-             "--size", str(tmpfs_bytes), "--tmpfs", "/tmp",
-             "--ro-bind-try", _CPU_INFO, _CPU_INFO,
+             "--size", str(tmpfs_bytes), "--tmpfs", "/tmp"]
+    for path in ro_paths:
+        argv += ["--ro-bind", str(path), str(path)]
+    argv += ["--ro-bind-try", _CPU_INFO, _CPU_INFO,
              # ctypes.util.find_library (pyseccomp finds libseccomp with it) reads the loader cache.
              "--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache",
              "--ro-bind", str(input_dir), str(SANDBOX_INPUT),

@@ -90,11 +90,13 @@ def _probe_namespaces(identity: Identity | None) -> LayerReport:
         host = Path("/") / link
         if host.is_symlink():
             argv += ["--symlink", str(host.readlink()), str(host)]
+    # As in launch.bwrap_argv: /tmp first, so a Python tree under /tmp is bound on top of it.
+    argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
     for path in python_ro_paths():
         argv += ["--ro-bind", str(path), str(path)]
     for name, value in worker_env(identity, home=Path("/tmp"), gpu=False).items():
         argv += ["--setenv", name, value]
-    argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--"] + bootstrap_argv()[:2] + ["-c", _TRIAL_CODE]
+    argv += ["--"] + bootstrap_argv()[:2] + ["-c", _TRIAL_CODE]
     failure = _trial(argv, identity)
     if failure is not None:
         return LayerReport("namespaces", False, f"bwrap failed: {failure}",
