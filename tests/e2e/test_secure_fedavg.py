@@ -8,6 +8,8 @@ rounds of secure FedAvg get within 3 accuracy points of training on the pooled d
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -100,3 +102,34 @@ def test_three_rounds_of_secure_fedavg_come_within_3_points_of_central_training(
     assert (tmp_path / "final_model.safetensors").stat().st_size > 0
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "Central baseline" in result.report_path.read_text()
+
+
+def test_a_pod_dropping_out_of_a_secure_round_is_named_and_the_round_retried_without_it(tmp_path: Path) -> None:
+    sites = _sites(tmp_path, rows=4000)
+    # A fourth pod whose sandbox gives every task 0.2 s: it registers, announces its round
+    # key and answers schema-stats, but its training always dies of the wall timeout.
+    slow = PodSite(name="pod-slow", data=sites[0].data, force_stypes=sites[0].force_stypes,
+                   extra_toml="[sandbox_limits]\nwall_timeout_s = 0.2\nwarm_worker = false\n")
+    modeller = IdentityKey.generate()
+    key_path = tmp_path / "modeller.pem"
+    modeller.save(key_path)
+    out = tmp_path / "train-out"
+
+    async def train() -> subprocess.CompletedProcess[str]:
+        async with LocalFederation(tmp_path, [*sites, slow], modeller=modeller, sandbox="strict") as fed:
+            argv = [
+                sys.executable, "-m", "pod_agent", "modeller", "--hub", fed.hub_url, "--key", str(key_path), "train",
+                "--model", str(MODEL_SOURCE), "--class", MODEL_CLASS, "--pods", "pod0,pod1,pod2,pod-slow",
+                "--target", "TARGET", "--rounds", "1", "--batch-size", "128", "--min-pods", "3", "--out", str(out),
+            ]
+            proc = await asyncio.create_subprocess_exec(
+                *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+            )
+            stdout, stderr = await proc.communicate()
+            return subprocess.CompletedProcess(argv, proc.returncode or 0, stdout.decode(), stderr.decode())
+
+    done = asyncio.run(train())
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "pods ['pod-slow'] dropped out" in done.stderr and "retrying with ['pod0', 'pod1', 'pod2']" in done.stderr
+    assert "round 1: loss" in done.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["curves.png", "final_model.safetensors", "report.md", "rounds"]
