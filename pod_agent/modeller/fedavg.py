@@ -113,7 +113,7 @@ class FedAvg:
         for round_index in range(1, plan.rounds + 1):
             started = time.monotonic()
             cohort, mean_update, clipped = await self._train_round(weights, cohort, round_index)
-            weights = {name: weights[name] + mean_update[name] for name in weights}
+            weights = apply_mean_update(weights, mean_update)
             record = RoundRecord(
                 round=round_index, pods=await self.evaluate(weights, cohort, label=f"round{round_index}-result"),
                 seconds=time.monotonic() - started, clipped_values=clipped,
@@ -135,11 +135,13 @@ class FedAvg:
         from pod_agent.training.local import initial_weights
 
         datastructure = cohort_datastructure(cohort, self.selection)
-        hyper = Hyperparameters(
-            epochs=self.plan.epochs_per_round, batch_size=self.plan.batch_size,
-            learning_rate=self.plan.learning_rate, seed=self.plan.seed,
+        return initial_weights(self.plan.model, datastructure=datastructure, hyperparameters=self._hyperparameters())
+
+    def _hyperparameters(self) -> Hyperparameters:
+        plan = self.plan
+        return Hyperparameters(
+            epochs=plan.epochs_per_round, batch_size=plan.batch_size, learning_rate=plan.learning_rate, seed=plan.seed
         )
-        return initial_weights(self.plan.model, datastructure=datastructure, hyperparameters=hyper)
 
     # -- one round --------------------------------------------------------------------------------
 
@@ -243,18 +245,24 @@ class FedAvg:
     async def _submit(
         self, kind: TaskKind, cohort: list[str], weights_ref: WeightsRef, *, secagg: SecAggParams | None
     ) -> str:
-        plan = self.plan
         task = build_task(
             modeller_id=self.client.key.key_id, pods=cohort, kind=kind,
             schema_hash=self._schema_hashes[cohort[0]],
             pod_schema_hashes={p: self._schema_hashes[p] for p in cohort},
-            model=plan.model, data=self.selection, weights=weights_ref, secagg=secagg,
-            hyperparameters=Hyperparameters(
-                epochs=plan.epochs_per_round, batch_size=plan.batch_size,
-                learning_rate=plan.learning_rate, seed=plan.seed,
-            ),
+            model=self.plan.model, data=self.selection, weights=weights_ref, secagg=secagg,
+            hyperparameters=self._hyperparameters(),
         )
         return await self.client.submit_task(task)
+
+
+def apply_mean_update(weights: Weights, mean_update: Weights) -> Weights:
+    """The new global weights; a BatchNorm variance may dip below 0 only through clipping
+    and rounding of its averaged delta, and is held at 0."""
+    new = {name: weights[name] + mean_update[name] for name in weights}
+    for name in new:
+        if name.endswith("running_var"):
+            np.maximum(new[name], 0.0, out=new[name])
+    return new
 
 
 def pooled_moments(stats: list[Mapping[str, float]]) -> dict[str, tuple[float, float]]:

@@ -59,3 +59,12 @@ def test_hashed_encoding_gives_pods_with_different_categories_one_model_shape() 
 def test_one_hot_over_different_category_sets_is_refused_with_the_fix() -> None:
     with pytest.raises(ModellerError, match="different shapes.*hashed"):
         cohort_datastructure([_pod("a", 3), _pod("b", 7)], DataSelection(target="label"))
+
+
+def test_an_averaged_variance_never_goes_below_zero() -> None:
+    from pod_agent.modeller.fedavg import apply_mean_update
+
+    weights = {"bn.running_var": np.array([0.5, 0.1], dtype=np.float32), "w": np.array([1.0, -1.0], dtype=np.float32)}
+    new = apply_mean_update(weights, {"bn.running_var": np.array([-0.2, -0.3], dtype=np.float32), "w": np.array([-3.0, 0.5], dtype=np.float32)})
+    np.testing.assert_allclose(new["bn.running_var"], [0.3, 0.0])
+    np.testing.assert_allclose(new["w"], [-2.0, -0.5])
