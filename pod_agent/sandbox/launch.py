@@ -102,10 +102,11 @@ def gpu_device_paths(dev_root: Path = Path("/dev")) -> list[Path]:
     return sorted(dev_root.glob("nvidia*"))
 
 
-def bwrap_argv(*, bwrap: str, ro_paths: list[Path], input_dir: Path, env: dict[str, str], gpu: bool,
-               tmpfs_bytes: int, dev_root: Path = Path("/dev")) -> list[str]:
+def bwrap_argv(*, bwrap: str, ro_paths: list[Path], input_dir: Path | None, env: dict[str, str], gpu: bool,
+               tmpfs_bytes: int, dev_root: Path = Path("/dev"), command: list[str] | None = None) -> list[str]:
     """The bubblewrap command: every namespace, no capabilities, no user namespaces inside,
     dies with the agent, own session, empty environment, and only the binds listed.
+    ``command`` defaults to the bootstrap; the probe runs a trial in the same confinement.
 
     Scratch (/sandbox/work), /tmp and /dev/shm are size-capped tmpfs: nothing the worker
     writes reaches the host's disks, and the pages count against the task's memory cgroup.
@@ -129,16 +130,17 @@ def bwrap_argv(*, bwrap: str, ro_paths: list[Path], input_dir: Path, env: dict[s
         argv += ["--ro-bind", str(path), str(path)]
     argv += ["--ro-bind-try", _CPU_INFO, _CPU_INFO,
              # ctypes.util.find_library (pyseccomp finds libseccomp with it) reads the loader cache.
-             "--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache",
-             "--ro-bind", str(input_dir), str(SANDBOX_INPUT),
-             "--perms", "0700", "--size", str(tmpfs_bytes), "--tmpfs", str(SANDBOX_WORK),
+             "--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache"]
+    if input_dir is not None:
+        argv += ["--ro-bind", str(input_dir), str(SANDBOX_INPUT)]
+    argv += ["--perms", "0700", "--size", str(tmpfs_bytes), "--tmpfs", str(SANDBOX_WORK),
              "--chdir", str(SANDBOX_WORK)]
     if gpu:
         for device in gpu_device_paths(dev_root):
             argv += ["--dev-bind", str(device), str(Path("/dev") / device.relative_to(dev_root))]
         for sysfs in _GPU_SYSFS:
             argv += ["--ro-bind-try", sysfs, sysfs]
-    return argv + ["--"] + bootstrap_argv()
+    return argv + ["--"] + (bootstrap_argv() if command is None else command)
 
 
 def landlock_paths(*, ro_paths: list[Path], gpu: bool, dev_root: Path = Path("/dev")) -> tuple[list[str], list[str]]:

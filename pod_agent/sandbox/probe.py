@@ -19,7 +19,15 @@ from pod_agent.errors import SandboxError, SandboxUnavailable
 from pod_agent.sandbox.cgroup import TaskCgroup, detect_cgroups
 from pod_agent.sandbox.confine import build_seccomp_filter
 from pod_agent.sandbox.landlock import landlock_abi
-from pod_agent.sandbox.launch import Identity, bootstrap_argv, python_ro_paths, resolve_identity, worker_env
+from pod_agent.sandbox.launch import (
+    SANDBOX_WORK,
+    Identity,
+    bootstrap_argv,
+    bwrap_argv,
+    python_ro_paths,
+    resolve_identity,
+    worker_env,
+)
 
 if TYPE_CHECKING:
     from pod_agent.config.settings import PodSettings, SecuritySection
@@ -29,6 +37,7 @@ LEVELS: tuple[str, ...] = ("strict", "standard", "none")
 # A trial start must be quick; a hung bwrap means the layer is unusable.
 _TRIAL_TIMEOUT_S = 20.0
 _TRIAL_CODE = "import pod_agent.sandbox.bootstrap"
+_TRIAL_TMPFS_BYTES = 64 << 20  # the trial writes nothing; any cap will do
 
 
 @dataclass(frozen=True)
@@ -84,19 +93,12 @@ def _probe_namespaces(identity: Identity | None) -> LayerReport:
         return LayerReport("namespaces", False, "bwrap not found on PATH", remedy)
     if identity is None:
         return LayerReport("namespaces", False, "no usable sandbox uid to start bwrap as", "fix the uid layer first")
-    argv = [bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--cap-drop", "ALL", "--die-with-parent",
-            "--new-session", "--clearenv"]
-    for link in ("bin", "lib", "lib64"):
-        host = Path("/") / link
-        if host.is_symlink():
-            argv += ["--symlink", str(host.readlink()), str(host)]
-    # As in launch.bwrap_argv: /tmp first, so a Python tree under /tmp is bound on top of it.
-    argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
-    for path in python_ro_paths():
-        argv += ["--ro-bind", str(path), str(path)]
-    for name, value in worker_env(identity, home=Path("/tmp"), gpu=False).items():
-        argv += ["--setenv", name, value]
-    argv += ["--"] + bootstrap_argv()[:2] + ["-c", _TRIAL_CODE]
+    # The worker's own confinement (launch.bwrap_argv), running a trial instead of a task.
+    argv = bwrap_argv(
+        bwrap=bwrap, ro_paths=python_ro_paths(), input_dir=None, gpu=False, tmpfs_bytes=_TRIAL_TMPFS_BYTES,
+        env=worker_env(identity, home=SANDBOX_WORK, gpu=False),
+        command=bootstrap_argv()[:2] + ["-c", _TRIAL_CODE],
+    )
     failure = _trial(argv, identity)
     if failure is not None:
         return LayerReport("namespaces", False, f"bwrap failed: {failure}",

@@ -77,3 +77,19 @@ def test_landlock_fallback_allows_no_host_tmp_or_etc_tree() -> None:
     read_only, read_write = landlock_paths(ro_paths=python_ro_paths(), gpu=False)
     assert "/tmp" not in read_only + read_write
     assert not any(p in ("/etc", "/", "/root", "/home") for p in read_only + read_write)
+
+
+def test_a_python_tree_under_tmp_is_bound_on_top_of_the_sandboxes_own_tmp(tmp_path: Path) -> None:
+    venv = Path("/tmp/some-checkout/.venv")
+    argv = bwrap_argv(bwrap="/usr/bin/bwrap", ro_paths=[venv], input_dir=None, env={}, gpu=False, tmpfs_bytes=1 << 20)
+    tmpfs_at = [i for i, a in enumerate(argv) if a == "--tmpfs" and argv[i + 1] == "/tmp"]
+    bind_at = [i for i, a in enumerate(argv) if a == "--ro-bind" and argv[i + 1] == str(venv)]
+    assert len(tmpfs_at) == len(bind_at) == 1 and tmpfs_at[0] < bind_at[0]
+    assert str(SANDBOX_INPUT) not in argv
+
+
+def test_the_command_defaults_to_the_bootstrap_and_can_be_a_trial(tmp_path: Path) -> None:
+    trial = bwrap_argv(bwrap="/usr/bin/bwrap", ro_paths=[], input_dir=None, env={}, gpu=False, tmpfs_bytes=1 << 20,
+                       command=["python", "-c", "pass"])
+    assert trial[-4:] == ["--", "python", "-c", "pass"]
+    assert "pod_agent.sandbox.bootstrap" in _argv(tmp_path, gpu=False, dev_root=tmp_path)[-3:]
