@@ -110,6 +110,9 @@ async def _run(options: DemoOptions, echo: Callable[[str], None]) -> DemoResult:
     report.notes += [
         f"pods split by {options.split_column!r}: " + ", ".join(f"{s.name}" for s in sites),
         f"sandbox level in force on the pods: {level}",
+        "the central model's own train/validation/test split of the pooled table is drawn independently of "
+        "the pods' splits, so some rows it trained on are in the pods' test splits: its accuracy is slightly "
+        "optimistic",
         "secure aggregation: pairwise-masked fixed-point updates; the hub and the modeller saw only masked vectors"
         if options.secure else "plain FedAvg (no secure aggregation)",
         f"wall time {time.monotonic() - started:.0f} s",
