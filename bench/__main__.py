@@ -4,7 +4,7 @@
 
 ``--smoke`` (the default, what CI runs) uses each module's small size and writes
 results-smoke.json / RESULTS-smoke.md, so a smoke pass never overwrites the full
-results the README quotes; ``--full`` uses the issue sizes and writes results.json /
+results the README quotes; ``--full`` uses the full sizes the README quotes and writes results.json /
 RESULTS.md. Each benchmark runs in a child process of its own (a clean interpreter,
 no torch threads or caches carried from one to the next). A module that does not
 exist is reported as missing and a module that raises as failed: both make the exit
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--smoke", action="store_true", help="small sizes (default; what CI runs)")
-    size.add_argument("--full", action="store_true", help="the sizes the issues ask for")
+    size.add_argument("--full", action="store_true", help="the full sizes the README quotes")
     parser.add_argument("--only", nargs="+", choices=BENCHMARKS, metavar="NAME", help="run only these")
     parser.add_argument("--out", type=Path, default=_ROOT / "bench", help="where results go (default: bench/)")
     parser.add_argument("--child", help=argparse.SUPPRESS)

@@ -36,7 +36,7 @@ _log = logging.getLogger(__name__)
 
 ProgressSink = Callable[[ProgressEvent], None]
 
-# The module the sandbox runs for train/evaluate/predict (training issue's worker).
+# The module the sandbox runs for train/evaluate/predict (pod_agent.training.worker).
 TRAINING_ENTRY = "pod_agent.training.worker"
 _STAGES = frozenset({"queued", "preparing", "training", "validating", "uploading", "done", "failed"})
 

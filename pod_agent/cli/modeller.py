@@ -251,5 +251,5 @@ def train(
 
 
 def register(app: typer.Typer) -> None:
-    fit_local.register(_modeller)  # `pod-agent modeller fit-local` (training engineer's module)
+    fit_local.register(_modeller)  # `pod-agent modeller fit-local`
     app.add_typer(_modeller)
