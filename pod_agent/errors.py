@@ -14,6 +14,8 @@
     ├── ContractViolation      what the sandbox returned breaks the task's contract
     ├── SecAggError            clipping, encoding or masking parameters unusable
     ├── HubError               the hub refused a request or is unreachable
+    │   ├── HubUnavailable     unreachable, timed out or 5xx: a later attempt may succeed
+    │   └── HubRejected        4xx: this request will not succeed as it is
     └── ModellerError          the modeller SDK cannot complete a request
 
 Each package raises the branch of its own concern (and its own subclasses);
@@ -125,6 +127,14 @@ class HubError(PodAgentError):
     def __init__(self, message: str, *, status: int | None = None) -> None:
         self.status = status
         super().__init__(message)
+
+
+class HubUnavailable(HubError):
+    """The hub could not be reached or failed (5xx); a later attempt may succeed."""
+
+
+class HubRejected(HubError):
+    """The hub refused this request (4xx); ``status`` says why (401 unknown key, 409 conflict ...)."""
 
 
 class ModellerError(PodAgentError):

@@ -40,14 +40,16 @@ from typing import Any
 import aiohttp
 
 from pod_agent.agent.backoff import RETRYABLE, Backoff
-from pod_agent.agent.hubclient import HubClient, HubRejected, HubUnavailable
+from pod_agent.agent.hubclient import HubClient
 from pod_agent.agent.pipeline import PipelineOutput, TaskFailed, TaskPipeline
 from pod_agent.agent.progress import ProgressLimiter
-from pod_agent.config.settings import ModellerPolicy, PodSettings
+from pod_agent.config.settings import PodSettings
 from pod_agent.data import Datasource, Schema, open_datasource
 from pod_agent.errors import (
     ContractViolation,
     DataError,
+    HubRejected,
+    HubUnavailable,
     PodAgentError,
     ProtocolError,
     SandboxError,

@@ -1,7 +1,8 @@
 """The pod's HTTP and WebSocket client of the hub: signed requests, TLS verification, typed failures.
 
-Owns the transport only: each request signed with the pod's identity key
-(``protocol.sign_request``); TLS verified against ``hub.ca_bundle`` or a pinned
+Owns the pod's side of the transport (requests themselves go through
+``protocol.hubhttp``, shared with the modeller): the session, the WebSocket, and
+TLS verified against ``hub.ca_bundle`` or a pinned
 certificate sha256 (``hub.pinned_cert_sha256``), else the system trust store;
 plain http only to a loopback hub unless ``hub.allow_insecure_http`` (warned at
 start). Failures are typed: ``HubUnavailable`` (connection trouble or 5xx: retry
@@ -11,13 +12,10 @@ send when is the daemon's (``daemon.py``).
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 import ipaddress
 import logging
 import ssl
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -26,21 +24,11 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from pod_agent.config.settings import HubSection
-from pod_agent.errors import ConfigError, HubError, ProtocolError
-from pod_agent.protocol import IdentityKey, parse_json, sign_request
+from pod_agent.errors import ConfigError, HubError, HubRejected, HubUnavailable
+from pod_agent.protocol import IdentityKey, sign_request
+from pod_agent.protocol.hubhttp import download_blob, file_chunks, signed_json
 
 _log = logging.getLogger(__name__)
-
-# Blob upload chunk: throughput without holding a large update in memory twice.
-BLOB_CHUNK_BYTES = 1024 * 1024
-
-
-class HubUnavailable(HubError):
-    """The hub could not be reached or failed (5xx); a later attempt may succeed."""
-
-
-class HubRejected(HubError):
-    """The hub refused this request (4xx); ``status`` says why (401 unknown key, 409 conflict ...)."""
 
 
 def _is_loopback(host: str) -> bool:
@@ -121,66 +109,23 @@ class HubClient:
 
     async def call(self, method: str, path: str, body: bytes = b"", *, read_timeout_s: float | None = None) -> Any:
         """Send a signed request with a JSON body; return the parsed JSON reply."""
-        headers = self._headers(method, path, body)
-        if body:
-            headers["Content-Type"] = "application/json"
         timeout = None if read_timeout_s is None else aiohttp.ClientTimeout(
             total=None, sock_connect=self._timeout_s, sock_read=read_timeout_s
         )
-        try:
-            async with self.session.request(
-                method, self.base + path, data=body or None, headers=headers, ssl=self._ssl, timeout=timeout
-            ) as resp:
-                text = await resp.text()
-                _raise_for(resp.status, method, path, text)
-                return parse_json(text) if text else {}
-        except aiohttp.ServerFingerprintMismatch as exc:
-            raise HubUnavailable(
-                f"hub {self.base} certificate sha256 is {exc.got.hex()}, not hub.pinned_cert_sha256 "
-                f"{exc.expected.hex()}: fix the pin or the hub's certificate"
-            ) from exc
-        except aiohttp.ClientError as exc:
-            raise HubUnavailable(f"hub {self.base} unreachable for {method} {path}: {exc}") from exc
-        except TimeoutError as exc:
-            raise HubUnavailable(f"hub {self.base} did not answer {method} {path} in time") from exc
-        except ProtocolError as exc:
-            raise HubUnavailable(f"hub answered {method} {path} with malformed JSON: {exc}") from exc
+        return await signed_json(
+            self.session, self.key, base=self.base, method=method, path=path, body=body, tls=self._ssl, timeout=timeout
+        )
 
     async def put_blob(self, path: Path, sha256: str) -> None:
         """Stream a file to the hub (signature over an empty body; the sha256 in the URL binds the content)."""
-        url_path = f"/v1/blobs/{sha256}"
-        headers = self._headers("PUT", url_path, b"")
-        headers["Content-Type"] = "application/octet-stream"
-        try:
-            async with self.session.put(
-                self.base + url_path, data=_file_chunks(path), headers=headers, ssl=self._ssl
-            ) as resp:
-                _raise_for(resp.status, "PUT", url_path, await resp.text())
-        except aiohttp.ClientError as exc:
-            raise HubUnavailable(f"hub {self.base} unreachable while uploading blob {sha256[:12]}...: {exc}") from exc
+        await signed_json(
+            self.session, self.key, base=self.base, method="PUT", path=f"/v1/blobs/{sha256}", tls=self._ssl,
+            data=file_chunks(path),
+        )
 
     async def download_blob(self, sha256: str, dest: Path) -> None:
         """Stream a blob to ``dest``; it is renamed into place only when its sha256 matches."""
-        url_path = f"/v1/blobs/{sha256}"
-        tmp = dest.with_name(dest.name + ".part")
-        digest = hashlib.sha256()
-        try:
-            async with self.session.get(
-                self.base + url_path, headers=self._headers("GET", url_path, b""), ssl=self._ssl
-            ) as resp:
-                if resp.status >= 400:
-                    _raise_for(resp.status, "GET", url_path, await resp.text())
-                with tmp.open("wb") as out:
-                    async for chunk in resp.content.iter_chunked(BLOB_CHUNK_BYTES):
-                        digest.update(chunk)
-                        await asyncio.to_thread(out.write, chunk)
-        except aiohttp.ClientError as exc:
-            tmp.unlink(missing_ok=True)
-            raise HubUnavailable(f"hub {self.base} unreachable while fetching blob {sha256[:12]}...: {exc}") from exc
-        if digest.hexdigest() != sha256:
-            tmp.unlink(missing_ok=True)
-            raise HubRejected(f"blob {sha256[:12]}... from the hub hashes to {digest.hexdigest()[:12]}...", status=422)
-        tmp.replace(dest)
+        await download_blob(self.session, self.key, base=self.base, sha256=sha256, dest=dest, tls=self._ssl)
 
     async def websocket(self, *, heartbeat_s: float) -> aiohttp.ClientWebSocketResponse:
         """Open the pod's task WebSocket; HubRejected when the hub does not offer it (fall back to polling)."""
@@ -197,22 +142,3 @@ class HubClient:
             raise HubUnavailable(f"hub WebSocket handshake failed ({exc.status})", status=exc.status) from exc
         except aiohttp.ClientError as exc:
             raise HubUnavailable(f"hub {self.base} unreachable for the WebSocket: {exc}") from exc
-
-
-def _raise_for(status: int, method: str, path: str, text: str) -> None:
-    if status < 400:
-        return
-    try:
-        detail = str(parse_json(text)["error"])
-    except (ProtocolError, KeyError, TypeError):
-        detail = text[:200]
-    message = f"hub answered {status} to {method} {path}: {detail}"
-    if status >= 500:
-        raise HubUnavailable(message, status=status)
-    raise HubRejected(message, status=status)
-
-
-async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
-    with path.open("rb") as handle:
-        while chunk := await asyncio.to_thread(handle.read, BLOB_CHUNK_BYTES):
-            yield chunk

@@ -21,7 +21,7 @@ from pod_agent.cli import fit_local
 from pod_agent.errors import ModellerError
 from pod_agent.modeller import ModellerClient, VerifiedResult, build_task, model_from_file
 from pod_agent.protocol import IdentityKey, passphrase_from_env
-from pod_agent.protocol.messages import DataSelection, Hyperparameters, ModelStyle, TaskKind
+from pod_agent.protocol.messages import DataSelection, Hyperparameters
 
 T = TypeVar("T")
 

@@ -17,7 +17,7 @@ import ipaddress
 import logging
 import ssl
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from pod_agent.errors import ModellerError, ProtocolError
+from pod_agent.errors import HubError, ModellerError, ProtocolError
 from pod_agent.protocol import (
     IdentityKey,
     PublicKey,
@@ -34,10 +34,9 @@ from pod_agent.protocol import (
     envelope_bytes,
     open_envelope,
     parse_envelope,
-    parse_json,
     sign_envelope,
-    sign_request,
 )
+from pod_agent.protocol.hubhttp import BLOB_CHUNK_BYTES, download_blob, file_chunks, signed_json
 from pod_agent.protocol.messages import (
     BlobRef,
     Envelope,
@@ -50,8 +49,6 @@ from pod_agent.protocol.messages import (
 
 _log = logging.getLogger(__name__)
 
-# Streaming chunk for blobs: large enough for throughput, small enough to keep memory flat.
-BLOB_CHUNK_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -165,30 +162,13 @@ class ModellerClient:
             self._session = aiohttp.ClientSession(timeout=self._timeout)
         return self._session
 
-    async def _request(
-        self, method: str, path: str, *, body: bytes = b"", sign_body: bool = True, data: Any = None
-    ) -> Any:
-        headers = sign_request(self.key, method, path, body if sign_body else b"", now=int(time.time()))
-        if body:
-            headers["Content-Type"] = "application/json"
+    async def _request(self, method: str, path: str, *, body: bytes = b"", data: Any = None) -> Any:
         try:
-            async with self._http().request(
-                method, self.hub_url + path, data=data if data is not None else (body or None),
-                headers=headers, ssl=self._ssl,
-            ) as resp:
-                text = await resp.text()
-                if resp.status >= 400:
-                    raise ModellerError(f"hub answered {resp.status} to {method} {path}: {_error_text(text)}")
-                return parse_json(text) if text else {}
-        except aiohttp.ServerFingerprintMismatch as exc:
-            raise ModellerError(
-                f"hub {self.hub_url} unreachable: its certificate sha256 is {exc.got.hex()}, not the pinned "
-                f"{exc.expected.hex()}; check --pin-sha256"
-            ) from exc
-        except aiohttp.ClientError as exc:
-            raise ModellerError(f"hub {self.hub_url} unreachable for {method} {path}: {exc}") from exc
-        except ProtocolError as exc:
-            raise ModellerError(f"hub answered {method} {path} with malformed JSON: {exc}") from exc
+            return await signed_json(
+                self._http(), self.key, base=self.hub_url, method=method, path=path, body=body, data=data, tls=self._ssl
+            )
+        except HubError as exc:
+            raise ModellerError(str(exc)) from exc
 
     async def _post_json(self, path: str, obj: Any) -> Any:
         return await self._request("POST", path, body=canonical_json(obj))
@@ -292,9 +272,7 @@ class ModellerClient:
         """Stream a safetensors file to the hub; the hub checks its sha256. Returns its reference."""
         sha256 = await asyncio.to_thread(_file_sha256, path)
         size = path.stat().st_size
-        await self._request(
-            "PUT", f"/v1/blobs/{sha256}", sign_body=False, data=_file_chunks(path),
-        )
+        await self._request("PUT", f"/v1/blobs/{sha256}", data=file_chunks(path))
         return BlobRef(sha256=sha256, size_bytes=size, encoding="safetensors")
 
     async def upload_weights(self, path: Path) -> WeightsRef:
@@ -325,33 +303,10 @@ class ModellerClient:
 
     async def download_blob(self, sha256: str, dest: Path) -> Path:
         """Stream a blob to ``dest``, checking its sha256 before it is renamed into place."""
-        path = f"/v1/blobs/{sha256}"
-        headers = sign_request(self.key, "GET", path, b"", now=int(time.time()))
-        tmp = dest.with_name(dest.name + ".part")
-        digest = hashlib.sha256()
         try:
-            async with self._http().get(self.hub_url + path, headers=headers, ssl=self._ssl) as resp:
-                if resp.status >= 400:
-                    raise ModellerError(f"hub answered {resp.status} for blob {sha256[:12]}...: {_error_text(await resp.text())}")
-                with tmp.open("wb") as out:
-                    async for chunk in resp.content.iter_chunked(BLOB_CHUNK_BYTES):
-                        digest.update(chunk)
-                        await asyncio.to_thread(out.write, chunk)
-        except aiohttp.ClientError as exc:
-            tmp.unlink(missing_ok=True)
-            raise ModellerError(f"hub {self.hub_url} unreachable while downloading blob {sha256[:12]}...: {exc}") from exc
-        if digest.hexdigest() != sha256:
-            tmp.unlink(missing_ok=True)
-            raise ModellerError(f"blob {sha256[:12]}... from the hub hashes to {digest.hexdigest()[:12]}...; discarded")
-        tmp.replace(dest)
-        return dest
-
-
-def _error_text(text: str) -> str:
-    try:
-        return str(parse_json(text)["error"])
-    except (ProtocolError, KeyError, TypeError):
-        return text[:200]
+            return await download_blob(self._http(), self.key, base=self.hub_url, sha256=sha256, dest=dest, tls=self._ssl)
+        except HubError as exc:
+            raise ModellerError(str(exc)) from exc
 
 
 def _file_sha256(path: Path) -> str:
@@ -360,9 +315,3 @@ def _file_sha256(path: Path) -> str:
         for chunk in iter(lambda: handle.read(BLOB_CHUNK_BYTES), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
-    with path.open("rb") as handle:
-        while chunk := await asyncio.to_thread(handle.read, BLOB_CHUNK_BYTES):
-            yield chunk

@@ -12,7 +12,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pod_agent.errors import SandboxError, SandboxUnavailable
