@@ -12,7 +12,6 @@ send when is the daemon's (``daemon.py``).
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import ssl
 import time
@@ -26,25 +25,16 @@ import aiohttp
 from pod_agent.config.settings import HubSection
 from pod_agent.errors import ConfigError, HubError, HubRejected, HubUnavailable
 from pod_agent.protocol import IdentityKey, sign_request
-from pod_agent.protocol.hubhttp import download_blob, file_chunks, signed_json
+from pod_agent.protocol.hubhttp import download_blob, file_chunks, is_loopback, signed_json
 
 _log = logging.getLogger(__name__)
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def hub_ssl(section: HubSection) -> ssl.SSLContext | aiohttp.Fingerprint | bool:
     """The ``ssl=`` argument for every request to the hub; raises ConfigError for an unsafe URL."""
     parts = urlsplit(section.url)
     if parts.scheme == "http":
-        if not _is_loopback(parts.hostname or ""):
+        if not is_loopback(parts.hostname or ""):
             if not section.allow_insecure_http:
                 raise ConfigError(
                     f"hub.url {section.url} is plain http to a non-loopback host: use https, "

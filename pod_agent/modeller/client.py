@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import ipaddress
 import logging
 import ssl
 import time
@@ -36,7 +35,7 @@ from pod_agent.protocol import (
     parse_envelope,
     sign_envelope,
 )
-from pod_agent.protocol.hubhttp import BLOB_CHUNK_BYTES, download_blob, file_chunks, signed_json
+from pod_agent.protocol.hubhttp import BLOB_CHUNK_BYTES, download_blob, file_chunks, is_loopback, signed_json
 from pod_agent.protocol.messages import (
     BlobRef,
     Envelope,
@@ -85,22 +84,13 @@ class TaskStatus:
         return entry.get("result") is not None or entry.get("refusal") is not None
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 def client_ssl(
     url: str, *, ca_bundle: Path | None, pinned_cert_sha256: str | None, allow_insecure_http: bool
 ) -> ssl.SSLContext | aiohttp.Fingerprint | bool:
     """The ``ssl=`` argument for aiohttp: a pin, a CA context, system trust, or plain http to loopback."""
     parts = urlsplit(url)
     if parts.scheme == "http":
-        if not _is_loopback(parts.hostname or "") and not allow_insecure_http:
+        if not is_loopback(parts.hostname or "") and not allow_insecure_http:
             raise ModellerError(
                 f"hub URL {url} is plain http to a non-loopback host; use https or pass --allow-insecure-http"
             )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ipaddress
 import ssl
 import time
 from collections.abc import AsyncIterator
@@ -28,6 +29,16 @@ from pod_agent.protocol.request_auth import sign_request
 BLOB_CHUNK_BYTES = 1024 * 1024
 
 TlsChoice = ssl.SSLContext | aiohttp.Fingerprint | bool
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a URL's host part) is this machine: plain http is allowed only there."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 async def signed_json(
