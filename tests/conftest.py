@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -67,3 +69,21 @@ def section() -> Callable[..., DatasourceSection]:
         return DatasourceSection(path=path, **overrides)
 
     return make
+
+
+@pytest.fixture
+def hub_process_url(tmp_path: Path) -> Iterator[str]:
+    """A real reference hub process (`pod-agent hub serve`) on a free loopback port; its URL."""
+    hub = subprocess.Popen(
+        [sys.executable, "-m", "pod_agent", "hub", "serve", "--db", str(tmp_path / "hub.sqlite"), "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    try:
+        line = hub.stdout.readline() if hub.stdout else ""
+        assert "hub listening on" in line, line
+        yield line.split("hub listening on", 1)[1].strip()
+    finally:
+        hub.kill()
+        hub.wait(10)
+        if hub.stdout is not None:
+            hub.stdout.close()

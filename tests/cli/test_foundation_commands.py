@@ -6,7 +6,6 @@ import json
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -74,25 +73,8 @@ def test_init_force_replaces_config_and_key(cli, initialised: Path, tmp_path: Pa
     assert load_settings(initialised).pod.name == "renamed"
 
 
-@pytest.fixture
-def hub_url(tmp_path: Path) -> Iterator[str]:
-    """A real reference hub on a free loopback port."""
-    hub = subprocess.Popen(
-        [sys.executable, "-m", "pod_agent", "hub", "serve", "--db", str(tmp_path / "hub.sqlite"), "--port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )
-    try:
-        line = hub.stdout.readline() if hub.stdout else ""
-        assert "hub listening on" in line, line
-        yield line.split("hub listening on", 1)[1].strip()
-    finally:
-        hub.terminate()
-        hub.wait(10)
-        if hub.stdout is not None:
-            hub.stdout.close()
-
-
-def test_check_passes_on_a_good_pod(cli, initialised: Path, hub_url: str) -> None:
+def test_check_passes_on_a_good_pod(cli, initialised: Path, hub_process_url: str) -> None:
+    hub_url = hub_process_url
     initialised.write_text(initialised.read_text().replace('url = "http://127.0.0.1:8700"', f'url = "{hub_url}"', 1))
     result = cli("check", "--config", str(initialised))
     assert result.code == 0, result.out

@@ -138,22 +138,6 @@ def _receive_until(sock: socket.socket, wanted: str, *, timeout_s: float, seen: 
     raise AssertionError(f"no {wanted} within {timeout_s} s; received {seen}")
 
 
-@pytest.fixture
-def hub(tmp_path: Path) -> Iterator[str]:
-    proc = subprocess.Popen([_POD_AGENT, "hub", "serve", "--db", str(tmp_path / "hub.sqlite"), "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline().decode()
-        assert "hub listening on" in line, line
-        yield line.split("hub listening on", 1)[1].strip()
-    finally:
-        proc.kill()
-        proc.wait(10)
-        if proc.stdout is not None:
-            proc.stdout.close()
-
-
 def _pod_config(tmp_path: Path, hub_url: str) -> Path:
     from pod_agent.protocol import IdentityKey
 
@@ -173,7 +157,7 @@ def _pod_config(tmp_path: Path, hub_url: str) -> Path:
 
 
 def test_pod_agent_run_notifies_ready_watchdog_and_stopping(
-    tmp_path: Path, hub: str, path_socket: tuple[str, socket.socket]
+    tmp_path: Path, hub_process_url: str, path_socket: tuple[str, socket.socket]
 ) -> None:
     address, sock = path_socket
     env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
@@ -181,7 +165,7 @@ def test_pod_agent_run_notifies_ready_watchdog_and_stopping(
     env.update(NOTIFY_SOCKET=address, WATCHDOG_USEC="1000000")
     log = tmp_path / "agent.log"
     with log.open("wb") as out:
-        agent = subprocess.Popen([_POD_AGENT, "run", "--config", str(_pod_config(tmp_path, hub))],
+        agent = subprocess.Popen([_POD_AGENT, "run", "--config", str(_pod_config(tmp_path, hub_process_url))],
                                  env=env, stdout=out, stderr=out)
     seen: list[str] = []
     try:
