@@ -53,7 +53,6 @@ class DemoOptions:
     learning_rate: float = 5e-3
     secure: bool = True
     split_column: str = SPLIT_COLUMN
-    max_rows: int | None = None  # the first N rows of the table only (quick runs)
 
 
 @dataclass(frozen=True)
@@ -72,9 +71,7 @@ async def _run(options: DemoOptions, echo: Callable[[str], None]) -> DemoResult:
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     level = _announce_sandbox(echo)
-    sites = await asyncio.to_thread(
-        _prepare_data, out / "data", echo, split_column=options.split_column, max_rows=options.max_rows
-    )
+    sites = await asyncio.to_thread(prepare_sites, out / "data", split_column=options.split_column, echo=echo)
     modeller = IdentityKey.generate()
     source = MODEL_SOURCE.read_text(encoding="utf-8")
     model = ModelRef(style="lightning", name="adult-mlp", class_name=MODEL_CLASS, source=source,
@@ -143,14 +140,21 @@ def _announce_sandbox(echo: Callable[[str], None]) -> str:
     return level
 
 
-def _prepare_data(
-    data_dir: Path, echo: Callable[[str], None], *, split_column: str, max_rows: int | None
+def prepare_sites(
+    data_dir: Path,
+    *,
+    split_column: str = SPLIT_COLUMN,
+    first_rows: int | None = None,
+    echo: Callable[[str], None] = lambda line: None,
 ) -> list[PodSite]:
-    """Write the Adult table (pooled, for the baseline) and one share per pod; name the pods."""
+    """Write the Adult table (pooled, for the baseline) and one share per pod; name the pods.
+
+    ``first_rows`` keeps only the table's first rows (pooled table included), for quick runs.
+    """
     files = write_adult(data_dir)
     table = pq.read_table(files.parquet)
-    if max_rows is not None:
-        table = table.slice(0, max_rows)
+    if first_rows is not None:
+        table = table.slice(0, first_rows)
         pq.write_table(table, files.parquet)
     parts = partition_by_category(table, column=split_column, n_parts=len(POD_NAMES))
     names = POD_NAMES if split_column == SPLIT_COLUMN else tuple(f"pod-{i + 1}" for i in range(len(parts)))

@@ -13,14 +13,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 from safetensors.numpy import load_file
 
-from pod_agent.data.adult import write_adult
-from pod_agent.data.partition import partition_by_category
 from pod_agent.demo.federation import LocalFederation, PodSite
-from pod_agent.demo.scenario import CONTINUOUS, MODEL_CLASS, MODEL_SOURCE, DemoOptions, run_demo
+from pod_agent.demo.scenario import MODEL_CLASS, MODEL_SOURCE, DemoOptions, prepare_sites, run_demo
 from pod_agent.modeller.client import ModellerClient
 from pod_agent.modeller.fedavg import FedAvg, FedAvgPlan, SecureSettings
 from pod_agent.protocol import IdentityKey, source_sha256
@@ -31,16 +28,6 @@ from pod_agent.secagg.fixed_point import signed_view
 pytestmark = pytest.mark.slow
 
 SECURE = SecureSettings()
-
-
-def _sites(root: Path, rows: int) -> list[PodSite]:
-    table = pq.read_table(write_adult(root / "data").parquet).slice(0, rows)
-    sites = []
-    for i, part in enumerate(partition_by_category(table, column="marital-status", n_parts=3)):
-        path = root / "data" / f"pod{i}.parquet"
-        pq.write_table(part.table, path)
-        sites.append(PodSite(name=f"pod{i}", data=path, force_stypes={"continuous": CONTINUOUS}))
-    return sites
 
 
 def _plan(sites: list[PodSite], *, secure: bool) -> FedAvgPlan:
@@ -59,7 +46,7 @@ def _blobs(work: Path, pod: str) -> Path:
 
 
 def test_secure_round_equals_plain_round_and_no_single_update_is_readable(tmp_path: Path) -> None:
-    sites = _sites(tmp_path, rows=6000)
+    sites = prepare_sites(tmp_path / "data", first_rows=6000)
     modeller = IdentityKey.generate()
 
     async def rounds() -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -105,7 +92,8 @@ def test_three_rounds_of_secure_fedavg_come_within_3_points_of_central_training(
 
 
 def test_a_pod_dropping_out_of_a_secure_round_is_named_and_the_round_retried_without_it(tmp_path: Path) -> None:
-    sites = _sites(tmp_path, rows=4000)
+    sites = prepare_sites(tmp_path / "data", first_rows=4000)
+    names = [s.name for s in sites]
     # A fourth pod whose sandbox gives every task 0.2 s: it registers, announces its round
     # key and answers schema-stats, but its training always dies of the wall timeout.
     slow = PodSite(name="pod-slow", data=sites[0].data, force_stypes=sites[0].force_stypes,
@@ -119,7 +107,7 @@ def test_a_pod_dropping_out_of_a_secure_round_is_named_and_the_round_retried_wit
         async with LocalFederation(tmp_path, [*sites, slow], modeller=modeller, sandbox="strict") as fed:
             argv = [
                 sys.executable, "-m", "pod_agent", "modeller", "--hub", fed.hub_url, "--key", str(key_path), "train",
-                "--model", str(MODEL_SOURCE), "--class", MODEL_CLASS, "--pods", "pod0,pod1,pod2,pod-slow",
+                "--model", str(MODEL_SOURCE), "--class", MODEL_CLASS, "--pods", ",".join([*names, "pod-slow"]),
                 "--target", "TARGET", "--rounds", "1", "--batch-size", "128", "--min-pods", "3", "--out", str(out),
             ]
             proc = await asyncio.create_subprocess_exec(
@@ -130,6 +118,6 @@ def test_a_pod_dropping_out_of_a_secure_round_is_named_and_the_round_retried_wit
 
     done = asyncio.run(train())
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "pods ['pod-slow'] dropped out" in done.stderr and "retrying with ['pod0', 'pod1', 'pod2']" in done.stderr
+    assert "pods ['pod-slow'] dropped out" in done.stderr and f"retrying with {names}" in done.stderr
     assert "round 1: loss" in done.stdout
     assert sorted(p.name for p in out.iterdir()) == ["curves.png", "final_model.safetensors", "report.md", "rounds"]
