@@ -44,6 +44,9 @@ async def test_hub_killed_and_restarted_mid_task_loses_and_duplicates_nothing(
     async with ModellerClient(cluster.hub.url, cluster.modeller.key) as client:
         task_id = await _submit(client, ["pod-a", "pod-b"])
     await async_wait_for(lambda: all(a.task_status(task_id) == "done" for a in agents), what="results produced")
+    # "done" is written before the outbox tries the upload: wait until both uploads are held
+    # in the proxy, else a pod that first tries after the kill never exercises the held upload.
+    await async_wait_for(lambda: fault_proxy.stalled >= 2, what="both result uploads held")
     assert cluster.hub.results(task_id) == []
     cluster.hub.kill()
     await asyncio.sleep(0.3)
@@ -54,7 +57,6 @@ async def test_hub_killed_and_restarted_mid_task_loses_and_duplicates_nothing(
         # The restarted hub has the pods back (re-registered on reconnect) and they take new tasks.
         second = await _submit(client, ["pod-a", "pod-b"])
         await _one_result_each(cluster, client, second, ["pod-a", "pod-b"])
-    assert fault_proxy.stalled >= 2
     for agent in agents:
         await async_wait_for(lambda: agent.task_status(task_id) == "delivered", what="delivered")
         assert agent.terminate() == 0
