@@ -196,9 +196,11 @@ class TaskPipeline:
             "privacy": {"min_rows": settings.privacy.min_rows},
             "schema": self._schema.public(settings.privacy.share_categories),
         }
+        keep_stderr = settings.security.keep_sandbox_stderr
         job = SandboxJob(
             entry=TRAINING_ENTRY, input_dir=input_dir, work_dir=work / "work", request=request,
             limits=SandboxLimits(wall_timeout_s=task.limits.wall_timeout_s, memory_mb=task.limits.memory_mb),
+            stderr_path=settings.pod.state_dir / "sandbox-stderr" / f"{task.task_id}.log" if keep_stderr else None,
         )
         on_progress(ProgressEvent(task_id=task.task_id, stage="training"))
         outcome = await self._runner.run(job, on_progress=lambda event: _forward(task.task_id, event, on_progress))
@@ -206,6 +208,7 @@ class TaskPipeline:
         checked = await asyncio.to_thread(
             check_result, outcome, task=task, expected=expected,
             max_bytes=settings.sandbox_limits.max_output_mb << 20, min_rows=settings.privacy.min_rows,
+            max_prediction_columns=settings.privacy.max_prediction_columns,
             source_text=fetched_source,
         )
         if not checked.arrays:

@@ -122,6 +122,7 @@ class SecuritySection(_Section):
     modellers: list[ModellerPolicy] = []
     allowed_models: list[AllowedModel] = []
     allow_declarative_models: bool = True
+    keep_sandbox_stderr: bool = False
 
 
 class SandboxLimitsSection(_Section):
@@ -135,10 +136,15 @@ class SandboxLimitsSection(_Section):
     warm_worker: bool = True
 
 
+# Class scores or a regression output fit; a model's whole input row usually does not.
+DEFAULT_MAX_PREDICTION_COLUMNS = 16
+
+
 class PrivacySection(_Section):
     share_categories: bool = False
     min_rows: int = Field(default=20, ge=1)
     min_pods: int = Field(default=3, ge=2)
+    max_prediction_columns: int = Field(default=DEFAULT_MAX_PREDICTION_COLUMNS, ge=1)
 
 
 class TrainingSection(_Section):

@@ -3,7 +3,8 @@
 Owns the worker's life: file access for the sandbox uid, the bwrap or direct
 command (launch.py), the cgroup, the hand-off of rlimits/seccomp/Landlock to
 the bootstrap in the ``go`` frame, the frame sequence and its caps, the
-stderr drain (capped, logged locally, never forwarded), timeouts, killing the
+stderr drain (capped; only its size is logged, the text goes to the job's
+``stderr_path`` when the operator asks for it, never to the hub), timeouts, killing the
 whole tree, and the warm worker (one pre-started worker per entry, past
 ``prepare()`` and confined before it sees any task input; one task each).
 probe.py finds the layers; what runs inside is the entry module's business.
@@ -51,7 +52,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pod_agent.sandbox")
 
-# stderr kept for the local log; the rest is counted and dropped.
+# stderr kept for the job's stderr file; the rest is counted and dropped.
 STDERR_KEEP_BYTES = 64 * 1024
 # More stderr/stdout than this is a flood: the task is killed ("output_exceeded").
 MAX_LOG_BYTES = 8 * 1024 * 1024
@@ -113,6 +114,8 @@ class SandboxJob:
     The runner hard-links (or, across filesystems, copies) ``input_dir`` into the worker's slot and
     makes it readable by the sandbox group. ``work_dir`` receives what the worker left in scratch
     only where scratch is a host directory (no namespaces); results travel in frames, never files.
+    ``stderr_path`` receives the first STDERR_KEEP_BYTES of the worker's stderr (0600); without it
+    the text is dropped, because a traceback can quote data values and logs are often shipped.
     """
 
     entry: str
@@ -121,6 +124,7 @@ class SandboxJob:
     request: dict[str, Any]
     limits: SandboxLimits = field(default_factory=SandboxLimits)
     entry_path: Path | None = None
+    stderr_path: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -394,9 +398,6 @@ class _Worker:
         if self.cgroup is not None:
             await asyncio.to_thread(self.cgroup.remove)
             self.cgroup = None
-        if self.stderr_total:
-            log.info("sandbox worker stderr (%d bytes, first %d kept):\n%s", self.stderr_total,
-                     len(self.stderr_kept), self.stderr_kept.decode("utf-8", "replace"))
         if survived:
             raise SandboxError("tree_survived", "a worker process kept its pipes open after the kill")
 
@@ -527,6 +528,7 @@ class SandboxRunner:
         try:
             await worker.destroy()
         finally:
+            await asyncio.to_thread(_keep_stderr, worker, job.stderr_path)
             await asyncio.to_thread(_move_back, worker.work_dir, job.work_dir)
             shutil.rmtree(worker.slot, ignore_errors=True)
             if self._pod_limits.warm_worker:
@@ -551,6 +553,26 @@ async def _destroy_quietly(worker: _Worker) -> None:
         await worker.destroy()
     except SandboxError as exc:
         log.error("sandbox worker cleanup: %s", exc)
+
+
+def _keep_stderr(worker: _Worker, path: Path | None) -> None:
+    """Log how much the worker wrote to stderr; its text only ever goes to ``path``."""
+    if not worker.stderr_total:
+        return
+    if path is None:
+        log.info("sandbox worker wrote %d bytes to stderr (not kept: set security.keep_sandbox_stderr = true "
+                 "to keep it under the state dir)", worker.stderr_total)
+        return
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(worker.stderr_kept)
+    except OSError as exc:
+        log.warning("sandbox worker stderr (%d bytes) not kept: %s", worker.stderr_total, exc)
+        return
+    log.info("sandbox worker wrote %d bytes to stderr; first %d kept in %s", worker.stderr_total,
+             len(worker.stderr_kept), path)
 
 
 def _link_tree(src: Path, dst: Path) -> None:

@@ -14,8 +14,10 @@ with a fixed ``reason`` at the first failure:
 4. ``unexpected_tensors``: evaluate returned tensors; ``tensor_names``: train
    returned names other than exactly the expected ones, predict anything but
    ``predictions``; ``tensor_shape``: a shape differs from the expected one, or
-   predictions are not ``[n_rows, k]``; ``too_few_rows``: predictions for fewer
-   than ``min_rows`` rows.
+   predictions are not ``[n_rows, k]``; ``too_many_columns``: ``k`` over
+   ``max_prediction_columns`` (a model that hands back its input rows as
+   "predictions" needs one column per feature); ``too_few_rows``: predictions for
+   fewer than ``min_rows`` rows.
 5. ``bad_payload``: the payload is not safetensors or disagrees with the header.
 6. ``bad_dtype``: a tensor is not float32 (the wire dtype, see ``tensors.py``).
 7. ``non_finite``: a NaN or infinity anywhere.
@@ -36,6 +38,7 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load as load_numpy
 
+from pod_agent.config.settings import DEFAULT_MAX_PREDICTION_COLUMNS
 from pod_agent.errors import ContractViolation
 from pod_agent.protocol.messages import TaskPayload
 
@@ -84,6 +87,7 @@ def check_result(
     task: TaskPayload,
     expected: Mapping[str, TensorSpec] | None,
     max_bytes: int,
+    max_prediction_columns: int = DEFAULT_MAX_PREDICTION_COLUMNS,
     min_rows: int = 1,
     source_text: str | None = None,
 ) -> CheckedResult:
@@ -107,7 +111,8 @@ def check_result(
     described = _described_tensors(header["tensors"])
     source = source_text if source_text is not None else (task.model.source if task.model else None)
     metrics = _check_metrics(header["metrics"], logged_metric_names(source) if source else frozenset())
-    _check_names_and_shapes(described, task=task, expected=expected, n_rows=n_rows, min_rows=min_rows)
+    _check_names_and_shapes(described, task=task, expected=expected, n_rows=n_rows, min_rows=min_rows,
+                            max_prediction_columns=max_prediction_columns)
     arrays = _decode(payload, described)
     return CheckedResult(arrays=arrays, metrics=metrics, n_rows=n_rows)
 
@@ -193,6 +198,7 @@ def _check_names_and_shapes(
     expected: Mapping[str, TensorSpec] | None,
     n_rows: int,
     min_rows: int,
+    max_prediction_columns: int,
 ) -> None:
     if task.kind in ("evaluate", "schema-stats"):
         if described:
@@ -204,6 +210,11 @@ def _check_names_and_shapes(
         shape = described["predictions"].shape
         if len(shape) != 2 or shape[0] != n_rows:
             raise ContractViolation("tensor_shape", f"predictions have shape {list(shape)}, expected [{n_rows}, k]")
+        if shape[1] > max_prediction_columns:
+            raise ContractViolation(
+                "too_many_columns",
+                f"predictions have {shape[1]} columns, over privacy.max_prediction_columns={max_prediction_columns}",
+            )
         if n_rows < min_rows:
             raise ContractViolation("too_few_rows", f"predictions for {n_rows} rows, under min_rows={min_rows}")
         return

@@ -38,7 +38,9 @@ SPEC: dict[str, Any] = {
 
 
 @pytest.fixture
-async def hub_and_pod(tmp_path: Path) -> AsyncIterator[tuple[ModellerClient, Any]]:
+async def hub_and_pod(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tuple[ModellerClient, Any]]:
+    """A hub and one agent; ``indirect`` params: ``policy`` (ModellerPolicy fields), ``security`` (section fields)."""
+    options: dict[str, Any] = getattr(request, "param", {})
     data = tmp_path / "small.csv"
     data.write_text("age,hours,TARGET\n" + "".join(
         f"{20 + i % 40},{i % 60},{'>50K' if (i % 40) > 20 else '<=50K'}\n" for i in range(300)))
@@ -55,8 +57,8 @@ async def hub_and_pod(tmp_path: Path) -> AsyncIterator[tuple[ModellerClient, Any
         pod=PodSection(name="pod-a", state_dir=tmp_path / "pod"),
         hub=HubSection(url=url, heartbeat_s=0.5, backoff_initial_s=0.05, backoff_cap_s=0.5),
         datasource=DatasourceSection(path=data),
-        security=SecuritySection(sandbox="none", modellers=[
-            ModellerPolicy(name="m", public_key=key.public.to_b64(), role="super")]),
+        security=SecuritySection(sandbox="none", **options.get("security", {}), modellers=[
+            ModellerPolicy(name="m", public_key=key.public.to_b64(), role="super", **options.get("policy", {}))]),
         sandbox_limits=SandboxLimitsSection(warm_worker=False),
         ops=OpsSection(health_port=0),
     )
@@ -76,20 +78,24 @@ async def hub_and_pod(tmp_path: Path) -> AsyncIterator[tuple[ModellerClient, Any
     storage.close()
 
 
-def _train_task(modeller: ModellerClient, pod: Any, *, secagg: SecAggParams | None = None) -> Any:
+def _task(modeller: ModellerClient, pod: Any, kind: str = "train", *, epochs: int = 1, **fields: Any) -> Any:
     return build_task(
-        modeller_id=modeller.key.key_id, pods=["pod-a"], kind="train", schema_hash=pod.schema_hash,
+        modeller_id=modeller.key.key_id, pods=["pod-a"], kind=kind, schema_hash=pod.schema_hash,  # type: ignore[arg-type]
         model=ModelRef(style="declarative", name="linear", spec=SPEC, sha256=spec_sha256(SPEC)),
-        data=DataSelection(target="TARGET"), hyperparameters=Hyperparameters(epochs=1, batch_size=32),
-        secagg=secagg,
+        data=DataSelection(target="TARGET"), hyperparameters=Hyperparameters(epochs=epochs, batch_size=32), **fields,
     )
+
+
+async def _outcome(modeller: ModellerClient, task: Any) -> VerifiedResult | str:
+    await modeller.submit_task(task)
+    return (await modeller.wait_results(task.task_id, ["pod-a"], timeout_s=120))["pod-a"]
 
 
 async def test_declarative_model_trains_in_the_sandbox_and_the_update_comes_back(
     hub_and_pod: tuple[ModellerClient, Any], tmp_path: Path
 ) -> None:
     modeller, pod = hub_and_pod
-    task = _train_task(modeller, pod)
+    task = _task(modeller, pod)
     await modeller.submit_task(task)
     result = (await modeller.wait_results(task.task_id, ["pod-a"], timeout_s=120))["pod-a"]
     assert isinstance(result, VerifiedResult), result
@@ -110,7 +116,7 @@ async def test_declarative_model_trains_in_the_sandbox_and_the_update_comes_back
             *(Participant(pod=f"pod-{c}", key_id=c * 64, round_public_key=p.public_b64) for c, p in zip("bc", peers)),
         ],
     )
-    secure = _train_task(modeller, pod, secagg=params)
+    secure = _task(modeller, pod, secagg=params)
     await modeller.submit_task(secure)
     masked = (await modeller.wait_results(secure.task_id, ["pod-a"], timeout_s=120))["pod-a"]
     assert isinstance(masked, VerifiedResult) and masked.payload.status == "done", masked
@@ -131,3 +137,65 @@ async def test_bad_model_fails_with_the_workers_fixed_reason(hub_and_pod: tuple[
     result = (await modeller.wait_results(task.task_id, ["pod-a"], timeout_s=120))["pod-a"]
     assert isinstance(result, VerifiedResult) and result.payload.status == "failed"
     assert result.payload.reason == "wrong_base_class"
+
+
+async def test_evaluate_returns_metrics_only_and_predict_needs_the_owners_permission(
+    hub_and_pod: tuple[ModellerClient, Any], tmp_path: Path
+) -> None:
+    modeller, pod = hub_and_pod
+    evaluated = await _outcome(modeller, _task(modeller, pod, "evaluate"))
+    assert isinstance(evaluated, VerifiedResult) and evaluated.payload.status == "done", evaluated
+    assert evaluated.payload.blob is None and evaluated.payload.n_rows > 0
+    assert {"test_loss", "test_accuracy"} <= set(evaluated.payload.metrics), evaluated.payload.metrics
+    refused = await _outcome(modeller, _task(modeller, pod, "predict"))
+    reason = refused.payload.reason if isinstance(refused, VerifiedResult) else refused
+    assert reason == "predict_not_permitted"
+    # The default keeps no sandbox stderr on the host either.
+    assert not (tmp_path / "pod" / "sandbox-stderr").exists()
+
+
+PREDICTING = {"policy": {"kinds": ["train", "evaluate", "predict"], "allow_predict": True},
+              "security": {"keep_sandbox_stderr": True}}
+
+
+@pytest.mark.parametrize("hub_and_pod", [PREDICTING], indirect=True)
+async def test_trained_weights_evaluate_and_predict_through_the_hub(
+    hub_and_pod: tuple[ModellerClient, Any], tmp_path: Path
+) -> None:
+    modeller, pod = hub_and_pod
+    trained = await _outcome(modeller, _task(modeller, pod, epochs=15, returns="weights"))
+    assert isinstance(trained, VerifiedResult) and trained.payload.blob is not None, trained
+    weights = await modeller.upload_weights(
+        await modeller.download_blob(trained.payload.blob.sha256, tmp_path / "trained.safetensors"))
+
+    evaluated = await _outcome(modeller, _task(modeller, pod, "evaluate", weights=weights))
+    assert isinstance(evaluated, VerifiedResult) and evaluated.payload.status == "done", evaluated
+    # The target is a threshold on age: a linear model trained on it beats the 50 % of chance.
+    assert evaluated.payload.metrics["test_accuracy"] > 0.7, evaluated.payload.metrics
+
+    predicted = await _outcome(modeller, _task(modeller, pod, "predict", weights=weights))
+    assert isinstance(predicted, VerifiedResult) and predicted.payload.status == "done", predicted
+    assert predicted.payload.blob is not None and predicted.payload.blob.encoding == "safetensors"
+    blob = await modeller.download_blob(predicted.payload.blob.sha256, tmp_path / "predictions.safetensors")
+    arrays = load(blob.read_bytes())
+    assert list(arrays) == ["predictions"]
+    assert arrays["predictions"].shape == (predicted.payload.n_rows, 2) and predicted.payload.n_rows >= 20
+    assert np.isfinite(arrays["predictions"]).all()
+
+
+@pytest.mark.parametrize("hub_and_pod", [PREDICTING], indirect=True)
+async def test_a_failing_models_stderr_is_kept_on_the_host_when_the_owner_asks(
+    hub_and_pod: tuple[ModellerClient, Any], tmp_path: Path
+) -> None:
+    modeller, pod = hub_and_pod
+    source = "class M: pass\n"
+    task = build_task(
+        modeller_id=modeller.key.key_id, pods=["pod-a"], kind="train", schema_hash=pod.schema_hash,
+        model=ModelRef(style="module", name="m", class_name="M", source=source, sha256=source_sha256(source)),
+        data=DataSelection(target="TARGET"), hyperparameters=Hyperparameters(epochs=1),
+    )
+    failed = await _outcome(modeller, task)
+    assert isinstance(failed, VerifiedResult) and failed.payload.reason == "wrong_base_class"
+    kept = tmp_path / "pod" / "sandbox-stderr" / f"{task.task_id}.log"
+    assert "pod-agent worker:" in kept.read_text()
+    assert kept.stat().st_mode & 0o777 == 0o600

@@ -66,7 +66,8 @@ def run_model(tmp_path: Path, outside: Outside) -> RunModel:
     """Run corpus/<name>.py through the real runner: ``await run_model("tcp_connect", level="strict")``."""
 
     async def run(name: str, *, level: str = "strict", request: dict[str, Any] | None = None,
-                  unsafe_disable_layers: frozenset[str] = frozenset(), **limits: Any) -> SandboxOutcome:
+                  unsafe_disable_layers: frozenset[str] = frozenset(), stderr_path: Path | None = None,
+                  **limits: Any) -> SandboxOutcome:
         case = tmp_path / uuid.uuid4().hex[:8]
         (case / "input").mkdir(parents=True)
         (case / "input" / "model.py").write_text((CORPUS / f"{name}.py").read_text())
@@ -77,6 +78,7 @@ def run_model(tmp_path: Path, outside: Outside) -> RunModel:
                                SandboxLimitsSection(**merged), unsafe_disable_layers=unsafe_disable_layers)
         async with runner:
             return await runner.run(SandboxJob(entry=ENTRY, input_dir=case / "input", work_dir=case / "work",
-                                               request=full_request, entry_path=ENTRY_PATH))
+                                               request=full_request, entry_path=ENTRY_PATH,
+                                               stderr_path=stderr_path))
 
     return run

@@ -188,3 +188,27 @@ async def test_benign_lightning_model_trains_under_strict(run_model: RunModel, t
     tensors = check_safetensors(outcome.payload)
     assert tensors["net.0.weight"] == {"dtype": "F32", "shape": [16, 8]}
     assert outcome.header["notes"] == "trained\n"
+
+
+async def test_data_on_stderr_stays_out_of_the_logs_and_the_error(
+    run_model: RunModel, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("DEBUG")
+    with pytest.raises(SandboxError) as caught:
+        await run_model("stderr_leak", request={"secret": SECRET})
+    assert SECRET not in str(caught.value)
+    assert SECRET not in caplog.text
+    assert "bytes to stderr (not kept" in caplog.text
+
+
+async def test_stderr_is_kept_only_in_the_file_the_operator_asked_for(
+    run_model: RunModel, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    caplog.set_level("DEBUG")
+    kept = tmp_path / "stderr" / "task.log"
+    with pytest.raises(SandboxError):
+        await run_model("stderr_leak", request={"secret": SECRET}, stderr_path=kept)
+    text = kept.read_text()
+    assert f"row 17: {SECRET}" in text and "ValueError" in text
+    assert kept.stat().st_mode & 0o777 == 0o600
+    assert SECRET not in caplog.text

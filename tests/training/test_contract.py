@@ -133,7 +133,7 @@ def test_evaluate_may_return_no_tensors() -> None:
     assert rejected.value.reason == "unexpected_tensors"
 
 
-def test_predictions_need_enough_rows_and_nothing_else() -> None:
+def test_predictions_need_enough_rows_few_columns_and_nothing_else() -> None:
     task = make_task("predict", source_ref(TUTORIAL_MODEL, "MyCustomModel"))
     preds = {"predictions": np.full((30, 2), 0.5, dtype=np.float32)}
     assert check(outcome_of(preds, n_rows=30, metrics={}), task=task, min_rows=20).arrays["predictions"].shape == (30, 2)
@@ -141,6 +141,7 @@ def test_predictions_need_enough_rows_and_nothing_else() -> None:
         (preds, 30, "too_few_rows"),
         (preds | {"inputs": np.zeros((30, 5), dtype=np.float32)}, 30, "tensor_names"),
         (preds, 29, "tensor_shape"),
+        ({"predictions": np.zeros((30, 17), dtype=np.float32)}, 30, "too_many_columns"),
     ):
         with pytest.raises(ContractViolation) as rejected:
             check(outcome_of(arrays, n_rows=n_rows, metrics={}), task=task, min_rows=31 if reason == "too_few_rows" else 20)
