@@ -203,18 +203,3 @@ class PodSettings(BaseSettings):
         if len(names) != len(set(names)):
             raise ValueError("security.modellers: names must be unique")
         return self
-
-
-__all__ = [
-    "AllowedModel",
-    "DatasourceSection",
-    "HubSection",
-    "ModellerPolicy",
-    "OpsSection",
-    "PodSection",
-    "PodSettings",
-    "PrivacySection",
-    "SandboxLimitsSection",
-    "SecuritySection",
-    "TrainingSection",
-]

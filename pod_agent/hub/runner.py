@@ -19,6 +19,7 @@ from aiohttp import web
 from pod_agent.errors import HubError
 from pod_agent.hub.server import create_app
 from pod_agent.hub.sqlite import SqliteStorage
+from pod_agent.protocol.hubhttp import is_loopback
 
 _log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ async def serve(
             raise HubError(f"cannot listen on {host}:{port}: {exc.strerror}; pick another --port") from exc
         bound = int(runner.addresses[0][1]) if runner.addresses else port
         url = f"{'https' if tls else 'http'}://{host}:{bound}"
-        if tls is None and host not in ("127.0.0.1", "::1", "localhost"):
+        if tls is None and not is_loopback(host):
             _log.warning("serving plain http on %s: tasks and results cross the network in clear; use --cert/--key", host)
         _log.info("hub listening on %s", url)
         if on_listening is not None:

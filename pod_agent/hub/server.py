@@ -282,23 +282,23 @@ async def _pods_register(request: web.Request) -> web.Response:
     return web.json_response({"pod": reg.name, "key_id": key.key_id, "new": existing is None})
 
 
-def _envelope(raw: bytes | dict[str, Any], *, what: str) -> Envelope:
+def _opened(raw: bytes | dict[str, Any], model: type[_T], key: PublicKey, *, what: str) -> tuple[Envelope, _T]:
+    """The envelope and its payload, signed by ``key`` (the sender's own): 400 if malformed or forged, 403 if
+    signed by another key."""
     try:
-        return parse_envelope(raw) if isinstance(raw, bytes) else Envelope.model_validate(raw)
+        envelope = parse_envelope(raw) if isinstance(raw, bytes) else Envelope.model_validate(raw)
     except (ValidationError, ProtocolError) as exc:
         raise HubError(f"{what} envelope malformed: {exc}", status=400) from exc
-
-
-def _verified(envelope: Envelope, model: type[_T], key: PublicKey, *, what: str) -> _T:
-    """Verify and parse a payload; a bad signature or payload is a 400 naming ``what``."""
+    if envelope.signer != key.key_id:
+        raise HubError(f"{what} must be signed by the sender's own key", status=403)
     try:
-        return open_envelope(envelope, model, key)
+        return envelope, open_envelope(envelope, model, key)
     except ProtocolError as exc:
         raise HubError(f"{what} envelope rejected: {exc}", status=400) from exc
 
 
 def _check_round_key(raw: dict[str, Any], key: PublicKey, name: str) -> None:
-    announcement = _verified(_envelope(raw, what="round key"), RoundKeyAnnouncement, key, what="round key")
+    _, announcement = _opened(raw, RoundKeyAnnouncement, key, what="round key")
     if announcement.pod != name or announcement.key_id != key.key_id:
         raise HubError("round key announcement names another pod or key", status=400)
 
@@ -428,10 +428,7 @@ async def _pod_results(request: web.Request) -> web.Response:
     """Store a signed result once; the same bytes again are acknowledged, different ones are 409."""
     hub = _hub(request)
     pod = await _signer_pod(request)
-    envelope = _envelope(await request.read(), what="result")
-    if envelope.signer != pod.key_id:
-        raise HubError("result must be signed by the uploading pod's key", status=403)
-    result = _verified(envelope, ResultPayload, PublicKey.from_b64(pod.public_key), what="result")
+    envelope, result = _opened(await request.read(), ResultPayload, PublicKey.from_b64(pod.public_key), what="result")
     if result.pod != pod.name:
         raise HubError(f"result names pod {result.pod!r} but was uploaded by {pod.name!r}", status=403)
     task = await hub.db(hub.storage.get_task, result.task_id)
@@ -516,10 +513,7 @@ async def _models_get(request: web.Request) -> web.Response:
 async def _tasks_submit(request: web.Request) -> web.Response:
     hub = _hub(request)
     modeller = await _signer_modeller(request)
-    envelope = _envelope(await request.read(), what="task")
-    if envelope.signer != modeller.key_id:
-        raise HubError("task must be signed by the submitting modeller's key", status=403)
-    task = _verified(envelope, TaskPayload, PublicKey.from_b64(modeller.public_key), what="task")
+    envelope, task = _opened(await request.read(), TaskPayload, PublicKey.from_b64(modeller.public_key), what="task")
     if task.modeller_id != modeller.key_id:
         raise HubError("task modeller_id differs from the signer's key id", status=400)
     known = {p.name for p in await hub.db(hub.storage.list_pods)}

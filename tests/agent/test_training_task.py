@@ -86,6 +86,15 @@ def _task(modeller: ModellerClient, pod: Any, kind: str = "train", *, epochs: in
     )
 
 
+def _not_a_model_task(modeller: ModellerClient, pod: Any) -> Any:
+    source = "class M: pass\n"
+    return build_task(
+        modeller_id=modeller.key.key_id, pods=["pod-a"], kind="train", schema_hash=pod.schema_hash,
+        model=ModelRef(style="module", name="m", class_name="M", source=source, sha256=source_sha256(source)),
+        data=DataSelection(target="TARGET"), hyperparameters=Hyperparameters(epochs=1),
+    )
+
+
 async def _outcome(modeller: ModellerClient, task: Any) -> VerifiedResult | str:
     await modeller.submit_task(task)
     return (await modeller.wait_results(task.task_id, ["pod-a"], timeout_s=120))["pod-a"]
@@ -95,9 +104,7 @@ async def test_declarative_model_trains_in_the_sandbox_and_the_update_comes_back
     hub_and_pod: tuple[ModellerClient, Any], tmp_path: Path
 ) -> None:
     modeller, pod = hub_and_pod
-    task = _task(modeller, pod)
-    await modeller.submit_task(task)
-    result = (await modeller.wait_results(task.task_id, ["pod-a"], timeout_s=120))["pod-a"]
+    result = await _outcome(modeller, _task(modeller, pod))
     assert isinstance(result, VerifiedResult), result
     assert result.payload.status == "done", result.payload.reason
     assert result.payload.blob is not None and result.payload.blob.encoding == "safetensors"
@@ -116,9 +123,7 @@ async def test_declarative_model_trains_in_the_sandbox_and_the_update_comes_back
             *(Participant(pod=f"pod-{c}", key_id=c * 64, round_public_key=p.public_b64) for c, p in zip("bc", peers)),
         ],
     )
-    secure = _task(modeller, pod, secagg=params)
-    await modeller.submit_task(secure)
-    masked = (await modeller.wait_results(secure.task_id, ["pod-a"], timeout_s=120))["pod-a"]
+    masked = await _outcome(modeller, _task(modeller, pod, secagg=params))
     assert isinstance(masked, VerifiedResult) and masked.payload.status == "done", masked
     assert masked.payload.blob is not None and masked.payload.blob.encoding == "secagg-u64"
     raw = (await modeller.download_blob(masked.payload.blob.sha256, tmp_path / "masked.bin")).read_bytes()
@@ -127,14 +132,7 @@ async def test_declarative_model_trains_in_the_sandbox_and_the_update_comes_back
 
 async def test_bad_model_fails_with_the_workers_fixed_reason(hub_and_pod: tuple[ModellerClient, Any]) -> None:
     modeller, pod = hub_and_pod
-    source = "class M: pass\n"
-    task = build_task(
-        modeller_id=modeller.key.key_id, pods=["pod-a"], kind="train", schema_hash=pod.schema_hash,
-        model=ModelRef(style="module", name="m", class_name="M", source=source, sha256=source_sha256(source)),
-        data=DataSelection(target="TARGET"), hyperparameters=Hyperparameters(epochs=1),
-    )
-    await modeller.submit_task(task)
-    result = (await modeller.wait_results(task.task_id, ["pod-a"], timeout_s=120))["pod-a"]
+    result = await _outcome(modeller, _not_a_model_task(modeller, pod))
     assert isinstance(result, VerifiedResult) and result.payload.status == "failed"
     assert result.payload.reason == "wrong_base_class"
 
@@ -188,12 +186,7 @@ async def test_a_failing_models_stderr_is_kept_on_the_host_when_the_owner_asks(
     hub_and_pod: tuple[ModellerClient, Any], tmp_path: Path
 ) -> None:
     modeller, pod = hub_and_pod
-    source = "class M: pass\n"
-    task = build_task(
-        modeller_id=modeller.key.key_id, pods=["pod-a"], kind="train", schema_hash=pod.schema_hash,
-        model=ModelRef(style="module", name="m", class_name="M", source=source, sha256=source_sha256(source)),
-        data=DataSelection(target="TARGET"), hyperparameters=Hyperparameters(epochs=1),
-    )
+    task = _not_a_model_task(modeller, pod)
     failed = await _outcome(modeller, task)
     assert isinstance(failed, VerifiedResult) and failed.payload.reason == "wrong_base_class"
     kept = tmp_path / "pod" / "sandbox-stderr" / f"{task.task_id}.log"

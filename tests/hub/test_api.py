@@ -107,6 +107,14 @@ async def test_task_signed_by_a_pod_is_refused(hub: Any) -> None:
     assert status == 403
 
 
+async def test_task_signed_by_another_modeller_than_the_sender_is_refused(hub: Any) -> None:
+    modeller, _ = await _setup(hub)
+    other = IdentityKey.generate()
+    await hub.caller(other).call("POST", "/v1/modellers/register", {"name": "o", "public_key": other.public.to_b64()})
+    status, body = await hub.caller(modeller).call("POST", "/v1/tasks", raw=_task(other, ["pod-a"]))
+    assert status == 403 and "task must be signed by the sender's own key" in body["error"]
+
+
 async def test_task_submission_is_idempotent_and_conflicts_on_other_content(hub: Any) -> None:
     modeller, _ = await _setup(hub)
     raw = _task(modeller, ["pod-a"])
@@ -196,7 +204,7 @@ async def test_result_signed_by_another_key_is_refused(hub: Any) -> None:
     await hub.caller(modeller).call("POST", "/v1/tasks", raw=raw)
     forged = _result(IdentityKey.generate(), json.loads(raw)["payload"]["task_id"])
     status, body = await hub.caller(pod).call("POST", "/v1/pod/results", raw=forged)
-    assert status == 403 and "signed by the uploading pod" in body["error"]
+    assert status == 403 and "result must be signed by the sender's own key" in body["error"]
 
 
 async def test_refusal_code_is_recorded_for_the_modeller(hub: Any) -> None:
@@ -244,6 +252,6 @@ async def test_round_key_must_be_signed_by_the_pod_it_names(hub: Any) -> None:
     assert (await hub.caller(pod).call("POST", "/v1/pod/round-key", raw=envelope_bytes(sign_envelope(good, pod))))[0] == 200
     forged = envelope_bytes(sign_envelope(good, IdentityKey.generate()))
     status, body = await hub.caller(pod).call("POST", "/v1/pod/round-key", raw=forged)
-    assert status == 400 and "round key" in body["error"]
+    assert status == 403 and "round key must be signed by the sender's own key" in body["error"]
     listed = (await hub.caller(modeller).call("GET", "/v1/pods"))[1]["pods"][0]
     assert listed["round_key"]["payload"]["round_public_key"] == "QUJD"
