@@ -13,7 +13,7 @@ from /proc) belongs to that measurement alone:
 
 Time excludes interpreter start-up and imports.
 
-    python bench/datasource.py [--rows N]      (default 10,000,000)
+    python -m bench.datasource [--rows N] [--json]      (default 10,000,000)
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from bench.cli import parser_for, show
 
 DEFAULT_ROWS = 10_000_000
 SMALL_ROWS = 200_000
@@ -80,12 +82,11 @@ def table_path(rows: int) -> Path:
 
 def _measure_in_child(kind: str, path: Path) -> dict[str, Any]:
     """Body of one measurement; runs in the child process and prints JSON."""
+    import pandas as pd
     import pyarrow.dataset as pads
 
     from pod_agent.config import DatasourceSection
     from pod_agent.data import open_datasource
-
-    import pandas as pd
 
     start = time.perf_counter()
     rows = 0
@@ -106,7 +107,8 @@ def _measure_in_child(kind: str, path: Path) -> dict[str, Any]:
 def measure(kind: str, path: Path) -> dict[str, Any]:
     """Run one measurement in a fresh interpreter and return its time, rows and peak RSS."""
     done = subprocess.run(
-        [sys.executable, __file__, "--child", kind, "--path", str(path)], capture_output=True, text=True
+        [sys.executable, "-m", "bench.datasource", "--child", kind, "--path", str(path)],
+        capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent,
     )
     if done.returncode != 0:
         raise RuntimeError(f"measurement {kind} failed: {done.stderr.strip().splitlines()[-1:]}")
@@ -164,21 +166,16 @@ def _print(result: dict[str, Any]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = parser_for(__doc__, small_help=None)
     parser.add_argument("--rows", type=int, default=DEFAULT_ROWS)
     parser.add_argument("--repeats", type=int, default=3, help="runs per measurement (median time)")
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--child", choices=_MEASUREMENTS, help=argparse.SUPPRESS)
     parser.add_argument("--path", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(_measure_in_child(args.child, args.path)))
         return
-    result = run_rows(args.rows, repeats=args.repeats)
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        _print(result)
+    show(run_rows(args.rows, repeats=args.repeats), as_json=args.json, table=_print)
 
 
 if __name__ == "__main__":

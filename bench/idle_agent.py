@@ -9,14 +9,12 @@ then reads the agent's CPU time (utime + stime from /proc) over a quiet window:
 - ``cpu_percent``:           CPU time / wall time over the window, in % of one core
 - ``rss_mb``:                resident memory of the idle agent
 
-    python bench/idle_agent.py [--small] [--json]      (window 60 s, 10 s with --small)
+    python -m bench.idle_agent [--small] [--json]      (window 60 s, 10 s with --small)
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 import os
 import socket
 import sqlite3
@@ -26,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from bench.cli import parser_for, show
 
 WINDOW_S = 60.0
 SMALL_WINDOW_S = 10.0
@@ -121,18 +121,15 @@ def run(small: bool) -> dict[str, Any]:
                 hub.stdout.close()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--small", action="store_true", help=f"{SMALL_WINDOW_S:g} s window instead of {WINDOW_S:g} s")
-    parser.add_argument("--json", action="store_true", help="print JSON")
-    args = parser.parse_args()
-    result = run(args.small)
-    if args.json:
-        print(json.dumps(result, indent=2))
-        return
+def _print(result: dict[str, Any]) -> None:
     print(f"idle agent: {result['cpu_percent']} % of one core over {result['window_s']} s "
           f"(goal < {GOAL_CPU_PERCENT} %), RSS {result['rss_mb']} MB, "
           f"registered {result['start_to_registered_s']} s after start")
+
+
+def main() -> None:
+    args = parser_for(__doc__, small_help=f"{SMALL_WINDOW_S:g} s window instead of {WINDOW_S:g} s").parse_args()
+    show(run(args.small), as_json=args.json, table=_print)
 
 
 if __name__ == "__main__":

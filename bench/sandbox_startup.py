@@ -12,14 +12,12 @@ Medians are reported; ``overhead_s`` is strict minus none.
 
 This file is also the trivial entry module the workers import (``prepare``/``serve``).
 
-    python bench/sandbox_startup.py [--small] [--json]     (as root, with bubblewrap; 20 starts, 5 with --small)
+    python -m bench.sandbox_startup [--small] [--json]     (as root, with bubblewrap; 20 starts, 5 with --small)
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import statistics
 import tempfile
 import time
@@ -92,15 +90,11 @@ def _print(result: dict[str, Any]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--small", action="store_true", help=f"{SMALL_STARTS} starts instead of {STARTS}")
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
-    args = parser.parse_args()
-    result = run(args.small)
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        _print(result)
+    # Imported here: the sandbox imports this module as its entry with only bench/ on its path.
+    from bench.cli import parser_for, show
+
+    args = parser_for(__doc__, small_help=f"{SMALL_STARTS} starts instead of {STARTS}").parse_args()
+    show(run(args.small), as_json=args.json, table=_print)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ note. Flower's private self-mask is left out on purpose: we do the same work on 
 Time is the median of ``repeats`` runs; peak memory is tracemalloc's peak of new allocations
 (numpy buffers are traced) in a separate run, against the update's own size.
 
-    python bench/secagg.py [--small]
+    python -m bench.secagg [--small] [--json]
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import tracemalloc
@@ -31,6 +30,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from bench.cli import parser_for, show
 from pod_agent.protocol.messages import Participant, SecAggParams
 from pod_agent.secagg import (
     Layout,
@@ -249,5 +249,10 @@ def _print(result: dict[str, Any]) -> None:
           f"aggregate {result['aggregate_peak_x_update']:.2f}x")
 
 
+def main() -> None:
+    args = parser_for(__doc__, small_help="the smoke size CI runs").parse_args()
+    show(run(args.small), as_json=args.json, table=_print)
+
+
 if __name__ == "__main__":
-    _print(run(small="--small" in sys.argv[1:]))
+    main()

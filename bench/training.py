@@ -17,20 +17,20 @@ validation splits), same epochs, same seed, same torch thread count:
                 called) -> the worker's first training step begins (its step-0 progress
                 event reaches the agent), with a parked warm worker and with a cold start.
 
-    python bench/training.py [--small] [--json] [--threads N] [--level LEVEL]
+    python -m bench.training [--small] [--json] [--threads N] [--level LEVEL]
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import hashlib
-import json
 import tempfile
 import time
 import uuid
 from pathlib import Path
 from typing import Any
+
+from bench.cli import parser_for, show
 
 FULL_EPOCHS = 16
 SMALL_EPOCHS = 1
@@ -242,17 +242,11 @@ def _print(result: dict[str, Any]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--small", action="store_true", help=f"{SMALL_ROWS} rows, {SMALL_EPOCHS} epoch")
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser = parser_for(__doc__, small_help=f"{SMALL_ROWS} rows, {SMALL_EPOCHS} epoch")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for both sides (default 1)")
     parser.add_argument("--level", choices=("strict", "standard", "none"), help="sandbox level (default: best here)")
     args = parser.parse_args()
-    result = run(args.small, threads=args.threads, level=args.level)
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        _print(result)
+    show(run(args.small, threads=args.threads, level=args.level), as_json=args.json, table=_print)
 
 
 if __name__ == "__main__":

@@ -6,14 +6,13 @@ a naive JSON API would send); also the secure-aggregation vector's raw little-en
 (secagg-u32). Both round trips are checked for exactness. Time is the median (wall, CPU)
 of a few runs; JSON runs once at full size because it takes seconds.
 
-    python bench/wire.py [--small]
+    python -m bench.wire [--small] [--json]
 """
 
 from __future__ import annotations
 
 import json
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -22,6 +21,7 @@ import numpy as np
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
+from bench.cli import parser_for, show
 from pod_agent.protocol.messages import SecAggParams
 from pod_agent.secagg import Layout, vector_from_bytes, vector_to_bytes
 
@@ -96,5 +96,10 @@ def _print(result: dict[str, Any]) -> None:
           f"{result['size_ratio']:.1f}x smaller")
 
 
+def main() -> None:
+    args = parser_for(__doc__, small_help="the smoke size CI runs").parse_args()
+    show(run(args.small), as_json=args.json, table=_print)
+
+
 if __name__ == "__main__":
-    _print(run(small="--small" in sys.argv[1:]))
+    main()
