@@ -10,6 +10,7 @@ from pathlib import Path
 import typer
 
 from pod_agent.config import load_settings
+from pod_agent.modeller.pinning import pin_line
 from pod_agent.protocol import IdentityKey, passphrase_from_env
 
 _keys = typer.Typer(name="keys", help="Show the pod's identity key or generate a modeller key.", no_args_is_help=True)
@@ -19,7 +20,7 @@ _keys = typer.Typer(name="keys", help="Show the pod's identity key or generate a
 def show(
     config: Path = typer.Option(..., "--config", help="The pod's pod.toml."),
 ) -> None:
-    """Print the pod's public key (base64) and key id."""
+    """Print the pod's public key (base64), key id, and the pin line modellers put in their --pod-keys file."""
     settings = load_settings(config)
     key = IdentityKey.load(
         settings.pod.identity_key_path, passphrase_from_env(settings.pod.identity_key_passphrase_env)
@@ -28,6 +29,7 @@ def show(
     typer.echo(f"key file:   {settings.pod.identity_key_path}")
     typer.echo(f"public key: {key.public.to_b64()}")
     typer.echo(f"key id:     {key.key_id}")
+    typer.echo(f"pin line:   {pin_line(settings.pod.name, key.public.to_b64())}")
 
 
 @_keys.command("generate")

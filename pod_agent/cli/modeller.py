@@ -2,8 +2,8 @@
 
 keys (show or make the modeller key), register (the key at the hub), pods (list
 them), submit (sign and send a task; model source read and hashed locally),
-status TASK, results TASK --out DIR (each pod's signature verified). Hub and key
-come from options or POD_AGENT_MODELLER_* environment variables.
+status TASK, results TASK --out DIR (each pod's signature verified). Hub, key and
+pinned pod keys come from options or POD_AGENT_MODELLER_* environment variables.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import typer
 
 from pod_agent.cli import fit_local
 from pod_agent.errors import ModellerError
-from pod_agent.modeller import ModellerClient, VerifiedResult, build_task, model_from_file
-from pod_agent.protocol import IdentityKey, passphrase_from_env
+from pod_agent.modeller import ModellerClient, PodInfo, VerifiedResult, build_task, load_pod_keys, model_from_file
+from pod_agent.protocol import IdentityKey, PublicKey, passphrase_from_env
 from pod_agent.protocol.messages import DataSelection, Hyperparameters
 
 T = TypeVar("T")
@@ -39,6 +39,7 @@ class _Options:
     ca_bundle: Path | None
     pin: str | None
     allow_insecure_http: bool
+    pod_keys_path: Path | None
 
     def key(self) -> IdentityKey:
         return IdentityKey.load(self.key_path.expanduser(), passphrase_from_env(self.passphrase_env))
@@ -46,8 +47,11 @@ class _Options:
     def client(self) -> ModellerClient:
         return ModellerClient(
             self.hub, self.key(), ca_bundle=self.ca_bundle, pinned_cert_sha256=self.pin,
-            allow_insecure_http=self.allow_insecure_http,
+            allow_insecure_http=self.allow_insecure_http, pod_keys=self.pod_keys(),
         )
+
+    def pod_keys(self) -> dict[str, PublicKey] | None:
+        return load_pod_keys(self.pod_keys_path.expanduser()) if self.pod_keys_path is not None else None
 
 
 def _with_client(ctx: typer.Context, work: Callable[[ModellerClient], Awaitable[T]]) -> T:
@@ -72,8 +76,11 @@ def _options(
                                    help="sha256 (hex) of the hub's DER certificate, instead of a CA."),
     allow_insecure_http: bool = typer.Option(False, "--allow-insecure-http",
                                              help="Allow plain http to a non-loopback hub (unsafe)."),
+    pod_keys: Path | None = typer.Option(
+        None, "--pod-keys", envvar="POD_AGENT_MODELLER_POD_KEYS",
+        help="TOML file pinning each pod's public key (`pod-agent keys show` on its host), instead of the hub's word."),
 ) -> None:
-    ctx.obj = _Options(hub, key, passphrase_env, ca_bundle, pin, allow_insecure_http)
+    ctx.obj = _Options(hub, key, passphrase_env, ca_bundle, pin, allow_insecure_http, pod_keys)
 
 
 @_modeller.command("keys")
@@ -102,16 +109,30 @@ def register_cmd(ctx: typer.Context, name: str = typer.Option(..., "--name", hel
 
 @_modeller.command("pods")
 def pods(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """List the pods registered with the hub (the hub's word: schema, rows, sandbox level, online)."""
+    """List the pods registered with the hub (the hub's word: schema, rows, sandbox level, online).
+
+    ``key`` compares the hub's key for each pod with --pod-keys: pinned (same), MISMATCH (the hub
+    lists another key: its results will be refused), unpinned (not in the file), hub (no file given).
+    """
+    options: _Options = ctx.obj
+    pinned = options.pod_keys()
     listed = _with_client(ctx, lambda c: c.pods())
+
+    def key_status(pod: PodInfo) -> str:
+        if pinned is None:
+            return "hub"
+        if pod.name not in pinned:
+            return "unpinned"
+        return "pinned" if pinned[pod.name].to_b64() == pod.public_key else "MISMATCH"
+
     if as_json:
-        typer.echo(json.dumps([p.__dict__ for p in listed], indent=2, sort_keys=True))
+        typer.echo(json.dumps([p.__dict__ | {"key": key_status(p)} for p in listed], indent=2, sort_keys=True))
         return
     for p in listed:
         columns = len(p.schema.get("columns", []))
         typer.echo(
             f"{p.name:<20} {'online' if p.online else 'offline':<8} rows={p.row_count:<9} columns={columns:<4}"
-            f" sandbox={p.sandbox_level:<11} schema={p.schema_hash[:12]}"
+            f" sandbox={p.sandbox_level:<11} schema={p.schema_hash[:12]} key={key_status(p)}"
         )
 
 

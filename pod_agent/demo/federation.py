@@ -20,7 +20,7 @@ from types import TracebackType
 from pod_agent.errors import PodAgentError
 from pod_agent.hub import serve as serve_hub
 from pod_agent.modeller.client import ModellerClient
-from pod_agent.protocol import IdentityKey
+from pod_agent.protocol import IdentityKey, PublicKey
 
 # Registration includes a full schema pass over the pod's data; generous for a slow disk.
 POD_START_TIMEOUT_S = 120.0
@@ -85,6 +85,9 @@ class LocalFederation:
         self.hub_url = ""
         self._hub: asyncio.Task[None] | None = None
         self._pods: dict[str, asyncio.subprocess.Process] = {}
+        # The pods' identity keys as this host wrote them: the modeller pins these rather than
+        # trusting the hub's registry, as a real modeller would with keys the pod owners sent.
+        self.pod_keys: dict[str, PublicKey] = {}
 
     async def __aenter__(self) -> LocalFederation:
         try:
@@ -124,6 +127,7 @@ class LocalFederation:
         key_path = state_dir / "identity.pem"
         if not key_path.exists():
             IdentityKey.generate().save(key_path)
+        self.pod_keys[site.name] = IdentityKey.load(key_path).public
         config = state_dir / "pod.toml"
         config.write_text(
             pod_toml(site, state_dir=state_dir, hub_url=self.hub_url, modeller=self.modeller, sandbox=self.sandbox),

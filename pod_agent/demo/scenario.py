@@ -87,7 +87,8 @@ async def _run(options: DemoOptions, echo: Callable[[str], None]) -> DemoResult:
     echo(f"starting an embedded hub and {len(sites)} pods (sandbox level {level!r}); logs in {out / 'logs'}")
     async with LocalFederation(out, sites, modeller=modeller, sandbox=level) as federation:
         echo(f"hub at {federation.hub_url}; pods online: {', '.join(s.name for s in sites)}")
-        async with ModellerClient(federation.hub_url, modeller) as client:
+        echo("the modeller pins the pods' identity keys (as their owners would send them), not the hub's list")
+        async with ModellerClient(federation.hub_url, modeller, pod_keys=federation.pod_keys) as client:
             echo(f"{'secure ' if options.secure else ''}FedAvg: {options.rounds} rounds x "
                  f"{options.epochs_per_round} epoch(s) on each pod")
             fedavg = FedAvg(client, plan, work_dir=out / "rounds", on_round=lambda r: echo(f"  {r.summary()}"))

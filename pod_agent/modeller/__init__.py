@@ -7,6 +7,7 @@ Python for a notebook cell or script.
 
 from pod_agent.modeller.client import ModellerClient, PodInfo, TaskStatus, VerifiedResult
 from pod_agent.modeller.notebook import run_sync, schema_stats
+from pod_agent.modeller.pinning import load_pod_keys
 from pod_agent.modeller.tasks import DEFAULT_TASK_LIFETIME_S, build_task, model_from_file
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "TaskStatus",
     "VerifiedResult",
     "build_task",
+    "load_pod_keys",
     "model_from_file",
     "run_sync",
     "schema_stats",

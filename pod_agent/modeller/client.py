@@ -5,8 +5,8 @@ against a CA bundle or a pinned certificate fingerprint, streaming blob upload
 and download with sha256 checks) and the check that every result was signed by
 the pod it names. The hub is not trusted: a result whose signature does not
 verify against the pod's key is dropped with an error, never returned. Pod keys
-come from ``pod_keys`` when given (pinned out of band), else from the hub's
-registry (trust on first use; say so to users who need more).
+come from ``pod_keys`` when given (pinned out of band, ``pinning.py``), else from
+the hub's registry (trust on first use).
 """
 
 from __future__ import annotations
@@ -222,7 +222,7 @@ class ModellerClient:
         claimed = envelope.payload.get("pod")
         key = keys.get(str(claimed))
         if key is None:
-            raise ModellerError(f"result for task {task_id} names pod {claimed!r} whose key is unknown")
+            raise ModellerError(f"result for task {task_id} names pod {claimed!r} whose key is {self._unknown_key}")
         try:
             payload = open_envelope(envelope, ResultPayload, key)
         except ProtocolError as exc:
@@ -235,6 +235,12 @@ class ModellerClient:
         if self._pod_keys is not None:
             return self._pod_keys
         return {p.name: PublicKey.from_b64(p.public_key) for p in await self.pods()}
+
+    @property
+    def _unknown_key(self) -> str:
+        if self._pod_keys is not None:
+            return "not pinned; add the line `pod-agent keys show` prints on its host to the pod keys file"
+        return "unknown to the hub"
 
     async def wait_results(
         self, task_id: str, pods: list[str], *, timeout_s: float = 600.0, poll_s: float = 0.5
@@ -277,7 +283,9 @@ class ModellerClient:
         out = []
         for name in pods:
             pod = listed.get(name)
-            if pod is None or pod.round_key is None or name not in keys:
+            if name not in keys:
+                raise ModellerError(f"pod {name!r}: its identity key is {self._unknown_key}")
+            if pod is None or pod.round_key is None:
                 raise ModellerError(f"pod {name!r} has no round key at the hub; it announces one when it registers")
             try:
                 envelope = parse_envelope(canonical_json(pod.round_key))

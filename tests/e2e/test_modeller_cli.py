@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from pod_agent.protocol.messages import TaskPayload
 
 pytestmark = pytest.mark.slow
 
-from e2e_support import Cluster, Modeller  # type: ignore[import-not-found]  # noqa: E402
+from e2e_support import POD_AGENT, Cluster, Modeller, wait_for  # type: ignore[import-not-found]  # noqa: E402
 
 
 def test_submit_signs_a_declarative_train_task_pinned_to_the_spec(cluster: Cluster, tmp_path: Path) -> None:
@@ -44,3 +45,31 @@ def test_submit_signs_a_declarative_train_task_pinned_to_the_spec(cluster: Clust
     assert "new, mode 0600" in first and "new" not in again
     assert (tmp_path / "new" / "modeller.pem").stat().st_mode & 0o077 == 0
     assert first.splitlines()[-1] == again.splitlines()[-1]
+
+
+def test_pinned_pod_keys_from_keys_show_verify_results_and_a_wrong_pin_refuses_them(
+    cluster: Cluster, small_csv: Path, tmp_path: Path
+) -> None:
+    agents = [cluster.add_pod(name, small_csv) for name in ("pod-a", "pod-b")]
+    wait_for(lambda: cluster.online("pod-a", "pod-b"), what="both pods registered")
+    shown = [subprocess.run([POD_AGENT, "keys", "show", "--config", str(a.config)], capture_output=True, text=True,
+                            check=True).stdout for a in agents]
+    lines = [line.removeprefix("pin line:").strip() for out in shown for line in out.splitlines()
+             if line.startswith("pin line:")]
+    pins = tmp_path / "pods.toml"
+    pins.write_text(lines[0] + "\n")  # pod-a only
+    pinned = Modeller(cluster.modeller.key, cluster.modeller.key_path, cluster.hub.url, ["--pod-keys", str(pins)])
+    keys = {p["name"]: p["key"] for p in json.loads(pinned.cli("pods", "--json").stdout)}
+    assert keys == {"pod-a": "pinned", "pod-b": "unpinned"}
+
+    task_id = pinned.cli("submit", "--pods", "pod-a", "--kind", "schema-stats").stdout.strip()
+    shown_results = pinned.cli("results", task_id, "--out", str(tmp_path / "out"), "--wait", "30").stdout
+    assert "pod-a" in shown_results and "signature verified" in shown_results
+
+    # The file pins pod-a to pod-b's key (what a hub swapping keys would look like from this side).
+    pins.write_text(lines[1].replace('"pod-b"', '"pod-a"') + "\n")
+    assert {p["name"]: p["key"] for p in json.loads(pinned.cli("pods", "--json").stdout)}["pod-a"] == "MISMATCH"
+    refused = pinned.cli("results", task_id, "--out", str(tmp_path / "again"), check=False)
+    assert refused.returncode == 1 and "fails verification" in refused.stderr
+    assert not (tmp_path / "again" / "pod-a.json").exists()
+    assert all(a.terminate() == 0 for a in agents)

@@ -150,6 +150,31 @@ async def test_participants_come_from_round_keys_signed_by_each_pod(local_hub: A
             await client.participants(["pod-b"])
 
 
+async def test_with_pins_a_hub_that_swaps_a_pods_keys_gets_no_round_key_or_result_through(local_hub: Any) -> None:
+    from pod_agent.protocol.messages import RoundKeyAnnouncement
+
+    real, hubs_own = IdentityKey.generate(), IdentityKey.generate()
+    # The hub lists its own identity key for pod-a, with a round key it signed: all consistent
+    # to a modeller that trusts the hub's registry, so it could unmask or forge pod-a's updates.
+    _pod(local_hub.storage, hubs_own, "pod-a")
+    _pod(local_hub.storage, IdentityKey.generate(), "pod-b")
+    announce = RoundKeyAnnouncement(pod="pod-a", key_id=hubs_own.key_id, round_public_key="QUJD", issued_at=1)
+    local_hub.storage.set_round_key("pod-a", sign_envelope(announce, hubs_own).model_dump(mode="json"))
+    async with ModellerClient(local_hub.url, IdentityKey.generate()) as trusting:
+        await trusting.register("m")
+        assert (await trusting.participants(["pod-a"]))[0].key_id == hubs_own.key_id
+    async with ModellerClient(local_hub.url, IdentityKey.generate(), pod_keys={"pod-a": real.public}) as client:
+        await client.register("m")
+        with pytest.raises(ModellerError, match="round key of pod 'pod-a' fails verification"):
+            await client.participants(["pod-a"])
+        with pytest.raises(ModellerError, match="pod 'pod-b': its identity key is not pinned"):
+            await client.participants(["pod-b"])
+        task_id = await _submitted(local_hub, client)
+        local_hub.storage.put_result(task_id, "pod-a", _result(hubs_own, task_id), status="done", now=1)
+        with pytest.raises(ModellerError, match="fails verification"):
+            await client.results(task_id)
+
+
 async def test_weights_upload_gives_the_reference_a_task_pins(local_hub: Any, tmp_path: Path) -> None:
     import hashlib
 
