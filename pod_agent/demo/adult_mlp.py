@@ -5,6 +5,8 @@ pods import it only inside their sandbox. The classifier mixin supplies the
 cross-entropy steps and logs ``*_loss`` and ``*_accuracy``.
 """
 
+from typing import Any
+
 from torch import nn
 
 from pod_agent.sdk import PodClassifierMixin, PodModel
@@ -23,6 +25,6 @@ class AdultMLP(PodClassifierMixin, PodModel):
             nn.Linear(32, self.n_classes),
         )
 
-    def forward(self, x):
-        x, _support = x
-        return self._model(x.float())
+    def forward(self, x: Any) -> Any:
+        tabular, support = x
+        return super().forward((tabular.float(), support))

@@ -16,6 +16,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from pod_agent.errors import PodAgentError
 from pod_agent.hub import serve as serve_hub
@@ -113,7 +114,8 @@ class LocalFederation:
         self._hub = asyncio.create_task(
             serve_hub(db=str(self.root / "hub.sqlite"), port=0, on_listening=bound.set_result), name="embedded-hub"
         )
-        done, _ = await asyncio.wait({self._hub, bound}, return_when=asyncio.FIRST_COMPLETED)
+        starting: set[asyncio.Future[Any]] = {self._hub, bound}
+        done, _ = await asyncio.wait(starting, return_when=asyncio.FIRST_COMPLETED)
         if bound not in done:
             self._hub.result()  # re-raises why the hub stopped
         self.hub_url = bound.result()
