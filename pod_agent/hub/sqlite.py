@@ -90,7 +90,8 @@ class SqliteStorage:
             if row is not None and row[0] != pod.key_id:
                 raise StorageConflict(
                     f"pod name {pod.name!r} is registered to another key ({row[0][:12]}...); "
-                    "choose another pod.name or remove the old pod from the hub"
+                    f"choose another pod.name, or (if this pod was re-keyed) the hub operator releases the name "
+                    f"with `pod-agent hub release-pod --db HUB_DB {pod.name}`"
                 )
             other = self._db.execute("SELECT name FROM pods WHERE key_id = ?", (pod.key_id,)).fetchone()
             if other is not None and other[0] != pod.name:
@@ -125,6 +126,10 @@ class SqliteStorage:
     def touch_pod(self, name: str, *, now: int) -> None:
         with self._lock:
             self._db.execute("UPDATE pods SET last_seen = ? WHERE name = ?", (now, name))
+
+    def release_pod(self, name: str) -> bool:
+        with self._lock, self._tx():
+            return self._db.execute("DELETE FROM pods WHERE name = ?", (name,)).rowcount > 0
 
     def set_round_key(self, name: str, envelope: dict[str, object]) -> None:
         with self._lock:

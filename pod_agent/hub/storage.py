@@ -109,6 +109,12 @@ class Storage(Protocol):
 
     def touch_pod(self, name: str, *, now: int) -> None: ...
 
+    def release_pod(self, name: str) -> bool:
+        """Forget a pod's registration (its name and key), so a re-keyed pod can register; False if unknown.
+
+        Tasks, deliveries and results already stored for that name stay.
+        """
+
     def set_round_key(self, name: str, envelope: dict[str, object]) -> None: ...
 
     def upsert_modeller(self, modeller: ModellerRecord) -> None: ...

@@ -255,3 +255,13 @@ async def test_round_key_must_be_signed_by_the_pod_it_names(hub: Any) -> None:
     assert status == 403 and "round key must be signed by the sender's own key" in body["error"]
     listed = (await hub.caller(modeller).call("GET", "/v1/pods"))[1]["pods"][0]
     assert listed["round_key"]["payload"]["round_public_key"] == "QUJD"
+
+
+async def test_a_released_pod_name_can_be_registered_by_a_new_key(hub: Any) -> None:
+    _, old = await _setup(hub)
+    new = IdentityKey.generate()
+    assert hub.storage.release_pod("pod-a") and not hub.storage.release_pod("pod-a")
+    status, body = await hub.caller(new).call("POST", "/v1/pods/register", hub.pod_registration(new, "pod-a"))
+    assert status == 200 and body["key_id"] == new.key_id
+    status, body = await hub.caller(old).call("POST", "/v1/pods/register", hub.pod_registration(old, "pod-a"))
+    assert status == 409 and "pod-agent hub release-pod" in body["error"]
