@@ -204,6 +204,25 @@ def prepare_task_input(
     return TaskInput(path=path, datastructure=datastructure)
 
 
+def assign_splits(ds: Datasource, schema: Schema, selection: DataSelection) -> np.ndarray:
+    """The split code ``prepare_task_input`` gives each row of ``ds`` (in row order), -1 for a dropped row.
+
+    Lets a baseline on the host that holds a copy of the pods' tables leave out exactly
+    the rows the pods test on; it reads only the target column.
+    """
+    _, target = _plan(schema, selection, selection.categorical_encoding)
+    split = selection.split
+    task = "classification" if target.stype == "categorical" else "regression"
+    splitter = _Splitter(train=split.train, validation=split.validation, test=split.test, seed=split.seed)
+    parts = []
+    for batch in _batches(ds, [target.name]):
+        y, keep = _encode_target(batch.column(target.name), target)
+        codes = np.full(len(keep), -1, dtype=np.int8)
+        codes[keep] = splitter.assign(_strata(y[keep], task))
+        parts.append(codes)
+    return np.concatenate(parts) if parts else np.empty(0, dtype=np.int8)
+
+
 def plan_datastructure(schema: Schema, selection: DataSelection) -> dict[str, object]:
     """The datastructure ``prepare_task_input`` would return, from the schema alone.
 

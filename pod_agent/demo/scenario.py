@@ -18,18 +18,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pod_agent.config.settings import DatasourceSection, SecuritySection
+from pod_agent.data import open_datasource
 from pod_agent.data.adult import write_adult
 from pod_agent.data.partition import partition_by_category
+from pod_agent.data.task_input import assign_splits
 from pod_agent.demo.federation import LocalFederation, PodSite
 from pod_agent.modeller.client import ModellerClient
 from pod_agent.modeller.fedavg import FedAvg, FedAvgPlan, SecureSettings
 from pod_agent.modeller.report import PodMetrics, RoundRecord, RunReport
 from pod_agent.protocol import IdentityKey, source_sha256
-from pod_agent.protocol.messages import DataSelection, Hyperparameters, ModelRef
+from pod_agent.protocol.messages import DataSelection, Hyperparameters, ModelRef, Split
 from pod_agent.sandbox import best_level, probe_layers, sandbox_report_lines
 
 _log = logging.getLogger(__name__)
@@ -93,10 +96,12 @@ async def _run(options: DemoOptions, echo: Callable[[str], None]) -> DemoResult:
                  f"{options.epochs_per_round} epoch(s) on each pod")
             fedavg = FedAvg(client, plan, work_dir=out / "rounds", on_round=lambda r: echo(f"  {r.summary()}"))
             result = await fedavg.run()
-            echo("central baseline: the same model and epochs on the pooled data, evaluated on the pods' test rows")
+            echo("central baseline: the same model and epochs on the pods' training rows pooled, "
+                 "evaluated on the pods' test rows")
             central_weights = await asyncio.to_thread(
-                _central_fit, model, out / "data" / "adult.parquet", fedavg.selection,
+                _central_fit, model, sites, fedavg.selection,
                 hyper.model_copy(update={"epochs": options.rounds * options.epochs_per_round}),
+                pooled=out / "data" / "central-train.parquet",
             )
             started_eval = time.monotonic()
             central = RoundRecord(
@@ -108,9 +113,8 @@ async def _run(options: DemoOptions, echo: Callable[[str], None]) -> DemoResult:
     report.notes += [
         f"pods split by {options.split_column!r}: " + ", ".join(f"{s.name}" for s in sites),
         f"sandbox level in force on the pods: {level}",
-        "the central model's own train/validation/test split of the pooled table is drawn independently of "
-        "the pods' splits, so some rows it trained on are in the pods' test splits: its accuracy is slightly "
-        "optimistic",
+        "the central model trained on the pods' train and validation rows pooled (split as the pods split "
+        "them) and never saw a row of the pods' test splits, on which both models are evaluated",
         "secure aggregation: pairwise-masked fixed-point updates; the hub and the modeller saw only masked vectors"
         if options.secure else "plain FedAvg (no secure aggregation)",
         f"wall time {time.monotonic() - started:.0f} s",
@@ -171,14 +175,29 @@ def prepare_sites(
 
 
 def _central_fit(
-    model: ModelRef, pooled: Path, selection: DataSelection, hyper: Hyperparameters
+    model: ModelRef, sites: list[PodSite], selection: DataSelection, hyper: Hyperparameters, *, pooled: Path
 ) -> dict[str, np.ndarray]:
-    """Train on the pooled table in this process (same preparation as a pod) and return the weights."""
+    """Train on the pods' training rows pooled, in this process (same preparation as a pod); the weights.
+
+    Each pod's rows are split exactly as that pod splits them (``assign_splits``); its train and
+    validation rows are pooled and its test rows left out, so the baseline is scored on rows it
+    never saw. The pooled rows are split again train:validation in the pods' ratio.
+    """
     from pod_agent.training.local import fit_local
 
+    shares = []
+    for site in sites:
+        # Opened as the pod's own pod.toml describes it, so its schema, and thus its split, is the pod's.
+        ds = open_datasource(DatasourceSection.model_validate({"path": site.data, "force_stypes": site.force_stypes}))
+        codes = assign_splits(ds, ds.schema(), selection)
+        shares.append(pq.read_table(site.data).filter(pa.array(np.isin(codes, (0, 1)))))
+    pq.write_table(pa.concat_tables(shares), pooled)
+    split = selection.split
+    train = round(100 * split.train / (split.train + split.validation))
+    central = selection.model_copy(update={"split": Split(train=train, validation=100 - train, test=0, seed=split.seed)})
     section = DatasourceSection(path=pooled, force_stypes={"continuous": CONTINUOUS})
     with _quiet_lightning():
-        fit = fit_local(model, data=section, selection=selection, hyperparameters=hyper, accelerator="cpu")
+        fit = fit_local(model, data=section, selection=central, hyperparameters=hyper, accelerator="cpu")
     return {name: t.numpy() for name, t in fit.weights.items()}
 
 

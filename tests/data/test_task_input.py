@@ -12,7 +12,13 @@ import pytest
 from pod_agent.config.settings import DatasourceSection
 from pod_agent.data import Datasource, open_datasource
 from pod_agent.data import task_input as task_input_module
-from pod_agent.data.task_input import HASHED_BUCKETS, plan_datastructure, prepare_task_input, read_datastructure
+from pod_agent.data.task_input import (
+    HASHED_BUCKETS,
+    assign_splits,
+    plan_datastructure,
+    prepare_task_input,
+    read_datastructure,
+)
 from pod_agent.errors import DataError
 from pod_agent.protocol.messages import DataSelection, Split
 
@@ -124,6 +130,20 @@ def test_rows_with_a_missing_target_are_dropped_and_counted(tmp_path: Path) -> N
     prepared = prepare_task_input(ds, ds.schema(), SELECTION, tmp_path / "out")
     assert prepared.datastructure["n_dropped"] == 7
     assert sum(prepared.datastructure["n_rows"].values()) == 393  # type: ignore[attr-defined]
+
+
+def test_assigned_splits_are_the_prepared_files_row_by_row_with_dropped_rows_marked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    table = _table(1500)
+    labels = table.column("label").to_pylist()
+    labels[10:13] = [None] * 3
+    ds = _source(tmp_path, table.set_column(3, "label", pa.array(labels)))
+    prepared = prepare_task_input(ds, ds.schema(), SELECTION, tmp_path / "out")
+    monkeypatch.setattr(task_input_module, "_READ_BATCH_ROWS", 100)  # batch boundaries must not matter
+    codes = assign_splits(ds, ds.schema(), SELECTION)
+    assert len(codes) == 1500 and list(np.flatnonzero(codes == -1)) == [10, 11, 12]
+    np.testing.assert_array_equal(codes[codes >= 0], _read(prepared.path)[2])
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from safetensors.numpy import load_file
 
@@ -86,6 +87,9 @@ def test_three_rounds_of_secure_fedavg_come_within_3_points_of_central_training(
     federated, central = report.rounds[-1].overall, report.central.overall
     assert federated.n_rows == central.n_rows > 4000
     assert federated.accuracy >= central.accuracy - 0.03, report.table()
+    # The baseline trained on every pod row but the pods' test rows, which it is scored on.
+    shares = sum(pq.read_metadata(p).num_rows for p in (tmp_path / "data").glob("pod-*.parquet"))
+    assert pq.read_metadata(tmp_path / "data" / "central-train.parquet").num_rows + central.n_rows == shares
     assert (tmp_path / "final_model.safetensors").stat().st_size > 0
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "Central baseline" in result.report_path.read_text()
