@@ -54,6 +54,8 @@ log = logging.getLogger("pod_agent.sandbox")
 
 # stderr kept for the job's stderr file; the rest is counted and dropped.
 STDERR_KEEP_BYTES = 64 * 1024
+# Kept stderr files are for debugging recent tasks; older ones go so the state dir cannot fill up.
+KEPT_STDERR_FILES = 100
 # More stderr/stdout than this is a flood: the task is killed ("output_exceeded").
 MAX_LOG_BYTES = 8 * 1024 * 1024
 # Start-up (bwrap + interpreter) and a warm worker's prepare() (torch + Lightning imports).
@@ -573,6 +575,9 @@ def _keep_stderr(worker: _Worker, path: Path | None) -> None:
         return
     log.info("sandbox worker wrote %d bytes to stderr; first %d kept in %s", worker.stderr_total,
              len(worker.stderr_kept), path)
+    kept = sorted(path.parent.glob("*.log"), key=lambda p: p.stat().st_mtime_ns)
+    for old in kept[:-KEPT_STDERR_FILES]:
+        old.unlink(missing_ok=True)
 
 
 def _link_tree(src: Path, dst: Path) -> None:

@@ -7,6 +7,7 @@ the reason the task ended with.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 
 from pod_agent.errors import SandboxError
 from pod_agent.sandbox.frames import check_safetensors
+from pod_agent.sandbox.runner import KEPT_STDERR_FILES
 from sbx_helpers import CORPUS, SECRET, Outside, RunModel, leftover_processes, nothing_arrived
 
 
@@ -206,8 +208,15 @@ async def test_stderr_is_kept_only_in_the_file_the_operator_asked_for(
 ) -> None:
     caplog.set_level("DEBUG")
     kept = tmp_path / "stderr" / "task.log"
+    kept.parent.mkdir()
+    older = [kept.parent / f"older-{i:03}.log" for i in range(KEPT_STDERR_FILES)]
+    for i, path in enumerate(older):
+        path.write_text("old")
+        os.utime(path, ns=(i * 10**9, i * 10**9))
     with pytest.raises(SandboxError):
         await run_model("stderr_leak", request={"secret": SECRET}, stderr_path=kept)
+    # Only the newest KEPT_STDERR_FILES stay: the oldest one made room for this task's.
+    assert not older[0].exists() and older[1].exists() and len(list(kept.parent.iterdir())) == KEPT_STDERR_FILES
     text = kept.read_text()
     assert f"row 17: {SECRET}" in text and "ValueError" in text
     assert kept.stat().st_mode & 0o777 == 0o600
