@@ -152,11 +152,11 @@ async def test_evaluate_returns_metrics_only_and_predict_needs_the_owners_permis
     assert not (tmp_path / "pod" / "sandbox-stderr").exists()
 
 
-PREDICTING = {"policy": {"kinds": ["train", "evaluate", "predict"], "allow_predict": True},
+PREDICT_AND_KEEP_STDERR = {"policy": {"kinds": ["train", "evaluate", "predict"], "allow_predict": True},
               "security": {"keep_sandbox_stderr": True}}
 
 
-@pytest.mark.parametrize("hub_and_pod", [PREDICTING], indirect=True)
+@pytest.mark.parametrize("hub_and_pod", [PREDICT_AND_KEEP_STDERR], indirect=True)
 async def test_trained_weights_evaluate_and_predict_through_the_hub(
     hub_and_pod: tuple[ModellerClient, Any], tmp_path: Path
 ) -> None:
@@ -181,7 +181,7 @@ async def test_trained_weights_evaluate_and_predict_through_the_hub(
     assert np.isfinite(arrays["predictions"]).all()
 
 
-@pytest.mark.parametrize("hub_and_pod", [PREDICTING], indirect=True)
+@pytest.mark.parametrize("hub_and_pod", [PREDICT_AND_KEEP_STDERR], indirect=True)
 async def test_a_failing_models_stderr_is_kept_on_the_host_when_the_owner_asks(
     hub_and_pod: tuple[ModellerClient, Any], tmp_path: Path
 ) -> None:
