@@ -287,15 +287,16 @@ class PodState:
         rows = self._read(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE task_id = ?", (task_id,))
         return _task(rows[0]) if rows else None
 
-    def list_tasks(self, status: TaskStatus | None = None, *, limit: int = 1000) -> list[TaskRecord]:
-        """Tasks oldest first, optionally only those in ``status``."""
-        if status is None:
-            rows = self._read(f"SELECT {_TASK_COLUMNS} FROM tasks ORDER BY created_at, rowid LIMIT ?", (limit,))
-        else:
-            rows = self._read(
-                f"SELECT {_TASK_COLUMNS} FROM tasks WHERE status = ? ORDER BY created_at, rowid LIMIT ?",
-                (status.value, limit),
-            )
+    def list_tasks(
+        self, status: TaskStatus | None = None, *, limit: int = 1000, newest_first: bool = False
+    ) -> list[TaskRecord]:
+        """Tasks oldest first (or newest first), optionally only those in ``status``."""
+        where, params = ("", ()) if status is None else ("WHERE status = ?", (status.value,))
+        order = "DESC" if newest_first else "ASC"
+        rows = self._read(
+            f"SELECT {_TASK_COLUMNS} FROM tasks {where} ORDER BY created_at {order}, rowid {order} LIMIT ?",
+            (*params, limit),
+        )
         return [_task(r) for r in rows]
 
     def counts(self) -> dict[TaskStatus, int]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-from e2e_support import Cluster, wait_for  # type: ignore[import-not-found]
+from e2e_support import POD_AGENT, Cluster, wait_for  # type: ignore[import-not-found]
 
 
 def test_two_pods_return_signed_schema_stats_to_the_modeller_cli(cluster: Cluster, adult_csv: Path, small_csv: Path, tmp_path: Path) -> None:
@@ -46,4 +47,9 @@ def test_two_pods_return_signed_schema_stats_to_the_modeller_cli(cluster: Cluste
     status = cluster.modeller.cli("status", task_id).stdout
     assert status.count("result=done") == 2
     assert a.task_status(task_id) == b.task_status(task_id) == "delivered"
+    # The pod owner's own record of it, read next to the running agent.
+    record = subprocess.run([POD_AGENT, "tasks", "list", "--config", str(a.config), "--json"],
+                            capture_output=True, text=True, check=True)
+    (entry,) = json.loads(record.stdout)
+    assert (entry["task_id"], entry["kind"], entry["outcome"], entry["delivered"]) == (task_id, "schema-stats", "done", True)
     assert a.terminate() == 0 and b.terminate() == 0

@@ -1,0 +1,119 @@
+"""``pod-agent tasks``: the pod's own record of what ran on its data, who asked, and how it ended.
+
+Reads the state database (``pod_agent.state``) next to a running agent (SQLite WAL:
+readers never block it) and renders it; it changes nothing. Every task listed passed
+its signature check, so the modeller and model named are the ones that signed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from pod_agent.config import PodSettings, load_settings
+from pod_agent.errors import StateError
+from pod_agent.protocol import PublicKey
+from pod_agent.state import PodState, TaskRecord, TaskStatus
+
+_tasks = typer.Typer(name="tasks", help="What ran on this pod's data: tasks, outcomes, who signed them.",
+                     no_args_is_help=True)
+
+
+@dataclass(frozen=True)
+class _Row:
+    task_id: str
+    received: str
+    kind: str
+    outcome: str
+    reason: str | None
+    delivered: bool
+    modeller: str
+    model: str | None
+
+
+def _open_state(settings: PodSettings) -> PodState:
+    path = settings.pod.state_dir / "state.sqlite"
+    if not path.is_file():
+        raise StateError(f"no state database at {path}: the agent has not run with this state_dir yet")
+    return PodState.open(path)
+
+
+def _modeller_names(settings: PodSettings) -> dict[str, str]:
+    return {PublicKey.from_b64(m.public_key).key_id: m.name for m in settings.security.modellers}
+
+
+def _row(task: TaskRecord, state: PodState, names: dict[str, str]) -> _Row:
+    outcome = task.status.value
+    if task.status is TaskStatus.DELIVERED:
+        # Delivered is where every task ends; what it ended as is the status before it.
+        outcome = next((to for _, to, _, _ in reversed(state.history(task.task_id)) if to != "delivered"), outcome)
+    model = json.loads(task.envelope_json).get("payload", {}).get("model")
+    return _Row(
+        task_id=task.task_id,
+        received=datetime.fromtimestamp(task.created_at, timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
+        kind=task.kind,
+        outcome=outcome,
+        reason=task.reason,
+        delivered=task.status is TaskStatus.DELIVERED,
+        modeller=names.get(task.modeller_id, f"key:{task.modeller_id[:16]} (no longer in the policy)"),
+        model=f"{model['name']} sha256:{model['sha256'][:16]}" if model else None,
+    )
+
+
+@_tasks.command("list")
+def list_tasks(
+    config: Path = typer.Option(..., "--config", help="The pod's pod.toml."),
+    limit: int = typer.Option(20, "--limit", min=1, help="How many of the newest tasks."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """The newest tasks, newest first: when, kind, outcome and reason, modeller, model and its hash."""
+    settings = load_settings(config)
+    with _open_state(settings) as state:
+        names = _modeller_names(settings)
+        rows = [_row(t, state, names) for t in state.list_tasks(limit=limit, newest_first=True)]
+    if as_json:
+        typer.echo(json.dumps([asdict(r) for r in rows], indent=2))
+        return
+    for r in rows:
+        sent = "delivered" if r.delivered else "pending"
+        typer.echo(f"{r.received}  {r.task_id}  {r.kind:<12} {r.outcome:<8} {r.reason or '-':<22} {sent:<9}"
+                   f" modeller={r.modeller}  model={r.model or '-'}")
+
+
+@_tasks.command("show")
+def show_task(
+    task_id: str = typer.Argument(..., help="A task id from `pod-agent tasks list`."),
+    config: Path = typer.Option(..., "--config", help="The pod's pod.toml."),
+) -> None:
+    """One task: its status history and the signed request, with the model source summarised."""
+    settings = load_settings(config)
+    with _open_state(settings) as state:
+        task = state.get_task(task_id)
+        if task is None:
+            raise StateError(f"no task {task_id} in {state.path}; `pod-agent tasks list` shows the known ones")
+        row = _row(task, state, _modeller_names(settings))
+        history = state.history(task_id)
+    typer.echo(f"task      {row.task_id}\nkind      {row.kind}\noutcome   {row.outcome}"
+               f"{f' ({row.reason})' if row.reason else ''}\nmodeller  {row.modeller}\nmodel     {row.model or '-'}")
+    for before, after, reason, at in history:
+        when = datetime.fromtimestamp(at, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        typer.echo(f"  {when}  {before or '(new)'} -> {after}{f'  {reason}' if reason else ''}")
+    typer.echo(json.dumps(_summarised(json.loads(task.envelope_json).get("payload", {})), indent=2, sort_keys=True))
+
+
+def _summarised(payload: dict[str, Any]) -> dict[str, Any]:
+    """The signed payload with model source text replaced by its size (the sha256 stays)."""
+    model = payload.get("model")
+    if isinstance(model, dict) and isinstance(model.get("source"), str):
+        source = model["source"]
+        payload = {**payload, "model": {**model, "source": f"<{len(source.splitlines())} lines>"}}
+    return payload
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(_tasks)
