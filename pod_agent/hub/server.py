@@ -392,12 +392,16 @@ async def _on_pod_message(hub: _Hub, ws: web.WebSocketResponse, pod: str, data: 
         await hub.db(hub.storage.ack_delivery, str(msg.get("task_id")), pod, now=now)
 
 
+def _no_task_for(task_id: str, pod: str) -> HubError:
+    return HubError(f"no task {task_id} for pod {pod!r}", status=404)
+
+
 async def _pod_task_ack(request: web.Request) -> web.Response:
     hub = _hub(request)
     pod = await _signer_pod(request)
     found = await hub.db(hub.storage.ack_delivery, request.match_info["task_id"], pod.name, now=hub.now())
     if not found:
-        raise HubError(f"no task {request.match_info['task_id']} for pod {pod.name!r}", status=404)
+        raise _no_task_for(request.match_info["task_id"], pod.name)
     return web.json_response({"ok": True})
 
 
@@ -407,7 +411,7 @@ async def _pod_task_refusal(request: web.Request) -> web.Response:
     refusal: Refusal = _parse(Refusal, await request.read())
     task_id = request.match_info["task_id"]
     if not await hub.db(hub.storage.record_refusal, task_id, pod.name, refusal.code, now=hub.now()):
-        raise HubError(f"no task {task_id} for pod {pod.name!r}", status=404)
+        raise _no_task_for(task_id, pod.name)
     _log.info("task refused by pod", extra={"pod": pod.name, "code": refusal.code})
     return web.json_response({"ok": True})
 
@@ -420,7 +424,7 @@ async def _pod_task_progress(request: web.Request) -> web.Response:
     if event.task_id != task_id:
         raise HubError("progress event names another task than the URL", status=400)
     if not await hub.db(hub.storage.record_progress, task_id, pod.name, event.model_dump(mode="json")):
-        raise HubError(f"no task {task_id} for pod {pod.name!r}", status=404)
+        raise _no_task_for(task_id, pod.name)
     return web.json_response({"ok": True})
 
 
@@ -433,7 +437,7 @@ async def _pod_results(request: web.Request) -> web.Response:
         raise HubError(f"result names pod {result.pod!r} but was uploaded by {pod.name!r}", status=403)
     task = await hub.db(hub.storage.get_task, result.task_id)
     if task is None or pod.name not in task.pods:
-        raise HubError(f"no task {result.task_id} for pod {pod.name!r}", status=404)
+        raise _no_task_for(result.task_id, pod.name)
     if result.blob is not None:
         blob = await hub.db(hub.storage.get_blob, result.blob.sha256)
         if blob is None or blob.size_bytes != result.blob.size_bytes:
