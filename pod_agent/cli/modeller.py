@@ -39,7 +39,7 @@ class _Options:
     ca_bundle: Path | None
     pin: str | None
     allow_insecure_http: bool
-    pod_keys_path: Path | None
+    pod_keys: dict[str, PublicKey] | None
 
     def key(self) -> IdentityKey:
         return IdentityKey.load(self.key_path.expanduser(), passphrase_from_env(self.passphrase_env))
@@ -47,11 +47,8 @@ class _Options:
     def client(self) -> ModellerClient:
         return ModellerClient(
             self.hub, self.key(), ca_bundle=self.ca_bundle, pinned_cert_sha256=self.pin,
-            allow_insecure_http=self.allow_insecure_http, pod_keys=self.pod_keys(),
+            allow_insecure_http=self.allow_insecure_http, pod_keys=self.pod_keys,
         )
-
-    def pod_keys(self) -> dict[str, PublicKey] | None:
-        return load_pod_keys(self.pod_keys_path.expanduser()) if self.pod_keys_path is not None else None
 
 
 def _with_client(ctx: typer.Context, work: Callable[[ModellerClient], Awaitable[T]]) -> T:
@@ -80,7 +77,8 @@ def _options(
         None, "--pod-keys", envvar="POD_AGENT_MODELLER_POD_KEYS",
         help="TOML file pinning each pod's public key (`pod-agent keys show` on its host), instead of the hub's word."),
 ) -> None:
-    ctx.obj = _Options(hub, key, passphrase_env, ca_bundle, pin, allow_insecure_http, pod_keys)
+    pinned = load_pod_keys(pod_keys.expanduser()) if pod_keys is not None else None
+    ctx.obj = _Options(hub, key, passphrase_env, ca_bundle, pin, allow_insecure_http, pinned)
 
 
 @_modeller.command("keys")
@@ -114,8 +112,7 @@ def pods(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help=
     ``key`` compares the hub's key for each pod with --pod-keys: pinned (same), MISMATCH (the hub
     lists another key: its results will be refused), unpinned (not in the file), hub (no file given).
     """
-    options: _Options = ctx.obj
-    pinned = options.pod_keys()
+    pinned = ctx.obj.pod_keys
     listed = _with_client(ctx, lambda c: c.pods())
 
     def key_status(pod: PodInfo) -> str:
