@@ -4,9 +4,9 @@ Not trusted by pods (they verify every task themselves). ``create_app`` builds
 the aiohttp application over any ``Storage``; ``serve`` runs it with SQLite.
 """
 
-from pod_agent.hub.runner import serve, server_tls_context
+from pod_agent.hub.runner import listening, serve, server_tls_context
 from pod_agent.hub.server import create_app
 from pod_agent.hub.sqlite import SqliteStorage
 from pod_agent.hub.storage import Storage, StorageConflict
 
-__all__ = ["SqliteStorage", "Storage", "StorageConflict", "create_app", "serve", "server_tls_context"]
+__all__ = ["SqliteStorage", "Storage", "StorageConflict", "create_app", "listening", "serve", "server_tls_context"]

@@ -1,6 +1,7 @@
 """Running the reference hub: open storage, bind (127.0.0.1 by default), TLS, stop on a signal.
 
-Owns ``serve`` (used by ``pod-agent hub serve``) and the server TLS context.
+Owns ``serve`` (used by ``pod-agent hub serve``), ``listening`` (an app on a port for
+an ``async with`` block, which ``serve`` and in-process test hubs share) and the server TLS context.
 Routes live in ``server.py``, storage in ``sqlite.py``. Blobs of a file database
 ``hub.sqlite`` are kept in ``hub.sqlite.blobs/`` beside it.
 """
@@ -11,7 +12,8 @@ import asyncio
 import logging
 import signal
 import ssl
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from aiohttp import web
@@ -42,6 +44,25 @@ def blob_dir_for(db: str) -> Path | None:
     return None if db == ":memory:" else Path(db + ".blobs")
 
 
+@asynccontextmanager
+async def listening(
+    app: web.Application, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, tls: ssl.SSLContext | None = None
+) -> AsyncIterator[str]:
+    """Serve ``app`` on host:port for the ``async with`` block; yields the base URL (port 0 resolved)."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port, ssl_context=tls)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise HubError(f"cannot listen on {host}:{port}: {exc.strerror}; pick another --port") from exc
+        bound = int(runner.addresses[0][1]) if runner.addresses else port
+        yield f"{'https' if tls else 'http'}://{host}:{bound}"
+    finally:
+        await runner.cleanup()
+
+
 async def serve(
     *,
     db: str,
@@ -56,26 +77,17 @@ async def serve(
         raise HubError("TLS needs both --cert and --key (or neither for plain http on loopback)")
     tls = server_tls_context(cert, key) if cert is not None and key is not None else None
     storage = SqliteStorage(db)
-    runner = web.AppRunner(create_app(storage, blob_dir=blob_dir_for(db)), access_log=None)
-    await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port, ssl_context=tls)
-        try:
-            await site.start()
-        except OSError as exc:
-            raise HubError(f"cannot listen on {host}:{port}: {exc.strerror}; pick another --port") from exc
-        bound = int(runner.addresses[0][1]) if runner.addresses else port
-        url = f"{'https' if tls else 'http'}://{host}:{bound}"
-        if tls is None and not is_loopback(host):
-            _log.warning("serving plain http on %s: tasks and results cross the network in clear; use --cert/--key", host)
-        _log.info("hub listening on %s", url)
-        if on_listening is not None:
-            on_listening(url)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+        async with listening(create_app(storage, blob_dir=blob_dir_for(db)), host=host, port=port, tls=tls) as url:
+            if tls is None and not is_loopback(host):
+                _log.warning("serving plain http on %s: tasks and results cross the network in clear; use --cert/--key", host)
+            _log.info("hub listening on %s", url)
+            if on_listening is not None:
+                on_listening(url)
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
+            await stop.wait()
     finally:
-        await runner.cleanup()
         storage.close()

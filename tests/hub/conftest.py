@@ -10,9 +10,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 
-from pod_agent.hub import SqliteStorage, create_app
+from pod_agent.hub import SqliteStorage, create_app, listening
 from pod_agent.protocol import IdentityKey, canonical_json, sign_request
 
 
@@ -57,13 +56,6 @@ class HubFixture:
 async def hub(tmp_path: Path) -> AsyncIterator[HubFixture]:
     storage = SqliteStorage(":memory:")
     blob_dir = tmp_path / "blobs"
-    runner = web.AppRunner(create_app(storage, blob_dir=blob_dir))
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    async with aiohttp.ClientSession() as session:
-        yield HubFixture(f"http://127.0.0.1:{port}", storage, blob_dir, session)
-    await runner.cleanup()
+    async with listening(create_app(storage, blob_dir=blob_dir), port=0) as base, aiohttp.ClientSession() as session:
+        yield HubFixture(base, storage, blob_dir, session)
     storage.close()
-

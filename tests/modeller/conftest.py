@@ -7,9 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from aiohttp import web
 
-from pod_agent.hub import SqliteStorage, create_app
+from pod_agent.hub import SqliteStorage, create_app, listening
 
 
 @dataclass
@@ -21,10 +20,6 @@ class LocalHub:
 @pytest.fixture
 async def local_hub(tmp_path: Path) -> AsyncIterator[LocalHub]:
     storage = SqliteStorage(":memory:")
-    runner = web.AppRunner(create_app(storage, blob_dir=tmp_path / "blobs"))
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    yield LocalHub(f"http://127.0.0.1:{runner.addresses[0][1]}", storage)
-    await runner.cleanup()
+    async with listening(create_app(storage, blob_dir=tmp_path / "blobs"), port=0) as url:
+        yield LocalHub(url, storage)
     storage.close()
