@@ -2,30 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from aiohttp import web
+from agent_support import hub_with_agent
 from safetensors.numpy import load
 
-from pod_agent.agent import run_agent
-from pod_agent.config.settings import (
-    DatasourceSection,
-    HubSection,
-    ModellerPolicy,
-    OpsSection,
-    PodSection,
-    PodSettings,
-    SandboxLimitsSection,
-    SecuritySection,
-)
-from pod_agent.hub import SqliteStorage, create_app
 from pod_agent.modeller import ModellerClient, VerifiedResult, build_task
-from pod_agent.protocol import IdentityKey, source_sha256, spec_sha256
+from pod_agent.protocol import source_sha256, spec_sha256
 from pod_agent.protocol.messages import DataSelection, Hyperparameters, ModelRef, Participant, SecAggParams
 from pod_agent.secagg import RoundKeyPair
 
@@ -36,46 +23,16 @@ SPEC: dict[str, Any] = {
     "optimizer": "SGD", "loss": "CrossEntropy", "learning_rate": 0.1,
 }
 
+TRAINING_CSV = "age,hours,TARGET\n" + "".join(
+    f"{20 + i % 40},{i % 60},{'>50K' if (i % 40) > 20 else '<=50K'}\n" for i in range(300))
+
 
 @pytest.fixture
 async def hub_and_pod(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tuple[ModellerClient, Any]]:
     """A hub and one agent; ``indirect`` params: ``policy`` (ModellerPolicy fields), ``security`` (section fields)."""
     options: dict[str, Any] = getattr(request, "param", {})
-    data = tmp_path / "small.csv"
-    data.write_text("age,hours,TARGET\n" + "".join(
-        f"{20 + i % 40},{i % 60},{'>50K' if (i % 40) > 20 else '<=50K'}\n" for i in range(300)))
-    storage = SqliteStorage(":memory:")
-    runner = web.AppRunner(create_app(storage))
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    key = IdentityKey.generate()
-    (tmp_path / "pod").mkdir()
-    IdentityKey.generate().save(tmp_path / "pod" / "identity.pem")
-    settings = PodSettings(
-        pod=PodSection(name="pod-a", state_dir=tmp_path / "pod"),
-        hub=HubSection(url=url, heartbeat_s=0.5, backoff_initial_s=0.05, backoff_cap_s=0.5),
-        datasource=DatasourceSection(path=data),
-        security=SecuritySection(sandbox="none", **options.get("security", {}), modellers=[
-            ModellerPolicy(name="m", public_key=key.public.to_b64(), role="super", **options.get("policy", {}))]),
-        sandbox_limits=SandboxLimitsSection(warm_worker=False),
-        ops=OpsSection(health_port=0),
-    )
-    stop = asyncio.Event()
-    agent = asyncio.create_task(run_agent(settings, stop=stop))
-    async with ModellerClient(url, key) as modeller:
-        await modeller.register("m")
-        for _ in range(200):
-            pods = await modeller.pods()
-            if pods and pods[0].online:
-                break
-            await asyncio.sleep(0.05)
-        yield modeller, pods[0]
-    stop.set()
-    await asyncio.wait_for(agent, 30)
-    await runner.cleanup()
-    storage.close()
+    async with hub_with_agent(tmp_path, TRAINING_CSV, **options) as rig:
+        yield rig.modeller, rig.pod
 
 
 def _task(modeller: ModellerClient, pod: Any, kind: str = "train", *, epochs: int = 1, **fields: Any) -> Any:

@@ -1,0 +1,80 @@
+"""A real hub (in-process, loopback) with one real pod agent, ``pod-a``, online on it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pod_agent.agent import run_agent
+from pod_agent.config.settings import (
+    DatasourceSection,
+    HubSection,
+    ModellerPolicy,
+    OpsSection,
+    PodSection,
+    PodSettings,
+    SandboxLimitsSection,
+    SecuritySection,
+)
+from pod_agent.hub import SqliteStorage, create_app, listening
+from pod_agent.modeller import ModellerClient, PodInfo
+from pod_agent.protocol import IdentityKey
+
+
+@dataclass
+class HubWithAgent:
+    hub_url: str
+    modeller: ModellerClient
+    pod: PodInfo
+
+
+@asynccontextmanager
+async def hub_with_agent(
+    tmp_path: Path,
+    csv_text: str,
+    *,
+    policy: dict[str, Any] | None = None,
+    security: dict[str, Any] | None = None,
+    middlewares: Sequence[Any] = (),
+    stop_within_s: float = 30,
+) -> AsyncIterator[HubWithAgent]:
+    """``csv_text`` is the pod's datasource; ``policy`` and ``security`` are extra fields of the modeller's
+    ModellerPolicy (role super) and of the SecuritySection (sandbox none); ``middlewares`` go in front of the
+    hub's own."""
+    data = tmp_path / "small.csv"
+    data.write_text(csv_text)
+    state_dir = tmp_path / "pod"
+    state_dir.mkdir()
+    IdentityKey.generate().save(state_dir / "identity.pem")
+    storage = SqliteStorage(":memory:")
+    app = create_app(storage)
+    app.middlewares[:0] = middlewares
+    modeller_key = IdentityKey.generate()
+    async with listening(app, port=0) as url:
+        settings = PodSettings(
+            pod=PodSection(name="pod-a", state_dir=state_dir),
+            hub=HubSection(url=url, heartbeat_s=0.5, backoff_initial_s=0.05, backoff_cap_s=0.5),
+            datasource=DatasourceSection(path=data),
+            security=SecuritySection(sandbox="none", **(security or {}), modellers=[
+                ModellerPolicy(name="m", public_key=modeller_key.public.to_b64(), role="super", **(policy or {}))]),
+            sandbox_limits=SandboxLimitsSection(warm_worker=False),
+            ops=OpsSection(health_port=0),
+        )
+        stop = asyncio.Event()
+        agent = asyncio.create_task(run_agent(settings, stop=stop))
+        async with ModellerClient(url, modeller_key) as modeller:
+            await modeller.register("m")
+            for _ in range(200):
+                pods = await modeller.pods()
+                if pods and pods[0].online:
+                    break
+                await asyncio.sleep(0.05)
+            yield HubWithAgent(url, modeller, pods[0])
+        stop.set()
+        await asyncio.wait_for(agent, stop_within_s)
+    storage.close()
+
