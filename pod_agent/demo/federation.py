@@ -16,10 +16,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 from pod_agent.errors import PodAgentError
-from pod_agent.hub import serve as serve_hub
+from pod_agent.hub import SqliteStorage, create_app, listening
+from pod_agent.hub.runner import blob_dir_for
 from pod_agent.modeller.client import ModellerClient
 from pod_agent.protocol import IdentityKey, PublicKey
 
@@ -84,7 +84,8 @@ class LocalFederation:
     def __init__(self, root: Path, sites: list[PodSite], *, modeller: IdentityKey, sandbox: str) -> None:
         self.root, self.sites, self.modeller, self.sandbox = root, sites, modeller, sandbox
         self.hub_url = ""
-        self._hub: asyncio.Task[None] | None = None
+        # What the embedded hub holds (its storage, then its listening site), closed in reverse once the pods stop.
+        self._hub = contextlib.AsyncExitStack()
         self._pods: dict[str, asyncio.subprocess.Process] = {}
         # The pods' identity keys as this host wrote them: the modeller pins these rather than
         # trusting the hub's registry, as a real modeller would with keys the pod owners sent.
@@ -110,15 +111,11 @@ class LocalFederation:
         return self.root / "logs" / f"{name}.log"
 
     async def _start_hub(self) -> None:
-        bound: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._hub = asyncio.create_task(
-            serve_hub(db=str(self.root / "hub.sqlite"), port=0, on_listening=bound.set_result), name="embedded-hub"
-        )
-        starting: set[asyncio.Future[Any]] = {self._hub, bound}
-        done, _ = await asyncio.wait(starting, return_when=asyncio.FIRST_COMPLETED)
-        if bound not in done:
-            self._hub.result()  # re-raises why the hub stopped
-        self.hub_url = bound.result()
+        db = str(self.root / "hub.sqlite")
+        storage = SqliteStorage(db)
+        self._hub.callback(storage.close)
+        app = create_app(storage, blob_dir=blob_dir_for(db))
+        self.hub_url = await self._hub.enter_async_context(listening(app, port=0))
         async with ModellerClient(self.hub_url, self.modeller) as client:
             await client.register("demo-modeller")
 
@@ -176,8 +173,4 @@ class LocalFederation:
                 proc.kill()
                 await proc.wait()
         self._pods.clear()
-        if self._hub is not None:
-            self._hub.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._hub
-            self._hub = None
+        await self._hub.aclose()
