@@ -199,3 +199,15 @@ def test_scaling_a_column_that_is_not_a_continuous_feature_is_refused(tmp_path: 
     selection = DataSelection(target="y", scaling={"z": (0.0, 1.0)})
     with pytest.raises(DataError, match=r"scaling names \['z'\]"):
         prepare_task_input(ds, ds.schema(), selection, tmp_path / "in")
+
+
+def test_a_continuous_column_that_is_not_numeric_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    # Timestamps are inferred continuous but have no cast to float: the one way a continuous
+    # column reaches the encoder unconvertible (forced string columns are refused at the source).
+    stamps = pa.array(np.arange(100) * 86_400, type=pa.timestamp("s"))
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"when": stamps, "y": ["a", "b"] * 50}), path)
+    ds = open_datasource(DatasourceSection(path=path))
+    assert ds.schema().column("when").stype == "continuous"
+    with pytest.raises(DataError, match=r"non-numeric values \(timestamp\[\w+\]\); force it to categorical"):
+        prepare_task_input(ds, ds.schema(), DataSelection(target="y"), tmp_path / "in")
