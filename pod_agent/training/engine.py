@@ -44,7 +44,7 @@ import pytorch_lightning as pl
 import torch
 from pydantic import ValidationError
 
-from pod_agent.data.task_input import DATA_FILE_NAME, read_datastructure
+from pod_agent.data.task_input import DATA_FILE_NAME, SPLIT_CODES, read_datastructure
 from pod_agent.errors import DataError, TrainingError
 from pod_agent.protocol.messages import Hyperparameters, ModelRef, TaskPayload
 from pod_agent.sdk import Datastructure, PodModel
@@ -97,21 +97,24 @@ def run_task(request: Mapping[str, Any], *, input_dir: Path, work_dir: Path, pro
     model = seeded_model(task.model, seed=settings.seed, input_dir=input_dir, init_kwargs=kwargs)
     weights = input_dir / WEIGHTS_FILE_NAME
     if weights.exists():
-        _check_weights_hash(task, weights)
-        load_pretrained(model, weights)
+        load_pretrained(model, _read_checked_weights(task, weights))
     elif task.weights is not None:
         raise TrainingError("weights_invalid", "the task names weights but the input has no weights file")
     batch_size = task.hyperparameters.batch_size
+    # Only training shuffles: predict hands its split's rows back in the file's order.
+    shuffle = task.kind == "train"
     loaders = {
-        split: SplitBatches(data_path, split=split, batch_size=batch_size, shuffle=split == "train", seed=settings.seed)
-        for split in ("train", "validation", "test")
+        split: SplitBatches(
+            data_path, split=split, batch_size=batch_size, shuffle=shuffle and split == "train", seed=settings.seed
+        )
+        for split in SPLIT_CODES
     }
     _probe_forward(model, loaders, settings.datastructure)
     if task.kind == "train":
         return _train(model, loaders, settings, work_dir=work_dir, progress=progress)
     if task.kind == "evaluate":
         return _evaluate(model, loaders, settings, work_dir=work_dir)
-    return _predict(model, data_path, settings, work_dir=work_dir)
+    return _predict(model, loaders, settings, work_dir=work_dir)
 
 
 def _parse_request(request: Mapping[str, Any], input_dir: Path) -> _Settings:
@@ -155,11 +158,14 @@ def seeded_model(ref: ModelRef, *, seed: int, input_dir: Path, init_kwargs: Mapp
     return build_model(ref, input_dir=input_dir, init_kwargs=init_kwargs)
 
 
-def _check_weights_hash(task: TaskPayload, path: Path) -> None:
+def _read_checked_weights(task: TaskPayload, path: Path) -> bytes:
+    """The weights file's bytes, once they match the sha256 the signed task names."""
     if task.weights is None:
         raise TrainingError("weights_invalid", "the input has a weights file the task does not name")
-    if hashlib.sha256(path.read_bytes()).hexdigest() != task.weights.sha256:
+    blob = path.read_bytes()
+    if hashlib.sha256(blob).hexdigest() != task.weights.sha256:
         raise TrainingError("weights_hash_mismatch", "pretrained weights sha256 differs from the signed task")
+    return blob
 
 
 def _probe_forward(model: PodModel, loaders: Mapping[str, SplitBatches], ds: Datastructure) -> None:
@@ -345,9 +351,11 @@ def _accuracy(collect: _CollectTestOutputs) -> float | None:
     return float((preds.argmax(dim=1) == targets).float().mean())
 
 
-def _predict(model: PodModel, data_path: Path, settings: _Settings, *, work_dir: Path) -> TaskOutput:
+def _predict(model: PodModel, loaders: Mapping[str, SplitBatches], settings: _Settings, *, work_dir: Path) -> TaskOutput:
     split = str(settings.task.hyperparameters.extra.get("predict_split", "test"))
-    batches = SplitBatches(data_path, split=split, batch_size=settings.task.hyperparameters.batch_size, shuffle=False, seed=0)
+    if split not in loaders:
+        raise TrainingError("bad_request", f"split {split!r} is not one of {list(loaders)}")
+    batches = loaders[split]
     if batches.n_rows < settings.min_rows:
         raise TrainingError(
             "too_few_rows", f"split {split!r} has {batches.n_rows} rows, under privacy.min_rows={settings.min_rows}"

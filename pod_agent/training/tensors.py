@@ -12,8 +12,6 @@ only matter for BatchNorm with ``momentum=None``. Pretrained files are loaded wi
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
@@ -44,12 +42,12 @@ def encode(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, object], bytes]:
     return described, save_safetensors(contiguous) if contiguous else b""
 
 
-def load_pretrained(model: nn.Module, path: Path) -> None:
-    """Load ``path`` (safetensors) into ``model``: every floating entry must be present with
+def load_pretrained(model: nn.Module, blob: bytes) -> None:
+    """Load ``blob`` (safetensors) into ``model``: every floating entry must be present with
     its shape; integer buffers may be present; nothing else may be."""
     try:
-        loaded = load_safetensors(path.read_bytes())
-    except (SafetensorError, ValueError, OSError) as exc:
+        loaded = load_safetensors(blob)
+    except (SafetensorError, ValueError) as exc:
         raise TrainingError("weights_invalid", f"pretrained file is not readable safetensors: {exc}") from exc
     state = model.state_dict()
     floating = {n for n, t in state.items() if torch.is_floating_point(t)}
