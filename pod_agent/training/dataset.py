@@ -21,8 +21,7 @@ from torch.utils.data import IterableDataset
 
 from pod_agent.data.task_input import SPLIT_CODES
 from pod_agent.errors import TrainingError
-
-Batch = tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]
+from pod_agent.sdk.base import Batch
 
 
 class SplitBatches(IterableDataset[Batch]):
@@ -43,22 +42,23 @@ class SplitBatches(IterableDataset[Batch]):
         if names[:3] != ["x", "y", "split"]:
             raise TrainingError("data_invalid", f"{path.name} has columns {names}, expected x, y, split")
         self._rows_per_batch = [
-            int(np.count_nonzero(self._split_column(i) == self._code)) for i in range(self._reader.num_record_batches)
+            int(np.count_nonzero(_split_column(self._reader.get_batch(i)) == self._code))
+            for i in range(self._reader.num_record_batches)
         ]
         self.n_rows = sum(self._rows_per_batch)
 
-    def _split_column(self, index: int) -> np.ndarray:
-        return np.asarray(self._reader.get_batch(index).column(2).to_numpy(zero_copy_only=False))
-
-    def peek(self, n_rows: int) -> Batch:
-        """The first ``n_rows`` rows of the split, without shuffling or advancing the epoch."""
-        index = next(i for i, n in enumerate(self._rows_per_batch) if n)
+    def _decode(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Record batch ``index`` as x ``[rows, width]``, y, and the positions of this split's rows."""
         batch = self._reader.get_batch(index)
         xs = batch.column(0)
         x = np.asarray(xs.flatten().to_numpy(zero_copy_only=False)).reshape(-1, xs.type.list_size)
-        rows = np.flatnonzero(self._split_column(index) == self._code)[:n_rows]
-        y = np.asarray(batch.column(1).to_numpy(zero_copy_only=False))[rows]
-        return (torch.from_numpy(x[rows]), torch.empty((len(rows), 0), dtype=torch.float32)), torch.from_numpy(y)
+        y = np.asarray(batch.column(1).to_numpy(zero_copy_only=False))
+        return x, y, np.flatnonzero(_split_column(batch) == self._code)
+
+    def peek(self, n_rows: int) -> Batch:
+        """The first ``n_rows`` rows of the split, without shuffling or advancing the epoch."""
+        x, y, rows = self._decode(next(i for i, n in enumerate(self._rows_per_batch) if n))
+        return _batch(x, y, rows[:n_rows])
 
     def __len__(self) -> int:
         return sum(math.ceil(n / self._batch_size) for n in self._rows_per_batch)
@@ -72,16 +72,18 @@ class SplitBatches(IterableDataset[Batch]):
         for index in order:
             if self._rows_per_batch[index] == 0:
                 continue
-            batch = self._reader.get_batch(int(index))
-            xs = batch.column(0)
-            width = xs.type.list_size
-            x = np.asarray(xs.flatten().to_numpy(zero_copy_only=False)).reshape(-1, width)
-            y = np.asarray(batch.column(1).to_numpy(zero_copy_only=False))
-            rows = np.flatnonzero(np.asarray(batch.column(2).to_numpy(zero_copy_only=False)) == self._code)
+            x, y, rows = self._decode(int(index))
             if self._shuffle:
                 rows = rng.permutation(rows)
             for start in range(0, len(rows), self._batch_size):
-                take = rows[start : start + self._batch_size]
-                tabular = torch.from_numpy(x[take])
-                yield (tabular, torch.empty((len(take), 0), dtype=torch.float32)), torch.from_numpy(y[take])
+                yield _batch(x, y, rows[start : start + self._batch_size])
+
+
+def _split_column(batch: pa.RecordBatch) -> np.ndarray:
+    return np.asarray(batch.column(2).to_numpy(zero_copy_only=False))
+
+
+def _batch(x: np.ndarray, y: np.ndarray, rows: np.ndarray) -> Batch:
+    """``rows`` of x and y as a model batch; ``support`` stays empty until there are support columns."""
+    return (torch.from_numpy(x[rows]), torch.empty((len(rows), 0), dtype=torch.float32)), torch.from_numpy(y[rows])
 
