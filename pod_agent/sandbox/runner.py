@@ -131,11 +131,10 @@ class SandboxJob:
 
 @dataclass(frozen=True)
 class SandboxOutcome:
-    """A successful task: the child's result header, its safetensors payload (may be empty), wall time."""
+    """A successful task: the child's result header and its safetensors payload (may be empty)."""
 
     header: dict[str, Any]
     payload: bytes
-    wall_s: float
 
 
 def _exit_reason(returncode: int | None, *, namespaced: bool, oom: bool) -> str:
@@ -237,7 +236,7 @@ class _Worker:
         ``deadline`` (monotonic) bounds a cold start; a warm worker gets WARM_PREPARE_TIMEOUT_S.
         """
         runner, lim = self._runner, self.limits
-        identity = runner.identity if "uid" in runner.layers else None
+        identity = runner._uid_identity
         plan_ro: tuple[str, ...] | None = None
         plan_rw: tuple[str, ...] = ()
         if self.namespaced:
@@ -420,17 +419,19 @@ class SandboxRunner:
             log.warning("sandbox layers disabled by unsafe_disable_layers: %s", sorted(unsafe_disable_layers))
             reports = [LayerReport(r.name, False, "disabled by unsafe_disable_layers") if r.name in unsafe_disable_layers
                        else r for r in reports]
-        self.reports: list[LayerReport] = reports
         self.level = security.sandbox
         self.layers = plan_layers(self.level, reports)
         self.gpu = gpu
         self._pod_limits = limits
         self.identity = resolve_identity(security.sandbox_user) if "uid" in self.layers else Identity(
             "root" if os.geteuid() == 0 else str(os.geteuid()), os.geteuid(), os.getegid(), False)
+        # Without the uid layer the fallback identity is the agent's own: nothing is chowned to it
+        # and no worker switches to it.
+        self._uid_identity = self.identity if "uid" in self.layers else None
         self.bwrap = shutil.which("bwrap") or "bwrap"
         self.cgroup_support = detect_cgroups() if "cgroup" in self.layers else None
         shared = _prepare_scratch(scratch_root or Path(tempfile.gettempdir()) / "pod-agent-sandbox",
-                                  self.identity if "uid" in self.layers else None)
+                                  self._uid_identity)
         # One subdirectory per runner: several pods on one host share the scratch root.
         self._scratch = Path(tempfile.mkdtemp(prefix="runner-", dir=shared))
         os.chmod(self._scratch, 0o711)
@@ -439,7 +440,7 @@ class SandboxRunner:
         self._closed = False
 
     def _slot(self) -> Path:
-        return _new_slot(self._scratch, self.identity if "uid" in self.layers else None)
+        return _new_slot(self._scratch, self._uid_identity)
 
     def ro_paths(self, entry_path: Path | None) -> list[Path]:
         return python_ro_paths(entry_path)
@@ -500,7 +501,6 @@ class SandboxRunner:
             log.warning("sandbox level 'none': this task runs UNCONFINED (development only; set "
                         "security.sandbox = 'strict' in pod.toml)")
         limits = self._limits(job.limits)
-        started = time.monotonic()
         key = (job.entry, str(job.entry_path))
         warming = self._warming.get(key)
         if warming is not None and key not in self._warm:
@@ -510,11 +510,10 @@ class SandboxRunner:
         if worker is None:
             worker = _Worker(self, entry=job.entry, entry_path=job.entry_path, slot=self._slot(), limits=limits,
                              warm=False)
-        identity = self.identity if "uid" in self.layers else None
         try:
             try:
                 await asyncio.to_thread(_link_tree, job.input_dir, worker.input_dir)
-                await asyncio.to_thread(_grant_input, worker.input_dir, identity)
+                await asyncio.to_thread(_grant_input, worker.input_dir, self._uid_identity)
             except OSError as exc:
                 raise SandboxError("input_unreadable", f"staging {job.input_dir} for the worker: {exc}") from exc
             deadline = time.monotonic() + limits.wall_timeout_s
@@ -524,7 +523,7 @@ class SandboxRunner:
         finally:
             # Shielded: a cancelled task (timeout upstream, agent shutdown) still has its tree killed.
             await asyncio.shield(self._finish(worker, job))
-        return SandboxOutcome(header=header, payload=payload, wall_s=time.monotonic() - started)
+        return SandboxOutcome(header=header, payload=payload)
 
     async def _finish(self, worker: _Worker, job: SandboxJob) -> None:
         try:
@@ -533,8 +532,7 @@ class SandboxRunner:
             await asyncio.to_thread(_keep_stderr, worker, job.stderr_path)
             await asyncio.to_thread(_move_back, worker.work_dir, job.work_dir)
             shutil.rmtree(worker.slot, ignore_errors=True)
-            if self._pod_limits.warm_worker:
-                self._schedule_prewarm(job.entry, job.entry_path)
+            self._schedule_prewarm(job.entry, job.entry_path)
 
     async def aclose(self) -> None:
         """Kill warm workers and pending pre-warms (agent shutdown)."""

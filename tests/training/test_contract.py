@@ -24,7 +24,6 @@ GOOD = {"w": np.ones((2, 3), dtype=np.float32), "b": np.zeros(2, dtype=np.float3
 class Outcome:
     header: dict[str, Any]
     payload: bytes = b""
-    wall_s: float = 0.0
 
 
 def outcome_of(arrays: dict[str, np.ndarray], *, metrics: dict[str, Any] | None = None, n_rows: Any = 10,
