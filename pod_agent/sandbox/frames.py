@@ -31,10 +31,7 @@ MAX_REQUEST_HEADER_BYTES = 64 << 20
 PAYLOAD_TYPES = frozenset({"result"})
 # u32 payload length: safetensors results above 4 GiB are refused by construction.
 MAX_PAYLOAD_BYTES_LIMIT = (1 << 32) - 1
-_SAFETENSORS_DTYPES = frozenset(
-    {"BOOL", "U8", "I8", "I16", "U16", "F16", "BF16", "I32", "U32", "F32", "F64", "I64", "U64",
-     "F8_E4M3", "F8_E5M2"}
-)
+# Bytes per element of each safetensors dtype; a result tensor of any other dtype is refused.
 _DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2,
                 "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "F64": 8, "I64": 8, "U64": 8}
 
@@ -85,11 +82,10 @@ def _decode_header(raw: bytes) -> dict[str, Any]:
     return header
 
 
-async def read_frame_async(reader: "asyncio.StreamReader", *, max_payload_bytes: int,
-                           payload_types: frozenset[str] = PAYLOAD_TYPES) -> Frame | None:
+async def read_frame_async(reader: "asyncio.StreamReader", *, max_payload_bytes: int) -> Frame | None:
     """Read one frame; None on clean EOF before a frame starts. Raises SandboxError otherwise.
 
-    Only frames whose type is in ``payload_types`` may carry a payload; the header is read
+    Only frames whose type is in ``PAYLOAD_TYPES`` may carry a payload; the header is read
     (and checked) before a byte of payload is buffered.
     """
     import asyncio
@@ -104,7 +100,7 @@ async def read_frame_async(reader: "asyncio.StreamReader", *, max_payload_bytes:
                                             max_header_bytes=MAX_HEADER_BYTES)
     try:
         header = _decode_header(await reader.readexactly(header_len))
-        if payload_len and header["type"] not in payload_types:
+        if payload_len and header["type"] not in PAYLOAD_TYPES:
             raise SandboxError("bad_frame", f"a {str(header['type'])[:32]!r} frame may not carry a payload")
         payload = await reader.readexactly(payload_len) if payload_len else b""
     except asyncio.IncompleteReadError as exc:
@@ -124,8 +120,7 @@ def _read_exactly(stream: BinaryIO, n: int) -> bytes:
     return b"".join(chunks)
 
 
-def read_frame(stream: BinaryIO, *, max_payload_bytes: int,
-               max_header_bytes: int = MAX_REQUEST_HEADER_BYTES) -> Frame | None:
+def read_frame(stream: BinaryIO, *, max_payload_bytes: int) -> Frame | None:
     """Blocking twin of :func:`read_frame_async`, used inside the worker (for the agent's frames)."""
     prefix = _read_exactly(stream, _PREFIX.size)
     if not prefix:
@@ -133,7 +128,7 @@ def read_frame(stream: BinaryIO, *, max_payload_bytes: int,
     if len(prefix) != _PREFIX.size:
         raise SandboxError("bad_frame", "stream ended inside a frame prefix")
     header_len, payload_len = _check_prefix(prefix, max_payload_bytes=max_payload_bytes,
-                                            max_header_bytes=max_header_bytes)
+                                            max_header_bytes=MAX_REQUEST_HEADER_BYTES)
     raw = _read_exactly(stream, header_len)
     payload = _read_exactly(stream, payload_len)
     if len(raw) != header_len or len(payload) != payload_len:
@@ -164,7 +159,7 @@ def check_safetensors(payload: bytes) -> dict[str, dict[str, Any]]:
     for name, spec in table.items():
         if name == "__metadata__":
             continue
-        if not isinstance(spec, dict) or spec.get("dtype") not in _SAFETENSORS_DTYPES:
+        if not isinstance(spec, dict) or spec.get("dtype") not in _DTYPE_BYTES:
             raise SandboxError("bad_payload", f"tensor {name!r} has no known dtype")
         shape, offsets = spec.get("shape"), spec.get("data_offsets")
         if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
