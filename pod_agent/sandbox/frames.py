@@ -159,7 +159,9 @@ def check_safetensors(payload: bytes) -> dict[str, dict[str, Any]]:
     for name, spec in table.items():
         if name == "__metadata__":
             continue
-        if not isinstance(spec, dict) or spec.get("dtype") not in _DTYPE_BYTES:
+        # A str check first: the header is the model's JSON, and an unhashable dtype (a list) would
+        # raise TypeError from the lookup instead of being refused.
+        if not isinstance(spec, dict) or not isinstance(spec.get("dtype"), str) or spec["dtype"] not in _DTYPE_BYTES:
             raise SandboxError("bad_payload", f"tensor {name!r} has no known dtype")
         shape, offsets = spec.get("shape"), spec.get("data_offsets")
         if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):

@@ -76,6 +76,7 @@ def _blob(table: dict[str, object], data: bytes) -> bytes:
         (b"\x80\x04pickle", "out of range"),
         (_blob({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}}, b"\x00" * 8), "do not match"),
         (_blob({"w": {"dtype": "OBJ", "shape": [1], "data_offsets": [0, 8]}}, b"\x00" * 8), "no known dtype"),
+        (_blob({"w": {"dtype": ["F32"], "shape": [1], "data_offsets": [0, 4]}}, b"\x00" * 4), "no known dtype"),
         (_blob({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\x00" * 8), "trailing bytes"),
         (_blob({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
                 "b": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\x00" * 4), "overlapping"),
