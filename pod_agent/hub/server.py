@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from aiohttp import WSMsgType, web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from pod_agent.errors import HubError, ProtocolError
 from pod_agent.hub.blobs import BlobStore
@@ -76,7 +76,9 @@ from pod_agent.protocol.messages import (
     ResultPayload,
     RoundKeyAnnouncement,
     TaskPayload,
+    WireModel,
 )
+from pod_agent.protocol.signing import first_error
 
 _log = logging.getLogger(__name__)
 _T = TypeVar("_T", bound=BaseModel)
@@ -93,13 +95,12 @@ _STREAMED_BODY_ROUTES = frozenset({"blob_put"})
 
 _HUB: web.AppKey["_Hub"] = web.AppKey("hub", object)  # type: ignore[arg-type]
 _SIGNER: web.RequestKey[str] = web.RequestKey("signer", str)
+# The records authentication found for the signer's key, so handlers need not query them again.
+_SIGNER_POD: web.RequestKey[PodRecord | None] = web.RequestKey("signer_pod")
+_SIGNER_MODELLER: web.RequestKey[ModellerRecord | None] = web.RequestKey("signer_modeller")
 
 
-class _Edge(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class PodRegistration(_Edge):
+class PodRegistration(WireModel):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
     public_key: str
     schema_public: dict[str, Any]
@@ -110,12 +111,12 @@ class PodRegistration(_Edge):
     round_key: dict[str, Any] | None = None  # signed RoundKeyAnnouncement envelope
 
 
-class ModellerRegistration(_Edge):
+class ModellerRegistration(WireModel):
     name: str = Field(min_length=1, max_length=200)
     public_key: str
 
 
-class ModelPublication(_Edge):
+class ModelPublication(WireModel):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,100}$")
     version: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,50}$")
     style: str
@@ -125,7 +126,7 @@ class ModelPublication(_Edge):
     weights_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
 
 
-class Refusal(_Edge):
+class Refusal(WireModel):
     code: str = Field(pattern=r"^[a-z0-9_]{1,64}$")
 
 
@@ -136,13 +137,11 @@ def _parse_json(raw: bytes) -> Any:
         raise HubError(f"bad request body: {exc}", status=400) from exc
 
 
-def _parse(model: type[_Edge] | type[BaseModel], raw: bytes) -> Any:
+def _parse(model: type[BaseModel], raw: bytes) -> Any:
     try:
         return model.model_validate_json(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "body"
-        raise HubError(f"bad request body: {where}: {first['msg']}", status=400) from exc
+        raise HubError(f"bad request body: {first_error(exc, root='body')}", status=400) from exc
 
 
 class _Hub:
@@ -167,13 +166,6 @@ class _Hub:
         event = self._wakeups.pop(pod, None)
         if event is not None:
             event.set()
-
-    def lookup(self, key_id: str) -> PublicKey | None:
-        pod = self.storage.pod_by_key(key_id)
-        if pod is not None:
-            return PublicKey.from_b64(pod.public_key)
-        modeller = self.storage.get_modeller(key_id)
-        return None if modeller is None else PublicKey.from_b64(modeller.public_key)
 
     async def db(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return await asyncio.to_thread(fn, *args, **kwargs)
@@ -205,13 +197,20 @@ async def _errors_and_auth(
 async def _authenticate(request: web.Request, route: str | None) -> None:
     hub = _hub(request)
     body = b"" if route in _STREAMED_BODY_ROUTES else await request.read()
-    lookup = hub.lookup
-    if route in _REGISTER_ROUTES:
-        # Registration is signed by the key being registered: proof of possession, not of identity.
-        offered = _offered_key(body)
+    # Registration is signed by the key being registered: proof of possession, not of identity.
+    offered = _offered_key(body) if route in _REGISTER_ROUTES else None
+    pod: PodRecord | None = None
+    modeller: ModellerRecord | None = None
 
-        def lookup(key_id: str) -> PublicKey | None:
-            return offered if offered is not None and offered.key_id == key_id else hub.lookup(key_id)
+    def lookup(key_id: str) -> PublicKey | None:
+        nonlocal pod, modeller
+        if offered is not None and offered.key_id == key_id:
+            return offered
+        pod = hub.storage.pod_by_key(key_id)
+        if pod is not None:
+            return PublicKey.from_b64(pod.public_key)
+        modeller = hub.storage.get_modeller(key_id)
+        return None if modeller is None else PublicKey.from_b64(modeller.public_key)
 
     signer = await asyncio.to_thread(
         verify_request,
@@ -224,6 +223,8 @@ async def _authenticate(request: web.Request, route: str | None) -> None:
         now=hub.now(),
     )
     request[_SIGNER] = signer
+    request[_SIGNER_POD] = pod
+    request[_SIGNER_MODELLER] = modeller
 
 
 def _offered_key(body: bytes) -> PublicKey | None:
@@ -234,24 +235,22 @@ def _offered_key(body: bytes) -> PublicKey | None:
         return None
 
 
-async def _signer_pod(request: web.Request) -> PodRecord:
-    pod = await _hub(request).db(_hub(request).storage.pod_by_key, request[_SIGNER])
+def _signer_pod(request: web.Request) -> PodRecord:
+    pod = request[_SIGNER_POD]
     if pod is None:
         raise HubError("this key is not a registered pod; register first (POST /v1/pods/register)", status=403)
-    return pod  # type: ignore[no-any-return]
+    return pod
 
 
 async def _signer_modeller(request: web.Request) -> ModellerRecord:
-    modeller = await _hub(request).db(_hub(request).storage.get_modeller, request[_SIGNER])
+    modeller = request[_SIGNER_MODELLER]
+    if modeller is None and request[_SIGNER_POD] is not None:
+        # Authentication stops at the pod, but nothing keeps one key from being a pod's and a modeller's.
+        hub = _hub(request)
+        modeller = await hub.db(hub.storage.get_modeller, request[_SIGNER])
     if modeller is None:
         raise HubError("this key is not a registered modeller; run `pod-agent modeller register`", status=403)
-    return modeller  # type: ignore[no-any-return]
-
-
-async def _signer_any(request: web.Request) -> None:
-    hub = _hub(request)
-    if await hub.db(hub.lookup, request[_SIGNER]) is None:
-        raise HubError("this key is not registered with the hub", status=403)
+    return modeller
 
 
 # -- pods -------------------------------------------------------------------------------------
@@ -305,7 +304,7 @@ def _check_round_key(raw: dict[str, Any], key: PublicKey, name: str) -> None:
 
 async def _pod_round_key(request: web.Request) -> web.Response:
     hub = _hub(request)
-    pod = await _signer_pod(request)
+    pod = _signer_pod(request)
     envelope = _parse_json(await request.read())
     _check_round_key(envelope, PublicKey.from_b64(pod.public_key), pod.name)
     await hub.db(hub.storage.set_round_key, pod.name, envelope)
@@ -314,7 +313,7 @@ async def _pod_round_key(request: web.Request) -> web.Response:
 
 async def _pod_heartbeat(request: web.Request) -> web.Response:
     hub = _hub(request)
-    pod = await _signer_pod(request)
+    pod = _signer_pod(request)
     await hub.db(hub.storage.touch_pod, pod.name, now=hub.now())
     return web.json_response({"ok": True, "now": hub.now()})
 
@@ -326,7 +325,7 @@ def _delivery(task: TaskRecord) -> dict[str, str]:
 async def _pod_tasks(request: web.Request) -> web.Response:
     """Long poll: answer at once when tasks are pending, else when one arrives or the wait ends."""
     hub = _hub(request)
-    pod = await _signer_pod(request)
+    pod = _signer_pod(request)
     try:
         wait_s = min(float(request.query.get("wait", "0")), MAX_LONG_POLL_S)
     except ValueError as exc:
@@ -344,7 +343,7 @@ async def _pod_tasks(request: web.Request) -> web.Response:
 async def _pod_ws(request: web.Request) -> web.WebSocketResponse:
     """Push pending tasks; read acks and heartbeats. Every connection starts by resending all pending."""
     hub = _hub(request)
-    pod = await _signer_pod(request)
+    pod = _signer_pod(request)
     ws = web.WebSocketResponse(max_msg_size=MAX_JSON_BODY_BYTES)
     await ws.prepare(request)
     hub.sockets.add(ws)
@@ -398,7 +397,7 @@ def _no_task_for(task_id: str, pod: str) -> HubError:
 
 async def _pod_task_ack(request: web.Request) -> web.Response:
     hub = _hub(request)
-    pod = await _signer_pod(request)
+    pod = _signer_pod(request)
     found = await hub.db(hub.storage.ack_delivery, request.match_info["task_id"], pod.name, now=hub.now())
     if not found:
         raise _no_task_for(request.match_info["task_id"], pod.name)
@@ -407,7 +406,7 @@ async def _pod_task_ack(request: web.Request) -> web.Response:
 
 async def _pod_task_refusal(request: web.Request) -> web.Response:
     hub = _hub(request)
-    pod = await _signer_pod(request)
+    pod = _signer_pod(request)
     refusal: Refusal = _parse(Refusal, await request.read())
     task_id = request.match_info["task_id"]
     if not await hub.db(hub.storage.record_refusal, task_id, pod.name, refusal.code, now=hub.now()):
@@ -418,7 +417,7 @@ async def _pod_task_refusal(request: web.Request) -> web.Response:
 
 async def _pod_task_progress(request: web.Request) -> web.Response:
     hub = _hub(request)
-    pod = await _signer_pod(request)
+    pod = _signer_pod(request)
     event: ProgressEvent = _parse(ProgressEvent, await request.read())
     task_id = request.match_info["task_id"]
     if event.task_id != task_id:
@@ -431,7 +430,7 @@ async def _pod_task_progress(request: web.Request) -> web.Response:
 async def _pod_results(request: web.Request) -> web.Response:
     """Store a signed result once; the same bytes again are acknowledged, different ones are 409."""
     hub = _hub(request)
-    pod = await _signer_pod(request)
+    pod = _signer_pod(request)
     envelope, result = _opened(await request.read(), ResultPayload, PublicKey.from_b64(pod.public_key), what="result")
     if result.pod != pod.name:
         raise HubError(f"result names pod {result.pod!r} but was uploaded by {pod.name!r}", status=403)
@@ -465,7 +464,6 @@ async def _modellers_register(request: web.Request) -> web.Response:
 
 async def _pods_list(request: web.Request) -> web.Response:
     hub = _hub(request)
-    await _signer_any(request)
     now = hub.now()
     pods = await hub.db(hub.storage.list_pods)
     return web.json_response(
@@ -502,7 +500,6 @@ async def _models_publish(request: web.Request) -> web.Response:
 
 async def _models_get(request: web.Request) -> web.Response:
     hub = _hub(request)
-    await _signer_any(request)
     model = await hub.db(hub.storage.get_model, request.match_info["name"], request.match_info["version"])
     if model is None:
         raise HubError(f"no model {request.match_info['name']}@{request.match_info['version']}", status=404)
@@ -576,7 +573,6 @@ async def _tasks_results(request: web.Request) -> web.Response:
 
 async def _blob_put(request: web.Request) -> web.Response:
     hub = _hub(request)
-    await _signer_any(request)
     sha256 = request.match_info["sha256"]
     path = hub.blobs.path(sha256)
     if hub.blobs.exists(sha256):
@@ -592,7 +588,6 @@ async def _blob_put(request: web.Request) -> web.Response:
 
 async def _blob_get(request: web.Request) -> web.StreamResponse:
     hub = _hub(request)
-    await _signer_any(request)
     sha256 = request.match_info["sha256"]
     if not hub.blobs.exists(sha256):
         raise HubError(f"no blob {sha256[:12]}...", status=404)

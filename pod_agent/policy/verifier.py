@@ -51,7 +51,12 @@ from pod_agent.policy.codes import RefusalCode
 from pod_agent.protocol.canonical import source_sha256, spec_sha256
 from pod_agent.protocol.keys import PublicKey
 from pod_agent.protocol.messages import Envelope, ModelRef, TaskPayload
-from pod_agent.protocol.signing import envelope_bytes, parse_envelope, verify_envelope
+from pod_agent.protocol.signing import (
+    envelope_bytes,
+    first_error,
+    parse_envelope,
+    verify_envelope,
+)
 from pod_agent.state.records import AlreadySeen, NonceStore, Verdict
 
 @dataclass(frozen=True)
@@ -138,10 +143,8 @@ class TaskVerifier:
         try:
             payload = TaskPayload.model_validate_json(body)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "payload"
             raise _refuse(
-                RefusalCode.MALFORMED, f"signed task is invalid at {where}: {first['msg']}", None
+                RefusalCode.MALFORMED, f"signed task is invalid at {first_error(exc, root='payload')}", None
             ) from exc
         self._check_shape(payload, modeller, key.key_id)
         self._check_times(payload, now)

@@ -25,6 +25,13 @@ from pod_agent.protocol.messages import Envelope
 T = TypeVar("T", bound=BaseModel)
 
 
+def first_error(exc: ValidationError, *, root: str) -> str:
+    """The first error as ``"<where>: <message>"`` for one-line refusals; ``root`` names a whole-value location."""
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or root
+    return f"{where}: {first['msg']}"
+
+
 def sign_envelope(payload: BaseModel, key: IdentityKey) -> Envelope:
     """Sign ``payload`` with ``key``; the envelope carries the canonical (NFC) form of the payload."""
     body = canonical_json(payload)
@@ -54,9 +61,7 @@ def open_envelope(env: Envelope, model: type[T], public_key: PublicKey) -> T:
     try:
         return model.model_validate_json(body)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "payload"
-        raise ProtocolError(f"signed {model.__name__} is invalid at {where}: {first['msg']}") from exc
+        raise ProtocolError(f"signed {model.__name__} is invalid at {first_error(exc, root='payload')}") from exc
 
 
 def parse_envelope(raw: bytes | str) -> Envelope:
@@ -64,9 +69,7 @@ def parse_envelope(raw: bytes | str) -> Envelope:
     try:
         return Envelope.model_validate(parse_json(raw))
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "envelope"
-        raise ProtocolError(f"envelope is invalid at {where}: {first['msg']}") from exc
+        raise ProtocolError(f"envelope is invalid at {first_error(exc, root='envelope')}") from exc
 
 
 def envelope_bytes(env: Envelope) -> bytes:
