@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -88,6 +88,11 @@ class _ColumnPlan:
     hashed: bool = False
     mean: float = 0.0
     std: float = 1.0
+    # Index of each category, built once rather than for every record batch.
+    index_of: dict[str, int] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.index_of = {c: i for i, c in enumerate(self.categories)}
 
 
 class _Splitter:
@@ -118,43 +123,44 @@ def prepare_task_input(
     schema: Schema,
     selection: DataSelection,
     out_dir: Path,
-    *,
-    categorical_encoding: CategoricalEncoding | None = None,
 ) -> TaskInput:
     """Write ``out_dir/data.arrow`` for ``selection`` and return it with its datastructure.
 
-    The categorical encoding is ``selection.categorical_encoding`` (signed in the task)
-    unless ``categorical_encoding`` overrides it.
+    The categorical encoding is ``selection.categorical_encoding`` (signed in the task).
 
     Raises DataError naming the column when a selected column is missing, is the
     target, or has a semantic type that cannot be a tabular feature (text, image),
     and when no row has a usable target.
     """
-    encoding: CategoricalEncoding = categorical_encoding or selection.categorical_encoding
+    encoding: CategoricalEncoding = selection.categorical_encoding
     plans, target = _plan(schema, selection, encoding)
     unscalable = sorted(set(selection.scaling) - {p.name for p in plans if p.stype == "continuous"})
     if unscalable:
         raise DataError(f"task input: scaling names {unscalable}, which are not selected continuous columns")
-    read_cols = [p.name for p in plans] + [target.name]
     split = selection.split
     task = "classification" if target.stype == "categorical" else "regression"
 
     # Pass 1: split assignment, class counts, training-row moments of continuous columns.
+    # Categorical columns are not read until pass 2. Columns the task scales need no moments
+    # but are still cast, so that a non-numeric one fails here, before anything is written.
+    continuous = [p.name for p in plans if p.stype == "continuous"]
     splitter = _Splitter(train=split.train, validation=split.validation, test=split.test, seed=split.seed)
-    sums = {p.name: np.zeros(3, dtype=np.float64) for p in plans if p.stype == "continuous"}
+    sums = {name: np.zeros(3, dtype=np.float64) for name in continuous if name not in selection.scaling}
     n_rows = dict.fromkeys(SPLIT_CODES, 0)
     n_dropped = 0
-    for batch in _batches(ds, read_cols):
+    for batch in _batches(ds, [*continuous, target.name]):
         y, keep = _encode_target(batch.column(target.name), target)
         n_dropped += int((~keep).sum())
         assigned = splitter.assign(_strata(y[keep], task))
         for name, code in SPLIT_CODES.items():
             n_rows[name] += int((assigned == code).sum())
         train_rows = np.flatnonzero(keep)[assigned == 0]
-        for name, acc in sums.items():
-            values = _as_float(batch.column(name))[train_rows]
-            values = values[~np.isnan(values)]
-            acc += (len(values), values.sum(), np.square(values).sum())
+        for name in continuous:
+            values = _as_float(batch.column(name))
+            if name in sums:
+                values = values[train_rows]
+                values = values[~np.isnan(values)]
+                sums[name] += (len(values), values.sum(), np.square(values).sum())
     if sum(n_rows.values()) == 0:
         raise DataError(
             f"task input: no row has a usable value in target column {target.name!r}; "
@@ -185,7 +191,7 @@ def prepare_task_input(
     path = out_dir / DATA_FILE_NAME
     splitter = _Splitter(train=split.train, validation=split.validation, test=split.test, seed=split.seed)
     with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, arrow_schema) as writer:
-        for batch in _batches(ds, read_cols):
+        for batch in _batches(ds, [p.name for p in plans] + [target.name]):
             y, keep = _encode_target(batch.column(target.name), target)
             if not keep.any():
                 continue
@@ -352,21 +358,27 @@ def _as_float(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return np.asarray(floats.to_numpy(zero_copy_only=False), dtype=np.float64)
 
 
-def _slot_indices(column: pa.Array | pa.ChunkedArray, slot_of: dict[str, int], missing: int) -> np.ndarray:
-    """Slot per row: map each distinct value once, then gather (fast for low cardinality)."""
+def _slot_indices(
+    column: pa.Array | pa.ChunkedArray, slot_of: Callable[[str], int | None], missing: int
+) -> np.ndarray:
+    """Slot per row: map each distinct value once, then gather (fast for low cardinality).
+
+    A missing value, or one ``slot_of`` gives None, takes the slot ``missing``.
+    """
     as_text = pc.cast(column, pa.string())
     if isinstance(as_text, pa.ChunkedArray):
         as_text = as_text.combine_chunks()
     encoded = pc.dictionary_encode(as_text)
-    lookup = np.array([slot_of.get(v, missing) for v in encoded.dictionary.to_pylist()] + [missing], dtype=np.int64)
+    slots = [slot_of(v) for v in encoded.dictionary.to_pylist()]
+    lookup = np.array([missing if s is None else s for s in slots] + [missing], dtype=np.int64)
     codes = np.asarray(encoded.indices.fill_null(len(lookup) - 1).to_numpy(zero_copy_only=False))
-    slots: np.ndarray = lookup[codes]
-    return slots
+    indices: np.ndarray = lookup[codes]
+    return indices
 
 
 def _encode_target(column: pa.Array | pa.ChunkedArray, target: _ColumnPlan) -> tuple[np.ndarray, np.ndarray]:
     if target.stype == "categorical":
-        y = _slot_indices(column, {c: i for i, c in enumerate(target.categories)}, -1)
+        y = _slot_indices(column, target.index_of.get, -1)
         return y, y >= 0
     values = _as_float(column)
     return values, ~np.isnan(values)
@@ -386,13 +398,11 @@ def _encode_features(batch: pa.RecordBatch, plans: list[_ColumnPlan], input_size
             values = (_as_float(column) - plan.mean) / plan.std
             x[:, offset] = np.nan_to_num(values, nan=0.0)
         elif plan.hashed:
-            as_text = pc.cast(column, pa.string())
-            distinct = pc.unique(pc.drop_null(as_text)).to_pylist()
-            slots = _slot_indices(column, {v: _hashed_slot(v) for v in distinct}, -1)
+            slots = _slot_indices(column, _hashed_slot, -1)
             present = slots >= 0
             x[rows[present], offset + slots[present]] = 1.0
         else:
-            slots = _slot_indices(column, {c: i for i, c in enumerate(plan.categories)}, plan.width - 1)
+            slots = _slot_indices(column, plan.index_of.get, plan.width - 1)
             x[rows, offset + slots] = 1.0
         offset += plan.width
     return x
