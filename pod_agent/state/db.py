@@ -48,6 +48,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 from typing import Literal
@@ -343,16 +344,7 @@ class PodState:
             (to.value, new_reason, now, task.task_id),
         )
         self._event(conn, task.task_id, task.status, to, reason, now)
-        return TaskRecord(
-            task_id=task.task_id,
-            modeller_id=task.modeller_id,
-            kind=task.kind,
-            status=to,
-            reason=new_reason,
-            envelope_json=task.envelope_json,
-            created_at=task.created_at,
-            updated_at=now,
-        )
+        return replace(task, status=to, reason=new_reason, updated_at=now)
 
     @staticmethod
     def _event(
