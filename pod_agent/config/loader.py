@@ -17,11 +17,9 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from pod_agent.config.settings import TOML_FILE, PodSettings
+from pod_agent.config.settings import ENV_NESTED_DELIMITER, ENV_PREFIX, TOML_FILE, PodSettings
 from pod_agent.errors import ConfigError
 
-ENV_PREFIX = "POD_AGENT_"
-ENV_NESTED_DELIMITER = "__"
 _EXAMPLE_HINT = "see config/pod.example.toml"
 
 

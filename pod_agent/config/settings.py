@@ -24,6 +24,9 @@ from pydantic_settings import (
 # The TOML file the next PodSettings() reads; set only by loader.load_settings, so that
 # env vars (POD_AGENT_*) can be layered over one explicit file and never a guessed one.
 TOML_FILE: ContextVar[Path | None] = ContextVar("pod_agent_toml_file", default=None)
+# Shared with loader.py, which names the env var that supplied a bad value.
+ENV_PREFIX = "POD_AGENT_"
+ENV_NESTED_DELIMITER = "__"
 
 
 class _Section(BaseModel):
@@ -167,8 +170,8 @@ class PodSettings(BaseSettings):
     """Everything pod.toml may say. Built by ``loader.load_settings``."""
 
     model_config = SettingsConfigDict(
-        env_prefix="POD_AGENT_",
-        env_nested_delimiter="__",
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_NESTED_DELIMITER,
         extra="forbid",
         frozen=True,
     )
