@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 
@@ -68,7 +68,7 @@ from pod_agent.protocol import (
     passphrase_from_env,
     sign_envelope,
 )
-from pod_agent.protocol.messages import ProgressEvent, ResultPayload, TaskPayload
+from pod_agent.protocol.messages import ProgressEvent, ResultPayload, TaskKind, TaskPayload
 from pod_agent.secagg import RoundKeyPair, round_key_announcement
 from pod_agent.state import OutboxEntry, PodState, TaskRecord, TaskStatus
 
@@ -164,7 +164,7 @@ class Agent:
         self.readiness = Readiness(sandbox_required=settings.security.sandbox, sandbox_level=sandbox_level)
         self.notifier = Notifier.from_env()
         self.progress = ProgressLimiter()
-        self._policies = {PublicKey.from_b64(m.public_key).key_id: m for m in settings.security.modellers}
+        self._modeller_ids = frozenset(PublicKey.from_b64(m.public_key).key_id for m in settings.security.modellers)
         self._inbox: asyncio.Queue[Delivery] = asyncio.Queue(INBOX_SIZE)
         self._progress_queue: asyncio.Queue[ProgressEvent] = asyncio.Queue(PROGRESS_QUEUE_SIZE)
         self._runner_wake = asyncio.Event()
@@ -248,15 +248,16 @@ class Agent:
         await asyncio.wait(others)
         # Results produced just before the stop: try to hand them over within what is left of the grace.
         remaining_s = deadline - asyncio.get_running_loop().time()
-        depth = await asyncio.to_thread(self.state.outbox_depth)
-        if remaining_s > 0 and depth:
+        # Read outside the timeout, so that an empty outbox never times out as "results left".
+        entries = await asyncio.to_thread(self.state.pending_results)
+        if remaining_s > 0 and entries:
             try:
-                await asyncio.wait_for(self._flush_outbox(hub), remaining_s)
+                await asyncio.wait_for(self._flush_outbox(hub, entries), remaining_s)
             except RETRYABLE as exc:
                 _log.info("results left in the outbox for the next start (%s)", type(exc).__name__)
 
-    async def _flush_outbox(self, hub: HubClient) -> None:
-        for entry in await asyncio.to_thread(self.state.pending_results):
+    async def _flush_outbox(self, hub: HubClient, entries: list[OutboxEntry]) -> None:
+        for entry in entries:
             await self._deliver(hub, entry)
 
     def _health_server(self) -> HealthServer | None:
@@ -401,9 +402,10 @@ class Agent:
         if refusal.task_id is not None and refusal.code != RefusalCode.REPLAY.value:
             recorded = await asyncio.to_thread(self.state.get_task, refusal.task_id)
         if recorded is not None and recorded.status is TaskStatus.REFUSED:
-            # Signed refusal: the modeller can tell the pod (not the hub) refused.
+            # Signed refusal: the modeller can tell the pod (not the hub) refused. The stored kind
+            # is the verified payload's own, so the envelope need not be parsed again.
             result = ResultPayload(
-                task_id=recorded.task_id, pod=self.settings.pod.name, kind=recorded.payload().kind,
+                task_id=recorded.task_id, pod=self.settings.pod.name, kind=cast(TaskKind, recorded.kind),
                 status="refused", reason=refusal.code, produced_at=_now(),
             )
             await asyncio.to_thread(
@@ -458,11 +460,10 @@ class Agent:
         self._outbox_wake.set()
 
     async def _execute(self, payload: TaskPayload) -> tuple[Any, str | None, PipelineOutput | None]:
-        policy = self._policies.get(payload.modeller_id)
-        if policy is None:
+        if payload.modeller_id not in self._modeller_ids:
             return "failed", RefusalCode.UNKNOWN_SIGNER.value, None
         try:
-            output = await self.pipeline.run(payload, modeller=policy, on_progress=self._send_progress)
+            output = await self.pipeline.run(payload, on_progress=self._send_progress)
         except _REASONED as exc:
             reason = exc.reason
             if isinstance(exc, SandboxError) and exc.reason == "task_failed" and _CODE.match(exc.detail):

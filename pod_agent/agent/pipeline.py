@@ -21,12 +21,12 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, get_args
 
 from pydantic import ValidationError
 
 from pod_agent.agent.stats import schema_stats
-from pod_agent.config.settings import ModellerPolicy, PodSettings
+from pod_agent.config.settings import PodSettings
 from pod_agent.data import Datasource, Schema
 from pod_agent.errors import PodAgentError, SandboxError
 from pod_agent.policy import check_fetched_source
@@ -38,7 +38,7 @@ ProgressSink = Callable[[ProgressEvent], None]
 
 # The module the sandbox runs for train/evaluate/predict (pod_agent.training.worker).
 TRAINING_ENTRY = "pod_agent.training.worker"
-_STAGES = frozenset({"queued", "preparing", "training", "validating", "uploading", "done", "failed"})
+_STAGES = frozenset(get_args(ProgressEvent.model_fields["stage"].annotation))
 
 
 class TaskFailed(PodAgentError):
@@ -86,7 +86,6 @@ class TaskPipeline:
         work_root: Path,
         outbox_dir: Path,
         round_key: Any,
-        fetcher: HubFetcher | None = None,
     ) -> None:
         self._settings = settings
         self._datasource = datasource
@@ -94,7 +93,8 @@ class TaskPipeline:
         self._work_root = work_root
         self._outbox_dir = outbox_dir
         self._round_key = round_key
-        self.fetcher = fetcher
+        # Set by the daemon once its hub connection exists, which is after the pipeline is built.
+        self.fetcher: HubFetcher | None = None
         self._runner: Any = None
         self._runner_error: SandboxError | None = None
         self._warming: asyncio.Task[None] | None = None
@@ -138,14 +138,14 @@ class TaskPipeline:
         if self._runner is not None:
             await self._runner.aclose()
 
-    async def run(self, task: TaskPayload, *, modeller: ModellerPolicy, on_progress: ProgressSink) -> PipelineOutput:
+    async def run(self, task: TaskPayload, *, on_progress: ProgressSink) -> PipelineOutput:
         """Run ``task`` (already verified and authorised); raise TaskFailed or a typed error on failure."""
         on_progress(ProgressEvent(task_id=task.task_id, stage="preparing"))
         if task.kind == "schema-stats":
-            return await self._schema_stats(task)
+            return await self._schema_stats()
         return await self._sandboxed(task, on_progress)
 
-    async def _schema_stats(self, task: TaskPayload) -> PipelineOutput:
+    async def _schema_stats(self) -> PipelineOutput:
         metrics, rows = await asyncio.to_thread(schema_stats, self._datasource, self._schema)
         if rows < self._settings.privacy.min_rows:
             raise TaskFailed(
