@@ -32,6 +32,7 @@ import os
 import re
 import signal
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -477,6 +478,13 @@ class Agent:
             return "failed", "data_error" if isinstance(exc, DataError) else "secagg_error", None
         except PodAgentError:
             _log.exception("task failed")
+            return "failed", "internal_error", None
+        except Exception as exc:  # noqa: BLE001 - a bug fails its task, not the agent
+            # Escaping would end the runner and the agent; the task, requeued at the next start,
+            # would end it again. The message is left out: it may quote what the model returned.
+            frame = traceback.extract_tb(exc.__traceback__)[-1]
+            _log.error("task failed on an unexpected %s at %s:%s; this is a pod-agent bug, please report it",
+                       type(exc).__name__, Path(frame.filename).name, frame.lineno)
             return "failed", "internal_error", None
         return "done", None, output
 

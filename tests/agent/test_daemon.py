@@ -13,6 +13,7 @@ import pytest
 from agent_support import HubWithAgent, hub_with_agent
 from aiohttp import web
 
+from pod_agent.agent.pipeline import PipelineOutput, TaskPipeline
 from pod_agent.modeller import ModellerClient, VerifiedResult, build_task
 from pod_agent.protocol import IdentityKey
 
@@ -78,3 +79,28 @@ async def test_task_not_yet_valid_is_left_with_the_hub_unacknowledged(rig: HubWi
     await asyncio.sleep(1.5)
     status = await rig.modeller.status(task.task_id)
     assert status.pods["pod-a"] == {"acked": False, "refusal": None, "result": None, "progress": None}
+
+
+async def test_an_unexpected_error_fails_only_its_task_and_the_agent_keeps_serving(
+    rig: HubWithAgent, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    real_schema_stats = TaskPipeline._schema_stats
+    calls = 0
+
+    async def buggy_once(self: TaskPipeline) -> PipelineOutput:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise TypeError("unhashable type: 'list' [secret-row-value]")
+        return await real_schema_stats(self)
+
+    monkeypatch.setattr(TaskPipeline, "_schema_stats", buggy_once)
+    results = []
+    for _ in range(2):
+        task = build_task(modeller_id=rig.modeller.key.key_id, pods=["pod-a"], kind="schema-stats", schema_hash=rig.pod.schema_hash)
+        await rig.modeller.submit_task(task)
+        results.append((await rig.modeller.wait_results(task.task_id, ["pod-a"], timeout_s=20))["pod-a"])
+    first, second = results
+    assert isinstance(first, VerifiedResult) and (first.payload.status, first.payload.reason) == ("failed", "internal_error")
+    assert isinstance(second, VerifiedResult) and second.payload.status == "done"
+    assert "unexpected TypeError at test_daemon.py" in caplog.text and "secret-row-value" not in caplog.text
