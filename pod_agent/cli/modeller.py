@@ -19,7 +19,16 @@ import typer
 
 from pod_agent.cli import fit_local
 from pod_agent.errors import ModellerError
-from pod_agent.modeller import ModellerClient, PodInfo, VerifiedResult, build_task, load_pod_keys, model_from_file
+from pod_agent.modeller import (
+    DEFAULT_TASK_LIFETIME_S,
+    ModellerClient,
+    PodInfo,
+    VerifiedResult,
+    build_task,
+    load_pod_keys,
+    model_from_file,
+)
+from pod_agent.modeller.client import SEE_POD_LIST
 from pod_agent.protocol import IdentityKey, PublicKey, passphrase_from_env
 from pod_agent.protocol.messages import DataSelection, Hyperparameters
 
@@ -146,7 +155,7 @@ def submit(
     steps: int | None = typer.Option(None, "--steps", help="Training steps (instead of epochs)."),
     batch_size: int = typer.Option(64, "--batch-size"),
     learning_rate: float = typer.Option(1e-3, "--lr"),
-    lifetime_s: int = typer.Option(3600, "--expires-in", help="Seconds the signed task stays valid."),
+    lifetime_s: int = typer.Option(DEFAULT_TASK_LIFETIME_S, "--expires-in", help="Seconds the signed task stays valid."),
     encoding: str = typer.Option("one-hot", "--encoding", help="Categorical features: one-hot or hashed."),
 ) -> None:
     """Sign a task and send it to the pods; prints the task id."""
@@ -159,10 +168,7 @@ def submit(
     data = None if target is None else DataSelection(target=target, categorical_encoding=encoding)  # type: ignore[arg-type]
 
     async def go(client: ModellerClient) -> str:
-        listed = {p.name: p for p in await client.pods()}
-        missing = [n for n in names if n not in listed]
-        if missing:
-            raise ModellerError(f"pods {missing} are not registered with the hub; see `pod-agent modeller pods`")
+        listed = await client.registered(names, hint=SEE_POD_LIST)
         task = build_task(
             modeller_id=client.key.key_id, pods=names, kind=kind,  # type: ignore[arg-type]
             schema_hash=listed[names[0]].schema_hash,

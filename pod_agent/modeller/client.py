@@ -48,6 +48,8 @@ from pod_agent.protocol.messages import (
 
 _log = logging.getLogger(__name__)
 
+# Ends the unregistered-pods error where the user can run the CLI.
+SEE_POD_LIST = "; see `pod-agent modeller pods`"
 
 
 @dataclass(frozen=True)
@@ -181,6 +183,15 @@ class ModellerClient:
             for p in reply["pods"]
         ]
 
+    async def registered(self, pods: list[str], *, hint: str = "") -> dict[str, PodInfo]:
+        """The hub's entry for each of ``pods``; ModellerError naming those it does not list
+        (``hint`` ends that message)."""
+        listed = {p.name: p for p in await self.pods()}
+        missing = [p for p in pods if p not in listed]
+        if missing:
+            raise ModellerError(f"pods {missing} are not registered with the hub{hint}")
+        return {p: listed[p] for p in pods}
+
     async def publish_model(
         self, *, name: str, version: str, style: str, source: str, sha256: str, class_name: str | None = None,
         weights_sha256: str | None = None,
@@ -231,10 +242,13 @@ class ModellerClient:
             raise ModellerError(f"result of pod {claimed!r} is for task {payload.task_id}, not {task_id}")
         return VerifiedResult(pod=payload.pod, payload=payload, envelope=envelope)
 
-    async def _keys(self) -> dict[str, PublicKey]:
+    async def _keys(self, listed: list[PodInfo] | None = None) -> dict[str, PublicKey]:
+        """Pinned keys, else the hub's; ``listed`` is a listing the caller already fetched."""
         if self._pod_keys is not None:
             return self._pod_keys
-        return {p.name: PublicKey.from_b64(p.public_key) for p in await self.pods()}
+        if listed is None:
+            listed = await self.pods()
+        return {p.name: PublicKey.from_b64(p.public_key) for p in listed}
 
     @property
     def _unknown_key(self) -> str:
@@ -278,8 +292,9 @@ class ModellerClient:
 
     async def participants(self, pods: list[str]) -> list[Participant]:
         """Secure-aggregation participants from the pods' round keys, each verified against its pod's key."""
-        listed = {p.name: p for p in await self.pods()}
-        keys = await self._keys()
+        pod_list = await self.pods()
+        listed = {p.name: p for p in pod_list}
+        keys = await self._keys(pod_list)
         out = []
         for name in pods:
             pod = listed.get(name)

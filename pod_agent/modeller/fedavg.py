@@ -25,7 +25,7 @@ from safetensors.numpy import load_file, save_file
 from pod_agent.data import Schema
 from pod_agent.data.task_input import plan_datastructure
 from pod_agent.errors import ModellerError, SecAggError
-from pod_agent.modeller.client import ModellerClient, PodInfo, VerifiedResult
+from pod_agent.modeller.client import SEE_POD_LIST, ModellerClient, PodInfo, VerifiedResult
 from pod_agent.modeller.notebook import schema_stats
 from pod_agent.modeller.report import PodMetrics, RoundRecord, RunReport
 from pod_agent.modeller.tasks import build_task
@@ -97,11 +97,8 @@ class FedAvg:
         would build it (same seed) for the cohort's common datastructure."""
         plan = self.plan
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        listed = {p.name: p for p in await self.client.pods()}
-        missing = [p for p in plan.pods if p not in listed]
-        if missing:
-            raise ModellerError(f"pods {missing} are not registered with the hub; see `pod-agent modeller pods`")
-        self._schema_hashes = {p: listed[p].schema_hash for p in plan.pods}
+        listed = await self.client.registered(plan.pods, hint=SEE_POD_LIST)
+        self._schema_hashes = {p: info.schema_hash for p, info in listed.items()}
         if plan.cohort_scaling:
             self.selection = self.selection.model_copy(update={"scaling": await self._cohort_scaling()})
         if initial is None:
@@ -110,12 +107,18 @@ class FedAvg:
         report = RunReport()
         cohort = list(plan.pods)
         best_loss, stale = float("inf"), 0
+        weights_ref: WeightsRef | None = None
         for round_index in range(1, plan.rounds + 1):
             started = time.monotonic()
-            cohort, mean_update, clipped = await self._train_round(weights, cohort, round_index)
+            if weights_ref is None:  # uploaded within round 1 so its time counts the upload
+                weights_ref = await self._publish(weights, f"round{round_index}")
+            cohort, mean_update, clipped = await self._train_round(weights, weights_ref, cohort, round_index)
             weights = apply_mean_update(weights, mean_update)
+            # The upload evaluated here is what the next round trains from: one copy of each global model.
+            weights_ref = await self._publish(weights, f"round{round_index}-result")
             record = RoundRecord(
-                round=round_index, pods=await self.evaluate(weights, cohort, label=f"round{round_index}-result"),
+                round=round_index,
+                pods=await self._evaluate(weights_ref, cohort, label=f"round{round_index}-result"),
                 seconds=time.monotonic() - started, clipped_values=clipped,
             )
             report.rounds.append(record)
@@ -147,12 +150,16 @@ class FedAvg:
 
     async def _cohort_scaling(self) -> dict[str, tuple[float, float]]:
         """Pooled (mean, std) of every continuous column, from the pods' schema-stats results."""
-        stats = await schema_stats(self.client, self.plan.pods, timeout_s=self.plan.task_timeout_s)
+        stats = await schema_stats(
+            self.client, self.plan.pods, timeout_s=self.plan.task_timeout_s, schema_hashes=self._schema_hashes
+        )
         return pooled_moments(list(stats.values()))
 
-    async def _train_round(self, weights: Weights, cohort: list[str], round_index: int) -> tuple[list[str], Weights, int]:
-        """Train on ``cohort`` and return (cohort that answered, mean update, values clipped)."""
-        weights_ref = await self._publish(weights, f"round{round_index}")
+    async def _train_round(
+        self, weights: Weights, weights_ref: WeightsRef, cohort: list[str], round_index: int
+    ) -> tuple[list[str], Weights, int]:
+        """Train ``weights`` (uploaded as ``weights_ref``) on ``cohort`` and return (cohort that answered,
+        mean update, values clipped)."""
         while True:
             secure = self.plan.secure
             secagg = None if secure is None else await self._secagg(secure, cohort, round_index)
@@ -184,7 +191,9 @@ class FedAvg:
 
     async def evaluate(self, weights: Weights, cohort: list[str], *, label: str) -> dict[str, PodMetrics]:
         """Metrics of ``weights`` on each pod's test split (an evaluate task; no tensors come back)."""
-        weights_ref = await self._publish(weights, label)
+        return await self._evaluate(await self._publish(weights, label), cohort, label=label)
+
+    async def _evaluate(self, weights_ref: WeightsRef, cohort: list[str], *, label: str) -> dict[str, PodMetrics]:
         task_id = await self._submit("evaluate", cohort, weights_ref, secagg=None)
         answers = await self.client.wait_results(task_id, cohort, timeout_s=self.plan.task_timeout_s)
         metrics: dict[str, PodMetrics] = {}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from typing import Any, TypeVar
 
 from pod_agent.errors import ModellerError
@@ -29,15 +29,18 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
         return pool.submit(asyncio.run, coro).result()
 
 
-async def schema_stats(client: ModellerClient, pods: list[str], *, timeout_s: float = 120.0) -> dict[str, dict[str, float]]:
-    """Aggregate statistics (row count, nulls, mean/std) from each pod, signatures verified."""
-    listed = {p.name: p for p in await client.pods()}
-    missing = [p for p in pods if p not in listed]
-    if missing:
-        raise ModellerError(f"pods {missing} are not registered with the hub")
+async def schema_stats(
+    client: ModellerClient, pods: list[str], *, timeout_s: float = 120.0, schema_hashes: Mapping[str, str] | None = None
+) -> dict[str, dict[str, float]]:
+    """Aggregate statistics (row count, nulls, mean/std) from each pod, signatures verified.
+
+    ``schema_hashes`` (pod -> hash, from a listing the caller already has) saves asking the hub again.
+    """
+    if schema_hashes is None:
+        schema_hashes = {p: info.schema_hash for p, info in (await client.registered(pods)).items()}
     task = build_task(
-        modeller_id=client.key.key_id, pods=pods, kind="schema-stats", schema_hash=listed[pods[0]].schema_hash,
-        pod_schema_hashes={p: listed[p].schema_hash for p in pods},
+        modeller_id=client.key.key_id, pods=pods, kind="schema-stats", schema_hash=schema_hashes[pods[0]],
+        pod_schema_hashes={p: schema_hashes[p] for p in pods},
     )
     await client.submit_task(task)
     answers = await client.wait_results(task.task_id, pods, timeout_s=timeout_s)
