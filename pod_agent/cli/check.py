@@ -17,7 +17,7 @@ import typer
 
 from pod_agent.agent.hubclient import HubClient
 from pod_agent.config import PodSettings, load_settings
-from pod_agent.data import Datasource, Schema, open_datasource
+from pod_agent.data import open_datasource
 from pod_agent.errors import ConfigError, PodAgentError
 from pod_agent.protocol import IdentityKey, passphrase_from_env
 from pod_agent.sandbox import sandbox_check_detail
@@ -29,14 +29,19 @@ class CheckContext:
 
     config_path: Path
     loaded: PodSettings | None = None
-    datasource: Datasource | None = None
-    schema: Schema | None = None
+    loaded_key: IdentityKey | None = None  # read and decrypted once, by the identity key check
 
     @property
     def settings(self) -> PodSettings:
         if self.loaded is None:
             raise ConfigError(f"{self.config_path}: not loaded - the config check must pass first")
         return self.loaded
+
+    @property
+    def identity_key(self) -> IdentityKey:
+        if self.loaded_key is None:
+            raise ConfigError(f"{self.config_path}: identity key not loaded - the identity key check must pass first")
+        return self.loaded_key
 
 
 @dataclass(frozen=True)
@@ -62,13 +67,13 @@ def _config(ctx: CheckContext) -> str:
 def _identity_key(ctx: CheckContext) -> str:
     pod = ctx.settings.pod
     key = IdentityKey.load(pod.identity_key_path, passphrase_from_env(pod.identity_key_passphrase_env))
+    ctx.loaded_key = key
     return f"{pod.identity_key_path} (key id {key.key_id[:16]}...)"
 
 
 def _datasource(ctx: CheckContext) -> str:
     source = open_datasource(ctx.settings.datasource)
     schema = source.schema()
-    ctx.datasource, ctx.schema = source, schema
     return (
         f"{source.path} ({source.kind}): {schema.row_count} rows, {len(schema.columns)} columns,"
         f" schema hash {schema.hash()[:16]}..."
@@ -80,8 +85,7 @@ def _sandbox(ctx: CheckContext) -> str:
 
 
 def _hub(ctx: CheckContext) -> str:
-    settings = ctx.settings
-    key = IdentityKey.load(settings.pod.identity_key_path, passphrase_from_env(settings.pod.identity_key_passphrase_env))
+    settings, key = ctx.settings, ctx.identity_key
 
     async def probe() -> float:
         async with HubClient(settings.hub, key) as hub:
