@@ -31,7 +31,8 @@ from pod_agent.demo.federation import LocalFederation, PodSite
 from pod_agent.modeller.client import ModellerClient
 from pod_agent.modeller.fedavg import FedAvg, FedAvgPlan, SecureSettings
 from pod_agent.modeller.report import PodMetrics, RoundRecord, RunReport
-from pod_agent.protocol import IdentityKey, source_sha256
+from pod_agent.modeller.tasks import model_from_file
+from pod_agent.protocol import IdentityKey
 from pod_agent.protocol.messages import DataSelection, Hyperparameters, ModelRef, Split
 from pod_agent.sandbox import best_level, probe_layers, sandbox_report_lines
 
@@ -76,9 +77,7 @@ async def _run(options: DemoOptions, echo: Callable[[str], None]) -> DemoResult:
     level = _announce_sandbox(echo)
     sites = await asyncio.to_thread(prepare_sites, out / "data", split_column=options.split_column, echo=echo)
     modeller = IdentityKey.generate()
-    source = MODEL_SOURCE.read_text(encoding="utf-8")
-    model = ModelRef(style="lightning", name="adult-mlp", class_name=MODEL_CLASS, source=source,
-                     sha256=source_sha256(source))
+    model = model_from_file(MODEL_SOURCE, style="lightning", class_name=MODEL_CLASS, name="adult-mlp")
     selection = DataSelection(target=TARGET, categorical_encoding="hashed")
     hyper = Hyperparameters(epochs=options.epochs_per_round, batch_size=options.batch_size,
                             learning_rate=options.learning_rate)
