@@ -10,7 +10,7 @@ import pytest
 from pod_agent.modeller import build_task
 from pod_agent.protocol import IdentityKey, envelope_bytes, sign_envelope, source_sha256
 from pod_agent.protocol.messages import DataSelection, ModelRef
-from pod_agent.state import PodState, TaskStatus, Verdict
+from pod_agent.state import PodState, Verdict
 
 SOURCE = "import torch\nclass M:\n    pass\n"
 
