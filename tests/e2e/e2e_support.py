@@ -224,6 +224,10 @@ def start_cluster_at(tmp_path: Path, **hub_kwargs: Any) -> Cluster:
     return Cluster(tmp_path, hub, Modeller(key, key_path, hub.url))
 
 
+# Empty sweeps in a row that FaultProxy.close() needs before it trusts that no handler is still starting.
+CLOSE_QUIET_ROUNDS = 3
+
+
 class FaultProxy:
     """TCP proxy on 127.0.0.1 in front of the hub that can fail on purpose.
 
@@ -260,14 +264,24 @@ class FaultProxy:
 
     async def close(self) -> None:
         """Stop listening, abort every connection and wait for the handlers, so no socket outlives the test."""
-        if self._server is not None:
-            self._server.close()
+        if self._server is None:
+            return
+        self._server.close()
+        await self._server.wait_closed()
+        # A connection accepted just before close() gets its handler some loop iterations later,
+        # and that handler opens an upstream socket: sweep until a few quiet rounds find none.
+        quiet = 0
+        while quiet < CLOSE_QUIET_ROUNDS:
+            await asyncio.sleep(0.01)
+            if not (self._handlers or self._writers):
+                quiet += 1
+                continue
+            quiet = 0
             for writer in list(self._writers):
                 writer.transport.abort()
             for task in list(self._handlers):
                 task.cancel()
             await asyncio.gather(*self._handlers, return_exceptions=True)
-            await self._server.wait_closed()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         handler = asyncio.current_task()
