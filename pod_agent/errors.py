@@ -6,12 +6,14 @@
     │   └── SchemaDrift        stored schema differs from the data now present
     ├── ProtocolError          a message that cannot be parsed, encoded or verified
     │   └── KeyFileError       a key file missing, unreadable or too permissive
-    ├── TaskRefused            the pod's policy refuses a task (carries a RefusalCode)
+    ├── CodedError             an error whose ``code`` (a fixed word) may leave the host
+    │   ├── TaskRefused        the pod's policy refuses a task (a RefusalCode)
+    │   ├── TaskFailed         an accepted task could not produce a result (a FailureCode)
+    │   ├── SandboxError       the confined worker could not run or misbehaved
+    │   │   └── SandboxUnavailable the configured level needs a layer this host lacks
+    │   ├── TrainingError      the model source or its training failed (no data in text)
+    │   └── ContractViolation  what the sandbox returned breaks the task's contract
     ├── StateError             the pod's SQLite state cannot be opened or is inconsistent
-    ├── SandboxError           the confined worker could not run or misbehaved
-    │   └── SandboxUnavailable the configured level needs a layer this host lacks
-    ├── TrainingError          the model source or its training failed (no data in text)
-    ├── ContractViolation      what the sandbox returned breaks the task's contract
     ├── SecAggError            clipping, encoding or masking parameters unusable
     ├── HubError               the hub refused a request or is unreachable
     │   ├── HubUnavailable     unreachable, timed out or 5xx: a later attempt may succeed
@@ -70,27 +72,45 @@ class KeyFileError(ProtocolError):
     """A key file is missing, unreadable, malformed or readable by others."""
 
 
-class TaskRefused(PodAgentError):
+class CodedError(PodAgentError):
+    """An error whose ``code`` may leave the host; ``detail`` stays in the local log.
+
+    ``code`` is a fixed word chosen by the agent (``policy.codes`` holds the vocabularies);
+    the daemon maps every code it did not choose itself to ``model_error`` before it is sent.
+    """
+
+    def __init__(self, code: str, detail: str = "", *, label: str = "failed") -> None:
+        self.code, self.detail = code, detail
+        super().__init__(f"{label} ({code})" + (f": {detail}" if detail else ""))
+
+
+class TaskRefused(CodedError):
     """The pod refuses a task; ``code`` is the reason sent to the hub, ``detail`` stays local.
 
     ``task_id`` is the task's id once its signature verified and it parsed; None before that.
     """
 
     def __init__(self, code: str, detail: str, *, task_id: str | None = None) -> None:
-        self.code, self.detail, self.task_id = code, detail, task_id
-        super().__init__(f"task refused ({code}): {detail}")
+        self.task_id = task_id
+        super().__init__(code, detail, label="task refused")
+
+
+class TaskFailed(CodedError):
+    """An accepted task could not produce a result; ``code`` is a fixed word the hub may see."""
+
+    def __init__(self, code: str, detail: str = "") -> None:
+        super().__init__(code, detail, label="task failed")
 
 
 class StateError(PodAgentError):
     """The pod's durable state cannot be opened or is inconsistent."""
 
 
-class SandboxError(PodAgentError):
+class SandboxError(CodedError):
     """The confined worker could not be started, was killed, or broke the frame protocol."""
 
-    def __init__(self, reason: str, detail: str = "") -> None:
-        self.reason, self.detail = reason, detail
-        super().__init__(f"sandbox: {reason}" + (f": {detail}" if detail else ""))
+    def __init__(self, code: str, detail: str = "") -> None:
+        super().__init__(code, detail, label="sandbox")
 
 
 class SandboxUnavailable(SandboxError):
@@ -101,20 +121,18 @@ class SandboxUnavailable(SandboxError):
         super().__init__("unavailable", f"level {level!r} needs {layer}: {remedy}")
 
 
-class TrainingError(PodAgentError):
-    """The model could not be built or trained; ``reason`` is a fixed code safe to share."""
+class TrainingError(CodedError):
+    """The model could not be built or trained; ``code`` is a fixed word the worker reports."""
 
-    def __init__(self, reason: str, detail: str = "") -> None:
-        self.reason, self.detail = reason, detail
-        super().__init__(f"training failed ({reason})" + (f": {detail}" if detail else ""))
+    def __init__(self, code: str, detail: str = "") -> None:
+        super().__init__(code, detail, label="training failed")
 
 
-class ContractViolation(PodAgentError):
+class ContractViolation(CodedError):
     """What the sandbox handed back is not what the task's contract allows."""
 
-    def __init__(self, reason: str, detail: str = "") -> None:
-        self.reason, self.detail = reason, detail
-        super().__init__(f"sandbox output rejected ({reason})" + (f": {detail}" if detail else ""))
+    def __init__(self, code: str, detail: str = "") -> None:
+        super().__init__(code, detail, label="sandbox output rejected")
 
 
 class SecAggError(PodAgentError):

@@ -29,7 +29,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import signal
 import time
 import traceback
@@ -42,12 +41,12 @@ import aiohttp
 
 from pod_agent.agent.backoff import RETRYABLE, Backoff
 from pod_agent.agent.hubclient import HubClient
-from pod_agent.agent.pipeline import PipelineOutput, TaskFailed, TaskPipeline
+from pod_agent.agent.pipeline import PipelineOutput, TaskPipeline
 from pod_agent.agent.progress import ProgressLimiter
 from pod_agent.config.settings import PodSettings
 from pod_agent.data import Datasource, Schema, open_datasource
 from pod_agent.errors import (
-    ContractViolation,
+    CodedError,
     DataError,
     HubRejected,
     HubUnavailable,
@@ -57,10 +56,9 @@ from pod_agent.errors import (
     SecAggError,
     StateError,
     TaskRefused,
-    TrainingError,
 )
 from pod_agent.ops import AgentMetrics, HealthServer, Notifier, Readiness, task_context
-from pod_agent.policy import RefusalCode, TaskVerifier
+from pod_agent.policy import FailureCode, RefusalCode, TaskVerifier, failure_code_for
 from pod_agent.protocol import (
     IdentityKey,
     PublicKey,
@@ -85,12 +83,8 @@ DEAD_AFTER_HEARTBEATS = 3.0
 IDLE_RECHECK_S = 30.0
 # Expired nonces are purged this often.
 PURGE_INTERVAL_S = 600.0
-# A fixed failure code as the worker reports it; anything else is not forwarded.
-_CODE = re.compile(r"^[a-z0-9_]{1,64}$")
 # A progress event that cannot be sent (or encoded) is dropped, never fatal.
 _PROGRESS_ERRORS: tuple[type[BaseException], ...] = (*RETRYABLE, ProtocolError)
-# Failure codes of errors whose own reason is a fixed code safe to send.
-_REASONED = (TaskFailed, TrainingError, SandboxError, ContractViolation)
 
 
 @dataclass(frozen=True)
@@ -462,30 +456,29 @@ class Agent:
 
     async def _execute(self, payload: TaskPayload) -> tuple[Any, str | None, PipelineOutput | None]:
         if payload.modeller_id not in self._modeller_ids:
-            return "failed", RefusalCode.UNKNOWN_SIGNER.value, None
+            return "failed", FailureCode.UNKNOWN_SIGNER.value, None
         try:
             output = await self.pipeline.run(payload, on_progress=self._send_progress)
-        except _REASONED as exc:
-            reason = exc.reason
-            if isinstance(exc, SandboxError) and exc.reason == "task_failed" and _CODE.match(exc.detail):
-                reason = exc.detail  # the worker's own fixed failure code (syntax_error, non_finite_loss ...)
-            _log.warning("task failed: %s", reason)
-            return "failed", reason, None
-        except TaskRefused as exc:
-            return "failed", exc.code, None
-        except (DataError, SecAggError) as exc:
-            _log.warning("task failed: %s", type(exc).__name__)
-            return "failed", "data_error" if isinstance(exc, DataError) else "secagg_error", None
+        except CodedError as exc:
+            code = failure_code_for(exc)
+            _log.warning("task failed: %s", code, extra={"code": exc.code})
+            return "failed", code, None
+        except DataError:
+            _log.warning("task failed: the data could not be prepared for this selection")
+            return "failed", FailureCode.DATA_ERROR.value, None
+        except SecAggError:
+            _log.warning("task failed: the update could not be protected for this round")
+            return "failed", FailureCode.SECAGG_ERROR.value, None
         except PodAgentError:
             _log.exception("task failed")
-            return "failed", "internal_error", None
+            return "failed", FailureCode.INTERNAL_ERROR.value, None
         except Exception as exc:  # noqa: BLE001 - a bug fails its task, not the agent
             # Escaping would end the runner and the agent; the task, requeued at the next start,
             # would end it again. The message is left out: it may quote what the model returned.
             frame = traceback.extract_tb(exc.__traceback__)[-1]
             _log.error("task failed on an unexpected %s at %s:%s; this is a pod-agent bug, please report it",
                        type(exc).__name__, Path(frame.filename).name, frame.lineno)
-            return "failed", "internal_error", None
+            return "failed", FailureCode.INTERNAL_ERROR.value, None
         return "done", None, output
 
     # -- progress -------------------------------------------------------------------------

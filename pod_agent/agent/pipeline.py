@@ -28,7 +28,7 @@ from pydantic import ValidationError
 from pod_agent.agent.stats import schema_stats
 from pod_agent.config.settings import PodSettings
 from pod_agent.data import Datasource, Schema
-from pod_agent.errors import PodAgentError, SandboxError
+from pod_agent.errors import SandboxError, TaskFailed
 from pod_agent.policy import check_fetched_source
 from pod_agent.protocol.messages import BlobRef, ProgressEvent, TaskPayload
 
@@ -39,14 +39,6 @@ ProgressSink = Callable[[ProgressEvent], None]
 # The module the sandbox runs for train/evaluate/predict (pod_agent.training.worker).
 TRAINING_ENTRY = "pod_agent.training.worker"
 _STAGES = frozenset(get_args(ProgressEvent.model_fields["stage"].annotation))
-
-
-class TaskFailed(PodAgentError):
-    """A task could not produce a result; ``reason`` is a fixed code the hub may see."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        self.reason, self.detail = reason, detail
-        super().__init__(f"task failed ({reason})" + (f": {detail}" if detail else ""))
 
 
 class HubFetcher(Protocol):
@@ -112,7 +104,7 @@ class TaskPipeline:
         try:
             await runner.prewarm(TRAINING_ENTRY)
         except SandboxError as exc:
-            _log.warning("warm worker could not start (%s); the first task starts cold", exc.reason)
+            _log.warning("warm worker could not start (%s); the first task starts cold", exc.code)
 
     async def _ensure_runner(self) -> Any:
         """The sandbox runner, built once (it probes the layers); None when the level cannot be had."""
@@ -127,7 +119,7 @@ class TaskPipeline:
                     )
                 except SandboxError as exc:
                     self._runner_error = exc
-                    _log.warning("sandbox unavailable (%s): train/evaluate/predict tasks will fail", exc.reason)
+                    _log.warning("sandbox unavailable (%s): train/evaluate/predict tasks will fail", exc.code)
             return self._runner
 
     async def aclose(self) -> None:

@@ -97,6 +97,20 @@ class DatasourceSection(_Section):
         return self
 
 
+class PrivacyFloorOverride(_Section):
+    """One modeller's own floor: each key set here replaces the ``[privacy]`` default for it."""
+
+    require_secure_aggregation: bool | None = None
+    min_pods: int | None = Field(default=None, ge=2)
+    min_batch_size: int | None = Field(default=None, ge=1)
+    min_rows: int | None = Field(default=None, ge=1)
+    max_effective_steps: int | None = Field(default=None, ge=1)
+    max_clip_bound: float | None = Field(default=None, gt=0)
+    max_clip_norm: float | None = Field(default=None, gt=0)
+    metric_digits: int | None = Field(default=None, ge=1, le=7)
+    max_metrics: int | None = Field(default=None, ge=0)
+
+
 class ModellerPolicy(_Section):
     """What one modeller (identified by its Ed25519 public key) may do on this pod."""
 
@@ -107,6 +121,7 @@ class ModellerPolicy(_Section):
     max_epochs: int = Field(default=20, ge=0)
     max_steps: int = Field(default=10_000, ge=0)
     allow_predict: bool = False
+    privacy: PrivacyFloorOverride = PrivacyFloorOverride()
 
 
 class AllowedModel(_Section):
@@ -143,11 +158,41 @@ class SandboxLimitsSection(_Section):
 DEFAULT_MAX_PREDICTION_COLUMNS = 16
 
 
+class PeerPin(_Section):
+    """A pod this pod trusts as a secure-aggregation peer: its name and Ed25519 identity key."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+    public_key: str  # base64 of the raw 32-byte Ed25519 public key, as `pod-agent keys show` prints it
+
+
 class PrivacySection(_Section):
+    """The owner's privacy floor (defaults for every modeller) and the peers this pod trusts.
+
+    A task may ask for more protection than the floor, never less; each modeller's
+    ``privacy`` table in ``[[security.modellers]]`` overrides these defaults for it.
+    """
+
     share_categories: bool = False
-    min_rows: int = Field(default=20, ge=1)
-    min_pods: int = Field(default=3, ge=2)
+    require_secure_aggregation: bool = True  # train tasks must be securely aggregated
+    min_pods: int = Field(default=3, ge=2)  # distinct authenticated peers in a secure cohort
+    min_batch_size: int = Field(default=32, ge=1)
+    min_rows: int = Field(default=100, ge=1)  # rows of every split a task trains or evaluates on
+    max_effective_steps: int = Field(default=5_000, ge=1)  # epochs x ceil(train rows / batch size), or steps
+    max_clip_bound: float = Field(default=4.0, gt=0)  # ceiling on the per-value bound B of param_clipping
+    max_clip_norm: float | None = Field(default=None, gt=0)  # ceiling on clip_norm; None: no L2 clip required
+    metric_digits: int = Field(default=4, ge=1, le=7)  # significant digits of every reported value
+    max_metrics: int = Field(default=16, ge=0)  # metrics per result
     max_prediction_columns: int = Field(default=DEFAULT_MAX_PREDICTION_COLUMNS, ge=1)
+    peers: list[PeerPin] = []  # [[privacy.peers]]: pinned secure-aggregation peers
+    federation_key: str | None = None  # base64 Ed25519 key whose signed roster lists more trusted peers
+    federation_roster: Path | None = None  # the signed roster file `pod-agent peers import` wrote
+
+    @model_validator(mode="after")
+    def _peer_names_unique(self) -> "PrivacySection":
+        names = [peer.name for peer in self.peers]
+        if len(names) != len(set(names)):
+            raise ValueError("privacy.peers: each peer name may appear once")
+        return self
 
 
 class TrainingSection(_Section):

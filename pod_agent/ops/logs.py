@@ -94,7 +94,7 @@ def _exception_text(formatter: logging.Formatter, record: logging.LogRecord) -> 
         return None
     exc = record.exc_info[1]
     if isinstance(exc, _SANDBOX_DERIVED):
-        return f"{type(exc).__name__}(reason={exc.reason})"
+        return f"{type(exc).__name__}(code={exc.code})"
     return formatter.formatException(record.exc_info)
 
 

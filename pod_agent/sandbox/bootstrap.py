@@ -68,7 +68,7 @@ def failure_code(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.errno == errno.EFBIG:
         return "file_size_exceeded"
     if isinstance(exc, SandboxError):
-        return exc.reason
+        return exc.code
     return "uncaught_exception"
 
 

@@ -479,7 +479,7 @@ class SandboxRunner:
                 await self.prewarm(entry, entry_path=entry_path)
             except (SandboxError, OSError) as exc:
                 log.warning("warm worker for %s could not start (%s); next task starts cold", entry,
-                            exc.reason if isinstance(exc, SandboxError) else exc)
+                            exc.code if isinstance(exc, SandboxError) else exc)
             finally:
                 self._warming.pop(key, None)
 

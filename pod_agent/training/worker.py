@@ -55,7 +55,7 @@ def serve(channel: WorkerChannel) -> None:
     except TrainingError as exc:
         print(f"pod-agent worker: {exc}", file=sys.stderr)
         traceback.print_exc(file=sys.stderr)
-        channel.fail(exc.reason)
+        channel.fail(exc.code)
         return
     except Exception:
         traceback.print_exc(file=sys.stderr)

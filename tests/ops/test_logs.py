@@ -80,7 +80,7 @@ def test_sandbox_exception_text_is_reduced_to_its_reason(json_stream: io.StringI
     except Exception:
         _log.exception("task failed")
     (line,) = _lines(json_stream)
-    assert line["exc"] == f"{type(exc).__name__}(reason={exc.reason})"  # type: ignore[attr-defined]
+    assert line["exc"] == f"{type(exc).__name__}(code={exc.code})"  # type: ignore[attr-defined]
     assert "Jane Doe" not in json_stream.getvalue()
 
 

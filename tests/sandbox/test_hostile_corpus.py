@@ -89,7 +89,7 @@ async def test_fork_bomb_stops_at_the_process_limit(run_model: RunModel, outside
 async def test_allocating_twice_the_memory_cap_is_stopped(run_model: RunModel) -> None:
     with pytest.raises(SandboxError) as caught:
         await run_model("memory_hog", memory_mb=256)
-    assert (caught.value.reason, caught.value.detail) in {("memory_exceeded", "worker exited without a result"),
+    assert (caught.value.code, caught.value.detail) in {("memory_exceeded", "worker exited without a result"),
                                                           ("task_failed", "memory_exceeded")}
 
 
@@ -148,7 +148,7 @@ async def test_scratch_cannot_fill_the_host_disk(run_model: RunModel, tmp_path: 
     try:
         outcome = await run_model("many_files", max_file_mb=4, memory_mb=256)
     except SandboxError as exc:
-        assert exc.reason == "memory_exceeded"
+        assert exc.code == "memory_exceeded"
     else:
         assert outcome.header["stopped_by"] == "OSError(28)"
         assert outcome.header["written_mb"] <= 256
@@ -170,7 +170,7 @@ async def test_pickled_result_is_refused_and_never_unpickled(run_model: RunModel
 async def test_garbage_on_the_frame_pipe_fails_the_task(run_model: RunModel) -> None:
     with pytest.raises(SandboxError) as caught:
         await run_model("garbage_frames")
-    assert caught.value.reason in {"frame_too_large", "bad_frame"}
+    assert caught.value.code in {"frame_too_large", "bad_frame"}
 
 
 async def test_exit_without_result_is_a_failed_task(run_model: RunModel) -> None:

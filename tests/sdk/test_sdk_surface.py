@@ -72,13 +72,13 @@ def test_create_model_must_return_a_module() -> None:
 
     with pytest.raises(TrainingError, match="not a torch.nn.Module") as failed:
         Wrong(datastructure=DS).initialise_model()
-    assert failed.value.reason == "create_model_wrong_type"
+    assert failed.value.code == "create_model_wrong_type"
 
 
 def test_a_bad_datastructure_is_named() -> None:
     with pytest.raises(TrainingError, match="datastructure unusable") as failed:
         Datastructure.from_dict({"target": "t", "input_size": 0, "n_classes": 2})
-    assert failed.value.reason == "bad_datastructure"
+    assert failed.value.code == "bad_datastructure"
 
 
 class DictNet(nn.Module):
@@ -164,4 +164,4 @@ def test_nll_with_log_softmax_predicts_probabilities() -> None:
 def test_specs_outside_the_allow_list_are_refused_with_the_reason(spec: object, message: str) -> None:
     with pytest.raises(TrainingError, match=message) as failed:
         ModelSpec.parse(spec).build(input_size=4, n_classes=2)
-    assert failed.value.reason == "bad_spec"
+    assert failed.value.code == "bad_spec"

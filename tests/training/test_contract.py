@@ -62,23 +62,23 @@ def test_a_well_formed_update_passes_with_its_arrays_and_metrics() -> None:
 def test_tensors_breaking_the_contract_are_rejected(arrays: dict[str, np.ndarray], reason: str) -> None:
     with pytest.raises(ContractViolation, match=reason) as rejected:
         check(outcome_of(arrays))
-    assert rejected.value.reason == reason
+    assert rejected.value.code == reason
 
 
 def test_non_float32_tensors_are_rejected() -> None:
     arrays = GOOD | {"b": np.zeros(2, dtype=np.int64)}
     with pytest.raises(ContractViolation) as rejected:
         check(outcome_of(arrays, described={"w": {"shape": [2, 3], "dtype": "F32"}, "b": {"shape": [2], "dtype": "I64"}}))
-    assert rejected.value.reason == "bad_dtype"
+    assert rejected.value.code == "bad_dtype"
     with pytest.raises(ContractViolation) as rejected:
         check(outcome_of(arrays, described={"w": {"shape": [2, 3], "dtype": "F32"}, "b": {"shape": [2], "dtype": "F32"}}))
-    assert rejected.value.reason == "bad_dtype"
+    assert rejected.value.code == "bad_dtype"
 
 
 def test_payload_over_the_cap_is_rejected_before_parsing() -> None:
     with pytest.raises(ContractViolation, match="over the cap") as rejected:
         check(outcome_of(GOOD), max_bytes=10)
-    assert rejected.value.reason == "too_large"
+    assert rejected.value.code == "too_large"
 
 
 @pytest.mark.parametrize(
@@ -90,7 +90,7 @@ def test_payload_over_the_cap_is_rejected_before_parsing() -> None:
 def test_malformed_headers_are_rejected(header: dict[str, Any]) -> None:
     with pytest.raises(ContractViolation) as rejected:
         check(Outcome(header))
-    assert rejected.value.reason == "bad_header"
+    assert rejected.value.code == "bad_header"
 
 
 @pytest.mark.parametrize(
@@ -102,7 +102,7 @@ def test_malformed_headers_are_rejected(header: dict[str, Any]) -> None:
 def test_metrics_must_be_finite_numbers_with_known_names(metrics: dict[str, Any]) -> None:
     with pytest.raises(ContractViolation) as rejected:
         check(outcome_of(GOOD, metrics=metrics))
-    assert rejected.value.reason == "bad_metric"
+    assert rejected.value.code == "bad_metric"
 
 
 def test_metric_names_logged_by_the_source_are_allowed() -> None:
@@ -117,11 +117,11 @@ def test_payload_that_disagrees_with_its_header_is_rejected() -> None:
     outcome.payload = save_numpy({"w": GOOD["w"], "c": GOOD["b"]})
     with pytest.raises(ContractViolation) as rejected:
         check(outcome, expected=None)
-    assert rejected.value.reason == "bad_payload"
+    assert rejected.value.code == "bad_payload"
     outcome.payload = b"\x00" * 16
     with pytest.raises(ContractViolation) as rejected:
         check(outcome, expected=None)
-    assert rejected.value.reason == "bad_payload"
+    assert rejected.value.code == "bad_payload"
 
 
 def test_evaluate_may_return_no_tensors() -> None:
@@ -129,7 +129,7 @@ def test_evaluate_may_return_no_tensors() -> None:
     assert check(outcome_of({}), task=task).arrays == {}
     with pytest.raises(ContractViolation) as rejected:
         check(outcome_of(GOOD), task=task)
-    assert rejected.value.reason == "unexpected_tensors"
+    assert rejected.value.code == "unexpected_tensors"
 
 
 def test_predictions_need_enough_rows_few_columns_and_nothing_else() -> None:
@@ -144,7 +144,7 @@ def test_predictions_need_enough_rows_few_columns_and_nothing_else() -> None:
     ):
         with pytest.raises(ContractViolation) as rejected:
             check(outcome_of(arrays, n_rows=n_rows, metrics={}), task=task, min_rows=31 if reason == "too_few_rows" else 20)
-        assert rejected.value.reason == reason
+        assert rejected.value.code == reason
 
 
 def test_expected_specs_come_from_the_floating_tensors_of_a_weights_file() -> None:

@@ -38,7 +38,7 @@ def test_local_fit_reports_a_broken_model_with_the_pods_failure_code(small_adult
     model = source_ref("from pod_agent.sdk import PodModel\nclass A(PodModel):\n    def create_model(self):\n        return 3\n", "A")
     with pytest.raises(TrainingError) as failed:
         fit_local(model, data=small_adult, selection=DataSelection(target="TARGET"), hyperparameters=Hyperparameters(steps=1))
-    assert failed.value.reason == "create_model_wrong_type"
+    assert failed.value.code == "create_model_wrong_type"
 
 
 def test_fit_local_command_trains_and_writes_weights(small_adult: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -61,7 +61,7 @@ async def test_a_broken_model_fails_through_the_sandbox_with_its_code(adult_inpu
     task = make_task("train", source_ref(source, "Broken"), steps=1)
     with pytest.raises(SandboxError) as failed:
         await _run("none", adult_input, tmp_path, task, [])
-    assert failed.value.reason == "task_failed"
+    assert failed.value.code == "task_failed"
     assert failed.value.detail == "syntax_error"
     assert not isinstance(failed.value, SandboxUnavailable)
 
