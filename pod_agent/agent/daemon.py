@@ -58,7 +58,7 @@ from pod_agent.errors import (
     TaskRefused,
 )
 from pod_agent.ops import AgentMetrics, HealthServer, Notifier, Readiness, task_context
-from pod_agent.policy import FailureCode, RefusalCode, TaskVerifier, failure_code_for
+from pod_agent.policy import FailureCode, RefusalCode, TaskVerifier, TrustedPeers, failure_code_for
 from pod_agent.protocol import (
     IdentityKey,
     PublicKey,
@@ -147,7 +147,9 @@ class Agent:
         self.sandbox_level = sandbox_level
         self.verifier = TaskVerifier(
             security=settings.security, privacy=settings.privacy, pod_name=settings.pod.name,
-            schema_hash=schema.hash(), nonces=state,
+            schema_hash=schema.hash(), row_count=schema.row_count,
+            peers=TrustedPeers.from_settings(settings.privacy, own_name=settings.pod.name, own_key=key.public),
+            nonces=state,
         )
         self._blob_dir = settings.pod.state_dir / "outbox"
         self.pipeline = TaskPipeline(

@@ -18,9 +18,17 @@ refusal carries one ``RefusalCode``:
                 kind among the modeller's kinds                    kind_not_permitted
                 general: model allow-listed by name+sha256          role_not_permitted
                 epochs/steps within the modeller's maximum          limits_exceeded
-                secagg cohort >= privacy.min_pods                  too_few_pods
- 8. source hash inline source / spec hashes to model.sha256        source_hash_mismatch
- 9. schema hash payload.schema_hash_for(pod) equals this pod's     schema_mismatch
+ 8. floor       the owner's privacy floor for this modeller (``floor.py``):
+                train without secure aggregation when required      secure_aggregation_required
+                train without pinned starting weights               weights_not_pinned
+                train batch_size under min_batch_size               batch_too_small
+                a used split estimated under min_rows               split_too_small
+                epochs x ceil(train rows / batch) over the maximum  too_many_steps
+                clip bound or clip_norm above the owner's ceiling   clip_too_loose
+                a participant not a peer the owner trusts           unknown_peer
+                fewer than min_pods authenticated peers             too_few_pods
+ 9. source hash inline source / spec hashes to model.sha256        source_hash_mismatch
+10. schema hash payload.schema_hash_for(pod) equals this pod's     schema_mismatch
 
 Recording: every task whose signature verified and which is within its validity
 window is recorded with its verdict (accepted, or refused with its code) in the
@@ -48,9 +56,11 @@ from pydantic import ValidationError
 from pod_agent.config.settings import ModellerPolicy, PrivacySection, SecuritySection
 from pod_agent.errors import ConfigError, ProtocolError, TaskRefused
 from pod_agent.policy.codes import RefusalCode
+from pod_agent.policy.floor import PrivacyFloor, effective_steps, estimated_rows, used_splits
+from pod_agent.policy.peers import TrustedPeers
 from pod_agent.protocol.canonical import source_sha256, spec_sha256
 from pod_agent.protocol.keys import PublicKey
-from pod_agent.protocol.messages import Envelope, ModelRef, TaskPayload
+from pod_agent.protocol.messages import Envelope, ModelRef, SecAggParams, TaskPayload
 from pod_agent.protocol.signing import (
     envelope_bytes,
     first_error,
@@ -59,6 +69,7 @@ from pod_agent.protocol.signing import (
 )
 from pod_agent.state.records import AlreadySeen, NonceStore, Verdict
 
+
 @dataclass(frozen=True)
 class VerifiedTask:
     """A task the pod accepted: the signed payload, the policy entry of its signer, the envelope."""
@@ -66,6 +77,7 @@ class VerifiedTask:
     payload: TaskPayload
     modeller: ModellerPolicy
     envelope: Envelope
+    floor: PrivacyFloor
 
 
 def _refuse(code: RefusalCode, detail: str, task_id: str | None) -> TaskRefused:
@@ -92,12 +104,16 @@ class TaskVerifier:
         privacy: PrivacySection,
         pod_name: str,
         schema_hash: str,
+        row_count: int,
+        peers: TrustedPeers,
         nonces: NonceStore,
     ) -> None:
         self._security = security
         self._privacy = privacy
         self._pod_name = pod_name
         self._schema_hash = schema_hash
+        self._row_count = row_count
+        self._peers = peers
         self._nonces = nonces
         self._modellers: dict[str, tuple[ModellerPolicy, PublicKey]] = {}
         for index, entry in enumerate(security.modellers):
@@ -155,15 +171,17 @@ class TaskVerifier:
             raise _refuse(RefusalCode.REPLAY, str(exc), payload.task_id) from exc
 
         verdict_json = envelope_bytes(env).decode("utf-8")
+        floor = PrivacyFloor.for_modeller(self._privacy, modeller)
         try:
             self._check_role(payload, modeller)
+            self._check_floor(payload, floor)
             self._check_source(payload)
             self._check_schema(payload)
         except TaskRefused as refusal:
             self._record(payload, verdict_json, refusal.code, now)
             raise
         self._record(payload, verdict_json, None, now)
-        return VerifiedTask(payload=payload, modeller=modeller, envelope=env)
+        return VerifiedTask(payload=payload, modeller=modeller, envelope=env, floor=floor)
 
     def _record(self, payload: TaskPayload, envelope_json: str, code: str | None, now: int) -> None:
         verdict = Verdict(
@@ -194,6 +212,12 @@ class TaskVerifier:
             raise _refuse(
                 RefusalCode.MALFORMED, f"a {payload.kind} task needs a model and a data selection", payload.task_id
             )
+        if payload.secagg is not None:
+            cohort = [p.pod for p in payload.secagg.participants]
+            if len(cohort) != len(set(cohort)) or set(cohort) != set(payload.pods):
+                raise _refuse(
+                    RefusalCode.MALFORMED, "secagg participants must name each of the task's pods once", payload.task_id
+                )
 
     def _check_times(self, payload: TaskPayload, now: int) -> None:
         skew = self._security.clock_skew_s
@@ -237,16 +261,85 @@ class TaskVerifier:
         if payload.model is not None and modeller.role != "super":
             self._check_general_model(payload.model, modeller, task_id)
         self._check_limits(payload, modeller)
-        if payload.secagg is not None:
-            cohort = [p.pod for p in payload.secagg.participants]
-            if self._pod_name not in cohort:
-                raise _refuse(RefusalCode.NOT_TARGETED, f"pod {self._pod_name!r} is not in the secagg cohort", task_id)
-            if len(set(cohort)) < self._privacy.min_pods:
+        if payload.secagg is not None and self._pod_name not in {p.pod for p in payload.secagg.participants}:
+            raise _refuse(RefusalCode.NOT_TARGETED, f"pod {self._pod_name!r} is not in the secagg cohort", task_id)
+
+    def _check_floor(self, payload: TaskPayload, floor: PrivacyFloor) -> None:
+        """The owner's privacy floor, cheapest rule first (see the module docstring)."""
+        task_id, hp = payload.task_id, payload.hyperparameters
+        train = payload.kind == "train"
+        if train and floor.require_secure_aggregation and payload.secagg is None:
+            raise _refuse(
+                RefusalCode.SECURE_AGGREGATION_REQUIRED,
+                "this pod sends train results only under secure aggregation (privacy.require_secure_aggregation)",
+                task_id,
+            )
+        if train and payload.weights is None:
+            raise _refuse(
+                RefusalCode.WEIGHTS_NOT_PINNED,
+                "a train task must name the weights it starts from (weights sha256), so the result can be checked "
+                "against them; the modeller SDK makes them from the model and the pod's registered schema",
+                task_id,
+            )
+        if train and hp.batch_size < floor.min_batch_size:
+            raise _refuse(
+                RefusalCode.BATCH_TOO_SMALL, f"batch_size {hp.batch_size} is under min_batch_size {floor.min_batch_size}",
+                task_id,
+            )
+        if payload.data is not None:
+            rows = estimated_rows(self._row_count, payload.data.split)
+            small = [name for name in used_splits(payload.kind, payload.data.split) if rows[name] < floor.min_rows]
+            if small:
                 raise _refuse(
-                    RefusalCode.TOO_FEW_PODS,
-                    f"secure aggregation over {len(set(cohort))} pods, under privacy.min_pods = {self._privacy.min_pods}",
+                    RefusalCode.SPLIT_TOO_SMALL,
+                    f"split {small[0]!r} would hold about {rows[small[0]]} rows, under min_rows {floor.min_rows}",
                     task_id,
                 )
+            steps = effective_steps(hp, rows["train"])
+            if train and steps > floor.max_effective_steps:
+                raise _refuse(
+                    RefusalCode.TOO_MANY_STEPS,
+                    f"the task would take about {steps} optimiser steps, over max_effective_steps "
+                    f"{floor.max_effective_steps}",
+                    task_id,
+                )
+        if payload.secagg is not None:
+            self._check_cohort(payload.secagg, floor, task_id)
+
+    def _check_cohort(self, secagg: SecAggParams, floor: PrivacyFloor, task_id: str) -> None:
+        bound = secagg.prime_q / (2 * secagg.precision * secagg.num_workers)
+        if bound > floor.max_clip_bound:
+            raise _refuse(
+                RefusalCode.CLIP_TOO_LOOSE,
+                f"param_clipping bounds each value by {bound:.6g}, over max_clip_bound {floor.max_clip_bound}",
+                task_id,
+            )
+        if floor.max_clip_norm is not None and (secagg.clip_norm is None or secagg.clip_norm > floor.max_clip_norm):
+            raise _refuse(
+                RefusalCode.CLIP_TOO_LOOSE,
+                f"clip_norm {secagg.clip_norm} is not within max_clip_norm {floor.max_clip_norm}", task_id,
+            )
+        strangers = [p.pod for p in secagg.participants if self._peers.key_for(p.pod, p.key_id) is None]
+        if strangers:
+            raise _refuse(
+                RefusalCode.UNKNOWN_PEER,
+                f"participants {strangers[:5]} are not peers this pod trusts under those keys (privacy.peers)",
+                task_id,
+            )
+        authenticated = len({p.pod for p in secagg.participants})
+        if authenticated < floor.min_pods:
+            raise _refuse(
+                RefusalCode.TOO_FEW_PODS,
+                f"secure aggregation over {authenticated} authenticated peers, under min_pods {floor.min_pods}",
+                task_id,
+            )
+        if authenticated > secagg.num_workers:
+            raise _refuse(
+                RefusalCode.CLIP_TOO_LOOSE,
+                f"{authenticated} participants but param_clipping num_workers {secagg.num_workers}: "
+                "the sum could wrap",
+                task_id,
+            )
 
     def _check_general_model(self, model: ModelRef, modeller: ModellerPolicy, task_id: str) -> None:
         if model.style == "declarative" and self._security.allow_declarative_models:

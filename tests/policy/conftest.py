@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from policy_helpers import POD, SCHEMA, Pod, policy_for
+from policy_helpers import ROW_COUNT, Pod, policy_for, privacy as default_privacy, verifier_for
 
 from pod_agent.config.settings import PrivacySection, SecuritySection
-from pod_agent.policy import TaskVerifier
 from pod_agent.protocol import IdentityKey
 from pod_agent.state import PodState
 
@@ -37,15 +36,14 @@ def mallory() -> IdentityKey:
 def make_pod(tmp_path: Path, alice: IdentityKey, bob: IdentityKey) -> Iterator[Callable[..., Pod]]:
     opened: list[PodState] = []
 
-    def build(security: SecuritySection | None = None, privacy: PrivacySection | None = None, **overrides: Any) -> Pod:
+    def build(
+        security: SecuritySection | None = None, privacy: PrivacySection | None = None, *, row_count: int = ROW_COUNT,
+        **overrides: Any,
+    ) -> Pod:
         state = PodState.open(tmp_path / f"state{len(opened)}.sqlite")
         opened.append(state)
-        verifier = TaskVerifier(
-            security=security or policy_for(alice, bob, **overrides),
-            privacy=privacy or PrivacySection(),
-            pod_name=POD,
-            schema_hash=SCHEMA,
-            nonces=state,
+        verifier = verifier_for(
+            security or policy_for(alice, bob, **overrides), privacy or default_privacy(), state, row_count=row_count
         )
         return Pod(verifier=verifier, state=state)
 

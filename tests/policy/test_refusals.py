@@ -8,13 +8,26 @@ import uuid
 from collections.abc import Callable
 
 import pytest
-from policy_helpers import NOW, POD, SCHEMA, SOURCE, Pod, make_task, policy_for, signed
+from policy_helpers import (
+    NOW,
+    POD,
+    ROW_COUNT,
+    SCHEMA,
+    SOURCE,
+    Pod,
+    make_task,
+    policy_for,
+    privacy,
+    signed,
+    trusted,
+    verifier_for,
+)
 
-from pod_agent.config.settings import ModellerPolicy, PrivacySection, SecuritySection
+from pod_agent.config.settings import ModellerPolicy, SecuritySection
 from pod_agent.errors import ConfigError
 from pod_agent.policy import RefusalCode, TaskVerifier, check_fetched_source
 from pod_agent.protocol import IdentityKey, canonical_json, envelope_bytes, sign_envelope, source_sha256, spec_sha256
-from pod_agent.protocol.messages import Hyperparameters, ModelRef, Participant, SecAggParams
+from pod_agent.protocol.messages import Hyperparameters, ModelRef
 from pod_agent.state import PodState, TaskStatus
 
 
@@ -30,12 +43,6 @@ def _flip_b64_byte(text: str, index: int) -> str:
     return base64.b64encode(bytes(data)).decode()
 
 
-def _cohort(n: int) -> SecAggParams:
-    pods = [POD] + [f"pod-{i}" for i in range(1, n)]
-    return SecAggParams(
-        prime_q=2**31 - 1, precision=1000, num_workers=n,
-        participants=[Participant(pod=p, key_id=f"{i:064x}", round_public_key="AA==") for i, p in enumerate(pods)],
-    )
 
 
 def test_validly_signed_task_from_a_super_modeller_is_accepted_and_queued(pod: Pod, alice: IdentityKey) -> None:
@@ -219,8 +226,8 @@ def test_replay_of_a_policy_refused_task_is_refused_as_replay_even_after_policy_
     assert narrow.refusal(raw).code == RefusalCode.SCHEMA_MISMATCH.value
     record = narrow.state.list_tasks()[0]
     assert (record.status, record.reason) == (TaskStatus.REFUSED, "schema_mismatch")
-    wider = TaskVerifier(security=policy_for(alice, bob), privacy=PrivacySection(), pod_name=POD,
-                         schema_hash="00" * 32, nonces=narrow.state)
+    wider = TaskVerifier(security=policy_for(alice, bob), privacy=privacy(), pod_name=POD, schema_hash="00" * 32,
+                         row_count=ROW_COUNT, peers=trusted(privacy()), nonces=narrow.state)
     with pytest.raises(Exception, match=r"\(replay\)"):
         wider.verify(raw, now=NOW)
 
@@ -232,8 +239,7 @@ def test_replay_is_caught_across_a_restart(pod: Pod, alice: IdentityKey) -> None
     pod.state.close()
     reopened = PodState.open(path)
     try:
-        verifier = TaskVerifier(security=policy_for(alice, IdentityKey.generate()), privacy=PrivacySection(),
-                                pod_name=POD, schema_hash=SCHEMA, nonces=reopened)
+        verifier = verifier_for(policy_for(alice, IdentityKey.generate()), privacy(), reopened)
         with pytest.raises(Exception, match=r"\(replay\)"):
             verifier.verify(raw, now=NOW + 5)
     finally:
@@ -319,12 +325,12 @@ def test_training_at_the_modellers_limit_is_accepted(pod: Pod, bob: IdentityKey)
 
 
 def test_secure_aggregation_with_too_few_pods_is_refused(pod: Pod, alice: IdentityKey) -> None:
-    assert pod.refusal(signed(make_task(alice, secagg=_cohort(2)), alice)).code == RefusalCode.TOO_FEW_PODS.value
+    assert pod.refusal(signed(make_task(alice, pods=[POD, "pod-b"]), alice)).code == RefusalCode.TOO_FEW_PODS.value
 
 
 def test_secure_aggregation_with_enough_pods_is_accepted(make_pod: Callable[..., Pod], alice: IdentityKey) -> None:
-    pod = make_pod(privacy=PrivacySection(min_pods=3))
-    pod.accept(signed(make_task(alice, secagg=_cohort(3)), alice))
+    pod = make_pod(privacy=privacy(min_pods=4))
+    pod.accept(signed(make_task(alice, pods=[POD, "pod-b", "pod-c", "pod-d"]), alice))
 
 
 # -- hashes -------------------------------------------------------------------------------------
@@ -363,10 +369,12 @@ def test_task_built_for_another_schema_is_refused(pod: Pod, alice: IdentityKey) 
 
 
 def test_per_pod_schema_hash_is_what_the_pod_checks(pod: Pod, alice: IdentityKey) -> None:
-    cohort = [POD, "other-pod"]
-    own = make_task(alice, pods=cohort, schema_hash="ab" * 32, pod_schema_hashes={POD: SCHEMA, "other-pod": "ab" * 32})
+    cohort = [POD, "pod-b", "pod-c"]
+    own = make_task(alice, pods=cohort, schema_hash="ab" * 32,
+                    pod_schema_hashes={POD: SCHEMA, "pod-b": "ab" * 32, "pod-c": "ab" * 32})
     assert pod.accept(signed(own, alice)).payload.task_id == own.task_id
-    wrong = make_task(alice, pods=cohort, schema_hash=SCHEMA, pod_schema_hashes={POD: "cd" * 32, "other-pod": SCHEMA})
+    wrong = make_task(alice, pods=cohort, schema_hash=SCHEMA,
+                      pod_schema_hashes={POD: "cd" * 32, "pod-b": SCHEMA, "pod-c": SCHEMA})
     assert pod.refusal(signed(wrong, alice)).code == RefusalCode.SCHEMA_MISMATCH.value
 
 
@@ -381,7 +389,7 @@ def test_per_pod_schema_hashes_must_name_every_target() -> None:
 def test_policy_with_an_unreadable_public_key_is_a_config_error(alice: IdentityKey) -> None:
     security = SecuritySection(modellers=[ModellerPolicy(name="eve", public_key="not-a-key", role="super")])
     with pytest.raises(ConfigError, match=r"security\.modellers\[0\]\.public_key \('eve'\)"):
-        TaskVerifier(security=security, privacy=PrivacySection(), pod_name=POD, schema_hash="0" * 64, nonces=None)  # type: ignore[arg-type]
+        verifier_for(security, privacy(), None)
 
 
 def test_policy_listing_one_key_twice_is_a_config_error(alice: IdentityKey) -> None:
@@ -389,5 +397,5 @@ def test_policy_listing_one_key_twice_is_a_config_error(alice: IdentityKey) -> N
     security = SecuritySection(modellers=[ModellerPolicy(name="a", public_key=key, role="super"),
                                           ModellerPolicy(name="b", public_key=key, role="general")])
     with pytest.raises(ConfigError, match="same public key"):
-        TaskVerifier(security=security, privacy=PrivacySection(), pod_name=POD, schema_hash="0" * 64, nonces=None)  # type: ignore[arg-type]
+        verifier_for(security, privacy(), None)
 

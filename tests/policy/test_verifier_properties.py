@@ -9,11 +9,10 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from policy_helpers import NOW, POD, SCHEMA, make_task, policy_for, signed
+from policy_helpers import NOW, POD, SCHEMA, make_task, policy_for, privacy, signed, verifier_for
 
-from pod_agent.config.settings import PrivacySection
 from pod_agent.errors import TaskRefused
-from pod_agent.policy import RefusalCode, TaskVerifier, VerifiedTask
+from pod_agent.policy import RefusalCode, VerifiedTask
 from pod_agent.protocol import IdentityKey, canonical_json, parse_envelope
 from pod_agent.protocol.messages import Hyperparameters
 from pod_agent.state import Verdict
@@ -36,8 +35,7 @@ class _ForgetfulNonces:
         return None
 
 
-VERIFIER = TaskVerifier(security=policy_for(ALICE, BOB), privacy=PrivacySection(), pod_name=POD,
-                        schema_hash=SCHEMA, nonces=_ForgetfulNonces())
+VERIFIER = verifier_for(policy_for(ALICE, BOB), privacy(), _ForgetfulNonces())
 VALID = signed(make_task(ALICE), ALICE)
 VALID_PAYLOAD = canonical_json(json.loads(VALID)["payload"])
 
