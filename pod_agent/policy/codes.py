@@ -58,6 +58,17 @@ class FailureCode(str, enum.Enum):
     SOURCE_MISSING = "source_missing"  # the model reference could not be fetched
     UNKNOWN_SIGNER = "unknown_signer"  # the signer left security.modellers while the task waited
     INTERNAL_ERROR = "internal_error"  # a pod-agent bug
+    # A secure round (agent.secure_round): decided by the pod from what the modeller and hub sent.
+    ALREADY_RELEASED = "already_released"  # an update from these starting weights was already released
+    ROUND_INTERRUPTED = "round_interrupted"  # the pod restarted mid-round: its secrets are gone, it dropped out
+    ROUND_TIMEOUT = "round_timeout"  # a stage's message did not come within the task's stage deadline
+    BAD_ADVERTISEMENT = "bad_advertisement"  # a forwarded key advert fails the pinned key, task or round
+    ROSTER_OUTSIDE_COHORT = "roster_outside_cohort"  # the roster names a pod outside the signed cohort
+    NOT_IN_ROUND = "not_in_round"  # the modeller left this pod out of the roster, committed or survivors
+    TOO_FEW_NEIGHBOURS = "too_few_neighbours"  # fewer neighbours than the round's threshold
+    BAD_ROUND_MESSAGE = "bad_round_message"  # a round message badly signed, malformed or refused by the hub
+    INCONSISTENT_SURVIVORS = "inconsistent_survivors"  # neighbours were shown another survivor list
+    UNMASK_REFUSED = "unmask_refused"  # survivors and dropped overlap, stray outside the round, or too few
     # Reported by the worker inside the sandbox: a hostile model may pick any of these,
     # so each is at most log2(len(FailureCode)) bits per task, like any failure at all.
     MODEL_ERROR = "model_error"  # the model failed; also every word outside this enum

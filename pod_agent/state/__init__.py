@@ -3,6 +3,7 @@
 from pod_agent.state.db import PodState
 from pod_agent.state.records import (
     LEGAL_TRANSITIONS,
+    AlreadyReleased,
     AlreadySeen,
     IllegalTransition,
     NonceStore,
@@ -14,6 +15,7 @@ from pod_agent.state.records import (
 
 __all__ = [
     "LEGAL_TRANSITIONS",
+    "AlreadyReleased",
     "AlreadySeen",
     "IllegalTransition",
     "NonceStore",

@@ -27,6 +27,9 @@ integer Unix seconds):
     state.note_attempt(task_id, now=...)                  # count an upload attempt
     state.mark_delivered(task_id, now=...) -> OutboxEntry | None   # idempotent; removes the outbox row
     state.outbox_depth() -> int
+    # secure aggregation: one release per starting point
+    state.record_release(starting_point, task_id=..., now=...)   # raises AlreadyReleased
+    state.released(starting_point) -> str | None           # the task that released from it
     state.close()   (or use ``with PodState.open(...) as state``)
 
 Durability: ``journal_mode=WAL`` with ``synchronous=FULL``. In WAL mode NORMAL is
@@ -56,6 +59,7 @@ from typing import Literal
 from pod_agent.errors import StateError
 from pod_agent.state.records import (
     LEGAL_TRANSITIONS,
+    AlreadyReleased,
     AlreadySeen,
     IllegalTransition,
     OutboxEntry,
@@ -64,7 +68,7 @@ from pod_agent.state.records import (
     Verdict,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # A writer holding the lock (another process) is waited for this long before giving up.
 BUSY_TIMEOUT_MS = 10_000
 
@@ -94,6 +98,11 @@ CREATE TABLE seen (
     keep_until INTEGER NOT NULL
 );
 CREATE INDEX seen_by_expiry ON seen (keep_until);
+CREATE TABLE releases (
+    starting_point TEXT PRIMARY KEY,
+    task_id        TEXT NOT NULL,
+    released_at    INTEGER NOT NULL
+);
 CREATE TABLE outbox (
     task_id         TEXT PRIMARY KEY REFERENCES tasks (task_id),
     result_json     TEXT NOT NULL,
@@ -103,6 +112,13 @@ CREATE TABLE outbox (
     last_attempt_at INTEGER
 );
 """
+
+# Schema changes by version: each list upgrades a database from the version before.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    2: (
+        "CREATE TABLE releases (starting_point TEXT PRIMARY KEY, task_id TEXT NOT NULL, released_at INTEGER NOT NULL)",
+    ),
+}
 
 _TASK_COLUMNS = "task_id, modeller_id, kind, status, reason, envelope_json, created_at, updated_at"
 _OUTBOX_COLUMNS = "task_id, result_json, blob_path, created_at, attempts, last_attempt_at"
@@ -185,6 +201,11 @@ class PodState:
                 if version == 0:
                     for statement in _SCHEMA.split(";"):
                         if statement.strip():
+                            conn.execute(statement)
+                    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                elif version < SCHEMA_VERSION:
+                    for step in range(version + 1, SCHEMA_VERSION + 1):
+                        for statement in _MIGRATIONS[step]:
                             conn.execute(statement)
                     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 elif version != SCHEMA_VERSION:
@@ -425,3 +446,26 @@ class PodState:
 
     def outbox_depth(self) -> int:
         return int(str(self._read("SELECT count(*) FROM outbox")[0][0]))
+
+    # -- secure aggregation releases --------------------------------------------------------
+
+    def record_release(self, starting_point: str, *, task_id: str, now: int) -> None:
+        """Decide to release a masked update trained from ``starting_point``: at most once, ever.
+
+        The check and the record are one transaction, committed (fsync) before the caller lets
+        the masked vector leave; a second release from the same weights, even by the same task,
+        raises AlreadyReleased, since two sums differing by one pod would reveal its update.
+        """
+        with self._tx() as conn:
+            row = conn.execute("SELECT task_id FROM releases WHERE starting_point = ?", (starting_point,)).fetchone()
+            if row is not None:
+                raise AlreadyReleased(starting_point, str(row[0]))
+            conn.execute(
+                "INSERT INTO releases (starting_point, task_id, released_at) VALUES (?, ?, ?)",
+                (starting_point, task_id, now),
+            )
+
+    def released(self, starting_point: str) -> str | None:
+        """The task that released an update trained from ``starting_point``, if any."""
+        rows = self._read("SELECT task_id FROM releases WHERE starting_point = ?", (starting_point,))
+        return str(rows[0][0]) if rows else None

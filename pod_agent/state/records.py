@@ -54,6 +54,17 @@ class AlreadySeen(StateError):
         super().__init__(f"task {task_id} (nonce {nonce[:16]}) was seen before: a replay is never run twice")
 
 
+class AlreadyReleased(StateError):
+    """This pod already released a secure-aggregation update trained from these starting weights."""
+
+    def __init__(self, starting_point: str, task_id: str) -> None:
+        self.starting_point, self.task_id = starting_point, task_id
+        super().__init__(
+            f"an update trained from starting point {starting_point[:16]} was already released by task {task_id}: "
+            "a pod contributes once per starting weights, so that no two sums differ by its update alone"
+        )
+
+
 class IllegalTransition(StateError):
     """A task status change the life cycle does not allow."""
 

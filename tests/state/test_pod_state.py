@@ -13,6 +13,7 @@ import pytest
 from pod_agent.errors import StateError
 from pod_agent.state import (
     LEGAL_TRANSITIONS,
+    AlreadyReleased,
     AlreadySeen,
     IllegalTransition,
     PodState,
@@ -47,7 +48,7 @@ def test_open_creates_a_private_wal_database(tmp_path: Path) -> None:
             assert Path(f"{path}{suffix}").stat().st_mode & 0o777 == 0o600
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
     conn.close()
 
 
@@ -75,6 +76,32 @@ def test_a_database_from_a_newer_version_is_refused(tmp_path: Path) -> None:
     conn.close()
     with pytest.raises(StateError, match="schema version 99"):
         PodState.open(path)
+
+
+def test_a_version_1_database_gains_the_releases_table_and_keeps_its_tasks(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite"
+    with PodState.open(path) as state:
+        state.record_verdict(_verdict(1))
+    conn = sqlite3.connect(path)
+    conn.execute("DROP TABLE releases")
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    with PodState.open(path) as state:
+        assert _status(state, 1) is TaskStatus.ACCEPTED
+        state.record_release("ab" * 32, task_id="task-1", now=5)
+        assert state.released("ab" * 32) == "task-1"
+
+
+def test_a_starting_point_is_released_once_whichever_task_asks(state: PodState) -> None:
+    start = "cd" * 32
+    assert state.released(start) is None
+    state.record_release(start, task_id="task-1", now=5)
+    for task_id in ("task-2", "task-1"):
+        with pytest.raises(AlreadyReleased, match="already released by task task-1"):
+            state.record_release(start, task_id=task_id, now=6)
+    state.record_release("ef" * 32, task_id="task-2", now=7)
+    assert state.released(start) == "task-1"
 
 
 def test_verdict_records_task_and_nonce_together(state: PodState) -> None:

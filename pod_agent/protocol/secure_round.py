@@ -1,0 +1,181 @@
+"""Wire models of one SecAgg+ round (``"v": 1``), each signed and bound to a task and round.
+
+Owns the shape of every message a secure train task exchanges after training, in
+the order they are sent (the modeller is the aggregation server, the hub relays):
+
+    advert       pod       KeyAdvertisement: fresh X25519 public keys for this task and round
+    roster       modeller  AdvertRoster: the signed adverts it forwards (the round's members)
+    shares       pod       EncryptedShares: one AEAD ciphertext per neighbour
+    committed    modeller  CommittedList: the members whose shares arrived (U2)
+    masked       pod       MaskedInput: the masked vector's blob reference
+    survivors    modeller  SurvivorList: who masked in time, who dropped
+    consistency  pod       ConsistencySignature: the survivor list this pod was shown, signed
+    unmask       pod       UnmaskShares: self-mask shares for survivors, key shares for the dropped
+
+Every payload names its ``stage``, so no message of one stage verifies as another's,
+and carries ``task_id`` and ``round``, so none verifies in another task or round.
+Signing is ``signing.py``; which checks a pod makes before it answers is
+``pod_agent.agent.secure_round``; relaying is the hub's (``pod_agent.hub.server``).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, get_args
+
+from pydantic import Field, model_validator
+
+from pod_agent.protocol.messages import BlobRef, Envelope, WireModel
+
+Stage = Literal["advert", "roster", "shares", "committed", "masked", "survivors", "consistency", "unmask"]
+STAGES: tuple[Stage, ...] = get_args(Stage)
+# Who sends each stage: a cohort pod (its own message) or the task's modeller.
+POD_STAGES: frozenset[Stage] = frozenset({"advert", "shares", "masked", "consistency", "unmask"})
+MODELLER_STAGES: frozenset[Stage] = frozenset({"roster", "committed", "survivors"})
+# The sender label of the modeller's messages at the hub (pod names cannot contain '@').
+MODELLER_SENDER = "@modeller"
+# A round's cohort is bounded so that every list below is: SecAgg+ cost grows with it.
+MAX_ROUND_PODS = 1000
+# Bytes of one signed message, by stage: a roster forwards up to MAX_ROUND_PODS adverts (~700 B each),
+# shares and unmask answers hold one entry per neighbour; the rest are a few lists of names.
+MAX_STAGE_BYTES: dict[Stage, int] = {
+    "advert": 4096,
+    "roster": 1024 * MAX_ROUND_PODS,
+    "shares": 512 * MAX_ROUND_PODS,
+    "committed": 80 * MAX_ROUND_PODS,
+    "masked": 4096,
+    "survivors": 160 * MAX_ROUND_PODS,
+    "consistency": 160 * MAX_ROUND_PODS,
+    "unmask": 512 * MAX_ROUND_PODS,
+}
+
+TaskId = Annotated[str, Field(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")]
+PodName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
+# Raw X25519 public key, base64 (32 bytes -> 44 characters).
+X25519B64 = Annotated[str, Field(pattern=r"^[A-Za-z0-9+/]{43}=$")]
+Base64 = Annotated[str, Field(pattern=r"^[A-Za-z0-9+/]*={0,2}$", max_length=4096)]
+PodList = Annotated[list[PodName], Field(max_length=MAX_ROUND_PODS)]
+
+
+class RoundMessage(WireModel):
+    """Fields every message of a round carries."""
+
+    v: Literal[1] = 1
+    task_id: TaskId
+    round: int = Field(ge=0)
+
+
+class KeyAdvertisement(RoundMessage):
+    """A pod's two fresh public keys for this task and round, signed by its identity key."""
+
+    stage: Literal["advert"] = "advert"
+    pod: PodName
+    c_public: X25519B64  # encrypts the shares sent to neighbours
+    s_public: X25519B64  # agrees the pairwise masks
+
+    @model_validator(mode="after")
+    def _two_keys(self) -> KeyAdvertisement:
+        if self.c_public == self.s_public:
+            raise ValueError("c_public and s_public must be two different keys")
+        return self
+
+
+class AdvertRoster(RoundMessage):
+    """The signed adverts the modeller forwards: each pod verifies every one itself."""
+
+    stage: Literal["roster"] = "roster"
+    adverts: Annotated[list[Envelope], Field(min_length=1, max_length=MAX_ROUND_PODS)]
+
+
+class EncryptedShares(RoundMessage):
+    """One ciphertext per neighbour (receiver -> base64); the hub hands each receiver its own."""
+
+    stage: Literal["shares"] = "shares"
+    pod: PodName
+    ciphertexts: Annotated[dict[PodName, Base64], Field(max_length=MAX_ROUND_PODS)]
+
+
+class CommittedList(RoundMessage):
+    """U2: the members whose shares the modeller received; only they mask with each other."""
+
+    stage: Literal["committed"] = "committed"
+    committed: PodList
+
+
+class MaskedInput(RoundMessage):
+    """The pod's masked vector, uploaded as a blob before this is posted."""
+
+    stage: Literal["masked"] = "masked"
+    pod: PodName
+    blob: BlobRef
+
+
+class SurvivorList(RoundMessage):
+    """U3 and the committed pods that dropped before masking; the two never overlap."""
+
+    stage: Literal["survivors"] = "survivors"
+    survivors: PodList
+    dropped: PodList
+
+
+class ConsistencySignature(RoundMessage):
+    """The survivor list a pod was shown, signed by its identity key for its neighbours to compare."""
+
+    stage: Literal["consistency"] = "consistency"
+    pod: PodName
+    survivors: PodList
+    dropped: PodList
+
+
+class UnmaskShares(RoundMessage):
+    """A pod's one answer: self-mask shares of survivors, key shares of the dropped (owner -> base64)."""
+
+    stage: Literal["unmask"] = "unmask"
+    pod: PodName
+    self_mask_shares: Annotated[dict[PodName, Base64], Field(max_length=MAX_ROUND_PODS)]
+    mask_key_shares: Annotated[dict[PodName, Base64], Field(max_length=MAX_ROUND_PODS)]
+
+    @model_validator(mode="after")
+    def _never_both(self) -> UnmaskShares:
+        both = sorted(set(self.self_mask_shares) & set(self.mask_key_shares))
+        if both:
+            raise ValueError(f"both shares of {both}: one pod's self mask and mask key would reveal its input")
+        return self
+
+
+STAGE_MODELS: dict[Stage, type[RoundMessage]] = {
+    "advert": KeyAdvertisement,
+    "roster": AdvertRoster,
+    "shares": EncryptedShares,
+    "committed": CommittedList,
+    "masked": MaskedInput,
+    "survivors": SurvivorList,
+    "consistency": ConsistencySignature,
+    "unmask": UnmaskShares,
+}
+
+
+def round_path(task_id: str, round_index: int, stage: Stage) -> str:
+    """The hub route of a stage's messages (POST one, GET the stage's)."""
+    return f"/v1/secagg/{task_id}/{round_index}/{stage}"
+
+
+__all__ = [
+    "MAX_ROUND_PODS",
+    "MAX_STAGE_BYTES",
+    "MODELLER_SENDER",
+    "MODELLER_STAGES",
+    "POD_STAGES",
+    "STAGES",
+    "STAGE_MODELS",
+    "AdvertRoster",
+    "CommittedList",
+    "ConsistencySignature",
+    "EncryptedShares",
+    "KeyAdvertisement",
+    "MaskedInput",
+    "RoundMessage",
+    "Stage",
+    "SurvivorList",
+    "UnmaskShares",
+    "round_path",
+]
