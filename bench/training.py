@@ -94,7 +94,9 @@ def _prepare(root: Path, *, small: bool) -> tuple[Path, dict[str, Any]]:
         path = root / "adult_small.parquet"
         pq.write_table(pq.read_table(files.parquet).slice(0, SMALL_ROWS), path)
     ds = open_datasource(DatasourceSection(path=path))
-    prepared = prepare_task_input(ds, ds.schema(), DataSelection(target="TARGET"), root / "prepared")
+    prepared = prepare_task_input(
+        ds, ds.schema(), DataSelection(target="TARGET"), root / "prepared", share_categories=False
+    )
     return prepared.path, prepared.datastructure
 
 

@@ -175,7 +175,8 @@ class TaskPipeline:
             await self._fetch_blob(task.weights.sha256, weights)
             expected = await asyncio.to_thread(lambda: expected_from_safetensors(weights.read_bytes()))
         prepared = await asyncio.to_thread(
-            prepare_task_input, self._datasource, self._schema, task.data, input_dir
+            prepare_task_input, self._datasource, self._schema, task.data, input_dir,
+            share_categories=self._settings.privacy.share_categories,
         )
         settings = self._settings
         request = {

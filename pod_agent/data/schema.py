@@ -71,7 +71,13 @@ class Schema(BaseModel):
         return hashlib.sha256(self.canonical()).hexdigest()
 
     def public(self, share_categories: bool) -> dict[str, Any]:
-        """The schema as registered with the hub; category values only when the pod allows it."""
+        """The schema as registered with the hub and handed to the sandbox.
+
+        Category values only when the pod allows it; otherwise each categorical column
+        shows only ``n_categories``. ``hash`` is over the full schema (values included):
+        it is what tasks pin, and it reveals no value, though it confirms a right guess of
+        every column's category set at once.
+        """
         columns: list[dict[str, Any]] = []
         for column in self.columns:
             entry: dict[str, Any] = {
@@ -105,6 +111,19 @@ class Schema(BaseModel):
             ]
             return cls(columns=columns, row_count=int(public["row_count"]))
         except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"public schema unusable ({exc}); re-fetch it from the hub (pod-agent modeller pods)") from exc
+
+    @staticmethod
+    def public_shares_categories(public: Mapping[str, Any]) -> bool:
+        """Whether ``public`` (a ``public()`` view) carries category values: the
+        ``share_categories`` to plan a pod's datastructure with (``task_input.plan_datastructure``).
+
+        ``public()`` shares all categorical columns' values or none; a view without
+        categorical columns names nothing by category, so either answer plans the same.
+        """
+        try:
+            return all("categories" in entry for entry in public["columns"] if "n_categories" in entry)
+        except (KeyError, TypeError) as exc:
             raise DataError(f"public schema unusable ({exc}); re-fetch it from the hub (pod-agent modeller pods)") from exc
 
 

@@ -27,6 +27,15 @@ Encoding (recorded in the datastructure, documented here once):
 - target: categorical -> int64 index into the schema's sorted categories;
   continuous -> float32 (regression). Rows with a missing or unlisted target are
   dropped and counted in ``n_dropped``.
+
+Names (``feature_names``, ``target_categories``): the datastructure enters the sandbox,
+and a hostile model can hide any string it sees in what it returns, so category values
+are named only where the owner shares them (``privacy.share_categories``, passed in as
+``share_categories``). Shared: ``colour=red`` ... ``colour=<other>`` and the target's
+class names. Not shared: the index stands in, ``colour=#0`` ... ``colour=#other`` and
+``#0``, ``#1`` ...: the same names a modeller plans from the public schema's
+``n_categories`` placeholders, so a model built from ``plan_datastructure`` fits. Hashed
+columns are named by bucket (``colour#17``) either way; they hold no values.
 - split: per target class, rows are taken in blocks of 100 and each block's slots
   are a seeded permutation of ``train`` x 0, ``validation`` x 1, ``test`` x 2. The
   percentages are therefore exact per class for every full block (stratified), the
@@ -67,6 +76,10 @@ HASHED_BUCKETS = 64
 _SPLIT_BLOCK_ROWS = 100  # split percentages are integers summing to 100
 _READ_BATCH_ROWS = 65536
 _FEATURE_STYPES = ("categorical", "continuous")
+# Label of the one-hot slot for an unlisted or missing value: "<other>" where values are
+# shared (as before the index names existed), "#other" where the slots are named "#<index>".
+_OTHER_SHARED = "<other>"
+_OTHER_BY_INDEX = "#other"
 
 CategoricalEncoding = Literal["one-hot", "hashed"]
 
@@ -123,10 +136,13 @@ def prepare_task_input(
     schema: Schema,
     selection: DataSelection,
     out_dir: Path,
+    *,
+    share_categories: bool,
 ) -> TaskInput:
     """Write ``out_dir/data.arrow`` for ``selection`` and return it with its datastructure.
 
-    The categorical encoding is ``selection.categorical_encoding`` (signed in the task).
+    The categorical encoding is ``selection.categorical_encoding`` (signed in the task);
+    ``share_categories`` is the owner's ``privacy.share_categories`` (see Names above).
 
     Raises DataError naming the column when a selected column is missing, is the
     target, or has a semantic type that cannot be a tabular feature (text, image),
@@ -177,7 +193,8 @@ def prepare_task_input(
                 plan.std = float(np.sqrt(var)) if var > 1e-12 else 1.0
 
     datastructure = _datastructure(
-        plans, target, task=task, encoding=encoding, n_rows=n_rows, n_dropped=n_dropped, selection=selection
+        plans, target, task=task, encoding=encoding, n_rows=n_rows, n_dropped=n_dropped, selection=selection,
+        share_categories=share_categories,
     )
     input_size = int(datastructure["input_size"])  # type: ignore[call-overload]
     y_type = pa.int64() if task == "classification" else pa.float32()
@@ -229,20 +246,22 @@ def assign_splits(ds: Datasource, schema: Schema, selection: DataSelection) -> n
     return np.concatenate(parts) if parts else np.empty(0, dtype=np.int8)
 
 
-def plan_datastructure(schema: Schema, selection: DataSelection) -> dict[str, object]:
+def plan_datastructure(schema: Schema, selection: DataSelection, *, share_categories: bool) -> dict[str, object]:
     """The datastructure ``prepare_task_input`` would return, from the schema alone.
 
     Sizes, names and encoding are exact; ``n_rows`` and ``n_dropped`` are 0 because no
     data is read. A modeller uses it to build a model (and its initial weights) before
-    any pod prepares data; with one-hot encoding it holds only for pods with this
-    schema's categories.
+    any pod prepares data, from ``Schema.from_public`` of the pod's registered schema
+    with ``share_categories=public_shares_categories(...)`` of the same; with one-hot
+    encoding it holds only for pods with this schema's categories (or their count,
+    where they are not shared).
     """
     encoding: CategoricalEncoding = selection.categorical_encoding
     plans, target = _plan(schema, selection, encoding)
     task = "classification" if target.stype == "categorical" else "regression"
     return _datastructure(
         plans, target, task=task, encoding=encoding, n_rows=dict.fromkeys(SPLIT_CODES, 0), n_dropped=0,
-        selection=selection,
+        selection=selection, share_categories=share_categories,
     )
 
 
@@ -312,7 +331,9 @@ def _datastructure(
     n_rows: dict[str, int],
     n_dropped: int,
     selection: DataSelection,
+    share_categories: bool,
 ) -> dict[str, object]:
+    other = _OTHER_SHARED if share_categories else _OTHER_BY_INDEX
     feature_names: list[str] = []
     for plan in plans:
         if plan.stype == "continuous":
@@ -320,14 +341,15 @@ def _datastructure(
         elif plan.hashed:
             feature_names += [f"{plan.name}#{i}" for i in range(HASHED_BUCKETS)]
         else:
-            feature_names += [f"{plan.name}={c}" for c in plan.categories] + [f"{plan.name}=<other>"]
+            labels = _category_labels(plan.categories, share_categories=share_categories)
+            feature_names += [f"{plan.name}={label}" for label in [*labels, other]]
     return {
         "version": 1,
         "target": target.name,
         "task": task,
         "input_size": len(feature_names),
         "n_classes": len(target.categories) if task == "classification" else 1,
-        "target_categories": target.categories,
+        "target_categories": _category_labels(target.categories, share_categories=share_categories),
         "feature_names": feature_names,
         "columns": [p.name for p in plans],
         "stypes": {p.name: p.stype for p in plans} | {target.name: target.stype},
@@ -337,6 +359,11 @@ def _datastructure(
         "n_dropped": n_dropped,
         "split": selection.split.model_dump(),
     }
+
+
+def _category_labels(categories: list[str], *, share_categories: bool) -> list[str]:
+    """The categories' values where the owner shares them, else their slot index (``#0`` ...)."""
+    return list(categories) if share_categories else [f"#{i}" for i in range(len(categories))]
 
 
 def _batches(ds: Datasource, columns: list[str]) -> Iterator[pa.RecordBatch]:

@@ -27,7 +27,12 @@ Weights = dict[str, np.ndarray]
 def cohort_datastructure(cohort: list[PodInfo], selection: DataSelection) -> dict[str, object]:
     """The datastructure every pod of ``cohort`` will prepare, from their public schemas;
     raises ModellerError when the pods would build models of different shapes."""
-    planned = {p.name: plan_datastructure(Schema.from_public(p.schema), selection) for p in cohort}
+    planned = {
+        p.name: plan_datastructure(
+            Schema.from_public(p.schema), selection, share_categories=Schema.public_shares_categories(p.schema)
+        )
+        for p in cohort
+    }
     shapes = {name: (d["input_size"], d["n_classes"]) for name, d in planned.items()}
     if len(set(shapes.values())) != 1:
         raise ModellerError(

@@ -102,7 +102,8 @@ def fit_local(
         root = Path(tmp)
         input_dir, work_dir = root / "input", root / "work"
         work_dir.mkdir()
-        prepared = prepare_task_input(ds, schema, selection, input_dir)
+        # The modeller's own file: its category values are theirs to see (as the schema below).
+        prepared = prepare_task_input(ds, schema, selection, input_dir, share_categories=True)
         weights_ref = None
         if weights is not None:
             blob = weights.read_bytes()

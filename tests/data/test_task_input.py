@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pod_agent.config.settings import DatasourceSection
-from pod_agent.data import Datasource, open_datasource
+from pod_agent.data import Datasource, Schema, open_datasource
 from pod_agent.data import task_input as task_input_module
 from pod_agent.data.task_input import (
     HASHED_BUCKETS,
@@ -51,11 +51,11 @@ SELECTION = DataSelection(target="label", columns=["colour", "size"])
 
 def test_categoricals_are_one_hot_with_a_reserved_slot_and_continuous_standardised(tmp_path: Path) -> None:
     ds = _source(tmp_path, _table(3000))
-    prepared = prepare_task_input(ds, ds.schema(), SELECTION, tmp_path / "out")
+    prepared = prepare_task_input(ds, ds.schema(), SELECTION, tmp_path / "out", share_categories=False)
     structure = prepared.datastructure
-    assert structure["feature_names"] == ["colour=blue", "colour=green", "colour=red", "colour=<other>", "size"]
+    assert structure["feature_names"] == ["colour=#0", "colour=#1", "colour=#2", "colour=#other", "size"]
     assert structure["input_size"] == 5 and structure["n_classes"] == 2
-    assert structure["target_categories"] == ["no", "yes"]
+    assert structure["target_categories"] == ["#0", "#1"]
     x, y, split = _read(prepared.path)
     assert x.dtype == np.float32 and set(np.unique(y)) == {0, 1}
     np.testing.assert_array_equal(x[:, :4].sum(axis=1), 1.0)
@@ -65,13 +65,22 @@ def test_categoricals_are_one_hot_with_a_reserved_slot_and_continuous_standardis
     assert read_datastructure(prepared.path) == structure
 
 
+def test_shared_categories_name_slots_and_classes_by_value(tmp_path: Path) -> None:
+    ds = _source(tmp_path, _table(300))
+    shared = prepare_task_input(ds, ds.schema(), SELECTION, tmp_path / "shared", share_categories=True)
+    hidden = prepare_task_input(ds, ds.schema(), SELECTION, tmp_path / "hidden", share_categories=False)
+    assert shared.datastructure["feature_names"] == ["colour=blue", "colour=green", "colour=red", "colour=<other>", "size"]
+    assert shared.datastructure["target_categories"] == ["no", "yes"]
+    np.testing.assert_array_equal(_read(shared.path)[0], _read(hidden.path)[0])
+
+
 def test_a_value_the_schema_does_not_list_takes_the_reserved_slot(tmp_path: Path) -> None:
     ds = _source(tmp_path, _table(500))
     schema = ds.schema()
     narrowed = schema.model_copy(update={"columns": [
         c.model_copy(update={"categories": ["blue", "green"]}) if c.name == "colour" else c for c in schema.columns
     ]})
-    x, _, _ = _read(prepare_task_input(ds, narrowed, SELECTION, tmp_path / "out").path)
+    x, _, _ = _read(prepare_task_input(ds, narrowed, SELECTION, tmp_path / "out", share_categories=False).path)
     reds = _table(500).column("colour").to_numpy(zero_copy_only=False) == "red"
     assert (x[reds, 2] == 1).all() and not x[~reds, 2].any()
 
@@ -79,8 +88,8 @@ def test_a_value_the_schema_does_not_list_takes_the_reserved_slot(tmp_path: Path
 def test_split_is_stratified_exact_per_block_and_reproducible(tmp_path: Path) -> None:
     ds = _source(tmp_path, _table(5000))
     selection = SELECTION.model_copy(update={"split": Split(train=70, validation=20, test=10, seed=3)})
-    first = prepare_task_input(ds, ds.schema(), selection, tmp_path / "a")
-    second = prepare_task_input(ds, ds.schema(), selection, tmp_path / "b")
+    first = prepare_task_input(ds, ds.schema(), selection, tmp_path / "a", share_categories=False)
+    second = prepare_task_input(ds, ds.schema(), selection, tmp_path / "b", share_categories=False)
     assert first.path.read_bytes() == second.path.read_bytes()
     _, y, split = _read(first.path)
     for label in (0, 1):
@@ -90,15 +99,15 @@ def test_split_is_stratified_exact_per_block_and_reproducible(tmp_path: Path) ->
         "train": int((split == 0).sum()), "validation": int((split == 1).sum()), "test": int((split == 2).sum())
     }
     other_seed = selection.model_copy(update={"split": Split(train=70, validation=20, test=10, seed=4)})
-    _, _, other = _read(prepare_task_input(ds, ds.schema(), other_seed, tmp_path / "c").path)
+    _, _, other = _read(prepare_task_input(ds, ds.schema(), other_seed, tmp_path / "c", share_categories=False).path)
     assert (other != split).any()
 
 
 def test_streaming_in_small_batches_gives_the_same_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ds = _source(tmp_path, _table(2000))
-    whole = prepare_task_input(ds, ds.schema(), SELECTION, tmp_path / "whole")
+    whole = prepare_task_input(ds, ds.schema(), SELECTION, tmp_path / "whole", share_categories=False)
     monkeypatch.setattr(task_input_module, "_READ_BATCH_ROWS", 128)
-    pieces = prepare_task_input(ds, ds.schema(), SELECTION, tmp_path / "pieces")
+    pieces = prepare_task_input(ds, ds.schema(), SELECTION, tmp_path / "pieces", share_categories=False)
     for a, b in zip(_read(whole.path), _read(pieces.path), strict=True):
         np.testing.assert_array_equal(a, b)
     with pa.memory_map(str(pieces.path)) as source:
@@ -113,7 +122,7 @@ def test_hashed_categories_mean_the_same_slot_on_pods_with_different_categories(
     for i, part in enumerate(pods):
         ds = _source(tmp_path, part, name=f"pod{i}.parquet")
         hashed = SELECTION.model_copy(update={"categorical_encoding": "hashed"})
-        prepared = prepare_task_input(ds, ds.schema(), hashed, tmp_path / f"p{i}")
+        prepared = prepare_task_input(ds, ds.schema(), hashed, tmp_path / f"p{i}", share_categories=False)
         assert prepared.datastructure["input_size"] == HASHED_BUCKETS + 1
         x, _, _ = _read(prepared.path)
         part_colour = part.column("colour").to_numpy(zero_copy_only=False)
@@ -127,7 +136,7 @@ def test_rows_with_a_missing_target_are_dropped_and_counted(tmp_path: Path) -> N
     labels[:7] = [None] * 7
     table = table.set_column(3, "label", pa.array(labels))
     ds = _source(tmp_path, table)
-    prepared = prepare_task_input(ds, ds.schema(), SELECTION, tmp_path / "out")
+    prepared = prepare_task_input(ds, ds.schema(), SELECTION, tmp_path / "out", share_categories=False)
     assert prepared.datastructure["n_dropped"] == 7
     assert sum(prepared.datastructure["n_rows"].values()) == 393  # type: ignore[attr-defined]
 
@@ -139,7 +148,7 @@ def test_assigned_splits_are_the_prepared_files_row_by_row_with_dropped_rows_mar
     labels = table.column("label").to_pylist()
     labels[10:13] = [None] * 3
     ds = _source(tmp_path, table.set_column(3, "label", pa.array(labels)))
-    prepared = prepare_task_input(ds, ds.schema(), SELECTION, tmp_path / "out")
+    prepared = prepare_task_input(ds, ds.schema(), SELECTION, tmp_path / "out", share_categories=False)
     monkeypatch.setattr(task_input_module, "_READ_BATCH_ROWS", 100)  # batch boundaries must not matter
     codes = assign_splits(ds, ds.schema(), SELECTION)
     assert len(codes) == 1500 and list(np.flatnonzero(codes == -1)) == [10, 11, 12]
@@ -159,21 +168,30 @@ def test_assigned_splits_are_the_prepared_files_row_by_row_with_dropped_rows_mar
 def test_unusable_selections_name_the_column(tmp_path: Path, selection: DataSelection, message: str) -> None:
     ds = _source(tmp_path, _table(50))
     with pytest.raises(DataError, match=message):
-        prepare_task_input(ds, ds.schema(), selection, tmp_path / "out")
+        prepare_task_input(ds, ds.schema(), selection, tmp_path / "out", share_categories=False)
 
 
 def test_columns_default_to_every_tabular_column_but_the_target(tmp_path: Path) -> None:
     ds = _source(tmp_path, _table(100))
-    prepared = prepare_task_input(ds, ds.schema(), DataSelection(target="label"), tmp_path / "out")
+    prepared = prepare_task_input(
+        ds, ds.schema(), DataSelection(target="label"), tmp_path / "out", share_categories=False
+    )
     assert prepared.datastructure["columns"] == ["colour", "size"]
 
 
+@pytest.mark.parametrize("share_categories", [False, True])
 @pytest.mark.parametrize("encoding", ["one-hot", "hashed"])
-def test_the_planned_datastructure_matches_the_prepared_one_but_for_row_counts(tmp_path: Path, encoding: str) -> None:
+def test_the_modellers_plan_from_the_public_schema_matches_the_prepared_one_but_for_row_counts(
+    tmp_path: Path, encoding: str, share_categories: bool
+) -> None:
     ds = _source(tmp_path, _table(300))
     selection = SELECTION.model_copy(update={"categorical_encoding": encoding})
-    planned = plan_datastructure(ds.schema(), selection)
-    prepared = prepare_task_input(ds, ds.schema(), selection, tmp_path / "out").datastructure
+    public = ds.schema().public(share_categories)
+    assert Schema.public_shares_categories(public) is share_categories
+    planned = plan_datastructure(Schema.from_public(public), selection, share_categories=share_categories)
+    prepared = prepare_task_input(
+        ds, ds.schema(), selection, tmp_path / "out", share_categories=share_categories
+    ).datastructure
     assert planned["n_rows"] == {"train": 0, "validation": 0, "test": 0}
     unchanging = set(prepared) - {"n_rows", "n_dropped"}
     assert {k: planned[k] for k in unchanging} == {k: prepared[k] for k in unchanging}
@@ -185,7 +203,7 @@ def test_cohort_scaling_replaces_the_pods_own_moments(tmp_path: Path) -> None:
     pq.write_table(table, path)
     ds = open_datasource(DatasourceSection(path=path, force_stypes={"continuous": ["x"]}))
     selection = DataSelection(target="y", split=Split(train=100, validation=0, test=0), scaling={"x": (10.0, 2.0)})
-    prepared = prepare_task_input(ds, ds.schema(), selection, tmp_path / "in")
+    prepared = prepare_task_input(ds, ds.schema(), selection, tmp_path / "in", share_categories=False)
     with pa.memory_map(str(prepared.path)) as source:
         x = pa.ipc.open_file(source).read_all().column("x").combine_chunks().flatten().to_numpy()
     assert sorted(set(x.tolist())) == [-4.5, -4.0, -3.5, -3.0]
@@ -198,7 +216,7 @@ def test_scaling_a_column_that_is_not_a_continuous_feature_is_refused(tmp_path: 
     ds = open_datasource(DatasourceSection(path=path))
     selection = DataSelection(target="y", scaling={"z": (0.0, 1.0)})
     with pytest.raises(DataError, match=r"scaling names \['z'\]"):
-        prepare_task_input(ds, ds.schema(), selection, tmp_path / "in")
+        prepare_task_input(ds, ds.schema(), selection, tmp_path / "in", share_categories=False)
 
 
 def test_a_continuous_column_that_is_not_numeric_is_refused_with_what_to_do(tmp_path: Path) -> None:
@@ -210,4 +228,4 @@ def test_a_continuous_column_that_is_not_numeric_is_refused_with_what_to_do(tmp_
     ds = open_datasource(DatasourceSection(path=path))
     assert ds.schema().column("when").stype == "continuous"
     with pytest.raises(DataError, match=r"non-numeric values \(timestamp\[\w+\]\); force it to categorical"):
-        prepare_task_input(ds, ds.schema(), DataSelection(target="y"), tmp_path / "in")
+        prepare_task_input(ds, ds.schema(), DataSelection(target="y"), tmp_path / "in", share_categories=False)

@@ -30,7 +30,9 @@ def small_adult(adult_parquet: Path, tmp_path_factory: pytest.TempPathFactory) -
 @pytest.fixture(scope="session")
 def adult_input(small_adult: Path, tmp_path_factory: pytest.TempPathFactory) -> TaskInput:
     ds = open_datasource(DatasourceSection(path=small_adult))
-    return prepare_task_input(ds, ds.schema(), DataSelection(target="TARGET"), tmp_path_factory.mktemp("prepared"))
+    return prepare_task_input(
+        ds, ds.schema(), DataSelection(target="TARGET"), tmp_path_factory.mktemp("prepared"), share_categories=False
+    )
 
 
 

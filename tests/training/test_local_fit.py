@@ -89,7 +89,7 @@ def test_hashed_encoding_gives_a_width_independent_of_the_categories(small_adult
 def test_initial_weights_are_what_a_pod_starts_from(run_in_process: RunTask, small_adult: Path, style: str) -> None:
     model = source_ref(TUTORIAL_MODEL, "MyCustomModel") if style == "lightning" else spec_ref(DECLARATIVE_SPEC)
     schema = open_datasource(DatasourceSection(path=small_adult)).schema()
-    planned = plan_datastructure(schema, DataSelection(target="TARGET"))
+    planned = plan_datastructure(schema, DataSelection(target="TARGET"), share_categories=False)
     initial = initial_weights(model, datastructure=planned, hyperparameters=Hyperparameters(seed=7))
     blob = save_numpy(initial)
     fresh = run_in_process(make_task("evaluate", model))
