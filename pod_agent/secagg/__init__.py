@@ -1,50 +1,83 @@
-"""Secure aggregation: clip, fixed point, pairwise masks, sum.
+"""Secure aggregation (SecAgg+): clip, fixed point, neighbour graph, secret shares, masks, sum.
 
-Pod side: :func:`protect_update` (clip, weight, encode, mask). Aggregator side:
-:func:`aggregate_masked` (sum mod M, decode, mean). Torch-free: numpy and cryptography.
+Pod side: :func:`encode_update` (clip, weight, encode, metrics), then :mod:`plus`
+(:class:`RoundSecrets`, :func:`encrypt_shares`, :func:`decrypt_shares`,
+:func:`mask_input`, :func:`unmask_answer`). Modeller side: :func:`sum_vectors`,
+:func:`unmask_sum`, :func:`aggregate_masked` (decode, mean). Graph and threshold:
+:func:`neighbour_graph`. Torch-free: numpy, cryptography and pycryptodome.
 """
 
-from pod_agent.secagg.aggregate import AggregateResult, IncompleteRound, aggregate_masked
+from pod_agent.secagg.aggregate import AggregateResult, aggregate_masked, sum_vectors
 from pod_agent.secagg.clip import ClipBound, ClippedUpdate, NormClip, clip_l2, clip_update, floating_tensors
-from pod_agent.secagg.fixed_point import Encoding, max_weight, plan_encoding
-from pod_agent.secagg.masks import (
-    RoundKeyPair,
-    add_pairwise_masks,
-    dropout_correction,
-    participant_from,
-    round_key_announcement,
+from pod_agent.secagg.fixed_point import METRIC_BOUND, Encoding, MetricPlan, max_weight, plan_encoding, plan_metrics
+from pod_agent.secagg.graph import NeighbourGraph, default_degree, neighbour_graph
+from pod_agent.secagg.masks import RoundKeyPair, add_pairwise_masks, participant_from, round_key_announcement
+from pod_agent.secagg.plus import (
+    HeldShares,
+    PeerKeys,
+    RoundSecrets,
+    UnmaskAnswer,
+    UnmaskRequest,
+    decrypt_shares,
+    encrypt_shares,
+    mask_input,
+    unmask_answer,
+    unmask_request,
+    unmask_sum,
 )
+from pod_agent.secagg.shamir import Share, combine_shares, split_secret
 from pod_agent.secagg.update import (
+    EncodedUpdate,
     Layout,
-    ProtectedUpdate,
     TensorSlot,
+    encode_update,
     protect_update,
     vector_from_bytes,
     vector_to_bytes,
 )
 
 __all__ = [
+    "METRIC_BOUND",
     "AggregateResult",
     "ClipBound",
     "ClippedUpdate",
+    "EncodedUpdate",
     "Encoding",
-    "IncompleteRound",
+    "HeldShares",
     "Layout",
+    "MetricPlan",
+    "NeighbourGraph",
     "NormClip",
-    "ProtectedUpdate",
+    "PeerKeys",
     "RoundKeyPair",
+    "RoundSecrets",
+    "Share",
     "TensorSlot",
+    "UnmaskAnswer",
+    "UnmaskRequest",
     "add_pairwise_masks",
     "aggregate_masked",
     "clip_l2",
     "clip_update",
-    "dropout_correction",
+    "combine_shares",
+    "decrypt_shares",
+    "default_degree",
+    "encode_update",
+    "encrypt_shares",
     "floating_tensors",
+    "mask_input",
     "max_weight",
+    "neighbour_graph",
     "participant_from",
     "plan_encoding",
+    "plan_metrics",
     "protect_update",
     "round_key_announcement",
+    "split_secret",
+    "sum_vectors",
+    "unmask_answer",
+    "unmask_request",
+    "unmask_sum",
     "vector_from_bytes",
     "vector_to_bytes",
 ]

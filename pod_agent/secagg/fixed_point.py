@@ -15,7 +15,25 @@ n_rows * Q / 2 < M / 2, roughly n_rows < M / Q (64-bit M with Q = 2**40 leaves r
 for 2**24 rows a pod); otherwise the pod refuses with the numbers and the fix.
 
 Encoding is exact while |v * P * w| < 2**53 (float64); beyond that its relative error
-is 2**-53. Masks are ``masks.py``; the layout of the vector is ``update.py``.
+is 2**-53.
+
+Train metrics (``plan_metrics``) get the same guarantee with their own scale S, a power
+of two every party derives from the task's parameters. A metric value v is clipped to
+[-V, V] with V = METRIC_BOUND = 2**16 and sent as n_rows * round(v * S); the pod's rows
+are capped at R = min(MAX_METRIC_ROWS, max_weight) in weighted mode (plan_encoding
+already refuses more) and R = MAX_METRIC_ROWS = 2**28 otherwise. V * S is an integer, so
+|round(v * S)| <= V * S and each pod's slot is at most R * V * S in size; S is the
+largest power of two with
+
+    N * R * V * S <= M/2 - 1,
+
+so the sum of at most N pods cannot wrap, nor can its row-count companion (N * R).
+With M = 2**64 that gives S = 2**19 / N unweighted (2**9 at N = 1000: the mean is exact
+to 1/1024), more when Q is large and weighting caps R lower. A scale under
+MIN_METRIC_SCALE = 2**8 is refused with the numbers (32-bit moduli cannot carry
+metrics), and so is a pod with more than R rows.
+
+Masks are ``masks.py``; the layout of the vector is ``update.py``.
 """
 
 from __future__ import annotations
@@ -30,6 +48,14 @@ from pod_agent.secagg.clip import ClipBound
 
 _DTYPES: dict[int, np.dtype[np.unsignedinteger]] = {32: np.dtype("<u4"), 64: np.dtype("<u8")}
 _SIGNED: dict[int, np.dtype[np.signedinteger]] = {32: np.dtype("<i4"), 64: np.dtype("<i8")}
+
+# Train metrics (losses, accuracies, errors of standardised targets) lie far inside this;
+# one beyond it is clipped and named in EncodedUpdate.metrics_clipped.
+METRIC_BOUND = 1 << 16
+# Rows one pod may weight its metrics by when weighting does not already cap them lower.
+MAX_METRIC_ROWS = 1 << 28
+# The coarsest metric resolution accepted: 1/256.
+MIN_METRIC_SCALE = 1 << 8
 
 
 def modulus_dtype(modulus_bits: int) -> np.dtype[np.unsignedinteger]:
@@ -109,3 +135,34 @@ def decode_sum(
 ) -> None:
     """Write centered-lift(total) / divisor into ``out`` (any float dtype), without a float64 copy."""
     np.multiply(signed_view(total, modulus_bits), 1.0 / divisor, out=out, casting="unsafe")
+
+
+@dataclass(frozen=True)
+class MetricPlan:
+    """Metric scale S of a round and the most rows a pod may weight its metrics by."""
+
+    scale: int
+    max_rows: int
+
+    def check_rows(self, n_rows: int) -> None:
+        if n_rows > self.max_rows:
+            raise SecAggError(
+                f"n_rows = {n_rows} exceeds the {self.max_rows} rows a pod may weight its train metrics by in "
+                "this round; send the update without metrics, or lower prime_q"
+            )
+
+
+def plan_metrics(bound: ClipBound, *, modulus_bits: int, weighted: bool) -> MetricPlan:
+    """The round's metric scale (see the module docstring), or SecAggError when metrics cannot fit."""
+    modulus_dtype(modulus_bits)
+    rows = min(MAX_METRIC_ROWS, max_weight(bound, modulus_bits=modulus_bits)) if weighted else MAX_METRIC_ROWS
+    rows = max(rows, 1)
+    n = bound.num_workers
+    largest = ((1 << modulus_bits) // 2 - 1) // (n * rows * METRIC_BOUND)
+    if largest < MIN_METRIC_SCALE:
+        raise SecAggError(
+            f"train metrics cannot be aggregated without wrapping: num_workers * rows * metric bound * scale = "
+            f"{n} * {rows} * {METRIC_BOUND} * {MIN_METRIC_SCALE} must be < M/2 = 2**{modulus_bits}/2"
+            + ("; use modulus_bits=64" if modulus_bits != 64 else "; lower num_workers or send no metrics")
+        )
+    return MetricPlan(scale=1 << (largest.bit_length() - 1), max_rows=rows)

@@ -1,24 +1,22 @@
-"""Round keys and pairwise masks that cancel in the cohort's sum.
+"""Mask keys and mask streams: the pseudo-random vectors that hide a pod's input.
 
-Owns the X25519 round key pair, the per-pair seed and its expansion into one mask
-element per value. For pods i < j (sorted by pod name) the pair seed is
-HKDF-SHA256 over X25519(i, j) with salt = task id and round, and info binding the
-cohort (names and round keys, sorted) and both pod names in canonical order; so a
-new task, a new round or a changed cohort gives fresh masks even if round keys are
-reused. The seed keys AES-128-CTR from ``cryptography``; its keystream, read as
+Owns the X25519 helpers (public keys from base64, key agreement that refuses low-order
+points), the derivation of mask keys, and their expansion into one mask element per
+value. A mask key keys AES-128-CTR from ``cryptography``; its keystream, read as
 little-endian uint32/uint64, is the mask (M is a power of two, so each element is
-exactly uniform mod M). Pod i adds the masks for j > i and subtracts those for
-j < i; the aggregator's plain sum cancels them.
+exactly uniform mod M). Two kinds of key:
 
-Announcing a round key is signed by the pod's identity key through
-``pod_agent.protocol`` (sign_envelope / open_envelope); this module only builds the
-announcement and takes public keys as given. Policy (min_pods) is ``pod_agent.policy``.
+* pair mask key of pods {a, b}: HKDF-SHA256 over X25519(a, b) with salt = task id and
+  round, info binding a digest of the round's graph (or cohort) and both names in
+  sorted order, so a new task, round or cohort gives fresh masks even if keys repeat.
+  The lower-named pod adds the mask and the higher one subtracts it: they cancel in
+  the sum;
+* self-mask key of one pod: HKDF-SHA256 over its 32-byte self-mask seed b, bound the
+  same way to the task, round and pod (SecAgg+'s PRG(b_u)).
 
-Dropout recovery (a later step): a dropped pod's dangling masks are exactly its own
-masks over the survivors (:func:`dropout_correction`), so once its round key is
-reconstructed (SecAgg+ Shamir shares, together with self-masks so that a late vector
-stays hidden) the aggregator adds that correction to the survivors' sum. Until that
-protocol exists ``aggregate.IncompleteRound`` is raised and the round is retried.
+Which masks a pod applies, and how the modeller removes them after dropouts, is
+``plus.py`` (SecAgg+). The one-shot pairwise scheme below the streams (``RoundKeyPair``,
+``Cohort``, ``add_pairwise_masks``) predates it and goes once no caller is left.
 """
 
 from __future__ import annotations
@@ -28,7 +26,6 @@ import binascii
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -40,16 +37,96 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 
 from pod_agent.errors import SecAggError
 from pod_agent.protocol.messages import Participant, RoundKeyAnnouncement
-from pod_agent.secagg.fixed_point import modulus_dtype
 
 _INFO_LABEL = b"pod-agent/secagg/v1/pair-mask"
-_KEY_BYTES = 32  # X25519 keys
+_SELF_LABEL = b"pod-agent/secagg/v1/self-mask"
+KEY_BYTES = 32  # X25519 keys
 # AES-128: a 128-bit key matches X25519's ~128-bit security and is a quarter faster than AES-256.
 _MASK_KEY_BYTES = 16
-# Each pair key is used for one keystream only, so a fixed initial counter is safe.
+# Each mask key is used for one keystream only, so a fixed initial counter is safe.
 _CTR_START = bytes(16)
 # Mask values produced per cipher call: the numpy add that follows stays in cache.
 _STREAM_VALUES = 1 << 16
+
+# (add?, keystream): one mask to add to or subtract from a vector.
+MaskStream = tuple[bool, CipherContext]
+
+
+def public_key_from_b64(b64: str, *, pod: str) -> X25519PublicKey:
+    """The raw X25519 public key ``pod`` advertised, or SecAggError naming the pod."""
+    try:
+        raw = base64.b64decode(b64, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise SecAggError(f"public key {b64!r} of pod {pod!r} is not base64") from exc
+    if len(raw) != KEY_BYTES:
+        raise SecAggError(f"public key {b64!r} of pod {pod!r} is {len(raw)} bytes; expected {KEY_BYTES}")
+    return X25519PublicKey.from_public_bytes(raw)
+
+
+def public_b64(private: X25519PrivateKey) -> str:
+    return base64.b64encode(private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)).decode("ascii")
+
+
+def agree(private: X25519PrivateKey, peer_b64: str, *, pod: str) -> bytes:
+    """X25519(private, peer); refuses a low-order peer key, whose shared secret would be all zeros."""
+    peer = public_key_from_b64(peer_b64, pod=pod)
+    try:
+        return private.exchange(peer)
+    except ValueError as exc:
+        raise SecAggError(f"public key {peer_b64!r} of pod {pod!r} is a low-order point; refusing it") from exc
+
+
+def _info(label: bytes, parts: Sequence[bytes]) -> bytes:
+    info = bytearray(label)
+    for part in parts:
+        info += len(part).to_bytes(4, "big") + part
+    return bytes(info)
+
+
+def pair_key(
+    shared_secret: bytes, *, task_id: str, round_index: int, cohort_digest: bytes, pod_a: str, pod_b: str
+) -> bytes:
+    """The 16-byte AES key of the pair {pod_a, pod_b} for this task, round and cohort (or graph) digest."""
+    low, high = sorted((pod_a, pod_b))
+    info = _info(_INFO_LABEL, [cohort_digest, low.encode("utf-8"), high.encode("utf-8")])
+    salt = f"{task_id}:{round_index}".encode()
+    return HKDF(algorithm=hashes.SHA256(), length=_MASK_KEY_BYTES, salt=salt, info=info).derive(shared_secret)
+
+
+def self_mask_key(seed: bytes, *, task_id: str, round_index: int, pod: str) -> bytes:
+    """The 16-byte AES key of ``pod``'s self mask, from its 32-byte seed b."""
+    salt = f"{task_id}:{round_index}".encode()
+    info = _info(_SELF_LABEL, [pod.encode("utf-8")])
+    return HKDF(algorithm=hashes.SHA256(), length=_MASK_KEY_BYTES, salt=salt, info=info).derive(seed)
+
+
+def mask_stream(key: bytes, *, add: bool) -> MaskStream:
+    """The mask of ``key``, to be added (``add``) or subtracted by :func:`apply_streams`."""
+    return add, Cipher(algorithms.AES(key), modes.CTR(_CTR_START)).encryptor()
+
+
+def apply_streams(vector: npt.NDArray[np.unsignedinteger], streams: Sequence[MaskStream]) -> None:
+    """Add or subtract each stream's mask, in place, mod 2**bits of ``vector``, chunk by chunk."""
+    dtype = vector.dtype.newbyteorder("<")
+    itemsize = dtype.itemsize
+    stream_values = max(1, min(_STREAM_VALUES, vector.size))
+    zeros = memoryview(bytes(stream_values * itemsize))
+    # update_into wants room for one extra block in general; CTR never uses it.
+    buffer = bytearray(stream_values * itemsize + 15)
+    mask = np.frombuffer(buffer, dtype=dtype, count=stream_values)
+    for start in range(0, vector.size, stream_values):
+        segment = vector[start : start + stream_values]
+        count = segment.size
+        for add, encryptor in streams:
+            encryptor.update_into(zeros[: count * itemsize], buffer)
+            # Unsigned numpy arithmetic wraps, which is exactly arithmetic mod 2**bits.
+            if add:
+                np.add(segment, mask[:count], out=segment)
+            else:
+                np.subtract(segment, mask[:count], out=segment)
+
+
+# -- the one-shot pairwise scheme SecAgg+ replaces (no dropout recovery) --------------------
 
 
 class RoundKeyPair:
@@ -59,8 +136,7 @@ class RoundKeyPair:
 
     def __init__(self, private: X25519PrivateKey) -> None:
         self._private = private
-        raw = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-        self._public_b64 = base64.b64encode(raw).decode("ascii")
+        self._public_b64 = public_b64(private)
 
     @classmethod
     def generate(cls) -> RoundKeyPair:
@@ -69,8 +145,8 @@ class RoundKeyPair:
     @classmethod
     def from_private_bytes(cls, raw: bytes) -> RoundKeyPair:
         """Restore a pair saved with :meth:`private_bytes` (the pod's state keeps it until the round ends)."""
-        if len(raw) != _KEY_BYTES:
-            raise SecAggError(f"round private key is {len(raw)} bytes; expected {_KEY_BYTES} raw X25519 bytes")
+        if len(raw) != KEY_BYTES:
+            raise SecAggError(f"round private key is {len(raw)} bytes; expected {KEY_BYTES} raw X25519 bytes")
         return cls(X25519PrivateKey.from_private_bytes(raw))
 
     def private_bytes(self) -> bytes:
@@ -80,27 +156,13 @@ class RoundKeyPair:
     def public_b64(self) -> str:
         return self._public_b64
 
-    def shared_secret(self, peer_public_b64: str) -> bytes:
-        peer = _public_key(peer_public_b64)
-        try:
-            return self._private.exchange(peer)
-        except ValueError as exc:  # low-order point: the shared secret would be all zeros
-            raise SecAggError(f"round public key {peer_public_b64!r} is a low-order point; refusing it") from exc
+    def shared_secret(self, peer_public_b64: str, *, peer: str = "peer") -> bytes:
+        return agree(self._private, peer_public_b64, pod=peer)
 
     def __repr__(self) -> str:
         return f"RoundKeyPair(public={self._public_b64!r})"
 
     __str__ = __repr__
-
-
-def _public_key(b64: str) -> X25519PublicKey:
-    try:
-        raw = base64.b64decode(b64, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise SecAggError(f"round public key {b64!r} is not base64") from exc
-    if len(raw) != _KEY_BYTES:
-        raise SecAggError(f"round public key {b64!r} is {len(raw)} bytes; expected {_KEY_BYTES}")
-    return X25519PublicKey.from_public_bytes(raw)
 
 
 def round_key_announcement(*, pod: str, key_id: str, round_key: RoundKeyPair, issued_at: int) -> RoundKeyAnnouncement:
@@ -117,7 +179,7 @@ def participant_from(announcement: RoundKeyAnnouncement) -> Participant:
 
 @dataclass(frozen=True)
 class Cohort:
-    """The round's participants sorted by pod name, checked for duplicates."""
+    """The round's participants sorted by pod name, checked for duplicates and round keys."""
 
     participants: tuple[Participant, ...]
 
@@ -128,6 +190,8 @@ class Cohort:
         if len(set(names)) != len(names):
             raise SecAggError(f"participant list names a pod twice: {names}; each pod takes part once")
         keys = [p.round_public_key for p in ordered]
+        if None in keys:
+            raise SecAggError("a participant has no round key; the one-shot pairwise scheme needs one per pod")
         if len(set(keys)) != len(keys):
             raise SecAggError("two participants announce the same round key; each pod needs its own")
         return cls(ordered)
@@ -142,25 +206,19 @@ class Cohort:
                 return participant
         raise SecAggError(f"pod {pod!r} is not in the round's participants {list(self.names)}")
 
+    def round_key(self, pod: str) -> str:
+        key = self.member(pod).round_public_key
+        if key is None:  # Cohort.of refuses this; kept for the type checker
+            raise SecAggError(f"participant {pod!r} has no round key")
+        return key
+
     def digest(self) -> bytes:
         h = hashlib.sha256()
         for p in self.participants:
-            for part in (p.pod, p.round_public_key):
+            for part in (p.pod, self.round_key(p.pod)):
                 encoded = part.encode("utf-8")
                 h.update(len(encoded).to_bytes(4, "big") + encoded)
         return h.digest()
-
-
-def pair_key(
-    shared_secret: bytes, *, task_id: str, round_index: int, cohort_digest: bytes, pod_a: str, pod_b: str
-) -> bytes:
-    """The 16-byte AES key of the pair {pod_a, pod_b} for this task, round and cohort."""
-    low, high = sorted((pod_a, pod_b))
-    info = bytearray(_INFO_LABEL)
-    for part in (cohort_digest, low.encode("utf-8"), high.encode("utf-8")):
-        info += len(part).to_bytes(4, "big") + part
-    salt = f"{task_id}:{round_index}".encode()
-    return HKDF(algorithm=hashes.SHA256(), length=_MASK_KEY_BYTES, salt=salt, info=bytes(info)).derive(shared_secret)
 
 
 def add_pairwise_masks(
@@ -174,81 +232,19 @@ def add_pairwise_masks(
 ) -> None:
     """Add (j > me) or subtract (j < me) each peer's mask, in place, mod 2**bits of ``vector``."""
     cohort = Cohort.of(participants)
-    streams = _pair_streams(
-        cohort, me=me, round_key=my_round_key, peers=cohort.names, task_id=task_id, round_index=round_index
-    )
-    _apply_streams(vector, streams)
-
-
-def dropout_correction(
-    size: int,
-    *,
-    dropped: str,
-    dropped_round_key: RoundKeyPair,
-    participants: Sequence[Participant],
-    survivors: Sequence[str],
-    task_id: str,
-    round_index: int,
-    modulus_bits: Literal[32, 64],
-) -> npt.NDArray[np.unsignedinteger]:
-    """The vector that, added to the survivors' sum, cancels the masks they shared with ``dropped``.
-
-    Needs the dropped pod's round key, which only a dropout-tolerant protocol may
-    reconstruct (with self-masks, so that a late vector from that pod stays hidden).
-    """
-    cohort = Cohort.of(participants)
-    for name in survivors:
-        cohort.member(name)
-    correction = np.zeros(size, dtype=modulus_dtype(modulus_bits))
-    streams = _pair_streams(
-        cohort, me=dropped, round_key=dropped_round_key, peers=survivors, task_id=task_id, round_index=round_index
-    )
-    _apply_streams(correction, streams)
-    return correction
-
-
-def _pair_streams(
-    cohort: Cohort, *, me: str, round_key: RoundKeyPair, peers: Sequence[str], task_id: str, round_index: int
-) -> list[tuple[bool, CipherContext]]:
-    """(add?, keystream) for each peer of ``me`` named in ``peers``."""
-    own = cohort.member(me)
-    if own.round_public_key != round_key.public_b64:
+    if cohort.round_key(me) != my_round_key.public_b64:
         raise SecAggError(
-            f"the task lists round key {own.round_public_key!r} for pod {me!r} but this pod holds "
-            f"{round_key.public_b64!r}; re-announce the round key and resubmit the task"
+            f"the task lists round key {cohort.round_key(me)!r} for pod {me!r} but this pod holds "
+            f"{my_round_key.public_b64!r}; re-announce the round key and resubmit the task"
         )
     digest = cohort.digest()
-    streams: list[tuple[bool, CipherContext]] = []
-    for peer in cohort.participants:
-        if peer.pod == me or peer.pod not in peers:
-            continue
-        key = pair_key(
-            round_key.shared_secret(peer.round_public_key),
-            task_id=task_id,
-            round_index=round_index,
-            cohort_digest=digest,
-            pod_a=me,
-            pod_b=peer.pod,
+    streams = [
+        mask_stream(
+            pair_key(my_round_key.shared_secret(cohort.round_key(peer), peer=peer), task_id=task_id,
+                     round_index=round_index, cohort_digest=digest, pod_a=me, pod_b=peer),
+            add=peer > me,
         )
-        encryptor = Cipher(algorithms.AES(key), modes.CTR(_CTR_START)).encryptor()
-        streams.append((peer.pod > me, encryptor))
-    return streams
-
-
-def _apply_streams(vector: npt.NDArray[np.unsignedinteger], streams: list[tuple[bool, CipherContext]]) -> None:
-    dtype = vector.dtype.newbyteorder("<")
-    itemsize = dtype.itemsize
-    stream_values = max(1, min(_STREAM_VALUES, vector.size))
-    zeros = memoryview(bytes(stream_values * itemsize))
-    # update_into wants room for one extra block in general; CTR never uses it.
-    buffer = bytearray(stream_values * itemsize + 15)
-    mask = np.frombuffer(buffer, dtype=dtype, count=stream_values)
-    for start in range(0, vector.size, stream_values):
-        segment = vector[start : start + stream_values]
-        count = segment.size
-        for add, encryptor in streams:
-            encryptor.update_into(zeros[: count * itemsize], buffer)
-            if add:
-                np.add(segment, mask[:count], out=segment)
-            else:
-                np.subtract(segment, mask[:count], out=segment)
+        for peer in cohort.names
+        if peer != me
+    ]
+    apply_streams(vector, streams)

@@ -1,16 +1,27 @@
-"""The pod's side: turn a checked update into one masked fixed-point vector.
+"""The pod's side before masking: turn a checked update into one fixed-point vector.
 
-Owns the vector's ``Layout`` (tensors in sorted name order, flattened, then one
-row-count slot) and ``protect_update``, which runs, chunk by chunk so that peak memory
-stays near the vector's own size: finite check, optional L2-norm scale (clip_norm),
-per-value clip to B, weighting by the pod's training rows, fixed-point encoding, and
-finally the pairwise masks. The modeller derives the same Layout from the global
-weights. Summing and decoding are ``aggregate.py``.
+Owns the vector's ``Layout`` (tensors in sorted name order, flattened; then two slots
+per train metric; then one row-count slot) and ``encode_update``, which runs, chunk by
+chunk so that peak memory stays near the vector's own size: finite check, optional
+L2-norm scale (clip_norm), per-value clip to B, weighting by the pod's training rows,
+fixed-point encoding; then writes the metric and row-count slots. The modeller derives
+the same Layout from the global weights and the task's metric names.
+
+Metrics ride inside the masked vector so that, under secure aggregation, the modeller
+learns train metrics and row counts only as cohort aggregates. Metric m takes two
+slots: n_rows * round(clip(value) * S) and n_rows (0 and 0 when the pod has no finite
+value for m), so the cohort's row-weighted mean is the first sum over S times the
+second; the scale S and the no-wrap argument are ``fixed_point.plan_metrics``.
+
+Masking is ``plus.mask_input`` (SecAgg+); summing and decoding are ``aggregate.py``.
+``protect_update`` (encode, then the one-shot pairwise masks of ``masks.py``) stays
+only while the old scheme has callers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,7 +39,7 @@ from pod_agent.secagg.clip import (
     norm_scale,
     require_floating,
 )
-from pod_agent.secagg.fixed_point import modulus_dtype, plan_encoding
+from pod_agent.secagg.fixed_point import METRIC_BOUND, modulus_dtype, plan_encoding, plan_metrics
 from pod_agent.secagg.masks import Cohort, RoundKeyPair, add_pairwise_masks
 
 
@@ -43,21 +54,26 @@ class TensorSlot:
 
 @dataclass(frozen=True)
 class Layout:
-    """Where each tensor lives in the vector; the last element holds the pod's row count."""
+    """Where each tensor and metric lives in the vector; the last element holds the pod's row count."""
 
     tensors: tuple[TensorSlot, ...]
+    metrics: tuple[str, ...] = ()
 
     @classmethod
-    def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> Layout:
-        """Layout of floating tensors in sorted name order (the modeller passes its global weights)."""
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray], metrics: Sequence[str] = ()) -> Layout:
+        """Layout of floating tensors and metric names, each in sorted order (the modeller passes its global
+        weights and the task's metric names)."""
         require_floating(arrays)
+        names = sorted(metrics)
+        if len(set(names)) != len(names):
+            raise SecAggError(f"metric names {names} repeat a name; list each metric once")
         slots = []
         offset = 0
         for name in sorted(arrays):
             array = arrays[name]
             slots.append(TensorSlot(name, tuple(array.shape), array.dtype.name, offset, int(array.size)))
             offset += int(array.size)
-        return cls(tuple(slots))
+        return cls(tuple(slots), tuple(names))
 
     @property
     def n_values(self) -> int:
@@ -65,56 +81,51 @@ class Layout:
 
     @property
     def size(self) -> int:
-        """Elements in the vector: every value plus the row-count slot."""
-        return self.n_values + 1
+        """Elements in the vector: every value, two slots per metric, the row-count slot."""
+        return self.n_values + 2 * len(self.metrics) + 1
+
+    def metric_slots(self, name: str) -> tuple[int, int]:
+        """(rows x value slot, rows slot) of metric ``name``."""
+        first = self.n_values + 2 * self.metrics.index(name)
+        return first, first + 1
 
     @property
     def row_slot(self) -> int:
-        return self.n_values
+        return self.size - 1
 
 
 @dataclass(frozen=True)
-class ProtectedUpdate:
+class EncodedUpdate:
+    """The unmasked fixed-point vector of one pod, ready for ``plus.mask_input``."""
+
     vector: npt.NDArray[np.unsignedinteger]
     layout: Layout
     n_clipped: int
     norm_scale: float  # the L2 clip's factor; 1.0 without clip_norm or when the norm was within it
+    metrics_clipped: tuple[str, ...] = ()  # metrics whose value lay beyond +-METRIC_BOUND
 
 
-def protect_update(
+def encode_update(
     arrays: Mapping[str, np.ndarray],
     *,
     params: SecAggParams,
-    task_id: str,
-    me: str,
-    my_round_key: RoundKeyPair,
     n_rows: int,
     returns: Returns = "update",
-) -> ProtectedUpdate:
-    """Clip, weight, encode and mask an update for the round described by ``params``.
+    metrics: Mapping[str, float] | None = None,
+    metric_names: Sequence[str] = (),
+) -> EncodedUpdate:
+    """Clip, weight and encode an update (and the metrics named in ``metric_names``) for ``params``.
 
-    Checks, cheapest first: tensors floating, participants (me listed with my round
-    key, no duplicates, at least 2, at most num_workers), encoding fits the modulus,
-    values finite. ``returns`` says whether the tensors are an update (new - old) or
-    weights; only weights clip a variance at 0.
-
-    Call it once per task and round: two different updates masked with the same round
-    keys, task id, round and cohort would reveal their difference to the aggregator.
+    Checks, cheapest first: tensors floating, no duplicate metric name, rows >= 1, row
+    count cannot wrap its slot, the encoding fits the modulus, the metrics fit it, values
+    finite. ``returns`` says whether the tensors are an update (new - old) or weights;
+    only weights clip a variance at 0. ``metrics`` are the pod's train metrics; a name in
+    ``metric_names`` that the pod lacks (or whose value is NaN) is sent as absent, a name
+    not in ``metric_names`` is not sent.
     """
-    layout = Layout.from_arrays(arrays)
+    layout = Layout.from_arrays(arrays, metric_names)
     if layout.n_values == 0:
         raise SecAggError("the update holds no values; nothing to aggregate")
-    cohort = Cohort.of(params.participants)
-    cohort.member(me)
-    if len(cohort.participants) < 2:
-        raise SecAggError(
-            "a secure-aggregation round needs at least 2 participants; one would send its update in clear"
-        )
-    if len(cohort.participants) > params.num_workers:
-        raise SecAggError(
-            f"{len(cohort.participants)} participants exceed param_clipping num_workers = {params.num_workers}: "
-            "the clip bound would not keep their sum from wrapping; raise num_workers in the task"
-        )
     if n_rows < 1:
         raise SecAggError(f"n_rows = {n_rows}: a pod with no training rows has no update to aggregate")
     if 2 * params.num_workers * n_rows >= 1 << params.modulus_bits:
@@ -124,11 +135,12 @@ def protect_update(
         )
     bound = ClipBound.from_params(params)
     encoding = plan_encoding(bound, modulus_bits=params.modulus_bits, weight=n_rows if params.weighted else 1)
+    vector = np.empty(layout.size, dtype=modulus_dtype(params.modulus_bits))
+    metrics_clipped = _encode_metrics(vector, layout=layout, params=params, n_rows=n_rows, metrics=metrics or {})
     scale = 1.0
     if params.clip_norm is not None:
         _, scale = norm_scale(arrays, params.clip_norm)
 
-    vector = np.empty(layout.size, dtype=modulus_dtype(params.modulus_bits))
     chunk_values = min(CHUNK_VALUES, layout.n_values)
     work = np.empty(chunk_values, dtype=np.float64)
     # One multiply applies the L2 scale and the fixed-point scale; the clip range scales with it.
@@ -145,11 +157,72 @@ def protect_update(
             n_clipped += clip_chunk(w, low=low, high=high, clip_high=min(high, encoding.limit_float))
             encoding.round_into(w, vector[slot.offset + start : slot.offset + start + chunk.size])
     vector[layout.row_slot] = n_rows
+    return EncodedUpdate(vector=vector, layout=layout, n_clipped=n_clipped, norm_scale=scale,
+                         metrics_clipped=metrics_clipped)
+
+
+def _encode_metrics(
+    vector: npt.NDArray[np.unsignedinteger],
+    *,
+    layout: Layout,
+    params: SecAggParams,
+    n_rows: int,
+    metrics: Mapping[str, float],
+) -> tuple[str, ...]:
+    """Write the metric slots; return the names whose values were clipped to +-METRIC_BOUND."""
+    if not layout.metrics:
+        return ()
+    plan = plan_metrics(ClipBound.from_params(params), modulus_bits=params.modulus_bits, weighted=params.weighted)
+    plan.check_rows(n_rows)
+    modulus = 1 << params.modulus_bits
+    clipped = []
+    for name in layout.metrics:
+        value_slot, rows_slot = layout.metric_slots(name)
+        value = metrics.get(name)
+        if value is None or math.isnan(value):
+            vector[value_slot] = vector[rows_slot] = 0
+            continue
+        if abs(value) > METRIC_BOUND:
+            clipped.append(name)
+            value = math.copysign(METRIC_BOUND, value)
+        # Python integers: exact, and reduced mod M only once (|n_rows * level| < M/2 by plan_metrics).
+        vector[value_slot] = (n_rows * round(value * plan.scale)) % modulus
+        vector[rows_slot] = n_rows
+    return tuple(clipped)
+
+
+def protect_update(
+    arrays: Mapping[str, np.ndarray],
+    *,
+    params: SecAggParams,
+    task_id: str,
+    me: str,
+    my_round_key: RoundKeyPair,
+    n_rows: int,
+    returns: Returns = "update",
+) -> EncodedUpdate:
+    """Encode, then add the one-shot pairwise masks of ``params.participants`` (the scheme SecAgg+ replaces).
+
+    Call it once per task and round: two different updates masked with the same round
+    keys, task id, round and cohort would reveal their difference to the aggregator.
+    """
+    cohort = Cohort.of(params.participants)
+    cohort.member(me)
+    if len(cohort.participants) < 2:
+        raise SecAggError(
+            "a secure-aggregation round needs at least 2 participants; one would send its update in clear"
+        )
+    if len(cohort.participants) > params.num_workers:
+        raise SecAggError(
+            f"{len(cohort.participants)} participants exceed param_clipping num_workers = {params.num_workers}: "
+            "the clip bound would not keep their sum from wrapping; raise num_workers in the task"
+        )
+    encoded = encode_update(arrays, params=params, n_rows=n_rows, returns=returns)
     add_pairwise_masks(
-        vector, me=me, my_round_key=my_round_key, participants=params.participants, task_id=task_id,
+        encoded.vector, me=me, my_round_key=my_round_key, participants=params.participants, task_id=task_id,
         round_index=params.round,
     )
-    return ProtectedUpdate(vector=vector, layout=layout, n_clipped=n_clipped, norm_scale=scale)
+    return encoded
 
 
 def vector_to_bytes(vector: npt.NDArray[np.unsignedinteger]) -> bytes:

@@ -4,11 +4,19 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from secagg_cohort import make_cohort
+from secagg_cohort import make_params, names, run_round
 
 from pod_agent.errors import SecAggError
-from pod_agent.secagg import ClipBound, max_weight, plan_encoding
-from pod_agent.secagg.fixed_point import decode_sum
+from pod_agent.secagg import (
+    METRIC_BOUND,
+    ClipBound,
+    aggregate_masked,
+    encode_update,
+    max_weight,
+    plan_encoding,
+    plan_metrics,
+)
+from pod_agent.secagg.fixed_point import MAX_METRIC_ROWS, decode_sum
 
 
 def _largest_accepted_q(num_workers: int, modulus_bits: int) -> int:
@@ -47,27 +55,23 @@ def test_unsupported_modulus_is_refused() -> None:
 @pytest.mark.parametrize("modulus_bits", [32, 64])
 @pytest.mark.parametrize("sign", [1.0, -1.0])
 def test_sum_of_values_beyond_the_bound_never_wraps(modulus_bits: int, sign: float) -> None:
-    cohort = make_cohort(3)
     q = _largest_accepted_q(3, modulus_bits) if modulus_bits == 32 else 2**62
-    params = cohort.params(prime_q=q, precision=2**10, modulus_bits=modulus_bits, weighted=False)
+    params = make_params(3, prime_q=q, precision=2**10, modulus_bits=modulus_bits, weighted=False)
     b = ClipBound.from_params(params).bound
-    updates = {name: {"w": np.full(1000, sign * 1e30), "at": np.full(10, sign * b)} for name in cohort.names}
-    protected = cohort.protect_all(updates, params)
-    assert all(p.n_clipped == 1000 for p in protected.values())
-    mean = cohort.aggregate(protected, params)
+    updates = {name: {"w": np.full(1000, sign * 1e30), "at": np.full(10, sign * b)} for name in names(3)}
+    assert encode_update(updates["pod-00"], params=params, n_rows=1).n_clipped == 1000
+    mean = run_round(updates, params).mean
     np.testing.assert_allclose(mean["w"], sign * b, atol=1 / 2**10)
     np.testing.assert_allclose(mean["at"], sign * b, atol=1 / 2**10)
 
 
 def test_weighted_sum_at_the_largest_allowed_weight_never_wraps() -> None:
-    cohort = make_cohort(3)
     q, n = 2**40, 3
     rows = ((1 << 63) - 1) // q  # weight * Q / 2 < M / 2 with room for rounding
-    params = cohort.params(prime_q=q, precision=2**8, num_workers=n, weighted=True)
+    params = make_params(n, prime_q=q, precision=2**8, weighted=True)
     b = ClipBound.from_params(params).bound
-    updates = {name: {"w": np.full(64, b * 2)} for name in cohort.names}
-    protected = cohort.protect_all(updates, params, rows={name: rows for name in cohort.names})
-    mean = cohort.aggregate(protected, params)
+    updates = {name: {"w": np.full(64, b * 2)} for name in names(n)}
+    mean = run_round(updates, params, rows={name: rows for name in names(n)}).mean
     np.testing.assert_allclose(mean["w"], b, rtol=1e-12)
 
 
@@ -102,3 +106,42 @@ def test_for_bound_gives_at_least_the_asked_bound() -> None:
     assert bound.prime_q == 2 * 2**16 * 11 * 8
     with pytest.raises(SecAggError, match="clip bound -1.0 must be > 0"):
         ClipBound.for_bound(-1.0, precision=1, num_workers=1)
+
+
+@pytest.mark.parametrize(("n", "weighted", "q", "scale", "rows"), [
+    (10, False, 2**40, 2**15, MAX_METRIC_ROWS),  # 2**19 / N rounded down to a power of two
+    (1000, False, 2**40, 2**9, MAX_METRIC_ROWS),
+    (1000, True, 2**40, 2**13, 2**24 - 1),  # weighting caps rows near M / Q
+])
+def test_metric_scale_is_the_largest_power_of_two_that_cannot_wrap(n: int, weighted: bool, q: int, scale: int,
+                                                                   rows: int) -> None:
+    plan = plan_metrics(ClipBound(prime_q=q, precision=2**16, num_workers=n), modulus_bits=64, weighted=weighted)
+    assert (plan.scale, plan.max_rows) == (scale, rows)
+    assert n * rows * METRIC_BOUND * plan.scale < 2**63 <= n * rows * METRIC_BOUND * plan.scale * 2
+
+
+def test_a_pod_with_more_rows_than_metrics_may_weigh_is_refused() -> None:
+    params = make_params(3, weighted=False)
+    with pytest.raises(SecAggError, match=f"n_rows = {MAX_METRIC_ROWS + 1} exceeds the {MAX_METRIC_ROWS} rows"):
+        encode_update({"w": np.ones(2)}, params=params, n_rows=MAX_METRIC_ROWS + 1, metrics={"loss": 1.0},
+                      metric_names=["loss"])
+
+
+def test_too_coarse_a_metric_scale_is_refused_with_the_numbers() -> None:
+    with pytest.raises(SecAggError, match=r"num_workers \* rows \* metric bound \* scale = 4096 \* 268435456 \* "
+                                          r"65536 \* 256 must be < M/2 = 2\*\*64/2; lower num_workers"):
+        plan_metrics(ClipBound(prime_q=2**40, precision=1, num_workers=4096), modulus_bits=64, weighted=False)
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_metric_sums_at_the_largest_rows_and_values_never_wrap(sign: float) -> None:
+    n = 1000
+    params = make_params(n, weighted=False)
+    plan = plan_metrics(ClipBound.from_params(params), modulus_bits=64, weighted=False)
+    encoded = encode_update({"w": np.ones(2)}, params=params, n_rows=plan.max_rows,
+                            metrics={"loss": sign * 1e30}, metric_names=["loss"])
+    assert encoded.metrics_clipped == ("loss",)
+    # n identical pods: summing the vector n times is the cohort's sum.
+    total = encoded.vector * np.uint64(n)
+    result = aggregate_masked([total], layout=encoded.layout, params=params, n_pods=n)
+    assert result.metrics["loss"] == sign * METRIC_BOUND

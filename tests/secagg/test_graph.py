@@ -1,0 +1,136 @@
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from secagg_cohort import TASK_A, TASK_B, chi_square_256, names
+
+from pod_agent.errors import SecAggError
+from pod_agent.secagg import NeighbourGraph, default_degree, neighbour_graph
+
+
+def _components(graph: NeighbourGraph) -> int:
+    seen: set[str] = set()
+    parts = 0
+    for start in graph.members:
+        if start in seen:
+            continue
+        parts += 1
+        stack = [start]
+        while stack:
+            pod = stack.pop()
+            if pod not in seen:
+                seen.add(pod)
+                stack.extend(graph.neighbours(pod))
+    return parts
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(2, 300), round_index=st.integers(0, 50))
+def test_graph_is_k_regular_symmetric_loop_free_and_connected(n: int, round_index: int) -> None:
+    graph = neighbour_graph(names(n), task_id=TASK_A, round_index=round_index)
+    assert graph.degree == default_degree(n)
+    for pod in graph.members:
+        around = graph.neighbours(pod)
+        assert len(around) == graph.degree == len(set(around))
+        assert pod not in around
+        assert list(around) == sorted(around)
+        assert all(pod in graph.neighbours(other) for other in around)
+    assert _components(graph) == 1
+
+
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(2, 120))
+def test_share_indexes_are_one_to_k_for_neighbours_and_k_plus_one_for_the_owner(n: int) -> None:
+    graph = neighbour_graph(names(n), task_id=TASK_B, round_index=1)
+    for owner in graph.members:
+        indexes = sorted(graph.share_index(holder, owner) for holder in graph.neighbours(owner))
+        assert indexes == list(range(1, graph.degree + 1))
+        assert graph.share_index(owner, owner) == graph.holders == graph.degree + 1
+
+
+@pytest.mark.parametrize(("n", "k", "t"), [(2, 1, 2), (3, 2, 2), (5, 4, 3), (12, 11, 7), (17, 16, 9), (18, 16, 9),
+                                           (40, 16, 9), (100, 16, 9), (1000, 20, 11), (10**4, 28, 15),
+                                           (10**6, 40, 21)])
+def test_degree_is_complete_for_small_cohorts_then_logarithmic_and_threshold_a_majority(n: int, k: int,
+                                                                                         t: int) -> None:
+    assert default_degree(n) == k
+    assert t == (k + 1) // 2 + 1 and 2 * t > k + 1
+    if n <= 1000:
+        graph = neighbour_graph(names(n), task_id=TASK_A, round_index=0)
+        assert (graph.degree, graph.threshold) == (k, t)
+
+
+def test_every_party_derives_the_same_graph_whatever_order_it_lists_the_cohort() -> None:
+    pods = names(60)
+    first = neighbour_graph(pods, task_id=TASK_A, round_index=3)
+    again = neighbour_graph(list(reversed(pods)), task_id=TASK_A, round_index=3)
+    assert first == again and first.digest() == again.digest()
+    assert all(first.neighbours(p) == again.neighbours(p) for p in pods)
+
+
+def test_task_round_and_cohort_each_change_the_graph() -> None:
+    pods = names(60)
+    base = neighbour_graph(pods, task_id=TASK_A, round_index=0)
+    others = [
+        neighbour_graph(pods, task_id=TASK_B, round_index=0),
+        neighbour_graph(pods, task_id=TASK_A, round_index=1),
+        neighbour_graph([*pods[:-1], "pod-zz"], task_id=TASK_A, round_index=0),
+    ]
+    for other in others:
+        assert other.digest() != base.digest()
+        assert sum(other.neighbours(p) != base.neighbours(p) for p in pods[:-1]) > 50
+
+
+def test_a_complete_graph_still_binds_its_digest_to_task_and_round() -> None:
+    pods = names(5)
+    a, b = (neighbour_graph(pods, task_id=TASK_A, round_index=r) for r in (0, 1))
+    assert a.neighbours("pod-00") == b.neighbours("pod-00")
+    assert a.digest() != b.digest()
+
+
+def test_ring_positions_look_uniform_across_rounds() -> None:
+    # Where pod-00 lands on a ring of 256 over 5120 rounds: 20 per position expected.
+    positions = np.array([neighbour_graph(names(256), task_id=TASK_A, round_index=r).ring.index("pod-00")
+                          for r in range(5120)])
+    assert chi_square_256(positions) < 330.5
+
+
+def test_degree_override_must_be_even_or_complete() -> None:
+    pods = names(30)
+    assert neighbour_graph(pods, task_id=TASK_A, round_index=0, degree=24).degree == 24
+    assert neighbour_graph(pods, task_id=TASK_A, round_index=0, degree=29).threshold == 16
+    for bad in (0, 7, 30):
+        with pytest.raises(SecAggError, match=f"degree = {bad} for 30 pods: use n - 1 = 29 or an even number"):
+            neighbour_graph(pods, task_id=TASK_A, round_index=0, degree=bad)
+
+
+def test_a_pod_named_twice_is_refused() -> None:
+    with pytest.raises(SecAggError, match=r"the cohort names \['pod-01'\] more than once"):
+        neighbour_graph(["pod-00", "pod-01", "pod-01"], task_id=TASK_A, round_index=0)
+
+
+@pytest.mark.parametrize("members", [[], ["pod-00"]])
+def test_a_cohort_under_two_pods_is_refused(members: list[str]) -> None:
+    with pytest.raises(SecAggError, match="needs at least 2 pods"):
+        neighbour_graph(members, task_id=TASK_A, round_index=0)
+
+
+def test_an_outsider_has_no_neighbours_and_holds_no_shares() -> None:
+    graph = neighbour_graph(names(40), task_id=TASK_A, round_index=0)
+    with pytest.raises(SecAggError, match="pod 'pod-99' is not in the round's cohort"):
+        graph.neighbours("pod-99")
+    stranger = next(p for p in graph.members if p not in graph.neighbours("pod-00") and p != "pod-00")
+    with pytest.raises(SecAggError, match=f"pod '{stranger}' is not a neighbour of 'pod-00'"):
+        graph.share_index(stranger, "pod-00")
+
+
+def test_sparse_neighbours_are_the_ring_window() -> None:
+    graph = neighbour_graph(names(40), task_id=TASK_A, round_index=0)
+    ring, half = graph.ring, graph.degree // 2
+    for at, pod in enumerate(ring):
+        window = {ring[(at + step) % 40] for step in itertools.chain(range(-half, 0), range(1, half + 1))}
+        assert set(graph.neighbours(pod)) == window
