@@ -23,6 +23,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "pod_agent.cli.schema",
     "pod_agent.cli.datasets",
     "pod_agent.cli.keys",
+    "pod_agent.cli.peers",
     "pod_agent.cli.run",
     "pod_agent.cli.tasks",
     "pod_agent.cli.hub",

@@ -126,4 +126,6 @@ def _resolve_paths(settings: PodSettings, *, base: Path) -> PodSettings:
         update={"ca_bundle": resolve(settings.hub.ca_bundle) if settings.hub.ca_bundle else None}
     )
     datasource = settings.datasource.model_copy(update={"path": resolve(settings.datasource.path)})
-    return settings.model_copy(update={"pod": pod, "hub": hub, "datasource": datasource})
+    roster = settings.privacy.federation_roster
+    privacy = settings.privacy.model_copy(update={"federation_roster": resolve(roster) if roster else None})
+    return settings.model_copy(update={"pod": pod, "hub": hub, "datasource": datasource, "privacy": privacy})

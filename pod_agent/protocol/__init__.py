@@ -19,6 +19,7 @@ from pod_agent.protocol.request_auth import (
     sign_request,
     verify_request,
 )
+from pod_agent.protocol.roster import FederationRoster, RosterPod
 from pod_agent.protocol.signing import (
     envelope_bytes,
     open_envelope,
@@ -64,9 +65,11 @@ __all__ = [
     "SurvivorList",
     "UnmaskShares",
     "round_path",
+    "FederationRoster",
     "IdentityKey",
     "PublicKey",
     "RequestReplayCache",
+    "RosterPod",
     "canonical_json",
     "envelope_bytes",
     "key_id_of",
