@@ -1,15 +1,22 @@
-"""Benchmark: secure-aggregation math of one pod and of the modeller, next to Flower's SecAgg+.
+"""Benchmark: SecAgg+ cost of one pod as the cohort grows, the modeller's unmasking, and Flower's SecAgg+.
 
-Pod side: clip + weight + encode + pairwise-mask a 10M float32 update with 10 peers
-(``protect_update``, key agreement included). Modeller side: from the 11 received masked
-vectors' wire bytes, sum mod M, decode and average (``aggregate_masked``); for Flower the
-same from its wire bytes (int64 .npy arrays). Flower's SecAgg+ client math on the same
-arrays (quantize, 10 pairwise masks from its PRG, mod; and its server's sum + dequantize)
-runs in a subprocess with the Python of a separate venv that has ``flwr`` installed
-(``FLWR_PYTHON``, default /tmp/flwr-venv/bin/python); without it that half is skipped with a
-note. Flower's private self-mask is left out on purpose: we do the same work on both sides.
-Time is the median of ``repeats`` runs; peak memory is tracemalloc's peak of new allocations
-(numpy buffers are traced) in a separate run, against the update's own size.
+Pod side, a 10M float32 update at n = 10, 100 and 1000 simulated pods in one process. Only
+the pod under test does its work; its k neighbours only what it needs from them (public
+keys, and the shares they send it, made before the clock starts). Three stages, each the
+median of ``repeats`` runs: encode (finite check, clip, fixed point: ``encode_update``),
+share (derive the graph, Shamir-split b and s into k + 1 shares, seal k of them, open the k
+received: ``neighbour_graph``, ``encrypt_shares``, ``decrypt_shares``) and mask (self mask
+and k pair masks: ``mask_input``). Goal: the pod's total at n = 1000 within 2x of n = 10.
+Upload: bytes of the masked vector (uint32: 4 a value).
+
+Modeller side: 100 pods, 10 of them dropped after sharing, 1M values: sum the 90 masked
+vectors, unmask (rebuild 90 self-mask seeds and 10 mask keys from the survivors' shares,
+remove their masks) and decode; the mean is checked against the plain one.
+
+Flower's SecAgg+ client math (``flwr``'s quantisation, Shamir shares, Fernet share
+encryption, self and pair masks from its PRG, at the same k) runs in a subprocess with the
+Python of a separate venv that has ``flwr`` (``FLWR_PYTHON``, default
+/tmp/flwr-venv/bin/python); without it that half is skipped with a note.
 
     python -m bench.secagg [--small] [--json]
 """
@@ -23,30 +30,46 @@ import subprocess
 import tempfile
 import time
 import tracemalloc
-import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, TypeVar
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from bench.cli import parser_for, show
-from pod_agent.protocol.messages import Participant, SecAggParams
+from pod_agent.protocol.messages import SecAggParams
 from pod_agent.secagg import (
-    Layout,
-    RoundKeyPair,
+    HeldShares,
+    PeerKeys,
+    RoundSecrets,
+    UnmaskAnswer,
     aggregate_masked,
-    protect_update,
-    vector_from_bytes,
+    decrypt_shares,
+    encode_update,
+    encrypt_shares,
+    mask_input,
+    neighbour_graph,
+    sum_vectors,
+    unmask_answer,
+    unmask_request,
+    unmask_sum,
     vector_to_bytes,
 )
 
-PEERS = 10
-FULL_VALUES = 10_000_000
-SMALL_VALUES = 200_000
+COHORTS = (10, 100, 1000)
+FULL_VALUES, SMALL_VALUES = 10_000_000, 100_000
+MODELLER_PODS, SMALL_MODELLER_PODS = 100, 20
+MODELLER_VALUES, SMALL_MODELLER_VALUES = 1_000_000, 50_000
+DROPPED_FRACTION = 0.1
+TASK_ID = "3f1c2a4e-1b2c-4d5e-8f90-a1b2c3d4e5f6"
 FLWR_PYTHON = Path(os.environ.get("FLWR_PYTHON", "/tmp/flwr-venv/bin/python"))
 # Flower's defaults: values clipped to +-8, 2**22 quantization levels, modulus 2**32.
 FLOWER_CLIP, FLOWER_LEVELS, FLOWER_MODULUS = 8.0, 2**22, 2**32
+# Ours at the same clip: B = Q / (2 P N) = 8 with P = 2**16 fits uint32 up to N = 2**11 pods.
+PRECISION = 2**16
+
+T = TypeVar("T")
 
 
 def update_of(n_values: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -66,12 +89,22 @@ def update_of(n_values: int, seed: int = 0) -> dict[str, np.ndarray]:
     return {name: (rng.standard_normal(shape, dtype=np.float32) * 0.01) for name, shape in shapes.items()}
 
 
-def _median_time(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
-    """Median (wall, CPU) seconds: CPU time is steadier on a shared, loaded host."""
+def _params(n: int) -> SecAggParams:
+    return SecAggParams(prime_q=int(2 * PRECISION * n * FLOWER_CLIP), precision=PRECISION, num_workers=n,
+                        modulus_bits=32, weighted=False, participants=[])
+
+
+def _names(n: int) -> list[str]:
+    return [f"pod-{i:04d}" for i in range(n)]
+
+
+def _median_time(prepare: Callable[[], T], run: Callable[[T], object], repeats: int) -> tuple[float, float]:
+    """Median (wall, CPU) seconds of ``run``, each on a fresh ``prepare()`` that is not timed."""
     walls, cpus = [], []
     for _ in range(repeats):
+        state = prepare()
         wall, cpu = time.perf_counter(), time.process_time()
-        fn()
+        run(state)
         cpus.append(time.process_time() - cpu)
         walls.append(time.perf_counter() - wall)
     return statistics.median(walls), statistics.median(cpus)
@@ -88,165 +121,262 @@ def _peak_mb(fn: Callable[[], object]) -> float:
     return peak / 2**20
 
 
-def _ours(arrays: dict[str, np.ndarray], *, modulus_bits: Literal[32, 64], repeats: int) -> dict[str, Any]:
-    names = [f"pod-{i:02d}" for i in range(PEERS + 1)]
-    keys = {name: RoundKeyPair.generate() for name in names}
-    participants = [Participant(pod=n, key_id="0" * 64, round_public_key=keys[n].public_b64) for n in names]
-    # The clip bound matches Flower's +-8: B = Q / (2 P N) with P = 2**16, N = 11 pods.
-    precision = 2**16
-    params = SecAggParams(prime_q=2 * precision * len(names) * 8, precision=precision, num_workers=len(names),
-                          modulus_bits=modulus_bits, participants=participants, weighted=True)
-    task_id = str(uuid.uuid4())
-    rows = {name: 100 + i for i, name in enumerate(names)}
+def _peers(secrets: dict[str, RoundSecrets]) -> dict[str, PeerKeys]:
+    return {pod: PeerKeys(pod, s.c_public_b64, s.s_public_b64) for pod, s in secrets.items()}
 
-    def protect(name: str = names[0]) -> np.ndarray:
-        return protect_update(arrays, params=params, task_id=task_id, me=name, my_round_key=keys[name],
-                              n_rows=rows[name]).vector
 
-    protect_s, protect_cpu_s = _median_time(protect, repeats)
-    protect_mb = _peak_mb(protect)
-    # Every pod sends the same update here, so the weighted mean is the update itself.
-    blobs = [vector_to_bytes(protect(name)) for name in names]
-    layout = Layout.from_arrays(arrays)
+def _pod_cost(arrays: dict[str, np.ndarray], n: int, *, repeats: int) -> dict[str, Any]:
+    members = _names(n)
+    me = members[0]
+    params = _params(n)
+    graph = neighbour_graph(members, task_id=TASK_ID, round_index=0)
+    around = graph.neighbours(me)
+    # The pod's share-encryption key stays fixed so that the neighbours' boxes, sealed once, open in every run.
+    c_me = X25519PrivateKey.generate()
 
-    def aggregate() -> dict[str, np.ndarray]:
-        # From the received wire bytes to the mean, as the modeller does it.
-        vectors = [vector_from_bytes(blob, layout=layout, params=params) for blob in blobs]
-        return aggregate_masked(vectors, layout=layout, params=params).mean
+    def fresh() -> RoundSecrets:
+        return RoundSecrets(c=c_me, s=X25519PrivateKey.generate(), b=os.urandom(32))
 
-    aggregate_s, aggregate_cpu_s = _median_time(aggregate, repeats)
-    aggregate_mb = _peak_mb(aggregate)
-    mean = aggregate()
-    max_error = max(float(np.max(np.abs(mean[k] - arrays[k]))) for k in arrays)
-    return {"modulus_bits": modulus_bits, "protect_s": protect_s, "protect_cpu_s": protect_cpu_s,
-            "protect_peak_mb": protect_mb, "aggregate_s": aggregate_s, "aggregate_cpu_s": aggregate_cpu_s,
-            "aggregate_peak_mb": aggregate_mb, "max_abs_error": max_error}
+    neighbours = {pod: RoundSecrets.generate() for pod in around}
+    first = fresh()
+    peers = _peers({**neighbours, me: first})
+    inbox = {
+        pod: encrypt_shares(s, me=pod, graph=graph, peers={pod: peers[pod], me: peers[me]}, task_id=TASK_ID,
+                            round_index=0)[me]
+        for pod, s in neighbours.items()
+    }
+    n_rows = 1000
+
+    def encode(_: None) -> np.ndarray:
+        return encode_update(arrays, params=params, n_rows=n_rows).vector
+
+    def with_secrets() -> tuple[RoundSecrets, dict[str, PeerKeys]]:
+        secrets = fresh()
+        return secrets, {**peers, me: PeerKeys(me, secrets.c_public_b64, secrets.s_public_b64)}
+
+    def share(state: tuple[RoundSecrets, dict[str, PeerKeys]]) -> dict[str, HeldShares]:
+        secrets, keys = state
+        round_graph = neighbour_graph(members, task_id=TASK_ID, round_index=0)
+        encrypt_shares(secrets, me=me, graph=round_graph, peers=keys, task_id=TASK_ID, round_index=0)
+        return decrypt_shares(secrets, me=me, graph=round_graph, peers=keys, ciphertexts=inbox, task_id=TASK_ID,
+                              round_index=0)
+
+    encoded = encode(None)
+
+    def to_mask() -> tuple[np.ndarray, RoundSecrets, dict[str, PeerKeys]]:
+        return (encoded.copy(), *with_secrets())
+
+    def mask(state: tuple[np.ndarray, RoundSecrets, dict[str, PeerKeys]]) -> None:
+        vector, secrets, keys = state
+        mask_input(vector, secrets, me=me, graph=graph, peers=keys, committed=members, task_id=TASK_ID,
+                   round_index=0)
+
+    encode_s, encode_cpu = _median_time(lambda: None, encode, repeats)
+    share_s, share_cpu = _median_time(with_secrets, share, repeats)
+    mask_s, mask_cpu = _median_time(to_mask, mask, repeats)
+    return {
+        "pods": n, "neighbours": graph.degree, "threshold": graph.threshold,
+        "encode_s": encode_s, "share_s": share_s, "mask_s": mask_s, "total_s": encode_s + share_s + mask_s,
+        "total_cpu_s": encode_cpu + share_cpu + mask_cpu,
+        "upload_bytes": len(vector_to_bytes(encoded)),
+        # tracemalloc's peak of new allocations (numpy buffers are traced) for encode + mask, once
+        "peak_mb": _peak_mb(lambda: mask((encode(None), *with_secrets()))),
+    }
+
+
+def _modeller_cost(n: int, n_values: int, *, repeats: int) -> dict[str, Any]:
+    members = _names(n)
+    params = _params(n)
+    graph = neighbour_graph(members, task_id=TASK_ID, round_index=0)
+    secrets = {pod: RoundSecrets.generate() for pod in members}
+    peers = _peers(secrets)
+    boxes = {pod: encrypt_shares(s, me=pod, graph=graph, peers=peers, task_id=TASK_ID, round_index=0)
+             for pod, s in secrets.items()}
+    held = {pod: decrypt_shares(secrets[pod], me=pod, graph=graph, peers=peers,
+                                ciphertexts={v: b[pod] for v, b in boxes.items() if pod in b}, task_id=TASK_ID,
+                                round_index=0)
+            for pod in members}
+    dropped = members[:: round(1 / DROPPED_FRACTION)]
+    survivors = [pod for pod in members if pod not in dropped]
+    updates = {pod: update_of(n_values, seed=i) for i, pod in enumerate(survivors)}
+    vectors = []
+    for pod in survivors:
+        encoded = encode_update(updates[pod], params=params, n_rows=1)
+        mask_input(encoded.vector, secrets[pod], me=pod, graph=graph, peers=peers, committed=members,
+                   task_id=TASK_ID, round_index=0)
+        vectors.append(encoded.vector)
+    layout = encoded.layout
+    answers: dict[str, UnmaskAnswer] = {}
+    for pod in survivors:
+        request = unmask_request(pod, graph=graph, survivors=survivors, dropped=dropped)
+        answers[pod] = unmask_answer(held[pod], me=pod, graph=graph, survivors=request.survivors,
+                                     dropped=request.dropped)
+
+    def total(_: None) -> np.ndarray:
+        return sum_vectors(vectors, layout=layout, params=params)
+
+    summed = total(None)
+
+    def unmask(_: None) -> np.ndarray:
+        return unmask_sum(summed, graph=graph, peers=peers, committed=members, survivors=survivors, answers=answers,
+                          task_id=TASK_ID, round_index=0)
+
+    clean = unmask(None)
+
+    def decode(_: None) -> dict[str, np.ndarray]:
+        return aggregate_masked([clean], layout=layout, params=params, n_pods=len(survivors)).mean
+
+    sum_s, _ = _median_time(lambda: None, total, repeats)
+    unmask_s, unmask_cpu = _median_time(lambda: None, unmask, repeats)
+    decode_s, _ = _median_time(lambda: None, decode, repeats)
+    mean = decode(None)
+    plain = {k: sum(updates[p][k].astype(np.float64) for p in survivors) / len(survivors) for k in mean}
+    return {
+        "pods": n, "dropped": len(dropped), "values": n_values, "neighbours": graph.degree,
+        "sum_s": sum_s, "unmask_s": unmask_s, "unmask_cpu_s": unmask_cpu, "decode_s": decode_s,
+        "total_s": sum_s + unmask_s + decode_s,
+        "max_abs_error": max(float(np.max(np.abs(mean[k] - plain[k]))) for k in mean),
+    }
 
 
 _FLOWER_SCRIPT = r"""
-import json, statistics, sys, time, tracemalloc
+import json, os, statistics, sys, time
 import numpy as np
-from flwr.common import bytes_to_ndarray, ndarray_to_bytes
-from flwr.common.secure_aggregation.crypto.symmetric_encryption import generate_shared_key
+from flwr.common import ndarray_to_bytes
+from flwr.common.secure_aggregation.crypto.shamir import create_shares
+from flwr.common.secure_aggregation.crypto.symmetric_encryption import decrypt, encrypt, generate_shared_key
 try:
-    from flwr.supercore.primitives.asymmetric import generate_key_pairs
-except ImportError:  # flwr < 1.2x kept it beside generate_shared_key
-    from flwr.common.secure_aggregation.crypto.symmetric_encryption import generate_key_pairs
+    from flwr.supercore.primitives.asymmetric import generate_key_pairs, private_key_to_bytes
+except ImportError:  # older flwr kept them beside generate_shared_key
+    from flwr.common.secure_aggregation.crypto.symmetric_encryption import generate_key_pairs, private_key_to_bytes
 from flwr.common.secure_aggregation.ndarrays_arithmetic import (
-    factor_combine, factor_extract, parameters_addition, parameters_mod, parameters_multiply,
-    parameters_subtraction)
-from flwr.common.secure_aggregation.quantization import dequantize, quantize
-from flwr.common.secure_aggregation.secaggplus_utils import pseudo_rand_gen
+    factor_combine, parameters_addition, parameters_mod, parameters_multiply, parameters_subtraction)
+from flwr.common.secure_aggregation.quantization import quantize
+from flwr.common.secure_aggregation.secaggplus_utils import pseudo_rand_gen, share_keys_plaintext_concat
 
 path = sys.argv[1]
-peers, repeats = int(sys.argv[2]), int(sys.argv[3])
+cohorts = json.loads(sys.argv[2])  # [[neighbours, threshold], ...]
+repeats = int(sys.argv[3])
 clip, levels, modulus = float(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
 data = np.load(path)
 arrays = [data[k] for k in sorted(data.files)]
-me_sk, _ = generate_key_pairs()
-peer_pks = [generate_key_pairs()[1] for _ in range(peers)]
 max_weight, n_examples = 1000.0, 100
 
-def client():
-    # secaggplus_mod's fit stage, minus the private self-mask (we have none either)
-    q_ratio = round(n_examples / max_weight * levels)
-    params = parameters_multiply(arrays, q_ratio / levels)
-    quantized = factor_combine(q_ratio, quantize(params, clip, levels))
-    dims = [a.shape for a in quantized]
-    for index, pk in enumerate(peer_pks):
-        mask = pseudo_rand_gen(generate_shared_key(me_sk, pk), modulus, dims)
-        quantized = (parameters_addition if index % 2 else parameters_subtraction)(quantized, mask)
-    return parameters_mod(quantized, modulus)
-
-def med(fn):
+def med(prepare, run):
     walls, cpus = [], []
     for _ in range(repeats):
-        w, c = time.perf_counter(), time.process_time(); fn()
+        state = prepare()
+        w, c = time.perf_counter(), time.process_time(); run(state)
         cpus.append(time.process_time() - c); walls.append(time.perf_counter() - w)
     return statistics.median(walls), statistics.median(cpus)
 
-def peak(fn):
-    tracemalloc.start(); tracemalloc.reset_peak(); fn(); p = tracemalloc.get_traced_memory()[1]; tracemalloc.stop()
-    return p / 2**20
+def encode(_):
+    # secaggplus_mod's fit stage before masking: weight, quantize, fold the weight in
+    q_ratio = round(n_examples / max_weight * levels)
+    return factor_combine(q_ratio, quantize(parameters_multiply(arrays, q_ratio / levels), clip, levels))
 
-(client_s, client_cpu_s), client_mb = med(client), peak(client)
-blobs = [[ndarray_to_bytes(a) for a in client()] for _ in range(peers + 1)]
+out = []
+for k, t in cohorts:
+    sk1, _ = generate_key_pairs(); sk2, pk2 = generate_key_pairs()
+    peers = [(generate_key_pairs(), generate_key_pairs()) for _ in range(k)]
+    # what the neighbours sealed to this pod (their work, before the clock starts)
+    inbox = [encrypt(generate_shared_key(p2[0], pk2), os.urandom(180)) for _, p2 in peers]
 
-def server():
-    # what the workflow does with received masked vectors: deserialize, sum, mod, dequantize,
-    # rescale (its self-mask removal is left out: we have no self-masks)
-    vectors = [[bytes_to_ndarray(b) for b in blob] for blob in blobs]
-    total = vectors[0]
-    for v in vectors[1:]:
-        total = parameters_addition(total, v)
-    total = parameters_mod(total, modulus)
-    q_total, total = factor_extract(total)
-    out = dequantize(total, clip, levels)
-    for arr in out:
-        arr += -(len(vectors) - 1) * clip
-        arr *= levels / q_total
-    return out
+    def share(_):
+        # stage 1: split b and sk1 into k + 1 shares, seal k; stage 2 opens the k received
+        seed = os.urandom(32)
+        b_shares = create_shares(seed, t, k + 1)
+        s_shares = create_shares(private_key_to_bytes(sk1), t, k + 1)
+        for i, (_, p2) in enumerate(peers):
+            key = generate_shared_key(sk2, p2[1])
+            encrypt(key, share_keys_plaintext_concat(0, i + 1, b_shares[i + 1], s_shares[i + 1]))
+        for (_, p2), box in zip(peers, inbox):
+            decrypt(generate_shared_key(sk2, p2[1]), box)
 
-(server_s, server_cpu_s), server_mb = med(server), peak(server)
+    quantized = encode(None)
+    dims = [a.shape for a in quantized]
+
+    def mask(_):
+        masked = parameters_addition(quantized, pseudo_rand_gen(os.urandom(32), modulus, dims))
+        for i, (p1, _) in enumerate(peers):
+            pair = pseudo_rand_gen(generate_shared_key(sk1, p1[1]), modulus, dims)
+            masked = (parameters_addition if i % 2 else parameters_subtraction)(masked, pair)
+        return parameters_mod(masked, modulus)
+
+    (encode_s, encode_cpu), (share_s, share_cpu), (mask_s, mask_cpu) = (
+        med(lambda: None, encode), med(lambda: None, share), med(lambda: None, mask))
+    upload = sum(len(ndarray_to_bytes(a)) for a in mask(None))
+    out.append({"neighbours": k, "encode_s": encode_s, "share_s": share_s, "mask_s": mask_s,
+                "total_s": encode_s + share_s + mask_s, "total_cpu_s": encode_cpu + share_cpu + mask_cpu,
+                "upload_bytes": upload})
 import flwr
-print(json.dumps({"flwr_version": flwr.__version__, "protect_s": client_s, "protect_cpu_s": client_cpu_s,
-                  "protect_peak_mb": client_mb, "aggregate_s": server_s, "aggregate_cpu_s": server_cpu_s,
-                  "aggregate_peak_mb": server_mb}))
+print(json.dumps({"flwr_version": flwr.__version__, "cohorts": out}))
 """
 
 
-def _flower(arrays: dict[str, np.ndarray], *, repeats: int) -> dict[str, Any]:
+def _flower(arrays: dict[str, np.ndarray], cohorts: list[tuple[int, int]], *, repeats: int) -> dict[str, Any]:
     if not FLWR_PYTHON.exists():
         return {"skipped": f"no flwr venv at {FLWR_PYTHON} (python3 -m venv it; pip install flwr numpy)"}
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "update.npz"
         np.savez(path, **arrays)  # type: ignore[arg-type]  # mypy matches **dict against allow_pickle
         done = subprocess.run(
-            [str(FLWR_PYTHON), "-c", _FLOWER_SCRIPT, str(path), str(PEERS), str(repeats), str(FLOWER_CLIP),
-             str(FLOWER_LEVELS), str(FLOWER_MODULUS)],
-            capture_output=True, text=True, check=False, timeout=1800,
+            [str(FLWR_PYTHON), "-c", _FLOWER_SCRIPT, str(path), json.dumps(cohorts), str(repeats),
+             str(FLOWER_CLIP), str(FLOWER_LEVELS), str(FLOWER_MODULUS)],
+            capture_output=True, text=True, check=False, timeout=3600,
         )
     if done.returncode != 0:
-        return {"skipped": "flower run failed: " + done.stderr.strip().splitlines()[-1]}
+        return {"skipped": "flower run failed: " + (done.stderr.strip().splitlines() or ["no output"])[-1]}
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
 
 
 def run(small: bool) -> dict[str, Any]:
     n_values = SMALL_VALUES if small else FULL_VALUES
-    repeats = 5
+    repeats = 3
     arrays = update_of(n_values)
     update_mb = sum(a.nbytes for a in arrays.values()) / 2**20
-    ours32 = _ours(arrays, modulus_bits=32, repeats=repeats)
-    ours64 = _ours(arrays, modulus_bits=64, repeats=repeats)
-    flower = _flower(arrays, repeats=repeats)
-    result: dict[str, Any] = {"values": n_values, "peers": PEERS, "update_mb": update_mb, "ours_u32": ours32,
-                              "ours_u64": ours64, "flower": flower}
-    result["protect_peak_x_update"] = ours32["protect_peak_mb"] / update_mb
-    result["aggregate_peak_x_update"] = ours32["aggregate_peak_mb"] / update_mb
+    pods = {str(n): _pod_cost(arrays, n, repeats=repeats) for n in COHORTS}
+    modeller = _modeller_cost(SMALL_MODELLER_PODS if small else MODELLER_PODS,
+                              SMALL_MODELLER_VALUES if small else MODELLER_VALUES, repeats=repeats)
+    first, last = pods[str(COHORTS[0])], pods[str(COHORTS[-1])]
+    growth = last["total_s"] / first["total_s"]
+    flower = _flower(arrays, [(p["neighbours"], p["threshold"]) for p in pods.values()], repeats=repeats)
+    result: dict[str, Any] = {
+        "values": n_values, "update_mb": update_mb, "pod": pods,
+        "peak_x_update": pods[str(COHORTS[-1])]["peak_mb"] / update_mb,
+        "pod_growth_1000_vs_10": growth, "modeller": modeller, "flower": flower, "ok": growth <= 2.0,
+    }
     if "skipped" not in flower:
-        for part in ("protect", "aggregate"):
-            result[f"speedup_{part}"] = flower[f"{part}_s"] / ours32[f"{part}_s"]
-            result[f"speedup_{part}_cpu"] = flower[f"{part}_cpu_s"] / ours32[f"{part}_cpu_s"]
+        for ours, theirs in zip(pods.values(), flower["cohorts"], strict=True):
+            ours["flower_total_s"] = theirs["total_s"]
+            ours["speedup_vs_flower"] = theirs["total_s"] / ours["total_s"]
+            ours["speedup_vs_flower_cpu"] = theirs["total_cpu_s"] / ours["total_cpu_s"]
+            ours["flower_upload_bytes"] = theirs["upload_bytes"]
     return result
 
 
 def _print(result: dict[str, Any]) -> None:
-    print(f"secagg: {result['values']:,} float32 values ({result['update_mb']:.1f} MiB), {result['peers']} peers")
-    rows = [("ours u32", result["ours_u32"]), ("ours u64", result["ours_u64"]), ("flower", result["flower"])]
-    print(f"{'':10} {'pod s':>8} {'pod cpu':>8} {'pod MiB':>8} {'agg s':>8} {'agg cpu':>8} {'agg MiB':>8}")
-    for label, r in rows:
-        if "skipped" in r:
-            print(f"{label:10} skipped: {r['skipped']}")
-            continue
-        print(f"{label:10} {r['protect_s']:8.3f} {r['protect_cpu_s']:8.3f} {r['protect_peak_mb']:8.1f} "
-              f"{r['aggregate_s']:8.3f} {r['aggregate_cpu_s']:8.3f} {r['aggregate_peak_mb']:8.1f}")
-    if "speedup_protect" in result:
-        print(f"speedup vs flower (wall / cpu): pod {result['speedup_protect']:.1f}x / "
-              f"{result['speedup_protect_cpu']:.1f}x, aggregate {result['speedup_aggregate']:.1f}x / "
-              f"{result['speedup_aggregate_cpu']:.1f}x")
-    print(f"peak memory / update size (u32): pod {result['protect_peak_x_update']:.2f}x, "
-          f"aggregate {result['aggregate_peak_x_update']:.2f}x")
+    print(f"secagg (SecAgg+): {result['values']:,} float32 values ({result['update_mb']:.1f} MiB) a pod, uint32")
+    print(f"{'pods':>6} {'k':>3} {'t':>3} {'encode s':>9} {'share s':>8} {'mask s':>8} {'total s':>8} "
+          f"{'cpu s':>7} {'upload MB':>10} {'flower s':>9}")
+    for r in result["pod"].values():
+        flower = f"{r['flower_total_s']:9.3f}" if "flower_total_s" in r else f"{'-':>9}"
+        print(f"{r['pods']:>6} {r['neighbours']:>3} {r['threshold']:>3} {r['encode_s']:9.3f} {r['share_s']:8.3f} "
+              f"{r['mask_s']:8.3f} {r['total_s']:8.3f} {r['total_cpu_s']:7.3f} {r['upload_bytes'] / 1e6:10.1f} "
+              f"{flower}")
+    print(f"pod cost at n=1000 / n=10: {result['pod_growth_1000_vs_10']:.2f}x (goal <= 2x: "
+          f"{'met' if result['ok'] else 'missed'}); pod peak memory {result['peak_x_update']:.2f}x the update")
+    m = result["modeller"]
+    print(f"modeller: {m['pods']} pods, {m['dropped']} dropped, {m['values']:,} values, k={m['neighbours']}: "
+          f"sum {m['sum_s']:.3f} s, unmask {m['unmask_s']:.3f} s, decode {m['decode_s']:.3f} s; "
+          f"max error {m['max_abs_error']:.2e}")
+    if "skipped" in result["flower"]:
+        print(f"flower: skipped: {result['flower']['skipped']}")
+    else:
+        print(f"flower {result['flower']['flwr_version']}: "
+              + ", ".join(f"n={r['pods']} {r['speedup_vs_flower']:.1f}x slower ({r['speedup_vs_flower_cpu']:.1f}x in CPU "
+                        "time)" for r in result["pod"].values()))
 
 
 def main() -> None:
