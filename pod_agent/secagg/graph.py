@@ -19,11 +19,14 @@ example (10**4 clients, 5 % corrupt, 5 % dropouts) a client talks to 3 % of the 
 This module uses k = n - 1 (the complete graph, Bonawitz's SecAgg) up to
 ``COMPLETE_UP_TO`` = 17 pods, then k = max(16, 2 * ceil(log2 n)), even (20 at n = 1000,
 28 at 10**4, 40 at 10**6). That is a cost-driven choice, not their bound. The
-failure that matters is a gap in the ring: the honest pods still in the sum split into
-parts the modeller sees separately only if k/2 consecutive ring positions are all
-corrupt or dropped; with a fraction f of such pods that has probability about
-n * f**(k/2): 10**-7 per round for n = 1000, f = 0.1, k = 20, but 2 % for f = 1/3.
-Cohorts expecting that many bad or lost pods pass a larger ``degree``.
+failures that matter: the honest pods still in the sum split into parts whose sums the
+modeller learns separately, which on this ring takes two runs of k/2 consecutive places
+that are all corrupt or dropped; with a fraction f of such pods one run has probability
+about n * f**(k/2) (10**-7 per round for n = 1000, f = 0.1, k = 20, but 2 % for f = 1/3)
+and two about half its square; or t of a pod's k neighbours are corrupt and rebuild its
+secrets alone (binomial tail: 7 * 10**-7 a pod for k = 20, t = 11, f = 0.1, so about
+10**-3 that some pod of 1000 is exposed in a round). Cohorts expecting that many
+corrupt or lost pods pass a larger ``degree``.
 
 Threshold. Each pod's secrets are split into k + 1 shares, one per neighbour plus one the
 pod keeps itself (share index k + 1, so that its own survival counts toward rebuilding
@@ -32,8 +35,9 @@ t = floor((k + 1) / 2) + 1 of them rebuild a secret: the smallest majority. Any 
 of t holders overlap, so the modeller cannot collect t self-mask shares and t mask-key
 shares of the same pod from honest holders, each of which answers one kind per pod
 (``plus.unmask_answer``); fewer than t corrupt neighbours learn nothing; and a round
-survives as long as every committed pod keeps t surviving holders (k + 1 - t dropouts
-around it: 2 of 5 in a complete graph of 5, 8 of 17 for k = 16).
+survives as long as every committed pod keeps t surviving holders: of it and its k
+neighbours at most k + 1 - t are gone (2 of 5 in a complete graph of 5; 8 of 17 for
+k = 16, so 8 consecutive ring places may drop but not 9).
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@ import pickle
 import numpy as np
 import numpy.typing as npt
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from secagg_cohort import (
     CHI2_255_P001,
     TASK_A,
@@ -89,6 +91,46 @@ def test_sparse_round_of_40_with_a_fifth_gone_gives_the_survivors_mean() -> None
     survivors = [p for p in pods if p not in gone]
     assert result.n_pods == 32
     assert_within(result.mean, plain_mean({p: updates[p] for p in survivors}), 32 / params.precision + 1e-6)
+
+
+@pytest.mark.parametrize(("gap", "ok"), [(8, True), (9, False)])
+def test_sparse_round_survives_a_gap_of_k_over_2_ring_neighbours_and_no_more(gap: int, ok: bool) -> None:
+    # k = 16, t = 9: in a gap of 8, a dropped pod keeps 16 - 7 = 9 surviving holders of its mask key;
+    # in a gap of 9 the second one keeps 8, too few to rebuild it.
+    pods = names(40)
+    ring = SimulatedRound(pods).graph.ring
+    gone = list(ring[5 : 5 + gap])
+    params = make_params(40, weighted=False)
+    updates = _updates(pods, seed=gap, size=30)
+    if not ok:
+        with pytest.raises(SecAggError, match="too few shares arrived to unmask .* mask-key 8 of 9"):
+            run_round(updates, params, not_masked=gone)
+        return
+    result = run_round(updates, params, not_masked=gone)
+    survivors = [p for p in pods if p not in gone]
+    assert_within(result.mean, plain_mean({p: updates[p] for p in survivors}), 32 / params.precision + 1e-6)
+
+
+@settings(max_examples=15, deadline=None)
+@given(n=st.integers(3, 12), data=st.data())
+def test_a_complete_round_survives_any_n_minus_t_dropouts_at_any_stage(n: int, data: st.DataObject) -> None:
+    pods = names(n)
+    threshold = n // 2 + 1
+    gone = data.draw(st.lists(st.sampled_from(pods), unique=True, max_size=n - threshold + 1))
+    stage = {pod: data.draw(st.sampled_from(["advert", "shares", "masked"])) for pod in gone}
+    params = make_params(n, weighted=False)
+    updates = _updates(pods, seed=n, size=9)
+    dropouts = {kind: [p for p in gone if stage[p] == kind] for kind in ("advert", "shares", "masked")}
+    if len(gone) > n - threshold:
+        with pytest.raises(SecAggError, match="only"):
+            run_round(updates, params, not_advertised=dropouts["advert"], not_committed=dropouts["shares"],
+                      not_masked=dropouts["masked"])
+        return
+    result = run_round(updates, params, not_advertised=dropouts["advert"], not_committed=dropouts["shares"],
+                       not_masked=dropouts["masked"])
+    survivors = [p for p in pods if p not in gone]
+    assert_within(result.mean, plain_mean({p: updates[p] for p in survivors}),
+                  len(survivors) / params.precision + 1e-6)
 
 
 @pytest.mark.parametrize("bits", [32, 64])
