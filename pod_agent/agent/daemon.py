@@ -1,7 +1,7 @@
 """The long-running agent: one asyncio TaskGroup of named loops around the pod's state.
 
 Owns start-up (config already validated: identity key, state DB, datasource and
-schema, sandbox level, round key), the loops and the shutdown sequence:
+schema, sandbox level), the loops and the shutdown sequence:
 
     hub-link   register (or update) the pod, then hold a WebSocket (or long poll):
                heartbeats, tasks in; reconnect forever through ``Backoff``;
@@ -19,7 +19,9 @@ schema, sandbox level, round key), the loops and the shutdown sequence:
 
 SIGTERM/SIGINT: stop taking tasks, give the running task ``training.shutdown_grace_s``
 to finish (then cancel it: it stays ``running`` in the state DB and is queued again
-at the next start), close the connection, exit 0. A second signal exits at once.
+at the next start, except a secure train task, whose round secrets lived in memory
+only: it has dropped out of its round and is failed as ``round_interrupted``), close
+the connection, exit 0. A second signal exits at once.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ import aiohttp
 from pod_agent.agent.backoff import RETRYABLE, Backoff
 from pod_agent.agent.hubclient import HubClient
 from pod_agent.agent.pipeline import PipelineOutput, TaskPipeline
+from pod_agent.agent.secure_round import PodRoundContext
 from pod_agent.agent.progress import ProgressLimiter
 from pod_agent.config.settings import PodSettings
 from pod_agent.data import Datasource, Schema, open_datasource
@@ -68,7 +71,6 @@ from pod_agent.protocol import (
     sign_envelope,
 )
 from pod_agent.protocol.messages import ProgressEvent, ResultPayload, TaskKind, TaskPayload
-from pod_agent.secagg import RoundKeyPair, round_key_announcement
 from pod_agent.state import OutboxEntry, PodState, TaskRecord, TaskStatus
 
 _log = logging.getLogger(__name__)
@@ -99,17 +101,6 @@ def _now() -> int:
     return int(time.time())
 
 
-def load_round_key(path: Path) -> RoundKeyPair:
-    """The pod's X25519 round key for secure aggregation, created (0600) on first start."""
-    if path.exists():
-        return RoundKeyPair.from_private_bytes(path.read_bytes())
-    pair = RoundKeyPair.generate()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(pair.private_bytes())
-    return pair
-
-
 def sandbox_level_in_force(settings: PodSettings) -> str:
     """The level tasks will run under, or ``unavailable`` when the configured one cannot be had."""
     level = settings.security.sandbox
@@ -136,25 +127,29 @@ class Agent:
         state: PodState,
         datasource: Datasource,
         schema: Schema,
-        round_key: RoundKeyPair,
         sandbox_level: str,
     ) -> None:
         self.settings = settings
         self.key = key
         self.state = state
         self.schema = schema
-        self.round_key = round_key
         self.sandbox_level = sandbox_level
+        peers = TrustedPeers.from_settings(settings.privacy, own_name=settings.pod.name, own_key=key.public)
         self.verifier = TaskVerifier(
             security=settings.security, privacy=settings.privacy, pod_name=settings.pod.name,
             schema_hash=schema.hash(), row_count=schema.row_count,
-            peers=TrustedPeers.from_settings(settings.privacy, own_name=settings.pod.name, own_key=key.public),
-            nonces=state,
+            peers=peers, nonces=state,
         )
         self._blob_dir = settings.pod.state_dir / "outbox"
         self.pipeline = TaskPipeline(
             settings=settings, datasource=datasource, schema=schema, work_root=settings.pod.state_dir / "work",
-            outbox_dir=self._blob_dir, round_key=round_key,
+            outbox_dir=self._blob_dir,
+            secure_round=PodRoundContext(
+                me=settings.pod.name, key=key, peers=peers, state=state,
+                modeller_keys={
+                    k.key_id: k for k in (PublicKey.from_b64(m.public_key) for m in settings.security.modellers)
+                },
+            ),
         )
         self.metrics = AgentMetrics()
         self.metrics.set_sandbox_level(sandbox_level)
@@ -179,19 +174,36 @@ class Agent:
         try:
             datasource = await asyncio.to_thread(open_datasource, settings.datasource)
             schema = await asyncio.to_thread(datasource.schema)
-            round_key = await asyncio.to_thread(load_round_key, state_dir / "round_key.bin")
             level = await asyncio.to_thread(sandbox_level_in_force, settings)
         except BaseException:
             state.close()
             raise
         return cls(
-            settings, key=key, state=state, datasource=datasource, schema=schema, round_key=round_key,
-            sandbox_level=level,
+            settings, key=key, state=state, datasource=datasource, schema=schema, sandbox_level=level,
         )
 
     def close(self) -> None:
         self.state.close()
         self.notifier.close()
+
+    def _fail_interrupted_rounds(self) -> None:
+        """A secure train task left running by the last process lost its round secrets (memory only):
+        it dropped out of its round, and is failed rather than run again from the same weights."""
+        for record in self.state.list_tasks(TaskStatus.RUNNING):
+            payload = record.payload()
+            if payload.kind != "train" or payload.secagg is None:
+                continue
+            code = FailureCode.ROUND_INTERRUPTED.value
+            result = ResultPayload(
+                task_id=payload.task_id, pod=self.settings.pod.name, kind=payload.kind, status="failed",
+                reason=code, produced_at=_now(),
+            )
+            self.state.finish(
+                payload.task_id, status="failed", result_json=envelope_bytes(sign_envelope(result, self.key)).decode(),
+                reason=code, now=_now(),
+            )
+            _log.warning("secure round of task %s was interrupted by the last shutdown; failed as %s",
+                         payload.task_id, code)
 
     # -- the loops ------------------------------------------------------------------------
 
@@ -199,6 +211,7 @@ class Agent:
         """Run every loop until ``stop`` is set, then shut down in order (see module docstring)."""
         self._stop = stop
         await asyncio.to_thread(self._blob_dir.mkdir, parents=True, exist_ok=True)
+        await asyncio.to_thread(self._fail_interrupted_rounds)
         requeued = await asyncio.to_thread(self.state.requeue_running, now=_now())
         if requeued:
             _log.info("requeued %d task(s) interrupted by the last shutdown", len(requeued))
@@ -275,9 +288,6 @@ class Agent:
     # -- hub link ---------------------------------------------------------------------------
 
     def _registration(self) -> bytes:
-        announcement = round_key_announcement(
-            pod=self.settings.pod.name, key_id=self.key.key_id, round_key=self.round_key, issued_at=_now()
-        )
         return canonical_json(
             {
                 "name": self.settings.pod.name,
@@ -287,7 +297,6 @@ class Agent:
                 "row_count": self.schema.row_count,
                 "sandbox_level": self.sandbox_level,
                 "heartbeat_s": self.settings.hub.heartbeat_s,
-                "round_key": sign_envelope(announcement, self.key).model_dump(mode="json"),
             }
         )
 
@@ -545,7 +554,7 @@ class Agent:
 
 
 class _HubFetcher:
-    """The pipeline's view of the hub: model source by reference, blobs by sha256."""
+    """The pipeline's view of the hub: model source by reference, blobs by sha256, secure-round messages."""
 
     def __init__(self, hub: HubClient) -> None:
         self._hub = hub
@@ -560,6 +569,18 @@ class _HubFetcher:
 
 async def _heartbeats(ws: aiohttp.ClientWebSocketResponse, interval_s: float) -> None:
     while True:
+    async def round_post(self, path: str, body: bytes) -> None:
+        await self._hub.call("POST", path, body)
+
+    async def round_get(self, path: str, *, after: int, wait_s: float) -> dict[str, Any]:
+        reply: dict[str, Any] = await self._hub.call(
+            "GET", f"{path}?wait={wait_s:g}&after={after}", read_timeout_s=wait_s + 30
+        )
+        return reply
+
+    async def put_blob(self, path: Path, sha256: str) -> None:
+        await self._hub.put_blob(path, sha256)
+
         await ws.send_str('{"type":"heartbeat"}')
         await asyncio.sleep(interval_s)
 
@@ -607,4 +628,4 @@ async def run_agent(settings: PodSettings, *, stop: asyncio.Event | None = None)
         remove_signals()
 
 
-__all__ = ["Agent", "Delivery", "load_round_key", "run_agent", "sandbox_level_in_force"]
+__all__ = ["Agent", "Delivery", "run_agent", "sandbox_level_in_force"]

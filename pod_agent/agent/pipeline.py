@@ -18,18 +18,19 @@ import hashlib
 import logging
 import math
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, get_args
 
 from pydantic import ValidationError
 
+from pod_agent.agent.secure_round import PodRoundContext, RoundLink, check_unreleased, run_secure_round
 from pod_agent.agent.stats import schema_stats
 from pod_agent.config.settings import PodSettings
 from pod_agent.data import Datasource, Schema
 from pod_agent.errors import SandboxError, TaskFailed
-from pod_agent.policy import check_fetched_source
+from pod_agent.policy import FailureCode, check_fetched_source
 from pod_agent.protocol.messages import BlobRef, ProgressEvent, TaskPayload
 
 _log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ TRAINING_ENTRY = "pod_agent.training.worker"
 _STAGES = frozenset(get_args(ProgressEvent.model_fields["stage"].annotation))
 
 
-class HubFetcher(Protocol):
+class HubFetcher(RoundLink, Protocol):
     """What the pipeline needs from the hub: model source by reference and blobs by sha256."""
 
     async def model_source(self, name: str, version: str) -> str: ...
@@ -77,14 +78,14 @@ class TaskPipeline:
         schema: Schema,
         work_root: Path,
         outbox_dir: Path,
-        round_key: Any,
+        secure_round: PodRoundContext,
     ) -> None:
         self._settings = settings
         self._datasource = datasource
         self._schema = schema
         self._work_root = work_root
         self._outbox_dir = outbox_dir
-        self._round_key = round_key
+        self._secure_round = secure_round
         # Set by the daemon once its hub connection exists, which is after the pipeline is built.
         self.fetcher: HubFetcher | None = None
         self._runner: Any = None
@@ -150,6 +151,9 @@ class TaskPipeline:
     async def _sandboxed(self, task: TaskPayload, on_progress: ProgressSink) -> PipelineOutput:
         if await self._ensure_runner() is None:
             raise TaskFailed("sandbox_unavailable", str(self._runner_error))
+        if task.secagg is not None and task.kind == "train":
+            # Before training: a second round from the same weights would be refused at release anyway.
+            await asyncio.to_thread(check_unreleased, self._secure_round.state, task)
         work = self._work_root / task.task_id
         await asyncio.to_thread(shutil.rmtree, work, ignore_errors=True)
         input_dir = work / "input"
@@ -206,7 +210,9 @@ class TaskPipeline:
         )
         if not checked.arrays:
             return PipelineOutput(metrics=checked.metrics, n_rows=checked.n_rows)
-        data, encoding, clipped = await asyncio.to_thread(self._encode, task, checked.arrays, checked.n_rows)
+        if task.secagg is not None:
+            return await self._secure_round_output(task, checked.arrays, checked.n_rows, checked.metrics)
+        data, encoding, clipped = await asyncio.to_thread(self._encode, checked.arrays)
         blob_path = self._outbox_dir / f"{task.task_id}.blob"
         await asyncio.to_thread(blob_path.write_bytes, data)
         ref = BlobRef(sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data), encoding=encoding)
@@ -214,20 +220,28 @@ class TaskPipeline:
             metrics=checked.metrics, n_rows=checked.n_rows, blob_path=blob_path, blob=ref, clipped_values=clipped
         )
 
-    def _encode(self, task: TaskPayload, arrays: dict[str, Any], n_rows: int) -> tuple[bytes, Any, int]:
-        """Masked fixed-point vector under secure aggregation, else plain safetensors."""
-        if task.secagg is not None:
-            from pod_agent.secagg import protect_update, vector_to_bytes
-
-            protected = protect_update(
-                arrays, params=task.secagg, task_id=task.task_id, me=self._settings.pod.name,
-                my_round_key=self._round_key, n_rows=n_rows, returns=task.returns,
-            )
-            encoding = "secagg-u32" if task.secagg.modulus_bits == 32 else "secagg-u64"
-            return vector_to_bytes(protected.vector), encoding, protected.n_clipped
+    @staticmethod
+    def _encode(arrays: dict[str, Any]) -> tuple[bytes, Any, int]:
+        """The plain update as safetensors (no secure aggregation)."""
         from safetensors.numpy import save
 
         return save(dict(sorted(arrays.items()))), "safetensors", 0
+
+    async def _secure_round_output(
+        self, task: TaskPayload, arrays: dict[str, Any], n_rows: int, metrics: Mapping[str, float]
+    ) -> PipelineOutput:
+        """The SecAgg+ round (``secure_round.py``); row count and metrics travel only inside the masked
+        vector, so the result's clear ``metrics`` are empty and its ``n_rows`` 0."""
+        if self.fetcher is None:
+            raise TaskFailed(FailureCode.ROUND_TIMEOUT.value, "no hub connection for the secure round")
+        round_output = await run_secure_round(
+            task, arrays, n_rows=n_rows, metrics=metrics, ctx=self._secure_round, link=self.fetcher,
+            blob_path=self._outbox_dir / f"{task.task_id}.blob",
+        )
+        return PipelineOutput(
+            metrics={}, n_rows=0, blob_path=round_output.blob_path, blob=round_output.blob,
+            clipped_values=round_output.n_clipped,
+        )
 
     async def _write_model(self, task: TaskPayload, input_dir: Path) -> str | None:
         """Put the model source or spec into the input; returns source fetched by hub reference."""

@@ -318,7 +318,7 @@ def unmask_answer(
     graph: NeighbourGraph,
     survivors: Collection[str],
     dropped: Collection[str],
-    previous: UnmaskAnswer | None = None,
+    previous: Collection[UnmaskAnswer] = (),
 ) -> UnmaskAnswer:
     """Self-mask shares of the survivors and mask-key shares of the dropped that ``me`` holds.
 
@@ -326,7 +326,7 @@ def unmask_answer(
     every named pod is ``me`` or a neighbour of ``me`` (``unmask_request`` cuts the
     round's lists down); at least t of ``me`` and its neighbours survive (a smaller sum
     would expose too few pods' inputs); and no pod is asked about in the other role than
-    in ``previous``, this pod's earlier answer in the round (pass it on any retry).
+    in ``previous``, every answer this pod gave earlier in the round (pass them on any retry).
     Pods whose shares ``me`` does not hold are left out of the answer.
     """
     alive, gone = set(survivors), set(dropped)
@@ -347,13 +347,14 @@ def unmask_answer(
             f"only {surviving} of {me!r} and its {graph.degree} neighbours survive; unmasking needs at least "
             f"{graph.threshold}, or the sum would expose too few inputs"
         )
-    if previous is not None:
-        swapped = sorted((alive & set(previous.mask_key_shares)) | (gone & set(previous.self_mask_shares)))
-        if swapped:
-            raise SecAggError(
-                f"pods {swapped} were asked about in the other role in this pod's earlier answer; "
-                "revealing both shares would expose their inputs"
-            )
+    revealed_keys = {pod for answer in previous for pod in answer.mask_key_shares}
+    revealed_seeds = {pod for answer in previous for pod in answer.self_mask_shares}
+    swapped = sorted((alive & revealed_keys) | (gone & revealed_seeds))
+    if swapped:
+        raise SecAggError(
+            f"pods {swapped} were asked about in the other role in this pod's earlier answers; "
+            "revealing both shares would expose their inputs"
+        )
     for owner, shares in held.items():
         if shares.owner != owner:
             raise SecAggError(f"held shares filed under {owner!r} belong to {shares.owner!r}")

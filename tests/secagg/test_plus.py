@@ -342,14 +342,17 @@ def test_asking_again_about_a_pod_in_the_other_role_is_refused() -> None:
     first = unmask_answer(sim.held["pod-00"], me="pod-00", graph=sim.graph, survivors=sim.members[:4],
                           dropped=["pod-04"])
     again = unmask_answer(sim.held["pod-00"], me="pod-00", graph=sim.graph, survivors=sim.members[:4],
-                          dropped=["pod-04"], previous=first)
+                          dropped=["pod-04"], previous=[first])
     assert again == first
     with pytest.raises(SecAggError, match=r"pods \['pod-04'\] were asked about in the other role"):
         unmask_answer(sim.held["pod-00"], me="pod-00", graph=sim.graph, survivors=sim.members, dropped=[],
-                      previous=first)
+                      previous=[first])
+    # A narrower second answer must not make the pod forget what the first one revealed.
+    narrow = unmask_answer(sim.held["pod-00"], me="pod-00", graph=sim.graph, survivors=sim.members[:3],
+                           dropped=[], previous=[first])
     with pytest.raises(SecAggError, match=r"pods \['pod-03'\] were asked about in the other role"):
         unmask_answer(sim.held["pod-00"], me="pod-00", graph=sim.graph, survivors=sim.members[:3],
-                      dropped=["pod-03", "pod-04"], previous=first)
+                      dropped=["pod-03", "pod-04"], previous=[first, narrow])
 
 
 def test_an_answer_holding_both_shares_of_a_pod_cannot_be_built() -> None:
