@@ -9,22 +9,22 @@ Owns the child-side start-up order, which is the security argument:
    ``ready`` - a warm worker parks here;
 4. only now read the ``request`` frame (the task), lower limits to the
    task's, and call ``entry.serve(channel)``.
-Uncaught errors become a fixed failure code; their text goes to stderr only.
+Uncaught errors become a fixed failure code (a cap's word where caps.py recognises one);
+their text goes to stderr only, after what they held is released (caps.py).
 """
 
 from __future__ import annotations
 
 import ctypes
-import errno
 import importlib
 import os
 import signal
 import sys
-import traceback
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from pod_agent.errors import SandboxError
+from pod_agent.sandbox.caps import cap_code, release_and_print
 from pod_agent.sandbox.channel import Channel
 from pod_agent.sandbox.confine import ConfinePlan, apply_rlimits, confine, lower_cpu_limit
 from pod_agent.sandbox.frames import encode_frame, read_frame
@@ -59,14 +59,13 @@ def _expect(inbound: BinaryIO, kind: str) -> dict[str, Any]:
 
 def failure_code(exc: BaseException) -> str:
     """A fixed code for an exception that escaped the entry (its text stays on stderr)."""
-    if isinstance(exc, MemoryError):
-        return "memory_exceeded"
+    cap = cap_code(exc)
+    if cap is not None:
+        return cap
     if isinstance(exc, ModuleNotFoundError | ImportError):
         return "import_error"
     if isinstance(exc, SyntaxError):
         return "syntax_error"
-    if isinstance(exc, OSError) and exc.errno == errno.EFBIG:
-        return "file_size_exceeded"
     if isinstance(exc, SandboxError):
         return exc.code
     return "uncaught_exception"
@@ -92,9 +91,10 @@ def _run(inbound: BinaryIO, out: BinaryIO) -> None:
     try:
         entry.serve(channel)
     except BaseException as exc:  # noqa: BLE001 - every escape must become a fixed code, never a crash text
-        traceback.print_exc(file=sys.stderr)
+        code = failure_code(exc)
+        release_and_print(exc)
         if not channel.finished:
-            channel.fail(failure_code(exc))
+            channel.fail(code)
         return
     if not channel.finished:
         channel.fail("no_result")
@@ -115,10 +115,11 @@ def main() -> None:
     try:
         _run(inbound, out)
     except BaseException as exc:  # noqa: BLE001 - before serve(): report a code, exit non-zero
-        traceback.print_exc(file=sys.stderr)
+        code = failure_code(exc)
+        release_and_print(exc)
         try:
-            _send(out, {"type": "fail", "reason": failure_code(exc)})
-        except (OSError, SandboxError):
+            _send(out, {"type": "fail", "reason": code})
+        except (OSError, SandboxError, MemoryError):
             pass
         sys.stderr.flush()
         os._exit(_EXIT_PROTOCOL)

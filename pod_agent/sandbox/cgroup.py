@@ -2,10 +2,12 @@
 
 Owns finding where the agent may create cgroups (v2 unified, or v1 ``memory``
 and ``pids`` hierarchies as on hybrid hosts), creating one group per worker
-under the agent's own group, moving a process tree into it, killing everything
+under the agent's own group, moving a process tree into it, reading what its
+memory controller counted (OOM kills, hits of the cap), killing everything
 in it (``cgroup.kill`` on v2; a SIGKILL sweep until empty on v1, where a
 forking tree cannot escape because ``pids.max`` stops it), and removing it.
-The runner decides when; probe.py reports whether this layer is active.
+The runner decides when, and what the counts mean for the task; probe.py
+reports whether this layer is active.
 """
 
 from __future__ import annotations
@@ -32,6 +34,41 @@ def _own_cgroup_paths() -> dict[str, str]:
         for name in controllers.split(",") if controllers else [""]:
             paths[name] = path
     return paths
+
+
+@dataclass(frozen=True)
+class MemoryEvents:
+    """What a group's memory controller counted since the group was made.
+
+    ``oom_kills``: processes the OOM killer killed at this group's cap (v2 ``memory.events``
+    ``oom_kill``; v1 ``memory.oom_control`` ``oom_kill``), None where the kernel does not count
+    them (v1 before 4.13). ``cap_hits``: times usage reached the cap (v2 ``max``; v1
+    ``memory.failcnt``), which reclaim often survives, so alone it proves nothing.
+    """
+
+    oom_kills: int | None
+    cap_hits: int
+
+
+def _counters(path: Path) -> dict[str, int]:
+    """``key value`` lines of a cgroup file; a file the kernel lacks counts nothing."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return {}
+    counters: dict[str, int] = {}
+    for line in lines:
+        key, _, value = line.partition(" ")
+        if value.strip().isdigit():
+            counters[key] = int(value)
+    return counters
+
+
+def _single(path: Path) -> int:
+    try:
+        return int(path.read_text().strip() or 0)
+    except (OSError, ValueError):
+        return 0
 
 
 @dataclass(frozen=True)
@@ -139,17 +176,15 @@ class TaskCgroup:
                 except ProcessLookupError:
                     continue
 
-    def oom_killed(self) -> bool:
+    def memory_events(self) -> MemoryEvents:
+        """The group's OOM kills and cap hits so far (see :class:`MemoryEvents`)."""
         mem = self._dir("memory")
-        events = mem / ("memory.events" if self._support.version == 2 else "memory.oom_control")
-        try:
-            for line in events.read_text().splitlines():
-                key, _, value = line.partition(" ")
-                if key == "oom_kill" and int(value) > 0:
-                    return True
-        except OSError:
-            return False
-        return False
+        if self._support.version == 2:
+            events = _counters(mem / "memory.events")
+            return MemoryEvents(oom_kills=events.get("oom_kill"), cap_hits=events.get("max", 0))
+        # With memsw set, the combined counter is the one that fails when swap is in play.
+        hits = max(_single(mem / "memory.failcnt"), _single(mem / "memory.memsw.failcnt"))
+        return MemoryEvents(oom_kills=_counters(mem / "memory.oom_control").get("oom_kill"), cap_hits=hits)
 
     def pids(self) -> list[int]:
         found: set[int] = set()

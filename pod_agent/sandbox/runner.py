@@ -5,7 +5,11 @@ command (launch.py), the cgroup, the hand-off of rlimits/seccomp/Landlock to
 the bootstrap in the ``go`` frame, the frame sequence and its caps, the
 stderr drain (capped; only its size is logged, the text goes to the job's
 ``stderr_path`` when the operator asks for it, never to the hub), timeouts, killing the
-whole tree, and the warm worker (one pre-started worker per entry, past
+whole tree, naming the cap that ended a worker (``SandboxError`` codes
+``memory_exceeded``, ``wall_timeout``, ``cpu_time_exceeded``, ``file_size_exceeded``,
+``output_exceeded``, ``frame_too_large``; a worker's own word comes as ``task_failed``
+with the word as detail, unless the cgroup counted an OOM kill, which outranks whatever
+the worker says), and the warm worker (one pre-started worker per entry, past
 ``prepare()`` and confined before it sees any task input; one task each).
 probe.py finds the layers; what runs inside is the entry module's business.
 
@@ -31,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pod_agent.errors import SandboxError
-from pod_agent.sandbox.cgroup import TaskCgroup, descendants, detect_cgroups
+from pod_agent.sandbox.cgroup import MemoryEvents, TaskCgroup, descendants, detect_cgroups
 from pod_agent.sandbox.confine import ConfinePlan
 from pod_agent.sandbox.frames import Frame, check_safetensors, encode_frame, read_frame_async
 from pod_agent.sandbox.launch import (
@@ -137,8 +141,9 @@ class SandboxOutcome:
     payload: bytes
 
 
-def _exit_reason(returncode: int | None, *, namespaced: bool, oom: bool) -> str:
-    if oom:
+def _exit_reason(returncode: int | None, *, namespaced: bool, memory: MemoryEvents | None) -> str:
+    """Why a worker ended without an answer, from its exit status and its cgroup's memory counts."""
+    if memory is not None and memory.oom_kills:
         return "memory_exceeded"
     if returncode is None:
         return "no_result"
@@ -148,7 +153,10 @@ def _exit_reason(returncode: int | None, *, namespaced: bool, oom: bool) -> str:
     if signo == signal.SIGXFSZ:
         return "file_size_exceeded"
     if signo == signal.SIGKILL:
-        return "killed"
+        # Where the kernel does not count OOM kills (cgroup v1 before 4.13), a SIGKILL in a group
+        # that reached its cap is the OOM killer's as far as anyone can tell.
+        uncounted_oom = memory is not None and memory.oom_kills is None and memory.cap_hits > 0
+        return "memory_exceeded" if uncounted_oom else "killed"
     return "no_result"
 
 
@@ -313,17 +321,33 @@ class _Worker:
         if frame is None:
             raise SandboxError(await self._ended_reason(), f"worker ended before {kind!r}")
         if frame.type == "fail":
-            raise SandboxError("task_failed", _fixed_code(frame.header.get("reason")))
+            raise await self._failed(frame)
         if frame.type != kind:
             raise SandboxError("protocol", f"expected {kind!r}, worker sent {frame.type[:32]!r}")
+
+    async def _memory_events(self) -> MemoryEvents | None:
+        return None if self.cgroup is None else await asyncio.to_thread(self.cgroup.memory_events)
+
+    async def _oom_killed(self) -> bool:
+        memory = await self._memory_events()
+        return memory is not None and bool(memory.oom_kills)
 
     async def _ended_reason(self) -> str:
         if self.proc is None:
             return "no_result"
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self.proc.wait(), REAP_TIMEOUT_S)
-        oom = self.cgroup is not None and await asyncio.to_thread(self.cgroup.oom_killed)
-        return _exit_reason(self.proc.returncode, namespaced=self.namespaced, oom=oom)
+        return _exit_reason(self.proc.returncode, namespaced=self.namespaced, memory=await self._memory_events())
+
+    async def _failed(self, frame: Frame) -> SandboxError:
+        """The error for a ``fail`` frame: the worker's word, unless the OOM killer struck its tree.
+
+        A process killed at the memory cap (a forked helper, a DataLoader worker) makes the
+        survivor fail with a word of its own; the cap is what happened.
+        """
+        if await self._oom_killed():
+            return SandboxError("memory_exceeded", "a worker process was killed at the memory cap")
+        return SandboxError("task_failed", _fixed_code(frame.header.get("reason")))
 
     async def _drain_stderr(self) -> None:
         if self.proc is None or self.proc.stderr is None:
@@ -365,12 +389,12 @@ class _Worker:
                     raise SandboxError("bad_frame", "result frame without a JSON object header")
                 if frame.payload:
                     check_safetensors(frame.payload)
-                if self.cgroup is not None and await asyncio.to_thread(self.cgroup.oom_killed):
+                if await self._oom_killed():
                     # Part of the tree was OOM-killed: whatever it reports was computed without it.
                     raise SandboxError("memory_exceeded", "a worker process was killed at the memory cap")
                 return header, frame.payload
             elif frame.type == "fail":
-                raise SandboxError("task_failed", _fixed_code(frame.header.get("reason")))
+                raise await self._failed(frame)
             else:
                 raise SandboxError("protocol", f"unexpected frame type {frame.type[:32]!r}")
 

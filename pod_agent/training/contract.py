@@ -6,8 +6,8 @@ Torch-free: numpy and ``safetensors.numpy`` only, so the daemon stays light.
 with a fixed ``reason`` at the first failure:
 
 1. ``too_large``: payload over ``max_bytes``.
-2. ``bad_header``: header not exactly ``{"metrics", "n_rows", "tensors"}``, or
-   ``n_rows`` not a non-negative integer, or a tensor description malformed.
+2. ``bad_header``: the header does not parse as a ``wall.WorkerResultHeader``
+   (a missing or extra key, a wrong type, a negative count).
 3. ``bad_metric``: more than ``MAX_METRICS`` metrics, a name that is neither in
    ``DEFAULT_METRIC_NAMES`` nor a literal ``self.log`` / ``self.log_dict`` key of
    the model source, or a value that is not a finite number.
@@ -35,17 +35,18 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
+from pydantic import ValidationError
 from safetensors import SafetensorError
 from safetensors.numpy import load as load_numpy
 
 from pod_agent.config.settings import DEFAULT_MAX_PREDICTION_COLUMNS
 from pod_agent.errors import ContractViolation
 from pod_agent.protocol.messages import TaskPayload
+from pod_agent.training.wall import TensorDescription, WorkerResultHeader
 
 WIRE_DTYPE = "F32"
 FLOAT_DTYPES = frozenset({"F16", "BF16", "F32", "F64"})
 MAX_METRICS = 64
-HEADER_KEYS = frozenset({"metrics", "n_rows", "tensors"})
 DEFAULT_METRIC_NAMES = frozenset(
     {
         "loss", "train_loss", "val_loss", "test_loss",
@@ -101,16 +102,15 @@ def check_result(
     payload = outcome.payload
     if len(payload) > max_bytes:
         raise ContractViolation("too_large", f"payload of {len(payload)} bytes over the cap of {max_bytes}")
-    header = outcome.header
-    if not isinstance(header, dict) or set(header) != HEADER_KEYS:
-        keys = sorted(header) if isinstance(header, dict) else type(header).__name__
-        raise ContractViolation("bad_header", f"header keys {keys}, expected {sorted(HEADER_KEYS)}")
-    n_rows = header["n_rows"]
-    if not isinstance(n_rows, int) or isinstance(n_rows, bool) or n_rows < 0:
-        raise ContractViolation("bad_header", f"n_rows {n_rows!r} is not a non-negative integer")
-    described = _described_tensors(header["tensors"])
+    try:
+        header = WorkerResultHeader.model_validate(outcome.header)
+    except ValidationError as exc:
+        # Not chained: the parse error's own text quotes what the worker sent.
+        raise ContractViolation("bad_header", f"result header does not parse: {_parse_errors(exc)}") from None
+    n_rows = header.n_rows
+    described = _described_tensors(header.tensors)
     source = source_text if source_text is not None else (task.model.source if task.model else None)
-    metrics = _check_metrics(header["metrics"], logged_metric_names(source) if source else frozenset())
+    metrics = _check_metrics(header.metrics, logged_metric_names(source) if source else frozenset())
     _check_names_and_shapes(described, task=task, expected=expected, n_rows=n_rows, min_rows=min_rows,
                             max_prediction_columns=max_prediction_columns)
     arrays = _decode(payload, described)
@@ -154,40 +154,43 @@ def logged_metric_names(source: str) -> frozenset[str]:
     return frozenset(names)
 
 
-def _described_tensors(raw: object) -> dict[str, TensorSpec]:
-    if not isinstance(raw, dict):
-        raise ContractViolation("bad_header", "tensors must be an object")
+# The header's own field names; every other key in an error's location was chosen inside the sandbox.
+_HEADER_FIELD_NAMES = frozenset(WorkerResultHeader.model_fields) | frozenset(TensorDescription.model_fields)
+_MAX_PARSE_ERRORS = 3
+
+
+def _parse_errors(exc: ValidationError) -> str:
+    """Where and why the header failed to parse, without the values or keys the worker chose."""
+    parts = []
+    for error in exc.errors(include_url=False, include_input=False)[:_MAX_PARSE_ERRORS]:
+        where = ".".join(str(p) if isinstance(p, int) or p in _HEADER_FIELD_NAMES else "<key>" for p in error["loc"])
+        parts.append(f"{where or '<header>'}: {error['type']}")
+    return "; ".join(parts) + (f" (+{exc.error_count() - _MAX_PARSE_ERRORS} more)"
+                               if exc.error_count() > _MAX_PARSE_ERRORS else "")
+
+
+def _described_tensors(described: Mapping[str, TensorDescription]) -> dict[str, TensorSpec]:
     out: dict[str, TensorSpec] = {}
-    for name, info in raw.items():
-        shape = info.get("shape") if isinstance(info, dict) else None
-        dtype = info.get("dtype") if isinstance(info, dict) else None
-        if (
-            not isinstance(name, str)
-            or not isinstance(shape, list)
-            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
-            or not isinstance(dtype, str)
-        ):
-            raise ContractViolation("bad_header", f"tensor {name!r} is described as {info!r}")
-        if dtype != WIRE_DTYPE:
-            raise ContractViolation("bad_dtype", f"tensor {name!r} has dtype {dtype}, only {WIRE_DTYPE} is accepted")
-        out[name] = TensorSpec(tuple(shape), dtype)
+    for name, info in described.items():
+        if info.dtype != WIRE_DTYPE:
+            raise ContractViolation("bad_dtype", f"tensor {name!r} has dtype {info.dtype[:16]!r}, only {WIRE_DTYPE} "
+                                    "is accepted")
+        out[name] = TensorSpec(tuple(info.shape), info.dtype)
     return out
 
 
-def _check_metrics(raw: object, logged: frozenset[str]) -> dict[str, float]:
-    if not isinstance(raw, dict):
-        raise ContractViolation("bad_header", "metrics must be an object")
+def _check_metrics(raw: Mapping[str, float], logged: frozenset[str]) -> dict[str, float]:
     if len(raw) > MAX_METRICS:
         raise ContractViolation("bad_metric", f"{len(raw)} metrics, more than {MAX_METRICS}")
     out: dict[str, float] = {}
     for name, value in raw.items():
-        if not isinstance(name, str) or not _METRIC_NAME.match(name):
-            raise ContractViolation("bad_metric", f"metric name {str(name)[:80]!r} is not a plain identifier")
+        if not _METRIC_NAME.match(name):
+            raise ContractViolation("bad_metric", f"metric name {name[:80]!r} is not a plain identifier")
         if name not in DEFAULT_METRIC_NAMES and name not in logged:
             raise ContractViolation("bad_metric", f"metric {name!r} is neither a standard name nor logged by the model")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if not math.isfinite(value):
             raise ContractViolation("bad_metric", f"metric {name!r} is {value!r}, not a finite number")
-        out[name] = float(value)
+        out[name] = value
     return out
 
 

@@ -6,15 +6,9 @@ dir), the pre-flight checks (a probe forward pass, finite losses), progress even
 and what each kind returns. It runs inside the sandbox (``worker.py``) and, for a
 modeller's local debugging, in-process (``local.py``): the same code either way.
 
-Request (a dict, from the agent)::
-
-    {"task": TaskPayload as JSON, "datastructure": {...} (optional: read from data.arrow),
-     "trainer": {"accelerator": "auto"|"cpu"|"gpu", "devices": 1|"auto", "seed": int (optional),
-                "threads": int (optional: torch intra-op threads; default DEFAULT_THREADS)},
-     "privacy": {"min_rows": int}, "schema": {...} (optional, the public schema)}
-
-Returned header: ``{"metrics": {name: float}, "n_rows": int, "tensors": {name:
-{"shape": [...], "dtype": "F32"}}}`` and a safetensors payload. ``train`` returns the
+The request is a ``wall.WorkerRequest`` (``trainer.threads`` None: DEFAULT_THREADS torch
+intra-op threads); the answer a ``wall.WorkerResultHeader`` and a safetensors payload,
+progress ``wall.WorkerProgress`` events. ``train`` returns the
 floating state (``tensors.py``) as new - old (``returns = "update"``) or new values,
 ``n_rows`` = training rows; ``evaluate`` returns metrics only, ``n_rows`` = test rows;
 ``predict`` returns ``predictions`` (float32 ``[rows, k]``) for the split named by
@@ -42,7 +36,6 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pydantic import ValidationError
 
 from pod_agent.data.task_input import DATA_FILE_NAME, SPLIT_CODES, read_datastructure
 from pod_agent.errors import DataError, TrainingError
@@ -51,6 +44,7 @@ from pod_agent.sdk import Datastructure, PodModel
 from pod_agent.training.dataset import SplitBatches
 from pod_agent.training.loading import build_model
 from pod_agent.training.tensors import encode, exchanged_state, load_pretrained
+from pod_agent.training.wall import WorkerProgress, WorkerRequest, WorkerResultHeader
 
 WEIGHTS_FILE_NAME = "weights.safetensors"
 PROGRESS_INTERVAL_S = 1.0  # at most one training progress event per second
@@ -62,12 +56,12 @@ DEFAULT_THREADS = 1
 _PROBE_ROWS = 4
 _SHAPE_WORDS = ("shape", "size", "mat1", "mat2", "dimension")
 
-Progress = Callable[[dict[str, object]], None]
+Progress = Callable[[WorkerProgress], None]
 
 
 @dataclass(frozen=True)
 class TaskOutput:
-    header: dict[str, object]
+    header: WorkerResultHeader
     payload: bytes
 
 
@@ -83,9 +77,9 @@ class _Settings:
     threads: int
 
 
-def run_task(request: Mapping[str, Any], *, input_dir: Path, work_dir: Path, progress: Progress) -> TaskOutput:
+def run_task(request: WorkerRequest, *, input_dir: Path, work_dir: Path, progress: Progress) -> TaskOutput:
     """Run the task described by ``request`` on ``input_dir``; raises TrainingError(reason)."""
-    settings = _parse_request(request, input_dir)
+    settings = _settings(request, input_dir)
     task = settings.task
     if task.model is None or task.kind not in ("train", "evaluate", "predict"):
         raise TrainingError("bad_request", f"kind {task.kind!r} with model={task.model is not None} is not a model task")
@@ -117,24 +111,23 @@ def run_task(request: Mapping[str, Any], *, input_dir: Path, work_dir: Path, pro
     return _predict(model, loaders, settings, work_dir=work_dir)
 
 
-def _parse_request(request: Mapping[str, Any], input_dir: Path) -> _Settings:
+def _settings(request: WorkerRequest, input_dir: Path) -> _Settings:
+    """The request with its defaults filled in and the datastructure built."""
     try:
-        task = TaskPayload.model_validate(request["task"])
-        raw_ds = request.get("datastructure") or read_datastructure(input_dir / DATA_FILE_NAME)
-        trainer = dict(request.get("trainer") or {})
-        privacy = dict(request.get("privacy") or {})
-        return _Settings(
-            task=task,
-            datastructure=Datastructure.coerce(raw_ds),
-            accelerator=str(trainer.get("accelerator", "auto")),
-            devices=trainer.get("devices", 1),
-            seed=int(trainer.get("seed", task.hyperparameters.seed)),
-            min_rows=int(privacy.get("min_rows", 1)),
-            schema=dict(request.get("schema") or {}),
-            threads=max(1, int(trainer.get("threads", DEFAULT_THREADS))),
-        )
-    except (KeyError, TypeError, ValueError, ValidationError, DataError) as exc:
-        raise TrainingError("bad_request", f"request unusable: {exc}") from exc
+        datastructure = Datastructure.coerce(request.datastructure or read_datastructure(input_dir / DATA_FILE_NAME))
+    except (TypeError, ValueError, DataError) as exc:
+        raise TrainingError("bad_request", f"datastructure unusable: {exc}") from exc
+    trainer, task = request.trainer, request.task
+    return _Settings(
+        task=task,
+        datastructure=datastructure,
+        accelerator=trainer.accelerator,
+        devices=trainer.devices,
+        seed=task.hyperparameters.seed if trainer.seed is None else trainer.seed,
+        min_rows=request.privacy.min_rows,
+        schema=request.public_schema,
+        threads=DEFAULT_THREADS if trainer.threads is None else trainer.threads,
+    )
 
 
 def model_kwargs(
@@ -204,7 +197,7 @@ class _Progress(pl.Callback):
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
         if trainer.global_step == 0 and batch_idx == 0:
-            self._progress({"stage": "training", "epoch": trainer.current_epoch, "step": 0})
+            self._progress(WorkerProgress(stage="training", epoch=trainer.current_epoch, step=0))
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -219,15 +212,16 @@ class _Progress(pl.Callback):
         if now - self._last >= PROGRESS_INTERVAL_S:
             self._last = now
             self._progress(
-                {"stage": "training", "epoch": trainer.current_epoch, "step": trainer.global_step, "loss": value}
+                WorkerProgress(stage="training", epoch=trainer.current_epoch, step=trainer.global_step, loss=value)
             )
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
         self.last_validated_step = trainer.global_step
-        metrics = _scalars(trainer.callback_metrics, prefix="val")
-        self._progress({"stage": "validating", "epoch": trainer.current_epoch, "step": trainer.global_step, "metrics": metrics})
+        # No metrics: a model names and computes them, so they would be a channel of its choosing
+        # to the hub; the result's metrics pass the contract's checks instead.
+        self._progress(WorkerProgress(stage="validating", epoch=trainer.current_epoch, step=trainer.global_step))
 
 
 class _CollectTestOutputs(pl.Callback):
@@ -267,11 +261,9 @@ def _trainer(settings: _Settings, *, work_dir: Path, callbacks: list[pl.Callback
     )
 
 
-def _scalars(metrics: Mapping[str, Any], *, prefix: str = "") -> dict[str, float]:
+def _scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
     out: dict[str, float] = {}
     for name, value in metrics.items():
-        if prefix and not name.startswith(prefix):
-            continue
         if isinstance(value, torch.Tensor) and value.numel() == 1:
             out[name] = float(value.detach().cpu())
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -314,7 +306,7 @@ def _train(
     after = exchanged_state(model)
     tensors = after if settings.task.returns == "weights" else {n: after[n] - before[n] for n in after}
     described, payload = encode(tensors)
-    return TaskOutput({"metrics": metrics, "n_rows": train.n_rows, "tensors": described}, payload)
+    return TaskOutput(WorkerResultHeader(metrics=metrics, n_rows=train.n_rows, tensors=described), payload)
 
 
 def _loader(batches: SplitBatches) -> torch.utils.data.DataLoader[Any]:
@@ -339,7 +331,7 @@ def _evaluate(model: PodModel, loaders: Mapping[str, SplitBatches], settings: _S
             accuracy = _accuracy(collect)
             if accuracy is not None:
                 metrics["test_accuracy"] = accuracy
-    return TaskOutput({"metrics": metrics, "n_rows": test.n_rows, "tensors": {}}, b"")
+    return TaskOutput(WorkerResultHeader(metrics=metrics, n_rows=test.n_rows, tensors={}), b"")
 
 
 def _accuracy(collect: _CollectTestOutputs) -> float | None:
@@ -377,5 +369,5 @@ def _predict(model: PodModel, loaders: Mapping[str, SplitBatches], settings: _Se
     if predictions.ndim != 2:
         raise TrainingError("bad_predictions", f"predictions must be [rows, k]; got {list(predictions.shape)}")
     described, payload = encode({"predictions": predictions})
-    return TaskOutput({"metrics": {}, "n_rows": batches.n_rows, "tensors": described}, payload)
+    return TaskOutput(WorkerResultHeader(metrics={}, n_rows=batches.n_rows, tensors=described), payload)
 

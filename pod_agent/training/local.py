@@ -22,6 +22,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+from pydantic import ValidationError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 
@@ -34,6 +35,7 @@ from pod_agent.sdk import Datastructure
 from pod_agent.training.engine import WEIGHTS_FILE_NAME, model_kwargs, run_task, seeded_model
 from pod_agent.training.loading import SOURCE_FILE_NAME, SPEC_FILE_NAME
 from pod_agent.training.tensors import exchanged_state
+from pod_agent.training.wall import TrainerSettings, WorkerPrivacy, WorkerProgress, WorkerRequest
 
 LOCAL_POD = "local"
 _LOCAL_ID = "0" * 64  # no signer and no registered schema: a local fit is never sent anywhere
@@ -93,7 +95,8 @@ def fit_local(
     schema = ds.schema()
     events: list[dict[str, object]] = []
 
-    def record(event: dict[str, object]) -> None:
+    def record(progress: WorkerProgress) -> None:
+        event: dict[str, object] = progress.model_dump(mode="json", exclude_none=True)
         events.append(event)
         if on_progress is not None:
             on_progress(event)
@@ -129,12 +132,14 @@ def fit_local(
             schema_hash=schema.hash(),
             returns="weights",
         )
-        request: Mapping[str, object] = {
-            "task": task.model_dump(mode="json"),
-            "datastructure": prepared.datastructure,
-            "trainer": {"accelerator": accelerator, "devices": devices},
-            "schema": schema.public(share_categories=True),
-        }
+        request = WorkerRequest(
+            task=task,
+            datastructure=prepared.datastructure,
+            trainer=_trainer_settings(accelerator, devices),
+            # min_rows guards what a predict task hands back; a local fit only trains.
+            privacy=WorkerPrivacy(min_rows=1),
+            public_schema=schema.public(share_categories=True),
+        )
         # The engine pins torch's thread count as a pod does; give the caller's back afterwards.
         threads = torch.get_num_threads()
         try:
@@ -142,15 +147,22 @@ def fit_local(
         finally:
             torch.set_num_threads(threads)
     trained = load_safetensors(output.payload) if output.payload else {}
-    n_rows = output.header["n_rows"]
-    metrics = output.header["metrics"]
     return LocalFit(
         weights=trained,
-        metrics=dict(metrics) if isinstance(metrics, dict) else {},
-        n_rows=n_rows if isinstance(n_rows, int) else 0,
+        metrics=dict(output.header.metrics),
+        n_rows=output.header.n_rows,
         datastructure=prepared.datastructure,
         events=events,
     )
+
+
+def _trainer_settings(accelerator: str, devices: int | str) -> TrainerSettings:
+    try:
+        return TrainerSettings.model_validate({"accelerator": accelerator, "devices": devices})
+    except ValidationError as exc:
+        raise TrainingError(
+            "bad_request", f"accelerator {accelerator!r} with devices {devices!r}: give auto, cpu or gpu and a count"
+        ) from exc
 
 
 def initial_weights(

@@ -19,6 +19,7 @@ from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from pod_agent.errors import TrainingError
+from pod_agent.training.wall import TensorDescription
 
 WIRE_DTYPE = torch.float32
 WIRE_DTYPE_NAME = "F32"
@@ -33,11 +34,11 @@ def exchanged_state(model: nn.Module) -> dict[str, torch.Tensor]:
     }
 
 
-def encode(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, object], bytes]:
+def encode(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, TensorDescription], bytes]:
     """The header's ``tensors`` description and the safetensors payload."""
     contiguous = {name: t.contiguous() for name, t in sorted(tensors.items())}
-    described: dict[str, object] = {
-        name: {"shape": list(t.shape), "dtype": WIRE_DTYPE_NAME} for name, t in contiguous.items()
+    described = {
+        name: TensorDescription(shape=list(t.shape), dtype=WIRE_DTYPE_NAME) for name, t in contiguous.items()
     }
     return described, save_safetensors(contiguous) if contiguous else b""
 

@@ -2,19 +2,22 @@
 
 Owns the entry contract with the sandbox: ``prepare()`` does the heavy imports
 (torch, Lightning, torchmetrics, the SDK) before any task input exists, so a warm
-worker is ready; ``serve(channel)`` reads the request, runs it with
-``engine.run_task`` and answers with exactly one ``channel.result`` or
+worker is ready; ``serve(channel)`` parses the request (``wall.WorkerRequest``;
+``bad_request`` when it does not parse), runs it with ``engine.run_task`` and
+answers with exactly one ``channel.result`` (a ``wall.WorkerResultHeader``) or
 ``channel.fail(code)``. Failure codes are fixed strings (``engine.py`` and
-``loading.py`` list them); details and tracebacks go to this process's stderr,
-which the agent keeps in its local log and never forwards.
+``loading.py`` list them), except that a failure caused by one of the sandbox's caps
+(``sandbox.caps``: memory, file size) is named by the cap whatever the engine
+wrapped it in. Details and tracebacks go to this process's stderr, which the agent
+keeps in its local log and never forwards.
 This module imports nothing heavy at import time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
-import traceback
 from importlib import import_module
 from pathlib import Path
 from typing import Any, Protocol
@@ -46,19 +49,28 @@ def prepare() -> None:
 
 def serve(channel: WorkerChannel) -> None:
     """Run the one task this worker gets; report a result or a fixed failure code."""
+    from pydantic import ValidationError
+
     from pod_agent.errors import TrainingError
+    from pod_agent.sandbox.caps import cap_code, release_and_print
     from pod_agent.training.engine import run_task
+    from pod_agent.training.wall import WorkerProgress, WorkerRequest
+
+    def progress(event: WorkerProgress) -> None:
+        channel.progress(event.model_dump(mode="json", exclude_none=True))
 
     try:
-        request = channel.request()
-        output = run_task(request, input_dir=channel.input_dir, work_dir=channel.work_dir, progress=channel.progress)
-    except TrainingError as exc:
-        print(f"pod-agent worker: {exc}", file=sys.stderr)
-        traceback.print_exc(file=sys.stderr)
-        channel.fail(exc.code)
+        try:
+            request = WorkerRequest.model_validate(channel.request())
+        except ValidationError as exc:
+            raise TrainingError("bad_request", f"request does not parse: {exc}") from exc
+        output = run_task(request, input_dir=channel.input_dir, work_dir=channel.work_dir, progress=progress)
+    except Exception as exc:
+        # A cap in the chain outranks the engine's wrapper: training_error from a MemoryError is the cap.
+        code = cap_code(exc) or (exc.code if isinstance(exc, TrainingError) else INTERNAL_ERROR)
+        release_and_print(exc)
+        with contextlib.suppress(MemoryError):
+            print(f"pod-agent worker: task failed with {code}", file=sys.stderr)
+        channel.fail(code)
         return
-    except Exception:
-        traceback.print_exc(file=sys.stderr)
-        channel.fail(INTERNAL_ERROR)
-        return
-    channel.result(output.header, output.payload)
+    channel.result(output.header.model_dump(mode="json"), output.payload)

@@ -31,19 +31,19 @@ async def test_frame_round_trips_header_and_payload() -> None:
 
 async def test_clean_eof_reads_as_none_and_a_cut_frame_is_an_error() -> None:
     assert await read_frame_async(_reader(b""), max_payload_bytes=16) is None
-    with pytest.raises(SandboxError, match="bad_frame: stream ended inside a frame"):
+    with pytest.raises(SandboxError, match=r"\(bad_frame\): stream ended inside a frame"):
         await read_frame_async(_reader(encode_frame({"type": "result"}, b"abcd")[:-1]), max_payload_bytes=16)
 
 
 async def test_payload_over_the_cap_is_refused_before_it_is_read() -> None:
     prefix = struct.pack(">II", 10, 1 << 30)
-    with pytest.raises(SandboxError, match="frame_too_large: frame payload of 1073741824 bytes"):
+    with pytest.raises(SandboxError, match=r"\(frame_too_large\): frame payload of 1073741824 bytes"):
         await read_frame_async(_reader(prefix), max_payload_bytes=1 << 20)
 
 
 async def test_header_over_the_cap_is_refused() -> None:
     prefix = struct.pack(">II", MAX_HEADER_BYTES + 1, 0)
-    with pytest.raises(SandboxError, match="frame_too_large: frame header"):
+    with pytest.raises(SandboxError, match=r"\(frame_too_large\): frame header"):
         await read_frame_async(_reader(prefix), max_payload_bytes=0)
 
 
@@ -97,5 +97,5 @@ def test_the_agent_request_may_exceed_the_worker_header_cap() -> None:
 
 async def test_only_a_result_frame_may_carry_a_payload() -> None:
     raw = encode_frame({"type": "progress", "event": {}}, b"\x00" * 1024)
-    with pytest.raises(SandboxError, match="bad_frame: a 'progress' frame may not carry a payload"):
+    with pytest.raises(SandboxError, match=r"\(bad_frame\): a 'progress' frame may not carry a payload"):
         await read_frame_async(_reader(raw), max_payload_bytes=1 << 20)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from pod_agent.errors import SandboxError
+from pod_agent.policy.codes import failure_code_for
 from pod_agent.sandbox.frames import check_safetensors
 from pod_agent.sandbox.runner import KEPT_STDERR_FILES
 from sbx_helpers import CORPUS, SECRET, Outside, RunModel, leftover_processes, nothing_arrived
@@ -86,30 +87,68 @@ async def test_fork_bomb_stops_at_the_process_limit(run_model: RunModel, outside
     assert leftover_processes(outside.comm) == []
 
 
-async def test_allocating_twice_the_memory_cap_is_stopped(run_model: RunModel) -> None:
+@pytest.mark.parametrize(
+    ("model", "memory_mb"),
+    [("memory_hog", 256), ("memory_list", 256), ("memory_numpy", 256), ("memory_torch", 1024)],
+    ids=["bytes-chunks", "list-growth", "numpy-array", "torch-tensor"],
+)
+async def test_allocating_twice_the_memory_cap_ends_memory_exceeded(run_model: RunModel, model: str,
+                                                                    memory_mb: int) -> None:
+    # The data rlimit fires first in one process (MemoryError, or torch's allocator RuntimeError),
+    # the cgroup's OOM killer if resident memory gets there first: either way the cap is named.
     with pytest.raises(SandboxError) as caught:
-        await run_model("memory_hog", memory_mb=256)
+        await run_model(model, memory_mb=memory_mb)
     assert (caught.value.code, caught.value.detail) in {("memory_exceeded", "worker exited without a result"),
                                                           ("task_failed", "memory_exceeded")}
+    assert failure_code_for(caught.value) == "memory_exceeded"
 
 
 async def test_memory_spread_over_processes_is_capped_by_the_cgroup(run_model: RunModel, outside: Outside) -> None:
-    with pytest.raises(SandboxError, match="memory_exceeded"):
+    with pytest.raises(SandboxError) as caught:
         await run_model("memory_hog_forked", memory_mb=256)
+    assert caught.value.code == "memory_exceeded"
+    assert failure_code_for(caught.value) == "memory_exceeded"
     assert leftover_processes(outside.comm) == []
+
+
+async def test_an_oom_kill_outranks_the_word_the_worker_reports(run_model: RunModel) -> None:
+    with pytest.raises(SandboxError) as caught:
+        await run_model("memory_forked_then_blame", memory_mb=256)
+    assert caught.value.code == "memory_exceeded"
+    assert failure_code_for(caught.value) == "memory_exceeded"
+
+
+@pytest.mark.parametrize(
+    ("word", "code"),
+    [("diagnosis_hiv", "model_error"), ("sandbox_unavailable", "model_error"), ("internal_error", "model_error"),
+     ("time_exceeded", "model_error"), ("syntax_error", "syntax_error"), ("memory_exceeded", "memory_exceeded")],
+)
+async def test_a_word_the_worker_reports_reaches_the_hub_only_if_a_worker_may_say_it(
+    run_model: RunModel, word: str, code: str
+) -> None:
+    # A worker may claim memory_exceeded (it could exhaust memory for real just as well); it may not
+    # claim an agent-decided code, nor smuggle a word of its own out.
+    with pytest.raises(SandboxError) as caught:
+        await run_model("fail_with_word", request={"word": word})
+    assert (caught.value.code, caught.value.detail) == ("task_failed", word)
+    assert failure_code_for(caught.value) == code
 
 
 async def test_busy_loop_is_killed_at_the_cpu_limit(run_model: RunModel) -> None:
     started = time.monotonic()
-    with pytest.raises(SandboxError, match="cpu_time_exceeded"):
+    with pytest.raises(SandboxError) as caught:
         await run_model("cpu_burn", cpu_time_s=1, wall_timeout_s=15)
+    assert caught.value.code == "cpu_time_exceeded"
+    assert failure_code_for(caught.value) == "time_exceeded"
     assert time.monotonic() - started < 8
 
 
 async def test_sleep_past_wall_time_is_killed(run_model: RunModel, outside: Outside) -> None:
     started = time.monotonic()
-    with pytest.raises(SandboxError, match="wall_timeout"):
+    with pytest.raises(SandboxError) as caught:
         await run_model("sleep_forever", wall_timeout_s=1.5)
+    assert caught.value.code == "wall_timeout"
+    assert failure_code_for(caught.value) == "time_exceeded"
     assert time.monotonic() - started < 6
     assert leftover_processes(outside.comm) == []
 
@@ -138,8 +177,9 @@ async def test_setsid_daemon_dies_and_its_inherited_pipe_reaches_eof(run_model: 
 
 
 async def test_file_bigger_than_the_cap_is_refused(run_model: RunModel) -> None:
-    with pytest.raises(SandboxError, match="task_failed: file_size_exceeded"):
+    with pytest.raises(SandboxError, match=r"\(task_failed\): file_size_exceeded") as caught:
         await run_model("big_file", max_file_mb=4)
+    assert failure_code_for(caught.value) == "output_too_large"
 
 
 async def test_scratch_cannot_fill_the_host_disk(run_model: RunModel, tmp_path: Path) -> None:
@@ -156,8 +196,9 @@ async def test_scratch_cannot_fill_the_host_disk(run_model: RunModel, tmp_path: 
 
 
 async def test_stdout_and_stderr_flood_is_cut_off(run_model: RunModel) -> None:
-    with pytest.raises(SandboxError, match="output_exceeded"):
+    with pytest.raises(SandboxError, match="output_exceeded") as caught:
         await run_model("flood_output")
+    assert failure_code_for(caught.value) == "output_too_large"
 
 
 async def test_pickled_result_is_refused_and_never_unpickled(run_model: RunModel, tmp_path: Path) -> None:
@@ -179,7 +220,7 @@ async def test_exit_without_result_is_a_failed_task(run_model: RunModel) -> None
 
 
 async def test_missing_module_is_reported_as_import_error(run_model: RunModel) -> None:
-    with pytest.raises(SandboxError, match="task_failed: import_error"):
+    with pytest.raises(SandboxError, match=r"\(task_failed\): import_error"):
         await run_model("missing_module")
 
 

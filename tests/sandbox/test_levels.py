@@ -139,6 +139,6 @@ async def test_warm_worker_task_failure_still_replaces_the_worker(tmp_path: Path
 async def test_missing_input_dir_fails_before_any_worker_starts(tmp_path: Path) -> None:
     limits = SandboxLimitsSection(**ATTACK_LIMITS)
     async with SandboxRunner(SecuritySection(sandbox="strict", sandbox_user=SANDBOX_USER), limits) as runner:
-        with pytest.raises(SandboxError, match="input_unreadable: staging .*/absent"):
+        with pytest.raises(SandboxError, match=r"\(input_unreadable\): staging .*/absent"):
             await runner.run(SandboxJob(entry=ENTRY, input_dir=tmp_path / "absent", work_dir=tmp_path / "work",
                                         request={}, entry_path=ENTRY_PATH))

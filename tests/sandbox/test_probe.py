@@ -82,6 +82,6 @@ def test_check_detail_lists_layers_when_the_level_holds() -> None:
 
 
 def test_check_detail_fails_with_every_layer_when_the_level_cannot_hold() -> None:
-    with pytest.raises(SandboxError, match="level_not_satisfied: level 'strict' NOT satisfied") as caught:
+    with pytest.raises(SandboxError, match=r"\(level_not_satisfied\): level 'strict' NOT satisfied") as caught:
         sandbox_check_detail(_settings("strict", "pod-no-such-user"))
     assert "useradd --system --no-create-home pod-no-such-user" in caught.value.detail

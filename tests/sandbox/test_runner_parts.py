@@ -1,4 +1,4 @@
-"""Runner pieces without a worker: exit-status reasons, limits resolution, process-tree discovery."""
+"""Runner pieces without a worker: exit-status reasons, limits resolution, process-tree discovery, cgroup counts."""
 
 from __future__ import annotations
 
@@ -13,23 +13,68 @@ import pytest
 from pod_agent.config.settings import SandboxLimitsSection
 from pod_agent.sandbox.bootstrap import failure_code
 from pod_agent.errors import SandboxError
-from pod_agent.sandbox.cgroup import _delegate_v2, descendants
+from pod_agent.policy.codes import failure_code_for
+from pod_agent.sandbox.cgroup import CgroupSupport, MemoryEvents, TaskCgroup, _delegate_v2, descendants
 from pod_agent.sandbox.runner import EffectiveLimits, SandboxLimits, _exit_reason
+
+_QUIET = MemoryEvents(oom_kills=0, cap_hits=0)
+_OOM = MemoryEvents(oom_kills=1, cap_hits=3)
+_AT_CAP = MemoryEvents(oom_kills=0, cap_hits=3)
+_AT_CAP_UNCOUNTED = MemoryEvents(oom_kills=None, cap_hits=3)
 
 
 @pytest.mark.parametrize(
-    ("returncode", "namespaced", "oom", "reason"),
+    ("returncode", "namespaced", "memory", "reason", "code"),
     [
-        (128 + signal.SIGXCPU, True, False, "cpu_time_exceeded"),
-        (-signal.SIGXCPU, False, False, "cpu_time_exceeded"),
-        (128 + signal.SIGKILL, True, True, "memory_exceeded"),
-        (-signal.SIGKILL, False, False, "killed"),
-        (0, True, False, "no_result"),
-        (128 + signal.SIGXCPU, False, False, "no_result"),
+        (128 + signal.SIGXCPU, True, _QUIET, "cpu_time_exceeded", "time_exceeded"),
+        (-signal.SIGXCPU, False, None, "cpu_time_exceeded", "time_exceeded"),
+        (-signal.SIGXFSZ, False, _QUIET, "file_size_exceeded", "output_too_large"),
+        (128 + signal.SIGKILL, True, _OOM, "memory_exceeded", "memory_exceeded"),
+        (0, True, _OOM, "memory_exceeded", "memory_exceeded"),
+        # A kernel that does not count OOM kills (v1 before 4.13): a SIGKILL at the cap is the OOM killer.
+        (-signal.SIGKILL, False, _AT_CAP_UNCOUNTED, "memory_exceeded", "memory_exceeded"),
+        (128 + signal.SIGKILL, True, _AT_CAP_UNCOUNTED, "memory_exceeded", "memory_exceeded"),
+        # One that does and counted none: someone else's SIGKILL, even after reclaim at the cap.
+        (-signal.SIGKILL, False, _AT_CAP, "killed", "sandbox_error"),
+        (-signal.SIGKILL, False, _QUIET, "killed", "sandbox_error"),
+        (-signal.SIGKILL, False, None, "killed", "sandbox_error"),
+        (-signal.SIGSEGV, False, _AT_CAP_UNCOUNTED, "no_result", "sandbox_error"),
+        (0, True, _AT_CAP_UNCOUNTED, "no_result", "sandbox_error"),
+        (128 + signal.SIGXCPU, False, _QUIET, "no_result", "sandbox_error"),
     ],
 )
-def test_exit_status_names_the_reason(returncode: int, namespaced: bool, oom: bool, reason: str) -> None:
-    assert _exit_reason(returncode, namespaced=namespaced, oom=oom) == reason
+def test_exit_status_and_memory_counts_name_the_reason(
+    returncode: int, namespaced: bool, memory: MemoryEvents | None, reason: str, code: str
+) -> None:
+    assert _exit_reason(returncode, namespaced=namespaced, memory=memory) == reason
+    assert failure_code_for(SandboxError(reason)) == code
+
+
+def _fake_group(tmp_path: Path, version: int, files: dict[str, str]) -> TaskCgroup:
+    """A TaskCgroup over a plain directory holding the given controller files."""
+    group = tmp_path / "pod-agent-sandbox-test"
+    group.mkdir()
+    for name, text in files.items():
+        (group / name).write_text(text)
+    return TaskCgroup(CgroupSupport(version, {"memory": tmp_path, "pids": tmp_path}), [group])
+
+
+@pytest.mark.parametrize(
+    ("version", "files", "events"),
+    [
+        (2, {"memory.events": "low 0\nhigh 0\nmax 12\noom 2\noom_kill 1\noom_group_kill 0\n"}, MemoryEvents(1, 12)),
+        (2, {"memory.events": "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\n"}, _QUIET),
+        (1, {"memory.oom_control": "oom_kill_disable 0\nunder_oom 0\noom_kill 1\n", "memory.failcnt": "7\n",
+             "memory.memsw.failcnt": "12\n"}, MemoryEvents(1, 12)),
+        (1, {"memory.oom_control": "oom_kill_disable 0\nunder_oom 0\n", "memory.failcnt": "12\n"}, MemoryEvents(None, 12)),
+        (1, {}, MemoryEvents(None, 0)),
+    ],
+    ids=["v2-oom", "v2-quiet", "v1-oom", "v1-old-kernel", "v1-no-files"],
+)
+def test_memory_events_read_oom_kills_and_cap_hits(
+    tmp_path: Path, version: int, files: dict[str, str], events: MemoryEvents
+) -> None:
+    assert _fake_group(tmp_path, version, files).memory_events() == events
 
 
 def test_a_task_can_ask_for_less_but_never_more() -> None:
@@ -73,5 +118,5 @@ def test_cgroup_v2_delegation_moves_the_agent_to_a_leaf_first(tmp_path: Path) ->
 
 def test_cgroup_v2_without_memory_controller_is_unavailable(tmp_path: Path) -> None:
     (tmp_path / "cgroup.controllers").write_text("cpu io\n")
-    with pytest.raises(SandboxError, match="cgroup_unavailable: .* has no memory/pids controllers"):
+    with pytest.raises(SandboxError, match=r"\(cgroup_unavailable\): .* has no memory/pids controllers"):
         _delegate_v2(tmp_path)

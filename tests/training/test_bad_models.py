@@ -73,3 +73,28 @@ def test_a_request_with_both_epochs_and_steps_is_refused(run_in_process: RunTask
     raw["hyperparameters"]["epochs"] = 1
     channel = run_in_process(task, overrides={"task": raw})
     assert channel.failure == "bad_request"
+
+
+# More than any address space: the allocation fails at once, as it does at the sandbox's data rlimit.
+_HUGE_ALLOCATION = "torch.empty(1 << 60, dtype=torch.uint8)"
+OUT_OF_MEMORY_SOURCES = {
+    "create_model": HEADER + GOOD_CLASS.replace("return nn.Linear", "raise MemoryError\n        return nn.Linear"),
+    "forward": HEADER + GOOD_CLASS + f"    def forward(self, x):\n        {_HUGE_ALLOCATION}\n        return x\n",
+    "training_step": HEADER + GOOD_CLASS + "    def training_step(self, batch, batch_idx):\n"
+    f"        {_HUGE_ALLOCATION}\n        x, y = batch\n        return F.cross_entropy(self(x), y)\n",
+}
+
+
+@pytest.mark.parametrize("where", sorted(OUT_OF_MEMORY_SOURCES))
+def test_running_out_of_memory_anywhere_is_memory_exceeded_not_the_wrapping_stage(run_in_process: RunTask,
+                                                                                  where: str) -> None:
+    channel = run_in_process(make_task("train", source_ref(OUT_OF_MEMORY_SOURCES[where], "Good"), steps=3))
+    assert channel.failure == "memory_exceeded"
+
+
+def test_a_request_that_does_not_parse_is_a_bad_request(run_in_process: RunTask) -> None:
+    task = make_task("train", source_ref(TUTORIAL_MODEL, "MyCustomModel"), steps=1)
+    channel = run_in_process(task, overrides={"privacy": {"min_rows": "20"}})
+    assert channel.failure == "bad_request"
+    channel = run_in_process(task, overrides={"schema": {}})
+    assert channel.failure == "bad_request"

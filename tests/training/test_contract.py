@@ -84,20 +84,32 @@ def test_payload_over_the_cap_is_rejected_before_parsing() -> None:
 @pytest.mark.parametrize(
     "header",
     [{"metrics": {}, "n_rows": 1}, {"metrics": {}, "n_rows": -1, "tensors": {}}, {"metrics": {}, "n_rows": True, "tensors": {}},
-     {"metrics": {}, "n_rows": 1, "tensors": {}, "note": "hi"}, {"metrics": {}, "n_rows": 1, "tensors": {"w": [2, 3]}}],
-    ids=["missing-key", "negative-rows", "bool-rows", "extra-key", "bad-description"],
+     {"metrics": {}, "n_rows": 1, "tensors": {}, "note": "hi"}, {"metrics": {}, "n_rows": 1, "tensors": {"w": [2, 3]}},
+     {"metrics": {"val_loss": "0.5"}, "n_rows": 1, "tensors": {}}, {"metrics": {"val_loss": True}, "n_rows": 1, "tensors": {}},
+     {"metrics": {}, "n_rows": 1, "tensors": {"w": {"shape": [2], "dtype": "F32", "offsets": [0, 8]}}}, [1, 2]],
+    ids=["missing-key", "negative-rows", "bool-rows", "extra-key", "bad-description", "string-metric", "bool-metric",
+         "extra-tensor-key", "not-an-object"],
 )
-def test_malformed_headers_are_rejected(header: dict[str, Any]) -> None:
+def test_malformed_headers_are_rejected(header: Any) -> None:
     with pytest.raises(ContractViolation) as rejected:
         check(Outcome(header))
     assert rejected.value.code == "bad_header"
 
 
+def test_a_header_parse_failure_names_no_key_or_value_the_worker_chose() -> None:
+    header = {"metrics": {}, "n_rows": 1, "tensors": {"row_17_is_hiv_positive": {"shape": ["secret"], "dtype": "F32"}},
+              "extra_secret_key": "secret value"}
+    with pytest.raises(ContractViolation) as rejected:
+        check(Outcome(header))
+    assert rejected.value.detail == ("result header does not parse: tensors.<key>.shape.0: int_type; "
+                                     "<key>: extra_forbidden")
+    assert rejected.value.__cause__ is None and rejected.value.__suppress_context__
+
+
 @pytest.mark.parametrize(
     "metrics",
-    [{"val_loss": float("nan")}, {"val_loss": "0.5"}, {"secret_is_42": 1.0}, {"val loss; rm": 1.0},
-     {f"m{i}": 1.0 for i in range(100)}],
-    ids=["nan", "string", "unlogged-name", "odd-name", "too-many"],
+    [{"val_loss": float("nan")}, {"secret_is_42": 1.0}, {"val loss; rm": 1.0}, {f"m{i}": 1.0 for i in range(100)}],
+    ids=["nan", "unlogged-name", "odd-name", "too-many"],
 )
 def test_metrics_must_be_finite_numbers_with_known_names(metrics: dict[str, Any]) -> None:
     with pytest.raises(ContractViolation) as rejected:

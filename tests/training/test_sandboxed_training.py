@@ -14,6 +14,7 @@ from training_support import TUTORIAL_MODEL, make_task, request_for, source_ref,
 from pod_agent.config.settings import SandboxLimitsSection, SecuritySection
 from pod_agent.data.task_input import TaskInput
 from pod_agent.errors import SandboxError, SandboxUnavailable
+from pod_agent.policy.codes import failure_code_for
 from pod_agent.sandbox import SandboxJob, SandboxRunner, best_level, probe_layers
 from pod_agent.training import check_result
 
@@ -28,11 +29,12 @@ def _levels() -> list[str]:
     return ["none"] if best == "none" else ["none", best]
 
 
-async def _run(level: str, task_input: TaskInput, tmp_path: Path, task: Any, events: list[dict[str, Any]]) -> Any:
+async def _run(level: str, task_input: TaskInput, tmp_path: Path, task: Any, events: list[dict[str, Any]],
+               *, memory_mb: int = 4096) -> Any:
     input_dir = stage_input(task, data_file=task_input.path, into=tmp_path)
     runner = SandboxRunner(
         SecuritySection(sandbox=level, sandbox_user=SANDBOX_USER),
-        SandboxLimitsSection(wall_timeout_s=240, memory_mb=4096, warm_worker=False),
+        SandboxLimitsSection(wall_timeout_s=240, memory_mb=memory_mb, warm_worker=False),
     )
     async with runner:
         job = SandboxJob(entry=ENTRY, input_dir=input_dir, work_dir=tmp_path / "work",
@@ -64,6 +66,26 @@ async def test_a_broken_model_fails_through_the_sandbox_with_its_code(adult_inpu
     assert failed.value.code == "task_failed"
     assert failed.value.detail == "syntax_error"
     assert not isinstance(failed.value, SandboxUnavailable)
+
+
+@pytest.mark.parametrize("level", _levels())
+async def test_a_model_allocating_twice_the_memory_cap_fails_as_memory_exceeded(
+    adult_input: TaskInput, tmp_path: Path, level: str
+) -> None:
+    memory_mb = 3072
+    source = TUTORIAL_MODEL.replace(
+        "        x, y = batch\n        y_hat = self(x)\n",
+        f"        x, y = batch\n        hoard = torch.ones({2 * memory_mb} << 20, dtype=torch.uint8)\n        y_hat = self(x)\n",
+        1,
+    )
+    assert "hoard" in source
+    task = make_task("train", source_ref(source, "MyCustomModel"), steps=3)
+    with pytest.raises(SandboxError) as failed:
+        await _run(level, adult_input, tmp_path, task, [], memory_mb=memory_mb)
+    # torch's allocator fails at the data rlimit with a RuntimeError, which Lightning and the
+    # engine wrap as training_error; the worker names the cap instead.
+    assert (failed.value.code, failed.value.detail) == ("task_failed", "memory_exceeded")
+    assert failure_code_for(failed.value) == "memory_exceeded"
 
 
 async def test_a_warm_worker_takes_the_task_and_is_replaced_after_it(adult_input: TaskInput, tmp_path: Path) -> None:
