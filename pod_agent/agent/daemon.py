@@ -566,9 +566,6 @@ class _HubFetcher:
     async def blob(self, sha256: str, dest: Path) -> None:
         await self._hub.download_blob(sha256, dest)
 
-
-async def _heartbeats(ws: aiohttp.ClientWebSocketResponse, interval_s: float) -> None:
-    while True:
     async def round_post(self, path: str, body: bytes) -> None:
         await self._hub.call("POST", path, body)
 
@@ -581,6 +578,9 @@ async def _heartbeats(ws: aiohttp.ClientWebSocketResponse, interval_s: float) ->
     async def put_blob(self, path: Path, sha256: str) -> None:
         await self._hub.put_blob(path, sha256)
 
+
+async def _heartbeats(ws: aiohttp.ClientWebSocketResponse, interval_s: float) -> None:
+    while True:
         await ws.send_str('{"type":"heartbeat"}')
         await asyncio.sleep(interval_s)
 

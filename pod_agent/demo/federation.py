@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -42,10 +43,19 @@ class PodSite:
     extra_toml: str = ""  # further pod.toml sections, appended verbatim
 
 
-def pod_toml(site: PodSite, *, state_dir: Path, hub_url: str, modeller: IdentityKey, sandbox: str) -> str:
-    """The pod.toml of a demo pod: one super modeller, the given sandbox level, no health port."""
+def pod_toml(
+    site: PodSite, *, state_dir: Path, hub_url: str, modeller: IdentityKey, sandbox: str,
+    peers: Mapping[str, PublicKey],
+) -> str:
+    """The pod.toml of a demo pod: one super modeller, the other pods pinned as its secure-aggregation
+    peers (as their owners would exchange `pod-agent keys show` lines), the given sandbox level, no
+    health port."""
     q = json.dumps  # a JSON string is a valid TOML basic string
     stypes = "\n".join(f"{kind} = {json.dumps(cols)}" for kind, cols in sorted(site.force_stypes.items()))
+    pins = "".join(
+        f"\n[[privacy.peers]]\nname = {q(name)}\npublic_key = {q(key.to_b64())}\n"
+        for name, key in sorted(peers.items()) if name != site.name
+    )
     return f"""# Written by `pod-agent demo`.
 [pod]
 name = {q(site.name)}
@@ -75,7 +85,7 @@ kinds = ["train", "evaluate"]
 
 [ops]
 health_port = 0
-{site.extra_toml}"""
+{pins}{site.extra_toml}"""
 
 
 class LocalFederation:
@@ -94,6 +104,8 @@ class LocalFederation:
     async def __aenter__(self) -> LocalFederation:
         try:
             await self._start_hub()
+            for site in self.sites:
+                self.pod_keys[site.name] = await asyncio.to_thread(self._identity, site)
             for site in self.sites:
                 await self._start_pod(site)
             await self._wait_online()
@@ -119,17 +131,27 @@ class LocalFederation:
         async with ModellerClient(self.hub_url, self.modeller) as client:
             await client.register("demo-modeller")
 
-    async def _start_pod(self, site: PodSite) -> None:
-        state_dir = self.root / "pods" / site.name
+    def _state_dir(self, site: PodSite) -> Path:
+        return self.root / "pods" / site.name
+
+    def _identity(self, site: PodSite) -> PublicKey:
+        """The pod's identity key, made on first use; every pod pins every other's before any starts."""
+        state_dir = self._state_dir(site)
         state_dir.mkdir(parents=True, exist_ok=True)
         state_dir.chmod(0o700)
         key_path = state_dir / "identity.pem"
         if not key_path.exists():
             IdentityKey.generate().save(key_path)
-        self.pod_keys[site.name] = IdentityKey.load(key_path).public
+        return IdentityKey.load(key_path).public
+
+    async def _start_pod(self, site: PodSite) -> None:
+        state_dir = self._state_dir(site)
         config = state_dir / "pod.toml"
         config.write_text(
-            pod_toml(site, state_dir=state_dir, hub_url=self.hub_url, modeller=self.modeller, sandbox=self.sandbox),
+            pod_toml(
+                site, state_dir=state_dir, hub_url=self.hub_url, modeller=self.modeller, sandbox=self.sandbox,
+                peers=self.pod_keys,
+            ),
             encoding="utf-8",
         )
         log = self.log_path(site.name)

@@ -90,6 +90,8 @@ async def _run(options: DemoOptions, echo: Callable[[str], None]) -> DemoResult:
     async with LocalFederation(out, sites, modeller=modeller, sandbox=level) as federation:
         echo(f"hub at {federation.hub_url}; pods online: {', '.join(s.name for s in sites)}")
         echo("the modeller pins the pods' identity keys (as their owners would send them), not the hub's list")
+        if options.secure:
+            echo(_dropout_line([s.name for s in sites]))
         async with ModellerClient(federation.hub_url, modeller, pod_keys=federation.pod_keys) as client:
             echo(f"{'secure ' if options.secure else ''}FedAvg: {options.rounds} rounds x "
                  f"{options.epochs_per_round} epoch(s) on each pod")
@@ -114,7 +116,8 @@ async def _run(options: DemoOptions, echo: Callable[[str], None]) -> DemoResult:
         f"sandbox level in force on the pods: {level}",
         "the central model trained on the pods' train and validation rows pooled (split as the pods split "
         "them) and never saw a row of the pods' test splits, on which both models are evaluated",
-        "secure aggregation: pairwise-masked fixed-point updates; the hub and the modeller saw only masked vectors"
+        "secure aggregation (SecAgg+): pairwise- and self-masked fixed-point updates with fresh signed round keys "
+        "per round; the hub and the modeller saw only masked vectors and the cohort's sum"
         if options.secure else "plain FedAvg (no secure aggregation)",
         f"wall time {time.monotonic() - started:.0f} s",
     ]
@@ -130,6 +133,18 @@ async def _run(options: DemoOptions, echo: Callable[[str], None]) -> DemoResult:
          f"({100 * (pooled.accuracy - fed.accuracy):+.2f} points), on the same {pooled.n_rows} test rows")
     echo(f"final model: {out / 'final_model.safetensors'}\nreport: {path}")
     return DemoResult(report=report, report_path=path)
+
+
+def _dropout_line(pods: list[str]) -> str:
+    """How many pods may drop out of a SecAgg+ round before it cannot finish (n - t)."""
+    from pod_agent.secagg.graph import neighbour_graph
+
+    # The degree and threshold depend on the cohort size only; the task id just seeds the ring.
+    graph = neighbour_graph(pods, task_id="demo", round_index=0)
+    n = len(pods)
+    return (f"SecAgg+: each pod masks with {graph.degree} neighbours and pins the others' keys; a round finishes "
+            f"with up to n - t = {n - graph.threshold} of the {n} pods dropped out (threshold t = {graph.threshold}), "
+            "never by a retry")
 
 
 def _announce_sandbox(echo: Callable[[str], None]) -> str:

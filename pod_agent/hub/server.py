@@ -15,7 +15,6 @@ Routes (JSON bodies; errors are ``{"error": text}`` with a 4xx/5xx status):
     GET  /healthz                           liveness, no auth
     POST /v1/pods/register                  pod registers or updates itself
     POST /v1/pod/heartbeat                  pod is alive (long-poll mode)
-    POST /v1/pod/round-key                  pod announces a signed round key
     GET  /v1/pod/ws                         WebSocket: tasks pushed, acks and heartbeats back
     GET  /v1/pod/tasks?wait=S               long poll: pending tasks
     POST /v1/pod/tasks/{task_id}/ack        pod has recorded the task
@@ -31,6 +30,15 @@ Routes (JSON bodies; errors are ``{"error": text}`` with a 4xx/5xx status):
     GET  /v1/tasks/{task_id}/results        the pods' signed result envelopes
     PUT  /v1/blobs/{sha256}                 stream a blob (signature over an empty body; sha256 binds it)
     GET  /v1/blobs/{sha256}                 stream a blob back
+    POST /v1/secagg/{task_id}/{round}/{stage}    one signed secure-round message (protocol.secure_round)
+    GET  /v1/secagg/{task_id}/{round}/{stage}?wait=S&after=N
+                                            long poll: the stage's messages once more than N are held
+
+Secure rounds: only the task's modeller and its target pods may post or read a round's
+messages; each sender posts its own stage (pods theirs, the modeller roster, committed
+and survivors), signed by the key the request is signed with, naming the URL's task and
+round; one message per (sender, stage), a different second one is 409. A pod reading
+``shares`` gets only the ciphertexts addressed to it.
 """
 
 from __future__ import annotations
@@ -57,6 +65,7 @@ from pod_agent.hub.storage import (
     ModellerRecord,
     ModelRecord,
     PodRecord,
+    RoundMessageRecord,
     Storage,
     TaskRecord,
 )
@@ -66,7 +75,6 @@ from pod_agent.protocol import (
     envelope_bytes,
     open_envelope,
     parse_envelope,
-    parse_json,
     source_sha256,
     verify_request,
 )
@@ -74,9 +82,17 @@ from pod_agent.protocol.messages import (
     Envelope,
     ProgressEvent,
     ResultPayload,
-    RoundKeyAnnouncement,
     TaskPayload,
     WireModel,
+)
+from pod_agent.protocol.secure_round import (
+    MAX_STAGE_BYTES,
+    MODELLER_SENDER,
+    MODELLER_STAGES,
+    STAGE_MODELS,
+    STAGES,
+    EncryptedShares,
+    Stage,
 )
 from pod_agent.protocol.signing import first_error
 
@@ -108,7 +124,6 @@ class PodRegistration(WireModel):
     row_count: int = Field(ge=0)
     sandbox_level: str
     heartbeat_s: float = Field(gt=0)
-    round_key: dict[str, Any] | None = None  # signed RoundKeyAnnouncement envelope
 
 
 class ModellerRegistration(WireModel):
@@ -128,13 +143,6 @@ class ModelPublication(WireModel):
 
 class Refusal(WireModel):
     code: str = Field(pattern=r"^[a-z0-9_]{1,64}$")
-
-
-def _parse_json(raw: bytes) -> Any:
-    try:
-        return parse_json(raw)
-    except ProtocolError as exc:
-        raise HubError(f"bad request body: {exc}", status=400) from exc
 
 
 def _parse(model: type[BaseModel], raw: bytes) -> Any:
@@ -266,15 +274,13 @@ async def _pods_register(request: web.Request) -> web.Response:
     key = PublicKey.from_b64(reg.public_key)
     if key.key_id != request[_SIGNER]:
         raise HubError("registration must be signed by the key it registers", status=403)
-    if reg.round_key is not None:
-        _check_round_key(reg.round_key, key, reg.name)
     now = hub.now()
     existing = await hub.db(hub.storage.get_pod, reg.name)
     record = PodRecord(
         name=reg.name, key_id=key.key_id, public_key=reg.public_key, schema=reg.schema_public,
         schema_hash=reg.schema_hash, row_count=reg.row_count, sandbox_level=reg.sandbox_level,
         heartbeat_s=reg.heartbeat_s, registered_at=existing.registered_at if existing else now,
-        last_seen=now, round_key=reg.round_key,
+        last_seen=now,
     )
     await hub.db(hub.storage.upsert_pod, record)
     _log.info("pod registered", extra={"pod": reg.name})
@@ -294,21 +300,6 @@ def _opened(raw: bytes | dict[str, Any], model: type[_T], key: PublicKey, *, wha
         return envelope, open_envelope(envelope, model, key)
     except ProtocolError as exc:
         raise HubError(f"{what} envelope rejected: {exc}", status=400) from exc
-
-
-def _check_round_key(raw: dict[str, Any], key: PublicKey, name: str) -> None:
-    _, announcement = _opened(raw, RoundKeyAnnouncement, key, what="round key")
-    if announcement.pod != name or announcement.key_id != key.key_id:
-        raise HubError("round key announcement names another pod or key", status=400)
-
-
-async def _pod_round_key(request: web.Request) -> web.Response:
-    hub = _hub(request)
-    pod = _signer_pod(request)
-    envelope = _parse_json(await request.read())
-    _check_round_key(envelope, PublicKey.from_b64(pod.public_key), pod.name)
-    await hub.db(hub.storage.set_round_key, pod.name, envelope)
-    return web.json_response({"ok": True})
 
 
 async def _pod_heartbeat(request: web.Request) -> web.Response:
@@ -472,7 +463,7 @@ async def _pods_list(request: web.Request) -> web.Response:
                 {
                     "name": p.name, "key_id": p.key_id, "public_key": p.public_key, "schema": p.schema,
                     "schema_hash": p.schema_hash, "row_count": p.row_count, "sandbox_level": p.sandbox_level,
-                    "last_seen": p.last_seen, "round_key": p.round_key,
+                    "last_seen": p.last_seen,
                     "online": hub.connected.get(p.name, 0) > 0
                     or now - p.last_seen <= OFFLINE_AFTER_HEARTBEATS * p.heartbeat_s,
                 }
@@ -568,6 +559,92 @@ async def _tasks_results(request: web.Request) -> web.Response:
     return web.json_response({"results": [json.loads(r.envelope) for r in results]})
 
 
+# -- secure rounds --------------------------------------------------------------------------
+
+
+def _round_wakeup_key(task_id: str, round_index: int) -> str:
+    # Shares the pods' wake-up table; a pod name cannot contain ':'.
+    return f"secagg:{task_id}:{round_index}"
+
+
+async def _round_party(request: web.Request) -> tuple[TaskRecord, str, PublicKey, Stage, int]:
+    """The round's task, the requester's sender label and key, the stage and round; 404/403 for anyone
+    but the task's modeller and target pods."""
+    hub = _hub(request)
+    stage = request.match_info["stage"]
+    if stage not in STAGES:
+        raise HubError(f"no secure-round stage {stage!r}; stages are {list(STAGES)}", status=404)
+    task = await hub.db(hub.storage.get_task, request.match_info["task_id"])
+    if task is None:
+        raise HubError(f"no task {request.match_info['task_id']}", status=404)
+    pod = request[_SIGNER_POD]
+    if pod is not None and pod.name in task.pods:
+        return task, pod.name, PublicKey.from_b64(pod.public_key), stage, int(request.match_info["round"])  # type: ignore[return-value]
+    modeller = request[_SIGNER_MODELLER]
+    if modeller is None and pod is not None:
+        modeller = await hub.db(hub.storage.get_modeller, request[_SIGNER])
+    if modeller is not None and modeller.key_id == task.modeller_id:
+        key = PublicKey.from_b64(modeller.public_key)
+        return task, MODELLER_SENDER, key, stage, int(request.match_info["round"])  # type: ignore[return-value]
+    raise HubError(f"only task {task.task_id}'s modeller and target pods take part in its rounds", status=403)
+
+
+async def _secagg_post(request: web.Request) -> web.Response:
+    """Relay one signed round message: the sender's own stage, signed by its own key, naming this round."""
+    hub = _hub(request)
+    task, sender, key, stage, round_index = await _round_party(request)
+    raw = await request.read()
+    if len(raw) > MAX_STAGE_BYTES[stage]:
+        raise HubError(f"{stage} message is {len(raw)} bytes, over {MAX_STAGE_BYTES[stage]}", status=413)
+    if (stage in MODELLER_STAGES) != (sender == MODELLER_SENDER):
+        raise HubError(f"{sender!r} may not send the {stage} message of a round", status=403)
+    envelope, message = _opened(raw, STAGE_MODELS[stage], key, what=stage)
+    if message.task_id != task.task_id or message.round != round_index:
+        raise HubError(f"{stage} message names task {message.task_id} round {message.round}, not the URL's", status=400)
+    if getattr(message, "pod", sender) != sender:
+        raise HubError(f"{stage} message names pod {getattr(message, 'pod')!r} but was sent by {sender!r}", status=403)
+    record = RoundMessageRecord(
+        task_id=task.task_id, round=round_index, stage=stage, sender=sender, envelope=envelope_bytes(envelope),
+        received_at=hub.now(),
+    )
+    outcome = await hub.db(hub.storage.put_round_message, record)
+    hub.notify(_round_wakeup_key(task.task_id, round_index))
+    return web.json_response({"ok": True, "outcome": outcome}, status=201 if outcome == "stored" else 200)
+
+
+async def _secagg_get(request: web.Request) -> web.Response:
+    """Long poll: a stage's messages once more than ``after`` are held, or when the wait ends."""
+    hub = _hub(request)
+    task, reader, _, stage, round_index = await _round_party(request)
+    try:
+        wait_s = min(float(request.query.get("wait", "0")), MAX_LONG_POLL_S)
+        after = int(request.query.get("after", "0"))
+    except ValueError as exc:
+        raise HubError("query 'wait' must be seconds and 'after' a count of messages", status=400) from exc
+    deadline = asyncio.get_running_loop().time() + max(wait_s, 0.0)
+    while True:
+        event = hub.wakeup(_round_wakeup_key(task.task_id, round_index))
+        records = await hub.db(hub.storage.round_messages, task.task_id, round_index, stage)
+        remaining = deadline - asyncio.get_running_loop().time()
+        if len(records) > after or remaining <= 0:
+            break
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), remaining)
+    if stage == "shares" and reader != MODELLER_SENDER:
+        return web.json_response({"count": len(records), "shares": _shares_for(reader, records)})
+    return web.json_response({"count": len(records), "messages": [json.loads(r.envelope) for r in records]})
+
+
+def _shares_for(reader: str, records: list[RoundMessageRecord]) -> dict[str, str]:
+    """Sender -> the ciphertext it addressed to ``reader`` (authenticated by the AEAD, not by the hub)."""
+    out: dict[str, str] = {}
+    for record in records:
+        shares = EncryptedShares.model_validate(json.loads(record.envelope)["payload"])
+        if reader in shares.ciphertexts:
+            out[record.sender] = shares.ciphertexts[reader]
+    return out
+
+
 # -- blobs --------------------------------------------------------------------------------------
 
 
@@ -617,7 +694,6 @@ def create_app(
     r.add_get("/healthz", _healthz, name="healthz")
     r.add_post("/v1/pods/register", _pods_register, name="pods_register")
     r.add_post("/v1/pod/heartbeat", _pod_heartbeat, name="pod_heartbeat")
-    r.add_post("/v1/pod/round-key", _pod_round_key, name="pod_round_key")
     r.add_get("/v1/pod/ws", _pod_ws, name="pod_ws")
     r.add_get("/v1/pod/tasks", _pod_tasks, name="pod_tasks")
     r.add_post("/v1/pod/tasks/{task_id}/ack", _pod_task_ack, name="pod_task_ack")
@@ -633,4 +709,6 @@ def create_app(
     r.add_get("/v1/tasks/{task_id}/results", _tasks_results, name="tasks_results")
     r.add_put("/v1/blobs/{sha256}", _blob_put, name="blob_put")
     r.add_get("/v1/blobs/{sha256}", _blob_get, name="blob_get")
+    r.add_post("/v1/secagg/{task_id}/{round:[0-9]{1,9}}/{stage}", _secagg_post, name="secagg_post")
+    r.add_get("/v1/secagg/{task_id}/{round:[0-9]{1,9}}/{stage}", _secagg_get, name="secagg_get")
     return app

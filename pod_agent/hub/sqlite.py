@@ -24,8 +24,14 @@ from pod_agent.hub.storage import (
     PodRecord,
     PutOutcome,
     ResultRecord,
+    RoundMessageRecord,
     StorageConflict,
     TaskRecord,
+)
+
+# Named, not *: a hub database written by an older version may hold columns this one no longer reads.
+_POD_COLUMNS = (
+    "name, key_id, public_key, schema, schema_hash, row_count, sandbox_level, heartbeat_s, registered_at, last_seen"
 )
 
 _SCHEMA = """
@@ -33,7 +39,7 @@ CREATE TABLE IF NOT EXISTS pods (
     name TEXT PRIMARY KEY, key_id TEXT NOT NULL UNIQUE, public_key TEXT NOT NULL,
     schema TEXT NOT NULL, schema_hash TEXT NOT NULL, row_count INTEGER NOT NULL,
     sandbox_level TEXT NOT NULL, heartbeat_s REAL NOT NULL, registered_at INTEGER NOT NULL,
-    last_seen INTEGER NOT NULL, round_key TEXT
+    last_seen INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS modellers (
     key_id TEXT PRIMARY KEY, public_key TEXT NOT NULL, name TEXT NOT NULL, registered_at INTEGER NOT NULL
@@ -56,6 +62,11 @@ CREATE INDEX IF NOT EXISTS deliveries_pending ON deliveries (pod, acked_at, seq)
 CREATE TABLE IF NOT EXISTS results (
     task_id TEXT NOT NULL, pod TEXT NOT NULL, envelope BLOB NOT NULL, received_at INTEGER NOT NULL,
     PRIMARY KEY (task_id, pod)
+);
+CREATE TABLE IF NOT EXISTS round_messages (
+    task_id TEXT NOT NULL, round INTEGER NOT NULL, stage TEXT NOT NULL, sender TEXT NOT NULL,
+    envelope BLOB NOT NULL, received_at INTEGER NOT NULL, seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    UNIQUE (task_id, round, stage, sender)
 );
 CREATE TABLE IF NOT EXISTS blobs (
     sha256 TEXT PRIMARY KEY, size_bytes INTEGER NOT NULL, created_at INTEGER NOT NULL
@@ -100,27 +111,25 @@ class SqliteStorage:
                 )
             self._db.execute(
                 "INSERT INTO pods (name, key_id, public_key, schema, schema_hash, row_count, sandbox_level,"
-                " heartbeat_s, registered_at, last_seen, round_key) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+                " heartbeat_s, registered_at, last_seen) VALUES (?,?,?,?,?,?,?,?,?,?)"
                 " ON CONFLICT(name) DO UPDATE SET schema=excluded.schema, schema_hash=excluded.schema_hash,"
                 " row_count=excluded.row_count, sandbox_level=excluded.sandbox_level,"
-                " heartbeat_s=excluded.heartbeat_s, last_seen=excluded.last_seen,"
-                " round_key=COALESCE(excluded.round_key, pods.round_key)",
+                " heartbeat_s=excluded.heartbeat_s, last_seen=excluded.last_seen",
                 (
                     pod.name, pod.key_id, pod.public_key, json.dumps(pod.schema), pod.schema_hash, pod.row_count,
                     pod.sandbox_level, pod.heartbeat_s, pod.registered_at, pod.last_seen,
-                    None if pod.round_key is None else json.dumps(pod.round_key),
                 ),
             )
 
     def get_pod(self, name: str) -> PodRecord | None:
-        return self._one_pod("SELECT * FROM pods WHERE name = ?", name)
+        return self._one_pod(f"SELECT {_POD_COLUMNS} FROM pods WHERE name = ?", name)
 
     def pod_by_key(self, key_id: str) -> PodRecord | None:
-        return self._one_pod("SELECT * FROM pods WHERE key_id = ?", key_id)
+        return self._one_pod(f"SELECT {_POD_COLUMNS} FROM pods WHERE key_id = ?", key_id)
 
     def list_pods(self) -> list[PodRecord]:
         with self._lock:
-            rows = self._db.execute("SELECT * FROM pods ORDER BY name").fetchall()
+            rows = self._db.execute(f"SELECT {_POD_COLUMNS} FROM pods ORDER BY name").fetchall()
         return [_pod(r) for r in rows]
 
     def touch_pod(self, name: str, *, now: int) -> None:
@@ -130,10 +139,6 @@ class SqliteStorage:
     def release_pod(self, name: str) -> bool:
         with self._lock, self._tx():
             return self._db.execute("DELETE FROM pods WHERE name = ?", (name,)).rowcount > 0
-
-    def set_round_key(self, name: str, envelope: dict[str, object]) -> None:
-        with self._lock:
-            self._db.execute("UPDATE pods SET round_key = ? WHERE name = ?", (json.dumps(envelope), name))
 
     def _one_pod(self, sql: str, arg: str) -> PodRecord | None:
         with self._lock:
@@ -282,6 +287,42 @@ class SqliteStorage:
             ).fetchall()
         return [ResultRecord(task_id=r[0], pod=r[1], envelope=bytes(r[2]), received_at=r[3]) for r in rows]
 
+    # -- secure rounds ----------------------------------------------------------------------
+
+    def put_round_message(self, message: RoundMessageRecord) -> PutOutcome:
+        key = (message.task_id, message.round, message.stage, message.sender)
+        with self._lock, self._tx():
+            row = self._db.execute(
+                "SELECT envelope FROM round_messages WHERE task_id = ? AND round = ? AND stage = ? AND sender = ?", key
+            ).fetchone()
+            if row is not None:
+                if bytes(row[0]) == message.envelope:
+                    return "duplicate"
+                raise StorageConflict(
+                    f"{message.sender!r} already sent a different {message.stage} message for task {message.task_id} "
+                    f"round {message.round}; one message per sender and stage"
+                )
+            self._db.execute(
+                "INSERT INTO round_messages (task_id, round, stage, sender, envelope, received_at)"
+                " VALUES (?,?,?,?,?,?)",
+                (*key, message.envelope, message.received_at),
+            )
+            return "stored"
+
+    def round_messages(self, task_id: str, round_index: int, stage: str) -> list[RoundMessageRecord]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT task_id, round, stage, sender, envelope, received_at FROM round_messages"
+                " WHERE task_id = ? AND round = ? AND stage = ? ORDER BY seq",
+                (task_id, round_index, stage),
+            ).fetchall()
+        return [
+            RoundMessageRecord(
+                task_id=r[0], round=int(r[1]), stage=r[2], sender=r[3], envelope=bytes(r[4]), received_at=int(r[5])
+            )
+            for r in rows
+        ]
+
     # -- blobs ------------------------------------------------------------------------------
 
     def put_blob(self, blob: BlobRecord) -> None:
@@ -313,12 +354,11 @@ class _Transaction:
 
 
 def _pod(row: tuple[Any, ...]) -> PodRecord:
-    (name, key_id, public_key, schema, schema_hash, row_count, level, heartbeat_s, registered, seen, round_key) = row
+    (name, key_id, public_key, schema, schema_hash, row_count, level, heartbeat_s, registered, seen) = row
     return PodRecord(
         name=str(name), key_id=str(key_id), public_key=str(public_key), schema=json.loads(schema),
         schema_hash=str(schema_hash), row_count=int(row_count), sandbox_level=str(level),
         heartbeat_s=float(heartbeat_s), registered_at=int(registered), last_seen=int(seen),
-        round_key=None if round_key is None else json.loads(round_key),
     )
 
 

@@ -1,7 +1,7 @@
 """What the reference hub stores, behind one small interface.
 
 Owns the ``Storage`` protocol (pods, modellers, models, tasks and their per-pod
-deliveries, results, progress, round keys, blob metadata) and the frozen records
+deliveries, results, progress, secure-round messages, blob metadata) and the frozen records
 it returns. ``sqlite.py`` implements it on stdlib sqlite3; a PostgreSQL backend
 would implement the same protocol. Blob bytes live on disk (``blobs.py``), not
 here. Every method is synchronous and short; the server calls them through
@@ -37,7 +37,6 @@ class PodRecord:
     heartbeat_s: float
     registered_at: int
     last_seen: int
-    round_key: dict[str, object] | None  # the signed RoundKeyAnnouncement envelope, as sent
 
 
 @dataclass(frozen=True)
@@ -89,6 +88,19 @@ class ResultRecord:
 
 
 @dataclass(frozen=True)
+class RoundMessageRecord:
+    """One signed message of a secure round, as relayed: its sender (a pod name or
+    ``protocol.MODELLER_SENDER``) and the envelope exactly as posted."""
+
+    task_id: str
+    round: int
+    stage: str
+    sender: str
+    envelope: bytes
+    received_at: int
+
+
+@dataclass(frozen=True)
 class BlobRecord:
     sha256: str
     size_bytes: int
@@ -114,8 +126,6 @@ class Storage(Protocol):
 
         Tasks, deliveries and results already stored for that name stay.
         """
-
-    def set_round_key(self, name: str, envelope: dict[str, object]) -> None: ...
 
     def upsert_modeller(self, modeller: ModellerRecord) -> None: ...
 
@@ -147,6 +157,13 @@ class Storage(Protocol):
         """Store a pod's result; identical bytes again are a duplicate, different bytes a conflict."""
 
     def results(self, task_id: str) -> list[ResultRecord]: ...
+
+    def put_round_message(self, message: RoundMessageRecord) -> PutOutcome:
+        """Store one message per (task, round, stage, sender): identical bytes again are a duplicate,
+        different bytes a conflict (a sender cannot change what it said)."""
+
+    def round_messages(self, task_id: str, round_index: int, stage: str) -> list[RoundMessageRecord]:
+        """A stage's messages in the order they arrived."""
 
     def put_blob(self, blob: BlobRecord) -> None: ...
 

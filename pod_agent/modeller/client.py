@@ -36,12 +36,12 @@ from pod_agent.protocol import (
     sign_envelope,
 )
 from pod_agent.protocol.hubhttp import BLOB_CHUNK_BYTES, download_blob, file_chunks, is_loopback, signed_json
+from pod_agent.protocol.secure_round import RoundMessage, Stage, round_path
 from pod_agent.protocol.messages import (
     BlobRef,
     Envelope,
     Participant,
     ResultPayload,
-    RoundKeyAnnouncement,
     TaskPayload,
     WeightsRef,
 )
@@ -64,7 +64,6 @@ class PodInfo:
     row_count: int
     sandbox_level: str
     online: bool
-    round_key: dict[str, Any] | None
 
 
 @dataclass(frozen=True)
@@ -178,7 +177,7 @@ class ModellerClient:
             PodInfo(
                 name=p["name"], key_id=p["key_id"], public_key=p["public_key"], schema=p["schema"],
                 schema_hash=p["schema_hash"], row_count=p["row_count"], sandbox_level=p["sandbox_level"],
-                online=p["online"], round_key=p.get("round_key"),
+                online=p["online"],
             )
             for p in reply["pods"]
         ]
@@ -290,29 +289,48 @@ class ModellerClient:
         ref = await self.upload_blob(path)
         return WeightsRef(blob_id=ref.sha256, sha256=ref.sha256, size_bytes=ref.size_bytes)
 
+    async def identity_keys(self, pods: list[str]) -> dict[str, PublicKey]:
+        """Each pod's identity key: pinned, else the hub's (trust on first use); ModellerError for one unknown."""
+        keys = await self._keys()
+        unknown = [name for name in pods if name not in keys]
+        if unknown:
+            raise ModellerError(f"pods {unknown}: their identity keys are {self._unknown_key}")
+        return {name: keys[name] for name in pods}
+
     async def participants(self, pods: list[str]) -> list[Participant]:
-        """Secure-aggregation participants from the pods' round keys, each verified against its pod's key."""
-        pod_list = await self.pods()
-        listed = {p.name: p for p in pod_list}
-        keys = await self._keys(pod_list)
-        out = []
-        for name in pods:
-            pod = listed.get(name)
-            if name not in keys:
-                raise ModellerError(f"pod {name!r}: its identity key is {self._unknown_key}")
-            if pod is None or pod.round_key is None:
-                raise ModellerError(f"pod {name!r} has no round key at the hub; it announces one when it registers")
-            try:
-                envelope = parse_envelope(canonical_json(pod.round_key))
-                announcement = open_envelope(envelope, RoundKeyAnnouncement, keys[name])
-            except ProtocolError as exc:
-                raise ModellerError(f"round key of pod {name!r} fails verification: {exc}") from exc
-            if announcement.pod != name or announcement.key_id != keys[name].key_id:
-                raise ModellerError(f"round key listed for pod {name!r} was announced for {announcement.pod!r}")
-            out.append(
-                Participant(pod=name, key_id=announcement.key_id, round_public_key=announcement.round_public_key)
+        """A secure round's cohort as a task names it: each pod with its identity key id.
+
+        Round keys are not here: each pod advertises fresh ones per task and round, signed
+        (``secure_round.py``), and its peers check them against the keys their owners pinned.
+        """
+        keys = await self.identity_keys(pods)
+        return [Participant(pod=name, key_id=keys[name].key_id) for name in pods]
+
+    # -- secure rounds ------------------------------------------------------------------------
+
+    async def post_round_message(self, stage: Stage, message: RoundMessage) -> None:
+        """Sign one of the modeller's round messages and post it (the same message again is a no-op)."""
+        body = envelope_bytes(sign_envelope(message, self.key))
+        await self._request("POST", round_path(message.task_id, message.round, stage), body=body)
+
+    async def round_messages(
+        self, task_id: str, round_index: int, stage: Stage, *, after: int, wait_s: float
+    ) -> tuple[int, list[Envelope]]:
+        """(messages held, the stage's envelopes), once the hub holds more than ``after`` or ``wait_s`` passed;
+        the envelopes are as relayed, not verified."""
+        path = f"{round_path(task_id, round_index, stage)}?wait={wait_s:g}&after={after}"
+        try:
+            reply = await signed_json(
+                self._http(), self.key, base=self.hub_url, method="GET", path=path, tls=self._ssl,
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._timeout.sock_connect, sock_read=wait_s + 30),
             )
-        return out
+        except HubError as exc:
+            raise ModellerError(str(exc)) from exc
+        try:
+            envelopes = [Envelope.model_validate(raw) for raw in reply.get("messages", [])]
+            return int(reply["count"]), envelopes
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModellerError(f"the hub's {stage} reply for task {task_id} is malformed") from exc
 
     async def download_blob(self, sha256: str, dest: Path) -> Path:
         """Stream a blob to ``dest``, checking its sha256 before it is renamed into place."""

@@ -3,10 +3,11 @@
 Owns the round loop on the modeller's side: publish the global weights, sign and
 send a train task to the cohort, collect the pods' signed results, unmask or
 average them, apply the mean update, then evaluate the new global model on every
-pod (metrics only) and stop early on a patience rule. A round whose cohort lost a
-pod cannot be unmasked (the survivors' masks do not cancel); it is retried with the
-remaining pods and fresh seeds while at least ``min_pods`` remain. Dropout-tolerant
-unmasking (secret-shared mask seeds) would slot in at ``_aggregate``.
+pod (metrics only) and stop early on a patience rule. Under secure aggregation a
+round is one SecAgg+ run (``secure_round.py``): pods that drop out at any stage are
+left out inside the round, and the survivors' weighted mean comes back without a
+retry. A round is never run again from the same weights: two sums that differ by one
+pod would reveal its update, and the pods refuse it (``already_released``).
 """
 
 from __future__ import annotations
@@ -29,8 +30,17 @@ from pod_agent.modeller.client import SEE_POD_LIST, ModellerClient, PodInfo, Ver
 from pod_agent.modeller.notebook import schema_stats
 from pod_agent.modeller.report import PodMetrics, RoundRecord, RunReport
 from pod_agent.modeller.tasks import build_task
-from pod_agent.protocol.messages import DataSelection, Hyperparameters, ModelRef, SecAggParams, TaskKind, WeightsRef
-from pod_agent.secagg import Layout, aggregate_masked, floating_tensors, vector_from_bytes
+from pod_agent.modeller.secure_round import run_secure_round
+from pod_agent.protocol.messages import (
+    DataSelection,
+    Hyperparameters,
+    ModelRef,
+    SecAggParams,
+    TaskKind,
+    TaskPayload,
+    WeightsRef,
+)
+from pod_agent.secagg import Layout, aggregate_masked, floating_tensors
 
 _log = logging.getLogger(__name__)
 
@@ -49,6 +59,10 @@ class SecureSettings:
     precision: int = 2**16
     modulus_bits: Literal[32, 64] = 64
     clip_norm: float | None = None
+    # Train metrics whose cohort means come back inside the masked sum (a pod reports none in clear).
+    metrics: tuple[str, ...] = ("train_loss",)
+    advert_timeout_s: float = 600.0  # how long the cohort may train before the round goes on without a pod
+    stage_timeout_s: float = 60.0  # how long each later stage waits for a pod
 
 
 @dataclass(frozen=True)
@@ -160,42 +174,51 @@ class FedAvg:
     ) -> tuple[list[str], Weights, int]:
         """Train ``weights`` (uploaded as ``weights_ref``) on ``cohort`` and return (cohort that answered,
         mean update, values clipped)."""
-        while True:
-            secure = self.plan.secure
-            secagg = None if secure is None else await self._secagg(secure, cohort, round_index)
-            task_id = await self._submit("train", cohort, weights_ref, secagg=secagg)
-            answers = await self.client.wait_results(task_id, cohort, timeout_s=self.plan.task_timeout_s)
-            ok = {pod: r for pod, r in answers.items() if isinstance(r, VerifiedResult) and r.payload.status == "done"}
-            failed = sorted(set(cohort) - set(ok))
-            if not failed:
-                mean = await self._aggregate(task_id, ok, weights, secagg)
-                return cohort, mean, sum(r.payload.clipped_values for r in ok.values())
+        secure = self.plan.secure
+        if secure is not None:
+            return await self._secure_round(weights, weights_ref, cohort, round_index, secure)
+        task = await self._submit("train", cohort, weights_ref, secagg=None)
+        answers = await self.client.wait_results(task.task_id, cohort, timeout_s=self.plan.task_timeout_s)
+        ok = {pod: r for pod, r in answers.items() if isinstance(r, VerifiedResult) and r.payload.status == "done"}
+        failed = sorted(set(cohort) - set(ok))
+        if failed:
             reasons = {pod: _reason(answers.get(pod)) for pod in failed}
-            survivors = [p for p in cohort if p in ok]
-            if secagg is None:
-                _log.warning("round %d: pods %s failed (%s); averaging the others", round_index, failed, reasons)
-                if not ok:
-                    raise ModellerError(f"round {round_index}: every pod failed: {reasons}")
-                return survivors, await self._aggregate(task_id, ok, weights, None), 0
-            if len(survivors) < self.plan.min_pods:
-                raise ModellerError(
-                    f"round {round_index}: pods {failed} dropped out ({reasons}), so the masked sum cannot be "
-                    f"unmasked, and only {len(survivors)} pods remain (min_pods={self.plan.min_pods}); "
-                    "fix or wait for those pods and run again"
-                )
-            _log.warning(
-                "round %d: pods %s dropped out (%s); the masked sum cannot be unmasked - retrying with %s and fresh seeds",
-                round_index, failed, reasons, survivors,
-            )
-            cohort = survivors
+            _log.warning("round %d: pods %s failed (%s); averaging the others", round_index, failed, reasons)
+            if not ok:
+                raise ModellerError(f"round {round_index}: every pod failed: {reasons}")
+        return [p for p in cohort if p in ok], await self._aggregate(task.task_id, ok, weights), 0
+
+    async def _secure_round(
+        self, weights: Weights, weights_ref: WeightsRef, cohort: list[str], round_index: int, secure: SecureSettings
+    ) -> tuple[list[str], Weights, int]:
+        """One SecAgg+ round: the survivors' weighted mean, with no retry whoever drops out."""
+        secagg = await self._secagg(secure, cohort, round_index)
+        task = await self._submit("train", cohort, weights_ref, secagg=secagg)
+        layout = Layout.from_arrays(floating_tensors(weights), secagg.metrics)
+        outcome = await run_secure_round(
+            self.client, task, vector_size=layout.size, work_dir=self.work_dir, min_pods=self.plan.min_pods
+        )
+        if outcome.dropped or len(outcome.survivors) < len(cohort):
+            gone = sorted(set(cohort) - set(outcome.survivors))
+            _log.warning("round %d: pods %s dropped out; the round completed with %s", round_index, gone,
+                         list(outcome.survivors))
+        try:
+            summed = aggregate_masked([outcome.total], layout=layout, params=secagg, n_pods=len(outcome.survivors))
+        except SecAggError as exc:
+            raise ModellerError(f"task {task.task_id}: the unmasked sum does not decode: {exc}") from exc
+        if summed.metrics:
+            _log.info("round %d: cohort train metrics %s over %d rows", round_index,
+                      {k: round(v, 4) for k, v in sorted(summed.metrics.items())}, summed.total_rows)
+        mean = {name: summed.mean[name].astype(np.float32) for name in weights}
+        return list(outcome.survivors), mean, 0
 
     async def evaluate(self, weights: Weights, cohort: list[str], *, label: str) -> dict[str, PodMetrics]:
         """Metrics of ``weights`` on each pod's test split (an evaluate task; no tensors come back)."""
         return await self._evaluate(await self._publish(weights, label), cohort, label=label)
 
     async def _evaluate(self, weights_ref: WeightsRef, cohort: list[str], *, label: str) -> dict[str, PodMetrics]:
-        task_id = await self._submit("evaluate", cohort, weights_ref, secagg=None)
-        answers = await self.client.wait_results(task_id, cohort, timeout_s=self.plan.task_timeout_s)
+        task = await self._submit("evaluate", cohort, weights_ref, secagg=None)
+        answers = await self.client.wait_results(task.task_id, cohort, timeout_s=self.plan.task_timeout_s)
         metrics: dict[str, PodMetrics] = {}
         for pod, answer in sorted(answers.items()):
             if not isinstance(answer, VerifiedResult) or answer.payload.status != "done":
@@ -209,25 +232,14 @@ class FedAvg:
             )
         return metrics
 
-    async def _aggregate(
-        self, task_id: str, results: Mapping[str, VerifiedResult], weights: Weights, secagg: SecAggParams | None
-    ) -> Weights:
+    async def _aggregate(self, task_id: str, results: Mapping[str, VerifiedResult], weights: Weights) -> Weights:
+        """The row-weighted mean of plain (unmasked) updates."""
         blobs: dict[str, Path] = {}
         for pod, result in sorted(results.items()):
             blob = result.payload.blob
             if blob is None:
                 raise ModellerError(f"pod {pod} returned no update for task {task_id}")
             blobs[pod] = await self.client.download_blob(blob.sha256, self.work_dir / f"{task_id}.{pod}.blob")
-        if secagg is not None:
-            layout = Layout.from_arrays(floating_tensors(weights))
-            vectors = [
-                vector_from_bytes(path.read_bytes(), layout=layout, params=secagg) for path in blobs.values()
-            ]
-            try:
-                summed = aggregate_masked(vectors, layout=layout, params=secagg)
-            except SecAggError as exc:
-                raise ModellerError(f"task {task_id}: the masked updates do not aggregate: {exc}") from exc
-            return {name: summed.mean[name].astype(np.float32) for name in weights}
         total = sum(results[pod].payload.n_rows for pod in blobs)
         mean = {name: np.zeros_like(a) for name, a in weights.items()}
         for pod, path in blobs.items():
@@ -249,11 +261,13 @@ class FedAvg:
             prime_q=secure.prime_q, precision=secure.precision, num_workers=len(cohort),
             modulus_bits=secure.modulus_bits,
             round=round_index, participants=await self.client.participants(cohort), clip_norm=secure.clip_norm,
+            metrics=list(secure.metrics), advert_timeout_s=secure.advert_timeout_s,
+            stage_timeout_s=secure.stage_timeout_s,
         )
 
     async def _submit(
         self, kind: TaskKind, cohort: list[str], weights_ref: WeightsRef, *, secagg: SecAggParams | None
-    ) -> str:
+    ) -> TaskPayload:
         task = build_task(
             modeller_id=self.client.key.key_id, pods=cohort, kind=kind,
             schema_hash=self._schema_hashes[cohort[0]],
@@ -261,7 +275,8 @@ class FedAvg:
             model=self.plan.model, data=self.selection, weights=weights_ref, secagg=secagg,
             hyperparameters=self._hyperparameters(),
         )
-        return await self.client.submit_task(task)
+        await self.client.submit_task(task)
+        return task
 
 
 def apply_mean_update(weights: Weights, mean_update: Weights) -> Weights:

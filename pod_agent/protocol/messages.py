@@ -113,7 +113,7 @@ class WeightsRef(WireModel):
 class Participant(WireModel):
     pod: str
     key_id: KeyId  # the pod's identity key id
-    round_public_key: str  # base64 raw X25519 public key, as announced (signed) by the pod
+    round_public_key: str | None = None  # being replaced by per-round signed advertisements (SecAgg+)
 
 
 class SecAggParams(WireModel):
@@ -127,6 +127,13 @@ class SecAggParams(WireModel):
     participants: list[Participant]
     clip_norm: float | None = Field(default=None, gt=0)
     weighted: bool = True  # scale by training rows and send the row count in the masked vector
+    # Train metrics summed inside the masked vector (cohort means only); nothing travels in clear.
+    metrics: list[str] = Field(default=[], max_length=16)
+    # SecAgg+ stage deadlines: the modeller collects adverts for advert_timeout_s after sending the
+    # task (the cohort trains meanwhile), then each later stage for stage_timeout_s; a pod waits
+    # for each of the modeller's messages a little longer than the modeller collects.
+    advert_timeout_s: float = Field(default=600.0, gt=0, le=86_400)
+    stage_timeout_s: float = Field(default=60.0, gt=0, le=3600)
 
 
 class TaskLimits(WireModel):

@@ -1,4 +1,7 @@
-"""A real train task through the daemon: data -> sandbox(training.worker) -> contract -> (secagg) -> result."""
+"""A real train task through the daemon: data -> sandbox(training.worker) -> contract -> result.
+
+Under secure aggregation the update leaves only through a SecAgg+ round: tests/agent/test_secure_round.py
+and tests/e2e/test_secure_fedavg.py."""
 
 from __future__ import annotations
 
@@ -13,8 +16,7 @@ from safetensors.numpy import load
 
 from pod_agent.modeller import ModellerClient, VerifiedResult, build_task
 from pod_agent.protocol import source_sha256, spec_sha256
-from pod_agent.protocol.messages import DataSelection, Hyperparameters, ModelRef, Participant, SecAggParams
-from pod_agent.secagg import RoundKeyPair
+from pod_agent.protocol.messages import DataSelection, Hyperparameters, ModelRef
 
 pytestmark = pytest.mark.slow
 
@@ -71,20 +73,6 @@ async def test_declarative_model_trains_in_the_sandbox_and_the_update_comes_back
     assert all(np.isfinite(a).all() and np.abs(a).sum() > 0 for a in update.values())
     assert result.payload.n_rows > 0
 
-    # Under secure aggregation the same kind of update leaves only as a masked fixed-point vector.
-    me = RoundKeyPair.from_private_bytes((tmp_path / "pod" / "round_key.bin").read_bytes())
-    peers = [RoundKeyPair.generate() for _ in range(2)]
-    params = SecAggParams(
-        prime_q=2**40, precision=2**16, num_workers=3, participants=[
-            Participant(pod="pod-a", key_id=pod.key_id, round_public_key=me.public_b64),
-            *(Participant(pod=f"pod-{c}", key_id=c * 64, round_public_key=p.public_b64) for c, p in zip("bc", peers)),
-        ],
-    )
-    masked = await _outcome(modeller, _task(modeller, pod, secagg=params))
-    assert isinstance(masked, VerifiedResult) and masked.payload.status == "done", masked
-    assert masked.payload.blob is not None and masked.payload.blob.encoding == "secagg-u64"
-    raw = (await modeller.download_blob(masked.payload.blob.sha256, tmp_path / "masked.bin")).read_bytes()
-    assert b"layers.0" not in raw and len(raw) % 8 == 0
 
 
 async def test_bad_model_fails_with_the_workers_fixed_reason(hub_and_pod: tuple[ModellerClient, Any]) -> None:

@@ -14,7 +14,7 @@ def _hub_with_pod(db: Path, name: str) -> str:
     storage = SqliteStorage(str(db))
     storage.upsert_pod(PodRecord(
         name=name, key_id=key.key_id, public_key=key.public.to_b64(), schema={"columns": []}, schema_hash="a" * 64,
-        row_count=10, sandbox_level="strict", heartbeat_s=1.0, registered_at=1, last_seen=1, round_key=None,
+        row_count=10, sandbox_level="strict", heartbeat_s=1.0, registered_at=1, last_seen=1,
     ))
     storage.close()
     return key.key_id

@@ -23,7 +23,7 @@ def _pod(storage: Any, key: IdentityKey, name: str = "pod-a") -> None:
     storage.upsert_pod(PodRecord(
         name=name, key_id=key.key_id, public_key=key.public.to_b64(), schema={"columns": []},
         schema_hash="a" * 64, row_count=10, sandbox_level="strict", heartbeat_s=1.0, registered_at=now,
-        last_seen=now, round_key=None,
+        last_seen=now,
     ))
 
 
@@ -132,42 +132,29 @@ def test_cli_reports_an_unsafe_hub_url_in_one_line(tmp_path: Path) -> None:
     assert "plain http to a non-loopback host" in done.stderr and "Traceback" not in done.stderr
 
 
-async def test_participants_come_from_round_keys_signed_by_each_pod(local_hub: Any) -> None:
-    from pod_agent.protocol.messages import RoundKeyAnnouncement
-
-    good, liar = IdentityKey.generate(), IdentityKey.generate()
-    _pod(local_hub.storage, good, "pod-a")
-    _pod(local_hub.storage, liar, "pod-b")
-    announce = RoundKeyAnnouncement(pod="pod-a", key_id=good.key_id, round_public_key="QUJD", issued_at=1)
-    local_hub.storage.set_round_key("pod-a", sign_envelope(announce, good).model_dump(mode="json"))
-    # The hub swaps in pod-a's (validly signed) announcement for pod-b.
-    local_hub.storage.set_round_key("pod-b", sign_envelope(announce, good).model_dump(mode="json"))
+async def test_participants_name_each_pod_with_its_identity_key_and_no_round_key(local_hub: Any) -> None:
+    key = IdentityKey.generate()
+    _pod(local_hub.storage, key, "pod-a")
     async with ModellerClient(local_hub.url, IdentityKey.generate()) as client:
         await client.register("m")
         (participant,) = await client.participants(["pod-a"])
-        assert (participant.pod, participant.key_id, participant.round_public_key) == ("pod-a", good.key_id, "QUJD")
-        with pytest.raises(ModellerError, match="round key of pod 'pod-b' fails verification"):
-            await client.participants(["pod-b"])
+        # Round keys are fresh per task and round, advertised signed by each pod during the round.
+        assert participant.model_dump(exclude_none=True) == {"pod": "pod-a", "key_id": key.key_id}
 
 
-async def test_with_pins_a_hub_that_swaps_a_pods_keys_gets_no_round_key_or_result_through(local_hub: Any) -> None:
-    from pod_agent.protocol.messages import RoundKeyAnnouncement
-
+async def test_with_pins_a_hub_that_swaps_a_pods_keys_gets_no_participant_or_result_through(local_hub: Any) -> None:
     real, hubs_own = IdentityKey.generate(), IdentityKey.generate()
-    # The hub lists its own identity key for pod-a, with a round key it signed: all consistent
-    # to a modeller that trusts the hub's registry, so it could unmask or forge pod-a's updates.
+    # The hub lists its own identity key for pod-a: a modeller that trusts the hub's registry would
+    # name the hub's key in the cohort (the pods' own pins then refuse the task: unknown_peer).
     _pod(local_hub.storage, hubs_own, "pod-a")
     _pod(local_hub.storage, IdentityKey.generate(), "pod-b")
-    announce = RoundKeyAnnouncement(pod="pod-a", key_id=hubs_own.key_id, round_public_key="QUJD", issued_at=1)
-    local_hub.storage.set_round_key("pod-a", sign_envelope(announce, hubs_own).model_dump(mode="json"))
     async with ModellerClient(local_hub.url, IdentityKey.generate()) as trusting:
         await trusting.register("m")
         assert (await trusting.participants(["pod-a"]))[0].key_id == hubs_own.key_id
     async with ModellerClient(local_hub.url, IdentityKey.generate(), pod_keys={"pod-a": real.public}) as client:
         await client.register("m")
-        with pytest.raises(ModellerError, match="round key of pod 'pod-a' fails verification"):
-            await client.participants(["pod-a"])
-        with pytest.raises(ModellerError, match="pod 'pod-b': its identity key is not pinned"):
+        assert (await client.participants(["pod-a"]))[0].key_id == real.key_id
+        with pytest.raises(ModellerError, match=r"pods \['pod-b'\]: their identity keys are not pinned"):
             await client.participants(["pod-b"])
         task_id = await _submitted(local_hub, client)
         local_hub.storage.put_result(task_id, "pod-a", _result(hubs_own, task_id), status="done", now=1)

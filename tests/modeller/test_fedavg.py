@@ -47,7 +47,7 @@ def _pod(name: str, colour_categories: int) -> PodInfo:
     )
     public = schema.public(share_categories=False)
     return PodInfo(name=name, key_id="0" * 64, public_key="", schema=public, schema_hash=public["hash"],
-                   row_count=100, sandbox_level="strict", online=True, round_key=None)
+                   row_count=100, sandbox_level="strict", online=True)
 
 
 def test_hashed_encoding_gives_pods_with_different_categories_one_model_shape() -> None:

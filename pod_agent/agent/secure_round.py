@@ -1,0 +1,483 @@
+"""The pod's side of one SecAgg+ round, after its sandboxed training and contract check.
+
+Owns the stages a pod runs for a secure train task (``protocol.secure_round`` lists
+the messages) and every check it makes before it lets anything go:
+
+    advert       fresh RoundSecrets (memory only) -> KeyAdvertisement, signed by the identity key
+    roster       signed by the task's modeller; every forwarded advert verified HERE under the
+                 peer key the owner pinned (``policy.TrustedPeers``, never the hub's registry),
+                 for this task and round; a roster naming anyone outside the signed cohort is
+                 dropped; this pod's own advert unchanged; at least ``threshold`` neighbours
+    shares       one AEAD ciphertext per neighbour (secagg.plus)
+    committed    signed by the modeller, within the roster, this pod in it; ciphertexts from
+                 every committed neighbour
+    masked       the one-release rule recorded in the state DB (``already_released``) in the
+                 transaction that decides the release, then masked vector -> blob -> MaskedInput
+    consistency  the survivor list signed back; every surviving neighbour must have signed the
+                 same list, at least ``threshold`` of the neighbourhood
+    unmask       survivors and dropped disjoint, within the committed neighbours, at least
+                 ``threshold`` surviving: answered once, then every secret is erased
+
+Each wait is bounded by the task's stage deadlines and ends the task with a fixed
+code (``policy.FailureCode``). The secrets never touch disk: a pod that restarts
+mid-round has dropped out (the daemon fails such a task at start-up).
+The math is ``pod_agent.secagg.plus``; the hub route and long poll are ``hub.server``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from pydantic import ValidationError
+
+from pod_agent.errors import HubError, HubRejected, ProtocolError, SecAggError, StateError, TaskFailed
+from pod_agent.policy.codes import FailureCode
+from pod_agent.policy.peers import TrustedPeers
+from pod_agent.protocol import IdentityKey, PublicKey, envelope_bytes, open_envelope, sign_envelope
+from pod_agent.protocol.messages import BlobRef, Envelope, TaskPayload
+from pod_agent.protocol.secure_round import (
+    AdvertRoster,
+    CommittedList,
+    ConsistencySignature,
+    EncryptedShares,
+    KeyAdvertisement,
+    MaskedInput,
+    RoundMessage,
+    Stage,
+    SurvivorList,
+    UnmaskShares,
+    round_path,
+)
+from pod_agent.state import AlreadyReleased, PodState
+
+_log = logging.getLogger(__name__)
+_M = TypeVar("_M", bound=RoundMessage)
+
+# One long-poll request waits at most this long (the hub caps it at 30 s too); the stage deadline bounds the total.
+POLL_S = 20.0
+# A failed request to the hub is retried after this long, while the stage deadline allows.
+RETRY_S = 0.5
+
+
+class RoundLink(Protocol):
+    """What a secure round needs from the hub: post and long-poll round messages, upload a blob."""
+
+    async def round_post(self, path: str, body: bytes) -> None: ...
+
+    async def round_get(self, path: str, *, after: int, wait_s: float) -> dict[str, Any]: ...
+
+    async def put_blob(self, path: Path, sha256: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class PodRoundContext:
+    """What this pod brings to every round: its name and key, the peers and modellers its owner
+    trusts (key id -> key), and the state DB that remembers releases."""
+
+    me: str
+    key: IdentityKey
+    peers: TrustedPeers
+    modeller_keys: Mapping[str, PublicKey]
+    state: PodState
+
+
+@dataclass(frozen=True)
+class RoundOutput:
+    """The masked vector this pod released (its blob, referenced by the signed result)."""
+
+    blob_path: Path
+    blob: BlobRef
+    n_clipped: int
+
+
+def starting_point(task: TaskPayload) -> str:
+    """What the one-release rule counts: the sha256 of the weights a train task starts from."""
+    if task.weights is None:
+        raise TaskFailed(
+            FailureCode.SECAGG_ERROR.value, "a secure train task must pin the weights it starts from"
+        )
+    return task.weights.sha256
+
+
+def check_unreleased(state: PodState, task: TaskPayload) -> None:
+    """Fail early (``already_released``) when this pod already released from the task's starting weights."""
+    earlier = state.released(starting_point(task))
+    if earlier is not None:
+        raise TaskFailed(
+            FailureCode.ALREADY_RELEASED.value,
+            f"task {earlier} already released an update trained from these weights; one release per starting point",
+        )
+
+
+async def run_secure_round(
+    task: TaskPayload,
+    arrays: Mapping[str, Any],
+    *,
+    n_rows: int,
+    metrics: Mapping[str, float],
+    ctx: PodRoundContext,
+    link: RoundLink,
+    blob_path: Path,
+) -> RoundOutput:
+    """Take part in the task's round with this update; raise TaskFailed with a fixed code when it cannot."""
+    from pod_agent.secagg import RoundSecrets, encode_update
+
+    params = task.secagg
+    if params is None:
+        raise TaskFailed(FailureCode.SECAGG_ERROR.value, "run_secure_round needs a task with secagg parameters")
+    try:
+        # A metric the task names but training did not report travels as absent (its row count 0).
+        encoded = await asyncio.to_thread(
+            encode_update, arrays, params=params, n_rows=n_rows, returns=task.returns, metrics=metrics,
+            metric_names=params.metrics,
+        )
+    except SecAggError as exc:
+        raise TaskFailed(FailureCode.SECAGG_ERROR.value, str(exc)) from exc
+    secrets = RoundSecrets.generate()
+    try:
+        return await _Round(task, ctx, link, secrets).run(encoded, blob_path)
+    finally:
+        secrets.erase()
+
+
+def _modeller_key(task: TaskPayload, ctx: PodRoundContext) -> PublicKey:
+    key = ctx.modeller_keys.get(task.modeller_id)
+    if key is None:
+        raise TaskFailed(FailureCode.UNKNOWN_SIGNER.value, "the task's modeller left security.modellers")
+    return key
+
+
+class _Round:
+    """One round's state on this pod; ``run`` goes through the stages in order."""
+
+    def __init__(self, task: TaskPayload, ctx: PodRoundContext, link: RoundLink, secrets: Any) -> None:
+        if task.secagg is None:
+            raise TaskFailed(FailureCode.SECAGG_ERROR.value, "a secure round needs secagg parameters")
+        self.task, self.params, self.ctx, self.link, self.secrets = task, task.secagg, ctx, link, secrets
+        self.me = ctx.me
+        self.round = task.secagg.round
+        self.modeller = _modeller_key(task, ctx)
+        # The signed task's cohort: name -> the identity key the owner pinned for it (the verifier
+        # refused the task unless every participant is pinned under the key id the task names).
+        self.cohort: dict[str, PublicKey] = {}
+        for participant in task.secagg.participants:
+            key = ctx.peers.key_for(participant.pod, participant.key_id)
+            if key is None:
+                raise TaskFailed(FailureCode.BAD_ADVERTISEMENT.value, f"participant {participant.pod!r} is not a pinned peer")
+            self.cohort[participant.pod] = key
+
+    def _fields(self) -> dict[str, Any]:
+        return {"task_id": self.task.task_id, "round": self.round}
+
+    async def run(self, encoded: Any, blob_path: Path) -> RoundOutput:
+        from pod_agent.secagg import PeerKeys, neighbour_graph
+
+        mine = KeyAdvertisement(
+            **self._fields(), pod=self.me, c_public=self.secrets.c_public_b64, s_public=self.secrets.s_public_b64
+        )
+        await self._post("advert", mine)
+        stage_s = self.params.stage_timeout_s
+        # The modeller collects each stage for stage_s before it answers: a pod waits twice that.
+        answer_s = 2 * stage_s
+        roster = await self._modeller_message("roster", AdvertRoster, timeout_s=self.params.advert_timeout_s + answer_s)
+        adverts = self._check_roster(roster, mine)
+        peers = {name: PeerKeys(pod=name, c_public_b64=a.c_public, s_public_b64=a.s_public) for name, a in adverts.items()}
+        try:
+            graph = neighbour_graph(sorted(adverts), task_id=self.task.task_id, round_index=self.round)
+        except SecAggError as exc:
+            raise TaskFailed(FailureCode.TOO_FEW_NEIGHBOURS.value, str(exc)) from exc
+        neighbours = frozenset(graph.neighbours(self.me))
+        if len(neighbours) < graph.threshold:
+            raise TaskFailed(
+                FailureCode.TOO_FEW_NEIGHBOURS.value,
+                f"{len(neighbours)} neighbours in a graph of threshold {graph.threshold}",
+            )
+        common = {"me": self.me, "graph": graph, "peers": peers, "task_id": self.task.task_id, "round_index": self.round}
+
+        ciphertexts = _encrypt(self.secrets, common)
+        shares = EncryptedShares(
+            **self._fields(), pod=self.me,
+            ciphertexts={name: base64.b64encode(ct).decode("ascii") for name, ct in sorted(ciphertexts.items())},
+        )
+        await self._post("shares", shares)
+
+        committed_msg = await self._modeller_message("committed", CommittedList, timeout_s=answer_s)
+        committed = frozenset(committed_msg.committed)
+        if not committed <= set(adverts) or len(committed) != len(committed_msg.committed):
+            raise TaskFailed(FailureCode.BAD_ROUND_MESSAGE.value, "the committed list names pods outside the roster")
+        if self.me not in committed:
+            raise TaskFailed(FailureCode.NOT_IN_ROUND.value, "the modeller did not commit this pod's shares")
+        received = await self._my_ciphertexts(neighbours & committed, timeout_s=stage_s)
+        try:
+            held = self._decrypt(received, common)
+        except SecAggError as exc:
+            raise TaskFailed(FailureCode.BAD_ROUND_MESSAGE.value, f"a neighbour's shares do not decrypt: {exc}") from exc
+
+        blob = await self._release(encoded, blob_path, common, committed)
+
+        survivors_msg = await self._modeller_message("survivors", SurvivorList, timeout_s=answer_s)
+        survivors, dropped = self._check_survivors(survivors_msg, committed)
+        await self._post(
+            "consistency",
+            ConsistencySignature(
+                **self._fields(), pod=self.me, survivors=sorted(survivors), dropped=sorted(dropped)
+            ),
+        )
+        await self._check_consistency(survivors, dropped, neighbours, graph.threshold, timeout_s=stage_s)
+
+        from pod_agent.secagg import unmask_answer, unmask_request
+
+        # The round's lists cut down to this pod's neighbourhood: it answers for nobody else.
+        request = unmask_request(self.me, graph=graph, survivors=survivors, dropped=dropped)
+        try:
+            answer = unmask_answer(
+                held, me=self.me, graph=graph, survivors=request.survivors, dropped=request.dropped
+            )
+        except SecAggError as exc:
+            raise TaskFailed(FailureCode.UNMASK_REFUSED.value, str(exc)) from exc
+        await self._post(
+            "unmask",
+            UnmaskShares(
+                **self._fields(), pod=self.me,
+                self_mask_shares={k: _b64(v.data) for k, v in sorted(answer.self_mask_shares.items())},
+                mask_key_shares={k: _b64(v.data) for k, v in sorted(answer.mask_key_shares.items())},
+            ),
+        )
+        return RoundOutput(blob_path=blob_path, blob=blob, n_clipped=encoded.n_clipped)
+
+    # -- the checks --------------------------------------------------------------------------
+
+    def _check_roster(self, roster: AdvertRoster, mine: KeyAdvertisement) -> dict[str, KeyAdvertisement]:
+        """Every forwarded advert verified under the owner's pinned key for its pod, for this task and
+        round, inside the signed cohort; this pod's own unchanged."""
+        adverts: dict[str, KeyAdvertisement] = {}
+        for envelope in roster.adverts:
+            claimed = str(envelope.payload.get("pod"))
+            key = self.cohort.get(claimed)
+            if key is None:
+                raise TaskFailed(
+                    FailureCode.ROSTER_OUTSIDE_COHORT.value,
+                    f"the roster forwards an advert for {claimed[:64]!r}, outside the signed task's cohort",
+                )
+            try:
+                advert = open_envelope(envelope, KeyAdvertisement, key)
+            except ProtocolError as exc:
+                raise TaskFailed(
+                    FailureCode.BAD_ADVERTISEMENT.value,
+                    f"the advert forwarded for {claimed!r} does not verify under its pinned key: {exc}",
+                ) from exc
+            if advert.pod != claimed or advert.task_id != self.task.task_id or advert.round != self.round:
+                raise TaskFailed(
+                    FailureCode.BAD_ADVERTISEMENT.value,
+                    f"the advert forwarded for {claimed!r} is for task {advert.task_id} round {advert.round}",
+                )
+            if claimed in adverts:
+                raise TaskFailed(FailureCode.BAD_ADVERTISEMENT.value, f"the roster forwards two adverts for {claimed!r}")
+            adverts[claimed] = advert
+        if adverts.get(self.me) != mine:
+            raise TaskFailed(
+                FailureCode.NOT_IN_ROUND.value, "the roster leaves out (or alters) this pod's own advertisement"
+            )
+        keys = [a.c_public for a in adverts.values()] + [a.s_public for a in adverts.values()]
+        if len(set(keys)) != len(keys):
+            raise TaskFailed(FailureCode.BAD_ADVERTISEMENT.value, "two adverts of the roster share a public key")
+        return adverts
+
+    def _check_survivors(self, message: SurvivorList, committed: frozenset[str]) -> tuple[frozenset[str], frozenset[str]]:
+        survivors, dropped = frozenset(message.survivors), frozenset(message.dropped)
+        if len(survivors) != len(message.survivors) or len(dropped) != len(message.dropped):
+            raise TaskFailed(FailureCode.UNMASK_REFUSED.value, "the survivor list names a pod twice")
+        if survivors & dropped:
+            raise TaskFailed(
+                FailureCode.UNMASK_REFUSED.value,
+                f"pods {sorted(survivors & dropped)} are named both surviving and dropped",
+            )
+        if not (survivors | dropped) <= committed:
+            raise TaskFailed(FailureCode.UNMASK_REFUSED.value, "the survivor list names pods that were not committed")
+        if self.me not in survivors:
+            raise TaskFailed(FailureCode.NOT_IN_ROUND.value, "the modeller counts this pod's masked input as dropped")
+        return survivors, dropped
+
+    async def _check_consistency(
+        self, survivors: frozenset[str], dropped: frozenset[str], neighbours: frozenset[str], threshold: int,
+        *, timeout_s: float,
+    ) -> None:
+        """Wait (bounded) for the surviving neighbours' signed lists: each one present must equal ours and
+        verify under its pinned key; at least ``threshold`` of the neighbourhood must have signed."""
+        expected = (sorted(survivors), sorted(dropped))
+        waiting_for = (neighbours & survivors) | {self.me}
+        deadline = time.monotonic() + timeout_s
+        signed: set[str] = set()
+        count = 0
+        while True:
+            reply = await self._get("consistency", after=count, deadline=deadline)
+            count = int(reply.get("count", 0))
+            for raw in reply.get("messages", []):
+                sender = _peek_pod(raw)
+                if sender not in waiting_for or sender in signed:
+                    continue
+                message = self._open(raw, ConsistencySignature, self.cohort[sender], what="consistency signature")
+                if message.pod != sender or (message.survivors, message.dropped) != expected:
+                    raise TaskFailed(
+                        FailureCode.INCONSISTENT_SURVIVORS.value,
+                        f"neighbour {sender!r} was shown another survivor list than this pod",
+                    )
+                signed.add(sender)
+            if signed >= waiting_for:
+                return
+            if time.monotonic() >= deadline:
+                break
+        if len(signed) < threshold:
+            raise TaskFailed(
+                FailureCode.INCONSISTENT_SURVIVORS.value,
+                f"only {len(signed)} of the neighbourhood confirmed the survivor list (threshold {threshold})",
+            )
+
+    # -- release ---------------------------------------------------------------------------------
+
+    async def _release(self, encoded: Any, blob_path: Path, common: Mapping[str, Any], committed: frozenset[str]) -> BlobRef:
+        """Mask, record the release (the one-release rule), then upload and announce the masked vector."""
+        from pod_agent.secagg import mask_input, vector_to_bytes
+
+        try:
+            await asyncio.to_thread(
+                mask_input, encoded.vector, self.secrets, committed=sorted(committed), **common
+            )
+        except SecAggError as exc:
+            raise TaskFailed(FailureCode.SECAGG_ERROR.value, str(exc)) from exc
+        data = vector_to_bytes(encoded.vector)
+        encoding = "secagg-u32" if self.params.modulus_bits == 32 else "secagg-u64"
+        blob = BlobRef(sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data), encoding=encoding)
+        try:
+            await asyncio.to_thread(
+                self.ctx.state.record_release, starting_point(self.task), task_id=self.task.task_id,
+                now=int(time.time()),
+            )
+        except AlreadyReleased as exc:
+            raise TaskFailed(FailureCode.ALREADY_RELEASED.value, str(exc)) from exc
+        except StateError as exc:
+            raise TaskFailed(FailureCode.INTERNAL_ERROR.value, f"the release could not be recorded: {exc}") from exc
+        await asyncio.to_thread(blob_path.write_bytes, data)
+        deadline = time.monotonic() + self.params.stage_timeout_s
+        await self._retrying(lambda: self.link.put_blob(blob_path, blob.sha256), deadline=deadline, what="masked blob")
+        await self._post("masked", MaskedInput(**self._fields(), pod=self.me, blob=blob))
+        return blob
+
+    def _decrypt(self, received: Mapping[str, bytes], common: Mapping[str, Any]) -> Any:
+        from pod_agent.secagg import decrypt_shares
+
+        return decrypt_shares(self.secrets, ciphertexts=dict(received), **common)
+
+    # -- hub traffic ---------------------------------------------------------------------------
+
+    async def _post(self, stage: Stage, message: RoundMessage) -> None:
+        body = envelope_bytes(sign_envelope(message, self.ctx.key))
+        path = round_path(self.task.task_id, self.round, stage)
+        deadline = time.monotonic() + self.params.stage_timeout_s
+        await self._retrying(lambda: self.link.round_post(path, body), deadline=deadline, what=f"{stage} message")
+
+    async def _get(self, stage: Stage, *, after: int, deadline: float) -> dict[str, Any]:
+        path = round_path(self.task.task_id, self.round, stage)
+        wait_s = max(0.0, min(POLL_S, deadline - time.monotonic()))
+        reply: dict[str, Any] = await self._retrying(
+            lambda: self.link.round_get(path, after=after, wait_s=wait_s), deadline=deadline, what=f"{stage} poll"
+        )
+        return reply
+
+    async def _retrying(self, call: Any, *, deadline: float, what: str) -> Any:
+        """``call()`` until it succeeds; a transient hub failure is retried until ``deadline``."""
+        while True:
+            try:
+                return await call()
+            except HubRejected as exc:
+                raise TaskFailed(FailureCode.BAD_ROUND_MESSAGE.value, f"the hub refused the {what}: {exc}") from exc
+            except (HubError, OSError, TimeoutError) as exc:
+                if time.monotonic() + RETRY_S >= deadline:
+                    raise TaskFailed(FailureCode.ROUND_TIMEOUT.value, f"the {what} failed until the deadline: {exc}") from exc
+                _log.info("secure round: %s failed (%s); retrying", what, type(exc).__name__)
+                await asyncio.sleep(RETRY_S)
+
+    async def _modeller_message(self, stage: Stage, model: type[_M], *, timeout_s: float) -> _M:
+        """The modeller's one message of ``stage``, verified under the modeller's key; round_timeout after
+        ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            reply = await self._get(stage, after=0, deadline=deadline)
+            messages = reply.get("messages", [])
+            if messages:
+                message = self._open(messages[0], model, self.modeller, what=f"modeller's {stage} message")
+                return message
+            if time.monotonic() >= deadline:
+                raise TaskFailed(FailureCode.ROUND_TIMEOUT.value, f"no {stage} message from the modeller in {timeout_s:g} s")
+
+    def _open(self, raw: Any, model: type[_M], key: PublicKey, *, what: str) -> _M:
+        try:
+            message = open_envelope(Envelope.model_validate(raw), model, key)
+        except (ProtocolError, ValidationError) as exc:
+            raise TaskFailed(FailureCode.BAD_ROUND_MESSAGE.value, f"{what} does not verify: {exc}") from exc
+        if message.task_id != self.task.task_id or message.round != self.round:
+            raise TaskFailed(
+                FailureCode.BAD_ROUND_MESSAGE.value,
+                f"{what} is for task {message.task_id} round {message.round}, not this one",
+            )
+        return message
+
+    async def _my_ciphertexts(self, senders: frozenset[str], *, timeout_s: float) -> dict[str, bytes]:
+        """The ciphertexts each committed neighbour addressed to this pod (the AEAD authenticates them)."""
+        deadline = time.monotonic() + timeout_s
+        count = 0
+        while True:
+            reply = await self._get("shares", after=count, deadline=deadline)
+            count = int(reply.get("count", 0))
+            shares = reply.get("shares", {})
+            if not isinstance(shares, dict):
+                raise TaskFailed(FailureCode.BAD_ROUND_MESSAGE.value, "the hub's shares reply is not a mapping")
+            if senders <= set(shares):
+                try:
+                    return {name: base64.b64decode(str(shares[name]), validate=True) for name in senders}
+                except (binascii.Error, ValueError) as exc:
+                    raise TaskFailed(FailureCode.BAD_ROUND_MESSAGE.value, "a ciphertext is not base64") from exc
+            if time.monotonic() >= deadline:
+                raise TaskFailed(
+                    FailureCode.ROUND_TIMEOUT.value,
+                    f"no shares from committed neighbours {sorted(senders - set(shares))} in {timeout_s:g} s",
+                )
+
+
+def _encrypt(secrets: Any, common: Mapping[str, Any]) -> dict[str, bytes]:
+    from pod_agent.secagg import encrypt_shares
+
+    try:
+        result: dict[str, bytes] = encrypt_shares(secrets, **common)
+    except SecAggError as exc:
+        raise TaskFailed(FailureCode.SECAGG_ERROR.value, str(exc)) from exc
+    return result
+
+
+def _peek_pod(raw: Any) -> str:
+    """The pod a relayed envelope claims to be from (checked by its signature before it counts)."""
+    payload = raw.get("payload") if isinstance(raw, dict) else None
+    return str(payload.get("pod")) if isinstance(payload, dict) else ""
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+__all__ = [
+    "PodRoundContext",
+    "RoundLink",
+    "RoundOutput",
+    "check_unreleased",
+    "run_secure_round",
+    "starting_point",
+]

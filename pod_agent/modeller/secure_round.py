@@ -1,0 +1,233 @@
+"""The modeller's side of one SecAgg+ round: the aggregation server, talking through the hub.
+
+Owns the server's stages for a submitted secure train task (``protocol.secure_round``
+lists the messages), each bounded by the task's deadlines:
+
+    adverts    collect the pods' KeyAdvertisements (each verified under the pod's pinned or
+               registered key) until every pod advertised, finished without one, or
+               ``advert_timeout_s`` passed; post the signed roster forwarding them
+    shares     collect EncryptedShares for ``stage_timeout_s``; post the committed list (U2)
+    masked     collect MaskedInputs for ``stage_timeout_s``; post survivors (U3) and dropped
+    unmask     collect UnmaskShares for twice ``stage_timeout_s`` (pods first compare their
+               survivor lists with each other); rebuild the dropped pods' mask keys and the
+               survivors' self masks; sum the survivors' vectors and remove every mask
+
+Dropouts are handled inside the round: a pod that stops at any stage is left out of the
+next list, and the round completes while each committed pod keeps ``threshold`` holders.
+A round is never retried from the same weights (the pods refuse, ``already_released``).
+The math is ``pod_agent.secagg.plus``; decoding the sum is ``pod_agent.secagg.aggregate``.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+from pod_agent.errors import ModellerError, ProtocolError, SecAggError
+from pod_agent.modeller.client import ModellerClient
+from pod_agent.protocol import PublicKey, open_envelope
+from pod_agent.protocol.messages import Envelope, TaskPayload
+from pod_agent.protocol.secure_round import (
+    AdvertRoster,
+    CommittedList,
+    EncryptedShares,
+    KeyAdvertisement,
+    MaskedInput,
+    RoundMessage,
+    Stage,
+    SurvivorList,
+    UnmaskShares,
+)
+
+_log = logging.getLogger(__name__)
+_M = TypeVar("_M", bound=RoundMessage)
+
+# One long poll waits at most this long, so that a pod that failed (its result says so) is noticed soon.
+POLL_S = 2.0
+
+
+@dataclass(frozen=True)
+class SecureSum:
+    """The unmasked sum of the survivors' vectors and who was in it."""
+
+    total: npt.NDArray[np.unsignedinteger]
+    survivors: tuple[str, ...]
+    dropped: tuple[str, ...]  # committed, then gone before masking
+    blobs: dict[str, Path]  # each survivor's masked vector as downloaded
+
+
+async def run_secure_round(
+    client: ModellerClient, task: TaskPayload, *, vector_size: int, work_dir: Path, min_pods: int = 2
+) -> SecureSum:
+    """Drive the round of ``task`` (already submitted) to the survivors' unmasked sum; every stage goes on
+    only with at least ``min_pods`` pods and the graph's threshold."""
+    if task.secagg is None:
+        raise ModellerError(f"task {task.task_id} has no secure-aggregation parameters")
+    keys = await client.identity_keys([p.pod for p in task.secagg.participants])
+    return await _ServerRound(client, task, keys, min_pods=min_pods).run(vector_size=vector_size, work_dir=work_dir)
+
+
+class _ServerRound:
+    def __init__(
+        self, client: ModellerClient, task: TaskPayload, keys: Mapping[str, PublicKey], *, min_pods: int
+    ) -> None:
+        if task.secagg is None:
+            raise ModellerError(f"task {task.task_id} has no secure-aggregation parameters")
+        self.client, self.task, self.params, self.keys = client, task, task.secagg, keys
+        self.round = task.secagg.round
+        self.min_pods = min_pods
+        self.label = f"task {task.task_id} round {self.round}"
+
+    def _fields(self) -> dict[str, Any]:
+        return {"task_id": self.task.task_id, "round": self.round}
+
+    async def run(self, *, vector_size: int, work_dir: Path) -> SecureSum:
+        from pod_agent.secagg import PeerKeys, neighbour_graph
+
+        stage_s = self.params.stage_timeout_s
+        cohort = set(self.keys)
+        adverts = await self._collect("advert", KeyAdvertisement, cohort, timeout_s=self.params.advert_timeout_s)
+        members = sorted(adverts)
+        try:
+            graph = neighbour_graph(members, task_id=self.task.task_id, round_index=self.round)
+        except SecAggError as exc:
+            raise ModellerError(f"{self.label}: only {members} advertised round keys: {exc}") from exc
+        self._enough(members, graph.threshold, "advertised round keys")
+        await self._post("roster", AdvertRoster(**self._fields(), adverts=[envelope for _, envelope in adverts.values()]))
+
+        shared = await self._collect("shares", EncryptedShares, set(members), timeout_s=stage_s)
+        committed = sorted(shared)
+        self._enough(committed, graph.threshold, "shared their mask keys")
+        await self._post("committed", CommittedList(**self._fields(), committed=committed))
+
+        masked = await self._collect("masked", MaskedInput, set(committed), timeout_s=stage_s)
+        survivors = sorted(masked)
+        dropped = sorted(set(committed) - set(masked))
+        self._enough(survivors, graph.threshold, "uploaded their masked inputs")
+        if dropped:
+            _log.warning("%s: pods %s dropped out after sharing; the round goes on without them", self.label, dropped)
+        await self._post("survivors", SurvivorList(**self._fields(), survivors=survivors, dropped=dropped))
+
+        blobs: dict[str, Path] = {}
+        total: npt.NDArray[np.unsignedinteger] | None = None
+        for pod in survivors:
+            ref = masked[pod][0].blob
+            path = await self.client.download_blob(ref.sha256, work_dir / f"{self.task.task_id}.{pod}.blob")
+            blobs[pod] = path
+            total = self._add(total, path, vector_size)
+
+        answers = await self._collect("unmask", UnmaskShares, set(survivors), timeout_s=2 * stage_s)
+        peers = {
+            name: PeerKeys(pod=name, c_public_b64=advert.c_public, s_public_b64=advert.s_public)
+            for name, (advert, _) in adverts.items()
+        }
+        from pod_agent.secagg import unmask_sum
+
+        if total is None:
+            raise ModellerError(f"{self.label}: no masked input arrived")
+        try:
+            unmasked = unmask_sum(
+                total, graph=graph, peers=peers, committed=committed, survivors=survivors,
+                answers={pod: _answer(graph, pod, message) for pod, (message, _) in answers.items()},
+                task_id=self.task.task_id, round_index=self.round,
+            )
+        except SecAggError as exc:
+            raise ModellerError(f"{self.label}: the masks cannot be removed: {exc}") from exc
+        return SecureSum(total=unmasked, survivors=tuple(survivors), dropped=tuple(dropped), blobs=blobs)
+
+    def _enough(self, pods: list[str], threshold: int, what: str) -> None:
+        needed = max(threshold, self.min_pods)
+        if len(pods) < needed:
+            raise ModellerError(
+                f"{self.label}: only {len(pods)} pods {what} ({pods}); the round needs {needed} "
+                f"(threshold {threshold}, min_pods {self.min_pods}). Fix or wait for the others and train "
+                "from new weights: the pods release one update per starting point"
+            )
+
+    def _add(
+        self, total: npt.NDArray[np.unsignedinteger] | None, path: Path, vector_size: int
+    ) -> npt.NDArray[np.unsignedinteger]:
+        from pod_agent.secagg.fixed_point import modulus_dtype
+
+        dtype = modulus_dtype(self.params.modulus_bits).newbyteorder("<")
+        data = path.read_bytes()
+        if len(data) != vector_size * dtype.itemsize:
+            raise ModellerError(
+                f"{self.label}: masked vector {path.name} is {len(data)} bytes; the round's layout needs "
+                f"{vector_size} x {dtype.itemsize}"
+            )
+        vector = np.frombuffer(data, dtype=dtype)
+        if total is None:
+            return vector.astype(modulus_dtype(self.params.modulus_bits))
+        # Unsigned numpy arithmetic wraps: exactly addition mod 2**bits.
+        np.add(total, vector, out=total)
+        return total
+
+    async def _post(self, stage: Stage, message: RoundMessage) -> None:
+        await self.client.post_round_message(stage, message)
+
+    async def _collect(
+        self, stage: Stage, model: type[_M], expected: set[str], *, timeout_s: float
+    ) -> dict[str, tuple[_M, Envelope]]:
+        """Each expected pod's verified message of ``stage``, until all came, the missing ones finished
+        (failed or refused) without it, or ``timeout_s`` passed."""
+        deadline = time.monotonic() + timeout_s
+        got: dict[str, tuple[_M, Envelope]] = {}
+        count = 0
+        while True:
+            remaining = deadline - time.monotonic()
+            count, envelopes = await self.client.round_messages(
+                self.task.task_id, self.round, stage, after=count, wait_s=max(0.0, min(POLL_S, remaining))
+            )
+            for envelope in envelopes:
+                pod = str(envelope.payload.get("pod"))
+                if pod in expected and pod not in got:
+                    message = self._verified(envelope, model, pod, stage)
+                    if message is not None:
+                        got[pod] = (message, envelope)
+            missing = expected - set(got)
+            if not missing or time.monotonic() >= deadline:
+                break
+            status = await self.client.status(self.task.task_id)
+            if all(status.finished(pod) for pod in missing):
+                break
+        if expected - set(got):
+            _log.info("%s: no %s message from %s", self.label, stage, sorted(expected - set(got)))
+        return got
+
+    def _verified(self, envelope: Envelope, model: type[_M], pod: str, stage: Stage) -> _M | None:
+        try:
+            message = open_envelope(envelope, model, self.keys[pod])
+        except ProtocolError as exc:
+            _log.warning("%s: %s message relayed for %s does not verify (%s); ignored", self.label, stage, pod, exc)
+            return None
+        if message.task_id != self.task.task_id or message.round != self.round or getattr(message, "pod", pod) != pod:
+            _log.warning("%s: %s message relayed for %s belongs to another round; ignored", self.label, stage, pod)
+            return None
+        return message
+
+
+def _answer(graph: Any, holder: str, message: UnmaskShares) -> Any:
+    """A pod's wire answer as the library's UnmaskAnswer (shares indexed by the holder's place)."""
+    from pod_agent.secagg import Share, UnmaskAnswer
+
+    def shares(entries: Mapping[str, str]) -> dict[str, Any]:
+        return {
+            owner: Share(index=graph.share_index(holder, owner), data=base64.b64decode(data, validate=True))
+            for owner, data in entries.items()
+        }
+
+    return UnmaskAnswer(
+        self_mask_shares=shares(message.self_mask_shares), mask_key_shares=shares(message.mask_key_shares)
+    )
+
+
+__all__ = ["SecureSum", "run_secure_round"]

@@ -1,0 +1,103 @@
+"""The hub's relay of secure-round messages over real loopback HTTP: who may post and read what."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from typing import Any
+
+from pod_agent.modeller.tasks import build_task
+from pod_agent.protocol import IdentityKey, envelope_bytes, round_path, sign_envelope
+from pod_agent.protocol.secure_round import (
+    MAX_STAGE_BYTES,
+    CommittedList,
+    EncryptedShares,
+    KeyAdvertisement,
+)
+
+C_KEY = base64.b64encode(b"c" * 32).decode()
+S_KEY = base64.b64encode(b"s" * 32).decode()
+
+
+async def _cohort(hub: Any) -> tuple[IdentityKey, dict[str, IdentityKey], str]:
+    modeller = IdentityKey.generate()
+    body = {"name": "m", "public_key": modeller.public.to_b64()}
+    assert (await hub.caller(modeller).call("POST", "/v1/modellers/register", body))[0] == 200
+    pods = {name: IdentityKey.generate() for name in ("pod-a", "pod-b", "pod-c")}
+    for name, key in pods.items():
+        assert (await hub.caller(key).call("POST", "/v1/pods/register", hub.pod_registration(key, name)))[0] == 200
+    task = build_task(modeller_id=modeller.key_id, pods=["pod-a", "pod-b"], kind="schema-stats", schema_hash="a" * 64)
+    assert (await hub.caller(modeller).call("POST", "/v1/tasks", raw=envelope_bytes(sign_envelope(task, modeller))))[0] == 201
+    return modeller, pods, task.task_id
+
+
+def _advert(task_id: str, pod: str, *, round_index: int = 0, c: str = C_KEY) -> KeyAdvertisement:
+    return KeyAdvertisement(task_id=task_id, round=round_index, pod=pod, c_public=c, s_public=S_KEY)
+
+
+async def test_a_cohort_pod_posts_its_advert_once_and_a_different_second_one_is_409(hub: Any) -> None:
+    modeller, pods, task_id = await _cohort(hub)
+    path = round_path(task_id, 0, "advert")
+    first = envelope_bytes(sign_envelope(_advert(task_id, "pod-a"), pods["pod-a"]))
+    assert (await hub.caller(pods["pod-a"]).call("POST", path, raw=first))[0] == 201
+    assert (await hub.caller(pods["pod-a"]).call("POST", path, raw=first))[1]["outcome"] == "duplicate"
+    other = envelope_bytes(sign_envelope(_advert(task_id, "pod-a", c=base64.b64encode(b"d" * 32).decode()), pods["pod-a"]))
+    status, body = await hub.caller(pods["pod-a"]).call("POST", path, raw=other)
+    assert status == 409 and "one message per sender and stage" in body["error"]
+    status, got = await hub.caller(modeller).call("GET", path + "?wait=0")
+    assert status == 200 and got["count"] == 1 and got["messages"][0]["payload"]["c_public"] == C_KEY
+
+
+async def test_outsiders_wrong_senders_and_other_rounds_are_refused(hub: Any) -> None:
+    modeller, pods, task_id = await _cohort(hub)
+    path = round_path(task_id, 0, "advert")
+    # pod-c is registered but not a target of the task.
+    outsider = envelope_bytes(sign_envelope(_advert(task_id, "pod-c"), pods["pod-c"]))
+    status, body = await hub.caller(pods["pod-c"]).call("POST", path, raw=outsider)
+    assert status == 403 and "modeller and target pods" in body["error"]
+    assert (await hub.caller(pods["pod-c"]).call("GET", path))[0] == 403
+    # pod-a posting an advert naming pod-b, or signed by another key.
+    posing = envelope_bytes(sign_envelope(_advert(task_id, "pod-b"), pods["pod-a"]))
+    assert (await hub.caller(pods["pod-a"]).call("POST", path, raw=posing))[0] == 403
+    forged = envelope_bytes(sign_envelope(_advert(task_id, "pod-a"), pods["pod-b"]))
+    assert (await hub.caller(pods["pod-a"]).call("POST", path, raw=forged))[0] == 403
+    # A message of round 1 posted under round 0; a pod posting the modeller's stage.
+    replayed = envelope_bytes(sign_envelope(_advert(task_id, "pod-a", round_index=1), pods["pod-a"]))
+    status, body = await hub.caller(pods["pod-a"]).call("POST", path, raw=replayed)
+    assert status == 400 and "not the URL's" in body["error"]
+    committed = envelope_bytes(sign_envelope(CommittedList(task_id=task_id, round=0, committed=["pod-a"]), pods["pod-a"]))
+    assert (await hub.caller(pods["pod-a"]).call("POST", round_path(task_id, 0, "committed"), raw=committed))[0] == 403
+    status, body = await hub.caller(pods["pod-a"]).call("POST", round_path(task_id, 0, "advert"), raw=b"x" * (MAX_STAGE_BYTES["advert"] + 1))
+    assert status == 413
+    # The modeller may post its own stages only.
+    signed = envelope_bytes(sign_envelope(CommittedList(task_id=task_id, round=0, committed=["pod-a"]), modeller))
+    assert (await hub.caller(modeller).call("POST", round_path(task_id, 0, "committed"), raw=signed))[0] == 201
+    assert (await hub.caller(modeller).call("POST", path, raw=envelope_bytes(sign_envelope(_advert(task_id, "pod-a"), modeller))))[0] == 403
+
+
+async def test_a_pod_reads_only_the_ciphertexts_addressed_to_it(hub: Any) -> None:
+    modeller, pods, task_id = await _cohort(hub)
+    path = round_path(task_id, 0, "shares")
+    for sender, receiver in (("pod-a", "pod-b"), ("pod-b", "pod-a")):
+        shares = EncryptedShares(task_id=task_id, round=0, pod=sender, ciphertexts={receiver: f"Zm9y{sender[-1]}A=="})
+        assert (await hub.caller(pods[sender]).call("POST", path, raw=envelope_bytes(sign_envelope(shares, pods[sender]))))[0] == 201
+    status, got = await hub.caller(pods["pod-b"]).call("GET", path)
+    assert status == 200 and got == {"count": 2, "shares": {"pod-a": "Zm9yaA=="}}
+    status, got = await hub.caller(modeller).call("GET", path)
+    assert [m["payload"]["pod"] for m in got["messages"]] == ["pod-a", "pod-b"]
+
+
+async def test_the_long_poll_answers_when_a_message_arrives_and_is_bounded_otherwise(hub: Any) -> None:
+    modeller, pods, task_id = await _cohort(hub)
+    path = round_path(task_id, 0, "advert")
+    waiting = asyncio.create_task(hub.caller(modeller).call("GET", path + "?wait=10&after=0"))
+    await asyncio.sleep(0.2)
+    assert not waiting.done()
+    advert = envelope_bytes(sign_envelope(_advert(task_id, "pod-b"), pods["pod-b"]))
+    assert (await hub.caller(pods["pod-b"]).call("POST", path, raw=advert))[0] == 201
+    status, got = await asyncio.wait_for(waiting, 5)
+    assert status == 200 and got["count"] == 1
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    status, got = await hub.caller(modeller).call("GET", path + "?wait=0.3&after=1")
+    assert status == 200 and got["count"] == 1 and 0.25 <= loop.time() - started < 3
