@@ -6,7 +6,8 @@ keys, and the shares they send it, made before the clock starts). Three stages, 
 median of ``repeats`` runs: encode (finite check, clip, fixed point: ``encode_update``),
 share (derive the graph, Shamir-split b and s into k + 1 shares, seal k of them, open the k
 received: ``neighbour_graph``, ``encrypt_shares``, ``decrypt_shares``) and mask (self mask
-and k pair masks: ``mask_input``). Goal: the pod's total at n = 1000 within 2x of n = 10.
+and k pair masks: ``mask_input``). Goal: the pod's total CPU time at n = 1000 within 2x of
+n = 10.
 Upload: bytes of the masked vector (uint32: 4 a value).
 
 Modeller side: 100 pods, 10 of them dropped after sharing, 1M values: sum the 90 masked
@@ -333,20 +334,25 @@ def _flower(arrays: dict[str, np.ndarray], cohorts: list[tuple[int, int]], *, re
 
 def run(small: bool) -> dict[str, Any]:
     n_values = SMALL_VALUES if small else FULL_VALUES
-    repeats = 3
+    repeats = 3 if small else 5
     arrays = update_of(n_values)
     update_mb = sum(a.nbytes for a in arrays.values()) / 2**20
     pods = {str(n): _pod_cost(arrays, n, repeats=repeats) for n in COHORTS}
     modeller = _modeller_cost(SMALL_MODELLER_PODS if small else MODELLER_PODS,
                               SMALL_MODELLER_VALUES if small else MODELLER_VALUES, repeats=repeats)
     first, last = pods[str(COHORTS[0])], pods[str(COHORTS[-1])]
-    growth = last["total_s"] / first["total_s"]
+    # The goal is judged on CPU time, which other work on a shared host disturbs less than wall time.
+    growth = last["total_cpu_s"] / first["total_cpu_s"]
     flower = _flower(arrays, [(p["neighbours"], p["threshold"]) for p in pods.values()], repeats=repeats)
     result: dict[str, Any] = {
         "values": n_values, "update_mb": update_mb, "pod": pods,
         "peak_x_update": pods[str(COHORTS[-1])]["peak_mb"] / update_mb,
-        "pod_growth_1000_vs_10": growth, "modeller": modeller, "flower": flower, "ok": growth <= 2.0,
+        "pod_growth_1000_vs_10": growth, "pod_growth_1000_vs_10_wall": last["total_s"] / first["total_s"],
+        "modeller": modeller, "flower": flower,
     }
+    if not small:
+        # The goal is about a 10M-value update: at smoke size the fixed cost of sharing keys dominates.
+        result["ok"] = growth <= 2.0
     if "skipped" not in flower:
         for ours, theirs in zip(pods.values(), flower["cohorts"], strict=True):
             ours["flower_total_s"] = theirs["total_s"]
@@ -365,8 +371,10 @@ def _print(result: dict[str, Any]) -> None:
         print(f"{r['pods']:>6} {r['neighbours']:>3} {r['threshold']:>3} {r['encode_s']:9.3f} {r['share_s']:8.3f} "
               f"{r['mask_s']:8.3f} {r['total_s']:8.3f} {r['total_cpu_s']:7.3f} {r['upload_bytes'] / 1e6:10.1f} "
               f"{flower}")
-    print(f"pod cost at n=1000 / n=10: {result['pod_growth_1000_vs_10']:.2f}x (goal <= 2x: "
-          f"{'met' if result['ok'] else 'missed'}); pod peak memory {result['peak_x_update']:.2f}x the update")
+    goal = "" if "ok" not in result else f" (goal <= 2x in CPU time: {'met' if result['ok'] else 'missed'})"
+    print(f"pod cost at n=1000 / n=10: {result['pod_growth_1000_vs_10']:.2f}x in CPU time, "
+          f"{result['pod_growth_1000_vs_10_wall']:.2f}x wall{goal}; pod peak memory {result['peak_x_update']:.2f}x "
+          "the update")
     m = result["modeller"]
     print(f"modeller: {m['pods']} pods, {m['dropped']} dropped, {m['values']:,} values, k={m['neighbours']}: "
           f"sum {m['sum_s']:.3f} s, unmask {m['unmask_s']:.3f} s, decode {m['decode_s']:.3f} s; "
