@@ -61,7 +61,7 @@ from pod_agent.errors import (
     TaskRefused,
 )
 from pod_agent.ops import AgentMetrics, HealthServer, Notifier, Readiness, task_context
-from pod_agent.policy import FailureCode, RefusalCode, TaskVerifier, TrustedPeers, failure_code_for
+from pod_agent.policy import FailureCode, PrivacyFloor, RefusalCode, TaskVerifier, TrustedPeers, failure_code_for
 from pod_agent.protocol import (
     IdentityKey,
     PublicKey,
@@ -156,7 +156,7 @@ class Agent:
         self.readiness = Readiness(sandbox_required=settings.security.sandbox, sandbox_level=sandbox_level)
         self.notifier = Notifier.from_env()
         self.progress = ProgressLimiter()
-        self._modeller_ids = frozenset(PublicKey.from_b64(m.public_key).key_id for m in settings.security.modellers)
+        self._modellers = {PublicKey.from_b64(m.public_key).key_id: m for m in settings.security.modellers}
         self._inbox: asyncio.Queue[Delivery] = asyncio.Queue(INBOX_SIZE)
         self._progress_queue: asyncio.Queue[ProgressEvent] = asyncio.Queue(PROGRESS_QUEUE_SIZE)
         self._runner_wake = asyncio.Event()
@@ -466,10 +466,13 @@ class Agent:
         self._outbox_wake.set()
 
     async def _execute(self, payload: TaskPayload) -> tuple[Any, str | None, PipelineOutput | None]:
-        if payload.modeller_id not in self._modeller_ids:
+        modeller = self._modellers.get(payload.modeller_id)
+        if modeller is None:
             return "failed", FailureCode.UNKNOWN_SIGNER.value, None
+        # The floor as configured when the task runs (a restart after a config change applies it to queued tasks).
+        floor = PrivacyFloor.for_modeller(self.settings.privacy, modeller)
         try:
-            output = await self.pipeline.run(payload, on_progress=self._send_progress)
+            output = await self.pipeline.run(payload, floor=floor, on_progress=self._send_progress)
         except CodedError as exc:
             code = failure_code_for(exc)
             _log.warning("task failed: %s", code, extra={"code": exc.code})

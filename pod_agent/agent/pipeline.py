@@ -4,10 +4,12 @@ Owns the dispatch by task kind and the shape of its output (metrics, row count,
 an optional tensor blob file) that the daemon signs into a ResultPayload.
 ``schema-stats`` runs here (``stats.py``; aggregate facts only). ``train``,
 ``evaluate`` and ``predict`` go through the sandbox (pod_agent.sandbox),
-training (pod_agent.training) and secure aggregation (pod_agent.secagg); on a
-build where those are not wired they fail with the fixed reason
-``kind_not_supported``, never a fake result. Failures carry a fixed reason code
-that may leave the host; details stay in the local log.
+training (pod_agent.training) and secure aggregation (pod_agent.secagg), under the
+signer's privacy floor: the prepared splits' exact row counts and steps are checked
+here before the sandbox starts, and what comes back leaves only as ``egress.py``
+rebuilds it (vocabulary metrics, rounded; progress from typed fields). Failures
+carry a fixed code (``policy.FailureCode``) that may leave the host; details stay in
+the local log.
 """
 
 from __future__ import annotations
@@ -16,22 +18,22 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import math
 import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, get_args
+from typing import Any, Protocol
 
-from pydantic import ValidationError
-
+from pod_agent.agent.egress import ProgressRebuilder, reported_metrics
 from pod_agent.agent.secure_round import PodRoundContext, RoundLink, check_unreleased, run_secure_round
 from pod_agent.agent.stats import schema_stats
 from pod_agent.config.settings import PodSettings
 from pod_agent.data import Datasource, Schema
 from pod_agent.errors import SandboxError, TaskFailed
-from pod_agent.policy import FailureCode, check_fetched_source
+from pod_agent.policy import FailureCode, PrivacyFloor, check_fetched_source
+from pod_agent.policy.floor import effective_steps, used_splits
 from pod_agent.protocol.messages import BlobRef, ProgressEvent, TaskPayload
+from pod_agent.training.wall import parse_progress
 
 _log = logging.getLogger(__name__)
 
@@ -39,7 +41,6 @@ ProgressSink = Callable[[ProgressEvent], None]
 
 # The module the sandbox runs for train/evaluate/predict (pod_agent.training.worker).
 TRAINING_ENTRY = "pod_agent.training.worker"
-_STAGES = frozenset(get_args(ProgressEvent.model_fields["stage"].annotation))
 
 
 class HubFetcher(RoundLink, Protocol):
@@ -131,26 +132,25 @@ class TaskPipeline:
         if self._runner is not None:
             await self._runner.aclose()
 
-    async def run(self, task: TaskPayload, *, on_progress: ProgressSink) -> PipelineOutput:
-        """Run ``task`` (already verified and authorised); raise TaskFailed or a typed error on failure."""
+    async def run(self, task: TaskPayload, *, floor: PrivacyFloor, on_progress: ProgressSink) -> PipelineOutput:
+        """Run ``task`` (already verified and authorised) under the signer's privacy ``floor``;
+        raise TaskFailed or a typed error on failure."""
         on_progress(ProgressEvent(task_id=task.task_id, stage="preparing"))
         if task.kind == "schema-stats":
-            return await self._schema_stats()
-        return await self._sandboxed(task, on_progress)
+            return await self._schema_stats(floor)
+        return await self._sandboxed(task, floor, on_progress)
 
-    async def _schema_stats(self) -> PipelineOutput:
+    async def _schema_stats(self, floor: PrivacyFloor) -> PipelineOutput:
         metrics, rows = await asyncio.to_thread(schema_stats, self._datasource, self._schema)
-        if rows < self._settings.privacy.min_rows:
-            raise TaskFailed(
-                "too_few_rows", f"table has {rows} rows, under privacy.min_rows = {self._settings.privacy.min_rows}"
-            )
+        if rows < floor.min_rows:
+            raise TaskFailed(FailureCode.TOO_FEW_ROWS.value, f"table has {rows} rows, under min_rows = {floor.min_rows}")
         return PipelineOutput(metrics=metrics, n_rows=rows)
 
     # -- train / evaluate / predict: data -> sandbox(training.worker) -> contract -> secagg --
 
-    async def _sandboxed(self, task: TaskPayload, on_progress: ProgressSink) -> PipelineOutput:
+    async def _sandboxed(self, task: TaskPayload, floor: PrivacyFloor, on_progress: ProgressSink) -> PipelineOutput:
         if await self._ensure_runner() is None:
-            raise TaskFailed("sandbox_unavailable", str(self._runner_error))
+            raise TaskFailed(FailureCode.SANDBOX_UNAVAILABLE.value, str(self._runner_error))
         if task.secagg is not None and task.kind == "train":
             # Before training: a second round from the same weights would be refused at release anyway.
             await asyncio.to_thread(check_unreleased, self._secure_round.state, task)
@@ -159,19 +159,25 @@ class TaskPipeline:
         input_dir = work / "input"
         await asyncio.to_thread(input_dir.mkdir, parents=True)
         try:
-            return await self._sandboxed_in(task, work, input_dir, on_progress)
+            return await self._sandboxed_in(task, floor, work, input_dir, on_progress)
         finally:
             await asyncio.to_thread(shutil.rmtree, work, ignore_errors=True)
 
     async def _sandboxed_in(
-        self, task: TaskPayload, work: Path, input_dir: Path, on_progress: ProgressSink
+        self, task: TaskPayload, floor: PrivacyFloor, work: Path, input_dir: Path, on_progress: ProgressSink
     ) -> PipelineOutput:
         from pod_agent.data.task_input import prepare_task_input
         from pod_agent.sandbox import SandboxJob, SandboxLimits
-        from pod_agent.training import check_result, expected_from_safetensors
+        from pod_agent.training import (
+            TrainerSettings,
+            WorkerPrivacy,
+            WorkerRequest,
+            check_result,
+            expected_from_safetensors,
+        )
 
         if task.model is None or task.data is None:
-            raise TaskFailed("malformed", f"a {task.kind} task needs a model and a data selection")
+            raise TaskFailed(FailureCode.INTERNAL_ERROR.value, f"a verified {task.kind} task lacks a model and a data selection")
         fetched_source = await self._write_model(task, input_dir)
         expected = None
         if task.weights is not None:
@@ -182,17 +188,18 @@ class TaskPipeline:
             prepare_task_input, self._datasource, self._schema, task.data, input_dir,
             share_categories=self._settings.privacy.share_categories,
         )
+        steps = _check_prepared(task, floor, prepared.datastructure)
         settings = self._settings
-        request = {
-            "task": task.model_dump(mode="json"),
-            "datastructure": prepared.datastructure,
-            "trainer": {
-                "accelerator": settings.training.accelerator, "devices": settings.training.devices,
-                "seed": task.hyperparameters.seed,
-            },
-            "privacy": {"min_rows": settings.privacy.min_rows},
-            "schema": self._schema.public(settings.privacy.share_categories),
-        }
+        request = WorkerRequest(
+            task=task,
+            datastructure=prepared.datastructure,
+            trainer=TrainerSettings(
+                accelerator=settings.training.accelerator, devices=settings.training.devices,
+                seed=task.hyperparameters.seed,
+            ),
+            privacy=WorkerPrivacy(min_rows=floor.min_rows),
+            public_schema=self._schema.public(settings.privacy.share_categories),
+        ).model_dump(mode="json")
         keep_stderr = settings.security.keep_sandbox_stderr
         job = SandboxJob(
             entry=TRAINING_ENTRY, input_dir=input_dir, work_dir=work / "work", request=request,
@@ -200,24 +207,29 @@ class TaskPipeline:
             stderr_path=settings.pod.state_dir / "sandbox-stderr" / f"{task.task_id}.log" if keep_stderr else None,
         )
         on_progress(ProgressEvent(task_id=task.task_id, stage="training"))
-        outcome = await self._runner.run(job, on_progress=lambda event: _forward(task.task_id, event, on_progress))
+        progress = ProgressRebuilder(
+            task_id=task.task_id, max_steps=steps, max_epochs=task.hyperparameters.epochs or max(1, steps),
+            digits=floor.metric_digits, include_loss=task.secagg is None,
+        )
+        outcome = await self._runner.run(job, on_progress=lambda raw: _forward(progress, raw, on_progress))
         on_progress(ProgressEvent(task_id=task.task_id, stage="validating"))
         checked = await asyncio.to_thread(
             check_result, outcome, task=task, expected=expected,
-            max_bytes=settings.sandbox_limits.max_output_mb << 20, min_rows=settings.privacy.min_rows,
+            max_bytes=settings.sandbox_limits.max_output_mb << 20, min_rows=floor.min_rows,
             max_prediction_columns=settings.privacy.max_prediction_columns,
             source_text=fetched_source,
         )
+        metrics = reported_metrics(checked.metrics, digits=floor.metric_digits, max_metrics=floor.max_metrics)
         if not checked.arrays:
-            return PipelineOutput(metrics=checked.metrics, n_rows=checked.n_rows)
+            return PipelineOutput(metrics=metrics, n_rows=checked.n_rows)
         if task.secagg is not None:
-            return await self._secure_round_output(task, checked.arrays, checked.n_rows, checked.metrics)
+            return await self._secure_round_output(task, checked.arrays, checked.n_rows, metrics)
         data, encoding, clipped = await asyncio.to_thread(self._encode, checked.arrays)
         blob_path = self._outbox_dir / f"{task.task_id}.blob"
         await asyncio.to_thread(blob_path.write_bytes, data)
         ref = BlobRef(sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data), encoding=encoding)
         return PipelineOutput(
-            metrics=checked.metrics, n_rows=checked.n_rows, blob_path=blob_path, blob=ref, clipped_values=clipped
+            metrics=metrics, n_rows=checked.n_rows, blob_path=blob_path, blob=ref, clipped_values=clipped
         )
 
     @staticmethod
@@ -257,7 +269,7 @@ class TaskPipeline:
             await asyncio.to_thread((input_dir / "model.py").write_text, model.source, encoding="utf-8")
             return None
         if self.fetcher is None or model.hub_ref is None or "@" not in model.hub_ref:
-            raise TaskFailed("source_missing", f"model reference {model.hub_ref!r} cannot be fetched")
+            raise TaskFailed(FailureCode.SOURCE_MISSING.value, f"model reference {model.hub_ref!r} cannot be fetched")
         name, version = model.hub_ref.split("@", 1)
         source = await self.fetcher.model_source(name, version)
         check_fetched_source(model, source)
@@ -266,27 +278,37 @@ class TaskPipeline:
 
     async def _fetch_blob(self, sha256: str, dest: Path) -> None:
         if self.fetcher is None:
-            raise TaskFailed("weights_unavailable", "no hub connection to fetch the task's weights")
+            raise TaskFailed(FailureCode.WEIGHTS_UNAVAILABLE.value, "no hub connection to fetch the task's weights")
         await self.fetcher.blob(sha256, dest)
 
 
-def _forward(task_id: str, event: dict[str, Any], sink: ProgressSink) -> None:
-    """Sandbox progress (untrusted dict) -> a checked ProgressEvent; anything malformed is dropped."""
-    stage = event.get("stage", "training")
-    loss = event.get("loss")
-    if isinstance(loss, float) and not math.isfinite(loss):
-        loss = None
-    try:
-        sink(
-            ProgressEvent(
-                task_id=task_id, stage=stage if stage in _STAGES else "training",
-                epoch=event.get("epoch"), step=event.get("step"), loss=loss,
-                metrics={k: v for k, v in (event.get("metrics") or {}).items() if _finite(v)},
+def _check_prepared(task: TaskPayload, floor: PrivacyFloor, datastructure: Mapping[str, Any]) -> int:
+    """The exact rows of each split the task uses against the floor; returns the task's effective steps.
+
+    The verifier judged estimates from the registered row count; these are the prepared input's counts.
+    """
+    if task.data is None:
+        return 0
+    rows: Mapping[str, int] = datastructure["n_rows"]
+    for name in used_splits(task.kind, task.data.split):
+        if rows[name] < floor.min_rows:
+            raise TaskFailed(
+                FailureCode.TOO_FEW_ROWS.value, f"split {name!r} holds {rows[name]} rows, under min_rows {floor.min_rows}"
             )
+    steps = effective_steps(task.hyperparameters, rows["train"])
+    if task.kind == "train" and steps > floor.max_effective_steps:
+        raise TaskFailed(
+            FailureCode.TOO_MANY_STEPS.value,
+            f"{steps} optimiser steps on the prepared input, over max_effective_steps {floor.max_effective_steps}",
         )
-    except (ValidationError, TypeError):
+    return steps
+
+
+def _forward(rebuilder: ProgressRebuilder, raw: object, sink: ProgressSink) -> None:
+    """Sandbox progress (untrusted) -> the event the hub may see, rebuilt from typed fields; else nothing."""
+    progress = parse_progress(raw)
+    if progress is None:
         return
-
-
-def _finite(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    event = rebuilder.rebuild(progress)
+    if event is not None:
+        sink(event)

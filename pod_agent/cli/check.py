@@ -19,6 +19,7 @@ from pod_agent.agent.hubclient import HubClient
 from pod_agent.config import PodSettings, load_settings
 from pod_agent.data import open_datasource
 from pod_agent.errors import ConfigError, PodAgentError
+from pod_agent.policy import PrivacyFloor, TrustedPeers
 from pod_agent.protocol import IdentityKey, passphrase_from_env
 from pod_agent.sandbox import sandbox_check_detail
 
@@ -84,6 +85,20 @@ def _sandbox(ctx: CheckContext) -> str:
     return sandbox_check_detail(ctx.settings)
 
 
+def _privacy_floor(ctx: CheckContext) -> str:
+    """The trusted peers and, per modeller, the privacy floor in force (the [privacy] defaults with its own keys)."""
+    settings = ctx.settings
+    peers = TrustedPeers.from_settings(settings.privacy, own_name=settings.pod.name, own_key=ctx.identity_key.public)
+    lines = [f"{len(peers.names)} trusted secure-aggregation peers (this pod included): {', '.join(sorted(peers.names))}"]
+    if not settings.security.modellers:
+        lines.append("no modellers listed: every task is refused")
+    lines += [
+        f"{modeller.name}: {PrivacyFloor.for_modeller(settings.privacy, modeller).describe()}"
+        for modeller in settings.security.modellers
+    ]
+    return "\n      ".join(lines)
+
+
 def _hub(ctx: CheckContext) -> str:
     settings, key = ctx.settings, ctx.identity_key
 
@@ -100,6 +115,7 @@ CHECKS: list[NamedCheck] = [
     NamedCheck("datasource", _datasource, needs=("config",)),
     NamedCheck("sandbox", _sandbox, needs=("config",)),
     NamedCheck("hub", _hub, needs=("config", "identity key")),
+    NamedCheck("privacy floor", _privacy_floor, needs=("config", "identity key")),
 ]
 
 

@@ -29,6 +29,7 @@ from pod_agent.modeller import (
     model_from_file,
 )
 from pod_agent.modeller.client import SEE_POD_LIST
+from pod_agent.modeller.weights import starting_weights
 from pod_agent.protocol import IdentityKey, PublicKey, passphrase_from_env
 from pod_agent.protocol.messages import DataSelection, Hyperparameters
 
@@ -157,8 +158,16 @@ def submit(
     learning_rate: float = typer.Option(1e-3, "--lr"),
     lifetime_s: int = typer.Option(DEFAULT_TASK_LIFETIME_S, "--expires-in", help="Seconds the signed task stays valid."),
     encoding: str = typer.Option("one-hot", "--encoding", help="Categorical features: one-hot or hashed."),
+    weights: Path | None = typer.Option(
+        None, "--weights", help="Safetensors weights the task starts from (train) or scores (evaluate, predict)."
+    ),
+    work_dir: Path = typer.Option(Path("modeller-work"), "--work-dir", help="Where starting weights are written."),
 ) -> None:
-    """Sign a task and send it to the pods; prints the task id."""
+    """Sign a task and send it to the pods; prints the task id.
+
+    A train task always starts from pinned weights: --weights, or the model freshly built
+    (with the task's seed) from the pods' registered schemas.
+    """
     names = [p.strip() for p in pods_csv.split(",") if p.strip()]
     if kind not in ("train", "evaluate", "predict", "schema-stats"):
         raise ModellerError(f"--kind {kind!r} is not one of train, evaluate, predict, schema-stats")
@@ -167,15 +176,23 @@ def submit(
     model_ref = None if model is None else model_from_file(model, style=style, class_name=class_name)  # type: ignore[arg-type]
     data = None if target is None else DataSelection(target=target, categorical_encoding=encoding)  # type: ignore[arg-type]
 
+    hyperparameters = Hyperparameters(epochs=epochs, steps=steps, batch_size=batch_size, learning_rate=learning_rate)
+    if kind in ("evaluate", "predict") and weights is None:
+        typer.echo(f"warning: a {kind} task without --weights scores a freshly initialised model", err=True)
+
     async def go(client: ModellerClient) -> str:
         listed = await client.registered(names, hint=SEE_POD_LIST)
+        pinned = None
+        if model_ref is not None and data is not None and (kind == "train" or weights is not None):
+            pinned = await starting_weights(
+                client, model=model_ref, cohort=[listed[n] for n in names], selection=data,
+                hyperparameters=hyperparameters, weights_file=weights, work_dir=work_dir,
+            )
         task = build_task(
             modeller_id=client.key.key_id, pods=names, kind=kind,  # type: ignore[arg-type]
             schema_hash=listed[names[0]].schema_hash,
             pod_schema_hashes={n: listed[n].schema_hash for n in names},
-            model=model_ref, data=data, lifetime_s=lifetime_s,
-            hyperparameters=Hyperparameters(epochs=epochs, steps=steps, batch_size=batch_size,
-                                            learning_rate=learning_rate),
+            model=model_ref, data=data, lifetime_s=lifetime_s, hyperparameters=hyperparameters, weights=pinned,
         )
         return await client.submit_task(task)
 

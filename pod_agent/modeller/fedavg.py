@@ -21,15 +21,14 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file
 
-from pod_agent.data import Schema
-from pod_agent.data.task_input import plan_datastructure
 from pod_agent.errors import ModellerError, SecAggError
 from pod_agent.modeller.client import SEE_POD_LIST, ModellerClient, PodInfo, VerifiedResult
 from pod_agent.modeller.notebook import schema_stats
 from pod_agent.modeller.report import PodMetrics, RoundRecord, RunReport
 from pod_agent.modeller.tasks import build_task
+from pod_agent.modeller.weights import initial_weights, publish_weights
 from pod_agent.modeller.secure_round import run_secure_round
 from pod_agent.protocol.messages import (
     DataSelection,
@@ -149,10 +148,7 @@ class FedAvg:
         return FedAvgResult(weights=weights, report=report)
 
     def _initial_weights(self, cohort: list[PodInfo]) -> Weights:
-        from pod_agent.training.local import initial_weights
-
-        datastructure = cohort_datastructure(cohort, self.selection)
-        return initial_weights(self.plan.model, datastructure=datastructure, hyperparameters=self._hyperparameters())
+        return initial_weights(self.plan.model, cohort, self.selection, self._hyperparameters())
 
     def _hyperparameters(self) -> Hyperparameters:
         plan = self.plan
@@ -252,9 +248,7 @@ class FedAvg:
     # -- plumbing ----------------------------------------------------------------------------------
 
     async def _publish(self, weights: Weights, label: str) -> WeightsRef:
-        path = self.work_dir / f"global-{label}.safetensors"
-        await asyncio.to_thread(save_file, weights, str(path))
-        return await self.client.upload_weights(path)
+        return await publish_weights(self.client, weights, self.work_dir / f"global-{label}.safetensors")
 
     async def _secagg(self, secure: SecureSettings, cohort: list[str], round_index: int) -> SecAggParams:
         return SecAggParams(
@@ -307,24 +301,6 @@ def pooled_moments(stats: list[Mapping[str, float]]) -> dict[str, tuple[float, f
             std = float(np.sqrt(max(total_sq / count - mean**2, 0.0)))
             pooled[column] = (mean, std if std > 1e-12 else 1.0)
     return pooled
-
-
-def cohort_datastructure(cohort: list[PodInfo], selection: DataSelection) -> dict[str, object]:
-    """The datastructure every pod of ``cohort`` will prepare, from their public schemas;
-    raises ModellerError when the pods would build models of different shapes."""
-    planned = {
-        p.name: plan_datastructure(
-            Schema.from_public(p.schema), selection, share_categories=Schema.public_shares_categories(p.schema)
-        )
-        for p in cohort
-    }
-    shapes = {name: (d["input_size"], d["n_classes"]) for name, d in planned.items()}
-    if len(set(shapes.values())) != 1:
-        raise ModellerError(
-            f"the pods would build models of different shapes (input_size, n_classes): {shapes}; "
-            "use categorical_encoding='hashed' (--encoding hashed) or pods with the same categories"
-        )
-    return planned[cohort[0].name]
 
 
 def _reason(answer: VerifiedResult | str | None) -> str:

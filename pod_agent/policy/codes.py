@@ -107,6 +107,8 @@ _WORKER_CODES = frozenset(
         FailureCode.FORWARD_SHAPE_MISMATCH,
     }
 )
+_REFUSAL_WORDS = frozenset(code.value for code in RefusalCode)
+_FAILURE_WORDS = frozenset(code.value for code in FailureCode)
 # The runner's code for "the worker reported a failure"; its detail is the worker's own word.
 WORKER_FAILED = "task_failed"
 
@@ -126,14 +128,14 @@ def worker_code(word: str) -> FailureCode:
 def failure_code_for(exc: CodedError) -> str:
     """The one word the hub may see for ``exc``: a RefusalCode value or a FailureCode value."""
     if isinstance(exc, TaskRefused):
-        return RefusalCode(exc.code).value if exc.code in RefusalCode._value2member_map_ else FailureCode.INTERNAL_ERROR.value
+        return exc.code if exc.code in _REFUSAL_WORDS else FailureCode.INTERNAL_ERROR.value
     if isinstance(exc, ContractViolation):
         return (FailureCode.OUTPUT_TOO_LARGE if exc.code == "too_large" else FailureCode.RESULT_REJECTED).value
     if isinstance(exc, SandboxError):
         if exc.code == WORKER_FAILED:
             return worker_code(exc.detail).value
         return _SANDBOX_CODES.get(exc.code, FailureCode.SANDBOX_ERROR).value
-    if exc.code in FailureCode._value2member_map_:
+    if exc.code in _FAILURE_WORDS:
         return exc.code
     # A TrainingError raised in this process (the local fit) or an unlisted TaskFailed word.
     return worker_code(exc.code).value

@@ -211,10 +211,10 @@ class ProgressEvent(WireModel):
     v: Literal[1] = 1
     task_id: str
     stage: Literal["queued", "preparing", "training", "validating", "uploading", "done", "failed"]
-    epoch: int | None = None
-    step: int | None = None
-    loss: float | None = None
-    metrics: dict[str, float] = {}
+    epoch: int | None = Field(default=None, ge=0)
+    step: int | None = Field(default=None, ge=0)
+    fraction: float | None = Field(default=None, ge=0, le=1)  # of the task's steps, computed by the pod
+    loss: float | None = None  # rounded; absent under secure aggregation
 
 
 class RoundKeyAnnouncement(WireModel):

@@ -12,6 +12,7 @@ import pytest
 
 from pod_agent import __version__
 from pod_agent.config import load_settings
+from pod_agent.protocol import IdentityKey
 from pod_agent.data.adult import AdultFiles
 
 
@@ -79,10 +80,27 @@ def test_check_passes_on_a_good_pod(cli, initialised: Path, hub_process_url: str
     result = cli("check", "--config", str(initialised))
     assert result.code == 0, result.out
     lines = [line for line in result.out.splitlines() if not line.startswith(" ")]
-    assert [line.split()[0] for line in lines] == ["ok", "ok", "ok", "ok", "ok"]
+    assert [line.split()[0] for line in lines] == ["ok", "ok", "ok", "ok", "ok", "ok"]
     assert "48842 rows, 15 columns" in lines[2]
     assert "sandbox" in lines[3]
     assert f"{hub_url} answered /healthz in" in lines[4]
+    assert lines[5].startswith("ok    privacy floor") and "trusted secure-aggregation peers" in lines[5]
+
+
+def test_check_prints_the_floor_in_force_for_each_modeller(cli, initialised: Path) -> None:
+    key = IdentityKey.generate().public.to_b64()
+    initialised.write_text(
+        initialised.read_text()
+        + f'\n[[security.modellers]]\nname = "alice"\npublic_key = "{key}"\nrole = "super"\n'
+        + 'privacy = { min_pods = 5, metric_digits = 2 }\n'
+        + f'\n[[security.modellers]]\nname = "bob"\npublic_key = "{IdentityKey.generate().public.to_b64()}"\n'
+        + 'role = "general"\n'
+    )
+    result = cli("check", "--config", str(initialised))
+    floor = result.out[result.out.index("privacy floor"):]
+    assert "alice: require_secure_aggregation=True, min_pods=5, min_batch_size=32, min_rows=100" in floor
+    assert "metric_digits=2" in floor
+    assert "bob: require_secure_aggregation=True, min_pods=3" in floor
 
 
 def test_check_fails_when_the_hub_cannot_be_reached(cli, initialised: Path) -> None:
@@ -101,7 +119,7 @@ def test_check_reports_each_failing_check_on_its_line(cli, initialised: Path, tm
     assert result.code == 1
     assert result.out.splitlines()[0].startswith("FAIL  config")
     assert "unknown key 'datasource.csv_delimitter'" in result.out
-    assert [line.split()[0] for line in result.out.splitlines()] == ["FAIL", "skip", "skip", "skip", "skip"]
+    assert [line.split()[0] for line in result.out.splitlines()] == ["FAIL", "skip", "skip", "skip", "skip", "skip"]
 
 
 def test_check_names_a_bad_datasource_and_a_loose_key(cli, initialised: Path, tmp_path: Path, write_file) -> None:

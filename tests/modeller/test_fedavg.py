@@ -8,7 +8,8 @@ import pytest
 from pod_agent.data import ColumnSchema, Schema
 from pod_agent.errors import ModellerError
 from pod_agent.modeller.client import PodInfo
-from pod_agent.modeller.fedavg import cohort_datastructure, pooled_moments
+from pod_agent.modeller.fedavg import pooled_moments
+from pod_agent.modeller.weights import cohort_datastructure
 from pod_agent.protocol.messages import DataSelection
 
 
