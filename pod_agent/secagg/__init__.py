@@ -11,7 +11,6 @@ from pod_agent.secagg.aggregate import AggregateResult, aggregate_masked, sum_ve
 from pod_agent.secagg.clip import ClipBound, ClippedUpdate, NormClip, clip_l2, clip_update, floating_tensors
 from pod_agent.secagg.fixed_point import METRIC_BOUND, Encoding, MetricPlan, max_weight, plan_encoding, plan_metrics
 from pod_agent.secagg.graph import NeighbourGraph, default_degree, neighbour_graph
-from pod_agent.secagg.masks import RoundKeyPair, add_pairwise_masks, participant_from, round_key_announcement
 from pod_agent.secagg.plus import (
     HeldShares,
     PeerKeys,
@@ -31,7 +30,6 @@ from pod_agent.secagg.update import (
     Layout,
     TensorSlot,
     encode_update,
-    protect_update,
     vector_from_bytes,
     vector_to_bytes,
 )
@@ -49,13 +47,11 @@ __all__ = [
     "NeighbourGraph",
     "NormClip",
     "PeerKeys",
-    "RoundKeyPair",
     "RoundSecrets",
     "Share",
     "TensorSlot",
     "UnmaskAnswer",
     "UnmaskRequest",
-    "add_pairwise_masks",
     "aggregate_masked",
     "clip_l2",
     "clip_update",
@@ -68,11 +64,8 @@ __all__ = [
     "mask_input",
     "max_weight",
     "neighbour_graph",
-    "participant_from",
     "plan_encoding",
     "plan_metrics",
-    "protect_update",
-    "round_key_announcement",
     "split_secret",
     "sum_vectors",
     "unmask_answer",

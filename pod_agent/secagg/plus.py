@@ -297,7 +297,7 @@ def mask_input(
     ]
     for pod in partners:
         shared = agree(s_private, peers[pod].s_public_b64, pod=pod)
-        key = pair_key(shared, task_id=task_id, round_index=round_index, cohort_digest=digest, pod_a=me, pod_b=pod)
+        key = pair_key(shared, task_id=task_id, round_index=round_index, graph_digest=digest, pod_a=me, pod_b=pod)
         streams.append(mask_stream(key, add=pod > me))
     secrets._masked = True
     apply_streams(vector, streams)
@@ -415,7 +415,7 @@ def unmask_sum(
             if survivor not in peers:
                 raise SecAggError(f"survivor {survivor!r} has no advertised keys; it cannot have masked")
             shared = agree(private, peers[survivor].s_public_b64, pod=survivor)
-            key = pair_key(shared, task_id=task_id, round_index=round_index, cohort_digest=digest, pod_a=pod,
+            key = pair_key(shared, task_id=task_id, round_index=round_index, graph_digest=digest, pod_a=pod,
                            pod_b=survivor)
             # The survivor applied -(dropped's sign); applying the dropped pod's own sign cancels it.
             streams.append(mask_stream(key, add=survivor > pod))

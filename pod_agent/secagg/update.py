@@ -14,8 +14,6 @@ value for m), so the cohort's row-weighted mean is the first sum over S times th
 second; the scale S and the no-wrap argument are ``fixed_point.plan_metrics``.
 
 Masking is ``plus.mask_input`` (SecAgg+); summing and decoding are ``aggregate.py``.
-``protect_update`` (encode, then the one-shot pairwise masks of ``masks.py``) stays
-only while the old scheme has callers.
 """
 
 from __future__ import annotations
@@ -40,7 +38,6 @@ from pod_agent.secagg.clip import (
     require_floating,
 )
 from pod_agent.secagg.fixed_point import METRIC_BOUND, modulus_dtype, plan_encoding, plan_metrics
-from pod_agent.secagg.masks import Cohort, RoundKeyPair, add_pairwise_masks
 
 
 @dataclass(frozen=True)
@@ -189,40 +186,6 @@ def _encode_metrics(
         vector[value_slot] = (n_rows * round(value * plan.scale)) % modulus
         vector[rows_slot] = n_rows
     return tuple(clipped)
-
-
-def protect_update(
-    arrays: Mapping[str, np.ndarray],
-    *,
-    params: SecAggParams,
-    task_id: str,
-    me: str,
-    my_round_key: RoundKeyPair,
-    n_rows: int,
-    returns: Returns = "update",
-) -> EncodedUpdate:
-    """Encode, then add the one-shot pairwise masks of ``params.participants`` (the scheme SecAgg+ replaces).
-
-    Call it once per task and round: two different updates masked with the same round
-    keys, task id, round and cohort would reveal their difference to the aggregator.
-    """
-    cohort = Cohort.of(params.participants)
-    cohort.member(me)
-    if len(cohort.participants) < 2:
-        raise SecAggError(
-            "a secure-aggregation round needs at least 2 participants; one would send its update in clear"
-        )
-    if len(cohort.participants) > params.num_workers:
-        raise SecAggError(
-            f"{len(cohort.participants)} participants exceed param_clipping num_workers = {params.num_workers}: "
-            "the clip bound would not keep their sum from wrapping; raise num_workers in the task"
-        )
-    encoded = encode_update(arrays, params=params, n_rows=n_rows, returns=returns)
-    add_pairwise_masks(
-        encoded.vector, me=me, my_round_key=my_round_key, participants=params.participants, task_id=task_id,
-        round_index=params.round,
-    )
-    return encoded
 
 
 def vector_to_bytes(vector: npt.NDArray[np.unsignedinteger]) -> bytes:

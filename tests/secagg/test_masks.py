@@ -1,16 +1,11 @@
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from secagg_cohort import CHI2_255_P001, TASK_A, TASK_B, chi_square_256
 
 from pod_agent.errors import SecAggError
-from pod_agent.protocol import IdentityKey, open_envelope, sign_envelope
-from pod_agent.protocol.messages import Participant, RoundKeyAnnouncement
-from pod_agent.secagg import RoundKeyPair, add_pairwise_masks, participant_from, round_key_announcement
 from pod_agent.secagg.masks import (
     agree,
     apply_streams,
@@ -23,14 +18,14 @@ from pod_agent.secagg.masks import (
 
 def _pair(a: X25519PrivateKey, b: X25519PrivateKey, *, task_id: str = TASK_A, round_index: int = 0,
           digest: bytes = b"d" * 32) -> bytes:
-    return pair_key(agree(a, public_b64(b), pod="b"), task_id=task_id, round_index=round_index, cohort_digest=digest,
+    return pair_key(agree(a, public_b64(b), pod="b"), task_id=task_id, round_index=round_index, graph_digest=digest,
                     pod_a="a", pod_b="b")
 
 
 def test_both_pods_of_a_pair_derive_the_same_key_and_it_depends_on_task_round_and_graph() -> None:
     a, b = X25519PrivateKey.generate(), X25519PrivateKey.generate()
     ab = _pair(a, b)
-    ba = pair_key(agree(b, public_b64(a), pod="a"), task_id=TASK_A, round_index=0, cohort_digest=b"d" * 32,
+    ba = pair_key(agree(b, public_b64(a), pod="a"), task_id=TASK_A, round_index=0, graph_digest=b"d" * 32,
                   pod_a="b", pod_b="a")
     assert ab == ba
     assert len({ab, _pair(a, b, task_id=TASK_B), _pair(a, b, round_index=1), _pair(a, b, digest=b"e" * 32)}) == 4
@@ -67,48 +62,3 @@ def test_malformed_peer_key_is_refused_naming_the_pod(bad: str) -> None:
 def test_low_order_peer_key_is_refused() -> None:
     with pytest.raises(SecAggError, match="of pod 'pod-07' is a low-order point"):
         agree(X25519PrivateKey.generate(), "A" * 43 + "=", pod="pod-07")
-
-
-# -- the one-shot pairwise scheme, while its callers remain --------------------------------
-
-
-def _participants(keys: dict[str, RoundKeyPair]) -> list[Participant]:
-    return [Participant(pod=name, key_id=hashlib.sha256(name.encode()).hexdigest(), round_public_key=key.public_b64)
-            for name, key in keys.items()]
-
-
-def test_round_key_repr_shows_only_the_public_key_and_restores_from_its_bytes() -> None:
-    key = RoundKeyPair.generate()
-    assert key.public_b64 in repr(key)
-    assert key.private_bytes().hex() not in repr(key) + str(key)
-    assert RoundKeyPair.from_private_bytes(key.private_bytes()).public_b64 == key.public_b64
-
-
-def test_pairwise_masks_of_the_whole_cohort_cancel() -> None:
-    keys = {f"pod-{i}": RoundKeyPair.generate() for i in range(4)}
-    total = np.zeros(5000, np.uint64)
-    for name, key in keys.items():
-        vector = np.zeros(5000, np.uint64)
-        add_pairwise_masks(vector, me=name, my_round_key=key, participants=_participants(keys), task_id=TASK_A,
-                           round_index=0)
-        assert vector.any()
-        total += vector
-    assert not total.any()
-
-
-def test_task_listing_another_round_key_for_me_is_refused() -> None:
-    keys = {f"pod-{i}": RoundKeyPair.generate() for i in range(3)}
-    with pytest.raises(SecAggError, match="re-announce the round key"):
-        add_pairwise_masks(np.zeros(4, np.uint64), me="pod-0", my_round_key=RoundKeyPair.generate(),
-                           participants=_participants(keys), task_id=TASK_A, round_index=0)
-
-
-def test_announcement_signed_by_identity_key_yields_the_participant() -> None:
-    identity = IdentityKey.generate()
-    round_key = RoundKeyPair.generate()
-    announcement = round_key_announcement(pod="pod-a", key_id=identity.key_id, round_key=round_key,
-                                          issued_at=1_700_000_000)
-    opened = open_envelope(sign_envelope(announcement, identity), RoundKeyAnnouncement, identity.public)
-    participant = participant_from(opened)
-    assert (participant.pod, participant.key_id, participant.round_public_key) == (
-        "pod-a", identity.key_id, round_key.public_b64)
