@@ -397,8 +397,9 @@ def unmask_sum(
     ]
     if short:
         raise SecAggError(
-            f"too few shares arrived to unmask ({len(answers)} answers; shares arrived of needed): "
+            f"too few shares arrived to unmask ({len(answers)} answers; pod, secret, shares arrived of needed): "
             + "; ".join(short)
+            + "; the masks cannot be removed, run the round again"
         )
     seeds = {pod: combine_shares(self_shares[pod], threshold=graph.threshold) for pod in sorted(alive)}
     keys = {pod: _rebuilt_key(pod, key_shares[pod], graph=graph, peers=peers) for pod in sorted(gone)}

@@ -385,8 +385,9 @@ def test_too_few_answers_are_refused_with_the_numbers() -> None:
     sim, survivors, total = _masked_round()
     answers = sim.answers(survivors)
     short = {p: answers[p] for p in survivors[:2]}
-    with pytest.raises(SecAggError, match=r"too few shares arrived to unmask \(2 answers; shares arrived of needed\): "
-                                          r"pod-00 self-mask 2 of 3; .*pod-04 mask-key 2 of 3"):
+    with pytest.raises(SecAggError, match=r"too few shares arrived to unmask \(2 answers; pod, secret, shares arrived of "
+                                          r"needed\): pod-00 self-mask 2 of 3; .*pod-04 mask-key 2 of 3; the masks "
+                                          r"cannot be removed, run the round again"):
         _unmask(sim, survivors, total, short)
 
 
