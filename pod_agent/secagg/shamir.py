@@ -6,11 +6,12 @@ per secret. A 32-byte secret (an X25519 private key, a self-mask seed) is split 
 16-byte halves, each with its own random polynomial and the same x-coordinates, so a
 ``Share`` is (index, 32 bytes) and a holder keeps one of each half.
 
-Limits, from PyCryptodome's code (3.20 and later): an x-coordinate is any integer read
-as a GF(2^128) element, so there is no 255-holder cap here (the cap of the ``ssss`` tool
-and of GF(2^8) schemes does not apply); we accept 1 <= index <= MAX_HOLDERS. The cost is
-pure Python: splitting is n * t field multiplications per half, rebuilding t**2 (about
-10 ms per half for t = 21 on one core), which is why the neighbour graph keeps t logarithmic.
+Limits, read in PyCryptodome's code (4.5, the version tested here): an x-coordinate is
+any integer read as a GF(2^128) element, so there is no 255-holder cap (that is the
+``ssss`` tool's and GF(2^8) schemes'); we accept 1 <= index <= MAX_HOLDERS. The cost is
+pure Python: splitting is n * t field multiplications per half, rebuilding t**2 and t
+inversions (about 10 ms per half for t = 21 on one core), which is why the neighbour
+graph keeps t logarithmic.
 ``Shamir.combine`` interpolates through every point it gets; we hand it exactly t and use
 any further shares to check that they agree (a holder that sends a wrong share is caught
 whenever more than t arrive, not otherwise).
