@@ -355,8 +355,10 @@ class _Round:
         except SecAggError as exc:
             raise TaskFailed(FailureCode.SECAGG_ERROR.value, str(exc)) from exc
         data = vector_to_bytes(encoded.vector)
-        encoding = "secagg-u32" if self.params.modulus_bits == 32 else "secagg-u64"
-        blob = BlobRef(sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data), encoding=encoding)
+        blob = BlobRef(
+            sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data),
+            encoding="secagg-u32" if self.params.modulus_bits == 32 else "secagg-u64",
+        )
         try:
             await asyncio.to_thread(
                 self.ctx.state.record_release, starting_point(self.task), task_id=self.task.task_id,

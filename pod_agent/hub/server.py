@@ -579,13 +579,13 @@ async def _round_party(request: web.Request) -> tuple[TaskRecord, str, PublicKey
         raise HubError(f"no task {request.match_info['task_id']}", status=404)
     pod = request[_SIGNER_POD]
     if pod is not None and pod.name in task.pods:
-        return task, pod.name, PublicKey.from_b64(pod.public_key), stage, int(request.match_info["round"])  # type: ignore[return-value]
+        return task, pod.name, PublicKey.from_b64(pod.public_key), stage, int(request.match_info["round"])
     modeller = request[_SIGNER_MODELLER]
     if modeller is None and pod is not None:
         modeller = await hub.db(hub.storage.get_modeller, request[_SIGNER])
     if modeller is not None and modeller.key_id == task.modeller_id:
         key = PublicKey.from_b64(modeller.public_key)
-        return task, MODELLER_SENDER, key, stage, int(request.match_info["round"])  # type: ignore[return-value]
+        return task, MODELLER_SENDER, key, stage, int(request.match_info["round"])
     raise HubError(f"only task {task.task_id}'s modeller and target pods take part in its rounds", status=403)
 
 

@@ -50,11 +50,12 @@ Weights = dict[str, np.ndarray]
 class SecureSettings:
     """Parameter clipping in the seeds' form; ``num_workers`` is the cohort size of each round.
 
-    The defaults bound every update value to |v| <= prime_q / (2 * precision * N), about
-    10.9 for N = 3, and leave room in 64 bits for weighting by up to ~2^22 rows per pod.
+    The defaults bound every update value to |v| <= prime_q / (2 * precision * N): 4 for
+    N = 2, 2.7 for N = 3, within a pod owner's default ceiling (privacy.max_clip_bound = 4),
+    with 64 bits left for weighting each value by the pod's training rows.
     """
 
-    prime_q: int = 2**41
+    prime_q: int = 2**20
     precision: int = 2**16
     modulus_bits: Literal[32, 64] = 64
     clip_norm: float | None = None
