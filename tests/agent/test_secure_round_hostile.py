@@ -128,11 +128,12 @@ async def test_survivor_lists_that_differ_between_pods_fail_the_consistency_chec
     @web.middleware
     async def hub_shows_pod_0_another_list(request: web.Request, handler: Any) -> web.StreamResponse:
         # The hub, colluding with the modeller, answers pod-0's survivors poll with a second signed list.
-        if request.method == "GET" and request.path.endswith("/survivors") and "lie" in shown:
-            if request.headers.get("X-Pod-Key-Id") == shown["pod-0"].decode():
-                await handler(request)
-                return web.json_response({"count": 1, "messages": [Envelope.model_validate_json(shown["lie"]).model_dump()]})
-        return await handler(request)
+        response = await handler(request)
+        # Decided once the (long-polling) request is answered: the lie is ready by then.
+        if (request.method == "GET" and request.path.endswith("/survivors") and "lie" in shown
+                and request.headers.get("X-Pod-Key-Id") == shown["pod-0"].decode()):
+            return web.json_response({"count": 1, "messages": [Envelope.model_validate_json(shown["lie"]).model_dump()]})
+        return response
 
     async with round_rig(tmp_path, 3, middlewares=[hub_shows_pod_0_another_list]) as rig:
         task = rig.task()
