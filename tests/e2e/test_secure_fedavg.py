@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ from pod_agent.secagg.fixed_point import signed_view
 pytestmark = pytest.mark.slow
 
 SECURE = SecureSettings()
+PLAIN_ALLOWED = "[privacy]\nrequire_secure_aggregation = false\n"
 
 
 def _plan(sites: list[PodSite], *, secure: bool) -> FedAvgPlan:
@@ -47,7 +49,9 @@ def _blobs(work: Path, pod: str) -> Path:
 
 
 def test_secure_round_equals_plain_round_and_no_single_update_is_readable(tmp_path: Path) -> None:
-    sites = prepare_sites(tmp_path / "data", first_rows=6000)
+    # These pods also answer a plain round (their owners lift the secure-aggregation requirement), so
+    # that the two can be compared.
+    sites = [replace(site, extra_toml=PLAIN_ALLOWED) for site in prepare_sites(tmp_path / "data", first_rows=6000)]
     modeller = IdentityKey.generate()
 
     async def rounds() -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -95,11 +99,11 @@ def test_three_rounds_of_secure_fedavg_come_within_3_points_of_central_training(
     assert "Central baseline" in result.report_path.read_text()
 
 
-def test_a_pod_dropping_out_of_a_secure_round_is_named_and_the_round_retried_without_it(tmp_path: Path) -> None:
-    sites = prepare_sites(tmp_path / "data", first_rows=4000)
+def test_a_pod_dropping_out_of_a_secure_round_is_named_and_the_round_completes_without_it(tmp_path: Path) -> None:
+    sites = prepare_sites(tmp_path / "data", first_rows=6000)
     names = [s.name for s in sites]
-    # A fourth pod whose sandbox gives every task 0.2 s: it registers, announces its round
-    # key and answers schema-stats, but its training always dies of the wall timeout.
+    # A fourth pod whose sandbox gives every task 0.2 s: it registers and answers schema-stats,
+    # but its training always dies of the wall timeout, before it advertises round keys.
     slow = PodSite(name="pod-slow", data=sites[0].data, force_stypes=sites[0].force_stypes,
                    extra_toml="[sandbox_limits]\nwall_timeout_s = 0.2\nwarm_worker = false\n")
     modeller = IdentityKey.generate()
@@ -122,6 +126,8 @@ def test_a_pod_dropping_out_of_a_secure_round_is_named_and_the_round_retried_wit
 
     done = asyncio.run(train())
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "pods ['pod-slow'] dropped out" in done.stderr and f"retrying with {names}" in done.stderr
+    # SecAgg+ leaves it out inside the round: no second round from the same weights.
+    assert f"pods ['pod-slow'] dropped out; the round completed with {sorted(names)}" in done.stderr, done.stderr[-3000:]
+    assert "retrying" not in done.stderr
     assert "round 1: loss" in done.stdout
     assert sorted(p.name for p in out.iterdir()) == ["curves.png", "final_model.safetensors", "report.md", "rounds"]
