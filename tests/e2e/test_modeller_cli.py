@@ -21,7 +21,7 @@ def test_submit_signs_a_declarative_train_task_pinned_to_the_spec(cluster: Clust
     pod_key = IdentityKey.generate()
     now = int(time.time())
     cluster.hub.query(
-        "INSERT INTO pods VALUES (?,?,?,?,?,?,?,?,?,?,NULL)",
+        "INSERT INTO pods VALUES (?,?,?,?,?,?,?,?,?,?)",
         ("pod-x", pod_key.key_id, pod_key.public.to_b64(), '{"columns": []}', "c" * 64, 100, "strict", 15.0, now, now),
     )
     spec = {"layers": [{"type": "Linear", "in_features": "input_size", "out_features": "n_classes"}], "loss": "CrossEntropy"}
