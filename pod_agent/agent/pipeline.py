@@ -178,7 +178,7 @@ class TaskPipeline:
 
         if task.model is None or task.data is None:
             raise TaskFailed(FailureCode.INTERNAL_ERROR.value, f"a verified {task.kind} task lacks a model and a data selection")
-        fetched_source = await self._write_model(task, input_dir)
+        await self._write_model(task, input_dir)
         expected = None
         if task.weights is not None:
             weights = input_dir / "weights.safetensors"
@@ -217,7 +217,6 @@ class TaskPipeline:
             check_result, outcome, task=task, expected=expected,
             max_bytes=settings.sandbox_limits.max_output_mb << 20, min_rows=floor.min_rows,
             max_prediction_columns=settings.privacy.max_prediction_columns,
-            source_text=fetched_source,
         )
         metrics = reported_metrics(checked.metrics, digits=floor.metric_digits, max_metrics=floor.max_metrics)
         if not checked.arrays:
@@ -255,26 +254,25 @@ class TaskPipeline:
             clipped_values=round_output.n_clipped,
         )
 
-    async def _write_model(self, task: TaskPayload, input_dir: Path) -> str | None:
-        """Put the model source or spec into the input; returns source fetched by hub reference."""
+    async def _write_model(self, task: TaskPayload, input_dir: Path) -> None:
+        """Put the model source or spec into the input (source by hub reference checked against its hash)."""
         model = task.model
         if model is None:
-            return None
+            return
         if model.spec is not None:
             from pod_agent.protocol import canonical_json
 
             await asyncio.to_thread((input_dir / "spec.json").write_bytes, canonical_json(model.spec))
-            return None
+            return
         if model.source is not None:
             await asyncio.to_thread((input_dir / "model.py").write_text, model.source, encoding="utf-8")
-            return None
+            return
         if self.fetcher is None or model.hub_ref is None or "@" not in model.hub_ref:
             raise TaskFailed(FailureCode.SOURCE_MISSING.value, f"model reference {model.hub_ref!r} cannot be fetched")
         name, version = model.hub_ref.split("@", 1)
         source = await self.fetcher.model_source(name, version)
         check_fetched_source(model, source)
         await asyncio.to_thread((input_dir / "model.py").write_text, source, encoding="utf-8")
-        return source
 
     async def _fetch_blob(self, sha256: str, dest: Path) -> None:
         if self.fetcher is None:

@@ -11,7 +11,6 @@ from pod_agent.training.contract import (
     TensorSpec,
     check_result,
     expected_from_safetensors,
-    logged_metric_names,
 )
 from pod_agent.training.wall import (
     TensorDescription,
@@ -34,6 +33,5 @@ __all__ = [
     "WorkerResultHeader",
     "check_result",
     "expected_from_safetensors",
-    "logged_metric_names",
     "parse_progress",
 ]

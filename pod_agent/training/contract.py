@@ -8,11 +8,12 @@ with a fixed ``reason`` at the first failure:
 1. ``too_large``: payload over ``max_bytes``.
 2. ``bad_header``: the header does not parse as a ``wall.WorkerResultHeader``
    (a missing or extra key, a wrong type, a negative count).
-3. ``bad_metric``: more than ``MAX_METRICS`` metrics, a name that is neither in
-   ``DEFAULT_METRIC_NAMES`` nor a literal ``self.log`` / ``self.log_dict`` key of
-   the model source, or a value that is not a finite number.
+3. ``bad_metric``: more than ``MAX_METRICS`` metrics, a name that is not a plain
+   identifier, or a value that is not a finite number. Which names and how many
+   may leave the pod is decided afterwards by ``agent.egress`` (a fixed vocabulary).
 4. ``unexpected_tensors``: evaluate returned tensors; ``tensor_names``: train
-   returned names other than exactly the expected ones, predict anything but
+   returned names other than exactly those of its pinned starting weights (a train
+   task without them is refused before it runs, and rejected here), predict anything but
    ``predictions``; ``tensor_shape``: a shape differs from the expected one, or
    predictions are not ``[n_rows, k]``; ``too_many_columns``: ``k`` over
    ``max_prediction_columns`` (a model that hands back its input rows as
@@ -25,7 +26,6 @@ with a fixed ``reason`` at the first failure:
 
 from __future__ import annotations
 
-import ast
 import json
 import math
 import re
@@ -47,15 +47,6 @@ from pod_agent.training.wall import TensorDescription, WorkerResultHeader
 WIRE_DTYPE = "F32"
 FLOAT_DTYPES = frozenset({"F16", "BF16", "F32", "F64"})
 MAX_METRICS = 64
-DEFAULT_METRIC_NAMES = frozenset(
-    {
-        "loss", "train_loss", "val_loss", "test_loss",
-        "accuracy", "val_accuracy", "test_accuracy", "val_acc", "test_acc",
-        "f1", "val_f1", "test_f1", "auroc", "val_auroc", "test_auroc",
-        "precision", "recall", "val_precision", "val_recall", "test_precision", "test_recall",
-        "mse", "val_mse", "test_mse", "mae", "val_mae", "test_mae",
-    }
-)
 _METRIC_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_./-]{0,63}$")
 
 
@@ -90,14 +81,12 @@ def check_result(
     max_bytes: int,
     max_prediction_columns: int = DEFAULT_MAX_PREDICTION_COLUMNS,
     min_rows: int = 1,
-    source_text: str | None = None,
 ) -> CheckedResult:
     """Validate ``outcome`` for ``task``; raises ContractViolation(reason) as listed above.
 
     ``expected`` is the model's exchanged tensors (``expected_from_safetensors`` of the
-    global or pretrained weights); ``None`` accepts the names the worker reports,
-    checking everything else. ``source_text`` is the model source when it came by
-    hub reference (inline source is read from the task).
+    task's pinned weights); a train result must match it exactly, so a train task
+    without pinned weights has no acceptable result.
     """
     payload = outcome.payload
     if len(payload) > max_bytes:
@@ -109,8 +98,7 @@ def check_result(
         raise ContractViolation("bad_header", f"result header does not parse: {_parse_errors(exc)}") from None
     n_rows = header.n_rows
     described = _described_tensors(header.tensors)
-    source = source_text if source_text is not None else (task.model.source if task.model else None)
-    metrics = _check_metrics(header.metrics, logged_metric_names(source) if source else frozenset())
+    metrics = _check_metrics(header.metrics)
     _check_names_and_shapes(described, task=task, expected=expected, n_rows=n_rows, min_rows=min_rows,
                             max_prediction_columns=max_prediction_columns)
     arrays = _decode(payload, described)
@@ -133,25 +121,6 @@ def expected_from_safetensors(data: bytes) -> dict[str, TensorSpec]:
         for name, info in header.items()
         if name != "__metadata__" and info.get("dtype") in FLOAT_DTYPES
     }
-
-
-def logged_metric_names(source: str) -> frozenset[str]:
-    """String literals used as names in ``self.log(...)`` and keys of ``self.log_dict({...})``."""
-    try:
-        tree = ast.parse(source)
-    except (SyntaxError, ValueError):
-        return frozenset()
-    names: set[str] = set()
-    for node in ast.walk(tree):
-        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
-            continue
-        if node.func.attr == "log":
-            first = node.args[0] if node.args else next((k.value for k in node.keywords if k.arg == "name"), None)
-            if isinstance(first, ast.Constant) and isinstance(first.value, str):
-                names.add(first.value)
-        elif node.func.attr == "log_dict" and node.args and isinstance(node.args[0], ast.Dict):
-            names |= {k.value for k in node.args[0].keys if isinstance(k, ast.Constant) and isinstance(k.value, str)}
-    return frozenset(names)
 
 
 # The header's own field names; every other key in an error's location was chosen inside the sandbox.
@@ -179,15 +148,13 @@ def _described_tensors(described: Mapping[str, TensorDescription]) -> dict[str, 
     return out
 
 
-def _check_metrics(raw: Mapping[str, float], logged: frozenset[str]) -> dict[str, float]:
+def _check_metrics(raw: Mapping[str, float]) -> dict[str, float]:
     if len(raw) > MAX_METRICS:
         raise ContractViolation("bad_metric", f"{len(raw)} metrics, more than {MAX_METRICS}")
     out: dict[str, float] = {}
     for name, value in raw.items():
         if not _METRIC_NAME.match(name):
             raise ContractViolation("bad_metric", f"metric name {name[:80]!r} is not a plain identifier")
-        if name not in DEFAULT_METRIC_NAMES and name not in logged:
-            raise ContractViolation("bad_metric", f"metric {name!r} is neither a standard name nor logged by the model")
         if not math.isfinite(value):
             raise ContractViolation("bad_metric", f"metric {name!r} is {value!r}, not a finite number")
         out[name] = value
@@ -222,9 +189,9 @@ def _check_names_and_shapes(
             raise ContractViolation("too_few_rows", f"predictions for {n_rows} rows, under min_rows={min_rows}")
         return
     if expected is None:
-        if not described:
-            raise ContractViolation("tensor_names", "train returned no tensors")
-        return
+        raise ContractViolation(
+            "tensor_names", "a train result is checked against its pinned starting weights; this task pinned none"
+        )
     if set(described) != set(expected):
         extra, missing = sorted(set(described) - set(expected)), sorted(set(expected) - set(described))
         raise ContractViolation("tensor_names", f"unexpected {extra[:5]}, missing {missing[:5]}")

@@ -17,6 +17,7 @@ from pod_agent.config.settings import (
     OpsSection,
     PodSection,
     PodSettings,
+    PrivacySection,
     SandboxLimitsSection,
     SecuritySection,
 )
@@ -30,6 +31,7 @@ class HubWithAgent:
     hub_url: str
     modeller: ModellerClient
     pod: PodInfo
+    storage: SqliteStorage  # the hub's own records, for tests that play a hostile hub
 
 
 @asynccontextmanager
@@ -39,12 +41,16 @@ async def hub_with_agent(
     *,
     policy: dict[str, Any] | None = None,
     security: dict[str, Any] | None = None,
+    privacy: dict[str, Any] | None = None,
+    sandbox_limits: dict[str, Any] | None = None,
+    extra_modellers: Sequence[ModellerPolicy] = (),
     middlewares: Sequence[Any] = (),
     stop_within_s: float = 30,
 ) -> AsyncIterator[HubWithAgent]:
     """``csv_text`` is the pod's datasource; ``policy`` and ``security`` are extra fields of the modeller's
-    ModellerPolicy (role super) and of the SecuritySection (sandbox none); ``middlewares`` go in front of the
-    hub's own."""
+    ModellerPolicy (role super) and of the SecuritySection (sandbox none); ``privacy`` and ``sandbox_limits``
+    are fields of those sections (warm_worker off unless given); ``extra_modellers`` are more policy entries
+    (their clients are the test's); ``middlewares`` go in front of the hub's own."""
     data = tmp_path / "small.csv"
     data.write_text(csv_text)
     state_dir = tmp_path / "pod"
@@ -59,9 +65,11 @@ async def hub_with_agent(
             pod=PodSection(name="pod-a", state_dir=state_dir),
             hub=HubSection(url=url, heartbeat_s=0.5, backoff_initial_s=0.05, backoff_cap_s=0.5),
             datasource=DatasourceSection(path=data),
-            security=SecuritySection(sandbox="none", **(security or {}), modellers=[
-                ModellerPolicy(name="m", public_key=modeller_key.public.to_b64(), role="super", **(policy or {}))]),
-            sandbox_limits=SandboxLimitsSection(warm_worker=False),
+            security=SecuritySection(**{"sandbox": "none", **(security or {})}, modellers=[
+                ModellerPolicy(name="m", public_key=modeller_key.public.to_b64(), role="super", **(policy or {})),
+                *extra_modellers]),
+            privacy=PrivacySection(**(privacy or {})),
+            sandbox_limits=SandboxLimitsSection(**{"warm_worker": False, **(sandbox_limits or {})}),
             ops=OpsSection(health_port=0),
         )
         stop = asyncio.Event()
@@ -73,7 +81,7 @@ async def hub_with_agent(
                 if pods and pods[0].online:
                     break
                 await asyncio.sleep(0.05)
-            yield HubWithAgent(url, modeller, pods[0])
+            yield HubWithAgent(url, modeller, pods[0], storage)
         stop.set()
         await asyncio.wait_for(agent, stop_within_s)
     storage.close()

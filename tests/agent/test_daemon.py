@@ -13,6 +13,7 @@ import pytest
 from agent_support import HubWithAgent, hub_with_agent
 from aiohttp import web
 
+from pod_agent.policy import PrivacyFloor
 from pod_agent.agent.pipeline import PipelineOutput, TaskPipeline
 from pod_agent.modeller import ModellerClient, VerifiedResult, build_task
 from pod_agent.protocol import IdentityKey
@@ -87,12 +88,12 @@ async def test_an_unexpected_error_fails_only_its_task_and_the_agent_keeps_servi
     real_schema_stats = TaskPipeline._schema_stats
     calls = 0
 
-    async def buggy_once(self: TaskPipeline) -> PipelineOutput:
+    async def buggy_once(self: TaskPipeline, floor: PrivacyFloor) -> PipelineOutput:
         nonlocal calls
         calls += 1
         if calls == 1:
             raise TypeError("unhashable type: 'list' [secret-row-value]")
-        return await real_schema_stats(self)
+        return await real_schema_stats(self, floor)
 
     monkeypatch.setattr(TaskPipeline, "_schema_stats", buggy_once)
     results = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import time
@@ -9,6 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from safetensors.numpy import load_file
+
+from pod_agent.config.settings import DatasourceSection
+from pod_agent.data import open_datasource
 from pod_agent.protocol import IdentityKey, PublicKey, open_envelope, parse_envelope, spec_sha256
 from pod_agent.protocol.messages import TaskPayload
 
@@ -17,27 +22,36 @@ pytestmark = pytest.mark.slow
 from e2e_support import POD_AGENT, Cluster, Modeller, wait_for  # type: ignore[import-not-found]  # noqa: E402
 
 
-def test_submit_signs_a_declarative_train_task_pinned_to_the_spec(cluster: Cluster, tmp_path: Path) -> None:
+def test_submit_signs_a_declarative_train_task_pinned_to_the_spec(
+    cluster: Cluster, small_csv: Path, tmp_path: Path
+) -> None:
     pod_key = IdentityKey.generate()
     now = int(time.time())
+    schema = open_datasource(DatasourceSection(path=small_csv)).schema()
     cluster.hub.query(
         "INSERT INTO pods VALUES (?,?,?,?,?,?,?,?,?,?)",
-        ("pod-x", pod_key.key_id, pod_key.public.to_b64(), '{"columns": []}', "c" * 64, 100, "strict", 15.0, now, now),
+        ("pod-x", pod_key.key_id, pod_key.public.to_b64(), json.dumps(schema.public(False)), "c" * 64,
+         schema.row_count, "strict", 15.0, now, now),
     )
     spec = {"layers": [{"type": "Linear", "in_features": "input_size", "out_features": "n_classes"}], "loss": "CrossEntropy"}
     spec_file = tmp_path / "spec.json"
     spec_file.write_text(json.dumps(spec))
     task_id = cluster.modeller.cli(
         "submit", "--pods", "pod-x", "--kind", "train", "--model", str(spec_file), "--style", "declarative",
-        "--target", "TARGET", "--epochs", "2", "--batch-size", "32", "--expires-in", "600",
+        "--target", "label", "--epochs", "2", "--batch-size", "32", "--expires-in", "600",
+        "--work-dir", str(tmp_path / "work"),
     ).stdout.strip()
     (raw,) = cluster.hub.query("SELECT envelope FROM tasks WHERE task_id = ?", (task_id,))[0]
     task = open_envelope(parse_envelope(bytes(raw)), TaskPayload, PublicKey.from_b64(cluster.modeller.key.public.to_b64()))
     assert task.kind == "train" and task.pods == ["pod-x"] and task.schema_hash == "c" * 64
     assert task.model is not None and task.model.spec == spec and task.model.sha256 == spec_sha256(spec)
-    assert task.data is not None and task.data.target == "TARGET"
+    assert task.data is not None and task.data.target == "label"
     assert (task.hyperparameters.epochs, task.hyperparameters.batch_size) == (2, 32)
     assert task.expires_at - task.issued_at == 600
+    # A train task always pins the weights it starts from: here the spec freshly built from pod-x's schema.
+    starting = tmp_path / "work" / "starting-weights.safetensors"
+    assert task.weights is not None and task.weights.sha256 == hashlib.sha256(starting.read_bytes()).hexdigest()
+    assert set(load_file(str(starting))) == {"_model.0.weight", "_model.0.bias"}
 
     fresh = Modeller(cluster.modeller.key, tmp_path / "new" / "modeller.pem", cluster.hub.url)
     first = fresh.cli("keys", "--generate").stdout

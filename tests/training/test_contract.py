@@ -13,7 +13,7 @@ from safetensors.numpy import save as save_numpy
 from training_support import TUTORIAL_MODEL, make_task, source_ref
 
 from pod_agent.errors import ContractViolation
-from pod_agent.training import TensorSpec, check_result, expected_from_safetensors, logged_metric_names
+from pod_agent.training import TensorSpec, check_result, expected_from_safetensors
 
 TASK = make_task("train", source_ref(TUTORIAL_MODEL, "MyCustomModel"))
 EXPECTED = {"w": TensorSpec((2, 3)), "b": TensorSpec((2,))}
@@ -108,31 +108,37 @@ def test_a_header_parse_failure_names_no_key_or_value_the_worker_chose() -> None
 
 @pytest.mark.parametrize(
     "metrics",
-    [{"val_loss": float("nan")}, {"secret_is_42": 1.0}, {"val loss; rm": 1.0}, {f"m{i}": 1.0 for i in range(100)}],
-    ids=["nan", "unlogged-name", "odd-name", "too-many"],
+    [{"val_loss": float("nan")}, {"val loss; rm": 1.0}, {f"m{i}": 1.0 for i in range(100)}],
+    ids=["nan", "odd-name", "too-many"],
 )
-def test_metrics_must_be_finite_numbers_with_known_names(metrics: dict[str, Any]) -> None:
+def test_metrics_must_be_finite_numbers_with_plain_names(metrics: dict[str, Any]) -> None:
     with pytest.raises(ContractViolation) as rejected:
         check(outcome_of(GOOD, metrics=metrics))
     assert rejected.value.code == "bad_metric"
 
 
-def test_metric_names_logged_by_the_source_are_allowed() -> None:
-    source = 'class M:\n    def s(self):\n        self.log("my_auc", 1)\n        self.log(name="other", value=2)\n        self.log_dict({"a_b": 1})\n'
-    assert logged_metric_names(source) == {"my_auc", "other", "a_b"}
-    task = make_task("train", source_ref(source, "M"))
-    assert check(outcome_of(GOOD, metrics={"my_auc": 0.7}), task=task).metrics == {"my_auc": 0.7}
+def test_a_train_result_without_pinned_weights_to_check_against_is_rejected() -> None:
+    with pytest.raises(ContractViolation, match="pinned none") as rejected:
+        check(outcome_of(GOOD), expected=None)
+    assert rejected.value.code == "tensor_names"
+
+
+def test_an_extra_tensor_next_to_the_pinned_ones_is_rejected() -> None:
+    rows = GOOD | {"rows": np.arange(12, dtype=np.float32).reshape(3, 4)}
+    with pytest.raises(ContractViolation) as rejected:
+        check(outcome_of(rows))
+    assert rejected.value.code == "tensor_names"
 
 
 def test_payload_that_disagrees_with_its_header_is_rejected() -> None:
     outcome = outcome_of(GOOD)
     outcome.payload = save_numpy({"w": GOOD["w"], "c": GOOD["b"]})
     with pytest.raises(ContractViolation) as rejected:
-        check(outcome, expected=None)
+        check(outcome)
     assert rejected.value.code == "bad_payload"
     outcome.payload = b"\x00" * 16
     with pytest.raises(ContractViolation) as rejected:
-        check(outcome, expected=None)
+        check(outcome)
     assert rejected.value.code == "bad_payload"
 
 

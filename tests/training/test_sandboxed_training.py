@@ -16,7 +16,8 @@ from pod_agent.data.task_input import TaskInput
 from pod_agent.errors import SandboxError, SandboxUnavailable
 from pod_agent.policy.codes import failure_code_for
 from pod_agent.sandbox import SandboxJob, SandboxRunner, best_level, probe_layers
-from pod_agent.training import check_result
+from pod_agent.training import TensorSpec, check_result
+from pod_agent.training.local import initial_weights
 
 SANDBOX_USER = "pod-sandbox"
 ENSURE_USER = Path(__file__).parents[1] / "sandbox" / "ensure_sandbox_user.py"
@@ -49,7 +50,10 @@ async def test_tutorial_model_trains_through_the_sandbox_and_passes_the_contract
     task = make_task("train", source_ref(TUTORIAL_MODEL, "MyCustomModel"), steps=30)
     events: list[dict[str, Any]] = []
     outcome = await _run(level, adult_input, tmp_path, task, events)
-    checked = check_result(outcome, task=task, expected=None, max_bytes=64 << 20)
+    assert task.model is not None
+    starting = initial_weights(task.model, datastructure=adult_input.datastructure, hyperparameters=task.hyperparameters)
+    expected = {name: TensorSpec(tuple(array.shape)) for name, array in starting.items()}
+    checked = check_result(outcome, task=task, expected=expected, max_bytes=64 << 20)
     assert set(checked.arrays) == {"_model.0.weight", "_model.0.bias", "_model.3.weight", "_model.3.bias"}
     assert checked.arrays["_model.0.weight"].shape == (500, adult_input.datastructure["input_size"])
     assert "val_acc" in checked.metrics
