@@ -1,7 +1,7 @@
 """Wire models (``"v": 1``) exchanged between modeller, hub and pod.
 
-Owns the shape of a task, a result, a progress event and a pod's secure-aggregation
-key announcement. Signing and canonical encoding are in ``canonical.py`` and
+Owns the shape of a task, a result and a progress event; the messages of a secure
+round are ``secure_round.py``'s. Signing and canonical encoding are in ``canonical.py`` and
 ``signing.py``; what a pod accepts is decided by ``pod_agent.policy``.
 Times are integer Unix seconds; hashes are lowercase hex sha256.
 """
@@ -111,9 +111,14 @@ class WeightsRef(WireModel):
 
 
 class Participant(WireModel):
+    """A cohort member as the modeller names it; each pod checks the pair against its own pinned peers.
+
+    Round keys are not here: they are fresh per task and round, in signed advertisements
+    (``secure_round.py``).
+    """
+
     pod: str
     key_id: KeyId  # the pod's identity key id
-    round_public_key: str | None = None  # being replaced by per-round signed advertisements (SecAgg+)
 
 
 class SecAggParams(WireModel):
@@ -215,13 +220,3 @@ class ProgressEvent(WireModel):
     step: int | None = Field(default=None, ge=0)
     fraction: float | None = Field(default=None, ge=0, le=1)  # of the task's steps, computed by the pod
     loss: float | None = None  # rounded; absent under secure aggregation
-
-
-class RoundKeyAnnouncement(WireModel):
-    """A pod's X25519 public key for secure aggregation, signed by its identity key."""
-
-    v: Literal[1] = 1
-    pod: str
-    key_id: KeyId
-    round_public_key: str  # base64 raw X25519
-    issued_at: int

@@ -24,8 +24,8 @@ from pod_agent.protocol.messages import (
     Envelope,
     Hyperparameters,
     ModelRef,
+    ProgressEvent,
     ResultPayload,
-    RoundKeyAnnouncement,
     TaskPayload,
 )
 
@@ -100,8 +100,8 @@ def test_flipped_signature_byte_is_refused() -> None:
 
 
 def test_valid_signature_over_the_wrong_message_type_is_refused() -> None:
-    announcement = RoundKeyAnnouncement(pod="a", key_id=KEY.key_id, round_public_key="AAAA", issued_at=1)
-    env = sign_envelope(announcement, KEY)
+    progress = ProgressEvent(task_id="t", stage="training", step=3)
+    env = sign_envelope(progress, KEY)
     with pytest.raises(ProtocolError, match="signed ResultPayload is invalid"):
         open_envelope(env, ResultPayload, KEY.public)
 
