@@ -60,13 +60,10 @@ class TrustedPeers:
         """
         keys: dict[str, PublicKey] = {own_name: own_key}
         for index, peer in enumerate(privacy.peers):
-            try:
-                key = PublicKey.from_b64(peer.public_key)
-            except ProtocolError as exc:
-                raise ConfigError(
-                    f"privacy.peers[{index}].public_key ({peer.name!r}) is not a base64 Ed25519 public key: "
-                    "paste what `pod-agent keys show` prints on that pod"
-                ) from exc
+            key = configured_key(
+                peer.public_key, where=f"privacy.peers[{index}].public_key ({peer.name!r})",
+                fix="paste what `pod-agent keys show` prints on that pod",
+            )
             if peer.name == own_name and key != own_key:
                 raise ConfigError(
                     f"privacy.peers[{index}] is named {own_name!r} like this pod but holds another key: "
@@ -100,6 +97,14 @@ class TrustedPeers:
         return frozenset(self.keys)
 
 
+def configured_key(text: str, *, where: str, fix: str) -> PublicKey:
+    """An Ed25519 public key written in pod.toml at ``where``; a ConfigError that says ``fix`` otherwise."""
+    try:
+        return PublicKey.from_b64(text)
+    except ProtocolError as exc:
+        raise ConfigError(f"{where} is not a base64 Ed25519 public key: {fix}") from exc
+
+
 def federation_key(privacy: PrivacySection) -> PublicKey:
     """The federation key the owner pinned; ConfigError saying what to set when it is missing or malformed."""
     if privacy.federation_key is None:
@@ -107,13 +112,9 @@ def federation_key(privacy: PrivacySection) -> PublicKey:
             "privacy.federation_key is not set: pin the federation's public key (base64, as "
             "`pod-agent peers sign` prints it to its operator) in pod.toml first"
         )
-    try:
-        return PublicKey.from_b64(privacy.federation_key)
-    except ProtocolError as exc:
-        raise ConfigError(
-            f"privacy.federation_key is not a base64 Ed25519 public key ({exc}): paste the key the "
-            "federation's operator publishes"
-        ) from exc
+    return configured_key(
+        privacy.federation_key, where="privacy.federation_key", fix="paste the key the federation's operator publishes"
+    )
 
 
 def load_roster(privacy: PrivacySection, *, now: int) -> FederationRoster | None:

@@ -57,7 +57,7 @@ from pod_agent.config.settings import ModellerPolicy, PrivacySection, SecuritySe
 from pod_agent.errors import ConfigError, ProtocolError, TaskRefused
 from pod_agent.policy.codes import RefusalCode
 from pod_agent.policy.floor import PrivacyFloor, effective_steps, estimated_rows, used_splits
-from pod_agent.policy.peers import TrustedPeers
+from pod_agent.policy.peers import TrustedPeers, configured_key
 from pod_agent.protocol.canonical import source_sha256, spec_sha256
 from pod_agent.protocol.keys import PublicKey
 from pod_agent.protocol.messages import Envelope, ModelRef, SecAggParams, TaskPayload
@@ -117,13 +117,10 @@ class TaskVerifier:
         self._nonces = nonces
         self._modellers: dict[str, tuple[ModellerPolicy, PublicKey]] = {}
         for index, entry in enumerate(security.modellers):
-            try:
-                key = PublicKey.from_b64(entry.public_key)
-            except ProtocolError as exc:
-                raise ConfigError(
-                    f"security.modellers[{index}].public_key ({entry.name!r}) is not a base64 Ed25519 public key: "
-                    "paste the key that `pod-agent keys generate` printed"
-                ) from exc
+            key = configured_key(
+                entry.public_key, where=f"security.modellers[{index}].public_key ({entry.name!r})",
+                fix="paste the key that `pod-agent keys generate` printed",
+            )
             if key.key_id in self._modellers:
                 other = self._modellers[key.key_id][0].name
                 raise ConfigError(
