@@ -130,7 +130,8 @@ def failure_code_for(exc: CodedError) -> str:
     if isinstance(exc, TaskRefused):
         return exc.code if exc.code in _REFUSAL_WORDS else FailureCode.INTERNAL_ERROR.value
     if isinstance(exc, ContractViolation):
-        return (FailureCode.OUTPUT_TOO_LARGE if exc.code == "too_large" else FailureCode.RESULT_REJECTED).value
+        rejected: FailureCode = FailureCode.OUTPUT_TOO_LARGE if exc.code == "too_large" else FailureCode.RESULT_REJECTED
+        return rejected.value
     if isinstance(exc, SandboxError):
         if exc.code == WORKER_FAILED:
             return worker_code(exc.detail).value
