@@ -13,13 +13,13 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pod_agent.modeller import ModellerClient
-from pod_agent.protocol import IdentityKey
+from pod_agent.protocol import IdentityKey, PublicKey
 
 POD_AGENT = str(Path(sys.executable).parent / "pod-agent")
 START_TIMEOUT_S = 20.0
@@ -157,11 +157,18 @@ class Cluster:
 
     def add_pod(
         self, name: str, data: Path, *, hub_url: str | None = None, hub_extra: str = "", start: bool = True,
-        grace_s: float = 5.0, request_timeout_s: float = 3.0,
+        grace_s: float = 5.0, request_timeout_s: float = 3.0, sandbox: str = "none", key: IdentityKey | None = None,
+        peers: Mapping[str, PublicKey] | None = None,
     ) -> AgentProcess:
+        """``key`` is the pod's identity (fresh when None); ``peers`` (name -> identity key) are pinned in
+        ``[[privacy.peers]]`` as their owners would exchange `pod-agent keys show` lines."""
         state_dir = self.tmp / name
         state_dir.mkdir(parents=True, exist_ok=True)
-        IdentityKey.generate().save(state_dir / "identity.pem")
+        (key or IdentityKey.generate()).save(state_dir / "identity.pem")
+        pins = "".join(
+            f'\n[[privacy.peers]]\nname = "{peer}"\npublic_key = "{public.to_b64()}"\n'
+            for peer, public in sorted((peers or {}).items()) if peer != name
+        )
         config = state_dir / "pod.toml"
         config.write_text(
             f"""
@@ -181,7 +188,7 @@ request_timeout_s = {request_timeout_s}
 path = "{data}"
 
 [security]
-sandbox = "none"
+sandbox = "{sandbox}"
 
 [[security.modellers]]
 name = "tester"
@@ -200,7 +207,7 @@ shutdown_grace_s = {grace_s}
 
 [ops]
 health_port = 0
-"""
+{pins}"""
         )
         agent = AgentProcess(name, config, state_dir, self.tmp / f"{name}.log")
         self.agents.append(agent)
