@@ -212,6 +212,7 @@ class Agent:
         self._stop = stop
         await asyncio.to_thread(self._blob_dir.mkdir, parents=True, exist_ok=True)
         await asyncio.to_thread(self._fail_interrupted_rounds)
+        await self.pipeline.discard_leftovers()
         requeued = await asyncio.to_thread(self.state.requeue_running, now=_now())
         if requeued:
             _log.info("requeued %d task(s) interrupted by the last shutdown", len(requeued))

@@ -124,6 +124,11 @@ class TaskPipeline:
                     _log.warning("sandbox unavailable (%s): train/evaluate/predict tasks will fail", exc.code)
             return self._runner
 
+    async def discard_leftovers(self) -> None:
+        """Remove task inputs a killed agent left behind: they hold prepared rows of the table, and no
+        task is running yet (an interrupted task prepares its input again, or is failed)."""
+        await asyncio.to_thread(shutil.rmtree, self._work_root, ignore_errors=True)
+
     async def aclose(self) -> None:
         if self._warming is not None:
             self._warming.cancel()
@@ -157,7 +162,9 @@ class TaskPipeline:
         work = self._work_root / task.task_id
         await asyncio.to_thread(shutil.rmtree, work, ignore_errors=True)
         input_dir = work / "input"
-        await asyncio.to_thread(input_dir.mkdir, parents=True)
+        # The task's prepared rows live here: the agent's alone (the worker reads hard links in its own slot).
+        await asyncio.to_thread(_private_dir, work)
+        await asyncio.to_thread(input_dir.mkdir)
         try:
             return await self._sandboxed_in(task, floor, work, input_dir, on_progress)
         finally:
@@ -278,6 +285,11 @@ class TaskPipeline:
         if self.fetcher is None:
             raise TaskFailed(FailureCode.WEIGHTS_UNAVAILABLE.value, "no hub connection to fetch the task's weights")
         await self.fetcher.blob(sha256, dest)
+
+
+def _private_dir(path: Path) -> None:
+    path.mkdir(parents=True)
+    path.chmod(0o700)  # mkdir's mode is masked by the umask; this is not
 
 
 def _check_prepared(task: TaskPayload, floor: PrivacyFloor, datastructure: Mapping[str, Any]) -> int:

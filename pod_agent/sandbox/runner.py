@@ -161,17 +161,24 @@ def _exit_reason(returncode: int | None, *, namespaced: bool, memory: MemoryEven
 
 
 def _grant_input(input_dir: Path, identity: Identity | None) -> None:
-    """Let the sandbox uid's group read the input tree; nobody gains write access."""
-    if identity is None or not identity.dedicated:
-        return
+    """Let the sandbox uid's group read the input tree, and nobody else: it holds the pod's prepared rows.
+
+    Nobody gains write access; other local users lose read access (the tree is hard-linked to the
+    task's input under the state dir, which gets the same modes). A worker that runs as the agent's
+    own uid needs no group bits either.
+    """
+    dedicated = identity is not None and identity.dedicated
     for root, dirs, files in os.walk(input_dir):
         for name in [root, *(os.path.join(root, d) for d in dirs), *(os.path.join(root, f) for f in files)]:
             if os.path.islink(name):
                 continue
             st = os.lstat(name)
-            os.chown(name, -1, identity.gid)
-            extra = 0o050 if os.path.isdir(name) else 0o040
-            os.chmod(name, (st.st_mode | extra) & ~0o022 & 0o7777)
+            if identity is not None and dedicated:
+                os.chown(name, -1, identity.gid)
+                extra = 0o050 if os.path.isdir(name) else 0o040
+                os.chmod(name, (st.st_mode | extra) & ~0o027 & 0o7777)
+            else:
+                os.chmod(name, st.st_mode & ~0o077 & 0o7777)
 
 
 def _prepare_scratch(root: Path, identity: Identity | None) -> Path:

@@ -163,6 +163,10 @@ async def test_a_pod_killed_while_waiting_for_the_roster_fails_round_interrupted
             timeout_s=TRAIN_TIMEOUT_S, what=f"{victim_name}'s advert at the hub",
         )
         assert victim.task_status(task.task_id) == "running"
+        leftover = victim.state_dir / "work" / task.task_id
+        # While it runs, the prepared rows are the agent's and the sandbox group's only, never other users'.
+        assert leftover.stat().st_mode & 0o777 == 0o700
+        assert all(path.stat().st_mode & 0o007 == 0 for path in leftover.rglob("*") if path.is_file())
         victim.kill()
         (advert_before,) = [m for m in _round_messages(fed, task.task_id) if m[1] == victim_name]
         restarted = AgentProcess(victim.name, victim.config, victim.state_dir, victim.log).start()
@@ -186,6 +190,8 @@ async def test_a_pod_killed_while_waiting_for_the_roster_fails_round_interrupted
     assert sorted((stage, sender) for stage, sender, _ in messages) == [("advert", name) for name in NAMES]
     await async_wait_for(lambda: restarted.task_status(task.task_id) == "delivered", what="the failure delivered")
     assert "was interrupted by the last shutdown; failed as round_interrupted" in restarted.log_text()
+    # The killed process's prepared copy of the rows does not outlive it.
+    assert not (victim.state_dir / "work" / task.task_id).exists()
 
     # Beyond the round timing out nothing changed for the cohort: all three take the next task.
     fed.wait_online()
