@@ -167,7 +167,7 @@ class Agent:
     async def open(cls, settings: PodSettings) -> Agent:
         """Open key, state, datasource and schema (blocking work off the loop)."""
         state_dir = settings.pod.state_dir
-        await asyncio.to_thread(state_dir.mkdir, parents=True, exist_ok=True)
+        await asyncio.to_thread(state_dir.mkdir, mode=0o700, parents=True, exist_ok=True)
         passphrase = passphrase_from_env(settings.pod.identity_key_passphrase_env)
         key = await asyncio.to_thread(IdentityKey.load, settings.pod.identity_key_path, passphrase)
         state = await asyncio.to_thread(PodState.open, state_dir / "state.sqlite")
