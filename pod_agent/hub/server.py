@@ -79,6 +79,7 @@ from pod_agent.protocol import (
     verify_request,
 )
 from pod_agent.protocol.messages import (
+    Code,
     Envelope,
     ProgressEvent,
     ResultPayload,
@@ -142,7 +143,7 @@ class ModelPublication(WireModel):
 
 
 class Refusal(WireModel):
-    code: str = Field(pattern=r"^[a-z0-9_]{1,64}$")
+    code: Code
 
 
 def _parse(model: type[BaseModel], raw: bytes) -> Any:

@@ -17,6 +17,8 @@ KeyId = Sha256Hex
 TaskKind = Literal["train", "evaluate", "predict", "schema-stats"]
 ModelStyle = Literal["lightning", "module", "declarative"]
 HyperValue = int | float | str | bool
+# A refusal or failure code as it crosses the wire: one lowercase word (policy.codes holds the vocabularies).
+Code = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
 
 
 class WireModel(BaseModel):
@@ -204,7 +206,7 @@ class ResultPayload(WireModel):
     pod: str
     kind: TaskKind
     status: Literal["done", "failed", "refused"]
-    reason: str | None = None  # a fixed refusal/failure code; never sandbox text
+    reason: Code | None = None  # a fixed refusal/failure code; never sandbox text
     metrics: dict[str, float] = {}
     n_rows: int = Field(default=0, ge=0)
     blob: BlobRef | None = None
