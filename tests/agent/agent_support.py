@@ -20,6 +20,7 @@ from pod_agent.config.settings import (
     PrivacySection,
     SandboxLimitsSection,
     SecuritySection,
+    TrainingSection,
 )
 from pod_agent.hub import SqliteStorage, create_app, listening
 from pod_agent.modeller import ModellerClient, PodInfo
@@ -43,14 +44,15 @@ async def hub_with_agent(
     security: dict[str, Any] | None = None,
     privacy: dict[str, Any] | None = None,
     sandbox_limits: dict[str, Any] | None = None,
+    training: dict[str, Any] | None = None,
     extra_modellers: Sequence[ModellerPolicy] = (),
     middlewares: Sequence[Any] = (),
     stop_within_s: float = 30,
 ) -> AsyncIterator[HubWithAgent]:
     """``csv_text`` is the pod's datasource; ``policy`` and ``security`` are extra fields of the modeller's
-    ModellerPolicy (role super) and of the SecuritySection (sandbox none); ``privacy`` and ``sandbox_limits``
-    are fields of those sections (warm_worker off unless given); ``extra_modellers`` are more policy entries
-    (their clients are the test's); ``middlewares`` go in front of the hub's own."""
+    ModellerPolicy (role super) and of the SecuritySection (sandbox none); ``privacy``, ``sandbox_limits`` and
+    ``training`` are fields of those sections (warm_worker off unless given); ``extra_modellers`` are more
+    policy entries (their clients are the test's); ``middlewares`` go in front of the hub's own."""
     data = tmp_path / "small.csv"
     data.write_text(csv_text)
     state_dir = tmp_path / "pod"
@@ -70,6 +72,7 @@ async def hub_with_agent(
                 *extra_modellers]),
             privacy=PrivacySection(**(privacy or {})),
             sandbox_limits=SandboxLimitsSection(**{"warm_worker": False, **(sandbox_limits or {})}),
+            training=TrainingSection(**(training or {})),
             ops=OpsSection(health_port=0),
         )
         stop = asyncio.Event()
