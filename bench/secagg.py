@@ -11,13 +11,35 @@ n = 10.
 Upload: bytes of the masked vector (uint32: 4 a value).
 
 Modeller side: 100 pods, 10 of them dropped after sharing, 1M values: sum the 90 masked
-vectors, unmask (rebuild 90 self-mask seeds and 10 mask keys from the survivors' shares,
-remove their masks) and decode; the mean is checked against the plain one.
+vectors (``sum_vectors``), unmask (``unmask_sum``: check each answer's share kinds and
+indexes, rebuild 90 self-mask seeds and 10 mask keys from the survivors' shares, each seed
+from all its surviving holders' shares with a second interpolation to check them, each key
+from t shares checked against its advertised public key; regenerate the 90 self masks and
+the pair masks every survivor shared with a dropped pod, AES-128-CTR, and remove them in one
+pass) and decode (``aggregate_masked``: fixed point to float mean); the mean is checked
+against the plain one.
 
 Flower's SecAgg+ client math (``flwr``'s quantisation, Shamir shares, Fernet share
 encryption, self and pair masks from its PRG, at the same k) runs in a subprocess with the
 Python of a separate venv that has ``flwr`` (``FLWR_PYTHON``, default
 /tmp/flwr-venv/bin/python); without it that half is skipped with a note.
+
+Flower's server-side unmask math runs the same way, on the same cohort (our neighbour
+graph, the same pods dropped, k and t, vector length and layer shapes): sum (its
+``parameters_addition``, ``parameters_mod``), unmask (``combine_shares`` of 90 self-mask
+seeds and 10 secret keys, each PKCS8 PEM P-384 as Flower shares them; ``bytes_to_private_key``,
+``bytes_to_public_key`` and ``generate_shared_key`` for each dropped pod's surviving
+neighbours; its ``pseudo_rand_gen`` for every mask, removed with ``parameters_subtraction``
+or ``parameters_addition``, then ``parameters_mod``) and decode (``factor_extract``,
+``dequantize``, then the offset and scale ``SecAggPlusWorkflow.unmask_stage`` applies inline).
+Not included: messages, byte decoding of the vectors, the strategy's aggregation. Where its
+workflow does more than ours, Flower is given the cheaper path: exactly t shares per secret
+(its workflow hands ``combine_shares`` every share collected, up to k + 1, and it
+interpolates through all of them), and pair masks only between a dropped pod and its
+surviving neighbours (its workflow also regenerates those between two dropped neighbours,
+which cancel). The masked vectors are built in the subprocess, untimed, with its
+quantisation and PRG; the pair masks two survivors share cancel in the sum, so they are left
+out of the vectors (the sum is the same). Its decoded mean is checked against the plain one.
 
     python -m bench.secagg [--small] [--json]
 """
@@ -32,6 +54,7 @@ import tempfile
 import time
 import tracemalloc
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -42,6 +65,7 @@ from bench.cli import parser_for, show
 from pod_agent.protocol.messages import SecAggParams
 from pod_agent.secagg import (
     HeldShares,
+    NeighbourGraph,
     PeerKeys,
     RoundSecrets,
     UnmaskAnswer,
@@ -185,10 +209,27 @@ def _pod_cost(arrays: dict[str, np.ndarray], n: int, *, repeats: int) -> dict[st
     }
 
 
-def _modeller_cost(n: int, n_values: int, *, repeats: int) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _Cohort:
+    """The modeller-side round both implementations unmask: who is in it, its graph, who dropped."""
+
+    members: list[str]
+    graph: NeighbourGraph
+    dropped: list[str]
+    survivors: list[str]
+
+
+def _cohort(n: int) -> _Cohort:
     members = _names(n)
+    dropped = members[:: round(1 / DROPPED_FRACTION)]
+    return _Cohort(members=members, graph=neighbour_graph(members, task_id=TASK_ID, round_index=0), dropped=dropped,
+                   survivors=[pod for pod in members if pod not in dropped])
+
+
+def _modeller_cost(n: int, n_values: int, *, repeats: int) -> dict[str, Any]:
+    cohort = _cohort(n)
+    members, graph, dropped, survivors = cohort.members, cohort.graph, cohort.dropped, cohort.survivors
     params = _params(n)
-    graph = neighbour_graph(members, task_id=TASK_ID, round_index=0)
     secrets = {pod: RoundSecrets.generate() for pod in members}
     peers = _peers(secrets)
     boxes = {pod: encrypt_shares(s, me=pod, graph=graph, peers=peers, task_id=TASK_ID, round_index=0)
@@ -197,8 +238,6 @@ def _modeller_cost(n: int, n_values: int, *, repeats: int) -> dict[str, Any]:
                                 ciphertexts={v: b[pod] for v, b in boxes.items() if pod in b}, task_id=TASK_ID,
                                 round_index=0)
             for pod in members}
-    dropped = members[:: round(1 / DROPPED_FRACTION)]
-    survivors = [pod for pod in members if pod not in dropped]
     updates = {pod: update_of(n_values, seed=i) for i, pod in enumerate(survivors)}
     vectors = []
     for pod in survivors:
@@ -227,15 +266,16 @@ def _modeller_cost(n: int, n_values: int, *, repeats: int) -> dict[str, Any]:
     def decode(_: None) -> dict[str, np.ndarray]:
         return aggregate_masked([clean], layout=layout, params=params, n_pods=len(survivors)).mean
 
-    sum_s, _ = _median_time(lambda: None, total, repeats)
+    sum_s, sum_cpu = _median_time(lambda: None, total, repeats)
     unmask_s, unmask_cpu = _median_time(lambda: None, unmask, repeats)
-    decode_s, _ = _median_time(lambda: None, decode, repeats)
+    decode_s, decode_cpu = _median_time(lambda: None, decode, repeats)
     mean = decode(None)
     plain = {k: sum(updates[p][k].astype(np.float64) for p in survivors) / len(survivors) for k in mean}
     return {
         "pods": n, "dropped": len(dropped), "values": n_values, "neighbours": graph.degree,
+        "threshold": graph.threshold,
         "sum_s": sum_s, "unmask_s": unmask_s, "unmask_cpu_s": unmask_cpu, "decode_s": decode_s,
-        "total_s": sum_s + unmask_s + decode_s,
+        "total_s": sum_s + unmask_s + decode_s, "total_cpu_s": sum_cpu + unmask_cpu + decode_cpu,
         "max_abs_error": max(float(np.max(np.abs(mean[k] - plain[k]))) for k in mean),
     }
 
@@ -315,21 +355,149 @@ print(json.dumps({"flwr_version": flwr.__version__, "cohorts": out}))
 """
 
 
-def _flower(arrays: dict[str, np.ndarray], cohorts: list[tuple[int, int]], *, repeats: int) -> dict[str, Any]:
-    if not FLWR_PYTHON.exists():
-        return {"skipped": f"no flwr venv at {FLWR_PYTHON} (python3 -m venv it; pip install flwr numpy)"}
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "update.npz"
-        np.savez(path, **arrays)  # type: ignore[arg-type]  # mypy matches **dict against allow_pickle
-        done = subprocess.run(
-            [str(FLWR_PYTHON), "-c", _FLOWER_SCRIPT, str(path), json.dumps(cohorts), str(repeats),
-             str(FLOWER_CLIP), str(FLOWER_LEVELS), str(FLOWER_MODULUS)],
-            capture_output=True, text=True, check=False, timeout=3600,
-        )
+_FLOWER_MODELLER_SCRIPT = r"""
+import json, os, statistics, sys, time
+import numpy as np
+from flwr.common.secure_aggregation.crypto.shamir import combine_shares, create_shares
+from flwr.common.secure_aggregation.crypto.symmetric_encryption import generate_shared_key
+try:
+    from flwr.supercore.primitives.asymmetric import (
+        bytes_to_private_key, bytes_to_public_key, generate_key_pairs, private_key_to_bytes, public_key_to_bytes)
+except ImportError:  # older flwr kept them beside generate_shared_key
+    from flwr.common.secure_aggregation.crypto.symmetric_encryption import (
+        bytes_to_private_key, bytes_to_public_key, generate_key_pairs, private_key_to_bytes, public_key_to_bytes)
+from flwr.common.secure_aggregation.ndarrays_arithmetic import (
+    factor_combine, factor_extract, get_parameters_shape, parameters_addition, parameters_mod, parameters_multiply,
+    parameters_subtraction)
+from flwr.common.secure_aggregation.quantization import dequantize, quantize
+from flwr.common.secure_aggregation.secaggplus_utils import pseudo_rand_gen
+
+spec = json.loads(sys.argv[1])
+n, k, t, repeats = spec["pods"], spec["neighbours"], spec["threshold"], spec["repeats"]
+clip, levels, modulus = spec["clip"], spec["levels"], spec["modulus"]
+shapes = [tuple(s) for s in spec["shapes"]]
+neighbours = spec["graph"]  # node i -> its k neighbours' node ids
+dropped = spec["dropped"]
+alive = [i for i in range(n) if i not in set(dropped)]
+alive_set = set(alive)
+max_weight, n_examples = 1000.0, 100
+
+def med(run):
+    walls, cpus = [], []
+    for _ in range(repeats):
+        w, c = time.perf_counter(), time.process_time(); run()
+        cpus.append(time.process_time() - c); walls.append(time.perf_counter() - w)
+    return statistics.median(walls), statistics.median(cpus)
+
+# Setup, untimed: every pod's keys and self-mask seed, split into k + 1 shares as its client does;
+# the modeller gets t of them from surviving holders.
+keys = [generate_key_pairs() for _ in range(n)]
+public = [public_key_to_bytes(pk) for _, pk in keys]
+seeds = [os.urandom(32) for _ in range(n)]
+
+def from_survivors(owner, secret):
+    holders = sorted(neighbours[owner] + [owner])
+    return [s for h, s in zip(holders, create_shares(secret, t, k + 1), strict=True) if h in alive_set][:t]
+
+seed_shares = {u: from_survivors(u, seeds[u]) for u in alive}
+key_shares = {d: from_survivors(d, private_key_to_bytes(keys[d][0])) for d in dropped}
+q_ratio = round(n_examples / max_weight * levels)
+vectors, plain = [], [np.zeros(s) for s in shapes]
+for index, u in enumerate(alive):
+    rng = np.random.default_rng(index)
+    arrays = [rng.standard_normal(s, dtype=np.float32) * 0.01 for s in shapes]
+    plain = [p + a for p, a in zip(plain, arrays)]
+    y = factor_combine(q_ratio, quantize(parameters_multiply(arrays, q_ratio / levels), clip, levels))
+    dims = get_parameters_shape(y)
+    y = parameters_addition(y, pseudo_rand_gen(seeds[u], modulus, dims))
+    for v in neighbours[u]:
+        if v in alive_set:
+            continue  # u's and v's pair masks cancel in the sum
+        pair = pseudo_rand_gen(generate_shared_key(keys[u][0], keys[v][1]), modulus, dims)
+        y = (parameters_addition if u > v else parameters_subtraction)(y, pair)
+    vectors.append(parameters_mod(y, modulus))
+
+def total():
+    # collect_masked_vectors_stage, less the byte decoding
+    summed = vectors[0]
+    for y in vectors[1:]:
+        summed = parameters_addition(summed, y)
+    return parameters_mod(summed, modulus)
+
+summed = total()
+dims = get_parameters_shape(summed)
+
+def unmask():
+    # unmask_stage, from the collected shares to the reduced vector
+    masked = summed
+    for u in alive:
+        masked = parameters_subtraction(masked, pseudo_rand_gen(combine_shares(seed_shares[u]), modulus, dims))
+    for d in dropped:
+        private = bytes_to_private_key(combine_shares(key_shares[d]))
+        for v in neighbours[d]:
+            if v not in alive_set:
+                continue
+            pair = pseudo_rand_gen(generate_shared_key(private, bytes_to_public_key(public[v])), modulus, dims)
+            masked = (parameters_addition if d > v else parameters_subtraction)(masked, pair)
+    return parameters_mod(masked, modulus)
+
+clean = unmask()
+
+def decode():
+    q_total, recon = factor_extract(clean)
+    mean = dequantize(recon, clip, levels)
+    for vec in mean:
+        vec += -(len(alive) - 1) * clip
+        vec *= levels / q_total
+    return mean
+
+(sum_s, sum_cpu), (unmask_s, unmask_cpu), (decode_s, decode_cpu) = med(total), med(unmask), med(decode)
+error = max(float(np.max(np.abs(m - p / len(alive)))) for m, p in zip(decode(), plain, strict=True))
+import flwr
+print(json.dumps({"flwr_version": flwr.__version__, "sum_s": sum_s, "unmask_s": unmask_s, "unmask_cpu_s": unmask_cpu,
+                  "decode_s": decode_s, "total_s": sum_s + unmask_s + decode_s,
+                  "total_cpu_s": sum_cpu + unmask_cpu + decode_cpu, "max_abs_error": error}))
+"""
+
+
+def _no_flower() -> dict[str, Any] | None:
+    if FLWR_PYTHON.exists():
+        return None
+    return {"skipped": f"no flwr venv at {FLWR_PYTHON} (python3 -m venv it; pip install flwr numpy)"}
+
+
+def _run_flower(args: list[str]) -> dict[str, Any]:
+    done = subprocess.run([str(FLWR_PYTHON), "-c", *args], capture_output=True, text=True, check=False, timeout=3600)
     if done.returncode != 0:
         return {"skipped": "flower run failed: " + (done.stderr.strip().splitlines() or ["no output"])[-1]}
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
+
+
+def _flower(arrays: dict[str, np.ndarray], cohorts: list[tuple[int, int]], *, repeats: int) -> dict[str, Any]:
+    if skipped := _no_flower():
+        return skipped
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "update.npz"
+        np.savez(path, **arrays)  # type: ignore[arg-type]  # mypy matches **dict against allow_pickle
+        return _run_flower([_FLOWER_SCRIPT, str(path), json.dumps(cohorts), str(repeats), str(FLOWER_CLIP),
+                            str(FLOWER_LEVELS), str(FLOWER_MODULUS)])
+
+
+def _flower_modeller(n: int, n_values: int, *, repeats: int) -> dict[str, Any]:
+    """Flower's server-side sum, unmask and decode on the cohort ``_modeller_cost`` unmasks (see the module doc)."""
+    if skipped := _no_flower():
+        return skipped
+    cohort = _cohort(n)
+    node = {pod: i for i, pod in enumerate(cohort.members)}
+    spec = {
+        "pods": n, "neighbours": cohort.graph.degree, "threshold": cohort.graph.threshold, "repeats": repeats,
+        "clip": FLOWER_CLIP, "levels": FLOWER_LEVELS, "modulus": FLOWER_MODULUS,
+        "shapes": [a.shape for a in update_of(n_values).values()],
+        "graph": [[node[v] for v in cohort.graph.neighbours(pod)] for pod in cohort.members],
+        "dropped": [node[pod] for pod in cohort.dropped],
+    }
+    return _run_flower([_FLOWER_MODELLER_SCRIPT, json.dumps(spec)])
 
 
 def run(small: bool) -> dict[str, Any]:
@@ -359,6 +527,15 @@ def run(small: bool) -> dict[str, Any]:
             ours["speedup_vs_flower"] = theirs["total_s"] / ours["total_s"]
             ours["speedup_vs_flower_cpu"] = theirs["total_cpu_s"] / ours["total_cpu_s"]
             ours["flower_upload_bytes"] = theirs["upload_bytes"]
+    server = _flower_modeller(modeller["pods"], modeller["values"], repeats=repeats)
+    if "skipped" in server:
+        modeller["flower_skipped"] = server["skipped"]
+    else:
+        modeller.update({f"flower_{key}": value for key, value in server.items() if key != "flwr_version"})
+        modeller["speedup_vs_flower"] = server["total_s"] / modeller["total_s"]
+        modeller["speedup_vs_flower_cpu"] = server["total_cpu_s"] / modeller["total_cpu_s"]
+        modeller["unmask_speedup_vs_flower"] = server["unmask_s"] / modeller["unmask_s"]
+        modeller["unmask_speedup_vs_flower_cpu"] = server["unmask_cpu_s"] / modeller["unmask_cpu_s"]
     return result
 
 
@@ -385,6 +562,13 @@ def _print(result: dict[str, Any]) -> None:
         print(f"flower {result['flower']['flwr_version']}: "
               + ", ".join(f"n={r['pods']} {r['speedup_vs_flower']:.1f}x slower ({r['speedup_vs_flower_cpu']:.1f}x in CPU "
                         "time)" for r in result["pod"].values()))
+    if "flower_skipped" in m:
+        print(f"flower modeller: skipped: {m['flower_skipped']}")
+    elif "flower_total_s" in m:
+        print(f"flower modeller: sum {m['flower_sum_s']:.3f} s, unmask {m['flower_unmask_s']:.3f} s, decode "
+              f"{m['flower_decode_s']:.3f} s, max error {m['flower_max_abs_error']:.2e}; "
+              f"{m['speedup_vs_flower']:.1f}x slower ({m['speedup_vs_flower_cpu']:.1f}x in CPU time), unmask alone "
+              f"{m['unmask_speedup_vs_flower']:.1f}x ({m['unmask_speedup_vs_flower_cpu']:.1f}x)")
 
 
 def main() -> None:
