@@ -169,9 +169,13 @@ async def _pod_task(data_path: Path, datastructure: dict[str, Any], root: Path, 
 
     from pod_agent.config.settings import SandboxLimitsSection, SecuritySection
     from pod_agent.sandbox import SandboxJob, SandboxRunner
-    from pod_agent.training import check_result
+    from pod_agent.training import TensorSpec, check_result, reported_rows
+    from pod_agent.training.local import initial_weights
 
     task = _task(epochs)
+    # A pod checks the result against the task's pinned starting weights: the model as the seed builds it.
+    starting = initial_weights(task.model, datastructure=datastructure, hyperparameters=task.hyperparameters)
+    expected = {name: TensorSpec(tuple(array.shape)) for name, array in starting.items()}
     case = root / uuid.uuid4().hex[:8]
     (case / "input").mkdir(parents=True)
     shutil.copyfile(data_path, case / "input" / "data.arrow")
@@ -192,7 +196,8 @@ async def _pod_task(data_path: Path, datastructure: dict[str, Any], root: Path, 
 
         outcome = await runner.run(SandboxJob(entry=ENTRY, input_dir=case / "input", work_dir=case / "work",
                                               request=request), on_progress=on_progress)
-        check_result(outcome, task=task, expected=None, max_bytes=512 << 20)
+        check_result(outcome, task=task, expected=expected, rows=reported_rows(task, datastructure["n_rows"]),
+                     max_bytes=512 << 20)
         total = time.perf_counter() - started
     return total, first_step[0] if first_step else float("nan")
 

@@ -452,7 +452,7 @@ class Agent:
             result = ResultPayload(
                 task_id=payload.task_id, pod=self.settings.pod.name, kind=payload.kind, status=status, reason=reason,
                 metrics=output.metrics if output else {}, n_rows=output.n_rows if output else 0,
-                blob=output.blob if output else None, clipped_values=output.clipped_values if output else 0,
+                blob=output.blob if output else None,
                 produced_at=_now(),
             )
             envelope = envelope_bytes(sign_envelope(result, self.key)).decode()

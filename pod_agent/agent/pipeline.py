@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import math
 import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -59,7 +60,6 @@ class PipelineOutput:
     n_rows: int
     blob_path: Path | None = None
     blob: BlobRef | None = None
-    clipped_values: int = 0
 
 
 class TaskPipeline:
@@ -181,6 +181,7 @@ class TaskPipeline:
             WorkerRequest,
             check_result,
             expected_from_safetensors,
+            reported_rows,
         )
 
         if task.model is None or task.data is None:
@@ -195,7 +196,7 @@ class TaskPipeline:
             prepare_task_input, self._datasource, self._schema, task.data, input_dir,
             share_categories=self._settings.privacy.share_categories,
         )
-        steps = _check_prepared(task, floor, prepared.datastructure)
+        steps, steps_per_epoch = _check_prepared(task, floor, prepared.datastructure)
         settings = self._settings
         request = WorkerRequest(
             task=task,
@@ -215,13 +216,13 @@ class TaskPipeline:
         )
         on_progress(ProgressEvent(task_id=task.task_id, stage="training"))
         progress = ProgressRebuilder(
-            task_id=task.task_id, max_steps=steps, max_epochs=task.hyperparameters.epochs or max(1, steps),
-            digits=floor.metric_digits, include_loss=task.secagg is None,
+            task_id=task.task_id, total_steps=steps if task.kind == "train" else 0, steps_per_epoch=steps_per_epoch,
         )
         outcome = await self._runner.run(job, on_progress=lambda raw: _forward(progress, raw, on_progress))
         on_progress(ProgressEvent(task_id=task.task_id, stage="validating"))
         checked = await asyncio.to_thread(
             check_result, outcome, task=task, expected=expected,
+            rows=reported_rows(task, prepared.datastructure["n_rows"]),
             max_bytes=settings.sandbox_limits.max_output_mb << 20, min_rows=floor.min_rows,
             max_prediction_columns=settings.privacy.max_prediction_columns,
         )
@@ -230,36 +231,35 @@ class TaskPipeline:
             return PipelineOutput(metrics=metrics, n_rows=checked.n_rows)
         if task.secagg is not None:
             return await self._secure_round_output(task, checked.arrays, checked.n_rows, metrics)
-        data, encoding, clipped = await asyncio.to_thread(self._encode, checked.arrays)
+        data, encoding = await asyncio.to_thread(self._encode, checked.arrays)
         blob_path = self._outbox_dir / f"{task.task_id}.blob"
         await asyncio.to_thread(blob_path.write_bytes, data)
         ref = BlobRef(sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data), encoding=encoding)
         return PipelineOutput(
-            metrics=metrics, n_rows=checked.n_rows, blob_path=blob_path, blob=ref, clipped_values=clipped
+            metrics=metrics, n_rows=checked.n_rows, blob_path=blob_path, blob=ref
         )
 
     @staticmethod
-    def _encode(arrays: dict[str, Any]) -> tuple[bytes, Any, int]:
+    def _encode(arrays: dict[str, Any]) -> tuple[bytes, Any]:
         """The plain update as safetensors (no secure aggregation)."""
         from safetensors.numpy import save
 
-        return save(dict(sorted(arrays.items()))), "safetensors", 0
+        return save(dict(sorted(arrays.items()))), "safetensors"
 
     async def _secure_round_output(
         self, task: TaskPayload, arrays: dict[str, Any], n_rows: int, metrics: Mapping[str, float]
     ) -> PipelineOutput:
         """The SecAgg+ round (``secure_round.py``); row count and metrics travel only inside the masked
-        vector, so the result's clear ``metrics`` are empty and its ``n_rows`` 0."""
+        vector, so the result's clear ``metrics`` are empty and its ``n_rows`` 0. How many values the
+        clip bound changed is a per-pod fact the model controls: it stays in the local log."""
         if self.fetcher is None:
             raise TaskFailed(FailureCode.ROUND_TIMEOUT.value, "no hub connection for the secure round")
         round_output = await run_secure_round(
             task, arrays, n_rows=n_rows, metrics=metrics, ctx=self._secure_round, link=self.fetcher,
             blob_path=self._outbox_dir / f"{task.task_id}.blob",
         )
-        return PipelineOutput(
-            metrics={}, n_rows=0, blob_path=round_output.blob_path, blob=round_output.blob,
-            clipped_values=round_output.n_clipped,
-        )
+        _log.info("secure update: %d values clipped to the task's bound", round_output.n_clipped)
+        return PipelineOutput(metrics={}, n_rows=0, blob_path=round_output.blob_path, blob=round_output.blob)
 
     async def _write_model(self, task: TaskPayload, input_dir: Path) -> None:
         """Put the model source or spec into the input (source by hub reference checked against its hash)."""
@@ -292,13 +292,14 @@ def _private_dir(path: Path) -> None:
     path.chmod(0o700)  # mkdir's mode is masked by the umask; this is not
 
 
-def _check_prepared(task: TaskPayload, floor: PrivacyFloor, datastructure: Mapping[str, Any]) -> int:
-    """The exact rows of each split the task uses against the floor; returns the task's effective steps.
+def _check_prepared(task: TaskPayload, floor: PrivacyFloor, datastructure: Mapping[str, Any]) -> tuple[int, int]:
+    """The exact rows of each split the task uses against the floor; returns the task's effective steps
+    and the steps of one epoch.
 
     The verifier judged estimates from the registered row count; these are the prepared input's counts.
     """
     if task.data is None:
-        return 0
+        return 0, 1
     rows: Mapping[str, int] = datastructure["n_rows"]
     for name in used_splits(task.kind, task.data.split):
         if rows[name] < floor.min_rows:
@@ -311,7 +312,7 @@ def _check_prepared(task: TaskPayload, floor: PrivacyFloor, datastructure: Mappi
             FailureCode.TOO_MANY_STEPS.value,
             f"{steps} optimiser steps on the prepared input, over max_effective_steps {floor.max_effective_steps}",
         )
-    return steps
+    return steps, max(1, math.ceil(rows["train"] / task.hyperparameters.batch_size))
 
 
 def _forward(rebuilder: ProgressRebuilder, raw: object, sink: ProgressSink) -> None:
@@ -319,6 +320,5 @@ def _forward(rebuilder: ProgressRebuilder, raw: object, sink: ProgressSink) -> N
     progress = parse_progress(raw)
     if progress is None:
         return
-    event = rebuilder.rebuild(progress)
-    if event is not None:
+    for event in rebuilder.rebuild(progress):
         sink(event)

@@ -126,14 +126,14 @@ class FedAvg:
             started = time.monotonic()
             if weights_ref is None:  # uploaded within round 1 so its time counts the upload
                 weights_ref = await self._publish(weights, f"round{round_index}")
-            cohort, mean_update, clipped = await self._train_round(weights, weights_ref, cohort, round_index)
+            cohort, mean_update = await self._train_round(weights, weights_ref, cohort, round_index)
             weights = apply_mean_update(weights, mean_update)
             # The upload evaluated here is what the next round trains from: one copy of each global model.
             weights_ref = await self._publish(weights, f"round{round_index}-result")
             record = RoundRecord(
                 round=round_index,
                 pods=await self._evaluate(weights_ref, cohort, label=f"round{round_index}-result"),
-                seconds=time.monotonic() - started, clipped_values=clipped,
+                seconds=time.monotonic() - started,
             )
             report.rounds.append(record)
             if self.on_round is not None:
@@ -168,9 +168,9 @@ class FedAvg:
 
     async def _train_round(
         self, weights: Weights, weights_ref: WeightsRef, cohort: list[str], round_index: int
-    ) -> tuple[list[str], Weights, int]:
+    ) -> tuple[list[str], Weights]:
         """Train ``weights`` (uploaded as ``weights_ref``) on ``cohort`` and return (cohort that answered,
-        mean update, values clipped)."""
+        mean update)."""
         secure = self.plan.secure
         if secure is not None:
             return await self._secure_round(weights, weights_ref, cohort, round_index, secure)
@@ -183,11 +183,11 @@ class FedAvg:
             _log.warning("round %d: pods %s failed (%s); averaging the others", round_index, failed, reasons)
             if not ok:
                 raise ModellerError(f"round {round_index}: every pod failed: {reasons}")
-        return [p for p in cohort if p in ok], await self._aggregate(task.task_id, ok, weights), 0
+        return [p for p in cohort if p in ok], await self._aggregate(task.task_id, ok, weights)
 
     async def _secure_round(
         self, weights: Weights, weights_ref: WeightsRef, cohort: list[str], round_index: int, secure: SecureSettings
-    ) -> tuple[list[str], Weights, int]:
+    ) -> tuple[list[str], Weights]:
         """One SecAgg+ round: the survivors' weighted mean, with no retry whoever drops out."""
         secagg = await self._secagg(secure, cohort, round_index)
         task = await self._submit("train", cohort, weights_ref, secagg=secagg)
@@ -207,7 +207,7 @@ class FedAvg:
             _log.info("round %d: cohort train metrics %s over %d rows", round_index,
                       {k: round(v, 4) for k, v in sorted(summed.metrics.items())}, summed.total_rows)
         mean = {name: summed.mean[name].astype(np.float32) for name in weights}
-        return list(outcome.survivors), mean, 0
+        return list(outcome.survivors), mean
 
     async def evaluate(self, weights: Weights, cohort: list[str], *, label: str) -> dict[str, PodMetrics]:
         """Metrics of ``weights`` on each pod's test split (an evaluate task; no tensors come back)."""

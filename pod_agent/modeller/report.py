@@ -24,7 +24,6 @@ class RoundRecord:
     round: int
     pods: dict[str, PodMetrics]
     seconds: float
-    clipped_values: int = 0
 
     @property
     def overall(self) -> PodMetrics:

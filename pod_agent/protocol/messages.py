@@ -210,7 +210,6 @@ class ResultPayload(WireModel):
     metrics: dict[str, float] = {}
     n_rows: int = Field(default=0, ge=0)
     blob: BlobRef | None = None
-    clipped_values: int = Field(default=0, ge=0)
     produced_at: int
 
 
@@ -221,4 +220,3 @@ class ProgressEvent(WireModel):
     epoch: int | None = Field(default=None, ge=0)
     step: int | None = Field(default=None, ge=0)
     fraction: float | None = Field(default=None, ge=0, le=1)  # of the task's steps, computed by the pod
-    loss: float | None = None  # rounded; absent under secure aggregation

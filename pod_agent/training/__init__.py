@@ -11,6 +11,7 @@ from pod_agent.training.contract import (
     TensorSpec,
     check_result,
     expected_from_safetensors,
+    reported_rows,
 )
 from pod_agent.training.wall import (
     TensorDescription,
@@ -34,4 +35,5 @@ __all__ = [
     "check_result",
     "expected_from_safetensors",
     "parse_progress",
+    "reported_rows",
 ]

@@ -7,7 +7,9 @@ with a fixed ``reason`` at the first failure:
 
 1. ``too_large``: payload over ``max_bytes``.
 2. ``bad_header``: the header does not parse as a ``wall.WorkerResultHeader``
-   (a missing or extra key, a wrong type, a negative count).
+   (a missing or extra key, a wrong type, a negative count), or its ``n_rows`` is
+   not the agent's own count of the split the result reports (``reported_rows``):
+   the count that leaves the pod is the agent's, never a number the sandbox chose.
 3. ``bad_metric``: more than ``MAX_METRICS`` metrics, a name that is not a plain
    identifier, or a value that is not a finite number. Which names and how many
    may leave the pod is decided afterwards by ``agent.egress`` (a fixed vocabulary).
@@ -78,6 +80,7 @@ def check_result(
     *,
     task: TaskPayload,
     expected: Mapping[str, TensorSpec] | None,
+    rows: int,
     max_bytes: int,
     max_prediction_columns: int = DEFAULT_MAX_PREDICTION_COLUMNS,
     min_rows: int = 1,
@@ -86,7 +89,8 @@ def check_result(
 
     ``expected`` is the model's exchanged tensors (``expected_from_safetensors`` of the
     task's pinned weights); a train result must match it exactly, so a train task
-    without pinned weights has no acceptable result.
+    without pinned weights has no acceptable result. ``rows`` is the agent's count of
+    the rows the result reports (``reported_rows`` of the prepared input).
     """
     payload = outcome.payload
     if len(payload) > max_bytes:
@@ -97,12 +101,24 @@ def check_result(
         # Not chained: the parse error's own text quotes what the worker sent.
         raise ContractViolation("bad_header", f"result header does not parse: {_parse_errors(exc)}") from None
     n_rows = header.n_rows
+    if n_rows != rows:
+        raise ContractViolation("bad_header", f"n_rows {n_rows} is not the prepared split's {rows} rows")
     described = _described_tensors(header.tensors)
     metrics = _check_metrics(header.metrics)
     _check_names_and_shapes(described, task=task, expected=expected, n_rows=n_rows, min_rows=min_rows,
                             max_prediction_columns=max_prediction_columns)
     arrays = _decode(payload, described)
     return CheckedResult(arrays=arrays, metrics=metrics, n_rows=n_rows)
+
+
+def reported_rows(task: TaskPayload, split_rows: Mapping[str, int]) -> int:
+    """The rows a result of ``task`` reports, counted by the agent on the prepared input: the train
+    split's for train, the test split's for evaluate, the predicted split's for predict."""
+    if task.kind == "train":
+        return split_rows["train"]
+    if task.kind == "predict":
+        return split_rows.get(str(task.hyperparameters.extra.get("predict_split", "test")), 0)
+    return split_rows["test"]
 
 
 def expected_from_safetensors(data: bytes) -> dict[str, TensorSpec]:

@@ -13,7 +13,7 @@ from safetensors.numpy import save as save_numpy
 from training_support import TUTORIAL_MODEL, make_task, source_ref
 
 from pod_agent.errors import ContractViolation
-from pod_agent.training import TensorSpec, check_result, expected_from_safetensors
+from pod_agent.training import TensorSpec, check_result, expected_from_safetensors, reported_rows
 
 TASK = make_task("train", source_ref(TUTORIAL_MODEL, "MyCustomModel"))
 EXPECTED = {"w": TensorSpec((2, 3)), "b": TensorSpec((2,))}
@@ -36,8 +36,26 @@ def outcome_of(arrays: dict[str, np.ndarray], *, metrics: dict[str, Any] | None 
 
 
 def check(outcome: Outcome, **kwargs: Any) -> Any:
-    options: dict[str, Any] = {"task": TASK, "expected": EXPECTED, "max_bytes": 1 << 20} | kwargs
+    """``check_result`` with the agent's own row count equal to the header's, unless ``rows`` is given."""
+    claimed = outcome.header.get("n_rows") if isinstance(outcome.header, dict) else None
+    rows = claimed if isinstance(claimed, int) and not isinstance(claimed, bool) else 10
+    options: dict[str, Any] = {"task": TASK, "expected": EXPECTED, "rows": rows, "max_bytes": 1 << 20} | kwargs
     return check_result(outcome, **options)
+
+
+def test_a_row_count_the_sandbox_chose_is_rejected() -> None:
+    # 48 bits of a target sequence written into n_rows: the count that leaves must be the agent's own.
+    with pytest.raises(ContractViolation, match="is not the prepared split's 800 rows") as rejected:
+        check(outcome_of(GOOD, n_rows=300253683450116), rows=800)
+    assert rejected.value.code == "bad_header"
+
+
+def test_the_rows_a_result_reports_are_counted_by_the_agent_per_kind() -> None:
+    split_rows = {"train": 800, "validation": 100, "test": 90}
+    evaluate = make_task("evaluate", source_ref(TUTORIAL_MODEL, "MyCustomModel"))
+    predict_validation = make_task("predict", source_ref(TUTORIAL_MODEL, "MyCustomModel"),
+                                   extra={"predict_split": "validation"})
+    assert [reported_rows(t, split_rows) for t in (TASK, evaluate, predict_validation)] == [800, 90, 100]
 
 
 def test_a_well_formed_update_passes_with_its_arrays_and_metrics() -> None:

@@ -10,7 +10,7 @@ from safetensors.numpy import save as save_numpy
 from training_support import MODULE_STYLE_MODEL, TUTORIAL_MODEL, RunTask, make_task, source_ref
 
 from pod_agent.data.task_input import TaskInput
-from pod_agent.training import check_result, expected_from_safetensors
+from pod_agent.training import check_result, expected_from_safetensors, reported_rows
 
 TUTORIAL = source_ref(TUTORIAL_MODEL, "MyCustomModel")
 MODULE = source_ref(MODULE_STYLE_MODEL, "TabularNet", style="module")
@@ -72,11 +72,13 @@ def test_same_seed_gives_the_same_update(run_in_process: RunTask) -> None:
         np.testing.assert_array_equal(one[name], two[name])
 
 
-def test_evaluate_returns_only_scalar_metrics(run_in_process: RunTask) -> None:
+def test_evaluate_returns_only_scalar_metrics(run_in_process: RunTask, adult_input: TaskInput) -> None:
     channel = run_in_process(make_task("evaluate", TUTORIAL))
     assert channel.header is not None
     task = make_task("evaluate", TUTORIAL)
-    checked = check_result(_Outcome(channel.header, channel.payload), task=task, expected=None, max_bytes=1 << 20)
+    rows = reported_rows(task, adult_input.datastructure["n_rows"])  # type: ignore[arg-type]
+    checked = check_result(_Outcome(channel.header, channel.payload), task=task, expected=None, rows=rows,
+                           max_bytes=1 << 20)
     assert {"val_loss", "val_acc", "test_accuracy"} <= set(checked.metrics)
     assert checked.arrays == {}
 
@@ -87,9 +89,10 @@ def test_predict_returns_class_probabilities_for_the_test_rows_only(
     task = make_task("predict", TUTORIAL)
     channel = run_in_process(task)
     assert channel.header is not None
-    checked = check_result(_Outcome(channel.header, channel.payload), task=task, expected=None, max_bytes=1 << 20, min_rows=20)
-    predictions = checked.arrays["predictions"]
     n_test = adult_input.datastructure["n_rows"]["test"]  # type: ignore[index]
+    checked = check_result(_Outcome(channel.header, channel.payload), task=task, expected=None, rows=n_test,
+                           max_bytes=1 << 20, min_rows=20)
+    predictions = checked.arrays["predictions"]
     assert predictions.shape == (n_test, 2)
     np.testing.assert_allclose(predictions.sum(axis=1), 1.0, atol=1e-5)
 
@@ -98,15 +101,17 @@ def test_predict_under_min_rows_is_refused(run_in_process: RunTask) -> None:
     assert run_in_process(make_task("predict", TUTORIAL), min_rows=10**6).failure == "too_few_rows"
 
 
-def test_train_result_matches_the_models_own_parameters(run_in_process: RunTask) -> None:
+def test_train_result_matches_the_models_own_parameters(run_in_process: RunTask, adult_input: TaskInput) -> None:
     channel = run_in_process(make_task("train", TUTORIAL, steps=2))
     start = _weights(run_in_process, TUTORIAL, steps=1)
     expected = expected_from_safetensors(save_numpy(start))
     assert channel.header is not None
+    n_train = adult_input.datastructure["n_rows"]["train"]  # type: ignore[index]
     checked = check_result(
-        _Outcome(channel.header, channel.payload), task=make_task("train", TUTORIAL), expected=expected, max_bytes=64 << 20
+        _Outcome(channel.header, channel.payload), task=make_task("train", TUTORIAL), expected=expected, rows=n_train,
+        max_bytes=64 << 20,
     )
-    assert checked.n_rows > 0
+    assert checked.n_rows == n_train > 0
 
 
 class _Outcome:

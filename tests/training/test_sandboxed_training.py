@@ -16,7 +16,7 @@ from pod_agent.data.task_input import TaskInput
 from pod_agent.errors import SandboxError, SandboxUnavailable
 from pod_agent.policy.codes import failure_code_for
 from pod_agent.sandbox import SandboxJob, SandboxRunner, best_level, probe_layers
-from pod_agent.training import TensorSpec, check_result
+from pod_agent.training import TensorSpec, check_result, reported_rows
 from pod_agent.training.local import initial_weights
 
 SANDBOX_USER = "pod-sandbox"
@@ -53,7 +53,8 @@ async def test_tutorial_model_trains_through_the_sandbox_and_passes_the_contract
     assert task.model is not None
     starting = initial_weights(task.model, datastructure=adult_input.datastructure, hyperparameters=task.hyperparameters)
     expected = {name: TensorSpec(tuple(array.shape)) for name, array in starting.items()}
-    checked = check_result(outcome, task=task, expected=expected, max_bytes=64 << 20)
+    rows = reported_rows(task, adult_input.datastructure["n_rows"])
+    checked = check_result(outcome, task=task, expected=expected, rows=rows, max_bytes=64 << 20)
     assert set(checked.arrays) == {"_model.0.weight", "_model.0.bias", "_model.3.weight", "_model.3.bias"}
     assert checked.arrays["_model.0.weight"].shape == (500, adult_input.datastructure["input_size"])
     assert "val_acc" in checked.metrics
@@ -105,5 +106,6 @@ async def test_a_warm_worker_takes_the_task_and_is_replaced_after_it(adult_input
         job = SandboxJob(entry=ENTRY, input_dir=input_dir, work_dir=tmp_path / "work",
                          request=request_for(task, adult_input.datastructure))
         outcome = await runner.run(job)
-        assert "val_loss" in check_result(outcome, task=task, expected=None, max_bytes=1 << 20).metrics
+        rows = reported_rows(task, adult_input.datastructure["n_rows"])
+        assert "val_loss" in check_result(outcome, task=task, expected=None, rows=rows, max_bytes=1 << 20).metrics
         assert await runner.wait_warm(ENTRY)
