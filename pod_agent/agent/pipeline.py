@@ -185,7 +185,9 @@ class TaskPipeline:
         )
 
         if task.model is None or task.data is None:
-            raise TaskFailed(FailureCode.INTERNAL_ERROR.value, f"a verified {task.kind} task lacks a model and a data selection")
+            raise TaskFailed(
+                FailureCode.INTERNAL_ERROR.value, f"a verified {task.kind} task lacks a model and a data selection"
+            )
         await self._write_model(task, input_dir)
         expected = None
         if task.weights is not None:
@@ -235,9 +237,7 @@ class TaskPipeline:
         blob_path = self._outbox_dir / f"{task.task_id}.blob"
         await asyncio.to_thread(blob_path.write_bytes, data)
         ref = BlobRef(sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data), encoding=encoding)
-        return PipelineOutput(
-            metrics=metrics, n_rows=checked.n_rows, blob_path=blob_path, blob=ref
-        )
+        return PipelineOutput(metrics=metrics, n_rows=checked.n_rows, blob_path=blob_path, blob=ref)
 
     @staticmethod
     def _encode(arrays: dict[str, Any]) -> tuple[bytes, Any]:

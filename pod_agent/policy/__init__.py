@@ -1,8 +1,19 @@
-"""Policy: the pod's own decision on who may run what, and the refusal codes it answers with."""
+"""Policy: the pod's own decision on who may run what, the owner's privacy floor and trusted peers,
+and the fixed words (refusal and failure codes) it answers with."""
 
 from pod_agent.policy.codes import FailureCode, RefusalCode, failure_code_for
 from pod_agent.policy.floor import PrivacyFloor
 from pod_agent.policy.peers import TrustedPeers, install_roster
 from pod_agent.policy.verifier import TaskVerifier, VerifiedTask, check_fetched_source
 
-__all__ = ["FailureCode", "PrivacyFloor", "RefusalCode", "TrustedPeers", "failure_code_for", "TaskVerifier", "VerifiedTask", "check_fetched_source", "install_roster"]
+__all__ = [
+    "FailureCode",
+    "PrivacyFloor",
+    "RefusalCode",
+    "TaskVerifier",
+    "TrustedPeers",
+    "VerifiedTask",
+    "check_fetched_source",
+    "failure_code_for",
+    "install_roster",
+]
