@@ -38,6 +38,10 @@ def sum_vectors(
 ) -> npt.NDArray[np.unsignedinteger]:
     """The element-wise sum mod M of the vectors, each checked against the layout and modulus."""
     _check_vectors(vectors, layout=layout, params=params)
+    return _sum(vectors)
+
+
+def _sum(vectors: Sequence[npt.NDArray[np.unsignedinteger]]) -> npt.NDArray[np.unsignedinteger]:
     total = vectors[0].copy()
     for vector in vectors[1:]:
         # Unsigned numpy arithmetic wraps, which is exactly addition mod 2**bits.
@@ -66,7 +70,7 @@ def aggregate_masked(
             "(more could wrap the modulus): raise num_workers in the task"
         )
     _check_vectors(vectors, layout=layout, params=params)
-    total = vectors[0] if len(vectors) == 1 else sum_vectors(vectors, layout=layout, params=params)
+    total = vectors[0] if len(vectors) == 1 else _sum(vectors)
     total_rows = _centered(total, layout.row_slot, params.modulus_bits)
     if total_rows < pods:
         raise SecAggError(
@@ -84,7 +88,7 @@ def aggregate_masked(
             decode_sum(total[slot.offset + start : slot.offset + stop], divisor=divisor,
                        modulus_bits=params.modulus_bits, out=out[start:stop])
         mean[slot.name] = out.reshape(slot.shape)
-    return AggregateResult(mean=mean, total_rows=total_rows, n_pods=pods, 
+    return AggregateResult(mean=mean, total_rows=total_rows, n_pods=pods,
                            metrics=_metric_means(total, layout, params))
 
 

@@ -137,14 +137,23 @@ def clip_chunk(work: npt.NDArray[np.float64], *, low: float, high: float, clip_h
     Raises for a non-finite value: NaN passes through np.clip and would turn into an
     arbitrary integer when encoded.
     """
-    if not np.isfinite(work).all():
+    if work.size == 0:
+        return 0
+    # min and max propagate NaN and carry any infinity, so these two reductions both check
+    # finiteness and show whether anything needs counting or clipping (usually nothing).
+    smallest, largest = float(work.min()), float(work.max())
+    if not (math.isfinite(smallest) and math.isfinite(largest)):
         raise SecAggError(
             "update holds a NaN or infinite value (or one beyond float64 range once scaled by the "
             "precision); refusing to encode it"
         )
-    n_clipped = int(np.count_nonzero(work > high)) + int(np.count_nonzero(work < low))
+    n_clipped = 0
+    if largest > high or smallest < low:
+        n_clipped = int(np.count_nonzero(work > high)) + int(np.count_nonzero(work < low))
     top = high if clip_high is None else clip_high
-    np.clip(work, max(low, -top), top, out=work)
+    bottom = max(low, -top)
+    if largest > top or smallest < bottom:
+        np.clip(work, bottom, top, out=work)
     return n_clipped
 
 

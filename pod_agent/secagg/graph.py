@@ -58,19 +58,29 @@ _SEED_LABEL = b"pod-agent/secagg/v1/neighbour-graph"
 
 @dataclass(frozen=True)
 class NeighbourGraph:
-    """The round's graph: the cohort, its degree k, the share threshold t and the ring order."""
+    """The round's graph: the ring order and degree k; the cohort and the share threshold t follow from them.
 
-    members: tuple[str, ...]
+    ``members`` (the ring sorted) and ``threshold`` (the smallest majority of k + 1) are
+    derived, never passed, so no graph can carry a t that lets two disjoint sets of
+    holders rebuild a pod's two secrets.
+    """
+
     degree: int
-    threshold: int
     ring: tuple[str, ...] = field(repr=False)
+    members: tuple[str, ...] = field(init=False, compare=False)
     _position: dict[str, int] = field(init=False, repr=False, compare=False)
     _graph_digest: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "members", tuple(sorted(self.ring)))
         object.__setattr__(self, "_position", {pod: index for index, pod in enumerate(self.ring)})
         ring_parts = [_SEED_LABEL, b"graph", str(self.degree).encode(), *(pod.encode() for pod in self.ring)]
         object.__setattr__(self, "_graph_digest", _digest(ring_parts))
+
+    @property
+    def threshold(self) -> int:
+        """t = floor((k + 1) / 2) + 1 of the k + 1 shares rebuild a secret (module docstring)."""
+        return self.holders // 2 + 1
 
     @property
     def holders(self) -> int:
@@ -137,7 +147,7 @@ def neighbour_graph(
         raise SecAggError(f"degree = {k} for {n} pods: use n - 1 = {n - 1} or an even number from 2 to {n - 2}")
     seed = _digest([_SEED_LABEL, task_id.encode(), str(round_index).encode(), *(p.encode() for p in names)])
     ring = tuple(_shuffle(names, seed))
-    return NeighbourGraph(members=tuple(names), degree=k, threshold=(k + 1) // 2 + 1, ring=ring)
+    return NeighbourGraph(degree=k, ring=ring)
 
 
 def default_degree(n: int) -> int:

@@ -8,6 +8,7 @@ from hypothesis.extra.numpy import arrays
 
 from pod_agent.errors import SecAggError
 from pod_agent.secagg import ClipBound, clip_l2, clip_update
+from pod_agent.secagg.clip import clip_chunk
 
 BOUND = ClipBound(prime_q=2**31 - 1, precision=10**4, num_workers=4)
 
@@ -111,3 +112,20 @@ def test_clipped_values_lie_within_the_bound_and_count_matches(values: np.ndarra
     out = clip_update({"w": values}, BOUND)
     assert np.all(np.abs(out.arrays["w"]) <= BOUND.bound)
     assert out.n_clipped == int(np.count_nonzero(np.abs(values) > BOUND.bound))
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_a_lone_non_finite_value_is_refused_wherever_it_lies(bad: float) -> None:
+    for values in ([bad], [0.5, bad], [bad, -0.5, 0.25]):
+        with pytest.raises(SecAggError, match="NaN or infinite"):
+            clip_chunk(np.array(values, dtype=np.float64), low=-1.0, high=1.0)
+
+
+def test_clip_chunk_matches_a_plain_clip_and_count_on_every_side() -> None:
+    rng = np.random.default_rng(7)
+    for spread in (0.5, 1.0, 3.0):
+        work = rng.uniform(-spread, spread, size=1000)
+        expected_count = int(np.sum(work > 1.0) + np.sum(work < -1.0))
+        expected = np.clip(work, -0.75, 0.75)
+        assert clip_chunk(work, low=-1.0, high=1.0, clip_high=0.75) == expected_count
+        np.testing.assert_array_equal(work, expected)

@@ -134,3 +134,11 @@ def test_sparse_neighbours_are_the_ring_window() -> None:
     for at, pod in enumerate(ring):
         window = {ring[(at + step) % 40] for step in itertools.chain(range(-half, 0), range(1, half + 1))}
         assert set(graph.neighbours(pod)) == window
+
+
+def test_cohort_and_threshold_follow_from_the_ring_and_degree() -> None:
+    graph = neighbour_graph(names(30), task_id=TASK_A, round_index=0, degree=8)
+    rebuilt = NeighbourGraph(degree=graph.degree, ring=graph.ring)
+    assert rebuilt == graph
+    assert rebuilt.members == tuple(sorted(graph.ring)) == tuple(names(30))
+    assert rebuilt.threshold == 5  # smallest majority of k + 1 = 9 holders
