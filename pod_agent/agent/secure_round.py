@@ -28,14 +28,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import hashlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from pydantic import ValidationError
 
@@ -43,7 +42,8 @@ from pod_agent.errors import HubError, HubRejected, ProtocolError, SecAggError, 
 from pod_agent.policy.codes import FailureCode
 from pod_agent.policy.peers import TrustedPeers
 from pod_agent.protocol import IdentityKey, PublicKey, envelope_bytes, open_envelope, sign_envelope
-from pod_agent.protocol.messages import BlobRef, Envelope, TaskPayload
+from pod_agent.protocol.keys import b64decode_strict
+from pod_agent.protocol.messages import BlobRef, Envelope, SecAggParams, TaskPayload
 from pod_agent.protocol.secure_round import (
     AdvertRoster,
     CommittedList,
@@ -59,8 +59,12 @@ from pod_agent.protocol.secure_round import (
 )
 from pod_agent.state import AlreadyReleased, PodState
 
+if TYPE_CHECKING:
+    from pod_agent.secagg import EncodedUpdate, HeldShares, RoundSecrets
+
 _log = logging.getLogger(__name__)
 _M = TypeVar("_M", bound=RoundMessage)
+_R = TypeVar("_R")
 
 # One long-poll request waits at most this long (the hub caps it at 30 s too); the stage deadline bounds the total.
 POLL_S = 20.0
@@ -144,7 +148,7 @@ async def run_secure_round(
         raise TaskFailed(FailureCode.SECAGG_ERROR.value, str(exc)) from exc
     secrets = RoundSecrets.generate()
     try:
-        return await _Round(task, ctx, link, secrets).run(encoded, blob_path)
+        return await _Round(task, params, ctx, link, secrets).run(encoded, blob_path)
     finally:
         secrets.erase()
 
@@ -159,17 +163,17 @@ def _modeller_key(task: TaskPayload, ctx: PodRoundContext) -> PublicKey:
 class _Round:
     """One round's state on this pod; ``run`` goes through the stages in order."""
 
-    def __init__(self, task: TaskPayload, ctx: PodRoundContext, link: RoundLink, secrets: Any) -> None:
-        if task.secagg is None:
-            raise TaskFailed(FailureCode.SECAGG_ERROR.value, "a secure round needs secagg parameters")
-        self.task, self.params, self.ctx, self.link, self.secrets = task, task.secagg, ctx, link, secrets
+    def __init__(
+        self, task: TaskPayload, params: SecAggParams, ctx: PodRoundContext, link: RoundLink, secrets: RoundSecrets
+    ) -> None:
+        self.task, self.params, self.ctx, self.link, self.secrets = task, params, ctx, link, secrets
         self.me = ctx.me
-        self.round = task.secagg.round
+        self.round = params.round
         self.modeller = _modeller_key(task, ctx)
         # The signed task's cohort: name -> the identity key the owner pinned for it (the verifier
         # refused the task unless every participant is pinned under the key id the task names).
         self.cohort: dict[str, PublicKey] = {}
-        for participant in task.secagg.participants:
+        for participant in params.participants:
             key = ctx.peers.key_for(participant.pod, participant.key_id)
             if key is None:
                 raise TaskFailed(FailureCode.BAD_ADVERTISEMENT.value, f"participant {participant.pod!r} is not a pinned peer")
@@ -178,7 +182,7 @@ class _Round:
     def _fields(self) -> dict[str, Any]:
         return {"task_id": self.task.task_id, "round": self.round}
 
-    async def run(self, encoded: Any, blob_path: Path) -> RoundOutput:
+    async def run(self, encoded: EncodedUpdate, blob_path: Path) -> RoundOutput:
         from pod_agent.secagg import PeerKeys, neighbour_graph
 
         mine = KeyAdvertisement(
@@ -206,7 +210,7 @@ class _Round:
         ciphertexts = _encrypt(self.secrets, common)
         shares = EncryptedShares(
             **self._fields(), pod=self.me,
-            ciphertexts={name: base64.b64encode(ct).decode("ascii") for name, ct in sorted(ciphertexts.items())},
+            ciphertexts={name: _b64(ct) for name, ct in sorted(ciphertexts.items())},
         )
         await self._post("shares", shares)
 
@@ -268,6 +272,8 @@ class _Round:
                     FailureCode.ROSTER_OUTSIDE_COHORT.value,
                     f"the roster forwards an advert for {claimed[:64]!r}, outside the signed task's cohort",
                 )
+            if claimed in adverts:
+                raise TaskFailed(FailureCode.BAD_ADVERTISEMENT.value, f"the roster forwards two adverts for {claimed!r}")
             try:
                 advert = open_envelope(envelope, KeyAdvertisement, key)
             except ProtocolError as exc:
@@ -280,8 +286,6 @@ class _Round:
                     FailureCode.BAD_ADVERTISEMENT.value,
                     f"the advert forwarded for {claimed!r} is for task {advert.task_id} round {advert.round}",
                 )
-            if claimed in adverts:
-                raise TaskFailed(FailureCode.BAD_ADVERTISEMENT.value, f"the roster forwards two adverts for {claimed!r}")
             adverts[claimed] = advert
         if adverts.get(self.me) != mine:
             raise TaskFailed(
@@ -344,7 +348,9 @@ class _Round:
 
     # -- release ---------------------------------------------------------------------------------
 
-    async def _release(self, encoded: Any, blob_path: Path, common: Mapping[str, Any], committed: frozenset[str]) -> BlobRef:
+    async def _release(
+        self, encoded: EncodedUpdate, blob_path: Path, common: Mapping[str, Any], committed: frozenset[str]
+    ) -> BlobRef:
         """Mask, record the release (the one-release rule), then upload and announce the masked vector."""
         from pod_agent.secagg import mask_input, vector_to_bytes
 
@@ -374,7 +380,7 @@ class _Round:
         await self._post("masked", MaskedInput(**self._fields(), pod=self.me, blob=blob))
         return blob
 
-    def _decrypt(self, received: Mapping[str, bytes], common: Mapping[str, Any]) -> Any:
+    def _decrypt(self, received: Mapping[str, bytes], common: Mapping[str, Any]) -> dict[str, HeldShares]:
         from pod_agent.secagg import decrypt_shares
 
         return decrypt_shares(self.secrets, ciphertexts=dict(received), **common)
@@ -390,12 +396,11 @@ class _Round:
     async def _get(self, stage: Stage, *, after: int, deadline: float) -> dict[str, Any]:
         path = round_path(self.task.task_id, self.round, stage)
         wait_s = max(0.0, min(POLL_S, deadline - time.monotonic()))
-        reply: dict[str, Any] = await self._retrying(
+        return await self._retrying(
             lambda: self.link.round_get(path, after=after, wait_s=wait_s), deadline=deadline, what=f"{stage} poll"
         )
-        return reply
 
-    async def _retrying(self, call: Any, *, deadline: float, what: str) -> Any:
+    async def _retrying(self, call: Callable[[], Awaitable[_R]], *, deadline: float, what: str) -> _R:
         """``call()`` until it succeeds; a transient hub failure is retried until ``deadline``."""
         while True:
             try:
@@ -445,8 +450,8 @@ class _Round:
                 raise TaskFailed(FailureCode.BAD_ROUND_MESSAGE.value, "the hub's shares reply is not a mapping")
             if senders <= set(shares):
                 try:
-                    return {name: base64.b64decode(str(shares[name]), validate=True) for name in senders}
-                except (binascii.Error, ValueError) as exc:
+                    return {name: b64decode_strict(str(shares[name]), what=f"{name}'s ciphertext") for name in senders}
+                except ProtocolError as exc:
                     raise TaskFailed(FailureCode.BAD_ROUND_MESSAGE.value, "a ciphertext is not base64") from exc
             if time.monotonic() >= deadline:
                 raise TaskFailed(
@@ -455,14 +460,13 @@ class _Round:
                 )
 
 
-def _encrypt(secrets: Any, common: Mapping[str, Any]) -> dict[str, bytes]:
+def _encrypt(secrets: RoundSecrets, common: Mapping[str, Any]) -> dict[str, bytes]:
     from pod_agent.secagg import encrypt_shares
 
     try:
-        result: dict[str, bytes] = encrypt_shares(secrets, **common)
+        return encrypt_shares(secrets, **common)
     except SecAggError as exc:
         raise TaskFailed(FailureCode.SECAGG_ERROR.value, str(exc)) from exc
-    return result
 
 
 def _peek_pod(raw: Any) -> str:

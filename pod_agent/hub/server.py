@@ -47,11 +47,13 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import shutil
 import tempfile
 import time
 import weakref
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -251,12 +253,18 @@ def _signer_pod(request: web.Request) -> PodRecord:
     return pod
 
 
-async def _signer_modeller(request: web.Request) -> ModellerRecord:
+async def _modeller_of(request: web.Request) -> ModellerRecord | None:
+    """The signer's modeller record, if its key is a registered modeller's."""
     modeller = request[_SIGNER_MODELLER]
     if modeller is None and request[_SIGNER_POD] is not None:
         # Authentication stops at the pod, but nothing keeps one key from being a pod's and a modeller's.
         hub = _hub(request)
         modeller = await hub.db(hub.storage.get_modeller, request[_SIGNER])
+    return modeller
+
+
+async def _signer_modeller(request: web.Request) -> ModellerRecord:
+    modeller = await _modeller_of(request)
     if modeller is None:
         raise HubError("this key is not a registered modeller; run `pod-agent modeller register`", status=403)
     return modeller
@@ -568,9 +576,20 @@ def _round_wakeup_key(task_id: str, round_index: int) -> str:
     return f"secagg:{task_id}:{round_index}"
 
 
-async def _round_party(request: web.Request) -> tuple[TaskRecord, str, PublicKey, Stage, int]:
-    """The round's task, the requester's sender label and key, the stage and round; 404/403 for anyone
-    but the task's modeller and target pods."""
+@dataclass(frozen=True)
+class _RoundParty:
+    """Who asks about which round: the task, the requester's sender label and key, the stage and round."""
+
+    task: TaskRecord
+    sender: str
+    key: PublicKey
+    stage: Stage
+    round: int
+
+
+async def _round_party(request: web.Request) -> _RoundParty:
+    """The requester as a party to the URL's round; 404/403 for anyone but the task's modeller and target
+    pods."""
     hub = _hub(request)
     stage = request.match_info["stage"]
     if stage not in STAGES:
@@ -578,28 +597,27 @@ async def _round_party(request: web.Request) -> tuple[TaskRecord, str, PublicKey
     task = await hub.db(hub.storage.get_task, request.match_info["task_id"])
     if task is None:
         raise HubError(f"no task {request.match_info['task_id']}", status=404)
+    round_index = int(request.match_info["round"])
     pod = request[_SIGNER_POD]
     if pod is not None and pod.name in task.pods:
-        return task, pod.name, PublicKey.from_b64(pod.public_key), stage, int(request.match_info["round"])
-    modeller = request[_SIGNER_MODELLER]
-    if modeller is None and pod is not None:
-        modeller = await hub.db(hub.storage.get_modeller, request[_SIGNER])
+        return _RoundParty(task, pod.name, PublicKey.from_b64(pod.public_key), stage, round_index)
+    modeller = await _modeller_of(request)
     if modeller is not None and modeller.key_id == task.modeller_id:
-        key = PublicKey.from_b64(modeller.public_key)
-        return task, MODELLER_SENDER, key, stage, int(request.match_info["round"])
+        return _RoundParty(task, MODELLER_SENDER, PublicKey.from_b64(modeller.public_key), stage, round_index)
     raise HubError(f"only task {task.task_id}'s modeller and target pods take part in its rounds", status=403)
 
 
 async def _secagg_post(request: web.Request) -> web.Response:
     """Relay one signed round message: the sender's own stage, signed by its own key, naming this round."""
     hub = _hub(request)
-    task, sender, key, stage, round_index = await _round_party(request)
+    party = await _round_party(request)
+    task, sender, stage, round_index = party.task, party.sender, party.stage, party.round
     raw = await request.read()
     if len(raw) > MAX_STAGE_BYTES[stage]:
         raise HubError(f"{stage} message is {len(raw)} bytes, over {MAX_STAGE_BYTES[stage]}", status=413)
     if (stage in MODELLER_STAGES) != (sender == MODELLER_SENDER):
         raise HubError(f"{sender!r} may not send the {stage} message of a round", status=403)
-    envelope, message = _opened(raw, STAGE_MODELS[stage], key, what=stage)
+    envelope, message = _opened(raw, STAGE_MODELS[stage], party.key, what=stage)
     if message.task_id != task.task_id or message.round != round_index:
         raise HubError(f"{stage} message names task {message.task_id} round {message.round}, not the URL's", status=400)
     if getattr(message, "pod", sender) != sender:
@@ -616,10 +634,14 @@ async def _secagg_post(request: web.Request) -> web.Response:
 async def _secagg_get(request: web.Request) -> web.Response:
     """Long poll: a stage's messages once more than ``after`` are held, or when the wait ends."""
     hub = _hub(request)
-    task, reader, _, stage, round_index = await _round_party(request)
+    party = await _round_party(request)
+    task, reader, stage, round_index = party.task, party.sender, party.stage, party.round
     try:
         wait_s = min(float(request.query.get("wait", "0")), MAX_LONG_POLL_S)
         after = int(request.query.get("after", "0"))
+        if math.isnan(wait_s):
+            # NaN passes every bound and would make the wait below endless.
+            raise ValueError("wait is NaN")
     except ValueError as exc:
         raise HubError("query 'wait' must be seconds and 'after' a count of messages", status=400) from exc
     deadline = asyncio.get_running_loop().time() + max(wait_s, 0.0)

@@ -20,13 +20,12 @@ The math is ``pod_agent.secagg.plus``; decoding the sum is ``pod_agent.secagg.ag
 
 from __future__ import annotations
 
-import base64
 import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -34,7 +33,8 @@ import numpy.typing as npt
 from pod_agent.errors import ModellerError, ProtocolError, SecAggError
 from pod_agent.modeller.client import ModellerClient
 from pod_agent.protocol import PublicKey, open_envelope
-from pod_agent.protocol.messages import Envelope, TaskPayload
+from pod_agent.protocol.keys import b64decode_strict
+from pod_agent.protocol.messages import Envelope, SecAggParams, TaskPayload
 from pod_agent.protocol.secure_round import (
     AdvertRoster,
     CommittedList,
@@ -46,6 +46,9 @@ from pod_agent.protocol.secure_round import (
     SurvivorList,
     UnmaskShares,
 )
+
+if TYPE_CHECKING:
+    from pod_agent.secagg import NeighbourGraph, UnmaskAnswer
 
 _log = logging.getLogger(__name__)
 _M = TypeVar("_M", bound=RoundMessage)
@@ -69,20 +72,27 @@ async def run_secure_round(
 ) -> SecureSum:
     """Drive the round of ``task`` (already submitted) to the survivors' unmasked sum; every stage goes on
     only with at least ``min_pods`` pods and the graph's threshold."""
-    if task.secagg is None:
+    params = task.secagg
+    if params is None:
         raise ModellerError(f"task {task.task_id} has no secure-aggregation parameters")
-    keys = await client.identity_keys([p.pod for p in task.secagg.participants])
-    return await _ServerRound(client, task, keys, min_pods=min_pods).run(vector_size=vector_size, work_dir=work_dir)
+    keys = await client.identity_keys([p.pod for p in params.participants])
+    return await _ServerRound(client, task, params, keys, min_pods=min_pods).run(
+        vector_size=vector_size, work_dir=work_dir
+    )
 
 
 class _ServerRound:
     def __init__(
-        self, client: ModellerClient, task: TaskPayload, keys: Mapping[str, PublicKey], *, min_pods: int
+        self,
+        client: ModellerClient,
+        task: TaskPayload,
+        params: SecAggParams,
+        keys: Mapping[str, PublicKey],
+        *,
+        min_pods: int,
     ) -> None:
-        if task.secagg is None:
-            raise ModellerError(f"task {task.task_id} has no secure-aggregation parameters")
-        self.client, self.task, self.params, self.keys = client, task, task.secagg, keys
-        self.round = task.secagg.round
+        self.client, self.task, self.params, self.keys = client, task, params, keys
+        self.round = params.round
         self.min_pods = min_pods
         self.label = f"task {task.task_id} round {self.round}"
 
@@ -139,7 +149,7 @@ class _ServerRound:
                 answers={pod: _answer(graph, pod, message) for pod, (message, _) in answers.items()},
                 task_id=self.task.task_id, round_index=self.round,
             )
-        except SecAggError as exc:
+        except (SecAggError, ProtocolError) as exc:
             raise ModellerError(f"{self.label}: the masks cannot be removed: {exc}") from exc
         return SecureSum(total=unmasked, survivors=tuple(survivors), dropped=tuple(dropped), blobs=blobs)
 
@@ -215,13 +225,17 @@ class _ServerRound:
         return message
 
 
-def _answer(graph: Any, holder: str, message: UnmaskShares) -> Any:
-    """A pod's wire answer as the library's UnmaskAnswer (shares indexed by the holder's place)."""
+def _answer(graph: NeighbourGraph, holder: str, message: UnmaskShares) -> UnmaskAnswer:
+    """A pod's wire answer as the library's UnmaskAnswer (shares indexed by the holder's place); a share
+    that is not base64 is a ProtocolError."""
     from pod_agent.secagg import Share, UnmaskAnswer
 
-    def shares(entries: Mapping[str, str]) -> dict[str, Any]:
+    def shares(entries: Mapping[str, str]) -> dict[str, Share]:
         return {
-            owner: Share(index=graph.share_index(holder, owner), data=base64.b64decode(data, validate=True))
+            owner: Share(
+                index=graph.share_index(holder, owner),
+                data=b64decode_strict(data, what=f"{holder}'s share of {owner}"),
+            )
             for owner, data in entries.items()
         }
 

@@ -72,6 +72,7 @@ SCHEMA_VERSION = 2
 # A writer holding the lock (another process) is waited for this long before giving up.
 BUSY_TIMEOUT_MS = 10_000
 
+# Schema version 1; _MIGRATIONS below bring it up to SCHEMA_VERSION.
 _SCHEMA = """
 CREATE TABLE tasks (
     task_id       TEXT PRIMARY KEY,
@@ -98,11 +99,6 @@ CREATE TABLE seen (
     keep_until INTEGER NOT NULL
 );
 CREATE INDEX seen_by_expiry ON seen (keep_until);
-CREATE TABLE releases (
-    starting_point TEXT PRIMARY KEY,
-    task_id        TEXT NOT NULL,
-    released_at    INTEGER NOT NULL
-);
 CREATE TABLE outbox (
     task_id         TEXT PRIMARY KEY REFERENCES tasks (task_id),
     result_json     TEXT NOT NULL,
@@ -113,7 +109,8 @@ CREATE TABLE outbox (
 );
 """
 
-# Schema changes by version: each list upgrades a database from the version before.
+# Schema changes by version: each list upgrades a database from the version before. A new database
+# gets _SCHEMA (version 1) and then every step, so new and upgraded databases cannot differ.
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
     2: (
         "CREATE TABLE releases (starting_point TEXT PRIMARY KEY, task_id TEXT NOT NULL, released_at INTEGER NOT NULL)",
@@ -202,8 +199,8 @@ class PodState:
                     for statement in _SCHEMA.split(";"):
                         if statement.strip():
                             conn.execute(statement)
-                    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-                elif version < SCHEMA_VERSION:
+                    version = 1
+                if version < SCHEMA_VERSION:
                     for step in range(version + 1, SCHEMA_VERSION + 1):
                         for statement in _MIGRATIONS[step]:
                             conn.execute(statement)
