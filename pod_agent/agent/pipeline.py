@@ -23,7 +23,7 @@ import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from pod_agent.agent.egress import ProgressRebuilder, reported_metrics
 from pod_agent.agent.secure_round import PodRoundContext, RoundLink, check_unreleased, run_secure_round
@@ -198,7 +198,9 @@ class TaskPipeline:
             prepare_task_input, self._datasource, self._schema, task.data, input_dir,
             share_categories=self._settings.privacy.share_categories,
         )
-        steps, steps_per_epoch = _check_prepared(task, floor, prepared.datastructure)
+        # The agent's own counts of the prepared splits: checked here, and the only counts that leave.
+        split_rows = cast(Mapping[str, int], prepared.datastructure["n_rows"])
+        steps, steps_per_epoch = _check_prepared(task, floor, split_rows)
         settings = self._settings
         request = WorkerRequest(
             task=task,
@@ -224,7 +226,7 @@ class TaskPipeline:
         on_progress(ProgressEvent(task_id=task.task_id, stage="validating"))
         checked = await asyncio.to_thread(
             check_result, outcome, task=task, expected=expected,
-            rows=reported_rows(task, prepared.datastructure["n_rows"]),
+            rows=reported_rows(task, split_rows),
             max_bytes=settings.sandbox_limits.max_output_mb << 20, min_rows=floor.min_rows,
             max_prediction_columns=settings.privacy.max_prediction_columns,
         )
@@ -292,7 +294,7 @@ def _private_dir(path: Path) -> None:
     path.chmod(0o700)  # mkdir's mode is masked by the umask; this is not
 
 
-def _check_prepared(task: TaskPayload, floor: PrivacyFloor, datastructure: Mapping[str, Any]) -> tuple[int, int]:
+def _check_prepared(task: TaskPayload, floor: PrivacyFloor, rows: Mapping[str, int]) -> tuple[int, int]:
     """The exact rows of each split the task uses against the floor; returns the task's effective steps
     and the steps of one epoch.
 
@@ -300,7 +302,6 @@ def _check_prepared(task: TaskPayload, floor: PrivacyFloor, datastructure: Mappi
     """
     if task.data is None:
         return 0, 1
-    rows: Mapping[str, int] = datastructure["n_rows"]
     for name in used_splits(task.kind, task.data.split):
         if rows[name] < floor.min_rows:
             raise TaskFailed(

@@ -92,6 +92,7 @@ from pod_agent.protocol.secure_round import (
     MAX_STAGE_BYTES,
     MODELLER_SENDER,
     MODELLER_STAGES,
+    POD_READ_STAGES,
     STAGE_MODELS,
     STAGES,
     EncryptedShares,
@@ -636,6 +637,8 @@ async def _secagg_get(request: web.Request) -> web.Response:
     hub = _hub(request)
     party = await _round_party(request)
     task, reader, stage, round_index = party.task, party.sender, party.stage, party.round
+    if reader != MODELLER_SENDER and stage not in POD_READ_STAGES:
+        raise HubError(f"a pod does not read the {stage} messages of a round; only the modeller does", status=403)
     try:
         wait_s = min(float(request.query.get("wait", "0")), MAX_LONG_POLL_S)
         after = int(request.query.get("after", "0"))

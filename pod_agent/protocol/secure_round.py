@@ -31,6 +31,10 @@ STAGES: tuple[Stage, ...] = get_args(Stage)
 # Who sends each stage: a cohort pod (its own message) or the task's modeller.
 POD_STAGES: frozenset[Stage] = frozenset({"advert", "shares", "masked", "consistency", "unmask"})
 MODELLER_STAGES: frozenset[Stage] = frozenset({"roster", "committed", "survivors"})
+# What a pod may read: the modeller's messages, the ciphertexts addressed to it and the survivor-list
+# signatures it compares. Other pods' adverts come through the roster; masked inputs and unmask answers
+# are the modeller's alone (with them a pod could rebuild what the modeller rebuilds).
+POD_READ_STAGES: frozenset[Stage] = MODELLER_STAGES | frozenset({"shares", "consistency"})
 # The sender label of the modeller's messages at the hub (pod names cannot contain '@').
 MODELLER_SENDER = "@modeller"
 # A round's cohort is bounded so that every list below is: SecAgg+ cost grows with it.
@@ -164,6 +168,7 @@ __all__ = [
     "MAX_STAGE_BYTES",
     "MODELLER_SENDER",
     "MODELLER_STAGES",
+    "POD_READ_STAGES",
     "POD_STAGES",
     "STAGES",
     "STAGE_MODELS",

@@ -101,3 +101,14 @@ async def test_the_long_poll_answers_when_a_message_arrives_and_is_bounded_other
     started = loop.time()
     status, got = await hub.caller(modeller).call("GET", path + "?wait=0.3&after=1")
     assert status == 200 and got["count"] == 1 and 0.25 <= loop.time() - started < 3
+
+
+async def test_a_pod_reads_only_the_stages_it_needs_never_others_masked_inputs_or_unmask_answers(hub: Any) -> None:
+    modeller, pods, task_id = await _cohort(hub)
+    for stage in ("advert", "masked", "unmask"):
+        status, body = await hub.caller(pods["pod-a"]).call("GET", round_path(task_id, 0, stage) + "?wait=0")
+        assert status == 403 and "only the modeller does" in body["error"], stage
+        assert (await hub.caller(modeller).call("GET", round_path(task_id, 0, stage) + "?wait=0"))[0] == 200
+    for stage in ("roster", "committed", "survivors", "shares", "consistency"):
+        assert (await hub.caller(pods["pod-a"]).call("GET", round_path(task_id, 0, stage) + "?wait=0"))[0] == 200
+
