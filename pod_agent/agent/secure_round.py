@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pod_agent.errors import HubError, HubRejected, ProtocolError, SecAggError, StateError, TaskFailed
 from pod_agent.policy.codes import FailureCode
@@ -70,6 +70,17 @@ _R = TypeVar("_R")
 POLL_S = 20.0
 # A failed request to the hub is retried after this long, while the stage deadline allows.
 RETRY_S = 0.5
+
+
+class _RoundReply(BaseModel):
+    """The hub's long-poll answer, untrusted: how many messages it holds and those it returned (a pod's
+    ``shares`` reply: the ciphertexts addressed to it, by sender)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    count: int = Field(ge=0)
+    messages: list[Any] = []
+    shares: dict[str, str] = {}
 
 
 class RoundLink(Protocol):
@@ -324,8 +335,8 @@ class _Round:
         count = 0
         while True:
             reply = await self._get("consistency", after=count, deadline=deadline)
-            count = int(reply.get("count", 0))
-            for raw in reply.get("messages", []):
+            count = reply.count
+            for raw in reply.messages:
                 sender = _peek_pod(raw)
                 if sender not in waiting_for or sender in signed:
                     continue
@@ -393,12 +404,22 @@ class _Round:
         deadline = time.monotonic() + self.params.stage_timeout_s
         await self._retrying(lambda: self.link.round_post(path, body), deadline=deadline, what=f"{stage} message")
 
-    async def _get(self, stage: Stage, *, after: int, deadline: float) -> dict[str, Any]:
+    async def _get(self, stage: Stage, *, after: int, deadline: float) -> _RoundReply:
+        """One long poll for ``stage``; a reply of the wrong shape is bad_round_message. A hub that answers
+        at once with nothing new is asked again only after RETRY_S, so it cannot make the pod spin."""
         path = round_path(self.task.task_id, self.round, stage)
         wait_s = max(0.0, min(POLL_S, deadline - time.monotonic()))
-        return await self._retrying(
+        asked = time.monotonic()
+        raw = await self._retrying(
             lambda: self.link.round_get(path, after=after, wait_s=wait_s), deadline=deadline, what=f"{stage} poll"
         )
+        try:
+            reply = _RoundReply.model_validate(raw)
+        except ValidationError as exc:
+            raise TaskFailed(FailureCode.BAD_ROUND_MESSAGE.value, f"the hub's {stage} reply is malformed") from exc
+        if reply.count <= after and time.monotonic() - asked < min(RETRY_S, wait_s):
+            await asyncio.sleep(max(0.0, min(RETRY_S, deadline - time.monotonic())))
+        return reply
 
     async def _retrying(self, call: Callable[[], Awaitable[_R]], *, deadline: float, what: str) -> _R:
         """``call()`` until it succeeds; a transient hub failure is retried until ``deadline``."""
@@ -419,9 +440,8 @@ class _Round:
         deadline = time.monotonic() + timeout_s
         while True:
             reply = await self._get(stage, after=0, deadline=deadline)
-            messages = reply.get("messages", [])
-            if messages:
-                message = self._open(messages[0], model, self.modeller, what=f"modeller's {stage} message")
+            if reply.messages:
+                message = self._open(reply.messages[0], model, self.modeller, what=f"modeller's {stage} message")
                 return message
             if time.monotonic() >= deadline:
                 raise TaskFailed(FailureCode.ROUND_TIMEOUT.value, f"no {stage} message from the modeller in {timeout_s:g} s")
@@ -444,10 +464,7 @@ class _Round:
         count = 0
         while True:
             reply = await self._get("shares", after=count, deadline=deadline)
-            count = int(reply.get("count", 0))
-            shares = reply.get("shares", {})
-            if not isinstance(shares, dict):
-                raise TaskFailed(FailureCode.BAD_ROUND_MESSAGE.value, "the hub's shares reply is not a mapping")
+            count, shares = reply.count, reply.shares
             if senders <= set(shares):
                 try:
                     return {name: b64decode_strict(str(shares[name]), what=f"{name}'s ciphertext") for name in senders}

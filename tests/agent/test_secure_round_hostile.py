@@ -149,6 +149,26 @@ async def test_survivor_lists_that_differ_between_pods_fail_the_consistency_chec
         assert rig.messages(task, "unmask") == []
 
 
+async def test_a_hub_answering_round_polls_with_nonsense_fails_the_round_as_bad_round_message(tmp_path: Path) -> None:
+    polls = 0
+
+    @web.middleware
+    async def hub_answers_nonsense(request: web.Request, handler: Any) -> web.StreamResponse:
+        # A hostile hub answers every roster poll at once, with a reply of the wrong shape.
+        nonlocal polls
+        if request.method == "GET" and request.path.endswith("/roster") and request.headers.get("X-Pod-Key-Id"):
+            polls += 1
+            return web.json_response({"count": "many", "messages": {"not": "a list"}})
+        return await handler(request)
+
+    async with round_rig(tmp_path, 3, middlewares=[hub_answers_nonsense]) as rig:
+        task = rig.task()
+        outcomes = _codes(await settle(await _start(rig, task), timeout_s=WAIT_S))
+        assert outcomes == {name: "bad_round_message" for name in task.pods}
+        assert rig.messages(task, "shares") == [] and rig.messages(task, "masked") == []
+        assert polls == len(task.pods)
+
+
 async def test_messages_of_a_round_go_only_through_the_sender_s_own_path(tmp_path: Path) -> None:
     async with round_rig(tmp_path, 3) as rig:
         task = rig.task()
