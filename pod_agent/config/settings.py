@@ -11,7 +11,7 @@ from __future__ import annotations
 import codecs
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
@@ -27,6 +27,8 @@ TOML_FILE: ContextVar[Path | None] = ContextVar("pod_agent_toml_file", default=N
 # Shared with loader.py, which names the env var that supplied a bad value.
 ENV_PREFIX = "POD_AGENT_"
 ENV_NESTED_DELIMITER = "__"
+# A pod's name as pod.toml gives it; the hub, rosters and secure-round messages name pods the same way.
+PodName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
 
 
 class _Section(BaseModel):
@@ -34,7 +36,7 @@ class _Section(BaseModel):
 
 
 class PodSection(_Section):
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+    name: PodName
     state_dir: Path = Path("/var/lib/pod-agent")
     identity_key: Path | None = None  # default: <state_dir>/identity.pem
     identity_key_passphrase_env: str | None = None  # name of an env var holding the passphrase
@@ -161,7 +163,7 @@ DEFAULT_MAX_PREDICTION_COLUMNS = 16
 class PeerPin(_Section):
     """A pod this pod trusts as a secure-aggregation peer: its name and Ed25519 identity key."""
 
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+    name: PodName
     public_key: str  # base64 of the raw 32-byte Ed25519 public key, as `pod-agent keys show` prints it
 
 

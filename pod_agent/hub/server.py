@@ -60,6 +60,7 @@ from typing import Any, TypeVar
 from aiohttp import WSMsgType, web
 from pydantic import BaseModel, Field, ValidationError
 
+from pod_agent.config.settings import PodName
 from pod_agent.errors import HubError, ProtocolError
 from pod_agent.hub.blobs import BlobStore
 from pod_agent.hub.storage import (
@@ -121,7 +122,7 @@ _SIGNER_MODELLER: web.RequestKey[ModellerRecord | None] = web.RequestKey("signer
 
 
 class PodRegistration(WireModel):
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+    name: PodName
     public_key: str
     schema_public: dict[str, Any]
     schema_hash: str = Field(pattern=r"^[0-9a-f]{64}$")

@@ -13,12 +13,11 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from pod_agent.config.settings import PodName
 from pod_agent.errors import ProtocolError
 from pod_agent.protocol.keys import PublicKey
 from pod_agent.protocol.messages import WireModel
 
-# The pattern of pod.name in pod.toml: a roster names pods as they name themselves.
-POD_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 # Printable and short: a federation's name is shown on the owner's terminal.
 FEDERATION_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,62}$"
 
@@ -26,7 +25,7 @@ FEDERATION_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,62}$"
 class RosterPod(WireModel):
     """One pod of the federation: its name and Ed25519 identity key (base64, as `pod-agent keys show` prints)."""
 
-    name: str = Field(pattern=POD_NAME_PATTERN)
+    name: PodName  # a roster names pods as they name themselves in pod.toml
     public_key: str
 
     @field_validator("public_key")

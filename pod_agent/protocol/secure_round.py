@@ -24,6 +24,7 @@ from typing import Annotated, Literal, get_args
 
 from pydantic import Field, model_validator
 
+from pod_agent.config.settings import PodName
 from pod_agent.protocol.messages import BlobRef, Envelope, WireModel
 
 Stage = Literal["advert", "roster", "shares", "committed", "masked", "survivors", "consistency", "unmask"]
@@ -53,7 +54,6 @@ MAX_STAGE_BYTES: dict[Stage, int] = {
 }
 
 TaskId = Annotated[str, Field(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")]
-PodName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
 # Raw X25519 public key, base64 (32 bytes -> 44 characters).
 X25519B64 = Annotated[str, Field(pattern=r"^[A-Za-z0-9+/]{43}=$")]
 Base64 = Annotated[str, Field(pattern=r"^[A-Za-z0-9+/]*={0,2}$", max_length=4096)]
