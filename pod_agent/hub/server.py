@@ -58,9 +58,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from aiohttp import WSMsgType, web
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 
-from pod_agent.config.settings import PodName
 from pod_agent.errors import HubError, ProtocolError
 from pod_agent.hub.blobs import BlobStore
 from pod_agent.hub.storage import (
@@ -81,13 +80,12 @@ from pod_agent.protocol import (
     source_sha256,
     verify_request,
 )
+from pod_agent.protocol.hub_api import ModellerRegistration, ModelPublication, PodRegistration, Refusal
 from pod_agent.protocol.messages import (
-    Code,
     Envelope,
     ProgressEvent,
     ResultPayload,
     TaskPayload,
-    WireModel,
 )
 from pod_agent.protocol.secure_round import (
     MAX_STAGE_BYTES,
@@ -119,35 +117,6 @@ _SIGNER: web.RequestKey[str] = web.RequestKey("signer", str)
 # The records authentication found for the signer's key, so handlers need not query them again.
 _SIGNER_POD: web.RequestKey[PodRecord | None] = web.RequestKey("signer_pod")
 _SIGNER_MODELLER: web.RequestKey[ModellerRecord | None] = web.RequestKey("signer_modeller")
-
-
-class PodRegistration(WireModel):
-    name: PodName
-    public_key: str
-    schema_public: dict[str, Any]
-    schema_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
-    row_count: int = Field(ge=0)
-    sandbox_level: str
-    heartbeat_s: float = Field(gt=0)
-
-
-class ModellerRegistration(WireModel):
-    name: str = Field(min_length=1, max_length=200)
-    public_key: str
-
-
-class ModelPublication(WireModel):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,100}$")
-    version: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,50}$")
-    style: str
-    class_name: str | None = None
-    source: str
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    weights_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
-
-
-class Refusal(WireModel):
-    code: Code
 
 
 def _parse(model: type[BaseModel], raw: bytes) -> Any:

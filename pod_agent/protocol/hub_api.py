@@ -1,0 +1,181 @@
+"""The hub's HTTP and WebSocket API as typed models: what each route takes and answers.
+
+Requests (``...Registration``, ``ModelPublication``, ``Refusal``) are parsed strictly by
+the hub (unknown fields refused). Replies (``HubReply`` subclasses) are parsed by pods and
+modellers, which must not trust the hub: every field is bounded, and unknown fields are
+ignored so that a newer hub can add some. Signed payloads (tasks, results, round
+messages) travel inside these as envelopes and are checked by their own models.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from pod_agent.config.settings import PodName
+from pod_agent.protocol.messages import Code, Envelope, KeyId, Sha256Hex, WireModel
+
+# A reply or pushed message larger than this is the hub misbehaving; the largest honest one is a
+# delivery of a task at the pods' default size cap (security.max_task_bytes, 4 MiB) with room to spare.
+MAX_REPLY_BYTES = 8 * 1024 * 1024
+# Tasks one long-poll reply may carry; more stay pending at the hub for the next poll.
+MAX_TASKS_PER_POLL = 64
+MAX_LISTED_PODS = 100_000
+# An enrolment token as `pod-agent hub invite` makes it: 32 url-safe base64 characters or more.
+EnrolmentToken = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{32,128}$")]
+ModelName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,100}$")]
+ModelVersion = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,50}$")]
+TaskId = Annotated[str, Field(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")]
+PublicKeyB64 = Annotated[str, Field(min_length=1, max_length=100)]
+
+
+# -- requests (hub parses) ----------------------------------------------------------------------
+
+
+class PodRegistration(WireModel):
+    name: PodName
+    public_key: PublicKeyB64
+    schema_public: dict[str, Any]
+    schema_hash: Sha256Hex
+    row_count: int = Field(ge=0)
+    sandbox_level: str = Field(max_length=32)
+    heartbeat_s: float = Field(gt=0)
+    enrolment_token: EnrolmentToken | None = None
+
+
+class ModellerRegistration(WireModel):
+    name: str = Field(min_length=1, max_length=200)
+    public_key: PublicKeyB64
+    enrolment_token: EnrolmentToken | None = None
+
+
+class ModelPublication(WireModel):
+    name: ModelName
+    version: ModelVersion
+    style: str = Field(max_length=32)
+    class_name: str | None = Field(default=None, max_length=200)
+    source: str
+    sha256: Sha256Hex
+    weights_sha256: Sha256Hex | None = None
+    # Private by default: only its publisher and the pods its tasks target may read the source.
+    public: bool = False
+
+
+class Refusal(WireModel):
+    code: Code
+
+
+class PodHeartbeat(WireModel):
+    type: Literal["heartbeat"] = "heartbeat"
+
+
+class PodAck(WireModel):
+    type: Literal["ack"] = "ack"
+    task_id: TaskId
+
+
+# What a pod sends on its WebSocket.
+PodMessage = Annotated[PodHeartbeat | PodAck, Field(discriminator="type")]
+
+
+# -- replies (pods and modellers parse) ----------------------------------------------------------
+
+
+class HubReply(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class Ok(HubReply):
+    ok: bool = True
+
+
+class PodRegistered(HubReply):
+    pod: PodName
+    key_id: KeyId
+    new: bool
+
+
+class ModellerRegistered(HubReply):
+    key_id: KeyId
+
+
+class TaskDelivery(HubReply):
+    """A task the hub holds for a pod; the envelope is checked by the pod's verifier, not here."""
+
+    type: Literal["task"] = "task"
+    task_id: TaskId
+    envelope: str = Field(max_length=MAX_REPLY_BYTES)
+
+
+class HeartbeatAck(HubReply):
+    type: Literal["heartbeat_ack"] = "heartbeat_ack"
+    now: int
+
+
+# What the hub pushes on a pod's WebSocket.
+HubPush = Annotated[TaskDelivery | HeartbeatAck, Field(discriminator="type")]
+
+
+class PendingTasks(HubReply):
+    tasks: list[TaskDelivery] = Field(max_length=MAX_TASKS_PER_POLL)
+
+
+class ModelSource(HubReply):
+    name: ModelName
+    version: ModelVersion
+    style: str = Field(max_length=32)
+    class_name: str | None = Field(default=None, max_length=200)
+    source: str = Field(max_length=MAX_REPLY_BYTES)
+    sha256: Sha256Hex
+    weights_sha256: Sha256Hex | None = None
+
+
+class PodListing(HubReply):
+    name: PodName
+    key_id: KeyId
+    public_key: PublicKeyB64
+    schema_: dict[str, Any] = Field(alias="schema")
+    schema_hash: Sha256Hex
+    row_count: int = Field(ge=0)
+    sandbox_level: str = Field(max_length=32)
+    last_seen: int
+    online: bool
+
+
+class PodList(HubReply):
+    pods: list[PodListing] = Field(max_length=MAX_LISTED_PODS)
+
+
+class Stored(HubReply):
+    outcome: Literal["stored", "duplicate"]
+
+
+class TaskSubmitted(Stored):
+    task_id: TaskId
+
+
+class PodDeliveryStatus(HubReply):
+    acked: bool
+    refusal: Code | None = None
+    result: str | None = Field(default=None, max_length=32)
+    progress: dict[str, Any] | None = None
+
+
+class TaskStatusReply(HubReply):
+    task_id: TaskId
+    created_at: int
+    pods: dict[PodName, PodDeliveryStatus]
+
+
+class TaskResults(HubReply):
+    results: list[Envelope]
+
+
+class RoundMessages(HubReply):
+    """A secure round's stage as the hub holds it: all signed messages (modeller), or, for a pod reading
+    ``shares``, the ciphertexts addressed to it by sender."""
+
+    count: int = Field(ge=0)
+    messages: list[Envelope] = []
+    shares: dict[PodName, str] = {}
