@@ -4,8 +4,13 @@ Same model (the seeds' tutorial shape: Linear(input, 500) -> ReLU -> Dropout -> 
 to n_classes, AdamW 1e-3, cross-entropy), same prepared Adult data (train and
 validation splits), same epochs, same seed, same torch thread count:
 
-- ``plain_s``:  (a) in this process, a plain LightningModule on TensorDatasets
-                (model built, Trainer made, fit run; torch already imported).
+- ``plain_s``:  (a) in this process, a plain LightningModule on TensorDatasets, fed the
+                way a competent user feeds an in-memory table: a ``BatchSampler``
+                hands the DataLoader whole index batches, so each batch is one tensor
+                gather (as the pod's loader gathers whole batches), not 64 single-row
+                fetches and a collate; it logs the same metrics as the tutorial model
+                (val_loss and val_acc). Model built, Trainer made, fit run; torch
+                already imported.
 - ``pod_s``:    (b) ``runner.run()`` of a train task through the SandboxRunner with a
                 warm worker (the agent's normal set-up), plus the agent's contract check.
 - ``ratio``:    pod_s / plain_s (goal <= 1.05 for a ~60 s CPU job; ``--small`` is a
@@ -108,7 +113,8 @@ def _plain_lightning(data_path: Path, datastructure: dict[str, Any], *, epochs: 
     import torch
     from torch import nn
     from torch.nn import functional as F
-    from torch.utils.data import DataLoader, TensorDataset
+    from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
+    from torchmetrics.functional import accuracy
 
     torch.set_num_threads(threads)
     with pa.memory_map(str(data_path)) as source:
@@ -117,14 +123,18 @@ def _plain_lightning(data_path: Path, datastructure: dict[str, Any], *, epochs: 
     x = np.asarray(table.column("x").combine_chunks().flatten()).reshape(-1, width)
     y, split = table.column("y").to_numpy(), table.column("split").to_numpy()
 
-    def dataset(code: int) -> TensorDataset:
-        return TensorDataset(torch.from_numpy(x[split == code].copy()), torch.from_numpy(y[split == code].copy()))
+    n_classes = int(datastructure["n_classes"])
+
+    def loader(code: int, *, shuffle: bool) -> DataLoader[Any]:
+        data = TensorDataset(torch.from_numpy(x[split == code].copy()), torch.from_numpy(y[split == code].copy()))
+        order = RandomSampler(data) if shuffle else SequentialSampler(data)
+        # batch_size=None: each sampled item is already a list of indices, gathered in one indexing call.
+        return DataLoader(data, batch_size=None, sampler=BatchSampler(order, BATCH_SIZE, drop_last=False))
 
     class Plain(pl.LightningModule):
         def __init__(self) -> None:
             super().__init__()
-            self.net = nn.Sequential(nn.Linear(width, 500), nn.ReLU(), nn.Dropout(0.1),
-                                     nn.Linear(500, int(datastructure["n_classes"])))
+            self.net = nn.Sequential(nn.Linear(width, 500), nn.ReLU(), nn.Dropout(0.1), nn.Linear(500, n_classes))
 
         def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
             xb, yb = batch
@@ -132,7 +142,9 @@ def _plain_lightning(data_path: Path, datastructure: dict[str, Any], *, epochs: 
 
         def validation_step(self, batch: Any, batch_idx: int) -> None:
             xb, yb = batch
-            self.log("val_loss", F.cross_entropy(self.net(xb), yb))
+            preds = self.net(xb)
+            self.log("val_loss", F.cross_entropy(preds, yb))
+            self.log("val_acc", accuracy(preds.softmax(dim=1), yb, task="multiclass", num_classes=n_classes))
 
         def configure_optimizers(self) -> Any:
             return torch.optim.AdamW(self.parameters(), lr=1e-3)
@@ -143,8 +155,7 @@ def _plain_lightning(data_path: Path, datastructure: dict[str, Any], *, epochs: 
     trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=epochs, deterministic=True, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          num_sanity_val_steps=0)
-    trainer.fit(model, DataLoader(dataset(0), batch_size=BATCH_SIZE, shuffle=True),
-                DataLoader(dataset(1), batch_size=BATCH_SIZE))
+    trainer.fit(model, loader(0, shuffle=True), loader(1, shuffle=False))
     return time.perf_counter() - started
 
 
