@@ -3,8 +3,9 @@
 Owns the wire format of the pipes: an 8-byte prefix (u32 header length, u32
 payload length, big-endian), a UTF-8 JSON object header with a string
 ``type``, then raw payload bytes (safetensors for tensors). Every frame is
-checked against a cap before a byte of it is buffered, and nothing read is
-ever unpickled or evaluated. Also owns the structural check that a result
+checked against a cap before a byte of it is buffered, JSON nested past the
+parser's depth is a ``bad_frame``/``bad_payload`` like any other malformed
+header, and nothing read is ever unpickled or evaluated. Also owns the structural check that a result
 payload is a well-formed safetensors blob. The runner decides which frame
 types are legal when; this module only reads and writes them.
 """
@@ -77,6 +78,9 @@ def _decode_header(raw: bytes) -> dict[str, Any]:
         header = json.loads(raw.decode("utf-8"), parse_constant=_no_constants)
     except (UnicodeDecodeError, ValueError) as exc:
         raise SandboxError("bad_frame", f"frame header is not UTF-8 JSON: {exc}") from exc
+    except RecursionError as exc:
+        # A header within the byte cap can still nest deeper than the parser's stack allows.
+        raise SandboxError("bad_frame", "frame header nests JSON deeper than Python's recursion limit") from exc
     if not isinstance(header, dict) or not isinstance(header.get("type"), str):
         raise SandboxError("bad_frame", "frame header must be a JSON object with a string 'type'")
     return header
@@ -151,6 +155,8 @@ def check_safetensors(payload: bytes) -> dict[str, dict[str, Any]]:
         table = json.loads(payload[8 : 8 + header_len].decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise SandboxError("bad_payload", "safetensors header is not UTF-8 JSON") from exc
+    except RecursionError as exc:
+        raise SandboxError("bad_payload", "safetensors header nests JSON deeper than Python's recursion limit") from exc
     if not isinstance(table, dict):
         raise SandboxError("bad_payload", "safetensors header is not a JSON object")
     data_len = len(payload) - 8 - header_len

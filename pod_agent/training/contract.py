@@ -132,6 +132,10 @@ def expected_from_safetensors(data: bytes) -> dict[str, TensorSpec]:
         header = json.loads(data[8 : 8 + size])
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ContractViolation("bad_payload", f"safetensors header is not JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise ContractViolation("bad_payload", "safetensors header nests JSON deeper than Python's recursion limit") from exc
+    if not isinstance(header, dict) or not all(isinstance(info, dict) for info in header.values()):
+        raise ContractViolation("bad_payload", "safetensors header is not a JSON object of tensor entries")
     return {
         name: TensorSpec(tuple(int(d) for d in info["shape"]), WIRE_DTYPE)
         for name, info in header.items()

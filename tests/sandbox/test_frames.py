@@ -99,3 +99,21 @@ async def test_only_a_result_frame_may_carry_a_payload() -> None:
     raw = encode_frame({"type": "progress", "event": {}}, b"\x00" * 1024)
     with pytest.raises(SandboxError, match=r"\(bad_frame\): a 'progress' frame may not carry a payload"):
         await read_frame_async(_reader(raw), max_payload_bytes=1 << 20)
+
+
+_DEEP = b"[" * 100_000 + b"]" * 100_000
+
+
+async def test_a_header_nested_past_the_recursion_limit_is_a_bad_frame() -> None:
+    header = b'{"type":"progress","event":' + _DEEP + b"}"
+    raw = struct.pack(">II", len(header), 0) + header
+    with pytest.raises(SandboxError, match=r"\(bad_frame\): frame header nests JSON deeper"):
+        await read_frame_async(_reader(raw), max_payload_bytes=0)
+    with pytest.raises(SandboxError, match=r"\(bad_frame\): frame header nests JSON deeper"):
+        read_frame(io.BytesIO(raw), max_payload_bytes=0)
+
+
+def test_a_safetensors_header_nested_past_the_recursion_limit_is_a_bad_payload() -> None:
+    table = b'{"w":' + _DEEP + b"}"
+    with pytest.raises(SandboxError, match=r"\(bad_payload\): safetensors header nests JSON deeper"):
+        check_safetensors(struct.pack("<Q", len(table)) + table)

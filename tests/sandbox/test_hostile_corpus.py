@@ -262,3 +262,14 @@ async def test_stderr_is_kept_only_in_the_file_the_operator_asked_for(
     assert f"row 17: {SECRET}" in text and "ValueError" in text
     assert kept.stat().st_mode & 0o777 == 0o600
     assert SECRET not in caplog.text
+
+
+@pytest.mark.parametrize(("where", "code"), [("header", "bad_frame"), ("payload", "bad_payload")])
+async def test_json_nested_past_the_recursion_limit_is_a_typed_failure(run_model: RunModel, where: str,
+                                                                       code: str) -> None:
+    with pytest.raises(SandboxError) as caught:
+        await run_model("deep_json", request={"where": where})
+    assert caught.value.code == code
+    assert "recursion limit" in caught.value.detail
+    # A malformed answer from the sandbox, not "internal_error" (a pod-agent bug).
+    assert failure_code_for(caught.value) == "sandbox_error"

@@ -198,3 +198,14 @@ def test_the_contract_module_does_not_need_torch() -> None:
     code = "import sys, pod_agent.training.contract; print(any(m.split('.')[0] == 'torch' for m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [(b'{"w":' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nests JSON deeper"),
+     (b"[1]", "not a JSON object of tensor entries"), (b'{"w": 3}', "not a JSON object of tensor entries")],
+)
+def test_a_weights_header_nested_too_deep_or_of_the_wrong_shape_is_a_bad_payload(table: bytes, message: str) -> None:
+    with pytest.raises(ContractViolation, match=message) as rejected:
+        expected_from_safetensors(struct.pack("<Q", len(table)) + table)
+    assert rejected.value.code == "bad_payload"
