@@ -8,7 +8,8 @@ refusal carries one ``RefusalCode``:
  3. signer      envelope signer among security.modellers           unknown_signer
  4. signature   Ed25519 over canonical_json(payload)               bad_signature
     (then the signed payload must be a valid task whose modeller_id is the signer,
-    with a model and data selection for train/evaluate/predict)   malformed
+    with a model and data selection for train/evaluate/predict,
+    and a declarative model must carry its spec inline)           malformed
  5. expiry      lifetime over max_task_lifetime_s                  lifetime_exceeded
                 issued_at > now + clock_skew_s                     not_yet_valid
                 now > expires_at + clock_skew_s                    expired
@@ -208,6 +209,15 @@ class TaskVerifier:
         if payload.kind != "schema-stats" and (payload.model is None or payload.data is None):
             raise _refuse(
                 RefusalCode.MALFORMED, f"a {payload.kind} task needs a model and a data selection", payload.task_id
+            )
+        if payload.model is not None and payload.model.style == "declarative" and payload.model.hub_ref is not None:
+            # The hub serves model source, never a spec: a declarative model by hub_ref would fetch Python
+            # (code a general modeller may not run) and then fail in the worker, which reads only a spec.
+            raise _refuse(
+                RefusalCode.MALFORMED,
+                f"declarative model {payload.model.name!r} names hub_ref {payload.model.hub_ref[:64]!r}: a declarative "
+                "model carries its spec inline (the hub holds only model source)",
+                payload.task_id,
             )
         if payload.secagg is not None:
             cohort = [p.pod for p in payload.secagg.participants]

@@ -314,6 +314,15 @@ def test_declarative_spec_is_refused_for_general_when_disallowed(
     assert pod.refusal(signed(make_task(bob, model=model), bob)).code == RefusalCode.ROLE_NOT_PERMITTED.value
 
 
+def test_a_declarative_model_by_hub_reference_is_refused_up_front(pod: Pod, alice: IdentityKey, bob: IdentityKey) -> None:
+    # The hub holds model source; a "declarative" reference to it would smuggle Python past the allow-list.
+    model = ModelRef(style="declarative", name="spec", hub_ref="spec@1", sha256=source_sha256(SOURCE))
+    for modeller in (alice, bob):
+        refusal = pod.refusal(signed(make_task(modeller, model=model), modeller))
+        assert refusal.code == RefusalCode.MALFORMED.value
+        assert "carries its spec inline" in refusal.detail
+
+
 @pytest.mark.parametrize("hp", [Hyperparameters(epochs=6), Hyperparameters(steps=101), Hyperparameters()],
                          ids=["epochs", "steps", "unbounded"])
 def test_training_beyond_the_modellers_limits_is_refused(pod: Pod, bob: IdentityKey, hp: Hyperparameters) -> None:
