@@ -13,7 +13,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -55,6 +55,12 @@ class HubSection(_Section):
     backoff_initial_s: float = Field(default=0.5, gt=0)
     backoff_cap_s: float = Field(default=60.0, gt=0)
     request_timeout_s: float = Field(default=30.0, gt=0)
+    # One-time token from `pod-agent hub invite`, sent with the registration to a hub whose policy is `token`.
+    enrolment_token: SecretStr | None = None
+    # The largest blob (a task's pinned weights) the pod downloads, whatever size the task signs for.
+    max_blob_mb: int = Field(default=1024, ge=1)
+    # One blob download must end within this, or it is abandoned: a hub that trickles bytes holds no task forever.
+    blob_timeout_s: float = Field(default=600.0, gt=0)
 
 
 class DatasourceSection(_Section):
@@ -113,6 +119,13 @@ class PrivacyFloorOverride(_Section):
     max_metrics: int | None = Field(default=None, ge=0)
 
 
+class DpBudget(_Section):
+    """A differential-privacy budget: the (epsilon, delta) that all releases together may not pass."""
+
+    epsilon: float = Field(gt=0)
+    delta: float = Field(gt=0, lt=1)  # also at most 1 / the table's rows, checked when the verifier starts
+
+
 class ModellerPolicy(_Section):
     """What one modeller (identified by its Ed25519 public key) may do on this pod."""
 
@@ -124,6 +137,9 @@ class ModellerPolicy(_Section):
     max_steps: int = Field(default=10_000, ge=0)
     allow_predict: bool = False
     privacy: PrivacyFloorOverride = PrivacyFloorOverride()
+    # Differential privacy: the pod clips and noises this modeller's train updates and refuses a task
+    # whose releases would pass this budget (policy.budget); None: no noise, no accounting.
+    dp: DpBudget | None = None
 
 
 class AllowedModel(_Section):
@@ -167,6 +183,26 @@ class PeerPin(_Section):
     public_key: str  # base64 of the raw 32-byte Ed25519 public key, as `pod-agent keys show` prints it
 
 
+# Kinds that release exact aggregates without noise; a DP-budgeted modeller runs them only when the owner
+# lists them in privacy.dp.unsafe_unaccounted_kinds.
+UnaccountedKind = Literal["evaluate", "predict", "schema-stats"]
+
+
+class DpSection(_Section):
+    """``[privacy.dp]``: how the pod noises and accounts releases to modellers that have a ``dp`` budget."""
+
+    # Budget of the table itself, binding every modeller together; when set, every modeller needs a dp budget.
+    dataset: DpBudget | None = None
+    # Least noise standard deviation per unit of L2 sensitivity; a task asking for less gets this.
+    min_noise_multiplier: float = Field(default=1.0, gt=0, le=100.0)
+    # Cohort members (this pod included) the owner trusts to add their share of the noise under secure
+    # aggregation: each adds 1 / honest_pods of the variance, so the sum holds the full noise as long as
+    # that many do. 1: this pod adds all of it (the only sound choice when it trusts no peer).
+    honest_pods: int = Field(default=1, ge=1)
+    # Task kinds a DP-budgeted modeller may still run; their releases are exact and not accounted.
+    unsafe_unaccounted_kinds: list[UnaccountedKind] = []
+
+
 class PrivacySection(_Section):
     """The owner's privacy floor (defaults for every modeller) and the peers this pod trusts.
 
@@ -188,6 +224,7 @@ class PrivacySection(_Section):
     peers: list[PeerPin] = []  # [[privacy.peers]]: pinned secure-aggregation peers
     federation_key: str | None = None  # base64 Ed25519 key whose signed roster lists more trusted peers
     federation_roster: Path | None = None  # the signed roster file `pod-agent peers import` wrote
+    dp: DpSection = DpSection()
 
     @model_validator(mode="after")
     def _peer_names_unique(self) -> "PrivacySection":
@@ -252,4 +289,23 @@ class PodSettings(BaseSettings):
         names = [m.name for m in self.security.modellers]
         if len(names) != len(set(names)):
             raise ValueError("security.modellers: names must be unique")
+        return self
+
+    @model_validator(mode="after")
+    def _dp_is_enforceable(self) -> "PodSettings":
+        """A dp budget needs an L2 clip to noise against, and a dataset cap must bind every modeller."""
+        for modeller in self.security.modellers:
+            if modeller.dp is None:
+                if self.privacy.dp.dataset is not None:
+                    raise ValueError(
+                        f"privacy.dp.dataset binds every modeller: give modeller {modeller.name!r} a "
+                        "dp = { epsilon = ..., delta = ... } budget too"
+                    )
+                continue
+            clip = modeller.privacy.max_clip_norm or self.privacy.max_clip_norm
+            if clip is None:
+                raise ValueError(
+                    f"modeller {modeller.name!r} has a dp budget but no max_clip_norm: the noise is scaled to the "
+                    "L2 clip, so set privacy.max_clip_norm (or the modeller's own privacy.max_clip_norm)"
+                )
         return self

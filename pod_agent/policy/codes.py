@@ -40,6 +40,9 @@ class RefusalCode(str, enum.Enum):
     TOO_FEW_PODS = "too_few_pods"  # fewer than min_pods authenticated peers in the cohort
     SOURCE_HASH_MISMATCH = "source_hash_mismatch"  # model source/spec does not hash to model.sha256
     SCHEMA_MISMATCH = "schema_mismatch"  # schema_hash differs from this pod's datasource
+    # Differential privacy (config: a modeller's dp budget, [privacy.dp]; policy.budget).
+    UNACCOUNTED_RELEASE = "unaccounted_release"  # evaluate/predict/schema-stats for a DP-budgeted modeller
+    PRIVACY_BUDGET_EXHAUSTED = "privacy_budget_exhausted"  # the task's releases would pass a dp budget
 
 
 class FailureCode(str, enum.Enum):

@@ -30,6 +30,12 @@ refusal carries one ``RefusalCode``:
                 fewer than min_pods authenticated peers             too_few_pods
  9. source hash inline source / spec hashes to model.sha256        source_hash_mismatch
 10. schema hash payload.schema_hash_for(pod) equals this pod's     schema_mismatch
+11. dp budget   for a modeller with a dp budget (``budget.py``):
+                evaluate/predict/schema-stats not in
+                privacy.dp.unsafe_unaccounted_kinds                 unaccounted_release
+                the modeller's or the dataset's ledger composed
+                with this task's release passes its epsilon         privacy_budget_exhausted
+                (checked and reserved in the verdict's own transaction)
 
 Recording: every task whose signature verified and which is within its validity
 window is recorded with its verdict (accepted, or refused with its code) in the
@@ -56,6 +62,7 @@ from pydantic import ValidationError
 
 from pod_agent.config.settings import ModellerPolicy, PrivacySection, SecuritySection
 from pod_agent.errors import ConfigError, ProtocolError, TaskRefused
+from pod_agent.policy.budget import PrivacyBudgets
 from pod_agent.policy.codes import RefusalCode
 from pod_agent.policy.floor import PrivacyFloor, effective_steps, estimated_rows, used_splits
 from pod_agent.policy.peers import TrustedPeers, configured_key
@@ -68,7 +75,7 @@ from pod_agent.protocol.signing import (
     parse_envelope,
     verify_envelope,
 )
-from pod_agent.state.records import AlreadySeen, NonceStore, Verdict
+from pod_agent.state.records import AlreadySeen, NonceStore, Reservation, Verdict
 
 
 @dataclass(frozen=True)
@@ -116,6 +123,7 @@ class TaskVerifier:
         self._row_count = row_count
         self._peers = peers
         self._nonces = nonces
+        self._budgets = PrivacyBudgets(privacy, dataset=schema_hash, row_count=row_count)
         self._modellers: dict[str, tuple[ModellerPolicy, PublicKey]] = {}
         for index, entry in enumerate(security.modellers):
             key = configured_key(
@@ -127,6 +135,7 @@ class TaskVerifier:
                 raise ConfigError(
                     f"security.modellers[{index}] ({entry.name!r}) has the same public key as {other!r}: list each key once"
                 )
+            self._budgets.check_modeller(entry)
             self._modellers[key.key_id] = (entry, key)
         self._allowed_models = frozenset((m.name, m.sha256) for m in security.allowed_models)
 
@@ -175,13 +184,17 @@ class TaskVerifier:
             self._check_floor(payload, floor)
             self._check_source(payload)
             self._check_schema(payload)
+            reservation = self._budgets.reservation(payload, modeller)
         except TaskRefused as refusal:
             self._record(payload, verdict_json, refusal.code, now)
             raise
-        self._record(payload, verdict_json, None, now)
+        self._record(payload, verdict_json, None, now, reservation)
         return VerifiedTask(payload=payload, modeller=modeller, envelope=env, floor=floor)
 
-    def _record(self, payload: TaskPayload, envelope_json: str, code: str | None, now: int) -> None:
+    def _record(
+        self, payload: TaskPayload, envelope_json: str, code: str | None, now: int,
+        reservation: Reservation | None = None,
+    ) -> None:
         verdict = Verdict(
             task_id=payload.task_id,
             nonce=payload.nonce,
@@ -194,9 +207,11 @@ class TaskVerifier:
             now=now,
         )
         try:
-            self._nonces.record_verdict(verdict)
+            self._nonces.record_verdict(verdict, reservation)
         except AlreadySeen as exc:  # the same task verified concurrently
             raise _refuse(RefusalCode.REPLAY, str(exc), payload.task_id) from exc
+        except TaskRefused as exc:  # the budget check, run in the verdict's transaction; recorded refused
+            raise _refuse(RefusalCode(exc.code), exc.detail, payload.task_id) from exc
 
     @staticmethod
     def _check_shape(payload: TaskPayload, modeller: ModellerPolicy, signer: str) -> None:

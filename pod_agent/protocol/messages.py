@@ -143,6 +143,16 @@ class SecAggParams(WireModel):
     stage_timeout_s: float = Field(default=60.0, gt=0, le=3600)
 
 
+class DpParams(WireModel):
+    """What the modeller asks of a pod's differential privacy: the noise multiplier and L2 clip of each
+    release, and the rounds it planned. A request only: the pod applies at least its own
+    ``[privacy.dp]`` noise and at most its own clip (``pod_agent.policy.budget``)."""
+
+    noise_multiplier: float = Field(gt=0, le=100)
+    clip_norm: float = Field(gt=0)
+    rounds: int = Field(default=1, ge=1, le=100_000)
+
+
 class TaskLimits(WireModel):
     """A task may ask for less than the pod's limits, never more."""
 
@@ -170,6 +180,7 @@ class TaskPayload(WireModel):
     pod_schema_hashes: dict[str, Sha256Hex] = {}
     returns: Literal["update", "weights"] = "update"
     secagg: SecAggParams | None = None
+    dp: DpParams | None = None
     limits: TaskLimits = TaskLimits()
 
     @model_validator(mode="after")

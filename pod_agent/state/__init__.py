@@ -1,4 +1,4 @@
-"""Durable state of the pod: tasks and their life cycle, seen nonces, the result outbox (SQLite)."""
+"""Durable state of the pod: tasks and their life cycle, seen nonces, the result outbox, the privacy ledger (SQLite)."""
 
 from pod_agent.state.db import PodState
 from pod_agent.state.records import (
@@ -6,8 +6,10 @@ from pod_agent.state.records import (
     AlreadyReleased,
     AlreadySeen,
     IllegalTransition,
+    LedgerEntry,
     NonceStore,
     OutboxEntry,
+    Reservation,
     TaskRecord,
     TaskStatus,
     Verdict,
@@ -18,9 +20,11 @@ __all__ = [
     "AlreadyReleased",
     "AlreadySeen",
     "IllegalTransition",
+    "LedgerEntry",
     "NonceStore",
     "OutboxEntry",
     "PodState",
+    "Reservation",
     "TaskRecord",
     "TaskStatus",
     "Verdict",

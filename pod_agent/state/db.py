@@ -1,4 +1,4 @@
-"""The pod's durable state: one SQLite file (WAL) with tasks, seen nonces and the result outbox.
+"""The pod's durable state: one SQLite file (WAL) with tasks, seen nonces, the result outbox, the privacy ledger.
 
 Owns the schema and every write to it. The life cycle it enforces is in
 ``records.py``; what is admitted is decided by ``pod_agent.policy``; the daemon
@@ -10,7 +10,7 @@ integer Unix seconds):
     state = PodState.open(state_dir / "state.sqlite")    # creates it (0600) if missing
     # replay protection and admission, used by TaskVerifier
     state.ensure_unseen(task_id=..., nonce=...)           # raises AlreadySeen
-    state.record_verdict(Verdict(...))                    # seen row + task row, one transaction; AlreadySeen
+    state.record_verdict(Verdict(...), reservation=None)  # seen row + task row (+ ledger rows), one transaction
     state.purge_seen(now=...) -> int                      # forget nonces whose keep_until has passed
     # tasks
     state.get_task(task_id) -> TaskRecord | None
@@ -30,6 +30,9 @@ integer Unix seconds):
     # secure aggregation: one release per starting point
     state.record_release(starting_point, task_id=..., now=...)   # raises AlreadyReleased
     state.released(starting_point) -> str | None           # the task that released from it
+    # privacy ledger (policy.budget writes the events): reserved with an accepted verdict, charged when the
+    # result enters the outbox or a masked update is released, refunded when a task fails before either
+    state.ledger(modeller_id=None, dataset=None) -> list[LedgerEntry]   # oldest first
     state.close()   (or use ``with PodState.open(...) as state``)
 
 Durability: ``journal_mode=WAL`` with ``synchronous=FULL``. In WAL mode NORMAL is
@@ -54,21 +57,24 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
-from typing import Literal
+from typing import Literal, cast
 
-from pod_agent.errors import StateError
+from pod_agent.errors import StateError, TaskRefused
 from pod_agent.state.records import (
     LEGAL_TRANSITIONS,
     AlreadyReleased,
     AlreadySeen,
     IllegalTransition,
+    LedgerEntry,
+    LedgerStatus,
     OutboxEntry,
+    Reservation,
     TaskRecord,
     TaskStatus,
     Verdict,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # A writer holding the lock (another process) is waited for this long before giving up.
 BUSY_TIMEOUT_MS = 10_000
 
@@ -115,10 +121,27 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
     2: (
         "CREATE TABLE releases (starting_point TEXT PRIMARY KEY, task_id TEXT NOT NULL, released_at INTEGER NOT NULL)",
     ),
+    3: (
+        """CREATE TABLE dp_ledger (
+            id          INTEGER PRIMARY KEY,
+            task_id     TEXT NOT NULL REFERENCES tasks (task_id),
+            round       INTEGER NOT NULL,
+            modeller_id TEXT NOT NULL,
+            dataset     TEXT NOT NULL,
+            event_json  TEXT NOT NULL,
+            status      TEXT NOT NULL CHECK (status IN ('reserved','charged','refunded')),
+            created_at  INTEGER NOT NULL,
+            updated_at  INTEGER NOT NULL
+        )""",
+        "CREATE INDEX dp_ledger_by_modeller ON dp_ledger (modeller_id, status)",
+        "CREATE INDEX dp_ledger_by_dataset ON dp_ledger (dataset, status)",
+        "CREATE INDEX dp_ledger_by_task ON dp_ledger (task_id)",
+    ),
 }
 
 _TASK_COLUMNS = "task_id, modeller_id, kind, status, reason, envelope_json, created_at, updated_at"
 _OUTBOX_COLUMNS = "task_id, result_json, blob_path, created_at, attempts, last_attempt_at"
+_LEDGER_COLUMNS = "task_id, round, modeller_id, dataset, event_json, status, created_at, updated_at"
 
 
 def _task(row: tuple[object, ...]) -> TaskRecord:
@@ -144,6 +167,20 @@ def _outbox(row: tuple[object, ...]) -> OutboxEntry:
         created_at=int(str(created_at)),
         attempts=int(str(attempts)),
         last_attempt_at=None if last_attempt_at is None else int(str(last_attempt_at)),
+    )
+
+
+def _ledger(row: tuple[object, ...]) -> LedgerEntry:
+    task_id, round_index, modeller_id, dataset, event_json, status, created_at, updated_at = row
+    return LedgerEntry(
+        task_id=str(task_id),
+        round=int(str(round_index)),
+        modeller_id=str(modeller_id),
+        dataset=str(dataset),
+        event_json=str(event_json),
+        status=cast(LedgerStatus, str(status)),
+        created_at=int(str(created_at)),
+        updated_at=int(str(updated_at)),
     )
 
 
@@ -269,10 +306,24 @@ class PodState:
         if rows:
             raise AlreadySeen(task_id, nonce)
 
-    def record_verdict(self, verdict: Verdict) -> None:
-        """Store the seen nonce and the task (accepted, or refused with its code) in one transaction."""
-        status = TaskStatus.ACCEPTED if verdict.accepted else TaskStatus.REFUSED
+    def record_verdict(self, verdict: Verdict, reservation: Reservation | None = None) -> None:
+        """Store the seen nonce and the task (accepted, or refused with its code) in one transaction.
+
+        With a ``reservation`` for an accepted task, the same transaction (BEGIN IMMEDIATE, so two
+        verifications cannot both read the ledger before either writes) asks ``reservation.admit``
+        about the modeller's and the dataset's reserved and charged events; if it raises TaskRefused
+        the task is stored refused with that code and the refusal re-raised after the commit,
+        otherwise the task's events are stored as reserved.
+        """
+        refusal: TaskRefused | None = None
         with self._tx() as conn:
+            if verdict.accepted and reservation is not None:
+                try:
+                    self._admit(conn, verdict, reservation)
+                except TaskRefused as exc:
+                    refusal = exc
+                    verdict = replace(verdict, accepted=False, reason=exc.code)
+            status = TaskStatus.ACCEPTED if verdict.accepted else TaskStatus.REFUSED
             try:
                 conn.execute(
                     "INSERT INTO seen (task_id, nonce, keep_until) VALUES (?, ?, ?)",
@@ -294,6 +345,28 @@ class PodState:
             except sqlite3.IntegrityError as exc:
                 raise AlreadySeen(verdict.task_id, verdict.nonce) from exc
             self._event(conn, verdict.task_id, None, status, verdict.reason, verdict.now)
+            if verdict.accepted and reservation is not None:
+                conn.executemany(
+                    f"INSERT INTO dp_ledger ({_LEDGER_COLUMNS}) VALUES (?, ?, ?, ?, ?, 'reserved', ?, ?)",
+                    [
+                        (verdict.task_id, reservation.round, verdict.modeller_id, reservation.dataset, event,
+                         verdict.now, verdict.now)
+                        for event in reservation.events
+                    ],
+                )
+        if refusal is not None:
+            raise refusal
+
+    @staticmethod
+    def _admit(conn: sqlite3.Connection, verdict: Verdict, reservation: Reservation) -> None:
+        def live(column: str, value: str) -> list[str]:
+            rows = conn.execute(
+                f"SELECT event_json FROM dp_ledger WHERE {column} = ? AND status != 'refunded' ORDER BY id", (value,)
+            ).fetchall()
+            return [str(row[0]) for row in rows]
+
+        reservation.admit(live("modeller_id", verdict.modeller_id), live("dataset", reservation.dataset),
+                          reservation.events)
 
     def purge_seen(self, *, now: int) -> int:
         """Forget nonces whose keep_until is past; return how many. A replay of one is refused as expired."""
@@ -392,7 +465,8 @@ class PodState:
         reason: str | None = None,
         now: int,
     ) -> None:
-        """Put a signed result in the outbox; done/failed also move the task there, in the same transaction.
+        """Put a signed result in the outbox; done/failed also move the task there, in the same transaction,
+        and settle its privacy-ledger reservation (done: charged; failed: refunded unless already charged).
 
         ``refused`` is for a task already refused by the verifier: its signed refusal is queued for
         delivery and its status stays refused until ``mark_delivered``.
@@ -405,6 +479,9 @@ class PodState:
                     raise StateError(f"task {task_id} is {task.status.value}, not refused: finish it as done or failed")
             else:
                 self._move(conn, task, wanted, now=now, reason=reason)
+                # A done task's result leaves with this outbox row; a failed one sends only its code, so what
+                # it reserved and did not release already (a masked update is charged at release) is refunded.
+                self._settle(conn, task_id, "charged" if wanted is TaskStatus.DONE else "refunded", now)
             try:
                 conn.execute(
                     f"INSERT INTO outbox ({_OUTBOX_COLUMNS}) VALUES (?, ?, ?, ?, 0, NULL)",
@@ -449,8 +526,8 @@ class PodState:
     def record_release(self, starting_point: str, *, task_id: str, now: int) -> None:
         """Decide to release a masked update trained from ``starting_point``: at most once, ever.
 
-        The check and the record are one transaction, committed (fsync) before the caller lets
-        the masked vector leave; a second release from the same weights, even by the same task,
+        The check, the record and the charge of the task's privacy-ledger reservation are one
+        transaction, committed (fsync) before the caller lets the masked vector leave; a second release from the same weights, even by the same task,
         raises AlreadyReleased, since two sums differing by one pod would reveal its update.
         """
         with self._tx() as conn:
@@ -461,6 +538,27 @@ class PodState:
                 "INSERT INTO releases (starting_point, task_id, released_at) VALUES (?, ?, ?)",
                 (starting_point, task_id, now),
             )
+            self._settle(conn, task_id, "charged", now)
+
+    @staticmethod
+    def _settle(conn: sqlite3.Connection, task_id: str, to: LedgerStatus, now: int) -> None:
+        """Charge or refund a task's reserved ledger events; charged ones stay charged."""
+        conn.execute(
+            "UPDATE dp_ledger SET status = ?, updated_at = ? WHERE task_id = ? AND status = 'reserved'",
+            (to, now, task_id),
+        )
+
+    # -- privacy ledger -----------------------------------------------------------------------
+
+    def ledger(self, *, modeller_id: str | None = None, dataset: str | None = None) -> list[LedgerEntry]:
+        """Ledger entries, oldest first, optionally only one modeller's or one dataset's."""
+        where, params = [], []
+        for column, value in (("modeller_id", modeller_id), ("dataset", dataset)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        return [_ledger(r) for r in self._read(f"SELECT {_LEDGER_COLUMNS} FROM dp_ledger {clause} ORDER BY id", tuple(params))]
 
     def released(self, starting_point: str) -> str | None:
         """The task that released an update trained from ``starting_point``, if any."""

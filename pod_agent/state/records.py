@@ -18,9 +18,10 @@ whose signature did not verify (a forged message cannot occupy a task id).
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 from pod_agent.errors import StateError
 from pod_agent.protocol.canonical import canonical_json
@@ -91,12 +92,45 @@ class Verdict:
     now: int
 
 
+# (modeller's events, dataset's events, the task's new events) -> None, or raise TaskRefused.
+BudgetAdmission = Callable[[Sequence[str], Sequence[str], Sequence[str]], None]
+LedgerStatus = Literal["reserved", "charged", "refunded"]
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """Privacy-ledger events an accepted task will release, reserved in its verdict's transaction.
+
+    ``admit`` is given the modeller's and the dataset's reserved and charged events (as stored JSON)
+    and the task's own; it raises TaskRefused to turn the verdict into a refusal with its code.
+    """
+
+    dataset: str  # the datasource's schema hash
+    round: int
+    events: tuple[str, ...]  # JSON, as pod_agent.policy.budget writes them
+    admit: BudgetAdmission
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One release in the privacy ledger: reserved at acceptance, then charged or refunded."""
+
+    task_id: str
+    round: int
+    modeller_id: str
+    dataset: str
+    event_json: str
+    status: LedgerStatus
+    created_at: int
+    updated_at: int
+
+
 class NonceStore(Protocol):
     """What ``pod_agent.policy.TaskVerifier`` needs from the state: replay checks and verdicts."""
 
     def ensure_unseen(self, *, task_id: str, nonce: str) -> None: ...
 
-    def record_verdict(self, verdict: Verdict) -> None: ...
+    def record_verdict(self, verdict: Verdict, reservation: Reservation | None = None) -> None: ...
 
 
 @dataclass(frozen=True)

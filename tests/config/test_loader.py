@@ -51,6 +51,8 @@ def _all_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
         items = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
         if nested is not None:
             keys += _all_keys(nested, f"{prefix}{name}.")
+        elif items and type(None) in args:  # an optional inline table, documented as `name = { ... }`
+            keys.append(f"{prefix}{name}")
         elif items:  # an array of tables, [[section.name]]
             keys.append(f"[[{prefix}{name}]]")
             for item in items:

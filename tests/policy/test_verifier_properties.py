@@ -31,7 +31,7 @@ class _ForgetfulNonces:
     def ensure_unseen(self, *, task_id: str, nonce: str) -> None:
         return None
 
-    def record_verdict(self, verdict: Verdict) -> None:
+    def record_verdict(self, verdict: Verdict, reservation: object = None) -> None:
         return None
 
 

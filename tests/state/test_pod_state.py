@@ -48,7 +48,7 @@ def test_open_creates_a_private_wal_database(tmp_path: Path) -> None:
             assert Path(f"{path}{suffix}").stat().st_mode & 0o777 == 0o600
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
     conn.close()
 
 
@@ -84,6 +84,7 @@ def test_a_version_1_database_gains_the_releases_table_and_keeps_its_tasks(tmp_p
         state.record_verdict(_verdict(1))
     conn = sqlite3.connect(path)
     conn.execute("DROP TABLE releases")
+    conn.execute("DROP TABLE dp_ledger")
     conn.execute("PRAGMA user_version = 1")
     conn.commit()
     conn.close()
