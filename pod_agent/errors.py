@@ -17,6 +17,7 @@
     ├── SecAggError            clipping, encoding or masking parameters unusable
     ├── HubError               the hub refused a request or is unreachable
     │   ├── HubUnavailable     unreachable, timed out or 5xx: a later attempt may succeed
+    │   │   └── HubMisbehaved  answered with an oversized, malformed or wrongly shaped reply
     │   └── HubRejected        4xx: this request will not succeed as it is
     └── ModellerError          the modeller SDK cannot complete a request
 
@@ -149,6 +150,14 @@ class HubError(PodAgentError):
 
 class HubUnavailable(HubError):
     """The hub could not be reached or failed (5xx); a later attempt may succeed."""
+
+
+class HubMisbehaved(HubUnavailable):
+    """The hub answered, but with a reply over its size cap, not UTF-8 JSON, or not of the route's model.
+
+    An outage to the daemon's loops (retried after backoff); a caller that must not keep asking the
+    same hub the same question (a secure round's poll) can tell it apart from a hub that is down.
+    """
 
 
 class HubRejected(HubError):

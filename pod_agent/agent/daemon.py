@@ -17,6 +17,14 @@ schema, sandbox level), the loops and the shutdown sequence:
     progress   rate-limited progress events to the hub, best effort
     upkeep     purge expired nonces, systemd watchdog pings
 
+The daemon talks to the hub only through ``HubClient``'s typed calls: no URLs, no
+aiohttp types, no raw replies here. A hub that misbehaves (a reply oversized, slow,
+not UTF-8 JSON or wrongly shaped) is an outage like a hub that is down: logged,
+backed off, retried. Every loop runs under a last-resort guard (``_guarded``): an
+exception nobody expected is logged by type and place (never its text, which may
+quote the hub or a model) and the loop starts again after backoff, so that one bad
+message cannot end the TaskGroup and with it the agent.
+
 SIGTERM/SIGINT: stop taking tasks, give the running task ``training.shutdown_grace_s``
 to finish (then cancel it: it stays ``running`` in the state DB and is queued again
 at the next start, except a secure train task, whose round secrets lived in memory
@@ -28,21 +36,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import functools
 import logging
 import os
 import signal
 import time
 import traceback
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, cast
 
-import aiohttp
-
 from pod_agent.agent.backoff import RETRYABLE, Backoff
-from pod_agent.agent.hubclient import HubClient
+from pod_agent.agent.hubclient import HubClient, TaskStream
 from pod_agent.agent.pipeline import PipelineOutput, TaskPipeline
 from pod_agent.agent.secure_round import PodRoundContext
 from pod_agent.agent.progress import ProgressLimiter
@@ -51,13 +56,14 @@ from pod_agent.data import Datasource, Schema, open_datasource
 from pod_agent.errors import (
     CodedError,
     DataError,
+    HubError,
     HubRejected,
-    HubUnavailable,
     PodAgentError,
     ProtocolError,
     SandboxError,
     SecAggError,
     StateError,
+    TaskFailed,
     TaskRefused,
 )
 from pod_agent.ops import AgentMetrics, HealthServer, Notifier, Readiness, task_context
@@ -65,10 +71,18 @@ from pod_agent.policy import FailureCode, PrivacyFloor, RefusalCode, TaskVerifie
 from pod_agent.protocol import (
     IdentityKey,
     PublicKey,
-    canonical_json,
     envelope_bytes,
+    parse_envelope,
     passphrase_from_env,
     sign_envelope,
+)
+from pod_agent.protocol.hub_api import (
+    HeartbeatAck,
+    HubPush,
+    PodHeartbeat,
+    PodRegistration,
+    RoundMessages,
+    TaskDelivery,
 )
 from pod_agent.protocol.messages import ProgressEvent, ResultPayload, TaskKind, TaskPayload
 from pod_agent.state import OutboxEntry, PodState, TaskRecord, TaskStatus
@@ -87,14 +101,9 @@ IDLE_RECHECK_S = 30.0
 PURGE_INTERVAL_S = 600.0
 # A progress event that cannot be sent (or encoded) is dropped, never fatal.
 _PROGRESS_ERRORS: tuple[type[BaseException], ...] = (*RETRYABLE, ProtocolError)
-
-
-@dataclass(frozen=True)
-class Delivery:
-    """A task as the hub delivered it: the hub's task id label and the raw envelope bytes."""
-
-    task_id: str
-    raw: bytes
+# A long poll answered empty in under this share of its wait is a hub making the pod spin: the next
+# poll waits a backoff step first (an honest hub answers early only with tasks).
+EARLY_EMPTY_POLL_SHARE = 0.5
 
 
 def _now() -> int:
@@ -157,7 +166,7 @@ class Agent:
         self.notifier = Notifier.from_env()
         self.progress = ProgressLimiter()
         self._modellers = {PublicKey.from_b64(m.public_key).key_id: m for m in settings.security.modellers}
-        self._inbox: asyncio.Queue[Delivery] = asyncio.Queue(INBOX_SIZE)
+        self._inbox: asyncio.Queue[TaskDelivery] = asyncio.Queue(INBOX_SIZE)
         self._progress_queue: asyncio.Queue[ProgressEvent] = asyncio.Queue(PROGRESS_QUEUE_SIZE)
         self._runner_wake = asyncio.Event()
         self._outbox_wake = asyncio.Event()
@@ -224,18 +233,19 @@ class Agent:
             self.pipeline.fetcher = _HubFetcher(hub)
             await self.pipeline.start()
             stack.push_async_callback(self.pipeline.aclose)
+            loops: dict[str, Callable[[], Awaitable[None]]] = {
+                "hub-link": lambda: self._hub_link(hub),
+                "intake": lambda: self._intake(hub),
+                "outbox": lambda: self._outbox(hub),
+                "progress": lambda: self._progress(hub),
+                "upkeep": self._upkeep,
+            }
             async with asyncio.TaskGroup() as group:
                 runners = [
-                    group.create_task(self._runner(i), name=f"runner-{i}")
+                    group.create_task(self._guarded(f"runner-{i}", functools.partial(self._runner, i)), name=f"runner-{i}")
                     for i in range(self.settings.training.max_concurrent_tasks)
                 ]
-                others = [
-                    group.create_task(self._hub_link(hub), name="hub-link"),
-                    group.create_task(self._intake(hub), name="intake"),
-                    group.create_task(self._outbox(hub), name="outbox"),
-                    group.create_task(self._progress(hub), name="progress"),
-                    group.create_task(self._upkeep(), name="upkeep"),
-                ]
+                others = [group.create_task(self._guarded(name, loop), name=name) for name, loop in loops.items()]
                 group.create_task(self._shutdown(hub, runners, others), name="shutdown")
         self.notifier.stopping("stopped")
 
@@ -271,6 +281,24 @@ class Agent:
         for entry in entries:
             await self._deliver(hub, entry)
 
+    async def _guarded(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
+        """Run ``loop`` until it returns; an unexpected exception restarts it after backoff (the last resort
+        that keeps the agent up). Cancellation, which is how shutdown ends the loops, passes through."""
+        backoff = Backoff(self.settings.hub.backoff_initial_s, self.settings.hub.backoff_cap_s)
+        while True:
+            started = time.monotonic()
+            try:
+                await loop()
+                return
+            except Exception as exc:  # noqa: BLE001 - the last resort: a bug or a hostile reply must not end the agent
+                if time.monotonic() - started > backoff.cap_s:
+                    backoff.reset()  # a loop that ran well for a while starts its backoff afresh
+                _log.error("%s loop ended on an unexpected %s; restarting it (a pod-agent bug, please report it)",
+                           name, _where(exc))
+            await backoff.wait(self._stop)
+            if self._stop.is_set():
+                return
+
     def _health_server(self) -> HealthServer | None:
         ops = self.settings.ops
         if ops.health_port == 0:
@@ -288,17 +316,17 @@ class Agent:
 
     # -- hub link ---------------------------------------------------------------------------
 
-    def _registration(self) -> bytes:
-        return canonical_json(
-            {
-                "name": self.settings.pod.name,
-                "public_key": self.key.public.to_b64(),
-                "schema_public": self.schema.public(self.settings.privacy.share_categories),
-                "schema_hash": self.schema.hash(),
-                "row_count": self.schema.row_count,
-                "sandbox_level": self.sandbox_level,
-                "heartbeat_s": self.settings.hub.heartbeat_s,
-            }
+    def _registration(self) -> PodRegistration:
+        token = self.settings.hub.enrolment_token
+        return PodRegistration(
+            name=self.settings.pod.name,
+            public_key=self.key.public.to_b64(),
+            schema_public=self.schema.public(self.settings.privacy.share_categories),
+            schema_hash=self.schema.hash(),
+            row_count=self.schema.row_count,
+            sandbox_level=self.sandbox_level,
+            heartbeat_s=self.settings.hub.heartbeat_s,
+            enrolment_token=token.get_secret_value() if token is not None else None,
         )
 
     async def _hub_link(self, hub: HubClient) -> None:
@@ -307,7 +335,7 @@ class Agent:
         first = True
         while True:
             try:
-                await hub.call("POST", "/v1/pods/register", self._registration())
+                await hub.register(self._registration())
                 self.readiness.registered = True
                 if first:
                     _log.info("registered with the hub at %s as %s", hub.base, self.settings.pod.name)
@@ -332,43 +360,38 @@ class Agent:
 
     async def _websocket_session(self, hub: HubClient, backoff: Backoff) -> None:
         heartbeat_s = self.settings.hub.heartbeat_s
-        ws = await hub.websocket(heartbeat_s=heartbeat_s)
-        async with ws:
+        async with await hub.task_stream(heartbeat_s=heartbeat_s) as stream:
             backoff.reset()
             self.readiness.hub_connected = True
             self.metrics.heartbeat()
-            beats = asyncio.create_task(_heartbeats(ws, heartbeat_s), name="heartbeat")
+            beats = asyncio.create_task(_heartbeats(stream, heartbeat_s), name="heartbeat")
             try:
                 while True:
-                    msg = await ws.receive(timeout=DEAD_AFTER_HEARTBEATS * heartbeat_s)
-                    if msg.type != aiohttp.WSMsgType.TEXT:
-                        raise HubUnavailable(f"hub closed the task connection ({msg.type.name})")
-                    await self._on_hub_message(msg.data)
+                    await self._on_push(await stream.receive(timeout_s=DEAD_AFTER_HEARTBEATS * heartbeat_s))
             finally:
                 beats.cancel()
                 with contextlib.suppress(asyncio.CancelledError, *RETRYABLE):
                     await beats
 
-    async def _on_hub_message(self, data: str) -> None:
-        try:
-            msg: dict[str, Any] = json.loads(data)
-            kind = msg["type"]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise HubUnavailable("hub sent a malformed message on the task connection") from exc
-        if kind == "heartbeat_ack":
+    async def _on_push(self, push: HubPush) -> None:
+        if isinstance(push, HeartbeatAck):
             self.metrics.heartbeat()
-        elif kind == "task":
-            await self._inbox.put(Delivery(str(msg.get("task_id")), str(msg.get("envelope", "")).encode()))
+        else:
+            await self._inbox.put(push)
 
     async def _poll_session(self, hub: HubClient, backoff: Backoff) -> None:
         wait_s = self.settings.hub.heartbeat_s
         while True:
-            reply = await hub.call("GET", f"/v1/pod/tasks?wait={wait_s:g}", read_timeout_s=wait_s + 30)
-            backoff.reset()
+            asked = time.monotonic()
+            reply = await hub.pending_tasks(wait_s=wait_s)
             self.readiness.hub_connected = True
             self.metrics.heartbeat()
-            for item in reply.get("tasks", []):
-                await self._inbox.put(Delivery(str(item.get("task_id")), str(item.get("envelope", "")).encode()))
+            for delivery in reply.tasks:
+                await self._inbox.put(delivery)
+            if reply.tasks or time.monotonic() - asked >= EARLY_EMPTY_POLL_SHARE * wait_s:
+                backoff.reset()
+            else:
+                await backoff.wait(self._stop)
 
     # -- intake ---------------------------------------------------------------------------
 
@@ -380,14 +403,14 @@ class Agent:
             except StateError:
                 _log.exception("state database error while admitting a task; the hub will deliver it again")
 
-    async def _admit(self, hub: HubClient, delivery: Delivery) -> None:
+    async def _admit(self, hub: HubClient, delivery: TaskDelivery) -> None:
         known = await asyncio.to_thread(self.state.get_task, delivery.task_id)
         if known is not None and known.status is not TaskStatus.DELIVERED:
             # At-least-once delivery: the hub resent a task whose acknowledgement it missed.
             await self._ack(hub, delivery.task_id)
             return
         try:
-            verified = await asyncio.to_thread(self.verifier.verify, delivery.raw, now=_now())
+            verified = await asyncio.to_thread(self.verifier.verify, delivery.envelope.encode(), now=_now())
         except TaskRefused as refusal:
             if refusal.code == RefusalCode.NOT_YET_VALID.value:
                 # Not recorded and not acknowledged: the hub offers it again, and once valid it runs.
@@ -401,7 +424,7 @@ class Agent:
         self._send_progress(ProgressEvent(task_id=verified.payload.task_id, stage="queued"))
         self._runner_wake.set()
 
-    async def _refused(self, hub: HubClient, delivery: Delivery, refusal: TaskRefused) -> None:
+    async def _refused(self, hub: HubClient, delivery: TaskDelivery, refusal: TaskRefused) -> None:
         self.metrics.refused(refusal.code)
         _log.warning("task refused: %s", refusal.code, extra={"code": refusal.code})
         _log.debug("refusal detail: %s", refusal.detail)
@@ -422,14 +445,12 @@ class Agent:
             self._outbox_wake.set()
         else:
             with contextlib.suppress(*RETRYABLE):
-                await hub.call(
-                    "POST", f"/v1/pod/tasks/{delivery.task_id}/refusal", canonical_json({"code": refusal.code})
-                )
+                await hub.refuse(delivery.task_id, refusal.code)
         await self._ack(hub, delivery.task_id)
 
     async def _ack(self, hub: HubClient, task_id: str) -> None:
         try:
-            await hub.call("POST", f"/v1/pod/tasks/{task_id}/ack", b"{}")
+            await hub.ack(task_id)
         except RETRYABLE as exc:
             _log.info("acknowledgement of task %s not sent (%s); the hub will deliver it again", task_id, exc)
 
@@ -490,9 +511,7 @@ class Agent:
         except Exception as exc:  # noqa: BLE001 - a bug fails its task, not the agent
             # Escaping would end the runner and the agent; the task, requeued at the next start,
             # would end it again. The message is left out: it may quote what the model returned.
-            frame = traceback.extract_tb(exc.__traceback__)[-1]
-            _log.error("task failed on an unexpected %s at %s:%s; this is a pod-agent bug, please report it",
-                       type(exc).__name__, Path(frame.filename).name, frame.lineno)
+            _log.error("task failed on an unexpected %s; this is a pod-agent bug, please report it", _where(exc))
             return "failed", FailureCode.INTERNAL_ERROR.value, None
         return "done", None, output
 
@@ -507,7 +526,7 @@ class Agent:
         while True:
             event = await self._progress_queue.get()
             try:
-                await hub.call("POST", f"/v1/pod/tasks/{event.task_id}/progress", canonical_json(event))
+                await hub.progress(event)
             except _PROGRESS_ERRORS as exc:
                 _log.debug("progress event dropped: %s", exc)
 
@@ -541,11 +560,12 @@ class Agent:
 
     async def _deliver(self, hub: HubClient, entry: OutboxEntry) -> None:
         await asyncio.to_thread(self.state.note_attempt, entry.task_id, now=_now())
-        result = ResultPayload.model_validate(json.loads(entry.result_json)["payload"])
+        raw = entry.result_json.encode()
+        result = ResultPayload.model_validate(parse_envelope(raw).payload)
         if entry.blob_path is not None and result.blob is not None:
             await hub.put_blob(entry.blob_path, result.blob.sha256)
         try:
-            await hub.call("POST", "/v1/pod/results", entry.result_json.encode())
+            await hub.upload_result(raw)
         except HubRejected as exc:
             if exc.status != 409:
                 raise
@@ -558,34 +578,47 @@ class Agent:
 
 
 class _HubFetcher:
-    """The pipeline's view of the hub: model source by reference, blobs by sha256, secure-round messages."""
+    """The pipeline's view of the hub: model source by reference, blobs by sha256, secure-round messages.
+
+    A model or blob the hub cannot or will not hand over fails its task with a fixed code (the hub's
+    words stay in the local log); round traffic failures are the secure round's to judge.
+    """
 
     def __init__(self, hub: HubClient) -> None:
         self._hub = hub
 
     async def model_source(self, name: str, version: str) -> str:
-        reply = await self._hub.call("GET", f"/v1/models/{name}/{version}")
-        return str(reply["source"])
+        try:
+            return (await self._hub.model_source(name, version)).source
+        except HubError as exc:
+            raise TaskFailed(FailureCode.SOURCE_MISSING.value, f"model {name}@{version}: {exc}") from exc
 
-    async def blob(self, sha256: str, dest: Path) -> None:
-        await self._hub.download_blob(sha256, dest)
+    async def blob(self, sha256: str, dest: Path, *, size_bytes: int) -> None:
+        try:
+            await self._hub.fetch_blob(sha256, dest, size_bytes=size_bytes)
+        except HubError as exc:
+            raise TaskFailed(FailureCode.WEIGHTS_UNAVAILABLE.value, str(exc)) from exc
 
     async def round_post(self, path: str, body: bytes) -> None:
-        await self._hub.call("POST", path, body)
+        await self._hub.round_post(path, body)
 
-    async def round_get(self, path: str, *, after: int, wait_s: float) -> dict[str, Any]:
-        reply: dict[str, Any] = await self._hub.call(
-            "GET", f"{path}?wait={wait_s:g}&after={after}", read_timeout_s=wait_s + 30
-        )
-        return reply
+    async def round_get(self, path: str, *, after: int, wait_s: float) -> RoundMessages:
+        return await self._hub.round_get(path, after=after, wait_s=wait_s)
 
     async def put_blob(self, path: Path, sha256: str) -> None:
         await self._hub.put_blob(path, sha256)
 
 
-async def _heartbeats(ws: aiohttp.ClientWebSocketResponse, interval_s: float) -> None:
+def _where(exc: BaseException) -> str:
+    """An exception's type and the file:line it was raised at, without its text (which may quote the hub
+    or a model)."""
+    frame = traceback.extract_tb(exc.__traceback__)[-1]
+    return f"{type(exc).__name__} at {Path(frame.filename).name}:{frame.lineno}"
+
+
+async def _heartbeats(stream: TaskStream, interval_s: float) -> None:
     while True:
-        await ws.send_str('{"type":"heartbeat"}')
+        await stream.send(PodHeartbeat())
         await asyncio.sleep(interval_s)
 
 
@@ -632,4 +665,4 @@ async def run_agent(settings: PodSettings, *, stop: asyncio.Event | None = None)
         remove_signals()
 
 
-__all__ = ["Agent", "Delivery", "run_agent", "sandbox_level_in_force"]
+__all__ = ["Agent", "run_agent", "sandbox_level_in_force"]

@@ -1,33 +1,64 @@
-"""The pod's HTTP and WebSocket client of the hub: signed requests, TLS verification, typed failures.
+"""The pod's typed client of the hub: one method per route, typed requests in, validated replies out.
 
-Owns the pod's side of the transport (requests themselves go through
-``protocol.hubhttp``, shared with the modeller): the session, the WebSocket, and
-TLS verified against ``hub.ca_bundle`` or a pinned
-certificate sha256 (``hub.pinned_cert_sha256``), else the system trust store;
-plain http only to a loopback hub unless ``hub.allow_insecure_http`` (warned at
-start). Failures are typed: ``HubUnavailable`` (connection trouble or 5xx: retry
-later) and ``HubRejected`` (4xx: this request will not succeed as it is). What to
-send when is the daemon's (``daemon.py``).
+Owns the pod's side of the hub API (``protocol.hub_api`` models; requests go through
+``protocol.hubhttp``, shared with the modeller): the session, the task WebSocket
+(``TaskStream``: ``HubPush`` in, ``PodMessage`` out), the URLs, the deadlines of each
+kind of call, and TLS verified against ``hub.ca_bundle`` or a pinned certificate sha256
+(``hub.pinned_cert_sha256``), else the system trust store; plain http only to a loopback
+hub unless ``hub.allow_insecure_http`` (warned at start).
+
+Nothing the hub sends is trusted: every reply and pushed message is read within
+``hub_api.MAX_REPLY_BYTES`` and a deadline and validated against its model. Failures are
+typed: ``HubUnavailable`` (connection trouble, timeout or 5xx: retry later), its subclass
+``HubMisbehaved`` (an oversized, malformed or wrongly shaped reply: also retry later) and
+``HubRejected`` (4xx: this request will not succeed as it is). What to send when is the
+daemon's (``daemon.py``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
+from pydantic import TypeAdapter
 
 from pod_agent.config.settings import HubSection
-from pod_agent.errors import ConfigError, HubError, HubRejected, HubUnavailable
-from pod_agent.protocol import IdentityKey, sign_request
-from pod_agent.protocol.hubhttp import download_blob, file_chunks, is_loopback, signed_json
+from pod_agent.errors import ConfigError, HubError, HubMisbehaved, HubRejected, HubUnavailable
+from pod_agent.protocol import IdentityKey, canonical_json, sign_request
+from pod_agent.protocol.hub_api import (
+    MAX_REPLY_BYTES,
+    HubPush,
+    HubReply,
+    ModelSource,
+    Ok,
+    PendingTasks,
+    PodMessage,
+    PodRegistered,
+    PodRegistration,
+    Refusal,
+    RoundMessages,
+    Stored,
+)
+from pod_agent.protocol.hubhttp import (
+    download_blob,
+    file_chunks,
+    hub_session,
+    is_loopback,
+    parse_reply,
+    signed_call,
+)
+from pod_agent.protocol.messages import Code, ProgressEvent
 
 _log = logging.getLogger(__name__)
+_R = TypeVar("_R", bound=HubReply)
+_PUSH: TypeAdapter[HubPush] = TypeAdapter(HubPush)
 
 
 def hub_ssl(section: HubSection) -> ssl.SSLContext | aiohttp.Fingerprint | bool:
@@ -60,6 +91,38 @@ def hub_ssl(section: HubSection) -> ssl.SSLContext | aiohttp.Fingerprint | bool:
     return ssl.create_default_context()
 
 
+class TaskStream:
+    """The pod's open task WebSocket: pushed messages validated as ``HubPush``, ``PodMessage`` sent."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self._ws = ws
+
+    async def receive(self, *, timeout_s: float) -> HubPush:
+        """The next pushed message; HubUnavailable when the hub is silent ``timeout_s`` or closes the
+        connection, HubMisbehaved when it sends one over the cap, not UTF-8 or not a ``HubPush``."""
+        try:
+            msg = await self._ws.receive(timeout=timeout_s)
+        except TimeoutError as exc:
+            raise HubUnavailable(f"hub sent nothing on the task connection for {timeout_s:g} s") from exc
+        if msg.type is aiohttp.WSMsgType.ERROR:
+            # aiohttp reports an oversized or undecodable frame as an error message and closes.
+            raise HubMisbehaved(f"hub broke the task connection's framing: {type(msg.data).__name__}")
+        if msg.type is not aiohttp.WSMsgType.TEXT:
+            raise HubUnavailable(f"hub closed the task connection ({msg.type.name})")
+        return parse_reply(msg.data, _PUSH.validate_python, name="HubPush", what="message on the task connection")
+
+    async def send(self, message: PodMessage) -> None:
+        await self._ws.send_str(canonical_json(message).decode())
+
+    async def __aenter__(self) -> TaskStream:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._ws.close()
+
+
 class HubClient:
     """One aiohttp session to the hub; ``async with HubClient(section, key) as hub``."""
 
@@ -68,12 +131,12 @@ class HubClient:
         self.key = key
         self._ssl = hub_ssl(section)
         self._timeout_s = section.request_timeout_s
+        self._blob_timeout_s = section.blob_timeout_s
+        self._max_blob_bytes = section.max_blob_mb << 20
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> HubClient:
-        self._session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._timeout_s, sock_read=self._timeout_s)
-        )
+        self._session = hub_session(connect_timeout_s=self._timeout_s)
         return self
 
     async def __aexit__(
@@ -88,47 +151,95 @@ class HubClient:
             raise HubError("HubClient used outside `async with`")
         return self._session
 
+    async def _call(
+        self, method: str, path: str, reply: type[_R], *, body: bytes = b"", extra_s: float = 0.0
+    ) -> _R:
+        """One signed request; ``extra_s`` is time the hub may hold it on purpose (a long poll)."""
+        return await signed_call(
+            self.session, self.key, base=self.base, method=method, path=path, tls=self._ssl, reply=reply, body=body,
+            total_s=self._timeout_s + extra_s,
+        )
+
     async def health_seconds(self) -> float:
         """Round-trip time of the hub's ``/healthz``; raises HubUnavailable / HubRejected."""
         started = time.monotonic()
-        await self.call("GET", "/healthz")
+        await self._call("GET", "/healthz", Ok)
         return time.monotonic() - started
 
-    def _headers(self, method: str, path: str, body: bytes) -> dict[str, str]:
-        return sign_request(self.key, method, path, body, now=int(time.time()))
+    # -- registration and tasks --------------------------------------------------------------
 
-    async def call(self, method: str, path: str, body: bytes = b"", *, read_timeout_s: float | None = None) -> Any:
-        """Send a signed request with a JSON body; return the parsed JSON reply."""
-        timeout = None if read_timeout_s is None else aiohttp.ClientTimeout(
-            total=None, sock_connect=self._timeout_s, sock_read=read_timeout_s
-        )
-        return await signed_json(
-            self.session, self.key, base=self.base, method=method, path=path, body=body, tls=self._ssl, timeout=timeout
-        )
+    async def register(self, registration: PodRegistration) -> PodRegistered:
+        return await self._call("POST", "/v1/pods/register", PodRegistered, body=canonical_json(registration))
 
-    async def put_blob(self, path: Path, sha256: str) -> None:
-        """Stream a file to the hub (signature over an empty body; the sha256 in the URL binds the content)."""
-        await signed_json(
-            self.session, self.key, base=self.base, method="PUT", path=f"/v1/blobs/{sha256}", tls=self._ssl,
-            data=file_chunks(path),
-        )
-
-    async def download_blob(self, sha256: str, dest: Path) -> None:
-        """Stream a blob to ``dest``; it is renamed into place only when its sha256 matches."""
-        await download_blob(self.session, self.key, base=self.base, sha256=sha256, dest=dest, tls=self._ssl)
-
-    async def websocket(self, *, heartbeat_s: float) -> aiohttp.ClientWebSocketResponse:
-        """Open the pod's task WebSocket; HubRejected when the hub does not offer it (fall back to polling)."""
-        headers = self._headers("GET", "/v1/pod/ws", b"")
+    async def task_stream(self, *, heartbeat_s: float) -> TaskStream:
+        """Open the pod's task WebSocket (``async with`` the stream closes it); HubRejected when the hub
+        does not offer it (fall back to ``pending_tasks``)."""
+        headers = sign_request(self.key, "GET", "/v1/pod/ws", b"", now=int(time.time()))
         try:
-            return await self.session.ws_connect(
-                self.base + "/v1/pod/ws", headers=headers, ssl=self._ssl, autoping=True,
-                receive_timeout=None, max_msg_size=16 * 1024 * 1024,
-                timeout=aiohttp.ClientWSTimeout(ws_close=heartbeat_s),
-            )
+            # The handshake is bounded like any request: a hub that never answers it holds no loop.
+            async with asyncio.timeout(self._timeout_s):
+                ws = await self.session.ws_connect(
+                    self.base + "/v1/pod/ws", headers=headers, ssl=self._ssl, autoping=True,
+                    receive_timeout=None, max_msg_size=MAX_REPLY_BYTES,
+                    timeout=aiohttp.ClientWSTimeout(ws_close=heartbeat_s),
+                )
         except aiohttp.WSServerHandshakeError as exc:
             if 400 <= exc.status < 500:
                 raise HubRejected(f"hub refused the WebSocket ({exc.status}): {exc.message}", status=exc.status) from exc
             raise HubUnavailable(f"hub WebSocket handshake failed ({exc.status})", status=exc.status) from exc
         except aiohttp.ClientError as exc:
             raise HubUnavailable(f"hub {self.base} unreachable for the WebSocket: {exc}") from exc
+        except TimeoutError as exc:
+            raise HubUnavailable(f"hub {self.base} did not open the WebSocket within {self._timeout_s:g} s") from exc
+        return TaskStream(ws)
+
+    async def pending_tasks(self, *, wait_s: float) -> PendingTasks:
+        """Long poll: the tasks the hub holds for this pod, once there are any or ``wait_s`` passed."""
+        return await self._call("GET", f"/v1/pod/tasks?wait={wait_s:g}", PendingTasks, extra_s=wait_s)
+
+    async def ack(self, task_id: str) -> None:
+        await self._call("POST", f"/v1/pod/tasks/{task_id}/ack", Ok, body=b"{}")
+
+    async def refuse(self, task_id: str, code: Code) -> None:
+        """Tell the hub (only) that this pod refuses a task it could not even attribute: the code, nothing else."""
+        await self._call("POST", f"/v1/pod/tasks/{task_id}/refusal", Ok, body=canonical_json(Refusal(code=code)))
+
+    async def progress(self, event: ProgressEvent) -> None:
+        await self._call("POST", f"/v1/pod/tasks/{event.task_id}/progress", Ok, body=canonical_json(event))
+
+    async def upload_result(self, envelope: bytes) -> Stored:
+        """Upload a signed result envelope (its blob, if any, first: ``put_blob``)."""
+        return await self._call("POST", "/v1/pod/results", Stored, body=envelope)
+
+    # -- what tasks need ---------------------------------------------------------------------
+
+    async def model_source(self, name: str, version: str) -> ModelSource:
+        return await self._call("GET", f"/v1/models/{name}/{version}", ModelSource)
+
+    async def fetch_blob(self, sha256: str, dest: Path, *, size_bytes: int) -> Path:
+        """Stream blob ``sha256`` to ``dest``: at most ``size_bytes`` (its signed size) and ``hub.max_blob_mb``,
+        within ``hub.blob_timeout_s``, renamed into place only when it hashes to ``sha256``."""
+        if size_bytes > self._max_blob_bytes:
+            raise HubRejected(
+                f"blob {sha256[:12]}... is signed as {size_bytes} bytes, over hub.max_blob_mb "
+                f"({self._max_blob_bytes >> 20} MiB): raise it in pod.toml to accept such tasks"
+            )
+        return await download_blob(
+            self.session, self.key, base=self.base, sha256=sha256, dest=dest, tls=self._ssl,
+            max_bytes=size_bytes, total_s=self._blob_timeout_s,
+        )
+
+    async def put_blob(self, path: Path, sha256: str) -> None:
+        """Stream a file to the hub (signature over an empty body; the sha256 in the URL binds the content)."""
+        await signed_call(
+            self.session, self.key, base=self.base, method="PUT", path=f"/v1/blobs/{sha256}", tls=self._ssl,
+            reply=Stored, data=file_chunks(path), total_s=self._blob_timeout_s,
+        )
+
+    async def round_post(self, path: str, body: bytes) -> None:
+        """Post a signed secure-round message to its stage's ``path``."""
+        await self._call("POST", path, Stored, body=body)
+
+    async def round_get(self, path: str, *, after: int, wait_s: float) -> RoundMessages:
+        """Long poll a secure-round stage: what it holds once more than ``after`` messages or ``wait_s`` passed."""
+        return await self._call("GET", f"{path}?wait={wait_s:g}&after={after}", RoundMessages, extra_s=wait_s)

@@ -33,7 +33,7 @@ from pod_agent.data import Datasource, Schema
 from pod_agent.errors import SandboxError, TaskFailed
 from pod_agent.policy import FailureCode, PrivacyFloor, check_fetched_source
 from pod_agent.policy.floor import effective_steps, used_splits
-from pod_agent.protocol.messages import BlobRef, ProgressEvent, TaskPayload
+from pod_agent.protocol.messages import BlobRef, ProgressEvent, TaskPayload, WeightsRef
 from pod_agent.training.wall import parse_progress
 
 _log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ class HubFetcher(RoundLink, Protocol):
 
     async def model_source(self, name: str, version: str) -> str: ...
 
-    async def blob(self, sha256: str, dest: Path) -> None: ...
+    async def blob(self, sha256: str, dest: Path, *, size_bytes: int) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -182,6 +182,7 @@ class TaskPipeline:
             check_result,
             expected_from_safetensors,
             reported_rows,
+            safetensors_head,
         )
 
         if task.model is None or task.data is None:
@@ -192,8 +193,8 @@ class TaskPipeline:
         expected = None
         if task.weights is not None:
             weights = input_dir / "weights.safetensors"
-            await self._fetch_blob(task.weights.sha256, weights)
-            expected = await asyncio.to_thread(lambda: expected_from_safetensors(weights.read_bytes()))
+            await self._fetch_blob(task.weights, weights)
+            expected = await asyncio.to_thread(lambda: expected_from_safetensors(safetensors_head(weights)))
         prepared = await asyncio.to_thread(
             prepare_task_input, self._datasource, self._schema, task.data, input_dir,
             share_categories=self._settings.privacy.share_categories,
@@ -283,10 +284,11 @@ class TaskPipeline:
         check_fetched_source(model, source)
         await asyncio.to_thread((input_dir / "model.py").write_text, source, encoding="utf-8")
 
-    async def _fetch_blob(self, sha256: str, dest: Path) -> None:
+    async def _fetch_blob(self, ref: WeightsRef, dest: Path) -> None:
+        """The pinned weights, read no further than their signed size."""
         if self.fetcher is None:
             raise TaskFailed(FailureCode.WEIGHTS_UNAVAILABLE.value, "no hub connection to fetch the task's weights")
-        await self.fetcher.blob(sha256, dest)
+        await self.fetcher.blob(ref.sha256, dest, size_bytes=ref.size_bytes)
 
 
 def _private_dir(path: Path) -> None:

@@ -36,11 +36,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
-from pod_agent.errors import HubError, HubRejected, ProtocolError, SecAggError, StateError, TaskFailed
+from pod_agent.errors import HubError, HubMisbehaved, HubRejected, ProtocolError, SecAggError, StateError, TaskFailed
 from pod_agent.policy.codes import FailureCode
 from pod_agent.policy.peers import TrustedPeers
+from pod_agent.protocol.hub_api import RoundMessages
 from pod_agent.protocol import IdentityKey, PublicKey, envelope_bytes, open_envelope, sign_envelope
 from pod_agent.protocol.keys import b64decode_strict
 from pod_agent.protocol.messages import BlobRef, Envelope, SecAggParams, TaskPayload
@@ -72,23 +73,13 @@ POLL_S = 20.0
 RETRY_S = 0.5
 
 
-class _RoundReply(BaseModel):
-    """The hub's long-poll answer, untrusted: how many messages it holds and those it returned (a pod's
-    ``shares`` reply: the ciphertexts addressed to it, by sender)."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    count: int = Field(ge=0)
-    messages: list[Any] = []
-    shares: dict[str, str] = {}
-
-
 class RoundLink(Protocol):
     """What a secure round needs from the hub: post and long-poll round messages, upload a blob."""
 
     async def round_post(self, path: str, body: bytes) -> None: ...
 
-    async def round_get(self, path: str, *, after: int, wait_s: float) -> dict[str, Any]: ...
+    async def round_get(self, path: str, *, after: int, wait_s: float) -> RoundMessages:
+        """The stage's long-poll reply, validated; HubMisbehaved when the hub's reply is not one."""
 
     async def put_blob(self, path: Path, sha256: str) -> None: ...
 
@@ -336,11 +327,11 @@ class _Round:
         while True:
             reply = await self._get("consistency", after=count, deadline=deadline)
             count = reply.count
-            for raw in reply.messages:
-                sender = _peek_pod(raw)
+            for envelope in reply.messages:
+                sender = _peek_pod(envelope)
                 if sender not in waiting_for or sender in signed:
                     continue
-                message = self._open(raw, ConsistencySignature, self.cohort[sender], what="consistency signature")
+                message = self._open(envelope, ConsistencySignature, self.cohort[sender], what="consistency signature")
                 if message.pod != sender or (message.survivors, message.dropped) != expected:
                     raise TaskFailed(
                         FailureCode.INCONSISTENT_SURVIVORS.value,
@@ -404,30 +395,30 @@ class _Round:
         deadline = time.monotonic() + self.params.stage_timeout_s
         await self._retrying(lambda: self.link.round_post(path, body), deadline=deadline, what=f"{stage} message")
 
-    async def _get(self, stage: Stage, *, after: int, deadline: float) -> _RoundReply:
-        """One long poll for ``stage``; a reply of the wrong shape is bad_round_message. A hub that answers
-        at once with nothing new is asked again only after RETRY_S, so it cannot make the pod spin."""
+    async def _get(self, stage: Stage, *, after: int, deadline: float) -> RoundMessages:
+        """One long poll for ``stage``; a reply of the wrong shape is bad_round_message (``_retrying``). A hub
+        that answers at once with nothing new is asked again only after RETRY_S, so it cannot make the pod spin."""
         path = round_path(self.task.task_id, self.round, stage)
         wait_s = max(0.0, min(POLL_S, deadline - time.monotonic()))
         asked = time.monotonic()
-        raw = await self._retrying(
+        reply = await self._retrying(
             lambda: self.link.round_get(path, after=after, wait_s=wait_s), deadline=deadline, what=f"{stage} poll"
         )
-        try:
-            reply = _RoundReply.model_validate(raw)
-        except ValidationError as exc:
-            raise TaskFailed(FailureCode.BAD_ROUND_MESSAGE.value, f"the hub's {stage} reply is malformed") from exc
         if reply.count <= after and time.monotonic() - asked < min(RETRY_S, wait_s):
             await asyncio.sleep(max(0.0, min(RETRY_S, deadline - time.monotonic())))
         return reply
 
     async def _retrying(self, call: Callable[[], Awaitable[_R]], *, deadline: float, what: str) -> _R:
-        """``call()`` until it succeeds; a transient hub failure is retried until ``deadline``."""
+        """``call()`` until it succeeds; a transient hub failure is retried until ``deadline``. A hub that
+        refuses the call, or answers it with a reply of the wrong shape, fails the round at once: asking the
+        same hub the same question again would only spend the deadline."""
         while True:
             try:
                 return await call()
             except HubRejected as exc:
                 raise TaskFailed(FailureCode.BAD_ROUND_MESSAGE.value, f"the hub refused the {what}: {exc}") from exc
+            except HubMisbehaved as exc:
+                raise TaskFailed(FailureCode.BAD_ROUND_MESSAGE.value, f"the hub's answer to the {what}: {exc}") from exc
             except (HubError, OSError, TimeoutError) as exc:
                 if time.monotonic() + RETRY_S >= deadline:
                     raise TaskFailed(FailureCode.ROUND_TIMEOUT.value, f"the {what} failed until the deadline: {exc}") from exc
@@ -446,9 +437,9 @@ class _Round:
             if time.monotonic() >= deadline:
                 raise TaskFailed(FailureCode.ROUND_TIMEOUT.value, f"no {stage} message from the modeller in {timeout_s:g} s")
 
-    def _open(self, raw: Any, model: type[_M], key: PublicKey, *, what: str) -> _M:
+    def _open(self, envelope: Envelope, model: type[_M], key: PublicKey, *, what: str) -> _M:
         try:
-            message = open_envelope(Envelope.model_validate(raw), model, key)
+            message = open_envelope(envelope, model, key)
         except (ProtocolError, ValidationError) as exc:
             raise TaskFailed(FailureCode.BAD_ROUND_MESSAGE.value, f"{what} does not verify: {exc}") from exc
         if message.task_id != self.task.task_id or message.round != self.round:
@@ -486,10 +477,9 @@ def _encrypt(secrets: RoundSecrets, common: Mapping[str, Any]) -> dict[str, byte
         raise TaskFailed(FailureCode.SECAGG_ERROR.value, str(exc)) from exc
 
 
-def _peek_pod(raw: Any) -> str:
+def _peek_pod(envelope: Envelope) -> str:
     """The pod a relayed envelope claims to be from (checked by its signature before it counts)."""
-    payload = raw.get("payload") if isinstance(raw, dict) else None
-    return str(payload.get("pod")) if isinstance(payload, dict) else ""
+    return str(envelope.payload.get("pod", ""))
 
 
 def _b64(data: bytes) -> str:

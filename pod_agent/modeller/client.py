@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -32,10 +32,20 @@ from pod_agent.protocol import (
     canonical_json,
     envelope_bytes,
     open_envelope,
-    parse_envelope,
     sign_envelope,
 )
-from pod_agent.protocol.hubhttp import BLOB_CHUNK_BYTES, download_blob, file_chunks, is_loopback, signed_json
+from pod_agent.protocol.hub_api import (
+    HubReply,
+    ModelPublication,
+    ModellerRegistered,
+    ModellerRegistration,
+    PodList,
+    RoundMessages,
+    Stored,
+    TaskResults,
+    TaskStatusReply,
+)
+from pod_agent.protocol.hubhttp import BLOB_CHUNK_BYTES, download_blob, file_chunks, hub_session, is_loopback, signed_call
 from pod_agent.protocol.secure_round import RoundMessage, Stage, round_path
 from pod_agent.protocol.messages import (
     BlobRef,
@@ -50,6 +60,9 @@ _log = logging.getLogger(__name__)
 
 # Ends the unregistered-pods error where the user can run the CLI.
 SEE_POD_LIST = "; see `pod-agent modeller pods`"
+# The largest result blob a modeller downloads: a model update far beyond any this project trains.
+MAX_DOWNLOAD_BYTES = 8 << 30
+_R = TypeVar("_R", bound=HubReply)
 
 
 @dataclass(frozen=True)
@@ -123,6 +136,7 @@ class ModellerClient:
         pinned_cert_sha256: str | None = None,
         allow_insecure_http: bool = False,
         timeout_s: float = 30.0,
+        blob_timeout_s: float = 3600.0,
         pod_keys: Mapping[str, PublicKey] | None = None,
     ) -> None:
         self.hub_url = hub_url.rstrip("/")
@@ -131,7 +145,8 @@ class ModellerClient:
             self.hub_url, ca_bundle=ca_bundle, pinned_cert_sha256=pinned_cert_sha256,
             allow_insecure_http=allow_insecure_http,
         )
-        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout_s, sock_read=timeout_s)
+        self._timeout_s = timeout_s
+        self._blob_timeout_s = blob_timeout_s
         self._pod_keys = dict(pod_keys) if pod_keys is not None else None
         self._session: aiohttp.ClientSession | None = None
 
@@ -150,36 +165,40 @@ class ModellerClient:
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
+            self._session = hub_session(connect_timeout_s=self._timeout_s)
         return self._session
 
-    async def _request(self, method: str, path: str, *, body: bytes = b"", data: Any = None) -> Any:
+    async def _request(
+        self, method: str, path: str, reply: type[_R], *, body: bytes = b"", data: Any = None,
+        total_s: float | None = None,
+    ) -> _R:
+        """One signed request, its reply validated as ``reply``; every hub failure is a ModellerError."""
         try:
-            return await signed_json(
-                self._http(), self.key, base=self.hub_url, method=method, path=path, body=body, data=data, tls=self._ssl
+            return await signed_call(
+                self._http(), self.key, base=self.hub_url, method=method, path=path, body=body, data=data,
+                tls=self._ssl, reply=reply, total_s=self._timeout_s if total_s is None else total_s,
             )
         except HubError as exc:
             raise ModellerError(str(exc)) from exc
-
-    async def _post_json(self, path: str, obj: Any) -> Any:
-        return await self._request("POST", path, body=canonical_json(obj))
 
     # -- registry ---------------------------------------------------------------------------
 
     async def register(self, name: str) -> str:
         """Register this modeller's public key with the hub; returns the key id."""
-        reply = await self._post_json("/v1/modellers/register", {"name": name, "public_key": self.key.public.to_b64()})
-        return str(reply["key_id"])
+        registration = ModellerRegistration(name=name, public_key=self.key.public.to_b64())
+        reply = await self._request(
+            "POST", "/v1/modellers/register", ModellerRegistered, body=canonical_json(registration)
+        )
+        return reply.key_id
 
     async def pods(self) -> list[PodInfo]:
-        reply = await self._request("GET", "/v1/pods")
+        reply = await self._request("GET", "/v1/pods", PodList)
         return [
             PodInfo(
-                name=p["name"], key_id=p["key_id"], public_key=p["public_key"], schema=p["schema"],
-                schema_hash=p["schema_hash"], row_count=p["row_count"], sandbox_level=p["sandbox_level"],
-                online=p["online"],
+                name=p.name, key_id=p.key_id, public_key=p.public_key, schema=p.schema_, schema_hash=p.schema_hash,
+                row_count=p.row_count, sandbox_level=p.sandbox_level, online=p.online,
             )
-            for p in reply["pods"]
+            for p in reply.pods
         ]
 
     async def registered(self, pods: list[str], *, hint: str = "") -> dict[str, PodInfo]:
@@ -195,14 +214,12 @@ class ModellerClient:
         self, *, name: str, version: str, style: str, source: str, sha256: str, class_name: str | None = None,
         weights_sha256: str | None = None,
     ) -> str:
-        reply = await self._post_json(
-            "/v1/models",
-            {
-                "name": name, "version": version, "style": style, "class_name": class_name, "source": source,
-                "sha256": sha256, "weights_sha256": weights_sha256,
-            },
+        publication = ModelPublication(
+            name=name, version=version, style=style, class_name=class_name, source=source, sha256=sha256,
+            weights_sha256=weights_sha256,
         )
-        return str(reply["outcome"])
+        reply = await self._request("POST", "/v1/models", Stored, body=canonical_json(publication))
+        return reply.outcome
 
     # -- tasks ------------------------------------------------------------------------------
 
@@ -211,22 +228,18 @@ class ModellerClient:
         if payload.modeller_id != self.key.key_id:
             raise ModellerError("task modeller_id is not this client's key id; build it with build_task")
         envelope = sign_envelope(payload, self.key)
-        await self._request("POST", "/v1/tasks", body=envelope_bytes(envelope))
+        await self._request("POST", "/v1/tasks", Stored, body=envelope_bytes(envelope))
         return payload.task_id
 
     async def status(self, task_id: str) -> TaskStatus:
-        reply = await self._request("GET", f"/v1/tasks/{task_id}")
-        return TaskStatus(task_id=reply["task_id"], pods=reply["pods"])
+        reply = await self._request("GET", f"/v1/tasks/{task_id}", TaskStatusReply)
+        return TaskStatus(task_id=reply.task_id, pods={pod: entry.model_dump() for pod, entry in reply.pods.items()})
 
     async def results(self, task_id: str) -> list[VerifiedResult]:
         """The results stored so far, each verified against its pod's key (forgeries raise)."""
-        reply = await self._request("GET", f"/v1/tasks/{task_id}/results")
+        reply = await self._request("GET", f"/v1/tasks/{task_id}/results", TaskResults)
         keys = await self._keys()
-        verified = []
-        for raw in reply["results"]:
-            envelope = parse_envelope(canonical_json(raw))
-            verified.append(self._verify_result(envelope, task_id, keys))
-        return verified
+        return [self._verify_result(envelope, task_id, keys) for envelope in reply.results]
 
     def _verify_result(self, envelope: Envelope, task_id: str, keys: Mapping[str, PublicKey]) -> VerifiedResult:
         claimed = envelope.payload.get("pod")
@@ -281,7 +294,7 @@ class ModellerClient:
         """Stream a safetensors file to the hub; the hub checks its sha256. Returns its reference."""
         sha256 = await asyncio.to_thread(_file_sha256, path)
         size = path.stat().st_size
-        await self._request("PUT", f"/v1/blobs/{sha256}", data=file_chunks(path))
+        await self._request("PUT", f"/v1/blobs/{sha256}", Stored, data=file_chunks(path), total_s=self._blob_timeout_s)
         return BlobRef(sha256=sha256, size_bytes=size, encoding="safetensors")
 
     async def upload_weights(self, path: Path) -> WeightsRef:
@@ -311,7 +324,7 @@ class ModellerClient:
     async def post_round_message(self, stage: Stage, message: RoundMessage) -> None:
         """Sign one of the modeller's round messages and post it (the same message again is a no-op)."""
         body = envelope_bytes(sign_envelope(message, self.key))
-        await self._request("POST", round_path(message.task_id, message.round, stage), body=body)
+        await self._request("POST", round_path(message.task_id, message.round, stage), Stored, body=body)
 
     async def round_messages(
         self, task_id: str, round_index: int, stage: Stage, *, after: int, wait_s: float
@@ -319,23 +332,17 @@ class ModellerClient:
         """(messages held, the stage's envelopes), once the hub holds more than ``after`` or ``wait_s`` passed;
         the envelopes are as relayed, not verified."""
         path = f"{round_path(task_id, round_index, stage)}?wait={wait_s:g}&after={after}"
-        try:
-            reply = await signed_json(
-                self._http(), self.key, base=self.hub_url, method="GET", path=path, tls=self._ssl,
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._timeout.sock_connect, sock_read=wait_s + 30),
-            )
-        except HubError as exc:
-            raise ModellerError(str(exc)) from exc
-        try:
-            envelopes = [Envelope.model_validate(raw) for raw in reply.get("messages", [])]
-            return int(reply["count"]), envelopes
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ModellerError(f"the hub's {stage} reply for task {task_id} is malformed") from exc
+        reply = await self._request("GET", path, RoundMessages, total_s=self._timeout_s + wait_s)
+        return reply.count, reply.messages
 
     async def download_blob(self, sha256: str, dest: Path) -> Path:
-        """Stream a blob to ``dest``, checking its sha256 before it is renamed into place."""
+        """Stream a blob to ``dest`` (at most MAX_DOWNLOAD_BYTES, within the blob timeout), checking its sha256
+        before it is renamed into place."""
         try:
-            return await download_blob(self._http(), self.key, base=self.hub_url, sha256=sha256, dest=dest, tls=self._ssl)
+            return await download_blob(
+                self._http(), self.key, base=self.hub_url, sha256=sha256, dest=dest, tls=self._ssl,
+                max_bytes=MAX_DOWNLOAD_BYTES, total_s=self._blob_timeout_s,
+            )
         except HubError as exc:
             raise ModellerError(str(exc)) from exc
 

@@ -1,10 +1,20 @@
 """Signed HTTP to the hub, shared by pods (``agent.hubclient``) and modellers (``modeller.client``).
 
 Owns one request's life on the wire: the Ed25519 request signature (``request_auth``),
-the JSON reply, streamed blob downloads checked against their sha256, and failures
-typed by what a caller can do about them: ``HubUnavailable`` (unreachable, timed out,
-5xx, malformed reply: try again later) and ``HubRejected`` (4xx: this request will not
-succeed as it is). Which TLS to use and what to send when stay with the callers.
+reading the reply within bounds, parsing it against its ``hub_api`` model, streamed blob
+downloads checked against their sha256, and failures typed by what a caller can do about
+them: ``HubUnavailable`` (unreachable, timed out, 5xx: try again later), its subclass
+``HubMisbehaved`` (a reply over its cap, not UTF-8 JSON, or not of its model: the hub is
+broken or hostile, also try again later) and ``HubRejected`` (4xx: this request will not
+succeed as it is).
+
+Nothing the hub sends is trusted to be small or quick: a JSON reply is read up to
+``hub_api.MAX_REPLY_BYTES`` by counting what arrives (a Content-Length is only an early
+refusal), a blob up to the caller's limit (its signed size, capped pod-side), and every
+request runs under a total deadline, so a hub that drips one byte a second cannot hold a
+caller forever. Compressed replies are not decoded (the sessions are opened with
+``auto_decompress=False``): a small gzip body could otherwise inflate past any cap before
+it is counted. Which TLS to use and what to send when stay with the callers.
 """
 
 from __future__ import annotations
@@ -14,21 +24,29 @@ import hashlib
 import ipaddress
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
+from pydantic import ValidationError
 
-from pod_agent.errors import HubRejected, HubUnavailable, ProtocolError
+from pod_agent.errors import HubMisbehaved, HubRejected, HubUnavailable, ProtocolError
 from pod_agent.protocol.canonical import parse_json
+from pod_agent.protocol.hub_api import MAX_REPLY_BYTES, HubReply
 from pod_agent.protocol.keys import IdentityKey
 from pod_agent.protocol.request_auth import sign_request
 
 # Blob transfer chunk: throughput without holding a large update in memory twice.
 BLOB_CHUNK_BYTES = 1024 * 1024
+# An error reply is only quoted to the operator; past this much it is cut, not read further.
+MAX_ERROR_BYTES = 64 * 1024
+# How many validation errors of a wrongly shaped reply are named in the message (the rest are counted).
+_MAX_NAMED_ERRORS = 3
 
 TlsChoice = ssl.SSLContext | aiohttp.Fingerprint | bool
+_R = TypeVar("_R", bound=HubReply)
+_T = TypeVar("_T")
 
 
 def is_loopback(host: str) -> bool:
@@ -41,7 +59,15 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-async def signed_json(
+def hub_session(*, connect_timeout_s: float) -> aiohttp.ClientSession:
+    """A session for talking to a hub: a connect timeout (each call brings its total deadline), and no
+    transparent decompression (see above)."""
+    return aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_s), auto_decompress=False
+    )
+
+
+async def signed_call(
     session: aiohttp.ClientSession,
     key: IdentityKey,
     *,
@@ -49,66 +75,146 @@ async def signed_json(
     method: str,
     path: str,
     tls: TlsChoice,
+    reply: type[_R],
+    total_s: float,
     body: bytes = b"",
     data: Any = None,
-    timeout: aiohttp.ClientTimeout | None = None,
-) -> Any:
-    """Send a signed request and return its parsed JSON reply (``{}`` when empty).
+) -> _R:
+    """Send a signed request and return its reply parsed as ``reply`` (an empty body parses as ``{}``).
 
-    ``body`` is a JSON body and is signed; ``data`` (a streamed upload) is sent instead
-    and the signature covers an empty body, the sha256 in the path binding the content.
+    ``body`` is a JSON body and is signed; ``data`` (a streamed upload) is sent instead and the
+    signature covers an empty body, the sha256 in the path binding the content. The whole exchange,
+    upload and reply included, must end within ``total_s``.
     """
+    what = f"{method} {path}"
     headers = sign_request(key, method, path, body, now=int(time.time()))
     if body:
         headers["Content-Type"] = "application/json"
     try:
-        async with session.request(
-            method, base + path, data=data if data is not None else (body or None), headers=headers, ssl=tls,
-            timeout=timeout,
-        ) as resp:
-            text = await resp.text()
-            raise_for_status(resp.status, text, what=f"to {method} {path}")
-            return parse_json(text) if text else {}
+        async with asyncio.timeout(total_s):
+            async with session.request(
+                method, base + path, data=data if data is not None else (body or None), headers=headers, ssl=tls,
+            ) as resp:
+                if resp.status >= 400:
+                    raise_for_status(resp.status, await _error_text(resp), what=f"to {what}")
+                raw = await read_capped(resp, max_bytes=MAX_REPLY_BYTES, what=f"reply to {what}")
     except aiohttp.ServerFingerprintMismatch as exc:
         raise HubUnavailable(
             f"hub {base} certificate sha256 is {exc.got.hex()}, not the pinned {exc.expected.hex()}: "
             "fix the pin or the hub's certificate"
         ) from exc
     except aiohttp.ClientError as exc:
-        raise HubUnavailable(f"hub {base} unreachable for {method} {path}: {exc}") from exc
+        raise HubUnavailable(f"hub {base} unreachable for {what}: {exc}") from exc
     except TimeoutError as exc:
-        raise HubUnavailable(f"hub {base} did not answer {method} {path} in time") from exc
+        raise HubUnavailable(f"hub {base} did not finish answering {what} within {total_s:g} s") from exc
+    return parse_reply(raw, reply.model_validate, name=reply.__name__, what=f"reply to {what}")
+
+
+def parse_reply(raw: bytes | str, validate: Callable[[Any], _T], *, name: str, what: str) -> _T:
+    """``raw`` as strict JSON (``{}`` when empty) passed through ``validate``, the model ``name``'s validator;
+    HubMisbehaved (naming fields, never values) when it is not UTF-8, too deep, or not of that model."""
+    try:
+        return validate(parse_json(raw) if raw else {})
     except ProtocolError as exc:
-        raise HubUnavailable(f"hub answered {method} {path} with malformed JSON: {exc}") from exc
+        raise HubMisbehaved(f"hub's {what} is not usable JSON: {exc}") from exc
+    except ValidationError as exc:
+        raise HubMisbehaved(f"hub's {what} is not a {name}: {_validation_summary(exc)}") from exc
+
+
+def _validation_summary(exc: ValidationError) -> str:
+    """Where and why, without the values: a hostile hub's text does not reach the operator's log."""
+    parts = [
+        f"{'.'.join(str(p) for p in error['loc']) or '<reply>'}: {error['type']}"
+        for error in exc.errors(include_url=False, include_input=False)[:_MAX_NAMED_ERRORS]
+    ]
+    more = exc.error_count() - _MAX_NAMED_ERRORS
+    return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
+
+
+async def read_capped(resp: aiohttp.ClientResponse, *, max_bytes: int, what: str) -> bytes:
+    """The body of ``resp``, counted as it arrives; HubMisbehaved as soon as it passes ``max_bytes``."""
+    declared = resp.content_length
+    if declared is not None and declared > max_bytes:
+        raise HubMisbehaved(f"hub's {what} declares {declared} bytes, over the {max_bytes}-byte cap")
+    buffer = bytearray()
+    async for chunk in resp.content.iter_chunked(BLOB_CHUNK_BYTES):
+        if len(buffer) + len(chunk) > max_bytes:
+            raise HubMisbehaved(f"hub's {what} runs past the {max_bytes}-byte cap")
+        buffer += chunk
+    return bytes(buffer)
+
+
+async def _error_text(resp: aiohttp.ClientResponse) -> str:
+    """At most MAX_ERROR_BYTES of an error reply, as text (undecodable bytes replaced)."""
+    buffer = bytearray()
+    async for chunk in resp.content.iter_chunked(MAX_ERROR_BYTES):
+        buffer += chunk[: MAX_ERROR_BYTES - len(buffer)]
+        if len(buffer) >= MAX_ERROR_BYTES:
+            break
+    return buffer.decode("utf-8", errors="replace")
 
 
 async def download_blob(
-    session: aiohttp.ClientSession, key: IdentityKey, *, base: str, sha256: str, dest: Path, tls: TlsChoice
+    session: aiohttp.ClientSession,
+    key: IdentityKey,
+    *,
+    base: str,
+    sha256: str,
+    dest: Path,
+    tls: TlsChoice,
+    max_bytes: int,
+    total_s: float,
 ) -> Path:
-    """Stream blob ``sha256`` to ``dest``; it is renamed into place only when its content hashes to it."""
+    """Stream blob ``sha256`` to ``dest``, at most ``max_bytes`` and within ``total_s``, hashing as it comes.
+
+    It is renamed into place only when its content hashes to ``sha256``; on any failure (cap,
+    deadline, connection, hash, cancellation) the partial file is deleted.
+    """
     path = f"/v1/blobs/{sha256}"
+    what = f"blob {sha256[:12]}..."
     tmp = dest.with_name(dest.name + ".part")
-    digest = hashlib.sha256()
     try:
-        async with session.get(
-            base + path, headers=sign_request(key, "GET", path, b"", now=int(time.time())), ssl=tls
-        ) as resp:
-            if resp.status >= 400:
-                raise_for_status(resp.status, await resp.text(), what=f"for blob {sha256[:12]}...")
-            with tmp.open("wb") as out:
-                async for chunk in resp.content.iter_chunked(BLOB_CHUNK_BYTES):
-                    digest.update(chunk)
-                    await asyncio.to_thread(out.write, chunk)
+        async with asyncio.timeout(total_s):
+            digest = await _stream_blob(session, key, base=base, path=path, tmp=tmp, tls=tls, max_bytes=max_bytes,
+                                        what=what)
+        if digest != sha256:
+            raise HubMisbehaved(f"{what} from the hub hashes to {digest[:12]}...; discarded")
+        tmp.replace(dest)
     except aiohttp.ClientError as exc:
         tmp.unlink(missing_ok=True)
-        raise HubUnavailable(f"hub {base} unreachable while fetching blob {sha256[:12]}...: {exc}") from exc
-    if digest.hexdigest() != sha256:
+        raise HubUnavailable(f"hub {base} unreachable while fetching {what}: {exc}") from exc
+    except TimeoutError as exc:
         tmp.unlink(missing_ok=True)
-        raise HubRejected(
-            f"blob {sha256[:12]}... from the hub hashes to {digest.hexdigest()[:12]}...; discarded", status=422
-        )
-    tmp.replace(dest)
+        raise HubUnavailable(f"hub {base} did not deliver {what} within {total_s:g} s") from exc
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return dest
+
+
+async def _stream_blob(
+    session: aiohttp.ClientSession, key: IdentityKey, *, base: str, path: str, tmp: Path, tls: TlsChoice,
+    max_bytes: int, what: str,
+) -> str:
+    """Write the blob at ``path`` to ``tmp``; its sha256 hex. HubMisbehaved once it passes ``max_bytes``."""
+    digest = hashlib.sha256()
+    async with session.get(
+        base + path, headers=sign_request(key, "GET", path, b"", now=int(time.time())), ssl=tls
+    ) as resp:
+        if resp.status >= 400:
+            raise_for_status(resp.status, await _error_text(resp), what=f"for {what}")
+        declared = resp.content_length
+        if declared is not None and declared > max_bytes:
+            raise HubMisbehaved(f"hub offers {what} as {declared} bytes, over the {max_bytes} bytes expected")
+        received = 0
+        with tmp.open("wb") as out:
+            async for chunk in resp.content.iter_chunked(BLOB_CHUNK_BYTES):
+                received += len(chunk)
+                if received > max_bytes:
+                    raise HubMisbehaved(f"hub sent more of {what} than the {max_bytes} bytes expected")
+                digest.update(chunk)
+                await asyncio.to_thread(out.write, chunk)
+    return digest.hexdigest()
 
 
 async def file_chunks(path: Path) -> AsyncIterator[bytes]:
@@ -123,7 +229,7 @@ def raise_for_status(status: int, text: str, *, what: str) -> None:
     if status < 400:
         return
     try:
-        detail = str(parse_json(text)["error"])
+        detail = str(parse_json(text)["error"])[:200]
     except (ProtocolError, KeyError, TypeError):
         detail = text[:200]
     message = f"hub answered {status} {what}: {detail}"

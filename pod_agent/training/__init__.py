@@ -12,6 +12,7 @@ from pod_agent.training.contract import (
     check_result,
     expected_from_safetensors,
     reported_rows,
+    safetensors_head,
 )
 from pod_agent.training.wall import (
     TensorDescription,
@@ -36,4 +37,5 @@ __all__ = [
     "expected_from_safetensors",
     "parse_progress",
     "reported_rows",
+    "safetensors_head",
 ]

@@ -26,7 +26,8 @@ from pod_agent.config.settings import HubSection
 from pod_agent.hub import SqliteStorage, create_app, listening
 from pod_agent.modeller import ModellerClient, build_task
 from pod_agent.policy import TrustedPeers
-from pod_agent.protocol import IdentityKey, PublicKey, canonical_json
+from pod_agent.protocol import IdentityKey, PublicKey
+from pod_agent.protocol.hub_api import PodRegistration, RoundMessages
 from pod_agent.protocol.messages import DataSelection, Hyperparameters, ModelRef, Participant, SecAggParams, TaskPayload
 from pod_agent.protocol.messages import WeightsRef
 from pod_agent.protocol.canonical import spec_sha256
@@ -59,18 +60,15 @@ class _Link:
 
     async def round_post(self, path: str, body: bytes) -> None:
         await self._dead()
-        await self.hub.call("POST", path, body)
+        await self.hub.round_post(path, body)
         stage = path.rsplit("/", 1)[1]
         self.posted.append(stage)
         if stage == self.cut_after:
             self.cut = True
 
-    async def round_get(self, path: str, *, after: int, wait_s: float) -> dict[str, Any]:
+    async def round_get(self, path: str, *, after: int, wait_s: float) -> RoundMessages:
         await self._dead()
-        reply: dict[str, Any] = await self.hub.call(
-            "GET", f"{path}?wait={wait_s:g}&after={after}", read_timeout_s=wait_s + 30
-        )
-        return reply
+        return await self.hub.round_get(path, after=after, wait_s=wait_s)
 
     async def put_blob(self, path: Path, sha256: str) -> None:
         await self._dead()
@@ -187,11 +185,10 @@ async def round_rig(
             name = f"pod-{index}"
             key = IdentityKey.generate()
             async with HubClient(HubSection(url=url), key) as hub:
-                registration = {
-                    "name": name, "public_key": key.public.to_b64(), "schema_public": {"columns": []},
-                    "schema_hash": "c" * 64, "row_count": 100, "sandbox_level": "none", "heartbeat_s": 1.0,
-                }
-                await hub.call("POST", "/v1/pods/register", canonical_json(registration))
+                await hub.register(PodRegistration(
+                    name=name, public_key=key.public.to_b64(), schema_public={"columns": []}, schema_hash="c" * 64,
+                    row_count=100, sandbox_level="none", heartbeat_s=1.0,
+                ))
             state = PodState.open(tmp_path / name / "state.sqlite")
             pods[name] = Pod(name, key, state, rows=50 + 25 * index, update=update_of(index))
         rig = RoundRig(url, storage, modeller_key, modeller, pods, tmp_path)

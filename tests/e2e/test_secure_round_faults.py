@@ -22,7 +22,8 @@ from pod_agent.errors import ModellerError
 from pod_agent.modeller import ModellerClient, VerifiedResult, build_task, run_sync
 from pod_agent.modeller.weights import starting_weights
 from pod_agent.protocol import IdentityKey, canonical_json, envelope_bytes, sign_envelope, spec_sha256
-from pod_agent.protocol.hubhttp import signed_json
+from pod_agent.protocol.hub_api import PodRegistered, PodRegistration
+from pod_agent.protocol.hubhttp import signed_call
 from pod_agent.protocol.messages import (
     DataSelection,
     Hyperparameters,
@@ -253,13 +254,14 @@ async def test_a_cohort_of_sybils_registered_at_the_hub_is_refused_unknown_peer(
         # Real registrations through the hub's API, each signed by its own fresh key, copying the victim's schema.
         async with aiohttp.ClientSession() as session:
             for name, key in sybils.items():
-                await signed_json(
+                await signed_call(
                     session, key, base=fed.cluster.hub.url, method="POST", path="/v1/pods/register", tls=False,
-                    body=canonical_json({
-                        "name": name, "public_key": key.public.to_b64(), "schema_public": listed[victim].schema,
-                        "schema_hash": listed[victim].schema_hash, "row_count": listed[victim].row_count,
-                        "sandbox_level": "strict", "heartbeat_s": 0.5,
-                    }),
+                    reply=PodRegistered, total_s=30,
+                    body=canonical_json(PodRegistration(
+                        name=name, public_key=key.public.to_b64(), schema_public=listed[victim].schema,
+                        schema_hash=listed[victim].schema_hash, row_count=listed[victim].row_count,
+                        sandbox_level="strict", heartbeat_s=0.5,
+                    )),
                 )
         registered = {p.name: p.key_id for p in await client.pods()}
         assert {name: registered.get(name) for name in sybils} == {name: key.key_id for name, key in sybils.items()}

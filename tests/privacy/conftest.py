@@ -37,7 +37,8 @@ from privacy_support import (  # noqa: E402
 from pod_agent.agent.hubclient import HubClient  # noqa: E402
 from pod_agent.config.settings import HubSection, ModellerPolicy, PrivacyFloorOverride  # noqa: E402
 from pod_agent.modeller import ModellerClient  # noqa: E402
-from pod_agent.protocol import IdentityKey, canonical_json  # noqa: E402
+from pod_agent.protocol import IdentityKey  # noqa: E402
+from pod_agent.protocol.hub_api import PodRegistration  # noqa: E402
 
 SANDBOX_USER = "pod-sandbox"
 ENSURE_USER = Path(__file__).parents[1] / "sandbox" / "ensure_sandbox_user.py"
@@ -69,12 +70,11 @@ async def rig(tmp_path_factory: pytest.TempPathFactory, adult_parquet: Path) -> 
         for name, key in peer_keys.items():
             # Registered with the hub so that a secure task may name them; nothing runs behind them.
             async with HubClient(HubSection(url=hub.hub_url), key) as peer:
-                registration = {
-                    "name": name, "public_key": key.public.to_b64(), "schema_public": hub.pod.schema,
-                    "schema_hash": hub.pod.schema_hash, "row_count": hub.pod.row_count, "sandbox_level": "strict",
-                    "heartbeat_s": 1.0,
-                }
-                await peer.call("POST", "/v1/pods/register", canonical_json(registration))
+                await peer.register(PodRegistration(
+                    name=name, public_key=key.public.to_b64(), schema_public=hub.pod.schema,
+                    schema_hash=hub.pod.schema_hash, row_count=hub.pod.row_count, sandbox_level="strict",
+                    heartbeat_s=1.0,
+                ))
         clients = {}
         for name, key in (("lifted", lifted_key), ("general", general_key)):
             clients[name] = await stack.enter_async_context(ModellerClient(hub.hub_url, key))

@@ -23,6 +23,7 @@ from pod_agent.modeller.secure_round import SecureSum
 from pod_agent.modeller.secure_round import run_secure_round as drive_round
 from pod_agent.policy import TrustedPeers
 from pod_agent.protocol import PublicKey
+from pod_agent.protocol.hub_api import RoundMessages
 from pod_agent.protocol.messages import Hyperparameters, SecAggParams, TaskPayload
 from pod_agent.secagg import Layout, floating_tensors
 from pod_agent.state import PodState
@@ -41,12 +42,10 @@ class _PeerLink:
         self.hub = hub
 
     async def round_post(self, path: str, body: bytes) -> None:
-        await self.hub.call("POST", path, body)
+        await self.hub.round_post(path, body)
 
-    async def round_get(self, path: str, *, after: int, wait_s: float) -> dict[str, Any]:
-        reply: dict[str, Any] = await self.hub.call("GET", f"{path}?wait={wait_s:g}&after={after}",
-                                                    read_timeout_s=wait_s + 30)
-        return reply
+    async def round_get(self, path: str, *, after: int, wait_s: float) -> RoundMessages:
+        return await self.hub.round_get(path, after=after, wait_s=wait_s)
 
     async def put_blob(self, path: Path, sha256: str) -> None:
         await self.hub.put_blob(path, sha256)
