@@ -24,6 +24,20 @@ SANDBOX_INPUT = Path("/sandbox/input")
 SANDBOX_WORK = Path("/sandbox/work")
 # CPU topology is harmless and torch/OpenMP read it to size thread pools.
 _CPU_INFO = "/sys/devices/system/cpu"
+# What a process reads about itself, beneath /proc/self and /proc/thread-self. Landlock rules are
+# made by the bootstrap inside the worker, so "self" resolves to the worker's own /proc/<pid> (and
+# its main thread's task dir). Never the whole directory: /proc/self/net (where /proc/net points) is
+# the host's socket tables when there is no network namespace, and task/<tid>/net is the same again.
+# A rule binds a procfs inode; should the kernel evict and remake one under memory pressure, reads of
+# that file fail (EACCES) rather than widen.
+_PROC_SELF_FILES = ("auxv", "cgroup", "cmdline", "comm", "environ", "fd", "fdinfo", "io", "limits", "maps", "smaps",
+                    "smaps_rollup", "stat", "statm", "status")
+_PROC_SELF = tuple(f"{base}/{name}" for base in ("/proc/self", "/proc/thread-self") for name in _PROC_SELF_FILES)
+# Host-wide /proc files the worker reads, each one file, read-only, and none naming another process:
+# torch's cpuinfo library parses /proc/cpuinfo to size its thread pools (it logs errors without it).
+_PROC_FILES = ("/proc/cpuinfo",)
+# The NVIDIA user-space driver reads its module parameters and the device majors to open the GPU.
+_GPU_PROC = ("/proc/driver/nvidia", "/proc/devices")
 # What the NVIDIA user-space driver reads besides the device nodes.
 _GPU_SYSFS = ("/sys/bus/pci", "/sys/devices", "/sys/module/nvidia")
 
@@ -146,12 +160,14 @@ def bwrap_argv(*, bwrap: str, ro_paths: list[Path], input_dir: Path | None, env:
 def landlock_paths(*, ro_paths: list[Path], gpu: bool, dev_root: Path = Path("/dev")) -> tuple[list[str], list[str]]:
     """Read-only and read-write trees for the Landlock fallback (no mount namespace to hide the rest).
 
-    The runner adds the worker's input (read-only) and work (read-write) dirs.
+    The runner adds the worker's input (read-only) and work (read-write) dirs. Of ``/proc`` only the
+    worker's own files (``_PROC_SELF``) and ``_PROC_FILES`` (and ``_GPU_PROC`` for GPU tasks): no other
+    process, no socket table.
     """
-    read_only = [str(p) for p in ro_paths] + ["/bin", "/lib", "/lib64", "/proc", _CPU_INFO, "/dev/urandom",
-                                               "/dev/random", "/etc/ld.so.cache"]
+    read_only = [str(p) for p in ro_paths] + ["/bin", "/lib", "/lib64", *_PROC_SELF, *_PROC_FILES, _CPU_INFO,
+                                               "/dev/urandom", "/dev/random", "/etc/ld.so.cache"]
     read_write = ["/dev/null", "/dev/zero", "/dev/shm"]
     if gpu:
         read_write += [str(d) for d in gpu_device_paths(dev_root)]
-        read_only += list(_GPU_SYSFS)
+        read_only += [*_GPU_SYSFS, *_GPU_PROC]
     return read_only, read_write

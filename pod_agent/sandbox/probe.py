@@ -37,6 +37,9 @@ LEVELS: tuple[str, ...] = ("strict", "standard", "none")
 _TRIAL_TIMEOUT_S = 20.0
 _TRIAL_CODE = "import pod_agent.sandbox.bootstrap"
 _TRIAL_TMPFS_BYTES = 64 << 20  # the trial writes nothing; any cap will do
+_NAMESPACES_REMEDY = ("apt-get install bubblewrap; allow unprivileged user namespaces "
+                      "(sysctl kernel.unprivileged_userns_clone=1)")
+_LANDLOCK_REMEDY = "boot a kernel >= 5.13 with landlock in the lsm= list"
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,9 @@ class LayerReport:
     active: bool
     why: str
     remedy: str = ""
+    # uid layer only: workers keep the (non-root) agent's own uid, so file modes and ptrace's
+    # same-uid rule protect nothing of the agent's; only namespaces or Landlock can.
+    shares_agent_uid: bool = False
 
 
 def _trial(argv: list[str], identity: Identity | None) -> str | None:
@@ -82,12 +88,12 @@ def _probe_uid(sandbox_user: str) -> tuple[LayerReport, Identity | None]:
         why = f"workers run as {identity.user} (uid {identity.uid}, gid {identity.gid}, no supplementary groups)"
     else:
         why = f"agent is unprivileged (uid {identity.uid}); workers share its uid, so namespaces/Landlock hide its files"
-    return LayerReport("uid", True, why), identity
+    return LayerReport("uid", True, why, shares_agent_uid=not identity.dedicated), identity
 
 
 def _probe_namespaces(identity: Identity | None) -> LayerReport:
     bwrap = shutil.which("bwrap")
-    remedy = "apt-get install bubblewrap; allow unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1)"
+    remedy = _NAMESPACES_REMEDY
     if bwrap is None:
         return LayerReport("namespaces", False, "bwrap not found on PATH", remedy)
     if identity is None:
@@ -125,7 +131,7 @@ def _probe_seccomp(identity: Identity | None) -> LayerReport:
 
 def _probe_landlock(identity: Identity | None) -> LayerReport:
     abi = landlock_abi()
-    remedy = "boot a kernel >= 5.13 with landlock in the lsm= list"
+    remedy = _LANDLOCK_REMEDY
     if abi < 1:
         return LayerReport("landlock", False, "kernel offers no Landlock ABI", remedy)
     failure = _self_test("landlock", identity)
@@ -172,6 +178,8 @@ def plan_layers(level: str, reports: list[LayerReport]) -> frozenset[str]:
     strict: non-root uid, rlimits, and network+filesystem isolation (namespaces, or seccomp + Landlock).
     standard: non-root uid, rlimits and the seccomp network deny; plus whatever else is active.
     none: rlimits and the cgroup only (development; the runner warns on every task).
+    At strict and standard, workers that share a non-root agent's uid also need namespaces or
+    Landlock: otherwise a model reads the agent's key and opens its ``/proc/<pid>/mem``.
     """
     active = {r.name for r in reports if r.active}
     by_name = {r.name: r for r in reports}
@@ -186,6 +194,12 @@ def plan_layers(level: str, reports: list[LayerReport]) -> frozenset[str]:
     if level not in ("strict", "standard"):
         raise SandboxUnavailable(level, "a known level", "set security.sandbox to strict, standard or none")
     need("uid")
+    if by_name["uid"].shares_agent_uid and not {"namespaces", "landlock"} & active:
+        ns, landlock = by_name["namespaces"], by_name["landlock"]
+        raise SandboxUnavailable(
+            level, f"namespaces ({ns.why}) or Landlock ({landlock.why}), because workers share the agent's uid",
+            f"{_NAMESPACES_REMEDY}; or {_LANDLOCK_REMEDY}; or run the agent as root with security.sandbox_user set "
+            "(workers then get a uid of their own)")
     need("rlimits")
     if level == "standard":
         need("seccomp")

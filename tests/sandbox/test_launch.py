@@ -79,6 +79,13 @@ def test_landlock_fallback_allows_no_host_tmp_or_etc_tree() -> None:
     assert not any(p in ("/etc", "/", "/root", "/home") for p in read_only + read_write)
 
 
+def test_landlock_fallback_allows_of_proc_only_the_workers_own_files_and_cpuinfo() -> None:
+    read_only, read_write = landlock_paths(ro_paths=[], gpu=False)
+    proc = [p for p in read_only + read_write if p.startswith("/proc")]
+    assert all(p.startswith(("/proc/self/", "/proc/thread-self/")) or p == "/proc/cpuinfo" for p in proc)
+    assert not any(p.endswith(("/net", "/task", "/mem", "/mountinfo")) for p in proc)
+
+
 def test_a_python_tree_under_tmp_is_bound_on_top_of_the_sandboxes_own_tmp(tmp_path: Path) -> None:
     venv = Path("/tmp/some-checkout/.venv")
     argv = bwrap_argv(bwrap="/usr/bin/bwrap", ro_paths=[venv], input_dir=None, env={}, gpu=False, tmpfs_bytes=1 << 20)

@@ -142,3 +142,9 @@ async def test_missing_input_dir_fails_before_any_worker_starts(tmp_path: Path) 
         with pytest.raises(SandboxError, match=r"\(input_unreadable\): staging .*/absent"):
             await runner.run(SandboxJob(entry=ENTRY, input_dir=tmp_path / "absent", work_dir=tmp_path / "work",
                                         request={}, entry_path=ENTRY_PATH))
+
+
+async def test_the_landlock_fallback_shows_the_worker_only_its_own_proc_entries(run_model: RunModel) -> None:
+    outcome = await run_model("proc_snoop", unsafe_disable_layers=frozenset({"namespaces"}))
+    assert outcome.header["hostile"] == dict.fromkeys(outcome.header["hostile"], "blocked:PermissionError")
+    assert outcome.header["own"] == dict.fromkeys(outcome.header["own"], "read")

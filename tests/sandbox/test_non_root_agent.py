@@ -6,6 +6,7 @@ sandbox uid and drops supplementary groups.
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import shutil
@@ -23,25 +24,51 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to start t
 
 AGENT_SCRIPT = textwrap.dedent(
     """
-    import asyncio, sys
+    import asyncio, json, sys
     from pathlib import Path
     from pod_agent.config.settings import SandboxLimitsSection, SecuritySection
+    from pod_agent.errors import SandboxUnavailable
     from pod_agent.sandbox import SandboxJob, SandboxRunner
 
-    root = Path(sys.argv[1])
+    root, entry, entry_path, disabled = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), sys.argv[4]
     async def main() -> None:
-        runner = SandboxRunner(SecuritySection(sandbox="standard"), SandboxLimitsSection(warm_worker=False),
-                               scratch_root=root / "scratch")
+        try:
+            runner = SandboxRunner(SecuritySection(sandbox="standard"), SandboxLimitsSection(warm_worker=False),
+                                   scratch_root=root / "scratch",
+                                   unsafe_disable_layers=frozenset(disabled.split(",")) - {""})
+        except SandboxUnavailable as exc:
+            print("refused:", exc)
+            return
         async with runner:
-            job = SandboxJob(entry=sys.argv[2], entry_path=Path(sys.argv[3]), input_dir=root / "in",
-                             work_dir=root / "work", request={})
+            job = SandboxJob(entry=entry, entry_path=entry_path, input_dir=root / "in", work_dir=root / "work",
+                             request={"key": str(root / "identity.pem")})
             outcome = await runner.run(job)
-        print("uid-in-worker", outcome.header["uid"])
+        print("header:", json.dumps(outcome.header))
     asyncio.run(main())
     """
 )
 
 MODEL = "import os\n\ndef run(channel):\n    return {'uid': os.getuid()}, {}\n"
+# The issue's attack on a shared uid: the agent's key, and its memory and environment through /proc.
+SNOOP = textwrap.dedent(
+    """
+    import os
+
+    def _try(path, mode):
+        try:
+            with open(path, mode) as handle:
+                handle.read(64)
+        except OSError as exc:
+            return type(exc).__name__
+        return "read"
+
+    def run(channel):
+        agent = os.getppid()
+        return {"uid": os.getuid(),
+                "key": _try(channel.request()["key"], "rb"), "mem": _try(f"/proc/{agent}/mem", "r+b"),
+                "environ": _try(f"/proc/{agent}/environ", "rb")}, {}
+    """
+)
 
 
 @pytest.fixture
@@ -54,21 +81,44 @@ def agent_home() -> Iterator[Path]:
         shutil.rmtree(home, ignore_errors=True)
 
 
-def test_a_non_root_agent_runs_workers_under_its_own_uid(agent_home: Path) -> None:
-    tmp_path = agent_home
+def _run_agent(home: Path, model: str, *, disabled: str = "") -> str:
+    """Start the agent as the sandbox user (so its workers share that uid) and run ``model`` once."""
     user = pwd.getpwnam(SANDBOX_USER)
-    (tmp_path / "in").mkdir()
-    (tmp_path / "work").mkdir()
-    (tmp_path / "in" / "model.py").write_text(MODEL)
-    script = tmp_path / "agent.py"
+    (home / "in").mkdir()
+    (home / "work").mkdir()
+    (home / "in" / "model.py").write_text(model)
+    (home / "identity.pem").write_text("agent-secret-key\n")
+    (home / "identity.pem").chmod(0o600)
+    script = home / "agent.py"
     script.write_text(AGENT_SCRIPT)
-    for path in (tmp_path, tmp_path / "in", tmp_path / "work", tmp_path / "in" / "model.py", script):
+    for path in (home, home / "in", home / "work", home / "in" / "model.py", home / "identity.pem", script):
         os.chown(path, user.pw_uid, user.pw_gid)
-    tmp_path.chmod(0o755)
+    home.chmod(0o755)
     done = subprocess.run(
-        [sys.executable, str(script), str(tmp_path), ENTRY, str(ENTRY_PATH)],
+        [sys.executable, str(script), str(home), ENTRY, str(ENTRY_PATH), disabled],
         user=user.pw_uid, group=user.pw_gid, extra_groups=[], capture_output=True, text=True, timeout=120,
-        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+        env={"PATH": "/usr/bin:/bin", "HOME": str(home)},
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert f"uid-in-worker {user.pw_uid}" in done.stdout
+    return done.stdout
+
+
+def test_a_non_root_agent_runs_workers_under_its_own_uid(agent_home: Path) -> None:
+    out = _run_agent(agent_home, MODEL)
+    assert f'"uid": {pwd.getpwnam(SANDBOX_USER).pw_uid}' in out
+
+
+def test_a_non_root_agent_without_namespaces_or_landlock_refuses_to_run_workers(agent_home: Path) -> None:
+    out = _run_agent(agent_home, MODEL, disabled="namespaces,landlock")
+    assert out.startswith("refused: sandbox (unavailable): level 'standard' needs namespaces (disabled by "
+                          "unsafe_disable_layers) or Landlock (disabled by unsafe_disable_layers), because workers "
+                          "share the agent's uid: apt-get install bubblewrap")
+    assert "run the agent as root with security.sandbox_user set" in out
+
+
+def test_under_landlock_a_worker_sharing_the_agents_uid_cannot_read_its_key_or_memory(agent_home: Path) -> None:
+    out = _run_agent(agent_home, SNOOP, disabled="namespaces")
+    header = json.loads(out.removeprefix("header:"))
+    assert header["uid"] == pwd.getpwnam(SANDBOX_USER).pw_uid
+    assert {k: header[k] for k in ("key", "mem", "environ")} == dict.fromkeys(("key", "mem", "environ"),
+                                                                              "PermissionError")

@@ -46,6 +46,34 @@ def test_standard_needs_uid_rlimits_and_seccomp_only() -> None:
         plan_layers("standard", _reports("uid", "rlimits", "namespaces"))
 
 
+def _shared_uid(*active: str) -> list[LayerReport]:
+    """A non-root agent's host: workers keep the agent's uid."""
+    return [LayerReport("uid", True, "agent is unprivileged", shares_agent_uid=True) if r.name == "uid" else r
+            for r in _reports(*active)]
+
+
+@pytest.mark.parametrize("level", ["strict", "standard"])
+def test_workers_sharing_the_agents_uid_need_namespaces_or_landlock(level: str) -> None:
+    with pytest.raises(SandboxUnavailable, match=f"level '{level}' needs namespaces \\(missing here\\) or Landlock "
+                       "\\(missing here\\), because workers share the agent's uid: apt-get install bubblewrap.*; or boot "
+                       "a kernel >= 5.13 with landlock in the lsm= list; or run the agent as root with "
+                       "security.sandbox_user set"):
+        plan_layers(level, _shared_uid("uid", "rlimits", "seccomp", "cgroup"))
+    assert "landlock" in plan_layers(level, _shared_uid("uid", "rlimits", "seccomp", "landlock"))
+    assert "namespaces" in plan_layers(level, _shared_uid("uid", "rlimits", "seccomp", "namespaces"))
+    # A dedicated uid (root agent) keeps the old rule: standard needs no isolation layer.
+    if level == "standard":
+        assert plan_layers(level, _reports("uid", "rlimits", "seccomp")) == {"uid", "rlimits", "seccomp"}
+
+
+def test_check_says_why_a_shared_uid_host_refuses_tasks() -> None:
+    lines = sandbox_report_lines("standard", _shared_uid("uid", "rlimits", "seccomp"))
+    assert lines[0].startswith("sandbox: level 'standard' NOT satisfied, tasks will be refused: level 'standard' "
+                               "needs namespaces")
+    assert "because workers share the agent's uid" in lines[0]
+    assert plan_layers("none", _shared_uid("rlimits")) == {"rlimits"}
+
+
 def test_none_never_refuses() -> None:
     assert plan_layers("none", _reports()) == frozenset()
 
