@@ -5,8 +5,10 @@ an optional tensor blob file) that the daemon signs into a ResultPayload.
 ``schema-stats`` runs here (``stats.py``; aggregate facts only). ``train``,
 ``evaluate`` and ``predict`` go through the sandbox (pod_agent.sandbox),
 training (pod_agent.training) and secure aggregation (pod_agent.secagg), under the
-signer's privacy floor: the prepared splits' exact row counts and steps are checked
-here before the sandbox starts, and what comes back leaves only as ``egress.py``
+signer's privacy floor and, for a signer with a dp budget, the noise ``policy.budget``
+plans (added here to the checked update, outside the sandbox, before it is encoded or
+masked): the prepared splits' exact row counts and steps are checked here before the
+sandbox starts, and what comes back leaves only as ``egress.py``
 rebuilds it (vocabulary metrics, rounded; progress from typed fields). Failures
 carry a fixed code (``policy.FailureCode``) that may leave the host; details stay in
 the local log.
@@ -32,7 +34,9 @@ from pod_agent.config.settings import PodSettings
 from pod_agent.data import Datasource, Schema
 from pod_agent.errors import SandboxError, TaskFailed
 from pod_agent.policy import FailureCode, PrivacyFloor, check_fetched_source
+from pod_agent.policy.budget import NoisePlan, noise_plan
 from pod_agent.policy.floor import effective_steps, used_splits
+from pod_agent.protocol.keys import PublicKey
 from pod_agent.protocol.messages import BlobRef, ProgressEvent, TaskPayload, WeightsRef
 from pod_agent.training.wall import parse_progress
 
@@ -87,6 +91,7 @@ class TaskPipeline:
         self._work_root = work_root
         self._outbox_dir = outbox_dir
         self._secure_round = secure_round
+        self._modellers = {PublicKey.from_b64(m.public_key).key_id: m for m in settings.security.modellers}
         # Set by the daemon once its hub connection exists, which is after the pipeline is built.
         self.fetcher: HubFetcher | None = None
         self._runner: Any = None
@@ -234,13 +239,26 @@ class TaskPipeline:
         metrics = reported_metrics(checked.metrics, digits=floor.metric_digits, max_metrics=floor.max_metrics)
         if not checked.arrays:
             return PipelineOutput(metrics=metrics, n_rows=checked.n_rows)
+        arrays = checked.arrays
+        plan = self._noise_plan(task)
+        if plan is not None:
+            task, arrays = await asyncio.to_thread(_noised, task, arrays, plan)
+            # Train metrics are exact functions of the rows, outside the accounted release: they stay here.
+            metrics = {}
         if task.secagg is not None:
-            return await self._secure_round_output(task, checked.arrays, checked.n_rows, metrics)
-        data, encoding = await asyncio.to_thread(self._encode, checked.arrays)
+            return await self._secure_round_output(task, arrays, checked.n_rows, metrics)
+        data, encoding = await asyncio.to_thread(self._encode, arrays)
         blob_path = self._outbox_dir / f"{task.task_id}.blob"
         await asyncio.to_thread(blob_path.write_bytes, data)
         ref = BlobRef(sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data), encoding=encoding)
         return PipelineOutput(metrics=metrics, n_rows=checked.n_rows, blob_path=blob_path, blob=ref)
+
+    def _noise_plan(self, task: TaskPayload) -> NoisePlan | None:
+        """The noise for ``task`` under the signer's dp budget as configured now (None: no budget)."""
+        modeller = self._modellers.get(task.modeller_id)
+        if modeller is None:
+            raise TaskFailed(FailureCode.UNKNOWN_SIGNER.value, "the task's modeller left security.modellers")
+        return noise_plan(self._settings.privacy, modeller, task)
 
     @staticmethod
     def _encode(arrays: dict[str, Any]) -> tuple[bytes, Any]:
@@ -316,6 +334,32 @@ def _check_prepared(task: TaskPayload, floor: PrivacyFloor, rows: Mapping[str, i
             f"{steps} optimiser steps on the prepared input, over max_effective_steps {floor.max_effective_steps}",
         )
     return steps, max(1, math.ceil(rows["train"] / task.hyperparameters.batch_size))
+
+
+def _noised(task: TaskPayload, arrays: Mapping[str, Any], plan: NoisePlan) -> tuple[TaskPayload, dict[str, Any]]:
+    """The update clipped to the plan's L2 norm plus its Gaussian noise, and the task to encode it with.
+
+    Integer buffers (a step counter) are not noised: they count steps the task fixed, not rows. Under
+    secure aggregation the encoder is given no clip_norm: the update was clipped before the noise, and
+    scaling the noised update again would shrink this pod's noise share by a data-dependent factor.
+    """
+    from pod_agent.secagg import ClipBound, floating_tensors
+    from pod_agent.secagg.noise import check_share_range, noise_update
+
+    floats = floating_tensors(arrays)
+    if task.secagg is not None and plan.honest_pods > 1:
+        check_share_range(
+            bound=ClipBound.from_params(task.secagg).bound, clip_norm=plan.clip_norm, share_std=plan.share_std,
+            n_values=sum(int(a.size) for a in floats.values()),
+        )
+    noised = noise_update(floats, clip_norm=plan.clip_norm, std=plan.share_std)
+    _log.info(
+        "dp: update norm %.4g scaled by %.4g; noise std %.4g per value (z=%g, clip %g, share 1/%d of the variance)",
+        noised.norm, noised.scale, noised.std, plan.noise_multiplier, plan.clip_norm, plan.honest_pods,
+    )
+    if task.secagg is not None:
+        task = task.model_copy(update={"secagg": task.secagg.model_copy(update={"clip_norm": None})})
+    return task, {**arrays, **noised.arrays}
 
 
 def _forward(rebuilder: ProgressRebuilder, raw: object, sink: ProgressSink) -> None:

@@ -186,6 +186,13 @@ class PrivacyBudgets:
         if modeller.dp is None:
             return None
         plan = noise_plan(self._privacy, modeller, task)
+        if plan is not None and task.returns == "weights":
+            raise TaskRefused(
+                RefusalCode.UNACCOUNTED_RELEASE.value,
+                f"modeller {modeller.name!r} has a dp budget: a train task must return an update (new - old), "
+                "whose L2 norm the pod clips before the noise; trained weights cannot be clipped that way",
+                task_id=task.task_id,
+            )
         if plan is not None:
             event = plan.event()
         elif task.kind in self._privacy.dp.unsafe_unaccounted_kinds:
