@@ -4,6 +4,22 @@ Owns the aiohttp application built by ``create_app(storage)``: every ``/v1``
 request carries an Ed25519 request signature (``pod_agent.protocol.sign_request``)
 checked against the registered key of a pod or modeller, within the clock window
 and not replayed; registration requests are signed by the key they register.
+
+Authentication runs before any body is read, cheapest first: the headers (present, well
+formed, timestamp within -300/+30 s), the key's request rate (``limits.RateLimiter``,
+looked at but not spent), the key (registered; for the two registration routes an unknown
+key may offer itself in the body); only then is the body read, streaming, hashed as it
+comes and refused with 413 past its route's cap (``limits.body_cap``); then the signature,
+the replay cache (per-key quotas, ``protocol.RequestReplayCache``), the rate spent, and a
+key awaiting approval is refused everything but registration (``admission.py``).
+
+Blobs record who uploaded them and what references them (a task's weights, a pod's result
+or masked input, a model). A blob is served to its uploaders, to the modeller of a task
+whose result or masked input names it (sent by a pod that uploaded it), and to the pods
+targeted by a task that pins it as weights and whose modeller uploaded it; each key's
+uploads are held to a byte and count quota, and blobs nothing references are collected
+after a grace period by a background task. A model's source is served to its publisher,
+to pods a task of the publisher targets, and to anyone if published ``public``.
 Tasks reach pods over a WebSocket per pod (push) or a long poll, at least once:
 a task stays pending until the pod acknowledges it, and every new connection
 gets all pending tasks again. Results are idempotent by (task, pod). Blobs
@@ -45,6 +61,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -52,7 +69,7 @@ import shutil
 import tempfile
 import time
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -61,9 +78,25 @@ from aiohttp import WSMsgType, web
 from pydantic import BaseModel, ValidationError
 
 from pod_agent.errors import HubError, ProtocolError
+from pod_agent.hub.admission import (
+    Admission,
+    RegistrationPolicy,
+    admit,
+    approval_hint,
+)
 from pod_agent.hub.blobs import BlobStore
+from pod_agent.hub.limits import (
+    MAX_SMALL_BODY_BYTES,
+    HubLimits,
+    RateLimited,
+    RateLimiter,
+    TooLarge,
+    body_cap,
+)
 from pod_agent.hub.storage import (
     BlobRecord,
+    BlobRefRecord,
+    KeyRole,
     ModellerRecord,
     ModelRecord,
     PodRecord,
@@ -78,8 +111,9 @@ from pod_agent.protocol import (
     open_envelope,
     parse_envelope,
     source_sha256,
-    verify_request,
 )
+from pod_agent.protocol.canonical import sha256_hex
+from pod_agent.protocol.request_auth import SignedHeaders, check_signature, parse_signed_headers
 from pod_agent.protocol.hub_api import ModellerRegistration, ModelPublication, PodRegistration, Refusal
 from pod_agent.protocol.messages import (
     Envelope,
@@ -95,15 +129,22 @@ from pod_agent.protocol.secure_round import (
     STAGE_MODELS,
     STAGES,
     EncryptedShares,
+    MaskedInput,
     Stage,
 )
 from pod_agent.protocol.signing import first_error
 
 _log = logging.getLogger(__name__)
 _T = TypeVar("_T", bound=BaseModel)
+_R = TypeVar("_R")
 
-# JSON bodies are small (a task with inline source is capped by pods at a few MB); blobs stream.
-MAX_JSON_BODY_BYTES = 16 * 1024 * 1024
+# Bodies are read by ``_read_capped`` with each route's cap (limits.body_cap), never by aiohttp's
+# request.read(); this only bounds a handler that would call it by mistake.
+MAX_JSON_BODY_BYTES = 8 * 1024 * 1024
+# Body read size: small enough that a cap is enforced within one chunk of it.
+_BODY_CHUNK_BYTES = 64 * 1024
+# Registrations by keys the hub does not know yet share one bucket: their key ids cost nothing to make.
+_UNREGISTERED = "(unregistered keys)"
 # A long poll returns at least this often so proxies and the pod notice a dead peer.
 MAX_LONG_POLL_S = 30.0
 # A pod not heard from within this many heartbeat intervals is shown offline.
@@ -114,6 +155,7 @@ _STREAMED_BODY_ROUTES = frozenset({"blob_put"})
 
 _HUB: web.AppKey["_Hub"] = web.AppKey("hub", object)  # type: ignore[arg-type]
 _SIGNER: web.RequestKey[str] = web.RequestKey("signer", str)
+_BODY: web.RequestKey[bytes] = web.RequestKey("body", bytes)
 # The records authentication found for the signer's key, so handlers need not query them again.
 _SIGNER_POD: web.RequestKey[PodRecord | None] = web.RequestKey("signer_pod")
 _SIGNER_MODELLER: web.RequestKey[ModellerRecord | None] = web.RequestKey("signer_modeller")
@@ -129,11 +171,25 @@ def _parse(model: type[BaseModel], raw: bytes) -> Any:
 class _Hub:
     """Per-app state: storage, blobs, replay cache, and who is waiting for which pod's tasks."""
 
-    def __init__(self, storage: Storage, blobs: BlobStore, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        blobs: BlobStore,
+        clock: Callable[[], float],
+        *,
+        registration: RegistrationPolicy,
+        limits: HubLimits,
+    ) -> None:
         self.storage = storage
         self.blobs = blobs
         self.clock = clock
+        self.registration: RegistrationPolicy = registration
+        self.limits = limits
         self.replay = RequestReplayCache()
+        self.rates = RateLimiter(rate_per_s=limits.rate_per_s, burst=limits.rate_burst)
+        # Placing a blob file and recording it, or forgetting and deleting one, happen under this lock,
+        # so collection never deletes a file an upload has just recorded.
+        self.blob_lock = asyncio.Lock()
         self._wakeups: dict[str, asyncio.Event] = {}
         self.sockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
         self.connected: dict[str, int] = {}
@@ -170,51 +226,100 @@ async def _errors_and_auth(
         if route not in _UNSIGNED_ROUTES and request.match_info.http_exception is None:
             await _authenticate(request, route)
         return await handler(request)
+    except RateLimited as exc:
+        response = _error(429, str(exc))
+        response.headers["Retry-After"] = str(exc.retry_after_s)
+        return response
     except HubError as exc:
         return _error(exc.status or 400, str(exc))
     except ProtocolError as exc:
         return _error(401, f"request signature rejected: {exc}")
 
 
+@dataclass(frozen=True)
+class _Known:
+    """What the hub holds for a request's key id, looked up before its body is read."""
+
+    pod: PodRecord | None
+    modeller: ModellerRecord | None
+    pending: bool
+
+    @property
+    def public_key(self) -> PublicKey | None:
+        record = self.pod or self.modeller
+        return None if record is None else PublicKey.from_b64(record.public_key)
+
+
+def _known(storage: Storage, key_id: str) -> _Known:
+    pod = storage.pod_by_key(key_id)
+    modeller = storage.get_modeller(key_id)
+    return _Known(pod, modeller, storage.key_pending(key_id) if pod or modeller else False)
+
+
 async def _authenticate(request: web.Request, route: str | None) -> None:
+    """Authenticate before and while reading the body, cheapest check first (see the module docstring)."""
     hub = _hub(request)
-    body = b"" if route in _STREAMED_BODY_ROUTES else await request.read()
+    now = hub.now()
+    signed = parse_signed_headers(request.headers, now=now)
+    hub.rates.check(signed.key_id, now=time.monotonic())
+    known: _Known = await hub.db(_known, hub.storage, signed.key_id)
+    registering = route in _REGISTER_ROUTES
+    if known.public_key is None:
+        if not registering:
+            raise ProtocolError(f"key {signed.key_id[:16]} is not registered with the hub: register it first")
+        hub.rates.check(_UNREGISTERED, now=time.monotonic())
+    if route in _STREAMED_BODY_ROUTES:
+        # The signature covers an empty body; the sha256 in the path binds the streamed content.
+        body, digest = b"", sha256_hex(b"")
+    else:
+        body, digest = await _read_capped(request, body_cap(route, request.match_info.get("stage")), route)
+    if digest != signed.body_sha256:
+        raise ProtocolError("request body does not match its signed sha256: resend the request unmodified")
     # Registration is signed by the key being registered: proof of possession, not of identity.
-    offered = _offered_key(body) if route in _REGISTER_ROUTES else None
-    pod: PodRecord | None = None
-    modeller: ModellerRecord | None = None
-
-    def lookup(key_id: str) -> PublicKey | None:
-        nonlocal pod, modeller
-        if offered is not None and offered.key_id == key_id:
-            return offered
-        pod = hub.storage.pod_by_key(key_id)
-        if pod is not None:
-            return PublicKey.from_b64(pod.public_key)
-        modeller = hub.storage.get_modeller(key_id)
-        return None if modeller is None else PublicKey.from_b64(modeller.public_key)
-
-    signer = await asyncio.to_thread(
-        verify_request,
-        dict(request.headers),
-        request.method,
-        request.raw_path,
-        body,
-        lookup=lookup,
-        replay=hub.replay,
-        now=hub.now(),
-    )
-    request[_SIGNER] = signer
-    request[_SIGNER_POD] = pod
-    request[_SIGNER_MODELLER] = modeller
+    public_key = known.public_key or _offered_key(body, signed)
+    check_signature(signed, method=request.method, path=request.raw_path, public_key=public_key)
+    hub.replay.check_and_add(signed.key_id, signed.nonce, timestamp=signed.timestamp, now=now)
+    hub.rates.take(signed.key_id, now=time.monotonic())
+    if known.public_key is None:
+        hub.rates.take(_UNREGISTERED, now=time.monotonic())
+    if known.pending and not registering:
+        raise HubError(f"{approval_hint(signed.key_id)}; until then the hub refuses this key", status=403)
+    request[_SIGNER] = signed.key_id
+    request[_SIGNER_POD] = known.pod
+    request[_SIGNER_MODELLER] = known.modeller
+    request[_BODY] = body
 
 
-def _offered_key(body: bytes) -> PublicKey | None:
+async def _read_capped(request: web.Request, cap: int, route: str | None) -> tuple[bytes, str]:
+    """The body and its sha256, read in chunks and hashed as they come; TooLarge past ``cap`` bytes."""
+    what = f"{request.method} {request.path}"
+    declared = request.content_length
+    if declared is not None and declared > cap:
+        raise TooLarge(f"{what} body of {declared} bytes is over this route's cap of {cap} bytes")
+    body = bytearray()
+    digest = hashlib.sha256()
+    async for chunk in request.content.iter_chunked(_BODY_CHUNK_BYTES):
+        if len(body) + len(chunk) > cap:
+            raise TooLarge(f"{what} body is over this route's cap of {cap} bytes")
+        body += chunk
+        digest.update(chunk)
+    return bytes(body), digest.hexdigest()
+
+
+def _offered_key(body: bytes, signed: SignedHeaders) -> PublicKey:
+    """The key a registration offers, if it is the key that signed the request."""
     try:
         raw = json.loads(body)
-        return PublicKey.from_b64(str(raw["public_key"]))
+        offered = PublicKey.from_b64(str(raw["public_key"]))
     except (ValueError, KeyError, TypeError, ProtocolError):
-        return None
+        offered = None
+    if offered is None or offered.key_id != signed.key_id:
+        raise ProtocolError(f"key {signed.key_id[:16]} is not registered with the hub: register it first")
+    return offered
+
+
+def _body(request: web.Request) -> bytes:
+    return request[_BODY]
 
 
 def _signer_pod(request: web.Request) -> PodRecord:
@@ -250,10 +355,11 @@ async def _healthz(request: web.Request) -> web.Response:
 
 async def _pods_register(request: web.Request) -> web.Response:
     hub = _hub(request)
-    reg: PodRegistration = _parse(PodRegistration, await request.read())
+    reg: PodRegistration = _parse(PodRegistration, _body(request))
     key = PublicKey.from_b64(reg.public_key)
     if key.key_id != request[_SIGNER]:
         raise HubError("registration must be signed by the key it registers", status=403)
+    admission = await _admission(request, role="pod", name=reg.name, token=reg.enrolment_token)
     now = hub.now()
     existing = await hub.db(hub.storage.get_pod, reg.name)
     record = PodRecord(
@@ -262,9 +368,39 @@ async def _pods_register(request: web.Request) -> web.Response:
         heartbeat_s=reg.heartbeat_s, registered_at=existing.registered_at if existing else now,
         last_seen=now,
     )
-    await hub.db(hub.storage.upsert_pod, record)
-    _log.info("pod registered", extra={"pod": reg.name})
-    return web.json_response({"pod": reg.name, "key_id": key.key_id, "new": existing is None})
+    await _store_registration(hub, admission, hub.storage.upsert_pod, record)
+    _log.info("pod registered%s", " (pending approval)" if admission.pending else "", extra={"pod": reg.name})
+    return _registered({"pod": reg.name, "key_id": key.key_id, "new": existing is None}, admission, key.key_id)
+
+
+async def _admission(request: web.Request, *, role: KeyRole, name: str, token: str | None) -> Admission:
+    """The registration policy's word on the signer registering as ``role``; raises RegistrationRefused."""
+    hub = _hub(request)
+    known = (request[_SIGNER_POD] if role == "pod" else request[_SIGNER_MODELLER]) is not None
+    admission: Admission = await hub.db(
+        admit, hub.storage, hub.registration, role=role, key_id=request[_SIGNER], name=name, known=known,
+        token=token, now=hub.now(),
+    )
+    return admission
+
+
+async def _store_registration(hub: _Hub, admission: Admission, store: Callable[[_R], None], record: _R) -> None:
+    """Store a registration, then its pending entry; a registration that fails gives its token back."""
+    try:
+        await hub.db(store, record)
+    except HubError:
+        if admission.token_sha256 is not None:
+            await hub.db(hub.storage.release_enrolment_token, admission.token_sha256)
+        raise
+    if admission.to_record is not None:
+        await hub.db(hub.storage.add_pending_key, admission.to_record)
+
+
+def _registered(reply: dict[str, Any], admission: Admission, key_id: str) -> web.Response:
+    if not admission.pending:
+        return web.json_response(reply)
+    # 202: recorded, not yet admitted; the pod or modeller retries and is refused (403) until approved.
+    return web.json_response({**reply, "pending": True, "message": approval_hint(key_id)}, status=202)
 
 
 def _opened(raw: bytes | dict[str, Any], model: type[_T], key: PublicKey, *, what: str) -> tuple[Envelope, _T]:
@@ -315,7 +451,8 @@ async def _pod_ws(request: web.Request) -> web.WebSocketResponse:
     """Push pending tasks; read acks and heartbeats. Every connection starts by resending all pending."""
     hub = _hub(request)
     pod = _signer_pod(request)
-    ws = web.WebSocketResponse(max_msg_size=MAX_JSON_BODY_BYTES)
+    # A pod sends heartbeats and acks on its socket, nothing larger.
+    ws = web.WebSocketResponse(max_msg_size=MAX_SMALL_BODY_BYTES)
     await ws.prepare(request)
     hub.sockets.add(ws)
     hub.connected[pod.name] = hub.connected.get(pod.name, 0) + 1
@@ -378,7 +515,7 @@ async def _pod_task_ack(request: web.Request) -> web.Response:
 async def _pod_task_refusal(request: web.Request) -> web.Response:
     hub = _hub(request)
     pod = _signer_pod(request)
-    refusal: Refusal = _parse(Refusal, await request.read())
+    refusal: Refusal = _parse(Refusal, _body(request))
     task_id = request.match_info["task_id"]
     if not await hub.db(hub.storage.record_refusal, task_id, pod.name, refusal.code, now=hub.now()):
         raise _no_task_for(task_id, pod.name)
@@ -389,7 +526,7 @@ async def _pod_task_refusal(request: web.Request) -> web.Response:
 async def _pod_task_progress(request: web.Request) -> web.Response:
     hub = _hub(request)
     pod = _signer_pod(request)
-    event: ProgressEvent = _parse(ProgressEvent, await request.read())
+    event: ProgressEvent = _parse(ProgressEvent, _body(request))
     task_id = request.match_info["task_id"]
     if event.task_id != task_id:
         raise HubError("progress event names another task than the URL", status=400)
@@ -402,7 +539,7 @@ async def _pod_results(request: web.Request) -> web.Response:
     """Store a signed result once; the same bytes again are acknowledged, different ones are 409."""
     hub = _hub(request)
     pod = _signer_pod(request)
-    envelope, result = _opened(await request.read(), ResultPayload, PublicKey.from_b64(pod.public_key), what="result")
+    envelope, result = _opened(_body(request), ResultPayload, PublicKey.from_b64(pod.public_key), what="result")
     if result.pod != pod.name:
         raise HubError(f"result names pod {result.pod!r} but was uploaded by {pod.name!r}", status=403)
     task = await hub.db(hub.storage.get_task, result.task_id)
@@ -410,12 +547,16 @@ async def _pod_results(request: web.Request) -> web.Response:
         raise _no_task_for(result.task_id, pod.name)
     if result.blob is not None:
         blob = await hub.db(hub.storage.get_blob, result.blob.sha256)
-        if blob is None or blob.size_bytes != result.blob.size_bytes:
-            raise HubError(f"result blob {result.blob.sha256[:12]}... not uploaded yet; PUT it first", status=424)
+        owned = await hub.db(hub.storage.blob_owned_by, result.blob.sha256, pod.key_id)
+        if blob is None or blob.size_bytes != result.blob.size_bytes or not owned:
+            raise HubError(f"result blob {result.blob.sha256[:12]}... not uploaded by this pod yet; PUT it first", status=424)
     outcome = await hub.db(
         hub.storage.put_result, result.task_id, pod.name, envelope_bytes(envelope),
         status=result.status, now=hub.now(),
     )
+    if result.blob is not None:
+        ref = BlobRefRecord(result.blob.sha256, "result", result.task_id, pod.name)
+        await hub.db(hub.storage.add_blob_refs, [ref])
     _log.info("result %s", outcome, extra={"pod": pod.name, "status": result.status})
     return web.json_response({"ok": True, "outcome": outcome}, status=201 if outcome == "stored" else 200)
 
@@ -425,18 +566,20 @@ async def _pod_results(request: web.Request) -> web.Response:
 
 async def _modellers_register(request: web.Request) -> web.Response:
     hub = _hub(request)
-    reg: ModellerRegistration = _parse(ModellerRegistration, await request.read())
+    reg: ModellerRegistration = _parse(ModellerRegistration, _body(request))
     key = PublicKey.from_b64(reg.public_key)
     if key.key_id != request[_SIGNER]:
         raise HubError("registration must be signed by the key it registers", status=403)
-    await hub.db(hub.storage.upsert_modeller, ModellerRecord(key.key_id, reg.public_key, reg.name, hub.now()))
-    return web.json_response({"key_id": key.key_id})
+    admission = await _admission(request, role="modeller", name=reg.name, token=reg.enrolment_token)
+    record = ModellerRecord(key.key_id, reg.public_key, reg.name, hub.now())
+    await _store_registration(hub, admission, hub.storage.upsert_modeller, record)
+    return _registered({"key_id": key.key_id}, admission, key.key_id)
 
 
 async def _pods_list(request: web.Request) -> web.Response:
     hub = _hub(request)
     now = hub.now()
-    pods = await hub.db(hub.storage.list_pods)
+    pods = await _admitted_pods(hub)
     return web.json_response(
         {
             "pods": [
@@ -453,10 +596,17 @@ async def _pods_list(request: web.Request) -> web.Response:
     )
 
 
+async def _admitted_pods(hub: _Hub) -> list[PodRecord]:
+    """Registered pods less those awaiting approval (modellers neither see nor task them)."""
+    pods: list[PodRecord] = await hub.db(hub.storage.list_pods)
+    pending = {p.key_id for p in await hub.db(hub.storage.pending_keys)}
+    return [p for p in pods if p.key_id not in pending]
+
+
 async def _models_publish(request: web.Request) -> web.Response:
     hub = _hub(request)
     modeller = await _signer_modeller(request)
-    pub: ModelPublication = _parse(ModelPublication, await request.read())
+    pub: ModelPublication = _parse(ModelPublication, _body(request))
     if source_sha256(pub.source) != pub.sha256:
         raise HubError("model source does not hash to the given sha256", status=400)
     outcome = await hub.db(
@@ -464,16 +614,26 @@ async def _models_publish(request: web.Request) -> web.Response:
         ModelRecord(
             name=pub.name, version=pub.version, style=pub.style, class_name=pub.class_name, source=pub.source,
             sha256=pub.sha256, weights_sha256=pub.weights_sha256, owner=modeller.key_id, created_at=hub.now(),
+            public=pub.public,
         ),
     )
+    if pub.weights_sha256 is not None:
+        ref = BlobRefRecord(pub.weights_sha256, "model", f"{pub.name}@{pub.version}", modeller.key_id)
+        await hub.db(hub.storage.add_blob_refs, [ref])
     return web.json_response({"outcome": outcome}, status=201 if outcome == "stored" else 200)
 
 
 async def _models_get(request: web.Request) -> web.Response:
     hub = _hub(request)
     model = await hub.db(hub.storage.get_model, request.match_info["name"], request.match_info["version"])
-    if model is None:
-        raise HubError(f"no model {request.match_info['name']}@{request.match_info['version']}", status=404)
+    label = f"{request.match_info['name']}@{request.match_info['version']}"
+    if model is None or not await _may_read_model(request, model):
+        # One answer for absent and not shared, so a stranger learns nothing of what exists.
+        raise HubError(
+            f"no model {label} shared with this key: a model is served to its publisher and to the pods its "
+            "tasks target, or to everyone if published with --public",
+            status=404,
+        )
     return web.json_response(
         {
             "name": model.name, "version": model.version, "style": model.style, "class_name": model.class_name,
@@ -482,13 +642,23 @@ async def _models_get(request: web.Request) -> web.Response:
     )
 
 
+async def _may_read_model(request: web.Request, model: ModelRecord) -> bool:
+    if model.public or model.owner == request[_SIGNER]:
+        return True
+    pod = request[_SIGNER_POD]
+    if pod is None:
+        return False
+    hub = _hub(request)
+    return bool(await hub.db(hub.storage.pod_targeted_by, pod.name, model.owner))
+
+
 async def _tasks_submit(request: web.Request) -> web.Response:
     hub = _hub(request)
     modeller = await _signer_modeller(request)
-    envelope, task = _opened(await request.read(), TaskPayload, PublicKey.from_b64(modeller.public_key), what="task")
+    envelope, task = _opened(_body(request), TaskPayload, PublicKey.from_b64(modeller.public_key), what="task")
     if task.modeller_id != modeller.key_id:
         raise HubError("task modeller_id differs from the signer's key id", status=400)
-    known = {p.name for p in await hub.db(hub.storage.list_pods)}
+    known = {p.name for p in await _admitted_pods(hub)}
     unknown = sorted(set(task.pods) - known)
     if unknown:
         raise HubError(f"unknown pods {unknown}; list them with `pod-agent modeller pods`", status=404)
@@ -497,6 +667,8 @@ async def _tasks_submit(request: web.Request) -> web.Response:
         envelope=envelope_bytes(envelope), pods=tuple(task.pods), created_at=hub.now(),
     )
     outcome = await hub.db(hub.storage.add_task, record)
+    if task.weights is not None:
+        await hub.db(hub.storage.add_blob_refs, [BlobRefRecord(task.weights.sha256, "weights", task.task_id)])
     for pod in task.pods:
         hub.notify(pod)
     return web.json_response(
@@ -583,7 +755,7 @@ async def _secagg_post(request: web.Request) -> web.Response:
     hub = _hub(request)
     party = await _round_party(request)
     task, sender, stage, round_index = party.task, party.sender, party.stage, party.round
-    raw = await request.read()
+    raw = _body(request)
     if len(raw) > MAX_STAGE_BYTES[stage]:
         raise HubError(f"{stage} message is {len(raw)} bytes, over {MAX_STAGE_BYTES[stage]}", status=413)
     if (stage in MODELLER_STAGES) != (sender == MODELLER_SENDER):
@@ -598,6 +770,9 @@ async def _secagg_post(request: web.Request) -> web.Response:
         received_at=hub.now(),
     )
     outcome = await hub.db(hub.storage.put_round_message, record)
+    if isinstance(message, MaskedInput):
+        ref = BlobRefRecord(message.blob.sha256, "masked", task.task_id, sender)
+        await hub.db(hub.storage.add_blob_refs, [ref])
     hub.notify(_round_wakeup_key(task.task_id, round_index))
     return web.json_response({"ok": True, "outcome": outcome}, status=201 if outcome == "stored" else 200)
 
@@ -645,36 +820,111 @@ def _shares_for(reader: str, records: list[RoundMessageRecord]) -> dict[str, str
 
 
 async def _blob_put(request: web.Request) -> web.Response:
+    """Stream a blob in, within the uploader's quota; the uploader becomes one of its owners.
+
+    An owner sending it again is answered at once (nothing read); another key must send the
+    whole content, so knowing a sha256 never makes anyone an owner.
+    """
     hub = _hub(request)
+    signer = request[_SIGNER]
     sha256 = request.match_info["sha256"]
-    path = hub.blobs.path(sha256)
-    if hub.blobs.exists(sha256):
-        # Drain nothing: the client may stop sending; the same sha256 is the same content.
-        return web.json_response({"sha256": sha256, "outcome": "duplicate"})
-    size = await hub.blobs.write_stream(
-        sha256, request.content.iter_chunked(1024 * 1024), declared_size=request.content_length
+    hub.blobs.path(sha256)  # 400 for a malformed id before anything else
+    async with hub.blob_lock:
+        if hub.blobs.exists(sha256) and await hub.db(hub.storage.blob_owned_by, sha256, signer):
+            blob = await hub.db(hub.storage.get_blob, sha256)
+            # Uploaded again: the grace period before collection starts over.
+            await hub.db(hub.storage.put_blob, BlobRecord(sha256, blob.size_bytes, hub.now()), owner=signer)
+            return web.json_response({"sha256": sha256, "outcome": "duplicate"})
+    usage = await hub.db(hub.storage.blob_usage, signer)
+    limits = hub.limits
+    if usage.count >= limits.blob_quota_count:
+        raise TooLarge(
+            f"key {signer[:16]} holds {usage.count} blobs, the hub's quota (--blob-quota-count "
+            f"{limits.blob_quota_count}); unreferenced ones are collected after {limits.blob_grace_s} s"
+        )
+    staged = await hub.blobs.receive(
+        sha256, request.content.iter_chunked(1024 * 1024), declared_size=request.content_length,
+        max_bytes=limits.blob_quota_bytes - usage.size_bytes,
+        over_limit=(
+            f"key {signer[:16]} holds {usage.size_bytes} of its {limits.blob_quota_bytes} bytes of blob quota "
+            f"(--blob-quota-bytes); unreferenced blobs are collected after {limits.blob_grace_s} s"
+        ),
     )
-    await hub.db(hub.storage.put_blob, BlobRecord(sha256, size, hub.now()))
-    _log.info("blob stored (%d bytes) at %s", size, path.name)
-    return web.json_response({"sha256": sha256, "size_bytes": size, "outcome": "stored"}, status=201)
+    try:
+        async with hub.blob_lock:
+            hub.blobs.place(staged)
+            await hub.db(hub.storage.put_blob, BlobRecord(sha256, staged.size_bytes, hub.now()), owner=signer)
+    finally:
+        hub.blobs.discard(staged)
+    _log.info("blob stored (%d bytes) at %s", staged.size_bytes, sha256[:12])
+    return web.json_response({"sha256": sha256, "size_bytes": staged.size_bytes, "outcome": "stored"}, status=201)
 
 
 async def _blob_get(request: web.Request) -> web.StreamResponse:
     hub = _hub(request)
     sha256 = request.match_info["sha256"]
-    if not hub.blobs.exists(sha256):
-        raise HubError(f"no blob {sha256[:12]}...", status=404)
+    pod = request[_SIGNER_POD]
+    readable = hub.blobs.exists(sha256) and await hub.db(
+        hub.storage.may_read_blob, sha256, key_id=request[_SIGNER], pod=None if pod is None else pod.name
+    )
+    if not readable:
+        # One answer for absent and not shared: a sha256 alone tells a stranger nothing.
+        raise HubError(
+            f"no blob {sha256[:12]}... readable by this key: a blob is served to its uploader, to the modeller "
+            "of a task whose result names it, and to the pods a task of its uploader pins it for",
+            status=404,
+        )
     return web.FileResponse(hub.blobs.path(sha256), headers={"Content-Type": "application/octet-stream"})
 
 
+async def collect_blobs(app: web.Application) -> int:
+    """Delete blobs nothing references whose last upload is older than the grace period; returns how many."""
+    hub = app[_HUB]
+    cutoff = hub.now() - hub.limits.blob_grace_s
+    removed = 0
+    for sha256 in await hub.db(hub.storage.unreferenced_blobs, uploaded_before=cutoff):
+        async with hub.blob_lock:
+            if await hub.db(hub.storage.delete_blob_if_unreferenced, sha256, uploaded_before=cutoff):
+                await asyncio.to_thread(hub.blobs.remove, sha256)
+                removed += 1
+    if removed:
+        _log.info("collected %d unreferenced blobs", removed)
+    return removed
+
+
+async def _collect_periodically(app: web.Application) -> AsyncIterator[None]:
+    """aiohttp cleanup context: blob collection runs every gc_interval_s while the app serves."""
+
+    async def loop() -> None:
+        while True:
+            await asyncio.sleep(app[_HUB].limits.gc_interval_s)
+            try:
+                await collect_blobs(app)
+            except (HubError, OSError) as exc:
+                # A failed pass (disk, database busy) is retried on the next; serving goes on.
+                _log.warning("blob collection failed: %s; retrying in %g s", exc, app[_HUB].limits.gc_interval_s)
+
+    task = asyncio.create_task(loop(), name="hub-blob-collection")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 def create_app(
-    storage: Storage, *, blob_dir: Path | None = None, clock: Callable[[], float] = time.time
+    storage: Storage,
+    *,
+    blob_dir: Path | None = None,
+    clock: Callable[[], float] = time.time,
+    registration: RegistrationPolicy = "open",
+    limits: HubLimits | None = None,
 ) -> web.Application:
     """The hub as an aiohttp application; blobs go to ``blob_dir`` (a temporary dir if None)."""
     app = web.Application(middlewares=[_errors_and_auth], client_max_size=MAX_JSON_BODY_BYTES)
     owned_tmp = blob_dir is None
     root = blob_dir if blob_dir is not None else Path(tempfile.mkdtemp(prefix="pod-hub-blobs-"))
-    app[_HUB] = _Hub(storage, BlobStore(root), clock)
+    app[_HUB] = _Hub(storage, BlobStore(root), clock, registration=registration, limits=limits or HubLimits())
+    app.cleanup_ctx.append(_collect_periodically)
 
     async def _close_sockets(app: web.Application) -> None:
         for ws in list(app[_HUB].sockets):

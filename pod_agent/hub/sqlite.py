@@ -4,7 +4,10 @@ Owns the table layout and transactions. One connection guarded by a lock: the
 hub is a reference server for development and small deployments, and sqlite3
 serialises writers anyway. WAL mode for a file so readers do not block the
 writer. Idempotency (same task or result twice) is decided here by comparing
-the stored bytes.
+the stored bytes. Schema changes are migrations keyed by ``PRAGMA user_version``
+(``_MIGRATIONS``): tables are created if missing, columns added, and an older
+database's blobs get owners and references from the tasks, results and models
+that name them.
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ from typing import Any
 from pod_agent.errors import HubError
 from pod_agent.hub.storage import (
     BlobRecord,
+    BlobRefRecord,
+    BlobUsage,
+    PendingKey,
     DeliveryRecord,
     ModellerRecord,
     ModelRecord,
@@ -73,6 +79,28 @@ CREATE TABLE IF NOT EXISTS blobs (
 );
 """
 
+# Version 1: blob owners and references, public models, enrolment tokens, keys awaiting approval.
+_SCHEMA_V1 = """
+CREATE TABLE IF NOT EXISTS blob_owners (
+    sha256 TEXT NOT NULL, key_id TEXT NOT NULL, uploaded_at INTEGER NOT NULL, PRIMARY KEY (sha256, key_id)
+);
+CREATE INDEX IF NOT EXISTS blob_owners_by_key ON blob_owners (key_id);
+CREATE TABLE IF NOT EXISTS blob_refs (
+    sha256 TEXT NOT NULL, kind TEXT NOT NULL, task_id TEXT NOT NULL, party TEXT NOT NULL,
+    PRIMARY KEY (sha256, kind, task_id, party)
+);
+CREATE TABLE IF NOT EXISTS enrolment_tokens (
+    token_sha256 TEXT PRIMARY KEY, created_at INTEGER NOT NULL, expires_at INTEGER NOT NULL,
+    used_at INTEGER, used_by TEXT, note TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS key_approvals (
+    key_id TEXT PRIMARY KEY, role TEXT NOT NULL, name TEXT NOT NULL, requested_at INTEGER NOT NULL,
+    approved_at INTEGER
+);
+CREATE INDEX IF NOT EXISTS deliveries_by_pod ON deliveries (pod, task_id);
+"""
+_MODEL_COLUMNS = "name, version, style, class_name, source, sha256, weights_sha256, owner, created_at, public"
+
 
 class SqliteStorage:
     """``Storage`` on one sqlite3 connection; thread-safe through a lock."""
@@ -85,6 +113,7 @@ class SqliteStorage:
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
+            _migrate(self._db)
         except sqlite3.Error as exc:
             raise HubError(f"hub database {self.path!r} cannot be opened: {exc}; check the path and permissions") from exc
         self._lock = threading.Lock()
@@ -169,23 +198,36 @@ class SqliteStorage:
             ).fetchone()
             if row is not None:
                 if (row[0], row[1]) == (model.sha256, model.weights_sha256):
+                    # The owner's latest word on sharing holds; anyone else's changes nothing.
+                    self._db.execute(
+                        "UPDATE models SET public = ? WHERE name = ? AND version = ? AND owner = ?",
+                        (int(model.public), model.name, model.version, model.owner),
+                    )
                     return "duplicate"
                 raise StorageConflict(
                     f"model {model.name}@{model.version} already exists with other content; publish a new version"
                 )
             self._db.execute(
-                "INSERT INTO models VALUES (?,?,?,?,?,?,?,?,?)",
+                f"INSERT INTO models ({_MODEL_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
                 (
                     model.name, model.version, model.style, model.class_name, model.source, model.sha256,
-                    model.weights_sha256, model.owner, model.created_at,
+                    model.weights_sha256, model.owner, model.created_at, int(model.public),
                 ),
             )
             return "stored"
 
     def get_model(self, name: str, version: str) -> ModelRecord | None:
         with self._lock:
-            row = self._db.execute("SELECT * FROM models WHERE name = ? AND version = ?", (name, version)).fetchone()
-        return None if row is None else ModelRecord(*row)
+            row = self._db.execute(
+                f"SELECT {_MODEL_COLUMNS} FROM models WHERE name = ? AND version = ?", (name, version)
+            ).fetchone()
+        if row is None:
+            return None
+        name_, version_, style, class_name, source, sha256, weights_sha256, owner, created_at, public = row
+        return ModelRecord(
+            name=name_, version=version_, style=style, class_name=class_name, source=source, sha256=sha256,
+            weights_sha256=weights_sha256, owner=owner, created_at=int(created_at), public=bool(public),
+        )
 
     # -- tasks and deliveries ---------------------------------------------------------------
 
@@ -325,16 +367,128 @@ class SqliteStorage:
 
     # -- blobs ------------------------------------------------------------------------------
 
-    def put_blob(self, blob: BlobRecord) -> None:
-        with self._lock:
+    def put_blob(self, blob: BlobRecord, *, owner: str) -> None:
+        with self._lock, self._tx():
             self._db.execute(
                 "INSERT OR IGNORE INTO blobs VALUES (?,?,?)", (blob.sha256, blob.size_bytes, blob.created_at)
+            )
+            self._db.execute(
+                "INSERT INTO blob_owners (sha256, key_id, uploaded_at) VALUES (?,?,?)"
+                " ON CONFLICT(sha256, key_id) DO UPDATE SET uploaded_at = excluded.uploaded_at",
+                (blob.sha256, owner, blob.created_at),
             )
 
     def get_blob(self, sha256: str) -> BlobRecord | None:
         with self._lock:
             row = self._db.execute("SELECT sha256, size_bytes, created_at FROM blobs WHERE sha256 = ?", (sha256,)).fetchone()
         return None if row is None else BlobRecord(*row)
+
+    def blob_owned_by(self, sha256: str, key_id: str) -> bool:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT 1 FROM blob_owners o JOIN blobs b ON b.sha256 = o.sha256 WHERE o.sha256 = ? AND o.key_id = ?",
+                (sha256, key_id),
+            ).fetchone()
+        return row is not None
+
+    def blob_usage(self, key_id: str) -> BlobUsage:
+        with self._lock:
+            size, count = self._db.execute(
+                "SELECT COALESCE(SUM(b.size_bytes), 0), COUNT(*) FROM blob_owners o JOIN blobs b ON b.sha256 = o.sha256"
+                " WHERE o.key_id = ?",
+                (key_id,),
+            ).fetchone()
+        return BlobUsage(size_bytes=int(size), count=int(count))
+
+    def add_blob_refs(self, refs: list[BlobRefRecord]) -> None:
+        with self._lock, self._tx():
+            self._db.executemany(
+                "INSERT OR IGNORE INTO blob_refs (sha256, kind, task_id, party) VALUES (?,?,?,?)",
+                [(r.sha256, r.kind, r.task_id, r.party) for r in refs],
+            )
+
+    def may_read_blob(self, sha256: str, *, key_id: str, pod: str | None) -> bool:
+        with self._lock:
+            row = self._db.execute(_MAY_READ_BLOB, {"sha": sha256, "key": key_id, "pod": pod}).fetchone()
+        return bool(row[0])
+
+    def unreferenced_blobs(self, *, uploaded_before: int) -> list[str]:
+        with self._lock:
+            rows = self._db.execute(_UNREFERENCED + " ORDER BY b.sha256", {"before": uploaded_before}).fetchall()
+        return [str(r[0]) for r in rows]
+
+    def delete_blob_if_unreferenced(self, sha256: str, *, uploaded_before: int) -> bool:
+        with self._lock, self._tx():
+            still = self._db.execute(
+                _UNREFERENCED + " AND b.sha256 = :sha", {"before": uploaded_before, "sha": sha256}
+            ).fetchone()
+            if still is None:
+                return False
+            self._db.execute("DELETE FROM blob_owners WHERE sha256 = ?", (sha256,))
+            self._db.execute("DELETE FROM blobs WHERE sha256 = ?", (sha256,))
+            return True
+
+    def pod_targeted_by(self, pod: str, modeller_id: str) -> bool:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT 1 FROM deliveries d JOIN tasks t ON t.task_id = d.task_id WHERE d.pod = ? AND t.modeller_id = ?"
+                " LIMIT 1",
+                (pod, modeller_id),
+            ).fetchone()
+        return row is not None
+
+    # -- registration policy ----------------------------------------------------------------
+
+    def add_enrolment_token(self, token_sha256: str, *, created_at: int, expires_at: int, note: str) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO enrolment_tokens (token_sha256, created_at, expires_at, note) VALUES (?,?,?,?)",
+                (token_sha256, created_at, expires_at, note),
+            )
+
+    def consume_enrolment_token(self, token_sha256: str, *, key_id: str, now: int) -> bool:
+        with self._lock:
+            cur = self._db.execute(
+                "UPDATE enrolment_tokens SET used_at = ?, used_by = ?"
+                " WHERE token_sha256 = ? AND used_at IS NULL AND expires_at > ?",
+                (now, key_id, token_sha256, now),
+            )
+        return cur.rowcount > 0
+
+    def release_enrolment_token(self, token_sha256: str) -> None:
+        with self._lock:
+            self._db.execute(
+                "UPDATE enrolment_tokens SET used_at = NULL, used_by = NULL WHERE token_sha256 = ?", (token_sha256,)
+            )
+
+    def add_pending_key(self, pending: PendingKey) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR IGNORE INTO key_approvals (key_id, role, name, requested_at) VALUES (?,?,?,?)",
+                (pending.key_id, pending.role, pending.name, pending.requested_at),
+            )
+
+    def key_pending(self, key_id: str) -> bool:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT 1 FROM key_approvals WHERE key_id = ? AND approved_at IS NULL", (key_id,)
+            ).fetchone()
+        return row is not None
+
+    def pending_keys(self) -> list[PendingKey]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT key_id, role, name, requested_at FROM key_approvals WHERE approved_at IS NULL"
+                " ORDER BY requested_at, key_id"
+            ).fetchall()
+        return [PendingKey(key_id=r[0], role=r[1], name=r[2], requested_at=int(r[3])) for r in rows]
+
+    def approve_key(self, key_id: str, *, now: int) -> bool:
+        with self._lock:
+            cur = self._db.execute(
+                "UPDATE key_approvals SET approved_at = ? WHERE key_id = ? AND approved_at IS NULL", (now, key_id)
+            )
+        return cur.rowcount > 0
 
     def _tx(self) -> "_Transaction":
         return _Transaction(self._db)
@@ -351,6 +505,96 @@ class _Transaction:
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+
+
+# The three ways to read a blob (``Storage.may_read_blob``); a pod's name stands for the key it has now.
+_MAY_READ_BLOB = """
+SELECT EXISTS (SELECT 1 FROM blob_owners WHERE sha256 = :sha AND key_id = :key)
+    OR EXISTS (
+        SELECT 1 FROM blob_refs r JOIN tasks t ON t.task_id = r.task_id JOIN pods p ON p.name = r.party
+        JOIN blob_owners o ON o.sha256 = r.sha256 AND o.key_id = p.key_id
+        WHERE r.sha256 = :sha AND r.kind IN ('result', 'masked') AND t.modeller_id = :key)
+    OR (:pod IS NOT NULL AND EXISTS (
+        SELECT 1 FROM blob_refs r JOIN tasks t ON t.task_id = r.task_id
+        JOIN deliveries d ON d.task_id = t.task_id AND d.pod = :pod
+        JOIN blob_owners o ON o.sha256 = r.sha256 AND o.key_id = t.modeller_id
+        WHERE r.sha256 = :sha AND r.kind = 'weights'))
+"""
+_UNREFERENCED = """
+SELECT b.sha256 FROM blobs b
+WHERE NOT EXISTS (SELECT 1 FROM blob_refs r WHERE r.sha256 = b.sha256)
+  AND COALESCE((SELECT MAX(o.uploaded_at) FROM blob_owners o WHERE o.sha256 = b.sha256), b.created_at) < :before
+"""
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Bring an older database up to the current ``user_version``, one step at a time, each in a transaction."""
+    version = int(db.execute("PRAGMA user_version").fetchone()[0])
+    for target, step in enumerate(_MIGRATIONS, start=1):
+        if version >= target:
+            continue
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            step(db)
+            db.execute(f"PRAGMA user_version = {target}")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+
+def _migrate_to_v1(db: sqlite3.Connection) -> None:
+    for statement in _SCHEMA_V1.split(";"):
+        if statement.strip():
+            db.execute(statement)
+    columns = {row[1] for row in db.execute("PRAGMA table_info(models)")}
+    if "public" not in columns:
+        # Models published before sharing existed were readable by every caller; keep that for them.
+        db.execute("ALTER TABLE models ADD COLUMN public INTEGER NOT NULL DEFAULT 1")
+        db.execute("UPDATE models SET public = 1")
+    _backfill_blob_owners(db)
+
+
+def _backfill_blob_owners(db: sqlite3.Connection) -> None:
+    """Owners and references for blobs stored before the hub kept them, read from what names them."""
+    pod_keys = dict(db.execute("SELECT name, key_id FROM pods").fetchall())
+    refs: list[tuple[str, str, str, str]] = []
+    owners: list[tuple[str, str]] = []
+    for task_id, modeller_id, envelope in db.execute("SELECT task_id, modeller_id, envelope FROM tasks"):
+        weights = _payload(envelope).get("weights")
+        if isinstance(weights, dict) and isinstance(weights.get("sha256"), str):
+            refs.append((weights["sha256"], "weights", task_id, ""))
+            owners.append((weights["sha256"], modeller_id))
+    named = [("result", r) for r in db.execute("SELECT task_id, pod, envelope FROM results")]
+    named += [("masked", r) for r in db.execute("SELECT task_id, sender, envelope FROM round_messages WHERE stage = 'masked'")]
+    for kind, (task_id, pod, envelope) in named:
+        blob = _payload(envelope).get("blob")
+        if isinstance(blob, dict) and isinstance(blob.get("sha256"), str):
+            refs.append((blob["sha256"], kind, task_id, pod))
+            if pod in pod_keys:
+                owners.append((blob["sha256"], pod_keys[pod]))
+    for name, version, weights_sha256, owner in db.execute(
+        "SELECT name, version, weights_sha256, owner FROM models WHERE weights_sha256 IS NOT NULL"
+    ):
+        refs.append((weights_sha256, "model", f"{name}@{version}", owner))
+        owners.append((weights_sha256, owner))
+    db.executemany("INSERT OR IGNORE INTO blob_refs (sha256, kind, task_id, party) VALUES (?,?,?,?)", refs)
+    db.executemany(
+        "INSERT OR IGNORE INTO blob_owners (sha256, key_id, uploaded_at)"
+        " SELECT sha256, ?, created_at FROM blobs WHERE sha256 = ?",
+        [(key_id, sha) for sha, key_id in owners],
+    )
+
+
+def _payload(envelope: bytes) -> dict[str, Any]:
+    try:
+        payload = json.loads(bytes(envelope))["payload"]
+    except (ValueError, KeyError, TypeError):
+        return {}
+    return payload if isinstance(payload, dict) else {}
+
+
+_MIGRATIONS = (_migrate_to_v1,)
 
 
 def _pod(row: tuple[Any, ...]) -> PodRecord:

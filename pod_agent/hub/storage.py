@@ -1,8 +1,10 @@
 """What the reference hub stores, behind one small interface.
 
 Owns the ``Storage`` protocol (pods, modellers, models, tasks and their per-pod
-deliveries, results, progress, secure-round messages, blob metadata) and the frozen records
-it returns. ``sqlite.py`` implements it on stdlib sqlite3; a PostgreSQL backend
+deliveries, results, progress, secure-round messages, blob metadata with owners and the
+records that reference each blob, enrolment tokens and keys awaiting approval) and the
+frozen records it returns. Who may read what is answered here as facts (``may_read_blob``,
+``pod_targeted_by``); the server turns a "no" into a refusal. ``sqlite.py`` implements it on stdlib sqlite3; a PostgreSQL backend
 would implement the same protocol. Blob bytes live on disk (``blobs.py``), not
 here. Every method is synchronous and short; the server calls them through
 ``asyncio.to_thread``.
@@ -16,6 +18,10 @@ from typing import Literal, Protocol
 from pod_agent.errors import HubError
 
 PutOutcome = Literal["stored", "duplicate"]
+# What points at a blob: a task's pinned weights, a pod's result, a pod's masked secure-round
+# input, a published model's weights. A blob nothing points at is garbage after a grace period.
+BlobRefKind = Literal["weights", "result", "masked", "model"]
+KeyRole = Literal["pod", "modeller"]
 
 
 class StorageConflict(HubError):
@@ -58,6 +64,8 @@ class ModelRecord:
     weights_sha256: str | None
     owner: str  # modeller key id
     created_at: int
+    # Private by default: only the owner and the pods its tasks target read the source.
+    public: bool = False
 
 
 @dataclass(frozen=True)
@@ -105,6 +113,35 @@ class BlobRecord:
     sha256: str
     size_bytes: int
     created_at: int
+
+
+@dataclass(frozen=True)
+class BlobRefRecord:
+    """``task_id`` is the task (or ``name@version`` of a model); ``party`` the pod that sent a result or
+    masked input naming the blob (empty for weights and models)."""
+
+    sha256: str
+    kind: BlobRefKind
+    task_id: str
+    party: str = ""
+
+
+@dataclass(frozen=True)
+class BlobUsage:
+    """What one key's uploads hold at the hub (a blob two keys uploaded counts for both)."""
+
+    size_bytes: int
+    count: int
+
+
+@dataclass(frozen=True)
+class PendingKey:
+    """A key that registered while the hub required approval, and what it registered as."""
+
+    key_id: str
+    role: KeyRole
+    name: str
+    requested_at: int
 
 
 class Storage(Protocol):
@@ -165,8 +202,49 @@ class Storage(Protocol):
     def round_messages(self, task_id: str, round_index: int, stage: str) -> list[RoundMessageRecord]:
         """A stage's messages in the order they arrived."""
 
-    def put_blob(self, blob: BlobRecord) -> None: ...
+    def put_blob(self, blob: BlobRecord, *, owner: str) -> None:
+        """Record a blob (if new) and ``owner`` as one of its uploaders, as of ``blob.created_at``
+        (an owner uploading it again refreshes that time, which garbage collection counts from)."""
 
     def get_blob(self, sha256: str) -> BlobRecord | None: ...
+
+    def blob_owned_by(self, sha256: str, key_id: str) -> bool: ...
+
+    def blob_usage(self, key_id: str) -> BlobUsage: ...
+
+    def add_blob_refs(self, refs: list[BlobRefRecord]) -> None:
+        """Record what points at blobs (the same reference twice is one)."""
+
+    def may_read_blob(self, sha256: str, *, key_id: str, pod: str | None) -> bool:
+        """Whether ``key_id`` (the pod ``pod``, if it is one) may download the blob: one of its uploaders;
+        the modeller of a task whose result or masked input names it, sent by a pod that uploaded it; or a
+        pod targeted by a task pinning it as weights whose modeller uploaded it."""
+
+    def unreferenced_blobs(self, *, uploaded_before: int) -> list[str]:
+        """Blobs nothing references whose last upload is older than ``uploaded_before``."""
+
+    def delete_blob_if_unreferenced(self, sha256: str, *, uploaded_before: int) -> bool:
+        """Forget the blob and its owners if still unreferenced and not uploaded since; True if forgotten."""
+
+    def pod_targeted_by(self, pod: str, modeller_id: str) -> bool:
+        """Whether any task of ``modeller_id`` targets ``pod``."""
+
+    def add_enrolment_token(self, token_sha256: str, *, created_at: int, expires_at: int, note: str) -> None: ...
+
+    def consume_enrolment_token(self, token_sha256: str, *, key_id: str, now: int) -> bool:
+        """Mark an unused, unexpired token used by ``key_id``; False if there is no such token."""
+
+    def release_enrolment_token(self, token_sha256: str) -> None:
+        """Make a consumed token usable again (its registration failed after all)."""
+
+    def add_pending_key(self, pending: PendingKey) -> None:
+        """Record a key as awaiting approval (once; a later registration keeps the first record)."""
+
+    def key_pending(self, key_id: str) -> bool: ...
+
+    def pending_keys(self) -> list[PendingKey]: ...
+
+    def approve_key(self, key_id: str, *, now: int) -> bool:
+        """Approve a pending key; False if it is not pending."""
 
     def close(self) -> None: ...

@@ -240,6 +240,8 @@ async def test_model_versions_are_immutable_and_pinned_by_sha256(hub: Any) -> No
     assert (await hub.caller(modeller).call("POST", "/v1/models", changed))[0] == 409
     wrong = {**body, "version": "2", "sha256": "0" * 64}
     assert (await hub.caller(modeller).call("POST", "/v1/models", wrong))[0] == 400
+    # Private by default: the pod reads it once a task of the publisher targets it.
+    assert (await hub.caller(modeller).call("POST", "/v1/tasks", raw=_task(modeller, ["pod-a"])))[0] == 201
     status, got = await hub.caller(pod).call("GET", "/v1/models/net/1")
     assert status == 200 and got["source"] == source
 

@@ -6,6 +6,7 @@ import pytest
 
 from pod_agent.errors import ProtocolError
 from pod_agent.protocol import MAX_REQUEST_SKEW_S, IdentityKey, PublicKey, RequestReplayCache, sign_request, verify_request
+from pod_agent.protocol.request_auth import MAX_REQUEST_FUTURE_SKEW_S
 
 KEY = IdentityKey.generate()
 NOW = 1_700_000_000
@@ -57,13 +58,13 @@ def test_rewritten_signed_header_is_refused(header: str) -> None:
         _verify(headers)
 
 
-@pytest.mark.parametrize("offset", [MAX_REQUEST_SKEW_S + 1, -(MAX_REQUEST_SKEW_S + 1)])
+@pytest.mark.parametrize("offset", [MAX_REQUEST_FUTURE_SKEW_S + 1, -(MAX_REQUEST_SKEW_S + 1), MAX_REQUEST_SKEW_S])
 def test_request_outside_the_clock_window_is_refused(offset: int) -> None:
     with pytest.raises(ProtocolError, match="synchronise the clock"):
         _verify(_signed(now=NOW + offset))
 
 
-@pytest.mark.parametrize("offset", [MAX_REQUEST_SKEW_S, -MAX_REQUEST_SKEW_S])
+@pytest.mark.parametrize("offset", [MAX_REQUEST_FUTURE_SKEW_S, -MAX_REQUEST_SKEW_S])
 def test_request_at_the_edge_of_the_window_is_accepted(offset: int) -> None:
     assert _verify(_signed(now=NOW + offset)) == KEY.key_id
 
@@ -103,13 +104,35 @@ def test_replay_cache_forgets_entries_older_than_the_window() -> None:
     assert cache.size == 1
 
 
-def test_full_replay_cache_refuses_requests_it_can_no_longer_check() -> None:
-    cache = RequestReplayCache(max_entries=3)
+def test_a_key_over_its_quota_loses_its_own_oldest_entries_and_only_its_own_floor_rises() -> None:
+    cache = RequestReplayCache(max_entries_per_key=3)
+    cache.check_and_add("other", "o0", timestamp=NOW, now=NOW)
     for i in range(3):
         cache.check_and_add("k", f"n{i}", timestamp=NOW + i, now=NOW + 3)
     cache.check_and_add("k", "n3", timestamp=NOW + 3, now=NOW + 3)  # evicts n0 (t=NOW)
-    assert cache.size == 3 and cache.floor == NOW
+    assert cache.held_by("k") == 3 and cache.floor("k") == NOW and cache.floor("other") == -1
     with pytest.raises(ProtocolError, match="too old for the replay cache"):
         cache.check_and_add("k", "n0", timestamp=NOW, now=NOW + 3)  # n0 again: refused, not forgotten
     with pytest.raises(ProtocolError, match="already used"):
         cache.check_and_add("k", "n3", timestamp=NOW + 3, now=NOW + 3)
+    cache.check_and_add("other", "o1", timestamp=NOW, now=NOW + 3)  # another key at the same second still passes
+
+
+def test_a_full_cache_sheds_the_largest_holder_not_the_others() -> None:
+    cache = RequestReplayCache(max_entries=100, max_entries_per_key=100)
+    cache.check_and_add("honest", "h0", timestamp=NOW - 200, now=NOW)
+    for i in range(300):
+        cache.check_and_add("flood", f"{i:032x}", timestamp=NOW - 270 + i, now=NOW)
+    assert cache.size <= 100 and cache.floor("honest") == -1 and cache.floor("flood") > NOW - 270
+    with pytest.raises(ProtocolError, match="too old for the replay cache"):
+        cache.check_and_add("flood", "f" * 32, timestamp=NOW - 270, now=NOW)
+    with pytest.raises(ProtocolError, match="already used"):
+        cache.check_and_add("honest", "h0", timestamp=NOW - 200, now=NOW)
+    cache.check_and_add("honest", "h1", timestamp=NOW, now=NOW)
+
+
+def test_far_future_stamps_never_enter_the_cache() -> None:
+    cache = RequestReplayCache()
+    with pytest.raises(ProtocolError, match="ahead of the hub's clock"):
+        cache.check_and_add("k", "n", timestamp=NOW + 300, now=NOW)
+    assert cache.size == 0
