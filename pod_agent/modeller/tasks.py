@@ -17,6 +17,7 @@ from pod_agent.errors import ModellerError
 from pod_agent.protocol import source_sha256, spec_sha256
 from pod_agent.protocol.messages import (
     DataSelection,
+    DpParams,
     Hyperparameters,
     ModelRef,
     ModelStyle,
@@ -60,6 +61,7 @@ def build_task(
     hyperparameters: Hyperparameters | None = None,
     weights: WeightsRef | None = None,
     secagg: SecAggParams | None = None,
+    dp: DpParams | None = None,
     returns: str = "update",
     lifetime_s: int = DEFAULT_TASK_LIFETIME_S,
     now: int | None = None,
@@ -84,4 +86,5 @@ def build_task(
         pod_schema_hashes=pod_schema_hashes or {},
         returns=returns,  # type: ignore[arg-type]
         secagg=secagg,
+        dp=dp,
     )
