@@ -9,6 +9,7 @@ import typer
 
 from pod_agent.config import load_settings
 from pod_agent.ops import configure_logging
+from pod_agent.sandbox import check_worker_package
 
 
 def run(
@@ -16,6 +17,9 @@ def run(
     log_format: str | None = typer.Option(None, "--log-format", help="text or json (default: ops.log_format)."),
 ) -> None:
     """Run the agent: register with the hub, take signed tasks, return results. SIGTERM stops it."""
+    # First: run from the wrong pod_agent tree, the agent would bind one tree into the sandbox while its
+    # workers import another, and every task would fail with nothing saying why.
+    check_worker_package()
     settings = load_settings(config)
     configure_logging(fmt=log_format or settings.ops.log_format, level=settings.ops.log_level)  # type: ignore[arg-type]
     # Imported here so `pod-agent --help` stays quick; the daemon itself never imports torch.

@@ -1,7 +1,8 @@
 """A federation on one machine: an embedded hub and one ``pod-agent run`` process per pod.
 
 Owns writing each pod's state dir, identity key and pod.toml, starting the hub in
-this event loop and the pods as child processes (their logs under ``root/logs``),
+this event loop and the pods as child processes (their logs under ``root/logs``;
+each imports the same pod_agent tree as the demo and the sandboxed workers),
 waiting until every pod is registered and online, and stopping it all again.
 """
 
@@ -23,6 +24,7 @@ from pod_agent.hub import SqliteStorage, create_app, listening
 from pod_agent.hub.runner import blob_dir_for
 from pod_agent.modeller.client import ModellerClient
 from pod_agent.protocol import IdentityKey, PublicKey
+from pod_agent.sandbox import check_worker_package
 
 # Registration includes a full schema pass over the pod's data; generous for a slow disk.
 POD_START_TIMEOUT_S = 120.0
@@ -88,6 +90,13 @@ health_port = 0
 {pins}{site.extra_toml}"""
 
 
+def pod_argv(config: Path) -> list[str]:
+    """The command that starts one pod: ``-I`` (no cwd, PYTHONPATH or user site on sys.path), as its
+    sandboxed workers start, so a pod imports the pod_agent its workers import, never another tree in
+    the directory the demo was started from."""
+    return [sys.executable, "-I", "-m", "pod_agent", "run", "--config", str(config)]
+
+
 class LocalFederation:
     """``async with LocalFederation(...) as fed:`` gives a running hub URL and online pods."""
 
@@ -103,6 +112,9 @@ class LocalFederation:
 
     async def __aenter__(self) -> LocalFederation:
         try:
+            # The demo's own tree must be the one its pods and their workers import (-I): say so up front
+            # rather than through three pods failing every task.
+            await asyncio.to_thread(check_worker_package)
             await self._start_hub()
             for site in self.sites:
                 self.pod_keys[site.name] = await asyncio.to_thread(self._identity, site)
@@ -159,8 +171,7 @@ class LocalFederation:
         env = {k: v for k, v in os.environ.items() if not k.startswith("POD_AGENT_")}
         with log.open("ab") as sink:
             self._pods[site.name] = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "pod_agent", "run", "--config", str(config),
-                stdout=sink, stderr=sink, stdin=asyncio.subprocess.DEVNULL, env=env,
+                *pod_argv(config), stdout=sink, stderr=sink, stdin=asyncio.subprocess.DEVNULL, env=env,
             )
 
     async def _wait_online(self) -> None:

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from pod_agent.sandbox.probe import (
         LayerReport,
         best_level,
+        check_worker_package,
         plan_layers,
         probe_layers,
         sandbox_check_detail,
@@ -26,6 +27,7 @@ _HOME = {
     "Channel": "pod_agent.sandbox.channel",
     "LayerReport": "pod_agent.sandbox.probe",
     "best_level": "pod_agent.sandbox.probe",
+    "check_worker_package": "pod_agent.sandbox.probe",
     "plan_layers": "pod_agent.sandbox.probe",
     "probe_layers": "pod_agent.sandbox.probe",
     "sandbox_check_detail": "pod_agent.sandbox.probe",
@@ -45,6 +47,7 @@ __all__ = [
     "SandboxOutcome",
     "SandboxRunner",
     "best_level",
+    "check_worker_package",
     "plan_layers",
     "probe_layers",
     "sandbox_check_detail",

@@ -2,18 +2,24 @@
 
 Owns the start-up probe (each layer: active or unavailable, why, and how to
 enable it), the rules of ``strict`` / ``standard`` / ``none`` (fail-closed:
-:func:`plan_layers` raises SandboxUnavailable), and the lines ``pod-agent
-check`` prints. It tries each layer for real where that is cheap (a bwrap
-run as the sandbox uid, a cgroup created and removed).
+:func:`plan_layers` raises SandboxUnavailable), the check that a worker's
+interpreter imports the very ``pod_agent`` tree the agent binds into the
+sandbox (:func:`check_worker_package`, at every level), and the lines
+``pod-agent check`` prints. It tries each layer for real where that is cheap
+(a bwrap run as the sandbox uid, a cgroup created and removed).
 """
 
 from __future__ import annotations
 
+import functools
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pod_agent
 from pod_agent.errors import SandboxError, SandboxUnavailable
 from pod_agent.sandbox.cgroup import TaskCgroup, detect_cgroups
 from pod_agent.sandbox.confine import build_seccomp_filter
@@ -154,6 +160,43 @@ def _probe_cgroup() -> LayerReport:
     return LayerReport("cgroup", True, f"cgroup v{support.version} memory + pids caps, whole-tree kill ({where})")
 
 
+_WHICH_PACKAGE = "import pod_agent, sys; sys.stdout.write(pod_agent.__file__ or '')"
+
+
+@functools.cache
+def _worker_package_dir() -> Path | None:
+    """The pod_agent package a worker's interpreter imports (cached: it cannot change under a running agent)."""
+    try:
+        # The worker's own flags (-I: no cwd, no PYTHONPATH, no user site) and cwd, as the bootstrap starts.
+        done = subprocess.run(bootstrap_argv()[:2] + ["-c", _WHICH_PACKAGE], capture_output=True, cwd="/",
+                              timeout=_TRIAL_TIMEOUT_S, env={"PATH": "/usr/bin:/bin"}, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    path = done.stdout.decode("utf-8", "replace")
+    return Path(path).resolve().parent if done.returncode == 0 and path else None
+
+
+def check_worker_package() -> Path:
+    """The pod_agent tree this agent binds into the sandbox, once shown to be the one a worker imports.
+
+    An agent started with another pod_agent tree on its path (``python -m pod_agent`` in a directory
+    holding another checkout, or PYTHONPATH) binds that tree, while its workers (``python -I``) import
+    the installed one: every task would fail as uncaught_exception with nothing saying why. Raises
+    SandboxError("package_mismatch") naming both trees and the fix.
+    """
+    mine = Path(pod_agent.__file__).resolve().parent
+    theirs = _worker_package_dir()
+    if theirs != mine:
+        found = f"imports {theirs}" if theirs is not None else "cannot import pod_agent at all"
+        raise SandboxError(
+            "package_mismatch",
+            f"this agent runs pod_agent from {mine}, but a sandboxed worker ({sys.executable} -I) {found}: "
+            f"start pod-agent from a directory that holds no other pod_agent tree and without PYTHONPATH naming "
+            f"one, or install this tree into {sys.prefix} (pip install -e {mine.parent})",
+        )
+    return mine
+
+
 _CACHE: dict[str, tuple[LayerReport, ...]] = {}
 
 
@@ -233,7 +276,9 @@ def sandbox_check_lines(settings: "PodSettings") -> list[str]:
 
 def sandbox_check_detail(settings: "PodSettings") -> str:
     """``pod-agent check``'s sandbox entry: the verdict and one line per layer; raises
-    SandboxError("level_not_satisfied") carrying the same lines when tasks would be refused."""
+    SandboxError("level_not_satisfied") carrying the same lines when tasks would be refused, and
+    SandboxError("package_mismatch") when workers would import another pod_agent tree."""
+    check_worker_package()
     head, *layers = sandbox_check_lines(settings)
     detail = "\n".join([head.removeprefix("sandbox: "), *layers])
     if "NOT satisfied" in head:

@@ -49,7 +49,7 @@ from pod_agent.sandbox.launch import (
     resolve_identity,
     worker_env,
 )
-from pod_agent.sandbox.probe import LayerReport, plan_layers, probe_layers
+from pod_agent.sandbox.probe import LayerReport, check_worker_package, plan_layers, probe_layers
 
 if TYPE_CHECKING:
     from pod_agent.config.settings import SandboxLimitsSection, SecuritySection
@@ -445,6 +445,7 @@ class SandboxRunner:
 
     def __init__(self, security: "SecuritySection", limits: "SandboxLimitsSection", gpu: bool = False, *,
                  scratch_root: Path | None = None, unsafe_disable_layers: frozenset[str] = frozenset()) -> None:
+        check_worker_package()
         reports = probe_layers(security)
         if unsafe_disable_layers:
             log.warning("sandbox layers disabled by unsafe_disable_layers: %s", sorted(unsafe_disable_layers))
