@@ -26,6 +26,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "pod_agent.cli.peers",
     "pod_agent.cli.run",
     "pod_agent.cli.tasks",
+    "pod_agent.cli.privacy",
     "pod_agent.cli.hub",
     "pod_agent.cli.modeller",
 )

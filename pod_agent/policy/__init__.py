@@ -1,19 +1,24 @@
 """Policy: the pod's own decision on who may run what, the owner's privacy floor and trusted peers,
-and the fixed words (refusal and failure codes) it answers with."""
+the differential-privacy budgets, and the fixed words (refusal and failure codes) it answers with."""
 
+from pod_agent.policy.budget import BudgetUse, NoisePlan, budget_report, noise_plan
 from pod_agent.policy.codes import FailureCode, RefusalCode, failure_code_for
 from pod_agent.policy.floor import PrivacyFloor
 from pod_agent.policy.peers import TrustedPeers, install_roster
 from pod_agent.policy.verifier import TaskVerifier, VerifiedTask, check_fetched_source
 
 __all__ = [
+    "BudgetUse",
     "FailureCode",
+    "NoisePlan",
     "PrivacyFloor",
     "RefusalCode",
     "TaskVerifier",
     "TrustedPeers",
     "VerifiedTask",
+    "budget_report",
     "check_fetched_source",
     "failure_code_for",
     "install_roster",
+    "noise_plan",
 ]

@@ -1,6 +1,6 @@
 """Differential privacy at the pod: the noise a release gets, the events it costs, and the budget check.
 
-Owns three things the verifier, the pipeline and ``pod-agent privacy show`` share:
+Owns four things the verifier, the pipeline, the daemon's metrics and ``pod-agent privacy show`` share:
 
 * ``noise_plan``: for a train task of a modeller with a ``dp`` budget, the Gaussian noise the agent adds
   (outside the sandbox, ``pod_agent.secagg.noise``) after clipping the update to L2 norm C. The owner's
@@ -11,6 +11,7 @@ Owns three things the verifier, the pipeline and ``pod-agent privacy show`` shar
   noise, ``{"mechanism": "unaccounted", "kind": ...}`` (listed, never composed: it has no finite epsilon).
 * ``BudgetCheck``: composes a modeller's and the dataset's reserved and charged events with the task's
   and refuses (``privacy_budget_exhausted``) when epsilon at the budget's delta would pass either budget.
+* ``budget_report``: each budget's epsilon spent (charged), committed (charged and reserved) and left.
 
 Sensitivity. The update is clipped as a whole to L2 norm C, so any change to the pod's table, one row or
 all of them, moves it by at most 2C (the diameter of the clip ball). The noise standard deviation is
@@ -35,8 +36,9 @@ from dataclasses import dataclass
 from pod_agent.config.settings import DpBudget, ModellerPolicy, PrivacySection
 from pod_agent.errors import ConfigError, TaskRefused
 from pod_agent.policy.codes import RefusalCode
+from pod_agent.protocol.keys import PublicKey
 from pod_agent.protocol.messages import TaskPayload
-from pod_agent.state.records import Reservation
+from pod_agent.state.records import LedgerEntry, Reservation
 
 _log = logging.getLogger(__name__)
 
@@ -209,3 +211,53 @@ class PrivacyBudgets:
         check = BudgetCheck(modeller_name=modeller.name, modeller=modeller.dp, dataset=self._privacy.dp.dataset)
         round_index = task.secagg.round if task.secagg is not None else 0
         return Reservation(dataset=self._dataset, round=round_index, events=(event,), admit=check.admit)
+
+
+@dataclass(frozen=True)
+class BudgetUse:
+    """How much of one budget (a modeller's, or the dataset's) the ledger holds, for ``pod-agent privacy show``."""
+
+    budget: str  # "modeller NAME" or "dataset HASH16"
+    epsilon: float  # the budget's epsilon
+    delta: float
+    spent: float  # epsilon of the charged releases
+    committed: float  # epsilon of the charged and the reserved releases together
+    releases: int  # charged Gaussian releases
+    reserved: int  # reserved, not yet charged or refunded
+    unaccounted: int  # exact releases the owner let through (not in epsilon)
+
+    @property
+    def left(self) -> float:
+        return max(0.0, self.epsilon - self.committed)
+
+
+def _use(budget: str, limit: DpBudget, entries: Sequence[LedgerEntry]) -> BudgetUse:
+    live = [e for e in entries if e.status != "refunded"]
+    charged = [e.event_json for e in live if e.status == "charged"]
+    gaussian = [e for e in live if json.loads(e.event_json)["mechanism"] == GAUSSIAN]
+    return BudgetUse(
+        budget=budget, epsilon=limit.epsilon, delta=limit.delta,
+        spent=epsilon(charged, limit.delta), committed=epsilon([e.event_json for e in live], limit.delta),
+        releases=sum(1 for e in gaussian if e.status == "charged"),
+        reserved=sum(1 for e in live if e.status == "reserved"),
+        unaccounted=len(live) - len(gaussian),
+    )
+
+
+def budget_report(
+    privacy: PrivacySection, modellers: Sequence[ModellerPolicy], entries: Sequence[LedgerEntry]
+) -> list[BudgetUse]:
+    """Each modeller's budget, then the dataset cap per dataset the ledger names; empty without budgets."""
+    report = []
+    for modeller in modellers:
+        if modeller.dp is not None:
+            key_id = PublicKey.from_b64(modeller.public_key).key_id
+            report.append(_use(f"modeller {modeller.name}", modeller.dp, [e for e in entries if e.modeller_id == key_id]))
+    cap = privacy.dp.dataset
+    if cap is not None:
+        datasets = sorted({e.dataset for e in entries})
+        for dataset in datasets:
+            report.append(_use(f"dataset {dataset[:16]}", cap, [e for e in entries if e.dataset == dataset]))
+        if not datasets:
+            report.append(_use("dataset", cap, []))
+    return report
