@@ -67,7 +67,15 @@ from pod_agent.errors import (
     TaskRefused,
 )
 from pod_agent.ops import AgentMetrics, HealthServer, Notifier, Readiness, task_context
-from pod_agent.policy import FailureCode, PrivacyFloor, RefusalCode, TaskVerifier, TrustedPeers, failure_code_for
+from pod_agent.policy import (
+    FailureCode,
+    PrivacyFloor,
+    RefusalCode,
+    TaskVerifier,
+    TrustedPeers,
+    budget_report,
+    failure_code_for,
+)
 from pod_agent.protocol import (
     IdentityKey,
     PublicKey,
@@ -225,6 +233,7 @@ class Agent:
         requeued = await asyncio.to_thread(self.state.requeue_running, now=_now())
         if requeued:
             _log.info("requeued %d task(s) interrupted by the last shutdown", len(requeued))
+        await asyncio.to_thread(self._privacy_gauges)
         health = self._health_server()
         async with contextlib.AsyncExitStack() as stack:
             if health is not None:
@@ -481,11 +490,17 @@ class Agent:
                 self.state.finish, payload.task_id, status=status, result_json=envelope,
                 blob_path=output.blob_path if output else None, reason=reason, now=_now(),
             )
+            await asyncio.to_thread(self._privacy_gauges)
             elapsed = time.monotonic() - started
             self.metrics.task_finished(payload.kind, status, elapsed)
             _log.info("task %s in %.2f s", status, elapsed, extra={"outcome": status, "reason": reason or "-"})
         self._send_progress(ProgressEvent(task_id=payload.task_id, stage="done" if status == "done" else "failed"))
         self._outbox_wake.set()
+
+    def _privacy_gauges(self) -> None:
+        """Each dp budget's epsilon charged and left, for /metrics (no budgets: nothing, and no accountant)."""
+        for use in budget_report(self.settings.privacy, self.settings.security.modellers, self.state.ledger()):
+            self.metrics.set_epsilon(use.budget, spent=use.spent, left=use.left)
 
     async def _execute(self, payload: TaskPayload) -> tuple[Any, str | None, PipelineOutput | None]:
         modeller = self._modellers.get(payload.modeller_id)

@@ -2,7 +2,8 @@
 
 Owns the metric names and the small API the daemon calls when something
 happens (a task ends, a task is refused, the hub link reconnects, a heartbeat
-is acknowledged, the outbox changes, the sandbox level is probed). Rendering
+is acknowledged, the outbox changes, the sandbox level is probed, a privacy budget
+is charged). Rendering
 over HTTP is health.py's job. Nothing here is sent anywhere: the registry is
 only read by whoever scrapes /metrics on this host.
 """
@@ -72,6 +73,15 @@ class AgentMetrics:
             "pod_agent_event_loop_lag_seconds", "Latest measured delay of the agent's event loop", registry=r
         )
         self._sandbox_levels: set[str] = set()
+        self._epsilon = Gauge(
+            "pod_agent_dp_epsilon_spent",
+            "Differential-privacy epsilon charged to each budget (modeller NAME or dataset HASH16), at its delta",
+            ["budget"], registry=r,
+        )
+        self._epsilon_left = Gauge(
+            "pod_agent_dp_epsilon_left", "Epsilon left of each budget after charged and reserved releases",
+            ["budget"], registry=r,
+        )
 
     def task_finished(self, kind: str, outcome: str, seconds: float) -> None:
         """Count one finished task (outcome e.g. "done", "failed", "refused") and record its duration."""
@@ -102,6 +112,11 @@ class AgentMetrics:
         self._sandbox_levels.add(level)
         for name in self._sandbox_levels:
             self._sandbox.labels(level=name).set(1 if name == level else 0)
+
+    def set_epsilon(self, budget: str, *, spent: float, left: float) -> None:
+        """One privacy budget's epsilon charged so far and left (``policy.budget_report``)."""
+        self._epsilon.labels(budget=budget).set(spent)
+        self._epsilon_left.labels(budget=budget).set(left)
 
     def set_loop_lag(self, seconds: float) -> None:
         self._loop_lag.set(seconds)
