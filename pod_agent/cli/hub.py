@@ -1,17 +1,35 @@
-"""``pod-agent hub``: serve the reference hub (pod_agent.hub), bound to 127.0.0.1 by default;
-``release-pod`` frees a pod name held by an old key."""
+"""``pod-agent hub``: serve the reference hub (pod_agent.hub), bound to 127.0.0.1 by default, and
+administer it through its database file: ``release-pod`` frees a pod name held by an old key,
+``invite`` makes a one-time enrolment token, ``pending`` lists keys awaiting approval and
+``approve`` admits one. The admin commands need no network API: they open the hub's SQLite
+file (the hub may keep running; SQLite serialises the writes)."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import typer
 
+from pod_agent.errors import HubError
+from pod_agent.hub.admission import DEFAULT_TOKEN_TTL_S, REGISTRATION_POLICIES, RegistrationPolicy
+from pod_agent.hub.limits import (
+    DEFAULT_BLOB_GRACE_S,
+    DEFAULT_BLOB_QUOTA_BYTES,
+    DEFAULT_BLOB_QUOTA_COUNT,
+    DEFAULT_GC_INTERVAL_S,
+    DEFAULT_RATE_BURST,
+    DEFAULT_RATE_PER_S,
+    HubLimits,
+)
 from pod_agent.hub.runner import DEFAULT_HOST, DEFAULT_PORT
+from pod_agent.hub.sqlite import SqliteStorage
 from pod_agent.ops import configure_logging
 
 _hub = typer.Typer(name="hub", help="Run and administer the reference hub.", no_args_is_help=True)
+
+_DB_HELP = "The hub's SQLite file (the hub may keep running)."
 
 
 @_hub.command("serve")
@@ -22,39 +40,120 @@ def serve(
     cert: Path | None = typer.Option(None, "--cert", help="PEM certificate chain: serve HTTPS."),
     key: Path | None = typer.Option(None, "--key", help="PEM private key of --cert."),
     log_format: str = typer.Option("text", "--log-format", help="text or json."),
+    registration: str = typer.Option(
+        "open", "--registration",
+        help="Who may register: open (any key; the demo), token (needs `hub invite`), approve (needs `hub approve`).",
+    ),
+    rate_per_s: float = typer.Option(DEFAULT_RATE_PER_S, "--rate-per-s", help="Requests per second per key."),
+    rate_burst: int = typer.Option(DEFAULT_RATE_BURST, "--rate-burst", help="Requests one key may send at once."),
+    blob_quota_bytes: int = typer.Option(DEFAULT_BLOB_QUOTA_BYTES, "--blob-quota-bytes", help="Blob bytes per key."),
+    blob_quota_count: int = typer.Option(DEFAULT_BLOB_QUOTA_COUNT, "--blob-quota-count", help="Blobs per key."),
+    blob_grace_s: int = typer.Option(
+        DEFAULT_BLOB_GRACE_S, "--blob-grace-s", help="Seconds an unreferenced blob is kept before collection."
+    ),
+    gc_interval_s: float = typer.Option(DEFAULT_GC_INTERVAL_S, "--gc-interval-s", help="Seconds between collections."),
 ) -> None:
     """Serve the hub until SIGTERM/SIGINT; prints `hub listening on URL` once bound."""
     configure_logging(fmt=log_format, level="INFO")  # type: ignore[arg-type]
     from pod_agent.hub.runner import serve as run_hub
 
+    policy = _policy(registration)
+    limits = HubLimits(
+        rate_per_s=rate_per_s, rate_burst=rate_burst, blob_quota_bytes=blob_quota_bytes,
+        blob_quota_count=blob_quota_count, blob_grace_s=blob_grace_s, gc_interval_s=gc_interval_s,
+    )
+
     def announce(url: str) -> None:
         typer.echo(f"hub listening on {url}")
 
-    asyncio.run(run_hub(db=db, host=host, port=port, cert=cert, key=key, on_listening=announce))
+    asyncio.run(
+        run_hub(
+            db=db, host=host, port=port, cert=cert, key=key, on_listening=announce, registration=policy,
+            limits=limits,
+        )
+    )
+
+
+def _policy(value: str) -> RegistrationPolicy:
+    if value not in REGISTRATION_POLICIES:
+        raise HubError(f"--registration {value!r} is not one of {', '.join(REGISTRATION_POLICIES)}")
+    return value  # type: ignore[return-value]
+
+
+def _open_db(db: str) -> SqliteStorage:
+    if db == ":memory:" or not Path(db).is_file():
+        raise HubError(f"no hub database at {db}; give the --db the hub serves")
+    return SqliteStorage(db)
 
 
 @_hub.command("release-pod")
 def release_pod(
     name: str = typer.Argument(..., help="The pod name to free."),
-    db: str = typer.Option("hub.sqlite", "--db", help="The hub's SQLite file (the hub may keep running)."),
+    db: str = typer.Option("hub.sqlite", "--db", help=_DB_HELP),
 ) -> None:
     """Forget a pod's registration so it can register again with a new key (after re-keying).
 
     A pod name belongs to the first key that registers it; nothing over the network can move it.
     Its stored tasks and results stay.
     """
-    from pod_agent.errors import HubError
-    from pod_agent.hub import SqliteStorage
-
-    if db == ":memory:" or not Path(db).is_file():
-        raise HubError(f"no hub database at {db}; give the --db the hub serves")
-    storage = SqliteStorage(db)
+    storage = _open_db(db)
     try:
         if not storage.release_pod(name):
             raise HubError(f"no pod named {name!r} in {db}; `pod-agent modeller pods` lists them")
     finally:
         storage.close()
     typer.echo(f"released pod name {name!r}: the next key to register it takes it")
+
+
+@_hub.command("invite")
+def invite(
+    db: str = typer.Option("hub.sqlite", "--db", help=_DB_HELP),
+    expires_in: int = typer.Option(DEFAULT_TOKEN_TTL_S, "--expires-in", help="Seconds the token stays valid."),
+    note: str = typer.Option("", "--note", help="Who the token is for (kept in the hub's database)."),
+) -> None:
+    """Make a one-time enrolment token for a hub serving `--registration token`; prints it once.
+
+    Give it to the pod's owner (hub.enrolment_token in pod.toml) or the modeller
+    (`pod-agent modeller register --enrolment-token`). It admits one new key; only its hash is stored.
+    """
+    from pod_agent.hub.admission import invite as make_token
+
+    storage = _open_db(db)
+    try:
+        token = make_token(storage, now=int(time.time()), ttl_s=expires_in, note=note)
+    finally:
+        storage.close()
+    typer.echo(token)
+
+
+@_hub.command("pending")
+def pending(db: str = typer.Option("hub.sqlite", "--db", help=_DB_HELP)) -> None:
+    """List keys that registered with a hub serving `--registration approve` and await approval."""
+    storage = _open_db(db)
+    try:
+        keys = storage.pending_keys()
+    finally:
+        storage.close()
+    if not keys:
+        typer.echo("no keys await approval")
+    for key in keys:
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(key.requested_at))
+        typer.echo(f"{key.key_id}  {key.role:<8} {key.name}  (registered {when})")
+
+
+@_hub.command("approve")
+def approve(
+    key_id: str = typer.Argument(..., help="The key id `pod-agent hub pending` lists."),
+    db: str = typer.Option("hub.sqlite", "--db", help=_DB_HELP),
+) -> None:
+    """Admit a pending key: its pod or modeller is served from its next request."""
+    storage = _open_db(db)
+    try:
+        if not storage.approve_key(key_id, now=int(time.time())):
+            raise HubError(f"key {key_id!r} is not awaiting approval in {db}; `pod-agent hub pending` lists those that are")
+    finally:
+        storage.close()
+    typer.echo(f"approved {key_id}")
 
 
 def register(app: typer.Typer) -> None:

@@ -1,7 +1,8 @@
 """``pod-agent modeller ...``: the modeller's CLI over ``pod_agent.modeller.ModellerClient``.
 
-keys (show or make the modeller key), register (the key at the hub), pods (list
-them), submit (sign and send a task; model source read and hashed locally),
+keys (show or make the modeller key), register (the key at the hub, with an
+enrolment token where the hub asks for one), pods (list them), publish (a model
+version at the hub, private unless --public), submit (sign and send a task; model source read and hashed locally),
 status TASK, results TASK --out DIR (each pod's signature verified). Hub, key and
 pinned pod keys come from options or POD_AGENT_MODELLER_* environment variables.
 """
@@ -109,10 +110,44 @@ def keys(
 
 
 @_modeller.command("register")
-def register_cmd(ctx: typer.Context, name: str = typer.Option(..., "--name", help="Your name at the hub.")) -> None:
+def register_cmd(
+    ctx: typer.Context,
+    name: str = typer.Option(..., "--name", help="Your name at the hub."),
+    enrolment_token: str | None = typer.Option(
+        None, "--enrolment-token", envvar="POD_AGENT_MODELLER_ENROLMENT_TOKEN",
+        help="One-time token from the hub operator (`pod-agent hub invite`), for a hub serving --registration token.",
+    ),
+) -> None:
     """Register the modeller's public key with the hub."""
-    key_id = _with_client(ctx, lambda c: c.register(name))
+    key_id = _with_client(ctx, lambda c: c.register(name, enrolment_token=enrolment_token))
     typer.echo(f"registered {name} ({key_id})")
+
+
+@_modeller.command("publish")
+def publish(
+    ctx: typer.Context,
+    model: Path = typer.Argument(..., help="Model source file."),
+    name: str = typer.Option(..., "--name", help="Model name at the hub."),
+    version: str = typer.Option(..., "--version", help="Version; a published version never changes."),
+    class_name: str = typer.Option(..., "--class", help="Model class in the source file."),
+    style: str = typer.Option("lightning", "--style", help="lightning or module."),
+    public: bool = typer.Option(
+        False, "--public", help="Serve the source to every registered key, not only to the pods your tasks target."
+    ),
+) -> None:
+    """Publish a model's source at the hub; tasks then name it as NAME@VERSION, pinned by its sha256."""
+    if style not in ("lightning", "module"):
+        raise ModellerError(f"--style {style!r} is not one of lightning, module (a declarative spec travels in the task)")
+    ref = model_from_file(model, style=style, class_name=class_name, name=name)  # type: ignore[arg-type]
+    source = ref.source or ""
+    outcome = _with_client(
+        ctx,
+        lambda c: c.publish_model(
+            name=name, version=version, style=style, source=source, sha256=ref.sha256, class_name=class_name,
+            public=public,
+        ),
+    )
+    typer.echo(f"{name}@{version} {outcome} ({'public' if public else 'private'}, sha256 {ref.sha256})")
 
 
 @_modeller.command("pods")

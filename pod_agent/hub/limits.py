@@ -13,6 +13,7 @@ import threading
 from dataclasses import dataclass
 
 from pod_agent.errors import HubError
+from pod_agent.protocol.request_auth import DEFAULT_REPLAY_ENTRIES, DEFAULT_REPLAY_ENTRIES_PER_KEY
 from pod_agent.protocol.secure_round import MAX_STAGE_BYTES, STAGES
 
 # Registration carries the pod's public schema (a few tens of KiB for a wide table); it is read
@@ -54,12 +55,16 @@ class HubLimits:
     blob_quota_count: int = DEFAULT_BLOB_QUOTA_COUNT
     blob_grace_s: int = DEFAULT_BLOB_GRACE_S
     gc_interval_s: float = DEFAULT_GC_INTERVAL_S
+    replay_entries: int = DEFAULT_REPLAY_ENTRIES
+    replay_entries_per_key: int = DEFAULT_REPLAY_ENTRIES_PER_KEY
 
     def __post_init__(self) -> None:
         if not self.rate_per_s > 0 or self.rate_burst < 1:
             raise HubError(f"rate limit {self.rate_per_s}/s burst {self.rate_burst} must be positive; raise it")
         if self.blob_quota_bytes < 0 or self.blob_quota_count < 0 or self.blob_grace_s < 0:
             raise HubError("blob quotas and grace period must not be negative")
+        if self.replay_entries < 1 or self.replay_entries_per_key < 1:
+            raise HubError("the replay cache needs room for at least one request per key")
         if not self.gc_interval_s > 0:
             raise HubError(f"garbage collection interval {self.gc_interval_s} s must be positive")
 

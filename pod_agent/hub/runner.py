@@ -19,6 +19,8 @@ from pathlib import Path
 from aiohttp import web
 
 from pod_agent.errors import HubError
+from pod_agent.hub.admission import RegistrationPolicy
+from pod_agent.hub.limits import HubLimits
 from pod_agent.hub.server import create_app
 from pod_agent.hub.sqlite import SqliteStorage
 from pod_agent.protocol.hubhttp import is_loopback
@@ -71,6 +73,8 @@ async def serve(
     cert: Path | None = None,
     key: Path | None = None,
     on_listening: Callable[[str], None] | None = None,
+    registration: RegistrationPolicy = "open",
+    limits: HubLimits | None = None,
 ) -> None:
     """Serve until SIGTERM or SIGINT; ``on_listening`` gets the base URL once bound (port 0 resolved)."""
     if (cert is None) != (key is None):
@@ -78,10 +82,11 @@ async def serve(
     tls = server_tls_context(cert, key) if cert is not None and key is not None else None
     storage = SqliteStorage(db)
     try:
-        async with listening(create_app(storage, blob_dir=blob_dir_for(db)), host=host, port=port, tls=tls) as url:
+        app = create_app(storage, blob_dir=blob_dir_for(db), registration=registration, limits=limits)
+        async with listening(app, host=host, port=port, tls=tls) as url:
             if tls is None and not is_loopback(host):
                 _log.warning("serving plain http on %s: tasks and results cross the network in clear; use --cert/--key", host)
-            _log.info("hub listening on %s", url)
+            _log.info("hub listening on %s (registration: %s)", url, registration)
             if on_listening is not None:
                 on_listening(url)
             stop = asyncio.Event()

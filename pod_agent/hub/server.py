@@ -185,7 +185,9 @@ class _Hub:
         self.clock = clock
         self.registration: RegistrationPolicy = registration
         self.limits = limits
-        self.replay = RequestReplayCache()
+        self.replay = RequestReplayCache(
+            max_entries=limits.replay_entries, max_entries_per_key=limits.replay_entries_per_key
+        )
         self.rates = RateLimiter(rate_per_s=limits.rate_per_s, burst=limits.rate_burst)
         # Placing a blob file and recording it, or forgetting and deleting one, happen under this lock,
         # so collection never deletes a file an upload has just recorded.

@@ -38,6 +38,7 @@ from pod_agent.protocol.hub_api import (
     HubReply,
     ModelPublication,
     ModellerRegistered,
+    ModellerRegisteredStanding,
     ModellerRegistration,
     PodList,
     RoundMessages,
@@ -183,12 +184,21 @@ class ModellerClient:
 
     # -- registry ---------------------------------------------------------------------------
 
-    async def register(self, name: str) -> str:
-        """Register this modeller's public key with the hub; returns the key id."""
-        registration = ModellerRegistration(name=name, public_key=self.key.public.to_b64())
-        reply = await self._request(
-            "POST", "/v1/modellers/register", ModellerRegistered, body=canonical_json(registration)
+    async def register(self, name: str, *, enrolment_token: str | None = None) -> str:
+        """Register this modeller's public key with the hub; returns the key id.
+
+        ``enrolment_token``: from the hub operator's `pod-agent hub invite`, for a hub serving
+        ``--registration token``. A hub serving ``--registration approve`` records a new key as
+        pending: ModellerError says so (registering again once approved succeeds).
+        """
+        registration = ModellerRegistration(
+            name=name, public_key=self.key.public.to_b64(), enrolment_token=enrolment_token
         )
+        reply = await self._request(
+            "POST", "/v1/modellers/register", ModellerRegisteredStanding, body=canonical_json(registration)
+        )
+        if reply.pending:
+            raise ModellerError(f"registered, but not admitted yet: {reply.message or 'the hub awaits approval'}")
         return reply.key_id
 
     async def pods(self) -> list[PodInfo]:
@@ -212,11 +222,12 @@ class ModellerClient:
 
     async def publish_model(
         self, *, name: str, version: str, style: str, source: str, sha256: str, class_name: str | None = None,
-        weights_sha256: str | None = None,
+        weights_sha256: str | None = None, public: bool = False,
     ) -> str:
+        """Publish a model version; private to this modeller and the pods its tasks target unless ``public``."""
         publication = ModelPublication(
             name=name, version=version, style=style, class_name=class_name, source=source, sha256=sha256,
-            weights_sha256=weights_sha256,
+            weights_sha256=weights_sha256, public=public,
         )
         reply = await self._request("POST", "/v1/models", Stored, body=canonical_json(publication))
         return reply.outcome

@@ -100,6 +100,18 @@ class ModellerRegistered(HubReply):
     key_id: KeyId
 
 
+class RegistrationStanding(HubReply):
+    """What a hub serving ``--registration approve`` adds to a registration's reply (HTTP 202) while
+    the key awaits an admin's ``pod-agent hub approve``; absent (not pending) elsewhere."""
+
+    pending: bool = False
+    message: str = Field(default="", max_length=1000)
+
+
+class ModellerRegisteredStanding(ModellerRegistered, RegistrationStanding):
+    """A modeller's registration reply with its standing."""
+
+
 class TaskDelivery(HubReply):
     """A task the hub holds for a pod; the envelope is checked by the pod's verifier, not here."""
 

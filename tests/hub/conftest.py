@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,3 +60,27 @@ async def hub(tmp_path: Path) -> AsyncIterator[HubFixture]:
     async with listening(create_app(storage, blob_dir=blob_dir), port=0) as base, aiohttp.ClientSession() as session:
         yield HubFixture(base, storage, blob_dir, session)
     storage.close()
+
+
+HubMaker = Callable[..., Awaitable[HubFixture]]
+
+
+@pytest.fixture
+async def make_hub(tmp_path: Path) -> AsyncIterator[HubMaker]:
+    """Start a hub with ``create_app`` keyword arguments (registration, limits); ``db`` picks a file database."""
+    async with contextlib.AsyncExitStack() as stack:
+        session = await stack.enter_async_context(aiohttp.ClientSession())
+        count = 0
+
+        async def start(*, db: Path | None = None, **app_kwargs: Any) -> HubFixture:
+            nonlocal count
+            count += 1
+            storage = SqliteStorage(db if db is not None else ":memory:")
+            stack.callback(storage.close)
+            blob_dir = tmp_path / f"blobs-{count}"
+            base = await stack.enter_async_context(
+                listening(create_app(storage, blob_dir=blob_dir, **app_kwargs), port=0)
+            )
+            return HubFixture(base, storage, blob_dir, session)
+
+        yield start
