@@ -595,8 +595,9 @@ class Agent:
 class _HubFetcher:
     """The pipeline's view of the hub: model source by reference, blobs by sha256, secure-round messages.
 
-    A model or blob the hub cannot or will not hand over fails its task with a fixed code (the hub's
-    words stay in the local log); round traffic failures are the secure round's to judge.
+    A model or blob the hub cannot or will not hand over fails its task with a fixed code; why (the
+    transport's account, logged here) stays in the local log. Round traffic failures are the secure
+    round's to judge.
     """
 
     def __init__(self, hub: HubClient) -> None:
@@ -606,12 +607,14 @@ class _HubFetcher:
         try:
             return (await self._hub.model_source(name, version)).source
         except HubError as exc:
+            _log.warning("model source not fetched: %s", exc)
             raise TaskFailed(FailureCode.SOURCE_MISSING.value, f"model {name}@{version}: {exc}") from exc
 
     async def blob(self, sha256: str, dest: Path, *, size_bytes: int) -> None:
         try:
             await self._hub.fetch_blob(sha256, dest, size_bytes=size_bytes)
         except HubError as exc:
+            _log.warning("pinned weights not fetched: %s", exc)
             raise TaskFailed(FailureCode.WEIGHTS_UNAVAILABLE.value, str(exc)) from exc
 
     async def round_post(self, path: str, body: bytes) -> None:

@@ -105,8 +105,8 @@ class TaskStream:
         except TimeoutError as exc:
             raise HubUnavailable(f"hub sent nothing on the task connection for {timeout_s:g} s") from exc
         if msg.type is aiohttp.WSMsgType.ERROR:
-            # aiohttp reports an oversized or undecodable frame as an error message and closes.
-            raise HubMisbehaved(f"hub broke the task connection's framing: {type(msg.data).__name__}")
+            # aiohttp reports an oversized or undecodable frame as an error message (its own words) and closes.
+            raise HubMisbehaved(f"hub broke the task connection's framing: {msg.data}")
         if msg.type is not aiohttp.WSMsgType.TEXT:
             raise HubUnavailable(f"hub closed the task connection ({msg.type.name})")
         return parse_reply(msg.data, _PUSH.validate_python, name="HubPush", what="message on the task connection")
