@@ -297,11 +297,22 @@ def train(
     min_pods: int = typer.Option(3, "--min-pods", min=2, help="Smallest cohort a secure round may continue with."),
     patience: int | None = typer.Option(None, "--patience", help="Stop after N rounds without a better loss."),
     out: Path = typer.Option(Path("fedavg-output"), "--out", help="Folder for the final model and the report."),
+    dp_epsilon: float | None = typer.Option(
+        None, "--dp-epsilon", min=0.01, help="Differential privacy: each pod's epsilon over the run (plans the noise)."
+    ),
+    dp_delta: float = typer.Option(1e-6, "--dp-delta", help="Delta of --dp-epsilon (at most 1 / a pod's rows)."),
+    dp_clip: float = typer.Option(1.0, "--dp-clip", help="L2 clip of each pod's update under --dp-epsilon."),
+    dp_noise: float | None = typer.Option(
+        None, "--dp-noise", help="Noise multiplier under --dp-epsilon: plan the rounds that fit instead of the noise."
+    ),
+    dp_exact: bool = typer.Option(
+        False, "--dp-exact-releases", help="Under --dp-epsilon, still evaluate each round (the pods' owners allow it)."
+    ),
 ) -> None:
     """Federated averaging over R rounds; prints a per-round table, saves the model and a report."""
     from safetensors.numpy import save_file
 
-    from pod_agent.modeller.fedavg import FedAvg, FedAvgPlan, SecureSettings
+    from pod_agent.modeller.fedavg import DpTarget, FedAvg, FedAvgPlan, SecureSettings
 
     if style not in ("lightning", "module", "declarative"):
         raise ModellerError(f"--style {style!r} is not one of lightning, module, declarative")
@@ -313,10 +324,16 @@ def train(
         selection=DataSelection(target=target, categorical_encoding=encoding),  # type: ignore[arg-type]
         rounds=rounds, epochs_per_round=epochs_per_round, batch_size=batch_size, learning_rate=learning_rate,
         secure=SecureSettings() if secure else None, min_pods=min_pods, patience=patience,
+        dp=None if dp_epsilon is None else DpTarget(
+            epsilon=dp_epsilon, delta=dp_delta, clip_norm=dp_clip, noise_multiplier=dp_noise, exact_releases=dp_exact,
+        ),
     )
 
     async def go(client: ModellerClient) -> Path:
         fedavg = FedAvg(client, plan, work_dir=out / "rounds", on_round=lambda r: typer.echo(r.summary()))
+        if fedavg.dp is not None:
+            typer.echo(f"dp: noise multiplier {fedavg.dp.noise_multiplier:g}, clip {fedavg.dp.clip_norm:g}, "
+                       f"{fedavg.dp.rounds} rounds for epsilon {dp_epsilon:g} at delta {dp_delta:g} per pod")
         result = await fedavg.run()
         await asyncio.to_thread(save_file, result.weights, str(out / "final_model.safetensors"))
         typer.echo(result.report.table())

@@ -8,12 +8,21 @@ round is one SecAgg+ run (``secure_round.py``): pods that drop out at any stage 
 left out inside the round, and the survivors' weighted mean comes back without a
 retry. A round is never run again from the same weights: two sums that differ by one
 pod would reveal its update, and the pods refuse it (``already_released``).
+
+Differential privacy (``FedAvgPlan.dp``): ``plan_dp`` turns a target epsilon into the noise
+multiplier for the planned rounds (or, given a multiplier, the rounds that fit), accounted as each
+pod accounts it (``pod_agent.policy.budget``: one Gaussian release per round, RDP). The tasks carry
+that request (``DpParams``) but each pod adds at least its owner's noise whatever they ask. Under DP
+the secure sum is unweighted (so pods may split the noise variance), pods send no train metrics,
+and evaluate and schema-stats tasks (exact releases a pod refuses unless its owner allows them) are
+sent only when the plan says the owners allow them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -30,8 +39,10 @@ from pod_agent.modeller.report import PodMetrics, RoundRecord, RunReport
 from pod_agent.modeller.tasks import build_task
 from pod_agent.modeller.weights import initial_weights, publish_weights
 from pod_agent.modeller.secure_round import run_secure_round
+from pod_agent.policy.budget import epsilon, gaussian_event
 from pod_agent.protocol.messages import (
     DataSelection,
+    DpParams,
     Hyperparameters,
     ModelRef,
     SecAggParams,
@@ -66,6 +77,51 @@ class SecureSettings:
 
 
 @dataclass(frozen=True)
+class DpTarget:
+    """The privacy a modeller plans for: each pod's (epsilon, delta) over the whole run."""
+
+    epsilon: float
+    delta: float
+    clip_norm: float = 1.0  # L2 clip of each pod's update; a pod clips to its own ceiling if lower
+    noise_multiplier: float | None = None  # None: the least noise that fits the planned rounds
+    exact_releases: bool = False  # the pods' owners allow evaluate and schema-stats for this modeller
+
+
+# Noise multipliers the calibration searches; beyond 1000 no useful model trains.
+_NOISE_BRACKET = (0.05, 1000.0)
+
+
+def plan_dp(target: DpTarget, rounds: int) -> DpParams:
+    """The noise multiplier for ``rounds`` releases at ``target`` (calibrated with dp-accounting's RDP
+    accountant, rounded up), or with ``target.noise_multiplier`` the most rounds (<= ``rounds``) that fit.
+
+    Raises ModellerError when not even one round fits.
+    """
+    if target.noise_multiplier is not None:
+        z = target.noise_multiplier
+        fitting = [r for r in range(1, rounds + 1) if epsilon([gaussian_event(z)] * r, target.delta) <= target.epsilon]
+        if not fitting:
+            raise ModellerError(
+                f"one round at noise multiplier {z:g} already costs epsilon "
+                f"{epsilon([gaussian_event(z)], target.delta):.3f} > {target.epsilon:g}: add noise or raise the target"
+            )
+        return DpParams(noise_multiplier=z, clip_norm=target.clip_norm, rounds=max(fitting))
+    import dp_accounting
+    from dp_accounting import mechanism_calibration
+    from dp_accounting.rdp import RdpAccountant
+
+    found = mechanism_calibration.calibrate_dp_mechanism(
+        RdpAccountant,
+        lambda z: dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(z), rounds),
+        target.epsilon, target.delta,
+        mechanism_calibration.ExplicitBracketInterval(*_NOISE_BRACKET),
+    )
+    # Four significant digits, rounded up: the signed multiplier must not cost more than the target.
+    step = 10 ** (math.floor(math.log10(found)) - 3)
+    return DpParams(noise_multiplier=math.ceil(found / step) * step, clip_norm=target.clip_norm, rounds=rounds)
+
+
+@dataclass(frozen=True)
 class FedAvgPlan:
     model: ModelRef
     pods: list[str]
@@ -82,6 +138,7 @@ class FedAvgPlan:
     # schema-stats task) rather than each pod's own, so a value means the same everywhere.
     cohort_scaling: bool = True
     task_timeout_s: float = 600.0
+    dp: DpTarget | None = None
 
 
 @dataclass
@@ -105,6 +162,9 @@ class FedAvg:
         self.on_round = on_round
         self._schema_hashes: dict[str, str] = {}
         self.selection = plan.selection
+        self.dp = None if plan.dp is None else plan_dp(plan.dp, plan.rounds)
+        # Exact releases (evaluate, schema-stats) go to DP-budgeted pods only if their owners allow them.
+        self._exact = plan.dp is None or plan.dp.exact_releases
 
     async def run(self, initial: Weights | None = None) -> FedAvgResult:
         """Train from ``initial`` for the planned rounds; by default from the model as a pod
@@ -113,7 +173,7 @@ class FedAvg:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         listed = await self.client.registered(plan.pods, hint=SEE_POD_LIST)
         self._schema_hashes = {p: info.schema_hash for p, info in listed.items()}
-        if plan.cohort_scaling:
+        if plan.cohort_scaling and self._exact:
             self.selection = self.selection.model_copy(update={"scaling": await self._cohort_scaling()})
         if initial is None:
             initial = await asyncio.to_thread(self._initial_weights, [listed[p] for p in plan.pods])
@@ -122,7 +182,10 @@ class FedAvg:
         cohort = list(plan.pods)
         best_loss, stale = float("inf"), 0
         weights_ref: WeightsRef | None = None
-        for round_index in range(1, plan.rounds + 1):
+        rounds = plan.rounds if self.dp is None else self.dp.rounds
+        if rounds < plan.rounds:
+            report.notes.append(f"{rounds} of {plan.rounds} rounds fit the privacy target")
+        for round_index in range(1, rounds + 1):
             started = time.monotonic()
             if weights_ref is None:  # uploaded within round 1 so its time counts the upload
                 weights_ref = await self._publish(weights, f"round{round_index}")
@@ -130,9 +193,10 @@ class FedAvg:
             weights = apply_mean_update(weights, mean_update)
             # The upload evaluated here is what the next round trains from: one copy of each global model.
             weights_ref = await self._publish(weights, f"round{round_index}-result")
+            label = f"round{round_index}-result"
             record = RoundRecord(
                 round=round_index,
-                pods=await self._evaluate(weights_ref, cohort, label=f"round{round_index}-result"),
+                pods=await self._evaluate(weights_ref, cohort, label=label) if self._exact else {},
                 seconds=time.monotonic() - started,
             )
             report.rounds.append(record)
@@ -252,12 +316,16 @@ class FedAvg:
         return await publish_weights(self.client, weights, self.work_dir / f"global-{label}.safetensors")
 
     async def _secagg(self, secure: SecureSettings, cohort: list[str], round_index: int) -> SecAggParams:
+        # Under DP the pods clip before their noise, send no metrics, and the sum is unweighted so that
+        # each pod's share of the noise counts the same (a pod splits the variance only then).
+        dp = self.dp
         return SecAggParams(
             prime_q=secure.prime_q, precision=secure.precision, num_workers=len(cohort),
             modulus_bits=secure.modulus_bits,
-            round=round_index, participants=await self.client.participants(cohort), clip_norm=secure.clip_norm,
-            metrics=list(secure.metrics), advert_timeout_s=secure.advert_timeout_s,
-            stage_timeout_s=secure.stage_timeout_s,
+            round=round_index, participants=await self.client.participants(cohort),
+            clip_norm=secure.clip_norm if dp is None else dp.clip_norm,
+            metrics=list(secure.metrics) if dp is None else [], weighted=dp is None,
+            advert_timeout_s=secure.advert_timeout_s, stage_timeout_s=secure.stage_timeout_s,
         )
 
     async def _submit(
@@ -268,7 +336,7 @@ class FedAvg:
             schema_hash=self._schema_hashes[cohort[0]],
             pod_schema_hashes={p: self._schema_hashes[p] for p in cohort},
             model=self.plan.model, data=self.selection, weights=weights_ref, secagg=secagg,
-            hyperparameters=self._hyperparameters(),
+            hyperparameters=self._hyperparameters(), dp=self.dp if kind == "train" else None,
         )
         await self.client.submit_task(task)
         return task

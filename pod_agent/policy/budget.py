@@ -252,7 +252,8 @@ def budget_report(
     for modeller in modellers:
         if modeller.dp is not None:
             key_id = PublicKey.from_b64(modeller.public_key).key_id
-            report.append(_use(f"modeller {modeller.name}", modeller.dp, [e for e in entries if e.modeller_id == key_id]))
+            own = [e for e in entries if e.modeller_id == key_id]
+            report.append(_use(f"modeller {modeller.name}", modeller.dp, own))
     cap = privacy.dp.dataset
     if cap is not None:
         datasets = sorted({e.dataset for e in entries})

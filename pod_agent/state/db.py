@@ -527,8 +527,9 @@ class PodState:
         """Decide to release a masked update trained from ``starting_point``: at most once, ever.
 
         The check, the record and the charge of the task's privacy-ledger reservation are one
-        transaction, committed (fsync) before the caller lets the masked vector leave; a second release from the same weights, even by the same task,
-        raises AlreadyReleased, since two sums differing by one pod would reveal its update.
+        transaction, committed (fsync) before the caller lets the masked vector leave; a second
+        release from the same weights, even by the same task, raises AlreadyReleased, since two
+        sums differing by one pod would reveal its update.
         """
         with self._tx() as conn:
             row = conn.execute("SELECT task_id FROM releases WHERE starting_point = ?", (starting_point,)).fetchone()
@@ -558,7 +559,8 @@ class PodState:
                 where.append(f"{column} = ?")
                 params.append(value)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
-        return [_ledger(r) for r in self._read(f"SELECT {_LEDGER_COLUMNS} FROM dp_ledger {clause} ORDER BY id", tuple(params))]
+        rows = self._read(f"SELECT {_LEDGER_COLUMNS} FROM dp_ledger {clause} ORDER BY id", tuple(params))
+        return [_ledger(r) for r in rows]
 
     def released(self, starting_point: str) -> str | None:
         """The task that released an update trained from ``starting_point``, if any."""
