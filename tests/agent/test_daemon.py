@@ -14,9 +14,11 @@ from agent_support import HubWithAgent, hub_with_agent
 from aiohttp import web
 
 from pod_agent.policy import PrivacyFloor
+from pod_agent.agent.hubclient import HubClient
 from pod_agent.agent.pipeline import PipelineOutput, TaskPipeline
 from pod_agent.modeller import ModellerClient, VerifiedResult, build_task
 from pod_agent.protocol import IdentityKey
+from pod_agent.protocol.messages import ProgressEvent
 
 DAEMON_CSV = "age,hours,TARGET\n" + "".join(f"{20 + i % 40},{i % 60},{'>50K' if i % 3 else '<=50K'}\n" for i in range(100))
 
@@ -105,3 +107,27 @@ async def test_an_unexpected_error_fails_only_its_task_and_the_agent_keeps_servi
     assert isinstance(first, VerifiedResult) and (first.payload.status, first.payload.reason) == ("failed", "internal_error")
     assert isinstance(second, VerifiedResult) and second.payload.status == "done"
     assert "unexpected TypeError at test_daemon.py" in caplog.text and "secret-row-value" not in caplog.text
+
+
+async def test_an_unexpected_error_in_a_loop_restarts_that_loop_and_the_agent_keeps_serving(
+    rig: HubWithAgent, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    real_progress = HubClient.progress
+    calls = 0
+
+    async def buggy_once(self: HubClient, event: ProgressEvent) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise TypeError("unexpected [secret-hub-text]")
+        await real_progress(self, event)
+
+    monkeypatch.setattr(HubClient, "progress", buggy_once)
+    for _ in range(2):
+        task = build_task(modeller_id=rig.modeller.key.key_id, pods=["pod-a"], kind="schema-stats", schema_hash=rig.pod.schema_hash)
+        await rig.modeller.submit_task(task)
+        result = (await rig.modeller.wait_results(task.task_id, ["pod-a"], timeout_s=20))["pod-a"]
+        assert isinstance(result, VerifiedResult) and result.payload.status == "done"
+    assert calls > 1
+    assert "progress loop ended on an unexpected TypeError at test_daemon.py" in caplog.text
+    assert "secret-hub-text" not in caplog.text
