@@ -43,6 +43,7 @@ class PodSite:
     data: Path
     force_stypes: dict[str, list[str]] = field(default_factory=dict)
     extra_toml: str = ""  # further pod.toml sections, appended verbatim
+    modeller_toml: str = ""  # further keys of the demo modeller's [[security.modellers]] entry
 
 
 def pod_toml(
@@ -84,7 +85,7 @@ name = "demo-modeller"
 public_key = {q(modeller.public.to_b64())}
 role = "super"
 kinds = ["train", "evaluate"]
-
+{site.modeller_toml}
 [ops]
 health_port = 0
 {pins}{site.extra_toml}"""

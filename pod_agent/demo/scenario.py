@@ -3,7 +3,9 @@
 Owns the choices that make the demo meaningful and quick: the split (by marital
 status, so the pods differ in size and in their share of incomes > 50K), the
 model (``adult_mlp.py``), the round plan, and what is printed and written to the
-output folder (data, pod logs, final model, report with curves).
+output folder (data, pod logs, final model, report with curves). With
+``dp_epsilon`` each pod's owner gives the modeller that budget (``dp_pod_toml``)
+and the modeller plans its noise for the rounds (``modeller.fedavg.plan_dp``).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import logging
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +31,7 @@ from pod_agent.data.partition import partition_by_category
 from pod_agent.data.task_input import assign_splits
 from pod_agent.demo.federation import LocalFederation, PodSite
 from pod_agent.modeller.client import ModellerClient
-from pod_agent.modeller.fedavg import FedAvg, FedAvgPlan, SecureSettings
+from pod_agent.modeller.fedavg import DpTarget, FedAvg, FedAvgPlan, SecureSettings
 from pod_agent.modeller.report import PodMetrics, RoundRecord, RunReport
 from pod_agent.modeller.tasks import model_from_file
 from pod_agent.protocol import IdentityKey
@@ -57,6 +59,31 @@ class DemoOptions:
     learning_rate: float = 5e-3
     secure: bool = True
     split_column: str = SPLIT_COLUMN
+    dp_epsilon: float | None = None  # each pod's epsilon for the whole run; None: no differential privacy
+
+
+# Differential privacy in the demo: delta well under 1 / rows of the smallest pod; an L2 clip near the size
+# of one round's update; each pod adds a third of the noise variance (the three pods trust one another);
+# a per-value bound of 128 leaves room for a noise share (policy.budget, secagg.noise).
+DP_DELTA = 1e-5
+DP_CLIP = 1.0
+DP_BOUND = 128
+DP_SECURE = SecureSettings(prime_q=2 * 2**16 * len(POD_NAMES) * DP_BOUND)
+
+
+def dp_pod_toml(epsilon: float) -> tuple[str, str]:
+    """(the modeller entry's dp key, the owner's [privacy] keys) of a demo pod under a DP budget.
+
+    The demo's owners let evaluate and schema-stats through (unaccounted, exact) so that the report can
+    show accuracy per round; an owner protecting real data would weigh that.
+    """
+    modeller = f"dp = {{ epsilon = {epsilon!r}, delta = {DP_DELTA!r} }}\n"
+    owner = (
+        f"\n[privacy]\nmax_clip_norm = {DP_CLIP!r}\nmax_clip_bound = {float(DP_BOUND)!r}\n"
+        f"\n[privacy.dp]\nmin_noise_multiplier = 0.5\nhonest_pods = {len(POD_NAMES)}\n"
+        'unsafe_unaccounted_kinds = ["evaluate", "schema-stats"]\n'
+    )
+    return modeller, owner
 
 
 @dataclass(frozen=True)
@@ -76,6 +103,11 @@ async def _run(options: DemoOptions, echo: Callable[[str], None]) -> DemoResult:
     started = time.monotonic()
     level = _announce_sandbox(echo)
     sites = await asyncio.to_thread(prepare_sites, out / "data", split_column=options.split_column, echo=echo)
+    dp = None
+    if options.dp_epsilon is not None:
+        modeller_toml, owner_toml = dp_pod_toml(options.dp_epsilon)
+        sites = [replace(site, modeller_toml=modeller_toml, extra_toml=site.extra_toml + owner_toml) for site in sites]
+        dp = DpTarget(epsilon=options.dp_epsilon, delta=DP_DELTA, clip_norm=DP_CLIP, exact_releases=True)
     modeller = IdentityKey.generate()
     model = model_from_file(MODEL_SOURCE, style="lightning", class_name=MODEL_CLASS, name="adult-mlp")
     selection = DataSelection(target=TARGET, categorical_encoding="hashed")
@@ -84,7 +116,8 @@ async def _run(options: DemoOptions, echo: Callable[[str], None]) -> DemoResult:
     plan = FedAvgPlan(
         model=model, pods=[s.name for s in sites], selection=selection, rounds=options.rounds,
         epochs_per_round=options.epochs_per_round, batch_size=options.batch_size,
-        learning_rate=options.learning_rate, secure=SecureSettings() if options.secure else None,
+        learning_rate=options.learning_rate, dp=dp,
+        secure=(SecureSettings() if dp is None else DP_SECURE) if options.secure else None,
     )
     echo(f"starting an embedded hub and {len(sites)} pods (sandbox level {level!r}); logs in {out / 'logs'}")
     async with LocalFederation(out, sites, modeller=modeller, sandbox=level) as federation:
@@ -96,6 +129,10 @@ async def _run(options: DemoOptions, echo: Callable[[str], None]) -> DemoResult:
             echo(f"{'secure ' if options.secure else ''}FedAvg: {options.rounds} rounds x "
                  f"{options.epochs_per_round} epoch(s) on each pod")
             fedavg = FedAvg(client, plan, work_dir=out / "rounds", on_round=lambda r: echo(f"  {r.summary()}"))
+            if fedavg.dp is not None:
+                echo(f"differential privacy: epsilon {options.dp_epsilon:g} at delta {DP_DELTA:g} per pod; noise "
+                     f"multiplier {fedavg.dp.noise_multiplier:g}, L2 clip {fedavg.dp.clip_norm:g}, each pod adds "
+                     f"1/{len(sites)} of the variance")
             result = await fedavg.run()
             echo("central baseline: the same model and epochs on the pods' training rows pooled, "
                  "evaluated on the pods' test rows")
@@ -119,6 +156,10 @@ async def _run(options: DemoOptions, echo: Callable[[str], None]) -> DemoResult:
         "secure aggregation (SecAgg+): pairwise- and self-masked fixed-point updates with fresh signed round keys "
         "per round; the hub and the modeller saw only masked vectors and the cohort's sum"
         if options.secure else "plain FedAvg (no secure aggregation)",
+        *([] if fedavg.dp is None else [
+            f"differential privacy: each pod's budget epsilon {options.dp_epsilon:g} at delta {DP_DELTA:g}; "
+            f"noise multiplier {fedavg.dp.noise_multiplier:g} over {fedavg.dp.rounds} rounds, L2 clip "
+            f"{fedavg.dp.clip_norm:g}; evaluation releases exact metrics (allowed, unaccounted)"]),
         f"wall time {time.monotonic() - started:.0f} s",
     ]
     from safetensors.numpy import save_file
