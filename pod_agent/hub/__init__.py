@@ -2,6 +2,8 @@
 
 Not trusted by pods (they verify every task themselves). ``create_app`` builds
 the aiohttp application over any ``Storage``; ``serve`` runs it with SQLite.
+``admission`` decides who may register (open, token, approve), ``limits`` how much
+one key may send and store.
 """
 
 from pod_agent.hub.runner import listening, serve, server_tls_context

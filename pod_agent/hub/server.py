@@ -40,12 +40,12 @@ Routes (JSON bodies; errors are ``{"error": text}`` with a 4xx/5xx status):
     POST /v1/modellers/register             modeller registers its key
     GET  /v1/pods                           pods with public schema and status
     POST /v1/models                         publish a model version
-    GET  /v1/models/{name}/{version}        fetch a model version
+    GET  /v1/models/{name}/{version}        fetch a model version (publisher, targeted pods, or public)
     POST /v1/tasks                          submit a modeller-signed TaskPayload envelope
     GET  /v1/tasks/{task_id}                per-pod delivery, refusal, progress and result status
     GET  /v1/tasks/{task_id}/results        the pods' signed result envelopes
     PUT  /v1/blobs/{sha256}                 stream a blob (signature over an empty body; sha256 binds it)
-    GET  /v1/blobs/{sha256}                 stream a blob back
+    GET  /v1/blobs/{sha256}                 stream a blob back (to those it is shared with, else 404)
     POST /v1/secagg/{task_id}/{round}/{stage}    one signed secure-round message (protocol.secure_round)
     GET  /v1/secagg/{task_id}/{round}/{stage}?wait=S&after=N
                                             long poll: the stage's messages once more than N are held
@@ -902,9 +902,11 @@ async def _collect_periodically(app: web.Application) -> AsyncIterator[None]:
             await asyncio.sleep(app[_HUB].limits.gc_interval_s)
             try:
                 await collect_blobs(app)
-            except (HubError, OSError) as exc:
-                # A failed pass (disk, database busy) is retried on the next; serving goes on.
-                _log.warning("blob collection failed: %s; retrying in %g s", exc, app[_HUB].limits.gc_interval_s)
+            except Exception as exc:  # noqa: BLE001 - last-resort guard: any storage backend's error
+                # A failed pass (disk, database busy) is retried on the next; serving goes on regardless.
+                _log.warning(
+                    "blob collection failed: %s; retrying in %g s", exc, app[_HUB].limits.gc_interval_s, exc_info=True
+                )
 
     task = asyncio.create_task(loop(), name="hub-blob-collection")
     yield
