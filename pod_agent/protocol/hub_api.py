@@ -19,6 +19,10 @@ from pod_agent.protocol.messages import Code, Envelope, KeyId, Sha256Hex, WireMo
 # A reply or pushed message larger than this is the hub misbehaving; the largest honest one is a
 # delivery of a task at the pods' default size cap (security.max_task_bytes, 4 MiB) with room to spare.
 MAX_REPLY_BYTES = 8 * 1024 * 1024
+# JSON values (counted as container openings and separators outside strings) a reply may hold: parsed, a
+# value can cost 30 times its bytes ("{}," is three bytes, a dict 64), so the byte cap alone would let
+# 8 MiB of them take 300 MiB. An honest reply's bulk is in strings (envelopes, source), not in values.
+MAX_REPLY_VALUES = 1 << 18
 # Tasks one long-poll reply may carry; more stay pending at the hub for the next poll.
 MAX_TASKS_PER_POLL = 64
 MAX_LISTED_PODS = 100_000

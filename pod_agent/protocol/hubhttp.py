@@ -10,7 +10,8 @@ succeed as it is).
 
 Nothing the hub sends is trusted to be small or quick: a JSON reply is read up to
 ``hub_api.MAX_REPLY_BYTES`` by counting what arrives (a Content-Length is only an early
-refusal), a blob up to the caller's limit (its signed size, capped pod-side), and every
+refusal) and parsed only when it holds at most ``hub_api.MAX_REPLY_VALUES`` values (tiny
+values cost far more parsed than sent), a blob up to the caller's limit (its signed size, capped pod-side), and every
 request runs under a total deadline, so a hub that drips one byte a second cannot hold a
 caller forever. Compressed replies are not decoded (the sessions are opened with
 ``auto_decompress=False``): a small gzip body could otherwise inflate past any cap before
@@ -22,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import ipaddress
+import re
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable
@@ -33,7 +35,7 @@ from pydantic import ValidationError
 
 from pod_agent.errors import HubMisbehaved, HubRejected, HubUnavailable, ProtocolError
 from pod_agent.protocol.canonical import parse_json
-from pod_agent.protocol.hub_api import MAX_REPLY_BYTES, HubReply
+from pod_agent.protocol.hub_api import MAX_REPLY_BYTES, MAX_REPLY_VALUES, HubReply
 from pod_agent.protocol.keys import IdentityKey
 from pod_agent.protocol.request_auth import sign_request
 
@@ -43,6 +45,10 @@ BLOB_CHUNK_BYTES = 1024 * 1024
 MAX_ERROR_BYTES = 64 * 1024
 # How many validation errors of a wrongly shaped reply are named in the message (the rest are counted).
 _MAX_NAMED_ERRORS = 3
+
+# A JSON string with its escapes; possessive, so that matching a long one keeps no backtracking state
+# (a plain `(?:...)*` holds some per repetition: 480 MiB for 8 MiB of escapes).
+_JSON_STRING = re.compile(rb'"[^"\\]*+(?:\\.[^"\\]*+)*+"')
 
 TlsChoice = ssl.SSLContext | aiohttp.Fingerprint | bool
 _R = TypeVar("_R", bound=HubReply)
@@ -112,13 +118,36 @@ async def signed_call(
 
 def parse_reply(raw: bytes | str, validate: Callable[[Any], _T], *, name: str, what: str) -> _T:
     """``raw`` as strict JSON (``{}`` when empty) passed through ``validate``, the model ``name``'s validator;
-    HubMisbehaved (naming fields, never values) when it is not UTF-8, too deep, or not of that model."""
+    HubMisbehaved (naming fields, never values) when it holds too many values, is not UTF-8, too deep, or
+    not of that model."""
+    if _more_values_than(raw.encode("utf-8", errors="surrogateescape") if isinstance(raw, str) else raw,
+                         MAX_REPLY_VALUES):
+        raise HubMisbehaved(f"hub's {what} holds more than {MAX_REPLY_VALUES} JSON values")
     try:
         return validate(parse_json(raw) if raw else {})
     except ProtocolError as exc:
         raise HubMisbehaved(f"hub's {what} is not usable JSON: {exc}") from exc
     except ValidationError as exc:
         raise HubMisbehaved(f"hub's {what} is not a {name}: {_validation_summary(exc)}") from exc
+
+
+def _more_values_than(raw: bytes, limit: int) -> bool:
+    """Whether ``raw`` holds more than ``limit`` JSON values, near enough: container openings and separators
+    outside strings (an unterminated string is counted through: it over-counts only what cannot parse).
+
+    Strings are skipped match by match, never copied out; each separator counted lets at most two more
+    strings through, so the loop stops within about 2 * ``limit`` matches however the reply is made."""
+    count, start = 0, 0
+    for match in _JSON_STRING.finditer(raw):
+        count += _separators(raw, start, match.start())
+        if count > limit:
+            return True
+        start = match.end()
+    return count + _separators(raw, start, len(raw)) > limit
+
+
+def _separators(raw: bytes, start: int, end: int) -> int:
+    return raw.count(b",", start, end) + raw.count(b"{", start, end) + raw.count(b"[", start, end)
 
 
 def _validation_summary(exc: ValidationError) -> str:

@@ -28,6 +28,8 @@ MIB = 1024 * 1024
 # Deeper than any JSON parser's recursion limit, and only 200 KB on the wire.
 DEEP_JSON = b"[" * 100_000 + b"]" * 100_000
 NOT_UTF8 = b'{"pod": "\xff\xfe\xfd"}'
+# Just under the pod's byte cap, but 2.7 million tiny values: parsed, some 300 MiB.
+MANY_VALUES = b'{"type": "task", "tasks": [' + b"{}," * 2_700_000 + b"{}]}"
 # A reply far past the pod's cap (hub_api.MAX_REPLY_BYTES, 8 MiB), streamed a chunk at a time.
 GIANT_BYTES = 400 * MIB
 # The size the corpus's train tasks sign for their pinned weights.
@@ -41,6 +43,7 @@ CASES: dict[str, str] = {
     "ws-deep-json": "ws",
     "ws-wrong-shape": "ws",
     "ws-oversized": "ws",
+    "ws-many-values": "ws",
     "register-non-utf8": "register",
     "register-wrong-shape": "register",
     "register-giant-json": "register",
@@ -52,6 +55,7 @@ CASES: dict[str, str] = {
     "poll-wrong-shape": "poll",
     "poll-non-utf8": "poll",
     "poll-giant-json": "poll",
+    "poll-many-values": "poll",
     "poll-slow-drip": "poll",
 }
 
@@ -168,6 +172,8 @@ class HostileHub:
             return web.Response(body=NOT_UTF8, content_type="application/json")
         if kind == "deep-json":
             return web.Response(body=DEEP_JSON, content_type="application/json")
+        if kind == "many-values":
+            return web.Response(body=MANY_VALUES, content_type="application/json")
         if kind == "wrong-shape":
             return web.json_response({"tasks": "none today", "pod": ["not", "a", "name"], "new": "maybe"})
         if kind == "giant-json":
@@ -213,6 +219,8 @@ class HostileHub:
                 await ws.send_str(DEEP_JSON.decode())
             elif case == "ws-wrong-shape":
                 await ws.send_json({"type": "task", "task_id": 7, "envelope": {"not": "a string"}})
+            elif case == "ws-many-values":
+                await ws.send_str(MANY_VALUES.decode())
             elif case == "ws-oversized":
                 await ws.send_str('{"type": "task", "envelope": "' + "x" * (9 * MIB) + '"}')
             for task_id, envelope in list(self._pending.items()):

@@ -1,8 +1,8 @@
 """The hostile-hub corpus: a real ``pod-agent run`` against a hub that sends each kind of bad reply once.
 
 For every case (``hostile_hub.CASES``: non-UTF-8, deeply nested JSON on the WebSocket and as a
-reply, wrong shapes, an oversized message, a 400 MiB JSON reply, an endless blob, a blob past its
-signed size, slow drips) the agent must treat the hub as unavailable, not crash: it stays up, its
+reply, wrong shapes, an oversized message, a 400 MiB JSON reply, 8 MiB of tiny values, an endless
+blob, a blob past its signed size, slow drips) the agent must treat the hub as unavailable, not crash: it stays up, its
 peak resident memory during the case stays within PEAK_RSS_BUDGET_MIB of what it used before the
 corpus began, and it then serves the next good task. One agent process serves the whole corpus
 (in order: WebSocket and registration cases first, then the long-poll cases, which make it fall
@@ -45,6 +45,7 @@ DEFENCE = {
     "ws-deep-json": "task connection is not usable JSON: JSON nested too deeply",
     "ws-wrong-shape": "task connection is not a HubPush: task.task_id: string_type",
     "ws-oversized": "task connection's framing: Message size",
+    "ws-many-values": "message on the task connection holds more than 262144 JSON values",
     "register-non-utf8": "register is not usable JSON: message is not UTF-8",
     "register-wrong-shape": "register is not a PodRegistered",
     "register-giant-json": "register runs past the 8388608-byte cap",
@@ -56,6 +57,7 @@ DEFENCE = {
     "poll-wrong-shape": "tasks?wait=0.5 is not a PendingTasks: tasks: list_type",
     "poll-non-utf8": "tasks?wait=0.5 is not usable JSON: message is not UTF-8",
     "poll-giant-json": "tasks?wait=0.5 runs past the 8388608-byte cap",
+    "poll-many-values": "tasks?wait=0.5 holds more than 262144 JSON values",
     "poll-slow-drip": "did not finish answering GET /v1/pod/tasks?wait=0.5 within 2.5 s",
 }
 

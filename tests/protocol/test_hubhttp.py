@@ -14,7 +14,7 @@ from aiohttp import web
 
 from pod_agent.errors import HubMisbehaved, HubRejected, HubUnavailable
 from pod_agent.protocol import IdentityKey
-from pod_agent.protocol.hub_api import MAX_REPLY_BYTES, Ok, PodRegistered
+from pod_agent.protocol.hub_api import MAX_REPLY_BYTES, MAX_REPLY_VALUES, Ok, PodRegistered
 from pod_agent.protocol.hubhttp import MAX_ERROR_BYTES, download_blob, hub_session, signed_call
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -124,6 +124,28 @@ async def test_an_unparsable_reply_is_the_hub_misbehaving(
 
     with pytest.raises(HubMisbehaved, match=match):
         await _ask(session, await serve(bad))
+
+
+async def test_a_reply_of_too_many_tiny_values_is_refused_before_parsing(
+    serve: Callable[[Handler], Awaitable[str]], session: aiohttp.ClientSession
+) -> None:
+    async def tiny_values(request: web.Request) -> web.Response:
+        # Under the byte cap, but parsed it would be 2.5 million dicts.
+        return web.Response(body=b"[" + b"{}," * 2_500_000 + b"{}]", content_type="application/json")
+
+    with pytest.raises(HubMisbehaved, match=f"holds more than {MAX_REPLY_VALUES} JSON values"):
+        await _ask(session, await serve(tiny_values))
+
+
+async def test_separators_inside_strings_are_not_values(serve: Callable[[Handler], Awaitable[str]],
+                                                        session: aiohttp.ClientSession) -> None:
+    async def wordy(request: web.Request) -> web.Response:
+        # One string of a million commas, braces and escaped quotes: one value.
+        name = '\\"{[,' * 250_000
+        return web.Response(body=f'{{"pod": "p", "key_id": "{"a" * 64}", "new": true, "note": "{name}"}}'.encode(),
+                            content_type="application/json")
+
+    assert (await _ask(session, await serve(wordy))).pod == "p"
 
 
 async def test_a_wrongly_shaped_reply_names_its_fields_but_not_their_values(
