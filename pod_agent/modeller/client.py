@@ -45,6 +45,7 @@ from pod_agent.protocol.hub_api import (
     Stored,
     TaskResults,
     TaskStatusReply,
+    TaskSubmitted,
 )
 from pod_agent.protocol.hubhttp import BLOB_CHUNK_BYTES, download_blob, file_chunks, hub_session, is_loopback, signed_call
 from pod_agent.protocol.secure_round import RoundMessage, Stage, round_path
@@ -239,7 +240,7 @@ class ModellerClient:
         if payload.modeller_id != self.key.key_id:
             raise ModellerError("task modeller_id is not this client's key id; build it with build_task")
         envelope = sign_envelope(payload, self.key)
-        await self._request("POST", "/v1/tasks", Stored, body=envelope_bytes(envelope))
+        await self._request("POST", "/v1/tasks", TaskSubmitted, body=envelope_bytes(envelope))
         return payload.task_id
 
     async def status(self, task_id: str) -> TaskStatus:
