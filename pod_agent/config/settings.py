@@ -9,6 +9,7 @@ Environment variables win over the file; nested keys use ``__``
 from __future__ import annotations
 
 import codecs
+import re
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Literal
@@ -29,6 +30,8 @@ ENV_PREFIX = "POD_AGENT_"
 ENV_NESTED_DELIMITER = "__"
 # A pod's name as pod.toml gives it; the hub, rosters and secure-round messages name pods the same way.
 PodName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
+# An enrolment token as `pod-agent hub invite` prints it (the hub's registration takes the same shape).
+ENROLMENT_TOKEN_PATTERN = r"^[A-Za-z0-9_-]{32,128}$"
 
 
 class _Section(BaseModel):
@@ -61,6 +64,15 @@ class HubSection(_Section):
     max_blob_mb: int = Field(default=1024, ge=1)
     # One blob download must end within this, or it is abandoned: a hub that trickles bytes holds no task forever.
     blob_timeout_s: float = Field(default=600.0, gt=0)
+
+    @field_validator("enrolment_token")
+    @classmethod
+    def _token_as_invite_prints_it(cls, value: SecretStr | None) -> SecretStr | None:
+        # Checked here, so that a mistyped token is a config error at start, not a registration refused forever.
+        if value is not None and not re.match(ENROLMENT_TOKEN_PATTERN, value.get_secret_value()):
+            raise ValueError("is not an enrolment token: paste the 32 or more URL-safe characters "
+                             "`pod-agent hub invite` printed")
+        return value
 
 
 class DatasourceSection(_Section):

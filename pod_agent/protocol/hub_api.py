@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pod_agent.config.settings import PodName
+from pod_agent.config.settings import ENROLMENT_TOKEN_PATTERN, PodName
 from pod_agent.protocol.messages import Code, Envelope, KeyId, Sha256Hex, WireModel
 
 # A reply or pushed message larger than this is the hub misbehaving; the largest honest one is a
@@ -27,7 +27,7 @@ MAX_REPLY_VALUES = 1 << 18
 MAX_TASKS_PER_POLL = 64
 MAX_LISTED_PODS = 100_000
 # An enrolment token as `pod-agent hub invite` makes it: 32 url-safe base64 characters or more.
-EnrolmentToken = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{32,128}$")]
+EnrolmentToken = Annotated[str, Field(pattern=ENROLMENT_TOKEN_PATTERN)]
 ModelName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,100}$")]
 ModelVersion = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,50}$")]
 TaskId = Annotated[str, Field(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")]

@@ -37,6 +37,8 @@ SPEC: dict[str, Any] = {
     "layers": [{"type": "Linear", "in_features": "input_size", "out_features": "n_classes"}],
     "optimizer": "SGD", "loss": "CrossEntropy", "learning_rate": 0.1,
 }
+# As `pod-agent hub invite` would print it: the pod sends it with every registration.
+ENROLMENT_TOKEN = "t0ken_" + "x" * 40
 # Pinned weights the fake hub never serves honestly: any sha256 will do.
 WEIGHTS_SHA256 = "ab" * 32
 # What the agent's log says when each case meets the defence meant for it.
@@ -89,6 +91,7 @@ backoff_initial_s = 0.05
 backoff_cap_s = 0.5
 request_timeout_s = 2.0
 blob_timeout_s = 3.0
+enrolment_token = "{ENROLMENT_TOKEN}"
 
 [datasource]
 path = "{tmp / 'table.csv'}"
@@ -159,6 +162,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         )
         try:
             hub.wait_for(lambda: hub.record.registration is not None, timeout_s=60, message="the pod did not register")
+            assert hub.record.registration is not None and hub.record.registration.enrolment_token == ENROLMENT_TOKEN
             rig = Rig(hub, agent, modeller, log, baseline_rss_kib=0)
             # Warm: the first task imports what tasks need; the baseline is the agent at work, not at start.
             assert _result(rig, _task(rig), timeout_s=60) == ("done", None)

@@ -10,6 +10,7 @@ import aiohttp
 import pytest
 
 from pod_agent.agent.hubclient import hub_ssl
+from pod_agent.config import load_settings
 from pod_agent.config.settings import HubSection
 from pod_agent.errors import ConfigError
 
@@ -51,3 +52,12 @@ def test_https_without_options_uses_system_trust() -> None:
 def test_other_schemes_are_refused() -> None:
     with pytest.raises(ConfigError, match="https://"):
         hub_ssl(HubSection(url="ftp://hub.example"))
+
+
+def test_an_enrolment_token_of_another_shape_is_a_config_error_that_does_not_echo_it(tmp_path: Path) -> None:
+    config = tmp_path / "pod.toml"
+    config.write_text('[pod]\nname = "p"\n[datasource]\npath = "t.csv"\n[hub]\nenrolment_token = "secret but short"\n')
+    with pytest.raises(ConfigError, match="hub.enrolment_token: is not an enrolment token: paste the 32") as caught:
+        load_settings(config)
+    assert "secret" not in str(caught.value)
+    assert "s3cret" not in repr(HubSection(enrolment_token="s3cret" * 8))
