@@ -151,9 +151,7 @@ class HubClient:
             raise HubError("HubClient used outside `async with`")
         return self._session
 
-    async def _call(
-        self, method: str, path: str, reply: type[_R], *, body: bytes = b"", extra_s: float = 0.0
-    ) -> _R:
+    async def _call(self, method: str, path: str, *, reply: type[_R], body: bytes = b"", extra_s: float = 0.0) -> _R:
         """One signed request; ``extra_s`` is time the hub may hold it on purpose (a long poll)."""
         return await signed_call(
             self.session, self.key, base=self.base, method=method, path=path, tls=self._ssl, reply=reply, body=body,
@@ -163,13 +161,13 @@ class HubClient:
     async def health_seconds(self) -> float:
         """Round-trip time of the hub's ``/healthz``; raises HubUnavailable / HubRejected."""
         started = time.monotonic()
-        await self._call("GET", "/healthz", Ok)
+        await self._call("GET", "/healthz", reply=Ok)
         return time.monotonic() - started
 
     # -- registration and tasks --------------------------------------------------------------
 
     async def register(self, registration: PodRegistration) -> PodRegistered:
-        return await self._call("POST", "/v1/pods/register", PodRegistered, body=canonical_json(registration))
+        return await self._call("POST", "/v1/pods/register", reply=PodRegistered, body=canonical_json(registration))
 
     async def task_stream(self, *, heartbeat_s: float) -> TaskStream:
         """Open the pod's task WebSocket (``async with`` the stream closes it); HubRejected when the hub
@@ -195,26 +193,26 @@ class HubClient:
 
     async def pending_tasks(self, *, wait_s: float) -> PendingTasks:
         """Long poll: the tasks the hub holds for this pod, once there are any or ``wait_s`` passed."""
-        return await self._call("GET", f"/v1/pod/tasks?wait={wait_s:g}", PendingTasks, extra_s=wait_s)
+        return await self._call("GET", f"/v1/pod/tasks?wait={wait_s:g}", reply=PendingTasks, extra_s=wait_s)
 
     async def ack(self, task_id: str) -> None:
-        await self._call("POST", f"/v1/pod/tasks/{task_id}/ack", Ok, body=b"{}")
+        await self._call("POST", f"/v1/pod/tasks/{task_id}/ack", reply=Ok, body=b"{}")
 
     async def refuse(self, task_id: str, code: Code) -> None:
         """Tell the hub (only) that this pod refuses a task it could not even attribute: the code, nothing else."""
-        await self._call("POST", f"/v1/pod/tasks/{task_id}/refusal", Ok, body=canonical_json(Refusal(code=code)))
+        await self._call("POST", f"/v1/pod/tasks/{task_id}/refusal", reply=Ok, body=canonical_json(Refusal(code=code)))
 
     async def progress(self, event: ProgressEvent) -> None:
-        await self._call("POST", f"/v1/pod/tasks/{event.task_id}/progress", Ok, body=canonical_json(event))
+        await self._call("POST", f"/v1/pod/tasks/{event.task_id}/progress", reply=Ok, body=canonical_json(event))
 
     async def upload_result(self, envelope: bytes) -> Stored:
         """Upload a signed result envelope (its blob, if any, first: ``put_blob``)."""
-        return await self._call("POST", "/v1/pod/results", Stored, body=envelope)
+        return await self._call("POST", "/v1/pod/results", reply=Stored, body=envelope)
 
     # -- what tasks need ---------------------------------------------------------------------
 
     async def model_source(self, name: str, version: str) -> ModelSource:
-        return await self._call("GET", f"/v1/models/{name}/{version}", ModelSource)
+        return await self._call("GET", f"/v1/models/{name}/{version}", reply=ModelSource)
 
     async def fetch_blob(self, sha256: str, dest: Path, *, size_bytes: int) -> Path:
         """Stream blob ``sha256`` to ``dest``: at most ``size_bytes`` (its signed size) and ``hub.max_blob_mb``,
@@ -238,8 +236,8 @@ class HubClient:
 
     async def round_post(self, path: str, body: bytes) -> None:
         """Post a signed secure-round message to its stage's ``path``."""
-        await self._call("POST", path, Stored, body=body)
+        await self._call("POST", path, reply=Stored, body=body)
 
     async def round_get(self, path: str, *, after: int, wait_s: float) -> RoundMessages:
         """Long poll a secure-round stage: what it holds once more than ``after`` messages or ``wait_s`` passed."""
-        return await self._call("GET", f"{path}?wait={wait_s:g}&after={after}", RoundMessages, extra_s=wait_s)
+        return await self._call("GET", f"{path}?wait={wait_s:g}&after={after}", reply=RoundMessages, extra_s=wait_s)

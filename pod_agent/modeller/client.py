@@ -171,7 +171,7 @@ class ModellerClient:
         return self._session
 
     async def _request(
-        self, method: str, path: str, reply: type[_R], *, body: bytes = b"", data: Any = None,
+        self, method: str, path: str, *, reply: type[_R], body: bytes = b"", data: Any = None,
         total_s: float | None = None,
     ) -> _R:
         """One signed request, its reply validated as ``reply``; every hub failure is a ModellerError."""
@@ -196,14 +196,14 @@ class ModellerClient:
             name=name, public_key=self.key.public.to_b64(), enrolment_token=enrolment_token
         )
         reply = await self._request(
-            "POST", "/v1/modellers/register", ModellerRegisteredStanding, body=canonical_json(registration)
+            "POST", "/v1/modellers/register", reply=ModellerRegisteredStanding, body=canonical_json(registration)
         )
         if reply.pending:
             raise ModellerError(f"registered, but not admitted yet: {reply.message or 'the hub awaits approval'}")
         return reply.key_id
 
     async def pods(self) -> list[PodInfo]:
-        reply = await self._request("GET", "/v1/pods", PodList)
+        reply = await self._request("GET", "/v1/pods", reply=PodList)
         return [
             PodInfo(
                 name=p.name, key_id=p.key_id, public_key=p.public_key, schema=p.schema_, schema_hash=p.schema_hash,
@@ -230,7 +230,7 @@ class ModellerClient:
             name=name, version=version, style=style, class_name=class_name, source=source, sha256=sha256,
             weights_sha256=weights_sha256, public=public,
         )
-        reply = await self._request("POST", "/v1/models", Stored, body=canonical_json(publication))
+        reply = await self._request("POST", "/v1/models", reply=Stored, body=canonical_json(publication))
         return reply.outcome
 
     # -- tasks ------------------------------------------------------------------------------
@@ -240,16 +240,16 @@ class ModellerClient:
         if payload.modeller_id != self.key.key_id:
             raise ModellerError("task modeller_id is not this client's key id; build it with build_task")
         envelope = sign_envelope(payload, self.key)
-        await self._request("POST", "/v1/tasks", TaskSubmitted, body=envelope_bytes(envelope))
+        await self._request("POST", "/v1/tasks", reply=TaskSubmitted, body=envelope_bytes(envelope))
         return payload.task_id
 
     async def status(self, task_id: str) -> TaskStatus:
-        reply = await self._request("GET", f"/v1/tasks/{task_id}", TaskStatusReply)
+        reply = await self._request("GET", f"/v1/tasks/{task_id}", reply=TaskStatusReply)
         return TaskStatus(task_id=reply.task_id, pods={pod: entry.model_dump() for pod, entry in reply.pods.items()})
 
     async def results(self, task_id: str) -> list[VerifiedResult]:
         """The results stored so far, each verified against its pod's key (forgeries raise)."""
-        reply = await self._request("GET", f"/v1/tasks/{task_id}/results", TaskResults)
+        reply = await self._request("GET", f"/v1/tasks/{task_id}/results", reply=TaskResults)
         keys = await self._keys()
         return [self._verify_result(envelope, task_id, keys) for envelope in reply.results]
 
@@ -306,7 +306,7 @@ class ModellerClient:
         """Stream a safetensors file to the hub; the hub checks its sha256. Returns its reference."""
         sha256 = await asyncio.to_thread(_file_sha256, path)
         size = path.stat().st_size
-        await self._request("PUT", f"/v1/blobs/{sha256}", Stored, data=file_chunks(path), total_s=self._blob_timeout_s)
+        await self._request("PUT", f"/v1/blobs/{sha256}", reply=Stored, data=file_chunks(path), total_s=self._blob_timeout_s)
         return BlobRef(sha256=sha256, size_bytes=size, encoding="safetensors")
 
     async def upload_weights(self, path: Path) -> WeightsRef:
@@ -336,7 +336,7 @@ class ModellerClient:
     async def post_round_message(self, stage: Stage, message: RoundMessage) -> None:
         """Sign one of the modeller's round messages and post it (the same message again is a no-op)."""
         body = envelope_bytes(sign_envelope(message, self.key))
-        await self._request("POST", round_path(message.task_id, message.round, stage), Stored, body=body)
+        await self._request("POST", round_path(message.task_id, message.round, stage), reply=Stored, body=body)
 
     async def round_messages(
         self, task_id: str, round_index: int, stage: Stage, *, after: int, wait_s: float
@@ -344,7 +344,7 @@ class ModellerClient:
         """(messages held, the stage's envelopes), once the hub holds more than ``after`` or ``wait_s`` passed;
         the envelopes are as relayed, not verified."""
         path = f"{round_path(task_id, round_index, stage)}?wait={wait_s:g}&after={after}"
-        reply = await self._request("GET", path, RoundMessages, total_s=self._timeout_s + wait_s)
+        reply = await self._request("GET", path, reply=RoundMessages, total_s=self._timeout_s + wait_s)
         return reply.count, reply.messages
 
     async def download_blob(self, sha256: str, dest: Path) -> Path:
