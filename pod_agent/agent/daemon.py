@@ -341,16 +341,16 @@ class Agent:
     async def _hub_link(self, hub: HubClient) -> None:
         backoff = Backoff(self.settings.hub.backoff_initial_s, self.settings.hub.backoff_cap_s)
         use_websocket = True
-        first = True
         while True:
             try:
-                await hub.register(self._registration())
-                self.readiness.registered = True
-                if first:
-                    _log.info("registered with the hub at %s as %s", hub.base, self.settings.pod.name)
-                    self.notifier.ready(f"registered as {self.settings.pod.name}")
-                    first = False
-                if use_websocket:
+                registered = await hub.register(self._registration())
+                if registered.pending:
+                    # The hub's admin has not approved this key yet: its other routes would answer 403.
+                    _log.warning("the hub at %s holds this pod's registration for approval (%s): its admin runs "
+                                 "`pod-agent hub approve %s`; asking again", hub.base,
+                                 registered.message or "pending", registered.key_id)
+                elif use_websocket:
+                    self._admitted(hub)
                     try:
                         await self._websocket_session(hub, backoff)
                     except HubRejected as exc:
@@ -360,12 +360,20 @@ class Agent:
                         use_websocket = False
                         continue
                 else:
+                    self._admitted(hub)
                     await self._poll_session(hub, backoff)
             except RETRYABLE as exc:
                 self.readiness.hub_connected = False
                 self.metrics.reconnected()
                 _log.warning("hub link down: %s; retrying", exc)
             await backoff.wait(self._stop)
+
+    def _admitted(self, hub: HubClient) -> None:
+        """The hub answered a registration without holding it for approval: the pod is ready."""
+        if not self.readiness.registered:
+            _log.info("registered with the hub at %s as %s", hub.base, self.settings.pod.name)
+            self.notifier.ready(f"registered as {self.settings.pod.name}")
+            self.readiness.registered = True
 
     async def _websocket_session(self, hub: HubClient, backoff: Backoff) -> None:
         heartbeat_s = self.settings.hub.heartbeat_s

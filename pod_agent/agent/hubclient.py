@@ -40,7 +40,7 @@ from pod_agent.protocol.hub_api import (
     Ok,
     PendingTasks,
     PodMessage,
-    PodRegistered,
+    PodRegisteredStanding,
     PodRegistration,
     Refusal,
     RoundMessages,
@@ -166,8 +166,11 @@ class HubClient:
 
     # -- registration and tasks --------------------------------------------------------------
 
-    async def register(self, registration: PodRegistration) -> PodRegistered:
-        return await self._call("POST", "/v1/pods/register", reply=PodRegistered, body=canonical_json(registration))
+    async def register(self, registration: PodRegistration) -> PodRegisteredStanding:
+        """Register (or update) the pod; a hub that approves keys by hand may answer that it is still pending."""
+        return await self._call(
+            "POST", "/v1/pods/register", reply=PodRegisteredStanding, body=canonical_json(registration)
+        )
 
     async def task_stream(self, *, heartbeat_s: float) -> TaskStream:
         """Open the pod's task WebSocket (``async with`` the stream closes it); HubRejected when the hub

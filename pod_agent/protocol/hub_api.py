@@ -116,6 +116,10 @@ class ModellerRegisteredStanding(ModellerRegistered, RegistrationStanding):
     """A modeller's registration reply with its standing."""
 
 
+class PodRegisteredStanding(PodRegistered, RegistrationStanding):
+    """A pod's registration reply with its standing."""
+
+
 class TaskDelivery(HubReply):
     """A task the hub holds for a pod; the envelope is checked by the pod's verifier, not here."""
 

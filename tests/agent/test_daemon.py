@@ -131,3 +131,31 @@ async def test_an_unexpected_error_in_a_loop_restarts_that_loop_and_the_agent_ke
     assert calls > 1
     assert "progress loop ended on an unexpected TypeError at test_daemon.py" in caplog.text
     assert "secret-hub-text" not in caplog.text
+
+
+async def test_a_registration_held_for_approval_is_asked_again_until_admitted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    held = 0
+
+    @web.middleware
+    async def approve_after_three(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        # A hub serving `--registration approve` whose admin approves the pod after its third try.
+        nonlocal held
+        if request.path == "/v1/pods/register" and held < 3:
+            held += 1
+            await handler(request)
+            key_id = request.headers["X-Pod-Key-Id"]
+            return web.json_response({"pod": "pod-a", "key_id": key_id, "new": held == 1, "pending": True,
+                                      "message": "awaiting approval"}, status=202)
+        return await handler(request)
+
+    async with hub_with_agent(tmp_path, DAEMON_CSV, middlewares=[approve_after_three], stop_within_s=10) as rig:
+        task = build_task(modeller_id=rig.modeller.key.key_id, pods=["pod-a"], kind="schema-stats", schema_hash=rig.pod.schema_hash)
+        await rig.modeller.submit_task(task)
+        result = (await rig.modeller.wait_results(task.task_id, ["pod-a"], timeout_s=20))["pod-a"]
+    assert isinstance(result, VerifiedResult) and result.payload.status == "done"
+    assert held == 3
+    assert "holds this pod's registration for approval (awaiting approval): its admin runs" in caplog.text
