@@ -99,6 +99,9 @@ _log = logging.getLogger(__name__)
 
 # Delivered tasks waiting for intake; the hub re-delivers anything not acknowledged, so a full queue only delays.
 INBOX_SIZE = 256
+# Characters of envelopes waiting for intake: past this the hub link stops reading, so that a hub pushing
+# large tasks faster than intake refuses them cannot fill memory (256 tasks at the 8 MiB reply cap: 2 GiB).
+INBOX_CHARS = 16 * 1024 * 1024
 # Progress events waiting to be sent; when full, new ones are dropped (progress is best effort).
 PROGRESS_QUEUE_SIZE = 64
 # A silent WebSocket is declared dead after this many heartbeat intervals without any message.
@@ -174,7 +177,7 @@ class Agent:
         self.notifier = Notifier.from_env()
         self.progress = ProgressLimiter()
         self._modellers = {PublicKey.from_b64(m.public_key).key_id: m for m in settings.security.modellers}
-        self._inbox: asyncio.Queue[TaskDelivery] = asyncio.Queue(INBOX_SIZE)
+        self._inbox = _Inbox(max_items=INBOX_SIZE, max_chars=INBOX_CHARS)
         self._progress_queue: asyncio.Queue[ProgressEvent] = asyncio.Queue(PROGRESS_QUEUE_SIZE)
         self._runner_wake = asyncio.Event()
         self._outbox_wake = asyncio.Event()
@@ -419,6 +422,8 @@ class Agent:
                 await self._admit(hub, delivery)
             except StateError:
                 _log.exception("state database error while admitting a task; the hub will deliver it again")
+            finally:
+                self._inbox.done(delivery)
 
     async def _admit(self, hub: HubClient, delivery: TaskDelivery) -> None:
         known = await asyncio.to_thread(self.state.get_task, delivery.task_id)
@@ -598,6 +603,35 @@ class Agent:
         if removed is not None and removed.blob_path is not None:
             removed.blob_path.unlink(missing_ok=True)
         _log.info("result delivered", extra={"status": result.status})
+
+
+class _Inbox:
+    """Delivered tasks waiting for intake, bounded by count and by the size of their envelopes together.
+
+    ``put`` waits while the envelopes queued (and being admitted) pass ``max_chars``, except into an
+    empty inbox: one delivery always fits, the reply cap bounds it. ``done`` frees a delivery's room.
+    """
+
+    def __init__(self, *, max_items: int, max_chars: int) -> None:
+        self._queue: asyncio.Queue[TaskDelivery] = asyncio.Queue(max_items)
+        self._max_chars = max_chars
+        self._chars = 0
+        self._freed = asyncio.Event()
+
+    async def put(self, delivery: TaskDelivery) -> None:
+        size = len(delivery.envelope)
+        while self._chars and self._chars + size > self._max_chars:
+            self._freed.clear()
+            await self._freed.wait()
+        self._chars += size
+        await self._queue.put(delivery)
+
+    async def get(self) -> TaskDelivery:
+        return await self._queue.get()
+
+    def done(self, delivery: TaskDelivery) -> None:
+        self._chars -= len(delivery.envelope)
+        self._freed.set()
 
 
 class _HubFetcher:

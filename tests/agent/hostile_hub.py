@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,9 @@ NOT_UTF8 = b'{"pod": "\xff\xfe\xfd"}'
 MANY_VALUES = b'{"type": "task", "tasks": [' + b"{}," * 2_700_000 + b"{}]}"
 # A reply far past the pod's cap (hub_api.MAX_REPLY_BYTES, 8 MiB), streamed a chunk at a time.
 GIANT_BYTES = 400 * MIB
+# A flood of tasks of this size each (just under the pod's 8 MiB message cap, over its 4 MiB task cap).
+FLOOD_TASKS = 48
+FLOOD_TASK_CHARS = 8 * MIB - 200
 # The size the corpus's train tasks sign for their pinned weights.
 SIGNED_BLOB_BYTES = 64 * 1024
 # A drip sends one byte this often, forever (until the pod hangs up).
@@ -44,6 +48,7 @@ CASES: dict[str, str] = {
     "ws-wrong-shape": "ws",
     "ws-oversized": "ws",
     "ws-many-values": "ws",
+    "ws-task-flood": "ws",
     "register-non-utf8": "register",
     "register-wrong-shape": "register",
     "register-giant-json": "register",
@@ -221,6 +226,8 @@ class HostileHub:
                 await ws.send_json({"type": "task", "task_id": 7, "envelope": {"not": "a string"}})
             elif case == "ws-many-values":
                 await ws.send_str(MANY_VALUES.decode())
+            elif case == "ws-task-flood":
+                await _flood(ws)
             elif case == "ws-oversized":
                 await ws.send_str('{"type": "task", "envelope": "' + "x" * (9 * MIB) + '"}')
             for task_id, envelope in list(self._pending.items()):
@@ -274,6 +281,14 @@ class HostileHub:
         if case == "blob-slow-drip":
             return await _stream(request, _drip(b""))
         return web.json_response({"error": "no such blob"}, status=404)
+
+
+async def _flood(ws: web.WebSocketResponse) -> None:
+    """Tasks just under the pod's message cap, as fast as the socket takes them: each is refused
+    (payload_too_large), but only a pod that bounds what it queues keeps its memory."""
+    for _ in range(FLOOD_TASKS):
+        envelope = "x" * FLOOD_TASK_CHARS
+        await ws.send_str(f'{{"type": "task", "task_id": "{uuid.uuid4()}", "envelope": "{envelope}"}}')
 
 
 async def _stream(request: web.Request, chunks: AsyncIterator[bytes]) -> web.StreamResponse:

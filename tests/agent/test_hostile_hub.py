@@ -47,6 +47,7 @@ DEFENCE = {
     "ws-deep-json": "task connection is not usable JSON: JSON nested too deeply",
     "ws-wrong-shape": "task connection is not a HubPush: task.task_id: string_type",
     "ws-oversized": "task connection's framing: Message size",
+    "ws-task-flood": "task refused: payload_too_large",
     "ws-many-values": "message on the task connection holds more than 262144 JSON values",
     "register-non-utf8": "register is not usable JSON: message is not UTF-8",
     "register-wrong-shape": "register is not a PodRegistered",
