@@ -100,8 +100,9 @@ async def signed_call(
         async with asyncio.timeout(total_s):
             async with session.request(
                 method, base + path, data=data if data is not None else (body or None), headers=headers, ssl=tls,
+                allow_redirects=False,
             ) as resp:
-                if resp.status >= 400:
+                if resp.status >= 300:
                     raise_for_status(resp.status, await _error_text(resp), what=f"to {what}")
                 raw = await read_capped(resp, max_bytes=MAX_REPLY_BYTES, what=f"reply to {what}")
     except aiohttp.ServerFingerprintMismatch as exc:
@@ -120,8 +121,7 @@ def parse_reply(raw: bytes | str, validate: Callable[[Any], _T], *, name: str, w
     """``raw`` as strict JSON (``{}`` when empty) passed through ``validate``, the model ``name``'s validator;
     HubMisbehaved (naming fields, never values) when it holds too many values, is not UTF-8, too deep, or
     not of that model."""
-    if _more_values_than(raw.encode("utf-8", errors="surrogateescape") if isinstance(raw, str) else raw,
-                         MAX_REPLY_VALUES):
+    if _more_values_than(raw.encode("utf-8", errors="replace") if isinstance(raw, str) else raw, MAX_REPLY_VALUES):
         raise HubMisbehaved(f"hub's {what} holds more than {MAX_REPLY_VALUES} JSON values")
     try:
         return validate(parse_json(raw) if raw else {})
@@ -228,9 +228,9 @@ async def _stream_blob(
     """Write the blob at ``path`` to ``tmp``; its sha256 hex. HubMisbehaved once it passes ``max_bytes``."""
     digest = hashlib.sha256()
     async with session.get(
-        base + path, headers=sign_request(key, "GET", path, b"", now=int(time.time())), ssl=tls
+        base + path, headers=sign_request(key, "GET", path, b"", now=int(time.time())), ssl=tls, allow_redirects=False
     ) as resp:
-        if resp.status >= 400:
+        if resp.status >= 300:
             raise_for_status(resp.status, await _error_text(resp), what=f"for {what}")
         declared = resp.content_length
         if declared is not None and declared > max_bytes:
@@ -254,9 +254,12 @@ async def file_chunks(path: Path) -> AsyncIterator[bytes]:
 
 
 def raise_for_status(status: int, text: str, *, what: str) -> None:
-    """HubUnavailable for 5xx, HubRejected for 4xx: "hub answered <status> <what>: <the hub's error>"."""
-    if status < 400:
+    """HubUnavailable for 5xx, HubRejected for 4xx, HubMisbehaved for 3xx (a hub never redirects; following
+    one would send the signed request elsewhere): "hub answered <status> <what>: <the hub's error>"."""
+    if status < 300:
         return
+    if status < 400:
+        raise HubMisbehaved(f"hub answered {status} {what}, a redirect: not followed", status=status)
     try:
         detail = str(parse_json(text)["error"])[:200]
     except (ProtocolError, KeyError, TypeError):

@@ -195,6 +195,25 @@ async def test_an_error_reply_is_read_only_up_to_its_cap(serve: Callable[[Handle
     assert caught.value.status == 400 and len(str(caught.value)) < 300
 
 
+async def test_a_redirect_is_not_followed(serve: Callable[[Handler], Awaitable[str]],
+                                         session: aiohttp.ClientSession, tmp_path: Path) -> None:
+    followed = 0
+
+    async def redirect(request: web.Request) -> web.Response:
+        nonlocal followed
+        if request.path == "/elsewhere":
+            followed += 1
+            return web.json_response({"pod": "p", "key_id": "a" * 64, "new": True})
+        raise web.HTTPFound("/elsewhere")
+
+    url = await serve(redirect)
+    with pytest.raises(HubMisbehaved, match="hub answered 302 to GET /v1/x, a redirect: not followed"):
+        await _ask(session, url)
+    with pytest.raises(HubMisbehaved, match="302 for blob .*, a redirect"):
+        await _fetch(session, url, tmp_path / "w.safetensors")
+    assert followed == 0
+
+
 async def test_an_empty_reply_parses_as_an_empty_object(serve: Callable[[Handler], Awaitable[str]],
                                                         session: aiohttp.ClientSession) -> None:
     async def empty(request: web.Request) -> web.Response:
