@@ -179,7 +179,9 @@ def l2_norm(arrays: Mapping[str, np.ndarray]) -> float:
         flat = array.reshape(-1)
         for start in range(0, flat.size, CHUNK_VALUES):
             chunk = flat[start : start + CHUNK_VALUES].astype(np.float64)
-            total += float(np.dot(chunk, chunk))
+            # einsum's own loop, not np.dot: numpy's OpenBLAS runs a long dot on its thread pool, and in the
+            # daemon (worker threads, child processes) that pool was seen to hang in exec_blas.
+            total += float(np.einsum("i,i->", chunk, chunk))
     if not math.isfinite(total):
         raise SecAggError("update holds a NaN or infinite value; refusing to encode it")
     return math.sqrt(total)
