@@ -94,8 +94,14 @@ def _privacy_floor(ctx: CheckContext) -> str:
         lines.append("no modellers listed: every task is refused")
     lines += [
         f"{modeller.name}: {PrivacyFloor.for_modeller(settings.privacy, modeller).describe()}"
+        + ("" if modeller.dp is None else f", dp epsilon={modeller.dp.epsilon:g} delta={modeller.dp.delta:g}")
         for modeller in settings.security.modellers
     ]
+    dp = settings.privacy.dp
+    if any(m.dp is not None for m in settings.security.modellers):
+        cap = "none" if dp.dataset is None else f"epsilon={dp.dataset.epsilon:g} delta={dp.dataset.delta:g}"
+        lines.append(f"dp: dataset cap {cap}, min_noise_multiplier={dp.min_noise_multiplier:g}, "
+                     f"honest_pods={dp.honest_pods}, unaccounted kinds {dp.unsafe_unaccounted_kinds or 'none'}")
     return "\n      ".join(lines)
 
 
