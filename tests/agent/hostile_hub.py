@@ -87,6 +87,7 @@ class HostileHub:
         self.websocket_offered = True
         self._pending: dict[str, str] = {}
         self._armed: str | None = None
+        self._instant_polls_until = 0.0
         self._served: set[str] = set()
         self._sockets: set[web.WebSocketResponse] = set()
         self._loop = asyncio.new_event_loop()
@@ -120,6 +121,10 @@ class HostileHub:
             self.websocket_offered = False
         if CASES[case] in ("register", "poll"):
             self._call(self._close_sockets())
+
+    def answer_polls_at_once(self, *, for_s: float) -> None:
+        """For ``for_s``, answer every long poll at once with no tasks (an honest hub waits for one)."""
+        self._instant_polls_until = time.monotonic() + for_s
 
     def served(self, case: str) -> bool:
         return case in self._served
@@ -241,6 +246,8 @@ class HostileHub:
         case = self._take("poll")
         if case is not None:
             return await self._misbehave(request, case)
+        if time.monotonic() < self._instant_polls_until:
+            return web.json_response({"tasks": []})
         deadline = time.monotonic() + min(float(request.query.get("wait", "0")), 5.0)
         while not self._pending and time.monotonic() < deadline:
             await asyncio.sleep(0.02)

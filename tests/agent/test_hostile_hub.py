@@ -14,6 +14,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -202,3 +203,15 @@ def test_a_misbehaving_hub_is_an_outage_and_the_agent_serves_the_next_task(rig: 
     growth_mib = (peak_kib - rig.baseline_rss_kib) / 1024
     print(f"hostile-hub corpus: {case:24s} peak RSS {peak_kib / 1024:6.0f} MiB ({growth_mib:+.0f} MiB)")
     assert growth_mib < PEAK_RSS_BUDGET_MIB
+
+
+def test_a_hub_answering_long_polls_at_once_with_nothing_does_not_make_the_pod_spin(rig: Rig) -> None:
+    assert not rig.hub.websocket_offered, "runs after the corpus's poll cases, with the pod polling"
+    before = rig.hub.record.polls
+    rig.hub.answer_polls_at_once(for_s=2.0)
+    time.sleep(2.0)
+    polls = rig.hub.record.polls - before
+    print(f"hostile-hub corpus: instant empty polls for 2 s: {polls} polls")
+    # Backed off (0.05 s doubling to 0.5 s, jittered): about ten polls; a pod that spins makes thousands.
+    assert 1 <= polls < 60
+    assert _result(rig, _task(rig)) == ("done", None)
