@@ -295,7 +295,8 @@ class Agent:
 
     async def _guarded(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
         """Run ``loop`` until it returns; an unexpected exception restarts it after backoff (the last resort
-        that keeps the agent up). Cancellation, which is how shutdown ends the loops, passes through."""
+        that keeps the agent up), unless the agent is stopping by then. Cancellation, which is how shutdown
+        ends the loops, passes through."""
         backoff = Backoff(self.settings.hub.backoff_initial_s, self.settings.hub.backoff_cap_s)
         while True:
             started = time.monotonic()
