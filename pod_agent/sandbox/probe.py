@@ -161,19 +161,27 @@ def _probe_cgroup() -> LayerReport:
 
 
 _WHICH_PACKAGE = "import pod_agent, sys; sys.stdout.write(pod_agent.__file__ or '')"
+_FIX_TREE = ("start pod-agent from a directory that holds no other pod_agent tree and without PYTHONPATH naming "
+             "one, or install this tree into {prefix} (pip install -e {checkout})")
 
 
 @functools.cache
-def _worker_package_dir() -> Path | None:
-    """The pod_agent package a worker's interpreter imports (cached: it cannot change under a running agent)."""
+def _worker_package_dir(mine: Path) -> Path:
+    """The pod_agent package a worker's interpreter imports. Cached, as it cannot change under a running
+    agent; a failed trial raises SandboxError and is not cached (a timeout under load is tried again)."""
     try:
         # The worker's own flags (-I: no cwd, no PYTHONPATH, no user site) and cwd, as the bootstrap starts.
         done = subprocess.run(bootstrap_argv()[:2] + ["-c", _WHICH_PACKAGE], capture_output=True, cwd="/",
                               timeout=_TRIAL_TIMEOUT_S, env={"PATH": "/usr/bin:/bin"}, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return None
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise SandboxError("package_check_failed",
+                           f"{sys.executable} -I could not run to find the pod_agent a worker imports: {exc}") from exc
     path = done.stdout.decode("utf-8", "replace")
-    return Path(path).resolve().parent if done.returncode == 0 and path else None
+    if done.returncode != 0 or not path:
+        raise SandboxError("package_mismatch",
+                           f"this agent runs pod_agent from {mine}, but a sandboxed worker ({sys.executable} -I) "
+                           "cannot import pod_agent at all: " + _FIX_TREE.format(prefix=sys.prefix, checkout=mine.parent))
+    return Path(path).resolve().parent
 
 
 def check_worker_package() -> Path:
@@ -185,14 +193,12 @@ def check_worker_package() -> Path:
     SandboxError("package_mismatch") naming both trees and the fix.
     """
     mine = Path(pod_agent.__file__).resolve().parent
-    theirs = _worker_package_dir()
+    theirs = _worker_package_dir(mine)
     if theirs != mine:
-        found = f"imports {theirs}" if theirs is not None else "cannot import pod_agent at all"
         raise SandboxError(
             "package_mismatch",
-            f"this agent runs pod_agent from {mine}, but a sandboxed worker ({sys.executable} -I) {found}: "
-            f"start pod-agent from a directory that holds no other pod_agent tree and without PYTHONPATH naming "
-            f"one, or install this tree into {sys.prefix} (pip install -e {mine.parent})",
+            f"this agent runs pod_agent from {mine}, but a sandboxed worker ({sys.executable} -I) imports {theirs}: "
+            + _FIX_TREE.format(prefix=sys.prefix, checkout=mine.parent),
         )
     return mine
 
