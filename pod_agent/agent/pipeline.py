@@ -258,7 +258,14 @@ class TaskPipeline:
         modeller = self._modellers.get(task.modeller_id)
         if modeller is None:
             raise TaskFailed(FailureCode.UNKNOWN_SIGNER.value, "the task's modeller left security.modellers")
-        return noise_plan(self._settings.privacy, modeller, task)
+        survivors = 1
+        if task.secagg is not None and len(task.secagg.participants) > 1:
+            from pod_agent.secagg import neighbour_graph
+
+            # This pod unmasks only for a sum holding at least t pods of its neighbourhood, itself included.
+            cohort = [p.pod for p in task.secagg.participants]
+            survivors = neighbour_graph(cohort, task_id=task.task_id, round_index=task.secagg.round).threshold
+        return noise_plan(self._settings.privacy, modeller, task, min_survivors=survivors)
 
     @staticmethod
     def _encode(arrays: dict[str, Any]) -> tuple[bytes, Any]:

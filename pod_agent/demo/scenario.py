@@ -63,8 +63,9 @@ class DemoOptions:
 
 
 # Differential privacy in the demo: delta well under 1 / rows of the smallest pod; an L2 clip near the size
-# of one round's update; each pod adds a third of the noise variance (the three pods trust one another);
-# a per-value bound of 128 leaves room for a noise share (policy.budget, secagg.noise).
+# of one round's update; the three pods trust one another to add their noise shares (a round's sum holds at
+# least 2 of them, so each adds half the variance); a per-value bound of 128 leaves room for a share
+# (policy.budget, secagg.noise).
 DP_DELTA = 1e-5
 DP_CLIP = 1.0
 DP_BOUND = 128
@@ -131,8 +132,8 @@ async def _run(options: DemoOptions, echo: Callable[[str], None]) -> DemoResult:
             fedavg = FedAvg(client, plan, work_dir=out / "rounds", on_round=lambda r: echo(f"  {r.summary()}"))
             if fedavg.dp is not None:
                 echo(f"differential privacy: epsilon {options.dp_epsilon:g} at delta {DP_DELTA:g} per pod; noise "
-                     f"multiplier {fedavg.dp.noise_multiplier:g}, L2 clip {fedavg.dp.clip_norm:g}, each pod adds "
-                     f"1/{len(sites)} of the variance")
+                     f"multiplier {fedavg.dp.noise_multiplier:g}, L2 clip {fedavg.dp.clip_norm:g}; the pods split "
+                     "the noise variance over the honest pods any round's sum surely holds")
             result = await fedavg.run()
             echo("central baseline: the same model and epochs on the pods' training rows pooled, "
                  "evaluated on the pods' test rows")

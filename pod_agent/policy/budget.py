@@ -83,9 +83,15 @@ def unaccounted_event(kind: str) -> str:
     return json.dumps({"mechanism": UNACCOUNTED, "kind": kind}, sort_keys=True)
 
 
-def noise_plan(privacy: PrivacySection, modeller: ModellerPolicy, task: TaskPayload) -> NoisePlan | None:
+def noise_plan(
+    privacy: PrivacySection, modeller: ModellerPolicy, task: TaskPayload, *, min_survivors: int = 1
+) -> NoisePlan | None:
     """The noise the pod adds to ``task``'s release; None when the modeller has no budget or nothing is trained.
 
+    ``min_survivors`` is the fewest pods, this one included, whose updates a secure sum this pod
+    unmasks for can hold (the round's share threshold t, which the pipeline knows): the modeller
+    may call the others dropped, and the pods it keeps may be the dishonest ones, so the variance is
+    split over the honest pods such a sum surely holds: t - (n - honest), at least 1.
     Raises ConfigError when a budgeted modeller has no clip ceiling (settings refuse such a file).
     """
     if modeller.dp is None or task.kind != "train":
@@ -99,7 +105,8 @@ def noise_plan(privacy: PrivacySection, modeller: ModellerPolicy, task: TaskPayl
     # Only an unweighted sum adds every pod's share with the same scale; weighted by rows, another pod's
     # share could be worth less than this pod's update, so under weighting this pod adds all the noise.
     if task.secagg is not None and not task.secagg.weighted:
-        honest = min(privacy.dp.honest_pods, len(task.secagg.participants))
+        cohort = len(task.secagg.participants)
+        honest = max(1, min_survivors - (cohort - min(privacy.dp.honest_pods, cohort)))
     return NoisePlan(
         noise_multiplier=max(asked_noise, privacy.dp.min_noise_multiplier),
         clip_norm=ceiling if asked_clip is None else min(asked_clip, ceiling),

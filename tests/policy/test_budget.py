@@ -108,15 +108,24 @@ def test_a_task_that_asks_nothing_is_noised_all_the_same() -> None:
     assert plan is not None and plan.noise_multiplier == 1.0 and plan.clip_norm == 1.0
 
 
-def test_the_variance_is_split_over_honest_pods_only_for_an_unweighted_sum() -> None:
+def test_the_variance_is_split_only_over_honest_pods_a_secure_sum_surely_holds() -> None:
     modeller = _dp_policy().modellers[0]
-    pods = [POD, "pod-b", "pod-c"]
-    section = _dp_privacy(honest_pods=2)
-    unweighted = noise_plan(section, modeller, make_task(ALICE, secagg=cohort(pods, weighted=False)))
-    weighted = noise_plan(section, modeller, make_task(ALICE, secagg=cohort(pods)))
-    plain = noise_plan(section, modeller, make_task(ALICE, secagg=None))
-    assert unweighted is not None and unweighted.share_std == pytest.approx(unweighted.std / math.sqrt(2))
-    assert weighted is not None and weighted.honest_pods == 1
+    pods = [POD, "pod-b", "pod-c", "pod-d"]
+
+    def split(honest: int, survivors: int, **secagg: Any) -> int:
+        task = make_task(ALICE, pods=pods, secagg=cohort(pods, **secagg))
+        plan = noise_plan(_dp_privacy(honest_pods=honest), modeller, task, min_survivors=survivors)
+        assert plan is not None and plan.share_std == pytest.approx(plan.std / math.sqrt(plan.honest_pods))
+        return plan.honest_pods
+
+    # Four pods, all honest, a sum of at least 3 of them: a third of the variance each.
+    assert split(4, 3, weighted=False) == 3
+    # Three honest of four: the sum the modeller keeps may hold the dishonest one, so only 2 surely honest.
+    assert split(3, 3, weighted=False) == 2
+    assert split(2, 3, weighted=False) == 1
+    assert split(9, 1, weighted=False) == 1  # without the round's threshold the pod splits nothing
+    assert split(4, 3) == 1  # a row-weighted sum: this pod adds all the noise
+    plain = noise_plan(_dp_privacy(honest_pods=4), modeller, make_task(ALICE, secagg=None), min_survivors=3)
     assert plain is not None and plain.honest_pods == 1
 
 
