@@ -207,9 +207,10 @@ class DpSection(_Section):
     dataset: DpBudget | None = None
     # Least noise standard deviation per unit of L2 sensitivity; a task asking for less gets this.
     min_noise_multiplier: float = Field(default=1.0, gt=0, le=100.0)
-    # Cohort members (this pod included) the owner trusts to add their share of the noise under secure
-    # aggregation: each adds 1 / honest_pods of the variance, so the sum holds the full noise as long as
-    # that many do. 1: this pod adds all of it (the only sound choice when it trusts no peer).
+    # Cohort members (this pod included) the owner trusts to add their share of the noise under unweighted
+    # secure aggregation. Each pod adds 1 / h of the variance, h = t - (n - honest_pods) >= 1 the honest
+    # pods any sum it unmasks surely holds (t: the round's share threshold), so the sum holds the full
+    # noise as long as that many pods are honest (policy.budget). 1: this pod adds all of it.
     honest_pods: int = Field(default=1, ge=1)
     # Task kinds a DP-budgeted modeller may still run; their releases are exact and not accounted.
     unsafe_unaccounted_kinds: list[UnaccountedKind] = []
