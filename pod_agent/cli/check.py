@@ -115,11 +115,23 @@ def _hub(ctx: CheckContext) -> str:
     return f"{settings.hub.url} answered /healthz in {1000 * asyncio.run(probe()):.0f} ms"
 
 
+def _ports(ctx: CheckContext) -> str:
+    """The health endpoint's port can be bound now (``pod-agent run`` binds it first thing)."""
+    from pod_agent.ops.health import bind_health_socket
+
+    ops = ctx.settings.ops
+    if ops.health_port == 0:
+        return "health endpoint off (ops.health_port = 0)"
+    bind_health_socket(ops.health_host, ops.health_port).close()
+    return f"health endpoint {ops.health_host}:{ops.health_port} is free"
+
+
 CHECKS: list[NamedCheck] = [
     NamedCheck("config", _config),
     NamedCheck("identity key", _identity_key, needs=("config",)),
     NamedCheck("datasource", _datasource, needs=("config",)),
     NamedCheck("sandbox", _sandbox, needs=("config",)),
+    NamedCheck("ports", _ports, needs=("config",)),
     NamedCheck("hub", _hub, needs=("config", "identity key")),
     NamedCheck("privacy floor", _privacy_floor, needs=("config", "identity key")),
 ]
@@ -148,7 +160,7 @@ def run_checks(config_path: Path, checks: list[NamedCheck] | None = None) -> lis
 def check(
     config: Path = typer.Option(..., "--config", help="The pod's pod.toml."),
 ) -> None:
-    """Validate the config, identity key, datasource, sandbox layers and hub reachability; exit 1 if any fails."""
+    """Validate the config, identity key, datasource, sandbox layers, free ports and hub reachability; exit 1 if any fails."""
     results = run_checks(config)
     width = max(len(result.name) for result in results)
     for result in results:

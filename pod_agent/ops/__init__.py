@@ -4,7 +4,7 @@ The daemon (pod_agent.agent) owns when things happen; this package owns how
 they are reported on this host. Nothing here sends anything off the host.
 """
 
-from pod_agent.ops.health import HealthServer, Readiness
+from pod_agent.ops.health import HealthServer, Readiness, bind_health_socket
 from pod_agent.ops.logs import (
     JsonFormatter,
     HumanFormatter,
@@ -24,6 +24,7 @@ __all__ = [
     "Notifier",
     "Readiness",
     "TaskLogAdapter",
+    "bind_health_socket",
     "configure_logging",
     "task_context",
     "task_logger",

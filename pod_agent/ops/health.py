@@ -9,18 +9,22 @@ authentication to get wrong):
             level in force satisfies the configured one; else 503 listing what is missing
   /metrics  Prometheus text of the agent's own registry (metrics.py)
 The daemon owns a ``Readiness`` and updates its fields; this module only reads it.
+``bind_health_socket`` turns a taken port into a ConfigError naming the setting (``pod-agent run``
+says so in one line, and ``pod-agent check`` tests the port with it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import socket
 import time
 from dataclasses import dataclass
 
 from aiohttp import web
 
+from pod_agent.errors import ConfigError
 from pod_agent.ops.metrics import METRICS_CONTENT_TYPE, AgentMetrics
 
 # Sandbox levels from weakest to strongest; a stronger level satisfies a weaker requirement.
@@ -30,6 +34,21 @@ LOOP_PROBE_INTERVAL_S = 1.0
 LOOP_LAG_LIMIT_S = 5.0
 # A stall is reported this long after it ended, so a prober polling every 30 s sees it.
 STALL_MEMORY_S = 60.0
+
+
+def bind_health_socket(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port for the endpoint; ConfigError naming the setting when it cannot be had
+    (a second pod on this host is the usual cause). ``pod-agent check`` binds and closes one to test the port."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family)
+    except OSError as exc:
+        taken = exc.errno == errno.EADDRINUSE
+        why = "is taken (another pod-agent on this host?)" if taken else f"cannot be bound: {exc.strerror or exc}"
+        raise ConfigError(
+            f"health endpoint {host}:{port} {why}: set ops.health_port in pod.toml to a free port "
+            "(each pod on a host needs its own), or to 0 to turn the endpoint off"
+        ) from exc
 
 
 @dataclass
@@ -91,8 +110,12 @@ class HealthServer:
         self._runner = web.AppRunner(self.create_app(), access_log=None)
         await self._runner.setup()
         # Binding the socket here (not via TCPSite) lets port=0 report the port it got.
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        sock = socket.create_server((self.host, self._requested_port), family=family)
+        try:
+            sock = bind_health_socket(self.host, self._requested_port)
+        except ConfigError:
+            await self._runner.cleanup()
+            self._runner = None
+            raise
         self.port = sock.getsockname()[1]
         await web.SockSite(self._runner, sock).start()
         self._probe = asyncio.create_task(self._probe_loop(), name="health-loop-probe")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 import stat
 import subprocess
 import sys
@@ -74,17 +76,55 @@ def test_init_force_replaces_config_and_key(cli, initialised: Path, tmp_path: Pa
     assert load_settings(initialised).pod.name == "renamed"
 
 
-def test_check_passes_on_a_good_pod(cli, initialised: Path, hub_process_url: str) -> None:
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_check_passes_on_a_good_pod(cli, initialised: Path, hub_process_url: str, monkeypatch) -> None:
     hub_url = hub_process_url
     initialised.write_text(initialised.read_text().replace('url = "http://127.0.0.1:8700"', f'url = "{hub_url}"', 1))
+    port = _free_port()
+    monkeypatch.setenv("POD_AGENT_OPS__HEALTH_PORT", str(port))
     result = cli("check", "--config", str(initialised))
     assert result.code == 0, result.out
     lines = [line for line in result.out.splitlines() if not line.startswith(" ")]
-    assert [line.split()[0] for line in lines] == ["ok", "ok", "ok", "ok", "ok", "ok"]
+    assert [line.split()[0] for line in lines] == ["ok"] * 7
     assert "48842 rows, 15 columns" in lines[2]
     assert "sandbox" in lines[3]
-    assert f"{hub_url} answered /healthz in" in lines[4]
-    assert lines[5].startswith("ok    privacy floor") and "trusted secure-aggregation peers" in lines[5]
+    assert f"health endpoint 127.0.0.1:{port} is free" in lines[4]
+    assert f"{hub_url} answered /healthz in" in lines[5]
+    assert lines[6].startswith("ok    privacy floor") and "trusted secure-aggregation peers" in lines[6]
+
+
+def test_check_fails_on_a_taken_health_port_naming_the_setting(cli, initialised: Path, monkeypatch) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as other_pod:
+        port = other_pod.getsockname()[1]
+        monkeypatch.setenv("POD_AGENT_OPS__HEALTH_PORT", str(port))
+        result = cli("check", "--config", str(initialised))
+    ports = next(line for line in result.out.splitlines() if "ports" in line)
+    assert result.code == 1 and ports.startswith("FAIL")
+    assert f"127.0.0.1:{port} is taken" in ports and "ops.health_port" in ports
+
+
+def test_run_on_a_taken_health_port_says_so_in_one_line(initialised: Path, tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as other_pod:
+        port = other_pod.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("POD_AGENT_")}
+        env["POD_AGENT_OPS__HEALTH_PORT"] = str(port)
+        run = subprocess.run(
+            [sys.executable, "-m", "pod_agent", "run", "--config", str(initialised)],
+            capture_output=True, text=True, env=env, timeout=60,
+        )
+    assert run.returncode == 2, run.stderr
+    errors = [line for line in run.stderr.splitlines() if "error" in line.lower()]
+    assert "Traceback" not in run.stderr
+    assert errors == [
+        f"pod-agent: error: health endpoint 127.0.0.1:{port} is taken (another pod-agent on this host?): set "
+        "ops.health_port in pod.toml to a free port (each pod on a host needs its own), or to 0 to turn the "
+        "endpoint off"
+    ]
 
 
 def test_check_prints_the_floor_in_force_for_each_modeller(cli, initialised: Path) -> None:
@@ -119,7 +159,7 @@ def test_check_reports_each_failing_check_on_its_line(cli, initialised: Path, tm
     assert result.code == 1
     assert result.out.splitlines()[0].startswith("FAIL  config")
     assert "unknown key 'datasource.csv_delimitter'" in result.out
-    assert [line.split()[0] for line in result.out.splitlines()] == ["FAIL", "skip", "skip", "skip", "skip", "skip"]
+    assert [line.split()[0] for line in result.out.splitlines()] == ["FAIL"] + ["skip"] * 6
 
 
 def test_check_names_a_bad_datasource_and_a_loose_key(cli, initialised: Path, tmp_path: Path, write_file) -> None:
