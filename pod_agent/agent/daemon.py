@@ -75,6 +75,7 @@ from pod_agent.policy import (
     TrustedPeers,
     budget_report,
     failure_code_for,
+    modeller_keys,
 )
 from pod_agent.protocol import (
     IdentityKey,
@@ -167,7 +168,9 @@ class Agent:
             secure_round=PodRoundContext(
                 me=settings.pod.name, key=key, peers=peers, state=state,
                 modeller_keys={
-                    k.key_id: k for k in (PublicKey.from_b64(m.public_key) for m in settings.security.modellers)
+                    k.key_id: k
+                    for k in (PublicKey.from_b64(s.public_key) for m in settings.security.modellers
+                              for s in m.signing_keys())
                 },
             ),
         )
@@ -176,7 +179,7 @@ class Agent:
         self.readiness = Readiness(sandbox_required=settings.security.sandbox, sandbox_level=sandbox_level)
         self.notifier = Notifier.from_env()
         self.progress = ProgressLimiter()
-        self._modellers = {PublicKey.from_b64(m.public_key).key_id: m for m in settings.security.modellers}
+        self._modellers = modeller_keys(settings.security.modellers)
         self._inbox = _Inbox(max_items=INBOX_SIZE, max_chars=INBOX_CHARS)
         self._progress_queue: asyncio.Queue[ProgressEvent] = asyncio.Queue(PROGRESS_QUEUE_SIZE)
         self._runner_wake = asyncio.Event()

@@ -33,10 +33,9 @@ from pod_agent.agent.stats import schema_stats
 from pod_agent.config.settings import PodSettings
 from pod_agent.data import Datasource, Schema
 from pod_agent.errors import SandboxError, TaskFailed
-from pod_agent.policy import FailureCode, PrivacyFloor, check_fetched_source
+from pod_agent.policy import FailureCode, PrivacyFloor, check_fetched_source, modeller_keys
 from pod_agent.policy.budget import NoisePlan, noise_plan
 from pod_agent.policy.floor import effective_steps, used_splits
-from pod_agent.protocol.keys import PublicKey
 from pod_agent.protocol.messages import BlobRef, ProgressEvent, TaskPayload, WeightsRef
 from pod_agent.training.wall import parse_progress
 
@@ -91,7 +90,7 @@ class TaskPipeline:
         self._work_root = work_root
         self._outbox_dir = outbox_dir
         self._secure_round = secure_round
-        self._modellers = {PublicKey.from_b64(m.public_key).key_id: m for m in settings.security.modellers}
+        self._modellers = modeller_keys(settings.security.modellers)  # every key a modeller signs with
         # Set by the daemon once its hub connection exists, which is after the pipeline is built.
         self.fetcher: HubFetcher | None = None
         self._runner: Any = None

@@ -17,7 +17,7 @@ import typer
 
 from pod_agent.config import PodSettings, load_settings
 from pod_agent.errors import StateError
-from pod_agent.protocol import PublicKey
+from pod_agent.policy import modeller_keys
 from pod_agent.state import PodState, TaskRecord, TaskStatus
 
 _tasks = typer.Typer(name="tasks", help="What ran on this pod's data: tasks, outcomes, who signed them.",
@@ -44,7 +44,7 @@ def _open_state(settings: PodSettings) -> PodState:
 
 
 def _modeller_names(settings: PodSettings) -> dict[str, str]:
-    return {PublicKey.from_b64(m.public_key).key_id: m.name for m in settings.security.modellers}
+    return {key_id: m.name for key_id, m in modeller_keys(settings.security.modellers).items()}
 
 
 def _row(task: TaskRecord, state: PodState, names: dict[str, str]) -> _Row:

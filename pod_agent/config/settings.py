@@ -11,6 +11,7 @@ from __future__ import annotations
 import codecs
 import re
 from contextvars import ContextVar
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -138,11 +139,36 @@ class DpBudget(_Section):
     delta: float = Field(gt=0, lt=1)  # also at most 1 / the table's rows, checked when the verifier starts
 
 
+def _with_offset(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        raise ValueError("needs a UTC offset, e.g. 2027-01-31T00:00:00Z, so that it names one instant")
+    return value
+
+
+class ModellerKey(_Section):
+    """One more signing key of a modeller (``keys = [{ public_key = ..., not_after = ... }]``)."""
+
+    public_key: str  # base64 of the raw 32-byte Ed25519 public key
+    # A task verified after this instant under this key is refused (key_expired); TOML datetimes need an offset.
+    not_after: datetime | None = None
+
+    @field_validator("not_after")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        return _with_offset(value)
+
+
 class ModellerPolicy(_Section):
-    """What one modeller (identified by its Ed25519 public key) may do on this pod."""
+    """What one modeller (identified by its Ed25519 public keys) may do on this pod.
+
+    ``public_key`` (with its optional ``not_after``) is the modeller's current key; ``keys`` lists
+    more, each with its own ``not_after``, so a modeller can rotate: add the new key, let the old expire.
+    """
 
     name: str
     public_key: str  # base64 of the raw 32-byte Ed25519 public key
+    not_after: datetime | None = None  # as in ModellerKey, for public_key
+    keys: list[ModellerKey] = []
     role: Literal["super", "general"]
     kinds: list[Literal["train", "evaluate", "predict"]] = ["train", "evaluate"]
     max_epochs: int = Field(default=20, ge=0)
@@ -152,6 +178,15 @@ class ModellerPolicy(_Section):
     # Differential privacy: the pod clips and noises this modeller's train updates and refuses a task
     # whose releases would pass this budget (policy.budget); None: no noise, no accounting.
     dp: DpBudget | None = None
+
+    @field_validator("not_after")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        return _with_offset(value)
+
+    def signing_keys(self) -> list[ModellerKey]:
+        """Every key this modeller signs with: ``public_key`` first, then ``keys``."""
+        return [ModellerKey(public_key=self.public_key, not_after=self.not_after), *self.keys]
 
 
 class AllowedModel(_Section):
@@ -171,6 +206,10 @@ class SecuritySection(_Section):
     allowed_models: list[AllowedModel] = []
     allow_declarative_models: bool = True
     keep_sandbox_stderr: bool = False
+    # Hold every task whose model (name + sha256) the owner has not approved for its modeller as
+    # pending_review until `pod-agent review approve|reject` decides (policy.review); pod.toml's
+    # allowed_models count as approved for every modeller.
+    review: bool = False
 
 
 class SandboxLimitsSection(_Section):
@@ -182,6 +221,9 @@ class SandboxLimitsSection(_Section):
     max_file_mb: int = Field(default=1024, ge=1)
     max_output_mb: int = Field(default=512, ge=1)
     warm_worker: bool = True
+    # Workers kept started ahead of tasks (confined, imports done) when warm_worker is on; a taken one
+    # is replaced at once. 2 covers a federated loop's train -> evaluate -> train, ~0.7 s apart.
+    warm_pool: int = Field(default=2, ge=1, le=8)
 
 
 # Class scores or a regression output fit; a model's whole input row usually does not.

@@ -217,7 +217,9 @@ class PrivacyBudgets:
             )
         check = BudgetCheck(modeller_name=modeller.name, modeller=modeller.dp, dataset=self._privacy.dp.dataset)
         round_index = task.secagg.round if task.secagg is not None else 0
-        return Reservation(dataset=self._dataset, round=round_index, events=(event,), admit=check.admit)
+        keys = tuple(PublicKey.from_b64(k.public_key).key_id for k in modeller.signing_keys())
+        return Reservation(dataset=self._dataset, round=round_index, events=(event,), admit=check.admit,
+                           modeller_keys=keys)
 
 
 @dataclass(frozen=True)
@@ -258,8 +260,8 @@ def budget_report(
     report = []
     for modeller in modellers:
         if modeller.dp is not None:
-            key_id = PublicKey.from_b64(modeller.public_key).key_id
-            own = [e for e in entries if e.modeller_id == key_id]
+            key_ids = {PublicKey.from_b64(k.public_key).key_id for k in modeller.signing_keys()}
+            own = [e for e in entries if e.modeller_id in key_ids]
             report.append(_use(f"modeller {modeller.name}", modeller.dp, own))
     cap = privacy.dp.dataset
     if cap is not None:

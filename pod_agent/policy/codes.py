@@ -20,6 +20,7 @@ class RefusalCode(str, enum.Enum):
     MALFORMED = "malformed"  # not JSON, not an envelope, or a signed payload that is not a valid task
     UNKNOWN_SIGNER = "unknown_signer"  # signer key id not among security.modellers
     BAD_SIGNATURE = "bad_signature"  # signature does not verify over the canonical payload
+    KEY_EXPIRED = "key_expired"  # signed by a modeller key past its not_after
     LIFETIME_EXCEEDED = "lifetime_exceeded"  # expires_at - issued_at over max_task_lifetime_s
     NOT_YET_VALID = "not_yet_valid"  # issued_at > now + clock skew
     EXPIRED = "expired"  # now > expires_at + clock skew
@@ -43,6 +44,9 @@ class RefusalCode(str, enum.Enum):
     # Differential privacy (config: a modeller's dp budget, [privacy.dp]; policy.budget).
     UNACCOUNTED_RELEASE = "unaccounted_release"  # evaluate/predict/schema-stats for a DP-budgeted modeller
     PRIVACY_BUDGET_EXHAUSTED = "privacy_budget_exhausted"  # the task's releases would pass a dp budget
+    # The owner's review of the model (security.review; policy.review): held as pending_review, then this,
+    # or EXPIRED when the task's expiry passes while it waits.
+    REVIEW_REJECTED = "review_rejected"
 
 
 class FailureCode(str, enum.Enum):

@@ -7,6 +7,7 @@ refusal carries one ``RefusalCode``:
  2. parse       strict JSON envelope                                malformed
  3. signer      envelope signer among security.modellers           unknown_signer
  4. signature   Ed25519 over canonical_json(payload)               bad_signature
+                the signing key past its not_after                  key_expired
     (then the signed payload must be a valid task whose modeller_id is the signer,
     with a model and data selection for train/evaluate/predict,
     and a declarative model must carry its spec inline)           malformed
@@ -18,6 +19,8 @@ refusal carries one ``RefusalCode``:
                 predict needs allow_predict                        predict_not_permitted
                 kind among the modeller's kinds                    kind_not_permitted
                 general: model allow-listed by name+sha256          role_not_permitted
+                (allowed_models, or approved in the state for one of the
+                modeller's keys; with security.review it is held instead)
                 epochs/steps within the modeller's maximum          limits_exceeded
  8. floor       the owner's privacy floor for this modeller (``floor.py``):
                 train without secure aggregation when required      secure_aggregation_required
@@ -36,6 +39,14 @@ refusal carries one ``RefusalCode``:
                 the modeller's or the dataset's ledger composed
                 with this task's release passes its epsilon         privacy_budget_exhausted
                 (checked and reserved in the verdict's own transaction)
+
+12. review      with security.review, a model not approved for the
+                modeller (``review.py``) is held: stored pending_review, not
+                accepted, until the owner decides (rejected: review_rejected;
+                its expiry passed while waiting: expired)
+
+A modeller may sign with several keys (``public_key`` and ``keys``, each with an
+optional ``not_after``); a task is the modeller's under any of them.
 
 Recording: every task whose signature verified and which is within its validity
 window is recorded with its verdict (accepted, or refused with its code) in the
@@ -56,16 +67,18 @@ with ``check_fetched_source`` before using it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 from pydantic import ValidationError
 
-from pod_agent.config.settings import ModellerPolicy, PrivacySection, SecuritySection
+from pod_agent.config.settings import ModellerKey, ModellerPolicy, PrivacySection, SecuritySection
 from pod_agent.errors import ConfigError, ProtocolError, TaskRefused
 from pod_agent.policy.budget import PrivacyBudgets
 from pod_agent.policy.codes import RefusalCode
 from pod_agent.policy.floor import PrivacyFloor, effective_steps, estimated_rows, used_splits
 from pod_agent.policy.peers import TrustedPeers, configured_key
+from pod_agent.policy.review import review_hold
 from pod_agent.protocol.canonical import source_sha256, spec_sha256
 from pod_agent.protocol.keys import PublicKey
 from pod_agent.protocol.messages import Envelope, ModelRef, SecAggParams, TaskPayload
@@ -75,17 +88,41 @@ from pod_agent.protocol.signing import (
     parse_envelope,
     verify_envelope,
 )
-from pod_agent.state.records import AlreadySeen, NonceStore, Reservation, Verdict
+from pod_agent.state.records import AlreadySeen, NonceStore, Reservation, ReviewHold, Verdict
 
 
 @dataclass(frozen=True)
 class VerifiedTask:
-    """A task the pod accepted: the signed payload, the policy entry of its signer, the envelope."""
+    """A task the pod accepted (or holds for the owner's review): the signed payload, its signer's policy entry."""
 
     payload: TaskPayload
     modeller: ModellerPolicy
     envelope: Envelope
     floor: PrivacyFloor
+    pending_review: bool = False
+
+
+@dataclass(frozen=True)
+class _Signer:
+    """One key a modeller signs with, and the modeller's entry."""
+
+    modeller: ModellerPolicy
+    key: PublicKey
+    not_after_s: int | None  # Unix s
+    all_key_ids: tuple[str, ...]  # every key of the same modeller
+
+
+def modeller_keys(modellers: Sequence[ModellerPolicy]) -> dict[str, ModellerPolicy]:
+    """Each signing key id of each modeller (``public_key`` and ``keys``) -> its entry."""
+    return {
+        PublicKey.from_b64(k.public_key).key_id: entry for entry in modellers for k in entry.signing_keys()
+    }
+
+
+def _signer_for(entry: ModellerPolicy, signing: ModellerKey, *, where: str) -> _Signer:
+    key = configured_key(signing.public_key, where=where, fix="paste the key that `pod-agent keys generate` printed")
+    not_after = None if signing.not_after is None else int(signing.not_after.timestamp())
+    return _Signer(modeller=entry, key=key, not_after_s=not_after, all_key_ids=(key.key_id,))
 
 
 def _refuse(code: RefusalCode, detail: str, task_id: str | None) -> TaskRefused:
@@ -124,19 +161,24 @@ class TaskVerifier:
         self._peers = peers
         self._nonces = nonces
         self._budgets = PrivacyBudgets(privacy, dataset=schema_hash, row_count=row_count)
-        self._modellers: dict[str, tuple[ModellerPolicy, PublicKey]] = {}
+        self._signers: dict[str, _Signer] = {}
         for index, entry in enumerate(security.modellers):
-            key = configured_key(
-                entry.public_key, where=f"security.modellers[{index}].public_key ({entry.name!r})",
-                fix="paste the key that `pod-agent keys generate` printed",
-            )
-            if key.key_id in self._modellers:
-                other = self._modellers[key.key_id][0].name
-                raise ConfigError(
-                    f"security.modellers[{index}] ({entry.name!r}) has the same public key as {other!r}: list each key once"
+            signers = [
+                _signer_for(entry, signing, where=f"security.modellers[{index}]{part} ({entry.name!r})")
+                for signing, part in zip(
+                    entry.signing_keys(), [".public_key", *(f".keys[{i}]" for i in range(len(entry.keys)))]
                 )
+            ]
+            ids = tuple(s.key.key_id for s in signers)
+            for signer in signers:
+                if signer.key.key_id in self._signers:
+                    other = self._signers[signer.key.key_id].modeller.name
+                    raise ConfigError(
+                        f"security.modellers[{index}] ({entry.name!r}) has the same public key as {other!r} "
+                        "(public_key or keys): list each key once"
+                    )
+                self._signers[signer.key.key_id] = replace(signer, all_key_ids=ids)
             self._budgets.check_modeller(entry)
-            self._modellers[key.key_id] = (entry, key)
         self._allowed_models = frozenset((m.name, m.sha256) for m in security.allowed_models)
 
     def verify(self, raw: bytes, *, now: int) -> VerifiedTask:
@@ -155,21 +197,28 @@ class TaskVerifier:
             env = parse_envelope(raw)
         except ProtocolError as exc:
             raise _refuse(RefusalCode.MALFORMED, str(exc), None) from exc
-        found = self._modellers.get(env.signer)
-        if found is None:
+        signer = self._signers.get(env.signer)
+        if signer is None:
             raise _refuse(RefusalCode.UNKNOWN_SIGNER, f"signer {env.signer[:16]} is not in security.modellers", None)
-        modeller, key = found
+        modeller = signer.modeller
         try:
-            body = verify_envelope(env, key)
+            body = verify_envelope(env, signer.key)
         except ProtocolError as exc:
             raise _refuse(RefusalCode.BAD_SIGNATURE, f"{exc} (signer {modeller.name!r})", None) from exc
+        if signer.not_after_s is not None and now > signer.not_after_s:
+            raise _refuse(
+                RefusalCode.KEY_EXPIRED,
+                f"modeller {modeller.name!r} key {env.signer[:16]} expired {now - signer.not_after_s} s ago "
+                "(its not_after): the modeller signs with its newer key",
+                None,
+            )
         try:
             payload = TaskPayload.model_validate_json(body)
         except ValidationError as exc:
             raise _refuse(
                 RefusalCode.MALFORMED, f"signed task is invalid at {first_error(exc, root='payload')}", None
             ) from exc
-        self._check_shape(payload, modeller, key.key_id)
+        self._check_shape(payload, modeller, signer.key.key_id)
         self._check_times(payload, now)
 
         try:
@@ -180,7 +229,7 @@ class TaskVerifier:
         verdict_json = envelope_bytes(env).decode("utf-8")
         floor = PrivacyFloor.for_modeller(self._privacy, modeller)
         try:
-            self._check_role(payload, modeller)
+            self._check_role(payload, signer)
             self._check_floor(payload, floor)
             self._check_source(payload)
             self._check_schema(payload)
@@ -188,12 +237,15 @@ class TaskVerifier:
         except TaskRefused as refusal:
             self._record(payload, verdict_json, refusal.code, now)
             raise
-        self._record(payload, verdict_json, None, now, reservation)
-        return VerifiedTask(payload=payload, modeller=modeller, envelope=env, floor=floor)
+        hold = review_hold(payload.model, security=self._security, modeller_keys=signer.all_key_ids,
+                           approvals=self._nonces)
+        self._record(payload, verdict_json, None, now, reservation, hold)
+        return VerifiedTask(payload=payload, modeller=modeller, envelope=env, floor=floor,
+                            pending_review=hold is not None)
 
     def _record(
         self, payload: TaskPayload, envelope_json: str, code: str | None, now: int,
-        reservation: Reservation | None = None,
+        reservation: Reservation | None = None, hold: ReviewHold | None = None,
     ) -> None:
         verdict = Verdict(
             task_id=payload.task_id,
@@ -205,6 +257,7 @@ class TaskVerifier:
             reason=code,
             keep_until=payload.expires_at + self._security.clock_skew_s,
             now=now,
+            review=hold,
         )
         try:
             self._nonces.record_verdict(verdict, reservation)
@@ -265,8 +318,8 @@ class TaskVerifier:
                 payload.task_id,
             )
 
-    def _check_role(self, payload: TaskPayload, modeller: ModellerPolicy) -> None:
-        task_id = payload.task_id
+    def _check_role(self, payload: TaskPayload, signer: _Signer) -> None:
+        task_id, modeller = payload.task_id, signer.modeller
         if self._pod_name not in payload.pods:
             raise _refuse(RefusalCode.NOT_TARGETED, f"pod {self._pod_name!r} is not among the task's pods", task_id)
         if payload.kind == "predict" and not modeller.allow_predict:
@@ -281,7 +334,7 @@ class TaskVerifier:
                 task_id,
             )
         if payload.model is not None and modeller.role != "super":
-            self._check_general_model(payload.model, modeller, task_id)
+            self._check_general_model(payload.model, signer, task_id)
         self._check_limits(payload, modeller)
         if payload.secagg is not None and self._pod_name not in {p.pod for p in payload.secagg.participants}:
             raise _refuse(RefusalCode.NOT_TARGETED, f"pod {self._pod_name!r} is not in the secagg cohort", task_id)
@@ -363,14 +416,16 @@ class TaskVerifier:
                 task_id,
             )
 
-    def _check_general_model(self, model: ModelRef, modeller: ModellerPolicy, task_id: str) -> None:
+    def _check_general_model(self, model: ModelRef, signer: _Signer, task_id: str) -> None:
         if model.style == "declarative" and self._security.allow_declarative_models:
             return
-        if (model.name, model.sha256) not in self._allowed_models:
+        if (model.name, model.sha256) in self._allowed_models or self._security.review:
+            return  # under review, a model not yet approved is held for the owner (step 12), not refused
+        if not self._nonces.is_approved(modeller_keys=signer.all_key_ids, name=model.name, sha256=model.sha256):
             raise _refuse(
                 RefusalCode.ROLE_NOT_PERMITTED,
-                f"general modeller {modeller.name!r} may run only security.allowed_models; "
-                f"model {model.name!r} sha256 {model.sha256[:16]} is not listed",
+                f"general modeller {signer.modeller.name!r} may run only security.allowed_models and models "
+                f"approved for it (`pod-agent review`); model {model.name!r} sha256 {model.sha256[:16]} is neither",
                 task_id,
             )
 

@@ -227,7 +227,7 @@ class ResultPayload(WireModel):
 class ProgressEvent(WireModel):
     v: Literal[1] = 1
     task_id: str
-    stage: Literal["queued", "preparing", "training", "validating", "uploading", "done", "failed"]
+    stage: Literal["pending_review", "queued", "preparing", "training", "validating", "uploading", "done", "failed"]
     epoch: int | None = Field(default=None, ge=0)
     step: int | None = Field(default=None, ge=0)
     fraction: float | None = Field(default=None, ge=0, le=1)  # of the task's steps, computed by the pod

@@ -1,15 +1,19 @@
-"""Durable state of the pod: tasks and their life cycle, seen nonces, the result outbox, the privacy ledger (SQLite)."""
+"""Durable state of the pod: tasks and their life cycle, seen nonces, the result outbox, the privacy ledger, the model review queue (SQLite)."""
 
 from pod_agent.state.db import PodState
 from pod_agent.state.records import (
     LEGAL_TRANSITIONS,
     AlreadyReleased,
     AlreadySeen,
+    ApprovedModel,
     IllegalTransition,
     LedgerEntry,
     NonceStore,
     OutboxEntry,
     Reservation,
+    ReviewHold,
+    ReviewNotPending,
+    ReviewRecord,
     TaskRecord,
     TaskStatus,
     Verdict,
@@ -19,12 +23,16 @@ __all__ = [
     "LEGAL_TRANSITIONS",
     "AlreadyReleased",
     "AlreadySeen",
+    "ApprovedModel",
     "IllegalTransition",
     "LedgerEntry",
     "NonceStore",
     "OutboxEntry",
     "PodState",
     "Reservation",
+    "ReviewHold",
+    "ReviewNotPending",
+    "ReviewRecord",
     "TaskRecord",
     "TaskStatus",
     "Verdict",

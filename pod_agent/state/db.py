@@ -12,6 +12,14 @@ integer Unix seconds):
     state.ensure_unseen(task_id=..., nonce=...)           # raises AlreadySeen
     state.record_verdict(Verdict(...), reservation=None)  # seen row + task row (+ ledger rows), one transaction
     state.purge_seen(now=...) -> int                      # forget nonces whose keep_until has passed
+    # review queue (security.review): a verdict with a ReviewHold is stored pending_review
+    state.is_approved(modeller_keys=..., name=..., sha256=...) -> bool   # the state's allow-list
+    state.reviews(pending_only=True) -> list[ReviewRecord]   # oldest first
+    state.review(task_id) -> ReviewRecord | None
+    state.last_approved(model_name) -> ApprovedModel | None  # the newest approval of that name
+    state.decide_review(task_id, approve=..., by=..., now=...) -> list[str]   # the tasks it moved
+    state.expire_reviews(now=...) -> list[str]            # pending past their expiry: refused expired
+    state.unsent_review_refusals() -> list[TaskRecord]    # rejected/expired, no refusal in the outbox yet
     # tasks
     state.get_task(task_id) -> TaskRecord | None
     state.list_tasks(status=None, limit=1000) -> list[TaskRecord]   # oldest first
@@ -52,7 +60,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -62,19 +70,25 @@ from typing import Literal, cast
 from pod_agent.errors import StateError, TaskRefused
 from pod_agent.state.records import (
     LEGAL_TRANSITIONS,
+    REVIEW_EXPIRED,
+    REVIEW_REJECTED,
     AlreadyReleased,
     AlreadySeen,
+    ApprovedModel,
     IllegalTransition,
     LedgerEntry,
     LedgerStatus,
     OutboxEntry,
     Reservation,
+    ReviewDecision,
+    ReviewNotPending,
+    ReviewRecord,
     TaskRecord,
     TaskStatus,
     Verdict,
 )
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # A writer holding the lock (another process) is waited for this long before giving up.
 BUSY_TIMEOUT_MS = 10_000
 
@@ -137,11 +151,58 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         "CREATE INDEX dp_ledger_by_dataset ON dp_ledger (dataset, status)",
         "CREATE INDEX dp_ledger_by_task ON dp_ledger (task_id)",
     ),
+    # The review queue. SQLite cannot alter a CHECK, so tasks is rebuilt to allow pending_review (foreign
+    # keys are off while migrations run, so the tables that reference tasks keep pointing at the new one).
+    4: (
+        """CREATE TABLE tasks_v4 (
+            task_id       TEXT PRIMARY KEY,
+            modeller_id   TEXT NOT NULL,
+            kind          TEXT NOT NULL,
+            status        TEXT NOT NULL CHECK (status IN
+                              ('pending_review','accepted','refused','running','done','failed','delivered')),
+            reason        TEXT,
+            envelope_json TEXT NOT NULL,
+            created_at    INTEGER NOT NULL,
+            updated_at    INTEGER NOT NULL
+        )""",
+        "INSERT INTO tasks_v4 SELECT task_id, modeller_id, kind, status, reason, envelope_json, created_at, updated_at "
+        "FROM tasks",
+        "DROP TABLE tasks",
+        "ALTER TABLE tasks_v4 RENAME TO tasks",
+        "CREATE INDEX tasks_by_status ON tasks (status, created_at)",
+        """CREATE TABLE reviews (
+            task_id      TEXT PRIMARY KEY REFERENCES tasks (task_id),
+            modeller_id  TEXT NOT NULL,
+            model_name   TEXT NOT NULL,
+            model_sha256 TEXT NOT NULL,
+            model_text   TEXT NOT NULL,
+            expires_at   INTEGER NOT NULL,
+            created_at   INTEGER NOT NULL,
+            decision     TEXT CHECK (decision IN ('approved','rejected','expired')),
+            decided_by   TEXT,
+            decided_at   INTEGER
+        )""",
+        "CREATE INDEX reviews_pending ON reviews (decision, expires_at)",
+        """CREATE TABLE approved_models (
+            modeller_id  TEXT NOT NULL,
+            model_name   TEXT NOT NULL,
+            model_sha256 TEXT NOT NULL,
+            model_text   TEXT NOT NULL,
+            approved_by  TEXT NOT NULL,
+            approved_at  INTEGER NOT NULL,
+            PRIMARY KEY (modeller_id, model_name, model_sha256)
+        )""",
+        "CREATE INDEX approved_by_name ON approved_models (model_name, approved_at)",
+    ),
 }
 
 _TASK_COLUMNS = "task_id, modeller_id, kind, status, reason, envelope_json, created_at, updated_at"
 _OUTBOX_COLUMNS = "task_id, result_json, blob_path, created_at, attempts, last_attempt_at"
 _LEDGER_COLUMNS = "task_id, round, modeller_id, dataset, event_json, status, created_at, updated_at"
+_REVIEW_COLUMNS = (
+    "task_id, modeller_id, model_name, model_sha256, model_text, expires_at, created_at, decision, decided_by, decided_at"
+)
+_APPROVED_COLUMNS = "modeller_id, model_name, model_sha256, model_text, approved_by, approved_at"
 
 
 def _task(row: tuple[object, ...]) -> TaskRecord:
@@ -184,6 +245,23 @@ def _ledger(row: tuple[object, ...]) -> LedgerEntry:
     )
 
 
+def _review(row: tuple[object, ...]) -> ReviewRecord:
+    task_id, modeller_id, name, sha256, text, expires_at, created_at, decision, decided_by, decided_at = row
+    return ReviewRecord(
+        task_id=str(task_id), modeller_id=str(modeller_id), model_name=str(name), model_sha256=str(sha256),
+        model_text=str(text), expires_at=int(str(expires_at)), created_at=int(str(created_at)),
+        decision=None if decision is None else cast(ReviewDecision, str(decision)),
+        decided_by=None if decided_by is None else str(decided_by),
+        decided_at=None if decided_at is None else int(str(decided_at)),
+    )
+
+
+def _approved(row: tuple[object, ...]) -> ApprovedModel:
+    modeller_id, name, sha256, text, by, at = row
+    return ApprovedModel(modeller_id=str(modeller_id), model_name=str(name), model_sha256=str(sha256),
+                         model_text=str(text), approved_by=str(by), approved_at=int(str(at)))
+
+
 class PodState:
     """The pod's SQLite state. Open with ``PodState.open(path)``."""
 
@@ -224,7 +302,8 @@ class PodState:
                     f"state database {self._path} cannot use WAL (journal mode {mode}): put the state_dir on a local filesystem"
                 )
             self._conn.execute("PRAGMA synchronous = FULL")
-            self._conn.execute("PRAGMA foreign_keys = ON")
+            # Foreign keys are switched on after the migrations: a table rebuild (step 4) drops a referenced table.
+            self._conn.execute("PRAGMA foreign_keys = OFF")
             check = self._conn.execute("PRAGMA quick_check").fetchone()[0]
             if check != "ok":
                 raise StateError(
@@ -247,6 +326,13 @@ class PodState:
                         f"state database {self._path} has schema version {version}, this pod-agent knows "
                         f"{SCHEMA_VERSION}: run the pod-agent version that wrote it"
                     )
+                broken = conn.execute("PRAGMA foreign_key_check").fetchone()
+                if broken is not None:
+                    raise StateError(
+                        f"state database {self._path} has a row in {broken[0]} whose task is missing: "
+                        "stop the agent, move the file aside and restart"
+                    )
+            self._conn.execute("PRAGMA foreign_keys = ON")
         except sqlite3.DatabaseError as exc:
             raise StateError(f"state database {self._path} is not a usable SQLite file ({exc}): move it aside and restart") from exc
 
@@ -324,6 +410,8 @@ class PodState:
                     refusal = exc
                     verdict = replace(verdict, accepted=False, reason=exc.code)
             status = TaskStatus.ACCEPTED if verdict.accepted else TaskStatus.REFUSED
+            if verdict.accepted and verdict.review is not None:
+                status = TaskStatus.PENDING_REVIEW
             try:
                 conn.execute(
                     "INSERT INTO seen (task_id, nonce, keep_until) VALUES (?, ?, ?)",
@@ -345,6 +433,13 @@ class PodState:
             except sqlite3.IntegrityError as exc:
                 raise AlreadySeen(verdict.task_id, verdict.nonce) from exc
             self._event(conn, verdict.task_id, None, status, verdict.reason, verdict.now)
+            if status is TaskStatus.PENDING_REVIEW and verdict.review is not None:
+                hold = verdict.review
+                conn.execute(
+                    f"INSERT INTO reviews ({_REVIEW_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL)",
+                    (verdict.task_id, verdict.modeller_id, hold.model_name, hold.model_sha256, hold.model_text,
+                     verdict.keep_until, verdict.now),
+                )
             if verdict.accepted and reservation is not None:
                 conn.executemany(
                     f"INSERT INTO dp_ledger ({_LEDGER_COLUMNS}) VALUES (?, ?, ?, ?, ?, 'reserved', ?, ?)",
@@ -359,14 +454,115 @@ class PodState:
 
     @staticmethod
     def _admit(conn: sqlite3.Connection, verdict: Verdict, reservation: Reservation) -> None:
-        def live(column: str, value: str) -> list[str]:
+        def live(column: str, values: tuple[str, ...]) -> list[str]:
+            marks = ", ".join("?" * len(values))
             rows = conn.execute(
-                f"SELECT event_json FROM dp_ledger WHERE {column} = ? AND status != 'refunded' ORDER BY id", (value,)
+                f"SELECT event_json FROM dp_ledger WHERE {column} IN ({marks}) AND status != 'refunded' ORDER BY id",
+                values,
             ).fetchall()
             return [str(row[0]) for row in rows]
 
-        reservation.admit(live("modeller_id", verdict.modeller_id), live("dataset", reservation.dataset),
-                          reservation.events)
+        reservation.admit(live("modeller_id", reservation.modeller_keys or (verdict.modeller_id,)),
+                          live("dataset", (reservation.dataset,)), reservation.events)
+
+    # -- review queue --------------------------------------------------------------------------
+
+    def is_approved(self, *, modeller_keys: Sequence[str], name: str, sha256: str) -> bool:
+        """Whether the owner approved model ``name`` with ``sha256`` for any of these modeller key ids."""
+        marks = ", ".join("?" * len(modeller_keys))
+        rows = self._read(
+            f"SELECT 1 FROM approved_models WHERE modeller_id IN ({marks}) AND model_name = ? AND model_sha256 = ? "
+            "LIMIT 1",
+            (*modeller_keys, name, sha256),
+        )
+        return bool(rows)
+
+    def reviews(self, *, pending_only: bool = True) -> list[ReviewRecord]:
+        """The review queue oldest first: the undecided reviews, or all of them."""
+        where = "WHERE decision IS NULL" if pending_only else ""
+        return [_review(r) for r in self._read(f"SELECT {_REVIEW_COLUMNS} FROM reviews {where} ORDER BY created_at, rowid")]
+
+    def review(self, task_id: str) -> ReviewRecord | None:
+        rows = self._read(f"SELECT {_REVIEW_COLUMNS} FROM reviews WHERE task_id = ?", (task_id,))
+        return _review(rows[0]) if rows else None
+
+    def last_approved(self, model_name: str) -> ApprovedModel | None:
+        """The newest approval of a model by this name, for any modeller: what a new version is diffed against."""
+        rows = self._read(
+            f"SELECT {_APPROVED_COLUMNS} FROM approved_models WHERE model_name = ? ORDER BY approved_at DESC, rowid DESC "
+            "LIMIT 1",
+            (model_name,),
+        )
+        return _approved(rows[0]) if rows else None
+
+    def decide_review(self, task_id: str, *, approve: bool, by: str, now: int) -> list[str]:
+        """Approve or reject the model a pending task waits on; return the ids of the tasks this moved.
+
+        Approval adds (modeller key, name, sha256) to the state's allow-list and queues every task
+        of that modeller key waiting on the same model; rejection refuses this task (review_rejected)
+        and refunds its privacy-ledger reservation. A task past its expiry cannot be decided.
+        """
+        with self._tx() as conn:
+            row = conn.execute(f"SELECT {_REVIEW_COLUMNS} FROM reviews WHERE task_id = ?", (task_id,)).fetchone()
+            if row is None:
+                raise ReviewNotPending(task_id, "is not in the review queue")
+            review = _review(row)
+            if review.decision is not None:
+                raise ReviewNotPending(task_id, f"was already {review.decision} by {review.decided_by}")
+            if now > review.expires_at:
+                raise ReviewNotPending(task_id, "has expired; the modeller must send a new task")
+            if not approve:
+                self._close_review(conn, review, decision="rejected", by=by, reason=REVIEW_REJECTED, now=now)
+                return [task_id]
+            conn.execute(
+                f"INSERT OR IGNORE INTO approved_models ({_APPROVED_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                (review.modeller_id, review.model_name, review.model_sha256, review.model_text, by, now),
+            )
+            waiting = conn.execute(
+                f"SELECT {_REVIEW_COLUMNS} FROM reviews WHERE decision IS NULL AND modeller_id = ? AND model_name = ? "
+                "AND model_sha256 = ? AND expires_at >= ?",
+                (review.modeller_id, review.model_name, review.model_sha256, now),
+            ).fetchall()
+            moved = []
+            for other in map(_review, waiting):
+                self._decide(conn, other, decision="approved", by=by, now=now)
+                self._move(conn, self._locked_task(conn, other.task_id), TaskStatus.ACCEPTED, now=now, reason=None)
+                moved.append(other.task_id)
+            return moved
+
+    def expire_reviews(self, *, now: int) -> list[str]:
+        """Refuse, as expired, every pending task whose expiry passed while it waited; return their ids."""
+        with self._tx() as conn:
+            rows = conn.execute(
+                f"SELECT {_REVIEW_COLUMNS} FROM reviews WHERE decision IS NULL AND expires_at < ? ORDER BY created_at",
+                (now,),
+            ).fetchall()
+            for review in map(_review, rows):
+                self._close_review(conn, review, decision="expired", by="pod-agent", reason=REVIEW_EXPIRED, now=now)
+            return [str(r[0]) for r in rows]
+
+    def unsent_review_refusals(self) -> list[TaskRecord]:
+        """Tasks refused by a review decision or its expiry whose signed refusal is not yet in the outbox."""
+        rows = self._read(
+            f"SELECT {', '.join('t.' + c for c in _TASK_COLUMNS.split(', '))} FROM tasks t JOIN reviews r "
+            "ON r.task_id = t.task_id WHERE t.status = 'refused' AND t.task_id NOT IN (SELECT task_id FROM outbox) "
+            "ORDER BY r.decided_at"
+        )
+        return [_task(r) for r in rows]
+
+    def _close_review(
+        self, conn: sqlite3.Connection, review: ReviewRecord, *, decision: ReviewDecision, by: str, reason: str, now: int
+    ) -> None:
+        self._decide(conn, review, decision=decision, by=by, now=now)
+        self._move(conn, self._locked_task(conn, review.task_id), TaskStatus.REFUSED, now=now, reason=reason)
+        self._settle(conn, review.task_id, "refunded", now)
+
+    @staticmethod
+    def _decide(conn: sqlite3.Connection, review: ReviewRecord, *, decision: ReviewDecision, by: str, now: int) -> None:
+        conn.execute(
+            "UPDATE reviews SET decision = ?, decided_by = ?, decided_at = ? WHERE task_id = ?",
+            (decision, by, now, review.task_id),
+        )
 
     def purge_seen(self, *, now: int) -> int:
         """Forget nonces whose keep_until is past; return how many. A replay of one is refused as expired."""

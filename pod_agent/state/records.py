@@ -2,12 +2,18 @@
 
 Owns the task life cycle. The SQLite store that keeps these is ``db.py``.
 
+    pending_review --(approved)--> accepted
+       |
+       +--(rejected, or expired while waiting)--> refused
     accepted --> running --> done ----> delivered
        |           |  ^                    ^
        |           |  +-- (requeue after a restart)
        |           +----> failed ----------+
        +-----------------> failed          |
     refused ----------------------------(refusal result delivered)
+
+A task the owner must review first (``security.review``, ``pod_agent.policy.review``) is
+stored ``pending_review`` with a row in the review queue (``reviews.py``); the decision moves it.
 
 There is no stored "received" status: the verifier writes its verdict (accepted or
 refused) in the same transaction that records the task id and nonce as seen, so a
@@ -29,6 +35,7 @@ from pod_agent.protocol.messages import Envelope, TaskPayload
 
 
 class TaskStatus(str, enum.Enum):
+    PENDING_REVIEW = "pending_review"  # passed policy, its model waits for the owner's review
     ACCEPTED = "accepted"  # passed policy, waiting in the queue
     REFUSED = "refused"  # failed policy after its signature verified
     RUNNING = "running"
@@ -38,6 +45,7 @@ class TaskStatus(str, enum.Enum):
 
 
 LEGAL_TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
+    TaskStatus.PENDING_REVIEW: frozenset({TaskStatus.ACCEPTED, TaskStatus.REFUSED}),
     TaskStatus.ACCEPTED: frozenset({TaskStatus.RUNNING, TaskStatus.FAILED}),
     TaskStatus.RUNNING: frozenset({TaskStatus.DONE, TaskStatus.FAILED, TaskStatus.ACCEPTED}),
     TaskStatus.REFUSED: frozenset({TaskStatus.DELIVERED}),
@@ -66,6 +74,14 @@ class AlreadyReleased(StateError):
         )
 
 
+class ReviewNotPending(StateError):
+    """A review decision for a task that is not waiting for one."""
+
+    def __init__(self, task_id: str, why: str) -> None:
+        self.task_id = task_id
+        super().__init__(f"task {task_id} {why}: `pod-agent review list` shows the tasks waiting for a decision")
+
+
 class IllegalTransition(StateError):
     """A task status change the life cycle does not allow."""
 
@@ -90,6 +106,50 @@ class Verdict:
     reason: str | None  # the refusal code when not accepted
     keep_until: int  # Unix s after which the nonce may be forgotten (expires_at + allowed clock skew)
     now: int
+    review: ReviewHold | None = None  # an accepted task held for the owner's review of its model
+
+
+ReviewDecision = Literal["approved", "rejected", "expired"]
+# The refusal codes of a review's end (pod_agent.policy.RefusalCode holds the same words).
+REVIEW_REJECTED = "review_rejected"
+REVIEW_EXPIRED = "expired"
+
+
+@dataclass(frozen=True)
+class ReviewHold:
+    """The model an accepted task waits on: it stays pending_review until approved, rejected or keep_until."""
+
+    model_name: str
+    model_sha256: str
+    model_text: str  # the source, or the spec as canonical JSON, as the reviewer reads it
+
+
+@dataclass(frozen=True)
+class ReviewRecord:
+    """One task in the review queue and, once made, the owner's decision."""
+
+    task_id: str
+    modeller_id: str
+    model_name: str
+    model_sha256: str
+    model_text: str
+    expires_at: int  # the task's expires_at + allowed clock skew: past it, the task is refused as expired
+    created_at: int
+    decision: ReviewDecision | None
+    decided_by: str | None
+    decided_at: int | None
+
+
+@dataclass(frozen=True)
+class ApprovedModel:
+    """A model the owner approved for one modeller key: the state's allow-list entry."""
+
+    modeller_id: str
+    model_name: str
+    model_sha256: str
+    model_text: str
+    approved_by: str
+    approved_at: int
 
 
 # (modeller's events, dataset's events, the task's new events) -> None, or raise TaskRefused.
@@ -109,6 +169,9 @@ class Reservation:
     round: int
     events: tuple[str, ...]  # JSON, as pod_agent.policy.budget writes them
     admit: BudgetAdmission
+    # Every key id the modeller signs with: its budget counts the events of them all, so that a
+    # second key is not a second budget. Empty: the task's signer only.
+    modeller_keys: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -126,11 +189,13 @@ class LedgerEntry:
 
 
 class NonceStore(Protocol):
-    """What ``pod_agent.policy.TaskVerifier`` needs from the state: replay checks and verdicts."""
+    """What ``pod_agent.policy.TaskVerifier`` needs from the state: replay checks, verdicts, approved models."""
 
     def ensure_unseen(self, *, task_id: str, nonce: str) -> None: ...
 
     def record_verdict(self, verdict: Verdict, reservation: Reservation | None = None) -> None: ...
+
+    def is_approved(self, *, modeller_keys: Sequence[str], name: str, sha256: str) -> bool: ...
 
 
 @dataclass(frozen=True)

@@ -6,17 +6,20 @@ import itertools
 import sqlite3
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from pod_agent.errors import StateError
+from pod_agent.state.db import SCHEMA_VERSION
 from pod_agent.state import (
     LEGAL_TRANSITIONS,
     AlreadyReleased,
     AlreadySeen,
     IllegalTransition,
     PodState,
+    ReviewHold,
     TaskStatus,
     Verdict,
 )
@@ -48,7 +51,7 @@ def test_open_creates_a_private_wal_database(tmp_path: Path) -> None:
             assert Path(f"{path}{suffix}").stat().st_mode & 0o777 == 0o600
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     conn.close()
 
 
@@ -83,8 +86,7 @@ def test_a_version_1_database_gains_the_releases_table_and_keeps_its_tasks(tmp_p
     with PodState.open(path) as state:
         state.record_verdict(_verdict(1))
     conn = sqlite3.connect(path)
-    conn.execute("DROP TABLE releases")
-    conn.execute("DROP TABLE dp_ledger")
+    conn.executescript("DROP TABLE releases; DROP TABLE dp_ledger; DROP TABLE reviews; DROP TABLE approved_models")
     conn.execute("PRAGMA user_version = 1")
     conn.commit()
     conn.close()
@@ -151,11 +153,14 @@ def test_queue_hands_out_accepted_tasks_oldest_first(state: PodState) -> None:
                          ids=lambda s: s.value)
 def test_only_legal_transitions_are_allowed(state: PodState, start: TaskStatus, end: TaskStatus) -> None:
     paths = {
-        TaskStatus.ACCEPTED: [], TaskStatus.REFUSED: [], TaskStatus.RUNNING: [TaskStatus.RUNNING],
+        TaskStatus.PENDING_REVIEW: [], TaskStatus.ACCEPTED: [], TaskStatus.REFUSED: [], TaskStatus.RUNNING: [TaskStatus.RUNNING],
         TaskStatus.DONE: [TaskStatus.RUNNING, TaskStatus.DONE], TaskStatus.FAILED: [TaskStatus.FAILED],
         TaskStatus.DELIVERED: [TaskStatus.FAILED, TaskStatus.DELIVERED],
     }
-    state.record_verdict(_verdict(1, accepted=start is not TaskStatus.REFUSED))
+    verdict = _verdict(1, accepted=start is not TaskStatus.REFUSED)
+    if start is TaskStatus.PENDING_REVIEW:
+        verdict = replace(verdict, review=ReviewHold(model_name="net", model_sha256="ab" * 32, model_text="x = 1\n"))
+    state.record_verdict(verdict)
     for step in paths[start]:
         state.transition("task-1", step, now=101)
     if end in LEGAL_TRANSITIONS[start]:
