@@ -1,17 +1,20 @@
 """``pod-agent keys``: show the pod's identity key, generate a modeller key.
 
+Also owns ``modeller_entry``, the pod.toml entry for a modeller key (``pod-agent modeller keys`` prints it too).
+
 Only prints public halves; private keys go to files with mode 0600 (``pod_agent.protocol.keys``).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
 
 from pod_agent.config import load_settings
 from pod_agent.modeller.pinning import pin_line
-from pod_agent.protocol import IdentityKey, passphrase_from_env
+from pod_agent.protocol import IdentityKey, PublicKey, passphrase_from_env
 
 _keys = typer.Typer(name="keys", help="Show the pod's identity key or generate a modeller key.", no_args_is_help=True)
 
@@ -49,11 +52,18 @@ def generate(
     typer.echo(f"public key: {key.public.to_b64()}")
     typer.echo(f"key id:     {key.key_id}")
     typer.echo("")
-    typer.echo("A pod owner allows this key by adding to pod.toml:")
-    typer.echo("  [[security.modellers]]")
-    typer.echo(f'  name = "{name}"')
-    typer.echo(f'  public_key = "{key.public.to_b64()}"')
-    typer.echo('  role = "general"   # or "super" to allow any model source')
+    typer.echo(modeller_entry(name, key.public))
+
+
+def modeller_entry(name: str, public: PublicKey) -> str:
+    """The ``[[security.modellers]]`` entry a pod owner pastes into pod.toml to allow this modeller key."""
+    return "\n".join([
+        "A pod owner allows this key by adding to pod.toml:",
+        "  [[security.modellers]]",
+        f"  name = {json.dumps(name)}",
+        f'  public_key = "{public.to_b64()}"',
+        '  role = "general"   # or "super" to allow any model source',
+    ])
 
 
 def register(app: typer.Typer) -> None:

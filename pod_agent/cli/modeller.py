@@ -1,10 +1,13 @@
 """``pod-agent modeller ...``: the modeller's CLI over ``pod_agent.modeller.ModellerClient``.
 
-keys (show or make the modeller key), register (the key at the hub, with an
-enrolment token where the hub asks for one), pods (list them), publish (a model
-version at the hub, private unless --public), submit (sign and send a task; model source read and hashed locally),
-status TASK, results TASK --out DIR (each pod's signature verified). Hub, key and
-pinned pod keys come from options or POD_AGENT_MODELLER_* environment variables.
+keys (show or make the modeller key, and the pod.toml entry allowing it), register (the key
+at the hub, with an enrolment token where the hub asks for one), pods (list them; --wait
+until they are online), publish (a model version at the hub, private unless --public),
+submit (sign and send a task; model source read and hashed locally, --weights uploaded and
+pinned, the task recorded under --work-dir), status TASK, results TASK --out DIR (each
+pod's signature verified, files named for what they hold, a metrics table), train (FedAvg
+rounds). Hub, key and pinned pod keys come from options or POD_AGENT_MODELLER_* environment
+variables.
 """
 
 from __future__ import annotations
@@ -29,7 +32,10 @@ from pod_agent.modeller import (
     load_pod_keys,
     model_from_file,
 )
+from pod_agent.cli.keys import modeller_entry
 from pod_agent.modeller.client import SEE_POD_LIST
+from pod_agent.modeller.results import UNKNOWN_TRAIN_BLOB, PodAnswer, results_table, save_results
+from pod_agent.modeller.tasks import load_task_record, save_task_record
 from pod_agent.modeller.weights import starting_weights
 from pod_agent.protocol import IdentityKey, PublicKey, passphrase_from_env
 from pod_agent.protocol.messages import DataSelection, Hyperparameters
@@ -40,6 +46,21 @@ _modeller = typer.Typer(name="modeller", help="Modeller side: register, list pod
                         no_args_is_help=True)
 
 DEFAULT_KEY = Path("~/.config/pod-agent/modeller.pem")
+DEFAULT_WORK_DIR = Path("modeller-work")
+# One default for submit and train, so weights trained by one fit tasks of the other; hashed because
+# it gives every pod the same model shape whatever categories each holds (one-hot needs equal sets).
+ENCODINGS = ("hashed", "one-hot")
+DEFAULT_ENCODING = "hashed"
+ENCODING_HELP = "Categorical features: hashed (any cohort; the default) or one-hot (pods with the same categories)."
+
+
+def _names(csv: str) -> list[str]:
+    return [p.strip() for p in csv.split(",") if p.strip()]
+
+
+def _one_of(option: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ModellerError(f"{option} {value!r} is not one of {', '.join(allowed)}")
 
 
 @dataclass(frozen=True)
@@ -96,8 +117,9 @@ def _options(
 def keys(
     ctx: typer.Context,
     generate: bool = typer.Option(False, "--generate", help="Create the key file if it does not exist."),
+    name: str = typer.Option("my-modeller", "--name", help="Name to put in the printed pod.toml entry."),
 ) -> None:
-    """Print the modeller's public key and id (what pod owners put in their policy)."""
+    """Print the modeller's public key, id, and the [[security.modellers]] entry pod owners add to pod.toml."""
     options: _Options = ctx.obj
     path = options.key_path.expanduser()
     if generate and not path.exists():
@@ -106,7 +128,8 @@ def keys(
         typer.echo(f"key file:   {path} (new, mode 0600)")
     key = options.key()
     typer.echo(f"public key: {key.public.to_b64()}")
-    typer.echo(f"key id:     {key.key_id}")
+    typer.echo(f"key id:     {key.key_id}\n")
+    typer.echo(modeller_entry(name, key.public))
 
 
 @_modeller.command("register")
@@ -136,8 +159,7 @@ def publish(
     ),
 ) -> None:
     """Publish a model's source at the hub; tasks then name it as NAME@VERSION, pinned by its sha256."""
-    if style not in ("lightning", "module"):
-        raise ModellerError(f"--style {style!r} is not one of lightning, module (a declarative spec travels in the task)")
+    _one_of("--style", style, ("lightning", "module"))
     ref = model_from_file(model, style=style, class_name=class_name, name=name)  # type: ignore[arg-type]
     source = ref.source or ""
     outcome = _with_client(
@@ -151,14 +173,25 @@ def publish(
 
 
 @_modeller.command("pods")
-def pods(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+def pods(
+    ctx: typer.Context,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    wait_s: float = typer.Option(
+        0.0, "--wait", min=0, help="Wait up to this many seconds for the pods (--pods, else every listed one) to be online."
+    ),
+    pods_csv: str | None = typer.Option(None, "--pods", help="With --wait: comma-separated pods to wait for."),
+) -> None:
     """List the pods registered with the hub (the hub's word: schema, rows, sandbox level, online).
 
     ``key`` compares the hub's key for each pod with --pod-keys: pinned (same), MISMATCH (the hub
     lists another key: its results will be refused), unpinned (not in the file), hub (no file given).
     """
     pinned = ctx.obj.pod_keys
-    listed = _with_client(ctx, lambda c: c.pods())
+    wanted = None if pods_csv is None else _names(pods_csv)
+    if wait_s > 0:
+        listed = _with_client(ctx, lambda c: c.wait_online(wanted, timeout_s=wait_s))
+    else:
+        listed = _with_client(ctx, lambda c: c.pods())
 
     def key_status(pod: PodInfo) -> str:
         if pinned is None:
@@ -192,28 +225,44 @@ def submit(
     batch_size: int = typer.Option(64, "--batch-size"),
     learning_rate: float = typer.Option(1e-3, "--lr"),
     lifetime_s: int = typer.Option(DEFAULT_TASK_LIFETIME_S, "--expires-in", help="Seconds the signed task stays valid."),
-    encoding: str = typer.Option("one-hot", "--encoding", help="Categorical features: one-hot or hashed."),
+    encoding: str = typer.Option(DEFAULT_ENCODING, "--encoding", help=ENCODING_HELP),
     weights: Path | None = typer.Option(
-        None, "--weights", help="Safetensors weights the task starts from (train) or scores (evaluate, predict)."
+        None, "--weights",
+        help="Safetensors weights (e.g. fedavg-output/final_model.safetensors) the task starts from (train) or "
+             "scores (evaluate, predict); uploaded to the hub and pinned in the task by sha256.",
     ),
-    work_dir: Path = typer.Option(Path("modeller-work"), "--work-dir", help="Where starting weights are written."),
+    untrained: bool = typer.Option(
+        False, "--untrained", help="Let evaluate or predict score the freshly initialised model (no --weights)."
+    ),
+    returns: str = typer.Option(
+        "update", "--returns", help="What a train task sends back: update (new minus starting weights) or weights."
+    ),
+    work_dir: Path = typer.Option(
+        DEFAULT_WORK_DIR, "--work-dir", help="Where starting weights and the record of each task sent are written."
+    ),
 ) -> None:
     """Sign a task and send it to the pods; prints the task id.
 
     A train task always starts from pinned weights: --weights, or the model freshly built
-    (with the task's seed) from the pods' registered schemas.
+    (with the task's seed) from the pods' registered schemas. An evaluate or predict task
+    needs --weights (or --untrained, to score the untrained model on purpose).
     """
-    names = [p.strip() for p in pods_csv.split(",") if p.strip()]
-    if kind not in ("train", "evaluate", "predict", "schema-stats"):
-        raise ModellerError(f"--kind {kind!r} is not one of train, evaluate, predict, schema-stats")
-    if style not in ("lightning", "module", "declarative"):
-        raise ModellerError(f"--style {style!r} is not one of lightning, module, declarative")
+    names = _names(pods_csv)
+    _one_of("--kind", kind, ("train", "evaluate", "predict", "schema-stats"))
+    _one_of("--style", style, ("lightning", "module", "declarative"))
+    _one_of("--encoding", encoding, ENCODINGS)
+    _one_of("--returns", returns, ("update", "weights"))
+    if returns == "weights" and kind != "train":
+        raise ModellerError(f"--returns weights applies to train tasks; a {kind} task returns no weights")
+    if kind in ("evaluate", "predict") and weights is None and not untrained:
+        raise ModellerError(
+            f"a {kind} task without --weights would score a freshly initialised model: pass --weights FILE "
+            "(e.g. fedavg-output/final_model.safetensors), or --untrained to score the untrained model on purpose"
+        )
     model_ref = None if model is None else model_from_file(model, style=style, class_name=class_name)  # type: ignore[arg-type]
     data = None if target is None else DataSelection(target=target, categorical_encoding=encoding)  # type: ignore[arg-type]
 
     hyperparameters = Hyperparameters(epochs=epochs, steps=steps, batch_size=batch_size, learning_rate=learning_rate)
-    if kind in ("evaluate", "predict") and weights is None:
-        typer.echo(f"warning: a {kind} task without --weights scores a freshly initialised model", err=True)
 
     async def go(client: ModellerClient) -> str:
         listed = await client.registered(names, hint=SEE_POD_LIST)
@@ -228,8 +277,11 @@ def submit(
             schema_hash=listed[names[0]].schema_hash,
             pod_schema_hashes={n: listed[n].schema_hash for n in names},
             model=model_ref, data=data, lifetime_s=lifetime_s, hyperparameters=hyperparameters, weights=pinned,
+            returns=returns,
         )
-        return await client.submit_task(task)
+        task_id = await client.submit_task(task)
+        save_task_record(task, work_dir)
+        return task_id
 
     typer.echo(_with_client(ctx, go))
 
@@ -252,10 +304,18 @@ def results(
     task_id: str = typer.Argument(..., help="Task id from submit."),
     out: Path = typer.Option(..., "--out", help="Directory for <pod>.json and blobs."),
     wait_s: float = typer.Option(0.0, "--wait", help="Wait up to this many seconds for every pod to answer."),
+    work_dir: Path = typer.Option(DEFAULT_WORK_DIR, "--work-dir", help="Where submit recorded the task."),
 ) -> None:
-    """Fetch results, verify each pod's signature, write them to --out."""
+    """Fetch results, verify each pod's signature, write them to --out, print a table.
 
-    async def go(client: ModellerClient) -> list[tuple[str, dict[str, Any]]]:
+    Each pod's tensors are named for what they hold: <pod>.update.safetensors (new minus starting
+    weights), <pod>.weights.safetensors, <pod>.predictions.safetensors. ``key`` says whose key
+    verified the signature: pinned (--pod-keys), unpinned (the hub's), unsigned (a refusal code
+    the hub relays for a pod that could not verify the task).
+    """
+    task = load_task_record(task_id, work_dir)
+
+    async def go(client: ModellerClient) -> list[PodAnswer]:
         if wait_s > 0:
             pods_of_task = sorted((await client.status(task_id)).pods)
             answers = await client.wait_results(task_id, pods_of_task, timeout_s=wait_s)
@@ -263,21 +323,13 @@ def results(
             refused = {p: a for p, a in answers.items() if isinstance(a, str)}
         else:
             verified, refused = await client.results(task_id), {}
-        out.mkdir(parents=True, exist_ok=True)
-        rows = []
-        for result in verified:
-            record = {"payload": result.payload.model_dump(mode="json"), "envelope": result.envelope.model_dump(mode="json")}
-            (out / f"{result.pod}.json").write_text(json.dumps(record, indent=2, sort_keys=True))
-            if result.payload.blob is not None:
-                await client.download_blob(result.payload.blob.sha256, out / f"{result.pod}.safetensors")
-            rows.append((result.pod, {"status": result.payload.status, "reason": result.payload.reason, "signed": True}))
-        # A refusal the pod could only report as a code (it could not verify the task) carries no signature.
-        rows.extend((pod, {"status": "refused", "reason": code, "signed": False}) for pod, code in refused.items())
-        return rows
+        return await save_results(client, verified=verified, refused=refused, out=out, task=task)
 
-    for pod, summary in sorted(_with_client(ctx, go)):
-        checked = " (signature verified)" if summary["signed"] else " (unsigned refusal code, reported via the hub)"
-        typer.echo(f"{pod:<20} {summary['status']:<8} {summary['reason'] or '-'}{checked}")
+    answers = _with_client(ctx, go)
+    typer.echo(results_table(answers) if answers else f"task {task_id}: no results yet (use --wait SECONDS)")
+    if task is None and any(a.blob is not None and UNKNOWN_TRAIN_BLOB in a.blob.name for a in answers):
+        typer.echo(f"note: no record of task {task_id} in {work_dir}/tasks (submitted elsewhere): "
+                   "whether its tensors are an update or weights is unknown", err=True)
 
 
 @_modeller.command("train")
@@ -293,7 +345,7 @@ def train(
     batch_size: int = typer.Option(64, "--batch-size", min=1),
     learning_rate: float = typer.Option(1e-3, "--lr"),
     secure: bool = typer.Option(True, "--secure/--plain", help="Secure aggregation (default) or plain FedAvg."),
-    encoding: str = typer.Option("hashed", "--encoding", help="Categorical features: hashed (any cohort) or one-hot."),
+    encoding: str = typer.Option(DEFAULT_ENCODING, "--encoding", help=ENCODING_HELP),
     min_pods: int = typer.Option(3, "--min-pods", min=2, help="Smallest cohort a secure round may continue with."),
     patience: int | None = typer.Option(None, "--patience", help="Stop after N rounds without a better loss."),
     out: Path = typer.Option(Path("fedavg-output"), "--out", help="Folder for the final model and the report."),
@@ -314,13 +366,11 @@ def train(
 
     from pod_agent.modeller.fedavg import DpTarget, FedAvg, FedAvgPlan, SecureSettings
 
-    if style not in ("lightning", "module", "declarative"):
-        raise ModellerError(f"--style {style!r} is not one of lightning, module, declarative")
-    if encoding not in ("hashed", "one-hot"):
-        raise ModellerError(f"--encoding {encoding!r} is not one of hashed, one-hot")
+    _one_of("--style", style, ("lightning", "module", "declarative"))
+    _one_of("--encoding", encoding, ENCODINGS)
     plan = FedAvgPlan(
         model=model_from_file(model, style=style, class_name=class_name),  # type: ignore[arg-type]
-        pods=[p.strip() for p in pods_csv.split(",") if p.strip()],
+        pods=_names(pods_csv),
         selection=DataSelection(target=target, categorical_encoding=encoding),  # type: ignore[arg-type]
         rounds=rounds, epochs_per_round=epochs_per_round, batch_size=batch_size, learning_rate=learning_rate,
         secure=SecureSettings() if secure else None, min_pods=min_pods, patience=patience,

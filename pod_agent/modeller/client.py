@@ -83,11 +83,13 @@ class PodInfo:
 
 @dataclass(frozen=True)
 class VerifiedResult:
-    """A result whose signature verified against its pod's key."""
+    """A result whose signature verified against its pod's key: ``pinned`` when that key came from the
+    modeller's pod keys file, not from the hub (trust on first use)."""
 
     pod: str
     payload: ResultPayload
     envelope: Envelope
+    pinned: bool
 
 
 @dataclass(frozen=True)
@@ -212,6 +214,27 @@ class ModellerClient:
             for p in reply.pods
         ]
 
+    async def wait_online(
+        self, pods: list[str] | None, *, timeout_s: float, poll_s: float = 1.0
+    ) -> list[PodInfo]:
+        """The hub's listing once every pod of ``pods`` (None: every listed pod, and at least one) is online;
+        ModellerError naming those still offline after ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            listed = await self.pods()
+            online = {p.name for p in listed if p.online}
+            wanted = set(pods) if pods is not None else {p.name for p in listed}
+            waiting = sorted(wanted - online)
+            if wanted and not waiting:
+                return listed
+            if time.monotonic() >= deadline:
+                named = waiting or "any pod (the hub lists none)"
+                raise ModellerError(
+                    f"still offline after {timeout_s:g} s: {named}; check `pod-agent run` on those hosts "
+                    "and their hub URL"
+                )
+            await asyncio.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
+
     async def registered(self, pods: list[str], *, hint: str = "") -> dict[str, PodInfo]:
         """The hub's entry for each of ``pods``; ModellerError naming those it does not list
         (``hint`` ends that message)."""
@@ -264,7 +287,7 @@ class ModellerClient:
             raise ModellerError(f"result of pod {claimed!r} for task {task_id} fails verification: {exc}") from exc
         if payload.task_id != task_id:
             raise ModellerError(f"result of pod {claimed!r} is for task {payload.task_id}, not {task_id}")
-        return VerifiedResult(pod=payload.pod, payload=payload, envelope=envelope)
+        return VerifiedResult(pod=payload.pod, payload=payload, envelope=envelope, pinned=self._pod_keys is not None)
 
     async def _keys(self, listed: list[PodInfo] | None = None) -> dict[str, PublicKey]:
         """Pinned keys, else the hub's; ``listed`` is a listing the caller already fetched."""

@@ -170,6 +170,7 @@ class FedAvg:
         """Train from ``initial`` for the planned rounds; by default from the model as a pod
         would build it (same seed) for the cohort's common datastructure."""
         plan = self.plan
+        check_cohort(plan)
         self.work_dir.mkdir(parents=True, exist_ok=True)
         listed = await self.client.registered(plan.pods, hint=SEE_POD_LIST)
         self._schema_hashes = {p: info.schema_hash for p, info in listed.items()}
@@ -259,8 +260,11 @@ class FedAvg:
         outcome = await run_secure_round(
             self.client, task, vector_size=layout.size, work_dir=self.work_dir, min_pods=self.plan.min_pods
         )
-        if outcome.dropped or len(outcome.survivors) < len(cohort):
-            gone = sorted(set(cohort) - set(outcome.survivors))
+        if outcome.refused:
+            _log.warning("round %d: pods refused the task %s; the round completed with %s", round_index,
+                         outcome.refused, list(outcome.survivors))
+        gone = sorted(set(cohort) - set(outcome.survivors) - set(outcome.refused))
+        if gone:
             _log.warning("round %d: pods %s dropped out; the round completed with %s", round_index, gone,
                          list(outcome.survivors))
         try:
@@ -340,6 +344,22 @@ class FedAvg:
         )
         await self.client.submit_task(task)
         return task
+
+
+def check_cohort(plan: FedAvgPlan) -> None:
+    """Raise ModellerError, before any task is sent, for a cohort no round of ``plan`` can run on: a
+    secure round needs at least ``min_pods`` distinct pods (and never fewer than 2, or one pod's update
+    would be its sum), and the pods themselves refuse one under their owner's ``privacy.min_pods``."""
+    pods = plan.pods
+    if len(set(pods)) != len(pods):
+        raise ModellerError(f"the cohort {pods} names a pod more than once; list each pod once")
+    needed = max(plan.min_pods, 2)
+    if plan.secure is not None and len(pods) < needed:
+        raise ModellerError(
+            f"secure aggregation needs at least {needed} pods (--min-pods; each pod's owner also sets "
+            f"privacy.min_pods, 3 by default) and the cohort {pods} has {len(pods)}: add pods, or train with "
+            "--plain on pods whose owners set privacy.require_secure_aggregation = false"
+        )
 
 
 def apply_mean_update(weights: Weights, mean_update: Weights) -> Weights:

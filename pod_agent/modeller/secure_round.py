@@ -64,6 +64,7 @@ class SecureSum:
     total: npt.NDArray[np.unsignedinteger]
     survivors: tuple[str, ...]
     dropped: tuple[str, ...]  # committed, then gone before masking
+    refused: dict[str, str]  # pod -> the refusal code it sent instead of taking part
     blobs: dict[str, Path]  # each survivor's masked vector as downloaded
 
 
@@ -95,6 +96,7 @@ class _ServerRound:
         self.round = params.round
         self.min_pods = min_pods
         self.label = f"task {task.task_id} round {self.round}"
+        self.refused: dict[str, str] = {}
 
     def _fields(self) -> dict[str, Any]:
         return {"task_id": self.task.task_id, "round": self.round}
@@ -109,7 +111,7 @@ class _ServerRound:
         try:
             graph = neighbour_graph(members, task_id=self.task.task_id, round_index=self.round)
         except SecAggError as exc:
-            raise ModellerError(f"{self.label}: only {members} advertised round keys: {exc}") from exc
+            raise ModellerError(f"{self.label}: only {members} advertised round keys{self._refusals()}: {exc}") from exc
         self._enough(members, graph.threshold, "advertised round keys")
         await self._post("roster", AdvertRoster(**self._fields(), adverts=[envelope for _, envelope in adverts.values()]))
 
@@ -151,16 +153,22 @@ class _ServerRound:
             )
         except (SecAggError, ProtocolError) as exc:
             raise ModellerError(f"{self.label}: the masks cannot be removed: {exc}") from exc
-        return SecureSum(total=unmasked, survivors=tuple(survivors), dropped=tuple(dropped), blobs=blobs)
+        return SecureSum(
+            total=unmasked, survivors=tuple(survivors), dropped=tuple(dropped), refused=dict(self.refused), blobs=blobs
+        )
 
     def _enough(self, pods: list[str], threshold: int, what: str) -> None:
         needed = max(threshold, self.min_pods)
         if len(pods) < needed:
             raise ModellerError(
-                f"{self.label}: only {len(pods)} pods {what} ({pods}); the round needs {needed} "
+                f"{self.label}: only {len(pods)} pods {what} ({pods}){self._refusals()}; the round needs {needed} "
                 f"(threshold {threshold}, min_pods {self.min_pods}). Fix or wait for the others and train "
                 "from new weights: the pods release one update per starting point"
             )
+
+    def _refusals(self) -> str:
+        # A refusal is the pod's policy speaking, not a dropout: name its code so the owner's setting shows.
+        return f"; refused: {dict(sorted(self.refused.items()))}" if self.refused else ""
 
     def _add(
         self, total: npt.NDArray[np.unsignedinteger] | None, path: Path, vector_size: int
@@ -207,6 +215,10 @@ class _ServerRound:
             if not missing or time.monotonic() >= deadline:
                 break
             status = await self.client.status(self.task.task_id)
+            for pod in missing:
+                code = status.pods.get(pod, {}).get("refusal")
+                if code is not None:
+                    self.refused[pod] = str(code)
             if all(status.finished(pod) for pod in missing):
                 break
         if expected - set(got):

@@ -1,8 +1,10 @@
 """Building task payloads on the modeller's side: ids, nonces, validity window, pinned hashes.
 
-Owns ``build_task`` (a TaskPayload ready to sign) and ``model_from_file``
-(a ModelRef whose sha256 pins the source exactly as the pod will hash it).
-Signing and sending are ``client.ModellerClient``'s.
+Owns ``build_task`` (a TaskPayload ready to sign), ``model_from_file``
+(a ModelRef whose sha256 pins the source exactly as the pod will hash it), and the
+modeller's local record of each task it sent (``save_task_record``/``load_task_record``):
+the hub does not serve a task back, and only the task says whether a train result's
+tensors are an update or weights. Signing and sending are ``client.ModellerClient``'s.
 """
 
 from __future__ import annotations
@@ -47,6 +49,33 @@ def model_from_file(path: Path, *, style: ModelStyle, class_name: str | None, na
     if not class_name:
         raise ModellerError(f"model style {style!r} needs --class naming the model class in {path}")
     return ModelRef(style=style, name=label, class_name=class_name, source=text, sha256=source_sha256(text))
+
+
+def _record_path(task_id: str, work_dir: Path) -> Path:
+    return work_dir / "tasks" / f"{task_id}.json"
+
+
+def save_task_record(task: TaskPayload, work_dir: Path) -> Path:
+    """Keep the task as sent under ``work_dir/tasks/`` (read back by ``results``)."""
+    path = _record_path(task.task_id, work_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(task.model_dump_json(indent=2))
+    return path
+
+
+def load_task_record(task_id: str, work_dir: Path) -> TaskPayload | None:
+    """The task as this modeller sent it, or None when it was sent from elsewhere (another work dir)."""
+    path = _record_path(task_id, work_dir)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ModellerError(f"task record {path} cannot be read: {exc}") from exc
+    try:
+        return TaskPayload.model_validate_json(text)
+    except ValueError as exc:
+        raise ModellerError(f"task record {path} is not a task as submit wrote it: {exc}") from exc
 
 
 def build_task(
