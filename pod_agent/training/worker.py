@@ -9,7 +9,8 @@ answers with exactly one ``channel.result`` (a ``wall.WorkerResultHeader``) or
 ``loading.py`` list them), except that a failure caused by one of the sandbox's caps
 (``sandbox.caps``: memory, file size) is named by the cap whatever the engine
 wrapped it in. Details and tracebacks go to this process's stderr, which the agent
-keeps in its local log and never forwards.
+keeps in its local log and never forwards; known-benign noise (a Lightning warning,
+fontconfig's missing-config message) is silenced at its source in ``prepare()``.
 This module imports nothing heavy at import time.
 """
 
@@ -17,7 +18,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
+import tempfile
+import warnings
 from importlib import import_module
 from pathlib import Path
 from typing import Any, Protocol
@@ -38,8 +42,28 @@ class WorkerChannel(Protocol):
     def fail(self, reason: str) -> None: ...
 
 
+# Known-benign noise, silenced where it starts so that what the worker writes to stderr means something.
+# Our SplitBatches defines __len__ and loads in-process (no DataLoader workers), the case Lightning's
+# warning is not about.
+_BENIGN_WARNINGS = (r"Your `IterableDataset` has `__len__` defined",)
+# matplotlib (imported by torchmetrics) runs fc-list while building its font list; the sandbox has no
+# /etc/fonts, so fontconfig prints "Cannot load default config file". The worker draws nothing: an empty
+# config (no system fonts) is all it needs.
+_EMPTY_FONTCONFIG = '<?xml version="1.0"?>\n<fontconfig/>\n'
+
+
+def _silence_benign_noise() -> None:
+    for message in _BENIGN_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
+    if "FONTCONFIG_FILE" not in os.environ:
+        path = Path(tempfile.gettempdir()) / "pod-agent-fonts.conf"
+        path.write_text(_EMPTY_FONTCONFIG)
+        os.environ["FONTCONFIG_FILE"] = str(path)
+
+
 def prepare() -> None:
     """Import everything a task needs, so the first training step does not wait for imports."""
+    _silence_benign_noise()
     for name in _HEAVY_MODULES:
         import_module(name)
     # Lightning's info lines (accelerator banners) are noise in the agent's log.
