@@ -1,7 +1,7 @@
 """The pod's table: CSV/Parquet datasource, schema inference, schema hash and drift."""
 
 from pod_agent.data.datasource import DEFAULT_BATCH_ROWS, Datasource, open_datasource
-from pod_agent.data.schema import STYPES, ColumnSchema, Schema, Stype, check_drift
+from pod_agent.data.schema import STYPES, ColumnSchema, Schema, Stype, check_drift, stype_reason
 
 __all__ = [
     "DEFAULT_BATCH_ROWS",
@@ -11,5 +11,6 @@ __all__ = [
     "Schema",
     "Stype",
     "check_drift",
+    "stype_reason",
     "open_datasource",
 ]

@@ -1,8 +1,9 @@
 """The schema of a pod's table: columns with arrow and semantic types, row count, hash, drift.
 
 Owns the Schema and ColumnSchema models, their canonical encoding and hash, the view that is
-registered with the hub (``public``), and the drift check. Inferring a schema from data is
-``infer.py``; reading the data is ``datasource.py``.
+registered with the hub (``public``), the drift check, and ``stype_reason`` (why a column got its
+stype, for ``pod-agent schema``). Inferring a schema from data is ``infer.py``; reading the data is
+``datasource.py``.
 """
 
 from __future__ import annotations
@@ -125,6 +126,24 @@ class Schema(BaseModel):
             return all("categories" in entry for entry in public["columns"] if "n_categories" in entry)
         except (KeyError, TypeError) as exc:
             raise DataError(f"public schema unusable ({exc}); re-fetch it from the hub (pod-agent modeller pods)") from exc
+
+
+def stype_reason(column: ColumnSchema, *, forced: Stype | None, max_unique: int) -> str:
+    """Why inference gave ``column`` its stype, in the owner's terms (the rule is ``infer.py``'s):
+    what ``pod-agent schema`` prints so a surprising stype can be forced the other way."""
+    if forced is not None:
+        return f"forced (force_stypes.{forced})"
+    arrow = column.arrow_type
+    kind = "integers" if arrow.startswith(("int", "uint")) else "strings" if "string" in arrow else "values"
+    if column.stype == "categorical":
+        if arrow == "bool":
+            return "boolean"
+        return f"{len(column.categories or ())} distinct {kind} (<= categorical_max_unique {max_unique})"
+    if column.stype == "continuous" and kind == "integers":
+        return f"integers, over categorical_max_unique {max_unique} distinct"
+    if column.stype == "text":
+        return f"strings, over categorical_max_unique {max_unique} distinct"
+    return f"{arrow} values"
 
 
 def check_drift(stored: Schema, current: Schema) -> None:

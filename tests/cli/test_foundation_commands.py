@@ -181,9 +181,26 @@ def test_schema_prints_a_table(cli, initialised: Path) -> None:
     result = cli("schema", "--config", str(initialised))
     assert result.code == 0, result.err
     lines = result.out.splitlines()
-    assert lines[0].split() == ["column", "stype", "arrow", "type", "categories"]
+    assert lines[0].split() == ["column", "stype", "arrow", "type", "why", "categories"]
     assert any(line.startswith("TARGET") and "<=50K, >50K" in line for line in lines)
-    assert lines[-1].startswith("48842 rows, 15 columns, schema hash ")
+    assert lines[-2].startswith("48842 rows, 15 columns, schema hash ")
+
+
+def test_schema_says_why_a_column_is_categorical_and_how_to_force_it(cli, initialised: Path) -> None:
+    lines = cli("schema", "--config", str(initialised)).out.splitlines()
+    education = next(line for line in lines if line.startswith("education-num"))
+    assert education.split()[:2] == ["education-num", "categorical"]
+    assert "16 distinct integers (<= categorical_max_unique 50)" in education
+    assert lines[-1] == ("integer columns taken as categorical: education-num; to treat them as numbers, set under "
+                         '[datasource] in pod.toml: force_stypes = { continuous = ["education-num"] }')
+    # The printed line, in place of the template's empty force_stypes under [datasource], does what it says.
+    printed = lines[-1].split("pod.toml: ", 1)[1]
+    initialised.write_text(initialised.read_text().replace("\nforce_stypes = {}\n", f"\n{printed}\n", 1))
+    forced = cli("schema", "--config", str(initialised), "--json")
+    doc = json.loads(forced.out)
+    assert next(c for c in doc["columns"] if c["name"] == "education-num")["stype"] == "continuous"
+    assert doc["why"]["education-num"] == "forced (force_stypes.continuous)"
+    assert doc["why"]["age"] == "integers, over categorical_max_unique 50 distinct"
 
 
 def test_schema_json_has_every_category_and_the_hash(cli, initialised: Path) -> None:
