@@ -16,6 +16,13 @@ schema, sandbox level), the loops and the shutdown sequence:
                idempotent by task id, so a restart after kill -9 delivers each once
     progress   rate-limited progress events to the hub, best effort
     upkeep     purge expired nonces, systemd watchdog pings
+    reviews    (security.review) tasks held pending_review: refuse those whose expiry
+               passed (expired), send the signed refusal of a rejected one, wake the
+               runner once `pod-agent review approve` queued one (the CLI writes the state)
+    policy     SIGHUP (`systemctl reload pod-agent`): re-read the policy sections of
+               pod.toml (``security`` but its sandbox keys, ``privacy``) and swap the
+               verifier, trusted peers and modeller keys; a task running keeps what it
+               read. An invalid file is logged and refused: the policy in force stays.
 
 The daemon talks to the hub only through ``HubClient``'s typed calls: no URLs, no
 aiohttp types, no raw replies here. A hub that misbehaves (a reply oversized, slow,
@@ -43,6 +50,7 @@ import signal
 import time
 import traceback
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -51,10 +59,12 @@ from pod_agent.agent.hubclient import HubClient, TaskStream
 from pod_agent.agent.pipeline import PipelineOutput, TaskPipeline
 from pod_agent.agent.secure_round import PodRoundContext
 from pod_agent.agent.progress import ProgressLimiter
+from pod_agent.config.loader import load_settings
 from pod_agent.config.settings import PodSettings
 from pod_agent.data import Datasource, Schema, open_datasource
 from pod_agent.errors import (
     CodedError,
+    ConfigError,
     DataError,
     HubError,
     HubRejected,
@@ -111,6 +121,11 @@ DEAD_AFTER_HEARTBEATS = 3.0
 IDLE_RECHECK_S = 30.0
 # Expired nonces are purged this often.
 PURGE_INTERVAL_S = 600.0
+# The review queue is looked at this often: `pod-agent review` decides in another process, through the state
+# DB, so an approved task starts (and a rejected one is answered) within this.
+REVIEW_POLL_S = 2.0
+# Sections a reload does not apply (the hub link, datasource, sandbox and ops are built once at start).
+_RESTART_SECTIONS = ("pod", "hub", "datasource", "sandbox_limits", "training", "ops")
 # A progress event that cannot be sent (or encoded) is dropped, never fatal.
 _PROGRESS_ERRORS: tuple[type[BaseException], ...] = (*RETRYABLE, ProtocolError)
 # A long poll answered empty in under this share of its wait is a hub making the pod spin: the next
@@ -137,6 +152,31 @@ def sandbox_level_in_force(settings: PodSettings) -> str:
     return level
 
 
+@dataclass(frozen=True)
+class _PolicyParts:
+    """What the owner's policy builds: swapped whole when SIGHUP reloads it."""
+
+    verifier: TaskVerifier
+    round_context: PodRoundContext
+
+
+def _policy_parts(settings: PodSettings, *, key: IdentityKey, schema: Schema, state: PodState) -> _PolicyParts:
+    peers = TrustedPeers.from_settings(settings.privacy, own_name=settings.pod.name, own_key=key.public)
+    verifier = TaskVerifier(
+        security=settings.security, privacy=settings.privacy, pod_name=settings.pod.name,
+        schema_hash=schema.hash(), row_count=schema.row_count, peers=peers, nonces=state,
+    )
+    keys = {
+        public.key_id: public
+        for public in (PublicKey.from_b64(signing.public_key) for modeller in settings.security.modellers
+                       for signing in modeller.signing_keys())
+    }
+    return _PolicyParts(
+        verifier=verifier,
+        round_context=PodRoundContext(me=settings.pod.name, key=key, peers=peers, state=state, modeller_keys=keys),
+    )
+
+
 class Agent:
     """The daemon's parts, opened once; ``run`` drives the loops until ``stop`` is set."""
 
@@ -149,31 +189,23 @@ class Agent:
         datasource: Datasource,
         schema: Schema,
         sandbox_level: str,
+        config_path: Path | None = None,
     ) -> None:
         self.settings = settings
         self.key = key
         self.state = state
         self.schema = schema
         self.sandbox_level = sandbox_level
-        peers = TrustedPeers.from_settings(settings.privacy, own_name=settings.pod.name, own_key=key.public)
-        self.verifier = TaskVerifier(
-            security=settings.security, privacy=settings.privacy, pod_name=settings.pod.name,
-            schema_hash=schema.hash(), row_count=schema.row_count,
-            peers=peers, nonces=state,
-        )
+        policy = _policy_parts(settings, key=key, schema=schema, state=state)
+        self.verifier = policy.verifier
         self._blob_dir = settings.pod.state_dir / "outbox"
         self.pipeline = TaskPipeline(
             settings=settings, datasource=datasource, schema=schema, work_root=settings.pod.state_dir / "work",
-            outbox_dir=self._blob_dir,
-            secure_round=PodRoundContext(
-                me=settings.pod.name, key=key, peers=peers, state=state,
-                modeller_keys={
-                    k.key_id: k
-                    for k in (PublicKey.from_b64(s.public_key) for m in settings.security.modellers
-                              for s in m.signing_keys())
-                },
-            ),
+            outbox_dir=self._blob_dir, secure_round=policy.round_context,
         )
+        # The pod.toml that SIGHUP re-reads; None: settings built in code, nothing to reload.
+        self.config_path = config_path
+        self._reload = asyncio.Event()
         self.metrics = AgentMetrics()
         self.metrics.set_sandbox_level(sandbox_level)
         self.readiness = Readiness(sandbox_required=settings.security.sandbox, sandbox_level=sandbox_level)
@@ -187,7 +219,7 @@ class Agent:
         self._stop = asyncio.Event()
 
     @classmethod
-    async def open(cls, settings: PodSettings) -> Agent:
+    async def open(cls, settings: PodSettings, *, config_path: Path | None = None) -> Agent:
         """Open key, state, datasource and schema (blocking work off the loop)."""
         state_dir = settings.pod.state_dir
         await asyncio.to_thread(state_dir.mkdir, mode=0o700, parents=True, exist_ok=True)
@@ -203,6 +235,7 @@ class Agent:
             raise
         return cls(
             settings, key=key, state=state, datasource=datasource, schema=schema, sandbox_level=level,
+            config_path=config_path,
         )
 
     def close(self) -> None:
@@ -230,9 +263,11 @@ class Agent:
 
     # -- the loops ------------------------------------------------------------------------
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Run every loop until ``stop`` is set, then shut down in order (see module docstring)."""
+    async def run(self, stop: asyncio.Event, *, reload: asyncio.Event | None = None) -> None:
+        """Run every loop until ``stop`` is set, then shut down in order (see module docstring).
+        ``reload`` set (by SIGHUP) re-reads the policy from ``config_path``."""
         self._stop = stop
+        self._reload = reload if reload is not None else self._reload
         await asyncio.to_thread(self._blob_dir.mkdir, parents=True, exist_ok=True)
         await asyncio.to_thread(self._fail_interrupted_rounds)
         await self.pipeline.discard_leftovers()
@@ -254,6 +289,8 @@ class Agent:
                 "outbox": lambda: self._outbox(hub),
                 "progress": lambda: self._progress(hub),
                 "upkeep": self._upkeep,
+                "reviews": self._reviews,
+                "policy": self._policy_reloads,
             }
             async with asyncio.TaskGroup() as group:
                 runners = [
@@ -444,10 +481,19 @@ class Agent:
                 return
             await self._refused(hub, delivery, refusal)
             return
-        with task_context(task_id=verified.payload.task_id, modeller_key_id=verified.payload.modeller_id):
+        task_id = verified.payload.task_id
+        if verified.pending_review:
+            with task_context(task_id=task_id, modeller_key_id=verified.payload.modeller_id):
+                _log.warning("task held for the owner's review of its model: `pod-agent review show %s`, then "
+                             "`pod-agent review approve|reject %s`", task_id, task_id,
+                             extra={"kind": verified.payload.kind})
+            await self._ack(hub, delivery.task_id)
+            self._send_progress(ProgressEvent(task_id=task_id, stage="pending_review"))
+            return
+        with task_context(task_id=task_id, modeller_key_id=verified.payload.modeller_id):
             _log.info("task accepted", extra={"kind": verified.payload.kind})
         await self._ack(hub, delivery.task_id)
-        self._send_progress(ProgressEvent(task_id=verified.payload.task_id, stage="queued"))
+        self._send_progress(ProgressEvent(task_id=task_id, stage="queued"))
         self._runner_wake.set()
 
     async def _refused(self, hub: HubClient, delivery: TaskDelivery, refusal: TaskRefused) -> None:
@@ -460,19 +506,24 @@ class Agent:
         if recorded is not None and recorded.status is TaskStatus.REFUSED:
             # Signed refusal: the modeller can tell the pod (not the hub) refused. The stored kind
             # is the verified payload's own, so the envelope need not be parsed again.
-            result = ResultPayload(
-                task_id=recorded.task_id, pod=self.settings.pod.name, kind=cast(TaskKind, recorded.kind),
-                status="refused", reason=refusal.code, produced_at=_now(),
-            )
-            await asyncio.to_thread(
-                self.state.finish, recorded.task_id, status="refused",
-                result_json=envelope_bytes(sign_envelope(result, self.key)).decode(), now=_now(),
-            )
+            await asyncio.to_thread(self._queue_refusal, recorded, refusal.code)
             self._outbox_wake.set()
         else:
             with contextlib.suppress(*RETRYABLE):
                 await hub.refuse(delivery.task_id, refusal.code)
         await self._ack(hub, delivery.task_id)
+
+    def _queue_refusal(self, recorded: TaskRecord, code: str) -> None:
+        """Put the pod's signed refusal of a stored refused task in the outbox. The stored kind is the
+        verified payload's own, so the envelope need not be parsed again."""
+        result = ResultPayload(
+            task_id=recorded.task_id, pod=self.settings.pod.name, kind=cast(TaskKind, recorded.kind),
+            status="refused", reason=code, produced_at=_now(),
+        )
+        self.state.finish(
+            recorded.task_id, status="refused", result_json=envelope_bytes(sign_envelope(result, self.key)).decode(),
+            now=_now(),
+        )
 
     async def _ack(self, hub: HubClient, task_id: str) -> None:
         try:
@@ -546,6 +597,71 @@ class Agent:
             _log.error("task failed on an unexpected %s; this is a pod-agent bug, please report it", _where(exc))
             return "failed", FailureCode.INTERNAL_ERROR.value, None
         return "done", None, output
+
+    # -- review queue ---------------------------------------------------------------------
+
+    async def _reviews(self) -> None:
+        while True:
+            await asyncio.to_thread(self._review_upkeep)
+            await _wait_any(self._stop, timeout_s=REVIEW_POLL_S)
+
+    def _review_upkeep(self) -> None:
+        """Expire, announce and release what the review queue decided since the last look."""
+        for task_id in self.state.expire_reviews(now=_now()):
+            _log.warning("task %s expired while its model waited for review; refused as expired", task_id)
+        for record in self.state.unsent_review_refusals():
+            self._queue_refusal(record, record.reason or RefusalCode.REVIEW_REJECTED.value)
+            self.metrics.refused(record.reason or RefusalCode.REVIEW_REJECTED.value)
+            self._outbox_wake.set()
+        if self.state.list_tasks(TaskStatus.ACCEPTED, limit=1):
+            # An approval queued its task; a runner already busy just finds the wake-up spent.
+            self._runner_wake.set()
+
+    # -- live policy ----------------------------------------------------------------------
+
+    async def _policy_reloads(self) -> None:
+        while True:
+            await self._reload.wait()
+            self._reload.clear()
+            await self.reload_policy()
+
+    async def reload_policy(self) -> bool:
+        """Re-read the policy sections of ``config_path``; True when the new policy is in force.
+
+        Built off the event loop, swapped on it: intake verifies with the old verifier or the new one,
+        never half of each. Invalid (a ConfigError): logged, and the policy in force stays.
+        """
+        if self.config_path is None:
+            _log.warning("reload asked, but this agent was not started from a pod.toml; nothing to re-read")
+            return False
+        try:
+            settings, policy = await asyncio.to_thread(self._read_policy, self.config_path)
+        except ConfigError as exc:
+            _log.error("reload refused, the policy in force stays: %s", exc)
+            return False
+        self.settings = settings
+        self.verifier = policy.verifier
+        self._modellers = modeller_keys(settings.security.modellers)
+        self.pipeline.use_policy(settings, policy.round_context)
+        await asyncio.to_thread(self._privacy_gauges)
+        _log.info("policy reloaded from %s: %d modeller(s), review %s", self.config_path,
+                  len(settings.security.modellers), "on" if settings.security.review else "off")
+        return True
+
+    def _read_policy(self, path: Path) -> tuple[PodSettings, _PolicyParts]:
+        fresh = load_settings(path)
+        old = self.settings
+        security = fresh.security.model_copy(
+            update={"sandbox": old.security.sandbox, "sandbox_user": old.security.sandbox_user}
+        )
+        later = [name for name in _RESTART_SECTIONS if getattr(fresh, name) != getattr(old, name)]
+        if security != fresh.security:
+            later.append("security.sandbox/sandbox_user")
+        if later:
+            _log.warning("reload applies the policy only; changes to %s take effect at the next restart",
+                         ", ".join(later))
+        settings = old.model_copy(update={"security": security, "privacy": fresh.privacy})
+        return settings, _policy_parts(settings, key=self.key, schema=self.schema, state=self.state)
 
     # -- progress -------------------------------------------------------------------------
 
@@ -695,7 +811,7 @@ async def _wait_any(*events: asyncio.Event, timeout_s: float) -> None:
             waiter.cancel()
 
 
-def _install_signals(stop: asyncio.Event) -> Callable[[], None]:
+def _install_signals(stop: asyncio.Event, reload: asyncio.Event) -> Callable[[], None]:
     loop = asyncio.get_running_loop()
 
     def on_signal(signum: int) -> None:
@@ -708,21 +824,31 @@ def _install_signals(stop: asyncio.Event) -> Callable[[], None]:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
 
+    def on_reload() -> None:
+        _log.info("signal SIGHUP: reloading the policy from pod.toml")
+        reload.set()
+
+    loop.add_signal_handler(signal.SIGHUP, on_reload)
+
     def remove() -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
 
     return remove
 
 
-async def run_agent(settings: PodSettings, *, stop: asyncio.Event | None = None) -> None:
-    """Run the daemon until SIGTERM/SIGINT (or ``stop``); returns normally after a graceful stop."""
+async def run_agent(
+    settings: PodSettings, *, stop: asyncio.Event | None = None, config_path: Path | None = None
+) -> None:
+    """Run the daemon until SIGTERM/SIGINT (or ``stop``); returns normally after a graceful stop.
+    SIGHUP re-reads the policy from ``config_path`` (the file ``settings`` came from)."""
     stop = stop if stop is not None else asyncio.Event()
-    remove_signals = _install_signals(stop)
+    reload = asyncio.Event()
+    remove_signals = _install_signals(stop, reload)
     try:
-        agent = await Agent.open(settings)
+        agent = await Agent.open(settings, config_path=config_path)
         try:
-            await agent.run(stop)
+            await agent.run(stop, reload=reload)
         finally:
             agent.close()
     finally:

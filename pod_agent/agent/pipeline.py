@@ -98,6 +98,13 @@ class TaskPipeline:
         self._warming: asyncio.Task[None] | None = None
         self._runner_lock = asyncio.Lock()
 
+    def use_policy(self, settings: PodSettings, secure_round: PodRoundContext) -> None:
+        """The owner's policy reloaded (SIGHUP, ``Agent.reload_policy``): tasks started from now on read it;
+        a running task keeps what it already read. The sandbox runner is not rebuilt (its settings need a restart)."""
+        self._settings = settings
+        self._modellers = modeller_keys(settings.security.modellers)
+        self._secure_round = secure_round
+
     async def start(self) -> None:
         """With ``sandbox_limits.warm_worker``, build the runner and park a warm worker, in the background."""
         if self._settings.sandbox_limits.warm_worker:

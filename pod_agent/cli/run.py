@@ -25,7 +25,7 @@ def run(
     # Imported here so `pod-agent --help` stays quick; the daemon itself never imports torch.
     from pod_agent.agent.daemon import run_agent
 
-    asyncio.run(run_agent(settings))
+    asyncio.run(run_agent(settings, config_path=config))  # SIGHUP re-reads its policy sections
 
 
 def register(app: typer.Typer) -> None:
