@@ -37,7 +37,6 @@ from pod_agent.protocol import (
 from pod_agent.protocol.hub_api import (
     HubReply,
     ModelPublication,
-    ModellerRegistered,
     ModellerRegisteredStanding,
     ModellerRegistration,
     PodList,
