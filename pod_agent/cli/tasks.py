@@ -36,14 +36,16 @@ class _Row:
     model: str | None
 
 
-def _open_state(settings: PodSettings) -> PodState:
+def open_state(settings: PodSettings) -> PodState:
+    """The pod's state database as the agent wrote it; StateError when the agent never ran here."""
     path = settings.pod.state_dir / "state.sqlite"
     if not path.is_file():
         raise StateError(f"no state database at {path}: the agent has not run with this state_dir yet")
     return PodState.open(path)
 
 
-def _modeller_names(settings: PodSettings) -> dict[str, str]:
+def modeller_names(settings: PodSettings) -> dict[str, str]:
+    """Each key id a modeller signs with -> the modeller's name in pod.toml."""
     return {key_id: m.name for key_id, m in modeller_keys(settings.security.modellers).items()}
 
 
@@ -73,8 +75,8 @@ def list_tasks(
 ) -> None:
     """The newest tasks, newest first: when, kind, outcome and reason, modeller, model and its hash."""
     settings = load_settings(config)
-    with _open_state(settings) as state:
-        names = _modeller_names(settings)
+    with open_state(settings) as state:
+        names = modeller_names(settings)
         rows = [_row(t, state, names) for t in state.list_tasks(limit=limit, newest_first=True)]
     if as_json:
         typer.echo(json.dumps([asdict(r) for r in rows], indent=2))
@@ -92,11 +94,11 @@ def show_task(
 ) -> None:
     """One task: its status history and the signed request, with the model source summarised."""
     settings = load_settings(config)
-    with _open_state(settings) as state:
+    with open_state(settings) as state:
         task = state.get_task(task_id)
         if task is None:
             raise StateError(f"no task {task_id} in {state.path}; `pod-agent tasks list` shows the known ones")
-        row = _row(task, state, _modeller_names(settings))
+        row = _row(task, state, modeller_names(settings))
         history = state.history(task_id)
     typer.echo(f"task      {row.task_id}\nkind      {row.kind}\noutcome   {row.outcome}"
                f"{f' ({row.reason})' if row.reason else ''}\nmodeller  {row.modeller}\nmodel     {row.model or '-'}")
