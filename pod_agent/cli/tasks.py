@@ -1,13 +1,16 @@
 """``pod-agent tasks``: the pod's own record of what ran on its data, who asked, and how it ended.
 
 Reads the state database (``pod_agent.state``) next to a running agent (SQLite WAL:
-readers never block it) and renders it; it changes nothing. Every task listed passed
+readers never block it) and renders it; it changes nothing. ``export`` writes the
+audit log (``pod_agent.state.audit``: hash-chained, signed by the pod's identity key)
+and ``verify-export`` checks one. Every task listed passed
 its signature check, so the modeller and model named are the ones that signed.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,7 +21,8 @@ import typer
 from pod_agent.config import PodSettings, load_settings
 from pod_agent.errors import StateError
 from pod_agent.policy import modeller_keys
-from pod_agent.state import PodState, TaskRecord, TaskStatus
+from pod_agent.protocol import IdentityKey, passphrase_from_env
+from pod_agent.state import PodState, TaskRecord, TaskStatus, export_lines, verify_export
 
 _tasks = typer.Typer(name="tasks", help="What ran on this pod's data: tasks, outcomes, who signed them.",
                      no_args_is_help=True)
@@ -115,6 +119,53 @@ def _summarised(payload: dict[str, Any]) -> dict[str, Any]:
         source = model["source"]
         payload = {**payload, "model": {**model, "source": f"<{len(source.splitlines())} lines>"}}
     return payload
+
+
+@_tasks.command("export")
+def export_tasks(
+    config: Path = typer.Option(..., "--config", help="The pod's pod.toml."),
+    since: datetime = typer.Option(..., "--since", formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"],
+                                   help="First day (UTC) to include, e.g. 2026-01-31."),
+    out: Path = typer.Option(..., "--out", help="The JSON Lines file to write (mode 0600)."),
+) -> None:
+    """Write every task since DATE as a hash-chained JSON Lines log the pod signs: who signed, model hash,
+    kind, outcome or refusal code, rows touched, bytes and privacy budget released."""
+    settings = load_settings(config)
+    key = IdentityKey.load(settings.pod.identity_key_path, passphrase_from_env(settings.pod.identity_key_passphrase_env))
+    start = int(since.replace(tzinfo=timezone.utc).timestamp())
+    with open_state(settings) as state:
+        rows = state.audit_rows(since=start)
+    lines = export_lines(rows, names=modeller_names(settings), pod=settings.pod.name, key=key, since=start)
+    try:
+        with os.fdopen(os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as file:
+            file.writelines(f"{line}\n" for line in lines)
+    except OSError as exc:
+        raise StateError(f"cannot write the export to {out} ({exc.strerror}): choose a writable path") from exc
+    typer.echo(f"wrote {len(rows)} task(s) since {since:%Y-%m-%d} to {out}; check it with "
+               f"`pod-agent tasks verify-export {out} --config ...`")
+
+
+@_tasks.command("verify-export")
+def verify_export_file(
+    file: Path = typer.Argument(..., help="A file `pod-agent tasks export` wrote."),
+    config: Path | None = typer.Option(None, "--config", help="The pod's pod.toml: check the signature "
+                                       "against its identity key (without: the key the file names)."),
+) -> None:
+    """Check an export's hash chain and the pod's signature over it; exit non-zero naming the first bad line."""
+    pinned = None
+    if config is not None:
+        settings = load_settings(config)
+        pinned = IdentityKey.load(
+            settings.pod.identity_key_path, passphrase_from_env(settings.pod.identity_key_passphrase_env)
+        ).public
+    try:
+        lines = file.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StateError(f"cannot read the export {file} ({exc}): pass the file `pod-agent tasks export` wrote") from exc
+    summary = verify_export(lines, pinned=pinned)
+    trust = "the pod's identity key" if pinned is not None else "the key the file names (pass --config to pin it)"
+    typer.echo(f"ok: {summary.tasks} task(s) from pod {summary.pod}, chain intact, signed by {trust} "
+               f"{summary.key_id[:16]}")
 
 
 def register(app: typer.Typer) -> None:

@@ -1,11 +1,13 @@
-"""Durable state of the pod: tasks and their life cycle, seen nonces, the result outbox, the privacy ledger, the model review queue (SQLite)."""
+"""Durable state of the pod: tasks and their life cycle, seen nonces, the result outbox, the privacy ledger, the model review queue (SQLite); the audit export."""
 
+from pod_agent.state.audit import ExportBroken, ExportSummary, export_lines, verify_export
 from pod_agent.state.db import PodState
 from pod_agent.state.records import (
     LEGAL_TRANSITIONS,
     AlreadyReleased,
     AlreadySeen,
     ApprovedModel,
+    AuditRow,
     IllegalTransition,
     LedgerEntry,
     NonceStore,
@@ -24,6 +26,9 @@ __all__ = [
     "AlreadyReleased",
     "AlreadySeen",
     "ApprovedModel",
+    "AuditRow",
+    "ExportBroken",
+    "ExportSummary",
     "IllegalTransition",
     "LedgerEntry",
     "NonceStore",
@@ -36,4 +41,6 @@ __all__ = [
     "TaskRecord",
     "TaskStatus",
     "Verdict",
+    "export_lines",
+    "verify_export",
 ]

@@ -35,6 +35,7 @@ integer Unix seconds):
     state.note_attempt(task_id, now=...)                  # count an upload attempt
     state.mark_delivered(task_id, now=...) -> OutboxEntry | None   # idempotent; removes the outbox row
     state.outbox_depth() -> int
+    state.audit_rows(since=...) -> list[AuditRow]          # every task since then, with what it released
     # secure aggregation: one release per starting point
     state.record_release(starting_point, task_id=..., now=...)   # raises AlreadyReleased
     state.released(starting_point) -> str | None           # the task that released from it
@@ -75,6 +76,7 @@ from pod_agent.state.records import (
     AlreadyReleased,
     AlreadySeen,
     ApprovedModel,
+    AuditRow,
     IllegalTransition,
     LedgerEntry,
     LedgerStatus,
@@ -86,6 +88,7 @@ from pod_agent.state.records import (
     TaskRecord,
     TaskStatus,
     Verdict,
+    released_by,
 )
 
 SCHEMA_VERSION = 4
@@ -193,6 +196,13 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
             PRIMARY KEY (modeller_id, model_name, model_sha256)
         )""",
         "CREATE INDEX approved_by_name ON approved_models (model_name, approved_at)",
+        # What each result released, kept after delivery (when its outbox row is gone) for the audit export.
+        """CREATE TABLE task_output (
+            task_id      TEXT PRIMARY KEY REFERENCES tasks (task_id),
+            n_rows       INTEGER NOT NULL,
+            result_bytes INTEGER NOT NULL,
+            blob_bytes   INTEGER NOT NULL
+        )""",
     ),
 }
 
@@ -683,6 +693,10 @@ class PodState:
                     f"INSERT INTO outbox ({_OUTBOX_COLUMNS}) VALUES (?, ?, ?, ?, 0, NULL)",
                     (task_id, result_json, None if blob_path is None else str(blob_path), now),
                 )
+                conn.execute(
+                    "INSERT INTO task_output (task_id, n_rows, result_bytes, blob_bytes) VALUES (?, ?, ?, ?)",
+                    (task_id, *released_by(result_json, blob_path)),
+                )
             except sqlite3.IntegrityError as exc:
                 raise StateError(f"task {task_id} already has a result in the outbox: a task has one result") from exc
 
@@ -713,6 +727,34 @@ class PodState:
             self._move(conn, task, TaskStatus.DELIVERED, now=now, reason=None)
             conn.execute("DELETE FROM outbox WHERE task_id = ?", (task_id,))
             return _outbox(row)
+
+    def audit_rows(self, *, since: int) -> list[AuditRow]:
+        """Every task received at or after ``since``, oldest first, with what it released (``audit.py``)."""
+        rows = self._read(
+            f"SELECT {', '.join('t.' + c for c in _TASK_COLUMNS.split(', '))}, o.n_rows, o.result_bytes, "
+            "o.blob_bytes FROM tasks t LEFT JOIN task_output o ON o.task_id = t.task_id WHERE t.created_at >= ? "
+            "ORDER BY t.created_at, t.rowid",
+            (since,),
+        )
+        ledger = self._read(
+            "SELECT task_id, event_json FROM dp_ledger WHERE status = 'charged' AND task_id IN "
+            "(SELECT task_id FROM tasks WHERE created_at >= ?) ORDER BY id",
+            (since,),
+        )
+        charged: dict[str, list[str]] = {}
+        for task_id, event in ledger:
+            charged.setdefault(str(task_id), []).append(str(event))
+        out = []
+        for row in rows:
+            task = _task(row[:8])
+            n_rows, result_bytes, blob_bytes = (int(str(v)) if v is not None else 0 for v in row[8:])
+            outcome = task.status.value
+            if task.status is TaskStatus.DELIVERED:
+                outcome = next((to for _, to, _, _ in reversed(self.history(task.task_id)) if to != "delivered"),
+                               outcome)
+            out.append(AuditRow(task=task, outcome=outcome, n_rows=n_rows, bytes_released=result_bytes + blob_bytes,
+                                dp_events=tuple(charged.get(task.task_id, ()))))
+        return out
 
     def outbox_depth(self) -> int:
         return int(str(self._read("SELECT count(*) FROM outbox")[0][0]))

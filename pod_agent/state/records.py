@@ -24,6 +24,7 @@ whose signature did not verify (a forged message cannot occupy a task id).
 from __future__ import annotations
 
 import enum
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -215,6 +216,32 @@ class TaskRecord:
     def payload(self) -> TaskPayload:
         """The task as admitted. Its signature was verified before it was stored; this does not re-verify."""
         return TaskPayload.model_validate_json(canonical_json(self.envelope().payload))
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    """One task as the audit export tells it: the stored task, how it ended, what its result released."""
+
+    task: TaskRecord
+    outcome: str  # the task's status, or for a delivered one the status it was delivered as
+    n_rows: int  # rows the result says the task touched (0 without a result)
+    bytes_released: int  # the signed result envelope plus its blob, as queued for the hub
+    dp_events: tuple[str, ...]  # privacy-ledger events charged to it (JSON, as policy.budget writes them)
+
+
+def released_by(result_json: str, blob_path: Path | None) -> tuple[int, int, int]:
+    """(rows touched, result bytes, blob bytes) of a result about to be queued; a result that does not
+    parse (never one the agent signed) counts its bytes and no rows."""
+    try:
+        payload = json.loads(result_json).get("payload", {})
+        n_rows = int(payload.get("n_rows", 0)) if isinstance(payload, dict) else 0
+    except (ValueError, AttributeError, TypeError):
+        n_rows = 0
+    try:
+        blob_bytes = blob_path.stat().st_size if blob_path is not None else 0
+    except OSError:
+        blob_bytes = 0  # the blob is named but gone: nothing of it can leave
+    return n_rows, len(result_json.encode("utf-8")), blob_bytes
 
 
 @dataclass(frozen=True)
