@@ -107,7 +107,7 @@ def test_a_schema_2_database_gains_the_ledger(tmp_path: Path) -> None:
         state.record_verdict(_verdict("t1"))
     conn = sqlite3.connect(path)
     # Back to version 2: without the ledger (3) and the review queue (4; its tasks table allows more statuses).
-    conn.executescript("DROP TABLE dp_ledger; DROP TABLE reviews; DROP TABLE approved_models")
+    conn.executescript("DROP TABLE dp_ledger; DROP TABLE reviews; DROP TABLE approved_models; DROP TABLE task_output")
     conn.execute("PRAGMA user_version = 2")
     conn.commit()
     conn.close()

@@ -86,7 +86,7 @@ def test_a_version_1_database_gains_the_releases_table_and_keeps_its_tasks(tmp_p
     with PodState.open(path) as state:
         state.record_verdict(_verdict(1))
     conn = sqlite3.connect(path)
-    conn.executescript("DROP TABLE releases; DROP TABLE dp_ledger; DROP TABLE reviews; DROP TABLE approved_models")
+    conn.executescript("DROP TABLE releases; DROP TABLE dp_ledger; DROP TABLE reviews; DROP TABLE approved_models; DROP TABLE task_output")
     conn.execute("PRAGMA user_version = 1")
     conn.commit()
     conn.close()
