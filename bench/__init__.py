@@ -6,6 +6,7 @@ Each module named in ``BENCHMARKS`` exposes ``run(small: bool) -> dict`` (JSON-a
 as JSON and as a markdown table.
 """
 
-BENCHMARKS: tuple[str, ...] = ("datasource", "training", "sandbox_startup", "secagg", "wire", "idle_agent", "dp_noise")
+BENCHMARKS: tuple[str, ...] = ("datasource", "training", "sandbox_startup", "secagg", "wire", "idle_agent", "dp_noise",
+                              "cli_startup")
 
 __all__ = ["BENCHMARKS"]

@@ -5,7 +5,7 @@ and owns the single place where a ``PodAgentError`` becomes one line on stderr
 and an exit code (no tracebacks for operator mistakes). Start-up stays quick
 because a command's module (with its imports: aiohttp, pandas, the daemon) is
 imported only when that command runs: ``pod-agent --help`` lists the commands
-from ``_COMMANDS``' one-line help, which a test keeps equal to each command's own.
+from ``COMMANDS``' one-line help, which a test keeps equal to each command's own.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ class _Command:
 
 
 # Commands, in the order `pod-agent --help` lists them.
-_COMMANDS: dict[str, _Command] = {
+COMMANDS: dict[str, _Command] = {
     "demo": _Command(
         "pod_agent.cli.demo",
         "Start an embedded hub and three sandboxed pods, run secure FedAvg, compare with central training.",
@@ -70,23 +70,23 @@ def load_command(name: str) -> Command:
     def _group() -> None:
         """A callback makes typer build a group even for a module registering a single command."""
 
-    import_module(_COMMANDS[name].module).register(app)
+    import_module(COMMANDS[name].module).register(app)
     group = typer.main.get_command(app)
     if not isinstance(group, TyperGroup) or name not in group.commands:
-        raise RuntimeError(f"{_COMMANDS[name].module}.register() does not add the command {name!r}")
+        raise RuntimeError(f"{COMMANDS[name].module}.register() does not add the command {name!r}")
     return group.commands[name]
 
 
 class _LazyGroup(TyperGroup):
-    """Lists commands from ``_COMMANDS``; imports a command's module only when it is looked up to run."""
+    """Lists commands from ``COMMANDS``; imports a command's module only when it is looked up to run."""
 
     _listing = False  # while help is formatted, a lookup answers a stub carrying the one-line help
 
     def list_commands(self, ctx: Context) -> list[str]:
-        return list(_COMMANDS)
+        return list(COMMANDS)
 
     def get_command(self, ctx: Context, cmd_name: str) -> Command | None:
-        entry = _COMMANDS.get(cmd_name)
+        entry = COMMANDS.get(cmd_name)
         if entry is None:
             return None
         if self._listing:

@@ -4,7 +4,7 @@ keys (show or make the modeller key, and the pod.toml entry allowing it), regist
 at the hub, with an enrolment token where the hub asks for one), pods (list them; --wait
 until they are online), publish (a model version at the hub, private unless --public),
 submit (sign and send a task; model source read and hashed locally, --weights uploaded and
-pinned, the task recorded under --work-dir), status TASK, results TASK --out DIR (each
+pinned, the task recorded in ``tasks/`` beside the key file), status TASK, results TASK --out DIR (each
 pod's signature verified, files named for what they hold, a metrics table), train (FedAvg
 rounds). Hub, key and pinned pod keys come from options or POD_AGENT_MODELLER_* environment
 variables.
@@ -36,7 +36,6 @@ from pod_agent.cli.keys import modeller_entry
 from pod_agent.modeller.client import SEE_POD_LIST
 from pod_agent.modeller.results import UNKNOWN_TRAIN_BLOB, PodAnswer, results_table, save_results
 from pod_agent.modeller.tasks import load_task_record, save_task_record
-from pod_agent.modeller.weights import starting_weights
 from pod_agent.protocol import IdentityKey, PublicKey, passphrase_from_env
 from pod_agent.protocol.messages import DataSelection, Hyperparameters
 
@@ -46,7 +45,6 @@ _modeller = typer.Typer(name="modeller", help="Modeller side: register, list pod
                         no_args_is_help=True)
 
 DEFAULT_KEY = Path("~/.config/pod-agent/modeller.pem")
-DEFAULT_WORK_DIR = Path("modeller-work")
 # One default for submit and train, so weights trained by one fit tasks of the other; hashed because
 # it gives every pod the same model shape whatever categories each holds (one-hot needs equal sets).
 ENCODINGS = ("hashed", "one-hot")
@@ -75,6 +73,12 @@ class _Options:
 
     def key(self) -> IdentityKey:
         return IdentityKey.load(self.key_path.expanduser(), passphrase_from_env(self.passphrase_env))
+
+    @property
+    def task_records(self) -> Path:
+        """Where submit records each task it sent, for results: beside the key, so not in whatever
+        folder the command happened to run from."""
+        return self.key_path.expanduser().parent / "tasks"
 
     def client(self) -> ModellerClient:
         return ModellerClient(
@@ -237,9 +241,7 @@ def submit(
     returns: str = typer.Option(
         "update", "--returns", help="What a train task sends back: update (new minus starting weights) or weights."
     ),
-    work_dir: Path = typer.Option(
-        DEFAULT_WORK_DIR, "--work-dir", help="Where starting weights and the record of each task sent are written."
-    ),
+    work_dir: Path = typer.Option(Path("modeller-work"), "--work-dir", help="Where starting weights are written."),
 ) -> None:
     """Sign a task and send it to the pods; prints the task id.
 
@@ -248,6 +250,7 @@ def submit(
     needs --weights (or --untrained, to score the untrained model on purpose).
     """
     names = _names(pods_csv)
+    records: Path = ctx.obj.task_records
     _one_of("--kind", kind, ("train", "evaluate", "predict", "schema-stats"))
     _one_of("--style", style, ("lightning", "module", "declarative"))
     _one_of("--encoding", encoding, ENCODINGS)
@@ -265,6 +268,9 @@ def submit(
     hyperparameters = Hyperparameters(epochs=epochs, steps=steps, batch_size=batch_size, learning_rate=learning_rate)
 
     async def go(client: ModellerClient) -> str:
+        # Imported here: weights planning needs pandas and pyarrow, which listing pods does not.
+        from pod_agent.modeller.weights import starting_weights
+
         listed = await client.registered(names, hint=SEE_POD_LIST)
         pinned = None
         if model_ref is not None and data is not None and (kind == "train" or weights is not None):
@@ -280,7 +286,7 @@ def submit(
             returns=returns,
         )
         task_id = await client.submit_task(task)
-        save_task_record(task, work_dir)
+        save_task_record(task, records)
         return task_id
 
     typer.echo(_with_client(ctx, go))
@@ -304,7 +310,6 @@ def results(
     task_id: str = typer.Argument(..., help="Task id from submit."),
     out: Path = typer.Option(..., "--out", help="Directory for <pod>.json and blobs."),
     wait_s: float = typer.Option(0.0, "--wait", help="Wait up to this many seconds for every pod to answer."),
-    work_dir: Path = typer.Option(DEFAULT_WORK_DIR, "--work-dir", help="Where submit recorded the task."),
 ) -> None:
     """Fetch results, verify each pod's signature, write them to --out, print a table.
 
@@ -313,7 +318,8 @@ def results(
     verified the signature: pinned (--pod-keys), unpinned (the hub's), unsigned (a refusal code
     the hub relays for a pod that could not verify the task).
     """
-    task = load_task_record(task_id, work_dir)
+    records: Path = ctx.obj.task_records
+    task = load_task_record(task_id, records)
 
     async def go(client: ModellerClient) -> list[PodAnswer]:
         if wait_s > 0:
@@ -328,7 +334,7 @@ def results(
     answers = _with_client(ctx, go)
     typer.echo(results_table(answers) if answers else f"task {task_id}: no results yet (use --wait SECONDS)")
     if task is None and any(a.blob is not None and UNKNOWN_TRAIN_BLOB in a.blob.name for a in answers):
-        typer.echo(f"note: no record of task {task_id} in {work_dir}/tasks (submitted elsewhere): "
+        typer.echo(f"note: no record of task {task_id} in {records} (submitted with another key file): "
                    "whether its tensors are an update or weights is unknown", err=True)
 
 

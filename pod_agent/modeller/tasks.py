@@ -2,9 +2,9 @@
 
 Owns ``build_task`` (a TaskPayload ready to sign), ``model_from_file``
 (a ModelRef whose sha256 pins the source exactly as the pod will hash it), and the
-modeller's local record of each task it sent (``save_task_record``/``load_task_record``):
-the hub does not serve a task back, and only the task says whether a train result's
-tensors are an update or weights. Signing and sending are ``client.ModellerClient``'s.
+modeller's local record of each task it sent (``save_task_record``/``load_task_record``, in a
+folder the CLI keeps beside the modeller key): the hub does not serve a task back, and only the
+task says whether a train result's tensors are an update or weights. Signing and sending are ``client.ModellerClient``'s.
 """
 
 from __future__ import annotations
@@ -51,21 +51,21 @@ def model_from_file(path: Path, *, style: ModelStyle, class_name: str | None, na
     return ModelRef(style=style, name=label, class_name=class_name, source=text, sha256=source_sha256(text))
 
 
-def _record_path(task_id: str, work_dir: Path) -> Path:
-    return work_dir / "tasks" / f"{task_id}.json"
+def _record_path(task_id: str, records: Path) -> Path:
+    return records / f"{task_id}.json"
 
 
-def save_task_record(task: TaskPayload, work_dir: Path) -> Path:
-    """Keep the task as sent under ``work_dir/tasks/`` (read back by ``results``)."""
-    path = _record_path(task.task_id, work_dir)
+def save_task_record(task: TaskPayload, records: Path) -> Path:
+    """Keep the task as sent in the folder ``records`` (read back by ``results``)."""
+    path = _record_path(task.task_id, records)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(task.model_dump_json(indent=2))
     return path
 
 
-def load_task_record(task_id: str, work_dir: Path) -> TaskPayload | None:
-    """The task as this modeller sent it, or None when it was sent from elsewhere (another work dir)."""
-    path = _record_path(task_id, work_dir)
+def load_task_record(task_id: str, records: Path) -> TaskPayload | None:
+    """The task as this modeller sent it, or None when it was sent from elsewhere (another key's folder)."""
+    path = _record_path(task_id, records)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:

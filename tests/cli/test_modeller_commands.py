@@ -19,10 +19,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-import typer
 from safetensors.numpy import save_file
 
-from pod_agent.cli.app import build_app
+from pod_agent.cli.app import load_command
 from pod_agent.hub import SqliteStorage
 from pod_agent.hub.storage import PodRecord
 from pod_agent.modeller import ModellerClient
@@ -76,7 +75,7 @@ class Desk:
 
 @pytest.fixture
 def desk(cli, tmp_path: Path, hub_process_url: str, monkeypatch: pytest.MonkeyPatch) -> Desk:
-    monkeypatch.chdir(tmp_path)  # submit's default --work-dir is relative
+    monkeypatch.chdir(tmp_path)  # submit's default --work-dir (starting weights) is relative
     (tmp_path / "model.py").write_text(_MODEL)
     made = Desk(cli, hub_process_url, tmp_path / "hub.sqlite", tmp_path / "modeller.pem", tmp_path, {})
     assert made.modeller("keys", "--generate").code == 0
@@ -143,7 +142,7 @@ def test_submit_and_train_share_one_encoding_default(desk: Desk) -> None:
     submitted = desk.modeller(*_SUBMIT, "--kind", "train", "--epochs", "1", "--weights", str(weights))
     task = desk.hub_task(submitted.out.strip())
     assert task.data is not None and task.data.categorical_encoding == "hashed"
-    modeller = typer.main.get_command(build_app()).commands["modeller"]  # type: ignore[attr-defined]
+    modeller = load_command("modeller")
     defaults = {
         name: next(p.default for p in modeller.commands[name].params if p.name == "encoding")
         for name in ("submit", "train")
@@ -197,7 +196,8 @@ def test_results_name_files_for_what_they_hold_and_print_metrics_and_key_source(
     assert pinned.code == 0, pinned.err
     assert pinned.out.splitlines()[1].split() == ["pod-a", "done", "-", "pinned", "pod-a.weights.safetensors"]
 
-    elsewhere = desk.modeller("results", weights_task, "--out", str(desk.tmp / "r3"), "--work-dir", str(desk.tmp / "none"))
+    (desk.tmp / "tasks" / f"{weights_task}.json").unlink()  # as if submitted with another key file
+    elsewhere = desk.modeller("results", weights_task, "--out", str(desk.tmp / "r3"))
     assert "pod-a.update-or-weights.safetensors" in elsewhere.out
     assert "whether its tensors are an update or weights is unknown" in elsewhere.err
 
