@@ -21,6 +21,11 @@ validation splits), same epochs, same seed, same torch thread count:
 - ``first_step_warm_s`` / ``first_step_cold_s``: task accepted (``runner.run()``
                 called) -> the worker's first training step begins (its step-0 progress
                 event reaches the agent), with a parked warm worker and with a cold start.
+- ``sequence_first_step_s``: a federated loop on one runner with the warm pool on
+                (train, evaluate, train, each accepted ``SEQUENCE_GAP_S`` after the
+                previous ended): per task, accepted -> first training step; the
+                evaluate task streams no step, so its figure is accepted -> result
+                (an upper bound).
 
     python -m bench.training [--small] [--json] [--threads N] [--level LEVEL]
 """
@@ -33,9 +38,12 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.cli import parser_for, show
+
+if TYPE_CHECKING:
+    from pod_agent.protocol.messages import TaskKind
 
 FULL_EPOCHS = 16
 SMALL_EPOCHS = 1
@@ -45,6 +53,9 @@ SMALL_ROWS = 4000
 BATCH_SIZE = 64
 SEED = 7
 ENTRY = "pod_agent.training.worker"
+# The demo's modeller sends a round's next task about this long after the previous result (issue 15).
+SEQUENCE_GAP_S = 0.7
+SEQUENCE_KINDS: tuple["TaskKind", ...] = ("train", "evaluate", "train")
 SANDBOX_USER = "pod-sandbox"
 
 TUTORIAL_SOURCE = '''
@@ -78,6 +89,11 @@ class BenchModel(PodModel):
         preds = self(x)
         self.log("val_loss", F.cross_entropy(preds, y))
         self.log("val_acc", accuracy(preds.softmax(dim=1), y, task="multiclass", num_classes=self.n_classes))
+
+    def test_step(self, batch, batch_idx):
+        # Only the federated-loop sequence's evaluate task runs it; training never does.
+        x, y = batch
+        self.log("test_loss", F.cross_entropy(self(x), y))
 
     def configure_optimizers(self):
         return torch.optim.AdamW(self.parameters(), lr=self.learning_rate)
@@ -159,13 +175,13 @@ def _plain_lightning(data_path: Path, datastructure: dict[str, Any], *, epochs: 
     return time.perf_counter() - started
 
 
-def _task(epochs: int) -> Any:
+def _task(epochs: int, kind: "TaskKind" = "train") -> Any:
     from pod_agent.protocol.messages import DataSelection, Hyperparameters, ModelRef, TaskPayload
 
     now = int(time.time())
     return TaskPayload(
         task_id=str(uuid.uuid4()), modeller_id="ab" * 32, pods=["bench"], issued_at=now, expires_at=now + 3600,
-        nonce=uuid.uuid4().hex, kind="train",
+        nonce=uuid.uuid4().hex, kind=kind,
         model=ModelRef(style="lightning", name="bench", class_name="BenchModel", source=TUTORIAL_SOURCE,
                        sha256=hashlib.sha256(TUTORIAL_SOURCE.encode()).hexdigest()),
         hyperparameters=Hyperparameters(epochs=epochs, batch_size=BATCH_SIZE, seed=SEED),
@@ -173,13 +189,48 @@ def _task(epochs: int) -> Any:
     )
 
 
+def _stage(data_path: Path, root: Path, task: Any, datastructure: dict[str, Any], threads: int) -> tuple[Path, dict[str, Any]]:
+    """A task's input dir (prepared data and model source) and its worker request."""
+    import shutil
+
+    case = root / uuid.uuid4().hex[:8]
+    (case / "input").mkdir(parents=True)
+    shutil.copyfile(data_path, case / "input" / "data.arrow")
+    (case / "input" / "model.py").write_text(TUTORIAL_SOURCE)
+    request = {"task": task.model_dump(mode="json"), "datastructure": datastructure,
+               "trainer": {"accelerator": "cpu", "devices": 1, "threads": threads}, "privacy": {"min_rows": 20}}
+    return case, request
+
+
+def _runner(level: str, *, warm: bool, warm_pool: int | None = None) -> Any:
+    """A runner with the bench's limits; ``warm_pool`` None keeps the pod default."""
+    from pod_agent.config.settings import SandboxLimitsSection, SecuritySection
+    from pod_agent.sandbox import SandboxRunner
+
+    pool = {} if warm_pool is None else {"warm_pool": warm_pool}
+    limits = SandboxLimitsSection(wall_timeout_s=900, cpu_time_s=3600, memory_mb=4096, warm_worker=warm, **pool)
+    return SandboxRunner(SecuritySection(sandbox=level, sandbox_user=SANDBOX_USER), limits)  # type: ignore[arg-type]
+
+
+async def _timed_run(runner: Any, case: Path, request: dict[str, Any]) -> tuple[Any, float, float]:
+    """One job; returns (outcome, total seconds, seconds to the first training step or nan)."""
+    from pod_agent.sandbox import SandboxJob
+
+    first_step: list[float] = []
+    started = time.perf_counter()
+
+    def on_progress(event: dict[str, Any]) -> None:
+        if not first_step and event.get("stage") == "training":
+            first_step.append(time.perf_counter() - started)
+
+    outcome = await runner.run(SandboxJob(entry=ENTRY, input_dir=case / "input", work_dir=case / "work",
+                                          request=request), on_progress=on_progress)
+    return outcome, time.perf_counter() - started, first_step[0] if first_step else float("nan")
+
+
 async def _pod_task(data_path: Path, datastructure: dict[str, Any], root: Path, *, epochs: int, threads: int,
                     level: str, warm: bool) -> tuple[float, float]:
     """(b): one task through the real runner; returns (total seconds, seconds to the first step)."""
-    import shutil
-
-    from pod_agent.config.settings import SandboxLimitsSection, SecuritySection
-    from pod_agent.sandbox import SandboxJob, SandboxRunner
     from pod_agent.training import TensorSpec, check_result, reported_rows
     from pod_agent.training.local import initial_weights
 
@@ -187,30 +238,34 @@ async def _pod_task(data_path: Path, datastructure: dict[str, Any], root: Path, 
     # A pod checks the result against the task's pinned starting weights: the model as the seed builds it.
     starting = initial_weights(task.model, datastructure=datastructure, hyperparameters=task.hyperparameters)
     expected = {name: TensorSpec(tuple(array.shape)) for name, array in starting.items()}
-    case = root / uuid.uuid4().hex[:8]
-    (case / "input").mkdir(parents=True)
-    shutil.copyfile(data_path, case / "input" / "data.arrow")
-    (case / "input" / "model.py").write_text(TUTORIAL_SOURCE)
-    request = {"task": task.model_dump(mode="json"), "datastructure": datastructure,
-               "trainer": {"accelerator": "cpu", "devices": 1, "threads": threads}, "privacy": {"min_rows": 20}}
-    limits = SandboxLimitsSection(wall_timeout_s=900, cpu_time_s=3600, memory_mb=4096, warm_worker=warm)
-    first_step: list[float] = []
-    async with SandboxRunner(SecuritySection(sandbox=level, sandbox_user=SANDBOX_USER), limits) as runner:  # type: ignore[arg-type]
+    case, request = _stage(data_path, root, task, datastructure, threads)
+    # A single task needs one parked worker; filling the whole pool would only slow the bench.
+    async with _runner(level, warm=warm, warm_pool=1) as runner:
         if warm:
             await runner.prewarm(ENTRY)
             await runner.wait_warm(ENTRY)
         started = time.perf_counter()
-
-        def on_progress(event: dict[str, Any]) -> None:
-            if not first_step and event.get("stage") == "training":
-                first_step.append(time.perf_counter() - started)
-
-        outcome = await runner.run(SandboxJob(entry=ENTRY, input_dir=case / "input", work_dir=case / "work",
-                                              request=request), on_progress=on_progress)
+        outcome, _total, first_step = await _timed_run(runner, case, request)
         check_result(outcome, task=task, expected=expected, rows=reported_rows(task, datastructure["n_rows"]),
                      max_bytes=512 << 20)
         total = time.perf_counter() - started
-    return total, first_step[0] if first_step else float("nan")
+    return total, first_step
+
+
+async def _sequence(data_path: Path, datastructure: dict[str, Any], root: Path, *, threads: int,
+                    level: str) -> list[float]:
+    """A federated loop's tasks on one warm runner; per task, accepted -> first step (evaluate: -> result)."""
+    firsts: list[float] = []
+    async with _runner(level, warm=True) as runner:
+        await runner.prewarm(ENTRY)
+        await runner.wait_warm(ENTRY)
+        for index, kind in enumerate(SEQUENCE_KINDS):
+            if index:
+                await asyncio.sleep(SEQUENCE_GAP_S)
+            case, request = _stage(data_path, root, _task(SMALL_EPOCHS, kind), datastructure, threads)
+            _outcome, total, first_step = await _timed_run(runner, case, request)
+            firsts.append(total if kind == "evaluate" else first_step)
+    return firsts
 
 
 def _best_level() -> str:
@@ -239,6 +294,7 @@ def run(small: bool, *, threads: int = 1, level: str | None = None) -> dict[str,
         short = 1 if not small else epochs
         _, first_cold = asyncio.run(_pod_task(data_path, datastructure, root, epochs=short, threads=threads,
                                               level=chosen, warm=False))
+        sequence = asyncio.run(_sequence(data_path, datastructure, root, threads=threads, level=chosen))
     n_rows = datastructure["n_rows"]
     return {
         "level": chosen, "epochs": epochs, "threads": threads, "train_rows": n_rows["train"],
@@ -246,6 +302,7 @@ def run(small: bool, *, threads: int = 1, level: str | None = None) -> dict[str,
         "ratio": round(min(pod_runs) / min(plain_runs), 3),
         "plain_runs_s": [round(t, 3) for t in plain_runs], "pod_runs_s": [round(t, 3) for t in pod_runs],
         "first_step_warm_s": round(min(first_warm_runs), 3), "first_step_cold_s": round(first_cold, 3),
+        "sequence_first_step_s": [round(t, 3) for t in sequence],
     }
 
 
@@ -257,6 +314,8 @@ def _print(result: dict[str, Any]) -> None:
     print(f"ratio (b)/(a), fastest of each: {result['ratio']:.3f}")
     print(f"task accepted -> first training step: warm {result['first_step_warm_s']:.3f} s, "
           f"cold {result['first_step_cold_s']:.3f} s")
+    print(f"federated loop {'/'.join(SEQUENCE_KINDS)}, {SEQUENCE_GAP_S} s apart, accepted -> first step "
+          f"(evaluate: -> result): {result['sequence_first_step_s']} s")
 
 
 def main() -> None:

@@ -222,8 +222,9 @@ class SandboxLimitsSection(_Section):
     max_output_mb: int = Field(default=512, ge=1)
     warm_worker: bool = True
     # Workers kept started ahead of tasks (confined, imports done) when warm_worker is on; a taken one
-    # is replaced at once. 2 covers a federated loop's train -> evaluate -> train, ~0.7 s apart.
-    warm_pool: int = Field(default=2, ge=1, le=8)
+    # is replaced at once, one start at a time (~3.5 s each on 2 cores). 3 covers a federated loop's
+    # train -> evaluate -> train ~0.7 s apart (with 2 the third waited ~2 s); each holds ~0.3 GB.
+    warm_pool: int = Field(default=3, ge=1, le=8)
 
 
 # Class scores or a regression output fit; a model's whole input row usually does not.

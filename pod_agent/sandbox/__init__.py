@@ -1,4 +1,4 @@
-"""Sandbox: run modeller code confined, fail-closed (probe, bootstrap, runner, frames).
+"""Sandbox: run modeller code confined, fail-closed (probe, bootstrap, runner, pool, frames).
 
 Names resolve lazily so that the bootstrap, which imports this package first thing
 inside every worker, does not pay for the runner's asyncio/subprocess imports.
@@ -21,7 +21,8 @@ if TYPE_CHECKING:
         sandbox_check_lines,
         sandbox_report_lines,
     )
-    from pod_agent.sandbox.runner import SandboxJob, SandboxLimits, SandboxOutcome, SandboxRunner
+    from pod_agent.sandbox.limits import SandboxLimits
+    from pod_agent.sandbox.runner import SandboxJob, SandboxOutcome, SandboxRunner
 
 _HOME = {
     "Channel": "pod_agent.sandbox.channel",
@@ -34,7 +35,7 @@ _HOME = {
     "sandbox_check_lines": "pod_agent.sandbox.probe",
     "sandbox_report_lines": "pod_agent.sandbox.probe",
     "SandboxJob": "pod_agent.sandbox.runner",
-    "SandboxLimits": "pod_agent.sandbox.runner",
+    "SandboxLimits": "pod_agent.sandbox.limits",
     "SandboxOutcome": "pod_agent.sandbox.runner",
     "SandboxRunner": "pod_agent.sandbox.runner",
 }

@@ -63,7 +63,8 @@ def outside(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outside]:
 
 @pytest.fixture
 def run_model(tmp_path: Path, outside: Outside) -> RunModel:
-    """Run corpus/<name>.py through the real runner: ``await run_model("tcp_connect", level="strict")``."""
+    """Run corpus/<name>.py through the real runner: ``await run_model("tcp_connect", level="strict")``,
+    on a worker from the warm pool unless ``warm_worker=False``."""
 
     async def run(name: str, *, level: str = "strict", request: dict[str, Any] | None = None,
                   unsafe_disable_layers: frozenset[str] = frozenset(), stderr_path: Path | None = None,
@@ -77,6 +78,8 @@ def run_model(tmp_path: Path, outside: Outside) -> RunModel:
         runner = SandboxRunner(SecuritySection(sandbox=level, sandbox_user=SANDBOX_USER),
                                SandboxLimitsSection(**merged), unsafe_disable_layers=unsafe_disable_layers)
         async with runner:
+            if merged["warm_worker"]:
+                await runner.prewarm(ENTRY, entry_path=ENTRY_PATH)
             return await runner.run(SandboxJob(entry=ENTRY, input_dir=case / "input", work_dir=case / "work",
                                                request=full_request, entry_path=ENTRY_PATH,
                                                stderr_path=stderr_path))

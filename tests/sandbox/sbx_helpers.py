@@ -20,9 +20,19 @@ ENTRY_PATH = HERE / "entrypoint"
 ENTRY = "sbx_test_entry"
 SANDBOX_USER = "pod-sandbox"
 SECRET = "canary-" + uuid.uuid4().hex
-# Small limits keep the attack corpus fast; each test may lower or raise them.
+# Small limits keep the attack corpus fast; each test may lower or raise them. The corpus runs on a
+# worker taken from the warm pool (run_model pre-warms it), the path every agent task takes.
 ATTACK_LIMITS: dict[str, Any] = {"wall_timeout_s": 20.0, "cpu_time_s": 10, "memory_mb": 256, "max_processes": 32,
-                 "max_open_files": 256, "max_file_mb": 8, "max_output_mb": 4, "warm_worker": False}
+                 "max_open_files": 256, "max_file_mb": 8, "max_output_mb": 4, "warm_worker": True,
+                 "warm_pool": 1}
+
+
+def is_live(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def leftover_processes(comm: str) -> list[int]:
@@ -33,10 +43,9 @@ def leftover_processes(comm: str) -> list[int]:
         if entry.name.isdigit():
             try:
                 name = Path(entry.path, "comm").read_text().strip()
-                state = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()[0]
             except OSError:
                 continue
-            if name == comm and state != "Z":
+            if name == comm and is_live(int(entry.name)):
                 found.append(int(entry.name))
     return found
 

@@ -17,7 +17,7 @@ import pytest
 from pod_agent.errors import SandboxError
 from pod_agent.policy.codes import failure_code_for
 from pod_agent.sandbox.frames import check_safetensors
-from pod_agent.sandbox.runner import KEPT_STDERR_FILES
+from pod_agent.sandbox.staging import KEPT_STDERR_FILES
 from sbx_helpers import CORPUS, SECRET, Outside, RunModel, leftover_processes, nothing_arrived
 
 

@@ -15,7 +15,8 @@ from pod_agent.sandbox.bootstrap import failure_code
 from pod_agent.errors import SandboxError
 from pod_agent.policy.codes import failure_code_for
 from pod_agent.sandbox.cgroup import CgroupSupport, MemoryEvents, TaskCgroup, _delegate_v2, descendants
-from pod_agent.sandbox.runner import EffectiveLimits, SandboxLimits, _exit_reason
+from pod_agent.sandbox.limits import EffectiveLimits, SandboxLimits
+from pod_agent.sandbox.process import _exit_reason
 
 _QUIET = MemoryEvents(oom_kills=0, cap_hits=0)
 _OOM = MemoryEvents(oom_kills=1, cap_hits=3)

@@ -95,9 +95,10 @@ async def test_a_model_allocating_twice_the_memory_cap_fails_as_memory_exceeded(
 
 async def test_a_warm_worker_takes_the_task_and_is_replaced_after_it(adult_input: TaskInput, tmp_path: Path) -> None:
     task = make_task("evaluate", source_ref(TUTORIAL_MODEL, "MyCustomModel"))
+    # One parked worker is enough to show the path (each start imports torch and Lightning).
     runner = SandboxRunner(
         SecuritySection(sandbox="none", sandbox_user=SANDBOX_USER),
-        SandboxLimitsSection(wall_timeout_s=240, memory_mb=4096, warm_worker=True),
+        SandboxLimitsSection(wall_timeout_s=240, memory_mb=4096, warm_worker=True, warm_pool=1),
     )
     async with runner:
         await runner.prewarm(ENTRY)
