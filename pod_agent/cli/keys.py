@@ -1,4 +1,7 @@
-"""``pod-agent keys``: show the pod's identity key, generate a modeller key.
+"""``pod-agent keys``: show the pod's identity key, generate a modeller key, rotate the pod's key.
+
+``rotate`` writes a new identity key and the statement announcing it, signed by the old one
+(``pod_agent.protocol.rotation``).
 
 Also owns ``modeller_entry``, the pod.toml entry for a modeller key (``pod-agent modeller keys`` prints it too).
 
@@ -8,13 +11,17 @@ Only prints public halves; private keys go to files with mode 0600 (``pod_agent.
 from __future__ import annotations
 
 import json
+import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import typer
 
 from pod_agent.config import load_settings
 from pod_agent.modeller.pinning import pin_line
-from pod_agent.protocol import IdentityKey, PublicKey, passphrase_from_env
+from pod_agent.errors import KeyFileError
+from pod_agent.protocol import IdentityKey, PublicKey, envelope_bytes, passphrase_from_env
+from pod_agent.protocol.rotation import DEFAULT_OVERLAP_S, KeyRotation, rotation_statement
 
 _keys = typer.Typer(name="keys", help="Show the pod's identity key or generate a modeller key.", no_args_is_help=True)
 
@@ -64,6 +71,39 @@ def modeller_entry(name: str, public: PublicKey) -> str:
         f'  public_key = "{public.to_b64()}"',
         '  role = "general"   # or "super" to allow any model source',
     ])
+
+
+@_keys.command("rotate")
+def rotate(
+    config: Path = typer.Option(..., "--config", help="The pod's pod.toml."),
+    overlap_days: float = typer.Option(
+        DEFAULT_OVERLAP_S / 86400, "--overlap-days", min=0,
+        help="How long modellers who pinned the old key still accept results signed under it.",
+    ),
+) -> None:
+    """Replace the pod's identity key; write the new key announced in a statement the old key signs."""
+    settings = load_settings(config)
+    path = settings.pod.identity_key_path
+    passphrase = passphrase_from_env(settings.pod.identity_key_passphrase_env)
+    old = IdentityKey.load(path, passphrase)
+    new = IdentityKey.generate()
+    statement = rotation_statement(pod=settings.pod.name, old=old, new=new.public, now=int(time.time()),
+                                   overlap_s=int(overlap_days * 86400))
+    out = settings.pod.state_dir / f"key-rotation-{new.key_id[:16]}.json"
+    # The statement first: were the key replaced and the statement lost, pinned modellers could not follow.
+    try:
+        out.write_bytes(envelope_bytes(statement))
+    except OSError as exc:
+        raise KeyFileError(f"cannot write the rotation statement {out} ({exc.strerror}): check the state_dir") from exc
+    # The old private key is not kept: a rotation is often made because it may have leaked.
+    new.save(path, passphrase, overwrite=True)
+    until = datetime.fromtimestamp(KeyRotation.model_validate(statement.payload).overlap_until, timezone.utc)
+    typer.echo(f"new key:    {new.public.to_b64()} (key id {new.key_id}), written to {path}")
+    typer.echo(f"statement:  {out} (signed by the old key {old.key_id[:16]})")
+    typer.echo(f"pin line:   {pin_line(settings.pod.name, new.public.to_b64())}")
+    typer.echo(f"Restart the agent (`systemctl restart pod-agent`) so it registers the new key. Modellers who pinned "
+               f"the old key verify the statement with it, and accept results under the old key until "
+               f"{until:%Y-%m-%d %H:%M} UTC.")
 
 
 def register(app: typer.Typer) -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
-from conftest import CliResult
 
 from pod_agent.modeller import build_task
 from pod_agent.protocol import IdentityKey, envelope_bytes, sign_envelope, source_sha256
@@ -53,7 +53,7 @@ def _status(path: Path, task_id: str) -> TaskStatus:
 
 
 def test_review_shows_the_diff_against_the_last_approved_version_and_records_who_decided(
-    cli: Callable[..., CliResult], pod: tuple[Path, Path, IdentityKey]
+    cli: Callable[..., Any], pod: tuple[Path, Path, IdentityKey]
 ) -> None:
     config, path, alice = pod
     first = _held(path, alice, V1)
@@ -81,7 +81,7 @@ def test_review_shows_the_diff_against_the_last_approved_version_and_records_who
 
 
 def test_a_decision_needs_a_name_and_a_pending_task(
-    cli: Callable[..., CliResult], pod: tuple[Path, Path, IdentityKey], monkeypatch: pytest.MonkeyPatch
+    cli: Callable[..., Any], pod: tuple[Path, Path, IdentityKey], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config, path, alice = pod
     task_id = _held(path, alice, V1)

@@ -6,15 +6,15 @@ import json
 import stat
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from conftest import CliResult
 
 from pod_agent.modeller import build_task
 from pod_agent.protocol import IdentityKey, envelope_bytes, sign_envelope
 from pod_agent.state import PodState, Verdict
 
 
-def test_export_then_verify_and_a_changed_line_fails(cli: Callable[..., CliResult], tmp_path: Path) -> None:
+def test_export_then_verify_and_a_changed_line_fails(cli: Callable[..., Any], tmp_path: Path) -> None:
     alice = IdentityKey.generate()
     state_dir = tmp_path / "state"
     state_dir.mkdir()
