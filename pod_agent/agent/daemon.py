@@ -103,7 +103,7 @@ from pod_agent.protocol.hub_api import (
     RoundMessages,
     TaskDelivery,
 )
-from pod_agent.protocol.messages import ProgressEvent, ResultPayload, TaskKind, TaskPayload
+from pod_agent.protocol.messages import Envelope, ProgressEvent, ResultPayload, TaskKind, TaskPayload
 from pod_agent.state import OutboxEntry, PodState, TaskRecord, TaskStatus
 
 _log = logging.getLogger(__name__)
@@ -177,6 +177,18 @@ def _policy_parts(settings: PodSettings, *, key: IdentityKey, schema: Schema, st
     )
 
 
+def _rotation_statement(state_dir: Path, key: IdentityKey) -> Envelope | None:
+    """The rotation statement `pod-agent keys rotate` wrote for this key, if any (a small file, read once)."""
+    path = state_dir / f"key-rotation-{key.key_id[:16]}.json"
+    try:
+        return parse_envelope(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ProtocolError) as exc:
+        _log.warning("key rotation statement %s unusable (%s); the hub may refuse this key for the pod's name", path, exc)
+        return None
+
+
 class Agent:
     """The daemon's parts, opened once; ``run`` drives the loops until ``stop`` is set."""
 
@@ -203,6 +215,8 @@ class Agent:
             settings=settings, datasource=datasource, schema=schema, work_root=settings.pod.state_dir / "work",
             outbox_dir=self._blob_dir, secure_round=policy.round_context,
         )
+        # After `pod-agent keys rotate`: the statement its old key signed, so the hub moves the name to this key.
+        self._rotation = _rotation_statement(settings.pod.state_dir, key)
         # The pod.toml that SIGHUP re-reads; None: settings built in code, nothing to reload.
         self.config_path = config_path
         self._reload = asyncio.Event()
@@ -380,6 +394,7 @@ class Agent:
             sandbox_level=self.sandbox_level,
             heartbeat_s=self.settings.hub.heartbeat_s,
             enrolment_token=token.get_secret_value() if token is not None else None,
+            rotation=self._rotation,
         )
 
     async def _hub_link(self, hub: HubClient) -> None:

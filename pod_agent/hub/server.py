@@ -114,6 +114,7 @@ from pod_agent.protocol import (
 )
 from pod_agent.protocol.canonical import sha256_hex
 from pod_agent.protocol.request_auth import SignedHeaders, check_signature, parse_signed_headers
+from pod_agent.protocol.rotation import verified_rotation
 from pod_agent.protocol.hub_api import ModellerRegistration, ModelPublication, PodRegistration, Refusal
 from pod_agent.protocol.messages import (
     Envelope,
@@ -371,6 +372,10 @@ async def _pods_register(request: web.Request) -> web.Response:
     admission = await _admission(request, role="pod", name=reg.name, token=reg.enrolment_token)
     now = hub.now()
     existing = await hub.db(hub.storage.get_pod, reg.name)
+    if existing is not None and existing.key_id != key.key_id and reg.rotation is not None:
+        _check_rotation(reg.name, reg.rotation, held=PublicKey.from_b64(existing.public_key), new=key)
+        await hub.db(hub.storage.release_pod, reg.name)
+        _log.info("pod re-keyed by a rotation statement its old key signed", extra={"pod": reg.name})
     record = PodRecord(
         name=reg.name, key_id=key.key_id, public_key=reg.public_key, schema=reg.schema_public,
         schema_hash=reg.schema_hash, row_count=reg.row_count, sandbox_level=reg.sandbox_level,
@@ -380,6 +385,17 @@ async def _pods_register(request: web.Request) -> web.Response:
     await _store_registration(hub, admission, hub.storage.upsert_pod, record)
     _log.info("pod registered%s", " (pending approval)" if admission.pending else "", extra={"pod": reg.name})
     return _registered({"pod": reg.name, "key_id": key.key_id, "new": existing is None}, admission, key.key_id)
+
+
+def _check_rotation(name: str, rotation: Envelope, *, held: PublicKey, new: PublicKey) -> None:
+    """A registration under a new key may take over its name only with a statement the held key signed."""
+    try:
+        statement = verified_rotation(rotation, held)
+    except ProtocolError as exc:
+        raise HubError(f"pod {name!r}: the key rotation statement is not signed by the key the hub holds "
+                       f"for it ({exc})", status=403) from exc
+    if statement.pod != name or statement.new_key != new.to_b64():
+        raise HubError(f"pod {name!r}: the key rotation statement names another pod or key", status=403)
 
 
 async def _admission(request: web.Request, *, role: KeyRole, name: str, token: str | None) -> Admission:

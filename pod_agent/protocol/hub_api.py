@@ -46,6 +46,9 @@ class PodRegistration(WireModel):
     sandbox_level: str = Field(max_length=32)
     heartbeat_s: float = Field(gt=0)
     enrolment_token: EnrolmentToken | None = None
+    # After `pod-agent keys rotate`: the statement (protocol.rotation) the key the hub holds for this name
+    # signed, naming public_key; the hub moves the name to the new key instead of refusing it.
+    rotation: Envelope | None = None
 
 
 class ModellerRegistration(WireModel):
