@@ -44,6 +44,7 @@ Routes (JSON bodies; errors are ``{"error": text}`` with a 4xx/5xx status):
     POST /v1/tasks                          submit a modeller-signed TaskPayload envelope
     GET  /v1/tasks/{task_id}                per-pod delivery, refusal, progress and result status
     GET  /v1/tasks/{task_id}/results        the pods' signed result envelopes
+    GET  /v1/tasks/{task_id}/wait?after=N&wait=S  long poll: the status once more than N pods finished
     PUT  /v1/blobs/{sha256}                 stream a blob (signature over an empty body; sha256 binds it)
     GET  /v1/blobs/{sha256}                 stream a blob back (to those it is shared with, else 404)
     POST /v1/secagg/{task_id}/{round}/{stage}    one signed secure-round message (protocol.secure_round)
@@ -96,6 +97,7 @@ from pod_agent.hub.limits import (
 from pod_agent.hub.storage import (
     BlobRecord,
     BlobRefRecord,
+    DeliveryRecord,
     KeyRole,
     ModellerRecord,
     ModelRecord,
@@ -544,6 +546,7 @@ async def _pod_task_refusal(request: web.Request) -> web.Response:
     task_id = request.match_info["task_id"]
     if not await hub.db(hub.storage.record_refusal, task_id, pod.name, refusal.code, now=hub.now()):
         raise _no_task_for(task_id, pod.name)
+    hub.notify(_task_wakeup_key(task_id))
     _log.info("task refused by pod", extra={"pod": pod.name, "code": refusal.code})
     return web.json_response({"ok": True})
 
@@ -582,6 +585,7 @@ async def _pod_results(request: web.Request) -> web.Response:
     if result.blob is not None:
         ref = BlobRefRecord(result.blob.sha256, "result", result.task_id, pod.name)
         await hub.db(hub.storage.add_blob_refs, [ref])
+    hub.notify(_task_wakeup_key(result.task_id))
     _log.info("result %s", outcome, extra={"pod": pod.name, "status": result.status})
     return web.json_response({"ok": True, "outcome": outcome}, status=201 if outcome == "stored" else 200)
 
@@ -710,23 +714,75 @@ async def _owned_task(request: web.Request) -> TaskRecord:
     return task  # type: ignore[no-any-return]
 
 
+def _status_body(task: TaskRecord, deliveries: list[DeliveryRecord]) -> dict[str, Any]:
+    """A task's status as ``hub_api.TaskStatusReply`` (and ``TaskWaitReply``) carry it."""
+    return {
+        "task_id": task.task_id,
+        "created_at": task.created_at,
+        "pods": {
+            d.pod: {
+                "acked": d.acked_at is not None, "refusal": d.refusal, "result": d.result_status,
+                "progress": d.progress,
+            }
+            for d in deliveries
+        },
+        "finished": sum(1 for d in deliveries if d.result_status is not None or d.refusal is not None),
+    }
+
+
 async def _tasks_status(request: web.Request) -> web.Response:
     hub = _hub(request)
     task = await _owned_task(request)
-    deliveries = await hub.db(hub.storage.deliveries, task.task_id)
-    return web.json_response(
-        {
-            "task_id": task.task_id,
-            "created_at": task.created_at,
-            "pods": {
-                d.pod: {
-                    "acked": d.acked_at is not None, "refusal": d.refusal, "result": d.result_status,
-                    "progress": d.progress,
-                }
-                for d in deliveries
-            },
-        }
+    return web.json_response(_status_body(task, await hub.db(hub.storage.deliveries, task.task_id)))
+
+
+def _task_wakeup_key(task_id: str) -> str:
+    # Shares the pods' wake-up table; a pod name cannot contain ':'.
+    return f"task:{task_id}"
+
+
+async def _tasks_wait(request: web.Request) -> web.Response:
+    """Long poll for the task's modeller: its status once more than ``after`` of its pods have finished
+    (a result or a refusal), or when the wait ends (at most MAX_LONG_POLL_S), so a modeller learns of a
+    result when it is stored rather than at its next poll."""
+    hub = _hub(request)
+    task = await _owned_task(request)
+    wait_s, after = _long_poll_query(request, what="a count of finished pods")
+    deliveries = await _long_poll(
+        hub, _task_wakeup_key(task.task_id), wait_s,
+        fetch=lambda: hub.db(hub.storage.deliveries, task.task_id),
+        ready=lambda ds: sum(1 for d in ds if d.result_status is not None or d.refusal is not None) > after,
     )
+    return web.json_response(_status_body(task, deliveries))
+
+
+def _long_poll_query(request: web.Request, *, what: str) -> tuple[float, int]:
+    """A long poll's ``wait`` (seconds, capped at MAX_LONG_POLL_S) and ``after`` (``what``) query values."""
+    try:
+        wait_s = min(float(request.query.get("wait", "0")), MAX_LONG_POLL_S)
+        after = int(request.query.get("after", "0"))
+        if math.isnan(wait_s):
+            # NaN passes every bound and would make the wait endless.
+            raise ValueError("wait is NaN")
+    except ValueError as exc:
+        raise HubError(f"query 'wait' must be seconds and 'after' {what}", status=400) from exc
+    return max(wait_s, 0.0), after
+
+
+async def _long_poll(
+    hub: _Hub, key: str, wait_s: float, *, fetch: Callable[[], Awaitable[_R]], ready: Callable[[_R], bool]
+) -> _R:
+    """``fetch()`` once ``ready`` says so, or when ``wait_s`` has passed; woken by ``hub.notify(key)``."""
+    deadline = asyncio.get_running_loop().time() + wait_s
+    while True:
+        # Taken before the fetch, so a notify between the fetch and the wait is not lost.
+        event = hub.wakeup(key)
+        found = await fetch()
+        remaining = deadline - asyncio.get_running_loop().time()
+        if ready(found) or remaining <= 0:
+            return found
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), remaining)
 
 
 async def _tasks_results(request: web.Request) -> web.Response:
@@ -809,23 +865,12 @@ async def _secagg_get(request: web.Request) -> web.Response:
     task, reader, stage, round_index = party.task, party.sender, party.stage, party.round
     if reader != MODELLER_SENDER and stage not in POD_READ_STAGES:
         raise HubError(f"a pod does not read the {stage} messages of a round; only the modeller does", status=403)
-    try:
-        wait_s = min(float(request.query.get("wait", "0")), MAX_LONG_POLL_S)
-        after = int(request.query.get("after", "0"))
-        if math.isnan(wait_s):
-            # NaN passes every bound and would make the wait below endless.
-            raise ValueError("wait is NaN")
-    except ValueError as exc:
-        raise HubError("query 'wait' must be seconds and 'after' a count of messages", status=400) from exc
-    deadline = asyncio.get_running_loop().time() + max(wait_s, 0.0)
-    while True:
-        event = hub.wakeup(_round_wakeup_key(task.task_id, round_index))
-        records = await hub.db(hub.storage.round_messages, task.task_id, round_index, stage)
-        remaining = deadline - asyncio.get_running_loop().time()
-        if len(records) > after or remaining <= 0:
-            break
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), remaining)
+    wait_s, after = _long_poll_query(request, what="a count of messages")
+    records: list[RoundMessageRecord] = await _long_poll(
+        hub, _round_wakeup_key(task.task_id, round_index), wait_s,
+        fetch=lambda: hub.db(hub.storage.round_messages, task.task_id, round_index, stage),
+        ready=lambda held: len(held) > after,
+    )
     if stage == "shares" and reader != MODELLER_SENDER:
         return web.json_response({"count": len(records), "shares": _shares_for(reader, records)})
     return web.json_response({"count": len(records), "messages": [json.loads(r.envelope) for r in records]})
@@ -980,6 +1025,7 @@ def create_app(
     r.add_post("/v1/tasks", _tasks_submit, name="tasks_submit")
     r.add_get("/v1/tasks/{task_id}", _tasks_status, name="tasks_status")
     r.add_get("/v1/tasks/{task_id}/results", _tasks_results, name="tasks_results")
+    r.add_get("/v1/tasks/{task_id}/wait", _tasks_wait, name="tasks_wait")
     r.add_put("/v1/blobs/{sha256}", _blob_put, name="blob_put")
     r.add_get("/v1/blobs/{sha256}", _blob_get, name="blob_get")
     r.add_post("/v1/secagg/{task_id}/{round:[0-9]{1,9}}/{stage}", _secagg_post, name="secagg_post")

@@ -63,6 +63,8 @@ _log = logging.getLogger(__name__)
 SEE_POD_LIST = "; see `pod-agent modeller pods`"
 # The largest result blob a modeller downloads: a model update far beyond any this project trains.
 MAX_DOWNLOAD_BYTES = 8 << 30
+# One long poll for results; the hub answers sooner when a pod finishes, and caps it at 30 s.
+RESULT_WAIT_S = 25.0
 _R = TypeVar("_R", bound=HubReply)
 
 
@@ -303,18 +305,27 @@ class ModellerClient:
         return "unknown to the hub"
 
     async def wait_results(
-        self, task_id: str, pods: list[str], *, timeout_s: float = 600.0, poll_s: float = 0.5
+        self, task_id: str, pods: list[str], *, timeout_s: float = 600.0
     ) -> dict[str, VerifiedResult | str]:
-        """Wait until every pod returned a result or refused; maps pod -> result or refusal code."""
+        """Wait until every pod returned a result or refused; maps pod -> result or refusal code.
+
+        Long polls the hub (``GET /v1/tasks/{id}/wait``), which answers as soon as another pod finishes,
+        so a result is seen when it is stored, not at the next tick of a poll."""
         deadline = time.monotonic() + timeout_s
+        finished = 0
         while True:
-            status = await self.status(task_id)
+            wait_s = min(RESULT_WAIT_S, max(0.0, deadline - time.monotonic()))
+            reply = await self._request(
+                "GET", f"/v1/tasks/{task_id}/wait?after={finished}&wait={wait_s:.3f}", reply=TaskStatusReply,
+                total_s=wait_s + self._timeout_s,
+            )
+            status = TaskStatus(task_id=reply.task_id, pods={p: e.model_dump() for p, e in reply.pods.items()})
             if all(status.finished(p) for p in pods):
                 break
-            if time.monotonic() > deadline:
+            if time.monotonic() >= deadline:
                 missing = [p for p in pods if not status.finished(p)]
                 raise ModellerError(f"task {task_id}: no answer from {missing} within {timeout_s:g} s")
-            await asyncio.sleep(poll_s)
+            finished = reply.finished
         by_pod: dict[str, VerifiedResult | str] = {r.pod: r for r in await self.results(task_id)}
         for pod in pods:
             refusal = status.pods[pod].get("refusal")

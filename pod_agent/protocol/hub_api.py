@@ -186,9 +186,13 @@ class PodDeliveryStatus(HubReply):
 
 
 class TaskStatusReply(HubReply):
+    """A task's per-pod status (``GET /v1/tasks/{id}``, and the long poll ``.../wait``); ``finished``
+    counts the pods that answered (a result or a refusal), the ``after`` of the next wait."""
+
     task_id: TaskId
     created_at: int
     pods: dict[PodName, PodDeliveryStatus]
+    finished: int = Field(default=0, ge=0)
 
 
 class TaskResults(HubReply):

@@ -254,3 +254,49 @@ async def test_a_released_pod_name_can_be_registered_by_a_new_key(hub: Any) -> N
     assert status == 200 and body["key_id"] == new.key_id
     status, body = await hub.caller(old).call("POST", "/v1/pods/register", hub.pod_registration(old, "pod-a"))
     assert status == 409 and "pod-agent hub release-pod" in body["error"]
+
+
+# -- the modeller's long poll on a task: answers when a pod finishes, only to the task's modeller --
+
+
+async def _submitted(hub: Any) -> tuple[IdentityKey, IdentityKey, str]:
+    modeller, pod = await _setup(hub)
+    raw = _task(modeller, ["pod-a"])
+    await hub.caller(modeller).call("POST", "/v1/tasks", raw=raw)
+    return modeller, pod, json.loads(raw)["payload"]["task_id"]
+
+
+async def test_wait_answers_as_soon_as_a_result_is_stored(hub: Any) -> None:
+    modeller, pod, task_id = await _submitted(hub)
+    started = time.monotonic()
+    waiting = asyncio.create_task(hub.caller(modeller).call("GET", f"/v1/tasks/{task_id}/wait?after=0&wait=20"))
+    await asyncio.sleep(0.2)
+    assert not waiting.done()
+    assert (await hub.caller(pod).call("POST", "/v1/pod/results", raw=_result(pod, task_id)))[0] == 201
+    status, body = await asyncio.wait_for(waiting, 5)
+    assert status == 200 and body["finished"] == 1 and body["pods"]["pod-a"]["result"] == "done"
+    assert time.monotonic() - started < 5
+
+
+async def test_wait_answers_at_once_for_a_refusal_already_held(hub: Any) -> None:
+    modeller, pod, task_id = await _submitted(hub)
+    await hub.caller(pod).call("POST", f"/v1/pod/tasks/{task_id}/refusal", {"code": "expired"})
+    status, body = await asyncio.wait_for(
+        hub.caller(modeller).call("GET", f"/v1/tasks/{task_id}/wait?after=0&wait=20"), 5
+    )
+    assert status == 200 and body["finished"] == 1 and body["pods"]["pod-a"]["refusal"] == "expired"
+
+
+async def test_wait_ends_with_the_status_unchanged_when_nothing_happens(hub: Any) -> None:
+    modeller, _, task_id = await _submitted(hub)
+    status, body = await hub.caller(modeller).call("GET", f"/v1/tasks/{task_id}/wait?after=0&wait=0.2")
+    assert status == 200 and body["finished"] == 0
+
+
+async def test_wait_is_only_for_the_tasks_modeller_and_takes_numbers(hub: Any) -> None:
+    modeller, _, task_id = await _submitted(hub)
+    other = IdentityKey.generate()
+    await hub.caller(other).call("POST", "/v1/modellers/register", {"name": "o", "public_key": other.public.to_b64()})
+    assert (await hub.caller(other).call("GET", f"/v1/tasks/{task_id}/wait?wait=1"))[0] == 404
+    status, body = await hub.caller(modeller).call("GET", f"/v1/tasks/{task_id}/wait?wait=nan")
+    assert status == 400 and "'after' a count of finished pods" in body["error"]

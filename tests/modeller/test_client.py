@@ -83,7 +83,7 @@ async def test_waiting_for_a_silent_pod_times_out_naming_it(local_hub: Any) -> N
     async with ModellerClient(local_hub.url, IdentityKey.generate()) as client:
         task_id = await _submitted(local_hub, client)
         with pytest.raises(ModellerError, match=r"no answer from \['pod-a'\]"):
-            await client.wait_results(task_id, ["pod-a"], timeout_s=0.3, poll_s=0.1)
+            await client.wait_results(task_id, ["pod-a"], timeout_s=0.3)
 
 
 async def test_submitting_to_an_unknown_pod_names_it(local_hub: Any) -> None:

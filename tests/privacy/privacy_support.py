@@ -194,7 +194,7 @@ class Attacker:
 
     async def outcome(self, task: TaskPayload) -> ResultView:
         await self.client.submit_task(task)
-        answers = await self.client.wait_results(task.task_id, [self.pod.name], timeout_s=TASK_TIMEOUT_S, poll_s=0.2)
+        answers = await self.client.wait_results(task.task_id, [self.pod.name], timeout_s=TASK_TIMEOUT_S)
         got = answers[self.pod.name]
         if isinstance(got, VerifiedResult):
             return ResultView(task.task_id, got.payload.status, got.payload.reason, got)
