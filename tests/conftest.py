@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -74,8 +75,22 @@ def section() -> Callable[..., DatasourceSection]:
 @pytest.fixture
 def hub_process_url(tmp_path: Path) -> Iterator[str]:
     """A real reference hub process (`pod-agent hub serve`) on a free loopback port; its URL."""
+    with _hub_process(tmp_path / "hub.sqlite") as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def module_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """One hub process for a test module (its start costs a second): its URL and database."""
+    db = tmp_path_factory.mktemp("hub") / "hub.sqlite"
+    with _hub_process(db) as url:
+        yield url, db
+
+
+@contextlib.contextmanager
+def _hub_process(db: Path) -> Iterator[str]:
     hub = subprocess.Popen(
-        [sys.executable, "-m", "pod_agent", "hub", "serve", "--db", str(tmp_path / "hub.sqlite"), "--port", "0"],
+        [sys.executable, "-m", "pod_agent", "hub", "serve", "--db", str(db), "--port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )
     try:

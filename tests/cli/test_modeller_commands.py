@@ -53,6 +53,7 @@ class Desk:
         now = int(time.time())
         storage = self.storage()
         try:
+            storage.release_pod(name)  # the module's hub kept an earlier test's pod of this name
             storage.upsert_pod(PodRecord(
                 name=name, key_id=key.key_id, public_key=key.public.to_b64(), schema={"columns": []},
                 schema_hash="a" * 64, row_count=100, sandbox_level="strict", heartbeat_s=5.0, registered_at=now,
@@ -74,12 +75,14 @@ class Desk:
 
 
 @pytest.fixture
-def desk(cli, tmp_path: Path, hub_process_url: str, monkeypatch: pytest.MonkeyPatch) -> Desk:
+def desk(cli, tmp_path: Path, module_hub: tuple[str, Path], monkeypatch: pytest.MonkeyPatch) -> Desk:
+    """A new modeller key and pod-a (a new key each test: the hub keeps the last one registered)."""
     monkeypatch.chdir(tmp_path)  # submit's default --work-dir (starting weights) is relative
     (tmp_path / "model.py").write_text(_MODEL)
-    made = Desk(cli, hub_process_url, tmp_path / "hub.sqlite", tmp_path / "modeller.pem", tmp_path, {})
+    url, db = module_hub
+    made = Desk(cli, url, db, tmp_path / "modeller.pem", tmp_path, {})
     assert made.modeller("keys", "--generate").code == 0
-    registered = made.modeller("register", "--name", "alice")
+    registered = made.modeller("register", "--name", f"alice-{tmp_path.name}")
     assert registered.code == 0, registered.err
     made.add_pod("pod-a")
     return made
