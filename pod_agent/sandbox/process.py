@@ -105,9 +105,12 @@ def _exit_reason(returncode: int | None, *, namespaced: bool, memory: MemoryEven
     return "no_result"
 
 
-
 class WorkerProcess:
-    """One launched worker process and everything that must die with it."""
+    """One launched worker process and everything that must die with it; it serves one task.
+
+    ``warm`` workers start before any task (pool.py) under the pod's limits plus the prepare()
+    allowance, and are lowered to the task's limits when it comes (``run_task``).
+    """
 
     def __init__(self, spec: LaunchSpec, *, slot: Path, limits: EffectiveLimits, warm: bool) -> None:
         self.spec, self.warm = spec, warm
@@ -325,7 +328,6 @@ def _fixed_code(reason: object) -> str:
     if isinstance(reason, str) and reason.replace("_", "").isalnum() and reason.islower() and len(reason) <= 64:
         return reason
     return "invalid_reason"
-
 
 
 __all__ = ["LaunchSpec", "WorkerProcess"]
