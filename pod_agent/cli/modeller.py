@@ -17,11 +17,12 @@ import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import typer
 
 from pod_agent.cli import fit_local
+from pod_agent.cli.keys import modeller_entry
 from pod_agent.errors import ModellerError
 from pod_agent.modeller import (
     DEFAULT_TASK_LIFETIME_S,
@@ -32,7 +33,6 @@ from pod_agent.modeller import (
     load_pod_keys,
     model_from_file,
 )
-from pod_agent.cli.keys import modeller_entry
 from pod_agent.modeller.client import SEE_POD_LIST
 from pod_agent.modeller.results import UNKNOWN_TRAIN_BLOB, PodAnswer, results_table, save_results
 from pod_agent.modeller.tasks import load_task_record, save_task_record
