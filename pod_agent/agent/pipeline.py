@@ -5,7 +5,8 @@ an optional tensor blob file) that the daemon signs into a ResultPayload.
 ``schema-stats`` runs here (``stats.py``; aggregate facts only). ``train``,
 ``evaluate`` and ``predict`` go through the sandbox (pod_agent.sandbox),
 training (pod_agent.training) and secure aggregation (pod_agent.secagg), under the
-signer's privacy floor and, for a signer with a dp budget, the noise ``policy.budget``
+signer's privacy floor (the prepared input reused from ``data.input_cache`` when an
+earlier task prepared the same selection of the same file) and, for a signer with a dp budget, the noise ``policy.budget``
 plans (added here to the checked update, outside the sandbox, before it is encoded or
 masked): the prepared splits' exact row counts and steps are checked here before the
 sandbox starts, and what comes back leaves only as ``egress.py``
@@ -22,6 +23,7 @@ import hashlib
 import logging
 import math
 import shutil
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +34,7 @@ from pod_agent.agent.secure_round import PodRoundContext, RoundLink, check_unrel
 from pod_agent.agent.stats import schema_stats
 from pod_agent.config.settings import PodSettings
 from pod_agent.data import Datasource, Schema
+from pod_agent.data.input_cache import TaskInputCache
 from pod_agent.errors import SandboxError, TaskFailed
 from pod_agent.policy import FailureCode, PrivacyFloor, check_fetched_source, modeller_keys
 from pod_agent.policy.budget import NoisePlan, noise_plan
@@ -45,6 +48,8 @@ ProgressSink = Callable[[ProgressEvent], None]
 
 # The module the sandbox runs for train/evaluate/predict (pod_agent.training.worker).
 TRAINING_ENTRY = "pod_agent.training.worker"
+# Prepared task inputs kept on disk for the next round's tasks: a few selections of a large table.
+INPUT_CACHE_BYTES = 2 << 30
 
 
 class HubFetcher(RoundLink, Protocol):
@@ -91,6 +96,7 @@ class TaskPipeline:
         self._outbox_dir = outbox_dir
         self._secure_round = secure_round
         self._modellers = modeller_keys(settings.security.modellers)  # every key a modeller signs with
+        self._inputs = TaskInputCache(settings.pod.state_dir / "input-cache", max_bytes=INPUT_CACHE_BYTES)
         # Set by the daemon once its hub connection exists, which is after the pipeline is built.
         self.fetcher: HubFetcher | None = None
         self._runner: Any = None
@@ -184,7 +190,16 @@ class TaskPipeline:
     async def _sandboxed_in(
         self, task: TaskPayload, floor: PrivacyFloor, work: Path, input_dir: Path, on_progress: ProgressSink
     ) -> PipelineOutput:
-        from pod_agent.data.task_input import prepare_task_input
+        clock = StageClock()
+        output = await self._sandboxed_stages(task, floor, work, input_dir, on_progress, clock)
+        clock.mark("result")
+        _log.info("%s task stages: %s", task.kind, clock.line())
+        return output
+
+    async def _sandboxed_stages(
+        self, task: TaskPayload, floor: PrivacyFloor, work: Path, input_dir: Path, on_progress: ProgressSink,
+        clock: StageClock,
+    ) -> PipelineOutput:
         from pod_agent.sandbox import SandboxJob, SandboxLimits
         from pod_agent.training import (
             TrainerSettings,
@@ -207,7 +222,7 @@ class TaskPipeline:
             await self._fetch_blob(task.weights, weights)
             expected = await asyncio.to_thread(lambda: expected_from_safetensors(safetensors_head(weights)))
         prepared = await asyncio.to_thread(
-            prepare_task_input, self._datasource, self._schema, task.data, input_dir,
+            self._inputs.prepare, self._datasource, self._schema, task.data, input_dir,
             share_categories=self._settings.privacy.share_categories,
         )
         # The agent's own counts of the prepared splits: checked here, and the only counts that leave.
@@ -234,7 +249,9 @@ class TaskPipeline:
         progress = ProgressRebuilder(
             task_id=task.task_id, total_steps=steps if task.kind == "train" else 0, steps_per_epoch=steps_per_epoch,
         )
-        outcome = await self._runner.run(job, on_progress=lambda raw: _forward(progress, raw, on_progress))
+        clock.mark("input")
+        outcome = await self._runner.run(job, on_progress=lambda raw: _forward(progress, raw, on_progress, clock))
+        clock.mark("sandbox")
         on_progress(ProgressEvent(task_id=task.task_id, stage="validating"))
         checked = await asyncio.to_thread(
             check_result, outcome, task=task, expected=expected,
@@ -322,6 +339,27 @@ class TaskPipeline:
         await self.fetcher.blob(ref.sha256, dest, size_bytes=ref.size_bytes)
 
 
+class StageClock:
+    """Where a sandboxed task's time went, for the local log (``bench/rounds.py`` reads it): seconds from
+    the pipeline's start to each stage's end; a stage marks once (its first time).
+
+    ``input``: model, weights and prepared rows in place; ``first_step``: the worker's first training step
+    began (train only; it includes waiting for a worker); ``sandbox``: the worker's answer is in;
+    ``result``: checked, noised, encoded or masked and summed with the cohort (a secure round's wait
+    for the other pods included).
+    """
+
+    def __init__(self) -> None:
+        self._started = time.monotonic()
+        self._marks: dict[str, float] = {}
+
+    def mark(self, stage: str) -> None:
+        self._marks.setdefault(stage, time.monotonic() - self._started)
+
+    def line(self) -> str:
+        return " ".join(f"{stage}={seconds:.3f}s" for stage, seconds in self._marks.items())
+
+
 def _private_dir(path: Path) -> None:
     path.mkdir(parents=True)
     path.chmod(0o700)  # mkdir's mode is masked by the umask; this is not
@@ -375,10 +413,12 @@ def _noised(task: TaskPayload, arrays: Mapping[str, Any], plan: NoisePlan) -> tu
     return task, {**arrays, **noised.arrays}
 
 
-def _forward(rebuilder: ProgressRebuilder, raw: object, sink: ProgressSink) -> None:
+def _forward(rebuilder: ProgressRebuilder, raw: object, sink: ProgressSink, clock: StageClock) -> None:
     """Sandbox progress (untrusted) -> the event the hub may see, rebuilt from typed fields; else nothing."""
     progress = parse_progress(raw)
     if progress is None:
         return
+    if progress.stage == "training":
+        clock.mark("first_step")
     for event in rebuilder.rebuild(progress):
         sink(event)

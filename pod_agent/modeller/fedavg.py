@@ -2,8 +2,14 @@
 
 Owns the round loop on the modeller's side: publish the global weights, sign and
 send a train task to the cohort, collect the pods' signed results, unmask or
-average them, apply the mean update, then evaluate the new global model on every
-pod (metrics only) and stop early on a patience rule. Under secure aggregation a
+average them, apply the mean update, and stop early on a patience rule. The global
+model a round makes is evaluated by the next round's train tasks before they train
+(``TaskPayload.evaluate_first``: one task per round, not two), so a round's record
+is complete when the next round's results are in; the last round's model is
+evaluated by an evaluate task of its own. Per pod in a plain round, as a cohort mean
+inside the masked sum in a secure one (the pooled means are weighted by training rows).
+The secure sum's modulus is 32 bits when the fixed-point checks say a 32-bit sum cannot
+wrap for this cohort (no masked metrics, and weights within range), else 64. Under secure aggregation a
 round is one SecAgg+ run (``secure_round.py``): pods that drop out at any stage are
 left out inside the round, and the survivors' weighted mean comes back without a
 retry. A round is never run again from the same weights: two sums that differ by one
@@ -13,8 +19,8 @@ Differential privacy (``FedAvgPlan.dp``): ``plan_dp`` turns a target epsilon int
 multiplier for the planned rounds (or, given a multiplier, the rounds that fit), accounted as each
 pod accounts it (``pod_agent.policy.budget``: one Gaussian release per round, RDP). The tasks carry
 that request (``DpParams``) but each pod adds at least its owner's noise whatever they ask. Under DP
-the secure sum is unweighted (so pods may split the noise variance), pods send no train metrics,
-and evaluate and schema-stats tasks (exact releases a pod refuses unless its owner allows them) are
+the secure sum is unweighted (so pods may split the noise variance), pods send no train metrics
+(so no train task evaluates first), and evaluate and schema-stats tasks (exact releases a pod refuses unless its owner allows them) are
 sent only when the plan says the owners allow them.
 """
 
@@ -50,7 +56,7 @@ from pod_agent.protocol.messages import (
     TaskPayload,
     WeightsRef,
 )
-from pod_agent.secagg import Layout, aggregate_masked, floating_tensors
+from pod_agent.secagg import ClipBound, Layout, aggregate_masked, floating_tensors, plan_encoding, plan_metrics
 
 _log = logging.getLogger(__name__)
 
@@ -62,13 +68,14 @@ class SecureSettings:
     """Parameter clipping in the seeds' form; ``num_workers`` is the cohort size of each round.
 
     The defaults bound every update value to |v| <= prime_q / (2 * precision * N): 4 for
-    N = 2, 2.7 for N = 3, within a pod owner's default ceiling (privacy.max_clip_bound = 4),
-    with 64 bits left for weighting each value by the pod's training rows.
+    N = 2, 2.7 for N = 3, within a pod owner's default ceiling (privacy.max_clip_bound = 4).
+    Weighting each value by the pod's training rows, or masked metrics, usually need the
+    64-bit modulus (``choose_modulus_bits``); an unweighted sum without metrics fits 32 bits.
     """
 
     prime_q: int = 2**20
     precision: int = 2**16
-    modulus_bits: Literal[32, 64] = 64
+    modulus_bits: Literal[32, 64] | None = None  # None: 32 when a 32-bit sum cannot wrap, else 64
     clip_norm: float | None = None
     # Train metrics whose cohort means come back inside the masked sum (a pod reports none in clear).
     metrics: tuple[str, ...] = ("train_loss",)
@@ -141,6 +148,22 @@ class FedAvgPlan:
     dp: DpTarget | None = None
 
 
+# What a train task that evaluates first reports of the model it started from (the egress names).
+EVALUATED_METRICS = ("test_loss", "test_accuracy")
+# The record key of a secure round's evaluation: the cohort's means, no pod's own.
+COHORT = "cohort"
+
+
+@dataclass(frozen=True)
+class _Trained:
+    """A round's outcome: the pods that answered, their mean update, and (when the tasks evaluated
+    first) the incoming model's test metrics per pod, or under ``COHORT`` in a secure round."""
+
+    cohort: list[str]
+    mean_update: Weights
+    evaluated: dict[str, PodMetrics]
+
+
 @dataclass
 class FedAvgResult:
     weights: Weights
@@ -165,6 +188,10 @@ class FedAvg:
         self.dp = None if plan.dp is None else plan_dp(plan.dp, plan.rounds)
         # Exact releases (evaluate, schema-stats) go to DP-budgeted pods only if their owners allow them.
         self._exact = plan.dp is None or plan.dp.exact_releases
+        # Train tasks evaluate the incoming model only where train metrics leave the pod (not under DP).
+        self._inline_evaluation = plan.dp is None
+        self._row_counts: dict[str, int] = {}
+        self._best_loss, self._stale = float("inf"), 0
 
     async def run(self, initial: Weights | None = None) -> FedAvgResult:
         """Train from ``initial`` for the planned rounds; by default from the model as a pod
@@ -174,6 +201,7 @@ class FedAvg:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         listed = await self.client.registered(plan.pods, hint=SEE_POD_LIST)
         self._schema_hashes = {p: info.schema_hash for p, info in listed.items()}
+        self._row_counts = {p: info.row_count for p, info in listed.items()}
         if plan.cohort_scaling and self._exact:
             self.selection = self.selection.model_copy(update={"scaling": await self._cohort_scaling()})
         if initial is None:
@@ -181,37 +209,51 @@ class FedAvg:
         weights = {name: np.ascontiguousarray(a, dtype=np.float32) for name, a in sorted(initial.items())}
         report = RunReport()
         cohort = list(plan.pods)
-        best_loss, stale = float("inf"), 0
+        self._best_loss, self._stale = float("inf"), 0
         weights_ref: WeightsRef | None = None
         rounds = plan.rounds if self.dp is None else self.dp.rounds
         if rounds < plan.rounds:
             report.notes.append(f"{rounds} of {plan.rounds} rounds fit the privacy target")
+        unevaluated: tuple[int, float] | None = None  # (round, seconds) of a model the next tasks evaluate
         for round_index in range(1, rounds + 1):
             started = time.monotonic()
             if weights_ref is None:  # uploaded within round 1 so its time counts the upload
                 weights_ref = await self._publish(weights, f"round{round_index}")
-            cohort, mean_update = await self._train_round(weights, weights_ref, cohort, round_index)
-            weights = apply_mean_update(weights, mean_update)
-            # The upload evaluated here is what the next round trains from: one copy of each global model.
-            weights_ref = await self._publish(weights, f"round{round_index}-result")
-            label = f"round{round_index}-result"
-            record = RoundRecord(
-                round=round_index,
-                pods=await self._evaluate(weights_ref, cohort, label=label) if self._exact else {},
-                seconds=time.monotonic() - started,
+            trained = await self._train_round(
+                weights, weights_ref, cohort, round_index, evaluate_first=unevaluated is not None
             )
-            report.rounds.append(record)
-            if self.on_round is not None:
-                self.on_round(record)
-            overall = record.overall.loss
-            if overall < best_loss - 1e-6:
-                best_loss, stale = overall, 0
-            else:
-                stale += 1
-            if plan.patience is not None and stale >= plan.patience:
-                report.notes.append(f"stopped after round {round_index}: no better loss for {stale} rounds")
+            if unevaluated is not None:
+                previous, seconds = unevaluated
+                if self._recorded(report, RoundRecord(round=previous, pods=trained.evaluated, seconds=seconds)):
+                    # The model just evaluated is the one returned; this round's update is left unapplied.
+                    return FedAvgResult(weights=weights, report=report)
+            cohort = trained.cohort
+            weights = apply_mean_update(weights, trained.mean_update)
+            # The upload evaluated is what the next round trains from: one copy of each global model.
+            weights_ref = await self._publish(weights, f"round{round_index}-result")
+            if self._inline_evaluation and round_index < rounds:
+                unevaluated = round_index, time.monotonic() - started
+                continue
+            label = f"round{round_index}-result"
+            pods = await self._evaluate(weights_ref, cohort, label=label) if self._exact else {}
+            if self._recorded(report, RoundRecord(round=round_index, pods=pods, seconds=time.monotonic() - started)):
                 break
         return FedAvgResult(weights=weights, report=report)
+
+    def _recorded(self, report: RunReport, record: RoundRecord) -> bool:
+        """Add ``record`` to ``report``; True when the patience rule says to stop after it."""
+        report.rounds.append(record)
+        if self.on_round is not None:
+            self.on_round(record)
+        overall = record.overall.loss
+        if overall < self._best_loss - 1e-6:
+            self._best_loss, self._stale = overall, 0
+        else:
+            self._stale += 1
+        if self.plan.patience is not None and self._stale >= self.plan.patience:
+            report.notes.append(f"stopped after round {record.round}: no better loss for {self._stale} rounds")
+            return True
+        return False
 
     def _initial_weights(self, cohort: list[PodInfo]) -> Weights:
         return initial_weights(self.plan.model, cohort, self.selection, self._hyperparameters())
@@ -232,14 +274,14 @@ class FedAvg:
         return pooled_moments(list(stats.values()))
 
     async def _train_round(
-        self, weights: Weights, weights_ref: WeightsRef, cohort: list[str], round_index: int
-    ) -> tuple[list[str], Weights]:
-        """Train ``weights`` (uploaded as ``weights_ref``) on ``cohort`` and return (cohort that answered,
-        mean update)."""
+        self, weights: Weights, weights_ref: WeightsRef, cohort: list[str], round_index: int, *, evaluate_first: bool
+    ) -> _Trained:
+        """Train ``weights`` (uploaded as ``weights_ref``) on ``cohort``; with ``evaluate_first`` the tasks
+        also evaluate ``weights`` before training."""
         secure = self.plan.secure
         if secure is not None:
-            return await self._secure_round(weights, weights_ref, cohort, round_index, secure)
-        task = await self._submit("train", cohort, weights_ref, secagg=None)
+            return await self._secure_round(weights, weights_ref, cohort, round_index, secure, evaluate_first)
+        task = await self._submit("train", cohort, weights_ref, secagg=None, evaluate_first=evaluate_first)
         answers = await self.client.wait_results(task.task_id, cohort, timeout_s=self.plan.task_timeout_s)
         ok = {pod: r for pod, r in answers.items() if isinstance(r, VerifiedResult) and r.payload.status == "done"}
         failed = sorted(set(cohort) - set(ok))
@@ -248,14 +290,21 @@ class FedAvg:
             _log.warning("round %d: pods %s failed (%s); averaging the others", round_index, failed, reasons)
             if not ok:
                 raise ModellerError(f"round {round_index}: every pod failed: {reasons}")
-        return [p for p in cohort if p in ok], await self._aggregate(task.task_id, ok, weights)
+        evaluated = {pod: _pod_metrics(r.payload.metrics, r.payload.n_rows) for pod, r in sorted(ok.items())}
+        return _Trained(
+            cohort=[p for p in cohort if p in ok],
+            mean_update=await self._aggregate(task.task_id, ok, weights),
+            evaluated=evaluated if evaluate_first else {},
+        )
 
     async def _secure_round(
-        self, weights: Weights, weights_ref: WeightsRef, cohort: list[str], round_index: int, secure: SecureSettings
-    ) -> tuple[list[str], Weights]:
-        """One SecAgg+ round: the survivors' weighted mean, with no retry whoever drops out."""
-        secagg = await self._secagg(secure, cohort, round_index)
-        task = await self._submit("train", cohort, weights_ref, secagg=secagg)
+        self, weights: Weights, weights_ref: WeightsRef, cohort: list[str], round_index: int, secure: SecureSettings,
+        evaluate_first: bool,
+    ) -> _Trained:
+        """One SecAgg+ round: the survivors' weighted mean, with no retry whoever drops out. The incoming
+        model's test metrics (``evaluate_first``) come back only as cohort means inside the masked sum."""
+        secagg = await self._secagg(secure, cohort, round_index, evaluate_first=evaluate_first)
+        task = await self._submit("train", cohort, weights_ref, secagg=secagg, evaluate_first=evaluate_first)
         layout = Layout.from_arrays(floating_tensors(weights), secagg.metrics)
         outcome = await run_secure_round(
             self.client, task, vector_size=layout.size, work_dir=self.work_dir, min_pods=self.plan.min_pods
@@ -275,7 +324,8 @@ class FedAvg:
             _log.info("round %d: cohort train metrics %s over %d rows", round_index,
                       {k: round(v, 4) for k, v in sorted(summed.metrics.items())}, summed.total_rows)
         mean = {name: summed.mean[name].astype(np.float32) for name in weights}
-        return list(outcome.survivors), mean
+        evaluated = {COHORT: _pod_metrics(summed.metrics, summed.total_rows)} if evaluate_first else {}
+        return _Trained(cohort=list(outcome.survivors), mean_update=mean, evaluated=evaluated)
 
     async def evaluate(self, weights: Weights, cohort: list[str], *, label: str) -> dict[str, PodMetrics]:
         """Metrics of ``weights`` on each pod's test split (an evaluate task; no tensors come back)."""
@@ -289,12 +339,7 @@ class FedAvg:
             if not isinstance(answer, VerifiedResult) or answer.payload.status != "done":
                 _log.warning("%s: pod %s did not evaluate (%s)", label, pod, _reason(answer))
                 continue
-            m = answer.payload.metrics
-            metrics[pod] = PodMetrics(
-                loss=float(m.get("test_loss", m.get("val_loss", float("nan")))),
-                accuracy=float(m.get("test_accuracy", m.get("test_acc", float("nan")))),
-                n_rows=answer.payload.n_rows,
-            )
+            metrics[pod] = _pod_metrics(answer.payload.metrics, answer.payload.n_rows)
         return metrics
 
     async def _aggregate(self, task_id: str, results: Mapping[str, VerifiedResult], weights: Weights) -> Weights:
@@ -319,21 +364,31 @@ class FedAvg:
     async def _publish(self, weights: Weights, label: str) -> WeightsRef:
         return await publish_weights(self.client, weights, self.work_dir / f"global-{label}.safetensors")
 
-    async def _secagg(self, secure: SecureSettings, cohort: list[str], round_index: int) -> SecAggParams:
+    async def _secagg(
+        self, secure: SecureSettings, cohort: list[str], round_index: int, *, evaluate_first: bool
+    ) -> SecAggParams:
         # Under DP the pods clip before their noise, send no metrics, and the sum is unweighted so that
         # each pod's share of the noise counts the same (a pod splits the variance only then).
         dp = self.dp
+        metrics = [] if dp is not None else [*secure.metrics, *(EVALUATED_METRICS if evaluate_first else ())]
+        bound = ClipBound(prime_q=secure.prime_q, precision=secure.precision, num_workers=len(cohort))
+        bits = secure.modulus_bits or choose_modulus_bits(
+            bound, weighted=dp is None, metrics=bool(metrics),
+            # A pod weights by its training rows, at most its whole table (the row count it registered).
+            max_rows=max(self._row_counts.get(p, 0) for p in cohort),
+        )
         return SecAggParams(
             prime_q=secure.prime_q, precision=secure.precision, num_workers=len(cohort),
-            modulus_bits=secure.modulus_bits,
+            modulus_bits=bits,
             round=round_index, participants=await self.client.participants(cohort),
             clip_norm=secure.clip_norm if dp is None else dp.clip_norm,
-            metrics=list(secure.metrics) if dp is None else [], weighted=dp is None,
+            metrics=metrics, weighted=dp is None,
             advert_timeout_s=secure.advert_timeout_s, stage_timeout_s=secure.stage_timeout_s,
         )
 
     async def _submit(
-        self, kind: TaskKind, cohort: list[str], weights_ref: WeightsRef, *, secagg: SecAggParams | None
+        self, kind: TaskKind, cohort: list[str], weights_ref: WeightsRef, *, secagg: SecAggParams | None,
+        evaluate_first: bool = False,
     ) -> TaskPayload:
         task = build_task(
             modeller_id=self.client.key.key_id, pods=cohort, kind=kind,
@@ -341,9 +396,22 @@ class FedAvg:
             pod_schema_hashes={p: self._schema_hashes[p] for p in cohort},
             model=self.plan.model, data=self.selection, weights=weights_ref, secagg=secagg,
             hyperparameters=self._hyperparameters(), dp=self.dp if kind == "train" else None,
+            evaluate_first=evaluate_first,
         )
         await self.client.submit_task(task)
         return task
+
+
+def choose_modulus_bits(bound: ClipBound, *, weighted: bool, metrics: bool, max_rows: int) -> Literal[32, 64]:
+    """32 when fixed_point's own checks say a 32-bit sum cannot wrap: every pod's weight (``max_rows`` when
+    ``weighted``, else 1) encodes, and masked ``metrics`` fit; else 64."""
+    try:
+        plan_encoding(bound, modulus_bits=32, weight=max(max_rows, 1) if weighted else 1)
+        if metrics:
+            plan_metrics(bound, modulus_bits=32, weighted=weighted)
+    except SecAggError:
+        return 64
+    return 32
 
 
 def check_cohort(plan: FedAvgPlan) -> None:
@@ -390,6 +458,16 @@ def pooled_moments(stats: list[Mapping[str, float]]) -> dict[str, tuple[float, f
             std = float(np.sqrt(max(total_sq / count - mean**2, 0.0)))
             pooled[column] = (mean, std if std > 1e-12 else 1.0)
     return pooled
+
+
+def _pod_metrics(metrics: Mapping[str, float], n_rows: int) -> PodMetrics:
+    """Loss and accuracy of a model on a test split, from an evaluate result or a train result that
+    evaluated first (NaN where absent)."""
+    return PodMetrics(
+        loss=float(metrics.get("test_loss", metrics.get("val_loss", float("nan")))),
+        accuracy=float(metrics.get("test_accuracy", float("nan"))),
+        n_rows=n_rows,
+    )
 
 
 def _reason(answer: VerifiedResult | str | None) -> str:

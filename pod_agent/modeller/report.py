@@ -56,7 +56,7 @@ class RunReport:
         """A fixed-width per-round table: loss and accuracy per pod and overall."""
         if not self.rounds:
             return "(no rounds)"
-        pods = sorted(self.rounds[0].pods)
+        pods = self._pod_names()
         head = ["round"] + [f"{p} loss/acc" for p in pods] + ["overall loss/acc", "secs"]
         rows = [head]
         for rec in self.rounds + ([self.central] if self.central else []):
@@ -66,6 +66,10 @@ class RunReport:
             rows.append(cells)
         widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
         return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows)
+
+    def _pod_names(self) -> list[str]:
+        """Every column a round has: a secure run's rounds hold the cohort's means, its last round each pod's."""
+        return sorted({pod for record in self.rounds for pod in record.pods})
 
     def write(self, out_dir: Path) -> Path:
         """Write report.md and curves.png into ``out_dir``; return the report's path."""
@@ -99,9 +103,10 @@ class RunReport:
 
         fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
         xs = [r.round for r in self.rounds]
-        for pod in sorted(self.rounds[0].pods) if self.rounds else []:
-            ax_loss.plot(xs, [r.pods[pod].loss for r in self.rounds], marker=".", alpha=0.6, label=pod)
-            ax_acc.plot(xs, [r.pods[pod].accuracy for r in self.rounds], marker=".", alpha=0.6, label=pod)
+        for pod in self._pod_names():
+            held = [r for r in self.rounds if pod in r.pods]
+            ax_loss.plot([r.round for r in held], [r.pods[pod].loss for r in held], marker=".", alpha=0.6, label=pod)
+            ax_acc.plot([r.round for r in held], [r.pods[pod].accuracy for r in held], marker=".", alpha=0.6, label=pod)
         ax_loss.plot(xs, [r.overall.loss for r in self.rounds], marker="o", color="black", label="federated (all pods)")
         ax_acc.plot(xs, [r.overall.accuracy for r in self.rounds], marker="o", color="black", label="federated (all pods)")
         if self.central:

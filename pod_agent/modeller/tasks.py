@@ -92,6 +92,7 @@ def build_task(
     secagg: SecAggParams | None = None,
     dp: DpParams | None = None,
     returns: str = "update",
+    evaluate_first: bool = False,
     lifetime_s: int = DEFAULT_TASK_LIFETIME_S,
     now: int | None = None,
 ) -> TaskPayload:
@@ -114,6 +115,7 @@ def build_task(
         schema_hash=schema_hash,
         pod_schema_hashes=pod_schema_hashes or {},
         returns=returns,  # type: ignore[arg-type]
+        evaluate_first=evaluate_first,
         secagg=secagg,
         dp=dp,
     )

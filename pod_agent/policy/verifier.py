@@ -17,7 +17,8 @@ refusal carries one ``RefusalCode``:
  6. nonce       task_id or nonce seen before                       replay
  7. role        this pod among payload.pods (and secagg cohort)    not_targeted
                 predict needs allow_predict                        predict_not_permitted
-                kind among the modeller's kinds                    kind_not_permitted
+                kind among the modeller's kinds (and evaluate       kind_not_permitted
+                for a train task that evaluates first)
                 general: model allow-listed by name+sha256          role_not_permitted
                 (allowed_models, or approved in the state for one of the
                 modeller's keys; with security.review it is held instead)
@@ -331,6 +332,14 @@ class TaskVerifier:
             raise _refuse(
                 RefusalCode.KIND_NOT_PERMITTED,
                 f"modeller {modeller.name!r} may run {list(modeller.kinds)}, not {payload.kind}",
+                task_id,
+            )
+        if payload.evaluate_first and "evaluate" not in modeller.kinds:
+            # Its test metrics are an evaluate task's release, carried by a train task.
+            raise _refuse(
+                RefusalCode.KIND_NOT_PERMITTED,
+                f"modeller {modeller.name!r} may run {list(modeller.kinds)}, not evaluate (a train task that "
+                "evaluates first)",
                 task_id,
             )
         if payload.model is not None and modeller.role != "super":

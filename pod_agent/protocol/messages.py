@@ -179,6 +179,9 @@ class TaskPayload(WireModel):
     # the hash the model was built against (the first pod's).
     pod_schema_hashes: dict[str, Sha256Hex] = {}
     returns: Literal["update", "weights"] = "update"
+    # A train task that first evaluates the weights it starts from on the test split and returns those
+    # test_* metrics with its update: federated evaluation of the incoming global model with no task of its own.
+    evaluate_first: bool = False
     secagg: SecAggParams | None = None
     dp: DpParams | None = None
     limits: TaskLimits = TaskLimits()

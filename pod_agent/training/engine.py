@@ -10,7 +10,9 @@ The request is a ``wall.WorkerRequest`` (``trainer.threads`` None: DEFAULT_THREA
 intra-op threads); the answer a ``wall.WorkerResultHeader`` and a safetensors payload,
 progress ``wall.WorkerProgress`` events. ``train`` returns the
 floating state (``tensors.py``) as new - old (``returns = "update"``) or new values,
-``n_rows`` = training rows; ``evaluate`` returns metrics only, ``n_rows`` = test rows;
+``n_rows`` = training rows, and with ``task.evaluate_first`` the test split's metrics
+(``test_*``) of the weights it started from, measured before the first step;
+``evaluate`` returns metrics only, ``n_rows`` = test rows;
 ``predict`` returns ``predictions`` (float32 ``[rows, k]``) for the split named by
 hyperparameter ``predict_split`` (default ``test``), only when that split has at
 least ``privacy.min_rows`` rows.
@@ -294,11 +296,17 @@ def _train(
     if train.n_rows == 0:
         raise TrainingError("empty_split", "the training split has no rows")
     before = exchanged_state(model)
+    metrics: dict[str, float] = {}
+    if settings.task.evaluate_first:
+        # The incoming weights' test metrics (fit never runs the test loop, so no name collides), with the
+        # RNG state put back after, so that evaluating first leaves the training itself exactly as it was.
+        with torch.random.fork_rng(devices=[]):
+            metrics = _test_metrics(model, loaders["test"], settings, work_dir=work_dir)
     tracker = _Progress(progress)
     trainer = _trainer(settings, work_dir=work_dir, callbacks=[tracker])
     val_loader = _loader(val) if val.n_rows else None
     _run_stage(lambda: trainer.fit(model, train_dataloaders=_loader(train), val_dataloaders=val_loader), "training_error")
-    metrics = _scalars(trainer.callback_metrics)
+    metrics |= _scalars(trainer.callback_metrics)
     if val_loader is not None and tracker.last_validated_step != trainer.global_step:
         # Training ended between validations (steps-based): validate the final weights.
         _run_stage(lambda: trainer.validate(model, dataloaders=_loader(val), verbose=False), "evaluation_error")
@@ -322,16 +330,24 @@ def _evaluate(model: PodModel, loaders: Mapping[str, SplitBatches], settings: _S
         trainer = _trainer(settings, work_dir=work_dir, callbacks=[])
         _run_stage(lambda: trainer.validate(model, dataloaders=_loader(val), verbose=False), "evaluation_error")
         metrics |= _scalars(trainer.callback_metrics)
-    if test.n_rows:
-        collect = _CollectTestOutputs()
-        trainer = _trainer(settings, work_dir=work_dir, callbacks=[collect])
-        _run_stage(lambda: trainer.test(model, dataloaders=_loader(test), verbose=False), "evaluation_error")
-        metrics |= _scalars(trainer.callback_metrics)
-        if "test_accuracy" not in metrics and settings.datastructure.task == "classification":
-            accuracy = _accuracy(collect)
-            if accuracy is not None:
-                metrics["test_accuracy"] = accuracy
+    metrics |= _test_metrics(model, test, settings, work_dir=work_dir)
     return TaskOutput(WorkerResultHeader(metrics=metrics, n_rows=test.n_rows, tensors={}), b"")
+
+
+def _test_metrics(model: PodModel, test: SplitBatches, settings: _Settings, *, work_dir: Path) -> dict[str, float]:
+    """The model's test-split metrics as it stands (none for an empty split), with ``test_accuracy``
+    computed from its predictions when a classifier logs none."""
+    if not test.n_rows:
+        return {}
+    collect = _CollectTestOutputs()
+    trainer = _trainer(settings, work_dir=work_dir, callbacks=[collect])
+    _run_stage(lambda: trainer.test(model, dataloaders=_loader(test), verbose=False), "evaluation_error")
+    metrics = _scalars(trainer.callback_metrics)
+    if "test_accuracy" not in metrics and settings.datastructure.task == "classification":
+        accuracy = _accuracy(collect)
+        if accuracy is not None:
+            metrics["test_accuracy"] = accuracy
+    return metrics
 
 
 def _accuracy(collect: _CollectTestOutputs) -> float | None:

@@ -69,3 +69,17 @@ def test_an_averaged_variance_never_goes_below_zero() -> None:
     new = apply_mean_update(weights, {"bn.running_var": np.array([-0.2, -0.3], dtype=np.float32), "w": np.array([-3.0, 0.5], dtype=np.float32)})
     np.testing.assert_allclose(new["bn.running_var"], [0.3, 0.0])
     np.testing.assert_allclose(new["w"], [-2.0, -0.5])
+
+
+def test_the_secure_sum_takes_32_bits_only_when_a_32_bit_sum_cannot_wrap() -> None:
+    from pod_agent.modeller.fedavg import choose_modulus_bits
+    from pod_agent.secagg import ClipBound
+
+    bound = ClipBound(prime_q=2**20, precision=2**16, num_workers=3)
+    # Unweighted (as under DP) and without masked metrics: 3 * 2**20 / 2 is far inside 2**31.
+    assert choose_modulus_bits(bound, weighted=False, metrics=False, max_rows=50_000) == 32
+    # Weighted by a few hundred rows still fits; by a whole adult-sized table it would wrap.
+    assert choose_modulus_bits(bound, weighted=True, metrics=False, max_rows=500) == 32
+    assert choose_modulus_bits(bound, weighted=True, metrics=False, max_rows=16_000) == 64
+    # Masked metrics never fit 32 bits (fixed_point.plan_metrics).
+    assert choose_modulus_bits(bound, weighted=False, metrics=True, max_rows=1) == 64

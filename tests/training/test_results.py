@@ -128,3 +128,17 @@ def test_training_on_gpu_matches_the_cpu_result_shape(run_in_process: RunTask) -
     assert gpu.failure is None and gpu.header is not None and cpu.header is not None
     assert gpu.header["tensors"] == cpu.header["tensors"]
     assert np.isfinite(gpu.header["metrics"]["val_loss"])
+
+
+def test_a_train_task_that_evaluates_first_reports_the_incoming_weights_test_metrics(run_in_process: RunTask) -> None:
+    blob = save_numpy(_weights(run_in_process, TUTORIAL, steps=3))
+    evaluated = run_in_process(make_task("evaluate", TUTORIAL, weights=blob), weights=blob)
+    task = make_task("train", TUTORIAL, weights=blob, steps=5).model_copy(update={"evaluate_first": True})
+    trained = run_in_process(task, weights=blob)
+    plain = run_in_process(make_task("train", TUTORIAL, weights=blob, steps=5), weights=blob)
+    assert evaluated.header is not None and trained.header is not None and plain.header is not None
+    test_metrics = {k: v for k, v in evaluated.header["metrics"].items() if k.startswith("test_")}
+    assert test_metrics and {k: trained.header["metrics"][k] for k in test_metrics} == test_metrics
+    assert not any(k.startswith("test_") for k in plain.header["metrics"])
+    # Evaluating first leaves the update as it was.
+    assert trained.payload == plain.payload
