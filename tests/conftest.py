@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ import pytest
 
 from pod_agent.config import DatasourceSection
 from pod_agent.data.adult import AdultFiles, write_adult
+from pod_agent.hub.storage import PodRecord
+from pod_agent.protocol import IdentityKey
 
 
 @pytest.fixture(scope="session")
@@ -70,6 +73,24 @@ def section() -> Callable[..., DatasourceSection]:
         return DatasourceSection(path=path, **overrides)
 
     return make
+
+
+@pytest.fixture
+def list_pod() -> Callable[..., IdentityKey]:
+    """Put a pod with a fresh key in a hub's storage, as its registration would: ``list_pod(storage, name,
+    last_seen=...)`` (default now: online); the pod's key is returned, to sign its results."""
+
+    def put(storage: Any, name: str, *, last_seen: int | None = None) -> IdentityKey:
+        key = IdentityKey.generate()
+        now = int(time.time())
+        storage.upsert_pod(PodRecord(
+            name=name, key_id=key.key_id, public_key=key.public.to_b64(), schema={"columns": []},
+            schema_hash="a" * 64, row_count=100, sandbox_level="strict", heartbeat_s=5.0, registered_at=now,
+            last_seen=now if last_seen is None else last_seen,
+        ))
+        return key
+
+    return put
 
 
 @pytest.fixture

@@ -23,7 +23,6 @@ from safetensors.numpy import save_file
 
 from pod_agent.cli.app import load_command
 from pod_agent.hub import SqliteStorage
-from pod_agent.hub.storage import PodRecord
 from pod_agent.modeller import ModellerClient
 from pod_agent.protocol import IdentityKey, envelope_bytes, sign_envelope
 from pod_agent.protocol.messages import BlobRef, ResultPayload, TaskPayload
@@ -40,6 +39,7 @@ class Desk:
     db: Path
     key: Path
     tmp: Path
+    list_pod: Callable[..., IdentityKey]
     pod_keys: dict[str, IdentityKey]
 
     def modeller(self, *args: str) -> Any:
@@ -49,20 +49,13 @@ class Desk:
         return SqliteStorage(str(self.db))
 
     def add_pod(self, name: str, *, last_seen: int | None = None) -> IdentityKey:
-        key = IdentityKey.generate()
-        now = int(time.time())
         storage = self.storage()
         try:
             storage.release_pod(name)  # the module's hub kept an earlier test's pod of this name
-            storage.upsert_pod(PodRecord(
-                name=name, key_id=key.key_id, public_key=key.public.to_b64(), schema={"columns": []},
-                schema_hash="a" * 64, row_count=100, sandbox_level="strict", heartbeat_s=5.0, registered_at=now,
-                last_seen=now if last_seen is None else last_seen,
-            ))
+            self.pod_keys[name] = self.list_pod(storage, name, last_seen=last_seen)
         finally:
             storage.close()
-        self.pod_keys[name] = key
-        return key
+        return self.pod_keys[name]
 
     def hub_task(self, task_id: str) -> TaskPayload:
         storage = self.storage()
@@ -75,12 +68,15 @@ class Desk:
 
 
 @pytest.fixture
-def desk(cli, tmp_path: Path, module_hub: tuple[str, Path], monkeypatch: pytest.MonkeyPatch) -> Desk:
+def desk(
+    cli, tmp_path: Path, module_hub: tuple[str, Path], list_pod: Callable[..., IdentityKey],
+    monkeypatch: pytest.MonkeyPatch,
+) -> Desk:
     """A new modeller key and pod-a (a new key each test: the hub keeps the last one registered)."""
     monkeypatch.chdir(tmp_path)  # submit's default --work-dir (starting weights) is relative
     (tmp_path / "model.py").write_text(_MODEL)
     url, db = module_hub
-    made = Desk(cli, url, db, tmp_path / "modeller.pem", tmp_path, {})
+    made = Desk(cli, url, db, tmp_path / "modeller.pem", tmp_path, list_pod, {})
     assert made.modeller("keys", "--generate").code == 0
     registered = made.modeller("register", "--name", f"alice-{tmp_path.name}")
     assert registered.code == 0, registered.err

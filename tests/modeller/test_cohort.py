@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 
 from pod_agent.errors import ModellerError
-from pod_agent.hub.storage import PodRecord
 from pod_agent.modeller import ModellerClient, build_task
 from pod_agent.modeller.fedavg import FedAvg, FedAvgPlan
 from pod_agent.modeller.secure_round import run_secure_round
@@ -19,23 +18,14 @@ from pod_agent.protocol.messages import DataSelection, ModelRef, SecAggParams
 _MODEL = ModelRef(style="module", name="net", class_name="Net", source="class Net: pass\n", sha256="b" * 64)
 
 
-def _pods(storage: Any, *names: str) -> None:
-    now = int(time.time())
-    for name in names:
-        key = IdentityKey.generate()
-        storage.upsert_pod(PodRecord(
-            name=name, key_id=key.key_id, public_key=key.public.to_b64(), schema={"columns": []},
-            schema_hash="a" * 64, row_count=100, sandbox_level="strict", heartbeat_s=5.0, registered_at=now,
-            last_seen=now,
-        ))
-
-
 def _plan(pods: list[str], **overrides: Any) -> FedAvgPlan:
     return FedAvgPlan(model=_MODEL, pods=pods, selection=DataSelection(target="y"), rounds=1, **overrides)
 
 
-async def test_secure_train_on_one_pod_fails_up_front_and_sends_nothing(local_hub: Any, tmp_path: Path) -> None:
-    _pods(local_hub.storage, "pod-a")
+async def test_secure_train_on_one_pod_fails_up_front_and_sends_nothing(
+    local_hub: Any, list_pod: Any, tmp_path: Path
+) -> None:
+    list_pod(local_hub.storage, "pod-a")
     async with ModellerClient(local_hub.url, IdentityKey.generate()) as client:
         await client.register("m")
         with pytest.raises(ModellerError, match=r"secure aggregation needs at least 3 pods .* has 1: add pods, or "
@@ -50,8 +40,11 @@ async def test_a_cohort_naming_a_pod_twice_is_refused(local_hub: Any, tmp_path: 
             await FedAvg(client, _plan(["pod-a", "pod-b", "pod-a"], secure=None), work_dir=tmp_path).run()
 
 
-async def test_a_round_the_pods_refuse_says_refused_with_their_codes(local_hub: Any, tmp_path: Path) -> None:
-    _pods(local_hub.storage, "pod-a", "pod-b")
+async def test_a_round_the_pods_refuse_says_refused_with_their_codes(
+    local_hub: Any, list_pod: Any, tmp_path: Path
+) -> None:
+    for name in ("pod-a", "pod-b"):
+        list_pod(local_hub.storage, name)
     async with ModellerClient(local_hub.url, IdentityKey.generate()) as client:
         await client.register("m")
         secagg = SecAggParams(
