@@ -168,9 +168,9 @@ class HubClient:
 
     async def register(self, registration: PodRegistration) -> PodRegisteredStanding:
         """Register (or update) the pod; a hub that approves keys by hand may answer that it is still pending."""
-        return await self._call(
-            "POST", "/v1/pods/register", reply=PodRegisteredStanding, body=canonical_json(registration)
-        )
+        # Unset optional fields are left out, so that a hub older than one of them (rotation) still takes it.
+        body = canonical_json(registration.model_dump(mode="json", exclude_none=True))
+        return await self._call("POST", "/v1/pods/register", reply=PodRegisteredStanding, body=body)
 
     async def task_stream(self, *, heartbeat_s: float) -> TaskStream:
         """Open the pod's task WebSocket (``async with`` the stream closes it); HubRejected when the hub
