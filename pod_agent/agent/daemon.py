@@ -7,7 +7,14 @@ schema, sandbox level), the loops and the shutdown sequence:
                heartbeats, tasks in; reconnect forever through ``Backoff``;
                every reconnect registers again, so a restarted hub learns the pod anew
     intake     verify each delivered task (policy.TaskVerifier, which records it in
-               state), acknowledge it; a refusal goes back as its code only
+               state), acknowledge it. A refusal carries only its code: a task the
+               verifier recorded (signature verified, within its validity window,
+               refused by policy) is refused by a signed result (status refused, reason
+               the code) through the outbox, so the modeller can tell the pod refused,
+               not the hub; any other (refused before its signature verified, malformed,
+               outside its lifetime, a replay) by the bare code (``HubClient.refuse``,
+               best effort). A not-yet-valid task is neither refused nor acknowledged:
+               the hub offers it again.
     runner     take the oldest accepted task from the state DB (the queue lives
                there, not in memory) and run it through ``TaskPipeline``; the signed
                result goes to the outbox in the same transaction that ends the task

@@ -4,7 +4,8 @@ Owns turning the pod's datasource into what the sandbox may read (``data.arrow``
 the selected feature columns encoded as one float32 vector per row, the encoded
 target, and a deterministic train/validation/test split column. The sandbox never
 sees the original file; what it trains on is only this. Reading the datasource is
-``source.py``'s job; what trains on the file is ``pod_agent.training``.
+``datasource.py``'s job (``csvsource.py``, ``parquetsource.py``); what trains on the
+file is ``pod_agent.training``.
 
 Two streaming passes over ``ds.batches``, so a table larger than RAM still works:
 pass 1 assigns splits and gathers class counts and the training rows' mean and
