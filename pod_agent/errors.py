@@ -14,12 +14,26 @@
     │   ├── TrainingError      the model source or its training failed (no data in text)
     │   └── ContractViolation  what the sandbox returned breaks the task's contract
     ├── StateError             the pod's SQLite state cannot be opened or is inconsistent
+    │   ├── AlreadySeen        (state.records) a task id or nonce seen before
+    │   ├── AlreadyReleased    (state.records) an update from these weights already left
+    │   ├── ReviewNotPending   (state.records) a review decision on a model not waiting
+    │   └── IllegalTransition  (state.records) a task status change its life cycle forbids
+    ├── ExportBroken           (state.audit) an audit export whose chain or signature breaks
     ├── SecAggError            clipping, encoding or masking parameters unusable
     ├── HubError               the hub refused a request or is unreachable
     │   ├── HubUnavailable     unreachable, timed out or 5xx: a later attempt may succeed
     │   │   └── HubMisbehaved  answered with an oversized, malformed or wrongly shaped reply
-    │   └── HubRejected        4xx: this request will not succeed as it is
-    └── ModellerError          the modeller SDK cannot complete a request
+    │   ├── HubRejected        4xx: this request will not succeed as it is
+    │   ├── StorageConflict    (hub.storage) the hub's store refuses a conflicting write
+    │   ├── RegistrationRefused (hub.admission) the hub's admission policy refuses a key
+    │   ├── RateLimited        (hub.limits) a key sends faster than the hub allows
+    │   └── TooLarge           (hub.limits) a request or blob over the hub's caps
+    ├── ModellerError          the modeller SDK cannot complete a request
+    └── FederationError        (demo.federation) the demo's local federation failed to start
+
+A class named with its module in brackets lives beside the one module that raises
+it; ``tests/test_errors_tree.py`` checks that every subclass of PodAgentError in the
+package is drawn here under its own base.
 
 Each package raises the branch of its own concern (and its own subclasses);
 foreign errors are translated at entry with ``raise ... from exc``. The CLI turns
