@@ -1,8 +1,12 @@
 """The fixed words a pod may send about a task: refusal codes and failure codes.
 
 A code is what goes back to the hub and into metrics; the detail text of a
-``CodedError`` stays in the local log. ``RefusalCode`` is listed in the order the
-verifier checks. ``FailureCode`` is the whole vocabulary of a failed task: the
+``CodedError`` stays in the local log. ``RefusalCode`` is listed in the order of the
+verifier's table (``verifier.py``'s docstring), each code where it is first raised;
+three are raised again by a later check: ``malformed`` (a signed payload that is not a
+valid task, or expires before it is issued), ``not_targeted`` (the secagg cohort, after
+the limits) and ``clip_too_loose`` (more participants than num_workers, after the peer
+count). ``FailureCode`` is the whole vocabulary of a failed task: the
 daemon sends a code only through :func:`failure_code_for`, which turns anything
 else (a word the sandbox made up, a code of an internal branch) into a code of
 this enum, so that nothing chosen inside the sandbox reaches the hub.

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from pod_agent.errors import CodedError, ContractViolation, SandboxError, TaskFailed, TaskRefused, TrainingError
-from pod_agent.policy import FailureCode, RefusalCode, failure_code_for
+from pod_agent.policy import FailureCode, RefusalCode, failure_code_for, verifier
 from pod_agent.policy.codes import WORKER_FAILED
 
 
@@ -42,3 +44,12 @@ def test_detail_never_becomes_the_code() -> None:
     error = SandboxError("launch_failed", "row 17: age=42, diagnosis=HIV")
     assert failure_code_for(error) == "sandbox_error"
     assert "HIV" not in failure_code_for(error)
+
+
+def test_refusal_codes_are_listed_in_the_verifiers_check_order() -> None:
+    # The verifier's docstring is the table of checks, cheapest first; each code's first mention is where it is
+    # first raised. The enum's order is what operators read in `pod-agent check` and the docs.
+    words = re.findall(r"\b[a-z]+(?:_[a-z]+)*\b", verifier.__doc__ or "")
+    codes = {code.value for code in RefusalCode}
+    first_mentions = list(dict.fromkeys(word for word in words if word in codes))
+    assert first_mentions == [code.value for code in RefusalCode]
