@@ -19,6 +19,8 @@ from pod_agent.protocol.messages import ResultPayload, TaskPayload
 
 # The name a train result's tensors get when this modeller has no record of the task (sent from elsewhere).
 UNKNOWN_TRAIN_BLOB = "update-or-weights"
+# More metrics than this would not fit a terminal's width as columns (a schema-stats result has three per column).
+MAX_METRIC_COLUMNS = 6
 
 
 @dataclass(frozen=True)
@@ -80,16 +82,30 @@ async def save_results(
 
 
 def results_table(answers: list[PodAnswer]) -> str:
-    """Fixed-width: pod, status, code, key, each metric (blank where a pod has none), file."""
+    """Fixed-width: pod, status, code, key, each metric (blank where a pod has none), file. Past
+    ``MAX_METRIC_COLUMNS`` metrics (schema-stats reports several per column) they follow the table
+    as one ``pod metric value`` line each, so the table stays readable."""
     metrics = sorted({name for a in answers for name in a.metrics})
-    head = ["pod", "status", "code", "key", *metrics, "file"]
+    wide = len(metrics) <= MAX_METRIC_COLUMNS
+    columns = metrics if wide else []
     rows = [
         [
             a.pod, a.status, a.reason or "-", a.key,
-            *(f"{a.metrics[m]:.4g}" if m in a.metrics else "-" for m in metrics),
+            *(_value(a, m) for m in columns),
             a.blob.name if a.blob is not None else "-",
         ]
         for a in answers
     ]
-    widths = [max(len(str(row[i])) for row in [head, *rows]) for i in range(len(head))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [head, *rows])
+    lines = _aligned([["pod", "status", "code", "key", *columns, "file"], *rows])
+    if not wide:
+        lines += _aligned([[a.pod, m, _value(a, m)] for a in answers for m in metrics if m in a.metrics])
+    return "\n".join(lines)
+
+
+def _value(answer: PodAnswer, metric: str) -> str:
+    return f"{answer.metrics[metric]:.4g}" if metric in answer.metrics else "-"
+
+
+def _aligned(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))] if rows else []
+    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
