@@ -22,7 +22,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pod_agent.errors import PodAgentError, ProtocolError
+from pod_agent.errors import ProtocolError, StateError
 from pod_agent.protocol.canonical import canonical_json
 from pod_agent.protocol.keys import IdentityKey, PublicKey
 from pod_agent.state.records import AuditRow
@@ -31,7 +31,7 @@ GENESIS = "0" * 64
 EXPORT_VERSION = 1
 
 
-class ExportBroken(PodAgentError):
+class ExportBroken(StateError):
     """An audit export whose chain or signature does not hold: it was changed after the pod wrote it."""
 
     def __init__(self, line: int, why: str) -> None:
