@@ -12,6 +12,7 @@ from typing import Literal
 import typer
 
 from pod_agent.errors import ConfigError
+from pod_agent.protocol import model_from_file
 from pod_agent.protocol.messages import DataSelection, Hyperparameters, Split
 
 
@@ -34,7 +35,7 @@ def fit_local_cmd(
     out: Path | None = typer.Option(None, "--out", help="Write model.safetensors and metrics.json here."),
 ) -> None:
     """Train MODEL_FILE on a local table with the pod's data preparation and Trainer settings."""
-    from pod_agent.training.local import fit_local, model_ref_from_file, save_fit
+    from pod_agent.training.local import fit_local, save_fit
 
     if style not in ("lightning", "module", "declarative"):
         raise ConfigError(f"--style {style!r} is not one of lightning, module, declarative")
@@ -42,7 +43,7 @@ def fit_local_cmd(
         raise ConfigError(f"--encoding {encoding!r} is not one of one-hot, hashed")
     if epochs is not None and steps is not None:
         raise ConfigError("give --epochs or --steps, not both")
-    model = model_ref_from_file(model_file, style=style, class_name=class_name)  # type: ignore[arg-type]
+    model = model_from_file(model_file, style=style, class_name=class_name)  # type: ignore[arg-type]
     encoding_choice: Literal["one-hot", "hashed"] = "hashed" if encoding == "hashed" else "one-hot"
     selection = DataSelection(
         target=target,

@@ -33,8 +33,7 @@ from pod_agent.demo.federation import LocalFederation, PodSite
 from pod_agent.modeller.client import ModellerClient
 from pod_agent.modeller.fedavg import DpTarget, FedAvg, FedAvgPlan, SecureSettings
 from pod_agent.modeller.report import PodMetrics, RoundRecord, RunReport
-from pod_agent.modeller.tasks import model_from_file
-from pod_agent.protocol import IdentityKey
+from pod_agent.protocol import IdentityKey, model_from_file
 from pod_agent.protocol.messages import DataSelection, Hyperparameters, ModelRef, Split
 from pod_agent.sandbox import best_level, probe_layers, sandbox_report_lines
 
@@ -110,16 +109,10 @@ async def _run(options: DemoOptions, echo: Callable[[str], None]) -> DemoResult:
         sites = [replace(site, modeller_toml=modeller_toml, extra_toml=site.extra_toml + owner_toml) for site in sites]
         dp = DpTarget(epsilon=options.dp_epsilon, delta=DP_DELTA, clip_norm=DP_CLIP, exact_releases=True)
     modeller = IdentityKey.generate()
-    model = model_from_file(MODEL_SOURCE, style="lightning", class_name=MODEL_CLASS, name="adult-mlp")
-    selection = DataSelection(target=TARGET, categorical_encoding="hashed")
+    plan = demo_plan(options, [s.name for s in sites], dp=dp)
+    model = plan.model
     hyper = Hyperparameters(epochs=options.epochs_per_round, batch_size=options.batch_size,
                             learning_rate=options.learning_rate)
-    plan = FedAvgPlan(
-        model=model, pods=[s.name for s in sites], selection=selection, rounds=options.rounds,
-        epochs_per_round=options.epochs_per_round, batch_size=options.batch_size,
-        learning_rate=options.learning_rate, dp=dp,
-        secure=(SecureSettings() if dp is None else DP_SECURE) if options.secure else None,
-    )
     echo(f"starting an embedded hub and {len(sites)} pods (sandbox level {level!r}); logs in {out / 'logs'}")
     async with LocalFederation(out, sites, modeller=modeller, sandbox=level) as federation:
         echo(f"hub at {federation.hub_url}; pods online: {', '.join(s.name for s in sites)}")
@@ -175,6 +168,17 @@ async def _run(options: DemoOptions, echo: Callable[[str], None]) -> DemoResult:
          f"({100 * (pooled.accuracy - fed.accuracy):+.2f} points), on the same {pooled.n_rows} test rows")
     echo(f"final model: {out / 'final_model.safetensors'}\nreport: {path}")
     return DemoResult(report=report, report_path=path)
+
+
+def demo_plan(options: DemoOptions, pods: list[str], *, dp: DpTarget | None = None) -> FedAvgPlan:
+    """The demo's FedAvg plan (its model, selection and round settings) for ``pods``; bench/rounds.py times it."""
+    return FedAvgPlan(
+        model=model_from_file(MODEL_SOURCE, style="lightning", class_name=MODEL_CLASS, name="adult-mlp"),
+        pods=pods, selection=DataSelection(target=TARGET, categorical_encoding="hashed"), rounds=options.rounds,
+        epochs_per_round=options.epochs_per_round, batch_size=options.batch_size,
+        learning_rate=options.learning_rate, dp=dp,
+        secure=(SecureSettings() if dp is None else DP_SECURE) if options.secure else None,
+    )
 
 
 def _dropout_line(pods: list[str]) -> str:

@@ -17,7 +17,8 @@ if TYPE_CHECKING:
     from pod_agent.modeller.client import ModellerClient, PodInfo, TaskStatus, VerifiedResult
     from pod_agent.modeller.notebook import run_sync, schema_stats
     from pod_agent.modeller.pinning import load_pod_keys
-    from pod_agent.modeller.tasks import DEFAULT_TASK_LIFETIME_S, build_task, model_from_file
+    from pod_agent.modeller.tasks import DEFAULT_TASK_LIFETIME_S, build_task
+    from pod_agent.protocol import model_from_file
 
 _HOME = {
     "DEFAULT_TASK_LIFETIME_S": "pod_agent.modeller.tasks",
@@ -27,7 +28,7 @@ _HOME = {
     "VerifiedResult": "pod_agent.modeller.client",
     "build_task": "pod_agent.modeller.tasks",
     "load_pod_keys": "pod_agent.modeller.pinning",
-    "model_from_file": "pod_agent.modeller.tasks",
+    "model_from_file": "pod_agent.protocol",  # the one builder, shared with a local fit
     "run_sync": "pod_agent.modeller.notebook",
     "schema_stats": "pod_agent.modeller.notebook",
 }

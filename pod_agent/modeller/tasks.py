@@ -1,7 +1,7 @@
 """Building task payloads on the modeller's side: ids, nonces, validity window, pinned hashes.
 
-Owns ``build_task`` (a TaskPayload ready to sign), ``model_from_file``
-(a ModelRef whose sha256 pins the source exactly as the pod will hash it), and the
+Owns ``build_task`` (a TaskPayload ready to sign; its ModelRef comes from
+``protocol.model_from_file``, which pins the source exactly as the pod will hash it) and the
 modeller's local record of each task it sent (``save_task_record``/``load_task_record``, in a
 folder the CLI keeps beside the modeller key): the hub does not serve a task back, and only the
 task says whether a train result's tensors are an update or weights. Signing and sending are ``client.ModellerClient``'s.
@@ -9,20 +9,17 @@ task says whether a train result's tensors are an update or weights. Signing and
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
 import uuid
 from pathlib import Path
 
 from pod_agent.errors import ModellerError
-from pod_agent.protocol import source_sha256, spec_sha256
 from pod_agent.protocol.messages import (
     DataSelection,
     DpParams,
     Hyperparameters,
     ModelRef,
-    ModelStyle,
     SecAggParams,
     TaskKind,
     TaskPayload,
@@ -31,24 +28,6 @@ from pod_agent.protocol.messages import (
 
 # Long enough for a queued pod to pick the task up, short enough that a leaked envelope soon expires.
 DEFAULT_TASK_LIFETIME_S = 3600
-
-
-def model_from_file(path: Path, *, style: ModelStyle, class_name: str | None, name: str | None = None) -> ModelRef:
-    """A ModelRef carrying the file's source (or declarative spec JSON) and its sha256."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ModellerError(f"model file {path} cannot be read as UTF-8 text: {exc}") from exc
-    label = name or path.stem
-    if style == "declarative":
-        try:
-            spec = json.loads(text)
-        except ValueError as exc:
-            raise ModellerError(f"declarative model {path} is not JSON: {exc}") from exc
-        return ModelRef(style=style, name=label, spec=spec, sha256=spec_sha256(spec))
-    if not class_name:
-        raise ModellerError(f"model style {style!r} needs --class naming the model class in {path}")
-    return ModelRef(style=style, name=label, class_name=class_name, source=text, sha256=source_sha256(text))
 
 
 def _record_path(task_id: str, records: Path) -> Path:

@@ -7,6 +7,7 @@ What crosses a process or host boundary is defined here; who may send what is
 from pod_agent.protocol.canonical import (
     MAX_JSON_DEPTH,
     canonical_json,
+    model_from_file,
     parse_json,
     sha256_hex,
     source_sha256,
@@ -73,6 +74,7 @@ __all__ = [
     "canonical_json",
     "envelope_bytes",
     "key_id_of",
+    "model_from_file",
     "open_envelope",
     "parse_envelope",
     "passphrase_from_env",

@@ -1,8 +1,10 @@
 """Canonical JSON: the one byte encoding that signatures cover, and strict JSON parsing.
 
 Owns ``canonical_json`` (what gets signed), ``parse_json`` (what gets read off the
-wire) and the content hashes built on them (``source_sha256``, ``spec_sha256``).
-Signing itself is in ``signing.py``.
+wire), the content hashes built on them (``source_sha256``, ``spec_sha256``) and the
+one builder of a ``ModelRef`` from a model file (``model_from_file``), so that a
+modeller's task, a local fit and a pod's check hash a model the same way. Signing
+itself is in ``signing.py``.
 
 The encoding: UTF-8, object keys sorted by code point, no insignificant whitespace,
 non-ASCII characters written as themselves (no ``\\u`` escapes except the control
@@ -27,11 +29,13 @@ import hashlib
 import json
 import math
 import unicodedata
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
 from pod_agent.errors import ProtocolError
+from pod_agent.protocol.messages import ModelRef, ModelStyle
 
 # Deeper nesting than any task needs; bounds recursion on hostile input.
 MAX_JSON_DEPTH = 64
@@ -129,3 +133,27 @@ def source_sha256(source: str) -> str:
 def spec_sha256(spec: object) -> str:
     """sha256 hex of a declarative model spec: over its canonical JSON."""
     return sha256_hex(canonical_json(spec))
+
+
+def model_from_file(path: Path, *, style: ModelStyle, class_name: str | None, name: str | None = None) -> ModelRef:
+    """A ModelRef carrying the file's source (or declarative spec) pinned by the hash a pod checks.
+
+    Source is pinned by ``source_sha256``, a spec by ``spec_sha256`` of the parsed JSON (not of the
+    file's bytes, whose whitespace and key order the pod never sees). ``name`` defaults to the file's stem.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"model file {path} cannot be read as UTF-8 text: {exc}") from exc
+    label = name or path.stem
+    if style == "declarative":
+        try:
+            spec = parse_json(text)
+        except ProtocolError as exc:
+            raise ProtocolError(f"declarative model {path} is not JSON: {exc}") from exc
+        if not isinstance(spec, dict):
+            raise ProtocolError(f"declarative model {path} is not a JSON object: write the spec as {{...}}")
+        return ModelRef(style=style, name=label, spec=spec, sha256=spec_sha256(spec))
+    if not class_name:
+        raise ProtocolError(f"model style {style!r} needs the model's class name in {path} (--class, or class_name=)")
+    return ModelRef(style=style, name=label, class_name=class_name, source=text, sha256=source_sha256(text))

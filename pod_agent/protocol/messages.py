@@ -28,7 +28,8 @@ class WireModel(BaseModel):
 class ModelRef(WireModel):
     """Which model to run: inline source, a declarative spec, or a hub reference, pinned by sha256.
 
-    ``sha256`` is over the UTF-8 source text, or over the canonical JSON of ``spec``.
+    ``sha256`` is over the NFC-normalised UTF-8 source text (``canonical.source_sha256``), or over
+    the canonical JSON of ``spec`` (``canonical.spec_sha256``); ``canonical.model_from_file`` builds one.
     """
 
     style: ModelStyle

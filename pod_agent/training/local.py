@@ -18,7 +18,6 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
@@ -50,27 +49,6 @@ class LocalFit:
     n_rows: int
     datastructure: dict[str, object]
     events: list[dict[str, object]]
-
-
-def model_ref_from_file(
-    path: Path, *, style: Literal["lightning", "module", "declarative"], class_name: str | None
-) -> ModelRef:
-    """A ModelRef for a local model file (source, or a JSON spec for the declarative style)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TrainingError("source_missing", f"model file {path} cannot be read as UTF-8 text: {exc}") from exc
-    if style == "declarative":
-        try:
-            spec = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise TrainingError("bad_spec", f"{path} is not JSON: {exc}") from exc
-        return ModelRef(style=style, name=path.stem, spec=spec, sha256=hashlib.sha256(text.encode()).hexdigest())
-    if not class_name:
-        raise TrainingError("model_class_not_found", f"style {style!r} needs the model's class name (--class)")
-    return ModelRef(
-        style=style, name=path.stem, class_name=class_name, source=text, sha256=hashlib.sha256(text.encode()).hexdigest()
-    )
 
 
 def fit_local(

@@ -18,7 +18,7 @@ from pod_agent.data import open_datasource
 from pod_agent.data.task_input import plan_datastructure
 from pod_agent.errors import TrainingError
 from pod_agent.protocol.messages import DataSelection, Hyperparameters
-from pod_agent.training.local import fit_local, initial_weights, model_ref_from_file
+from pod_agent.training.local import fit_local, initial_weights
 
 
 def test_local_fit_gives_the_weights_a_pod_computes_on_the_same_data(run_in_process: RunTask, small_adult: Path) -> None:
@@ -64,13 +64,6 @@ def test_fit_local_command_refuses_epochs_with_steps(small_adult: Path, tmp_path
               "--target", "TARGET", "--steps", "1", "--epochs", "1"])
     assert exited.value.code == 2
     assert "give --epochs or --steps, not both" in capsys.readouterr().err
-
-
-def test_model_file_needs_a_class_name_unless_declarative(tmp_path: Path) -> None:
-    source = tmp_path / "m.py"
-    source.write_text(TUTORIAL_MODEL)
-    with pytest.raises(TrainingError, match="needs the model's class name"):
-        model_ref_from_file(source, style="lightning", class_name=None)
 
 
 def test_hashed_encoding_gives_a_width_independent_of_the_categories(small_adult: Path) -> None:
