@@ -17,8 +17,8 @@
     │   ├── AlreadySeen        (state.records) a task id or nonce seen before
     │   ├── AlreadyReleased    (state.records) an update from these weights already left
     │   ├── ReviewNotPending   (state.records) a review decision on a model not waiting
-    │   └── IllegalTransition  (state.records) a task status change its life cycle forbids
-    ├── ExportBroken           (state.audit) an audit export whose chain or signature breaks
+    │   ├── IllegalTransition  (state.records) a task status change its life cycle forbids
+    │   └── ExportBroken       (state.audit) an audit export whose chain or signature breaks
     ├── SecAggError            clipping, encoding or masking parameters unusable
     ├── HubError               the hub refused a request or is unreachable
     │   ├── HubUnavailable     unreachable, timed out or 5xx: a later attempt may succeed
