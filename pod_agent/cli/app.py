@@ -51,7 +51,7 @@ COMMANDS: dict[str, _Command] = {
         "Infer the datasource's schema in one streaming pass and print it, with why each column got its stype.",
     ),
     "datasets": _Command("pod_agent.cli.datasets", "Write public example tables."),
-    "keys": _Command("pod_agent.cli.keys", "Show the pod's identity key or generate a modeller key."),
+    "keys": _Command("pod_agent.cli.keys", "Show or rotate the pod's identity key, or generate a modeller key."),
     "peers": _Command("pod_agent.cli.peers", "Secure-aggregation peers this pod trusts; the federation roster."),
     "run": _Command("pod_agent.cli.run", "Run the agent: register with the hub, take signed tasks, return results."),
     "tasks": _Command("pod_agent.cli.tasks", "What ran on this pod's data: tasks, outcomes, who signed them."),

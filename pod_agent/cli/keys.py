@@ -23,7 +23,7 @@ from pod_agent.errors import KeyFileError
 from pod_agent.protocol import IdentityKey, PublicKey, envelope_bytes, passphrase_from_env
 from pod_agent.protocol.rotation import DEFAULT_OVERLAP_S, KeyRotation, rotation_statement
 
-_keys = typer.Typer(name="keys", help="Show the pod's identity key or generate a modeller key.", no_args_is_help=True)
+_keys = typer.Typer(name="keys", help="Show or rotate the pod's identity key, or generate a modeller key.", no_args_is_help=True)
 
 
 @_keys.command("show")
