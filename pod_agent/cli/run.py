@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from pod_agent.config import load_settings
-from pod_agent.ops import configure_logging
+from pod_agent.ops import bind_health_socket, configure_logging
 from pod_agent.sandbox import check_worker_package
 
 
@@ -21,6 +21,10 @@ def run(
     # workers import another, and every task would fail with nothing saying why.
     check_worker_package()
     settings = load_settings(config)
+    if settings.ops.health_port:
+        # A taken port (a second pod on this host) is said now, in one line, not after the start-up work;
+        # the daemon binds it again and says the same if it was taken in between.
+        bind_health_socket(settings.ops.health_host, settings.ops.health_port).close()
     configure_logging(fmt=log_format or settings.ops.log_format, level=settings.ops.log_level)  # type: ignore[arg-type]
     # Imported here so `pod-agent --help` stays quick; the daemon itself never imports torch.
     from pod_agent.agent.daemon import run_agent
