@@ -3,9 +3,9 @@
 Owns the pod's side of the hub API (``protocol.hub_api`` models; requests go through
 ``protocol.hubhttp``, shared with the modeller): the session, the task WebSocket
 (``TaskStream``: ``HubPush`` in, ``PodMessage`` out), the URLs, the deadlines of each
-kind of call, and TLS verified against ``hub.ca_bundle`` or a pinned certificate sha256
-(``hub.pinned_cert_sha256``), else the system trust store; plain http only to a loopback
-hub unless ``hub.allow_insecure_http`` (warned at start).
+kind of call, and the TLS options of pod.toml's ``[hub]`` (``hub.ca_bundle``,
+``hub.pinned_cert_sha256``, ``hub.unsafe_allow_http``), which ``protocol.hub_tls`` turns
+into a connection the same way as for a modeller.
 
 Nothing the hub sends is trusted: every reply and pushed message is read within
 ``hub_api.MAX_REPLY_BYTES`` and a deadline and validated against its model. Failures are
@@ -24,13 +24,12 @@ import time
 from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
-from urllib.parse import urlsplit
 
 import aiohttp
 from pydantic import TypeAdapter
 
 from pod_agent.config.settings import HubSection
-from pod_agent.errors import ConfigError, HubError, HubMisbehaved, HubRejected, HubUnavailable
+from pod_agent.errors import HubError, HubMisbehaved, HubRejected, HubUnavailable
 from pod_agent.protocol import IdentityKey, canonical_json, sign_request
 from pod_agent.protocol.hub_api import (
     MAX_REPLY_BYTES,
@@ -46,11 +45,11 @@ from pod_agent.protocol.hub_api import (
     RoundMessages,
     Stored,
 )
+from pod_agent.protocol.hub_tls import TlsOptionNames, hub_tls
 from pod_agent.protocol.hubhttp import (
     download_blob,
     file_chunks,
     hub_session,
-    is_loopback,
     parse_reply,
     signed_call,
 )
@@ -61,34 +60,19 @@ _R = TypeVar("_R", bound=HubReply)
 _PUSH: TypeAdapter[HubPush] = TypeAdapter(HubPush)
 
 
+# How the pod's operator spells each TLS option: the keys of pod.toml's [hub] section.
+_TLS_NAMES = TlsOptionNames(
+    url="hub.url", ca_bundle="hub.ca_bundle", pinned_cert_sha256="hub.pinned_cert_sha256",
+    unsafe_allow_http="hub.unsafe_allow_http = true",
+)
+
+
 def hub_ssl(section: HubSection) -> ssl.SSLContext | aiohttp.Fingerprint | bool:
-    """The ``ssl=`` argument for every request to the hub; raises ConfigError for an unsafe URL."""
-    parts = urlsplit(section.url)
-    if parts.scheme == "http":
-        if not is_loopback(parts.hostname or ""):
-            if not section.allow_insecure_http:
-                raise ConfigError(
-                    f"hub.url {section.url} is plain http to a non-loopback host: use https, "
-                    "or set hub.allow_insecure_http = true (unsafe: tasks and results travel in clear text)"
-                )
-            _log.warning("hub.allow_insecure_http is set: talking to %s without TLS (unsafe)", section.url)
-        return False
-    if parts.scheme != "https":
-        raise ConfigError(f"hub.url {section.url!r} must start with https:// (or http:// for a loopback hub)")
-    if section.pinned_cert_sha256:
-        try:
-            digest = bytes.fromhex(section.pinned_cert_sha256.replace(":", ""))
-            return aiohttp.Fingerprint(digest)
-        except ValueError as exc:
-            raise ConfigError(
-                f"hub.pinned_cert_sha256 {section.pinned_cert_sha256!r} is not the 64-hex sha256 of a DER certificate"
-            ) from exc
-    if section.ca_bundle is not None:
-        try:
-            return ssl.create_default_context(cafile=str(section.ca_bundle))
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(f"hub.ca_bundle {section.ca_bundle} cannot be loaded: {exc}") from exc
-    return ssl.create_default_context()
+    """The ``ssl=`` argument for every request to the hub (``protocol.hub_tls``); ConfigError for an unsafe URL."""
+    return hub_tls(
+        section.url, ca_bundle=section.ca_bundle, pinned_cert_sha256=section.pinned_cert_sha256,
+        unsafe_allow_http=section.unsafe_allow_http, names=_TLS_NAMES,
+    )
 
 
 class TaskStream:

@@ -23,7 +23,7 @@ import typer
 
 from pod_agent.cli import fit_local
 from pod_agent.cli.keys import modeller_entry
-from pod_agent.errors import ModellerError
+from pod_agent.errors import ConfigError, ModellerError
 from pod_agent.modeller import (
     DEFAULT_TASK_LIFETIME_S,
     ModellerClient,
@@ -68,7 +68,7 @@ class _Options:
     passphrase_env: str | None
     ca_bundle: Path | None
     pin: str | None
-    allow_insecure_http: bool
+    unsafe_allow_http: bool
     pod_keys: dict[str, PublicKey] | None
 
     def key(self) -> IdentityKey:
@@ -83,7 +83,7 @@ class _Options:
     def client(self) -> ModellerClient:
         return ModellerClient(
             self.hub, self.key(), ca_bundle=self.ca_bundle, pinned_cert_sha256=self.pin,
-            allow_insecure_http=self.allow_insecure_http, pod_keys=self.pod_keys,
+            unsafe_allow_http=self.unsafe_allow_http, pod_keys=self.pod_keys,
         )
 
 
@@ -107,14 +107,17 @@ def _options(
                                           help="CA bundle to verify the hub's certificate."),
     pin: str | None = typer.Option(None, "--pin-sha256", envvar="POD_AGENT_MODELLER_PIN_SHA256",
                                    help="sha256 (hex) of the hub's DER certificate, instead of a CA."),
-    allow_insecure_http: bool = typer.Option(False, "--allow-insecure-http",
-                                             help="Allow plain http to a non-loopback hub (unsafe)."),
+    unsafe_allow_http: bool = typer.Option(False, "--unsafe-allow-http",
+                                           help="Allow plain http to a non-loopback hub (unsafe)."),
+    renamed_http: bool = typer.Option(False, "--allow-insecure-http", hidden=True),
     pod_keys: Path | None = typer.Option(
         None, "--pod-keys", envvar="POD_AGENT_MODELLER_POD_KEYS",
         help="TOML file pinning each pod's public key (`pod-agent keys show` on its host), instead of the hub's word."),
 ) -> None:
+    if renamed_http:  # the old spelling, kept only to name the new one to scripts that still use it
+        raise ConfigError("--allow-insecure-http was renamed --unsafe-allow-http: use that")
     pinned = load_pod_keys(pod_keys.expanduser()) if pod_keys is not None else None
-    ctx.obj = _Options(hub, key, passphrase_env, ca_bundle, pin, allow_insecure_http, pinned)
+    ctx.obj = _Options(hub, key, passphrase_env, ca_bundle, pin, unsafe_allow_http, pinned)
 
 
 @_modeller.command("keys")

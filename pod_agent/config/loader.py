@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from pod_agent.config.settings import ENV_NESTED_DELIMITER, ENV_PREFIX, TOML_FILE, PodSettings
+from pod_agent.config.settings import ENV_NESTED_DELIMITER, ENV_PREFIX, RENAMED_KEYS, TOML_FILE, PodSettings
 from pod_agent.errors import ConfigError
 
 _EXAMPLE_HINT = "see config/pod.example.toml"
@@ -69,6 +69,8 @@ def _describe_one(error: ErrorDetails, path: Path | None) -> str:
     key = ".".join(loc) or "(top level)"
     origin = _origin(loc, path)
     kind = error["type"]
+    if kind == "extra_forbidden" and key in RENAMED_KEYS:
+        return f"{origin}: key {key!r} was renamed {RENAMED_KEYS[key]!r} - rename it there"
     if kind == "extra_forbidden":
         known = _known_keys(loc[:-1])
         hint = f"known keys there: {', '.join(known)}" if known else _EXAMPLE_HINT

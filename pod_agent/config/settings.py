@@ -32,6 +32,9 @@ ENV_NESTED_DELIMITER = "__"
 # A pod's name as pod.toml gives it; the hub, rosters and secure-round messages name pods the same way.
 PodName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
 # An enrolment token as `pod-agent hub invite` prints it (the hub's registration takes the same shape).
+# Keys that were renamed: the loader refuses the old spelling with a message naming the new one, so an
+# operator's old pod.toml fails at start with the fix instead of as an unknown key.
+RENAMED_KEYS = {"hub.allow_insecure_http": "hub.unsafe_allow_http"}
 ENROLMENT_TOKEN_PATTERN = r"^[A-Za-z0-9_-]{32,128}$"
 
 
@@ -54,7 +57,7 @@ class HubSection(_Section):
     url: str = "http://127.0.0.1:8700"
     ca_bundle: Path | None = None
     pinned_cert_sha256: str | None = None  # hex sha256 of the hub's DER certificate
-    allow_insecure_http: bool = False
+    unsafe_allow_http: bool = False  # plain http to a non-loopback hub; logged at each start
     heartbeat_s: float = Field(default=15.0, gt=0)
     backoff_initial_s: float = Field(default=0.5, gt=0)
     backoff_cap_s: float = Field(default=60.0, gt=0)

@@ -1,7 +1,8 @@
 """Async client of the hub for a modeller: register, list pods, submit signed tasks, fetch verified results.
 
 Owns the modeller's side of the hub API (signed requests, TLS verification
-against a CA bundle or a pinned certificate fingerprint, streaming blob upload
+against a CA bundle or a pinned certificate fingerprint as ``protocol.hub_tls`` sets it
+up for pods too, streaming blob upload
 and download with sha256 checks) and the check that every result was signed by
 the pod it names. The hub is not trusted: a result whose signature does not
 verify against the pod's key is dropped with an error, never returned. Pod keys
@@ -14,14 +15,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import ssl
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -46,7 +45,8 @@ from pod_agent.protocol.hub_api import (
     TaskStatusReply,
     TaskSubmitted,
 )
-from pod_agent.protocol.hubhttp import BLOB_CHUNK_BYTES, download_blob, file_chunks, hub_session, is_loopback, signed_call
+from pod_agent.protocol.hub_tls import TlsOptionNames, hub_tls
+from pod_agent.protocol.hubhttp import BLOB_CHUNK_BYTES, download_blob, file_chunks, hub_session, signed_call
 from pod_agent.protocol.secure_round import RoundMessage, Stage, round_path
 from pod_agent.protocol.messages import (
     BlobRef,
@@ -103,30 +103,11 @@ class TaskStatus:
         return entry.get("result") is not None or entry.get("refusal") is not None
 
 
-def client_ssl(
-    url: str, *, ca_bundle: Path | None, pinned_cert_sha256: str | None, allow_insecure_http: bool
-) -> ssl.SSLContext | aiohttp.Fingerprint | bool:
-    """The ``ssl=`` argument for aiohttp: a pin, a CA context, system trust, or plain http to loopback."""
-    parts = urlsplit(url)
-    if parts.scheme == "http":
-        if not is_loopback(parts.hostname or "") and not allow_insecure_http:
-            raise ModellerError(
-                f"hub URL {url} is plain http to a non-loopback host; use https or pass --allow-insecure-http"
-            )
-        return False
-    if parts.scheme != "https":
-        raise ModellerError(f"hub URL {url!r} must start with https:// (or http:// for loopback)")
-    if pinned_cert_sha256:
-        try:
-            return aiohttp.Fingerprint(bytes.fromhex(pinned_cert_sha256.replace(":", "")))
-        except ValueError as exc:
-            raise ModellerError(f"pinned certificate sha256 {pinned_cert_sha256!r} is not 64 hex digits") from exc
-    if ca_bundle is not None:
-        try:
-            return ssl.create_default_context(cafile=str(ca_bundle))
-        except (OSError, ssl.SSLError) as exc:
-            raise ModellerError(f"CA bundle {ca_bundle} cannot be loaded: {exc}") from exc
-    return ssl.create_default_context()
+# How a modeller spells each TLS option: the CLI's flags, then ModellerClient's arguments.
+_TLS_NAMES = TlsOptionNames(
+    url="hub URL", ca_bundle="CA bundle (--ca-bundle)", pinned_cert_sha256="pinned certificate sha256 (--pin-sha256)",
+    unsafe_allow_http="--unsafe-allow-http (unsafe_allow_http=True)",
+)
 
 
 class ModellerClient:
@@ -139,16 +120,16 @@ class ModellerClient:
         *,
         ca_bundle: Path | None = None,
         pinned_cert_sha256: str | None = None,
-        allow_insecure_http: bool = False,
+        unsafe_allow_http: bool = False,
         timeout_s: float = 30.0,
         blob_timeout_s: float = 3600.0,
         pod_keys: Mapping[str, PublicKey] | None = None,
     ) -> None:
         self.hub_url = hub_url.rstrip("/")
         self.key = key
-        self._ssl = client_ssl(
+        self._ssl = hub_tls(
             self.hub_url, ca_bundle=ca_bundle, pinned_cert_sha256=pinned_cert_sha256,
-            allow_insecure_http=allow_insecure_http,
+            unsafe_allow_http=unsafe_allow_http, names=_TLS_NAMES,
         )
         self._timeout_s = timeout_s
         self._blob_timeout_s = blob_timeout_s

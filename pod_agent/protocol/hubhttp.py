@@ -15,7 +15,7 @@ values cost far more parsed than sent), a blob up to the caller's limit (its sig
 request runs under a total deadline, so a hub that drips one byte a second cannot hold a
 caller forever. Compressed replies are not decoded (the sessions are opened with
 ``auto_decompress=False``): a small gzip body could otherwise inflate past any cap before
-it is counted. Which TLS to use and what to send when stay with the callers.
+it is counted. Which TLS to use is ``hub_tls``'s; what to send when stays with the callers.
 """
 
 from __future__ import annotations

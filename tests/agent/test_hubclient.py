@@ -22,13 +22,13 @@ def test_plain_http_to_loopback_is_allowed() -> None:
 
 
 def test_plain_http_to_a_remote_hub_is_refused_without_the_unsafe_setting() -> None:
-    with pytest.raises(ConfigError, match="allow_insecure_http = true"):
+    with pytest.raises(ConfigError, match="hub.unsafe_allow_http = true"):
         hub_ssl(HubSection(url="http://192.0.2.1:8700"))
 
 
-def test_allowed_insecure_http_warns(caplog: pytest.LogCaptureFixture) -> None:
+def test_unsafe_allow_http_warns(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING):
-        assert hub_ssl(HubSection(url="http://192.0.2.1:8700", allow_insecure_http=True)) is False
+        assert hub_ssl(HubSection(url="http://192.0.2.1:8700", unsafe_allow_http=True)) is False
     assert "unsafe" in caplog.text
 
 

@@ -24,7 +24,7 @@ async def test_the_hub_moves_a_pods_name_only_with_a_statement_its_held_key_sign
     old, new = IdentityKey.generate(), IdentityKey.generate()
     storage = SqliteStorage(":memory:")
     async with listening(create_app(storage), port=0) as url:
-        section = HubSection(url=url, allow_insecure_http=True)
+        section = HubSection(url=url, unsafe_allow_http=True)
         async with HubClient(section, old) as hub:
             await hub.register(_registration(old))
         async with HubClient(section, new) as hub:

@@ -133,6 +133,12 @@ def test_unknown_key_names_key_file_and_known_keys(pod_toml) -> None:
         load_settings(path)
 
 
+def test_a_renamed_key_is_refused_naming_its_new_name(pod_toml) -> None:
+    path = pod_toml(MINIMAL + '\n[hub]\nurl = "http://192.0.2.1:8700"\nallow_insecure_http = true\n')
+    with pytest.raises(ConfigError, match=r"key 'hub\.allow_insecure_http' was renamed 'hub\.unsafe_allow_http'"):
+        load_settings(path)
+
+
 def test_unknown_section_is_an_error(pod_toml) -> None:
     with pytest.raises(ConfigError, match=r"unknown key 'extras'"):
         load_settings(pod_toml(MINIMAL + "\n[extras]\nx = 1\n"))

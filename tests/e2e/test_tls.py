@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from pod_agent.errors import ModellerError
+from pod_agent.errors import ConfigError, ModellerError
 from pod_agent.modeller import ModellerClient
 
 pytestmark = pytest.mark.slow
@@ -61,6 +61,6 @@ async def test_modeller_without_the_ca_or_with_a_wrong_pin_refuses_the_hub(
 def test_plain_http_to_a_remote_hub_is_refused_unless_allowed() -> None:
     from pod_agent.protocol import IdentityKey
 
-    with pytest.raises(ModellerError, match="allow-insecure-http"):
+    with pytest.raises(ConfigError, match="--unsafe-allow-http"):
         ModellerClient("http://192.0.2.10:8700", IdentityKey.generate())
-    ModellerClient("http://192.0.2.10:8700", IdentityKey.generate(), allow_insecure_http=True)
+    ModellerClient("http://192.0.2.10:8700", IdentityKey.generate(), unsafe_allow_http=True)
