@@ -4,17 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
-from policy_helpers import NOW, SOURCE, Pod, make_task, policy_for, privacy, signed, verifier_for
+from policy_helpers import POD, NOW, SOURCE, Pod, cohort, make_task, policy_for, privacy, signed, verifier_for
 from pydantic import ValidationError
 
-from pod_agent.config.settings import ModellerKey, ModellerPolicy
+from pod_agent.config.settings import DpBudget, DpSection, ModellerKey, ModellerPolicy
 from pod_agent.errors import ConfigError
 from pod_agent.policy import RefusalCode
+from pod_agent.policy.budget import epsilon, gaussian_event
 from pod_agent.protocol import IdentityKey, source_sha256
 from pod_agent.protocol.messages import ModelRef
-from pod_agent.state import TaskStatus
+from pod_agent.state import PodState, TaskStatus
 from pod_agent.state.records import REVIEW_EXPIRED, REVIEW_REJECTED
 
 NEW_SOURCE = SOURCE + "\n# version 2\n"
@@ -106,3 +108,23 @@ def test_a_key_listed_twice_is_a_config_error(alice: IdentityKey, bob: IdentityK
 def test_a_not_after_without_an_offset_is_refused() -> None:
     with pytest.raises(ValidationError, match="needs a UTC offset"):
         ModellerKey(public_key="x", not_after=datetime(2027, 1, 1))
+
+
+def test_a_modellers_keys_share_one_dp_budget(tmp_path: Path, alice: IdentityKey, bob: IdentityKey) -> None:
+    second = IdentityKey.generate()
+    budgeted = policy_for(alice, bob).modellers[0].model_copy(update={
+        "dp": DpBudget(epsilon=3.0, delta=1e-5), "keys": [ModellerKey(public_key=second.public.to_b64())],
+    })
+    dp_privacy = privacy(max_clip_norm=1.0, dp=DpSection(min_noise_multiplier=2.0))
+    state = PodState.open(tmp_path / "dp.sqlite")
+    pod = Pod(verifier_for(policy_for(alice, bob, modellers=[budgeted]), dp_privacy, state), state)
+
+    def train(key: IdentityKey) -> bytes:
+        return signed(make_task(key, secagg=cohort([POD, "pod-b", "pod-c"], clip_norm=1.0)), key)
+
+    fits = max(n for n in range(1, 50) if epsilon([gaussian_event(2.0)] * n, 1e-5) <= 3.0)
+    for n in range(fits):
+        pod.accept(train(alice if n % 2 else second))
+    assert pod.refusal(train(second)).code == "privacy_budget_exhausted"
+    assert pod.refusal(train(alice)).code == "privacy_budget_exhausted"
+    state.close()
