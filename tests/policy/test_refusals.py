@@ -268,6 +268,14 @@ def test_kind_not_listed_is_refused_as_kind_not_permitted(make_pod: Callable[...
     assert pod.refusal(signed(make_task(alice), alice)).code == RefusalCode.KIND_NOT_PERMITTED.value
 
 
+def test_a_train_task_that_evaluates_first_needs_the_evaluate_kind(make_pod: Callable[..., Pod], alice: IdentityKey) -> None:
+    pod = make_pod(SecuritySection(modellers=[
+        ModellerPolicy(name="alice", public_key=alice.public.to_b64(), role="super", kinds=["train"])]))
+    pod.accept(signed(make_task(alice), alice))
+    refusal = pod.refusal(signed(make_task(alice).model_copy(update={"evaluate_first": True}), alice))
+    assert refusal.code == RefusalCode.KIND_NOT_PERMITTED.value and "evaluates first" in refusal.detail
+
+
 def test_predict_is_accepted_only_where_allowed(pod: Pod, alice: IdentityKey) -> None:
     pod.accept(signed(make_task(alice, kind="predict", hyperparameters=Hyperparameters()), alice))
 
