@@ -104,7 +104,7 @@ from pod_agent.hub.storage import (
     PodRecord,
     RoundMessageRecord,
     Storage,
-    TaskRecord,
+    HubTaskRecord,
 )
 from pod_agent.protocol import (
     PublicKey,
@@ -452,7 +452,7 @@ async def _pod_heartbeat(request: web.Request) -> web.Response:
     return web.json_response({"ok": True, "now": hub.now()})
 
 
-def _delivery(task: TaskRecord) -> dict[str, str]:
+def _delivery(task: HubTaskRecord) -> dict[str, str]:
     return {"type": "task", "task_id": task.task_id, "envelope": task.envelope.decode()}
 
 
@@ -691,7 +691,7 @@ async def _tasks_submit(request: web.Request) -> web.Response:
     unknown = sorted(set(task.pods) - known)
     if unknown:
         raise HubError(f"unknown pods {unknown}; list them with `pod-agent modeller pods`", status=404)
-    record = TaskRecord(
+    record = HubTaskRecord(
         task_id=task.task_id, modeller_id=modeller.key_id,
         envelope=envelope_bytes(envelope), pods=tuple(task.pods), created_at=hub.now(),
     )
@@ -705,7 +705,7 @@ async def _tasks_submit(request: web.Request) -> web.Response:
     )
 
 
-async def _owned_task(request: web.Request) -> TaskRecord:
+async def _owned_task(request: web.Request) -> HubTaskRecord:
     hub = _hub(request)
     modeller = await _signer_modeller(request)
     task = await hub.db(hub.storage.get_task, request.match_info["task_id"])
@@ -714,7 +714,7 @@ async def _owned_task(request: web.Request) -> TaskRecord:
     return task  # type: ignore[no-any-return]
 
 
-def _status_body(task: TaskRecord, deliveries: list[DeliveryRecord]) -> dict[str, Any]:
+def _status_body(task: HubTaskRecord, deliveries: list[DeliveryRecord]) -> dict[str, Any]:
     """A task's status as ``hub_api.TaskStatusReply`` (and ``TaskWaitReply``) carry it."""
     return {
         "task_id": task.task_id,
@@ -804,7 +804,7 @@ def _round_wakeup_key(task_id: str, round_index: int) -> str:
 class _RoundParty:
     """Who asks about which round: the task, the requester's sender label and key, the stage and round."""
 
-    task: TaskRecord
+    task: HubTaskRecord
     sender: str
     key: PublicKey
     stage: Stage

@@ -32,7 +32,7 @@ from pod_agent.hub.storage import (
     ResultRecord,
     RoundMessageRecord,
     StorageConflict,
-    TaskRecord,
+    HubTaskRecord,
 )
 
 # Named, not *: a hub database written by an older version may hold columns this one no longer reads.
@@ -231,7 +231,7 @@ class SqliteStorage:
 
     # -- tasks and deliveries ---------------------------------------------------------------
 
-    def add_task(self, task: TaskRecord) -> PutOutcome:
+    def add_task(self, task: HubTaskRecord) -> PutOutcome:
         with self._lock, self._tx():
             row = self._db.execute("SELECT envelope FROM tasks WHERE task_id = ?", (task.task_id,)).fetchone()
             if row is not None:
@@ -249,12 +249,12 @@ class SqliteStorage:
                 )
             return "stored"
 
-    def get_task(self, task_id: str) -> TaskRecord | None:
+    def get_task(self, task_id: str) -> HubTaskRecord | None:
         with self._lock:
             row = self._db.execute("SELECT * FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
         return None if row is None else _task(row)
 
-    def pending_tasks(self, pod: str) -> list[TaskRecord]:
+    def pending_tasks(self, pod: str) -> list[HubTaskRecord]:
         with self._lock:
             rows = self._db.execute(
                 "SELECT t.* FROM deliveries d JOIN tasks t ON t.task_id = d.task_id"
@@ -606,9 +606,9 @@ def _pod(row: tuple[Any, ...]) -> PodRecord:
     )
 
 
-def _task(row: tuple[Any, ...]) -> TaskRecord:
+def _task(row: tuple[Any, ...]) -> HubTaskRecord:
     task_id, modeller_id, envelope, pods, created = row
-    return TaskRecord(
+    return HubTaskRecord(
         task_id=str(task_id), modeller_id=str(modeller_id), envelope=bytes(envelope),
         pods=tuple(json.loads(pods)), created_at=int(created),
     )

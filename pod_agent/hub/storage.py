@@ -69,7 +69,9 @@ class ModelRecord:
 
 
 @dataclass(frozen=True)
-class TaskRecord:
+class HubTaskRecord:
+    """A task as the hub stores it for delivery; a pod's own record of a task is ``state.TaskRecord``."""
+
     task_id: str
     modeller_id: str
     envelope: bytes  # the signed task envelope exactly as submitted
@@ -173,12 +175,12 @@ class Storage(Protocol):
 
     def get_model(self, name: str, version: str) -> ModelRecord | None: ...
 
-    def add_task(self, task: TaskRecord) -> PutOutcome:
+    def add_task(self, task: HubTaskRecord) -> PutOutcome:
         """Store a task and one delivery per target pod; same envelope again is a duplicate."""
 
-    def get_task(self, task_id: str) -> TaskRecord | None: ...
+    def get_task(self, task_id: str) -> HubTaskRecord | None: ...
 
-    def pending_tasks(self, pod: str) -> list[TaskRecord]:
+    def pending_tasks(self, pod: str) -> list[HubTaskRecord]:
         """Tasks for this pod that it has not acknowledged yet, oldest first."""
 
     def ack_delivery(self, task_id: str, pod: str, *, now: int) -> bool:

@@ -14,7 +14,7 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pod_agent.modeller.client import ModellerClient, PodInfo, TaskStatus, VerifiedResult
+    from pod_agent.modeller.client import HubTaskStatus, ModellerClient, PodInfo, VerifiedResult
     from pod_agent.modeller.notebook import run_sync, schema_stats
     from pod_agent.modeller.pinning import load_pod_keys
     from pod_agent.modeller.tasks import DEFAULT_TASK_LIFETIME_S, build_task
@@ -22,9 +22,9 @@ if TYPE_CHECKING:
 
 _HOME = {
     "DEFAULT_TASK_LIFETIME_S": "pod_agent.modeller.tasks",
+    "HubTaskStatus": "pod_agent.modeller.client",
     "ModellerClient": "pod_agent.modeller.client",
     "PodInfo": "pod_agent.modeller.client",
-    "TaskStatus": "pod_agent.modeller.client",
     "VerifiedResult": "pod_agent.modeller.client",
     "build_task": "pod_agent.modeller.tasks",
     "load_pod_keys": "pod_agent.modeller.pinning",
@@ -35,9 +35,9 @@ _HOME = {
 
 __all__ = [
     "DEFAULT_TASK_LIFETIME_S",
+    "HubTaskStatus",
     "ModellerClient",
     "PodInfo",
-    "TaskStatus",
     "VerifiedResult",
     "build_task",
     "load_pod_keys",

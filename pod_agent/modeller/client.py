@@ -94,7 +94,9 @@ class VerifiedResult:
 
 
 @dataclass(frozen=True)
-class TaskStatus:
+class HubTaskStatus:
+    """The hub's word on a task, per pod (delivered, result, refusal); not a pod's ``state.TaskStatus``."""
+
     task_id: str
     pods: dict[str, dict[str, Any]]
 
@@ -248,9 +250,9 @@ class ModellerClient:
         await self._request("POST", "/v1/tasks", reply=TaskSubmitted, body=envelope_bytes(envelope))
         return payload.task_id
 
-    async def status(self, task_id: str) -> TaskStatus:
+    async def status(self, task_id: str) -> HubTaskStatus:
         reply = await self._request("GET", f"/v1/tasks/{task_id}", reply=TaskStatusReply)
-        return TaskStatus(task_id=reply.task_id, pods={pod: entry.model_dump() for pod, entry in reply.pods.items()})
+        return HubTaskStatus(task_id=reply.task_id, pods={pod: entry.model_dump() for pod, entry in reply.pods.items()})
 
     async def results(self, task_id: str) -> list[VerifiedResult]:
         """The results stored so far, each verified against its pod's key (forgeries raise)."""
@@ -300,7 +302,7 @@ class ModellerClient:
                 "GET", f"/v1/tasks/{task_id}/wait?after={finished}&wait={wait_s:.3f}", reply=TaskStatusReply,
                 total_s=wait_s + self._timeout_s,
             )
-            status = TaskStatus(task_id=reply.task_id, pods={p: e.model_dump() for p, e in reply.pods.items()})
+            status = HubTaskStatus(task_id=reply.task_id, pods={p: e.model_dump() for p, e in reply.pods.items()})
             if all(status.finished(p) for p in pods):
                 break
             if time.monotonic() >= deadline:

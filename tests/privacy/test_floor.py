@@ -26,7 +26,7 @@ from privacy_support import (
 )
 from safetensors.numpy import load
 
-from pod_agent.hub.storage import TaskRecord
+from pod_agent.hub.storage import HubTaskRecord
 from pod_agent.protocol.messages import DataSelection, Hyperparameters, Split
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
@@ -159,7 +159,7 @@ async def test_a_task_that_ran_and_is_delivered_again_under_another_label_is_ref
     original = rig.hub.storage.get_task(task.task_id)
     assert original is not None
     label = str(uuid.uuid4())
-    rig.hub.storage.add_task(TaskRecord(task_id=label, modeller_id=original.modeller_id,
+    rig.hub.storage.add_task(HubTaskRecord(task_id=label, modeller_id=original.modeller_id,
                                         envelope=original.envelope, pods=original.pods, created_at=original.created_at))
     # Any submission wakes the hub's push to the pod, which then sends every pending delivery.
     nudge = rig.lifted.task("train", declarative(), hp=PLAIN)
