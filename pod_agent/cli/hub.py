@@ -23,7 +23,7 @@ from pod_agent.hub.limits import (
     DEFAULT_RATE_PER_S,
     HubLimits,
 )
-from pod_agent.hub.runner import DEFAULT_HOST, DEFAULT_PORT
+from pod_agent.hub.serving import DEFAULT_HOST, DEFAULT_PORT
 from pod_agent.hub.sqlite import SqliteStorage
 from pod_agent.ops import configure_logging
 
@@ -55,7 +55,7 @@ def serve(
 ) -> None:
     """Serve the hub until SIGTERM/SIGINT; prints `hub listening on URL` once bound."""
     configure_logging(fmt=log_format, level="INFO")  # type: ignore[arg-type]
-    from pod_agent.hub.runner import serve as run_hub
+    from pod_agent.hub.serving import serve as run_hub
 
     policy = _policy(registration)
     limits = HubLimits(

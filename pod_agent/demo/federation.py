@@ -21,7 +21,7 @@ from types import TracebackType
 
 from pod_agent.errors import PodAgentError
 from pod_agent.hub import SqliteStorage, create_app, listening
-from pod_agent.hub.runner import blob_dir_for
+from pod_agent.hub.serving import blob_dir_for
 from pod_agent.modeller.client import ModellerClient
 from pod_agent.protocol import IdentityKey, PublicKey
 from pod_agent.sandbox import check_worker_package

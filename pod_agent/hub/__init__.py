@@ -6,7 +6,7 @@ the aiohttp application over any ``Storage``; ``serve`` runs it with SQLite.
 one key may send and store.
 """
 
-from pod_agent.hub.runner import listening, serve, server_tls_context
+from pod_agent.hub.serving import listening, serve, server_tls_context
 from pod_agent.hub.server import create_app
 from pod_agent.hub.sqlite import SqliteStorage
 from pod_agent.hub.storage import Storage, StorageConflict
