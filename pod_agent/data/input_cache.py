@@ -23,6 +23,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +54,9 @@ class TaskInputCache:
         if max_bytes < 0:
             raise DataError(f"task input cache size {max_bytes} bytes must not be negative; 0 turns it off")
         self.root, self.max_bytes = root, max_bytes
+        # Tasks prepare in worker threads: one at a time here, so that no entry is replaced or evicted
+        # between its lookup and its link.
+        self._lock = threading.Lock()
 
     def prepare(
         self, ds: Datasource, schema: Schema, selection: DataSelection, out_dir: Path, *, share_categories: bool
@@ -60,17 +64,18 @@ class TaskInputCache:
         """``out_dir/data.arrow`` for ``selection``, linked from the cache or prepared (and kept) now."""
         if self.max_bytes == 0:
             return prepare_task_input(ds, schema, selection, out_dir, share_categories=share_categories)
-        self._make_root()
-        key = cache_key(ds, schema, selection, share_categories=share_categories)
-        entry = self._entry(key)
-        if entry is None:
-            entry = self._store(key, ds, schema, selection, share_categories=share_categories)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        dest = out_dir / DATA_FILE_NAME
-        try:
-            os.link(entry.path, dest)
-        except OSError:
-            shutil.copyfile(entry.path, dest)  # another filesystem (or no hard links there)
+        with self._lock:
+            self._make_root()
+            key = cache_key(ds, schema, selection, share_categories=share_categories)
+            entry = self._entry(key)
+            if entry is None:
+                entry = self._store(key, ds, schema, selection, share_categories=share_categories)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            dest = out_dir / DATA_FILE_NAME
+            try:
+                os.link(entry.path, dest)
+            except OSError:
+                shutil.copyfile(entry.path, dest)  # another filesystem (or no hard links there)
         return TaskInput(path=dest, datastructure=entry.datastructure)
 
     def _make_root(self) -> None:
