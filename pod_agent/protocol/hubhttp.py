@@ -253,9 +253,15 @@ async def file_chunks(path: Path) -> AsyncIterator[bytes]:
             yield chunk
 
 
+TOO_MANY_REQUESTS = 429
+
+
 def raise_for_status(status: int, text: str, *, what: str) -> None:
-    """HubUnavailable for 5xx, HubRejected for 4xx, HubMisbehaved for 3xx (a hub never redirects; following
-    one would send the signed request elsewhere): "hub answered <status> <what>: <the hub's error>"."""
+    """HubUnavailable for 5xx and 429, HubRejected for other 4xx, HubMisbehaved for 3xx (a hub never redirects;
+    following one would send the signed request elsewhere): "hub answered <status> <what>: <the hub's error>".
+
+    429 (over the hub's per-key rate) is retried like an outage, through the caller's backoff: the same
+    request succeeds later, so treating it as a refusal would drop an acknowledgement or a result."""
     if status < 300:
         return
     if status < 400:
@@ -265,6 +271,6 @@ def raise_for_status(status: int, text: str, *, what: str) -> None:
     except (ProtocolError, KeyError, TypeError):
         detail = text[:200]
     message = f"hub answered {status} {what}: {detail}"
-    if status >= 500:
+    if status >= 500 or status == TOO_MANY_REQUESTS:
         raise HubUnavailable(message, status=status)
     raise HubRejected(message, status=status)

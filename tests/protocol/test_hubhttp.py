@@ -214,6 +214,23 @@ async def test_a_redirect_is_not_followed(serve: Callable[[Handler], Awaitable[s
     assert followed == 0
 
 
+async def test_over_the_rate_is_an_outage_to_retry_and_other_4xx_a_refusal(
+    serve: Callable[[Handler], Awaitable[str]], session: aiohttp.ClientSession
+) -> None:
+    async def limited(request: web.Request) -> web.Response:
+        if request.path == "/v1/x":
+            return web.json_response({"error": "over this key's request rate"}, status=429, headers={"Retry-After": "1"})
+        return web.json_response({"error": "no such task"}, status=404)
+
+    url = await serve(limited)
+    with pytest.raises(HubUnavailable, match="hub answered 429 to GET /v1/x: over this key's request rate") as caught:
+        await _ask(session, url)
+    assert not isinstance(caught.value, HubRejected)
+    with pytest.raises(HubRejected, match="hub answered 404 .*no such task"):
+        await signed_call(session, IdentityKey.generate(), base=url, method="GET", path="/v1/y", tls=False,
+                          reply=Ok, total_s=5)
+
+
 async def test_an_empty_reply_parses_as_an_empty_object(serve: Callable[[Handler], Awaitable[str]],
                                                         session: aiohttp.ClientSession) -> None:
     async def empty(request: web.Request) -> web.Response:
