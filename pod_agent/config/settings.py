@@ -226,7 +226,7 @@ class SandboxLimitsSection(_Section):
     warm_worker: bool = True
     # Workers kept started ahead of tasks (confined, imports done) when warm_worker is on; a taken one
     # is replaced at once, one start at a time (~3.5 s each on 2 cores). 3 covers a federated loop's
-    # train -> evaluate -> train ~0.7 s apart (with 2 the third waited ~2 s); each holds ~0.3 GB.
+    # train -> evaluate -> train ~0.7 s apart (with 2 the third waited 2-6 s); each holds ~0.5 GB RSS.
     warm_pool: int = Field(default=3, ge=1, le=8)
 
 
