@@ -6,6 +6,14 @@ executed; ``Backoff`` is the one retry policy.
 
 from pod_agent.agent.backoff import Backoff
 from pod_agent.agent.daemon import Agent, run_agent
+from pod_agent.agent.hubclient import HubClient
 from pod_agent.agent.pipeline import PipelineOutput, TaskPipeline
 
-__all__ = ["Agent", "Backoff", "PipelineOutput", "TaskPipeline", "run_agent"]
+__all__ = [
+    "Agent",
+    "Backoff",
+    "HubClient",
+    "PipelineOutput",
+    "TaskPipeline",
+    "run_agent",
+]

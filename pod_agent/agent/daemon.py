@@ -64,10 +64,9 @@ from typing import Any, cast
 from pod_agent.agent.backoff import RETRYABLE, Backoff
 from pod_agent.agent.hubclient import HubClient, TaskStream
 from pod_agent.agent.pipeline import PipelineOutput, TaskPipeline
-from pod_agent.agent.secure_round import PodRoundContext
 from pod_agent.agent.progress import ProgressLimiter
-from pod_agent.config.loader import load_settings
-from pod_agent.config.settings import PodSettings
+from pod_agent.agent.secure_round import PodRoundContext
+from pod_agent.config import PodSettings, load_settings
 from pod_agent.data import Datasource, Schema, open_datasource
 from pod_agent.errors import (
     CodedError,
@@ -95,22 +94,24 @@ from pod_agent.policy import (
     modeller_keys,
 )
 from pod_agent.protocol import (
+    Envelope,
+    HeartbeatAck,
+    HubPush,
     IdentityKey,
+    PodHeartbeat,
+    PodRegistration,
+    ProgressEvent,
     PublicKey,
+    ResultPayload,
+    RoundMessages,
+    TaskDelivery,
+    TaskKind,
+    TaskPayload,
     envelope_bytes,
     parse_envelope,
     passphrase_from_env,
     sign_envelope,
 )
-from pod_agent.protocol.hub_api import (
-    HeartbeatAck,
-    HubPush,
-    PodHeartbeat,
-    PodRegistration,
-    RoundMessages,
-    TaskDelivery,
-)
-from pod_agent.protocol.messages import Envelope, ProgressEvent, ResultPayload, TaskKind, TaskPayload
 from pod_agent.state import OutboxEntry, PodState, TaskRecord, TaskStatus
 
 _log = logging.getLogger(__name__)
@@ -149,7 +150,7 @@ def sandbox_level_in_force(settings: PodSettings) -> str:
     level = settings.security.sandbox
     if level == "none":
         return "none"
-    from pod_agent.sandbox.probe import plan_layers, probe_layers
+    from pod_agent.sandbox import plan_layers, probe_layers
 
     try:
         plan_layers(level, probe_layers(settings.security))

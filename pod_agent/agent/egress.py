@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from pod_agent.protocol.messages import ProgressEvent
+from pod_agent.protocol import ProgressEvent
 
 _BASES = ("loss", "accuracy", "auc", "f1", "precision", "recall", "mse", "mae", "r2")
 _PREFIXES = ("", "train_", "val_", "test_")

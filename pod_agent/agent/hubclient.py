@@ -28,32 +28,34 @@ from typing import TypeVar
 import aiohttp
 from pydantic import TypeAdapter
 
-from pod_agent.config.settings import HubSection
+from pod_agent.config import HubSection
 from pod_agent.errors import HubError, HubMisbehaved, HubRejected, HubUnavailable
-from pod_agent.protocol import IdentityKey, canonical_json, sign_request
-from pod_agent.protocol.hub_api import (
+from pod_agent.protocol import (
     MAX_REPLY_BYTES,
+    Code,
     HubPush,
     HubReply,
+    IdentityKey,
     ModelSource,
     Ok,
     PendingTasks,
     PodMessage,
     PodRegisteredStanding,
     PodRegistration,
+    ProgressEvent,
     Refusal,
     RoundMessages,
     Stored,
-)
-from pod_agent.protocol.hub_tls import TlsOptionNames, hub_tls
-from pod_agent.protocol.hubhttp import (
+    TlsOptionNames,
+    canonical_json,
     download_blob,
     file_chunks,
     hub_session,
+    hub_tls,
     parse_reply,
+    sign_request,
     signed_call,
 )
-from pod_agent.protocol.messages import Code, ProgressEvent
 
 _log = logging.getLogger(__name__)
 _R = TypeVar("_R", bound=HubReply)

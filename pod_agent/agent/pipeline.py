@@ -32,15 +32,21 @@ from typing import Any, Protocol, cast
 from pod_agent.agent.egress import ProgressRebuilder, reported_metrics
 from pod_agent.agent.secure_round import PodRoundContext, RoundLink, check_unreleased, run_secure_round
 from pod_agent.agent.stats import schema_stats
-from pod_agent.config.settings import PodSettings
-from pod_agent.data import Datasource, Schema
-from pod_agent.data.input_cache import TaskInputCache
+from pod_agent.config import PodSettings
+from pod_agent.data import Datasource, Schema, TaskInputCache
 from pod_agent.errors import SandboxError, TaskFailed
-from pod_agent.policy import FailureCode, PrivacyFloor, check_fetched_source, modeller_keys
-from pod_agent.policy.budget import NoisePlan, noise_plan
-from pod_agent.policy.floor import effective_steps, used_splits
-from pod_agent.protocol.messages import BlobRef, ProgressEvent, TaskPayload, WeightsRef
-from pod_agent.training.wall import parse_progress
+from pod_agent.policy import (
+    FailureCode,
+    NoisePlan,
+    PrivacyFloor,
+    check_fetched_source,
+    effective_steps,
+    modeller_keys,
+    noise_plan,
+    used_splits,
+)
+from pod_agent.protocol import BlobRef, ProgressEvent, TaskPayload, WeightsRef
+from pod_agent.training import parse_progress
 
 _log = logging.getLogger(__name__)
 
@@ -394,8 +400,7 @@ def _noised(task: TaskPayload, arrays: Mapping[str, Any], plan: NoisePlan) -> tu
     secure aggregation the encoder is given no clip_norm: the update was clipped before the noise, and
     scaling the noised update again would shrink this pod's noise share by a data-dependent factor.
     """
-    from pod_agent.secagg import ClipBound, floating_tensors
-    from pod_agent.secagg.noise import check_share_range, noise_update
+    from pod_agent.secagg import ClipBound, check_share_range, floating_tensors, noise_update
 
     floats = floating_tensors(arrays)
     if task.secagg is not None and plan.honest_pods > 1:

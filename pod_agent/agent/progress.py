@@ -7,7 +7,7 @@ Sending is the daemon's; dropped events are simply not sent.
 
 from __future__ import annotations
 
-from pod_agent.protocol.messages import ProgressEvent
+from pod_agent.protocol import ProgressEvent
 
 # The hub shows progress to people; one update a second per task is plenty.
 PROGRESS_MIN_INTERVAL_S = 1.0

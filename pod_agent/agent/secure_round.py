@@ -39,24 +39,30 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from pydantic import ValidationError
 
 from pod_agent.errors import HubError, HubMisbehaved, HubRejected, ProtocolError, SecAggError, StateError, TaskFailed
-from pod_agent.policy.codes import FailureCode
-from pod_agent.policy.peers import TrustedPeers
-from pod_agent.protocol.hub_api import RoundMessages
-from pod_agent.protocol import IdentityKey, PublicKey, envelope_bytes, open_envelope, sign_envelope
-from pod_agent.protocol.keys import b64decode_strict
-from pod_agent.protocol.messages import BlobRef, Envelope, SecAggParams, TaskPayload
-from pod_agent.protocol.secure_round import (
+from pod_agent.policy import FailureCode, TrustedPeers
+from pod_agent.protocol import (
     AdvertRoster,
+    BlobRef,
     CommittedList,
     ConsistencySignature,
     EncryptedShares,
+    Envelope,
+    IdentityKey,
     KeyAdvertisement,
     MaskedInput,
+    PublicKey,
     RoundMessage,
+    RoundMessages,
+    SecAggParams,
     Stage,
     SurvivorList,
+    TaskPayload,
     UnmaskShares,
+    b64decode_strict,
+    envelope_bytes,
+    open_envelope,
     round_path,
+    sign_envelope,
 )
 from pod_agent.state import AlreadyReleased, PodState
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import typer
 
-from pod_agent.agent.hubclient import HubClient
+from pod_agent.agent import HubClient
 from pod_agent.config import PodSettings, load_settings
 from pod_agent.data import open_datasource
 from pod_agent.errors import ConfigError, PodAgentError
@@ -117,7 +117,7 @@ def _hub(ctx: CheckContext) -> str:
 
 def _ports(ctx: CheckContext) -> str:
     """The health endpoint's port can be bound now (``pod-agent run`` binds it first thing)."""
-    from pod_agent.ops.health import bind_health_socket
+    from pod_agent.ops import bind_health_socket
 
     ops = ctx.settings.ops
     if ops.health_port == 0:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from pod_agent.data.adult import write_adult
+from pod_agent.data import write_adult
 
 _datasets = typer.Typer(name="datasets", help="Write public example tables.", no_args_is_help=True)
 

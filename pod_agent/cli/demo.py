@@ -18,7 +18,7 @@ def demo(
     ),
 ) -> None:
     """Start an embedded hub and three sandboxed pods, run secure FedAvg, compare with central training."""
-    from pod_agent.demo.scenario import DemoOptions, run_demo
+    from pod_agent.demo import DemoOptions, run_demo
 
     options = DemoOptions(out_dir=out, rounds=rounds, epochs_per_round=epochs_per_round, secure=secure,
                           dp_epsilon=dp_epsilon)

@@ -12,8 +12,7 @@ from typing import Literal
 import typer
 
 from pod_agent.errors import ConfigError
-from pod_agent.protocol import model_from_file
-from pod_agent.protocol.messages import DataSelection, Hyperparameters, Split
+from pod_agent.protocol import DataSelection, Hyperparameters, Split, model_from_file
 
 
 def fit_local_cmd(
@@ -35,7 +34,7 @@ def fit_local_cmd(
     out: Path | None = typer.Option(None, "--out", help="Write model.safetensors and metrics.json here."),
 ) -> None:
     """Train MODEL_FILE on a local table with the pod's data preparation and Trainer settings."""
-    from pod_agent.training.local import fit_local, save_fit
+    from pod_agent.training import fit_local, save_fit
 
     if style not in ("lightning", "module", "declarative"):
         raise ConfigError(f"--style {style!r} is not one of lightning, module, declarative")

@@ -13,18 +13,21 @@ from pathlib import Path
 import typer
 
 from pod_agent.errors import HubError
-from pod_agent.hub.admission import DEFAULT_TOKEN_TTL_S, REGISTRATION_POLICIES, RegistrationPolicy
-from pod_agent.hub.limits import (
+from pod_agent.hub import (
     DEFAULT_BLOB_GRACE_S,
     DEFAULT_BLOB_QUOTA_BYTES,
     DEFAULT_BLOB_QUOTA_COUNT,
     DEFAULT_GC_INTERVAL_S,
+    DEFAULT_HOST,
+    DEFAULT_PORT,
     DEFAULT_RATE_BURST,
     DEFAULT_RATE_PER_S,
+    DEFAULT_TOKEN_TTL_S,
+    REGISTRATION_POLICIES,
     HubLimits,
+    RegistrationPolicy,
+    SqliteStorage,
 )
-from pod_agent.hub.serving import DEFAULT_HOST, DEFAULT_PORT
-from pod_agent.hub.sqlite import SqliteStorage
 from pod_agent.ops import configure_logging
 
 _hub = typer.Typer(name="hub", help="Run and administer the reference hub.", no_args_is_help=True)
@@ -55,7 +58,7 @@ def serve(
 ) -> None:
     """Serve the hub until SIGTERM/SIGINT; prints `hub listening on URL` once bound."""
     configure_logging(fmt=log_format, level="INFO")  # type: ignore[arg-type]
-    from pod_agent.hub.serving import serve as run_hub
+    from pod_agent.hub import serve as run_hub
 
     policy = _policy(registration)
     limits = HubLimits(
@@ -116,7 +119,7 @@ def invite(
     Give it to the pod's owner (hub.enrolment_token in pod.toml) or the modeller
     (`pod-agent modeller register --enrolment-token`). It admits one new key; only its hash is stored.
     """
-    from pod_agent.hub.admission import invite as make_token
+    from pod_agent.hub import invite as make_token
 
     storage = _open_db(db)
     try:

@@ -18,10 +18,17 @@ from pathlib import Path
 import typer
 
 from pod_agent.config import load_settings
-from pod_agent.modeller.pinning import pin_line
 from pod_agent.errors import KeyFileError
-from pod_agent.protocol import IdentityKey, PublicKey, envelope_bytes, passphrase_from_env
-from pod_agent.protocol.rotation import DEFAULT_OVERLAP_S, KeyRotation, rotation_statement
+from pod_agent.modeller import pin_line
+from pod_agent.protocol import (
+    DEFAULT_OVERLAP_S,
+    IdentityKey,
+    KeyRotation,
+    PublicKey,
+    envelope_bytes,
+    passphrase_from_env,
+    rotation_statement,
+)
 
 _keys = typer.Typer(name="keys", help="Show or rotate the pod's identity key, or generate a modeller key.", no_args_is_help=True)
 

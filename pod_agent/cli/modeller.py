@@ -26,18 +26,21 @@ from pod_agent.cli.keys import modeller_entry
 from pod_agent.errors import ConfigError, ModellerError
 from pod_agent.modeller import (
     DEFAULT_TASK_LIFETIME_S,
+    SEE_POD_LIST,
+    UNKNOWN_TRAIN_BLOB,
     ModellerClient,
+    PodAnswer,
     PodInfo,
     VerifiedResult,
     build_task,
     load_pod_keys,
+    load_task_record,
     model_from_file,
+    results_table,
+    save_results,
+    save_task_record,
 )
-from pod_agent.modeller.client import SEE_POD_LIST
-from pod_agent.modeller.results import UNKNOWN_TRAIN_BLOB, PodAnswer, results_table, save_results
-from pod_agent.modeller.tasks import load_task_record, save_task_record
-from pod_agent.protocol import IdentityKey, PublicKey, passphrase_from_env
-from pod_agent.protocol.messages import DataSelection, Hyperparameters
+from pod_agent.protocol import DataSelection, Hyperparameters, IdentityKey, PublicKey, passphrase_from_env
 
 T = TypeVar("T")
 
@@ -272,7 +275,7 @@ def submit(
 
     async def go(client: ModellerClient) -> str:
         # Imported here: weights planning needs pandas and pyarrow, which listing pods does not.
-        from pod_agent.modeller.weights import starting_weights
+        from pod_agent.modeller import starting_weights
 
         listed = await client.registered(names, hint=SEE_POD_LIST)
         pinned = None
@@ -373,7 +376,7 @@ def train(
     """Federated averaging over R rounds; prints a per-round table, saves the model and a report."""
     from safetensors.numpy import save_file
 
-    from pod_agent.modeller.fedavg import DpTarget, FedAvg, FedAvgPlan, SecureSettings
+    from pod_agent.modeller import DpTarget, FedAvg, FedAvgPlan, SecureSettings
 
     _one_of("--style", style, ("lightning", "module", "declarative"))
     _one_of("--encoding", encoding, ENCODINGS)

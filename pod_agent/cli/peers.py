@@ -25,11 +25,11 @@ from pod_agent.protocol import (
     IdentityKey,
     RosterPod,
     envelope_bytes,
+    first_error,
     parse_json,
     passphrase_from_env,
     sign_envelope,
 )
-from pod_agent.protocol.signing import first_error
 
 _DAY_S = 86_400
 DEFAULT_ROSTER_DAYS = 30  # short enough that a removed pod drops out within a month unattended

@@ -27,7 +27,7 @@ def run(
         bind_health_socket(settings.ops.health_host, settings.ops.health_port).close()
     configure_logging(fmt=log_format or settings.ops.log_format, level=settings.ops.log_level)  # type: ignore[arg-type]
     # Imported here so `pod-agent --help` stays quick; the daemon itself never imports torch.
-    from pod_agent.agent.daemon import run_agent
+    from pod_agent.agent import run_agent
 
     asyncio.run(run_agent(settings, config_path=config))  # SIGHUP re-reads its policy sections
 

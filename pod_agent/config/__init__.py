@@ -2,8 +2,11 @@
 
 from pod_agent.config.loader import load_settings
 from pod_agent.config.settings import (
+    DEFAULT_MAX_PREDICTION_COLUMNS,
+    ENROLMENT_TOKEN_PATTERN,
     AllowedModel,
     DatasourceSection,
+    DpBudget,
     HubSection,
     ModellerKey,
     ModellerPolicy,
@@ -19,8 +22,11 @@ from pod_agent.config.settings import (
 from pod_agent.config.template import example_text, render_pod_toml
 
 __all__ = [
+    "DEFAULT_MAX_PREDICTION_COLUMNS",
+    "ENROLMENT_TOKEN_PATTERN",
     "AllowedModel",
     "DatasourceSection",
+    "DpBudget",
     "HubSection",
     "ModellerKey",
     "ModellerPolicy",

@@ -1,16 +1,36 @@
 """The pod's table: CSV/Parquet datasource, schema inference, schema hash and drift."""
 
+from pod_agent.data.adult import write_adult
 from pod_agent.data.datasource import DEFAULT_BATCH_ROWS, Datasource, open_datasource
+from pod_agent.data.input_cache import TaskInputCache
+from pod_agent.data.partition import partition_by_category
 from pod_agent.data.schema import STYPES, ColumnSchema, Schema, Stype, check_drift, stype_reason
+from pod_agent.data.task_input import (
+    DATA_FILE_NAME,
+    SPLIT_CODES,
+    assign_splits,
+    plan_datastructure,
+    prepare_task_input,
+    read_datastructure,
+)
 
 __all__ = [
+    "DATA_FILE_NAME",
     "DEFAULT_BATCH_ROWS",
+    "SPLIT_CODES",
     "STYPES",
     "ColumnSchema",
     "Datasource",
     "Schema",
     "Stype",
+    "TaskInputCache",
+    "assign_splits",
     "check_drift",
-    "stype_reason",
     "open_datasource",
+    "partition_by_category",
+    "plan_datastructure",
+    "prepare_task_input",
+    "read_datastructure",
+    "stype_reason",
+    "write_adult",
 ]

@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from pod_agent.config.settings import DatasourceSection
+from pod_agent.config import DatasourceSection
 from pod_agent.data.datasource import open_datasource
 from pod_agent.errors import DataError
 

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from pod_agent.config.settings import DatasourceSection
+from pod_agent.config import DatasourceSection
 from pod_agent.data.infer import MAX_FORCED_CATEGORIES, DistinctValues, decide
 from pod_agent.data.schema import ColumnSchema, Stype
 from pod_agent.errors import DataError

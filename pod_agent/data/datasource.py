@@ -14,7 +14,7 @@ from typing import Literal
 
 import pyarrow as pa
 
-from pod_agent.config.settings import DatasourceSection
+from pod_agent.config import DatasourceSection
 from pod_agent.data.csvsource import CsvTable
 from pod_agent.data.parquetsource import ParquetTable
 from pod_agent.data.schema import Schema, Stype

@@ -31,8 +31,7 @@ from pod_agent.data.datasource import Datasource
 from pod_agent.data.schema import Schema
 from pod_agent.data.task_input import DATA_FILE_NAME, TaskInput, prepare_task_input
 from pod_agent.errors import DataError
-from pod_agent.protocol.canonical import canonical_json
-from pod_agent.protocol.messages import DataSelection
+from pod_agent.protocol import DataSelection, canonical_json
 
 _log = logging.getLogger(__name__)
 

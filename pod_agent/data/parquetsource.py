@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pod_agent.config.settings import DatasourceSection
+from pod_agent.config import DatasourceSection
 from pod_agent.data.infer import MAX_FORCED_CATEGORIES, DistinctValues, decide, tracks_distinct
 from pod_agent.data.schema import ColumnSchema, Stype
 from pod_agent.errors import DataError

@@ -63,7 +63,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pod_agent.errors import DataError
-from pod_agent.protocol.messages import DataSelection
+from pod_agent.protocol import DataSelection
 
 if TYPE_CHECKING:
     from pod_agent.data import Datasource, Schema

@@ -1,6 +1,31 @@
 """The one-command demo: a local federation (embedded hub, pod processes) on the Adult table.
 
 ``federation`` starts and stops the parts; ``scenario`` prepares the non-IID data,
-runs secure FedAvg and the central baseline, and writes the report. Import them
-from their modules: the scenario pulls in training code the federation does not need.
+runs secure FedAvg and the central baseline, and writes the report. Names resolve
+lazily: the scenario pulls in training code the federation does not need.
 """
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pod_agent.demo.federation import FederationError, LocalFederation, PodSite
+    from pod_agent.demo.scenario import DemoOptions, run_demo
+
+_HOME = {
+    "DemoOptions": "pod_agent.demo.scenario",
+    "FederationError": "pod_agent.demo.federation",
+    "LocalFederation": "pod_agent.demo.federation",
+    "PodSite": "pod_agent.demo.federation",
+    "run_demo": "pod_agent.demo.scenario",
+}
+
+__all__ = ["DemoOptions", "FederationError", "LocalFederation", "PodSite", "run_demo"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOME:
+        raise AttributeError(f"module 'pod_agent.demo' has no attribute {name!r}")
+    return getattr(import_module(_HOME[name]), name)

@@ -20,9 +20,8 @@ from pathlib import Path
 from types import TracebackType
 
 from pod_agent.errors import PodAgentError
-from pod_agent.hub import SqliteStorage, create_app, listening
-from pod_agent.hub.serving import blob_dir_for
-from pod_agent.modeller.client import ModellerClient
+from pod_agent.hub import SqliteStorage, blob_dir_for, create_app, listening
+from pod_agent.modeller import ModellerClient
 from pod_agent.protocol import IdentityKey, PublicKey
 from pod_agent.sandbox import check_worker_package
 

@@ -24,17 +24,20 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pod_agent.config.settings import DatasourceSection, SecuritySection
-from pod_agent.data import open_datasource
-from pod_agent.data.adult import write_adult
-from pod_agent.data.partition import partition_by_category
-from pod_agent.data.task_input import assign_splits
+from pod_agent.config import DatasourceSection, SecuritySection
+from pod_agent.data import assign_splits, open_datasource, partition_by_category, write_adult
 from pod_agent.demo.federation import LocalFederation, PodSite
-from pod_agent.modeller.client import ModellerClient
-from pod_agent.modeller.fedavg import DpTarget, FedAvg, FedAvgPlan, SecureSettings
-from pod_agent.modeller.report import PodMetrics, RoundRecord, RunReport
-from pod_agent.protocol import IdentityKey, model_from_file
-from pod_agent.protocol.messages import DataSelection, Hyperparameters, ModelRef, Split
+from pod_agent.modeller import (
+    DpTarget,
+    FedAvg,
+    FedAvgPlan,
+    ModellerClient,
+    PodMetrics,
+    RoundRecord,
+    RunReport,
+    SecureSettings,
+)
+from pod_agent.protocol import DataSelection, Hyperparameters, IdentityKey, ModelRef, Split, model_from_file
 from pod_agent.sandbox import best_level, probe_layers, sandbox_report_lines
 
 _log = logging.getLogger(__name__)
@@ -183,7 +186,7 @@ def demo_plan(options: DemoOptions, pods: list[str], *, dp: DpTarget | None = No
 
 def _dropout_line(pods: list[str]) -> str:
     """How many pods may drop out of a SecAgg+ round before it cannot finish (n - t)."""
-    from pod_agent.secagg.graph import neighbour_graph
+    from pod_agent.secagg import neighbour_graph
 
     # The degree and threshold depend on the cohort size only; the task id just seeds the ring.
     graph = neighbour_graph(pods, task_id="demo", round_index=0)
@@ -243,7 +246,7 @@ def _central_fit(
     validation rows are pooled and its test rows left out, so the baseline is scored on rows it
     never saw. The pooled rows are split again train:validation in the pods' ratio.
     """
-    from pod_agent.training.local import fit_local
+    from pod_agent.training import fit_local
 
     shares = []
     for site in sites:

@@ -6,9 +6,41 @@ the aiohttp application over any ``Storage``; ``serve`` runs it with SQLite.
 one key may send and store.
 """
 
-from pod_agent.hub.serving import listening, serve, server_tls_context
+from pod_agent.hub.admission import DEFAULT_TOKEN_TTL_S, REGISTRATION_POLICIES, RegistrationPolicy, invite
+from pod_agent.hub.limits import (
+    DEFAULT_BLOB_GRACE_S,
+    DEFAULT_BLOB_QUOTA_BYTES,
+    DEFAULT_BLOB_QUOTA_COUNT,
+    DEFAULT_GC_INTERVAL_S,
+    DEFAULT_RATE_BURST,
+    DEFAULT_RATE_PER_S,
+    HubLimits,
+)
 from pod_agent.hub.server import create_app
+from pod_agent.hub.serving import DEFAULT_HOST, DEFAULT_PORT, blob_dir_for, listening, serve, server_tls_context
 from pod_agent.hub.sqlite import SqliteStorage
 from pod_agent.hub.storage import Storage, StorageConflict
 
-__all__ = ["SqliteStorage", "Storage", "StorageConflict", "create_app", "listening", "serve", "server_tls_context"]
+__all__ = [
+    "DEFAULT_BLOB_GRACE_S",
+    "DEFAULT_BLOB_QUOTA_BYTES",
+    "DEFAULT_BLOB_QUOTA_COUNT",
+    "DEFAULT_GC_INTERVAL_S",
+    "DEFAULT_HOST",
+    "DEFAULT_PORT",
+    "DEFAULT_RATE_BURST",
+    "DEFAULT_RATE_PER_S",
+    "DEFAULT_TOKEN_TTL_S",
+    "REGISTRATION_POLICIES",
+    "HubLimits",
+    "RegistrationPolicy",
+    "SqliteStorage",
+    "Storage",
+    "StorageConflict",
+    "blob_dir_for",
+    "create_app",
+    "invite",
+    "listening",
+    "serve",
+    "server_tls_context",
+]

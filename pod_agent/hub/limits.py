@@ -13,8 +13,7 @@ import threading
 from dataclasses import dataclass
 
 from pod_agent.errors import HubError
-from pod_agent.protocol.request_auth import DEFAULT_REPLAY_ENTRIES, DEFAULT_REPLAY_ENTRIES_PER_KEY
-from pod_agent.protocol.secure_round import MAX_STAGE_BYTES, STAGES
+from pod_agent.protocol import DEFAULT_REPLAY_ENTRIES, DEFAULT_REPLAY_ENTRIES_PER_KEY, MAX_STAGE_BYTES, STAGES
 
 # Registration carries the pod's public schema (a few tens of KiB for a wide table); it is read
 # before the hub knows the key, so it gets the smallest cap that fits an honest one.

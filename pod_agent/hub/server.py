@@ -98,33 +98,15 @@ from pod_agent.hub.storage import (
     BlobRecord,
     BlobRefRecord,
     DeliveryRecord,
+    HubTaskRecord,
     KeyRole,
     ModellerRecord,
     ModelRecord,
     PodRecord,
     RoundMessageRecord,
     Storage,
-    HubTaskRecord,
 )
 from pod_agent.protocol import (
-    PublicKey,
-    RequestReplayCache,
-    envelope_bytes,
-    open_envelope,
-    parse_envelope,
-    source_sha256,
-)
-from pod_agent.protocol.canonical import sha256_hex
-from pod_agent.protocol.request_auth import SignedHeaders, check_signature, parse_signed_headers
-from pod_agent.protocol.rotation import verified_rotation
-from pod_agent.protocol.hub_api import ModellerRegistration, ModelPublication, PodRegistration, Refusal
-from pod_agent.protocol.messages import (
-    Envelope,
-    ProgressEvent,
-    ResultPayload,
-    TaskPayload,
-)
-from pod_agent.protocol.secure_round import (
     MAX_STAGE_BYTES,
     MODELLER_SENDER,
     MODELLER_STAGES,
@@ -132,10 +114,29 @@ from pod_agent.protocol.secure_round import (
     STAGE_MODELS,
     STAGES,
     EncryptedShares,
+    Envelope,
     MaskedInput,
+    ModellerRegistration,
+    ModelPublication,
+    PodRegistration,
+    ProgressEvent,
+    PublicKey,
+    Refusal,
+    RequestReplayCache,
+    ResultPayload,
+    SignedHeaders,
     Stage,
+    TaskPayload,
+    check_signature,
+    envelope_bytes,
+    first_error,
+    open_envelope,
+    parse_envelope,
+    parse_signed_headers,
+    sha256_hex,
+    source_sha256,
+    verified_rotation,
 )
-from pod_agent.protocol.signing import first_error
 
 _log = logging.getLogger(__name__)
 _T = TypeVar("_T", bound=BaseModel)

@@ -23,7 +23,7 @@ from pod_agent.hub.admission import RegistrationPolicy
 from pod_agent.hub.limits import HubLimits
 from pod_agent.hub.server import create_app
 from pod_agent.hub.sqlite import SqliteStorage
-from pod_agent.protocol.hubhttp import is_loopback
+from pod_agent.protocol import is_loopback
 
 _log = logging.getLogger(__name__)
 

@@ -26,35 +26,38 @@ import aiohttp
 
 from pod_agent.errors import HubError, ModellerError, ProtocolError
 from pod_agent.protocol import (
-    IdentityKey,
-    PublicKey,
-    canonical_json,
-    envelope_bytes,
-    open_envelope,
-    sign_envelope,
-)
-from pod_agent.protocol.hub_api import (
+    BLOB_CHUNK_BYTES,
+    BlobRef,
+    Envelope,
     HubReply,
-    ModelPublication,
+    IdentityKey,
     ModellerRegisteredStanding,
     ModellerRegistration,
+    ModelPublication,
+    Participant,
     PodList,
+    PublicKey,
+    ResultPayload,
+    RoundMessage,
     RoundMessages,
+    Stage,
     Stored,
+    TaskPayload,
     TaskResults,
     TaskStatusReply,
     TaskSubmitted,
-)
-from pod_agent.protocol.hub_tls import TlsOptionNames, hub_tls
-from pod_agent.protocol.hubhttp import BLOB_CHUNK_BYTES, download_blob, file_chunks, hub_session, signed_call
-from pod_agent.protocol.secure_round import RoundMessage, Stage, round_path
-from pod_agent.protocol.messages import (
-    BlobRef,
-    Envelope,
-    Participant,
-    ResultPayload,
-    TaskPayload,
+    TlsOptionNames,
     WeightsRef,
+    canonical_json,
+    download_blob,
+    envelope_bytes,
+    file_chunks,
+    hub_session,
+    hub_tls,
+    open_envelope,
+    round_path,
+    sign_envelope,
+    signed_call,
 )
 
 _log = logging.getLogger(__name__)

@@ -42,11 +42,11 @@ from pod_agent.errors import ModellerError, SecAggError
 from pod_agent.modeller.client import SEE_POD_LIST, ModellerClient, PodInfo, VerifiedResult
 from pod_agent.modeller.notebook import schema_stats
 from pod_agent.modeller.report import PodMetrics, RoundRecord, RunReport
+from pod_agent.modeller.secure_round import run_secure_round
 from pod_agent.modeller.tasks import build_task
 from pod_agent.modeller.weights import initial_weights, publish_weights
-from pod_agent.modeller.secure_round import run_secure_round
-from pod_agent.policy.budget import epsilon, gaussian_event
-from pod_agent.protocol.messages import (
+from pod_agent.policy import epsilon, gaussian_event
+from pod_agent.protocol import (
     DataSelection,
     DpParams,
     Hyperparameters,

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pod_agent.modeller.client import ModellerClient, VerifiedResult
-from pod_agent.protocol.messages import ResultPayload, TaskPayload
+from pod_agent.protocol import ResultPayload, TaskPayload
 
 # The name a train result's tensors get when this modeller has no record of the task (sent from elsewhere).
 UNKNOWN_TRAIN_BLOB = "update-or-weights"

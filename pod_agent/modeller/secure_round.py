@@ -32,19 +32,22 @@ import numpy.typing as npt
 
 from pod_agent.errors import ModellerError, ProtocolError, SecAggError
 from pod_agent.modeller.client import ModellerClient
-from pod_agent.protocol import PublicKey, open_envelope
-from pod_agent.protocol.keys import b64decode_strict
-from pod_agent.protocol.messages import Envelope, SecAggParams, TaskPayload
-from pod_agent.protocol.secure_round import (
+from pod_agent.protocol import (
     AdvertRoster,
     CommittedList,
     EncryptedShares,
+    Envelope,
     KeyAdvertisement,
     MaskedInput,
+    PublicKey,
     RoundMessage,
+    SecAggParams,
     Stage,
     SurvivorList,
+    TaskPayload,
     UnmaskShares,
+    b64decode_strict,
+    open_envelope,
 )
 
 if TYPE_CHECKING:
@@ -173,7 +176,7 @@ class _ServerRound:
     def _add(
         self, total: npt.NDArray[np.unsignedinteger] | None, path: Path, vector_size: int
     ) -> npt.NDArray[np.unsignedinteger]:
-        from pod_agent.secagg.fixed_point import modulus_dtype
+        from pod_agent.secagg import modulus_dtype
 
         dtype = modulus_dtype(self.params.modulus_bits).newbyteorder("<")
         data = path.read_bytes()

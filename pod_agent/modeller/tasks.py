@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 
 from pod_agent.errors import ModellerError
-from pod_agent.protocol.messages import (
+from pod_agent.protocol import (
     DataSelection,
     DpParams,
     Hyperparameters,

@@ -15,11 +15,10 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from pod_agent.data import Schema
-from pod_agent.data.task_input import plan_datastructure
+from pod_agent.data import Schema, plan_datastructure
 from pod_agent.errors import ModellerError
 from pod_agent.modeller.client import ModellerClient, PodInfo
-from pod_agent.protocol.messages import DataSelection, Hyperparameters, ModelRef, WeightsRef
+from pod_agent.protocol import DataSelection, Hyperparameters, ModelRef, WeightsRef
 
 Weights = dict[str, np.ndarray]
 
@@ -46,7 +45,7 @@ def initial_weights(
     model: ModelRef, cohort: list[PodInfo], selection: DataSelection, hyperparameters: Hyperparameters
 ) -> Weights:
     """The model as a pod would build it (same seed) for the cohort's common datastructure."""
-    from pod_agent.training.local import initial_weights as build
+    from pod_agent.training import initial_weights as build
 
     datastructure = cohort_datastructure(cohort, selection)
     return build(model, datastructure=datastructure, hyperparameters=hyperparameters)

@@ -33,12 +33,11 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pod_agent.config.settings import DpBudget, ModellerPolicy, PrivacySection
+from pod_agent.config import DpBudget, ModellerPolicy, PrivacySection
 from pod_agent.errors import ConfigError, TaskRefused
 from pod_agent.policy.codes import RefusalCode
-from pod_agent.protocol.keys import PublicKey
-from pod_agent.protocol.messages import TaskPayload
-from pod_agent.state.records import LedgerEntry, Reservation
+from pod_agent.protocol import PublicKey, TaskPayload
+from pod_agent.state import LedgerEntry, Reservation
 
 _log = logging.getLogger(__name__)
 

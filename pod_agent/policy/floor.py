@@ -13,8 +13,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 
-from pod_agent.config.settings import ModellerPolicy, PrivacySection
-from pod_agent.protocol.messages import Hyperparameters, Split, TaskKind
+from pod_agent.config import ModellerPolicy, PrivacySection
+from pod_agent.protocol import Hyperparameters, Split, TaskKind
 
 SPLIT_NAMES = ("train", "validation", "test")
 

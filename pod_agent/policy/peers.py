@@ -24,10 +24,9 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from pod_agent.config.settings import PrivacySection
+from pod_agent.config import PrivacySection
 from pod_agent.errors import ConfigError, ProtocolError
-from pod_agent.protocol import FederationRoster, PublicKey, parse_envelope, verify_envelope
-from pod_agent.protocol.signing import first_error
+from pod_agent.protocol import FederationRoster, PublicKey, first_error, parse_envelope, verify_envelope
 
 # A roster line is ~120 bytes, so this holds thousands of pods; anything bigger is not a roster.
 MAX_ROSTER_BYTES = 1 << 20

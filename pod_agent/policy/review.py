@@ -16,9 +16,9 @@ import difflib
 import json
 from collections.abc import Sequence
 
-from pod_agent.config.settings import SecuritySection
-from pod_agent.protocol.messages import ModelRef
-from pod_agent.state.records import ApprovedModel, NonceStore, ReviewHold
+from pod_agent.config import SecuritySection
+from pod_agent.protocol import ModelRef
+from pod_agent.state import ApprovedModel, NonceStore, ReviewHold
 
 
 def model_text(model: ModelRef) -> str:

@@ -73,23 +73,27 @@ from dataclasses import dataclass, replace
 
 from pydantic import ValidationError
 
-from pod_agent.config.settings import ModellerKey, ModellerPolicy, PrivacySection, SecuritySection
+from pod_agent.config import ModellerKey, ModellerPolicy, PrivacySection, SecuritySection
 from pod_agent.errors import ConfigError, ProtocolError, TaskRefused
 from pod_agent.policy.budget import PrivacyBudgets
 from pod_agent.policy.codes import RefusalCode
 from pod_agent.policy.floor import PrivacyFloor, effective_steps, estimated_rows, used_splits
 from pod_agent.policy.peers import TrustedPeers, configured_key
 from pod_agent.policy.review import review_hold
-from pod_agent.protocol.canonical import source_sha256, spec_sha256
-from pod_agent.protocol.keys import PublicKey
-from pod_agent.protocol.messages import Envelope, ModelRef, SecAggParams, TaskPayload
-from pod_agent.protocol.signing import (
+from pod_agent.protocol import (
+    Envelope,
+    ModelRef,
+    PublicKey,
+    SecAggParams,
+    TaskPayload,
     envelope_bytes,
     first_error,
     parse_envelope,
+    source_sha256,
+    spec_sha256,
     verify_envelope,
 )
-from pod_agent.state.records import AlreadySeen, NonceStore, Reservation, ReviewHold, Verdict
+from pod_agent.state import AlreadySeen, NonceStore, Reservation, ReviewHold, Verdict
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,17 @@
-"""Protocol: wire models, canonical JSON, Ed25519 keys, signed envelopes, request auth.
+"""Protocol: wire models, canonical JSON, Ed25519 keys, signed envelopes, request auth, the hub's API.
 
 What crosses a process or host boundary is defined here; who may send what is
 ``pod_agent.policy``'s concern.
+
+The hub's side (``hub_api``, ``rotation``, ``hubhttp``, ``hub_tls``) resolves lazily: the
+sandbox worker imports this package for the task's wire models, and has no use for the hub's
+API models or aiohttp, which would slow every worker's start.
 """
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
 from pod_agent.protocol.canonical import (
     MAX_JSON_DEPTH,
@@ -13,24 +22,42 @@ from pod_agent.protocol.canonical import (
     source_sha256,
     spec_sha256,
 )
-from pod_agent.protocol.keys import IdentityKey, PublicKey, key_id_of, passphrase_from_env
+from pod_agent.protocol.keys import IdentityKey, PublicKey, b64decode_strict, key_id_of, passphrase_from_env
+from pod_agent.protocol.messages import (
+    BlobRef,
+    Code,
+    DataSelection,
+    DpParams,
+    Envelope,
+    Hyperparameters,
+    ModelRef,
+    ModelStyle,
+    Participant,
+    ProgressEvent,
+    ResultPayload,
+    SecAggParams,
+    Split,
+    TaskKind,
+    TaskPayload,
+    WeightsRef,
+)
 from pod_agent.protocol.request_auth import (
+    DEFAULT_REPLAY_ENTRIES,
+    DEFAULT_REPLAY_ENTRIES_PER_KEY,
     MAX_REQUEST_SKEW_S,
     RequestReplayCache,
+    SignedHeaders,
+    check_signature,
+    parse_signed_headers,
     sign_request,
     verify_request,
 )
 from pod_agent.protocol.roster import FederationRoster, RosterPod
-from pod_agent.protocol.signing import (
-    envelope_bytes,
-    open_envelope,
-    parse_envelope,
-    sign_envelope,
-    verify_envelope,
-)
 from pod_agent.protocol.secure_round import (
+    MAX_STAGE_BYTES,
     MODELLER_SENDER,
     MODELLER_STAGES,
+    POD_READ_STAGES,
     POD_STAGES,
     STAGE_MODELS,
     STAGES,
@@ -46,44 +73,193 @@ from pod_agent.protocol.secure_round import (
     UnmaskShares,
     round_path,
 )
+from pod_agent.protocol.signing import (
+    envelope_bytes,
+    first_error,
+    open_envelope,
+    parse_envelope,
+    sign_envelope,
+    verify_envelope,
+)
+
+if TYPE_CHECKING:
+    from pod_agent.protocol.hub_api import (
+        MAX_REPLY_BYTES,
+        HeartbeatAck,
+        HubPush,
+        HubReply,
+        ModellerRegisteredStanding,
+        ModellerRegistration,
+        ModelPublication,
+        ModelSource,
+        Ok,
+        PendingTasks,
+        PodHeartbeat,
+        PodList,
+        PodMessage,
+        PodRegisteredStanding,
+        PodRegistration,
+        Refusal,
+        RoundMessages,
+        Stored,
+        TaskDelivery,
+        TaskResults,
+        TaskStatusReply,
+        TaskSubmitted,
+    )
+    from pod_agent.protocol.hub_tls import TlsOptionNames, hub_tls
+    from pod_agent.protocol.hubhttp import (
+        BLOB_CHUNK_BYTES,
+        download_blob,
+        file_chunks,
+        hub_session,
+        is_loopback,
+        parse_reply,
+        signed_call,
+    )
+    from pod_agent.protocol.rotation import DEFAULT_OVERLAP_S, KeyRotation, rotation_statement, verified_rotation
+
+_LAZY_HOME = {
+    "BLOB_CHUNK_BYTES": "pod_agent.protocol.hubhttp",
+    "DEFAULT_OVERLAP_S": "pod_agent.protocol.rotation",
+    "MAX_REPLY_BYTES": "pod_agent.protocol.hub_api",
+    "HeartbeatAck": "pod_agent.protocol.hub_api",
+    "HubPush": "pod_agent.protocol.hub_api",
+    "HubReply": "pod_agent.protocol.hub_api",
+    "KeyRotation": "pod_agent.protocol.rotation",
+    "ModelPublication": "pod_agent.protocol.hub_api",
+    "ModelSource": "pod_agent.protocol.hub_api",
+    "ModellerRegisteredStanding": "pod_agent.protocol.hub_api",
+    "ModellerRegistration": "pod_agent.protocol.hub_api",
+    "Ok": "pod_agent.protocol.hub_api",
+    "PendingTasks": "pod_agent.protocol.hub_api",
+    "PodHeartbeat": "pod_agent.protocol.hub_api",
+    "PodList": "pod_agent.protocol.hub_api",
+    "PodMessage": "pod_agent.protocol.hub_api",
+    "PodRegisteredStanding": "pod_agent.protocol.hub_api",
+    "PodRegistration": "pod_agent.protocol.hub_api",
+    "Refusal": "pod_agent.protocol.hub_api",
+    "RoundMessages": "pod_agent.protocol.hub_api",
+    "Stored": "pod_agent.protocol.hub_api",
+    "TaskDelivery": "pod_agent.protocol.hub_api",
+    "TaskResults": "pod_agent.protocol.hub_api",
+    "TaskStatusReply": "pod_agent.protocol.hub_api",
+    "TaskSubmitted": "pod_agent.protocol.hub_api",
+    "TlsOptionNames": "pod_agent.protocol.hub_tls",
+    "download_blob": "pod_agent.protocol.hubhttp",
+    "file_chunks": "pod_agent.protocol.hubhttp",
+    "hub_session": "pod_agent.protocol.hubhttp",
+    "hub_tls": "pod_agent.protocol.hub_tls",
+    "is_loopback": "pod_agent.protocol.hubhttp",
+    "parse_reply": "pod_agent.protocol.hubhttp",
+    "rotation_statement": "pod_agent.protocol.rotation",
+    "signed_call": "pod_agent.protocol.hubhttp",
+    "verified_rotation": "pod_agent.protocol.rotation",
+}
 
 __all__ = [
+    "BLOB_CHUNK_BYTES",
+    "DEFAULT_OVERLAP_S",
+    "DEFAULT_REPLAY_ENTRIES",
+    "DEFAULT_REPLAY_ENTRIES_PER_KEY",
     "MAX_JSON_DEPTH",
+    "MAX_REPLY_BYTES",
     "MAX_REQUEST_SKEW_S",
+    "MAX_STAGE_BYTES",
     "MODELLER_SENDER",
     "MODELLER_STAGES",
+    "POD_READ_STAGES",
     "POD_STAGES",
     "STAGES",
     "STAGE_MODELS",
     "AdvertRoster",
+    "BlobRef",
+    "Code",
     "CommittedList",
     "ConsistencySignature",
+    "DataSelection",
+    "DpParams",
     "EncryptedShares",
-    "KeyAdvertisement",
-    "MaskedInput",
-    "RoundMessage",
-    "Stage",
-    "SurvivorList",
-    "UnmaskShares",
-    "round_path",
+    "Envelope",
     "FederationRoster",
+    "HeartbeatAck",
+    "HubPush",
+    "HubReply",
+    "Hyperparameters",
     "IdentityKey",
+    "KeyAdvertisement",
+    "KeyRotation",
+    "MaskedInput",
+    "ModelPublication",
+    "ModelRef",
+    "ModelSource",
+    "ModelStyle",
+    "ModellerRegisteredStanding",
+    "ModellerRegistration",
+    "Ok",
+    "Participant",
+    "PendingTasks",
+    "PodHeartbeat",
+    "PodList",
+    "PodMessage",
+    "PodRegisteredStanding",
+    "PodRegistration",
+    "ProgressEvent",
     "PublicKey",
+    "Refusal",
     "RequestReplayCache",
+    "ResultPayload",
     "RosterPod",
+    "RoundMessage",
+    "RoundMessages",
+    "SecAggParams",
+    "SignedHeaders",
+    "Split",
+    "Stage",
+    "Stored",
+    "SurvivorList",
+    "TaskDelivery",
+    "TaskKind",
+    "TaskPayload",
+    "TaskResults",
+    "TaskStatusReply",
+    "TaskSubmitted",
+    "TlsOptionNames",
+    "UnmaskShares",
+    "WeightsRef",
+    "b64decode_strict",
     "canonical_json",
+    "check_signature",
+    "download_blob",
     "envelope_bytes",
+    "file_chunks",
+    "first_error",
+    "hub_session",
+    "hub_tls",
+    "is_loopback",
     "key_id_of",
     "model_from_file",
     "open_envelope",
     "parse_envelope",
-    "passphrase_from_env",
     "parse_json",
+    "parse_reply",
+    "parse_signed_headers",
+    "passphrase_from_env",
+    "rotation_statement",
+    "round_path",
     "sha256_hex",
     "sign_envelope",
     "sign_request",
+    "signed_call",
     "source_sha256",
     "spec_sha256",
+    "verified_rotation",
     "verify_envelope",
     "verify_request",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY_HOME:
+        raise AttributeError(f"module 'pod_agent.protocol' has no attribute {name!r}")
+    return getattr(import_module(_LAZY_HOME[name]), name)

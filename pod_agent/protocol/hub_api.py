@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pod_agent.config.settings import ENROLMENT_TOKEN_PATTERN, PodName
+from pod_agent.config import ENROLMENT_TOKEN_PATTERN, PodName
 from pod_agent.protocol.messages import Code, Envelope, KeyId, Sha256Hex, WireModel
 
 # A reply or pushed message larger than this is the hub misbehaving; the largest honest one is a

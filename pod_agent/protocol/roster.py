@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from pod_agent.config.settings import PodName
+from pod_agent.config import PodName
 from pod_agent.errors import ProtocolError
 from pod_agent.protocol.keys import PublicKey
 from pod_agent.protocol.messages import WireModel

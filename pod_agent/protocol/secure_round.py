@@ -24,7 +24,7 @@ from typing import Annotated, Literal, get_args
 
 from pydantic import Field, model_validator
 
-from pod_agent.config.settings import PodName
+from pod_agent.config import PodName
 from pod_agent.protocol.messages import BlobRef, Envelope, WireModel
 
 Stage = Literal["advert", "roster", "shares", "committed", "masked", "survivors", "consistency", "unmask"]

@@ -10,7 +10,9 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from pod_agent.sandbox.caps import cap_code, release_and_print
     from pod_agent.sandbox.channel import Channel
+    from pod_agent.sandbox.limits import SandboxLimits
     from pod_agent.sandbox.probe import (
         LayerReport,
         best_level,
@@ -21,23 +23,24 @@ if TYPE_CHECKING:
         sandbox_check_lines,
         sandbox_report_lines,
     )
-    from pod_agent.sandbox.limits import SandboxLimits
     from pod_agent.sandbox.runner import SandboxJob, SandboxOutcome, SandboxRunner
 
 _HOME = {
     "Channel": "pod_agent.sandbox.channel",
     "LayerReport": "pod_agent.sandbox.probe",
-    "best_level": "pod_agent.sandbox.probe",
-    "check_worker_package": "pod_agent.sandbox.probe",
-    "plan_layers": "pod_agent.sandbox.probe",
-    "probe_layers": "pod_agent.sandbox.probe",
-    "sandbox_check_detail": "pod_agent.sandbox.probe",
-    "sandbox_check_lines": "pod_agent.sandbox.probe",
-    "sandbox_report_lines": "pod_agent.sandbox.probe",
     "SandboxJob": "pod_agent.sandbox.runner",
     "SandboxLimits": "pod_agent.sandbox.limits",
     "SandboxOutcome": "pod_agent.sandbox.runner",
     "SandboxRunner": "pod_agent.sandbox.runner",
+    "best_level": "pod_agent.sandbox.probe",
+    "cap_code": "pod_agent.sandbox.caps",
+    "check_worker_package": "pod_agent.sandbox.probe",
+    "plan_layers": "pod_agent.sandbox.probe",
+    "probe_layers": "pod_agent.sandbox.probe",
+    "release_and_print": "pod_agent.sandbox.caps",
+    "sandbox_check_detail": "pod_agent.sandbox.probe",
+    "sandbox_check_lines": "pod_agent.sandbox.probe",
+    "sandbox_report_lines": "pod_agent.sandbox.probe",
 }
 
 __all__ = [
@@ -48,9 +51,11 @@ __all__ = [
     "SandboxOutcome",
     "SandboxRunner",
     "best_level",
+    "cap_code",
     "check_worker_package",
     "plan_layers",
     "probe_layers",
+    "release_and_print",
     "sandbox_check_detail",
     "sandbox_check_lines",
     "sandbox_report_lines",

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pod_agent.config.settings import SandboxLimitsSection
+    from pod_agent.config import SandboxLimitsSection
 
 
 @dataclass(frozen=True)

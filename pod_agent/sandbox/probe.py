@@ -35,7 +35,7 @@ from pod_agent.sandbox.launch import (
 )
 
 if TYPE_CHECKING:
-    from pod_agent.config.settings import PodSettings, SecuritySection
+    from pod_agent.config import PodSettings, SecuritySection
 
 LAYERS: tuple[str, ...] = ("uid", "rlimits", "namespaces", "seccomp", "landlock", "cgroup")
 LEVELS: tuple[str, ...] = ("strict", "standard", "none")

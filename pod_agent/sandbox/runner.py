@@ -32,7 +32,7 @@ from pod_agent.sandbox.process import LaunchSpec, WorkerProcess
 from pod_agent.sandbox.staging import check_input, keep_stderr, move_back, new_slot, prepare_scratch, stage_input
 
 if TYPE_CHECKING:
-    from pod_agent.config.settings import SandboxLimitsSection, SecuritySection
+    from pod_agent.config import SandboxLimitsSection, SecuritySection
 
 log = logging.getLogger("pod_agent.sandbox")
 

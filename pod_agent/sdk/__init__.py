@@ -7,7 +7,7 @@ Training, data loading and the sandbox are ``pod_agent.training``'s concern.
 """
 
 from pod_agent.sdk.adapter import ModuleAdapter
-from pod_agent.sdk.base import PodClassifierMixin, PodModel
+from pod_agent.sdk.base import Batch, PodClassifierMixin, PodModel
 from pod_agent.sdk.datastructure import Datastructure
 from pod_agent.sdk.declarative import DeclarativeModel, LayerSpec, ModelSpec
 from pod_agent.sdk.registry import LAYERS, LOSSES, OPTIMIZERS
@@ -16,6 +16,7 @@ __all__ = [
     "LAYERS",
     "LOSSES",
     "OPTIMIZERS",
+    "Batch",
     "Datastructure",
     "DeclarativeModel",
     "LayerSpec",

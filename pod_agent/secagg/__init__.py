@@ -9,8 +9,17 @@ Pod side: :func:`encode_update` (clip, weight, encode, metrics), then :mod:`plus
 
 from pod_agent.secagg.aggregate import AggregateResult, aggregate_masked, sum_vectors
 from pod_agent.secagg.clip import ClipBound, ClippedUpdate, NormClip, clip_l2, clip_update, floating_tensors
-from pod_agent.secagg.fixed_point import METRIC_BOUND, Encoding, MetricPlan, max_weight, plan_encoding, plan_metrics
+from pod_agent.secagg.fixed_point import (
+    METRIC_BOUND,
+    Encoding,
+    MetricPlan,
+    max_weight,
+    modulus_dtype,
+    plan_encoding,
+    plan_metrics,
+)
 from pod_agent.secagg.graph import NeighbourGraph, default_degree, neighbour_graph
+from pod_agent.secagg.noise import check_share_range, noise_update
 from pod_agent.secagg.plus import (
     HeldShares,
     PeerKeys,
@@ -53,6 +62,7 @@ __all__ = [
     "UnmaskAnswer",
     "UnmaskRequest",
     "aggregate_masked",
+    "check_share_range",
     "clip_l2",
     "clip_update",
     "combine_shares",
@@ -63,7 +73,9 @@ __all__ = [
     "floating_tensors",
     "mask_input",
     "max_weight",
+    "modulus_dtype",
     "neighbour_graph",
+    "noise_update",
     "plan_encoding",
     "plan_metrics",
     "split_secret",

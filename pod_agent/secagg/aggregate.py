@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from pod_agent.errors import SecAggError
-from pod_agent.protocol.messages import SecAggParams
+from pod_agent.protocol import SecAggParams
 from pod_agent.secagg.clip import CHUNK_VALUES, ClipBound
 from pod_agent.secagg.fixed_point import decode_sum, modulus_dtype, plan_metrics
 from pod_agent.secagg.update import Layout

@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from pod_agent.errors import SecAggError
-from pod_agent.protocol.messages import SecAggParams
+from pod_agent.protocol import SecAggParams
 
 Returns = Literal["update", "weights"]
 FloatArray = npt.NDArray[np.floating]

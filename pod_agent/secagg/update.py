@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from pod_agent.errors import SecAggError
-from pod_agent.protocol.messages import SecAggParams
+from pod_agent.protocol import SecAggParams
 from pod_agent.secagg.clip import (
     CHUNK_VALUES,
     ClipBound,

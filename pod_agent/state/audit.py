@@ -23,8 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pod_agent.errors import ProtocolError, StateError
-from pod_agent.protocol.canonical import canonical_json
-from pod_agent.protocol.keys import IdentityKey, PublicKey
+from pod_agent.protocol import IdentityKey, PublicKey, canonical_json
 from pod_agent.state.records import AuditRow
 
 GENESIS = "0" * 64

@@ -31,8 +31,7 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from pod_agent.errors import StateError
-from pod_agent.protocol.canonical import canonical_json
-from pod_agent.protocol.messages import Envelope, TaskPayload
+from pod_agent.protocol import Envelope, TaskPayload, canonical_json
 
 
 class TaskStatus(str, enum.Enum):

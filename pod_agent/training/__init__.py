@@ -3,8 +3,14 @@
 ``contract`` (the agent's check) and ``wall`` (the typed request, result header and
 progress that cross the sandbox wall) are torch-free and are what the agent imports;
 ``worker``, ``engine``, ``loading``, ``dataset``, ``tensors`` and ``local`` import torch
-and run inside the sandbox or on a modeller's machine. Nothing torch-heavy is imported here.
+and run inside the sandbox or on a modeller's machine. Nothing torch-heavy is imported here:
+the local fit's names (``local``) resolve lazily, on first use.
 """
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
 from pod_agent.training.contract import (
     CheckedResult,
@@ -24,6 +30,15 @@ from pod_agent.training.wall import (
     parse_progress,
 )
 
+if TYPE_CHECKING:
+    from pod_agent.training.local import fit_local, initial_weights, save_fit
+
+_LAZY_HOME = {
+    "fit_local": "pod_agent.training.local",
+    "initial_weights": "pod_agent.training.local",
+    "save_fit": "pod_agent.training.local",
+}
+
 __all__ = [
     "CheckedResult",
     "TensorDescription",
@@ -35,7 +50,16 @@ __all__ = [
     "WorkerResultHeader",
     "check_result",
     "expected_from_safetensors",
+    "fit_local",
+    "initial_weights",
     "parse_progress",
     "reported_rows",
     "safetensors_head",
+    "save_fit",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY_HOME:
+        raise AttributeError(f"module 'pod_agent.training' has no attribute {name!r}")
+    return getattr(import_module(_LAZY_HOME[name]), name)

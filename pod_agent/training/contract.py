@@ -42,9 +42,9 @@ from pydantic import ValidationError
 from safetensors import SafetensorError
 from safetensors.numpy import load as load_numpy
 
-from pod_agent.config.settings import DEFAULT_MAX_PREDICTION_COLUMNS
+from pod_agent.config import DEFAULT_MAX_PREDICTION_COLUMNS
 from pod_agent.errors import ContractViolation
-from pod_agent.protocol.messages import TaskPayload
+from pod_agent.protocol import TaskPayload
 from pod_agent.training.wall import TensorDescription, WorkerResultHeader
 
 WIRE_DTYPE = "F32"

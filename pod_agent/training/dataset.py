@@ -19,9 +19,9 @@ import pyarrow as pa
 import torch
 from torch.utils.data import IterableDataset
 
-from pod_agent.data.task_input import SPLIT_CODES
+from pod_agent.data import SPLIT_CODES
 from pod_agent.errors import TrainingError
-from pod_agent.sdk.base import Batch
+from pod_agent.sdk import Batch
 
 
 class SplitBatches(IterableDataset[Batch]):

@@ -39,9 +39,9 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from pod_agent.data.task_input import DATA_FILE_NAME, SPLIT_CODES, read_datastructure
+from pod_agent.data import DATA_FILE_NAME, SPLIT_CODES, read_datastructure
 from pod_agent.errors import DataError, TrainingError
-from pod_agent.protocol.messages import Hyperparameters, ModelRef, TaskPayload
+from pod_agent.protocol import Hyperparameters, ModelRef, TaskPayload
 from pod_agent.sdk import Datastructure, PodModel
 from pod_agent.training.dataset import SplitBatches
 from pod_agent.training.loading import build_model

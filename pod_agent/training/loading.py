@@ -28,7 +28,7 @@ import pytorch_lightning as pl
 from torch import nn
 
 from pod_agent.errors import TrainingError
-from pod_agent.protocol.messages import ModelRef
+from pod_agent.protocol import ModelRef
 from pod_agent.sdk import DeclarativeModel, ModelSpec, ModuleAdapter, PodModel
 
 SOURCE_FILE_NAME = "model.py"

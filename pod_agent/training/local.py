@@ -25,11 +25,10 @@ from pydantic import ValidationError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 
-from pod_agent.config.settings import DatasourceSection
-from pod_agent.data import open_datasource
-from pod_agent.data.task_input import prepare_task_input
+from pod_agent.config import DatasourceSection
+from pod_agent.data import open_datasource, prepare_task_input
 from pod_agent.errors import TrainingError
-from pod_agent.protocol.messages import DataSelection, Hyperparameters, ModelRef, TaskPayload, WeightsRef
+from pod_agent.protocol import DataSelection, Hyperparameters, ModelRef, TaskPayload, WeightsRef
 from pod_agent.sdk import Datastructure
 from pod_agent.training.engine import WEIGHTS_FILE_NAME, model_kwargs, run_task, seeded_model
 from pod_agent.training.loading import SOURCE_FILE_NAME, SPEC_FILE_NAME

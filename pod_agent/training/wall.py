@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from pod_agent.protocol.messages import TaskPayload
+from pod_agent.protocol import TaskPayload
 
 _Count = Annotated[int, Field(ge=0)]
 

@@ -76,7 +76,7 @@ def serve(channel: WorkerChannel) -> None:
     from pydantic import ValidationError
 
     from pod_agent.errors import TrainingError
-    from pod_agent.sandbox.caps import cap_code, release_and_print
+    from pod_agent.sandbox import cap_code, release_and_print
     from pod_agent.training.engine import run_task
     from pod_agent.training.wall import WorkerProgress, WorkerRequest
 

@@ -19,7 +19,7 @@ def _batch(n: int = 8) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]
 
 def test_sdk_public_names_are_pinned() -> None:
     assert sorted(sdk.__all__) == [
-        "Datastructure", "DeclarativeModel", "LAYERS", "LOSSES", "LayerSpec", "ModelSpec", "ModuleAdapter",
+        "Batch", "Datastructure", "DeclarativeModel", "LAYERS", "LOSSES", "LayerSpec", "ModelSpec", "ModuleAdapter",
         "OPTIMIZERS", "PodClassifierMixin", "PodModel",
     ]
 
