@@ -51,7 +51,7 @@ from pod_agent.protocol import (
     download_blob,
     file_chunks,
     hub_session,
-    hub_tls,
+    tls_for_hub,
     parse_reply,
     sign_request,
     signed_call,
@@ -71,7 +71,7 @@ _TLS_NAMES = TlsOptionNames(
 
 def hub_ssl(section: HubSection) -> ssl.SSLContext | aiohttp.Fingerprint | bool:
     """The ``ssl=`` argument for every request to the hub (``protocol.hub_tls``); ConfigError for an unsafe URL."""
-    return hub_tls(
+    return tls_for_hub(
         section.url, ca_bundle=section.ca_bundle, pinned_cert_sha256=section.pinned_cert_sha256,
         unsafe_allow_http=section.unsafe_allow_http, names=_TLS_NAMES,
     )

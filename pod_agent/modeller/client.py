@@ -53,7 +53,7 @@ from pod_agent.protocol import (
     envelope_bytes,
     file_chunks,
     hub_session,
-    hub_tls,
+    tls_for_hub,
     open_envelope,
     round_path,
     sign_envelope,
@@ -132,7 +132,7 @@ class ModellerClient:
     ) -> None:
         self.hub_url = hub_url.rstrip("/")
         self.key = key
-        self._ssl = hub_tls(
+        self._ssl = tls_for_hub(
             self.hub_url, ca_bundle=ca_bundle, pinned_cert_sha256=pinned_cert_sha256,
             unsafe_allow_http=unsafe_allow_http, names=_TLS_NAMES,
         )

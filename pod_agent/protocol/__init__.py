@@ -107,7 +107,7 @@ if TYPE_CHECKING:
         TaskStatusReply,
         TaskSubmitted,
     )
-    from pod_agent.protocol.hub_tls import TlsOptionNames, hub_tls
+    from pod_agent.protocol.hub_tls import TlsOptionNames, tls_for_hub
     from pod_agent.protocol.hubhttp import (
         BLOB_CHUNK_BYTES,
         download_blob,
@@ -149,11 +149,11 @@ _LAZY_HOME = {
     "download_blob": "pod_agent.protocol.hubhttp",
     "file_chunks": "pod_agent.protocol.hubhttp",
     "hub_session": "pod_agent.protocol.hubhttp",
-    "hub_tls": "pod_agent.protocol.hub_tls",
     "is_loopback": "pod_agent.protocol.hubhttp",
     "parse_reply": "pod_agent.protocol.hubhttp",
     "rotation_statement": "pod_agent.protocol.rotation",
     "signed_call": "pod_agent.protocol.hubhttp",
+    "tls_for_hub": "pod_agent.protocol.hub_tls",
     "verified_rotation": "pod_agent.protocol.rotation",
 }
 
@@ -235,7 +235,6 @@ __all__ = [
     "file_chunks",
     "first_error",
     "hub_session",
-    "hub_tls",
     "is_loopback",
     "key_id_of",
     "model_from_file",
@@ -253,6 +252,7 @@ __all__ = [
     "signed_call",
     "source_sha256",
     "spec_sha256",
+    "tls_for_hub",
     "verified_rotation",
     "verify_envelope",
     "verify_request",

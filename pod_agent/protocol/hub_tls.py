@@ -34,7 +34,7 @@ class TlsOptionNames:
     unsafe_allow_http: str
 
 
-def hub_tls(
+def tls_for_hub(
     url: str,
     *,
     ca_bundle: Path | None,
