@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import import_module, metadata
 from pathlib import Path
 from typing import Any
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     names = args.only or list(BENCHMARKS)
     timeout_s = SMOKE_TIMEOUT_S if small else FULL_TIMEOUT_S
     report: dict[str, Any] = {"mode": "smoke" if small else "full", "machine": machine(),
-                              "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                              "started_at": datetime.now(UTC).isoformat(timespec="seconds")}
     outcomes = []
     for name in names:
         print(f"bench: {name} ...", flush=True)
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: {name} {outcome.status} in {outcome.seconds:.1f} s"
               + (f" ({outcome.error})" if outcome.error else ""), flush=True)
         outcomes.append(outcome)
-    report["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    report["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     report["benchmarks"] = [asdict(o) for o in outcomes]
     suffix = "-smoke" if small else ""
     args.out.mkdir(parents=True, exist_ok=True)

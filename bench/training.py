@@ -55,7 +55,7 @@ SEED = 7
 ENTRY = "pod_agent.training.worker"
 # The demo's modeller sends a round's next task about this long after the previous result (issue 15).
 SEQUENCE_GAP_S = 0.7
-SEQUENCE_KINDS: tuple["TaskKind", ...] = ("train", "evaluate", "train")
+SEQUENCE_KINDS: tuple[TaskKind, ...] = ("train", "evaluate", "train")
 SANDBOX_USER = "pod-sandbox"
 
 TUTORIAL_SOURCE = '''
@@ -175,7 +175,7 @@ def _plain_lightning(data_path: Path, datastructure: dict[str, Any], *, epochs: 
     return time.perf_counter() - started
 
 
-def _task(epochs: int, kind: "TaskKind" = "train") -> Any:
+def _task(epochs: int, kind: TaskKind = "train") -> Any:
     from pod_agent.protocol.messages import DataSelection, Hyperparameters, ModelRef, TaskPayload
 
     now = int(time.time())

@@ -10,6 +10,7 @@ types (``RETRYABLE``), never a match on message text.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from dataclasses import dataclass, field
 
@@ -39,7 +40,5 @@ class Backoff:
 
     async def wait(self, stop: asyncio.Event) -> None:
         """Sleep the next delay, or less if ``stop`` is set meanwhile."""
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), self.next_delay())
-        except TimeoutError:
-            pass

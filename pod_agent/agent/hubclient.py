@@ -51,10 +51,10 @@ from pod_agent.protocol import (
     download_blob,
     file_chunks,
     hub_session,
-    tls_for_hub,
     parse_reply,
     sign_request,
     signed_call,
+    tls_for_hub,
 )
 
 _log = logging.getLogger(__name__)

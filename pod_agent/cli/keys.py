@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import typer
@@ -104,7 +104,7 @@ def rotate(
         raise KeyFileError(f"cannot write the rotation statement {out} ({exc.strerror}): check the state_dir") from exc
     # The old private key is not kept: a rotation is often made because it may have leaked.
     new.save(path, passphrase, overwrite=True)
-    until = datetime.fromtimestamp(KeyRotation.model_validate(statement.payload).overlap_until, timezone.utc)
+    until = datetime.fromtimestamp(KeyRotation.model_validate(statement.payload).overlap_until, UTC)
     typer.echo(f"new key:    {new.public.to_b64()} (key id {new.key_id}), written to {path}")
     typer.echo(f"statement:  {out} (signed by the old key {old.key_id[:16]})")
     typer.echo(f"pin line:   {pin_line(settings.pod.name, new.public.to_b64())}")

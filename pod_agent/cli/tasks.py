@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +61,7 @@ def _row(task: TaskRecord, state: PodState, names: dict[str, str]) -> _Row:
     model = json.loads(task.envelope_json).get("payload", {}).get("model")
     return _Row(
         task_id=task.task_id,
-        received=datetime.fromtimestamp(task.created_at, timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
+        received=datetime.fromtimestamp(task.created_at, UTC).strftime("%Y-%m-%d %H:%M:%S"),
         kind=task.kind,
         outcome=outcome,
         reason=task.reason,
@@ -107,7 +107,7 @@ def show_task(
     typer.echo(f"task      {row.task_id}\nkind      {row.kind}\noutcome   {row.outcome}"
                f"{f' ({row.reason})' if row.reason else ''}\nmodeller  {row.modeller}\nmodel     {row.model or '-'}")
     for before, after, reason, at in history:
-        when = datetime.fromtimestamp(at, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        when = datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M:%S")
         typer.echo(f"  {when}  {before or '(new)'} -> {after}{f'  {reason}' if reason else ''}")
     typer.echo(json.dumps(_summarised(json.loads(task.envelope_json).get("payload", {})), indent=2, sort_keys=True))
 
@@ -132,7 +132,7 @@ def export_tasks(
     kind, outcome or refusal code, rows touched, bytes and privacy budget released."""
     settings = load_settings(config)
     key = IdentityKey.load(settings.pod.identity_key_path, passphrase_from_env(settings.pod.identity_key_passphrase_env))
-    start = int(since.replace(tzinfo=timezone.utc).timestamp())
+    start = int(since.replace(tzinfo=UTC).timestamp())
     with open_state(settings) as state:
         rows = state.audit_rows(since=start)
     lines = export_lines(rows, names=modeller_names(settings), pod=settings.pod.name, key=key, since=start)

@@ -35,7 +35,7 @@ PodName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
 # Keys that were renamed: the loader refuses the old spelling with a message naming the new one, so an
 # operator's old pod.toml fails at start with the fix instead of as an unknown key.
 RENAMED_KEYS = {"hub.allow_insecure_http": "hub.unsafe_allow_http"}
-ENROLMENT_TOKEN_PATTERN = r"^[A-Za-z0-9_-]{32,128}$"
+ENROLMENT_TOKEN_PATTERN = r"^[A-Za-z0-9_-]{32,128}$"  # noqa: S105 - the token's shape, not a token
 
 
 class _Section(BaseModel):
@@ -106,7 +106,7 @@ class DatasourceSection(_Section):
         return value
 
     @model_validator(mode="after")
-    def _each_column_has_one_fate(self) -> "DatasourceSection":
+    def _each_column_has_one_fate(self) -> DatasourceSection:
         seen: dict[str, str] = {name: "ignore_cols" for name in self.ignore_cols}
         for stype, names in self.force_stypes.items():
             for name in names:
@@ -286,7 +286,7 @@ class PrivacySection(_Section):
     dp: DpSection = DpSection()
 
     @model_validator(mode="after")
-    def _peer_names_unique(self) -> "PrivacySection":
+    def _peer_names_unique(self) -> PrivacySection:
         names = [peer.name for peer in self.peers]
         if len(names) != len(set(names)):
             raise ValueError("privacy.peers: each peer name may appear once")
@@ -344,14 +344,14 @@ class PodSettings(BaseSettings):
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
 
     @model_validator(mode="after")
-    def _modeller_names_unique(self) -> "PodSettings":
+    def _modeller_names_unique(self) -> PodSettings:
         names = [m.name for m in self.security.modellers]
         if len(names) != len(set(names)):
             raise ValueError("security.modellers: names must be unique")
         return self
 
     @model_validator(mode="after")
-    def _dp_is_enforceable(self) -> "PodSettings":
+    def _dp_is_enforceable(self) -> PodSettings:
         """A dp budget needs an L2 clip to noise against, and a dataset cap must bind every modeller."""
         for modeller in self.security.modellers:
             if modeller.dp is None:

@@ -49,7 +49,7 @@ class CsvTable:
         """Batches typed as ``infer`` decided (call it first), sliced to ``batch_rows``."""
         for batch in clean_batches(self.layout, self.section, columns):
             arrays = []
-            for name, column in zip(columns, batch.columns):
+            for name, column in zip(columns, batch.columns, strict=True):
                 try:
                     arrays.append(to_type(column, self._types[name]))
                 except pa.ArrowInvalid as exc:
@@ -225,7 +225,7 @@ def infer_csv(
     }
     rows = 0
     for batch in clean_batches(layout, section, visible):
-        for name, column in zip(visible, batch.columns):
+        for name, column in zip(visible, batch.columns, strict=True):
             kinds[name].add(column, row_offset=rows)
         rows += batch.num_rows
     columns: list[ColumnSchema] = []

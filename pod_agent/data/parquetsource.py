@@ -195,7 +195,7 @@ def _pass_over_file(
             if not needed:
                 break
             for batch in parquet.iter_batches(batch_size=_PASS_BATCH_ROWS, row_groups=[group], columns=needed):
-                for name, column in zip(needed, batch.columns):
+                for name, column in zip(needed, batch.columns, strict=True):
                     if name in cast_checked:
                         column = _cast_checked(name, column, types[name], forced.get(name))
                     if name in trackers:
@@ -217,9 +217,11 @@ def _small_dictionaries(metadata: pq.FileMetaData, names: list[str]) -> list[str
     small: list[str] = []
     for i in range(group.num_columns):
         chunk = group.column(i)
-        if chunk.path_in_schema in names and chunk.has_dictionary_page and chunk.dictionary_page_offset is not None:
-            if chunk.data_page_offset - chunk.dictionary_page_offset <= _SMALL_DICTIONARY_BYTES:
-                small.append(chunk.path_in_schema)
+        if (
+            chunk.path_in_schema in names and chunk.has_dictionary_page and chunk.dictionary_page_offset is not None
+            and chunk.data_page_offset - chunk.dictionary_page_offset <= _SMALL_DICTIONARY_BYTES
+        ):
+            small.append(chunk.path_in_schema)
     return small
 
 

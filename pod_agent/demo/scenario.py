@@ -227,7 +227,7 @@ def prepare_sites(
     parts = partition_by_category(table, column=split_column, n_parts=len(POD_NAMES))
     names = POD_NAMES if split_column == SPLIT_COLUMN else tuple(f"pod-{i + 1}" for i in range(len(parts)))
     sites = []
-    for name, part in zip(names, parts):
+    for name, part in zip(names, parts, strict=True):
         path = data_dir / f"{name}.parquet"
         pq.write_table(part.table, path)
         rich = pc.sum(pc.equal(part.table[TARGET], ">50K")).as_py() or 0
@@ -276,5 +276,5 @@ def _quiet_lightning() -> Iterator[None]:
             warnings.simplefilter("ignore")
             yield
     finally:
-        for lg, level in zip(loggers, levels):
+        for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)

@@ -157,7 +157,7 @@ _REGISTER_ROUTES = frozenset({"pods_register", "modellers_register"})
 _UNSIGNED_ROUTES = frozenset({"healthz"})
 _STREAMED_BODY_ROUTES = frozenset({"blob_put"})
 
-_HUB: web.AppKey["_Hub"] = web.AppKey("hub", object)  # type: ignore[arg-type]
+_HUB: web.AppKey[_Hub] = web.AppKey("hub", object)  # type: ignore[arg-type]
 _SIGNER: web.RequestKey[str] = web.RequestKey("signer", str)
 _BODY: web.RequestKey[bytes] = web.RequestKey("body", bytes)
 # The records authentication found for the signer's key, so handlers need not query them again.
@@ -845,8 +845,9 @@ async def _secagg_post(request: web.Request) -> web.Response:
     envelope, message = _opened(raw, STAGE_MODELS[stage], party.key, what=stage)
     if message.task_id != task.task_id or message.round != round_index:
         raise HubError(f"{stage} message names task {message.task_id} round {message.round}, not the URL's", status=400)
-    if getattr(message, "pod", sender) != sender:
-        raise HubError(f"{stage} message names pod {getattr(message, 'pod')!r} but was sent by {sender!r}", status=403)
+    named = getattr(message, "pod", sender)  # only a pod's messages name their pod
+    if named != sender:
+        raise HubError(f"{stage} message names pod {named!r} but was sent by {sender!r}", status=403)
     record = RoundMessageRecord(
         task_id=task.task_id, round=round_index, stage=stage, sender=sender, envelope=envelope_bytes(envelope),
         received_at=hub.now(),

@@ -23,16 +23,16 @@ from pod_agent.hub.storage import (
     BlobRecord,
     BlobRefRecord,
     BlobUsage,
-    PendingKey,
     DeliveryRecord,
+    HubTaskRecord,
     ModellerRecord,
     ModelRecord,
+    PendingKey,
     PodRecord,
     PutOutcome,
     ResultRecord,
     RoundMessageRecord,
     StorageConflict,
-    HubTaskRecord,
 )
 
 # Named, not *: a hub database written by an older version may hold columns this one no longer reads.
@@ -490,7 +490,7 @@ class SqliteStorage:
             )
         return cur.rowcount > 0
 
-    def _tx(self) -> "_Transaction":
+    def _tx(self) -> _Transaction:
         return _Transaction(self._db)
 
 

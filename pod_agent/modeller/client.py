@@ -53,11 +53,11 @@ from pod_agent.protocol import (
     envelope_bytes,
     file_chunks,
     hub_session,
-    tls_for_hub,
     open_envelope,
     round_path,
     sign_envelope,
     signed_call,
+    tls_for_hub,
 )
 
 _log = logging.getLogger(__name__)

@@ -65,7 +65,7 @@ class RunReport:
             cells += [f"{rec.overall.loss:.4f} / {rec.overall.accuracy:.3f}", f"{rec.seconds:.1f}"]
             rows.append(cells)
         widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-        return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows)
+        return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=False)) for r in rows)
 
     def _pod_names(self) -> list[str]:
         """Every column a round has: a secure run's rounds hold the cohort's means, its last round each pod's."""

@@ -6,8 +6,8 @@ they are reported on this host. Nothing here sends anything off the host.
 
 from pod_agent.ops.health import HealthServer, Readiness, bind_health_socket
 from pod_agent.ops.logs import (
-    JsonFormatter,
     HumanFormatter,
+    JsonFormatter,
     TaskLogAdapter,
     configure_logging,
     task_context,

@@ -130,7 +130,7 @@ class HealthServer:
             await self._runner.cleanup()
             self._runner = None
 
-    async def __aenter__(self) -> "HealthServer":
+    async def __aenter__(self) -> HealthServer:
         await self.start()
         return self
 

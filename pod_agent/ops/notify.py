@@ -41,7 +41,7 @@ class Notifier:
         self._warned = False
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, *, unset_environment: bool = False) -> "Notifier":
+    def from_env(cls, environ: Mapping[str, str] | None = None, *, unset_environment: bool = False) -> Notifier:
         """Read NOTIFY_SOCKET, WATCHDOG_USEC and WATCHDOG_PID as systemd sets them.
 
         The watchdog applies only when WATCHDOG_PID is unset or names this process.
@@ -119,7 +119,7 @@ class Notifier:
             self._sock.close()
             self._sock = None
 
-    def __enter__(self) -> "Notifier":
+    def __enter__(self) -> Notifier:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

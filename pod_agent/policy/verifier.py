@@ -171,7 +171,7 @@ class TaskVerifier:
             signers = [
                 _signer_for(entry, signing, where=f"security.modellers[{index}]{part} ({entry.name!r})")
                 for signing, part in zip(
-                    entry.signing_keys(), [".public_key", *(f".keys[{i}]" for i in range(len(entry.keys)))]
+                    entry.signing_keys(), [".public_key", *(f".keys[{i}]" for i in range(len(entry.keys)))], strict=True
                 )
             ]
             ids = tuple(s.key.key_id for s in signers)

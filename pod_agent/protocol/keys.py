@@ -60,7 +60,7 @@ def b64decode_strict(text: str, *, what: str) -> bytes:
 class PublicKey:
     """An Ed25519 public key; verifies signatures."""
 
-    __slots__ = ("_key", "_raw", "_key_id")
+    __slots__ = ("_key", "_key_id", "_raw")
 
     def __init__(self, key: Ed25519PublicKey) -> None:
         self._key = key

@@ -41,7 +41,7 @@ class ModelRef(WireModel):
     sha256: Sha256Hex
 
     @model_validator(mode="after")
-    def _one_body(self) -> "ModelRef":
+    def _one_body(self) -> ModelRef:
         bodies = [b is not None for b in (self.source, self.spec, self.hub_ref)]
         if sum(bodies) != 1:
             raise ValueError("model needs exactly one of source, spec, hub_ref")
@@ -63,7 +63,7 @@ class Hyperparameters(WireModel):
     extra: dict[str, HyperValue] = {}
 
     @model_validator(mode="after")
-    def _epochs_or_steps(self) -> "Hyperparameters":
+    def _epochs_or_steps(self) -> Hyperparameters:
         if self.epochs is not None and self.steps is not None:
             raise ValueError("give epochs or steps, not both")
         return self
@@ -78,7 +78,7 @@ class Split(WireModel):
     seed: int = 0
 
     @model_validator(mode="after")
-    def _sums_to_100(self) -> "Split":
+    def _sums_to_100(self) -> Split:
         if self.train + self.validation + self.test != 100:
             raise ValueError("split percentages must sum to 100")
         return self
@@ -98,7 +98,7 @@ class DataSelection(WireModel):
     scaling: dict[str, tuple[float, float]] = {}
 
     @model_validator(mode="after")
-    def _positive_scales(self) -> "DataSelection":
+    def _positive_scales(self) -> DataSelection:
         bad = sorted(name for name, (_, std) in self.scaling.items() if not std > 0)
         if bad:
             raise ValueError(f"scaling: std must be > 0 for {bad}")
@@ -188,7 +188,7 @@ class TaskPayload(WireModel):
     limits: TaskLimits = TaskLimits()
 
     @model_validator(mode="after")
-    def _schema_hash_per_target(self) -> "TaskPayload":
+    def _schema_hash_per_target(self) -> TaskPayload:
         if self.pod_schema_hashes and set(self.pod_schema_hashes) != set(self.pods):
             raise ValueError("pod_schema_hashes must name exactly the target pods")
         return self

@@ -117,7 +117,7 @@ def main() -> None:
     except BaseException as exc:  # noqa: BLE001 - before serve(): report a code, exit non-zero
         code = failure_code(exc)
         release_and_print(exc)
-        try:
+        try:  # noqa: SIM105 - no suppress() object to allocate on the way out of a MemoryError
             _send(out, {"type": "fail", "reason": code})
         except (OSError, SandboxError, MemoryError):
             pass

@@ -132,7 +132,7 @@ class TaskCgroup:
         self._dirs = dirs
 
     @classmethod
-    def create(cls, support: CgroupSupport, *, memory_bytes: int, max_pids: int) -> "TaskCgroup":
+    def create(cls, support: CgroupSupport, *, memory_bytes: int, max_pids: int) -> TaskCgroup:
         name = f"pod-agent-sandbox-{uuid.uuid4().hex[:12]}"
         dirs: list[Path] = []
         try:

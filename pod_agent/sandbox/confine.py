@@ -59,7 +59,7 @@ class ConfinePlan:
                 "landlock_read_write": list(self.landlock_read_write)}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "ConfinePlan":
+    def from_json(cls, data: dict[str, Any]) -> ConfinePlan:
         ro = data.get("landlock_read_only")
         return cls(rlimits={str(k): int(v) for k, v in data["rlimits"].items()}, seccomp=bool(data["seccomp"]),
                    landlock_read_only=tuple(ro) if ro is not None else None,

@@ -86,7 +86,7 @@ def _decode_header(raw: bytes) -> dict[str, Any]:
     return header
 
 
-async def read_frame_async(reader: "asyncio.StreamReader", *, max_payload_bytes: int) -> Frame | None:
+async def read_frame_async(reader: asyncio.StreamReader, *, max_payload_bytes: int) -> Frame | None:
     """Read one frame; None on clean EOF before a frame starts. Raises SandboxError otherwise.
 
     Only frames whose type is in ``PAYLOAD_TYPES`` may carry a payload; the header is read

@@ -40,7 +40,7 @@ class EffectiveLimits:
     max_output_mb: int
 
     @classmethod
-    def resolve(cls, pod: "SandboxLimitsSection", task: SandboxLimits) -> "EffectiveLimits":
+    def resolve(cls, pod: SandboxLimitsSection, task: SandboxLimits) -> EffectiveLimits:
         def low(name: str) -> Any:
             mine, theirs = getattr(pod, name), getattr(task, name)
             return mine if theirs is None else min(mine, theirs)

@@ -85,7 +85,7 @@ def _probe_uid(sandbox_user: str) -> tuple[LayerReport, Identity | None]:
     if not identity.dedicated and identity.uid == 0:
         return LayerReport("uid", False, "agent runs as root without a sandbox user", "run as root with "
                            "security.sandbox_user set, or as an unprivileged user"), None
-    failure = _trial(bootstrap_argv()[:2] + ["-c", _TRIAL_CODE], identity)
+    failure = _trial([*bootstrap_argv()[:2], "-c", _TRIAL_CODE], identity)
     if failure is not None:
         return LayerReport("uid", False, f"uid {identity.uid} cannot run this Python environment: {failure}",
                            "put the virtualenv outside any 0700 home (e.g. /opt/pod-agent/venv) and make it "
@@ -108,7 +108,7 @@ def _probe_namespaces(identity: Identity | None) -> LayerReport:
     argv = bwrap_argv(
         bwrap=bwrap, ro_paths=python_ro_paths(), input_dir=None, gpu=False, tmpfs_bytes=_TRIAL_TMPFS_BYTES,
         env=worker_env(identity, home=SANDBOX_WORK, gpu=False),
-        command=bootstrap_argv()[:2] + ["-c", _TRIAL_CODE],
+        command=[*bootstrap_argv()[:2], "-c", _TRIAL_CODE],
     )
     failure = _trial(argv, identity)
     if failure is not None:
@@ -119,7 +119,7 @@ def _probe_namespaces(identity: Identity | None) -> LayerReport:
 
 def _self_test(layer: str, identity: Identity | None) -> str | None:
     code = f"from pod_agent.sandbox.confine import self_test; self_test({layer!r})"
-    return _trial(bootstrap_argv()[:2] + ["-c", code], identity)
+    return _trial([*bootstrap_argv()[:2], "-c", code], identity)
 
 
 def _probe_seccomp(identity: Identity | None) -> LayerReport:
@@ -171,7 +171,7 @@ def _worker_package_dir(mine: Path) -> Path:
     agent; a failed trial raises SandboxError and is not cached (a timeout under load is tried again)."""
     try:
         # The worker's own flags (-I: no cwd, no PYTHONPATH, no user site) and cwd, as the bootstrap starts.
-        done = subprocess.run(bootstrap_argv()[:2] + ["-c", _WHICH_PACKAGE], capture_output=True, cwd="/",
+        done = subprocess.run([*bootstrap_argv()[:2], "-c", _WHICH_PACKAGE], capture_output=True, cwd="/",
                               timeout=_TRIAL_TIMEOUT_S, env={"PATH": "/usr/bin:/bin"}, check=False)
     except (OSError, subprocess.SubprocessError) as exc:
         raise SandboxError("package_check_failed",
@@ -206,7 +206,7 @@ def check_worker_package() -> Path:
 _CACHE: dict[str, tuple[LayerReport, ...]] = {}
 
 
-def probe_layers(security: "SecuritySection", *, refresh: bool = False) -> list[LayerReport]:
+def probe_layers(security: SecuritySection, *, refresh: bool = False) -> list[LayerReport]:
     """Probe every layer once per sandbox user (cached; ``refresh`` probes again)."""
     key = security.sandbox_user
     if refresh or key not in _CACHE:
@@ -252,12 +252,11 @@ def plan_layers(level: str, reports: list[LayerReport]) -> frozenset[str]:
     need("rlimits")
     if level == "standard":
         need("seccomp")
-    elif "namespaces" not in active:
-        if not {"seccomp", "landlock"} <= active:
-            missing = "seccomp" if "seccomp" not in active else "landlock"
-            report = by_name["namespaces"]
-            raise SandboxUnavailable(level, f"namespaces ({report.why}) or seccomp + Landlock ({missing} missing)",
-                                     report.remedy)
+    elif "namespaces" not in active and not {"seccomp", "landlock"} <= active:
+        missing = "seccomp" if "seccomp" not in active else "landlock"
+        report = by_name["namespaces"]
+        raise SandboxUnavailable(level, f"namespaces ({report.why}) or seccomp + Landlock ({missing} missing)",
+                                 report.remedy)
     chosen = active & {"uid", "rlimits", "namespaces", "seccomp", "cgroup"}
     if "namespaces" not in active and "landlock" in active:
         chosen.add("landlock")
@@ -275,12 +274,12 @@ def best_level(reports: list[LayerReport]) -> str:
     return "none"
 
 
-def sandbox_check_lines(settings: "PodSettings") -> list[str]:
+def sandbox_check_lines(settings: PodSettings) -> list[str]:
     """What ``pod-agent check`` prints for the sandbox: the level, then each layer."""
     return sandbox_report_lines(settings.security.sandbox, probe_layers(settings.security))
 
 
-def sandbox_check_detail(settings: "PodSettings") -> str:
+def sandbox_check_detail(settings: PodSettings) -> str:
     """``pod-agent check``'s sandbox entry: the verdict and one line per layer; raises
     SandboxError("level_not_satisfied") carrying the same lines when tasks would be refused, and
     SandboxError("package_mismatch") when workers would import another pod_agent tree."""

@@ -147,7 +147,7 @@ class WorkerProcess:
             env = worker_env(spec.identity, home=child_work, gpu=spec.gpu)
             if "landlock" in spec.layers:
                 ro, rw = landlock_paths(ro_paths=list(spec.ro_paths), gpu=spec.gpu)
-                plan_ro, plan_rw = tuple(ro + [str(child_in)]), tuple(rw + [str(child_work)])
+                plan_ro, plan_rw = tuple([*ro, str(child_in)]), tuple([*rw, str(child_work)])
         if spec.cgroup_support is not None:
             self.cgroup = await asyncio.to_thread(TaskCgroup.create, spec.cgroup_support,
                                                   memory_bytes=lim.memory_mb << 20, max_pids=lim.max_processes)
@@ -304,7 +304,7 @@ class WorkerProcess:
         if self._stderr_task is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(self._stderr_task), REAP_TIMEOUT_S)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 # Someone still holds the stderr pipe: a process escaped the kill.
                 survived = True
                 self._stderr_task.cancel()

@@ -73,7 +73,7 @@ class SandboxOutcome:
 class SandboxRunner:
     """Runs jobs in confined workers at the pod's configured level (fail-closed at construction)."""
 
-    def __init__(self, security: "SecuritySection", limits: "SandboxLimitsSection", gpu: bool = False, *,
+    def __init__(self, security: SecuritySection, limits: SandboxLimitsSection, gpu: bool = False, *,
                  scratch_root: Path | None = None, unsafe_disable_layers: frozenset[str] = frozenset()) -> None:
         check_worker_package()
         reports = probe_layers(security)
@@ -113,7 +113,7 @@ class SandboxRunner:
                           cgroup_support=self._cgroup_support, ro_paths=tuple(python_ro_paths(entry_path)),
                           nproc_slack=_NPROC_SLACK_PER_WORKER * (1 + self._pool.depth) if nproc else None)
 
-    async def __aenter__(self) -> "SandboxRunner":
+    async def __aenter__(self) -> SandboxRunner:
         return self
 
     async def __aexit__(self, *_exc: object) -> None:

@@ -13,6 +13,7 @@ from typing import Literal
 
 from pod_agent.errors import TrainingError
 
+
 @dataclass(frozen=True)
 class Datastructure:
     """Shapes and names a model is built from (``input_size``, ``n_classes`` ...)."""

@@ -87,7 +87,7 @@ class RoundSecrets:
     wipe the memory they occupied) and any later use raises. repr shows public keys only.
     """
 
-    __slots__ = ("_c", "_s", "_b", "_c_public", "_s_public", "_split", "_masked")
+    __slots__ = ("_b", "_c", "_c_public", "_masked", "_s", "_s_public", "_split")
 
     def __init__(self, *, c: X25519PrivateKey, s: X25519PrivateKey, b: bytes) -> None:
         if len(b) != SECRET_BYTES:

@@ -89,7 +89,7 @@ def serve(channel: WorkerChannel) -> None:
         except ValidationError as exc:
             raise TrainingError("bad_request", f"request does not parse: {exc}") from exc
         output = run_task(request, input_dir=channel.input_dir, work_dir=channel.work_dir, progress=progress)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - the worker's last resort: any failure leaves as a fixed code
         # A cap in the chain outranks the engine's wrapper: training_error from a MemoryError is the cap.
         code = cap_code(exc) or (exc.code if isinstance(exc, TrainingError) else INTERNAL_ERROR)
         release_and_print(exc)

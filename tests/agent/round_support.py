@@ -27,10 +27,17 @@ from pod_agent.hub import SqliteStorage, create_app, listening
 from pod_agent.modeller import ModellerClient, build_task
 from pod_agent.policy import TrustedPeers
 from pod_agent.protocol import IdentityKey, PublicKey
-from pod_agent.protocol.hub_api import PodRegistration, RoundMessages
-from pod_agent.protocol.messages import DataSelection, Hyperparameters, ModelRef, Participant, SecAggParams, TaskPayload
-from pod_agent.protocol.messages import WeightsRef
 from pod_agent.protocol.canonical import spec_sha256
+from pod_agent.protocol.hub_api import PodRegistration, RoundMessages
+from pod_agent.protocol.messages import (
+    DataSelection,
+    Hyperparameters,
+    ModelRef,
+    Participant,
+    SecAggParams,
+    TaskPayload,
+    WeightsRef,
+)
 from pod_agent.secagg import Layout, aggregate_masked
 from pod_agent.state import PodState
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import time
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -13,10 +13,10 @@ import pytest
 from agent_support import HubWithAgent, hub_with_agent
 from aiohttp import web
 
-from pod_agent.policy import PrivacyFloor
 from pod_agent.agent.hubclient import HubClient
 from pod_agent.agent.pipeline import PipelineOutput, TaskPipeline
 from pod_agent.modeller import ModellerClient, VerifiedResult, build_task
+from pod_agent.policy import PrivacyFloor
 from pod_agent.protocol import IdentityKey
 from pod_agent.protocol.messages import ProgressEvent
 

@@ -102,7 +102,7 @@ async def test_a_second_round_from_the_same_weights_is_refused_already_released(
 
 async def test_a_pod_answers_nothing_after_its_round_ended_and_keeps_no_secret(tmp_path: Path) -> None:
     async with round_rig(tmp_path, 3) as rig:
-        task, _, pods = await _round(rig)
+        _task, _, pods = await _round(rig)
         assert all(isinstance(result, RoundOutput) for result in pods.values())
         # Nothing of the round's secrets reached the pod's state directory: only its state DB is there.
         for name in rig.pods:

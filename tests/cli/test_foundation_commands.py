@@ -14,8 +14,8 @@ import pytest
 
 from pod_agent import __version__
 from pod_agent.config import load_settings
-from pod_agent.protocol import IdentityKey
 from pod_agent.data.adult import AdultFiles
+from pod_agent.protocol import IdentityKey
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from e2e_support import (  # type: ignore[import-not-found]
     SMALL_CSV,
     Cluster,
@@ -15,6 +14,7 @@ from e2e_support import (  # type: ignore[import-not-found]
     register_modeller,
     start_cluster_at,
 )
+
 from pod_agent.modeller import run_sync
 
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from pod_agent.modeller import ModellerClient, VerifiedResult, build_task
-
 import pytest
+from e2e_support import AgentProcess, Cluster, FaultProxy, async_wait_for  # type: ignore[import-not-found]
+
+from pod_agent.modeller import ModellerClient, VerifiedResult, build_task
 
 pytestmark = pytest.mark.slow
 
-from e2e_support import AgentProcess, Cluster, FaultProxy, async_wait_for  # type: ignore[import-not-found]
 
 
 async def _submit(client: ModellerClient, pods: list[str]) -> str:
@@ -58,7 +58,7 @@ async def test_hub_killed_and_restarted_mid_task_loses_and_duplicates_nothing(
         second = await _submit(client, ["pod-a", "pod-b"])
         await _one_result_each(cluster, client, second, ["pod-a", "pod-b"])
     for agent in agents:
-        await async_wait_for(lambda: agent.task_status(task_id) == "delivered", what="delivered")
+        await async_wait_for(lambda agent=agent: agent.task_status(task_id) == "delivered", what="delivered")
         assert agent.terminate() == 0
 
 

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from safetensors.numpy import load_file
 
 from pod_agent.config.settings import DatasourceSection

@@ -55,10 +55,12 @@ def test_secure_round_equals_plain_round_and_no_single_update_is_readable(tmp_pa
     modeller = IdentityKey.generate()
 
     async def rounds() -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        async with LocalFederation(tmp_path, sites, modeller=modeller, sandbox="strict") as fed:
-            async with ModellerClient(fed.hub_url, modeller) as client:
-                plain = await FedAvg(client, _plan(sites, secure=False), work_dir=tmp_path / "plain").run()
-                secure = await FedAvg(client, _plan(sites, secure=True), work_dir=tmp_path / "secure").run()
+        async with (
+            LocalFederation(tmp_path, sites, modeller=modeller, sandbox="strict") as fed,
+            ModellerClient(fed.hub_url, modeller) as client,
+        ):
+            plain = await FedAvg(client, _plan(sites, secure=False), work_dir=tmp_path / "plain").run()
+            secure = await FedAvg(client, _plan(sites, secure=True), work_dir=tmp_path / "secure").run()
         return plain.weights, secure.weights
 
     plain_weights, secure_weights = asyncio.run(rounds())

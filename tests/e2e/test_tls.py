@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 import trustme
+from e2e_support import Cluster, wait_for  # type: ignore[import-not-found]
 
 from pod_agent.errors import ConfigError, ModellerError
 from pod_agent.modeller import ModellerClient
 
 pytestmark = pytest.mark.slow
 
-from e2e_support import Cluster, wait_for  # type: ignore[import-not-found]
 
 
 def test_schema_stats_over_tls_with_ca_bundle_and_pinned_certificate(

@@ -10,15 +10,14 @@ from typing import Any
 
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
+import pytest
+from e2e_support import POD_AGENT, Cluster, wait_for  # type: ignore[import-not-found]
 
 from pod_agent.protocol import PublicKey, open_envelope
 from pod_agent.protocol.messages import Envelope, ResultPayload
 
-import pytest
-
 pytestmark = pytest.mark.slow
 
-from e2e_support import POD_AGENT, Cluster, wait_for  # type: ignore[import-not-found]
 
 
 def test_two_pods_return_signed_schema_stats_to_the_modeller_cli(cluster: Cluster, adult_csv: Path, small_csv: Path, tmp_path: Path) -> None:

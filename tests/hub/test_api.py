@@ -9,9 +9,9 @@ from typing import Any
 
 import aiohttp
 
+from pod_agent.modeller.tasks import build_task
 from pod_agent.protocol import IdentityKey, canonical_json, envelope_bytes, sign_envelope, sign_request
 from pod_agent.protocol.messages import ResultPayload
-from pod_agent.modeller.tasks import build_task
 
 
 async def _setup(hub: Any) -> tuple[IdentityKey, IdentityKey]:
@@ -213,7 +213,7 @@ async def test_refusal_code_is_recorded_for_the_modeller(hub: Any) -> None:
     task_id = json.loads(raw)["payload"]["task_id"]
     await hub.caller(modeller).call("POST", "/v1/tasks", raw=raw)
     assert (await hub.caller(pod).call("POST", f"/v1/pod/tasks/{task_id}/refusal", {"code": "expired"}))[0] == 200
-    status, body = await hub.caller(modeller).call("GET", f"/v1/tasks/{task_id}")
+    _status, body = await hub.caller(modeller).call("GET", f"/v1/tasks/{task_id}")
     assert body["pods"]["pod-a"]["refusal"] == "expired"
     assert (await hub.caller(pod).call("GET", "/v1/pod/tasks?wait=0"))[1]["tasks"] == []
 

@@ -8,14 +8,12 @@ import time
 import aiohttp
 import pytest
 
-from pod_agent.ops import AgentMetrics, HealthServer, Readiness
-from pod_agent.ops import health
+from pod_agent.ops import AgentMetrics, HealthServer, Readiness, health
 
 
 async def _get(server: HealthServer, path: str) -> tuple[int, str, str]:
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"http://127.0.0.1:{server.port}{path}") as resp:
-            return resp.status, resp.headers["Content-Type"], await resp.text()
+    async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{server.port}{path}") as resp:
+        return resp.status, resp.headers["Content-Type"], await resp.text()
 
 
 async def test_healthz_answers_ok_on_loopback_port_zero() -> None:

@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from policy_helpers import ROW_COUNT, Pod, policy_for, privacy as default_privacy, verifier_for
+from policy_helpers import ROW_COUNT, Pod, policy_for, verifier_for
+from policy_helpers import privacy as default_privacy
 
 from pod_agent.config.settings import PrivacySection, SecuritySection
 from pod_agent.protocol import IdentityKey

@@ -8,14 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from pod_agent.config.settings import DpBudget, DpSection, ModellerPolicy, PodSettings
-from pod_agent.errors import ConfigError
-from pod_agent.policy.budget import epsilon, gaussian_event, noise_plan, unaccounted_event
-from pod_agent.protocol import IdentityKey
-from pod_agent.protocol.messages import DpParams
-from pod_agent.state import PodState, TaskStatus
-
 from policy_helpers import (
     POD,
     Pod,
@@ -26,6 +18,13 @@ from policy_helpers import (
     signed,
     verifier_for,
 )
+
+from pod_agent.config.settings import DpBudget, DpSection, ModellerPolicy, PodSettings
+from pod_agent.errors import ConfigError
+from pod_agent.policy.budget import epsilon, gaussian_event, noise_plan, unaccounted_event
+from pod_agent.protocol import IdentityKey
+from pod_agent.protocol.messages import DpParams
+from pod_agent.state import PodState, TaskStatus
 
 ALICE, BOB = IdentityKey.generate(), IdentityKey.generate()
 DELTA = 1e-5

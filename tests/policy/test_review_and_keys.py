@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from policy_helpers import POD, NOW, SOURCE, Pod, cohort, make_task, policy_for, privacy, signed, verifier_for
+from policy_helpers import NOW, POD, SOURCE, Pod, cohort, make_task, policy_for, privacy, signed, verifier_for
 from pydantic import ValidationError
 
 from pod_agent.config.settings import DpBudget, DpSection, ModellerKey, ModellerPolicy
@@ -85,7 +85,7 @@ def test_a_modeller_signs_with_either_key_until_the_old_one_expires(
     make_pod: Callable[..., Pod], alice: IdentityKey, bob: IdentityKey
 ) -> None:
     old = IdentityKey.generate()
-    until = datetime.fromtimestamp(NOW + 600, timezone.utc)
+    until = datetime.fromtimestamp(NOW + 600, UTC)
     pod = make_pod(policy_for(alice, bob, modellers=_two_key_policy(alice, bob, old, old_until=until)))
     assert pod.accept(signed(make_task(old), old), now=NOW).modeller.name == "bob"
     assert pod.accept(signed(make_task(bob), bob), now=NOW).modeller.name == "bob"

@@ -23,8 +23,8 @@ import pytest_asyncio
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "agent"))  # the agent tests' rig, reused as it is
 
-from agent_support import hub_with_agent  # noqa: E402
-from privacy_support import (  # noqa: E402
+from agent_support import hub_with_agent
+from privacy_support import (
     MAX_EFFECTIVE_STEPS,
     SELECTION,
     Attacker,
@@ -34,11 +34,11 @@ from privacy_support import (  # noqa: E402
     adult_slice,
 )
 
-from pod_agent.agent.hubclient import HubClient  # noqa: E402
-from pod_agent.config.settings import HubSection, ModellerPolicy, PrivacyFloorOverride  # noqa: E402
-from pod_agent.modeller import ModellerClient  # noqa: E402
-from pod_agent.protocol import IdentityKey  # noqa: E402
-from pod_agent.protocol.hub_api import PodRegistration  # noqa: E402
+from pod_agent.agent.hubclient import HubClient
+from pod_agent.config.settings import HubSection, ModellerPolicy, PrivacyFloorOverride
+from pod_agent.modeller import ModellerClient
+from pod_agent.protocol import IdentityKey
+from pod_agent.protocol.hub_api import PodRegistration
 
 SANDBOX_USER = "pod-sandbox"
 ENSURE_USER = Path(__file__).parents[1] / "sandbox" / "ensure_sandbox_user.py"

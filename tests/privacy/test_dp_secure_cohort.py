@@ -44,24 +44,26 @@ def test_three_pods_share_the_noise_charge_the_release_and_refuse_the_next_round
                       secure=DP_SECURE, dp=DpTarget(epsilon=EPSILON, delta=1e-5, clip_norm=DP_CLIP))
 
     async def run() -> tuple[float, dict[str, object]]:
-        async with LocalFederation(tmp_path, sites, modeller=modeller, sandbox="none") as fed:
-            async with ModellerClient(fed.hub_url, modeller) as client:
-                fedavg = FedAvg(client, plan, work_dir=tmp_path / "rounds")
-                assert fedavg.dp is not None
-                result = await fedavg.run()
-                # A next round from the new weights: each pod refuses it before anything is trained.
-                weights = await publish_weights(client, result.weights, tmp_path / "next.safetensors")
-                task = build_task(
-                    modeller_id=modeller.key_id, pods=names, kind="train", schema_hash=fedavg._schema_hashes[names[0]],
-                    pod_schema_hashes=fedavg._schema_hashes, model=model, data=fedavg.selection, weights=weights,
-                    hyperparameters=Hyperparameters(epochs=1, batch_size=128), dp=fedavg.dp,
-                    secagg=SecAggParams(prime_q=DP_SECURE.prime_q, precision=DP_SECURE.precision, num_workers=3,
-                                        participants=await client.participants(names), clip_norm=DP_CLIP,
-                                        weighted=False, round=2),
-                )
-                await client.submit_task(task)
-                answers = await client.wait_results(task.task_id, names, timeout_s=60)
-                return fedavg.dp.noise_multiplier, dict(answers)
+        async with (
+            LocalFederation(tmp_path, sites, modeller=modeller, sandbox="none") as fed,
+            ModellerClient(fed.hub_url, modeller) as client,
+        ):
+            fedavg = FedAvg(client, plan, work_dir=tmp_path / "rounds")
+            assert fedavg.dp is not None
+            result = await fedavg.run()
+            # A next round from the new weights: each pod refuses it before anything is trained.
+            weights = await publish_weights(client, result.weights, tmp_path / "next.safetensors")
+            task = build_task(
+                modeller_id=modeller.key_id, pods=names, kind="train", schema_hash=fedavg._schema_hashes[names[0]],
+                pod_schema_hashes=fedavg._schema_hashes, model=model, data=fedavg.selection, weights=weights,
+                hyperparameters=Hyperparameters(epochs=1, batch_size=128), dp=fedavg.dp,
+                secagg=SecAggParams(prime_q=DP_SECURE.prime_q, precision=DP_SECURE.precision, num_workers=3,
+                                    participants=await client.participants(names), clip_norm=DP_CLIP,
+                                    weighted=False, round=2),
+            )
+            await client.submit_task(task)
+            answers = await client.wait_results(task.task_id, names, timeout_s=60)
+            return fedavg.dp.noise_multiplier, dict(answers)
 
     noise_multiplier, answers = asyncio.run(run())
     for pod, answer in answers.items():

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 import pytest_asyncio
-from privacy_support import PrivacyRig, ResultView, bits, cohort, lightning, nothing_recoverable
+from privacy_support import PrivacyRig, ResultView, cohort, lightning, nothing_recoverable
 from safetensors.numpy import load
 
 from pod_agent.agent.hubclient import HubClient

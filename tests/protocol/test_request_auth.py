@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from pod_agent.errors import ProtocolError
-from pod_agent.protocol import MAX_REQUEST_SKEW_S, IdentityKey, PublicKey, RequestReplayCache, sign_request, verify_request
+from pod_agent.protocol import (
+    MAX_REQUEST_SKEW_S,
+    IdentityKey,
+    PublicKey,
+    RequestReplayCache,
+    sign_request,
+    verify_request,
+)
 from pod_agent.protocol.request_auth import MAX_REQUEST_FUTURE_SKEW_S
 
 KEY = IdentityKey.generate()

@@ -13,12 +13,12 @@ import time
 from pathlib import Path
 
 import pytest
+from sbx_helpers import CORPUS, SECRET, Outside, RunModel, leftover_processes, nothing_arrived
 
 from pod_agent.errors import SandboxError
 from pod_agent.policy.codes import failure_code_for
 from pod_agent.sandbox.frames import check_safetensors
 from pod_agent.sandbox.staging import KEPT_STDERR_FILES
-from sbx_helpers import CORPUS, SECRET, Outside, RunModel, leftover_processes, nothing_arrived
 
 
 async def test_tcp_connect_to_agent_listener_is_blocked(run_model: RunModel, outside: Outside) -> None:

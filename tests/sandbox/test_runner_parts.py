@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from pod_agent.config.settings import SandboxLimitsSection
-from pod_agent.sandbox.bootstrap import failure_code
 from pod_agent.errors import SandboxError
 from pod_agent.policy.codes import failure_code_for
+from pod_agent.sandbox.bootstrap import failure_code
 from pod_agent.sandbox.cgroup import CgroupSupport, MemoryEvents, TaskCgroup, _delegate_v2, descendants
 from pod_agent.sandbox.limits import EffectiveLimits, SandboxLimits
 from pod_agent.sandbox.process import _exit_reason

@@ -80,7 +80,7 @@ def test_fewer_than_threshold_shares_are_consistent_with_any_secret(n: int, data
 @settings(max_examples=20, deadline=None)
 @given(split_and_subset(max_n=12))
 def test_a_share_altered_among_more_than_threshold_is_caught(case: tuple[bytes, int, list[Share], list[Share]]) -> None:
-    secret, threshold, shares, _ = case
+    _secret, threshold, shares, _ = case
     if len(shares) == threshold:
         return
     bad = Share(index=shares[-1].index, data=bytes(b ^ 0xFF for b in shares[-1].data))

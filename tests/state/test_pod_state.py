@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from pod_agent.errors import StateError
-from pod_agent.state.db import SCHEMA_VERSION
 from pod_agent.state import (
     LEGAL_TRANSITIONS,
     AlreadyReleased,
@@ -23,6 +22,7 @@ from pod_agent.state import (
     TaskStatus,
     Verdict,
 )
+from pod_agent.state.db import SCHEMA_VERSION
 
 
 @pytest.fixture
@@ -257,7 +257,7 @@ def test_calls_from_many_threads_are_serialised(state: PodState) -> None:
             for n in range(base, base + 25):
                 state.record_verdict(_verdict(n))
                 state.claim_next(now=101)
-        except BaseException as exc:  # collected and asserted below
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
             errors.append(exc)
 
     threads = [threading.Thread(target=work, args=(i * 100,)) for i in range(4)]

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from safetensors.numpy import load_file
 from safetensors.numpy import load as load_numpy
+from safetensors.numpy import load_file
 from safetensors.numpy import save as save_numpy
 from training_support import DECLARATIVE_SPEC, TUTORIAL_MODEL, RunTask, make_task, source_ref, spec_ref
 
