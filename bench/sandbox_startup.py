@@ -6,8 +6,8 @@ For a trivial task (the entry returns at once) it measures, over N starts each:
 - ``strict``:      level strict (dedicated uid, bwrap namespaces, seccomp, rlimits, cgroup)
 - ``strict_warm``: level strict with a warm worker already parked (confined, past prepare())
 
-per start (after one uncounted warm-up start): ``first_request_s`` (runner.run() called -> the child holds the request) and
-``total_s`` (runner.run() called -> outcome returned, including tearing the tree down).
+per start (after one uncounted warm-up start): ``first_request_s`` (runner.run() called -> the child
+holds the request) and ``total_s`` (runner.run() called -> outcome returned, including tearing the tree down).
 Medians are reported; ``overhead_s`` is strict minus none.
 
 This file is also the trivial entry module the workers import (``prepare``/``serve``).
@@ -56,8 +56,11 @@ async def _measure(level: str, *, warm: bool, starts: int) -> dict[str, Any]:
                 if warm:
                     await runner.wait_warm(ENTRY, entry_path=here)
                 started_wall, started = time.time(), time.perf_counter()
-                outcome = await runner.run(SandboxJob(entry=ENTRY, input_dir=input_dir, work_dir=Path(tmp) / f"w{index}",
-                                                      request={}, entry_path=here))
+                outcome = await runner.run(
+                    SandboxJob(
+                        entry=ENTRY, input_dir=input_dir, work_dir=Path(tmp) / f"w{index}", request={}, entry_path=here
+                    )
+                )
                 if index:
                     totals.append(time.perf_counter() - started)
                     firsts.append(float(outcome.header["t_request"]) - started_wall)

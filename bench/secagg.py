@@ -559,9 +559,13 @@ def _print(result: dict[str, Any]) -> None:
     if "skipped" in result["flower"]:
         print(f"flower: skipped: {result['flower']['skipped']}")
     else:
-        print(f"flower {result['flower']['flwr_version']}: "
-              + ", ".join(f"n={r['pods']} {r['speedup_vs_flower']:.1f}x slower ({r['speedup_vs_flower_cpu']:.1f}x in CPU "
-                        "time)" for r in result["pod"].values()))
+        print(
+            f"flower {result['flower']['flwr_version']}: "
+            + ", ".join(
+                f"n={r['pods']} {r['speedup_vs_flower']:.1f}x slower ({r['speedup_vs_flower_cpu']:.1f}x in CPU time)"
+                for r in result["pod"].values()
+            )
+        )
     if "flower_skipped" in m:
         print(f"flower modeller: skipped: {m['flower_skipped']}")
     elif "flower_total_s" in m:

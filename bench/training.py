@@ -189,7 +189,9 @@ def _task(epochs: int, kind: TaskKind = "train") -> Any:
     )
 
 
-def _stage(data_path: Path, root: Path, task: Any, datastructure: dict[str, Any], threads: int) -> tuple[Path, dict[str, Any]]:
+def _stage(
+    data_path: Path, root: Path, task: Any, datastructure: dict[str, Any], threads: int
+) -> tuple[Path, dict[str, Any]]:
     """A task's input dir (prepared data and model source) and its worker request."""
     import shutil
 

@@ -193,7 +193,9 @@ def _rotation_statement(state_dir: Path, key: IdentityKey) -> Envelope | None:
     except FileNotFoundError:
         return None
     except (OSError, ProtocolError) as exc:
-        _log.warning("key rotation statement %s unusable (%s); the hub may refuse this key for the pod's name", path, exc)
+        _log.warning(
+            "key rotation statement %s unusable (%s); the hub may refuse this key for the pod's name", path, exc
+        )
         return None
 
 
@@ -316,7 +318,9 @@ class Agent:
             }
             async with asyncio.TaskGroup() as group:
                 runners = [
-                    group.create_task(self._guarded(f"runner-{i}", functools.partial(self._runner, i)), name=f"runner-{i}")
+                    group.create_task(
+                        self._guarded(f"runner-{i}", functools.partial(self._runner, i)), name=f"runner-{i}"
+                    )
                     for i in range(self.settings.training.max_concurrent_tasks)
                 ]
                 others = [group.create_task(self._guarded(name, loop), name=name) for name, loop in loops.items()]

@@ -172,7 +172,9 @@ class HubClient:
                 )
         except aiohttp.WSServerHandshakeError as exc:
             if 400 <= exc.status < 500:
-                raise HubRejected(f"hub refused the WebSocket ({exc.status}): {exc.message}", status=exc.status) from exc
+                raise HubRejected(
+                    f"hub refused the WebSocket ({exc.status}): {exc.message}", status=exc.status
+                ) from exc
             raise HubUnavailable(f"hub WebSocket handshake failed ({exc.status})", status=exc.status) from exc
         except aiohttp.ClientError as exc:
             raise HubUnavailable(f"hub {self.base} unreachable for the WebSocket: {exc}") from exc

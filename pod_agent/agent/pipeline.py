@@ -6,8 +6,8 @@ an optional tensor blob file) that the daemon signs into a ResultPayload.
 ``evaluate`` and ``predict`` go through the sandbox (pod_agent.sandbox),
 training (pod_agent.training) and secure aggregation (pod_agent.secagg), under the
 signer's privacy floor (the prepared input reused from ``data.input_cache`` when an
-earlier task prepared the same selection of the same file) and, for a signer with a dp budget, the noise ``policy.budget``
-plans (added here to the checked update, outside the sandbox, before it is encoded or
+earlier task prepared the same selection of the same file) and, for a signer with a dp budget,
+the noise ``policy.budget`` plans (added here to the checked update, outside the sandbox, before it is encoded or
 masked): the prepared splits' exact row counts and steps are checked here before the
 sandbox starts, and what comes back leaves only as ``egress.py``
 rebuilds it (vocabulary metrics, rounded; progress from typed fields). Failures
@@ -171,7 +171,9 @@ class TaskPipeline:
     async def _schema_stats(self, floor: PrivacyFloor) -> PipelineOutput:
         metrics, rows = await asyncio.to_thread(schema_stats, self._datasource, self._schema)
         if rows < floor.min_rows:
-            raise TaskFailed(FailureCode.TOO_FEW_ROWS.value, f"table has {rows} rows, under min_rows = {floor.min_rows}")
+            raise TaskFailed(
+                FailureCode.TOO_FEW_ROWS.value, f"table has {rows} rows, under min_rows = {floor.min_rows}"
+            )
         return PipelineOutput(metrics=metrics, n_rows=rows)
 
     # -- train / evaluate / predict: data -> sandbox(training.worker) -> contract -> secagg --
@@ -382,7 +384,8 @@ def _check_prepared(task: TaskPayload, floor: PrivacyFloor, rows: Mapping[str, i
     for name in used_splits(task.kind, task.data.split):
         if rows[name] < floor.min_rows:
             raise TaskFailed(
-                FailureCode.TOO_FEW_ROWS.value, f"split {name!r} holds {rows[name]} rows, under min_rows {floor.min_rows}"
+                FailureCode.TOO_FEW_ROWS.value,
+                f"split {name!r} holds {rows[name]} rows, under min_rows {floor.min_rows}",
             )
     steps = effective_steps(task.hyperparameters, rows["train"])
     if task.kind == "train" and steps > floor.max_effective_steps:

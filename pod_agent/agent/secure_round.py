@@ -184,7 +184,9 @@ class _Round:
         for participant in params.participants:
             key = ctx.peers.key_for(participant.pod, participant.key_id)
             if key is None:
-                raise TaskFailed(FailureCode.BAD_ADVERTISEMENT.value, f"participant {participant.pod!r} is not a pinned peer")
+                raise TaskFailed(
+                    FailureCode.BAD_ADVERTISEMENT.value, f"participant {participant.pod!r} is not a pinned peer"
+                )
             self.cohort[participant.pod] = key
 
     def _fields(self) -> dict[str, Any]:
@@ -202,7 +204,9 @@ class _Round:
         answer_s = 2 * stage_s
         roster = await self._modeller_message("roster", AdvertRoster, timeout_s=self.params.advert_timeout_s + answer_s)
         adverts = self._check_roster(roster, mine)
-        peers = {name: PeerKeys(pod=name, c_public_b64=a.c_public, s_public_b64=a.s_public) for name, a in adverts.items()}
+        peers = {
+            name: PeerKeys(pod=name, c_public_b64=a.c_public, s_public_b64=a.s_public) for name, a in adverts.items()
+        }
         try:
             graph = neighbour_graph(sorted(adverts), task_id=self.task.task_id, round_index=self.round)
         except SecAggError as exc:
@@ -213,7 +217,13 @@ class _Round:
                 FailureCode.TOO_FEW_NEIGHBOURS.value,
                 f"{len(neighbours)} neighbours in a graph of threshold {graph.threshold}",
             )
-        common = {"me": self.me, "graph": graph, "peers": peers, "task_id": self.task.task_id, "round_index": self.round}
+        common = {
+            "me": self.me,
+            "graph": graph,
+            "peers": peers,
+            "task_id": self.task.task_id,
+            "round_index": self.round,
+        }
 
         ciphertexts = _encrypt(self.secrets, common)
         shares = EncryptedShares(
@@ -232,7 +242,9 @@ class _Round:
         try:
             held = self._decrypt(received, common)
         except SecAggError as exc:
-            raise TaskFailed(FailureCode.BAD_ROUND_MESSAGE.value, f"a neighbour's shares do not decrypt: {exc}") from exc
+            raise TaskFailed(
+                FailureCode.BAD_ROUND_MESSAGE.value, f"a neighbour's shares do not decrypt: {exc}"
+            ) from exc
 
         blob = await self._release(encoded, blob_path, common, committed)
 
@@ -281,7 +293,9 @@ class _Round:
                     f"the roster forwards an advert for {claimed[:64]!r}, outside the signed task's cohort",
                 )
             if claimed in adverts:
-                raise TaskFailed(FailureCode.BAD_ADVERTISEMENT.value, f"the roster forwards two adverts for {claimed!r}")
+                raise TaskFailed(
+                    FailureCode.BAD_ADVERTISEMENT.value, f"the roster forwards two adverts for {claimed!r}"
+                )
             try:
                 advert = open_envelope(envelope, KeyAdvertisement, key)
             except ProtocolError as exc:
@@ -304,7 +318,9 @@ class _Round:
             raise TaskFailed(FailureCode.BAD_ADVERTISEMENT.value, "two adverts of the roster share a public key")
         return adverts
 
-    def _check_survivors(self, message: SurvivorList, committed: frozenset[str]) -> tuple[frozenset[str], frozenset[str]]:
+    def _check_survivors(
+        self, message: SurvivorList, committed: frozenset[str]
+    ) -> tuple[frozenset[str], frozenset[str]]:
         survivors, dropped = frozenset(message.survivors), frozenset(message.dropped)
         if len(survivors) != len(message.survivors) or len(dropped) != len(message.dropped):
             raise TaskFailed(FailureCode.UNMASK_REFUSED.value, "the survivor list names a pod twice")
@@ -427,7 +443,9 @@ class _Round:
                 raise TaskFailed(FailureCode.BAD_ROUND_MESSAGE.value, f"the hub's answer to the {what}: {exc}") from exc
             except (HubError, OSError, TimeoutError) as exc:
                 if time.monotonic() + RETRY_S >= deadline:
-                    raise TaskFailed(FailureCode.ROUND_TIMEOUT.value, f"the {what} failed until the deadline: {exc}") from exc
+                    raise TaskFailed(
+                        FailureCode.ROUND_TIMEOUT.value, f"the {what} failed until the deadline: {exc}"
+                    ) from exc
                 _log.info("secure round: %s failed (%s); retrying", what, type(exc).__name__)
                 await asyncio.sleep(RETRY_S)
 
@@ -441,7 +459,9 @@ class _Round:
                 message = self._open(reply.messages[0], model, self.modeller, what=f"modeller's {stage} message")
                 return message
             if time.monotonic() >= deadline:
-                raise TaskFailed(FailureCode.ROUND_TIMEOUT.value, f"no {stage} message from the modeller in {timeout_s:g} s")
+                raise TaskFailed(
+                    FailureCode.ROUND_TIMEOUT.value, f"no {stage} message from the modeller in {timeout_s:g} s"
+                )
 
     def _open(self, envelope: Envelope, model: type[_M], key: PublicKey, *, what: str) -> _M:
         try:

@@ -56,7 +56,9 @@ COMMANDS: dict[str, _Command] = {
     "run": _Command("pod_agent.cli.run", "Run the agent: register with the hub, take signed tasks, return results."),
     "tasks": _Command("pod_agent.cli.tasks", "What ran on this pod's data: tasks, outcomes, who signed them."),
     "review": _Command("pod_agent.cli.review", "Review model code before it runs on this pod (security.review)."),
-    "privacy": _Command("pod_agent.cli.privacy", "This pod's differential-privacy budgets and what they have paid for."),
+    "privacy": _Command(
+        "pod_agent.cli.privacy", "This pod's differential-privacy budgets and what they have paid for."
+    ),
     "hub": _Command("pod_agent.cli.hub", "Run and administer the reference hub."),
     "modeller": _Command("pod_agent.cli.modeller", "Modeller side: register, list pods, submit tasks, fetch results."),
 }
@@ -119,7 +121,9 @@ def build_app() -> typer.Typer:
 
     @app.callback()
     def _root(
-        version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+        version: bool = typer.Option(
+            False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
     ) -> None:
         """pod-agent: data stays on this host; only checked, aggregated updates leave it."""
 

@@ -89,7 +89,9 @@ def _privacy_floor(ctx: CheckContext) -> str:
     """The trusted peers and, per modeller, the privacy floor in force (the [privacy] defaults with its own keys)."""
     settings = ctx.settings
     peers = TrustedPeers.from_settings(settings.privacy, own_name=settings.pod.name, own_key=ctx.identity_key.public)
-    lines = [f"{len(peers.names)} trusted secure-aggregation peers (this pod included): {', '.join(sorted(peers.names))}"]
+    lines = [
+        f"{len(peers.names)} trusted secure-aggregation peers (this pod included): {', '.join(sorted(peers.names))}"
+    ]
     if not settings.security.modellers:
         lines.append("no modellers listed: every task is refused")
     lines += [
@@ -160,7 +162,9 @@ def run_checks(config_path: Path, checks: list[NamedCheck] | None = None) -> lis
 def check(
     config: Path = typer.Option(..., "--config", help="The pod's pod.toml."),
 ) -> None:
-    """Validate the config, identity key, datasource, sandbox layers, free ports and hub reachability; exit 1 if any fails."""
+    """Validate the config, identity key, datasource, sandbox layers, free ports and hub reachability.
+
+    Exits 1 if any check fails."""
     results = run_checks(config)
     width = max(len(result.name) for result in results)
     for result in results:

@@ -16,10 +16,16 @@ from pod_agent.protocol import DataSelection, Hyperparameters, Split, model_from
 
 
 def fit_local_cmd(
-    model_file: Path = typer.Argument(..., exists=True, dir_okay=False, help="Model source (.py) or declarative spec (.json)."),
-    data: Path = typer.Option(..., "--data", exists=True, help="CSV or Parquet file (or a directory of Parquet files)."),
+    model_file: Path = typer.Argument(
+        ..., exists=True, dir_okay=False, help="Model source (.py) or declarative spec (.json)."
+    ),
+    data: Path = typer.Option(
+        ..., "--data", exists=True, help="CSV or Parquet file (or a directory of Parquet files)."
+    ),
     target: str = typer.Option(..., "--target", help="Target column."),
-    class_name: str | None = typer.Option(None, "--class", help="Model class in the source (styles lightning, module)."),
+    class_name: str | None = typer.Option(
+        None, "--class", help="Model class in the source (styles lightning, module)."
+    ),
     style: str = typer.Option("lightning", "--style", help="lightning | module | declarative."),
     columns: str | None = typer.Option(None, "--columns", help="Comma-separated feature columns (default: all)."),
     epochs: int | None = typer.Option(None, "--epochs", min=1, help="Epochs (give this or --steps; default 1 epoch)."),

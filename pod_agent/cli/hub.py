@@ -153,7 +153,9 @@ def approve(
     storage = _open_db(db)
     try:
         if not storage.approve_key(key_id, now=int(time.time())):
-            raise HubError(f"key {key_id!r} is not awaiting approval in {db}; `pod-agent hub pending` lists those that are")
+            raise HubError(
+                f"key {key_id!r} is not awaiting approval in {db}; `pod-agent hub pending` lists those that are"
+            )
     finally:
         storage.close()
     typer.echo(f"approved {key_id}")

@@ -30,7 +30,9 @@ from pod_agent.protocol import (
     rotation_statement,
 )
 
-_keys = typer.Typer(name="keys", help="Show or rotate the pod's identity key, or generate a modeller key.", no_args_is_help=True)
+_keys = typer.Typer(
+    name="keys", help="Show or rotate the pod's identity key, or generate a modeller key.", no_args_is_help=True
+)
 
 
 @_keys.command("show")

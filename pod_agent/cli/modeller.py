@@ -187,7 +187,10 @@ def pods(
     ctx: typer.Context,
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     wait_s: float = typer.Option(
-        0.0, "--wait", min=0, help="Wait up to this many seconds for the pods (--pods, else every listed one) to be online."
+        0.0,
+        "--wait",
+        min=0,
+        help="Wait up to this many seconds for the pods (--pods, else every listed one) to be online.",
     ),
     pods_csv: str | None = typer.Option(None, "--pods", help="With --wait: comma-separated pods to wait for."),
 ) -> None:
@@ -234,12 +237,15 @@ def submit(
     steps: int | None = typer.Option(None, "--steps", help="Training steps (instead of epochs)."),
     batch_size: int = typer.Option(64, "--batch-size"),
     learning_rate: float = typer.Option(1e-3, "--lr"),
-    lifetime_s: int = typer.Option(DEFAULT_TASK_LIFETIME_S, "--expires-in", help="Seconds the signed task stays valid."),
+    lifetime_s: int = typer.Option(
+        DEFAULT_TASK_LIFETIME_S, "--expires-in", help="Seconds the signed task stays valid."
+    ),
     encoding: str = typer.Option(DEFAULT_ENCODING, "--encoding", help=ENCODING_HELP),
     weights: Path | None = typer.Option(
-        None, "--weights",
+        None,
+        "--weights",
         help="Safetensors weights (e.g. fedavg-output/final_model.safetensors) the task starts from (train) or "
-             "scores (evaluate, predict); uploaded to the hub and pinned in the task by sha256.",
+        "scores (evaluate, predict); uploaded to the hub and pinned in the task by sha256.",
     ),
     untrained: bool = typer.Option(
         False, "--untrained", help="Let evaluate or predict score the freshly initialised model (no --weights)."

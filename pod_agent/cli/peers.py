@@ -42,7 +42,9 @@ _peers = typer.Typer(name="peers", help="Secure-aggregation peers this pod trust
 def show(config: Path = typer.Option(..., "--config", help="The pod's pod.toml.")) -> None:
     """List the trusted peers (name, key id, pinned or from the roster) and the roster's expiry."""
     settings = load_settings(config)
-    key = IdentityKey.load(settings.pod.identity_key_path, passphrase_from_env(settings.pod.identity_key_passphrase_env))
+    key = IdentityKey.load(
+        settings.pod.identity_key_path, passphrase_from_env(settings.pod.identity_key_passphrase_env)
+    )
     peers = TrustedPeers.from_settings(settings.privacy, own_name=settings.pod.name, own_key=key.public)
     typer.echo(render_peers(peers, own_name=settings.pod.name, roster_path=settings.privacy.federation_roster))
 
@@ -59,12 +61,16 @@ def import_roster(
         f"imported the roster of federation {installed.federation!r}: {len(installed.pods)} pods, "
         f"expires {_utc(installed.expires_at)}"
     )
-    typer.echo(f"written to {settings.privacy.federation_roster} (mode 0644); the agent trusts its pods from its next start")
+    typer.echo(
+        f"written to {settings.privacy.federation_roster} (mode 0644); the agent trusts its pods from its next start"
+    )
 
 
 @_peers.command("sign")
 def sign(
-    key: Path = typer.Option(..., "--key", help="The federation's private key (PEM, e.g. from `pod-agent keys generate`)."),
+    key: Path = typer.Option(
+        ..., "--key", help="The federation's private key (PEM, e.g. from `pod-agent keys generate`)."
+    ),
     federation: str = typer.Option(..., "--federation", help="The federation's name."),
     pods: Path = typer.Option(..., "--pods", help='TOML or JSON file of pod name = "base64 public key".'),
     out: Path = typer.Option(..., "--out", help="Where to write the signed roster (JSON)."),
@@ -85,7 +91,9 @@ def sign(
         out.write_bytes(envelope_bytes(sign_envelope(roster, signer)))
     except OSError as exc:
         raise ConfigError(f"cannot write {out} ({exc.strerror}): choose a writable --out") from exc
-    typer.echo(f"signed the roster of federation {federation!r}: {len(roster.pods)} pods, expires {_utc(roster.expires_at)}")
+    typer.echo(
+        f"signed the roster of federation {federation!r}: {len(roster.pods)} pods, expires {_utc(roster.expires_at)}"
+    )
     typer.echo(f"written to {out}; pod owners import it with `pod-agent peers import {out.name} --config pod.toml`")
     typer.echo("after pinning the federation key in their pod.toml [privacy] table:")
     typer.echo(f'  federation_key = "{signer.public.to_b64()}"')

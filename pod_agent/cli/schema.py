@@ -48,7 +48,10 @@ def render_table(inferred: Schema, why: dict[str, str]) -> str:
         (c.name, c.stype, c.arrow_type, why[c.name], _categories(c.categories)) for c in inferred.columns
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True)) + "  " + row[4] for row in rows]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True)) + "  " + row[4]
+        for row in rows
+    ]
     lines.insert(1, "  ".join("-" * width for width in widths) + "  " + "-" * len(header[4]))
     lines.append(f"{inferred.row_count} rows, {len(inferred.columns)} columns, schema hash {inferred.hash()}")
     counted = [c.name for c in inferred.columns if c.stype == "categorical" and "distinct integers" in why[c.name]]

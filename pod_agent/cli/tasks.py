@@ -131,7 +131,9 @@ def export_tasks(
     """Write every task since DATE as a hash-chained JSON Lines log the pod signs: who signed, model hash,
     kind, outcome or refusal code, rows touched, bytes and privacy budget released."""
     settings = load_settings(config)
-    key = IdentityKey.load(settings.pod.identity_key_path, passphrase_from_env(settings.pod.identity_key_passphrase_env))
+    key = IdentityKey.load(
+        settings.pod.identity_key_path, passphrase_from_env(settings.pod.identity_key_passphrase_env)
+    )
     start = int(since.replace(tzinfo=UTC).timestamp())
     with open_state(settings) as state:
         rows = state.audit_rows(since=start)
@@ -161,7 +163,9 @@ def verify_export_file(
     try:
         lines = file.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        raise StateError(f"cannot read the export {file} ({exc}): pass the file `pod-agent tasks export` wrote") from exc
+        raise StateError(
+            f"cannot read the export {file} ({exc}): pass the file `pod-agent tasks export` wrote"
+        ) from exc
     summary = verify_export(lines, pinned=pinned)
     trust = "the pod's identity key" if pinned is not None else "the key the file names (pass --config to pin it)"
     typer.echo(f"ok: {summary.tasks} task(s) from pod {summary.pod}, chain intact, signed by {trust} "

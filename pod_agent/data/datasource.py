@@ -94,7 +94,9 @@ class Datasource:
             self._schema = Schema(columns=columns, row_count=rows)
         return self._schema
 
-    def batches(self, columns: list[str] | None = None, batch_rows: int = DEFAULT_BATCH_ROWS) -> Iterator[pa.RecordBatch]:
+    def batches(
+        self, columns: list[str] | None = None, batch_rows: int = DEFAULT_BATCH_ROWS
+    ) -> Iterator[pa.RecordBatch]:
         """Record batches of at most ``batch_rows`` rows, typed as ``schema()`` says."""
         if batch_rows < 1:
             raise DataError(f"batch_rows must be at least 1, got {batch_rows}")

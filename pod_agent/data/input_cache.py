@@ -4,9 +4,9 @@ Owns the cache directory (0700, under the pod's state dir) and its entries. An e
 ``data.arrow`` that ``task_input.prepare_task_input`` writes plus its datastructure and the
 file's sha256, keyed by everything the file depends on: the schema hash, the selection
 (target, columns, encoding, scaling, split and its seed), the owner's ``share_categories``,
-the datasource section (how the files are read) and the data files' identity (path, inode, size and mtime of each), so that a changed data
-file makes a new key and its old entries are never read again. A task gets its entry by hard
-link into its own input dir (a copy across filesystems).
+the datasource section (how the files are read) and the data files' identity (path, inode, size
+and mtime of each), so that a changed data file makes a new key and its old entries are never
+read again. A task gets its entry by hard link into its own input dir (a copy across filesystems).
 
 The linked file is the task's input: the sandbox reads it, and at a weak sandbox level a worker
 running as the agent's uid could write it. So an entry is reused only while its bytes still

@@ -112,7 +112,9 @@ class Schema(BaseModel):
             ]
             return cls(columns=columns, row_count=int(public["row_count"]))
         except (KeyError, TypeError, ValueError) as exc:
-            raise DataError(f"public schema unusable ({exc}); re-fetch it from the hub (pod-agent modeller pods)") from exc
+            raise DataError(
+                f"public schema unusable ({exc}); re-fetch it from the hub (pod-agent modeller pods)"
+            ) from exc
 
     @staticmethod
     def public_shares_categories(public: Mapping[str, Any]) -> bool:
@@ -125,7 +127,9 @@ class Schema(BaseModel):
         try:
             return all("categories" in entry for entry in public["columns"] if "n_categories" in entry)
         except (KeyError, TypeError) as exc:
-            raise DataError(f"public schema unusable ({exc}); re-fetch it from the hub (pod-agent modeller pods)") from exc
+            raise DataError(
+                f"public schema unusable ({exc}); re-fetch it from the hub (pod-agent modeller pods)"
+            ) from exc
 
 
 def stype_reason(column: ColumnSchema, *, forced: Stype | None, max_unique: int) -> str:

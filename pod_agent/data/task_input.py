@@ -382,7 +382,9 @@ def _as_float(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
     try:
         floats = pc.cast(column, pa.float64())
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-        raise DataError(f"task input: a continuous column holds non-numeric values ({column.type}); force it to categorical") from exc
+        raise DataError(
+            f"task input: a continuous column holds non-numeric values ({column.type}); force it to categorical"
+        ) from exc
     return np.asarray(floats.to_numpy(zero_copy_only=False), dtype=np.float64)
 
 

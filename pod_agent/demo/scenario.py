@@ -257,7 +257,9 @@ def _central_fit(
     pq.write_table(pa.concat_tables(shares), pooled)
     split = selection.split
     train = round(100 * split.train / (split.train + split.validation))
-    central = selection.model_copy(update={"split": Split(train=train, validation=100 - train, test=0, seed=split.seed)})
+    central = selection.model_copy(
+        update={"split": Split(train=train, validation=100 - train, test=0, seed=split.seed)}
+    )
     section = DatasourceSection(path=pooled, force_stypes={"continuous": CONTINUOUS})
     with _quiet_lightning():
         fit = fit_local(model, data=section, selection=central, hyperparameters=hyper, accelerator="cpu")

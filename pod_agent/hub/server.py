@@ -578,7 +578,9 @@ async def _pod_results(request: web.Request) -> web.Response:
         blob = await hub.db(hub.storage.get_blob, result.blob.sha256)
         owned = await hub.db(hub.storage.blob_owned_by, result.blob.sha256, pod.key_id)
         if blob is None or blob.size_bytes != result.blob.size_bytes or not owned:
-            raise HubError(f"result blob {result.blob.sha256[:12]}... not uploaded by this pod yet; PUT it first", status=424)
+            raise HubError(
+                f"result blob {result.blob.sha256[:12]}... not uploaded by this pod yet; PUT it first", status=424
+            )
     outcome = await hub.db(
         hub.storage.put_result, result.task_id, pod.name, envelope_bytes(envelope),
         status=result.status, now=hub.now(),

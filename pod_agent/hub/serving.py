@@ -38,7 +38,9 @@ def server_tls_context(cert: Path, key: Path) -> ssl.SSLContext:
     try:
         context.load_cert_chain(cert, key)
     except (OSError, ssl.SSLError) as exc:
-        raise HubError(f"TLS certificate {cert} / key {key} cannot be loaded: {exc}; give PEM files that match") from exc
+        raise HubError(
+            f"TLS certificate {cert} / key {key} cannot be loaded: {exc}; give PEM files that match"
+        ) from exc
     return context
 
 
@@ -85,7 +87,9 @@ async def serve(
         app = create_app(storage, blob_dir=blob_dir_for(db), registration=registration, limits=limits)
         async with listening(app, host=host, port=port, tls=tls) as url:
             if tls is None and not is_loopback(host):
-                _log.warning("serving plain http on %s: tasks and results cross the network in clear; use --cert/--key", host)
+                _log.warning(
+                    "serving plain http on %s: tasks and results cross the network in clear; use --cert/--key", host
+                )
             _log.info("hub listening on %s (registration: %s)", url, registration)
             if on_listening is not None:
                 on_listening(url)

@@ -115,7 +115,9 @@ class SqliteStorage:
             self._db.executescript(_SCHEMA)
             _migrate(self._db)
         except sqlite3.Error as exc:
-            raise HubError(f"hub database {self.path!r} cannot be opened: {exc}; check the path and permissions") from exc
+            raise HubError(
+                f"hub database {self.path!r} cannot be opened: {exc}; check the path and permissions"
+            ) from exc
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -380,7 +382,9 @@ class SqliteStorage:
 
     def get_blob(self, sha256: str) -> BlobRecord | None:
         with self._lock:
-            row = self._db.execute("SELECT sha256, size_bytes, created_at FROM blobs WHERE sha256 = ?", (sha256,)).fetchone()
+            row = self._db.execute(
+                "SELECT sha256, size_bytes, created_at FROM blobs WHERE sha256 = ?", (sha256,)
+            ).fetchone()
         return None if row is None else BlobRecord(*row)
 
     def blob_owned_by(self, sha256: str, key_id: str) -> bool:
@@ -566,7 +570,9 @@ def _backfill_blob_owners(db: sqlite3.Connection) -> None:
             refs.append((weights["sha256"], "weights", task_id, ""))
             owners.append((weights["sha256"], modeller_id))
     named = [("result", r) for r in db.execute("SELECT task_id, pod, envelope FROM results")]
-    named += [("masked", r) for r in db.execute("SELECT task_id, sender, envelope FROM round_messages WHERE stage = 'masked'")]
+    named += [
+        ("masked", r) for r in db.execute("SELECT task_id, sender, envelope FROM round_messages WHERE stage = 'masked'")
+    ]
     for kind, (task_id, pod, envelope) in named:
         blob = _payload(envelope).get("blob")
         if isinstance(blob, dict) and isinstance(blob.get("sha256"), str):

@@ -4,8 +4,8 @@ Owns the ``Storage`` protocol (pods, modellers, models, tasks and their per-pod
 deliveries, results, progress, secure-round messages, blob metadata with owners and the
 records that reference each blob, enrolment tokens and keys awaiting approval) and the
 frozen records it returns. Who may read what is answered here as facts (``may_read_blob``,
-``pod_targeted_by``); the server turns a "no" into a refusal. ``sqlite.py`` implements it on stdlib sqlite3; a PostgreSQL backend
-would implement the same protocol. Blob bytes live on disk (``blobs.py``), not
+``pod_targeted_by``); the server turns a "no" into a refusal. ``sqlite.py`` implements it on stdlib
+sqlite3; a PostgreSQL backend would implement the same protocol. Blob bytes live on disk (``blobs.py``), not
 here. Every method is synchronous and short; the server calls them through
 ``asyncio.to_thread``.
 """

@@ -325,7 +325,9 @@ class ModellerClient:
         """Stream a safetensors file to the hub; the hub checks its sha256. Returns its reference."""
         sha256 = await asyncio.to_thread(_file_sha256, path)
         size = path.stat().st_size
-        await self._request("PUT", f"/v1/blobs/{sha256}", reply=Stored, data=file_chunks(path), total_s=self._blob_timeout_s)
+        await self._request(
+            "PUT", f"/v1/blobs/{sha256}", reply=Stored, data=file_chunks(path), total_s=self._blob_timeout_s
+        )
         return BlobRef(sha256=sha256, size_bytes=size, encoding="safetensors")
 
     async def upload_weights(self, path: Path) -> WeightsRef:

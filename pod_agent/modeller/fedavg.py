@@ -6,10 +6,11 @@ average them, apply the mean update, and stop early on a patience rule. The glob
 model a round makes is evaluated by the next round's train tasks before they train
 (``TaskPayload.evaluate_first``: one task per round, not two), so a round's record
 is complete when the next round's results are in; the last round's model is
-evaluated by an evaluate task of its own. Per pod in a plain round, as a cohort mean
-inside the masked sum in a secure one (the pooled means are weighted by training rows).
-The secure sum's modulus is 32 bits when the fixed-point checks say a 32-bit sum cannot
-wrap for this cohort (no masked metrics, and weights within range), else 64. Under secure aggregation a
+evaluated by an evaluate task of its own. A train task's test metrics come back per pod
+in a plain round and only as cohort means inside the masked sum in a secure one (means
+weighted by training rows). The secure sum's modulus is 32 bits when the fixed-point
+checks say a 32-bit sum cannot wrap for this cohort (no masked metrics, and weights
+within range), else 64. Under secure aggregation a
 round is one SecAgg+ run (``secure_round.py``): pods that drop out at any stage are
 left out inside the round, and the survivors' weighted mean comes back without a
 retry. A round is never run again from the same weights: two sums that differ by one
@@ -20,8 +21,8 @@ multiplier for the planned rounds (or, given a multiplier, the rounds that fit),
 pod accounts it (``pod_agent.policy.budget``: one Gaussian release per round, RDP). The tasks carry
 that request (``DpParams``) but each pod adds at least its owner's noise whatever they ask. Under DP
 the secure sum is unweighted (so pods may split the noise variance), pods send no train metrics
-(so no train task evaluates first), and evaluate and schema-stats tasks (exact releases a pod refuses unless its owner allows them) are
-sent only when the plan says the owners allow them.
+(so no train task evaluates first), and evaluate and schema-stats tasks (exact releases a pod refuses
+unless its owner allows them) are sent only when the plan says the owners allow them.
 """
 
 from __future__ import annotations

@@ -108,7 +108,9 @@ class RunReport:
             ax_loss.plot([r.round for r in held], [r.pods[pod].loss for r in held], marker=".", alpha=0.6, label=pod)
             ax_acc.plot([r.round for r in held], [r.pods[pod].accuracy for r in held], marker=".", alpha=0.6, label=pod)
         ax_loss.plot(xs, [r.overall.loss for r in self.rounds], marker="o", color="black", label="federated (all pods)")
-        ax_acc.plot(xs, [r.overall.accuracy for r in self.rounds], marker="o", color="black", label="federated (all pods)")
+        ax_acc.plot(
+            xs, [r.overall.accuracy for r in self.rounds], marker="o", color="black", label="federated (all pods)"
+        )
         if self.central:
             ax_loss.axhline(self.central.overall.loss, linestyle="--", color="red", label="central (pooled data)")
             ax_acc.axhline(self.central.overall.accuracy, linestyle="--", color="red", label="central (pooled data)")

@@ -116,7 +116,9 @@ class _ServerRound:
         except SecAggError as exc:
             raise ModellerError(f"{self.label}: only {members} advertised round keys{self._refusals()}: {exc}") from exc
         self._enough(members, graph.threshold, "advertised round keys")
-        await self._post("roster", AdvertRoster(**self._fields(), adverts=[envelope for _, envelope in adverts.values()]))
+        await self._post(
+            "roster", AdvertRoster(**self._fields(), adverts=[envelope for _, envelope in adverts.values()])
+        )
 
         shared = await self._collect("shares", EncryptedShares, set(members), timeout_s=stage_s)
         committed = sorted(shared)

@@ -4,7 +4,8 @@ Owns ``build_task`` (a TaskPayload ready to sign; its ModelRef comes from
 ``protocol.model_from_file``, which pins the source exactly as the pod will hash it) and the
 modeller's local record of each task it sent (``save_task_record``/``load_task_record``, in a
 folder the CLI keeps beside the modeller key): the hub does not serve a task back, and only the
-task says whether a train result's tensors are an update or weights. Signing and sending are ``client.ModellerClient``'s.
+task says whether a train result's tensors are an update or weights. Signing and sending are
+``client.ModellerClient``'s.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """Policy: the pod's own decision on who may run what, the owner's privacy floor and trusted peers,
-the differential-privacy budgets, the owner's review of model code, and the fixed words (refusal and failure codes) it answers with."""
+the differential-privacy budgets, the owner's review of model code, and the fixed words (refusal and
+failure codes) it answers with."""
 
 from pod_agent.policy.budget import BudgetUse, NoisePlan, budget_report, epsilon, gaussian_event, noise_plan
 from pod_agent.policy.codes import FailureCode, RefusalCode, failure_code_for

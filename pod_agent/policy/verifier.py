@@ -371,7 +371,8 @@ class TaskVerifier:
             )
         if train and hp.batch_size < floor.min_batch_size:
             raise _refuse(
-                RefusalCode.BATCH_TOO_SMALL, f"batch_size {hp.batch_size} is under min_batch_size {floor.min_batch_size}",
+                RefusalCode.BATCH_TOO_SMALL,
+                f"batch_size {hp.batch_size} is under min_batch_size {floor.min_batch_size}",
                 task_id,
             )
         if payload.data is not None:
@@ -447,7 +448,9 @@ class TaskVerifier:
         hp = payload.hyperparameters
         if payload.kind == "train" and hp.epochs is None and hp.steps is None:
             raise _refuse(
-                RefusalCode.LIMITS_EXCEEDED, "a train task must give epochs or steps so its run is bounded", payload.task_id
+                RefusalCode.LIMITS_EXCEEDED,
+                "a train task must give epochs or steps so its run is bounded",
+                payload.task_id,
             )
         if hp.epochs is not None and hp.epochs > modeller.max_epochs:
             raise _refuse(

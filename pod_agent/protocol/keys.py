@@ -149,18 +149,24 @@ class IdentityKey:
             st = os.stat(path)
         except FileNotFoundError as exc:
             raise KeyFileError(
-                f"key file {path} does not exist: create it with `pod-agent init` or `pod-agent keys generate --out {path}`"
+                f"key file {path} does not exist: create it with `pod-agent init` or "
+                f"`pod-agent keys generate --out {path}`"
             ) from exc
         except OSError as exc:
-            raise KeyFileError(f"key file {path} cannot be read ({exc.strerror}): check its path and permissions") from exc
+            raise KeyFileError(
+                f"key file {path} cannot be read ({exc.strerror}): check its path and permissions"
+            ) from exc
         if not stat.S_ISREG(st.st_mode):
             raise KeyFileError(f"key file {path} is not a regular file: point the config at the PEM file")
         if st.st_mode & 0o077:
             raise KeyFileError(
-                f"key file {path} has mode {stat.S_IMODE(st.st_mode):04o}, open to group or others: run `chmod 600 {path}`"
+                f"key file {path} has mode {stat.S_IMODE(st.st_mode):04o}, open to group or others: "
+                f"run `chmod 600 {path}`"
             )
         if st.st_size > MAX_KEY_FILE_BYTES:
-            raise KeyFileError(f"key file {path} is {st.st_size} bytes, too big for a key: point the config at the PEM file")
+            raise KeyFileError(
+                f"key file {path} is {st.st_size} bytes, too big for a key: point the config at the PEM file"
+            )
         try:
             data = path.read_bytes()
         except OSError as exc:
@@ -187,7 +193,9 @@ class IdentityKey:
             os.replace(tmp, path)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
-            raise KeyFileError(f"cannot write key file {path} ({exc.strerror}): check that its directory is writable") from exc
+            raise KeyFileError(
+                f"cannot write key file {path} ({exc.strerror}): check that its directory is writable"
+            ) from exc
 
     @property
     def public(self) -> PublicKey:

@@ -65,7 +65,9 @@ def sign_request(key: IdentityKey, method: str, path: str, body: bytes, *, now: 
     """Headers that authenticate this request as ``key``'s; add them to the request as they are."""
     nonce = secrets.token_hex(16)
     body_sha = sha256_hex(body)
-    message = _string_to_sign(key_id=key.key_id, method=method, path=path, body_sha256=body_sha, timestamp=now, nonce=nonce)
+    message = _string_to_sign(
+        key_id=key.key_id, method=method, path=path, body_sha256=body_sha, timestamp=now, nonce=nonce
+    )
     return {
         HEADER_KEY_ID: key.key_id,
         HEADER_TIMESTAMP: str(now),
@@ -186,13 +188,19 @@ class RequestReplayCache:
             entries = self._keys.setdefault(key_id, _KeyNonces())
             self._expire(entries, now)
             if timestamp <= entries.floor:
-                raise ProtocolError("request timestamp too old for the replay cache: re-sign the request with the current time")
+                raise ProtocolError(
+                    "request timestamp too old for the replay cache: re-sign the request with the current time"
+                )
             if nonce in entries.seen:
-                raise ProtocolError(f"request nonce {nonce} from key {key_id[:16]} was already used: re-sign the request")
+                raise ProtocolError(
+                    f"request nonce {nonce} from key {key_id[:16]} was already used: re-sign the request"
+                )
             while len(entries.seen) >= self._per_key:
                 self._evict_oldest(entries)
             if timestamp <= entries.floor:
-                raise ProtocolError("request timestamp too old for the replay cache: re-sign the request with the current time")
+                raise ProtocolError(
+                    "request timestamp too old for the replay cache: re-sign the request with the current time"
+                )
             if self._total >= self._max:
                 self._shed(now)
             entries.seen.add(nonce)

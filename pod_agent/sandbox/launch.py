@@ -66,7 +66,9 @@ def resolve_identity(sandbox_user: str) -> Identity:
             f"`useradd --system --no-create-home {sandbox_user}` or name another unprivileged user",
         ) from exc
     if entry.pw_uid == 0 or entry.pw_gid == 0:
-        raise SandboxError("no_sandbox_user", f"security.sandbox_user {sandbox_user!r} is uid/gid 0: name an unprivileged user")
+        raise SandboxError(
+            "no_sandbox_user", f"security.sandbox_user {sandbox_user!r} is uid/gid 0: name an unprivileged user"
+        )
     return Identity(sandbox_user, entry.pw_uid, entry.pw_gid, True)
 
 

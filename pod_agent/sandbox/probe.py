@@ -93,7 +93,9 @@ def _probe_uid(sandbox_user: str) -> tuple[LayerReport, Identity | None]:
     if identity.dedicated:
         why = f"workers run as {identity.user} (uid {identity.uid}, gid {identity.gid}, no supplementary groups)"
     else:
-        why = f"agent is unprivileged (uid {identity.uid}); workers share its uid, so namespaces/Landlock hide its files"
+        why = (
+            f"agent is unprivileged (uid {identity.uid}); workers share its uid, so namespaces/Landlock hide its files"
+        )
     return LayerReport("uid", True, why, shares_agent_uid=not identity.dedicated), identity
 
 
@@ -178,9 +180,11 @@ def _worker_package_dir(mine: Path) -> Path:
                            f"{sys.executable} -I could not run to find the pod_agent a worker imports: {exc}") from exc
     path = done.stdout.decode("utf-8", "replace")
     if done.returncode != 0 or not path:
-        raise SandboxError("package_mismatch",
-                           f"this agent runs pod_agent from {mine}, but a sandboxed worker ({sys.executable} -I) "
-                           "cannot import pod_agent at all: " + _FIX_TREE.format(prefix=sys.prefix, checkout=mine.parent))
+        raise SandboxError(
+            "package_mismatch",
+            f"this agent runs pod_agent from {mine}, but a sandboxed worker ({sys.executable} -I) "
+            "cannot import pod_agent at all: " + _FIX_TREE.format(prefix=sys.prefix, checkout=mine.parent),
+        )
     return Path(path).resolve().parent
 
 
@@ -211,12 +215,23 @@ def probe_layers(security: SecuritySection, *, refresh: bool = False) -> list[La
     key = security.sandbox_user
     if refresh or key not in _CACHE:
         uid_report, identity = _probe_uid(security.sandbox_user)
-        reports = (uid_report,
-                   LayerReport("rlimits", True, "CPU, DATA, NOFILE, FSIZE, CORE=0"
-                               + (", NPROC (fallback when no pids cgroup)" if identity is not None and identity.dedicated else
-                                  " (NPROC needs a dedicated uid)")),
-                   _probe_namespaces(identity if uid_report.active else None),
-                   _probe_seccomp(identity), _probe_landlock(identity), _probe_cgroup())
+        reports = (
+            uid_report,
+            LayerReport(
+                "rlimits",
+                True,
+                "CPU, DATA, NOFILE, FSIZE, CORE=0"
+                + (
+                    ", NPROC (fallback when no pids cgroup)"
+                    if identity is not None and identity.dedicated
+                    else " (NPROC needs a dedicated uid)"
+                ),
+            ),
+            _probe_namespaces(identity if uid_report.active else None),
+            _probe_seccomp(identity),
+            _probe_landlock(identity),
+            _probe_cgroup(),
+        )
         _CACHE[key] = reports
     return list(_CACHE[key])
 

@@ -79,8 +79,12 @@ class SandboxRunner:
         reports = probe_layers(security)
         if unsafe_disable_layers:
             log.warning("sandbox layers disabled by unsafe_disable_layers: %s", sorted(unsafe_disable_layers))
-            reports = [LayerReport(r.name, False, "disabled by unsafe_disable_layers") if r.name in unsafe_disable_layers
-                       else r for r in reports]
+            reports = [
+                LayerReport(r.name, False, "disabled by unsafe_disable_layers")
+                if r.name in unsafe_disable_layers
+                else r
+                for r in reports
+            ]
         self.level = security.sandbox
         self.layers = plan_layers(self.level, reports)
         self.gpu = gpu

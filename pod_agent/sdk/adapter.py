@@ -82,4 +82,6 @@ class ModuleAdapter(PodModel):
         return {"predictions": outputs, "targets": y}
 
     def configure_optimizers(self) -> Any:
-        return make_optimizer(str(self.hyperparameters.get("optimizer", "AdamW")), self.parameters(), lr=self.learning_rate)
+        return make_optimizer(
+            str(self.hyperparameters.get("optimizer", "AdamW")), self.parameters(), lr=self.learning_rate
+        )

@@ -114,7 +114,9 @@ def verify_export(lines: Sequence[str], *, pinned: PublicKey | None = None) -> E
     try:
         key.verify(base64.b64decode(str(end.get("signature")), validate=True), str(end.get("prev")).encode("ascii"))
     except (ProtocolError, ValueError) as exc:
-        raise ExportBroken(len(records), f"the signature over the chain does not verify with key {key.key_id[:16]}") from exc
+        raise ExportBroken(
+            len(records), f"the signature over the chain does not verify with key {key.key_id[:16]}"
+        ) from exc
     return ExportSummary(tasks=tasks, pod=str(header.get("pod")), key_id=key.key_id, head=str(end.get("prev")))
 
 

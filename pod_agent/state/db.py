@@ -210,7 +210,8 @@ _TASK_COLUMNS = "task_id, modeller_id, kind, status, reason, envelope_json, crea
 _OUTBOX_COLUMNS = "task_id, result_json, blob_path, created_at, attempts, last_attempt_at"
 _LEDGER_COLUMNS = "task_id, round, modeller_id, dataset, event_json, status, created_at, updated_at"
 _REVIEW_COLUMNS = (
-    "task_id, modeller_id, model_name, model_sha256, model_text, expires_at, created_at, decision, decided_by, decided_at"
+    "task_id, modeller_id, model_name, model_sha256, model_text, expires_at, created_at, decision, decided_by, "
+    "decided_at"
 )
 _APPROVED_COLUMNS = "modeller_id, model_name, model_sha256, model_text, approved_by, approved_at"
 
@@ -290,7 +291,9 @@ class PodState:
         except FileExistsError:
             pass  # another process created it between the check and the open
         except OSError as exc:
-            raise StateError(f"cannot create state database {path} ({exc.strerror}): check that the state_dir is writable") from exc
+            raise StateError(
+                f"cannot create state database {path} ({exc.strerror}): check that the state_dir is writable"
+            ) from exc
         try:
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000)
         except sqlite3.Error as exc:
@@ -309,7 +312,8 @@ class PodState:
             mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise StateError(
-                    f"state database {self._path} cannot use WAL (journal mode {mode}): put the state_dir on a local filesystem"
+                    f"state database {self._path} cannot use WAL (journal mode {mode}): "
+                    "put the state_dir on a local filesystem"
                 )
             self._conn.execute("PRAGMA synchronous = FULL")
             # Foreign keys are switched on after the migrations: a table rebuild (step 4) drops a referenced table.
@@ -344,7 +348,9 @@ class PodState:
                     )
             self._conn.execute("PRAGMA foreign_keys = ON")
         except sqlite3.DatabaseError as exc:
-            raise StateError(f"state database {self._path} is not a usable SQLite file ({exc}): move it aside and restart") from exc
+            raise StateError(
+                f"state database {self._path} is not a usable SQLite file ({exc}): move it aside and restart"
+            ) from exc
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -352,12 +358,16 @@ class PodState:
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
-                raise StateError(f"state database {self._path} is busy or unwritable ({exc}): is another agent using it?") from exc
+                raise StateError(
+                    f"state database {self._path} is busy or unwritable ({exc}): is another agent using it?"
+                ) from exc
             try:
                 yield self._conn
             except sqlite3.Error as exc:
                 self._conn.execute("ROLLBACK")
-                raise StateError(f"state database {self._path} write failed ({exc}): check disk space and permissions") from exc
+                raise StateError(
+                    f"state database {self._path} write failed ({exc}): check disk space and permissions"
+                ) from exc
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
@@ -490,7 +500,9 @@ class PodState:
     def reviews(self, *, pending_only: bool = True) -> list[ReviewRecord]:
         """The review queue oldest first: the undecided reviews, or all of them."""
         where = "WHERE decision IS NULL" if pending_only else ""
-        return [_review(r) for r in self._read(f"SELECT {_REVIEW_COLUMNS} FROM reviews {where} ORDER BY created_at, rowid")]
+        return [
+            _review(r) for r in self._read(f"SELECT {_REVIEW_COLUMNS} FROM reviews {where} ORDER BY created_at, rowid")
+        ]
 
     def review(self, task_id: str) -> ReviewRecord | None:
         rows = self._read(f"SELECT {_REVIEW_COLUMNS} FROM reviews WHERE task_id = ?", (task_id,))
@@ -499,7 +511,8 @@ class PodState:
     def last_approved(self, model_name: str) -> ApprovedModel | None:
         """The newest approval of a model by this name, for any modeller: what a new version is diffed against."""
         rows = self._read(
-            f"SELECT {_APPROVED_COLUMNS} FROM approved_models WHERE model_name = ? ORDER BY approved_at DESC, rowid DESC "
+            f"SELECT {_APPROVED_COLUMNS} FROM approved_models WHERE model_name = ? "
+            "ORDER BY approved_at DESC, rowid DESC "
             "LIMIT 1",
             (model_name,),
         )
@@ -561,7 +574,14 @@ class PodState:
         return [_task(r) for r in rows]
 
     def _close_review(
-        self, conn: sqlite3.Connection, review: ReviewRecord, *, decision: ReviewDecision, by: str, reason: str, now: int
+        self,
+        conn: sqlite3.Connection,
+        review: ReviewRecord,
+        *,
+        decision: ReviewDecision,
+        by: str,
+        reason: str,
+        now: int,
     ) -> None:
         self._decide(conn, review, decision=decision, by=by, now=now)
         self._move(conn, self._locked_task(conn, review.task_id), TaskStatus.REFUSED, now=now, reason=reason)
@@ -598,7 +618,9 @@ class PodState:
         return [_task(r) for r in rows]
 
     def counts(self) -> dict[TaskStatus, int]:
-        found = {str(status): int(str(n)) for status, n in self._read("SELECT status, count(*) FROM tasks GROUP BY status")}
+        found = {
+            str(status): int(str(n)) for status, n in self._read("SELECT status, count(*) FROM tasks GROUP BY status")
+        }
         return {s: found.get(s.value, 0) for s in TaskStatus}
 
     def claim_next(self, *, now: int) -> TaskRecord | None:
@@ -622,7 +644,9 @@ class PodState:
             rows = conn.execute(
                 f"SELECT {_TASK_COLUMNS} FROM tasks WHERE status = 'running' ORDER BY created_at, rowid"
             ).fetchall()
-            return [self._move(conn, _task(r), TaskStatus.ACCEPTED, now=now, reason="interrupted").task_id for r in rows]
+            return [
+                self._move(conn, _task(r), TaskStatus.ACCEPTED, now=now, reason="interrupted").task_id for r in rows
+            ]
 
     def _locked_task(self, conn: sqlite3.Connection, task_id: str) -> TaskRecord:
         row = conn.execute(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
@@ -657,7 +681,9 @@ class PodState:
         rows = self._read(
             "SELECT from_status, to_status, reason, at FROM task_events WHERE task_id = ? ORDER BY id", (task_id,)
         )
-        return [(None if f is None else str(f), str(t), None if r is None else str(r), int(str(a))) for f, t, r, a in rows]
+        return [
+            (None if f is None else str(f), str(t), None if r is None else str(r), int(str(a))) for f, t, r, a in rows
+        ]
 
     # -- outbox ---------------------------------------------------------------------------
 

@@ -89,7 +89,8 @@ class IllegalTransition(StateError):
         self.task_id, self.current, self.wanted = task_id, current, wanted
         allowed = ", ".join(sorted(s.value for s in LEGAL_TRANSITIONS[current])) or "nothing"
         super().__init__(
-            f"task {task_id} cannot go from {current.value} to {wanted.value}; from {current.value} it may go to {allowed}"
+            f"task {task_id} cannot go from {current.value} to {wanted.value}; "
+            f"from {current.value} it may go to {allowed}"
         )
 
 

@@ -134,7 +134,9 @@ def expected_from_safetensors(data: bytes) -> dict[str, TensorSpec]:
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ContractViolation("bad_payload", f"safetensors header is not JSON: {exc}") from exc
     except RecursionError as exc:
-        raise ContractViolation("bad_payload", "safetensors header nests JSON deeper than Python's recursion limit") from exc
+        raise ContractViolation(
+            "bad_payload", "safetensors header nests JSON deeper than Python's recursion limit"
+        ) from exc
     if not isinstance(header, dict) or not all(isinstance(info, dict) for info in header.values()):
         raise ContractViolation("bad_payload", "safetensors header is not a JSON object of tensor entries")
     return {
@@ -209,7 +211,9 @@ def _check_names_and_shapes(
         return
     if task.kind == "predict":
         if set(described) != {"predictions"}:
-            raise ContractViolation("tensor_names", f"predict returned {sorted(described)[:5]}, only 'predictions' allowed")
+            raise ContractViolation(
+                "tensor_names", f"predict returned {sorted(described)[:5]}, only 'predictions' allowed"
+            )
         shape = described["predictions"].shape
         if len(shape) != 2 or shape[0] != n_rows:
             raise ContractViolation("tensor_shape", f"predictions have shape {list(shape)}, expected [{n_rows}, k]")
@@ -248,7 +252,9 @@ def _decode(payload: bytes, described: dict[str, TensorSpec]) -> dict[str, np.nd
         raise ContractViolation("bad_payload", "payload tensor names differ from the header's")
     for name, array in arrays.items():
         if tuple(array.shape) != described[name].shape:
-            raise ContractViolation("bad_payload", f"{name} payload shape {list(array.shape)} differs from the header's")
+            raise ContractViolation(
+                "bad_payload", f"{name} payload shape {list(array.shape)} differs from the header's"
+            )
         if array.dtype != np.float32:
             raise ContractViolation("bad_dtype", f"{name} has dtype {array.dtype}, only float32 is accepted")
         if not np.isfinite(array).all():

@@ -84,7 +84,9 @@ def run_task(request: WorkerRequest, *, input_dir: Path, work_dir: Path, progres
     settings = _settings(request, input_dir)
     task = settings.task
     if task.model is None or task.kind not in ("train", "evaluate", "predict"):
-        raise TrainingError("bad_request", f"kind {task.kind!r} with model={task.model is not None} is not a model task")
+        raise TrainingError(
+            "bad_request", f"kind {task.kind!r} with model={task.model is not None} is not a model task"
+        )
     data_path = input_dir / DATA_FILE_NAME
     # cuBLAS needs this to be deterministic; harmless on CPU and before any CUDA use.
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -197,7 +199,9 @@ class _Progress(pl.Callback):
         self._last = 0.0
         self.last_validated_step = -1
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         if trainer.global_step == 0 and batch_idx == 0:
             self._progress(WorkerProgress(stage="training", epoch=trainer.current_epoch, step=0))
 
@@ -305,7 +309,9 @@ def _train(
     tracker = _Progress(progress)
     trainer = _trainer(settings, work_dir=work_dir, callbacks=[tracker])
     val_loader = _loader(val) if val.n_rows else None
-    _run_stage(lambda: trainer.fit(model, train_dataloaders=_loader(train), val_dataloaders=val_loader), "training_error")
+    _run_stage(
+        lambda: trainer.fit(model, train_dataloaders=_loader(train), val_dataloaders=val_loader), "training_error"
+    )
     metrics |= _scalars(trainer.callback_metrics)
     if val_loader is not None and tracker.last_validated_step != trainer.global_step:
         # Training ended between validations (steps-based): validate the final weights.
@@ -321,7 +327,9 @@ def _loader(batches: SplitBatches) -> torch.utils.data.DataLoader[Any]:
     return torch.utils.data.DataLoader(batches, batch_size=None)
 
 
-def _evaluate(model: PodModel, loaders: Mapping[str, SplitBatches], settings: _Settings, *, work_dir: Path) -> TaskOutput:
+def _evaluate(
+    model: PodModel, loaders: Mapping[str, SplitBatches], settings: _Settings, *, work_dir: Path
+) -> TaskOutput:
     val, test = loaders["validation"], loaders["test"]
     if val.n_rows == 0 and test.n_rows == 0:
         raise TrainingError("empty_split", "neither the validation nor the test split has rows")
@@ -359,7 +367,9 @@ def _accuracy(collect: _CollectTestOutputs) -> float | None:
     return float((preds.argmax(dim=1) == targets).float().mean())
 
 
-def _predict(model: PodModel, loaders: Mapping[str, SplitBatches], settings: _Settings, *, work_dir: Path) -> TaskOutput:
+def _predict(
+    model: PodModel, loaders: Mapping[str, SplitBatches], settings: _Settings, *, work_dir: Path
+) -> TaskOutput:
     split = str(settings.task.hyperparameters.extra.get("predict_split", "test"))
     if split not in loaders:
         raise TrainingError("bad_request", f"split {split!r} is not one of {list(loaders)}")

@@ -56,7 +56,8 @@ def load_pretrained(model: nn.Module, blob: bytes) -> None:
     if missing or unexpected:
         raise TrainingError(
             "weights_mismatch",
-            f"pretrained names differ from the model: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}",
+            f"pretrained names differ from the model: missing {sorted(missing)[:5]}, "
+            f"unexpected {sorted(unexpected)[:5]}",
         )
     for name, tensor in loaded.items():
         if tuple(tensor.shape) != tuple(state[name].shape):
@@ -65,7 +66,9 @@ def load_pretrained(model: nn.Module, blob: bytes) -> None:
                 f"pretrained {name} has shape {list(tensor.shape)}, the model needs {list(state[name].shape)}",
             )
         if torch.is_floating_point(tensor) != torch.is_floating_point(state[name]):
-            raise TrainingError("weights_mismatch", f"pretrained {name} has dtype {tensor.dtype}, the model {state[name].dtype}")
+            raise TrainingError(
+                "weights_mismatch", f"pretrained {name} has dtype {tensor.dtype}, the model {state[name].dtype}"
+            )
         if torch.is_floating_point(tensor) and not bool(torch.isfinite(tensor).all()):
             raise TrainingError("weights_invalid", f"pretrained {name} holds non-finite values")
     with torch.no_grad():

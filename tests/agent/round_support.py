@@ -154,7 +154,9 @@ class RoundRig:
             )
 
 
-async def settle(tasks: dict[str, asyncio.Task[Any]], *, cut: Sequence[str] = (), timeout_s: float = 30.0) -> dict[str, Any]:
+async def settle(
+    tasks: dict[str, asyncio.Task[Any]], *, cut: Sequence[str] = (), timeout_s: float = 30.0
+) -> dict[str, Any]:
     """Each pod's outcome (its RoundOutput or the exception it failed with); a ``cut`` pod hangs like one whose
     link died: it is cancelled once the others finished, and reported as 'cut'."""
     live = [task for name, task in tasks.items() if name not in cut]

@@ -20,7 +20,9 @@ from pod_agent.policy import PrivacyFloor
 from pod_agent.protocol import IdentityKey
 from pod_agent.protocol.messages import ProgressEvent
 
-DAEMON_CSV = "age,hours,TARGET\n" + "".join(f"{20 + i % 40},{i % 60},{'>50K' if i % 3 else '<=50K'}\n" for i in range(100))
+DAEMON_CSV = "age,hours,TARGET\n" + "".join(
+    f"{20 + i % 40},{i % 60},{'>50K' if i % 3 else '<=50K'}\n" for i in range(100)
+)
 
 
 @web.middleware
@@ -40,7 +42,9 @@ async def rig(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[H
 
 
 async def test_schema_stats_round_trip_over_websocket_or_long_poll(rig: HubWithAgent) -> None:
-    task = build_task(modeller_id=rig.modeller.key.key_id, pods=["pod-a"], kind="schema-stats", schema_hash=rig.pod.schema_hash)
+    task = build_task(
+        modeller_id=rig.modeller.key.key_id, pods=["pod-a"], kind="schema-stats", schema_hash=rig.pod.schema_hash
+    )
     await rig.modeller.submit_task(task)
     answers = await rig.modeller.wait_results(task.task_id, ["pod-a"], timeout_s=20)
     result = answers["pod-a"]
@@ -52,7 +56,9 @@ async def test_task_signed_by_an_unknown_modeller_is_refused_with_its_code_only(
     stranger = IdentityKey.generate()
     async with ModellerClient(rig.hub_url, stranger) as other:
         await other.register("stranger")
-        task = build_task(modeller_id=stranger.key_id, pods=["pod-a"], kind="schema-stats", schema_hash=rig.pod.schema_hash)
+        task = build_task(
+            modeller_id=stranger.key_id, pods=["pod-a"], kind="schema-stats", schema_hash=rig.pod.schema_hash
+        )
         await other.submit_task(task)
         answers = await other.wait_results(task.task_id, ["pod-a"], timeout_s=20)
     assert answers == {"pod-a": "unknown_signer"}
@@ -68,7 +74,10 @@ async def test_policy_refusal_comes_back_signed_by_the_pod(rig: HubWithAgent) ->
 
 
 def test_the_daemon_does_not_import_torch_at_start() -> None:
-    code = "import sys, pod_agent.agent.daemon, pod_agent.cli.run; print(sorted(m for m in ('torch', 'lightning', 'pytorch_lightning') if m in sys.modules))"
+    code = (
+        "import sys, pod_agent.agent.daemon, pod_agent.cli.run; "
+        "print(sorted(m for m in ('torch', 'lightning', 'pytorch_lightning') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -100,11 +109,16 @@ async def test_an_unexpected_error_fails_only_its_task_and_the_agent_keeps_servi
     monkeypatch.setattr(TaskPipeline, "_schema_stats", buggy_once)
     results = []
     for _ in range(2):
-        task = build_task(modeller_id=rig.modeller.key.key_id, pods=["pod-a"], kind="schema-stats", schema_hash=rig.pod.schema_hash)
+        task = build_task(
+            modeller_id=rig.modeller.key.key_id, pods=["pod-a"], kind="schema-stats", schema_hash=rig.pod.schema_hash
+        )
         await rig.modeller.submit_task(task)
         results.append((await rig.modeller.wait_results(task.task_id, ["pod-a"], timeout_s=20))["pod-a"])
     first, second = results
-    assert isinstance(first, VerifiedResult) and (first.payload.status, first.payload.reason) == ("failed", "internal_error")
+    assert isinstance(first, VerifiedResult) and (first.payload.status, first.payload.reason) == (
+        "failed",
+        "internal_error",
+    )
     assert isinstance(second, VerifiedResult) and second.payload.status == "done"
     assert "unexpected TypeError at test_daemon.py" in caplog.text and "secret-row-value" not in caplog.text
 
@@ -124,7 +138,9 @@ async def test_an_unexpected_error_in_a_loop_restarts_that_loop_and_the_agent_ke
 
     monkeypatch.setattr(HubClient, "progress", buggy_once)
     for _ in range(2):
-        task = build_task(modeller_id=rig.modeller.key.key_id, pods=["pod-a"], kind="schema-stats", schema_hash=rig.pod.schema_hash)
+        task = build_task(
+            modeller_id=rig.modeller.key.key_id, pods=["pod-a"], kind="schema-stats", schema_hash=rig.pod.schema_hash
+        )
         await rig.modeller.submit_task(task)
         result = (await rig.modeller.wait_results(task.task_id, ["pod-a"], timeout_s=20))["pod-a"]
         assert isinstance(result, VerifiedResult) and result.payload.status == "done"
@@ -157,7 +173,9 @@ async def test_a_registration_held_for_approval_is_asked_again_until_admitted(
         return await handler(request)
 
     async with hub_with_agent(tmp_path, DAEMON_CSV, middlewares=[approve_after_three], stop_within_s=10) as rig:
-        task = build_task(modeller_id=rig.modeller.key.key_id, pods=["pod-a"], kind="schema-stats", schema_hash=rig.pod.schema_hash)
+        task = build_task(
+            modeller_id=rig.modeller.key.key_id, pods=["pod-a"], kind="schema-stats", schema_hash=rig.pod.schema_hash
+        )
         await rig.modeller.submit_task(task)
         result = (await rig.modeller.wait_results(task.task_id, ["pod-a"], timeout_s=20))["pod-a"]
     assert isinstance(result, VerifiedResult) and result.payload.status == "done"

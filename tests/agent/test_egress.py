@@ -29,9 +29,19 @@ class _Progress:
 
 @pytest.mark.parametrize(
     ("raw", "name"),
-    [("val_loss", "val_loss"), ("val_acc", "val_accuracy"), ("test_auroc", "test_auc"), ("train_loss_epoch", "train_loss"),
-     ("r2", "r2"), ("train_loss_step", None), ("diagnosis=HIV", None), ("row_17_age", None), ("val_loss ", None),
-     ("loss/val", None), ("VAL_LOSS", None)],
+    [
+        ("val_loss", "val_loss"),
+        ("val_acc", "val_accuracy"),
+        ("test_auroc", "test_auc"),
+        ("train_loss_epoch", "train_loss"),
+        ("r2", "r2"),
+        ("train_loss_step", None),
+        ("diagnosis=HIV", None),
+        ("row_17_age", None),
+        ("val_loss ", None),
+        ("loss/val", None),
+        ("VAL_LOSS", None),
+    ],
 )
 def test_only_vocabulary_names_may_leave(raw: str, name: str | None) -> None:
     assert vocabulary_name(raw) == name
@@ -81,7 +91,10 @@ def test_at_most_max_metrics_leave_in_vocabulary_order_not_the_sandboxs() -> Non
     assert list(reported_metrics(metrics, digits=3, max_metrics=3)) == list(METRIC_VOCABULARY[:3])
 
 
-@given(st.floats(allow_nan=False, allow_infinity=False, allow_subnormal=False, min_value=-1e30, max_value=1e30), st.integers(1, 7))
+@given(
+    st.floats(allow_nan=False, allow_infinity=False, allow_subnormal=False, min_value=-1e30, max_value=1e30),
+    st.integers(1, 7),
+)
 def test_rounding_keeps_at_most_the_floors_digits(value: float, digits: int) -> None:
     rounded = round_significant(value, digits)
     mantissa = f"{rounded:.{digits + 3}e}".split("e")[0].replace("-", "").replace(".", "")

@@ -16,7 +16,9 @@ from pod_agent.protocol.messages import DataSelection, Hyperparameters, ModelRef
 pytestmark = pytest.mark.slow
 
 # Enough rows that every split clears the default privacy.min_rows, so evaluate is admitted.
-CSV = "age,hours,TARGET\n" + "".join(f"{20 + i % 40},{i % 60},{'>50K' if i % 40 > 20 else '<=50K'}\n" for i in range(3000))
+CSV = "age,hours,TARGET\n" + "".join(
+    f"{20 + i % 40},{i % 60},{'>50K' if i % 40 > 20 else '<=50K'}\n" for i in range(3000)
+)
 MEMORY_MB = 2048
 MEMORY_HOG = f"""
 import torch
@@ -32,7 +34,9 @@ class Hog(nn.Module):
     def forward(self, inputs, labels=None):
         hoard = torch.ones({2 * MEMORY_MB} << 20, dtype=torch.uint8)
         outputs = self.body(inputs) + hoard[0]
-        return {{"outputs": outputs, "loss": F.cross_entropy(outputs, labels)}} if labels is not None else {{"outputs": outputs}}
+        if labels is None:
+            return {{"outputs": outputs}}
+        return {{"outputs": outputs, "loss": F.cross_entropy(outputs, labels)}}
 """
 
 
@@ -47,9 +51,15 @@ async def test_a_model_allocating_twice_the_memory_cap_fails_as_memory_exceeded(
 ) -> None:
     modeller, pod = hub_and_pod
     task = build_task(
-        modeller_id=modeller.key.key_id, pods=["pod-a"], kind="evaluate", schema_hash=pod.schema_hash,
-        model=ModelRef(style="module", name="hog", class_name="Hog", source=MEMORY_HOG, sha256=source_sha256(MEMORY_HOG)),
-        data=DataSelection(target="TARGET"), hyperparameters=Hyperparameters(epochs=1),
+        modeller_id=modeller.key.key_id,
+        pods=["pod-a"],
+        kind="evaluate",
+        schema_hash=pod.schema_hash,
+        model=ModelRef(
+            style="module", name="hog", class_name="Hog", source=MEMORY_HOG, sha256=source_sha256(MEMORY_HOG)
+        ),
+        data=DataSelection(target="TARGET"),
+        hyperparameters=Hyperparameters(epochs=1),
     ).model_copy(update={"limits": TaskLimits(memory_mb=MEMORY_MB)})
     await modeller.submit_task(task)
     result = (await modeller.wait_results(task.task_id, ["pod-a"], timeout_s=120))["pod-a"]

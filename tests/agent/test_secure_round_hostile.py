@@ -36,7 +36,9 @@ async def _collect(rig: RoundRig, task: TaskPayload, stage: Stage, n: int) -> li
     deadline = time.monotonic() + WAIT_S
     count, envelopes = 0, []
     while count < n and time.monotonic() < deadline:
-        count, envelopes = await rig.modeller.round_messages(task.task_id, task.secagg.round, stage, after=count, wait_s=1)
+        count, envelopes = await rig.modeller.round_messages(
+            task.task_id, task.secagg.round, stage, after=count, wait_s=1
+        )
     assert count >= n, f"only {count} {stage} messages"
     return envelopes
 
@@ -132,7 +134,9 @@ async def test_survivor_lists_that_differ_between_pods_fail_the_consistency_chec
         # Decided once the (long-polling) request is answered: the lie is ready by then.
         if (request.method == "GET" and request.path.endswith("/survivors") and "lie" in shown
                 and request.headers.get("X-Pod-Key-Id") == shown["pod-0"].decode()):
-            return web.json_response({"count": 1, "messages": [Envelope.model_validate_json(shown["lie"]).model_dump()]})
+            return web.json_response(
+                {"count": 1, "messages": [Envelope.model_validate_json(shown["lie"]).model_dump()]}
+            )
         return response
 
     async with round_rig(tmp_path, 3, middlewares=[hub_shows_pod_0_another_list]) as rig:

@@ -39,5 +39,11 @@ def test_only_aggregate_names_are_returned(tmp_path: Path) -> None:
     ds = open_datasource(DatasourceSection(path=path))
     metrics, rows = stats.schema_stats(ds, ds.schema())
     assert rows == 3
-    assert metrics == {"rows": 3.0, "nulls.x": 1.0, "nulls.city": 0.0, "mean.x": 2.5, "std.x": pytest.approx(math.sqrt(2))}
+    assert metrics == {
+        "rows": 3.0,
+        "nulls.x": 1.0,
+        "nulls.city": 0.0,
+        "mean.x": 2.5,
+        "std.x": pytest.approx(math.sqrt(2)),
+    }
     assert not any("oslo" in k or "bergen" in k for k in metrics)

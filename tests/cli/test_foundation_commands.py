@@ -30,7 +30,17 @@ def _no_pod_agent_env(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def initialised(cli, tmp_path: Path, adult_parquet: Path) -> Path:
     config = tmp_path / "pod.toml"
-    result = cli("init", "--config", str(config), "--name", "clinic", "--data", str(adult_parquet), "--state-dir", str(tmp_path / "state"))
+    result = cli(
+        "init",
+        "--config",
+        str(config),
+        "--name",
+        "clinic",
+        "--data",
+        str(adult_parquet),
+        "--state-dir",
+        str(tmp_path / "state"),
+    )
     assert result.code == 0, result.err
     return config
 
@@ -55,7 +65,9 @@ def test_init_refuses_to_overwrite_without_force(cli, initialised: Path, tmp_pat
     before = key.read_bytes(), initialised.read_text()
     result = cli("init", "--config", str(initialised), "--state-dir", str(tmp_path / "state"))
     assert result.code == 2
-    assert result.err.strip() == f"pod-agent: error: {initialised} already exists - edit it, or pass --force to replace it"
+    assert (
+        result.err.strip() == f"pod-agent: error: {initialised} already exists - edit it, or pass --force to replace it"
+    )
     assert (key.read_bytes(), initialised.read_text()) == before
 
 
@@ -70,7 +82,9 @@ def test_init_refuses_to_replace_an_existing_key(cli, initialised: Path, tmp_pat
 def test_init_force_replaces_config_and_key(cli, initialised: Path, tmp_path: Path) -> None:
     key = tmp_path / "state" / "identity.pem"
     before = key.read_bytes()
-    result = cli("init", "--config", str(initialised), "--state-dir", str(tmp_path / "state"), "--name", "renamed", "--force")
+    result = cli(
+        "init", "--config", str(initialised), "--state-dir", str(tmp_path / "state"), "--name", "renamed", "--force"
+    )
     assert result.code == 0, result.err
     assert key.read_bytes() != before
     assert load_settings(initialised).pod.name == "renamed"
@@ -144,7 +158,9 @@ def test_check_prints_the_floor_in_force_for_each_modeller(cli, initialised: Pat
 
 
 def test_check_fails_when_the_hub_cannot_be_reached(cli, initialised: Path) -> None:
-    initialised.write_text(initialised.read_text().replace('url = "http://127.0.0.1:8700"', 'url = "http://127.0.0.1:9"', 1))
+    initialised.write_text(
+        initialised.read_text().replace('url = "http://127.0.0.1:8700"', 'url = "http://127.0.0.1:9"', 1)
+    )
     result = cli("check", "--config", str(initialised))
     assert result.code == 1
     (hub_line,) = [line for line in result.out.splitlines() if line.split()[1:2] == ["hub"]]
@@ -243,7 +259,11 @@ def test_console_script_error_has_no_traceback(tmp_path: Path, write_file) -> No
         text=True,
     )
     assert proc.returncode == 3
-    assert proc.stderr == f"pod-agent: error: {bad}: line 3 has 1 fields, expected 2 - fix that row (or set datasource.csv_delimiter if the file uses another separator)\n"
+    assert (
+        proc.stderr
+        == f"pod-agent: error: {bad}: line 3 has 1 fields, expected 2 - fix that row "
+        "(or set datasource.csv_delimiter if the file uses another separator)\n"
+    )
     assert "Traceback" not in proc.stdout + proc.stderr
 
 

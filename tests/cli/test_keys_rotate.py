@@ -36,7 +36,9 @@ def test_rotate_keeps_old_and_new_during_the_overlap_and_refuses_the_old_after(
     old.save(state_dir / "identity.pem")
     (tmp_path / "data.csv").write_text("a,b\n1,2\n")
     config = tmp_path / "pod.toml"
-    config.write_text(f'[pod]\nname = "clinic"\nstate_dir = "{state_dir}"\n[datasource]\npath = "{tmp_path / "data.csv"}"\n')
+    config.write_text(
+        f'[pod]\nname = "clinic"\nstate_dir = "{state_dir}"\n[datasource]\npath = "{tmp_path / "data.csv"}"\n'
+    )
 
     rotated = cli("keys", "rotate", "--config", str(config), "--overlap-days", "2")
     assert rotated.code == 0, rotated.err

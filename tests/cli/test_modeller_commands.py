@@ -127,7 +127,9 @@ def test_evaluate_without_weights_is_refused_unless_untrained(desk: Desk) -> Non
 
 def test_returns_weights_is_signed_into_the_train_task_and_refused_for_evaluate(desk: Desk) -> None:
     weights = _weights(desk.tmp / "start.safetensors")
-    result = desk.modeller(*_SUBMIT, "--kind", "train", "--epochs", "1", "--weights", str(weights), "--returns", "weights")
+    result = desk.modeller(
+        *_SUBMIT, "--kind", "train", "--epochs", "1", "--weights", str(weights), "--returns", "weights"
+    )
     assert result.code == 0, result.err
     assert desk.hub_task(result.out.strip()).returns == "weights"
     wrong = desk.modeller(*_SUBMIT, "--kind", "evaluate", "--weights", str(weights), "--returns", "weights")
@@ -155,7 +157,9 @@ def _store_result(desk: Desk, task_id: str, pod: str, *, blob: BlobRef | None, m
     )
     storage = desk.storage()
     try:
-        storage.put_result(task_id, pod, envelope_bytes(sign_envelope(payload, desk.pod_keys[pod])), status="done", now=1)
+        storage.put_result(
+            task_id, pod, envelope_bytes(sign_envelope(payload, desk.pod_keys[pod])), status="done", now=1
+        )
     finally:
         storage.close()
 

@@ -85,7 +85,11 @@ def test_a_signed_roster_is_imported_and_its_pods_shown_beside_the_pinned_ones(
     assert lines[0].startswith(f"federation roster: 'acme health' from {installed}, issued ")
     assert " expires " in lines[0]
     rows = [line.split() for line in lines[2:5]]
-    assert [(row[0], row[2:]) for row in rows] == [("pod-a", ["this", "pod"]), ("pod-b", ["pinned"]), ("pod-c", ["roster"])]
+    assert [(row[0], row[2:]) for row in rows] == [
+        ("pod-a", ["this", "pod"]),
+        ("pod-b", ["pinned"]),
+        ("pod-c", ["roster"]),
+    ]
     assert rows[1][1] == PINNED.key_id and rows[2][1] == LISTED["pod-c"].key_id
     assert lines[5] == f"note: the roster lists 'pod-b' with key {LISTED['pod-b'].key_id[:16]}; the pinned key is used"
 
@@ -152,7 +156,10 @@ def test_sign_takes_a_json_pods_file_and_pins_every_key(cli, tmp_path: Path, fed
     out = tmp_path / "roster.json"
     pinned = _signed(cli, federation_pem, pods, out)
     envelope = parse_envelope(out.read_bytes())
-    assert envelope.signer == IdentityKey.load(federation_pem).key_id and pinned == IdentityKey.load(federation_pem).public.to_b64()
+    assert (
+        envelope.signer == IdentityKey.load(federation_pem).key_id
+        and pinned == IdentityKey.load(federation_pem).public.to_b64()
+    )
     assert envelope.payload["pods"] == [
         {"name": name, "public_key": LISTED[name].public.to_b64()} for name in sorted(LISTED)
     ]
@@ -161,7 +168,11 @@ def test_sign_takes_a_json_pods_file_and_pins_every_key(cli, tmp_path: Path, fed
 @pytest.mark.parametrize(
     ("name", "content", "message"),
     [
-        ("pods.toml", '"pod-b" = "bm90IGEga2V5"\n', r"entry 'pod-b': public_key: Value error, not a base64 Ed25519 public key"),
+        (
+            "pods.toml",
+            '"pod-b" = "bm90IGEga2V5"\n',
+            r"entry 'pod-b': public_key: Value error, not a base64 Ed25519 public key",
+        ),
         ("pods.toml", '"Pod B" = "x"\n', r"entry 'Pod B': name: String should match pattern"),
         ("pods.json", '{"pod-b": 1}', "must map each pod name to its base64 public key"),
         ("pods.txt", "", "must end in .toml or .json"),

@@ -40,7 +40,9 @@ def _record(state: PodState, key: IdentityKey, kind: str, *, now: int, refused: 
     return task.task_id
 
 
-def test_list_shows_newest_first_with_outcome_modeller_and_model_hash(cli, pod: tuple[Path, PodState, IdentityKey]) -> None:
+def test_list_shows_newest_first_with_outcome_modeller_and_model_hash(
+    cli, pod: tuple[Path, PodState, IdentityKey]
+) -> None:
     config, state, alice = pod
     trained = _record(state, alice, "train", now=1_800_000_000)
     state.claim_next(now=1_800_000_001)

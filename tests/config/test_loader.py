@@ -146,7 +146,9 @@ def test_unknown_section_is_an_error(pod_toml) -> None:
 
 def test_bad_value_names_key_value_and_fix(pod_toml) -> None:
     path = pod_toml(MINIMAL.replace('path = "data.csv"', 'path = "data.csv"\nformat = "xlsx"'))
-    with pytest.raises(ConfigError, match=r"pod\.toml: datasource\.format = 'xlsx' is invalid: .*'csv'.* - set a valid value"):
+    with pytest.raises(
+        ConfigError, match=r"pod\.toml: datasource\.format = 'xlsx' is invalid: .*'csv'.* - set a valid value"
+    ):
         load_settings(path)
 
 
@@ -200,5 +202,8 @@ def test_several_problems_are_counted_in_one_line(pod_toml) -> None:
 
 
 def test_unknown_csv_encoding_is_refused(pod_toml) -> None:
-    with pytest.raises(ConfigError, match=r"pod\.toml: datasource\.csv_encoding: unknown text encoding 'klingon'; use a Python codec name"):
+    with pytest.raises(
+        ConfigError,
+        match=r"pod\.toml: datasource\.csv_encoding: unknown text encoding 'klingon'; use a Python codec name",
+    ):
         load_settings(pod_toml(MINIMAL + 'csv_encoding = "klingon"\n'))

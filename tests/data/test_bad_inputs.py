@@ -53,7 +53,10 @@ def test_ragged_row_line_counts_skipped_lines(write_file, section) -> None:
 
 def test_mixed_types_in_a_column(write_file, section) -> None:
     rows = "".join(f"{i},x\n" for i in range(100)) + "n/a-ish,y\n"
-    _fails(section(write_file("t.csv", "a,b\n" + rows)), r"column 'a' mixes numbers \(data row 1\) and text \(data row 101: 'n/a-ish'\)")
+    _fails(
+        section(write_file("t.csv", "a,b\n" + rows)),
+        r"column 'a' mixes numbers \(data row 1\) and text \(data row 101: 'n/a-ish'\)",
+    )
 
 
 def test_non_utf8_file(write_file, section) -> None:
@@ -67,11 +70,17 @@ def test_non_utf8_header(write_file, section) -> None:
 
 
 def test_no_header_without_column_names(write_file, section) -> None:
-    _fails(section(write_file("t.csv", "1,2\n"), csv_has_header=False), r"csv_column_names is empty - list the column names")
+    _fails(
+        section(write_file("t.csv", "1,2\n"), csv_has_header=False),
+        r"csv_column_names is empty - list the column names",
+    )
 
 
 def test_column_names_that_do_not_match_the_header(write_file, section) -> None:
-    _fails(section(write_file("t.csv", "a,b\n1,2\n"), csv_column_names=["x"]), r"header has 2 columns but csv_column_names lists 1")
+    _fails(
+        section(write_file("t.csv", "a,b\n1,2\n"), csv_column_names=["x"]),
+        r"header has 2 columns but csv_column_names lists 1",
+    )
 
 
 def test_duplicate_header_names(write_file, section) -> None:
@@ -80,11 +89,17 @@ def test_duplicate_header_names(write_file, section) -> None:
 
 def test_forced_column_that_does_not_exist(write_file, section) -> None:
     path = write_file("t.csv", "a,b\n1,2\n")
-    _fails(section(path, force_stypes={"categorical": ["TARGET"]}), r"force_stypes\.categorical names column 'TARGET', which does not exist - the columns are \['a', 'b'\]")
+    _fails(
+        section(path, force_stypes={"categorical": ["TARGET"]}),
+        r"force_stypes\.categorical names column 'TARGET', which does not exist - the columns are \['a', 'b'\]",
+    )
 
 
 def test_ignored_column_that_does_not_exist(write_file, section) -> None:
-    _fails(section(write_file("t.csv", "a,b\n1,2\n"), ignore_cols=["ssn"]), r"ignore_cols names columns that do not exist: \['ssn'\]")
+    _fails(
+        section(write_file("t.csv", "a,b\n1,2\n"), ignore_cols=["ssn"]),
+        r"ignore_cols names columns that do not exist: \['ssn'\]",
+    )
 
 
 def test_ignoring_every_column(write_file, section) -> None:
@@ -96,7 +111,10 @@ def test_empty_parquet_file(write_file, section) -> None:
 
 
 def test_garbage_declared_parquet(write_file, section) -> None:
-    _fails(section(write_file("t.parquet", b"not parquet at all"), format="parquet"), r"t\.parquet: cannot read as Parquet \(.*\) - check the file")
+    _fails(
+        section(write_file("t.parquet", b"not parquet at all"), format="parquet"),
+        r"t\.parquet: cannot read as Parquet \(.*\) - check the file",
+    )
 
 
 def test_parquet_without_rows(write_parquet, section) -> None:
@@ -114,4 +132,7 @@ def test_forced_category_explosion(write_file, section, monkeypatch) -> None:
 
     monkeypatch.setattr(csvsource, "MAX_FORCED_CATEGORIES", 5)
     rows = "".join(f"{i}\n" for i in range(100))
-    _fails(section(write_file("t.csv", "a\n" + rows), force_stypes={"categorical": ["a"]}), r"forced categorical but has more than 5 distinct values")
+    _fails(
+        section(write_file("t.csv", "a\n" + rows), force_stypes={"categorical": ["a"]}),
+        r"forced categorical but has more than 5 distinct values",
+    )

@@ -123,7 +123,9 @@ def test_high_cardinality_integers_are_continuous_and_strings_text(write_file, s
 
 def test_mixed_numbers_and_text_name_the_column_and_rows(write_file, section) -> None:
     path = write_file("t.csv", "a,b\n1,x\n2,y\nthree,z\n")
-    with pytest.raises(DataError, match=r"column 'a' mixes numbers \(data row 1\) and text \(data row 3: 'three'\).*force_stypes\.text"):
+    with pytest.raises(
+        DataError, match=r"column 'a' mixes numbers \(data row 1\) and text \(data row 3: 'three'\).*force_stypes\.text"
+    ):
         open_datasource(section(path)).schema()
 
 

@@ -55,7 +55,10 @@ def test_directory_of_files_is_one_table(tmp_path, write_parquet, section) -> No
 def test_directory_whose_files_disagree_is_refused(tmp_path, write_parquet, section) -> None:
     write_parquet("dir/a.parquet", COLUMNS)
     write_parquet("dir/b.parquet", {**COLUMNS, "age": ["30", "40", "50", "60"]})
-    with pytest.raises(DataError, match=r"Parquet files disagree on schema: column 'age' is int64 in a\.parquet but string in b\.parquet"):
+    with pytest.raises(
+        DataError,
+        match=r"Parquet files disagree on schema: column 'age' is int64 in a\.parquet but string in b\.parquet",
+    ):
         open_datasource(section(tmp_path / "dir"))
 
 
@@ -82,7 +85,10 @@ def test_dictionary_columns_are_decoded(tmp_path, section) -> None:
 
 def test_unusable_type_is_refused_unless_ignored(tmp_path, section) -> None:
     pq.write_table(pa.table({"a": [1, 2], "tags": [[1], [2, 3]]}), tmp_path / "l.parquet")
-    with pytest.raises(DataError, match=r"column 'tags' has type list<.*>, which pod-agent cannot use - add it to datasource\.ignore_cols"):
+    with pytest.raises(
+        DataError,
+        match=r"column 'tags' has type list<.*>, which pod-agent cannot use - add it to datasource\.ignore_cols",
+    ):
         open_datasource(section(tmp_path / "l.parquet")).schema()
     assert open_datasource(section(tmp_path / "l.parquet", ignore_cols=["tags"])).schema().names() == ["a"]
 
@@ -97,7 +103,11 @@ def test_forced_types_cast_the_batches(write_parquet, section) -> None:
 
 def test_forced_continuous_on_text_is_refused(write_parquet, section) -> None:
     path = write_parquet("t.parquet", {"name": ["ann", "bob"]})
-    with pytest.raises(DataError, match=r"column 'name' is forced continuous but does not convert to double \(Failed to parse string: '(ann|bob)'"):
+    with pytest.raises(
+        DataError,
+        match=r"column 'name' is forced continuous but does not convert to double "
+        r"\(Failed to parse string: '(ann|bob)'",
+    ):
         open_datasource(section(path, force_stypes={"continuous": ["name"]})).schema()
 
 

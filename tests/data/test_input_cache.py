@@ -55,7 +55,12 @@ def test_a_changed_data_file_is_prepared_again(tmp_path: Path) -> None:
     changed = _source(path, 500, seed=1)
     after = _prepare(cache, changed, tmp_path / "task2").read_bytes()
     assert after != before
-    assert after == prepare_task_input(changed, changed.schema(), SELECTION, tmp_path / "f", share_categories=False).path.read_bytes()
+    assert (
+        after
+        == prepare_task_input(
+            changed, changed.schema(), SELECTION, tmp_path / "f", share_categories=False
+        ).path.read_bytes()
+    )
 
 
 def test_an_entry_written_through_a_tasks_link_is_not_reused(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

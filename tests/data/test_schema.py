@@ -28,7 +28,12 @@ def test_hash_is_stable_across_reads(write_file, section) -> None:
 
 @pytest.mark.parametrize(
     "changed",
-    [{"name": "gender"}, {"arrow_type": "large_string"}, {"categories": ["f", "m", "x"]}, {"stype": "text", "categories": None}],
+    [
+        {"name": "gender"},
+        {"arrow_type": "large_string"},
+        {"categories": ["f", "m", "x"]},
+        {"stype": "text", "categories": None},
+    ],
 )
 def test_hash_changes_with_name_type_or_categories(changed: dict[str, object]) -> None:
     assert _with(**changed).hash() != BASE.hash()
@@ -46,7 +51,9 @@ def test_public_view_hides_categories_unless_shared() -> None:
 
 
 def test_column_lookup_names_the_choices() -> None:
-    with pytest.raises(DataError, match=r"column 'income' is not in the datasource schema - choose one of \['age', 'sex'\]"):
+    with pytest.raises(
+        DataError, match=r"column 'income' is not in the datasource schema - choose one of \['age', 'sex'\]"
+    ):
         BASE.column("income")
 
 

@@ -69,7 +69,13 @@ def test_shared_categories_name_slots_and_classes_by_value(tmp_path: Path) -> No
     ds = _source(tmp_path, _table(300))
     shared = prepare_task_input(ds, ds.schema(), SELECTION, tmp_path / "shared", share_categories=True)
     hidden = prepare_task_input(ds, ds.schema(), SELECTION, tmp_path / "hidden", share_categories=False)
-    assert shared.datastructure["feature_names"] == ["colour=blue", "colour=green", "colour=red", "colour=<other>", "size"]
+    assert shared.datastructure["feature_names"] == [
+        "colour=blue",
+        "colour=green",
+        "colour=red",
+        "colour=<other>",
+        "size",
+    ]
     assert shared.datastructure["target_categories"] == ["no", "yes"]
     np.testing.assert_array_equal(_read(shared.path)[0], _read(hidden.path)[0])
 

@@ -32,7 +32,10 @@ def test_submit_signs_a_declarative_train_task_pinned_to_the_spec(
         ("pod-x", pod_key.key_id, pod_key.public.to_b64(), json.dumps(schema.public(False)), "c" * 64,
          schema.row_count, "strict", 15.0, now, now),
     )
-    spec = {"layers": [{"type": "Linear", "in_features": "input_size", "out_features": "n_classes"}], "loss": "CrossEntropy"}
+    spec = {
+        "layers": [{"type": "Linear", "in_features": "input_size", "out_features": "n_classes"}],
+        "loss": "CrossEntropy",
+    }
     spec_file = tmp_path / "spec.json"
     spec_file.write_text(json.dumps(spec))
     task_id = cluster.modeller.cli(
@@ -41,7 +44,9 @@ def test_submit_signs_a_declarative_train_task_pinned_to_the_spec(
         "--work-dir", str(tmp_path / "work"),
     ).stdout.strip()
     (raw,) = cluster.hub.query("SELECT envelope FROM tasks WHERE task_id = ?", (task_id,))[0]
-    task = open_envelope(parse_envelope(bytes(raw)), TaskPayload, PublicKey.from_b64(cluster.modeller.key.public.to_b64()))
+    task = open_envelope(
+        parse_envelope(bytes(raw)), TaskPayload, PublicKey.from_b64(cluster.modeller.key.public.to_b64())
+    )
     assert task.kind == "train" and task.pods == ["pod-x"] and task.schema_hash == "c" * 64
     assert task.model is not None and task.model.spec == spec and task.model.sha256 == spec_sha256(spec)
     assert task.data is not None and task.data.target == "label"

@@ -38,8 +38,13 @@ def _plan(sites: list[PodSite], *, secure: bool) -> FedAvgPlan:
     model = ModelRef(style="lightning", name="adult-mlp", class_name=MODEL_CLASS, source=source,
                      sha256=source_sha256(source))
     return FedAvgPlan(
-        model=model, pods=[s.name for s in sites], selection=DataSelection(target="TARGET", categorical_encoding="hashed"),
-        rounds=1, batch_size=128, learning_rate=5e-3, secure=SECURE if secure else None,
+        model=model,
+        pods=[s.name for s in sites],
+        selection=DataSelection(target="TARGET", categorical_encoding="hashed"),
+        rounds=1,
+        batch_size=128,
+        learning_rate=5e-3,
+        secure=SECURE if secure else None,
     )
 
 
@@ -129,7 +134,9 @@ def test_a_pod_dropping_out_of_a_secure_round_is_named_and_the_round_completes_w
     done = asyncio.run(train())
     assert done.returncode == 0, done.stderr[-3000:]
     # SecAgg+ leaves it out inside the round: no second round from the same weights.
-    assert f"pods ['pod-slow'] dropped out; the round completed with {sorted(names)}" in done.stderr, done.stderr[-3000:]
+    assert f"pods ['pod-slow'] dropped out; the round completed with {sorted(names)}" in done.stderr, done.stderr[
+        -3000:
+    ]
     assert "retrying" not in done.stderr
     assert "round 1: loss" in done.stdout
     assert sorted(p.name for p in out.iterdir()) == ["curves.png", "final_model.safetensors", "report.md", "rounds"]

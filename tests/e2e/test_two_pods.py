@@ -20,7 +20,9 @@ pytestmark = pytest.mark.slow
 
 
 
-def test_two_pods_return_signed_schema_stats_to_the_modeller_cli(cluster: Cluster, adult_csv: Path, small_csv: Path, tmp_path: Path) -> None:
+def test_two_pods_return_signed_schema_stats_to_the_modeller_cli(
+    cluster: Cluster, adult_csv: Path, small_csv: Path, tmp_path: Path
+) -> None:
     a = cluster.add_pod("adult-a", adult_csv)
     b = cluster.add_pod("adult-b", adult_csv)
     wait_for(lambda: cluster.online("adult-a", "adult-b"), what="both pods registered")
@@ -52,5 +54,10 @@ def test_two_pods_return_signed_schema_stats_to_the_modeller_cli(cluster: Cluste
     record = subprocess.run([POD_AGENT, "tasks", "list", "--config", str(a.config), "--json"],
                             capture_output=True, text=True, check=True)
     (entry,) = json.loads(record.stdout)
-    assert (entry["task_id"], entry["kind"], entry["outcome"], entry["delivered"]) == (task_id, "schema-stats", "done", True)
+    assert (entry["task_id"], entry["kind"], entry["outcome"], entry["delivered"]) == (
+        task_id,
+        "schema-stats",
+        "done",
+        True,
+    )
     assert a.terminate() == 0 and b.terminate() == 0

@@ -16,7 +16,11 @@ from pod_agent.protocol.messages import ResultPayload
 
 async def _setup(hub: Any) -> tuple[IdentityKey, IdentityKey]:
     modeller, pod = IdentityKey.generate(), IdentityKey.generate()
-    assert (await hub.caller(modeller).call("POST", "/v1/modellers/register", {"name": "m", "public_key": modeller.public.to_b64()}))[0] == 200
+    assert (
+        await hub.caller(modeller).call(
+            "POST", "/v1/modellers/register", {"name": "m", "public_key": modeller.public.to_b64()}
+        )
+    )[0] == 200
     assert (await hub.caller(pod).call("POST", "/v1/pods/register", hub.pod_registration(pod, "pod-a")))[0] == 200
     return modeller, pod
 
@@ -27,7 +31,9 @@ def _task(modeller: IdentityKey, pods: list[str]) -> bytes:
 
 
 def _result(pod: IdentityKey, task_id: str, *, rows: int = 10) -> bytes:
-    payload = ResultPayload(task_id=task_id, pod="pod-a", kind="schema-stats", status="done", n_rows=rows, produced_at=1)
+    payload = ResultPayload(
+        task_id=task_id, pod="pod-a", kind="schema-stats", status="done", n_rows=rows, produced_at=1
+    )
     return envelope_bytes(sign_envelope(payload, pod))
 
 
@@ -65,7 +71,9 @@ async def test_tampered_body_is_rejected(hub: Any) -> None:
     modeller = IdentityKey.generate()
     body = canonical_json({"name": "m", "public_key": modeller.public.to_b64()})
     headers = sign_request(modeller, "POST", "/v1/modellers/register", body, now=int(time.time()))
-    async with hub.session.post(hub.base + "/v1/modellers/register", data=body.replace(b'"m"', b'"x"'), headers=headers) as resp:
+    async with hub.session.post(
+        hub.base + "/v1/modellers/register", data=body.replace(b'"m"', b'"x"'), headers=headers
+    ) as resp:
         assert resp.status == 401
         assert "body does not match" in (await resp.json())["error"]
 
@@ -123,7 +131,9 @@ async def test_task_submission_is_idempotent_and_conflicts_on_other_content(hub:
     assert (status, body["outcome"]) == (200, "duplicate")
     other = json.loads(_task(modeller, ["pod-a"]))
     other_payload = json.loads(raw)["payload"]
-    forged = sign_envelope_dict(modeller, {**json.loads(json.dumps(other["payload"])), "task_id": other_payload["task_id"]})
+    forged = sign_envelope_dict(
+        modeller, {**json.loads(json.dumps(other["payload"])), "task_id": other_payload["task_id"]}
+    )
     assert (await hub.caller(modeller).call("POST", "/v1/tasks", raw=forged))[0] == 409
 
 
@@ -233,7 +243,14 @@ async def test_model_versions_are_immutable_and_pinned_by_sha256(hub: Any) -> No
 
     modeller, pod = await _setup(hub)
     source = "class Net: pass\n"
-    body = {"name": "net", "version": "1", "style": "module", "class_name": "Net", "source": source, "sha256": source_sha256(source)}
+    body = {
+        "name": "net",
+        "version": "1",
+        "style": "module",
+        "class_name": "Net",
+        "source": source,
+        "sha256": source_sha256(source),
+    }
     assert (await hub.caller(modeller).call("POST", "/v1/models", body))[0] == 201
     assert (await hub.caller(modeller).call("POST", "/v1/models", body))[1]["outcome"] == "duplicate"
     changed = {**body, "source": source + "# x\n", "sha256": source_sha256(source + "# x\n")}

@@ -37,7 +37,9 @@ async def _register(hub: Any) -> dict[str, IdentityKey]:
         body = {"name": name, "public_key": keys[name].public.to_b64()}
         assert (await hub.caller(keys[name]).call("POST", "/v1/modellers/register", body))[0] == 200
     for name in ("pod-a", "pod-b", "stranger-p"):
-        assert (await hub.caller(keys[name]).call("POST", "/v1/pods/register", hub.pod_registration(keys[name], name)))[0] == 200
+        assert (await hub.caller(keys[name]).call("POST", "/v1/pods/register", hub.pod_registration(keys[name], name)))[
+            0
+        ] == 200
     return keys
 
 
@@ -45,7 +47,9 @@ async def _task(hub: Any, modeller: IdentityKey, pods: list[str], weights: Weigh
     payload = build_task(modeller_id=modeller.key_id, pods=pods, kind="schema-stats", schema_hash="a" * 64)
     if weights is not None:
         payload = payload.model_copy(update={"weights": weights})
-    assert (await hub.caller(modeller).call("POST", "/v1/tasks", raw=envelope_bytes(sign_envelope(payload, modeller))))[0] == 201
+    assert (await hub.caller(modeller).call("POST", "/v1/tasks", raw=envelope_bytes(sign_envelope(payload, modeller))))[
+        0
+    ] == 201
     return payload.task_id
 
 
@@ -54,7 +58,9 @@ async def test_weights_reach_the_targeted_pod_and_results_reach_the_task_modelle
     weights = os.urandom(4096)
     status, _, weights_sha = await _put(hub, keys["modeller"], weights)
     assert status == 201
-    task_id = await _task(hub, keys["modeller"], ["pod-a"], WeightsRef(blob_id=weights_sha, sha256=weights_sha, size_bytes=4096))
+    task_id = await _task(
+        hub, keys["modeller"], ["pod-a"], WeightsRef(blob_id=weights_sha, sha256=weights_sha, size_bytes=4096)
+    )
 
     assert await _get(hub, keys["pod-a"], weights_sha) == (200, weights)
     assert await _get(hub, keys["modeller"], weights_sha) == (200, weights)
@@ -69,7 +75,11 @@ async def test_weights_reach_the_targeted_pod_and_results_reach_the_task_modelle
         task_id=task_id, pod="pod-a", kind="schema-stats", status="done", produced_at=1,
         blob=BlobRef(sha256=update_sha, size_bytes=2048, encoding="safetensors"),
     )
-    assert (await hub.caller(keys["pod-a"]).call("POST", "/v1/pod/results", raw=envelope_bytes(sign_envelope(result, keys["pod-a"]))))[0] == 201
+    assert (
+        await hub.caller(keys["pod-a"]).call(
+            "POST", "/v1/pod/results", raw=envelope_bytes(sign_envelope(result, keys["pod-a"]))
+        )
+    )[0] == 201
     assert await _get(hub, keys["modeller"], update_sha) == (200, update)
     assert await _get(hub, keys["pod-a"], update_sha) == (200, update)
     for outsider in ("pod-b", "stranger-p", "stranger-m"):

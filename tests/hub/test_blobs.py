@@ -36,7 +36,9 @@ def _write_random(path: Path, size: int) -> str:
     return digest.hexdigest()
 
 
-async def test_large_blob_streams_to_disk_and_back_with_bounded_memory(hub: Any, modeller: ModellerClient, tmp_path: Path) -> None:
+async def test_large_blob_streams_to_disk_and_back_with_bounded_memory(
+    hub: Any, modeller: ModellerClient, tmp_path: Path
+) -> None:
     source = tmp_path / "weights.safetensors"
     sha = _write_random(source, BLOB_MB << 20)
     tracemalloc.start()

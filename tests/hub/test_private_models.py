@@ -19,9 +19,15 @@ SOURCE = "class Net:\n    pass\n"
 async def _keys(hub: Any) -> dict[str, IdentityKey]:
     keys = {name: IdentityKey.generate() for name in ("owner", "stranger-m", "pod-a", "pod-b")}
     for name in ("owner", "stranger-m"):
-        assert (await hub.caller(keys[name]).call("POST", "/v1/modellers/register", {"name": name, "public_key": keys[name].public.to_b64()}))[0] == 200
+        assert (
+            await hub.caller(keys[name]).call(
+                "POST", "/v1/modellers/register", {"name": name, "public_key": keys[name].public.to_b64()}
+            )
+        )[0] == 200
     for name in ("pod-a", "pod-b"):
-        assert (await hub.caller(keys[name]).call("POST", "/v1/pods/register", hub.pod_registration(keys[name], name)))[0] == 200
+        assert (await hub.caller(keys[name]).call("POST", "/v1/pods/register", hub.pod_registration(keys[name], name)))[
+            0
+        ] == 200
     return keys
 
 
@@ -37,14 +43,22 @@ async def test_a_private_model_is_hidden_from_strangers_and_served_to_targeted_p
     assert (await hub.caller(keys["owner"]).call("GET", "/v1/models/net/1"))[1]["source"] == SOURCE
 
     task = build_task(modeller_id=keys["owner"].key_id, pods=["pod-a"], kind="schema-stats", schema_hash="a" * 64)
-    assert (await hub.caller(keys["owner"]).call("POST", "/v1/tasks", raw=envelope_bytes(sign_envelope(task, keys["owner"]))))[0] == 201
+    assert (
+        await hub.caller(keys["owner"]).call(
+            "POST", "/v1/tasks", raw=envelope_bytes(sign_envelope(task, keys["owner"]))
+        )
+    )[0] == 201
     status, body = await hub.caller(keys["pod-a"]).call("GET", "/v1/models/net/1")
     assert status == 200 and body["source"] == SOURCE
     assert (await hub.caller(keys["pod-b"]).call("GET", "/v1/models/net/1"))[0] == 404
     assert (await hub.caller(keys["stranger-m"]).call("GET", "/v1/models/net/1"))[0] == 404
     # A stranger's task targeting pod-b does not open the owner's model to pod-b.
     other = build_task(modeller_id=keys["stranger-m"].key_id, pods=["pod-b"], kind="schema-stats", schema_hash="a" * 64)
-    assert (await hub.caller(keys["stranger-m"]).call("POST", "/v1/tasks", raw=envelope_bytes(sign_envelope(other, keys["stranger-m"]))))[0] == 201
+    assert (
+        await hub.caller(keys["stranger-m"]).call(
+            "POST", "/v1/tasks", raw=envelope_bytes(sign_envelope(other, keys["stranger-m"]))
+        )
+    )[0] == 201
     assert (await hub.caller(keys["pod-b"]).call("GET", "/v1/models/net/1"))[0] == 404
 
 
@@ -73,7 +87,9 @@ async def test_a_model_published_with_cli_public_is_served_to_every_registered_k
         assert status == 200 and body["source"] == SOURCE, who
     # Private by default through the client, and the owner may share it later by publishing it again.
     async with ModellerClient(hub.base, keys["owner"]) as owner:
-        await owner.publish_model(name="later", version="1", style="module", source=SOURCE, sha256=source_sha256(SOURCE), class_name="Net")
+        await owner.publish_model(
+            name="later", version="1", style="module", source=SOURCE, sha256=source_sha256(SOURCE), class_name="Net"
+        )
         assert (await hub.caller(keys["stranger-m"]).call("GET", "/v1/models/later/1"))[0] == 404
         assert await owner.publish_model(
             name="later", version="1", style="module", source=SOURCE, sha256=source_sha256(SOURCE), class_name="Net",

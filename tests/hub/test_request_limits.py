@@ -85,7 +85,12 @@ async def test_unsigned_large_bodies_are_refused_before_being_read_and_memory_st
         # Signed by an unknown key: refused on the key, before the body, on any route but registration.
         unknown = IdentityKey.generate()
         forged = [
-            _post_big(session, base + "/v1/tasks", body, sign_request(unknown, "POST", "/v1/tasks", body, now=int(time.time())))
+            _post_big(
+                session,
+                base + "/v1/tasks",
+                body,
+                sign_request(unknown, "POST", "/v1/tasks", body, now=int(time.time())),
+            )
             for _ in range(5)
         ]
         statuses = await asyncio.gather(*unsigned, *forged)
@@ -138,9 +143,15 @@ async def test_a_flooding_stranger_cannot_lock_out_honest_pods_and_modellers(mak
     cache sheds the flooder's entries only, and the honest pod and modeller are still served."""
     hub = await make_hub(limits=HubLimits(replay_entries=100, replay_entries_per_key=40, rate_burst=10_000))
     modeller, pod, stranger = IdentityKey.generate(), IdentityKey.generate(), IdentityKey.generate()
-    assert (await hub.caller(modeller).call("POST", "/v1/modellers/register", {"name": "m", "public_key": modeller.public.to_b64()}))[0] == 200
+    assert (
+        await hub.caller(modeller).call(
+            "POST", "/v1/modellers/register", {"name": "m", "public_key": modeller.public.to_b64()}
+        )
+    )[0] == 200
     assert (await hub.caller(pod).call("POST", "/v1/pods/register", hub.pod_registration(pod, "pod-a")))[0] == 200
-    assert (await hub.caller(stranger).call("POST", "/v1/pods/register", hub.pod_registration(stranger, "evil")))[0] == 200
+    assert (await hub.caller(stranger).call("POST", "/v1/pods/register", hub.pod_registration(stranger, "evil")))[
+        0
+    ] == 200
 
     async def stamped(key: IdentityKey, path: str, skew: int) -> int:
         headers = sign_request(key, "GET", path, b"", now=int(time.time()) + skew)
@@ -162,7 +173,11 @@ async def test_a_key_over_its_rate_gets_429_with_retry_after_and_others_are_serv
     hub = await make_hub(limits=HubLimits(rate_per_s=0.5, rate_burst=3))
     busy, calm = IdentityKey.generate(), IdentityKey.generate()
     for key, name in ((busy, "busy"), (calm, "calm")):
-        assert (await hub.caller(key).call("POST", "/v1/modellers/register", {"name": name, "public_key": key.public.to_b64()}))[0] == 200
+        assert (
+            await hub.caller(key).call(
+                "POST", "/v1/modellers/register", {"name": name, "public_key": key.public.to_b64()}
+            )
+        )[0] == 200
     statuses = [(await hub.caller(busy).call("GET", "/v1/pods"))[0] for _ in range(3)]
     assert statuses == [200, 200, 429]
     headers = sign_request(busy, "GET", "/v1/pods", b"", now=int(time.time()))
@@ -171,6 +186,9 @@ async def test_a_key_over_its_rate_gets_429_with_retry_after_and_others_are_serv
         assert "--rate-per-s" in (await resp.json())["error"]
     assert (await hub.caller(calm).call("GET", "/v1/pods"))[0] == 200
     # Requests forged under the busy key's id spend nothing of another key's bucket.
-    async with hub.session.get(hub.base + "/v1/pods", headers={**sign_request(calm, "GET", "/v1/pods", b"", now=int(time.time())), "X-Pod-Signature": "AAAA"}) as resp:
+    async with hub.session.get(
+        hub.base + "/v1/pods",
+        headers={**sign_request(calm, "GET", "/v1/pods", b"", now=int(time.time())), "X-Pod-Signature": "AAAA"},
+    ) as resp:
         assert resp.status == 401
     assert (await hub.caller(calm).call("GET", "/v1/pods"))[0] == 200

@@ -27,7 +27,9 @@ async def _cohort(hub: Any) -> tuple[IdentityKey, dict[str, IdentityKey], str]:
     for name, key in pods.items():
         assert (await hub.caller(key).call("POST", "/v1/pods/register", hub.pod_registration(key, name)))[0] == 200
     task = build_task(modeller_id=modeller.key_id, pods=["pod-a", "pod-b"], kind="schema-stats", schema_hash="a" * 64)
-    assert (await hub.caller(modeller).call("POST", "/v1/tasks", raw=envelope_bytes(sign_envelope(task, modeller))))[0] == 201
+    assert (await hub.caller(modeller).call("POST", "/v1/tasks", raw=envelope_bytes(sign_envelope(task, modeller))))[
+        0
+    ] == 201
     return modeller, pods, task.task_id
 
 
@@ -41,7 +43,9 @@ async def test_a_cohort_pod_posts_its_advert_once_and_a_different_second_one_is_
     first = envelope_bytes(sign_envelope(_advert(task_id, "pod-a"), pods["pod-a"]))
     assert (await hub.caller(pods["pod-a"]).call("POST", path, raw=first))[0] == 201
     assert (await hub.caller(pods["pod-a"]).call("POST", path, raw=first))[1]["outcome"] == "duplicate"
-    other = envelope_bytes(sign_envelope(_advert(task_id, "pod-a", c=base64.b64encode(b"d" * 32).decode()), pods["pod-a"]))
+    other = envelope_bytes(
+        sign_envelope(_advert(task_id, "pod-a", c=base64.b64encode(b"d" * 32).decode()), pods["pod-a"])
+    )
     status, body = await hub.caller(pods["pod-a"]).call("POST", path, raw=other)
     assert status == 409 and "one message per sender and stage" in body["error"]
     status, got = await hub.caller(modeller).call("GET", path + "?wait=0")
@@ -65,14 +69,22 @@ async def test_outsiders_wrong_senders_and_other_rounds_are_refused(hub: Any) ->
     replayed = envelope_bytes(sign_envelope(_advert(task_id, "pod-a", round_index=1), pods["pod-a"]))
     status, body = await hub.caller(pods["pod-a"]).call("POST", path, raw=replayed)
     assert status == 400 and "not the URL's" in body["error"]
-    committed = envelope_bytes(sign_envelope(CommittedList(task_id=task_id, round=0, committed=["pod-a"]), pods["pod-a"]))
+    committed = envelope_bytes(
+        sign_envelope(CommittedList(task_id=task_id, round=0, committed=["pod-a"]), pods["pod-a"])
+    )
     assert (await hub.caller(pods["pod-a"]).call("POST", round_path(task_id, 0, "committed"), raw=committed))[0] == 403
-    status, body = await hub.caller(pods["pod-a"]).call("POST", round_path(task_id, 0, "advert"), raw=b"x" * (MAX_STAGE_BYTES["advert"] + 1))
+    status, body = await hub.caller(pods["pod-a"]).call(
+        "POST", round_path(task_id, 0, "advert"), raw=b"x" * (MAX_STAGE_BYTES["advert"] + 1)
+    )
     assert status == 413
     # The modeller may post its own stages only.
     signed = envelope_bytes(sign_envelope(CommittedList(task_id=task_id, round=0, committed=["pod-a"]), modeller))
     assert (await hub.caller(modeller).call("POST", round_path(task_id, 0, "committed"), raw=signed))[0] == 201
-    assert (await hub.caller(modeller).call("POST", path, raw=envelope_bytes(sign_envelope(_advert(task_id, "pod-a"), modeller))))[0] == 403
+    assert (
+        await hub.caller(modeller).call(
+            "POST", path, raw=envelope_bytes(sign_envelope(_advert(task_id, "pod-a"), modeller))
+        )
+    )[0] == 403
 
 
 async def test_a_pod_reads_only_the_ciphertexts_addressed_to_it(hub: Any) -> None:
@@ -80,7 +92,9 @@ async def test_a_pod_reads_only_the_ciphertexts_addressed_to_it(hub: Any) -> Non
     path = round_path(task_id, 0, "shares")
     for sender, receiver in (("pod-a", "pod-b"), ("pod-b", "pod-a")):
         shares = EncryptedShares(task_id=task_id, round=0, pod=sender, ciphertexts={receiver: f"Zm9y{sender[-1]}A=="})
-        assert (await hub.caller(pods[sender]).call("POST", path, raw=envelope_bytes(sign_envelope(shares, pods[sender]))))[0] == 201
+        assert (
+            await hub.caller(pods[sender]).call("POST", path, raw=envelope_bytes(sign_envelope(shares, pods[sender])))
+        )[0] == 201
     status, got = await hub.caller(pods["pod-b"]).call("GET", path)
     assert status == 200 and got == {"count": 2, "shares": {"pod-a": "Zm9yaA=="}}
     status, got = await hub.caller(modeller).call("GET", path)

@@ -122,8 +122,18 @@ def test_cli_reports_an_unsafe_hub_url_in_one_line(tmp_path: Path) -> None:
     key = tmp_path / "m.pem"
     IdentityKey.generate().save(key)
     done = subprocess.run(
-        [str(Path(sys.executable).parent / "pod-agent"), "modeller", "--hub", "http://192.0.2.1:8700", "--key", str(key), "pods"],
-        capture_output=True, text=True, timeout=60,
+        [
+            str(Path(sys.executable).parent / "pod-agent"),
+            "modeller",
+            "--hub",
+            "http://192.0.2.1:8700",
+            "--key",
+            str(key),
+            "pods",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 2  # a ConfigError: the option, not the hub, is wrong
     assert done.stderr.strip().count("\n") == 0

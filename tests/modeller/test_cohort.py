@@ -48,8 +48,13 @@ async def test_a_round_the_pods_refuse_says_refused_with_their_codes(
     async with ModellerClient(local_hub.url, IdentityKey.generate()) as client:
         await client.register("m")
         secagg = SecAggParams(
-            prime_q=2**20, precision=2**16, num_workers=2, round=1, participants=await client.participants(["pod-a", "pod-b"]),
-            advert_timeout_s=30.0, stage_timeout_s=5.0,
+            prime_q=2**20,
+            precision=2**16,
+            num_workers=2,
+            round=1,
+            participants=await client.participants(["pod-a", "pod-b"]),
+            advert_timeout_s=30.0,
+            stage_timeout_s=5.0,
         )
         task = build_task(modeller_id=client.key.key_id, pods=["pod-a", "pod-b"], kind="train", schema_hash="a" * 64,
                           model=_MODEL, data=DataSelection(target="y"), secagg=secagg)

@@ -52,7 +52,9 @@ def _pod(name: str, colour_categories: int) -> PodInfo:
 
 
 def test_hashed_encoding_gives_pods_with_different_categories_one_model_shape() -> None:
-    planned = cohort_datastructure([_pod("a", 3), _pod("b", 7)], DataSelection(target="label", categorical_encoding="hashed"))
+    planned = cohort_datastructure(
+        [_pod("a", 3), _pod("b", 7)], DataSelection(target="label", categorical_encoding="hashed")
+    )
     assert planned["n_classes"] == 2
     assert planned["input_size"] == 1 + 64
 
@@ -66,7 +68,10 @@ def test_an_averaged_variance_never_goes_below_zero() -> None:
     from pod_agent.modeller.fedavg import apply_mean_update
 
     weights = {"bn.running_var": np.array([0.5, 0.1], dtype=np.float32), "w": np.array([1.0, -1.0], dtype=np.float32)}
-    new = apply_mean_update(weights, {"bn.running_var": np.array([-0.2, -0.3], dtype=np.float32), "w": np.array([-3.0, 0.5], dtype=np.float32)})
+    new = apply_mean_update(
+        weights,
+        {"bn.running_var": np.array([-0.2, -0.3], dtype=np.float32), "w": np.array([-3.0, 0.5], dtype=np.float32)},
+    )
     np.testing.assert_allclose(new["bn.running_var"], [0.3, 0.0])
     np.testing.assert_allclose(new["w"], [-2.0, -0.5])
 

@@ -19,7 +19,9 @@ def test_many_metrics_follow_the_table_one_line_each() -> None:
         ["pod-a", "done", "-", "pinned", "-"],
         ["pod-b", "refused", "too_few_pods", "unsigned", "-"],
     ]
-    assert [line.split() for line in lines[3:]] == [["pod-a", name, f"{value:.4g}"] for name, value in sorted(stats.items())]
+    assert [line.split() for line in lines[3:]] == [
+        ["pod-a", name, f"{value:.4g}"] for name, value in sorted(stats.items())
+    ]
 
 
 def test_few_metrics_are_columns_and_the_file_says_what_it_holds() -> None:

@@ -61,7 +61,9 @@ def test_a_split_of_a_few_rows_is_refused_for_every_kind(
     make_pod: Callable[..., Pod], alice: IdentityKey, kind: str
 ) -> None:
     tiny_test = DataSelection(target="income", split=Split(train=99, validation=0, test=1))
-    make_pod(row_count=10_000).accept(signed(make_task(alice, kind=kind, data=tiny_test), alice))  # 100 rows: at the floor
+    make_pod(row_count=10_000).accept(
+        signed(make_task(alice, kind=kind, data=tiny_test), alice)
+    )  # 100 rows: at the floor
     refusal = make_pod(row_count=9_999).refusal(signed(make_task(alice, kind=kind, data=tiny_test), alice))
     assert refusal.code == RefusalCode.SPLIT_TOO_SMALL.value
     assert "'test' would hold about 99 rows, under min_rows 100" in refusal.detail
@@ -110,7 +112,9 @@ def test_a_pinned_peer_name_under_another_key_is_refused(pod: Pod, alice: Identi
     assert pod.refusal(signed(task, alice)).code == RefusalCode.UNKNOWN_PEER.value
 
 
-def test_a_modellers_own_floor_replaces_the_default(make_pod: Callable[..., Pod], alice: IdentityKey, bob: IdentityKey) -> None:
+def test_a_modellers_own_floor_replaces_the_default(
+    make_pod: Callable[..., Pod], alice: IdentityKey, bob: IdentityKey
+) -> None:
     strict_bob = ModellerPolicy(name="bob", public_key=bob.public.to_b64(), role="super",
                                 privacy=PrivacyFloorOverride(min_pods=4, min_batch_size=128))
     relaxed_alice = ModellerPolicy(name="alice", public_key=alice.public.to_b64(), role="super",

@@ -90,13 +90,17 @@ def test_roster_peers_stop_counting_when_the_roster_expires(signed: Path) -> Non
 
 
 def test_an_expired_roster_is_refused_with_the_fix(signed: Path) -> None:
-    with pytest.raises(ConfigError, match=r"expired 2023-12-14 22:13:20Z: get a current roster .*`pod-agent peers import"):
+    with pytest.raises(
+        ConfigError, match=r"expired 2023-12-14 22:13:20Z: get a current roster .*`pod-agent peers import"
+    ):
         trusted(privacy(signed), now=NOW + 30 * DAY)
 
 
 def test_a_roster_signed_by_another_key_is_refused(tmp_path: Path) -> None:
     path = write(tmp_path / "r.json", sign_envelope(roster(), STRANGER))
-    with pytest.raises(ConfigError, match=f"signed by key {STRANGER.key_id[:16]}, not the pinned privacy.federation_key"):
+    with pytest.raises(
+        ConfigError, match=f"signed by key {STRANGER.key_id[:16]}, not the pinned privacy.federation_key"
+    ):
         trusted(privacy(path))
 
 
@@ -104,7 +108,9 @@ def test_a_roster_altered_after_signing_is_refused(tmp_path: Path) -> None:
     envelope = sign_envelope(roster(), FEDERATION)
     pods = [*cast(list[object], envelope.payload["pods"]), {"name": "pod-evil", "public_key": STRANGER.public.to_b64()}]
     forged = envelope.model_copy(update={"payload": envelope.payload | {"pods": pods}})
-    with pytest.raises(ConfigError, match="does not verify under privacy.federation_key.*altered after signing or forged"):
+    with pytest.raises(
+        ConfigError, match="does not verify under privacy.federation_key.*altered after signing or forged"
+    ):
         trusted(privacy(write(tmp_path / "r.json", forged)))
 
 

@@ -58,7 +58,9 @@ def test_validly_signed_task_from_a_super_modeller_is_accepted_and_queued(pod: P
 # -- size and parse -----------------------------------------------------------------------------
 
 
-def test_message_over_max_task_bytes_is_refused_before_parsing(make_pod: Callable[..., Pod], alice: IdentityKey) -> None:
+def test_message_over_max_task_bytes_is_refused_before_parsing(
+    make_pod: Callable[..., Pod], alice: IdentityKey
+) -> None:
     pod = make_pod(max_task_bytes=2000)
     big = SOURCE + "#" * 3000
     raw = signed(make_task(alice, model=ModelRef(style="module", name="m", class_name="Net", source=big,
@@ -90,7 +92,9 @@ def test_signed_payload_that_is_not_a_task_is_refused_as_malformed(pod: Pod, ali
     assert pod.state.list_tasks() == []
 
 
-def test_task_claiming_another_modeller_id_is_refused_as_malformed(pod: Pod, alice: IdentityKey, bob: IdentityKey) -> None:
+def test_task_claiming_another_modeller_id_is_refused_as_malformed(
+    pod: Pod, alice: IdentityKey, bob: IdentityKey
+) -> None:
     refusal = pod.refusal(signed(make_task(alice, modeller_id=bob.key_id), alice))
     assert refusal.code == RefusalCode.MALFORMED.value
     assert "not its signer" in refusal.detail
@@ -132,7 +136,9 @@ def test_signer_swapped_to_another_listed_key_is_refused_as_bad_signature(
 
 @pytest.mark.parametrize("index", [0, 31, 63])
 def test_flipped_signature_byte_is_refused_as_bad_signature(pod: Pod, alice: IdentityKey, index: int) -> None:
-    raw = _edit(signed(make_task(alice), alice), lambda env: env.update(signature=_flip_b64_byte(str(env["signature"]), index)))
+    raw = _edit(
+        signed(make_task(alice), alice), lambda env: env.update(signature=_flip_b64_byte(str(env["signature"]), index))
+    )
     refusal = pod.refusal(raw)
     assert refusal.code == RefusalCode.BAD_SIGNATURE.value
     assert pod.state.list_tasks() == []
@@ -192,7 +198,10 @@ def test_task_living_longer_than_max_lifetime_is_refused(pod: Pod, alice: Identi
 
 
 def test_task_expiring_before_it_was_issued_is_refused_as_malformed(pod: Pod, alice: IdentityKey) -> None:
-    assert pod.refusal(signed(make_task(alice, issued_at=NOW, expires_at=NOW - 1), alice)).code == RefusalCode.MALFORMED.value
+    assert (
+        pod.refusal(signed(make_task(alice, issued_at=NOW, expires_at=NOW - 1), alice)).code
+        == RefusalCode.MALFORMED.value
+    )
 
 
 # -- replay -------------------------------------------------------------------------------------
@@ -268,7 +277,9 @@ def test_kind_not_listed_is_refused_as_kind_not_permitted(make_pod: Callable[...
     assert pod.refusal(signed(make_task(alice), alice)).code == RefusalCode.KIND_NOT_PERMITTED.value
 
 
-def test_a_train_task_that_evaluates_first_needs_the_evaluate_kind(make_pod: Callable[..., Pod], alice: IdentityKey) -> None:
+def test_a_train_task_that_evaluates_first_needs_the_evaluate_kind(
+    make_pod: Callable[..., Pod], alice: IdentityKey
+) -> None:
     pod = make_pod(SecuritySection(modellers=[
         ModellerPolicy(name="alice", public_key=alice.public.to_b64(), role="super", kinds=["train"])]))
     pod.accept(signed(make_task(alice), alice))
@@ -306,7 +317,11 @@ def test_super_modeller_may_run_any_source(pod: Pod, alice: IdentityKey) -> None
                                                       sha256=source_sha256(other))), alice))
 
 
-SPEC: dict[str, object] = {"layers": [{"type": "Linear", "out": 8}, {"type": "ReLU"}], "optimizer": "Adam", "loss": "CrossEntropy"}
+SPEC: dict[str, object] = {
+    "layers": [{"type": "Linear", "out": 8}, {"type": "ReLU"}],
+    "optimizer": "Adam",
+    "loss": "CrossEntropy",
+}
 
 
 def test_general_modeller_may_run_a_declarative_spec_when_allowed(pod: Pod, bob: IdentityKey) -> None:
@@ -322,7 +337,9 @@ def test_declarative_spec_is_refused_for_general_when_disallowed(
     assert pod.refusal(signed(make_task(bob, model=model), bob)).code == RefusalCode.ROLE_NOT_PERMITTED.value
 
 
-def test_a_declarative_model_by_hub_reference_is_refused_up_front(pod: Pod, alice: IdentityKey, bob: IdentityKey) -> None:
+def test_a_declarative_model_by_hub_reference_is_refused_up_front(
+    pod: Pod, alice: IdentityKey, bob: IdentityKey
+) -> None:
     # The hub holds model source; a "declarative" reference to it would smuggle Python past the allow-list.
     model = ModelRef(style="declarative", name="spec", hub_ref="spec@1", sha256=source_sha256(SOURCE))
     for modeller in (alice, bob):

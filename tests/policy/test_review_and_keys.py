@@ -23,7 +23,9 @@ NEW_SOURCE = SOURCE + "\n# version 2\n"
 
 
 def _new_model() -> ModelRef:
-    return ModelRef(style="module", name="vetted", class_name="Net", source=NEW_SOURCE, sha256=source_sha256(NEW_SOURCE))
+    return ModelRef(
+        style="module", name="vetted", class_name="Net", source=NEW_SOURCE, sha256=source_sha256(NEW_SOURCE)
+    )
 
 
 def test_the_states_refusal_words_are_refusal_codes() -> None:
@@ -72,7 +74,9 @@ def test_without_review_a_state_approval_still_lets_a_general_modeller_run_it(
     assert unlisted.refusal(signed(make_task(bob, model=_new_model()), bob)).code == "role_not_permitted"
 
 
-def _two_key_policy(alice: IdentityKey, bob: IdentityKey, old: IdentityKey, *, old_until: datetime) -> list[ModellerPolicy]:
+def _two_key_policy(
+    alice: IdentityKey, bob: IdentityKey, old: IdentityKey, *, old_until: datetime
+) -> list[ModellerPolicy]:
     security = policy_for(alice, bob)
     return [
         security.modellers[0],

@@ -69,9 +69,13 @@ def test_random_bytes_are_refused_with_a_code(raw: bytes) -> None:
 
 @STRUCTURED
 @given(
-    payload=st.dictionaries(st.sampled_from(["task_id", "kind", "pods", "nonce", "v", "model", "x"]) | st.text(max_size=6),
-                            json_values, max_size=8),
-    signer=st.sampled_from([ALICE.key_id, BOB.key_id, MALLORY.key_id]) | st.text("0123456789abcdef", min_size=64, max_size=64),
+    payload=st.dictionaries(
+        st.sampled_from(["task_id", "kind", "pods", "nonce", "v", "model", "x"]) | st.text(max_size=6),
+        json_values,
+        max_size=8,
+    ),
+    signer=st.sampled_from([ALICE.key_id, BOB.key_id, MALLORY.key_id])
+    | st.text("0123456789abcdef", min_size=64, max_size=64),
     signature=st.binary(min_size=0, max_size=80).map(lambda b: base64.b64encode(b).decode()) | st.text(max_size=90),
     extra=st.dictionaries(st.text(max_size=5), json_values, max_size=2),
 )

@@ -103,7 +103,9 @@ class TableSecrets:
         with pa.memory_map(str(work / DATA_FILE_NAME)) as source:
             table = ipc.open_file(source).read_all()
         ys, splits = table.column("y").to_pylist(), table.column("split").to_pylist()
-        targets = {name: [int(y) for y, s in zip(ys, splits, strict=True) if s == code] for name, code in SPLIT_CODES.items()}
+        targets = {
+            name: [int(y) for y, s in zip(ys, splits, strict=True) if s == code] for name, code in SPLIT_CODES.items()
+        }
         categories = frozenset(c for column in schema.columns for c in (column.categories or ()))
         return cls(targets=targets, n_rows=dict(prepared.datastructure["n_rows"]),  # type: ignore[call-overload]
                    categories=categories, datastructure=prepared.datastructure)

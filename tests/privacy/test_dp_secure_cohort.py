@@ -1,6 +1,6 @@
 """DP under secure aggregation with three real pod processes: each pod adds its share of the noise variance
-(split over the honest pods a sum surely holds), the unmasked mean carries at least the full noise, every pod charges its ledger at release, and a next round past
-the budget is refused by every pod."""
+(split over the honest pods a sum surely holds), the unmasked mean carries at least the full noise, every
+pod charges its ledger at release, and a next round past the budget is refused by every pod."""
 
 from __future__ import annotations
 

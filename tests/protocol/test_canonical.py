@@ -45,7 +45,9 @@ def test_keys_that_collide_after_normalisation_are_refused() -> None:
         canonical_json({"caf\u00e9": 1, "cafe\u0301": 2})
 
 
-@pytest.mark.parametrize("value", [{1: "a"}, {"a": b"bytes"}, {"a": {1, 2}}, object()], ids=["int-key", "bytes", "set", "object"])
+@pytest.mark.parametrize(
+    "value", [{1: "a"}, {"a": b"bytes"}, {"a": {1, 2}}, object()], ids=["int-key", "bytes", "set", "object"]
+)
 def test_values_json_cannot_carry_are_refused(value: Any) -> None:
     with pytest.raises(ProtocolError, match="string keys|cannot encode"):
         canonical_json(value)

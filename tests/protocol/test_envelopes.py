@@ -50,8 +50,16 @@ def test_task_round_trips_through_signed_json() -> None:
 
 
 def test_result_from_a_pod_round_trips_and_names_its_signer() -> None:
-    result = ResultPayload(task_id=str(uuid.uuid4()), pod="a", kind="train", status="done", metrics={"loss": 0.25},
-                           n_rows=100, blob=BlobRef(sha256="cd" * 32, size_bytes=10, encoding="safetensors"), produced_at=5)
+    result = ResultPayload(
+        task_id=str(uuid.uuid4()),
+        pod="a",
+        kind="train",
+        status="done",
+        metrics={"loss": 0.25},
+        n_rows=100,
+        blob=BlobRef(sha256="cd" * 32, size_bytes=10, encoding="safetensors"),
+        produced_at=5,
+    )
     env = parse_envelope(json.dumps(json.loads(envelope_bytes(sign_envelope(result, KEY))), indent=2))
     assert env.signer == KEY.key_id
     assert open_envelope(env, ResultPayload, KEY.public) == result
@@ -108,7 +116,11 @@ def test_valid_signature_over_the_wrong_message_type_is_refused() -> None:
 
 @pytest.mark.parametrize(
     "raw",
-    [b"[]", b'{"payload":{},"signer":"x","signature":""}', b'{"v":2,"payload":{},"signer":"' + b"a" * 64 + b'","signature":""}'],
+    [
+        b"[]",
+        b'{"payload":{},"signer":"x","signature":""}',
+        b'{"v":2,"payload":{},"signer":"' + b"a" * 64 + b'","signature":""}',
+    ],
     ids=["list", "bad-signer", "future-version"],
 )
 def test_malformed_envelopes_are_refused_before_verification(raw: bytes) -> None:

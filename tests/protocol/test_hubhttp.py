@@ -219,7 +219,9 @@ async def test_over_the_rate_is_an_outage_to_retry_and_other_4xx_a_refusal(
 ) -> None:
     async def limited(request: web.Request) -> web.Response:
         if request.path == "/v1/x":
-            return web.json_response({"error": "over this key's request rate"}, status=429, headers={"Retry-After": "1"})
+            return web.json_response(
+                {"error": "over this key's request rate"}, status=429, headers={"Retry-After": "1"}
+            )
         return web.json_response({"error": "no such task"}, status=404)
 
     url = await serve(limited)

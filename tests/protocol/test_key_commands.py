@@ -20,7 +20,9 @@ def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str,
     return code, out, err
 
 
-def test_generate_writes_a_private_key_and_prints_its_public_half(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_generate_writes_a_private_key_and_prints_its_public_half(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out_file = tmp_path / "modeller.pem"
     code, out, _ = _run(["keys", "generate", "--out", str(out_file), "--name", "alice"], capsys)
     assert code == 0

@@ -54,10 +54,13 @@ def _shared_uid(*active: str) -> list[LayerReport]:
 
 @pytest.mark.parametrize("level", ["strict", "standard"])
 def test_workers_sharing_the_agents_uid_need_namespaces_or_landlock(level: str) -> None:
-    with pytest.raises(SandboxUnavailable, match=f"level '{level}' needs namespaces \\(missing here\\) or Landlock "
-                       "\\(missing here\\), because workers share the agent's uid: apt-get install bubblewrap.*; or boot "
-                       "a kernel >= 5.13 with landlock in the lsm= list; or run the agent as root with "
-                       "security.sandbox_user set"):
+    with pytest.raises(
+        SandboxUnavailable,
+        match=f"level '{level}' needs namespaces \\(missing here\\) or Landlock "
+        "\\(missing here\\), because workers share the agent's uid: apt-get install bubblewrap.*; or boot "
+        "a kernel >= 5.13 with landlock in the lsm= list; or run the agent as root with "
+        "security.sandbox_user set",
+    ):
         plan_layers(level, _shared_uid("uid", "rlimits", "seccomp", "cgroup"))
     assert "landlock" in plan_layers(level, _shared_uid("uid", "rlimits", "seccomp", "landlock"))
     assert "namespaces" in plan_layers(level, _shared_uid("uid", "rlimits", "seccomp", "namespaces"))

@@ -65,9 +65,20 @@ def _fake_group(tmp_path: Path, version: int, files: dict[str, str]) -> TaskCgro
     [
         (2, {"memory.events": "low 0\nhigh 0\nmax 12\noom 2\noom_kill 1\noom_group_kill 0\n"}, MemoryEvents(1, 12)),
         (2, {"memory.events": "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\n"}, _QUIET),
-        (1, {"memory.oom_control": "oom_kill_disable 0\nunder_oom 0\noom_kill 1\n", "memory.failcnt": "7\n",
-             "memory.memsw.failcnt": "12\n"}, MemoryEvents(1, 12)),
-        (1, {"memory.oom_control": "oom_kill_disable 0\nunder_oom 0\n", "memory.failcnt": "12\n"}, MemoryEvents(None, 12)),
+        (
+            1,
+            {
+                "memory.oom_control": "oom_kill_disable 0\nunder_oom 0\noom_kill 1\n",
+                "memory.failcnt": "7\n",
+                "memory.memsw.failcnt": "12\n",
+            },
+            MemoryEvents(1, 12),
+        ),
+        (
+            1,
+            {"memory.oom_control": "oom_kill_disable 0\nunder_oom 0\n", "memory.failcnt": "12\n"},
+            MemoryEvents(None, 12),
+        ),
         (1, {}, MemoryEvents(None, 0)),
     ],
     ids=["v2-oom", "v2-quiet", "v1-oom", "v1-old-kernel", "v1-no-files"],

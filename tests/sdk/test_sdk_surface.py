@@ -153,7 +153,10 @@ def test_nll_with_log_softmax_predicts_probabilities() -> None:
     ("spec", "message"),
     [
         ({"layers": [{"type": "Lambda"}]}, "type 'Lambda' is not allowed"),
-        ({"layers": [{"type": "Linear", "in_features": 2, "out_features": 2, "dtype": "x"}]}, "argument 'dtype' is not allowed"),
+        (
+            {"layers": [{"type": "Linear", "in_features": 2, "out_features": 2, "dtype": "x"}]},
+            "argument 'dtype' is not allowed",
+        ),
         ({"layers": [{"type": "Dropout", "p": "0.1"}]}, "strings may only be"),
         ({"layers": [{"type": "ReLU"}], "code": "x"}, "unknown spec keys"),
         ({"layers": [{"type": "ReLU"}], "learning_rate": -1}, "must be a positive number"),

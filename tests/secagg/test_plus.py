@@ -152,7 +152,9 @@ def test_one_more_dropout_than_the_threshold_allows_is_refused_at_unmask() -> No
 
 def test_too_few_committed_neighbours_are_refused_before_masking() -> None:
     pods = names(5)
-    with pytest.raises(SecAggError, match=r"only 1 of the 4 neighbours of 'pod-0\d' committed; the round needs at least 2"):
+    with pytest.raises(
+        SecAggError, match=r"only 1 of the 4 neighbours of 'pod-0\d' committed; the round needs at least 2"
+    ):
         run_round(_updates(pods, seed=1), make_params(5), not_advertised=pods[:3])
 
 
@@ -385,9 +387,12 @@ def test_too_few_answers_are_refused_with_the_numbers() -> None:
     sim, survivors, total = _masked_round()
     answers = sim.answers(survivors)
     short = {p: answers[p] for p in survivors[:2]}
-    with pytest.raises(SecAggError, match=r"too few shares arrived to unmask \(2 answers; pod, secret, shares arrived of "
-                                          r"needed\): pod-00 self-mask 2 of 3; .*pod-04 mask-key 2 of 3; the masks "
-                                          r"cannot be removed, run the round again"):
+    with pytest.raises(
+        SecAggError,
+        match=r"too few shares arrived to unmask \(2 answers; pod, secret, shares arrived of "
+        r"needed\): pod-00 self-mask 2 of 3; .*pod-04 mask-key 2 of 3; the masks "
+        r"cannot be removed, run the round again",
+    ):
         _unmask(sim, survivors, total, short)
 
 
@@ -412,7 +417,9 @@ def test_an_answer_from_a_dropped_pod_is_refused() -> None:
 def test_a_share_the_round_does_not_call_for_is_refused() -> None:
     sim, survivors, total = _masked_round()
     answers = sim.answers(survivors)
-    answers["pod-00"] = UnmaskAnswer(self_mask_shares={}, mask_key_shares={"pod-01": sim.held["pod-00"]["pod-01"].mask_key})
+    answers["pod-00"] = UnmaskAnswer(
+        self_mask_shares={}, mask_key_shares={"pod-01": sim.held["pod-00"]["pod-01"].mask_key}
+    )
     with pytest.raises(SecAggError, match="pod 'pod-00' sent a mask-key share of 'pod-01', which this round does "
                                           "not call for"):
         _unmask(sim, survivors, total, answers)

@@ -81,7 +81,9 @@ def test_a_nan_metric_is_sent_as_absent() -> None:
 def test_metrics_in_a_32_bit_modulus_are_refused_with_the_fix() -> None:
     params = make_params(3, modulus_bits=32, prime_q=2**20, weighted=False)
     encode_update(_update(), params=params, n_rows=5)
-    with pytest.raises(SecAggError, match="train metrics cannot be aggregated without wrapping: .* use modulus_bits=64"):
+    with pytest.raises(
+        SecAggError, match="train metrics cannot be aggregated without wrapping: .* use modulus_bits=64"
+    ):
         encode_update(_update(), params=params, n_rows=5, metrics={"loss": 1.0}, metric_names=["loss"])
 
 

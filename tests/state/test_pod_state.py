@@ -86,7 +86,10 @@ def test_a_version_1_database_gains_the_releases_table_and_keeps_its_tasks(tmp_p
     with PodState.open(path) as state:
         state.record_verdict(_verdict(1))
     conn = sqlite3.connect(path)
-    conn.executescript("DROP TABLE releases; DROP TABLE dp_ledger; DROP TABLE reviews; DROP TABLE approved_models; DROP TABLE task_output")
+    conn.executescript(
+        "DROP TABLE releases; DROP TABLE dp_ledger; DROP TABLE reviews; DROP TABLE approved_models; "
+        "DROP TABLE task_output"
+    )
     conn.execute("PRAGMA user_version = 1")
     conn.commit()
     conn.close()
@@ -153,8 +156,12 @@ def test_queue_hands_out_accepted_tasks_oldest_first(state: PodState) -> None:
                          ids=lambda s: s.value)
 def test_only_legal_transitions_are_allowed(state: PodState, start: TaskStatus, end: TaskStatus) -> None:
     paths = {
-        TaskStatus.PENDING_REVIEW: [], TaskStatus.ACCEPTED: [], TaskStatus.REFUSED: [], TaskStatus.RUNNING: [TaskStatus.RUNNING],
-        TaskStatus.DONE: [TaskStatus.RUNNING, TaskStatus.DONE], TaskStatus.FAILED: [TaskStatus.FAILED],
+        TaskStatus.PENDING_REVIEW: [],
+        TaskStatus.ACCEPTED: [],
+        TaskStatus.REFUSED: [],
+        TaskStatus.RUNNING: [TaskStatus.RUNNING],
+        TaskStatus.DONE: [TaskStatus.RUNNING, TaskStatus.DONE],
+        TaskStatus.FAILED: [TaskStatus.FAILED],
         TaskStatus.DELIVERED: [TaskStatus.FAILED, TaskStatus.DELIVERED],
     }
     verdict = _verdict(1, accepted=start is not TaskStatus.REFUSED)

@@ -5,7 +5,10 @@ from __future__ import annotations
 import pytest
 from training_support import TUTORIAL_MODEL, RunTask, make_task, source_ref, spec_ref
 
-HEADER = "import torch\nfrom torch import nn\nfrom torch.nn import functional as F\nfrom pod_agent.sdk import PodClassifierMixin, PodModel\n"
+HEADER = (
+    "import torch\nfrom torch import nn\nfrom torch.nn import functional as F\n"
+    "from pod_agent.sdk import PodClassifierMixin, PodModel\n"
+)
 
 GOOD_CLASS = '''
 class Good(PodClassifierMixin, PodModel):
@@ -19,7 +22,10 @@ BAD_SOURCES = {
     "multiple_model_classes": ("Good", HEADER + GOOD_CLASS + GOOD_CLASS.replace("Good", "Other")),
     "model_class_not_found": ("Missing", HEADER + GOOD_CLASS),
     "model_import_error": ("Good", HEADER + "import a_module_that_does_not_exist\n" + GOOD_CLASS),
-    "create_model_wrong_type": ("Good", HEADER + GOOD_CLASS.replace("nn.Linear(self.input_size, self.n_classes)", "[1, 2]")),
+    "create_model_wrong_type": (
+        "Good",
+        HEADER + GOOD_CLASS.replace("nn.Linear(self.input_size, self.n_classes)", "[1, 2]"),
+    ),
     "forward_shape_mismatch": ("Good", HEADER + GOOD_CLASS.replace("self.input_size,", "self.input_size + 3,")),
     "non_finite_loss": (
         "Good",
@@ -28,7 +34,9 @@ BAD_SOURCES = {
     ),
     "model_init_error": (
         "Good",
-        HEADER + GOOD_CLASS + "    def __init__(self, **kwargs):\n        super().__init__(**kwargs)\n        raise ValueError('x')\n",
+        HEADER
+        + GOOD_CLASS
+        + "    def __init__(self, **kwargs):\n        super().__init__(**kwargs)\n        raise ValueError('x')\n",
     ),
 }
 

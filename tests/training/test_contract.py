@@ -86,10 +86,14 @@ def test_tensors_breaking_the_contract_are_rejected(arrays: dict[str, np.ndarray
 def test_non_float32_tensors_are_rejected() -> None:
     arrays = GOOD | {"b": np.zeros(2, dtype=np.int64)}
     with pytest.raises(ContractViolation) as rejected:
-        check(outcome_of(arrays, described={"w": {"shape": [2, 3], "dtype": "F32"}, "b": {"shape": [2], "dtype": "I64"}}))
+        check(
+            outcome_of(arrays, described={"w": {"shape": [2, 3], "dtype": "F32"}, "b": {"shape": [2], "dtype": "I64"}})
+        )
     assert rejected.value.code == "bad_dtype"
     with pytest.raises(ContractViolation) as rejected:
-        check(outcome_of(arrays, described={"w": {"shape": [2, 3], "dtype": "F32"}, "b": {"shape": [2], "dtype": "F32"}}))
+        check(
+            outcome_of(arrays, described={"w": {"shape": [2, 3], "dtype": "F32"}, "b": {"shape": [2], "dtype": "F32"}})
+        )
     assert rejected.value.code == "bad_dtype"
 
 
@@ -101,12 +105,28 @@ def test_payload_over_the_cap_is_rejected_before_parsing() -> None:
 
 @pytest.mark.parametrize(
     "header",
-    [{"metrics": {}, "n_rows": 1}, {"metrics": {}, "n_rows": -1, "tensors": {}}, {"metrics": {}, "n_rows": True, "tensors": {}},
-     {"metrics": {}, "n_rows": 1, "tensors": {}, "note": "hi"}, {"metrics": {}, "n_rows": 1, "tensors": {"w": [2, 3]}},
-     {"metrics": {"val_loss": "0.5"}, "n_rows": 1, "tensors": {}}, {"metrics": {"val_loss": True}, "n_rows": 1, "tensors": {}},
-     {"metrics": {}, "n_rows": 1, "tensors": {"w": {"shape": [2], "dtype": "F32", "offsets": [0, 8]}}}, [1, 2]],
-    ids=["missing-key", "negative-rows", "bool-rows", "extra-key", "bad-description", "string-metric", "bool-metric",
-         "extra-tensor-key", "not-an-object"],
+    [
+        {"metrics": {}, "n_rows": 1},
+        {"metrics": {}, "n_rows": -1, "tensors": {}},
+        {"metrics": {}, "n_rows": True, "tensors": {}},
+        {"metrics": {}, "n_rows": 1, "tensors": {}, "note": "hi"},
+        {"metrics": {}, "n_rows": 1, "tensors": {"w": [2, 3]}},
+        {"metrics": {"val_loss": "0.5"}, "n_rows": 1, "tensors": {}},
+        {"metrics": {"val_loss": True}, "n_rows": 1, "tensors": {}},
+        {"metrics": {}, "n_rows": 1, "tensors": {"w": {"shape": [2], "dtype": "F32", "offsets": [0, 8]}}},
+        [1, 2],
+    ],
+    ids=[
+        "missing-key",
+        "negative-rows",
+        "bool-rows",
+        "extra-key",
+        "bad-description",
+        "string-metric",
+        "bool-metric",
+        "extra-tensor-key",
+        "not-an-object",
+    ],
 )
 def test_malformed_headers_are_rejected(header: Any) -> None:
     with pytest.raises(ContractViolation) as rejected:
@@ -171,7 +191,10 @@ def test_evaluate_may_return_no_tensors() -> None:
 def test_predictions_need_enough_rows_few_columns_and_nothing_else() -> None:
     task = make_task("predict", source_ref(TUTORIAL_MODEL, "MyCustomModel"))
     preds = {"predictions": np.full((30, 2), 0.5, dtype=np.float32)}
-    assert check(outcome_of(preds, n_rows=30, metrics={}), task=task, min_rows=20).arrays["predictions"].shape == (30, 2)
+    assert check(outcome_of(preds, n_rows=30, metrics={}), task=task, min_rows=20).arrays["predictions"].shape == (
+        30,
+        2,
+    )
     for arrays, n_rows, reason in (
         (preds, 30, "too_few_rows"),
         (preds | {"inputs": np.zeros((30, 5), dtype=np.float32)}, 30, "tensor_names"),
@@ -179,7 +202,11 @@ def test_predictions_need_enough_rows_few_columns_and_nothing_else() -> None:
         ({"predictions": np.zeros((30, 17), dtype=np.float32)}, 30, "too_many_columns"),
     ):
         with pytest.raises(ContractViolation) as rejected:
-            check(outcome_of(arrays, n_rows=n_rows, metrics={}), task=task, min_rows=31 if reason == "too_few_rows" else 20)
+            check(
+                outcome_of(arrays, n_rows=n_rows, metrics={}),
+                task=task,
+                min_rows=31 if reason == "too_few_rows" else 20,
+            )
         assert rejected.value.code == reason
 
 

@@ -21,7 +21,9 @@ from pod_agent.protocol.messages import DataSelection, Hyperparameters
 from pod_agent.training.local import fit_local, initial_weights
 
 
-def test_local_fit_gives_the_weights_a_pod_computes_on_the_same_data(run_in_process: RunTask, small_adult: Path) -> None:
+def test_local_fit_gives_the_weights_a_pod_computes_on_the_same_data(
+    run_in_process: RunTask, small_adult: Path
+) -> None:
     model = source_ref(TUTORIAL_MODEL, "MyCustomModel")
     pod = run_in_process(make_task("train", model, returns="weights", steps=15, seed=7))
     local = fit_local(model, data=small_adult, selection=DataSelection(target="TARGET"),
@@ -35,13 +37,19 @@ def test_local_fit_gives_the_weights_a_pod_computes_on_the_same_data(run_in_proc
 
 
 def test_local_fit_reports_a_broken_model_with_the_pods_failure_code(small_adult: Path) -> None:
-    model = source_ref("from pod_agent.sdk import PodModel\nclass A(PodModel):\n    def create_model(self):\n        return 3\n", "A")
+    model = source_ref(
+        "from pod_agent.sdk import PodModel\nclass A(PodModel):\n    def create_model(self):\n        return 3\n", "A"
+    )
     with pytest.raises(TrainingError) as failed:
-        fit_local(model, data=small_adult, selection=DataSelection(target="TARGET"), hyperparameters=Hyperparameters(steps=1))
+        fit_local(
+            model, data=small_adult, selection=DataSelection(target="TARGET"), hyperparameters=Hyperparameters(steps=1)
+        )
     assert failed.value.code == "create_model_wrong_type"
 
 
-def test_fit_local_command_trains_and_writes_weights(small_adult: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_fit_local_command_trains_and_writes_weights(
+    small_adult: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps(DECLARATIVE_SPEC))
     out = tmp_path / "out"
@@ -56,7 +64,9 @@ def test_fit_local_command_trains_and_writes_weights(small_adult: Path, tmp_path
     assert json.loads((out / "metrics.json").read_text())["n_rows"] > 0
 
 
-def test_fit_local_command_refuses_epochs_with_steps(small_adult: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_fit_local_command_refuses_epochs_with_steps(
+    small_adult: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     source = tmp_path / "m.py"
     source.write_text(TUTORIAL_MODEL)
     with pytest.raises(SystemExit) as exited:
@@ -69,7 +79,9 @@ def test_fit_local_command_refuses_epochs_with_steps(small_adult: Path, tmp_path
 def test_hashed_encoding_gives_a_width_independent_of_the_categories(small_adult: Path) -> None:
     selection = DataSelection(target="TARGET", categorical_encoding="hashed")
     model = source_ref(TUTORIAL_MODEL, "MyCustomModel")
-    fit = fit_local(model, data=small_adult, selection=selection, hyperparameters=Hyperparameters(steps=2), accelerator="cpu")
+    fit = fit_local(
+        model, data=small_adult, selection=selection, hyperparameters=Hyperparameters(steps=2), accelerator="cpu"
+    )
     stypes = fit.datastructure["stypes"]
     assert isinstance(stypes, dict)
     n_categorical = sum(1 for name, stype in stypes.items() if stype == "categorical" and name != "TARGET")

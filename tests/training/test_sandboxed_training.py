@@ -51,7 +51,9 @@ async def test_tutorial_model_trains_through_the_sandbox_and_passes_the_contract
     events: list[dict[str, Any]] = []
     outcome = await _run(level, adult_input, tmp_path, task, events)
     assert task.model is not None
-    starting = initial_weights(task.model, datastructure=adult_input.datastructure, hyperparameters=task.hyperparameters)
+    starting = initial_weights(
+        task.model, datastructure=adult_input.datastructure, hyperparameters=task.hyperparameters
+    )
     expected = {name: TensorSpec(tuple(array.shape)) for name, array in starting.items()}
     rows = reported_rows(task, adult_input.datastructure["n_rows"])
     checked = check_result(outcome, task=task, expected=expected, rows=rows, max_bytes=64 << 20)
@@ -80,7 +82,8 @@ async def test_a_model_allocating_twice_the_memory_cap_fails_as_memory_exceeded(
     memory_mb = 3072
     source = TUTORIAL_MODEL.replace(
         "        x, y = batch\n        y_hat = self(x)\n",
-        f"        x, y = batch\n        hoard = torch.ones({2 * memory_mb} << 20, dtype=torch.uint8)\n        y_hat = self(x)\n",
+        f"        x, y = batch\n        hoard = torch.ones({2 * memory_mb} << 20, dtype=torch.uint8)\n"
+        "        y_hat = self(x)\n",
         1,
     )
     assert "hoard" in source

@@ -46,7 +46,10 @@ def test_prepared_worker_is_quiet_about_fontconfig_and_the_len_warning(tmp_path:
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "TMPDIR": str(tmp_path), "LANG": "C.UTF-8",
            "MPLCONFIGDIR": str(tmp_path / ".mpl"), "PYTHONPATH": str(_ROOT), "PYTHONWARNINGS": "always"}
     argv = [sys.executable, "-c", _CHILD]
-    if shutil.which("bwrap") and subprocess.run(["bwrap", "--ro-bind", "/", "/", "true"], capture_output=True).returncode == 0:
+    if (
+        shutil.which("bwrap")
+        and subprocess.run(["bwrap", "--ro-bind", "/", "/", "true"], capture_output=True).returncode == 0
+    ):
         argv = _without_etc_fonts(argv, tmp_path)
     child = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
     assert child.returncode == 0, child.stderr

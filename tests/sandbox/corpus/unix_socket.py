@@ -4,7 +4,10 @@ import socket
 
 def run(channel):
     outcome = {}
-    for name, address in (("path", channel.request()["unix_path"]), ("abstract", "\0" + channel.request()["abstract_name"])):
+    for name, address in (
+        ("path", channel.request()["unix_path"]),
+        ("abstract", "\0" + channel.request()["abstract_name"]),
+    ):
         try:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.connect(address)
