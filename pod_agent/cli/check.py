@@ -162,9 +162,8 @@ def run_checks(config_path: Path, checks: list[NamedCheck] | None = None) -> lis
 def check(
     config: Path = typer.Option(..., "--config", help="The pod's pod.toml."),
 ) -> None:
-    """Validate the config, identity key, datasource, sandbox layers, free ports and hub reachability.
-
-    Exits 1 if any check fails."""
+    """Validate the config, identity key, datasource, sandbox layers, free ports and hub reachability;
+    exit 1 if any fails."""
     results = run_checks(config)
     width = max(len(result.name) for result in results)
     for result in results:
