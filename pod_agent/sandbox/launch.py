@@ -105,7 +105,11 @@ def worker_env(identity: Identity, *, home: Path, gpu: bool) -> dict[str, str]:
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(home), "TMPDIR": str(home), "USER": identity.user,
            "LOGNAME": identity.user, "LANG": "C.UTF-8", "PYTHONHASHSEED": "0",
            # Lightning/matplotlib caches would otherwise aim at $HOME/.cache and a missing /etc.
-           "MPLCONFIGDIR": str(home / ".mpl"), "XDG_CACHE_HOME": str(home / ".cache")}
+           "MPLCONFIGDIR": str(home / ".mpl"), "XDG_CACHE_HOME": str(home / ".cache"),
+           # Arrow's jemalloc/mimalloc pools reserve about 1 GiB of address space once pyarrow.dataset loads;
+           # RLIMIT_DATA counts it, so a task cap of 1.5 GiB left a prepared worker no room to start a thread.
+           # The system allocator reserves nothing ahead, and RLIMIT_DATA then caps what is really used.
+           "ARROW_DEFAULT_MEMORY_POOL": "system"}
     if gpu:
         for name in ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES"):
             if name in os.environ:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -100,3 +101,15 @@ def test_the_command_defaults_to_the_bootstrap_and_can_be_a_trial(tmp_path: Path
                        command=["python", "-c", "pass"])
     assert trial[-4:] == ["--", "python", "-c", "pass"]
     assert "pod_agent.sandbox.bootstrap" in _argv(tmp_path, gpu=False, dev_root=tmp_path)[-3:]
+
+
+def test_a_prepared_worker_leaves_a_modest_task_cap_room_to_work(tmp_path: Path) -> None:
+    # RLIMIT_DATA counts reserved address space: with Arrow's default pool a prepared training worker
+    # held ~1.5 GiB before the task began, so a 1.5 GiB task cap failed at its first thread, as model_error.
+    env = worker_env(_IDENTITY, home=tmp_path, gpu=False)
+    probe = ("import re; from pod_agent.training import worker; worker.prepare(); "
+             "print(re.search(r'VmData:\\s+(\\d+)', open('/proc/self/status').read()).group(1))")
+    env["PYTHONPATH"] = str(Path(pod_agent.__file__).parents[1])
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120,
+                         check=True)
+    assert int(out.stdout.split()[-1]) < 1024 * 1024  # kB: under 1 GiB
