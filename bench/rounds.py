@@ -12,7 +12,7 @@ rows and runs ``SMALL_ROUNDS`` rounds; the full size is the whole table and ``FU
   is outside them); ``round_median_s`` their median (goal <= 2.5 s on 2 cores, full size).
 - ``run_s``: FedAvg.run() end to end (cohort scaling's schema-stats task and the last round's
   evaluation included); ``run_per_round_s`` = run_s / rounds.
-- ``pod_stages_median_s``: from the pods' logs (``agent.pipeline.StageClock``), the median over
+- ``pod_stages_median_s``: from the pods' logs (``agent.pipeline._StageClock``), the median over
   every pod's train tasks of: ``input`` (model, weights, prepared rows), ``to_first_step``
   (input ready -> the worker's first training step: waiting for a worker, loading, the
   evaluation of the incoming model), ``training`` (first step -> the worker's answer),

@@ -198,7 +198,7 @@ class TaskPipeline:
     async def _sandboxed_in(
         self, task: TaskPayload, floor: PrivacyFloor, work: Path, input_dir: Path, on_progress: ProgressSink
     ) -> PipelineOutput:
-        clock = StageClock()
+        clock = _StageClock()
         output = await self._sandboxed_stages(task, floor, work, input_dir, on_progress, clock)
         clock.mark("result")
         _log.info("%s task stages: %s", task.kind, clock.line())
@@ -206,7 +206,7 @@ class TaskPipeline:
 
     async def _sandboxed_stages(
         self, task: TaskPayload, floor: PrivacyFloor, work: Path, input_dir: Path, on_progress: ProgressSink,
-        clock: StageClock,
+        clock: _StageClock,
     ) -> PipelineOutput:
         from pod_agent.sandbox import SandboxJob, SandboxLimits
         from pod_agent.training import (
@@ -347,7 +347,7 @@ class TaskPipeline:
         await self.fetcher.blob(ref.sha256, dest, size_bytes=ref.size_bytes)
 
 
-class StageClock:
+class _StageClock:
     """Where a sandboxed task's time went, for the local log (``bench/rounds.py`` reads it): seconds from
     the pipeline's start to each stage's end; a stage marks once (its first time).
 
@@ -421,7 +421,7 @@ def _noised(task: TaskPayload, arrays: Mapping[str, Any], plan: NoisePlan) -> tu
     return task, {**arrays, **noised.arrays}
 
 
-def _forward(rebuilder: ProgressRebuilder, raw: object, sink: ProgressSink, clock: StageClock) -> None:
+def _forward(rebuilder: ProgressRebuilder, raw: object, sink: ProgressSink, clock: _StageClock) -> None:
     """Sandbox progress (untrusted) -> the event the hub may see, rebuilt from typed fields; else nothing."""
     progress = parse_progress(raw)
     if progress is None:
