@@ -20,6 +20,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[1] / "pod_agent"
 # only. agent, hub and modeller share a rank but may not import each other.
 RANKS = {
     "errors": 0,
+    "lazy": 0,
     "config": 1,
     "ops": 2,
     "protocol": 3,

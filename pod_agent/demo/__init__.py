@@ -7,8 +7,9 @@ lazily: the scenario pulls in training code the federation does not need.
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from pod_agent.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from pod_agent.demo.federation import FederationError, LocalFederation, PodSite
@@ -25,7 +26,4 @@ _HOME = {
 __all__ = ["DemoOptions", "FederationError", "LocalFederation", "PodSite", "run_demo"]
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _HOME:
-        raise AttributeError(f"module 'pod_agent.demo' has no attribute {name!r}")
-    return getattr(import_module(_HOME[name]), name)
+__getattr__ = lazy_attributes(__name__, _HOME)

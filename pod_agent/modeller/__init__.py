@@ -10,8 +10,9 @@ Names resolve lazily, so that a command needing only ``load_pod_keys`` or ``buil
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from pod_agent.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from pod_agent.modeller.client import SEE_POD_LIST, HubTaskStatus, ModellerClient, PodInfo, VerifiedResult
@@ -83,7 +84,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _HOME:
-        raise AttributeError(f"module 'pod_agent.modeller' has no attribute {name!r}")
-    return getattr(import_module(_HOME[name]), name)
+__getattr__ = lazy_attributes(__name__, _HOME)

@@ -10,9 +10,9 @@ API models or aiohttp, which would slow every worker's start.
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from pod_agent.lazy import lazy_attributes
 from pod_agent.protocol.canonical import (
     MAX_JSON_DEPTH,
     canonical_json,
@@ -259,7 +259,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY_HOME:
-        raise AttributeError(f"module 'pod_agent.protocol' has no attribute {name!r}")
-    return getattr(import_module(_LAZY_HOME[name]), name)
+__getattr__ = lazy_attributes(__name__, _LAZY_HOME)

@@ -6,8 +6,9 @@ inside every worker, does not pay for the runner's asyncio/subprocess imports.
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from pod_agent.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from pod_agent.sandbox.caps import cap_code, release_and_print
@@ -62,7 +63,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _HOME:
-        raise AttributeError(f"module 'pod_agent.sandbox' has no attribute {name!r}")
-    return getattr(import_module(_HOME[name]), name)
+__getattr__ = lazy_attributes(__name__, _HOME)

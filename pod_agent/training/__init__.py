@@ -9,9 +9,9 @@ the local fit's names (``local``) resolve lazily, on first use.
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from pod_agent.lazy import lazy_attributes
 from pod_agent.training.contract import (
     CheckedResult,
     TensorSpec,
@@ -59,7 +59,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY_HOME:
-        raise AttributeError(f"module 'pod_agent.training' has no attribute {name!r}")
-    return getattr(import_module(_LAZY_HOME[name]), name)
+__getattr__ = lazy_attributes(__name__, _LAZY_HOME)
