@@ -13,14 +13,12 @@ planned one as a check that the noise is there.
 
 from __future__ import annotations
 
-import statistics
-import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from bench.cli import parser_for, show
+from bench.timing import median_seconds
 from bench.wire import update_of
 from pod_agent.protocol.messages import Participant, SecAggParams
 from pod_agent.secagg import encode_update
@@ -37,24 +35,16 @@ PARAMS = SecAggParams(
 )
 
 
-def _median(fn: Callable[[], Any], repeats: int) -> tuple[float, float, Any]:
-    walls, cpus, result = [], [], None
-    for _ in range(repeats):
-        wall, cpu = time.perf_counter(), time.process_time()
-        result = fn()
-        cpus.append(time.process_time() - cpu)
-        walls.append(time.perf_counter() - wall)
-    return statistics.median(walls), statistics.median(cpus), result
-
-
 def run(small: bool) -> dict[str, Any]:
     n_values = SMALL_VALUES if small else FULL_VALUES
     repeats = 5 if small else 3
     arrays = update_of(n_values)
-    encode_s, encode_cpu, _ = _median(lambda: encode_update(arrays, params=PARAMS, n_rows=1), repeats)
-    noise_s, noise_cpu, noised = _median(lambda: noise_update(arrays, clip_norm=CLIP_NORM, std=NOISE_STD), repeats)
+    encode_s, encode_cpu, _ = median_seconds(lambda: encode_update(arrays, params=PARAMS, n_rows=1), repeats)
+    noise_s, noise_cpu, noised = median_seconds(
+        lambda: noise_update(arrays, clip_norm=CLIP_NORM, std=NOISE_STD), repeats
+    )
     unclipped = PARAMS.model_copy(update={"clip_norm": None})
-    both_s, _, _ = _median(lambda: encode_update(
+    both_s, _, _ = median_seconds(lambda: encode_update(
         noise_update(arrays, clip_norm=CLIP_NORM, std=NOISE_STD).arrays, params=unclipped, n_rows=1), repeats)
     sample = np.concatenate([a.reshape(-1)[:100_000] for a in noised.arrays.values()]).astype(np.float64)
     overhead = noise_s / encode_s

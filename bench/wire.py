@@ -12,8 +12,6 @@ of a few runs; JSON runs once at full size because it takes seconds.
 from __future__ import annotations
 
 import json
-import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +20,7 @@ from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
 from bench.cli import parser_for, show
+from bench.timing import median_seconds
 from pod_agent.protocol.messages import SecAggParams
 from pod_agent.secagg import Layout, vector_from_bytes, vector_to_bytes
 
@@ -38,19 +37,9 @@ def update_of(n_values: int, seed: int = 0) -> dict[str, np.ndarray]:
     return {name: rng.standard_normal(shape, dtype=np.float32) * 0.01 for name, shape in shapes.items()}
 
 
-def _timed(fn: Callable[[], Any], repeats: int) -> tuple[float, float, Any]:
-    walls, cpus, result = [], [], None
-    for _ in range(repeats):
-        wall, cpu = time.perf_counter(), time.process_time()
-        result = fn()
-        cpus.append(time.process_time() - cpu)
-        walls.append(time.perf_counter() - wall)
-    return statistics.median(walls), statistics.median(cpus), result
-
-
 def _round_trip(encode: Callable[[], bytes], decode: Callable[[bytes], Any], repeats: int) -> dict[str, Any]:
-    enc_s, enc_cpu, blob = _timed(encode, repeats)
-    dec_s, dec_cpu, decoded = _timed(lambda: decode(blob), repeats)
+    enc_s, enc_cpu, blob = median_seconds(encode, repeats)
+    dec_s, dec_cpu, decoded = median_seconds(lambda: decode(blob), repeats)
     return {"bytes": len(blob), "encode_s": enc_s, "decode_s": dec_s, "total_s": enc_s + dec_s,
             "total_cpu_s": enc_cpu + dec_cpu, "decoded": decoded}
 
