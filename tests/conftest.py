@@ -76,6 +76,28 @@ def section() -> Callable[..., DatasourceSection]:
 
 
 @pytest.fixture
+def small_pod_config(tmp_path: Path) -> Callable[..., Path]:
+    """A pod.toml for ``pod-agent run`` against ``hub_url``: a fresh key in ``<tmp>/pod``, a 100-row CSV, the
+    health endpoint off; ``small_pod_config(name, hub_url, hub="...", security="...", limits="...")`` adds
+    TOML lines to those sections."""
+
+    def make(name: str, hub_url: str, *, hub: str = "", security: str, limits: str) -> Path:
+        state = tmp_path / "pod"
+        state.mkdir()
+        IdentityKey.generate().save(state / "identity.pem")
+        data = tmp_path / "data.csv"
+        data.write_text("age,label\n" + "".join(f"{20 + i % 50},{i % 2}\n" for i in range(100)))
+        config = tmp_path / "pod.toml"
+        config.write_text(
+            f'[pod]\nname = "{name}"\nstate_dir = "{state}"\n[hub]\nurl = "{hub_url}"\n{hub}'
+            f'[datasource]\npath = "{data}"\n[security]\n{security}[sandbox_limits]\n{limits}[ops]\nhealth_port = 0\n'
+        )
+        return config
+
+    return make
+
+
+@pytest.fixture
 def list_pod() -> Callable[..., IdentityKey]:
     """Put a pod with a fresh key in a hub's storage, as its registration would: ``list_pod(storage, name,
     last_seen=...)`` (default now: online); the pod's key is returned, to sign its results."""

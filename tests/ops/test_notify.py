@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -138,26 +138,9 @@ def _receive_until(sock: socket.socket, wanted: str, *, timeout_s: float, seen: 
     raise AssertionError(f"no {wanted} within {timeout_s} s; received {seen}")
 
 
-def _pod_config(tmp_path: Path, hub_url: str) -> Path:
-    from pod_agent.protocol import IdentityKey
-
-    state = tmp_path / "pod"
-    state.mkdir()
-    IdentityKey.generate().save(state / "identity.pem")
-    data = tmp_path / "data.csv"
-    data.write_text("age,label\n" + "".join(f"{20 + i % 50},{i % 2}\n" for i in range(100)))
-    config = tmp_path / "pod.toml"
-    config.write_text(
-        f'[pod]\nname = "notified"\nstate_dir = "{state}"\n'
-        f'[hub]\nurl = "{hub_url}"\nheartbeat_s = 0.5\n'
-        f'[datasource]\npath = "{data}"\n[security]\nsandbox = "none"\n'
-        "[sandbox_limits]\nwarm_worker = false\n[ops]\nhealth_port = 0\n"
-    )
-    return config
-
-
 def test_pod_agent_run_notifies_ready_watchdog_and_stopping(
-    tmp_path: Path, hub_process_url: str, path_socket: tuple[str, socket.socket]
+    tmp_path: Path, hub_process_url: str, path_socket: tuple[str, socket.socket],
+    small_pod_config: Callable[..., Path],
 ) -> None:
     address, sock = path_socket
     env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
@@ -165,7 +148,10 @@ def test_pod_agent_run_notifies_ready_watchdog_and_stopping(
     env.update(NOTIFY_SOCKET=address, WATCHDOG_USEC="1000000")
     log = tmp_path / "agent.log"
     with log.open("wb") as out:
-        agent = subprocess.Popen([_POD_AGENT, "run", "--config", str(_pod_config(tmp_path, hub_process_url))],
+        agent = subprocess.Popen([_POD_AGENT, "run", "--config", str(small_pod_config(
+            "notified", hub_process_url, hub="heartbeat_s = 0.5\n", security='sandbox = "none"\n',
+            limits="warm_worker = false\n",
+        ))],
                                  env=env, stdout=out, stderr=out)
     seen: list[str] = []
     try:

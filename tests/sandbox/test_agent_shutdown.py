@@ -8,29 +8,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from sbx_helpers import SANDBOX_USER, is_live
 
-from pod_agent.protocol import IdentityKey
 from pod_agent.sandbox.cgroup import descendants
 
 _POD_AGENT = str(Path(sys.executable).parent / "pod-agent")
-
-
-def _config(tmp_path: Path, hub_url: str) -> Path:
-    state = tmp_path / "pod"
-    state.mkdir()
-    IdentityKey.generate().save(state / "identity.pem")
-    data = tmp_path / "data.csv"
-    data.write_text("age,label\n" + "".join(f"{20 + i % 50},{i % 2}\n" for i in range(100)))
-    config = tmp_path / "pod.toml"
-    config.write_text(
-        f'[pod]\nname = "shutdown"\nstate_dir = "{state}"\n[hub]\nurl = "{hub_url}"\n'
-        f'[datasource]\npath = "{data}"\n[security]\nsandbox = "strict"\nsandbox_user = "{SANDBOX_USER}"\n'
-        "[sandbox_limits]\nwarm_worker = true\nwarm_pool = 2\n[ops]\nhealth_port = 0\n"
-    )
-    return config
 
 
 def _sandbox_processes(pids: list[int]) -> list[int]:
@@ -45,10 +30,15 @@ def _sandbox_processes(pids: list[int]) -> list[int]:
     return owned
 
 
-def test_sigterm_leaves_no_sandbox_process_behind(tmp_path: Path, hub_process_url: str) -> None:
+def test_sigterm_leaves_no_sandbox_process_behind(
+    tmp_path: Path, hub_process_url: str, small_pod_config: Callable[..., Path]
+) -> None:
     log = tmp_path / "agent.log"
     with log.open("wb") as out:
-        agent = subprocess.Popen([_POD_AGENT, "run", "--config", str(_config(tmp_path, hub_process_url))],
+        agent = subprocess.Popen([_POD_AGENT, "run", "--config", str(small_pod_config(
+            "shutdown", hub_process_url, security=f'sandbox = "strict"\nsandbox_user = "{SANDBOX_USER}"\n',
+            limits="warm_worker = true\nwarm_pool = 2\n",
+        ))],
                                  stdout=out, stderr=out)
     try:
         deadline = time.monotonic() + 60
