@@ -2,6 +2,7 @@
 
     PodAgentError
     ├── ConfigError            config file or env var invalid (names key and file)
+    │   └── HealthPortTaken    (ops.health) the health endpoint's port is held by another socket
     ├── DataError              datasource unreadable, malformed or drifted
     │   └── SchemaDrift        stored schema differs from the data now present
     ├── ProtocolError          a message that cannot be parsed, encoded or verified

@@ -51,8 +51,9 @@ SURFACE: dict[str, list[str]] = {
         "schema_stats", "starting_weights"
     ],
     "ops": [
-        "AgentMetrics", "HealthServer", "HumanFormatter", "JsonFormatter", "Notifier", "Readiness",
-        "TaskLogAdapter", "bind_health_socket", "configure_logging", "task_context", "task_logger"
+        "AgentMetrics", "HealthPortTaken", "HealthServer", "HumanFormatter", "JsonFormatter", "Notifier", "Readiness",
+        "TaskLogAdapter", "bind_health_socket", "configure_logging", "pod_on_health_port", "task_context",
+        "task_logger"
     ],
     "policy": [
         "BudgetUse", "FailureCode", "NoisePlan", "PrivacyFloor", "RefusalCode", "TaskVerifier", "TrustedPeers",

@@ -382,7 +382,8 @@ class Agent:
         ops = self.settings.ops
         if ops.health_port == 0:
             return None
-        return HealthServer(metrics=self.metrics, readiness=self.readiness, host=ops.health_host, port=ops.health_port)
+        return HealthServer(metrics=self.metrics, readiness=self.readiness, host=ops.health_host, port=ops.health_port,
+                            pod=self.settings.pod.name)
 
     async def _upkeep(self) -> None:
         async with asyncio.TaskGroup() as group:

@@ -118,13 +118,19 @@ def _hub(ctx: CheckContext) -> str:
 
 
 def _ports(ctx: CheckContext) -> str:
-    """The health endpoint's port can be bound now (``pod-agent run`` binds it first thing)."""
-    from pod_agent.ops import bind_health_socket
+    """The health endpoint's port can be bound now (``pod-agent run`` binds it first thing), or is held by this
+    pod's own running agent (its /healthz names this pod)."""
+    from pod_agent.ops import HealthPortTaken, bind_health_socket, pod_on_health_port
 
-    ops = ctx.settings.ops
+    ops, pod = ctx.settings.ops, ctx.settings.pod.name
     if ops.health_port == 0:
         return "health endpoint off (ops.health_port = 0)"
-    bind_health_socket(ops.health_host, ops.health_port).close()
+    try:
+        bind_health_socket(ops.health_host, ops.health_port).close()
+    except HealthPortTaken:
+        if pod_on_health_port(ops.health_host, ops.health_port) != pod:
+            raise
+        return f"health endpoint {ops.health_host}:{ops.health_port} is in use by this pod's running agent"
     return f"health endpoint {ops.health_host}:{ops.health_port} is free"
 
 

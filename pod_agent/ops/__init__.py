@@ -4,7 +4,7 @@ The daemon (pod_agent.agent) owns when things happen; this package owns how
 they are reported on this host. Nothing here sends anything off the host.
 """
 
-from pod_agent.ops.health import HealthServer, Readiness, bind_health_socket
+from pod_agent.ops.health import HealthPortTaken, HealthServer, Readiness, bind_health_socket, pod_on_health_port
 from pod_agent.ops.logs import (
     HumanFormatter,
     JsonFormatter,
@@ -18,6 +18,7 @@ from pod_agent.ops.notify import Notifier
 
 __all__ = [
     "AgentMetrics",
+    "HealthPortTaken",
     "HealthServer",
     "HumanFormatter",
     "JsonFormatter",
@@ -26,6 +27,7 @@ __all__ = [
     "TaskLogAdapter",
     "bind_health_socket",
     "configure_logging",
+    "pod_on_health_port",
     "task_context",
     "task_logger",
 ]

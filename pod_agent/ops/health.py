@@ -4,12 +4,14 @@ Owns three read-only routes and nothing else (no control endpoints, so no
 authentication to get wrong):
   /healthz  200 while the process runs and its event loop keeps up; 503 for
             ``STALL_MEMORY_S`` after the loop lagged more than ``LOOP_LAG_LIMIT_S``
-            (while it is stalled, the request itself times out)
+            (while it is stalled, the request itself times out). It names the pod (public
+            already: the hub lists it), so ``pod-agent check`` can tell its own running
+            agent on the port from anything else (``pod_on_health_port``)
   /readyz   200 once registered with the hub, connected to it, and the sandbox
             level in force satisfies the configured one; else 503 listing what is missing
   /metrics  Prometheus text of the agent's own registry (metrics.py)
 The daemon owns a ``Readiness`` and updates its fields; this module only reads it.
-``bind_health_socket`` turns a taken port into a ConfigError naming the setting (``pod-agent run``
+``bind_health_socket`` turns a taken port into a ``HealthPortTaken`` naming the setting (``pod-agent run``
 says so in one line, and ``pod-agent check`` tests the port with it).
 """
 
@@ -18,6 +20,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import http.client
+import json
 import socket
 import time
 from dataclasses import dataclass
@@ -34,6 +38,14 @@ LOOP_PROBE_INTERVAL_S = 1.0
 LOOP_LAG_LIMIT_S = 5.0
 # A stall is reported this long after it ended, so a prober polling every 30 s sees it.
 STALL_MEMORY_S = 60.0
+# `pod-agent check` asks a taken port who holds it: a /healthz reply is a few dozen bytes, and an
+# agent that does not answer this fast is reported as a taken port like any other holder.
+_PROBE_TIMEOUT_S = 2.0
+_MAX_PROBE_BYTES = 4096
+
+
+class HealthPortTaken(ConfigError):
+    """The health endpoint's port is held by another socket (another agent, or anything else)."""
 
 
 def bind_health_socket(host: str, port: int) -> socket.socket:
@@ -45,10 +57,30 @@ def bind_health_socket(host: str, port: int) -> socket.socket:
     except OSError as exc:
         taken = exc.errno == errno.EADDRINUSE
         why = "is taken (another pod-agent on this host?)" if taken else f"cannot be bound: {exc.strerror or exc}"
-        raise ConfigError(
+        error = HealthPortTaken if taken else ConfigError
+        raise error(
             f"health endpoint {host}:{port} {why}: set ops.health_port in pod.toml to a free port "
             "(each pod on a host needs its own), or to 0 to turn the endpoint off"
         ) from exc
+
+
+def pod_on_health_port(host: str, port: int) -> str | None:
+    """The pod a pod-agent serving /healthz on host:port names, or None when whatever holds the port does not
+    answer as one (refused, slow, oversized, not JSON, no pod name)."""
+    connection = http.client.HTTPConnection(host, port, timeout=_PROBE_TIMEOUT_S)
+    try:
+        connection.request("GET", "/healthz")
+        raw = connection.getresponse().read(_MAX_PROBE_BYTES + 1)
+    except (OSError, http.client.HTTPException):
+        return None
+    finally:
+        connection.close()
+    try:
+        body = json.loads(raw) if len(raw) <= _MAX_PROBE_BYTES else None
+    except ValueError:
+        return None
+    pod = body.get("pod") if isinstance(body, dict) else None
+    return pod if isinstance(pod, str) else None
 
 
 @dataclass
@@ -90,8 +122,9 @@ class HealthServer:
         readiness: Readiness,
         host: str = "127.0.0.1",
         port: int = 8701,
+        pod: str | None = None,
     ) -> None:
-        self.metrics, self.readiness = metrics, readiness
+        self.metrics, self.readiness, self.pod = metrics, readiness, pod
         self.host, self._requested_port = host, port
         self.port: int | None = None
         self._runner: web.AppRunner | None = None
@@ -150,10 +183,10 @@ class HealthServer:
 
     async def _healthz(self, request: web.Request) -> web.Response:
         ok = time.monotonic() >= self._stalled_until
-        return web.json_response(
-            {"status": "ok" if ok else "loop stalled", "loop_lag_s": round(self._lag_s, 4)},
-            status=200 if ok else 503,
-        )
+        body: dict[str, object] = {"status": "ok" if ok else "loop stalled", "loop_lag_s": round(self._lag_s, 4)}
+        if self.pod is not None:
+            body["pod"] = self.pod
+        return web.json_response(body, status=200 if ok else 503)
 
     async def _readyz(self, request: web.Request) -> web.Response:
         missing = self.readiness.missing()
@@ -171,4 +204,12 @@ class HealthServer:
         return response
 
 
-__all__ = ["LOOP_LAG_LIMIT_S", "SANDBOX_LEVEL_ORDER", "STALL_MEMORY_S", "HealthServer", "Readiness"]
+__all__ = [
+    "LOOP_LAG_LIMIT_S",
+    "SANDBOX_LEVEL_ORDER",
+    "STALL_MEMORY_S",
+    "HealthPortTaken",
+    "HealthServer",
+    "Readiness",
+    "pod_on_health_port",
+]

@@ -117,7 +117,7 @@ def test_check_fails_on_a_taken_health_port_naming_the_setting(cli, initialised:
         port = other_pod.getsockname()[1]
         monkeypatch.setenv("POD_AGENT_OPS__HEALTH_PORT", str(port))
         result = cli("check", "--config", str(initialised))
-    ports = next(line for line in result.out.splitlines() if "ports" in line)
+    ports = next(line for line in result.out.splitlines() if line.split()[1:2] == ["ports"])
     assert result.code == 1 and ports.startswith("FAIL")
     assert f"127.0.0.1:{port} is taken" in ports and "ops.health_port" in ports
 

@@ -22,6 +22,15 @@ async def test_healthz_answers_ok_on_loopback_port_zero() -> None:
         status, _, body = await _get(server, "/healthz")
     assert status == 200
     assert '"status": "ok"' in body
+    assert '"pod"' not in body
+
+
+async def test_healthz_names_the_pod_it_serves() -> None:
+    async with HealthServer(metrics=AgentMetrics(), readiness=Readiness(), port=0, pod="clinic") as server:
+        status, _, body = await _get(server, "/healthz")
+        assert await asyncio.to_thread(health.pod_on_health_port, "127.0.0.1", server.port or 0) == "clinic"
+    assert status == 200
+    assert '"pod": "clinic"' in body
 
 
 async def test_healthz_reports_a_stalled_loop(monkeypatch: pytest.MonkeyPatch) -> None:
