@@ -25,12 +25,14 @@ SURFACE: dict[str, list[str]] = {
     ],
     "config": [
         "AllowedModel", "DEFAULT_MAX_PREDICTION_COLUMNS", "DatasourceSection", "DpBudget",
-        "ENROLMENT_TOKEN_PATTERN", "HubSection", "ModellerKey", "ModellerPolicy", "OpsSection", "PodName",
-        "PodSection", "PodSettings", "PrivacySection", "SandboxLimitsSection", "SecuritySection", "TrainingSection",
+        "ENROLMENT_TOKEN_PATTERN", "HubSection", "ImagesSection", "ModellerKey", "ModellerPolicy", "OpsSection",
+        "PodName", "PodSection", "PodSettings", "PrivacySection", "SandboxLimitsSection", "SecuritySection",
+        "TextSection", "TrainingSection",
         "example_text", "load_settings", "render_pod_toml"
     ],
     "data": [
-        "ColumnSchema", "DATA_FILE_NAME", "DEFAULT_BATCH_ROWS", "Datasource", "SPLIT_CODES", "STYPES", "Schema",
+        "ColumnSchema", "DATA_FILE_NAME", "DEFAULT_BATCH_ROWS", "Datasource", "ROW_SHAPE_METADATA_KEY", "SPLIT_CODES",
+        "STYPES", "Schema",
         "Stype", "TaskInputCache", "assign_splits", "check_drift", "open_datasource", "partition_by_category",
         "plan_datastructure", "prepare_task_input", "read_datastructure", "stype_reason", "write_adult"
     ],

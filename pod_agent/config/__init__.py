@@ -8,6 +8,7 @@ from pod_agent.config.settings import (
     DatasourceSection,
     DpBudget,
     HubSection,
+    ImagesSection,
     ModellerKey,
     ModellerPolicy,
     OpsSection,
@@ -17,6 +18,7 @@ from pod_agent.config.settings import (
     PrivacySection,
     SandboxLimitsSection,
     SecuritySection,
+    TextSection,
     TrainingSection,
 )
 from pod_agent.config.template import example_text, render_pod_toml
@@ -28,6 +30,7 @@ __all__ = [
     "DatasourceSection",
     "DpBudget",
     "HubSection",
+    "ImagesSection",
     "ModellerKey",
     "ModellerPolicy",
     "OpsSection",
@@ -37,6 +40,7 @@ __all__ = [
     "PrivacySection",
     "SandboxLimitsSection",
     "SecuritySection",
+    "TextSection",
     "TrainingSection",
     "example_text",
     "load_settings",

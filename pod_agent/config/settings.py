@@ -79,9 +79,40 @@ class HubSection(_Section):
         return value
 
 
+class ImagesSection(_Section):
+    """``[datasource.images]``: where an image column's relative paths point, and how images are decoded.
+
+    Only regular files under ``dir`` are read (the agent resolves each path and refuses symlinks and
+    ``..``); the agent decodes and resizes them into the task's prepared input, so the sandbox reads
+    no image file at all.
+    """
+
+    dir: Path
+    size: tuple[int, int] = (28, 28)  # (height, width) when the task names none
+    max_size: tuple[int, int] = (256, 256)  # the largest (height, width) a task may ask for
+    mode: Literal["L", "RGB"] = "L"  # grey (1 channel) or RGB (3)
+    max_file_mb: int = Field(default=32, ge=1)  # a larger image file fails the task (decompression bombs too)
+
+    @model_validator(mode="after")
+    def _sizes_fit(self) -> ImagesSection:
+        if min(*self.size, *self.max_size) < 1 or any(s > m for s, m in zip(self.size, self.max_size, strict=True)):
+            raise ValueError(f"size {list(self.size)} must be positive and within max_size {list(self.max_size)}")
+        return self
+
+
+class TextSection(_Section):
+    """``[datasource.text]``: how a text column becomes token ids (pod_agent.data.text)."""
+
+    max_tokens: int = Field(default=64, ge=1, le=4096)  # tokens per row; a task may ask for fewer
+
+
 class DatasourceSection(_Section):
     path: Path
-    format: Literal["csv", "parquet", "auto"] = "auto"
+    # "image-folders": ``path`` is a directory with one sub-directory of images per class; the table is
+    # its files (columns ``image``, a path relative to ``path``, and ``label``, the sub-directory's name).
+    format: Literal["csv", "parquet", "auto", "image-folders"] = "auto"
+    images: ImagesSection | None = None
+    text: TextSection = TextSection()
     table_name: str = "data"
     description: str = ""
     ignore_cols: list[str] = []
@@ -282,6 +313,9 @@ class PrivacySection(_Section):
     max_prediction_columns: int = Field(default=DEFAULT_MAX_PREDICTION_COLUMNS, ge=1)
     peers: list[PeerPin] = []  # [[privacy.peers]]: pinned secure-aggregation peers
     federation_key: str | None = None  # base64 Ed25519 key whose signed roster lists more trusted peers
+    # Accept bfloat16/float16 updates when a task's hyperparameters.wire_dtype asks (half the bytes;
+    # the agent still checks them and widens them to float32 before clipping and secure aggregation).
+    allow_half_precision: bool = False
     federation_roster: Path | None = None  # the signed roster file `pod-agent peers import` wrote
     dp: DpSection = DpSection()
 

@@ -7,6 +7,7 @@ from pod_agent.data.partition import partition_by_category
 from pod_agent.data.schema import STYPES, ColumnSchema, Schema, Stype, check_drift, stype_reason
 from pod_agent.data.task_input import (
     DATA_FILE_NAME,
+    ROW_SHAPE_METADATA_KEY,
     SPLIT_CODES,
     assign_splits,
     plan_datastructure,
@@ -17,6 +18,7 @@ from pod_agent.data.task_input import (
 __all__ = [
     "DATA_FILE_NAME",
     "DEFAULT_BATCH_ROWS",
+    "ROW_SHAPE_METADATA_KEY",
     "SPLIT_CODES",
     "STYPES",
     "ColumnSchema",

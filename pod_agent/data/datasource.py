@@ -1,9 +1,9 @@
 """A pod's table as a Datasource: open it, learn its schema in one streaming pass, stream batches.
 
-Owns choosing the reader (CSV file, Parquet file or directory), checking the configured
+Owns choosing the reader (CSV file, Parquet file or directory, a folder of images per class), checking the configured
 column lists against the real columns, dropping ``ignore_cols`` at the source (no schema
 or batch ever carries them), and caching the schema on the object. Format details live in
-``csvsource.py`` and ``parquetsource.py``; the schema model in ``schema.py``.
+``csvsource.py``, ``parquetsource.py`` and ``images.py``; the schema model in ``schema.py``.
 """
 
 from __future__ import annotations
@@ -16,11 +16,13 @@ import pyarrow as pa
 
 from pod_agent.config import DatasourceSection
 from pod_agent.data.csvsource import CsvTable
+from pod_agent.data.images import ImageFolderTable
 from pod_agent.data.parquetsource import ParquetTable
 from pod_agent.data.schema import Schema, Stype
 from pod_agent.errors import DataError
 
 DEFAULT_BATCH_ROWS = 65_536
+Format = Literal["csv", "parquet", "image-folders"]
 _PARQUET_MAGIC = b"PAR1"
 
 
@@ -32,13 +34,19 @@ def open_datasource(section: DatasourceSection) -> Datasource:
     kind = _format(section)
     if kind == "csv" and path.is_dir():
         raise DataError(f"{path}: is a directory, not a CSV file - point datasource.path at the file")
+    if kind == "image-folders" and not path.is_dir():
+        raise DataError(f"{path}: is not a directory - image-folders needs <path>/<class>/<image>")
     if path.is_file():
         _check_readable(path)
-    table = CsvTable(section) if kind == "csv" else ParquetTable(section)
+    table: CsvTable | ParquetTable | ImageFolderTable
+    if kind == "image-folders":
+        table = ImageFolderTable(section)
+    else:
+        table = CsvTable(section) if kind == "csv" else ParquetTable(section)
     return Datasource(section, kind=kind, table=table)
 
 
-def _format(section: DatasourceSection) -> Literal["csv", "parquet"]:
+def _format(section: DatasourceSection) -> Format:
     if section.format != "auto":
         return section.format
     path = section.path
@@ -63,7 +71,7 @@ class Datasource:
     """One table. ``schema()`` and ``batches()`` never show the section's ``ignore_cols``."""
 
     def __init__(
-        self, section: DatasourceSection, *, kind: Literal["csv", "parquet"], table: CsvTable | ParquetTable
+        self, section: DatasourceSection, *, kind: Format, table: CsvTable | ParquetTable | ImageFolderTable
     ) -> None:
         self.section, self.kind, self._table = section, kind, table
         names = table.names

@@ -134,6 +134,9 @@ class TaskInputCache:
 def cache_key(ds: Datasource, schema: Schema, selection: DataSelection, *, share_categories: bool) -> str:
     """sha256 of everything a prepared input depends on, the data files' identity included."""
     files = [ds.path] if ds.path.is_file() else sorted(p for p in ds.path.rglob("*") if p.is_file())
+    if ds.section.images is not None and ds.section.images.dir != ds.path:
+        # The images a table's rows name are data too: a changed image makes a new key.
+        files += sorted(p for p in ds.section.images.dir.rglob("*") if p.is_file())
     identity = []
     for path in files:
         st = path.stat()

@@ -43,9 +43,19 @@ columns are named by bucket (``colour#17``) either way; they hold no values.
   assignment is reproducible from ``split.seed`` and the row order, and it needs
   only one counter per class.
 
+Images and text (``_Media``): a selection may name one image or one text column as its only feature.
+- image -> the agent reads each row's file under ``datasource.images.dir`` (``images.py``: paths checked,
+  symlinks refused), decodes and resizes it to ``selection.image_size`` (else the owner's size, within the
+  owner's ``max_size``) in ``selection.image_mode`` (else the owner's); ``x`` holds the pixels channels
+  first, float32 in [0, 1], and the datastructure ``image_shape`` ``[channels, height, width]``.
+- text -> token ids (``text.py``): ``x`` holds int32 ``[max_tokens]``, the datastructure ``vocab_size``.
+A planned datastructure (``plan_datastructure``, no pod config at hand) needs the task to name the image
+size and mode, or the token count.
+
 File layout (Arrow IPC file, memory-mappable): ``x: fixed_size_list<float32>[input_size]``,
 ``y: int64`` (or ``float32`` for regression), ``split: int8`` (0 train, 1 validation,
-2 test). The datastructure JSON is also stored in the schema metadata under
+2 test); for images and text ``x`` carries the field metadata ``pod_agent.shape`` (the shape of one
+row, JSON) and for text holds int32. The datastructure JSON is also stored in the schema metadata under
 ``pod_agent.datastructure``.
 """
 
@@ -62,6 +72,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pod_agent.config import DatasourceSection, ImagesSection
+from pod_agent.data.images import ImageFormat, ImageReader, images_section
+from pod_agent.data.text import TextTokens
 from pod_agent.errors import DataError
 from pod_agent.protocol import DataSelection
 
@@ -70,6 +83,7 @@ if TYPE_CHECKING:
 
 DATA_FILE_NAME = "data.arrow"
 DATASTRUCTURE_METADATA_KEY = b"pod_agent.datastructure"
+ROW_SHAPE_METADATA_KEY = b"pod_agent.shape"
 SPLIT_CODES = {"train": 0, "validation": 1, "test": 2}
 # Fixed width per column for hashed categories: above the schema's default
 # categorical_max_unique (50), so collisions stay rare for columns that are categorical at all.
@@ -77,6 +91,9 @@ HASHED_BUCKETS = 64
 _SPLIT_BLOCK_ROWS = 100  # split percentages are integers summing to 100
 _READ_BATCH_ROWS = 65536
 _FEATURE_STYPES = ("categorical", "continuous")
+_MEDIA_STYPES = ("image", "text")
+# Values of x held in memory per record batch while images or text are encoded (32 MiB of float32).
+_MEDIA_BATCH_VALUES = 8 << 20
 # Label of the one-hot slot for an unlisted or missing value: "<other>" where values are
 # shared (as before the index names existed), "#other" where the slots are named "#<index>".
 _OTHER_SHARED = "<other>"
@@ -107,6 +124,28 @@ class _ColumnPlan:
 
     def __post_init__(self) -> None:
         self.index_of = {c: i for i, c in enumerate(self.categories)}
+
+
+@dataclass(frozen=True)
+class _Media:
+    """The one image or text column a selection names, and what each row of it becomes."""
+
+    column: str
+    image: ImageFormat | None = None
+    tokens: TextTokens | None = None
+
+    @property
+    def row_shape(self) -> tuple[int, ...]:
+        return self.image.shape if self.image is not None else (self.tokens.max_tokens,)  # type: ignore[union-attr]
+
+    @property
+    def width(self) -> int:
+        return int(np.prod(self.row_shape))
+
+    def describe(self) -> dict[str, object]:
+        if self.image is not None:
+            return {"input_kind": "image", "image_shape": list(self.image.shape)}
+        return {"input_kind": "tokens", "vocab_size": self.tokens.vocab_size}  # type: ignore[union-attr]
 
 
 class _Splitter:
@@ -150,7 +189,8 @@ def prepare_task_input(
     and when no row has a usable target.
     """
     encoding: CategoricalEncoding = selection.categorical_encoding
-    plans, target = _plan(schema, selection, encoding)
+    media = _media(schema, selection, ds.section)
+    plans, target = _plan(schema, selection, encoding, media)
     unscalable = sorted(set(selection.scaling) - {p.name for p in plans if p.stype == "continuous"})
     if unscalable:
         raise DataError(f"task input: scaling names {unscalable}, which are not selected continuous columns")
@@ -195,26 +235,32 @@ def prepare_task_input(
 
     datastructure = _datastructure(
         plans, target, task=task, encoding=encoding, n_rows=n_rows, n_dropped=n_dropped, selection=selection,
-        share_categories=share_categories,
+        share_categories=share_categories, media=media,
     )
     input_size = int(datastructure["input_size"])  # type: ignore[call-overload]
     y_type = pa.int64() if task == "classification" else pa.float32()
+    x_type = pa.int32() if media is not None and media.tokens is not None else pa.float32()
+    x_metadata = {ROW_SHAPE_METADATA_KEY: json.dumps(list(media.row_shape)).encode()} if media is not None else None
     arrow_schema = pa.schema(
-        [("x", pa.list_(pa.float32(), input_size)), ("y", y_type), ("split", pa.int8())],
+        [pa.field("x", pa.list_(x_type, input_size), metadata=x_metadata), ("y", y_type), ("split", pa.int8())],
         metadata={DATASTRUCTURE_METADATA_KEY: json.dumps(datastructure, sort_keys=True).encode()},
     )
+    encode_x = _media_encoder(media, ds.section) if media is not None else (
+        lambda batch: _encode_features(batch, plans, input_size)
+    )
+    read_rows = _READ_BATCH_ROWS if media is None else max(1, min(_READ_BATCH_ROWS, _MEDIA_BATCH_VALUES // input_size))
 
     # Pass 2: encode and write, one record batch at a time.
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / DATA_FILE_NAME
     splitter = _Splitter(train=split.train, validation=split.validation, test=split.test, seed=split.seed)
     with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, arrow_schema) as writer:
-        for batch in _batches(ds, [p.name for p in plans] + [target.name]):
+        for batch in _batches(ds, [p.name for p in plans] + [target.name], rows=read_rows):
             y, keep = _encode_target(batch.column(target.name), target)
             if not keep.any():
                 continue
             assigned = splitter.assign(_strata(y[keep], task))
-            x = _encode_features(batch, plans, input_size)[keep]
+            x = encode_x(batch.filter(pa.array(keep)))
             writer.write_batch(
                 pa.record_batch(
                     [
@@ -234,7 +280,7 @@ def assign_splits(ds: Datasource, schema: Schema, selection: DataSelection) -> n
     Lets a baseline on the host that holds a copy of the pods' tables leave out exactly
     the rows the pods test on; it reads only the target column.
     """
-    _, target = _plan(schema, selection, selection.categorical_encoding)
+    _, target = _plan(schema, selection, selection.categorical_encoding, _media(schema, selection, ds.section))
     split = selection.split
     task = "classification" if target.stype == "categorical" else "regression"
     splitter = _Splitter(train=split.train, validation=split.validation, test=split.test, seed=split.seed)
@@ -258,11 +304,12 @@ def plan_datastructure(schema: Schema, selection: DataSelection, *, share_catego
     where they are not shared).
     """
     encoding: CategoricalEncoding = selection.categorical_encoding
-    plans, target = _plan(schema, selection, encoding)
+    media = _media(schema, selection, None)
+    plans, target = _plan(schema, selection, encoding, media)
     task = "classification" if target.stype == "categorical" else "regression"
     return _datastructure(
         plans, target, task=task, encoding=encoding, n_rows=dict.fromkeys(SPLIT_CODES, 0), n_dropped=0,
-        selection=selection, share_categories=share_categories,
+        selection=selection, share_categories=share_categories, media=media,
     )
 
 
@@ -277,8 +324,74 @@ def read_datastructure(path: Path) -> dict[str, object]:
     return loaded
 
 
+def _media(schema: Schema, selection: DataSelection, section: DatasourceSection | None) -> _Media | None:
+    """The selection's image or text column and its encoding (None: a tabular selection).
+
+    ``section`` is the pod's datasource config (its defaults and bounds); None when a modeller plans,
+    when the selection must name what the pod would otherwise choose.
+    """
+    known = {c.name: c for c in schema.columns}
+    chosen = [n for n in selection.columns or [] if n not in selection.ignore and n in known]
+    named = [n for n in chosen if known[n].stype in _MEDIA_STYPES]
+    if not named:
+        return None
+    if len(chosen) != 1:
+        raise DataError(
+            f"task input: {named[0]!r} is a {known[named[0]].stype} column; it must be the selection's only "
+            f"column, not one of {chosen}"
+        )
+    name = named[0]
+    if known[name].stype == "image":
+        return _Media(name, image=_image_format(selection, None if section is None else images_section(section)))
+    limit = None if section is None else section.text.max_tokens
+    max_tokens = selection.max_tokens or limit
+    if max_tokens is None:
+        raise DataError(f"task input: planning text column {name!r} needs the selection's max_tokens")
+    if limit is not None and max_tokens > limit:
+        raise DataError(
+            f"task input: max_tokens {max_tokens} is over this pod's datasource.text.max_tokens {limit}; ask for less"
+        )
+    vocabulary = None if selection.vocabulary is None else tuple(selection.vocabulary)
+    return _Media(name, tokens=TextTokens(max_tokens=max_tokens, vocabulary=vocabulary))
+
+
+def _image_format(selection: DataSelection, images: ImagesSection | None) -> ImageFormat:
+    size = selection.image_size or (None if images is None else images.size)
+    mode = selection.image_mode or (None if images is None else images.mode)
+    if size is None or mode is None:
+        raise DataError("task input: planning an image column needs the selection's image_size and image_mode")
+    height, width = size
+    if images is not None and (height > images.max_size[0] or width > images.max_size[1]):
+        raise DataError(
+            f"task input: image_size {list(size)} is over this pod's datasource.images.max_size "
+            f"{list(images.max_size)}; ask for a smaller size"
+        )
+    if min(height, width) < 1:
+        raise DataError(f"task input: image_size {list(size)} must be positive")
+    return ImageFormat(mode=mode, height=height, width=width)
+
+
+def _media_encoder(media: _Media, section: DatasourceSection) -> Callable[[pa.RecordBatch], np.ndarray]:
+    """Encodes a record batch's media column into ``[rows, width]`` (float32 pixels or int32 token ids)."""
+    if media.tokens is not None:
+        tokens = media.tokens
+        return lambda batch: tokens.encode(pc.cast(batch.column(media.column), pa.string()).to_pylist())
+    reader = ImageReader(images_section(section), media.image)  # type: ignore[arg-type]
+
+    def images(batch: pa.RecordBatch) -> np.ndarray:
+        paths = batch.column(media.column).to_pylist()
+        x = np.empty((len(paths), media.width), dtype=np.float32)
+        for row, path in enumerate(paths):
+            if path is None:
+                raise DataError(f"task input: image column {media.column!r} has a missing path; fill or drop the row")
+            x[row] = reader.pixels(str(path)).reshape(-1)
+        return x
+
+    return images
+
+
 def _plan(
-    schema: Schema, selection: DataSelection, encoding: CategoricalEncoding
+    schema: Schema, selection: DataSelection, encoding: CategoricalEncoding, media: _Media | None
 ) -> tuple[list[_ColumnPlan], _ColumnPlan]:
     known = {c.name: c for c in schema.columns}
     if selection.target not in known:
@@ -293,6 +406,10 @@ def _plan(
             "a target must be categorical or continuous (force_stypes can set it)"
         )
     target = _ColumnPlan(target_col.name, target_col.stype, list(target_col.categories or []), 0)
+    if media is not None:
+        if media.column == selection.target:
+            raise DataError(f"task input: column {media.column!r} is the target; choose another column")
+        return [_ColumnPlan(media.column, known[media.column].stype, [], media.width)], target
     if selection.columns is None:
         names = [c.name for c in schema.columns if c.name != selection.target and c.name not in selection.ignore]
         names = [n for n in names if known[n].stype in _FEATURE_STYPES]
@@ -308,7 +425,7 @@ def _plan(
         if col.stype not in _FEATURE_STYPES:
             raise DataError(
                 f"task input: column {name!r} has stype {col.stype!r}; only categorical and continuous "
-                "columns can be tabular features - drop it from the selection"
+                "columns can be tabular features - drop it from the selection, or select it alone"
             )
         categories = list(col.categories or [])
         if col.stype == "continuous":
@@ -333,10 +450,11 @@ def _datastructure(
     n_dropped: int,
     selection: DataSelection,
     share_categories: bool,
+    media: _Media | None = None,
 ) -> dict[str, object]:
     other = _OTHER_SHARED if share_categories else _OTHER_BY_INDEX
     feature_names: list[str] = []
-    for plan in plans:
+    for plan in [] if media is not None else plans:
         if plan.stype == "continuous":
             feature_names.append(plan.name)
         elif plan.hashed:
@@ -348,7 +466,7 @@ def _datastructure(
         "version": 1,
         "target": target.name,
         "task": task,
-        "input_size": len(feature_names),
+        "input_size": len(feature_names) if media is None else media.width,
         "n_classes": len(target.categories) if task == "classification" else 1,
         "target_categories": _category_labels(target.categories, share_categories=share_categories),
         "feature_names": feature_names,
@@ -359,7 +477,7 @@ def _datastructure(
         "n_rows": n_rows,
         "n_dropped": n_dropped,
         "split": selection.split.model_dump(),
-    }
+    } | ({} if media is None else media.describe())
 
 
 def _category_labels(categories: list[str], *, share_categories: bool) -> list[str]:
@@ -367,8 +485,8 @@ def _category_labels(categories: list[str], *, share_categories: bool) -> list[s
     return list(categories) if share_categories else [f"#{i}" for i in range(len(categories))]
 
 
-def _batches(ds: Datasource, columns: list[str]) -> Iterator[pa.RecordBatch]:
-    for batch in ds.batches(columns=columns, batch_rows=_READ_BATCH_ROWS):
+def _batches(ds: Datasource, columns: list[str], *, rows: int = _READ_BATCH_ROWS) -> Iterator[pa.RecordBatch]:
+    for batch in ds.batches(columns=columns, batch_rows=rows):
         if batch.num_rows:
             yield batch
 

@@ -61,6 +61,12 @@ class Hyperparameters(WireModel):
     learning_rate: float = Field(default=1e-3, gt=0)
     seed: int = 42
     extra: dict[str, HyperValue] = {}
+    # Which of the model's floating tensors travel (pinned weights, update, masked vector): "all", or
+    # "trainable": only parameters with requires_grad (LoRA adapters over a frozen base built from the seed).
+    exchange: Literal["all", "trainable"] = "all"
+    # The dtype of the returned tensors; a half dtype is accepted only where the pod owner allows it
+    # (``privacy.allow_half_precision``) and is widened to float32 before secure aggregation.
+    wire_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
 
     @model_validator(mode="after")
     def _epochs_or_steps(self) -> Hyperparameters:
@@ -96,6 +102,14 @@ class DataSelection(WireModel):
     # schema-stats results). A pod standardises these columns with them instead of its own
     # training rows' moments, so that a feature value means the same on every pod.
     scaling: dict[str, tuple[float, float]] = {}
+    # Image columns: (height, width) every image is resized to, within the pod owner's
+    # ``datasource.images.max_size``; None: the owner's ``datasource.images.size``.
+    image_size: tuple[int, int] | None = None
+    image_mode: Literal["L", "RGB"] | None = None  # grey or RGB; None: the owner's datasource.images.mode
+    # Text columns: tokens per row (None: the owner's ``datasource.text.max_tokens``, a task may ask
+    # for fewer, never more) and a fixed word vocabulary; None: UTF-8 byte tokens (pod_agent.data.text).
+    max_tokens: int | None = Field(default=None, ge=1)
+    vocabulary: list[str] | None = Field(default=None, max_length=100_000)
 
     @model_validator(mode="after")
     def _positive_scales(self) -> DataSelection:
