@@ -6,7 +6,8 @@
     ├── DataError              datasource unreadable, malformed or drifted
     │   └── SchemaDrift        stored schema differs from the data now present
     ├── ProtocolError          a message that cannot be parsed, encoded or verified
-    │   └── KeyFileError       a key file missing, unreadable or too permissive
+    │   ├── KeyFileError       a key file missing, unreadable or too permissive
+    │   └── PinOutdated        (protocol.rotation) a pinned key rotated away, its overlap over
     ├── CodedError             an error whose ``code`` (a fixed word) may leave the host
     │   ├── TaskRefused        the pod's policy refuses a task (a RefusalCode)
     │   ├── TaskFailed         an accepted task could not produce a result (a FailureCode)

@@ -107,6 +107,7 @@ from pod_agent.hub.storage import (
     Storage,
 )
 from pod_agent.protocol import (
+    MAX_LISTED_ROTATIONS,
     MAX_STAGE_BYTES,
     MODELLER_SENDER,
     MODELLER_STAGES,
@@ -378,6 +379,8 @@ async def _pods_register(request: web.Request) -> web.Response:
     if existing is not None and existing.key_id != key.key_id and reg.rotation is not None:
         _check_rotation(reg.name, reg.rotation, held=PublicKey.from_b64(existing.public_key), new=key)
         await hub.db(hub.storage.release_pod, reg.name)
+        # Kept for modellers that pinned the old key: they follow it to the new one (``GET /v1/pods``).
+        await hub.db(hub.storage.add_pod_rotation, reg.name, envelope_bytes(reg.rotation), now=now)
         _log.info("pod re-keyed by a rotation statement its old key signed", extra={"pod": reg.name})
     record = PodRecord(
         name=reg.name, key_id=key.key_id, public_key=reg.public_key, schema=reg.schema_public,
@@ -612,6 +615,7 @@ async def _pods_list(request: web.Request) -> web.Response:
     hub = _hub(request)
     now = hub.now()
     pods = await _admitted_pods(hub)
+    rotations = await hub.db(hub.storage.pod_rotations)
     return web.json_response(
         {
             "pods": [
@@ -621,6 +625,9 @@ async def _pods_list(request: web.Request) -> web.Response:
                     "last_seen": p.last_seen,
                     "online": hub.connected.get(p.name, 0) > 0
                     or now - p.last_seen <= OFFLINE_AFTER_HEARTBEATS * p.heartbeat_s,
+                    "rotations": [
+                        json.loads(statement) for statement in rotations.get(p.name, [])[-MAX_LISTED_ROTATIONS:]
+                    ],
                 }
                 for p in pods
             ]

@@ -77,6 +77,10 @@ CREATE TABLE IF NOT EXISTS round_messages (
 CREATE TABLE IF NOT EXISTS blobs (
     sha256 TEXT PRIMARY KEY, size_bytes INTEGER NOT NULL, created_at INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS pod_rotations (
+    pod TEXT NOT NULL, statement BLOB NOT NULL, received_at INTEGER NOT NULL, seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    UNIQUE (pod, statement)
+);
 """
 
 # Version 1: blob owners and references, public models, enrolment tokens, keys awaiting approval.
@@ -166,6 +170,21 @@ class SqliteStorage:
     def touch_pod(self, name: str, *, now: int) -> None:
         with self._lock:
             self._db.execute("UPDATE pods SET last_seen = ? WHERE name = ?", (now, name))
+
+    def add_pod_rotation(self, pod: str, statement: bytes, *, now: int) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR IGNORE INTO pod_rotations (pod, statement, received_at) VALUES (?, ?, ?)",
+                (pod, statement, now),
+            )
+
+    def pod_rotations(self) -> dict[str, list[bytes]]:
+        with self._lock:
+            rows = self._db.execute("SELECT pod, statement FROM pod_rotations ORDER BY seq").fetchall()
+        out: dict[str, list[bytes]] = {}
+        for pod, statement in rows:
+            out.setdefault(str(pod), []).append(bytes(statement))
+        return out
 
     def release_pod(self, name: str) -> bool:
         with self._lock, self._tx():

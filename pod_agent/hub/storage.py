@@ -160,6 +160,13 @@ class Storage(Protocol):
 
     def touch_pod(self, name: str, *, now: int) -> None: ...
 
+    def add_pod_rotation(self, pod: str, statement: bytes, *, now: int) -> None:
+        """Keep a key rotation statement (canonical envelope JSON) the hub took ``pod``'s re-keying on; the same
+        statement again is a no-op. Modellers that pinned an older key follow these to the new one."""
+
+    def pod_rotations(self) -> dict[str, list[bytes]]:
+        """Each pod's kept rotation statements, oldest first (pods never re-keyed are absent)."""
+
     def release_pod(self, name: str) -> bool:
         """Forget a pod's registration (its name and key), so a re-keyed pod can register; False if unknown.
 

@@ -6,8 +6,9 @@ up for pods too, streaming blob upload
 and download with sha256 checks) and the check that every result was signed by
 the pod it names. The hub is not trusted: a result whose signature does not
 verify against the pod's key is dropped with an error, never returned. Pod keys
-come from ``pod_keys`` when given (pinned out of band, ``pinning.py``), else from
-the hub's registry (trust on first use).
+come from ``pod_keys`` when given (pinned out of band, and followed through the
+rotation statements the pinned keys signed: ``pinning.py``), else from the hub's
+registry (trust on first use).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any, TypeVar
 import aiohttp
 
 from pod_agent.errors import HubError, ModellerError, ProtocolError
+from pod_agent.modeller.pinning import PodKeys, hub_keys, pinned_keys
 from pod_agent.protocol import (
     BLOB_CHUNK_BYTES,
     BlobRef,
@@ -83,6 +85,7 @@ class PodInfo:
     row_count: int
     sandbox_level: str
     online: bool
+    rotations: tuple[Envelope, ...] = ()  # statements handing the name on from older keys, as the hub relays them
 
 
 @dataclass(frozen=True)
@@ -196,7 +199,7 @@ class ModellerClient:
         return [
             PodInfo(
                 name=p.name, key_id=p.key_id, public_key=p.public_key, schema=p.schema_, schema_hash=p.schema_hash,
-                row_count=p.row_count, sandbox_level=p.sandbox_level, online=p.online,
+                row_count=p.row_count, sandbox_level=p.sandbox_level, online=p.online, rotations=tuple(p.rotations),
             )
             for p in reply.pods
         ]
@@ -263,11 +266,12 @@ class ModellerClient:
         keys = await self._keys()
         return [self._verify_result(envelope, task_id, keys) for envelope in reply.results]
 
-    def _verify_result(self, envelope: Envelope, task_id: str, keys: Mapping[str, PublicKey]) -> VerifiedResult:
+    def _verify_result(self, envelope: Envelope, task_id: str, keys: PodKeys) -> VerifiedResult:
         claimed = envelope.payload.get("pod")
-        key = keys.get(str(claimed))
-        if key is None:
+        in_force = keys.of(str(claimed))
+        if in_force is None:
             raise ModellerError(f"result for task {task_id} names pod {claimed!r} whose key is {self._unknown_key}")
+        key = next((k for k in in_force if k.key_id == envelope.signer), in_force[0])
         try:
             payload = open_envelope(envelope, ResultPayload, key)
         except ProtocolError as exc:
@@ -276,13 +280,12 @@ class ModellerClient:
             raise ModellerError(f"result of pod {claimed!r} is for task {payload.task_id}, not {task_id}")
         return VerifiedResult(pod=payload.pod, payload=payload, envelope=envelope, pinned=self._pod_keys is not None)
 
-    async def _keys(self, listed: list[PodInfo] | None = None) -> dict[str, PublicKey]:
-        """Pinned keys, else the hub's; ``listed`` is a listing the caller already fetched."""
+    async def _keys(self) -> PodKeys:
+        """Pinned keys followed through the rotations they signed, else the hub's."""
+        listed = await self.pods()
         if self._pod_keys is not None:
-            return self._pod_keys
-        if listed is None:
-            listed = await self.pods()
-        return {p.name: PublicKey.from_b64(p.public_key) for p in listed}
+            return pinned_keys(self._pod_keys, {p.name: p.rotations for p in listed}, now=int(time.time()))
+        return hub_keys({p.name: p.public_key for p in listed})
 
     @property
     def _unknown_key(self) -> str:
@@ -336,12 +339,14 @@ class ModellerClient:
         return WeightsRef(blob_id=ref.sha256, sha256=ref.sha256, size_bytes=ref.size_bytes)
 
     async def identity_keys(self, pods: list[str]) -> dict[str, PublicKey]:
-        """Each pod's identity key: pinned, else the hub's (trust on first use); ModellerError for one unknown."""
+        """Each pod's identity key (the newest in force): pinned, else the hub's (trust on first use); ModellerError
+        for one unknown or whose pin is out of date."""
         keys = await self._keys()
-        unknown = [name for name in pods if name not in keys]
+        in_force = {name: keys.of(name) for name in pods}
+        unknown = [name for name, held in in_force.items() if not held]
         if unknown:
             raise ModellerError(f"pods {unknown}: their identity keys are {self._unknown_key}")
-        return {name: keys[name] for name in pods}
+        return {name: held[0] for name, held in in_force.items() if held}
 
     async def participants(self, pods: list[str]) -> list[Participant]:
         """A secure round's cohort as a task names it: each pod with its identity key id.

@@ -84,6 +84,7 @@ from pod_agent.protocol.signing import (
 
 if TYPE_CHECKING:
     from pod_agent.protocol.hub_api import (
+        MAX_LISTED_ROTATIONS,
         MAX_REPLY_BYTES,
         HeartbeatAck,
         HubPush,
@@ -117,11 +118,19 @@ if TYPE_CHECKING:
         parse_reply,
         signed_call,
     )
-    from pod_agent.protocol.rotation import DEFAULT_OVERLAP_S, KeyRotation, rotation_statement, verified_rotation
+    from pod_agent.protocol.rotation import (
+        DEFAULT_OVERLAP_S,
+        KeyRotation,
+        PinOutdated,
+        keys_in_force,
+        rotation_statement,
+        verified_rotation,
+    )
 
 _LAZY_HOME = {
     "BLOB_CHUNK_BYTES": "pod_agent.protocol.hubhttp",
     "DEFAULT_OVERLAP_S": "pod_agent.protocol.rotation",
+    "MAX_LISTED_ROTATIONS": "pod_agent.protocol.hub_api",
     "MAX_REPLY_BYTES": "pod_agent.protocol.hub_api",
     "HeartbeatAck": "pod_agent.protocol.hub_api",
     "HubPush": "pod_agent.protocol.hub_api",
@@ -133,6 +142,7 @@ _LAZY_HOME = {
     "ModellerRegistration": "pod_agent.protocol.hub_api",
     "Ok": "pod_agent.protocol.hub_api",
     "PendingTasks": "pod_agent.protocol.hub_api",
+    "PinOutdated": "pod_agent.protocol.rotation",
     "PodHeartbeat": "pod_agent.protocol.hub_api",
     "PodList": "pod_agent.protocol.hub_api",
     "PodMessage": "pod_agent.protocol.hub_api",
@@ -150,6 +160,7 @@ _LAZY_HOME = {
     "file_chunks": "pod_agent.protocol.hubhttp",
     "hub_session": "pod_agent.protocol.hubhttp",
     "is_loopback": "pod_agent.protocol.hubhttp",
+    "keys_in_force": "pod_agent.protocol.rotation",
     "parse_reply": "pod_agent.protocol.hubhttp",
     "rotation_statement": "pod_agent.protocol.rotation",
     "signed_call": "pod_agent.protocol.hubhttp",
@@ -163,6 +174,7 @@ __all__ = [
     "DEFAULT_REPLAY_ENTRIES",
     "DEFAULT_REPLAY_ENTRIES_PER_KEY",
     "MAX_JSON_DEPTH",
+    "MAX_LISTED_ROTATIONS",
     "MAX_REPLY_BYTES",
     "MAX_REQUEST_SKEW_S",
     "MAX_STAGE_BYTES",
@@ -199,6 +211,7 @@ __all__ = [
     "Ok",
     "Participant",
     "PendingTasks",
+    "PinOutdated",
     "PodHeartbeat",
     "PodList",
     "PodMessage",
@@ -237,6 +250,7 @@ __all__ = [
     "hub_session",
     "is_loopback",
     "key_id_of",
+    "keys_in_force",
     "model_from_file",
     "open_envelope",
     "parse_envelope",

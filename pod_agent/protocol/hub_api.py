@@ -26,6 +26,9 @@ MAX_REPLY_VALUES = 1 << 18
 # Tasks one long-poll reply may carry; more stay pending at the hub for the next poll.
 MAX_TASKS_PER_POLL = 64
 MAX_LISTED_PODS = 100_000
+# Key rotation statements listed per pod (the newest): a modeller follows a chain from its pin, and a
+# pin older than this many rotations is far past every overlap window anyway.
+MAX_LISTED_ROTATIONS = 16
 # An enrolment token as `pod-agent hub invite` makes it: 32 url-safe base64 characters or more.
 EnrolmentToken = Annotated[str, Field(pattern=ENROLMENT_TOKEN_PATTERN)]
 ModelName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,100}$")]
@@ -164,6 +167,9 @@ class PodListing(HubReply):
     sandbox_level: str = Field(max_length=32)
     last_seen: int
     online: bool
+    # Statements the pod's earlier keys signed handing the name on (``protocol.rotation``), oldest first: the
+    # hub's relay, checked by the modeller against its own pin.
+    rotations: list[Envelope] = Field(default_factory=list, max_length=MAX_LISTED_ROTATIONS)
 
 
 class PodList(HubReply):

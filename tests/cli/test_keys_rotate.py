@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from pod_agent.protocol import IdentityKey, PublicKey, parse_envelope, sign_envelope, verify_envelope
 from pod_agent.protocol.messages import ResultPayload
-from pod_agent.protocol.rotation import keys_in_force, rotation_statement
+from pod_agent.protocol.rotation import PinOutdated, keys_in_force, rotation_statement
 
 DAY_S = 86400
 
@@ -51,9 +54,10 @@ def test_rotate_keeps_old_and_new_during_the_overlap_and_refuses_the_old_after(
     during = keys_in_force(old.public, [statement], pod="clinic", now=now + DAY_S)
     assert [k.key_id for k in during] == [new.key_id, old.key_id]
     assert _accepted(_signed_result(old), during) and _accepted(_signed_result(new), during)
-    after = keys_in_force(old.public, [statement], pod="clinic", now=now + 3 * DAY_S)
-    assert [k.key_id for k in after] == [new.key_id]
-    assert not _accepted(_signed_result(old), after) and _accepted(_signed_result(new), after)
+    # After the overlap the old pin hands nothing on: old and new key alike wait for the new key's pin.
+    with pytest.raises(PinOutdated, match=f"rotated its pinned key to {re.escape(new.public.to_b64())}, .* pin it$"):
+        keys_in_force(old.public, [statement], pod="clinic", now=now + 3 * DAY_S)
+    assert keys_in_force(new.public, [statement], pod="clinic", now=now + 3 * DAY_S) == [new.public]
 
 
 def test_a_statement_not_signed_by_the_pinned_key_hands_nothing_on() -> None:
@@ -66,5 +70,6 @@ def test_a_statement_not_signed_by_the_pinned_key_hands_nothing_on() -> None:
 def test_rotations_chain_from_the_pin() -> None:
     first, second, third = IdentityKey.generate(), IdentityKey.generate(), IdentityKey.generate()
     statements = [rotation_statement(pod="clinic", old=second, new=third.public, now=200, overlap_s=50),
-                  rotation_statement(pod="clinic", old=first, new=second.public, now=100, overlap_s=50)]
-    assert keys_in_force(first.public, statements, pod="clinic", now=220) == [third.public, second.public]
+                  rotation_statement(pod="clinic", old=first, new=second.public, now=100, overlap_s=150)]
+    assert keys_in_force(first.public, statements, pod="clinic", now=220) == [third.public, second.public,
+                                                                                first.public]

@@ -12,6 +12,7 @@ import aiohttp
 from pod_agent.modeller.tasks import build_task
 from pod_agent.protocol import IdentityKey, canonical_json, envelope_bytes, sign_envelope, sign_request
 from pod_agent.protocol.messages import ResultPayload
+from pod_agent.protocol.rotation import rotation_statement
 
 
 async def _setup(hub: Any) -> tuple[IdentityKey, IdentityKey]:
@@ -271,6 +272,21 @@ async def test_a_released_pod_name_can_be_registered_by_a_new_key(hub: Any) -> N
     assert status == 200 and body["key_id"] == new.key_id
     status, body = await hub.caller(old).call("POST", "/v1/pods/register", hub.pod_registration(old, "pod-a"))
     assert status == 409 and "pod-agent hub release-pod" in body["error"]
+
+
+async def test_a_pod_re_keyed_by_its_rotation_statement_is_listed_with_it_and_once(hub: Any) -> None:
+    modeller, old = await _setup(hub)
+    new = IdentityKey.generate()
+    statement = json.loads(envelope_bytes(rotation_statement(pod="pod-a", old=old, new=new.public, now=1,
+                                                             overlap_s=10)))
+    for _ in range(2):  # the pod registers again at each start, with the same statement
+        status, _ = await hub.caller(new).call(
+            "POST", "/v1/pods/register", {**hub.pod_registration(new, "pod-a"), "rotation": statement}
+        )
+        assert status == 200
+    status, body = await hub.caller(modeller).call("GET", "/v1/pods")
+    assert status == 200
+    assert [(p["key_id"], p["rotations"]) for p in body["pods"]] == [(new.key_id, [statement])]
 
 
 # -- the modeller's long poll on a task: answers when a pod finishes, only to the task's modeller --
