@@ -1,6 +1,7 @@
 """Task limits: what a task asks for, what the pod allows, and the rlimits they come to.
 
-Owns the resolution "a task can ask for less, never more" and the rlimit set the
+Owns the resolution "a task can ask for less, never more", the process allowance of
+data-parallel ranks (each rank gets what one worker gets), and the rlimit set the
 bootstrap applies (confine.py applies it; process.py hands it over in the ``go`` and
 ``request`` frames; the cgroup caps come from the same numbers in cgroup.py).
 """
@@ -8,6 +9,7 @@ bootstrap applies (confine.py applies it; process.py hands it over in the ``go``
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -38,14 +40,22 @@ class EffectiveLimits:
     max_open_files: int
     max_file_mb: int
     max_output_mb: int
+    # Data-parallel processes the pod owner grants (training.devices): max_processes already counts
+    # all of them, and the worker gets loopback networking for their rendezvous (process.py).
+    ranks: int = 1
 
     @classmethod
-    def resolve(cls, pod: SandboxLimitsSection, task: SandboxLimits) -> EffectiveLimits:
+    def resolve(cls, pod: SandboxLimitsSection, task: SandboxLimits, *, ranks: int = 1) -> EffectiveLimits:
         def low(name: str) -> Any:
             mine, theirs = getattr(pod, name), getattr(task, name)
             return mine if theirs is None else min(mine, theirs)
 
-        return cls(**{name: low(name) for name in cls.__dataclass_fields__})
+        if ranks < 1:
+            raise ValueError(f"ranks must be at least 1, not {ranks}")
+        values = {name: low(name) for name in cls.__dataclass_fields__ if name != "ranks"}
+        # pids.max and RLIMIT_NPROC count threads too: every rank has the threads one worker has.
+        values["max_processes"] *= ranks
+        return cls(**values, ranks=ranks)
 
     def rlimits(self, *, nproc_slack: int | None) -> dict[str, int]:
         """The rlimit set; ``nproc_slack`` (None: no RLIMIT_NPROC) is what the uid's other processes
@@ -57,4 +67,13 @@ class EffectiveLimits:
         return limits
 
 
-__all__ = ["EffectiveLimits", "SandboxLimits"]
+def granted_ranks(devices: int | str, *, gpu: bool, dev_root: Path = Path("/dev")) -> int:
+    """The data-parallel processes ``training.devices`` grants a training task: a count as given;
+    "auto" is one per GPU (``/dev/nvidia<N>``) on a GPU pod, else one process."""
+    if isinstance(devices, int):
+        return devices
+    gpus = [node for node in dev_root.glob("nvidia*") if node.name.removeprefix("nvidia").isdigit()]
+    return max(len(gpus), 1) if gpu else 1
+
+
+__all__ = ["EffectiveLimits", "SandboxLimits", "granted_ranks"]
