@@ -8,7 +8,8 @@ Owns the child-side start-up order, which is the security argument:
 3. import the entry module and run ``entry.prepare()`` (heavy imports), say
    ``ready`` - a warm worker parks here;
 4. only now read the ``request`` frame (the task), lower limits to the
-   task's, and call ``entry.serve(channel)``.
+   task's, and call ``entry.serve(channel)``; or, for a fork server (the ``go``
+   frame says so), serve forks instead (zygote.py), never a task itself.
 Uncaught errors become a fixed failure code (a cap's word where caps.py recognises one);
 their text goes to stderr only, after what they held is released (caps.py).
 """
@@ -20,7 +21,9 @@ import importlib
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any, BinaryIO
 
 from pod_agent.errors import SandboxError
@@ -45,12 +48,12 @@ def _take_pipes() -> tuple[BinaryIO, BinaryIO]:
     return inbound, outbound
 
 
-def _send(out: BinaryIO, header: dict[str, Any]) -> None:
+def send_frame(out: BinaryIO, header: dict[str, Any]) -> None:
     out.write(encode_frame(header))
     out.flush()
 
 
-def _expect(inbound: BinaryIO, kind: str) -> dict[str, Any]:
+def expect_frame(inbound: BinaryIO, kind: str) -> dict[str, Any]:
     frame = read_frame(inbound, max_payload_bytes=_MAX_INBOUND_PAYLOAD_BYTES)
     if frame is None or frame.type != kind:
         raise SandboxError("protocol", f"expected a {kind!r} frame from the agent")
@@ -72,8 +75,8 @@ def failure_code(exc: BaseException) -> str:
 
 
 def _run(inbound: BinaryIO, out: BinaryIO) -> None:
-    _send(out, {"type": "hello"})
-    go = _expect(inbound, "go")
+    send_frame(out, {"type": "hello"})
+    go = expect_frame(inbound, "go")
     confine(ConfinePlan.from_json(go["plan"]))
     input_dir, work_dir = Path(go["input_dir"]), Path(go["work_dir"])
     os.chdir(work_dir)
@@ -83,11 +86,20 @@ def _run(inbound: BinaryIO, out: BinaryIO) -> None:
     prepare = getattr(entry, "prepare", None)
     if prepare is not None:
         prepare()
-    _send(out, {"type": "ready"})
-    request = _expect(inbound, "request")
+    send_frame(out, {"type": "ready"})
+    if go.get("zygote"):
+        from pod_agent.sandbox.zygote import serve_forks
+
+        serve_forks(entry=entry, go=go, inbound=inbound, out=out)
+        return
+    request = expect_frame(inbound, "request")
     apply_rlimits({k: int(v) for k, v in request.get("rlimits", {}).items()})
     lower_cpu_limit(int(request["cpu_time_s"]))
-    channel = Channel(input_dir=input_dir, work_dir=work_dir, request=request["request"], out=out)
+    serve_entry(entry, Channel(input_dir=input_dir, work_dir=work_dir, request=request["request"], out=out))
+
+
+def serve_entry(entry: ModuleType, channel: Channel) -> None:
+    """Run ``entry.serve``; whatever escapes it leaves as a fixed code in a ``fail`` frame."""
     try:
         entry.serve(channel)
     except BaseException as exc:  # noqa: BLE001 - every escape must become a fixed code, never a crash text
@@ -109,24 +121,32 @@ def _die_with_agent() -> None:
         os._exit(_EXIT_PROTOCOL)
 
 
-def main() -> None:
-    _die_with_agent()
-    inbound, out = _take_pipes()
+def run_guarded(body: Callable[[], None], out: BinaryIO | None) -> None:
+    """Run ``body`` and exit this process without interpreter teardown (model code may have left
+    threads or atexit hooks behind): 0, or after an escape before ``serve`` a ``fail`` frame with
+    a fixed code (when ``out`` is open) and exit status 3."""
     try:
-        _run(inbound, out)
+        body()
     except BaseException as exc:  # noqa: BLE001 - before serve(): report a code, exit non-zero
         code = failure_code(exc)
         release_and_print(exc)
-        try:  # noqa: SIM105 - no suppress() object to allocate on the way out of a MemoryError
-            _send(out, {"type": "fail", "reason": code})
-        except (OSError, SandboxError, MemoryError):
-            pass
+        if out is not None:
+            try:  # noqa: SIM105 - no suppress() object to allocate on the way out of a MemoryError
+                send_frame(out, {"type": "fail", "reason": code})
+            except (OSError, SandboxError, MemoryError):
+                pass
         sys.stderr.flush()
         os._exit(_EXIT_PROTOCOL)
     sys.stderr.flush()
-    out.flush()
-    # Skip interpreter teardown: model code may have left threads or atexit hooks behind.
+    if out is not None:
+        out.flush()
     os._exit(0)
+
+
+def main() -> None:
+    _die_with_agent()
+    inbound, out = _take_pipes()
+    run_guarded(lambda: _run(inbound, out), out)
 
 
 if __name__ == "__main__":

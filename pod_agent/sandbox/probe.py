@@ -278,6 +278,31 @@ def plan_layers(level: str, reports: list[LayerReport]) -> frozenset[str]:
     return frozenset(chosen)
 
 
+# Landlock ABI 6 scopes signals and abstract unix sockets to a domain: a fork child, in a domain of
+# its own, can then signal or reach neither its siblings nor the zygote (same uid, same pid namespace).
+_FORK_LANDLOCK_ABI = 6
+
+
+def fork_server_why_not(layers: frozenset[str], reports: list[LayerReport]) -> str | None:
+    """Why tasks cannot run as children of a fork server (zygote.py) here, or None when they can.
+
+    A child shares the zygote's uid, pid, mount and IPC namespaces with its siblings; what a launched
+    worker gets from namespaces of its own, a child gets from its own cgroup (caps, whole-tree kill),
+    its own Landlock domain (its scratch, its input, its /proc/self; signals and abstract sockets
+    scoped) and the seccomp filter the zygote loads. Without any of these the warm pool serves.
+    """
+    missing = [layer for layer in ("namespaces", "seccomp", "cgroup") if layer not in layers]
+    if missing:
+        return f"needs {', '.join(missing)} in force"
+    landlock = next((r for r in reports if r.name == "landlock"), None)
+    if landlock is None or not landlock.active:
+        return "needs Landlock for each child's own files"
+    abi = landlock_abi()
+    if abi < _FORK_LANDLOCK_ABI:
+        return f"needs Landlock ABI >= {_FORK_LANDLOCK_ABI} to scope signals between children (this kernel: {abi})"
+    return None
+
+
 def best_level(reports: list[LayerReport]) -> str:
     """The strongest level this host can enforce (for the demo's start-up line)."""
     for level in ("strict", "standard"):
@@ -311,8 +336,10 @@ def sandbox_report_lines(level: str, reports: list[LayerReport]) -> list[str]:
     try:
         layers = plan_layers(level, reports)
         head = f"sandbox: level {level!r} satisfied (layers in force: {', '.join(sorted(layers))})"
+        fork_why_not = fork_server_why_not(layers, reports)
     except SandboxUnavailable as exc:
         head = f"sandbox: level {level!r} NOT satisfied, tasks will be refused: {exc.detail}"
+        fork_why_not = "the level is not satisfied"
     lines = [head]
     for report in reports:
         state = "active" if report.active else "unavailable"
@@ -320,4 +347,9 @@ def sandbox_report_lines(level: str, reports: list[LayerReport]) -> list[str]:
         if not report.active and report.remedy:
             line += f" (enable: {report.remedy})"
         lines.append(line)
+    if fork_why_not is None:
+        lines.append("  forks      active      tasks run in fresh children of a confined fork server (imports "
+                     "paid once; each child its own cgroup, Landlock domain and scratch)")
+    else:
+        lines.append(f"  forks      unavailable {fork_why_not}; tasks run in workers from the warm pool")
     return lines

@@ -86,7 +86,7 @@ class LaunchSpec:
         return self.entry, str(self.entry_path)
 
 
-def _exit_reason(returncode: int | None, *, namespaced: bool, memory: MemoryEvents | None) -> str:
+def exit_reason(returncode: int | None, *, namespaced: bool, memory: MemoryEvents | None) -> str:
     """Why a worker ended without an answer, from its exit status and its cgroup's memory counts."""
     if memory is not None and memory.oom_kills:
         return "memory_exceeded"
@@ -116,6 +116,10 @@ class WorkerProcess:
         self.spec, self.warm = spec, warm
         self.slot, self.input_dir, self.work_dir, self.limits = slot, slot / "input", slot / "work", limits
         self.proc: asyncio.subprocess.Process | None = None
+        # The frame streams and stderr: the process's pipes here, a forked child's sockets (forkserver.py).
+        self._frames_in: asyncio.StreamReader | None = None
+        self._frames_out: asyncio.StreamWriter | None = None
+        self._errors: asyncio.StreamReader | None = None
         self.cgroup: TaskCgroup | None = None
         self._stderr_task: asyncio.Task[None] | None = None
         self.stderr_kept = bytearray()
@@ -124,12 +128,15 @@ class WorkerProcess:
 
     @property
     def started(self) -> bool:
-        return self.proc is not None
+        return self._frames_out is not None
 
-    async def start(self, *, deadline: float | None = None) -> None:
+    async def start(self, *, deadline: float | None = None, go_extra: dict[str, Any] | None = None,
+                    pass_fds: tuple[int, ...] = ()) -> None:
         """Launch, place in the cgroup, confine (``go``) and wait for ``ready`` (prepare done).
 
         ``deadline`` (monotonic) bounds a cold start; a warm worker gets WARM_PREPARE_TIMEOUT_S.
+        ``go_extra`` and ``pass_fds`` make a fork server (forkserver.py): more ``go`` fields, and the
+        descriptors it inherits.
         """
         spec, lim = self.spec, self.limits
         identity = spec.switch_to
@@ -159,9 +166,10 @@ class WorkerProcess:
         try:
             self.proc = await asyncio.create_subprocess_exec(
                 *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                env=env, cwd="/", start_new_session=True, **kwargs)
+                env=env, cwd="/", start_new_session=True, pass_fds=pass_fds, **kwargs)
         except OSError as exc:
             raise SandboxError("launch_failed", f"{argv[0]}: {exc}") from exc
+        self._frames_in, self._frames_out, self._errors = self.proc.stdout, self.proc.stdin, self.proc.stderr
         self._stderr_task = asyncio.create_task(self._drain_stderr(), name="sandbox-stderr")
         await self._expect("hello", timeout=START_TIMEOUT_S)
         if self.cgroup is not None:
@@ -173,23 +181,23 @@ class WorkerProcess:
                            keep_process_group=not spec.namespaced and self.cgroup is None)
         await self._send({"type": "go", "plan": plan.to_json(), "entry": spec.entry,
                           "entry_path": str(spec.entry_path.resolve()) if spec.entry_path else None,
-                          "input_dir": str(child_in), "work_dir": str(child_work)})
+                          "input_dir": str(child_in), "work_dir": str(child_work), **(go_extra or {})})
         ready_timeout = WARM_PREPARE_TIMEOUT_S if deadline is None else deadline - time.monotonic()
         await self._expect("ready", timeout=max(ready_timeout, 0.0))
 
     async def _send(self, header: dict[str, Any]) -> None:
-        if self.proc is None or self.proc.stdin is None:
+        if self._frames_out is None:
             raise SandboxError("protocol", "worker is not running")
         try:
-            self.proc.stdin.write(encode_frame(header))
-            await self.proc.stdin.drain()
+            self._frames_out.write(encode_frame(header))
+            await self._frames_out.drain()
         except (BrokenPipeError, ConnectionResetError) as exc:
             raise SandboxError("no_result", "worker closed its input before the task was sent") from exc
 
     async def _read(self, timeout: float) -> Frame | None:
-        if self.proc is None or self.proc.stdout is None:
+        if self._frames_in is None:
             raise SandboxError("protocol", "worker is not running")
-        read = asyncio.ensure_future(read_frame_async(self.proc.stdout,
+        read = asyncio.ensure_future(read_frame_async(self._frames_in,
                                                       max_payload_bytes=self.limits.max_output_mb << 20))
         flood = asyncio.ensure_future(self.flooded.wait())
         try:
@@ -225,7 +233,7 @@ class WorkerProcess:
             return "no_result"
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self.proc.wait(), REAP_TIMEOUT_S)
-        return _exit_reason(self.proc.returncode, namespaced=self.spec.namespaced, memory=await self._memory_events())
+        return exit_reason(self.proc.returncode, namespaced=self.spec.namespaced, memory=await self._memory_events())
 
     async def _failed(self, frame: Frame) -> SandboxError:
         """The error for a ``fail`` frame: the worker's word, unless the OOM killer struck its tree.
@@ -238,9 +246,9 @@ class WorkerProcess:
         return SandboxError("task_failed", _fixed_code(frame.header.get("reason")))
 
     async def _drain_stderr(self) -> None:
-        if self.proc is None or self.proc.stderr is None:
+        if self._errors is None:
             return
-        while chunk := await self.proc.stderr.read(65536):
+        while chunk := await self._errors.read(65536):
             self.stderr_total += len(chunk)
             room = STDERR_KEEP_BYTES - len(self.stderr_kept)
             if room > 0:
@@ -330,4 +338,4 @@ def _fixed_code(reason: object) -> str:
     return "invalid_reason"
 
 
-__all__ = ["LaunchSpec", "WorkerProcess"]
+__all__ = ["LaunchSpec", "WorkerProcess", "exit_reason"]

@@ -1,12 +1,15 @@
 """Parent side of the sandbox: run a job in a confined worker, at the pod's level, fail-closed.
 
 Owns the runner's choices, made once at construction: the planned layers (probe.py), the
-sandbox identity, the scratch root, and from them each entry's frozen ``LaunchSpec``; and a
-job's course: take a parked worker from the warm pool (pool.py) or build one cold
-(process.py), stage the job's input into its slot (staging.py), run the task, then kill the
+sandbox identity, the scratch root, whether tasks run as children of a fork server
+(forkserver.py, where every layer holds for fork children: probe.fork_server_why_not) or on
+workers from the warm pool (pool.py), and from them each entry's frozen ``LaunchSpec``; and a
+job's course: a forked child, or a parked worker, or one built cold (process.py) when neither
+is to be had, stage the job's input into its slot (staging.py), run the task, then kill the
 worker's whole tree (shielded from cancellation), keep its stderr for the operator when asked,
 and remove the slot. One worker serves one task; the pool starts the next worker when this
-one is taken. Limits resolve in limits.py; what runs inside is the entry module's business.
+one is taken, the fork server forks the next one in milliseconds. Limits resolve in limits.py;
+what runs inside is the entry module's business.
 """
 
 from __future__ import annotations
@@ -24,10 +27,17 @@ from typing import TYPE_CHECKING, Any
 
 from pod_agent.errors import SandboxError
 from pod_agent.sandbox.cgroup import detect_cgroups
+from pod_agent.sandbox.forkserver import ForkServer
 from pod_agent.sandbox.launch import Identity, python_ro_paths, resolve_identity
-from pod_agent.sandbox.limits import EffectiveLimits, SandboxLimits
+from pod_agent.sandbox.limits import EffectiveLimits, SandboxLimits, granted_ranks
 from pod_agent.sandbox.pool import WarmPool
-from pod_agent.sandbox.probe import LayerReport, check_worker_package, plan_layers, probe_layers
+from pod_agent.sandbox.probe import (
+    LayerReport,
+    check_worker_package,
+    fork_server_why_not,
+    plan_layers,
+    probe_layers,
+)
 from pod_agent.sandbox.process import LaunchSpec, WorkerProcess
 from pod_agent.sandbox.staging import check_input, keep_stderr, move_back, new_slot, prepare_scratch, stage_input
 
@@ -71,10 +81,16 @@ class SandboxOutcome:
 
 
 class SandboxRunner:
-    """Runs jobs in confined workers at the pod's configured level (fail-closed at construction)."""
+    """Runs jobs in confined workers at the pod's configured level (fail-closed at construction).
+
+    With ``sandbox_limits.warm_worker`` on, tasks run as children of a fork server wherever every
+    layer holds for them (``fork_server``: False keeps to the warm pool, for comparisons and tests),
+    else on workers from the warm pool; off, every task starts a worker cold.
+    """
 
     def __init__(self, security: SecuritySection, limits: SandboxLimitsSection, gpu: bool = False, *,
-                 scratch_root: Path | None = None, unsafe_disable_layers: frozenset[str] = frozenset()) -> None:
+                 scratch_root: Path | None = None, unsafe_disable_layers: frozenset[str] = frozenset(),
+                 fork_server: bool = True, devices: int | str = 1) -> None:
         check_worker_package()
         reports = probe_layers(security)
         if unsafe_disable_layers:
@@ -89,6 +105,8 @@ class SandboxRunner:
         self.layers = plan_layers(self.level, reports)
         self.gpu = gpu
         self._pod_limits = limits
+        # Data-parallel processes per training task (training.devices): limits.EffectiveLimits.ranks.
+        self.ranks = granted_ranks(devices, gpu=gpu)
         self.identity = resolve_identity(security.sandbox_user) if "uid" in self.layers else Identity(
             "root" if os.geteuid() == 0 else str(os.geteuid()), os.geteuid(), os.getegid(), False)
         # Without the uid layer the fallback identity is the agent's own: nothing is chowned to it
@@ -98,15 +116,28 @@ class SandboxRunner:
         self._cgroup_support = detect_cgroups() if "cgroup" in self.layers else None
         self._scratch = prepare_scratch(scratch_root or Path(tempfile.gettempdir()) / "pod-agent-sandbox",
                                         self._uid_identity)
-        depth = limits.warm_pool if limits.warm_worker else 0
+        forks_why_not = fork_server_why_not(self.layers, reports) if fork_server else "fork_server=False"
+        if self.ranks > 1:
+            # The fork server's children share its network namespace: one task's ranks could reach another's.
+            forks_why_not = "training.devices > 1: each task's ranks need a network namespace of their own"
+        self._forks = (ForkServer(limits=self._limits(SandboxLimits()), new_slot=self._slot)
+                       if limits.warm_worker and forks_why_not is None else None)
+        if limits.warm_worker and forks_why_not is not None:
+            log.info("sandbox fork server not used (%s); tasks take workers from the warm pool", forks_why_not)
+        depth = limits.warm_pool if limits.warm_worker and self._forks is None else 0
         self._pool = WarmPool(depth=depth, limits=self._limits(SandboxLimits()), new_slot=self._slot)
         self._closed = False
+
+    @property
+    def forks(self) -> bool:
+        """Whether tasks run as fork-server children (else warm-pool or cold workers)."""
+        return self._forks is not None
 
     def _slot(self) -> Path:
         return new_slot(self._scratch, self._uid_identity)
 
     def _limits(self, task: SandboxLimits) -> EffectiveLimits:
-        return EffectiveLimits.resolve(self._pod_limits, task)
+        return EffectiveLimits.resolve(self._pod_limits, task, ranks=self.ranks)
 
     def _spec(self, entry: str, entry_path: Path | None) -> LaunchSpec:
         # RLIMIT_NPROC counts every thread of the uid host-wide (all pods' tasks together), so it
@@ -126,11 +157,21 @@ class SandboxRunner:
     async def prewarm(self, entry: str, *, entry_path: Path | None = None) -> None:
         """Fill the warm pool for ``entry`` (``sandbox_limits.warm_pool`` workers, confined, past
         prepare(), waiting for a request); raises the start's error when none could be parked."""
-        if not self._closed:
+        if self._closed:
+            return
+        if self._forks is not None:
+            await self._forks.ensure(self._spec(entry, entry_path))
+        else:
             await self._pool.fill(self._spec(entry, entry_path))
 
     async def wait_warm(self, entry: str, *, entry_path: Path | None = None) -> bool:
-        """Wait for the warm workers under way; True when one is parked for ``entry``."""
+        """Wait for the warm workers (or the fork server) under way; True when one is ready for ``entry``."""
+        if self._forks is not None:
+            try:
+                await self._forks.ensure(self._spec(entry, entry_path))
+            except SandboxError:
+                return False
+            return True
         return await self._pool.wait(self._spec(entry, entry_path))
 
     async def run(self, job: SandboxJob,
@@ -144,7 +185,9 @@ class SandboxRunner:
         limits = self._limits(job.limits)
         spec = self._spec(job.entry, job.entry_path)
         check_input(job.input_dir)
-        worker = await self._pool.take(spec)
+        # Data-parallel ranks meet over TCP, which the zygote's seccomp filter denies its children.
+        forks = self._forks if limits.ranks == 1 else None
+        worker = await self._forked(forks, spec, limits) if forks is not None else await self._pool.take(spec)
         if worker is None:
             worker = WorkerProcess(spec, slot=self._slot(), limits=limits, warm=False)
         try:
@@ -158,6 +201,15 @@ class SandboxRunner:
             await asyncio.shield(self._finish(worker, job))
         return SandboxOutcome(header=header, payload=payload)
 
+    async def _forked(self, forks: ForkServer, spec: LaunchSpec, limits: EffectiveLimits) -> WorkerProcess | None:
+        """A child of the fork server (started now if it is not running), or None: the task starts cold."""
+        try:
+            return await forks.child(spec, limits)
+        except SandboxError as exc:
+            log.warning("sandbox fork server for %s could not start (%s); this task starts a worker cold",
+                        spec.entry, exc.code)
+            return None
+
     async def _finish(self, worker: WorkerProcess, job: SandboxJob) -> None:
         try:
             await worker.destroy()
@@ -169,6 +221,8 @@ class SandboxRunner:
     async def aclose(self) -> None:
         """Kill the warm pool's workers and the starts under way (agent shutdown)."""
         self._closed = True
+        if self._forks is not None:
+            await self._forks.aclose()
         await self._pool.aclose()
         shutil.rmtree(self._scratch, ignore_errors=True)
 

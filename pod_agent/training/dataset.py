@@ -5,13 +5,11 @@ Owns turning the Arrow IPC file written by ``pod_agent.data.task_input`` into th
 so memory holds one record batch (the file stays memory-mapped): tables larger than
 RAM still train. Shuffling is a seeded permutation of record batches and of rows
 within each, new for every epoch: a full shuffle for tables of one record batch and a
-block shuffle beyond. Where ``x`` carries a row shape (``pod_agent.shape``: images ``[channels, height,
-width]``, text ``[max_tokens]``), batches have that shape, and integer ``x`` (token ids) becomes int64.
+block shuffle beyond.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +19,7 @@ import pyarrow as pa
 import torch
 from torch.utils.data import IterableDataset
 
-from pod_agent.data import ROW_SHAPE_METADATA_KEY, SPLIT_CODES
+from pod_agent.data import SPLIT_CODES
 from pod_agent.errors import TrainingError
 from pod_agent.sdk import Batch
 
@@ -48,19 +46,12 @@ class SplitBatches(IterableDataset[Batch]):
             for i in range(self._reader.num_record_batches)
         ]
         self.n_rows = sum(self._rows_per_batch)
-        metadata = self._reader.schema.field("x").metadata or {}
-        try:
-            self._row_shape = tuple(int(d) for d in json.loads(metadata.get(ROW_SHAPE_METADATA_KEY, b"[-1]")))
-        except (ValueError, TypeError) as exc:
-            raise TrainingError("data_invalid", f"{path.name} has an unreadable row shape: {exc}") from exc
 
     def _decode(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Record batch ``index`` as x ``[rows, width]``, y, and the positions of this split's rows."""
         batch = self._reader.get_batch(index)
         xs = batch.column(0)
-        x = np.asarray(xs.flatten().to_numpy(zero_copy_only=False)).reshape(len(batch), *self._row_shape)
-        if np.issubdtype(x.dtype, np.integer):
-            x = x.astype(np.int64)
+        x = np.asarray(xs.flatten().to_numpy(zero_copy_only=False)).reshape(-1, xs.type.list_size)
         y = np.asarray(batch.column(1).to_numpy(zero_copy_only=False))
         return x, y, np.flatnonzero(_split_column(batch) == self._code)
 

@@ -95,7 +95,7 @@ def run_task(request: WorkerRequest, *, input_dir: Path, work_dir: Path, progres
     model = seeded_model(task.model, seed=settings.seed, input_dir=input_dir, init_kwargs=kwargs)
     weights = input_dir / WEIGHTS_FILE_NAME
     if weights.exists():
-        load_pretrained(model, _read_checked_weights(task, weights), task.hyperparameters.exchange)
+        load_pretrained(model, _read_checked_weights(task, weights))
     elif task.weights is not None:
         raise TrainingError("weights_invalid", "the task names weights but the input has no weights file")
     batch_size = task.hyperparameters.batch_size
@@ -299,8 +299,7 @@ def _train(
     train, val = loaders["train"], loaders["validation"]
     if train.n_rows == 0:
         raise TrainingError("empty_split", "the training split has no rows")
-    hp = settings.task.hyperparameters
-    before = exchanged_state(model, hp.exchange)
+    before = exchanged_state(model)
     metrics: dict[str, float] = {}
     if settings.task.evaluate_first:
         # The incoming weights' test metrics (fit never runs the test loop, so no name collides), with the
@@ -318,9 +317,9 @@ def _train(
         # Training ended between validations (steps-based): validate the final weights.
         _run_stage(lambda: trainer.validate(model, dataloaders=_loader(val), verbose=False), "evaluation_error")
         metrics |= _scalars(trainer.callback_metrics)
-    after = exchanged_state(model, hp.exchange)
+    after = exchanged_state(model)
     tensors = after if settings.task.returns == "weights" else {n: after[n] - before[n] for n in after}
-    described, payload = encode(tensors, hp.wire_dtype)
+    described, payload = encode(tensors)
     return TaskOutput(WorkerResultHeader(metrics=metrics, n_rows=train.n_rows, tensors=described), payload)
 
 

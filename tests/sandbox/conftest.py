@@ -7,9 +7,11 @@ raises SandboxUnavailable and fails the test: strict is never skipped.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +28,21 @@ from pod_agent.sandbox import SandboxJob, SandboxOutcome, SandboxRunner
 def sandbox_user() -> str:
     subprocess.run([sys.executable, str(HERE / "ensure_sandbox_user.py"), SANDBOX_USER], check=True)
     return SANDBOX_USER
+
+
+@pytest.fixture
+def scratch() -> Iterator[Path]:
+    """A scratch root of this test's own, which the sandbox uid can reach (pytest's tmp_path is 0700)."""
+    root = Path(tempfile.mkdtemp(prefix="pod-agent-sbx-test-"))
+    os.chmod(root, 0o755)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(params=["fork_server", "warm_pool"])
+def worker_path(request: pytest.FixtureRequest) -> str:
+    """Which way a corpus task reaches its worker: a fork-server child, or a warm pool's worker."""
+    return str(request.param)
 
 
 @pytest.fixture
@@ -62,9 +79,10 @@ def outside(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outside]:
 
 
 @pytest.fixture
-def run_model(tmp_path: Path, outside: Outside) -> RunModel:
+def run_model(tmp_path: Path, outside: Outside, worker_path: str) -> RunModel:
     """Run corpus/<name>.py through the real runner: ``await run_model("tcp_connect", level="strict")``,
-    on a worker from the warm pool unless ``warm_worker=False``."""
+    once as a fork-server child and once on a worker from the warm pool (``worker_path``), or on a
+    worker started cold with ``warm_worker=False``."""
 
     async def run(name: str, *, level: str = "strict", request: dict[str, Any] | None = None,
                   unsafe_disable_layers: frozenset[str] = frozenset(), stderr_path: Path | None = None,
@@ -76,8 +94,14 @@ def run_model(tmp_path: Path, outside: Outside) -> RunModel:
         full_request = {**outside.request(), "host_input": str(case / "input" / "model.py"),
                         "memory_mb": merged["memory_mb"], "max_file_mb": merged["max_file_mb"], **(request or {})}
         runner = SandboxRunner(SecuritySection(sandbox=level, sandbox_user=SANDBOX_USER),
-                               SandboxLimitsSection(**merged), unsafe_disable_layers=unsafe_disable_layers)
+                               SandboxLimitsSection(**merged), unsafe_disable_layers=unsafe_disable_layers,
+                               fork_server=worker_path == "fork_server")
         async with runner:
+            # Strict on this host (and CI) runs forks; without a layer forks need, the pool serves both runs.
+            if worker_path == "fork_server" and level == "strict" and not unsafe_disable_layers:
+                assert runner.forks
+            if worker_path == "fork_server" and not runner.forks and merged["warm_worker"]:
+                pytest.skip("no fork server at this level or with these layers: the warm_pool run covers it")
             if merged["warm_worker"]:
                 await runner.prewarm(ENTRY, entry_path=ENTRY_PATH)
             return await runner.run(SandboxJob(entry=ENTRY, input_dir=case / "input", work_dir=case / "work",

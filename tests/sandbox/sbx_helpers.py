@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from pod_agent.sandbox import SandboxOutcome
+from pod_agent.config.settings import SandboxLimitsSection, SecuritySection
+from pod_agent.sandbox import SandboxJob, SandboxOutcome, SandboxRunner
 
 HERE = Path(__file__).parent
 CORPUS = HERE / "corpus"
@@ -89,3 +90,19 @@ def nothing_arrived(outside: Outside, *, path_socket: bool = True) -> None:
 RunModel = Callable[..., Awaitable[SandboxOutcome]]
 
 
+
+
+def corpus_runner(scratch: Path, level: str = "strict", *, fork_server: bool, **limits: Any) -> SandboxRunner:
+    """A runner under ``scratch`` with the attack limits, on the fork server or (False) the warm pool."""
+    return SandboxRunner(SecuritySection(sandbox=level, sandbox_user=SANDBOX_USER),
+                         SandboxLimitsSection(**{**ATTACK_LIMITS, "warm_worker": True, **limits}),
+                         scratch_root=scratch, fork_server=fork_server)
+
+
+async def run_corpus(runner: SandboxRunner, tmp_path: Path, model: str, comm: str, **extra: Any) -> SandboxOutcome:
+    """Run corpus/<model>.py on ``runner``; ``comm`` names its processes, ``extra`` joins the request."""
+    case = tmp_path / uuid.uuid4().hex[:8]
+    (case / "input").mkdir(parents=True)
+    (case / "input" / "model.py").write_text((CORPUS / f"{model}.py").read_text())
+    return await runner.run(SandboxJob(entry=ENTRY, input_dir=case / "input", work_dir=case / "work",
+                                       request={"comm": comm, **extra}, entry_path=ENTRY_PATH))

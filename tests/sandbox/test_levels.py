@@ -109,8 +109,10 @@ def run(channel):
 
 
 async def test_warm_worker_is_prepared_before_the_task_and_used_once(tmp_path: Path) -> None:
+    # The warm pool's worker (fork-server children share their zygote's token: test_forkserver).
     limits = SandboxLimitsSection(**{**ATTACK_LIMITS, "warm_worker": True})
-    async with SandboxRunner(SecuritySection(sandbox="strict", sandbox_user=SANDBOX_USER), limits) as runner:
+    async with SandboxRunner(SecuritySection(sandbox="strict", sandbox_user=SANDBOX_USER), limits,
+                             fork_server=False) as runner:
         await runner.prewarm(ENTRY, entry_path=ENTRY_PATH)
         tokens = []
         for index in range(2):

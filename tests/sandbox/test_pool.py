@@ -5,43 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
-import tempfile
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sbx_helpers import ATTACK_LIMITS, CORPUS, ENTRY, ENTRY_PATH, SANDBOX_USER, is_live, leftover_processes
+from sbx_helpers import ENTRY, ENTRY_PATH, corpus_runner, is_live, leftover_processes, run_corpus
 
-from pod_agent.config.settings import SandboxLimitsSection, SecuritySection
 from pod_agent.errors import SandboxError
-from pod_agent.sandbox import SandboxJob, SandboxOutcome, SandboxRunner
+from pod_agent.sandbox import SandboxRunner
 from pod_agent.sandbox.cgroup import descendants
 
 
-@pytest.fixture
-def scratch() -> Iterator[Path]:
-    """A scratch root of this test's own, which the sandbox uid can reach (pytest's tmp_path is 0700)."""
-    root = Path(tempfile.mkdtemp(prefix="pod-agent-pool-test-"))
-    os.chmod(root, 0o755)
-    yield root
-    shutil.rmtree(root, ignore_errors=True)
-
-
 def _runner(scratch: Path, level: str = "strict", **limits: Any) -> SandboxRunner:
-    merged = {**ATTACK_LIMITS, "warm_worker": True, "warm_pool": 2, **limits}
-    return SandboxRunner(SecuritySection(sandbox=level, sandbox_user=SANDBOX_USER), SandboxLimitsSection(**merged),
-                         scratch_root=scratch)
-
-
-async def _run(runner: SandboxRunner, tmp_path: Path, model: str, comm: str, **extra: Any) -> SandboxOutcome:
-    case = tmp_path / uuid.uuid4().hex[:8]
-    (case / "input").mkdir(parents=True)
-    (case / "input" / "model.py").write_text((CORPUS / f"{model}.py").read_text())
-    return await runner.run(SandboxJob(entry=ENTRY, input_dir=case / "input", work_dir=case / "work",
-                                       request={"comm": comm, **extra}, entry_path=ENTRY_PATH))
+    return corpus_runner(scratch, level, fork_server=False, **{"warm_pool": 2, **limits})
 
 
 @pytest.mark.parametrize("level", ["strict", "standard"])
@@ -49,9 +26,9 @@ async def test_a_second_task_sees_nothing_of_the_first(tmp_path: Path, scratch: 
     comm = "sbx" + uuid.uuid4().hex[:12]
     async with _runner(scratch, level) as runner:
         await runner.prewarm(ENTRY, entry_path=ENTRY_PATH)
-        first = await _run(runner, tmp_path, "leave_traces", comm)
+        first = await run_corpus(runner, tmp_path, "leave_traces", comm)
         assert leftover_processes(comm) == []
-        second = await _run(runner, tmp_path, "look_for_traces", comm)
+        second = await run_corpus(runner, tmp_path, "look_for_traces", comm)
     assert first.header["token"] != second.header["token"]
     assert second.header["found"] == dict.fromkeys(second.header["found"], False)
 
@@ -59,7 +36,7 @@ async def test_a_second_task_sees_nothing_of_the_first(tmp_path: Path, scratch: 
 async def test_a_taken_worker_is_replaced_before_its_task_ends(tmp_path: Path, scratch: Path) -> None:
     async with _runner(scratch, warm_pool=1) as runner:
         await runner.prewarm(ENTRY, entry_path=ENTRY_PATH)
-        first = asyncio.ensure_future(_run(runner, tmp_path, "sleep_forever", "sbx" + uuid.uuid4().hex[:12]))
+        first = asyncio.ensure_future(run_corpus(runner, tmp_path, "sleep_forever", "sbx" + uuid.uuid4().hex[:12]))
         await asyncio.sleep(0.5)  # the first task has taken the parked worker (its first await)
         # The replacement is parked while the first task still runs.
         assert await runner.wait_warm(ENTRY, entry_path=ENTRY_PATH)
@@ -87,7 +64,7 @@ async def test_shutdown_kills_the_running_task_and_every_parked_worker(tmp_path:
     comm = "sbx" + uuid.uuid4().hex[:12]
     runner = _runner(scratch)
     await runner.prewarm(ENTRY, entry_path=ENTRY_PATH)
-    running = asyncio.ensure_future(_run(runner, tmp_path, "setsid_daemon", comm, wall_timeout_s=60))
+    running = asyncio.ensure_future(run_corpus(runner, tmp_path, "setsid_daemon", comm, wall_timeout_s=60))
     await asyncio.sleep(1.0)
     pids = _tree_pids(scratch)
     # The task's tree, two parked workers (one replaced at take), each a bwrap monitor, init and python.
@@ -100,4 +77,4 @@ async def test_shutdown_kills_the_running_task_and_every_parked_worker(tmp_path:
     assert [pid for pid in pids if is_live(pid)] == [] and leftover_processes(comm) == []
     assert not list(scratch.iterdir())
     with pytest.raises(SandboxError, match="shut down"):
-        await _run(runner, tmp_path, "look_for_traces", comm)
+        await run_corpus(runner, tmp_path, "look_for_traces", comm)

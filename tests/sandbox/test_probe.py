@@ -92,7 +92,8 @@ def test_report_lines_name_each_layer_state_and_remedy() -> None:
     assert lines[0].startswith("sandbox: level 'strict' NOT satisfied, tasks will be refused")
     assert any(line.split()[:2] == ["namespaces", "unavailable"] and "(enable: install namespaces)" in line
                for line in lines[1:])
-    assert len(lines) == 1 + len(LAYERS)
+    assert len(lines) == 2 + len(LAYERS)
+    assert lines[-1].startswith("  forks      unavailable the level is not satisfied")
 
 
 def test_this_host_probes_all_layers_active() -> None:
@@ -109,7 +110,8 @@ def _settings(level: str, user: str) -> PodSettings:
 def test_check_detail_lists_layers_when_the_level_holds() -> None:
     detail = sandbox_check_detail(_settings("strict", "pod-sandbox"))
     assert detail.startswith("level 'strict' satisfied")
-    assert len(detail.splitlines()) == 1 + len(LAYERS)
+    assert len(detail.splitlines()) == 2 + len(LAYERS)
+    assert detail.splitlines()[-1].startswith("  forks      active")
 
 
 def test_check_detail_fails_with_every_layer_when_the_level_cannot_hold() -> None:

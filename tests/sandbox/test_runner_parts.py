@@ -16,7 +16,7 @@ from pod_agent.policy.codes import failure_code_for
 from pod_agent.sandbox.bootstrap import failure_code
 from pod_agent.sandbox.cgroup import CgroupSupport, MemoryEvents, TaskCgroup, _delegate_v2, descendants
 from pod_agent.sandbox.limits import EffectiveLimits, SandboxLimits
-from pod_agent.sandbox.process import _exit_reason
+from pod_agent.sandbox.process import exit_reason
 
 _QUIET = MemoryEvents(oom_kills=0, cap_hits=0)
 _OOM = MemoryEvents(oom_kills=1, cap_hits=3)
@@ -47,7 +47,7 @@ _AT_CAP_UNCOUNTED = MemoryEvents(oom_kills=None, cap_hits=3)
 def test_exit_status_and_memory_counts_name_the_reason(
     returncode: int, namespaced: bool, memory: MemoryEvents | None, reason: str, code: str
 ) -> None:
-    assert _exit_reason(returncode, namespaced=namespaced, memory=memory) == reason
+    assert exit_reason(returncode, namespaced=namespaced, memory=memory) == reason
     assert failure_code_for(SandboxError(reason)) == code
 
 

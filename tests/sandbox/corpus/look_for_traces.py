@@ -6,7 +6,8 @@ import sbx_test_entry
 
 
 def run(channel):
-    places = {"work": channel.work_dir, "home": os.environ.get("HOME", "/"), "tmp": os.environ.get("TMPDIR", "/")}
+    places = {"work": channel.work_dir, "home": os.environ.get("HOME", "/"), "tmp": os.environ.get("TMPDIR", "/"),
+              "shm": "/dev/shm"}
     found = {
         "global": hasattr(sbx_test_entry, "LEFT_BY_EARLIER_TASK"),
         "module": "pod_agent_left_behind" in sys.modules,

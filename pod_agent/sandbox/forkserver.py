@@ -1,0 +1,308 @@
+"""The agent's side of the fork server: one confined zygote per entry, a fresh forked child per task.
+
+Owns starting the zygote (a warm worker whose ``go`` frame makes it serve forks: zygote.py), starting
+it again when it has died, asking it for a child per task (one JSON message and three descriptors over
+its control socket: the child's frame socket, its stderr socket, its input directory), learning the
+child's host pid from the credentials on its first byte (the kernel's word, sent before any modeller
+code runs), placing the child in a cgroup of its own with the task's caps before sending the request,
+and ending the child: its whole tree killed through that cgroup, its exit status from the zygote, its
+scratch released. A child serves one task, like any worker (process.py); the runner picks the fork
+server or the warm pool (pool.py) once, from which layers hold for fork children (probe.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import struct
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from pod_agent.errors import SandboxError
+from pod_agent.sandbox.cgroup import TaskCgroup
+from pod_agent.sandbox.frames import read_frame_async
+from pod_agent.sandbox.launch import landlock_paths
+from pod_agent.sandbox.limits import EffectiveLimits
+from pod_agent.sandbox.process import REAP_TIMEOUT_S, START_TIMEOUT_S, LaunchSpec, WorkerProcess, exit_reason
+from pod_agent.sandbox.zygote import HELLO_BYTE
+
+log = logging.getLogger("pod_agent.sandbox")
+
+_UCRED = struct.Struct("3i")  # pid, uid, gid
+
+
+class Zygote(WorkerProcess):
+    """The fork server process: started as a warm worker, then asked for children until it dies."""
+
+    def __init__(self, spec: LaunchSpec, *, slot: Path, limits: EffectiveLimits) -> None:
+        super().__init__(spec, slot=slot, limits=limits, warm=True)
+        self._control, self._zygote_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self._exits: dict[str, asyncio.Future[int | None]] = {}
+        self._reports: asyncio.Task[None] | None = None
+        # One child at a time: the next is forked only after the last one's tree is dead and its
+        # traces (scratch, /dev/shm) are wiped, so no two tasks ever share the zygote's tmpfs.
+        self.busy = False
+        self._broken = False  # its control socket failed: dead, whatever its frames say yet
+
+    @property
+    def alive(self) -> bool:
+        return self._reports is not None and not self._reports.done() and not self._broken
+
+    async def serve(self) -> None:
+        """Launch, confine and prepare like a warm worker, then switch it to serving forks."""
+        ro, rw = landlock_paths(ro_paths=list(self.spec.ro_paths), gpu=self.spec.gpu)
+        plan = {"control_fd": self._zygote_end.fileno(), "landlock_read_only": ro, "landlock_read_write": rw}
+        try:
+            await self.start(go_extra={"zygote": plan}, pass_fds=(self._zygote_end.fileno(),))
+        finally:
+            self._zygote_end.close()
+        self._reports = asyncio.create_task(self._read_reports(), name=f"sandbox-zygote-{self.spec.entry}")
+
+    async def _read_reports(self) -> None:
+        """The zygote's ``exited`` frames, each resolving its child's future; any other frame, or the
+        zygote's end, resolves every pending child with None (their status is unknown)."""
+        try:
+            while self._frames_in is not None:
+                frame = await read_frame_async(self._frames_in, max_payload_bytes=0)
+                if frame is None or frame.type != "exited":
+                    break
+                future = self._exits.pop(str(frame.header.get("id")), None)
+                if future is not None and not future.done():
+                    future.set_result(int(frame.header["status"]))
+        except SandboxError as exc:
+            log.error("sandbox fork server sent a bad frame (%s); it is started again", exc.code)
+        finally:
+            for future in self._exits.values():
+                if not future.done():
+                    future.set_result(None)
+            self._exits.clear()
+
+    def fork(self, task_id: str, fds: list[int]) -> asyncio.Future[int | None]:
+        """Ask for a child with these descriptors; the future gets its wait status (None: unknown)."""
+        if not self.alive:
+            raise SandboxError("no_warm_worker", "the fork server is not running")
+        future: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+        self._exits[task_id] = future
+        try:
+            socket.send_fds(self._control, [json.dumps({"type": "fork", "id": task_id}).encode()], fds)
+        except OSError as exc:
+            self._exits.pop(task_id, None)
+            self._broken = True
+            raise SandboxError("no_warm_worker", f"the fork server refused a fork: {exc}") from exc
+        return future
+
+    def release(self, task_id: str, *, clean: bool) -> None:
+        """The child's tree is dead: the zygote wipes its traces before it forks again. Not ``clean``
+        (a process outlived the kill, or the child's end is unknown): the zygote could have been
+        touched, so it is ended and another starts when a task needs one."""
+        try:
+            socket.send_fds(self._control, [json.dumps({"type": "release", "id": task_id}).encode()], [])
+        except OSError:
+            clean = False
+        if not clean and self.proc is not None and self.proc.returncode is None:
+            log.warning("sandbox fork server retired after an unclean child end; another starts on demand")
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        self.busy = False
+
+    async def discard(self) -> None:
+        self._control.close()
+        await super().discard()
+        if self._reports is not None:
+            await asyncio.wait({self._reports}, timeout=REAP_TIMEOUT_S)
+
+
+def _hello_pid(sock: socket.socket, timeout: float) -> tuple[int, int]:
+    """The (pid, uid) the kernel attached to the child's first byte (blocking; run in a thread)."""
+    sock.settimeout(timeout)
+    try:
+        data, ancillary, _flags, _addr = sock.recvmsg(1, socket.CMSG_SPACE(_UCRED.size))
+    except TimeoutError as exc:
+        raise SandboxError("wall_timeout", f"the forked worker did not start within {timeout:.1f} s") from exc
+    finally:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 0)
+    if data != HELLO_BYTE:
+        raise SandboxError("no_result", "the forked worker ended before it started")
+    for level, kind, raw in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and len(raw) >= _UCRED.size:
+            pid, uid, _gid = _UCRED.unpack(raw[: _UCRED.size])
+            return pid, uid
+    raise SandboxError("protocol", "the forked worker's first byte came without credentials")
+
+
+class ForkedWorker(WorkerProcess):
+    """One task's child of a zygote: the same frames, caps and reasons as a launched worker."""
+
+    def __init__(self, spec: LaunchSpec, *, slot: Path, limits: EffectiveLimits, zygote: Zygote,
+                 server: ForkServer) -> None:
+        super().__init__(spec, slot=slot, limits=limits, warm=False)
+        self._zygote, self._server, self._id = zygote, server, uuid.uuid4().hex[:16]
+        self._exited: asyncio.Future[int | None] | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+        self._released = False
+        self.host_pid: int | None = None
+
+    async def start(self, *, deadline: float | None = None, go_extra: object = None,
+                    pass_fds: tuple[int, ...] = ()) -> None:
+        """Fork from the zygote, learn the child's pid, give it its own cgroup, open the frame streams."""
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        err_mine, err_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        mine.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        input_fd = os.open(self.input_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fds = [theirs.fileno(), err_theirs.fileno(), input_fd]
+        try:
+            try:
+                self._exited = self._zygote.fork(self._id, fds)
+            except SandboxError:
+                # The zygote died since it was picked (its end not yet read): once more, on a live one.
+                self._zygote.busy = False
+                self._zygote = await self._server.acquire(self.spec)
+                self._exited = self._zygote.fork(self._id, fds)
+        finally:
+            for end in (theirs, err_theirs):
+                end.close()
+            os.close(input_fd)
+        self._errors, err_writer = await asyncio.open_unix_connection(sock=err_mine)
+        self._writers.append(err_writer)
+        self._stderr_task = asyncio.create_task(self._drain_stderr(), name="sandbox-stderr")
+        try:
+            pid, uid = await asyncio.to_thread(_hello_pid, mine, START_TIMEOUT_S)
+        except SandboxError:
+            mine.close()
+            raise
+        if self.spec.switch_to is not None and uid != self.spec.switch_to.uid:
+            mine.close()
+            raise SandboxError("protocol", f"the forked worker runs as uid {uid}, not the sandbox uid")
+        self.host_pid = pid
+        if self.spec.cgroup_support is not None:
+            self.cgroup = await asyncio.to_thread(TaskCgroup.create, self.spec.cgroup_support,
+                                                  memory_bytes=self.limits.memory_mb << 20,
+                                                  max_pids=self.limits.max_processes)
+            # The child waits for its request before anything else runs, so it is the whole tree.
+            await asyncio.to_thread(self.cgroup.add, [pid])
+        self._frames_in, self._frames_out = await asyncio.open_unix_connection(sock=mine)
+
+    async def _ended_reason(self) -> str:
+        status = None
+        if self._exited is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                status = await asyncio.wait_for(asyncio.shield(self._exited), REAP_TIMEOUT_S)
+        returncode = None if status is None else os.waitstatus_to_exitcode(status)
+        return exit_reason(returncode, namespaced=False, memory=await self._memory_events())
+
+    async def destroy(self) -> None:
+        """Kill the child's whole tree (its cgroup), wait for its sockets to close and the zygote's
+        report, remove the cgroup and release its scratch. Safe to call twice."""
+        if self.cgroup is not None:
+            await asyncio.to_thread(self.cgroup.kill_all)
+        elif self.host_pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.host_pid, signal.SIGKILL)
+        if self._frames_out is not None:
+            self._frames_out.close()
+        survived = False
+        if self._stderr_task is not None:
+            try:
+                # EOF once every holder of the child's stderr socket is gone: the whole tree.
+                await asyncio.wait_for(asyncio.shield(self._stderr_task), REAP_TIMEOUT_S)
+            except TimeoutError:
+                survived = True
+                self._stderr_task.cancel()
+        for writer in self._writers:
+            writer.close()
+        status = None
+        if self._exited is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                status = await asyncio.wait_for(asyncio.shield(self._exited), REAP_TIMEOUT_S)
+        if self.cgroup is not None:
+            await asyncio.to_thread(self.cgroup.remove)
+            self.cgroup = None
+        if not self._released:
+            self._released = True
+            self._zygote.release(self._id, clean=not survived and (status is not None or self._exited is None))
+        if survived:
+            raise SandboxError("tree_survived", "a forked worker process kept its sockets open after the kill")
+
+
+class ForkServer:
+    """Zygotes per entry, each serving one child at a time; one more starts when all are busy
+    (``training.max_concurrent_tasks`` above one), and a dead one is started again on demand."""
+
+    def __init__(self, *, limits: EffectiveLimits, new_slot: Callable[[], Path]) -> None:
+        self._limits, self._new_slot = limits, new_slot
+        self._zygotes: dict[tuple[str, str], list[Zygote]] = {}
+        self._starting: dict[tuple[str, str], asyncio.Task[Zygote]] = {}
+        self._closed = False
+
+    def _start(self, spec: LaunchSpec) -> asyncio.Task[Zygote]:
+        """The start under way for ``spec``, begun now when none is."""
+        task = self._starting.get(spec.key)
+        if task is None or task.done():
+            task = asyncio.create_task(self._launch(spec), name=f"sandbox-zygote-start-{spec.entry}")
+            self._starting[spec.key] = task
+        return task
+
+    async def _launch(self, spec: LaunchSpec) -> Zygote:
+        zygote = Zygote(spec, slot=self._new_slot(), limits=self._limits)
+        try:
+            await zygote.serve()
+        except BaseException:
+            # Shielded: a start cancelled at shutdown still has its tree killed.
+            await asyncio.shield(zygote.discard())
+            raise
+        if self._closed:
+            await zygote.discard()
+            raise SandboxError("closed", "the sandbox runner is shut down")
+        self._zygotes.setdefault(spec.key, []).append(zygote)
+        return zygote
+
+    async def _prune(self, spec: LaunchSpec) -> list[Zygote]:
+        """The live zygotes for ``spec``; dead ones are discarded (their trees killed)."""
+        zygotes = self._zygotes.get(spec.key, [])
+        for dead in [z for z in zygotes if not z.alive]:
+            log.warning("sandbox fork server for %s ended; another starts when a task needs it", spec.entry)
+            zygotes.remove(dead)
+            await dead.discard()
+        return zygotes
+
+    async def ensure(self, spec: LaunchSpec) -> None:
+        """Start a zygote for ``spec`` unless one lives; raises the start's SandboxError."""
+        if not await self._prune(spec):
+            await asyncio.shield(self._start(spec))
+
+    async def acquire(self, spec: LaunchSpec) -> Zygote:
+        """An idle zygote, now busy (one is started when none is idle); raises the start's
+        SandboxError when none could start."""
+        while True:
+            idle = [z for z in await self._prune(spec) if not z.busy]
+            if idle:
+                idle[0].busy = True
+                return idle[0]
+            await asyncio.shield(self._start(spec))
+
+    async def child(self, spec: LaunchSpec, limits: EffectiveLimits) -> ForkedWorker:
+        """An unstarted child of an idle zygote; raises the start's SandboxError when none could start."""
+        zygote = await self.acquire(spec)
+        return ForkedWorker(spec, slot=self._new_slot(), limits=limits, zygote=zygote, server=self)
+
+    async def aclose(self) -> None:
+        """Cancel starts under way and kill every zygote (children die with it: PDEATHSIG)."""
+        self._closed = True
+        tasks = [task for task in self._starting.values() if not task.done()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+        for zygotes in self._zygotes.values():
+            for zygote in zygotes:
+                await zygote.discard()
+        self._zygotes.clear()
+
+
+__all__ = ["ForkServer", "ForkedWorker", "Zygote"]

@@ -1,0 +1,95 @@
+"""The fork server: each task a fresh child of one confined zygote that imported the entry once; nothing
+of one task reaches the next (module state, memory, files, /dev/shm, processes), a child can reach
+neither the zygote nor any other process, and a zygote that died or may have been touched is replaced.
+The hostile corpus runs on this path too (conftest.worker_path)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from sbx_helpers import ENTRY, ENTRY_PATH, corpus_runner, leftover_processes, run_corpus
+
+
+async def test_a_second_task_sees_nothing_of_the_first(tmp_path: Path, scratch: Path) -> None:
+    comm = "sbx" + uuid.uuid4().hex[:12]
+    async with corpus_runner(scratch, fork_server=True) as runner:
+        assert runner.forks
+        await runner.prewarm(ENTRY, entry_path=ENTRY_PATH)
+        first = await run_corpus(runner, tmp_path, "leave_traces", comm)
+        assert leftover_processes(comm) == []
+        second = await run_corpus(runner, tmp_path, "look_for_traces", comm)
+    # One zygote prepared the entry once (same token) and forked both tasks.
+    assert first.header["token"] == second.header["token"]
+    assert second.header["found"] == dict.fromkeys(second.header["found"], False)
+    assert set(second.header["found"]) == {"global", "module", "environ", "work", "home", "tmp", "shm"}
+
+
+async def test_a_child_can_neither_signal_trace_nor_read_the_zygote_or_any_process(
+        tmp_path: Path, scratch: Path) -> None:
+    async with corpus_runner(scratch, fork_server=True) as runner:
+        outcome = await run_corpus(runner, tmp_path, "touch_zygote", "sbx" + uuid.uuid4().hex[:12])
+        # The zygote is still whole: it forks the next task.
+        again = await run_corpus(runner, tmp_path, "look_for_traces", "sbx" + uuid.uuid4().hex[:12])
+    found = outcome.header["found"]
+    assert outcome.header["parent"] > 1  # the zygote, not a reaper
+    assert found.pop("signalled") == []
+    # Landlock's signal scope (EPERM), its file rules (EACCES), seccomp (EPERM) for the syscalls.
+    assert found == {"kill": "blocked:PermissionError", "mem_read": "blocked:PermissionError",
+                     "mem_write": "blocked:PermissionError", "environ": "blocked:PermissionError",
+                     "maps": "blocked:PermissionError", "ptrace_attach": "blocked:Operation not permitted",
+                     "ptrace_seize": "blocked:Operation not permitted", "vm_readv": "blocked:Operation not permitted",
+                     "vm_writev": "blocked:Operation not permitted"}
+    assert again.header["token"] == outcome.header["token"]
+
+
+async def test_a_task_beside_a_running_one_gets_a_zygote_of_its_own(tmp_path: Path, scratch: Path) -> None:
+    # A zygote serves one child at a time, so no two live tasks ever share its namespaces or tmpfs.
+    comm = "sbx" + uuid.uuid4().hex[:12]
+    async with corpus_runner(scratch, fork_server=True) as runner:
+        running = asyncio.ensure_future(run_corpus(runner, tmp_path, "sleep_forever", comm))
+        while not leftover_processes(comm):
+            await asyncio.sleep(0.05)
+        beside = await run_corpus(runner, tmp_path, "touch_zygote", "sbx" + uuid.uuid4().hex[:12])
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+        after = await run_corpus(runner, tmp_path, "look_for_traces", "sbx" + uuid.uuid4().hex[:12])
+    assert beside.header["found"]["signalled"] == []
+    assert leftover_processes(comm) == []
+    assert after.header["found"] == dict.fromkeys(after.header["found"], False)
+
+
+def _zygote_pids(scratch: Path) -> list[int]:
+    """The zygotes' bwrap processes started by this process, named by a slot under ``scratch`` in their argv."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                argv = Path(entry.path, "cmdline").read_bytes().split(b"\0")
+                stat = Path(entry.path, "stat").read_text()
+            except OSError:
+                continue
+            parent = int(stat[stat.rindex(")") + 2 :].split()[1])
+            if parent == os.getpid() and argv[0].endswith(b"bwrap") and str(scratch).encode() in b" ".join(argv):
+                found.append(int(entry.name))
+    return found
+
+
+async def test_a_dead_zygote_is_replaced_for_the_next_task(tmp_path: Path, scratch: Path) -> None:
+    async with corpus_runner(scratch, fork_server=True) as runner:
+        await runner.prewarm(ENTRY, entry_path=ENTRY_PATH)
+        before = await run_corpus(runner, tmp_path, "look_for_traces", "sbx" + uuid.uuid4().hex[:12])
+        (zygote,) = _zygote_pids(scratch)
+        os.killpg(zygote, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while _zygote_pids(scratch) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        after = await run_corpus(runner, tmp_path, "look_for_traces", "sbx" + uuid.uuid4().hex[:12])
+    assert before.header["token"] != after.header["token"]
+    assert after.header["found"] == dict.fromkeys(after.header["found"], False)
