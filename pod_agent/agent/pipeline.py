@@ -266,6 +266,7 @@ class TaskPipeline:
             rows=reported_rows(task, split_rows),
             max_bytes=settings.sandbox_limits.max_output_mb << 20, min_rows=floor.min_rows,
             max_prediction_columns=settings.privacy.max_prediction_columns,
+            allow_half_precision=settings.privacy.allow_half_precision,
         )
         metrics = reported_metrics(checked.metrics, digits=floor.metric_digits, max_metrics=floor.max_metrics)
         if not checked.arrays:

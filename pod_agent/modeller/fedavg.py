@@ -147,6 +147,9 @@ class FedAvgPlan:
     cohort_scaling: bool = True
     task_timeout_s: float = 600.0
     dp: DpTarget | None = None
+    # What travels (Hyperparameters.exchange: "trainable" sends only e.g. LoRA adapters) and in which dtype.
+    exchange: Literal["all", "trainable"] = "all"
+    wire_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
 
 
 # What a train task that evaluates first reports of the model it started from (the egress names).
@@ -262,7 +265,8 @@ class FedAvg:
     def _hyperparameters(self) -> Hyperparameters:
         plan = self.plan
         return Hyperparameters(
-            epochs=plan.epochs_per_round, batch_size=plan.batch_size, learning_rate=plan.learning_rate, seed=plan.seed
+            epochs=plan.epochs_per_round, batch_size=plan.batch_size, learning_rate=plan.learning_rate, seed=plan.seed,
+            exchange=plan.exchange, wire_dtype=plan.wire_dtype,
         )
 
     # -- one round --------------------------------------------------------------------------------

@@ -29,6 +29,11 @@ class Datastructure:
     categorical_encoding: str = "one-hot"
     support_columns: tuple[str, ...] = ()
     n_rows: Mapping[str, int] = field(default_factory=dict)
+    # What one row of ``x`` is: "tabular" ([input_size] float32), "image" ([channels, height, width] float32
+    # in [0, 1], ``image_shape``) or "tokens" ([input_size] int64 ids below ``vocab_size``, 0 = padding).
+    input_kind: Literal["tabular", "image", "tokens"] = "tabular"
+    image_shape: tuple[int, ...] = ()
+    vocab_size: int = 0
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, object]) -> Datastructure:
@@ -41,6 +46,9 @@ class Datastructure:
             n_classes = int(raw["n_classes"])  # type: ignore[call-overload]
             if input_size < 1 or n_classes < 1:
                 raise ValueError(f"input_size={input_size}, n_classes={n_classes}")
+            input_kind = str(raw.get("input_kind", "tabular"))
+            if input_kind not in ("tabular", "image", "tokens"):
+                raise ValueError(f"input_kind {input_kind!r}")
             n_rows_raw = raw.get("n_rows", {})
             stypes_raw = raw.get("stypes", {})
             if not isinstance(n_rows_raw, Mapping) or not isinstance(stypes_raw, Mapping):
@@ -57,6 +65,9 @@ class Datastructure:
                 categorical_encoding=str(raw.get("categorical_encoding", "one-hot")),
                 support_columns=tuple(str(c) for c in _list(raw, "support_columns")),
                 n_rows={str(k): int(v) for k, v in n_rows_raw.items()},
+                input_kind=input_kind,  # type: ignore[arg-type]
+                image_shape=tuple(int(d) for d in _list(raw, "image_shape")),  # type: ignore[call-overload]
+                vocab_size=int(str(raw.get("vocab_size", 0))),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise TrainingError("bad_datastructure", f"datastructure unusable: {exc}") from exc

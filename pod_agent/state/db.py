@@ -77,7 +77,6 @@ from pod_agent.state.records import (
     AlreadySeen,
     ApprovedModel,
     AuditRow,
-    EgressChannel,
     IllegalTransition,
     LedgerEntry,
     LedgerStatus,
@@ -92,7 +91,7 @@ from pod_agent.state.records import (
     released_by,
 )
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 4
 # A writer holding the lock (another process) is waited for this long before giving up.
 BUSY_TIMEOUT_MS = 10_000
 
@@ -203,16 +202,6 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
             n_rows       INTEGER NOT NULL,
             result_bytes INTEGER NOT NULL,
             blob_bytes   INTEGER NOT NULL
-        )""",
-    ),
-    # What a task sent besides its result (secure-round messages, its masked vector, progress), for the export.
-    # No foreign key: a progress event may be counted for a task the verifier is still storing.
-    5: (
-        """CREATE TABLE task_egress (
-            task_id TEXT NOT NULL,
-            channel TEXT NOT NULL,
-            bytes   INTEGER NOT NULL,
-            PRIMARY KEY (task_id, channel)
         )""",
     ),
 }
@@ -781,13 +770,6 @@ class PodState:
         charged: dict[str, list[str]] = {}
         for task_id, event in ledger:
             charged.setdefault(str(task_id), []).append(str(event))
-        sent: dict[str, dict[str, int]] = {}
-        for task_id, channel, count in self._read(
-            "SELECT task_id, channel, bytes FROM task_egress WHERE task_id IN "
-            "(SELECT task_id FROM tasks WHERE created_at >= ?)",
-            (since,),
-        ):
-            sent.setdefault(str(task_id), {})[str(channel)] = int(str(count))
         out = []
         for row in rows:
             task = _task(row[:8])
@@ -796,26 +778,9 @@ class PodState:
             if task.status is TaskStatus.DELIVERED:
                 outcome = next((to for _, to, _, _ in reversed(self.history(task.task_id)) if to != "delivered"),
                                outcome)
-            by_channel = {"result": result_bytes, **sent.get(task.task_id, {})}
-            # A secure task's result references the masked vector its round released: counted once, as masked.
-            if "masked" not in by_channel:
-                by_channel["update"] = blob_bytes
-            out.append(AuditRow(task=task, outcome=outcome, n_rows=n_rows,
-                                bytes_by_channel={k: v for k, v in sorted(by_channel.items()) if v},
+            out.append(AuditRow(task=task, outcome=outcome, n_rows=n_rows, bytes_released=result_bytes + blob_bytes,
                                 dp_events=tuple(charged.get(task.task_id, ()))))
         return out
-
-    def add_egress(self, task_id: str, channel: EgressChannel, nbytes: int) -> None:
-        """Count ``nbytes`` more leaving the pod for ``task_id`` on ``channel`` (the audit export's bytes).
-
-        Called before the bytes may leave, so what left is never undercounted; a message retried after a
-        failed send is counted once (it carries nothing new)."""
-        with self._tx() as conn:
-            conn.execute(
-                "INSERT INTO task_egress (task_id, channel, bytes) VALUES (?, ?, ?) "
-                "ON CONFLICT (task_id, channel) DO UPDATE SET bytes = bytes + excluded.bytes",
-                (task_id, channel, nbytes),
-            )
 
     def outbox_depth(self) -> int:
         return int(str(self._read("SELECT count(*) FROM outbox")[0][0]))

@@ -22,8 +22,13 @@ with a fixed ``reason`` at the first failure:
    "predictions" needs one column per feature); ``too_few_rows``: predictions for
    fewer than ``min_rows`` rows.
 5. ``bad_payload``: the payload is not safetensors or disagrees with the header.
-6. ``bad_dtype``: a tensor is not float32 (the wire dtype, see ``tensors.py``).
+6. ``bad_dtype``: a tensor is not in the task's wire dtype (``hyperparameters.wire_dtype``: float32
+   unless the task asks for bfloat16 or float16 and the pod owner allows half precision,
+   ``privacy.allow_half_precision``; predictions are always float32).
 7. ``non_finite``: a NaN or infinity anywhere.
+
+Half-precision tensors are widened to float32 here (exactly: every bfloat16 and float16 value is a
+float32 value), so clipping and secure aggregation's fixed point see float32 as ever.
 """
 
 from __future__ import annotations
@@ -39,8 +44,6 @@ from typing import Any, Protocol
 
 import numpy as np
 from pydantic import ValidationError
-from safetensors import SafetensorError
-from safetensors.numpy import load as load_numpy
 
 from pod_agent.config import DEFAULT_MAX_PREDICTION_COLUMNS
 from pod_agent.errors import ContractViolation
@@ -49,6 +52,9 @@ from pod_agent.training.wall import TensorDescription, WorkerResultHeader
 
 WIRE_DTYPE = "F32"
 FLOAT_DTYPES = frozenset({"F16", "BF16", "F32", "F64"})
+# A task's hyperparameters.wire_dtype as the safetensors header names it.
+WIRE_DTYPE_NAMES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
+_ITEM_BYTES = {"F32": 4, "F16": 2, "BF16": 2}
 MAX_METRICS = 64
 _METRIC_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_./-]{0,63}$")
 
@@ -85,6 +91,7 @@ def check_result(
     max_bytes: int,
     max_prediction_columns: int = DEFAULT_MAX_PREDICTION_COLUMNS,
     min_rows: int = 1,
+    allow_half_precision: bool = False,
 ) -> CheckedResult:
     """Validate ``outcome`` for ``task``; raises ContractViolation(reason) as listed above.
 
@@ -104,11 +111,12 @@ def check_result(
     n_rows = header.n_rows
     if n_rows != rows:
         raise ContractViolation("bad_header", f"n_rows {n_rows} is not the prepared split's {rows} rows")
-    described = _described_tensors(header.tensors)
+    wire = _wire_dtype(task, allow_half_precision=allow_half_precision)
+    described = _described_tensors(header.tensors, wire)
     metrics = _check_metrics(header.metrics)
     _check_names_and_shapes(described, task=task, expected=expected, n_rows=n_rows, min_rows=min_rows,
                             max_prediction_columns=max_prediction_columns)
-    arrays = _decode(payload, described)
+    arrays = _decode(payload, described, wire)
     return CheckedResult(arrays=arrays, metrics=metrics, n_rows=n_rows)
 
 
@@ -173,11 +181,24 @@ def _parse_errors(exc: ValidationError) -> str:
                                if exc.error_count() > _MAX_PARSE_ERRORS else "")
 
 
-def _described_tensors(described: Mapping[str, TensorDescription]) -> dict[str, TensorSpec]:
+def _wire_dtype(task: TaskPayload, *, allow_half_precision: bool) -> str:
+    """The one dtype the result's tensors may have (see 6. above)."""
+    if task.kind != "train":
+        return WIRE_DTYPE
+    wire = WIRE_DTYPE_NAMES[task.hyperparameters.wire_dtype]
+    if wire != WIRE_DTYPE and not allow_half_precision:
+        raise ContractViolation(
+            "bad_dtype", f"the task asks for {task.hyperparameters.wire_dtype} updates and this pod does not allow "
+            "half precision (privacy.allow_half_precision)"
+        )
+    return wire
+
+
+def _described_tensors(described: Mapping[str, TensorDescription], wire: str) -> dict[str, TensorSpec]:
     out: dict[str, TensorSpec] = {}
     for name, info in described.items():
-        if info.dtype != WIRE_DTYPE:
-            raise ContractViolation("bad_dtype", f"tensor {name!r} has dtype {info.dtype[:16]!r}, only {WIRE_DTYPE} "
+        if info.dtype != wire:
+            raise ContractViolation("bad_dtype", f"tensor {name!r} has dtype {info.dtype[:16]!r}, only {wire} "
                                     "is accepted")
         out[name] = TensorSpec(tuple(info.shape), info.dtype)
     return out
@@ -239,24 +260,71 @@ def _check_names_and_shapes(
             )
 
 
-def _decode(payload: bytes, described: dict[str, TensorSpec]) -> dict[str, np.ndarray]:
+def _decode(payload: bytes, described: dict[str, TensorSpec], wire: str) -> dict[str, np.ndarray]:
+    """The payload's tensors as float32 arrays, each checked against the header's shape, ``wire`` and finite."""
     if not described:
         if payload:
             raise ContractViolation("bad_payload", f"{len(payload)} payload bytes but no tensors described")
         return {}
-    try:
-        arrays = load_numpy(payload)
-    except (SafetensorError, ValueError, struct.error) as exc:
-        raise ContractViolation("bad_payload", f"payload is not safetensors: {exc}") from exc
-    if set(arrays) != set(described):
+    table, data = _safetensors_table(payload)
+    if set(table) != set(described):
         raise ContractViolation("bad_payload", "payload tensor names differ from the header's")
-    for name, array in arrays.items():
-        if tuple(array.shape) != described[name].shape:
-            raise ContractViolation(
-                "bad_payload", f"{name} payload shape {list(array.shape)} differs from the header's"
-            )
-        if array.dtype != np.float32:
-            raise ContractViolation("bad_dtype", f"{name} has dtype {array.dtype}, only float32 is accepted")
+    arrays: dict[str, np.ndarray] = {}
+    for name, (dtype, shape, begin, end) in table.items():
+        if shape != described[name].shape:
+            raise ContractViolation("bad_payload", f"{name} payload shape {list(shape)} differs from the header's")
+        if dtype != wire:
+            raise ContractViolation("bad_dtype", f"{name} has dtype {dtype[:16]}, only {wire} is accepted")
+        array = _widened(data[begin:end], dtype).reshape(shape)
         if not np.isfinite(array).all():
             raise ContractViolation("non_finite", f"{name} holds NaN or infinite values")
+        arrays[name] = array
     return arrays
+
+
+def _safetensors_table(payload: bytes) -> tuple[dict[str, tuple[str, tuple[int, ...], int, int]], memoryview]:
+    """Name -> (dtype, shape, begin, end) of a safetensors blob, and its data; the offsets must tile the data
+    exactly, each span holding its shape in its dtype (only the wire dtypes are known here)."""
+    if len(payload) < 8:
+        raise ContractViolation("bad_payload", "payload is not safetensors: shorter than its length prefix")
+    (size,) = struct.unpack("<Q", payload[:8])
+    if size > len(payload) - 8:
+        raise ContractViolation("bad_payload", f"payload is not safetensors: header of {size} bytes exceeds it")
+    try:
+        header = json.loads(payload[8 : 8 + size])
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ContractViolation("bad_payload", "payload is not safetensors: its header is not JSON") from exc
+    if not isinstance(header, dict):
+        raise ContractViolation("bad_payload", "payload is not safetensors: its header is not a JSON object")
+    data = memoryview(payload)[8 + size :]
+    table: dict[str, tuple[str, tuple[int, ...], int, int]] = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, shape, (begin, end) = str(info["dtype"]), tuple(int(d) for d in info["shape"]), info["data_offsets"]
+            count = math.prod(shape)
+            if dtype not in _ITEM_BYTES:
+                raise ContractViolation("bad_dtype", f"{name} has dtype {dtype[:16]}, not a wire dtype")
+            if not (isinstance(begin, int) and isinstance(end, int) and 0 <= begin <= end <= len(data)) \
+                    or end - begin != count * _ITEM_BYTES[dtype] or min(shape, default=0) < 0:
+                raise ContractViolation("bad_payload", f"{name} offsets do not match its shape and dtype")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ContractViolation("bad_payload", "payload is not safetensors: a malformed tensor entry") from exc
+        table[name] = (dtype, shape, begin, end)
+    position = 0
+    for _, _, begin, end in sorted(table.values(), key=lambda entry: entry[2:]):
+        if begin != position:
+            raise ContractViolation("bad_payload", "payload is not safetensors: gaps or overlapping tensors")
+        position = end
+    if position != len(data):
+        raise ContractViolation("bad_payload", "payload is not safetensors: trailing bytes after its tensors")
+    return table, data
+
+
+def _widened(raw: memoryview, dtype: str) -> np.ndarray:
+    """Little-endian ``dtype`` values as float32 (exact for each of the wire dtypes)."""
+    if dtype == "BF16":
+        # bfloat16 is the top half of a float32.
+        return (np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
+    return np.frombuffer(raw, dtype="<f4" if dtype == "F32" else "<f2").astype(np.float32)

@@ -159,7 +159,7 @@ def initial_weights(
     # An empty input dir: the source or spec comes from the ModelRef itself, as on a pod.
     with tempfile.TemporaryDirectory(prefix="pod-agent-init-") as tmp:
         built = seeded_model(model, seed=hyperparameters.seed, input_dir=Path(tmp), init_kwargs=kwargs)
-    return {name: t.numpy() for name, t in exchanged_state(built).items()}
+    return {name: t.numpy() for name, t in exchanged_state(built, hyperparameters.exchange).items()}
 
 
 def save_fit(fit: LocalFit, out_dir: Path) -> Path:

@@ -10,7 +10,9 @@ answers with exactly one ``channel.result`` (a ``wall.WorkerResultHeader``) or
 (``sandbox.caps``: memory, file size) is named by the cap whatever the engine
 wrapped it in. Details and tracebacks go to this process's stderr, which the agent
 keeps in its local log and never forwards; known-benign noise (a Lightning warning,
-fontconfig's missing-config message) is silenced at its source in ``prepare()``.
+fontconfig's missing-config message) is silenced at its source in ``prepare()``, which also puts
+Hugging Face libraries (a model source may build a ``transformers``/``peft`` model from a config) offline,
+with their caches in the worker's scratch: no download is tried and no host cache is read.
 This module imports nothing heavy at import time.
 """
 
@@ -61,9 +63,20 @@ def _silence_benign_noise() -> None:
         os.environ["FONTCONFIG_FILE"] = str(path)
 
 
+# Set before any model source can import transformers or huggingface_hub, which read them at import.
+_HF_OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+               "HF_HUB_DISABLE_TELEMETRY": "1"}
+
+
+def _hugging_face_offline() -> None:
+    os.environ.update(_HF_OFFLINE)
+    os.environ["HF_HOME"] = str(Path(tempfile.gettempdir()) / "pod-agent-hf")
+
+
 def prepare() -> None:
     """Import everything a task needs, so the first training step does not wait for imports."""
     _silence_benign_noise()
+    _hugging_face_offline()
     for name in _HEAVY_MODULES:
         import_module(name)
     # Lightning's info lines (accelerator banners) are noise in the agent's log.
