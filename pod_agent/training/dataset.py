@@ -5,8 +5,11 @@ Owns turning the Arrow IPC file written by ``pod_agent.data.task_input`` into th
 so memory holds one record batch (the file stays memory-mapped): tables larger than
 RAM still train. Shuffling is a seeded permutation of record batches and of rows
 within each, new for every epoch: a full shuffle for tables of one record batch and a
-block shuffle beyond. Where ``x`` carries a row shape (``pod_agent.shape``: images ``[channels, height,
-width]``, text ``[max_tokens]``), batches have that shape, and integer ``x`` (token ids) becomes int64.
+block shuffle beyond. A ``shard``ed split under a running process group (``ranks.py``) hands
+each rank its slice of every batch: the ranks see the same batches in the same order, so
+their averaged gradients are the whole batch's and every rank takes the same number of steps.
+Where ``x`` carries a row shape (``pod_agent.shape``: images ``[channels, height, width]``, text
+``[max_tokens]``), batches have that shape, and integer ``x`` (token ids) becomes int64.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import torch
+import torch.distributed as dist
 from torch.utils.data import IterableDataset
 
 from pod_agent.data import ROW_SHAPE_METADATA_KEY, SPLIT_CODES
@@ -29,11 +33,13 @@ from pod_agent.sdk import Batch
 class SplitBatches(IterableDataset[Batch]):
     """Iterates the rows of ``split`` of the file at ``path`` in batches of ``batch_size``."""
 
-    def __init__(self, path: Path, *, split: str, batch_size: int, shuffle: bool, seed: int) -> None:
+    def __init__(
+        self, path: Path, *, split: str, batch_size: int, shuffle: bool, seed: int, shard: bool = False
+    ) -> None:
         if split not in SPLIT_CODES:
             raise TrainingError("bad_request", f"split {split!r} is not one of {list(SPLIT_CODES)}")
         self._path, self._code = path, SPLIT_CODES[split]
-        self._batch_size, self._shuffle, self._seed = batch_size, shuffle, seed
+        self._batch_size, self._shuffle, self._seed, self._shard = batch_size, shuffle, seed, shard
         self._epoch = 0
         try:
             source = pa.memory_map(str(path), "r")
@@ -75,6 +81,7 @@ class SplitBatches(IterableDataset[Batch]):
     def __iter__(self) -> Iterator[Batch]:
         rng = np.random.default_rng([self._seed, self._epoch])
         self._epoch += 1
+        rank, ranks = (dist.get_rank(), dist.get_world_size()) if self._shard and dist.is_initialized() else (0, 1)
         order = np.arange(self._reader.num_record_batches)
         if self._shuffle:
             order = rng.permutation(order)
@@ -85,7 +92,12 @@ class SplitBatches(IterableDataset[Batch]):
             if self._shuffle:
                 rows = rng.permutation(rows)
             for start in range(0, len(rows), self._batch_size):
-                yield _batch(x, y, rows[start : start + self._batch_size])
+                yield _batch(x, y, _slice(rows[start : start + self._batch_size], rank, ranks))
+
+
+def _slice(rows: np.ndarray, rank: int, ranks: int) -> np.ndarray:
+    """Rank ``rank``'s part of one batch's rows; a batch of fewer rows than ranks goes whole to each."""
+    return rows if len(rows) < ranks else np.array_split(rows, ranks)[rank]
 
 
 def _split_column(batch: pa.RecordBatch) -> np.ndarray:

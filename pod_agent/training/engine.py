@@ -2,9 +2,12 @@
 
 Owns the Trainer settings (accelerator and devices from the request, deterministic
 seed, epochs xor steps, no checkpoints, no logger, no progress bar, scratch as root
-dir), the pre-flight checks (a probe forward pass, finite losses), progress events
-and what each kind returns. It runs inside the sandbox (``worker.py``) and, for a
-modeller's local debugging, in-process (``local.py``): the same code either way.
+dir), the choice of data-parallel training (``trainer.devices`` above one: that many
+ranks, ``ranks.py``, gloo on CPU and NCCL on GPU, the training split sharded across
+them; evaluate and predict run on one device), the pre-flight checks (a probe forward
+pass, finite losses), progress events and what each kind returns. It runs inside the
+sandbox (``worker.py``) and, for a modeller's local debugging, in-process (``local.py``):
+the same code either way.
 
 The request is a ``wall.WorkerRequest`` (``trainer.threads`` None: DEFAULT_THREADS torch
 intra-op threads); the answer a ``wall.WorkerResultHeader`` and a safetensors payload,
@@ -26,18 +29,20 @@ Failure codes besides ``loading.py``'s: ``bad_request``, ``data_invalid``,
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
 import time
 import warnings
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.accelerators import CUDAAccelerator
 
 from pod_agent.data import DATA_FILE_NAME, SPLIT_CODES, read_datastructure
 from pod_agent.errors import DataError, TrainingError
@@ -45,6 +50,7 @@ from pod_agent.protocol import Hyperparameters, ModelRef, TaskPayload
 from pod_agent.sdk import Datastructure, PodModel
 from pod_agent.training.dataset import SplitBatches
 from pod_agent.training.loading import build_model
+from pod_agent.training.ranks import ForkedRanks, data_parallel
 from pod_agent.training.tensors import encode, exchanged_state, load_pretrained
 from pod_agent.training.wall import WorkerProgress, WorkerRequest, WorkerResultHeader
 
@@ -72,11 +78,13 @@ class _Settings:
     task: TaskPayload
     datastructure: Datastructure
     accelerator: str
-    devices: int | str
+    # Processes that train together (``trainer.devices`` resolved); ``ranks`` once they run (``_parallel``).
+    world_size: int
     seed: int
     min_rows: int
     schema: Mapping[str, object]
     threads: int
+    ranks: ForkedRanks | None = None
 
 
 def run_task(request: WorkerRequest, *, input_dir: Path, work_dir: Path, progress: Progress) -> TaskOutput:
@@ -103,7 +111,8 @@ def run_task(request: WorkerRequest, *, input_dir: Path, work_dir: Path, progres
     shuffle = task.kind == "train"
     loaders = {
         split: SplitBatches(
-            data_path, split=split, batch_size=batch_size, shuffle=shuffle and split == "train", seed=settings.seed
+            data_path, split=split, batch_size=batch_size, shuffle=shuffle and split == "train", seed=settings.seed,
+            shard=split == "train",
         )
         for split in SPLIT_CODES
     }
@@ -126,12 +135,37 @@ def _settings(request: WorkerRequest, input_dir: Path) -> _Settings:
         task=task,
         datastructure=datastructure,
         accelerator=trainer.accelerator,
-        devices=trainer.devices,
+        world_size=_world_size(trainer.accelerator, trainer.devices) if task.kind == "train" else 1,
         seed=task.hyperparameters.seed if trainer.seed is None else trainer.seed,
         min_rows=request.privacy.min_rows,
         schema=request.public_schema,
         threads=DEFAULT_THREADS if trainer.threads is None else trainer.threads,
     )
+
+
+def _world_size(accelerator: str, devices: int | str) -> int:
+    """How many ranks train: ``devices``, where "auto" is every visible GPU, or one process on CPU."""
+    if isinstance(devices, int):
+        return devices
+    return CUDAAccelerator.auto_device_count() if _on_gpu(accelerator) else 1
+
+
+def _on_gpu(accelerator: str) -> bool:
+    # Lightning counts GPUs through NVML, without initialising CUDA, so the ranks can still fork.
+    return accelerator == "gpu" or (accelerator == "auto" and CUDAAccelerator.is_available())
+
+
+@contextlib.contextmanager
+def _parallel(settings: _Settings, *, work_dir: Path) -> Iterator[_Settings]:
+    """The settings to train under: as they are for one rank; for more, inside the ranks' block."""
+    if settings.world_size == 1:
+        yield settings
+        return
+    # Lightning would otherwise size each rank's thread pool to the host's cores / ranks.
+    os.environ["OMP_NUM_THREADS"] = str(settings.threads)
+    backend = "nccl" if _on_gpu(settings.accelerator) else "gloo"
+    with data_parallel(settings.world_size, backend=backend, store_dir=work_dir / "ranks") as ranks:
+        yield replace(settings, ranks=ranks)
 
 
 def model_kwargs(
@@ -202,7 +236,8 @@ class _Progress(pl.Callback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        if trainer.global_step == 0 and batch_idx == 0:
+        # Every rank checks its losses; only rank 0 (the worker itself) may write a frame.
+        if trainer.global_step == 0 and batch_idx == 0 and trainer.is_global_zero:
             self._progress(WorkerProgress(stage="training", epoch=trainer.current_epoch, step=0))
 
     def on_train_batch_end(
@@ -215,7 +250,7 @@ class _Progress(pl.Callback):
         if not math.isfinite(value):
             raise TrainingError("non_finite_loss", f"loss became {value} at step {trainer.global_step}")
         now = time.monotonic()
-        if now - self._last >= PROGRESS_INTERVAL_S:
+        if now - self._last >= PROGRESS_INTERVAL_S and trainer.is_global_zero:
             self._last = now
             self._progress(
                 WorkerProgress(stage="training", epoch=trainer.current_epoch, step=trainer.global_step, loss=value)
@@ -225,6 +260,8 @@ class _Progress(pl.Callback):
         if trainer.sanity_checking:
             return
         self.last_validated_step = trainer.global_step
+        if not trainer.is_global_zero:
+            return
         # No metrics: a model names and computes them, so they would be a channel of its choosing
         # to the hub; the result's metrics pass the contract's checks instead.
         self._progress(WorkerProgress(stage="validating", epoch=trainer.current_epoch, step=trainer.global_step))
@@ -251,9 +288,12 @@ def _trainer(settings: _Settings, *, work_dir: Path, callbacks: list[pl.Callback
         raise TrainingError("bad_request", "give epochs or steps, not both")
     # Steps-based: no epoch limit (Lightning reads max_epochs=None with max_steps as unbounded).
     max_epochs = None if hp.steps is not None else (hp.epochs or 1)
+    ranks = settings.ranks
+    parallel: dict[str, Any] = {"devices": 1} if ranks is None else {
+        "devices": ranks.world_size(), "strategy": "ddp", "plugins": [ranks]}
     return pl.Trainer(
         accelerator=settings.accelerator,
-        devices=settings.devices,
+        **parallel,
         max_epochs=max_epochs,
         max_steps=hp.steps if hp.steps is not None else -1,
         deterministic=True,
@@ -296,11 +336,25 @@ def _run_stage(stage: Callable[[], Any], code: str) -> None:
 def _train(
     model: PodModel, loaders: Mapping[str, SplitBatches], settings: _Settings, *, work_dir: Path, progress: Progress
 ) -> TaskOutput:
-    train, val = loaders["train"], loaders["validation"]
+    train = loaders["train"]
     if train.n_rows == 0:
         raise TrainingError("empty_split", "the training split has no rows")
     hp = settings.task.hyperparameters
     before = exchanged_state(model, hp.exchange)
+    # Several ranks run every Lightning call below alike (each on the whole test and validation splits,
+    # on its slice of each training batch); only rank 0 leaves the block, with rank 0's metrics.
+    with _parallel(settings, work_dir=work_dir) as ranked:
+        metrics = _fit(model, loaders, ranked, work_dir=work_dir, progress=progress)
+    after = exchanged_state(model, hp.exchange)
+    tensors = after if settings.task.returns == "weights" else {n: after[n] - before[n] for n in after}
+    described, payload = encode(tensors, hp.wire_dtype)
+    return TaskOutput(WorkerResultHeader(metrics=metrics, n_rows=train.n_rows, tensors=described), payload)
+
+
+def _fit(
+    model: PodModel, loaders: Mapping[str, SplitBatches], settings: _Settings, *, work_dir: Path, progress: Progress
+) -> dict[str, float]:
+    train, val = loaders["train"], loaders["validation"]
     metrics: dict[str, float] = {}
     if settings.task.evaluate_first:
         # The incoming weights' test metrics (fit never runs the test loop, so no name collides), with the
@@ -318,10 +372,7 @@ def _train(
         # Training ended between validations (steps-based): validate the final weights.
         _run_stage(lambda: trainer.validate(model, dataloaders=_loader(val), verbose=False), "evaluation_error")
         metrics |= _scalars(trainer.callback_metrics)
-    after = exchanged_state(model, hp.exchange)
-    tensors = after if settings.task.returns == "weights" else {n: after[n] - before[n] for n in after}
-    described, payload = encode(tensors, hp.wire_dtype)
-    return TaskOutput(WorkerResultHeader(metrics=metrics, n_rows=train.n_rows, tensors=described), payload)
+    return metrics
 
 
 def _loader(batches: SplitBatches) -> torch.utils.data.DataLoader[Any]:
