@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -145,3 +147,54 @@ def _hub_process(db: Path) -> Iterator[str]:
         hub.wait(10)
         if hub.stdout is not None:
             hub.stdout.close()
+
+
+# Set by .ci/with-postgres (CI): a throwaway PostgreSQL. Tests that need it skip without it, and fail when it
+# is set but unreachable, so that CI cannot pass them by skipping.
+POSTGRES_ENV = "POD_AGENT_TEST_POSTGRES"
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    """The test PostgreSQL's URL (its default database)."""
+    import psycopg
+
+    url = os.environ.get(POSTGRES_ENV)
+    if not url:
+        pytest.skip(f"needs PostgreSQL: {POSTGRES_ENV} is not set (run the tests under `bash .ci/with-postgres`)")
+    try:
+        psycopg.connect(url, connect_timeout=5).close()
+    except psycopg.Error as exc:
+        pytest.fail(f"{POSTGRES_ENV}={url} is set but PostgreSQL there is unreachable: {exc}")
+    return url
+
+
+@pytest.fixture
+def postgres_db(postgres_server: str) -> Iterator[Callable[[], str]]:
+    """Makes fresh databases on the test PostgreSQL: each call a ``postgresql://`` URL whose search_path is a
+    schema of its own, dropped after the test."""
+    import psycopg
+
+    made: list[str] = []
+
+    def make() -> str:
+        schema = f"test_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(postgres_server, autocommit=True) as conn:
+            conn.execute(f"CREATE SCHEMA {schema}".encode())
+        made.append(schema)
+        return f"{postgres_server}{'&' if '?' in postgres_server else '?'}options=-csearch_path%3D{schema}"
+
+    yield make
+    with psycopg.connect(postgres_server, autocommit=True) as conn:
+        for schema in made:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE".encode())
+
+
+@pytest.fixture(scope="session")
+def tutorial_federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The tutorials' federation (tutorial_support.SharedFederation): a hub with its status page and three
+    real pods, started once per session by the first test that asks for it."""
+    from tutorial_support import shared_federation
+
+    with shared_federation(tmp_path_factory.mktemp("tutorial")) as shared:
+        yield shared

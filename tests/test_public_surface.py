@@ -42,8 +42,10 @@ SURFACE: dict[str, list[str]] = {
     "hub": [
         "DEFAULT_BLOB_GRACE_S", "DEFAULT_BLOB_QUOTA_BYTES", "DEFAULT_BLOB_QUOTA_COUNT", "DEFAULT_GC_INTERVAL_S",
         "DEFAULT_HOST", "DEFAULT_PORT", "DEFAULT_RATE_BURST", "DEFAULT_RATE_PER_S", "DEFAULT_TOKEN_TTL_S",
-        "HubLimits", "REGISTRATION_POLICIES", "RegistrationPolicy", "SqliteStorage", "Storage", "StorageConflict",
-        "blob_dir_for", "create_app", "invite", "listening", "serve", "server_tls_context"
+        "HubLimits", "PostgresCluster", "PostgresStorage", "REGISTRATION_POLICIES", "RegistrationPolicy",
+        "SqliteStorage",
+        "Storage", "StorageConflict", "blob_dir_for", "create_app", "invite", "is_postgres_url",
+        "listening", "open_storage", "serve", "server_tls_context"
     ],
     "modeller": [
         "DEFAULT_TASK_LIFETIME_S", "DpTarget", "FedAvg", "FedAvgPlan", "HubTaskStatus", "ModellerClient",

@@ -2,7 +2,7 @@
 administer it through its database file: ``release-pod`` frees a pod name held by an old key,
 ``invite`` makes a one-time enrolment token, ``pending`` lists keys awaiting approval and
 ``approve`` admits one. The admin commands need no network API: they open the hub's SQLite
-file (the hub may keep running; SQLite serialises the writes)."""
+file or PostgreSQL database (the hub may keep running; the database serialises the writes)."""
 
 from __future__ import annotations
 
@@ -26,18 +26,26 @@ from pod_agent.hub import (
     REGISTRATION_POLICIES,
     HubLimits,
     RegistrationPolicy,
-    SqliteStorage,
+    Storage,
+    is_postgres_url,
+    open_storage,
 )
 from pod_agent.ops import configure_logging
 
 _hub = typer.Typer(name="hub", help="Run and administer the reference hub.", no_args_is_help=True)
 
-_DB_HELP = "The hub's SQLite file (the hub may keep running)."
+_DB_HELP = "The hub's SQLite file or postgresql:// URL (the hub may keep running)."
 
 
 @_hub.command("serve")
 def serve(
-    db: str = typer.Option("hub.sqlite", "--db", help="SQLite file (blobs go to <db>.blobs/), or :memory:."),
+    db: str = typer.Option(
+        "hub.sqlite", "--db",
+        help="SQLite file (blobs go to <db>.blobs/), :memory:, or a postgresql:// URL several hub processes share.",
+    ),
+    blob_dir: Path | None = typer.Option(
+        None, "--blob-dir", help="Blob directory (default <db>.blobs/); with PostgreSQL, one all hub processes share."
+    ),
     host: str = typer.Option(DEFAULT_HOST, "--host", help="Address to bind; 127.0.0.1 unless you mean it."),
     port: int = typer.Option(DEFAULT_PORT, "--port", help="Port (0 picks a free one and prints it)."),
     cert: Path | None = typer.Option(None, "--cert", help="PEM certificate chain: serve HTTPS."),
@@ -72,7 +80,7 @@ def serve(
     asyncio.run(
         run_hub(
             db=db, host=host, port=port, cert=cert, key=key, on_listening=announce, registration=policy,
-            limits=limits,
+            limits=limits, blob_dir=blob_dir,
         )
     )
 
@@ -83,10 +91,11 @@ def _policy(value: str) -> RegistrationPolicy:
     return value  # type: ignore[return-value]
 
 
-def _open_db(db: str) -> SqliteStorage:
-    if db == ":memory:" or not Path(db).is_file():
+def _open_db(db: str) -> Storage:
+    if not is_postgres_url(db) and (db == ":memory:" or not Path(db).is_file()):
         raise HubError(f"no hub database at {db}; give the --db the hub serves")
-    return SqliteStorage(db)
+    storage, _ = open_storage(db)
+    return storage
 
 
 @_hub.command("release-pod")

@@ -10,7 +10,8 @@ formed, timestamp within -300/+30 s), the key's request rate (``limits.RateLimit
 looked at but not spent), the key (registered; for the two registration routes an unknown
 key may offer itself in the body); only then is the body read, streaming, hashed as it
 comes and refused with 413 past its route's cap (``limits.body_cap``); then the signature,
-the replay cache (per-key quotas, ``protocol.RequestReplayCache``), the rate spent, and a
+the replay cache (per-key quotas, ``protocol.RequestReplayCache``; across hub processes also
+``cluster.Cluster.claim_nonce``), the rate spent, and a
 key awaiting approval is refused everything but registration (``admission.py``).
 
 Blobs record who uploaded them and what references them (a task's weights, a pod's result
@@ -86,6 +87,7 @@ from pod_agent.hub.admission import (
     approval_hint,
 )
 from pod_agent.hub.blobs import BlobStore
+from pod_agent.hub.cluster import Cluster, SingleProcess
 from pod_agent.hub.limits import (
     MAX_SMALL_BODY_BYTES,
     HubLimits,
@@ -184,8 +186,10 @@ class _Hub:
         *,
         registration: RegistrationPolicy,
         limits: HubLimits,
+        cluster: Cluster,
     ) -> None:
         self.storage = storage
+        self.cluster = cluster
         self.blobs = blobs
         self.clock = clock
         self.registration: RegistrationPolicy = registration
@@ -208,9 +212,18 @@ class _Hub:
         return self._wakeups.setdefault(pod, asyncio.Event())
 
     def notify(self, pod: str) -> None:
-        event = self._wakeups.pop(pod, None)
+        """Wake the waiters on ``pod`` (a pod name or a wake-up key) here and in the other hub processes."""
+        self.wake_local(pod)
+        self.cluster.publish(pod)
+
+    def wake_local(self, key: str) -> None:
+        event = self._wakeups.pop(key, None)
         if event is not None:
             event.set()
+
+    def wake_all_local(self) -> None:
+        for key in list(self._wakeups):
+            self.wake_local(key)
 
     async def db(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return await asyncio.to_thread(fn, *args, **kwargs)
@@ -286,6 +299,10 @@ async def _authenticate(request: web.Request, route: str | None) -> None:
     public_key = known.public_key or _offered_key(body, signed)
     check_signature(signed, method=request.method, path=request.raw_path, public_key=public_key)
     hub.replay.check_and_add(signed.key_id, signed.nonce, timestamp=signed.timestamp, now=now)
+    if not await hub.cluster.claim_nonce(signed.key_id, signed.nonce, timestamp=signed.timestamp, now=now):
+        raise ProtocolError(
+            f"request nonce {signed.nonce} from key {signed.key_id[:16]} was already used: re-sign the request"
+        )
     hub.rates.take(signed.key_id, now=time.monotonic())
     if known.public_key is None:
         hub.rates.take(_UNREGISTERED, now=time.monotonic())
@@ -973,6 +990,17 @@ async def collect_blobs(app: web.Application) -> int:
     return removed
 
 
+async def _listen_to_cluster(app: web.Application) -> AsyncIterator[None]:
+    """aiohttp cleanup context: the other hub processes' wake-ups wake this one's waiters."""
+    hub = app[_HUB]
+    task = asyncio.create_task(hub.cluster.run(hub.wake_local, hub.wake_all_local), name="hub-cluster")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await hub.cluster.close()
+
+
 async def _collect_periodically(app: web.Application) -> AsyncIterator[None]:
     """aiohttp cleanup context: blob collection runs every gc_interval_s while the app serves."""
 
@@ -1001,13 +1029,19 @@ def create_app(
     clock: Callable[[], float] = time.time,
     registration: RegistrationPolicy = "open",
     limits: HubLimits | None = None,
+    cluster: Cluster | None = None,
 ) -> web.Application:
-    """The hub as an aiohttp application; blobs go to ``blob_dir`` (a temporary dir if None)."""
+    """The hub as an aiohttp application; blobs go to ``blob_dir`` (a temporary dir if None). ``cluster``
+    joins it to other hub processes on the same database (alone when None)."""
     app = web.Application(middlewares=[_errors_and_auth], client_max_size=MAX_JSON_BODY_BYTES)
     owned_tmp = blob_dir is None
     root = blob_dir if blob_dir is not None else Path(tempfile.mkdtemp(prefix="pod-hub-blobs-"))
-    app[_HUB] = _Hub(storage, BlobStore(root), clock, registration=registration, limits=limits or HubLimits())
+    app[_HUB] = _Hub(
+        storage, BlobStore(root), clock, registration=registration, limits=limits or HubLimits(),
+        cluster=cluster or SingleProcess(),
+    )
     app.cleanup_ctx.append(_collect_periodically)
+    app.cleanup_ctx.append(_listen_to_cluster)
 
     async def _close_sockets(app: web.Application) -> None:
         for ws in list(app[_HUB].sockets):

@@ -1,9 +1,11 @@
 """Running the reference hub: open storage, bind (127.0.0.1 by default), TLS, stop on a signal.
 
-Owns ``serve`` (used by ``pod-agent hub serve``), ``listening`` (an app on a port for
+Owns ``serve`` (used by ``pod-agent hub serve``), ``open_storage`` (``--db``: an SQLite file, or a
+``postgresql://`` URL for several hub processes on one database), ``listening`` (an app on a port for
 an ``async with`` block, which ``serve`` and in-process test hubs share) and the server TLS context.
-Routes live in ``server.py``, storage in ``sqlite.py``. Blobs of a file database
-``hub.sqlite`` are kept in ``hub.sqlite.blobs/`` beside it.
+Routes live in ``server.py``, storage in ``sqlite.py`` and ``postgres.py``. Blobs of a file database
+``hub.sqlite`` are kept in ``hub.sqlite.blobs/`` beside it; hubs on PostgreSQL name a directory all
+of them share (``--blob-dir``).
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ from aiohttp import web
 
 from pod_agent.errors import HubError
 from pod_agent.hub.admission import RegistrationPolicy
+from pod_agent.hub.cluster import Cluster
 from pod_agent.hub.limits import HubLimits
 from pod_agent.hub.server import create_app
 from pod_agent.hub.sqlite import SqliteStorage
+from pod_agent.hub.storage import Storage
 from pod_agent.protocol import is_loopback
 
 _log = logging.getLogger(__name__)
@@ -44,8 +48,22 @@ def server_tls_context(cert: Path, key: Path) -> ssl.SSLContext:
     return context
 
 
+def is_postgres_url(db: str) -> bool:
+    return db.startswith(("postgresql://", "postgres://"))
+
+
 def blob_dir_for(db: str) -> Path | None:
-    return None if db == ":memory:" else Path(db + ".blobs")
+    return None if db == ":memory:" or is_postgres_url(db) else Path(db + ".blobs")
+
+
+def open_storage(db: str) -> tuple[Storage, Cluster | None]:
+    """The hub's storage for ``--db`` and, on PostgreSQL, the cluster its processes share (None for SQLite)."""
+    if is_postgres_url(db):
+        from pod_agent.hub.postgres import PostgresCluster, PostgresStorage
+
+        storage = PostgresStorage(db)
+        return storage, PostgresCluster(storage)
+    return SqliteStorage(db), None
 
 
 @asynccontextmanager
@@ -77,14 +95,25 @@ async def serve(
     on_listening: Callable[[str], None] | None = None,
     registration: RegistrationPolicy = "open",
     limits: HubLimits | None = None,
+    blob_dir: Path | None = None,
 ) -> None:
-    """Serve until SIGTERM or SIGINT; ``on_listening`` gets the base URL once bound (port 0 resolved)."""
+    """Serve until SIGTERM or SIGINT; ``on_listening`` gets the base URL once bound (port 0 resolved).
+    Blobs go to ``blob_dir``, by default beside an SQLite file; hubs on PostgreSQL must name one."""
     if (cert is None) != (key is None):
         raise HubError("TLS needs both --cert and --key (or neither for plain http on loopback)")
     tls = server_tls_context(cert, key) if cert is not None and key is not None else None
-    storage = SqliteStorage(db)
+    storage, cluster = open_storage(db)
+    if blob_dir is None and cluster is not None:
+        storage.close()
+        raise HubError(
+            "a hub on PostgreSQL needs --blob-dir: a directory every hub process of the federation shares "
+            "(a shared filesystem), since any of them may be asked for any blob"
+        )
     try:
-        app = create_app(storage, blob_dir=blob_dir_for(db), registration=registration, limits=limits)
+        app = create_app(
+            storage, blob_dir=blob_dir or blob_dir_for(db), registration=registration, limits=limits,
+            cluster=cluster,
+        )
         async with listening(app, host=host, port=port, tls=tls) as url:
             if tls is None and not is_loopback(host):
                 _log.warning(

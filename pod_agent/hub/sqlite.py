@@ -33,6 +33,8 @@ from pod_agent.hub.storage import (
     ResultRecord,
     RoundMessageRecord,
     StorageConflict,
+    hub_task_record,
+    pod_record,
 )
 
 # Named, not *: a hub database written by an older version may hold columns this one no longer reads.
@@ -165,7 +167,7 @@ class SqliteStorage:
     def list_pods(self) -> list[PodRecord]:
         with self._lock:
             rows = self._db.execute(f"SELECT {_POD_COLUMNS} FROM pods ORDER BY name").fetchall()
-        return [_pod(r) for r in rows]
+        return [pod_record(r) for r in rows]
 
     def touch_pod(self, name: str, *, now: int) -> None:
         with self._lock:
@@ -193,7 +195,7 @@ class SqliteStorage:
     def _one_pod(self, sql: str, arg: str) -> PodRecord | None:
         with self._lock:
             row = self._db.execute(sql, (arg,)).fetchone()
-        return None if row is None else _pod(row)
+        return None if row is None else pod_record(row)
 
     # -- modellers and models ---------------------------------------------------------------
 
@@ -273,7 +275,7 @@ class SqliteStorage:
     def get_task(self, task_id: str) -> HubTaskRecord | None:
         with self._lock:
             row = self._db.execute("SELECT * FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
-        return None if row is None else _task(row)
+        return None if row is None else hub_task_record(row)
 
     def pending_tasks(self, pod: str) -> list[HubTaskRecord]:
         with self._lock:
@@ -282,7 +284,7 @@ class SqliteStorage:
                 " WHERE d.pod = ? AND d.acked_at IS NULL ORDER BY d.seq",
                 (pod,),
             ).fetchall()
-        return [_task(r) for r in rows]
+        return [hub_task_record(r) for r in rows]
 
     def ack_delivery(self, task_id: str, pod: str, *, now: int) -> bool:
         with self._lock:
@@ -432,18 +434,18 @@ class SqliteStorage:
 
     def may_read_blob(self, sha256: str, *, key_id: str, pod: str | None) -> bool:
         with self._lock:
-            row = self._db.execute(_MAY_READ_BLOB, {"sha": sha256, "key": key_id, "pod": pod}).fetchone()
+            row = self._db.execute(MAY_READ_BLOB_SQL, {"sha": sha256, "key": key_id, "pod": pod}).fetchone()
         return bool(row[0])
 
     def unreferenced_blobs(self, *, uploaded_before: int) -> list[str]:
         with self._lock:
-            rows = self._db.execute(_UNREFERENCED + " ORDER BY b.sha256", {"before": uploaded_before}).fetchall()
+            rows = self._db.execute(UNREFERENCED_SQL + " ORDER BY b.sha256", {"before": uploaded_before}).fetchall()
         return [str(r[0]) for r in rows]
 
     def delete_blob_if_unreferenced(self, sha256: str, *, uploaded_before: int) -> bool:
         with self._lock, self._tx():
             still = self._db.execute(
-                _UNREFERENCED + " AND b.sha256 = :sha", {"before": uploaded_before, "sha": sha256}
+                UNREFERENCED_SQL + " AND b.sha256 = :sha", {"before": uploaded_before, "sha": sha256}
             ).fetchone()
             if still is None:
                 return False
@@ -531,19 +533,20 @@ class _Transaction:
 
 
 # The three ways to read a blob (``Storage.may_read_blob``); a pod's name stands for the key it has now.
-_MAY_READ_BLOB = """
+# Shared with postgres.py, which turns the ``:name`` placeholders into its own.
+MAY_READ_BLOB_SQL = """
 SELECT EXISTS (SELECT 1 FROM blob_owners WHERE sha256 = :sha AND key_id = :key)
     OR EXISTS (
         SELECT 1 FROM blob_refs r JOIN tasks t ON t.task_id = r.task_id JOIN pods p ON p.name = r.party
         JOIN blob_owners o ON o.sha256 = r.sha256 AND o.key_id = p.key_id
         WHERE r.sha256 = :sha AND r.kind IN ('result', 'masked') AND t.modeller_id = :key)
-    OR (:pod IS NOT NULL AND EXISTS (
+    OR (CAST(:pod AS TEXT) IS NOT NULL AND EXISTS (
         SELECT 1 FROM blob_refs r JOIN tasks t ON t.task_id = r.task_id
         JOIN deliveries d ON d.task_id = t.task_id AND d.pod = :pod
         JOIN blob_owners o ON o.sha256 = r.sha256 AND o.key_id = t.modeller_id
         WHERE r.sha256 = :sha AND r.kind = 'weights'))
 """
-_UNREFERENCED = """
+UNREFERENCED_SQL = """
 SELECT b.sha256 FROM blobs b
 WHERE NOT EXISTS (SELECT 1 FROM blob_refs r WHERE r.sha256 = b.sha256)
   AND COALESCE((SELECT MAX(o.uploaded_at) FROM blob_owners o WHERE o.sha256 = b.sha256), b.created_at) < :before
@@ -620,20 +623,3 @@ def _payload(envelope: bytes) -> dict[str, Any]:
 
 
 _MIGRATIONS = (_migrate_to_v1,)
-
-
-def _pod(row: tuple[Any, ...]) -> PodRecord:
-    (name, key_id, public_key, schema, schema_hash, row_count, level, heartbeat_s, registered, seen) = row
-    return PodRecord(
-        name=str(name), key_id=str(key_id), public_key=str(public_key), schema=json.loads(schema),
-        schema_hash=str(schema_hash), row_count=int(row_count), sandbox_level=str(level),
-        heartbeat_s=float(heartbeat_s), registered_at=int(registered), last_seen=int(seen),
-    )
-
-
-def _task(row: tuple[Any, ...]) -> HubTaskRecord:
-    task_id, modeller_id, envelope, pods, created = row
-    return HubTaskRecord(
-        task_id=str(task_id), modeller_id=str(modeller_id), envelope=bytes(envelope),
-        pods=tuple(json.loads(pods)), created_at=int(created),
-    )

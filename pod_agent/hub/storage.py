@@ -5,15 +5,16 @@ deliveries, results, progress, secure-round messages, blob metadata with owners 
 records that reference each blob, enrolment tokens and keys awaiting approval) and the
 frozen records it returns. Who may read what is answered here as facts (``may_read_blob``,
 ``pod_targeted_by``); the server turns a "no" into a refusal. ``sqlite.py`` implements it on stdlib
-sqlite3; a PostgreSQL backend would implement the same protocol. Blob bytes live on disk (``blobs.py``), not
-here. Every method is synchronous and short; the server calls them through
+sqlite3, ``postgres.py`` on PostgreSQL (the same tests run against both: tests/hub). Blob bytes live
+on disk (``blobs.py``), not here. Every method is synchronous and short; the server calls them through
 ``asyncio.to_thread``.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from pod_agent.errors import HubError
 
@@ -144,6 +145,25 @@ class PendingKey:
     role: KeyRole
     name: str
     requested_at: int
+
+
+def pod_record(row: tuple[Any, ...]) -> PodRecord:
+    """A pod from a row of its columns in storage order (both backends select them alike)."""
+    (name, key_id, public_key, schema, schema_hash, row_count, level, heartbeat_s, registered, seen) = row
+    return PodRecord(
+        name=str(name), key_id=str(key_id), public_key=str(public_key), schema=json.loads(schema),
+        schema_hash=str(schema_hash), row_count=int(row_count), sandbox_level=str(level),
+        heartbeat_s=float(heartbeat_s), registered_at=int(registered), last_seen=int(seen),
+    )
+
+
+def hub_task_record(row: tuple[Any, ...]) -> HubTaskRecord:
+    """A task from a row of (task_id, modeller_id, envelope, pods as JSON, created_at)."""
+    task_id, modeller_id, envelope, pods, created = row
+    return HubTaskRecord(
+        task_id=str(task_id), modeller_id=str(modeller_id), envelope=bytes(envelope),
+        pods=tuple(json.loads(pods)), created_at=int(created),
+    )
 
 
 class Storage(Protocol):

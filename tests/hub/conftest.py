@@ -1,4 +1,8 @@
-"""A real hub on a loopback port (in-process aiohttp runner) and signed raw callers."""
+"""A real hub on a loopback port (in-process aiohttp runner) and signed raw callers.
+
+``hub`` and ``make_hub`` run each test once per storage backend (SQLite, and PostgreSQL where the test
+database is given), so the API tests are the storage contract suite too.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from pod_agent.hub import SqliteStorage, create_app, listening
+from pod_agent.hub import Storage, create_app, listening, open_storage
 from pod_agent.protocol import IdentityKey, canonical_json, sign_request
 
 
@@ -38,9 +42,10 @@ class Caller:
 @dataclass
 class HubFixture:
     base: str
-    storage: SqliteStorage
+    storage: Storage
     blob_dir: Path
     session: aiohttp.ClientSession
+    db: str  # what `pod-agent hub ... --db` names: an SQLite file (or :memory:) or a postgresql:// URL
 
     def caller(self, key: IdentityKey) -> Caller:
         return Caller(self.base, key, self.session)
@@ -53,34 +58,41 @@ class HubFixture:
         }
 
 
-@pytest.fixture
-async def hub(tmp_path: Path) -> AsyncIterator[HubFixture]:
-    storage = SqliteStorage(":memory:")
-    blob_dir = tmp_path / "blobs"
-    async with listening(create_app(storage, blob_dir=blob_dir), port=0) as base, aiohttp.ClientSession() as session:
-        yield HubFixture(base, storage, blob_dir, session)
-    storage.close()
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend_db(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], str]:
+    """Makes a fresh database of this test's backend: an SQLite file, or a schema on the test PostgreSQL."""
+    if request.param == "sqlite":
+        count = iter(range(1000))
+        return lambda: str(tmp_path / f"hub-{next(count)}.sqlite")
+    make: Callable[[], str] = request.getfixturevalue("postgres_db")
+    return make
 
 
 HubMaker = Callable[..., Awaitable[HubFixture]]
 
 
 @pytest.fixture
-async def make_hub(tmp_path: Path) -> AsyncIterator[HubMaker]:
-    """Start a hub with ``create_app`` keyword arguments (registration, limits); ``db`` picks a file database."""
+async def make_hub(tmp_path: Path, backend_db: Callable[[], str]) -> AsyncIterator[HubMaker]:
+    """Start a hub with ``create_app`` keyword arguments (registration, limits) on a fresh database."""
     async with contextlib.AsyncExitStack() as stack:
         session = await stack.enter_async_context(aiohttp.ClientSession())
         count = 0
 
-        async def start(*, db: Path | None = None, **app_kwargs: Any) -> HubFixture:
+        async def start(**app_kwargs: Any) -> HubFixture:
             nonlocal count
             count += 1
-            storage = SqliteStorage(db if db is not None else ":memory:")
+            db = backend_db()
+            storage, cluster = open_storage(db)
             stack.callback(storage.close)
             blob_dir = tmp_path / f"blobs-{count}"
             base = await stack.enter_async_context(
-                listening(create_app(storage, blob_dir=blob_dir, **app_kwargs), port=0)
+                listening(create_app(storage, blob_dir=blob_dir, cluster=cluster, **app_kwargs), port=0)
             )
-            return HubFixture(base, storage, blob_dir, session)
+            return HubFixture(base, storage, blob_dir, session, db)
 
         yield start
+
+
+@pytest.fixture
+async def hub(make_hub: HubMaker) -> HubFixture:
+    return await make_hub()

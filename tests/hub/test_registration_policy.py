@@ -25,6 +25,16 @@ def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]
     return code, out.out, out.err
 
 
+def _stored_text(db: str) -> str:
+    """Everything the hub's database holds, as text: the SQLite file, or PostgreSQL's token table."""
+    if not db.startswith("postgresql://"):
+        return Path(db).read_bytes().decode("latin-1")
+    import psycopg
+
+    with psycopg.connect(db) as conn:
+        return str(conn.execute("SELECT * FROM enrolment_tokens").fetchall())
+
+
 def _pod_body(hub: Any, key: IdentityKey, name: str, token: str | None = None) -> dict[str, Any]:
     body: dict[str, Any] = hub.pod_registration(key, name)
     if token is not None:
@@ -43,16 +53,15 @@ async def test_open_registration_admits_any_key(make_hub: Any) -> None:
 async def test_token_registration_needs_a_one_time_token_from_hub_invite(
     make_hub: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    db = tmp_path / "hub.sqlite"
-    hub = await make_hub(db=db, registration="token")
+    hub = await make_hub(registration="token")
     pod, other = IdentityKey.generate(), IdentityKey.generate()
     status, body = await hub.caller(pod).call("POST", "/v1/pods/register", _pod_body(hub, pod, "pod-a"))
     assert status == 403 and "pod-agent hub invite" in body["error"] and "hub.enrolment_token" in body["error"]
 
-    code, token, _ = _cli(capsys, "hub", "invite", "--db", str(db), "--note", "clinic a")
+    code, token, _ = _cli(capsys, "hub", "invite", "--db", hub.db, "--note", "clinic a")
     token = token.strip()
     assert code == 0 and len(token) >= 32
-    assert token not in db.read_bytes().decode("latin-1")  # only its hash is stored
+    assert token not in _stored_text(hub.db)  # only its hash is stored
 
     status, body = await hub.caller(pod).call("POST", "/v1/pods/register", _pod_body(hub, pod, "pod-a", token))
     assert status == 200 and body["key_id"] == pod.key_id
@@ -63,7 +72,7 @@ async def test_token_registration_needs_a_one_time_token_from_hub_invite(
     assert (await hub.caller(pod).call("POST", "/v1/pods/register", _pod_body(hub, pod, "pod-a")))[0] == 200
 
     # The modeller side: --enrolment-token through the client.
-    code, modeller_token, _ = _cli(capsys, "hub", "invite", "--db", str(db))
+    code, modeller_token, _ = _cli(capsys, "hub", "invite", "--db", hub.db)
     async with ModellerClient(hub.base, IdentityKey.generate()) as modeller:
         with pytest.raises(ModellerError, match="enrolment token"):
             await modeller.register("m")
@@ -75,8 +84,7 @@ async def test_an_expired_token_is_refused_and_a_failed_registration_gives_its_t
 ) -> None:
     from pod_agent.hub.admission import invite
 
-    db = tmp_path / "hub.sqlite"
-    hub = await make_hub(db=db, registration="token")
+    hub = await make_hub(registration="token")
     expired = invite(hub.storage, now=1, ttl_s=10)
     pod = IdentityKey.generate()
     status, body = await hub.caller(pod).call("POST", "/v1/pods/register", _pod_body(hub, pod, "pod-a", expired))
@@ -95,8 +103,7 @@ async def test_an_expired_token_is_refused_and_a_failed_registration_gives_its_t
 async def test_approve_registration_holds_new_keys_until_hub_approve(
     make_hub: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    db = tmp_path / "hub.sqlite"
-    hub = await make_hub(db=db, registration="approve")
+    hub = await make_hub(registration="approve")
     pod, modeller = IdentityKey.generate(), IdentityKey.generate()
     status, body = await hub.caller(pod).call("POST", "/v1/pods/register", _pod_body(hub, pod, "pod-a"))
     assert status == 202 and body["pending"] is True and f"pod-agent hub approve {pod.key_id}" in body["message"]
@@ -109,22 +116,22 @@ async def test_approve_registration_holds_new_keys_until_hub_approve(
         with pytest.raises(ModellerError, match="pod-agent hub approve"):
             await client.register("m")
 
-    code, out, _ = _cli(capsys, "hub", "pending", "--db", str(db))
+    code, out, _ = _cli(capsys, "hub", "pending", "--db", hub.db)
     assert code == 0 and pod.key_id in out and "pod-a" in out and modeller.key_id in out
-    code, out, _ = _cli(capsys, "hub", "approve", modeller.key_id, "--db", str(db))
+    code, out, _ = _cli(capsys, "hub", "approve", modeller.key_id, "--db", hub.db)
     assert code == 0 and "approved" in out
     # The pending pod is invisible to the modeller until approved.
     status, body = await hub.caller(modeller).call("GET", "/v1/pods")
     assert status == 200 and body["pods"] == []
 
-    code, _, _ = _cli(capsys, "hub", "approve", pod.key_id, "--db", str(db))
+    code, _, _ = _cli(capsys, "hub", "approve", pod.key_id, "--db", hub.db)
     assert code == 0
     assert (await hub.caller(pod).call("GET", "/v1/pod/tasks?wait=0"))[0] == 200
     assert [p["name"] for p in (await hub.caller(modeller).call("GET", "/v1/pods"))[1]["pods"]] == ["pod-a"]
     status, body = await hub.caller(pod).call("POST", "/v1/pods/register", _pod_body(hub, pod, "pod-a"))
     assert status == 200 and "pending" not in body
 
-    code, out, _ = _cli(capsys, "hub", "pending", "--db", str(db))
+    code, out, _ = _cli(capsys, "hub", "pending", "--db", hub.db)
     assert "no keys await approval" in out
-    code, _, err = _cli(capsys, "hub", "approve", pod.key_id, "--db", str(db))
+    code, _, err = _cli(capsys, "hub", "approve", pod.key_id, "--db", hub.db)
     assert code != 0 and "is not awaiting approval" in err

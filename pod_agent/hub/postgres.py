@@ -1,0 +1,688 @@
+"""PostgreSQL implementation of the hub's ``Storage`` and ``Cluster``, for several hub processes on one database.
+
+Owns the PostgreSQL table layout, its migrations, the transactions, and what hub processes
+sharing the database tell each other (``PostgresCluster``: wake-ups by LISTEN/NOTIFY, seen
+request nonces in a table).
+
+Driver: psycopg 3 with ``psycopg_pool.ConnectionPool``, not asyncpg. ``Storage`` is a synchronous
+protocol that the server runs through ``asyncio.to_thread`` (SQLite's sqlite3 is synchronous), so a
+synchronous driver with a thread-safe pool implements it method for method, each method one
+transaction on a pooled connection (``pool.connection()`` commits, or rolls back on an exception);
+asyncpg would need a second, async ``Storage`` or a loop per thread. psycopg 3 also gives async
+connections with ``notifies()`` for the LISTEN side, so one driver covers both, and it ships
+binary wheels (``psycopg[binary]``) with libpq inside.
+
+Concurrency: every "insert unless present, else compare" is ``INSERT ... ON CONFLICT DO NOTHING``
+followed by a read of the winner, so two processes storing the same task, result or round message at
+once get one "stored" and one "duplicate" (or a conflict), never two rows. A pod's registration checks
+two unique keys (name and key id), so it takes a transaction advisory lock for pods. Delivery order is
+an identity column, not ``MAX(seq) + 1``.
+
+Migrations: ``hub_schema_version`` holds the version; ``_MIGRATIONS`` are applied forward in order,
+each in its own transaction, under an advisory lock so processes starting together migrate once.
+The tables live in the connection's ``search_path`` schema (``?options=-csearch_path%3Dhub`` in the
+URL puts a hub in a schema of its own; the tests give each hub one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from pod_agent.errors import HubError
+from pod_agent.hub.sqlite import MAY_READ_BLOB_SQL, UNREFERENCED_SQL
+from pod_agent.hub.storage import (
+    BlobRecord,
+    BlobRefRecord,
+    BlobUsage,
+    DeliveryRecord,
+    HubTaskRecord,
+    ModellerRecord,
+    ModelRecord,
+    PendingKey,
+    PodRecord,
+    PutOutcome,
+    ResultRecord,
+    RoundMessageRecord,
+    StorageConflict,
+    hub_task_record,
+    pod_record,
+)
+from pod_agent.protocol import MAX_REQUEST_SKEW_S
+
+_log = logging.getLogger(__name__)
+
+# Advisory lock keys (one 64-bit space per database): migrations, and pod registrations.
+_LOCK_MIGRATE = 0x706F645F6D696772
+_LOCK_PODS = 0x706F645F706F6473
+# Enough for the default thread pool of asyncio.to_thread on a few cores; PostgreSQL's default
+# max_connections (100) leaves room for several hub processes.
+DEFAULT_POOL_SIZE = 10
+_POOL_WAIT_S = 30.0
+# How often a process prunes nonces past the clock window (requests older are refused anyway).
+_NONCE_PRUNE_EVERY = 1000
+
+_POD_COLUMNS = (
+    "name, key_id, public_key, schema, schema_hash, row_count, sandbox_level, heartbeat_s, registered_at, last_seen"
+)
+_MODEL_COLUMNS = "name, version, style, class_name, source, sha256, weights_sha256, owner, created_at, public"
+_TASK_COLUMNS = "task_id, modeller_id, envelope, pods, created_at"
+
+_SCHEMA_V1 = """
+CREATE TABLE pods (
+    name TEXT PRIMARY KEY, key_id TEXT NOT NULL UNIQUE, public_key TEXT NOT NULL,
+    schema TEXT NOT NULL, schema_hash TEXT NOT NULL, row_count BIGINT NOT NULL,
+    sandbox_level TEXT NOT NULL, heartbeat_s DOUBLE PRECISION NOT NULL, registered_at BIGINT NOT NULL,
+    last_seen BIGINT NOT NULL
+);
+CREATE TABLE modellers (
+    key_id TEXT PRIMARY KEY, public_key TEXT NOT NULL, name TEXT NOT NULL, registered_at BIGINT NOT NULL
+);
+CREATE TABLE models (
+    name TEXT NOT NULL, version TEXT NOT NULL, style TEXT NOT NULL, class_name TEXT, source TEXT NOT NULL,
+    sha256 TEXT NOT NULL, weights_sha256 TEXT, owner TEXT NOT NULL, created_at BIGINT NOT NULL,
+    public BOOLEAN NOT NULL, PRIMARY KEY (name, version)
+);
+CREATE TABLE tasks (
+    task_id TEXT PRIMARY KEY, modeller_id TEXT NOT NULL, envelope BYTEA NOT NULL, pods TEXT NOT NULL,
+    created_at BIGINT NOT NULL, seq BIGINT GENERATED ALWAYS AS IDENTITY
+);
+CREATE INDEX tasks_recent ON tasks (created_at DESC, seq DESC);
+CREATE TABLE deliveries (
+    task_id TEXT NOT NULL REFERENCES tasks(task_id), pod TEXT NOT NULL,
+    seq BIGINT GENERATED ALWAYS AS IDENTITY,
+    acked_at BIGINT, refusal TEXT, result_status TEXT, progress TEXT,
+    PRIMARY KEY (task_id, pod)
+);
+CREATE INDEX deliveries_pending ON deliveries (pod, seq) WHERE acked_at IS NULL;
+CREATE INDEX deliveries_by_pod ON deliveries (pod, task_id);
+CREATE TABLE results (
+    task_id TEXT NOT NULL, pod TEXT NOT NULL, envelope BYTEA NOT NULL, received_at BIGINT NOT NULL,
+    PRIMARY KEY (task_id, pod)
+);
+CREATE TABLE round_messages (
+    task_id TEXT NOT NULL, round INTEGER NOT NULL, stage TEXT NOT NULL, sender TEXT NOT NULL,
+    envelope BYTEA NOT NULL, received_at BIGINT NOT NULL, seq BIGINT GENERATED ALWAYS AS IDENTITY,
+    UNIQUE (task_id, round, stage, sender)
+);
+CREATE TABLE blobs (sha256 TEXT PRIMARY KEY, size_bytes BIGINT NOT NULL, created_at BIGINT NOT NULL);
+CREATE TABLE blob_owners (
+    sha256 TEXT NOT NULL, key_id TEXT NOT NULL, uploaded_at BIGINT NOT NULL, PRIMARY KEY (sha256, key_id)
+);
+CREATE INDEX blob_owners_by_key ON blob_owners (key_id);
+CREATE TABLE blob_refs (
+    sha256 TEXT NOT NULL, kind TEXT NOT NULL, task_id TEXT NOT NULL, party TEXT NOT NULL,
+    PRIMARY KEY (sha256, kind, task_id, party)
+);
+CREATE TABLE enrolment_tokens (
+    token_sha256 TEXT PRIMARY KEY, created_at BIGINT NOT NULL, expires_at BIGINT NOT NULL,
+    used_at BIGINT, used_by TEXT, note TEXT NOT NULL
+);
+CREATE TABLE key_approvals (
+    key_id TEXT PRIMARY KEY, role TEXT NOT NULL, name TEXT NOT NULL, requested_at BIGINT NOT NULL,
+    approved_at BIGINT
+);
+CREATE TABLE pod_rotations (
+    pod TEXT NOT NULL, statement BYTEA NOT NULL, received_at BIGINT NOT NULL, seq BIGINT GENERATED ALWAYS AS IDENTITY,
+    UNIQUE (pod, statement)
+);
+CREATE TABLE request_nonces (
+    key_id TEXT NOT NULL, nonce TEXT NOT NULL, stamped_at BIGINT NOT NULL, PRIMARY KEY (key_id, nonce)
+);
+CREATE INDEX request_nonces_by_time ON request_nonces (stamped_at);
+"""
+
+# Version n is reached by applying _MIGRATIONS[n - 1]; append, never edit a released step.
+_MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1,)
+
+def _named(query: str) -> str:
+    """SQLite's ``:name`` placeholders as psycopg's ``%(name)s`` (the blob queries are written once)."""
+    return re.sub(r"(?<!:):(\w+)", r"%(\1)s", query)
+
+
+_MAY_READ_BLOB = _named(MAY_READ_BLOB_SQL)
+_UNREFERENCED = _named(UNREFERENCED_SQL)
+
+
+def redacted(url: str) -> str:
+    """The URL with any password replaced, for messages and logs."""
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "(unparseable PostgreSQL URL)"
+    where = info.get("host") or "localhost"
+    return f"postgresql://{info.get('user') or ''}@{where}:{info.get('port') or 5432}/{info.get('dbname') or ''}"
+
+
+class PostgresStorage:
+    """``Storage`` on a psycopg connection pool; thread-safe (each call takes a pooled connection)."""
+
+    def __init__(self, url: str, *, pool_size: int = DEFAULT_POOL_SIZE) -> None:
+        self.url = url
+        try:
+            self._pool = ConnectionPool(
+                url, min_size=1, max_size=pool_size, open=True, timeout=_POOL_WAIT_S, name="pod-agent-hub"
+            )
+            self._pool.wait(timeout=_POOL_WAIT_S)
+            with self._pool.connection() as conn:
+                self.schema = str(_one(conn, "SELECT current_schema()")[0])
+            _migrate(self._pool)
+        except (psycopg.Error, PoolTimeout) as exc:
+            with contextlib.suppress(Exception):
+                self._pool.close()
+            raise HubError(
+                f"hub database {redacted(url)} cannot be opened: {exc}; check that PostgreSQL runs there, the "
+                "database exists and the user may create tables in its schema"
+            ) from exc
+
+    def close(self) -> None:
+        self._pool.close()
+
+    @contextlib.contextmanager
+    def _conn(self) -> Iterator[psycopg.Connection[Any]]:
+        with self._pool.connection() as conn:
+            yield conn
+
+    def _rows(self, query: str, params: Any = None) -> list[tuple[Any, ...]]:
+        with self._conn() as conn:
+            return conn.execute(query, params).fetchall()
+
+    def _first(self, query: str, params: Any = None) -> tuple[Any, ...] | None:
+        with self._conn() as conn:
+            return conn.execute(query, params).fetchone()
+
+    def _count(self, query: str, params: Any = None) -> int:
+        with self._conn() as conn:
+            return conn.execute(query, params).rowcount
+
+    # -- pods -------------------------------------------------------------------------------
+
+    def upsert_pod(self, pod: PodRecord) -> None:
+        with self._conn() as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_PODS,))
+            row = conn.execute("SELECT key_id FROM pods WHERE name = %s", (pod.name,)).fetchone()
+            if row is not None and row[0] != pod.key_id:
+                raise StorageConflict(
+                    f"pod name {pod.name!r} is registered to another key ({row[0][:12]}...); "
+                    f"choose another pod.name, or (if this pod was re-keyed) the hub operator releases the name "
+                    f"with `pod-agent hub release-pod --db HUB_DB {pod.name}`"
+                )
+            other = conn.execute("SELECT name FROM pods WHERE key_id = %s", (pod.key_id,)).fetchone()
+            if other is not None and other[0] != pod.name:
+                raise StorageConflict(
+                    f"key {pod.key_id[:12]}... is already registered as pod {other[0]!r}; one key per pod"
+                )
+            conn.execute(
+                f"INSERT INTO pods ({_POD_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
+                " ON CONFLICT (name) DO UPDATE SET public_key = excluded.public_key, schema = excluded.schema,"
+                " schema_hash = excluded.schema_hash, row_count = excluded.row_count,"
+                " sandbox_level = excluded.sandbox_level, heartbeat_s = excluded.heartbeat_s,"
+                " registered_at = excluded.registered_at, last_seen = excluded.last_seen",
+                (
+                    pod.name, pod.key_id, pod.public_key, json.dumps(pod.schema), pod.schema_hash, pod.row_count,
+                    pod.sandbox_level, pod.heartbeat_s, pod.registered_at, pod.last_seen,
+                ),
+            )
+
+    def get_pod(self, name: str) -> PodRecord | None:
+        row = self._first(f"SELECT {_POD_COLUMNS} FROM pods WHERE name = %s", (name,))
+        return None if row is None else pod_record(row)
+
+    def pod_by_key(self, key_id: str) -> PodRecord | None:
+        row = self._first(f"SELECT {_POD_COLUMNS} FROM pods WHERE key_id = %s", (key_id,))
+        return None if row is None else pod_record(row)
+
+    def list_pods(self) -> list[PodRecord]:
+        return [pod_record(r) for r in self._rows(f"SELECT {_POD_COLUMNS} FROM pods ORDER BY name")]
+
+    def touch_pod(self, name: str, *, now: int) -> None:
+        self._count("UPDATE pods SET last_seen = %s WHERE name = %s", (now, name))
+
+    def add_pod_rotation(self, pod: str, statement: bytes, *, now: int) -> None:
+        self._count(
+            "INSERT INTO pod_rotations (pod, statement, received_at) VALUES (%s,%s,%s) ON CONFLICT DO NOTHING",
+            (pod, statement, now),
+        )
+
+    def pod_rotations(self) -> dict[str, list[bytes]]:
+        out: dict[str, list[bytes]] = {}
+        for pod, statement in self._rows("SELECT pod, statement FROM pod_rotations ORDER BY seq"):
+            out.setdefault(str(pod), []).append(bytes(statement))
+        return out
+
+    def release_pod(self, name: str) -> bool:
+        return self._count("DELETE FROM pods WHERE name = %s", (name,)) > 0
+
+    # -- modellers and models ---------------------------------------------------------------
+
+    def upsert_modeller(self, modeller: ModellerRecord) -> None:
+        self._count(
+            "INSERT INTO modellers (key_id, public_key, name, registered_at) VALUES (%s,%s,%s,%s)"
+            " ON CONFLICT (key_id) DO UPDATE SET name = excluded.name",
+            (modeller.key_id, modeller.public_key, modeller.name, modeller.registered_at),
+        )
+
+    def get_modeller(self, key_id: str) -> ModellerRecord | None:
+        row = self._first(
+            "SELECT key_id, public_key, name, registered_at FROM modellers WHERE key_id = %s", (key_id,)
+        )
+        return None if row is None else ModellerRecord(row[0], row[1], row[2], int(row[3]))
+
+    def put_model(self, model: ModelRecord) -> PutOutcome:
+        with self._conn() as conn:
+            inserted = conn.execute(
+                f"INSERT INTO models ({_MODEL_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
+                " ON CONFLICT (name, version) DO NOTHING",
+                (
+                    model.name, model.version, model.style, model.class_name, model.source, model.sha256,
+                    model.weights_sha256, model.owner, model.created_at, model.public,
+                ),
+            ).rowcount
+            if inserted:
+                return "stored"
+            row = _one(
+                conn, "SELECT sha256, weights_sha256 FROM models WHERE name = %s AND version = %s",
+                (model.name, model.version),
+            )
+            if (row[0], row[1]) != (model.sha256, model.weights_sha256):
+                raise StorageConflict(
+                    f"model {model.name}@{model.version} already exists with other content; publish a new version"
+                )
+            # The owner's latest word on sharing holds; anyone else's changes nothing.
+            conn.execute(
+                "UPDATE models SET public = %s WHERE name = %s AND version = %s AND owner = %s",
+                (model.public, model.name, model.version, model.owner),
+            )
+            return "duplicate"
+
+    def get_model(self, name: str, version: str) -> ModelRecord | None:
+        row = self._first(f"SELECT {_MODEL_COLUMNS} FROM models WHERE name = %s AND version = %s", (name, version))
+        if row is None:
+            return None
+        name_, version_, style, class_name, source, sha256, weights_sha256, owner, created_at, public = row
+        return ModelRecord(
+            name=name_, version=version_, style=style, class_name=class_name, source=source, sha256=sha256,
+            weights_sha256=weights_sha256, owner=owner, created_at=int(created_at), public=bool(public),
+        )
+
+    # -- tasks and deliveries ---------------------------------------------------------------
+
+    def add_task(self, task: HubTaskRecord) -> PutOutcome:
+        with self._conn() as conn:
+            inserted = conn.execute(
+                f"INSERT INTO tasks ({_TASK_COLUMNS}) VALUES (%s,%s,%s,%s,%s) ON CONFLICT (task_id) DO NOTHING",
+                (task.task_id, task.modeller_id, task.envelope, json.dumps(list(task.pods)), task.created_at),
+            ).rowcount
+            if not inserted:
+                row = _one(conn, "SELECT envelope FROM tasks WHERE task_id = %s", (task.task_id,))
+                if bytes(row[0]) == task.envelope:
+                    return "duplicate"
+                raise StorageConflict(f"task {task.task_id} already exists with another envelope; use a new task_id")
+            # One statement for the whole cohort; unnest keeps the pods' order, and so the identity's.
+            conn.execute(
+                "INSERT INTO deliveries (task_id, pod)"
+                " SELECT %s, pod FROM unnest(%s::text[]) WITH ORDINALITY AS p(pod, i) ORDER BY i",
+                (task.task_id, list(task.pods)),
+            )
+            return "stored"
+
+    def get_task(self, task_id: str) -> HubTaskRecord | None:
+        row = self._first(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE task_id = %s", (task_id,))
+        return None if row is None else hub_task_record(row)
+
+    def recent_tasks(self, limit: int) -> list[HubTaskRecord]:
+        rows = self._rows(
+            f"SELECT {_TASK_COLUMNS} FROM tasks ORDER BY created_at DESC, seq DESC LIMIT %s", (limit,)
+        )
+        return [hub_task_record(r) for r in rows]
+
+    def pending_tasks(self, pod: str) -> list[HubTaskRecord]:
+        rows = self._rows(
+            "SELECT t.task_id, t.modeller_id, t.envelope, t.pods, t.created_at FROM deliveries d"
+            " JOIN tasks t ON t.task_id = d.task_id WHERE d.pod = %s AND d.acked_at IS NULL ORDER BY d.seq",
+            (pod,),
+        )
+        return [hub_task_record(r) for r in rows]
+
+    def ack_delivery(self, task_id: str, pod: str, *, now: int) -> bool:
+        return self._count(
+            "UPDATE deliveries SET acked_at = COALESCE(acked_at, %s) WHERE task_id = %s AND pod = %s",
+            (now, task_id, pod),
+        ) > 0
+
+    def record_refusal(self, task_id: str, pod: str, code: str, *, now: int) -> bool:
+        return self._count(
+            "UPDATE deliveries SET refusal = %s, acked_at = COALESCE(acked_at, %s) WHERE task_id = %s AND pod = %s",
+            (code, now, task_id, pod),
+        ) > 0
+
+    def record_progress(self, task_id: str, pod: str, event: dict[str, object]) -> bool:
+        return self._count(
+            "UPDATE deliveries SET progress = %s WHERE task_id = %s AND pod = %s", (json.dumps(event), task_id, pod)
+        ) > 0
+
+    def deliveries(self, task_id: str) -> list[DeliveryRecord]:
+        rows = self._rows(
+            "SELECT task_id, pod, acked_at, refusal, result_status, progress FROM deliveries"
+            " WHERE task_id = %s ORDER BY pod",
+            (task_id,),
+        )
+        return [
+            DeliveryRecord(
+                task_id=r[0], pod=r[1], acked_at=None if r[2] is None else int(r[2]), refusal=r[3],
+                result_status=r[4], progress=None if r[5] is None else json.loads(r[5]),
+            )
+            for r in rows
+        ]
+
+    # -- results ----------------------------------------------------------------------------
+
+    def put_result(self, task_id: str, pod: str, envelope: bytes, *, status: str, now: int) -> PutOutcome:
+        with self._conn() as conn:
+            inserted = conn.execute(
+                "INSERT INTO results (task_id, pod, envelope, received_at) VALUES (%s,%s,%s,%s)"
+                " ON CONFLICT (task_id, pod) DO NOTHING",
+                (task_id, pod, envelope, now),
+            ).rowcount
+            if not inserted:
+                row = _one(conn, "SELECT envelope FROM results WHERE task_id = %s AND pod = %s", (task_id, pod))
+                if bytes(row[0]) == envelope:
+                    return "duplicate"
+                raise StorageConflict(
+                    f"pod {pod!r} already delivered a different result for task {task_id}; results are immutable"
+                )
+            conn.execute(
+                "UPDATE deliveries SET result_status = %s, acked_at = COALESCE(acked_at, %s)"
+                " WHERE task_id = %s AND pod = %s",
+                (status, now, task_id, pod),
+            )
+            return "stored"
+
+    def results(self, task_id: str) -> list[ResultRecord]:
+        rows = self._rows(
+            "SELECT task_id, pod, envelope, received_at FROM results WHERE task_id = %s ORDER BY pod", (task_id,)
+        )
+        return [ResultRecord(task_id=r[0], pod=r[1], envelope=bytes(r[2]), received_at=int(r[3])) for r in rows]
+
+    # -- secure rounds ----------------------------------------------------------------------
+
+    def put_round_message(self, message: RoundMessageRecord) -> PutOutcome:
+        key = (message.task_id, message.round, message.stage, message.sender)
+        with self._conn() as conn:
+            inserted = conn.execute(
+                "INSERT INTO round_messages (task_id, round, stage, sender, envelope, received_at)"
+                " VALUES (%s,%s,%s,%s,%s,%s) ON CONFLICT (task_id, round, stage, sender) DO NOTHING",
+                (*key, message.envelope, message.received_at),
+            ).rowcount
+            if inserted:
+                return "stored"
+            row = _one(
+                conn,
+                "SELECT envelope FROM round_messages WHERE task_id = %s AND round = %s AND stage = %s AND sender = %s",
+                key,
+            )
+            if bytes(row[0]) == message.envelope:
+                return "duplicate"
+            raise StorageConflict(
+                f"{message.sender!r} already sent a different {message.stage} message for task {message.task_id} "
+                f"round {message.round}; one message per sender and stage"
+            )
+
+    def round_messages(self, task_id: str, round_index: int, stage: str) -> list[RoundMessageRecord]:
+        rows = self._rows(
+            "SELECT task_id, round, stage, sender, envelope, received_at FROM round_messages"
+            " WHERE task_id = %s AND round = %s AND stage = %s ORDER BY seq",
+            (task_id, round_index, stage),
+        )
+        return [
+            RoundMessageRecord(
+                task_id=r[0], round=int(r[1]), stage=r[2], sender=r[3], envelope=bytes(r[4]), received_at=int(r[5])
+            )
+            for r in rows
+        ]
+
+    # -- blobs ------------------------------------------------------------------------------
+
+    def put_blob(self, blob: BlobRecord, *, owner: str) -> None:
+        with self._conn() as conn:
+            conn.execute(
+                "INSERT INTO blobs (sha256, size_bytes, created_at) VALUES (%s,%s,%s) ON CONFLICT DO NOTHING",
+                (blob.sha256, blob.size_bytes, blob.created_at),
+            )
+            conn.execute(
+                "INSERT INTO blob_owners (sha256, key_id, uploaded_at) VALUES (%s,%s,%s)"
+                " ON CONFLICT (sha256, key_id) DO UPDATE SET uploaded_at = excluded.uploaded_at",
+                (blob.sha256, owner, blob.created_at),
+            )
+
+    def get_blob(self, sha256: str) -> BlobRecord | None:
+        row = self._first("SELECT sha256, size_bytes, created_at FROM blobs WHERE sha256 = %s", (sha256,))
+        return None if row is None else BlobRecord(row[0], int(row[1]), int(row[2]))
+
+    def blob_owned_by(self, sha256: str, key_id: str) -> bool:
+        return self._first(
+            "SELECT 1 FROM blob_owners o JOIN blobs b ON b.sha256 = o.sha256 WHERE o.sha256 = %s AND o.key_id = %s",
+            (sha256, key_id),
+        ) is not None
+
+    def blob_usage(self, key_id: str) -> BlobUsage:
+        row = _present(self._first(
+            "SELECT COALESCE(SUM(b.size_bytes), 0), COUNT(*) FROM blob_owners o JOIN blobs b ON b.sha256 = o.sha256"
+            " WHERE o.key_id = %s",
+            (key_id,),
+        ))
+        return BlobUsage(size_bytes=int(row[0]), count=int(row[1]))
+
+    def add_blob_refs(self, refs: list[BlobRefRecord]) -> None:
+        with self._conn() as conn, conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO blob_refs (sha256, kind, task_id, party) VALUES (%s,%s,%s,%s) ON CONFLICT DO NOTHING",
+                [(r.sha256, r.kind, r.task_id, r.party) for r in refs],
+            )
+
+    def may_read_blob(self, sha256: str, *, key_id: str, pod: str | None) -> bool:
+        return bool(_present(self._first(_MAY_READ_BLOB, {"sha": sha256, "key": key_id, "pod": pod}))[0])
+
+    def unreferenced_blobs(self, *, uploaded_before: int) -> list[str]:
+        return [str(r[0]) for r in self._rows(_UNREFERENCED + " ORDER BY b.sha256", {"before": uploaded_before})]
+
+    def delete_blob_if_unreferenced(self, sha256: str, *, uploaded_before: int) -> bool:
+        with self._conn() as conn:
+            # Locks the blob's row, so an upload recording it again (put_blob) waits for this decision.
+            still = conn.execute(
+                _UNREFERENCED + " AND b.sha256 = %(sha)s FOR UPDATE OF b", {"before": uploaded_before, "sha": sha256}
+            ).fetchone()
+            if still is None:
+                return False
+            conn.execute("DELETE FROM blob_owners WHERE sha256 = %s", (sha256,))
+            conn.execute("DELETE FROM blobs WHERE sha256 = %s", (sha256,))
+            return True
+
+    def pod_targeted_by(self, pod: str, modeller_id: str) -> bool:
+        return self._first(
+            "SELECT 1 FROM deliveries d JOIN tasks t ON t.task_id = d.task_id"
+            " WHERE d.pod = %s AND t.modeller_id = %s LIMIT 1",
+            (pod, modeller_id),
+        ) is not None
+
+    # -- registration policy ----------------------------------------------------------------
+
+    def add_enrolment_token(self, token_sha256: str, *, created_at: int, expires_at: int, note: str) -> None:
+        self._count(
+            "INSERT INTO enrolment_tokens (token_sha256, created_at, expires_at, note) VALUES (%s,%s,%s,%s)",
+            (token_sha256, created_at, expires_at, note),
+        )
+
+    def consume_enrolment_token(self, token_sha256: str, *, key_id: str, now: int) -> bool:
+        return self._count(
+            "UPDATE enrolment_tokens SET used_at = %s, used_by = %s"
+            " WHERE token_sha256 = %s AND used_at IS NULL AND expires_at > %s",
+            (now, key_id, token_sha256, now),
+        ) > 0
+
+    def release_enrolment_token(self, token_sha256: str) -> None:
+        self._count(
+            "UPDATE enrolment_tokens SET used_at = NULL, used_by = NULL WHERE token_sha256 = %s", (token_sha256,)
+        )
+
+    def add_pending_key(self, pending: PendingKey) -> None:
+        self._count(
+            "INSERT INTO key_approvals (key_id, role, name, requested_at) VALUES (%s,%s,%s,%s) ON CONFLICT DO NOTHING",
+            (pending.key_id, pending.role, pending.name, pending.requested_at),
+        )
+
+    def key_pending(self, key_id: str) -> bool:
+        return self._first(
+            "SELECT 1 FROM key_approvals WHERE key_id = %s AND approved_at IS NULL", (key_id,)
+        ) is not None
+
+    def pending_keys(self) -> list[PendingKey]:
+        rows = self._rows(
+            "SELECT key_id, role, name, requested_at FROM key_approvals WHERE approved_at IS NULL"
+            " ORDER BY requested_at, key_id"
+        )
+        return [PendingKey(key_id=r[0], role=r[1], name=r[2], requested_at=int(r[3])) for r in rows]
+
+    def approve_key(self, key_id: str, *, now: int) -> bool:
+        return self._count(
+            "UPDATE key_approvals SET approved_at = %s WHERE key_id = %s AND approved_at IS NULL", (now, key_id)
+        ) > 0
+
+    # -- what hub processes share besides storage (``PostgresCluster``) ---------------------
+
+    def claim_nonce(self, key_id: str, nonce: str, *, timestamp: int) -> bool:
+        """Record a request's (key, nonce); False if any process recorded it before."""
+        return self._count(
+            "INSERT INTO request_nonces (key_id, nonce, stamped_at) VALUES (%s,%s,%s) ON CONFLICT DO NOTHING",
+            (key_id, nonce, timestamp),
+        ) > 0
+
+    def prune_nonces(self, *, stamped_before: int) -> int:
+        return self._count("DELETE FROM request_nonces WHERE stamped_at < %s", (stamped_before,))
+
+    def notify(self, channel: str, keys: list[str]) -> None:
+        with self._conn() as conn:
+            conn.execute("SELECT pg_notify(%s, k) FROM unnest(%s::text[]) AS k", (channel, keys))
+
+
+class PostgresCluster:
+    """``Cluster`` for hub processes sharing one PostgreSQL database.
+
+    Wake-ups (a task for a pod, a result for a waiting modeller, a secure-round message) are
+    NOTIFY'd on a channel named for the storage's schema, each payload prefixed with this
+    process's id so it skips its own; a listening connection per process wakes its local waiters.
+    Notifications are sent after the write they announce has committed, so a woken waiter reads
+    it. A lost listening connection is re-opened after a pause, and every local waiter is woken
+    then, since notifications sent meanwhile are gone (waiters re-read the database).
+
+    Request nonces are claimed in ``request_nonces`` (one insert per request) so a request replayed
+    to another process is refused; rows older than twice the clock window are pruned now and then.
+    Per-key request rates stay per process: a key may send N times the rate to N processes, which
+    bounds it as before, N times looser; quotas on stored bytes are in the database and shared.
+    """
+
+    shared = True
+
+    def __init__(self, storage: PostgresStorage) -> None:
+        self._storage = storage
+        self._origin = uuid.uuid4().hex[:12]
+        self._channel = f"pod_agent_hub:{storage.schema}"[:63]
+        self._outbox: list[str] = []
+        self._sending: asyncio.Task[None] | None = None
+        self._claims = 0
+
+    def publish(self, key: str) -> None:
+        """Queue ``key`` for the other processes; queued keys go out together, in one statement."""
+        self._outbox.append(f"{self._origin}|{key}")
+        if self._sending is None or self._sending.done():
+            self._sending = asyncio.get_running_loop().create_task(self._send(), name="hub-notify")
+
+    async def _send(self) -> None:
+        while self._outbox:
+            keys, self._outbox = self._outbox, []
+            try:
+                await asyncio.to_thread(self._storage.notify, self._channel, keys)
+            except (psycopg.Error, PoolTimeout) as exc:
+                # Waiters elsewhere still re-read on their long-poll timeout (at most 30 s).
+                _log.warning("cannot notify other hub processes of %d wake-ups: %s", len(keys), exc)
+
+    async def run(self, wake: Callable[[str], None], wake_all: Callable[[], None]) -> None:
+        """Deliver the other processes' wake-ups to ``wake`` until cancelled."""
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(self._storage.url, autocommit=True) as conn:
+                    await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
+                    wake_all()  # anything sent before LISTEN took effect is read again
+                    async for note in conn.notifies():
+                        origin, _, key = note.payload.partition("|")
+                        if origin != self._origin:
+                            wake(key)
+            except psycopg.Error as exc:
+                _log.warning("lost the hub's LISTEN connection (%s); reconnecting in 1 s", exc)
+            await asyncio.sleep(1.0)
+
+    async def claim_nonce(self, key_id: str, nonce: str, *, timestamp: int, now: int) -> bool:
+        self._claims += 1
+        if self._claims % _NONCE_PRUNE_EVERY == 0:
+            await asyncio.to_thread(self._storage.prune_nonces, stamped_before=now - 2 * MAX_REQUEST_SKEW_S)
+        return await asyncio.to_thread(self._storage.claim_nonce, key_id, nonce, timestamp=timestamp)
+
+    async def close(self) -> None:
+        if self._sending is not None:
+            await asyncio.gather(self._sending, return_exceptions=True)
+
+
+def _migrate(pool: ConnectionPool[Any]) -> None:
+    """Apply the migrations past the stored version, one transaction each, under an advisory lock."""
+    with pool.connection() as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_MIGRATE,))
+        try:
+            conn.execute("CREATE TABLE IF NOT EXISTS hub_schema_version (version INTEGER NOT NULL)")
+            conn.commit()
+            row = conn.execute("SELECT version FROM hub_schema_version").fetchone()
+            conn.commit()  # so each step below is a transaction of its own, not a savepoint of this one
+            version = 0 if row is None else int(row[0])
+            if version > len(_MIGRATIONS):
+                raise HubError(
+                    f"hub database schema is version {version}, newer than this pod-agent knows "
+                    f"({len(_MIGRATIONS)}); upgrade pod-agent on every hub process"
+                )
+            for target in range(version + 1, len(_MIGRATIONS) + 1):
+                with conn.transaction():
+                    conn.execute(_MIGRATIONS[target - 1].encode())
+                    conn.execute("DELETE FROM hub_schema_version")
+                    conn.execute("INSERT INTO hub_schema_version VALUES (%s)", (target,))
+                _log.info("hub database migrated to schema version %d", target)
+        finally:
+            conn.rollback()
+            conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_MIGRATE,))
+            conn.commit()
+
+
+def schema_version(url: str) -> int:
+    """The migration version a database is at (0: none applied)."""
+    with psycopg.connect(url) as conn:
+        exists = _one(conn, "SELECT to_regclass('hub_schema_version') IS NOT NULL")[0]
+        row = conn.execute("SELECT version FROM hub_schema_version").fetchone() if exists else None
+    return 0 if row is None else int(row[0])
+
+
+def _one(conn: psycopg.Connection[Any], query: str, params: Any = None) -> tuple[Any, ...]:
+    return _present(conn.execute(query.encode(), params).fetchone())
+
+
+def _present(row: tuple[Any, ...] | None) -> tuple[Any, ...]:
+    if row is None:
+        # Each caller reads a row its own transaction just saw (or an aggregate): absent is a bug.
+        raise HubError("hub database returned no row where one must exist")
+    return row
