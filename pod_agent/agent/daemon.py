@@ -107,6 +107,7 @@ from pod_agent.protocol import (
     TaskDelivery,
     TaskKind,
     TaskPayload,
+    canonical_json,
     envelope_bytes,
     parse_envelope,
     passphrase_from_env,
@@ -134,8 +135,8 @@ PURGE_INTERVAL_S = 600.0
 REVIEW_POLL_S = 2.0
 # Sections a reload does not apply (the hub link, datasource, sandbox and ops are built once at start).
 _RESTART_SECTIONS = ("pod", "hub", "datasource", "sandbox_limits", "training", "ops")
-# A progress event that cannot be sent (or encoded) is dropped, never fatal.
-_PROGRESS_ERRORS: tuple[type[BaseException], ...] = (*RETRYABLE, ProtocolError)
+# A progress event that cannot be sent, encoded or counted (the audit export's bytes) is dropped, never fatal.
+_PROGRESS_ERRORS: tuple[type[BaseException], ...] = (*RETRYABLE, ProtocolError, StateError)
 # A long poll answered empty in under this share of its wait is a hub making the pod spin: the next
 # poll waits a backoff step first (an honest hub answers early only with tasks).
 EARLY_EMPTY_POLL_SHARE = 0.5
@@ -702,6 +703,8 @@ class Agent:
         while True:
             event = await self._progress_queue.get()
             try:
+                # Counted for the audit export before it may leave; a task still being stored is counted too.
+                await asyncio.to_thread(self.state.add_egress, event.task_id, "progress", len(canonical_json(event)))
                 await hub.progress(event)
             except _PROGRESS_ERRORS as exc:
                 _log.debug("progress event dropped: %s", exc)

@@ -34,7 +34,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 from pydantic import ValidationError
 
@@ -399,6 +399,7 @@ class _Round:
         except StateError as exc:
             raise TaskFailed(FailureCode.INTERNAL_ERROR.value, f"the release could not be recorded: {exc}") from exc
         await asyncio.to_thread(blob_path.write_bytes, data)
+        await self._count("masked", len(data))
         deadline = time.monotonic() + self.params.stage_timeout_s
         await self._retrying(lambda: self.link.put_blob(blob_path, blob.sha256), deadline=deadline, what="masked blob")
         await self._post("masked", MaskedInput(**self._fields(), pod=self.me, blob=blob))
@@ -411,8 +412,18 @@ class _Round:
 
     # -- hub traffic ---------------------------------------------------------------------------
 
+    async def _count(self, channel: Literal["masked", "round"], nbytes: int) -> None:
+        """Count what is about to leave for the audit export, before it may leave."""
+        try:
+            await asyncio.to_thread(self.ctx.state.add_egress, self.task.task_id, channel, nbytes)
+        except StateError as exc:
+            raise TaskFailed(
+                FailureCode.INTERNAL_ERROR.value, f"what the round sends could not be counted: {exc}"
+            ) from exc
+
     async def _post(self, stage: Stage, message: RoundMessage) -> None:
         body = envelope_bytes(sign_envelope(message, self.ctx.key))
+        await self._count("round", len(body))
         path = round_path(self.task.task_id, self.round, stage)
         deadline = time.monotonic() + self.params.stage_timeout_s
         await self._retrying(lambda: self.link.round_post(path, body), deadline=deadline, what=f"{stage} message")

@@ -9,7 +9,8 @@ before it: a log cut short, or rebuilt whole by someone without the pod's key, f
 One task line: task_id, received (Unix s), signer (key id), modeller (its name in pod.toml at
 export time, or null), model {name, sha256} or null, kind, outcome (done, failed, refused,
 pending_review, ...), reason (the refusal or failure code), rows (the result's row count),
-bytes (the signed result and its blob as queued for the hub), dp (the privacy-ledger events
+bytes (every byte that left the pod for it, or was queued to) and bytes_by (the same by channel:
+result, update, masked, round, progress; ``records.AuditRow``), dp (the privacy-ledger events
 charged to it). ``pod-agent tasks export|verify-export`` (``cli/tasks.py``) drives this.
 """
 
@@ -68,6 +69,7 @@ def _task_line(row: AuditRow, names: Mapping[str, str]) -> dict[str, Any]:
         "reason": row.task.reason,
         "rows": row.n_rows,
         "bytes": row.bytes_released,
+        "bytes_by": dict(row.bytes_by_channel),
         "dp": [json.loads(event) for event in row.dp_events],
     }
 

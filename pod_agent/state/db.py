@@ -77,6 +77,7 @@ from pod_agent.state.records import (
     AlreadySeen,
     ApprovedModel,
     AuditRow,
+    EgressChannel,
     IllegalTransition,
     LedgerEntry,
     LedgerStatus,
@@ -91,7 +92,7 @@ from pod_agent.state.records import (
     released_by,
 )
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 6
 # A writer holding the lock (another process) is waited for this long before giving up.
 BUSY_TIMEOUT_MS = 10_000
 
@@ -204,7 +205,30 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
             blob_bytes   INTEGER NOT NULL
         )""",
     ),
+    # What a task sent besides its result (secure-round messages, its masked vector, progress), for the export.
+    # No foreign key: a progress event may be counted for a task the verifier is still storing.
+    5: (
+        """CREATE TABLE task_egress (
+            task_id TEXT NOT NULL,
+            channel TEXT NOT NULL,
+            bytes   INTEGER NOT NULL,
+            PRIMARY KEY (task_id, channel)
+        )""",
+    ),
+    # SCAFFOLD: each pod's own control variate per modeller and run (safetensors bytes); it never leaves the pod.
+    6: (
+        """CREATE TABLE IF NOT EXISTS control_variates (
+            modeller_id TEXT NOT NULL,
+            run_id      TEXT NOT NULL,
+            tensors     BLOB NOT NULL,
+            updated_at  INTEGER NOT NULL,
+            PRIMARY KEY (modeller_id, run_id)
+        )""",
+    ),
 }
+# A modeller's SCAFFOLD runs each keep a model-sized control variate here; past this many, its oldest go, so a
+# modeller cannot fill the pod's disk by naming new runs.
+MAX_CONTROL_RUNS_PER_MODELLER = 8
 
 _TASK_COLUMNS = "task_id, modeller_id, kind, status, reason, envelope_json, created_at, updated_at"
 _OUTBOX_COLUMNS = "task_id, result_json, blob_path, created_at, attempts, last_attempt_at"
@@ -770,6 +794,13 @@ class PodState:
         charged: dict[str, list[str]] = {}
         for task_id, event in ledger:
             charged.setdefault(str(task_id), []).append(str(event))
+        sent: dict[str, dict[str, int]] = {}
+        for task_id, channel, count in self._read(
+            "SELECT task_id, channel, bytes FROM task_egress WHERE task_id IN "
+            "(SELECT task_id FROM tasks WHERE created_at >= ?)",
+            (since,),
+        ):
+            sent.setdefault(str(task_id), {})[str(channel)] = int(str(count))
         out = []
         for row in rows:
             task = _task(row[:8])
@@ -778,9 +809,26 @@ class PodState:
             if task.status is TaskStatus.DELIVERED:
                 outcome = next((to for _, to, _, _ in reversed(self.history(task.task_id)) if to != "delivered"),
                                outcome)
-            out.append(AuditRow(task=task, outcome=outcome, n_rows=n_rows, bytes_released=result_bytes + blob_bytes,
+            by_channel = {"result": result_bytes, **sent.get(task.task_id, {})}
+            # A secure task's result references the masked vector its round released: counted once, as masked.
+            if "masked" not in by_channel:
+                by_channel["update"] = blob_bytes
+            out.append(AuditRow(task=task, outcome=outcome, n_rows=n_rows,
+                                bytes_by_channel={k: v for k, v in sorted(by_channel.items()) if v},
                                 dp_events=tuple(charged.get(task.task_id, ()))))
         return out
+
+    def add_egress(self, task_id: str, channel: EgressChannel, nbytes: int) -> None:
+        """Count ``nbytes`` more leaving the pod for ``task_id`` on ``channel`` (the audit export's bytes).
+
+        Called before the bytes may leave, so what left is never undercounted; a message retried after a
+        failed send is counted once (it carries nothing new)."""
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO task_egress (task_id, channel, bytes) VALUES (?, ?, ?) "
+                "ON CONFLICT (task_id, channel) DO UPDATE SET bytes = bytes + excluded.bytes",
+                (task_id, channel, nbytes),
+            )
 
     def outbox_depth(self) -> int:
         return int(str(self._read("SELECT count(*) FROM outbox")[0][0]))
@@ -825,6 +873,31 @@ class PodState:
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         rows = self._read(f"SELECT {_LEDGER_COLUMNS} FROM dp_ledger {clause} ORDER BY id", tuple(params))
         return [_ledger(r) for r in rows]
+
+    # -- SCAFFOLD control variates ----------------------------------------------------------------
+
+    def control_variate(self, *, modeller_id: str, run_id: str) -> bytes | None:
+        """This pod's control variate for the modeller's run (safetensors bytes), None before its first task."""
+        rows = self._read(
+            "SELECT tensors FROM control_variates WHERE modeller_id = ? AND run_id = ?", (modeller_id, run_id)
+        )
+        return bytes(cast(bytes, rows[0][0])) if rows else None
+
+    def keep_control_variate(self, *, modeller_id: str, run_id: str, tensors: bytes, now: int) -> None:
+        """Store the run's new control variate; the modeller's runs beyond MAX_CONTROL_RUNS_PER_MODELLER
+        (least recently updated first) are dropped in the same transaction."""
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO control_variates (modeller_id, run_id, tensors, updated_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (modeller_id, run_id) DO UPDATE SET tensors = excluded.tensors, "
+                "updated_at = excluded.updated_at",
+                (modeller_id, run_id, tensors, now),
+            )
+            conn.execute(
+                "DELETE FROM control_variates WHERE modeller_id = ? AND run_id NOT IN (SELECT run_id FROM "
+                "control_variates WHERE modeller_id = ? ORDER BY updated_at DESC, rowid DESC LIMIT ?)",
+                (modeller_id, modeller_id, MAX_CONTROL_RUNS_PER_MODELLER),
+            )
 
     def released(self, starting_point: str) -> str | None:
         """The task that released an update trained from ``starting_point``, if any."""

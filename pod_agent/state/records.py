@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
@@ -225,8 +225,19 @@ class AuditRow:
     task: TaskRecord
     outcome: str  # the task's status, or for a delivered one the status it was delivered as
     n_rows: int  # rows the result says the task touched (0 without a result)
-    bytes_released: int  # the signed result envelope plus its blob, as queued for the hub
+    # Bytes that left (or were queued to leave) the pod for it, by channel, zeros left out: "result" (the signed
+    # result or refusal), "update" (its plain tensor blob), "masked" (a secure round's masked vector),
+    # "round" (its signed round messages: keys, shares, signatures), "progress" (progress events).
+    bytes_by_channel: Mapping[str, int]
     dp_events: tuple[str, ...]  # privacy-ledger events charged to it (JSON, as policy.budget writes them)
+
+    @property
+    def bytes_released(self) -> int:
+        return sum(self.bytes_by_channel.values())
+
+
+# What the agent counts with ``PodState.add_egress`` besides the result itself.
+EgressChannel = Literal["masked", "round", "progress"]
 
 
 def released_by(result_json: str, blob_path: Path | None) -> tuple[int, int, int]:

@@ -106,8 +106,12 @@ def test_a_schema_2_database_gains_the_ledger(tmp_path: Path) -> None:
     with PodState.open(path) as state:
         state.record_verdict(_verdict("t1"))
     conn = sqlite3.connect(path)
-    # Back to version 2: without the ledger (3) and the review queue (4; its tasks table allows more statuses).
-    conn.executescript("DROP TABLE dp_ledger; DROP TABLE reviews; DROP TABLE approved_models; DROP TABLE task_output")
+    # Back to version 2: without the ledger (3), the review queue (4; its tasks table allows more statuses) and
+    # the egress counts (5).
+    conn.executescript(
+        "DROP TABLE dp_ledger; DROP TABLE reviews; DROP TABLE approved_models; DROP TABLE task_output; "
+        "DROP TABLE task_egress"
+    )
     conn.execute("PRAGMA user_version = 2")
     conn.commit()
     conn.close()

@@ -88,7 +88,7 @@ def test_a_version_1_database_gains_the_releases_table_and_keeps_its_tasks(tmp_p
     conn = sqlite3.connect(path)
     conn.executescript(
         "DROP TABLE releases; DROP TABLE dp_ledger; DROP TABLE reviews; DROP TABLE approved_models; "
-        "DROP TABLE task_output"
+        "DROP TABLE task_output; DROP TABLE task_egress"
     )
     conn.execute("PRAGMA user_version = 1")
     conn.commit()

@@ -112,7 +112,7 @@ def test_a_schema_3_database_gains_the_review_queue_and_keeps_its_tasks(path: Pa
     conn = sqlite3.connect(path)
     # Back to version 3: its tasks table allowed no pending_review.
     conn.executescript("""
-        DROP TABLE reviews; DROP TABLE approved_models; DROP TABLE task_output;
+        DROP TABLE reviews; DROP TABLE approved_models; DROP TABLE task_output; DROP TABLE task_egress;
         CREATE TABLE tasks_v3 AS SELECT * FROM tasks; DROP TABLE tasks; ALTER TABLE tasks_v3 RENAME TO tasks;
         PRAGMA user_version = 3;
     """)
