@@ -5,7 +5,9 @@ Owns the pod's side of the hub API (``protocol.hub_api`` models; requests go thr
 (``TaskStream``: ``HubPush`` in, ``PodMessage`` out), the URLs, the deadlines of each
 kind of call, and the TLS options of pod.toml's ``[hub]`` (``hub.ca_bundle``,
 ``hub.pinned_cert_sha256``, ``hub.unsafe_allow_http``), which ``protocol.hub_tls`` turns
-into a connection the same way as for a modeller.
+into a connection the same way as for a modeller. With ``hub.fallback_urls`` (several processes
+of one hub), a call that finds its hub unavailable moves the client to the next URL, so the
+daemon's retry goes there.
 
 Nothing the hub sends is trusted: every reply and pushed message is read within
 ``hub_api.MAX_REPLY_BYTES`` and a deadline and validated against its model. Failures are
@@ -18,9 +20,11 @@ daemon's (``daemon.py``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
@@ -67,14 +71,25 @@ _TLS_NAMES = TlsOptionNames(
     url="hub.url", ca_bundle="hub.ca_bundle", pinned_cert_sha256="hub.pinned_cert_sha256",
     unsafe_allow_http="hub.unsafe_allow_http = true",
 )
+_FALLBACK_TLS_NAMES = TlsOptionNames(
+    url="hub.fallback_urls entry", ca_bundle=_TLS_NAMES.ca_bundle, pinned_cert_sha256=_TLS_NAMES.pinned_cert_sha256,
+    unsafe_allow_http=_TLS_NAMES.unsafe_allow_http,
+)
 
 
 def hub_ssl(section: HubSection) -> ssl.SSLContext | aiohttp.Fingerprint | bool:
-    """The ``ssl=`` argument for every request to the hub (``protocol.hub_tls``); ConfigError for an unsafe URL."""
-    return tls_for_hub(
+    """The ``ssl=`` argument for every request to the hub (``protocol.hub_tls``); ConfigError for an unsafe URL
+    (``hub.url`` or any of ``hub.fallback_urls``)."""
+    tls = tls_for_hub(
         section.url, ca_bundle=section.ca_bundle, pinned_cert_sha256=section.pinned_cert_sha256,
         unsafe_allow_http=section.unsafe_allow_http, names=_TLS_NAMES,
     )
+    for url in section.fallback_urls:
+        tls_for_hub(
+            url, ca_bundle=section.ca_bundle, pinned_cert_sha256=section.pinned_cert_sha256,
+            unsafe_allow_http=section.unsafe_allow_http, names=_FALLBACK_TLS_NAMES,
+        )
+    return tls
 
 
 class TaskStream:
@@ -113,7 +128,8 @@ class HubClient:
     """One aiohttp session to the hub; ``async with HubClient(section, key) as hub``."""
 
     def __init__(self, section: HubSection, key: IdentityKey) -> None:
-        self.base = section.url.rstrip("/")
+        self._bases = [url.rstrip("/") for url in (section.url, *section.fallback_urls)]
+        self._current = 0
         self.key = key
         self._ssl = hub_ssl(section)
         self._timeout_s = section.request_timeout_s
@@ -132,6 +148,23 @@ class HubClient:
             await self._session.close()
 
     @property
+    def base(self) -> str:
+        """The hub URL calls go to now."""
+        return self._bases[self._current]
+
+    @contextlib.contextmanager
+    def _failing_over(self) -> Iterator[None]:
+        """On HubUnavailable, the next call goes to the next of the hub's URLs (if it has more than one)."""
+        try:
+            yield
+        except HubUnavailable:
+            if len(self._bases) > 1:
+                failed = self.base
+                self._current = (self._current + 1) % len(self._bases)
+                _log.warning("hub %s unavailable; the next try goes to %s", failed, self.base)
+            raise
+
+    @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
             raise HubError("HubClient used outside `async with`")
@@ -139,10 +172,11 @@ class HubClient:
 
     async def _call(self, method: str, path: str, *, reply: type[_R], body: bytes = b"", extra_s: float = 0.0) -> _R:
         """One signed request; ``extra_s`` is time the hub may hold it on purpose (a long poll)."""
-        return await signed_call(
-            self.session, self.key, base=self.base, method=method, path=path, tls=self._ssl, reply=reply, body=body,
-            total_s=self._timeout_s + extra_s,
-        )
+        with self._failing_over():
+            return await signed_call(
+                self.session, self.key, base=self.base, method=method, path=path, tls=self._ssl, reply=reply,
+                body=body, total_s=self._timeout_s + extra_s,
+            )
 
     async def health_seconds(self) -> float:
         """Round-trip time of the hub's ``/healthz``; raises HubUnavailable / HubRejected."""
@@ -162,6 +196,10 @@ class HubClient:
         """Open the pod's task WebSocket (``async with`` the stream closes it); HubRejected when the hub
         does not offer it (fall back to ``pending_tasks``)."""
         headers = sign_request(self.key, "GET", "/v1/pod/ws", b"", now=int(time.time()))
+        with self._failing_over():
+            return TaskStream(await self._open_ws(headers, heartbeat_s=heartbeat_s))
+
+    async def _open_ws(self, headers: dict[str, str], *, heartbeat_s: float) -> aiohttp.ClientWebSocketResponse:
         try:
             # The handshake is bounded like any request: a hub that never answers it holds no loop.
             async with asyncio.timeout(self._timeout_s):
@@ -180,7 +218,7 @@ class HubClient:
             raise HubUnavailable(f"hub {self.base} unreachable for the WebSocket: {exc}") from exc
         except TimeoutError as exc:
             raise HubUnavailable(f"hub {self.base} did not open the WebSocket within {self._timeout_s:g} s") from exc
-        return TaskStream(ws)
+        return ws
 
     async def pending_tasks(self, *, wait_s: float) -> PendingTasks:
         """Long poll: the tasks the hub holds for this pod, once there are any or ``wait_s`` passed."""
@@ -213,17 +251,19 @@ class HubClient:
                 f"blob {sha256[:12]}... is signed as {size_bytes} bytes, over hub.max_blob_mb "
                 f"({self._max_blob_bytes >> 20} MiB): raise it in pod.toml to accept such tasks"
             )
-        return await download_blob(
-            self.session, self.key, base=self.base, sha256=sha256, dest=dest, tls=self._ssl,
-            max_bytes=size_bytes, total_s=self._blob_timeout_s,
-        )
+        with self._failing_over():
+            return await download_blob(
+                self.session, self.key, base=self.base, sha256=sha256, dest=dest, tls=self._ssl,
+                max_bytes=size_bytes, total_s=self._blob_timeout_s,
+            )
 
     async def put_blob(self, path: Path, sha256: str) -> None:
         """Stream a file to the hub (signature over an empty body; the sha256 in the URL binds the content)."""
-        await signed_call(
-            self.session, self.key, base=self.base, method="PUT", path=f"/v1/blobs/{sha256}", tls=self._ssl,
-            reply=Stored, data=file_chunks(path), total_s=self._blob_timeout_s,
-        )
+        with self._failing_over():
+            await signed_call(
+                self.session, self.key, base=self.base, method="PUT", path=f"/v1/blobs/{sha256}", tls=self._ssl,
+                reply=Stored, data=file_chunks(path), total_s=self._blob_timeout_s,
+            )
 
     async def round_post(self, path: str, body: bytes) -> None:
         """Post a signed secure-round message to its stage's ``path``."""

@@ -55,6 +55,9 @@ class PodSection(_Section):
 
 class HubSection(_Section):
     url: str = "http://127.0.0.1:8700"
+    # Other processes of the same hub (one database behind them all): when the current one is unreachable,
+    # the pod's next try goes to the next URL in turn (same TLS options for all).
+    fallback_urls: list[str] = []
     ca_bundle: Path | None = None
     pinned_cert_sha256: str | None = None  # hex sha256 of the hub's DER certificate
     unsafe_allow_http: bool = False  # plain http to a non-loopback hub; logged at each start

@@ -61,3 +61,31 @@ def test_an_enrolment_token_of_another_shape_is_a_config_error_that_does_not_ech
         load_settings(config)
     assert "secret" not in str(caught.value)
     assert "s3cret" not in repr(HubSection(enrolment_token="s3cret" * 8))
+
+
+def test_a_fallback_url_is_held_to_the_same_transport_rules_as_the_main_one() -> None:
+    with pytest.raises(ConfigError, match="hub.fallback_urls entry http://192.0.2.1:8700 is plain http"):
+        hub_ssl(HubSection(url="http://127.0.0.1:8700", fallback_urls=["http://192.0.2.1:8700"]))
+
+
+async def test_a_pod_moves_to_the_next_hub_url_when_its_hub_is_unavailable(tmp_path: Path) -> None:
+    """Two URLs of one hub, the first one dead: the failed call moves the client, the retry reaches the hub."""
+    import socket
+
+    from pod_agent.agent import HubClient
+    from pod_agent.errors import HubUnavailable
+    from pod_agent.hub import SqliteStorage, create_app, listening
+    from pod_agent.protocol import IdentityKey
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{probe.getsockname()[1]}"  # closed when the block ends: nothing listens
+    storage = SqliteStorage(":memory:")
+    async with listening(create_app(storage, blob_dir=tmp_path / "blobs"), port=0) as live:
+        section = HubSection(url=dead, fallback_urls=[live], request_timeout_s=5)
+        async with HubClient(section, IdentityKey.generate()) as client:
+            with pytest.raises(HubUnavailable, match="127.0.0.1"):
+                await client.health_seconds()
+            assert client.base == live
+            assert await client.health_seconds() > 0
+    storage.close()

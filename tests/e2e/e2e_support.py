@@ -52,18 +52,20 @@ async def async_wait_for(check: Callable[[], Any], *, timeout_s: float = 15.0, w
 
 @dataclass
 class HubProcess:
-    """``pod-agent hub serve`` as a child process; restartable on the same port and database."""
+    """``pod-agent hub serve`` as a child process; restartable on the same port and database (an SQLite file,
+    or a postgresql:// URL with ``extra`` naming the shared --blob-dir)."""
 
-    db: Path
+    db: Path | str
     log: Path
     cert: Path | None = None
     key: Path | None = None
     port: int = 0
     url: str = ""
     proc: subprocess.Popen[bytes] | None = None
+    extra: list[str] = field(default_factory=list)
 
     def start(self) -> HubProcess:
-        argv = [POD_AGENT, "hub", "serve", "--db", str(self.db), "--port", str(self.port)]
+        argv = [POD_AGENT, "hub", "serve", "--db", str(self.db), "--port", str(self.port), *self.extra]
         if self.cert and self.key:
             argv += ["--cert", str(self.cert), "--key", str(self.key)]
         with self.log.open("ab") as log:
