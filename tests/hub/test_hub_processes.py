@@ -1,0 +1,74 @@
+"""Hub processes sharing one PostgreSQL (``PostgresCluster``), each as its own in-process app here: a request
+replayed to another process is refused, and a wake-up published by one process reaches the others only."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from pod_agent.hub import PostgresCluster, PostgresStorage, create_app, listening
+from pod_agent.protocol import IdentityKey, canonical_json, sign_request
+
+
+@pytest.fixture
+async def two_hubs(postgres_db: Callable[[], str], tmp_path: Path) -> AsyncIterator[list[str]]:
+    """Two hubs (base URLs) on one database and one blob directory, as two processes would be."""
+    url = postgres_db()
+    stores = [PostgresStorage(url), PostgresStorage(url)]
+    try:
+        async with (
+            listening(create_app(stores[0], blob_dir=tmp_path, cluster=PostgresCluster(stores[0])), port=0) as a,
+            listening(create_app(stores[1], blob_dir=tmp_path, cluster=PostgresCluster(stores[1])), port=0) as b,
+        ):
+            yield [a, b]
+    finally:
+        for storage in stores:
+            storage.close()
+
+
+async def test_a_request_replayed_to_another_hub_process_is_refused(two_hubs: list[str]) -> None:
+    a, b = two_hubs
+    modeller = IdentityKey.generate()
+    body = canonical_json({"name": "m", "public_key": modeller.public.to_b64()})
+    async with aiohttp.ClientSession() as session:
+        headers = sign_request(modeller, "POST", "/v1/modellers/register", body, now=int(time.time()))
+        async with session.post(a + "/v1/modellers/register", data=body, headers=headers) as first:
+            assert first.status == 200
+        listing = sign_request(modeller, "GET", "/v1/pods", b"", now=int(time.time()))
+        async with session.get(b + "/v1/pods", headers=listing) as served:
+            assert served.status == 200  # registered through A, known to B
+        # A captured request sent again, to the process that has not seen it: refused like a replay to A.
+        async with session.get(a + "/v1/pods", headers=listing) as replayed:
+            assert replayed.status == 401
+            assert "already used: re-sign the request" in (await replayed.json())["error"]
+
+
+async def test_a_wake_up_reaches_the_other_processes_and_not_its_sender(
+    postgres_db: Callable[[], str],
+) -> None:
+    storage = PostgresStorage(postgres_db())
+    sender, receiver = PostgresCluster(storage), PostgresCluster(storage)
+    heard: dict[str, list[str]] = {"sender": [], "receiver": []}
+    listeners = [
+        asyncio.create_task(cluster.run(heard[name].append, lambda: None))
+        for name, cluster in (("sender", sender), ("receiver", receiver))
+    ]
+    try:
+        await asyncio.sleep(0.3)  # both LISTENing
+        for key in ("pod-1", "task:t1", "secagg:t1:0"):
+            sender.publish(key)
+        deadline = time.monotonic() + 5
+        while len(heard["receiver"]) < 3 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert heard == {"sender": [], "receiver": ["pod-1", "task:t1", "secagg:t1:0"]}
+    finally:
+        for task in listeners:
+            task.cancel()
+        await asyncio.gather(*listeners, return_exceptions=True)
+        await sender.close()
+        storage.close()

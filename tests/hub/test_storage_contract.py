@@ -1,0 +1,81 @@
+"""The ``Storage`` contract below the HTTP API, on both backends: writes that race from two connections (two
+hub processes on PostgreSQL, two connections to one SQLite file) store a record once, a reopened database keeps
+its records, and delivery order is submission order."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from pod_agent.hub import Storage, StorageConflict, open_storage
+from pod_agent.hub.storage import HubTaskRecord
+
+RACERS = 8
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return str(tmp_path / "hub.sqlite")
+    make: Callable[[], str] = request.getfixturevalue("postgres_db")
+    return make()
+
+
+@pytest.fixture
+def opened(database: str) -> Iterator[Callable[[], Storage]]:
+    """Opens the test's database again on each call (another process's view of it); all closed after."""
+    made: list[Storage] = []
+
+    def open_one() -> Storage:
+        storage, _ = open_storage(database)
+        made.append(storage)
+        return storage
+
+    yield open_one
+    for storage in made:
+        storage.close()
+
+
+def _task(task_id: str, envelope: bytes = b'{"signed": 1}', pods: tuple[str, ...] = ("a", "b")) -> HubTaskRecord:
+    return HubTaskRecord(task_id=task_id, modeller_id="m", envelope=envelope, pods=pods, created_at=1)
+
+
+def test_a_task_and_a_result_raced_from_two_connections_are_stored_once(opened: Callable[[], Storage]) -> None:
+    first, second = opened(), opened()
+    with ThreadPoolExecutor(RACERS) as pool:
+        outcomes = list(pool.map(lambda i: (first, second)[i % 2].add_task(_task("t1")), range(RACERS)))
+        assert sorted(outcomes) == ["duplicate"] * (RACERS - 1) + ["stored"]
+        results = list(pool.map(
+            lambda i: (first, second)[i % 2].put_result("t1", "a", b"result", status="done", now=2), range(RACERS)
+        ))
+        assert sorted(results) == ["duplicate"] * (RACERS - 1) + ["stored"]
+    assert [d.pod for d in second.deliveries("t1")] == ["a", "b"]
+    assert [(d.pod, d.result_status) for d in first.deliveries("t1")] == [("a", "done"), ("b", None)]
+    with pytest.raises(StorageConflict, match="task t1 already exists with another envelope"):
+        second.add_task(_task("t1", envelope=b'{"signed": 2}'))
+    with pytest.raises(StorageConflict, match="already delivered a different result for task t1"):
+        first.put_result("t1", "a", b"other", status="done", now=3)
+
+
+def test_pending_tasks_come_in_submission_order_and_leave_when_acknowledged(opened: Callable[[], Storage]) -> None:
+    storage = opened()
+    for task_id in ("t3", "t1", "t2"):
+        assert storage.add_task(_task(task_id, pods=("a",))) == "stored"
+    assert [t.task_id for t in storage.pending_tasks("a")] == ["t3", "t1", "t2"]
+    assert storage.ack_delivery("t1", "a", now=5) and not storage.ack_delivery("t1", "nobody", now=5)
+    assert [t.task_id for t in opened().pending_tasks("a")] == ["t3", "t2"]
+    assert [t.task_id for t in storage.recent_tasks(2)] == ["t2", "t1"]
+
+
+def test_a_reopened_database_keeps_its_records(opened: Callable[[], Storage], database: str) -> None:
+    storage = opened()
+    storage.add_task(_task("kept"))
+    storage.close()
+    again, _ = open_storage(database)  # migrations find nothing left to do
+    try:
+        assert again.get_task("kept") == _task("kept")
+    finally:
+        again.close()
