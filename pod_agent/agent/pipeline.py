@@ -140,7 +140,8 @@ class TaskPipeline:
                 gpu = self._settings.training.accelerator != "cpu" and Path("/dev/nvidiactl").exists()
                 try:
                     self._runner = await asyncio.to_thread(
-                        SandboxRunner, self._settings.security, self._settings.sandbox_limits, gpu
+                        SandboxRunner, self._settings.security, self._settings.sandbox_limits, gpu,
+                        devices=self._settings.training.devices,
                     )
                 except SandboxError as exc:
                     self._runner_error = exc
@@ -241,7 +242,8 @@ class TaskPipeline:
             task=task,
             datastructure=prepared.datastructure,
             trainer=TrainerSettings(
-                accelerator=settings.training.accelerator, devices=settings.training.devices,
+                # The ranks the runner granted its workers ("auto" resolved), not the setting as written.
+                accelerator=settings.training.accelerator, devices=self._runner.ranks,
                 seed=task.hyperparameters.seed,
             ),
             privacy=WorkerPrivacy(min_rows=floor.min_rows),

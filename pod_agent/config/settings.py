@@ -332,7 +332,8 @@ class PrivacySection(_Section):
 
 class TrainingSection(_Section):
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
-    devices: int | Literal["auto"] = 1
+    # Ranks of a training task (pod.example.toml says what they are; sandbox.limits.granted_ranks).
+    devices: Annotated[int, Field(ge=1)] | Literal["auto"] = 1
     max_concurrent_tasks: int = Field(default=1, ge=1)
     default_batch_size: int = Field(default=64, ge=1)
     seed: int = 42

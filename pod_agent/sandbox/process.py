@@ -40,6 +40,7 @@ from pod_agent.sandbox.launch import (
     worker_env,
 )
 from pod_agent.sandbox.limits import EffectiveLimits
+from pod_agent.sandbox.netns import check_loopback_only
 
 log = logging.getLogger("pod_agent.sandbox")
 
@@ -175,10 +176,14 @@ class WorkerProcess:
         if self.cgroup is not None:
             # Nothing below the bootstrap forks until it gets `go`, so this tree is complete.
             await asyncio.to_thread(self.cgroup.add, descendants(self.proc.pid))
+        if lim.ranks > 1:
+            # Data-parallel ranks meet over TCP: allowed only in a network namespace seen to hold loopback alone.
+            await asyncio.to_thread(check_loopback_only, descendants(self.proc.pid)[1:])
         cpu = lim.cpu_time_s + (WARM_PREPARE_CPU_S if self.warm else 0)
         plan = ConfinePlan(rlimits={"cpu": cpu, **lim.rlimits(nproc_slack=spec.nproc_slack)},
                            seccomp="seccomp" in spec.layers, landlock_read_only=plan_ro, landlock_read_write=plan_rw,
-                           keep_process_group=not spec.namespaced and self.cgroup is None)
+                           keep_process_group=not spec.namespaced and self.cgroup is None,
+                           loopback_network=lim.ranks > 1)
         await self._send({"type": "go", "plan": plan.to_json(), "entry": spec.entry,
                           "entry_path": str(spec.entry_path.resolve()) if spec.entry_path else None,
                           "input_dir": str(child_in), "work_dir": str(child_work), **(go_extra or {})})

@@ -20,7 +20,8 @@ _TRY_SOCKETS = """
 import errno, socket, sys
 from pod_agent.sandbox.confine import apply_seccomp
 apply_seccomp(loopback_network=sys.argv[1] == "1")
-for family, kind, proto in [(1, 1, 0), (2, 1, 0), (10, 2, 0), (16, 3, 0), (16, 3, 9), (17, 3, 0), (40, 1, 0), (3, 1, 0)]:
+tries = [(1, 1, 0), (2, 1, 0), (10, 2, 0), (16, 3, 0), (16, 3, 9), (17, 3, 0), (40, 1, 0), (3, 1, 0)]
+for family, kind, proto in tries:
     try:
         socket.socket(family, kind, proto).close()
         print("ok")
