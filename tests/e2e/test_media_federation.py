@@ -18,16 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import pytest_asyncio
-from media_support import (
-    PROBING_SHAPE_NET_CLASS,
-    TINY_BERT_LORA,
-    TINY_BERT_LORA_CLASS,
-    draw_shapes,
-    probing_shape_net,
-    write_media_table,
-)
+from media_support import PROBING_SHAPE_NET_CLASS, probing_shape_net
 
+from pod_agent.data.shapes import CAPTION_WORDS, write_shapes, write_shapes_table
 from pod_agent.demo import LocalFederation, PodSite
+from pod_agent.demo.media_models import TINY_BERT_LORA, TINY_BERT_LORA_CLASS
 from pod_agent.modeller import FedAvg, FedAvgPlan, ModellerClient, SecureSettings
 from pod_agent.protocol import DataSelection, IdentityKey, ModelRef, source_sha256
 from pod_agent.protocol.messages import Split
@@ -68,11 +63,11 @@ async def federation(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[
     sites, probes = [], [str(canary)]
     for seed, name in enumerate(PODS):
         images = root / name / "images"
-        rows = draw_shapes(images, per_class=30, seed=seed)
+        rows = write_shapes(images, per_class=30, seed=seed)
         os.symlink(canary, images / "circle" / "planted-link.png")
         probes += [str(images / rows[0][0]), str(images / ".." / "canary.png"),
                    str(images / "circle" / "planted-link.png")]
-        table = write_media_table(root / name / "table.csv", rows, seed=seed)
+        table = write_shapes_table(root / name / "table.csv", rows, seed=seed)
         sites.append(PodSite(
             name=name, data=table, force_stypes={"image": ["image"], "text": ["caption"]},
             extra_toml=FLOOR_TOML + f'\n[datasource.images]\ndir = "{images}"\n',
@@ -113,8 +108,8 @@ async def test_an_image_task_trains_securely_and_its_model_reads_no_image_file_a
 async def test_a_lora_text_task_aggregates_only_the_adapters_in_bfloat16(
     federation: MediaFederation, tmp_path: Path
 ) -> None:
-    vocabulary = ["round", "ring", "disc", "plus", "cross", "x", "box", "block", "square"]
-    selection = DataSelection(target="label", columns=["caption"], max_tokens=8, vocabulary=vocabulary, split=SPLIT)
+    selection = DataSelection(target="label", columns=["caption"], max_tokens=8, vocabulary=list(CAPTION_WORDS),
+                              split=SPLIT)
     plan = _plan(_ref(TINY_BERT_LORA, TINY_BERT_LORA_CLASS), selection, learning_rate=0.05, epochs_per_round=2,
                  exchange="trainable", wire_dtype="bfloat16")
     weights = await _run(federation, plan, tmp_path)

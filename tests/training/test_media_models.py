@@ -11,38 +11,30 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from media_support import (
-    PROBING_SHAPE_NET_CLASS,
-    SHAPE_NET,
-    SHAPE_NET_CLASS,
-    TINY_BERT_LORA,
-    TINY_BERT_LORA_CLASS,
-    draw_shapes,
-    probing_shape_net,
-    write_media_table,
-)
+from media_support import PROBING_SHAPE_NET_CLASS, probing_shape_net
 from safetensors.numpy import save as save_numpy
 from safetensors.torch import save as save_torch
 from training_support import make_task, source_ref
 
 from pod_agent.config import DatasourceSection, ImagesSection
 from pod_agent.data import open_datasource, prepare_task_input
+from pod_agent.data.shapes import CAPTION_WORDS, write_shapes, write_shapes_table
+from pod_agent.demo.media_models import SHAPE_NET, SHAPE_NET_CLASS, TINY_BERT_LORA, TINY_BERT_LORA_CLASS
 from pod_agent.errors import ContractViolation, TrainingError
 from pod_agent.protocol import DataSelection, Hyperparameters
 from pod_agent.protocol.messages import Split
 from pod_agent.training import TensorSpec, check_result, fit_local, initial_weights
 
 SPLIT = Split(train=60, validation=20, test=20)
-VOCABULARY = ["round", "ring", "disc", "plus", "cross", "x", "box", "block", "square"]
 IMAGES = DataSelection(target="label", columns=["image"], split=SPLIT)
-CAPTIONS = DataSelection(target="label", columns=["caption"], max_tokens=8, vocabulary=VOCABULARY, split=SPLIT)
+CAPTIONS = DataSelection(target="label", columns=["caption"], max_tokens=8, vocabulary=list(CAPTION_WORDS), split=SPLIT)
 
 
 @pytest.fixture(scope="module")
 def media(tmp_path_factory: pytest.TempPathFactory) -> DatasourceSection:
     root = tmp_path_factory.mktemp("media")
-    rows = draw_shapes(root / "images", per_class=80)
-    return DatasourceSection(path=write_media_table(root / "table.csv", rows),
+    rows = write_shapes(root / "images", per_class=80)
+    return DatasourceSection(path=write_shapes_table(root / "table.csv", rows),
                              images=ImagesSection(dir=root / "images"),
                              force_stypes={"image": ["image"], "text": ["caption"]})
 
