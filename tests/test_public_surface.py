@@ -43,7 +43,7 @@ SURFACE: dict[str, list[str]] = {
         "DEFAULT_BLOB_GRACE_S", "DEFAULT_BLOB_QUOTA_BYTES", "DEFAULT_BLOB_QUOTA_COUNT", "DEFAULT_GC_INTERVAL_S",
         "DEFAULT_HOST", "DEFAULT_PORT", "DEFAULT_RATE_BURST", "DEFAULT_RATE_PER_S", "DEFAULT_TOKEN_TTL_S",
         "HubLimits", "PostgresCluster", "PostgresStorage", "REGISTRATION_POLICIES", "RegistrationPolicy",
-        "SqliteStorage", "StatusPage",
+        "SqliteStorage",
         "Storage", "StorageConflict", "blob_dir_for", "create_app", "invite", "is_postgres_url",
         "listening", "open_storage", "serve", "server_tls_context"
     ],
@@ -76,7 +76,8 @@ SURFACE: dict[str, list[str]] = {
         "ModellerRegistration", "Ok", "POD_READ_STAGES", "POD_STAGES", "Participant", "PendingTasks", "PinOutdated",
         "PodHeartbeat", "PodList", "PodMessage", "PodRegisteredStanding", "PodRegistration", "ProgressEvent",
         "PublicKey", "Refusal", "RequestReplayCache", "ResultPayload", "RosterPod", "RoundMessage", "RoundMessages",
-        "STAGES", "STAGE_MODELS", "SecAggParams", "SignedHeaders", "Split", "Stage", "Stored", "SurvivorList",
+        "STAGES", "STAGE_MODELS", "ScaffoldParams", "SecAggParams", "SignedHeaders", "Split", "Stage", "Stored",
+        "SurvivorList",
         "TaskDelivery", "TaskKind", "TaskPayload", "TaskResults", "TaskStatusReply", "TaskSubmitted",
         "TlsOptionNames", "UnmaskShares", "WeightsRef", "b64decode_strict", "canonical_json", "check_signature",
         "download_blob", "envelope_bytes", "file_chunks", "first_error", "hub_session", "is_loopback",
@@ -107,9 +108,10 @@ SURFACE: dict[str, list[str]] = {
         "export_lines", "verify_export"
     ],
     "training": [
-        "CheckedResult", "TensorDescription", "TensorSpec", "TrainerSettings", "WorkerPrivacy", "WorkerProgress",
-        "WorkerRequest", "WorkerResultHeader", "check_result", "expected_from_safetensors", "fit_local",
-        "initial_weights", "parse_progress", "reported_rows", "safetensors_head", "save_fit"
+        "CONTROL_PREFIX", "CORRECTION_FILE_NAME", "CheckedResult", "ControlStep", "TensorDescription", "TensorSpec",
+        "TrainerSettings", "WorkerPrivacy", "WorkerProgress", "WorkerRequest", "WorkerResultHeader", "check_result",
+        "control_correction", "control_step", "expected_from_safetensors", "fit_local", "initial_weights",
+        "parse_progress", "reported_rows", "safetensors_head", "save_fit", "tagged", "untagged"
     ],
 }
 

@@ -8,9 +8,9 @@ training (pod_agent.training) and secure aggregation (pod_agent.secagg), under t
 signer's privacy floor (the prepared input reused from ``data.input_cache`` when an
 earlier task prepared the same selection of the same file) and, for a signer with a dp budget,
 the noise ``policy.budget`` plans (added here to the checked update, outside the sandbox, before it is encoded or
-masked): the prepared splits' exact row counts and steps are checked here before the
-sandbox starts, and what comes back leaves only as ``egress.py``
-rebuilds it (vocabulary metrics, rounded; progress from typed fields). Failures
+masked), and for a SCAFFOLD task the pod's control variate (``scaffold.py``; its change rides in the update):
+the prepared splits' exact row counts and steps are checked here before the sandbox starts, and what
+comes back leaves only as ``egress.py`` rebuilds it (vocabulary metrics, rounded; progress from typed fields). Failures
 carry a fixed code (``policy.FailureCode``) that may leave the host; details stay in
 the local log.
 """
@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Protocol, cast
 
 from pod_agent.agent.egress import ProgressRebuilder, reported_metrics
+from pod_agent.agent.scaffold import ScaffoldInput, extend_update, keep_scaffold, prepare_scaffold
 from pod_agent.agent.secure_round import PodRoundContext, RoundLink, check_unreleased, run_secure_round
 from pod_agent.agent.stats import schema_stats
 from pod_agent.config import PodSettings
@@ -230,6 +231,7 @@ class TaskPipeline:
             weights = input_dir / "weights.safetensors"
             await self._fetch_blob(task.weights, weights)
             expected = await asyncio.to_thread(lambda: expected_from_safetensors(safetensors_head(weights)))
+        scaffold = await self._scaffold_input(task, work, input_dir, expected)
         prepared = await asyncio.to_thread(
             self._inputs.prepare, self._datasource, self._schema, task.data, input_dir,
             share_categories=self._settings.privacy.share_categories,
@@ -273,19 +275,48 @@ class TaskPipeline:
         metrics = reported_metrics(checked.metrics, digits=floor.metric_digits, max_metrics=floor.max_metrics)
         if not checked.arrays:
             return PipelineOutput(metrics=metrics, n_rows=checked.n_rows)
-        arrays = checked.arrays
+        if scaffold is None:
+            return await self._released(task, checked.arrays, checked.n_rows, metrics)
+        extended = await asyncio.to_thread(
+            extend_update, scaffold, checked.arrays, steps=steps, learning_rate=task.hyperparameters.learning_rate
+        )
+        output = await self._released(task, extended.arrays, checked.n_rows, metrics)
+        await asyncio.to_thread(keep_scaffold, extended, state=self._secure_round.state)
+        return output
+
+    async def _released(
+        self, task: TaskPayload, arrays: dict[str, Any], n_rows: int, metrics: dict[str, float]
+    ) -> PipelineOutput:
+        """The checked update noised (under a dp budget), then masked in the secure round or encoded plain."""
         plan = self._noise_plan(task)
         if plan is not None:
             task, arrays = await asyncio.to_thread(_noised, task, arrays, plan)
             # Train metrics are exact functions of the rows, outside the accounted release: they stay here.
             metrics = {}
         if task.secagg is not None:
-            return await self._secure_round_output(task, arrays, checked.n_rows, metrics)
+            return await self._secure_round_output(task, arrays, n_rows, metrics)
         data, encoding = await asyncio.to_thread(self._encode, arrays)
         blob_path = self._outbox_dir / f"{task.task_id}.blob"
         await asyncio.to_thread(blob_path.write_bytes, data)
         ref = BlobRef(sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data), encoding=encoding)
-        return PipelineOutput(metrics=metrics, n_rows=checked.n_rows, blob_path=blob_path, blob=ref)
+        return PipelineOutput(metrics=metrics, n_rows=n_rows, blob_path=blob_path, blob=ref)
+
+    async def _scaffold_input(
+        self, task: TaskPayload, work: Path, input_dir: Path, expected: Mapping[str, Any] | None
+    ) -> ScaffoldInput | None:
+        """For a SCAFFOLD task: the server's control variate fetched (pinned like the weights) and checked, this
+        pod's own read from the state, and the engine's correction written into the input."""
+        if task.scaffold is None:
+            return None
+        if expected is None:
+            raise TaskFailed(FailureCode.INTERNAL_ERROR.value, "a verified SCAFFOLD task lacks pinned weights")
+        control = work / "control.safetensors"
+        await self._fetch_blob(task.scaffold.control, control)
+        shapes = {name: tuple(spec.shape) for name, spec in expected.items()}
+        return await asyncio.to_thread(
+            prepare_scaffold, task.scaffold, modeller_id=task.modeller_id, control_file=control, expected=shapes,
+            state=self._secure_round.state, input_dir=input_dir,
+        )
 
     def _noise_plan(self, task: TaskPayload) -> NoisePlan | None:
         """The noise for ``task`` under the signer's dp budget as configured now (None: no budget)."""

@@ -210,6 +210,8 @@ class ModellerPolicy(_Section):
     kinds: list[Literal["train", "evaluate", "predict"]] = ["train", "evaluate"]
     max_epochs: int = Field(default=20, ge=0)
     max_steps: int = Field(default=10_000, ge=0)
+    # FedProx: the largest proximal_mu a task may ask; past it the task is refused (limits_exceeded), not clamped.
+    max_proximal_mu: float = Field(default=1.0, ge=0)
     allow_predict: bool = False
     privacy: PrivacyFloorOverride = PrivacyFloorOverride()
     # Differential privacy: the pod clips and noises this modeller's train updates and refuses a task
@@ -258,9 +260,7 @@ class SandboxLimitsSection(_Section):
     max_file_mb: int = Field(default=1024, ge=1)
     max_output_mb: int = Field(default=512, ge=1)
     warm_worker: bool = True
-    # On: a fork server (sandbox.zygote) forks a fresh child per task where every layer holds for fork
-    # children (pod-agent check's forks line); elsewhere warm_pool workers serve. Off: each task starts cold.
-    # Workers kept started ahead of tasks (confined, imports done) when there are no forks; a taken one
+    # Workers kept started ahead of tasks (confined, imports done) when warm_worker is on; a taken one
     # is replaced at once, one start at a time (~3.5 s each on 2 cores). 3 covers a federated loop's
     # train -> evaluate -> train ~0.7 s apart (with 2 the third waited 2-6 s); each holds ~0.5 GB RSS.
     warm_pool: int = Field(default=3, ge=1, le=8)

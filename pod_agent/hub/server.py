@@ -24,7 +24,7 @@ to pods a task of the publisher targets, and to anyone if published ``public``.
 Tasks reach pods over a WebSocket per pod (push) or a long poll, at least once:
 a task stays pending until the pod acknowledges it, and every new connection
 gets all pending tasks again. Results are idempotent by (task, pod). Blobs
-stream to disk through ``blobs.Blobs`` (a directory, ``BlobStore``). The hub is not trusted by pods: it
+stream to disk through ``blobs.BlobStore``. The hub is not trusted by pods: it
 checks signatures to keep its own records clean, but the pod's policy decides.
 
 Routes (JSON bodies; errors are ``{"error": text}`` with a 4xx/5xx status):
@@ -86,7 +86,7 @@ from pod_agent.hub.admission import (
     admit,
     approval_hint,
 )
-from pod_agent.hub.blobs import Blobs, BlobStore
+from pod_agent.hub.blobs import BlobStore
 from pod_agent.hub.cluster import Cluster, SingleProcess
 from pod_agent.hub.limits import (
     MAX_SMALL_BODY_BYTES,
@@ -96,7 +96,6 @@ from pod_agent.hub.limits import (
     TooLarge,
     body_cap,
 )
-from pod_agent.hub.status import STATUS_ROUTE, StatusPage, StatusSource, add_status_route
 from pod_agent.hub.storage import (
     BlobRecord,
     BlobRefRecord,
@@ -158,8 +157,7 @@ MAX_LONG_POLL_S = 30.0
 # A pod not heard from within this many heartbeat intervals is shown offline.
 OFFLINE_AFTER_HEARTBEATS = 3
 _REGISTER_ROUTES = frozenset({"pods_register", "modellers_register"})
-# The status page checks the operator's admin token itself (hub.status).
-_UNSIGNED_ROUTES = frozenset({"healthz", STATUS_ROUTE})
+_UNSIGNED_ROUTES = frozenset({"healthz"})
 _STREAMED_BODY_ROUTES = frozenset({"blob_put"})
 
 _HUB: web.AppKey[_Hub] = web.AppKey("hub", object)  # type: ignore[arg-type]
@@ -183,7 +181,7 @@ class _Hub:
     def __init__(
         self,
         storage: Storage,
-        blobs: Blobs,
+        blobs: BlobStore,
         clock: Callable[[], float],
         *,
         registration: RegistrationPolicy,
@@ -641,7 +639,9 @@ async def _pods_list(request: web.Request) -> web.Response:
                 {
                     "name": p.name, "key_id": p.key_id, "public_key": p.public_key, "schema": p.schema,
                     "schema_hash": p.schema_hash, "row_count": p.row_count, "sandbox_level": p.sandbox_level,
-                    "last_seen": p.last_seen, "online": _online(hub, p, now),
+                    "last_seen": p.last_seen,
+                    "online": hub.connected.get(p.name, 0) > 0
+                    or now - p.last_seen <= OFFLINE_AFTER_HEARTBEATS * p.heartbeat_s,
                     "rotations": [
                         json.loads(statement) for statement in rotations.get(p.name, [])[-MAX_LISTED_ROTATIONS:]
                     ],
@@ -650,11 +650,6 @@ async def _pods_list(request: web.Request) -> web.Response:
             ]
         }
     )
-
-
-def _online(hub: _Hub, pod: PodRecord, now: int) -> bool:
-    """Connected now, or heard from within OFFLINE_AFTER_HEARTBEATS of its heartbeat intervals."""
-    return hub.connected.get(pod.name, 0) > 0 or now - pod.last_seen <= OFFLINE_AFTER_HEARTBEATS * pod.heartbeat_s
 
 
 async def _admitted_pods(hub: _Hub) -> list[PodRecord]:
@@ -728,8 +723,10 @@ async def _tasks_submit(request: web.Request) -> web.Response:
         envelope=envelope_bytes(envelope), pods=tuple(task.pods), created_at=hub.now(),
     )
     outcome = await hub.db(hub.storage.add_task, record)
-    if task.weights is not None:
-        await hub.db(hub.storage.add_blob_refs, [BlobRefRecord(task.weights.sha256, "weights", task.task_id)])
+    # SCAFFOLD's server control variate is pinned and served to the task's pods exactly like its weights.
+    pinned = [ref for ref in (task.weights, task.scaffold.control if task.scaffold else None) if ref is not None]
+    if pinned:
+        await hub.db(hub.storage.add_blob_refs, [BlobRefRecord(ref.sha256, "weights", task.task_id) for ref in pinned])
     for pod in task.pods:
         hub.notify(pod)
     return web.json_response(
@@ -931,7 +928,7 @@ async def _blob_put(request: web.Request) -> web.Response:
     hub = _hub(request)
     signer = request[_SIGNER]
     sha256 = request.match_info["sha256"]
-    hub.blobs.check_id(sha256)  # 400 for a malformed id before anything else
+    hub.blobs.path(sha256)  # 400 for a malformed id before anything else
     async with hub.blob_lock:
         if hub.blobs.exists(sha256) and await hub.db(hub.storage.blob_owned_by, sha256, signer):
             blob = await hub.db(hub.storage.get_blob, sha256)
@@ -977,7 +974,7 @@ async def _blob_get(request: web.Request) -> web.StreamResponse:
             "of a task whose result names it, and to the pods a task of its uploader pins it for",
             status=404,
         )
-    return hub.blobs.response(sha256)
+    return web.FileResponse(hub.blobs.path(sha256), headers={"Content-Type": "application/octet-stream"})
 
 
 async def collect_blobs(app: web.Application) -> int:
@@ -1034,7 +1031,6 @@ def create_app(
     clock: Callable[[], float] = time.time,
     registration: RegistrationPolicy = "open",
     limits: HubLimits | None = None,
-    status: StatusPage | None = None,
     cluster: Cluster | None = None,
 ) -> web.Application:
     """The hub as an aiohttp application; blobs go to ``blob_dir`` (a temporary dir if None). ``cluster``
@@ -1081,10 +1077,4 @@ def create_app(
     r.add_get("/v1/blobs/{sha256}", _blob_get, name="blob_get")
     r.add_post("/v1/secagg/{task_id}/{round:[0-9]{1,9}}/{stage}", _secagg_post, name="secagg_post")
     r.add_get("/v1/secagg/{task_id}/{round:[0-9]{1,9}}/{stage}", _secagg_get, name="secagg_get")
-    if status is not None:
-        # The operator's read-only page (hub.status), behind the admin token rather than a request signature.
-        hub = app[_HUB]
-        add_status_route(app, status, StatusSource(
-            storage=storage, now=hub.now, online=lambda pod, now: _online(hub, pod, now), registration=registration,
-        ))
     return app

@@ -23,6 +23,7 @@ refusal carries one ``RefusalCode``:
                 (allowed_models, or approved in the state for one of the
                 modeller's keys; with security.review it is held instead)
                 epochs/steps within the modeller's maximum          limits_exceeded
+                proximal_mu within the modeller's max_proximal_mu   limits_exceeded
  8. floor       the owner's privacy floor for this modeller (``floor.py``):
                 train without secure aggregation when required      secure_aggregation_required
                 train without pinned starting weights               weights_not_pinned
@@ -462,6 +463,15 @@ class TaskVerifier:
             raise _refuse(
                 RefusalCode.LIMITS_EXCEEDED,
                 f"{hp.steps} steps, over {modeller.name!r}'s max_steps = {modeller.max_steps}",
+                payload.task_id,
+            )
+        mu = payload.proximal_mu
+        if mu is not None and mu > modeller.max_proximal_mu:
+            # Refused rather than clamped: a smaller mu would run another objective than the modeller planned
+            # and the modeller could not tell; the refusal says which bound to ask the owner about.
+            raise _refuse(
+                RefusalCode.LIMITS_EXCEEDED,
+                f"proximal_mu {mu:g}, over {modeller.name!r}'s max_proximal_mu = {modeller.max_proximal_mu:g}",
                 payload.task_id,
             )
 

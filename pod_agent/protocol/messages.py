@@ -168,6 +168,15 @@ class DpParams(WireModel):
     rounds: int = Field(default=1, ge=1, le=100_000)
 
 
+class ScaffoldParams(WireModel):
+    """SCAFFOLD (Karimireddy et al. 2020): the server's control variate ``c`` (safetensors, one float32 tensor per
+    name of the global weights, pinned by sha256 and fetched like them), and the run a pod keys its own control
+    variate ``c_i`` by. ``c_i`` stays in the pod's state; only its change travels, inside the update vector."""
+
+    run_id: str = Field(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+    control: WeightsRef
+
+
 class TaskLimits(WireModel):
     """A task may ask for less than the pod's limits, never more."""
 
@@ -200,6 +209,17 @@ class TaskPayload(WireModel):
     secagg: SecAggParams | None = None
     dp: DpParams | None = None
     limits: TaskLimits = TaskLimits()
+    # FedProx: the pod's engine adds proximal_mu / 2 * ||w - w_start||^2 to the model's loss (each pod bounds mu).
+    proximal_mu: float | None = Field(default=None, gt=0, le=1000)
+    scaffold: ScaffoldParams | None = None
+
+    @model_validator(mode="after")
+    def _local_correction_in_train_tasks(self) -> TaskPayload:
+        if (self.proximal_mu is not None or self.scaffold is not None) and self.kind != "train":
+            raise ValueError("proximal_mu and scaffold apply to train tasks only")
+        if self.scaffold is not None and (self.returns != "update" or self.weights is None):
+            raise ValueError("a scaffold task returns an update from pinned weights (returns='update', weights set)")
+        return self
 
     @model_validator(mode="after")
     def _schema_hash_per_target(self) -> TaskPayload:

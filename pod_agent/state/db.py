@@ -92,7 +92,7 @@ from pod_agent.state.records import (
     released_by,
 )
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 # A writer holding the lock (another process) is waited for this long before giving up.
 BUSY_TIMEOUT_MS = 10_000
 
@@ -215,7 +215,20 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
             PRIMARY KEY (task_id, channel)
         )""",
     ),
+    # SCAFFOLD: each pod's own control variate per modeller and run (safetensors bytes); it never leaves the pod.
+    6: (
+        """CREATE TABLE IF NOT EXISTS control_variates (
+            modeller_id TEXT NOT NULL,
+            run_id      TEXT NOT NULL,
+            tensors     BLOB NOT NULL,
+            updated_at  INTEGER NOT NULL,
+            PRIMARY KEY (modeller_id, run_id)
+        )""",
+    ),
 }
+# A modeller's SCAFFOLD runs each keep a model-sized control variate here; past this many, its oldest go, so a
+# modeller cannot fill the pod's disk by naming new runs.
+MAX_CONTROL_RUNS_PER_MODELLER = 8
 
 _TASK_COLUMNS = "task_id, modeller_id, kind, status, reason, envelope_json, created_at, updated_at"
 _OUTBOX_COLUMNS = "task_id, result_json, blob_path, created_at, attempts, last_attempt_at"
@@ -860,6 +873,31 @@ class PodState:
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         rows = self._read(f"SELECT {_LEDGER_COLUMNS} FROM dp_ledger {clause} ORDER BY id", tuple(params))
         return [_ledger(r) for r in rows]
+
+    # -- SCAFFOLD control variates ----------------------------------------------------------------
+
+    def control_variate(self, *, modeller_id: str, run_id: str) -> bytes | None:
+        """This pod's control variate for the modeller's run (safetensors bytes), None before its first task."""
+        rows = self._read(
+            "SELECT tensors FROM control_variates WHERE modeller_id = ? AND run_id = ?", (modeller_id, run_id)
+        )
+        return bytes(cast(bytes, rows[0][0])) if rows else None
+
+    def keep_control_variate(self, *, modeller_id: str, run_id: str, tensors: bytes, now: int) -> None:
+        """Store the run's new control variate; the modeller's runs beyond MAX_CONTROL_RUNS_PER_MODELLER
+        (least recently updated first) are dropped in the same transaction."""
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO control_variates (modeller_id, run_id, tensors, updated_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (modeller_id, run_id) DO UPDATE SET tensors = excluded.tensors, "
+                "updated_at = excluded.updated_at",
+                (modeller_id, run_id, tensors, now),
+            )
+            conn.execute(
+                "DELETE FROM control_variates WHERE modeller_id = ? AND run_id NOT IN (SELECT run_id FROM "
+                "control_variates WHERE modeller_id = ? ORDER BY updated_at DESC, rowid DESC LIMIT ?)",
+                (modeller_id, modeller_id, MAX_CONTROL_RUNS_PER_MODELLER),
+            )
 
     def released(self, starting_point: str) -> str | None:
         """The task that released an update trained from ``starting_point``, if any."""

@@ -1,10 +1,12 @@
 """Training: the sandboxed worker (``worker.py``, inside) and the agent's check of its output.
 
-``contract`` (the agent's check) and ``wall`` (the typed request, result header and
-progress that cross the sandbox wall) are torch-free and are what the agent imports;
-``worker``, ``engine``, ``loading``, ``dataset``, ``tensors`` and ``local`` import torch
-and run inside the sandbox or on a modeller's machine. Nothing torch-heavy is imported here:
-the local fit's names (``local``) resolve lazily, on first use.
+``contract`` (the agent's check), ``control`` (SCAFFOLD's control-variate arithmetic, done by
+the agent) and ``wall`` (the typed request, result header and progress that cross the sandbox
+wall) are torch-free and are what the agent imports; ``correction`` (FedProx's term and
+SCAFFOLD's correction, applied by the engine), ``worker``, ``engine``, ``loading``,
+``dataset``, ``tensors`` and ``local`` import torch and run inside the sandbox or on a
+modeller's machine. Nothing torch-heavy is imported here: the local fit's names (``local``)
+resolve lazily, on first use.
 """
 
 from __future__ import annotations
@@ -19,6 +21,15 @@ from pod_agent.training.contract import (
     expected_from_safetensors,
     reported_rows,
     safetensors_head,
+)
+from pod_agent.training.control import (
+    CONTROL_PREFIX,
+    CORRECTION_FILE_NAME,
+    ControlStep,
+    control_correction,
+    control_step,
+    tagged,
+    untagged,
 )
 from pod_agent.training.wall import (
     TensorDescription,
@@ -40,7 +51,10 @@ _LAZY_HOME = {
 }
 
 __all__ = [
+    "CONTROL_PREFIX",
+    "CORRECTION_FILE_NAME",
     "CheckedResult",
+    "ControlStep",
     "TensorDescription",
     "TensorSpec",
     "TrainerSettings",
@@ -49,6 +63,8 @@ __all__ = [
     "WorkerRequest",
     "WorkerResultHeader",
     "check_result",
+    "control_correction",
+    "control_step",
     "expected_from_safetensors",
     "fit_local",
     "initial_weights",
@@ -56,6 +72,8 @@ __all__ = [
     "reported_rows",
     "safetensors_head",
     "save_fit",
+    "tagged",
+    "untagged",
 ]
 
 

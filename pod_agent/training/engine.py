@@ -48,6 +48,7 @@ from pod_agent.data import DATA_FILE_NAME, SPLIT_CODES, read_datastructure
 from pod_agent.errors import DataError, TrainingError
 from pod_agent.protocol import Hyperparameters, ModelRef, TaskPayload
 from pod_agent.sdk import Datastructure, PodModel
+from pod_agent.training.correction import local_correction
 from pod_agent.training.dataset import SplitBatches
 from pod_agent.training.loading import build_model
 from pod_agent.training.ranks import ForkedRanks, data_parallel
@@ -118,7 +119,8 @@ def run_task(request: WorkerRequest, *, input_dir: Path, work_dir: Path, progres
     }
     _probe_forward(model, loaders, settings.datastructure)
     if task.kind == "train":
-        return _train(model, loaders, settings, work_dir=work_dir, progress=progress)
+        extra = local_correction(task, input_dir)  # FedProx's term, SCAFFOLD's correction: the pod's, not the model's
+        return _train(model, loaders, settings, work_dir=work_dir, progress=progress, extra=extra)
     if task.kind == "evaluate":
         return _evaluate(model, loaders, settings, work_dir=work_dir)
     return _predict(model, loaders, settings, work_dir=work_dir)
@@ -334,7 +336,8 @@ def _run_stage(stage: Callable[[], Any], code: str) -> None:
 
 
 def _train(
-    model: PodModel, loaders: Mapping[str, SplitBatches], settings: _Settings, *, work_dir: Path, progress: Progress
+    model: PodModel, loaders: Mapping[str, SplitBatches], settings: _Settings, *, work_dir: Path, progress: Progress,
+    extra: list[pl.Callback],
 ) -> TaskOutput:
     train = loaders["train"]
     if train.n_rows == 0:
@@ -344,7 +347,7 @@ def _train(
     # Several ranks run every Lightning call below alike (each on the whole test and validation splits,
     # on its slice of each training batch); only rank 0 leaves the block, with rank 0's metrics.
     with _parallel(settings, work_dir=work_dir) as ranked:
-        metrics = _fit(model, loaders, ranked, work_dir=work_dir, progress=progress)
+        metrics = _fit(model, loaders, ranked, work_dir=work_dir, progress=progress, extra=extra)
     after = exchanged_state(model, hp.exchange)
     tensors = after if settings.task.returns == "weights" else {n: after[n] - before[n] for n in after}
     described, payload = encode(tensors, hp.wire_dtype)
@@ -352,7 +355,8 @@ def _train(
 
 
 def _fit(
-    model: PodModel, loaders: Mapping[str, SplitBatches], settings: _Settings, *, work_dir: Path, progress: Progress
+    model: PodModel, loaders: Mapping[str, SplitBatches], settings: _Settings, *, work_dir: Path, progress: Progress,
+    extra: list[pl.Callback],
 ) -> dict[str, float]:
     train, val = loaders["train"], loaders["validation"]
     metrics: dict[str, float] = {}
@@ -362,7 +366,7 @@ def _fit(
         with torch.random.fork_rng(devices=[]):
             metrics = _test_metrics(model, loaders["test"], settings, work_dir=work_dir)
     tracker = _Progress(progress)
-    trainer = _trainer(settings, work_dir=work_dir, callbacks=[tracker])
+    trainer = _trainer(settings, work_dir=work_dir, callbacks=[tracker, *extra])
     val_loader = _loader(val) if val.n_rows else None
     _run_stage(
         lambda: trainer.fit(model, train_dataloaders=_loader(train), val_dataloaders=val_loader), "training_error"

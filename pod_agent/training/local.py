@@ -22,14 +22,16 @@ from pathlib import Path
 import numpy as np
 import torch
 from pydantic import ValidationError
+from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 
 from pod_agent.config import DatasourceSection
 from pod_agent.data import open_datasource, prepare_task_input
 from pod_agent.errors import TrainingError
-from pod_agent.protocol import DataSelection, Hyperparameters, ModelRef, TaskPayload, WeightsRef
+from pod_agent.protocol import DataSelection, Hyperparameters, ModelRef, ScaffoldParams, TaskPayload, WeightsRef
 from pod_agent.sdk import Datastructure
+from pod_agent.training.control import CORRECTION_FILE_NAME
 from pod_agent.training.engine import WEIGHTS_FILE_NAME, model_kwargs, run_task, seeded_model
 from pod_agent.training.loading import SOURCE_FILE_NAME, SPEC_FILE_NAME
 from pod_agent.training.tensors import exchanged_state
@@ -61,8 +63,13 @@ def fit_local(
     devices: int | str = 1,
     on_progress: Callable[[dict[str, object]], None] | None = None,
     scratch: Path | None = None,
+    proximal_mu: float | None = None,
+    correction: Mapping[str, np.ndarray] | None = None,
 ) -> LocalFit:
     """Prepare ``data`` as a pod would, train ``model`` in this process and return the new weights.
+
+    ``proximal_mu`` and ``correction`` (SCAFFOLD's ``c - c_i``, which needs ``weights``) are applied by the
+    engine as a pod applies a task's (``correction.py``).
 
     Raises DataError for unusable data or selection and TrainingError(reason) with the
     same codes the sandboxed worker reports.
@@ -93,6 +100,12 @@ def fit_local(
             (input_dir / SOURCE_FILE_NAME).write_text(model.source, encoding="utf-8")
         elif model.spec is not None:
             (input_dir / SPEC_FILE_NAME).write_text(json.dumps(model.spec), encoding="utf-8")
+        scaffold = None
+        if correction is not None:
+            if weights_ref is None:
+                raise TrainingError("bad_request", "a SCAFFOLD correction needs the weights it corrects from")
+            save_numpy(dict(correction), str(input_dir / CORRECTION_FILE_NAME))
+            scaffold = ScaffoldParams(run_id=str(uuid.uuid4()), control=weights_ref)
         now = int(time.time())
         task = TaskPayload(
             task_id=str(uuid.uuid4()),
@@ -107,7 +120,10 @@ def fit_local(
             weights=weights_ref,
             data=selection,
             schema_hash=schema.hash(),
-            returns="weights",
+            # A SCAFFOLD task returns its update (the agent derives the control step from it): added back below.
+            returns="weights" if scaffold is None else "update",
+            proximal_mu=proximal_mu,
+            scaffold=scaffold,
         )
         request = WorkerRequest(
             task=task,
@@ -124,6 +140,9 @@ def fit_local(
         finally:
             torch.set_num_threads(threads)
     trained = load_safetensors(output.payload) if output.payload else {}
+    if scaffold is not None and weights is not None:
+        start = load_safetensors(weights.read_bytes())
+        trained = {name: start[name] + delta for name, delta in trained.items()}
     return LocalFit(
         weights=trained,
         metrics=dict(output.header.metrics),
