@@ -117,6 +117,9 @@ class SandboxRunner:
         self._scratch = prepare_scratch(scratch_root or Path(tempfile.gettempdir()) / "pod-agent-sandbox",
                                         self._uid_identity)
         forks_why_not = fork_server_why_not(self.layers, reports) if fork_server else "fork_server=False"
+        if gpu and forks_why_not is None:
+            # CUDA does not survive fork once touched, and nothing proves a zygote never touched it.
+            forks_why_not = "GPU tasks run on workers of their own (CUDA is not fork-safe)"
         if self.ranks > 1:
             # The fork server's children share its network namespace: one task's ranks could reach another's.
             forks_why_not = "training.devices > 1: each task's ranks need a network namespace of their own"
@@ -187,14 +190,21 @@ class SandboxRunner:
         check_input(job.input_dir)
         # Data-parallel ranks meet over TCP, which the zygote's seccomp filter denies its children.
         forks = self._forks if limits.ranks == 1 else None
+        asked = time.monotonic()
         worker = await self._forked(forks, spec, limits) if forks is not None else await self._pool.take(spec)
+        kind = "fork" if forks is not None and worker is not None else "pool" if worker is not None else "cold"
         if worker is None:
             worker = WorkerProcess(spec, slot=self._slot(), limits=limits, warm=False)
+        waited = time.monotonic() - asked
         try:
             await asyncio.to_thread(stage_input, job.input_dir, worker.slot, self._uid_identity)
             deadline = time.monotonic() + limits.wall_timeout_s
             if not worker.started:
+                starting = time.monotonic()
                 await worker.start(deadline=deadline)
+                waited += time.monotonic() - starting
+            # bench/rounds.py reads this line: how long the task waited for its worker.
+            log.info("sandbox %s worker ready in %.3f s", kind, waited)
             header, payload = await worker.run_task(job.request, limits, deadline=deadline, on_progress=on_progress)
         finally:
             # Shielded: a cancelled task (timeout upstream, agent shutdown) still has its tree killed.

@@ -224,6 +224,8 @@ async def test_missing_module_is_reported_as_import_error(run_model: RunModel) -
         await run_model("missing_module")
 
 
+# The pool's worker trains the same model in test_levels' Landlock fallback (no forks there).
+@pytest.mark.parametrize("worker_path", ["fork_server"], indirect=True)
 async def test_benign_lightning_model_trains_under_strict(run_model: RunModel, tmp_path: Path) -> None:
     outcome = await run_model("benign_torch", memory_mb=4096, max_processes=64, cpu_time_s=300,
                               wall_timeout_s=180, max_open_files=1024, max_file_mb=64)
