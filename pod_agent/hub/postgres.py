@@ -69,6 +69,7 @@ _LOCK_PODS = 0x706F645F706F6473
 # max_connections (100) leaves room for several hub processes.
 DEFAULT_POOL_SIZE = 10
 _POOL_WAIT_S = 30.0
+_CONNECT_TIMEOUT_S = 10
 # How often a process prunes nonces past the clock window (requests older are refused anyway).
 _NONCE_PRUNE_EVERY = 1000
 
@@ -170,16 +171,14 @@ class PostgresStorage:
     def __init__(self, url: str, *, pool_size: int = DEFAULT_POOL_SIZE) -> None:
         self.url = url
         try:
+            # One plain connection first: an unreachable server is reported at once, not after a pool's wait.
+            with psycopg.connect(url, connect_timeout=_CONNECT_TIMEOUT_S, autocommit=True) as conn:
+                self.schema = str(_one(conn, "SELECT current_schema()")[0])
+                _migrate(conn)
             self._pool = ConnectionPool(
                 url, min_size=1, max_size=pool_size, open=True, timeout=_POOL_WAIT_S, name="pod-agent-hub"
             )
-            self._pool.wait(timeout=_POOL_WAIT_S)
-            with self._pool.connection() as conn:
-                self.schema = str(_one(conn, "SELECT current_schema()")[0])
-            _migrate(self._pool)
-        except (psycopg.Error, PoolTimeout) as exc:
-            with contextlib.suppress(Exception):
-                self._pool.close()
+        except psycopg.Error as exc:
             raise HubError(
                 f"hub database {redacted(url)} cannot be opened: {exc}; check that PostgreSQL runs there, the "
                 "database exists and the user may create tables in its schema"
@@ -642,39 +641,27 @@ class PostgresCluster:
             await asyncio.gather(self._sending, return_exceptions=True)
 
 
-def _migrate(pool: ConnectionPool[Any]) -> None:
-    """Apply the migrations past the stored version, one transaction each, under an advisory lock."""
-    with pool.connection() as conn:
-        conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_MIGRATE,))
-        try:
-            conn.execute("CREATE TABLE IF NOT EXISTS hub_schema_version (version INTEGER NOT NULL)")
-            conn.commit()
-            row = conn.execute("SELECT version FROM hub_schema_version").fetchone()
-            conn.commit()  # so each step below is a transaction of its own, not a savepoint of this one
-            version = 0 if row is None else int(row[0])
-            if version > len(_MIGRATIONS):
-                raise HubError(
-                    f"hub database schema is version {version}, newer than this pod-agent knows "
-                    f"({len(_MIGRATIONS)}); upgrade pod-agent on every hub process"
-                )
-            for target in range(version + 1, len(_MIGRATIONS) + 1):
-                with conn.transaction():
-                    conn.execute(_MIGRATIONS[target - 1].encode())
-                    conn.execute("DELETE FROM hub_schema_version")
-                    conn.execute("INSERT INTO hub_schema_version VALUES (%s)", (target,))
-                _log.info("hub database migrated to schema version %d", target)
-        finally:
-            conn.rollback()
-            conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_MIGRATE,))
-            conn.commit()
-
-
-def schema_version(url: str) -> int:
-    """The migration version a database is at (0: none applied)."""
-    with psycopg.connect(url) as conn:
-        exists = _one(conn, "SELECT to_regclass('hub_schema_version') IS NOT NULL")[0]
-        row = conn.execute("SELECT version FROM hub_schema_version").fetchone() if exists else None
-    return 0 if row is None else int(row[0])
+def _migrate(conn: psycopg.Connection[Any]) -> None:
+    """Apply the migrations past the stored version, one transaction each, under an advisory lock (an
+    autocommit connection: the lock is the session's, each step its own transaction)."""
+    conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_MIGRATE,))
+    try:
+        conn.execute("CREATE TABLE IF NOT EXISTS hub_schema_version (version INTEGER NOT NULL)")
+        row = conn.execute("SELECT version FROM hub_schema_version").fetchone()
+        version = 0 if row is None else int(row[0])
+        if version > len(_MIGRATIONS):
+            raise HubError(
+                f"hub database schema is version {version}, newer than this pod-agent knows "
+                f"({len(_MIGRATIONS)}); upgrade pod-agent on every hub process"
+            )
+        for target in range(version + 1, len(_MIGRATIONS) + 1):
+            with conn.transaction():
+                conn.execute(_MIGRATIONS[target - 1].encode())
+                conn.execute("DELETE FROM hub_schema_version")
+                conn.execute("INSERT INTO hub_schema_version VALUES (%s)", (target,))
+            _log.info("hub database migrated to schema version %d", target)
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_MIGRATE,))
 
 
 def _one(conn: psycopg.Connection[Any], query: str, params: Any = None) -> tuple[Any, ...]:

@@ -1,5 +1,6 @@
 """Hub processes sharing one PostgreSQL (``PostgresCluster``), each as its own in-process app here: a request
-replayed to another process is refused, and a wake-up published by one process reaches the others only."""
+replayed to another process is refused, and a wake-up published by one process reaches the others only; and
+what an operator meets opening the database (unreachable, migrated by a newer version, no shared blob dir)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from pod_agent.errors import HubError
 from pod_agent.hub import PostgresCluster, PostgresStorage, create_app, listening
 from pod_agent.protocol import IdentityKey, canonical_json, sign_request
 
@@ -72,3 +74,29 @@ async def test_a_wake_up_reaches_the_other_processes_and_not_its_sender(
         await asyncio.gather(*listeners, return_exceptions=True)
         await sender.close()
         storage.close()
+
+
+def test_an_unreachable_database_is_named_without_its_password(tmp_path: Path) -> None:
+    url = f"postgresql://hub:s3cret-word@/hubdb?host={tmp_path}"  # no server on that socket directory
+    with pytest.raises(HubError, match=r"hub database postgresql://hub@.*/hubdb cannot be opened") as caught:
+        PostgresStorage(url)
+    assert "s3cret-word" not in str(caught.value)
+
+
+def test_a_database_migrated_by_a_newer_pod_agent_is_refused(postgres_db: Callable[[], str]) -> None:
+    import psycopg
+
+    url = postgres_db()
+    PostgresStorage(url).close()
+    with psycopg.connect(url) as conn:
+        assert conn.execute(b"SELECT version FROM hub_schema_version").fetchall() == [(1,)]
+        conn.execute(b"UPDATE hub_schema_version SET version = 99")
+    with pytest.raises(HubError, match="schema is version 99, newer than this pod-agent knows"):
+        PostgresStorage(url)
+
+
+def test_hub_serve_on_postgresql_needs_a_shared_blob_dir(postgres_db: Callable[[], str]) -> None:
+    from pod_agent.hub import serve
+
+    with pytest.raises(HubError, match="a hub on PostgreSQL needs --blob-dir"):
+        asyncio.run(serve(db=postgres_db(), port=0))
