@@ -74,7 +74,9 @@ def _hugging_face_offline() -> None:
 
 
 def prepare() -> None:
-    """Import everything a task needs, so the first training step does not wait for imports."""
+    """Import everything a task needs and run a tiny fit once, so the first training step waits for
+    neither imports nor Lightning's and autograd's first-use set-up (a fork server's children inherit
+    both: sandbox.zygote)."""
     _silence_benign_noise()
     _hugging_face_offline()
     for name in _HEAVY_MODULES:
@@ -82,6 +84,54 @@ def prepare() -> None:
     # Lightning's info lines (accelerator banners) are noise in the agent's log.
     for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    _warm_up()
+
+
+def _warm_up() -> None:
+    """Fit, validate and test a two-layer model on a few random rows, the way engine.py trains: the
+    lazily imported parts of Lightning, the first backward pass and AdamW's first step are paid here,
+    before any task (about 1 s of a task's first step on 2 cores). Our own model and data only; one
+    thread, so no OpenMP team exists to be forked."""
+    import pytorch_lightning as pl
+    import torch
+
+    class _Tiny(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+
+        def _loss(self, batch: Any) -> torch.Tensor:
+            x, y = batch
+            return torch.nn.functional.cross_entropy(self.net(x), y)
+
+        def training_step(self, batch: Any, _index: int) -> torch.Tensor:
+            return self._loss(batch)
+
+        def validation_step(self, batch: Any, _index: int) -> None:
+            self.log("val_loss", self._loss(batch))
+
+        def test_step(self, batch: Any, _index: int) -> None:
+            self.log("test_loss", self._loss(batch))
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.AdamW(self.parameters(), lr=1e-3)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    generator = torch.Generator().manual_seed(0)
+    rows = torch.utils.data.TensorDataset(torch.randn(16, 4, generator=generator), torch.arange(16) % 2)
+    loader = torch.utils.data.DataLoader(rows, batch_size=8)
+    try:
+        with tempfile.TemporaryDirectory(prefix="pod-agent-warm-up-") as root, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=2, logger=False, enable_checkpointing=False,
+                                 enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                                 default_root_dir=root)
+            model = _Tiny()
+            trainer.fit(model, loader, loader)
+            trainer.test(model, loader, verbose=False)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def serve(channel: WorkerChannel) -> None:
