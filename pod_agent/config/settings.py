@@ -260,7 +260,9 @@ class SandboxLimitsSection(_Section):
     max_file_mb: int = Field(default=1024, ge=1)
     max_output_mb: int = Field(default=512, ge=1)
     warm_worker: bool = True
-    # Workers kept started ahead of tasks (confined, imports done) when warm_worker is on; a taken one
+    # On: a fork server (sandbox.zygote) forks a fresh child per task where every layer holds for fork
+    # children (pod-agent check's forks line); elsewhere warm_pool workers serve. Off: each task starts cold.
+    # Workers kept started ahead of tasks (confined, imports done) when there are no forks; a taken one
     # is replaced at once, one start at a time (~3.5 s each on 2 cores). 3 covers a federated loop's
     # train -> evaluate -> train ~0.7 s apart (with 2 the third waited 2-6 s); each holds ~0.5 GB RSS.
     warm_pool: int = Field(default=3, ge=1, le=8)
