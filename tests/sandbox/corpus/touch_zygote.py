@@ -1,6 +1,8 @@
 """Attack: reach the process that forked this worker (on the fork-server path, the zygote every later
 task is forked from) and any other process of the sandbox uid: signal it, trace it, read or write its
-memory through /proc/<pid>/mem and process_vm_readv/writev, read its environ and maps."""
+memory through /proc/<pid>/mem and process_vm_readv/writev, read its environ and maps; and leave a
+SysV shared-memory segment under a fixed key, where the next task forked by the same zygote (same IPC
+namespace) would find it."""
 import ctypes
 import os
 import signal
@@ -54,6 +56,7 @@ def run(channel):
     found["ptrace_attach"] = _errno_call(libc.ptrace(PTRACE_ATTACH, target, None, None))
     found["ptrace_seize"] = _errno_call(libc.ptrace(PTRACE_SEIZE, target, None, None))
     found["vm_readv"] = _errno_call(libc.process_vm_readv(target, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0))
+    found["shmget"] = _errno_call(libc.shmget(0x706F6421, 4096, 0o1000 | 0o600))  # IPC_CREAT
     found["vm_writev"] = _errno_call(libc.process_vm_writev(target, ctypes.byref(local), 1, ctypes.byref(remote), 1,
                                                             0))
     # Every pid this namespace could hold that is not this task's own: none may take a signal.
