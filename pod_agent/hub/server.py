@@ -24,7 +24,7 @@ to pods a task of the publisher targets, and to anyone if published ``public``.
 Tasks reach pods over a WebSocket per pod (push) or a long poll, at least once:
 a task stays pending until the pod acknowledges it, and every new connection
 gets all pending tasks again. Results are idempotent by (task, pod). Blobs
-stream to disk through ``blobs.BlobStore``. The hub is not trusted by pods: it
+stream to disk through ``blobs.Blobs`` (a directory, ``BlobStore``). The hub is not trusted by pods: it
 checks signatures to keep its own records clean, but the pod's policy decides.
 
 Routes (JSON bodies; errors are ``{"error": text}`` with a 4xx/5xx status):
@@ -86,7 +86,7 @@ from pod_agent.hub.admission import (
     admit,
     approval_hint,
 )
-from pod_agent.hub.blobs import BlobStore
+from pod_agent.hub.blobs import Blobs, BlobStore
 from pod_agent.hub.cluster import Cluster, SingleProcess
 from pod_agent.hub.limits import (
     MAX_SMALL_BODY_BYTES,
@@ -181,7 +181,7 @@ class _Hub:
     def __init__(
         self,
         storage: Storage,
-        blobs: BlobStore,
+        blobs: Blobs,
         clock: Callable[[], float],
         *,
         registration: RegistrationPolicy,
@@ -928,7 +928,7 @@ async def _blob_put(request: web.Request) -> web.Response:
     hub = _hub(request)
     signer = request[_SIGNER]
     sha256 = request.match_info["sha256"]
-    hub.blobs.path(sha256)  # 400 for a malformed id before anything else
+    hub.blobs.check_id(sha256)  # 400 for a malformed id before anything else
     async with hub.blob_lock:
         if hub.blobs.exists(sha256) and await hub.db(hub.storage.blob_owned_by, sha256, signer):
             blob = await hub.db(hub.storage.get_blob, sha256)
@@ -974,7 +974,7 @@ async def _blob_get(request: web.Request) -> web.StreamResponse:
             "of a task whose result names it, and to the pods a task of its uploader pins it for",
             status=404,
         )
-    return web.FileResponse(hub.blobs.path(sha256), headers={"Content-Type": "application/octet-stream"})
+    return hub.blobs.response(sha256)
 
 
 async def collect_blobs(app: web.Application) -> int:
