@@ -147,7 +147,8 @@ def _probe_landlock(identity: Identity | None) -> LayerReport:
         return LayerReport("landlock", False, f"self-test failed: {failure}", remedy)
     tcp = "files + TCP" if abi >= 4 else "files only"
     scope = ", signals and abstract sockets scoped" if abi >= 6 else ""
-    return LayerReport("landlock", True, f"ABI {abi}: {tcp}{scope} (used when namespaces are unavailable)")
+    return LayerReport("landlock", True, f"ABI {abi}: {tcp}{scope} (for each fork-server child; for every "
+                       "worker where namespaces are unavailable)")
 
 
 def _probe_cgroup() -> LayerReport:
