@@ -28,6 +28,8 @@ refusal carries one ``RefusalCode``:
                 train without secure aggregation when required      secure_aggregation_required
                 train without pinned starting weights               weights_not_pinned
                 train batch_size under min_batch_size               batch_too_small
+                train updates in bfloat16/float16 (wire_dtype)      limits_exceeded
+                without privacy.allow_half_precision
                 a used split estimated under min_rows               split_too_small
                 epochs x ceil(train rows / batch) over the maximum  too_many_steps
                 clip bound or clip_norm above the owner's ceiling   clip_too_loose
@@ -361,6 +363,13 @@ class TaskVerifier:
             raise _refuse(
                 RefusalCode.SECURE_AGGREGATION_REQUIRED,
                 "this pod sends train results only under secure aggregation (privacy.require_secure_aggregation)",
+                task_id,
+            )
+        if train and hp.wire_dtype != "float32" and not self._privacy.allow_half_precision:
+            raise _refuse(
+                RefusalCode.LIMITS_EXCEEDED,
+                f"the task asks for {hp.wire_dtype} updates; this pod sends float32 only "
+                "(privacy.allow_half_precision)",
                 task_id,
             )
         if train and payload.weights is None:

@@ -56,6 +56,16 @@ def test_batch_of_one_is_refused(pod: Pod, alice: IdentityKey) -> None:
     assert "under min_batch_size 32" in refusal.detail
 
 
+def test_half_precision_updates_are_refused_unless_the_owner_allows_them(
+    make_pod: Callable[..., Pod], alice: IdentityKey
+) -> None:
+    half = Hyperparameters(epochs=1, batch_size=32, wire_dtype="bfloat16")
+    refusal = make_pod().refusal(signed(make_task(alice, hyperparameters=half), alice))
+    assert refusal.code == RefusalCode.LIMITS_EXCEEDED.value
+    assert "asks for bfloat16 updates; this pod sends float32 only (privacy.allow_half_precision)" in refusal.detail
+    make_pod(privacy=privacy(allow_half_precision=True)).accept(signed(make_task(alice, hyperparameters=half), alice))
+
+
 @pytest.mark.parametrize("kind", ["train", "evaluate", "predict"])
 def test_a_split_of_a_few_rows_is_refused_for_every_kind(
     make_pod: Callable[..., Pod], alice: IdentityKey, kind: str
