@@ -79,6 +79,12 @@ def test_a_lora_fine_tune_exchanges_only_its_adapters_in_bfloat16(media: Datasou
     assert set(fit.weights) == set(pinned)
     assert {t.dtype for t in fit.weights.values()} == {torch.bfloat16}
     assert fit.metrics["val_accuracy"] >= 0.8, fit.metrics
+    # Pinned names that are not exactly the trainable ones (here a frozen base tensor too) fail the task.
+    base = next(name for name in everything if name not in pinned)
+    weights.write_bytes(save_numpy({**pinned, base: everything[base]}))
+    with pytest.raises(TrainingError, match="pretrained names differ from the model") as mismatch:
+        fit_local(model, data=media, selection=CAPTIONS, hyperparameters=hp, weights=weights, accelerator="cpu")
+    assert mismatch.value.code == "weights_mismatch"
 
 
 @dataclass(frozen=True)
