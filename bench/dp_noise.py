@@ -20,7 +20,7 @@ import numpy as np
 from bench.cli import parser_for, show
 from bench.timing import median_seconds
 from bench.wire import update_of
-from pod_agent.protocol.messages import Participant, SecAggParams
+from pod_agent.protocol.messages import SecAggParams
 from pod_agent.secagg import encode_update
 from pod_agent.secagg.noise import noise_update
 
@@ -31,7 +31,6 @@ NOISE_STD = 2.0  # z = 1 at clip 1: std = z x 2C
 # Three pods, a per-value bound of 16 (room for the noise), 64-bit modulus.
 PARAMS = SecAggParams(
     prime_q=2 * 2**16 * 3 * 16, precision=2**16, num_workers=3, clip_norm=CLIP_NORM, weighted=False,
-    participants=[Participant(pod=f"pod-{i}", key_id=f"{i:02x}" * 32) for i in range(3)],
 )
 
 

@@ -116,7 +116,7 @@ def update_of(n_values: int, seed: int = 0) -> dict[str, np.ndarray]:
 
 def _params(n: int) -> SecAggParams:
     return SecAggParams(prime_q=int(2 * PRECISION * n * FLOWER_CLIP), precision=PRECISION, num_workers=n,
-                        modulus_bits=32, weighted=False, participants=[])
+                        modulus_bits=32, weighted=False)
 
 
 def _names(n: int) -> list[str]:

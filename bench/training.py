@@ -176,16 +176,19 @@ def _plain_lightning(data_path: Path, datastructure: dict[str, Any], *, epochs: 
 
 
 def _task(epochs: int, kind: TaskKind = "train") -> Any:
+    from pod_agent.protocol import CohortEntry, cohort_tree
     from pod_agent.protocol.messages import DataSelection, Hyperparameters, ModelRef, TaskPayload
 
+    cohort = cohort_tree([CohortEntry(pod="bench", schema_hash="cd" * 32, key_id="ab" * 32)]).commitment
     now = int(time.time())
     return TaskPayload(
-        task_id=str(uuid.uuid4()), modeller_id="ab" * 32, pods=["bench"], issued_at=now, expires_at=now + 3600,
+        task_id=str(uuid.uuid4()), modeller_id="ab" * 32, issued_at=now,
+        cohort=cohort, expires_at=now + 3600,
         nonce=uuid.uuid4().hex, kind=kind,
         model=ModelRef(style="lightning", name="bench", class_name="BenchModel", source=TUTORIAL_SOURCE,
                        sha256=hashlib.sha256(TUTORIAL_SOURCE.encode()).hexdigest()),
         hyperparameters=Hyperparameters(epochs=epochs, batch_size=BATCH_SIZE, seed=SEED),
-        data=DataSelection(target="TARGET"), schema_hash="cd" * 32,
+        data=DataSelection(target="TARGET"),
     )
 
 

@@ -56,7 +56,7 @@ def run(small: bool) -> dict[str, Any]:
         json_repeats,
     )
     layout = Layout.from_arrays(arrays)
-    params = SecAggParams(prime_q=2**31, precision=2**16, num_workers=2, modulus_bits=32, participants=[])
+    params = SecAggParams(prime_q=2**31, precision=2**16, num_workers=2, modulus_bits=32)
     vector = np.random.default_rng(1).integers(0, 2**32, size=layout.size, dtype=np.uint32)
     secagg = _round_trip(lambda: vector_to_bytes(vector),
                          lambda blob: vector_from_bytes(blob, layout=layout, params=params), fast_repeats)

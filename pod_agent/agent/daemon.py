@@ -173,7 +173,7 @@ def _policy_parts(settings: PodSettings, *, key: IdentityKey, schema: Schema, st
     peers = TrustedPeers.from_settings(settings.privacy, own_name=settings.pod.name, own_key=key.public)
     verifier = TaskVerifier(
         security=settings.security, privacy=settings.privacy, pod_name=settings.pod.name,
-        schema_hash=schema.hash(), row_count=schema.row_count, peers=peers, nonces=state,
+        schema_hash=schema.hash(), row_count=schema.row_count, nonces=state,
     )
     keys = {
         public.key_id: public
@@ -502,7 +502,9 @@ class Agent:
             await self._ack(hub, delivery.task_id)
             return
         try:
-            verified = await asyncio.to_thread(self.verifier.verify, delivery.envelope.encode(), now=_now())
+            verified = await asyncio.to_thread(
+                self.verifier.verify, delivery.envelope.encode(), proof=delivery.proof, now=_now()
+            )
         except TaskRefused as refusal:
             if refusal.code == RefusalCode.NOT_YET_VALID.value:
                 # Not recorded and not acknowledged: the hub offers it again, and once valid it runs.

@@ -324,12 +324,12 @@ class TaskPipeline:
         if modeller is None:
             raise TaskFailed(FailureCode.UNKNOWN_SIGNER.value, "the task's modeller left security.modellers")
         survivors = 1
-        if task.secagg is not None and len(task.secagg.participants) > 1:
-            from pod_agent.secagg import neighbour_graph
+        if task.secagg is not None and task.cohort.size > 1:
+            from pod_agent.secagg import default_degree
 
-            # This pod unmasks only for a sum holding at least t pods of its neighbourhood, itself included.
-            cohort = [p.pod for p in task.secagg.participants]
-            survivors = neighbour_graph(cohort, task_id=task.task_id, round_index=task.secagg.round).threshold
+            # This pod unmasks only for a sum holding at least t pods of its neighbourhood, itself included:
+            # t = floor((k + 1) / 2) + 1 for the degree k of the signed cohort's size (secagg.graph).
+            survivors = (default_degree(task.cohort.size) + 1) // 2 + 1
         return noise_plan(self._settings.privacy, modeller, task, min_survivors=survivors)
 
     @staticmethod

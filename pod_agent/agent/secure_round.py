@@ -43,6 +43,7 @@ from pod_agent.policy import FailureCode, TrustedPeers
 from pod_agent.protocol import (
     AdvertRoster,
     BlobRef,
+    CohortProof,
     CommittedList,
     ConsistencySignature,
     EncryptedShares,
@@ -59,6 +60,7 @@ from pod_agent.protocol import (
     TaskPayload,
     UnmaskShares,
     b64decode_strict,
+    check_inclusion,
     envelope_bytes,
     open_envelope,
     round_path,
@@ -178,16 +180,9 @@ class _Round:
         self.me = ctx.me
         self.round = params.round
         self.modeller = _modeller_key(task, ctx)
-        # The signed task's cohort: name -> the identity key the owner pinned for it (the verifier
-        # refused the task unless every participant is pinned under the key id the task names).
+        # The roster's members: name -> the identity key the owner pinned for it, filled by _check_roster from
+        # each advert's cohort entry, proven against the signed task's root (this pod holds no other list).
         self.cohort: dict[str, PublicKey] = {}
-        for participant in params.participants:
-            key = ctx.peers.key_for(participant.pod, participant.key_id)
-            if key is None:
-                raise TaskFailed(
-                    FailureCode.BAD_ADVERTISEMENT.value, f"participant {participant.pod!r} is not a pinned peer"
-                )
-            self.cohort[participant.pod] = key
 
     def _fields(self) -> dict[str, Any]:
         return {"task_id": self.task.task_id, "round": self.round}
@@ -281,17 +276,12 @@ class _Round:
     # -- the checks --------------------------------------------------------------------------
 
     def _check_roster(self, roster: AdvertRoster, mine: KeyAdvertisement) -> dict[str, KeyAdvertisement]:
-        """Every forwarded advert verified under the owner's pinned key for its pod, for this task and
-        round, inside the signed cohort; this pod's own unchanged."""
+        """Every forwarded advert inside the signed cohort (its entry proven against the task's root) and
+        verified under the owner's pinned key for its pod, for this task and round; this pod's own unchanged."""
         adverts: dict[str, KeyAdvertisement] = {}
-        for envelope in roster.adverts:
+        for envelope, proof in zip(roster.adverts, roster.proofs, strict=True):
             claimed = str(envelope.payload.get("pod"))
-            key = self.cohort.get(claimed)
-            if key is None:
-                raise TaskFailed(
-                    FailureCode.ROSTER_OUTSIDE_COHORT.value,
-                    f"the roster forwards an advert for {claimed[:64]!r}, outside the signed task's cohort",
-                )
+            key = self._member_key(claimed, proof)
             if claimed in adverts:
                 raise TaskFailed(
                     FailureCode.BAD_ADVERTISEMENT.value, f"the roster forwards two adverts for {claimed!r}"
@@ -309,6 +299,7 @@ class _Round:
                     f"the advert forwarded for {claimed!r} is for task {advert.task_id} round {advert.round}",
                 )
             adverts[claimed] = advert
+            self.cohort[claimed] = key
         if adverts.get(self.me) != mine:
             raise TaskFailed(
                 FailureCode.NOT_IN_ROUND.value, "the roster leaves out (or alters) this pod's own advertisement"
@@ -317,6 +308,26 @@ class _Round:
         if len(set(keys)) != len(keys):
             raise TaskFailed(FailureCode.BAD_ADVERTISEMENT.value, "two adverts of the roster share a public key")
         return adverts
+
+    def _member_key(self, claimed: str, proof: CohortProof) -> PublicKey:
+        """The pinned key of a roster member whose cohort entry ``proof`` proves against the signed root."""
+        try:
+            if proof.entry.pod != claimed:
+                raise ProtocolError(f"the proof is for {proof.entry.pod[:64]!r}")
+            check_inclusion(self.task.cohort, proof)
+        except ProtocolError as exc:
+            raise TaskFailed(
+                FailureCode.ROSTER_OUTSIDE_COHORT.value,
+                f"the roster forwards an advert for {claimed[:64]!r}, outside the signed task's cohort: {exc}",
+            ) from exc
+        key = self.ctx.peers.key_for(claimed, proof.entry.key_id)
+        if key is None:
+            raise TaskFailed(
+                FailureCode.UNKNOWN_PEER.value,
+                f"roster member {claimed[:64]!r} is not a peer this pod trusts under key {proof.entry.key_id[:16]} "
+                "(privacy.peers)",
+            )
+        return key
 
     def _check_survivors(
         self, message: SurvivorList, committed: frozenset[str]

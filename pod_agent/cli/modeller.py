@@ -290,14 +290,13 @@ def submit(
                 client, model=model_ref, cohort=[listed[n] for n in names], selection=data,
                 hyperparameters=hyperparameters, weights_file=weights, work_dir=work_dir,
             )
+        cohort = await client.cohort(names, schema_hashes={n: listed[n].schema_hash for n in names})
         task = build_task(
-            modeller_id=client.key.key_id, pods=names, kind=kind,  # type: ignore[arg-type]
-            schema_hash=listed[names[0]].schema_hash,
-            pod_schema_hashes={n: listed[n].schema_hash for n in names},
+            modeller_id=client.key.key_id, cohort=cohort, kind=kind,  # type: ignore[arg-type]
             model=model_ref, data=data, lifetime_s=lifetime_s, hyperparameters=hyperparameters, weights=pinned,
             returns=returns,
         )
-        task_id = await client.submit_task(task)
+        task_id = await client.submit_task(task, cohort)
         save_task_record(task, records)
         return task_id
 

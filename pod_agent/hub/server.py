@@ -42,7 +42,8 @@ Routes (JSON bodies; errors are ``{"error": text}`` with a 4xx/5xx status):
     GET  /v1/pods                           pods with public schema and status
     POST /v1/models                         publish a model version
     GET  /v1/models/{name}/{version}        fetch a model version (publisher, targeted pods, or public)
-    POST /v1/tasks                          submit a modeller-signed TaskPayload envelope
+    POST /v1/tasks                          submit a modeller-signed TaskPayload envelope and its cohort
+                                            entries (each pod is pushed its own entry and proof: fanout.py)
     GET  /v1/tasks/{task_id}                per-pod delivery, refusal, progress and result status
     GET  /v1/tasks/{task_id}/results        the pods' signed result envelopes
     GET  /v1/tasks/{task_id}/wait?after=N&wait=S  long poll: the status once more than N pods finished
@@ -86,8 +87,10 @@ from pod_agent.hub.admission import (
     admit,
     approval_hint,
 )
+from pod_agent.hub.batching import StorageBatcher
 from pod_agent.hub.blobs import Blobs, BlobStore
 from pod_agent.hub.cluster import Cluster, SingleProcess
+from pod_agent.hub.fanout import Fanout, PreparedTask, prepare, tree_from_registrations
 from pod_agent.hub.limits import (
     MAX_SMALL_BODY_BYTES,
     HubLimits,
@@ -96,7 +99,6 @@ from pod_agent.hub.limits import (
     TooLarge,
     body_cap,
 )
-from pod_agent.hub.status import STATUS_ROUTE, StatusPage, StatusSource, add_status_route
 from pod_agent.hub.storage import (
     BlobRecord,
     BlobRefRecord,
@@ -131,7 +133,9 @@ from pod_agent.protocol import (
     SignedHeaders,
     Stage,
     TaskPayload,
+    TaskSubmission,
     check_signature,
+    cohort_tree,
     envelope_bytes,
     first_error,
     open_envelope,
@@ -158,8 +162,7 @@ MAX_LONG_POLL_S = 30.0
 # A pod not heard from within this many heartbeat intervals is shown offline.
 OFFLINE_AFTER_HEARTBEATS = 3
 _REGISTER_ROUTES = frozenset({"pods_register", "modellers_register"})
-# The status page checks the operator's admin token itself (hub.status).
-_UNSIGNED_ROUTES = frozenset({"healthz", STATUS_ROUTE})
+_UNSIGNED_ROUTES = frozenset({"healthz"})
 _STREAMED_BODY_ROUTES = frozenset({"blob_put"})
 
 _HUB: web.AppKey[_Hub] = web.AppKey("hub", object)  # type: ignore[arg-type]
@@ -204,6 +207,8 @@ class _Hub:
         # so collection never deletes a file an upload has just recorded.
         self.blob_lock = asyncio.Lock()
         self._wakeups: dict[str, asyncio.Event] = {}
+        self.fanout = Fanout()
+        self.batcher = StorageBatcher()
         self.sockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
         self.connected: dict[str, int] = {}
 
@@ -229,6 +234,10 @@ class _Hub:
 
     async def db(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return await asyncio.to_thread(fn, *args, **kwargs)
+
+    async def db_batched(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """As ``db``, for the calls every pod connection makes (touch, ack, pending): run in batches."""
+        return await self.batcher.call(fn, *args, **kwargs)
 
 
 def _hub(request: web.Request) -> _Hub:
@@ -475,8 +484,24 @@ async def _pod_heartbeat(request: web.Request) -> web.Response:
     return web.json_response({"ok": True, "now": hub.now()})
 
 
-def _delivery(task: HubTaskRecord) -> dict[str, str]:
-    return {"type": "task", "task_id": task.task_id, "envelope": task.envelope.decode()}
+async def _prepared(hub: _Hub, task: HubTaskRecord) -> PreparedTask:
+    """``task`` as the push path sends it: kept since its submission, else prepared again from storage."""
+    prepared = hub.fanout.get(task.task_id)
+    if prepared is None:
+        tree = tree_from_registrations(task, await hub.db(hub.storage.list_pods))
+        prepared = hub.fanout.keep(prepare(task, tree))
+    return prepared
+
+
+async def _pending(hub: _Hub, pod: str) -> list[PreparedTask]:
+    """What ``pod`` has not acknowledged yet, read from storage (on connecting, or when woken from elsewhere)."""
+    out = []
+    for task in await hub.db_batched(hub.storage.pending_tasks, pod):
+        try:
+            out.append(await _prepared(hub, task))
+        except HubError as exc:
+            _log.warning("task not deliverable: %s", exc, extra={"pod": pod})
+    return out
 
 
 async def _pod_tasks(request: web.Request) -> web.Response:
@@ -489,12 +514,13 @@ async def _pod_tasks(request: web.Request) -> web.Response:
         raise HubError("query 'wait' must be a number of seconds", status=400) from exc
     await hub.db(hub.storage.touch_pod, pod.name, now=hub.now())
     event = hub.wakeup(pod.name)
-    tasks = await hub.db(hub.storage.pending_tasks, pod.name)
+    tasks = await _pending(hub, pod.name)
     if not tasks and wait_s > 0:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), wait_s)
-        tasks = await hub.db(hub.storage.pending_tasks, pod.name)
-    return web.json_response({"tasks": [_delivery(t) for t in tasks]})
+        tasks = await _pending(hub, pod.name)
+    body = '{"tasks": [' + ", ".join(t.delivery(pod.name) for t in tasks) + "]}"
+    return web.Response(text=body, content_type="application/json")
 
 
 async def _pod_ws(request: web.Request) -> web.WebSocketResponse:
@@ -506,7 +532,7 @@ async def _pod_ws(request: web.Request) -> web.WebSocketResponse:
     await ws.prepare(request)
     hub.sockets.add(ws)
     hub.connected[pod.name] = hub.connected.get(pod.name, 0) + 1
-    await hub.db(hub.storage.touch_pod, pod.name, now=hub.now())
+    await hub.db_batched(hub.storage.touch_pod, pod.name, now=hub.now())
     pusher = asyncio.create_task(_push_loop(hub, ws, pod.name), name=f"push:{pod.name}")
     try:
         async for msg in ws:
@@ -519,19 +545,26 @@ async def _pod_ws(request: web.Request) -> web.WebSocketResponse:
         with contextlib.suppress(asyncio.CancelledError, ConnectionError):
             await pusher
         hub.connected[pod.name] -= 1
+        if not hub.connected[pod.name]:
+            hub.fanout.forget(pod.name)
     return ws
 
 
 async def _push_loop(hub: _Hub, ws: web.WebSocketResponse, pod: str) -> None:
+    """Send each pending task once per connection: what storage holds on connecting (and after a wake-up
+    from another process, or a quiet MAX_LONG_POLL_S), else what a submission here announced, already
+    encoded (``fanout.py``), without reading the task back."""
     sent: set[str] = set()
+    announced: list[PreparedTask] | None = None
     while not ws.closed:
         event = hub.wakeup(pod)
-        for task in await hub.db(hub.storage.pending_tasks, pod):
+        for task in await _pending(hub, pod) if announced is None else announced:
             if task.task_id not in sent:
-                await ws.send_str(json.dumps(_delivery(task)))
+                await ws.send_str(task.delivery(pod))
                 sent.add(task.task_id)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), MAX_LONG_POLL_S)
+        announced = hub.fanout.take(pod)
 
 
 async def _on_pod_message(hub: _Hub, ws: web.WebSocketResponse, pod: str, data: str) -> None:
@@ -543,10 +576,12 @@ async def _on_pod_message(hub: _Hub, ws: web.WebSocketResponse, pod: str, data: 
         return
     now = hub.now()
     if kind == "heartbeat":
-        await hub.db(hub.storage.touch_pod, pod, now=now)
+        # Answered before the touch: the round trip a pod measures is the event loop's, not the database
+        # queue's, which a fan-out's acknowledgements fill.
         await ws.send_str(json.dumps({"type": "heartbeat_ack", "now": now}))
+        await hub.db_batched(hub.storage.touch_pod, pod, now=now)
     elif kind == "ack":
-        await hub.db(hub.storage.ack_delivery, str(msg.get("task_id")), pod, now=now)
+        await hub.db_batched(hub.storage.ack_delivery, str(msg.get("task_id")), pod, now=now)
 
 
 def _no_task_for(task_id: str, pod: str) -> HubError:
@@ -641,7 +676,9 @@ async def _pods_list(request: web.Request) -> web.Response:
                 {
                     "name": p.name, "key_id": p.key_id, "public_key": p.public_key, "schema": p.schema,
                     "schema_hash": p.schema_hash, "row_count": p.row_count, "sandbox_level": p.sandbox_level,
-                    "last_seen": p.last_seen, "online": _online(hub, p, now),
+                    "last_seen": p.last_seen,
+                    "online": hub.connected.get(p.name, 0) > 0
+                    or now - p.last_seen <= OFFLINE_AFTER_HEARTBEATS * p.heartbeat_s,
                     "rotations": [
                         json.loads(statement) for statement in rotations.get(p.name, [])[-MAX_LISTED_ROTATIONS:]
                     ],
@@ -650,11 +687,6 @@ async def _pods_list(request: web.Request) -> web.Response:
             ]
         }
     )
-
-
-def _online(hub: _Hub, pod: PodRecord, now: int) -> bool:
-    """Connected now, or heard from within OFFLINE_AFTER_HEARTBEATS of its heartbeat intervals."""
-    return hub.connected.get(pod.name, 0) > 0 or now - pod.last_seen <= OFFLINE_AFTER_HEARTBEATS * pod.heartbeat_s
 
 
 async def _admitted_pods(hub: _Hub) -> list[PodRecord]:
@@ -714,25 +746,40 @@ async def _may_read_model(request: web.Request, model: ModelRecord) -> bool:
 
 
 async def _tasks_submit(request: web.Request) -> web.Response:
+    """Store a signed task with its cohort; prepare its push once and wake its pods."""
     hub = _hub(request)
     modeller = await _signer_modeller(request)
-    envelope, task = _opened(_body(request), TaskPayload, PublicKey.from_b64(modeller.public_key), what="task")
+    submission: TaskSubmission = _parse(TaskSubmission, _body(request))
+    envelope, task = _opened(
+        submission.envelope.model_dump(), TaskPayload, PublicKey.from_b64(modeller.public_key), what="task"
+    )
     if task.modeller_id != modeller.key_id:
         raise HubError("task modeller_id differs from the signer's key id", status=400)
+    try:
+        tree = cohort_tree(submission.cohort)
+    except ProtocolError as exc:
+        raise HubError(f"task cohort: {exc}", status=400) from exc
+    if tree.commitment != task.cohort:
+        raise HubError(
+            f"the {len(submission.cohort)} cohort entries do not give the task's signed cohort root "
+            f"{task.cohort.root[:16]} (size {task.cohort.size}): send the entries the task was built from",
+            status=400,
+        )
     known = {p.name for p in await _admitted_pods(hub)}
-    unknown = sorted(set(task.pods) - known)
+    unknown = sorted(set(tree.pods) - known)
     if unknown:
-        raise HubError(f"unknown pods {unknown}; list them with `pod-agent modeller pods`", status=404)
+        raise HubError(f"unknown pods {unknown[:20]}; list them with `pod-agent modeller pods`", status=404)
     record = HubTaskRecord(
         task_id=task.task_id, modeller_id=modeller.key_id,
-        envelope=envelope_bytes(envelope), pods=tuple(task.pods), created_at=hub.now(),
+        envelope=envelope_bytes(envelope), pods=tree.pods, created_at=hub.now(),
     )
     outcome = await hub.db(hub.storage.add_task, record)
     # SCAFFOLD's server control variate is pinned and served to the task's pods exactly like its weights.
     pinned = [ref for ref in (task.weights, task.scaffold.control if task.scaffold else None) if ref is not None]
     if pinned:
         await hub.db(hub.storage.add_blob_refs, [BlobRefRecord(ref.sha256, "weights", task.task_id) for ref in pinned])
-    for pod in task.pods:
+    hub.fanout.publish(record, tree, connected=lambda pod: hub.connected.get(pod, 0) > 0)
+    for pod in record.pods:
         hub.notify(pod)
     return web.json_response(
         {"task_id": task.task_id, "outcome": outcome}, status=201 if outcome == "stored" else 200
@@ -1036,7 +1083,6 @@ def create_app(
     clock: Callable[[], float] = time.time,
     registration: RegistrationPolicy = "open",
     limits: HubLimits | None = None,
-    status: StatusPage | None = None,
     cluster: Cluster | None = None,
 ) -> web.Application:
     """The hub as an aiohttp application; blobs go to ``blob_dir`` (a temporary dir if None). ``cluster``
@@ -1083,10 +1129,4 @@ def create_app(
     r.add_get("/v1/blobs/{sha256}", _blob_get, name="blob_get")
     r.add_post("/v1/secagg/{task_id}/{round:[0-9]{1,9}}/{stage}", _secagg_post, name="secagg_post")
     r.add_get("/v1/secagg/{task_id}/{round:[0-9]{1,9}}/{stage}", _secagg_get, name="secagg_get")
-    if status is not None:
-        # The operator's read-only page (hub.status), behind the admin token rather than a request signature.
-        hub = app[_HUB]
-        add_status_route(app, status, StatusSource(
-            storage=storage, now=hub.now, online=lambda pod, now: _online(hub, pod, now), registration=registration,
-        ))
     return app

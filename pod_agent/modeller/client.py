@@ -17,7 +17,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -30,13 +30,13 @@ from pod_agent.modeller.pinning import PodKeys, hub_keys, pinned_keys
 from pod_agent.protocol import (
     BLOB_CHUNK_BYTES,
     BlobRef,
+    CohortEntry,
     Envelope,
     HubReply,
     IdentityKey,
     ModellerRegisteredStanding,
     ModellerRegistration,
     ModelPublication,
-    Participant,
     PodList,
     PublicKey,
     ResultPayload,
@@ -47,10 +47,12 @@ from pod_agent.protocol import (
     TaskPayload,
     TaskResults,
     TaskStatusReply,
+    TaskSubmission,
     TaskSubmitted,
     TlsOptionNames,
     WeightsRef,
     canonical_json,
+    cohort_tree,
     download_blob,
     envelope_bytes,
     file_chunks,
@@ -248,12 +250,18 @@ class ModellerClient:
 
     # -- tasks ------------------------------------------------------------------------------
 
-    async def submit_task(self, payload: TaskPayload) -> str:
-        """Sign ``payload`` with the modeller key and submit it; returns the task id (idempotent)."""
+    async def submit_task(self, payload: TaskPayload, cohort: Sequence[CohortEntry]) -> str:
+        """Sign ``payload`` with the modeller key and submit it with the ``cohort`` its root commits to (the hub
+        hands each pod its own entry and proof); returns the task id (idempotent)."""
         if payload.modeller_id != self.key.key_id:
             raise ModellerError("task modeller_id is not this client's key id; build it with build_task")
-        envelope = sign_envelope(payload, self.key)
-        await self._request("POST", "/v1/tasks", reply=TaskSubmitted, body=envelope_bytes(envelope))
+        if cohort_tree(cohort).commitment != payload.cohort:
+            raise ModellerError(
+                f"task {payload.task_id}'s signed cohort root {payload.cohort.root[:16]} is not the root of the "
+                f"{len(cohort)} entries given: pass the entries the task was built from"
+            )
+        submission = TaskSubmission(envelope=sign_envelope(payload, self.key), cohort=list(cohort))
+        await self._request("POST", "/v1/tasks", reply=TaskSubmitted, body=canonical_json(submission))
         return payload.task_id
 
     async def status(self, task_id: str) -> HubTaskStatus:
@@ -348,14 +356,17 @@ class ModellerClient:
             raise ModellerError(f"pods {unknown}: their identity keys are {self._unknown_key}")
         return {name: held[0] for name, held in in_force.items() if held}
 
-    async def participants(self, pods: list[str]) -> list[Participant]:
-        """A secure round's cohort as a task names it: each pod with its identity key id.
+    async def cohort(self, pods: list[str], *, schema_hashes: Mapping[str, str] | None = None) -> list[CohortEntry]:
+        """A task's cohort entries: each pod with the schema hash the task pins for it (``schema_hashes``, from a
+        listing the caller already has, else the hub's) and its identity key id (pinned, else the hub's).
 
         Round keys are not here: each pod advertises fresh ones per task and round, signed
         (``secure_round.py``), and its peers check them against the keys their owners pinned.
         """
         keys = await self.identity_keys(pods)
-        return [Participant(pod=name, key_id=keys[name].key_id) for name in pods]
+        if schema_hashes is None:
+            schema_hashes = {name: info.schema_hash for name, info in (await self.registered(pods)).items()}
+        return [CohortEntry(pod=name, schema_hash=schema_hashes[name], key_id=keys[name].key_id) for name in pods]
 
     # -- secure rounds ------------------------------------------------------------------------
 

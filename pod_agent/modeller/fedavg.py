@@ -48,6 +48,7 @@ from pod_agent.modeller.tasks import build_task
 from pod_agent.modeller.weights import initial_weights, publish_weights
 from pod_agent.policy import epsilon, gaussian_event
 from pod_agent.protocol import (
+    CohortEntry,
     DataSelection,
     DpParams,
     Hyperparameters,
@@ -286,7 +287,9 @@ class FedAvg:
         secure = self.plan.secure
         if secure is not None:
             return await self._secure_round(weights, weights_ref, cohort, round_index, secure, evaluate_first)
-        task = await self._submit("train", cohort, weights_ref, secagg=None, evaluate_first=evaluate_first)
+        task = await self._submit(
+            "train", await self._entries(cohort), weights_ref, secagg=None, evaluate_first=evaluate_first
+        )
         answers = await self.client.wait_results(task.task_id, cohort, timeout_s=self.plan.task_timeout_s)
         ok = {pod: r for pod, r in answers.items() if isinstance(r, VerifiedResult) and r.payload.status == "done"}
         failed = sorted(set(cohort) - set(ok))
@@ -309,10 +312,11 @@ class FedAvg:
         """One SecAgg+ round: the survivors' weighted mean, with no retry whoever drops out. The incoming
         model's test metrics (``evaluate_first``) come back only as cohort means inside the masked sum."""
         secagg = await self._secagg(secure, cohort, round_index, evaluate_first=evaluate_first)
-        task = await self._submit("train", cohort, weights_ref, secagg=secagg, evaluate_first=evaluate_first)
+        entries = await self._entries(cohort)
+        task = await self._submit("train", entries, weights_ref, secagg=secagg, evaluate_first=evaluate_first)
         layout = Layout.from_arrays(floating_tensors(weights), secagg.metrics)
         outcome = await run_secure_round(
-            self.client, task, vector_size=layout.size, work_dir=self.work_dir, min_pods=self.plan.min_pods
+            self.client, task, entries, vector_size=layout.size, work_dir=self.work_dir, min_pods=self.plan.min_pods
         )
         if outcome.refused:
             _log.warning("round %d: pods refused the task %s; the round completed with %s", round_index,
@@ -337,7 +341,7 @@ class FedAvg:
         return await self._evaluate(await self._publish(weights, label), cohort, label=label)
 
     async def _evaluate(self, weights_ref: WeightsRef, cohort: list[str], *, label: str) -> dict[str, PodMetrics]:
-        task = await self._submit("evaluate", cohort, weights_ref, secagg=None)
+        task = await self._submit("evaluate", await self._entries(cohort), weights_ref, secagg=None)
         answers = await self.client.wait_results(task.task_id, cohort, timeout_s=self.plan.task_timeout_s)
         metrics: dict[str, PodMetrics] = {}
         for pod, answer in sorted(answers.items()):
@@ -385,25 +389,27 @@ class FedAvg:
         return SecAggParams(
             prime_q=secure.prime_q, precision=secure.precision, num_workers=len(cohort),
             modulus_bits=bits,
-            round=round_index, participants=await self.client.participants(cohort),
+            round=round_index,
             clip_norm=secure.clip_norm if dp is None else dp.clip_norm,
             metrics=metrics, weighted=dp is None,
             advert_timeout_s=secure.advert_timeout_s, stage_timeout_s=secure.stage_timeout_s,
         )
 
+    async def _entries(self, cohort: list[str]) -> list[CohortEntry]:
+        """The cohort as a task commits to it, with the schema hashes listed when the run began."""
+        return await self.client.cohort(cohort, schema_hashes=self._schema_hashes)
+
     async def _submit(
-        self, kind: TaskKind, cohort: list[str], weights_ref: WeightsRef, *, secagg: SecAggParams | None,
+        self, kind: TaskKind, cohort: list[CohortEntry], weights_ref: WeightsRef, *, secagg: SecAggParams | None,
         evaluate_first: bool = False,
     ) -> TaskPayload:
         task = build_task(
-            modeller_id=self.client.key.key_id, pods=cohort, kind=kind,
-            schema_hash=self._schema_hashes[cohort[0]],
-            pod_schema_hashes={p: self._schema_hashes[p] for p in cohort},
+            modeller_id=self.client.key.key_id, cohort=cohort, kind=kind,
             model=self.plan.model, data=self.selection, weights=weights_ref, secagg=secagg,
             hyperparameters=self._hyperparameters(), dp=self.dp if kind == "train" else None,
             evaluate_first=evaluate_first,
         )
-        await self.client.submit_task(task)
+        await self.client.submit_task(task, cohort)
         return task
 
 

@@ -38,11 +38,9 @@ async def schema_stats(
     """
     if schema_hashes is None:
         schema_hashes = {p: info.schema_hash for p, info in (await client.registered(pods)).items()}
-    task = build_task(
-        modeller_id=client.key.key_id, pods=pods, kind="schema-stats", schema_hash=schema_hashes[pods[0]],
-        pod_schema_hashes={p: schema_hashes[p] for p in pods},
-    )
-    await client.submit_task(task)
+    cohort = await client.cohort(pods, schema_hashes=schema_hashes)
+    task = build_task(modeller_id=client.key.key_id, cohort=cohort, kind="schema-stats")
+    await client.submit_task(task, cohort)
     answers = await client.wait_results(task.task_id, pods, timeout_s=timeout_s)
     out: dict[str, dict[str, float]] = {}
     for pod, answer in answers.items():

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -34,6 +34,8 @@ from pod_agent.errors import ModellerError, ProtocolError, SecAggError
 from pod_agent.modeller.client import ModellerClient
 from pod_agent.protocol import (
     AdvertRoster,
+    CohortEntry,
+    CohortTree,
     CommittedList,
     EncryptedShares,
     Envelope,
@@ -47,6 +49,7 @@ from pod_agent.protocol import (
     TaskPayload,
     UnmaskShares,
     b64decode_strict,
+    cohort_tree,
     open_envelope,
 )
 
@@ -72,15 +75,19 @@ class SecureSum:
 
 
 async def run_secure_round(
-    client: ModellerClient, task: TaskPayload, *, vector_size: int, work_dir: Path, min_pods: int = 2
+    client: ModellerClient, task: TaskPayload, cohort: Sequence[CohortEntry], *, vector_size: int, work_dir: Path,
+    min_pods: int = 2,
 ) -> SecureSum:
-    """Drive the round of ``task`` (already submitted) to the survivors' unmasked sum; every stage goes on
-    only with at least ``min_pods`` pods and the graph's threshold."""
+    """Drive the round of ``task`` (already submitted for ``cohort``) to the survivors' unmasked sum; every
+    stage goes on only with at least ``min_pods`` pods and the graph's threshold."""
     params = task.secagg
     if params is None:
         raise ModellerError(f"task {task.task_id} has no secure-aggregation parameters")
-    keys = await client.identity_keys([p.pod for p in params.participants])
-    return await _ServerRound(client, task, params, keys, min_pods=min_pods).run(
+    tree = cohort_tree(cohort)
+    if tree.commitment != task.cohort:
+        raise ModellerError(f"task {task.task_id}: the cohort given is not the one its signed root commits to")
+    keys = await client.identity_keys(list(tree.pods))
+    return await _ServerRound(client, task, params, keys, tree, min_pods=min_pods).run(
         vector_size=vector_size, work_dir=work_dir
     )
 
@@ -92,10 +99,11 @@ class _ServerRound:
         task: TaskPayload,
         params: SecAggParams,
         keys: Mapping[str, PublicKey],
+        tree: CohortTree,
         *,
         min_pods: int,
     ) -> None:
-        self.client, self.task, self.params, self.keys = client, task, params, keys
+        self.client, self.task, self.params, self.keys, self.tree = client, task, params, keys, tree
         self.round = params.round
         self.min_pods = min_pods
         self.label = f"task {task.task_id} round {self.round}"
@@ -116,9 +124,12 @@ class _ServerRound:
         except SecAggError as exc:
             raise ModellerError(f"{self.label}: only {members} advertised round keys{self._refusals()}: {exc}") from exc
         self._enough(members, graph.threshold, "advertised round keys")
-        await self._post(
-            "roster", AdvertRoster(**self._fields(), adverts=[envelope for _, envelope in adverts.values()])
+        # Each advert goes with its pod's cohort proof: a pod holds only its own entry of the signed cohort.
+        roster = AdvertRoster(
+            **self._fields(), adverts=[envelope for _, envelope in adverts.values()],
+            proofs=[self.tree.proof(pod) for pod in adverts],
         )
+        await self._post("roster", roster)
 
         shared = await self._collect("shares", EncryptedShares, set(members), timeout_s=stage_s)
         committed = sorted(shared)

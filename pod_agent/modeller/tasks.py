@@ -1,7 +1,9 @@
 """Building task payloads on the modeller's side: ids, nonces, validity window, pinned hashes.
 
 Owns ``build_task`` (a TaskPayload ready to sign; its ModelRef comes from
-``protocol.model_from_file``, which pins the source exactly as the pod will hash it) and the
+``protocol.model_from_file``, which pins the source exactly as the pod will hash it, and its cohort
+is the Merkle root of the entries ``ModellerClient.cohort`` makes, which ``submit_task`` sends beside
+the envelope so the hub can hand each pod its own proof) and the
 modeller's local record of each task it sent (``save_task_record``/``load_task_record``, in a
 folder the CLI keeps beside the modeller key): the hub does not serve a task back, and only the
 task says whether a train result's tensors are an update or weights. Signing and sending are
@@ -13,10 +15,12 @@ from __future__ import annotations
 import secrets
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 from pod_agent.errors import ModellerError
 from pod_agent.protocol import (
+    CohortEntry,
     DataSelection,
     DpParams,
     Hyperparameters,
@@ -25,6 +29,7 @@ from pod_agent.protocol import (
     TaskKind,
     TaskPayload,
     WeightsRef,
+    cohort_tree,
 )
 
 # Long enough for a queued pod to pick the task up, short enough that a leaked envelope soon expires.
@@ -61,10 +66,8 @@ def load_task_record(task_id: str, records: Path) -> TaskPayload | None:
 def build_task(
     *,
     modeller_id: str,
-    pods: list[str],
+    cohort: Sequence[CohortEntry],
     kind: TaskKind,
-    schema_hash: str,
-    pod_schema_hashes: dict[str, str] | None = None,
     model: ModelRef | None = None,
     data: DataSelection | None = None,
     hyperparameters: Hyperparameters | None = None,
@@ -76,14 +79,15 @@ def build_task(
     lifetime_s: int = DEFAULT_TASK_LIFETIME_S,
     now: int | None = None,
 ) -> TaskPayload:
-    """A fresh task (new UUID and 128-bit nonce) valid from now for ``lifetime_s`` seconds."""
+    """A fresh task (new UUID and 128-bit nonce) for ``cohort`` (committed by its Merkle root and size), valid
+    from now for ``lifetime_s`` seconds."""
     if kind != "schema-stats" and (model is None or data is None):
         raise ModellerError(f"a {kind} task needs a model and a data selection (--model, --class, --target)")
     issued = int(time.time()) if now is None else now
     return TaskPayload(
         task_id=str(uuid.uuid4()),
         modeller_id=modeller_id,
-        pods=pods,
+        cohort=cohort_tree(cohort).commitment,
         issued_at=issued,
         expires_at=issued + lifetime_s,
         nonce=secrets.token_hex(16),
@@ -92,8 +96,6 @@ def build_task(
         hyperparameters=hyperparameters or Hyperparameters(),
         weights=weights,
         data=data,
-        schema_hash=schema_hash,
-        pod_schema_hashes=pod_schema_hashes or {},
         returns=returns,  # type: ignore[arg-type]
         evaluate_first=evaluate_first,
         secagg=secagg,

@@ -104,7 +104,7 @@ def noise_plan(
     # Only an unweighted sum adds every pod's share with the same scale; weighted by rows, another pod's
     # share could be worth less than this pod's update, so under weighting this pod adds all the noise.
     if task.secagg is not None and not task.secagg.weighted:
-        cohort = len(task.secagg.participants)
+        cohort = task.cohort.size
         honest = max(1, min_survivors - (cohort - min(privacy.dp.honest_pods, cohort)))
     return NoisePlan(
         noise_multiplier=max(asked_noise, privacy.dp.min_noise_multiplier),

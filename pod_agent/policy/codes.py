@@ -29,7 +29,8 @@ class RefusalCode(str, enum.Enum):
     NOT_YET_VALID = "not_yet_valid"  # issued_at > now + clock skew
     EXPIRED = "expired"  # now > expires_at + clock skew
     REPLAY = "replay"  # task_id or nonce seen before
-    NOT_TARGETED = "not_targeted"  # this pod is not among payload.pods (or the secagg cohort)
+    NOT_TARGETED = "not_targeted"  # the delivery's cohort entry is another pod's
+    BAD_COHORT_PROOF = "bad_cohort_proof"  # the entry's inclusion proof does not lead to the signed cohort root
     PREDICT_NOT_PERMITTED = "predict_not_permitted"  # predict without allow_predict
     KIND_NOT_PERMITTED = "kind_not_permitted"  # kind not in the modeller's kinds
     ROLE_NOT_PERMITTED = "role_not_permitted"  # general modeller, model not allow-listed
@@ -41,8 +42,7 @@ class RefusalCode(str, enum.Enum):
     SPLIT_TOO_SMALL = "split_too_small"  # a split the task uses holds fewer than min_rows rows
     TOO_MANY_STEPS = "too_many_steps"  # epochs x ceil(train rows / batch) (or steps) over max_effective_steps
     CLIP_TOO_LOOSE = "clip_too_loose"  # per-value bound or clip_norm above the owner's ceiling
-    UNKNOWN_PEER = "unknown_peer"  # a secagg participant is not a peer the owner trusts
-    TOO_FEW_PODS = "too_few_pods"  # fewer than min_pods authenticated peers in the cohort
+    TOO_FEW_PODS = "too_few_pods"  # a signed cohort size under min_pods
     SOURCE_HASH_MISMATCH = "source_hash_mismatch"  # model source/spec does not hash to model.sha256
     SCHEMA_MISMATCH = "schema_mismatch"  # schema_hash differs from this pod's datasource
     # Differential privacy (config: a modeller's dp budget, [privacy.dp]; policy.budget).
@@ -75,6 +75,7 @@ class FailureCode(str, enum.Enum):
     ROUND_TIMEOUT = "round_timeout"  # a stage's message did not come within the task's stage deadline
     BAD_ADVERTISEMENT = "bad_advertisement"  # a forwarded key advert fails the pinned key, task or round
     ROSTER_OUTSIDE_COHORT = "roster_outside_cohort"  # the roster names a pod outside the signed cohort
+    UNKNOWN_PEER = "unknown_peer"  # a roster member is not a peer the owner trusts under its key (privacy.peers)
     NOT_IN_ROUND = "not_in_round"  # the modeller left this pod out of the roster, committed or survivors
     TOO_FEW_NEIGHBOURS = "too_few_neighbours"  # fewer neighbours than the round's threshold
     BAD_ROUND_MESSAGE = "bad_round_message"  # a round message badly signed, malformed or refused by the hub

@@ -15,7 +15,8 @@ refusal carries one ``RefusalCode``:
                 issued_at > now + clock_skew_s                     not_yet_valid
                 now > expires_at + clock_skew_s                    expired
  6. nonce       task_id or nonce seen before                       replay
- 7. role        this pod among payload.pods (and secagg cohort)    not_targeted
+ 7. role        the delivery's cohort proof names this pod          not_targeted
+                and leads to the signed cohort root and size       bad_cohort_proof
                 predict needs allow_predict                        predict_not_permitted
                 kind among the modeller's kinds (and evaluate       kind_not_permitted
                 for a train task that evaluates first)
@@ -33,10 +34,11 @@ refusal carries one ``RefusalCode``:
                 a used split estimated under min_rows               split_too_small
                 epochs x ceil(train rows / batch) over the maximum  too_many_steps
                 clip bound or clip_norm above the owner's ceiling   clip_too_loose
-                a participant not a peer the owner trusts           unknown_peer
-                fewer than min_pods authenticated peers             too_few_pods
+                a signed cohort size under min_pods                 too_few_pods
+                (each member is authenticated as a pinned peer, by its own cohort proof, when the
+                secure round's roster forwards its advert: ``agent.secure_round``)
  9. source hash inline source / spec hashes to model.sha256        source_hash_mismatch
-10. schema hash payload.schema_hash_for(pod) equals this pod's     schema_mismatch
+10. schema hash this pod's proven cohort entry pins this pod's     schema_mismatch
 11. dp budget   for a modeller with a dp budget (``budget.py``):
                 evaluate/predict/schema-stats not in
                 privacy.dp.unsafe_unaccounted_kinds                 unaccounted_release
@@ -81,14 +83,17 @@ from pod_agent.errors import ConfigError, ProtocolError, TaskRefused
 from pod_agent.policy.budget import PrivacyBudgets
 from pod_agent.policy.codes import RefusalCode
 from pod_agent.policy.floor import PrivacyFloor, effective_steps, estimated_rows, used_splits
-from pod_agent.policy.peers import TrustedPeers, configured_key
+from pod_agent.policy.peers import configured_key
 from pod_agent.policy.review import review_hold
 from pod_agent.protocol import (
+    CohortEntry,
+    CohortProof,
     Envelope,
     ModelRef,
     PublicKey,
     SecAggParams,
     TaskPayload,
+    check_inclusion,
     envelope_bytes,
     first_error,
     parse_envelope,
@@ -158,7 +163,6 @@ class TaskVerifier:
         pod_name: str,
         schema_hash: str,
         row_count: int,
-        peers: TrustedPeers,
         nonces: NonceStore,
     ) -> None:
         self._security = security
@@ -166,7 +170,6 @@ class TaskVerifier:
         self._pod_name = pod_name
         self._schema_hash = schema_hash
         self._row_count = row_count
-        self._peers = peers
         self._nonces = nonces
         self._budgets = PrivacyBudgets(privacy, dataset=schema_hash, row_count=row_count)
         self._signers: dict[str, _Signer] = {}
@@ -189,8 +192,11 @@ class TaskVerifier:
             self._budgets.check_modeller(entry)
         self._allowed_models = frozenset((m.name, m.sha256) for m in security.allowed_models)
 
-    def verify(self, raw: bytes, *, now: int) -> VerifiedTask:
+    def verify(self, raw: bytes, *, proof: CohortProof, now: int) -> VerifiedTask:
         """Return the accepted task, or raise TaskRefused with the first failing check's code.
+
+        ``proof`` is this pod's entry of the task's cohort with its inclusion path, as the hub delivered it
+        beside the envelope: checked against the signed root (step 7), never trusted for itself.
 
         A StateError from the nonce store propagates: nothing was admitted, and the same
         message may be verified again once the state is writable.
@@ -237,10 +243,10 @@ class TaskVerifier:
         verdict_json = envelope_bytes(env).decode("utf-8")
         floor = PrivacyFloor.for_modeller(self._privacy, modeller)
         try:
-            self._check_role(payload, signer)
+            self._check_role(payload, signer, proof)
             self._check_floor(payload, floor)
             self._check_source(payload)
-            self._check_schema(payload)
+            self._check_schema(payload, proof.entry)
             reservation = self._budgets.reservation(payload, modeller)
         except TaskRefused as refusal:
             self._record(payload, verdict_json, refusal.code, now)
@@ -295,12 +301,6 @@ class TaskVerifier:
                 "model carries its spec inline (the hub holds only model source)",
                 payload.task_id,
             )
-        if payload.secagg is not None:
-            cohort = [p.pod for p in payload.secagg.participants]
-            if len(cohort) != len(set(cohort)) or set(cohort) != set(payload.pods):
-                raise _refuse(
-                    RefusalCode.MALFORMED, "secagg participants must name each of the task's pods once", payload.task_id
-                )
 
     def _check_times(self, payload: TaskPayload, now: int) -> None:
         skew = self._security.clock_skew_s
@@ -326,10 +326,19 @@ class TaskVerifier:
                 payload.task_id,
             )
 
-    def _check_role(self, payload: TaskPayload, signer: _Signer) -> None:
+    def _check_role(self, payload: TaskPayload, signer: _Signer, proof: CohortProof) -> None:
         task_id, modeller = payload.task_id, signer.modeller
-        if self._pod_name not in payload.pods:
-            raise _refuse(RefusalCode.NOT_TARGETED, f"pod {self._pod_name!r} is not among the task's pods", task_id)
+        if proof.entry.pod != self._pod_name:
+            raise _refuse(
+                RefusalCode.NOT_TARGETED,
+                f"the task was delivered with the cohort entry of pod {proof.entry.pod[:64]!r}, not of "
+                f"{self._pod_name!r}",
+                task_id,
+            )
+        try:
+            check_inclusion(payload.cohort, proof)
+        except ProtocolError as exc:
+            raise _refuse(RefusalCode.BAD_COHORT_PROOF, str(exc), task_id) from exc
         if payload.kind == "predict" and not modeller.allow_predict:
             raise _refuse(
                 RefusalCode.PREDICT_NOT_PERMITTED, f"modeller {modeller.name!r} has allow_predict = false", task_id
@@ -352,8 +361,6 @@ class TaskVerifier:
         if payload.model is not None and modeller.role != "super":
             self._check_general_model(payload.model, signer, task_id)
         self._check_limits(payload, modeller)
-        if payload.secagg is not None and self._pod_name not in {p.pod for p in payload.secagg.participants}:
-            raise _refuse(RefusalCode.NOT_TARGETED, f"pod {self._pod_name!r} is not in the secagg cohort", task_id)
 
     def _check_floor(self, payload: TaskPayload, floor: PrivacyFloor) -> None:
         """The owner's privacy floor, cheapest rule first (see the module docstring)."""
@@ -403,9 +410,12 @@ class TaskVerifier:
                     task_id,
                 )
         if payload.secagg is not None:
-            self._check_cohort(payload.secagg, floor, task_id)
+            self._check_cohort(payload.secagg, payload.cohort.size, floor, task_id)
 
-    def _check_cohort(self, secagg: SecAggParams, floor: PrivacyFloor, task_id: str) -> None:
+    @staticmethod
+    def _check_cohort(secagg: SecAggParams, size: int, floor: PrivacyFloor, task_id: str) -> None:
+        """The clipping bounds and the signed cohort size: the modeller signs the size with the root, so a
+        pod holding only its own entry still counts the whole cohort."""
         bound = secagg.prime_q / (2 * secagg.precision * secagg.num_workers)
         if bound > floor.max_clip_bound:
             raise _refuse(
@@ -418,24 +428,16 @@ class TaskVerifier:
                 RefusalCode.CLIP_TOO_LOOSE,
                 f"clip_norm {secagg.clip_norm} is not within max_clip_norm {floor.max_clip_norm}", task_id,
             )
-        strangers = [p.pod for p in secagg.participants if self._peers.key_for(p.pod, p.key_id) is None]
-        if strangers:
-            raise _refuse(
-                RefusalCode.UNKNOWN_PEER,
-                f"participants {strangers[:5]} are not peers this pod trusts under those keys (privacy.peers)",
-                task_id,
-            )
-        authenticated = len({p.pod for p in secagg.participants})
-        if authenticated < floor.min_pods:
+        if size < floor.min_pods:
             raise _refuse(
                 RefusalCode.TOO_FEW_PODS,
-                f"secure aggregation over {authenticated} authenticated peers, under min_pods {floor.min_pods}",
+                f"secure aggregation over a signed cohort of {size} pods, under min_pods {floor.min_pods}",
                 task_id,
             )
-        if authenticated > secagg.num_workers:
+        if size > secagg.num_workers:
             raise _refuse(
                 RefusalCode.CLIP_TOO_LOOSE,
-                f"{authenticated} participants but param_clipping num_workers {secagg.num_workers}: "
+                f"a signed cohort of {size} pods but param_clipping num_workers {secagg.num_workers}: "
                 "the sum could wrap",
                 task_id,
             )
@@ -497,8 +499,8 @@ class TaskVerifier:
                 payload.task_id,
             )
 
-    def _check_schema(self, payload: TaskPayload) -> None:
-        pinned = payload.schema_hash_for(self._pod_name)
+    def _check_schema(self, payload: TaskPayload, entry: CohortEntry) -> None:
+        pinned = entry.schema_hash
         if pinned != self._schema_hash:
             raise _refuse(
                 RefusalCode.SCHEMA_MISMATCH,

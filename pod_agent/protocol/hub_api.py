@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from pod_agent.config import ENROLMENT_TOKEN_PATTERN, PodName
-from pod_agent.protocol.messages import Code, Envelope, KeyId, Sha256Hex, WireModel
+from pod_agent.protocol.messages import Code, CohortEntry, CohortProof, Envelope, KeyId, Sha256Hex, WireModel
 
 # A reply or pushed message larger than this is the hub misbehaving; the largest honest one is a
 # delivery of a task at the pods' default size cap (security.max_task_bytes, 4 MiB) with room to spare.
@@ -52,6 +52,14 @@ class PodRegistration(WireModel):
     # After `pod-agent keys rotate`: the statement (protocol.rotation) the key the hub holds for this name
     # signed, naming public_key; the hub moves the name to the new key instead of refusing it.
     rotation: Envelope | None = None
+
+
+class TaskSubmission(WireModel):
+    """A modeller's task: the signed envelope and the cohort entries its signed root commits to, from which
+    the hub builds each pod's inclusion proof (``cohort.py``); the hub checks they give the signed root."""
+
+    envelope: Envelope
+    cohort: list[CohortEntry] = Field(min_length=1, max_length=MAX_LISTED_PODS)
 
 
 class ModellerRegistration(WireModel):
@@ -127,11 +135,13 @@ class PodRegisteredStanding(PodRegistered, RegistrationStanding):
 
 
 class TaskDelivery(HubReply):
-    """A task the hub holds for a pod; the envelope is checked by the pod's verifier, not here."""
+    """A task the hub holds for a pod, with the pod's own cohort entry and its inclusion proof; both are
+    checked by the pod's verifier against the signed task, not here."""
 
     type: Literal["task"] = "task"
     task_id: TaskId
     envelope: str = Field(max_length=MAX_REPLY_BYTES)
+    proof: CohortProof
 
 
 class HeartbeatAck(HubReply):

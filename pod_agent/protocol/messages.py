@@ -127,26 +127,45 @@ class WeightsRef(WireModel):
     size_bytes: int = Field(ge=0)
 
 
-class Participant(WireModel):
-    """A cohort member as the modeller names it; each pod checks the pair against its own pinned peers.
+# Far above any path a real tree gives (a tree of 2**40 pods has paths of 40), so a hostile proof stays small.
+MAX_PROOF_HASHES = 64
 
-    Round keys are not here: they are fresh per task and round, in signed advertisements
-    (``secure_round.py``).
-    """
 
-    pod: str
-    key_id: KeyId  # the pod's identity key id
+class CohortEntry(WireModel):
+    """One pod of a task's cohort: the schema hash the task pins for it and its identity key id."""
+
+    pod: str = Field(min_length=1, max_length=200)
+    schema_hash: Sha256Hex
+    key_id: KeyId
+
+
+class Cohort(WireModel):
+    """The signed commitment to a task's cohort: the Merkle root of its entries and how many there are."""
+
+    root: Sha256Hex
+    size: int = Field(ge=1, le=10_000_000)
+
+
+class CohortProof(WireModel):
+    """One pod's entry and the sibling hashes from its leaf to the root (leaf side first)."""
+
+    entry: CohortEntry
+    index: int = Field(ge=0)
+    path: list[Sha256Hex] = Field(max_length=MAX_PROOF_HASHES)
 
 
 class SecAggParams(WireModel):
-    """Parameter clipping in the seeds' form plus the round's cohort."""
+    """Parameter clipping in the seeds' form; the round's cohort is the task's (``TaskPayload.cohort``).
+
+    Round keys are not here: they are fresh per task and round, in signed advertisements
+    (``secure_round.py``), each shown with its pod's cohort entry and inclusion proof.
+    """
 
     prime_q: int = Field(gt=0)
     precision: int = Field(gt=0)
     num_workers: int = Field(ge=1)
     modulus_bits: Literal[32, 64] = 64
     round: int = Field(default=0, ge=0)
-    participants: list[Participant]
     clip_norm: float | None = Field(default=None, gt=0)
     weighted: bool = True  # scale by training rows and send the row count in the masked vector
     # Train metrics summed inside the masked vector (cohort means only); nothing travels in clear.
@@ -188,7 +207,9 @@ class TaskPayload(WireModel):
     v: Literal[1] = 1
     task_id: str = Field(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
     modeller_id: KeyId
-    pods: list[str] = Field(min_length=1)
+    # The pods the task is for, committed by a Merkle root (``cohort.py``): each pod is shown its own entry
+    # (name, schema hash, identity key id) with an inclusion proof, never the whole list.
+    cohort: Cohort
     issued_at: int
     expires_at: int
     nonce: str = Field(pattern=r"^[0-9a-f]{32,128}$")
@@ -197,11 +218,6 @@ class TaskPayload(WireModel):
     hyperparameters: Hyperparameters = Hyperparameters()
     weights: WeightsRef | None = None
     data: DataSelection | None = None
-    schema_hash: Sha256Hex
-    # A cohort's pods may hold different category sets (non-IID data), so their schema
-    # hashes differ; then the modeller pins each pod's hash here and ``schema_hash`` is
-    # the hash the model was built against (the first pod's).
-    pod_schema_hashes: dict[str, Sha256Hex] = {}
     returns: Literal["update", "weights"] = "update"
     # A train task that first evaluates the weights it starts from on the test split and returns those
     # test_* metrics with its update: federated evaluation of the incoming global model with no task of its own.
@@ -220,16 +236,6 @@ class TaskPayload(WireModel):
         if self.scaffold is not None and (self.returns != "update" or self.weights is None):
             raise ValueError("a scaffold task returns an update from pinned weights (returns='update', weights set)")
         return self
-
-    @model_validator(mode="after")
-    def _schema_hash_per_target(self) -> TaskPayload:
-        if self.pod_schema_hashes and set(self.pod_schema_hashes) != set(self.pods):
-            raise ValueError("pod_schema_hashes must name exactly the target pods")
-        return self
-
-    def schema_hash_for(self, pod: str) -> str:
-        """The schema hash the signed task pins for ``pod``."""
-        return self.pod_schema_hashes.get(pod, self.schema_hash)
 
 
 class Envelope(WireModel):

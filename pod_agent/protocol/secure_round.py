@@ -4,7 +4,8 @@ Owns the shape of every message a secure train task exchanges after training, in
 the order they are sent (the modeller is the aggregation server, the hub relays):
 
     advert       pod       KeyAdvertisement: fresh X25519 public keys for this task and round
-    roster       modeller  AdvertRoster: the signed adverts it forwards (the round's members)
+    roster       modeller  AdvertRoster: the signed adverts it forwards (the round's members), each with
+                           its pod's entry and inclusion proof in the task's signed cohort
     shares       pod       EncryptedShares: one AEAD ciphertext per neighbour
     committed    modeller  CommittedList: the members whose shares arrived (U2)
     masked       pod       MaskedInput: the masked vector's blob reference
@@ -25,7 +26,7 @@ from typing import Annotated, Literal, get_args
 from pydantic import Field, model_validator
 
 from pod_agent.config import PodName
-from pod_agent.protocol.messages import BlobRef, Envelope, WireModel
+from pod_agent.protocol.messages import BlobRef, CohortProof, Envelope, WireModel
 
 Stage = Literal["advert", "roster", "shares", "committed", "masked", "survivors", "consistency", "unmask"]
 STAGES: tuple[Stage, ...] = get_args(Stage)
@@ -40,11 +41,12 @@ POD_READ_STAGES: frozenset[Stage] = MODELLER_STAGES | frozenset({"shares", "cons
 MODELLER_SENDER = "@modeller"
 # A round's cohort is bounded so that every list below is: SecAgg+ cost grows with it.
 MAX_ROUND_PODS = 1000
-# Bytes of one signed message, by stage: a roster forwards up to MAX_ROUND_PODS adverts (~700 B each),
+# Bytes of one signed message, by stage: a roster forwards up to MAX_ROUND_PODS adverts (~700 B each, and
+# as much again for the pod's cohort proof),
 # shares and unmask answers hold one entry per neighbour; the rest are a few lists of names.
 MAX_STAGE_BYTES: dict[Stage, int] = {
     "advert": 4096,
-    "roster": 1024 * MAX_ROUND_PODS,
+    "roster": 2048 * MAX_ROUND_PODS,
     "shares": 512 * MAX_ROUND_PODS,
     "committed": 80 * MAX_ROUND_PODS,
     "masked": 4096,
@@ -84,10 +86,18 @@ class KeyAdvertisement(RoundMessage):
 
 
 class AdvertRoster(RoundMessage):
-    """The signed adverts the modeller forwards: each pod verifies every one itself."""
+    """The signed adverts the modeller forwards, each with its pod's cohort proof (same order): each pod
+    verifies every advert and proof itself."""
 
     stage: Literal["roster"] = "roster"
     adverts: Annotated[list[Envelope], Field(min_length=1, max_length=MAX_ROUND_PODS)]
+    proofs: Annotated[list[CohortProof], Field(min_length=1, max_length=MAX_ROUND_PODS)]
+
+    @model_validator(mode="after")
+    def _a_proof_per_advert(self) -> AdvertRoster:
+        if len(self.proofs) != len(self.adverts):
+            raise ValueError(f"{len(self.adverts)} adverts but {len(self.proofs)} cohort proofs: one for each")
+        return self
 
 
 class EncryptedShares(RoundMessage):

@@ -29,7 +29,16 @@ from safetensors.torch import save_file
 from pod_agent.config import DatasourceSection
 from pod_agent.data import open_datasource, prepare_task_input
 from pod_agent.errors import TrainingError
-from pod_agent.protocol import DataSelection, Hyperparameters, ModelRef, ScaffoldParams, TaskPayload, WeightsRef
+from pod_agent.protocol import (
+    CohortEntry,
+    DataSelection,
+    Hyperparameters,
+    ModelRef,
+    ScaffoldParams,
+    TaskPayload,
+    WeightsRef,
+    cohort_tree,
+)
 from pod_agent.sdk import Datastructure
 from pod_agent.training.control import CORRECTION_FILE_NAME
 from pod_agent.training.engine import WEIGHTS_FILE_NAME, model_kwargs, run_task, seeded_model
@@ -110,7 +119,7 @@ def fit_local(
         task = TaskPayload(
             task_id=str(uuid.uuid4()),
             modeller_id=_LOCAL_ID,
-            pods=[LOCAL_POD],
+            cohort=cohort_tree([CohortEntry(pod=LOCAL_POD, schema_hash=schema.hash(), key_id=_LOCAL_ID)]).commitment,
             issued_at=now,
             expires_at=now + 3600,
             nonce=secrets.token_hex(16),
@@ -119,7 +128,6 @@ def fit_local(
             hyperparameters=hyperparameters,
             weights=weights_ref,
             data=selection,
-            schema_hash=schema.hash(),
             # A SCAFFOLD task returns its update (the agent derives the control step from it): added back below.
             returns="weights" if scaffold is None else "update",
             proximal_mu=proximal_mu,

@@ -21,7 +21,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from pod_agent.protocol import PublicKey, parse_envelope
+from pod_agent.protocol import CohortEntry, PublicKey, cohort_tree, parse_envelope
 from pod_agent.protocol.hub_api import PodRegistration
 from pod_agent.protocol.messages import ResultPayload
 
@@ -35,7 +35,7 @@ MANY_VALUES = b'{"type": "task", "tasks": [' + b"{}," * 2_700_000 + b"{}]}"
 GIANT_BYTES = 400 * MIB
 # A flood of tasks of this size each (just under the pod's 8 MiB message cap, over its 4 MiB task cap).
 FLOOD_TASKS = 48
-FLOOD_TASK_CHARS = 8 * MIB - 200
+FLOOD_TASK_CHARS = 8 * MIB - 600  # room for the cohort proof beside it
 # The size the corpus's train tasks sign for their pinned weights.
 SIGNED_BLOB_BYTES = 64 * 1024
 # A drip sends one byte this often, forever (until the pod hangs up).
@@ -85,7 +85,7 @@ class HostileHub:
         self.record = HubRecord()
         self.url = ""
         self.websocket_offered = True
-        self._pending: dict[str, str] = {}
+        self._pending: dict[str, tuple[str, dict[str, Any]]] = {}  # task id -> (envelope, the pod's cohort proof)
         self._armed: str | None = None
         self._instant_polls_until = 0.0
         self._served: set[str] = set()
@@ -110,8 +110,8 @@ class HostileHub:
     def _call(self, coro: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(30)
 
-    def deliver(self, task_id: str, envelope: str) -> None:
-        self._pending[task_id] = envelope
+    def deliver(self, task_id: str, envelope: str, proof: dict[str, Any]) -> None:
+        self._pending[task_id] = (envelope, proof)
 
     def provoke(self, case: str) -> None:
         """Arm ``case``: served once on its route. A register case also drops the WebSocket, so that the pod
@@ -235,9 +235,9 @@ class HostileHub:
                 await _flood(ws)
             elif case == "ws-oversized":
                 await ws.send_str('{"type": "task", "envelope": "' + "x" * (9 * MIB) + '"}')
-            for task_id, envelope in list(self._pending.items()):
+            for task_id, (envelope, proof) in list(self._pending.items()):
                 if task_id not in sent:
-                    await ws.send_json({"type": "task", "task_id": task_id, "envelope": envelope})
+                    await ws.send_json({"type": "task", "task_id": task_id, "envelope": envelope, "proof": proof})
                     sent.add(task_id)
             await asyncio.sleep(0.02)
 
@@ -251,7 +251,7 @@ class HostileHub:
         deadline = time.monotonic() + min(float(request.query.get("wait", "0")), 5.0)
         while not self._pending and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
-        tasks = [{"type": "task", "task_id": t, "envelope": e} for t, e in list(self._pending.items())]
+        tasks = [{"type": "task", "task_id": t, "envelope": e, "proof": p} for t, (e, p) in list(self._pending.items())]
         return web.json_response({"tasks": tasks})
 
     async def _ack(self, request: web.Request) -> web.Response:
@@ -293,9 +293,14 @@ class HostileHub:
 async def _flood(ws: web.WebSocketResponse) -> None:
     """Tasks just under the pod's message cap, as fast as the socket takes them: each is refused
     (payload_too_large), but only a pod that bounds what it queues keeps its memory."""
+    # A well-formed proof, so that each delivery is read and refused for its size, not dropped for its shape.
+    proof = cohort_tree([CohortEntry(pod="pod-a", schema_hash="0" * 64, key_id="0" * 64)]).proof("pod-a")
     for _ in range(FLOOD_TASKS):
         envelope = "x" * FLOOD_TASK_CHARS
-        await ws.send_str(f'{{"type": "task", "task_id": "{uuid.uuid4()}", "envelope": "{envelope}"}}')
+        await ws.send_str(
+            f'{{"type": "task", "task_id": "{uuid.uuid4()}", "envelope": "{envelope}", '
+            f'"proof": {proof.model_dump_json()}}}'
+        )
 
 
 async def _stream(request: web.Request, chunks: AsyncIterator[bytes]) -> web.StreamResponse:

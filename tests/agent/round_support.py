@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 from aiohttp import web
+from task_support import cohort_of, entries
 
 from pod_agent.agent.hubclient import HubClient
 from pod_agent.agent.secure_round import PodRoundContext, RoundOutput, run_secure_round
@@ -33,7 +34,6 @@ from pod_agent.protocol.messages import (
     DataSelection,
     Hyperparameters,
     ModelRef,
-    Participant,
     SecAggParams,
     TaskPayload,
     WeightsRef,
@@ -103,15 +103,20 @@ class RoundRig:
     weights_sha: str = "ab" * 32
     outcomes: dict[str, Any] = field(default_factory=dict)
 
-    def task(self, cohort: Sequence[str] | None = None, *, round_index: int = 1, **secagg: Any) -> TaskPayload:
+    def task(
+        self, cohort: Sequence[str] | None = None, *, round_index: int = 1, key_ids: dict[str, str] | None = None,
+        **secagg: Any,
+    ) -> TaskPayload:
+        """A secure train task for ``cohort`` (default: every pod), each under its own key id unless ``key_ids``
+        names another."""
         names = list(cohort or self.pods)
         params = SecAggParams(
             prime_q=2**40, precision=2**16, num_workers=len(names), round=round_index,
-            participants=[Participant(pod=n, key_id=self.pods[n].key.key_id) for n in names],
             metrics=["train_loss"], advert_timeout_s=STAGE_S * 4, stage_timeout_s=STAGE_S, **secagg,
         )
         return build_task(
-            modeller_id=self.modeller_key.key_id, pods=names, kind="train", schema_hash="c" * 64,
+            modeller_id=self.modeller_key.key_id, kind="train",
+            cohort=entries(names, "c" * 64, key_ids={n: self.pods[n].key.key_id for n in names} | (key_ids or {})),
             model=ModelRef(style="declarative", name="lin", spec=SPEC, sha256=spec_sha256(SPEC)),
             data=DataSelection(target="y"), hyperparameters=Hyperparameters(epochs=1),
             weights=WeightsRef(blob_id=self.weights_sha, sha256=self.weights_sha, size_bytes=1), secagg=params,
@@ -136,7 +141,7 @@ class RoundRig:
         """Start each pod's side of the round in the background; ``cut`` maps a pod to the stage after which
         its link dies."""
         started = {}
-        for name in pods or task.pods:
+        for name in pods or [e.pod for e in cohort_of(task)]:
             started[name] = asyncio.create_task(self._pod_round(self.pods[name], task, (cut or {}).get(name)))
         return started
 

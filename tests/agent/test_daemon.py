@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from agent_support import HubWithAgent, hub_with_agent
 from aiohttp import web
+from task_support import cohort_of, entries
 
 from pod_agent.agent.hubclient import HubClient
 from pod_agent.agent.pipeline import PipelineOutput, TaskPipeline
@@ -43,9 +44,8 @@ async def rig(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[H
 
 async def test_schema_stats_round_trip_over_websocket_or_long_poll(rig: HubWithAgent) -> None:
     task = build_task(
-        modeller_id=rig.modeller.key.key_id, pods=["pod-a"], kind="schema-stats", schema_hash=rig.pod.schema_hash
-    )
-    await rig.modeller.submit_task(task)
+        modeller_id=rig.modeller.key.key_id, cohort=entries(["pod-a"], rig.pod.schema_hash), kind="schema-stats")
+    await rig.modeller.submit_task(task, cohort_of(task))
     answers = await rig.modeller.wait_results(task.task_id, ["pod-a"], timeout_s=20)
     result = answers["pod-a"]
     assert isinstance(result, VerifiedResult) and result.payload.status == "done"
@@ -57,16 +57,15 @@ async def test_task_signed_by_an_unknown_modeller_is_refused_with_its_code_only(
     async with ModellerClient(rig.hub_url, stranger) as other:
         await other.register("stranger")
         task = build_task(
-            modeller_id=stranger.key_id, pods=["pod-a"], kind="schema-stats", schema_hash=rig.pod.schema_hash
-        )
-        await other.submit_task(task)
+            modeller_id=stranger.key_id, cohort=entries(["pod-a"], rig.pod.schema_hash), kind="schema-stats")
+        await other.submit_task(task, cohort_of(task))
         answers = await other.wait_results(task.task_id, ["pod-a"], timeout_s=20)
     assert answers == {"pod-a": "unknown_signer"}
 
 
 async def test_policy_refusal_comes_back_signed_by_the_pod(rig: HubWithAgent) -> None:
-    task = build_task(modeller_id=rig.modeller.key.key_id, pods=["pod-a"], kind="schema-stats", schema_hash="0" * 64)
-    await rig.modeller.submit_task(task)
+    task = build_task(modeller_id=rig.modeller.key.key_id, cohort=entries(["pod-a"], "0" * 64), kind="schema-stats")
+    await rig.modeller.submit_task(task, cohort_of(task))
     answers = await rig.modeller.wait_results(task.task_id, ["pod-a"], timeout_s=20)
     result = answers["pod-a"]
     assert isinstance(result, VerifiedResult)
@@ -84,10 +83,10 @@ def test_the_daemon_does_not_import_torch_at_start() -> None:
 
 async def test_task_not_yet_valid_is_left_with_the_hub_unacknowledged(rig: HubWithAgent) -> None:
     task = build_task(
-        modeller_id=rig.modeller.key.key_id, pods=["pod-a"], kind="schema-stats", schema_hash=rig.pod.schema_hash,
+        modeller_id=rig.modeller.key.key_id, cohort=entries(["pod-a"], rig.pod.schema_hash), kind="schema-stats",
         now=int(time.time()) + 600,
     )
-    await rig.modeller.submit_task(task)
+    await rig.modeller.submit_task(task, cohort_of(task))
     await asyncio.sleep(1.5)
     status = await rig.modeller.status(task.task_id)
     assert status.pods["pod-a"] == {"acked": False, "refusal": None, "result": None, "progress": None}
@@ -110,9 +109,8 @@ async def test_an_unexpected_error_fails_only_its_task_and_the_agent_keeps_servi
     results = []
     for _ in range(2):
         task = build_task(
-            modeller_id=rig.modeller.key.key_id, pods=["pod-a"], kind="schema-stats", schema_hash=rig.pod.schema_hash
-        )
-        await rig.modeller.submit_task(task)
+            modeller_id=rig.modeller.key.key_id, cohort=entries(["pod-a"], rig.pod.schema_hash), kind="schema-stats")
+        await rig.modeller.submit_task(task, cohort_of(task))
         results.append((await rig.modeller.wait_results(task.task_id, ["pod-a"], timeout_s=20))["pod-a"])
     first, second = results
     assert isinstance(first, VerifiedResult) and (first.payload.status, first.payload.reason) == (
@@ -139,9 +137,8 @@ async def test_an_unexpected_error_in_a_loop_restarts_that_loop_and_the_agent_ke
     monkeypatch.setattr(HubClient, "progress", buggy_once)
     for _ in range(2):
         task = build_task(
-            modeller_id=rig.modeller.key.key_id, pods=["pod-a"], kind="schema-stats", schema_hash=rig.pod.schema_hash
-        )
-        await rig.modeller.submit_task(task)
+            modeller_id=rig.modeller.key.key_id, cohort=entries(["pod-a"], rig.pod.schema_hash), kind="schema-stats")
+        await rig.modeller.submit_task(task, cohort_of(task))
         result = (await rig.modeller.wait_results(task.task_id, ["pod-a"], timeout_s=20))["pod-a"]
         assert isinstance(result, VerifiedResult) and result.payload.status == "done"
     # The restarted loop sends again once its backoff is over, which may be after both results are in.
@@ -174,9 +171,8 @@ async def test_a_registration_held_for_approval_is_asked_again_until_admitted(
 
     async with hub_with_agent(tmp_path, DAEMON_CSV, middlewares=[approve_after_three], stop_within_s=10) as rig:
         task = build_task(
-            modeller_id=rig.modeller.key.key_id, pods=["pod-a"], kind="schema-stats", schema_hash=rig.pod.schema_hash
-        )
-        await rig.modeller.submit_task(task)
+            modeller_id=rig.modeller.key.key_id, cohort=entries(["pod-a"], rig.pod.schema_hash), kind="schema-stats")
+        await rig.modeller.submit_task(task, cohort_of(task))
         result = (await rig.modeller.wait_results(task.task_id, ["pod-a"], timeout_s=20))["pod-a"]
     assert isinstance(result, VerifiedResult) and result.payload.status == "done"
     assert held == 3

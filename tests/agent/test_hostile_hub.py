@@ -22,9 +22,10 @@ from typing import Any
 
 import pytest
 from hostile_hub import CASES, SIGNED_BLOB_BYTES, HostileHub
+from task_support import cohort_of, entries
 
 from pod_agent.modeller import build_task
-from pod_agent.protocol import IdentityKey, envelope_bytes, sign_envelope, spec_sha256
+from pod_agent.protocol import IdentityKey, cohort_tree, envelope_bytes, sign_envelope, spec_sha256
 from pod_agent.protocol.messages import DataSelection, Hyperparameters, ModelRef, TaskPayload, WeightsRef
 
 pytestmark = pytest.mark.slow
@@ -134,10 +135,12 @@ def _task(rig: Rig, kind: str = "schema-stats", **fields: Any) -> TaskPayload:
     registration = rig.hub.record.registration
     assert registration is not None
     task = build_task(
-        modeller_id=rig.modeller.key_id, pods=["pod-a"], kind=kind,  # type: ignore[arg-type]
-        schema_hash=registration.schema_hash, **fields,
+        modeller_id=rig.modeller.key_id, cohort=entries(["pod-a"], registration.schema_hash),
+        kind=kind,  # type: ignore[arg-type]
+        **fields,
     )
-    rig.hub.deliver(task.task_id, envelope_bytes(sign_envelope(task, rig.modeller)).decode())
+    proof = cohort_tree(cohort_of(task)).proof("pod-a").model_dump()
+    rig.hub.deliver(task.task_id, envelope_bytes(sign_envelope(task, rig.modeller)).decode(), proof)
     return task
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from task_support import cohort_of, entries
 
 from pod_agent.agent import run_agent
 from pod_agent.config import load_settings
@@ -50,7 +51,7 @@ class Rig:
         extra: dict[str, Any] = {"model": model, "data": DataSelection(target="TARGET"),
                                  "hyperparameters": Hyperparameters(batch_size=32)} if model is not None else {}
         fields.setdefault("modeller_id", self.modeller.key.key_id)
-        return build_task(pods=["pod-a"], kind=kind, schema_hash=self.schema_hash, **extra, **fields)
+        return build_task(cohort=entries(["pod-a"], self.schema_hash), kind=kind, **extra, **fields)
 
     async def outcome(self, task: TaskPayload, *, modeller: ModellerClient | None = None) -> VerifiedResult | str:
         client = modeller or self.modeller
@@ -136,7 +137,7 @@ async def test_an_approved_task_runs_without_resending_and_a_reload_while_it_run
     caplog.set_level(logging.INFO, logger="pod_agent.agent.daemon")
     async with _rig(tmp_path, review=True) as rig:
         task = rig.task()
-        await rig.modeller.submit_task(task)
+        await rig.modeller.submit_task(task, cohort_of(task))
         await _progress_stage(rig.modeller, task.task_id, "pending_review")
         await rig.local_status(task.task_id, TaskStatus.PENDING_REVIEW)
         with PodState.open(rig.state_path) as state:
@@ -151,7 +152,7 @@ async def test_an_approved_task_runs_without_resending_and_a_reload_while_it_run
 async def test_a_rejected_task_comes_back_refused_review_rejected_signed_by_the_pod(tmp_path: Path) -> None:
     async with _rig(tmp_path, review=True) as rig:
         task = rig.task()
-        await rig.modeller.submit_task(task)
+        await rig.modeller.submit_task(task, cohort_of(task))
         await rig.local_status(task.task_id, TaskStatus.PENDING_REVIEW)
         with PodState.open(rig.state_path) as state:
             state.decide_review(task.task_id, approve=False, by="carol", now=int(time.time()))
@@ -163,7 +164,7 @@ async def test_a_rejected_task_comes_back_refused_review_rejected_signed_by_the_
 async def test_a_task_whose_expiry_passes_while_pending_is_refused_as_expired(tmp_path: Path) -> None:
     async with _rig(tmp_path, review=True) as rig:
         task = rig.task(lifetime_s=2)
-        await rig.modeller.submit_task(task)
+        await rig.modeller.submit_task(task, cohort_of(task))
         await rig.local_status(task.task_id, TaskStatus.PENDING_REVIEW)
         result = await rig.outcome(task)
         assert isinstance(result, VerifiedResult)
@@ -179,20 +180,20 @@ async def test_sighup_applies_a_valid_policy_and_keeps_the_old_one_when_the_file
         async with ModellerClient(rig.hub_url, newcomer) as other:
             await other.register("newcomer")
             refused = rig.task(model=None, modeller_id=newcomer.key_id)
-            await other.submit_task(refused)
+            await other.submit_task(refused, cohort_of(refused))
             assert await rig.outcome(refused, modeller=other) == "unknown_signer"
 
             rig.config.write_text(rig.base_toml + f'[[security.modellers]]\nname = "newcomer"\n'
                                   f'public_key = "{newcomer.public.to_b64()}"\nrole = "general"\n')
             await _sighup_and_wait(caplog, "policy reloaded")
             admitted = rig.task(model=None, modeller_id=newcomer.key_id)
-            await other.submit_task(admitted)
+            await other.submit_task(admitted, cohort_of(admitted))
             result = await rig.outcome(admitted, modeller=other)
             assert isinstance(result, VerifiedResult) and result.payload.status == "done"
 
             rig.config.write_text(rig.base_toml + "[security.modellers.oops]\n")
             await _sighup_and_wait(caplog, "reload refused, the policy in force stays")
             still = rig.task(model=None, modeller_id=newcomer.key_id)
-            await other.submit_task(still)
+            await other.submit_task(still, cohort_of(still))
             result = await rig.outcome(still, modeller=other)
             assert isinstance(result, VerifiedResult) and result.payload.status == "done"

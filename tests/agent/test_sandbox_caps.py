@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from agent_support import hub_with_agent
+from task_support import cohort_of, entries
 
 from pod_agent.modeller import ModellerClient, VerifiedResult, build_task
 from pod_agent.protocol import source_sha256
@@ -52,16 +53,15 @@ async def test_a_model_allocating_twice_the_memory_cap_fails_as_memory_exceeded(
     modeller, pod = hub_and_pod
     task = build_task(
         modeller_id=modeller.key.key_id,
-        pods=["pod-a"],
+        cohort=entries(["pod-a"], pod.schema_hash),
         kind="evaluate",
-        schema_hash=pod.schema_hash,
         model=ModelRef(
             style="module", name="hog", class_name="Hog", source=MEMORY_HOG, sha256=source_sha256(MEMORY_HOG)
         ),
         data=DataSelection(target="TARGET"),
         hyperparameters=Hyperparameters(epochs=1),
     ).model_copy(update={"limits": TaskLimits(memory_mb=MEMORY_MB)})
-    await modeller.submit_task(task)
+    await modeller.submit_task(task, cohort_of(task))
     result = (await modeller.wait_results(task.task_id, ["pod-a"], timeout_s=120))["pod-a"]
     assert isinstance(result, VerifiedResult), result
     assert (result.payload.status, result.payload.reason) == ("failed", "memory_exceeded")

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 from round_support import RoundRig, decoded, round_rig, settle
+from task_support import cohort_of, pods_of
 
 from pod_agent.agent.secure_round import RoundOutput, check_unreleased
 from pod_agent.errors import ModellerError, TaskFailed
@@ -22,9 +23,11 @@ PRECISION = 2**16
 
 async def _round(rig: RoundRig, *, cut: dict[str, str] | None = None) -> tuple[Any, Any, dict[str, Any]]:
     task = rig.task()
-    await rig.modeller.submit_task(task)
+    await rig.modeller.submit_task(task, cohort_of(task))
     pods = await rig.run_pods(task, cut=cut)
-    outcome = await run_secure_round(rig.modeller, task, vector_size=rig.layout(task).size, work_dir=rig.tmp)
+    outcome = await run_secure_round(
+        rig.modeller, task, cohort_of(task), vector_size=rig.layout(task).size, work_dir=rig.tmp
+    )
     return task, outcome, await settle(pods, cut=list(cut or {}))
 
 
@@ -84,18 +87,20 @@ async def test_a_second_round_from_the_same_weights_is_refused_already_released(
         # The modeller retries from the same starting weights without pod-3: the difference of the two sums
         # would be pod-3's update.
         retry = rig.task(["pod-0", "pod-1", "pod-2"], round_index=2)
-        for name in retry.pods:
+        for name in pods_of(retry):
             # What the pipeline checks before it trains ...
             with pytest.raises(TaskFailed, match="already released") as early:
                 check_unreleased(rig.pods[name].state, retry)
             assert early.value.code == "already_released"
         # ... and what the round itself enforces, in the transaction that decides a release.
-        await rig.modeller.submit_task(retry)
+        await rig.modeller.submit_task(retry, cohort_of(retry))
         pods = await rig.run_pods(retry)
         with pytest.raises(ModellerError, match="only 0 pods"):
-            await run_secure_round(rig.modeller, retry, vector_size=rig.layout(retry).size, work_dir=rig.tmp)
+            await run_secure_round(
+                rig.modeller, retry, cohort_of(retry), vector_size=rig.layout(retry).size, work_dir=rig.tmp
+            )
         outcomes = await settle(pods)
-        for name in retry.pods:
+        for name in pods_of(retry):
             assert isinstance(outcomes[name], TaskFailed) and outcomes[name].code == "already_released", outcomes
         assert rig.messages(retry, "masked") == [] and rig.messages(retry, "unmask") == []
 

@@ -15,9 +15,10 @@ from typing import Any
 
 from aiohttp import web
 from round_support import RoundRig, round_rig, settle
+from task_support import cohort_of, entries, pods_of
 
 from pod_agent.errors import TaskFailed
-from pod_agent.protocol import IdentityKey, envelope_bytes, round_path, sign_envelope
+from pod_agent.protocol import CohortProof, IdentityKey, cohort_tree, envelope_bytes, round_path, sign_envelope
 from pod_agent.protocol.messages import Envelope, TaskPayload
 from pod_agent.protocol.secure_round import (
     AdvertRoster,
@@ -53,19 +54,32 @@ def _codes(outcomes: dict[str, Any]) -> dict[str, str]:
 
 
 async def _start(rig: RoundRig, task: TaskPayload) -> dict[str, asyncio.Task[Any]]:
-    await rig.modeller.submit_task(task)
+    await rig.modeller.submit_task(task, cohort_of(task))
     return await rig.run_pods(task)
 
 
 async def _attack_roster(rig: RoundRig, task: TaskPayload, forged: Envelope, *, replace: str | None) -> dict[str, str]:
     pods = await _start(rig, task)
-    adverts = await _collect(rig, task, "advert", len(task.pods))
+    adverts = await _collect(rig, task, "advert", len(pods_of(task)))
     roster = [e for e in adverts if e.payload["pod"] != replace] + [forged]
-    await rig.modeller.post_round_message("roster", AdvertRoster(**_fields(task), adverts=roster))
+    await rig.modeller.post_round_message("roster", _roster(task, roster))
     outcomes = _codes(await settle(pods, timeout_s=WAIT_S))
     # Nothing left the pods past their adverts: no shares, no masked input.
     assert rig.messages(task, "shares") == [] and rig.messages(task, "masked") == []
     return outcomes
+
+
+def _roster(task: TaskPayload, adverts: list[Envelope]) -> AdvertRoster:
+    """The roster of ``adverts``, each with its pod's cohort proof; a pod outside the signed cohort gets a proof
+    from a cohort the modeller made up with it in."""
+    signed = cohort_tree(cohort_of(task))
+
+    def proof(pod: str) -> CohortProof:
+        if pod in signed.pods:
+            return signed.proof(pod)
+        return cohort_tree(entries([*pods_of(task), pod], "c" * 64)).proof(pod)
+
+    return AdvertRoster(**_fields(task), adverts=adverts, proofs=[proof(str(e.payload["pod"])) for e in adverts])
 
 
 def _advert(task: TaskPayload, pod: str, key: IdentityKey, *, round_index: int | None = None) -> Envelope:
@@ -98,17 +112,29 @@ async def test_a_roster_naming_a_pod_outside_the_signed_cohort_is_dropped(tmp_pa
         # pod-3 is registered (a sybil the modeller controls) but not in this task's signed cohort.
         task = rig.task(["pod-0", "pod-1", "pod-2"])
         outcomes = await _attack_roster(rig, task, _advert(task, "pod-3", rig.pods["pod-3"].key), replace=None)
-        assert outcomes == {name: "roster_outside_cohort" for name in task.pods}
+        assert outcomes == {name: "roster_outside_cohort" for name in pods_of(task)}
+
+
+async def test_a_roster_member_signed_into_the_cohort_under_an_unpinned_key_is_refused(tmp_path: Path) -> None:
+    """The modeller signs pod-1's entry under a key of its own: the proof holds, but no owner pinned that key."""
+    async with round_rig(tmp_path, 3) as rig:
+        task = rig.task(key_ids={"pod-1": IdentityKey.generate().key_id})
+        pods = await _start(rig, task)
+        adverts = await _collect(rig, task, "advert", 3)
+        await rig.modeller.post_round_message("roster", _roster(task, adverts))
+        outcomes = _codes(await settle(pods, timeout_s=WAIT_S))
+        assert outcomes == {name: "unknown_peer" for name in pods_of(task)}
+        assert rig.messages(task, "shares") == [] and rig.messages(task, "masked") == []
 
 
 async def _honest_until_survivors(rig: RoundRig, task: TaskPayload) -> tuple[dict[str, asyncio.Task[Any]], list[str]]:
     pods = await _start(rig, task)
-    adverts = await _collect(rig, task, "advert", len(task.pods))
-    await rig.modeller.post_round_message("roster", AdvertRoster(**_fields(task), adverts=adverts))
-    await _collect(rig, task, "shares", len(task.pods))
-    names = sorted(task.pods)
+    adverts = await _collect(rig, task, "advert", len(pods_of(task)))
+    await rig.modeller.post_round_message("roster", _roster(task, adverts))
+    await _collect(rig, task, "shares", len(pods_of(task)))
+    names = sorted(pods_of(task))
     await rig.modeller.post_round_message("committed", CommittedList(**_fields(task), committed=names))
-    await _collect(rig, task, "masked", len(task.pods))
+    await _collect(rig, task, "masked", len(pods_of(task)))
     return pods, names
 
 
@@ -168,15 +194,15 @@ async def test_a_hub_answering_round_polls_with_nonsense_fails_the_round_as_bad_
     async with round_rig(tmp_path, 3, middlewares=[hub_answers_nonsense]) as rig:
         task = rig.task()
         outcomes = _codes(await settle(await _start(rig, task), timeout_s=WAIT_S))
-        assert outcomes == {name: "bad_round_message" for name in task.pods}
+        assert outcomes == {name: "bad_round_message" for name in pods_of(task)}
         assert rig.messages(task, "shares") == [] and rig.messages(task, "masked") == []
-        assert polls == len(task.pods)
+        assert polls == len(pods_of(task))
 
 
 async def test_messages_of_a_round_go_only_through_the_sender_s_own_path(tmp_path: Path) -> None:
     async with round_rig(tmp_path, 3) as rig:
         task = rig.task()
-        await rig.modeller.submit_task(task)
+        await rig.modeller.submit_task(task, cohort_of(task))
         # The modeller cannot post a pod's advert, even one the pod really signed.
         signed = envelope_bytes(_advert(task, "pod-1", rig.pods["pod-1"].key))
         status = await _raw_post(rig, rig.modeller_key, round_path(task.task_id, 1, "advert"), signed)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from agent_support import hub_with_agent
 from safetensors.numpy import load, save_file
+from task_support import cohort_of, entries
 
 from pod_agent.modeller import ModellerClient, VerifiedResult, build_task
 from pod_agent.modeller.weights import starting_weights
@@ -57,7 +58,7 @@ async def _task(
             weights_file=None, work_dir=work_dir,
         )
     return build_task(
-        modeller_id=modeller.key.key_id, pods=["pod-a"], kind=kind, schema_hash=pod.schema_hash,  # type: ignore[arg-type]
+        modeller_id=modeller.key.key_id, cohort=entries(["pod-a"], pod.schema_hash), kind=kind,  # type: ignore[arg-type]
         model=model, data=SELECTION, hyperparameters=hyperparameters, **fields,
     )
 
@@ -75,7 +76,7 @@ async def _not_a_model_task(modeller: ModellerClient, pod: Any, work_dir: Path) 
 
 
 async def _outcome(modeller: ModellerClient, task: Any) -> VerifiedResult | str:
-    await modeller.submit_task(task)
+    await modeller.submit_task(task, cohort_of(task))
     return (await modeller.wait_results(task.task_id, ["pod-a"], timeout_s=120))["pod-a"]
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from task_support import entries
 
 from pod_agent.modeller import build_task
 from pod_agent.protocol import IdentityKey, envelope_bytes, sign_envelope, source_sha256
@@ -33,7 +34,7 @@ def pod(tmp_path: Path) -> tuple[Path, Path, IdentityKey]:
 
 def _held(path: Path, key: IdentityKey, source: str) -> str:
     model = ModelRef(style="module", name="tiny", class_name="M", source=source, sha256=source_sha256(source))
-    task = build_task(modeller_id=key.key_id, pods=["clinic"], kind="train", schema_hash="a" * 64,
+    task = build_task(modeller_id=key.key_id, cohort=entries(["clinic"], "a" * 64), kind="train",
                       model=model, data=DataSelection(target="b"), now=NOW, lifetime_s=10**9)
     with PodState.open(path) as state:
         state.record_verdict(Verdict(

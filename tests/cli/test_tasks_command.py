@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from task_support import entries
 
 from pod_agent.modeller import build_task
 from pod_agent.protocol import IdentityKey, envelope_bytes, sign_envelope, source_sha256
@@ -30,7 +31,7 @@ def pod(tmp_path: Path) -> tuple[Path, PodState, IdentityKey]:
 
 def _record(state: PodState, key: IdentityKey, kind: str, *, now: int, refused: str | None = None) -> str:
     model = ModelRef(style="module", name="tiny", class_name="M", source=SOURCE, sha256=source_sha256(SOURCE))
-    task = build_task(modeller_id=key.key_id, pods=["clinic"], kind=kind, schema_hash="a" * 64,  # type: ignore[arg-type]
+    task = build_task(modeller_id=key.key_id, cohort=entries(["clinic"], "a" * 64), kind=kind,  # type: ignore[arg-type]
                       model=model, data=DataSelection(target="b"), now=now)
     state.record_verdict(Verdict(
         task_id=task.task_id, nonce=task.nonce, modeller_id=key.key_id, kind=kind,

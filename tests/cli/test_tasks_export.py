@@ -8,6 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from task_support import entries
+
 from pod_agent.modeller import build_task
 from pod_agent.protocol import IdentityKey, envelope_bytes, sign_envelope
 from pod_agent.state import PodState, Verdict
@@ -26,7 +28,7 @@ def test_export_then_verify_and_a_changed_line_fails(cli: Callable[..., Any], tm
     )
     with PodState.open(state_dir / "state.sqlite") as state:
         for now in (1_790_000_000, 1_800_000_000):  # 2026-09-21 and 2027-01-15
-            task = build_task(modeller_id=alice.key_id, pods=["clinic"], kind="schema-stats", schema_hash="a" * 64,
+            task = build_task(modeller_id=alice.key_id, cohort=entries(["clinic"], "a" * 64), kind="schema-stats",
                               now=now)
             state.record_verdict(Verdict(
                 task_id=task.task_id, nonce=task.nonce, modeller_id=alice.key_id, kind="schema-stats",

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from e2e_support import AgentProcess, Cluster, FaultProxy, async_wait_for  # type: ignore[import-not-found]
+from task_support import cohort_of, entries
 
 from pod_agent.modeller import ModellerClient, VerifiedResult, build_task
 
@@ -21,8 +22,8 @@ pytestmark = pytest.mark.slow
 
 async def _submit(client: ModellerClient, pods: list[str]) -> str:
     schema_hash = {p.name: p.schema_hash for p in await client.pods()}[pods[0]]
-    task = build_task(modeller_id=client.key.key_id, pods=pods, kind="schema-stats", schema_hash=schema_hash)
-    return await client.submit_task(task)
+    task = build_task(modeller_id=client.key.key_id, cohort=entries(pods, schema_hash), kind="schema-stats")
+    return await client.submit_task(task, cohort_of(task))
 
 
 async def _one_result_each(cluster: Cluster, client: ModellerClient, task_id: str, pods: list[str]) -> None:

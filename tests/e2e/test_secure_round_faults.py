@@ -2,33 +2,44 @@
 
 A pod SIGKILLed while it waits in the advert stage lost its round secrets: restarted on the same
 state dir it fails the task as ``round_interrupted`` (signed, read by the modeller), never trains or
-advertises again, and its peers only see the round time out. A cohort naming pods the owner did not
-pin - made-up names, sybils that registered at the hub, a pinned name under another key - is refused
-``unknown_peer`` before anything is advertised.
+advertises again, and its peers only see the round time out. A pod holds only its own entry of the
+signed cohort, so a cohort naming pods its owner did not pin - sybils that registered at the hub, a pinned
+name under another key - fails ``unknown_peer`` when the roster forwards their adverts with their cohort
+proofs: after training and advertising, before any share or masked input leaves the pod. An honest hub
+refuses a task for names nobody registered.
 """
 
 from __future__ import annotations
 
-import json
-import time
+import base64
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 import pytest
+from task_support import cohort_of, entries
 
 from pod_agent.errors import ModellerError
 from pod_agent.modeller import ModellerClient, VerifiedResult, build_task, run_sync
+from pod_agent.modeller.secure_round import run_secure_round
 from pod_agent.modeller.weights import starting_weights
-from pod_agent.protocol import IdentityKey, canonical_json, envelope_bytes, sign_envelope, spec_sha256
-from pod_agent.protocol.hub_api import PodRegistered, PodRegistration
+from pod_agent.protocol import (
+    CohortEntry,
+    IdentityKey,
+    KeyAdvertisement,
+    canonical_json,
+    envelope_bytes,
+    round_path,
+    sign_envelope,
+    spec_sha256,
+)
+from pod_agent.protocol.hub_api import PodRegistered, PodRegistration, Stored
 from pod_agent.protocol.hubhttp import signed_call
 from pod_agent.protocol.messages import (
     DataSelection,
     Hyperparameters,
     ModelRef,
-    Participant,
     SecAggParams,
     Split,
     TaskPayload,
@@ -74,8 +85,8 @@ class Federation:
     weights: WeightsRef
     schema_hash: str
 
-    def participants(self, names: list[str] | tuple[str, ...] = NAMES) -> list[Participant]:
-        return [Participant(pod=name, key_id=self.keys[name].key_id) for name in names]
+    def cohort(self, names: list[str] | tuple[str, ...] = NAMES) -> list[CohortEntry]:
+        return entries(list(names), self.schema_hash, key_ids={name: self.keys[name].key_id for name in names})
 
     def client(self) -> ModellerClient:
         """The modeller's hub client, verifying results under the keys the pod owners sent (not the hub's)."""
@@ -116,13 +127,13 @@ async def _starting_weights(cluster: Cluster, work_dir: Path) -> tuple[WeightsRe
         return ref, cohort[0].schema_hash
 
 
-def _secure_task(fed: Federation, client: ModellerClient, cohort: list[Participant]) -> TaskPayload:
+def _secure_task(fed: Federation, client: ModellerClient, cohort: list[CohortEntry]) -> TaskPayload:
     secagg = SecAggParams(
-        prime_q=PRIME_Q, precision=PRECISION, num_workers=len(cohort), participants=cohort,
+        prime_q=PRIME_Q, precision=PRECISION, num_workers=len(cohort),
         advert_timeout_s=ADVERT_TIMEOUT_S, stage_timeout_s=STAGE_TIMEOUT_S,
     )
     return build_task(
-        modeller_id=client.key.key_id, pods=[p.pod for p in cohort], kind="train", schema_hash=fed.schema_hash,
+        modeller_id=client.key.key_id, cohort=cohort, kind="train",
         model=MODEL, data=SELECTION, hyperparameters=HYPERPARAMETERS, weights=fed.weights, secagg=secagg,
     )
 
@@ -156,9 +167,9 @@ async def test_a_pod_killed_while_waiting_for_the_roster_fails_round_interrupted
     fed.wait_online()
     victim = fed.agents[victim_name]
     async with fed.client() as client:
-        task = _secure_task(fed, client, fed.participants())
+        task = _secure_task(fed, client, fed.cohort())
         # Submitted, but the round is not driven: no roster ever comes, so each pod waits after advertising.
-        await client.submit_task(task)
+        await client.submit_task(task, cohort_of(task))
         await async_wait_for(
             lambda: ("advert", victim_name) in {(s, p) for s, p, _ in _round_messages(fed, task.task_id)},
             timeout_s=TRAIN_TIMEOUT_S, what=f"{victim_name}'s advert at the hub",
@@ -197,9 +208,10 @@ async def test_a_pod_killed_while_waiting_for_the_roster_fails_round_interrupted
     # Beyond the round timing out nothing changed for the cohort: all three take the next task.
     fed.wait_online()
     async with fed.client() as client:
-        probe = build_task(modeller_id=client.key.key_id, pods=list(NAMES), kind="schema-stats",
-                           schema_hash=fed.schema_hash)
-        await client.submit_task(probe)
+        probe = build_task(
+            modeller_id=client.key.key_id, cohort=entries(list(NAMES), fed.schema_hash), kind="schema-stats"
+        )
+        await client.submit_task(probe, cohort_of(probe))
         after = await client.wait_results(probe.task_id, list(NAMES), timeout_s=30)
     assert {pod: _outcome(answer) for pod, answer in after.items()} == {name: ("done", None) for name in NAMES}
 
@@ -207,45 +219,50 @@ async def test_a_pod_killed_while_waiting_for_the_roster_fails_round_interrupted
 # -- cohorts the owners did not pin -------------------------------------------------------------
 
 
-async def _refused_without_a_word(fed: Federation, client: ModellerClient, task: TaskPayload, pods: list[str]) -> None:
-    """Each of ``pods`` refuses ``task`` as unknown_peer in a signed result, and nothing of the task's
-    round reached the hub (no advertisement, no other stage)."""
+async def _failed_at_the_roster(
+    fed: Federation, client: ModellerClient, task: TaskPayload, pods: list[str], *, sybils: dict[str, IdentityKey],
+    work_dir: Path,
+) -> None:
+    """Drive the round: each of ``pods`` advertises, then fails the task ``unknown_peer`` in a signed result once
+    the roster forwards the adverts (the sybils' own, signed by their keys) with their cohort proofs; no share
+    and no masked input of the task reaches the hub."""
+    await async_wait_for(
+        lambda: {p for s, p, _ in _round_messages(fed, task.task_id) if s == "advert"} >= set(pods),
+        timeout_s=TRAIN_TIMEOUT_S, what=f"adverts of {pods}",
+    )
+    for name, key in sybils.items():  # the modeller's sybils advertise round keys of their own
+        c, s = (base64.b64encode(bytes([i]) * 32).decode() for i in (7, 9))
+        advert = KeyAdvertisement(task_id=task.task_id, round=0, pod=name, c_public=c, s_public=s)
+        await _post_as(fed, key, task.task_id, envelope_bytes(sign_envelope(advert, key)))
+    with pytest.raises(ModellerError):
+        await run_secure_round(client, task, cohort_of(task), vector_size=4, work_dir=work_dir, min_pods=2)
     answers = await client.wait_results(task.task_id, pods, timeout_s=30)
-    assert {pod: _outcome(answers[pod]) for pod in pods} == {pod: ("refused", "unknown_peer") for pod in pods}
-    assert _round_messages(fed, task.task_id) == []
-    for pod in pods:
-        assert "running" not in _history(fed.agents[pod], task.task_id)
+    assert {pod: _outcome(answers[pod]) for pod in pods} == {pod: ("failed", "unknown_peer") for pod in pods}
+    assert {stage for stage, _, _ in _round_messages(fed, task.task_id)} == {"advert", "roster"}
 
 
-async def test_a_cohort_of_made_up_names_is_refused_unknown_peer(federation: Federation) -> None:
+async def _post_as(fed: Federation, key: IdentityKey, task_id: str, body: bytes) -> None:
+    async with aiohttp.ClientSession() as session:
+        await signed_call(
+            session, key, base=fed.cluster.hub.url, method="POST", path=round_path(task_id, 0, "advert"), tls=False,
+            reply=Stored, body=body, total_s=30,
+        )
+
+
+async def test_a_cohort_of_made_up_names_is_not_taken_by_an_honest_hub(federation: Federation) -> None:
     fed, victim = federation, "pod-a"
     fed.wait_online()
-    # Two names no owner pinned and nobody registered, under fresh keys.
-    strangers = [Participant(pod=name, key_id=IdentityKey.generate().key_id) for name in ("ghost-1", "ghost-2")]
+    ghosts = entries(["ghost-1", "ghost-2"], fed.schema_hash, key_ids={g: IdentityKey.generate().key_id for g in
+                                                                       ("ghost-1", "ghost-2")})
     async with fed.client() as client:
-        task = _secure_task(fed, client, [*fed.participants([victim]), *strangers])
-        # The honest hub will not take a task for pods it never saw ...
+        task = _secure_task(fed, client, [*fed.cohort([victim]), *ghosts])
         with pytest.raises(ModellerError, match="unknown pods"):
-            await client.submit_task(task)
-        # ... a hostile one delivers the signed task anyway: written into its store, then pushed when the
-        # next task for the victim wakes its connection.
-        envelope = envelope_bytes(sign_envelope(task, client.key))
-        fed.cluster.hub.query(
-            "INSERT INTO tasks VALUES (?,?,?,?,?)",
-            (task.task_id, task.modeller_id, envelope, json.dumps(task.pods), int(time.time())),
-        )
-        fed.cluster.hub.query(
-            "INSERT INTO deliveries (task_id, pod, seq) SELECT ?, ?, COALESCE(MAX(seq), 0) + 1 FROM deliveries",
-            (task.task_id, victim),
-        )
-        nudge = build_task(
-            modeller_id=client.key.key_id, pods=[victim], kind="schema-stats", schema_hash=fed.schema_hash
-        )
-        await client.submit_task(nudge)
-        await _refused_without_a_word(fed, client, task, [victim])
+            await client.submit_task(task, cohort_of(task))
 
 
-async def test_a_cohort_of_sybils_registered_at_the_hub_is_refused_unknown_peer(federation: Federation) -> None:
+async def test_a_cohort_of_sybils_registered_at_the_hub_fails_unknown_peer_at_the_roster(
+    federation: Federation, tmp_path: Path
+) -> None:
     fed, victim = federation, "pod-a"
     fed.wait_online()
     sybils = {name: IdentityKey.generate() for name in ("sybil-1", "sybil-2")}
@@ -263,21 +280,25 @@ async def test_a_cohort_of_sybils_registered_at_the_hub_is_refused_unknown_peer(
                         sandbox_level="strict", heartbeat_s=0.5,
                     )),
                 )
-        registered = {p.name: p.key_id for p in await client.pods()}
-        assert {name: registered.get(name) for name in sybils} == {name: key.key_id for name, key in sybils.items()}
-        cohort = [*fed.participants([victim]), *(Participant(pod=n, key_id=k.key_id) for n, k in sybils.items())]
+        cohort = [
+            *fed.cohort([victim]),
+            *entries(list(sybils), fed.schema_hash, key_ids={n: k.key_id for n, k in sybils.items()}),
+        ]
         task = _secure_task(fed, client, cohort)
-        await client.submit_task(task)  # the hub relays it: every pod named is registered
-        await _refused_without_a_word(fed, client, task, [victim])
+        await client.submit_task(task, cohort_of(task))  # the hub relays it: every pod named is registered
+        await _failed_at_the_roster(fed, client, task, [victim], sybils=sybils, work_dir=tmp_path)
 
 
-async def test_a_pinned_peer_named_under_another_key_is_refused_unknown_peer(federation: Federation) -> None:
+async def test_a_pinned_peer_named_under_another_key_fails_unknown_peer_at_the_roster(
+    federation: Federation, tmp_path: Path
+) -> None:
     fed = federation
     fed.wait_online()
     # pod-c's name with a key id its owner's peers never pinned (what a registry that swapped keys would yield).
-    cohort = [*fed.participants(["pod-a", "pod-b"]), Participant(pod="pod-c", key_id=IdentityKey.generate().key_id)]
+    cohort = [*fed.cohort(["pod-a", "pod-b"]), *entries(["pod-c"], fed.schema_hash,
+                                                         key_ids={"pod-c": IdentityKey.generate().key_id})]
     async with fed.client() as client:
         task = _secure_task(fed, client, cohort)
-        await client.submit_task(task)
+        await client.submit_task(task, cohort_of(task))
         # pod-a and pod-b do not know that key for pod-c; pod-c does not know it for itself.
-        await _refused_without_a_word(fed, client, task, list(NAMES))
+        await _failed_at_the_roster(fed, client, task, list(NAMES), sybils={}, work_dir=tmp_path)

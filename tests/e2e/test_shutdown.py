@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+from task_support import cohort_of, entries
 
 from pod_agent.modeller import ModellerClient, build_task
 
@@ -25,8 +26,8 @@ async def test_second_signal_exits_at_once_while_the_first_waits_for_a_stuck_upl
     fault_proxy.set_mode("swallow_results")
     async with ModellerClient(cluster.hub.url, cluster.modeller.key) as client:
         schema_hash = (await client.pods())[0].schema_hash
-        task = build_task(modeller_id=client.key.key_id, pods=["pod-a"], kind="schema-stats", schema_hash=schema_hash)
-        await client.submit_task(task)
+        task = build_task(modeller_id=client.key.key_id, cohort=entries(["pod-a"], schema_hash), kind="schema-stats")
+        await client.submit_task(task, cohort_of(task))
     await async_wait_for(lambda: agent.task_status(task.task_id) == "done", what="result produced")
     assert agent.proc is not None
     agent.proc.send_signal(signal.SIGTERM)

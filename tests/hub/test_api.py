@@ -8,8 +8,8 @@ import time
 from typing import Any
 
 import aiohttp
+from hub_tasks import submission, task_submission
 
-from pod_agent.modeller.tasks import build_task
 from pod_agent.protocol import IdentityKey, canonical_json, envelope_bytes, sign_envelope, sign_request
 from pod_agent.protocol.messages import ResultPayload
 from pod_agent.protocol.rotation import rotation_statement
@@ -27,8 +27,7 @@ async def _setup(hub: Any) -> tuple[IdentityKey, IdentityKey]:
 
 
 def _task(modeller: IdentityKey, pods: list[str]) -> bytes:
-    payload = build_task(modeller_id=modeller.key_id, pods=pods, kind="schema-stats", schema_hash="a" * 64)
-    return envelope_bytes(sign_envelope(payload, modeller))
+    return task_submission(modeller, pods)
 
 
 def _result(pod: IdentityKey, task_id: str, *, rows: int = 10) -> bytes:
@@ -130,8 +129,8 @@ async def test_task_submission_is_idempotent_and_conflicts_on_other_content(hub:
     assert (await hub.caller(modeller).call("POST", "/v1/tasks", raw=raw))[0] == 201
     status, body = await hub.caller(modeller).call("POST", "/v1/tasks", raw=raw)
     assert (status, body["outcome"]) == (200, "duplicate")
-    other = json.loads(_task(modeller, ["pod-a"]))
-    other_payload = json.loads(raw)["payload"]
+    other = json.loads(_task(modeller, ["pod-a"]))["envelope"]
+    other_payload = json.loads(raw)["envelope"]["payload"]
     forged = sign_envelope_dict(
         modeller, {**json.loads(json.dumps(other["payload"])), "task_id": other_payload["task_id"]}
     )
@@ -141,19 +140,19 @@ async def test_task_submission_is_idempotent_and_conflicts_on_other_content(hub:
 def sign_envelope_dict(key: IdentityKey, payload: dict[str, Any]) -> bytes:
     from pod_agent.protocol.messages import TaskPayload
 
-    return envelope_bytes(sign_envelope(TaskPayload.model_validate(payload), key))
+    return submission(TaskPayload.model_validate(payload), key, ["pod-a"])
 
 
 async def test_long_poll_returns_pending_task_until_acked(hub: Any) -> None:
     modeller, pod = await _setup(hub)
     raw = _task(modeller, ["pod-a"])
-    task_id = json.loads(raw)["payload"]["task_id"]
+    task_id = json.loads(raw)["envelope"]["payload"]["task_id"]
     poller = asyncio.create_task(hub.caller(pod).call("GET", "/v1/pod/tasks?wait=5"))
     await asyncio.sleep(0.2)
     await hub.caller(modeller).call("POST", "/v1/tasks", raw=raw)
     status, body = await asyncio.wait_for(poller, 5)
     assert status == 200 and [t["task_id"] for t in body["tasks"]] == [task_id]
-    assert json.loads(body["tasks"][0]["envelope"]) == json.loads(raw)
+    assert json.loads(body["tasks"][0]["envelope"]) == json.loads(raw)["envelope"]
     assert (await hub.caller(pod).call("GET", "/v1/pod/tasks?wait=0"))[1]["tasks"] != []
     assert (await hub.caller(pod).call("POST", f"/v1/pod/tasks/{task_id}/ack", {}))[0] == 200
     assert (await hub.caller(pod).call("GET", "/v1/pod/tasks?wait=0"))[1]["tasks"] == []
@@ -170,7 +169,7 @@ async def test_websocket_pushes_tasks_and_redelivers_unacked_after_reconnect(hub
     raw1, raw2 = _task(modeller, ["pod-a"]), _task(modeller, ["pod-a"])
     await hub.caller(modeller).call("POST", "/v1/tasks", raw=raw1)
     first = json.loads((await ws.receive(timeout=5)).data)
-    assert first["type"] == "task" and first["envelope"] == raw1.decode()
+    assert first["type"] == "task" and json.loads(first["envelope"]) == json.loads(raw1)["envelope"]
     await ws.send_str(json.dumps({"type": "ack", "task_id": first["task_id"]}))
     await hub.caller(modeller).call("POST", "/v1/tasks", raw=raw2)
     second = json.loads((await ws.receive(timeout=5)).data)
@@ -195,7 +194,7 @@ async def test_websocket_upgrade_needs_a_signature(hub: Any) -> None:
 async def test_result_upload_is_idempotent_by_task_and_rejects_a_different_result(hub: Any) -> None:
     modeller, pod = await _setup(hub)
     raw = _task(modeller, ["pod-a"])
-    task_id = json.loads(raw)["payload"]["task_id"]
+    task_id = json.loads(raw)["envelope"]["payload"]["task_id"]
     await hub.caller(modeller).call("POST", "/v1/tasks", raw=raw)
     result = _result(pod, task_id)
     assert (await hub.caller(pod).call("POST", "/v1/pod/results", raw=result))[0] == 201
@@ -213,7 +212,7 @@ async def test_result_signed_by_another_key_is_refused(hub: Any) -> None:
     modeller, pod = await _setup(hub)
     raw = _task(modeller, ["pod-a"])
     await hub.caller(modeller).call("POST", "/v1/tasks", raw=raw)
-    forged = _result(IdentityKey.generate(), json.loads(raw)["payload"]["task_id"])
+    forged = _result(IdentityKey.generate(), json.loads(raw)["envelope"]["payload"]["task_id"])
     status, body = await hub.caller(pod).call("POST", "/v1/pod/results", raw=forged)
     assert status == 403 and "result must be signed by the sender's own key" in body["error"]
 
@@ -221,7 +220,7 @@ async def test_result_signed_by_another_key_is_refused(hub: Any) -> None:
 async def test_refusal_code_is_recorded_for_the_modeller(hub: Any) -> None:
     modeller, pod = await _setup(hub)
     raw = _task(modeller, ["pod-a"])
-    task_id = json.loads(raw)["payload"]["task_id"]
+    task_id = json.loads(raw)["envelope"]["payload"]["task_id"]
     await hub.caller(modeller).call("POST", "/v1/tasks", raw=raw)
     assert (await hub.caller(pod).call("POST", f"/v1/pod/tasks/{task_id}/refusal", {"code": "expired"}))[0] == 200
     _status, body = await hub.caller(modeller).call("GET", f"/v1/tasks/{task_id}")
@@ -235,7 +234,7 @@ async def test_another_modeller_cannot_read_a_task(hub: Any) -> None:
     await hub.caller(modeller).call("POST", "/v1/tasks", raw=raw)
     other = IdentityKey.generate()
     await hub.caller(other).call("POST", "/v1/modellers/register", {"name": "o", "public_key": other.public.to_b64()})
-    status, _ = await hub.caller(other).call("GET", f"/v1/tasks/{json.loads(raw)['payload']['task_id']}")
+    status, _ = await hub.caller(other).call("GET", f"/v1/tasks/{json.loads(raw)['envelope']['payload']['task_id']}")
     assert status == 404
 
 
@@ -296,7 +295,7 @@ async def _submitted(hub: Any) -> tuple[IdentityKey, IdentityKey, str]:
     modeller, pod = await _setup(hub)
     raw = _task(modeller, ["pod-a"])
     await hub.caller(modeller).call("POST", "/v1/tasks", raw=raw)
-    return modeller, pod, json.loads(raw)["payload"]["task_id"]
+    return modeller, pod, json.loads(raw)["envelope"]["payload"]["task_id"]
 
 
 async def test_wait_answers_as_soon_as_a_result_is_stored(hub: Any) -> None:

@@ -10,6 +10,8 @@ import os
 import time
 from typing import Any
 
+from hub_tasks import entries, submission
+
 from pod_agent.hub.limits import HubLimits
 from pod_agent.modeller.tasks import build_task
 from pod_agent.protocol import IdentityKey, envelope_bytes, sign_envelope, sign_request
@@ -44,10 +46,10 @@ async def _register(hub: Any) -> dict[str, IdentityKey]:
 
 
 async def _task(hub: Any, modeller: IdentityKey, pods: list[str], weights: WeightsRef | None = None) -> str:
-    payload = build_task(modeller_id=modeller.key_id, pods=pods, kind="schema-stats", schema_hash="a" * 64)
+    payload = build_task(modeller_id=modeller.key_id, cohort=entries(pods), kind="schema-stats")
     if weights is not None:
         payload = payload.model_copy(update={"weights": weights})
-    assert (await hub.caller(modeller).call("POST", "/v1/tasks", raw=envelope_bytes(sign_envelope(payload, modeller))))[
+    assert (await hub.caller(modeller).call("POST", "/v1/tasks", raw=submission(payload, modeller, pods)))[
         0
     ] == 201
     return payload.task_id

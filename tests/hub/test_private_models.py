@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hub_tasks import task_submission
 
 from pod_agent.cli.app import main
 from pod_agent.modeller import ModellerClient
-from pod_agent.modeller.tasks import build_task
-from pod_agent.protocol import IdentityKey, envelope_bytes, sign_envelope, source_sha256
+from pod_agent.protocol import IdentityKey, source_sha256
 
 SOURCE = "class Net:\n    pass\n"
 
@@ -42,21 +42,17 @@ async def test_a_private_model_is_hidden_from_strangers_and_served_to_targeted_p
         assert status == 404 and "shared with this key" in body["error"], who
     assert (await hub.caller(keys["owner"]).call("GET", "/v1/models/net/1"))[1]["source"] == SOURCE
 
-    task = build_task(modeller_id=keys["owner"].key_id, pods=["pod-a"], kind="schema-stats", schema_hash="a" * 64)
     assert (
-        await hub.caller(keys["owner"]).call(
-            "POST", "/v1/tasks", raw=envelope_bytes(sign_envelope(task, keys["owner"]))
-        )
+        await hub.caller(keys["owner"]).call("POST", "/v1/tasks", raw=task_submission(keys["owner"], ["pod-a"]))
     )[0] == 201
     status, body = await hub.caller(keys["pod-a"]).call("GET", "/v1/models/net/1")
     assert status == 200 and body["source"] == SOURCE
     assert (await hub.caller(keys["pod-b"]).call("GET", "/v1/models/net/1"))[0] == 404
     assert (await hub.caller(keys["stranger-m"]).call("GET", "/v1/models/net/1"))[0] == 404
     # A stranger's task targeting pod-b does not open the owner's model to pod-b.
-    other = build_task(modeller_id=keys["stranger-m"].key_id, pods=["pod-b"], kind="schema-stats", schema_hash="a" * 64)
     assert (
         await hub.caller(keys["stranger-m"]).call(
-            "POST", "/v1/tasks", raw=envelope_bytes(sign_envelope(other, keys["stranger-m"]))
+            "POST", "/v1/tasks", raw=task_submission(keys["stranger-m"], ["pod-b"])
         )
     )[0] == 201
     assert (await hub.caller(keys["pod-b"]).call("GET", "/v1/models/net/1"))[0] == 404

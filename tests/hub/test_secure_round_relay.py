@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 from typing import Any
 
-from pod_agent.modeller.tasks import build_task
+from hub_tasks import task_submission
+
 from pod_agent.protocol import IdentityKey, envelope_bytes, round_path, sign_envelope
 from pod_agent.protocol.secure_round import (
     MAX_STAGE_BYTES,
@@ -26,11 +28,9 @@ async def _cohort(hub: Any) -> tuple[IdentityKey, dict[str, IdentityKey], str]:
     pods = {name: IdentityKey.generate() for name in ("pod-a", "pod-b", "pod-c")}
     for name, key in pods.items():
         assert (await hub.caller(key).call("POST", "/v1/pods/register", hub.pod_registration(key, name)))[0] == 200
-    task = build_task(modeller_id=modeller.key_id, pods=["pod-a", "pod-b"], kind="schema-stats", schema_hash="a" * 64)
-    assert (await hub.caller(modeller).call("POST", "/v1/tasks", raw=envelope_bytes(sign_envelope(task, modeller))))[
-        0
-    ] == 201
-    return modeller, pods, task.task_id
+    raw = task_submission(modeller, ["pod-a", "pod-b"])
+    assert (await hub.caller(modeller).call("POST", "/v1/tasks", raw=raw))[0] == 201
+    return modeller, pods, json.loads(raw)["envelope"]["payload"]["task_id"]
 
 
 def _advert(task_id: str, pod: str, *, round_index: int = 0, c: str = C_KEY) -> KeyAdvertisement:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from task_support import cohort_of, entries
 
 from pod_agent.errors import ModellerError
 from pod_agent.hub.storage import PodRecord
@@ -34,8 +35,8 @@ def _result(key: IdentityKey, task_id: str, pod: str = "pod-a") -> bytes:
 
 async def _submitted(local_hub: Any, client: ModellerClient) -> str:
     await client.register("m")
-    task = build_task(modeller_id=client.key.key_id, pods=["pod-a"], kind="schema-stats", schema_hash="a" * 64)
-    return await client.submit_task(task)
+    task = build_task(modeller_id=client.key.key_id, cohort=entries(["pod-a"], "a" * 64), kind="schema-stats")
+    return await client.submit_task(task, cohort_of(task))
 
 
 async def test_genuine_result_verifies(local_hub: Any) -> None:
@@ -89,22 +90,22 @@ async def test_waiting_for_a_silent_pod_times_out_naming_it(local_hub: Any) -> N
 async def test_submitting_to_an_unknown_pod_names_it(local_hub: Any) -> None:
     async with ModellerClient(local_hub.url, IdentityKey.generate()) as client:
         await client.register("m")
-        task = build_task(modeller_id=client.key.key_id, pods=["nope"], kind="schema-stats", schema_hash="a" * 64)
+        task = build_task(modeller_id=client.key.key_id, cohort=entries(["nope"], "a" * 64), kind="schema-stats")
         with pytest.raises(ModellerError, match=r"404.*unknown pods \['nope'\]"):
-            await client.submit_task(task)
+            await client.submit_task(task, cohort_of(task))
 
 
 def test_tasks_get_fresh_ids_nonces_and_a_bounded_lifetime() -> None:
     key = IdentityKey.generate()
-    one = build_task(modeller_id=key.key_id, pods=["a"], kind="schema-stats", schema_hash="a" * 64, now=1000)
-    two = build_task(modeller_id=key.key_id, pods=["a"], kind="schema-stats", schema_hash="a" * 64, now=1000)
+    one = build_task(modeller_id=key.key_id, cohort=entries(["a"], "a" * 64), kind="schema-stats", now=1000)
+    two = build_task(modeller_id=key.key_id, cohort=entries(["a"], "a" * 64), kind="schema-stats", now=1000)
     assert one.task_id != two.task_id and one.nonce != two.nonce
     assert (one.issued_at, one.expires_at) == (1000, 4600)
 
 
 def test_training_task_needs_a_model_and_data() -> None:
     with pytest.raises(ModellerError, match="needs a model and a data selection"):
-        build_task(modeller_id="a" * 64, pods=["a"], kind="train", schema_hash="a" * 64)
+        build_task(modeller_id="a" * 64, cohort=entries(["a"], "a" * 64), kind="train")
 
 
 def test_model_from_file_pins_source_and_spec(tmp_path: Path) -> None:
@@ -140,14 +141,18 @@ def test_cli_reports_an_unsafe_hub_url_in_one_line(tmp_path: Path) -> None:
     assert "plain http to a non-loopback host" in done.stderr and "Traceback" not in done.stderr
 
 
-async def test_participants_name_each_pod_with_its_identity_key_and_no_round_key(local_hub: Any) -> None:
+async def test_a_cohort_entry_names_each_pod_with_its_schema_hash_and_identity_key_and_no_round_key(
+    local_hub: Any,
+) -> None:
     key = IdentityKey.generate()
     _pod(local_hub.storage, key, "pod-a")
     async with ModellerClient(local_hub.url, IdentityKey.generate()) as client:
         await client.register("m")
-        (participant,) = await client.participants(["pod-a"])
+        (entry,) = await client.cohort(["pod-a"])
         # Round keys are fresh per task and round, advertised signed by each pod during the round.
-        assert participant.model_dump(exclude_none=True) == {"pod": "pod-a", "key_id": key.key_id}
+        assert entry.model_dump() == {"pod": "pod-a", "schema_hash": "a" * 64, "key_id": key.key_id}
+        (pinned,) = await client.cohort(["pod-a"], schema_hashes={"pod-a": "b" * 64})
+        assert pinned.schema_hash == "b" * 64
 
 
 async def test_with_pins_a_hub_that_swaps_a_pods_keys_gets_no_participant_or_result_through(local_hub: Any) -> None:
@@ -158,12 +163,12 @@ async def test_with_pins_a_hub_that_swaps_a_pods_keys_gets_no_participant_or_res
     _pod(local_hub.storage, IdentityKey.generate(), "pod-b")
     async with ModellerClient(local_hub.url, IdentityKey.generate()) as trusting:
         await trusting.register("m")
-        assert (await trusting.participants(["pod-a"]))[0].key_id == hubs_own.key_id
+        assert (await trusting.cohort(["pod-a"]))[0].key_id == hubs_own.key_id
     async with ModellerClient(local_hub.url, IdentityKey.generate(), pod_keys={"pod-a": real.public}) as client:
         await client.register("m")
-        assert (await client.participants(["pod-a"]))[0].key_id == real.key_id
+        assert (await client.cohort(["pod-a"]))[0].key_id == real.key_id
         with pytest.raises(ModellerError, match=r"pods \['pod-b'\]: their identity keys are not pinned"):
-            await client.participants(["pod-b"])
+            await client.cohort(["pod-b"])
         task_id = await _submitted(local_hub, client)
         local_hub.storage.put_result(task_id, "pod-a", _result(hubs_own, task_id), status="done", now=1)
         with pytest.raises(ModellerError, match="fails verification"):

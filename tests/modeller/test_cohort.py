@@ -52,18 +52,18 @@ async def test_a_round_the_pods_refuse_says_refused_with_their_codes(
             precision=2**16,
             num_workers=2,
             round=1,
-            participants=await client.participants(["pod-a", "pod-b"]),
             advert_timeout_s=30.0,
             stage_timeout_s=5.0,
         )
-        task = build_task(modeller_id=client.key.key_id, pods=["pod-a", "pod-b"], kind="train", schema_hash="a" * 64,
+        cohort = await client.cohort(["pod-a", "pod-b"])
+        task = build_task(modeller_id=client.key.key_id, cohort=cohort, kind="train",
                           model=_MODEL, data=DataSelection(target="y"), secagg=secagg)
-        await client.submit_task(task)
+        await client.submit_task(task, cohort)
         for pod in ("pod-a", "pod-b"):
             local_hub.storage.record_refusal(task.task_id, pod, "too_few_pods", now=int(time.time()))
         started = time.monotonic()
         with pytest.raises(ModellerError) as raised:
-            await run_secure_round(client, task, vector_size=4, work_dir=tmp_path, min_pods=2)
+            await run_secure_round(client, task, cohort, vector_size=4, work_dir=tmp_path, min_pods=2)
     assert "refused: {'pod-a': 'too_few_pods', 'pod-b': 'too_few_pods'}" in str(raised.value)
     assert "dropped" not in str(raised.value)
     assert time.monotonic() - started < 10  # refusals end the wait; the advert timeout is not waited out

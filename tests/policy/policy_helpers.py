@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -11,12 +12,20 @@ import pytest
 from pod_agent.config.settings import AllowedModel, ModellerPolicy, PeerPin, PrivacySection, SecuritySection
 from pod_agent.errors import TaskRefused
 from pod_agent.policy import TaskVerifier, TrustedPeers, VerifiedTask
-from pod_agent.protocol import IdentityKey, envelope_bytes, sign_envelope, source_sha256
+from pod_agent.protocol import (
+    CohortEntry,
+    CohortProof,
+    CohortTree,
+    IdentityKey,
+    cohort_tree,
+    envelope_bytes,
+    sign_envelope,
+    source_sha256,
+)
 from pod_agent.protocol.messages import (
     DataSelection,
     Hyperparameters,
     ModelRef,
-    Participant,
     SecAggParams,
     TaskPayload,
     WeightsRef,
@@ -54,19 +63,39 @@ def key_of(pod: str) -> IdentityKey:
 
 
 def cohort(pods: list[str], **overrides: Any) -> SecAggParams:
-    """Secure-aggregation parameters over ``pods`` with a per-value bound of 1.0 (under the default ceiling)."""
-    fields: dict[str, Any] = {
-        "prime_q": 2 * 2**16 * len(pods), "precision": 2**16, "num_workers": len(pods),
-        "participants": [Participant(pod=p, key_id=key_of(p).key_id) for p in pods],
-    }
+    """Secure-aggregation parameters for ``pods`` with a per-value bound of 1.0 (under the default ceiling)."""
+    fields: dict[str, Any] = {"prime_q": 2 * 2**16 * len(pods), "precision": 2**16, "num_workers": len(pods)}
     return SecAggParams(**(fields | overrides))
+
+
+# Every cohort make_task committed to, by root: the hub's part (each pod's proof) in these tests.
+_TREES: dict[str, CohortTree] = {}
+
+
+def cohort_of(pods: list[str], *, schema_hash: str = SCHEMA) -> CohortTree:
+    """The tree of ``pods``' entries: this pod's with ``schema_hash``, the others' with SCHEMA."""
+    tree = cohort_tree([
+        CohortEntry(pod=p, schema_hash=schema_hash if p == POD else SCHEMA, key_id=key_of(p).key_id) for p in pods
+    ])
+    _TREES[tree.commitment.root] = tree
+    return tree
+
+
+def proof_for(raw: bytes, pod: str = POD) -> CohortProof:
+    """The proof the hub would deliver with ``raw`` to ``pod`` (to the first pod when ``pod`` is not in it; a
+    one-pod cohort's when ``raw`` names no cohort make_task built: it is refused before the proof counts)."""
+    try:
+        tree = _TREES[json.loads(raw)["payload"]["cohort"]["root"]]
+    except (ValueError, KeyError, TypeError, RecursionError):
+        tree = cohort_of([pod])
+    return tree.proof(pod if pod in tree.pods else tree.pods[0])
 
 
 def verifier_for(
     security: SecuritySection, privacy_section: PrivacySection, nonces: Any, *, row_count: int = ROW_COUNT
 ) -> TaskVerifier:
     return TaskVerifier(security=security, privacy=privacy_section, pod_name=POD, schema_hash=SCHEMA,
-                        row_count=row_count, peers=trusted(privacy_section), nonces=nonces)
+                        row_count=row_count, nonces=nonces)
 
 
 def policy_for(alice: IdentityKey, bob: IdentityKey, **overrides: Any) -> SecuritySection:
@@ -85,12 +114,13 @@ def policy_for(alice: IdentityKey, bob: IdentityKey, **overrides: Any) -> Securi
 def make_task(key: IdentityKey, **overrides: Any) -> TaskPayload:
     """A task that passes the default floor: a train task starts from pinned weights, securely aggregated
     over its pods (default: this pod and two pinned peers)."""
-    pods = overrides.get("pods", [POD, "pod-b", "pod-c"])
+    pods = overrides.pop("pods", [POD, "pod-b", "pod-c"])
+    schema_hash = overrides.pop("schema_hash", SCHEMA)
     kind = overrides.get("kind", "train")
     fields: dict[str, Any] = {
         "task_id": str(uuid.uuid4()),
         "modeller_id": key.key_id,
-        "pods": pods,
+        "cohort": cohort_of(pods, schema_hash=schema_hash).commitment,
         "weights": WEIGHTS if kind == "train" else None,
         "secagg": cohort(pods) if kind == "train" and len(set(pods)) == len(pods) else None,
         "issued_at": NOW - 10,
@@ -100,7 +130,6 @@ def make_task(key: IdentityKey, **overrides: Any) -> TaskPayload:
         "model": ModelRef(style="module", name="vetted", class_name="Net", source=SOURCE, sha256=source_sha256(SOURCE)),
         "hyperparameters": Hyperparameters(epochs=2),
         "data": DataSelection(target="income"),
-        "schema_hash": SCHEMA,
     }
     fields.update(overrides)
     return TaskPayload(**fields)
@@ -115,12 +144,13 @@ class Pod:
     verifier: TaskVerifier
     state: PodState
 
-    def refusal(self, raw: bytes, *, now: int = NOW) -> TaskRefused:
+    def refusal(self, raw: bytes, *, now: int = NOW, proof: CohortProof | None = None) -> TaskRefused:
+        """The refusal of ``raw`` delivered with ``proof`` (default: this pod's, as an honest hub sends it)."""
         with pytest.raises(TaskRefused) as info:
-            self.verifier.verify(raw, now=now)
+            self.verifier.verify(raw, proof=proof or proof_for(raw), now=now)
         return info.value
 
     def accept(self, raw: bytes, *, now: int = NOW) -> VerifiedTask:
-        return self.verifier.verify(raw, now=now)
+        return self.verifier.verify(raw, proof=proof_for(raw), now=now)
 
 

@@ -18,8 +18,8 @@ from policy_helpers import (
     make_task,
     policy_for,
     privacy,
+    proof_for,
     signed,
-    trusted,
     verifier_for,
 )
 
@@ -236,9 +236,9 @@ def test_replay_of_a_policy_refused_task_is_refused_as_replay_even_after_policy_
     record = narrow.state.list_tasks()[0]
     assert (record.status, record.reason) == (TaskStatus.REFUSED, "schema_mismatch")
     wider = TaskVerifier(security=policy_for(alice, bob), privacy=privacy(), pod_name=POD, schema_hash="00" * 32,
-                         row_count=ROW_COUNT, peers=trusted(privacy()), nonces=narrow.state)
+                         row_count=ROW_COUNT, nonces=narrow.state)
     with pytest.raises(Exception, match=r"\(replay\)"):
-        wider.verify(raw, now=NOW)
+        wider.verify(raw, proof=proof_for(raw), now=NOW)
 
 
 def test_replay_is_caught_across_a_restart(pod: Pod, alice: IdentityKey) -> None:
@@ -250,7 +250,7 @@ def test_replay_is_caught_across_a_restart(pod: Pod, alice: IdentityKey) -> None
     try:
         verifier = verifier_for(policy_for(alice, IdentityKey.generate()), privacy(), reopened)
         with pytest.raises(Exception, match=r"\(replay\)"):
-            verifier.verify(raw, now=NOW + 5)
+            verifier.verify(raw, proof=proof_for(raw), now=NOW + 5)
     finally:
         reopened.close()
         pod.state = PodState.open(path)  # the fixture closes it again
@@ -402,19 +402,13 @@ def test_task_built_for_another_schema_is_refused(pod: Pod, alice: IdentityKey) 
     assert pod.refusal(signed(make_task(alice, schema_hash="ab" * 32), alice)).code == RefusalCode.SCHEMA_MISMATCH.value
 
 
-def test_per_pod_schema_hash_is_what_the_pod_checks(pod: Pod, alice: IdentityKey) -> None:
-    cohort = [POD, "pod-b", "pod-c"]
-    own = make_task(alice, pods=cohort, schema_hash="ab" * 32,
-                    pod_schema_hashes={POD: SCHEMA, "pod-b": "ab" * 32, "pod-c": "ab" * 32})
+def test_the_schema_hash_checked_is_this_pods_own_cohort_entry(pod: Pod, alice: IdentityKey) -> None:
+    own = make_task(alice, schema_hash=SCHEMA)  # the other pods' entries pin their own hashes
     assert pod.accept(signed(own, alice)).payload.task_id == own.task_id
-    wrong = make_task(alice, pods=cohort, schema_hash=SCHEMA,
-                      pod_schema_hashes={POD: "cd" * 32, "pod-b": SCHEMA, "pod-c": SCHEMA})
-    assert pod.refusal(signed(wrong, alice)).code == RefusalCode.SCHEMA_MISMATCH.value
-
-
-def test_per_pod_schema_hashes_must_name_every_target() -> None:
-    with pytest.raises(ValueError, match="pod_schema_hashes must name exactly the target pods"):
-        make_task(IdentityKey.generate(), pods=[POD, "b"], pod_schema_hashes={POD: SCHEMA})
+    wrong = make_task(alice, schema_hash="cd" * 32)
+    refusal = pod.refusal(signed(wrong, alice))
+    assert refusal.code == RefusalCode.SCHEMA_MISMATCH.value
+    assert refusal.detail.startswith("task was built for schema cdcdcdcd")
 
 
 # -- configuration ------------------------------------------------------------------------------

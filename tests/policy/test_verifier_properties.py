@@ -9,7 +9,7 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from policy_helpers import NOW, POD, SCHEMA, make_task, policy_for, privacy, signed, verifier_for
+from policy_helpers import NOW, POD, SCHEMA, make_task, policy_for, privacy, proof_for, signed, verifier_for
 
 from pod_agent.errors import TaskRefused
 from pod_agent.policy import RefusalCode, VerifiedTask
@@ -40,10 +40,11 @@ VALID = signed(make_task(ALICE), ALICE)
 VALID_PAYLOAD = canonical_json(json.loads(VALID)["payload"])
 
 
-def _judge(raw: bytes) -> VerifiedTask | None:
-    """Verify ``raw``; a refusal must carry a known code, an acceptance must be validly signed by a policy key."""
+def _judge(raw: bytes, *, proof_of: bytes = VALID) -> VerifiedTask | None:
+    """Verify ``raw`` delivered with the proof of ``proof_of``'s cohort; a refusal must carry a known code, an
+    acceptance must be validly signed by a policy key."""
     try:
-        verified = VERIFIER.verify(raw, now=NOW)
+        verified = VERIFIER.verify(raw, proof=proof_for(proof_of), now=NOW)
     except TaskRefused as refusal:
         assert refusal.code in CODES
         return None
@@ -135,7 +136,7 @@ def test_field_mutations_of_a_signed_payload_are_refused_unless_canonically_equa
 @given(
     key=st.sampled_from([ALICE, BOB, MALLORY]),
     kind=st.sampled_from(["train", "evaluate", "predict"]),
-    pods=st.lists(st.sampled_from([POD, "pod-b", "pod-c"]), min_size=1, max_size=3),
+    pods=st.lists(st.sampled_from([POD, "pod-b", "pod-c"]), min_size=1, max_size=3, unique=True),
     issued=st.integers(-5000, 200),
     lifetime=st.integers(1, 100_000),
     epochs=st.integers(1, 30),
@@ -146,7 +147,8 @@ def test_well_formed_tasks_are_accepted_only_from_policy_keys_within_policy(
 ) -> None:
     task = make_task(key, kind=kind, pods=pods, issued_at=NOW + issued, expires_at=NOW + issued + lifetime,
                      hyperparameters=Hyperparameters(epochs=epochs), schema_hash=schema)
-    verified = _judge(signed(task, key))
+    raw = signed(task, key)
+    verified = _judge(raw, proof_of=raw)
     if verified is None:
         return
     assert key is not MALLORY

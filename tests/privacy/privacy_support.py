@@ -24,6 +24,7 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 from agent_support import HubWithAgent
 from aiohttp import web
+from task_support import cohort_of, entries
 
 from pod_agent.agent.egress import METRIC_VOCABULARY
 from pod_agent.config.settings import DatasourceSection
@@ -32,12 +33,11 @@ from pod_agent.data.task_input import DATA_FILE_NAME, SPLIT_CODES, prepare_task_
 from pod_agent.modeller import ModellerClient, PodInfo, VerifiedResult, build_task
 from pod_agent.modeller.weights import starting_weights
 from pod_agent.policy import FailureCode, RefusalCode
-from pod_agent.protocol import IdentityKey, source_sha256, spec_sha256
+from pod_agent.protocol import CohortEntry, IdentityKey, source_sha256, spec_sha256
 from pod_agent.protocol.messages import (
     DataSelection,
     Hyperparameters,
     ModelRef,
-    Participant,
     SecAggParams,
     Split,
     TaskPayload,
@@ -179,14 +179,15 @@ class Attacker:
 
     def task(
         self, kind: str, model: ModelRef, *, hp: Hyperparameters | None = None, data: DataSelection = SELECTION,
-        secagg: SecAggParams | None = None, **fields: Any,
+        secagg: SecureCohort | None = None, **fields: Any,
     ) -> TaskPayload:
         """A task for this pod; under ``secagg`` for its whole cohort (only this pod answers)."""
-        pods = [p.pod for p in secagg.participants] if secagg is not None else [self.pod.name]
+        own = entries([self.pod.name], self.pod.schema_hash, key_ids={self.pod.name: self.pod.key_id})
+        cohort = secagg.entries if secagg is not None else own
         return build_task(
-            modeller_id=self.client.key.key_id, pods=pods, kind=kind,  # type: ignore[arg-type]
-            schema_hash=self.pod.schema_hash, model=model, data=data,
-            hyperparameters=hp or Hyperparameters(epochs=1, batch_size=32), secagg=secagg, **fields,
+            modeller_id=self.client.key.key_id, cohort=cohort, kind=kind,  # type: ignore[arg-type]
+            model=model, data=data, hyperparameters=hp or Hyperparameters(epochs=1, batch_size=32),
+            secagg=None if secagg is None else secagg.params, **fields,
         )
 
     async def pinned(self, model: ModelRef, hp: Hyperparameters, data: DataSelection = SELECTION) -> WeightsRef:
@@ -195,7 +196,7 @@ class Attacker:
                                       hyperparameters=hp, weights_file=None, work_dir=self.work)
 
     async def outcome(self, task: TaskPayload) -> ResultView:
-        await self.client.submit_task(task)
+        await self.client.submit_task(task, cohort_of(task))
         answers = await self.client.wait_results(task.task_id, [self.pod.name], timeout_s=TASK_TIMEOUT_S)
         got = answers[self.pod.name]
         if isinstance(got, VerifiedResult):
@@ -228,11 +229,23 @@ def declarative(spec: Mapping[str, Any] = SPEC) -> ModelRef:
     return ModelRef(style="declarative", name="linear", spec=dict(spec), sha256=spec_sha256(dict(spec)))
 
 
-def cohort(pod: PodInfo, peers: Iterable[tuple[str, str]]) -> SecAggParams:
-    """Secure-aggregation parameters over this pod and ``peers`` (name, key id), within the default
-    clip ceiling: bound = prime_q / (2 * precision * num_workers) = 2**20 / 2**17 / 3, about 2.7."""
-    participants = [Participant(pod=pod.name, key_id=pod.key_id), *(Participant(pod=n, key_id=k) for n, k in peers)]
-    return SecAggParams(prime_q=2**20, precision=2**16, num_workers=len(participants), participants=participants)
+@dataclass(frozen=True)
+class SecureCohort:
+    """A secure task's cohort entries and its secure-aggregation parameters."""
+
+    entries: list[CohortEntry]
+    params: SecAggParams
+
+    def with_params(self, **update: Any) -> SecureCohort:
+        return SecureCohort(self.entries, self.params.model_copy(update=update))
+
+
+def cohort(pod: PodInfo, peers: Iterable[tuple[str, str]]) -> SecureCohort:
+    """This pod and ``peers`` (name, key id) under secure aggregation within the default clip ceiling:
+    bound = prime_q / (2 * precision * num_workers) = 2**20 / 2**17 / 3, about 2.7."""
+    keys = {pod.name: pod.key_id, **dict(peers)}
+    members = entries(list(keys), pod.schema_hash, key_ids=keys)
+    return SecureCohort(members, SecAggParams(prime_q=2**20, precision=2**16, num_workers=len(members)))
 
 
 @dataclass

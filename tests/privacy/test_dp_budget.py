@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from agent_support import hub_with_agent
 from safetensors.numpy import load
+from task_support import cohort_of, entries
 
 from pod_agent.modeller import ModellerClient, VerifiedResult, build_task
 from pod_agent.modeller.weights import starting_weights
@@ -43,13 +44,13 @@ async def _train(modeller: ModellerClient, pod: Any, work_dir: Path, **fields: A
         weights_file=None, work_dir=work_dir,
     )
     return build_task(
-        modeller_id=modeller.key.key_id, pods=["pod-a"], kind="train", schema_hash=pod.schema_hash,
+        modeller_id=modeller.key.key_id, cohort=entries(["pod-a"], pod.schema_hash), kind="train",
         model=LINEAR, data=SELECTION, hyperparameters=hyperparameters, weights=weights, **fields,
     )
 
 
 async def _outcome(modeller: ModellerClient, task: Any) -> VerifiedResult:
-    await modeller.submit_task(task)
+    await modeller.submit_task(task, cohort_of(task))
     result = (await modeller.wait_results(task.task_id, ["pod-a"], timeout_s=120))["pod-a"]
     assert isinstance(result, VerifiedResult), result
     return result
@@ -73,7 +74,7 @@ async def test_the_pod_noises_charges_and_then_refuses_past_the_modellers_budget
         assert (second.payload.status, second.payload.reason) == ("refused", "privacy_budget_exhausted")
 
         evaluate = build_task(
-            modeller_id=modeller.key.key_id, pods=["pod-a"], kind="evaluate", schema_hash=pod.schema_hash,
+            modeller_id=modeller.key.key_id, cohort=entries(["pod-a"], pod.schema_hash), kind="evaluate",
             model=LINEAR, data=SELECTION,
         )
         refused = await _outcome(modeller, evaluate)

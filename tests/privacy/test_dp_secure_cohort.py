@@ -53,15 +53,16 @@ def test_three_pods_share_the_noise_charge_the_release_and_refuse_the_next_round
             result = await fedavg.run()
             # A next round from the new weights: each pod refuses it before anything is trained.
             weights = await publish_weights(client, result.weights, tmp_path / "next.safetensors")
+            cohort = await client.cohort(names)
             task = build_task(
-                modeller_id=modeller.key_id, pods=names, kind="train", schema_hash=fedavg._schema_hashes[names[0]],
-                pod_schema_hashes=fedavg._schema_hashes, model=model, data=fedavg.selection, weights=weights,
+                modeller_id=modeller.key_id, cohort=cohort, kind="train", model=model, data=fedavg.selection,
+                weights=weights,
                 hyperparameters=Hyperparameters(epochs=1, batch_size=128), dp=fedavg.dp,
                 secagg=SecAggParams(prime_q=DP_SECURE.prime_q, precision=DP_SECURE.precision, num_workers=3,
-                                    participants=await client.participants(names), clip_norm=DP_CLIP,
+                                    clip_norm=DP_CLIP,
                                     weighted=False, round=2),
             )
-            await client.submit_task(task)
+            await client.submit_task(task, cohort)
             answers = await client.wait_results(task.task_id, names, timeout_s=60)
             return fedavg.dp.noise_multiplier, dict(answers)
 

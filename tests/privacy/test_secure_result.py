@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 import pytest
 import pytest_asyncio
-from privacy_support import PrivacyRig, ResultView, cohort, lightning, nothing_recoverable
+from privacy_support import PrivacyRig, ResultView, SecureCohort, cohort, lightning, nothing_recoverable
 from safetensors.numpy import load
+from task_support import cohort_of, pods_of
 
 from pod_agent.agent.hubclient import HubClient
 from pod_agent.agent.secure_round import PodRoundContext, RoundOutput, run_secure_round
@@ -24,7 +25,7 @@ from pod_agent.modeller.secure_round import run_secure_round as drive_round
 from pod_agent.policy import TrustedPeers
 from pod_agent.protocol import PublicKey
 from pod_agent.protocol.hub_api import RoundMessages
-from pod_agent.protocol.messages import Hyperparameters, SecAggParams, TaskPayload
+from pod_agent.protocol.messages import Hyperparameters, TaskPayload
 from pod_agent.secagg import Layout, floating_tensors
 from pod_agent.state import PodState
 
@@ -68,9 +69,9 @@ async def _peer(
         state.close()
 
 
-def _params(rig: PrivacyRig) -> SecAggParams:
-    return cohort(rig.owner.pod, rig.peers).model_copy(
-        update={"metrics": ["train_loss"], "advert_timeout_s": ADVERT_S, "stage_timeout_s": STAGE_S})
+def _params(rig: PrivacyRig) -> SecureCohort:
+    return cohort(rig.owner.pod, rig.peers).with_params(
+        metrics=["train_loss"], advert_timeout_s=ADVERT_S, stage_timeout_s=STAGE_S)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -81,19 +82,19 @@ async def secure_round(rig: PrivacyRig, tmp_path_factory: pytest.TempPathFactory
     weights = await rig.owner.pinned(model, TRAIN)
     pinned = load((await rig.owner.client.download_blob(weights.sha256, work / "pinned.safetensors")).read_bytes())
     task = rig.owner.task("train", model, hp=TRAIN, weights=weights, secagg=_params(rig))
-    await rig.owner.client.submit_task(task)
+    await rig.owner.client.submit_task(task, cohort_of(task))
     zeros = {name: np.zeros_like(array) for name, array in floating_tensors(pinned).items()}
     assert task.secagg is not None
     size = Layout.from_arrays(zeros, task.secagg.metrics).size
     summed, pod, *peers = await asyncio.gather(
-        drive_round(rig.owner.client, task, vector_size=size, work_dir=work),
+        drive_round(rig.owner.client, task, cohort_of(task), vector_size=size, work_dir=work),
         rig.owner.outcome(task),  # submitting again is a no-op; this waits for the pod's signed result
         *(_peer(rig, name, task, zeros, work) for name in rig.peer_keys),
         return_exceptions=True,
     )
     assert all(isinstance(o, RoundOutput) for o in peers), (summed, pod, peers)
     assert isinstance(summed, SecureSum) and isinstance(pod, ResultView), (summed, pod, peers)
-    assert sorted(summed.survivors) == sorted(task.pods)
+    assert sorted(summed.survivors) == pods_of(task)
     return task, pod
 
 

@@ -10,8 +10,10 @@ import pytest
 
 from pod_agent.errors import ProtocolError
 from pod_agent.protocol import (
+    CohortEntry,
     IdentityKey,
     canonical_json,
+    cohort_tree,
     envelope_bytes,
     open_envelope,
     parse_envelope,
@@ -31,15 +33,17 @@ from pod_agent.protocol.messages import (
 
 KEY = IdentityKey.generate()
 OTHER = IdentityKey.generate()
+COHORT = cohort_tree([CohortEntry(pod=p, schema_hash="ab" * 32, key_id=KEY.key_id) for p in "ab"]).commitment
 
 
 def _task(source: str = "class Net: pass\n") -> TaskPayload:
     return TaskPayload(
-        task_id=str(uuid.uuid4()), modeller_id=KEY.key_id, pods=["a", "b"], issued_at=1, expires_at=2,
+        task_id=str(uuid.uuid4()), modeller_id=KEY.key_id, issued_at=1,
+        cohort=COHORT, expires_at=2,
         nonce=uuid.uuid4().hex, kind="train",
         model=ModelRef(style="module", name="net", class_name="Net", source=source, sha256=source_sha256(source)),
         hyperparameters=Hyperparameters(epochs=1, learning_rate=0.003, extra={"momentum": 0.9, "nesterov": True}),
-        data=DataSelection(target="income"), schema_hash="ab" * 32,
+        data=DataSelection(target="income"),
     )
 
 

@@ -48,7 +48,7 @@ def names(n: int) -> list[str]:
 
 
 def make_params(n: int, **overrides: object) -> SecAggParams:
-    fields: dict[str, object] = {"prime_q": 2**40, "precision": 2**20, "num_workers": n, "participants": []}
+    fields: dict[str, object] = {"prime_q": 2**40, "precision": 2**20, "num_workers": n}
     fields.update(overrides)
     return SecAggParams.model_validate(fields)
 

@@ -65,10 +65,9 @@ def test_noise_without_a_positive_std_is_refused() -> None:
 
 def test_a_noised_update_still_never_wraps_the_modulus() -> None:
     """Noise far beyond the per-value bound is clipped by the encoder, never wrapped."""
-    from pod_agent.protocol.messages import Participant, SecAggParams
+    from pod_agent.protocol.messages import SecAggParams
 
-    params = SecAggParams(prime_q=2 * 2**16 * 2, precision=2**16, num_workers=2, modulus_bits=32,
-                          participants=[Participant(pod=p, key_id="ab" * 32) for p in ("a", "b")], weighted=False)
+    params = SecAggParams(prime_q=2 * 2**16 * 2, precision=2**16, num_workers=2, modulus_bits=32, weighted=False)
     noised = noise_update(UPDATE, clip_norm=1.0, std=50.0)
     encoded = encode_update(noised.arrays, params=params, n_rows=1)
     assert encoded.n_clipped > 0

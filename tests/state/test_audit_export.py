@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from task_support import entries
 
 from pod_agent.modeller import build_task
 from pod_agent.protocol import IdentityKey, envelope_bytes, sign_envelope, source_sha256
@@ -19,7 +20,7 @@ ALICE = IdentityKey.generate()
 
 def _task(state: PodState, *, now: int, refused: str | None = None) -> str:
     model = ModelRef(style="module", name="tiny", class_name="M", source=SOURCE, sha256=source_sha256(SOURCE))
-    task = build_task(modeller_id=ALICE.key_id, pods=["clinic"], kind="evaluate", schema_hash="a" * 64,
+    task = build_task(modeller_id=ALICE.key_id, cohort=entries(["clinic"], "a" * 64), kind="evaluate",
                       model=model, data=DataSelection(target="b"), now=now)
     state.record_verdict(Verdict(
         task_id=task.task_id, nonce=task.nonce, modeller_id=ALICE.key_id, kind="evaluate",

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pod_agent.protocol import CohortEntry, cohort_tree
 from pod_agent.protocol.messages import DataSelection, Hyperparameters, ModelRef, TaskPayload, WeightsRef
 
 MODELLER_ID = "ab" * 32
@@ -134,7 +135,7 @@ def make_task(
     return TaskPayload(
         task_id=str(uuid.uuid4()),
         modeller_id=MODELLER_ID,
-        pods=["pod-a"],
+        cohort=cohort_tree([CohortEntry(pod="pod-a", schema_hash=SCHEMA_HASH, key_id=MODELLER_ID)]).commitment,
         issued_at=now,
         expires_at=now + 600,
         nonce=uuid.uuid4().hex,
@@ -145,7 +146,6 @@ def make_task(
         if weights is None
         else WeightsRef(blob_id="w", sha256=hashlib.sha256(weights).hexdigest(), size_bytes=len(weights)),
         data=DataSelection(target="TARGET"),
-        schema_hash=SCHEMA_HASH,
         returns=returns,  # type: ignore[arg-type]
     )
 

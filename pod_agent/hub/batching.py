@@ -1,0 +1,74 @@
+"""The small storage calls of many pod connections (heartbeat touches, acks, pending reads), run in batches.
+
+Owns ``StorageBatcher``: a call waits for the batch in flight to finish, then runs with every call that
+queued meanwhile in one worker-thread hop. Storage calls are synchronous and short; one thread hop each
+costs more than the call itself once thousands of pods ack a fan-out and heartbeat at once, and the
+default executor's queue then delays every other request the hub serves. Each call still runs on its
+own (its result or exception goes to its caller only); the order of calls is kept. What a call does is
+``storage.Storage``'s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+# Calls one hop runs at most, so that one batch does not hold the storage lock for long.
+MAX_BATCH_CALLS = 512
+
+
+@dataclass(frozen=True)
+class _Call:
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    future: asyncio.Future[Any]
+
+
+def _run_all(calls: list[_Call]) -> list[tuple[bool, Any]]:
+    out: list[tuple[bool, Any]] = []
+    for call in calls:
+        try:
+            out.append((True, call.fn(*call.args, **call.kwargs)))
+        except Exception as exc:  # noqa: BLE001 - handed back to that call's own caller, which handles it
+            out.append((False, exc))
+    return out
+
+
+class StorageBatcher:
+    """``await batcher.call(storage.touch_pod, name, now=now)``: as ``asyncio.to_thread``, in batches."""
+
+    def __init__(self) -> None:
+        self._queued: list[_Call] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queued.append(_Call(fn, args, kwargs, future))
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush(), name="hub-storage-batch")
+        return await future
+
+    async def _flush(self) -> None:
+        try:
+            while self._queued:
+                batch, self._queued = self._queued[:MAX_BATCH_CALLS], self._queued[MAX_BATCH_CALLS:]
+                try:
+                    results = await asyncio.to_thread(_run_all, batch)
+                except BaseException as exc:  # cancelled at shutdown: no caller waits forever
+                    for call in [*batch, *self._queued]:
+                        if not call.future.done():
+                            call.future.set_exception(exc if isinstance(exc, Exception) else asyncio.CancelledError())
+                    self._queued = []
+                    raise
+                for call, (ok, value) in zip(batch, results, strict=True):
+                    if call.future.done():  # its caller was cancelled meanwhile
+                        continue
+                    if ok:
+                        call.future.set_result(value)
+                    else:
+                        call.future.set_exception(value)
+        finally:
+            self._flusher = None

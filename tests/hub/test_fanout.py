@@ -1,0 +1,108 @@
+"""The hub's push of a task to its cohort: each pod gets the signed task once, with its own entry and proof
+only, so what a pod receives grows with log2 of the cohort; a hub that lost its prepared copy rebuilds the
+cohort from the pods' registrations and delivers only when that gives the signed root."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from hub_tasks import SCHEMA_HASH
+
+from pod_agent.hub import create_app, listening
+from pod_agent.modeller.tasks import build_task
+from pod_agent.protocol import (
+    CohortEntry,
+    CohortProof,
+    IdentityKey,
+    TaskPayload,
+    TaskSubmission,
+    canonical_json,
+    check_inclusion,
+    sign_envelope,
+    sign_request,
+)
+
+
+async def _federation(hub: Any, n: int) -> tuple[IdentityKey, dict[str, IdentityKey]]:
+    modeller = IdentityKey.generate()
+    body = {"name": "m", "public_key": modeller.public.to_b64()}
+    assert (await hub.caller(modeller).call("POST", "/v1/modellers/register", body))[0] == 200
+    pods = {f"pod-{i:02d}": IdentityKey.generate() for i in range(n)}
+    for name, key in pods.items():
+        assert (await hub.caller(key).call("POST", "/v1/pods/register", hub.pod_registration(key, name)))[0] == 200
+    return modeller, pods
+
+
+def _submission(modeller: IdentityKey, pods: dict[str, IdentityKey]) -> tuple[TaskPayload, bytes]:
+    cohort = [CohortEntry(pod=name, schema_hash=SCHEMA_HASH, key_id=key.key_id) for name, key in pods.items()]
+    task = build_task(modeller_id=modeller.key_id, cohort=cohort, kind="schema-stats")
+    return task, canonical_json(TaskSubmission(envelope=sign_envelope(task, modeller), cohort=cohort))
+
+
+def _checked(delivery: dict[str, Any], pod: str) -> CohortProof:
+    """The delivery's proof, checked against the signed task's root as a pod's verifier does."""
+    payload = TaskPayload.model_validate(json.loads(delivery["envelope"])["payload"])
+    proof = CohortProof.model_validate(delivery["proof"])
+    assert proof.entry.pod == pod
+    check_inclusion(payload.cohort, proof)
+    return proof
+
+
+async def test_each_pod_is_pushed_the_task_with_its_own_entry_and_proof(hub: Any) -> None:
+    modeller, pods = await _federation(hub, 3)
+    headers = sign_request(pods["pod-00"], "GET", "/v1/pod/ws", b"", now=int(time.time()))
+    ws = await hub.session.ws_connect(hub.base + "/v1/pod/ws", headers=headers)
+    task, raw = _submission(modeller, pods)
+    assert (await hub.caller(modeller).call("POST", "/v1/tasks", raw=raw))[0] == 201
+    pushed = json.loads((await ws.receive(timeout=5)).data)
+    await ws.close()
+    assert pushed["task_id"] == task.task_id
+    assert _checked(pushed, "pod-00").entry.key_id == pods["pod-00"].key_id
+    status, polled = await hub.caller(pods["pod-01"]).call("GET", "/v1/pod/tasks?wait=0")
+    assert status == 200 and [t["task_id"] for t in polled["tasks"]] == [task.task_id]
+    _checked(polled["tasks"][0], "pod-01")
+    assert "pod-02" not in json.dumps(pushed) and "pod-02" not in json.dumps(polled)  # no roster travels
+
+
+async def test_what_a_pod_receives_grows_with_log2_of_the_cohort(hub: Any) -> None:
+    modeller, pods = await _federation(hub, 32)
+    sizes = {}
+    for n in (2, 32):
+        cohort = dict(list(pods.items())[:n])
+        task, raw = _submission(modeller, cohort)
+        assert (await hub.caller(modeller).call("POST", "/v1/tasks", raw=raw))[0] == 201
+        _, polled = await hub.caller(pods["pod-00"]).call("GET", "/v1/pod/tasks?wait=0")
+        delivery = next(t for t in polled["tasks"] if t["task_id"] == task.task_id)
+        sizes[n] = len(json.dumps(delivery))
+        assert len(_checked(delivery, "pod-00").path) == (n - 1).bit_length()
+    assert sizes[32] - sizes[2] < 4 * 70  # four more hashes on the path; 30 more pods listed would be ~3 kB
+
+
+async def test_entries_that_do_not_give_the_signed_root_are_refused(hub: Any) -> None:
+    modeller, pods = await _federation(hub, 3)
+    _, raw = _submission(modeller, pods)
+    altered = json.loads(raw)
+    altered["cohort"][1]["schema_hash"] = "cd" * 32
+    status, body = await hub.caller(modeller).call("POST", "/v1/tasks", raw=canonical_json(altered))
+    assert status == 400
+    assert "the 3 cohort entries do not give the task's signed cohort root" in body["error"]
+
+
+async def test_a_hub_without_the_prepared_task_rebuilds_its_cohort_from_registrations(hub: Any) -> None:
+    """A second hub on the same database (as after a restart) holds no prepared copy of the task."""
+    modeller, pods = await _federation(hub, 3)
+    task, raw = _submission(modeller, pods)
+    assert (await hub.caller(modeller).call("POST", "/v1/tasks", raw=raw))[0] == 201
+    async with listening(create_app(hub.storage, blob_dir=hub.blob_dir), port=0) as other:
+        restarted = type(hub)(other, hub.storage, hub.blob_dir, hub.session, hub.db)
+        _, polled = await restarted.caller(pods["pod-01"]).call("GET", "/v1/pod/tasks?wait=0")
+        assert [t["task_id"] for t in polled["tasks"]] == [task.task_id]
+        _checked(polled["tasks"][0], "pod-01")
+        # pod-02 registers another schema since: the rebuilt cohort no longer gives the signed root.
+        again = hub.pod_registration(pods["pod-02"], "pod-02", schema_hash="cd" * 32)
+        assert (await restarted.caller(pods["pod-02"]).call("POST", "/v1/pods/register", again))[0] == 200
+    async with listening(create_app(hub.storage, blob_dir=hub.blob_dir), port=0) as third:
+        fresh = type(hub)(third, hub.storage, hub.blob_dir, hub.session, hub.db)
+        assert (await fresh.caller(pods["pod-00"]).call("GET", "/v1/pod/tasks?wait=0"))[1]["tasks"] == []
