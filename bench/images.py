@@ -8,12 +8,15 @@ one torch thread on both sides:
                files that opens, converts and resizes each with Pillow and scales it to [0, 1] (the
                ImageFolder pattern, without torchvision), a DataLoader, a LightningModule with the same
                layers, ``Trainer.fit`` on the training split (the pod's own split of the same files).
+- ``plain_cached_s``: (a') the same, decoding every file once into tensors first (counted) and training on a
+               TensorDataset, as a user with memory to spare would: the pod, too, decodes once per task.
 - ``pod_s``:   (b) the agent decodes the same files into the task's prepared input (``prepare_s``, counted
                in ``pod_s``), then one train task through the SandboxRunner with a warm worker at the best
                sandbox level here, and the agent's contract check.
 - ``plain_images_per_s`` / ``pod_images_per_s``: training images x epochs / seconds; ``ratio``: pod_s /
-               plain_s. (a) and (b) alternate ``repeats`` times; the fastest of each counts (other load only
-               adds time). A pod decodes each image once per task, the plain loop once per epoch.
+               plain_s, ``ratio_cached``: pod_s / plain_cached_s. (a), (a') and (b) alternate ``repeats``
+               times; the fastest of each counts (other load only adds time). A pod decodes each image once
+               per task, the plain loop (a) once per epoch.
 
 Text (update size with adapters vs the full model): a 2-layer BERT (hidden 32) with LoRA on query and value
 (``TINY_BERT_LORA``), built from its config for a 16-token byte vocabulary task: the values and float32 bytes of
@@ -59,15 +62,15 @@ def _selection() -> Any:
     return DataSelection(target="label", columns=["image"])
 
 
-def _plain(section: Any, *, epochs: int) -> tuple[float, int]:
-    """(a): a Dataset decoding the PNGs, plain Lightning; returns (seconds, training images)."""
+def _plain(section: Any, *, epochs: int, cached: bool) -> tuple[float, int]:
+    """(a), or (a') ``cached``: a Dataset decoding the PNGs, plain Lightning; returns (seconds, training images)."""
     import numpy as np
     import pytorch_lightning as pl
     import torch
     from PIL import Image
     from torch import nn
     from torch.nn import functional as F
-    from torch.utils.data import DataLoader, Dataset
+    from torch.utils.data import DataLoader, Dataset, TensorDataset
 
     from pod_agent.data import assign_splits, open_datasource
 
@@ -108,7 +111,11 @@ def _plain(section: Any, *, epochs: int) -> tuple[float, int]:
     pl.seed_everything(SEED, verbose=False)
     trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=epochs, deterministic=True, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
-    trainer.fit(Plain(), DataLoader(Files(), batch_size=BATCH_SIZE, shuffle=True))
+    files: Dataset[Any] = Files()
+    if cached:
+        decoded = [files[i] for i in range(len(paths))]
+        files = TensorDataset(torch.stack([x for x, _ in decoded]), torch.tensor([y for _, y in decoded]))
+    trainer.fit(Plain(), DataLoader(files, batch_size=BATCH_SIZE, shuffle=True))
     return time.perf_counter() - started, len(paths)
 
 
@@ -191,14 +198,16 @@ def run(small: bool) -> dict[str, Any]:
     epochs = SMALL_EPOCHS if small else FULL_EPOCHS
     level = _best_level()
     plain_runs: list[float] = []
+    cached_runs: list[float] = []
     pod_runs: list[float] = []
     prepare_runs: list[float] = []
     with tempfile.TemporaryDirectory(prefix="pod-bench-images-") as tmp:
         root = Path(tmp)
         section = _files(root, per_class)
         for _ in range(SMALL_REPEATS if small else FULL_REPEATS):
-            plain_s, train_images = _plain(section, epochs=epochs)
+            plain_s, train_images = _plain(section, epochs=epochs, cached=False)
             plain_runs.append(plain_s)
+            cached_runs.append(_plain(section, epochs=epochs, cached=True)[0])
             pod_s, prepare_s, pod_images = asyncio.run(_pod(section, root, epochs=epochs, level=level))
             pod_runs.append(pod_s)
             prepare_runs.append(prepare_s)
@@ -208,8 +217,11 @@ def run(small: bool) -> dict[str, Any]:
         "same_split": pod_images == train_images,
         "plain_s": round(min(plain_runs), 3), "pod_s": round(min(pod_runs), 3),
         "prepare_s": round(min(prepare_runs), 3), "ratio": round(min(pod_runs) / min(plain_runs), 3),
+        "plain_cached_s": round(min(cached_runs), 3), "ratio_cached": round(min(pod_runs) / min(cached_runs), 3),
         "plain_images_per_s": round(seen / min(plain_runs), 1), "pod_images_per_s": round(seen / min(pod_runs), 1),
+        "plain_cached_images_per_s": round(seen / min(cached_runs), 1),
         "plain_runs_s": [round(t, 3) for t in plain_runs], "pod_runs_s": [round(t, 3) for t in pod_runs],
+        "plain_cached_runs_s": [round(t, 3) for t in cached_runs],
         "text_update": _update_sizes(),
     }
 
@@ -219,9 +231,11 @@ def _print(result: dict[str, Any]) -> None:
           f"{result['epochs']} epoch(s), batch {BATCH_SIZE}, 1 thread, sandbox level {result['level']}")
     print(f"(a) plain Lightning, Pillow Dataset:  {result['plain_s']:>8.3f} s  {result['plain_images_per_s']:>8.1f} "
           f"images/s   runs {result['plain_runs_s']}")
+    print(f"(a') the same, decoded once first: {result['plain_cached_s']:>8.3f} s  "
+          f"{result['plain_cached_images_per_s']:>8.1f} images/s   runs {result['plain_cached_runs_s']}")
     print(f"(b) pod task (decode {result['prepare_s']:.3f} s + warm worker): {result['pod_s']:>8.3f} s  "
           f"{result['pod_images_per_s']:>8.1f} images/s   runs {result['pod_runs_s']}")
-    print(f"ratio (b)/(a), fastest of each: {result['ratio']:.3f}")
+    print(f"ratio (b)/(a), fastest of each: {result['ratio']:.3f}; (b)/(a'): {result['ratio_cached']:.3f}")
     text = result["text_update"]
     print(f"text, tiny BERT + LoRA: full model {text['full_values']} values ({text['full_f32_bytes']} B float32, "
           f"{text['full_masked_bytes']} B masked); adapters {text['adapter_values']} values in "

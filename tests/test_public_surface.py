@@ -43,7 +43,7 @@ SURFACE: dict[str, list[str]] = {
         "DEFAULT_BLOB_GRACE_S", "DEFAULT_BLOB_QUOTA_BYTES", "DEFAULT_BLOB_QUOTA_COUNT", "DEFAULT_GC_INTERVAL_S",
         "DEFAULT_HOST", "DEFAULT_PORT", "DEFAULT_RATE_BURST", "DEFAULT_RATE_PER_S", "DEFAULT_TOKEN_TTL_S",
         "HubLimits", "PostgresCluster", "PostgresStorage", "REGISTRATION_POLICIES", "RegistrationPolicy",
-        "SqliteStorage",
+        "SqliteStorage", "StatusPage",
         "Storage", "StorageConflict", "blob_dir_for", "create_app", "invite", "is_postgres_url",
         "listening", "open_storage", "serve", "server_tls_context"
     ],

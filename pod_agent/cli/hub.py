@@ -26,6 +26,7 @@ from pod_agent.hub import (
     REGISTRATION_POLICIES,
     HubLimits,
     RegistrationPolicy,
+    StatusPage,
     Storage,
     is_postgres_url,
     open_storage,
@@ -63,6 +64,13 @@ def serve(
         DEFAULT_BLOB_GRACE_S, "--blob-grace-s", help="Seconds an unreferenced blob is kept before collection."
     ),
     gc_interval_s: float = typer.Option(DEFAULT_GC_INTERVAL_S, "--gc-interval-s", help="Seconds between collections."),
+    admin_token_file: Path | None = typer.Option(
+        None, "--admin-token-file",
+        help="A file holding the operator's admin token: serves the read-only status page at /status.",
+    ),
+    pod_keys: Path | None = typer.Option(
+        None, "--pod-keys", help="The operator's pod-keys file (`pod-agent keys show` lines): /status marks each key.",
+    ),
 ) -> None:
     """Serve the hub until SIGTERM/SIGINT; prints `hub listening on URL` once bound."""
     configure_logging(fmt=log_format, level="INFO")  # type: ignore[arg-type]
@@ -74,15 +82,37 @@ def serve(
         blob_quota_count=blob_quota_count, blob_grace_s=blob_grace_s, gc_interval_s=gc_interval_s,
     )
 
+    status = _status_page(admin_token_file, pod_keys)
+
     def announce(url: str) -> None:
         typer.echo(f"hub listening on {url}")
+        if status is not None:
+            typer.echo(f"status page at {url}/status (the admin token is its password)")
 
     asyncio.run(
         run_hub(
             db=db, host=host, port=port, cert=cert, key=key, on_listening=announce, registration=policy,
-            limits=limits, blob_dir=blob_dir,
+            limits=limits, blob_dir=blob_dir, status=status,
         )
     )
+
+
+def _status_page(token_file: Path | None, pod_keys: Path | None) -> StatusPage | None:
+    """The status page's settings from the operator's files; None (no page) without a token file."""
+    if token_file is None:
+        if pod_keys is not None:
+            raise HubError("--pod-keys marks keys on the status page: give --admin-token-file too")
+        return None
+    try:
+        token = token_file.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise HubError(f"admin token file {token_file} cannot be read: {exc}; give a UTF-8 file") from exc
+    pins: dict[str, str] = {}
+    if pod_keys is not None:
+        from pod_agent.modeller import load_pod_keys
+
+        pins = {name: key.to_b64() for name, key in load_pod_keys(pod_keys).items()}
+    return StatusPage(admin_token=token, pod_pins=pins)
 
 
 def _policy(value: str) -> RegistrationPolicy:

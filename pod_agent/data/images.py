@@ -102,9 +102,12 @@ class ImageReader:
             raise DataError(f"images directory {self._root} unreadable ({exc.strerror}); fix datasource.images.dir") \
                 from exc
         try:
-            for part in parts[:-1]:
-                fd = _reopen(fd, part, flags | os.O_DIRECTORY, relative, self._root)
-            fd = _reopen(fd, parts[-1], flags | os.O_NONBLOCK, relative, self._root)
+            for index, part in enumerate(parts):
+                last = index == len(parts) - 1
+                inner = _open_under(fd, part, flags | (os.O_NONBLOCK if last else os.O_DIRECTORY), relative,
+                                    self._root)
+                os.close(fd)
+                fd = inner
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):
                 raise DataError(f"image path {relative!r} under {self._root} is not a regular file")
@@ -129,15 +132,16 @@ def _checked_parts(relative: str, root: Path) -> list[str]:
     return list(path.parts)
 
 
-def _reopen(dir_fd: int, name: str, flags: int, relative: str, root: Path) -> int:
-    """Open ``name`` under ``dir_fd`` (closing it) without following a symlink."""
+def _open_under(dir_fd: int, name: str, flags: int, relative: str, root: Path) -> int:
+    """Open ``name`` under ``dir_fd`` without following a symlink."""
     try:
         return os.open(name, flags, dir_fd=dir_fd)
     except OSError as exc:
-        reason = "is or passes a symlink, which is refused" if exc.errno == errno.ELOOP else exc.strerror
+        # O_NOFOLLOW on a link is ELOOP; O_DIRECTORY on a link (to a directory) is ENOTDIR.
+        linked = exc.errno in (errno.ELOOP, errno.ENOTDIR) and os.path.islink(os.path.join(f"/proc/self/fd/{dir_fd}",
+                                                                                             name))
+        reason = "is or passes a symlink, which is refused" if linked else exc.strerror
         raise DataError(f"image path {relative!r} under {root}: {reason}") from exc
-    finally:
-        os.close(dir_fd)
 
 
 class ImageFolderTable:

@@ -4,7 +4,7 @@ Not trusted by pods (they verify every task themselves). ``create_app`` builds
 the aiohttp application over any ``Storage``; ``serve`` runs it on SQLite, or on PostgreSQL
 (``PostgresStorage``) as one of several processes (``PostgresCluster``).
 ``admission`` decides who may register (open, token, approve), ``limits`` how much
-one key may send and store.
+one key may send and store, ``status`` what the operator's read-only page shows.
 """
 
 from pod_agent.hub.admission import DEFAULT_TOKEN_TTL_S, REGISTRATION_POLICIES, RegistrationPolicy, invite
@@ -29,6 +29,7 @@ from pod_agent.hub.serving import (
     server_tls_context,
 )
 from pod_agent.hub.sqlite import SqliteStorage
+from pod_agent.hub.status import StatusPage
 from pod_agent.hub.storage import Storage, StorageConflict
 from pod_agent.lazy import lazy_attributes
 
@@ -51,6 +52,7 @@ __all__ = [
     "PostgresStorage",
     "RegistrationPolicy",
     "SqliteStorage",
+    "StatusPage",
     "Storage",
     "StorageConflict",
     "blob_dir_for",

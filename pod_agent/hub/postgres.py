@@ -7,7 +7,7 @@ request nonces in a table).
 Driver: psycopg 3 with ``psycopg_pool.ConnectionPool``, not asyncpg. ``Storage`` is a synchronous
 protocol that the server runs through ``asyncio.to_thread`` (SQLite's sqlite3 is synchronous), so a
 synchronous driver with a thread-safe pool implements it method for method, each method one
-transaction on a pooled connection (``pool.connection()`` commits, or rolls back on an exception);
+statement on an autocommit connection, or one transaction (``_tx``) where it takes several;
 asyncpg would need a second, async ``Storage`` or a loop per thread. psycopg 3 also gives async
 connections with ``notifies()`` for the LISTEN side, so one driver covers both, and it ships
 binary wheels (``psycopg[binary]``) with libpq inside.
@@ -175,8 +175,11 @@ class PostgresStorage:
             with psycopg.connect(url, connect_timeout=_CONNECT_TIMEOUT_S, autocommit=True) as conn:
                 self.schema = str(_one(conn, "SELECT current_schema()")[0])
                 _migrate(conn)
+            # Autocommit: most calls are one statement, and a transaction around each would cost two more
+            # round trips (BEGIN, COMMIT); the calls of several statements open one (``_tx``).
             self._pool = ConnectionPool(
-                url, min_size=1, max_size=pool_size, open=True, timeout=_POOL_WAIT_S, name="pod-agent-hub"
+                url, min_size=1, max_size=pool_size, open=True, timeout=_POOL_WAIT_S, name="pod-agent-hub",
+                kwargs={"autocommit": True},
             )
         except psycopg.Error as exc:
             raise HubError(
@@ -189,7 +192,14 @@ class PostgresStorage:
 
     @contextlib.contextmanager
     def _conn(self) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled connection in autocommit: one statement, one round trip."""
         with self._pool.connection() as conn:
+            yield conn
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled connection in a transaction, committed at the end (rolled back on an exception)."""
+        with self._pool.connection() as conn, conn.transaction():
             yield conn
 
     def _rows(self, query: str, params: Any = None) -> list[tuple[Any, ...]]:
@@ -207,7 +217,7 @@ class PostgresStorage:
     # -- pods -------------------------------------------------------------------------------
 
     def upsert_pod(self, pod: PodRecord) -> None:
-        with self._conn() as conn:
+        with self._tx() as conn:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_PODS,))
             row = conn.execute("SELECT key_id FROM pods WHERE name = %s", (pod.name,)).fetchone()
             if row is not None and row[0] != pod.key_id:
@@ -278,7 +288,7 @@ class PostgresStorage:
         return None if row is None else ModellerRecord(row[0], row[1], row[2], int(row[3]))
 
     def put_model(self, model: ModelRecord) -> PutOutcome:
-        with self._conn() as conn:
+        with self._tx() as conn:
             inserted = conn.execute(
                 f"INSERT INTO models ({_MODEL_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
                 " ON CONFLICT (name, version) DO NOTHING",
@@ -317,7 +327,7 @@ class PostgresStorage:
     # -- tasks and deliveries ---------------------------------------------------------------
 
     def add_task(self, task: HubTaskRecord) -> PutOutcome:
-        with self._conn() as conn:
+        with self._tx() as conn:
             inserted = conn.execute(
                 f"INSERT INTO tasks ({_TASK_COLUMNS}) VALUES (%s,%s,%s,%s,%s) ON CONFLICT (task_id) DO NOTHING",
                 (task.task_id, task.modeller_id, task.envelope, json.dumps(list(task.pods)), task.created_at),
@@ -387,7 +397,7 @@ class PostgresStorage:
     # -- results ----------------------------------------------------------------------------
 
     def put_result(self, task_id: str, pod: str, envelope: bytes, *, status: str, now: int) -> PutOutcome:
-        with self._conn() as conn:
+        with self._tx() as conn:
             inserted = conn.execute(
                 "INSERT INTO results (task_id, pod, envelope, received_at) VALUES (%s,%s,%s,%s)"
                 " ON CONFLICT (task_id, pod) DO NOTHING",
@@ -417,7 +427,7 @@ class PostgresStorage:
 
     def put_round_message(self, message: RoundMessageRecord) -> PutOutcome:
         key = (message.task_id, message.round, message.stage, message.sender)
-        with self._conn() as conn:
+        with self._tx() as conn:
             inserted = conn.execute(
                 "INSERT INTO round_messages (task_id, round, stage, sender, envelope, received_at)"
                 " VALUES (%s,%s,%s,%s,%s,%s) ON CONFLICT (task_id, round, stage, sender) DO NOTHING",
@@ -453,7 +463,7 @@ class PostgresStorage:
     # -- blobs ------------------------------------------------------------------------------
 
     def put_blob(self, blob: BlobRecord, *, owner: str) -> None:
-        with self._conn() as conn:
+        with self._tx() as conn:
             conn.execute(
                 "INSERT INTO blobs (sha256, size_bytes, created_at) VALUES (%s,%s,%s) ON CONFLICT DO NOTHING",
                 (blob.sha256, blob.size_bytes, blob.created_at),
@@ -483,7 +493,7 @@ class PostgresStorage:
         return BlobUsage(size_bytes=int(row[0]), count=int(row[1]))
 
     def add_blob_refs(self, refs: list[BlobRefRecord]) -> None:
-        with self._conn() as conn, conn.cursor() as cur:
+        with self._tx() as conn, conn.cursor() as cur:
             cur.executemany(
                 "INSERT INTO blob_refs (sha256, kind, task_id, party) VALUES (%s,%s,%s,%s) ON CONFLICT DO NOTHING",
                 [(r.sha256, r.kind, r.task_id, r.party) for r in refs],
@@ -496,7 +506,7 @@ class PostgresStorage:
         return [str(r[0]) for r in self._rows(_UNREFERENCED + " ORDER BY b.sha256", {"before": uploaded_before})]
 
     def delete_blob_if_unreferenced(self, sha256: str, *, uploaded_before: int) -> bool:
-        with self._conn() as conn:
+        with self._tx() as conn:
             # Locks the blob's row, so an upload recording it again (put_blob) waits for this decision.
             still = conn.execute(
                 _UNREFERENCED + " AND b.sha256 = %(sha)s FOR UPDATE OF b", {"before": uploaded_before, "sha": sha256}

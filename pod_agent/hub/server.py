@@ -99,6 +99,7 @@ from pod_agent.hub.limits import (
     TooLarge,
     body_cap,
 )
+from pod_agent.hub.status import STATUS_ROUTE, StatusPage, StatusSource, add_status_route
 from pod_agent.hub.storage import (
     BlobRecord,
     BlobRefRecord,
@@ -162,7 +163,8 @@ MAX_LONG_POLL_S = 30.0
 # A pod not heard from within this many heartbeat intervals is shown offline.
 OFFLINE_AFTER_HEARTBEATS = 3
 _REGISTER_ROUTES = frozenset({"pods_register", "modellers_register"})
-_UNSIGNED_ROUTES = frozenset({"healthz"})
+# The status page checks the operator's admin token itself (hub.status).
+_UNSIGNED_ROUTES = frozenset({"healthz", STATUS_ROUTE})
 _STREAMED_BODY_ROUTES = frozenset({"blob_put"})
 
 _HUB: web.AppKey[_Hub] = web.AppKey("hub", object)  # type: ignore[arg-type]
@@ -676,9 +678,7 @@ async def _pods_list(request: web.Request) -> web.Response:
                 {
                     "name": p.name, "key_id": p.key_id, "public_key": p.public_key, "schema": p.schema,
                     "schema_hash": p.schema_hash, "row_count": p.row_count, "sandbox_level": p.sandbox_level,
-                    "last_seen": p.last_seen,
-                    "online": hub.connected.get(p.name, 0) > 0
-                    or now - p.last_seen <= OFFLINE_AFTER_HEARTBEATS * p.heartbeat_s,
+                    "last_seen": p.last_seen, "online": _online(hub, p, now),
                     "rotations": [
                         json.loads(statement) for statement in rotations.get(p.name, [])[-MAX_LISTED_ROTATIONS:]
                     ],
@@ -687,6 +687,11 @@ async def _pods_list(request: web.Request) -> web.Response:
             ]
         }
     )
+
+
+def _online(hub: _Hub, pod: PodRecord, now: int) -> bool:
+    """Connected now, or heard from within OFFLINE_AFTER_HEARTBEATS of its heartbeat intervals."""
+    return hub.connected.get(pod.name, 0) > 0 or now - pod.last_seen <= OFFLINE_AFTER_HEARTBEATS * pod.heartbeat_s
 
 
 async def _admitted_pods(hub: _Hub) -> list[PodRecord]:
@@ -1083,6 +1088,7 @@ def create_app(
     clock: Callable[[], float] = time.time,
     registration: RegistrationPolicy = "open",
     limits: HubLimits | None = None,
+    status: StatusPage | None = None,
     cluster: Cluster | None = None,
 ) -> web.Application:
     """The hub as an aiohttp application; blobs go to ``blob_dir`` (a temporary dir if None). ``cluster``
@@ -1129,4 +1135,10 @@ def create_app(
     r.add_get("/v1/blobs/{sha256}", _blob_get, name="blob_get")
     r.add_post("/v1/secagg/{task_id}/{round:[0-9]{1,9}}/{stage}", _secagg_post, name="secagg_post")
     r.add_get("/v1/secagg/{task_id}/{round:[0-9]{1,9}}/{stage}", _secagg_get, name="secagg_get")
+    if status is not None:
+        # The operator's read-only page (hub.status), behind the admin token rather than a request signature.
+        hub = app[_HUB]
+        add_status_route(app, status, StatusSource(
+            storage=storage, now=hub.now, online=lambda pod, now: _online(hub, pod, now), registration=registration,
+        ))
     return app

@@ -26,6 +26,7 @@ from pod_agent.hub.cluster import Cluster
 from pod_agent.hub.limits import HubLimits
 from pod_agent.hub.server import create_app
 from pod_agent.hub.sqlite import SqliteStorage
+from pod_agent.hub.status import StatusPage
 from pod_agent.hub.storage import Storage
 from pod_agent.protocol import is_loopback
 
@@ -95,6 +96,7 @@ async def serve(
     on_listening: Callable[[str], None] | None = None,
     registration: RegistrationPolicy = "open",
     limits: HubLimits | None = None,
+    status: StatusPage | None = None,
     blob_dir: Path | None = None,
 ) -> None:
     """Serve until SIGTERM or SIGINT; ``on_listening`` gets the base URL once bound (port 0 resolved).
@@ -112,7 +114,7 @@ async def serve(
     try:
         app = create_app(
             storage, blob_dir=blob_dir or blob_dir_for(db), registration=registration, limits=limits,
-            cluster=cluster,
+            cluster=cluster, status=status,
         )
         async with listening(app, host=host, port=port, tls=tls) as url:
             if tls is None and not is_loopback(host):

@@ -277,6 +277,13 @@ class SqliteStorage:
             row = self._db.execute("SELECT * FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
         return None if row is None else hub_task_record(row)
 
+    def recent_tasks(self, limit: int) -> list[HubTaskRecord]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM tasks ORDER BY created_at DESC, rowid DESC LIMIT ?", (limit,)
+            ).fetchall()
+        return [hub_task_record(r) for r in rows]
+
     def pending_tasks(self, pod: str) -> list[HubTaskRecord]:
         with self._lock:
             rows = self._db.execute(

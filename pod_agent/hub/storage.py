@@ -207,6 +207,9 @@ class Storage(Protocol):
 
     def get_task(self, task_id: str) -> HubTaskRecord | None: ...
 
+    def recent_tasks(self, limit: int) -> list[HubTaskRecord]:
+        """The ``limit`` most recently submitted tasks, newest first (the operator's status page)."""
+
     def pending_tasks(self, pod: str) -> list[HubTaskRecord]:
         """Tasks for this pod that it has not acknowledged yet, oldest first."""
 

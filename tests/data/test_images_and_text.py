@@ -10,11 +10,16 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
-from media_support import CLASSES, draw_shapes, write_media_table
 
 from pod_agent.config import DatasourceSection, ImagesSection, TextSection
-from pod_agent.data import DATA_FILE_NAME, ROW_SHAPE_METADATA_KEY, open_datasource, plan_datastructure, \
-    prepare_task_input
+from pod_agent.data import (
+    DATA_FILE_NAME,
+    ROW_SHAPE_METADATA_KEY,
+    open_datasource,
+    plan_datastructure,
+    prepare_task_input,
+)
+from pod_agent.data.shapes import CLASSES, write_shapes, write_shapes_table
 from pod_agent.errors import DataError
 from pod_agent.protocol import DataSelection
 
@@ -24,12 +29,12 @@ CANARY = b"canary: a file outside the images directory"
 
 @pytest.fixture
 def images(tmp_path: Path) -> tuple[Path, list[tuple[str, str]]]:
-    return tmp_path / "images", draw_shapes(tmp_path / "images", per_class=PER_CLASS)
+    return tmp_path / "images", write_shapes(tmp_path / "images", per_class=PER_CLASS)
 
 
 def _table(tmp_path: Path, rows: list[tuple[str, str]], **images: object) -> DatasourceSection:
     return DatasourceSection(
-        path=write_media_table(tmp_path / "table.csv", rows), force_stypes={"image": ["image"], "text": ["caption"]},
+        path=write_shapes_table(tmp_path / "table.csv", rows), force_stypes={"image": ["image"], "text": ["caption"]},
         images=ImagesSection(dir=tmp_path / "images", **images), text=TextSection(max_tokens=24),
     )
 
@@ -50,7 +55,7 @@ def test_an_image_column_is_decoded_and_resized_into_the_prepared_input(tmp_path
     selection = DataSelection(target="label", columns=["image"], image_size=(14, 12))
     x, structure = _prepare(_table(tmp_path, rows), selection, tmp_path / "out")
     assert x.shape == (len(rows), 1, 14, 12) and x.dtype == np.float32
-    assert 0.0 <= x.min() and x.max() <= 1.0 and x.std() > 0.05
+    assert x.min() >= 0.0 and x.max() <= 1.0 and x.std() > 0.05
     assert structure["input_kind"] == "image" and structure["image_shape"] == [1, 14, 12]
     assert structure["input_size"] == 14 * 12 and structure["n_classes"] == len(CLASSES)
     # The modeller plans the same datastructure from the schema and the selection alone.
