@@ -166,7 +166,9 @@ def test_assigned_splits_are_the_prepared_files_row_by_row_with_dropped_rows_mar
     [
         (DataSelection(target="nope"), "target column 'nope' is not in the datasource"),
         (DataSelection(target="label", columns=["colour", "nope"]), "column 'nope' is not in the datasource"),
-        (DataSelection(target="label", columns=["note"]), "column 'note' has stype 'text'"),
+        # A text (or image) column is a task's only feature (pod_agent.data.text), never one among tabular ones.
+        (DataSelection(target="label", columns=["colour", "note"]), "'note' is a text column; it must be the "
+                                                                     "selection's only column"),
         (DataSelection(target="label", columns=["label", "size"]), "column 'label' is the target"),
         (DataSelection(target="label", columns=[]), "leaves no feature column"),
     ],
