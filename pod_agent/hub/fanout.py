@@ -8,14 +8,19 @@ its pending tasks back from storage. Storage stays the record of what is pending
 or is woken by another hub process, reads it there); what travels between processes is
 ``server._Hub.notify``'s.
 
-Memory: at most ``max_tasks`` prepared tasks are kept (least recently used go first), and a pod's
-announcements are dropped when it disconnects, so the hub's memory returns to its idle level once a
-fan-out is over. A task dropped here is prepared again from storage when needed: its cohort is rebuilt
-from the pods' registrations and used only if it gives the signed root.
+Memory: at most ``max_tasks`` prepared tasks are kept (least recently used go first), a pod's
+announcements are dropped when it disconnects, and TRIM_AFTER_S after the last fan-out the heap pages
+it freed go back to the OS (glibc's ``malloc_trim``: otherwise the process keeps its peak), so the hub's
+memory returns to its idle level once a fan-out is over. A task dropped here is prepared again from
+storage when needed: its cohort is rebuilt from the pods' registrations and used only if it gives the
+signed root.
 """
 
 from __future__ import annotations
 
+import asyncio
+import ctypes
+import ctypes.util
 import json
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -27,6 +32,19 @@ from pod_agent.protocol import CohortEntry, CohortTree, TaskPayload, cohort_tree
 
 # Prepared tasks kept: a few fan-outs in flight at once; older ones are prepared again on demand.
 DEFAULT_MAX_TASKS = 8
+# Quiet seconds after a fan-out's publication before freed memory is handed back (the pushes and their
+# acknowledgements are over by then at 10,000 pods).
+TRIM_AFTER_S = 10.0
+
+
+def _malloc_trim() -> None:
+    """Return the free pages at the top and inside the C heap to the OS, where the C library can (glibc)."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    trim = getattr(ctypes.CDLL(name), "malloc_trim", None)
+    if trim is not None:
+        trim(0)
 
 
 @dataclass(frozen=True)
@@ -75,6 +93,7 @@ class Fanout:
         self._max_tasks = max_tasks
         self._prepared: OrderedDict[str, PreparedTask] = OrderedDict()
         self._announced: dict[str, list[PreparedTask]] = {}
+        self._trim: asyncio.TimerHandle | None = None
 
     def keep(self, prepared: PreparedTask) -> PreparedTask:
         self._prepared[prepared.task_id] = prepared
@@ -95,6 +114,9 @@ class Fanout:
         for pod in record.pods:
             if connected(pod):
                 self._announced.setdefault(pod, []).append(prepared)
+        if self._trim is not None:
+            self._trim.cancel()
+        self._trim = asyncio.get_running_loop().call_later(TRIM_AFTER_S, _malloc_trim)
 
     def take(self, pod: str) -> list[PreparedTask] | None:
         """The tasks announced to ``pod`` since the last take; None when there were none."""

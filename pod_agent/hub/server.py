@@ -160,6 +160,8 @@ _BODY_CHUNK_BYTES = 64 * 1024
 _UNREGISTERED = "(unregistered keys)"
 # A long poll returns at least this often so proxies and the pod notice a dead peer.
 MAX_LONG_POLL_S = 30.0
+# Pods a fan-out wakes before the event loop serves anything else (``_wake``): about 50 ms of pushes.
+WAKE_BATCH = 256
 # A pod not heard from within this many heartbeat intervals is shown offline.
 OFFLINE_AFTER_HEARTBEATS = 3
 _REGISTER_ROUTES = frozenset({"pods_register", "modellers_register"})
@@ -784,11 +786,19 @@ async def _tasks_submit(request: web.Request) -> web.Response:
     if pinned:
         await hub.db(hub.storage.add_blob_refs, [BlobRefRecord(ref.sha256, "weights", task.task_id) for ref in pinned])
     hub.fanout.publish(record, tree, connected=lambda pod: hub.connected.get(pod, 0) > 0)
-    for pod in record.pods:
-        hub.notify(pod)
+    await _wake(hub, record.pods)
     return web.json_response(
         {"task_id": task.task_id, "outcome": outcome}, status=201 if outcome == "stored" else 200
     )
+
+
+async def _wake(hub: _Hub, pods: tuple[str, ...]) -> None:
+    """Wake each pod's push, WAKE_BATCH at a time with the event loop served in between: woken at once, ten
+    thousand push loops would queue every heartbeat and acknowledgement behind them."""
+    for start in range(0, len(pods), WAKE_BATCH):
+        for pod in pods[start : start + WAKE_BATCH]:
+            hub.notify(pod)
+        await asyncio.sleep(0)
 
 
 async def _owned_task(request: web.Request) -> HubTaskRecord:
