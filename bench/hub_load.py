@@ -1,0 +1,366 @@
+"""Benchmark: one hub process under N simulated pods: registration, a fan-out to all, heartbeats meanwhile.
+
+Starts ``pod-agent hub serve`` (SQLite) as a process of its own, so that its RSS and CPU are the hub's,
+then N lightweight pods spread over worker processes (many pods per asyncio loop, one shared session
+per loop). Each pod speaks the real protocol with the protocol package's pieces and the agent's task
+stream: it registers with a signed request, opens the signed task WebSocket, sends heartbeats, and on a
+pushed task checks its own cohort proof against the signed root (as a pod's verifier does) and acks it.
+A modeller then submits one evaluate task for all N pods (its cohort committed by a Merkle root), and
+the harness measures:
+
+- registration rate (pods per second, all workers together)
+- fan-out: seconds from the submission to each pod holding its verified delivery (p50, p99, max)
+- heartbeat round trip p99 of heartbeats sent while the fan-out runs
+- hub RSS idle (before any pod), connected, peak during the fan-out, and after it; hub CPU in the fan-out
+
+    python -m bench.hub_load [--pods N ...] [--db URL] [--small] [--json]
+        (--small: 50 pods; default 100 1000 4000; --db: the hub's database, default a fresh SQLite file)
+
+Goals (issue 21): 10,000 pods connected; fan-out p99 < 2 s and heartbeat p99 < 100 ms with hub and
+pods sharing the machine; hub RSS after the fan-out back to idle (within 10 %) and peak < 2x idle.
+10,000 pods need ``ulimit -n`` of about 25,000 (each pod holds a socket at both ends).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import multiprocessing
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from bench.cli import parser_for, show
+from pod_agent.agent.hubclient import TaskStream
+from pod_agent.hub.fanout import TRIM_AFTER_S
+from pod_agent.protocol import (
+    CohortEntry,
+    IdentityKey,
+    PodHeartbeat,
+    PodRegisteredStanding,
+    PodRegistration,
+    TaskDelivery,
+    TaskPayload,
+    canonical_json,
+    check_inclusion,
+    sign_request,
+    signed_call,
+)
+from pod_agent.protocol.hub_api import PodAck
+
+FULL_SIZES = (100, 1000, 4000)
+SMALL_SIZE = 50
+HEARTBEAT_S = 5.0  # faster than an agent's default, so that enough heartbeats fall inside a fan-out
+PODS_PER_WORKER = 500
+FANOUT_TIMEOUT_S = 120.0
+SETTLE_S = TRIM_AFTER_S + 2.0  # quiet after the fan-out before the hub's RSS is read again (it trims by then)
+GOAL_FANOUT_P99_S = 2.0
+GOAL_HEARTBEAT_P99_S = 0.1
+_POD_AGENT = str(Path(sys.executable).parent / "pod-agent")
+_SCHEMA_HASH = "ab" * 32
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# -- the simulated pods (worker processes) --------------------------------------------------------
+
+
+@dataclass
+class _Pod:
+    name: str
+    key: IdentityKey
+    received_at: float = 0.0
+    heartbeats: list[tuple[float, float]] | None = None  # (sent at, round trip)
+
+
+async def _register(session: aiohttp.ClientSession, url: str, pod: _Pod) -> None:
+    registration = PodRegistration(
+        name=pod.name, public_key=pod.key.public.to_b64(), schema_public={}, schema_hash=_SCHEMA_HASH,
+        row_count=1000, sandbox_level="none", heartbeat_s=HEARTBEAT_S,
+    )
+    body = canonical_json(registration.model_dump(mode="json", exclude_none=True))
+    await signed_call(session, pod.key, base=url, method="POST", path="/v1/pods/register", tls=False,
+                      reply=PodRegisteredStanding, body=body, total_s=120)
+
+
+# The signed payload of each task, parsed once per worker: the pods of one worker get the same envelope,
+# and the harness's CPU is not what it measures (each pod still checks its own proof against the root).
+_PAYLOADS: dict[str, TaskPayload] = {}
+
+
+def _payload(delivery: TaskDelivery) -> TaskPayload:
+    payload = _PAYLOADS.get(delivery.task_id)
+    if payload is None:
+        payload = _PAYLOADS[delivery.task_id] = TaskPayload.model_validate(json.loads(delivery.envelope)["payload"])
+    return payload
+
+
+async def _live(session: aiohttp.ClientSession, url: str, pod: _Pod, stop: asyncio.Event) -> None:
+    """One pod's task connection: heartbeats out, deliveries verified and acked, until ``stop``."""
+    headers = sign_request(pod.key, "GET", "/v1/pod/ws", b"", now=int(time.time()))
+    ws = await session.ws_connect(url + "/v1/pod/ws", headers=headers, autoping=True, max_msg_size=8 << 20)
+    pod.heartbeats = []
+    sent_at: list[float] = []
+    async with TaskStream(ws) as stream:
+
+        async def beat() -> None:
+            await asyncio.sleep(HEARTBEAT_S * (hash(pod.name) % 1000) / 1000)  # spread the phases
+            while not stop.is_set():
+                sent_at.append(time.time())
+                await stream.send(PodHeartbeat())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), HEARTBEAT_S)
+
+        beater = asyncio.create_task(beat())
+        try:
+            while not stop.is_set():
+                try:
+                    message = await stream.receive(timeout_s=1.0)
+                except Exception:  # noqa: BLE001 - a quiet second or the hub closing: look at stop again
+                    if ws.closed:
+                        return
+                    continue
+                now = time.time()
+                if isinstance(message, TaskDelivery):
+                    if message.proof.entry.pod == pod.name:
+                        check_inclusion(_payload(message).cohort, message.proof)
+                        pod.received_at = now
+                    await stream.send(PodAck(task_id=message.task_id))
+                elif sent_at:
+                    started = sent_at.pop(0)
+                    pod.heartbeats.append((started, now - started))
+        finally:
+            beater.cancel()
+
+
+def _worker(url: str, names: list[str], conn: Any) -> None:
+    """A worker process: register its pods, connect them, report, wait for the fan-out, report."""
+    asyncio.run(_worker_main(url, names, conn))
+
+
+async def _worker_main(url: str, names: list[str], conn: Any) -> None:
+    pods = [_Pod(name=n, key=IdentityKey.generate()) for n in names]
+    # One connection per pod (hub_session's pool would hold them to 100).
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=None, sock_connect=60),
+        auto_decompress=False,
+    ) as session:
+        sem = asyncio.Semaphore(64)
+
+        async def reg(p: _Pod) -> None:
+            async with sem:
+                await _register(session, url, p)
+
+        started = time.time()
+        await asyncio.gather(*(reg(p) for p in pods))
+        registered = time.time()
+        stop = asyncio.Event()
+        lives = [asyncio.create_task(_live(session, url, p, stop)) for p in pods]
+        await asyncio.sleep(1.0)
+        conn.send({"registered": (started, registered), "keys": [(p.name, p.key.key_id) for p in pods]})
+        # Tell the harness when every pod here holds the task; then wait for its word to stop.
+        while not conn.poll():
+            if all(p.received_at for p in pods):
+                conn.send({"all": True})
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.to_thread(conn.recv)
+        stop.set()
+        await asyncio.gather(*lives, return_exceptions=True)
+        conn.send({
+            "received": [p.received_at for p in pods],
+            "heartbeats": [hb for p in pods for hb in (p.heartbeats or [])],
+        })
+
+
+# -- the run ------------------------------------------------------------------------------------
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+class _Sampler(threading.Thread):
+    """The hub's RSS every 50 ms: the peak within a window."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.peak, self.running = pid, 0.0, True
+
+    def run(self) -> None:
+        while self.running:
+            with contextlib.suppress(OSError, ValueError):
+                self.peak = max(self.peak, _rss_mb(self.pid))
+            time.sleep(0.05)
+
+
+def run_size(n: int, *, db: str | None = None) -> dict[str, Any]:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    with tempfile.TemporaryDirectory(prefix="bench-hub-load-") as tmp:
+        profile = os.environ.get("HUB_LOAD_PROFILE")  # a file: run the hub under cProfile, write its stats there
+        launcher = [sys.executable, "-m", "cProfile", "-o", profile, _POD_AGENT] if profile else [_POD_AGENT]
+        hub = subprocess.Popen(
+            [*launcher, "hub", "serve", "--db", db or str(Path(tmp) / "hub.sqlite"), "--port", "0",
+             "--rate-per-s", "1000000", "--rate-burst", "1000000"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        )
+        workers: list[tuple[multiprocessing.Process, Any]] = []
+        try:
+            assert hub.stdout is not None
+            url = hub.stdout.readline().decode().split("hub listening on", 1)[1].strip()
+            time.sleep(0.5)
+            idle = _rss_mb(hub.pid)
+            names = [f"pod-{i:05d}" for i in range(n)]
+            ctx = multiprocessing.get_context("spawn")
+            for start in range(0, n, PODS_PER_WORKER):
+                parent, child = ctx.Pipe()
+                proc = ctx.Process(target=_worker, args=(url, names[start:start + PODS_PER_WORKER], child))
+                proc.start()
+                workers.append((proc, parent))
+            ready = [conn.recv() for _, conn in workers]
+            reg_start = min(r["registered"][0] for r in ready)
+            reg_end = max(r["registered"][1] for r in ready)
+            keys = dict(kv for r in ready for kv in r["keys"])
+            connected = _rss_mb(hub.pid)
+            submitted = asyncio.run(_submit(url, keys))
+            sampler = _Sampler(hub.pid)
+            sampler.start()
+            cpu_before = _cpu_s(hub.pid)
+            time.sleep(0.2)
+            deadline = time.time() + FANOUT_TIMEOUT_S
+            results = _wait_fanout(workers, submitted, deadline)
+            cpu = _cpu_s(hub.pid) - cpu_before
+            time.sleep(SETTLE_S if n > SMALL_SIZE else 1.0)  # the smoke size does not wait for the trim
+            sampler.running = False
+            after = _rss_mb(hub.pid)
+        finally:
+            for proc, _ in workers:
+                if proc.is_alive():
+                    proc.terminate()
+            hub.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                hub.wait(15)
+            if hub.stdout is not None:
+                hub.stdout.close()
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    latencies, heartbeats, fanout_end = results
+    during = [rtt for sent, rtt in heartbeats if submitted <= sent <= fanout_end]
+    peak = max(sampler.peak, after)
+    out = {
+        "pods": n,
+        "registered_per_s": round(n / max(reg_end - reg_start, 1e-9), 1),
+        "delivered": len(latencies),
+        "fanout_p50_s": round(_percentile(latencies, 0.5), 3),
+        "fanout_p99_s": round(_percentile(latencies, 0.99), 3),
+        "fanout_max_s": round(max(latencies, default=float("nan")), 3),
+        "heartbeats_during_fanout": len(during),
+        "heartbeat_p99_ms": round(1000 * _percentile(during, 0.99), 1) if during else None,  # None: none sent
+        "hub_rss_idle_mb": round(idle, 1),
+        "hub_rss_connected_mb": round(connected, 1),
+        "hub_rss_peak_mb": round(peak, 1),
+        "hub_rss_after_mb": round(after, 1),
+        "hub_cpu_fanout_s": round(cpu, 2),
+        # Memory against the hub with its pods connected and idle (each connection holds its buffers).
+        "peak_over_connected": round(peak / connected, 2),
+        "after_over_connected": round(after / connected, 2),
+    }
+    out["ok"] = (
+        len(latencies) == n and out["fanout_p99_s"] < GOAL_FANOUT_P99_S
+        and (not during or out["heartbeat_p99_ms"] < 1000 * GOAL_HEARTBEAT_P99_S)
+        and out["peak_over_connected"] < 2 and out["after_over_connected"] <= 1.1
+    )
+    return out
+
+
+async def _submit(url: str, keys: dict[str, str]) -> float:
+    """Register a modeller and submit one evaluate task for every pod; the time just before submitting."""
+    from pod_agent.modeller import ModellerClient, build_task
+    from pod_agent.protocol import DataSelection, model_from_file
+
+    modeller = IdentityKey.generate()
+    with tempfile.TemporaryDirectory() as tmp:
+        model_file = Path(tmp) / "m.py"
+        model_file.write_text("import torch\n\nclass Net(torch.nn.Module):\n    pass\n")
+        model = model_from_file(model_file, style="module", class_name="Net")
+    cohort = [CohortEntry(pod=name, schema_hash=_SCHEMA_HASH, key_id=kid) for name, kid in keys.items()]
+    task = build_task(modeller_id=modeller.key_id, cohort=cohort, kind="evaluate", model=model,
+                      data=DataSelection(target="y"))
+    async with ModellerClient(url, modeller) as client:
+        await client.register("load")
+        started = time.time()
+        await client.submit_task(task, cohort)
+    return started
+
+
+def _wait_fanout(
+    workers: list[tuple[multiprocessing.Process, Any]], submitted: float, deadline: float
+) -> tuple[list[float], list[tuple[float, float]], float]:
+    """Wait until every pod holds the task (as the workers report after they are told to stop), or the deadline."""
+    for _, conn in workers:
+        conn.poll(max(0.0, deadline - time.time()))  # {"all": True} once every pod of the worker has it
+    time.sleep(1.0)  # heartbeats sent near the end come back
+    for _, conn in workers:
+        conn.send("stop")
+    reports = []
+    for _, conn in workers:
+        report = conn.recv()
+        reports.append(conn.recv() if "all" in report else report)
+    received = [t for r in reports for t in r["received"] if t > 0]
+    latencies = [t - submitted for t in received]
+    end = max(received, default=submitted)
+    return latencies, [hb for r in reports for hb in r["heartbeats"]], end
+
+
+def run(small: bool) -> dict[str, Any]:
+    sizes = (SMALL_SIZE,) if small else FULL_SIZES
+    return {"sizes": [run_size(n) for n in sizes]}
+
+
+def _print(result: dict[str, Any]) -> None:
+    for r in result["sizes"]:
+        print(
+            f"{r['pods']:>6} pods: registered {r['registered_per_s']}/s; fan-out p50 {r['fanout_p50_s']} s, "
+            f"p99 {r['fanout_p99_s']} s, max {r['fanout_max_s']} s ({r['delivered']} delivered; goal p99 < "
+            f"{GOAL_FANOUT_P99_S} s); heartbeat p99 {r['heartbeat_p99_ms']} ms over {r['heartbeats_during_fanout']} "
+            f"(goal < {1000 * GOAL_HEARTBEAT_P99_S:g}); hub RSS idle {r['hub_rss_idle_mb']} MB, connected "
+            f"{r['hub_rss_connected_mb']}, peak {r['hub_rss_peak_mb']} ({r['peak_over_connected']}x connected), "
+            f"after {r['hub_rss_after_mb']} ({r['after_over_connected']}x); hub CPU {r['hub_cpu_fanout_s']} s"
+        )
+
+
+def main() -> None:
+    parser = parser_for(__doc__, small_help=f"{SMALL_SIZE} pods instead of {FULL_SIZES}")
+    parser.add_argument("--pods", type=int, nargs="*", help="pod counts to run instead")
+    parser.add_argument("--db", help="the hub's --db (a postgresql:// URL, say); default a fresh SQLite file")
+    args = parser.parse_args()
+    sizes = args.pods or ((SMALL_SIZE,) if args.small else FULL_SIZES)
+    result = {"sizes": [run_size(n, db=args.db) for n in sizes]}
+    show(result, as_json=args.json, table=_print)
+
+
+if __name__ == "__main__":
+    main()
