@@ -49,10 +49,11 @@ SURFACE: dict[str, list[str]] = {
     ],
     "modeller": [
         "DEFAULT_TASK_LIFETIME_S", "DpTarget", "FedAvg", "FedAvgPlan", "HubTaskStatus", "ModellerClient",
-        "PodAnswer", "PodInfo", "PodMetrics", "RoundRecord", "RunReport", "SEE_POD_LIST", "SecureSettings",
-        "UNKNOWN_TRAIN_BLOB", "VerifiedResult", "build_task", "load_pod_keys", "load_task_record",
+        "PodAnswer", "PodInfo", "PodMetrics", "RoundRecord", "RunReport", "SEE_POD_LIST", "STRATEGIES",
+        "SecureSettings", "Strategy", "UNKNOWN_TRAIN_BLOB", "VerifiedResult", "build_task", "load_pod_keys",
+        "load_task_record",
         "model_from_file", "pin_line", "results_table", "run_sync", "save_results", "save_task_record",
-        "schema_stats", "starting_weights"
+        "schema_stats", "starting_weights", "strategy_named"
     ],
     "ops": [
         "AgentMetrics", "HealthPortTaken", "HealthServer", "HumanFormatter", "JsonFormatter", "Notifier", "Readiness",

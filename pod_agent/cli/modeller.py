@@ -53,6 +53,10 @@ DEFAULT_KEY = Path("~/.config/pod-agent/modeller.pem")
 ENCODINGS = ("hashed", "one-hot")
 DEFAULT_ENCODING = "hashed"
 ENCODING_HELP = "Categorical features: hashed (any cohort; the default) or one-hot (pods with the same categories)."
+STRATEGY_HELP = (
+    "fedavg, fedavgm, fedadam, fedyogi, fedadagrad (server optimisers), fedprox, scaffold (the pods correct local "
+    "training), median, trimmed-mean (robust; plain rounds only, with --plain)."
+)
 
 
 def _names(csv: str) -> list[str]:
@@ -377,11 +381,15 @@ def train(
     dp_exact: bool = typer.Option(
         False, "--dp-exact-releases", help="Under --dp-epsilon, still evaluate each round (the pods' owners allow it)."
     ),
+    strategy: str = typer.Option("fedavg", "--strategy", help=STRATEGY_HELP),
+    mu: float | None = typer.Option(None, "--mu", min=0, help="FedProx's proximal mu (default 0.1; pods bound it)."),
+    server_lr: float | None = typer.Option(None, "--server-lr", help="The server optimiser's eta (Flower's default)."),
+    server_momentum: float | None = typer.Option(None, "--server-momentum", help="FedAvgM's momentum (default 0)."),
 ) -> None:
     """Federated averaging over R rounds; prints a per-round table, saves the model and a report."""
     from safetensors.numpy import save_file
 
-    from pod_agent.modeller import DpTarget, FedAvg, FedAvgPlan, SecureSettings
+    from pod_agent.modeller import DpTarget, FedAvg, FedAvgPlan, SecureSettings, strategy_named
 
     _one_of("--style", style, ("lightning", "module", "declarative"))
     _one_of("--encoding", encoding, ENCODINGS)
@@ -394,6 +402,7 @@ def train(
         dp=None if dp_epsilon is None else DpTarget(
             epsilon=dp_epsilon, delta=dp_delta, clip_norm=dp_clip, noise_multiplier=dp_noise, exact_releases=dp_exact,
         ),
+        strategy=strategy_named(strategy, proximal_mu=mu, eta=server_lr, momentum=server_momentum),
     )
 
     async def go(client: ModellerClient) -> Path:

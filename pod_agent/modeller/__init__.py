@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from pod_agent.modeller.pinning import load_pod_keys, pin_line
     from pod_agent.modeller.report import PodMetrics, RoundRecord, RunReport
     from pod_agent.modeller.results import UNKNOWN_TRAIN_BLOB, PodAnswer, results_table, save_results
+    from pod_agent.modeller.strategies import STRATEGIES, Strategy, strategy_named
     from pod_agent.modeller.tasks import DEFAULT_TASK_LIFETIME_S, build_task, load_task_record, save_task_record
     from pod_agent.modeller.weights import starting_weights
     from pod_agent.protocol import model_from_file
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 _HOME = {
     "DEFAULT_TASK_LIFETIME_S": "pod_agent.modeller.tasks",
     "SEE_POD_LIST": "pod_agent.modeller.client",
+    "STRATEGIES": "pod_agent.modeller.strategies",
     "UNKNOWN_TRAIN_BLOB": "pod_agent.modeller.results",
     "DpTarget": "pod_agent.modeller.fedavg",
     "FedAvg": "pod_agent.modeller.fedavg",
@@ -40,6 +42,7 @@ _HOME = {
     "RoundRecord": "pod_agent.modeller.report",
     "RunReport": "pod_agent.modeller.report",
     "SecureSettings": "pod_agent.modeller.fedavg",
+    "Strategy": "pod_agent.modeller.strategies",
     "VerifiedResult": "pod_agent.modeller.client",
     "build_task": "pod_agent.modeller.tasks",
     "load_pod_keys": "pod_agent.modeller.pinning",
@@ -52,11 +55,13 @@ _HOME = {
     "save_task_record": "pod_agent.modeller.tasks",
     "schema_stats": "pod_agent.modeller.notebook",
     "starting_weights": "pod_agent.modeller.weights",
+    "strategy_named": "pod_agent.modeller.strategies",
 }
 
 __all__ = [
     "DEFAULT_TASK_LIFETIME_S",
     "SEE_POD_LIST",
+    "STRATEGIES",
     "UNKNOWN_TRAIN_BLOB",
     "DpTarget",
     "FedAvg",
@@ -69,6 +74,7 @@ __all__ = [
     "RoundRecord",
     "RunReport",
     "SecureSettings",
+    "Strategy",
     "VerifiedResult",
     "build_task",
     "load_pod_keys",
@@ -81,6 +87,7 @@ __all__ = [
     "save_task_record",
     "schema_stats",
     "starting_weights",
+    "strategy_named",
 ]
 
 

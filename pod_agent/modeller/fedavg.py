@@ -16,6 +16,12 @@ left out inside the round, and the survivors' weighted mean comes back without a
 retry. A round is never run again from the same weights: two sums that differ by one
 pod would reveal its update, and the pods refuse it (``already_released``).
 
+Strategies (``FedAvgPlan.strategy``, ``strategies.py``): the mean update is stepped by the strategy's server
+optimiser (FedAvgM, FedAdam, FedYogi, FedAdagrad), or, in plain rounds only, replaced by a robust aggregate
+(median, trimmed mean); a train task carries FedProx's ``proximal_mu`` and SCAFFOLD's server control variate
+(published each round like the weights), whose change comes back from each pod in its update vector,
+masked with it.
+
 Differential privacy (``FedAvgPlan.dp``): ``plan_dp`` turns a target epsilon into the noise
 multiplier for the planned rounds (or, given a multiplier, the rounds that fit), accounted as each
 pod accounts it (``pod_agent.policy.budget``: one Gaussian release per round, RDP). The tasks carry
@@ -31,6 +37,7 @@ import asyncio
 import logging
 import math
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +51,7 @@ from pod_agent.modeller.client import SEE_POD_LIST, ModellerClient, PodInfo, Ver
 from pod_agent.modeller.notebook import schema_stats
 from pod_agent.modeller.report import PodMetrics, RoundRecord, RunReport
 from pod_agent.modeller.secure_round import run_secure_round
+from pod_agent.modeller.strategies import ServerControl, ServerOptimizer, Strategy, robust_mean
 from pod_agent.modeller.tasks import build_task
 from pod_agent.modeller.weights import initial_weights, publish_weights
 from pod_agent.policy import epsilon, gaussian_event
@@ -53,12 +61,14 @@ from pod_agent.protocol import (
     DpParams,
     Hyperparameters,
     ModelRef,
+    ScaffoldParams,
     SecAggParams,
     TaskKind,
     TaskPayload,
     WeightsRef,
 )
 from pod_agent.secagg import ClipBound, Layout, aggregate_masked, floating_tensors, plan_encoding, plan_metrics
+from pod_agent.training import tagged, untagged
 
 _log = logging.getLogger(__name__)
 
@@ -151,6 +161,11 @@ class FedAvgPlan:
     # What travels (Hyperparameters.exchange: "trainable" sends only e.g. LoRA adapters) and in which dtype.
     exchange: Literal["all", "trainable"] = "all"
     wire_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # How updates are aggregated and stepped, and what the pods add to local training (strategies.py).
+    strategy: Strategy = field(default_factory=Strategy)
+
+    def __post_init__(self) -> None:
+        self.strategy.check(secure=self.secure is not None)
 
 
 # What a train task that evaluates first reports of the model it started from (the egress names).
@@ -197,6 +212,12 @@ class FedAvg:
         self._inline_evaluation = plan.dp is None
         self._row_counts: dict[str, int] = {}
         self._best_loss, self._stale = float("inf"), 0
+        self._optimizer = ServerOptimizer(plan.strategy)
+        # SCAFFOLD: the server's control variate (from the first weights), published beside them each round;
+        # the pods key their own by this run's id.
+        self._control: ServerControl | None = None
+        self._control_ref: WeightsRef | None = None
+        self._run_id = str(uuid.uuid4())
 
     async def run(self, initial: Weights | None = None) -> FedAvgResult:
         """Train from ``initial`` for the planned rounds; by default from the model as a pod
@@ -212,6 +233,8 @@ class FedAvg:
         if initial is None:
             initial = await asyncio.to_thread(self._initial_weights, [listed[p] for p in plan.pods])
         weights = {name: np.ascontiguousarray(a, dtype=np.float32) for name, a in sorted(initial.items())}
+        self._optimizer = ServerOptimizer(plan.strategy)
+        self._control = ServerControl(floating_tensors(weights)) if plan.strategy.scaffold else None
         report = RunReport()
         cohort = list(plan.pods)
         self._best_loss, self._stale = float("inf"), 0
@@ -224,6 +247,8 @@ class FedAvg:
             started = time.monotonic()
             if weights_ref is None:  # uploaded within round 1 so its time counts the upload
                 weights_ref = await self._publish(weights, f"round{round_index}")
+            if self._control is not None:
+                self._control_ref = await self._publish(self._control.c, f"round{round_index}-control")
             trained = await self._train_round(
                 weights, weights_ref, cohort, round_index, evaluate_first=unevaluated is not None
             )
@@ -232,8 +257,8 @@ class FedAvg:
                 if self._recorded(report, RoundRecord(round=previous, pods=trained.evaluated, seconds=seconds)):
                     # The model just evaluated is the one returned; this round's update is left unapplied.
                     return FedAvgResult(weights=weights, report=report)
+            weights = self._step(weights, trained, planned=len(plan.pods))
             cohort = trained.cohort
-            weights = apply_mean_update(weights, trained.mean_update)
             # The upload evaluated is what the next round trains from: one copy of each global model.
             weights_ref = await self._publish(weights, f"round{round_index}-result")
             if self._inline_evaluation and round_index < rounds:
@@ -265,10 +290,24 @@ class FedAvg:
 
     def _hyperparameters(self) -> Hyperparameters:
         plan = self.plan
+        learning_rate = plan.learning_rate if plan.strategy.eta_l is None else plan.strategy.eta_l
         return Hyperparameters(
-            epochs=plan.epochs_per_round, batch_size=plan.batch_size, learning_rate=plan.learning_rate, seed=plan.seed,
+            epochs=plan.epochs_per_round, batch_size=plan.batch_size, learning_rate=learning_rate, seed=plan.seed,
             exchange=plan.exchange, wire_dtype=plan.wire_dtype,
         )
+
+    def _step(self, weights: Weights, trained: _Trained, *, planned: int) -> Weights:
+        """The next global weights: the strategy's server step from the cohort's mean update; under SCAFFOLD
+        the server control variate moves by the mean control change, scaled by the share of pods that answered."""
+        update, control = untagged(trained.mean_update)
+        if self._control is not None:
+            self._control.step(control, share=len(trained.cohort) / planned)
+        return apply_mean_update(weights, self._optimizer.step(update))
+
+    def _exchanged(self, weights: Weights) -> Weights:
+        """What a pod's update vector holds: the floating weights and, under SCAFFOLD, the control change."""
+        floats = floating_tensors(weights)
+        return floats if self._control is None else floats | tagged(self._control.c)
 
     # -- one round --------------------------------------------------------------------------------
 
@@ -314,7 +353,7 @@ class FedAvg:
         secagg = await self._secagg(secure, cohort, round_index, evaluate_first=evaluate_first)
         entries = await self._entries(cohort)
         task = await self._submit("train", entries, weights_ref, secagg=secagg, evaluate_first=evaluate_first)
-        layout = Layout.from_arrays(floating_tensors(weights), secagg.metrics)
+        layout = Layout.from_arrays(self._exchanged(weights), secagg.metrics)
         outcome = await run_secure_round(
             self.client, task, entries, vector_size=layout.size, work_dir=self.work_dir, min_pods=self.plan.min_pods
         )
@@ -332,7 +371,7 @@ class FedAvg:
         if summed.metrics:
             _log.info("round %d: cohort train metrics %s over %d rows", round_index,
                       {k: round(v, 4) for k, v in sorted(summed.metrics.items())}, summed.total_rows)
-        mean = {name: summed.mean[name].astype(np.float32) for name in weights}
+        mean = {name: summed.mean[name].astype(np.float32) for name in self._exchanged(weights)}
         evaluated = {COHORT: _pod_metrics(summed.metrics, summed.total_rows)} if evaluate_first else {}
         return _Trained(cohort=list(outcome.survivors), mean_update=mean, evaluated=evaluated)
 
@@ -352,7 +391,7 @@ class FedAvg:
         return metrics
 
     async def _aggregate(self, task_id: str, results: Mapping[str, VerifiedResult], weights: Weights) -> Weights:
-        """The row-weighted mean of plain (unmasked) updates."""
+        """The row-weighted mean of plain (unmasked) updates, or the strategy's robust aggregate of them."""
         blobs: dict[str, Path] = {}
         for pod, result in sorted(results.items()):
             blob = result.payload.blob
@@ -360,9 +399,11 @@ class FedAvg:
                 raise ModellerError(f"pod {pod} returned no update for task {task_id}")
             blobs[pod] = await self.client.download_blob(blob.sha256, self.work_dir / f"{task_id}.{pod}.blob")
         total = sum(results[pod].payload.n_rows for pod in blobs)
-        mean = {name: np.zeros_like(a) for name, a in weights.items()}
-        for pod, path in blobs.items():
-            update = load_file(str(path))
+        updates = {pod: load_file(str(path)) for pod, path in blobs.items()}
+        if self.plan.strategy.robust:
+            return robust_mean(list(updates.values()), self.plan.strategy)
+        mean = {name: np.zeros_like(a) for name, a in self._exchanged(weights).items()}
+        for pod, update in updates.items():
             share = results[pod].payload.n_rows / total
             for name in mean:
                 mean[name] += share * update[name]
@@ -409,8 +450,20 @@ class FedAvg:
             hyperparameters=self._hyperparameters(), dp=self.dp if kind == "train" else None,
             evaluate_first=evaluate_first,
         )
+        task = self._with_strategy(task)
         await self.client.submit_task(task, cohort)
         return task
+
+    def _with_strategy(self, task: TaskPayload) -> TaskPayload:
+        """A train task with what the strategy asks of each pod's engine: FedProx's mu, SCAFFOLD's control."""
+        if task.kind != "train":
+            return task
+        fields: dict[str, object] = {}
+        if self.plan.strategy.proximal_mu is not None:
+            fields["proximal_mu"] = self.plan.strategy.proximal_mu
+        if self._control_ref is not None:
+            fields["scaffold"] = ScaffoldParams(run_id=self._run_id, control=self._control_ref)
+        return TaskPayload.model_validate(task.model_dump() | fields) if fields else task
 
 
 def choose_modulus_bits(bound: ClipBound, *, weighted: bool, metrics: bool, max_rows: int) -> Literal[32, 64]:
