@@ -225,6 +225,7 @@ def run_size(n: int, *, db: str | None = None) -> dict[str, Any]:
         launcher = [sys.executable, "-m", "cProfile", "-o", profile, _POD_AGENT] if profile else [_POD_AGENT]
         hub = subprocess.Popen(
             [*launcher, "hub", "serve", "--db", db or str(Path(tmp) / "hub.sqlite"), "--port", "0",
+             "--blob-dir", str(Path(tmp) / "blobs"),  # a hub on PostgreSQL must name one
              "--rate-per-s", "1000000", "--rate-burst", "1000000"],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
         )
