@@ -3,7 +3,10 @@
 Owns the modeller's side of the hub API (signed requests, TLS verification
 against a CA bundle or a pinned certificate fingerprint as ``protocol.hub_tls`` sets it
 up for pods too, streaming blob upload
-and download with sha256 checks) and the check that every result was signed by
+and download with sha256 checks). JSON requests go one per connection through
+``protocol.oneshot_call``, which needs no aiohttp; the aiohttp session (``protocol.hubhttp``)
+is opened, and aiohttp imported, only for a blob, so a command that moves none (``pod-agent
+modeller pods``) starts without it and the check that every result was signed by
 the pod it names. The hub is not trusted: a result whose signature does not
 verify against the pod's key is dropped with an error, never returned. Pod keys
 come from ``pod_keys`` when given (pinned out of band, and followed through the
@@ -21,14 +24,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
-
-import aiohttp
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pod_agent.errors import HubError, ModellerError, ProtocolError
 from pod_agent.modeller.pinning import PodKeys, hub_keys, pinned_keys
 from pod_agent.protocol import (
-    BLOB_CHUNK_BYTES,
     BlobRef,
     CohortEntry,
     Envelope,
@@ -53,16 +53,16 @@ from pod_agent.protocol import (
     WeightsRef,
     canonical_json,
     cohort_tree,
-    download_blob,
     envelope_bytes,
-    file_chunks,
-    hub_session,
+    oneshot_call,
     open_envelope,
     round_path,
     sign_envelope,
-    signed_call,
     tls_for_hub,
 )
+
+if TYPE_CHECKING:
+    import aiohttp
 
 _log = logging.getLogger(__name__)
 
@@ -160,6 +160,9 @@ class ModellerClient:
             self._session = None
 
     def _http(self) -> aiohttp.ClientSession:
+        """The aiohttp session for blobs, opened (and aiohttp imported) on the first one."""
+        from pod_agent.protocol import hub_session
+
         if self._session is None:
             self._session = hub_session(connect_timeout_s=self._timeout_s)
         return self._session
@@ -168,11 +171,18 @@ class ModellerClient:
         self, method: str, path: str, *, reply: type[_R], body: bytes = b"", data: Any = None,
         total_s: float | None = None,
     ) -> _R:
-        """One signed request, its reply validated as ``reply``; every hub failure is a ModellerError."""
+        """One signed request, its reply validated as ``reply``; every hub failure is a ModellerError. JSON goes
+        through ``oneshot_call``; a streamed upload (``data``) through the aiohttp session."""
+        deadline_s = self._timeout_s if total_s is None else total_s
         try:
+            if data is None:
+                return await oneshot_call(self.key, base=self.hub_url, method=method, path=path, body=body,
+                                          tls=self._ssl, reply=reply, total_s=deadline_s)
+            from pod_agent.protocol import signed_call
+
             return await signed_call(
-                self._http(), self.key, base=self.hub_url, method=method, path=path, body=body, data=data,
-                tls=self._ssl, reply=reply, total_s=self._timeout_s if total_s is None else total_s,
+                self._http(), self.key, base=self.hub_url, method=method, path=path, data=data, tls=self._ssl,
+                reply=reply, total_s=deadline_s,
             )
         except HubError as exc:
             raise ModellerError(str(exc)) from exc
@@ -334,6 +344,8 @@ class ModellerClient:
 
     async def upload_blob(self, path: Path) -> BlobRef:
         """Stream a safetensors file to the hub; the hub checks its sha256. Returns its reference."""
+        from pod_agent.protocol import file_chunks
+
         sha256 = await asyncio.to_thread(_file_sha256, path)
         size = path.stat().st_size
         await self._request(
@@ -387,6 +399,8 @@ class ModellerClient:
     async def download_blob(self, sha256: str, dest: Path) -> Path:
         """Stream a blob to ``dest`` (at most MAX_DOWNLOAD_BYTES, within the blob timeout), checking its sha256
         before it is renamed into place."""
+        from pod_agent.protocol import download_blob
+
         try:
             return await download_blob(
                 self._http(), self.key, base=self.hub_url, sha256=sha256, dest=dest, tls=self._ssl,
@@ -397,6 +411,8 @@ class ModellerClient:
 
 
 def _file_sha256(path: Path) -> str:
+    from pod_agent.protocol import BLOB_CHUNK_BYTES
+
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for chunk in iter(lambda: handle.read(BLOB_CHUNK_BYTES), b""):

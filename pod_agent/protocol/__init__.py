@@ -3,9 +3,11 @@
 What crosses a process or host boundary is defined here; who may send what is
 ``pod_agent.policy``'s concern.
 
-The hub's side (``hub_api``, ``rotation``, ``hubhttp``, ``hub_tls``) resolves lazily: the
-sandbox worker imports this package for the task's wire models, and has no use for the hub's
-API models or aiohttp, which would slow every worker's start.
+The hub's side (``hub_api``, ``rotation``, ``hub_reply``, ``hub_oneshot``, ``hubhttp``, ``hub_tls``)
+resolves lazily: the sandbox worker imports this package for the task's wire models, and has no use
+for the hub's API models or aiohttp, which would slow every worker's start. Only ``hubhttp`` (and
+``hub_tls`` for a pinned certificate) imports aiohttp: a caller sending JSON with ``oneshot_call``
+never does.
 """
 
 from __future__ import annotations
@@ -114,14 +116,14 @@ if TYPE_CHECKING:
         TaskSubmission,
         TaskSubmitted,
     )
+    from pod_agent.protocol.hub_oneshot import oneshot_call
+    from pod_agent.protocol.hub_reply import is_loopback, parse_reply
     from pod_agent.protocol.hub_tls import TlsOptionNames, tls_for_hub
     from pod_agent.protocol.hubhttp import (
         BLOB_CHUNK_BYTES,
         download_blob,
         file_chunks,
         hub_session,
-        is_loopback,
-        parse_reply,
         signed_call,
     )
     from pod_agent.protocol.rotation import (
@@ -166,9 +168,10 @@ _LAZY_HOME = {
     "download_blob": "pod_agent.protocol.hubhttp",
     "file_chunks": "pod_agent.protocol.hubhttp",
     "hub_session": "pod_agent.protocol.hubhttp",
-    "is_loopback": "pod_agent.protocol.hubhttp",
+    "is_loopback": "pod_agent.protocol.hub_reply",
     "keys_in_force": "pod_agent.protocol.rotation",
-    "parse_reply": "pod_agent.protocol.hubhttp",
+    "oneshot_call": "pod_agent.protocol.hub_oneshot",
+    "parse_reply": "pod_agent.protocol.hub_reply",
     "rotation_statement": "pod_agent.protocol.rotation",
     "signed_call": "pod_agent.protocol.hubhttp",
     "tls_for_hub": "pod_agent.protocol.hub_tls",
@@ -267,6 +270,7 @@ __all__ = [
     "key_id_of",
     "keys_in_force",
     "model_from_file",
+    "oneshot_call",
     "open_envelope",
     "parse_envelope",
     "parse_json",

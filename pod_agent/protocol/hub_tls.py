@@ -5,7 +5,9 @@ Owns the one choice of the ``ssl=`` argument that pods (``agent.hubclient``) and
 CA bundle, which wins over the system trust store. Plain http is allowed to a loopback hub, and
 to any other host only with the caller's ``unsafe_allow_http``, logged at each use. Each caller
 names its own options (``TlsOptionNames``: pod.toml keys or CLI flags), so an error tells its
-reader what to change. What is sent over the connection is ``hubhttp``'s.
+reader what to change. What is sent over the connection is ``hubhttp``'s (or ``hub_oneshot``'s,
+which honours the same choice). aiohttp is imported only for a pinned certificate, so that a
+caller that never opens an aiohttp session does not pay for it.
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ import logging
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-import aiohttp
-
 from pod_agent.errors import ConfigError
-from pod_agent.protocol.hubhttp import is_loopback
+from pod_agent.protocol.hub_reply import is_loopback
+
+if TYPE_CHECKING:
+    import aiohttp
 
 _log = logging.getLogger(__name__)
 
@@ -56,6 +60,8 @@ def tls_for_hub(
     if parts.scheme != "https":
         raise ConfigError(f"{names.url} {url!r} must start with https:// (or http:// for a loopback hub)")
     if pinned_cert_sha256:
+        import aiohttp  # only a pin needs it (see above)
+
         try:
             return aiohttp.Fingerprint(bytes.fromhex(pinned_cert_sha256.replace(":", "")))
         except ValueError as exc:

@@ -16,53 +16,55 @@ request runs under a total deadline, so a hub that drips one byte a second canno
 caller forever. Compressed replies are not decoded (the sessions are opened with
 ``auto_decompress=False``): a small gzip body could otherwise inflate past any cap before
 it is counted. Which TLS to use is ``hub_tls``'s; what to send when stays with the callers.
+How a reply is judged (status, caps, parsing) is ``hub_reply``'s, shared with ``hub_oneshot``,
+the aiohttp-free transport of a short-lived caller's JSON requests.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import ipaddress
-import re
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
-from pydantic import ValidationError
 
-from pod_agent.errors import HubMisbehaved, HubRejected, HubUnavailable, ProtocolError
-from pod_agent.protocol.canonical import parse_json
-from pod_agent.protocol.hub_api import MAX_REPLY_BYTES, MAX_REPLY_VALUES, HubReply
+from pod_agent.errors import HubMisbehaved, HubUnavailable
+from pod_agent.protocol.hub_api import MAX_REPLY_BYTES, HubReply
+from pod_agent.protocol.hub_reply import (
+    MAX_ERROR_BYTES,
+    check_declared,
+    check_received,
+    is_loopback,
+    parse_reply,
+    raise_for_status,
+)
 from pod_agent.protocol.keys import IdentityKey
 from pod_agent.protocol.request_auth import sign_request
 
 # Blob transfer chunk: throughput without holding a large update in memory twice.
 BLOB_CHUNK_BYTES = 1024 * 1024
-# An error reply is only quoted to the operator; past this much it is cut, not read further.
-MAX_ERROR_BYTES = 64 * 1024
-# How many validation errors of a wrongly shaped reply are named in the message (the rest are counted).
-_MAX_NAMED_ERRORS = 3
-
-# A JSON string with its escapes; possessive, so that matching a long one keeps no backtracking state
-# (a plain `(?:...)*` holds some per repetition: 480 MiB for 8 MiB of escapes).
-_JSON_STRING = re.compile(rb'"[^"\\]*+(?:\\.[^"\\]*+)*+"')
 
 TlsChoice = ssl.SSLContext | aiohttp.Fingerprint | bool
 _R = TypeVar("_R", bound=HubReply)
-_T = TypeVar("_T")
 
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` (a URL's host part) is this machine: plain http is allowed only there."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+# Judged in hub_reply, for both transports; named here too for this module's callers.
+__all__ = [
+    "BLOB_CHUNK_BYTES",
+    "MAX_ERROR_BYTES",
+    "TlsChoice",
+    "download_blob",
+    "file_chunks",
+    "hub_session",
+    "is_loopback",
+    "parse_reply",
+    "raise_for_status",
+    "read_capped",
+    "signed_call",
+]
 
 
 def hub_session(*, connect_timeout_s: float) -> aiohttp.ClientSession:
@@ -117,58 +119,12 @@ async def signed_call(
     return parse_reply(raw, reply.model_validate, name=reply.__name__, what=f"reply to {what}")
 
 
-def parse_reply(raw: bytes | str, validate: Callable[[Any], _T], *, name: str, what: str) -> _T:
-    """``raw`` as strict JSON (``{}`` when empty) passed through ``validate``, the model ``name``'s validator;
-    HubMisbehaved (naming fields, never values) when it holds too many values, is not UTF-8, too deep, or
-    not of that model."""
-    if _more_values_than(raw.encode("utf-8", errors="replace") if isinstance(raw, str) else raw, MAX_REPLY_VALUES):
-        raise HubMisbehaved(f"hub's {what} holds more than {MAX_REPLY_VALUES} JSON values")
-    try:
-        return validate(parse_json(raw) if raw else {})
-    except ProtocolError as exc:
-        raise HubMisbehaved(f"hub's {what} is not usable JSON: {exc}") from exc
-    except ValidationError as exc:
-        raise HubMisbehaved(f"hub's {what} is not a {name}: {_validation_summary(exc)}") from exc
-
-
-def _more_values_than(raw: bytes, limit: int) -> bool:
-    """Whether ``raw`` holds more than ``limit`` JSON values, near enough: container openings and separators
-    outside strings (an unterminated string is counted through: it over-counts only what cannot parse).
-
-    Strings are skipped match by match, never copied out; each separator counted lets at most two more
-    strings through, so the loop stops within about 2 * ``limit`` matches however the reply is made."""
-    count, start = 0, 0
-    for match in _JSON_STRING.finditer(raw):
-        count += _separators(raw, start, match.start())
-        if count > limit:
-            return True
-        start = match.end()
-    return count + _separators(raw, start, len(raw)) > limit
-
-
-def _separators(raw: bytes, start: int, end: int) -> int:
-    return raw.count(b",", start, end) + raw.count(b"{", start, end) + raw.count(b"[", start, end)
-
-
-def _validation_summary(exc: ValidationError) -> str:
-    """Where and why, without the values: a hostile hub's text does not reach the operator's log."""
-    parts = [
-        f"{'.'.join(str(p) for p in error['loc']) or '<reply>'}: {error['type']}"
-        for error in exc.errors(include_url=False, include_input=False)[:_MAX_NAMED_ERRORS]
-    ]
-    more = exc.error_count() - _MAX_NAMED_ERRORS
-    return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
-
-
 async def read_capped(resp: aiohttp.ClientResponse, *, max_bytes: int, what: str) -> bytes:
     """The body of ``resp``, counted as it arrives; HubMisbehaved as soon as it passes ``max_bytes``."""
-    declared = resp.content_length
-    if declared is not None and declared > max_bytes:
-        raise HubMisbehaved(f"hub's {what} declares {declared} bytes, over the {max_bytes}-byte cap")
+    check_declared(resp.content_length, max_bytes=max_bytes, what=what)
     buffer = bytearray()
     async for chunk in resp.content.iter_chunked(BLOB_CHUNK_BYTES):
-        if len(buffer) + len(chunk) > max_bytes:
-            raise HubMisbehaved(f"hub's {what} runs past the {max_bytes}-byte cap")
+        check_received(len(buffer) + len(chunk), max_bytes=max_bytes, what=what)
         buffer += chunk
     return bytes(buffer)
 
@@ -253,24 +209,3 @@ async def file_chunks(path: Path) -> AsyncIterator[bytes]:
             yield chunk
 
 
-TOO_MANY_REQUESTS = 429
-
-
-def raise_for_status(status: int, text: str, *, what: str) -> None:
-    """HubUnavailable for 5xx and 429, HubRejected for other 4xx, HubMisbehaved for 3xx (a hub never redirects;
-    following one would send the signed request elsewhere): "hub answered <status> <what>: <the hub's error>".
-
-    429 (over the hub's per-key rate) is retried like an outage, through the caller's backoff: the same
-    request succeeds later, so treating it as a refusal would drop an acknowledgement or a result."""
-    if status < 300:
-        return
-    if status < 400:
-        raise HubMisbehaved(f"hub answered {status} {what}, a redirect: not followed", status=status)
-    try:
-        detail = str(parse_json(text)["error"])[:200]
-    except (ProtocolError, KeyError, TypeError):
-        detail = text[:200]
-    message = f"hub answered {status} {what}: {detail}"
-    if status >= 500 or status == TOO_MANY_REQUESTS:
-        raise HubUnavailable(message, status=status)
-    raise HubRejected(message, status=status)
