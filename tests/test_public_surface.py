@@ -37,7 +37,8 @@ SURFACE: dict[str, list[str]] = {
         "plan_datastructure", "prepare_task_input", "read_datastructure", "stype_reason", "write_adult"
     ],
     "demo": [
-        "DemoOptions", "FederationError", "LocalFederation", "PodSite", "run_demo"
+        "DemoOptions", "FederationError", "LocalFederation", "PodSite", "Tutorial", "run_demo", "tutorial_federation",
+        "write_federation_file"
     ],
     "hub": [
         "DEFAULT_BLOB_GRACE_S", "DEFAULT_BLOB_QUOTA_BYTES", "DEFAULT_BLOB_QUOTA_COUNT", "DEFAULT_GC_INTERVAL_S",

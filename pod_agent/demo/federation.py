@@ -20,7 +20,7 @@ from pathlib import Path
 from types import TracebackType
 
 from pod_agent.errors import PodAgentError
-from pod_agent.hub import SqliteStorage, blob_dir_for, create_app, listening
+from pod_agent.hub import SqliteStorage, StatusPage, blob_dir_for, create_app, listening
 from pod_agent.modeller import ModellerClient
 from pod_agent.protocol import IdentityKey, PublicKey
 from pod_agent.sandbox import check_worker_package
@@ -98,10 +98,13 @@ def pod_argv(config: Path) -> list[str]:
 
 
 class LocalFederation:
-    """``async with LocalFederation(...) as fed:`` gives a running hub URL and online pods."""
+    """``async with LocalFederation(...) as fed:`` gives a running hub URL and online pods (``status``: the
+    hub's operator page at /status)."""
 
-    def __init__(self, root: Path, sites: list[PodSite], *, modeller: IdentityKey, sandbox: str) -> None:
-        self.root, self.sites, self.modeller, self.sandbox = root, sites, modeller, sandbox
+    def __init__(
+        self, root: Path, sites: list[PodSite], *, modeller: IdentityKey, sandbox: str, status: StatusPage | None = None
+    ) -> None:
+        self.root, self.sites, self.modeller, self.sandbox, self.status = root, sites, modeller, sandbox, status
         self.hub_url = ""
         # What the embedded hub holds (its storage, then its listening site), closed in reverse once the pods stop.
         self._hub = contextlib.AsyncExitStack()
@@ -138,7 +141,7 @@ class LocalFederation:
         db = str(self.root / "hub.sqlite")
         storage = SqliteStorage(db)
         self._hub.callback(storage.close)
-        app = create_app(storage, blob_dir=blob_dir_for(db))
+        app = create_app(storage, blob_dir=blob_dir_for(db), status=self.status)
         self.hub_url = await self._hub.enter_async_context(listening(app, port=0))
         async with ModellerClient(self.hub_url, self.modeller) as client:
             await client.register("demo-modeller")

@@ -179,6 +179,7 @@ class RoundPoint:
     answered: int
     cohort: int
     metrics: dict[str, dict[str, float]]  # pod -> clear-text metrics of its signed result
+    evaluated_first: bool  # its test_* metrics are of the model it started from: the previous round's
 
 
 @dataclass(frozen=True)
@@ -327,6 +328,7 @@ def _run_row(first: _Task, trains: list[_Task], closing: list[_Task], modeller_n
             else float(t.last_result_at - t.record.created_at),
             answered=t.answered, cohort=len(t.states),
             metrics={pod: _finite(r.metrics) for pod, r in sorted(t.results.items()) if r.metrics},
+            evaluated_first=t.payload is not None and t.payload.evaluate_first,
         )
         for i, t in enumerate(trains)
     ]
@@ -437,16 +439,15 @@ def _runs_html(snap: Snapshot) -> str:
             f'<div class="run" id="run-{i}"><b>{_e(run.model)}</b> by {_e(run.modeller)} &middot; {how} &middot; '
             f"{len(run.rounds)} rounds &middot; <span class=\"run-state\">{state}</span>"
         )
-        charts = [_chart("seconds per round", {"round": [(p.round, p.seconds) for p in run.rounds]})]
-        charts.append(_chart("pods answering", {"answered": [(p.round, float(p.answered)) for p in run.rounds]}))
+        last = len(run.rounds)
+        charts = [
+            _chart("seconds per round", {"round": [(p.round, p.seconds) for p in run.rounds]}, last=last),
+            _chart("pods answering", {"answered": [(p.round, float(p.answered)) for p in run.rounds]}, last=last),
+        ]
         for metric in _CHART_METRICS:
-            series: dict[str, list[tuple[int, float | None]]] = {}
-            for p in run.rounds:
-                for pod, values in p.metrics.items():
-                    if metric in values:
-                        series.setdefault(pod, []).append((p.round, values[metric]))
+            series = _metric_series(run, metric)
             if series:
-                charts.append(_chart(metric, series))
+                charts.append(_chart(f"{metric} after each round", series, last=last))
         parts.append('<div class="charts">' + "".join(charts) + "</div>")
         if run.secure:
             parts.append(
@@ -456,6 +457,26 @@ def _runs_html(snap: Snapshot) -> str:
         parts.append(_evaluation_html(run.evaluation))
         parts.append("</div>")
     return "".join(parts)
+
+
+def _metric_series(run: RunRow, metric: str) -> dict[str, list[tuple[int, float | None]]]:
+    """Each pod's ``metric`` of the model after each round: train metrics come with the round's own
+    results; test metrics of round k's model with round k + 1's task (it evaluates first) or with the
+    closing evaluate task."""
+    series: dict[str, list[tuple[int, float | None]]] = {}
+    testing = metric.startswith("test_")
+    for point in run.rounds:
+        if testing and not point.evaluated_first:
+            continue
+        after = point.round - 1 if testing else point.round
+        for pod, values in point.metrics.items():
+            if metric in values and after >= 1:
+                series.setdefault(pod, []).append((after, values[metric]))
+    if testing and run.evaluation is not None:
+        for pod, values in run.evaluation.items():
+            if metric in values:
+                series.setdefault(pod, []).append((len(run.rounds), values[metric]))
+    return series
 
 
 def _evaluation_html(evaluation: dict[str, dict[str, float]] | None) -> str:
@@ -483,8 +504,8 @@ _W, _H, _PAD_L, _PAD_R, _PAD_T, _PAD_B = 300, 170, 46, 10, 22, 34
 _LEGEND_ENTRIES = 3  # as many pod names as fit under a chart
 
 
-def _chart(title: str, series: Mapping[str, list[tuple[int, float | None]]]) -> str:
-    """A line chart as inline SVG: rounds on x, the values on y, one line per series."""
+def _chart(title: str, series: Mapping[str, list[tuple[int, float | None]]], *, last: int) -> str:
+    """A line chart as inline SVG: rounds 1..``last`` on x, the values on y, one line per series."""
     points = [(x, y) for values in series.values() for x, y in values if y is not None]
     head = (
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{_W}" height="{_H}" viewBox="0 0 {_W} {_H}" role="img" '
@@ -493,9 +514,8 @@ def _chart(title: str, series: Mapping[str, list[tuple[int, float | None]]]) -> 
     )
     if not points:
         return head + f'<text x="{_W / 2}" y="{_H / 2}" text-anchor="middle" fill="#666">no data yet</text></svg>'
-    xs = [x for x, _ in points]
     ys = [y for _, y in points]
-    x0, x1 = min(xs), max(max(xs), min(xs) + 1)
+    x0, x1 = 1, max(last, 2)
     y0, y1 = min(ys), max(ys)
     if y1 - y0 < 1e-12:
         y0, y1 = y0 - 0.5, y1 + 0.5
