@@ -22,6 +22,9 @@ from typing import Protocol
 class Cluster(Protocol):
     """The other hub processes, as one hub process sees them."""
 
+    # Whether the storage is a database server other processes share (it takes calls in parallel).
+    shared: bool
+
     def publish(self, key: str) -> None:
         """Wake the waiters on ``key`` in the other processes (returns at once; sent in the background)."""
 
@@ -37,6 +40,8 @@ class Cluster(Protocol):
 
 class SingleProcess:
     """The ``Cluster`` of a hub that runs alone."""
+
+    shared = False
 
     def publish(self, key: str) -> None:
         """No other process to wake."""

@@ -600,7 +600,7 @@ class PostgresCluster:
     bounds it as before, N times looser; quotas on stored bytes are in the database and shared.
     """
 
-    shared = True
+    shared = True  # the server runs its per-pod calls in parallel, not in one batch after another
 
     def __init__(self, storage: PostgresStorage) -> None:
         self._storage = storage

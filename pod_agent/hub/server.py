@@ -240,7 +240,11 @@ class _Hub:
         return await asyncio.to_thread(fn, *args, **kwargs)
 
     async def db_batched(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """As ``db``, for the calls every pod connection makes (touch, ack, pending): run in batches."""
+        """As ``db``, for the calls every pod connection makes (touch, ack, pending): run in batches, one after
+        another, where storage is in this process; a database server (shared) takes them in parallel instead,
+        each call a round trip that a batch would only queue behind the others."""
+        if self.cluster.shared:
+            return await self.db(fn, *args, **kwargs)
         return await self.batcher.call(fn, *args, **kwargs)
 
 
