@@ -181,6 +181,44 @@ async def test_ranks_cannot_reach_the_host_and_their_sockets_stay_in_the_sandbox
     assert seen == {"accepted": [], "reached_task": [], "host_sockets": []}
 
 
+DYING_RANK_MODEL = '''
+import os
+import torch
+from torch import nn
+from torch.nn import functional as F
+from pod_agent.sdk import PodClassifierMixin, PodModel
+
+
+class DiesOnRankOne(PodClassifierMixin, PodModel):
+    def create_model(self):
+        return nn.Linear(self.datastructure.input_size, self.n_classes)
+
+    def forward(self, x):
+        return self._model(x[0].float())
+
+    def training_step(self, batch, batch_idx):
+        if self.global_rank == 1 and batch_idx == 2:
+            os._exit(3)  # no exception, no word: the rank is simply gone
+        x, y = batch
+        return F.cross_entropy(self(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+'''
+
+
+async def test_a_rank_that_dies_fails_the_task_at_once(adult_input: TaskInput, tmp_path: Path) -> None:
+    _strict_or_skip()
+    task = make_task("train", source_ref(DYING_RANK_MODEL, "DiesOnRankOne"), steps=20)
+    events: list[dict[str, Any]] = []
+    with pytest.raises(SandboxError) as failed:
+        await _run_ranked(task, adult_input, tmp_path, devices=2, events=events)
+    # Rank 0's next gradient exchange finds the peer's sockets closed: measured 0.2 s after the first step,
+    # never the collective timeout.
+    assert (failed.value.code, failed.value.detail) == ("task_failed", "training_error")
+    assert events and events[0]["stage"] == "training"
+
+
 async def test_a_worker_without_a_network_of_its_own_is_refused_ranks(adult_input: TaskInput, tmp_path: Path) -> None:
     # Level "none" runs the worker in the agent's own network namespace: no IP sockets for its ranks.
     task = make_task("train", spec_ref(PLAIN_SPEC), steps=1)
