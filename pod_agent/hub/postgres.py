@@ -14,9 +14,9 @@ binary wheels (``psycopg[binary]``) with libpq inside.
 
 Concurrency: every "insert unless present, else compare" is ``INSERT ... ON CONFLICT DO NOTHING``
 followed by a read of the winner, so two processes storing the same task, result or round message at
-once get one "stored" and one "duplicate" (or a conflict), never two rows. A pod's registration checks
-two unique keys (name and key id), so it takes a transaction advisory lock for pods. Delivery order is
-an identity column, not ``MAX(seq) + 1``.
+once get one "stored" and one "duplicate" (or a conflict), never two rows. A pod's registration is one
+conditional upsert (its name's row changes only if it holds the same key; the key's unique index
+refuses it on another name). Delivery order is an identity column, not ``MAX(seq) + 1``.
 
 Migrations: ``hub_schema_version`` holds the version; ``_MIGRATIONS`` are applied forward in order,
 each in its own transaction, under an advisory lock so processes starting together migrate once.
@@ -62,9 +62,10 @@ from pod_agent.protocol import MAX_REQUEST_SKEW_S
 
 _log = logging.getLogger(__name__)
 
-# Advisory lock keys (one 64-bit space per database): migrations, and pod registrations.
+# Advisory lock key (one 64-bit space per database) that one migrating process holds.
 _LOCK_MIGRATE = 0x706F645F6D696772
-_LOCK_PODS = 0x706F645F706F6473
+# A registration that finds its name's or key's holder gone by the time it looks it up tries again.
+_UPSERT_TRIES = 3
 # Enough for the default thread pool of asyncio.to_thread on a few cores; PostgreSQL's default
 # max_connections (100) leaves room for several hub processes.
 DEFAULT_POOL_SIZE = 10
@@ -75,6 +76,13 @@ _NONCE_PRUNE_EVERY = 1000
 
 _POD_COLUMNS = (
     "name, key_id, public_key, schema, schema_hash, row_count, sandbox_level, heartbeat_s, registered_at, last_seen"
+)
+_UPSERT_POD = (
+    f"INSERT INTO pods ({_POD_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
+    " ON CONFLICT (name) DO UPDATE SET public_key = excluded.public_key, schema = excluded.schema,"
+    " schema_hash = excluded.schema_hash, row_count = excluded.row_count, sandbox_level = excluded.sandbox_level,"
+    " heartbeat_s = excluded.heartbeat_s, registered_at = excluded.registered_at, last_seen = excluded.last_seen"
+    " WHERE pods.key_id = excluded.key_id RETURNING 1"
 )
 _MODEL_COLUMNS = "name, version, style, class_name, source, sha256, weights_sha256, owner, created_at, public"
 _TASK_COLUMNS = "task_id, modeller_id, envelope, pods, created_at"
@@ -217,31 +225,33 @@ class PostgresStorage:
     # -- pods -------------------------------------------------------------------------------
 
     def upsert_pod(self, pod: PodRecord) -> None:
-        with self._tx() as conn:
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_PODS,))
-            row = conn.execute("SELECT key_id FROM pods WHERE name = %s", (pod.name,)).fetchone()
-            if row is not None and row[0] != pod.key_id:
+        values = (
+            pod.name, pod.key_id, pod.public_key, json.dumps(pod.schema), pod.schema_hash, pod.row_count,
+            pod.sandbox_level, pod.heartbeat_s, pod.registered_at, pod.last_seen,
+        )
+        # One statement, no lock: the name's row is updated only if it holds the same key; another key on the
+        # name leaves it alone (no row returned), and the key on another name breaks its unique index.
+        # Between that and the look-up naming the holder, the holder may be released: then try again.
+        for _ in range(_UPSERT_TRIES):
+            try:
+                updated = self._first(_UPSERT_POD, values)
+            except psycopg.errors.UniqueViolation:
+                other = self._first("SELECT name FROM pods WHERE key_id = %s", (pod.key_id,))
+                if other is not None:
+                    raise StorageConflict(
+                        f"key {pod.key_id[:12]}... is already registered as pod {other[0]!r}; one key per pod"
+                    ) from None
+                continue
+            if updated is not None:
+                return
+            held = self._first("SELECT key_id FROM pods WHERE name = %s", (pod.name,))
+            if held is not None:
                 raise StorageConflict(
-                    f"pod name {pod.name!r} is registered to another key ({row[0][:12]}...); "
+                    f"pod name {pod.name!r} is registered to another key ({held[0][:12]}...); "
                     f"choose another pod.name, or (if this pod was re-keyed) the hub operator releases the name "
                     f"with `pod-agent hub release-pod --db HUB_DB {pod.name}`"
                 )
-            other = conn.execute("SELECT name FROM pods WHERE key_id = %s", (pod.key_id,)).fetchone()
-            if other is not None and other[0] != pod.name:
-                raise StorageConflict(
-                    f"key {pod.key_id[:12]}... is already registered as pod {other[0]!r}; one key per pod"
-                )
-            conn.execute(
-                f"INSERT INTO pods ({_POD_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
-                " ON CONFLICT (name) DO UPDATE SET public_key = excluded.public_key, schema = excluded.schema,"
-                " schema_hash = excluded.schema_hash, row_count = excluded.row_count,"
-                " sandbox_level = excluded.sandbox_level, heartbeat_s = excluded.heartbeat_s,"
-                " registered_at = excluded.registered_at, last_seen = excluded.last_seen",
-                (
-                    pod.name, pod.key_id, pod.public_key, json.dumps(pod.schema), pod.schema_hash, pod.row_count,
-                    pod.sandbox_level, pod.heartbeat_s, pod.registered_at, pod.last_seen,
-                ),
-            )
+        raise HubError(f"pod {pod.name!r}: its registration raced with others {_UPSERT_TRIES} times; register again")
 
     def get_pod(self, name: str) -> PodRecord | None:
         row = self._first(f"SELECT {_POD_COLUMNS} FROM pods WHERE name = %s", (name,))

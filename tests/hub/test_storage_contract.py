@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pod_agent.hub import Storage, StorageConflict, open_storage
-from pod_agent.hub.storage import HubTaskRecord
+from pod_agent.hub.storage import HubTaskRecord, PodRecord
 
 RACERS = 8
 
@@ -78,3 +78,27 @@ def test_a_reopened_database_keeps_its_records(opened: Callable[[], Storage], da
         assert again.get_task("kept") == _task("kept")
     finally:
         again.close()
+
+
+def _pod(name: str, key_id: str, *, rows: int = 10) -> PodRecord:
+    return PodRecord(
+        name=name, key_id=key_id, public_key="pk-" + key_id, schema={"columns": []}, schema_hash="a" * 64,
+        row_count=rows, sandbox_level="strict", heartbeat_s=5.0, registered_at=1, last_seen=1,
+    )
+
+
+def test_a_pod_name_and_its_key_belong_to_each_other_until_the_name_is_released(
+    opened: Callable[[], Storage],
+) -> None:
+    storage = opened()
+    storage.upsert_pod(_pod("a", "k1"))
+    storage.upsert_pod(_pod("a", "k1", rows=5))  # the same key re-registering updates its record
+    assert storage.get_pod("a") == _pod("a", "k1", rows=5)
+    with pytest.raises(StorageConflict, match="pod name 'a' is registered to another key"):
+        storage.upsert_pod(_pod("a", "k2"))
+    with pytest.raises(StorageConflict, match=r"key k1\.\.\. is already registered as pod 'a'; one key per pod"):
+        opened().upsert_pod(_pod("b", "k1"))
+    assert storage.release_pod("a")
+    storage.upsert_pod(_pod("a", "k2"))
+    assert storage.pod_by_key("k2") == _pod("a", "k2") and storage.pod_by_key("k1") is None
+
