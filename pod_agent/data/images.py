@@ -7,7 +7,8 @@ relative to ``datasource.images.dir``; an absolute path, a ``..`` part, a symlin
 for a link while the task prepares does not help either) or anything but a regular file is refused with a
 DataError, as is a file over ``max_file_mb`` or an image over ``_MAX_PIXELS``. Pillow decodes (imported on
 first use: the daemon stays light), converts to the mode (``L`` or ``RGB``) and resizes to (height, width);
-pixels become float32 in [0, 1], channels first. The sandbox never opens an image file:
+pixels stay uint8, channels first (a quarter of float32's bytes in the prepared file; the training
+side scales them to [0, 1]). The sandbox never opens an image file:
 ``task_input.py`` writes the decoded pixels into the task's prepared input.
 
 ``ImageFolderTable`` is ``datasource.format = "image-folders"``: ``path`` holds one sub-directory per
@@ -76,7 +77,7 @@ class ImageReader:
         self.format = image_format
 
     def pixels(self, relative: str) -> np.ndarray:
-        """The image at ``relative`` as float32 ``[channels, height, width]`` in [0, 1]."""
+        """The image at ``relative`` as uint8 ``[channels, height, width]``."""
         from PIL import Image, UnidentifiedImageError
 
         data = self.read_bytes(relative)
@@ -89,7 +90,7 @@ class ImageReader:
                 )
         except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
             raise DataError(f"image {relative!r} under {self._root} does not decode ({exc}); fix or remove it") from exc
-        array = np.asarray(fitted, dtype=np.float32) / 255.0
+        array = np.asarray(fitted, dtype=np.uint8)
         return array[None] if array.ndim == 2 else np.ascontiguousarray(array.transpose(2, 0, 1))
 
     def read_bytes(self, relative: str) -> bytes:

@@ -47,7 +47,8 @@ Images and text (``_Media``): a selection may name one image or one text column 
 - image -> the agent reads each row's file under ``datasource.images.dir`` (``images.py``: paths checked,
   symlinks refused), decodes and resizes it to ``selection.image_size`` (else the owner's size, within the
   owner's ``max_size``) in ``selection.image_mode`` (else the owner's); ``x`` holds the pixels channels
-  first, float32 in [0, 1], and the datastructure ``image_shape`` ``[channels, height, width]``.
+  first as uint8 (batches scale them to float32 in [0, 1]), the datastructure ``image_shape``
+  ``[channels, height, width]``.
 - text -> token ids (``text.py``): ``x`` holds int32 ``[max_tokens]``, the datastructure ``vocab_size``.
 A planned datastructure (``plan_datastructure``, no pod config at hand) needs the task to name the image
 size and mode, or the token count.
@@ -55,8 +56,8 @@ size and mode, or the token count.
 File layout (Arrow IPC file, memory-mappable): ``x: fixed_size_list<float32>[input_size]``,
 ``y: int64`` (or ``float32`` for regression), ``split: int8`` (0 train, 1 validation,
 2 test); for images and text ``x`` carries the field metadata ``pod_agent.shape`` (the shape of one
-row, JSON) and for text holds int32. The datastructure JSON is also stored in the schema metadata under
-``pod_agent.datastructure``.
+row, JSON) and holds uint8 pixels for images, int32 token ids for text. The datastructure JSON is
+also stored in the schema metadata under ``pod_agent.datastructure``.
 """
 
 from __future__ import annotations
@@ -239,7 +240,7 @@ def prepare_task_input(
     )
     input_size = int(datastructure["input_size"])  # type: ignore[call-overload]
     y_type = pa.int64() if task == "classification" else pa.float32()
-    x_type = pa.int32() if media is not None and media.tokens is not None else pa.float32()
+    x_type = pa.float32() if media is None else pa.int32() if media.tokens is not None else pa.uint8()
     x_metadata = {ROW_SHAPE_METADATA_KEY: json.dumps(list(media.row_shape)).encode()} if media is not None else None
     arrow_schema = pa.schema(
         [pa.field("x", pa.list_(x_type, input_size), metadata=x_metadata), ("y", y_type), ("split", pa.int8())],
@@ -372,7 +373,7 @@ def _image_format(selection: DataSelection, images: ImagesSection | None) -> Ima
 
 
 def _media_encoder(media: _Media, section: DatasourceSection) -> Callable[[pa.RecordBatch], np.ndarray]:
-    """Encodes a record batch's media column into ``[rows, width]`` (float32 pixels or int32 token ids)."""
+    """Encodes a record batch's media column into ``[rows, width]`` (uint8 pixels or int32 token ids)."""
     if media.tokens is not None:
         tokens = media.tokens
         return lambda batch: tokens.encode(pc.cast(batch.column(media.column), pa.string()).to_pylist())
@@ -380,7 +381,7 @@ def _media_encoder(media: _Media, section: DatasourceSection) -> Callable[[pa.Re
 
     def images(batch: pa.RecordBatch) -> np.ndarray:
         paths = batch.column(media.column).to_pylist()
-        x = np.empty((len(paths), media.width), dtype=np.float32)
+        x = np.empty((len(paths), media.width), dtype=np.uint8)
         for row, path in enumerate(paths):
             if path is None:
                 raise DataError(f"task input: image column {media.column!r} has a missing path; fill or drop the row")

@@ -9,7 +9,8 @@ block shuffle beyond. A ``shard``ed split under a running process group (``ranks
 each rank its slice of every batch: the ranks see the same batches in the same order, so
 their averaged gradients are the whole batch's and every rank takes the same number of steps.
 Where ``x`` carries a row shape (``pod_agent.shape``: images ``[channels, height, width]``, text
-``[max_tokens]``), batches have that shape, and integer ``x`` (token ids) becomes int64.
+``[max_tokens]``), batches have that shape; uint8 ``x`` (pixels) becomes float32 in [0, 1] and other
+integer ``x`` (token ids) int64.
 """
 
 from __future__ import annotations
@@ -65,7 +66,9 @@ class SplitBatches(IterableDataset[Batch]):
         batch = self._reader.get_batch(index)
         xs = batch.column(0)
         x = np.asarray(xs.flatten().to_numpy(zero_copy_only=False)).reshape(len(batch), *self._row_shape)
-        if np.issubdtype(x.dtype, np.integer):
+        if x.dtype == np.uint8:
+            x = x.astype(np.float32) / 255.0
+        elif np.issubdtype(x.dtype, np.integer):
             x = x.astype(np.int64)
         y = np.asarray(batch.column(1).to_numpy(zero_copy_only=False))
         return x, y, np.flatnonzero(_split_column(batch) == self._code)
