@@ -134,7 +134,7 @@ async def _run(options: DemoOptions, echo: Callable[[str], None]) -> DemoResult:
             echo("central baseline: the same model and epochs on the pods' training rows pooled, "
                  "evaluated on the pods' test rows")
             central_weights = await asyncio.to_thread(
-                _central_fit, model, sites, fedavg.selection,
+                central_fit, model, sites, fedavg.selection,
                 hyper.model_copy(update={"epochs": options.rounds * options.epochs_per_round}),
                 pooled=out / "data" / "central-train.parquet",
             )
@@ -237,7 +237,7 @@ def prepare_sites(
     return sites
 
 
-def _central_fit(
+def central_fit(
     model: ModelRef, sites: list[PodSite], selection: DataSelection, hyper: Hyperparameters, *, pooled: Path
 ) -> dict[str, np.ndarray]:
     """Train on the pods' training rows pooled, in this process (same preparation as a pod); the weights.

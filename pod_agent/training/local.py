@@ -74,11 +74,13 @@ def fit_local(
     scratch: Path | None = None,
     proximal_mu: float | None = None,
     correction: Mapping[str, np.ndarray] | None = None,
+    evaluate_first: bool = False,
 ) -> LocalFit:
     """Prepare ``data`` as a pod would, train ``model`` in this process and return the new weights.
 
     ``proximal_mu`` and ``correction`` (SCAFFOLD's ``c - c_i``, which needs ``weights``) are applied by the
-    engine as a pod applies a task's (``correction.py``).
+    engine as a pod applies a task's (``correction.py``); ``evaluate_first`` adds the test split's metrics
+    (``test_*``) of the weights it starts from, as a pod's federated train task reports them.
 
     Raises DataError for unusable data or selection and TrainingError(reason) with the
     same codes the sandboxed worker reports.
@@ -132,6 +134,7 @@ def fit_local(
             returns="weights" if scaffold is None else "update",
             proximal_mu=proximal_mu,
             scaffold=scaffold,
+            evaluate_first=evaluate_first,
         )
         request = WorkerRequest(
             task=task,
