@@ -8,6 +8,7 @@ the page answers 401, and the browser shows nothing of the federation.
 
 from __future__ import annotations
 
+import time
 import urllib.error
 import urllib.request
 from html.parser import HTMLParser
@@ -20,10 +21,28 @@ from browser_support import dump_dom, screenshot
 from notebook_support import NotebookRun
 from tutorial_support import artifacts_dir
 
+from pod_agent.protocol import IdentityKey, canonical_json, sign_request
+
 pytestmark = pytest.mark.slow
 
 # The model names the notebooks give their runs.
 RUN_MODELS = ("census-mlp", "tabular-net", "census-spec")
+# A pod chooses its own sandbox_level text (up to 32 characters); the page must show it as text.
+HOSTILE_LEVEL = "<script>alert(1)</script>"
+
+
+def _register_hostile_pod(hub_url: str) -> None:
+    """A pod registering itself (signed, as any key may on an open hub) with markup for its sandbox level."""
+    key = IdentityKey.generate()
+    body = canonical_json({
+        "name": "hostile-pod", "public_key": key.public.to_b64(), "schema_public": {"columns": []},
+        "schema_hash": "b" * 64, "row_count": 1, "sandbox_level": HOSTILE_LEVEL, "heartbeat_s": 1.0,
+    })
+    path = "/v1/pods/register"
+    headers = {**sign_request(key, "POST", path, body, now=int(time.time())), "Content-Type": "application/json"}
+    request = urllib.request.Request(hub_url + path, data=body, headers=headers, method="POST")  # noqa: S310 - loopback
+    with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310 - the test's own loopback hub
+        assert answer.status == 200
 
 
 def _with_password(hub_url: str, token: str) -> str:
@@ -77,11 +96,14 @@ def test_status_page_in_chromium_shows_the_pods_and_the_finished_runs(
     tutorial_federation: Any, notebook_runs: dict[str, NotebookRun], tmp_path: Path
 ) -> None:
     assert all(run.error is None for run in notebook_runs.values()), "a notebook failed; see its own test"
+    _register_hostile_pod(tutorial_federation.tutorial.hub_url)
     url = _with_password(tutorial_federation.tutorial.hub_url, tutorial_federation.admin_token)
     page = _Page()
     page.feed(dump_dom(url, profile=tmp_path / "profile"))
     pods = tutorial_federation.tutorial.pods
-    assert sorted(page.pod_rows) == pods
+    assert sorted(page.pod_rows) == sorted([*pods, "hostile-pod"])
+    # The browser parsed the pod's markup as text: it is in the row's text and no script element exists.
+    assert HOSTILE_LEVEL in page.pod_rows["hostile-pod"]
     for pod in pods:
         assert "online" in page.pod_rows[pod]
         # The tutorial's modeller pins the pods' keys; the hub's operator was given none.
