@@ -3,10 +3,11 @@
 Owns ``Fanout``, the push path's memory of recent tasks: per task the delivery's JSON up to the proof
 (the signed envelope, encoded once, not once per pod) and the cohort tree that gives each pod its entry
 and inclusion proof (``protocol.cohort``); and the announcements of newly submitted tasks to the pods
-connected to this process, so that a push loop woken by a submission sends at once instead of reading
-its pending tasks back from storage. Storage stays the record of what is pending (a pod that connects,
-or is woken by another hub process, reads it there); what travels between processes is
-``server._Hub.notify``'s.
+connected to this process, so that a push loop woken by a large fan-out sends at once instead of reading
+its pending tasks back from storage. A cohort under ANNOUNCE_FROM_PODS is not announced: its pods read
+storage when woken, as on connecting, and so also get any other delivery pending for them. Storage
+stays the record of what is pending (a pod that connects, or is woken by another hub process, reads it
+there); what travels between processes is ``server._Hub.notify``'s.
 
 Memory: at most ``max_tasks`` prepared tasks are kept (least recently used go first), a pod's
 announcements are dropped when it disconnects, and TRIM_AFTER_S after the last fan-out the heap pages
@@ -32,6 +33,8 @@ from pod_agent.protocol import CohortEntry, CohortTree, TaskPayload, cohort_tree
 
 # Prepared tasks kept: a few fan-outs in flight at once; older ones are prepared again on demand.
 DEFAULT_MAX_TASKS = 8
+# Cohorts from this size are announced to their connected pods: below it a storage read per pod costs little.
+ANNOUNCE_FROM_PODS = 64
 # Quiet seconds after a fan-out's publication before freed memory is handed back (the pushes and their
 # acknowledgements are over by then at 10,000 pods).
 TRIM_AFTER_S = 10.0
@@ -109,9 +112,10 @@ class Fanout:
         return prepared
 
     def publish(self, record: HubTaskRecord, tree: CohortTree, *, connected: Callable[[str], bool]) -> None:
-        """Prepare ``record`` once and announce it to each of its pods connected to this process."""
+        """Prepare ``record`` once and, for a cohort of ANNOUNCE_FROM_PODS or more, announce it to each of its
+        pods connected to this process."""
         prepared = self.keep(prepare(record, tree))
-        for pod in record.pods:
+        for pod in record.pods if len(record.pods) >= ANNOUNCE_FROM_PODS else ():
             if connected(pod):
                 self._announced.setdefault(pod, []).append(prepared)
         if self._trim is not None:

@@ -11,6 +11,8 @@ from typing import Any
 from hub_tasks import SCHEMA_HASH
 
 from pod_agent.hub import create_app, listening
+from pod_agent.hub.fanout import ANNOUNCE_FROM_PODS
+from pod_agent.hub.storage import HubTaskRecord
 from pod_agent.modeller.tasks import build_task
 from pod_agent.protocol import (
     CohortEntry,
@@ -51,7 +53,8 @@ def _checked(delivery: dict[str, Any], pod: str) -> CohortProof:
 
 
 async def test_each_pod_is_pushed_the_task_with_its_own_entry_and_proof(hub: Any) -> None:
-    modeller, pods = await _federation(hub, 3)
+    """A cohort this large is announced to the connected pods: their pushes read nothing back from storage."""
+    modeller, pods = await _federation(hub, ANNOUNCE_FROM_PODS)
     headers = sign_request(pods["pod-00"], "GET", "/v1/pod/ws", b"", now=int(time.time()))
     ws = await hub.session.ws_connect(hub.base + "/v1/pod/ws", headers=headers)
     task, raw = _submission(modeller, pods)
@@ -64,6 +67,25 @@ async def test_each_pod_is_pushed_the_task_with_its_own_entry_and_proof(hub: Any
     assert status == 200 and [t["task_id"] for t in polled["tasks"]] == [task.task_id]
     _checked(polled["tasks"][0], "pod-01")
     assert "pod-02" not in json.dumps(pushed) and "pod-02" not in json.dumps(polled)  # no roster travels
+
+
+async def test_a_small_cohorts_push_also_sends_the_pods_other_pending_deliveries(hub: Any) -> None:
+    """Woken by a small cohort's task, a push reads storage: a delivery pending there that no submission here
+    announced (another hub process's) goes out with it."""
+    modeller, pods = await _federation(hub, 2)
+    headers = sign_request(pods["pod-00"], "GET", "/v1/pod/ws", b"", now=int(time.time()))
+    ws = await hub.session.ws_connect(hub.base + "/v1/pod/ws", headers=headers)
+    elsewhere, raw = _submission(modeller, pods)
+    record = HubTaskRecord(task_id=elsewhere.task_id, modeller_id=modeller.key_id, pods=tuple(pods),
+                           envelope=canonical_json(json.loads(raw)["envelope"]), created_at=int(time.time()))
+    hub.storage.add_task(record)
+    here, raw = _submission(modeller, pods)
+    assert (await hub.caller(modeller).call("POST", "/v1/tasks", raw=raw))[0] == 201
+    pushed = [json.loads((await ws.receive(timeout=5)).data) for _ in range(2)]
+    await ws.close()
+    assert {d["task_id"] for d in pushed} == {elsewhere.task_id, here.task_id}
+    for delivery in pushed:
+        _checked(delivery, "pod-00")
 
 
 async def test_what_a_pod_receives_grows_with_log2_of_the_cohort(hub: Any) -> None:
