@@ -21,9 +21,12 @@ import aiohttp
 import pytest
 
 from pod_agent.errors import HubError
-from pod_agent.hub import StatusPage
+from pod_agent.hub import SqliteStorage, StatusPage
+from pod_agent.hub.status import Snapshot, StatusSource, collect, render
 from pod_agent.hub.storage import HubTaskRecord
-from pod_agent.protocol import IdentityKey
+from pod_agent.modeller import build_task
+from pod_agent.protocol import IdentityKey, envelope_bytes, sign_envelope
+from pod_agent.protocol.messages import CohortEntry, DataSelection, ModelRef, ResultPayload, SecAggParams
 
 TOKEN = "status-token-" + "k" * 30
 
@@ -150,3 +153,80 @@ def test_hub_serve_with_an_admin_token_file_serves_the_page(tmp_path: Path) -> N
         hub.wait(10)
         if hub.stdout is not None:
             hub.stdout.close()
+
+
+# -- runs and curves, from what storage holds -------------------------------------------------------
+
+_PODS = ("pod-a", "pod-b", "pod-c")
+
+
+class _History:
+    """Tasks and signed results put in a hub's storage as a modeller's rounds and pods' answers would."""
+
+    def __init__(self, storage: Any) -> None:
+        self.storage, self.modeller, self.clock = storage, IdentityKey.generate(), 1_000
+        self.pods = {name: IdentityKey.generate() for name in _PODS}
+        self.model = ModelRef(style="declarative", name="spec", spec={"layers": []}, sha256="c" * 64)
+
+    def task(self, kind: str, *, secure_round: int | None = None, evaluate_first: bool = False,
+             metrics: dict[str, float] | None = None) -> None:
+        cohort = [CohortEntry(pod=name, schema_hash="a" * 64, key_id=key.key_id) for name, key in self.pods.items()]
+        secagg = None if secure_round is None else SecAggParams(
+            prime_q=2**20, precision=2**16, num_workers=3, round=secure_round
+        )
+        payload = build_task(
+            modeller_id=self.modeller.key_id, cohort=cohort, kind=kind, model=self.model,
+            data=DataSelection(target="TARGET"), secagg=secagg, evaluate_first=evaluate_first,
+        )
+        self.clock += 10
+        envelope = envelope_bytes(sign_envelope(payload, self.modeller))
+        self.storage.add_task(HubTaskRecord(payload.task_id, self.modeller.key_id, envelope, _PODS, self.clock))
+        for i, (name, key) in enumerate(self.pods.items()):
+            result = ResultPayload(
+                task_id=payload.task_id, pod=name, kind=kind, status="done", n_rows=100, produced_at=self.clock,
+                metrics={k: v + i for k, v in (metrics or {}).items()},
+            )
+            self.storage.put_result(payload.task_id, name, envelope_bytes(sign_envelope(result, key)), status="done",
+                                    now=self.clock + 3)
+
+
+def _snapshot(storage: Any) -> Snapshot:
+    source = StatusSource(storage=storage, now=lambda: 2_000, online=lambda pod, now: True, registration="open")
+    return collect(source, {})
+
+
+def test_a_secure_run_restarting_at_round_1_is_a_new_run_and_an_evaluate_task_closes_one() -> None:
+    storage = SqliteStorage(":memory:")
+    history = _History(storage)
+    history.task("train", secure_round=1)
+    history.task("train", secure_round=2)  # abandoned: no closing evaluation
+    history.task("train", secure_round=1)
+    history.task("train", secure_round=2)
+    history.task("evaluate", metrics={"test_accuracy": 0.5})
+    runs = _snapshot(storage).runs  # newest first
+    assert [(len(r.rounds), r.finished, r.secure) for r in runs] == [(2, True, True), (2, False, True)]
+    assert runs[0].evaluation == {"pod-a": {"test_accuracy": 0.5}, "pod-b": {"test_accuracy": 1.5},
+                                  "pod-c": {"test_accuracy": 2.5}}
+    assert [p.seconds for p in runs[0].rounds] == [3.0, 3.0]
+    storage.close()
+
+
+def test_a_plain_runs_curves_draw_each_pods_metrics_at_the_round_whose_model_they_score() -> None:
+    storage = SqliteStorage(":memory:")
+    history = _History(storage)
+    history.task("train", metrics={"train_loss": 0.9})
+    # Round 2's task first scores round 1's model: its test metrics belong to round 1.
+    history.task("train", evaluate_first=True, metrics={"train_loss": 0.7, "test_loss": 0.8})
+    history.task("evaluate", metrics={"test_loss": 0.6})
+    snap = _snapshot(storage)
+    (run,) = snap.runs
+    assert not run.secure and run.finished
+    html = render(snap)
+    # One line per pod in each metric chart, and the legend names the pods.
+    for title in ("train_loss after each round", "test_loss after each round"):
+        chart = html.split(f'aria-label="{title}"', 1)[1].split("</svg>", 1)[0]
+        assert chart.count('stroke-width="2"') == 3 and all(pod in chart for pod in _PODS)
+    # pod-a's test_loss: 0.8 after round 1 (x = 46, the left edge), 0.6 after round 2 (x = 290, the right edge,
+    # y = 136, the bottom: the chart's least value).
+    test_chart = html.split('aria-label="test_loss after each round"', 1)[1].split("</svg>", 1)[0]
+    assert '<polyline points="46.0,125.6 290.0,136.0"' in test_chart
