@@ -15,10 +15,10 @@ import pytest
 
 CHROMIUM_TIMEOUT_S = 60
 # No network beyond the page, no first-run or update machinery, a profile of its own; --no-sandbox because CI
-# runs as root, where Chromium's own sandbox refuses to start.
+# runs as root, where Chromium's own sandbox refuses to start; /tmp rather than a container's small /dev/shm.
 _FLAGS = (
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run", "--hide-scrollbars",
+    "--disable-sync", "--no-first-run", "--hide-scrollbars", "--disable-dev-shm-usage",
 )
 
 
