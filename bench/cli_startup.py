@@ -10,7 +10,7 @@ two baselines, so that a loaded host slows all alike:
 - ``keys show``:      a pod's key and pin line, from a pod.toml made with ``pod-agent init``
 - ``modeller pods``:  a signed request to a reference hub (started once, not timed)
 
-The goal applies to the three commands. Measured on 2 cores (median of 9): see README, "Start-up".
+The goal applies to the three commands. Figures: README, Benchmarks, "CLI start-up".
 
     python -m bench.cli_startup [--small] [--json]      (9 runs each, 3 with --small)
 """
