@@ -7,6 +7,6 @@ as JSON and as a markdown table.
 """
 
 BENCHMARKS: tuple[str, ...] = ("datasource", "training", "sandbox_startup", "secagg", "wire", "idle_agent", "dp_noise",
-                              "cli_startup", "rounds", "hub_db", "ddp", "images", "hub_load")
+                              "cli_startup", "rounds", "hub_db", "ddp", "images", "hub_load", "strategies")
 
 __all__ = ["BENCHMARKS"]
