@@ -94,6 +94,8 @@ def test_a_pod_name_and_its_key_belong_to_each_other_until_the_name_is_released(
     storage.upsert_pod(_pod("a", "k1"))
     storage.upsert_pod(_pod("a", "k1", rows=5))  # the same key re-registering updates its record
     assert storage.get_pod("a") == _pod("a", "k1", rows=5)
+    storage.touch_pod("a", now=50)
+    assert [p.last_seen for p in storage.list_pods()] == [50]
     with pytest.raises(StorageConflict, match="pod name 'a' is registered to another key"):
         storage.upsert_pod(_pod("a", "k2"))
     with pytest.raises(StorageConflict, match=r"key k1\.\.\. is already registered as pod 'a'; one key per pod"):
