@@ -85,8 +85,8 @@ SURFACE: dict[str, list[str]] = {
         "TaskSubmitted", "TlsOptionNames", "UnmaskShares", "WeightsRef", "b64decode_strict", "canonical_json",
         "check_inclusion", "check_signature", "cohort_tree",
         "download_blob", "envelope_bytes", "file_chunks", "first_error", "hub_session", "is_loopback",
-        "key_id_of", "keys_in_force", "model_from_file", "oneshot_call", "open_envelope", "parse_envelope", "parse_json",
-        "parse_reply",
+        "key_id_of", "keys_in_force", "model_from_file", "oneshot_call", "open_envelope", "parse_envelope",
+        "parse_json", "parse_reply",
         "parse_signed_headers", "passphrase_from_env", "rotation_statement", "round_path", "sha256_hex",
         "sign_envelope", "sign_request", "signed_call", "source_sha256", "spec_sha256", "tls_for_hub",
         "verified_rotation", "verify_envelope", "verify_request"
