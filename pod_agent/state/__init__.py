@@ -1,5 +1,5 @@
 """Durable state of the pod: tasks and their life cycle, seen nonces, the result outbox, the privacy
-ledger, the model review queue (SQLite); the audit export."""
+ledger, the model review queue, SCAFFOLD control variates (SQLite); the audit export."""
 
 from pod_agent.state.audit import ExportBroken, ExportSummary, export_lines, verify_export
 from pod_agent.state.db import PodState

@@ -42,6 +42,9 @@ integer Unix seconds):
     # privacy ledger (policy.budget writes the events): reserved with an accepted verdict, charged when the
     # result enters the outbox or a masked update is released, refunded when a task fails before either
     state.ledger(modeller_id=None, dataset=None) -> list[LedgerEntry]   # oldest first
+    # SCAFFOLD: this pod's control variate per modeller and run (safetensors bytes; agent.scaffold reads and writes it)
+    state.control_variate(modeller_id=..., run_id=...) -> bytes | None
+    state.keep_control_variate(modeller_id=..., run_id=..., tensors=..., now=...)   # a modeller's newest 8 runs kept
     state.close()   (or use ``with PodState.open(...) as state``)
 
 Durability: ``journal_mode=WAL`` with ``synchronous=FULL``. In WAL mode NORMAL is

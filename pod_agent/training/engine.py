@@ -14,7 +14,8 @@ intra-op threads); the answer a ``wall.WorkerResultHeader`` and a safetensors pa
 progress ``wall.WorkerProgress`` events. ``train`` returns the
 floating state (``tensors.py``) as new - old (``returns = "update"``) or new values,
 ``n_rows`` = training rows, and with ``task.evaluate_first`` the test split's metrics
-(``test_*``) of the weights it started from, measured before the first step;
+(``test_*``) of the weights it started from, measured before the first step; it trains with
+the task's FedProx term and SCAFFOLD correction added to the gradients (``correction.py``);
 ``evaluate`` returns metrics only, ``n_rows`` = test rows;
 ``predict`` returns ``predictions`` (float32 ``[rows, k]``) for the split named by
 hyperparameter ``predict_split`` (default ``test``), only when that split has at
