@@ -3,10 +3,10 @@
 ``contract`` (the agent's check), ``control`` (SCAFFOLD's control-variate arithmetic, done by
 the agent) and ``wall`` (the typed request, result header and progress that cross the sandbox
 wall) are torch-free and are what the agent imports; ``correction`` (FedProx's term and
-SCAFFOLD's correction, applied by the engine), ``worker``, ``engine``, ``loading``,
-``dataset``, ``tensors`` and ``local`` import torch and run inside the sandbox or on a
-modeller's machine. Nothing torch-heavy is imported here: the local fit's names (``local``)
-resolve lazily, on first use.
+SCAFFOLD's correction, applied by the engine), ``ranks`` (the engine's data-parallel ranks),
+``worker``, ``engine``, ``loading``, ``dataset``, ``tensors`` and ``local`` import torch and
+run inside the sandbox or on a modeller's machine. Nothing torch-heavy is imported here: the
+local fit's names (``local``) resolve lazily, on first use.
 """
 
 from __future__ import annotations
