@@ -27,8 +27,13 @@ def entries(
         )
         for pod in pods
     ]
-    _BUILT[cohort_tree(out).commitment.root] = out
-    return out
+    return remember(out)
+
+
+def remember(cohort: list[CohortEntry]) -> list[CohortEntry]:
+    """``cohort``, kept so that ``cohort_of`` finds it by the root of a task built from it."""
+    _BUILT[cohort_tree(cohort).commitment.root] = cohort
+    return cohort
 
 
 def cohort_of(task: TaskPayload) -> list[CohortEntry]:

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 from e2e_support import AgentProcess, Cluster, FaultProxy, async_wait_for  # type: ignore[import-not-found]
-from task_support import cohort_of, entries
 
 from pod_agent.modeller import ModellerClient, VerifiedResult, build_task
 
@@ -21,9 +20,10 @@ pytestmark = pytest.mark.slow
 
 
 async def _submit(client: ModellerClient, pods: list[str]) -> str:
-    schema_hash = {p.name: p.schema_hash for p in await client.pods()}[pods[0]]
-    task = build_task(modeller_id=client.key.key_id, cohort=entries(pods, schema_hash), kind="schema-stats")
-    return await client.submit_task(task, cohort_of(task))
+    # Each pod as the hub lists it (schema hash, key id): a restarted hub rebuilds the cohort from those.
+    cohort = await client.cohort(pods)
+    task = build_task(modeller_id=client.key.key_id, cohort=cohort, kind="schema-stats")
+    return await client.submit_task(task, cohort)
 
 
 async def _one_result_each(cluster: Cluster, client: ModellerClient, task_id: str, pods: list[str]) -> None:
