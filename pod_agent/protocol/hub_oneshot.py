@@ -64,8 +64,8 @@ async def oneshot_call(
     """Send a signed request with JSON ``body`` (may be empty) and return its reply parsed as ``reply`` (an empty
     body parses as ``{}``); the whole exchange ends within ``total_s``. Fails as ``hubhttp.signed_call`` does."""
     what = f"{method} {path}"
-    if not path.isprintable() or " " in path:
-        raise ProtocolError(f"request path {path!r} holds a space or control character")
+    if not (path.isascii() and path.isprintable()) or " " in path:
+        raise ProtocolError(f"request path {path!r} holds a space, a control or a non-ASCII character")
     try:
         async with asyncio.timeout(total_s):
             raw = await _exchange(key, base=base, method=method, path=path, tls=tls, body=body, what=what)
@@ -136,7 +136,10 @@ def _request(key: IdentityKey, *, method: str, path: str, netloc: str, body: byt
     if body:
         headers["Content-Type"] = "application/json"
     lines = [f"{method} {path} HTTP/1.1", *(f"{name}: {value}" for name, value in headers.items()), "", ""]
-    return "\r\n".join(lines).encode("ascii") + body
+    try:
+        return "\r\n".join(lines).encode("ascii") + body
+    except UnicodeEncodeError as exc:
+        raise ProtocolError(f"hub URL host {netloc!r} is not ASCII: give it in ASCII (punycode for a name)") from exc
 
 
 async def _read_head(reader: asyncio.StreamReader, *, what: str) -> _Head:

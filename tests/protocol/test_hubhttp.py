@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from pod_agent.errors import HubMisbehaved, HubRejected, HubUnavailable
+from pod_agent.errors import HubMisbehaved, HubRejected, HubUnavailable, ProtocolError
 from pod_agent.protocol import IdentityKey
 from pod_agent.protocol.hub_api import MAX_REPLY_BYTES, MAX_REPLY_VALUES, HubReply, Ok, PodRegistered
 from pod_agent.protocol.hub_oneshot import oneshot_call
@@ -272,6 +272,13 @@ async def test_a_reply_head_over_its_cap_or_not_http_is_the_hub_failing(ask: Ask
     async with server:
         with pytest.raises(HubUnavailable):
             await ask(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+
+
+async def test_a_path_that_would_break_the_request_line_is_refused_before_sending() -> None:
+    for path in ("/v1/tasks/x\r\nX-Injected: 1", "/v1/tasks/é"):
+        with pytest.raises(ProtocolError, match="holds a space, a control or a non-ASCII character"):
+            await oneshot_call(IdentityKey.generate(), base="http://127.0.0.1:9", method="GET", path=path, tls=False,
+                               reply=Ok, total_s=1)
 
 
 # -- blobs ----------------------------------------------------------------------------------------
