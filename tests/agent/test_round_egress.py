@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from round_support import RoundRig, round_rig, settle
+from task_support import cohort_of
 
 from pod_agent.agent.secure_round import RoundOutput
 from pod_agent.modeller.secure_round import run_secure_round
@@ -40,9 +41,10 @@ async def test_a_round_s_masked_vector_and_messages_are_in_the_export_with_or_wi
         task = rig.task()
         for pod in rig.pods.values():
             _admit(pod.state, rig, task)
-        await rig.modeller.submit_task(task)
+        await rig.modeller.submit_task(task, cohort_of(task))
         pods = await rig.run_pods(task, cut={"pod-0": "masked"})
-        await run_secure_round(rig.modeller, task, vector_size=rig.layout(task).size, work_dir=rig.tmp)
+        await run_secure_round(rig.modeller, task, cohort_of(task), vector_size=rig.layout(task).size,
+                               work_dir=rig.tmp)
         outcomes = await settle(pods, cut=["pod-0"])
 
         # pod-0's link died after it sent its masked vector: no result, but the vector and messages left.
