@@ -67,6 +67,7 @@ def test_pending_tasks_come_in_submission_order_and_leave_when_acknowledged(open
     assert [t.task_id for t in storage.pending_tasks("a")] == ["t3", "t1", "t2"]
     assert storage.ack_delivery("t1", "a", now=5) and not storage.ack_delivery("t1", "nobody", now=5)
     assert [t.task_id for t in opened().pending_tasks("a")] == ["t3", "t2"]
+    assert [t.task_id for t in storage.recent_tasks(2)] == ["t2", "t1"]  # newest first, the status page's
 
 
 def test_a_reopened_database_keeps_its_records(opened: Callable[[], Storage], database: str) -> None:
