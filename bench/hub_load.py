@@ -90,6 +90,7 @@ class _Pod:
     name: str
     key: IdentityKey
     received_at: float = 0.0
+    connected: bool = False
     heartbeats: list[tuple[float, float]] | None = None  # (sent at, round trip)
 
 
@@ -119,6 +120,7 @@ async def _live(session: aiohttp.ClientSession, url: str, pod: _Pod, stop: async
     """One pod's task connection: heartbeats out, deliveries verified and acked, until ``stop``."""
     headers = sign_request(pod.key, "GET", "/v1/pod/ws", b"", now=int(time.time()))
     ws = await session.ws_connect(url + "/v1/pod/ws", headers=headers, autoping=True, max_msg_size=8 << 20)
+    pod.connected = True
     pod.heartbeats = []
     sent_at: list[float] = []
     async with TaskStream(ws) as stream:
@@ -176,6 +178,9 @@ async def _worker_main(url: str, names: list[str], conn: Any) -> None:
         registered = time.time()
         stop = asyncio.Event()
         lives = [asyncio.create_task(_live(session, url, p, stop)) for p in pods]
+        # Ready once every pod's task connection is open (the hub has them all before the task goes out).
+        while not all(p.connected for p in pods) and not any(t.done() for t in lives):
+            await asyncio.sleep(0.05)
         await asyncio.sleep(1.0)
         conn.send({"registered": (started, registered), "keys": [(p.name, p.key.key_id) for p in pods]})
         # Tell the harness when every pod here holds the task; then wait for its word to stop.
@@ -251,9 +256,11 @@ def run_size(n: int, *, db: str | None = None) -> dict[str, Any]:
             sampler = _Sampler(hub.pid)
             sampler.start()
             cpu_before = _cpu_s(hub.pid)
+            pods_cpu_before = sum(_cpu_s(proc.pid) for proc, _ in workers if proc.pid is not None)
             time.sleep(0.2)
             deadline = time.time() + FANOUT_TIMEOUT_S
-            results = _wait_fanout(workers, submitted, deadline)
+            results, pods_cpu = _wait_fanout(workers, submitted, deadline)
+            pods_cpu -= pods_cpu_before
             cpu = _cpu_s(hub.pid) - cpu_before
             time.sleep(SETTLE_S if n > SMALL_SIZE else 1.0)  # the smoke size does not wait for the trim
             sampler.running = False
@@ -285,6 +292,7 @@ def run_size(n: int, *, db: str | None = None) -> dict[str, Any]:
         "hub_rss_peak_mb": round(peak, 1),
         "hub_rss_after_mb": round(after, 1),
         "hub_cpu_fanout_s": round(cpu, 2),
+        "pods_cpu_fanout_s": round(pods_cpu, 2),  # the simulated pods' share of the same cores
         # Memory against the hub with its pods connected and idle (each connection holds its buffers).
         "peak_over_connected": round(peak / connected, 2),
         "after_over_connected": round(after / connected, 2),
@@ -319,11 +327,12 @@ async def _submit(url: str, keys: dict[str, str]) -> float:
 
 def _wait_fanout(
     workers: list[tuple[multiprocessing.Process, Any]], submitted: float, deadline: float
-) -> tuple[list[float], list[tuple[float, float]], float]:
+) -> tuple[tuple[list[float], list[tuple[float, float]], float], float]:
     """Wait until every pod holds the task (as the workers report after they are told to stop), or the deadline."""
     for _, conn in workers:
         conn.poll(max(0.0, deadline - time.time()))  # {"all": True} once every pod of the worker has it
     time.sleep(1.0)  # heartbeats sent near the end come back
+    pods_cpu = sum(_cpu_s(proc.pid) for proc, _ in workers if proc.pid is not None)
     for _, conn in workers:
         conn.send("stop")
     reports = []
@@ -333,7 +342,7 @@ def _wait_fanout(
     received = [t for r in reports for t in r["received"] if t > 0]
     latencies = [t - submitted for t in received]
     end = max(received, default=submitted)
-    return latencies, [hb for r in reports for hb in r["heartbeats"]], end
+    return (latencies, [hb for r in reports for hb in r["heartbeats"]], end), pods_cpu
 
 
 def run(small: bool) -> dict[str, Any]:
@@ -349,7 +358,8 @@ def _print(result: dict[str, Any]) -> None:
             f"{GOAL_FANOUT_P99_S} s); heartbeat p99 {r['heartbeat_p99_ms']} ms over {r['heartbeats_during_fanout']} "
             f"(goal < {1000 * GOAL_HEARTBEAT_P99_S:g}); hub RSS idle {r['hub_rss_idle_mb']} MB, connected "
             f"{r['hub_rss_connected_mb']}, peak {r['hub_rss_peak_mb']} ({r['peak_over_connected']}x connected), "
-            f"after {r['hub_rss_after_mb']} ({r['after_over_connected']}x); hub CPU {r['hub_cpu_fanout_s']} s"
+            f"after {r['hub_rss_after_mb']} ({r['after_over_connected']}x); CPU in the fan-out: hub "
+            f"{r['hub_cpu_fanout_s']} s, simulated pods {r['pods_cpu_fanout_s']} s"
         )
 
 

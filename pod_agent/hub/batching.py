@@ -1,9 +1,11 @@
 """The small storage calls of many pod connections (heartbeat touches, acks, pending reads), run in batches.
 
 Owns ``StorageBatcher``: a call waits for the batch in flight to finish, then runs with every call that
-queued meanwhile in one worker-thread hop. Storage calls are synchronous and short; one thread hop each
-costs more than the call itself once thousands of pods ack a fan-out and heartbeat at once, and the
-default executor's queue then delays every other request the hub serves. Each call still runs on its
+queued meanwhile in one worker-thread hop; ``post`` queues a call nobody waits for (a heartbeat's touch,
+an ack), so that a pod's next message is read without waiting for the database. Storage calls are
+synchronous and short; one thread hop each costs more than the call itself once thousands of pods ack
+a fan-out and heartbeat at once, and the default executor's queue then delays every other request the
+hub serves. Each call still runs on its
 own (its result or exception goes to its caller only); the order of calls is kept. What a call does is
 ``storage.Storage``'s.
 """
@@ -11,9 +13,12 @@ own (its result or exception goes to its caller only); the order of calls is kep
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+_log = logging.getLogger(__name__)
 
 # Calls one hop runs at most, so that one batch does not hold the storage lock for long.
 MAX_BATCH_CALLS = 512
@@ -37,6 +42,11 @@ def _run_all(calls: list[_Call]) -> list[tuple[bool, Any]]:
     return out
 
 
+def _log_failure(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        _log.warning("a queued storage call failed: %s", future.exception())
+
+
 class StorageBatcher:
     """``await batcher.call(storage.touch_pod, name, now=now)``: as ``asyncio.to_thread``, in batches."""
 
@@ -50,6 +60,15 @@ class StorageBatcher:
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush(), name="hub-storage-batch")
         return await future
+
+    def post(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """Queue ``fn(*args, **kwargs)`` without waiting for it; a failure is logged (what it wrote stays
+        as it was: an ack not recorded leaves the task pending, to be delivered again)."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(_log_failure)
+        self._queued.append(_Call(fn, args, kwargs, future))
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush(), name="hub-storage-batch")
 
     async def _flush(self) -> None:
         try:
