@@ -7,6 +7,7 @@ cross-entropy steps and logs ``*_loss`` and ``*_accuracy``.
 
 from typing import Any
 
+import torch
 from torch import nn
 
 from pod_agent.sdk import PodClassifierMixin, PodModel
@@ -28,3 +29,10 @@ class AdultMLP(PodClassifierMixin, PodModel):
     def forward(self, x: Any) -> Any:
         tabular, support = x
         return super().forward((tabular.float(), support))
+
+
+class AdultMLPSGD(AdultMLP):
+    """The same network stepped by plain SGD: what SCAFFOLD's control variates assume of the pods' steps."""
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.SGD(self.parameters(), lr=self.learning_rate)

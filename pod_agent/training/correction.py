@@ -5,7 +5,9 @@ steps, adds to the gradient of every parameter the optimiser steps:
 
 - FedProx's proximal gradient ``mu * (w - w_start)``, the gradient of ``mu / 2 * ||w - w_start||^2``
   (``w_start``: the weights the task started from, captured when fitting starts);
-- SCAFFOLD's correction ``c - c_i`` (the agent writes it into the task's input, ``control.py``).
+- SCAFFOLD's correction ``c - c_i`` (the agent writes it into the task's input, ``control.py``); a model
+  that steps with anything but SGD fails the task (``bad_request``): the control variates are option II's,
+  which assume SGD steps.
 
 It acts on gradients, not on the loss a model's ``training_step`` returns, so a model that never mentions
 either still gets them, and the step is the one the loss plus the term would give for any gradient-based
@@ -50,6 +52,15 @@ class LocalCorrection(pl.Callback):
         self.correction = {
             n: c.to(params[n].device, params[n].dtype) for n, c in self.correction.items() if n in params
         }
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Option II reads (x - y_i) / (K lr) as the mean gradient, which holds for SGD steps only: an adaptive
+        # optimiser's steps are normalised, the correction then outweighs every gradient and training diverges.
+        others = sorted({type(o).__name__ for o in trainer.optimizers if not isinstance(o, torch.optim.SGD)})
+        if self.correction and others:
+            raise TrainingError(
+                "bad_request", f"SCAFFOLD needs the model to step with torch.optim.SGD, not {', '.join(others)}"
+            )
 
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer

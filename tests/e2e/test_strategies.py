@@ -32,7 +32,9 @@ OWNER_TOML = "[privacy]\nrequire_secure_aggregation = false\nmin_rows = 20\n"
 
 def _plan(pods: list[str], strategy: Strategy, *, rounds: int, secure: bool, seed: int) -> FedAvgPlan:
     source = MODEL_SOURCE.read_text()
-    model = ModelRef(style="lightning", name="adult-mlp", class_name=MODEL_CLASS, source=source,
+    # SCAFFOLD's control variates assume SGD steps: that run trains the same network stepped by SGD.
+    class_name = "AdultMLPSGD" if strategy.scaffold else MODEL_CLASS
+    model = ModelRef(style="lightning", name="adult-mlp", class_name=class_name, source=source,
                      sha256=source_sha256(source))
     return FedAvgPlan(
         model=model, pods=pods, selection=DataSelection(target="TARGET", categorical_encoding="hashed"),
@@ -48,7 +50,7 @@ def test_one_round_of_each_strategy_family_through_real_pods(tmp_path: Path) -> 
     runs = {
         # A server optimiser and FedProx's pod-side term in one secure run.
         "fedadam+prox": (replace(STRATEGIES["fedadam"], proximal_mu=0.1), 1, True),
-        "scaffold": (STRATEGIES["scaffold"], 2, True),
+        "scaffold": (replace(STRATEGIES["scaffold"], eta_l=0.1), 2, True),
         "median": (STRATEGIES["median"], 1, False),
     }
 

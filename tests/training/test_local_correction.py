@@ -106,3 +106,16 @@ def test_a_correction_whose_shapes_differ_from_the_parameters_fails_the_task(
     bad = {name: np.zeros((1, *a.shape), np.float32) for name, a in weights.items()}
     with pytest.raises(TrainingError, match="SCAFFOLD correction's shapes differ"):
         _fit(small_adult, path, correction=bad)
+
+
+def test_scaffold_with_a_model_that_steps_with_adam_fails_the_task(
+    small_adult: Path, start: tuple[Path, dict[str, np.ndarray]]
+) -> None:
+    path, weights = start
+    adam = OBLIVIOUS_MODEL.replace("torch.optim.SGD", "torch.optim.AdamW")
+    with pytest.raises(TrainingError, match="SCAFFOLD needs the model to step with torch.optim.SGD, not AdamW"):
+        fit_local(
+            source_ref(adam, "Oblivious"), data=small_adult, selection=DataSelection(target="TARGET"),
+            hyperparameters=Hyperparameters(steps=STEPS, learning_rate=LR, seed=3), weights=path, accelerator="cpu",
+            correction={name: np.zeros_like(a) for name, a in weights.items()},
+        )
