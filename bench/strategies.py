@@ -94,14 +94,18 @@ def run(small: bool) -> dict[str, Any]:
         model = model_from_file(MODEL_SOURCE, style="lightning", class_name=MODEL_CLASS, name="adult-mlp")
         sections = [DatasourceSection(path=s.data, force_stypes=s.force_stypes) for s in sites]
         selection = _cohort_selection(sections)
-        # A process per strategy and one for central training: each trains with one torch thread, as a pod does.
-        with ProcessPoolExecutor(min(len(strategies) + 1, MAX_PROCESSES), mp_context=get_context("spawn")) as pool:
-            runs = {
-                s.name: pool.submit(_federated, s, model, sites, sections, selection, rounds, root) for s in strategies
-            }
-            central_run = pool.submit(_central, model, sites, sections, selection, rounds, root)
-            curves = {name: run.result() for name, run in runs.items()}
-            central = central_run.result()
+        if small:  # in this process: a worker's start-up (torch, Lightning) would cost more than the smoke's training
+            curves = {s.name: _federated(s, model, sites, sections, selection, rounds, root) for s in strategies}
+            central = _central(model, sites, sections, selection, rounds, root)
+        else:  # a process per strategy and one for central training, each with one torch thread as a pod has
+            with ProcessPoolExecutor(min(len(strategies) + 1, MAX_PROCESSES), mp_context=get_context("spawn")) as pool:
+                runs = {
+                    s.name: pool.submit(_federated, s, model, sites, sections, selection, rounds, root)
+                    for s in strategies
+                }
+                central_run = pool.submit(_central, model, sites, sections, selection, rounds, root)
+                curves = {name: run.result() for name, run in runs.items()}
+                central = central_run.result()
     best = max(curves, key=lambda name: curves[name][-1])
     gap = central - curves[best][-1]
     result = {
