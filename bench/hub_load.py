@@ -60,7 +60,7 @@ from pod_agent.protocol.hub_api import PodAck
 
 FULL_SIZES = (100, 1000, 4000)
 SMALL_SIZE = 50
-HEARTBEAT_S = 5.0  # faster than an agent's default, so that enough heartbeats fall inside a fan-out
+HEARTBEAT_S = 15.0  # an agent's default (hub.heartbeat_s)
 PODS_PER_WORKER = 500
 FANOUT_TIMEOUT_S = 120.0
 SETTLE_S = TRIM_AFTER_S + 2.0  # quiet after the fan-out before the hub's RSS is read again (it trims by then)

@@ -61,14 +61,16 @@ class StorageBatcher:
             self._flusher = asyncio.create_task(self._flush(), name="hub-storage-batch")
         return await future
 
-    def post(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+    def post(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
         """Queue ``fn(*args, **kwargs)`` without waiting for it; a failure is logged (what it wrote stays
-        as it was: an ack not recorded leaves the task pending, to be delivered again)."""
+        as it was: an ack not recorded leaves the task pending, to be delivered again). The future says
+        when it ran."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         future.add_done_callback(_log_failure)
         self._queued.append(_Call(fn, args, kwargs, future))
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush(), name="hub-storage-batch")
+        return future
 
     async def _flush(self) -> None:
         try:

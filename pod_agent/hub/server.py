@@ -213,6 +213,7 @@ class _Hub:
         self._wakeups: dict[str, asyncio.Event] = {}
         self.fanout = Fanout()
         self.batcher = StorageBatcher()
+        self.touching: set[str] = set()  # pods whose touch is queued (``_touch``)
         self.sockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
         self.connected: dict[str, int] = {}
 
@@ -589,9 +590,18 @@ async def _on_pod_message(hub: _Hub, ws: web.WebSocketResponse, pod: str, data: 
         # The touch and an ack are queued, not awaited: the pod's next message (a heartbeat, whose round trip
         # it measures) is read while a fan-out's acknowledgements fill the database queue.
         await ws.send_str(json.dumps({"type": "heartbeat_ack", "now": now}))
-        hub.batcher.post(hub.storage.touch_pod, pod, now=now)
+        _touch(hub, pod, now)
     elif kind == "ack":
         hub.batcher.post(hub.storage.ack_delivery, str(msg.get("task_id")), pod, now=now)
+
+
+def _touch(hub: _Hub, pod: str, now: int) -> None:
+    """Queue a touch of ``pod`` unless one is queued still: a backlog holds one touch a pod, not one a
+    heartbeat (10,000 pods heartbeating outran the database during a fan-out)."""
+    if pod in hub.touching:
+        return
+    hub.touching.add(pod)
+    hub.batcher.post(hub.storage.touch_pod, pod, now=now).add_done_callback(lambda _: hub.touching.discard(pod))
 
 
 def _no_task_for(task_id: str, pod: str) -> HubError:
