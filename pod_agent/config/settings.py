@@ -318,11 +318,11 @@ class PrivacySection(_Section):
     metric_digits: int = Field(default=4, ge=1, le=7)  # significant digits of every reported value
     max_metrics: int = Field(default=16, ge=0)  # metrics per result
     max_prediction_columns: int = Field(default=DEFAULT_MAX_PREDICTION_COLUMNS, ge=1)
-    peers: list[PeerPin] = []  # [[privacy.peers]]: pinned secure-aggregation peers
-    federation_key: str | None = None  # base64 Ed25519 key whose signed roster lists more trusted peers
     # Accept bfloat16/float16 updates when a task's hyperparameters.wire_dtype asks (half the bytes;
     # the agent still checks them and widens them to float32 before clipping and secure aggregation).
     allow_half_precision: bool = False
+    peers: list[PeerPin] = []  # [[privacy.peers]]: pinned secure-aggregation peers
+    federation_key: str | None = None  # base64 Ed25519 key whose signed roster lists more trusted peers
     federation_roster: Path | None = None  # the signed roster file `pod-agent peers import` wrote
     dp: DpSection = DpSection()
 
