@@ -31,7 +31,8 @@
     │   ├── RateLimited        (hub.limits) a key sends faster than the hub allows
     │   └── TooLarge           (hub.limits) a request or blob over the hub's caps
     ├── ModellerError          the modeller SDK cannot complete a request
-    └── FederationError        (demo.federation) the demo's local federation failed to start
+    ├── FederationError        (demo.federation) the demo's local federation failed to start
+    └── TutorialError          (demo.tutorial) the tutorial's federation file is missing or unreadable
 
 A class named with its module in brackets lives beside the one module that raises
 it; ``tests/test_errors_tree.py`` checks that every subclass of PodAgentError in the

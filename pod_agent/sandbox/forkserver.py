@@ -37,6 +37,10 @@ log = logging.getLogger("pod_agent.sandbox")
 _UCRED = struct.Struct("3i")  # pid, uid, gid
 
 
+class _ZygoteEnded(Exception):
+    """The zygote picked for a child died before the child started (its end not yet read)."""
+
+
 class Zygote(WorkerProcess):
     """The fork server process: started as a warm worker, then asked for children until it dies."""
 
@@ -151,31 +155,16 @@ class ForkedWorker(WorkerProcess):
     async def start(self, *, deadline: float | None = None, go_extra: object = None,
                     pass_fds: tuple[int, ...] = ()) -> None:
         """Fork from the zygote, learn the child's pid, give it its own cgroup, open the frame streams."""
-        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        err_mine, err_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        mine.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-        input_fd = os.open(self.input_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        fds = [theirs.fileno(), err_theirs.fileno(), input_fd]
         try:
+            mine, pid, uid = await self._fork()
+        except _ZygoteEnded:
+            # The zygote died after it was picked (its end not yet read): once more, on a live one.
+            self._zygote.busy = False
+            self._zygote = await self._server.acquire(self.spec)
             try:
-                self._exited = self._zygote.fork(self._id, fds)
-            except SandboxError:
-                # The zygote died since it was picked (its end not yet read): once more, on a live one.
-                self._zygote.busy = False
-                self._zygote = await self._server.acquire(self.spec)
-                self._exited = self._zygote.fork(self._id, fds)
-        finally:
-            for end in (theirs, err_theirs):
-                end.close()
-            os.close(input_fd)
-        self._errors, err_writer = await asyncio.open_unix_connection(sock=err_mine)
-        self._writers.append(err_writer)
-        self._stderr_task = asyncio.create_task(self._drain_stderr(), name="sandbox-stderr")
-        try:
-            pid, uid = await asyncio.to_thread(_hello_pid, mine, START_TIMEOUT_S)
-        except SandboxError:
-            mine.close()
-            raise
+                mine, pid, uid = await self._fork()
+            except _ZygoteEnded as exc:
+                raise SandboxError("no_result", "the fork server ended before its child started, twice") from exc
         if self.spec.switch_to is not None and uid != self.spec.switch_to.uid:
             mine.close()
             raise SandboxError("protocol", f"the forked worker runs as uid {uid}, not the sandbox uid")
@@ -187,6 +176,45 @@ class ForkedWorker(WorkerProcess):
             # The child waits for its request before anything else runs, so it is the whole tree.
             await asyncio.to_thread(self.cgroup.add, [pid])
         self._frames_in, self._frames_out = await asyncio.open_unix_connection(sock=mine)
+
+    async def _fork(self) -> tuple[socket.socket, int, int]:
+        """Ask the zygote for a child; its frame socket and the (pid, uid) on its first byte. Raises
+        _ZygoteEnded when the zygote is gone before the child said hello."""
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        err_mine, err_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        mine.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        input_fd = os.open(self.input_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            self._exited = self._zygote.fork(self._id, [theirs.fileno(), err_theirs.fileno(), input_fd])
+        except SandboxError as exc:
+            for end in (mine, err_mine):
+                end.close()
+            raise _ZygoteEnded from exc
+        finally:
+            for end in (theirs, err_theirs):
+                end.close()
+            os.close(input_fd)
+        self._errors, err_writer = await asyncio.open_unix_connection(sock=err_mine)
+        self._writers.append(err_writer)
+        self._stderr_task = asyncio.create_task(self._drain_stderr(), name="sandbox-stderr")
+        try:
+            pid, uid = await asyncio.to_thread(_hello_pid, mine, START_TIMEOUT_S)
+        except SandboxError as exc:
+            mine.close()
+            if exc.code == "no_result" and await self._zygote_ended():
+                self._stderr_task.cancel()
+                err_writer.close()
+                raise _ZygoteEnded from exc
+            raise
+        return mine, pid, uid
+
+    async def _zygote_ended(self) -> bool:
+        """Whether the zygote itself is gone (its reports end with an unknown status for this child)."""
+        if self._exited is None:
+            return False
+        with contextlib.suppress(asyncio.TimeoutError):
+            return await asyncio.wait_for(asyncio.shield(self._exited), REAP_TIMEOUT_S) is None
+        return False
 
     async def _ended_reason(self) -> str:
         status = None

@@ -13,7 +13,15 @@ from safetensors.numpy import load_file
 
 from pod_agent.config.settings import DatasourceSection
 from pod_agent.data import open_datasource
-from pod_agent.protocol import IdentityKey, PublicKey, open_envelope, parse_envelope, spec_sha256
+from pod_agent.protocol import (
+    CohortEntry,
+    IdentityKey,
+    PublicKey,
+    cohort_tree,
+    open_envelope,
+    parse_envelope,
+    spec_sha256,
+)
 from pod_agent.protocol.messages import TaskPayload
 
 pytestmark = pytest.mark.slow
@@ -47,7 +55,9 @@ def test_submit_signs_a_declarative_train_task_pinned_to_the_spec(
     task = open_envelope(
         parse_envelope(bytes(raw)), TaskPayload, PublicKey.from_b64(cluster.modeller.key.public.to_b64())
     )
-    assert task.kind == "train" and task.pods == ["pod-x"] and task.schema_hash == "c" * 64
+    # The signed cohort is pod-x alone, at the schema hash the hub lists for it.
+    entry = CohortEntry(pod="pod-x", schema_hash="c" * 64, key_id=pod_key.key_id)
+    assert task.kind == "train" and task.cohort == cohort_tree([entry]).commitment
     assert task.model is not None and task.model.spec == spec and task.model.sha256 == spec_sha256(spec)
     assert task.data is not None and task.data.target == "label"
     assert (task.hyperparameters.epochs, task.hyperparameters.batch_size) == (2, 32)
