@@ -234,14 +234,7 @@ class ForkedWorker(WorkerProcess):
                 os.kill(self.host_pid, signal.SIGKILL)
         if self._frames_out is not None:
             self._frames_out.close()
-        survived = False
-        if self._stderr_task is not None:
-            try:
-                # EOF once every holder of the child's stderr socket is gone: the whole tree.
-                await asyncio.wait_for(asyncio.shield(self._stderr_task), REAP_TIMEOUT_S)
-            except TimeoutError:
-                survived = True
-                self._stderr_task.cancel()
+        survived = await self._tree_survived()
         for writer in self._writers:
             writer.close()
         status = None

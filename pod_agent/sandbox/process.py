@@ -313,19 +313,24 @@ class WorkerProcess:
                 proc.stdin.close()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(proc.wait(), REAP_TIMEOUT_S)
-        survived = False
-        if self._stderr_task is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(self._stderr_task), REAP_TIMEOUT_S)
-            except TimeoutError:
-                # Someone still holds the stderr pipe: a process escaped the kill.
-                survived = True
-                self._stderr_task.cancel()
+        survived = await self._tree_survived()
         if self.cgroup is not None:
             await asyncio.to_thread(self.cgroup.remove)
             self.cgroup = None
         if survived:
             raise SandboxError("tree_survived", "a worker process kept its pipes open after the kill")
+
+    async def _tree_survived(self) -> bool:
+        """After the kill: whether some process still holds the worker's stderr past REAP_TIMEOUT_S (EOF
+        comes once every holder is gone, so a holder is a process that escaped the kill)."""
+        if self._stderr_task is None:
+            return False
+        try:
+            await asyncio.wait_for(asyncio.shield(self._stderr_task), REAP_TIMEOUT_S)
+        except TimeoutError:
+            self._stderr_task.cancel()
+            return True
+        return False
 
     async def discard(self) -> None:
         """Kill the tree and remove the slot, logging (not raising) a survivor: for workers no task
