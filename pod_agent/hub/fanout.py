@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import ctypes.util
 import json
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -41,11 +40,11 @@ TRIM_AFTER_S = 10.0
 
 
 def _malloc_trim() -> None:
-    """Return the free pages at the top and inside the C heap to the OS, where the C library can (glibc)."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return
-    trim = getattr(ctypes.CDLL(name), "malloc_trim", None)
+    """Return the free pages at the top and inside the C heap to the OS, where the C library can (glibc).
+
+    The process's own symbols (``CDLL(None)``, dlopen of the main program) include its C library's: no
+    ``find_library``, which runs ``ldconfig`` in a subprocess, on the event loop."""
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
     if trim is not None:
         trim(0)
 
