@@ -4,7 +4,8 @@ Pod side: :func:`encode_update` (clip, weight, encode, metrics), then :mod:`plus
 (:class:`RoundSecrets`, :func:`encrypt_shares`, :func:`decrypt_shares`,
 :func:`mask_input`, :func:`unmask_answer`). Modeller side: :func:`sum_vectors`,
 :func:`unmask_sum`, :func:`aggregate_masked` (decode, mean). Graph and threshold:
-:func:`neighbour_graph`. Torch-free: numpy, cryptography and pycryptodome.
+:func:`cohort_graph` (a round's, over the signed cohort) and :func:`neighbour_graph`.
+Torch-free: numpy, cryptography and pycryptodome.
 """
 
 from pod_agent.secagg.aggregate import AggregateResult, aggregate_masked, sum_vectors
@@ -18,7 +19,7 @@ from pod_agent.secagg.fixed_point import (
     plan_encoding,
     plan_metrics,
 )
-from pod_agent.secagg.graph import NeighbourGraph, default_degree, neighbour_graph
+from pod_agent.secagg.graph import NeighbourGraph, RingPlacement, cohort_graph, default_degree, neighbour_graph
 from pod_agent.secagg.noise import check_share_range, noise_update
 from pod_agent.secagg.plus import (
     HeldShares,
@@ -56,6 +57,7 @@ __all__ = [
     "NeighbourGraph",
     "NormClip",
     "PeerKeys",
+    "RingPlacement",
     "RoundSecrets",
     "Share",
     "TensorSlot",
@@ -65,6 +67,7 @@ __all__ = [
     "check_share_range",
     "clip_l2",
     "clip_update",
+    "cohort_graph",
     "combine_shares",
     "decrypt_shares",
     "default_degree",

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from secagg_cohort import TASK_A, TASK_B, chi_square_256, names
 
 from pod_agent.errors import SecAggError
-from pod_agent.secagg import NeighbourGraph, default_degree, neighbour_graph
+from pod_agent.secagg import NeighbourGraph, cohort_graph, default_degree, neighbour_graph
 
 
 def _components(graph: NeighbourGraph) -> int:
@@ -136,9 +136,50 @@ def test_sparse_neighbours_are_the_ring_window() -> None:
         assert set(graph.neighbours(pod)) == window
 
 
-def test_cohort_and_threshold_follow_from_the_ring_and_degree() -> None:
+def test_cohort_and_threshold_follow_from_the_placement_and_degree() -> None:
     graph = neighbour_graph(names(30), task_id=TASK_A, round_index=0, degree=8)
-    rebuilt = NeighbourGraph(degree=graph.degree, ring=graph.ring)
-    assert rebuilt == graph
+    rebuilt = NeighbourGraph(degree=graph.degree, placement=graph.placement, names=dict(enumerate(names(30))))
+    assert rebuilt == graph and rebuilt.digest() == graph.digest()
     assert rebuilt.members == tuple(sorted(graph.ring)) == tuple(names(30))
     assert rebuilt.threshold == 5  # smallest majority of k + 1 = 9 holders
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(2, 2000))
+def test_the_placement_is_a_permutation_with_its_inverse(n: int) -> None:
+    placement = neighbour_graph(names(n), task_id=TASK_A, round_index=n).placement
+    positions = [placement.position(i) for i in range(n)]
+    assert sorted(positions) == list(range(n))
+    assert [placement.index_at(p) for p in positions] == list(range(n))
+
+
+@pytest.mark.parametrize("n", [5, 17, 18, 200])
+def test_a_pod_that_knows_only_its_neighbourhood_sees_the_graph_the_modeller_sees(n: int) -> None:
+    """Each pod holds the entries at its neighbour indices only; its neighbours and share indices are the
+    modeller's, and it needs no other name."""
+    full = cohort_graph(dict(enumerate(names(n))), size=n, cohort_root="ab" * 32, task_id=TASK_A, round_index=2)
+    for me in range(n):
+        around = full.neighbour_indices(me)
+        local = cohort_graph({i: names(n)[i] for i in (me, *around)}, size=n, cohort_root="ab" * 32,
+                             task_id=TASK_A, round_index=2)
+        pod = names(n)[me]
+        assert local.neighbours(pod) == full.neighbours(pod) and local.digest() == full.digest()
+        for other in local.neighbours(pod):
+            assert local.share_index(pod, other) == full.share_index(pod, other)
+            assert local.share_index(other, pod) == full.share_index(other, pod)
+    first = cohort_graph({i: names(n)[i] for i in (0, *full.neighbour_indices(0))}, size=n, cohort_root="ab" * 32,
+                         task_id=TASK_A, round_index=2)
+    outside = sorted(set(full.members) - set(first.members))
+    if outside:
+        with pytest.raises(SecAggError, match="not in the round's cohort as this party knows it"):
+            first.neighbours(outside[0])
+
+
+def test_the_ring_depends_on_the_signed_root_not_on_who_turned_up() -> None:
+    pods = dict(enumerate(names(40)))
+    a, b = (cohort_graph(pods, size=40, cohort_root=root * 32, task_id=TASK_A, round_index=0) for root in ("ab", "cd"))
+    assert a.ring != b.ring and a.digest() != b.digest()
+    fewer = cohort_graph({i: pods[i] for i in range(0, 40, 2)}, size=40, cohort_root="ab" * 32, task_id=TASK_A,
+                         round_index=0)
+    assert fewer.digest() == a.digest()
+    assert fewer.share_index(pods[0], pods[0]) == a.share_index(pods[0], pods[0])
