@@ -3,6 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from secagg_cohort import CHI2_255_P001, TASK_A, TASK_B, chi_square_256
 
 from pod_agent.errors import SecAggError
@@ -51,6 +52,18 @@ def test_a_mask_added_and_subtracted_cancels_and_looks_uniform(dtype: type) -> N
     assert chi_square_256(vector.view(np.uint8)) < CHI2_255_P001
     apply_streams(vector, [mask_stream(key, add=False)])
     assert not vector.any()
+
+
+def test_the_mask_is_the_aes_128_keystream_over_counter_blocks_from_2_read_little_endian() -> None:
+    # Pins the PRG's output layout, which pods and the modeller must share: AES-128(key, 0^96 || c),
+    # c = 2, 3, ... big-endian, computed here block by block with ECB.
+    key = bytes(range(16))
+    blocks = b"".join(bytes(12) + c.to_bytes(4, "big") for c in range(2, 8))
+    # ECB of distinct counter blocks is counter mode by hand, the reference the test wants.
+    expected = Cipher(algorithms.AES(key), modes.ECB()).encryptor().update(blocks)  # noqa: S305
+    vector = np.zeros(11, dtype=np.uint64)  # 88 bytes: the stream ends inside a block
+    apply_streams(vector, [mask_stream(key, add=True)])
+    assert vector.tolist() == np.frombuffer(expected[:88], dtype="<u8").tolist()
 
 
 @pytest.mark.parametrize("bad", ["not base64!", "AAAA"])
