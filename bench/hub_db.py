@@ -115,7 +115,7 @@ async def _measure(bases: dict[str, str], pods: int, requests: int) -> dict[str,
 
 
 @contextlib.contextmanager
-def _postgres_schema(server: str) -> Iterator[str]:
+def postgres_schema(server: str) -> Iterator[str]:
     import psycopg
 
     schema = f"bench_{uuid.uuid4().hex[:12]}"
@@ -135,7 +135,7 @@ def run(small: bool) -> dict[str, Any]:
         root = Path(tmp)
         bases = {"sqlite": stack.enter_context(_hub(str(root / "hub.sqlite"), root / "blobs-sqlite"))}
         if server:
-            url = stack.enter_context(_postgres_schema(server))
+            url = stack.enter_context(postgres_schema(server))
             bases["postgresql"] = stack.enter_context(_hub(url, root / "blobs-pg"))
         measured = asyncio.run(_measure(bases, pods, requests))
     result: dict[str, Any] = {"pods": pods, "requests_per_route": requests, **{

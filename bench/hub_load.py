@@ -1,20 +1,28 @@
-"""Benchmark: one hub process under N simulated pods: registration, a fan-out to all, heartbeats meanwhile.
+"""Benchmark: a hub under N simulated pods: registration, a fan-out to all, heartbeats meanwhile.
 
-Starts ``pod-agent hub serve`` (SQLite) as a process of its own, so that its RSS and CPU are the hub's,
-then N lightweight pods spread over worker processes (many pods per asyncio loop, one shared session
-per loop). Each pod speaks the real protocol with the protocol package's pieces and the agent's task
-stream: it registers with a signed request, opens the signed task WebSocket, sends heartbeats, and on a
-pushed task checks its own cohort proof against the signed root (as a pod's verifier does) and acks it.
-A modeller then submits one evaluate task for all N pods (its cohort committed by a Merkle root), and
-the harness measures:
+Starts ``pod-agent hub serve`` as processes of their own, so that RSS and CPU are the hub's: on SQLite,
+and beside it (``--db`` or $POD_AGENT_TEST_POSTGRES, a PostgreSQL server; each run gets a fresh schema)
+on PostgreSQL with one process and with two, the pods split across both and the task submitted to the
+first (its pods on the second are woken by LISTEN/NOTIFY). Then N lightweight pods spread over worker
+processes (PODS_PER_WORKER per asyncio loop, one shared session per loop). Each pod speaks the real
+protocol with the protocol package's pieces and the agent's task stream: it registers with a signed
+request, opens the signed task WebSocket, sends heartbeats, and on a pushed task checks its own cohort
+proof against the signed root (as a pod's verifier does) and acks it. A modeller then submits one
+evaluate task for all N pods (its cohort committed by a Merkle root), and the harness measures:
 
 - registration rate (pods per second, all workers together)
-- fan-out: seconds from the submission to each pod holding its verified delivery (p50, p99, max)
-- heartbeat round trip p99 of heartbeats sent while the fan-out runs
-- hub RSS idle (before any pod), connected, peak during the fan-out, and after it; hub CPU in the fan-out
+- fan-out: seconds from the submission to each pod holding its verified delivery (first, p50, p99, max)
+- heartbeat round trip p99 of heartbeats sent while the fan-out runs, and beside it the p99 lateness of
+  the simulated pods' own event loops in that window (a round trip includes it: the harness shares the
+  cores with the hub it measures)
+- hub RSS idle (before any pod), connected, peak during the fan-out, and after it; hub and simulated
+  pods' CPU from the submission to the end of the fan-out (one figure per hub process)
 
-    python -m bench.hub_load [--pods N ...] [--db URL] [--small] [--json]
-        (--small: 50 pods; default 100 1000 4000; --db: the hub's database, default a fresh SQLite file)
+    python -m bench.hub_load [--pods N ...] [--db URL] [--only SETUP] [--small] [--json]
+        (--small: 50 pods; default 100 1000 4000; SETUP: sqlite, postgresql or 'postgresql x2')
+
+HUB_LOAD_PROFILE=FILE samples the (first) hub with py-spy, which must be on PATH, from the submission to
+the end of the fan-out, and writes its folded stacks there.
 
 Goals (issue 21): 10,000 pods connected; fan-out p99 < 2 s and heartbeat p99 < 100 ms with hub and
 pods sharing the machine; hub RSS after the fan-out back to idle (within 10 %) and peak < 2x idle.
@@ -29,19 +37,23 @@ import json
 import multiprocessing
 import os
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from dataclasses import dataclass
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from bench.cli import parser_for, show
+from bench.hub_db import POSTGRES_ENV, postgres_schema
 from pod_agent.agent.hubclient import TaskStream
+from pod_agent.errors import HubUnavailable
 from pod_agent.hub.fanout import TRIM_AFTER_S
 from pod_agent.protocol import (
     CohortEntry,
@@ -94,6 +106,20 @@ class _Pod:
     heartbeats: list[tuple[float, float]] | None = None  # (sent at, round trip)
 
 
+# How often a worker's loop-lag probe wakes: its lateness is the worker's own share of a heartbeat's
+# measured round trip (a reply waits in the worker until its loop gets to it).
+LAG_PROBE_S = 0.01
+
+
+async def _probe_lag(stop: asyncio.Event, lags: list[tuple[float, float]]) -> None:
+    """(time, seconds late) of each wake-up of this worker's event loop, until ``stop``."""
+    loop = asyncio.get_running_loop()
+    while not stop.is_set():
+        asked = loop.time()
+        await asyncio.sleep(LAG_PROBE_S)
+        lags.append((time.time(), loop.time() - asked - LAG_PROBE_S))
+
+
 async def _register(session: aiohttp.ClientSession, url: str, pod: _Pod) -> None:
     registration = PodRegistration(
         name=pod.name, public_key=pod.key.public.to_b64(), schema_public={}, schema_hash=_SCHEMA_HASH,
@@ -116,8 +142,10 @@ def _payload(delivery: TaskDelivery) -> TaskPayload:
     return payload
 
 
-async def _live(session: aiohttp.ClientSession, url: str, pod: _Pod, stop: asyncio.Event) -> None:
-    """One pod's task connection: heartbeats out, deliveries verified and acked, until ``stop``."""
+async def _live(session: aiohttp.ClientSession, url: str, pod: _Pod) -> None:
+    """One pod's task connection: heartbeats out, deliveries verified and acked, until cancelled (or the hub
+    closes it). It waits on its socket without a timeout: a receive that timed out every second cost the
+    simulated pods more CPU than the hub's whole fan-out."""
     headers = sign_request(pod.key, "GET", "/v1/pod/ws", b"", now=int(time.time()))
     ws = await session.ws_connect(url + "/v1/pod/ws", headers=headers, autoping=True, max_msg_size=8 << 20)
     pod.connected = True
@@ -127,21 +155,18 @@ async def _live(session: aiohttp.ClientSession, url: str, pod: _Pod, stop: async
 
         async def beat() -> None:
             await asyncio.sleep(HEARTBEAT_S * (hash(pod.name) % 1000) / 1000)  # spread the phases
-            while not stop.is_set():
+            while True:
                 sent_at.append(time.time())
                 await stream.send(PodHeartbeat())
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), HEARTBEAT_S)
+                await asyncio.sleep(HEARTBEAT_S)
 
         beater = asyncio.create_task(beat())
         try:
-            while not stop.is_set():
+            while True:
                 try:
-                    message = await stream.receive(timeout_s=1.0)
-                except Exception:  # noqa: BLE001 - a quiet second or the hub closing: look at stop again
-                    if ws.closed:
-                        return
-                    continue
+                    message = await stream.receive(timeout_s=FANOUT_TIMEOUT_S + 60)
+                except HubUnavailable:  # the hub closed the connection
+                    return
                 now = time.time()
                 if isinstance(message, TaskDelivery):
                     if message.proof.entry.pod == pod.name:
@@ -177,7 +202,9 @@ async def _worker_main(url: str, names: list[str], conn: Any) -> None:
         await asyncio.gather(*(reg(p) for p in pods))
         registered = time.time()
         stop = asyncio.Event()
-        lives = [asyncio.create_task(_live(session, url, p, stop)) for p in pods]
+        lags: list[tuple[float, float]] = []
+        prober = asyncio.create_task(_probe_lag(stop, lags))
+        lives = [asyncio.create_task(_live(session, url, p)) for p in pods]
         # Ready once every pod's task connection is open (the hub has them all before the task goes out).
         while not all(p.connected for p in pods) and not any(t.done() for t in lives):
             await asyncio.sleep(0.05)
@@ -191,10 +218,13 @@ async def _worker_main(url: str, names: list[str], conn: Any) -> None:
             await asyncio.sleep(0.05)
         await asyncio.to_thread(conn.recv)
         stop.set()
-        await asyncio.gather(*lives, return_exceptions=True)
+        for life in lives:
+            life.cancel()
+        await asyncio.gather(*lives, prober, return_exceptions=True)
         conn.send({
             "received": [p.received_at for p in pods],
             "heartbeats": [hb for p in pods for hb in (p.heartbeats or [])],
+            "lags": lags,
         })
 
 
@@ -222,80 +252,135 @@ class _Sampler(threading.Thread):
             time.sleep(0.05)
 
 
-def run_size(n: int, *, db: str | None = None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Setup:
+    """One hub deployment under load: SQLite, or PostgreSQL served by ``hubs`` processes (pods split across
+    them, the task submitted to the first)."""
+
+    label: str
+    server: str | None = None  # a PostgreSQL server URL (each run gets a fresh schema on it); None: SQLite
+    hubs: int = 1
+
+
+def setups(server: str | None) -> list[Setup]:
+    """SQLite, and beside it PostgreSQL with one and with two hub processes when a server is given."""
+    if server is None:
+        return [Setup("sqlite")]
+    return [Setup("sqlite"), Setup("postgresql", server), Setup("postgresql x2", server, hubs=2)]
+
+
+def _start_hub(db: str, blob_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """A ``pod-agent hub serve`` process and its URL (its own rate limits lifted: the pods share one host)."""
+    hub = subprocess.Popen(
+        [_POD_AGENT, "hub", "serve", "--db", db, "--port", "0", "--blob-dir", str(blob_dir),
+         "--rate-per-s", "1000000", "--rate-burst", "1000000"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    )
+    assert hub.stdout is not None
+    return hub, hub.stdout.readline().decode().split("hub listening on", 1)[1].strip()
+
+
+def _py_spy(pid: int, out: str) -> subprocess.Popen[bytes]:
+    """py-spy (on PATH) sampling ``pid``'s threads into ``out`` (folded stacks) until it gets SIGINT."""
+    return subprocess.Popen(
+        ["py-spy", "record", "--pid", str(pid), "--rate", "250", "--nonblocking", "--threads",
+         "--format", "raw", "--output", out],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+
+
+def run_size(n: int, setup: Setup) -> dict[str, Any]:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    with tempfile.TemporaryDirectory(prefix="bench-hub-load-") as tmp:
-        profile = os.environ.get("HUB_LOAD_PROFILE")  # a file: run the hub under cProfile, write its stats there
-        launcher = [sys.executable, "-m", "cProfile", "-o", profile, _POD_AGENT] if profile else [_POD_AGENT]
-        hub = subprocess.Popen(
-            [*launcher, "hub", "serve", "--db", db or str(Path(tmp) / "hub.sqlite"), "--port", "0",
-             "--blob-dir", str(Path(tmp) / "blobs"),  # a hub on PostgreSQL must name one
-             "--rate-per-s", "1000000", "--rate-burst", "1000000"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    # A file: the first hub is sampled with py-spy from the submission to the end of the fan-out.
+    profile = os.environ.get("HUB_LOAD_PROFILE")
+    with tempfile.TemporaryDirectory(prefix="bench-hub-load-") as tmp, contextlib.ExitStack() as stack:
+        db = str(Path(tmp) / "hub.sqlite") if setup.server is None else stack.enter_context(
+            postgres_schema(setup.server)
         )
-        workers: list[tuple[multiprocessing.Process, Any]] = []
+        hubs: list[subprocess.Popen[bytes]] = []
+        workers: list[tuple[BaseProcess, Any]] = []
         try:
-            assert hub.stdout is not None
-            url = hub.stdout.readline().decode().split("hub listening on", 1)[1].strip()
+            urls = []
+            for _ in range(setup.hubs):  # one after another: the first migrates the schema
+                hub, url = _start_hub(db, Path(tmp) / "blobs")
+                hubs.append(hub)
+                urls.append(url)
             time.sleep(0.5)
-            idle = _rss_mb(hub.pid)
+            idle = [_rss_mb(h.pid) for h in hubs]
             names = [f"pod-{i:05d}" for i in range(n)]
+            per_worker = min(PODS_PER_WORKER, -(-n // setup.hubs))
             ctx = multiprocessing.get_context("spawn")
-            for start in range(0, n, PODS_PER_WORKER):
+            for i, start in enumerate(range(0, n, per_worker)):
                 parent, child = ctx.Pipe()
-                proc = ctx.Process(target=_worker, args=(url, names[start:start + PODS_PER_WORKER], child))
-                proc.start()
-                workers.append((proc, parent))
+                worker = ctx.Process(
+                    target=_worker, args=(urls[i % len(urls)], names[start:start + per_worker], child)
+                )
+                worker.start()
+                workers.append((worker, parent))
             ready = [conn.recv() for _, conn in workers]
             reg_start = min(r["registered"][0] for r in ready)
             reg_end = max(r["registered"][1] for r in ready)
             keys = dict(kv for r in ready for kv in r["keys"])
-            connected = _rss_mb(hub.pid)
-            submitted = asyncio.run(_submit(url, keys))
-            sampler = _Sampler(hub.pid)
-            sampler.start()
-            cpu_before = _cpu_s(hub.pid)
+            connected = [_rss_mb(h.pid) for h in hubs]
+            samplers = [_Sampler(h.pid) for h in hubs]
+            for sampler in samplers:
+                sampler.start()
+            spy = _py_spy(hubs[0].pid, profile) if profile else None
+            cpu_before = [_cpu_s(h.pid) for h in hubs]
             pods_cpu_before = sum(_cpu_s(proc.pid) for proc, _ in workers if proc.pid is not None)
-            time.sleep(0.2)
+            submitted = asyncio.run(_submit(urls[0], keys))
             deadline = time.time() + FANOUT_TIMEOUT_S
             results, pods_cpu = _wait_fanout(workers, submitted, deadline)
             pods_cpu -= pods_cpu_before
-            cpu = _cpu_s(hub.pid) - cpu_before
+            cpu = [_cpu_s(h.pid) - before for h, before in zip(hubs, cpu_before, strict=True)]
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)
+                spy.wait(30)
             time.sleep(SETTLE_S if n > SMALL_SIZE else 1.0)  # the smoke size does not wait for the trim
-            sampler.running = False
-            after = _rss_mb(hub.pid)
+            for sampler in samplers:
+                sampler.running = False
+            after = [_rss_mb(h.pid) for h in hubs]
         finally:
             for proc, _ in workers:
                 if proc.is_alive():
                     proc.terminate()
-            hub.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                hub.wait(15)
-            if hub.stdout is not None:
-                hub.stdout.close()
+            for hub in hubs:
+                hub.terminate()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    hub.wait(15)
+                if hub.stdout is not None:
+                    hub.stdout.close()
             resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-    latencies, heartbeats, fanout_end = results
+    latencies, heartbeats, lags, fanout_end = results
     during = [rtt for sent, rtt in heartbeats if submitted <= sent <= fanout_end]
-    peak = max(sampler.peak, after)
-    out = {
+    lag_during = [lag for at, lag in lags if submitted <= at <= fanout_end]
+    peak = [max(s.peak, a) for s, a in zip(samplers, after, strict=True)]
+    # Several processes: each one's figures, the worst ratio counted against the goal.
+    out: dict[str, Any] = {
+        "setup": setup.label,
         "pods": n,
+        "hub_processes": setup.hubs,
         "registered_per_s": round(n / max(reg_end - reg_start, 1e-9), 1),
         "delivered": len(latencies),
+        # The first pod's: what the submission costs before anything goes out.
+        "fanout_first_s": round(min(latencies, default=float("nan")), 3),
         "fanout_p50_s": round(_percentile(latencies, 0.5), 3),
         "fanout_p99_s": round(_percentile(latencies, 0.99), 3),
         "fanout_max_s": round(max(latencies, default=float("nan")), 3),
         "heartbeats_during_fanout": len(during),
         "heartbeat_p99_ms": round(1000 * _percentile(during, 0.99), 1) if during else None,  # None: none sent
-        "hub_rss_idle_mb": round(idle, 1),
-        "hub_rss_connected_mb": round(connected, 1),
-        "hub_rss_peak_mb": round(peak, 1),
-        "hub_rss_after_mb": round(after, 1),
-        "hub_cpu_fanout_s": round(cpu, 2),
+        # The simulated pods' own loop lateness in the same window: a heartbeat's round trip includes it.
+        "pods_loop_lag_p99_ms": round(1000 * _percentile(lag_during, 0.99), 1) if lag_during else None,
+        "hub_rss_idle_mb": [round(v, 1) for v in idle],
+        "hub_rss_connected_mb": [round(v, 1) for v in connected],
+        "hub_rss_peak_mb": [round(v, 1) for v in peak],
+        "hub_rss_after_mb": [round(v, 1) for v in after],
+        "hub_cpu_fanout_s": [round(v, 2) for v in cpu],  # from the submission to every pod holding the task
         "pods_cpu_fanout_s": round(pods_cpu, 2),  # the simulated pods' share of the same cores
         # Memory against the hub with its pods connected and idle (each connection holds its buffers).
-        "peak_over_connected": round(peak / connected, 2),
-        "after_over_connected": round(after / connected, 2),
+        "peak_over_connected": round(max(p / c for p, c in zip(peak, connected, strict=True)), 2),
+        "after_over_connected": round(max(a / c for a, c in zip(after, connected, strict=True)), 2),
     }
     out["ok"] = (
         len(latencies) == n and out["fanout_p99_s"] < GOAL_FANOUT_P99_S
@@ -326,8 +411,8 @@ async def _submit(url: str, keys: dict[str, str]) -> float:
 
 
 def _wait_fanout(
-    workers: list[tuple[multiprocessing.Process, Any]], submitted: float, deadline: float
-) -> tuple[tuple[list[float], list[tuple[float, float]], float], float]:
+    workers: list[tuple[BaseProcess, Any]], submitted: float, deadline: float
+) -> tuple[tuple[list[float], list[tuple[float, float]], list[tuple[float, float]], float], float]:
     """Wait until every pod holds the task (as the workers report after they are told to stop), or the deadline."""
     for _, conn in workers:
         conn.poll(max(0.0, deadline - time.time()))  # {"all": True} once every pod of the worker has it
@@ -342,34 +427,54 @@ def _wait_fanout(
     received = [t for r in reports for t in r["received"] if t > 0]
     latencies = [t - submitted for t in received]
     end = max(received, default=submitted)
-    return (latencies, [hb for r in reports for hb in r["heartbeats"]], end), pods_cpu
+    lags = [lag for r in reports for lag in r["lags"]]
+    return (latencies, [hb for r in reports for hb in r["heartbeats"]], lags, end), pods_cpu
 
 
-def run(small: bool) -> dict[str, Any]:
-    sizes = (SMALL_SIZE,) if small else FULL_SIZES
-    return {"sizes": [run_size(n) for n in sizes]}
+def run(small: bool, sizes: tuple[int, ...] | None = None, server: str | None = None) -> dict[str, Any]:
+    """Each size under each setup, the setups of one size one after another (side by side)."""
+    server = server or os.environ.get(POSTGRES_ENV)
+    out: dict[str, Any] = {"sizes": [
+        run_size(n, setup) for n in sizes or ((SMALL_SIZE,) if small else FULL_SIZES) for setup in setups(server)
+    ]}
+    if server is None:
+        out["postgresql"] = f"not measured: {POSTGRES_ENV} is not set (run under .ci/with-postgres)"
+    return out
+
+
+def _mb(values: list[float]) -> str:
+    return "/".join(f"{v:g}" for v in values)
 
 
 def _print(result: dict[str, Any]) -> None:
     for r in result["sizes"]:
         print(
-            f"{r['pods']:>6} pods: registered {r['registered_per_s']}/s; fan-out p50 {r['fanout_p50_s']} s, "
-            f"p99 {r['fanout_p99_s']} s, max {r['fanout_max_s']} s ({r['delivered']} delivered; goal p99 < "
-            f"{GOAL_FANOUT_P99_S} s); heartbeat p99 {r['heartbeat_p99_ms']} ms over {r['heartbeats_during_fanout']} "
-            f"(goal < {1000 * GOAL_HEARTBEAT_P99_S:g}); hub RSS idle {r['hub_rss_idle_mb']} MB, connected "
-            f"{r['hub_rss_connected_mb']}, peak {r['hub_rss_peak_mb']} ({r['peak_over_connected']}x connected), "
-            f"after {r['hub_rss_after_mb']} ({r['after_over_connected']}x); CPU in the fan-out: hub "
-            f"{r['hub_cpu_fanout_s']} s, simulated pods {r['pods_cpu_fanout_s']} s"
+            f"{r['setup']:>13} {r['pods']:>6} pods: registered {r['registered_per_s']}/s; fan-out first "
+            f"{r['fanout_first_s']} s, p50 {r['fanout_p50_s']} s, p99 {r['fanout_p99_s']} s, max {r['fanout_max_s']} s "
+            f"({r['delivered']} "
+            f"delivered; goal p99 < {GOAL_FANOUT_P99_S} s); heartbeat p99 {r['heartbeat_p99_ms']} ms over "
+            f"{r['heartbeats_during_fanout']} (goal < {1000 * GOAL_HEARTBEAT_P99_S:g}; the pods' own loop lag p99 "
+            f"{r['pods_loop_lag_p99_ms']} ms); hub RSS MB idle {_mb(r['hub_rss_idle_mb'])}, connected "
+            f"{_mb(r['hub_rss_connected_mb'])}, peak {_mb(r['hub_rss_peak_mb'])} ({r['peak_over_connected']}x "
+            f"connected), after {_mb(r['hub_rss_after_mb'])} ({r['after_over_connected']}x); CPU s in the fan-out: "
+            f"hub {_mb(r['hub_cpu_fanout_s'])}, simulated pods {r['pods_cpu_fanout_s']}"
         )
+    if "postgresql" in result:
+        print(f"PostgreSQL {result['postgresql']}")
 
 
 def main() -> None:
     parser = parser_for(__doc__, small_help=f"{SMALL_SIZE} pods instead of {FULL_SIZES}")
     parser.add_argument("--pods", type=int, nargs="*", help="pod counts to run instead")
-    parser.add_argument("--db", help="the hub's --db (a postgresql:// URL, say); default a fresh SQLite file")
+    parser.add_argument("--db", help=f"a PostgreSQL server URL to measure beside SQLite (default ${POSTGRES_ENV})")
+    parser.add_argument("--only", help="run only the setups with this label (sqlite, postgresql, 'postgresql x2')")
     args = parser.parse_args()
-    sizes = args.pods or ((SMALL_SIZE,) if args.small else FULL_SIZES)
-    result = {"sizes": [run_size(n, db=args.db) for n in sizes]}
+    sizes = tuple(args.pods) if args.pods else None
+    server = args.db or os.environ.get(POSTGRES_ENV)
+    chosen = [s for s in setups(server) if args.only in (None, s.label)]
+    result: dict[str, Any] = {"sizes": [
+        run_size(n, setup) for n in sizes or ((SMALL_SIZE,) if args.small else FULL_SIZES) for setup in chosen
+    ]}
     show(result, as_json=args.json, table=_print)
 
 
