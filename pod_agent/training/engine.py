@@ -14,7 +14,8 @@ intra-op threads); the answer a ``wall.WorkerResultHeader`` and a safetensors pa
 progress ``wall.WorkerProgress`` events. ``train`` returns the
 floating state (``tensors.py``) as new - old (``returns = "update"``) or new values,
 ``n_rows`` = training rows, and with ``task.evaluate_first`` the test split's metrics
-(``test_*``) of the weights it started from, measured before the first step; it trains with
+(``test_*``) of the weights it started from, measured after training on the state kept from before
+the first step (``incoming.py``), so the first step waits for no evaluation; it trains with
 the task's FedProx term and SCAFFOLD correction added to the gradients (``correction.py``);
 ``evaluate`` returns metrics only, ``n_rows`` = test rows;
 ``predict`` returns ``predictions`` (float32 ``[rows, k]``) for the split named by
@@ -52,6 +53,7 @@ from pod_agent.protocol import Hyperparameters, ModelRef, TaskPayload
 from pod_agent.sdk import Datastructure, PodModel
 from pod_agent.training.correction import local_correction
 from pod_agent.training.dataset import SplitBatches
+from pod_agent.training.incoming import IncomingState
 from pod_agent.training.loading import build_model
 from pod_agent.training.ranks import ForkedRanks, data_parallel
 from pod_agent.training.tensors import encode, exchanged_state, load_pretrained
@@ -353,11 +355,16 @@ def _train(
         raise TrainingError("empty_split", "the training split has no rows")
     hp = settings.task.hyperparameters
     before = exchanged_state(model, hp.exchange)
+    # evaluate_first: the incoming state is evaluated after training (incoming.py), so the first step
+    # waits for no test loop; the update is the same either way.
+    incoming = IncomingState.keep(model) if settings.task.evaluate_first else None
     # Several ranks run every Lightning call below alike (each on the whole test and validation splits,
     # on its slice of each training batch); only rank 0 leaves the block, with rank 0's metrics.
     with _parallel(settings, work_dir=work_dir) as ranked:
         metrics = _fit(model, loaders, ranked, work_dir=work_dir, progress=progress, extra=extra)
-    after = exchanged_state(model, hp.exchange)
+        after = exchanged_state(model, hp.exchange)
+        if incoming is not None:
+            metrics = _incoming_metrics(model, incoming, loaders["test"], ranked, work_dir=work_dir) | metrics
     tensors = after if settings.task.returns == "weights" else {n: after[n] - before[n] for n in after}
     described, payload = encode(tensors, hp.wire_dtype)
     return TaskOutput(WorkerResultHeader(metrics=metrics, n_rows=train.n_rows, tensors=described), payload)
@@ -368,19 +375,13 @@ def _fit(
     extra: list[pl.Callback],
 ) -> dict[str, float]:
     train, val = loaders["train"], loaders["validation"]
-    metrics: dict[str, float] = {}
-    if settings.task.evaluate_first:
-        # The incoming weights' test metrics (fit never runs the test loop, so no name collides), with the
-        # RNG state put back after, so that evaluating first leaves the training itself exactly as it was.
-        with torch.random.fork_rng(devices=[]):
-            metrics = _test_metrics(model, loaders["test"], settings, work_dir=work_dir)
     tracker = _Progress(progress)
     trainer = _trainer(settings, work_dir=work_dir, callbacks=[tracker, *extra])
     val_loader = _loader(val) if val.n_rows else None
     _run_stage(
         lambda: trainer.fit(model, train_dataloaders=_loader(train), val_dataloaders=val_loader), "training_error"
     )
-    metrics |= _scalars(trainer.callback_metrics)
+    metrics = _scalars(trainer.callback_metrics)
     if val_loader is not None and tracker.last_validated_step != trainer.global_step:
         # Training ended between validations (steps-based): validate the final weights.
         _run_stage(lambda: trainer.validate(model, dataloaders=_loader(val), verbose=False), "evaluation_error")
@@ -405,6 +406,15 @@ def _evaluate(
         metrics |= _scalars(trainer.callback_metrics)
     metrics |= _test_metrics(model, test, settings, work_dir=work_dir)
     return TaskOutput(WorkerResultHeader(metrics=metrics, n_rows=test.n_rows, tensors={}), b"")
+
+
+def _incoming_metrics(
+    model: PodModel, incoming: IncomingState, test: SplitBatches, settings: _Settings, *, work_dir: Path
+) -> dict[str, float]:
+    """The test metrics of the state the task started from (fit never runs the test loop, so no name
+    collides), measured on the model put back to that state; the trained state was taken before."""
+    _run_stage(lambda: incoming.restore(model), "evaluation_error")
+    return _test_metrics(model, test, settings, work_dir=work_dir)
 
 
 def _test_metrics(model: PodModel, test: SplitBatches, settings: _Settings, *, work_dir: Path) -> dict[str, float]:

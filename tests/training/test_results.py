@@ -142,3 +142,58 @@ def test_a_train_task_that_evaluates_first_reports_the_incoming_weights_test_met
     assert not any(k.startswith("test_") for k in plain.header["metrics"])
     # Evaluating first leaves the update as it was.
     assert trained.payload == plain.payload
+
+
+# Batch norm's running statistics change as it trains; the first layer is frozen (a base the task keeps).
+BATCHNORM_MODEL = '''
+from torch import nn
+
+from pod_agent.sdk import PodClassifierMixin, PodModel
+
+
+class NormNet(PodClassifierMixin, PodModel):
+    def create_model(self):
+        net = nn.Sequential(nn.Linear(self.datastructure.input_size, 32), nn.BatchNorm1d(32), nn.ReLU(),
+                            nn.Linear(32, self.n_classes))
+        net[0].requires_grad_(False)
+        return net
+
+    def forward(self, x):
+        tabular, _support = x
+        return self._model(tabular.float())
+'''
+# The same network, but its training step writes into the frozen layer (through the parameter, as torch sees it).
+MUTATING_MODEL = BATCHNORM_MODEL.replace("from torch import nn", "import torch\nfrom torch import nn") + '''
+
+class Mutating(NormNet):
+    def training_step(self, batch, batch_idx):
+        with torch.no_grad():
+            self._model[0].weight.mul_(0.5)
+        return super().training_step(batch, batch_idx)
+'''
+
+
+def test_evaluating_first_measures_the_starting_state_even_where_training_changes_buffers(
+    run_in_process: RunTask,
+) -> None:
+    model = source_ref(BATCHNORM_MODEL, "NormNet")
+    blob = save_numpy(_weights(run_in_process, model, steps=3))
+    evaluated = run_in_process(make_task("evaluate", model, weights=blob), weights=blob)
+    plain_task = make_task("train", model, weights=blob, steps=5, returns="weights")
+    trained = run_in_process(plain_task.model_copy(update={"evaluate_first": True}), weights=blob)
+    plain = run_in_process(plain_task, weights=blob)
+    assert evaluated.header is not None and trained.header is not None
+    test_metrics = {k: v for k, v in evaluated.header["metrics"].items() if k.startswith("test_")}
+    assert test_metrics and {k: trained.header["metrics"][k] for k in test_metrics} == test_metrics
+    # The trained weights (running statistics included) leave as they were trained, not as put back.
+    assert trained.payload == plain.payload
+    assert not np.array_equal(load_numpy(trained.payload)["_model.1.running_mean"],
+                              load_numpy(blob)["_model.1.running_mean"])
+
+
+def test_a_frozen_parameter_changed_in_place_fails_the_incoming_evaluation(run_in_process: RunTask) -> None:
+    model = source_ref(MUTATING_MODEL, "Mutating")
+    blob = save_numpy(_weights(run_in_process, source_ref(BATCHNORM_MODEL, "NormNet"), steps=1))
+    task = make_task("train", model, weights=blob, steps=2).model_copy(update={"evaluate_first": True})
+    assert run_in_process(task, weights=blob).failure == "evaluation_error"
+    assert run_in_process(make_task("train", model, weights=blob, steps=2), weights=blob).failure is None
