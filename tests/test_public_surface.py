@@ -68,7 +68,8 @@ SURFACE: dict[str, list[str]] = {
         "used_splits"
     ],
     "protocol": [
-        "AdvertRoster", "BLOB_CHUNK_BYTES", "BlobRef", "Code", "Cohort", "CohortEntry", "CohortProof", "CohortTree",
+        "AddressedMessage", "AdvertRoster", "BLOB_CHUNK_BYTES", "BlobRef", "Code", "Cohort", "CohortEntry",
+        "CohortProof", "CohortTree",
         "CommittedList", "ConsistencySignature",
         "DEFAULT_OVERLAP_S", "DEFAULT_REPLAY_ENTRIES", "DEFAULT_REPLAY_ENTRIES_PER_KEY", "DataSelection",
         "DpParams", "EncryptedShares", "Envelope", "FederationRoster", "HeartbeatAck", "HubPush", "HubReply",
@@ -82,7 +83,8 @@ SURFACE: dict[str, list[str]] = {
         "STAGES", "STAGE_MODELS", "ScaffoldParams", "SecAggParams", "SignedHeaders", "Split", "Stage", "Stored",
         "SurvivorList",
         "TaskDelivery", "TaskKind", "TaskPayload", "TaskResults", "TaskStatusReply", "TaskSubmission",
-        "TaskSubmitted", "TlsOptionNames", "UnmaskShares", "WeightsRef", "b64decode_strict", "canonical_json",
+        "TaskSubmitted", "TlsOptionNames", "UnmaskShares", "WeightsRef", "addressed_sender", "b64decode_strict",
+        "canonical_json",
         "check_inclusion", "check_signature", "cohort_tree",
         "download_blob", "envelope_bytes", "file_chunks", "first_error", "hub_session", "is_loopback",
         "key_id_of", "keys_in_force", "model_from_file", "oneshot_call", "open_envelope", "parse_envelope",

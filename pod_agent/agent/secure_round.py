@@ -4,19 +4,31 @@ Owns the stages a pod runs for a secure train task (``protocol.secure_round`` li
 the messages) and every check it makes before it lets anything go:
 
     advert       fresh RoundSecrets (memory only) -> KeyAdvertisement, signed by the identity key
-    roster       signed by the task's modeller; every forwarded advert verified HERE under the
-                 peer key the owner pinned (``policy.TrustedPeers``, never the hub's registry),
-                 for this task and round; a roster naming anyone outside the signed cohort is
-                 dropped; this pod's own advert unchanged; at least ``threshold`` neighbours
+    roster       signed by the task's modeller and addressed to this pod; its cohort entries, each
+                 proven against the signed task's root, are exactly this pod's neighbourhood as the
+                 ring computed from the signed task places it (``secagg.cohort_graph``: an entry
+                 outside it is ``roster_not_neighbour``, a neighbour left out ``roster_incomplete``,
+                 so the modeller cannot place the pod); every forwarded advert verified HERE under
+                 the peer key the owner pinned (``policy.TrustedPeers``, never the hub's registry),
+                 for this task and round; this pod's own advert unchanged; at least ``threshold``
+                 of the neighbourhood advertised
     shares       one AEAD ciphertext per neighbour (secagg.plus)
-    committed    signed by the modeller, within the roster, this pod in it; ciphertexts from
-                 every committed neighbour
+    committed    signed by the modeller, addressed here, within the roster, this pod in it;
+                 ciphertexts from every committed neighbour
     masked       the one-release rule recorded in the state DB (``already_released``) in the
                  transaction that decides the release, then masked vector -> blob -> MaskedInput
-    consistency  the survivor list signed back; every surviving neighbour must have signed the
-                 same list, at least ``threshold`` of the neighbourhood
+    consistency  the survivor list (this neighbourhood's) signed back; every neighbour's signed
+                 list must agree with ours on the pods both name, and at least ``threshold`` of the
+                 neighbourhood must have signed
     unmask       survivors and dropped disjoint, within the committed neighbours, at least
-                 ``threshold`` surviving: answered once, then every secret is erased
+                 ``threshold`` surviving; a pod w is answered about only when at least ``threshold``
+                 of w's own neighbourhood (w and its neighbours) signed w's status as ours: then two
+                 honest holders shown w in two roles would need two sets of ``threshold`` signers in
+                 w's k + 1, which overlap in a pod that signed both (``_confirmed``). Answered once,
+                 then every secret is erased
+
+A pod holds only its neighbourhood's entries, never the cohort's list: what it receives in a
+round grows with the degree k and log n (``protocol.secure_round``).
 
 Each wait is bounded by the task's stage deadlines and ends the task with a fixed
 code (``policy.FailureCode``). The secrets never touch disk: a pod that restarts
@@ -41,6 +53,7 @@ from pydantic import ValidationError
 from pod_agent.errors import HubError, HubMisbehaved, HubRejected, ProtocolError, SecAggError, StateError, TaskFailed
 from pod_agent.policy import FailureCode, TrustedPeers
 from pod_agent.protocol import (
+    AddressedMessage,
     AdvertRoster,
     BlobRef,
     CohortProof,
@@ -69,11 +82,13 @@ from pod_agent.protocol import (
 from pod_agent.state import AlreadyReleased, PodState
 
 if TYPE_CHECKING:
-    from pod_agent.secagg import EncodedUpdate, HeldShares, RoundSecrets
+    from pod_agent.secagg import EncodedUpdate, HeldShares, NeighbourGraph, RoundSecrets
 
 _log = logging.getLogger(__name__)
 _M = TypeVar("_M", bound=RoundMessage)
 _R = TypeVar("_R")
+# A signed survivor list as (survivors, dropped).
+_View = tuple[frozenset[str], frozenset[str]]
 
 # One long-poll request waits at most this long (the hub caps it at 30 s too); the stage deadline bounds the total.
 POLL_S = 20.0
@@ -188,7 +203,7 @@ class _Round:
         return {"task_id": self.task.task_id, "round": self.round}
 
     async def run(self, encoded: EncodedUpdate, blob_path: Path) -> RoundOutput:
-        from pod_agent.secagg import PeerKeys, neighbour_graph
+        from pod_agent.secagg import PeerKeys
 
         mine = KeyAdvertisement(
             **self._fields(), pod=self.me, c_public=self.secrets.c_public_b64, s_public=self.secrets.s_public_b64
@@ -198,19 +213,17 @@ class _Round:
         # The modeller collects each stage for stage_s before it answers: a pod waits twice that.
         answer_s = 2 * stage_s
         roster = await self._modeller_message("roster", AdvertRoster, timeout_s=self.params.advert_timeout_s + answer_s)
-        adverts = self._check_roster(roster, mine)
+        graph = self._neighbourhood(roster)
+        adverts = self._check_adverts(roster, mine, graph)
         peers = {
             name: PeerKeys(pod=name, c_public_b64=a.c_public, s_public_b64=a.s_public) for name, a in adverts.items()
         }
-        try:
-            graph = neighbour_graph(sorted(adverts), task_id=self.task.task_id, round_index=self.round)
-        except SecAggError as exc:
-            raise TaskFailed(FailureCode.TOO_FEW_NEIGHBOURS.value, str(exc)) from exc
         neighbours = frozenset(graph.neighbours(self.me))
-        if len(neighbours) < graph.threshold:
+        if len(neighbours & set(adverts)) + 1 < graph.threshold:
             raise TaskFailed(
                 FailureCode.TOO_FEW_NEIGHBOURS.value,
-                f"{len(neighbours)} neighbours in a graph of threshold {graph.threshold}",
+                f"{len(neighbours & set(adverts))} of {len(neighbours)} neighbours advertised keys in a graph of "
+                f"threshold {graph.threshold}",
             )
         common = {
             "me": self.me,
@@ -251,9 +264,9 @@ class _Round:
                 **self._fields(), pod=self.me, survivors=sorted(survivors), dropped=sorted(dropped)
             ),
         )
-        await self._check_consistency(survivors, dropped, neighbours, graph.threshold, timeout_s=stage_s)
+        views = await self._check_consistency(survivors, dropped, neighbours, graph.threshold, timeout_s=stage_s)
 
-        from pod_agent.secagg import unmask_answer, unmask_request
+        from pod_agent.secagg import UnmaskAnswer, unmask_answer, unmask_request
 
         # The round's lists cut down to this pod's neighbourhood: it answers for nobody else.
         request = unmask_request(self.me, graph=graph, survivors=survivors, dropped=dropped)
@@ -263,6 +276,14 @@ class _Round:
             )
         except SecAggError as exc:
             raise TaskFailed(FailureCode.UNMASK_REFUSED.value, str(exc)) from exc
+        confirmed = _confirmed(graph, (survivors, dropped), views)
+        unconfirmed = sorted((survivors | dropped) - confirmed)
+        if unconfirmed:
+            _log.info("secure round: no answer about %s, whose status too few of their neighbours signed", unconfirmed)
+        answer = UnmaskAnswer(
+            self_mask_shares={k: v for k, v in answer.self_mask_shares.items() if k in confirmed},
+            mask_key_shares={k: v for k, v in answer.mask_key_shares.items() if k in confirmed},
+        )
         await self._post(
             "unmask",
             UnmaskShares(
@@ -275,12 +296,62 @@ class _Round:
 
     # -- the checks --------------------------------------------------------------------------
 
-    def _check_roster(self, roster: AdvertRoster, mine: KeyAdvertisement) -> dict[str, KeyAdvertisement]:
-        """Every forwarded advert inside the signed cohort (its entry proven against the task's root) and
-        verified under the owner's pinned key for its pod, for this task and round; this pod's own unchanged."""
+    def _neighbourhood(self, roster: AdvertRoster) -> NeighbourGraph:
+        """The round's graph as this pod may know it: the roster's entries, each proven against the signed
+        root, must be exactly this pod's neighbourhood as the signed task alone places it."""
+        from pod_agent.secagg import cohort_graph
+
+        if roster.to != self.me:
+            raise TaskFailed(FailureCode.MISADDRESSED.value, f"the roster relayed here is addressed to {roster.to!r}")
+        names: dict[int, str] = {}
+        for proof in roster.members:
+            self._proven(proof)
+            if proof.index in names:
+                raise TaskFailed(
+                    FailureCode.BAD_ROUND_MESSAGE.value, f"the roster shows cohort entry {proof.index} twice"
+                )
+            names[proof.index] = proof.entry.pod
+        mine = [index for index, name in names.items() if name == self.me]
+        if not mine:
+            raise TaskFailed(FailureCode.NOT_IN_ROUND.value, "the roster leaves out this pod's own cohort entry")
+        try:
+            graph = cohort_graph(
+                names, size=self.task.cohort.size, cohort_root=self.task.cohort.root, task_id=self.task.task_id,
+                round_index=self.round,
+            )
+        except SecAggError as exc:
+            raise TaskFailed(FailureCode.BAD_ROUND_MESSAGE.value, f"the roster's entries: {exc}") from exc
+        expected = {mine[0], *graph.neighbour_indices(mine[0])}
+        stray = sorted(set(names) - expected)
+        if stray:
+            raise TaskFailed(
+                FailureCode.ROSTER_NOT_NEIGHBOUR.value,
+                f"the roster shows cohort entries {stray[:8]} ({[names[i][:64] for i in stray[:8]]}), which the "
+                f"signed task's ring does not place next to this pod (entry {mine[0]}): the modeller placed it",
+            )
+        missing = sorted(expected - set(names))
+        if missing:
+            raise TaskFailed(
+                FailureCode.ROSTER_INCOMPLETE.value,
+                f"the roster leaves out cohort entries {missing[:8]}, neighbours of this pod on the signed ring",
+            )
+        return graph
+
+    def _check_adverts(
+        self, roster: AdvertRoster, mine: KeyAdvertisement, graph: NeighbourGraph
+    ) -> dict[str, KeyAdvertisement]:
+        """Every forwarded advert from a pod of the roster's (proven) neighbourhood and verified under the
+        owner's pinned key for its entry, for this task and round; this pod's own unchanged."""
+        entries = {proof.entry.pod: proof for proof in roster.members}
         adverts: dict[str, KeyAdvertisement] = {}
-        for envelope, proof in zip(roster.adverts, roster.proofs, strict=True):
+        for envelope in roster.adverts:
             claimed = str(envelope.payload.get("pod"))
+            proof = entries.get(claimed)
+            if proof is None:
+                raise TaskFailed(
+                    FailureCode.ROSTER_NOT_NEIGHBOUR.value,
+                    f"the roster forwards an advert for {claimed[:64]!r}, which is not in this pod's neighbourhood",
+                )
             key = self._member_key(claimed, proof)
             if claimed in adverts:
                 raise TaskFailed(
@@ -309,17 +380,18 @@ class _Round:
             raise TaskFailed(FailureCode.BAD_ADVERTISEMENT.value, "two adverts of the roster share a public key")
         return adverts
 
-    def _member_key(self, claimed: str, proof: CohortProof) -> PublicKey:
-        """The pinned key of a roster member whose cohort entry ``proof`` proves against the signed root."""
+    def _proven(self, proof: CohortProof) -> None:
+        """ROSTER_OUTSIDE_COHORT unless ``proof`` leads to the signed task's cohort root."""
         try:
-            if proof.entry.pod != claimed:
-                raise ProtocolError(f"the proof is for {proof.entry.pod[:64]!r}")
             check_inclusion(self.task.cohort, proof)
         except ProtocolError as exc:
             raise TaskFailed(
                 FailureCode.ROSTER_OUTSIDE_COHORT.value,
-                f"the roster forwards an advert for {claimed[:64]!r}, outside the signed task's cohort: {exc}",
+                f"the roster shows an entry for {proof.entry.pod[:64]!r} outside the signed task's cohort: {exc}",
             ) from exc
+
+    def _member_key(self, claimed: str, proof: CohortProof) -> PublicKey:
+        """The pinned key of a roster member whose cohort entry ``proof`` (proven by ``_neighbourhood``) names."""
         key = self.ctx.peers.key_for(claimed, proof.entry.key_id)
         if key is None:
             raise TaskFailed(
@@ -349,37 +421,42 @@ class _Round:
     async def _check_consistency(
         self, survivors: frozenset[str], dropped: frozenset[str], neighbours: frozenset[str], threshold: int,
         *, timeout_s: float,
-    ) -> None:
-        """Wait (bounded) for the surviving neighbours' signed lists: each one present must equal ours and
-        verify under its pinned key; at least ``threshold`` of the neighbourhood must have signed."""
-        expected = (sorted(survivors), sorted(dropped))
+    ) -> dict[str, _View]:
+        """Wait (bounded) for the surviving neighbours' signed lists: each one present must verify under its
+        pinned key and agree with ours on every pod both lists name; at least ``threshold`` of the
+        neighbourhood must have signed. Returns the signed views by signer, this pod's included."""
+        mine: _View = (survivors, dropped)
         waiting_for = (neighbours & survivors) | {self.me}
         deadline = time.monotonic() + timeout_s
-        signed: set[str] = set()
+        views: dict[str, _View] = {self.me: mine}
         count = 0
         while True:
             reply = await self._get("consistency", after=count, deadline=deadline)
             count = reply.count
             for envelope in reply.messages:
                 sender = _peek_pod(envelope)
-                if sender not in waiting_for or sender in signed:
+                # Only neighbours' lists count: a stranger naming this pod shows it nothing it can check.
+                if sender not in waiting_for or sender in views:
                     continue
                 message = self._open(envelope, ConsistencySignature, self.cohort[sender], what="consistency signature")
-                if message.pod != sender or (message.survivors, message.dropped) != expected:
+                view: _View = (frozenset(message.survivors), frozenset(message.dropped))
+                if message.pod != sender or _disagree(mine, view):
                     raise TaskFailed(
                         FailureCode.INCONSISTENT_SURVIVORS.value,
-                        f"neighbour {sender!r} was shown another survivor list than this pod",
+                        f"neighbour {sender!r} was shown another survivor list than this pod: "
+                        f"{sorted(_disagree(mine, view))[:8]} differ",
                     )
-                signed.add(sender)
-            if signed >= waiting_for:
-                return
+                views[sender] = view
+            if set(views) >= waiting_for:
+                return views
             if time.monotonic() >= deadline:
                 break
-        if len(signed) < threshold:
+        if len(views) < threshold:
             raise TaskFailed(
                 FailureCode.INCONSISTENT_SURVIVORS.value,
-                f"only {len(signed)} of the neighbourhood confirmed the survivor list (threshold {threshold})",
+                f"only {len(views)} of the neighbourhood confirmed the survivor list (threshold {threshold})",
             )
+        return views
 
     # -- release ---------------------------------------------------------------------------------
 
@@ -479,6 +556,11 @@ class _Round:
             reply = await self._get(stage, after=0, deadline=deadline)
             if reply.messages:
                 message = self._open(reply.messages[0], model, self.modeller, what=f"modeller's {stage} message")
+                if isinstance(message, AddressedMessage) and message.to != self.me:
+                    raise TaskFailed(
+                        FailureCode.MISADDRESSED.value,
+                        f"the modeller's {stage} message relayed here is addressed to {message.to[:64]!r}",
+                    )
                 return message
             if time.monotonic() >= deadline:
                 raise TaskFailed(
@@ -514,6 +596,25 @@ class _Round:
                     FailureCode.ROUND_TIMEOUT.value,
                     f"no shares from committed neighbours {sorted(senders - set(shares))} in {timeout_s:g} s",
                 )
+
+
+def _disagree(mine: _View, theirs: _View) -> frozenset[str]:
+    """The pods both views name in different roles (or one names and the other calls dropped)."""
+    named = (mine[0] | mine[1]) & (theirs[0] | theirs[1])
+    return frozenset(pod for pod in named if (pod in mine[0]) != (pod in theirs[0]))
+
+
+def _confirmed(graph: NeighbourGraph, mine: _View, views: Mapping[str, _View]) -> frozenset[str]:
+    """The pods of this pod's view whose status at least ``threshold`` signers of their own neighbourhood
+    signed (``views`` agree with ours where they overlap, this pod's own among them); answering only about
+    them keeps two honest holders from being shown one pod in two roles (module docstring)."""
+    out = set()
+    for owner in mine[0] | mine[1]:
+        signers = [signer for signer, view in views.items() if owner in view[0] | view[1]
+                   and graph.adjacent(signer, owner)]
+        if len(signers) >= graph.threshold:
+            out.add(owner)
+    return frozenset(out)
 
 
 def _encrypt(secrets: RoundSecrets, common: Mapping[str, Any]) -> dict[str, bytes]:

@@ -56,8 +56,10 @@ Routes (JSON bodies; errors are ``{"error": text}`` with a 4xx/5xx status):
 Secure rounds: only the task's modeller and its target pods may post or read a round's
 messages; each sender posts its own stage (pods theirs, the modeller roster, committed
 and survivors), signed by the key the request is signed with, naming the URL's task and
-round; one message per (sender, stage), a different second one is 409. A pod reading
-``shares`` gets only the ciphertexts addressed to it.
+round; one message per (sender, stage), a different second one is 409; the modeller's are
+one per pod (addressed, ``to``). A pod reads only what is its own: the modeller's messages
+addressed to it, the ciphertexts addressed to it in ``shares``, and the consistency
+signatures whose lists name it, so what it receives grows with its neighbourhood, not the cohort.
 """
 
 from __future__ import annotations
@@ -87,10 +89,19 @@ from pod_agent.hub.admission import (
     admit,
     approval_hint,
 )
-from pod_agent.hub.batching import StorageBatcher
+from pod_agent.hub.batching import GatheredWrites, StorageBatcher
 from pod_agent.hub.blobs import Blobs, BlobStore
 from pod_agent.hub.cluster import Cluster, SingleProcess
-from pod_agent.hub.fanout import Fanout, PreparedTask, prepare, tree_from_registrations
+from pod_agent.hub.fanout import (
+    ANNOUNCE_FROM_PODS,
+    Fanout,
+    Link,
+    PreparedTask,
+    fanout_key,
+    fanout_task,
+    prepare,
+    tree_from_registrations,
+)
 from pod_agent.hub.limits import (
     MAX_SMALL_BODY_BYTES,
     HubLimits,
@@ -120,6 +131,8 @@ from pod_agent.protocol import (
     POD_READ_STAGES,
     STAGE_MODELS,
     STAGES,
+    AddressedMessage,
+    ConsistencySignature,
     EncryptedShares,
     Envelope,
     MaskedInput,
@@ -135,6 +148,7 @@ from pod_agent.protocol import (
     Stage,
     TaskPayload,
     TaskSubmission,
+    addressed_sender,
     check_signature,
     cohort_tree,
     envelope_bytes,
@@ -160,8 +174,6 @@ _BODY_CHUNK_BYTES = 64 * 1024
 _UNREGISTERED = "(unregistered keys)"
 # A long poll returns at least this often so proxies and the pod notice a dead peer.
 MAX_LONG_POLL_S = 30.0
-# Pods a fan-out wakes before the event loop serves anything else (``_wake``): about 50 ms of pushes.
-WAKE_BATCH = 256
 # A pod not heard from within this many heartbeat intervals is shown offline.
 OFFLINE_AFTER_HEARTBEATS = 3
 _REGISTER_ROUTES = frozenset({"pods_register", "modellers_register"})
@@ -213,9 +225,11 @@ class _Hub:
         self._wakeups: dict[str, asyncio.Event] = {}
         self.fanout = Fanout()
         self.batcher = StorageBatcher()
-        self.touching: set[str] = set()  # pods whose touch is queued (``_touch``)
+        self.writes = GatheredWrites(storage, self.db_batched)
+        # A task prepared again from storage (``_prepared``): once, however many pods ask for it at once.
+        self.preparing: dict[str, asyncio.Future[PreparedTask]] = {}
+        self.background: set[asyncio.Task[None]] = set()  # fan-outs another hub process asked for
         self.sockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
-        self.connected: dict[str, int] = {}
 
     def now(self) -> int:
         return int(self.clock())
@@ -494,12 +508,21 @@ async def _pod_heartbeat(request: web.Request) -> web.Response:
 
 
 async def _prepared(hub: _Hub, task: HubTaskRecord) -> PreparedTask:
-    """``task`` as the push path sends it: kept since its submission, else prepared again from storage."""
+    """``task`` as the push path sends it: kept since its submission, else prepared again from storage, once
+    however many pods ask for it together (thousands, woken by another hub process's fan-out)."""
     prepared = hub.fanout.get(task.task_id)
-    if prepared is None:
-        tree = tree_from_registrations(task, await hub.db(hub.storage.list_pods))
-        prepared = hub.fanout.keep(prepare(task, tree))
-    return prepared
+    if prepared is not None:
+        return prepared
+    pending = hub.preparing.get(task.task_id)
+    if pending is None:
+        pending = hub.preparing[task.task_id] = asyncio.ensure_future(_prepare_again(hub, task))
+        pending.add_done_callback(lambda _: hub.preparing.pop(task.task_id, None))
+    return await asyncio.shield(pending)  # one pod's disconnecting does not cancel the others' preparation
+
+
+async def _prepare_again(hub: _Hub, task: HubTaskRecord) -> PreparedTask:
+    tree = tree_from_registrations(task, await hub.db(hub.storage.list_pods))
+    return hub.fanout.keep(prepare(task, tree))
 
 
 async def _pending(hub: _Hub, pod: str) -> list[PreparedTask]:
@@ -542,66 +565,57 @@ async def _pod_ws(request: web.Request) -> web.WebSocketResponse:
     ws = web.WebSocketResponse(max_msg_size=MAX_SMALL_BODY_BYTES, compress=False)
     await ws.prepare(request)
     hub.sockets.add(ws)
-    hub.connected[pod.name] = hub.connected.get(pod.name, 0) + 1
+    link = Link(pod.name, ws, request.transport)
+    hub.fanout.connect(link)
     await hub.db_batched(hub.storage.touch_pod, pod.name, now=hub.now())
-    pusher = asyncio.create_task(_push_loop(hub, ws, pod.name), name=f"push:{pod.name}")
+    pusher = asyncio.create_task(_push_loop(hub, link), name=f"push:{pod.name}")
     try:
         async for msg in ws:
             if msg.type != WSMsgType.TEXT:
                 break
-            await _on_pod_message(hub, ws, pod.name, msg.data)
+            await _on_pod_message(hub, link, msg.data)
     finally:
         pusher.cancel()
         # The pod may vanish mid-send; its tasks stay pending and go out again on its next connection.
         with contextlib.suppress(asyncio.CancelledError, ConnectionError):
             await pusher
-        hub.connected[pod.name] -= 1
-        if not hub.connected[pod.name]:
-            hub.fanout.forget(pod.name)
+        hub.fanout.disconnect(link)
     return ws
 
 
-async def _push_loop(hub: _Hub, ws: web.WebSocketResponse, pod: str) -> None:
+async def _push_loop(hub: _Hub, link: Link) -> None:
     """Send each pending task once per connection: what storage holds on connecting (and after a wake-up
-    from another process, or a quiet MAX_LONG_POLL_S), else what a submission here announced, already
-    encoded (``fanout.py``), without reading the task back."""
-    sent: set[str] = set()
+    from another process, or a quiet MAX_LONG_POLL_S), else what a fan-out announced (the socket was busy
+    when it pushed), already encoded (``fanout.py``), without reading the task back."""
     announced: list[PreparedTask] | None = None
-    while not ws.closed:
-        event = hub.wakeup(pod)
-        for task in await _pending(hub, pod) if announced is None else announced:
-            if task.task_id not in sent:
-                await ws.send_str(task.delivery(pod))
-                sent.add(task.task_id)
+    while not link.ws.closed:
+        event = hub.wakeup(link.pod)
+        for task in await _pending(hub, link.pod) if announced is None else announced:
+            await link.send(task)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), MAX_LONG_POLL_S)
-        announced = hub.fanout.take(pod)
+            async with asyncio.timeout(MAX_LONG_POLL_S):
+                await event.wait()
+        announced = hub.fanout.take(link.pod)
 
 
-async def _on_pod_message(hub: _Hub, ws: web.WebSocketResponse, pod: str, data: str) -> None:
+async def _on_pod_message(hub: _Hub, link: Link, data: str) -> None:
+    """A heartbeat is answered at once; its touch, and an ack, are gathered and written in the background
+    (``batching.GatheredWrites``), so the pod's next message is read while a fan-out's acks are written.
+    The socket's handshake was signed by the pod's key: what comes on it is the pod's word. An ack counts
+    only for a task pushed on this connection (any other is no delivery of this pod's, or one the hub
+    delivers again), so what a pod sends cannot make the hub write more than its tasks."""
     try:
         msg = json.loads(data)
         kind = msg["type"]
     except (ValueError, KeyError, TypeError):
-        await ws.close(message=b"malformed message")
+        await link.ws.close(message=b"malformed message")
         return
     now = hub.now()
     if kind == "heartbeat":
-        # The touch and an ack are queued, not awaited: the pod's next message (a heartbeat, whose round trip
-        # it measures) is read while a fan-out's acknowledgements fill the database queue.
-        await ws.send_str(json.dumps({"type": "heartbeat_ack", "now": now}))
-        _touch(hub, pod, now)
-    elif kind == "ack":
-        hub.batcher.post(hub.storage.ack_delivery, str(msg.get("task_id")), pod, now=now)
-
-
-def _touch(hub: _Hub, pod: str, now: int) -> None:
-    """Queue a touch of ``pod`` unless one is queued still: a backlog holds one touch a pod, not one a
-    heartbeat (10,000 pods heartbeating outran the database during a fan-out)."""
-    if pod in hub.touching:
-        return
-    hub.touching.add(pod)
-    hub.batcher.post(hub.storage.touch_pod, pod, now=now).add_done_callback(lambda _: hub.touching.discard(pod))
+        await link.ws.send_str(f'{{"type": "heartbeat_ack", "now": {now}}}')
+        hub.writes.touch(link.pod, now)
+    elif kind == "ack" and msg.get("task_id") in link.sent:
+        hub.writes.ack(msg["task_id"], link.pod, now)
 
 
 def _no_task_for(task_id: str, pod: str) -> HubError:
@@ -709,7 +723,7 @@ async def _pods_list(request: web.Request) -> web.Response:
 
 def _online(hub: _Hub, pod: PodRecord, now: int) -> bool:
     """Connected now, or heard from within OFFLINE_AFTER_HEARTBEATS of its heartbeat intervals."""
-    return hub.connected.get(pod.name, 0) > 0 or now - pod.last_seen <= OFFLINE_AFTER_HEARTBEATS * pod.heartbeat_s
+    return hub.fanout.connected(pod.name) > 0 or now - pod.last_seen <= OFFLINE_AFTER_HEARTBEATS * pod.heartbeat_s
 
 
 async def _admitted_pods(hub: _Hub) -> list[PodRecord]:
@@ -801,20 +815,37 @@ async def _tasks_submit(request: web.Request) -> web.Response:
     pinned = [ref for ref in (task.weights, task.scaffold.control if task.scaffold else None) if ref is not None]
     if pinned:
         await hub.db(hub.storage.add_blob_refs, [BlobRefRecord(ref.sha256, "weights", task.task_id) for ref in pinned])
-    hub.fanout.publish(record, tree, connected=lambda pod: hub.connected.get(pod, 0) > 0)
-    await _wake(hub, record.pods)
+    prepared = hub.fanout.publish(record, tree)
+    if len(record.pods) >= ANNOUNCE_FROM_PODS:
+        hub.cluster.publish(fanout_key(record.task_id))  # the other processes push it to their pods
+        await hub.fanout.push(prepared, record.pods, wake=hub.wake_local)
+    else:
+        for pod in record.pods:
+            hub.notify(pod)
     return web.json_response(
         {"task_id": task.task_id, "outcome": outcome}, status=201 if outcome == "stored" else 200
     )
 
 
-async def _wake(hub: _Hub, pods: tuple[str, ...]) -> None:
-    """Wake each pod's push, WAKE_BATCH at a time with the event loop served in between: woken at once, ten
-    thousand push loops would queue every heartbeat and acknowledgement behind them."""
-    for start in range(0, len(pods), WAKE_BATCH):
-        for pod in pods[start : start + WAKE_BATCH]:
-            hub.notify(pod)
-        await asyncio.sleep(0)
+async def _fan_out_from_elsewhere(hub: _Hub, task_id: str) -> None:
+    """Another hub process took a large cohort's task: push it to the pods connected here."""
+    try:
+        task = await hub.db(hub.storage.get_task, task_id)
+        if task is not None:
+            await hub.fanout.push(await _prepared(hub, task), task.pods, wake=hub.wake_local)
+    except Exception as exc:  # noqa: BLE001 - any backend's error; the pods read it on reconnecting
+        _log.warning("cannot push task %s that another hub process took: %s", task_id, exc)
+
+
+def _on_cluster_key(hub: _Hub, key: str) -> None:
+    """A wake-up from another hub process: a large cohort's task to push here, or waiters to wake."""
+    task_id = fanout_task(key)
+    if task_id is None:
+        hub.wake_local(key)
+        return
+    job = asyncio.create_task(_fan_out_from_elsewhere(hub, task_id), name=f"fanout:{task_id}")
+    hub.background.add(job)
+    job.add_done_callback(hub.background.discard)
 
 
 async def _owned_task(request: web.Request) -> HubTaskRecord:
@@ -959,6 +990,11 @@ async def _secagg_post(request: web.Request) -> web.Response:
     named = getattr(message, "pod", sender)  # only a pod's messages name their pod
     if named != sender:
         raise HubError(f"{stage} message names pod {named!r} but was sent by {sender!r}", status=403)
+    if isinstance(message, AddressedMessage):
+        # The modeller's messages are one per pod: stored under the addressee, relayed to it alone.
+        if message.to not in task.pods:
+            raise HubError(f"{stage} message is addressed to {message.to!r}, not a pod of this task", status=400)
+        sender = addressed_sender(message.to)
     record = RoundMessageRecord(
         task_id=task.task_id, round=round_index, stage=stage, sender=sender, envelope=envelope_bytes(envelope),
         received_at=hub.now(),
@@ -979,14 +1015,34 @@ async def _secagg_get(request: web.Request) -> web.Response:
     if reader != MODELLER_SENDER and stage not in POD_READ_STAGES:
         raise HubError(f"a pod does not read the {stage} messages of a round; only the modeller does", status=403)
     wait_s, after = _long_poll_query(request, what="a count of messages")
-    records: list[RoundMessageRecord] = await _long_poll(
-        hub, _round_wakeup_key(task.task_id, round_index), wait_s,
-        fetch=lambda: hub.db(hub.storage.round_messages, task.task_id, round_index, stage),
-        ready=lambda held: len(held) > after,
+
+    async def fetch() -> list[RoundMessageRecord]:
+        held: list[RoundMessageRecord] = await hub.db(hub.storage.round_messages, task.task_id, round_index, stage)
+        return held if reader == MODELLER_SENDER else _records_for(reader, stage, held)
+
+    records = await _long_poll(
+        hub, _round_wakeup_key(task.task_id, round_index), wait_s, fetch=fetch, ready=lambda held: len(held) > after
     )
     if stage == "shares" and reader != MODELLER_SENDER:
         return web.json_response({"count": len(records), "shares": _shares_for(reader, records)})
     return web.json_response({"count": len(records), "messages": [json.loads(r.envelope) for r in records]})
+
+
+def _records_for(reader: str, stage: Stage, records: list[RoundMessageRecord]) -> list[RoundMessageRecord]:
+    """What pod ``reader`` may read of a stage: the modeller's message addressed to it, the consistency
+    signatures whose lists name it (its neighbours', by their own signed word: a pod that names a stranger
+    only shows the stranger a list it cannot check), and the shares records (cut by ``_shares_for``)."""
+    if stage in MODELLER_STAGES:
+        mine = addressed_sender(reader)
+        return [record for record in records if record.sender == mine]
+    if stage == "consistency":
+        out = []
+        for record in records:
+            view = ConsistencySignature.model_validate(json.loads(record.envelope)["payload"])
+            if reader in view.survivors or reader in view.dropped:
+                out.append(record)
+        return out
+    return records
 
 
 def _shares_for(reader: str, records: list[RoundMessageRecord]) -> dict[str, str]:
@@ -1078,7 +1134,9 @@ async def collect_blobs(app: web.Application) -> int:
 async def _listen_to_cluster(app: web.Application) -> AsyncIterator[None]:
     """aiohttp cleanup context: the other hub processes' wake-ups wake this one's waiters."""
     hub = app[_HUB]
-    task = asyncio.create_task(hub.cluster.run(hub.wake_local, hub.wake_all_local), name="hub-cluster")
+    task = asyncio.create_task(
+        hub.cluster.run(lambda key: _on_cluster_key(hub, key), hub.wake_all_local), name="hub-cluster"
+    )
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):

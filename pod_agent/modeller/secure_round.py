@@ -5,12 +5,18 @@ lists the messages), each bounded by the task's deadlines:
 
     adverts    collect the pods' KeyAdvertisements (each verified under the pod's pinned or
                registered key) until every pod advertised, finished without one, or
-               ``advert_timeout_s`` passed; post the signed roster forwarding them
-    shares     collect EncryptedShares for ``stage_timeout_s``; post the committed list (U2)
-    masked     collect MaskedInputs for ``stage_timeout_s``; post survivors (U3) and dropped
+               ``advert_timeout_s`` passed; post each pod its own signed roster: the cohort
+               entries of its neighbourhood with their proofs, and the adverts among them
+    shares     collect EncryptedShares for ``stage_timeout_s``; post each pod its neighbourhood's
+               part of the committed list (U2)
+    masked     collect MaskedInputs for ``stage_timeout_s``; post each pod its neighbourhood's
+               survivors (U3) and dropped
     unmask     collect UnmaskShares for twice ``stage_timeout_s`` (pods first compare their
                survivor lists with each other); rebuild the dropped pods' mask keys and the
                survivors' self masks; sum the survivors' vectors and remove every mask
+
+The graph is the signed cohort's (``secagg.cohort_graph``): the modeller knows every entry, each
+pod only its neighbourhood's, so the modeller's messages are one per pod and O(k log n) each.
 
 Dropouts are handled inside the round: a pod that stops at any stage is left out of the
 next list, and the round completes while each committed pod keeps ``threshold`` holders.
@@ -20,6 +26,7 @@ The math is ``pod_agent.secagg.plus``; decoding the sum is ``pod_agent.secagg.ag
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -33,6 +40,7 @@ import numpy.typing as npt
 from pod_agent.errors import ModellerError, ProtocolError, SecAggError
 from pod_agent.modeller.client import ModellerClient
 from pod_agent.protocol import (
+    AddressedMessage,
     AdvertRoster,
     CohortEntry,
     CohortTree,
@@ -61,6 +69,8 @@ _M = TypeVar("_M", bound=RoundMessage)
 
 # One long poll waits at most this long, so that a pod that failed (its result says so) is noticed soon.
 POLL_S = 2.0
+# The per-pod messages of a stage go out this many at a time.
+POSTS_IN_FLIGHT = 16
 
 
 @dataclass(frozen=True)
@@ -113,28 +123,37 @@ class _ServerRound:
         return {"task_id": self.task.task_id, "round": self.round}
 
     async def run(self, *, vector_size: int, work_dir: Path) -> SecureSum:
-        from pod_agent.secagg import PeerKeys, neighbour_graph
+        from pod_agent.secagg import PeerKeys, cohort_graph
 
         stage_s = self.params.stage_timeout_s
         cohort = set(self.keys)
+        try:
+            graph = cohort_graph(
+                dict(enumerate(self.tree.pods)), size=self.task.cohort.size, cohort_root=self.task.cohort.root,
+                task_id=self.task.task_id, round_index=self.round,
+            )
+        except SecAggError as exc:
+            raise ModellerError(f"{self.label}: {exc}") from exc
         adverts = await self._collect("advert", KeyAdvertisement, cohort, timeout_s=self.params.advert_timeout_s)
         members = sorted(adverts)
-        try:
-            graph = neighbour_graph(members, task_id=self.task.task_id, round_index=self.round)
-        except SecAggError as exc:
-            raise ModellerError(f"{self.label}: only {members} advertised round keys{self._refusals()}: {exc}") from exc
         self._enough(members, graph.threshold, "advertised round keys")
-        # Each advert goes with its pod's cohort proof: a pod holds only its own entry of the signed cohort.
-        roster = AdvertRoster(
-            **self._fields(), adverts=[envelope for _, envelope in adverts.values()],
-            proofs=[self.tree.proof(pod) for pod in adverts],
-        )
-        await self._post("roster", roster)
+        # Each pod is shown its neighbourhood's entries with their proofs and the adverts among them; a pod
+        # that did not advertise gets one too, which tells it at once that it is out of the round.
+        await self._post_each("roster", [
+            AdvertRoster(
+                **self._fields(), to=pod, members=[self.tree.proof(name) for name in _around(graph, pod)],
+                adverts=[adverts[name][1] for name in _around(graph, pod) if name in adverts],
+            )
+            for pod in self.tree.pods
+        ])
 
         shared = await self._collect("shares", EncryptedShares, set(members), timeout_s=stage_s)
         committed = sorted(shared)
         self._enough(committed, graph.threshold, "shared their mask keys")
-        await self._post("committed", CommittedList(**self._fields(), committed=committed))
+        await self._post_each("committed", [
+            CommittedList(**self._fields(), to=pod, committed=[p for p in _around(graph, pod) if p in shared])
+            for pod in members
+        ])
 
         masked = await self._collect("masked", MaskedInput, set(committed), timeout_s=stage_s)
         survivors = sorted(masked)
@@ -142,7 +161,13 @@ class _ServerRound:
         self._enough(survivors, graph.threshold, "uploaded their masked inputs")
         if dropped:
             _log.warning("%s: pods %s dropped out after sharing; the round goes on without them", self.label, dropped)
-        await self._post("survivors", SurvivorList(**self._fields(), survivors=survivors, dropped=dropped))
+        await self._post_each("survivors", [
+            SurvivorList(
+                **self._fields(), to=pod, survivors=[p for p in _around(graph, pod) if p in masked],
+                dropped=[p for p in _around(graph, pod) if p in shared and p not in masked],
+            )
+            for pod in committed
+        ])
 
         blobs: dict[str, Path] = {}
         total: npt.NDArray[np.unsignedinteger] | None = None
@@ -205,8 +230,15 @@ class _ServerRound:
         np.add(total, vector, out=total)
         return total
 
-    async def _post(self, stage: Stage, message: RoundMessage) -> None:
-        await self.client.post_round_message(stage, message)
+    async def _post_each(self, stage: Stage, messages: Sequence[AddressedMessage]) -> None:
+        """Post one message per pod, POSTS_IN_FLIGHT at a time."""
+        gate = asyncio.Semaphore(POSTS_IN_FLIGHT)
+
+        async def post(message: RoundMessage) -> None:
+            async with gate:
+                await self.client.post_round_message(stage, message)
+
+        await asyncio.gather(*(post(message) for message in messages))
 
     async def _collect(
         self, stage: Stage, model: type[_M], expected: set[str], *, timeout_s: float
@@ -251,6 +283,11 @@ class _ServerRound:
             _log.warning("%s: %s message relayed for %s belongs to another round; ignored", self.label, stage, pod)
             return None
         return message
+
+
+def _around(graph: NeighbourGraph, pod: str) -> list[str]:
+    """``pod`` and its neighbours: what it is shown of the round."""
+    return [pod, *graph.neighbours(pod)]
 
 
 def _answer(graph: NeighbourGraph, holder: str, message: UnmaskShares) -> UnmaskAnswer:

@@ -75,6 +75,9 @@ class FailureCode(str, enum.Enum):
     ROUND_TIMEOUT = "round_timeout"  # a stage's message did not come within the task's stage deadline
     BAD_ADVERTISEMENT = "bad_advertisement"  # a forwarded key advert fails the pinned key, task or round
     ROSTER_OUTSIDE_COHORT = "roster_outside_cohort"  # the roster names a pod outside the signed cohort
+    ROSTER_NOT_NEIGHBOUR = "roster_not_neighbour"  # the roster shows an entry the ring does not place near this pod
+    ROSTER_INCOMPLETE = "roster_incomplete"  # the roster leaves out a neighbour's cohort entry
+    MISADDRESSED = "misaddressed"  # a modeller's round message addressed to another pod
     UNKNOWN_PEER = "unknown_peer"  # a roster member is not a peer the owner trusts under its key (privacy.peers)
     NOT_IN_ROUND = "not_in_round"  # the modeller left this pod out of the roster, committed or survivors
     TOO_FEW_NEIGHBOURS = "too_few_neighbours"  # fewer neighbours than the round's threshold

@@ -68,6 +68,7 @@ from pod_agent.protocol.secure_round import (
     POD_STAGES,
     STAGE_MODELS,
     STAGES,
+    AddressedMessage,
     AdvertRoster,
     CommittedList,
     ConsistencySignature,
@@ -78,6 +79,7 @@ from pod_agent.protocol.secure_round import (
     Stage,
     SurvivorList,
     UnmaskShares,
+    addressed_sender,
     round_path,
 )
 from pod_agent.protocol.signing import (
@@ -195,6 +197,7 @@ __all__ = [
     "POD_STAGES",
     "STAGES",
     "STAGE_MODELS",
+    "AddressedMessage",
     "AdvertRoster",
     "BlobRef",
     "Code",
@@ -256,6 +259,7 @@ __all__ = [
     "TlsOptionNames",
     "UnmaskShares",
     "WeightsRef",
+    "addressed_sender",
     "b64decode_strict",
     "canonical_json",
     "check_inclusion",

@@ -4,14 +4,21 @@ Owns the shape of every message a secure train task exchanges after training, in
 the order they are sent (the modeller is the aggregation server, the hub relays):
 
     advert       pod       KeyAdvertisement: fresh X25519 public keys for this task and round
-    roster       modeller  AdvertRoster: the signed adverts it forwards (the round's members), each with
-                           its pod's entry and inclusion proof in the task's signed cohort
+    roster       modeller  AdvertRoster, one per pod: the cohort entries of its neighbourhood (its own and
+                           its neighbours', each with its inclusion proof in the task's signed cohort) and
+                           the signed adverts of those that advertised
     shares       pod       EncryptedShares: one AEAD ciphertext per neighbour
-    committed    modeller  CommittedList: the members whose shares arrived (U2)
+    committed    modeller  CommittedList, one per pod: its neighbourhood's members whose shares arrived (U2)
     masked       pod       MaskedInput: the masked vector's blob reference
-    survivors    modeller  SurvivorList: who masked in time, who dropped
+    survivors    modeller  SurvivorList, one per pod: who of its committed neighbourhood masked, who dropped
     consistency  pod       ConsistencySignature: the survivor list this pod was shown, signed
     unmask       pod       UnmaskShares: self-mask shares for survivors, key shares for the dropped
+
+Per pod, not per round: the modeller's messages name their addressee (``to``) and the hub hands each
+only to it, and a pod reads only the consistency signatures whose lists name it (its neighbours'). So
+what a pod receives in a round is O(k log n) bytes for degree k and cohort size n (k + 1 entries with
+log2(n)-hash proofs, k adverts, lists of k names), never the cohort: the neighbourhood is computed from
+the signed task alone (``pod_agent.secagg.graph``), and each pod checks it was shown exactly that.
 
 Every payload names its ``stage``, so no message of one stage verifies as another's,
 and carries ``task_id`` and ``round``, so none verifies in another task or round.
@@ -39,27 +46,27 @@ MODELLER_STAGES: frozenset[Stage] = frozenset({"roster", "committed", "survivors
 POD_READ_STAGES: frozenset[Stage] = MODELLER_STAGES | frozenset({"shares", "consistency"})
 # The sender label of the modeller's messages at the hub (pod names cannot contain '@').
 MODELLER_SENDER = "@modeller"
-# A round's cohort is bounded so that every list below is: SecAgg+ cost grows with it.
-MAX_ROUND_PODS = 1000
-# Bytes of one signed message, by stage: a roster forwards up to MAX_ROUND_PODS adverts (~700 B each, and
-# as much again for the pod's cohort proof),
-# shares and unmask answers hold one entry per neighbour; the rest are a few lists of names.
+# A pod and its k neighbours (k = 40 at 10**6 pods, graph.default_degree): every list below is bounded by it.
+MAX_NEIGHBOURHOOD = 64
+# Bytes of one signed message, by stage: a roster holds a neighbourhood's entries with their proofs (~1.5 kB
+# each at 10**6 pods) and adverts (~700 B each); shares and unmask answers hold one entry per neighbour; the
+# rest are a few lists of names.
 MAX_STAGE_BYTES: dict[Stage, int] = {
     "advert": 4096,
-    "roster": 2048 * MAX_ROUND_PODS,
-    "shares": 512 * MAX_ROUND_PODS,
-    "committed": 80 * MAX_ROUND_PODS,
+    "roster": 4096 * MAX_NEIGHBOURHOOD,
+    "shares": 512 * MAX_NEIGHBOURHOOD,
+    "committed": 80 * MAX_NEIGHBOURHOOD,
     "masked": 4096,
-    "survivors": 160 * MAX_ROUND_PODS,
-    "consistency": 160 * MAX_ROUND_PODS,
-    "unmask": 512 * MAX_ROUND_PODS,
+    "survivors": 160 * MAX_NEIGHBOURHOOD,
+    "consistency": 160 * MAX_NEIGHBOURHOOD,
+    "unmask": 512 * MAX_NEIGHBOURHOOD,
 }
 
 TaskId = Annotated[str, Field(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")]
 # Raw X25519 public key, base64 (32 bytes -> 44 characters).
 X25519B64 = Annotated[str, Field(pattern=r"^[A-Za-z0-9+/]{43}=$")]
 Base64 = Annotated[str, Field(pattern=r"^[A-Za-z0-9+/]*={0,2}$", max_length=4096)]
-PodList = Annotated[list[PodName], Field(max_length=MAX_ROUND_PODS)]
+PodList = Annotated[list[PodName], Field(max_length=MAX_NEIGHBOURHOOD)]
 
 
 class RoundMessage(WireModel):
@@ -85,19 +92,21 @@ class KeyAdvertisement(RoundMessage):
         return self
 
 
-class AdvertRoster(RoundMessage):
-    """The signed adverts the modeller forwards, each with its pod's cohort proof (same order): each pod
-    verifies every advert and proof itself."""
+class AddressedMessage(RoundMessage):
+    """A modeller's message for one pod (``to``): the hub hands it to that pod only."""
+
+    to: PodName
+
+
+class AdvertRoster(AddressedMessage):
+    """What pod ``to`` is shown of the round: the cohort entries of its neighbourhood, each with its proof
+    (``members``: its own and its k neighbours'), and the signed adverts of those that advertised. The pod
+    checks each proof against the signed root, that the entries are exactly its neighbourhood, and each
+    advert under its pod's pinned key."""
 
     stage: Literal["roster"] = "roster"
-    adverts: Annotated[list[Envelope], Field(min_length=1, max_length=MAX_ROUND_PODS)]
-    proofs: Annotated[list[CohortProof], Field(min_length=1, max_length=MAX_ROUND_PODS)]
-
-    @model_validator(mode="after")
-    def _a_proof_per_advert(self) -> AdvertRoster:
-        if len(self.proofs) != len(self.adverts):
-            raise ValueError(f"{len(self.adverts)} adverts but {len(self.proofs)} cohort proofs: one for each")
-        return self
+    members: Annotated[list[CohortProof], Field(min_length=1, max_length=MAX_NEIGHBOURHOOD)]
+    adverts: Annotated[list[Envelope], Field(max_length=MAX_NEIGHBOURHOOD)]
 
 
 class EncryptedShares(RoundMessage):
@@ -105,11 +114,12 @@ class EncryptedShares(RoundMessage):
 
     stage: Literal["shares"] = "shares"
     pod: PodName
-    ciphertexts: Annotated[dict[PodName, Base64], Field(max_length=MAX_ROUND_PODS)]
+    ciphertexts: Annotated[dict[PodName, Base64], Field(max_length=MAX_NEIGHBOURHOOD)]
 
 
-class CommittedList(RoundMessage):
-    """U2: the members whose shares the modeller received; only they mask with each other."""
+class CommittedList(AddressedMessage):
+    """U2 within pod ``to``'s neighbourhood: the members whose shares the modeller received; only they mask
+    with each other."""
 
     stage: Literal["committed"] = "committed"
     committed: PodList
@@ -123,8 +133,9 @@ class MaskedInput(RoundMessage):
     blob: BlobRef
 
 
-class SurvivorList(RoundMessage):
-    """U3 and the committed pods that dropped before masking; the two never overlap."""
+class SurvivorList(AddressedMessage):
+    """U3 within pod ``to``'s committed neighbourhood and those of it that dropped before masking; the two
+    never overlap."""
 
     stage: Literal["survivors"] = "survivors"
     survivors: PodList
@@ -132,7 +143,8 @@ class SurvivorList(RoundMessage):
 
 
 class ConsistencySignature(RoundMessage):
-    """The survivor list a pod was shown, signed by its identity key for its neighbours to compare."""
+    """The survivor list a pod was shown (its neighbourhood's), signed by its identity key for its neighbours
+    to compare; the hub hands it to the pods it names."""
 
     stage: Literal["consistency"] = "consistency"
     pod: PodName
@@ -145,8 +157,8 @@ class UnmaskShares(RoundMessage):
 
     stage: Literal["unmask"] = "unmask"
     pod: PodName
-    self_mask_shares: Annotated[dict[PodName, Base64], Field(max_length=MAX_ROUND_PODS)]
-    mask_key_shares: Annotated[dict[PodName, Base64], Field(max_length=MAX_ROUND_PODS)]
+    self_mask_shares: Annotated[dict[PodName, Base64], Field(max_length=MAX_NEIGHBOURHOOD)]
+    mask_key_shares: Annotated[dict[PodName, Base64], Field(max_length=MAX_NEIGHBOURHOOD)]
 
     @model_validator(mode="after")
     def _never_both(self) -> UnmaskShares:
@@ -168,13 +180,18 @@ STAGE_MODELS: dict[Stage, type[RoundMessage]] = {
 }
 
 
+def addressed_sender(to: str) -> str:
+    """The hub's sender label of the modeller's message addressed to pod ``to`` (one per pod and stage)."""
+    return f"{MODELLER_SENDER}>{to}"
+
+
 def round_path(task_id: str, round_index: int, stage: Stage) -> str:
     """The hub route of a stage's messages (POST one, GET the stage's)."""
     return f"/v1/secagg/{task_id}/{round_index}/{stage}"
 
 
 __all__ = [
-    "MAX_ROUND_PODS",
+    "MAX_NEIGHBOURHOOD",
     "MAX_STAGE_BYTES",
     "MODELLER_SENDER",
     "MODELLER_STAGES",
@@ -182,6 +199,7 @@ __all__ = [
     "POD_STAGES",
     "STAGES",
     "STAGE_MODELS",
+    "AddressedMessage",
     "AdvertRoster",
     "CommittedList",
     "ConsistencySignature",
@@ -192,5 +210,6 @@ __all__ = [
     "Stage",
     "SurvivorList",
     "UnmaskShares",
+    "addressed_sender",
     "round_path",
 ]

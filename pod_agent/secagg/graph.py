@@ -214,6 +214,11 @@ class NeighbourGraph:
             out.append(name)
         return tuple(sorted(out))
 
+    def adjacent(self, a: str, b: str) -> bool:
+        """Whether ``a`` is ``b`` or one of its neighbours (known pods, by their ring positions alone)."""
+        step = (self._position[self._known(a)] - self._position[self._known(b)]) % self.size
+        return self.degree == self.size - 1 or min(step, self.size - step) <= self.degree // 2
+
     def share_index(self, holder: str, owner: str) -> int:
         """The x-coordinate of the share of ``owner``'s secrets that ``holder`` keeps.
 

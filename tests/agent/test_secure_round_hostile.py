@@ -62,16 +62,16 @@ async def _attack_roster(rig: RoundRig, task: TaskPayload, forged: Envelope, *, 
     pods = await _start(rig, task)
     adverts = await _collect(rig, task, "advert", len(pods_of(task)))
     roster = [e for e in adverts if e.payload["pod"] != replace] + [forged]
-    await rig.modeller.post_round_message("roster", _roster(task, roster))
+    await _post_rosters(rig, task, roster)
     outcomes = _codes(await settle(pods, timeout_s=WAIT_S))
     # Nothing left the pods past their adverts: no shares, no masked input.
     assert rig.messages(task, "shares") == [] and rig.messages(task, "masked") == []
     return outcomes
 
 
-def _roster(task: TaskPayload, adverts: list[Envelope]) -> AdvertRoster:
-    """The roster of ``adverts``, each with its pod's cohort proof; a pod outside the signed cohort gets a proof
-    from a cohort the modeller made up with it in."""
+def _roster(task: TaskPayload, adverts: list[Envelope], to: str) -> AdvertRoster:
+    """Pod ``to``'s roster in a small (complete) cohort: every entry with its proof, and ``adverts``; a pod
+    outside the signed cohort is shown with a proof from a cohort the modeller made up with it in."""
     signed = cohort_tree(cohort_of(task))
 
     def proof(pod: str) -> CohortProof:
@@ -79,7 +79,19 @@ def _roster(task: TaskPayload, adverts: list[Envelope]) -> AdvertRoster:
             return signed.proof(pod)
         return cohort_tree(entries([*pods_of(task), pod], "c" * 64)).proof(pod)
 
-    return AdvertRoster(**_fields(task), adverts=adverts, proofs=[proof(str(e.payload["pod"])) for e in adverts])
+    named = sorted({*signed.pods, *(str(e.payload["pod"]) for e in adverts)})
+    return AdvertRoster(**_fields(task), to=to, members=[proof(pod) for pod in named], adverts=adverts)
+
+
+async def _post_rosters(rig: RoundRig, task: TaskPayload, adverts: list[Envelope]) -> None:
+    for pod in pods_of(task):
+        await rig.modeller.post_round_message("roster", _roster(task, adverts, pod))
+
+
+async def _post_each(rig: RoundRig, task: TaskPayload, stage: Stage, make: Any) -> None:
+    """Post ``make(pod)`` to each pod of the task (the modeller's messages are one per pod)."""
+    for pod in pods_of(task):
+        await rig.modeller.post_round_message(stage, make(pod))
 
 
 def _advert(task: TaskPayload, pod: str, key: IdentityKey, *, round_index: int | None = None) -> Envelope:
@@ -121,7 +133,7 @@ async def test_a_roster_member_signed_into_the_cohort_under_an_unpinned_key_is_r
         task = rig.task(key_ids={"pod-1": IdentityKey.generate().key_id})
         pods = await _start(rig, task)
         adverts = await _collect(rig, task, "advert", 3)
-        await rig.modeller.post_round_message("roster", _roster(task, adverts))
+        await _post_rosters(rig, task, adverts)
         outcomes = _codes(await settle(pods, timeout_s=WAIT_S))
         assert outcomes == {name: "unknown_peer" for name in pods_of(task)}
         assert rig.messages(task, "shares") == [] and rig.messages(task, "masked") == []
@@ -130,10 +142,10 @@ async def test_a_roster_member_signed_into_the_cohort_under_an_unpinned_key_is_r
 async def _honest_until_survivors(rig: RoundRig, task: TaskPayload) -> tuple[dict[str, asyncio.Task[Any]], list[str]]:
     pods = await _start(rig, task)
     adverts = await _collect(rig, task, "advert", len(pods_of(task)))
-    await rig.modeller.post_round_message("roster", _roster(task, adverts))
+    await _post_rosters(rig, task, adverts)
     await _collect(rig, task, "shares", len(pods_of(task)))
     names = sorted(pods_of(task))
-    await rig.modeller.post_round_message("committed", CommittedList(**_fields(task), committed=names))
+    await _post_each(rig, task, "committed", lambda pod: CommittedList(**_fields(task), to=pod, committed=names))
     await _collect(rig, task, "masked", len(pods_of(task)))
     return pods, names
 
@@ -143,8 +155,8 @@ async def test_a_pod_named_both_surviving_and_dropped_is_refused_and_nobody_answ
         task = rig.task()
         pods, names = await _honest_until_survivors(rig, task)
         # Both roles for pod-2 would hand the modeller its self mask and its mask key: its update.
-        both = SurvivorList(**_fields(task), survivors=names, dropped=["pod-2"])
-        await rig.modeller.post_round_message("survivors", both)
+        await _post_each(rig, task, "survivors",
+                         lambda pod: SurvivorList(**_fields(task), to=pod, survivors=names, dropped=["pod-2"]))
         outcomes = _codes(await settle(pods, timeout_s=WAIT_S))
         assert outcomes == {name: "unmask_refused" for name in names}
         assert rig.messages(task, "unmask") == [] and rig.messages(task, "consistency") == []
@@ -171,9 +183,10 @@ async def test_survivor_lists_that_differ_between_pods_fail_the_consistency_chec
         pods, names = await _honest_until_survivors(rig, task)
         # pod-0 is told pod-2 dropped (so it would send pod-2's mask key), the others that pod-2 survived
         # (so they would send its self-mask shares): together, pod-2's update.
-        lie = SurvivorList(**_fields(task), survivors=["pod-0", "pod-1"], dropped=["pod-2"])
+        lie = SurvivorList(**_fields(task), to="pod-0", survivors=["pod-0", "pod-1"], dropped=["pod-2"])
         shown["lie"] = envelope_bytes(sign_envelope(lie, rig.modeller_key))
-        await rig.modeller.post_round_message("survivors", SurvivorList(**_fields(task), survivors=names, dropped=[]))
+        await _post_each(rig, task, "survivors",
+                         lambda pod: SurvivorList(**_fields(task), to=pod, survivors=names, dropped=[]))
         outcomes = _codes(await settle(pods, timeout_s=WAIT_S * 2))
         assert outcomes == {name: "inconsistent_survivors" for name in names}
         assert rig.messages(task, "unmask") == []

@@ -13,6 +13,7 @@ from pod_agent.protocol import IdentityKey, envelope_bytes, round_path, sign_env
 from pod_agent.protocol.secure_round import (
     MAX_STAGE_BYTES,
     CommittedList,
+    ConsistencySignature,
     EncryptedShares,
     KeyAdvertisement,
 )
@@ -70,7 +71,7 @@ async def test_outsiders_wrong_senders_and_other_rounds_are_refused(hub: Any) ->
     status, body = await hub.caller(pods["pod-a"]).call("POST", path, raw=replayed)
     assert status == 400 and "not the URL's" in body["error"]
     committed = envelope_bytes(
-        sign_envelope(CommittedList(task_id=task_id, round=0, committed=["pod-a"]), pods["pod-a"])
+        sign_envelope(CommittedList(task_id=task_id, round=0, to="pod-a", committed=["pod-a"]), pods["pod-a"])
     )
     assert (await hub.caller(pods["pod-a"]).call("POST", round_path(task_id, 0, "committed"), raw=committed))[0] == 403
     status, body = await hub.caller(pods["pod-a"]).call(
@@ -78,7 +79,9 @@ async def test_outsiders_wrong_senders_and_other_rounds_are_refused(hub: Any) ->
     )
     assert status == 413
     # The modeller may post its own stages only.
-    signed = envelope_bytes(sign_envelope(CommittedList(task_id=task_id, round=0, committed=["pod-a"]), modeller))
+    signed = envelope_bytes(
+        sign_envelope(CommittedList(task_id=task_id, round=0, to="pod-a", committed=["pod-a"]), modeller)
+    )
     assert (await hub.caller(modeller).call("POST", round_path(task_id, 0, "committed"), raw=signed))[0] == 201
     assert (
         await hub.caller(modeller).call(
@@ -126,3 +129,24 @@ async def test_a_pod_reads_only_the_stages_it_needs_never_others_masked_inputs_o
     for stage in ("roster", "committed", "survivors", "shares", "consistency"):
         assert (await hub.caller(pods["pod-a"]).call("GET", round_path(task_id, 0, stage) + "?wait=0"))[0] == 200
 
+
+
+async def test_a_pod_reads_only_the_modeller_s_messages_addressed_to_it_and_the_lists_that_name_it(hub: Any) -> None:
+    modeller, pods, task_id = await _cohort(hub)
+    committed = round_path(task_id, 0, "committed")
+    for to in ("pod-a", "pod-b"):
+        signed = envelope_bytes(sign_envelope(CommittedList(task_id=task_id, round=0, to=to, committed=[to]), modeller))
+        assert (await hub.caller(modeller).call("POST", committed, raw=signed))[0] == 201
+    status, got = await hub.caller(pods["pod-b"]).call("GET", committed + "?wait=0")
+    assert status == 200 and got["count"] == 1 and got["messages"][0]["payload"]["to"] == "pod-b"
+    # pod-c is registered but not in the task: nothing may be addressed to it.
+    stray = envelope_bytes(sign_envelope(CommittedList(task_id=task_id, round=0, to="pod-c", committed=[]), modeller))
+    status, body = await hub.caller(modeller).call("POST", committed, raw=stray)
+    assert status == 400 and "addressed to 'pod-c', not a pod of this task" in body["error"]
+    # pod-a's signed list names pod-a only: pod-b is not shown it.
+    consistency = round_path(task_id, 0, "consistency")
+    view = ConsistencySignature(task_id=task_id, round=0, pod="pod-a", survivors=["pod-a"], dropped=[])
+    signed_view = envelope_bytes(sign_envelope(view, pods["pod-a"]))
+    assert (await hub.caller(pods["pod-a"]).call("POST", consistency, raw=signed_view))[0] == 201
+    assert (await hub.caller(pods["pod-b"]).call("GET", consistency + "?wait=0"))[1] == {"count": 0, "messages": []}
+    assert (await hub.caller(pods["pod-a"]).call("GET", consistency + "?wait=0"))[1]["count"] == 1
