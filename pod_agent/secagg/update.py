@@ -150,7 +150,9 @@ def encode_update(
         for start in range(0, slot.size, chunk_values):
             chunk = flat[start : start + chunk_values]
             w = work[: chunk.size]
-            np.multiply(chunk, factor, out=w, dtype=np.float64)
+            # Widen, then scale in place: faster than a multiply that casts as it goes.
+            np.copyto(w, chunk)
+            np.multiply(w, factor, out=w)
             n_clipped += clip_chunk(w, low=low, high=high, clip_high=min(high, encoding.limit_float))
             encoding.round_into(w, vector[slot.offset + start : slot.offset + start + chunk.size])
     vector[layout.row_slot] = n_rows

@@ -91,6 +91,18 @@ def test_one_value_round_trips_within_half_a_unit(value: float, modulus_bits: in
     assert abs(decoded[0] - expected) <= 0.5 / (bound.precision * scale)
 
 
+# Limits below, at and above 2**51, where the 64-bit encoder's add-and-subtract rounding gives way to np.rint.
+@pytest.mark.parametrize(("q", "n"), [(2**40, 3), (2**52, 1), (2**60, 3)])
+def test_64_bit_rounding_is_rint_ties_to_even_up_to_the_limit(q: int, n: int) -> None:
+    encoding = plan_encoding(ClipBound(prime_q=q, precision=2**16, num_workers=n), modulus_bits=64, weight=1)
+    edge = encoding.limit_float
+    values = np.array([0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 0.49999999999999994, -3.7, 1e6 + 0.5, edge, -edge,
+                       edge - 0.5, 0.5 - edge])
+    out = np.empty(values.size, dtype=np.uint64)
+    encoding.round_into(values.copy(), out)
+    assert out.view(np.int64).tolist() == np.rint(values).astype(np.int64).tolist()
+
+
 @pytest.mark.parametrize(("q", "n", "bits"), [(2**40, 3, 64), (10**9 + 7, 5, 64), (2**20, 11, 32), (99991, 2, 32)])
 def test_max_weight_is_exactly_the_largest_weight_that_fits(q: int, n: int, bits: int) -> None:
     bound = ClipBound(prime_q=q, precision=2**8, num_workers=n)
