@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,15 @@ from round_support import RoundRig, round_rig, settle
 from task_support import cohort_of, entries, pods_of
 
 from pod_agent.errors import TaskFailed
-from pod_agent.protocol import CohortProof, IdentityKey, cohort_tree, envelope_bytes, round_path, sign_envelope
+from pod_agent.protocol import (
+    CohortProof,
+    IdentityKey,
+    addressed_sender,
+    cohort_tree,
+    envelope_bytes,
+    round_path,
+    sign_envelope,
+)
 from pod_agent.protocol.messages import Envelope, TaskPayload
 from pod_agent.protocol.secure_round import (
     AdvertRoster,
@@ -27,6 +36,7 @@ from pod_agent.protocol.secure_round import (
     Stage,
     SurvivorList,
 )
+from pod_agent.secagg import cohort_graph
 
 WAIT_S = 10.0
 
@@ -230,3 +240,101 @@ async def _raw_post(rig: RoundRig, key: IdentityKey, path: str, body: bytes) -> 
     headers = sign_request(key, "POST", path, body, now=int(time.time()))
     async with aiohttp.ClientSession() as session, session.post(rig.url + path, data=body, headers=headers) as resp:
         return resp.status
+
+
+def _forged(proof: CohortProof) -> CohortProof:
+    """``proof`` with the first hash of its path altered."""
+    path = [("0" if proof.path[0][0] != "0" else "1") + proof.path[0][1:], *proof.path[1:]]
+    return proof.model_copy(update={"path": path})
+
+
+async def _attack_members(rig: RoundRig, task: TaskPayload, members: Any, *, run: list[str]) -> dict[str, str]:
+    """Pods ``run`` advertise; each is sent a roster whose entries are ``members(pod, honest)`` (the honest
+    neighbourhood's proofs, as the signed ring places it) with the adverts among them."""
+    assert task.secagg is not None
+    await rig.modeller.submit_task(task, cohort_of(task))
+    pods = await rig.run_pods(task, pods=run)
+    adverts = {str(e.payload["pod"]): e for e in await _collect(rig, task, "advert", len(run))}
+    tree = cohort_tree(cohort_of(task))
+    graph = cohort_graph(dict(enumerate(tree.pods)), size=task.cohort.size, cohort_root=task.cohort.root,
+                         task_id=task.task_id, round_index=task.secagg.round)
+    for pod in run:
+        honest = [tree.proof(name) for name in (pod, *graph.neighbours(pod))]
+        shown = members(pod, honest)
+        roster = AdvertRoster(**_fields(task), to=pod, members=shown,
+                              adverts=[adverts[p.entry.pod] for p in shown if p.entry.pod in adverts])
+        await rig.modeller.post_round_message("roster", roster)
+    outcomes = _codes(await settle(pods, timeout_s=WAIT_S))
+    assert rig.messages(task, "shares") == [] and rig.messages(task, "masked") == []
+    return outcomes
+
+
+async def test_a_roster_entry_whose_proof_is_forged_or_from_another_task_is_outside_the_cohort(tmp_path: Path) -> None:
+    async with round_rig(tmp_path, 3) as rig:
+        task, other = rig.task(), rig.task()
+        elsewhere = cohort_tree(entries(pods_of(task), "d" * 64))  # pod-1's entry in another task's cohort
+
+        def forged(pod: str, honest: list[CohortProof]) -> list[CohortProof]:
+            if pod == "pod-0":
+                return [p if p.entry.pod != "pod-1" else _forged(p) for p in honest]
+            return [p if p.entry.pod != "pod-1" else elsewhere.proof("pod-1") for p in honest]
+
+        assert other.cohort == task.cohort and task.task_id != other.task_id
+        outcomes = await _attack_members(rig, task, forged, run=["pod-0", "pod-2"])
+        assert outcomes == {"pod-0": "roster_outside_cohort", "pod-2": "roster_outside_cohort"}
+
+
+async def test_a_roster_that_places_a_pod_off_its_signed_ring_is_refused(tmp_path: Path) -> None:
+    """18 pods: the ring is sparse (k = 16), so each pod has exactly one non-neighbour. The modeller shows
+    pod-0 that pod instead of a neighbour, pod-1 the neighbourhood of a ring it chose (another seed), and
+    pod-2 its neighbourhood less one neighbour (an honest pod it would rather pod-2 did not mask with)."""
+    async with round_rig(tmp_path, 18) as rig:
+        task = rig.task()
+        assert task.secagg is not None
+        tree = cohort_tree(cohort_of(task))
+        chosen = next(
+            g for g in (cohort_graph(dict(enumerate(tree.pods)), size=18, cohort_root=task.cohort.root,
+                                     task_id=task.task_id, round_index=r) for r in range(100, 200))
+            if set(g.neighbours("pod-1")) != set(
+                cohort_graph(dict(enumerate(tree.pods)), size=18, cohort_root=task.cohort.root, task_id=task.task_id,
+                             round_index=task.secagg.round).neighbours("pod-1"))
+        )
+
+        def misplaced(pod: str, honest: list[CohortProof]) -> list[CohortProof]:
+            if pod == "pod-0":
+                stranger = next(name for name in tree.pods if name not in {p.entry.pod for p in honest})
+                return [*honest[:-1], tree.proof(stranger)]
+            if pod == "pod-1":
+                return [tree.proof(name) for name in ("pod-1", *chosen.neighbours("pod-1"))]
+            return honest[:-1]
+
+        outcomes = await _attack_members(rig, task, misplaced, run=["pod-0", "pod-1", "pod-2"])
+        assert outcomes == {"pod-0": "roster_not_neighbour", "pod-1": "roster_not_neighbour",
+                            "pod-2": "roster_incomplete"}
+
+
+async def test_a_roster_or_list_relayed_to_another_pod_than_its_addressee_is_refused(tmp_path: Path) -> None:
+    held: dict[str, Any] = {}
+
+    @web.middleware
+    async def hub_swaps_pod_0_and_pod_1(request: web.Request, handler: Any) -> web.StreamResponse:
+        # The hub hands pod-0 the roster addressed to pod-1 (which holds pod-1's own entry and proof).
+        response = await handler(request)
+        if (request.method == "GET" and request.path.endswith("/roster") and "rig" in held
+                and request.headers.get("X-Pod-Key-Id") == held["rig"].pods["pod-0"].key.key_id):
+            records = held["rig"].storage.round_messages(held["task"].task_id, 1, "roster")
+            theirs = [json.loads(r.envelope) for r in records if r.sender == addressed_sender("pod-1")]
+            if theirs:
+                return web.json_response({"count": 1, "messages": theirs})
+        return response
+
+    async with round_rig(tmp_path, 3, middlewares=[hub_swaps_pod_0_and_pod_1]) as rig:
+        task = rig.task()
+        held.update(rig=rig, task=task)
+        await rig.modeller.submit_task(task, cohort_of(task))
+        pods = await rig.run_pods(task, pods=["pod-0"])
+        adverts = await _collect(rig, task, "advert", 1)
+        for pod in ("pod-1", "pod-0"):  # pod-1's is held before pod-0's poll is answered
+            await rig.modeller.post_round_message("roster", _roster(task, adverts, pod))
+        assert _codes(await settle(pods, timeout_s=WAIT_S)) == {"pod-0": "misaddressed"}
+        assert rig.messages(task, "shares") == [] and rig.messages(task, "masked") == []

@@ -5,18 +5,23 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import math
 from typing import Any
 
-from hub_tasks import task_submission
+from hub_tasks import entries, task_submission
 
-from pod_agent.protocol import IdentityKey, envelope_bytes, round_path, sign_envelope
+from pod_agent.protocol import IdentityKey, cohort_tree, envelope_bytes, round_path, sign_envelope
 from pod_agent.protocol.secure_round import (
     MAX_STAGE_BYTES,
+    AdvertRoster,
     CommittedList,
     ConsistencySignature,
     EncryptedShares,
     KeyAdvertisement,
+    SurvivorList,
 )
+from pod_agent.secagg import cohort_graph
+from pod_agent.secagg.plus import CIPHERTEXT_BYTES
 
 C_KEY = base64.b64encode(b"c" * 32).decode()
 S_KEY = base64.b64encode(b"s" * 32).decode()
@@ -150,3 +155,52 @@ async def test_a_pod_reads_only_the_modeller_s_messages_addressed_to_it_and_the_
     assert (await hub.caller(pods["pod-a"]).call("POST", consistency, raw=signed_view))[0] == 201
     assert (await hub.caller(pods["pod-b"]).call("GET", consistency + "?wait=0"))[1] == {"count": 0, "messages": []}
     assert (await hub.caller(pods["pod-a"]).call("GET", consistency + "?wait=0"))[1]["count"] == 1
+
+
+async def _bytes_one_pod_reads(hub: Any, n: int) -> int:
+    """Every pod of an n-pod cohort posts its shares and consistency list and the modeller each pod's roster,
+    committed and survivor lists (full-size, as in a round where nobody drops); the bytes one pod then reads."""
+    modeller = IdentityKey.generate()
+    registration = {"name": "m", "public_key": modeller.public.to_b64()}
+    assert (await hub.caller(modeller).call("POST", "/v1/modellers/register", registration))[0] == 200
+    names = [f"p{n}-{i:04d}" for i in range(n)]
+    keys = {name: IdentityKey.generate() for name in names}
+    for name in names:
+        body = hub.pod_registration(keys[name], name)
+        assert (await hub.caller(keys[name]).call("POST", "/v1/pods/register", body))[0] == 200
+    raw = task_submission(modeller, names)
+    assert (await hub.caller(modeller).call("POST", "/v1/tasks", raw=raw))[0] == 201
+    payload = json.loads(raw)["envelope"]["payload"]
+    task_id = payload["task_id"]
+    tree = cohort_tree(entries(names))
+    graph = cohort_graph(dict(enumerate(tree.pods)), size=n, cohort_root=payload["cohort"]["root"], task_id=task_id,
+                         round_index=0)
+    adverts = {name: sign_envelope(_advert(task_id, name), keys[name]) for name in names}
+    box = base64.b64encode(bytes(CIPHERTEXT_BYTES)).decode()
+    fields = {"task_id": task_id, "round": 0}
+    for pod in names:
+        around = [pod, *graph.neighbours(pod)]
+        for stage, message, key in (
+            ("roster", AdvertRoster(**fields, to=pod, members=[tree.proof(p) for p in around],
+                                    adverts=[adverts[p] for p in around]), modeller),
+            ("committed", CommittedList(**fields, to=pod, committed=around), modeller),
+            ("survivors", SurvivorList(**fields, to=pod, survivors=around, dropped=[]), modeller),
+            ("shares", EncryptedShares(**fields, pod=pod, ciphertexts=dict.fromkeys(around[1:], box)), keys[pod]),
+            ("consistency", ConsistencySignature(**fields, pod=pod, survivors=around, dropped=[]), keys[pod]),
+        ):
+            body = envelope_bytes(sign_envelope(message, key))
+            assert (await hub.caller(key).call("POST", round_path(task_id, 0, stage), raw=body))[0] == 201
+    reader = names[0]
+    total = 0
+    for stage in ("roster", "committed", "survivors", "shares", "consistency"):
+        status, got = await hub.caller(keys[reader]).call("GET", round_path(task_id, 0, stage) + "?wait=0")
+        assert status == 200 and got["count"] >= 1, stage
+        total += len(json.dumps(got))
+    return total
+
+
+async def test_what_a_pod_reads_of_a_secure_round_grows_with_log_n_not_with_the_cohort(hub: Any) -> None:
+    # Both cohorts are sparse with degree 16 (graph.default_degree), so only the proofs grow: log2(n) hashes.
+    small, large = await _bytes_one_pod_reads(hub, 20), await _bytes_one_pod_reads(hub, 200)
+    print(f"bytes one pod reads in a secure round: {small} at 20 pods, {large} at 200 ({large / small:.2f}x)")
+    assert large / small < math.log2(200) / math.log2(20) < 10, (small, large)  # linear growth would be 10x
