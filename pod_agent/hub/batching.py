@@ -1,22 +1,27 @@
 """The small storage calls of many pod connections (heartbeat touches, acks, pending reads), run in batches.
 
 Owns ``StorageBatcher``: a call waits for the batch in flight to finish, then runs with every call that
-queued meanwhile in one worker-thread hop; ``post`` queues a call nobody waits for (a heartbeat's touch,
-an ack), so that a pod's next message is read without waiting for the database. Storage calls are
+queued meanwhile in one worker-thread hop; ``post`` queues a call nobody waits for. Storage calls are
 synchronous and short; one thread hop each costs more than the call itself once thousands of pods ack
 a fan-out and heartbeat at once, and the default executor's queue then delays every other request the
-hub serves. Each call still runs on its
-own (its result or exception goes to its caller only); the order of calls is kept. What a call does is
-``storage.Storage``'s.
+hub serves. Each call still runs on its own (its result or exception goes to its caller only); the
+order of calls is kept.
+
+And ``GatheredWrites``: the heartbeats' touches and the acknowledgements that pods send on their task
+sockets, gathered while the previous write runs and written together (``Storage.touch_pods``,
+``Storage.ack_deliveries``: one transaction, or one statement, instead of a commit each), so that a
+pod's next message is read without waiting for the database. What a call does is ``storage.Storage``'s.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
+
+from pod_agent.hub.storage import Storage
 
 _log = logging.getLogger(__name__)
 
@@ -93,3 +98,52 @@ class StorageBatcher:
                         call.future.set_exception(value)
         finally:
             self._flusher = None
+
+
+class GatheredWrites:
+    """``touch(pod, now)`` and ``ack(task_id, pod, now)`` queue; one writer task writes what queued while the
+    last write ran, through ``run`` (``server._Hub.db_batched``), until nothing is left.
+
+    A failed write is logged and dropped: an acknowledgement not recorded leaves its task pending (delivered
+    again when the pod reconnects, and acknowledged again), and a pod's next heartbeat brings its touch.
+    What queues is bounded by the callers: a touch per pod, an ack per task pushed on a connection."""
+
+    def __init__(self, storage: Storage, run: Callable[..., Awaitable[Any]]) -> None:
+        self._storage = storage
+        self._run = run
+        self._touches: dict[str, int] = {}
+        self._acks: dict[tuple[str, str], int] = {}
+        self._writer: asyncio.Task[None] | None = None
+
+    def touch(self, pod: str, now: int) -> None:
+        self._touches[pod] = now
+        self._start()
+
+    def ack(self, task_id: str, pod: str, now: int) -> None:
+        self._acks.setdefault((task_id, pod), now)
+        self._start()
+
+    def _start(self) -> None:
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write(), name="hub-gathered-writes")
+
+    async def _write(self) -> None:
+        try:
+            while self._touches or self._acks:
+                touches, self._touches = self._touches, {}
+                acks, self._acks = self._acks, {}
+                try:
+                    await self._run(self._write_now, touches, acks)
+                except Exception as exc:  # noqa: BLE001 - any backend's error: logged, the data comes again
+                    _log.warning(
+                        "cannot record %d heartbeats and %d acknowledgements: %s", len(touches), len(acks), exc
+                    )
+        finally:
+            self._writer = None
+
+    def _write_now(self, touches: dict[str, int], acks: dict[tuple[str, str], int]) -> None:
+        if touches:
+            self._storage.touch_pods(touches)
+        if acks:
+            # Gathered within one write's time of each other: the earliest stands for all.
+            self._storage.ack_deliveries(list(acks), now=min(acks.values()))

@@ -1,13 +1,17 @@
 """Fan-out of a task to its cohort: each task encoded once, each pod sent only its own cohort proof.
 
-Owns ``Fanout``, the push path's memory of recent tasks: per task the delivery's JSON up to the proof
-(the signed envelope, encoded once, not once per pod) and the cohort tree that gives each pod its entry
-and inclusion proof (``protocol.cohort``); and the announcements of newly submitted tasks to the pods
-connected to this process, so that a push loop woken by a large fan-out sends at once instead of reading
-its pending tasks back from storage. A cohort under ANNOUNCE_FROM_PODS is not announced: its pods read
-storage when woken, as on connecting, and so also get any other delivery pending for them. Storage
-stays the record of what is pending (a pod that connects, or is woken by another hub process, reads it
-there); what travels between processes is ``server._Hub.notify``'s.
+Owns ``Fanout``, the push path's memory: per recent task the delivery's JSON up to the proof (the signed
+envelope, encoded once, not once per pod) and the cohort tree that gives each pod its entry and inclusion
+proof (``protocol.cohort``); the task WebSockets open to this process (``Link``: one per connection, with
+the tasks pushed on it, each once); and the push of a large cohort's task (ANNOUNCE_FROM_PODS or more)
+straight from the fan-out to those sockets, PUSH_BATCH pods at a time with the event loop served in
+between, so that heartbeats are answered meanwhile. A pod's own push loop (``server._push_loop``) is
+woken only when its socket still holds unsent bytes (a pod that does not read must not hold the
+fan-out): the task is announced to it and it sends it. A cohort under ANNOUNCE_FROM_PODS is not pushed
+from here: its pods are woken and read storage, as on connecting, and so also get any other delivery
+pending for them. Storage stays the record of what is pending (a pod that connects reads it there);
+another hub process is told of a large cohort's task once (``fanout_key``) and pushes it to the pods
+connected to it in the same way.
 
 Memory: at most ``max_tasks`` prepared tasks are kept (least recently used go first), a pod's
 announcements are dropped when it disconnects, and TRIM_AFTER_S after the last fan-out the heap pages
@@ -22,9 +26,12 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import json
+import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from aiohttp import web
 
 from pod_agent.errors import HubError, ProtocolError
 from pod_agent.hub.storage import HubTaskRecord, PodRecord
@@ -32,8 +39,14 @@ from pod_agent.protocol import CohortEntry, CohortTree, TaskPayload, cohort_tree
 
 # Prepared tasks kept: a few fan-outs in flight at once; older ones are prepared again on demand.
 DEFAULT_MAX_TASKS = 8
-# Cohorts from this size are announced to their connected pods: below it a storage read per pod costs little.
+# Cohorts from this size are pushed from the fan-out: below it a storage read per pod costs little.
 ANNOUNCE_FROM_PODS = 64
+# Pods pushed before the event loop serves anything else: about 10 ms of sends.
+PUSH_BATCH = 256
+# A delivery larger than this goes through its pod's push loop: below asyncio's default high-water mark
+# (64 KiB), a write to a socket with nothing queued cannot pause it, so the fan-out never waits on a pod.
+DIRECT_PUSH_MAX_BYTES = 32 * 1024
+_FANOUT_KEY = "fanout:"  # a pod name cannot contain ':' (the wake-up keys' table is shared)
 # Quiet seconds after a fan-out's publication before freed memory is handed back (the pushes and their
 # acknowledgements are over by then at 10,000 pods).
 TRIM_AFTER_S = 10.0
@@ -49,6 +62,19 @@ def _malloc_trim() -> None:
         trim(0)
 
 
+_log = logging.getLogger(__name__)
+
+
+def fanout_key(task_id: str) -> str:
+    """The cluster key that tells the other hub processes to push a large cohort's task to their pods."""
+    return _FANOUT_KEY + task_id
+
+
+def fanout_task(key: str) -> str | None:
+    """The task id of a ``fanout_key``; None for any other wake-up key."""
+    return key[len(_FANOUT_KEY):] if key.startswith(_FANOUT_KEY) else None
+
+
 @dataclass(frozen=True)
 class PreparedTask:
     """One task's delivery as every pod gets it, less the pod's own proof."""
@@ -60,6 +86,31 @@ class PreparedTask:
     def delivery(self, pod: str) -> str:
         """The JSON text of ``hub_api.TaskDelivery`` for ``pod``: the shared head and the pod's proof."""
         return self.head + self.tree.proof(pod).model_dump_json() + "}"
+
+
+@dataclass(eq=False)
+class Link:
+    """One open task WebSocket of a pod, and the tasks pushed on it (each once per connection)."""
+
+    pod: str
+    ws: web.WebSocketResponse
+    transport: asyncio.BaseTransport | None
+    sent: set[str] = field(default_factory=set)
+
+    def idle(self) -> bool:
+        """Nothing queued on the socket: a push now goes to the kernel at once."""
+        transport = self.transport
+        return (
+            isinstance(transport, asyncio.WriteTransport) and not transport.is_closing()
+            and transport.get_write_buffer_size() == 0
+        )
+
+    async def send(self, task: PreparedTask, delivery: str | None = None) -> None:
+        """Push ``task`` unless it was pushed on this connection already."""
+        if task.task_id in self.sent:
+            return
+        self.sent.add(task.task_id)  # before the send: a fan-out and the push loop never both send it
+        await self.ws.send_str(delivery if delivery is not None else task.delivery(self.pod))
 
 
 def prepare(record: HubTaskRecord, tree: CohortTree) -> PreparedTask:
@@ -89,11 +140,13 @@ def tree_from_registrations(record: HubTaskRecord, pods: Iterable[PodRecord]) ->
 
 
 class Fanout:
-    """Prepared tasks (bounded, least recently used dropped) and per-pod announcements of new ones."""
+    """Prepared tasks (bounded, least recently used dropped), the pods' open task sockets, and the tasks
+    announced to a pod's push loop."""
 
     def __init__(self, *, max_tasks: int = DEFAULT_MAX_TASKS) -> None:
         self._max_tasks = max_tasks
         self._prepared: OrderedDict[str, PreparedTask] = OrderedDict()
+        self._links: dict[str, list[Link]] = {}
         self._announced: dict[str, list[PreparedTask]] = {}
         self._trim: asyncio.TimerHandle | None = None
 
@@ -110,21 +163,59 @@ class Fanout:
             self._prepared.move_to_end(task_id)
         return prepared
 
-    def publish(self, record: HubTaskRecord, tree: CohortTree, *, connected: Callable[[str], bool]) -> None:
-        """Prepare ``record`` once and, for a cohort of ANNOUNCE_FROM_PODS or more, announce it to each of its
-        pods connected to this process."""
+    def publish(self, record: HubTaskRecord, tree: CohortTree) -> PreparedTask:
+        """Prepare a submitted task once; the memory a fan-out frees goes back TRIM_AFTER_S after the last."""
         prepared = self.keep(prepare(record, tree))
-        for pod in record.pods if len(record.pods) >= ANNOUNCE_FROM_PODS else ():
-            if connected(pod):
-                self._announced.setdefault(pod, []).append(prepared)
+        self.trim_later()
+        return prepared
+
+    def trim_later(self) -> None:
         if self._trim is not None:
             self._trim.cancel()
         self._trim = asyncio.get_running_loop().call_later(TRIM_AFTER_S, _malloc_trim)
 
+    def connect(self, link: Link) -> None:
+        self._links.setdefault(link.pod, []).append(link)
+
+    def disconnect(self, link: Link) -> None:
+        """``link`` closed; with the pod's last one its untaken announcements go (it reads storage when it
+        reconnects)."""
+        links = self._links.get(link.pod, [])
+        if link in links:
+            links.remove(link)
+        if not links:
+            self._links.pop(link.pod, None)
+            self._announced.pop(link.pod, None)
+
+    def connected(self, pod: str) -> int:
+        """How many task sockets ``pod`` holds open to this process."""
+        return len(self._links.get(pod, ()))
+
+    async def push(self, prepared: PreparedTask, pods: Iterable[str], *, wake: Callable[[str], None]) -> None:
+        """Push ``prepared`` to each of ``pods`` connected here, PUSH_BATCH pods at a time with the event loop
+        served in between. ``wake(pod)`` for the others (a long poll here) and for a pod whose socket has
+        bytes queued, after announcing the task to its push loop."""
+        for i, pod in enumerate(pods):
+            if i % PUSH_BATCH == PUSH_BATCH - 1:
+                await asyncio.sleep(0)
+            links = self._links.get(pod)
+            if not links:
+                wake(pod)
+                continue
+            delivery = prepared.delivery(pod)
+            for link in list(links):
+                if prepared.task_id in link.sent:
+                    continue
+                if len(delivery) > DIRECT_PUSH_MAX_BYTES or not link.idle():
+                    self._announced.setdefault(pod, []).append(prepared)
+                    wake(pod)
+                    continue
+                try:
+                    await link.send(prepared, delivery)  # never suspends: the socket's buffer was empty
+                except ConnectionError as exc:  # closing meanwhile: it reads storage when it reconnects
+                    _log.debug("push of task %s to %s failed: %s", prepared.task_id, pod, exc)
+        self.trim_later()
+
     def take(self, pod: str) -> list[PreparedTask] | None:
         """The tasks announced to ``pod`` since the last take; None when there were none."""
         return self._announced.pop(pod, None)
-
-    def forget(self, pod: str) -> None:
-        """``pod`` disconnected: its untaken announcements go (it reads storage when it reconnects)."""
-        self._announced.pop(pod, None)

@@ -33,7 +33,7 @@ import logging
 import re
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import psycopg
@@ -287,6 +287,11 @@ class PostgresStorage:
         with self._touch_lock:
             self._touches[name] = max(now, self._touches.get(name, now))
 
+    def touch_pods(self, seen: Mapping[str, int]) -> None:
+        with self._touch_lock:
+            for name, now in seen.items():
+                self._touches[name] = max(now, self._touches.get(name, now))
+
     def _write_touches(self) -> None:
         with self._touch_lock:
             touches, self._touches = self._touches, {}
@@ -416,6 +421,15 @@ class PostgresStorage:
             "UPDATE deliveries SET acked_at = COALESCE(acked_at, %s) WHERE task_id = %s AND pod = %s",
             (now, task_id, pod),
         ) > 0
+
+    def ack_deliveries(self, acks: Sequence[tuple[str, str]], *, now: int) -> None:
+        if acks:  # one statement, one round trip, for a fan-out's acknowledgements
+            self._count(
+                "UPDATE deliveries SET acked_at = COALESCE(deliveries.acked_at, %s)"
+                " FROM unnest(%s::text[], %s::text[]) AS a(task_id, pod)"
+                " WHERE deliveries.task_id = a.task_id AND deliveries.pod = a.pod",
+                (now, [task_id for task_id, _ in acks], [pod for _, pod in acks]),
+            )
 
     def record_refusal(self, task_id: str, pod: str, code: str, *, now: int) -> bool:
         return self._count(

@@ -13,6 +13,7 @@ on disk (``blobs.py``), not here. Every method is synchronous and short; the ser
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -180,6 +181,9 @@ class Storage(Protocol):
 
     def touch_pod(self, name: str, *, now: int) -> None: ...
 
+    def touch_pods(self, seen: Mapping[str, int]) -> None:
+        """``touch_pod`` for each pod named, at its time, in one write: the heartbeats a hub gathered."""
+
     def add_pod_rotation(self, pod: str, statement: bytes, *, now: int) -> None:
         """Keep a key rotation statement (canonical envelope JSON) the hub took ``pod``'s re-keying on; the same
         statement again is a no-op. Modellers that pinned an older key follow these to the new one."""
@@ -215,6 +219,10 @@ class Storage(Protocol):
 
     def ack_delivery(self, task_id: str, pod: str, *, now: int) -> bool:
         """Mark a delivery acknowledged; False when there is no such delivery."""
+
+    def ack_deliveries(self, acks: Sequence[tuple[str, str]], *, now: int) -> None:
+        """``ack_delivery`` for each (task id, pod), in one write (a fan-out's acknowledgements, gathered);
+        a pair that names no delivery changes nothing."""
 
     def record_refusal(self, task_id: str, pod: str, code: str, *, now: int) -> bool: ...
 

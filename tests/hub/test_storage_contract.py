@@ -70,6 +70,22 @@ def test_pending_tasks_come_in_submission_order_and_leave_when_acknowledged(open
     assert [t.task_id for t in storage.recent_tasks(2)] == ["t2", "t1"]  # newest first, the status page's
 
 
+def test_gathered_acknowledgements_and_heartbeats_are_written_in_one_call(opened: Callable[[], Storage]) -> None:
+    storage = opened()
+    storage.upsert_pod(_pod("a", "k1"))
+    storage.upsert_pod(_pod("b", "k2"))
+    storage.add_task(_task("t1"))
+    storage.add_task(_task("t2", pods=("a",)))
+    storage.ack_deliveries([], now=6)
+    # Pairs that name no delivery (another pod's task, an unknown task) and repeats change nothing else.
+    storage.ack_deliveries([("t1", "a"), ("t1", "b"), ("t1", "nobody"), ("t9", "a"), ("t1", "a")], now=7)
+    storage.ack_deliveries([("t1", "a")], now=9)  # the first acknowledgement's time stays
+    assert [(d.pod, d.acked_at) for d in opened().deliveries("t1")] == [("a", 7), ("b", 7)]
+    assert [t.task_id for t in opened().pending_tasks("a")] == ["t2"]
+    storage.touch_pods({"a": 60, "b": 70})
+    assert [(p.name, p.last_seen) for p in storage.list_pods()] == [("a", 60), ("b", 70)]
+
+
 def test_a_reopened_database_keeps_its_records(opened: Callable[[], Storage], database: str) -> None:
     storage = opened()
     storage.add_task(_task("kept"))
