@@ -182,6 +182,35 @@ async def test_websocket_pushes_tasks_and_redelivers_unacked_after_reconnect(hub
     await ws.close()
 
 
+async def _pending_ids(hub: Any, pod: IdentityKey) -> list[str]:
+    return [t["task_id"] for t in (await hub.caller(pod).call("GET", "/v1/pod/tasks?wait=0"))[1]["tasks"]]
+
+
+async def test_an_ack_on_a_pods_socket_counts_only_for_a_task_pushed_on_it(hub: Any) -> None:
+    """The socket's handshake was signed by pod-a's key, so its acks are pod-a's word, about what the hub
+    pushed on it: an ack naming pod-b's task, or one never delivered, changes nothing and costs no write."""
+    modeller, pod_a = await _setup(hub)
+    pod_b = IdentityKey.generate()
+    assert (await hub.caller(pod_b).call("POST", "/v1/pods/register", hub.pod_registration(pod_b, "pod-b")))[0] == 200
+    for_b = json.loads(_task(modeller, ["pod-b"]))
+    assert (await hub.caller(modeller).call("POST", "/v1/tasks", raw=canonical_json(for_b)))[0] == 201
+    ws = await _ws(hub, pod_a)
+    raw = _task(modeller, ["pod-a"])
+    assert (await hub.caller(modeller).call("POST", "/v1/tasks", raw=raw))[0] == 201
+    pushed = json.loads((await ws.receive(timeout=5)).data)["task_id"]
+    for forged in (for_b["envelope"]["payload"]["task_id"], "never-delivered", None):
+        await ws.send_str(json.dumps({"type": "ack", "task_id": forged, "pod": "pod-b"}))
+    await ws.send_str(json.dumps({"type": "ack", "task_id": pushed}))
+    await ws.send_str(json.dumps({"type": "heartbeat"}))
+    assert json.loads((await ws.receive(timeout=5)).data)["type"] == "heartbeat_ack"  # the socket stays open
+    deadline = time.monotonic() + 5
+    while await _pending_ids(hub, pod_a) and time.monotonic() < deadline:  # acks are written in the background
+        await asyncio.sleep(0.02)
+    assert await _pending_ids(hub, pod_a) == []
+    assert await _pending_ids(hub, pod_b) == [for_b["envelope"]["payload"]["task_id"]]
+    await ws.close()
+
+
 async def test_websocket_upgrade_needs_a_signature(hub: Any) -> None:
     try:
         await hub.session.ws_connect(hub.base + "/v1/pod/ws")
