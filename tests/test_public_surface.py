@@ -101,8 +101,9 @@ SURFACE: dict[str, list[str]] = {
     "secagg": [
         "AggregateResult", "ClipBound", "ClippedUpdate", "EncodedUpdate", "Encoding", "HeldShares", "Layout",
         "METRIC_BOUND", "MetricPlan", "NeighbourGraph", "NormClip", "PeerKeys", "RingPlacement", "RoundSecrets",
-        "Share", "TensorSlot", "UnmaskAnswer", "UnmaskRequest", "aggregate_masked", "check_share_range", "clip_l2",
-        "clip_update", "cohort_graph", "combine_shares", "decrypt_shares", "default_degree", "encode_update",
+        "Share", "SurvivorView", "TensorSlot", "UnmaskAnswer", "UnmaskRequest", "aggregate_masked",
+        "check_share_range", "clip_l2", "clip_update", "cohort_graph", "combine_shares", "confirmed_owners",
+        "decrypt_shares", "default_degree", "encode_update",
         "encrypt_shares", "floating_tensors", "mask_input", "max_weight", "modulus_dtype", "neighbour_graph",
         "noise_update", "plan_encoding", "plan_metrics", "split_secret", "sum_vectors", "unmask_answer",
         "unmask_request",

@@ -22,9 +22,8 @@ the messages) and every check it makes before it lets anything go:
                  neighbourhood must have signed
     unmask       survivors and dropped disjoint, within the committed neighbours, at least
                  ``threshold`` surviving; a pod w is answered about only when at least ``threshold``
-                 of w's own neighbourhood (w and its neighbours) signed w's status as ours: then two
-                 honest holders shown w in two roles would need two sets of ``threshold`` signers in
-                 w's k + 1, which overlap in a pod that signed both (``_confirmed``). Answered once,
+                 of w's own neighbourhood signed w's status as ours (``secagg.confirmed_owners``
+                 says why that stops the modeller from showing w in two roles). Answered once,
                  then every secret is erased
 
 A pod holds only its neighbourhood's entries, never the cohort's list: what it receives in a
@@ -82,13 +81,11 @@ from pod_agent.protocol import (
 from pod_agent.state import AlreadyReleased, PodState
 
 if TYPE_CHECKING:
-    from pod_agent.secagg import EncodedUpdate, HeldShares, NeighbourGraph, RoundSecrets
+    from pod_agent.secagg import EncodedUpdate, HeldShares, NeighbourGraph, RoundSecrets, SurvivorView
 
 _log = logging.getLogger(__name__)
 _M = TypeVar("_M", bound=RoundMessage)
 _R = TypeVar("_R")
-# A signed survivor list as (survivors, dropped).
-_View = tuple[frozenset[str], frozenset[str]]
 
 # One long-poll request waits at most this long (the hub caps it at 30 s too); the stage deadline bounds the total.
 POLL_S = 20.0
@@ -266,7 +263,7 @@ class _Round:
         )
         views = await self._check_consistency(survivors, dropped, neighbours, graph.threshold, timeout_s=stage_s)
 
-        from pod_agent.secagg import UnmaskAnswer, unmask_answer, unmask_request
+        from pod_agent.secagg import UnmaskAnswer, confirmed_owners, unmask_answer, unmask_request
 
         # The round's lists cut down to this pod's neighbourhood: it answers for nobody else.
         request = unmask_request(self.me, graph=graph, survivors=survivors, dropped=dropped)
@@ -276,7 +273,7 @@ class _Round:
             )
         except SecAggError as exc:
             raise TaskFailed(FailureCode.UNMASK_REFUSED.value, str(exc)) from exc
-        confirmed = _confirmed(graph, (survivors, dropped), views)
+        confirmed = confirmed_owners(graph, views, me=self.me)
         unconfirmed = sorted((survivors | dropped) - confirmed)
         if unconfirmed:
             _log.info("secure round: no answer about %s, whose status too few of their neighbours signed", unconfirmed)
@@ -421,14 +418,16 @@ class _Round:
     async def _check_consistency(
         self, survivors: frozenset[str], dropped: frozenset[str], neighbours: frozenset[str], threshold: int,
         *, timeout_s: float,
-    ) -> dict[str, _View]:
+    ) -> dict[str, SurvivorView]:
         """Wait (bounded) for the surviving neighbours' signed lists: each one present must verify under its
         pinned key and agree with ours on every pod both lists name; at least ``threshold`` of the
         neighbourhood must have signed. Returns the signed views by signer, this pod's included."""
-        mine: _View = (survivors, dropped)
+        from pod_agent.secagg import SurvivorView
+
+        mine = SurvivorView(survivors, dropped)
         waiting_for = (neighbours & survivors) | {self.me}
         deadline = time.monotonic() + timeout_s
-        views: dict[str, _View] = {self.me: mine}
+        views: dict[str, SurvivorView] = {self.me: mine}
         count = 0
         while True:
             reply = await self._get("consistency", after=count, deadline=deadline)
@@ -439,12 +438,12 @@ class _Round:
                 if sender not in waiting_for or sender in views:
                     continue
                 message = self._open(envelope, ConsistencySignature, self.cohort[sender], what="consistency signature")
-                view: _View = (frozenset(message.survivors), frozenset(message.dropped))
-                if message.pod != sender or _disagree(mine, view):
+                view = SurvivorView(frozenset(message.survivors), frozenset(message.dropped))
+                if message.pod != sender or mine.conflicts(view):
                     raise TaskFailed(
                         FailureCode.INCONSISTENT_SURVIVORS.value,
                         f"neighbour {sender!r} was shown another survivor list than this pod: "
-                        f"{sorted(_disagree(mine, view))[:8]} differ",
+                        f"{sorted(mine.conflicts(view))[:8]} differ",
                     )
                 views[sender] = view
             if set(views) >= waiting_for:
@@ -596,25 +595,6 @@ class _Round:
                     FailureCode.ROUND_TIMEOUT.value,
                     f"no shares from committed neighbours {sorted(senders - set(shares))} in {timeout_s:g} s",
                 )
-
-
-def _disagree(mine: _View, theirs: _View) -> frozenset[str]:
-    """The pods both views name in different roles (or one names and the other calls dropped)."""
-    named = (mine[0] | mine[1]) & (theirs[0] | theirs[1])
-    return frozenset(pod for pod in named if (pod in mine[0]) != (pod in theirs[0]))
-
-
-def _confirmed(graph: NeighbourGraph, mine: _View, views: Mapping[str, _View]) -> frozenset[str]:
-    """The pods of this pod's view whose status at least ``threshold`` signers of their own neighbourhood
-    signed (``views`` agree with ours where they overlap, this pod's own among them); answering only about
-    them keeps two honest holders from being shown one pod in two roles (module docstring)."""
-    out = set()
-    for owner in mine[0] | mine[1]:
-        signers = [signer for signer, view in views.items() if owner in view[0] | view[1]
-                   and graph.adjacent(signer, owner)]
-        if len(signers) >= graph.threshold:
-            out.add(owner)
-    return frozenset(out)
 
 
 def _encrypt(secrets: RoundSecrets, common: Mapping[str, Any]) -> dict[str, bytes]:

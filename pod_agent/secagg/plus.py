@@ -21,7 +21,8 @@ A pod u, per task and round:
 4. ``mask_input``: y_u = x_u + PRG(b_u) + sum over committed neighbours v of
    +-PRG(s_uv) (+ when v sorts after u), mod 2**bits.
 5. ``unmask_answer``: for the survivors named, shares of their b; for the dropped, shares
-   of their s; never both kinds for one pod, in this answer or against an earlier one.
+   of their s; never both kinds for one pod, in this answer or against an earlier one;
+   and only for the pods ``confirmed_owners`` finds enough signers for (below).
 
 The modeller, with the sum of the survivors' y (``aggregate.sum_vectors``), rebuilds
 each survivor's b and each dropped pod's s from t shares (``unmask_sum``): it removes
@@ -30,9 +31,19 @@ leaving the sum of the survivors' inputs. A late y_d of a dropped pod stays hidd
 its self mask, whose seed is never rebuilt.
 
 Security rests on the checks each function lists (a pod answers for its neighbourhood
-only, t of k + 1 holders, one role per pod) and on the protocol layer's signatures and
-consistency round: this module cannot tell whether survivor lists shown to different
-pods agree.
+only, t of k + 1 holders, one role per pod) and on the consistency round, which the
+protocol layer carries and ``SurvivorView``/``confirmed_owners`` decide. Each pod is shown
+the survivor list of its own neighbourhood only (nobody holds the cohort's), so a pod
+cannot check that every pod saw the same list; what must not happen is that the modeller
+shows one pod w as surviving to t of w's holders and as dropped to t others (with a
+corrupt holder in both sets it would then hold both of w's secrets). So each pod signs the
+list it was shown, neighbours' signed lists must agree wherever two name the same pod,
+and a pod answers about w only when at least t signers in w's own neighbourhood (w and
+its k neighbours, k + 1 pods) signed w's status as its own list gives it. Two honest
+holders shown w in two roles would need two such signer sets, each of t > (k + 1) / 2 of
+those k + 1 pods: they overlap, in a pod that signed two lists, which no honest pod does.
+That is the SecAgg consistency check (Bonawitz et al., section 4, where every client
+signs the one survivor set) cut down to the pods that hold w's shares.
 """
 
 from __future__ import annotations
@@ -362,6 +373,40 @@ def unmask_answer(
         self_mask_shares={pod: held[pod].self_mask for pod in sorted(alive) if pod in held},
         mask_key_shares={pod: held[pod].mask_key for pod in sorted(gone) if pod in held},
     )
+
+
+@dataclass(frozen=True)
+class SurvivorView:
+    """A survivor list as one pod was shown and signed it: its neighbourhood's survivors and dropped."""
+
+    survivors: frozenset[str]
+    dropped: frozenset[str]
+
+    @property
+    def named(self) -> frozenset[str]:
+        return self.survivors | self.dropped
+
+    def conflicts(self, other: SurvivorView) -> frozenset[str]:
+        """The pods both views name, in different roles."""
+        return frozenset(pod for pod in self.named & other.named if (pod in self.survivors) != (pod in other.survivors))
+
+
+def confirmed_owners(graph: NeighbourGraph, views: Mapping[str, SurvivorView], *, me: str) -> frozenset[str]:
+    """The pods of ``me``'s view whose role at least t signers of their own neighbourhood signed.
+
+    ``views`` maps each signer whose signature ``me`` verified (``me`` included) to its view; the
+    caller has refused any view that ``conflicts`` with ``me``'s, so a signer naming a pod gives
+    it ``me``'s role. Answering only about these pods is the consistency rule of the module
+    docstring; ``graph`` need know only ``me``'s neighbourhood.
+    """
+    if me not in views:
+        raise SecAggError(f"the views confirming a survivor list must include {me!r}'s own")
+    out = set()
+    for owner in views[me].named:
+        signers = [signer for signer, view in views.items() if owner in view.named and graph.adjacent(signer, owner)]
+        if len(signers) >= graph.threshold:
+            out.add(owner)
+    return frozenset(out)
 
 
 def unmask_sum(
