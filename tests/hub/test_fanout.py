@@ -4,13 +4,15 @@ cohort from the pods' registrations and delivers only when that gives the signed
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any
 
+import pytest
 from hub_tasks import SCHEMA_HASH
 
-from pod_agent.hub import create_app, listening
+from pod_agent.hub import create_app, listening, open_storage
 from pod_agent.hub.fanout import ANNOUNCE_FROM_PODS
 from pod_agent.hub.storage import HubTaskRecord
 from pod_agent.modeller.tasks import build_task
@@ -67,6 +69,28 @@ async def test_each_pod_is_pushed_the_task_with_its_own_entry_and_proof(hub: Any
     assert status == 200 and [t["task_id"] for t in polled["tasks"]] == [task.task_id]
     _checked(polled["tasks"][0], "pod-01")
     assert "pod-02" not in json.dumps(pushed) and "pod-02" not in json.dumps(polled)  # no roster travels
+
+
+async def test_a_large_cohorts_task_reaches_its_pods_connected_to_another_hub_process(hub: Any) -> None:
+    """The process that took the task tells the others once; each pushes it to the pods connected to it
+    (within seconds: a push loop left to find it in storage would wait up to 30 s)."""
+    if not hub.db.startswith("postgresql"):
+        pytest.skip("several hub processes share a PostgreSQL database")
+    modeller, pods = await _federation(hub, ANNOUNCE_FROM_PODS)
+    storage, cluster = open_storage(hub.db)
+    try:
+        async with listening(create_app(storage, blob_dir=hub.blob_dir, cluster=cluster), port=0) as other:
+            headers = sign_request(pods["pod-07"], "GET", "/v1/pod/ws", b"", now=int(time.time()))
+            ws = await hub.session.ws_connect(other + "/v1/pod/ws", headers=headers)
+            await asyncio.sleep(0.5)  # the other process LISTENing, the pod's pending tasks (none) read
+            task, raw = _submission(modeller, pods)
+            assert (await hub.caller(modeller).call("POST", "/v1/tasks", raw=raw))[0] == 201
+            pushed = json.loads((await ws.receive(timeout=5)).data)
+            await ws.close()
+    finally:
+        storage.close()
+    assert pushed["task_id"] == task.task_id
+    _checked(pushed, "pod-07")
 
 
 async def test_a_small_cohorts_push_also_sends_the_pods_other_pending_deliveries(hub: Any) -> None:
