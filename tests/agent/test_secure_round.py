@@ -113,3 +113,23 @@ async def test_a_pod_answers_nothing_after_its_round_ended_and_keeps_no_secret(t
         for name in rig.pods:
             assert sorted(p.name for p in (tmp_path / name).iterdir() if not p.name.startswith("state.sqlite")) == []
         await asyncio.sleep(0)
+
+
+async def test_a_sparse_round_where_each_pod_knows_only_its_neighbourhood_unmasks_the_survivors_mean(
+    tmp_path: Path,
+) -> None:
+    """20 pods: k = 16 of 19, so no pod is shown the whole cohort. Two pods never take part (they count as
+    dropped before sharing for their neighbours), one is cut after its shares (its mask keys are rebuilt)."""
+    async with round_rig(tmp_path, 20) as rig:
+        task = rig.task()
+        await rig.modeller.submit_task(task, cohort_of(task))
+        absent = {"pod-18", "pod-19"}
+        pods = await rig.run_pods(task, cut={"pod-7": "shares"}, pods=[p for p in pods_of(task) if p not in absent])
+        outcome = await run_secure_round(
+            rig.modeller, task, cohort_of(task), vector_size=rig.layout(task).size, work_dir=rig.tmp
+        )
+        settled = await settle(pods, cut=["pod-7"])
+        survivors = sorted(set(rig.pods) - absent - {"pod-7"})
+        _assert_plain_mean_of(rig, task, outcome, survivors)
+        assert list(outcome.dropped) == ["pod-7"]
+        assert all(isinstance(settled[p], RoundOutput) for p in survivors), settled
