@@ -181,6 +181,7 @@ class TaskPipeline:
     # -- train / evaluate / predict: data -> sandbox(training.worker) -> contract -> secagg --
 
     async def _sandboxed(self, task: TaskPayload, floor: PrivacyFloor, on_progress: ProgressSink) -> PipelineOutput:
+        clock = _StageClock()  # from the task's acceptance: bench/rounds.py reads accepted -> first step
         if await self._ensure_runner() is None:
             raise TaskFailed(FailureCode.SANDBOX_UNAVAILABLE.value, str(self._runner_error))
         if task.secagg is not None and task.kind == "train":
@@ -193,14 +194,14 @@ class TaskPipeline:
         await asyncio.to_thread(_private_dir, work)
         await asyncio.to_thread(input_dir.mkdir)
         try:
-            return await self._sandboxed_in(task, floor, work, input_dir, on_progress)
+            return await self._sandboxed_in(task, floor, work, input_dir, on_progress, clock)
         finally:
             await asyncio.to_thread(shutil.rmtree, work, ignore_errors=True)
 
     async def _sandboxed_in(
-        self, task: TaskPayload, floor: PrivacyFloor, work: Path, input_dir: Path, on_progress: ProgressSink
+        self, task: TaskPayload, floor: PrivacyFloor, work: Path, input_dir: Path, on_progress: ProgressSink,
+        clock: _StageClock,
     ) -> PipelineOutput:
-        clock = _StageClock()
         output = await self._sandboxed_stages(task, floor, work, input_dir, on_progress, clock)
         clock.mark("result")
         _log.info("%s task stages: %s", task.kind, clock.line())
@@ -272,20 +273,21 @@ class TaskPipeline:
             max_prediction_columns=settings.privacy.max_prediction_columns,
             allow_half_precision=settings.privacy.allow_half_precision,
         )
+        clock.mark("checked")
         metrics = reported_metrics(checked.metrics, digits=floor.metric_digits, max_metrics=floor.max_metrics)
         if not checked.arrays:
             return PipelineOutput(metrics=metrics, n_rows=checked.n_rows)
         if scaffold is None:
-            return await self._released(task, checked.arrays, checked.n_rows, metrics)
+            return await self._released(task, checked.arrays, checked.n_rows, metrics, clock)
         extended = await asyncio.to_thread(
             extend_update, scaffold, checked.arrays, steps=steps, learning_rate=task.hyperparameters.learning_rate
         )
-        output = await self._released(task, extended.arrays, checked.n_rows, metrics)
+        output = await self._released(task, extended.arrays, checked.n_rows, metrics, clock)
         await asyncio.to_thread(keep_scaffold, extended, state=self._secure_round.state)
         return output
 
     async def _released(
-        self, task: TaskPayload, arrays: dict[str, Any], n_rows: int, metrics: dict[str, float]
+        self, task: TaskPayload, arrays: dict[str, Any], n_rows: int, metrics: dict[str, float], clock: _StageClock
     ) -> PipelineOutput:
         """The checked update noised (under a dp budget), then masked in the secure round or encoded plain."""
         plan = self._noise_plan(task)
@@ -294,8 +296,9 @@ class TaskPipeline:
             # Train metrics are exact functions of the rows, outside the accounted release: they stay here.
             metrics = {}
         if task.secagg is not None:
-            return await self._secure_round_output(task, arrays, n_rows, metrics)
+            return await self._secure_round_output(task, arrays, n_rows, metrics, clock)
         data, encoding = await asyncio.to_thread(self._encode, arrays)
+        clock.mark("encoded")
         blob_path = self._outbox_dir / f"{task.task_id}.blob"
         await asyncio.to_thread(blob_path.write_bytes, data)
         ref = BlobRef(sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data), encoding=encoding)
@@ -340,7 +343,8 @@ class TaskPipeline:
         return save(dict(sorted(arrays.items()))), "safetensors"
 
     async def _secure_round_output(
-        self, task: TaskPayload, arrays: dict[str, Any], n_rows: int, metrics: Mapping[str, float]
+        self, task: TaskPayload, arrays: dict[str, Any], n_rows: int, metrics: Mapping[str, float],
+        clock: _StageClock,
     ) -> PipelineOutput:
         """The SecAgg+ round (``secure_round.py``); row count and metrics travel only inside the masked
         vector, so the result's clear ``metrics`` are empty and its ``n_rows`` 0. How many values the
@@ -349,7 +353,7 @@ class TaskPipeline:
             raise TaskFailed(FailureCode.ROUND_TIMEOUT.value, "no hub connection for the secure round")
         round_output = await run_secure_round(
             task, arrays, n_rows=n_rows, metrics=metrics, ctx=self._secure_round, link=self.fetcher,
-            blob_path=self._outbox_dir / f"{task.task_id}.blob",
+            blob_path=self._outbox_dir / f"{task.task_id}.blob", on_stage=clock.mark,
         )
         _log.info("secure update: %d values clipped to the task's bound", round_output.n_clipped)
         return PipelineOutput(metrics={}, n_rows=0, blob_path=round_output.blob_path, blob=round_output.blob)
@@ -383,12 +387,14 @@ class TaskPipeline:
 
 class _StageClock:
     """Where a sandboxed task's time went, for the local log (``bench/rounds.py`` reads it): seconds from
-    the pipeline's start to each stage's end; a stage marks once (its first time).
+    the task's acceptance by the pipeline to each stage's end; a stage marks once (its first time).
 
     ``input``: model, weights and prepared rows in place; ``first_step``: the worker's first training step
     began (train only; it includes waiting for a worker); ``sandbox``: the worker's answer is in;
-    ``result``: checked, noised, encoded or masked and summed with the cohort (a secure round's wait
-    for the other pods included).
+    ``checked``: the contract's checks passed; ``encoded``: the update encoded (fixed point and its clip in a
+    secure round, safetensors otherwise); in a secure round (``secure_round.py``) ``masking`` (begun, once the
+    cohort's keys and shares are in), ``masked`` and ``uploaded`` (release recorded, masked vector sent);
+    ``result``: the task's output ready (a secure round's wait for the other pods to unmask included).
     """
 
     def __init__(self) -> None:

@@ -153,8 +153,11 @@ async def run_secure_round(
     ctx: PodRoundContext,
     link: RoundLink,
     blob_path: Path,
+    on_stage: Callable[[str], None] = lambda _stage: None,
 ) -> RoundOutput:
-    """Take part in the task's round with this update; raise TaskFailed with a fixed code when it cannot."""
+    """Take part in the task's round with this update; raise TaskFailed with a fixed code when it cannot.
+    ``on_stage`` hears each local step end (``encoded``, ``masking`` begun, ``masked``, ``uploaded``), for the
+    pipeline's stage clock: the rest is waiting for the cohort."""
     from pod_agent.secagg import RoundSecrets, encode_update
 
     params = task.secagg
@@ -168,9 +171,10 @@ async def run_secure_round(
         )
     except SecAggError as exc:
         raise TaskFailed(FailureCode.SECAGG_ERROR.value, str(exc)) from exc
+    on_stage("encoded")
     secrets = RoundSecrets.generate()
     try:
-        return await _Round(task, params, ctx, link, secrets).run(encoded, blob_path)
+        return await _Round(task, params, ctx, link, secrets, on_stage).run(encoded, blob_path)
     finally:
         secrets.erase()
 
@@ -186,9 +190,11 @@ class _Round:
     """One round's state on this pod; ``run`` goes through the stages in order."""
 
     def __init__(
-        self, task: TaskPayload, params: SecAggParams, ctx: PodRoundContext, link: RoundLink, secrets: RoundSecrets
+        self, task: TaskPayload, params: SecAggParams, ctx: PodRoundContext, link: RoundLink, secrets: RoundSecrets,
+        on_stage: Callable[[str], None],
     ) -> None:
         self.task, self.params, self.ctx, self.link, self.secrets = task, params, ctx, link, secrets
+        self.on_stage = on_stage
         self.me = ctx.me
         self.round = params.round
         self.modeller = _modeller_key(task, ctx)
@@ -465,12 +471,14 @@ class _Round:
         """Mask, record the release (the one-release rule), then upload and announce the masked vector."""
         from pod_agent.secagg import mask_input, vector_to_bytes
 
+        self.on_stage("masking")
         try:
             await asyncio.to_thread(
                 mask_input, encoded.vector, self.secrets, committed=sorted(committed), **common
             )
         except SecAggError as exc:
             raise TaskFailed(FailureCode.SECAGG_ERROR.value, str(exc)) from exc
+        self.on_stage("masked")
         data = vector_to_bytes(encoded.vector)
         blob = BlobRef(
             sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data),
@@ -490,6 +498,7 @@ class _Round:
         deadline = time.monotonic() + self.params.stage_timeout_s
         await self._retrying(lambda: self.link.put_blob(blob_path, blob.sha256), deadline=deadline, what="masked blob")
         await self._post("masked", MaskedInput(**self._fields(), pod=self.me, blob=blob))
+        self.on_stage("uploaded")
         return blob
 
     def _decrypt(self, received: Mapping[str, bytes], common: Mapping[str, Any]) -> dict[str, HeldShares]:
