@@ -93,9 +93,10 @@ def test_a_complete_graph_still_binds_its_digest_to_task_and_round() -> None:
 
 
 def test_ring_positions_look_uniform_across_rounds() -> None:
-    # Where pod-00 lands on a ring of 256 over 5120 rounds: 20 per position expected.
-    positions = np.array([neighbour_graph(names(256), task_id=TASK_A, round_index=r).ring.index("pod-00")
-                          for r in range(5120)])
+    # Where cohort entry 0 lands on a ring of 256 over 5120 rounds: 20 per position expected.
+    graphs = (cohort_graph({0: "pod-00"}, size=256, cohort_root="ab" * 32, task_id=TASK_A, round_index=r)
+              for r in range(5120))
+    positions = np.array([graph.placement.position(0) for graph in graphs])
     assert chi_square_256(positions) < 330.5
 
 
