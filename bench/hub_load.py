@@ -58,6 +58,7 @@ from pod_agent.hub.fanout import TRIM_AFTER_S
 from pod_agent.protocol import (
     CohortEntry,
     IdentityKey,
+    PodAck,
     PodHeartbeat,
     PodRegisteredStanding,
     PodRegistration,
@@ -68,7 +69,6 @@ from pod_agent.protocol import (
     sign_request,
     signed_call,
 )
-from pod_agent.protocol.hub_api import PodAck
 
 FULL_SIZES = (100, 1000, 4000)
 SMALL_SIZE = 50

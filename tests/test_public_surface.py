@@ -78,7 +78,7 @@ SURFACE: dict[str, list[str]] = {
         "MAX_REQUEST_SKEW_S", "MAX_STAGE_BYTES", "MODELLER_SENDER", "MODELLER_STAGES", "MaskedInput",
         "ModelPublication", "ModelRef", "ModelSource", "ModelStyle", "ModellerRegisteredStanding",
         "ModellerRegistration", "Ok", "POD_READ_STAGES", "POD_STAGES", "PendingTasks", "PinOutdated",
-        "PodHeartbeat", "PodList", "PodMessage", "PodRegisteredStanding", "PodRegistration", "ProgressEvent",
+        "PodAck", "PodHeartbeat", "PodList", "PodMessage", "PodRegisteredStanding", "PodRegistration", "ProgressEvent",
         "PublicKey", "Refusal", "RequestReplayCache", "ResultPayload", "RosterPod", "RoundMessage", "RoundMessages",
         "STAGES", "STAGE_MODELS", "ScaffoldParams", "SecAggParams", "SignedHeaders", "Split", "Stage", "Stored",
         "SurvivorList",

@@ -43,6 +43,7 @@ from pod_agent.protocol import (
     ModelSource,
     Ok,
     PendingTasks,
+    PodAck,
     PodMessage,
     PodRegisteredStanding,
     PodRegistration,
@@ -115,6 +116,10 @@ class TaskStream:
     async def send(self, message: PodMessage) -> None:
         await self._ws.send_str(canonical_json(message).decode())
 
+    @property
+    def closed(self) -> bool:
+        return self._ws.closed
+
     async def __aenter__(self) -> TaskStream:
         return self
 
@@ -136,6 +141,7 @@ class HubClient:
         self._blob_timeout_s = section.blob_timeout_s
         self._max_blob_bytes = section.max_blob_mb << 20
         self._session: aiohttp.ClientSession | None = None
+        self._stream: TaskStream | None = None  # the task socket last opened, which acks go over while open
 
     async def __aenter__(self) -> HubClient:
         self._session = hub_session(connect_timeout_s=self._timeout_s)
@@ -197,7 +203,8 @@ class HubClient:
         does not offer it (fall back to ``pending_tasks``)."""
         headers = sign_request(self.key, "GET", "/v1/pod/ws", b"", now=int(time.time()))
         with self._failing_over():
-            return TaskStream(await self._open_ws(headers, heartbeat_s=heartbeat_s))
+            self._stream = TaskStream(await self._open_ws(headers, heartbeat_s=heartbeat_s))
+            return self._stream
 
     async def _open_ws(self, headers: dict[str, str], *, heartbeat_s: float) -> aiohttp.ClientWebSocketResponse:
         try:
@@ -225,6 +232,16 @@ class HubClient:
         return await self._call("GET", f"/v1/pod/tasks?wait={wait_s:g}", reply=PendingTasks, extra_s=wait_s)
 
     async def ack(self, task_id: str) -> None:
+        """On the open task socket, whose signed handshake vouches for this pod (the hub counts it for a task it
+        pushed on that socket: one verified, signed request less per pod in a fan-out); else a signed request.
+        Either may be lost: the hub then delivers the task again, and it is acknowledged again."""
+        stream = self._stream
+        if stream is not None and not stream.closed:
+            try:
+                await stream.send(PodAck(task_id=task_id))
+                return
+            except ConnectionError:  # closing meanwhile: the signed request below
+                pass
         await self._call("POST", f"/v1/pod/tasks/{task_id}/ack", reply=Ok, body=b"{}")
 
     async def refuse(self, task_id: str, code: Code) -> None:

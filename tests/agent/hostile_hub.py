@@ -12,6 +12,7 @@ whole: the fake hub's memory says nothing about the agent's anyway, but a 400 Mi
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 import uuid
@@ -214,6 +215,8 @@ class HostileHub:
             async for msg in ws:
                 if msg.type is WSMsgType.TEXT and '"heartbeat"' in msg.data:
                     await ws.send_json({"type": "heartbeat_ack", "now": int(time.time())})
+                elif msg.type is WSMsgType.TEXT and '"ack"' in msg.data:  # as the reference hub takes them
+                    self._acked(json.loads(msg.data)["task_id"])
         finally:
             pusher.cancel()
             self._sockets.discard(ws)
@@ -255,10 +258,12 @@ class HostileHub:
         return web.json_response({"tasks": tasks})
 
     async def _ack(self, request: web.Request) -> web.Response:
-        task_id = request.match_info["task_id"]
+        self._acked(request.match_info["task_id"])
+        return web.json_response({"ok": True})
+
+    def _acked(self, task_id: str) -> None:
         self.record.acked.add(task_id)
         self._pending.pop(task_id, None)
-        return web.json_response({"ok": True})
 
     async def _refusal(self, request: web.Request) -> web.Response:
         self.record.refused[request.match_info["task_id"]] = (await request.json())["code"]

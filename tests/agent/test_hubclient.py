@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 from pathlib import Path
@@ -88,4 +89,49 @@ async def test_a_pod_moves_to_the_next_hub_url_when_its_hub_is_unavailable(tmp_p
                 await client.health_seconds()
             assert client.base == live
             assert await client.health_seconds() > 0
+    storage.close()
+
+
+NO_SUCH_TASK = "00000000-0000-4000-8000-000000000000"
+
+
+async def test_acks_go_on_the_open_task_socket_and_by_signed_request_once_it_is_closed(tmp_path: Path) -> None:
+    """On the socket an ack is the pod's word about a task pushed there (the hub ignores one about no such
+    task, silently); closed, the signed request is back, whose 404 names the task."""
+    from pod_agent.agent import HubClient
+    from pod_agent.errors import HubRejected
+    from pod_agent.hub import SqliteStorage, create_app, listening
+    from pod_agent.modeller import ModellerClient, build_task
+    from pod_agent.protocol import CohortEntry, IdentityKey, PodRegistration, TaskDelivery
+
+    storage = SqliteStorage(str(tmp_path / "hub.sqlite"))
+    pod, modeller = IdentityKey.generate(), IdentityKey.generate()
+    cohort = [CohortEntry(pod="pod-a", schema_hash="a" * 64, key_id=pod.key_id)]
+    async with (
+        listening(create_app(storage, blob_dir=tmp_path / "blobs"), port=0) as url,
+        HubClient(HubSection(url=url), pod) as client,
+        ModellerClient(url, modeller) as modelling,
+    ):
+        await client.register(PodRegistration(
+            name="pod-a", public_key=pod.public.to_b64(), schema_public={}, schema_hash="a" * 64, row_count=10,
+            sandbox_level="none", heartbeat_s=5,
+        ))
+        await modelling.register("m")
+        for _ in range(2):
+            task = build_task(modeller_id=modeller.key_id, cohort=cohort, kind="schema-stats")
+            await modelling.submit_task(task, cohort)
+        async with await client.task_stream(heartbeat_s=5) as stream:
+            first, second = [await stream.receive(timeout_s=5) for _ in range(2)]
+            assert isinstance(first, TaskDelivery) and isinstance(second, TaskDelivery)
+            await client.ack(NO_SUCH_TASK)  # on the socket: no answer to wait for
+            await client.ack(first.task_id)
+            for _ in range(250):  # the hub writes socket acks in the background
+                if len(storage.pending_tasks("pod-a")) == 1:
+                    break
+                await asyncio.sleep(0.02)
+        assert [t.task_id for t in storage.pending_tasks("pod-a")] == [second.task_id]
+        with pytest.raises(HubRejected, match=f"no task {NO_SUCH_TASK} for pod 'pod-a'"):
+            await client.ack(NO_SUCH_TASK)
+        await client.ack(second.task_id)
+        assert storage.pending_tasks("pod-a") == []
     storage.close()
