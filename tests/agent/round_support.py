@@ -90,6 +90,7 @@ class Pod:
     rows: int
     update: dict[str, np.ndarray]
     link: _Link | None = None
+    stages: list[str] = field(default_factory=list)  # what run_secure_round's on_stage heard, in order
 
 
 @dataclass
@@ -155,7 +156,7 @@ class RoundRig:
             blob = self.tmp / f"{pod.name}-{task.task_id}.blob"
             return await run_secure_round(
                 task, pod.update, n_rows=pod.rows, metrics={"train_loss": 0.5 + pod.rows / 1000}, ctx=ctx,
-                link=pod.link, blob_path=blob,
+                link=pod.link, blob_path=blob, on_stage=pod.stages.append,
             )
 
 

@@ -50,6 +50,8 @@ async def test_a_round_without_dropouts_unmasks_to_the_plain_weighted_mean(tmp_p
         # Every stage carried one signed message per sender, and nobody's vector is its update in clear.
         assert sorted(rig.messages(task, "unmask")) == ["pod-0", "pod-1", "pod-2"]
         for name, result in pods.items():
+            # The pipeline's stage clock hears each local step once, in order (bench/rounds.py splits on them).
+            assert rig.pods[name].stages == ["encoded", "masking", "masked", "uploaded"]
             masked = np.frombuffer(result.blob_path.read_bytes(), dtype="<u8")
             assert outcome.blobs[name].read_bytes() == result.blob_path.read_bytes()
             assert not np.array_equal(masked[:4], (rig.pods[name].update["layer.bias"] * PRECISION).astype("<u8"))
@@ -77,6 +79,8 @@ async def test_pods_cut_off_at_any_stage_leave_the_round_which_completes_with_th
         assert list(outcome.dropped) == sorted(p for p, stage in cut.items() if stage == "shares")
         assert all(pods[p] == "cut" for p in cut)
         assert all(isinstance(pods[p], RoundOutput) for p in rig.pods if p not in cut), pods
+        # A pod cut before the cohort's shares were in never began masking: all its time after encoding waited.
+        assert all(rig.pods[p].stages == ["encoded"] for p, stage in cut.items() if stage != "masked")
         # One task, one round: nothing was retried (one roster per cohort pod).
         assert len(rig.storage.round_messages(task.task_id, 1, "roster")) == len(rig.pods)
 
