@@ -198,8 +198,9 @@ class _Round:
         self.me = ctx.me
         self.round = params.round
         self.modeller = _modeller_key(task, ctx)
-        # The roster's members: name -> the identity key the owner pinned for it, filled by _check_roster from
-        # each advert's cohort entry, proven against the signed task's root (this pod holds no other list).
+        # The neighbourhood's advertisers: name -> the identity key the owner pinned for it, filled by
+        # _check_adverts from each one's cohort entry, proven against the signed task's root (this pod holds no
+        # other list).
         self.cohort: dict[str, PublicKey] = {}
 
     def _fields(self) -> dict[str, Any]:
