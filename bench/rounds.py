@@ -13,11 +13,13 @@ rows and runs ``SMALL_ROUNDS`` rounds; the full size is the whole table and ``FU
 - ``run_s``: FedAvg.run() end to end (cohort scaling's schema-stats task and the last round's
   evaluation included); ``run_per_round_s`` = run_s / rounds.
 - ``pod_stages_median_s``: from the pods' logs (``agent.pipeline._StageClock``), the median over
-  every pod's train tasks of: ``input`` (model, weights, prepared rows), ``to_first_step``
-  (input ready -> the worker's first training step: waiting for a worker, loading, the
-  evaluation of the incoming model), ``training`` (first step -> the worker's answer),
-  ``result`` (check, fixed-point encode, masks, upload and the cohort's secure round, which
-  includes waiting for the slowest pod).
+  every pod's train tasks of: ``input`` (accepted -> model, weights, prepared rows in place),
+  ``to_first_step`` (input ready -> the worker's first training step: taking the forked child,
+  loading the model and rows), ``training`` (first step -> the worker's answer, the incoming
+  model's evaluation after training included), and the result split three ways: ``encode`` (the
+  contract's check, fixed-point encode, masking), ``upload`` (release recorded, masked vector sent)
+  and ``aggregate_wait`` (the secure round's waits for the cohort's keys, shares, survivors and
+  unmasking, so for the slowest pod); ``result`` is those three together.
 - ``accepted_to_first_step_s``: task accepted by the pipeline -> first training step (goal <= 0.1 s
   for every task): median, worst and each train task's value.
 - ``flower``: Flower's deployment mode on the same federation, when the Flower venv is there
@@ -63,8 +65,9 @@ FULL_SETTLE_S = 30.0
 FLWR_PYTHON = Path("/tmp/flwr-venv/bin/python")
 # agent.pipeline logs one line per sandboxed task: "train task stages: input=0.123s first_step=..."
 _STAGES_LINE = re.compile(r"train task stages: ((?:\w+=[0-9.]+s ?)+)")
-# sandbox.runner logs how long each task waited for its worker (a fork, a parked one, or a cold start).
-_WORKER_LINE = re.compile(r"sandbox (fork|pool|cold) worker ready in ([0-9.]+) s")
+# sandbox.runner logs how long each task waited for its worker (a child forked ahead or just now, a pool's
+# parked worker, or a cold start).
+_WORKER_LINE = re.compile(r"sandbox (parked|fork|pool|cold) worker ready in ([0-9.]+) s")
 # bench/flower_app: the demo's model as a Flower App, run by the Flower venv.
 FLOWER_APP = Path(__file__).parent / "flower_app"
 FLOWER_TIMEOUT_S = 900
@@ -134,17 +137,27 @@ def _stages(line: str) -> dict[str, float] | None:
     return {name: float(value) for name, value in re.findall(r"(\w+)=([0-9.]+)s", found.group(1))}
 
 
+def _spans(t: dict[str, float]) -> dict[str, float]:
+    """One train task's stages as lengths: input, to_first_step, training, then its result split into
+    encode (the contract's check, fixed-point encode, masking), upload (release recorded, masked vector
+    sent) and aggregate_wait (the secure round's waits for the cohort: keys, shares, survivors, unmasking);
+    ``result`` is the three together. Empty for a task without every mark (not a secure train task)."""
+    marks = ("input", "first_step", "sandbox", "checked", "encoded", "masking", "masked", "uploaded", "result")
+    if not set(marks) <= t.keys():
+        return {}
+    return {
+        "input": t["input"], "to_first_step": t["first_step"] - t["input"], "training": t["sandbox"] - t["first_step"],
+        "encode": (t["encoded"] - t["sandbox"]) + (t["masked"] - t["masking"]),
+        "upload": t["uploaded"] - t["masked"],
+        "aggregate_wait": (t["masking"] - t["encoded"]) + (t["result"] - t["uploaded"]),
+        "result": t["result"] - t["sandbox"],
+    }
+
+
 def _median_stages(tasks: list[dict[str, float]]) -> dict[str, float]:
-    """Each stage's own length (its mark minus the one before), median over the tasks that have it."""
-    spans: dict[str, list[float]] = {"input": [], "to_first_step": [], "training": [], "result": []}
-    for t in tasks:
-        if not {"input", "first_step", "sandbox", "result"} <= t.keys():
-            continue
-        spans["input"].append(t["input"])
-        spans["to_first_step"].append(t["first_step"] - t["input"])
-        spans["training"].append(t["sandbox"] - t["first_step"])
-        spans["result"].append(t["result"] - t["sandbox"])
-    return {name: round(statistics.median(values), 3) for name, values in spans.items() if values}
+    """Each stage's length (``_spans``), median over the tasks that have it."""
+    spans = [s for s in map(_spans, tasks) if s]
+    return {name: round(statistics.median(s[name] for s in spans), 3) for name in (spans[0] if spans else {})}
 
 
 def _free_port() -> int:

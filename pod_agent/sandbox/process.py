@@ -215,7 +215,10 @@ class WorkerProcess:
         if read not in done:
             read.cancel()
             raise SandboxError("wall_timeout", f"no answer within {timeout:.1f} s")
-        return read.result()
+        try:
+            return read.result()
+        except ConnectionResetError:
+            return None  # a forked child killed with our request unread: it ended, like an EOF
 
     async def _expect(self, kind: str, *, timeout: float) -> None:
         frame = await self._read(timeout)

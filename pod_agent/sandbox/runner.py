@@ -4,12 +4,12 @@ Owns the runner's choices, made once at construction: the planned layers (probe.
 sandbox identity, the scratch root, whether tasks run as children of a fork server
 (forkserver.py, where every layer holds for fork children: probe.fork_server_why_not) or on
 workers from the warm pool (pool.py), and from them each entry's frozen ``LaunchSpec``; and a
-job's course: a forked child, or a parked worker, or one built cold (process.py) when neither
-is to be had, stage the job's input into its slot (staging.py), run the task, then kill the
-worker's whole tree (shielded from cancellation), keep its stderr for the operator when asked,
-and remove the slot. One worker serves one task; the pool starts the next worker when this
-one is taken, the fork server forks the next one in milliseconds. Limits resolve in limits.py;
-what runs inside is the entry module's business.
+job's course: a forked child (forked ahead where one is parked), or a parked pool worker, or one
+built cold (process.py) when neither is to be had, stage the job's input into its slot (staging.py),
+run the task, then kill the worker's whole tree (shielded from cancellation), keep its stderr for
+the operator when asked, and remove the slot. One worker serves one task; the pool starts the next
+worker when this one is taken, the fork server forks the next child as soon as this one is released.
+Limits resolve in limits.py; what runs inside is the entry module's business.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from pod_agent.errors import SandboxError
 from pod_agent.sandbox.cgroup import detect_cgroups
-from pod_agent.sandbox.forkserver import ForkServer
+from pod_agent.sandbox.forkserver import ForkedWorker, ForkServer
 from pod_agent.sandbox.launch import Identity, python_ro_paths, resolve_identity
 from pod_agent.sandbox.limits import EffectiveLimits, SandboxLimits, granted_ranks
 from pod_agent.sandbox.pool import WarmPool
@@ -185,17 +185,39 @@ class SandboxRunner:
         if self.level == "none":
             log.warning("sandbox level 'none': this task runs UNCONFINED (development only; set "
                         "security.sandbox = 'strict' in pod.toml)")
+        check_input(job.input_dir)
+        outcome = await self._attempt(job, on_progress)
+        if outcome is None:
+            # The child was forked ahead and died with its zygote before it said anything (the zygote was
+            # killed after the child was parked): the task never ran, so it runs once on a fresh child.
+            log.warning("sandbox child forked ahead was lost with its fork server; the task runs on a new one")
+            outcome = await self._attempt(job, on_progress)
+        if outcome is None:
+            raise SandboxError("no_result", "the fork server ended before the task's child answered, twice")
+        return outcome
+
+    async def _attempt(self, job: SandboxJob,
+                       on_progress: Callable[[dict[str, Any]], None] | None) -> SandboxOutcome | None:
+        """One try at ``job``; None when its child was forked ahead and lost with its zygote, unheard."""
         limits = self._limits(job.limits)
         spec = self._spec(job.entry, job.entry_path)
-        check_input(job.input_dir)
         # Data-parallel ranks meet over TCP, which the zygote's seccomp filter denies its children.
         forks = self._forks if limits.ranks == 1 else None
         asked = time.monotonic()
         worker = await self._forked(forks, spec, limits) if forks is not None else await self._pool.take(spec)
-        kind = "fork" if forks is not None and worker is not None else "pool" if worker is not None else "cold"
+        kind = "pool" if forks is None and worker is not None else "cold" if worker is None else (
+            "parked" if worker.started else "fork")  # a child forked ahead (forkserver.py), or just now
         if worker is None:
             worker = WorkerProcess(spec, slot=self._slot(), limits=limits, warm=False)
         waited = time.monotonic() - asked
+        heard = False
+
+        def progress(event: dict[str, Any]) -> None:
+            nonlocal heard
+            heard = True
+            if on_progress is not None:
+                on_progress(event)
+
         try:
             await asyncio.to_thread(stage_input, job.input_dir, worker.slot, self._uid_identity)
             deadline = time.monotonic() + limits.wall_timeout_s
@@ -205,7 +227,13 @@ class SandboxRunner:
                 waited += time.monotonic() - starting
             # bench/rounds.py reads this line: how long the task waited for its worker.
             log.info("sandbox %s worker ready in %.3f s", kind, waited)
-            header, payload = await worker.run_task(job.request, limits, deadline=deadline, on_progress=on_progress)
+            header, payload = await worker.run_task(job.request, limits, deadline=deadline, on_progress=progress)
+        except SandboxError as exc:
+            if heard or exc.code != "no_result" or not isinstance(worker, ForkedWorker):
+                raise
+            if not await worker.lost_with_zygote():
+                raise
+            return None
         finally:
             # Shielded: a cancelled task (timeout upstream, agent shutdown) still has its tree killed.
             await asyncio.shield(self._finish(worker, job))

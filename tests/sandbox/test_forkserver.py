@@ -1,11 +1,13 @@
 """The fork server: each task a fresh child of one confined zygote that imported the entry once; nothing
 of one task reaches the next (module state, memory, files, /dev/shm, processes), a child can reach
 neither the zygote nor any other process, and a zygote that died or may have been touched is replaced.
+A task's child is forked ahead, after the previous child's release, and holds nothing of it either.
 The hostile corpus runs on this path too (conftest.worker_path)."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import time
@@ -16,14 +18,19 @@ import pytest
 from sbx_helpers import ENTRY, ENTRY_PATH, corpus_runner, leftover_processes, run_corpus
 
 
-async def test_a_second_task_sees_nothing_of_the_first(tmp_path: Path, scratch: Path) -> None:
+async def test_a_second_task_sees_nothing_of_the_first(
+        tmp_path: Path, scratch: Path, caplog: pytest.LogCaptureFixture) -> None:
     comm = "sbx" + uuid.uuid4().hex[:12]
     async with corpus_runner(scratch, fork_server=True) as runner:
         assert runner.forks
         await runner.prewarm(ENTRY, entry_path=ENTRY_PATH)
-        first = await run_corpus(runner, tmp_path, "leave_traces", comm)
-        assert leftover_processes(comm) == []
-        second = await run_corpus(runner, tmp_path, "look_for_traces", comm)
+        with caplog.at_level(logging.INFO, logger="pod_agent.sandbox"):
+            first = await run_corpus(runner, tmp_path, "leave_traces", comm)
+            assert leftover_processes(comm) == []
+            second = await run_corpus(runner, tmp_path, "look_for_traces", comm)
+    # Each task took a child forked ahead: the second's was forked once the first's tree was dead and wiped.
+    assert [r.getMessage().split()[1] for r in caplog.records if "worker ready in" in r.getMessage()] == [
+        "parked", "parked"]
     # One zygote prepared the entry once (same token) and forked both tasks.
     assert first.header["token"] == second.header["token"]
     assert second.header["found"] == dict.fromkeys(second.header["found"], False)
@@ -84,7 +91,8 @@ def _zygote_pids(scratch: Path) -> list[int]:
 @pytest.mark.parametrize("settle", [True, False], ids=["after-its-end-is-seen", "before-its-end-is-read"])
 async def test_a_dead_zygote_is_replaced_for_the_next_task(tmp_path: Path, scratch: Path, settle: bool) -> None:
     # Not settled: the next task is asked for at once, while the agent may still count the killed zygote
-    # alive; that task must still run, on a new zygote, rather than fail as if its own child had died.
+    # alive; that task must still run rather than fail as if its own child had died: on a new zygote, or on
+    # the child parked before the kill (forked after the last release, so as clean) while that still lives.
     async with corpus_runner(scratch, fork_server=True) as runner:
         await runner.prewarm(ENTRY, entry_path=ENTRY_PATH)
         before = await run_corpus(runner, tmp_path, "look_for_traces", "sbx" + uuid.uuid4().hex[:12])
@@ -94,5 +102,7 @@ async def test_a_dead_zygote_is_replaced_for_the_next_task(tmp_path: Path, scrat
         while settle and _zygote_pids(scratch) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         after = await run_corpus(runner, tmp_path, "look_for_traces", "sbx" + uuid.uuid4().hex[:12])
-    assert before.header["token"] != after.header["token"]
-    assert after.header["found"] == dict.fromkeys(after.header["found"], False)
+        later = await run_corpus(runner, tmp_path, "look_for_traces", "sbx" + uuid.uuid4().hex[:12])
+    assert before.header["token"] != later.header["token"]
+    for outcome in (after, later):
+        assert outcome.header["found"] == dict.fromkeys(outcome.header["found"], False)
