@@ -11,6 +11,7 @@ of them share (``--blob-dir``).
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import ssl
@@ -122,6 +123,9 @@ async def serve(
                     "serving plain http on %s: tasks and results cross the network in clear; use --cert/--key", host
                 )
             _log.info("hub listening on %s (registration: %s)", url, registration)
+            # What start-up made (modules, the app) lives as long as the process: out of the collector's sight,
+            # a full collection, which runs while pods wait, traverses only what serving them made.
+            gc.freeze()
             if on_listening is not None:
                 on_listening(url)
             stop = asyncio.Event()
