@@ -37,7 +37,7 @@ def update_of(n_values: int, seed: int = 0) -> dict[str, np.ndarray]:
     return {name: rng.standard_normal(shape, dtype=np.float32) * 0.01 for name, shape in shapes.items()}
 
 
-def _round_trip(encode: Callable[[], bytes], decode: Callable[[bytes], Any], repeats: int) -> dict[str, Any]:
+def _round_trip(encode: Callable[[], bytes | memoryview], decode: Callable[[Any], Any], repeats: int) -> dict[str, Any]:
     enc_s, enc_cpu, blob = median_seconds(encode, repeats)
     dec_s, dec_cpu, decoded = median_seconds(lambda: decode(blob), repeats)
     return {"bytes": len(blob), "encode_s": enc_s, "decode_s": dec_s, "total_s": enc_s + dec_s,

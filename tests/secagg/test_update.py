@@ -135,6 +135,14 @@ def test_vector_bytes_round_trip(bits: int) -> None:
     np.testing.assert_array_equal(vector_from_bytes(data, layout=encoded.layout, params=params), encoded.vector)
 
 
+def test_vector_bytes_are_a_read_only_view_without_a_copy_and_little_endian_from_any_order() -> None:
+    vector = np.arange(5, dtype=np.uint64) << np.uint64(40)
+    data = vector_to_bytes(vector)
+    assert data.readonly
+    assert np.shares_memory(np.frombuffer(data, dtype=np.uint64), vector)
+    assert bytes(vector_to_bytes(vector.astype(">u8"))) == vector.astype("<u8").tobytes() == bytes(data)
+
+
 def test_vector_bytes_of_the_wrong_length_are_refused() -> None:
     layout = Layout.from_arrays(_update())
     with pytest.raises(SecAggError, match="masked vector is 8 bytes; the layout needs 12 x 8 = 96"):
