@@ -236,6 +236,8 @@ class TaskPipeline:
         prepared = await asyncio.to_thread(
             self._inputs.prepare, self._datasource, self._schema, task.data, input_dir,
             share_categories=self._settings.privacy.share_categories,
+            # Workers under the sandbox's own uid cannot write the agent's 0400 entries: hashed once, not per task.
+            workers_can_write="uid" not in self._runner.layers,
         )
         # The agent's own counts of the prepared splits: checked here, and the only counts that leave.
         split_rows = cast(Mapping[str, int], prepared.datastructure["n_rows"])

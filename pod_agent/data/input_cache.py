@@ -10,7 +10,11 @@ read again. A task gets its entry by hard link into its own input dir (a copy ac
 
 The linked file is the task's input: the sandbox reads it, and at a weak sandbox level a worker
 running as the agent's uid could write it. So an entry is reused only while its bytes still
-hash to what was written; otherwise it is dropped and prepared again (a warning says so). Entries
+hash to what was written; otherwise it is dropped and prepared again (a warning says so). Where the
+caller says no worker can write an entry (``workers_can_write`` False: they run under a uid of their
+own, and the entry is the agent's, mode 0400), its bytes are hashed on its first use by this process
+only (a run at a weaker level may have left it changed), not on every task: the hash of a large
+table's input costs ~0.1 s before each task's first step. Entries
 beyond ``max_bytes`` are evicted least recently used first; an entry is written to a temporary
 dir and renamed into place, so a crash leaves no half entry under a key.
 """
@@ -56,19 +60,23 @@ class TaskInputCache:
         # Tasks prepare in worker threads: one at a time here, so that no entry is replaced or evicted
         # between its lookup and its link.
         self._lock = threading.Lock()
+        self._hashed: set[str] = set()  # keys whose entry's bytes this process hashed and found as written
 
     def prepare(
-        self, ds: Datasource, schema: Schema, selection: DataSelection, out_dir: Path, *, share_categories: bool
+        self, ds: Datasource, schema: Schema, selection: DataSelection, out_dir: Path, *, share_categories: bool,
+        workers_can_write: bool = True,
     ) -> TaskInput:
-        """``out_dir/data.arrow`` for ``selection``, linked from the cache or prepared (and kept) now."""
+        """``out_dir/data.arrow`` for ``selection``, linked from the cache or prepared (and kept) now;
+        a cached entry's bytes are hashed each time while ``workers_can_write``, else once per process."""
         if self.max_bytes == 0:
             return prepare_task_input(ds, schema, selection, out_dir, share_categories=share_categories)
         with self._lock:
             self._make_root()
             key = cache_key(ds, schema, selection, share_categories=share_categories)
-            entry = self._entry(key)
+            entry = self._entry(key, rehash=workers_can_write or key not in self._hashed)
             if entry is None:
                 entry = self._store(key, ds, schema, selection, share_categories=share_categories)
+            self._hashed.add(key)
             out_dir.mkdir(parents=True, exist_ok=True)
             dest = out_dir / DATA_FILE_NAME
             try:
@@ -81,14 +89,16 @@ class TaskInputCache:
         self.root.mkdir(parents=True, exist_ok=True)
         self.root.chmod(0o700)  # it holds encoded rows of the table: the agent's alone
 
-    def _entry(self, key: str) -> _Entry | None:
-        """The entry under ``key`` if its bytes are still those written, its last use noted; else None."""
+    def _entry(self, key: str, *, rehash: bool) -> _Entry | None:
+        """The entry under ``key`` if its bytes are still those written (``rehash``: hashed now; else as
+        this process last hashed them), its last use noted; else None."""
         folder = self.root / key
         try:
             expected = (folder / _SHA256_FILE).read_text().strip()
             datastructure = json.loads((folder / _DATASTRUCTURE_FILE).read_text())
-            actual = _file_sha256(folder / DATA_FILE_NAME)
+            actual = _file_sha256(folder / DATA_FILE_NAME) if rehash else expected
         except (OSError, ValueError):
+            self._hashed.discard(key)
             return None
         if actual != expected:
             _log.warning("cached task input %s changed since it was written; preparing it again", key[:16])

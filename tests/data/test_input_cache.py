@@ -35,6 +35,13 @@ def _prepare(cache: TaskInputCache, ds: Datasource, out: Path, selection: DataSe
     return cache.prepare(ds, ds.schema(), selection, out, share_categories=False).path
 
 
+def _scribble(path: Path) -> None:
+    os.chmod(path, 0o600)
+    with path.open("r+b") as f:
+        f.seek(path.stat().st_size // 2)
+        f.write(b"\xff" * 16)
+
+
 def test_a_second_task_gets_the_first_ones_preparation_by_hard_link(tmp_path: Path) -> None:
     ds = _source(tmp_path / "t.parquet", 500)
     cache = TaskInputCache(tmp_path / "state" / "input-cache", max_bytes=1 << 30)
@@ -68,13 +75,30 @@ def test_an_entry_written_through_a_tasks_link_is_not_reused(tmp_path: Path, cap
     cache = TaskInputCache(tmp_path / "cache", max_bytes=1 << 30)
     linked = _prepare(cache, ds, tmp_path / "task1")
     original = linked.read_bytes()
-    os.chmod(linked, 0o600)  # what a worker running as the agent's uid could do to its input
-    with linked.open("r+b") as f:
-        f.seek(len(original) // 2)
-        f.write(b"\xff" * 16)
+    _scribble(linked)  # what a worker running as the agent's uid could do to its input
     again = _prepare(cache, ds, tmp_path / "task2")
     assert again.read_bytes() == original
     assert "changed since it was written" in caplog.text
+
+
+def test_where_workers_cannot_write_an_entry_is_hashed_on_its_first_use_in_a_process_only(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    ds = _source(tmp_path / "t.parquet", 500)
+    original = _prepare(TaskInputCache(tmp_path / "cache", max_bytes=1 << 30), ds, tmp_path / "task1")
+    written = original.read_bytes()
+    _scribble(original)  # left by a worker of an earlier run at a weaker level
+    # The agent runs again, its workers under a uid of their own: the first use still hashes.
+    cache = TaskInputCache(tmp_path / "cache", max_bytes=1 << 30)
+    first = cache.prepare(ds, ds.schema(), SELECTION, tmp_path / "task2", share_categories=False,
+                          workers_can_write=False).path
+    assert first.read_bytes() == written
+    assert "changed since it was written" in caplog.text
+    # Later uses in this process trust that hash: a change now (which no worker could make) goes unseen.
+    _scribble(first)
+    again = cache.prepare(ds, ds.schema(), SELECTION, tmp_path / "task3", share_categories=False,
+                          workers_can_write=False).path
+    assert again.stat().st_ino == first.stat().st_ino and again.read_bytes() != written
 
 
 def test_the_cache_keeps_to_its_size_evicting_the_least_recently_used(tmp_path: Path) -> None:
