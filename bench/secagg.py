@@ -12,8 +12,8 @@ median of ``repeats`` runs: encode (finite check, clip, fixed point: ``encode_up
 share (derive the graph from the pod's own neighbourhood of the signed cohort, as the agent
 does, Shamir-split b and s into k + 1 shares, seal k of them, open the k received:
 ``cohort_graph``, ``encrypt_shares``, ``decrypt_shares``) and mask (self mask
-and k pair masks: ``mask_input``). Goal: the pod's total CPU time at n = 1000 within 2x of
-n = 10.
+and k pair masks: ``mask_input``). Goals, at the defaults: the pod's total CPU time at n = 1000
+within 2x of n = 10, and at least 5x less CPU time than Flower's client at every n.
 Upload: bytes of the masked vector (4 a value at 32 bits, 8 at 64).
 
 Modeller side, at 32 bits: 100 pods, 10 of them dropped after sharing, 1M values: sum the 90 masked
