@@ -345,12 +345,9 @@ def run_size(n: int, setup: Setup) -> dict[str, Any]:
             pods_cpu_before = sum(_cpu_s(proc.pid) for proc, _ in workers if proc.pid is not None)
             submitted = asyncio.run(_submit(urls[0], keys))
             deadline = time.time() + FANOUT_TIMEOUT_S
-            results, pods_cpu = _wait_fanout(workers, submitted, deadline)
+            results, pods_cpu, hubs_cpu = _wait_fanout(workers, hubs, submitted, deadline, spy)
             pods_cpu -= pods_cpu_before
-            cpu = [_cpu_s(h.pid) - before for h, before in zip(hubs, cpu_before, strict=True)]
-            if spy is not None:
-                spy.send_signal(signal.SIGINT)
-                spy.wait(30)
+            cpu = [after - before for after, before in zip(hubs_cpu, cpu_before, strict=True)]
             time.sleep(SETTLE_S if n > SMALL_SIZE else 1.0)  # the smoke size does not wait for the trim
             for sampler in samplers:
                 sampler.running = False
@@ -438,13 +435,19 @@ async def _submit(url: str, keys: dict[str, str]) -> float:
 
 
 def _wait_fanout(
-    workers: list[tuple[BaseProcess, Any]], submitted: float, deadline: float
-) -> tuple[tuple[list[dict[str, Any]], float], float]:
-    """Wait until every pod holds the task (as the workers report after they are told to stop), or the deadline."""
+    workers: list[tuple[BaseProcess, Any]], hubs: list[subprocess.Popen[bytes]], submitted: float, deadline: float,
+    spy: subprocess.Popen[bytes] | None,
+) -> tuple[tuple[list[dict[str, Any]], float], float, list[float]]:
+    """Wait until every pod holds the task (as the workers report after they are told to stop), or the deadline.
+    The pods' and hubs' CPU (and the profile) are read before the pods disconnect."""
     for _, conn in workers:
         conn.poll(max(0.0, deadline - time.time()))  # {"all": True} once every pod of the worker has it
     time.sleep(1.0)  # heartbeats sent near the end come back
     pods_cpu = sum(_cpu_s(proc.pid) for proc, _ in workers if proc.pid is not None)
+    hubs_cpu = [_cpu_s(h.pid) for h in hubs]
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(30)
     for _, conn in workers:
         conn.send("stop")
     reports = []
@@ -452,7 +455,7 @@ def _wait_fanout(
         report = conn.recv()
         reports.append(conn.recv() if "all" in report else report)
     end = max((t for r in reports for t in r["received"]), default=submitted)
-    return (reports, end), pods_cpu
+    return (reports, end), pods_cpu, hubs_cpu
 
 
 def run(small: bool, sizes: tuple[int, ...] | None = None, server: str | None = None) -> dict[str, Any]:
