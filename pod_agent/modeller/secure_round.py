@@ -27,9 +27,10 @@ The math is ``pod_agent.secagg.plus``; decoding the sum is ``pod_agent.secagg.ag
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -37,7 +38,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from pod_agent.errors import ModellerError, ProtocolError, SecAggError
+from pod_agent.errors import HubMisbehaved, HubUnavailable, ModellerError, ProtocolError, SecAggError
 from pod_agent.modeller.client import ModellerClient
 from pod_agent.protocol import (
     AddressedMessage,
@@ -66,11 +67,15 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger(__name__)
 _M = TypeVar("_M", bound=RoundMessage)
+_T = TypeVar("_T")
 
 # One long poll waits at most this long, so that a pod that failed (its result says so) is noticed soon.
 POLL_S = 2.0
 # The per-pod messages of a stage go out this many at a time.
 POSTS_IN_FLIGHT = 16
+# A request the hub could not take (its per-key rate, 429, or an outage) is sent again after this long while
+# the stage's deadline allows: a stage of a large cohort is more posts than the hub's default burst.
+RETRY_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -173,7 +178,10 @@ class _ServerRound:
         total: npt.NDArray[np.unsignedinteger] | None = None
         for pod in survivors:
             ref = masked[pod][0].blob
-            path = await self.client.download_blob(ref.sha256, work_dir / f"{self.task.task_id}.{pod}.blob")
+            download = functools.partial(
+                self.client.download_blob, ref.sha256, work_dir / f"{self.task.task_id}.{pod}.blob"
+            )
+            path = await _retrying(download, deadline=time.monotonic() + stage_s)
             blobs[pod] = path
             total = self._add(total, path, vector_size)
 
@@ -231,12 +239,14 @@ class _ServerRound:
         return total
 
     async def _post_each(self, stage: Stage, messages: Sequence[AddressedMessage]) -> None:
-        """Post one message per pod, POSTS_IN_FLIGHT at a time."""
+        """Post one message per pod, POSTS_IN_FLIGHT at a time, each retried (the same signed bytes: a no-op
+        at the hub if the first try was stored) while the hub is unavailable, until ``stage_timeout_s``."""
         gate = asyncio.Semaphore(POSTS_IN_FLIGHT)
+        deadline = time.monotonic() + self.params.stage_timeout_s
 
         async def post(message: RoundMessage) -> None:
             async with gate:
-                await self.client.post_round_message(stage, message)
+                await _retrying(lambda: self.client.post_round_message(stage, message), deadline=deadline)
 
         await asyncio.gather(*(post(message) for message in messages))
 
@@ -250,9 +260,11 @@ class _ServerRound:
         count = 0
         while True:
             remaining = deadline - time.monotonic()
-            count, envelopes = await self.client.round_messages(
-                self.task.task_id, self.round, stage, after=count, wait_s=max(0.0, min(POLL_S, remaining))
+            poll = functools.partial(
+                self.client.round_messages, self.task.task_id, self.round, stage, after=count,
+                wait_s=max(0.0, min(POLL_S, remaining)),
             )
+            count, envelopes = await _retrying(poll, deadline=deadline + POLL_S)
             for envelope in envelopes:
                 pod = str(envelope.payload.get("pod"))
                 if pod in expected and pod not in got:
@@ -262,7 +274,7 @@ class _ServerRound:
             missing = expected - set(got)
             if not missing or time.monotonic() >= deadline:
                 break
-            status = await self.client.status(self.task.task_id)
+            status = await _retrying(lambda: self.client.status(self.task.task_id), deadline=deadline + POLL_S)
             for pod in missing:
                 code = status.pods.get(pod, {}).get("refusal")
                 if code is not None:
@@ -283,6 +295,20 @@ class _ServerRound:
             _log.warning("%s: %s message relayed for %s belongs to another round; ignored", self.label, stage, pod)
             return None
         return message
+
+
+async def _retrying(call: Callable[[], Awaitable[_T]], *, deadline: float) -> _T:
+    """``call()``, again after RETRY_S while the hub is unavailable (not when it refused or misbehaved) and
+    ``deadline`` allows; the round's requests are safe to repeat (a stored message again is a no-op)."""
+    while True:
+        try:
+            return await call()
+        except ModellerError as exc:
+            cause = exc.__cause__
+            transient = isinstance(cause, HubUnavailable) and not isinstance(cause, HubMisbehaved)
+            if not transient or time.monotonic() + RETRY_S >= deadline:
+                raise
+        await asyncio.sleep(RETRY_S)
 
 
 def _around(graph: NeighbourGraph, pod: str) -> list[str]:

@@ -24,7 +24,7 @@ from task_support import cohort_of, entries
 from pod_agent.agent.hubclient import HubClient
 from pod_agent.agent.secure_round import PodRoundContext, RoundOutput, run_secure_round
 from pod_agent.config.settings import HubSection
-from pod_agent.hub import SqliteStorage, create_app, listening
+from pod_agent.hub import HubLimits, SqliteStorage, create_app, listening
 from pod_agent.modeller import ModellerClient, build_task
 from pod_agent.policy import TrustedPeers
 from pod_agent.protocol import IdentityKey, PublicKey
@@ -187,10 +187,11 @@ def decoded(rig: RoundRig, task: TaskPayload, total: np.ndarray, survivors: Sequ
 
 @asynccontextmanager
 async def round_rig(
-    tmp_path: Path, n_pods: int, *, middlewares: Sequence[Callable[..., Awaitable[web.StreamResponse]]] = ()
+    tmp_path: Path, n_pods: int, *, middlewares: Sequence[Callable[..., Awaitable[web.StreamResponse]]] = (),
+    limits: HubLimits | None = None,
 ) -> AsyncIterator[RoundRig]:
     storage = SqliteStorage(":memory:")
-    app = create_app(storage, blob_dir=tmp_path / "blobs")
+    app = create_app(storage, blob_dir=tmp_path / "blobs", limits=limits)
     app.middlewares[:0] = middlewares
     modeller_key = IdentityKey.generate()
     async with listening(app, port=0) as url, ModellerClient(url, modeller_key) as modeller:

@@ -15,6 +15,7 @@ from task_support import cohort_of, pods_of
 
 from pod_agent.agent.secure_round import RoundOutput, check_unreleased
 from pod_agent.errors import ModellerError, TaskFailed
+from pod_agent.hub import HubLimits
 from pod_agent.modeller.secure_round import run_secure_round
 
 # The fixed-point sum decodes within 1/precision per pod and value.
@@ -137,3 +138,12 @@ async def test_a_sparse_round_where_each_pod_knows_only_its_neighbourhood_unmask
         _assert_plain_mean_of(rig, task, outcome, survivors)
         assert list(outcome.dropped) == ["pod-7"]
         assert all(isinstance(settled[p], RoundOutput) for p in survivors), settled
+
+
+async def test_the_modeller_s_per_pod_messages_wait_out_the_hub_s_request_rate(tmp_path: Path) -> None:
+    """A hub that takes a burst of 8 requests a key, then 25 a second: the modeller's three per-pod messages
+    to each of 5 pods, beside its polls, go over it (429) and are posted again until they are taken."""
+    async with round_rig(tmp_path, 5, limits=HubLimits(rate_per_s=25.0, rate_burst=8)) as rig:
+        task, outcome, pods = await _round(rig)
+        assert all(isinstance(result, RoundOutput) for result in pods.values()), pods
+        _assert_plain_mean_of(rig, task, outcome, sorted(rig.pods))

@@ -158,8 +158,9 @@ async def test_a_pod_reads_only_the_modeller_s_messages_addressed_to_it_and_the_
 
 
 async def _bytes_one_pod_reads(hub: Any, n: int) -> int:
-    """Every pod of an n-pod cohort posts its shares and consistency list and the modeller each pod's roster,
-    committed and survivor lists (full-size, as in a round where nobody drops); the bytes one pod then reads."""
+    """Every pod of an n-pod cohort posts its shares and consistency list, the modeller each pod's roster and
+    the reader's neighbourhood their committed and survivor lists (full-size, as in a round where nobody
+    drops; fewer than the hub's per-key burst of requests); the bytes the reader then reads."""
     modeller = IdentityKey.generate()
     registration = {"name": "m", "public_key": modeller.public.to_b64()}
     assert (await hub.caller(modeller).call("POST", "/v1/modellers/register", registration))[0] == 200
@@ -178,19 +179,22 @@ async def _bytes_one_pod_reads(hub: Any, n: int) -> int:
     adverts = {name: sign_envelope(_advert(task_id, name), keys[name]) for name in names}
     box = base64.b64encode(bytes(CIPHERTEXT_BYTES)).decode()
     fields = {"task_id": task_id, "round": 0}
+    reader = names[0]
     for pod in names:
         around = [pod, *graph.neighbours(pod)]
+        lists = [
+            ("committed", CommittedList(**fields, to=pod, committed=around), modeller),
+            ("survivors", SurvivorList(**fields, to=pod, survivors=around, dropped=[]), modeller),
+        ] if graph.adjacent(pod, reader) else []
         for stage, message, key in (
             ("roster", AdvertRoster(**fields, to=pod, members=[tree.proof(p) for p in around],
                                     adverts=[adverts[p] for p in around]), modeller),
-            ("committed", CommittedList(**fields, to=pod, committed=around), modeller),
-            ("survivors", SurvivorList(**fields, to=pod, survivors=around, dropped=[]), modeller),
+            *lists,
             ("shares", EncryptedShares(**fields, pod=pod, ciphertexts=dict.fromkeys(around[1:], box)), keys[pod]),
             ("consistency", ConsistencySignature(**fields, pod=pod, survivors=around, dropped=[]), keys[pod]),
         ):
             body = envelope_bytes(sign_envelope(message, key))
             assert (await hub.caller(key).call("POST", round_path(task_id, 0, stage), raw=body))[0] == 201
-    reader = names[0]
     total = 0
     for stage in ("roster", "committed", "survivors", "shares", "consistency"):
         status, got = await hub.caller(keys[reader]).call("GET", round_path(task_id, 0, stage) + "?wait=0")
