@@ -156,12 +156,11 @@ class NeighbourGraph:
                 f"degree = {self.degree} for {n} pods: use n - 1 = {n - 1} or an even number from 2 to {n - 2}"
             )
         index: dict[str, int] = {}
+        position: dict[str, int] = {}
         for i, name in sorted(self.names.items()):
             if name in index:
                 raise SecAggError(f"the cohort names {name!r} more than once; each pod takes part once")
-            self.placement.position(i)  # in range
-            index[name] = i
-        position = {name: self.placement.position(i) for name, i in index.items()}
+            index[name], position[name] = i, self.placement.position(i)
         object.__setattr__(self, "members", tuple(sorted(index)))
         object.__setattr__(self, "_index", index)
         object.__setattr__(self, "_position", position)
