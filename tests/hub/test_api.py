@@ -198,7 +198,7 @@ async def test_an_ack_on_a_pods_socket_counts_only_for_a_task_pushed_on_it(hub: 
     raw = _task(modeller, ["pod-a"])
     assert (await hub.caller(modeller).call("POST", "/v1/tasks", raw=raw))[0] == 201
     pushed = json.loads((await ws.receive(timeout=5)).data)["task_id"]
-    for forged in (for_b["envelope"]["payload"]["task_id"], "never-delivered", None):
+    for forged in (for_b["envelope"]["payload"]["task_id"], "never-delivered", None, ["a", "list"]):
         await ws.send_str(json.dumps({"type": "ack", "task_id": forged, "pod": "pod-b"}))
     await ws.send_str(json.dumps({"type": "ack", "task_id": pushed}))
     await ws.send_str(json.dumps({"type": "heartbeat"}))
