@@ -422,6 +422,10 @@ class PostgresStorage:
             (now, task_id, pod),
         ) > 0
 
+    def pending_task_ids(self, pod: str) -> list[str]:
+        rows = self._rows("SELECT task_id FROM deliveries WHERE pod = %s AND acked_at IS NULL ORDER BY seq", (pod,))
+        return [str(r[0]) for r in rows]
+
     def ack_deliveries(self, acks: Sequence[tuple[str, str]], *, now: int) -> None:
         if acks:  # one statement, one round trip, for a fan-out's acknowledgements
             self._count(

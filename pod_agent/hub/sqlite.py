@@ -299,6 +299,13 @@ class SqliteStorage:
             ).fetchall()
         return [hub_task_record(r) for r in rows]
 
+    def pending_task_ids(self, pod: str) -> list[str]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT task_id FROM deliveries WHERE pod = ? AND acked_at IS NULL ORDER BY seq", (pod,)
+            ).fetchall()
+        return [str(r[0]) for r in rows]
+
     def ack_deliveries(self, acks: Sequence[tuple[str, str]], *, now: int) -> None:
         with self._lock, self._tx():
             self._db.executemany(

@@ -217,6 +217,9 @@ class Storage(Protocol):
     def pending_tasks(self, pod: str) -> list[HubTaskRecord]:
         """Tasks for this pod that it has not acknowledged yet, oldest first."""
 
+    def pending_task_ids(self, pod: str) -> list[str]:
+        """The ids of ``pending_tasks``: what a push loop reads every time, without each task's cohort list."""
+
     def ack_delivery(self, task_id: str, pod: str, *, now: int) -> bool:
         """Mark a delivery acknowledged; False when there is no such delivery."""
 
