@@ -81,9 +81,10 @@ _paused_by = [0]  # pushes in progress that hold the cyclic collector off (it is
 
 
 @contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
-    """No automatic full collection while tasks go out: with 10,000 pods connected one traverses millions of
-    objects (0.3-0.5 s, heartbeats unanswered); the collector runs again when the last push ends."""
+def collector_paused() -> Iterator[None]:
+    """No automatic full collection while a task is taken and goes out: with 10,000 pods connected one traverses
+    millions of objects (0.3-0.5 s, heartbeats unanswered), and a large cohort's submission allocates enough to
+    set one off; the collector runs again when the last such block ends."""
     if _paused_by[0] == 0 and not gc.isenabled():
         yield  # someone else turned it off: theirs to turn on
         return
@@ -217,7 +218,7 @@ class Fanout:
         """Push ``prepared`` to each of ``pods`` connected here, PUSH_BATCH pods at a time with the event loop
         served in between. ``wake(pod)`` for the others (a long poll here) and for a pod whose socket has
         bytes queued, after announcing the task to its push loop."""
-        with _collector_paused():
+        with collector_paused():
             for i, pod in enumerate(pods):
                 if i % PUSH_BATCH == PUSH_BATCH - 1:
                     await asyncio.sleep(0)

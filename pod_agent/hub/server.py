@@ -97,6 +97,7 @@ from pod_agent.hub.fanout import (
     Fanout,
     Link,
     PreparedTask,
+    collector_paused,
     fanout_key,
     fanout_task,
     prepare,
@@ -793,7 +794,13 @@ async def _may_read_model(request: web.Request, model: ModelRecord) -> bool:
 
 
 async def _tasks_submit(request: web.Request) -> web.Response:
-    """Store a signed task with its cohort; prepare its push once and wake its pods."""
+    """Store a signed task with its cohort; prepare its push once and wake its pods (no automatic full
+    collection meanwhile: ``fanout.collector_paused``)."""
+    with collector_paused():
+        return await _take_task(request)
+
+
+async def _take_task(request: web.Request) -> web.Response:
     hub = _hub(request)
     modeller = await _signer_modeller(request)
     submission: TaskSubmission = _parse(TaskSubmission, _body(request))
@@ -841,9 +848,10 @@ async def _tasks_submit(request: web.Request) -> web.Response:
 async def _fan_out_from_elsewhere(hub: _Hub, task_id: str) -> None:
     """Another hub process took a large cohort's task: push it to the pods connected here."""
     try:
-        task = await hub.db(hub.storage.get_task, task_id)
-        if task is not None:
-            await hub.fanout.push(await _prepared(hub, task), task.pods, wake=hub.wake_local)
+        with collector_paused():
+            task = await hub.db(hub.storage.get_task, task_id)
+            if task is not None:
+                await hub.fanout.push(await _prepared(hub, task), task.pods, wake=hub.wake_local)
     except Exception as exc:  # noqa: BLE001 - any backend's error; the pods read it on reconnecting
         _log.warning("cannot push task %s that another hub process took: %s", task_id, exc)
 
