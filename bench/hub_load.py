@@ -12,9 +12,12 @@ evaluate task for all N pods (its cohort committed by a Merkle root), and the ha
 
 - registration rate (pods per second, all workers together)
 - fan-out: seconds from the submission to each pod holding its verified delivery (first, p50, p99, max)
-- heartbeat round trip p99 of heartbeats sent while the fan-out runs, and beside it the p99 lateness of
-  the simulated pods' own event loops in that window (a round trip includes it: the harness shares the
-  cores with the hub it measures)
+- heartbeat round trip p99 of the cohort's heartbeats sent while the fan-out runs, and beside it the p99
+  lateness of the simulated pods' own event loops in that window (a round trip includes it: the harness
+  shares the cores with the hub it measures, its workers busy verifying deliveries); and the round trip
+  of PROBE_PODS probe pods per hub process, outside the cohort, in an idle worker, heartbeating every
+  0.1 s: the hub's own answer time, which the goal is checked on. The cohort's workers run at niceness
+  POD_NICENESS, so they take the CPU the hub leaves (they stand for pods on machines of their own)
 - hub RSS idle (before any pod), connected, peak during the fan-out, and after it; hub and simulated
   pods' CPU from the submission to the end of the fan-out (one figure per hub process)
 
