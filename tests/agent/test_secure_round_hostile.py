@@ -11,6 +11,7 @@ import asyncio
 import base64
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -172,20 +173,31 @@ async def test_a_pod_named_both_surviving_and_dropped_is_refused_and_nobody_answ
         assert rig.messages(task, "unmask") == [] and rig.messages(task, "consistency") == []
 
 
-async def test_survivor_lists_that_differ_between_pods_fail_the_consistency_check(tmp_path: Path) -> None:
-    shown: dict[str, bytes] = {}
+def _hub_answering(stage: str, reader: Callable[[], str | None],
+                   messages: Callable[[], list[Any] | None]) -> Any:
+    """A hostile hub's middleware: once ``reader()``'s poll of ``stage`` is answered (a long poll, so the
+    forgery is ready by then), it replaces the answer with ``messages()`` when there are some."""
 
     @web.middleware
-    async def hub_shows_pod_0_another_list(request: web.Request, handler: Any) -> web.StreamResponse:
-        # The hub, colluding with the modeller, answers pod-0's survivors poll with a second signed list.
+    async def hub_swaps_the_answer(request: web.Request, handler: Any) -> web.StreamResponse:
         response = await handler(request)
-        # Decided once the (long-polling) request is answered: the lie is ready by then.
-        if (request.method == "GET" and request.path.endswith("/survivors") and "lie" in shown
-                and request.headers.get("X-Pod-Key-Id") == shown["pod-0"].decode()):
-            return web.json_response(
-                {"count": 1, "messages": [Envelope.model_validate_json(shown["lie"]).model_dump()]}
-            )
+        if request.method == "GET" and request.path.endswith(f"/{stage}"):
+            key_id = reader()
+            if key_id is not None and request.headers.get("X-Pod-Key-Id") == key_id:
+                forged = messages()
+                if forged:
+                    return web.json_response({"count": len(forged), "messages": forged})
         return response
+
+    return hub_swaps_the_answer
+
+
+async def test_survivor_lists_that_differ_between_pods_fail_the_consistency_check(tmp_path: Path) -> None:
+    shown: dict[str, bytes] = {}
+    # The hub, colluding with the modeller, answers pod-0's survivors poll with a second signed list.
+    hub_shows_pod_0_another_list = _hub_answering(
+        "survivors", lambda: shown["pod-0"].decode() if "pod-0" in shown else None,
+        lambda: [Envelope.model_validate_json(shown["lie"]).model_dump()] if "lie" in shown else None)
 
     async with round_rig(tmp_path, 3, middlewares=[hub_shows_pod_0_another_list]) as rig:
         task = rig.task()
@@ -316,17 +328,13 @@ async def test_a_roster_that_places_a_pod_off_its_signed_ring_is_refused(tmp_pat
 async def test_a_roster_or_list_relayed_to_another_pod_than_its_addressee_is_refused(tmp_path: Path) -> None:
     held: dict[str, Any] = {}
 
-    @web.middleware
-    async def hub_swaps_pod_0_and_pod_1(request: web.Request, handler: Any) -> web.StreamResponse:
-        # The hub hands pod-0 the roster addressed to pod-1 (which holds pod-1's own entry and proof).
-        response = await handler(request)
-        if (request.method == "GET" and request.path.endswith("/roster") and "rig" in held
-                and request.headers.get("X-Pod-Key-Id") == held["rig"].pods["pod-0"].key.key_id):
-            records = held["rig"].storage.round_messages(held["task"].task_id, 1, "roster")
-            theirs = [json.loads(r.envelope) for r in records if r.sender == addressed_sender("pod-1")]
-            if theirs:
-                return web.json_response({"count": 1, "messages": theirs})
-        return response
+    def pod_1s_roster() -> list[Any]:
+        records = held["rig"].storage.round_messages(held["task"].task_id, 1, "roster")
+        return [json.loads(r.envelope) for r in records if r.sender == addressed_sender("pod-1")]
+
+    # The hub hands pod-0 the roster addressed to pod-1 (which holds pod-1's own entry and proof).
+    hub_swaps_pod_0_and_pod_1 = _hub_answering(
+        "roster", lambda: held["rig"].pods["pod-0"].key.key_id if "rig" in held else None, pod_1s_roster)
 
     async with round_rig(tmp_path, 3, middlewares=[hub_swaps_pod_0_and_pod_1]) as rig:
         task = rig.task()
