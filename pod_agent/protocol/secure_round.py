@@ -1,4 +1,4 @@
-"""Wire models of one SecAgg+ round (``"v": 1``), each signed and bound to a task and round.
+"""Wire models of one SecAgg+ round (``"v": 2``), each signed and bound to a task and round.
 
 Owns the shape of every message a secure train task exchanges after training, in
 the order they are sent (the modeller is the aggregation server, the hub relays):
@@ -72,7 +72,10 @@ PodList = Annotated[list[PodName], Field(max_length=MAX_NEIGHBOURHOOD)]
 class RoundMessage(WireModel):
     """Fields every message of a round carries."""
 
-    v: Literal[1] = 1
+    # 2: per-pod rosters and lists on the Feistel ring, masks from counter block 2. A pod or modeller of
+    # version 1 would place the ring and draw the masks otherwise, so mixing versions must fail the
+    # message check, not yield a sum whose masks do not cancel.
+    v: Literal[2] = 2
     task_id: TaskId
     round: int = Field(ge=0)
 

@@ -13,7 +13,7 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
 from round_support import RoundRig, round_rig, settle
@@ -127,6 +127,23 @@ async def test_an_advert_replayed_from_another_round_is_refused(tmp_path: Path) 
         # pod-1's genuine signature, but over round 7's keys (as if recorded from an earlier round).
         outcomes = await _attack_roster(rig, task, _advert(task, "pod-1", rig.pods["pod-1"].key, round_index=7),
                                         replace="pod-1")
+        assert set(outcomes.values()) == {"bad_advertisement"}
+
+
+class _VersionOneAdvert(KeyAdvertisement):
+    """An advert as a pod of the protocol's first version signs it (another ring, other mask streams)."""
+
+    v: Literal[1] = 1  # type: ignore[assignment]
+
+
+async def test_an_advert_of_another_protocol_version_is_refused(tmp_path: Path) -> None:
+    async with round_rig(tmp_path, 3) as rig:
+        task = rig.task()
+        assert task.secagg is not None
+        c, s = (base64.b64encode(bytes([i]) * 32).decode() for i in (7, 9))
+        old = _VersionOneAdvert(task_id=task.task_id, round=task.secagg.round, pod="pod-1", c_public=c, s_public=s)
+        # pod-1's own key signed it: only the version differs, which would leave masks that do not cancel.
+        outcomes = await _attack_roster(rig, task, sign_envelope(old, rig.pods["pod-1"].key), replace="pod-1")
         assert set(outcomes.values()) == {"bad_advertisement"}
 
 
