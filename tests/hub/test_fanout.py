@@ -73,11 +73,11 @@ async def test_each_pod_is_pushed_the_task_with_its_own_entry_and_proof(hub: Any
     assert "pod-02" not in json.dumps(pushed) and "pod-02" not in json.dumps(polled)  # no roster travels
 
 
+# Several hub processes share a PostgreSQL database: this test has no SQLite variant.
+@pytest.mark.parametrize("backend_db", ["postgresql"], indirect=True)
 async def test_a_large_cohorts_task_reaches_its_pods_connected_to_another_hub_process(hub: Any) -> None:
     """The process that took the task tells the others once; each pushes it to the pods connected to it
     (within seconds: a push loop left to find it in storage would wait up to 30 s)."""
-    if not hub.db.startswith("postgresql"):
-        pytest.skip("several hub processes share a PostgreSQL database")
     modeller, pods = await _federation(hub, ANNOUNCE_FROM_PODS)
     storage, cluster = open_storage(hub.db)
     try:
