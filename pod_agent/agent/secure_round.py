@@ -301,12 +301,11 @@ class _Round:
     # -- the checks --------------------------------------------------------------------------
 
     def _neighbourhood(self, roster: AdvertRoster) -> NeighbourGraph:
-        """The round's graph as this pod may know it: the roster's entries, each proven against the signed
-        root, must be exactly this pod's neighbourhood as the signed task alone places it."""
+        """The round's graph as this pod may know it: the roster's entries (addressed here, as
+        ``_modeller_message`` checked), each proven against the signed root, must be exactly this pod's
+        neighbourhood as the signed task alone places it."""
         from pod_agent.secagg import cohort_graph
 
-        if roster.to != self.me:
-            raise TaskFailed(FailureCode.MISADDRESSED.value, f"the roster relayed here is addressed to {roster.to!r}")
         names: dict[int, str] = {}
         for proof in roster.members:
             self._proven(proof)
