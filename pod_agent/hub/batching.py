@@ -1,7 +1,7 @@
 """The small storage calls of many pod connections (heartbeat touches, acks, pending reads), run in batches.
 
 Owns ``StorageBatcher``: a call waits for the batch in flight to finish, then runs with every call that
-queued meanwhile in one worker-thread hop; ``post`` queues a call nobody waits for. Storage calls are
+queued meanwhile in one worker-thread hop. Storage calls are
 synchronous and short; one thread hop each costs more than the call itself once thousands of pods ack
 a fan-out and heartbeat at once, and the default executor's queue then delays every other request the
 hub serves. Each call still runs on its own (its result or exception goes to its caller only); the
@@ -47,11 +47,6 @@ def _run_all(calls: list[_Call]) -> list[tuple[bool, Any]]:
     return out
 
 
-def _log_failure(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled() and future.exception() is not None:
-        _log.warning("a queued storage call failed: %s", future.exception())
-
-
 class StorageBatcher:
     """``await batcher.call(storage.touch_pod, name, now=now)``: as ``asyncio.to_thread``, in batches."""
 
@@ -65,17 +60,6 @@ class StorageBatcher:
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush(), name="hub-storage-batch")
         return await future
-
-    def post(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
-        """Queue ``fn(*args, **kwargs)`` without waiting for it; a failure is logged (what it wrote stays
-        as it was: an ack not recorded leaves the task pending, to be delivered again). The future says
-        when it ran."""
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        future.add_done_callback(_log_failure)
-        self._queued.append(_Call(fn, args, kwargs, future))
-        if self._flusher is None:
-            self._flusher = asyncio.create_task(self._flush(), name="hub-storage-batch")
-        return future
 
     async def _flush(self) -> None:
         try:

@@ -1,15 +1,19 @@
-"""The hub's storage batcher: calls queued together run in one thread hop, in order, each failing alone."""
+"""The hub's storage batcher (calls queued together run in one thread hop, in order, each failing alone) and its
+gathered heartbeat and ack writes."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import threading
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from pod_agent.errors import HubError
-from pod_agent.hub.batching import StorageBatcher
+from pod_agent.hub import open_storage
+from pod_agent.hub.batching import GatheredWrites, StorageBatcher
 
 
 async def test_queued_calls_run_in_order_in_one_hop_and_a_failure_reaches_only_its_caller() -> None:
@@ -28,18 +32,32 @@ async def test_queued_calls_run_in_order_in_one_hop_and_a_failure_reaches_only_i
     assert len({thread for _, thread in ran}) == 1 and ran[0][1] != threading.get_ident()
 
 
-async def test_a_posted_call_runs_without_a_waiter_and_its_failure_is_logged(
-    caplog: pytest.LogCaptureFixture,
+async def test_writes_gathered_meanwhile_go_in_one_call_and_a_failed_one_is_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
 ) -> None:
-    batcher = StorageBatcher()
-    done = threading.Event()
+    storage, _cluster = open_storage(str(tmp_path / "hub.sqlite"))
+    calls: list[tuple[dict[str, int], dict[tuple[str, str], int]]] = []
+    first_failed, second_written = asyncio.Event(), asyncio.Event()
 
-    def fails() -> None:
-        done.set()
-        raise HubError("database is locked")
+    async def run(write: Callable[..., None], touches: dict[str, int], acks: dict[tuple[str, str], int]) -> None:
+        calls.append((dict(touches), dict(acks)))
+        if len(calls) == 1:
+            first_failed.set()
+            raise HubError("database is locked")
+        write(touches, acks)
+        second_written.set()
 
-    with caplog.at_level(logging.WARNING, logger="pod_agent.hub.batching"):
-        batcher.post(fails)
-        await batcher.call(lambda: None)  # runs after it, in the same or the next hop
-    assert done.is_set()
-    assert "a queued storage call failed: database is locked" in caplog.text
+    writes = GatheredWrites(storage, run)
+    try:
+        with caplog.at_level(logging.WARNING, logger="pod_agent.hub.batching"):
+            writes.touch("pod-a", 100)
+            writes.ack("task-1", "pod-a", 101)
+            writes.touch("pod-b", 102)
+            writes.touch("pod-a", 103)  # the pod's latest beat stands
+            await asyncio.wait_for(first_failed.wait(), 5)
+            writes.touch("pod-c", 104)
+            await asyncio.wait_for(second_written.wait(), 5)
+    finally:
+        storage.close()
+    assert calls == [({"pod-a": 103, "pod-b": 102}, {("task-1", "pod-a"): 101}), ({"pod-c": 104}, {})]
+    assert "cannot record 2 heartbeats and 1 acknowledgements: database is locked" in caplog.text
