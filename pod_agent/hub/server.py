@@ -535,15 +535,19 @@ async def _pending(hub: _Hub, pod: str, *, sent: Collection[str] = ()) -> list[P
     each had taken the hub from 300 MB to 1 GB)."""
     out = []
     for task_id in await hub.db_batched(hub.storage.pending_task_ids, pod):
-        prepared = None if task_id in sent else hub.fanout.get(task_id)
-        if prepared is None and task_id not in sent:
+        if task_id in sent:
+            continue
+        prepared = hub.fanout.get(task_id)
+        if prepared is None:
             task = await hub.db(hub.storage.get_task, task_id)
+            if task is None:
+                continue
             try:
-                prepared = None if task is None else await _prepared(hub, task)
+                prepared = await _prepared(hub, task)
             except HubError as exc:
                 _log.warning("task not deliverable: %s", exc, extra={"pod": pod})
-        if prepared is not None:
-            out.append(prepared)
+                continue
+        out.append(prepared)
     return out
 
 
