@@ -417,12 +417,13 @@ def run_size(n: int, setup: Setup) -> dict[str, Any]:
     return out
 
 
-async def _submit(url: str, keys: dict[str, str]) -> float:
-    """Register a modeller and submit one evaluate task for every pod; the time just before submitting."""
+async def _submit(url: str, keys: dict[str, str], modeller: IdentityKey | None = None) -> float:
+    """Register a modeller (``modeller``, or a new key) and submit one evaluate task for every pod; the time just
+    before submitting."""
     from pod_agent.modeller import ModellerClient, build_task
     from pod_agent.protocol import DataSelection, model_from_file
 
-    modeller = IdentityKey.generate()
+    modeller = modeller or IdentityKey.generate()
     with tempfile.TemporaryDirectory() as tmp:
         model_file = Path(tmp) / "m.py"
         model_file.write_text("import torch\n\nclass Net(torch.nn.Module):\n    pass\n")
