@@ -131,12 +131,16 @@ async def _probe_lag(stop: asyncio.Event, lags: list[tuple[float, float]]) -> No
         lags.append((time.time(), loop.time() - asked - LAG_PROBE_S))
 
 
-async def _register(session: aiohttp.ClientSession, url: str, pod: _Pod) -> None:
-    registration = PodRegistration(
-        name=pod.name, public_key=pod.key.public.to_b64(), schema_public={}, schema_hash=_SCHEMA_HASH,
+def _registration(name: str, key: IdentityKey) -> PodRegistration:
+    """A simulated pod's registration (no schema columns; every pod the same schema hash)."""
+    return PodRegistration(
+        name=name, public_key=key.public.to_b64(), schema_public={}, schema_hash=_SCHEMA_HASH,
         row_count=1000, sandbox_level="none", heartbeat_s=HEARTBEAT_S,
     )
-    body = canonical_json(registration.model_dump(mode="json", exclude_none=True))
+
+
+async def _register(session: aiohttp.ClientSession, url: str, pod: _Pod) -> None:
+    body = canonical_json(_registration(pod.name, pod.key).model_dump(mode="json", exclude_none=True))
     await signed_call(session, pod.key, base=url, method="POST", path="/v1/pods/register", tls=False,
                       reply=PodRegisteredStanding, body=body, total_s=120)
 
