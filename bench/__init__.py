@@ -7,6 +7,7 @@ as JSON and as a markdown table.
 """
 
 BENCHMARKS: tuple[str, ...] = ("datasource", "training", "sandbox_startup", "secagg", "wire", "idle_agent", "dp_noise",
-                              "cli_startup", "rounds", "hub_db", "ddp", "images", "hub_load", "strategies")
+                              "cli_startup", "rounds", "hub_db", "ddp", "images", "hub_load", "strategies",
+                              "hub_failover")
 
 __all__ = ["BENCHMARKS"]

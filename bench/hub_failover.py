@@ -1,0 +1,439 @@
+"""Benchmark: two hub processes on one PostgreSQL, one SIGKILLed around a fan-out to N simulated pods.
+
+How pods find the other process: the way an operator configures a real pod, ``hub.url`` its own process and
+``hub.fallback_urls`` the other. Each simulated pod is the agent's own ``HubClient`` (which moves to the next
+URL when a call finds its hub unavailable) with the agent's ``Backoff`` at the agent's defaults, and its link
+loop is the daemon's (``Agent._hub_link``): register, open the signed task WebSocket, heartbeat, verify and ack
+each pushed task on the socket; on any retryable failure wait a backoff step and start again, registering
+anew. No TCP front is put before the hubs: it would be a third process that can die, and the agent needs none.
+
+Half the pods live on each process (worker processes of PODS_PER_WORKER pods, niced as in hub_load); the task
+(an evaluate task for every pod, its cohort committed by a Merkle root) is submitted to the first process.
+Variants:
+
+- ``during``: the first process (the one that took the submission) is SIGKILLed as soon as one of its pods
+  holds the task: it is in the middle of its own fan-out; the other process pushes to its pods (woken by
+  LISTEN/NOTIFY), and the killed process's pods reconnect to it and read the task from storage.
+- ``before``: the second process is SIGKILLed just before the task is submitted to the first: its pods are
+  between their sockets' end and their reconnection while the task goes out.
+
+Then every pod posts a small signed result (through the process its client points at by then) and the
+modeller reads the task's results back. Measured: pods that never got the task (lost), pods that got it more
+than once (on one connection: a hub bug; again after reconnecting: an ack the dead process took with it, which
+the agent's state ignores), fan-out latency from the submission (p50/p99/max) for all pods, the survivor's
+pods and the pods that had to reconnect, and for those their reconnection (kill to task socket open on the
+survivor) with its parts: time slept in backoff, the re-registration and the socket's signed handshake;
+results stored against N.
+
+    python -m bench.hub_failover [--pods N ...] [--variant during|before] [--db URL] [--small] [--json]
+        (--small: 50 pods; default 1000 4000; needs PostgreSQL: --db or $POD_AGENT_TEST_POSTGRES)
+
+A SIGKILLed process's sockets are closed by the kernel, so its pods see the end at once; a hub host that
+loses power or its network leaves them waiting up to DEAD_AFTER_HEARTBEATS heartbeats (45 s by default).
+
+Goal (issue 21): no task or result lost, and fan-out p99 < 2 s over all pods.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import resource
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Any
+
+from bench.cli import parser_for, show
+from bench.hub_db import POSTGRES_ENV, postgres_schema
+from bench.hub_load import (
+    FANOUT_TIMEOUT_S,
+    GOAL_FANOUT_P99_S,
+    HEARTBEAT_S,
+    POD_NICENESS,
+    PODS_PER_WORKER,
+    _payload,
+    _percentile,
+    _registration,
+    _start_hub,
+    _submit,
+)
+from pod_agent.agent import Backoff, HubClient
+from pod_agent.agent.backoff import RETRYABLE
+from pod_agent.agent.daemon import DEAD_AFTER_HEARTBEATS
+from pod_agent.agent.hubclient import TaskStream
+from pod_agent.config import HubSection
+from pod_agent.protocol import (
+    IdentityKey,
+    PodHeartbeat,
+    ResultPayload,
+    TaskDelivery,
+    check_inclusion,
+    envelope_bytes,
+    sign_envelope,
+)
+
+FULL_SIZES = (1000, 4000)
+SMALL_SIZE = 50
+VARIANTS = ("during", "before")
+# After every pod holds the task: time for a redelivery to a pod whose ack died with the killed process.
+SETTLE_S = 1.0
+# Results posted at once per worker (as hub_load's registrations): the pods of one host-less worker would
+# otherwise open hundreds of connections in the same millisecond, which no fleet does.
+POST_CONCURRENCY = 64
+_AGENT_HUB = HubSection()  # the agent's defaults: backoff_initial_s, backoff_cap_s
+
+
+# -- the simulated pods (worker processes) --------------------------------------------------------
+
+
+@dataclass
+class _Session:
+    opened: float  # when the task socket was open
+    base: str
+    register_s: float
+    handshake_s: float
+
+
+@dataclass
+class _Pod:
+    name: str
+    key: IdentityKey
+    sessions: list[_Session] = field(default_factory=list)
+    deliveries: list[tuple[float, int]] = field(default_factory=list)  # (when, index of the session it came on)
+    failures: list[float] = field(default_factory=list)  # when a try (or an open link) failed
+    backoff_s: list[tuple[float, float]] = field(default_factory=list)  # (when it started, seconds slept)
+    task_id: str = ""
+    posted_s: float | None = None
+
+
+async def _heartbeats(pod: _Pod, stream: TaskStream) -> None:
+    await asyncio.sleep(HEARTBEAT_S * (hash(pod.name) % 1000) / 1000)  # the phases spread
+    while True:
+        await stream.send(PodHeartbeat())
+        await asyncio.sleep(HEARTBEAT_S)
+
+
+async def _link(pod: _Pod, hub: HubClient, stop: asyncio.Event) -> None:
+    """The daemon's hub link (``Agent._hub_link`` and ``_websocket_session``) with the pipeline left out."""
+    backoff = Backoff(_AGENT_HUB.backoff_initial_s, _AGENT_HUB.backoff_cap_s)
+    registration = _registration(pod.name, pod.key)
+    while not stop.is_set():
+        try:
+            asked = time.time()
+            await hub.register(registration)
+            registered = time.time()
+            async with await hub.task_stream(heartbeat_s=HEARTBEAT_S) as stream:
+                backoff.reset()
+                pod.sessions.append(_Session(time.time(), hub.base, registered - asked, time.time() - registered))
+                beats = asyncio.create_task(_heartbeats(pod, stream))
+                try:
+                    while True:
+                        push = await stream.receive(timeout_s=DEAD_AFTER_HEARTBEATS * HEARTBEAT_S)
+                        if isinstance(push, TaskDelivery):
+                            check_inclusion(_payload(push).cohort, push.proof)
+                            pod.deliveries.append((time.time(), len(pod.sessions) - 1))
+                            pod.task_id = push.task_id
+                            await hub.ack(push.task_id)
+                finally:
+                    beats.cancel()
+        except RETRYABLE:
+            pod.failures.append(time.time())
+        slept = time.time()
+        await backoff.wait(stop)
+        pod.backoff_s.append((slept, time.time() - slept))
+
+
+async def _post(pod: _Pod, hub: HubClient, stop: asyncio.Event, gate: asyncio.Semaphore) -> None:
+    """The pod's signed result, retried through backoff as the agent's outbox does."""
+    result = ResultPayload(task_id=pod.task_id, pod=pod.name, kind="evaluate", status="done", metrics={"loss": 0.5},
+                           n_rows=1000, produced_at=int(time.time()))
+    body = envelope_bytes(sign_envelope(result, pod.key))
+    backoff = Backoff(_AGENT_HUB.backoff_initial_s, _AGENT_HUB.backoff_cap_s)
+    async with gate:
+        started = time.time()
+        while not stop.is_set():
+            try:
+                await hub.upload_result(body)
+                pod.posted_s = time.time() - started
+                return
+            except RETRYABLE:
+                await backoff.wait(stop)
+
+
+def _worker(home: str, other: str, names: list[str], conn: Connection) -> None:
+    os.nice(POD_NICENESS)
+    # Each moved pod's client logs its move to the next URL: thousands of lines that say what the figures count.
+    logging.getLogger("pod_agent").setLevel(logging.ERROR)
+    asyncio.run(_worker_main(home, other, names, conn))
+
+
+async def _worker_main(home: str, other: str, names: list[str], conn: Connection) -> None:
+    """Connect the pods; tell the harness when the first and when every pod holds the task; post results when
+    told; report everything when told to stop."""
+    section = HubSection(url=home, fallback_urls=[other], heartbeat_s=HEARTBEAT_S)
+    pods = [_Pod(n, IdentityKey.generate()) for n in names]
+    stop = asyncio.Event()
+    async with contextlib.AsyncExitStack() as stack:
+        hubs = [await stack.enter_async_context(HubClient(section, p.key)) for p in pods]
+        links = []
+        for pod, hub in zip(pods, hubs, strict=True):
+            links.append(asyncio.create_task(_link(pod, hub, stop)))
+            await asyncio.sleep(0.002)  # 500 registrations a second per worker, not all in one instant
+        while not all(p.sessions for p in pods):
+            await asyncio.sleep(0.05)
+        conn.send({"ready": [(p.name, p.key.key_id) for p in pods]})
+        told: set[str] = set()
+        while True:
+            if "first" not in told and any(p.deliveries for p in pods):
+                told.add("first")
+                conn.send({"first": next(p.task_id for p in pods if p.task_id)})
+            if "all" not in told and all(p.deliveries for p in pods):
+                told.add("all")
+                conn.send({"all": True})
+            if conn.poll():
+                command = conn.recv()
+                if command == "stop":
+                    break
+                gate = asyncio.Semaphore(POST_CONCURRENCY)
+                await asyncio.gather(*(_post(p, h, stop, gate) for p, h in zip(pods, hubs, strict=True)))
+                conn.send({"posted": True})
+            await asyncio.sleep(0.01)
+        stop.set()
+        for link in links:
+            link.cancel()
+        await asyncio.gather(*links, return_exceptions=True)
+    conn.send({"pods": [
+        {"name": p.name, "sessions": [(s.opened, s.base, s.register_s, s.handshake_s) for s in p.sessions],
+         "deliveries": p.deliveries, "failures": p.failures, "backoff": p.backoff_s, "posted_s": p.posted_s}
+        for p in pods
+    ]})
+
+
+# -- the run ------------------------------------------------------------------------------------
+
+
+class _Workers:
+    """The worker processes and what each has said so far."""
+
+    def __init__(self) -> None:
+        self.procs: list[tuple[BaseProcess, Connection, int]] = []  # (process, pipe, its home hub's index)
+        self.said: dict[int, dict[str, Any]] = {}
+
+    def start(self, home: str, other: str, names: list[str], hub: int) -> None:
+        spawn = multiprocessing.get_context("spawn")
+        parent, child = spawn.Pipe()
+        proc = spawn.Process(target=_worker, args=(home, other, names, child))
+        proc.start()
+        self.said[len(self.procs)] = {}
+        self.procs.append((proc, parent, hub))
+
+    def until(self, word: str, deadline: float, *, hub: int | None = None, some: bool = False) -> bool:
+        """Read what the workers (of ``hub``, else all) say until each (or ``some`` one) has said ``word``, or
+        the deadline; whether they did."""
+        chosen = {i: c for i, (_, c, h) in enumerate(self.procs) if hub in (None, h)}
+
+        def done() -> bool:
+            said = [word in self.said[i] for i in chosen]
+            return any(said) if some else all(said)
+
+        while not done():
+            left = deadline - time.time()
+            if left <= 0:
+                return False
+            ready = wait([c for i, c in chosen.items() if word not in self.said[i]], left)
+            for index, conn in chosen.items():
+                if conn in ready:
+                    self.said[index].update(conn.recv())
+        return True
+
+    def tell(self, command: str) -> None:
+        for _, conn, _ in self.procs:
+            conn.send(command)
+
+    def close(self) -> None:
+        for proc, _, _ in self.procs:
+            if proc.is_alive():
+                proc.terminate()
+
+
+def _stats(values: list[float]) -> dict[str, float | int | None]:
+    if not values:
+        return {"n": 0, "p50": None, "p99": None, "max": None}
+    return {"n": len(values), "p50": round(_percentile(values, 0.5), 3), "p99": round(_percentile(values, 0.99), 3),
+            "max": round(max(values), 3)}
+
+
+def run_once(n: int, variant: str, server: str) -> dict[str, Any]:
+    """One failover: two processes, n pods split across them, one process killed as ``variant`` says."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    load = os.getloadavg()
+    victim = 0 if variant == "during" else 1
+    workers = _Workers()
+    hubs: list[subprocess.Popen[bytes]] = []
+    modeller = IdentityKey.generate()
+    with tempfile.TemporaryDirectory(prefix="bench-hub-failover-") as tmp, postgres_schema(server) as db:
+        try:
+            urls = []
+            for _ in range(2):  # one after another: the first migrates the schema
+                hub, url = _start_hub(db, Path(tmp) / "blobs")
+                hubs.append(hub)
+                urls.append(url)
+            names = [f"pod-{i:05d}" for i in range(n)]
+            per_worker = min(PODS_PER_WORKER, -(-n // 2))
+            for start in range(0, n, per_worker):
+                home = (start // per_worker) % 2
+                workers.start(urls[home], urls[1 - home], names[start:start + per_worker], home)
+            workers.until("ready", time.time() + 300)
+            keys = dict(kv for said in workers.said.values() for kv in said["ready"])
+            if variant == "before":
+                killed_at = time.time()
+                hubs[victim].send_signal(signal.SIGKILL)
+            submitted = asyncio.run(_submit(urls[0], keys, modeller))
+            deadline = submitted + FANOUT_TIMEOUT_S
+            if variant == "during":
+                workers.until("first", deadline, hub=victim, some=True)
+                killed_at = time.time()
+                hubs[victim].send_signal(signal.SIGKILL)
+            hubs[victim].wait(15)
+            everyone = workers.until("all", deadline)
+            time.sleep(SETTLE_S)
+            task_id = next(said["first"] for said in workers.said.values() if "first" in said)
+            workers.tell("post")
+            posted = workers.until("posted", time.time() + FANOUT_TIMEOUT_S)
+            stored = asyncio.run(_stored(urls[1 - victim], modeller, task_id))
+            workers.tell("stop")
+            workers.until("pods", time.time() + 60)
+        finally:
+            workers.close()
+            for hub in hubs:
+                hub.kill()
+                hub.wait(15)
+                if hub.stdout is not None:
+                    hub.stdout.close()
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    reports = [(pod, workers.procs[i][2]) for i, said in workers.said.items() for pod in said["pods"]]
+    return _figures(n, variant, reports, victim=victim, urls=urls, submitted=submitted, killed_at=killed_at,
+                    stored=stored, complete=everyone and posted, load=load)
+
+
+async def _stored(url: str, modeller: IdentityKey, task_id: str) -> int:
+    """How many pods' verified results the modeller reads back for the task."""
+    from pod_agent.modeller import ModellerClient
+
+    async with ModellerClient(url, modeller) as client:
+        return len({r.pod for r in await client.results(task_id)})
+
+
+def _figures(n: int, variant: str, reports: list[tuple[dict[str, Any], int]], *, victim: int, urls: list[str],
+             submitted: float, killed_at: float, stored: int, complete: bool,
+             load: tuple[float, float, float]) -> dict[str, Any]:
+    survivor_url = urls[1 - victim]
+    first = {p["name"]: min(t for t, _ in p["deliveries"]) for p, _ in reports if p["deliveries"]}
+    moved = [p for p, home in reports if home == victim]
+    stayed = [p for p, home in reports if home != victim]
+    same_link = sum(1 for p, _ in reports if len({s for _, s in p["deliveries"]}) < len(p["deliveries"]))
+    again = sum(1 for p, _ in reports if len({s for _, s in p["deliveries"]}) > 1)
+    reconnects, registers, handshakes, slept, tries = [], [], [], [], []
+    for p in moved:
+        after = [s for s in p["sessions"] if s[0] > killed_at]
+        if after:
+            opened, _, register_s, handshake_s = after[0]
+            reconnects.append(opened - killed_at)
+            registers.append(register_s)
+            handshakes.append(handshake_s)
+            slept.append(sum(s for at, s in p["backoff"] if killed_at <= at < opened))
+            tries.append(sum(1 for at in p["failures"] if at >= killed_at))
+
+    def latencies(pods: list[dict[str, Any]]) -> list[float]:
+        return [first[p["name"]] - submitted for p in pods if p["name"] in first]
+
+    out: dict[str, Any] = {
+        "variant": variant,
+        "pods": n,
+        "load_avg_1_5_15": [round(v, 2) for v in load],
+        "killed": "the submission's process" if victim == 0 else "the other process",
+        "killed_s_after_submission": round(killed_at - submitted, 3),
+        # Of the killed process's pods, those that held the task before it died.
+        "moved_pods_holding_at_kill": sum(1 for p in moved if p["name"] in first and first[p["name"]] < killed_at),
+        "moved_pods": len(moved),
+        "delivered": len(first),
+        "lost": n - len(first),
+        "duplicates_same_link": same_link,  # a task pushed twice on one connection: a hub bug
+        "redelivered_after_reconnect": again,  # its ack died with the process: the agent ignores the second copy
+        "fanout_all_s": _stats(latencies([p for p, _ in reports])),
+        "fanout_survivors_pods_s": _stats(latencies(stayed)),
+        "fanout_moved_pods_s": _stats(latencies(moved)),
+        "reconnect_s": _stats(reconnects),
+        "reconnect_backoff_slept_s": _stats(slept),
+        "reconnect_failed_tries": _stats([float(t) for t in tries]),
+        "reregister_s": _stats(registers),
+        "socket_handshake_s": _stats(handshakes),
+        "moved_to_survivor": sum(1 for p in moved if p["sessions"] and p["sessions"][-1][1] == survivor_url),
+        "survivors_pods_reconnected": sum(1 for p in stayed if len(p["sessions"]) > 1),
+        "result_post_s": _stats([p["posted_s"] for p, _ in reports if p["posted_s"] is not None]),
+        "results_stored": stored,
+    }
+    out["ok"] = (
+        complete and out["lost"] == 0 and same_link == 0 and stored == n
+        and out["fanout_all_s"]["p99"] is not None and out["fanout_all_s"]["p99"] < GOAL_FANOUT_P99_S
+    )
+    return out
+
+
+def run(small: bool, sizes: tuple[int, ...] | None = None, variants: tuple[str, ...] = VARIANTS,
+        server: str | None = None) -> dict[str, Any]:
+    """Each size under each variant, the variants of one size one after another."""
+    server = server or os.environ.get(POSTGRES_ENV)
+    if server is None:
+        return {"not_measured": f"{POSTGRES_ENV} is not set (run under .ci/with-postgres)"}
+    return {"runs": [run_once(n, variant, server) for n in sizes or ((SMALL_SIZE,) if small else FULL_SIZES)
+                     for variant in variants]}
+
+
+def _s(stats: dict[str, Any]) -> str:
+    return f"p50 {stats['p50']} s, p99 {stats['p99']} s, max {stats['max']} s (of {stats['n']})"
+
+
+def _print(result: dict[str, Any]) -> None:
+    if "not_measured" in result:
+        print(f"hub failover not measured: {result['not_measured']}")
+        return
+    for r in result["runs"]:
+        print(
+            f"{r['variant']:>6} {r['pods']:>6} pods (load {'/'.join(map(str, r['load_avg_1_5_15']))}): killed "
+            f"{r['killed']} {r['killed_s_after_submission']} s after the submission, {r['moved_pods_holding_at_kill']} "
+            f"of its {r['moved_pods']} pods holding the task; delivered {r['delivered']}, lost {r['lost']}, "
+            f"duplicates on one link {r['duplicates_same_link']}, redelivered after reconnecting "
+            f"{r['redelivered_after_reconnect']}; fan-out all {_s(r['fanout_all_s'])} (goal p99 < "
+            f"{GOAL_FANOUT_P99_S} s); survivor's pods {_s(r['fanout_survivors_pods_s'])}; moved pods "
+            f"{_s(r['fanout_moved_pods_s'])}; reconnect {_s(r['reconnect_s'])}, of it backoff "
+            f"{_s(r['reconnect_backoff_slept_s'])}, re-registration {_s(r['reregister_s'])}, socket handshake "
+            f"{_s(r['socket_handshake_s'])}, failed tries p99 {r['reconnect_failed_tries']['p99']}; "
+            f"{r['moved_to_survivor']} moved to the survivor, {r['survivors_pods_reconnected']} of the survivor's "
+            f"reconnected; results stored {r['results_stored']} of {r['pods']} (post {_s(r['result_post_s'])}); "
+            f"ok {r['ok']}"
+        )
+
+
+def main() -> None:
+    parser = parser_for(__doc__, small_help=f"{SMALL_SIZE} pods instead of {FULL_SIZES}")
+    parser.add_argument("--pods", type=int, nargs="*", help="pod counts to run instead")
+    parser.add_argument("--variant", choices=VARIANTS, action="append", help="run only this variant (repeatable)")
+    parser.add_argument("--db", help=f"the PostgreSQL server URL (default ${POSTGRES_ENV})")
+    args = parser.parse_args()
+    result = run(args.small, tuple(args.pods) if args.pods else None, tuple(args.variant or VARIANTS), args.db)
+    show(result, as_json=args.json, table=_print)
+
+
+if __name__ == "__main__":
+    main()
