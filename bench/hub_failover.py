@@ -31,6 +31,9 @@ results stored against N.
 A SIGKILLed process's sockets are closed by the kernel, so its pods see the end at once; a hub host that
 loses power or its network leaves them waiting up to DEAD_AFTER_HEARTBEATS heartbeats (45 s by default).
 
+HUB_FAILOVER_PROFILE=FILE samples the surviving process with py-spy, which must be on PATH, from the kill until
+every pod holds the task, and writes its folded stacks there.
+
 Goal (issue 21): no task or result lost, and fan-out p99 < 2 s over all pods.
 """
 
@@ -64,6 +67,7 @@ from bench.hub_load import (
     PODS_PER_WORKER,
     _payload,
     _percentile,
+    _py_spy,
     _registration,
     _start_hub,
     _submit,
@@ -286,6 +290,7 @@ def run_once(n: int, variant: str, server: str) -> dict[str, Any]:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     load = os.getloadavg()
     victim = 1  # the process that did not take the submission
+    profile = os.environ.get("HUB_FAILOVER_PROFILE")
     workers = _Workers()
     hubs: list[subprocess.Popen[bytes]] = []
     modeller = IdentityKey.generate()
@@ -317,7 +322,11 @@ def run_once(n: int, variant: str, server: str) -> dict[str, Any]:
                 submitted = submission.result()
             deadline = submitted + FANOUT_TIMEOUT_S
             hubs[victim].wait(15)
+            spy = _py_spy(hubs[1 - victim].pid, profile) if profile else None
             everyone = workers.until("all", deadline)
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)
+                spy.wait(30)
             time.sleep(SETTLE_S)
             task_id = next(said["first"] for said in workers.said.values() if "first" in said)
             workers.tell("post")
@@ -370,6 +379,10 @@ def _figures(n: int, variant: str, reports: list[tuple[dict[str, Any], int]], *,
     def latencies(pods: list[dict[str, Any]]) -> list[float]:
         return [first[p["name"]] - submitted for p in pods if p["name"] in first]
 
+    def served_by_killed(pod: dict[str, Any]) -> bool:
+        """Its first copy came from the killed process (before the kill, or out of its socket's buffers)."""
+        return bool(pod["deliveries"]) and pod["sessions"][min(pod["deliveries"])[1]][0] < killed_at
+
     out: dict[str, Any] = {
         "variant": variant,
         "pods": n,
@@ -377,6 +390,7 @@ def _figures(n: int, variant: str, reports: list[tuple[dict[str, Any], int]], *,
         "killed_s_after_submission": round(killed_at - submitted, 3),
         # Of the killed process's pods, those that held the task before it died.
         "moved_pods_holding_at_kill": sum(1 for p in moved if p["name"] in first and first[p["name"]] < killed_at),
+        "moved_pods_served_by_killed": sum(1 for p in moved if served_by_killed(p)),
         "moved_pods": len(moved),
         "delivered": len(first),
         "lost": n - len(first),
@@ -385,6 +399,8 @@ def _figures(n: int, variant: str, reports: list[tuple[dict[str, Any], int]], *,
         "fanout_all_s": _stats(latencies([p for p, _ in reports])),
         "fanout_survivors_pods_s": _stats(latencies(stayed)),
         "fanout_moved_pods_s": _stats(latencies(moved)),
+        # The moved pods that got the task only from the survivor, after reconnecting.
+        "fanout_reconnected_for_it_s": _stats(latencies([p for p in moved if not served_by_killed(p)])),
         "reconnect_s": _stats(reconnects),
         "reconnect_noticed_s": _stats(noticed),  # the kill to the pod's link failing
         "reconnect_backoff_slept_s": _stats(slept),
@@ -426,11 +442,13 @@ def _print(result: dict[str, Any]) -> None:
         print(
             f"{r['variant']:>6} {r['pods']:>6} pods (load {'/'.join(map(str, r['load_avg_1_5_15']))}): the other "
             f"process killed {r['killed_s_after_submission']} s after the submission, "
-            f"{r['moved_pods_holding_at_kill']} of its {r['moved_pods']} pods holding the task; delivered "
+            f"{r['moved_pods_holding_at_kill']} of its {r['moved_pods']} pods holding the task (and "
+            f"{r['moved_pods_served_by_killed']} served by it, the rest out of its sockets' buffers); delivered "
             f"{r['delivered']}, lost {r['lost']}, duplicates on one link {r['duplicates_same_link']}, redelivered "
             f"after reconnecting {r['redelivered_after_reconnect']}\n"
             f"    fan-out all {_s(r['fanout_all_s'])} (goal p99 < {GOAL_FANOUT_P99_S} s)\n"
-            f"    survivor's pods {_s(r['fanout_survivors_pods_s'])}; moved pods {_s(r['fanout_moved_pods_s'])}\n"
+            f"    survivor's pods {_s(r['fanout_survivors_pods_s'])}; moved pods {_s(r['fanout_moved_pods_s'])}; "
+            f"those of them served only after reconnecting {_s(r['fanout_reconnected_for_it_s'])}\n"
             f"    reconnect {_s(r['reconnect_s'])}: noticed {_s(r['reconnect_noticed_s'])}, backoff slept "
             f"{_s(r['reconnect_backoff_slept_s'])}, re-registration {_s(r['reregister_s'])}, socket handshake "
             f"{_s(r['socket_handshake_s'])}; failed tries p99 {r['reconnect_failed_tries']['p99']}; "
