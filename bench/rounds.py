@@ -185,7 +185,7 @@ def _flower_inputs(root: Path, sites: list[Any], plan: Any) -> tuple[list[Path],
     import pyarrow as pa
 
     from pod_agent.config.settings import DatasourceSection
-    from pod_agent.data import DATA_FILE_NAME, SPLIT_CODES, open_datasource, prepare_task_input
+    from pod_agent.data import DATA_FILE_NAME, SPLIT_CODES, dense_x, open_datasource, prepare_task_input
     from pod_agent.protocol import Hyperparameters
     from pod_agent.training import initial_weights
 
@@ -194,7 +194,7 @@ def _flower_inputs(root: Path, sites: list[Any], plan: Any) -> tuple[list[Path],
         ds = open_datasource(DatasourceSection.model_validate({"path": site.data, "force_stypes": site.force_stypes}))
         prepared = prepare_task_input(ds, ds.schema(), plan.selection, root / site.name, share_categories=False)
         table = pa.ipc.open_file(pa.memory_map(str(root / site.name / DATA_FILE_NAME))).read_all()
-        x = np.stack(table.column(0).to_numpy(zero_copy_only=False)).astype(np.float32)
+        x = dense_x(table)
         y = table.column(1).to_numpy(zero_copy_only=False).astype(np.int64)
         split = table.column(2).to_numpy(zero_copy_only=False)
         arrays = {f"{part}_{name}": values[split == SPLIT_CODES[name]]

@@ -123,7 +123,6 @@ def _prepare(root: Path, *, small: bool) -> tuple[Path, dict[str, Any]]:
 
 def _plain_lightning(data_path: Path, datastructure: dict[str, Any], *, epochs: int, threads: int) -> float:
     """(a): what a data scientist would write by hand, with the same model and data."""
-    import numpy as np
     import pyarrow as pa
     import pytorch_lightning as pl
     import torch
@@ -132,11 +131,13 @@ def _plain_lightning(data_path: Path, datastructure: dict[str, Any], *, epochs: 
     from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
     from torchmetrics.functional import accuracy
 
+    from pod_agent.data import dense_x
+
     torch.set_num_threads(threads)
     with pa.memory_map(str(data_path)) as source:
         table = pa.ipc.open_file(source).read_all()
     width = int(datastructure["input_size"])
-    x = np.asarray(table.column("x").combine_chunks().flatten()).reshape(-1, width)
+    x = dense_x(table)
     y, split = table.column("y").to_numpy(), table.column("split").to_numpy()
 
     n_classes = int(datastructure["n_classes"])

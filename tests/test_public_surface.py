@@ -33,8 +33,9 @@ SURFACE: dict[str, list[str]] = {
     "data": [
         "ColumnSchema", "DATA_FILE_NAME", "DEFAULT_BATCH_ROWS", "Datasource", "ROW_SHAPE_METADATA_KEY", "SPLIT_CODES",
         "STYPES", "Schema",
-        "Stype", "TaskInputCache", "assign_splits", "check_drift", "open_datasource", "partition_by_category",
-        "plan_datastructure", "prepare_task_input", "read_datastructure", "stype_reason", "write_adult"
+        "Stype", "TabularLayout", "TaskInputCache", "assign_splits", "check_drift", "dense_x", "open_datasource",
+        "partition_by_category", "plan_datastructure", "prepare_task_input", "read_datastructure", "stype_reason",
+        "write_adult"
     ],
     "demo": [
         "DemoOptions", "FederationError", "LocalFederation", "PodSite", "Tutorial", "run_demo", "tutorial_federation",

@@ -2,7 +2,7 @@
 
 Owns the cache directory (0700, under the pod's state dir) and its entries. An entry is the
 ``data.arrow`` that ``task_input.prepare_task_input`` writes plus its datastructure and the
-file's sha256, keyed by everything the file depends on: the schema hash, the selection
+file's sha256, keyed by everything the file depends on: the file layout's version, the schema hash, the selection
 (target, columns, encoding, scaling, split and its seed), the owner's ``share_categories``,
 the datasource section (how the files are read) and the data files' identity (path, inode, size
 and mtime of each), so that a changed data file makes a new key and its old entries are never
@@ -33,7 +33,7 @@ from pathlib import Path
 
 from pod_agent.data.datasource import Datasource
 from pod_agent.data.schema import Schema
-from pod_agent.data.task_input import DATA_FILE_NAME, TaskInput, prepare_task_input
+from pod_agent.data.task_input import DATA_FILE_NAME, FILE_LAYOUT_VERSION, TaskInput, prepare_task_input
 from pod_agent.errors import DataError
 from pod_agent.protocol import DataSelection, canonical_json
 
@@ -157,6 +157,7 @@ def cache_key(ds: Datasource, schema: Schema, selection: DataSelection, *, share
         "selection": selection.model_dump(mode="json"),
         "share_categories": share_categories,
         "files": identity,
+        "layout": FILE_LAYOUT_VERSION,  # an entry written by an older agent in another layout is never served
     }
     return hashlib.sha256(canonical_json(described)).hexdigest()
 

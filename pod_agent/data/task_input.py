@@ -1,11 +1,11 @@
 """A task's prepared input: selected columns encoded into one Arrow IPC file in scratch.
 
 Owns turning the pod's datasource into what the sandbox may read (``data.arrow``):
-the selected feature columns encoded as one float32 vector per row, the encoded
-target, and a deterministic train/validation/test split column. The sandbox never
-sees the original file; what it trains on is only this. Reading the datasource is
-``datasource.py``'s job (``csvsource.py``, ``parquetsource.py``); what trains on the
-file is ``pod_agent.training``.
+the selected feature columns encoded (tabular rows compactly, each standing for one
+float32 vector of ``input_size``: see File layout), the encoded target, and a
+deterministic train/validation/test split column. The sandbox never sees the original
+file; what it trains on is only this. Reading the datasource is ``datasource.py``'s job
+(``csvsource.py``, ``parquetsource.py``); what trains on the file is ``pod_agent.training``.
 
 Two streaming passes over ``ds.batches``, so a table larger than RAM still works:
 pass 1 assigns splits and gathers class counts and the training rows' mean and
@@ -53,11 +53,17 @@ Images and text (``_Media``): a selection may name one image or one text column 
 A planned datastructure (``plan_datastructure``, no pod config at hand) needs the task to name the image
 size and mode, or the token count.
 
-File layout (Arrow IPC file, memory-mappable): ``x: fixed_size_list<float32>[input_size]``,
-``y: int64`` (or ``float32`` for regression), ``split: int8`` (0 train, 1 validation,
-2 test); for images and text ``x`` carries the field metadata ``pod_agent.shape`` (the shape of one
-row, JSON) and holds uint8 pixels for images, int32 token ids for text. The datastructure JSON is
-also stored in the schema metadata under ``pod_agent.datastructure``.
+File layout (Arrow IPC file, memory-mappable): ``x``, ``y: int64`` (or ``float32`` for regression),
+``split: int8`` (0 train, 1 validation, 2 test), then for tabular rows ``slots``. Tabular rows are
+compact (``tabular_layout.py``): ``x: fixed_size_list<float32>[n_continuous]`` holds the continuous
+values and ``slots: fixed_size_list<int32>[n_categorical]`` the one dense position each categorical
+column sets (-1: none), with ``input_size`` and the continuous values' positions in ``x``'s field
+metadata ``pod_agent.layout``; readers expand rows to the dense float32 ``[rows, input_size]`` the
+datastructure describes (``dense_x``; the sandbox per mini-batch). For images and text ``x`` is
+``fixed_size_list[input_size]`` with the field metadata ``pod_agent.shape`` (the shape of one row,
+JSON) and holds uint8 pixels for images, int32 token ids for text. The datastructure JSON is also
+stored in the schema metadata under ``pod_agent.datastructure``. ``FILE_LAYOUT_VERSION`` names this
+layout, so that a cache of prepared files never serves one written in another.
 """
 
 from __future__ import annotations
@@ -75,6 +81,7 @@ import pyarrow.compute as pc
 
 from pod_agent.config import DatasourceSection, ImagesSection
 from pod_agent.data.images import ImageFormat, ImageReader, images_section
+from pod_agent.data.tabular_layout import SLOTS_COLUMN, TabularLayout
 from pod_agent.data.text import TextTokens
 from pod_agent.errors import DataError
 from pod_agent.protocol import DataSelection
@@ -83,6 +90,8 @@ if TYPE_CHECKING:
     from pod_agent.data import Datasource, Schema
 
 DATA_FILE_NAME = "data.arrow"
+# What prepare_task_input writes (see File layout); part of the input cache's key, bumped when that changes.
+FILE_LAYOUT_VERSION = 2
 DATASTRUCTURE_METADATA_KEY = b"pod_agent.datastructure"
 ROW_SHAPE_METADATA_KEY = b"pod_agent.shape"
 SPLIT_CODES = {"train": 0, "validation": 1, "test": 2}
@@ -238,18 +247,14 @@ def prepare_task_input(
         plans, target, task=task, encoding=encoding, n_rows=n_rows, n_dropped=n_dropped, selection=selection,
         share_categories=share_categories, media=media,
     )
-    input_size = int(datastructure["input_size"])  # type: ignore[call-overload]
     y_type = pa.int64() if task == "classification" else pa.float32()
-    x_type = pa.float32() if media is None else pa.int32() if media.tokens is not None else pa.uint8()
-    x_metadata = {ROW_SHAPE_METADATA_KEY: json.dumps(list(media.row_shape)).encode()} if media is not None else None
+    input_size = int(datastructure["input_size"])  # type: ignore[call-overload]
+    x_field, extra_fields, encode_x = _x_columns(ds, plans, media, input_size)
     arrow_schema = pa.schema(
-        [pa.field("x", pa.list_(x_type, input_size), metadata=x_metadata), ("y", y_type), ("split", pa.int8())],
+        [x_field, ("y", y_type), ("split", pa.int8()), *extra_fields],
         metadata={DATASTRUCTURE_METADATA_KEY: json.dumps(datastructure, sort_keys=True).encode()},
     )
-    encode_x = _media_encoder(media, ds.section) if media is not None else (
-        lambda batch: _encode_features(batch, plans, input_size)
-    )
-    read_rows = _READ_BATCH_ROWS if media is None else max(1, min(_READ_BATCH_ROWS, _MEDIA_BATCH_VALUES // input_size))
+    read_rows = _READ_BATCH_ROWS if media is None else max(1, min(_READ_BATCH_ROWS, _MEDIA_BATCH_VALUES // media.width))
 
     # Pass 2: encode and write, one record batch at a time.
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -261,17 +266,9 @@ def prepare_task_input(
             if not keep.any():
                 continue
             assigned = splitter.assign(_strata(y[keep], task))
-            x = encode_x(batch.filter(pa.array(keep)))
-            writer.write_batch(
-                pa.record_batch(
-                    [
-                        pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), input_size),
-                        pa.array(y[keep].astype(np.int64 if task == "classification" else np.float32)),
-                        pa.array(assigned),
-                    ],
-                    schema=arrow_schema,
-                )
-            )
+            x, *extra = encode_x(batch.filter(pa.array(keep)))
+            y_kept = pa.array(y[keep].astype(np.int64 if task == "classification" else np.float32))
+            writer.write_batch(pa.record_batch([x, y_kept, pa.array(assigned), *extra], schema=arrow_schema))
     return TaskInput(path=path, datastructure=datastructure)
 
 
@@ -370,6 +367,35 @@ def _image_format(selection: DataSelection, images: ImagesSection | None) -> Ima
     if min(height, width) < 1:
         raise DataError(f"task input: image_size {list(size)} must be positive")
     return ImageFormat(mode=mode, height=height, width=width)
+
+
+def _x_columns(
+    ds: Datasource, plans: list[_ColumnPlan], media: _Media | None, input_size: int
+) -> tuple[pa.Field, list[pa.Field], Callable[[pa.RecordBatch], list[pa.Array]]]:
+    """The ``x`` field, the fields after ``split``, and what encodes a record batch into those columns:
+    tabular rows in the compact layout (``tabular_layout.py``), images and text as ``x`` alone."""
+    if media is None:
+        layout = _layout(plans)
+        n_continuous = len(layout.continuous)
+        n_categorical = len(plans) - n_continuous
+        x_field = pa.field("x", pa.list_(pa.float32(), max(n_continuous, 1)), metadata=layout.metadata())
+        slots_field = pa.field(SLOTS_COLUMN, pa.list_(pa.int32(), max(n_categorical, 1)))
+        return x_field, [slots_field], lambda batch: list(layout.arrays(*_encode_features(batch, plans)))
+    x_type = pa.int32() if media.tokens is not None else pa.uint8()
+    metadata = {ROW_SHAPE_METADATA_KEY: json.dumps(list(media.row_shape)).encode()}
+    encode = _media_encoder(media, ds.section)
+    return (
+        pa.field("x", pa.list_(x_type, input_size), metadata=metadata),
+        [],
+        lambda batch: [pa.FixedSizeListArray.from_arrays(pa.array(encode(batch).reshape(-1)), input_size)],
+    )
+
+
+def _layout(plans: list[_ColumnPlan]) -> TabularLayout:
+    """Each continuous column's position in the dense vector (the sum of the widths before it)."""
+    offsets = np.cumsum([0] + [p.width for p in plans])
+    positions = tuple(int(offsets[i]) for i, p in enumerate(plans) if p.stype == "continuous")
+    return TabularLayout(int(offsets[-1]), positions)
 
 
 def _media_encoder(media: _Media, section: DatasourceSection) -> Callable[[pa.RecordBatch], np.ndarray]:
@@ -537,21 +563,24 @@ def _hashed_slot(value: str) -> int:
     return int.from_bytes(hashlib.sha256(value.encode("utf-8")).digest()[:8], "big") % HASHED_BUCKETS
 
 
-def _encode_features(batch: pa.RecordBatch, plans: list[_ColumnPlan], input_size: int) -> np.ndarray:
-    x = np.zeros((batch.num_rows, input_size), dtype=np.float32)
-    rows = np.arange(batch.num_rows)
-    offset = 0
+def _encode_features(batch: pa.RecordBatch, plans: list[_ColumnPlan]) -> tuple[np.ndarray, np.ndarray]:
+    """Continuous values ``[rows, n_continuous]`` (float32) and dense slot positions ``[rows, n_categorical]``
+    (int32, -1 for none), in the order of ``plans``: the compact layout's columns."""
+    n_continuous = sum(p.stype == "continuous" for p in plans)
+    values = np.empty((batch.num_rows, n_continuous), dtype=np.float32)
+    slots = np.empty((batch.num_rows, len(plans) - n_continuous), dtype=np.int32)
+    offset = n_value = n_slot = 0
     for plan in plans:
         column = batch.column(plan.name)
         if plan.stype == "continuous":
-            values = (_as_float(column) - plan.mean) / plan.std
-            x[:, offset] = np.nan_to_num(values, nan=0.0)
+            values[:, n_value] = np.nan_to_num((_as_float(column) - plan.mean) / plan.std, nan=0.0)
+            n_value += 1
         elif plan.hashed:
-            slots = _slot_indices(column, _hashed_slot, -1)
-            present = slots >= 0
-            x[rows[present], offset + slots[present]] = 1.0
+            slot = _slot_indices(column, _hashed_slot, -1)
+            slots[:, n_slot] = np.where(slot >= 0, offset + slot, -1)
+            n_slot += 1
         else:
-            slots = _slot_indices(column, plan.index_of.get, plan.width - 1)
-            x[rows, offset + slots] = 1.0
+            slots[:, n_slot] = offset + _slot_indices(column, plan.index_of.get, plan.width - 1)
+            n_slot += 1
         offset += plan.width
-    return x
+    return values, slots

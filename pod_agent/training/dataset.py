@@ -8,6 +8,9 @@ within each, new for every epoch: a full shuffle for tables of one record batch 
 block shuffle beyond. A ``shard``ed split under a running process group (``ranks.py``) hands
 each rank its slice of every batch: the ranks see the same batches in the same order, so
 their averaged gradients are the whole batch's and every rank takes the same number of steps.
+Tabular rows are stored compactly (``pod_agent.data``'s ``TabularLayout``: continuous values plus one
+slot per categorical column) and each mini-batch's rows alone are expanded to the dense float32
+``[rows, input_size]`` models see; a malformed layout or slot is refused with ``data_invalid``.
 Where ``x`` carries a row shape (``pod_agent.shape``: images ``[channels, height, width]``, text
 ``[max_tokens]``), batches have that shape; uint8 ``x`` (pixels) becomes float32 in [0, 1] and other
 integer ``x`` (token ids) int64.
@@ -18,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +30,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import IterableDataset
 
-from pod_agent.data import ROW_SHAPE_METADATA_KEY, SPLIT_CODES
-from pod_agent.errors import TrainingError
+from pod_agent.data import ROW_SHAPE_METADATA_KEY, SPLIT_CODES, TabularLayout
+from pod_agent.errors import DataError, TrainingError
 from pod_agent.sdk import Batch
 
 
@@ -57,26 +61,35 @@ class SplitBatches(IterableDataset[Batch]):
         self.n_rows = sum(self._rows_per_batch)
         metadata = self._reader.schema.field("x").metadata or {}
         try:
+            self._layout = TabularLayout.of(self._reader.schema)
             self._row_shape = tuple(int(d) for d in json.loads(metadata.get(ROW_SHAPE_METADATA_KEY, b"[-1]")))
+        except DataError as exc:
+            raise TrainingError("data_invalid", f"{path.name}: {exc}") from exc
         except (ValueError, TypeError) as exc:
             raise TrainingError("data_invalid", f"{path.name} has an unreadable row shape: {exc}") from exc
 
-    def _decode(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Record batch ``index`` as x ``[rows, width]``, y, and the positions of this split's rows."""
+    def _decode(self, index: int) -> _Rows:
+        """Record batch ``index``: its features, y, and the positions of this split's rows."""
         batch = self._reader.get_batch(index)
-        xs = batch.column(0)
-        x = np.asarray(xs.flatten().to_numpy(zero_copy_only=False)).reshape(len(batch), *self._row_shape)
+        y = np.asarray(batch.column(1).to_numpy(zero_copy_only=False))
+        rows = np.flatnonzero(_split_column(batch) == self._code)
+        if self._layout is not None:
+            try:
+                values, slots = self._layout.columns(batch)
+            except DataError as exc:
+                raise TrainingError("data_invalid", f"{self._path.name}: {exc}") from exc
+            return _Rows(values, y, rows, self._layout, slots)
+        x = np.asarray(batch.column(0).flatten().to_numpy(zero_copy_only=False)).reshape(len(batch), *self._row_shape)
         if x.dtype == np.uint8:
             x = x.astype(np.float32) / 255.0
         elif np.issubdtype(x.dtype, np.integer):
             x = x.astype(np.int64)
-        y = np.asarray(batch.column(1).to_numpy(zero_copy_only=False))
-        return x, y, np.flatnonzero(_split_column(batch) == self._code)
+        return _Rows(x, y, rows)
 
     def peek(self, n_rows: int) -> Batch:
         """The first ``n_rows`` rows of the split, without shuffling or advancing the epoch."""
-        x, y, rows = self._decode(next(i for i, n in enumerate(self._rows_per_batch) if n))
-        return _batch(x, y, rows[:n_rows])
+        decoded = self._decode(next(i for i, n in enumerate(self._rows_per_batch) if n))
+        return decoded.batch(decoded.rows[:n_rows])
 
     def __len__(self) -> int:
         return sum(math.ceil(n / self._batch_size) for n in self._rows_per_batch)
@@ -91,11 +104,29 @@ class SplitBatches(IterableDataset[Batch]):
         for index in order:
             if self._rows_per_batch[index] == 0:
                 continue
-            x, y, rows = self._decode(int(index))
-            if self._shuffle:
-                rows = rng.permutation(rows)
+            decoded = self._decode(int(index))
+            rows = rng.permutation(decoded.rows) if self._shuffle else decoded.rows
             for start in range(0, len(rows), self._batch_size):
-                yield _batch(x, y, _slice(rows[start : start + self._batch_size], rank, ranks))
+                yield decoded.batch(_slice(rows[start : start + self._batch_size], rank, ranks))
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """One record batch, decoded: ``x`` is dense, or the continuous values of a compact ``layout``."""
+
+    x: np.ndarray
+    y: np.ndarray
+    rows: np.ndarray  # positions of the split's rows
+    layout: TabularLayout | None = None
+    slots: np.ndarray | None = None
+
+    def batch(self, rows: np.ndarray) -> Batch:
+        """``rows`` as a model batch (expanded where compact); ``support`` stays empty until there are
+        support columns."""
+        x = self.x[rows] if self.layout is None or self.slots is None else self.layout.expand(
+            self.x[rows], self.slots[rows]
+        )
+        return (torch.from_numpy(x), torch.empty((len(rows), 0), dtype=torch.float32)), torch.from_numpy(self.y[rows])
 
 
 def _slice(rows: np.ndarray, rank: int, ranks: int) -> np.ndarray:
@@ -105,9 +136,4 @@ def _slice(rows: np.ndarray, rank: int, ranks: int) -> np.ndarray:
 
 def _split_column(batch: pa.RecordBatch) -> np.ndarray:
     return np.asarray(batch.column(2).to_numpy(zero_copy_only=False))
-
-
-def _batch(x: np.ndarray, y: np.ndarray, rows: np.ndarray) -> Batch:
-    """``rows`` of x and y as a model batch; ``support`` stays empty until there are support columns."""
-    return (torch.from_numpy(x[rows]), torch.empty((len(rows), 0), dtype=torch.float32)), torch.from_numpy(y[rows])
 

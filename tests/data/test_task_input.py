@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pod_agent.config.settings import DatasourceSection
-from pod_agent.data import Datasource, Schema, open_datasource
+from pod_agent.data import Datasource, Schema, dense_x, open_datasource
 from pod_agent.data import task_input as task_input_module
 from pod_agent.data.task_input import (
     HASHED_BUCKETS,
@@ -41,9 +41,7 @@ def _source(tmp_path: Path, table: pa.Table, name: str = "t.parquet") -> Datasou
 def _read(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     with pa.memory_map(str(path)) as source:
         table = pa.ipc.open_file(source).read_all()
-    width = table.schema.field("x").type.list_size
-    x = np.asarray(table.column("x").combine_chunks().flatten()).reshape(-1, width)
-    return x, table.column("y").to_numpy(), table.column("split").to_numpy()
+    return dense_x(table), table.column("y").to_numpy(), table.column("split").to_numpy()
 
 
 SELECTION = DataSelection(target="label", columns=["colour", "size"])
@@ -212,9 +210,8 @@ def test_cohort_scaling_replaces_the_pods_own_moments(tmp_path: Path) -> None:
     ds = open_datasource(DatasourceSection(path=path, force_stypes={"continuous": ["x"]}))
     selection = DataSelection(target="y", split=Split(train=100, validation=0, test=0), scaling={"x": (10.0, 2.0)})
     prepared = prepare_task_input(ds, ds.schema(), selection, tmp_path / "in", share_categories=False)
-    with pa.memory_map(str(prepared.path)) as source:
-        x = pa.ipc.open_file(source).read_all().column("x").combine_chunks().flatten().to_numpy()
-    assert sorted(set(x.tolist())) == [-4.5, -4.0, -3.5, -3.0]
+    x, _, _ = _read(prepared.path)
+    assert sorted(set(x.reshape(-1).tolist())) == [-4.5, -4.0, -3.5, -3.0]
 
 
 def test_scaling_a_column_that_is_not_a_continuous_feature_is_refused(tmp_path: Path) -> None:
