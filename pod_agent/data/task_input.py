@@ -10,7 +10,8 @@ file; what it trains on is only this. Reading the datasource is ``datasource.py`
 Two streaming passes over ``ds.batches``, so a table larger than RAM still works:
 pass 1 assigns splits and gathers class counts and the training rows' mean and
 standard deviation of each continuous column; pass 2 encodes and writes batch by
-batch. Memory is one record batch plus O(columns) statistics.
+batch, with the splits pass 1 assigned. Memory is one record batch plus O(columns)
+statistics and one byte per row (its split).
 
 Encoding (recorded in the datastructure, documented here once):
 - continuous -> float32, standardised with the *training* rows' mean and standard
@@ -171,13 +172,16 @@ class _Splitter:
         for cls in np.unique(classes):
             rows = np.flatnonzero(classes == cls)
             start = self._seen.get(int(cls), 0)
-            counters = np.arange(start, start + len(rows))
             self._seen[int(cls)] = start + len(rows)
-            blocks = counters // _SPLIT_BLOCK_ROWS
-            for block in np.unique(blocks):
-                in_block = blocks == block
-                perm = np.random.default_rng([self._seed, int(cls), int(block)]).permutation(_SPLIT_BLOCK_ROWS)
-                out[rows[in_block]] = self._slots[perm[counters[in_block] % _SPLIT_BLOCK_ROWS]]
+            # A class's rows are consecutive counters, so its blocks are a run: one permutation per block,
+            # stacked, and one gather for all rows (not a pass over the rows per block).
+            counters = np.arange(start, start + len(rows))
+            first, last = start // _SPLIT_BLOCK_ROWS, (start + len(rows) - 1) // _SPLIT_BLOCK_ROWS
+            perms = np.stack([
+                np.random.default_rng([self._seed, int(cls), block]).permutation(_SPLIT_BLOCK_ROWS)
+                for block in range(first, last + 1)
+            ])
+            out[rows] = self._slots[perms[counters // _SPLIT_BLOCK_ROWS - first, counters % _SPLIT_BLOCK_ROWS]]
         return out
 
 
@@ -215,10 +219,12 @@ def prepare_task_input(
     sums = {name: np.zeros(3, dtype=np.float64) for name in continuous if name not in selection.scaling}
     n_rows = dict.fromkeys(SPLIT_CODES, 0)
     n_dropped = 0
+    assigned_parts = []
     for batch in _batches(ds, [*continuous, target.name]):
         y, keep = _encode_target(batch.column(target.name), target)
         n_dropped += int((~keep).sum())
         assigned = splitter.assign(_strata(y[keep], task))
+        assigned_parts.append(assigned)
         for name, code in SPLIT_CODES.items():
             n_rows[name] += int((assigned == code).sum())
         train_rows = np.flatnonzero(keep)[assigned == 0]
@@ -256,16 +262,19 @@ def prepare_task_input(
     )
     read_rows = _READ_BATCH_ROWS if media is None else max(1, min(_READ_BATCH_ROWS, _MEDIA_BATCH_VALUES // media.width))
 
-    # Pass 2: encode and write, one record batch at a time.
+    # Pass 2: encode and write, one record batch at a time, each kept row with the split pass 1 gave it
+    # (assigning again would cost as much as pass 1's assignment: one seeded permutation per block).
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / DATA_FILE_NAME
-    splitter = _Splitter(train=split.train, validation=split.validation, test=split.test, seed=split.seed)
+    splits, taken = np.concatenate(assigned_parts), 0
     with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, arrow_schema) as writer:
         for batch in _batches(ds, [p.name for p in plans] + [target.name], rows=read_rows):
             y, keep = _encode_target(batch.column(target.name), target)
             if not keep.any():
                 continue
-            assigned = splitter.assign(_strata(y[keep], task))
+            assigned, taken = splits[taken : taken + int(keep.sum())], taken + int(keep.sum())
+            if len(assigned) < keep.sum():
+                raise DataError(f"task input: datasource {ds.path} changed while it was read; prepare it again")
             x, *extra = encode_x(batch.filter(pa.array(keep)))
             y_kept = pa.array(y[keep].astype(np.int64 if task == "classification" else np.float32))
             writer.write_batch(pa.record_batch([x, y_kept, pa.array(assigned), *extra], schema=arrow_schema))
