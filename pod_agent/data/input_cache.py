@@ -2,8 +2,8 @@
 
 Owns the cache directory (0700, under the pod's state dir) and its entries. An entry is the
 ``data.arrow`` that ``task_input.prepare_task_input`` writes plus its datastructure and the
-file's sha256, keyed by everything the file depends on: the file layout's version, the schema hash, the selection
-(target, columns, encoding, scaling, split and its seed), the owner's ``share_categories``,
+file's sha256, keyed by everything the file depends on: the file layout's version, the schema hash,
+the selection (target, columns, encoding, scaling, split and its seed), the owner's ``share_categories``,
 the datasource section (how the files are read) and the data files' identity (path, inode, size
 and mtime of each), so that a changed data file makes a new key and its old entries are never
 read again. A task gets its entry by hard link into its own input dir (a copy across filesystems).
@@ -13,8 +13,8 @@ running as the agent's uid could write it. So an entry is reused only while its 
 hash to what was written; otherwise it is dropped and prepared again (a warning says so). Where the
 caller says no worker can write an entry (``workers_can_write`` False: they run under a uid of their
 own, and the entry is the agent's, mode 0400), its bytes are hashed on its first use by this process
-only (a run at a weaker level may have left it changed), not on every task: the hash of a large
-table's input costs ~0.1 s before each task's first step. Entries
+only (a run at a weaker level may have left it changed), not on every task: hashing costs a few ms per
+MB before the task's first step (the demo's largest pod: 1.5 MB in the compact tabular layout). Entries
 beyond ``max_bytes`` are evicted least recently used first; an entry is written to a temporary
 dir and renamed into place, so a crash leaves no half entry under a key.
 """

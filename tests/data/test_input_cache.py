@@ -13,8 +13,9 @@ import pytest
 
 from pod_agent.config.settings import DatasourceSection
 from pod_agent.data import Datasource, open_datasource
+from pod_agent.data import input_cache as input_cache_module
 from pod_agent.data.input_cache import TaskInputCache
-from pod_agent.data.task_input import prepare_task_input
+from pod_agent.data.task_input import FILE_LAYOUT_VERSION, prepare_task_input
 from pod_agent.protocol.messages import DataSelection, Split
 
 SELECTION = DataSelection(target="label", columns=["colour", "size"])
@@ -68,6 +69,16 @@ def test_a_changed_data_file_is_prepared_again(tmp_path: Path) -> None:
             changed, changed.schema(), SELECTION, tmp_path / "f", share_categories=False
         ).path.read_bytes()
     )
+
+
+def test_an_entry_written_in_another_file_layout_is_not_served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ds = _source(tmp_path / "t.parquet", 500)
+    cache = TaskInputCache(tmp_path / "cache", max_bytes=1 << 30)
+    monkeypatch.setattr(input_cache_module, "FILE_LAYOUT_VERSION", FILE_LAYOUT_VERSION - 1)  # an older agent's entry
+    older = _prepare(cache, ds, tmp_path / "task1")
+    monkeypatch.undo()
+    current = _prepare(cache, ds, tmp_path / "task2")
+    assert current.stat().st_ino != older.stat().st_ino
 
 
 def test_an_entry_written_through_a_tasks_link_is_not_reused(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
