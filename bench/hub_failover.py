@@ -14,6 +14,8 @@ Variants:
 - ``during``: the second process is SIGKILLed as soon as one of its pods holds the task: it is in the middle
   of its fan-out (woken by LISTEN/NOTIFY); the first process pushes to its own pods, and the killed
   process's pods reconnect to it and read the task from storage.
+- ``submitter``: the same, but the process killed is the first, which took the submission (and never answers
+  it): the second pushes to its pods, and the first's pods reconnect to the second.
 - ``before``: the second process is SIGKILLed just before the task is submitted to the first: its pods are
   between their sockets' end and their reconnection while the task goes out.
 
@@ -25,8 +27,9 @@ pods and the pods that had to reconnect, and for those their reconnection (kill 
 survivor) with its parts: time slept in backoff, the re-registration and the socket's signed handshake;
 results stored against N.
 
-    python -m bench.hub_failover [--pods N ...] [--variant during|before] [--db URL] [--small] [--json]
-        (--small: 50 pods; default 1000 4000; needs PostgreSQL: --db or $POD_AGENT_TEST_POSTGRES)
+    python -m bench.hub_failover [--pods N ...] [--variant during|submitter|before] [--db URL] [--small] [--json]
+        (--small: 50 pods, variants submitter and before; default 1000 4000, every variant;
+        needs PostgreSQL: --db or $POD_AGENT_TEST_POSTGRES)
 
 A SIGKILLed process's sockets are closed by the kernel, so its pods see the end at once; a hub host that
 loses power or its network leaves them waiting up to DEAD_AFTER_HEARTBEATS heartbeats (45 s by default).
@@ -77,6 +80,7 @@ from pod_agent.agent.backoff import RETRYABLE
 from pod_agent.agent.daemon import DEAD_AFTER_HEARTBEATS
 from pod_agent.agent.hubclient import TaskStream
 from pod_agent.config import HubSection
+from pod_agent.errors import PodAgentError
 from pod_agent.protocol import (
     IdentityKey,
     PodHeartbeat,
@@ -89,7 +93,8 @@ from pod_agent.protocol import (
 
 FULL_SIZES = (1000, 4000)
 SMALL_SIZE = 50
-VARIANTS = ("during", "before")
+VARIANTS = ("during", "submitter", "before")
+SMALL_VARIANTS = ("submitter", "before")  # the smoke run's: "during" kills as "submitter" does
 # After every pod holds the task: time for a redelivery to a pod whose ack died with the killed process.
 SETTLE_S = 1.0
 # Results posted at once per worker (as hub_load's registrations): the pods of one host-less worker would
@@ -289,7 +294,7 @@ def run_once(n: int, variant: str, server: str) -> dict[str, Any]:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     load = os.getloadavg()
-    victim = 1  # the process that did not take the submission
+    victim = 0 if variant == "submitter" else 1  # the first process takes the submission
     profile = os.environ.get("HUB_FAILOVER_PROFILE")
     workers = _Workers()
     hubs: list[subprocess.Popen[bytes]] = []
@@ -314,12 +319,18 @@ def run_once(n: int, variant: str, server: str) -> dict[str, Any]:
             # The submission is answered once the first process's own pushes are out: it is waited for beside
             # the victim's pods, which are told of the task by LISTEN/NOTIFY and pushed to meanwhile.
             with ThreadPoolExecutor(1) as pool:
+                called = time.time()
                 submission = pool.submit(asyncio.run, _submit(urls[0], keys, modeller))
-                if variant == "during":
+                if variant != "before":
                     workers.until("first", time.time() + FANOUT_TIMEOUT_S, hub=victim, some=True)
                     killed_at = time.time()
                     hubs[victim].send_signal(signal.SIGKILL)
-                submitted = submission.result()
+                try:
+                    submitted, answered = submission.result(), True
+                except PodAgentError:
+                    # The killed process stored the task but never answered: latencies count from the call,
+                    # which includes registering the modeller and building the task.
+                    submitted, answered = called, False
             deadline = submitted + FANOUT_TIMEOUT_S
             hubs[victim].wait(15)
             spy = _py_spy(hubs[1 - victim].pid, profile) if profile else None
@@ -344,7 +355,7 @@ def run_once(n: int, variant: str, server: str) -> dict[str, Any]:
             resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     reports = [(pod, workers.procs[i][2]) for i, said in workers.said.items() for pod in said["pods"]]
     return _figures(n, variant, reports, victim=victim, urls=urls, submitted=submitted, killed_at=killed_at,
-                    stored=stored, complete=everyone and posted, load=load)
+                    stored=stored, complete=everyone and posted, load=load, answered=answered)
 
 
 async def _stored(url: str, modeller: IdentityKey, task_id: str) -> int:
@@ -356,8 +367,8 @@ async def _stored(url: str, modeller: IdentityKey, task_id: str) -> int:
 
 
 def _figures(n: int, variant: str, reports: list[tuple[dict[str, Any], int]], *, victim: int, urls: list[str],
-             submitted: float, killed_at: float, stored: int, complete: bool,
-             load: tuple[float, float, float]) -> dict[str, Any]:
+             submitted: float, killed_at: float, stored: int, complete: bool, load: tuple[float, float, float],
+             answered: bool) -> dict[str, Any]:
     survivor_url = urls[1 - victim]
     first = {p["name"]: min(t for t, _ in p["deliveries"]) for p, _ in reports if p["deliveries"]}
     moved = [p for p, home in reports if home == victim]
@@ -387,6 +398,8 @@ def _figures(n: int, variant: str, reports: list[tuple[dict[str, Any], int]], *,
         "variant": variant,
         "pods": n,
         "load_avg_1_5_15": [round(v, 2) for v in load],
+        "killed_process": "the submission's" if victim == 0 else "the other",
+        "submission_answered": answered,
         "killed_s_after_submission": round(killed_at - submitted, 3),
         # Of the killed process's pods, those that held the task before it died.
         "moved_pods_holding_at_kill": sum(1 for p in moved if p["name"] in first and first[p["name"]] < killed_at),
@@ -419,14 +432,14 @@ def _figures(n: int, variant: str, reports: list[tuple[dict[str, Any], int]], *,
     return out
 
 
-def run(small: bool, sizes: tuple[int, ...] | None = None, variants: tuple[str, ...] = VARIANTS,
+def run(small: bool, sizes: tuple[int, ...] | None = None, variants: tuple[str, ...] | None = None,
         server: str | None = None) -> dict[str, Any]:
     """Each size under each variant, the variants of one size one after another."""
     server = server or os.environ.get(POSTGRES_ENV)
     if server is None:
         return {"not_measured": f"{POSTGRES_ENV} is not set (run under .ci/with-postgres)"}
     runs = [run_once(n, variant, server) for n in sizes or ((SMALL_SIZE,) if small else FULL_SIZES)
-            for variant in variants]
+            for variant in variants or (SMALL_VARIANTS if small else VARIANTS)]
     return {"runs": runs, "ok": all(r["ok"] for r in runs)}
 
 
@@ -440,9 +453,10 @@ def _print(result: dict[str, Any]) -> None:
         return
     for r in result["runs"]:
         print(
-            f"{r['variant']:>6} {r['pods']:>6} pods (load {'/'.join(map(str, r['load_avg_1_5_15']))}): the other "
-            f"process killed {r['killed_s_after_submission']} s after the submission, "
-            f"{r['moved_pods_holding_at_kill']} of its {r['moved_pods']} pods holding the task (and "
+            f"{r['variant']:>9} {r['pods']:>6} pods (load {'/'.join(map(str, r['load_avg_1_5_15']))}): "
+            f"{r['killed_process']} process killed {r['killed_s_after_submission']} s after the submission "
+            f"(submission answered: {r['submission_answered']}); {r['moved_pods_holding_at_kill']} of its "
+            f"{r['moved_pods']} pods holding the task (and "
             f"{r['moved_pods_served_by_killed']} served by it, the rest out of its sockets' buffers); delivered "
             f"{r['delivered']}, lost {r['lost']}, duplicates on one link {r['duplicates_same_link']}, redelivered "
             f"after reconnecting {r['redelivered_after_reconnect']}\n"
@@ -464,7 +478,7 @@ def main() -> None:
     parser.add_argument("--variant", choices=VARIANTS, action="append", help="run only this variant (repeatable)")
     parser.add_argument("--db", help=f"the PostgreSQL server URL (default ${POSTGRES_ENV})")
     args = parser.parse_args()
-    result = run(args.small, tuple(args.pods) if args.pods else None, tuple(args.variant or VARIANTS), args.db)
+    result = run(args.small, tuple(args.pods) if args.pods else None, tuple(args.variant or ()) or None, args.db)
     show(result, as_json=args.json, table=_print)
 
 
