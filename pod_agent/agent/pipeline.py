@@ -9,10 +9,11 @@ signer's privacy floor (the prepared input reused from ``data.input_cache`` when
 earlier task prepared the same selection of the same file) and, for a signer with a dp budget,
 the noise ``policy.budget`` plans (added here to the checked update, outside the sandbox, before it is encoded or
 masked), and for a SCAFFOLD task the pod's control variate (``scaffold.py``; its change rides in the update):
-the prepared splits' exact row counts and steps are checked here before the sandbox starts, and what
-comes back leaves only as ``egress.py`` rebuilds it (vocabulary metrics, rounded; progress from typed fields). Failures
-carry a fixed code (``policy.FailureCode``) that may leave the host; details stay in
-the local log.
+the prepared splits' exact row counts and steps are checked here before the sandbox starts (its worker is
+reserved from the task's acceptance, while the input is prepared, and gets the input and the request only after
+these checks), and what comes back leaves only as ``egress.py`` rebuilds it (vocabulary metrics, rounded;
+progress from typed fields). Failures carry a fixed code (``policy.FailureCode``) that may leave the host;
+details stay in the local log.
 """
 
 from __future__ import annotations
@@ -212,60 +213,48 @@ class TaskPipeline:
         clock: _StageClock,
     ) -> PipelineOutput:
         from pod_agent.sandbox import SandboxJob, SandboxLimits
-        from pod_agent.training import (
-            TrainerSettings,
-            WorkerPrivacy,
-            WorkerRequest,
-            check_result,
-            expected_from_safetensors,
-            reported_rows,
-            safetensors_head,
-        )
+        from pod_agent.training import TrainerSettings, WorkerPrivacy, WorkerRequest, check_result, reported_rows
 
         if task.model is None or task.data is None:
             raise TaskFailed(
                 FailureCode.INTERNAL_ERROR.value, f"a verified {task.kind} task lacks a model and a data selection"
             )
-        await self._write_model(task, input_dir)
-        expected = None
-        if task.weights is not None:
-            weights = input_dir / "weights.safetensors"
-            await self._fetch_blob(task.weights, weights)
-            expected = await asyncio.to_thread(lambda: expected_from_safetensors(safetensors_head(weights)))
-        scaffold = await self._scaffold_input(task, work, input_dir, expected)
-        prepared = await asyncio.to_thread(
-            self._inputs.prepare, self._datasource, self._schema, task.data, input_dir,
-            share_categories=self._settings.privacy.share_categories,
-            # Workers under the sandbox's own uid cannot write the agent's 0400 entries: hashed once, not per task.
-            workers_can_write="uid" not in self._runner.layers,
-        )
-        # The agent's own counts of the prepared splits: checked here, and the only counts that leave.
-        split_rows = cast(Mapping[str, int], prepared.datastructure["n_rows"])
-        steps, steps_per_epoch = _check_prepared(task, floor, split_rows)
-        settings = self._settings
-        request = WorkerRequest(
-            task=task,
-            datastructure=prepared.datastructure,
-            trainer=TrainerSettings(
-                # The ranks the runner granted its workers ("auto" resolved), not the setting as written.
-                accelerator=settings.training.accelerator, devices=self._runner.ranks,
-                seed=task.hyperparameters.seed,
-            ),
-            privacy=WorkerPrivacy(min_rows=floor.min_rows),
-            public_schema=self._schema.public(settings.privacy.share_categories),
-        ).model_dump(mode="json")
-        keep_stderr = settings.security.keep_sandbox_stderr
-        job = SandboxJob(
-            entry=TRAINING_ENTRY, input_dir=input_dir, work_dir=work / "work", request=request,
-            limits=SandboxLimits(wall_timeout_s=task.limits.wall_timeout_s, memory_mb=task.limits.memory_mb),
-            stderr_path=settings.pod.state_dir / "sandbox-stderr" / f"{task.task_id}.log" if keep_stderr else None,
-        )
-        on_progress(ProgressEvent(task_id=task.task_id, stage="training"))
-        progress = ProgressRebuilder(
-            task_id=task.task_id, total_steps=steps if task.kind == "train" else 0, steps_per_epoch=steps_per_epoch,
-        )
-        clock.mark("input")
-        outcome = await self._runner.run(job, on_progress=lambda raw: _forward(progress, raw, on_progress, clock))
+        limits = SandboxLimits(wall_timeout_s=task.limits.wall_timeout_s, memory_mb=task.limits.memory_mb)
+        # The worker is taken while the input is prepared (a child still being forked ahead is waited for
+        # meanwhile); only taken: the input reaches its slot, and the request the worker, in run(), after the
+        # checks below. A worker no job ran on (the input or a check failed) is ended with the block.
+        async with self._runner.reserved(TRAINING_ENTRY, limits) as reservation:
+            given = await self._task_input(task, work, input_dir)
+            prepared, expected, scaffold = given.prepared, given.expected, given.scaffold
+            # The agent's own counts of the prepared splits: checked here, and the only counts that leave.
+            split_rows = cast(Mapping[str, int], prepared.datastructure["n_rows"])
+            steps, steps_per_epoch = _check_prepared(task, floor, split_rows)
+            settings = self._settings
+            request = WorkerRequest(
+                task=task,
+                datastructure=prepared.datastructure,
+                trainer=TrainerSettings(
+                    # The ranks the runner granted its workers ("auto" resolved), not the setting as written.
+                    accelerator=settings.training.accelerator, devices=self._runner.ranks,
+                    seed=task.hyperparameters.seed,
+                ),
+                privacy=WorkerPrivacy(min_rows=floor.min_rows),
+                public_schema=self._schema.public(settings.privacy.share_categories),
+            ).model_dump(mode="json")
+            keep_stderr = settings.security.keep_sandbox_stderr
+            job = SandboxJob(
+                entry=TRAINING_ENTRY, input_dir=input_dir, work_dir=work / "work", request=request, limits=limits,
+                stderr_path=settings.pod.state_dir / "sandbox-stderr" / f"{task.task_id}.log" if keep_stderr else None,
+            )
+            on_progress(ProgressEvent(task_id=task.task_id, stage="training"))
+            progress = ProgressRebuilder(
+                task_id=task.task_id, total_steps=steps if task.kind == "train" else 0,
+                steps_per_epoch=steps_per_epoch,
+            )
+            clock.mark("input")
+            outcome = await self._runner.run(
+                job, on_progress=lambda raw: _forward(progress, raw, on_progress, clock), reservation=reservation,
+            )
         clock.mark("sandbox")
         on_progress(ProgressEvent(task_id=task.task_id, stage="validating"))
         checked = await asyncio.to_thread(
@@ -305,6 +294,37 @@ class TaskPipeline:
         await asyncio.to_thread(blob_path.write_bytes, data)
         ref = BlobRef(sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data), encoding=encoding)
         return PipelineOutput(metrics=metrics, n_rows=n_rows, blob_path=blob_path, blob=ref)
+
+    async def _task_input(self, task: TaskPayload, work: Path, input_dir: Path) -> _TaskInput:
+        """Everything a sandboxed task reads, in ``input_dir``. The rows are prepared in a thread while the
+        model source, weights and control variate are fetched, so the hub's round trips cost no time beside
+        a preparation; a failure is the first one in the order model, weights, control variate, rows."""
+        from pod_agent.training import expected_from_safetensors, safetensors_head
+
+        if task.data is None:
+            raise TaskFailed(FailureCode.INTERNAL_ERROR.value, f"a verified {task.kind} task lacks a data selection")
+        preparing = asyncio.ensure_future(asyncio.to_thread(
+            self._inputs.prepare, self._datasource, self._schema, task.data, input_dir,
+            share_categories=self._settings.privacy.share_categories,
+            # Workers under the sandbox's own uid cannot write the agent's 0400 entries: hashed once, not per task.
+            workers_can_write="uid" not in self._runner.layers,
+        ))
+        try:
+            await self._write_model(task, input_dir)
+            expected = None
+            if task.weights is not None:
+                weights = input_dir / "weights.safetensors"
+                await self._fetch_blob(task.weights, weights)
+                expected = await asyncio.to_thread(lambda: expected_from_safetensors(safetensors_head(weights)))
+            scaffold = await self._scaffold_input(task, work, input_dir, expected)
+        except BaseException:
+            # The preparation writes into input_dir, which goes when the task ends: it ends first. Its own
+            # failure, if any, is not the task's: this one came first in the order above.
+            await asyncio.wait({preparing})
+            if not preparing.cancelled():
+                preparing.exception()
+            raise
+        return _TaskInput(prepared=await preparing, expected=expected, scaffold=scaffold)
 
     async def _scaffold_input(
         self, task: TaskPayload, work: Path, input_dir: Path, expected: Mapping[str, Any] | None
@@ -385,6 +405,17 @@ class TaskPipeline:
         if self.fetcher is None:
             raise TaskFailed(FailureCode.WEIGHTS_UNAVAILABLE.value, "no hub connection to fetch the task's weights")
         await self.fetcher.blob(ref.sha256, dest, size_bytes=ref.size_bytes)
+
+
+@dataclass(frozen=True)
+class _TaskInput:
+    """A sandboxed task's input as the agent wrote it: the prepared rows (``data.TaskInputCache.prepare``'s
+    answer), the pinned weights' expected tensors (None without weights) and the SCAFFOLD input (None
+    without SCAFFOLD)."""
+
+    prepared: Any
+    expected: Mapping[str, Any] | None
+    scaffold: ScaffoldInput | None
 
 
 class _StageClock:

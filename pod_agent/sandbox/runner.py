@@ -5,22 +5,25 @@ sandbox identity, the scratch root, whether tasks run as children of a fork serv
 (forkserver.py, where every layer holds for fork children: probe.fork_server_why_not) or on
 workers from the warm pool (pool.py), and from them each entry's frozen ``LaunchSpec``; and a
 job's course: a forked child (forked ahead where one is parked), or a parked pool worker, or one
-built cold (process.py) when neither is to be had, stage the job's input into its slot (staging.py),
-run the task, then kill the worker's whole tree (shielded from cancellation), keep its stderr for
-the operator when asked, and remove the slot. One worker serves one task; the pool starts the next
-worker when this one is taken, the fork server forks the next child as soon as this one is released.
+built cold (process.py) when neither is to be had, taken when the job comes or, reserved
+(``SandboxRunner.reserved``), while the caller still prepares the job's input, stage the job's
+input into its slot (staging.py), run the task, then kill the worker's whole tree (shielded from
+cancellation), keep its stderr for the operator when asked, and remove the slot. One worker serves
+one task; the pool starts the next worker when this one is taken, the fork server forks the next
+child as soon as this one is released.
 Limits resolve in limits.py; what runs inside is the entry module's business.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -78,6 +81,44 @@ class SandboxOutcome:
 
     header: dict[str, Any]
     payload: bytes
+
+
+class Reservation:
+    """A worker being taken for a job whose input is not ready yet (``SandboxRunner.reserved``).
+
+    It holds the worker only: nothing of the job is in its slot and no request has been sent, so a
+    reserved child sits as a parked one does, confined, under the pod's caps, waiting. ``run`` takes it
+    once; a reservation ``run`` never took is ended when its block ends (``release``).
+    """
+
+    def __init__(self, key: tuple[str, str], taking: asyncio.Task[WorkerProcess | None] | None) -> None:
+        self.key = key
+        self._taking = taking
+        self._taken = False
+
+    async def take(self) -> tuple[bool, WorkerProcess | None]:
+        """(True, the worker or None for a cold start) the first time; (False, None) after."""
+        if self._taken or self._taking is None:
+            return False, None
+        # Shielded: a run cancelled meanwhile leaves the worker to release(), which ends it.
+        worker = await asyncio.shield(self._taking)
+        self._taken = True
+        return True, worker
+
+    async def release(self) -> None:
+        """End a worker nobody ran a job on: its tree killed, its slot removed (a fork server's zygote
+        then forks the next task's child ahead); a take still under way is cancelled."""
+        taking, self._taking = self._taking, None
+        if taking is None or self._taken:
+            return
+        if not taking.done():
+            taking.cancel()
+        await asyncio.wait({taking})
+        if taking.cancelled() or taking.exception() is not None:
+            return
+        worker = taking.result()
+        if worker is not None:
+            await worker.discard()
 
 
 class SandboxRunner:
@@ -177,35 +218,62 @@ class SandboxRunner:
             return True
         return await self._pool.wait(self._spec(entry, entry_path))
 
-    async def run(self, job: SandboxJob,
-                  on_progress: Callable[[dict[str, Any]], None] | None = None) -> SandboxOutcome:
-        """Run one job; raises SandboxError(reason=...) on timeout, kill, protocol violation or task failure."""
+    @contextlib.asynccontextmanager
+    async def reserved(self, entry: str, limits: SandboxLimits, *,
+                       entry_path: Path | None = None) -> AsyncIterator[Reservation]:
+        """Take the worker for a job of ``entry`` under ``limits`` now, in the background, while the block
+        prepares the job's input; ``run(job, reservation=...)`` inside the block uses it. Only the worker is
+        taken: the job's input reaches its slot, and its request the worker, in ``run``, as without a
+        reservation. A worker the block did not run a job on (its input failed) is ended when the block
+        ends, shielded from cancellation."""
+        spec = self._spec(entry, entry_path)
+        taking = None if self._closed else asyncio.create_task(self._take(spec, self._limits(limits)),
+                                                                 name=f"sandbox-reserve-{entry}")
+        reservation = Reservation(spec.key, taking)
+        try:
+            yield reservation
+        finally:
+            await asyncio.shield(reservation.release())
+
+    async def run(self, job: SandboxJob, on_progress: Callable[[dict[str, Any]], None] | None = None, *,
+                  reservation: Reservation | None = None) -> SandboxOutcome:
+        """Run one job (on the ``reservation``'s worker when one is given, ``reserved`` for this job's entry
+        and limits); raises SandboxError(reason=...) on timeout, kill, protocol violation or task failure."""
         if self._closed:
             raise SandboxError("closed", "the sandbox runner is shut down")
         if self.level == "none":
             log.warning("sandbox level 'none': this task runs UNCONFINED (development only; set "
                         "security.sandbox = 'strict' in pod.toml)")
         check_input(job.input_dir)
-        outcome = await self._attempt(job, on_progress)
+        if reservation is not None and reservation.key != self._spec(job.entry, job.entry_path).key:
+            raise SandboxError("protocol", f"a worker reserved for {reservation.key[0]} cannot run {job.entry}")
+        outcome = await self._attempt(job, on_progress, reservation)
         if outcome is None:
             # The child was forked ahead and died with its zygote before it said anything (the zygote was
             # killed after the child was parked): the task never ran, so it runs once on a fresh child.
             log.warning("sandbox child forked ahead was lost with its fork server; the task runs on a new one")
-            outcome = await self._attempt(job, on_progress)
+            outcome = await self._attempt(job, on_progress, None)
         if outcome is None:
             raise SandboxError("no_result", "the fork server ended before the task's child answered, twice")
         return outcome
 
-    async def _attempt(self, job: SandboxJob,
-                       on_progress: Callable[[dict[str, Any]], None] | None) -> SandboxOutcome | None:
+    async def _take(self, spec: LaunchSpec, limits: EffectiveLimits) -> WorkerProcess | None:
+        """A fork server's child (parked or not yet forked), a pool's parked worker, or None (start cold)."""
+        # Data-parallel ranks meet over TCP, which the zygote's seccomp filter denies its children.
+        forks = self._forks if limits.ranks == 1 else None
+        return await self._forked(forks, spec, limits) if forks is not None else await self._pool.take(spec)
+
+    async def _attempt(self, job: SandboxJob, on_progress: Callable[[dict[str, Any]], None] | None,
+                       reservation: Reservation | None) -> SandboxOutcome | None:
         """One try at ``job``; None when its child was forked ahead and lost with its zygote, unheard."""
         limits = self._limits(job.limits)
         spec = self._spec(job.entry, job.entry_path)
-        # Data-parallel ranks meet over TCP, which the zygote's seccomp filter denies its children.
-        forks = self._forks if limits.ranks == 1 else None
         asked = time.monotonic()
-        worker = await self._forked(forks, spec, limits) if forks is not None else await self._pool.take(spec)
-        kind = "pool" if forks is None and worker is not None else "cold" if worker is None else (
+        reserved, worker = (False, None) if reservation is None else await reservation.take()
+        if not reserved:
+            worker = await self._take(spec, limits)
+        forked = isinstance(worker, ForkedWorker)
+        kind = "cold" if worker is None else "pool" if not forked else (
             "parked" if worker.started else "fork")  # a child forked ahead (forkserver.py), or just now
         if worker is None:
             worker = WorkerProcess(spec, slot=self._slot(), limits=limits, warm=False)
@@ -265,4 +333,4 @@ class SandboxRunner:
         shutil.rmtree(self._scratch, ignore_errors=True)
 
 
-__all__ = ["SandboxJob", "SandboxOutcome", "SandboxRunner"]
+__all__ = ["Reservation", "SandboxJob", "SandboxOutcome", "SandboxRunner"]

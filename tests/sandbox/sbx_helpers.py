@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -14,6 +16,7 @@ import pytest
 
 from pod_agent.config.settings import SandboxLimitsSection, SecuritySection
 from pod_agent.sandbox import SandboxJob, SandboxOutcome, SandboxRunner
+from pod_agent.sandbox.runner import Reservation
 
 HERE = Path(__file__).parent
 CORPUS = HERE / "corpus"
@@ -99,10 +102,66 @@ def corpus_runner(scratch: Path, level: str = "strict", *, fork_server: bool, **
                          scratch_root=scratch, fork_server=fork_server)
 
 
-async def run_corpus(runner: SandboxRunner, tmp_path: Path, model: str, comm: str, **extra: Any) -> SandboxOutcome:
-    """Run corpus/<model>.py on ``runner``; ``comm`` names its processes, ``extra`` joins the request."""
+async def run_corpus(runner: SandboxRunner, tmp_path: Path, model: str, comm: str, *,
+                     reservation: Reservation | None = None, **extra: Any) -> SandboxOutcome:
+    """Run corpus/<model>.py on ``runner`` (on the ``reservation``'s worker when given); ``comm`` names its
+    processes, ``extra`` joins the request."""
     case = tmp_path / uuid.uuid4().hex[:8]
     (case / "input").mkdir(parents=True)
     (case / "input" / "model.py").write_text((CORPUS / f"{model}.py").read_text())
     return await runner.run(SandboxJob(entry=ENTRY, input_dir=case / "input", work_dir=case / "work",
-                                       request={"comm": comm, **extra}, entry_path=ENTRY_PATH))
+                                       request={"comm": comm, **extra}, entry_path=ENTRY_PATH),
+                            reservation=reservation)
+
+
+def zygote_pids(scratch: Path | None = None) -> list[int]:
+    """The zygotes' bwrap processes started by this process (named by a slot under ``scratch`` in their argv,
+    when given)."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                argv = Path(entry.path, "cmdline").read_bytes().split(b"\0")
+                stat = Path(entry.path, "stat").read_text()
+            except OSError:
+                continue
+            parent = int(stat[stat.rindex(")") + 2 :].split()[1])
+            named = scratch is None or str(scratch).encode() in b" ".join(argv)
+            if parent == os.getpid() and argv[0].endswith(b"bwrap") and named:
+                found.append(int(entry.name))
+    return found
+
+
+def forked_children(scratch: Path | None = None) -> set[int]:
+    """Live processes a zygote of this process (under ``scratch``, when given) forked: interpreters running the
+    bootstrap whose parent does too (a fork keeps its zygote's command line; bwrap's own processes name the
+    bootstrap in theirs)."""
+    parents: dict[int, int] = {}
+    commands: dict[int, bytes] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                stat = Path(entry.path, "stat").read_text()
+                commands[int(entry.name)] = Path(entry.path, "cmdline").read_bytes()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat[stat.rindex(")") + 2 :].split()[1])
+    tree: set[int] = set()
+    frontier = set(zygote_pids(scratch))
+    while frontier:
+        tree |= frontier
+        frontier = {pid for pid, parent in parents.items() if parent in frontier and pid not in tree}
+    boot = {pid for pid in tree if b"pod_agent.sandbox.bootstrap" in commands.get(pid, b"")
+            and not commands[pid].split(b"\0")[0].endswith(b"bwrap")}
+    return {pid for pid in boot if parents[pid] in boot and is_live(pid)}
+
+
+async def one_parked_child(scratch: Path | None = None, *, other_than: frozenset[int] = frozenset()) -> set[int]:
+    """The one child its zygotes forked ahead (forked_children) once there is exactly one, not one of ``other_than``."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        children = forked_children(scratch)
+        if len(children) == 1 and not children & other_than:
+            return children
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no single parked child besides {other_than}: {forked_children(scratch)}")

@@ -2,7 +2,9 @@
 of one task reaches the next (module state, memory, files, /dev/shm, processes), a child can reach
 neither the zygote nor any other process, and a zygote that died or may have been touched is replaced.
 A task's child is forked ahead, after the previous child's release, and holds nothing of it either.
-The hostile corpus runs on this path too (conftest.worker_path)."""
+A child reserved while the agent prepares a task's input, and never given the task (the input failed),
+ends with the reservation, and the next one is forked ahead. The hostile corpus runs on this path too
+(conftest.worker_path)."""
 
 from __future__ import annotations
 
@@ -15,7 +17,19 @@ import uuid
 from pathlib import Path
 
 import pytest
-from sbx_helpers import ENTRY, ENTRY_PATH, corpus_runner, leftover_processes, run_corpus
+from sbx_helpers import (
+    ENTRY,
+    ENTRY_PATH,
+    corpus_runner,
+    is_live,
+    leftover_processes,
+    one_parked_child,
+    run_corpus,
+    zygote_pids,
+)
+
+from pod_agent.errors import TaskFailed
+from pod_agent.sandbox import SandboxLimits
 
 
 async def test_a_second_task_sees_nothing_of_the_first(
@@ -72,22 +86,6 @@ async def test_a_task_beside_a_running_one_gets_a_zygote_of_its_own(tmp_path: Pa
     assert after.header["found"] == dict.fromkeys(after.header["found"], False)
 
 
-def _zygote_pids(scratch: Path) -> list[int]:
-    """The zygotes' bwrap processes started by this process, named by a slot under ``scratch`` in their argv."""
-    found = []
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                argv = Path(entry.path, "cmdline").read_bytes().split(b"\0")
-                stat = Path(entry.path, "stat").read_text()
-            except OSError:
-                continue
-            parent = int(stat[stat.rindex(")") + 2 :].split()[1])
-            if parent == os.getpid() and argv[0].endswith(b"bwrap") and str(scratch).encode() in b" ".join(argv):
-                found.append(int(entry.name))
-    return found
-
-
 @pytest.mark.parametrize("settle", [True, False], ids=["after-its-end-is-seen", "before-its-end-is-read"])
 async def test_a_dead_zygote_is_replaced_for_the_next_task(tmp_path: Path, scratch: Path, settle: bool) -> None:
     # Not settled: the next task is asked for at once, while the agent may still count the killed zygote
@@ -96,13 +94,36 @@ async def test_a_dead_zygote_is_replaced_for_the_next_task(tmp_path: Path, scrat
     async with corpus_runner(scratch, fork_server=True) as runner:
         await runner.prewarm(ENTRY, entry_path=ENTRY_PATH)
         before = await run_corpus(runner, tmp_path, "look_for_traces", "sbx" + uuid.uuid4().hex[:12])
-        (zygote,) = _zygote_pids(scratch)
+        (zygote,) = zygote_pids(scratch)
         os.killpg(zygote, signal.SIGKILL)
         deadline = time.monotonic() + 5
-        while settle and _zygote_pids(scratch) and time.monotonic() < deadline:
+        while settle and zygote_pids(scratch) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         after = await run_corpus(runner, tmp_path, "look_for_traces", "sbx" + uuid.uuid4().hex[:12])
         later = await run_corpus(runner, tmp_path, "look_for_traces", "sbx" + uuid.uuid4().hex[:12])
     assert before.header["token"] != later.header["token"]
     for outcome in (after, later):
         assert outcome.header["found"] == dict.fromkeys(outcome.header["found"], False)
+
+
+async def test_a_reserved_child_whose_task_input_failed_ends_and_the_next_is_forked_ahead(
+        tmp_path: Path, scratch: Path, caplog: pytest.LogCaptureFixture) -> None:
+    async with corpus_runner(scratch, fork_server=True) as runner:
+        await runner.prewarm(ENTRY, entry_path=ENTRY_PATH)
+        parked = await one_parked_child(scratch)
+        # The agent's input preparation fails while the child is reserved: the failure is the block's own.
+        with pytest.raises(TaskFailed, match="under the floor"):
+            async with runner.reserved(ENTRY, SandboxLimits(), entry_path=ENTRY_PATH):
+                await asyncio.sleep(0.2)  # the reservation takes the parked child meanwhile
+                raise TaskFailed("too_few_rows", "split 'test' holds 3 rows, under the floor")
+        assert not any(is_live(pid) for pid in parked)
+        fresh = await one_parked_child(scratch, other_than=frozenset(parked))
+        comm = "sbx" + uuid.uuid4().hex[:12]
+        with caplog.at_level(logging.INFO, logger="pod_agent.sandbox"):
+            async with runner.reserved(ENTRY, SandboxLimits(), entry_path=ENTRY_PATH) as reservation:
+                outcome = await run_corpus(runner, tmp_path, "look_for_traces", comm, reservation=reservation)
+        assert leftover_processes(comm) == []
+    # The task ran on the reserved child, the one forked ahead after the failed reservation's release.
+    assert not any(is_live(pid) for pid in fresh)
+    assert [r.getMessage().split()[1] for r in caplog.records if "worker ready in" in r.getMessage()] == ["parked"]
+    assert outcome.header["found"] == dict.fromkeys(outcome.header["found"], False)
