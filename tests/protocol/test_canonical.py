@@ -69,8 +69,11 @@ def test_nesting_beyond_the_depth_limit_is_refused() -> None:
 @pytest.mark.parametrize(
     ("raw", "match"),
     [(b'{"a":1,"a":2}', "twice"), (b'{"a":NaN}', "NaN"), (b'[Infinity]', "Infinity"), (b"\xc3(", "not UTF-8"),
-     (b"{", "not JSON"), (b"[" * 50_000, "not JSON|too deeply|deeper"), (b"1" * 5000, "unreadable")],
-    ids=["duplicate", "nan", "infinity", "utf8", "truncated", "deep", "huge-int"],
+     (b"{", "not JSON"), (b"[" * 50_000, "not JSON|too deeply|deeper"), (b"1" * 5000, "unreadable"),
+     (b"[" * 65 + b"1" + b"]" * 65, "deeper than 64"), (b'{"x":[1e999]}', "1e999, too large for a float"),
+     (rb'{"\u0065\u0301":1,"\u00e9":2}', "twice after NFC")],
+    ids=["duplicate", "nan", "infinity", "utf8", "truncated", "deep", "huge-int", "just-too-deep", "huge-float",
+         "escaped-nfc-twin"],
 )
 def test_strict_parser_refuses_what_canonical_json_cannot_mean(raw: bytes, match: str) -> None:
     with pytest.raises(ProtocolError, match=match):
