@@ -108,7 +108,7 @@ class PreparedTask:
 
     def delivery(self, pod: str) -> str:
         """The JSON text of ``hub_api.TaskDelivery`` for ``pod``: the shared head and the pod's proof."""
-        return self.head + self.tree.proof(pod).model_dump_json() + "}"
+        return self.head + self.tree.proof_json(pod) + "}"
 
 
 @dataclass(eq=False)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pod_agent.errors import ProtocolError
-from pod_agent.protocol import Cohort, CohortEntry, check_inclusion, cohort_tree
+from pod_agent.protocol import Cohort, CohortEntry, CohortProof, canonical_json, check_inclusion, cohort_tree
 
 
 def _entries(n: int) -> list[CohortEntry]:
@@ -21,6 +25,7 @@ def test_every_entrys_proof_verifies_with_a_path_of_about_log2_n(n: int) -> None
         assert proof.entry == entry
         assert len(proof.path) <= max(1, (n - 1).bit_length())
         check_inclusion(tree.commitment, proof)
+        assert CohortProof.model_validate_json(tree.proof_json(entry.pod)) == proof  # as the hub sends it
 
 
 def test_a_proof_does_not_verify_under_another_size_or_root() -> None:
@@ -55,3 +60,13 @@ def test_a_cohort_names_each_pod_once_and_at_least_one() -> None:
         cohort_tree([])
     with pytest.raises(ProtocolError, match="pod 'stranger' is not in this cohort"):
         cohort_tree(_entries(2)).proof("stranger")
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(st.text(st.characters(exclude_categories=["Cs"]), min_size=1, max_size=40))
+def test_a_leaf_hashes_the_canonical_json_of_its_entry_whatever_the_pod_name(name: str) -> None:
+    # A one-pod tree's root is its leaf: RFC 9162's 0x00 || canonical_json(entry), for ASCII names (hashed
+    # without the general encoder) as for any other (quotes, control characters, NFD text).
+    entry = CohortEntry(pod=name, schema_hash="ab" * 32, key_id="cd" * 32)
+    leaf = hashlib.sha256(b"\x00" + canonical_json(entry)).hexdigest()
+    assert cohort_tree([entry]).commitment.root == leaf
