@@ -270,10 +270,11 @@ def prepare_task_input(
     with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, arrow_schema) as writer:
         for batch in _batches(ds, [p.name for p in plans] + [target.name], rows=read_rows):
             y, keep = _encode_target(batch.column(target.name), target)
-            if not keep.any():
+            n_kept = int(keep.sum())
+            if not n_kept:
                 continue
-            assigned, taken = splits[taken : taken + int(keep.sum())], taken + int(keep.sum())
-            if len(assigned) < keep.sum():
+            assigned, taken = splits[taken : taken + n_kept], taken + n_kept
+            if len(assigned) < n_kept:
                 raise DataError(f"task input: datasource {ds.path} changed while it was read; prepare it again")
             x, *extra = encode_x(batch.filter(pa.array(keep)))
             y_kept = pa.array(y[keep].astype(np.int64 if task == "classification" else np.float32))
