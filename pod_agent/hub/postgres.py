@@ -57,6 +57,7 @@ from pod_agent.hub.storage import (
     RoundMessageRecord,
     StorageConflict,
     hub_task_record,
+    pending_by_pod,
     pod_record,
 )
 from pod_agent.protocol import MAX_REQUEST_SKEW_S
@@ -281,6 +282,14 @@ class PostgresStorage:
         self._write_touches()
         return [pod_record(r) for r in self._rows(f"SELECT {_POD_COLUMNS} FROM pods ORDER BY name")]
 
+    def admitted(self, names: Sequence[str]) -> set[str]:
+        rows = self._rows(
+            "SELECT p.name FROM pods p JOIN unnest(%s::text[]) AS n(name) ON p.name = n.name WHERE NOT EXISTS"
+            " (SELECT 1 FROM key_approvals k WHERE k.key_id = p.key_id AND k.approved_at IS NULL)",
+            (list(names),),
+        )
+        return {str(r[0]) for r in rows}
+
     def touch_pod(self, name: str, *, now: int) -> None:
         """Noted here and written with the others within ``TOUCH_WRITE_S`` (or before this process reads a pod):
         every pod's heartbeat a round trip of its own was most of a fan-out's database traffic."""
@@ -422,9 +431,11 @@ class PostgresStorage:
             (now, task_id, pod),
         ) > 0
 
-    def pending_task_ids(self, pod: str) -> list[str]:
-        rows = self._rows("SELECT task_id FROM deliveries WHERE pod = %s AND acked_at IS NULL ORDER BY seq", (pod,))
-        return [str(r[0]) for r in rows]
+    def pending_task_ids(self, pods: Sequence[str]) -> dict[str, list[str]]:
+        rows = self._rows(
+            "SELECT pod, task_id FROM deliveries WHERE pod = ANY(%s) AND acked_at IS NULL ORDER BY seq", (list(pods),)
+        )
+        return pending_by_pod(rows)
 
     def ack_deliveries(self, acks: Sequence[tuple[str, str]], *, now: int) -> None:
         if acks:  # one statement, one round trip, for a fan-out's acknowledgements

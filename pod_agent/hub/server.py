@@ -89,7 +89,7 @@ from pod_agent.hub.admission import (
     admit,
     approval_hint,
 )
-from pod_agent.hub.batching import GatheredWrites, StorageBatcher
+from pod_agent.hub.batching import GatheredReads, GatheredWrites, StorageBatcher
 from pod_agent.hub.blobs import Blobs, BlobStore
 from pod_agent.hub.cluster import Cluster, SingleProcess
 from pod_agent.hub.fanout import (
@@ -227,6 +227,7 @@ class _Hub:
         self.fanout = Fanout()
         self.batcher = StorageBatcher()
         self.writes = GatheredWrites(storage, self.db_batched)
+        self.reads = GatheredReads(storage, self.db_batched)
         # A task prepared again from storage (``_prepared``): once, however many pods ask for it at once.
         self.preparing: dict[str, asyncio.Future[PreparedTask]] = {}
         self.background: set[asyncio.Task[None]] = set()  # fan-outs another hub process asked for
@@ -534,7 +535,7 @@ async def _pending(hub: _Hub, pod: str, *, sent: Collection[str] = ()) -> list[P
     when not prepared here, since its record lists its whole cohort (10,000 pods re-reading a 10,000-name list
     each had taken the hub from 300 MB to 1 GB)."""
     out = []
-    for task_id in await hub.db_batched(hub.storage.pending_task_ids, pod):
+    for task_id in await hub.reads.pending(pod):
         if task_id in sent:
             continue
         prepared = hub.fanout.get(task_id)
@@ -824,8 +825,7 @@ async def _take_task(request: web.Request) -> web.Response:
             f"{task.cohort.root[:16]} (size {task.cohort.size}): send the entries the task was built from",
             status=400,
         )
-    known = {p.name for p in await _admitted_pods(hub)}
-    unknown = sorted(set(tree.pods) - known)
+    unknown = sorted(set(tree.pods) - await hub.db(hub.storage.admitted, tree.pods))
     if unknown:
         raise HubError(f"unknown pods {unknown[:20]}; list them with `pod-agent modeller pods`", status=404)
     record = HubTaskRecord(

@@ -35,6 +35,7 @@ from pod_agent.hub.storage import (
     RoundMessageRecord,
     StorageConflict,
     hub_task_record,
+    pending_by_pod,
     pod_record,
 )
 
@@ -170,6 +171,15 @@ class SqliteStorage:
             rows = self._db.execute(f"SELECT {_POD_COLUMNS} FROM pods ORDER BY name").fetchall()
         return [pod_record(r) for r in rows]
 
+    def admitted(self, names: Sequence[str]) -> set[str]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT p.name FROM pods p JOIN json_each(?) n ON p.name = n.value WHERE NOT EXISTS"
+                " (SELECT 1 FROM key_approvals k WHERE k.key_id = p.key_id AND k.approved_at IS NULL)",
+                (json.dumps(list(names)),),
+            ).fetchall()
+        return {str(r[0]) for r in rows}
+
     def touch_pod(self, name: str, *, now: int) -> None:
         with self._lock:
             self._db.execute("UPDATE pods SET last_seen = ? WHERE name = ?", (now, name))
@@ -299,12 +309,14 @@ class SqliteStorage:
             ).fetchall()
         return [hub_task_record(r) for r in rows]
 
-    def pending_task_ids(self, pod: str) -> list[str]:
+    def pending_task_ids(self, pods: Sequence[str]) -> dict[str, list[str]]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT task_id FROM deliveries WHERE pod = ? AND acked_at IS NULL ORDER BY seq", (pod,)
+                "SELECT d.pod, d.task_id FROM json_each(?) n JOIN deliveries d ON d.pod = n.value"
+                " WHERE d.acked_at IS NULL ORDER BY d.seq",
+                (json.dumps(list(pods)),),
             ).fetchall()
-        return [str(r[0]) for r in rows]
+        return pending_by_pod(rows)
 
     def ack_deliveries(self, acks: Sequence[tuple[str, str]], *, now: int) -> None:
         with self._lock, self._tx():

@@ -13,7 +13,7 @@ on disk (``blobs.py``), not here. Every method is synchronous and short; the ser
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -167,6 +167,14 @@ def hub_task_record(row: tuple[Any, ...]) -> HubTaskRecord:
     )
 
 
+def pending_by_pod(rows: Iterable[tuple[Any, ...]]) -> dict[str, list[str]]:
+    """``Storage.pending_task_ids`` from rows of (pod, task_id) in delivery order (both backends select them alike)."""
+    out: dict[str, list[str]] = {}
+    for pod, task_id in rows:
+        out.setdefault(str(pod), []).append(str(task_id))
+    return out
+
+
 class Storage(Protocol):
     """Everything the hub persists except blob bytes."""
 
@@ -178,6 +186,10 @@ class Storage(Protocol):
     def pod_by_key(self, key_id: str) -> PodRecord | None: ...
 
     def list_pods(self) -> list[PodRecord]: ...
+
+    def admitted(self, names: Sequence[str]) -> set[str]:
+        """Those of ``names`` that are registered pods whose key awaits no approval (the pods a task may name):
+        one query, where a 10,000-pod task's check had read every pod's record."""
 
     def touch_pod(self, name: str, *, now: int) -> None: ...
 
@@ -217,8 +229,9 @@ class Storage(Protocol):
     def pending_tasks(self, pod: str) -> list[HubTaskRecord]:
         """Tasks for this pod that it has not acknowledged yet, oldest first."""
 
-    def pending_task_ids(self, pod: str) -> list[str]:
-        """The ids of ``pending_tasks``: what a push loop reads every time, without each task's cohort list."""
+    def pending_task_ids(self, pods: Sequence[str]) -> dict[str, list[str]]:
+        """The ids of each pod's ``pending_tasks`` (a pod with none is left out), in one query: what push loops
+        read, without each task's cohort list, those of many pods together (``batching.GatheredReads``)."""
 
     def ack_delivery(self, task_id: str, pod: str, *, now: int) -> bool:
         """Mark a delivery acknowledged; False when there is no such delivery."""

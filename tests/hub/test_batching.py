@@ -1,5 +1,5 @@
-"""The hub's storage batcher (calls queued together run in one thread hop, in order, each failing alone) and its
-gathered heartbeat and ack writes."""
+"""The hub's storage batcher (calls queued together run in one thread hop, in order, each failing alone), its
+gathered heartbeat and ack writes, and its gathered reads of pending task ids."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import pytest
 
 from pod_agent.errors import HubError
 from pod_agent.hub import open_storage
-from pod_agent.hub.batching import GatheredWrites, StorageBatcher
+from pod_agent.hub.batching import GatheredReads, GatheredWrites, StorageBatcher
+from pod_agent.hub.storage import HubTaskRecord
 
 
 async def test_queued_calls_run_in_order_in_one_hop_and_a_failure_reaches_only_its_caller() -> None:
@@ -61,3 +62,38 @@ async def test_writes_gathered_meanwhile_go_in_one_call_and_a_failed_one_is_logg
         storage.close()
     assert calls == [({"pod-a": 103, "pod-b": 102}, {("task-1", "pod-a"): 101}), ({"pod-c": 104}, {})]
     assert "cannot record 2 heartbeats and 1 acknowledgements: database is locked" in caplog.text
+
+
+async def test_reads_asked_meanwhile_go_in_one_query_each_pod_gets_its_own_and_a_failure_reaches_all(
+    tmp_path: Path,
+) -> None:
+    storage, _cluster = open_storage(str(tmp_path / "hub.sqlite"))
+    for task_id, pods in [("t1", ("a", "b")), ("t2", ("a",))]:
+        storage.add_task(HubTaskRecord(task_id=task_id, modeller_id="m", envelope=b"{}", pods=pods, created_at=1))
+    asked: list[list[str]] = []
+    first_running, release = asyncio.Event(), asyncio.Event()
+
+    async def run(read: Callable[[list[str]], dict[str, list[str]]], pods: list[str]) -> dict[str, list[str]]:
+        asked.append(pods)
+        if len(asked) == 1:
+            first_running.set()
+            await release.wait()
+        if "broken" in pods:
+            raise HubError("database is gone")
+        return read(pods)
+
+    reads = GatheredReads(storage, run)
+    try:
+        first = asyncio.ensure_future(reads.pending("a"))
+        await asyncio.wait_for(first_running.wait(), 5)
+        queued = [asyncio.ensure_future(reads.pending(p)) for p in ("b", "c", "a", "gone")]
+        await asyncio.sleep(0)
+        queued[3].cancel()  # its pod disconnected: the read goes on for the others
+        release.set()
+        assert await first == ["t1", "t2"]
+        assert await asyncio.gather(*queued[:3]) == [["t1"], [], ["t1", "t2"]]
+        assert asked == [["a"], ["b", "c", "a", "gone"]]
+        failed = await asyncio.gather(reads.pending("a"), reads.pending("broken"), return_exceptions=True)
+        assert [str(f) for f in failed] == ["database is gone"] * 2
+    finally:
+        storage.close()

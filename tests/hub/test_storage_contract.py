@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pod_agent.hub import Storage, StorageConflict, open_storage
-from pod_agent.hub.storage import HubTaskRecord, PodRecord
+from pod_agent.hub.storage import HubTaskRecord, PendingKey, PodRecord
 
 RACERS = 8
 
@@ -64,9 +64,9 @@ def test_pending_tasks_come_in_submission_order_and_leave_when_acknowledged(open
     storage = opened()
     for task_id in ("t3", "t1", "t2"):
         assert storage.add_task(_task(task_id, pods=("a",))) == "stored"
-    assert [t.task_id for t in storage.pending_tasks("a")] == storage.pending_task_ids("a") == ["t3", "t1", "t2"]
+    assert [t.task_id for t in storage.pending_tasks("a")] == storage.pending_task_ids(["a"])["a"] == ["t3", "t1", "t2"]
     assert storage.ack_delivery("t1", "a", now=5) and not storage.ack_delivery("t1", "nobody", now=5)
-    assert [t.task_id for t in opened().pending_tasks("a")] == opened().pending_task_ids("a") == ["t3", "t2"]
+    assert [t.task_id for t in opened().pending_tasks("a")] == opened().pending_task_ids(["a"])["a"] == ["t3", "t2"]
     assert [t.task_id for t in storage.recent_tasks(2)] == ["t2", "t1"]  # newest first, the status page's
 
 
@@ -121,3 +121,14 @@ def test_a_pod_name_and_its_key_belong_to_each_other_until_the_name_is_released(
     storage.upsert_pod(_pod("a", "k2"))
     assert storage.pod_by_key("k2") == _pod("a", "k2") and storage.pod_by_key("k1") is None
 
+
+
+def test_the_pods_a_task_may_name_are_registered_and_awaiting_no_approval(opened: Callable[[], Storage]) -> None:
+    storage = opened()
+    for name, key in [("a", "k1"), ("b", "k2"), ("c", "k3")]:
+        storage.upsert_pod(_pod(name, key))
+    storage.add_pending_key(PendingKey(key_id="k2", role="pod", name="b", requested_at=1))
+    storage.add_pending_key(PendingKey(key_id="k3", role="pod", name="c", requested_at=1))
+    storage.approve_key("k3", now=2)
+    assert opened().admitted(["a", "b", "c", "unknown"]) == {"a", "c"}
+    assert storage.admitted([]) == set()
