@@ -41,6 +41,7 @@ from psycopg import sql
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from pod_agent.errors import HubError
+from pod_agent.hub.fanout import fanout_key, fanout_task
 from pod_agent.hub.sqlite import MAY_READ_BLOB_SQL, UNREFERENCED_SQL
 from pod_agent.hub.storage import (
     BlobRecord,
@@ -205,6 +206,14 @@ class PostgresStorage:
             target=self._write_touches_periodically, name="hub-pod-touches", daemon=True
         )
         self._toucher.start()
+        # (channel, payload prefix) on which each new task is announced in its own transaction (``announce_tasks_on``).
+        self._task_announcement: tuple[str, str] | None = None
+
+    def announce_tasks_on(self, channel: str, prefix: str) -> None:
+        """NOTIFY ``prefix`` and each new task's ``fanout_key`` on ``channel`` in the transaction that stores the
+        task: the other hub processes hear of it with its commit, even when this process dies right after (a
+        wake-up sent after the commit died with it, and their pods waited for their next quiet re-read)."""
+        self._task_announcement = (channel, prefix)
 
     def close(self) -> None:
         self._closing.set()
@@ -405,6 +414,9 @@ class PostgresStorage:
                 " SELECT %s, pod FROM unnest(%s::text[]) WITH ORDINALITY AS p(pod, i) ORDER BY i",
                 (task.task_id, list(task.pods)),
             )
+            if self._task_announcement is not None:
+                channel, prefix = self._task_announcement
+                conn.execute("SELECT pg_notify(%s, %s)", (channel, prefix + fanout_key(task.task_id)))
             return "stored"
 
     def get_task(self, task_id: str) -> HubTaskRecord | None:
@@ -668,8 +680,10 @@ class PostgresCluster:
     NOTIFY'd on a channel named for the storage's schema, each payload prefixed with this
     process's id so it skips its own; a listening connection per process wakes its local waiters.
     Notifications are sent after the write they announce has committed, so a woken waiter reads
-    it. A lost listening connection is re-opened after a pause, and every local waiter is woken
-    then, since notifications sent meanwhile are gone (waiters re-read the database).
+    it; a new task's is sent by the storage in the task's own transaction, so it is not lost with a
+    process that dies right after storing it. A lost listening connection is re-opened after a
+    pause, and every local waiter is woken then, since notifications sent meanwhile are gone
+    (waiters re-read the database).
 
     Request nonces are claimed in ``request_nonces`` (one insert per request) so a request replayed
     to another process is refused; rows older than twice the clock window are pruned now and then.
@@ -683,12 +697,16 @@ class PostgresCluster:
         self._storage = storage
         self._origin = uuid.uuid4().hex[:12]
         self._channel = f"pod_agent_hub:{storage.schema}"[:63]
+        storage.announce_tasks_on(self._channel, f"{self._origin}|")
         self._outbox: list[str] = []
         self._sending: asyncio.Task[None] | None = None
         self._claims = 0
 
     def publish(self, key: str) -> None:
-        """Queue ``key`` for the other processes; queued keys go out together, in one statement."""
+        """Queue ``key`` for the other processes; queued keys go out together, in one statement. A task's
+        ``fanout_key`` is not: the storage sent it with the task's commit (``PostgresStorage.announce_tasks_on``)."""
+        if fanout_task(key) is not None:
+            return
         self._outbox.append(f"{self._origin}|{key}")
         if self._sending is None or self._sending.done():
             self._sending = asyncio.get_running_loop().create_task(self._send(), name="hub-notify")

@@ -14,6 +14,8 @@ import pytest
 
 from pod_agent.errors import HubError
 from pod_agent.hub import PostgresCluster, PostgresStorage, create_app, listening
+from pod_agent.hub.fanout import fanout_key
+from pod_agent.hub.storage import HubTaskRecord
 from pod_agent.protocol import IdentityKey, canonical_json, sign_request
 
 
@@ -74,6 +76,46 @@ async def test_a_wake_up_reaches_the_other_processes_and_not_its_sender(
         await asyncio.gather(*listeners, return_exceptions=True)
         await sender.close()
         storage.close()
+
+
+async def _until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+
+
+async def test_a_new_task_is_announced_to_the_other_processes_by_its_own_commit(
+    postgres_db: Callable[[], str],
+) -> None:
+    # The process that takes a task may die right after storing it: with nothing else of it run (here: nothing
+    # after add_task), the other processes still hear of the task at once, not when their pods next re-read
+    # storage (MAX_LONG_POLL_S later); and the process's own publish of the task's fan-out sends no second copy.
+    url = postgres_db()
+    stores = [PostgresStorage(url), PostgresStorage(url)]
+    submitter, other = PostgresCluster(stores[0]), PostgresCluster(stores[1])
+    heard: dict[str, list[str]] = {"submitter": [], "other": []}
+    listeners = [
+        asyncio.create_task(cluster.run(heard[name].append, lambda: None))
+        for name, cluster in (("submitter", submitter), ("other", other))
+    ]
+    try:
+        await asyncio.sleep(0.3)  # both LISTENing
+        task = HubTaskRecord(task_id="t1", modeller_id="m", envelope=b'{"signed": 1}', pods=("pod-1",), created_at=1)
+        assert await asyncio.to_thread(stores[0].add_task, task) == "stored"
+        await _until(lambda: len(heard["other"]) >= 1)
+        assert heard == {"submitter": [], "other": [fanout_key("t1")]}
+        # What the hub publishes after storing a task: no second copy of the task's fan-out.
+        submitter.publish(fanout_key("t1"))
+        submitter.publish("pod-1")
+        await _until(lambda: len(heard["other"]) >= 2)
+        assert heard == {"submitter": [], "other": [fanout_key("t1"), "pod-1"]}
+    finally:
+        for listener in listeners:
+            listener.cancel()
+        await asyncio.gather(*listeners, return_exceptions=True)
+        await submitter.close()
+        for storage in stores:
+            storage.close()
 
 
 def test_an_unreachable_database_is_named_without_its_password(tmp_path: Path) -> None:
