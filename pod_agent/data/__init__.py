@@ -5,7 +5,7 @@ from pod_agent.data.datasource import DEFAULT_BATCH_ROWS, Datasource, open_datas
 from pod_agent.data.input_cache import TaskInputCache
 from pod_agent.data.partition import partition_by_category
 from pod_agent.data.schema import STYPES, ColumnSchema, Schema, Stype, check_drift, stype_reason
-from pod_agent.data.tabular_layout import TabularLayout, dense_x
+from pod_agent.data.tabular_layout import CompactRows, TabularLayout, dense_x
 from pod_agent.data.task_input import (
     DATA_FILE_NAME,
     ROW_SHAPE_METADATA_KEY,
@@ -23,6 +23,7 @@ __all__ = [
     "SPLIT_CODES",
     "STYPES",
     "ColumnSchema",
+    "CompactRows",
     "Datasource",
     "Schema",
     "Stype",

@@ -16,9 +16,10 @@ per categorical column, not as ``input_size`` floats that are mostly zeros (Adul
 Arrow cannot hold a zero-width list, so a selection with no continuous column writes one unused 0 per
 row in ``x`` (``continuous`` is then empty) and one without categorical columns one slot of -1.
 
-Expanding a row writes zeros, then x's values at their positions, then 1.0 at each slot. The file is the
-agent's, but at a weak sandbox level a worker could alter a cached one: the layout is checked when read
-and every slot when its rows are expanded, and anything out of place raises DataError naming it.
+Expanding a row writes zeros, then x's values at their positions and 1.0 at each slot (in a file the
+agent wrote no two of them share a position). The file is the agent's, but at a weak sandbox level a
+worker could alter a cached one: the layout is checked when read and the slots of each record batch when
+it is decoded, and anything out of place raises DataError naming it.
 """
 
 from __future__ import annotations
@@ -103,36 +104,48 @@ class TabularLayout:
             pa.FixedSizeListArray.from_arrays(pa.array(slots.reshape(-1)), slots.shape[1]),
         )
 
-    def columns(self, batch: pa.RecordBatch) -> tuple[np.ndarray, np.ndarray]:
-        """A record batch's values ``[rows, n_continuous]`` (read in place) and slots ``[rows, width]`` (a copy,
-        checked: the file may change under its memory map after the check, the copy does not).
+    def rows(self, batch: pa.RecordBatch) -> CompactRows:
+        """A record batch's rows, ready to expand: the continuous values read in place, the slots copied (the
+        file may change under its memory map after the check here, the copy does not).
 
         Raises DataError when a slot lies outside the vector (-1, setting none, is the only negative).
         """
         x, column = batch.column("x"), batch.column(SLOTS_COLUMN)
         values = np.asarray(x.flatten().to_numpy(zero_copy_only=False)).reshape(len(batch), x.type.list_size)
-        flat = np.array(column.flatten().to_numpy(zero_copy_only=False), dtype=np.int32)
-        slots = flat.reshape(len(batch), column.type.list_size)
-        if slots.size and (int(slots.min()) < -1 or int(slots.max()) >= self.input_size):
+        slots = np.array(column.flatten().to_numpy(zero_copy_only=False), dtype=np.int32).reshape(len(batch), -1)
+        low, high = (int(slots.min()), int(slots.max())) if slots.size else (0, 0)
+        if low < -1 or high >= self.input_size:
             bad = slots[(slots < -1) | (slots >= self.input_size)]
             raise DataError(
                 f"task input sets slot {int(bad[0])}, outside [0, {self.input_size}) (-1 sets none); "
                 "prepare the input again"
             )
-        return values[:, : len(self.continuous)], slots
-
-    def expand(self, values: np.ndarray, slots: np.ndarray) -> np.ndarray:
-        """Dense float32 ``[rows, input_size]`` of rows taken from what ``columns`` returns (slots checked there)."""
-        rows = len(values)
-        dense = np.zeros((rows, self.input_size), dtype=np.float32)
-        dense[:, self._positions] = values
-        flat = slots + (np.arange(rows, dtype=np.int64) * self.input_size)[:, None]
-        dense.reshape(-1)[flat[slots >= 0]] = 1.0
-        return dense
+        return CompactRows(self.input_size, self._positions, values[:, : len(self.continuous)], slots, low >= 0)
 
     @cached_property
     def _positions(self) -> np.ndarray:
         return np.array(self.continuous, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class CompactRows:
+    """A record batch's rows in the compact layout (``TabularLayout.rows``), expanded a few at a time."""
+
+    input_size: int
+    positions: np.ndarray  # where each continuous value goes
+    values: np.ndarray  # [rows, n_continuous] float32
+    slots: np.ndarray  # [rows, width] int32, each in [-1, input_size)
+    sets_every_slot: bool  # no slot is -1 (one-hot always): no mask needed
+
+    def dense(self, rows: np.ndarray) -> np.ndarray:
+        """Dense float32 ``[len(rows), input_size]`` of the rows at ``rows``: zeros, the continuous values at
+        their positions, 1.0 at each slot."""
+        dense = np.zeros((len(rows), self.input_size), dtype=np.float32)
+        dense[:, self.positions] = self.values[rows]
+        slots = self.slots[rows]
+        at = slots + (np.arange(len(rows), dtype=np.int64) * self.input_size)[:, None]
+        dense.reshape(-1)[at if self.sets_every_slot else at[slots >= 0]] = 1.0
+        return dense
 
 
 def dense_x(data: pa.Table | pa.RecordBatch) -> np.ndarray:
@@ -146,7 +159,7 @@ def dense_x(data: pa.Table | pa.RecordBatch) -> np.ndarray:
         parts = [np.asarray(b.column("x").flatten().to_numpy(zero_copy_only=False)).reshape(-1, width) for b in batches]
     else:
         width = layout.input_size
-        parts = [layout.expand(*layout.columns(b)) for b in batches]
+        parts = [layout.rows(b).dense(np.arange(len(b))) for b in batches]
     return np.concatenate(parts) if parts else np.empty((0, width), dtype=np.float32)
 
 

@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import IterableDataset
 
-from pod_agent.data import ROW_SHAPE_METADATA_KEY, SPLIT_CODES, TabularLayout
+from pod_agent.data import ROW_SHAPE_METADATA_KEY, SPLIT_CODES, CompactRows, TabularLayout
 from pod_agent.errors import DataError, TrainingError
 from pod_agent.sdk import Batch
 
@@ -75,16 +75,15 @@ class SplitBatches(IterableDataset[Batch]):
         rows = np.flatnonzero(_split_column(batch) == self._code)
         if self._layout is not None:
             try:
-                values, slots = self._layout.columns(batch)
+                return _Rows(self._layout.rows(batch), y, rows)
             except DataError as exc:
                 raise TrainingError("data_invalid", f"{self._path.name}: {exc}") from exc
-            return _Rows(values, y, rows, self._layout, slots)
         x = np.asarray(batch.column(0).flatten().to_numpy(zero_copy_only=False)).reshape(len(batch), *self._row_shape)
         if x.dtype == np.uint8:
             x = x.astype(np.float32) / 255.0
         elif np.issubdtype(x.dtype, np.integer):
             x = x.astype(np.int64)
-        return _Rows(x, y, rows)
+        return _Rows(_Stored(x), y, rows)
 
     def peek(self, n_rows: int) -> Batch:
         """The first ``n_rows`` rows of the split, without shuffling or advancing the epoch."""
@@ -111,22 +110,29 @@ class SplitBatches(IterableDataset[Batch]):
 
 
 @dataclass(frozen=True)
-class _Rows:
-    """One record batch, decoded: ``x`` is dense, or the continuous values of a compact ``layout``."""
+class _Stored:
+    """A record batch's x as stored (images, text), taken row by row."""
 
     x: np.ndarray
+
+    def dense(self, rows: np.ndarray) -> np.ndarray:
+        taken: np.ndarray = self.x[rows]
+        return taken
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """One record batch, decoded: its features (compact tabular rows, expanded per batch, or stored x), y, and
+    the positions of the split's rows."""
+
+    features: CompactRows | _Stored
     y: np.ndarray
-    rows: np.ndarray  # positions of the split's rows
-    layout: TabularLayout | None = None
-    slots: np.ndarray | None = None
+    rows: np.ndarray
 
     def batch(self, rows: np.ndarray) -> Batch:
-        """``rows`` as a model batch (expanded where compact); ``support`` stays empty until there are
-        support columns."""
-        x = self.x[rows] if self.layout is None or self.slots is None else self.layout.expand(
-            self.x[rows], self.slots[rows]
-        )
-        return (torch.from_numpy(x), torch.empty((len(rows), 0), dtype=torch.float32)), torch.from_numpy(self.y[rows])
+        """``rows`` as a model batch; ``support`` stays empty until there are support columns."""
+        x = torch.from_numpy(self.features.dense(rows))
+        return (x, torch.empty((len(rows), 0), dtype=torch.float32)), torch.from_numpy(self.y[rows])
 
 
 def _slice(rows: np.ndarray, rank: int, ranks: int) -> np.ndarray:

@@ -73,10 +73,17 @@ def test_compact_rows_expand_to_exactly_the_dense_encoding(source: Datasource, t
     assert table.schema.field("x").type.list_size == 1 and table.schema.field("slots").type.list_size == 1
 
 
-def test_a_selection_of_one_kind_of_column_expands_as_its_part_of_the_whole(source: Datasource, tmp_path: Path) -> None:
-    whole, structure = _prepare(source, DataSelection(target="label", columns=["colour", "size"]), tmp_path / "w")
+@pytest.mark.parametrize("encoding", ["one-hot", "hashed"])
+def test_a_selection_of_one_kind_of_column_expands_as_its_part_of_the_whole(
+    source: Datasource, tmp_path: Path, encoding: str
+) -> None:
+    def selection(*columns: str) -> DataSelection:
+        return DataSelection(target="label", columns=list(columns), categorical_encoding=encoding)  # type: ignore[arg-type]
+
+    whole, structure = _prepare(source, selection("colour", "size"), tmp_path / "w")
     at = structure["feature_names"].index("size")  # type: ignore[attr-defined]
-    only_colour, _ = _prepare(source, DataSelection(target="label", columns=["colour"]), tmp_path / "c")
-    only_size, _ = _prepare(source, DataSelection(target="label", columns=["size"]), tmp_path / "s")
+    # Hashed, a row whose colour is missing then sets nothing at all.
+    only_colour, _ = _prepare(source, selection("colour"), tmp_path / "c")
+    only_size, _ = _prepare(source, selection("size"), tmp_path / "s")
     assert np.array_equal(dense_x(only_colour), np.delete(dense_x(whole), at, axis=1))
     assert np.array_equal(dense_x(only_size), dense_x(whole)[:, [at]])
