@@ -49,6 +49,7 @@ from pod_agent.hub.storage import (
     BlobUsage,
     DeliveryRecord,
     HubTaskRecord,
+    KeyStanding,
     ModellerRecord,
     ModelRecord,
     PendingKey,
@@ -58,6 +59,8 @@ from pod_agent.hub.storage import (
     RoundMessageRecord,
     StorageConflict,
     hub_task_record,
+    key_standing,
+    key_standing_query,
     pending_by_pod,
     pod_record,
 )
@@ -82,6 +85,7 @@ _NONCE_PRUNE_EVERY = 1000
 _POD_COLUMNS = (
     "name, key_id, public_key, schema, schema_hash, row_count, sandbox_level, heartbeat_s, registered_at, last_seen"
 )
+_KEY_STANDING = key_standing_query(_POD_COLUMNS, "%s")
 _UPSERT_POD = (
     f"INSERT INTO pods ({_POD_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
     " ON CONFLICT (name) DO UPDATE SET public_key = excluded.public_key, schema = excluded.schema,"
@@ -286,6 +290,11 @@ class PostgresStorage:
         self._write_touches()
         row = self._first(f"SELECT {_POD_COLUMNS} FROM pods WHERE key_id = %s", (key_id,))
         return None if row is None else pod_record(row)
+
+    def key_standing(self, key_id: str) -> KeyStanding:
+        # No _write_touches first: a signer's last_seen decides nothing, and a reconnecting herd's every
+        # handshake would write the touches its predecessors queued.
+        return key_standing(_present(self._first(_KEY_STANDING, (key_id,))))
 
     def list_pods(self) -> list[PodRecord]:
         self._write_touches()

@@ -307,9 +307,8 @@ class _Known:
 
 
 def _known(storage: Storage, key_id: str) -> _Known:
-    pod = storage.pod_by_key(key_id)
-    modeller = storage.get_modeller(key_id)
-    return _Known(pod, modeller, storage.key_pending(key_id) if pod or modeller else False)
+    standing = storage.key_standing(key_id)
+    return _Known(standing.pod, standing.modeller, standing.pending)
 
 
 async def _authenticate(request: web.Request, route: str | None) -> None:

@@ -26,6 +26,7 @@ from pod_agent.hub.storage import (
     BlobUsage,
     DeliveryRecord,
     HubTaskRecord,
+    KeyStanding,
     ModellerRecord,
     ModelRecord,
     PendingKey,
@@ -35,6 +36,8 @@ from pod_agent.hub.storage import (
     RoundMessageRecord,
     StorageConflict,
     hub_task_record,
+    key_standing,
+    key_standing_query,
     pending_by_pod,
     pod_record,
 )
@@ -43,6 +46,8 @@ from pod_agent.hub.storage import (
 _POD_COLUMNS = (
     "name, key_id, public_key, schema, schema_hash, row_count, sandbox_level, heartbeat_s, registered_at, last_seen"
 )
+
+_KEY_STANDING = key_standing_query(_POD_COLUMNS, "?")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS pods (
@@ -165,6 +170,10 @@ class SqliteStorage:
 
     def pod_by_key(self, key_id: str) -> PodRecord | None:
         return self._one_pod(f"SELECT {_POD_COLUMNS} FROM pods WHERE key_id = ?", key_id)
+
+    def key_standing(self, key_id: str) -> KeyStanding:
+        with self._lock:
+            return key_standing(self._db.execute(_KEY_STANDING, (key_id,)).fetchone())
 
     def list_pods(self) -> list[PodRecord]:
         with self._lock:

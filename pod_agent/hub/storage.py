@@ -148,6 +148,35 @@ class PendingKey:
     requested_at: int
 
 
+@dataclass(frozen=True)
+class KeyStanding:
+    """What the hub holds for a key id (a signed request's signer): its pod's and modeller's records, and
+    whether it awaits approval (only ever for a key with a record)."""
+
+    pod: PodRecord | None
+    modeller: ModellerRecord | None
+    pending: bool
+
+
+def key_standing_query(pod_columns: str, param: str) -> str:
+    """``Storage.key_standing``'s one query, given the backend's pod columns (``pod_record``'s order) and
+    placeholder; ``key_standing`` reads its row."""
+    columns = ", ".join(f"p.{column}" for column in pod_columns.split(", "))
+    # Built from the backends' own column list and placeholder; the key id is bound.
+    return (
+        f"SELECT {columns}, m.key_id, m.public_key, m.name, m.registered_at, EXISTS"  # noqa: S608
+        " (SELECT 1 FROM key_approvals a WHERE a.key_id = q.key_id AND a.approved_at IS NULL)"
+        f" FROM (SELECT CAST({param} AS TEXT) AS key_id) q LEFT JOIN pods p ON p.key_id = q.key_id"
+        " LEFT JOIN modellers m ON m.key_id = q.key_id"
+    )
+
+
+def key_standing(row: tuple[Any, ...]) -> KeyStanding:
+    pod = None if row[0] is None else pod_record(row[:10])
+    modeller = None if row[10] is None else ModellerRecord(str(row[10]), str(row[11]), str(row[12]), int(row[13]))
+    return KeyStanding(pod, modeller, bool(row[14]) and (pod is not None or modeller is not None))
+
+
 def pod_record(row: tuple[Any, ...]) -> PodRecord:
     """A pod from a row of its columns in storage order (both backends select them alike)."""
     (name, key_id, public_key, schema, schema_hash, row_count, level, heartbeat_s, registered, seen) = row
@@ -184,6 +213,11 @@ class Storage(Protocol):
     def get_pod(self, name: str) -> PodRecord | None: ...
 
     def pod_by_key(self, key_id: str) -> PodRecord | None: ...
+
+    def key_standing(self, key_id: str) -> KeyStanding:
+        """The pod and modeller registered under ``key_id`` and whether it awaits approval, in one query: every
+        signed request asks it, where it had taken three round trips. The pod's ``last_seen`` may lag the
+        heartbeats not yet written (``touch_pods``)."""
 
     def list_pods(self) -> list[PodRecord]: ...
 
