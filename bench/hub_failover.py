@@ -4,8 +4,9 @@ How pods find the other process: the way an operator configures a real pod, ``hu
 ``hub.fallback_urls`` the other. Each simulated pod is the agent's own ``HubClient`` (which moves to the next
 URL when a call finds its hub unavailable) with the agent's ``Backoff`` at the agent's defaults, and its link
 loop is the daemon's (``Agent._hub_link``): register, open the signed task WebSocket, heartbeat, verify and ack
-each pushed task on the socket; on any retryable failure wait a backoff step and start again, registering
-anew. No TCP front is put before the hubs: it would be a third process that can die, and the agent needs none.
+each pushed task on the socket; on any retryable failure wait a backoff step and open the socket again (at
+the next URL when the socket ended), registering anew only when the hub refuses it. No TCP front is put
+before the hubs: it would be a third process that can die, and the agent needs none.
 
 Half the pods live on each process (worker processes of PODS_PER_WORKER pods, niced as in hub_load); the task
 (an evaluate task for every pod, its cohort committed by a Merkle root) is submitted to the first process.
@@ -80,7 +81,7 @@ from pod_agent.agent.backoff import RETRYABLE
 from pod_agent.agent.daemon import DEAD_AFTER_HEARTBEATS
 from pod_agent.agent.hubclient import TaskStream
 from pod_agent.config import HubSection
-from pod_agent.errors import PodAgentError
+from pod_agent.errors import HubRejected, PodAgentError
 from pod_agent.protocol import (
     IdentityKey,
     PodHeartbeat,
@@ -138,12 +139,23 @@ async def _link(pod: _Pod, hub: HubClient, stop: asyncio.Event, delivered: Calla
     ``delivered(task_id)`` on each verified delivery."""
     backoff = Backoff(_AGENT_HUB.backoff_initial_s, _AGENT_HUB.backoff_cap_s)
     registration = _registration(pod.name, pod.key)
+    admitted = False  # as the daemon: registered once, again only when the hub refuses the session
     while not stop.is_set():
         try:
             asked = time.time()
-            await hub.register(registration)
+            fresh = not admitted
+            if fresh:
+                await hub.register(registration)
+                admitted = True
             registered = time.time()
-            async with await hub.task_stream(heartbeat_s=HEARTBEAT_S) as stream:
+            try:
+                stream = await hub.task_stream(heartbeat_s=HEARTBEAT_S)
+            except HubRejected as exc:
+                if exc.status not in (401, 403) or fresh:
+                    raise
+                admitted = False
+                continue
+            async with stream:
                 backoff.reset()
                 pod.sessions.append(_Session(time.time(), hub.base, registered - asked, time.time() - registered))
                 beats = asyncio.create_task(_heartbeats(pod, stream))

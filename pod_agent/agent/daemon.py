@@ -414,27 +414,43 @@ class Agent:
     async def _hub_link(self, hub: HubClient) -> None:
         backoff = Backoff(self.settings.hub.backoff_initial_s, self.settings.hub.backoff_cap_s)
         use_websocket = True
+        # The registration the hub last admitted: a reconnection that would send the same opens its session at
+        # once (one signed request, not two, at a hub process that may be taking over thousands of pods). One
+        # that differs (the share categories reloaded) registers first, and so does a pod the hub refuses a
+        # session (401/403: its database replaced, the pod released, the key held for approval again).
+        admitted: PodRegistration | None = None
         while True:
+            registration = self._registration()
             try:
-                registered = await hub.register(self._registration())
-                if registered.pending:
-                    # The hub's admin has not approved this key yet: its other routes would answer 403.
-                    _log.warning("the hub at %s holds this pod's registration for approval (%s): its admin runs "
-                                 "`pod-agent hub approve %s`; asking again", hub.base,
-                                 registered.message or "pending", registered.key_id)
-                elif use_websocket:
-                    self._admitted(hub)
-                    try:
-                        await self._websocket_session(hub, backoff)
-                    except HubRejected as exc:
-                        if exc.status in (401, 403):
-                            raise
-                        _log.warning("hub offers no WebSocket (%s); falling back to long polling", exc.status)
-                        use_websocket = False
+                fresh = registration != admitted
+                if fresh:
+                    admitted = None
+                    registered = await hub.register(registration)
+                    if registered.pending:
+                        # The hub's admin has not approved this key yet: its other routes would answer 403.
+                        _log.warning("the hub at %s holds this pod's registration for approval (%s): its admin "
+                                     "runs `pod-agent hub approve %s`; asking again", hub.base,
+                                     registered.message or "pending", registered.key_id)
+                        await backoff.wait(self._stop)
                         continue
-                else:
                     self._admitted(hub)
-                    await self._poll_session(hub, backoff)
+                    admitted = registration
+                try:
+                    if use_websocket:
+                        await self._websocket_session(hub, backoff)
+                    else:
+                        await self._poll_session(hub, backoff)
+                except HubRejected as exc:
+                    if exc.status in (401, 403) and not fresh:
+                        _log.warning("the hub at %s refused this pod's session (%s); registering again",
+                                     hub.base, exc.status)
+                        admitted = None
+                        continue
+                    if exc.status in (401, 403) or not use_websocket:
+                        raise
+                    _log.warning("hub offers no WebSocket (%s); falling back to long polling", exc.status)
+                    use_websocket = False
+                    continue
             except RETRYABLE as exc:
                 self.readiness.hub_connected = False
                 self.metrics.reconnected()

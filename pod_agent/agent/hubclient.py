@@ -7,7 +7,8 @@ kind of call, and the TLS options of pod.toml's ``[hub]`` (``hub.ca_bundle``,
 ``hub.pinned_cert_sha256``, ``hub.unsafe_allow_http``), which ``protocol.hub_tls`` turns
 into a connection the same way as for a modeller. With ``hub.fallback_urls`` (several processes
 of one hub), a call that finds its hub unavailable moves the client to the next URL, so the
-daemon's retry goes there.
+daemon's retry goes there; so does an open task socket that the hub ends or leaves silent (a process
+that died closes it at once: the retry goes to the next process, not first to the dead one).
 
 Nothing the hub sends is trusted: every reply and pushed message is read within
 ``hub_api.MAX_REPLY_BYTES`` and a deadline and validated against its model. Failures are
@@ -24,7 +25,7 @@ import contextlib
 import logging
 import ssl
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
@@ -96,12 +97,21 @@ def hub_ssl(section: HubSection) -> ssl.SSLContext | aiohttp.Fingerprint | bool:
 class TaskStream:
     """The pod's open task WebSocket: pushed messages validated as ``HubPush``, ``PodMessage`` sent."""
 
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+    def __init__(
+        self, ws: aiohttp.ClientWebSocketResponse, *,
+        lost: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext,
+    ) -> None:
         self._ws = ws
+        self._lost = lost
 
     async def receive(self, *, timeout_s: float) -> HubPush:
         """The next pushed message; HubUnavailable when the hub is silent ``timeout_s`` or closes the
-        connection, HubMisbehaved when it sends one over the cap, not UTF-8 or not a ``HubPush``."""
+        connection, HubMisbehaved when it sends one over the cap, not UTF-8 or not a ``HubPush`` (each
+        under ``lost``: the client's failover)."""
+        with self._lost():
+            return await self._receive(timeout_s)
+
+    async def _receive(self, timeout_s: float) -> HubPush:
         try:
             msg = await self._ws.receive(timeout=timeout_s)
         except TimeoutError as exc:
@@ -203,7 +213,7 @@ class HubClient:
         does not offer it (fall back to ``pending_tasks``)."""
         headers = sign_request(self.key, "GET", "/v1/pod/ws", b"", now=int(time.time()))
         with self._failing_over():
-            self._stream = TaskStream(await self._open_ws(headers, heartbeat_s=heartbeat_s))
+            self._stream = TaskStream(await self._open_ws(headers, heartbeat_s=heartbeat_s), lost=self._failing_over)
             return self._stream
 
     async def _open_ws(self, headers: dict[str, str], *, heartbeat_s: float) -> aiohttp.ClientWebSocketResponse:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ class HubWithAgent:
     modeller: ModellerClient
     pod: PodInfo
     storage: SqliteStorage  # the hub's own records, for tests that play a hostile hub
+    pod_hub_url: str  # the pod's hub.url: hub_url, or the other process's
 
 
 @asynccontextmanager
@@ -47,12 +49,15 @@ async def hub_with_agent(
     training: dict[str, Any] | None = None,
     extra_modellers: Sequence[ModellerPolicy] = (),
     middlewares: Sequence[Any] = (),
+    other_process: Sequence[Any] | None = None,
     stop_within_s: float = 30,
 ) -> AsyncIterator[HubWithAgent]:
     """``csv_text`` is the pod's datasource; ``policy`` and ``security`` are extra fields of the modeller's
     ModellerPolicy (role super) and of the SecuritySection (sandbox none); ``privacy``, ``sandbox_limits`` and
     ``training`` are fields of those sections (warm_worker off unless given); ``extra_modellers`` are more
-    policy entries (their clients are the test's); ``middlewares`` go in front of the hub's own."""
+    policy entries (their clients are the test's); ``middlewares`` go in front of the hub's own.
+    ``other_process`` (its middlewares): the pod's ``hub.url`` is a second server of the same hub (one storage),
+    the rig's ``hub_url`` its ``hub.fallback_urls``."""
     data = tmp_path / "small.csv"
     data.write_text(csv_text)
     state_dir = tmp_path / "pod"
@@ -62,10 +67,16 @@ async def hub_with_agent(
     app = create_app(storage)
     app.middlewares[:0] = middlewares
     modeller_key = IdentityKey.generate()
-    async with listening(app, port=0) as url:
+    async with listening(app, port=0) as url, contextlib.AsyncExitStack() as stack:
+        hub = HubSection(url=url, heartbeat_s=0.5, backoff_initial_s=0.05, backoff_cap_s=0.5)
+        if other_process is not None:
+            other = create_app(storage)
+            other.middlewares[:0] = other_process
+            hub = hub.model_copy(update={"url": await stack.enter_async_context(listening(other, port=0)),
+                                         "fallback_urls": [url]})
         settings = PodSettings(
             pod=PodSection(name="pod-a", state_dir=state_dir),
-            hub=HubSection(url=url, heartbeat_s=0.5, backoff_initial_s=0.05, backoff_cap_s=0.5),
+            hub=hub,
             datasource=DatasourceSection(path=data),
             security=SecuritySection(**{"sandbox": "none", **(security or {})}, modellers=[
                 ModellerPolicy(name="m", public_key=modeller_key.public.to_b64(), role="super", **(policy or {})),
@@ -84,7 +95,7 @@ async def hub_with_agent(
                 if pods and pods[0].online:
                     break
                 await asyncio.sleep(0.05)
-            yield HubWithAgent(url, modeller, pods[0], storage)
+            yield HubWithAgent(url, modeller, pods[0], storage, settings.hub.url)
         stop.set()
         await asyncio.wait_for(agent, stop_within_s)
     storage.close()

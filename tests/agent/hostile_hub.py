@@ -115,8 +115,9 @@ class HostileHub:
         self._pending[task_id] = (envelope, proof)
 
     def provoke(self, case: str) -> None:
-        """Arm ``case``: served once on its route. A register case also drops the WebSocket, so that the pod
-        registers again; a poll case stops offering the WebSocket, so that the pod falls back to polling."""
+        """Arm ``case``: served once on its route. A register case also drops the WebSocket and refuses the
+        next ones as a hub that lost the pod's record does (401), so that the pod registers again; a poll case
+        stops offering the WebSocket, so that the pod falls back to polling."""
         self._armed = case
         if CASES[case] == "poll":
             self.websocket_offered = False
@@ -207,6 +208,8 @@ class HostileHub:
         self.record.ws_handshakes += 1
         if not self.websocket_offered:
             return web.json_response({"error": "no websockets here"}, status=404)
+        if self._armed is not None and CASES[self._armed] == "register":
+            return web.json_response({"error": "key is not registered with the hub: register it first"}, status=401)
         ws = web.WebSocketResponse(max_msg_size=16 * MIB)
         await ws.prepare(request)
         self._sockets.add(ws)

@@ -177,3 +177,91 @@ async def test_a_registration_held_for_approval_is_asked_again_until_admitted(
     assert isinstance(result, VerifiedResult) and result.payload.status == "done"
     assert held == 3
     assert "holds this pod's registration for approval (awaiting approval): its admin runs" in caplog.text
+
+
+class _PodTraffic:
+    """A middleware's record of each signed request (signer, route, status) and of the open task sockets'
+    connections, which the test closes the way a dying hub process's kernel does."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str, int]] = []
+        self.sockets: list[asyncio.Transport] = []
+        self.dead = False
+
+    @web.middleware
+    async def middleware(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        signer = request.headers.get("X-Pod-Key-Id", "")
+        if self.dead:
+            self.requests.append((signer, request.path, 503))
+            return web.json_response({"error": "this hub process is gone"}, status=503)
+        socket = request.path == "/v1/pod/ws"
+        if socket and request.transport is not None:
+            self.sockets.append(request.transport)  # type: ignore[arg-type]
+        # A socket's handler returns when it closes: it counts as open (101) from its arrival.
+        at = len(self.requests)
+        self.requests.append((signer, request.path, 101 if socket else 0))
+        response = await handler(request)
+        self.requests[at] = (signer, request.path, response.status)
+        return response
+
+    def of(self, key_id: str) -> list[tuple[str, int]]:
+        return [(path, status) for signer, path, status in self.requests if signer == key_id]
+
+    def cut(self) -> None:
+        for transport in self.sockets:
+            transport.close()
+        self.sockets.clear()
+
+
+async def _until(check: Callable[[], bool], what: str) -> None:
+    for _ in range(200):
+        if check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def test_a_pod_whose_hub_process_dies_opens_its_socket_at_the_other_without_trying_the_dead_one_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    dying, other = _PodTraffic(), _PodTraffic()
+    async with hub_with_agent(
+        tmp_path, DAEMON_CSV, middlewares=[other.middleware], other_process=[dying.middleware], stop_within_s=10
+    ) as rig:
+        pod = rig.pod.key_id
+        assert dying.of(pod)[-1] == ("/v1/pod/ws", 101) and other.of(pod) == []
+        dying.dead = True
+        dying.cut()
+        await _until(lambda: ("/v1/pod/ws", 101) in other.of(pod), "the pod's socket at the other process")
+        # No refused try at the dead process, and no registration at the other (the hub knows the pod):
+        # its first request there opens the socket.
+        assert dying.of(pod)[-1] == ("/v1/pod/ws", 101)
+        assert other.of(pod) == [("/v1/pod/ws", 101)]
+        task = build_task(
+            modeller_id=rig.modeller.key.key_id, cohort=entries(["pod-a"], rig.pod.schema_hash), kind="schema-stats")
+        await rig.modeller.submit_task(task, cohort_of(task))
+        result = (await rig.modeller.wait_results(task.task_id, ["pod-a"], timeout_s=20))["pod-a"]
+        assert isinstance(result, VerifiedResult) and result.payload.status == "done"
+    assert f"hub {rig.pod_hub_url} unavailable; the next try goes to {rig.hub_url}" in caplog.text
+
+
+async def test_a_reconnecting_pod_registers_again_only_when_the_hub_does_not_know_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    traffic = _PodTraffic()
+    async with hub_with_agent(tmp_path, DAEMON_CSV, middlewares=[traffic.middleware], stop_within_s=10) as rig:
+        pod = rig.pod.key_id
+        assert traffic.of(pod) == [("/v1/pods/register", 200), ("/v1/pod/ws", 101)]
+        traffic.cut()
+        await _until(lambda: len(traffic.of(pod)) == 3, "the pod's reconnection")
+        assert traffic.of(pod)[2:] == [("/v1/pod/ws", 101)]
+
+        # Its record released (as for a re-keyed pod's name): the hub refuses the session, the pod registers.
+        assert rig.storage.release_pod("pod-a")
+        traffic.cut()
+        await _until(lambda: len(traffic.of(pod)) == 6, "the pod's registration and socket")
+        assert traffic.of(pod)[3:] == [("/v1/pod/ws", 401), ("/v1/pods/register", 200), ("/v1/pod/ws", 101)]
+        assert rig.storage.pod_by_key(pod) is not None
+    assert f"the hub at {rig.hub_url} refused this pod's session (401); registering again" in caplog.text
