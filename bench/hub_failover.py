@@ -85,6 +85,7 @@ from pod_agent.errors import HubRejected, PodAgentError
 from pod_agent.protocol import (
     IdentityKey,
     PodHeartbeat,
+    PublicKey,
     ResultPayload,
     TaskDelivery,
     check_inclusion,
@@ -134,7 +135,9 @@ async def _heartbeats(pod: _Pod, stream: TaskStream) -> None:
         await asyncio.sleep(HEARTBEAT_S)
 
 
-async def _link(pod: _Pod, hub: HubClient, stop: asyncio.Event, delivered: Callable[[str], None]) -> None:
+async def _link(
+    pod: _Pod, hub: HubClient, stop: asyncio.Event, delivered: Callable[[str], None], modeller: PublicKey
+) -> None:
     """The daemon's hub link (``Agent._hub_link`` and ``_websocket_session``) with the pipeline left out;
     ``delivered(task_id)`` on each verified delivery."""
     backoff = Backoff(_AGENT_HUB.backoff_initial_s, _AGENT_HUB.backoff_cap_s)
@@ -163,7 +166,7 @@ async def _link(pod: _Pod, hub: HubClient, stop: asyncio.Event, delivered: Calla
                     while True:
                         push = await stream.receive(timeout_s=DEAD_AFTER_HEARTBEATS * HEARTBEAT_S)
                         if isinstance(push, TaskDelivery):
-                            check_inclusion(_payload(push).cohort, push.proof)
+                            check_inclusion(_payload(push, modeller).cohort, push.proof)
                             pod.deliveries.append((time.time(), len(pod.sessions) - 1))
                             pod.task_id = push.task_id
                             delivered(push.task_id)
@@ -194,14 +197,14 @@ async def _post(pod: _Pod, hub: HubClient, stop: asyncio.Event, gate: asyncio.Se
                 await backoff.wait(stop)
 
 
-def _worker(home: str, other: str, names: list[str], conn: Connection) -> None:
+def _worker(home: str, other: str, names: list[str], conn: Connection, modeller: str) -> None:
     os.nice(POD_NICENESS)
     # Each moved pod's client logs its move to the next URL: thousands of lines that say what the figures count.
     logging.getLogger("pod_agent").setLevel(logging.ERROR)
-    asyncio.run(_worker_main(home, other, names, conn))
+    asyncio.run(_worker_main(home, other, names, conn, PublicKey.from_b64(modeller)))
 
 
-async def _worker_main(home: str, other: str, names: list[str], conn: Connection) -> None:
+async def _worker_main(home: str, other: str, names: list[str], conn: Connection, modeller: PublicKey) -> None:
     """Connect the pods; tell the harness when the first and when every pod holds the task; post results when
     told; report everything when told to stop."""
     section = HubSection(url=home, fallback_urls=[other], heartbeat_s=HEARTBEAT_S)
@@ -219,7 +222,7 @@ async def _worker_main(home: str, other: str, names: list[str], conn: Connection
         hubs = [await stack.enter_async_context(HubClient(section, p.key)) for p in pods]
         links = []
         for pod, hub in zip(pods, hubs, strict=True):
-            links.append(asyncio.create_task(_link(pod, hub, stop, delivered)))
+            links.append(asyncio.create_task(_link(pod, hub, stop, delivered, modeller)))
             await asyncio.sleep(0.002)  # 500 registrations a second per worker, not all in one instant
         while not all(p.sessions for p in pods):
             await asyncio.sleep(0.05)
@@ -257,10 +260,10 @@ class _Workers:
         self.procs: list[tuple[BaseProcess, Connection, int]] = []  # (process, pipe, its home hub's index)
         self.said: dict[int, dict[str, Any]] = {}
 
-    def start(self, home: str, other: str, names: list[str], hub: int) -> None:
+    def start(self, home: str, other: str, names: list[str], hub: int, modeller: PublicKey) -> None:
         spawn = multiprocessing.get_context("spawn")
         parent, child = spawn.Pipe()
-        proc = spawn.Process(target=_worker, args=(home, other, names, child))
+        proc = spawn.Process(target=_worker, args=(home, other, names, child, modeller.to_b64()))
         proc.start()
         self.said[len(self.procs)] = {}
         self.procs.append((proc, parent, hub))
@@ -322,7 +325,7 @@ def run_once(n: int, variant: str, server: str) -> dict[str, Any]:
             per_worker = min(PODS_PER_WORKER, -(-n // 2))
             for start in range(0, n, per_worker):
                 home = (start // per_worker) % 2
-                workers.start(urls[home], urls[1 - home], names[start:start + per_worker], home)
+                workers.start(urls[home], urls[1 - home], names[start:start + per_worker], home, modeller.public)
             workers.until("ready", time.time() + 300)
             keys = dict(kv for said in workers.said.values() for kv in said["ready"])
             if variant == "before":
