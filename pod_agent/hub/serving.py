@@ -35,6 +35,13 @@ _log = logging.getLogger(__name__)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8700
+# How long the unread body of a request the hub answered without reading it (a refusal) is read and thrown
+# away before the connection closes: aiohttp's default of 10 s let a client that declares a large body and
+# stalls hold its connection, and a stopping hub, that long.
+REFUSED_BODY_LINGER_S = 1.0
+# On SIGTERM, requests in flight get this long to finish before they are cancelled: pods and modellers retry,
+# and a service manager expects a prompt stop (aiohttp's default waits up to 60 s).
+SHUTDOWN_GRACE_S = 5.0
 
 
 def server_tls_context(cert: Path, key: Path) -> ssl.SSLContext:
@@ -73,7 +80,9 @@ async def listening(
     app: web.Application, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, tls: ssl.SSLContext | None = None
 ) -> AsyncIterator[str]:
     """Serve ``app`` on host:port for the ``async with`` block; yields the base URL (port 0 resolved)."""
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(
+        app, access_log=None, lingering_time=REFUSED_BODY_LINGER_S, shutdown_timeout=SHUTDOWN_GRACE_S
+    )
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port, ssl_context=tls)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import socket
 import subprocess
 import sys
 import time
@@ -51,9 +52,15 @@ def hub_process(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
         yield line.split()[-1], proc
     finally:
         proc.terminate()
-        proc.wait(timeout=10)
-        if proc.stdout is not None:
-            proc.stdout.close()
+        try:
+            proc.wait(timeout=10)  # a hub that does not stop in time fails the test, and leaves no process
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise
+        finally:
+            if proc.stdout is not None:
+                proc.stdout.close()
 
 
 async def _post_big(session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str]) -> int:
@@ -101,6 +108,20 @@ async def test_unsigned_large_bodies_are_refused_before_being_read_and_memory_st
           f"growth {growth >> 20} MiB, {len(statuses)} posts of {BIG_BODY_BYTES >> 20} MiB in {elapsed:.1f} s")
     assert set(statuses) <= {401, 0} and 401 in statuses, statuses
     assert growth < MAX_GROWTH_BYTES, growth
+
+
+def test_a_client_that_stalls_in_a_refused_body_does_not_hold_up_the_hubs_stop(
+    hub_process: tuple[str, subprocess.Popen[str]],
+) -> None:
+    base, proc = hub_process
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as stalled:
+        # A large body declared, a little of it sent, then nothing: the hub refuses it unread and, with
+        # aiohttp's defaults, read on for 10 s, and its stop on SIGTERM waited for that.
+        stalled.sendall(b"POST /v1/tasks HTTP/1.1\r\nHost: hub\r\nContent-Length: 1000000\r\n\r\n" + b"x" * 1000)
+        assert stalled.recv(64).startswith(b"HTTP/1.1 401")
+        proc.terminate()
+        assert proc.wait(timeout=6) == 0
 
 
 async def test_a_registered_key_cannot_make_a_small_route_buffer_a_large_body(hub: Any) -> None:
