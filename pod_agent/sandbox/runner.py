@@ -91,8 +91,11 @@ class Reservation:
     once; a reservation ``run`` never took is ended when its block ends (``release``).
     """
 
-    def __init__(self, key: tuple[str, str], taking: asyncio.Task[WorkerProcess | None] | None) -> None:
+    def __init__(
+        self, key: tuple[str, str], limits: EffectiveLimits, taking: asyncio.Task[WorkerProcess | None] | None
+    ) -> None:
         self.key = key
+        self.limits = limits  # what the worker was taken under: a job under other limits must not run on it
         self._taking = taking
         self._taken = False
 
@@ -226,10 +229,10 @@ class SandboxRunner:
         taken: the job's input reaches its slot, and its request the worker, in ``run``, as without a
         reservation. A worker the block did not run a job on (its input failed) is ended when the block
         ends, shielded from cancellation."""
-        spec = self._spec(entry, entry_path)
-        taking = None if self._closed else asyncio.create_task(self._take(spec, self._limits(limits)),
+        spec, effective = self._spec(entry, entry_path), self._limits(limits)
+        taking = None if self._closed else asyncio.create_task(self._take(spec, effective),
                                                                  name=f"sandbox-reserve-{entry}")
-        reservation = Reservation(spec.key, taking)
+        reservation = Reservation(spec.key, effective, taking)
         try:
             yield reservation
         finally:
@@ -247,6 +250,9 @@ class SandboxRunner:
         check_input(job.input_dir)
         if reservation is not None and reservation.key != self._spec(job.entry, job.entry_path).key:
             raise SandboxError("protocol", f"a worker reserved for {reservation.key[0]} cannot run {job.entry}")
+        if reservation is not None and reservation.limits != self._limits(job.limits):
+            raise SandboxError("protocol", f"a worker reserved under other limits cannot run {job.entry}: reserve "
+                                           "it with the job's own limits")
         outcome = await self._attempt(job, on_progress, reservation)
         if outcome is None:
             # The child was forked ahead and died with its zygote before it said anything (the zygote was

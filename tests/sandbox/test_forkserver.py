@@ -28,7 +28,7 @@ from sbx_helpers import (
     zygote_pids,
 )
 
-from pod_agent.errors import TaskFailed
+from pod_agent.errors import SandboxError, TaskFailed
 from pod_agent.sandbox import SandboxLimits
 
 
@@ -127,3 +127,12 @@ async def test_a_reserved_child_whose_task_input_failed_ends_and_the_next_is_for
     assert not any(is_live(pid) for pid in fresh)
     assert [r.getMessage().split()[1] for r in caplog.records if "worker ready in" in r.getMessage()] == ["parked"]
     assert outcome.header["found"] == dict.fromkeys(outcome.header["found"], False)
+
+
+async def test_a_worker_reserved_under_other_limits_does_not_run_the_job(tmp_path: Path, scratch: Path) -> None:
+    runner = corpus_runner(scratch, fork_server=False)
+    # Reserved under a lower memory cap (128 MB) than the job's (the pod's 256 MB): the job must not run on it.
+    async with runner, runner.reserved(ENTRY, SandboxLimits(memory_mb=128), entry_path=ENTRY_PATH) as reservation:
+        with pytest.raises(SandboxError, match="reserved under other limits"):
+            await run_corpus(runner, tmp_path, "look_for_traces", "sbx" + uuid.uuid4().hex[:12],
+                             reservation=reservation)
