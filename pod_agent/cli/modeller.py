@@ -71,6 +71,7 @@ def _one_of(option: str, value: str, allowed: tuple[str, ...]) -> None:
 @dataclass(frozen=True)
 class _Options:
     hub: str
+    fallback_hubs: list[str]
     key_path: Path
     passphrase_env: str | None
     ca_bundle: Path | None
@@ -89,8 +90,8 @@ class _Options:
 
     def client(self) -> ModellerClient:
         return ModellerClient(
-            self.hub, self.key(), ca_bundle=self.ca_bundle, pinned_cert_sha256=self.pin,
-            unsafe_allow_http=self.unsafe_allow_http, pod_keys=self.pod_keys,
+            self.hub, self.key(), fallback_urls=self.fallback_hubs, ca_bundle=self.ca_bundle,
+            pinned_cert_sha256=self.pin, unsafe_allow_http=self.unsafe_allow_http, pod_keys=self.pod_keys,
         )
 
 
@@ -108,6 +109,10 @@ def _with_client(ctx: typer.Context, work: Callable[[ModellerClient], Awaitable[
 def _options(
     ctx: typer.Context,
     hub: str = typer.Option("http://127.0.0.1:8700", "--hub", envvar="POD_AGENT_MODELLER_HUB", help="Hub URL."),
+    fallback_hubs: list[str] = typer.Option(
+        [], "--fallback-hub", envvar="POD_AGENT_MODELLER_FALLBACK_HUBS",
+        help="Another process of the same hub, tried when the current one cannot answer (repeatable; in the "
+             "environment variable, separated by spaces)."),
     key: Path = typer.Option(DEFAULT_KEY, "--key", envvar="POD_AGENT_MODELLER_KEY", help="Modeller key file."),
     passphrase_env: str | None = typer.Option(None, "--passphrase-env", help="Env var holding the key passphrase."),
     ca_bundle: Path | None = typer.Option(None, "--ca-bundle", envvar="POD_AGENT_MODELLER_CA_BUNDLE",
@@ -124,7 +129,7 @@ def _options(
     if renamed_http:  # the old spelling, kept only to name the new one to scripts that still use it
         raise ConfigError("--allow-insecure-http was renamed --unsafe-allow-http: use that")
     pinned = load_pod_keys(pod_keys.expanduser()) if pod_keys is not None else None
-    ctx.obj = _Options(hub, key, passphrase_env, ca_bundle, pin, unsafe_allow_http, pinned)
+    ctx.obj = _Options(hub, fallback_hubs, key, passphrase_env, ca_bundle, pin, unsafe_allow_http, pinned)
 
 
 @_modeller.command("keys")

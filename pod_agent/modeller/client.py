@@ -20,13 +20,13 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
-from pod_agent.errors import HubError, ModellerError, ProtocolError
+from pod_agent.errors import HubError, HubMisbehaved, HubUnavailable, ModellerError, ProtocolError
 from pod_agent.modeller.pinning import PodKeys, hub_keys, pinned_keys
 from pod_agent.protocol import (
     BlobRef,
@@ -62,6 +62,8 @@ from pod_agent.protocol import (
 )
 
 if TYPE_CHECKING:
+    import ssl
+
     import aiohttp
 
 _log = logging.getLogger(__name__)
@@ -73,6 +75,8 @@ MAX_DOWNLOAD_BYTES = 8 << 30
 # One long poll for results; the hub answers sooner when a pod finishes, and caps it at 30 s.
 RESULT_WAIT_S = 25.0
 _R = TypeVar("_R", bound=HubReply)
+_T = TypeVar("_T")
+_Tls: TypeAlias = "ssl.SSLContext | aiohttp.Fingerprint | bool"  # the ``ssl=`` argument tls_for_hub makes
 
 
 @dataclass(frozen=True)
@@ -118,16 +122,23 @@ _TLS_NAMES = TlsOptionNames(
     url="hub URL", ca_bundle="CA bundle (--ca-bundle)", pinned_cert_sha256="pinned certificate sha256 (--pin-sha256)",
     unsafe_allow_http="--unsafe-allow-http (unsafe_allow_http=True)",
 )
+_FALLBACK_TLS_NAMES = TlsOptionNames(
+    url="fallback hub URL (--fallback-hub)", ca_bundle=_TLS_NAMES.ca_bundle,
+    pinned_cert_sha256=_TLS_NAMES.pinned_cert_sha256, unsafe_allow_http=_TLS_NAMES.unsafe_allow_http,
+)
 
 
 class ModellerClient:
-    """The modeller's hub connection. Use as ``async with ModellerClient(url, key) as hub: ...``."""
+    """The modeller's hub connection. Use as ``async with ModellerClient(url, key) as hub: ...``; with
+    ``fallback_urls`` (other processes of the same hub, on one PostgreSQL) a request the current process cannot
+    answer goes to the next."""
 
     def __init__(
         self,
         hub_url: str,
         key: IdentityKey,
         *,
+        fallback_urls: Sequence[str] = (),
         ca_bundle: Path | None = None,
         pinned_cert_sha256: str | None = None,
         unsafe_allow_http: bool = False,
@@ -135,16 +146,24 @@ class ModellerClient:
         blob_timeout_s: float = 3600.0,
         pod_keys: Mapping[str, PublicKey] | None = None,
     ) -> None:
-        self.hub_url = hub_url.rstrip("/")
         self.key = key
-        self._ssl = tls_for_hub(
-            self.hub_url, ca_bundle=ca_bundle, pinned_cert_sha256=pinned_cert_sha256,
-            unsafe_allow_http=unsafe_allow_http, names=_TLS_NAMES,
-        )
+        # Every URL is held to the same transport rules as the first (a fallback in clear text is refused too).
+        self._hubs = [
+            (url, tls_for_hub(url, ca_bundle=ca_bundle, pinned_cert_sha256=pinned_cert_sha256,
+                              unsafe_allow_http=unsafe_allow_http, names=names))
+            for url, names in [(hub_url.rstrip("/"), _TLS_NAMES)]
+            + [(url.rstrip("/"), _FALLBACK_TLS_NAMES) for url in fallback_urls]
+        ]
+        self._current = 0
         self._timeout_s = timeout_s
         self._blob_timeout_s = blob_timeout_s
         self._pod_keys = dict(pod_keys) if pod_keys is not None else None
         self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def hub_url(self) -> str:
+        """The hub process requests go to now: the first URL until it fails, then the next that answers."""
+        return self._hubs[self._current][0]
 
     async def __aenter__(self) -> ModellerClient:
         return self
@@ -168,24 +187,45 @@ class ModellerClient:
         return self._session
 
     async def _request(
-        self, method: str, path: str, *, reply: type[_R], body: bytes = b"", data: Any = None,
-        total_s: float | None = None,
+        self, method: str, path: str, *, reply: type[_R], body: bytes = b"",
+        data: Callable[[], AsyncIterator[bytes]] | None = None, total_s: float | None = None,
     ) -> _R:
         """One signed request, its reply validated as ``reply``; every hub failure is a ModellerError. JSON goes
-        through ``oneshot_call``; a streamed upload (``data``) through the aiohttp session."""
+        through ``oneshot_call``; a streamed upload (``data`` makes the stream, afresh for each hub tried) through
+        the aiohttp session."""
         deadline_s = self._timeout_s if total_s is None else total_s
-        try:
+
+        async def call(base: str, tls: _Tls) -> _R:
             if data is None:
-                return await oneshot_call(self.key, base=self.hub_url, method=method, path=path, body=body,
-                                          tls=self._ssl, reply=reply, total_s=deadline_s)
+                return await oneshot_call(self.key, base=base, method=method, path=path, body=body,
+                                          tls=tls, reply=reply, total_s=deadline_s)
             from pod_agent.protocol import signed_call
 
-            return await signed_call(
-                self._http(), self.key, base=self.hub_url, method=method, path=path, data=data, tls=self._ssl,
-                reply=reply, total_s=deadline_s,
-            )
-        except HubError as exc:
-            raise ModellerError(str(exc)) from exc
+            return await signed_call(self._http(), self.key, base=base, method=method, path=path, data=data(),
+                                     tls=tls, reply=reply, total_s=deadline_s)
+
+        return await self._on_a_live_hub(call)
+
+    async def _on_a_live_hub(self, call: Callable[[str, _Tls], Awaitable[_T]]) -> _T:
+        """``call`` on the current hub URL; while the hub is unreachable or failing (its process died, say), on
+        each next ``fallback_urls`` entry in turn, which then stays current. A request the failed process may
+        have stored is safe to send again: submissions and round messages are idempotent at the hub, blobs
+        content-addressed, model versions immutable. A hub that answered nonsense is not retried elsewhere:
+        that is a hub to stop trusting, not a dead one."""
+        for tried in range(1, len(self._hubs) + 1):
+            base, tls = self._hubs[self._current]
+            try:
+                return await call(base, tls)
+            except HubMisbehaved as exc:
+                raise ModellerError(str(exc)) from exc
+            except HubUnavailable as exc:
+                if tried == len(self._hubs):
+                    raise ModellerError(str(exc)) from exc
+                self._current = (self._current + 1) % len(self._hubs)
+                _log.warning("%s; trying %s next", exc, self.hub_url)
+            except HubError as exc:
+                raise ModellerError(str(exc)) from exc
+        raise AssertionError("unreachable: the last hub's failure is raised above")
 
     # -- registry ---------------------------------------------------------------------------
 
@@ -349,7 +389,7 @@ class ModellerClient:
         sha256 = await asyncio.to_thread(_file_sha256, path)
         size = path.stat().st_size
         await self._request(
-            "PUT", f"/v1/blobs/{sha256}", reply=Stored, data=file_chunks(path), total_s=self._blob_timeout_s
+            "PUT", f"/v1/blobs/{sha256}", reply=Stored, data=lambda: file_chunks(path), total_s=self._blob_timeout_s
         )
         return BlobRef(sha256=sha256, size_bytes=size, encoding="safetensors")
 
@@ -401,13 +441,10 @@ class ModellerClient:
         before it is renamed into place."""
         from pod_agent.protocol import download_blob
 
-        try:
-            return await download_blob(
-                self._http(), self.key, base=self.hub_url, sha256=sha256, dest=dest, tls=self._ssl,
-                max_bytes=MAX_DOWNLOAD_BYTES, total_s=self._blob_timeout_s,
-            )
-        except HubError as exc:
-            raise ModellerError(str(exc)) from exc
+        return await self._on_a_live_hub(lambda base, tls: download_blob(
+            self._http(), self.key, base=base, sha256=sha256, dest=dest, tls=tls,
+            max_bytes=MAX_DOWNLOAD_BYTES, total_s=self._blob_timeout_s,
+        ))
 
 
 def _file_sha256(path: Path) -> str:

@@ -2,7 +2,8 @@
 
 The pod is connected to one process while the modeller submits through the other, so each task
 reaches the pod by the database's LISTEN/NOTIFY; then the pod's process is killed, and the pod
-moves to the other through its ``hub.fallback_urls``, with no task or result lost.
+moves to the other through its ``hub.fallback_urls``, with no task or result lost; a modeller reading through
+the killed process goes on through its ``--fallback-hub``.
 """
 
 from __future__ import annotations
@@ -62,6 +63,11 @@ def test_two_hub_processes_on_postgresql_serve_one_federation_and_losing_one_los
         third = via_a.cli("submit", "--pods", "pod-1", "--kind", "schema-stats").stdout.strip()
         wait_for(lambda: _result_in(db, second) and _result_in(db, third), timeout_s=30, what="both results")
         assert f"hub {b.url} unavailable; the next try goes to {a.url}" in pod.log_text()
+        # The modeller who read through B goes on through A, its --fallback-hub.
+        via_b_then_a = replace(via_b, extra=["--fallback-hub", a.url])
+        shown = via_b_then_a.cli("results", second, "--out", str(tmp_path / "second"), "--wait", "30")
+        assert shown.stdout.splitlines()[1].split()[:2] == ["pod-1", "done"], shown.stdout
+        assert f"trying {a.url} next" in shown.stderr
         assert pod.terminate() == 0
     finally:
         for agent in cluster.agents:

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from task_support import cohort_of, entries
 
-from pod_agent.errors import ModellerError
+from pod_agent.errors import ConfigError, ModellerError
 from pod_agent.hub.storage import PodRecord
 from pod_agent.modeller import ModellerClient, build_task, model_from_file
 from pod_agent.protocol import IdentityKey, envelope_bytes, sign_envelope, source_sha256, spec_sha256
@@ -185,3 +189,71 @@ async def test_weights_upload_gives_the_reference_a_task_pins(local_hub: Any, tm
         ref = await client.upload_weights(path)
     assert ref.sha256 == ref.blob_id == hashlib.sha256(path.read_bytes()).hexdigest()
     assert ref.size_bytes == 16
+
+
+@contextlib.asynccontextmanager
+async def _dying_hub(reply: bytes = b"") -> AsyncIterator[str]:
+    """A loopback hub process that reads each request's head and dies without answering (``reply`` empty), or
+    answers ``reply`` and hangs up."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(reply)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    async with server:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+def _refusing_url() -> str:
+    """A loopback URL where no process listens (the hub process there was killed)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+async def test_a_request_a_dead_hub_process_cannot_answer_goes_to_the_fallback_and_stays_there(
+    local_hub: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    pod_key = IdentityKey.generate()
+    _pod(local_hub.storage, pod_key)
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"not really safetensors, but a blob all the same")
+    refusing = _refusing_url()
+    async with _dying_hub() as dying, ModellerClient(
+        dying, IdentityKey.generate(), fallback_urls=[refusing, local_hub.url]
+    ) as client:
+        task_id = await _submitted(local_hub, client)  # the register died mid-request, then was refused
+        assert client.hub_url == local_hub.url
+        ref = await client.upload_blob(weights)  # a streamed upload goes to the live process too
+        local_hub.storage.put_result(task_id, "pod-a", _result(pod_key, task_id), status="done", now=1)
+        (result,) = await client.results(task_id)
+    assert result.pod == "pod-a" and ref.size_bytes == weights.stat().st_size
+    assert [r.getMessage().split(": ")[0] + " -> " + r.getMessage().rsplit("trying ")[1] for r in caplog.records] == [
+        f"hub {dying} unreachable for POST /v1/modellers/register -> {refusing} next",
+        f"hub {refusing} unreachable for POST /v1/modellers/register -> {local_hub.url} next",
+    ]
+
+
+async def test_when_no_hub_process_answers_the_error_names_the_last_one_tried() -> None:
+    dead = [_refusing_url(), _refusing_url()]
+    async with ModellerClient(dead[0], IdentityKey.generate(), fallback_urls=[dead[1]]) as client:
+        with pytest.raises(ModellerError, match=f"hub {dead[1]} unreachable for GET /v1/pods"):
+            await client.pods()
+
+
+async def test_a_hub_answering_nonsense_is_not_retried_on_the_fallback(local_hub: Any) -> None:
+    nonsense = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 9\r\n\r\nnot json!"
+    async with _dying_hub(nonsense) as lying, ModellerClient(
+        lying, IdentityKey.generate(), fallback_urls=[local_hub.url]
+    ) as client:
+        with pytest.raises(ModellerError, match="not JSON|JSON"):
+            await client.pods()
+        assert client.hub_url == lying
+
+
+def test_a_fallback_hub_url_is_held_to_the_same_transport_rules() -> None:
+    with pytest.raises(ConfigError, match=r"fallback hub URL \(--fallback-hub\) http://192.0.2.1:8700 is plain http"):
+        ModellerClient("http://127.0.0.1:8700", IdentityKey.generate(), fallback_urls=["http://192.0.2.1:8700"])
