@@ -1,29 +1,35 @@
-"""The small storage calls of many pod connections (heartbeat touches, acks, pending reads), run in batches.
+"""The small storage calls of many pod connections (heartbeat touches, acks, signers' keys, nonces, pending reads),
+run in batches.
 
-Owns ``StorageBatcher``: a call waits for the batch in flight to finish, then runs with every call that
-queued meanwhile in one worker-thread hop. Storage calls are
-synchronous and short; one thread hop each costs more than the call itself once thousands of pods ack
-a fan-out and heartbeat at once, and the default executor's queue then delays every other request the
-hub serves. Each call still runs on its own (its result or exception goes to its caller only); the
-order of calls is kept.
+Each class here drains a queue with one background task (``_Drainer``): what queued while its previous drain ran
+goes in the next one, until nothing is left. Storage calls are synchronous and short; one thread hop (and on
+PostgreSQL one round trip) each costs more than the call itself once thousands of pods ack a fan-out, heartbeat,
+or reconnect to a surviving hub process at once, and the default executor's queue then delays every other
+request the hub serves.
 
-And ``GatheredWrites``: the heartbeats' touches and the acknowledgements that pods send on their task
-sockets, gathered while the previous write runs and written together (``Storage.touch_pods``,
-``Storage.ack_deliveries``: one transaction, or one statement, instead of a commit each), so that a
-pod's next message is read without waiting for the database. And ``GatheredReads``: the push loops' reads
-of their pods' pending task ids, those asked for while the previous read runs made in one query
-(``Storage.pending_task_ids``): every connected pod's loop reads once per quiet MAX_LONG_POLL_S, 10,000 pods
-some 300 reads a second, and on PostgreSQL each had been a thread hop and a round trip of its own (a
-quarter of the hub's time in a fan-out). What a call does is ``storage.Storage``'s.
+- ``StorageBatcher``: any calls, each run on its own (its result or exception to its caller only), in order, in
+  one worker-thread hop.
+- ``GatheredWrites``: the heartbeats' touches and the acknowledgements that pods send on their task sockets,
+  written together (``Storage.touch_pods``, ``Storage.ack_deliveries``: one transaction, or one statement,
+  instead of a commit each), so that a pod's next message is read without waiting for the database.
+- ``GatheredReads``: keyed reads made in one query for every key asked meanwhile: the push loops' pending task
+  ids (``Storage.pending_task_ids``: every connected pod's loop reads once per quiet MAX_LONG_POLL_S, 10,000
+  pods some 300 reads a second) and signed requests' signers (``Storage.key_standings``: 2,000 pods moving to a
+  surviving process open 2,000 signed sockets within a second).
+- ``GatheredClaims``: request nonces claimed across hub processes in one statement
+  (``PostgresStorage.claim_nonces``); of two claims of one nonce only the first is granted.
+
+What a call does is ``storage.Storage``'s.
 """
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection, Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from pod_agent.hub.storage import Storage
 
@@ -31,6 +37,47 @@ _log = logging.getLogger(__name__)
 
 # Calls one hop runs at most, so that one batch does not hold the storage lock for long.
 MAX_BATCH_CALLS = 512
+
+_K = TypeVar("_K", bound=Hashable)
+_V = TypeVar("_V")
+
+
+class _Drainer(abc.ABC):
+    """One background task, started by the first item queued, that runs ``_drain`` while ``_queued()`` says
+    something is waiting; the next item queued after it ends starts another."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._drainer: asyncio.Task[None] | None = None
+
+    def _start(self) -> None:
+        if self._drainer is None:
+            self._drainer = asyncio.create_task(self._drain_all(), name=self._name)
+
+    async def _drain_all(self) -> None:
+        try:
+            while self._queued():
+                await self._drain()
+        finally:
+            self._drainer = None
+
+    @abc.abstractmethod
+    def _queued(self) -> bool: ...
+
+    @abc.abstractmethod
+    async def _drain(self) -> None:
+        """Take what is queued now and run it."""
+
+
+def _fail(futures: Collection[asyncio.Future[Any]], exc: BaseException) -> None:
+    """Hand ``exc`` to each caller still waiting (cancellation at shutdown as a cancellation: none waits forever)."""
+    for future in futures:
+        if future.done():  # its caller was cancelled meanwhile
+            continue
+        if isinstance(exc, Exception):
+            future.set_exception(exc)
+        else:
+            future.cancel()
 
 
 @dataclass(frozen=True)
@@ -51,57 +98,53 @@ def _run_all(calls: list[_Call]) -> list[tuple[bool, Any]]:
     return out
 
 
-class StorageBatcher:
+class StorageBatcher(_Drainer):
     """``await batcher.call(storage.touch_pod, name, now=now)``: as ``asyncio.to_thread``, in batches."""
 
     def __init__(self) -> None:
-        self._queued: list[_Call] = []
-        self._flusher: asyncio.Task[None] | None = None
+        super().__init__("hub-storage-batch")
+        self._calls: list[_Call] = []
 
     async def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queued.append(_Call(fn, args, kwargs, future))
-        if self._flusher is None:
-            self._flusher = asyncio.create_task(self._flush(), name="hub-storage-batch")
+        self._calls.append(_Call(fn, args, kwargs, future))
+        self._start()
         return await future
 
-    async def _flush(self) -> None:
+    def _queued(self) -> bool:
+        return bool(self._calls)
+
+    async def _drain(self) -> None:
+        batch, self._calls = self._calls[:MAX_BATCH_CALLS], self._calls[MAX_BATCH_CALLS:]
         try:
-            while self._queued:
-                batch, self._queued = self._queued[:MAX_BATCH_CALLS], self._queued[MAX_BATCH_CALLS:]
-                try:
-                    results = await asyncio.to_thread(_run_all, batch)
-                except BaseException as exc:  # cancelled at shutdown: no caller waits forever
-                    for call in [*batch, *self._queued]:
-                        if not call.future.done():
-                            call.future.set_exception(exc if isinstance(exc, Exception) else asyncio.CancelledError())
-                    self._queued = []
-                    raise
-                for call, (ok, value) in zip(batch, results, strict=True):
-                    if call.future.done():  # its caller was cancelled meanwhile
-                        continue
-                    if ok:
-                        call.future.set_result(value)
-                    else:
-                        call.future.set_exception(value)
-        finally:
-            self._flusher = None
+            results = await asyncio.to_thread(_run_all, batch)
+        except BaseException as exc:  # cancelled at shutdown
+            _fail([call.future for call in [*batch, *self._calls]], exc)
+            self._calls = []
+            raise
+        for call, (ok, value) in zip(batch, results, strict=True):
+            if call.future.done():  # its caller was cancelled meanwhile
+                continue
+            if ok:
+                call.future.set_result(value)
+            else:
+                call.future.set_exception(value)
 
 
-class GatheredWrites:
-    """``touch(pod, now)`` and ``ack(task_id, pod, now)`` queue; one writer task writes what queued while the
-    last write ran, through ``run`` (``server._Hub.db_batched``), until nothing is left.
+class GatheredWrites(_Drainer):
+    """``touch(pod, now)`` and ``ack(task_id, pod, now)`` queue; they are written through ``run``
+    (``server._Hub.db_batched``).
 
     A failed write is logged and dropped: an acknowledgement not recorded leaves its task pending (delivered
     again when the pod reconnects, and acknowledged again), and a pod's next heartbeat brings its touch.
     What queues is bounded by the callers: a touch per pod, an ack per task pushed on a connection."""
 
     def __init__(self, storage: Storage, run: Callable[..., Awaitable[Any]]) -> None:
+        super().__init__("hub-gathered-writes")
         self._storage = storage
         self._run = run
         self._touches: dict[str, int] = {}
         self._acks: dict[tuple[str, str], int] = {}
-        self._writer: asyncio.Task[None] | None = None
 
     def touch(self, pod: str, now: int) -> None:
         self._touches[pod] = now
@@ -111,23 +154,16 @@ class GatheredWrites:
         self._acks.setdefault((task_id, pod), now)
         self._start()
 
-    def _start(self) -> None:
-        if self._writer is None:
-            self._writer = asyncio.create_task(self._write(), name="hub-gathered-writes")
+    def _queued(self) -> bool:
+        return bool(self._touches or self._acks)
 
-    async def _write(self) -> None:
+    async def _drain(self) -> None:
+        touches, self._touches = self._touches, {}
+        acks, self._acks = self._acks, {}
         try:
-            while self._touches or self._acks:
-                touches, self._touches = self._touches, {}
-                acks, self._acks = self._acks, {}
-                try:
-                    await self._run(self._write_now, touches, acks)
-                except Exception as exc:  # noqa: BLE001 - any backend's error: logged, the data comes again
-                    _log.warning(
-                        "cannot record %d heartbeats and %d acknowledgements: %s", len(touches), len(acks), exc
-                    )
-        finally:
-            self._writer = None
+            await self._run(self._write_now, touches, acks)
+        except Exception as exc:  # noqa: BLE001 - any backend's error: logged, the data comes again
+            _log.warning("cannot record %d heartbeats and %d acknowledgements: %s", len(touches), len(acks), exc)
 
     def _write_now(self, touches: dict[str, int], acks: dict[tuple[str, str], int]) -> None:
         if touches:
@@ -137,42 +173,67 @@ class GatheredWrites:
             self._storage.ack_deliveries(list(acks), now=min(acks.values()))
 
 
-class GatheredReads:
-    """``await reads.pending(pod)``: the ids of the tasks pending for ``pod``, read together with those of every
-    pod that asked while the previous read ran, through ``run`` (``server._Hub.db_batched``). A failed read
-    raises to each of its callers; a caller cancelled meanwhile is skipped."""
+class GatheredReads(_Drainer, Generic[_K, _V]):
+    """``await reads.get(key)``: ``read(keys)[key]`` (``absent()`` for a key it leaves out), read in one call
+    with every key asked while the previous read ran, through ``run`` (``server._Hub.db_batched``). Each caller
+    asking a key gets its value; a failed read raises to each of its callers; a caller cancelled meanwhile is
+    skipped (its key is read all the same)."""
 
-    def __init__(self, storage: Storage, run: Callable[..., Awaitable[Any]]) -> None:
-        self._storage = storage
+    def __init__(
+        self,
+        read: Callable[[list[_K]], Mapping[_K, _V]],
+        run: Callable[..., Awaitable[Any]],
+        *,
+        absent: Callable[[], _V],
+        name: str,
+    ) -> None:
+        super().__init__(name)
+        self._read = read
         self._run = run
-        self._queued: dict[str, list[asyncio.Future[list[str]]]] = {}
-        self._reader: asyncio.Task[None] | None = None
+        self._absent = absent
+        self._asked: dict[_K, list[asyncio.Future[_V]]] = {}
 
-    async def pending(self, pod: str) -> list[str]:
-        future: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
-        self._queued.setdefault(pod, []).append(future)
-        if self._reader is None:
-            self._reader = asyncio.create_task(self._read(), name="hub-gathered-reads")
+    async def get(self, key: _K) -> _V:
+        future: asyncio.Future[_V] = asyncio.get_running_loop().create_future()
+        self._asked.setdefault(key, []).append(future)
+        self._start()
         return await future
 
-    async def _read(self) -> None:
+    def _queued(self) -> bool:
+        return bool(self._asked)
+
+    async def _drain(self) -> None:
+        asked, self._asked = self._asked, {}
         try:
-            while self._queued:
-                queued, self._queued = self._queued, {}
-                waiting = [(pod, future) for pod, futures in queued.items() for future in futures]
-                try:
-                    found: dict[str, list[str]] = await self._run(self._storage.pending_task_ids, list(queued))
-                except Exception as exc:  # noqa: BLE001 - any backend's error, handed to each caller
-                    for _, future in waiting:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
-                except BaseException:  # cancelled at shutdown: no caller waits forever
-                    for _, future in waiting:
-                        future.cancel()
-                    raise
-                for pod, future in waiting:
-                    if not future.done():
-                        future.set_result(list(found.get(pod, ())))
-        finally:
-            self._reader = None
+            found: Mapping[_K, _V] = await self._run(self._read, list(asked))
+        except BaseException as exc:  # any backend's error, or cancelled at shutdown
+            _fail([future for futures in asked.values() for future in futures], exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for key, futures in asked.items():
+            self._answer(futures, found[key] if key in found else self._absent())
+
+    def _answer(self, futures: Sequence[asyncio.Future[_V]], value: _V) -> None:
+        for future in futures:
+            if not future.done():
+                future.set_result(value)
+
+
+class GatheredClaims(GatheredReads[_K, bool]):
+    """``await claims.get(claim)``: whether this caller claimed ``claim`` (``claim(claims)`` returns those it
+    recorded now: none recorded before, here or in any other hub process). Claims asked meanwhile go in one
+    call; of callers asking the same claim together only the first is granted it, as one after another would."""
+
+    def __init__(
+        self, claim: Callable[[list[_K]], Collection[_K]], run: Callable[..., Awaitable[Any]], *, name: str
+    ) -> None:
+        super().__init__(lambda claims: dict.fromkeys(claim(claims), True), run, absent=lambda: False, name=name)
+
+    def _answer(self, futures: Sequence[asyncio.Future[bool]], value: bool) -> None:
+        first, *later = futures
+        if not first.done():  # a cancelled first caller's grant goes to nobody: the nonce stays spent
+            first.set_result(value)
+        for future in later:
+            if not future.done():
+                future.set_result(False)

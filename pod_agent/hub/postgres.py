@@ -41,6 +41,7 @@ from psycopg import sql
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from pod_agent.errors import HubError
+from pod_agent.hub.batching import GatheredClaims
 from pod_agent.hub.fanout import fanout_key, fanout_task
 from pod_agent.hub.sqlite import MAY_READ_BLOB_SQL, UNREFERENCED_SQL
 from pod_agent.hub.storage import (
@@ -52,6 +53,7 @@ from pod_agent.hub.storage import (
     KeyStanding,
     ModellerRecord,
     ModelRecord,
+    NonceClaim,
     PendingKey,
     PodRecord,
     PutOutcome,
@@ -59,8 +61,8 @@ from pod_agent.hub.storage import (
     RoundMessageRecord,
     StorageConflict,
     hub_task_record,
-    key_standing,
-    key_standing_query,
+    key_standings,
+    key_standings_query,
     pending_by_pod,
     pod_record,
 )
@@ -85,7 +87,7 @@ _NONCE_PRUNE_EVERY = 1000
 _POD_COLUMNS = (
     "name, key_id, public_key, schema, schema_hash, row_count, sandbox_level, heartbeat_s, registered_at, last_seen"
 )
-_KEY_STANDING = key_standing_query(_POD_COLUMNS, "%s")
+_KEY_STANDINGS = key_standings_query(_POD_COLUMNS, "(SELECT DISTINCT key_id FROM unnest(%s::text[]) AS u(key_id)) q")
 _UPSERT_POD = (
     f"INSERT INTO pods ({_POD_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
     " ON CONFLICT (name) DO UPDATE SET public_key = excluded.public_key, schema = excluded.schema,"
@@ -291,10 +293,10 @@ class PostgresStorage:
         row = self._first(f"SELECT {_POD_COLUMNS} FROM pods WHERE key_id = %s", (key_id,))
         return None if row is None else pod_record(row)
 
-    def key_standing(self, key_id: str) -> KeyStanding:
+    def key_standings(self, key_ids: Sequence[str]) -> dict[str, KeyStanding]:
         # No _write_touches first: a signer's last_seen decides nothing, and a reconnecting herd's every
         # handshake would write the touches its predecessors queued.
-        return key_standing(_present(self._first(_KEY_STANDING, (key_id,))))
+        return key_standings(key_ids, self._rows(_KEY_STANDINGS, (list(key_ids),)))
 
     def list_pods(self) -> list[PodRecord]:
         self._write_touches()
@@ -667,12 +669,22 @@ class PostgresStorage:
 
     # -- what hub processes share besides storage (``PostgresCluster``) ---------------------
 
-    def claim_nonce(self, key_id: str, nonce: str, *, timestamp: int) -> bool:
-        """Record a request's (key, nonce); False if any process recorded it before."""
-        return self._count(
-            "INSERT INTO request_nonces (key_id, nonce, stamped_at) VALUES (%s,%s,%s) ON CONFLICT DO NOTHING",
-            (key_id, nonce, timestamp),
-        ) > 0
+    def claim_nonces(self, claims: Sequence[NonceClaim]) -> set[NonceClaim]:
+        """Record requests' (key, nonce) in one statement; the claims recorded now (of two with one key and
+        nonce, the first), none that any process recorded before."""
+        first: dict[tuple[str, str], NonceClaim] = {}
+        for claim in claims:
+            first.setdefault((claim.key_id, claim.nonce), claim)
+        if not first:
+            return set()
+        firsts = list(first.values())
+        rows = self._rows(
+            "INSERT INTO request_nonces (key_id, nonce, stamped_at)"
+            " SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[])"
+            " ON CONFLICT DO NOTHING RETURNING key_id, nonce, stamped_at",
+            ([c.key_id for c in firsts], [c.nonce for c in firsts], [c.timestamp for c in firsts]),
+        )
+        return {NonceClaim(str(key_id), str(nonce), int(stamped)) for key_id, nonce, stamped in rows}
 
     def prune_nonces(self, *, stamped_before: int) -> int:
         return self._count("DELETE FROM request_nonces WHERE stamped_at < %s", (stamped_before,))
@@ -694,8 +706,8 @@ class PostgresCluster:
     pause, and every local waiter is woken then, since notifications sent meanwhile are gone
     (waiters re-read the database).
 
-    Request nonces are claimed in ``request_nonces`` (one insert per request) so a request replayed
-    to another process is refused; rows older than twice the clock window are pruned now and then.
+    Request nonces are claimed in ``request_nonces`` (those claimed together in one insert) so a request
+    replayed to another process is refused; rows older than twice the clock window are pruned now and then.
     Per-key request rates stay per process: a key may send N times the rate to N processes, which
     bounds it as before, N times looser; quotas on stored bytes are in the database and shared.
     """
@@ -709,7 +721,9 @@ class PostgresCluster:
         storage.announce_tasks_on(self._channel, f"{self._origin}|")
         self._outbox: list[str] = []
         self._sending: asyncio.Task[None] | None = None
-        self._claims = 0
+        # A reconnecting fleet's handshakes claim their nonces together: one statement per batch, not per request.
+        self._claims = GatheredClaims(storage.claim_nonces, asyncio.to_thread, name="hub-nonce-claims")
+        self._claimed = 0
 
     def publish(self, key: str) -> None:
         """Queue ``key`` for the other processes; queued keys go out together, in one statement. A task's
@@ -745,10 +759,10 @@ class PostgresCluster:
             await asyncio.sleep(1.0)
 
     async def claim_nonce(self, key_id: str, nonce: str, *, timestamp: int, now: int) -> bool:
-        self._claims += 1
-        if self._claims % _NONCE_PRUNE_EVERY == 0:
+        self._claimed += 1
+        if self._claimed % _NONCE_PRUNE_EVERY == 0:
             await asyncio.to_thread(self._storage.prune_nonces, stamped_before=now - 2 * MAX_REQUEST_SKEW_S)
-        return await asyncio.to_thread(self._storage.claim_nonce, key_id, nonce, timestamp=timestamp)
+        return await self._claims.get(NonceClaim(key_id, nonce, timestamp))
 
     async def close(self) -> None:
         if self._sending is not None:

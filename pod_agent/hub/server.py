@@ -113,6 +113,7 @@ from pod_agent.hub.limits import (
 )
 from pod_agent.hub.status import STATUS_ROUTE, StatusPage, StatusSource, add_status_route
 from pod_agent.hub.storage import (
+    STRANGER,
     BlobRecord,
     BlobRefRecord,
     DeliveryRecord,
@@ -227,7 +228,13 @@ class _Hub:
         self.fanout = Fanout()
         self.batcher = StorageBatcher()
         self.writes = GatheredWrites(storage, self.db_batched)
-        self.reads = GatheredReads(storage, self.db_batched)
+        self.reads: GatheredReads[str, list[str]] = GatheredReads(
+            storage.pending_task_ids, self.db_batched, absent=list, name="hub-pending-reads"
+        )
+        # Every signed request's signer; a fleet reconnecting to this process at once is looked up together.
+        self.signers = GatheredReads(
+            storage.key_standings, self.db_batched, absent=lambda: STRANGER, name="hub-signer-reads"
+        )
         # A task prepared again from storage (``_prepared``): once, however many pods ask for it at once.
         self.preparing: dict[str, asyncio.Future[PreparedTask]] = {}
         self.background: set[asyncio.Task[None]] = set()  # fan-outs another hub process asked for
@@ -306,8 +313,8 @@ class _Known:
         return None if record is None else PublicKey.from_b64(record.public_key)
 
 
-def _known(storage: Storage, key_id: str) -> _Known:
-    standing = storage.key_standing(key_id)
+async def _known(hub: _Hub, key_id: str) -> _Known:
+    standing = await hub.signers.get(key_id)
     return _Known(standing.pod, standing.modeller, standing.pending)
 
 
@@ -317,7 +324,7 @@ async def _authenticate(request: web.Request, route: str | None) -> None:
     now = hub.now()
     signed = parse_signed_headers(request.headers, now=now)
     hub.rates.check(signed.key_id, now=time.monotonic())
-    known: _Known = await hub.db(_known, hub.storage, signed.key_id)
+    known = await _known(hub, signed.key_id)
     registering = route in _REGISTER_ROUTES
     if known.public_key is None:
         if not registering:
@@ -534,7 +541,7 @@ async def _pending(hub: _Hub, pod: str, *, sent: Collection[str] = ()) -> list[P
     when not prepared here, since its record lists its whole cohort (10,000 pods re-reading a 10,000-name list
     each had taken the hub from 300 MB to 1 GB)."""
     out = []
-    for task_id in await hub.reads.pending(pod):
+    for task_id in await hub.reads.get(pod):
         if task_id in sent:
             continue
         prepared = hub.fanout.get(task_id)
@@ -582,7 +589,7 @@ async def _pod_ws(request: web.Request) -> web.WebSocketResponse:
     hub.sockets.add(ws)
     link = Link(pod.name, ws, request.transport)
     hub.fanout.connect(link)
-    await hub.db_batched(hub.storage.touch_pod, pod.name, now=hub.now())
+    hub.writes.touch(pod.name, hub.now())  # written with the heartbeats: no thread hop per connecting pod
     pusher = asyncio.create_task(_push_loop(hub, link), name=f"push:{pod.name}")
     try:
         async for msg in ws:

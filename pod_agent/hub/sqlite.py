@@ -36,8 +36,8 @@ from pod_agent.hub.storage import (
     RoundMessageRecord,
     StorageConflict,
     hub_task_record,
-    key_standing,
-    key_standing_query,
+    key_standings,
+    key_standings_query,
     pending_by_pod,
     pod_record,
 )
@@ -47,7 +47,9 @@ _POD_COLUMNS = (
     "name, key_id, public_key, schema, schema_hash, row_count, sandbox_level, heartbeat_s, registered_at, last_seen"
 )
 
-_KEY_STANDING = key_standing_query(_POD_COLUMNS, "?")
+_KEY_STANDINGS = key_standings_query(
+    _POD_COLUMNS, "(SELECT DISTINCT CAST(value AS TEXT) AS key_id FROM json_each(?)) q"
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS pods (
@@ -171,9 +173,10 @@ class SqliteStorage:
     def pod_by_key(self, key_id: str) -> PodRecord | None:
         return self._one_pod(f"SELECT {_POD_COLUMNS} FROM pods WHERE key_id = ?", key_id)
 
-    def key_standing(self, key_id: str) -> KeyStanding:
+    def key_standings(self, key_ids: Sequence[str]) -> dict[str, KeyStanding]:
         with self._lock:
-            return key_standing(self._db.execute(_KEY_STANDING, (key_id,)).fetchone())
+            rows = self._db.execute(_KEY_STANDINGS, (json.dumps(list(key_ids)),)).fetchall()
+        return key_standings(key_ids, rows)
 
     def list_pods(self) -> list[PodRecord]:
         with self._lock:

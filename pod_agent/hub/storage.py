@@ -158,23 +158,40 @@ class KeyStanding:
     pending: bool
 
 
-def key_standing_query(pod_columns: str, param: str) -> str:
-    """``Storage.key_standing``'s one query, given the backend's pod columns (``pod_record``'s order) and
-    placeholder; ``key_standing`` reads its row."""
+@dataclass(frozen=True)
+class NonceClaim:
+    """A signed request's nonce under its key, and the timestamp it was signed at (kept until past the window)."""
+
+    key_id: str
+    nonce: str
+    timestamp: int
+
+
+# What the hub holds for a key it has never registered.
+STRANGER = KeyStanding(None, None, False)
+
+
+def key_standings_query(pod_columns: str, keys: str) -> str:
+    """``Storage.key_standings``'s one query, given the backend's pod columns (``pod_record``'s order) and a
+    FROM item ``keys`` that yields the key ids asked as ``q(key_id)`` (its placeholder bound to them);
+    ``key_standings`` reads its rows."""
     columns = ", ".join(f"p.{column}" for column in pod_columns.split(", "))
-    # Built from the backends' own column list and placeholder; the key id is bound.
+    # Built from the backends' own column list and key source; the key ids are bound.
     return (
-        f"SELECT {columns}, m.key_id, m.public_key, m.name, m.registered_at, EXISTS"  # noqa: S608
+        f"SELECT q.key_id, {columns}, m.key_id, m.public_key, m.name, m.registered_at, EXISTS"  # noqa: S608
         " (SELECT 1 FROM key_approvals a WHERE a.key_id = q.key_id AND a.approved_at IS NULL)"
-        f" FROM (SELECT CAST({param} AS TEXT) AS key_id) q LEFT JOIN pods p ON p.key_id = q.key_id"
-        " LEFT JOIN modellers m ON m.key_id = q.key_id"
+        f" FROM {keys} LEFT JOIN pods p ON p.key_id = q.key_id LEFT JOIN modellers m ON m.key_id = q.key_id"
     )
 
 
-def key_standing(row: tuple[Any, ...]) -> KeyStanding:
-    pod = None if row[0] is None else pod_record(row[:10])
-    modeller = None if row[10] is None else ModellerRecord(str(row[10]), str(row[11]), str(row[12]), int(row[13]))
-    return KeyStanding(pod, modeller, bool(row[14]) and (pod is not None or modeller is not None))
+def key_standings(asked: Iterable[str], rows: Iterable[tuple[Any, ...]]) -> dict[str, KeyStanding]:
+    """Each key id ``asked`` and its standing, from ``key_standings_query``'s rows (a key in none: a stranger)."""
+    found = {}
+    for row in rows:
+        pod = None if row[1] is None else pod_record(row[1:11])
+        modeller = None if row[11] is None else ModellerRecord(str(row[11]), str(row[12]), str(row[13]), int(row[14]))
+        found[str(row[0])] = KeyStanding(pod, modeller, bool(row[15]) and (pod is not None or modeller is not None))
+    return {key_id: found.get(key_id, STRANGER) for key_id in asked}
 
 
 def pod_record(row: tuple[Any, ...]) -> PodRecord:
@@ -214,10 +231,11 @@ class Storage(Protocol):
 
     def pod_by_key(self, key_id: str) -> PodRecord | None: ...
 
-    def key_standing(self, key_id: str) -> KeyStanding:
-        """The pod and modeller registered under ``key_id`` and whether it awaits approval, in one query: every
-        signed request asks it, where it had taken three round trips. The pod's ``last_seen`` may lag the
-        heartbeats not yet written (``touch_pods``)."""
+    def key_standings(self, key_ids: Sequence[str]) -> dict[str, KeyStanding]:
+        """Each key id's pod and modeller records and whether it awaits approval (``STRANGER`` for a key with
+        neither), in one query for them all: every signed request asks it for its signer, and the requests of
+        a pod fleet reconnecting at once are asked together (``batching.GatheredReads``). The pods'
+        ``last_seen`` may lag the heartbeats not yet written (``touch_pods``)."""
 
     def list_pods(self) -> list[PodRecord]: ...
 

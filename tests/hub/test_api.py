@@ -361,3 +361,30 @@ async def test_wait_is_only_for_the_tasks_modeller_and_takes_numbers(hub: Any) -
     assert (await hub.caller(other).call("GET", f"/v1/tasks/{task_id}/wait?wait=1"))[0] == 404
     status, body = await hub.caller(modeller).call("GET", f"/v1/tasks/{task_id}/wait?wait=nan")
     assert status == 400 and "'after' a count of finished pods" in body["error"]
+
+
+async def test_signers_looked_up_together_each_get_their_own_standing(make_hub: Any) -> None:
+    # Requests arriving together have their keys looked up in one query: each is answered for its own key,
+    # as alone (a stranger's or a released pod's request beside admitted ones is still refused, and so on).
+    hub = await make_hub(registration="approve")
+    modeller, pod, released, pending, stranger = (IdentityKey.generate() for _ in range(5))
+    for key, name in [(pod, "pod-a"), (released, "pod-r"), (pending, "pod-p")]:
+        assert (await hub.caller(key).call("POST", "/v1/pods/register", hub.pod_registration(key, name)))[0] == 202
+    registration = {"name": "m", "public_key": modeller.public.to_b64()}
+    assert (await hub.caller(modeller).call("POST", "/v1/modellers/register", registration))[0] == 202
+    for key in (modeller, pod, released):
+        assert hub.storage.approve_key(key.key_id, now=int(time.time()))
+    assert hub.storage.release_pod("pod-r")
+    unknown = "is not registered with the hub: register it first"
+    expected = [
+        (modeller, "/v1/pods", 200, None),
+        (pod, "/v1/pod/tasks?wait=0", 200, None),
+        (released, "/v1/pod/tasks?wait=0", 401, f"request signature rejected: key {released.key_id[:16]} {unknown}"),
+        (pending, "/v1/pod/tasks?wait=0", 403, f"an admin must run `pod-agent hub approve {pending.key_id}`"),
+        (stranger, "/v1/pods", 401, f"request signature rejected: key {stranger.key_id[:16]} {unknown}"),
+    ] * 8
+    answers = await asyncio.gather(*(hub.caller(key).call("GET", path) for key, path, _, _ in expected))
+    for (_, _, status, error), (got, body) in zip(expected, answers, strict=True):
+        assert got == status
+        if error is not None:
+            assert error in body["error"]

@@ -1,5 +1,6 @@
 """The hub's storage batcher (calls queued together run in one thread hop, in order, each failing alone), its
-gathered heartbeat and ack writes, and its gathered reads of pending task ids."""
+gathered heartbeat and ack writes, its gathered reads (pending task ids, signers' keys) and gathered nonce
+claims (a nonce asked twice in one batch is granted once)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 
 from pod_agent.errors import HubError
 from pod_agent.hub import open_storage
-from pod_agent.hub.batching import GatheredReads, GatheredWrites, StorageBatcher
+from pod_agent.hub.batching import GatheredClaims, GatheredReads, GatheredWrites, StorageBatcher
 from pod_agent.hub.storage import HubTaskRecord
 
 
@@ -82,18 +83,43 @@ async def test_reads_asked_meanwhile_go_in_one_query_each_pod_gets_its_own_and_a
             raise HubError("database is gone")
         return read(pods)
 
-    reads = GatheredReads(storage, run)
+    reads = GatheredReads(storage.pending_task_ids, run, absent=list, name="pending")
     try:
-        first = asyncio.ensure_future(reads.pending("a"))
+        first = asyncio.ensure_future(reads.get("a"))
         await asyncio.wait_for(first_running.wait(), 5)
-        queued = [asyncio.ensure_future(reads.pending(p)) for p in ("b", "c", "a", "gone")]
+        queued = [asyncio.ensure_future(reads.get(p)) for p in ("b", "c", "a", "gone")]
         await asyncio.sleep(0)
         queued[3].cancel()  # its pod disconnected: the read goes on for the others
         release.set()
         assert await first == ["t1", "t2"]
         assert await asyncio.gather(*queued[:3]) == [["t1"], [], ["t1", "t2"]]
         assert asked == [["a"], ["b", "c", "a", "gone"]]
-        failed = await asyncio.gather(reads.pending("a"), reads.pending("broken"), return_exceptions=True)
+        failed = await asyncio.gather(reads.get("a"), reads.get("broken"), return_exceptions=True)
         assert [str(f) for f in failed] == ["database is gone"] * 2
     finally:
         storage.close()
+
+
+async def test_a_claim_asked_twice_in_one_batch_is_granted_to_the_first_caller_only() -> None:
+    recorded: set[str] = {"spent"}  # claimed before, as by another hub process
+    batches: list[list[str]] = []
+
+    def claim(claims: list[str]) -> set[str]:
+        batches.append(claims)
+        fresh = set(claims) - recorded
+        recorded.update(fresh)
+        return fresh
+
+    async def run(fn: Callable[[list[str]], object], claims: list[str]) -> object:
+        await asyncio.sleep(0)  # the callers below all queue before the first claim runs
+        return fn(claims)
+
+    claims = GatheredClaims(claim, run, name="nonces")
+    asked = ["n1", "n2", "n1", "spent", "n1", "n3"]
+    cancelled = asyncio.ensure_future(claims.get("n3"))
+    granted = [asyncio.ensure_future(claims.get(n)) for n in asked]
+    await asyncio.sleep(0)
+    cancelled.cancel()  # its grant goes to nobody: the later "n3" asked meanwhile is still refused
+    assert await asyncio.gather(*granted) == [True, True, False, False, False, False]
+    assert batches == [["n3", "n1", "n2", "spent"]]
+    assert await claims.get("n1") is False  # and in a later batch

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import aiohttp
@@ -15,7 +16,7 @@ import pytest
 from pod_agent.errors import HubError
 from pod_agent.hub import PostgresCluster, PostgresStorage, create_app, listening
 from pod_agent.hub.fanout import fanout_key
-from pod_agent.hub.storage import HubTaskRecord
+from pod_agent.hub.storage import HubTaskRecord, NonceClaim
 from pod_agent.protocol import IdentityKey, canonical_json, sign_request
 
 
@@ -50,6 +51,54 @@ async def test_a_request_replayed_to_another_hub_process_is_refused(two_hubs: li
         async with session.get(a + "/v1/pods", headers=listing) as replayed:
             assert replayed.status == 401
             assert "already used: re-sign the request" in (await replayed.json())["error"]
+
+
+async def test_a_request_sent_at_once_to_both_processes_many_times_is_served_once(two_hubs: list[str]) -> None:
+    # Hostile: copies of one captured request race to both processes, in the same batches of nonce claims as
+    # honest requests of the same key; one copy is served, every other refused, the honest ones all served.
+    modeller = IdentityKey.generate()
+    body = canonical_json({"name": "m", "public_key": modeller.public.to_b64()})
+    async with aiohttp.ClientSession() as session:
+        headers = sign_request(modeller, "POST", "/v1/modellers/register", body, now=int(time.time()))
+        async with session.post(two_hubs[0] + "/v1/modellers/register", data=body, headers=headers) as first:
+            assert first.status == 200
+        captured = sign_request(modeller, "GET", "/v1/pods", b"", now=int(time.time()))
+
+        async def send(base: str, headers: dict[str, str]) -> tuple[int, str]:
+            async with session.get(base + "/v1/pods", headers=headers) as resp:
+                return resp.status, (await resp.json()).get("error", "")
+
+        honest = [sign_request(modeller, "GET", "/v1/pods", b"", now=int(time.time())) for _ in range(20)]
+        sent = [(two_hubs[i % 2], captured) for i in range(20)] + [(two_hubs[i % 2], h) for i, h in enumerate(honest)]
+        answers = await asyncio.gather(*(send(base, h) for base, h in sent))
+    replays, served = answers[:20], answers[20:]
+    assert sorted(status for status, _ in replays) == [200] + [401] * 19
+    assert all("already used: re-sign the request" in error for status, error in replays if status == 401)
+    assert served == [(200, "")] * 20
+
+
+def test_nonces_claimed_together_by_two_processes_are_each_granted_once(postgres_db: Callable[[], str]) -> None:
+    url = postgres_db()
+    stores = [PostgresStorage(url), PostgresStorage(url)]
+    try:
+        assert stores[0].claim_nonces([NonceClaim("k1", "spent", 100)]) == {NonceClaim("k1", "spent", 100)}
+        # Each process claims every nonce, in its own order, in batches of 7, at once.
+        claims = [NonceClaim(f"k{i % 3}", f"n{i}", 100 + i) for i in range(60)] + [NonceClaim("k1", "spent", 101)]
+        batches = [claims[i:i + 7] for i in range(0, len(claims), 7)]
+        with ThreadPoolExecutor(4) as pool:
+            granted = list(pool.map(
+                lambda job: stores[job[0]].claim_nonces(job[1]),
+                [(0, b) for b in batches] + [(1, b) for b in reversed(batches)],
+            ))
+        won = [claim for batch in granted for claim in batch]
+        assert sorted(won, key=lambda c: c.nonce) == sorted(claims[:60], key=lambda c: c.nonce)  # each once
+        # In one batch, the same key and nonce again (signed at another time): only the first is recorded.
+        twice = [NonceClaim("k9", "x", 5), NonceClaim("k8", "x", 6), NonceClaim("k9", "x", 7)]
+        assert stores[1].claim_nonces(twice) == {NonceClaim("k9", "x", 5), NonceClaim("k8", "x", 6)}
+        assert stores[0].claim_nonces(twice) == set() and stores[0].claim_nonces([]) == set()
+    finally:
+        for storage in stores:
+            storage.close()
 
 
 async def test_a_wake_up_reaches_the_other_processes_and_not_its_sender(

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pod_agent.hub import Storage, StorageConflict, open_storage
-from pod_agent.hub.storage import HubTaskRecord, KeyStanding, ModellerRecord, PendingKey, PodRecord
+from pod_agent.hub.storage import STRANGER, HubTaskRecord, KeyStanding, ModellerRecord, PendingKey, PodRecord
 
 RACERS = 8
 
@@ -134,19 +134,26 @@ def test_the_pods_a_task_may_name_are_registered_and_awaiting_no_approval(opened
     assert storage.admitted([]) == set()
 
 
-def test_a_keys_standing_is_its_pod_its_modeller_and_whether_it_awaits_approval(
+def test_keys_standings_read_together_are_each_its_pod_its_modeller_and_whether_it_awaits_approval(
     opened: Callable[[], Storage],
 ) -> None:
     storage = opened()
     storage.upsert_pod(_pod("a", "k1"))
     storage.upsert_modeller(ModellerRecord(key_id="k1", public_key="pk-k1", name="m", registered_at=3))
     storage.upsert_pod(_pod("b", "k2"))
+    storage.upsert_pod(_pod("c", "k4"))
     for key in ("k2", "k3"):
         storage.add_pending_key(PendingKey(key_id=key, role="pod", name="b", requested_at=1))
-    assert storage.key_standing("k1") == KeyStanding(_pod("a", "k1"), ModellerRecord("k1", "pk-k1", "m", 3), False)
-    assert storage.key_standing("k2") == KeyStanding(_pod("b", "k2"), None, True)
-    # Awaiting approval, but never stored (its registration failed): a stranger all the same.
-    assert storage.key_standing("k3") == KeyStanding(None, None, False)
-    assert storage.key_standing("nobody") == KeyStanding(None, None, False)
+    assert storage.release_pod("c")  # its key is a stranger again
+    asked = ["k1", "k2", "k3", "nobody", "k4", "k1"]
+    assert storage.key_standings(asked) == {
+        "k1": KeyStanding(_pod("a", "k1"), ModellerRecord("k1", "pk-k1", "m", 3), False),
+        "k2": KeyStanding(_pod("b", "k2"), None, True),
+        # Awaiting approval, but never stored (its registration failed): a stranger all the same.
+        "k3": STRANGER,
+        "nobody": STRANGER,
+        "k4": STRANGER,
+    }
+    assert storage.key_standings(["nobody"]) == {"nobody": STRANGER} and storage.key_standings([]) == {}
     storage.approve_key("k2", now=2)
-    assert opened().key_standing("k2") == KeyStanding(_pod("b", "k2"), None, False)
+    assert opened().key_standings(["k2"]) == {"k2": KeyStanding(_pod("b", "k2"), None, False)}
