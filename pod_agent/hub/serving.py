@@ -42,6 +42,10 @@ REFUSED_BODY_LINGER_S = 1.0
 # On SIGTERM, requests in flight get this long to finish before they are cancelled: pods and modellers retry,
 # and a service manager expects a prompt stop (aiohttp's default waits up to 60 s).
 SHUTDOWN_GRACE_S = 5.0
+# Connections the kernel holds for the hub until its loop accepts them (capped by net.core.somaxconn): the pods
+# of a process that died reconnect to the survivors within a second, and a connection that finds the queue full
+# (aiohttp's default 128) is dropped and retried by the pod's kernel 1 s later, then 3 s.
+LISTEN_BACKLOG = 4096
 
 
 def server_tls_context(cert: Path, key: Path) -> ssl.SSLContext:
@@ -85,7 +89,7 @@ async def listening(
     )
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port, ssl_context=tls)
+        site = web.TCPSite(runner, host, port, ssl_context=tls, backlog=LISTEN_BACKLOG)
         try:
             await site.start()
         except OSError as exc:

@@ -1,10 +1,11 @@
-"""The hub's front door: authentication before any body is read, per-route body caps, the replay cache's
-per-key quotas against a flooding stranger, and per-key rate limits."""
+"""The hub's front door: a herd of connections held in its accept queue, authentication before any body is read,
+per-route body caps, the replay cache's per-key quotas against a flooding stranger, and per-key rate limits."""
 
 from __future__ import annotations
 
 import asyncio
 import io
+import select
 import socket
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
@@ -23,6 +25,7 @@ BIG_BODY_BYTES = 16 * 1024 * 1024
 UNSIGNED_POSTS = 40
 # The hub before this change grew by ~690 MiB on the same load; what is left is aiohttp's buffers.
 MAX_GROWTH_BYTES = 50 * 1024 * 1024
+HERD = 400  # connections opened at once, past aiohttp's default accept queue of 128
 
 
 def _kib(status_line: str) -> int:
@@ -213,3 +216,29 @@ async def test_a_key_over_its_rate_gets_429_with_retry_after_and_others_are_serv
     ) as resp:
         assert resp.status == 401
     assert (await hub.caller(calm).call("GET", "/v1/pods"))[0] == 200
+
+
+def _connected_within(host: str, port: int, count: int, wait_s: float) -> int:
+    """How many of ``count`` connections opened at once to host:port are established within ``wait_s``."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.setblocking(False)
+            sock.connect_ex((host, port))
+        deadline, established = time.monotonic() + wait_s, set()
+        while len(established) < count and (left := deadline - time.monotonic()) > 0:
+            _, writable, _ = select.select([], [s for s in sockets if s not in established], [], left)
+            established.update(s for s in writable if s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0)
+        return len(established)
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+async def test_a_herd_of_connections_arriving_while_the_hub_is_busy_waits_in_its_accept_queue(hub: Any) -> None:
+    # The pods of a hub process that died reconnect to the survivor within a second while its loop is busy: the
+    # kernel holds their connections until it accepts them. aiohttp's default queue (128) dropped the rest, each
+    # connect retried by its kernel 1 s later. Here the hub's loop accepts nothing meanwhile: it waits on this.
+    where = urlsplit(hub.base)
+    assert where.hostname is not None and where.port is not None
+    assert _connected_within(where.hostname, where.port, HERD, wait_s=0.5) == HERD
