@@ -180,10 +180,35 @@ def test_a_database_migrated_by_a_newer_pod_agent_is_refused(postgres_db: Callab
     url = postgres_db()
     PostgresStorage(url).close()
     with psycopg.connect(url) as conn:
-        assert conn.execute(b"SELECT version FROM hub_schema_version").fetchall() == [(1,)]
+        assert conn.execute(b"SELECT version FROM hub_schema_version").fetchall() == [(2,)]
         conn.execute(b"UPDATE hub_schema_version SET version = 99")
     with pytest.raises(HubError, match="schema is version 99, newer than this pod-agent knows"):
         PostgresStorage(url)
+
+
+def test_a_version_1_database_is_migrated_forward_and_its_deliveries_lose_the_per_row_task_check(
+    postgres_db: Callable[[], str],
+) -> None:
+    import psycopg
+
+    url = postgres_db()
+    PostgresStorage(url).close()
+    with psycopg.connect(url) as conn:  # as a hub of schema version 1 left it
+        conn.execute(
+            b"ALTER TABLE deliveries ADD CONSTRAINT deliveries_task_id_fkey FOREIGN KEY (task_id) REFERENCES tasks"
+        )
+        conn.execute(b"UPDATE hub_schema_version SET version = 1")
+    storage = PostgresStorage(url)
+    try:
+        task = HubTaskRecord(task_id="t1", modeller_id="m", envelope=b"{}", pods=("pod-1", "pod-2"), created_at=1)
+        assert storage.add_task(task) == "stored"
+        assert storage.pending_task_ids(["pod-1", "pod-2"]) == {"pod-1": ["t1"], "pod-2": ["t1"]}
+    finally:
+        storage.close()
+    with psycopg.connect(url) as conn:
+        assert conn.execute(b"SELECT version FROM hub_schema_version").fetchall() == [(2,)]
+        foreign = b"SELECT conname FROM pg_constraint WHERE conrelid = 'deliveries'::regclass AND contype = 'f'"
+        assert conn.execute(foreign).fetchall() == []
 
 
 def test_hub_serve_on_postgresql_needs_a_shared_blob_dir(postgres_db: Callable[[], str]) -> None:
