@@ -69,6 +69,7 @@ from bench.hub_load import (
     HEARTBEAT_S,
     POD_NICENESS,
     PODS_PER_WORKER,
+    _cpu_s,
     _payload,
     _percentile,
     _py_spy,
@@ -291,6 +292,9 @@ class _Workers:
         for _, conn, _ in self.procs:
             conn.send(command)
 
+    def cpu_s(self) -> float:
+        return sum(_cpu_s(proc.pid) for proc, _, _ in self.procs if proc.pid is not None)
+
     def close(self) -> None:
         for proc, _, _ in self.procs:
             if proc.is_alive():
@@ -349,7 +353,10 @@ def run_once(n: int, variant: str, server: str) -> dict[str, Any]:
             deadline = submitted + FANOUT_TIMEOUT_S
             hubs[victim].wait(15)
             spy = _py_spy(hubs[1 - victim].pid, profile) if profile else None
+            survivor_cpu, pods_cpu, overflows = _cpu_s(hubs[1 - victim].pid), workers.cpu_s(), _listen_overflows()
             everyone = workers.until("all", deadline)
+            survivor_cpu, pods_cpu = _cpu_s(hubs[1 - victim].pid) - survivor_cpu, workers.cpu_s() - pods_cpu
+            overflows = _listen_overflows() - overflows
             if spy is not None:
                 spy.send_signal(signal.SIGINT)
                 spy.wait(30)
@@ -370,7 +377,14 @@ def run_once(n: int, variant: str, server: str) -> dict[str, Any]:
             resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     reports = [(pod, workers.procs[i][2]) for i, said in workers.said.items() for pod in said["pods"]]
     return _figures(n, variant, reports, victim=victim, urls=urls, submitted=submitted, killed_at=killed_at,
-                    stored=stored, complete=everyone and posted, load=load, answered=answered)
+                    stored=stored, complete=everyone and posted, load=load, answered=answered,
+                    cpu=(survivor_cpu, pods_cpu), overflows=overflows)
+
+
+def _listen_overflows() -> int:
+    """The host's count of connections dropped at a listening socket's full accept queue (TcpExt)."""
+    lines = [line.split() for line in Path("/proc/net/netstat").read_text().splitlines() if line.startswith("TcpExt:")]
+    return int(dict(zip(lines[0], lines[1], strict=True))["ListenOverflows"])
 
 
 async def _stored(url: str, modeller: IdentityKey, task_id: str) -> int:
@@ -383,7 +397,7 @@ async def _stored(url: str, modeller: IdentityKey, task_id: str) -> int:
 
 def _figures(n: int, variant: str, reports: list[tuple[dict[str, Any], int]], *, victim: int, urls: list[str],
              submitted: float, killed_at: float, stored: int, complete: bool, load: tuple[float, float, float],
-             answered: bool) -> dict[str, Any]:
+             answered: bool, cpu: tuple[float, float], overflows: int) -> dict[str, Any]:
     survivor_url = urls[1 - victim]
     first = {p["name"]: min(t for t, _ in p["deliveries"]) for p, _ in reports if p["deliveries"]}
     moved = [p for p, home in reports if home == victim]
@@ -435,6 +449,13 @@ def _figures(n: int, variant: str, reports: list[tuple[dict[str, Any], int]], *,
         "reconnect_failed_tries": _stats([float(t) for t in tries]),
         "reregister_s": _stats(registers),
         "socket_handshake_s": _stats(handshakes),
+        # From the killed process's end until every pod holds the task: what the survivor spent on the moved
+        # pods (and its own), and the simulated pods beside it on the same cores.
+        "survivor_cpu_s": round(cpu[0], 2),
+        "pods_cpu_s": round(cpu[1], 2),
+        # Connections the kernel dropped meanwhile because a listening socket's accept queue was full (the
+        # host's count): each such pod's connect is retried by its kernel 1 s later, then 3 s.
+        "listen_overflows": overflows,
         "moved_to_survivor": sum(1 for p in moved if p["sessions"] and p["sessions"][-1][1] == survivor_url),
         "survivors_pods_reconnected": sum(1 for p in stayed if len(p["sessions"]) > 1),
         "result_post_s": _stats([p["posted_s"] for p, _ in reports if p["posted_s"] is not None]),
@@ -482,7 +503,9 @@ def _print(result: dict[str, Any]) -> None:
             f"{_s(r['reconnect_backoff_slept_s'])}, re-registration {_s(r['reregister_s'])}, socket handshake "
             f"{_s(r['socket_handshake_s'])}; failed tries p99 {r['reconnect_failed_tries']['p99']}; "
             f"{r['moved_to_survivor']} moved to the survivor, {r['survivors_pods_reconnected']} of the survivor's "
-            f"reconnected\n"
+            f"reconnected; CPU from the end of the killed process until all hold the task: survivor "
+            f"{r['survivor_cpu_s']} s, simulated pods {r['pods_cpu_s']} s; connections dropped at a full accept "
+            f"queue {r['listen_overflows']}\n"
             f"    results stored {r['results_stored']} of {r['pods']} (post {_s(r['result_post_s'])}); ok {r['ok']}"
         )
 
