@@ -14,11 +14,12 @@ another hub process is told of a large cohort's task once (``fanout_key``) and p
 connected to it in the same way.
 
 Memory: at most ``max_tasks`` prepared tasks are kept (least recently used go first), a pod's
-announcements are dropped when it disconnects, and TRIM_AFTER_S after the last fan-out the heap pages
-it freed go back to the OS (glibc's ``malloc_trim``: otherwise the process keeps its peak), so the hub's
-memory returns to its idle level once a fan-out is over. A task dropped here is prepared again from
-storage when needed: its cohort is rebuilt from the pods' registrations and used only if it gives the
-signed root.
+announcements are dropped when it disconnects, and TRIM_AFTER_S after the last fan-out the cyclic collector,
+held off since the submission (a collection stops the loop while pods wait for the task and heartbeats for
+their answer), runs once and the heap pages freed go back to the OS (glibc's ``malloc_trim``: otherwise the
+process keeps its peak), so the hub's memory returns to its idle level once a fan-out is over. A task
+dropped here is prepared again from storage when needed: its cohort is rebuilt from the pods'
+registrations and used only if it gives the signed root.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ import ctypes
 import gc
 import json
 import logging
+import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -49,9 +52,11 @@ PUSH_BATCH = 256
 # (64 KiB), a write to a socket with nothing queued cannot pause it, so the fan-out never waits on a pod.
 DIRECT_PUSH_MAX_BYTES = 32 * 1024
 _FANOUT_KEY = "fanout:"  # a pod name cannot contain ':' (the wake-up keys' table is shared)
-# Quiet seconds after a fan-out's publication before freed memory is handed back (the pushes and their
-# acknowledgements are over by then at 10,000 pods).
+# Quiet seconds after a fan-out's last push before the collector runs and freed memory is handed back (the pushes
+# and their acknowledgements are over by then at 10,000 pods).
 TRIM_AFTER_S = 10.0
+# Fan-outs that follow each other closer than TRIM_AFTER_S hold the collector off at most this long.
+MAX_HOLD_S = 60.0
 
 
 def _malloc_trim() -> None:
@@ -77,25 +82,44 @@ def fanout_task(key: str) -> str | None:
     return key[len(_FANOUT_KEY):] if key.startswith(_FANOUT_KEY) else None
 
 
-_paused_by = [0]  # pushes in progress that hold the cyclic collector off (it is one per process)
+_held_by = [0]  # submissions in progress and fan-outs not yet settled that hold the cyclic collector off
+_held_lock = threading.Lock()  # a settle timer whose loop has closed releases from its own thread
+
+
+def _hold_collector() -> Callable[[], None] | None:
+    """Turn the cyclic collector off until the returned release is called (once; the last release turns it on);
+    None when someone else had turned it off (theirs to turn on)."""
+    with _held_lock:
+        if _held_by[0] == 0 and not gc.isenabled():
+            return None
+        _held_by[0] += 1
+        gc.disable()
+    released = threading.Event()
+
+    def release() -> None:
+        with _held_lock:
+            if released.is_set():
+                return
+            released.set()
+            _held_by[0] -= 1
+            if _held_by[0] == 0:
+                gc.enable()
+
+    return release
 
 
 @contextlib.contextmanager
 def collector_paused() -> Iterator[None]:
-    """No automatic full collection while a task is taken and goes out: with 10,000 pods connected one traverses
+    """No automatic collection while a task is taken and goes out: with 10,000 pods connected a full one traverses
     millions of objects (0.3-0.5 s, heartbeats unanswered), and a large cohort's submission allocates enough to
-    set one off; the collector runs again when the last such block ends."""
-    if _paused_by[0] == 0 and not gc.isenabled():
-        yield  # someone else turned it off: theirs to turn on
-        return
-    _paused_by[0] += 1
-    gc.disable()
+    set one off. The collector runs again when the last such block ends, or, where the block published a task,
+    when its fan-out settles (``Fanout.settle_later``)."""
+    release = _hold_collector()
     try:
         yield
     finally:
-        _paused_by[0] -= 1
-        if _paused_by[0] == 0:
-            gc.enable()
+        if release is not None:
+            release()
 
 
 @dataclass(frozen=True)
@@ -166,12 +190,16 @@ class Fanout:
     """Prepared tasks (bounded, least recently used dropped), the pods' open task sockets, and the tasks
     announced to a pod's push loop."""
 
-    def __init__(self, *, max_tasks: int = DEFAULT_MAX_TASKS) -> None:
+    def __init__(self, *, max_tasks: int = DEFAULT_MAX_TASKS, settle_after_s: float = TRIM_AFTER_S) -> None:
         self._max_tasks = max_tasks
+        self._settle_after_s = settle_after_s
         self._prepared: OrderedDict[str, PreparedTask] = OrderedDict()
         self._links: dict[str, list[Link]] = {}
         self._announced: dict[str, list[PreparedTask]] = {}
-        self._trim: asyncio.TimerHandle | None = None
+        self._hold: Callable[[], None] | None = None  # the collector held off until the fan-outs settle
+        self._held_since = 0.0
+        self._settle: threading.Timer | None = None
+        self._settles = 0  # the current settle_later's number: a timer superseded meanwhile does nothing
 
     def keep(self, prepared: PreparedTask) -> PreparedTask:
         self._prepared[prepared.task_id] = prepared
@@ -187,15 +215,51 @@ class Fanout:
         return prepared
 
     def publish(self, record: HubTaskRecord, tree: CohortTree) -> PreparedTask:
-        """Prepare a submitted task once; the memory a fan-out frees goes back TRIM_AFTER_S after the last."""
+        """Prepare a submitted task once; the fan-out settles TRIM_AFTER_S after the last (``settle_later``)."""
         prepared = self.keep(prepare(record, tree))
-        self.trim_later()
+        self.settle_later()
         return prepared
 
-    def trim_later(self) -> None:
-        if self._trim is not None:
-            self._trim.cancel()
-        self._trim = asyncio.get_running_loop().call_later(TRIM_AFTER_S, _malloc_trim)
+    def settle_later(self) -> None:
+        """Hold the cyclic collector off until TRIM_AFTER_S after the last fan-out (at most MAX_HOLD_S after the
+        first of those that follow each other closer): a collection as the pushes end, or among the pods'
+        acknowledgements, stopped the loop for 20-120 ms (CPU) at 10,000 pods, the tail of the heartbeats' round
+        trips. Then ``settle``: one collection, and the freed memory handed back. The timer is a thread's, so a
+        hold ends even where the event loop has closed meanwhile."""
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        if self._hold is None:
+            self._hold = _hold_collector() or (lambda: None)
+            self._held_since = now
+        if self._settle is not None:
+            self._settle.cancel()
+        self._settles += 1
+        delay = max(0.0, min(self._settle_after_s, self._held_since + MAX_HOLD_S - now))
+        self._settle = threading.Timer(delay, self._settle_on, args=(loop, self._settles))
+        self._settle.daemon = True
+        self._settle.start()
+
+    def _settle_on(self, loop: asyncio.AbstractEventLoop, number: int) -> None:
+        try:
+            loop.call_soon_threadsafe(self.settle, number)
+        except RuntimeError:  # the loop has closed: nothing of it to collect for, but the collector goes back on
+            self.settle(number, collect=False)
+
+    def settle(self, number: int | None = None, *, collect: bool = True) -> None:
+        """End the hold on the collector, then (``collect``) run it once and hand the freed heap pages back; a
+        ``number`` other than the latest ``settle_later``'s is a superseded timer's, and does nothing."""
+        if number is not None and number != self._settles:
+            return
+        release, self._hold = self._hold, None
+        if self._settle is not None:
+            self._settle.cancel()
+            self._settle = None
+        if release is not None:
+            release()
+        if collect:
+            if gc.isenabled():
+                gc.collect()
+            _malloc_trim()
 
     def connect(self, link: Link) -> None:
         self._links.setdefault(link.pod, []).append(link)
@@ -238,7 +302,7 @@ class Fanout:
                         await link.send(prepared, delivery)  # never suspends: the socket's buffer was empty
                     except ConnectionError as exc:  # closing meanwhile: it reads storage when it reconnects
                         _log.debug("push of task %s to %s failed: %s", prepared.task_id, pod, exc)
-        self.trim_later()
+        self.settle_later()
 
     def take(self, pod: str) -> list[PreparedTask] | None:
         """The tasks announced to ``pod`` since the last take; None when there were none."""

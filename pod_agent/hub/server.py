@@ -1236,6 +1236,7 @@ def create_app(
             await ws.close(code=1001, message=b"hub shutting down")
 
     async def _cleanup(app: web.Application) -> None:
+        app[_HUB].fanout.settle(collect=False)  # a stopped hub holds the collector off no longer
         if owned_tmp:
             shutil.rmtree(root, ignore_errors=True)
 
