@@ -31,8 +31,8 @@ SURFACE: dict[str, list[str]] = {
         "example_text", "load_settings", "render_pod_toml"
     ],
     "data": [
-        "ColumnSchema", "CompactRows", "DATA_FILE_NAME", "DEFAULT_BATCH_ROWS", "Datasource", "ROW_SHAPE_METADATA_KEY",
-        "SPLIT_CODES", "STYPES", "Schema",
+        "ColumnSchema", "ColumnStore", "CompactRows", "DATA_FILE_NAME", "DEFAULT_BATCH_ROWS", "Datasource",
+        "ROW_SHAPE_METADATA_KEY", "SPLIT_CODES", "STYPES", "Schema",
         "Stype", "TabularLayout", "TaskInputCache", "assign_splits", "check_drift", "dense_x", "open_datasource",
         "partition_by_category", "plan_datastructure", "prepare_task_input", "read_datastructure", "stype_reason",
         "write_adult"

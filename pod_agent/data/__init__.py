@@ -1,6 +1,7 @@
 """The pod's table: CSV/Parquet datasource, schema inference, schema hash and drift."""
 
 from pod_agent.data.adult import write_adult
+from pod_agent.data.column_store import ColumnStore
 from pod_agent.data.datasource import DEFAULT_BATCH_ROWS, Datasource, open_datasource
 from pod_agent.data.input_cache import TaskInputCache
 from pod_agent.data.partition import partition_by_category
@@ -23,6 +24,7 @@ __all__ = [
     "SPLIT_CODES",
     "STYPES",
     "ColumnSchema",
+    "ColumnStore",
     "CompactRows",
     "Datasource",
     "Schema",

@@ -92,6 +92,20 @@ class Datasource:
     def path(self) -> Path:
         return self.section.path
 
+    def identity(self) -> list[list[str | int]]:
+        """Path, inode, size and mtime (ns) of each data file, the images a table's rows name included: what
+        changes when the data does, for the caches of what is prepared from it (``input_cache``,
+        ``column_store``)."""
+        files = [self.path] if self.path.is_file() else sorted(p for p in self.path.rglob("*") if p.is_file())
+        if self.section.images is not None and self.section.images.dir != self.path:
+            # The images a table's rows name are data too: a changed image makes a new key.
+            files += sorted(p for p in self.section.images.dir.rglob("*") if p.is_file())
+        identity: list[list[str | int]] = []
+        for path in files:
+            st = path.stat()
+            identity.append([str(path), st.st_ino, st.st_size, st.st_mtime_ns])
+        return identity
+
     def schema(self) -> Schema:
         """The visible columns' schema and the row count, from one streaming pass (then cached)."""
         if self._schema is None:

@@ -17,6 +17,11 @@ only (a run at a weaker level may have left it changed), not on every task: hash
 MB before the task's first step (the demo's largest pod: 1.5 MB in the compact tabular layout). Entries
 beyond ``max_bytes`` are evicted least recently used first; an entry is written to a temporary
 dir and renamed into place, so a crash leaves no half entry under a key.
+
+A missing entry is prepared from the pod's column store where the cache has one (``column_store.py``:
+the table's columns encoded once, so a new selection is not a read of the table). The store is read by
+the agent only, never linked into a task, so what a worker could write is still only an entry's file,
+and the file prepared from the store is the one the datasource would give, byte for byte.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from pod_agent.data.column_store import ColumnStore
 from pod_agent.data.datasource import Datasource
 from pod_agent.data.schema import Schema
 from pod_agent.data.task_input import DATA_FILE_NAME, FILE_LAYOUT_VERSION, TaskInput, prepare_task_input
@@ -51,12 +57,13 @@ class _Entry:
 
 
 class TaskInputCache:
-    """Prepared inputs under ``root`` (created 0700), at most ``max_bytes`` of them on disk."""
+    """Prepared inputs under ``root`` (created 0700), at most ``max_bytes`` of them on disk; a missing one is
+    prepared from ``columns``, the pod's column store, where one is given (see ``prepare_task_input``)."""
 
-    def __init__(self, root: Path, *, max_bytes: int) -> None:
+    def __init__(self, root: Path, *, max_bytes: int, columns: ColumnStore | None = None) -> None:
         if max_bytes < 0:
             raise DataError(f"task input cache size {max_bytes} bytes must not be negative; 0 turns it off")
-        self.root, self.max_bytes = root, max_bytes
+        self.root, self.max_bytes, self.columns = root, max_bytes, columns
         # Tasks prepare in worker threads: one at a time here, so that no entry is replaced or evicted
         # between its lookup and its link.
         self._lock = threading.Lock()
@@ -69,7 +76,9 @@ class TaskInputCache:
         """``out_dir/data.arrow`` for ``selection``, linked from the cache or prepared (and kept) now;
         a cached entry's bytes are hashed each time while ``workers_can_write``, else once per process."""
         if self.max_bytes == 0:
-            return prepare_task_input(ds, schema, selection, out_dir, share_categories=share_categories)
+            return prepare_task_input(
+                ds, schema, selection, out_dir, share_categories=share_categories, columns=self.columns
+            )
         with self._lock:
             self._make_root()
             key = cache_key(ds, schema, selection, share_categories=share_categories)
@@ -112,7 +121,9 @@ class TaskInputCache:
     ) -> _Entry:
         staging = Path(tempfile.mkdtemp(prefix=".new-", dir=self.root))
         try:
-            prepared = prepare_task_input(ds, schema, selection, staging, share_categories=share_categories)
+            prepared = prepare_task_input(
+                ds, schema, selection, staging, share_categories=share_categories, columns=self.columns
+            )
             prepared.path.chmod(0o400)  # nobody writes an entry once it exists, the agent included
             (staging / _SHA256_FILE).write_text(_file_sha256(prepared.path))
             (staging / _DATASTRUCTURE_FILE).write_text(json.dumps(prepared.datastructure, sort_keys=True))
@@ -143,20 +154,12 @@ class TaskInputCache:
 
 def cache_key(ds: Datasource, schema: Schema, selection: DataSelection, *, share_categories: bool) -> str:
     """sha256 of everything a prepared input depends on, the data files' identity included."""
-    files = [ds.path] if ds.path.is_file() else sorted(p for p in ds.path.rglob("*") if p.is_file())
-    if ds.section.images is not None and ds.section.images.dir != ds.path:
-        # The images a table's rows name are data too: a changed image makes a new key.
-        files += sorted(p for p in ds.section.images.dir.rglob("*") if p.is_file())
-    identity = []
-    for path in files:
-        st = path.stat()
-        identity.append([str(path), st.st_ino, st.st_size, st.st_mtime_ns])
     described = {
         "datasource": ds.section.model_dump(mode="json"),  # how the files are read: parse options, stypes
         "schema": schema.hash(),
         "selection": selection.model_dump(mode="json"),
         "share_categories": share_categories,
-        "files": identity,
+        "files": ds.identity(),
         "layout": FILE_LAYOUT_VERSION,  # an entry written by an older agent in another layout is never served
     }
     return hashlib.sha256(canonical_json(described)).hexdigest()

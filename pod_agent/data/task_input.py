@@ -11,7 +11,10 @@ Two streaming passes over ``ds.batches``, so a table larger than RAM still works
 pass 1 assigns splits and gathers class counts and the training rows' mean and
 standard deviation of each continuous column; pass 2 encodes and writes batch by
 batch, with the splits pass 1 assigned. Memory is one record batch plus O(columns)
-statistics and one byte per row (its split).
+statistics and one byte per row (its split). Given the pod's column store
+(``column_store.py``: each column's encoded values, computed once when the agent starts),
+a tabular selection's passes go over its memory-mapped batches instead, which are the
+datasource's, already encoded: the same sums and the same file, without reading the table.
 
 Encoding (recorded in the datastructure, documented here once):
 - continuous -> float32, standardised with the *training* rows' mean and standard
@@ -69,18 +72,25 @@ layout, so that a cache of prepared files never serves one written in another.
 
 from __future__ import annotations
 
-import hashlib
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from pod_agent.config import DatasourceSection, ImagesSection
+from pod_agent.data.column_store import (
+    HASHED_BUCKETS,
+    READ_BATCH_ROWS,
+    ColumnStore,
+    EncodedBatch,
+    RawColumns,
+    category_indexes,
+)
 from pod_agent.data.images import ImageFormat, ImageReader, images_section
 from pod_agent.data.tabular_layout import SLOTS_COLUMN, TabularLayout
 from pod_agent.data.text import TextTokens
@@ -96,11 +106,8 @@ FILE_LAYOUT_VERSION = 2
 DATASTRUCTURE_METADATA_KEY = b"pod_agent.datastructure"
 ROW_SHAPE_METADATA_KEY = b"pod_agent.shape"
 SPLIT_CODES = {"train": 0, "validation": 1, "test": 2}
-# Fixed width per column for hashed categories: above the schema's default
-# categorical_max_unique (50), so collisions stay rare for columns that are categorical at all.
-HASHED_BUCKETS = 64
 _SPLIT_BLOCK_ROWS = 100  # split percentages are integers summing to 100
-_READ_BATCH_ROWS = 65536
+_READ_BATCH_ROWS = READ_BATCH_ROWS  # the column store's batches are the datasource's, read alike
 _FEATURE_STYPES = ("categorical", "continuous")
 _MEDIA_STYPES = ("image", "text")
 # Values of x held in memory per record batch while images or text are encoded (32 MiB of float32).
@@ -130,11 +137,6 @@ class _ColumnPlan:
     hashed: bool = False
     mean: float = 0.0
     std: float = 1.0
-    # Index of each category, built once rather than for every record batch.
-    index_of: dict[str, int] = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        self.index_of = {c: i for i, c in enumerate(self.categories)}
 
 
 @dataclass(frozen=True)
@@ -192,11 +194,15 @@ def prepare_task_input(
     out_dir: Path,
     *,
     share_categories: bool,
+    columns: ColumnStore | None = None,
 ) -> TaskInput:
     """Write ``out_dir/data.arrow`` for ``selection`` and return it with its datastructure.
 
     The categorical encoding is ``selection.categorical_encoding`` (signed in the task);
     ``share_categories`` is the owner's ``privacy.share_categories`` (see Names above).
+    ``columns``, the pod's column store: a tabular selection is read from its encoded table
+    (built first if the data files changed since) when it holds every selected column, and the
+    file is the same as one read from the datasource; images and text are read from the datasource.
 
     Raises DataError naming the column when a selected column is missing, is the
     target, or has a semantic type that cannot be a tabular feature (text, image),
@@ -210,6 +216,7 @@ def prepare_task_input(
         raise DataError(f"task input: scaling names {unscalable}, which are not selected continuous columns")
     split = selection.split
     task = "classification" if target.stype == "categorical" else "regression"
+    rows = _rows(ds, schema, [*(p.name for p in plans), target.name], media=media, columns=columns)
 
     # Pass 1: split assignment, class counts, training-row moments of continuous columns.
     # Categorical columns are not read until pass 2. Columns the task scales need no moments
@@ -220,8 +227,8 @@ def prepare_task_input(
     n_rows = dict.fromkeys(SPLIT_CODES, 0)
     n_dropped = 0
     assigned_parts = []
-    for batch in _batches(ds, [*continuous, target.name]):
-        y, keep = _encode_target(batch.column(target.name), target)
+    for batch in rows([*continuous, target.name]):
+        y, keep = _encode_target(batch, target)
         n_dropped += int((~keep).sum())
         assigned = splitter.assign(_strata(y[keep], task))
         assigned_parts.append(assigned)
@@ -229,7 +236,7 @@ def prepare_task_input(
             n_rows[name] += int((assigned == code).sum())
         train_rows = np.flatnonzero(keep)[assigned == 0]
         for name in continuous:
-            values = _as_float(batch.column(name))
+            values = batch.floats(name)
             if name in sums:
                 values = values[train_rows]
                 values = values[~np.isnan(values)]
@@ -255,31 +262,78 @@ def prepare_task_input(
     )
     y_type = pa.int64() if task == "classification" else pa.float32()
     input_size = int(datastructure["input_size"])  # type: ignore[call-overload]
-    x_field, extra_fields, encode_x = _x_columns(ds, plans, media, input_size)
+    x_field, extra_fields = _x_fields(plans, media, input_size)
     arrow_schema = pa.schema(
         [x_field, ("y", y_type), ("split", pa.int8()), *extra_fields],
         metadata={DATASTRUCTURE_METADATA_KEY: json.dumps(datastructure, sort_keys=True).encode()},
     )
-    read_rows = _READ_BATCH_ROWS if media is None else max(1, min(_READ_BATCH_ROWS, _MEDIA_BATCH_VALUES // media.width))
 
     # Pass 2: encode and write, one record batch at a time, each kept row with the split pass 1 gave it
     # (assigning again would cost as much as pass 1's assignment: one seeded permutation per block).
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / DATA_FILE_NAME
-    splits, taken = np.concatenate(assigned_parts), 0
-    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, arrow_schema) as writer:
-        for batch in _batches(ds, [p.name for p in plans] + [target.name], rows=read_rows):
-            y, keep = _encode_target(batch.column(target.name), target)
-            n_kept = int(keep.sum())
-            if not n_kept:
-                continue
-            assigned, taken = splits[taken : taken + n_kept], taken + n_kept
-            if len(assigned) < n_kept:
-                raise DataError(f"task input: datasource {ds.path} changed while it was read; prepare it again")
-            x, *extra = encode_x(batch.filter(pa.array(keep)))
-            y_kept = pa.array(y[keep].astype(np.int64 if task == "classification" else np.float32))
-            writer.write_batch(pa.record_batch([x, y_kept, pa.array(assigned), *extra], schema=arrow_schema))
-    return TaskInput(path=path, datastructure=datastructure)
+    writer = _Writer(out_dir / DATA_FILE_NAME, arrow_schema, target, np.concatenate(assigned_parts), ds.path)
+    names = [p.name for p in plans] + [target.name]
+    if media is None:
+        layout = _layout(plans)
+        writer.write(rows(names), lambda batch, keep: list(layout.arrays(*_encode_features(batch, plans, keep))))
+    else:
+        read_rows = max(1, min(_READ_BATCH_ROWS, _MEDIA_BATCH_VALUES // media.width))
+        indexes = category_indexes(schema)
+        encode = _media_encoder(media, ds.section)
+        writer.write(
+            (RawColumns(batch, indexes) for batch in _batches(ds, names, rows=read_rows)),
+            lambda batch, keep: [
+                pa.FixedSizeListArray.from_arrays(
+                    pa.array(encode(batch.batch.filter(pa.array(keep))).reshape(-1)), input_size
+                )
+            ],
+        )
+    return TaskInput(path=writer.path, datastructure=datastructure)
+
+
+def _rows(
+    ds: Datasource, schema: Schema, names: list[str], *, media: _Media | None, columns: ColumnStore | None
+) -> Callable[[list[str]], Iterable[EncodedBatch]]:
+    """What reads the named columns' record batches in encoded terms: the column store's table where it holds
+    every one of ``names`` (a tabular selection), else the datasource's batches, encoded as they are read."""
+    if media is None and columns is not None:
+        table = columns.table(ds, schema)
+        if table is not None and table.columns.issuperset(names):
+            return lambda _: table.batches()
+    indexes = category_indexes(schema)
+    return lambda wanted: (RawColumns(batch, indexes) for batch in _batches(ds, wanted, rows=_READ_BATCH_ROWS))
+
+
+_Batch = TypeVar("_Batch", bound=EncodedBatch)
+
+
+class _Writer:
+    """Pass 2's file: each record batch's kept rows, with the splits pass 1 assigned them in row order."""
+
+    def __init__(self, path: Path, schema: pa.Schema, target: _ColumnPlan, splits: np.ndarray, source: Path) -> None:
+        self.path, self._schema, self._target, self._splits, self._source = path, schema, target, splits, source
+
+    def write(
+        self, batches: Iterable[_Batch], encode_x: Callable[[_Batch, np.ndarray], list[pa.Array]]
+    ) -> None:
+        """Write every batch's kept rows: ``encode_x`` gives the ``x`` column (and those after ``split``) of a
+        batch's rows where ``keep`` is set."""
+        classification = self._target.stype == "categorical"
+        taken = 0
+        with pa.OSFile(str(self.path), "wb") as sink, pa.ipc.new_file(sink, self._schema) as writer:
+            for batch in batches:
+                y, keep = _encode_target(batch, self._target)
+                n_kept = int(keep.sum())
+                if not n_kept:
+                    continue
+                assigned, taken = self._splits[taken : taken + n_kept], taken + n_kept
+                if len(assigned) < n_kept:
+                    raise DataError(
+                        f"task input: datasource {self._source} changed while it was read; prepare it again"
+                    )
+                x, *extra = encode_x(batch, keep)
+                y_kept = pa.array(y[keep].astype(np.int64 if classification else np.float32))
+                writer.write_batch(pa.record_batch([x, y_kept, pa.array(assigned), *extra], schema=self._schema))
 
 
 def assign_splits(ds: Datasource, schema: Schema, selection: DataSelection) -> np.ndarray:
@@ -293,8 +347,9 @@ def assign_splits(ds: Datasource, schema: Schema, selection: DataSelection) -> n
     task = "classification" if target.stype == "categorical" else "regression"
     splitter = _Splitter(train=split.train, validation=split.validation, test=split.test, seed=split.seed)
     parts = []
-    for batch in _batches(ds, [target.name]):
-        y, keep = _encode_target(batch.column(target.name), target)
+    indexes = category_indexes(schema)
+    for batch in _batches(ds, [target.name], rows=_READ_BATCH_ROWS):
+        y, keep = _encode_target(RawColumns(batch, indexes), target)
         codes = np.full(len(keep), -1, dtype=np.int8)
         codes[keep] = splitter.assign(_strata(y[keep], task))
         parts.append(codes)
@@ -379,26 +434,18 @@ def _image_format(selection: DataSelection, images: ImagesSection | None) -> Ima
     return ImageFormat(mode=mode, height=height, width=width)
 
 
-def _x_columns(
-    ds: Datasource, plans: list[_ColumnPlan], media: _Media | None, input_size: int
-) -> tuple[pa.Field, list[pa.Field], Callable[[pa.RecordBatch], list[pa.Array]]]:
-    """The ``x`` field, the fields after ``split``, and what encodes a record batch into those columns:
-    tabular rows in the compact layout (``tabular_layout.py``), images and text as ``x`` alone."""
+def _x_fields(plans: list[_ColumnPlan], media: _Media | None, input_size: int) -> tuple[pa.Field, list[pa.Field]]:
+    """The ``x`` field and the fields after ``split``: tabular rows in the compact layout (``tabular_layout.py``),
+    images and text as ``x`` alone."""
     if media is None:
         layout = _layout(plans)
         n_continuous = len(layout.continuous)
         n_categorical = len(plans) - n_continuous
         x_field = pa.field("x", pa.list_(pa.float32(), max(n_continuous, 1)), metadata=layout.metadata())
-        slots_field = pa.field(SLOTS_COLUMN, pa.list_(pa.int32(), max(n_categorical, 1)))
-        return x_field, [slots_field], lambda batch: list(layout.arrays(*_encode_features(batch, plans)))
+        return x_field, [pa.field(SLOTS_COLUMN, pa.list_(pa.int32(), max(n_categorical, 1)))]
     x_type = pa.int32() if media.tokens is not None else pa.uint8()
     metadata = {ROW_SHAPE_METADATA_KEY: json.dumps(list(media.row_shape)).encode()}
-    encode = _media_encoder(media, ds.section)
-    return (
-        pa.field("x", pa.list_(x_type, input_size), metadata=metadata),
-        [],
-        lambda batch: [pa.FixedSizeListArray.from_arrays(pa.array(encode(batch).reshape(-1)), input_size)],
-    )
+    return pa.field("x", pa.list_(x_type, input_size), metadata=metadata), []
 
 
 def _layout(plans: list[_ColumnPlan]) -> TabularLayout:
@@ -522,7 +569,7 @@ def _category_labels(categories: list[str], *, share_categories: bool) -> list[s
     return list(categories) if share_categories else [f"#{i}" for i in range(len(categories))]
 
 
-def _batches(ds: Datasource, columns: list[str], *, rows: int = _READ_BATCH_ROWS) -> Iterator[pa.RecordBatch]:
+def _batches(ds: Datasource, columns: list[str], *, rows: int) -> Iterator[pa.RecordBatch]:
     for batch in ds.batches(columns=columns, batch_rows=rows):
         if batch.num_rows:
             yield batch
@@ -533,64 +580,36 @@ def _strata(y: np.ndarray, task: str) -> np.ndarray:
     return y.astype(np.int64) if task == "classification" else np.zeros(len(y), dtype=np.int64)
 
 
-def _as_float(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    try:
-        floats = pc.cast(column, pa.float64())
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-        raise DataError(
-            f"task input: a continuous column holds non-numeric values ({column.type}); force it to categorical"
-        ) from exc
-    return np.asarray(floats.to_numpy(zero_copy_only=False), dtype=np.float64)
-
-
-def _slot_indices(
-    column: pa.Array | pa.ChunkedArray, slot_of: Callable[[str], int | None], missing: int
-) -> np.ndarray:
-    """Slot per row: map each distinct value once, then gather (fast for low cardinality).
-
-    A missing value, or one ``slot_of`` gives None, takes the slot ``missing``.
-    """
-    as_text = pc.cast(column, pa.string())
-    if isinstance(as_text, pa.ChunkedArray):
-        as_text = as_text.combine_chunks()
-    encoded = pc.dictionary_encode(as_text)
-    slots = [slot_of(v) for v in encoded.dictionary.to_pylist()]
-    lookup = np.array([missing if s is None else s for s in slots] + [missing], dtype=np.int64)
-    codes = np.asarray(encoded.indices.fill_null(len(lookup) - 1).to_numpy(zero_copy_only=False))
-    indices: np.ndarray = lookup[codes]
-    return indices
-
-
-def _encode_target(column: pa.Array | pa.ChunkedArray, target: _ColumnPlan) -> tuple[np.ndarray, np.ndarray]:
+def _encode_target(batch: EncodedBatch, target: _ColumnPlan) -> tuple[np.ndarray, np.ndarray]:
     if target.stype == "categorical":
-        y = _slot_indices(column, target.index_of.get, -1)
+        y = batch.category(target.name)
         return y, y >= 0
-    values = _as_float(column)
+    values = batch.floats(target.name)
     return values, ~np.isnan(values)
 
 
-def _hashed_slot(value: str) -> int:
-    return int.from_bytes(hashlib.sha256(value.encode("utf-8")).digest()[:8], "big") % HASHED_BUCKETS
-
-
-def _encode_features(batch: pa.RecordBatch, plans: list[_ColumnPlan]) -> tuple[np.ndarray, np.ndarray]:
-    """Continuous values ``[rows, n_continuous]`` (float32) and dense slot positions ``[rows, n_categorical]``
-    (int32, -1 for none), in the order of ``plans``: the compact layout's columns."""
+def _encode_features(
+    batch: EncodedBatch, plans: list[_ColumnPlan], keep: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The rows where ``keep`` is set: continuous values ``[rows, n_continuous]`` (float32) and dense slot positions
+    ``[rows, n_categorical]`` (int32, -1 for none), in the order of ``plans``: the compact layout's columns."""
+    n_rows = int(keep.sum())
     n_continuous = sum(p.stype == "continuous" for p in plans)
-    values = np.empty((batch.num_rows, n_continuous), dtype=np.float32)
-    slots = np.empty((batch.num_rows, len(plans) - n_continuous), dtype=np.int32)
+    values = np.empty((n_rows, n_continuous), dtype=np.float32)
+    slots = np.empty((n_rows, len(plans) - n_continuous), dtype=np.int32)
     offset = n_value = n_slot = 0
     for plan in plans:
-        column = batch.column(plan.name)
         if plan.stype == "continuous":
-            values[:, n_value] = np.nan_to_num((_as_float(column) - plan.mean) / plan.std, nan=0.0)
+            values[:, n_value] = np.nan_to_num((batch.floats(plan.name)[keep] - plan.mean) / plan.std, nan=0.0)
             n_value += 1
         elif plan.hashed:
-            slot = _slot_indices(column, _hashed_slot, -1)
+            slot = batch.bucket(plan.name)[keep]
             slots[:, n_slot] = np.where(slot >= 0, offset + slot, -1)
             n_slot += 1
         else:
-            slots[:, n_slot] = offset + _slot_indices(column, plan.index_of.get, plan.width - 1)
+            # A value the schema does not list, or a missing one, takes the reserved last slot.
+            index = batch.category(plan.name)[keep]
+            slots[:, n_slot] = offset + np.where(index >= 0, index, plan.width - 1)
             n_slot += 1
         offset += plan.width
     return values, slots
