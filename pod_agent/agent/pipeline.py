@@ -6,7 +6,8 @@ an optional tensor blob file) that the daemon signs into a ResultPayload.
 ``evaluate`` and ``predict`` go through the sandbox (pod_agent.sandbox),
 training (pod_agent.training) and secure aggregation (pod_agent.secagg), under the
 signer's privacy floor (the prepared input reused from ``data.input_cache`` when an
-earlier task prepared the same selection of the same file) and, for a signer with a dp budget,
+earlier task prepared the same selection of the same file, else prepared from the pod's
+column store, which ``start`` builds in a thread) and, for a signer with a dp budget,
 the noise ``policy.budget`` plans (added here to the checked update, outside the sandbox, before it is encoded or
 masked), and for a SCAFFOLD task the pod's control variate (``scaffold.py``; its change rides in the update):
 the prepared splits' exact row counts and steps are checked here before the sandbox starts (its worker is
@@ -35,7 +36,7 @@ from pod_agent.agent.scaffold import ScaffoldInput, extend_update, keep_scaffold
 from pod_agent.agent.secure_round import PodRoundContext, RoundLink, check_unreleased, run_secure_round
 from pod_agent.agent.stats import schema_stats
 from pod_agent.config import PodSettings
-from pod_agent.data import Datasource, Schema, TaskInputCache
+from pod_agent.data import ColumnStore, Datasource, Schema, TaskInputCache
 from pod_agent.errors import SandboxError, TaskFailed
 from pod_agent.policy import (
     FailureCode,
@@ -104,12 +105,16 @@ class TaskPipeline:
         self._outbox_dir = outbox_dir
         self._secure_round = secure_round
         self._modellers = modeller_keys(settings.security.modellers)  # every key a modeller signs with
-        self._inputs = TaskInputCache(settings.pod.state_dir / "input-cache", max_bytes=INPUT_CACHE_BYTES)
+        self._columns = ColumnStore(settings.pod.state_dir / "column-store")
+        self._inputs = TaskInputCache(
+            settings.pod.state_dir / "input-cache", max_bytes=INPUT_CACHE_BYTES, columns=self._columns
+        )
         # Set by the daemon once its hub connection exists, which is after the pipeline is built.
         self.fetcher: HubFetcher | None = None
         self._runner: Any = None
         self._runner_error: SandboxError | None = None
         self._warming: asyncio.Task[None] | None = None
+        self._encoding: asyncio.Task[object] | None = None
         self._runner_lock = asyncio.Lock()
 
     def use_policy(self, settings: PodSettings, secure_round: PodRoundContext) -> None:
@@ -120,7 +125,13 @@ class TaskPipeline:
         self._secure_round = secure_round
 
     async def start(self) -> None:
-        """With ``sandbox_limits.warm_worker``, build the runner and park a warm worker, in the background."""
+        """Build the column store (or open the one kept) in a thread, so that no task reads and encodes the table
+        (one arriving before it is built waits for it: building it again, or reading the table in the task, would
+        cost as much while competing with it); with ``sandbox_limits.warm_worker``, build the runner and park a
+        warm worker, in the background."""
+        self._encoding = asyncio.create_task(
+            asyncio.to_thread(self._columns.table, self._datasource, self._schema), name="column-store"
+        )
         if self._settings.sandbox_limits.warm_worker:
             self._warming = asyncio.create_task(self._warm_up(), name="sandbox-warm-up")
 
@@ -156,10 +167,12 @@ class TaskPipeline:
         await asyncio.to_thread(shutil.rmtree, self._work_root, ignore_errors=True)
 
     async def aclose(self) -> None:
-        if self._warming is not None:
-            self._warming.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._warming
+        self._columns.close()  # a build in progress stops at its next record batch rather than hold up the exit
+        for background in (self._encoding, self._warming):
+            if background is not None:
+                background.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await background
         if self._runner is not None:
             await self._runner.aclose()
 

@@ -189,6 +189,12 @@ class ColumnStore:
         self._lock = threading.Lock()
         self._table: EncodedTable | None = None
         self._failed: str | None = None  # the key whose build failed (not retried until the files change)
+        self._stopping = threading.Event()
+
+    def close(self) -> None:
+        """Stop a build in progress at its next record batch (the agent is stopping: a large table's build
+        would hold up its exit); ``table()`` then returns None."""
+        self._stopping.set()
 
     def table(self, ds: Datasource, schema: Schema) -> EncodedTable | None:
         """The encoded table of ``ds`` as its files are now: the one held, else the one kept under this key,
@@ -237,7 +243,7 @@ class ColumnStore:
         fd, staging = tempfile.mkstemp(prefix=".new-", suffix=".arrow", dir=self.root)
         os.close(fd)
         try:
-            columns = _write_store(Path(staging), key, ds, stypes, indexes)
+            columns = _write_store(Path(staging), key, ds, stypes, indexes, stopping=self._stopping)
             os.chmod(staging, 0o400)  # nobody writes a store once it exists, the agent included
             os.replace(staging, self.root / f"{key}.arrow")
         finally:
@@ -253,10 +259,11 @@ class ColumnStore:
 
 
 def _write_store(
-    path: Path, key: str, ds: Datasource, stypes: Mapping[str, str], indexes: Mapping[str, Mapping[str, int]]
+    path: Path, key: str, ds: Datasource, stypes: Mapping[str, str], indexes: Mapping[str, Mapping[str, int]], *,
+    stopping: threading.Event,
 ) -> list[str]:
     """Write every column of ``stypes`` that encodes, batch by batch; return their names. A column that fails
-    to encode in some batch is left out and the file written again without it."""
+    to encode in some batch is left out and the file written again without it; ``stopping`` set ends it."""
     names = list(stypes)
     while True:
         fields: list[tuple[str, pa.DataType]] = []
@@ -269,6 +276,8 @@ def _write_store(
         try:
             with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, arrow_schema) as writer:
                 for batch in ds.batches(columns=names, batch_rows=READ_BATCH_ROWS):
+                    if stopping.is_set():
+                        raise DataError("the agent is stopping")
                     if batch.num_rows:
                         writer.write_batch(_encoded_batch(RawColumns(batch, indexes), names, stypes, arrow_schema))
             return names

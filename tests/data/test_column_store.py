@@ -229,3 +229,15 @@ def test_a_text_selection_is_read_from_the_table_with_a_store_at_hand(tmp_path: 
     read = prepare_task_input(ds, ds.schema(), selection, tmp_path / "b", share_categories=False)
     assert stored.path.read_bytes() == read.path.read_bytes()
     assert stored.datastructure["input_kind"] == "tokens"
+
+
+def test_a_store_closed_by_a_stopping_agent_builds_nothing_and_leaves_no_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    ds = _small_csv(tmp_path / "t.csv")
+    store = ColumnStore(tmp_path / "store")
+    store.close()
+    with caplog.at_level(logging.WARNING):
+        assert store.table(ds, ds.schema()) is None
+    assert list((tmp_path / "store").iterdir()) == []
+    assert "the agent is stopping" in caplog.text
