@@ -42,6 +42,8 @@ from pod_agent.sandbox.zygote import HELLO_BYTE
 log = logging.getLogger("pod_agent.sandbox")
 
 _UCRED = struct.Struct("3i")  # pid, uid, gid
+# A rehearsal takes ~0.05 s of CPU; a child still at it after this is not worth parking.
+REHEARSAL_TIMEOUT_S = 30.0
 
 
 class _ZygoteEnded(Exception):
@@ -193,6 +195,12 @@ class ForkedWorker(WorkerProcess):
             # The child waits for its request before anything else runs, so it is the whole tree.
             await asyncio.to_thread(self.cgroup.add, [pid])
         self._frames_in, self._frames_out = await asyncio.open_unix_connection(sock=mine)
+
+    async def rehearse(self) -> None:
+        """Have the started child rehearse (zygote.py: a task of the entry's own, run while no task waits) and
+        wait for it to finish; raises SandboxError when it answers anything else or not in time."""
+        await self._send({"type": "rehearse"})
+        await self._expect("rehearsed", timeout=REHEARSAL_TIMEOUT_S)
 
     async def _fork(self) -> tuple[socket.socket, int, int]:
         """Ask the zygote for a child; its frame socket and the (pid, uid) on its first byte. Raises
@@ -356,6 +364,8 @@ class ForkServer:
         child.ahead = True
         try:
             await child.start()
+            # In its own cgroup by now, so the pages it copies count against the task's caps.
+            await child.rehearse()
         except BaseException as exc:
             # Shielded: a fork cancelled at shutdown still has its child killed and its cgroup removed.
             await asyncio.shield(child.discard())

@@ -16,11 +16,14 @@ Owns the zygote's loop and each child's start-up order, which is the security ar
    pidfds), takes its own frame and stderr sockets, asks to die with the zygote, and writes one
    byte that carries its credentials (the agent learns the child's host pid from them and places
    it in a cgroup of its own before it answers);
-4. on the ``request`` frame the child confines itself further: a Landlock domain of its own whose
-   only writable trees are its scratch and ``/dev/shm``, whose input is its own descriptor, which
-   reads what the zygote wrote in its home before any task but no ``/tmp`` and only its own
-   ``/proc/self`` files; signals and abstract sockets are scoped to the domain, so the zygote and
-   any other process stay out of reach), the task's rlimits, then runs ``entry.serve``;
+4. the child confines itself further at once: a Landlock domain of its own whose only writable
+   trees are its scratch and ``/dev/shm``, whose input is its own descriptor, which reads what the
+   zygote wrote in its home before any task but no ``/tmp`` and only its own ``/proc/self`` files;
+   signals and abstract sockets are scoped to the domain, so the zygote and any other process stay
+   out of reach. A child forked ahead is then asked to ``rehearse`` (once in its cgroup): it runs the
+   entry's ``rehearse(scratch)``, a task of the entry's own on the entry's own input, so that the pages
+   a task's path writes are copied before the task comes, and answers ``rehearsed``. On the
+   ``request`` frame it takes the task's rlimits, then runs ``entry.serve``;
 5. the zygote reaps each child (pidfd), reports its wait status in an ``exited`` frame, and when
    the agent ``release``s it (its cgroup killed by then) removes its scratch and wipes ``/dev/shm``.
    A zygote serves one child at a time (forkserver.py), so no two tasks share its tmpfs.
@@ -48,9 +51,10 @@ from types import ModuleType
 from typing import Any, BinaryIO
 
 from pod_agent.errors import SandboxError
-from pod_agent.sandbox.bootstrap import expect_frame, run_guarded, send_frame, serve_entry
+from pod_agent.sandbox.bootstrap import run_guarded, send_frame, serve_entry
 from pod_agent.sandbox.channel import Channel
-from pod_agent.sandbox.confine import ConfinePlan, confine, lower_cpu_limit
+from pod_agent.sandbox.confine import ConfinePlan, apply_rlimits, confine, lower_cpu_limit
+from pod_agent.sandbox.frames import read_frame
 
 # A fork or release message is a small JSON object; its descriptors travel beside it.
 CONTROL_MESSAGE_BYTES = 4096
@@ -164,11 +168,13 @@ def _child(entry: ModuleType, fork_plan: dict[str, Any], zygote_files: tuple[str
     os.write(frames_fd, HELLO_BYTE)
 
     def body() -> None:
-        request = expect_frame(inbound, "request")
         input_dir = Path(f"/proc/self/fd/{input_fd}")
-        confine(ConfinePlan(rlimits={k: int(v) for k, v in request.get("rlimits", {}).items()}, seccomp=False,
+        # Confined at once, before the rehearsal and the task: the task's rlimits come with its request.
+        confine(ConfinePlan(rlimits={}, seccomp=False,
                             landlock_read_only=(*fork_plan["landlock_read_only"], *zygote_files, str(input_dir)),
                             landlock_read_write=(*fork_plan["landlock_read_write"], str(scratch))))
+        request = _rehearsed_request(entry, inbound, out, scratch)
+        apply_rlimits({k: int(v) for k, v in request.get("rlimits", {}).items()})
         lower_cpu_limit(int(request["cpu_time_s"]))
         for name in ("HOME", "TMPDIR"):
             os.environ[name] = str(scratch)
@@ -178,6 +184,22 @@ def _child(entry: ModuleType, fork_plan: dict[str, Any], zygote_files: tuple[str
         serve_entry(entry, Channel(input_dir=input_dir, work_dir=scratch, request=request["request"], out=out))
 
     run_guarded(body, out)
+
+
+def _rehearsed_request(entry: ModuleType, inbound: BinaryIO, out: BinaryIO, scratch: Path) -> dict[str, Any]:
+    """The task's ``request`` frame; a child forked ahead is first asked to ``rehearse`` (the entry's
+    ``rehearse(work_dir)``, where it has one: a task of its own, so that the pages a task's path writes are
+    copied before the task comes) and answers ``rehearsed`` when done."""
+    frame = read_frame(inbound, max_payload_bytes=0)
+    if frame is not None and frame.type == "rehearse":
+        rehearse = getattr(entry, "rehearse", None)
+        if rehearse is not None:
+            rehearse(scratch)
+        send_frame(out, {"type": "rehearsed"})
+        frame = read_frame(inbound, max_payload_bytes=0)
+    if frame is None or frame.type != "request":
+        raise SandboxError("protocol", "expected a 'request' frame from the agent")
+    return frame.header
 
 
 def _wipe(directory: Path) -> None:

@@ -33,7 +33,7 @@ from pod_agent.sdk import DeclarativeModel, ModelSpec, ModuleAdapter, PodModel
 
 SOURCE_FILE_NAME = "model.py"
 SPEC_FILE_NAME = "spec.json"
-_MODULE_NAME = "pod_task_model"
+MODULE_NAME = "pod_task_model"
 
 
 def build_model(ref: ModelRef, *, input_dir: Path, init_kwargs: Mapping[str, Any]) -> PodModel:
@@ -95,13 +95,13 @@ def _import_source(ref: ModelRef, input_dir: Path) -> ModuleType:
         code = compile(text, SOURCE_FILE_NAME, "exec")
     except (SyntaxError, ValueError) as exc:
         raise TrainingError("syntax_error", f"model source does not compile: {exc}") from exc
-    spec = importlib.util.spec_from_loader(_MODULE_NAME, loader=None)
+    spec = importlib.util.spec_from_loader(MODULE_NAME, loader=None)
     if spec is None:
         raise TrainingError("model_import_error", "cannot create a module for the model source")
     module = importlib.util.module_from_spec(spec)
     module.__file__ = str(input_dir / SOURCE_FILE_NAME)
     # Registered so that dataclasses, typing and pickling inside the source resolve the module.
-    sys.modules[_MODULE_NAME] = module
+    sys.modules[MODULE_NAME] = module
     try:
         exec(code, module.__dict__)  # noqa: S102 - this is the confined worker's purpose
     except TrainingError:

@@ -1,10 +1,11 @@
 """The sandboxed worker: what ``pod_agent.sandbox.bootstrap`` runs inside the confined child.
 
 Owns the entry contract with the sandbox: ``prepare()`` does the heavy imports
-(torch, Lightning, torchmetrics, the SDK) and a seeded tiny fit before any task input exists, and
-keeps Lightning's scan of the installed entry points from then on, so a warm worker (or a fork
-server's child) is ready; ``serve(channel)`` parses the request (``wall.WorkerRequest``;
-``bad_request`` when it does not parse), runs it with ``engine.run_task`` and
+(torch, Lightning, torchmetrics, the SDK) and runs a rehearsal task of our own (``rehearsal.py``)
+before any task input exists, and keeps Lightning's scan of the installed entry points from then on,
+so a warm worker (or a fork server's child) is ready; ``rehearse(work_dir)`` runs that rehearsal
+again (a fork server's child, while it waits for its task); ``serve(channel)`` parses the request
+(``wall.WorkerRequest``; ``bad_request`` when it does not parse), runs it with ``engine.run_task`` and
 answers with exactly one ``channel.result`` (a ``wall.WorkerResultHeader``) or
 ``channel.fail(code)``. Failure codes are fixed strings (``engine.py`` and
 ``loading.py`` list them), except that a failure caused by one of the sandbox's caps
@@ -27,7 +28,10 @@ import tempfile
 import warnings
 from importlib import import_module
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from pod_agent.training.rehearsal import Rehearsal
 
 INTERNAL_ERROR = "internal_error"
 _HEAVY_MODULES = ("torch", "pytorch_lightning", "torchmetrics", "safetensors.torch", "pod_agent.training.engine")
@@ -103,54 +107,32 @@ def _scan_entry_points_once() -> None:
     registry.entry_points = cache(entry_points)  # type: ignore[assignment,attr-defined]  # kept answers
 
 
+# The rehearsal written by prepare() in this worker's home: a fork server's children rehearse it again.
+_REHEARSAL_DIR = "pod-agent-rehearsal"
+_rehearsal: Rehearsal | None = None
+
+
 def _warm_up() -> None:
-    """Fit, validate and test a two-layer model on a few random rows, the way engine.py trains: the
-    lazily imported parts of Lightning, the first backward pass and AdamW's first step are paid here,
-    before any task (about 1 s of a task's first step on 2 cores). Our own model and data only; one
-    thread, so no OpenMP team exists to be forked."""
-    import pytorch_lightning as pl
-    import torch
+    """Write the rehearsal task (our own random rows and model: ``rehearsal.py``) and run it once: the
+    lazily imported parts of Lightning, the first backward pass and AdamW's first step, and each first use
+    on a task's path are paid here, before any task (about 1 s of a task's first step on 2 cores)."""
+    global _rehearsal
+    from pod_agent.training import rehearsal
 
-    class _Tiny(pl.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    _rehearsal = rehearsal.write_rehearsal(Path(tempfile.gettempdir()) / _REHEARSAL_DIR)
+    with tempfile.TemporaryDirectory(prefix="pod-agent-warm-up-") as root:
+        rehearsal.rehearse(_rehearsal, Path(root))
 
-        def _loss(self, batch: Any) -> torch.Tensor:
-            x, y = batch
-            return torch.nn.functional.cross_entropy(self.net(x), y)
 
-        def training_step(self, batch: Any, _index: int) -> torch.Tensor:
-            return self._loss(batch)
+def rehearse(work_dir: Path) -> None:
+    """Run prepare()'s rehearsal task again, with scratch under ``work_dir``: what a fork server's child does
+    while it waits for its task, so that the pages the task's path writes are its own before the task comes
+    (``rehearsal.py``). Nothing to do in a worker that did not prepare()."""
+    if _rehearsal is None:
+        return
+    from pod_agent.training import rehearsal
 
-        def validation_step(self, batch: Any, _index: int) -> None:
-            self.log("val_loss", self._loss(batch))
-
-        def test_step(self, batch: Any, _index: int) -> None:
-            self.log("test_loss", self._loss(batch))
-
-        def configure_optimizers(self) -> Any:
-            return torch.optim.AdamW(self.parameters(), lr=1e-3)
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    # Seeded as a task is (engine.seeded_model). Seeding also queues a CUDA seed with a formatted stack,
-    # which reads the source of every frame's file: read here once, a child finds most of them cached.
-    pl.seed_everything(0, workers=True, verbose=False)
-    generator = torch.Generator().manual_seed(0)
-    rows = torch.utils.data.TensorDataset(torch.randn(16, 4, generator=generator), torch.arange(16) % 2)
-    loader = torch.utils.data.DataLoader(rows, batch_size=8)
-    try:
-        with tempfile.TemporaryDirectory(prefix="pod-agent-warm-up-") as root, warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=2, logger=False, enable_checkpointing=False,
-                                 enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                                 default_root_dir=root)
-            model = _Tiny()
-            trainer.fit(model, loader, loader)
-            trainer.test(model, loader, verbose=False)
-    finally:
-        torch.set_num_threads(threads)
+    rehearsal.rehearse(_rehearsal, work_dir)
 
 
 def serve(channel: WorkerChannel) -> None:

@@ -3,8 +3,9 @@ of one task reaches the next (module state, memory, files, /dev/shm, processes),
 neither the zygote nor any other process, and a zygote that died or may have been touched is replaced.
 A task's child is forked ahead, after the previous child's release, and holds nothing of it either.
 A child reserved while the agent prepares a task's input, and never given the task (the input failed),
-ends with the reservation, and the next one is forked ahead. The hostile corpus runs on this path too
-(conftest.worker_path)."""
+ends with the reservation, and the next one is forked ahead. A child forked ahead rehearses (the entry's
+own task) in its own cgroup before its task; one whose rehearsal fails is not parked. The hostile corpus
+runs on this path too (conftest.worker_path)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from sbx_helpers import (
+    CORPUS,
     ENTRY,
     ENTRY_PATH,
     corpus_runner,
@@ -29,7 +31,7 @@ from sbx_helpers import (
 )
 
 from pod_agent.errors import SandboxError, TaskFailed
-from pod_agent.sandbox import SandboxLimits
+from pod_agent.sandbox import SandboxJob, SandboxLimits
 
 
 async def test_a_second_task_sees_nothing_of_the_first(
@@ -136,3 +138,31 @@ async def test_a_worker_reserved_under_other_limits_does_not_run_the_job(tmp_pat
         with pytest.raises(SandboxError, match="reserved under other limits"):
             await run_corpus(runner, tmp_path, "look_for_traces", "sbx" + uuid.uuid4().hex[:12],
                              reservation=reservation)
+
+
+async def test_a_child_forked_ahead_rehearses_in_its_own_cgroup_before_its_task(
+        tmp_path: Path, scratch: Path) -> None:
+    async with corpus_runner(scratch, fork_server=True) as runner:
+        await runner.prewarm(ENTRY, entry_path=ENTRY_PATH)
+        await one_parked_child(scratch)
+        outcome = await run_corpus(runner, tmp_path, "rehearsal_seen", "sbx" + uuid.uuid4().hex[:12])
+    assert outcome.header["rehearsed_in"] is not None
+    # Placed in its cgroup before it was asked to rehearse: the pages it copied count against the task's caps.
+    assert outcome.header["rehearsed_in"] == outcome.header["cgroup"]
+
+
+async def test_a_child_whose_rehearsal_fails_is_not_parked_and_the_task_forks_its_own(
+        tmp_path: Path, scratch: Path, caplog: pytest.LogCaptureFixture) -> None:
+    entry = "sbx_failing_rehearsal"
+    case = tmp_path / "case"
+    (case / "input").mkdir(parents=True)
+    (case / "input" / "model.py").write_text((CORPUS / "rehearsal_seen.py").read_text())
+    with caplog.at_level(logging.INFO, logger="pod_agent.sandbox"):
+        async with corpus_runner(scratch, fork_server=True) as runner:
+            await runner.prewarm(entry, entry_path=ENTRY_PATH)
+            outcome = await runner.run(SandboxJob(entry=entry, input_dir=case / "input", work_dir=case / "work",
+                                                  request={}, entry_path=ENTRY_PATH))
+    assert any("could not be forked ahead (sandbox (task_failed): uncaught_exception)" in r.getMessage()
+               for r in caplog.records)
+    assert [r.getMessage().split()[1] for r in caplog.records if "worker ready in" in r.getMessage()] == ["fork"]
+    assert outcome.header["rehearsed_in"] is None

@@ -16,12 +16,21 @@ _PR_SET_NAME = 15
 # Set by prepare(): lets tests see when, and in which process, the worker got ready.
 TOKEN = ""
 PREPARED_AT = 0.0
+# Set by rehearse(): the cgroup a fork-server child rehearsed in, before its task.
+REHEARSED_IN: str | None = None
 
 
 def prepare() -> None:
     """Nothing heavy: the corpus must stay fast (only the benign model imports torch)."""
     global TOKEN, PREPARED_AT
     TOKEN, PREPARED_AT = uuid.uuid4().hex, time.time()
+
+
+def rehearse(work_dir: Any) -> None:
+    """Record where the rehearsal ran (a child forked ahead rehearses once, before its task)."""
+    global REHEARSED_IN
+    with open("/proc/self/cgroup") as cgroup:
+        REHEARSED_IN = cgroup.read()
 
 
 def _name_process(comm: str) -> None:
