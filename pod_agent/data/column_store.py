@@ -18,11 +18,14 @@ makes a new key: ``table()`` builds the store again (and removes the old one) wh
 no longer those it was built from, and a restarted agent reuses a store of the same key. Its record
 batches are the datasource's own (``READ_BATCH_ROWS``), so a preparation from the store sums and
 writes batch by batch exactly as one from the datasource and its file is the same, byte for byte.
+Continuous values stay float64, as the datasource's path computes moments and standardises them: a
+float32 copy would change any value that needs more than 24 bits of mantissa.
 
 A column that cannot be encoded (a "continuous" column that does not cast to float) is left out of
 the store, and a selection naming it is prepared from the datasource, which raises the error that
-names it. A store that cannot be built (the table unreadable, the disk full) is not retried until
-the files change: ``table()`` returns None and tasks are prepared from the datasource.
+names it. A store that cannot be built (the table unreadable, the disk full, or the store over the
+size it may take: 8 bytes a cell) is not retried until the files change: ``table()`` returns None and
+tasks are prepared from the datasource.
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ READ_BATCH_ROWS = 65536
 STORE_VERSION = 1
 _METADATA_KEY = b"pod_agent.column_store"
 _TABULAR_STYPES = ("categorical", "continuous")
+_CELL_BYTES = 8  # a continuous value as float64; a categorical one's index and bucket as int32 each
 # Field names in the store: a column's float values, its category index, its hashed bucket.
 _FLOATS, _INDEX, _BUCKET = "f:", "i:", "h:"
 
@@ -180,10 +184,11 @@ class EncodedTable:
 
 
 class ColumnStore:
-    """The encoded table of a pod's datasource, kept under ``root`` (see the module docstring)."""
+    """The encoded table of a pod's datasource, kept under ``root`` (see the module docstring); a table whose
+    store would take more than ``max_bytes`` (8 bytes a cell) is not stored, and tasks read it as before."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
+    def __init__(self, root: Path, *, max_bytes: int) -> None:
+        self.root, self.max_bytes = root, max_bytes
         # The start-up build and the tasks' look-ups: one at a time, so that a task arriving during a build
         # waits for it rather than building a second store.
         self._lock = threading.Lock()
@@ -234,11 +239,19 @@ class ColumnStore:
         return EncodedTable(key, columns, batches)
 
     def _build(self, key: str, ds: Datasource, schema: Schema) -> EncodedTable:
-        """Encode every tabular column of ``ds`` into ``<key>.arrow`` (written aside, then renamed into place;
-        other keys' stores removed) and open it."""
+        """Encode every tabular column of ``ds`` into ``<key>.arrow`` (written aside, then renamed into place)
+        and open it. Whatever else is under the root goes first: other keys' stores (of files since changed),
+        a build a crash cut short."""
+        if self.root.is_dir():
+            for other in self.root.iterdir():
+                if other.is_file():
+                    other.unlink(missing_ok=True)
+        stypes = {c.name: c.stype for c in schema.columns if c.stype in _TABULAR_STYPES}
+        size = schema.row_count * len(stypes) * _CELL_BYTES
+        if size > self.max_bytes:
+            raise DataError(f"its {size} bytes would be over the {self.max_bytes} it may take")
         self.root.mkdir(parents=True, exist_ok=True)
         self.root.chmod(0o700)  # it holds encoded rows of the table: the agent's alone
-        stypes = {c.name: c.stype for c in schema.columns if c.stype in _TABULAR_STYPES}
         indexes = category_indexes(schema)
         fd, staging = tempfile.mkstemp(prefix=".new-", suffix=".arrow", dir=self.root)
         os.close(fd)
@@ -248,9 +261,6 @@ class ColumnStore:
             os.replace(staging, self.root / f"{key}.arrow")
         finally:
             Path(staging).unlink(missing_ok=True)
-        for other in self.root.iterdir():
-            if other.is_file() and other.name != f"{key}.arrow":
-                other.unlink(missing_ok=True)
         _log.info("column store of %s built: %d of %d tabular columns", ds.path, len(columns), len(stypes))
         table = self._open(key)
         if table is None:

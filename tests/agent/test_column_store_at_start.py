@@ -8,6 +8,7 @@ from pathlib import Path
 
 from agent_support import hub_with_agent
 
+from pod_agent.agent.pipeline import COLUMN_STORE_BYTES
 from pod_agent.config.settings import DatasourceSection
 from pod_agent.data import ColumnStore, open_datasource
 
@@ -26,6 +27,6 @@ async def test_the_agent_builds_its_column_store_at_start_before_any_task(tmp_pa
     assert stat.S_IMODE(store_dir.stat().st_mode) == 0o700
     # It is the store of the pod's table as it is: the next process opens it instead of building another.
     ds = open_datasource(DatasourceSection(path=tmp_path / "small.csv"))
-    table = ColumnStore(store_dir).table(ds, ds.schema())
+    table = ColumnStore(store_dir, max_bytes=COLUMN_STORE_BYTES).table(ds, ds.schema())
     assert table is not None and table.columns == {"age", "hours", "TARGET"}
     assert list(store_dir.iterdir()) == built

@@ -24,6 +24,7 @@ from pod_agent.protocol.messages import DataSelection, Split
 
 # Targets of both kinds: the demo's class, other categorical columns, and continuous ones (regression).
 TARGETS = [TARGET, "sex", "race", "age", "hours-per-week"]
+STORE_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ class Pod:
 
 def _pod(section: DatasourceSection, root: Path) -> Pod:
     ds = open_datasource(section)
-    store = ColumnStore(root)
+    store = ColumnStore(root, max_bytes=STORE_BYTES)
     assert store.table(ds, ds.schema()) is not None  # built now, as the agent does at start
     return Pod(ds, ds.schema(), store)
 
@@ -137,7 +138,7 @@ SMALL = DataSelection(target="label", columns=["colour", "size"])
 
 def test_the_store_serves_the_table_it_was_built_from_until_the_files_identity_changes(tmp_path: Path) -> None:
     ds = _small_csv(tmp_path / "t.csv")
-    schema, store = ds.schema(), ColumnStore(tmp_path / "store")
+    schema, store = ds.schema(), ColumnStore(tmp_path / "store", max_bytes=STORE_BYTES)
     before = prepare_task_input(ds, schema, SMALL, tmp_path / "a", share_categories=False).path.read_bytes()
     assert prepare_task_input(
         ds, schema, SMALL, tmp_path / "b", share_categories=False, columns=store
@@ -162,25 +163,25 @@ def test_the_store_serves_the_table_it_was_built_from_until_the_files_identity_c
 
 def test_a_restarted_pod_reuses_its_store_which_is_the_agents_alone(tmp_path: Path) -> None:
     ds = _small_csv(tmp_path / "t.csv")
-    assert ColumnStore(tmp_path / "store").table(ds, ds.schema()) is not None
+    assert ColumnStore(tmp_path / "store", max_bytes=STORE_BYTES).table(ds, ds.schema()) is not None
     [kept] = (tmp_path / "store").iterdir()
     assert stat.S_IMODE((tmp_path / "store").stat().st_mode) == 0o700
     assert stat.S_IMODE(kept.stat().st_mode) == 0o400
     inode = kept.stat().st_ino
-    again = ColumnStore(tmp_path / "store").table(ds, ds.schema())  # the next agent process
+    again = ColumnStore(tmp_path / "store", max_bytes=STORE_BYTES).table(ds, ds.schema())  # the next process
     assert again is not None and again.columns == {"colour", "size", "label"}
     assert [p.stat().st_ino for p in (tmp_path / "store").iterdir()] == [inode]
 
 
 def test_an_unreadable_store_is_built_again(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     ds = _small_csv(tmp_path / "t.csv")
-    assert ColumnStore(tmp_path / "store").table(ds, ds.schema()) is not None
+    assert ColumnStore(tmp_path / "store", max_bytes=STORE_BYTES).table(ds, ds.schema()) is not None
     [kept] = (tmp_path / "store").iterdir()
     kept.chmod(0o600)
     kept.write_bytes(kept.read_bytes()[: kept.stat().st_size // 2])  # a crash or a full disk cut it short
     with caplog.at_level(logging.WARNING):
-        read, stored = _both(Pod(ds, ds.schema(), ColumnStore(tmp_path / "store")), SMALL, tmp_path,
-                             share_categories=False)
+        pod = Pod(ds, ds.schema(), ColumnStore(tmp_path / "store", max_bytes=STORE_BYTES))
+        read, stored = _both(pod, SMALL, tmp_path, share_categories=False)
     assert stored == read
     assert "is unreadable" in caplog.text and "building it again" in caplog.text
 
@@ -192,7 +193,7 @@ def test_a_column_that_does_not_encode_is_left_out_and_a_selection_of_it_fails_a
     stamps = pa.array(np.arange(300) * 86_400, type=pa.timestamp("s"))
     pq.write_table(pa.table({"when": stamps, "x": np.arange(300) * 0.5, "y": ["a", "b", "c"] * 100}), tmp_path / "t.pq")
     ds = open_datasource(DatasourceSection(path=tmp_path / "t.pq"))
-    pod = Pod(ds, ds.schema(), ColumnStore(tmp_path / "store"))
+    pod = Pod(ds, ds.schema(), ColumnStore(tmp_path / "store", max_bytes=STORE_BYTES))
     table = pod.store.table(ds, pod.schema)
     assert table is not None and table.columns == {"x", "y"}
     with pytest.raises(DataError, match=r"non-numeric values \(timestamp\[\w+\]\); force it to categorical"):
@@ -207,7 +208,7 @@ def test_a_store_that_cannot_be_built_leaves_tasks_reading_the_table_and_is_not_
 ) -> None:
     ds = _small_csv(tmp_path / "t.csv")
     (tmp_path / "state").write_text("a file where the store's directory would be")
-    store = ColumnStore(tmp_path / "state" / "column-store")
+    store = ColumnStore(tmp_path / "state" / "column-store", max_bytes=STORE_BYTES)
     with caplog.at_level(logging.WARNING):
         for name in ("a", "b"):
             prepared = prepare_task_input(ds, ds.schema(), SMALL, tmp_path / name, share_categories=False,
@@ -223,7 +224,7 @@ def test_a_text_selection_is_read_from_the_table_with_a_store_at_hand(tmp_path: 
     notes = [f"note {i} " * (i % 5) for i in range(200)]
     pq.write_table(pa.table({"note": notes, "y": ["a", "b"] * 100}), tmp_path / "t.pq")
     ds = open_datasource(DatasourceSection(path=tmp_path / "t.pq", force_stypes={"text": ["note"]}))
-    store = ColumnStore(tmp_path / "store")
+    store = ColumnStore(tmp_path / "store", max_bytes=STORE_BYTES)
     selection = DataSelection(target="y", columns=["note"], max_tokens=16)
     stored = prepare_task_input(ds, ds.schema(), selection, tmp_path / "a", share_categories=False, columns=store)
     read = prepare_task_input(ds, ds.schema(), selection, tmp_path / "b", share_categories=False)
@@ -235,9 +236,21 @@ def test_a_store_closed_by_a_stopping_agent_builds_nothing_and_leaves_no_file(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     ds = _small_csv(tmp_path / "t.csv")
-    store = ColumnStore(tmp_path / "store")
+    store = ColumnStore(tmp_path / "store", max_bytes=STORE_BYTES)
     store.close()
     with caplog.at_level(logging.WARNING):
         assert store.table(ds, ds.schema()) is None
     assert list((tmp_path / "store").iterdir()) == []
     assert "the agent is stopping" in caplog.text
+
+
+def test_a_table_whose_store_would_be_over_its_size_is_read_as_before(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    ds = _small_csv(tmp_path / "t.csv")  # 600 rows of 3 columns: 14,400 bytes encoded
+    store = ColumnStore(tmp_path / "store", max_bytes=14_000)
+    with caplog.at_level(logging.WARNING):
+        assert store.table(ds, ds.schema()) is None
+    assert "its 14400 bytes would be over the 14000 it may take" in caplog.text
+    assert not (tmp_path / "store").exists()
+    assert ColumnStore(tmp_path / "store", max_bytes=14_400).table(ds, ds.schema()) is not None
