@@ -213,10 +213,11 @@ class ColumnStore:
             self._table = None
             try:
                 self._table = self._open(key) or self._build(key, ds, schema)
-            except (DataError, OSError, pa.ArrowException) as exc:
+            except Exception as exc:  # noqa: BLE001 - the store only saves work: whatever fails, tasks read the table
                 self._failed = key
                 _log.warning(
-                    "column store of %s could not be built (%s); tasks read the datasource instead", ds.path, exc
+                    "column store of %s could not be built (%s: %s); tasks read the datasource instead",
+                    ds.path, type(exc).__name__, exc,
                 )
             return self._table
 
@@ -247,6 +248,8 @@ class ColumnStore:
                 if other.is_file():
                     other.unlink(missing_ok=True)
         stypes = {c.name: c.stype for c in schema.columns if c.stype in _TABULAR_STYPES}
+        if not stypes:
+            return EncodedTable(key, frozenset(), ())  # images or text alone: nothing to store, nothing to read
         size = schema.row_count * len(stypes) * _CELL_BYTES
         if size > self.max_bytes:
             raise DataError(f"its {size} bytes would be over the {self.max_bytes} it may take")

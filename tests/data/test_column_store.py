@@ -254,3 +254,14 @@ def test_a_table_whose_store_would_be_over_its_size_is_read_as_before(
     assert "its 14400 bytes would be over the 14000 it may take" in caplog.text
     assert not (tmp_path / "store").exists()
     assert ColumnStore(tmp_path / "store", max_bytes=14_400).table(ds, ds.schema()) is not None
+
+
+def test_a_table_without_tabular_columns_stores_nothing_and_warns_of_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    pq.write_table(pa.table({"note": [f"line {i}" for i in range(50)]}), tmp_path / "t.pq")
+    ds = open_datasource(DatasourceSection(path=tmp_path / "t.pq", force_stypes={"text": ["note"]}))
+    with caplog.at_level(logging.WARNING):
+        table = ColumnStore(tmp_path / "store", max_bytes=STORE_BYTES).table(ds, ds.schema())
+    assert table is not None and table.columns == frozenset()
+    assert caplog.text == "" and not (tmp_path / "store").exists()
