@@ -52,7 +52,7 @@ from pod_agent.training.local import initial_weights
 from pod_agent.training.wall import TrainerSettings, WorkerPrivacy, WorkerRequest
 from pod_agent.training.worker import serve
 
-REHEARSAL_ROWS = 96
+REHEARSAL_ROWS = 40
 _BATCH_SIZE = 16
 _SEED = 0
 _TARGET = "label"
