@@ -348,6 +348,12 @@ class ForkServer:
             await asyncio.shield(self._start(spec))
         self.park(spec)
 
+    async def wait_parked(self, spec: LaunchSpec) -> None:
+        """Wait for the child being forked ahead for ``spec``, its rehearsal included, if one is."""
+        parked = self._parked.get(spec.key)
+        if parked is not None:
+            await asyncio.wait({parked})
+
     def park(self, spec: LaunchSpec) -> None:
         """Fork the next task's child for ``spec`` now, on an idle live zygote, unless one is parked."""
         parked = self._parked.get(spec.key)

@@ -220,12 +220,16 @@ class SandboxRunner:
             await self._pool.fill(self._spec(entry, entry_path))
 
     async def wait_warm(self, entry: str, *, entry_path: Path | None = None) -> bool:
-        """Wait for the warm workers (or the fork server) under way; True when one is ready for ``entry``."""
+        """Wait for the warm workers (or the fork server and its child forked ahead, rehearsed) under way; True
+        when one is ready for ``entry``."""
         if self._forks is not None:
+            spec = self._spec(entry, entry_path)
             try:
-                await self._forks.ensure(self._spec(entry, entry_path))
+                await self._forks.ensure(spec)
             except SandboxError:
                 return False
+            # A child that could not be forked ahead leaves the fork server ready all the same: tasks fork their own.
+            await self._forks.wait_parked(spec)
             return True
         return await self._pool.wait(self._spec(entry, entry_path))
 

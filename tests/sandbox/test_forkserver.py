@@ -23,6 +23,7 @@ from sbx_helpers import (
     ENTRY,
     ENTRY_PATH,
     corpus_runner,
+    forked_children,
     is_live,
     leftover_processes,
     one_parked_child,
@@ -143,8 +144,9 @@ async def test_a_worker_reserved_under_other_limits_does_not_run_the_job(tmp_pat
 async def test_a_child_forked_ahead_rehearses_in_its_own_cgroup_before_its_task(
         tmp_path: Path, scratch: Path) -> None:
     async with corpus_runner(scratch, fork_server=True) as runner:
-        await runner.prewarm(ENTRY, entry_path=ENTRY_PATH)
-        await one_parked_child(scratch)
+        # Warm once the fork server is up and its child forked ahead has rehearsed.
+        assert await runner.wait_warm(ENTRY, entry_path=ENTRY_PATH)
+        assert forked_children(scratch)
         outcome = await run_corpus(runner, tmp_path, "rehearsal_seen", "sbx" + uuid.uuid4().hex[:12])
     assert outcome.header["rehearsed_in"] is not None
     # Placed in its cgroup before it was asked to rehearse: the pages it copied count against the task's caps.
