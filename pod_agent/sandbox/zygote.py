@@ -38,6 +38,7 @@ import contextlib
 import ctypes
 import errno
 import functools
+import gc
 import json
 import os
 import re
@@ -101,6 +102,10 @@ def serve_forks(*, entry: ModuleType, go: dict[str, Any], inbound: BinaryIO, out
     """The zygote's loop (after ``ready``): fork a child per ``fork`` message until the agent hangs up."""
     _prctl(_PR_SET_DUMPABLE, 0)
     _deny_ipc()
+    # Children share the zygote's memory until they write it, and a full collection in a child would walk (so
+    # copy) every object the zygote holds: frozen, collections walk a child's own objects only.
+    gc.collect()
+    gc.freeze()
     fork_plan = go["zygote"]
     control = socket.socket(fileno=int(fork_plan["control_fd"]))
     work_root = Path(go["work_dir"])
@@ -195,6 +200,7 @@ def _rehearsed_request(entry: ModuleType, inbound: BinaryIO, out: BinaryIO, scra
         rehearse = getattr(entry, "rehearse", None)
         if rehearse is not None:
             rehearse(scratch)
+            gc.collect()  # the rehearsal's own garbage, before the task
         send_frame(out, {"type": "rehearsed"})
         frame = read_frame(inbound, max_payload_bytes=0)
     if frame is None or frame.type != "request":
