@@ -379,6 +379,7 @@ class ForkServer:
                 raise
             log.warning("sandbox child could not be forked ahead (%s); the next task forks its own", exc)
             return None
+        log.debug("sandbox child %s parked for %s, rehearsed", child.host_pid, spec.entry)
         return child
 
     async def _take_parked(self, spec: LaunchSpec) -> ForkedWorker | None:

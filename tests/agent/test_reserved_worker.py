@@ -4,6 +4,8 @@ and the next task's child is forked ahead, through the real daemon on the fork s
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -30,11 +32,24 @@ SPARSE_CSV = "age,hours,TARGET\n" + "".join(
     f"{20 + i % 40},{i % 60},{('>50K' if i % 2 else '<=50K') if i % 25 == 0 else ''}\n" for i in range(1500))
 
 
-async def test_an_input_under_the_floor_fails_too_few_rows_and_ends_its_reserved_child(tmp_path: Path) -> None:
+async def _logged(caplog: pytest.LogCaptureFixture, text: str) -> None:
+    async with asyncio.timeout(30):
+        while text not in caplog.text:
+            await asyncio.sleep(0.02)
+
+
+async def test_an_input_under_the_floor_fails_too_few_rows_and_ends_its_reserved_child(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="pod_agent.sandbox")
     subprocess.run([sys.executable, str(ENSURE_USER), SANDBOX_USER], check=True)
     async with hub_with_agent(tmp_path, SPARSE_CSV, security={"sandbox": "strict", "sandbox_user": SANDBOX_USER},
                               sandbox_limits={"warm_worker": True}) as rig:
         parked = await one_parked_child()
+        # Its rehearsal done (a take of a child still rehearsing, cancelled when the input fails, would leave it
+        # the fork server's for the next task: not the path under test).
+        (pid,) = parked
+        await _logged(caplog, f"sandbox child {pid} parked for ")
         task = build_task(
             modeller_id=rig.modeller.key.key_id, cohort=entries(["pod-a"], rig.pod.schema_hash), kind="evaluate",
             model=ModelRef(style="declarative", name="linear", spec=SPEC, sha256=spec_sha256(SPEC)),
