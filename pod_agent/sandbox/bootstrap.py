@@ -5,8 +5,9 @@ Owns the child-side start-up order, which is the security argument:
    prints must not corrupt frames), say ``hello``;
 2. wait for ``go`` (sent once the parent has placed this tree in its cgroup),
    then confine itself (Landlock, rlimits, seccomp: confine.py);
-3. import the entry module and run ``entry.prepare()`` (heavy imports), say
-   ``ready`` - a warm worker parks here;
+3. import the entry module and run ``entry.prepare()`` (heavy imports; what it
+   returns, if anything, is the rehearsal a fork server's children run: zygote.py),
+   say ``ready`` - a warm worker parks here;
 4. only now read the ``request`` frame (the task), lower limits to the
    task's, and call ``entry.serve(channel)``; or, for a fork server (the ``go``
    frame says so), serve forks instead (zygote.py), never a task itself.
@@ -33,6 +34,10 @@ from pod_agent.sandbox.confine import ConfinePlan, apply_rlimits, confine, lower
 from pod_agent.sandbox.frames import encode_frame, read_frame
 
 # Parent -> child frames are small JSON (plan, request); nothing large ever flows in.
+# What an entry's prepare() may return: run by a fork server's child, in its scratch, while it waits for its
+# task (zygote.py). Held by the caller of prepare(), so the entry keeps no module state for it.
+EntryRehearsal = Callable[[Path], None]
+
 _MAX_INBOUND_PAYLOAD_BYTES = 0
 _EXIT_PROTOCOL = 3
 _PR_SET_PDEATHSIG = 1
@@ -84,13 +89,12 @@ def _run(inbound: BinaryIO, out: BinaryIO) -> None:
         sys.path.insert(0, go["entry_path"])
     entry = importlib.import_module(go["entry"])
     prepare = getattr(entry, "prepare", None)
-    if prepare is not None:
-        prepare()
+    rehearsal = prepare() if prepare is not None else None
     send_frame(out, {"type": "ready"})
     if go.get("zygote"):
         from pod_agent.sandbox.zygote import serve_forks
 
-        serve_forks(entry=entry, go=go, inbound=inbound, out=out)
+        serve_forks(entry=entry, rehearsal=rehearsal, go=go, inbound=inbound, out=out)
         return
     request = expect_frame(inbound, "request")
     apply_rlimits({k: int(v) for k, v in request.get("rlimits", {}).items()})

@@ -21,8 +21,9 @@ Owns the zygote's loop and each child's start-up order, which is the security ar
    zygote wrote in its home before any task but no ``/tmp`` and only its own ``/proc/self`` files;
    signals and abstract sockets are scoped to the domain, so the zygote and any other process stay
    out of reach. A child forked ahead is then asked to ``rehearse`` (once in its cgroup): it runs the
-   entry's ``rehearse(scratch)``, a task of the entry's own on the entry's own input, so that the pages
-   a task's path writes are copied before the task comes, and answers ``rehearsed``. On the
+   rehearsal the entry's ``prepare()`` returned, in its scratch: a task of the entry's own on the
+   entry's own input, so that the pages a task's path writes are copied before the task comes, and
+   answers ``rehearsed``. On the
    ``request`` frame it takes the task's rlimits, then runs ``entry.serve``;
 5. the zygote reaps each child (pidfd), reports its wait status in an ``exited`` frame, and when
    the agent ``release``s it (its cgroup killed by then) removes its scratch and wipes ``/dev/shm``.
@@ -52,7 +53,7 @@ from types import ModuleType
 from typing import Any, BinaryIO
 
 from pod_agent.errors import SandboxError
-from pod_agent.sandbox.bootstrap import run_guarded, send_frame, serve_entry
+from pod_agent.sandbox.bootstrap import EntryRehearsal, run_guarded, send_frame, serve_entry
 from pod_agent.sandbox.channel import Channel
 from pod_agent.sandbox.confine import ConfinePlan, apply_rlimits, confine, lower_cpu_limit
 from pod_agent.sandbox.frames import read_frame
@@ -98,8 +99,10 @@ def _child_scratch(work_root: Path, task_id: str) -> Path:
     return work_root / TASKS_DIR / task_id
 
 
-def serve_forks(*, entry: ModuleType, go: dict[str, Any], inbound: BinaryIO, out: BinaryIO) -> None:
-    """The zygote's loop (after ``ready``): fork a child per ``fork`` message until the agent hangs up."""
+def serve_forks(*, entry: ModuleType, rehearsal: EntryRehearsal | None, go: dict[str, Any], inbound: BinaryIO,
+                out: BinaryIO) -> None:
+    """The zygote's loop (after ``ready``): fork a child per ``fork`` message until the agent hangs up;
+    ``rehearsal`` is what the entry's ``prepare()`` returned."""
     _prctl(_PR_SET_DUMPABLE, 0)
     _deny_ipc()
     # Children share the zygote's memory until they write it, and a full collection in a child would walk (so
@@ -149,7 +152,8 @@ def serve_forks(*, entry: ModuleType, go: dict[str, Any], inbound: BinaryIO, out
                 # What the zygote itself wrote in its home before any task (prepare()'s font config, caches
                 # its environment points at), readable by the child; never another child's scratch.
                 own = tuple(str(p) for p in work_root.iterdir() if p.name != TASKS_DIR)
-                run_guarded(functools.partial(_child, entry, fork_plan, own, fds, scratch, zygote_pid), None)
+                run_guarded(functools.partial(_child, entry, rehearsal, fork_plan, own, fds, scratch, zygote_pid),
+                            None)
             for received in fds:
                 os.close(received)
             pidfd = os.pidfd_open(pid)
@@ -157,8 +161,8 @@ def serve_forks(*, entry: ModuleType, go: dict[str, Any], inbound: BinaryIO, out
             poller.register(pidfd, select.POLLIN)
 
 
-def _child(entry: ModuleType, fork_plan: dict[str, Any], zygote_files: tuple[str, ...], fds: list[int],
-           scratch: Path, zygote_pid: int) -> None:
+def _child(entry: ModuleType, rehearsal: EntryRehearsal | None, fork_plan: dict[str, Any],
+           zygote_files: tuple[str, ...], fds: list[int], scratch: Path, zygote_pid: int) -> None:
     """One task in a fresh fork: own descriptors, own cgroup (the agent's), own Landlock domain."""
     frames_fd, err_fd, input_fd = fds
     os.dup2(err_fd, 2)
@@ -178,7 +182,7 @@ def _child(entry: ModuleType, fork_plan: dict[str, Any], zygote_files: tuple[str
         confine(ConfinePlan(rlimits={}, seccomp=False,
                             landlock_read_only=(*fork_plan["landlock_read_only"], *zygote_files, str(input_dir)),
                             landlock_read_write=(*fork_plan["landlock_read_write"], str(scratch))))
-        request = _rehearsed_request(entry, inbound, out, scratch)
+        request = _rehearsed_request(rehearsal, inbound, out, scratch)
         apply_rlimits({k: int(v) for k, v in request.get("rlimits", {}).items()})
         lower_cpu_limit(int(request["cpu_time_s"]))
         for name in ("HOME", "TMPDIR"):
@@ -191,15 +195,16 @@ def _child(entry: ModuleType, fork_plan: dict[str, Any], zygote_files: tuple[str
     run_guarded(body, out)
 
 
-def _rehearsed_request(entry: ModuleType, inbound: BinaryIO, out: BinaryIO, scratch: Path) -> dict[str, Any]:
-    """The task's ``request`` frame; a child forked ahead is first asked to ``rehearse`` (the entry's
-    ``rehearse(work_dir)``, where it has one: a task of its own, so that the pages a task's path writes are
-    copied before the task comes) and answers ``rehearsed`` when done."""
+def _rehearsed_request(rehearsal: EntryRehearsal | None, inbound: BinaryIO, out: BinaryIO,
+                       scratch: Path) -> dict[str, Any]:
+    """The task's ``request`` frame; a child forked ahead is first asked to ``rehearse`` (the rehearsal the
+    entry's ``prepare()`` returned, called with the child's scratch, where it returned one: a task of its own,
+    so that the pages a task's path writes are copied before the task comes) and answers ``rehearsed`` when
+    done."""
     frame = read_frame(inbound, max_payload_bytes=0)
     if frame is not None and frame.type == "rehearse":
-        rehearse = getattr(entry, "rehearse", None)
-        if rehearse is not None:
-            rehearse(scratch)
+        if rehearsal is not None:
+            rehearsal(scratch)
             gc.collect()  # the rehearsal's own garbage, before the task
         send_frame(out, {"type": "rehearsed"})
         frame = read_frame(inbound, max_payload_bytes=0)

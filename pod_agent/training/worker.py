@@ -3,8 +3,8 @@
 Owns the entry contract with the sandbox: ``prepare()`` does the heavy imports
 (torch, Lightning, torchmetrics, the SDK) and runs a rehearsal task of our own (``rehearsal.py``)
 before any task input exists, and keeps Lightning's scan of the installed entry points from then on,
-so a warm worker (or a fork server's child) is ready; ``rehearse(work_dir)`` runs that rehearsal
-again (a fork server's child, while it waits for its task); ``serve(channel)`` parses the request
+so a warm worker (or a fork server's child) is ready; it returns that rehearsal, which a fork server's
+child runs again while it waits for its task; ``serve(channel)`` parses the request
 (``wall.WorkerRequest``; ``bad_request`` when it does not parse), runs it with ``engine.run_task`` and
 answers with exactly one ``channel.result`` (a ``wall.WorkerResultHeader``) or
 ``channel.fail(code)``. Failure codes are fixed strings (``engine.py`` and
@@ -21,17 +21,16 @@ This module imports nothing heavy at import time.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import sys
 import tempfile
 import warnings
+from collections.abc import Callable
 from importlib import import_module
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
-
-if TYPE_CHECKING:
-    from pod_agent.training.rehearsal import Rehearsal
+from typing import Any, Protocol
 
 INTERNAL_ERROR = "internal_error"
 _HEAVY_MODULES = ("torch", "pytorch_lightning", "torchmetrics", "safetensors.torch", "pod_agent.training.engine")
@@ -78,10 +77,12 @@ def _hugging_face_offline() -> None:
     os.environ["HF_HOME"] = str(Path(tempfile.gettempdir()) / "pod-agent-hf")
 
 
-def prepare() -> None:
+def prepare() -> Callable[[Path], None]:
     """Import everything a task needs and run a tiny fit once, so the first training step waits for
     neither imports nor Lightning's and autograd's first-use set-up (a fork server's children inherit
-    both: sandbox.zygote)."""
+    both: sandbox.zygote). Returns the rehearsal a fork server's child runs again, with scratch under the
+    directory it is given, while it waits for its task: so that the pages the task's path writes are its
+    own before the task comes (``rehearsal.py``)."""
     _silence_benign_noise()
     _hugging_face_offline()
     for name in _HEAVY_MODULES:
@@ -90,7 +91,7 @@ def prepare() -> None:
     for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
     _scan_entry_points_once()
-    _warm_up()
+    return _warm_up()
 
 
 def _scan_entry_points_once() -> None:
@@ -107,32 +108,20 @@ def _scan_entry_points_once() -> None:
     registry.entry_points = cache(entry_points)  # type: ignore[assignment,attr-defined]  # kept answers
 
 
-# The rehearsal written by prepare() in this worker's home: a fork server's children rehearse it again.
+# Where prepare() writes the rehearsal, in this worker's home.
 _REHEARSAL_DIR = "pod-agent-rehearsal"
-_rehearsal: Rehearsal | None = None
 
 
-def _warm_up() -> None:
+def _warm_up() -> Callable[[Path], None]:
     """Write the rehearsal task (our own random rows and model: ``rehearsal.py``) and run it once: the
     lazily imported parts of Lightning, the first backward pass and AdamW's first step, and each first use
     on a task's path are paid here, before any task (about 1 s of a task's first step on 2 cores)."""
-    global _rehearsal
     from pod_agent.training import rehearsal
 
-    _rehearsal = rehearsal.write_rehearsal(Path(tempfile.gettempdir()) / _REHEARSAL_DIR)
+    written = rehearsal.write_rehearsal(Path(tempfile.gettempdir()) / _REHEARSAL_DIR)
     with tempfile.TemporaryDirectory(prefix="pod-agent-warm-up-") as root:
-        rehearsal.rehearse(_rehearsal, Path(root))
-
-
-def rehearse(work_dir: Path) -> None:
-    """Run prepare()'s rehearsal task again, with scratch under ``work_dir``: what a fork server's child does
-    while it waits for its task, so that the pages the task's path writes are its own before the task comes
-    (``rehearsal.py``). Nothing to do in a worker that did not prepare()."""
-    if _rehearsal is None:
-        return
-    from pod_agent.training import rehearsal
-
-    rehearsal.rehearse(_rehearsal, work_dir)
+        rehearsal.rehearse(written, Path(root))
+    return functools.partial(rehearsal.rehearse, written)
 
 
 def serve(channel: WorkerChannel) -> None:

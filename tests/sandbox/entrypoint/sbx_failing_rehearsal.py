@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from sbx_test_entry import prepare, serve
+import sbx_test_entry
+from sbx_test_entry import serve
 
-__all__ = ["prepare", "rehearse", "serve"]
+__all__ = ["prepare", "serve"]
 
 
-def rehearse(work_dir: Any) -> None:
+def prepare() -> Callable[[Any], None]:
+    sbx_test_entry.prepare()
+    return _rehearse
+
+
+def _rehearse(work_dir: Any) -> None:
     raise RuntimeError("the rehearsal failed")

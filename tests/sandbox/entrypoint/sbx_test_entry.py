@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 _PR_SET_NAME = 15
@@ -20,10 +21,12 @@ PREPARED_AT = 0.0
 REHEARSED_IN: str | None = None
 
 
-def prepare() -> None:
-    """Nothing heavy: the corpus must stay fast (only the benign model imports torch)."""
+def prepare() -> Callable[[Any], None]:
+    """Nothing heavy: the corpus must stay fast (only the benign model imports torch). Returns the
+    rehearsal a fork-server child runs before its task."""
     global TOKEN, PREPARED_AT
     TOKEN, PREPARED_AT = uuid.uuid4().hex, time.time()
+    return rehearse
 
 
 def rehearse(work_dir: Any) -> None:
