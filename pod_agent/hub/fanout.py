@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from pod_agent.errors import HubError, ProtocolError
-from pod_agent.hub.storage import HubTaskRecord, PodRecord
+from pod_agent.hub.storage import HubTaskRecord
 from pod_agent.protocol import CohortEntry, CohortTree, TaskPayload, cohort_tree
 
 # Prepared tasks kept: a few fan-outs in flight at once; older ones are prepared again on demand.
@@ -165,13 +165,13 @@ def prepare(record: HubTaskRecord, tree: CohortTree) -> PreparedTask:
     return PreparedTask(task_id=record.task_id, head=head[:-1] + ', "proof": ', tree=tree)
 
 
-def tree_from_registrations(record: HubTaskRecord, pods: Iterable[PodRecord]) -> CohortTree:
-    """The task's cohort rebuilt from the pods' registrations (schema hash and key id as listed), checked
-    against the signed root; HubError when a pod re-registered since and the root no longer matches."""
+def tree_from_registrations(record: HubTaskRecord, registrations: Iterable[tuple[str, str, str]]) -> CohortTree:
+    """The task's cohort rebuilt from its pods' registrations (``Storage.cohort_registrations``: name, schema
+    hash and key id as registered now), checked against the signed root; HubError when a pod re-registered
+    or was released since and the root no longer matches."""
     payload = TaskPayload.model_validate(json.loads(record.envelope)["payload"])
-    targets = set(record.pods)
     entries = [
-        CohortEntry(pod=p.name, schema_hash=p.schema_hash, key_id=p.key_id) for p in pods if p.name in targets
+        CohortEntry(pod=name, schema_hash=schema_hash, key_id=key_id) for name, schema_hash, key_id in registrations
     ]
     try:
         tree = cohort_tree(entries)

@@ -441,6 +441,14 @@ class PostgresStorage:
         row = self._first(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE task_id = %s", (task_id,))
         return None if row is None else hub_task_record(row)
 
+    def cohort_registrations(self, task_id: str) -> list[tuple[str, str, str]]:
+        rows = self._rows(
+            "SELECT p.name, p.schema_hash, p.key_id FROM deliveries d JOIN pods p ON p.name = d.pod"
+            " WHERE d.task_id = %s",
+            (task_id,),
+        )
+        return [(str(name), str(schema_hash), str(key_id)) for name, schema_hash, key_id in rows]
+
     def recent_tasks(self, limit: int) -> list[HubTaskRecord]:
         rows = self._rows(
             f"SELECT {_TASK_COLUMNS} FROM tasks ORDER BY created_at DESC, seq DESC LIMIT %s", (limit,)

@@ -529,9 +529,9 @@ async def _prepared(hub: _Hub, task: HubTaskRecord) -> PreparedTask:
 
 
 async def _prepare_again(hub: _Hub, task: HubTaskRecord) -> PreparedTask:
-    pods = await hub.db(hub.storage.list_pods)
+    registrations = await hub.db(hub.storage.cohort_registrations, task.task_id)
     # In a thread, as at submission: the cohort's hashing would hold heartbeats waiting.
-    tree = await asyncio.to_thread(tree_from_registrations, task, pods)
+    tree = await asyncio.to_thread(tree_from_registrations, task, registrations)
     return hub.fanout.keep(prepare(task, tree))
 
 

@@ -305,6 +305,15 @@ class SqliteStorage:
             row = self._db.execute("SELECT * FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
         return None if row is None else hub_task_record(row)
 
+    def cohort_registrations(self, task_id: str) -> list[tuple[str, str, str]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT p.name, p.schema_hash, p.key_id FROM deliveries d JOIN pods p ON p.name = d.pod"
+                " WHERE d.task_id = ?",
+                (task_id,),
+            ).fetchall()
+        return [(str(name), str(schema_hash), str(key_id)) for name, schema_hash, key_id in rows]
+
     def recent_tasks(self, limit: int) -> list[HubTaskRecord]:
         with self._lock:
             rows = self._db.execute(

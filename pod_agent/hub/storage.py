@@ -275,6 +275,10 @@ class Storage(Protocol):
 
     def get_task(self, task_id: str) -> HubTaskRecord | None: ...
 
+    def cohort_registrations(self, task_id: str) -> list[tuple[str, str, str]]:
+        """(name, schema hash, key id) as registered now, of each of the task's pods still registered, in no
+        order: what rebuilding its cohort reads (not every pod's whole record)."""
+
     def recent_tasks(self, limit: int) -> list[HubTaskRecord]:
         """The ``limit`` most recently submitted tasks, newest first (the operator's status page)."""
 

@@ -123,6 +123,21 @@ def test_a_pod_name_and_its_key_belong_to_each_other_until_the_name_is_released(
 
 
 
+def test_a_tasks_cohort_is_read_as_its_pods_are_registered_now(opened: Callable[[], Storage]) -> None:
+    """What rebuilding a task's cohort reads: its pods only, as registered at the time of the read."""
+    storage = opened()
+    for name, key in [("a", "k1"), ("b", "k2"), ("c", "k3")]:
+        storage.upsert_pod(_pod(name, key))
+    storage.add_task(_task("t1", pods=("b", "a")))
+    assert sorted(opened().cohort_registrations("t1")) == [("a", "a" * 64, "k1"), ("b", "a" * 64, "k2")]
+    storage.release_pod("a")
+    storage.upsert_pod(_pod("a", "k4"))  # re-keyed since the task was taken
+    assert sorted(opened().cohort_registrations("t1")) == [("a", "a" * 64, "k4"), ("b", "a" * 64, "k2")]
+    assert storage.release_pod("b")  # released: no longer in what the cohort is rebuilt from
+    assert opened().cohort_registrations("t1") == [("a", "a" * 64, "k4")]
+    assert storage.cohort_registrations("unknown") == []
+
+
 def test_the_pods_a_task_may_name_are_registered_and_awaiting_no_approval(opened: Callable[[], Storage]) -> None:
     storage = opened()
     for name, key in [("a", "k1"), ("b", "k2"), ("c", "k3")]:
