@@ -45,6 +45,7 @@ from pod_agent.protocol import (
     Ok,
     PendingTasks,
     PodAck,
+    PodHeartbeat,
     PodMessage,
     PodRegisteredStanding,
     PodRegistration,
@@ -94,6 +95,20 @@ def hub_ssl(section: HubSection) -> ssl.SSLContext | aiohttp.Fingerprint | bool:
     return tls
 
 
+# A heartbeat's frame never changes; an ack's differs only in its task id, which its model holds to hex digits and
+# dashes (JSON writes them as they are). Both written out are byte for byte their ``canonical_json``: a pod sends
+# one per delivery and one per heartbeat, and the general encoder's dump and normalising walk cost more than the
+# frame's write.
+_HEARTBEAT_FRAME = canonical_json(PodHeartbeat()).decode()
+
+
+def pod_frame(message: PodMessage) -> str:
+    """``message`` as the text frame the task socket carries: its canonical JSON."""
+    if isinstance(message, PodAck):
+        return f'{{"task_id":"{message.task_id}","type":"ack"}}'
+    return _HEARTBEAT_FRAME
+
+
 class TaskStream:
     """The pod's open task WebSocket: pushed messages validated as ``HubPush``, ``PodMessage`` sent."""
 
@@ -124,7 +139,7 @@ class TaskStream:
         return parse_reply(msg.data, _PUSH.validate_python, name="HubPush", what="message on the task connection")
 
     async def send(self, message: PodMessage) -> None:
-        await self._ws.send_str(canonical_json(message).decode())
+        await self._ws.send_str(pod_frame(message))
 
     @property
     def closed(self) -> bool:

@@ -95,6 +95,16 @@ async def test_a_pod_moves_to_the_next_hub_url_when_its_hub_is_unavailable(tmp_p
 NO_SUCH_TASK = "00000000-0000-4000-8000-000000000000"
 
 
+@pytest.mark.parametrize("task_id", [NO_SUCH_TASK, "0123abcd-0123-4567-89ab-0123456789ab"])
+def test_socket_frames_are_the_canonical_json_of_their_messages(task_id: str) -> None:
+    # Written out rather than through the general encoder: the bytes must stay those of canonical_json.
+    from pod_agent.agent.hubclient import pod_frame
+    from pod_agent.protocol import PodAck, PodHeartbeat, canonical_json
+
+    for message in (PodAck(task_id=task_id), PodHeartbeat()):
+        assert pod_frame(message).encode() == canonical_json(message)
+
+
 async def test_acks_go_on_the_open_task_socket_and_by_signed_request_once_it_is_closed(tmp_path: Path) -> None:
     """On the socket an ack is the pod's word about a task pushed there (the hub ignores one about no such
     task, silently); closed, the signed request is back, whose 404 names the task."""
