@@ -40,5 +40,8 @@ class Backoff:
 
     async def wait(self, stop: asyncio.Event) -> None:
         """Sleep the next delay, or less if ``stop`` is set meanwhile."""
+        # A timeout around the wait itself, not wait_for's task around it: thousands of pods of a failed hub
+        # process wait here at once, and the task was most of the wait's CPU.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), self.next_delay())
+            async with asyncio.timeout(self.next_delay()):
+                await stop.wait()

@@ -44,3 +44,12 @@ async def test_wait_ends_early_when_stop_is_set() -> None:
     started = time.monotonic()
     await backoff.wait(stop)
     assert time.monotonic() - started < 1.0
+
+
+async def test_wait_sleeps_its_whole_delay_while_stop_stays_clear() -> None:
+    backoff = Backoff(initial_s=0.2, cap_s=0.2, rng=random.Random(5))
+    delay = Backoff(initial_s=0.2, cap_s=0.2, rng=random.Random(5)).next_delay()  # the same draw
+    started = time.monotonic()
+    await backoff.wait(asyncio.Event())
+    assert delay - 0.01 <= time.monotonic() - started < delay + 1.0
+    assert backoff.failures == 1
