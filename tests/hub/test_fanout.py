@@ -10,11 +10,13 @@ import json
 import time
 from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp import web
 from hub_tasks import SCHEMA_HASH
 
 from pod_agent.hub import create_app, listening, open_storage
-from pod_agent.hub.fanout import ANNOUNCE_FROM_PODS, Fanout, prepare
+from pod_agent.hub.fanout import ANNOUNCE_FROM_PODS, PUSH_BATCH, Fanout, Link, prepare
 from pod_agent.hub.storage import HubTaskRecord
 from pod_agent.modeller.tasks import build_task
 from pod_agent.protocol import (
@@ -161,6 +163,51 @@ async def test_a_hub_without_the_prepared_task_rebuilds_its_cohort_from_registra
     async with listening(create_app(hub.storage, blob_dir=hub.blob_dir), port=0) as third:
         fresh = type(hub)(third, hub.storage, hub.blob_dir, hub.session, hub.db)
         assert (await fresh.caller(pods["pod-00"]).call("GET", "/v1/pod/tasks?wait=0"))[1]["tasks"] == []
+
+
+async def test_a_push_serves_the_event_loop_after_each_push_batch_of_pods_connected_here() -> None:
+    """A heartbeat waits at most one batch of sends for its answer; pods not connected here (only woken) do not
+    count towards a batch."""
+    fanout, links, all_open = Fanout(), [], asyncio.Event()
+    here = [f"p{i:03d}a" for i in range(2 * PUSH_BATCH + 1)]
+    elsewhere = [f"p{i:03d}b" for i in range(2 * PUSH_BATCH + 1)]  # between those here in the cohort's order
+
+    async def socket(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        links.append(Link(request.query["pod"], ws, request.transport))
+        fanout.connect(links[-1])
+        if len(links) == len(here):
+            all_open.set()
+        await ws.receive()  # open until the client closes
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws", socket)
+    tree = cohort_tree([CohortEntry(pod=p, schema_hash=SCHEMA_HASH, key_id="0" * 64) for p in here + elsewhere])
+    record = HubTaskRecord(task_id="t", modeller_id="m", envelope=b'{"payload": {}}', pods=tree.pods, created_at=1)
+    woken: list[str] = []
+    seen: list[int] = []  # pods pushed so far, each time another task of the loop ran during the push
+
+    async def watch() -> None:
+        while True:
+            seen.append(sum("t" in link.sent for link in links))
+            await asyncio.sleep(0)
+
+    unlimited = aiohttp.TCPConnector(limit=0)  # a socket each: the default pool holds 100
+    async with listening(app, port=0) as base, aiohttp.ClientSession(connector=unlimited) as session:
+        clients = [await session.ws_connect(f"{base}/ws?pod={pod}") for pod in here]
+        await asyncio.wait_for(all_open.wait(), 5)
+        watcher = asyncio.create_task(watch())
+        await asyncio.sleep(0)
+        await fanout.push(prepare(record, tree), tree.pods, wake=woken.append)
+        watcher.cancel()
+        received = [json.loads((await ws.receive(timeout=5)).data)["task_id"] for ws in clients]
+        for ws in clients:
+            await ws.close()
+    fanout.settle(collect=False)
+    assert received == ["t"] * len(here) and woken == elsewhere
+    assert sorted(set(seen)) == [0, PUSH_BATCH, 2 * PUSH_BATCH]  # the sends come in batches, nothing else
 
 
 async def test_a_push_holds_the_cyclic_collector_off_until_its_fan_out_settles_and_leaves_it_as_it_found_it() -> None:
