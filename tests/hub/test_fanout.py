@@ -17,6 +17,7 @@ from hub_tasks import SCHEMA_HASH
 
 from pod_agent.hub import create_app, listening, open_storage
 from pod_agent.hub.fanout import ANNOUNCE_FROM_PODS, PUSH_BATCH, Fanout, Link, prepare
+from pod_agent.hub.server import SUBMISSION_SLICE, _parse_submission
 from pod_agent.hub.storage import HubTaskRecord
 from pod_agent.modeller.tasks import build_task
 from pod_agent.protocol import (
@@ -208,6 +209,34 @@ async def test_a_push_serves_the_event_loop_after_each_push_batch_of_pods_connec
     fanout.settle(collect=False)
     assert received == ["t"] * len(here) and woken == elsewhere
     assert sorted(set(seen)) == [0, PUSH_BATCH, 2 * PUSH_BATCH]  # the sends come in batches, nothing else
+
+
+async def test_a_large_cohorts_submission_is_validated_in_slices_with_the_loop_served_between(hub: Any) -> None:
+    """Its entries are validated SUBMISSION_SLICE at a time, as strictly as the whole body at once: a valid one
+    reaches the admission check, and a bad entry far down is named as in any body."""
+    modeller, _ = await _federation(hub, 0)
+    n = 2 * SUBMISSION_SLICE + 1
+    cohort = {f"pod-{i:05d}": IdentityKey.generate() for i in range(n)}
+    _, raw = _submission(modeller, cohort)
+    turns = [0]
+
+    async def watch() -> None:
+        while True:
+            turns[0] += 1
+            await asyncio.sleep(0)
+
+    watcher = asyncio.create_task(watch())
+    await asyncio.sleep(0)
+    parsed = await _parse_submission(raw)
+    watcher.cancel()
+    assert turns[0] >= 3 and parsed == TaskSubmission.model_validate_json(raw)
+    status, body = await hub.caller(modeller).call("POST", "/v1/tasks", raw=raw)
+    assert status == 404 and "unknown pods ['pod-00000'" in body["error"]
+    altered = json.loads(raw)
+    altered["cohort"][n - 2]["key_id"] = "not hex"
+    status, body = await hub.caller(modeller).call("POST", "/v1/tasks", raw=canonical_json(altered))
+    assert status == 400
+    assert body["error"] == f"bad request body: cohort.{n - 2}.key_id: String should match pattern '^[0-9a-f]{{64}}$'"
 
 
 async def test_a_push_holds_the_cyclic_collector_off_until_its_fan_out_settles_and_leaves_it_as_it_found_it() -> None:
