@@ -1,10 +1,14 @@
-"""The ``pod-agent hub serve`` process stays light: no pandas, pyarrow or numpy loaded, idle under 80 MB."""
+"""The ``pod-agent hub serve`` process stays light: no pandas, pyarrow or numpy loaded, idle under 80 MB; its
+collector runs young collections every COLLECT_YOUNG_EVERY allocations, not Python's 700."""
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 from pathlib import Path
+
+from pod_agent.hub.serving import COLLECT_YOUNG_EVERY
 
 # What the hub never needs: the data stack the modeller and the agent load for tables and weights.
 _HEAVY_LIBRARIES = ("pandas", "pyarrow", "numpy", "torch")
@@ -30,3 +34,28 @@ def test_the_hub_process_loads_no_data_stack_and_idles_under_80_mb(tmp_path: Pat
         hub.wait(10)
         if hub.stdout is not None:
             hub.stdout.close()
+
+
+# A hub served as ``pod-agent hub serve`` serves it, that prints its collector's thresholds once it listens.
+_SERVE_AND_SHOW_THRESHOLDS = """
+import asyncio, gc, sys
+from pod_agent.hub.serving import serve
+asyncio.run(serve(db=sys.argv[1], port=0, on_listening=lambda url: print(*gc.get_threshold(), flush=True)))
+"""
+
+
+def test_a_serving_hub_collects_young_objects_every_collect_young_every_allocations(tmp_path: Path) -> None:
+    hub = subprocess.Popen(
+        [sys.executable, "-c", _SERVE_AND_SHOW_THRESHOLDS, str(tmp_path / "hub.sqlite")],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    try:
+        assert hub.stdout is not None
+        young, *older = map(int, hub.stdout.readline().split())
+    finally:
+        hub.kill()
+        hub.wait(10)
+        if hub.stdout is not None:
+            hub.stdout.close()
+    assert young == COLLECT_YOUNG_EVERY > gc.get_threshold()[0]
+    assert older == list(gc.get_threshold()[1:])  # the older generations keep Python's ratios
