@@ -186,6 +186,10 @@ _REGISTER_ROUTES = frozenset({"pods_register", "modellers_register"})
 # The status page checks the operator's admin token itself (hub.status).
 _UNSIGNED_ROUTES = frozenset({"healthz", STATUS_ROUTE})
 _STREAMED_BODY_ROUTES = frozenset({"blob_put"})
+_EMPTY_SHA256 = sha256_hex(b"")
+# Signers' keys kept parsed (by their base64 text, so a re-keyed pod's new key is parsed anew): a fleet's every
+# handshake had decoded, loaded and hashed its key again. Forgotten all at once past this many.
+_PARSED_KEYS = 65_536
 
 _HUB: web.AppKey[_Hub] = web.AppKey("hub", object)  # type: ignore[arg-type]
 _SIGNER: web.RequestKey[str] = web.RequestKey("signer", str)
@@ -268,9 +272,18 @@ class _Hub:
         self.preparing: dict[str, asyncio.Future[PreparedTask]] = {}
         self.background: set[asyncio.Task[None]] = set()  # fan-outs another hub process asked for
         self.sockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
+        self._keys: dict[str, PublicKey] = {}
 
     def now(self) -> int:
         return int(self.clock())
+
+    def parsed_key(self, b64: str) -> PublicKey:
+        key = self._keys.get(b64)
+        if key is None:
+            if len(self._keys) >= _PARSED_KEYS:
+                self._keys.clear()
+            key = self._keys[b64] = PublicKey.from_b64(b64)
+        return key
 
     def wakeup(self, pod: str) -> asyncio.Event:
         return self._wakeups.setdefault(pod, asyncio.Event())
@@ -341,9 +354,8 @@ class _Known:
 async def _known(hub: _Hub, key_id: str) -> _Known:
     standing = await hub.signers.get(key_id)
     record = standing.pod or standing.modeller
-    # Parsed once per request (decoded, loaded, its id hashed): it had been three times, a third of the time
-    # a reconnecting pod's signed handshake took in its authentication.
-    public_key = None if record is None else PublicKey.from_b64(record.public_key)
+    # Kept parsed (decoded, loaded, its id hashed) from one request to the next; the standing is read each time.
+    public_key = None if record is None else hub.parsed_key(record.public_key)
     return _Known(standing.pod, standing.modeller, standing.pending, public_key)
 
 
@@ -361,7 +373,9 @@ async def _authenticate(request: web.Request, route: str | None) -> None:
         hub.rates.check(_UNREGISTERED, now=time.monotonic())
     if route in _STREAMED_BODY_ROUTES:
         # The signature covers an empty body; the sha256 in the path binds the streamed content.
-        body, digest = b"", sha256_hex(b"")
+        body, digest = b"", _EMPTY_SHA256
+    elif not request.body_exists:  # a GET, a pod's task socket: no body to read
+        body, digest = b"", _EMPTY_SHA256
     else:
         body, digest = await _read_capped(request, body_cap(route, request.match_info.get("stage")), route)
     if digest != signed.body_sha256:

@@ -220,6 +220,29 @@ async def test_websocket_upgrade_needs_a_signature(hub: Any) -> None:
         raise AssertionError("unsigned upgrade accepted")
 
 
+async def test_a_bodiless_request_signed_over_a_body_is_rejected(hub: Any) -> None:
+    # A GET (and a pod's socket handshake) has no body to read: it is still held to the body hash it signed.
+    _, pod = await _setup(hub)
+    for path in ("/v1/pod/tasks?wait=0", "/v1/pod/ws"):
+        headers = sign_request(pod, "GET", path, b"a body never sent", now=int(time.time()))
+        async with hub.session.get(hub.base + path, headers=headers) as resp:
+            assert resp.status == 401
+            assert "body does not match its signed sha256" in (await resp.json())["error"]
+
+
+async def test_a_pods_key_is_looked_up_at_each_request_after_its_release(hub: Any) -> None:
+    # Signers' keys are kept parsed between requests; their standing is not: a released key is refused at once.
+    _, old = await _setup(hub)
+    assert (await hub.caller(old).call("GET", "/v1/pod/tasks?wait=0"))[0] == 200
+    assert hub.storage.release_pod("pod-a")
+    status, body = await hub.caller(old).call("GET", "/v1/pod/tasks?wait=0")
+    assert status == 401 and f"key {old.key_id[:16]} is not registered" in body["error"]
+    new = IdentityKey.generate()
+    assert (await hub.caller(new).call("POST", "/v1/pods/register", hub.pod_registration(new, "pod-a")))[0] == 200
+    assert (await hub.caller(new).call("GET", "/v1/pod/tasks?wait=0"))[0] == 200
+    assert (await hub.caller(old).call("GET", "/v1/pod/tasks?wait=0"))[0] == 401
+
+
 async def test_result_upload_is_idempotent_by_task_and_rejects_a_different_result(hub: Any) -> None:
     modeller, pod = await _setup(hub)
     raw = _task(modeller, ["pod-a"])
