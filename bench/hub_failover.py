@@ -19,6 +19,8 @@ Variants:
   it): the second pushes to its pods, and the first's pods reconnect to the second.
 - ``before``: the second process is SIGKILLed just before the task is submitted to the first: its pods are
   between their sockets' end and their reconnection while the task goes out.
+- ``after``: the second process is SIGKILLed, and the task is submitted to the first once every pod of the
+  killed process has its socket open there: the federation's next fan-out, all pods on the survivor.
 
 Then every pod posts a small signed result (through the process its client points at by then) and the
 modeller reads the task's results back. Measured: pods that never got the task (lost), pods that got it more
@@ -96,7 +98,7 @@ from pod_agent.protocol import (
 
 FULL_SIZES = (1000, 4000)
 SMALL_SIZE = 50
-VARIANTS = ("during", "submitter", "before")
+VARIANTS = ("during", "submitter", "before", "after")
 SMALL_VARIANTS = ("submitter", "before")  # the smoke run's: "during" kills as "submitter" does
 # After every pod holds the task: time for a redelivery to a pod whose ack died with the killed process.
 SETTLE_S = 1.0
@@ -140,14 +142,16 @@ async def _heartbeats(pod: _Pod, stream: TaskStream, *, first: bool) -> None:
 
 
 async def _link(
-    pod: _Pod, hub: HubClient, stop: asyncio.Event, delivered: Callable[[_Pod, str], None], modeller: PublicKey
+    pod: _Pod, hub: HubClient, stop: asyncio.Event, delivered: Callable[[_Pod, str], None], modeller: PublicKey,
+    opened: Callable[[_Pod], None],
 ) -> None:
     """The daemon's hub link (``Agent._hub_link`` and ``_websocket_session``) with the pipeline left out;
-    ``delivered(pod, task_id)`` on each verified delivery."""
+    ``delivered(pod, task_id)`` on each verified delivery, ``opened(pod)`` on each socket opened."""
     backoff = Backoff(_AGENT_HUB.backoff_initial_s, _AGENT_HUB.backoff_cap_s)
     registration = _registration(pod.name, pod.key)
     admitted = False  # as the daemon: registered once, again only when the hub refuses the session
     while not stop.is_set():
+        base = hub.base
         try:
             asked = time.time()
             fresh = not admitted
@@ -165,6 +169,7 @@ async def _link(
             async with stream:
                 backoff.reset()
                 pod.sessions.append(_Session(time.time(), hub.base, registered - asked, time.time() - registered))
+                opened(pod)
                 beats = asyncio.create_task(_heartbeats(pod, stream, first=len(pod.sessions) == 1))
                 try:
                     while True:
@@ -180,7 +185,7 @@ async def _link(
         except RETRYABLE:
             pod.failures.append(time.time())
         slept = time.time()
-        await backoff.wait(stop)
+        await backoff.wait(stop, elsewhere=hub.base != base)
         pod.backoff_s.append((slept, time.time() - slept))
 
 
@@ -215,6 +220,7 @@ async def _worker_main(home: str, other: str, names: list[str], conn: Connection
     pods = [_Pod(n, IdentityKey.generate()) for n in names]
     stop = asyncio.Event()
     holding = 0  # pods that hold the task
+    moved: set[str] = set()  # pods with a socket open at the other process
 
     def delivered(pod: _Pod, task_id: str) -> None:
         # Said at once (the harness kills a process on the first delivery), and counted here rather than by a
@@ -228,11 +234,17 @@ async def _worker_main(home: str, other: str, names: list[str], conn: Connection
         if holding == len(pods):
             conn.send({"all": True})
 
+    def opened(pod: _Pod) -> None:
+        if pod.name not in moved and pod.sessions[-1].base != pod.sessions[0].base:
+            moved.add(pod.name)
+            if len(moved) == len(pods):
+                conn.send({"moved": True})
+
     async with contextlib.AsyncExitStack() as stack:
         hubs = [await stack.enter_async_context(HubClient(section, p.key)) for p in pods]
         links = []
         for pod, hub in zip(pods, hubs, strict=True):
-            links.append(asyncio.create_task(_link(pod, hub, stop, delivered, modeller)))
+            links.append(asyncio.create_task(_link(pod, hub, stop, delivered, modeller, opened)))
             await asyncio.sleep(0.002)  # 500 registrations a second per worker, not all in one instant
         while not all(p.sessions for p in pods):
             await asyncio.sleep(0.05)
@@ -338,15 +350,17 @@ def run_once(n: int, variant: str, server: str) -> dict[str, Any]:
                 workers.start(urls[home], urls[1 - home], names[start:start + per_worker], home, modeller.public)
             workers.until("ready", time.time() + 300)
             keys = dict(kv for said in workers.said.values() for kv in said["ready"])
-            if variant == "before":
+            if variant in ("before", "after"):
                 killed_at = time.time()
                 hubs[victim].send_signal(signal.SIGKILL)
+            if variant == "after":
+                workers.until("moved", time.time() + FANOUT_TIMEOUT_S, hub=victim)
             # The submission is answered once the first process's own pushes are out: it is waited for beside
             # the victim's pods, which are told of the task by LISTEN/NOTIFY and pushed to meanwhile.
             with ThreadPoolExecutor(1) as pool:
                 called = time.time()
                 submission = pool.submit(asyncio.run, _submit(urls[0], keys, modeller))
-                if variant != "before":
+                if variant not in ("before", "after"):
                     workers.until("first", time.time() + FANOUT_TIMEOUT_S, hub=victim, some=True)
                     killed_at = time.time()
                     hubs[victim].send_signal(signal.SIGKILL)
@@ -496,7 +510,8 @@ def _print(result: dict[str, Any]) -> None:
     for r in result["runs"]:
         print(
             f"{r['variant']:>9} {r['pods']:>6} pods (load {'/'.join(map(str, r['load_avg_1_5_15']))}): "
-            f"{r['killed_process']} process killed {r['killed_s_after_submission']} s after the submission "
+            f"{r['killed_process']} process killed {abs(r['killed_s_after_submission'])} s "
+            f"{'after' if r['killed_s_after_submission'] >= 0 else 'before'} the submission "
             f"(submission answered: {r['submission_answered']}); {r['moved_pods_holding_at_kill']} of its "
             f"{r['moved_pods']} pods holding the task (and "
             f"{r['moved_pods_served_by_killed']} served by it, the rest out of its sockets' buffers); delivered "

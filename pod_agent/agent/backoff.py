@@ -38,8 +38,17 @@ class Backoff:
     def reset(self) -> None:
         self.failures = 0
 
-    async def wait(self, stop: asyncio.Event) -> None:
-        """Sleep the next delay, or less if ``stop`` is set meanwhile."""
+    async def wait(self, stop: asyncio.Event, *, elsewhere: bool = False) -> None:
+        """Sleep the next delay, or less if ``stop`` is set meanwhile.
+
+        ``elsewhere``: the next try goes to another process of the hub than the one that failed. The first
+        failure since a success then does not wait (it still counts, so a try that fails there waits): the
+        jitter spares a failed process a herd when it comes back, and the other process did not fail. The
+        herd that reaches it instead is the moved pods' reconnections, which the hub's accept queue holds
+        (``hub.serving.LISTEN_BACKLOG``)."""
+        if elsewhere and self.failures == 0:
+            self.failures = 1
+            return
         # A timeout around the wait itself, not wait_for's task around it: thousands of pods of a failed hub
         # process wait here at once, and the task was most of the wait's CPU.
         with contextlib.suppress(TimeoutError):

@@ -421,6 +421,7 @@ class Agent:
         admitted: PodRegistration | None = None
         while True:
             registration = self._registration()
+            base = hub.base
             try:
                 fresh = registration != admitted
                 if fresh:
@@ -455,7 +456,7 @@ class Agent:
                 self.readiness.hub_connected = False
                 self.metrics.reconnected()
                 _log.warning("hub link down: %s; retrying", exc)
-            await backoff.wait(self._stop)
+            await backoff.wait(self._stop, elsewhere=hub.base != base)
 
     def _admitted(self, hub: HubClient) -> None:
         """The hub answered a registration without holding it for approval: the pod is ready."""

@@ -47,14 +47,15 @@ async def hub_with_agent(
     privacy: dict[str, Any] | None = None,
     sandbox_limits: dict[str, Any] | None = None,
     training: dict[str, Any] | None = None,
+    hub: dict[str, Any] | None = None,
     extra_modellers: Sequence[ModellerPolicy] = (),
     middlewares: Sequence[Any] = (),
     other_process: Sequence[Any] | None = None,
     stop_within_s: float = 30,
 ) -> AsyncIterator[HubWithAgent]:
     """``csv_text`` is the pod's datasource; ``policy`` and ``security`` are extra fields of the modeller's
-    ModellerPolicy (role super) and of the SecuritySection (sandbox none); ``privacy``, ``sandbox_limits`` and
-    ``training`` are fields of those sections (warm_worker off unless given); ``extra_modellers`` are more
+    ModellerPolicy (role super) and of the SecuritySection (sandbox none); ``privacy``, ``sandbox_limits``,
+    ``training`` and ``hub`` are fields of those sections (warm_worker off unless given); ``extra_modellers`` are more
     policy entries (their clients are the test's); ``middlewares`` go in front of the hub's own.
     ``other_process`` (its middlewares): the pod's ``hub.url`` is a second server of the same hub (one storage),
     the rig's ``hub_url`` its ``hub.fallback_urls``."""
@@ -68,15 +69,16 @@ async def hub_with_agent(
     app.middlewares[:0] = middlewares
     modeller_key = IdentityKey.generate()
     async with listening(app, port=0) as url, contextlib.AsyncExitStack() as stack:
-        hub = HubSection(url=url, heartbeat_s=0.5, backoff_initial_s=0.05, backoff_cap_s=0.5)
+        section = HubSection(url=url, **{"heartbeat_s": 0.5, "backoff_initial_s": 0.05, "backoff_cap_s": 0.5,
+                                         **(hub or {})})
         if other_process is not None:
             other = create_app(storage)
             other.middlewares[:0] = other_process
-            hub = hub.model_copy(update={"url": await stack.enter_async_context(listening(other, port=0)),
-                                         "fallback_urls": [url]})
+            section = section.model_copy(update={"url": await stack.enter_async_context(listening(other, port=0)),
+                                                 "fallback_urls": [url]})
         settings = PodSettings(
             pod=PodSection(name="pod-a", state_dir=state_dir),
-            hub=hub,
+            hub=section,
             datasource=DatasourceSection(path=data),
             security=SecuritySection(**{"sandbox": "none", **(security or {})}, modellers=[
                 ModellerPolicy(name="m", public_key=modeller_key.public.to_b64(), role="super", **(policy or {})),

@@ -53,3 +53,21 @@ async def test_wait_sleeps_its_whole_delay_while_stop_stays_clear() -> None:
     await backoff.wait(asyncio.Event())
     assert delay - 0.01 <= time.monotonic() - started < delay + 1.0
     assert backoff.failures == 1
+
+
+async def test_the_first_failure_moving_to_another_hub_process_goes_at_once_and_the_next_waits() -> None:
+    backoff = Backoff(initial_s=100.0, cap_s=100.0, rng=random.Random(0))
+    stop = asyncio.Event()
+    started = time.monotonic()
+    await backoff.wait(stop, elsewhere=True)  # the link's process died: its pods try the other at once
+    assert time.monotonic() - started < 1.0 and backoff.failures == 1
+    # That try failed too: it waits now, even moving again (two processes down are not tried in a loop).
+    asyncio.get_running_loop().call_later(0.3, stop.set)
+    await backoff.wait(stop, elsewhere=True)
+    assert time.monotonic() - started >= 0.3
+    # A failure at the same process waits from the first.
+    fresh = Backoff(initial_s=0.2, cap_s=0.2, rng=random.Random(5))
+    delay = Backoff(initial_s=0.2, cap_s=0.2, rng=random.Random(5)).next_delay()
+    started = time.monotonic()
+    await fresh.wait(asyncio.Event())
+    assert time.monotonic() - started >= delay - 0.01

@@ -223,12 +223,14 @@ async def _until(check: Callable[[], bool], what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-async def test_a_pod_whose_hub_process_dies_opens_its_socket_at_the_other_without_trying_the_dead_one_again(
+async def test_a_pod_whose_hub_process_dies_opens_its_socket_at_the_other_at_once_without_trying_the_dead_one(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     dying, other = _PodTraffic(), _PodTraffic()
+    # A backoff step of up to 10 minutes: the move to the other process must not wait for one.
     async with hub_with_agent(
-        tmp_path, DAEMON_CSV, middlewares=[other.middleware], other_process=[dying.middleware], stop_within_s=10
+        tmp_path, DAEMON_CSV, middlewares=[other.middleware], other_process=[dying.middleware], stop_within_s=10,
+        hub={"backoff_initial_s": 600.0, "backoff_cap_s": 600.0},
     ) as rig:
         pod = rig.pod.key_id
         assert dying.of(pod)[-1] == ("/v1/pod/ws", 101) and other.of(pod) == []
