@@ -33,11 +33,11 @@ from pod_agent.sandbox.channel import Channel
 from pod_agent.sandbox.confine import ConfinePlan, apply_rlimits, confine, lower_cpu_limit
 from pod_agent.sandbox.frames import encode_frame, read_frame
 
-# Parent -> child frames are small JSON (plan, request); nothing large ever flows in.
 # What an entry's prepare() may return: run by a fork server's child, in its scratch, while it waits for its
 # task (zygote.py). Held by the caller of prepare(), so the entry keeps no module state for it.
 EntryRehearsal = Callable[[Path], None]
 
+# Parent -> child frames are small JSON (plan, request); nothing large ever flows in.
 _MAX_INBOUND_PAYLOAD_BYTES = 0
 _EXIT_PROTOCOL = 3
 _PR_SET_PDEATHSIG = 1
