@@ -81,13 +81,13 @@ from bench.hub_load import (
 )
 from pod_agent.agent import Backoff, HubClient
 from pod_agent.agent.backoff import RETRYABLE
-from pod_agent.agent.daemon import DEAD_AFTER_HEARTBEATS
 from pod_agent.agent.hubclient import TaskStream
+from pod_agent.agent.tasksockets import hold_task_sockets
 from pod_agent.config import HubSection
 from pod_agent.errors import HubRejected, PodAgentError
 from pod_agent.protocol import (
+    HubPush,
     IdentityKey,
-    PodHeartbeat,
     PublicKey,
     ResultPayload,
     TaskDelivery,
@@ -117,6 +117,7 @@ class _Session:
     base: str
     register_s: float
     handshake_s: float
+    promoted: bool  # a standby that became the task socket: no registration or handshake of its own
 
 
 @dataclass
@@ -129,27 +130,32 @@ class _Pod:
     backoff_s: list[tuple[float, float]] = field(default_factory=list)  # (when it started, seconds slept)
     task_id: str = ""
     posted_s: float | None = None
-
-
-async def _heartbeats(pod: _Pod, stream: TaskStream, *, first: bool) -> None:
-    """The daemon's ``_heartbeats``: one at once, then every HEARTBEAT_S. On a pod's first socket its phase is
-    spread first, as a fleet's pods that started at different times (these all start within a second)."""
-    if first:
-        await asyncio.sleep(HEARTBEAT_S * (hash(pod.name) % 1000) / 1000)
-    while True:
-        await stream.send(PodHeartbeat())
-        await asyncio.sleep(HEARTBEAT_S)
+    standbys: int = 0  # standby sockets opened
 
 
 async def _link(
     pod: _Pod, hub: HubClient, stop: asyncio.Event, delivered: Callable[[_Pod, str], None], modeller: PublicKey,
-    opened: Callable[[_Pod], None],
+    opened: Callable[[_Pod], None], standby: bool,
 ) -> None:
-    """The daemon's hub link (``Agent._hub_link`` and ``_websocket_session``) with the pipeline left out;
-    ``delivered(pod, task_id)`` on each verified delivery, ``opened(pod)`` on each socket opened."""
+    """The daemon's hub link (``Agent._hub_link`` around the agent's own ``hold_task_sockets``) with the
+    pipeline left out; ``delivered(pod, task_id)`` on each verified delivery, ``opened(pod)`` each time a socket
+    becomes the task socket or a standby opens."""
     backoff = Backoff(_AGENT_HUB.backoff_initial_s, _AGENT_HUB.backoff_cap_s)
     registration = _registration(pod.name, pod.key)
     admitted = False  # as the daemon: registered once, again only when the hub refuses the session
+
+    async def on_push(push: HubPush) -> None:
+        if isinstance(push, TaskDelivery):
+            check_inclusion(_payload(push, modeller).cohort, push.proof)
+            pod.deliveries.append((time.time(), len(pod.sessions) - 1))
+            pod.task_id = push.task_id
+            delivered(pod, push.task_id)
+            await hub.ack(push.task_id)
+
+    def on_standby(stream: TaskStream) -> None:
+        pod.standbys += 1
+        opened(pod)
+
     while not stop.is_set():
         base = hub.base
         try:
@@ -159,29 +165,33 @@ async def _link(
                 await hub.register(registration)
                 admitted = True
             registered = time.time()
+            held = len(pod.sessions)
+
+            # Bound now: called only while this hold lasts.
+            def on_open(
+                stream: TaskStream, held: int = held, asked: float = asked, registered: float = registered
+            ) -> None:
+                backoff.reset()
+                # The first socket of this hold was opened now; a later one is a standby promoted.
+                promoted = len(pod.sessions) > held
+                pod.sessions.append(_Session(time.time(), stream.base, 0.0 if promoted else registered - asked,
+                                             0.0 if promoted else time.time() - registered, promoted))
+                opened(pod)
+
+            # On a pod's first socket the first heartbeat's phase is spread, as a fleet's pods that started at
+            # different times (these all start within a second).
+            first_beat_s = 0.0 if pod.sessions else HEARTBEAT_S * (hash(pod.name) % 1000) / 1000
             try:
-                stream = await hub.task_stream(heartbeat_s=HEARTBEAT_S)
+                await hold_task_sockets(
+                    hub, heartbeat_s=HEARTBEAT_S, on_push=on_push, on_open=on_open, standby=standby,
+                    backoff=Backoff(_AGENT_HUB.backoff_initial_s, _AGENT_HUB.backoff_cap_s), on_standby=on_standby,
+                    first_beat_s=first_beat_s,
+                )
             except HubRejected as exc:
                 if exc.status not in (401, 403) or fresh:
                     raise
                 admitted = False
                 continue
-            async with stream:
-                backoff.reset()
-                pod.sessions.append(_Session(time.time(), hub.base, registered - asked, time.time() - registered))
-                opened(pod)
-                beats = asyncio.create_task(_heartbeats(pod, stream, first=len(pod.sessions) == 1))
-                try:
-                    while True:
-                        push = await stream.receive(timeout_s=DEAD_AFTER_HEARTBEATS * HEARTBEAT_S)
-                        if isinstance(push, TaskDelivery):
-                            check_inclusion(_payload(push, modeller).cohort, push.proof)
-                            pod.deliveries.append((time.time(), len(pod.sessions) - 1))
-                            pod.task_id = push.task_id
-                            delivered(pod, push.task_id)
-                            await hub.ack(push.task_id)
-                finally:
-                    beats.cancel()
         except RETRYABLE:
             pod.failures.append(time.time())
         slept = time.time()
@@ -206,17 +216,19 @@ async def _post(pod: _Pod, hub: HubClient, stop: asyncio.Event, gate: asyncio.Se
                 await backoff.wait(stop)
 
 
-def _worker(home: str, other: str, names: list[str], conn: Connection, modeller: str) -> None:
+def _worker(home: str, other: str, names: list[str], conn: Connection, modeller: str, standby: bool) -> None:
     os.nice(POD_NICENESS)
     # Each moved pod's client logs its move to the next URL: thousands of lines that say what the figures count.
     logging.getLogger("pod_agent").setLevel(logging.ERROR)
-    asyncio.run(_worker_main(home, other, names, conn, PublicKey.from_b64(modeller)))
+    asyncio.run(_worker_main(home, other, names, conn, PublicKey.from_b64(modeller), standby))
 
 
-async def _worker_main(home: str, other: str, names: list[str], conn: Connection, modeller: PublicKey) -> None:
+async def _worker_main(
+    home: str, other: str, names: list[str], conn: Connection, modeller: PublicKey, standby: bool
+) -> None:
     """Connect the pods; tell the harness when the first and when every pod holds the task; post results when
     told; report everything when told to stop."""
-    section = HubSection(url=home, fallback_urls=[other], heartbeat_s=HEARTBEAT_S)
+    section = HubSection(url=home, fallback_urls=[other], heartbeat_s=HEARTBEAT_S, standby_socket=standby)
     pods = [_Pod(n, IdentityKey.generate()) for n in names]
     stop = asyncio.Event()
     holding = 0  # pods that hold the task
@@ -235,7 +247,7 @@ async def _worker_main(home: str, other: str, names: list[str], conn: Connection
             conn.send({"all": True})
 
     def opened(pod: _Pod) -> None:
-        if pod.name not in moved and pod.sessions[-1].base != pod.sessions[0].base:
+        if pod.name not in moved and pod.sessions and pod.sessions[-1].base != pod.sessions[0].base:
             moved.add(pod.name)
             if len(moved) == len(pods):
                 conn.send({"moved": True})
@@ -244,9 +256,9 @@ async def _worker_main(home: str, other: str, names: list[str], conn: Connection
         hubs = [await stack.enter_async_context(HubClient(section, p.key)) for p in pods]
         links = []
         for pod, hub in zip(pods, hubs, strict=True):
-            links.append(asyncio.create_task(_link(pod, hub, stop, delivered, modeller, opened)))
+            links.append(asyncio.create_task(_link(pod, hub, stop, delivered, modeller, opened, standby)))
             await asyncio.sleep(0.002)  # 500 registrations a second per worker, not all in one instant
-        while not all(p.sessions for p in pods):
+        while not all(p.sessions and (p.standbys or not standby) for p in pods):
             await asyncio.sleep(0.05)
         conn.send({"ready": [(p.name, p.key.key_id) for p in pods]})
         # The harness's commands read as the pipe becomes readable, not polled for.
@@ -263,7 +275,8 @@ async def _worker_main(home: str, other: str, names: list[str], conn: Connection
             link.cancel()
         await asyncio.gather(*links, return_exceptions=True)
     conn.send({"pods": [
-        {"name": p.name, "sessions": [(s.opened, s.base, s.register_s, s.handshake_s) for s in p.sessions],
+        {"name": p.name,
+         "sessions": [(s.opened, s.base, s.register_s, s.handshake_s, s.promoted) for s in p.sessions],
          "deliveries": p.deliveries, "failures": p.failures, "backoff": p.backoff_s, "posted_s": p.posted_s}
         for p in pods
     ]})
@@ -279,10 +292,10 @@ class _Workers:
         self.procs: list[tuple[BaseProcess, Connection, int]] = []  # (process, pipe, its home hub's index)
         self.said: dict[int, dict[str, Any]] = {}
 
-    def start(self, home: str, other: str, names: list[str], hub: int, modeller: PublicKey) -> None:
+    def start(self, home: str, other: str, names: list[str], hub: int, modeller: PublicKey, standby: bool) -> None:
         spawn = multiprocessing.get_context("spawn")
         parent, child = spawn.Pipe()
-        proc = spawn.Process(target=_worker, args=(home, other, names, child, modeller.to_b64()))
+        proc = spawn.Process(target=_worker, args=(home, other, names, child, modeller.to_b64(), standby))
         proc.start()
         self.said[len(self.procs)] = {}
         self.procs.append((proc, parent, hub))
@@ -326,8 +339,9 @@ def _stats(values: list[float]) -> dict[str, float | int | None]:
             "max": round(max(values), 3)}
 
 
-def run_once(n: int, variant: str, server: str) -> dict[str, Any]:
-    """One failover: two processes, n pods split across them, one process killed as ``variant`` says."""
+def run_once(n: int, variant: str, server: str, *, standby: bool = True) -> dict[str, Any]:
+    """One failover: two processes, n pods split across them (each holding a standby socket at the other
+    process with ``standby``, the agent's default), one process killed as ``variant`` says."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     load = os.getloadavg()
@@ -347,7 +361,8 @@ def run_once(n: int, variant: str, server: str) -> dict[str, Any]:
             per_worker = min(PODS_PER_WORKER, -(-n // 2))
             for start in range(0, n, per_worker):
                 home = (start // per_worker) % 2
-                workers.start(urls[home], urls[1 - home], names[start:start + per_worker], home, modeller.public)
+                workers.start(urls[home], urls[1 - home], names[start:start + per_worker], home, modeller.public,
+                              standby)
             workers.until("ready", time.time() + 300)
             keys = dict(kv for said in workers.said.values() for kv in said["ready"])
             if variant in ("before", "after"):
@@ -396,7 +411,7 @@ def run_once(n: int, variant: str, server: str) -> dict[str, Any]:
                     hub.stdout.close()
             resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     reports = [(pod, workers.procs[i][2]) for i, said in workers.said.items() for pod in said["pods"]]
-    return _figures(n, variant, reports, victim=victim, urls=urls, submitted=submitted, killed_at=killed_at,
+    return _figures(n, variant, standby, reports, victim=victim, urls=urls, submitted=submitted, killed_at=killed_at,
                     stored=stored, complete=everyone and posted, load=load, answered=answered,
                     cpu=(survivor_cpu, pods_cpu), overflows=overflows)
 
@@ -415,9 +430,10 @@ async def _stored(url: str, modeller: IdentityKey, task_id: str) -> int:
         return len({r.pod for r in await client.results(task_id)})
 
 
-def _figures(n: int, variant: str, reports: list[tuple[dict[str, Any], int]], *, victim: int, urls: list[str],
-             submitted: float, killed_at: float, stored: int, complete: bool, load: tuple[float, float, float],
-             answered: bool, cpu: tuple[float, float], overflows: int) -> dict[str, Any]:
+def _figures(n: int, variant: str, standby: bool, reports: list[tuple[dict[str, Any], int]], *, victim: int,
+             urls: list[str], submitted: float, killed_at: float, stored: int, complete: bool,
+             load: tuple[float, float, float], answered: bool, cpu: tuple[float, float],
+             overflows: int) -> dict[str, Any]:
     survivor_url = urls[1 - victim]
     first = {p["name"]: min(t for t, _ in p["deliveries"]) for p, _ in reports if p["deliveries"]}
     moved = [p for p, home in reports if home == victim]
@@ -425,12 +441,15 @@ def _figures(n: int, variant: str, reports: list[tuple[dict[str, Any], int]], *,
     same_link = sum(1 for p, _ in reports if len({s for _, s in p["deliveries"]}) < len(p["deliveries"]))
     again = sum(1 for p, _ in reports if len({s for _, s in p["deliveries"]}) > 1)
     reconnects, noticed, registers, handshakes, slept, tries = [], [], [], [], [], []
+    by_standby = 0
     for p in moved:
         after = [s for s in p["sessions"] if s[0] > killed_at]
         if after:
-            opened, _, register_s, handshake_s = after[0]
+            opened, _, register_s, handshake_s, promoted = after[0]
+            by_standby += promoted
             reconnects.append(opened - killed_at)
-            noticed += [min(at for at in p["failures"] if at >= killed_at) - killed_at]
+            # A standby is promoted as the pod notices its socket's end, with no failure of its link loop.
+            noticed.append(min((at for at in p["failures"] if at >= killed_at), default=opened) - killed_at)
             registers.append(register_s)
             handshakes.append(handshake_s)
             slept.append(sum(s for at, s in p["backoff"] if killed_at <= at < opened))
@@ -445,6 +464,7 @@ def _figures(n: int, variant: str, reports: list[tuple[dict[str, Any], int]], *,
 
     out: dict[str, Any] = {
         "variant": variant,
+        "standby_sockets": standby,
         "pods": n,
         "load_avg_1_5_15": [round(v, 2) for v in load],
         "killed_process": "the submission's" if victim == 0 else "the other",
@@ -467,6 +487,7 @@ def _figures(n: int, variant: str, reports: list[tuple[dict[str, Any], int]], *,
         "reconnect_noticed_s": _stats(noticed),  # the kill to the pod's link failing
         "reconnect_backoff_slept_s": _stats(slept),
         "reconnect_failed_tries": _stats([float(t) for t in tries]),
+        "reconnected_by_standby": by_standby,  # moved pods whose standby became their task socket
         "reregister_s": _stats(registers),
         "socket_handshake_s": _stats(handshakes),
         # From the killed process's end until every pod holds the task: what the survivor spent on the moved
@@ -489,13 +510,14 @@ def _figures(n: int, variant: str, reports: list[tuple[dict[str, Any], int]], *,
 
 
 def run(small: bool, sizes: tuple[int, ...] | None = None, variants: tuple[str, ...] | None = None,
-        server: str | None = None) -> dict[str, Any]:
-    """Each size under each variant, the variants of one size one after another."""
+        server: str | None = None, standby: tuple[bool, ...] = (True,)) -> dict[str, Any]:
+    """Each size under each variant, the variants of one size one after another, each with and without
+    standby sockets as ``standby`` lists (interleaved)."""
     server = server or os.environ.get(POSTGRES_ENV)
     if server is None:
         return {"not_measured": f"{POSTGRES_ENV} is not set (run under .ci/with-postgres)"}
-    runs = [run_once(n, variant, server) for n in sizes or ((SMALL_SIZE,) if small else FULL_SIZES)
-            for variant in variants or (SMALL_VARIANTS if small else VARIANTS)]
+    runs = [run_once(n, variant, server, standby=held) for n in sizes or ((SMALL_SIZE,) if small else FULL_SIZES)
+            for variant in variants or (SMALL_VARIANTS if small else VARIANTS) for held in standby]
     return {"runs": runs, "ok": all(r["ok"] for r in runs)}
 
 
@@ -509,7 +531,8 @@ def _print(result: dict[str, Any]) -> None:
         return
     for r in result["runs"]:
         print(
-            f"{r['variant']:>9} {r['pods']:>6} pods (load {'/'.join(map(str, r['load_avg_1_5_15']))}): "
+            f"{r['variant']:>9} {r['pods']:>6} pods, standby sockets {'on' if r['standby_sockets'] else 'off'} "
+            f"(load {'/'.join(map(str, r['load_avg_1_5_15']))}): "
             f"{r['killed_process']} process killed {abs(r['killed_s_after_submission'])} s "
             f"{'after' if r['killed_s_after_submission'] >= 0 else 'before'} the submission "
             f"(submission answered: {r['submission_answered']}); {r['moved_pods_holding_at_kill']} of its "
@@ -521,7 +544,8 @@ def _print(result: dict[str, Any]) -> None:
             f"    survivor's pods {_s(r['fanout_survivors_pods_s'])}; moved pods {_s(r['fanout_moved_pods_s'])}; "
             f"those of them served only after reconnecting {_s(r['fanout_reconnected_for_it_s'])}\n"
             f"    reconnect {_s(r['reconnect_s'])}: noticed {_s(r['reconnect_noticed_s'])}, backoff slept "
-            f"{_s(r['reconnect_backoff_slept_s'])}, re-registration {_s(r['reregister_s'])}, socket handshake "
+            f"{_s(r['reconnect_backoff_slept_s'])}, standby promoted for {r['reconnected_by_standby']}, "
+            f"re-registration {_s(r['reregister_s'])}, socket handshake "
             f"{_s(r['socket_handshake_s'])}; failed tries p99 {r['reconnect_failed_tries']['p99']}; "
             f"{r['moved_to_survivor']} moved to the survivor, {r['survivors_pods_reconnected']} of the survivor's "
             f"reconnected; CPU from the end of the killed process until all hold the task: survivor "
@@ -536,8 +560,13 @@ def main() -> None:
     parser.add_argument("--pods", type=int, nargs="*", help="pod counts to run instead")
     parser.add_argument("--variant", choices=VARIANTS, action="append", help="run only this variant (repeatable)")
     parser.add_argument("--db", help=f"the PostgreSQL server URL (default ${POSTGRES_ENV})")
+    parser.add_argument("--standby", choices=("on", "off", "both"), default="on",
+                        help="pods hold a standby socket at the other process (the agent's default: on); both: "
+                             "each run with and then without")
     args = parser.parse_args()
-    result = run(args.small, tuple(args.pods) if args.pods else None, tuple(args.variant or ()) or None, args.db)
+    standby = {"on": (True,), "off": (False,), "both": (True, False)}[args.standby]
+    result = run(args.small, tuple(args.pods) if args.pods else None, tuple(args.variant or ()) or None, args.db,
+                 standby)
     show(result, as_json=args.json, table=_print)
 
 

@@ -66,6 +66,7 @@ from pod_agent.agent.hubclient import HubClient, TaskStream
 from pod_agent.agent.pipeline import PipelineOutput, TaskPipeline
 from pod_agent.agent.progress import ProgressLimiter
 from pod_agent.agent.secure_round import PodRoundContext
+from pod_agent.agent.tasksockets import hold_task_sockets
 from pod_agent.config import PodSettings, load_settings
 from pod_agent.data import Datasource, Schema, open_datasource
 from pod_agent.errors import (
@@ -98,7 +99,6 @@ from pod_agent.protocol import (
     HeartbeatAck,
     HubPush,
     IdentityKey,
-    PodHeartbeat,
     PodRegistration,
     ProgressEvent,
     PublicKey,
@@ -124,8 +124,6 @@ INBOX_SIZE = 256
 INBOX_CHARS = 16 * 1024 * 1024
 # Progress events waiting to be sent; when full, new ones are dropped (progress is best effort).
 PROGRESS_QUEUE_SIZE = 64
-# A silent WebSocket is declared dead after this many heartbeat intervals without any message.
-DEAD_AFTER_HEARTBEATS = 3.0
 # Idle loops re-check the state DB this often even without a wake-up (a missed wake-up only delays).
 IDLE_RECHECK_S = 30.0
 # Expired nonces are purged this often.
@@ -466,19 +464,17 @@ class Agent:
             self.readiness.registered = True
 
     async def _websocket_session(self, hub: HubClient, backoff: Backoff) -> None:
-        heartbeat_s = self.settings.hub.heartbeat_s
-        async with await hub.task_stream(heartbeat_s=heartbeat_s) as stream:
+        section = self.settings.hub
+
+        def opened(stream: TaskStream) -> None:
             backoff.reset()
             self.readiness.hub_connected = True
             self.metrics.heartbeat()
-            beats = asyncio.create_task(_heartbeats(stream, heartbeat_s), name="heartbeat")
-            try:
-                while True:
-                    await self._on_push(await stream.receive(timeout_s=DEAD_AFTER_HEARTBEATS * heartbeat_s))
-            finally:
-                beats.cancel()
-                with contextlib.suppress(asyncio.CancelledError, *RETRYABLE):
-                    await beats
+
+        await hold_task_sockets(
+            hub, heartbeat_s=section.heartbeat_s, on_push=self._on_push, on_open=opened,
+            standby=section.standby_socket, backoff=Backoff(section.backoff_initial_s, section.backoff_cap_s),
+        )
 
     async def _on_push(self, push: HubPush) -> None:
         if isinstance(push, HeartbeatAck):
@@ -844,12 +840,6 @@ def _where(exc: BaseException) -> str:
     or a model)."""
     frame = traceback.extract_tb(exc.__traceback__)[-1]
     return f"{type(exc).__name__} at {Path(frame.filename).name}:{frame.lineno}"
-
-
-async def _heartbeats(stream: TaskStream, interval_s: float) -> None:
-    while True:
-        await stream.send(PodHeartbeat())
-        await asyncio.sleep(interval_s)
 
 
 async def _wait_any(*events: asyncio.Event, timeout_s: float) -> None:

@@ -47,6 +47,7 @@ from pod_agent.protocol import (
     PodAck,
     PodHeartbeat,
     PodMessage,
+    PodPromote,
     PodRegisteredStanding,
     PodRegistration,
     ProgressEvent,
@@ -100,12 +101,15 @@ def hub_ssl(section: HubSection) -> ssl.SSLContext | aiohttp.Fingerprint | bool:
 # one per delivery and one per heartbeat, and the general encoder's dump and normalising walk cost more than the
 # frame's write.
 _HEARTBEAT_FRAME = canonical_json(PodHeartbeat()).decode()
+_PROMOTE_FRAME = canonical_json(PodPromote()).decode()
 
 
 def pod_frame(message: PodMessage) -> str:
     """``message`` as the text frame the task socket carries: its canonical JSON."""
     if isinstance(message, PodAck):
         return f'{{"task_id":"{message.task_id}","type":"ack"}}'
+    if isinstance(message, PodPromote):
+        return _PROMOTE_FRAME
     return _HEARTBEAT_FRAME
 
 
@@ -113,17 +117,18 @@ class TaskStream:
     """The pod's open task WebSocket: pushed messages validated as ``HubPush``, ``PodMessage`` sent."""
 
     def __init__(
-        self, ws: aiohttp.ClientWebSocketResponse, *,
+        self, ws: aiohttp.ClientWebSocketResponse, *, base: str = "",
         lost: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext,
     ) -> None:
         self._ws = ws
-        self._lost = lost
+        self.base = base  # the hub URL it is open to
+        self.lost = lost
 
     async def receive(self, *, timeout_s: float) -> HubPush:
         """The next pushed message; HubUnavailable when the hub is silent ``timeout_s`` or closes the
         connection, HubMisbehaved when it sends one over the cap, not UTF-8 or not a ``HubPush`` (each
         under ``lost``: the client's failover)."""
-        with self._lost():
+        with self.lost():
             return await self._receive(timeout_s)
 
     async def _receive(self, timeout_s: float) -> HubPush:
@@ -183,6 +188,11 @@ class HubClient:
         """The hub URL calls go to now."""
         return self._bases[self._current]
 
+    @property
+    def standby_base(self) -> str | None:
+        """The hub URL a standby task socket goes to: the next of the hub's URLs, if it has more than one."""
+        return self._bases[(self._current + 1) % len(self._bases)] if len(self._bases) > 1 else None
+
     @contextlib.contextmanager
     def _failing_over(self) -> Iterator[None]:
         """On HubUnavailable, the next call goes to the next of the hub's URLs (if it has more than one)."""
@@ -228,15 +238,36 @@ class HubClient:
         does not offer it (fall back to ``pending_tasks``)."""
         headers = sign_request(self.key, "GET", "/v1/pod/ws", b"", now=int(time.time()))
         with self._failing_over():
-            self._stream = TaskStream(await self._open_ws(headers, heartbeat_s=heartbeat_s), lost=self._failing_over)
+            ws = await self._open_ws(self.base, "/v1/pod/ws", headers, heartbeat_s=heartbeat_s)
+            self._stream = TaskStream(ws, base=self.base, lost=self._failing_over)
             return self._stream
 
-    async def _open_ws(self, headers: dict[str, str], *, heartbeat_s: float) -> aiohttp.ClientWebSocketResponse:
+    async def standby_stream(self, *, heartbeat_s: float) -> TaskStream:
+        """Open a standby task WebSocket at ``standby_base``: the hub pushes nothing on it until ``promote``.
+        Its failures do not move the client to another URL (the socket in use is elsewhere)."""
+        base = self.standby_base
+        if base is None:
+            raise HubError("a standby task socket needs another hub URL: set hub.fallback_urls")
+        path = "/v1/pod/ws?standby=1"
+        headers = sign_request(self.key, "GET", path, b"", now=int(time.time()))
+        return TaskStream(await self._open_ws(base, path, headers, heartbeat_s=heartbeat_s), base=base)
+
+    async def promote(self, stream: TaskStream) -> None:
+        """Make the standby ``stream`` the pod's task socket: the hub pushes on it from now, and calls and acks
+        go to its URL."""
+        await stream.send(PodPromote())
+        self._current = self._bases.index(stream.base)
+        stream.lost = self._failing_over
+        self._stream = stream
+
+    async def _open_ws(
+        self, base: str, path: str, headers: dict[str, str], *, heartbeat_s: float
+    ) -> aiohttp.ClientWebSocketResponse:
         try:
             # The handshake is bounded like any request: a hub that never answers it holds no loop.
             async with asyncio.timeout(self._timeout_s):
                 ws = await self.session.ws_connect(
-                    self.base + "/v1/pod/ws", headers=headers, ssl=self._ssl, autoping=True,
+                    base + path, headers=headers, ssl=self._ssl, autoping=True,
                     receive_timeout=None, max_msg_size=MAX_REPLY_BYTES,
                     timeout=aiohttp.ClientWSTimeout(ws_close=heartbeat_s),
                 )
@@ -247,9 +278,9 @@ class HubClient:
                 ) from exc
             raise HubUnavailable(f"hub WebSocket handshake failed ({exc.status})", status=exc.status) from exc
         except aiohttp.ClientError as exc:
-            raise HubUnavailable(f"hub {self.base} unreachable for the WebSocket: {exc}") from exc
+            raise HubUnavailable(f"hub {base} unreachable for the WebSocket: {exc}") from exc
         except TimeoutError as exc:
-            raise HubUnavailable(f"hub {self.base} did not open the WebSocket within {self._timeout_s:g} s") from exc
+            raise HubUnavailable(f"hub {base} did not open the WebSocket within {self._timeout_s:g} s") from exc
         return ws
 
     async def pending_tasks(self, *, wait_s: float) -> PendingTasks:

@@ -58,6 +58,10 @@ class HubSection(_Section):
     # Other processes of the same hub (one database behind them all): when the current one is unreachable,
     # the pod's next try goes to the next URL in turn (same TLS options for all).
     fallback_urls: list[str] = []
+    # With fallback_urls: hold a standby task socket at the next URL, so that when the current process dies the
+    # pod's tasks go on at once over a socket already open there (no new signed handshake in the crowd of pods
+    # moving at once). Costs the hub one more idle socket per pod.
+    standby_socket: bool = True
     ca_bundle: Path | None = None
     pinned_cert_sha256: str | None = None  # hex sha256 of the hub's DER certificate
     unsafe_allow_http: bool = False  # plain http to a non-loopback hub; logged at each start

@@ -145,6 +145,7 @@ class Link:
     pod: str
     ws: web.WebSocketResponse
     transport: asyncio.BaseTransport | None
+    standby: bool = False  # held open for the pod at this process, not pushed on (until promoted)
     sent: set[str] = field(default_factory=set)
 
     def idle(self) -> bool:

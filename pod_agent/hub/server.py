@@ -33,6 +33,8 @@ Routes (JSON bodies; errors are ``{"error": text}`` with a 4xx/5xx status):
     POST /v1/pods/register                  pod registers or updates itself
     POST /v1/pod/heartbeat                  pod is alive (long-poll mode)
     GET  /v1/pod/ws                         WebSocket: tasks pushed, acks and heartbeats back
+    GET  /v1/pod/ws?standby=1               a pod's standby WebSocket: heartbeats only until it sends
+                                            "promote" (its socket at another process ended), then as above
     GET  /v1/pod/tasks?wait=S               long poll: pending tasks
     POST /v1/pod/tasks/{task_id}/ack        pod has recorded the task
     POST /v1/pod/tasks/{task_id}/refusal    pod refused: {"code": ...}
@@ -621,7 +623,13 @@ async def _pod_tasks(request: web.Request) -> web.Response:
 
 
 async def _pod_ws(request: web.Request) -> web.WebSocketResponse:
-    """Push pending tasks; read acks and heartbeats. Every connection starts by resending all pending."""
+    """Push pending tasks; read acks and heartbeats. Every connection starts by resending all pending.
+
+    A standby socket (``?standby=1``, inside the signed path) is one a pod holds open at this process while
+    its tasks come on a socket at another: nothing is pushed on it and its heartbeats are answered without
+    being recorded, until the pod sends ``promote`` because that other socket ended (its process died). Then
+    it is served as a socket opened now, without the signed handshake that thousands of pods moving at once
+    would each cost this process (~0.4 ms of CPU apiece)."""
     hub = _hub(request)
     pod = _signer_pod(request)
     # A pod sends heartbeats and acks on its socket, nothing larger. No permessage-deflate: the zlib state
@@ -630,22 +638,40 @@ async def _pod_ws(request: web.Request) -> web.WebSocketResponse:
     ws = web.WebSocketResponse(max_msg_size=MAX_SMALL_BODY_BYTES, compress=False)
     await ws.prepare(request)
     hub.sockets.add(ws)
-    link = Link(pod.name, ws, request.transport)
-    hub.fanout.connect(link)
-    hub.writes.touch(pod.name, hub.now())  # written with the heartbeats: no thread hop per connecting pod
-    pusher = asyncio.create_task(_push_loop(hub, link), name=f"push:{pod.name}")
+    link = Link(pod.name, ws, request.transport, standby=request.query.get("standby") == "1")
+    pusher = None if link.standby else _serve_link(hub, link)
     try:
         async for msg in ws:
             if msg.type != WSMsgType.TEXT:
                 break
-            await _on_pod_message(hub, link, msg.data)
+            if await _on_pod_message(hub, link, msg.data) and pusher is None:
+                if not await _still_registered(hub, request[_SIGNER], pod.name):
+                    await ws.close(message=b"this key is no longer the pod's registered key: register again")
+                    break
+                link.standby = False
+                pusher = _serve_link(hub, link)
     finally:
-        pusher.cancel()
-        # The pod may vanish mid-send; its tasks stay pending and go out again on its next connection.
-        with contextlib.suppress(asyncio.CancelledError, ConnectionError):
-            await pusher
-        hub.fanout.disconnect(link)
+        if pusher is not None:
+            pusher.cancel()
+            # The pod may vanish mid-send; its tasks stay pending and go out again on its next connection.
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                await pusher
+            hub.fanout.disconnect(link)
     return ws
+
+
+def _serve_link(hub: _Hub, link: Link) -> asyncio.Task[None]:
+    """``link`` is one of its pod's task sockets from now: pushed to, and its pending tasks sent."""
+    hub.fanout.connect(link)
+    hub.writes.touch(link.pod, hub.now())  # written with the heartbeats: no thread hop per connecting pod
+    return asyncio.create_task(_push_loop(hub, link), name=f"push:{link.pod}")
+
+
+async def _still_registered(hub: _Hub, key_id: str, pod: str) -> bool:
+    """Whether ``key_id`` is still ``pod``'s registered key (a standby socket may have been opened hours before
+    its promotion, and the pod released or its key rotated since)."""
+    standing = await hub.signers.get(key_id)
+    return standing.pod is not None and standing.pod.name == pod
 
 
 async def _push_loop(hub: _Hub, link: Link) -> None:
@@ -663,24 +689,27 @@ async def _push_loop(hub: _Hub, link: Link) -> None:
         announced = hub.fanout.take(link.pod)
 
 
-async def _on_pod_message(hub: _Hub, link: Link, data: str) -> None:
+async def _on_pod_message(hub: _Hub, link: Link, data: str) -> bool:
     """A heartbeat is answered at once; its touch, and an ack, are gathered and written in the background
     (``batching.GatheredWrites``), so the pod's next message is read while a fan-out's acks are written.
     The socket's handshake was signed by the pod's key: what comes on it is the pod's word. An ack counts
     only for a task pushed on this connection (any other is no delivery of this pod's, or one the hub
-    delivers again), so what a pod sends cannot make the hub write more than its tasks."""
+    delivers again), so what a pod sends cannot make the hub write more than its tasks. A standby socket's
+    heartbeats are not recorded: the pod's other socket's are. Whether the pod asked to promote the socket."""
     try:
         msg = json.loads(data)
         kind = msg["type"]
     except (ValueError, KeyError, TypeError):
         await link.ws.close(message=b"malformed message")
-        return
+        return False
     now = hub.now()
     if kind == "heartbeat":
         await link.ws.send_str(f'{{"type": "heartbeat_ack", "now": {now}}}')
-        hub.writes.touch(link.pod, now)
+        if not link.standby:
+            hub.writes.touch(link.pod, now)
     elif kind == "ack" and isinstance(task_id := msg.get("task_id"), str) and task_id in link.sent:
         hub.writes.ack(task_id, link.pod, now)
+    return bool(kind == "promote")
 
 
 def _no_task_for(task_id: str, pod: str) -> HubError:

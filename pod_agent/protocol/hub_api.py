@@ -93,8 +93,14 @@ class PodAck(WireModel):
     task_id: TaskId
 
 
+class PodPromote(WireModel):
+    """On a standby task socket (opened with ``?standby=1``): from now on this is the pod's socket, push on it."""
+
+    type: Literal["promote"] = "promote"
+
+
 # What a pod sends on its WebSocket.
-PodMessage = Annotated[PodHeartbeat | PodAck, Field(discriminator="type")]
+PodMessage = Annotated[PodHeartbeat | PodAck | PodPromote, Field(discriminator="type")]
 
 
 # -- replies (pods and modellers parse) ----------------------------------------------------------

@@ -194,16 +194,16 @@ class _PodTraffic:
     ) -> web.StreamResponse:
         signer = request.headers.get("X-Pod-Key-Id", "")
         if self.dead:
-            self.requests.append((signer, request.path, 503))
+            self.requests.append((signer, request.path_qs, 503))
             return web.json_response({"error": "this hub process is gone"}, status=503)
         socket = request.path == "/v1/pod/ws"
         if socket and request.transport is not None:
             self.sockets.append(request.transport)  # type: ignore[arg-type]
         # A socket's handler returns when it closes: it counts as open (101) from its arrival.
         at = len(self.requests)
-        self.requests.append((signer, request.path, 101 if socket else 0))
+        self.requests.append((signer, request.path_qs, 101 if socket else 0))
         response = await handler(request)
-        self.requests[at] = (signer, request.path, response.status)
+        self.requests[at] = (signer, request.path_qs, response.status)
         return response
 
     def of(self, key_id: str) -> list[tuple[str, int]]:
@@ -215,6 +215,9 @@ class _PodTraffic:
         self.sockets.clear()
 
 
+_STANDBY = "/v1/pod/ws?standby=1"
+
+
 async def _until(check: Callable[[], bool], what: str) -> None:
     for _ in range(200):
         if check():
@@ -223,7 +226,7 @@ async def _until(check: Callable[[], bool], what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-async def test_a_pod_whose_hub_process_dies_opens_its_socket_at_the_other_at_once_without_trying_the_dead_one(
+async def test_a_pod_whose_hub_process_dies_goes_on_over_its_standby_socket_at_the_other_with_no_handshake(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     dying, other = _PodTraffic(), _PodTraffic()
@@ -231,6 +234,45 @@ async def test_a_pod_whose_hub_process_dies_opens_its_socket_at_the_other_at_onc
     async with hub_with_agent(
         tmp_path, DAEMON_CSV, middlewares=[other.middleware], other_process=[dying.middleware], stop_within_s=10,
         hub={"backoff_initial_s": 600.0, "backoff_cap_s": 600.0},
+    ) as rig:
+        pod = rig.pod.key_id
+        await _until(lambda: other.of(pod) == [(_STANDBY, 101)], "the pod's standby socket at the other process")
+        assert dying.of(pod)[-1] == ("/v1/pod/ws", 101)
+        dying.dead = True
+        dying.cut()
+        task = build_task(
+            modeller_id=rig.modeller.key.key_id, cohort=entries(["pod-a"], rig.pod.schema_hash), kind="schema-stats")
+        await rig.modeller.submit_task(task, cohort_of(task))
+        result = (await rig.modeller.wait_results(task.task_id, ["pod-a"], timeout_s=20))["pod-a"]
+        assert isinstance(result, VerifiedResult) and result.payload.status == "done"
+        # The task came on the promoted standby: no socket opened at the other process since, no registration;
+        # the result went there. The pod's next standby is asked of the dead process (refused there).
+        assert [r for r in other.of(pod) if r[0].startswith(("/v1/pod/ws", "/v1/pods/"))] == [(_STANDBY, 101)]
+        assert ("/v1/pod/results", 201) in other.of(pod)
+        assert ("/v1/pod/ws", 503) not in dying.of(pod)
+    assert f"the standby at {rig.hub_url} takes over" in caplog.text
+
+
+async def test_a_standby_socket_that_ends_is_opened_again_and_the_task_socket_stays(tmp_path: Path) -> None:
+    home, other = _PodTraffic(), _PodTraffic()
+    async with hub_with_agent(
+        tmp_path, DAEMON_CSV, middlewares=[other.middleware], other_process=[home.middleware], stop_within_s=10,
+    ) as rig:
+        pod = rig.pod.key_id
+        await _until(lambda: other.of(pod) == [(_STANDBY, 101)], "the pod's standby socket at the other process")
+        other.cut()
+        await _until(lambda: other.of(pod) == [(_STANDBY, 101)] * 2, "the standby opened again")
+        assert [r for r in home.of(pod) if r[0].startswith("/v1/pod/ws")] == [("/v1/pod/ws", 101)]
+
+
+async def test_without_a_standby_a_pod_whose_hub_process_dies_opens_its_socket_at_the_other_at_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    dying, other = _PodTraffic(), _PodTraffic()
+    # A backoff step of up to 10 minutes: the move to the other process must not wait for one.
+    async with hub_with_agent(
+        tmp_path, DAEMON_CSV, middlewares=[other.middleware], other_process=[dying.middleware], stop_within_s=10,
+        hub={"backoff_initial_s": 600.0, "backoff_cap_s": 600.0, "standby_socket": False},
     ) as rig:
         pod = rig.pod.key_id
         assert dying.of(pod)[-1] == ("/v1/pod/ws", 101) and other.of(pod) == []

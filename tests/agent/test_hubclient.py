@@ -99,9 +99,9 @@ NO_SUCH_TASK = "00000000-0000-4000-8000-000000000000"
 def test_socket_frames_are_the_canonical_json_of_their_messages(task_id: str) -> None:
     # Written out rather than through the general encoder: the bytes must stay those of canonical_json.
     from pod_agent.agent.hubclient import pod_frame
-    from pod_agent.protocol import PodAck, PodHeartbeat, canonical_json
+    from pod_agent.protocol import PodAck, PodHeartbeat, PodPromote, canonical_json
 
-    for message in (PodAck(task_id=task_id), PodHeartbeat()):
+    for message in (PodAck(task_id=task_id), PodHeartbeat(), PodPromote()):
         assert pod_frame(message).encode() == canonical_json(message)
 
 

@@ -13,66 +13,36 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from hub_tasks import SCHEMA_HASH
+from hub_tasks import SCHEMA_HASH, checked_delivery, federation, keyed_submission
 
 from pod_agent.hub import create_app, listening, open_storage
 from pod_agent.hub.fanout import ANNOUNCE_FROM_PODS, PUSH_BATCH, Fanout, Link, prepare
 from pod_agent.hub.server import SUBMISSION_SLICE, _parse_submission
 from pod_agent.hub.storage import HubTaskRecord
-from pod_agent.modeller.tasks import build_task
 from pod_agent.protocol import (
     CohortEntry,
-    CohortProof,
     IdentityKey,
-    TaskPayload,
     TaskSubmission,
     canonical_json,
-    check_inclusion,
     cohort_tree,
-    sign_envelope,
     sign_request,
 )
 
 
-async def _federation(hub: Any, n: int) -> tuple[IdentityKey, dict[str, IdentityKey]]:
-    modeller = IdentityKey.generate()
-    body = {"name": "m", "public_key": modeller.public.to_b64()}
-    assert (await hub.caller(modeller).call("POST", "/v1/modellers/register", body))[0] == 200
-    pods = {f"pod-{i:02d}": IdentityKey.generate() for i in range(n)}
-    for name, key in pods.items():
-        assert (await hub.caller(key).call("POST", "/v1/pods/register", hub.pod_registration(key, name)))[0] == 200
-    return modeller, pods
-
-
-def _submission(modeller: IdentityKey, pods: dict[str, IdentityKey]) -> tuple[TaskPayload, bytes]:
-    cohort = [CohortEntry(pod=name, schema_hash=SCHEMA_HASH, key_id=key.key_id) for name, key in pods.items()]
-    task = build_task(modeller_id=modeller.key_id, cohort=cohort, kind="schema-stats")
-    return task, canonical_json(TaskSubmission(envelope=sign_envelope(task, modeller), cohort=cohort))
-
-
-def _checked(delivery: dict[str, Any], pod: str) -> CohortProof:
-    """The delivery's proof, checked against the signed task's root as a pod's verifier does."""
-    payload = TaskPayload.model_validate(json.loads(delivery["envelope"])["payload"])
-    proof = CohortProof.model_validate(delivery["proof"])
-    assert proof.entry.pod == pod
-    check_inclusion(payload.cohort, proof)
-    return proof
-
-
 async def test_each_pod_is_pushed_the_task_with_its_own_entry_and_proof(hub: Any) -> None:
     """A cohort this large is announced to the connected pods: their pushes read nothing back from storage."""
-    modeller, pods = await _federation(hub, ANNOUNCE_FROM_PODS)
+    modeller, pods = await federation(hub, ANNOUNCE_FROM_PODS)
     headers = sign_request(pods["pod-00"], "GET", "/v1/pod/ws", b"", now=int(time.time()))
     ws = await hub.session.ws_connect(hub.base + "/v1/pod/ws", headers=headers)
-    task, raw = _submission(modeller, pods)
+    task, raw = keyed_submission(modeller, pods)
     assert (await hub.caller(modeller).call("POST", "/v1/tasks", raw=raw))[0] == 201
     pushed = json.loads((await ws.receive(timeout=5)).data)
     await ws.close()
     assert pushed["task_id"] == task.task_id
-    assert _checked(pushed, "pod-00").entry.key_id == pods["pod-00"].key_id
+    assert checked_delivery(pushed, "pod-00").entry.key_id == pods["pod-00"].key_id
     status, polled = await hub.caller(pods["pod-01"]).call("GET", "/v1/pod/tasks?wait=0")
     assert status == 200 and [t["task_id"] for t in polled["tasks"]] == [task.task_id]
-    _checked(polled["tasks"][0], "pod-01")
+    checked_delivery(polled["tasks"][0], "pod-01")
     assert "pod-02" not in json.dumps(pushed) and "pod-02" not in json.dumps(polled)  # no roster travels
 
 
@@ -82,7 +52,7 @@ async def test_a_large_cohorts_task_reaches_its_pods_connected_to_another_hub_pr
     """The process that took the task tells the others once; each pushes it once to each pod connected to it
     (within seconds: a push loop left to find it in storage would wait up to 30 s), its cohort rebuilt from
     the pods' registrations."""
-    modeller, pods = await _federation(hub, ANNOUNCE_FROM_PODS)
+    modeller, pods = await federation(hub, ANNOUNCE_FROM_PODS)
     storage, cluster = open_storage(hub.db)
     try:
         async with listening(create_app(storage, blob_dir=hub.blob_dir, cluster=cluster), port=0) as other:
@@ -91,7 +61,7 @@ async def test_a_large_cohorts_task_reaches_its_pods_connected_to_another_hub_pr
                 headers = sign_request(pods[name], "GET", "/v1/pod/ws", b"", now=int(time.time()))
                 sockets[name] = await hub.session.ws_connect(other + "/v1/pod/ws", headers=headers)
             await asyncio.sleep(0.5)  # the other process LISTENing, the pods' pending tasks (none) read
-            task, raw = _submission(modeller, pods)
+            task, raw = keyed_submission(modeller, pods)
             assert (await hub.caller(modeller).call("POST", "/v1/tasks", raw=raw))[0] == 201
             pushed = {name: json.loads((await ws.receive(timeout=5)).data) for name, ws in sockets.items()}
             for ws in sockets.values():  # once: no second copy from the pod's own push loop
@@ -102,45 +72,45 @@ async def test_a_large_cohorts_task_reaches_its_pods_connected_to_another_hub_pr
         storage.close()
     for name, delivery in pushed.items():
         assert delivery["task_id"] == task.task_id
-        _checked(delivery, name)
+        checked_delivery(delivery, name)
 
 
 async def test_a_small_cohorts_push_also_sends_the_pods_other_pending_deliveries(hub: Any) -> None:
     """Woken by a small cohort's task, a push reads storage: a delivery pending there that no submission here
     announced (another hub process's) goes out with it."""
-    modeller, pods = await _federation(hub, 2)
+    modeller, pods = await federation(hub, 2)
     headers = sign_request(pods["pod-00"], "GET", "/v1/pod/ws", b"", now=int(time.time()))
     ws = await hub.session.ws_connect(hub.base + "/v1/pod/ws", headers=headers)
-    elsewhere, raw = _submission(modeller, pods)
+    elsewhere, raw = keyed_submission(modeller, pods)
     record = HubTaskRecord(task_id=elsewhere.task_id, modeller_id=modeller.key_id, pods=tuple(pods),
                            envelope=canonical_json(json.loads(raw)["envelope"]), created_at=int(time.time()))
     hub.storage.add_task(record)
-    here, raw = _submission(modeller, pods)
+    here, raw = keyed_submission(modeller, pods)
     assert (await hub.caller(modeller).call("POST", "/v1/tasks", raw=raw))[0] == 201
     pushed = [json.loads((await ws.receive(timeout=5)).data) for _ in range(2)]
     await ws.close()
     assert {d["task_id"] for d in pushed} == {elsewhere.task_id, here.task_id}
     for delivery in pushed:
-        _checked(delivery, "pod-00")
+        checked_delivery(delivery, "pod-00")
 
 
 async def test_what_a_pod_receives_grows_with_log2_of_the_cohort(hub: Any) -> None:
-    modeller, pods = await _federation(hub, 32)
+    modeller, pods = await federation(hub, 32)
     sizes = {}
     for n in (2, 32):
         cohort = dict(list(pods.items())[:n])
-        task, raw = _submission(modeller, cohort)
+        task, raw = keyed_submission(modeller, cohort)
         assert (await hub.caller(modeller).call("POST", "/v1/tasks", raw=raw))[0] == 201
         _, polled = await hub.caller(pods["pod-00"]).call("GET", "/v1/pod/tasks?wait=0")
         delivery = next(t for t in polled["tasks"] if t["task_id"] == task.task_id)
         sizes[n] = len(json.dumps(delivery))
-        assert len(_checked(delivery, "pod-00").path) == (n - 1).bit_length()
+        assert len(checked_delivery(delivery, "pod-00").path) == (n - 1).bit_length()
     assert sizes[32] - sizes[2] < 4 * 70  # four more hashes on the path; 30 more pods listed would be ~3 kB
 
 
 async def test_entries_that_do_not_give_the_signed_root_are_refused(hub: Any) -> None:
-    modeller, pods = await _federation(hub, 3)
-    _, raw = _submission(modeller, pods)
+    modeller, pods = await federation(hub, 3)
+    _, raw = keyed_submission(modeller, pods)
     altered = json.loads(raw)
     altered["cohort"][1]["schema_hash"] = "cd" * 32
     status, body = await hub.caller(modeller).call("POST", "/v1/tasks", raw=canonical_json(altered))
@@ -150,14 +120,14 @@ async def test_entries_that_do_not_give_the_signed_root_are_refused(hub: Any) ->
 
 async def test_a_hub_without_the_prepared_task_rebuilds_its_cohort_from_registrations(hub: Any) -> None:
     """A second hub on the same database (as after a restart) holds no prepared copy of the task."""
-    modeller, pods = await _federation(hub, 3)
-    task, raw = _submission(modeller, pods)
+    modeller, pods = await federation(hub, 3)
+    task, raw = keyed_submission(modeller, pods)
     assert (await hub.caller(modeller).call("POST", "/v1/tasks", raw=raw))[0] == 201
     async with listening(create_app(hub.storage, blob_dir=hub.blob_dir), port=0) as other:
         restarted = type(hub)(other, hub.storage, hub.blob_dir, hub.session, hub.db)
         _, polled = await restarted.caller(pods["pod-01"]).call("GET", "/v1/pod/tasks?wait=0")
         assert [t["task_id"] for t in polled["tasks"]] == [task.task_id]
-        _checked(polled["tasks"][0], "pod-01")
+        checked_delivery(polled["tasks"][0], "pod-01")
         # pod-02 registers another schema since: the rebuilt cohort no longer gives the signed root.
         again = hub.pod_registration(pods["pod-02"], "pod-02", schema_hash="cd" * 32)
         assert (await restarted.caller(pods["pod-02"]).call("POST", "/v1/pods/register", again))[0] == 200
@@ -214,10 +184,10 @@ async def test_a_push_serves_the_event_loop_after_each_push_batch_of_pods_connec
 async def test_a_large_cohorts_submission_is_validated_in_slices_with_the_loop_served_between(hub: Any) -> None:
     """Its entries are validated SUBMISSION_SLICE at a time, as strictly as the whole body at once: a valid one
     reaches the admission check, and a bad entry far down is named as in any body."""
-    modeller, _ = await _federation(hub, 0)
+    modeller, _ = await federation(hub, 0)
     n = 2 * SUBMISSION_SLICE + 1
     cohort = {f"pod-{i:05d}": IdentityKey.generate() for i in range(n)}
-    _, raw = _submission(modeller, cohort)
+    _, raw = keyed_submission(modeller, cohort)
     turns = [0]
 
     async def watch() -> None:
