@@ -5,8 +5,11 @@ How pods find the other process: the way an operator configures a real pod, ``hu
 URL when a call finds its hub unavailable) with the agent's ``Backoff`` at the agent's defaults, and its link
 loop is the daemon's (``Agent._hub_link``): register, open the signed task WebSocket, heartbeat, verify and ack
 each pushed task on the socket; on any retryable failure wait a backoff step and open the socket again (at
-the next URL when the socket ended), registering anew only when the hub refuses it. No TCP front is put
-before the hubs: it would be a third process that can die, and the agent needs none.
+the next URL when the socket ended), registering anew only when the hub refuses it. Its sockets are the agent's own
+``hold_task_sockets``: with the agent's default ``hub.standby_socket`` each pod also holds a standby socket at
+the other process, and when its process dies it promotes that one (one frame, no handshake) instead of opening
+a new one; ``--standby off`` runs without (``both``: each run with, then without). No TCP front is put before
+the hubs: it would be a third process that can die, and the agent needs none.
 
 Half the pods live on each process (worker processes of PODS_PER_WORKER pods, niced as in hub_load); the task
 (an evaluate task for every pod, its cohort committed by a Merkle root) is submitted to the first process.
@@ -27,10 +30,12 @@ modeller reads the task's results back. Measured: pods that never got the task (
 than once (on one connection: a hub bug; again after reconnecting: an ack the dead process took with it, which
 the agent's state ignores), fan-out latency from the submission (p50/p99/max) for all pods, the survivor's
 pods and the pods that had to reconnect, and for those their reconnection (kill to task socket open on the
-survivor) with its parts: time slept in backoff, the re-registration and the socket's signed handshake;
-results stored against N.
+survivor, or its standby promoted there) with its parts: time slept in backoff, the re-registration and the
+socket's signed handshake (none for a promoted standby); the hubs' RSS with every pod connected; results
+stored against N.
 
-    python -m bench.hub_failover [--pods N ...] [--variant during|submitter|before] [--db URL] [--small] [--json]
+    python -m bench.hub_failover [--pods N ...] [--variant during|submitter|before|after] [--standby on|off|both]
+                                 [--db URL] [--small] [--json]
         (--small: 50 pods, variants submitter and before; default 1000 4000, every variant;
         needs PostgreSQL: --db or $POD_AGENT_TEST_POSTGRES)
 
@@ -76,6 +81,7 @@ from bench.hub_load import (
     _percentile,
     _py_spy,
     _registration,
+    _rss_mb,
     _start_hub,
     _submit,
 )
@@ -184,7 +190,7 @@ async def _link(
             try:
                 await hold_task_sockets(
                     hub, heartbeat_s=HEARTBEAT_S, on_push=on_push, on_open=on_open, standby=standby,
-                    backoff=Backoff(_AGENT_HUB.backoff_initial_s, _AGENT_HUB.backoff_cap_s), on_standby=on_standby,
+                    backoff_cap_s=_AGENT_HUB.backoff_cap_s, on_standby=on_standby,
                     first_beat_s=first_beat_s,
                 )
             except HubRejected as exc:
@@ -365,6 +371,7 @@ def run_once(n: int, variant: str, server: str, *, standby: bool = True) -> dict
                               standby)
             workers.until("ready", time.time() + 300)
             keys = dict(kv for said in workers.said.values() for kv in said["ready"])
+            connected_mb = [_rss_mb(h.pid) for h in hubs]  # every pod's sockets open (and standbys)
             if variant in ("before", "after"):
                 killed_at = time.time()
                 hubs[victim].send_signal(signal.SIGKILL)
@@ -413,7 +420,7 @@ def run_once(n: int, variant: str, server: str, *, standby: bool = True) -> dict
     reports = [(pod, workers.procs[i][2]) for i, said in workers.said.items() for pod in said["pods"]]
     return _figures(n, variant, standby, reports, victim=victim, urls=urls, submitted=submitted, killed_at=killed_at,
                     stored=stored, complete=everyone and posted, load=load, answered=answered,
-                    cpu=(survivor_cpu, pods_cpu), overflows=overflows)
+                    cpu=(survivor_cpu, pods_cpu), overflows=overflows, connected_mb=connected_mb)
 
 
 def _listen_overflows() -> int:
@@ -433,7 +440,7 @@ async def _stored(url: str, modeller: IdentityKey, task_id: str) -> int:
 def _figures(n: int, variant: str, standby: bool, reports: list[tuple[dict[str, Any], int]], *, victim: int,
              urls: list[str], submitted: float, killed_at: float, stored: int, complete: bool,
              load: tuple[float, float, float], answered: bool, cpu: tuple[float, float],
-             overflows: int) -> dict[str, Any]:
+             overflows: int, connected_mb: list[float]) -> dict[str, Any]:
     survivor_url = urls[1 - victim]
     first = {p["name"]: min(t for t, _ in p["deliveries"]) for p, _ in reports if p["deliveries"]}
     moved = [p for p, home in reports if home == victim]
@@ -497,6 +504,7 @@ def _figures(n: int, variant: str, standby: bool, reports: list[tuple[dict[str, 
         # Connections the kernel dropped meanwhile because a listening socket's accept queue was full (the
         # host's count): each such pod's connect is retried by its kernel 1 s later, then 3 s.
         "listen_overflows": overflows,
+        "hub_rss_connected_mb": [round(v, 1) for v in connected_mb],
         "moved_to_survivor": sum(1 for p in moved if p["sessions"] and p["sessions"][-1][1] == survivor_url),
         "survivors_pods_reconnected": sum(1 for p in stayed if len(p["sessions"]) > 1),
         "result_post_s": _stats([p["posted_s"] for p, _ in reports if p["posted_s"] is not None]),
@@ -550,7 +558,8 @@ def _print(result: dict[str, Any]) -> None:
             f"{r['moved_to_survivor']} moved to the survivor, {r['survivors_pods_reconnected']} of the survivor's "
             f"reconnected; CPU from the end of the killed process until all hold the task: survivor "
             f"{r['survivor_cpu_s']} s, simulated pods {r['pods_cpu_s']} s; connections dropped at a full accept "
-            f"queue {r['listen_overflows']}\n"
+            f"queue {r['listen_overflows']}; hubs' RSS with every pod connected "
+            f"{'/'.join(map(str, r['hub_rss_connected_mb']))} MB\n"
             f"    results stored {r['results_stored']} of {r['pods']} (post {_s(r['result_post_s'])}); ok {r['ok']}"
         )
 

@@ -473,7 +473,7 @@ class Agent:
 
         await hold_task_sockets(
             hub, heartbeat_s=section.heartbeat_s, on_push=self._on_push, on_open=opened,
-            standby=section.standby_socket, backoff=Backoff(section.backoff_initial_s, section.backoff_cap_s),
+            standby=section.standby_socket, backoff_cap_s=section.backoff_cap_s,
         )
 
     async def _on_push(self, push: HubPush) -> None:
