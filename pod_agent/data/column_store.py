@@ -49,7 +49,7 @@ from pod_agent.errors import DataError
 from pod_agent.protocol import canonical_json
 
 if TYPE_CHECKING:
-    from pod_agent.data.datasource import Datasource
+    from pod_agent.data.datasource import Datasource, FileIdentity
     from pod_agent.data.schema import Schema
 
 _log = logging.getLogger(__name__)
@@ -201,10 +201,11 @@ class ColumnStore:
         would hold up its exit); ``table()`` then returns None."""
         self._stopping.set()
 
-    def table(self, ds: Datasource, schema: Schema) -> EncodedTable | None:
-        """The encoded table of ``ds`` as its files are now: the one held, else the one kept under this key,
-        else built now; None where it cannot be built (logged once per key)."""
-        key = store_key(ds, schema)
+    def table(self, ds: Datasource, schema: Schema, *, files: FileIdentity | None = None) -> EncodedTable | None:
+        """The encoded table of ``ds`` as its files are now (``files``: their ``ds.identity()`` if the caller has
+        it): the one held, else the one kept under this key, else built now; None where it cannot be built
+        (logged once per key)."""
+        key = store_key(ds, schema, files=files)
         with self._lock:
             if self._table is not None and self._table.key == key:
                 return self._table
@@ -321,12 +322,13 @@ def _encoded_batch(
     return pa.record_batch(arrays, schema=arrow_schema)
 
 
-def store_key(ds: Datasource, schema: Schema) -> str:
-    """sha256 of everything the store depends on: the data files' identity, how they are read, the schema."""
+def store_key(ds: Datasource, schema: Schema, *, files: FileIdentity | None = None) -> str:
+    """sha256 of everything the store depends on: the data files' identity (``files``, else read now), how they
+    are read, the schema."""
     described = {
         "datasource": ds.section.model_dump(mode="json"),
         "schema": schema.hash(),
-        "files": ds.identity(),
+        "files": ds.identity() if files is None else files,
         "version": STORE_VERSION,
     }
     return hashlib.sha256(canonical_json(described)).hexdigest()

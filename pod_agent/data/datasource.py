@@ -22,6 +22,8 @@ from pod_agent.data.schema import Schema, Stype
 from pod_agent.errors import DataError
 
 DEFAULT_BATCH_ROWS = 65_536
+# Path, inode, size and mtime (ns) of each data file (``Datasource.identity``).
+FileIdentity = list[list[str | int]]
 Format = Literal["csv", "parquet", "image-folders"]
 _PARQUET_MAGIC = b"PAR1"
 
@@ -92,7 +94,7 @@ class Datasource:
     def path(self) -> Path:
         return self.section.path
 
-    def identity(self) -> list[list[str | int]]:
+    def identity(self) -> FileIdentity:
         """Path, inode, size and mtime (ns) of each data file, the images a table's rows name included: what
         changes when the data does, for the caches of what is prepared from it (``input_cache``,
         ``column_store``)."""
@@ -100,7 +102,7 @@ class Datasource:
         if self.section.images is not None and self.section.images.dir != self.path:
             # The images a table's rows name are data too: a changed image makes a new key.
             files += sorted(p for p in self.section.images.dir.rglob("*") if p.is_file())
-        identity: list[list[str | int]] = []
+        identity: FileIdentity = []
         for path in files:
             st = path.stat()
             identity.append([str(path), st.st_ino, st.st_size, st.st_mtime_ns])

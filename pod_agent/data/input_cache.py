@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pod_agent.data.column_store import ColumnStore
-from pod_agent.data.datasource import Datasource
+from pod_agent.data.datasource import Datasource, FileIdentity
 from pod_agent.data.schema import Schema
 from pod_agent.data.task_input import DATA_FILE_NAME, FILE_LAYOUT_VERSION, TaskInput, prepare_task_input
 from pod_agent.errors import DataError
@@ -81,10 +81,11 @@ class TaskInputCache:
             )
         with self._lock:
             self._make_root()
-            key = cache_key(ds, schema, selection, share_categories=share_categories)
+            files = ds.identity()  # one walk of the data files for the key here and the column store's
+            key = cache_key(ds, schema, selection, share_categories=share_categories, files=files)
             entry = self._entry(key, rehash=workers_can_write or key not in self._hashed)
             if entry is None:
-                entry = self._store(key, ds, schema, selection, share_categories=share_categories)
+                entry = self._store(key, ds, schema, selection, share_categories=share_categories, files=files)
             self._hashed.add(key)
             out_dir.mkdir(parents=True, exist_ok=True)
             dest = out_dir / DATA_FILE_NAME
@@ -117,12 +118,13 @@ class TaskInputCache:
         return _Entry(folder / DATA_FILE_NAME, datastructure)
 
     def _store(
-        self, key: str, ds: Datasource, schema: Schema, selection: DataSelection, *, share_categories: bool
+        self, key: str, ds: Datasource, schema: Schema, selection: DataSelection, *, share_categories: bool,
+        files: FileIdentity,
     ) -> _Entry:
         staging = Path(tempfile.mkdtemp(prefix=".new-", dir=self.root))
         try:
             prepared = prepare_task_input(
-                ds, schema, selection, staging, share_categories=share_categories, columns=self.columns
+                ds, schema, selection, staging, share_categories=share_categories, columns=self.columns, files=files
             )
             prepared.path.chmod(0o400)  # nobody writes an entry once it exists, the agent included
             (staging / _SHA256_FILE).write_text(_file_sha256(prepared.path))
@@ -152,14 +154,16 @@ class TaskInputCache:
                 total -= size
 
 
-def cache_key(ds: Datasource, schema: Schema, selection: DataSelection, *, share_categories: bool) -> str:
-    """sha256 of everything a prepared input depends on, the data files' identity included."""
+def cache_key(
+    ds: Datasource, schema: Schema, selection: DataSelection, *, share_categories: bool, files: FileIdentity
+) -> str:
+    """sha256 of everything a prepared input depends on, the data files' identity (``files``) included."""
     described = {
         "datasource": ds.section.model_dump(mode="json"),  # how the files are read: parse options, stypes
         "schema": schema.hash(),
         "selection": selection.model_dump(mode="json"),
         "share_categories": share_categories,
-        "files": ds.identity(),
+        "files": files,
         "layout": FILE_LAYOUT_VERSION,  # an entry written by an older agent in another layout is never served
     }
     return hashlib.sha256(canonical_json(described)).hexdigest()

@@ -99,6 +99,7 @@ from pod_agent.protocol import DataSelection
 
 if TYPE_CHECKING:
     from pod_agent.data import Datasource, Schema
+    from pod_agent.data.datasource import FileIdentity
 
 DATA_FILE_NAME = "data.arrow"
 # What prepare_task_input writes (see File layout); part of the input cache's key, bumped when that changes.
@@ -195,6 +196,7 @@ def prepare_task_input(
     *,
     share_categories: bool,
     columns: ColumnStore | None = None,
+    files: FileIdentity | None = None,
 ) -> TaskInput:
     """Write ``out_dir/data.arrow`` for ``selection`` and return it with its datastructure.
 
@@ -203,6 +205,7 @@ def prepare_task_input(
     ``columns``, the pod's column store: a tabular selection is read from its encoded table
     (built first if the data files changed since) when it holds every selected column, and the
     file is the same as one read from the datasource; images and text are read from the datasource.
+    ``files``: the data files' ``ds.identity()`` where the caller has just read it (not read again).
 
     Raises DataError naming the column when a selected column is missing, is the
     target, or has a semantic type that cannot be a tabular feature (text, image),
@@ -216,7 +219,7 @@ def prepare_task_input(
         raise DataError(f"task input: scaling names {unscalable}, which are not selected continuous columns")
     split = selection.split
     task = "classification" if target.stype == "categorical" else "regression"
-    rows = _rows(ds, schema, [*(p.name for p in plans), target.name], media=media, columns=columns)
+    rows = _rows(ds, schema, [*(p.name for p in plans), target.name], media=media, columns=columns, files=files)
 
     # Pass 1: split assignment, class counts, training-row moments of continuous columns.
     # Categorical columns are not read until pass 2. Columns the task scales need no moments
@@ -292,12 +295,13 @@ def prepare_task_input(
 
 
 def _rows(
-    ds: Datasource, schema: Schema, names: list[str], *, media: _Media | None, columns: ColumnStore | None
+    ds: Datasource, schema: Schema, names: list[str], *, media: _Media | None, columns: ColumnStore | None,
+    files: FileIdentity | None,
 ) -> Callable[[list[str]], Iterable[EncodedBatch]]:
     """What reads the named columns' record batches in encoded terms: the column store's table where it holds
     every one of ``names`` (a tabular selection), else the datasource's batches, encoded as they are read."""
     if media is None and columns is not None:
-        table = columns.table(ds, schema)
+        table = columns.table(ds, schema, files=files)
         if table is not None and table.columns.issuperset(names):
             return lambda _: table.batches()
     indexes = category_indexes(schema)

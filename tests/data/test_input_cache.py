@@ -121,3 +121,23 @@ def test_the_cache_keeps_to_its_size_evicting_the_least_recently_used(tmp_path: 
         _prepare(cache, ds, tmp_path / f"task{seed}", SELECTION.model_copy(update={"split": Split(seed=seed)}))
     held = sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
     assert len([d for d in root.iterdir() if d.is_dir()]) == 2 and held <= one * 2.5
+
+
+def test_a_miss_prepared_from_the_column_store_walks_the_data_files_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The entry's key and the column store's are both of the files as one walk found them (a stat a file:
+    for an image datasource, every image)."""
+    from pod_agent.data.column_store import ColumnStore
+
+    ds = _source(tmp_path / "t.parquet", 500)
+    columns = ColumnStore(tmp_path / "state" / "columns", max_bytes=1 << 30)
+    assert columns.table(ds, ds.schema()) is not None  # built at start, as the agent does
+    walks = []
+    identity = ds.identity
+    monkeypatch.setattr(ds, "identity", lambda: walks.append(1) or identity())
+    cache = TaskInputCache(tmp_path / "state" / "input-cache", max_bytes=1 << 30, columns=columns)
+    prepared = _prepare(cache, ds, tmp_path / "task1")
+    assert len(walks) == 1
+    fresh = prepare_task_input(ds, ds.schema(), SELECTION, tmp_path / "fresh", share_categories=False)
+    assert prepared.read_bytes() == fresh.path.read_bytes()
