@@ -9,17 +9,17 @@ intervals, never pushed on). When the task socket ends, the standby is promoted 
 (``HubClient.promote``) and is the task socket from then on, and a new standby is opened towards the
 next URL (the one that failed, with two).
 
+Why ahead: when a hub process dies, every pod it served would otherwise open a signed socket at the
+survivor in the same second, ~0.4 ms of the survivor's CPU and ~0.6 ms of the pod's each (~2 s of one
+core per 5,000 pods), while the survivor fans out the task that must reach them. Opened ahead, those
+handshakes were paid when nothing waited on them; a promotion costs a frame and the pending tasks' read.
+
 A standby is a spare, so it is opened again unhurried: after one ends, and after a promotion (whose next
 URL is the process that just failed), the next try waits a full-jitter step of at least the standby's
 heartbeat interval (``STANDBY_HEARTBEAT_EVERY`` heartbeats, 60 s by default). When a process dies, the pods
 of the whole federation lose a socket there; retried at the task socket's pace, their tries at the dead
 process took more of the pods' CPU than the moved pods' promotions (10,000 pods: 10.6 s against 5.0 s
 without standbys), and they would meet a restarted process as one herd.
-
-Why ahead: when a hub process dies, every pod it served would otherwise open a signed socket at the
-survivor in the same second, ~0.4 ms of the survivor's CPU and ~0.6 ms of the pod's each (~2 s of one
-core per 5,000 pods), while the survivor fans out the task that must reach them. Opened ahead, those
-handshakes were paid when nothing waited on them; a promotion costs a frame and the pending tasks' read.
 """
 
 from __future__ import annotations
@@ -135,8 +135,12 @@ class _Standby:
         self._opener = None
         self._on_open(stream)
 
-    def _on_end(self, _: object) -> None:
-        self._ended, self._socket = self._socket, None
+    def _on_end(self, reader: asyncio.Task[None]) -> None:
+        ended = self._ended = self._socket
+        self._socket = None
+        if ended is not None:
+            why = "cancelled" if reader.cancelled() else reader.exception()
+            _log.debug("standby task socket at %s ended: %s", ended.stream.base, why)
         self._try_later()
 
     async def _standby_push(self, push: HubPush) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import subprocess
 import sys
 import time
@@ -18,7 +20,7 @@ from pod_agent.agent.hubclient import HubClient
 from pod_agent.agent.pipeline import PipelineOutput, TaskPipeline
 from pod_agent.modeller import ModellerClient, VerifiedResult, build_task
 from pod_agent.policy import PrivacyFloor
-from pod_agent.protocol import IdentityKey
+from pod_agent.protocol import IdentityKey, cohort_tree, envelope_bytes, sign_envelope
 from pod_agent.protocol.messages import ProgressEvent
 
 DAEMON_CSV = "age,hours,TARGET\n" + "".join(
@@ -263,6 +265,56 @@ async def test_a_standby_socket_that_ends_is_opened_again_and_the_task_socket_st
         other.cut()
         await _until(lambda: other.of(pod) == [(_STANDBY, 101)] * 2, "the standby opened again")
         assert [r for r in home.of(pod) if r[0].startswith("/v1/pod/ws")] == [("/v1/pod/ws", 101)]
+
+
+async def test_a_hostile_process_holding_the_standby_is_an_outage_of_the_standby_only(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The process that holds the pod's standby pushes on it a task signed by a key the pod does not know, then a
+    frame that is no HubPush: the pod refuses the task as it would from any hub, drops that standby, and its
+    tasks go on over its task socket at the other process."""
+    stranger, go, done = IdentityKey.generate(), asyncio.Event(), asyncio.Event()
+    forged: list[str] = []
+
+    @web.middleware
+    async def hostile(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if request.path_qs != _STANDBY or done.is_set():
+            return await handler(request)
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await go.wait()
+        task = build_task(modeller_id=stranger.key_id, cohort=entries(["pod-a"], forged[0]), kind="schema-stats")
+        await ws.send_str(json.dumps({
+            "type": "task", "task_id": task.task_id, "envelope": envelope_bytes(sign_envelope(task, stranger)).decode(),
+            "proof": json.loads(cohort_tree(cohort_of(task)).proof_json("pod-a")),
+        }))
+        await ws.send_str("not a HubPush")
+        done.set()
+        await ws.receive()
+        return ws
+
+    with caplog.at_level(logging.DEBUG, logger="pod_agent.agent.tasksockets"):
+        async with hub_with_agent(
+            tmp_path, DAEMON_CSV, middlewares=[hostile], other_process=[], stop_within_s=10,
+        ) as rig:
+            forged.append(rig.pod.schema_hash)
+            go.set()
+            await asyncio.wait_for(done.wait(), 10)
+            task = build_task(
+                modeller_id=rig.modeller.key.key_id, cohort=entries(["pod-a"], rig.pod.schema_hash),
+                kind="schema-stats",
+            )
+            # Submitted where the pod's task socket is (the rig's two servers share storage, not wake-ups).
+            async with ModellerClient(rig.pod_hub_url, rig.modeller.key) as modeller:
+                await modeller.submit_task(task, cohort_of(task))
+                result = (await modeller.wait_results(task.task_id, ["pod-a"], timeout_s=20))["pod-a"]
+            assert isinstance(result, VerifiedResult) and result.payload.status == "done"
+    assert "task refused: unknown_signer" in caplog.text
+    ended = f"standby task socket at {rig.hub_url} ended: hub's message on the task connection is not usable JSON"
+    assert ended in caplog.text
+    assert "takes over" not in caplog.text
 
 
 async def test_without_a_standby_a_pod_whose_hub_process_dies_opens_its_socket_at_the_other_at_once(

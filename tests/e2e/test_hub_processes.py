@@ -2,8 +2,8 @@
 
 The pod is connected to one process while the modeller submits through the other, so each task
 reaches the pod by the database's LISTEN/NOTIFY; then the pod's process is killed, and the pod
-moves to the other through its ``hub.fallback_urls``, with no task or result lost; a modeller reading through
-the killed process goes on through its ``--fallback-hub``.
+moves to the other through its ``hub.fallback_urls`` (promoting the standby socket it holds there), with no
+task or result lost; a modeller reading through the killed process goes on through its ``--fallback-hub``.
 """
 
 from __future__ import annotations
@@ -57,12 +57,13 @@ def test_two_hub_processes_on_postgresql_serve_one_federation_and_losing_one_los
         shown = via_b.cli("results", first, "--out", str(tmp_path / "first"), "--wait", "30").stdout
         assert shown.splitlines()[1].split()[:2] == ["pod-1", "done"], shown
 
-        # B dies with a task on its way: the pod reconnects to A, which delivers it; a later one too.
+        # B dies with a task on its way: the pod's standby at A takes over, and A delivers it; a later one too.
         second = via_a.cli("submit", "--pods", "pod-1", "--kind", "schema-stats").stdout.strip()
         b.kill()
         third = via_a.cli("submit", "--pods", "pod-1", "--kind", "schema-stats").stdout.strip()
         wait_for(lambda: _result_in(db, second) and _result_in(db, third), timeout_s=30, what="both results")
         assert f"hub {b.url} unavailable; the next try goes to {a.url}" in pod.log_text()
+        assert f"the standby at {a.url} takes over" in pod.log_text()
         # The modeller who read through B goes on through A, its --fallback-hub.
         via_b_then_a = replace(via_b, extra=["--fallback-hub", a.url])
         shown = via_b_then_a.cli("results", second, "--out", str(tmp_path / "second"), "--wait", "30")
