@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from agent_support import HubWithAgent, hub_with_agent
@@ -228,25 +230,39 @@ async def _until(check: Callable[[], bool], what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+@contextlib.asynccontextmanager
+async def _with_a_process_to_kill(
+    tmp_path: Path, **hub: Any
+) -> AsyncIterator[tuple[HubWithAgent, _PodTraffic, _PodTraffic]]:
+    """The pod's task socket at a second server of the rig's hub (``dying``'s traffic), the rig's own the other;
+    ``hub`` more fields of the pod's hub section. A backoff step of up to 10 minutes: no move to the other
+    process may wait for one."""
+    dying, other = _PodTraffic(), _PodTraffic()
+    async with hub_with_agent(
+        tmp_path, DAEMON_CSV, middlewares=[other.middleware], other_process=[dying.middleware], stop_within_s=10,
+        hub={"backoff_initial_s": 600.0, "backoff_cap_s": 600.0, **hub},
+    ) as rig:
+        yield rig, dying, other
+
+
+async def _schema_stats_done(modeller: ModellerClient, schema_hash: str) -> None:
+    """A schema-stats task for pod-a submitted through ``modeller``: its result comes back, done."""
+    task = build_task(modeller_id=modeller.key.key_id, cohort=entries(["pod-a"], schema_hash), kind="schema-stats")
+    await modeller.submit_task(task, cohort_of(task))
+    result = (await modeller.wait_results(task.task_id, ["pod-a"], timeout_s=20))["pod-a"]
+    assert isinstance(result, VerifiedResult) and result.payload.status == "done"
+
+
 async def test_a_pod_whose_hub_process_dies_goes_on_over_its_standby_socket_at_the_other_with_no_handshake(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    dying, other = _PodTraffic(), _PodTraffic()
-    # A backoff step of up to 10 minutes: the move to the other process must not wait for one.
-    async with hub_with_agent(
-        tmp_path, DAEMON_CSV, middlewares=[other.middleware], other_process=[dying.middleware], stop_within_s=10,
-        hub={"backoff_initial_s": 600.0, "backoff_cap_s": 600.0},
-    ) as rig:
+    async with _with_a_process_to_kill(tmp_path) as (rig, dying, other):
         pod = rig.pod.key_id
         await _until(lambda: other.of(pod) == [(_STANDBY, 101)], "the pod's standby socket at the other process")
         assert dying.of(pod)[-1] == ("/v1/pod/ws", 101)
         dying.dead = True
         dying.cut()
-        task = build_task(
-            modeller_id=rig.modeller.key.key_id, cohort=entries(["pod-a"], rig.pod.schema_hash), kind="schema-stats")
-        await rig.modeller.submit_task(task, cohort_of(task))
-        result = (await rig.modeller.wait_results(task.task_id, ["pod-a"], timeout_s=20))["pod-a"]
-        assert isinstance(result, VerifiedResult) and result.payload.status == "done"
+        await _schema_stats_done(rig.modeller, rig.pod.schema_hash)
         # The task came on the promoted standby: no socket opened at the other process since, no registration;
         # the result went there. The pod's next standby is asked of the dead process (refused there).
         assert [r for r in other.of(pod) if r[0].startswith(("/v1/pod/ws", "/v1/pods/"))] == [(_STANDBY, 101)]
@@ -302,15 +318,9 @@ async def test_a_hostile_process_holding_the_standby_is_an_outage_of_the_standby
             forged.append(rig.pod.schema_hash)
             go.set()
             await asyncio.wait_for(done.wait(), 10)
-            task = build_task(
-                modeller_id=rig.modeller.key.key_id, cohort=entries(["pod-a"], rig.pod.schema_hash),
-                kind="schema-stats",
-            )
             # Submitted where the pod's task socket is (the rig's two servers share storage, not wake-ups).
             async with ModellerClient(rig.pod_hub_url, rig.modeller.key) as modeller:
-                await modeller.submit_task(task, cohort_of(task))
-                result = (await modeller.wait_results(task.task_id, ["pod-a"], timeout_s=20))["pod-a"]
-            assert isinstance(result, VerifiedResult) and result.payload.status == "done"
+                await _schema_stats_done(modeller, rig.pod.schema_hash)
     assert "task refused: unknown_signer" in caplog.text
     ended = f"standby task socket at {rig.hub_url} ended: hub's message on the task connection is not usable JSON"
     assert ended in caplog.text
@@ -320,12 +330,7 @@ async def test_a_hostile_process_holding_the_standby_is_an_outage_of_the_standby
 async def test_without_a_standby_a_pod_whose_hub_process_dies_opens_its_socket_at_the_other_at_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    dying, other = _PodTraffic(), _PodTraffic()
-    # A backoff step of up to 10 minutes: the move to the other process must not wait for one.
-    async with hub_with_agent(
-        tmp_path, DAEMON_CSV, middlewares=[other.middleware], other_process=[dying.middleware], stop_within_s=10,
-        hub={"backoff_initial_s": 600.0, "backoff_cap_s": 600.0, "standby_socket": False},
-    ) as rig:
+    async with _with_a_process_to_kill(tmp_path, standby_socket=False) as (rig, dying, other):
         pod = rig.pod.key_id
         assert dying.of(pod)[-1] == ("/v1/pod/ws", 101) and other.of(pod) == []
         dying.dead = True
@@ -335,11 +340,7 @@ async def test_without_a_standby_a_pod_whose_hub_process_dies_opens_its_socket_a
         # its first request there opens the socket.
         assert dying.of(pod)[-1] == ("/v1/pod/ws", 101)
         assert other.of(pod) == [("/v1/pod/ws", 101)]
-        task = build_task(
-            modeller_id=rig.modeller.key.key_id, cohort=entries(["pod-a"], rig.pod.schema_hash), kind="schema-stats")
-        await rig.modeller.submit_task(task, cohort_of(task))
-        result = (await rig.modeller.wait_results(task.task_id, ["pod-a"], timeout_s=20))["pod-a"]
-        assert isinstance(result, VerifiedResult) and result.payload.status == "done"
+        await _schema_stats_done(rig.modeller, rig.pod.schema_hash)
     assert f"hub {rig.pod_hub_url} unavailable; the next try goes to {rig.hub_url}" in caplog.text
 
 
