@@ -373,10 +373,9 @@ async def _authenticate(request: web.Request, route: str | None) -> None:
         if not registering:
             raise ProtocolError(f"key {signed.key_id[:16]} is not registered with the hub: register it first")
         hub.rates.check(_UNREGISTERED, now=time.monotonic())
-    if route in _STREAMED_BODY_ROUTES:
-        # The signature covers an empty body; the sha256 in the path binds the streamed content.
-        body, digest = b"", _EMPTY_SHA256
-    elif not request.body_exists:  # a GET, a pod's task socket: no body to read
+    if route in _STREAMED_BODY_ROUTES or not request.body_exists:
+        # The signature covers an empty body: a streamed upload's (the sha256 in its path binds the content), or
+        # a request with none to read (a GET, a pod's task socket).
         body, digest = b"", _EMPTY_SHA256
     else:
         body, digest = await _read_capped(request, body_cap(route, request.match_info.get("stage")), route)
