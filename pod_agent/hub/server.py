@@ -667,10 +667,11 @@ def _serve_link(hub: _Hub, link: Link) -> asyncio.Task[None]:
 
 
 async def _still_registered(hub: _Hub, key_id: str, pod: str) -> bool:
-    """Whether ``key_id`` is still ``pod``'s registered key (a standby socket may have been opened hours before
-    its promotion, and the pod released or its key rotated since)."""
+    """Whether ``key_id`` is still ``pod``'s registered key and not held for approval, as ``_authenticate``
+    requires of every request (a standby socket may have been opened hours before its promotion, and the pod
+    released, its key rotated or held for approval since)."""
     standing = await hub.signers.get(key_id)
-    return standing.pod is not None and standing.pod.name == pod
+    return standing.pod is not None and standing.pod.name == pod and not standing.pending
 
 
 async def _push_loop(hub: _Hub, link: Link) -> None:

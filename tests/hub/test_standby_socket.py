@@ -16,6 +16,7 @@ from hub_tasks import checked_delivery, federation, keyed_submission
 
 from pod_agent.hub import create_app, listening, open_storage
 from pod_agent.hub.fanout import ANNOUNCE_FROM_PODS
+from pod_agent.hub.storage import PendingKey
 from pod_agent.protocol import IdentityKey, sign_request
 
 STANDBY = "/v1/pod/ws?standby=1"
@@ -66,6 +67,18 @@ async def test_a_standby_of_a_pod_released_since_it_opened_is_closed_at_promotio
     _, raw = keyed_submission(modeller, pods)
     assert (await hub.caller(modeller).call("POST", "/v1/tasks", raw=raw))[0] == 201
     assert hub.storage.release_pod("pod-00")
+    await ws.send_str('{"type":"promote"}')
+    closing = await ws.receive(timeout=5)
+    assert closing.type is aiohttp.WSMsgType.CLOSE
+    assert "no longer the pod's registered key" in closing.extra
+
+
+async def test_a_standby_whose_key_is_held_for_approval_since_it_opened_is_closed_at_promotion(hub: Any) -> None:
+    modeller, pods = await federation(hub, 2)
+    ws = await _open(hub, pods["pod-00"], STANDBY)
+    _, raw = keyed_submission(modeller, pods)
+    assert (await hub.caller(modeller).call("POST", "/v1/tasks", raw=raw))[0] == 201
+    hub.storage.add_pending_key(PendingKey(pods["pod-00"].key_id, "pod", "pod-00", requested_at=int(time.time())))
     await ws.send_str('{"type":"promote"}')
     closing = await ws.receive(timeout=5)
     assert closing.type is aiohttp.WSMsgType.CLOSE
