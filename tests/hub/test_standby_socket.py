@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -16,7 +17,7 @@ from hub_tasks import checked_delivery, federation, keyed_submission
 
 from pod_agent.hub import create_app, listening, open_storage
 from pod_agent.hub.fanout import ANNOUNCE_FROM_PODS
-from pod_agent.hub.storage import PendingKey
+from pod_agent.hub.storage import PendingKey, Storage
 from pod_agent.protocol import IdentityKey, sign_request
 
 STANDBY = "/v1/pod/ws?standby=1"
@@ -59,26 +60,24 @@ async def test_a_standby_socket_is_pushed_nothing_until_promoted_then_its_pendin
     await ws.close()
 
 
-async def test_a_standby_of_a_pod_released_since_it_opened_is_closed_at_promotion_with_nothing_pushed(
-    hub: Any,
+def _released(storage: Storage, key: IdentityKey) -> None:
+    assert storage.release_pod("pod-00")
+
+
+def _held_for_approval(storage: Storage, key: IdentityKey) -> None:
+    storage.add_pending_key(PendingKey(key.key_id, "pod", "pod-00", requested_at=int(time.time())))
+
+
+@pytest.mark.parametrize("since", [_released, _held_for_approval], ids=["released", "held-for-approval"])
+async def test_a_standby_whose_key_lost_its_standing_since_it_opened_is_closed_at_promotion_with_nothing_pushed(
+    hub: Any, since: Callable[[Storage, IdentityKey], None]
 ) -> None:
+    """As ``_authenticate`` refuses such a key at every request but registration."""
     modeller, pods = await federation(hub, 2)
     ws = await _open(hub, pods["pod-00"], STANDBY)
     _, raw = keyed_submission(modeller, pods)
     assert (await hub.caller(modeller).call("POST", "/v1/tasks", raw=raw))[0] == 201
-    assert hub.storage.release_pod("pod-00")
-    await ws.send_str('{"type":"promote"}')
-    closing = await ws.receive(timeout=5)
-    assert closing.type is aiohttp.WSMsgType.CLOSE
-    assert "no longer the pod's registered key" in closing.extra
-
-
-async def test_a_standby_whose_key_is_held_for_approval_since_it_opened_is_closed_at_promotion(hub: Any) -> None:
-    modeller, pods = await federation(hub, 2)
-    ws = await _open(hub, pods["pod-00"], STANDBY)
-    _, raw = keyed_submission(modeller, pods)
-    assert (await hub.caller(modeller).call("POST", "/v1/tasks", raw=raw))[0] == 201
-    hub.storage.add_pending_key(PendingKey(pods["pod-00"].key_id, "pod", "pod-00", requested_at=int(time.time())))
+    since(hub.storage, pods["pod-00"])
     await ws.send_str('{"type":"promote"}')
     closing = await ws.receive(timeout=5)
     assert closing.type is aiohttp.WSMsgType.CLOSE
