@@ -33,8 +33,9 @@ Routes (JSON bodies; errors are ``{"error": text}`` with a 4xx/5xx status):
     POST /v1/pods/register                  pod registers or updates itself
     POST /v1/pod/heartbeat                  pod is alive (long-poll mode)
     GET  /v1/pod/ws                         WebSocket: tasks pushed, acks and heartbeats back
-    GET  /v1/pod/ws?standby=1               a pod's standby WebSocket: heartbeats only until it sends
-                                            "promote" (its socket at another process ended), then as above
+    GET  /v1/pod/ws?standby=1               a pod's standby WebSocket: heartbeats, and a large cohort's
+                                            task pushed to every pod from here, until it sends "promote"
+                                            (its socket at another process ended), then as above
     GET  /v1/pod/tasks?wait=S               long poll: pending tasks
     POST /v1/pod/tasks/{task_id}/ack        pod has recorded the task
     POST /v1/pod/tasks/{task_id}/refusal    pod refused: {"code": ...}
@@ -179,6 +180,9 @@ _BODY_CHUNK_BYTES = 64 * 1024
 _UNREGISTERED = "(unregistered keys)"
 # A long poll returns at least this often so proxies and the pod notice a dead peer.
 MAX_LONG_POLL_S = 30.0
+# A pod's push loop reads storage on its ``sync`` at most this often: an honest pod syncs when its standby
+# ends, which reopens a minute later at the soonest.
+SYNC_EVERY_S = 1.0
 # A pod not heard from within this many heartbeat intervals is shown offline.
 OFFLINE_AFTER_HEARTBEATS = 3
 # Cohort entries of a submission validated per pass of the event loop (about 2.5 ms CPU): ``_parse_submission``.
@@ -271,7 +275,7 @@ class _Hub:
             storage.key_standings, self.db_batched, absent=lambda: STRANGER, name="hub-signer-reads"
         )
         # A task prepared again from storage (``_prepared``): once, however many pods ask for it at once.
-        self.preparing: dict[str, asyncio.Future[PreparedTask]] = {}
+        self.preparing: dict[str, asyncio.Future[PreparedTask | None]] = {}
         self.background: set[asyncio.Task[None]] = set()  # fan-outs another hub process asked for
         self.sockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
         self._keys: dict[str, PublicKey] = {}
@@ -559,20 +563,25 @@ async def _pod_heartbeat(request: web.Request) -> web.Response:
     return web.json_response({"ok": True, "now": hub.now()})
 
 
-async def _prepared(hub: _Hub, task: HubTaskRecord) -> PreparedTask:
-    """``task`` as the push path sends it: kept since its submission, else prepared again from storage, once
-    however many pods ask for it together (thousands, woken by another hub process's fan-out)."""
-    prepared = hub.fanout.get(task.task_id)
+async def _prepared(hub: _Hub, task_id: str) -> PreparedTask | None:
+    """The task as the push path sends it (None: no such task): kept since its submission, else read and
+    prepared again from storage, once however many pods ask for it together (thousands, woken by another hub
+    process's fan-out, or moving here from a process that died while it pushed the task alone)."""
+    prepared = hub.fanout.get(task_id)
     if prepared is not None:
         return prepared
-    pending = hub.preparing.get(task.task_id)
+    pending = hub.preparing.get(task_id)
     if pending is None:
-        pending = hub.preparing[task.task_id] = asyncio.ensure_future(_prepare_again(hub, task))
-        pending.add_done_callback(lambda _: hub.preparing.pop(task.task_id, None))
+        pending = hub.preparing[task_id] = asyncio.ensure_future(_prepare_again(hub, task_id))
+        pending.add_done_callback(lambda _: hub.preparing.pop(task_id, None))
     return await asyncio.shield(pending)  # one pod's disconnecting does not cancel the others' preparation
 
 
-async def _prepare_again(hub: _Hub, task: HubTaskRecord) -> PreparedTask:
+async def _prepare_again(hub: _Hub, task_id: str) -> PreparedTask | None:
+    # Its record lists its whole cohort: read once here, not once per pod that asks (``_pending``).
+    task = await hub.db(hub.storage.get_task, task_id)
+    if task is None:
+        return None
     registrations = await hub.db(hub.storage.cohort_registrations, task.task_id)
     # In a thread, as at submission: the cohort's hashing would hold heartbeats waiting.
     tree = await asyncio.to_thread(tree_from_registrations, task, registrations)
@@ -588,17 +597,13 @@ async def _pending(hub: _Hub, pod: str, *, sent: Collection[str] = ()) -> list[P
     for task_id in await hub.reads.get(pod):
         if task_id in sent:
             continue
-        prepared = hub.fanout.get(task_id)
-        if prepared is None:
-            task = await hub.db(hub.storage.get_task, task_id)
-            if task is None:
-                continue
-            try:
-                prepared = await _prepared(hub, task)
-            except HubError as exc:
-                _log.warning("task not deliverable: %s", exc, extra={"pod": pod})
-                continue
-        out.append(prepared)
+        try:
+            prepared = await _prepared(hub, task_id)
+        except HubError as exc:
+            _log.warning("task not deliverable: %s", exc, extra={"pod": pod})
+            continue
+        if prepared is not None:
+            out.append(prepared)
     return out
 
 
@@ -625,8 +630,9 @@ async def _pod_ws(request: web.Request) -> web.WebSocketResponse:
     """Push pending tasks; read acks and heartbeats. Every connection starts by resending all pending.
 
     A standby socket (``?standby=1``, inside the signed path) is one a pod holds open at this process while
-    its tasks come on a socket at another: nothing is pushed on it and its heartbeats are answered without
-    being recorded, until the pod sends ``promote`` because that other socket ended (its process died). Then
+    its tasks come on a socket at another: its heartbeats are answered without being recorded, and only a large
+    cohort's task this process pushes to every pod (``fanout.py``) goes out on it, until the pod sends
+    ``promote`` because that other socket ended (its process died). Then
     it is served as a socket opened now, without the signed handshake that thousands of pods moving at once
     would each cost this process (~0.4 ms of CPU apiece)."""
     hub = _hub(request)
@@ -638,6 +644,8 @@ async def _pod_ws(request: web.Request) -> web.WebSocketResponse:
     await ws.prepare(request)
     hub.sockets.add(ws)
     link = Link(pod.name, ws, request.transport, standby=request.query.get("standby") == "1")
+    if link.standby:
+        hub.fanout.connect(link)
     pusher = None if link.standby else _serve_link(hub, link)
     try:
         async for msg in ws:
@@ -647,6 +655,7 @@ async def _pod_ws(request: web.Request) -> web.WebSocketResponse:
                 if not await _still_registered(hub, request[_SIGNER], pod.name):
                     await ws.close(message=b"this key is no longer the pod's registered key: register again")
                     break
+                hub.fanout.disconnect(link)
                 link.standby = False
                 pusher = _serve_link(hub, link)
     finally:
@@ -655,7 +664,7 @@ async def _pod_ws(request: web.Request) -> web.WebSocketResponse:
             # The pod may vanish mid-send; its tasks stay pending and go out again on its next connection.
             with contextlib.suppress(asyncio.CancelledError, ConnectionError):
                 await pusher
-            hub.fanout.disconnect(link)
+        hub.fanout.disconnect(link)
     return ws
 
 
@@ -695,7 +704,9 @@ async def _on_pod_message(hub: _Hub, link: Link, data: str) -> bool:
     The socket's handshake was signed by the pod's key: what comes on it is the pod's word. An ack counts
     only for a task pushed on this connection (any other is no delivery of this pod's, or one the hub
     delivers again), so what a pod sends cannot make the hub write more than its tasks. A standby socket's
-    heartbeats are not recorded: the pod's other socket's are. Whether the pod asked to promote the socket."""
+    heartbeats are not recorded: the pod's other socket's are. A ``sync`` on a task socket (the pod's standby
+    ended, perhaps in the middle of a push: ``fanout.py``) has its push loop read storage again, at most once
+    per SYNC_EVERY_S. Whether the pod asked to promote the socket."""
     try:
         msg = json.loads(data)
         kind = msg["type"]
@@ -709,6 +720,9 @@ async def _on_pod_message(hub: _Hub, link: Link, data: str) -> bool:
             hub.writes.touch(link.pod, now)
     elif kind == "ack" and isinstance(task_id := msg.get("task_id"), str) and task_id in link.sent:
         hub.writes.ack(task_id, link.pod, now)
+    elif kind == "sync" and not link.standby and link.sync_due(SYNC_EVERY_S):
+        hub.fanout.take(link.pod)  # the announced tasks are pending in storage too: the read finds them
+        hub.wake_local(link.pod)
     return bool(kind == "promote")
 
 
@@ -918,13 +932,18 @@ async def _take_task(request: web.Request) -> web.Response:
         task_id=task.task_id, modeller_id=modeller.key_id,
         envelope=envelope_bytes(envelope), pods=tree.pods, created_at=hub.now(),
     )
-    outcome = await hub.db(hub.storage.add_task, record)
+    # Every pod holds a socket here, its task socket or its standby: the task goes out from here alone (fanout.py),
+    # and the other processes are not told of it.
+    alone = len(record.pods) >= ANNOUNCE_FROM_PODS and hub.fanout.reaches_all(record.pods)
+    outcome = await hub.db(hub.storage.add_task, record, announce=not alone)
     # SCAFFOLD's server control variate is pinned and served to the task's pods exactly like its weights.
     pinned = [ref for ref in (task.weights, task.scaffold.control if task.scaffold else None) if ref is not None]
     if pinned:
         await hub.db(hub.storage.add_blob_refs, [BlobRefRecord(ref.sha256, "weights", task.task_id) for ref in pinned])
     prepared = hub.fanout.publish(record, tree)
-    if len(record.pods) >= ANNOUNCE_FROM_PODS:
+    if alone:
+        await hub.fanout.push(prepared, record.pods, wake=hub.notify, wake_elsewhere=hub.cluster.publish)
+    elif len(record.pods) >= ANNOUNCE_FROM_PODS:
         hub.cluster.publish(fanout_key(record.task_id))  # the other processes push it to their pods
         await hub.fanout.push(prepared, record.pods, wake=hub.wake_local)
     else:
@@ -939,9 +958,9 @@ async def _fan_out_from_elsewhere(hub: _Hub, task_id: str) -> None:
     """Another hub process took a large cohort's task: push it to the pods connected here."""
     try:
         with collector_paused():
-            task = await hub.db(hub.storage.get_task, task_id)
-            if task is not None:
-                await hub.fanout.push(await _prepared(hub, task), task.pods, wake=hub.wake_local)
+            prepared = await _prepared(hub, task_id)
+            if prepared is not None:
+                await hub.fanout.push(prepared, prepared.tree.pods, wake=hub.wake_local)
     except Exception as exc:  # noqa: BLE001 - any backend's error; the pods read it on reconnecting
         _log.warning("cannot push task %s that another hub process took: %s", task_id, exc)
 
