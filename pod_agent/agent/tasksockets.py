@@ -63,7 +63,8 @@ class _Socket:
 
     async def _read(self) -> None:
         while True:
-            await self.on_push(await self.stream.receive(timeout_s=DEAD_AFTER_HEARTBEATS * self._interval_s))
+            push = await self.stream.receive(timeout_s=DEAD_AFTER_HEARTBEATS * self._interval_s)
+            await self.on_push(push)  # looked up once it came: a promotion while waiting changes it
 
     async def _beat(self, first_beat_s: float) -> None:
         if first_beat_s:
