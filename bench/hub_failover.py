@@ -15,15 +15,11 @@ Half the pods live on each process (worker processes of PODS_PER_WORKER pods, ni
 (an evaluate task for every pod, its cohort committed by a Merkle root) is submitted to the first process.
 Variants:
 
-- ``during``: the second process is SIGKILLed as soon as one of its pods holds the task. With standby sockets
-  the first process holds a socket of every pod, so it pushes the task to all of them (the second's pods on
-  their standby) and the second is killed in the middle of that fan-out; its pods promote their standby at the
-  first, which sends them whatever they have not acknowledged. Without, the second is in the middle of its own
-  fan-out (woken by LISTEN/NOTIFY), and its pods reconnect to the first and read the task from storage.
+- ``during``: the second process is SIGKILLed as soon as one of its pods holds the task: it is in the middle
+  of its fan-out (woken by LISTEN/NOTIFY); the first process pushes to its own pods, and the killed
+  process's pods reconnect to it and read the task from storage.
 - ``submitter``: the same, but the process killed is the first, which took the submission (and never answers
-  it): its pods move to the second (promoting their standby there, or reconnecting), and the second's pods
-  that it had not yet pushed the task to see their standby end and ask the second for what is pending (with
-  standbys; without, the second pushes to them, woken by LISTEN/NOTIFY).
+  it): the second pushes to its pods, and the first's pods reconnect to the second.
 - ``before``: the second process is SIGKILLed just before the task is submitted to the first: its pods are
   between their sockets' end and their reconnection while the task goes out.
 - ``after``: the second process is SIGKILLed, and the task is submitted to the first once every pod of the
@@ -135,27 +131,12 @@ class _Pod:
     name: str
     key: IdentityKey
     sessions: list[_Session] = field(default_factory=list)
-    # (when, index of the task socket's session, whether it came on the standby socket beside that one)
-    deliveries: list[tuple[float, int, bool]] = field(default_factory=list)
-    on_standby: bool = False  # the delivery being handed on came on the standby socket
+    deliveries: list[tuple[float, int]] = field(default_factory=list)  # (when, index of the session it came on)
     failures: list[float] = field(default_factory=list)  # when a try (or an open link) failed
     backoff_s: list[tuple[float, float]] = field(default_factory=list)  # (when it started, seconds slept)
     task_id: str = ""
     posted_s: float | None = None
     standbys: int = 0  # standby sockets opened
-
-
-class _Client(HubClient):
-    """The agent's client, telling its pod which delivery came on the standby socket (a process that holds a
-    socket of every pod pushes on standbys too)."""
-
-    def __init__(self, section: HubSection, pod: _Pod) -> None:
-        super().__init__(section, pod.key)
-        self._pod = pod
-
-    def pushed_on_standby(self, task_id: str, stream: TaskStream) -> None:
-        self._pod.on_standby = True  # called just before the delivery is handed on
-        super().pushed_on_standby(task_id, stream)
 
 
 async def _link(
@@ -172,8 +153,7 @@ async def _link(
     async def on_push(push: HubPush) -> None:
         if isinstance(push, TaskDelivery):
             check_inclusion(_payload(push, modeller).cohort, push.proof)
-            pod.deliveries.append((time.time(), len(pod.sessions) - 1, pod.on_standby))
-            pod.on_standby = False
+            pod.deliveries.append((time.time(), len(pod.sessions) - 1))
             pod.task_id = push.task_id
             delivered(pod, push.task_id)
             await hub.ack(push.task_id)
@@ -279,7 +259,7 @@ async def _worker_main(
                 conn.send({"moved": True})
 
     async with contextlib.AsyncExitStack() as stack:
-        hubs = [await stack.enter_async_context(_Client(section, p)) for p in pods]
+        hubs = [await stack.enter_async_context(HubClient(section, p.key)) for p in pods]
         links = []
         for pod, hub in zip(pods, hubs, strict=True):
             links.append(asyncio.create_task(_link(pod, hub, stop, delivered, modeller, opened, standby)))
@@ -462,11 +442,11 @@ def _figures(n: int, variant: str, standby: bool, reports: list[tuple[dict[str, 
              load: tuple[float, float, float], answered: bool, cpu: tuple[float, float],
              overflows: int, connected_mb: list[float]) -> dict[str, Any]:
     survivor_url = urls[1 - victim]
-    first = {p["name"]: min(d[0] for d in p["deliveries"]) for p, _ in reports if p["deliveries"]}
+    first = {p["name"]: min(t for t, _ in p["deliveries"]) for p, _ in reports if p["deliveries"]}
     moved = [p for p, home in reports if home == victim]
     stayed = [p for p, home in reports if home != victim]
-    same_link = sum(1 for p, _ in reports if len({(s, via) for _, s, via in p["deliveries"]}) < len(p["deliveries"]))
-    again = sum(1 for p, _ in reports if len({(s, via) for _, s, via in p["deliveries"]}) > 1)
+    same_link = sum(1 for p, _ in reports if len({s for _, s in p["deliveries"]}) < len(p["deliveries"]))
+    again = sum(1 for p, _ in reports if len({s for _, s in p["deliveries"]}) > 1)
     reconnects, noticed, registers, handshakes, slept, tries = [], [], [], [], [], []
     by_standby = 0
     for p in moved:
@@ -487,12 +467,7 @@ def _figures(n: int, variant: str, standby: bool, reports: list[tuple[dict[str, 
 
     def served_by_killed(pod: dict[str, Any]) -> bool:
         """Its first copy came from the killed process (before the kill, or out of its socket's buffers)."""
-        if not pod["deliveries"]:
-            return False
-        _, session, via_standby = min(pod["deliveries"])
-        opened, base = pod["sessions"][session][:2]
-        # A standby is at the process the task socket is not.
-        return bool(base == survivor_url if via_standby else opened < killed_at)
+        return bool(pod["deliveries"]) and pod["sessions"][min(pod["deliveries"])[1]][0] < killed_at
 
     out: dict[str, Any] = {
         "variant": variant,
@@ -507,8 +482,6 @@ def _figures(n: int, variant: str, standby: bool, reports: list[tuple[dict[str, 
         "moved_pods_served_by_killed": sum(1 for p in moved if served_by_killed(p)),
         "moved_pods": len(moved),
         "delivered": len(first),
-        # Pods whose first copy came on their standby socket: pushed by a process that held a socket of every pod.
-        "delivered_on_standby": sum(1 for p, _ in reports if p["deliveries"] and min(p["deliveries"])[2]),
         "lost": n - len(first),
         "duplicates_same_link": same_link,  # a task pushed twice on one connection: a hub bug
         "redelivered_after_reconnect": again,  # its ack died with the process: the agent ignores the second copy
@@ -573,8 +546,7 @@ def _print(result: dict[str, Any]) -> None:
             f"(submission answered: {r['submission_answered']}); {r['moved_pods_holding_at_kill']} of its "
             f"{r['moved_pods']} pods holding the task (and "
             f"{r['moved_pods_served_by_killed']} served by it, the rest out of its sockets' buffers); delivered "
-            f"{r['delivered']} ({r['delivered_on_standby']} first on a standby), lost {r['lost']}, duplicates on "
-            f"one link {r['duplicates_same_link']}, redelivered "
+            f"{r['delivered']}, lost {r['lost']}, duplicates on one link {r['duplicates_same_link']}, redelivered "
             f"after reconnecting {r['redelivered_after_reconnect']}\n"
             f"    fan-out all {_s(r['fanout_all_s'])} (goal p99 < {GOAL_FANOUT_P99_S} s)\n"
             f"    survivor's pods {_s(r['fanout_survivors_pods_s'])}; moved pods {_s(r['fanout_moved_pods_s'])}; "

@@ -80,7 +80,7 @@ SURFACE: dict[str, list[str]] = {
         "ModelPublication", "ModelRef", "ModelSource", "ModelStyle", "ModellerRegisteredStanding",
         "ModellerRegistration", "Ok", "POD_READ_STAGES", "POD_STAGES", "PendingTasks", "PinOutdated",
         "PodAck", "PodHeartbeat", "PodList", "PodMessage", "PodPromote", "PodRegisteredStanding", "PodRegistration",
-        "PodSync", "ProgressEvent",
+        "ProgressEvent",
         "PublicKey", "Refusal", "RequestReplayCache", "ResultPayload", "RosterPod", "RoundMessage", "RoundMessages",
         "STAGES", "STAGE_MODELS", "ScaffoldParams", "SecAggParams", "SignedHeaders", "Split", "Stage", "Stored",
         "SurvivorList",

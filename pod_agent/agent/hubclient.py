@@ -50,7 +50,6 @@ from pod_agent.protocol import (
     PodPromote,
     PodRegisteredStanding,
     PodRegistration,
-    PodSync,
     ProgressEvent,
     Refusal,
     RoundMessages,
@@ -103,10 +102,6 @@ def hub_ssl(section: HubSection) -> ssl.SSLContext | aiohttp.Fingerprint | bool:
 # frame's write.
 _HEARTBEAT_FRAME = canonical_json(PodHeartbeat()).decode()
 _PROMOTE_FRAME = canonical_json(PodPromote()).decode()
-_SYNC_FRAME = canonical_json(PodSync()).decode()
-# Tasks pushed on a standby socket whose acknowledgement is still to go there: a task is acknowledged or refused
-# soon after it arrives, so only a hub that pushes without end fills this, and the oldest go first.
-MAX_STANDBY_PUSHES = 1024
 
 
 def pod_frame(message: PodMessage) -> str:
@@ -115,8 +110,6 @@ def pod_frame(message: PodMessage) -> str:
         return f'{{"task_id":"{message.task_id}","type":"ack"}}'
     if isinstance(message, PodPromote):
         return _PROMOTE_FRAME
-    if isinstance(message, PodSync):
-        return _SYNC_FRAME
     return _HEARTBEAT_FRAME
 
 
@@ -179,7 +172,6 @@ class HubClient:
         self._max_blob_bytes = section.max_blob_mb << 20
         self._session: aiohttp.ClientSession | None = None
         self._stream: TaskStream | None = None  # the task socket last opened, which acks go over while open
-        self._standby_pushes: dict[str, TaskStream] = {}  # task id -> the standby socket it was pushed on
 
     async def __aenter__(self) -> HubClient:
         self._session = hub_session(connect_timeout_s=self._timeout_s)
@@ -295,19 +287,11 @@ class HubClient:
         """Long poll: the tasks the hub holds for this pod, once there are any or ``wait_s`` passed."""
         return await self._call("GET", f"/v1/pod/tasks?wait={wait_s:g}", reply=PendingTasks, extra_s=wait_s)
 
-    def pushed_on_standby(self, task_id: str, stream: TaskStream) -> None:
-        """``task_id`` came on the standby ``stream`` (a hub process that holds a socket of every pod of a large
-        cohort pushes on them all): its acknowledgement goes back there."""
-        self._standby_pushes.pop(task_id, None)
-        self._standby_pushes[task_id] = stream
-        if len(self._standby_pushes) > MAX_STANDBY_PUSHES:
-            del self._standby_pushes[next(iter(self._standby_pushes))]
-
     async def ack(self, task_id: str) -> None:
-        """On the open socket the task came on, whose signed handshake vouches for this pod (the hub counts an ack
-        only for a task it pushed on that socket: one verified, signed request less per pod in a fan-out); else a
-        signed request. Either may be lost: the hub then delivers the task again, and it is acknowledged again."""
-        stream = self._standby_pushes.pop(task_id, None) or self._stream
+        """On the open task socket, whose signed handshake vouches for this pod (the hub counts it for a task it
+        pushed on that socket: one verified, signed request less per pod in a fan-out); else a signed request.
+        Either may be lost: the hub then delivers the task again, and it is acknowledged again."""
+        stream = self._stream
         if stream is not None and not stream.closed:
             try:
                 await stream.send(PodAck(task_id=task_id))
@@ -318,7 +302,6 @@ class HubClient:
 
     async def refuse(self, task_id: str, code: Code) -> None:
         """Tell the hub (only) that this pod refuses a task it could not even attribute: the code, nothing else."""
-        self._standby_pushes.pop(task_id, None)
         await self._call("POST", f"/v1/pod/tasks/{task_id}/refusal", reply=Ok, body=canonical_json(Refusal(code=code)))
 
     async def progress(self, event: ProgressEvent) -> None:

@@ -9,12 +9,6 @@ intervals, never pushed on). When the task socket ends, the standby is promoted 
 (``HubClient.promote``) and is the task socket from then on, and a new standby is opened towards the
 next URL (the one that failed, with two).
 
-A hub process that holds a socket, task or standby, of every pod of a large cohort pushes its task on all of
-them, and no other process pushes it: a pod whose task socket is elsewhere gets it on its standby, and
-acknowledges it there (``HubClient.pushed_on_standby``). So when its standby ends, the process that held it may
-have died in the middle of such a push: the pod sends ``sync`` on its task socket, and that process sends again
-whatever is pending for it.
-
 Why ahead: when a hub process dies, every pod it served would otherwise open a signed socket at the
 survivor in the same second, ~0.4 ms of the survivor's CPU and ~0.6 ms of the pod's each (~2 s of one
 core per 5,000 pods), while the survivor fans out the task that must reach them. Opened ahead, those
@@ -37,7 +31,7 @@ from collections.abc import Awaitable, Callable
 
 from pod_agent.agent.backoff import RETRYABLE, Backoff
 from pod_agent.agent.hubclient import HubClient, TaskStream
-from pod_agent.protocol import HeartbeatAck, HubPush, PodHeartbeat, PodSync, TaskDelivery
+from pod_agent.protocol import HeartbeatAck, HubPush, PodHeartbeat
 
 # A silent socket is declared dead after this many of its heartbeat intervals without any message.
 DEAD_AFTER_HEARTBEATS = 3.0
@@ -59,7 +53,6 @@ class _Socket:
         self._interval_s = interval_s
         self.reader = asyncio.create_task(self._read(), name=f"task socket {stream.base}")
         self._beats = asyncio.create_task(self._beat(first_beat_s), name=f"heartbeat {stream.base}")
-        self._sync: asyncio.Task[None] | None = None
 
     async def _read(self) -> None:
         while True:
@@ -72,15 +65,6 @@ class _Socket:
         while True:
             await self.stream.send(PodHeartbeat())
             await asyncio.sleep(self._interval_s)
-
-    def sync(self) -> None:
-        """Ask the hub to send again what is pending for the pod (one ``sync`` frame, sent in the background)."""
-        if self._sync is None or self._sync.done():
-            self._sync = asyncio.create_task(self._send_sync(), name=f"sync {self.stream.base}")
-
-    async def _send_sync(self) -> None:
-        with contextlib.suppress(*RETRYABLE):  # the socket ended meanwhile: its reader says so
-            await self.stream.send(PodSync())
 
     def promoted(self, interval_s: float, on_push: OnPush) -> None:
         """Pushes go to ``on_push`` and heartbeats every ``interval_s`` from now. The first waits an interval:
@@ -96,9 +80,7 @@ class _Socket:
         return not self.reader.done() and not self.stream.closed
 
     async def close(self) -> None:
-        for task in (self._beats, self.reader, self._sync):
-            if task is None:
-                continue
+        for task in (self._beats, self.reader):
             task.cancel()
             # What ended a task was the caller's to see on the reader; a heartbeat's send fails with the socket.
             with contextlib.suppress(asyncio.CancelledError, *RETRYABLE):
@@ -115,11 +97,10 @@ class _Standby:
 
     def __init__(
         self, hub: HubClient, *, heartbeat_s: float, on_push: OnPush, backoff_cap_s: float,
-        on_open: Callable[[TaskStream], None], on_lost: Callable[[], None],
+        on_open: Callable[[TaskStream], None],
     ) -> None:
         self._hub = hub
         self._on_open = on_open
-        self._on_lost = on_lost
         self._heartbeat_s = heartbeat_s
         self._on_push = on_push
         interval_s = STANDBY_HEARTBEAT_EVERY * heartbeat_s
@@ -148,15 +129,8 @@ class _Standby:
             self._try_later()
             return
         self._backoff.reset()
-        async def standby_push(push: HubPush) -> None:
-            # Its heartbeats' answers say only that the standby is alive, not the task socket: not the caller's.
-            if isinstance(push, TaskDelivery):
-                self._hub.pushed_on_standby(push.task_id, stream)
-            if not isinstance(push, HeartbeatAck):
-                await self._on_push(push)
-
         socket = self._socket = _Socket(
-            stream, on_push=standby_push, interval_s=STANDBY_HEARTBEAT_EVERY * self._heartbeat_s,
+            stream, on_push=self._standby_push, interval_s=STANDBY_HEARTBEAT_EVERY * self._heartbeat_s,
         )
         socket.reader.add_done_callback(self._on_end)
         self._opener = None
@@ -168,8 +142,13 @@ class _Standby:
         if ended is not None:
             why = "cancelled" if reader.cancelled() else reader.exception()
             _log.debug("standby task socket at %s ended: %s", ended.stream.base, why)
-            self._on_lost()
         self._try_later()
+
+    async def _standby_push(self, push: HubPush) -> None:
+        # Its heartbeats' answers say only that the standby is alive, not the task socket: not the caller's.
+        # The hub pushes no task here; one pushed anyway is handed on, to be verified like any other.
+        if not isinstance(push, HeartbeatAck):
+            await self._on_push(push)
 
     async def take(self) -> _Socket | None:
         """The standby socket, promoted to the pod's task socket (and a new standby kept from now, its first try
@@ -216,7 +195,7 @@ async def hold_task_sockets(
         first_beat_s=first_beat_s,
     )
     spare = _Standby(hub, heartbeat_s=heartbeat_s, on_push=on_push, backoff_cap_s=backoff_cap_s,
-                     on_open=on_standby, on_lost=lambda: socket.sync()) if (
+                     on_open=on_standby) if (
         standby and hub.standby_base is not None
     ) else None
     try:

@@ -13,13 +13,6 @@ pending for them. Storage stays the record of what is pending (a pod that connec
 another hub process is told of a large cohort's task once (``fanout_key``) and pushes it to the pods
 connected to it in the same way.
 
-The pods' standby sockets (``Link.standby``, held here while their task socket is at another process) are kept
-too. When this process holds a socket of every pod of a large cohort (``reaches_all``), it pushes the task on
-the standbys as well and tells no other process: a federation's pods then get it from one process, so a fan-out
-does not depend on the other's staying up (when that one dies, its pods promote their standby here, on which the
-task was already pushed). Should this one die in the middle, each pod sees its standby end and asks its task
-socket's process for what is pending (``PodSync``).
-
 Memory: at most ``max_tasks`` prepared tasks are kept (least recently used go first), a pod's
 announcements are dropped when it disconnects, and TRIM_AFTER_S after the last fan-out the cyclic collector,
 held off since the submission (a collection stops the loop while pods wait for the task and heartbeats for
@@ -152,17 +145,8 @@ class Link:
     pod: str
     ws: web.WebSocketResponse
     transport: asyncio.BaseTransport | None
-    standby: bool = False  # held open for the pod, its task socket at another process (until promoted)
+    standby: bool = False  # held open for the pod at this process, not pushed on (until promoted)
     sent: set[str] = field(default_factory=set)
-    synced_at: float = float("-inf")  # the pod's last ``sync`` that had storage read (time.monotonic)
-
-    def sync_due(self, every_s: float) -> bool:
-        """Whether a ``sync`` now is the first in ``every_s`` seconds (and if so, it counts from now)."""
-        now = time.monotonic()
-        if now - self.synced_at < every_s:
-            return False
-        self.synced_at = now
-        return True
 
     def idle(self) -> bool:
         """Nothing queued on the socket: a push now goes to the kernel at once."""
@@ -215,7 +199,6 @@ class Fanout:
         self._settle_after_s = settle_after_s
         self._prepared: OrderedDict[str, PreparedTask] = OrderedDict()
         self._links: dict[str, list[Link]] = {}
-        self._standbys: dict[str, list[Link]] = {}
         self._announced: dict[str, list[PreparedTask]] = {}
         self._hold: Callable[[], None] | None = None  # the collector held off until the fan-outs settle
         self._held_since = 0.0
@@ -283,58 +266,42 @@ class Fanout:
             _malloc_trim()
 
     def connect(self, link: Link) -> None:
-        """``link`` is open here, as a task socket or (``link.standby``) as a standby."""
-        (self._standbys if link.standby else self._links).setdefault(link.pod, []).append(link)
+        self._links.setdefault(link.pod, []).append(link)
 
     def disconnect(self, link: Link) -> None:
-        """``link`` closed (or, a standby, was promoted); with the pod's last task socket its untaken
-        announcements go (it reads storage when it reconnects)."""
-        for held in (self._links, self._standbys):
-            links = held.get(link.pod, [])
-            if link in links:
-                links.remove(link)
-            if not links:
-                held.pop(link.pod, None)
-        if link.pod not in self._links:
+        """``link`` closed; with the pod's last one its untaken announcements go (it reads storage when it
+        reconnects)."""
+        links = self._links.get(link.pod, [])
+        if link in links:
+            links.remove(link)
+        if not links:
+            self._links.pop(link.pod, None)
             self._announced.pop(link.pod, None)
-
-    def reaches_all(self, pods: Iterable[str]) -> bool:
-        """Whether every one of ``pods`` holds a task or standby socket open here."""
-        return all(pod in self._links or pod in self._standbys for pod in pods)
 
     def connected(self, pod: str) -> int:
         """How many task sockets ``pod`` holds open to this process."""
         return len(self._links.get(pod, ()))
 
-    async def push(
-        self, prepared: PreparedTask, pods: Iterable[str], *, wake: Callable[[str], None],
-        wake_elsewhere: Callable[[str], None] | None = None,
-    ) -> None:
+    async def push(self, prepared: PreparedTask, pods: Iterable[str], *, wake: Callable[[str], None]) -> None:
         """Push ``prepared`` to each of ``pods`` connected here, PUSH_BATCH of them at a time with the event loop
         served in between. ``wake(pod)`` for the others (a long poll here) and for a pod whose socket has
-        bytes queued, after announcing the task to its push loop. With ``wake_elsewhere`` the pods' standby
-        sockets here are pushed on too (no other process pushes this task), and a pod whose standby cannot take
-        it at once is woken at the process that holds its task socket, whose push loop reads storage."""
+        bytes queued, after announcing the task to its push loop."""
         with collector_paused():
             batch = 0  # only pods connected here count: a look-up for one connected elsewhere costs little
             for pod in pods:
                 if batch == PUSH_BATCH:
                     await asyncio.sleep(0)
                     batch = 0
-                links = self._links.get(pod, [])
-                standbys = self._standbys.get(pod, []) if wake_elsewhere is not None else []
-                if not links and not standbys:
+                links = self._links.get(pod)
+                if not links:
                     wake(pod)
                     continue
                 batch += 1
                 delivery = prepared.delivery(pod)
-                for link in [*links, *standbys]:
+                for link in list(links):
                     if prepared.task_id in link.sent:
                         continue
                     if len(delivery) > DIRECT_PUSH_MAX_BYTES or not link.idle():
-                        if link.standby and wake_elsewhere is not None:
-                            wake_elsewhere(pod)
-                            continue
                         self._announced.setdefault(pod, []).append(prepared)
                         wake(pod)
                         continue

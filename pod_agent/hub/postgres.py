@@ -413,12 +413,12 @@ class PostgresStorage:
 
     # -- tasks and deliveries ---------------------------------------------------------------
 
-    def add_task(self, task: HubTaskRecord, *, announce: bool = True) -> PutOutcome:
+    def add_task(self, task: HubTaskRecord) -> PutOutcome:
         # One statement, so one round trip and its own transaction: the task, a delivery per pod (unnest keeps the
         # pods' order, and so the identity's) and, where set, its announcement, whose NOTIFY goes with the commit.
         # A transaction of three statements took five round trips, each a wait for the server's and this
         # thread's turn on a busy host, between a submission and its first push.
-        channel, payload = (self._task_announcement if announce else None) or ("", "")
+        channel, payload = self._task_announcement or ("", "")
         stored = self._first(
             f"WITH task AS (INSERT INTO tasks ({_TASK_COLUMNS}) VALUES (%s,%s,%s,%s,%s)"
             " ON CONFLICT (task_id) DO NOTHING RETURNING task_id),"

@@ -33,9 +33,8 @@ Routes (JSON bodies; errors are ``{"error": text}`` with a 4xx/5xx status):
     POST /v1/pods/register                  pod registers or updates itself
     POST /v1/pod/heartbeat                  pod is alive (long-poll mode)
     GET  /v1/pod/ws                         WebSocket: tasks pushed, acks and heartbeats back
-    GET  /v1/pod/ws?standby=1               a pod's standby WebSocket: heartbeats, and a large cohort's
-                                            task pushed to every pod from here, until it sends "promote"
-                                            (its socket at another process ended), then as above
+    GET  /v1/pod/ws?standby=1               a pod's standby WebSocket: heartbeats only until it sends
+                                            "promote" (its socket at another process ended), then as above
     GET  /v1/pod/tasks?wait=S               long poll: pending tasks
     POST /v1/pod/tasks/{task_id}/ack        pod has recorded the task
     POST /v1/pod/tasks/{task_id}/refusal    pod refused: {"code": ...}
@@ -180,9 +179,6 @@ _BODY_CHUNK_BYTES = 64 * 1024
 _UNREGISTERED = "(unregistered keys)"
 # A long poll returns at least this often so proxies and the pod notice a dead peer.
 MAX_LONG_POLL_S = 30.0
-# A pod's push loop reads storage on its ``sync`` at most this often: an honest pod syncs when its standby
-# ends, which reopens a minute later at the soonest.
-SYNC_EVERY_S = 1.0
 # A pod not heard from within this many heartbeat intervals is shown offline.
 OFFLINE_AFTER_HEARTBEATS = 3
 # Cohort entries of a submission validated per pass of the event loop (about 2.5 ms CPU): ``_parse_submission``.
@@ -566,7 +562,7 @@ async def _pod_heartbeat(request: web.Request) -> web.Response:
 async def _prepared(hub: _Hub, task_id: str) -> PreparedTask | None:
     """The task as the push path sends it (None: no such task): kept since its submission, else read and
     prepared again from storage, once however many pods ask for it together (thousands, woken by another hub
-    process's fan-out, or moving here from a process that died while it pushed the task alone)."""
+    process's fan-out, or moving here from a process that died before it told this one of the task)."""
     prepared = hub.fanout.get(task_id)
     if prepared is not None:
         return prepared
@@ -630,9 +626,8 @@ async def _pod_ws(request: web.Request) -> web.WebSocketResponse:
     """Push pending tasks; read acks and heartbeats. Every connection starts by resending all pending.
 
     A standby socket (``?standby=1``, inside the signed path) is one a pod holds open at this process while
-    its tasks come on a socket at another: its heartbeats are answered without being recorded, and only a large
-    cohort's task this process pushes to every pod (``fanout.py``) goes out on it, until the pod sends
-    ``promote`` because that other socket ended (its process died). Then
+    its tasks come on a socket at another: nothing is pushed on it and its heartbeats are answered without
+    being recorded, until the pod sends ``promote`` because that other socket ended (its process died). Then
     it is served as a socket opened now, without the signed handshake that thousands of pods moving at once
     would each cost this process (~0.4 ms of CPU apiece)."""
     hub = _hub(request)
@@ -644,8 +639,6 @@ async def _pod_ws(request: web.Request) -> web.WebSocketResponse:
     await ws.prepare(request)
     hub.sockets.add(ws)
     link = Link(pod.name, ws, request.transport, standby=request.query.get("standby") == "1")
-    if link.standby:
-        hub.fanout.connect(link)
     pusher = None if link.standby else _serve_link(hub, link)
     try:
         async for msg in ws:
@@ -655,7 +648,6 @@ async def _pod_ws(request: web.Request) -> web.WebSocketResponse:
                 if not await _still_registered(hub, request[_SIGNER], pod.name):
                     await ws.close(message=b"this key is no longer the pod's registered key: register again")
                     break
-                hub.fanout.disconnect(link)
                 link.standby = False
                 pusher = _serve_link(hub, link)
     finally:
@@ -664,7 +656,7 @@ async def _pod_ws(request: web.Request) -> web.WebSocketResponse:
             # The pod may vanish mid-send; its tasks stay pending and go out again on its next connection.
             with contextlib.suppress(asyncio.CancelledError, ConnectionError):
                 await pusher
-        hub.fanout.disconnect(link)
+            hub.fanout.disconnect(link)
     return ws
 
 
@@ -704,9 +696,7 @@ async def _on_pod_message(hub: _Hub, link: Link, data: str) -> bool:
     The socket's handshake was signed by the pod's key: what comes on it is the pod's word. An ack counts
     only for a task pushed on this connection (any other is no delivery of this pod's, or one the hub
     delivers again), so what a pod sends cannot make the hub write more than its tasks. A standby socket's
-    heartbeats are not recorded: the pod's other socket's are. A ``sync`` on a task socket (the pod's standby
-    ended, perhaps in the middle of a push: ``fanout.py``) has its push loop read storage again, at most once
-    per SYNC_EVERY_S. Whether the pod asked to promote the socket."""
+    heartbeats are not recorded: the pod's other socket's are. Whether the pod asked to promote the socket."""
     try:
         msg = json.loads(data)
         kind = msg["type"]
@@ -720,9 +710,6 @@ async def _on_pod_message(hub: _Hub, link: Link, data: str) -> bool:
             hub.writes.touch(link.pod, now)
     elif kind == "ack" and isinstance(task_id := msg.get("task_id"), str) and task_id in link.sent:
         hub.writes.ack(task_id, link.pod, now)
-    elif kind == "sync" and not link.standby and link.sync_due(SYNC_EVERY_S):
-        hub.fanout.take(link.pod)  # the announced tasks are pending in storage too: the read finds them
-        hub.wake_local(link.pod)
     return bool(kind == "promote")
 
 
@@ -932,18 +919,13 @@ async def _take_task(request: web.Request) -> web.Response:
         task_id=task.task_id, modeller_id=modeller.key_id,
         envelope=envelope_bytes(envelope), pods=tree.pods, created_at=hub.now(),
     )
-    # Every pod holds a socket here, its task socket or its standby: the task goes out from here alone (fanout.py),
-    # and the other processes are not told of it.
-    alone = len(record.pods) >= ANNOUNCE_FROM_PODS and hub.fanout.reaches_all(record.pods)
-    outcome = await hub.db(hub.storage.add_task, record, announce=not alone)
+    outcome = await hub.db(hub.storage.add_task, record)
     # SCAFFOLD's server control variate is pinned and served to the task's pods exactly like its weights.
     pinned = [ref for ref in (task.weights, task.scaffold.control if task.scaffold else None) if ref is not None]
     if pinned:
         await hub.db(hub.storage.add_blob_refs, [BlobRefRecord(ref.sha256, "weights", task.task_id) for ref in pinned])
     prepared = hub.fanout.publish(record, tree)
-    if alone:
-        await hub.fanout.push(prepared, record.pods, wake=hub.notify, wake_elsewhere=hub.cluster.publish)
-    elif len(record.pods) >= ANNOUNCE_FROM_PODS:
+    if len(record.pods) >= ANNOUNCE_FROM_PODS:
         hub.cluster.publish(fanout_key(record.task_id))  # the other processes push it to their pods
         await hub.fanout.push(prepared, record.pods, wake=hub.wake_local)
     else:

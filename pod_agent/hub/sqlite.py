@@ -282,8 +282,7 @@ class SqliteStorage:
 
     # -- tasks and deliveries ---------------------------------------------------------------
 
-    def add_task(self, task: HubTaskRecord, *, announce: bool = True) -> PutOutcome:
-        # One process over the file: no other to announce the task to.
+    def add_task(self, task: HubTaskRecord) -> PutOutcome:
         with self._lock, self._tx():
             row = self._db.execute("SELECT envelope FROM tasks WHERE task_id = ?", (task.task_id,)).fetchone()
             if row is not None:

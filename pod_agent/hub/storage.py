@@ -270,10 +270,8 @@ class Storage(Protocol):
 
     def get_model(self, name: str, version: str) -> ModelRecord | None: ...
 
-    def add_task(self, task: HubTaskRecord, *, announce: bool = True) -> PutOutcome:
-        """Store a task and one delivery per target pod; same envelope again is a duplicate. With ``announce``
-        a storage that other hub processes share tells them of the task with its commit (they push it to their
-        pods); without, the process that stores it pushes it to every pod itself (``fanout.reaches_all``)."""
+    def add_task(self, task: HubTaskRecord) -> PutOutcome:
+        """Store a task and one delivery per target pod; same envelope again is a duplicate."""
 
     def get_task(self, task_id: str) -> HubTaskRecord | None: ...
 

@@ -99,15 +99,8 @@ class PodPromote(WireModel):
     type: Literal["promote"] = "promote"
 
 
-class PodSync(WireModel):
-    """On the pod's task socket: its standby socket ended, and the process that held it may have been pushing it a
-    task when it did, so send again whatever is pending for this pod."""
-
-    type: Literal["sync"] = "sync"
-
-
 # What a pod sends on its WebSocket.
-PodMessage = Annotated[PodHeartbeat | PodAck | PodPromote | PodSync, Field(discriminator="type")]
+PodMessage = Annotated[PodHeartbeat | PodAck | PodPromote, Field(discriminator="type")]
 
 
 # -- replies (pods and modellers parse) ----------------------------------------------------------

@@ -20,12 +20,9 @@ from task_support import cohort_of, entries
 
 from pod_agent.agent.hubclient import HubClient
 from pod_agent.agent.pipeline import PipelineOutput, TaskPipeline
-from pod_agent.config import HubSection
-from pod_agent.hub.fanout import ANNOUNCE_FROM_PODS
-from pod_agent.hub.storage import HubTaskRecord
 from pod_agent.modeller import ModellerClient, VerifiedResult, build_task
 from pod_agent.policy import PrivacyFloor
-from pod_agent.protocol import IdentityKey, PodRegistration, cohort_tree, envelope_bytes, sign_envelope
+from pod_agent.protocol import IdentityKey, cohort_tree, envelope_bytes, sign_envelope
 from pod_agent.protocol.messages import ProgressEvent
 
 DAEMON_CSV = "age,hours,TARGET\n" + "".join(
@@ -284,83 +281,6 @@ async def test_a_standby_socket_that_ends_is_opened_again_and_the_task_socket_st
         other.cut()
         await _until(lambda: other.of(pod) == [(_STANDBY, 101)] * 2, "the standby opened again")
         assert [r for r in home.of(pod) if r[0].startswith("/v1/pod/ws")] == [("/v1/pod/ws", 101)]
-
-
-async def _pods_holding_task_sockets(
-    stack: contextlib.AsyncExitStack, url: str, n: int, schema_hash: str
-) -> dict[str, str]:
-    """``n`` more pods (pod-b00, ...) registered at ``url``, each holding its task socket open there through the
-    agent's own client until ``stack`` closes: name -> key id."""
-    pods = {}
-    for i in range(n):
-        key = IdentityKey.generate()
-        client = await stack.enter_async_context(HubClient(HubSection(url=url), key))
-        await client.register(PodRegistration(
-            name=f"pod-b{i:02d}", public_key=key.public.to_b64(), schema_public={}, schema_hash=schema_hash,
-            row_count=1000, sandbox_level="none", heartbeat_s=15.0,
-        ))
-        await stack.enter_async_context(await client.task_stream(heartbeat_s=15.0))
-        pods[f"pod-b{i:02d}"] = key.key_id
-    return pods
-
-
-async def test_a_large_cohorts_task_pushed_on_the_pods_standby_is_run_and_acknowledged_on_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The process that holds the pod's standby holds a socket of every other pod of a large cohort too, so it
-    pushes the task to the pod on that standby (``fanout.reaches_all``), and no other process does. The pod
-    runs it, and acknowledges it on the standby: the hub counts an ack only on the socket it pushed the task on
-    (on the task socket it would be dropped, and the task stay unacknowledged until its result came)."""
-    home, other = _PodTraffic(), _PodTraffic()
-    async with hub_with_agent(
-        tmp_path, DAEMON_CSV, middlewares=[other.middleware], other_process=[home.middleware], stop_within_s=10,
-    ) as rig:
-        pod = rig.pod.key_id
-        acks: list[tuple[str, str]] = []  # the socket acks the hub counts (a result marks its delivery too)
-        ack_deliveries = rig.storage.ack_deliveries
-
-        def recording(batch: list[tuple[str, str]], *, now: int) -> None:
-            acks.extend(batch)
-            ack_deliveries(batch, now=now)
-
-        monkeypatch.setattr(rig.storage, "ack_deliveries", recording)
-        await _until(lambda: other.of(pod) == [(_STANDBY, 101)], "the pod's standby socket at the other process")
-        async with contextlib.AsyncExitStack() as stack:
-            key_ids = await _pods_holding_task_sockets(stack, rig.hub_url, ANNOUNCE_FROM_PODS - 1, rig.pod.schema_hash)
-            key_ids["pod-a"] = pod
-            cohort = entries(sorted(key_ids), rig.pod.schema_hash, key_ids=key_ids)
-            task = build_task(modeller_id=rig.modeller.key.key_id, cohort=cohort, kind="schema-stats")
-            await rig.modeller.submit_task(task, cohort_of(task))
-            # The result goes to the pod's hub.url (the rig's two servers share storage, not wake-ups).
-            async with ModellerClient(rig.pod_hub_url, rig.modeller.key) as modeller:
-                result = (await modeller.wait_results(task.task_id, ["pod-a"], timeout_s=20))["pod-a"]
-            assert isinstance(result, VerifiedResult) and result.payload.status == "done"
-            await _until(lambda: (task.task_id, "pod-a") in acks, "the pod's ack on its standby")
-        assert not [r for r in home.of(pod) + other.of(pod) if r[0].endswith("/ack")]  # no signed ack request
-        assert [r for r in other.of(pod) if r[0].startswith("/v1/pod/ws")] == [(_STANDBY, 101)]
-
-
-async def test_a_pod_whose_standby_ends_has_its_task_socket_send_what_is_pending_at_once(tmp_path: Path) -> None:
-    """The process that held the standby may have been pushing a task on it as it ended (here: a task stored and
-    pushed by no process). The pod's ``sync`` has its task socket's process send it at once, not at that
-    process's next quiet re-read of storage (MAX_LONG_POLL_S, 30 s)."""
-    home, other = _PodTraffic(), _PodTraffic()
-    async with hub_with_agent(
-        tmp_path, DAEMON_CSV, middlewares=[other.middleware], other_process=[home.middleware], stop_within_s=10,
-    ) as rig:
-        pod = rig.pod.key_id
-        await _until(lambda: other.of(pod) == [(_STANDBY, 101)], "the pod's standby socket at the other process")
-        await asyncio.sleep(0.5)  # the task socket's pending tasks (none) read
-        cohort = entries(["pod-a"], rig.pod.schema_hash, key_ids={"pod-a": pod})
-        task = build_task(modeller_id=rig.modeller.key.key_id, cohort=cohort, kind="schema-stats")
-        rig.storage.add_task(HubTaskRecord(
-            task_id=task.task_id, modeller_id=rig.modeller.key.key_id, pods=("pod-a",), created_at=int(time.time()),
-            envelope=envelope_bytes(sign_envelope(task, rig.modeller.key)),
-        ), announce=False)
-        other.cut()
-        async with ModellerClient(rig.pod_hub_url, rig.modeller.key) as modeller:
-            result = (await modeller.wait_results(task.task_id, ["pod-a"], timeout_s=10))["pod-a"]
-        assert isinstance(result, VerifiedResult) and result.payload.status == "done"
 
 
 async def test_a_hostile_process_holding_the_standby_is_an_outage_of_the_standby_only(

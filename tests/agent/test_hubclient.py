@@ -99,9 +99,9 @@ NO_SUCH_TASK = "00000000-0000-4000-8000-000000000000"
 def test_socket_frames_are_the_canonical_json_of_their_messages(task_id: str) -> None:
     # Written out rather than through the general encoder: the bytes must stay those of canonical_json.
     from pod_agent.agent.hubclient import pod_frame
-    from pod_agent.protocol import PodAck, PodHeartbeat, PodPromote, PodSync, canonical_json
+    from pod_agent.protocol import PodAck, PodHeartbeat, PodPromote, canonical_json
 
-    for message in (PodAck(task_id=task_id), PodHeartbeat(), PodPromote(), PodSync()):
+    for message in (PodAck(task_id=task_id), PodHeartbeat(), PodPromote()):
         assert pod_frame(message).encode() == canonical_json(message)
 
 
@@ -144,36 +144,4 @@ async def test_acks_go_on_the_open_task_socket_and_by_signed_request_once_it_is_
             await client.ack(NO_SUCH_TASK)
         await client.ack(second.task_id)
         assert storage.pending_tasks("pod-a") == []
-    storage.close()
-
-
-async def test_where_a_standby_pushed_task_is_acknowledged_is_remembered_for_a_bounded_number_of_tasks(
-    tmp_path: Path,
-) -> None:
-    """A hub that pushes on the standby without end (tasks the pod neither acknowledges nor refuses) holds
-    MAX_STANDBY_PUSHES entries of the pod's memory at most; an ack or a refusal forgets its task's."""
-    from pod_agent.agent import HubClient
-    from pod_agent.agent.hubclient import MAX_STANDBY_PUSHES
-    from pod_agent.hub import SqliteStorage, create_app, listening
-    from pod_agent.protocol import IdentityKey, PodRegistration
-
-    storage = SqliteStorage(str(tmp_path / "hub.sqlite"))
-    pod = IdentityKey.generate()
-    async with (
-        listening(create_app(storage, blob_dir=tmp_path / "blobs"), port=0) as url,
-        # Its second URL the same process under another name: a standby opens there.
-        HubClient(HubSection(url=url, fallback_urls=[url.replace("127.0.0.1", "localhost")]), pod) as client,
-    ):
-        await client.register(PodRegistration(
-            name="pod-a", public_key=pod.public.to_b64(), schema_public={}, schema_hash="a" * 64, row_count=10,
-            sandbox_level="none", heartbeat_s=5,
-        ))
-        async with await client.standby_stream(heartbeat_s=5) as standby:
-            tasks = [f"00000000-0000-4000-8000-{i:012d}" for i in range(MAX_STANDBY_PUSHES + 10)]
-            for task_id in tasks:
-                client.pushed_on_standby(task_id, standby)
-            assert len(client._standby_pushes) == MAX_STANDBY_PUSHES
-            assert tasks[0] not in client._standby_pushes
-            await client.ack(tasks[-1])  # on the standby: the hub ignores an unknown task
-            assert len(client._standby_pushes) == MAX_STANDBY_PUSHES - 1
     storage.close()

@@ -25,6 +25,8 @@ from pod_agent.protocol import (
     TaskSubmission,
     canonical_json,
     cohort_tree,
+    envelope_bytes,
+    sign_envelope,
     sign_request,
 )
 
@@ -244,3 +246,36 @@ def test_a_fan_out_whose_event_loop_has_closed_still_gives_the_collector_back() 
     while not gc.isenabled() and time.monotonic() < deadline:
         time.sleep(0.02)
     assert gc.isenabled()
+
+
+async def test_pods_that_connect_together_for_a_task_this_process_never_prepared_have_its_record_read_once(
+    hub: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As when a process dies before telling the others of a task it stored, and its pods move here at once: the
+    record lists the whole cohort (10,000 names at 10,000 pods), so it is read once, not once per pod."""
+    modeller, pods = await federation(hub, 8)
+    task, _ = keyed_submission(modeller, pods)
+    hub.storage.add_task(HubTaskRecord(
+        task_id=task.task_id, modeller_id=modeller.key_id, envelope=envelope_bytes(sign_envelope(task, modeller)),
+        pods=tuple(sorted(pods)), created_at=int(time.time()),
+    ))
+    reads: list[str] = []
+    get_task = hub.storage.get_task
+
+    def counted(task_id: str) -> HubTaskRecord | None:
+        reads.append(task_id)
+        return get_task(task_id)
+
+    monkeypatch.setattr(hub.storage, "get_task", counted)
+
+    async def connect(key: IdentityKey) -> aiohttp.ClientWebSocketResponse:
+        headers = sign_request(key, "GET", "/v1/pod/ws", b"", now=int(time.time()))
+        return await hub.session.ws_connect(hub.base + "/v1/pod/ws", headers=headers)
+
+    sockets = await asyncio.gather(*(connect(key) for key in pods.values()))
+    for name, ws in zip(pods, sockets, strict=True):
+        delivery = json.loads((await ws.receive(timeout=5)).data)
+        assert delivery["task_id"] == task.task_id
+        checked_delivery(delivery, name)
+        await ws.close()
+    assert reads == [task.task_id]
