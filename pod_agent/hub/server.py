@@ -253,7 +253,10 @@ class _Hub:
         self.registration: RegistrationPolicy = registration
         self.limits = limits
         self.replay = RequestReplayCache(
-            max_entries=limits.replay_entries, max_entries_per_key=limits.replay_entries_per_key
+            max_entries=limits.replay_entries, max_entries_per_key=limits.replay_entries_per_key,
+            # Alone, this process's cache is the only record of nonces, and it starts empty: nothing signed
+            # before it started is taken. Several processes claim each nonce in the database too.
+            begins_at=-1 if cluster.shared else int(clock()),
         )
         self.rates = RateLimiter(rate_per_s=limits.rate_per_s, burst=limits.rate_burst)
         # Placing a blob file and recording it, or forgetting and deleting one, happen under this lock,
