@@ -3,13 +3,14 @@
 How pods find the other process: the way an operator configures a real pod, ``hub.url`` its own process and
 ``hub.fallback_urls`` the other. Each simulated pod is the agent's own ``HubClient`` (which moves to the next
 URL when a call finds its hub unavailable) with the agent's ``Backoff`` at the agent's defaults, and its link
-loop is the daemon's (``Agent._hub_link``): register, open the signed task WebSocket, heartbeat, verify and ack
-each pushed task on the socket; on any retryable failure wait a backoff step and open the socket again (at
-the next URL when the socket ended), registering anew only when the hub refuses it. Its sockets are the agent's own
-``hold_task_sockets``: with the agent's default ``hub.standby_socket`` each pod also holds a standby socket at
-the other process, and when its process dies it promotes that one (one frame, no handshake) instead of opening
-a new one; ``--standby off`` runs without (``both``: each run with, then without). No TCP front is put before
-the hubs: it would be a third process that can die, and the agent needs none.
+loop is the daemon's own ``HubLink``: register, open the signed task WebSocket, heartbeat; on any retryable
+failure wait a backoff step and open the socket again (at the next URL when the socket ended), registering anew
+only when the hub refuses it. Each pushed task is verified and acknowledged on the socket, as the daemon's intake
+does, with the pipeline left out. Its sockets are the agent's own ``hold_task_sockets``: with the agent's default
+``hub.standby_socket`` each pod also holds a standby socket at the other process, and when its process dies it
+promotes that one (one frame, no handshake) instead of opening a new one; ``--standby off`` runs without
+(``both``: each run with, then without). No TCP front is put before the hubs: it would be a third process that
+can die, and the agent needs none.
 
 Half the pods live on each process (worker processes of PODS_PER_WORKER pods, niced as in hub_load); the task
 (an evaluate task for every pod, its cohort committed by a Merkle root) is submitted to the first process.
@@ -52,6 +53,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import multiprocessing
 import os
@@ -88,12 +90,14 @@ from bench.hub_load import (
 from pod_agent.agent import Backoff, HubClient
 from pod_agent.agent.backoff import RETRYABLE
 from pod_agent.agent.hubclient import TaskStream
-from pod_agent.agent.tasksockets import hold_task_sockets
+from pod_agent.agent.hublink import HubLink
 from pod_agent.config import HubSection
-from pod_agent.errors import HubRejected, PodAgentError
+from pod_agent.errors import PodAgentError
 from pod_agent.protocol import (
     HubPush,
     IdentityKey,
+    PodRegisteredStanding,
+    PodRegistration,
     PublicKey,
     ResultPayload,
     TaskDelivery,
@@ -133,76 +137,82 @@ class _Pod:
     sessions: list[_Session] = field(default_factory=list)
     deliveries: list[tuple[float, int]] = field(default_factory=list)  # (when, index of the session it came on)
     failures: list[float] = field(default_factory=list)  # when a try (or an open link) failed
-    backoff_s: list[tuple[float, float]] = field(default_factory=list)  # (when it started, seconds slept)
     task_id: str = ""
     posted_s: float | None = None
     standbys: int = 0  # standby sockets opened
 
 
-async def _link(
-    pod: _Pod, hub: HubClient, stop: asyncio.Event, delivered: Callable[[_Pod, str], None], modeller: PublicKey,
-    opened: Callable[[_Pod], None], standby: bool,
-) -> None:
-    """The daemon's hub link (``Agent._hub_link`` around the agent's own ``hold_task_sockets``) with the
-    pipeline left out; ``delivered(pod, task_id)`` on each verified delivery, ``opened(pod)`` each time a socket
-    becomes the task socket or a standby opens."""
-    backoff = Backoff(_AGENT_HUB.backoff_initial_s, _AGENT_HUB.backoff_cap_s)
-    registration = _registration(pod.name, pod.key)
-    admitted = False  # as the daemon: registered once, again only when the hub refuses the session
+class _TimedHub(HubClient):
+    """The agent's ``HubClient``, timing its registrations and task sockets' handshakes for the figures."""
 
-    async def on_push(push: HubPush) -> None:
+    def __init__(self, section: HubSection, key: IdentityKey) -> None:
+        super().__init__(section, key)
+        self.register_s = 0.0  # the registration since the last session, if any
+        self.handshake_s: float | None = None  # the task socket opened last, until its session is counted
+
+    async def register(self, registration: PodRegistration) -> PodRegisteredStanding:
+        started = time.time()
+        standing = await super().register(registration)
+        self.register_s = time.time() - started
+        return standing
+
+    async def task_stream(self, *, heartbeat_s: float) -> TaskStream:
+        started = time.time()
+        stream = await super().task_stream(heartbeat_s=heartbeat_s)
+        self.handshake_s = time.time() - started
+        return stream
+
+
+@dataclass
+class _TimedBackoff(Backoff):
+    """The agent's ``Backoff``, keeping (when it started, seconds slept) of each wait."""
+
+    slept: list[tuple[float, float]] = field(default_factory=list)
+
+    async def wait(self, stop: asyncio.Event, *, elsewhere: bool = False) -> None:
+        started = time.time()
+        await super().wait(stop, elsewhere=elsewhere)
+        self.slept.append((started, time.time() - started))
+
+
+@dataclass
+class _PodListener:
+    """What a simulated pod's ``HubLink`` tells it (``LinkListener``): its sessions and failures are kept,
+    each delivery verified (its inclusion proof; the envelope's signature once per worker) and acknowledged
+    on the socket, as the daemon's intake would, with the pipeline left out. ``delivered(pod, task_id)`` on
+    each delivery, ``opened(pod)`` each time a socket becomes the task socket or a standby opens."""
+
+    pod: _Pod
+    hub: _TimedHub
+    modeller: PublicKey
+    delivered: Callable[[_Pod, str], None]
+    opened: Callable[[_Pod], None]
+
+    def admitted(self) -> None:
+        pass
+
+    def connected(self, base: str) -> None:
+        handshake_s, self.hub.handshake_s = self.hub.handshake_s, None
+        register_s, self.hub.register_s = self.hub.register_s, 0.0
+        promoted = handshake_s is None  # a standby that became the task socket: no handshake of its own
+        self.pod.sessions.append(_Session(time.time(), base, register_s, handshake_s or 0.0, promoted))
+        self.opened(self.pod)
+
+    def down(self, exc: BaseException) -> None:
+        self.pod.failures.append(time.time())
+        self.hub.register_s = 0.0
+
+    def standby(self, stream: TaskStream) -> None:
+        self.pod.standbys += 1
+        self.opened(self.pod)
+
+    async def push(self, push: HubPush) -> None:
         if isinstance(push, TaskDelivery):
-            check_inclusion(_payload(push, modeller).cohort, push.proof)
-            pod.deliveries.append((time.time(), len(pod.sessions) - 1))
-            pod.task_id = push.task_id
-            delivered(pod, push.task_id)
-            await hub.ack(push.task_id)
-
-    def on_standby(stream: TaskStream) -> None:
-        pod.standbys += 1
-        opened(pod)
-
-    while not stop.is_set():
-        base = hub.base
-        try:
-            asked = time.time()
-            fresh = not admitted
-            if fresh:
-                await hub.register(registration)
-                admitted = True
-            registered = time.time()
-            held = len(pod.sessions)
-
-            # Bound now: called only while this hold lasts.
-            def on_open(
-                stream: TaskStream, held: int = held, asked: float = asked, registered: float = registered
-            ) -> None:
-                backoff.reset()
-                # The first socket of this hold was opened now; a later one is a standby promoted.
-                promoted = len(pod.sessions) > held
-                pod.sessions.append(_Session(time.time(), stream.base, 0.0 if promoted else registered - asked,
-                                             0.0 if promoted else time.time() - registered, promoted))
-                opened(pod)
-
-            # On a pod's first socket the first heartbeat's phase is spread, as a fleet's pods that started at
-            # different times (these all start within a second).
-            first_beat_s = 0.0 if pod.sessions else HEARTBEAT_S * (hash(pod.name) % 1000) / 1000
-            try:
-                await hold_task_sockets(
-                    hub, heartbeat_s=HEARTBEAT_S, on_push=on_push, on_open=on_open, standby=standby,
-                    backoff_cap_s=_AGENT_HUB.backoff_cap_s, on_standby=on_standby,
-                    first_beat_s=first_beat_s,
-                )
-            except HubRejected as exc:
-                if exc.status not in (401, 403) or fresh:
-                    raise
-                admitted = False
-                continue
-        except RETRYABLE:
-            pod.failures.append(time.time())
-        slept = time.time()
-        await backoff.wait(stop, elsewhere=hub.base != base)
-        pod.backoff_s.append((slept, time.time() - slept))
+            check_inclusion(_payload(push, self.modeller).cohort, push.proof)
+            self.pod.deliveries.append((time.time(), len(self.pod.sessions) - 1))
+            self.pod.task_id = push.task_id
+            self.delivered(self.pod, push.task_id)
+            await self.hub.ack(push.task_id)
 
 
 async def _post(pod: _Pod, hub: HubClient, stop: asyncio.Event, gate: asyncio.Semaphore) -> None:
@@ -259,10 +269,20 @@ async def _worker_main(
                 conn.send({"moved": True})
 
     async with contextlib.AsyncExitStack() as stack:
-        hubs = [await stack.enter_async_context(HubClient(section, p.key)) for p in pods]
-        links = []
+        hubs = [_TimedHub(section, p.key) for p in pods]
+        for hub in hubs:
+            await stack.enter_async_context(hub)
+        links, backoffs = [], []
         for pod, hub in zip(pods, hubs, strict=True):
-            links.append(asyncio.create_task(_link(pod, hub, stop, delivered, modeller, opened, standby)))
+            listener = _PodListener(pod, hub, modeller, delivered, opened)
+            backoffs.append(_TimedBackoff(section.backoff_initial_s, section.backoff_cap_s))
+            pod_link = HubLink(
+                hub, section, registration=functools.partial(_registration, pod.name, pod.key), listener=listener,
+                stop=stop, backoff=backoffs[-1], on_standby=listener.standby,
+                # Spread as a fleet's pods that started at different times (these all start within a second).
+                first_beat_s=HEARTBEAT_S * (hash(pod.name) % 1000) / 1000,
+            )
+            links.append(asyncio.create_task(pod_link.run()))
             await asyncio.sleep(0.002)  # 500 registrations a second per worker, not all in one instant
         while not all(p.sessions and (p.standbys or not standby) for p in pods):
             await asyncio.sleep(0.05)
@@ -283,8 +303,8 @@ async def _worker_main(
     conn.send({"pods": [
         {"name": p.name,
          "sessions": [(s.opened, s.base, s.register_s, s.handshake_s, s.promoted) for s in p.sessions],
-         "deliveries": p.deliveries, "failures": p.failures, "backoff": p.backoff_s, "posted_s": p.posted_s}
-        for p in pods
+         "deliveries": p.deliveries, "failures": p.failures, "backoff": b.slept, "posted_s": p.posted_s}
+        for p, b in zip(pods, backoffs, strict=True)
     ]})
 
 

@@ -3,9 +3,9 @@
 Owns start-up (config already validated: identity key, state DB, datasource and
 schema, sandbox level), the loops and the shutdown sequence:
 
-    hub-link   register (or update) the pod, then hold a WebSocket (or long poll):
-               heartbeats, tasks in; reconnect forever through ``Backoff``;
-               every reconnect registers again, so a restarted hub learns the pod anew
+    hub-link   ``hublink.HubLink``: register (or update) the pod, then hold a WebSocket
+               (or long poll): heartbeats, tasks in; reconnect forever through ``Backoff``,
+               registering again when the registration changed or the hub refuses the session
     intake     verify each delivered task (policy.TaskVerifier, which records it in
                state), acknowledge it. A refusal carries only its code: a task the
                verifier recorded (signature verified, within its validity window,
@@ -62,11 +62,11 @@ from pathlib import Path
 from typing import Any, cast
 
 from pod_agent.agent.backoff import RETRYABLE, Backoff
-from pod_agent.agent.hubclient import HubClient, TaskStream
+from pod_agent.agent.hubclient import HubClient
+from pod_agent.agent.hublink import HubLink
 from pod_agent.agent.pipeline import PipelineOutput, TaskPipeline
 from pod_agent.agent.progress import ProgressLimiter
 from pod_agent.agent.secure_round import PodRoundContext
-from pod_agent.agent.tasksockets import hold_task_sockets
 from pod_agent.config import PodSettings, load_settings
 from pod_agent.data import Datasource, Schema, open_datasource
 from pod_agent.errors import (
@@ -135,9 +135,6 @@ REVIEW_POLL_S = 2.0
 _RESTART_SECTIONS = ("pod", "hub", "datasource", "sandbox_limits", "training", "ops")
 # A progress event that cannot be sent, encoded or counted (the audit export's bytes) is dropped, never fatal.
 _PROGRESS_ERRORS: tuple[type[BaseException], ...] = (*RETRYABLE, ProtocolError, StateError)
-# A long poll answered empty in under this share of its wait is a hub making the pod spin: the next
-# poll waits a backoff step first (an honest hub answers early only with tasks).
-EARLY_EMPTY_POLL_SHARE = 0.5
 
 
 def _now() -> int:
@@ -410,91 +407,9 @@ class Agent:
         )
 
     async def _hub_link(self, hub: HubClient) -> None:
-        backoff = Backoff(self.settings.hub.backoff_initial_s, self.settings.hub.backoff_cap_s)
-        use_websocket = True
-        # The registration the hub last admitted: a reconnection that would send the same opens its session at
-        # once (one signed request, not two, at a hub process that may be taking over thousands of pods). One
-        # that differs (the share categories reloaded) registers first, and so does a pod the hub refuses a
-        # session (401/403: its database replaced, the pod released, the key held for approval again).
-        admitted: PodRegistration | None = None
-        while True:
-            registration = self._registration()
-            base = hub.base
-            try:
-                fresh = registration != admitted
-                if fresh:
-                    admitted = None
-                    registered = await hub.register(registration)
-                    if registered.pending:
-                        # The hub's admin has not approved this key yet: its other routes would answer 403.
-                        _log.warning("the hub at %s holds this pod's registration for approval (%s): its admin "
-                                     "runs `pod-agent hub approve %s`; asking again", hub.base,
-                                     registered.message or "pending", registered.key_id)
-                        await backoff.wait(self._stop)
-                        continue
-                    self._admitted(hub)
-                    admitted = registration
-                try:
-                    if use_websocket:
-                        await self._websocket_session(hub, backoff)
-                    else:
-                        await self._poll_session(hub, backoff)
-                except HubRejected as exc:
-                    if exc.status in (401, 403) and not fresh:
-                        _log.warning("the hub at %s refused this pod's session (%s); registering again",
-                                     hub.base, exc.status)
-                        admitted = None
-                        continue
-                    if exc.status in (401, 403) or not use_websocket:
-                        raise
-                    _log.warning("hub offers no WebSocket (%s); falling back to long polling", exc.status)
-                    use_websocket = False
-                    continue
-            except RETRYABLE as exc:
-                self.readiness.hub_connected = False
-                self.metrics.reconnected()
-                _log.warning("hub link down: %s; retrying", exc)
-            await backoff.wait(self._stop, elsewhere=hub.base != base)
-
-    def _admitted(self, hub: HubClient) -> None:
-        """The hub answered a registration without holding it for approval: the pod is ready."""
-        if not self.readiness.registered:
-            _log.info("registered with the hub at %s as %s", hub.base, self.settings.pod.name)
-            self.notifier.ready(f"registered as {self.settings.pod.name}")
-            self.readiness.registered = True
-
-    async def _websocket_session(self, hub: HubClient, backoff: Backoff) -> None:
-        section = self.settings.hub
-
-        def opened(stream: TaskStream) -> None:
-            backoff.reset()
-            self.readiness.hub_connected = True
-            self.metrics.heartbeat()
-
-        await hold_task_sockets(
-            hub, heartbeat_s=section.heartbeat_s, on_push=self._on_push, on_open=opened,
-            standby=section.standby_socket, backoff_cap_s=section.backoff_cap_s,
-        )
-
-    async def _on_push(self, push: HubPush) -> None:
-        if isinstance(push, HeartbeatAck):
-            self.metrics.heartbeat()
-        else:
-            await self._inbox.put(push)
-
-    async def _poll_session(self, hub: HubClient, backoff: Backoff) -> None:
-        wait_s = self.settings.hub.heartbeat_s
-        while True:
-            asked = time.monotonic()
-            reply = await hub.pending_tasks(wait_s=wait_s)
-            self.readiness.hub_connected = True
-            self.metrics.heartbeat()
-            for delivery in reply.tasks:
-                await self._inbox.put(delivery)
-            if reply.tasks or time.monotonic() - asked >= EARLY_EMPTY_POLL_SHARE * wait_s:
-                backoff.reset()
-            else:
-                await backoff.wait(self._stop)
+        listener = _LinkState(hub, pod=self.settings.pod.name, readiness=self.readiness, metrics=self.metrics,
+                              notifier=self.notifier, inbox=self._inbox)
+        await HubLink(hub, self.settings.hub, registration=self._registration, listener=listener, stop=self._stop).run()
 
     # -- intake ---------------------------------------------------------------------------
 
@@ -769,6 +684,38 @@ class Agent:
         if removed is not None and removed.blob_path is not None:
             removed.blob_path.unlink(missing_ok=True)
         _log.info("result delivered", extra={"status": result.status})
+
+
+@dataclass
+class _LinkState:
+    """The hub link as the agent's readiness, metrics and inbox see it (``hublink.LinkListener``)."""
+
+    hub: HubClient
+    pod: str
+    readiness: Readiness
+    metrics: AgentMetrics
+    notifier: Notifier
+    inbox: _Inbox
+
+    def admitted(self) -> None:
+        if not self.readiness.registered:
+            _log.info("registered with the hub at %s as %s", self.hub.base, self.pod)
+            self.notifier.ready(f"registered as {self.pod}")
+            self.readiness.registered = True
+
+    def connected(self, base: str) -> None:
+        self.readiness.hub_connected = True
+        self.metrics.heartbeat()
+
+    def down(self, exc: BaseException) -> None:
+        self.readiness.hub_connected = False
+        self.metrics.reconnected()
+
+    async def push(self, push: HubPush) -> None:
+        if isinstance(push, HeartbeatAck):
+            self.metrics.heartbeat()
+        else:
+            await self.inbox.put(push)
 
 
 class _Inbox:
