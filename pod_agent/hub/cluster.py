@@ -1,15 +1,13 @@
-"""What hub processes serving one federation share besides storage: wake-ups and seen request nonces.
+"""What hub processes serving one federation share besides storage: wake-ups.
 
 Owns the ``Cluster`` interface the server talks to and its one-process form. A waiter (a pod's
 push loop or long poll, a modeller's wait for results, a secure round's long poll) sleeps on a
 key in its own process (``server._Hub.wakeup``); a write that concerns it calls
 ``_Hub.notify(key)``, which wakes local waiters and ``publish``es the key to the other processes,
-whose ``run`` loop wakes theirs. A request's (key id, nonce) is checked against the process's own
-replay cache first and then ``claim_nonce``'d across processes.
+whose ``run`` loop wakes theirs. (Request nonces are claimed in storage, which every process shares.)
 
-``SingleProcess`` is the embedded hub's (SQLite, one process): nothing to publish, every nonce is
-already checked by the in-process replay cache. ``postgres.PostgresCluster`` is the one for several
-processes on PostgreSQL (LISTEN/NOTIFY and a nonce table).
+``SingleProcess`` is the embedded hub's (SQLite, one process): nothing to publish.
+``postgres.PostgresCluster`` is the one for several processes on PostgreSQL (LISTEN/NOTIFY).
 """
 
 from __future__ import annotations
@@ -32,9 +30,6 @@ class Cluster(Protocol):
         """Call ``wake(key)`` for each key another process publishes, until cancelled; ``wake_all()`` when
         keys may have been missed (the channel was re-opened)."""
 
-    async def claim_nonce(self, key_id: str, nonce: str, *, timestamp: int, now: int) -> bool:
-        """Whether no other process has seen this request nonce (recording it)."""
-
     async def close(self) -> None: ...
 
 
@@ -48,10 +43,6 @@ class SingleProcess:
 
     async def run(self, wake: Callable[[str], None], wake_all: Callable[[], None]) -> None:
         await asyncio.Event().wait()
-
-    async def claim_nonce(self, key_id: str, nonce: str, *, timestamp: int, now: int) -> bool:
-        # The process's own replay cache has checked it: there is no other process to ask.
-        return True
 
     async def close(self) -> None:
         """Nothing held."""

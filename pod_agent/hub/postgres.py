@@ -1,8 +1,8 @@
 """PostgreSQL implementation of the hub's ``Storage`` and ``Cluster``, for several hub processes on one database.
 
 Owns the PostgreSQL table layout, its migrations, the transactions, and what hub processes
-sharing the database tell each other (``PostgresCluster``: wake-ups by LISTEN/NOTIFY, seen
-request nonces in a table).
+sharing the database tell each other (``PostgresCluster``: wake-ups by LISTEN/NOTIFY). Request
+nonces are claimed in a table, so a request replayed to another process is refused.
 
 Driver: psycopg 3 with ``psycopg_pool.ConnectionPool``, not asyncpg. ``Storage`` is a synchronous
 protocol that the server runs through ``asyncio.to_thread`` (SQLite's sqlite3 is synchronous), so a
@@ -41,7 +41,6 @@ from psycopg import sql
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from pod_agent.errors import HubError
-from pod_agent.hub.batching import GatheredClaims
 from pod_agent.hub.fanout import fanout_key, fanout_task
 from pod_agent.hub.sqlite import MAY_READ_BLOB_SQL, UNREFERENCED_SQL
 from pod_agent.hub.storage import (
@@ -60,13 +59,13 @@ from pod_agent.hub.storage import (
     ResultRecord,
     RoundMessageRecord,
     StorageConflict,
+    first_claims,
     hub_task_record,
     key_standings,
     key_standings_query,
     pending_by_pod,
     pod_record,
 )
-from pod_agent.protocol import MAX_REQUEST_SKEW_S
 
 _log = logging.getLogger(__name__)
 
@@ -81,8 +80,6 @@ _POOL_WAIT_S = 30.0
 _CONNECT_TIMEOUT_S = 10
 # Pods' heartbeats (``touch_pod``) are written together this often; what other processes show lags by as much.
 TOUCH_WRITE_S = 0.5
-# How often a process prunes nonces past the clock window (requests older are refused anyway).
-_NONCE_PRUNE_EVERY = 1000
 
 _POD_COLUMNS = (
     "name, key_id, public_key, schema, schema_hash, row_count, sandbox_level, heartbeat_s, registered_at, last_seen"
@@ -682,17 +679,13 @@ class PostgresStorage:
             "UPDATE key_approvals SET approved_at = %s WHERE key_id = %s AND approved_at IS NULL", (now, key_id)
         ) > 0
 
-    # -- what hub processes share besides storage (``PostgresCluster``) ---------------------
+    # -- request nonces ---------------------------------------------------------------------
 
     def claim_nonces(self, claims: Sequence[NonceClaim]) -> set[NonceClaim]:
-        """Record requests' (key, nonce) in one statement; the claims recorded now (of two with one key and
-        nonce, the first), none that any process recorded before."""
-        first: dict[tuple[str, str], NonceClaim] = {}
-        for claim in claims:
-            first.setdefault((claim.key_id, claim.nonce), claim)
-        if not first:
+        """As ``Storage.claim_nonces``, in one statement."""
+        firsts = first_claims(claims)
+        if not firsts:
             return set()
-        firsts = list(first.values())
         rows = self._rows(
             "INSERT INTO request_nonces (key_id, nonce, stamped_at)"
             " SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[])"
@@ -703,6 +696,8 @@ class PostgresStorage:
 
     def prune_nonces(self, *, stamped_before: int) -> int:
         return self._count("DELETE FROM request_nonces WHERE stamped_at < %s", (stamped_before,))
+
+    # -- what hub processes share besides storage (``PostgresCluster``) ---------------------
 
     def notify(self, channel: str, keys: list[str]) -> None:
         with self._conn() as conn:
@@ -721,8 +716,6 @@ class PostgresCluster:
     pause, and every local waiter is woken then, since notifications sent meanwhile are gone
     (waiters re-read the database).
 
-    Request nonces are claimed in ``request_nonces`` (those claimed together in one insert) so a request
-    replayed to another process is refused; rows older than twice the clock window are pruned now and then.
     Per-key request rates stay per process: a key may send N times the rate to N processes, which
     bounds it as before, N times looser; quotas on stored bytes are in the database and shared.
     """
@@ -736,9 +729,6 @@ class PostgresCluster:
         storage.announce_tasks_on(self._channel, f"{self._origin}|")
         self._outbox: list[str] = []
         self._sending: asyncio.Task[None] | None = None
-        # A reconnecting fleet's handshakes claim their nonces together: one statement per batch, not per request.
-        self._claims = GatheredClaims(storage.claim_nonces, asyncio.to_thread, name="hub-nonce-claims")
-        self._claimed = 0
 
     def publish(self, key: str) -> None:
         """Queue ``key`` for the other processes; queued keys go out together, in one statement. A task's
@@ -772,12 +762,6 @@ class PostgresCluster:
             except psycopg.Error as exc:
                 _log.warning("lost the hub's LISTEN connection (%s); reconnecting in 1 s", exc)
             await asyncio.sleep(1.0)
-
-    async def claim_nonce(self, key_id: str, nonce: str, *, timestamp: int, now: int) -> bool:
-        self._claimed += 1
-        if self._claimed % _NONCE_PRUNE_EVERY == 0:
-            await asyncio.to_thread(self._storage.prune_nonces, stamped_before=now - 2 * MAX_REQUEST_SKEW_S)
-        return await self._claims.get(NonceClaim(key_id, nonce, timestamp))
 
     async def close(self) -> None:
         if self._sending is not None:

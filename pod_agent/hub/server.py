@@ -10,9 +10,9 @@ formed, timestamp within -300/+30 s), the key's request rate (``limits.RateLimit
 looked at but not spent), the key (registered; for the two registration routes an unknown
 key may offer itself in the body); only then is the body read, streaming, hashed as it
 comes and refused with 413 past its route's cap (``limits.body_cap``); then the signature,
-the replay cache (per-key quotas, ``protocol.RequestReplayCache``; across hub processes also
-``cluster.Cluster.claim_nonce``), the rate spent, and a
-key awaiting approval is refused everything but registration (``admission.py``).
+the replay cache (per-key quotas, ``protocol.RequestReplayCache``), the nonce claimed in storage
+(``Storage.claim_nonces``: it outlives the process, and every process of the hub shares it), the
+rate spent, and a key awaiting approval is refused everything but registration (``admission.py``).
 
 Blobs record who uploaded them and what references them (a task's weights, a pod's result
 or masked input, a model). A blob is served to its uploaders, to the modeller of a task
@@ -91,7 +91,7 @@ from pod_agent.hub.admission import (
     admit,
     approval_hint,
 )
-from pod_agent.hub.batching import GatheredReads, GatheredWrites, StorageBatcher
+from pod_agent.hub.batching import GatheredClaims, GatheredReads, GatheredWrites, StorageBatcher
 from pod_agent.hub.blobs import Blobs, BlobStore
 from pod_agent.hub.cluster import Cluster, SingleProcess
 from pod_agent.hub.fanout import (
@@ -123,12 +123,14 @@ from pod_agent.hub.storage import (
     KeyRole,
     ModellerRecord,
     ModelRecord,
+    NonceClaim,
     PodRecord,
     RoundMessageRecord,
     Storage,
 )
 from pod_agent.protocol import (
     MAX_LISTED_ROTATIONS,
+    MAX_REQUEST_SKEW_S,
     MAX_STAGE_BYTES,
     MODELLER_SENDER,
     MODELLER_STAGES,
@@ -192,6 +194,8 @@ _EMPTY_SHA256 = sha256_hex(b"")
 # Signers' keys kept parsed (by their base64 text, so a re-keyed pod's new key is parsed anew): a fleet's every
 # handshake had decoded, loaded and hashed its key again. Forgotten all at once past this many.
 _PARSED_KEYS = 65_536
+# How often (in claims) a process forgets nonces past the clock window: requests that old are refused anyway.
+_NONCE_PRUNE_EVERY = 1000
 
 _HUB: web.AppKey[_Hub] = web.AppKey("hub", object)  # type: ignore[arg-type]
 _SIGNER: web.RequestKey[str] = web.RequestKey("signer", str)
@@ -252,11 +256,10 @@ class _Hub:
         self.clock = clock
         self.registration: RegistrationPolicy = registration
         self.limits = limits
+        # The cache refuses a replay this process saw without a database write; storage's claim is the record
+        # that outlives the process and that every process shares.
         self.replay = RequestReplayCache(
             max_entries=limits.replay_entries, max_entries_per_key=limits.replay_entries_per_key,
-            # Alone, this process's cache is the only record of nonces, and it starts empty: nothing signed
-            # before it started is taken. Several processes claim each nonce in the database too.
-            begins_at=-1 if cluster.shared else int(clock()),
         )
         self.rates = RateLimiter(rate_per_s=limits.rate_per_s, burst=limits.rate_burst)
         # Placing a blob file and recording it, or forgetting and deleting one, happen under this lock,
@@ -273,6 +276,9 @@ class _Hub:
         self.signers = GatheredReads(
             storage.key_standings, self.db_batched, absent=lambda: STRANGER, name="hub-signer-reads"
         )
+        # A reconnecting fleet's handshakes claim their nonces together: one statement per batch, not per request.
+        self._nonces = GatheredClaims(storage.claim_nonces, self.db_batched, name="hub-nonce-claims")
+        self._claimed = 0
         # A task prepared again from storage (``_prepared``): once, however many pods ask for it at once.
         self.preparing: dict[str, asyncio.Future[PreparedTask | None]] = {}
         self.background: set[asyncio.Task[None]] = set()  # fan-outs another hub process asked for
@@ -289,6 +295,14 @@ class _Hub:
                 self._keys.clear()
             key = self._keys[b64] = PublicKey.from_b64(b64)
         return key
+
+    async def claim_nonce(self, signed: SignedHeaders, *, now: int) -> bool:
+        """Whether no request with this key and nonce was seen before, by any process of the hub, before any
+        restart (recording it)."""
+        self._claimed += 1
+        if self._claimed % _NONCE_PRUNE_EVERY == 0:
+            await self.db(self.storage.prune_nonces, stamped_before=now - 2 * MAX_REQUEST_SKEW_S)
+        return await self._nonces.get(NonceClaim(signed.key_id, signed.nonce, signed.timestamp))
 
     def wakeup(self, pod: str) -> asyncio.Event:
         return self._wakeups.setdefault(pod, asyncio.Event())
@@ -388,7 +402,7 @@ async def _authenticate(request: web.Request, route: str | None) -> None:
     public_key = known.public_key or _offered_key(body, signed)
     check_signature(signed, method=request.method, path=request.raw_path, public_key=public_key)
     hub.replay.check_and_add(signed.key_id, signed.nonce, timestamp=signed.timestamp, now=now)
-    if not await hub.cluster.claim_nonce(signed.key_id, signed.nonce, timestamp=signed.timestamp, now=now):
+    if not await hub.claim_nonce(signed, now=now):
         raise ProtocolError(
             f"request nonce {signed.nonce} from key {signed.key_id[:16]} was already used: re-sign the request"
         )

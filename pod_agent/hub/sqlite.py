@@ -29,12 +29,14 @@ from pod_agent.hub.storage import (
     KeyStanding,
     ModellerRecord,
     ModelRecord,
+    NonceClaim,
     PendingKey,
     PodRecord,
     PutOutcome,
     ResultRecord,
     RoundMessageRecord,
     StorageConflict,
+    first_claims,
     hub_task_record,
     key_standings,
     key_standings_query,
@@ -113,6 +115,10 @@ CREATE TABLE IF NOT EXISTS key_approvals (
     approved_at INTEGER
 );
 CREATE INDEX IF NOT EXISTS deliveries_by_pod ON deliveries (pod, task_id);
+CREATE TABLE IF NOT EXISTS request_nonces (
+    key_id TEXT NOT NULL, nonce TEXT NOT NULL, stamped_at INTEGER NOT NULL, PRIMARY KEY (key_id, nonce)
+);
+CREATE INDEX IF NOT EXISTS request_nonces_by_time ON request_nonces (stamped_at);
 """
 _MODEL_COLUMNS = "name, version, style, class_name, source, sha256, weights_sha256, owner, created_at, public"
 
@@ -574,6 +580,24 @@ class SqliteStorage:
                 "UPDATE key_approvals SET approved_at = ? WHERE key_id = ? AND approved_at IS NULL", (now, key_id)
             )
         return cur.rowcount > 0
+
+    # -- request nonces ---------------------------------------------------------------------
+
+    def claim_nonces(self, claims: Sequence[NonceClaim]) -> set[NonceClaim]:
+        """As ``Storage.claim_nonces``, in one transaction."""
+        granted: set[NonceClaim] = set()
+        with self._lock, self._tx():
+            for claim in first_claims(claims):
+                if self._db.execute(
+                    "INSERT INTO request_nonces (key_id, nonce, stamped_at) VALUES (?,?,?) ON CONFLICT DO NOTHING",
+                    (claim.key_id, claim.nonce, claim.timestamp),
+                ).rowcount:
+                    granted.add(claim)
+        return granted
+
+    def prune_nonces(self, *, stamped_before: int) -> int:
+        with self._lock:
+            return self._db.execute("DELETE FROM request_nonces WHERE stamped_at < ?", (stamped_before,)).rowcount
 
     def _tx(self) -> _Transaction:
         return _Transaction(self._db)

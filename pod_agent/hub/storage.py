@@ -167,6 +167,14 @@ class NonceClaim:
     timestamp: int
 
 
+def first_claims(claims: Sequence[NonceClaim]) -> list[NonceClaim]:
+    """Of claims with one key and nonce, the first."""
+    first: dict[tuple[str, str], NonceClaim] = {}
+    for claim in claims:
+        first.setdefault((claim.key_id, claim.nonce), claim)
+    return list(first.values())
+
+
 # What the hub holds for a key it has never registered.
 STRANGER = KeyStanding(None, None, False)
 
@@ -358,5 +366,12 @@ class Storage(Protocol):
 
     def approve_key(self, key_id: str, *, now: int) -> bool:
         """Approve a pending key; False if it is not pending."""
+
+    def claim_nonces(self, claims: Sequence[NonceClaim]) -> set[NonceClaim]:
+        """Record signed requests' (key, nonce); the claims recorded now (of two with one key and nonce, the
+        first), none recorded before: by any process, before any restart."""
+
+    def prune_nonces(self, *, stamped_before: int) -> int:
+        """Forget nonces of requests stamped before ``stamped_before`` (refused as too old anyway); how many."""
 
     def close(self) -> None: ...

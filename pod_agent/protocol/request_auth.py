@@ -147,11 +147,6 @@ class RequestReplayCache:
     full, entries are shed from the keys holding the most, so a key can move no floor but
     its own unless it holds fewer entries than the flooder. A client signing with its
     current clock never meets a floor unless it floods the hub itself.
-
-    ``begins_at``: requests stamped before it are refused, whatever their key. A hub process whose cache is
-    its only record of nonces (one process; several share theirs in the database) starts it at its own start:
-    what it saw before a restart is gone, and the skew window would otherwise let a request seen then be
-    replayed once. A client whose clock is behind the hub's by d seconds is refused for d seconds after it.
     """
 
     def __init__(
@@ -160,11 +155,9 @@ class RequestReplayCache:
         max_entries: int = DEFAULT_REPLAY_ENTRIES,
         max_entries_per_key: int = DEFAULT_REPLAY_ENTRIES_PER_KEY,
         window_s: int = MAX_REQUEST_SKEW_S,
-        begins_at: int = -1,
     ) -> None:
         if max_entries < 1 or max_entries_per_key < 1:
             raise ValueError("max_entries and max_entries_per_key must be at least 1")
-        self._begins_at = begins_at
         self._max = max_entries
         self._per_key = min(max_entries_per_key, max_entries)
         self._window_s = window_s
@@ -191,11 +184,6 @@ class RequestReplayCache:
         if timestamp - now > MAX_REQUEST_FUTURE_SKEW_S:
             # verify_request refuses these first; a direct caller must not park far-future entries here.
             raise ProtocolError(f"request timestamp {timestamp} is ahead of the hub's clock: synchronise the clock")
-        if timestamp < self._begins_at:
-            raise ProtocolError(
-                "request signed before this hub process started, so its nonce cannot be checked: re-sign the "
-                "request with the current time (a signer whose clock is behind the hub's: synchronise the clock)"
-            )
         with self._lock:
             entries = self._keys.setdefault(key_id, _KeyNonces())
             self._expire(entries, now)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import aiohttp
@@ -16,7 +15,7 @@ import pytest
 from pod_agent.errors import HubError
 from pod_agent.hub import PostgresCluster, PostgresStorage, create_app, listening
 from pod_agent.hub.fanout import fanout_key
-from pod_agent.hub.storage import HubTaskRecord, NonceClaim
+from pod_agent.hub.storage import HubTaskRecord
 from pod_agent.protocol import IdentityKey, canonical_json, sign_request
 
 
@@ -75,30 +74,6 @@ async def test_a_request_sent_at_once_to_both_processes_many_times_is_served_onc
     assert sorted(status for status, _ in replays) == [200] + [401] * 19
     assert all("already used: re-sign the request" in error for status, error in replays if status == 401)
     assert served == [(200, "")] * 20
-
-
-def test_nonces_claimed_together_by_two_processes_are_each_granted_once(postgres_db: Callable[[], str]) -> None:
-    url = postgres_db()
-    stores = [PostgresStorage(url), PostgresStorage(url)]
-    try:
-        assert stores[0].claim_nonces([NonceClaim("k1", "spent", 100)]) == {NonceClaim("k1", "spent", 100)}
-        # Each process claims every nonce, in its own order, in batches of 7, at once.
-        claims = [NonceClaim(f"k{i % 3}", f"n{i}", 100 + i) for i in range(60)] + [NonceClaim("k1", "spent", 101)]
-        batches = [claims[i:i + 7] for i in range(0, len(claims), 7)]
-        with ThreadPoolExecutor(4) as pool:
-            granted = list(pool.map(
-                lambda job: stores[job[0]].claim_nonces(job[1]),
-                [(0, b) for b in batches] + [(1, b) for b in reversed(batches)],
-            ))
-        won = [claim for batch in granted for claim in batch]
-        assert sorted(won, key=lambda c: c.nonce) == sorted(claims[:60], key=lambda c: c.nonce)  # each once
-        # In one batch, the same key and nonce again (signed at another time): only the first is recorded.
-        twice = [NonceClaim("k9", "x", 5), NonceClaim("k8", "x", 6), NonceClaim("k9", "x", 7)]
-        assert stores[1].claim_nonces(twice) == {NonceClaim("k9", "x", 5), NonceClaim("k8", "x", 6)}
-        assert stores[0].claim_nonces(twice) == set() and stores[0].claim_nonces([]) == set()
-    finally:
-        for storage in stores:
-            storage.close()
 
 
 async def test_a_wake_up_reaches_the_other_processes_and_not_its_sender(

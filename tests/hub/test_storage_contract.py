@@ -1,6 +1,6 @@
 """The ``Storage`` contract below the HTTP API, on both backends: writes that race from two connections (two
-hub processes on PostgreSQL, two connections to one SQLite file) store a record once, a reopened database keeps
-its records, and delivery order is submission order."""
+hub processes on PostgreSQL, two connections to one SQLite file) store a record once (request nonces are granted
+once), a reopened database keeps its records, and delivery order is submission order."""
 
 from __future__ import annotations
 
@@ -11,7 +11,15 @@ from pathlib import Path
 import pytest
 
 from pod_agent.hub import Storage, StorageConflict, open_storage
-from pod_agent.hub.storage import STRANGER, HubTaskRecord, KeyStanding, ModellerRecord, PendingKey, PodRecord
+from pod_agent.hub.storage import (
+    STRANGER,
+    HubTaskRecord,
+    KeyStanding,
+    ModellerRecord,
+    NonceClaim,
+    PendingKey,
+    PodRecord,
+)
 
 RACERS = 8
 
@@ -172,3 +180,29 @@ def test_keys_standings_read_together_are_each_its_pod_its_modeller_and_whether_
     assert storage.key_standings(["nobody"]) == {"nobody": STRANGER} and storage.key_standings([]) == {}
     storage.approve_key("k2", now=2)
     assert opened().key_standings(["k2"]) == {"k2": KeyStanding(_pod("b", "k2"), None, False)}
+
+
+def test_nonces_claimed_from_two_connections_are_each_granted_once_and_outlive_them(
+    opened: Callable[[], Storage],
+) -> None:
+    first, second = opened(), opened()
+    assert first.claim_nonces([NonceClaim("k1", "spent", 100)]) == {NonceClaim("k1", "spent", 100)}
+    # Each connection claims every nonce, in its own order, in batches of 7, at once.
+    claims = [NonceClaim(f"k{i % 3}", f"n{i}", 100 + i) for i in range(60)] + [NonceClaim("k1", "spent", 101)]
+    batches = [claims[i:i + 7] for i in range(0, len(claims), 7)]
+    with ThreadPoolExecutor(4) as pool:
+        granted = list(pool.map(
+            lambda job: (first, second)[job[0]].claim_nonces(job[1]),
+            [(0, b) for b in batches] + [(1, b) for b in reversed(batches)],
+        ))
+    won = [claim for batch in granted for claim in batch]
+    assert sorted(won, key=lambda c: c.nonce) == sorted(claims[:60], key=lambda c: c.nonce)  # each once
+    # In one batch, the same key and nonce again (signed at another time): only the first is recorded.
+    twice = [NonceClaim("k9", "x", 5), NonceClaim("k8", "x", 6), NonceClaim("k9", "x", 7)]
+    assert second.claim_nonces(twice) == {NonceClaim("k9", "x", 5), NonceClaim("k8", "x", 6)}
+    assert first.claim_nonces(twice) == set() and first.claim_nonces([]) == set()
+    # Opened again (a restarted hub), the database still holds them; pruning forgets only those stamped before.
+    restarted = opened()
+    assert restarted.claim_nonces([NonceClaim("k1", "spent", 100)]) == set()
+    assert restarted.prune_nonces(stamped_before=100) == 2
+    assert restarted.claim_nonces([NonceClaim("k9", "x", 5), NonceClaim("k1", "n1", 101)]) == {NonceClaim("k9", "x", 5)}
