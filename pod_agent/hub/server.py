@@ -259,7 +259,7 @@ class _Hub:
         # The cache refuses a replay this process saw without a database write; storage's claim is the record
         # that outlives the process and that every process shares.
         self.replay = RequestReplayCache(
-            max_entries=limits.replay_entries, max_entries_per_key=limits.replay_entries_per_key,
+            max_entries=limits.replay_entries, max_entries_per_key=limits.replay_entries_per_key
         )
         self.rates = RateLimiter(rate_per_s=limits.rate_per_s, burst=limits.rate_burst)
         # Placing a blob file and recording it, or forgetting and deleting one, happen under this lock,
