@@ -42,7 +42,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from pod_agent.errors import HubError
 from pod_agent.hub.fanout import fanout_key, fanout_task
-from pod_agent.hub.sqlite import MAY_READ_BLOB_SQL, UNREFERENCED_SQL
+from pod_agent.hub.sqlite import MAY_READ_BLOB_SQL, REFRESH_BLOB_SQL, UNREFERENCED_SQL
 from pod_agent.hub.storage import (
     BlobRecord,
     BlobRefRecord,
@@ -71,6 +71,10 @@ _log = logging.getLogger(__name__)
 
 # Advisory lock key (one 64-bit space per database) that one migrating process holds.
 _LOCK_MIGRATE = 0x706F645F6D696772
+# The first of the two 32-bit keys of a blob's advisory lock (a space apart from the one-key locks), the
+# second the hash of its sha256: the transaction recording, refreshing or forgetting a blob holds it, so hub
+# processes change one blob's record, and a collection its bytes, one at a time.
+_LOCK_BLOB_CLASS = 0x626C6F62
 # A registration that finds its name's or key's holder gone by the time it looks it up tries again.
 _UPSERT_TRIES = 3
 # Enough for the default thread pool of asyncio.to_thread on a few cores; PostgreSQL's default
@@ -174,6 +178,12 @@ def _named(query: str) -> str:
 
 _MAY_READ_BLOB = _named(MAY_READ_BLOB_SQL)
 _UNREFERENCED = _named(UNREFERENCED_SQL)
+_REFRESH_BLOB = _named(REFRESH_BLOB_SQL)
+
+
+def _lock_blob(conn: psycopg.Connection[Any], sha256: str) -> None:
+    """Hold the blob's advisory lock until the transaction ends (``_LOCK_BLOB_CLASS``)."""
+    conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_LOCK_BLOB_CLASS, sha256))
 
 
 def redacted(url: str) -> str:
@@ -576,6 +586,7 @@ class PostgresStorage:
 
     def put_blob(self, blob: BlobRecord, *, owner: str) -> None:
         with self._tx() as conn:
+            _lock_blob(conn, blob.sha256)
             conn.execute(
                 "INSERT INTO blobs (sha256, size_bytes, created_at) VALUES (%s,%s,%s) ON CONFLICT DO NOTHING",
                 (blob.sha256, blob.size_bytes, blob.created_at),
@@ -585,6 +596,11 @@ class PostgresStorage:
                 " ON CONFLICT (sha256, key_id) DO UPDATE SET uploaded_at = excluded.uploaded_at",
                 (blob.sha256, owner, blob.created_at),
             )
+
+    def refresh_blob(self, sha256: str, *, owner: str, now: int) -> bool:
+        with self._tx() as conn:
+            _lock_blob(conn, sha256)
+            return conn.execute(_REFRESH_BLOB, {"now": now, "sha": sha256, "key": owner}).rowcount > 0
 
     def get_blob(self, sha256: str) -> BlobRecord | None:
         row = self._first("SELECT sha256, size_bytes, created_at FROM blobs WHERE sha256 = %s", (sha256,))
@@ -617,14 +633,15 @@ class PostgresStorage:
     def unreferenced_blobs(self, *, uploaded_before: int) -> list[str]:
         return [str(r[0]) for r in self._rows(_UNREFERENCED + " ORDER BY b.sha256", {"before": uploaded_before})]
 
-    def delete_blob_if_unreferenced(self, sha256: str, *, uploaded_before: int) -> bool:
+    def delete_blob_if_unreferenced(
+        self, sha256: str, *, uploaded_before: int, remove: Callable[[str], None]
+    ) -> bool:
         with self._tx() as conn:
-            # Locks the blob's row, so an upload recording it again (put_blob) waits for this decision.
-            still = conn.execute(
-                _UNREFERENCED + " AND b.sha256 = %(sha)s FOR UPDATE OF b", {"before": uploaded_before, "sha": sha256}
-            ).fetchone()
-            if still is None:
+            _lock_blob(conn, sha256)
+            still = conn.execute(_UNREFERENCED + " AND b.sha256 = %(sha)s", {"before": uploaded_before, "sha": sha256})
+            if still.fetchone() is None:
                 return False
+            remove(sha256)
             conn.execute("DELETE FROM blob_owners WHERE sha256 = %s", (sha256,))
             conn.execute("DELETE FROM blobs WHERE sha256 = %s", (sha256,))
             return True

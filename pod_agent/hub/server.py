@@ -262,9 +262,6 @@ class _Hub:
             max_entries=limits.replay_entries, max_entries_per_key=limits.replay_entries_per_key
         )
         self.rates = RateLimiter(rate_per_s=limits.rate_per_s, burst=limits.rate_burst)
-        # Placing a blob file and recording it, or forgetting and deleting one, happen under this lock,
-        # so collection never deletes a file an upload has just recorded.
-        self.blob_lock = asyncio.Lock()
         self._wakeups: dict[str, asyncio.Event] = {}
         self.fanout = Fanout()
         self.batcher = StorageBatcher()
@@ -1202,12 +1199,10 @@ async def _blob_put(request: web.Request) -> web.Response:
     signer = request[_SIGNER]
     sha256 = request.match_info["sha256"]
     hub.blobs.check_id(sha256)  # 400 for a malformed id before anything else
-    async with hub.blob_lock:
-        if hub.blobs.exists(sha256) and await hub.db(hub.storage.blob_owned_by, sha256, signer):
-            blob = await hub.db(hub.storage.get_blob, sha256)
-            # Uploaded again: the grace period before collection starts over.
-            await hub.db(hub.storage.put_blob, BlobRecord(sha256, blob.size_bytes, hub.now()), owner=signer)
-            return web.json_response({"sha256": sha256, "outcome": "duplicate"})
+    # Uploaded again: the grace period before collection starts over. Refreshed first and the bytes looked for
+    # after, so a collection that decided meanwhile (in any process) has removed them by then.
+    if await hub.db(hub.storage.refresh_blob, sha256, owner=signer, now=hub.now()) and hub.blobs.exists(sha256):
+        return web.json_response({"sha256": sha256, "outcome": "duplicate"})
     usage = await hub.db(hub.storage.blob_usage, signer)
     limits = hub.limits
     if usage.count >= limits.blob_quota_count:
@@ -1224,9 +1219,10 @@ async def _blob_put(request: web.Request) -> web.Response:
         ),
     )
     try:
-        async with hub.blob_lock:
-            hub.blobs.place(staged)
-            await hub.db(hub.storage.put_blob, BlobRecord(sha256, staged.size_bytes, hub.now()), owner=signer)
+        # Recorded before its bytes are placed: a collection of the same blob in another process has then
+        # either decided before (and removed the bytes it forgot) or finds this upload too recent to collect.
+        await hub.db(hub.storage.put_blob, BlobRecord(sha256, staged.size_bytes, hub.now()), owner=signer)
+        hub.blobs.place(staged)
     finally:
         hub.blobs.discard(staged)
     _log.info("blob stored (%d bytes) at %s", staged.size_bytes, sha256[:12])
@@ -1256,10 +1252,10 @@ async def collect_blobs(app: web.Application) -> int:
     cutoff = hub.now() - hub.limits.blob_grace_s
     removed = 0
     for sha256 in await hub.db(hub.storage.unreferenced_blobs, uploaded_before=cutoff):
-        async with hub.blob_lock:
-            if await hub.db(hub.storage.delete_blob_if_unreferenced, sha256, uploaded_before=cutoff):
-                await asyncio.to_thread(hub.blobs.remove, sha256)
-                removed += 1
+        if await hub.db(
+            hub.storage.delete_blob_if_unreferenced, sha256, uploaded_before=cutoff, remove=hub.blobs.remove
+        ):
+            removed += 1
     if removed:
         _log.info("collected %d unreferenced blobs", removed)
     return removed

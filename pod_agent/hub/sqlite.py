@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -467,6 +467,11 @@ class SqliteStorage:
                 (blob.sha256, owner, blob.created_at),
             )
 
+    def refresh_blob(self, sha256: str, *, owner: str, now: int) -> bool:
+        with self._lock, self._tx():
+            refreshed = self._db.execute(REFRESH_BLOB_SQL, {"now": now, "sha": sha256, "key": owner}).rowcount
+        return refreshed > 0
+
     def get_blob(self, sha256: str) -> BlobRecord | None:
         with self._lock:
             row = self._db.execute(
@@ -508,13 +513,17 @@ class SqliteStorage:
             rows = self._db.execute(UNREFERENCED_SQL + " ORDER BY b.sha256", {"before": uploaded_before}).fetchall()
         return [str(r[0]) for r in rows]
 
-    def delete_blob_if_unreferenced(self, sha256: str, *, uploaded_before: int) -> bool:
+    def delete_blob_if_unreferenced(
+        self, sha256: str, *, uploaded_before: int, remove: Callable[[str], None]
+    ) -> bool:
+        # BEGIN IMMEDIATE holds the database's write lock: an upload's record waits for the bytes' removal.
         with self._lock, self._tx():
             still = self._db.execute(
                 UNREFERENCED_SQL + " AND b.sha256 = :sha", {"before": uploaded_before, "sha": sha256}
             ).fetchone()
             if still is None:
                 return False
+            remove(sha256)
             self._db.execute("DELETE FROM blob_owners WHERE sha256 = ?", (sha256,))
             self._db.execute("DELETE FROM blobs WHERE sha256 = ?", (sha256,))
             return True
@@ -630,6 +639,12 @@ SELECT EXISTS (SELECT 1 FROM blob_owners WHERE sha256 = :sha AND key_id = :key)
         JOIN blob_owners o ON o.sha256 = r.sha256 AND o.key_id = t.modeller_id
         WHERE r.sha256 = :sha AND r.kind = 'weights'))
 """
+# An owner uploading a blob again (``Storage.refresh_blob``); shared with postgres.py too.
+REFRESH_BLOB_SQL = """
+UPDATE blob_owners SET uploaded_at = :now
+WHERE sha256 = :sha AND key_id = :key AND EXISTS (SELECT 1 FROM blobs b WHERE b.sha256 = blob_owners.sha256)
+"""
+
 UNREFERENCED_SQL = """
 SELECT b.sha256 FROM blobs b
 WHERE NOT EXISTS (SELECT 1 FROM blob_refs r WHERE r.sha256 = b.sha256)

@@ -13,7 +13,7 @@ on disk (``blobs.py``), not here. Every method is synchronous and short; the ser
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -324,7 +324,13 @@ class Storage(Protocol):
 
     def put_blob(self, blob: BlobRecord, *, owner: str) -> None:
         """Record a blob (if new) and ``owner`` as one of its uploaders, as of ``blob.created_at``
-        (an owner uploading it again refreshes that time, which garbage collection counts from)."""
+        (an owner uploading it again refreshes that time, which garbage collection counts from). A collection
+        of the same blob in progress, in any process, is decided first."""
+
+    def refresh_blob(self, sha256: str, *, owner: str, now: int) -> bool:
+        """``owner`` uploaded the blob again: its upload time becomes ``now`` (collection's grace period starts
+        over). False, changing nothing, when the blob has no record or ``owner`` is not one of its uploaders. A
+        collection of the same blob in progress, in any process, is decided first."""
 
     def get_blob(self, sha256: str) -> BlobRecord | None: ...
 
@@ -343,8 +349,13 @@ class Storage(Protocol):
     def unreferenced_blobs(self, *, uploaded_before: int) -> list[str]:
         """Blobs nothing references whose last upload is older than ``uploaded_before``."""
 
-    def delete_blob_if_unreferenced(self, sha256: str, *, uploaded_before: int) -> bool:
-        """Forget the blob and its owners if still unreferenced and not uploaded since; True if forgotten."""
+    def delete_blob_if_unreferenced(
+        self, sha256: str, *, uploaded_before: int, remove: Callable[[str], None]
+    ) -> bool:
+        """Forget the blob and its owners if still unreferenced and not uploaded since, and ``remove(sha256)``
+        its bytes before that decision commits; True if forgotten. Recording, refreshing and forgetting one blob
+        happen one at a time across processes, and an upload records a blob before it places the bytes: so a
+        collection never removes bytes that an upload in another process has just recorded."""
 
     def pod_targeted_by(self, pod: str, modeller_id: str) -> bool:
         """Whether any task of ``modeller_id`` targets ``pod``."""

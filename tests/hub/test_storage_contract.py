@@ -1,9 +1,12 @@
 """The ``Storage`` contract below the HTTP API, on both backends: writes that race from two connections (two
 hub processes on PostgreSQL, two connections to one SQLite file) store a record once (request nonces are granted
-once), a reopened database keeps its records, and delivery order is submission order."""
+once; a blob's collection and its upload again happen one after the other), a reopened database keeps its
+records, and delivery order is submission order."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -13,6 +16,7 @@ import pytest
 from pod_agent.hub import Storage, StorageConflict, open_storage
 from pod_agent.hub.storage import (
     STRANGER,
+    BlobRecord,
     HubTaskRecord,
     KeyStanding,
     ModellerRecord,
@@ -206,3 +210,61 @@ def test_nonces_claimed_from_two_connections_are_each_granted_once_and_outlive_t
     assert restarted.claim_nonces([NonceClaim("k1", "spent", 100)]) == set()
     assert restarted.prune_nonces(stamped_before=100) == 2
     assert restarted.claim_nonces([NonceClaim("k9", "x", 5), NonceClaim("k1", "n1", 101)]) == {NonceClaim("k9", "x", 5)}
+
+
+def test_an_owner_uploading_a_blob_again_refreshes_it_and_no_one_else_can(opened: Callable[[], Storage]) -> None:
+    storage = opened()
+    sha = "a" * 64
+    storage.put_blob(BlobRecord(sha, 10, created_at=1), owner="k1")
+    assert storage.unreferenced_blobs(uploaded_before=50) == [sha]
+    assert not storage.refresh_blob(sha, owner="k2", now=60) and not storage.refresh_blob("b" * 64, owner="k1", now=60)
+    assert storage.unreferenced_blobs(uploaded_before=50) == [sha] and not storage.blob_owned_by(sha, "k2")
+    assert opened().refresh_blob(sha, owner="k1", now=60)
+    assert storage.unreferenced_blobs(uploaded_before=50) == []
+    assert not storage.delete_blob_if_unreferenced(sha, uploaded_before=50, remove=lambda _: pytest.fail("removed"))
+
+
+@pytest.mark.parametrize("again", ["another key's upload", "its owner's upload"])
+def test_a_blob_is_collected_with_its_bytes_before_another_process_records_it_again(
+    opened: Callable[[], Storage], again: str
+) -> None:
+    """Two hub processes: one collects a blob and removes its bytes while the other takes an upload of it. The
+    upload's record waits until the collection has committed, bytes removed, so an upload (which records, then
+    places its bytes) never ends with a record whose bytes the collection removed after it."""
+    collector, uploader = opened(), opened()
+    sha = "c" * 64
+    collector.put_blob(BlobRecord(sha, 10, created_at=1), owner="k1")
+    removing, release = threading.Event(), threading.Event()
+    order: list[str] = []
+
+    def remove(removed: str) -> None:
+        assert removed == sha
+        order.append("bytes removed")
+        removing.set()
+        assert release.wait(10)
+
+    def upload() -> bool:
+        if again == "its owner's upload":
+            refreshed = uploader.refresh_blob(sha, owner="k1", now=100)
+        else:
+            uploader.put_blob(BlobRecord(sha, 10, created_at=100), owner="k2")
+            refreshed = True
+        order.append("recorded")
+        return refreshed
+
+    with ThreadPoolExecutor(2) as pool:
+        collecting = pool.submit(collector.delete_blob_if_unreferenced, sha, uploaded_before=50, remove=remove)
+        assert removing.wait(10)
+        uploading = pool.submit(upload)
+        time.sleep(0.3)
+        assert not uploading.done(), "the upload recorded the blob while its collection was removing the bytes"
+        release.set()
+        assert collecting.result(10)
+        refreshed = uploading.result(10)
+    assert order == ["bytes removed", "recorded"]
+    if again == "its owner's upload":
+        # The collection forgot it: the owner is told to send the bytes, not that the hub has them.
+        assert not refreshed and collector.get_blob(sha) is None and not collector.blob_owned_by(sha, "k1")
+    else:
+        assert collector.get_blob(sha) == BlobRecord(sha, 10, 100) and collector.blob_owned_by(sha, "k2")
+        assert not collector.blob_owned_by(sha, "k1")
