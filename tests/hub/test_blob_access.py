@@ -117,6 +117,18 @@ async def test_knowing_a_sha256_makes_no_one_an_owner(hub: Any) -> None:
     assert (await _get(hub, keys["stranger-m"], sha))[0] == 200
 
 
+async def test_an_owner_sending_a_blob_again_is_answered_at_once_unless_its_bytes_are_missing(hub: Any) -> None:
+    keys = await _register(hub)
+    data = os.urandom(1000)
+    status, _, sha = await _put(hub, keys["pod-a"], data)
+    assert status == 201
+    assert await _put(hub, keys["pod-a"], data) == (200, {"sha256": sha, "outcome": "duplicate"}, sha)
+    # Its bytes gone (a crash between recording the blob and placing them): the owner's upload places them.
+    (hub.blob_dir / sha[:2] / sha).unlink()
+    status, body, _ = await _put(hub, keys["pod-a"], data)
+    assert (status, body["outcome"]) == (201, "stored") and await _get(hub, keys["pod-a"], sha) == (200, data)
+
+
 async def test_per_key_quotas_refuse_junk_and_leave_others_room(make_hub: Any) -> None:
     hub = await make_hub(limits=HubLimits(blob_quota_bytes=10_000, blob_quota_count=3))
     keys = await _register(hub)
