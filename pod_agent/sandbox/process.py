@@ -164,21 +164,30 @@ class WorkerProcess:
         # own uid (setgroups() would fail with EPERM and no worker could start).
         if identity is not None and identity.dedicated:
             kwargs = {"user": identity.uid, "group": identity.gid, "extra_groups": []}
+        spawn = asyncio.ensure_future(asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env=env, cwd="/", start_new_session=True, pass_fds=pass_fds, **kwargs))
         try:
-            self.proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                env=env, cwd="/", start_new_session=True, pass_fds=pass_fds, **kwargs)
+            proc = await asyncio.shield(spawn)
+        except asyncio.CancelledError:
+            # asyncio's own clean-up of a spawn cancelled while its pipes connect kills the spawned process alone
+            # and then waits for every pipe to close (CPython 3.11; gh-133536): bwrap's init, which holds them and
+            # dies with its parent only once it has armed its parent-death signal, held that wait for ever (a
+            # pool's start cancelled at shutdown). The spawn finishes instead, and the caller's destroy() ends the
+            # whole tree.
+            with contextlib.suppress(OSError):
+                self._spawned(await asyncio.shield(spawn))
+            raise
         except OSError as exc:
             raise SandboxError("launch_failed", f"{argv[0]}: {exc}") from exc
-        self._frames_in, self._frames_out, self._errors = self.proc.stdout, self.proc.stdin, self.proc.stderr
-        self._stderr_task = asyncio.create_task(self._drain_stderr(), name="sandbox-stderr")
+        self._spawned(proc)
         await self._expect("hello", timeout=START_TIMEOUT_S)
         if self.cgroup is not None:
             # Nothing below the bootstrap forks until it gets `go`, so this tree is complete.
-            await asyncio.to_thread(self.cgroup.add, descendants(self.proc.pid))
+            await asyncio.to_thread(self.cgroup.add, descendants(proc.pid))
         if lim.ranks > 1:
             # Data-parallel ranks meet over TCP: allowed only in a network namespace seen to hold loopback alone.
-            await asyncio.to_thread(check_loopback_only, descendants(self.proc.pid)[1:])
+            await asyncio.to_thread(check_loopback_only, descendants(proc.pid)[1:])
         cpu = lim.cpu_time_s + (WARM_PREPARE_CPU_S if self.warm else 0)
         plan = ConfinePlan(rlimits={"cpu": cpu, **lim.rlimits(nproc_slack=spec.nproc_slack)},
                            seccomp="seccomp" in spec.layers, landlock_read_only=plan_ro, landlock_read_write=plan_rw,
@@ -189,6 +198,11 @@ class WorkerProcess:
                           "input_dir": str(child_in), "work_dir": str(child_work), **(go_extra or {})})
         ready_timeout = WARM_PREPARE_TIMEOUT_S if deadline is None else deadline - time.monotonic()
         await self._expect("ready", timeout=max(ready_timeout, 0.0))
+
+    def _spawned(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self._frames_in, self._frames_out, self._errors = proc.stdout, proc.stdin, proc.stderr
+        self._stderr_task = asyncio.create_task(self._drain_stderr(), name="sandbox-stderr")
 
     async def _send(self, header: dict[str, Any]) -> None:
         if self._frames_out is None:
@@ -306,8 +320,14 @@ class WorkerProcess:
         """Kill the whole tree, wait for every pipe to close, remove the cgroup. Safe to call twice."""
         proc = self.proc
         if proc is not None and proc.returncode is None:
+            if self.cgroup is None:
+                # bwrap's init dies with bwrap (--die-with-parent), taking the pid namespace down, once it has
+                # armed that signal; one killed with a bwrap that had only just cloned it would live on, in a
+                # session of its own that the group kill below misses. Killed here by pid.
+                for pid in (await asyncio.to_thread(descendants, proc.pid))[1:]:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
             with contextlib.suppress(ProcessLookupError):
-                # bwrap's init dies with it (--die-with-parent) and takes the pid namespace down.
                 os.killpg(proc.pid, signal.SIGKILL)
         if self.cgroup is not None:
             await asyncio.to_thread(self.cgroup.kill_all)

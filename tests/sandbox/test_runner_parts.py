@@ -1,7 +1,9 @@
-"""Runner pieces without a worker: exit-status reasons, limits resolution, process-tree discovery, cgroup counts."""
+"""Runner pieces without a worker: exit-status reasons, limits resolution, process-tree discovery, cgroup counts,
+and a worker's start cancelled while its process is spawned."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -9,14 +11,17 @@ import time
 from pathlib import Path
 
 import pytest
+from sbx_helpers import is_live
 
 from pod_agent.config.settings import SandboxLimitsSection
 from pod_agent.errors import SandboxError
 from pod_agent.policy.codes import failure_code_for
+from pod_agent.sandbox import process
 from pod_agent.sandbox.bootstrap import failure_code
 from pod_agent.sandbox.cgroup import CgroupSupport, MemoryEvents, TaskCgroup, _delegate_v2, descendants
+from pod_agent.sandbox.launch import Identity
 from pod_agent.sandbox.limits import EffectiveLimits, SandboxLimits
-from pod_agent.sandbox.process import exit_reason
+from pod_agent.sandbox.process import LaunchSpec, WorkerProcess, exit_reason
 
 _QUIET = MemoryEvents(oom_kills=0, cap_hits=0)
 _OOM = MemoryEvents(oom_kills=1, cap_hits=3)
@@ -132,3 +137,48 @@ def test_cgroup_v2_without_memory_controller_is_unavailable(tmp_path: Path) -> N
     (tmp_path / "cgroup.controllers").write_text("cpu io\n")
     with pytest.raises(SandboxError, match=r"\(cgroup_unavailable\): .* has no memory/pids controllers"):
         _delegate_v2(tmp_path)
+
+
+@pytest.mark.parametrize("below_is", ["in-its-group", "in-a-session-of-its-own"])
+async def test_a_start_cancelled_while_its_process_is_spawned_ends_and_takes_the_whole_tree(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, below_is: str
+) -> None:
+    """A pool's start cancelled at shutdown just as its process was spawned: asyncio's own clean-up killed the
+    spawned process alone and then waited for every pipe to close, which a process below it still held (bwrap's
+    init, before it arms its parent-death signal), so the pool's shutdown never ended. Here the process below is
+    a shell's background child holding the pipes, in the shell's process group or, as bwrap's init, in a session
+    of its own (which the worker's group kill misses)."""
+    below = tmp_path / "below.pid"
+    # The process below says its pid once it is where it will be killed from (its own session, if so).
+    setsid = "setsid " if below_is == "in-a-session-of-its-own" else ""
+    says = f"echo $$ > {below}.part && mv {below}.part {below} && exec sleep 120"
+    monkeypatch.setattr(process, "bootstrap_argv", lambda: [
+        "/bin/sh", "-c", f"{setsid}/bin/sh -c '{says}' & exec sleep 120",
+    ])
+    me = Identity("agent", os.getuid(), os.getgid(), dedicated=False)
+    spec = LaunchSpec(entry="entry", entry_path=None, layers=frozenset(), bwrap="", identity=me, switch_to=None,
+                      gpu=False, cgroup_support=None, ro_paths=(), nproc_slack=None)
+    limits = EffectiveLimits(wall_timeout_s=60, cpu_time_s=60, memory_mb=256, max_processes=64, max_open_files=256,
+                             max_file_mb=16, max_output_mb=16)
+    (tmp_path / "slot" / "input").mkdir(parents=True)
+    worker = WorkerProcess(spec, slot=tmp_path / "slot", limits=limits, warm=True)
+    before = set(descendants(os.getpid()))
+    starting = asyncio.create_task(worker.start())
+    # The loop turned one step at a time until the process is spawned (its pipes not yet connected), then held
+    # (nothing of the spawn's goes on) until the process below it exists, and the start cancelled there.
+    deadline = time.monotonic() + 10
+    while set(descendants(os.getpid())) == before and time.monotonic() < deadline:
+        await asyncio.sleep(0)
+    while not below.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    pid = int(below.read_text())
+    try:
+        starting.cancel()
+        done, _ = await asyncio.wait({starting}, timeout=10)
+        assert done, "the cancelled start waited on pipes that a process below the spawned one holds"
+        assert starting.cancelled()
+        await asyncio.wait_for(worker.discard(), 30)  # a survivor costs it two reaping waits (process.py)
+        assert not is_live(pid), "a process below the worker outlived its destroy()"
+    finally:
+        if is_live(pid):
+            os.kill(pid, signal.SIGKILL)  # a failed run's process below: it releases the start's pipes
