@@ -32,8 +32,9 @@ than once (on one connection: a hub bug; again after reconnecting: an ack the de
 the agent's state ignores), fan-out latency from the submission (p50/p99/max) for all pods, the survivor's
 pods and the pods that had to reconnect, and for those their reconnection (kill to task socket open on the
 survivor, or its standby promoted there) with its parts: time slept in backoff, the re-registration and the
-socket's signed handshake (none for a promoted standby); the hubs' RSS with every pod connected; results
-stored against N.
+socket's signed handshake (none for a promoted standby); from the kill until every pod holds the task, the CPU
+time of the survivor, the simulated pods, PostgreSQL and the whole host (busy, and all its cores' time: when the two
+are equal the window is CPU-bound); the hubs' RSS with every pod connected; results stored against N.
 
     python -m bench.hub_failover [--pods N ...] [--variant during|submitter|before|after] [--standby on|off|both]
                                  [--db URL] [--small] [--json]
@@ -416,8 +417,12 @@ def run_once(n: int, variant: str, server: str, *, standby: bool = True) -> dict
             hubs[victim].wait(15)
             spy = _py_spy(hubs[1 - victim].pid, profile) if profile else None
             survivor_cpu, pods_cpu, overflows = _cpu_s(hubs[1 - victim].pid), workers.cpu_s(), _listen_overflows()
+            host_cpu, postgres_cpu = _host_cpu_s(), _postgres_cpu_s()
             everyone = workers.until("all", deadline)
             survivor_cpu, pods_cpu = _cpu_s(hubs[1 - victim].pid) - survivor_cpu, workers.cpu_s() - pods_cpu
+            busy, every = _host_cpu_s()
+            host_cpu = (busy - host_cpu[0], every - host_cpu[1])
+            postgres_cpu_s = _postgres_cpu_since(postgres_cpu)
             overflows = _listen_overflows() - overflows
             if spy is not None:
                 spy.send_signal(signal.SIGINT)
@@ -440,7 +445,33 @@ def run_once(n: int, variant: str, server: str, *, standby: bool = True) -> dict
     reports = [(pod, workers.procs[i][2]) for i, said in workers.said.items() for pod in said["pods"]]
     return _figures(n, variant, standby, reports, victim=victim, urls=urls, submitted=submitted, killed_at=killed_at,
                     stored=stored, complete=everyone and posted, load=load, answered=answered,
-                    cpu=(survivor_cpu, pods_cpu), overflows=overflows, connected_mb=connected_mb)
+                    cpu=(survivor_cpu, pods_cpu, postgres_cpu_s, *host_cpu), overflows=overflows,
+                    connected_mb=connected_mb)
+
+
+def _host_cpu_s() -> tuple[float, float]:
+    """The host's CPU time so far, (busy, all) summed over its cores (``/proc/stat``; busy leaves out idle and
+    I/O wait)."""
+    user, nice, system, idle, iowait, irq, softirq, steal = map(int, Path("/proc/stat").read_text().split()[1:9])
+    busy = user + nice + system + irq + softirq + steal
+    return busy / os.sysconf("SC_CLK_TCK"), (busy + idle + iowait) / os.sysconf("SC_CLK_TCK")
+
+
+def _postgres_cpu_s() -> dict[int, float]:
+    """The CPU time so far of each of this host's PostgreSQL processes (server and backends; none with a remote
+    --db), by pid."""
+    out = {}
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, ValueError):  # a process that ended meanwhile
+            if entry.name.isdigit() and (entry / "comm").read_text().startswith("postgres"):
+                out[int(entry.name)] = _cpu_s(int(entry.name))
+    return out
+
+
+def _postgres_cpu_since(before: dict[int, float]) -> float:
+    """PostgreSQL's CPU time since ``before`` (``_postgres_cpu_s``), less that of backends that ended meanwhile
+    (the killed process's)."""
+    return sum(cpu - before.get(pid, 0.0) for pid, cpu in _postgres_cpu_s().items())
 
 
 def _listen_overflows() -> int:
@@ -459,7 +490,7 @@ async def _stored(url: str, modeller: IdentityKey, task_id: str) -> int:
 
 def _figures(n: int, variant: str, standby: bool, reports: list[tuple[dict[str, Any], int]], *, victim: int,
              urls: list[str], submitted: float, killed_at: float, stored: int, complete: bool,
-             load: tuple[float, float, float], answered: bool, cpu: tuple[float, float],
+             load: tuple[float, float, float], answered: bool, cpu: tuple[float, float, float, float, float],
              overflows: int, connected_mb: list[float]) -> dict[str, Any]:
     survivor_url = urls[1 - victim]
     first = {p["name"]: min(t for t, _ in p["deliveries"]) for p, _ in reports if p["deliveries"]}
@@ -521,6 +552,11 @@ def _figures(n: int, variant: str, standby: bool, reports: list[tuple[dict[str, 
         # pods (and its own), and the simulated pods beside it on the same cores.
         "survivor_cpu_s": round(cpu[0], 2),
         "pods_cpu_s": round(cpu[1], 2),
+        "postgres_cpu_s": round(cpu[2], 2),
+        # The whole host meanwhile: busy against all of its cores' time. Busy near all: the window is as long as
+        # the CPU its work takes, and only less work (not a reordering of it) shortens it.
+        "host_busy_cpu_s": round(cpu[3], 2),
+        "host_all_cpu_s": round(cpu[4], 2),
         # Connections the kernel dropped meanwhile because a listening socket's accept queue was full (the
         # host's count): each such pod's connect is retried by its kernel 1 s later, then 3 s.
         "listen_overflows": overflows,
@@ -577,7 +613,8 @@ def _print(result: dict[str, Any]) -> None:
             f"{_s(r['socket_handshake_s'])}; failed tries p99 {r['reconnect_failed_tries']['p99']}; "
             f"{r['moved_to_survivor']} moved to the survivor, {r['survivors_pods_reconnected']} of the survivor's "
             f"reconnected; CPU from the end of the killed process until all hold the task: survivor "
-            f"{r['survivor_cpu_s']} s, simulated pods {r['pods_cpu_s']} s; connections dropped at a full accept "
+            f"{r['survivor_cpu_s']} s, simulated pods {r['pods_cpu_s']} s, PostgreSQL {r['postgres_cpu_s']} s, "
+            f"the host busy {r['host_busy_cpu_s']} s of {r['host_all_cpu_s']} s; connections dropped at a full accept "
             f"queue {r['listen_overflows']}; hubs' RSS with every pod connected "
             f"{'/'.join(map(str, r['hub_rss_connected_mb']))} MB\n"
             f"    results stored {r['results_stored']} of {r['pods']} (post {_s(r['result_post_s'])}); ok {r['ok']}"
