@@ -32,7 +32,7 @@ round grows with the degree k and log n (``protocol.secure_round``).
 Each wait is bounded by the task's stage deadlines and ends the task with a fixed
 code (``policy.FailureCode``). The secrets never touch disk: a pod that restarts
 mid-round has dropped out (the daemon fails such a task at start-up).
-The math is ``pod_agent.secagg.plus``; the hub route and long poll are ``hub.server``.
+The math is ``pod_agent.secagg.plus``; the hub route and long poll are ``hub.round_routes``.
 """
 
 from __future__ import annotations

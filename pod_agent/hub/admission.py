@@ -6,8 +6,8 @@ default; ``token``: a new key needs an enrolment token made by ``pod-agent hub i
 ``pod-agent hub approve``), making tokens (only their sha256 is stored, with an expiry, and
 each admits one key) and deciding one registration (``admit``). A key the hub already knows
 in that role registers again without a token: a pod registers anew after a restart, when its
-registration changed and when the hub refuses its session. The routes are ``server.py``'s;
-the tables are ``Storage``'s.
+registration changed and when the hub refuses its session. The routes are
+``registration_routes.py``'s; the tables are ``Storage``'s.
 """
 
 from __future__ import annotations

@@ -133,7 +133,7 @@ class StorageBatcher(_Drainer):
 
 class GatheredWrites(_Drainer):
     """``touch(pod, now)`` and ``ack(task_id, pod, now)`` queue; they are written through ``run``
-    (``server._Hub.db_batched``).
+    (``hubstate.HubState.db_batched``).
 
     A failed write is logged and dropped: an acknowledgement not recorded leaves its task pending (delivered
     again when the pod reconnects, and acknowledged again), and a pod's next heartbeat brings its touch.
@@ -175,7 +175,7 @@ class GatheredWrites(_Drainer):
 
 class GatheredReads(_Drainer, Generic[_K, _V]):
     """``await reads.get(key)``: ``read(keys)[key]`` (``absent()`` for a key it leaves out), read in one call
-    with every key asked while the previous read ran, through ``run`` (``server._Hub.db_batched``). Each caller
+    with every key asked while the previous read ran, through ``run`` (``hubstate.HubState.db_batched``). Each caller
     asking a key gets its value; a failed read raises to each of its callers; a caller cancelled meanwhile is
     skipped (its key is read all the same)."""
 

@@ -9,7 +9,7 @@ PostgreSQL share one directory (a shared filesystem): temporary names are unique
 rename is atomic, so two processes placing the same blob leave one whole file. An object store would
 implement ``Blobs`` the same way: a staged upload, published under its sha256 once verified. Metadata
 (size, owners, what references it) is recorded in ``Storage``; who may read a blob and when one is
-collected is ``server.py``'s.
+collected is ``blob_routes.py``'s.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 Owns the ``Cluster`` interface the server talks to and its one-process form. A waiter (a pod's
 push loop or long poll, a modeller's wait for results, a secure round's long poll) sleeps on a
-key in its own process (``server._Hub.wakeup``); a write that concerns it calls
-``_Hub.notify(key)``, which wakes local waiters and ``publish``es the key to the other processes,
+key in its own process (``hubstate.HubState.wakeup``); a write that concerns it calls
+``HubState.notify(key)``, which wakes local waiters and ``publish``es the key to the other processes,
 whose ``run`` loop wakes theirs. (Request nonces are claimed in storage, which every process shares.)
 
 ``SingleProcess`` is the embedded hub's (SQLite, one process): nothing to publish.

@@ -5,7 +5,7 @@ envelope, encoded once, not once per pod) and the cohort tree that gives each po
 proof (``protocol.cohort``); the task WebSockets open to this process (``Link``: one per connection, with
 the tasks pushed on it, each once); and the push of a large cohort's task (ANNOUNCE_FROM_PODS or more)
 straight from the fan-out to those sockets, PUSH_BATCH pods at a time with the event loop served in
-between, so that heartbeats are answered meanwhile. A pod's own push loop (``server._push_loop``) is
+between, so that heartbeats are answered meanwhile. A pod's own push loop (``pod_routes._push_loop``) is
 woken only when its socket still holds unsent bytes (a pod that does not read must not hold the
 fan-out): the task is announced to it and it sends it. A cohort under ANNOUNCE_FROM_PODS is not pushed
 from here: its pods are woken and read storage, as on connecting, and so also get any other delivery

@@ -3,9 +3,9 @@
 Owns ``serve`` (used by ``pod-agent hub serve``), ``open_storage`` (``--db``: an SQLite file, or a
 ``postgresql://`` URL for several hub processes on one database), ``listening`` (an app on a port for
 an ``async with`` block, which ``serve`` and in-process test hubs share) and the server TLS context.
-Routes live in ``server.py``, storage in ``sqlite.py`` and ``postgres.py``. Blobs of a file database
-``hub.sqlite`` are kept in ``hub.sqlite.blobs/`` beside it; hubs on PostgreSQL name a directory all
-of them share (``--blob-dir``).
+The app is ``server.py``'s (its routes in ``*_routes.py``), storage in ``sqlite.py`` and ``postgres.py``.
+Blobs of a file database ``hub.sqlite`` are kept in ``hub.sqlite.blobs/`` beside it; hubs on PostgreSQL
+name a directory all of them share (``--blob-dir``).
 """
 
 from __future__ import annotations

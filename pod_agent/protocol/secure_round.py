@@ -23,7 +23,7 @@ the signed task alone (``pod_agent.secagg.graph``), and each pod checks it was s
 Every payload names its ``stage``, so no message of one stage verifies as another's,
 and carries ``task_id`` and ``round``, so none verifies in another task or round.
 Signing is ``signing.py``; which checks a pod makes before it answers is
-``pod_agent.agent.secure_round``; relaying is the hub's (``pod_agent.hub.server``).
+``pod_agent.agent.secure_round``; relaying is the hub's (``pod_agent.hub.round_routes``).
 """
 
 from __future__ import annotations

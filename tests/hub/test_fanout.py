@@ -17,7 +17,7 @@ from hub_tasks import SCHEMA_HASH, checked_delivery, federation, keyed_submissio
 
 from pod_agent.hub import create_app, listening, open_storage
 from pod_agent.hub.fanout import ANNOUNCE_FROM_PODS, PUSH_BATCH, Fanout, Link, prepare
-from pod_agent.hub.server import SUBMISSION_SLICE, _parse_submission
+from pod_agent.hub.modeller_routes import SUBMISSION_SLICE, parse_submission
 from pod_agent.hub.storage import HubTaskRecord
 from pod_agent.protocol import (
     CohortEntry,
@@ -199,7 +199,7 @@ async def test_a_large_cohorts_submission_is_validated_in_slices_with_the_loop_s
 
     watcher = asyncio.create_task(watch())
     await asyncio.sleep(0)
-    parsed = await _parse_submission(raw)
+    parsed = await parse_submission(raw)
     watcher.cancel()
     assert turns[0] >= 3 and parsed == TaskSubmission.model_validate_json(raw)
     status, body = await hub.caller(modeller).call("POST", "/v1/tasks", raw=raw)
