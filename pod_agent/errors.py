@@ -27,6 +27,7 @@
     │   │   └── HubMisbehaved  answered with an oversized, malformed or wrongly shaped reply
     │   ├── HubRejected        4xx: this request will not succeed as it is
     │   ├── StorageConflict    (hub.storage) the hub's store refuses a conflicting write
+    │   ├── BlobMissing        (hub.storage) a record names a blob the hub holds no record of
     │   ├── RegistrationRefused (hub.admission) the hub's admission policy refuses a key
     │   ├── RateLimited        (hub.limits) a key sends faster than the hub allows
     │   └── TooLarge           (hub.limits) a request or blob over the hub's caps

@@ -104,6 +104,9 @@ async def _models_publish(request: web.Request) -> web.Response:
     pub: ModelPublication = parse_body(ModelPublication, body_of(request))
     if source_sha256(pub.source) != pub.sha256:
         raise HubError("model source does not hash to the given sha256", status=400)
+    weights = [] if pub.weights_sha256 is None else [
+        BlobRefRecord(pub.weights_sha256, "model", f"{pub.name}@{pub.version}", modeller.key_id)
+    ]
     outcome = await hub.db(
         hub.storage.put_model,
         ModelRecord(
@@ -111,10 +114,8 @@ async def _models_publish(request: web.Request) -> web.Response:
             sha256=pub.sha256, weights_sha256=pub.weights_sha256, owner=modeller.key_id, created_at=hub.now(),
             public=pub.public,
         ),
+        refs=weights,
     )
-    if pub.weights_sha256 is not None:
-        ref = BlobRefRecord(pub.weights_sha256, "model", f"{pub.name}@{pub.version}", modeller.key_id)
-        await hub.db(hub.storage.add_blob_refs, [ref])
     return web.json_response({"outcome": outcome}, status=201 if outcome == "stored" else 200)
 
 
@@ -191,11 +192,11 @@ async def _take_task(request: web.Request) -> web.Response:
         task_id=task.task_id, modeller_id=modeller.key_id,
         envelope=envelope_bytes(envelope), pods=tree.pods, created_at=hub.now(),
     )
-    outcome = await hub.db(hub.storage.add_task, record)
-    # SCAFFOLD's server control variate is pinned and served to the task's pods exactly like its weights.
+    # SCAFFOLD's server control variate is pinned and served to the task's pods exactly like its weights. A task
+    # is stored with its pinned blobs' references or not at all (BlobMissing, 424: the modeller uploads them).
     pinned = [ref for ref in (task.weights, task.scaffold.control if task.scaffold else None) if ref is not None]
-    if pinned:
-        await hub.db(hub.storage.add_blob_refs, [BlobRefRecord(ref.sha256, "weights", task.task_id) for ref in pinned])
+    refs = [BlobRefRecord(ref.sha256, "weights", task.task_id) for ref in pinned]
+    outcome = await hub.db(hub.storage.add_task, record, refs=refs)
     prepared = hub.fanout.publish(record, tree)
     if len(record.pods) >= ANNOUNCE_FROM_PODS:
         hub.cluster.publish(fanout_key(record.task_id))  # the other processes push it to their pods

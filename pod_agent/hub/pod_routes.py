@@ -210,13 +210,13 @@ async def _pod_results(request: web.Request) -> web.Response:
             raise HubError(
                 f"result blob {result.blob.sha256[:12]}... not uploaded by this pod yet; PUT it first", status=424
             )
+    # Referenced with the result: a collection between the check above and this write leaves neither (424 then,
+    # and the pod's outbox sends the blob and the result again).
+    refs = [] if result.blob is None else [BlobRefRecord(result.blob.sha256, "result", result.task_id, pod.name)]
     outcome = await hub.db(
         hub.storage.put_result, result.task_id, pod.name, envelope_bytes(envelope),
-        status=result.status, now=hub.now(),
+        status=result.status, now=hub.now(), refs=refs,
     )
-    if result.blob is not None:
-        ref = BlobRefRecord(result.blob.sha256, "result", result.task_id, pod.name)
-        await hub.db(hub.storage.add_blob_refs, [ref])
     hub.notify(task_wakeup_key(result.task_id))
     _log.info("result %s", outcome, extra={"pod": pod.name, "status": result.status})
     return web.json_response({"ok": True, "outcome": outcome}, status=201 if outcome == "stored" else 200)

@@ -44,6 +44,7 @@ from pod_agent.errors import HubError
 from pod_agent.hub.fanout import fanout_key, fanout_task
 from pod_agent.hub.sqlite import MAY_READ_BLOB_SQL, REFRESH_BLOB_SQL, UNREFERENCED_SQL
 from pod_agent.hub.storage import (
+    BlobMissing,
     BlobRecord,
     BlobRefRecord,
     BlobUsage,
@@ -184,6 +185,22 @@ _REFRESH_BLOB = _named(REFRESH_BLOB_SQL)
 def _lock_blob(conn: psycopg.Connection[Any], sha256: str) -> None:
     """Hold the blob's advisory lock until the transaction ends (``_LOCK_BLOB_CLASS``)."""
     conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_LOCK_BLOB_CLASS, sha256))
+
+
+def _reference_blobs(conn: psycopg.Connection[Any], refs: Sequence[BlobRefRecord]) -> None:
+    """Inside a write's transaction, reference the blobs ``refs`` name, each found recorded under its lock (so after
+    any collection of it that decided first, and before any that decides later); BlobMissing, which rolls the write
+    back, for one that has no record. Locked in one order (by sha256): two writes naming the same blobs never wait
+    on each other in a cycle."""
+    for sha256 in sorted({ref.sha256 for ref in refs}):
+        _lock_blob(conn, sha256)
+        if conn.execute("SELECT 1 FROM blobs WHERE sha256 = %s", (sha256,)).fetchone() is None:
+            raise BlobMissing(sha256)
+    for ref in refs:
+        conn.execute(
+            "INSERT INTO blob_refs (sha256, kind, task_id, party) VALUES (%s,%s,%s,%s) ON CONFLICT DO NOTHING",
+            (ref.sha256, ref.kind, ref.task_id, ref.party),
+        )
 
 
 def redacted(url: str) -> str:
@@ -381,8 +398,9 @@ class PostgresStorage:
         )
         return None if row is None else ModellerRecord(row[0], row[1], row[2], int(row[3]))
 
-    def put_model(self, model: ModelRecord) -> PutOutcome:
+    def put_model(self, model: ModelRecord, *, refs: Sequence[BlobRefRecord] = ()) -> PutOutcome:
         with self._tx() as conn:
+            _reference_blobs(conn, refs)
             inserted = conn.execute(
                 f"INSERT INTO models ({_MODEL_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
                 " ON CONFLICT (name, version) DO NOTHING",
@@ -420,29 +438,32 @@ class PostgresStorage:
 
     # -- tasks and deliveries ---------------------------------------------------------------
 
-    def add_task(self, task: HubTaskRecord) -> PutOutcome:
+    def add_task(self, task: HubTaskRecord, *, refs: Sequence[BlobRefRecord] = ()) -> PutOutcome:
         # One statement, so one round trip and its own transaction: the task, a delivery per pod (unnest keeps the
         # pods' order, and so the identity's) and, where set, its announcement, whose NOTIFY goes with the commit.
         # A transaction of three statements took five round trips, each a wait for the server's and this
-        # thread's turn on a busy host, between a submission and its first push.
+        # thread's turn on a busy host, between a submission and its first push. A task that pins blobs is
+        # stored in a transaction with their references (``_reference_blobs``), its conflict decided inside it.
         channel, payload = self._task_announcement or ("", "")
-        stored = self._first(
-            f"WITH task AS (INSERT INTO tasks ({_TASK_COLUMNS}) VALUES (%s,%s,%s,%s,%s)"
-            " ON CONFLICT (task_id) DO NOTHING RETURNING task_id),"
-            " cohort AS (INSERT INTO deliveries (task_id, pod) SELECT task.task_id, p.pod"
-            " FROM task, unnest(%s::text[]) WITH ORDINALITY AS p(pod, i) ORDER BY p.i)"
-            " SELECT CASE WHEN %s THEN pg_notify(%s, %s) END FROM task",
-            (
-                task.task_id, task.modeller_id, task.envelope, json.dumps(list(task.pods)), task.created_at,
-                list(task.pods), bool(channel), channel, payload + fanout_key(task.task_id),
-            ),
-        )
-        if stored is not None:
-            return "stored"
-        row = _present(self._first("SELECT envelope FROM tasks WHERE task_id = %s", (task.task_id,)))
-        if bytes(row[0]) == task.envelope:
-            return "duplicate"
-        raise StorageConflict(f"task {task.task_id} already exists with another envelope; use a new task_id")
+        with (self._tx() if refs else self._conn()) as conn:
+            _reference_blobs(conn, refs)
+            stored = conn.execute(
+                f"WITH task AS (INSERT INTO tasks ({_TASK_COLUMNS}) VALUES (%s,%s,%s,%s,%s)"
+                " ON CONFLICT (task_id) DO NOTHING RETURNING task_id),"
+                " cohort AS (INSERT INTO deliveries (task_id, pod) SELECT task.task_id, p.pod"
+                " FROM task, unnest(%s::text[]) WITH ORDINALITY AS p(pod, i) ORDER BY p.i)"
+                " SELECT CASE WHEN %s THEN pg_notify(%s, %s) END FROM task",
+                (
+                    task.task_id, task.modeller_id, task.envelope, json.dumps(list(task.pods)), task.created_at,
+                    list(task.pods), bool(channel), channel, payload + fanout_key(task.task_id),
+                ),
+            ).fetchone()
+            if stored is not None:
+                return "stored"
+            row = _one(conn, "SELECT envelope FROM tasks WHERE task_id = %s", (task.task_id,))
+            if bytes(row[0]) == task.envelope:
+                return "duplicate"
+            raise StorageConflict(f"task {task.task_id} already exists with another envelope; use a new task_id")
 
     def get_task(self, task_id: str) -> HubTaskRecord | None:
         row = self._first(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE task_id = %s", (task_id,))
@@ -518,8 +539,11 @@ class PostgresStorage:
 
     # -- results ----------------------------------------------------------------------------
 
-    def put_result(self, task_id: str, pod: str, envelope: bytes, *, status: str, now: int) -> PutOutcome:
+    def put_result(
+        self, task_id: str, pod: str, envelope: bytes, *, status: str, now: int, refs: Sequence[BlobRefRecord] = ()
+    ) -> PutOutcome:
         with self._tx() as conn:
+            _reference_blobs(conn, refs)
             inserted = conn.execute(
                 "INSERT INTO results (task_id, pod, envelope, received_at) VALUES (%s,%s,%s,%s)"
                 " ON CONFLICT (task_id, pod) DO NOTHING",
@@ -547,9 +571,10 @@ class PostgresStorage:
 
     # -- secure rounds ----------------------------------------------------------------------
 
-    def put_round_message(self, message: RoundMessageRecord) -> PutOutcome:
+    def put_round_message(self, message: RoundMessageRecord, *, refs: Sequence[BlobRefRecord] = ()) -> PutOutcome:
         key = (message.task_id, message.round, message.stage, message.sender)
         with self._tx() as conn:
+            _reference_blobs(conn, refs)
             inserted = conn.execute(
                 "INSERT INTO round_messages (task_id, round, stage, sender, envelope, received_at)"
                 " VALUES (%s,%s,%s,%s,%s,%s) ON CONFLICT (task_id, round, stage, sender) DO NOTHING",
@@ -619,13 +644,6 @@ class PostgresStorage:
             (key_id,),
         ))
         return BlobUsage(size_bytes=int(row[0]), count=int(row[1]))
-
-    def add_blob_refs(self, refs: list[BlobRefRecord]) -> None:
-        with self._tx() as conn, conn.cursor() as cur:
-            cur.executemany(
-                "INSERT INTO blob_refs (sha256, kind, task_id, party) VALUES (%s,%s,%s,%s) ON CONFLICT DO NOTHING",
-                [(r.sha256, r.kind, r.task_id, r.party) for r in refs],
-            )
 
     def may_read_blob(self, sha256: str, *, key_id: str, pod: str | None) -> bool:
         return bool(_present(self._first(_MAY_READ_BLOB, {"sha": sha256, "key": key_id, "pod": pod}))[0])

@@ -104,10 +104,11 @@ async def _secagg_post(request: web.Request) -> web.Response:
         task_id=task.task_id, round=round_index, stage=stage, sender=sender, envelope=envelope_bytes(envelope),
         received_at=hub.now(),
     )
-    outcome = await hub.db(hub.storage.put_round_message, record)
+    # A masked input's blob is referenced with the message (BlobMissing, 424, when the hub no longer has it).
+    refs = []
     if isinstance(message, MaskedInput):
-        ref = BlobRefRecord(message.blob.sha256, "masked", task.task_id, sender)
-        await hub.db(hub.storage.add_blob_refs, [ref])
+        refs.append(BlobRefRecord(message.blob.sha256, "masked", task.task_id, sender))
+    outcome = await hub.db(hub.storage.put_round_message, record, refs=refs)
     hub.notify(_round_wakeup_key(task.task_id, round_index))
     return web.json_response({"ok": True, "outcome": outcome}, status=201 if outcome == "stored" else 200)
 

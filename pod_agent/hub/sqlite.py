@@ -21,6 +21,7 @@ from typing import Any
 
 from pod_agent.errors import HubError
 from pod_agent.hub.storage import (
+    BlobMissing,
     BlobRecord,
     BlobRefRecord,
     BlobUsage,
@@ -248,8 +249,9 @@ class SqliteStorage:
             ).fetchone()
         return None if row is None else ModellerRecord(*row)
 
-    def put_model(self, model: ModelRecord) -> PutOutcome:
+    def put_model(self, model: ModelRecord, *, refs: Sequence[BlobRefRecord] = ()) -> PutOutcome:
         with self._lock, self._tx():
+            self._reference(refs)
             row = self._db.execute(
                 "SELECT sha256, weights_sha256 FROM models WHERE name = ? AND version = ?", (model.name, model.version)
             ).fetchone()
@@ -288,8 +290,9 @@ class SqliteStorage:
 
     # -- tasks and deliveries ---------------------------------------------------------------
 
-    def add_task(self, task: HubTaskRecord) -> PutOutcome:
+    def add_task(self, task: HubTaskRecord, *, refs: Sequence[BlobRefRecord] = ()) -> PutOutcome:
         with self._lock, self._tx():
+            self._reference(refs)
             row = self._db.execute("SELECT envelope FROM tasks WHERE task_id = ?", (task.task_id,)).fetchone()
             if row is not None:
                 if bytes(row[0]) == task.envelope:
@@ -392,8 +395,11 @@ class SqliteStorage:
 
     # -- results ----------------------------------------------------------------------------
 
-    def put_result(self, task_id: str, pod: str, envelope: bytes, *, status: str, now: int) -> PutOutcome:
+    def put_result(
+        self, task_id: str, pod: str, envelope: bytes, *, status: str, now: int, refs: Sequence[BlobRefRecord] = ()
+    ) -> PutOutcome:
         with self._lock, self._tx():
+            self._reference(refs)
             row = self._db.execute(
                 "SELECT envelope FROM results WHERE task_id = ? AND pod = ?", (task_id, pod)
             ).fetchone()
@@ -420,9 +426,10 @@ class SqliteStorage:
 
     # -- secure rounds ----------------------------------------------------------------------
 
-    def put_round_message(self, message: RoundMessageRecord) -> PutOutcome:
+    def put_round_message(self, message: RoundMessageRecord, *, refs: Sequence[BlobRefRecord] = ()) -> PutOutcome:
         key = (message.task_id, message.round, message.stage, message.sender)
         with self._lock, self._tx():
+            self._reference(refs)
             row = self._db.execute(
                 "SELECT envelope FROM round_messages WHERE task_id = ? AND round = ? AND stage = ? AND sender = ?", key
             ).fetchone()
@@ -496,12 +503,17 @@ class SqliteStorage:
             ).fetchone()
         return BlobUsage(size_bytes=int(size), count=int(count))
 
-    def add_blob_refs(self, refs: list[BlobRefRecord]) -> None:
-        with self._lock, self._tx():
-            self._db.executemany(
-                "INSERT OR IGNORE INTO blob_refs (sha256, kind, task_id, party) VALUES (?,?,?,?)",
-                [(r.sha256, r.kind, r.task_id, r.party) for r in refs],
-            )
+    def _reference(self, refs: Sequence[BlobRefRecord]) -> None:
+        """Inside a write's transaction (BEGIN IMMEDIATE holds the database's write lock: no collection decides
+        meanwhile), reference the blobs ``refs`` name; BlobMissing, which rolls the write back, for one that has
+        no record."""
+        for ref in refs:
+            if self._db.execute("SELECT 1 FROM blobs WHERE sha256 = ?", (ref.sha256,)).fetchone() is None:
+                raise BlobMissing(ref.sha256)
+        self._db.executemany(
+            "INSERT OR IGNORE INTO blob_refs (sha256, kind, task_id, party) VALUES (?,?,?,?)",
+            [(r.sha256, r.kind, r.task_id, r.party) for r in refs],
+        )
 
     def may_read_blob(self, sha256: str, *, key_id: str, pod: str | None) -> bool:
         with self._lock:

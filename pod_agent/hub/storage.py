@@ -3,7 +3,10 @@
 Owns the ``Storage`` protocol (pods, modellers, models, tasks and their per-pod
 deliveries, results, progress, secure-round messages, blob metadata with owners and the
 records that reference each blob, enrolment tokens and keys awaiting approval) and the
-frozen records it returns. Who may read what is answered here as facts (``may_read_blob``,
+frozen records it returns. A write that stores a record naming blobs (a task's weights, a pod's result, a
+model's weights, a masked input: its ``refs``) references them in its own transaction, each blob's record found
+under the same per-blob ordering as its collection, or raises ``BlobMissing`` and stores nothing: so no stored
+record ever names a blob that a collection removed. Who may read what is answered here as facts (``may_read_blob``,
 ``pod_targeted_by``); the server turns a "no" into a refusal. ``sqlite.py`` implements it on stdlib
 sqlite3, ``postgres.py`` on PostgreSQL (the same tests run against both: tests/hub). Blob bytes live
 on disk (``blobs.py``), not here. Every method is synchronous and short; the server calls them through
@@ -31,6 +34,19 @@ class StorageConflict(HubError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, status=409)
+
+
+class BlobMissing(HubError):
+    """A record names a blob the hub holds no record of (HTTP 424): never uploaded, or collected while nothing
+    referenced it."""
+
+    def __init__(self, sha256: str) -> None:
+        self.sha256 = sha256
+        super().__init__(
+            f"blob {sha256[:12]}... is not on the hub (never uploaded, or collected while nothing referenced it): "
+            "PUT it, then send this again",
+            status=424,
+        )
 
 
 @dataclass(frozen=True)
@@ -273,13 +289,15 @@ class Storage(Protocol):
 
     def get_modeller(self, key_id: str) -> ModellerRecord | None: ...
 
-    def put_model(self, model: ModelRecord) -> PutOutcome:
-        """Store a model version; the same content again is a duplicate, other content a conflict."""
+    def put_model(self, model: ModelRecord, *, refs: Sequence[BlobRefRecord] = ()) -> PutOutcome:
+        """Store a model version; the same content again is a duplicate, other content a conflict. ``refs``: its
+        weights, referenced with it (see the module docstring; BlobMissing)."""
 
     def get_model(self, name: str, version: str) -> ModelRecord | None: ...
 
-    def add_task(self, task: HubTaskRecord) -> PutOutcome:
-        """Store a task and one delivery per target pod; same envelope again is a duplicate."""
+    def add_task(self, task: HubTaskRecord, *, refs: Sequence[BlobRefRecord] = ()) -> PutOutcome:
+        """Store a task and one delivery per target pod; same envelope again is a duplicate. ``refs``: the blobs it
+        pins, referenced with it (see the module docstring; BlobMissing)."""
 
     def get_task(self, task_id: str) -> HubTaskRecord | None: ...
 
@@ -310,14 +328,18 @@ class Storage(Protocol):
 
     def deliveries(self, task_id: str) -> list[DeliveryRecord]: ...
 
-    def put_result(self, task_id: str, pod: str, envelope: bytes, *, status: str, now: int) -> PutOutcome:
-        """Store a pod's result; identical bytes again are a duplicate, different bytes a conflict."""
+    def put_result(
+        self, task_id: str, pod: str, envelope: bytes, *, status: str, now: int, refs: Sequence[BlobRefRecord] = ()
+    ) -> PutOutcome:
+        """Store a pod's result; identical bytes again are a duplicate, different bytes a conflict. ``refs``: the
+        blob it names, referenced with it (see the module docstring; BlobMissing)."""
 
     def results(self, task_id: str) -> list[ResultRecord]: ...
 
-    def put_round_message(self, message: RoundMessageRecord) -> PutOutcome:
+    def put_round_message(self, message: RoundMessageRecord, *, refs: Sequence[BlobRefRecord] = ()) -> PutOutcome:
         """Store one message per (task, round, stage, sender): identical bytes again are a duplicate,
-        different bytes a conflict (a sender cannot change what it said)."""
+        different bytes a conflict (a sender cannot change what it said). ``refs``: the blob a masked input names,
+        referenced with it (see the module docstring; BlobMissing)."""
 
     def round_messages(self, task_id: str, round_index: int, stage: str) -> list[RoundMessageRecord]:
         """A stage's messages in the order they arrived."""
@@ -338,9 +360,6 @@ class Storage(Protocol):
 
     def blob_usage(self, key_id: str) -> BlobUsage: ...
 
-    def add_blob_refs(self, refs: list[BlobRefRecord]) -> None:
-        """Record what points at blobs (the same reference twice is one)."""
-
     def may_read_blob(self, sha256: str, *, key_id: str, pod: str | None) -> bool:
         """Whether ``key_id`` (the pod ``pod``, if it is one) may download the blob: one of its uploaders;
         the modeller of a task whose result or masked input names it, sent by a pod that uploaded it; or a
@@ -353,9 +372,10 @@ class Storage(Protocol):
         self, sha256: str, *, uploaded_before: int, remove: Callable[[str], None]
     ) -> bool:
         """Forget the blob and its owners if still unreferenced and not uploaded since, and ``remove(sha256)``
-        its bytes before that decision commits; True if forgotten. Recording, refreshing and forgetting one blob
-        happen one at a time across processes, and an upload records a blob before it places the bytes: so a
-        collection never removes bytes that an upload in another process has just recorded."""
+        its bytes before that decision commits; True if forgotten. Recording, refreshing, referencing and forgetting
+        one blob happen one at a time across processes, and an upload records a blob before it places the bytes: so
+        a collection never removes bytes that an upload in another process has just recorded, nor those of a blob
+        that a record stored meanwhile names."""
 
     def pod_targeted_by(self, pod: str, modeller_id: str) -> bool:
         """Whether any task of ``modeller_id`` targets ``pod``."""

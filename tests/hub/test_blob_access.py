@@ -14,7 +14,7 @@ from hub_tasks import entries, submission
 
 from pod_agent.hub.limits import HubLimits
 from pod_agent.modeller.tasks import build_task
-from pod_agent.protocol import IdentityKey, envelope_bytes, sign_envelope, sign_request
+from pod_agent.protocol import IdentityKey, envelope_bytes, sign_envelope, sign_request, source_sha256
 from pod_agent.protocol.messages import BlobRef, ResultPayload, WeightsRef
 
 
@@ -160,6 +160,40 @@ async def test_unreferenced_blobs_are_collected_after_the_grace_period(make_hub:
     assert hub.storage.blob_usage(keys["stranger-p"].key_id).count == 0
     # The pinned weights stay and are still served to the targeted pod.
     assert await _get(hub, keys["pod-a"], pinned) == (200, weights)
+
+
+async def test_a_task_or_model_naming_a_collected_blob_is_refused_and_stored_once_the_blob_is_sent_again(
+    make_hub: Any,
+) -> None:
+    """A blob uploaded and not named within the grace period is collected; a task pinning it, or a model version
+    naming it as its weights, is then refused (424, stored nothing: no pod is pushed a task whose weights are gone)
+    and stored once the blob is sent again."""
+    hub = await make_hub(limits=HubLimits(blob_grace_s=1, gc_interval_s=0.2))
+    keys = await _register(hub)
+    weights = os.urandom(1000)
+    _, _, sha = await _put(hub, keys["modeller"], weights)
+    deadline = time.monotonic() + 5
+    while hub.storage.get_blob(sha) is not None and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert hub.storage.get_blob(sha) is None
+    payload = build_task(modeller_id=keys["modeller"].key_id, cohort=entries(["pod-a"]), kind="schema-stats")
+    payload = payload.model_copy(update={"weights": WeightsRef(blob_id=sha, sha256=sha, size_bytes=1000)})
+    modeller = hub.caller(keys["modeller"])
+    status, body = await modeller.call("POST", "/v1/tasks", raw=submission(payload, keys["modeller"], ["pod-a"]))
+    assert status == 424 and "PUT it" in body["error"]
+    assert (await modeller.call("GET", f"/v1/tasks/{payload.task_id}"))[0] == 404
+    source = "class Net: pass\n"
+    model = {"name": "net", "version": "1", "style": "module", "class_name": "Net", "source": source,
+             "sha256": source_sha256(source), "weights_sha256": sha}
+    assert (await modeller.call("POST", "/v1/models", model))[0] == 424
+    assert hub.storage.get_model("net", "1") is None
+
+    assert (await _put(hub, keys["modeller"], weights))[0] == 201
+    assert (await modeller.call("POST", "/v1/tasks", raw=submission(payload, keys["modeller"], ["pod-a"])))[0] == 201
+    assert (await modeller.call("POST", "/v1/models", model))[0] == 201
+    # Named now, so no longer collected: the pod the task targets reads it after the grace period.
+    await asyncio.sleep(1.5)
+    assert await _get(hub, keys["pod-a"], sha) == (200, weights)
 
 
 async def test_an_old_database_gets_owners_and_references_for_its_blobs(tmp_path: Any) -> None:

@@ -1,7 +1,8 @@
 """The ``Storage`` contract below the HTTP API, on both backends: writes that race from two connections (two
 hub processes on PostgreSQL, two connections to one SQLite file) store a record once (request nonces are granted
 once; a blob's collection and its upload again happen one after the other), a reopened database keeps its
-records, and delivery order is submission order."""
+records, and delivery order is submission order. A record naming a blob is stored with its reference or not at
+all, also while another process collects the blob."""
 
 from __future__ import annotations
 
@@ -16,13 +17,17 @@ import pytest
 from pod_agent.hub import Storage, StorageConflict, open_storage
 from pod_agent.hub.storage import (
     STRANGER,
+    BlobMissing,
     BlobRecord,
+    BlobRefRecord,
     HubTaskRecord,
     KeyStanding,
     ModellerRecord,
+    ModelRecord,
     NonceClaim,
     PendingKey,
     PodRecord,
+    RoundMessageRecord,
 )
 
 RACERS = 8
@@ -268,3 +273,79 @@ def test_a_blob_is_collected_with_its_bytes_before_another_process_records_it_ag
     else:
         assert collector.get_blob(sha) == BlobRecord(sha, 10, 100) and collector.blob_owned_by(sha, "k2")
         assert not collector.blob_owned_by(sha, "k1")
+
+
+def _naming(kind: str, sha: str) -> Callable[[Storage], object]:
+    """A write of the record ``kind`` that names blob ``sha`` (and references it)."""
+    if kind == "a task's weights":
+        return lambda s: s.add_task(_task("t-w"), refs=[BlobRefRecord(sha, "weights", "t-w")])
+    if kind == "a pod's result":
+        return lambda s: s.put_result("t-r", "a", b"result", status="done", now=100,
+                                      refs=[BlobRefRecord(sha, "result", "t-r", "a")])
+    if kind == "a model's weights":
+        model = ModelRecord(name="m", version="1", style="lightning", class_name=None, source="x", sha256="0" * 64,
+                            weights_sha256=sha, owner="k1", created_at=100)
+        return lambda s: s.put_model(model, refs=[BlobRefRecord(sha, "model", "m@1", "k1")])
+    message = RoundMessageRecord(task_id="t-r", round=0, stage="masked", sender="a", envelope=b"m", received_at=100)
+    return lambda s: s.put_round_message(message, refs=[BlobRefRecord(sha, "masked", "t-r", "a")])
+
+
+def _named_stored(storage: Storage, kind: str) -> bool:
+    """Whether the record ``_naming(kind, ...)`` writes is stored."""
+    if kind == "a task's weights":
+        return storage.get_task("t-w") is not None
+    if kind == "a pod's result":
+        return bool(storage.results("t-r"))
+    if kind == "a model's weights":
+        return storage.get_model("m", "1") is not None
+    return bool(storage.round_messages("t-r", 0, "masked"))
+
+
+NAMING_KINDS = ["a task's weights", "a pod's result", "a model's weights", "a masked input"]
+
+
+@pytest.mark.parametrize("kind", NAMING_KINDS)
+def test_a_record_naming_a_blob_is_stored_with_its_reference_or_not_at_all(
+    opened: Callable[[], Storage], kind: str
+) -> None:
+    """A record that names a blob the hub holds no record of is refused (BlobMissing) and nothing of it is stored;
+    one naming a recorded blob references it in the same write, so the blob is no longer collectable."""
+    storage = opened()
+    storage.add_task(_task("t-r", pods=("a",)))
+    sha = "d" * 64
+    with pytest.raises(BlobMissing, match="PUT it"):
+        _naming(kind, sha)(storage)
+    assert not _named_stored(storage, kind)
+    storage.put_blob(BlobRecord(sha, 10, created_at=1), owner="k1")
+    _naming(kind, sha)(storage)
+    assert _named_stored(opened(), kind)
+    assert storage.unreferenced_blobs(uploaded_before=50) == []
+    assert not storage.delete_blob_if_unreferenced(sha, uploaded_before=50, remove=lambda _: pytest.fail("removed"))
+
+
+@pytest.mark.parametrize("kind", NAMING_KINDS)
+def test_a_record_naming_a_blob_being_collected_waits_and_is_refused(opened: Callable[[], Storage], kind: str) -> None:
+    """Two hub processes: one collects a blob and removes its bytes while the other stores a record naming it. The
+    record's write waits until the collection has committed and is then refused, storing nothing, so no stored
+    record ever names a blob whose bytes a collection removed (the sender is told to PUT it again)."""
+    collector, writer = opened(), opened()
+    collector.add_task(_task("t-r", pods=("a",)))
+    sha = "e" * 64
+    collector.put_blob(BlobRecord(sha, 10, created_at=1), owner="k1")
+    removing, release = threading.Event(), threading.Event()
+
+    def remove(removed: str) -> None:
+        removing.set()
+        assert release.wait(10)
+
+    with ThreadPoolExecutor(2) as pool:
+        collecting = pool.submit(collector.delete_blob_if_unreferenced, sha, uploaded_before=50, remove=remove)
+        assert removing.wait(10)
+        writing = pool.submit(_naming(kind, sha), writer)
+        time.sleep(0.3)
+        assert not writing.done(), "the record named the blob while its collection was removing the bytes"
+        release.set()
+        assert collecting.result(10)
+        with pytest.raises(BlobMissing):
+            writing.result(10)
+    assert not _named_stored(collector, kind) and collector.get_blob(sha) is None
