@@ -17,7 +17,7 @@ from aiohttp import web
 
 from pod_agent.errors import HubError
 from pod_agent.hub.auth import SIGNER, SIGNER_POD
-from pod_agent.hub.hubstate import HUB, hub_of
+from pod_agent.hub.hubstate import HUB, HubState, hub_of
 from pod_agent.hub.limits import TooLarge
 from pod_agent.hub.storage import BlobRecord
 
@@ -65,6 +65,18 @@ async def _blob_put(request: web.Request) -> web.Response:
         hub.blobs.discard(staged)
     _log.info("blob stored (%d bytes) at %s", staged.size_bytes, sha256[:12])
     return web.json_response({"sha256": sha256, "size_bytes": staged.size_bytes, "outcome": "stored"}, status=201)
+
+
+async def require_uploaded(hub: HubState, sha256: str, key_id: str, *, size_bytes: int | None, what: str) -> None:
+    """HubError 424 unless ``key_id`` uploaded the blob (``size_bytes`` long, where given). A record names only its
+    sender's own uploads: naming another key's blob would neither open it to anyone nor, by referencing it, keep
+    it from collection."""
+    blob = await hub.db(hub.storage.get_blob, sha256)
+    if (
+        blob is None or (size_bytes is not None and blob.size_bytes != size_bytes)
+        or not await hub.db(hub.storage.blob_owned_by, sha256, key_id)
+    ):
+        raise HubError(f"{what} blob {sha256[:12]}... not uploaded by this key yet; PUT it first", status=424)
 
 
 @routes.get("/v1/blobs/{sha256}", name="blob_get")

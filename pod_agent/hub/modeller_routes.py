@@ -19,6 +19,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from pod_agent.errors import HubError, ProtocolError
 from pod_agent.hub.auth import SIGNER, SIGNER_POD, body_of, signer_modeller
+from pod_agent.hub.blob_routes import require_uploaded
 from pod_agent.hub.fanout import ANNOUNCE_FROM_PODS, collector_paused, fanout_key
 from pod_agent.hub.hubstate import HubState, hub_of, task_wakeup_key
 from pod_agent.hub.reading import long_poll_query, opened, parse_body
@@ -104,6 +105,8 @@ async def _models_publish(request: web.Request) -> web.Response:
     pub: ModelPublication = parse_body(ModelPublication, body_of(request))
     if source_sha256(pub.source) != pub.sha256:
         raise HubError("model source does not hash to the given sha256", status=400)
+    if pub.weights_sha256 is not None:
+        await require_uploaded(hub, pub.weights_sha256, modeller.key_id, size_bytes=None, what="model weights")
     weights = [] if pub.weights_sha256 is None else [
         BlobRefRecord(pub.weights_sha256, "model", f"{pub.name}@{pub.version}", modeller.key_id)
     ]
@@ -195,6 +198,8 @@ async def _take_task(request: web.Request) -> web.Response:
     # SCAFFOLD's server control variate is pinned and served to the task's pods exactly like its weights. A task
     # is stored with its pinned blobs' references or not at all (BlobMissing, 424: the modeller uploads them).
     pinned = [ref for ref in (task.weights, task.scaffold.control if task.scaffold else None) if ref is not None]
+    for ref in pinned:
+        await require_uploaded(hub, ref.sha256, modeller.key_id, size_bytes=ref.size_bytes, what="pinned")
     refs = [BlobRefRecord(ref.sha256, "weights", task.task_id) for ref in pinned]
     outcome = await hub.db(hub.storage.add_task, record, refs=refs)
     prepared = hub.fanout.publish(record, tree)

@@ -20,6 +20,7 @@ from aiohttp import WSMsgType, web
 
 from pod_agent.errors import HubError
 from pod_agent.hub.auth import SIGNER, body_of, signer_pod
+from pod_agent.hub.blob_routes import require_uploaded
 from pod_agent.hub.fanout import Link, PreparedTask
 from pod_agent.hub.hubstate import MAX_LONG_POLL_S, HubState, hub_of, task_wakeup_key
 from pod_agent.hub.limits import MAX_SMALL_BODY_BYTES
@@ -204,12 +205,7 @@ async def _pod_results(request: web.Request) -> web.Response:
     if task is None or pod.name not in task.pods:
         raise _no_task_for(result.task_id, pod.name)
     if result.blob is not None:
-        blob = await hub.db(hub.storage.get_blob, result.blob.sha256)
-        owned = await hub.db(hub.storage.blob_owned_by, result.blob.sha256, pod.key_id)
-        if blob is None or blob.size_bytes != result.blob.size_bytes or not owned:
-            raise HubError(
-                f"result blob {result.blob.sha256[:12]}... not uploaded by this pod yet; PUT it first", status=424
-            )
+        await require_uploaded(hub, result.blob.sha256, pod.key_id, size_bytes=result.blob.size_bytes, what="result")
     # Referenced with the result: a collection between the check above and this write leaves neither (424 then,
     # and the pod's outbox sends the blob and the result again).
     refs = [] if result.blob is None else [BlobRefRecord(result.blob.sha256, "result", result.task_id, pod.name)]

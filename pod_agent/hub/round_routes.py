@@ -19,6 +19,7 @@ from aiohttp import web
 
 from pod_agent.errors import HubError
 from pod_agent.hub.auth import SIGNER_POD, body_of, modeller_of
+from pod_agent.hub.blob_routes import require_uploaded
 from pod_agent.hub.hubstate import hub_of
 from pod_agent.hub.reading import long_poll_query, opened
 from pod_agent.hub.storage import BlobRefRecord, HubTaskRecord, RoundMessageRecord
@@ -104,10 +105,12 @@ async def _secagg_post(request: web.Request) -> web.Response:
         task_id=task.task_id, round=round_index, stage=stage, sender=sender, envelope=envelope_bytes(envelope),
         received_at=hub.now(),
     )
-    # A masked input's blob is referenced with the message (BlobMissing, 424, when the hub no longer has it).
+    # A masked input names its pod's own upload, referenced with the message (424 when the hub no longer has it).
     refs = []
     if isinstance(message, MaskedInput):
-        refs.append(BlobRefRecord(message.blob.sha256, "masked", task.task_id, sender))
+        sha256, size_bytes = message.blob.sha256, message.blob.size_bytes
+        await require_uploaded(hub, sha256, party.key.key_id, size_bytes=size_bytes, what="masked input")
+        refs.append(BlobRefRecord(sha256, "masked", task.task_id, sender))
     outcome = await hub.db(hub.storage.put_round_message, record, refs=refs)
     hub.notify(_round_wakeup_key(task.task_id, round_index))
     return web.json_response({"ok": True, "outcome": outcome}, status=201 if outcome == "stored" else 200)

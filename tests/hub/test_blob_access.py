@@ -98,9 +98,19 @@ async def test_knowing_a_sha256_makes_no_one_an_owner(hub: Any) -> None:
     async with hub.session.put(hub.base + path, data=b"junk", headers=headers) as resp:
         assert resp.status == 400
     assert (await _get(hub, keys["stranger-m"], sha))[0] == 404
-    # A stranger's task pinning the modeller's weights does not open them to the stranger's pod.
-    await _task(hub, keys["stranger-m"], ["stranger-p"], WeightsRef(blob_id=sha, sha256=sha, size_bytes=4096))
+    # A stranger cannot pin the modeller's weights in a task (which would open them to the stranger's pod), nor
+    # name them as a model's weights: refused, so nor does it keep them from collection by referencing them.
+    payload = build_task(modeller_id=keys["stranger-m"].key_id, cohort=entries(["stranger-p"]), kind="schema-stats")
+    payload = payload.model_copy(update={"weights": WeightsRef(blob_id=sha, sha256=sha, size_bytes=4096)})
+    stranger = hub.caller(keys["stranger-m"])
+    status, body = await stranger.call("POST", "/v1/tasks", raw=submission(payload, keys["stranger-m"], ["stranger-p"]))
+    assert status == 424 and "not uploaded by this key" in body["error"]
     assert (await _get(hub, keys["stranger-p"], sha))[0] == 404
+    source = "class Net: pass\n"
+    model = {"name": "net", "version": "1", "style": "module", "class_name": "Net", "source": source,
+             "sha256": source_sha256(source), "weights_sha256": sha}
+    assert (await stranger.call("POST", "/v1/models", model))[0] == 424
+    assert hub.storage.unreferenced_blobs(uploaded_before=int(time.time()) + 60) == [sha]
     # Nor does a stranger pod's result naming it open it to the stranger's modeller.
     task_id = await _task(hub, keys["stranger-m"], ["stranger-p"])
     result = ResultPayload(

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import math
+import os
+import time
 from typing import Any
 
 from hub_tasks import entries, task_submission
 
-from pod_agent.protocol import IdentityKey, cohort_tree, envelope_bytes, round_path, sign_envelope
+from pod_agent.protocol import IdentityKey, cohort_tree, envelope_bytes, round_path, sign_envelope, sign_request
+from pod_agent.protocol.messages import BlobRef
 from pod_agent.protocol.secure_round import (
     MAX_STAGE_BYTES,
     AdvertRoster,
@@ -18,6 +22,7 @@ from pod_agent.protocol.secure_round import (
     ConsistencySignature,
     EncryptedShares,
     KeyAdvertisement,
+    MaskedInput,
     SurvivorList,
 )
 from pod_agent.secagg import cohort_graph
@@ -56,6 +61,38 @@ async def test_a_cohort_pod_posts_its_advert_once_and_a_different_second_one_is_
     assert status == 409 and "one message per sender and stage" in body["error"]
     status, got = await hub.caller(modeller).call("GET", path + "?wait=0")
     assert status == 200 and got["count"] == 1 and got["messages"][0]["payload"]["c_public"] == C_KEY
+
+
+async def test_a_masked_input_names_only_its_pods_own_upload(hub: Any) -> None:
+    """A pod's masked input naming another key's blob (or one the hub does not hold) is refused and not stored:
+    naming it would keep that blob from collection. Its own upload is taken, and referenced from then on."""
+    _, pods, task_id = await _cohort(hub)
+
+    async def put(key: IdentityKey, data: bytes) -> BlobRef:
+        sha = hashlib.sha256(data).hexdigest()
+        headers = sign_request(key, "PUT", f"/v1/blobs/{sha}", b"", now=int(time.time()))
+        async with hub.session.put(f"{hub.base}/v1/blobs/{sha}", data=data, headers=headers) as resp:
+            assert resp.status == 201
+        return BlobRef(sha256=sha, size_bytes=len(data), encoding="safetensors")
+
+    theirs, mine = await put(pods["pod-a"], os.urandom(64)), await put(pods["pod-b"], os.urandom(64))
+    path = round_path(task_id, 0, "masked")
+
+    async def post(blob: BlobRef) -> tuple[int, Any]:
+        masked = MaskedInput(task_id=task_id, round=0, pod="pod-b", blob=blob)
+        status, body = await hub.caller(pods["pod-b"]).call(
+            "POST", path, raw=envelope_bytes(sign_envelope(masked, pods["pod-b"]))
+        )
+        return status, body
+
+    for blob in (theirs, BlobRef(sha256="9" * 64, size_bytes=64, encoding="safetensors")):
+        status, body = await post(blob)
+        assert status == 424 and "not uploaded by this key" in body["error"]
+    assert hub.storage.round_messages(task_id, 0, "masked") == []
+    assert (await post(mine))[0] == 201
+    assert hub.storage.unreferenced_blobs(uploaded_before=hub.storage.get_blob(mine.sha256).created_at + 1) == [
+        theirs.sha256
+    ]
 
 
 async def test_outsiders_wrong_senders_and_other_rounds_are_refused(hub: Any) -> None:
