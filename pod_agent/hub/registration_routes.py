@@ -40,10 +40,9 @@ routes = web.RouteTableDef()
 async def _pods_register(request: web.Request) -> web.Response:
     hub = hub_of(request)
     reg: PodRegistration = parse_body(PodRegistration, body_of(request))
-    key = PublicKey.from_b64(reg.public_key)
-    if key.key_id != request[SIGNER]:
-        raise HubError("registration must be signed by the key it registers", status=403)
-    admission = await _admission(request, role="pod", name=reg.name, token=reg.enrolment_token)
+    key, admission = await _admission(
+        request, role="pod", public_key=reg.public_key, name=reg.name, token=reg.enrolment_token
+    )
     now = hub.now()
     existing = await hub.db(hub.storage.get_pod, reg.name)
     if existing is not None and existing.key_id != key.key_id and reg.rotation is not None:
@@ -78,24 +77,29 @@ def _check_rotation(name: str, rotation: Envelope, *, held: PublicKey, new: Publ
 async def _modellers_register(request: web.Request) -> web.Response:
     hub = hub_of(request)
     reg: ModellerRegistration = parse_body(ModellerRegistration, body_of(request))
-    key = PublicKey.from_b64(reg.public_key)
-    if key.key_id != request[SIGNER]:
-        raise HubError("registration must be signed by the key it registers", status=403)
-    admission = await _admission(request, role="modeller", name=reg.name, token=reg.enrolment_token)
+    key, admission = await _admission(
+        request, role="modeller", public_key=reg.public_key, name=reg.name, token=reg.enrolment_token
+    )
     record = ModellerRecord(key.key_id, reg.public_key, reg.name, hub.now())
     await _store_registration(hub, admission, hub.storage.upsert_modeller, record)
     return _registered({"key_id": key.key_id}, admission, key.key_id)
 
 
-async def _admission(request: web.Request, *, role: KeyRole, name: str, token: str | None) -> Admission:
-    """The registration policy's word on the signer registering as ``role``; raises RegistrationRefused."""
+async def _admission(
+    request: web.Request, *, role: KeyRole, public_key: str, name: str, token: str | None
+) -> tuple[PublicKey, Admission]:
+    """The key a registration offers, which must be the key that signed it (403), and the registration policy's
+    word on it registering as ``role`` (raises RegistrationRefused)."""
+    key = PublicKey.from_b64(public_key)
+    if key.key_id != request[SIGNER]:
+        raise HubError("registration must be signed by the key it registers", status=403)
     hub = hub_of(request)
     known = (request[SIGNER_POD] if role == "pod" else request[SIGNER_MODELLER]) is not None
     admission: Admission = await hub.db(
         admit, hub.storage, hub.registration, role=role, key_id=request[SIGNER], name=name, known=known,
         token=token, now=hub.now(),
     )
-    return admission
+    return key, admission
 
 
 async def _store_registration(hub: HubState, admission: Admission, store: Callable[[_R], None], record: _R) -> None:
