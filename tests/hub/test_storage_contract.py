@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -31,6 +32,7 @@ from pod_agent.hub.storage import (
 )
 
 RACERS = 8
+_W = TypeVar("_W")
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -229,6 +231,29 @@ def test_an_owner_uploading_a_blob_again_refreshes_it_and_no_one_else_can(opened
     assert not storage.delete_blob_if_unreferenced(sha, uploaded_before=50, remove=lambda _: pytest.fail("removed"))
 
 
+def _race_a_collection(collector: Storage, sha: str, write: Callable[[], _W], *, what: str, seen: list[str]) -> _W:
+    """Run ``write`` (another connection's) while ``collector`` collects blob ``sha``, held inside its removal of the
+    bytes (noted in ``seen``): the write must not complete before the collection commits. Its result, or its error
+    raised."""
+    removing, release = threading.Event(), threading.Event()
+
+    def remove(removed: str) -> None:
+        assert removed == sha
+        seen.append("bytes removed")
+        removing.set()
+        assert release.wait(10)
+
+    with ThreadPoolExecutor(2) as pool:
+        collecting = pool.submit(collector.delete_blob_if_unreferenced, sha, uploaded_before=50, remove=remove)
+        assert removing.wait(10)
+        writing = pool.submit(write)
+        time.sleep(0.3)
+        assert not writing.done(), f"{what} while its collection was removing the bytes"
+        release.set()
+        assert collecting.result(10)
+        return writing.result(10)
+
+
 @pytest.mark.parametrize("again", ["another key's upload", "its owner's upload"])
 def test_a_blob_is_collected_with_its_bytes_before_another_process_records_it_again(
     opened: Callable[[], Storage], again: str
@@ -239,14 +264,7 @@ def test_a_blob_is_collected_with_its_bytes_before_another_process_records_it_ag
     collector, uploader = opened(), opened()
     sha = "c" * 64
     collector.put_blob(BlobRecord(sha, 10, created_at=1), owner="k1")
-    removing, release = threading.Event(), threading.Event()
     order: list[str] = []
-
-    def remove(removed: str) -> None:
-        assert removed == sha
-        order.append("bytes removed")
-        removing.set()
-        assert release.wait(10)
 
     def upload() -> bool:
         if again == "its owner's upload":
@@ -257,15 +275,7 @@ def test_a_blob_is_collected_with_its_bytes_before_another_process_records_it_ag
         order.append("recorded")
         return refreshed
 
-    with ThreadPoolExecutor(2) as pool:
-        collecting = pool.submit(collector.delete_blob_if_unreferenced, sha, uploaded_before=50, remove=remove)
-        assert removing.wait(10)
-        uploading = pool.submit(upload)
-        time.sleep(0.3)
-        assert not uploading.done(), "the upload recorded the blob while its collection was removing the bytes"
-        release.set()
-        assert collecting.result(10)
-        refreshed = uploading.result(10)
+    refreshed = _race_a_collection(collector, sha, upload, what="the upload recorded the blob", seen=order)
     assert order == ["bytes removed", "recorded"]
     if again == "its owner's upload":
         # The collection forgot it: the owner is told to send the bytes, not that the hub has them.
@@ -332,20 +342,8 @@ def test_a_record_naming_a_blob_being_collected_waits_and_is_refused(opened: Cal
     collector.add_task(_task("t-r", pods=("a",)))
     sha = "e" * 64
     collector.put_blob(BlobRecord(sha, 10, created_at=1), owner="k1")
-    removing, release = threading.Event(), threading.Event()
-
-    def remove(removed: str) -> None:
-        removing.set()
-        assert release.wait(10)
-
-    with ThreadPoolExecutor(2) as pool:
-        collecting = pool.submit(collector.delete_blob_if_unreferenced, sha, uploaded_before=50, remove=remove)
-        assert removing.wait(10)
-        writing = pool.submit(_naming(kind, sha), writer)
-        time.sleep(0.3)
-        assert not writing.done(), "the record named the blob while its collection was removing the bytes"
-        release.set()
-        assert collecting.result(10)
-        with pytest.raises(BlobMissing):
-            writing.result(10)
+    with pytest.raises(BlobMissing):
+        _race_a_collection(
+            collector, sha, lambda: _naming(kind, sha)(writer), what="the record named the blob", seen=[]
+        )
     assert not _named_stored(collector, kind) and collector.get_blob(sha) is None
